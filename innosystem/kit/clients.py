@@ -1,0 +1,110 @@
+"""Channels from one service to another, and API-key authentication through tenancy.
+
+Every internal call carries the calling service's signed principal (see `principal`), unless
+the caller already set one (the gateway forwarding a user's). Channels are long-lived, one per
+target, with keepalive; tracing context travels through the OpenTelemetry client interceptors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import Any
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+from innosystem.kit import principal
+from innosystem.kit.errors import DomainError, Unauthenticated, from_rpc_error
+from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ("grpc.max_send_message_length", 32 * 1024 * 1024),
+    ("grpc.enable_retries", 1),
+]
+
+
+class _SignedPrincipal(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+                       grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """Adds this service's signed principal; re-signs well before the signature expires."""
+
+    def __init__(self, service: str, secret: bytes) -> None:
+        self._principal = principal.service_principal(service)
+        self._secret = secret
+        self._entries: tuple[tuple[str, str], ...] = ()
+        self._renew_at = 0.0
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        if principal.PRINCIPAL_HEADER not in metadata:
+            now = time.monotonic()
+            if now >= self._renew_at:
+                self._entries = principal.sign(self._principal, self._secret)
+                self._renew_at = now + principal.DEFAULT_TTL_SECONDS / 2
+            for key, value in self._entries:
+                metadata.add(key, value)
+        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata,
+                                          details.credentials, details.wait_for_ready)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
+    """A channel whose calls are signed as `service`."""
+    interceptors: list[Any] = [*aio_client_interceptors(), _SignedPrincipal(service, secret)]
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+
+
+class ApiKeyAuthenticator:
+    """Resolves API keys through `TenancyService.Authenticate`, with a short bounded cache.
+
+    The cache is keyed by a SHA-256 of the key (the key itself is never kept), holds answers
+    for `ttl` seconds and rejections for a shorter time, so a revoked key stops working within
+    `ttl` and a flood of bad keys does not reach tenancy on every request.
+    """
+
+    def __init__(self, tenancy: grpc.aio.Channel, ttl: float = 5.0, negative_ttl: float = 1.0,
+                 max_entries: int = 10_000) -> None:
+        self._stub = tenancy_pb2_grpc.TenancyServiceStub(tenancy)
+        self._ttl, self._negative_ttl, self._max = ttl, negative_ttl, max_entries
+        self._cache: OrderedDict[bytes, tuple[float, tenancy_pb2.Principal | DomainError]] = OrderedDict()
+
+    async def __call__(self, api_key: str) -> tenancy_pb2.Principal:
+        digest = hashlib.sha256(api_key.encode()).digest()
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            if isinstance(hit[1], DomainError):
+                raise hit[1]
+            return hit[1]
+        answer: tenancy_pb2.Principal | DomainError
+        try:
+            answer = await self._stub.Authenticate(tenancy_pb2.AuthenticateRequest(api_key=api_key), timeout=5)
+            expires = now + self._ttl
+        except grpc.aio.AioRpcError as exc:
+            answer = from_rpc_error(exc)
+            if not isinstance(answer, Unauthenticated):
+                raise answer from None  # tenancy down: do not cache, let the caller see UNAVAILABLE
+            expires = now + self._negative_ttl
+        self._cache[digest] = (expires, answer)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        if isinstance(answer, DomainError):
+            raise answer
+        return answer

@@ -1,0 +1,282 @@
+"""One bootstrap for every service: `run(config, [service])`.
+
+A grpc.aio server with the standard health service and reflection, keepalive and a maximum
+connection age (so long-lived client channels spread over new replicas), and four
+interceptors in a fixed order, outermost first:
+
+    tracing → request context + logging → authentication → domain errors (+ required fields)
+
+On SIGTERM or SIGINT the health service turns NOT_SERVING, the server stops accepting calls,
+in-flight calls get `grace_seconds` to finish, background loops are cancelled and the
+service's shutdown hooks run (close pools), in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from innosystem.kit import logs, principal, telemetry
+from innosystem.kit.config import CommonConfig
+from innosystem.kit.errors import DOMAIN_SUFFIX, DomainError, from_rpc_error, internal_status, to_status
+from innosystem.kit.validation import check_required
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+
+log = logging.getLogger(__name__)
+
+Authenticate = Callable[[str], Awaitable[Principal]]
+Around = Callable[[str, Message | None, grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
+
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_connection_age_ms", 5 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 60_000),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+SLOW_RPC_SECONDS = 1.0
+
+
+@dataclass
+class Service:
+    """What a service contributes to the bootstrap."""
+
+    name: str
+    # Full proto service names served (for health and reflection).
+    service_names: Sequence[str]
+    # Adds the servicers to the server: `lambda s: add_XServiceServicer_to_server(impl, s)`.
+    register: Callable[[grpc.aio.Server], None]
+    # Resolves a bearer API key from direct gRPC callers; None: only signed principals.
+    authenticate: Authenticate | None = None
+    # Long-running loops (sweepers, consumers); restarted with backoff if they crash.
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def abort(context: grpc.aio.ServicerContext, err: DomainError, domain: str) -> None:
+    """End the RPC with `err` as a google.rpc.Status (ErrorInfo, BadRequest) in the trailers."""
+    status = to_status(err, domain)
+    await context.abort(err.code, status.message,
+                        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+
+
+class _Wrapping(grpc.aio.ServerInterceptor):
+    """Runs every RPC of any cardinality inside `around(method, request, context)`."""
+
+    def __init__(self, around: Around) -> None:
+        self._around = around
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        return None if handler is None else _wrap(handler, details.method, self._around)
+
+
+def _wrap(handler: Any, method: str, around: Around) -> Any:
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            async with around(method, request, context):
+                return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: Any) -> Any:
+            async with around(method, None, context):
+                return await inner_su(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+
+    streaming = handler.unary_stream or handler.stream_stream
+
+    async def streamed(request: Any, context: Any) -> AsyncIterator[Any]:
+        async with around(method, request if handler.unary_stream else None, context):
+            result = streaming(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:  # a servicer that writes with context.write() and returns None
+                await result
+
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streamed, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(streamed, **kwargs)
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[str, Any]]:
+    return list(context.invocation_metadata() or ())
+
+
+@asynccontextmanager
+async def _request_context(method: str, request: Message | None,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    rid = next((str(v) for k, v in _metadata(context) if k == "x-request-id"), "") or uuid.uuid4().hex
+    tokens = (logs.rpc_method.set(method), logs.request_id.set(rid))
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        code = context.code()
+        failed = code not in (None, grpc.StatusCode.OK, 0)
+        level = logging.INFO if failed or elapsed > SLOW_RPC_SECONDS else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "rpc finished", extra={"code": getattr(code, "name", code) or "OK",
+                                                  "duration_ms": round(elapsed * 1000, 2)})
+        logs.rpc_method.reset(tokens[0])
+        logs.request_id.reset(tokens[1])
+
+
+def _authentication(secret: bytes, authenticate: Authenticate | None, domain: str) -> Around:
+    @asynccontextmanager
+    async def around(method: str, request: Message | None,
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        metadata = _metadata(context)
+        try:
+            caller = principal.verify(metadata, secret)
+            if caller is None and authenticate is not None:
+                bearer = next((str(v) for k, v in metadata if k == "authorization"), "")
+                if bearer:
+                    scheme, _, key = bearer.partition(" ")
+                    if scheme.lower() != "bearer" or not key.strip():
+                        raise principal.Unauthenticated("authorization must be 'Bearer <key>'",
+                                                        reason="MALFORMED_AUTHORIZATION")
+                    caller = await authenticate(key.strip())
+        except DomainError as err:
+            await abort(context, err, domain)
+            raise  # unreachable: abort raises
+        token = principal.bind(caller)
+        tenant = logs.tenant.set(_tenant_of(caller))
+        try:
+            yield
+        finally:
+            principal.reset(token)
+            logs.tenant.reset(tenant)
+
+    return around
+
+
+def _tenant_of(caller: Principal | None) -> str:
+    if caller is None:
+        return ""
+    return caller.customer_id or caller.reseller_id or caller.runner_id or caller.service or "admin"
+
+
+def _domain_errors(domain: str) -> Around:
+    @asynccontextmanager
+    async def around(method: str, request: Message | None,
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        try:
+            if request is not None:
+                check_required(request)
+            yield
+        except DomainError as err:
+            await abort(context, err, domain)
+        except grpc.aio.AioRpcError as exc:  # a downstream service's error passes through with its reason
+            err = from_rpc_error(exc)
+            if err.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                log.error("downstream call failed: %s", exc.details())
+            await abort(context, err, domain)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", method)
+            status = internal_status(logs.current_trace_id())
+            await context.abort(grpc.StatusCode.INTERNAL, status.message)
+
+    return around
+
+
+def build_server(config: CommonConfig, service: Service) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    domain = f"{service.name}{DOMAIN_SUFFIX}"
+    server = grpc.aio.server(
+        interceptors=[
+            aio_server_interceptor(),
+            _Wrapping(_request_context),
+            _Wrapping(_authentication(config.internal_secret, service.authenticate, domain)),
+            _Wrapping(_domain_errors(domain)),
+        ],
+        options=SERVER_OPTIONS,
+    )
+    service.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [*service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    return server, health_servicer
+
+
+async def _supervise(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Keep a background loop alive: log a crash and restart it with capped backoff."""
+    delay = 0.5
+    while True:
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background loop %s crashed; restarting in %.1fs", name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def run(config: CommonConfig, services: Sequence[Service], listen: dict[str, str] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain. `listen` overrides the address per service name."""
+    servers: list[tuple[Service, grpc.aio.Server, health.aio.HealthServicer]] = []
+    for service in services:
+        server, health_servicer = build_server(config, service)
+        address = (listen or {}).get(service.name, config.listen)
+        if server.add_insecure_port(address) == 0:
+            raise OSError(f"{service.name}: cannot listen on {address}")
+        await server.start()
+        for name in service.service_names:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        servers.append((service, server, health_servicer))
+        log.info("%s listening on %s", service.name, address)
+
+    tasks = [asyncio.create_task(_supervise(f"{s.name}.{getattr(b, '__name__', 'loop')}", b))
+             for s in services for b in s.background]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("draining (grace %.0fs)", config.grace_seconds)
+        for _, _, health_servicer in servers:
+            await health_servicer.enter_graceful_shutdown()
+        await asyncio.gather(*(server.stop(config.grace_seconds) for _, server, _ in servers))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for service, _, _ in servers:
+            for hook in service.on_shutdown:
+                await hook()
+        telemetry.shutdown()
+        log.info("stopped")

@@ -1,0 +1,65 @@
+"""OpenTelemetry set up once per process.
+
+The exporter is chosen by the standard variables: `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER`
+(`otlp`, `console`, `none`) and `OTEL_EXPORTER_OTLP_ENDPOINT`. With none of them set, spans are
+still created (so trace ids reach the logs) but nothing is exported and nothing is printed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+_configured = False
+
+
+def _exporter_choice(signal: str) -> str:
+    explicit = os.environ.get(f"OTEL_{signal}_EXPORTER", "").strip().lower()
+    if explicit:
+        return explicit
+    return "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
+
+
+def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None) -> None:
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", f"innosystem-{service}")})
+
+    provider = TracerProvider(resource=resource)
+    choice = _exporter_choice("TRACES")
+    if choice == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif choice == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    for processor in extra_span_processors or []:
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+
+    readers: list[MetricReader] = []
+    choice = _exporter_choice("METRICS")
+    if choice == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    elif choice == "console":
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+
+
+def shutdown() -> None:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
+    meter_provider = metrics.get_meter_provider()
+    if isinstance(meter_provider, MeterProvider):
+        meter_provider.shutdown()
