@@ -1,8 +1,10 @@
 """Per-service Alembic migrations, each service in its own schema with its own version table.
 
-`innosystem migrate` calls `upgrade(url, service)` for every service; a service's
-`migrations/env.py` calls `run_env(metadata)`. An advisory lock per schema makes concurrent
-runs (two `migrate` jobs, or a test and a dev stack) wait for each other instead of racing.
+`innosystem migrate` calls `upgrade(url, service)` for every service. All services share one
+Alembic environment (kit/alembic: env.py and the revision template); a service contributes
+only its ORM metadata (`services.<name>.models.Base`) and its revisions
+(`services/<name>/migrations/versions`). An advisory lock per schema makes concurrent runs
+(two `migrate` jobs, or a test and a dev stack) wait for each other instead of racing.
 """
 
 from __future__ import annotations
@@ -21,13 +23,23 @@ from innosystem.kit.config import to_async_url
 VERSION_TABLE = "alembic_version"
 
 
-def alembic_config(url: str, service: str) -> Config:
+def has_migrations(service: str) -> bool:
+    return _versions(service).is_dir()
+
+
+def _versions(service: str) -> Path:
+    # Found by naming convention, so the common library imports no service package.
     package = importlib.import_module(f"services.{service}")
-    script_location = Path(package.__file__ or "").parent / "migrations"
+    return Path(package.__file__ or "").parent / "migrations" / "versions"
+
+
+def alembic_config(url: str, service: str) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(script_location))
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "alembic"))
+    cfg.set_main_option("version_locations", str(_versions(service)))
     cfg.set_main_option("sqlalchemy.url", to_async_url(url))
     cfg.attributes["schema"] = service
+    cfg.attributes["metadata"] = importlib.import_module(f"services.{service}.models").Base.metadata
     return cfg
 
 
@@ -44,10 +56,11 @@ def upgrade(url: str, service: str, revision: str = "head") -> None:
         engine.dispose()
 
 
-def run_env(metadata: MetaData) -> None:
-    """Body of every service's migrations/env.py (online mode only; we always have a database)."""
+def run_env() -> None:
+    """Body of kit/alembic/env.py (online mode only; we always have a database)."""
     cfg = context.config
     schema = cfg.attributes["schema"]
+    metadata: MetaData = cfg.attributes["metadata"]
     conn: Connection | None = cfg.attributes.get("connection")
     if conn is None:  # invoked by the alembic CLI: make our own connection
         engine = create_engine(cfg.get_main_option("sqlalchemy.url") or "")

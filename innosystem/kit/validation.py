@@ -38,7 +38,7 @@ def _missing(message: Message, prefix: str, recurse: bool) -> list[str]:
     missing: list[str] = []
     for field in _required_fields(message.DESCRIPTOR):
         path = f"{prefix}{field.name}"
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             present = len(getattr(message, field.name)) > 0
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             present = message.HasField(field.name)
@@ -46,7 +46,7 @@ def _missing(message: Message, prefix: str, recurse: bool) -> list[str]:
             present = bool(getattr(message, field.name))
         if not present:
             missing.append(path)
-        elif recurse and field.type == FieldDescriptor.TYPE_MESSAGE and field.label != FieldDescriptor.LABEL_REPEATED:
+        elif recurse and field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated:
             missing += _missing(getattr(message, field.name), path + ".", recurse)
     return missing
 

@@ -1,0 +1,99 @@
+"""`innosystem` command line: the composition root that knows every process kind.
+
+    innosystem up                      the whole platform on embedded PostgreSQL and Valkey
+    innosystem serve SERVICE...        one or more services in this process (tenancy billing jobs runners keys)
+    innosystem serve gateway           the REST gateway
+    innosystem migrate [SERVICE...]    apply database migrations (all services by default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+
+from innosystem.kit import logs, telemetry
+from innosystem.kit.config import SERVICES, CommonConfig, ConfigError, env, env_required
+from innosystem.kit.migrate import has_migrations, upgrade
+
+log = logging.getLogger("innosystem")
+
+
+def _serve(names: list[str]) -> int:
+    if "gateway" in names:
+        if len(names) > 1:
+            raise SystemExit("serve: run the gateway in a process of its own")
+        logs.setup("gateway", env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO", env("INNOSYSTEM_LOG_FORMAT", "") or "")
+        telemetry.setup("gateway")
+        gateway_main = importlib.import_module("gateway.main")
+        asyncio.run(gateway_main.serve())
+        return 0
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise SystemExit(f"serve: unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}, gateway")
+    label = "+".join(names)
+    config = CommonConfig.from_env(names[0])
+    logs.setup(label, config.log_level, config.log_format)
+    telemetry.setup(label)
+    from innosystem.kit import server
+
+    async def main() -> None:
+        services = [await importlib.import_module(f"services.{n}.main").create() for n in names]
+        listen = None
+        if len(names) > 1:  # each service on the port of its own address
+            listen = {n: "0.0.0.0:" + config.addresses.of(n).rsplit(":", 1)[-1] for n in names}
+        await server.run(config, services, listen)
+
+    asyncio.run(main())
+    return 0
+
+
+def _migrate(names: list[str]) -> int:
+    logs.setup("migrate", env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO", env("INNOSYSTEM_LOG_FORMAT", "") or "")
+    url = env_required("DATABASE_URL")
+    for name in names or list(SERVICES):
+        if name not in SERVICES:
+            raise SystemExit(f"migrate: unknown service {name!r}")
+        if has_migrations(name):
+            upgrade(env(f"INNOSYSTEM_{name.upper()}_DATABASE_URL") or url, name)
+            log.info("migrated %s", name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="innosystem", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole platform on embedded PostgreSQL and Valkey")
+    up.add_argument("--data-dir", default=".data", help="where embedded data lives (default: .data)")
+    up.add_argument("--http-port", type=int, default=None, help="gateway port (default 8080)")
+    up.add_argument("--database-url", default=None, help="use this PostgreSQL instead of the embedded one")
+    up.add_argument("--redis-url", default=None, help="use this Redis/Valkey instead of the embedded one")
+
+    serve = sub.add_parser("serve", help="run services (or the gateway) in this process")
+    serve.add_argument("names", nargs="+", metavar="SERVICE")
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("names", nargs="*", metavar="SERVICE")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            from innosystem.stack import up as run_up
+
+            return run_up(args)
+        if args.command == "serve":
+            return _serve(args.names)
+        return _migrate(args.names)
+    except ConfigError as exc:
+        print(f"innosystem: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Small conversions between protobuf messages and Python values, shared by every servicer."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from google.api import field_behavior_pb2
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from innosystem.kit.errors import InvalidArgument
+
+_BEHAVIOR = field_behavior_pb2.field_behavior
+_FIXED = {field_behavior_pb2.FieldBehavior.OUTPUT_ONLY, field_behavior_pb2.FieldBehavior.IMMUTABLE}
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def to_datetime(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def request_hash(request: Message) -> bytes:
+    """Fingerprint of a request body, to tell an idempotent repeat from a reused request id."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+
+
+def changes(resource: Message, mask: FieldMask, field_prefix: str, *, creating: bool = False) -> dict[str, Any]:
+    """The fields a create or an update sets, as {field name: Python value}.
+
+    An update names its fields in `mask`; an empty mask means the fields set to a non-default
+    value. Output-only fields are ignored on create (clients may echo a resource back) and
+    refused in an update mask, as are immutable ones; unknown paths are refused.
+    """
+    fields = resource.DESCRIPTOR.fields_by_name
+    if creating or not mask.paths:
+        names = [f.name for f, _ in resource.ListFields()]
+        skip = {n for n in names if _is_output_only(fields[n])} if creating else \
+            {n for n in names if set(fields[n].GetOptions().Extensions[_BEHAVIOR]) & _FIXED}
+        names = [n for n in names if n not in skip]
+    else:
+        names = list(mask.paths)
+        for name in names:
+            if name not in fields:
+                raise InvalidArgument(f"update_mask names unknown field {name!r}", field="update_mask",
+                                      reason="UNKNOWN_MASK_FIELD")
+            if set(fields[name].GetOptions().Extensions[_BEHAVIOR]) & _FIXED:
+                raise InvalidArgument(f"{field_prefix}.{name} cannot be changed", field=f"{field_prefix}.{name}",
+                                      reason="FIELD_NOT_UPDATABLE")
+    out: dict[str, Any] = {}
+    for name in names:
+        value = getattr(resource, name)
+        out[name] = list(value) if fields[name].is_repeated else value
+    return out
+
+
+def _is_output_only(field: Any) -> bool:
+    return field_behavior_pb2.FieldBehavior.OUTPUT_ONLY in field.GetOptions().Extensions[_BEHAVIOR]

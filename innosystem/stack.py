@@ -1,0 +1,226 @@
+"""Start and stop the platform's processes: `innosystem up`, the end-to-end tests and `make bench`.
+
+Every service runs as its own process (`innosystem serve NAME`), as in compose and Kubernetes.
+They run in their own process group, so a terminal's Ctrl-C reaches only the supervisor,
+which then stops them in order: gateway, services (each drains), Valkey, PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, _die_with_parent, free_port
+from innosystem.kit.config import DEFAULT_PORTS, SERVICES, env
+from innosystem.kit.migrate import has_migrations, upgrade
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Stack:
+    database_url: str
+    redis_url: str
+    http_port: int
+    internal_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    api_key_pepper: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    admin_api_key: str = field(default_factory=lambda: "isk_admin_" + secrets.token_urlsafe(24))
+    extra_env: dict[str, str] = field(default_factory=dict)
+    # Fixed default ports when free (so `up` is predictable), otherwise any free port.
+    fixed_ports: bool = True
+    log_dir: Path | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in SERVICES:
+            default = DEFAULT_PORTS[name]
+            self.ports[name] = default if self.fixed_ports and _port_free(default) else free_port()
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def env(self) -> dict[str, str]:
+        out = dict(os.environ)
+        out.update({
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "INNOSYSTEM_INTERNAL_SECRET": self.internal_secret,
+            "INNOSYSTEM_API_KEY_PEPPER": self.api_key_pepper,
+            "INNOSYSTEM_ADMIN_API_KEY": self.admin_api_key,
+            "INNOSYSTEM_HTTP_PORT": str(self.http_port),
+            **{f"INNOSYSTEM_{n.upper()}_ADDR": self.address(n) for n in SERVICES},
+        })
+        out.update(self.extra_env)
+        return out
+
+    def migrate(self) -> None:
+        for name in SERVICES:
+            if has_migrations(name):
+                upgrade(self.database_url, name)
+
+    def _spawn(self, name: str, args: list[str], environ: dict[str, str]) -> None:
+        out = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "innosystem.cli", *args], env=environ, stdout=out,
+            stderr=subprocess.STDOUT if out else None, process_group=0, preexec_fn=_die_with_parent,
+        )
+
+    def start(self, services: tuple[str, ...] = SERVICES, gateway: bool = True) -> None:
+        environ = self.env()
+        for name in services:
+            self._spawn(name, ["serve", name], {**environ, "INNOSYSTEM_LISTEN": f"127.0.0.1:{self.ports[name]}"})
+        if gateway:
+            self._spawn("gateway", ["serve", "gateway"], environ)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for name in self.procs:
+            self._wait_one(name, deadline)
+
+    def _wait_one(self, name: str, deadline: float) -> None:
+        while True:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode} while starting")
+            if self._ready(name):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} was not ready in time")
+            time.sleep(0.1)
+
+    def _ready(self, name: str) -> bool:
+        if name == "gateway":
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=1) as resp:
+                    return bool(resp.status == 200)
+            return False
+        with grpc.insecure_channel(self.address(name)) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def stop_process(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def stop(self) -> None:
+        if "gateway" in self.procs:
+            self.stop_process("gateway")
+        for proc in self.procs.values():  # services drain in parallel
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name in list(self.procs):
+            self.stop_process(name)
+
+
+def _persistent_secret(path: Path) -> str:
+    """A secret that must survive restarts (the API-key pepper), kept owner-readable only."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def up(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    http_port = args.http_port or int(env("INNOSYSTEM_HTTP_PORT", "8080") or 8080)
+    database_url = args.database_url or env("DATABASE_URL")
+    redis_url = args.redis_url or env("REDIS_URL")
+    started = time.monotonic()
+    pg = valkey = None
+    stack: Stack | None = None
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    try:
+        if not database_url:
+            print(f"• PostgreSQL (embedded) in {data_dir / 'postgres'} …", flush=True)
+            pg = EmbeddedPostgres(data_dir / "postgres")
+            database_url = pg.start()
+        if not redis_url:
+            print(f"• Valkey (embedded) in {data_dir / 'valkey'} …", flush=True)
+            valkey = EmbeddedValkey(data_dir / "valkey")
+            redis_url = valkey.start()
+        stack = Stack(
+            database_url=database_url, redis_url=redis_url, http_port=http_port,
+            internal_secret=env("INNOSYSTEM_INTERNAL_SECRET") or secrets.token_urlsafe(32),
+            api_key_pepper=env("INNOSYSTEM_API_KEY_PEPPER") or _persistent_secret(data_dir / "secrets" / "pepper"),
+            admin_api_key=env("INNOSYSTEM_ADMIN_API_KEY") or "isk_admin_" + secrets.token_urlsafe(24),
+        )
+        print("• migrations …", flush=True)
+        stack.migrate()
+        print("• services: " + ", ".join(f"{n} {stack.address(n)}" for n in SERVICES) + " …", flush=True)
+        stack.start()
+        stack.wait_ready()
+        print(
+            f"\nInnoSystem is up in {time.monotonic() - started:.1f}s\n"
+            f"  gateway        {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/openapi.json)\n"
+            f"  admin API key  {stack.admin_api_key}\n"
+            f"  try            curl -s -H 'Authorization: Bearer {stack.admin_api_key}' {stack.gateway_url}/v1/me\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        pid, status = os.wait()  # blocks until a child dies or a signal arrives
+        name = next((n for n, p in (stack.procs.items()) if p.pid == pid), str(pid))
+        print(f"innosystem: {name} exited unexpectedly (status {status}); stopping", file=sys.stderr)
+        return 1
+    except _Stop:
+        print("\nstopping …", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if stack is not None:
+            stack.stop()
+        if valkey is not None:
+            valkey.stop()
+        if pg is not None:
+            pg.stop()

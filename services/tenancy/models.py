@@ -1,0 +1,89 @@
+"""Tenancy's tables (schema `tenancy`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, SmallInteger, String, Text, text
+from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from innosystem.kit.db import declarative_base, new_id, utcnow
+
+Base = declarative_base("tenancy")
+Timestamp = TIMESTAMP(timezone=True)
+
+
+class Reseller(Base):
+    __tablename__ = "resellers"
+    __table_args__ = (CheckConstraint("commission_rate_bps BETWEEN 0 AND 10000", name="commission_rate_range"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    active: Mapped[bool] = mapped_column(default=True)
+    commission_rate_bps: Mapped[int] = mapped_column(default=0)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    __table_args__ = (Index(None, "reseller_id", "create_time", "id"), Index(None, "create_time", "id"))
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("resellers.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    active: Mapped[bool] = mapped_column(default=True)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    __table_args__ = (Index(None, "customer_id", "create_time", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    customer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[str]] = mapped_column(ARRAY(String(64)), default=list, server_default=text("'{}'"))
+    active: Mapped[bool] = mapped_column(default=True)
+    encryption_key_id: Mapped[str | None] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored only as HMAC-SHA256(pepper, key): found in O(1) by its hash."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("kind IN (1, 2, 3)", name="kind_known"),  # PrincipalKind admin/reseller/customer
+        Index(None, "reseller_id"), Index(None, "customer_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    # The first characters of the key, for people to tell keys apart; not enough to use it.
+    prefix: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("resellers.id", ondelete="CASCADE"))
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(64), default="")
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    revoke_time: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class IdempotencyKey(Base):
+    """The first answer to a create with a `request_id`, per caller and method."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    resource_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

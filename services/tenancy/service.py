@@ -1,0 +1,386 @@
+"""Tenancy use cases: each method is one transaction, authorization included."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from innosystem.kit import pagination
+from innosystem.kit import principal as principals
+from innosystem.kit.db import Database
+from innosystem.kit.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from innosystem.kit.scope import Scope
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.tenancy.models import ApiKey, Customer, Project, Reseller
+from services.tenancy.repository import Keyset, TenancyRepository
+
+API_KEY_PREFIX = "isk_"
+BOOTSTRAP_LABEL = "bootstrap"
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_TAGS, MAX_TAG_LEN, MAX_DESCRIPTION = 50, 64, 4000
+
+
+@dataclass(frozen=True)
+class Page:
+    items: Sequence[Any]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class Created:
+    row: Any
+    api_key: str  # empty on an idempotent repeat
+
+
+def _page(rows: Sequence[Any], size: int) -> Page:
+    if len(rows) > size:
+        last = rows[size - 1]
+        return Page(rows[:size], pagination.encode_token(last.create_time.isoformat(), str(last.id)))
+    return Page(rows, "")
+
+
+def _keyset(token: str) -> Keyset | None:
+    key = pagination.decode_token(token, 2)
+    if key is None:
+        return None
+    try:
+        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
+    except (TypeError, ValueError):
+        raise InvalidArgument("page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN") from None
+
+
+def _uuid(value: str, field: str, what: str) -> uuid.UUID:
+    """Ids of things the caller cannot have: a malformed one is simply not found."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError):
+        raise NotFound(f"{what} {value!r} not found", reason=f"{what.upper()}_NOT_FOUND",
+                       metadata={field: value}) from None
+
+
+def validate(changes: dict[str, Any]) -> None:
+    """Field rules shared by create and update; raises naming the first bad field."""
+    for name in ("name",):
+        if name in changes:
+            value = changes[name].strip()
+            if not value or len(value) > 200:
+                raise InvalidArgument(f"{name} must be 1 to 200 characters", field=name, reason="INVALID_NAME")
+            changes[name] = value
+    if "email" in changes and (len(changes["email"]) > 320 or not _EMAIL.match(changes["email"])):
+        raise InvalidArgument(f"email {changes['email']!r} is not an email address", field="email",
+                              reason="INVALID_EMAIL")
+    if "commission_rate_bps" in changes and not 0 <= changes["commission_rate_bps"] <= 10_000:
+        raise InvalidArgument("commission_rate_bps must be between 0 and 10000 (basis points)",
+                              field="commission_rate_bps", reason="INVALID_COMMISSION_RATE")
+    if "description" in changes and len(changes["description"]) > MAX_DESCRIPTION:
+        raise InvalidArgument(f"description must be at most {MAX_DESCRIPTION} characters", field="description",
+                              reason="INVALID_DESCRIPTION")
+    if "tags" in changes:
+        tags = list(dict.fromkeys(t.strip() for t in changes["tags"]))
+        if len(tags) > MAX_TAGS or any(not t or len(t) > MAX_TAG_LEN for t in tags):
+            raise InvalidArgument(f"tags: at most {MAX_TAGS}, each 1 to {MAX_TAG_LEN} characters", field="tags",
+                                  reason="INVALID_TAGS")
+        changes["tags"] = tags
+
+
+class TenancyService:
+    def __init__(self, db: Database, pepper: bytes) -> None:
+        self.db = db
+        self._pepper = pepper
+
+    def hash_key(self, api_key: str) -> bytes:
+        return hmac.new(self._pepper, api_key.encode(), hashlib.sha256).digest()
+
+    def _issue_key(self, repo_rows: list[ApiKey], kind: int, *, reseller_id: uuid.UUID | None = None,
+                   customer_id: uuid.UUID | None = None) -> str:
+        api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        repo_rows.append(ApiKey(key_hash=self.hash_key(api_key), prefix=api_key[:12], kind=kind,
+                                reseller_id=reseller_id, customer_id=customer_id))
+        return api_key
+
+    # authentication
+
+    async def authenticate(self, api_key: str) -> Principal:
+        if len(api_key) < 16 or len(api_key) > 256:
+            raise Unauthenticated("API key is malformed", reason="API_KEY_INVALID")
+        async with self.db.session() as s:
+            found = await TenancyRepository(s).find_key(self.hash_key(api_key))
+        if found is None:
+            raise Unauthenticated("API key is unknown or revoked", reason="API_KEY_INVALID")
+        key, reseller, customer = found
+        if (customer is not None and not customer.active) or (reseller is not None and not reseller.active):
+            raise Unauthenticated("the account of this API key is inactive", reason="ACCOUNT_INACTIVE")
+        return Principal(
+            kind=key.kind,  # type: ignore[arg-type]
+            reseller_id=str(reseller.id) if reseller else "",
+            customer_id=str(customer.id) if customer else "",
+            key_id=str(key.id),
+        )
+
+    async def ensure_admin_key(self, api_key: str) -> None:
+        """Make `api_key` a valid admin key and revoke earlier bootstrap keys (idempotent)."""
+        if len(api_key) < 16:
+            raise ValueError("INNOSYSTEM_ADMIN_API_KEY must be at least 16 characters")
+        digest = self.hash_key(api_key)
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            await repo.revoke_keys(label=BOOTSTRAP_LABEL, keep=digest)
+            if not await repo.key_exists(digest):
+                await repo.add(ApiKey(key_hash=digest, prefix=api_key[:12], kind=principals.ADMIN,
+                                      label=BOOTSTRAP_LABEL))
+
+    async def me(self, caller: Principal) -> str:
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            if caller.kind == principals.CUSTOMER:
+                customer = await repo.get_customer(uuid.UUID(caller.customer_id), Scope(unrestricted=True))
+                return customer.name if customer else ""
+            if caller.kind == principals.RESELLER:
+                reseller = await repo.get_reseller(uuid.UUID(caller.reseller_id), Scope(unrestricted=True))
+                return reseller.name if reseller else ""
+        return "admin" if caller.kind == principals.ADMIN else ""
+
+    # idempotent creation
+
+    async def _replay(self, repo: TenancyRepository, scope: str, request_id: str,
+                      request_hash: bytes) -> uuid.UUID | None:
+        if not request_id:
+            return None
+        earlier = await repo.find_request(scope, request_id)
+        if earlier is None:
+            return None
+        if earlier.request_hash != request_hash:
+            raise InvalidArgument("request_id was already used with a different request", field="request_id",
+                                  reason="IDEMPOTENCY_KEY_REUSED")
+        return earlier.resource_id
+
+    async def _remember(self, repo: TenancyRepository, scope: str, request_id: str, request_hash: bytes,
+                        resource_id: uuid.UUID) -> None:
+        if request_id:
+            row = await repo.claim_request(scope, request_id, request_hash, resource_id)
+            if row.resource_id != resource_id:
+                raise Aborted("a concurrent request with the same request_id won; retry to get its answer",
+                              reason="CONCURRENT_REQUEST")
+
+    # resellers
+
+    async def create_reseller(self, caller: Principal, fields: dict[str, Any], request_id: str,
+                              request_hash: bytes) -> Created:
+        principals.require_admin(caller)
+        validate(fields)
+        scope = f"CreateReseller:{caller.key_id}"
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            if (earlier := await self._replay(repo, scope, request_id, request_hash)) is not None:
+                row = await repo.get_reseller(earlier, Scope(unrestricted=True))
+                if row is not None:
+                    return Created(row, "")
+            reseller = Reseller(**fields)
+            await repo.add(reseller)
+            keys: list[ApiKey] = []
+            api_key = self._issue_key(keys, principals.RESELLER, reseller_id=reseller.id)
+            await repo.add(keys[0])
+            await self._remember(repo, scope, request_id, request_hash, reseller.id)
+            return Created(reseller, api_key)
+
+    async def get_reseller(self, caller: Principal, reseller_id: str) -> Reseller:
+        rid = _uuid(reseller_id, "reseller_id", "reseller")
+        async with self.db.session() as s:
+            row = await TenancyRepository(s).get_reseller(rid, Scope.of(caller))
+        if row is None:
+            raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
+        return row
+
+    async def list_resellers(self, caller: Principal, size: int, token: str) -> Page:
+        principals.require_admin(caller)
+        size = pagination.page_size(size)
+        async with self.db.session() as s:
+            rows = await TenancyRepository(s).list_resellers(size + 1, _keyset(token))
+        return _page(rows, size)
+
+    async def update_reseller(self, caller: Principal, reseller_id: str, changes: dict[str, Any]) -> Reseller:
+        principals.require_admin(caller)
+        validate(changes)
+        rid = _uuid(reseller_id, "reseller_id", "reseller")
+        async with self.db.session() as s:
+            row = await TenancyRepository(s).get_reseller(rid, Scope.of(caller), lock=True)
+            if row is None:
+                raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
+            for name, value in changes.items():
+                setattr(row, name, value)
+            await s.flush()
+            return row
+
+    async def delete_reseller(self, caller: Principal, reseller_id: str) -> None:
+        principals.require_admin(caller)
+        rid = _uuid(reseller_id, "reseller_id", "reseller")
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            if await repo.get_reseller(rid, Scope.of(caller), lock=True) is None:
+                raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
+            if await repo.reseller_has_customers(rid):
+                raise FailedPrecondition("the reseller still has customers; move or delete them first",
+                                         reason="RESELLER_HAS_CUSTOMERS")
+            await repo.delete_reseller(rid)
+
+    async def rotate_reseller_key(self, caller: Principal, reseller_id: str) -> str:
+        rid = _uuid(reseller_id, "reseller_id", "reseller")
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            if await repo.get_reseller(rid, Scope.of(caller), lock=True) is None:
+                raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
+            await repo.revoke_keys(reseller_id=rid)
+            keys: list[ApiKey] = []
+            api_key = self._issue_key(keys, principals.RESELLER, reseller_id=rid)
+            await repo.add(keys[0])
+            return api_key
+
+    # customers
+
+    async def create_customer(self, caller: Principal, fields: dict[str, Any], request_id: str,
+                              request_hash: bytes) -> Created:
+        if caller.kind == principals.RESELLER:
+            if fields.get("reseller_id") not in (None, uuid.UUID(caller.reseller_id)):
+                raise PermissionDenied("a reseller creates customers only for itself", field="customer.reseller_id",
+                                       reason="RESELLER_MISMATCH")
+            fields["reseller_id"] = uuid.UUID(caller.reseller_id)
+        elif caller.kind != principals.ADMIN:
+            raise PermissionDenied("only an admin or a reseller may create customers", reason="ADMIN_OR_RESELLER_ONLY")
+        validate(fields)
+        scope = f"CreateCustomer:{caller.key_id}"
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            if (earlier := await self._replay(repo, scope, request_id, request_hash)) is not None:
+                row = await repo.get_customer(earlier, Scope(unrestricted=True))
+                if row is not None:
+                    return Created(row, "")
+            if fields.get("reseller_id") is not None and await repo.get_reseller(
+                    fields["reseller_id"], Scope(unrestricted=True)) is None:
+                raise InvalidArgument(f"reseller {fields['reseller_id']} does not exist", field="customer.reseller_id",
+                                      reason="RESELLER_NOT_FOUND")
+            customer = Customer(**fields)
+            await repo.add(customer)
+            keys: list[ApiKey] = []
+            api_key = self._issue_key(keys, principals.CUSTOMER, customer_id=customer.id)
+            await repo.add(keys[0])
+            await self._remember(repo, scope, request_id, request_hash, customer.id)
+            return Created(customer, api_key)
+
+    async def _visible_customer(self, repo: TenancyRepository, caller: Principal, customer_id: str,
+                                lock: bool = False) -> Customer:
+        cid = _uuid(customer_id, "customer_id", "customer")
+        row = await repo.get_customer(cid, Scope.of(caller), lock=lock)
+        if row is None:
+            raise NotFound(f"customer {customer_id} not found", reason="CUSTOMER_NOT_FOUND")
+        return row
+
+    async def get_customer(self, caller: Principal, customer_id: str) -> Customer:
+        async with self.db.session() as s:
+            return await self._visible_customer(TenancyRepository(s), caller, customer_id)
+
+    async def list_customers(self, caller: Principal, size: int, token: str, reseller_id: str) -> Page:
+        size = pagination.page_size(size)
+        rid = None
+        if reseller_id:
+            try:
+                rid = uuid.UUID(reseller_id)
+            except ValueError:
+                raise InvalidArgument("reseller_id must be a UUID", field="reseller_id", reason="INVALID_ID") from None
+        async with self.db.session() as s:
+            rows = await TenancyRepository(s).list_customers(Scope.of(caller), size + 1, _keyset(token), rid)
+        return _page(rows, size)
+
+    async def update_customer(self, caller: Principal, customer_id: str, changes: dict[str, Any]) -> Customer:
+        if caller.kind == principals.CUSTOMER and "active" in changes:
+            raise PermissionDenied("a customer cannot change its own active flag", field="customer.active",
+                                   reason="ADMIN_OR_RESELLER_ONLY")
+        validate(changes)
+        async with self.db.session() as s:
+            row = await self._visible_customer(TenancyRepository(s), caller, customer_id, lock=True)
+            for name, value in changes.items():
+                setattr(row, name, value)
+            await s.flush()
+            return row
+
+    async def delete_customer(self, caller: Principal, customer_id: str, force: bool) -> None:
+        if caller.kind not in (principals.ADMIN, principals.RESELLER):
+            raise PermissionDenied("only an admin or the customer's reseller may delete it",
+                                   reason="ADMIN_OR_RESELLER_ONLY")
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            row = await self._visible_customer(repo, caller, customer_id, lock=True)
+            projects = await repo.count_projects(row.id)
+            if projects and not force:
+                raise FailedPrecondition(f"the customer has {projects} project(s); delete them or pass force=true",
+                                         reason="CUSTOMER_HAS_PROJECTS", metadata={"projects": str(projects)})
+            await repo.delete_customer(row.id)
+
+    async def rotate_customer_key(self, caller: Principal, customer_id: str) -> str:
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            row = await self._visible_customer(repo, caller, customer_id, lock=True)
+            await repo.revoke_keys(customer_id=row.id)
+            keys: list[ApiKey] = []
+            api_key = self._issue_key(keys, principals.CUSTOMER, customer_id=row.id)
+            await repo.add(keys[0])
+            return api_key
+
+    # projects
+
+    async def create_project(self, caller: Principal, customer_id: str, fields: dict[str, Any], request_id: str,
+                             request_hash: bytes) -> Project:
+        validate(fields)
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            customer = await self._visible_customer(repo, caller, customer_id)
+            scope = f"CreateProject:{customer.id}"
+            if (earlier := await self._replay(repo, scope, request_id, request_hash)) is not None:
+                row = await repo.get_project(earlier, Scope(unrestricted=True))
+                if row is not None:
+                    return row
+            project = Project(customer_id=customer.id, **fields)
+            await repo.add(project)
+            await self._remember(repo, scope, request_id, request_hash, project.id)
+            return project
+
+    async def _visible_project(self, repo: TenancyRepository, caller: Principal, project_id: str,
+                               lock: bool = False) -> Project:
+        pid = _uuid(project_id, "project_id", "project")
+        row = await repo.get_project(pid, Scope.of(caller), lock=lock)
+        if row is None:
+            raise NotFound(f"project {project_id} not found", reason="PROJECT_NOT_FOUND")
+        return row
+
+    async def get_project(self, caller: Principal, project_id: str) -> Project:
+        async with self.db.session() as s:
+            return await self._visible_project(TenancyRepository(s), caller, project_id)
+
+    async def list_projects(self, caller: Principal, customer_id: str, size: int, token: str) -> Page:
+        size = pagination.page_size(size)
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            customer = await self._visible_customer(repo, caller, customer_id)
+            rows = await repo.list_projects(customer.id, size + 1, _keyset(token))
+        return _page(rows, size)
+
+    async def update_project(self, caller: Principal, project_id: str, changes: dict[str, Any]) -> Project:
+        validate(changes)
+        async with self.db.session() as s:
+            row = await self._visible_project(TenancyRepository(s), caller, project_id, lock=True)
+            for name, value in changes.items():
+                setattr(row, name, value)
+            await s.flush()
+            return row
+
+    async def delete_project(self, caller: Principal, project_id: str) -> None:
+        async with self.db.session() as s:
+            repo = TenancyRepository(s)
+            row = await self._visible_project(repo, caller, project_id, lock=True)
+            await repo.delete_project(row.id)
