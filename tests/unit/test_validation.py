@@ -1,0 +1,52 @@
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from innosystem.kit.errors import InvalidArgument
+from innosystem.kit.protos import changes
+from innosystem.kit.validation import check_required, parse_uuid
+from innosystem.tenancy.v1 import tenancy_pb2 as pb
+
+
+def test_missing_top_level_field_is_named() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        check_required(pb.GetCustomerRequest())
+    assert err.value.reason == "REQUIRED_FIELD_MISSING"
+    assert err.value.violations == [("customer_id", "required field is missing")]
+
+
+def test_nested_required_fields_checked_on_create() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        check_required(pb.CreateCustomerRequest(customer=pb.Customer(name="x")))
+    assert [f for f, _ in err.value.violations] == ["customer.email"]
+    assert "customer.email" in err.value.message or "customerEmail" not in err.value.message
+
+
+def test_update_requests_do_not_require_every_resource_field() -> None:
+    check_required(pb.UpdateCustomerRequest(customer_id="c", customer=pb.Customer(name="only the name")))
+
+
+def test_complete_request_passes() -> None:
+    check_required(pb.CreateCustomerRequest(customer=pb.Customer(name="n", email="e@x.io")))
+
+
+def test_mask_selects_fields_and_refuses_output_only() -> None:
+    res = pb.Customer(name="n", email="e@x.io", active=False)
+    assert changes(res, FieldMask(paths=["active"]), "customer") == {"active": False}
+    assert changes(res, FieldMask(), "customer") == {"name": "n", "email": "e@x.io"}
+    with pytest.raises(InvalidArgument) as err:
+        changes(res, FieldMask(paths=["id"]), "customer")
+    assert err.value.violations[0][0] == "customer.id"
+    with pytest.raises(InvalidArgument) as err:
+        changes(res, FieldMask(paths=["nope"]), "customer")
+    assert err.value.reason == "UNKNOWN_MASK_FIELD"
+
+
+def test_create_ignores_output_only_fields() -> None:
+    res = pb.Customer(id="client-chosen", name="n", email="e@x.io")
+    assert "id" not in changes(res, FieldMask(), "customer", creating=True)
+
+
+def test_parse_uuid_names_the_field() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_uuid("nope", "job_id")
+    assert err.value.violations[0][0] == "job_id"
