@@ -15,7 +15,14 @@ from typing import Any
 from innosystem.kit import pagination
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
-from innosystem.kit.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from innosystem.kit.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from innosystem.kit.scope import Scope
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.tenancy.models import ApiKey, Customer, Project, Reseller

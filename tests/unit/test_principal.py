@@ -28,7 +28,7 @@ def test_forged_signature_is_refused() -> None:
 
 
 def test_signature_does_not_cover_another_body() -> None:
-    (header, _), _ = principal.sign(Principal(kind=principal.ADMIN), SECRET)
+    header, _ = principal.sign(Principal(kind=principal.ADMIN), SECRET)
     _, signature = principal.sign(Principal(kind=principal.CUSTOMER, customer_id="c"), SECRET)
     with pytest.raises(Unauthenticated):
         principal.verify([header, signature], SECRET)
