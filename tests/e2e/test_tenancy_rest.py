@@ -1,0 +1,158 @@
+"""The tenancy API through the real gateway and service processes."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.e2e.conftest import Client
+
+pytestmark = pytest.mark.e2e
+
+
+def _reason(body: dict) -> str:
+    return next(d["reason"] for d in body["details"] if d["@type"].endswith("ErrorInfo"))
+
+
+def _violations(body: dict) -> list[str]:
+    return [v["field"] for d in body["details"] if d["@type"].endswith("BadRequest") for v in d["fieldViolations"]]
+
+
+@pytest.fixture(scope="module")
+def tenants(admin: Client) -> dict:
+    reseller = admin.post("/v1/resellers", {"name": "Acme Resale", "email": "ops@acme.example",
+                                            "commissionRateBps": 1500})
+    assert reseller.status == 200, reseller.body
+    as_reseller = admin.as_key(reseller.body["apiKey"])
+    first = as_reseller.post("/v1/customers", {"name": "First Co", "email": "first@example.com"})
+    second = admin.post("/v1/customers", {"name": "Second Co", "email": "second@example.com"})
+    assert first.status == 200 and second.status == 200, (first.body, second.body)
+    as_first, as_second = admin.as_key(first.body["apiKey"]), admin.as_key(second.body["apiKey"])
+    project = as_first.post(f"/v1/customers/{first.body['customer']['id']}/projects",
+                            {"name": "pipeline", "description": "nightly", "tags": ["etl"]})
+    assert project.status == 200, project.body
+    return {"reseller": reseller.body["reseller"], "first": first.body["customer"],
+            "second": second.body["customer"], "as_reseller": as_reseller, "as_first": as_first,
+            "as_second": as_second, "project": project.body}
+
+
+def test_healthz(admin: Client) -> None:
+    assert admin.as_key(None).get("/healthz").status == 200
+
+
+def test_customer_created_with_key_and_reseller(tenants: dict) -> None:
+    first = tenants["first"]
+    assert first["resellerId"] == tenants["reseller"]["id"]
+    assert first["active"] is True and first["createTime"]
+
+
+def test_customer_reads_itself_but_not_another(tenants: dict) -> None:
+    as_first, second = tenants["as_first"], tenants["second"]
+    assert as_first.get(f"/v1/customers/{tenants['first']['id']}").body["name"] == "First Co"
+    other = as_first.get(f"/v1/customers/{second['id']}")
+    assert other.status == 404, other.body
+    assert _reason(other.body) == "CUSTOMER_NOT_FOUND"
+
+
+def test_other_customers_project_is_404_not_403(tenants: dict) -> None:
+    project_id = tenants["project"]["id"]
+    assert tenants["as_first"].get(f"/v1/projects/{project_id}").status == 200
+    assert tenants["as_second"].get(f"/v1/projects/{project_id}").status == 404
+    assert tenants["as_second"].get(f"/v1/projects/{uuid.uuid4()}").status == 404
+    assert tenants["as_second"].patch(f"/v1/projects/{project_id}", {"name": "mine now"}).status == 404
+
+
+def test_reseller_manages_its_customers_only(tenants: dict) -> None:
+    as_reseller = tenants["as_reseller"]
+    listed = as_reseller.get("/v1/customers")
+    assert listed.status == 200
+    assert {c["id"] for c in listed.body["customers"]} == {tenants["first"]["id"]}
+    assert as_reseller.get(f"/v1/customers/{tenants['second']['id']}").status == 404
+    assert as_reseller.get(f"/v1/projects/{tenants['project']['id']}").status == 200
+
+
+def test_me(tenants: dict) -> None:
+    me = tenants["as_first"].get("/v1/me")
+    assert me.status == 200
+    assert me.body["principal"]["kind"] == "PRINCIPAL_KIND_CUSTOMER"
+    assert me.body["principal"]["customerId"] == tenants["first"]["id"]
+    assert me.body["displayName"] == "First Co"
+
+
+def test_bad_or_missing_key_is_401(admin: Client) -> None:
+    bad = admin.as_key("isk_this_is_not_a_real_key_at_all")
+    for client in (bad, admin.as_key(None)):
+        resp = client.get("/v1/me")
+        assert resp.status == 401, resp.body
+        assert resp.body["code"] == 16
+    malformed = admin.as_key(None).get("/v1/me", headers={"Authorization": "Basic Zm9vOmJhcg=="})
+    assert malformed.status == 401
+
+
+def test_update_with_mask_and_list_pages(tenants: dict) -> None:
+    as_first, project_id = tenants["as_first"], tenants["project"]["id"]
+    updated = as_first.patch(f"/v1/projects/{project_id}?updateMask=description", {"description": "hourly"})
+    assert updated.status == 200, updated.body
+    assert updated.body["description"] == "hourly" and updated.body["name"] == "pipeline"
+    customer_id = tenants["first"]["id"]
+    for i in range(3):
+        assert as_first.post(f"/v1/customers/{customer_id}/projects", {"name": f"extra {i}"}).status == 200
+    seen, token = [], ""
+    while True:
+        page = as_first.get(f"/v1/customers/{customer_id}/projects?pageSize=2&pageToken={token}")
+        assert page.status == 200 and len(page.body["projects"]) <= 2
+        seen += [p["id"] for p in page.body["projects"]]
+        token = page.body.get("nextPageToken", "")
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) == 4
+
+
+def test_delete_customer_with_projects_needs_force(admin: Client) -> None:
+    customer = admin.post("/v1/customers", {"name": "Leaving", "email": "bye@example.com"}).body["customer"]
+    assert admin.post(f"/v1/customers/{customer['id']}/projects", {"name": "p"}).status == 200
+    refused = admin.delete(f"/v1/customers/{customer['id']}")
+    assert refused.status == 400 and _reason(refused.body) == "CUSTOMER_HAS_PROJECTS"
+    assert admin.delete(f"/v1/customers/{customer['id']}?force=true").status == 200
+    assert admin.get(f"/v1/customers/{customer['id']}").status == 404
+
+
+def test_rotate_api_key(admin: Client) -> None:
+    created = admin.post("/v1/customers", {"name": "Rotator", "email": "rot@example.com"}).body
+    old = admin.as_key(created["apiKey"])
+    rotated = old.post(f"/v1/customers/{created['customer']['id']}:rotateApiKey")
+    assert rotated.status == 200 and rotated.body["apiKey"].startswith("isk_")
+    assert admin.as_key(rotated.body["apiKey"]).get("/v1/me").status == 200
+
+
+@pytest.mark.parametrize(("raw", "status", "needle"), [
+    (b'{"name": "x", "email": ', 400, "json"),                    # malformed JSON
+    (b'{"name": "x", "email": "e@x.io", "colour": "red"}', 400, "colour"),  # unknown field
+    (b'{"name": 42, "email": "e@x.io"}', 400, "name"),            # wrong type
+    (b'{"email": "e@x.io"}', 400, "name"),                        # missing required field
+    (b'{"name": "x", "email": "not an email"}', 400, "email"),    # invalid value
+])
+def test_bad_input_is_a_clear_4xx(admin: Client, raw: bytes, status: int, needle: str) -> None:
+    resp = admin.call("POST", "/v1/customers", raw=raw)
+    assert resp.status == status, resp.body
+    text = (resp.body["message"] + " " + " ".join(_violations(resp.body))).lower()
+    assert needle in text, resp.body
+
+
+def test_oversized_body_is_413(admin: Client) -> None:
+    huge = b'{"name": "' + b"x" * (5 * 1024 * 1024) + b'", "email": "e@x.io"}'
+    resp = admin.call("POST", "/v1/customers", raw=huge)
+    assert resp.status == 413, resp.body
+
+
+def test_unknown_route_is_404_json(admin: Client) -> None:
+    resp = admin.get("/v1/nothing-here")
+    assert resp.status == 404 and isinstance(resp.body, dict) and "code" in resp.body
+
+
+def test_bad_input_changes_nothing(admin: Client) -> None:
+    before = admin.get("/v1/customers?pageSize=500").body["customers"]
+    admin.call("POST", "/v1/customers", raw=b'{"name": "ghost", "email": "nope"}')
+    after = admin.get("/v1/customers?pageSize=500").body["customers"]
+    assert len(after) == len(before)
