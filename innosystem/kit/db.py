@@ -1,7 +1,11 @@
 """Async SQLAlchemy on psycopg 3, one PostgreSQL schema per service.
 
-Each service declares its ORM classes on a base made by `declarative_base(schema)`, so every
-table is schema-qualified and no service can see another's tables by accident. A use case
+Each service declares its ORM classes on a base whose metadata is `schema_metadata(schema)`,
+so every table is schema-qualified and no service can see another's tables by accident:
+
+    class Base(DeclarativeBase):
+        metadata = schema_metadata("tenancy")
+ A use case
 opens one transaction with `async with db.session() as s:` (commit on success, rollback on
 error); repositories receive that session.
 """
@@ -15,7 +19,6 @@ from datetime import UTC, datetime
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -26,13 +29,9 @@ NAMING_CONVENTION = {
 }
 
 
-def declarative_base(schema: str) -> type[DeclarativeBase]:
-    """A base class whose tables all live in `schema`, with the shared naming convention."""
-
-    class Base(DeclarativeBase):
-        metadata = MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
-
-    return Base
+def schema_metadata(schema: str) -> MetaData:
+    """Metadata whose tables all live in `schema`, with the shared naming convention."""
+    return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
 
 
 def utcnow() -> datetime:

@@ -125,8 +125,8 @@ def internal_status(trace_id: str) -> status_pb2.Status:
 
 def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> DomainError:
     """Rebuild the domain error a peer raised, keeping its reason and field violations."""
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-    message: str = exc.details() or code.name  # type: ignore[attr-defined]
+    code: grpc.StatusCode = exc.code()
+    message: str = exc.details() or code.name
     reason, domain, metadata, violations = None, None, {}, []
     status = _status_of(exc)
     if status is not None:
@@ -146,7 +146,7 @@ def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> DomainError:
 
 
 def _status_of(exc: grpc.RpcError) -> status_pb2.Status | None:
-    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in exc.trailing_metadata() or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             return status_pb2.Status.FromString(value)
     return None

@@ -195,10 +195,10 @@ def _domain_errors(domain: str) -> Around:
         except DomainError as err:
             await abort(context, err, domain)
         except grpc.aio.AioRpcError as exc:  # a downstream service's error passes through with its reason
-            err = from_rpc_error(exc)
-            if err.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            downstream = from_rpc_error(exc)
+            if downstream.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
                 log.error("downstream call failed: %s", exc.details())
-            await abort(context, err, domain)
+            await abort(context, downstream, domain)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:

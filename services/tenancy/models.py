@@ -7,11 +7,15 @@ from datetime import datetime
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, SmallInteger, String, Text, text
 from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, UUID
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from innosystem.kit.db import declarative_base, new_id, utcnow
+from innosystem.kit.db import new_id, schema_metadata, utcnow
 
-Base = declarative_base("tenancy")
+
+class Base(DeclarativeBase):
+    metadata = schema_metadata("tenancy")
+
+
 Timestamp = TIMESTAMP(timezone=True)
 
 
