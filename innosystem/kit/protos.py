@@ -37,8 +37,8 @@ def request_hash(request: Message) -> bytes:
 def changes(resource: Message, mask: FieldMask, field_prefix: str, *, creating: bool = False) -> dict[str, Any]:
     """The fields a create or an update sets, as {field name: Python value}.
 
-    An update names its fields in `mask`; an empty mask means the fields set to a non-default
-    value. Output-only fields are ignored on create (clients may echo a resource back) and
+    An update names its fields in `mask`; an empty mask means the fields present (set to a
+    non-default value, or set at all for `optional` fields). Output-only fields are ignored on create (clients may echo a resource back) and
     refused in an update mask, as are immutable ones; unknown paths are refused.
     """
     fields = resource.DESCRIPTOR.fields_by_name

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from innosystem.kit import principal as principals
 from innosystem.kit.errors import InvalidArgument
@@ -33,12 +34,6 @@ def project_pb(row: Project) -> pb.Project:
     return pb.Project(id=str(row.id), customer_id=str(row.customer_id), name=row.name, description=row.description,
                       tags=list(row.tags or ()), active=row.active, encryption_key_id=row.encryption_key_id or "",
                       create_time=timestamp(row.create_time), update_time=timestamp(row.update_time))
-
-
-def _no_mask() -> Any:
-    from google.protobuf.field_mask_pb2 import FieldMask
-
-    return FieldMask()
 
 
 class TenancyApi(tenancy_pb2_grpc.TenancyServiceServicer):
@@ -153,9 +148,9 @@ class TenancyApi(tenancy_pb2_grpc.TenancyServiceServicer):
 
 
 def _create_fields(resource: Any, prefix: str) -> dict[str, Any]:
-    """A new resource's fields; `active` defaults to true (proto3 cannot tell unset from false)."""
-    fields = changes(resource, _no_mask(), prefix, creating=True)
-    fields["active"] = True
+    """A new resource's fields; `active` (an optional field) defaults to true when unset."""
+    fields = changes(resource, FieldMask(), prefix, creating=True)
+    fields.setdefault("active", True)
     return fields
 
 

@@ -60,7 +60,7 @@ class Principal(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     kind: Global___PrincipalKind.ValueType
     reseller_id: _builtins.str
-    """Set for KIND_RESELLER, and for a customer that belongs to a reseller."""
+    """Set for PRINCIPAL_KIND_RESELLER, and for a customer that belongs to a reseller."""
     customer_id: _builtins.str
     """Set for PRINCIPAL_KIND_CUSTOMER, and for a customer-owned runner."""
     runner_id: _builtins.str
@@ -102,6 +102,7 @@ class Reseller(_message.Message):
     name: _builtins.str
     email: _builtins.str
     active: _builtins.bool
+    """Unset on create means true."""
     commission_rate_bps: _builtins.int
     """Share of customers' captured costs paid to the reseller, in basis points (0..10000)."""
     @_builtins.property
@@ -114,16 +115,18 @@ class Reseller(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         email: _builtins.str = ...,
-        active: _builtins.bool = ...,
+        active: _builtins.bool | None = ...,
         commission_rate_bps: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "commission_rate_bps", b"commission_rate_bps", "create_time", b"create_time", "email", b"email", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "commission_rate_bps", b"commission_rate_bps", "create_time", b"create_time", "email", b"email", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__active: _TypeAlias = _typing.Literal["active"]  # noqa: Y015
+    _WhichOneofArgType__active: _TypeAlias = _typing.Literal["_active", b"_active"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__active) -> _WhichOneofReturnType__active | None: ...
 
 Global___Reseller: _TypeAlias = Reseller  # noqa: Y015
 
@@ -144,6 +147,7 @@ class Customer(_message.Message):
     name: _builtins.str
     email: _builtins.str
     active: _builtins.bool
+    """Unset on create means true. An inactive customer's keys stop working."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -155,15 +159,17 @@ class Customer(_message.Message):
         reseller_id: _builtins.str = ...,
         name: _builtins.str = ...,
         email: _builtins.str = ...,
-        active: _builtins.bool = ...,
+        active: _builtins.bool | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "email", b"email", "id", b"id", "name", b"name", "reseller_id", b"reseller_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "create_time", b"create_time", "email", b"email", "id", b"id", "name", b"name", "reseller_id", b"reseller_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__active: _TypeAlias = _typing.Literal["active"]  # noqa: Y015
+    _WhichOneofArgType__active: _TypeAlias = _typing.Literal["_active", b"_active"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__active) -> _WhichOneofReturnType__active | None: ...
 
 Global___Customer: _TypeAlias = Customer  # noqa: Y015
 
@@ -185,6 +191,7 @@ class Project(_message.Message):
     name: _builtins.str
     description: _builtins.str
     active: _builtins.bool
+    """Unset on create means true."""
     encryption_key_id: _builtins.str
     """Client key (keys service) under which this project's new jobs are encrypted; empty = none."""
     @_builtins.property
@@ -201,16 +208,18 @@ class Project(_message.Message):
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
-        active: _builtins.bool = ...,
+        active: _builtins.bool | None = ...,
         encryption_key_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "encryption_key_id", b"encryption_key_id", "id", b"id", "name", b"name", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "encryption_key_id", b"encryption_key_id", "id", b"id", "name", b"name", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__active: _TypeAlias = _typing.Literal["active"]  # noqa: Y015
+    _WhichOneofArgType__active: _TypeAlias = _typing.Literal["_active", b"_active"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__active) -> _WhichOneofReturnType__active | None: ...
 
 Global___Project: _TypeAlias = Project  # noqa: Y015
 
@@ -541,7 +550,9 @@ class UpdateCustomerRequest(_message.Message):
     @_builtins.property
     def customer(self) -> Global___Customer: ...
     @_builtins.property
-    def update_mask(self) -> _field_mask_pb2.FieldMask: ...
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to change; empty means every field present in `customer`."""
+
     def __init__(
         self,
         *,
@@ -704,7 +715,9 @@ class UpdateProjectRequest(_message.Message):
     @_builtins.property
     def project(self) -> Global___Project: ...
     @_builtins.property
-    def update_mask(self) -> _field_mask_pb2.FieldMask: ...
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to change; empty means every field present in `project`."""
+
     def __init__(
         self,
         *,
