@@ -32,7 +32,9 @@ def test_complete_request_passes() -> None:
 def test_mask_selects_fields_and_refuses_output_only() -> None:
     res = pb.Customer(name="n", email="e@x.io", active=False)
     assert changes(res, FieldMask(paths=["active"]), "customer") == {"active": False}
-    assert changes(res, FieldMask(), "customer") == {"name": "n", "email": "e@x.io"}
+    # `active` is an optional field: explicitly false counts as present
+    assert changes(res, FieldMask(), "customer") == {"name": "n", "email": "e@x.io", "active": False}
+    assert "active" not in changes(pb.Customer(name="n"), FieldMask(), "customer")
     with pytest.raises(InvalidArgument) as err:
         changes(res, FieldMask(paths=["id"]), "customer")
     assert err.value.violations[0][0] == "customer.id"
