@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from innosystem.kit.clients import channel
 from innosystem.kit.db import Database
 from innosystem.kit.server import Service
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 from services.tenancy.api import TenancyApi
 from services.tenancy.config import TenancyConfig
 from services.tenancy.service import TenancyService
+from services.tenancy.wallets import WalletOpener
 
 
 async def create() -> Service:
     config = TenancyConfig.from_env()
     db = Database(config.common.database_url)
-    service = TenancyService(db, config.api_key_pepper)
+    billing = channel(config.common.addresses.billing, service="tenancy", secret=config.common.internal_secret)
+    opener = WalletOpener(db, billing)
+    service = TenancyService(db, config.api_key_pepper, on_customer_created=opener.wake.set)
     if config.admin_api_key:
         await service.ensure_admin_key(config.admin_api_key)
     api = TenancyApi(service)
@@ -22,5 +26,6 @@ async def create() -> Service:
         service_names=[tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].full_name],
         register=lambda server: tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(api, server),
         authenticate=service.authenticate,  # direct gRPC callers with an API key
-        on_shutdown=[db.close],
+        background=[opener.run],
+        on_shutdown=[billing.close, db.close],
     )

@@ -91,3 +91,20 @@ class IdempotencyKey(Base):
     request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     resource_id: Mapped[uuid.UUID] = mapped_column(UUID)
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class WalletOpening(Base):
+    """Outbox: a customer whose wallet billing has not confirmed yet.
+
+    Written in the customer's own transaction, so a customer created while billing is down
+    still gets its wallet: a background loop delivers and deletes these rows.
+    """
+
+    __tablename__ = "wallet_openings"
+    __table_args__ = (Index(None, "next_attempt_time"),)
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import utcnow
 from innosystem.kit.scope import Scope
-from services.tenancy.models import ApiKey, Customer, IdempotencyKey, Project, Reseller
+from services.tenancy.models import ApiKey, Customer, IdempotencyKey, Project, Reseller, WalletOpening
 
 Keyset = tuple[datetime, uuid.UUID]
 
@@ -37,7 +37,7 @@ class TenancyRepository:
         self.s = session
 
     # resellers
-    async def add(self, row: Reseller | Customer | Project | ApiKey) -> None:
+    async def add(self, row: Reseller | Customer | Project | ApiKey | WalletOpening) -> None:
         self.s.add(row)
         await self.s.flush()
 

@@ -7,7 +7,7 @@ import hmac
 import re
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,7 @@ from innosystem.kit.errors import (
 )
 from innosystem.kit.scope import Scope
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.tenancy.models import ApiKey, Customer, Project, Reseller
+from services.tenancy.models import ApiKey, Customer, Project, Reseller, WalletOpening
 from services.tenancy.repository import Keyset, TenancyRepository
 
 API_KEY_PREFIX = "isk_"
@@ -98,9 +98,10 @@ def validate(changes: dict[str, Any]) -> None:
 
 
 class TenancyService:
-    def __init__(self, db: Database, pepper: bytes) -> None:
+    def __init__(self, db: Database, pepper: bytes, on_customer_created: Callable[[], None] = lambda: None) -> None:
         self.db = db
         self._pepper = pepper
+        self._on_customer_created = on_customer_created
 
     def hash_key(self, api_key: str) -> bytes:
         return hmac.new(self._pepper, api_key.encode(), hashlib.sha256).digest()
@@ -277,8 +278,10 @@ class TenancyService:
             keys: list[ApiKey] = []
             api_key = self._issue_key(keys, principals.CUSTOMER, customer_id=customer.id)
             await repo.add(keys[0])
+            await repo.add(WalletOpening(customer_id=customer.id, reseller_id=customer.reseller_id))
             await self._remember(repo, scope, request_id, request_hash, customer.id)
-            return Created(customer, api_key)
+        self._on_customer_created()  # after the commit: the wallet opener may go now
+        return Created(customer, api_key)
 
     async def _visible_customer(self, repo: TenancyRepository, caller: Principal, customer_id: str,
                                 lock: bool = False) -> Customer:
