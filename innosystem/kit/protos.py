@@ -38,8 +38,9 @@ def changes(resource: Message, mask: FieldMask, field_prefix: str, *, creating: 
     """The fields a create or an update sets, as {field name: Python value}.
 
     An update names its fields in `mask`; an empty mask means the fields present (set to a
-    non-default value, or set at all for `optional` fields). Output-only fields are ignored on create (clients may echo a resource back) and
-    refused in an update mask, as are immutable ones; unknown paths are refused.
+    non-default value, or set at all for `optional` fields). Output-only fields are ignored on
+    create (clients may echo a resource back) and refused in an update mask, as are immutable
+    ones; unknown paths are refused.
     """
     fields = resource.DESCRIPTOR.fields_by_name
     if creating or not mask.paths:
