@@ -167,6 +167,9 @@ class _Stop(Exception):
 
 
 def _raise_stop(signum: int, frame: object) -> None:
+    # Once: a second Ctrl-C must not interrupt the orderly shutdown it asked for.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Stop
 
 
@@ -216,8 +219,6 @@ def up(args: argparse.Namespace) -> int:
         print("\nstopping …", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if stack is not None:
             stack.stop()
         if valkey is not None:
