@@ -46,3 +46,41 @@ def test_sigterm_drains_and_exits_cleanly(stack: Stack) -> None:
     assert code == 0
     stack.start(services=("keys",), gateway=False)
     stack.wait_ready(30)
+
+
+async def test_direct_grpc_callers_are_authenticated(stack: Stack) -> None:
+    """Internal gRPC callers: a forged principal is refused, an API key works, reflection and health answer."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from innosystem.kit import principal
+    from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
+    from innosystem.tenancy.v1.tenancy_pb2 import Principal
+
+    async with grpc.aio.insecure_channel(stack.address("tenancy")) as channel:
+        stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
+        forged = principal.sign(Principal(kind=principal.ADMIN), b"guessed secret")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListCustomers(tenancy_pb2.ListCustomersRequest(), metadata=forged)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # Authenticate is internal: not for API keys
+            await stub.Authenticate(tenancy_pb2.AuthenticateRequest(api_key=stack.admin_api_key),
+                                    metadata=(("authorization", f"Bearer {stack.admin_api_key}"),))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        me = await stub.GetMe(tenancy_pb2.GetMeRequest(),
+                              metadata=(("authorization", f"Bearer {stack.admin_api_key}"),))
+        assert me.principal.kind == principal.ADMIN
+
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="innosystem.tenancy.v1.TenancyService"))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        async for answer in reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+                list_services="")])):
+            names = {s.name for s in answer.list_services_response.service}
+            assert "innosystem.tenancy.v1.TenancyService" in names
+            break

@@ -1,0 +1,158 @@
+"""The OpenAPI document: complete, deterministic, and true to the proto3 JSON mapping."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.descriptors import parse_descriptor_set
+from gateway.openapi import render_openapi
+from gateway.routes import http_rule
+
+
+@pytest.fixture(scope="module")
+def doc(sample_set: bytes) -> dict[str, Any]:
+    return json.loads(render_openapi(sample_set))
+
+
+@pytest.fixture(scope="module")
+def schemas(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["components"]["schemas"]
+
+
+def operations(doc: dict[str, Any]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    return {op["operationId"]: (method, path, op) for path, item in doc["paths"].items()
+            for method, op in item.items()}
+
+
+def test_every_method_with_an_http_rule_is_an_operation(descriptor_set: bytes) -> None:
+    doc = json.loads(render_openapi(descriptor_set))
+    files = parse_descriptor_set(descriptor_set)
+    expected = {f"{s.name}_{m.name}" for f in files.file for s in f.service for m in s.method
+                if http_rule(m) is not None}
+    assert expected and expected <= set(operations(doc))
+    assert "TenancyService_Authenticate" not in operations(doc)  # internal: no rule, no operation
+    assert doc["openapi"] == "3.1.0"
+
+
+def test_output_is_deterministic_and_sorted(sample_set: bytes) -> None:
+    first = render_openapi(sample_set)
+    assert first == render_openapi(sample_set)
+    assert first == json.dumps(json.loads(first), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def test_required_and_read_only_follow_field_behavior(schemas: dict[str, Any]) -> None:
+    customer = schemas["innosystem.tenancy.v1.Customer"]
+    assert customer["required"] == ["name", "email"]
+    assert customer["properties"]["id"]["readOnly"] is True
+    assert customer["properties"]["createTime"] == {"type": "string", "format": "date-time", "readOnly": True}
+    assert "readOnly" not in customer["properties"]["name"]
+
+
+def test_proto3_json_types(schemas: dict[str, Any]) -> None:
+    props = schemas["innosystem.tenancy.v1.Sample"]["properties"]
+    assert props["big"] == {"type": "string", "format": "int64", "description": "A 64-bit count."}
+    assert props["count"] == {"type": "integer", "format": "int32"}
+    assert props["small"]["format"] == "uint32" and props["ratio32"]["format"] == "float"
+    assert props["blob"]["format"] == "byte"
+    assert props["tags"] == {"type": "array", "items": {"type": "string"}}
+    assert props["inners"] == {"type": "array", "items": {"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"}}
+    assert props["counts"] == {"type": "object", "additionalProperties": {"type": "integer", "format": "int32"}}
+    assert props["named"]["additionalProperties"] == {"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"}
+    assert props["when"] == {"type": "string", "format": "date-time"}
+    assert props["wait"]["type"] == "string" and props["mask"]["type"] == "string"
+    assert props["extra"] == {"type": "object", "additionalProperties": True}
+    assert props["maybe"]["type"] == ["integer", "null"]
+    assert props["color"] == {"$ref": "#/components/schemas/innosystem.tenancy.v1.Color"}
+    assert props["output"]["readOnly"] is True
+    color = schemas["innosystem.tenancy.v1.Color"]
+    assert color["type"] == "string" and color["enum"] == ["COLOR_UNSPECIFIED", "COLOR_RED", "COLOR_BLUE"]
+    assert "`COLOR_RED`: Like a tomato." in color["description"]
+    assert schemas["innosystem.tenancy.v1.Sample"]["description"] == "A sample of every field kind."
+    assert "CountsEntry" not in json.dumps(schemas)  # map entries are not types of their own
+
+
+def test_recursive_messages_are_components(schemas: dict[str, Any]) -> None:
+    inner = schemas["innosystem.tenancy.v1.Inner"]
+    assert inner["properties"]["child"] == {"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"}
+
+
+def test_get_has_path_and_query_parameters(doc: dict[str, Any]) -> None:
+    method, path, op = operations(doc)["GatewayTestService_Echo_1"]
+    assert (method, path) == ("get", "/v1/samples/{id}")
+    params = {p["name"]: p for p in op["parameters"]}
+    assert params["id"] == {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    assert params["big"]["in"] == "query" and params["big"]["schema"]["format"] == "int64"
+    assert params["inner.note"]["in"] == "query" and params["inner.child.level"]["in"] == "query"
+    assert params["tags"]["schema"]["type"] == "array"
+    assert params["when"]["schema"]["format"] == "date-time"
+    assert "counts" not in params and "extra" not in params and "inners" not in params
+
+
+def test_body_star_schema_leaves_out_the_path_fields(doc: dict[str, Any]) -> None:
+    method, path, op = operations(doc)["GatewayTestService_Echo"]
+    assert (method, path) == ("post", "/v1/samples/{id}:echo")
+    assert "parameters" in op and [p["in"] for p in op["parameters"]] == ["path"]
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    assert "id" not in body["properties"] and "count" in body["properties"]
+    assert "required" not in body  # `id`, the only required field, is in the path
+
+
+def test_body_field_and_other_fields_as_query(doc: dict[str, Any]) -> None:
+    _, path, op = operations(doc)["TenancyService_UpdateCustomer"]
+    assert path == "/v1/customers/{customer_id}"
+    assert op["requestBody"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/innosystem.tenancy.v1.Customer"}
+    assert op["requestBody"]["required"] is True
+    assert [p["name"] for p in op["parameters"]] == ["customer_id", "updateMask"]
+
+
+def test_responses_errors_security_and_tags(doc: dict[str, Any]) -> None:
+    _, _, op = operations(doc)["TenancyService_GetCustomer"]
+    assert op["responses"]["200"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/innosystem.tenancy.v1.Customer"}
+    assert op["responses"]["default"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/google.rpc.Status"}
+    assert op["tags"] == ["innosystem.tenancy.v1.TenancyService"]
+    assert doc["security"] == [{"bearerAuth": []}]
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert doc["components"]["schemas"]["google.rpc.Status"]["properties"]["details"]["items"] == \
+        {"$ref": "#/components/schemas/google.protobuf.Any"}
+    tags = {t["name"]: t.get("description") for t in doc["tags"]}
+    assert tags["innosystem.tenancy.v1.GatewayTestService"] == "Exercises the gateway."
+
+
+def test_streaming_methods_are_event_streams(doc: dict[str, Any]) -> None:
+    _, path, op = operations(doc)["GatewayTestService_Watch"]
+    assert path == "/v1/samples/{id}:watch"
+    assert op["description"] == "Streams the sample back."
+    assert list(op["responses"]["200"]["content"]) == ["text/event-stream"]
+
+
+def test_response_body_and_empty(doc: dict[str, Any]) -> None:
+    _, _, op = operations(doc)["GatewayTestService_InnerOnly"]
+    assert op["responses"]["200"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"}
+    _, _, delete = operations(doc)["TenancyService_DeleteCustomer"]
+    assert delete["responses"]["200"]["content"]["application/json"]["schema"] == {"type": "object"}
+    assert [p["name"] for p in delete["parameters"]] == ["customer_id", "force"]
+
+
+def test_every_reference_resolves(doc: dict[str, Any], schemas: dict[str, Any]) -> None:
+    refs = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                refs.add(node["$ref"].removeprefix("#/components/schemas/"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    assert refs and refs <= set(schemas)
+    assert all(schemas[name] for name in schemas)  # no placeholder left empty
