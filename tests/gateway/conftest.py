@@ -48,11 +48,11 @@ async def upstream_port(recorder: Recorder, sample_set: bytes) -> AsyncIterator[
     await server.stop(0)
 
 
-def config_for(port: int, descriptors: Path, **overrides: Any) -> GatewayConfig:
-    """Every upstream at `port` (the test server answers health for all of them)."""
+def config_for(upstream_port: int, descriptors: Path, **overrides: Any) -> GatewayConfig:
+    """Every upstream at `upstream_port` (the test server answers health for all of them)."""
     base = GatewayConfig(
         internal_secret=SECRET,
-        addresses=Addresses(**{name: f"127.0.0.1:{port}" for name in SERVICES}),
+        addresses=Addresses(**{name: f"127.0.0.1:{upstream_port}" for name in SERVICES}),
         deadline_seconds=2.0,
         sse_keepalive_seconds=5.0,
         max_body_bytes=16 * 1024,

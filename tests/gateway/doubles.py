@@ -181,12 +181,18 @@ class Recorder:
     stream_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     # Each Watch call waits for this before it ends.
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    _arrivals: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def arrived(self, method: str) -> asyncio.Event:
+        """Set once `method` has been called."""
+        return self._arrivals.setdefault(method, asyncio.Event())
 
     def record(self, method: str, request: Message, context: grpc.aio.ServicerContext) -> Call:
         metadata = [(k, v) for k, v in context.invocation_metadata() or ()]
         call = Call(method, request, principal.verify(metadata, SECRET),
                     {k: v for k, v in metadata if isinstance(v, str)})
         self.calls.append(call)
+        self.arrived(method).set()
         return call
 
     def named(self, method: str) -> list[Call]:

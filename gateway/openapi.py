@@ -1,0 +1,363 @@
+"""The OpenAPI 3.1 document of the HTTP API, from the same descriptor set the gateway serves.
+
+Output is deterministic (sorted keys, declaration order in lists) because it is committed as
+docs/openapi.json and `scripts/protos.py --check` compares it. Schemas follow the proto3 JSON
+mapping the gateway speaks: lowerCamelCase names, 64-bit integers as strings, Timestamp as an
+RFC 3339 string, enums by name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from google.api import field_behavior_pb2
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+
+from gateway.descriptors import build_pool, parse_descriptor_set
+from gateway.fields import is_map, map_fields
+from gateway.routes import Route, load_routes
+
+Schema = dict[str, Any]
+FD = FieldDescriptor
+
+STATUS = "google.rpc.Status"
+ANY = "google.protobuf.Any"
+SECURITY_SCHEME = "bearerAuth"
+_MAX_QUERY_DEPTH = 3
+
+_SCALARS: dict[int, Schema] = {
+    FD.TYPE_INT32: {"type": "integer", "format": "int32"},
+    FD.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    FD.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
+    FD.TYPE_UINT32: {"type": "integer", "format": "uint32", "minimum": 0},
+    FD.TYPE_FIXED32: {"type": "integer", "format": "uint32", "minimum": 0},
+    FD.TYPE_INT64: {"type": "string", "format": "int64"},
+    FD.TYPE_SINT64: {"type": "string", "format": "int64"},
+    FD.TYPE_SFIXED64: {"type": "string", "format": "int64"},
+    FD.TYPE_UINT64: {"type": "string", "format": "uint64"},
+    FD.TYPE_FIXED64: {"type": "string", "format": "uint64"},
+    FD.TYPE_FLOAT: {"type": "number", "format": "float"},
+    FD.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    FD.TYPE_BOOL: {"type": "boolean"},
+    FD.TYPE_STRING: {"type": "string"},
+    FD.TYPE_BYTES: {"type": "string", "format": "byte", "contentEncoding": "base64"},
+}
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+# Well-known types have a JSON form of their own; they are inlined, not components.
+_WELL_KNOWN: dict[str, Schema] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},
+    "google.protobuf.FieldMask": {"type": "string", "description": "Comma-separated field paths."},
+    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array", "items": {}},
+    "google.protobuf.Empty": {"type": "object"},
+    "google.protobuf.DoubleValue": _nullable(_SCALARS[FD.TYPE_DOUBLE]),
+    "google.protobuf.FloatValue": _nullable(_SCALARS[FD.TYPE_FLOAT]),
+    "google.protobuf.Int64Value": _nullable(_SCALARS[FD.TYPE_INT64]),
+    "google.protobuf.UInt64Value": _nullable(_SCALARS[FD.TYPE_UINT64]),
+    "google.protobuf.Int32Value": _nullable(_SCALARS[FD.TYPE_INT32]),
+    "google.protobuf.UInt32Value": _nullable(_SCALARS[FD.TYPE_UINT32]),
+    "google.protobuf.BoolValue": _nullable(_SCALARS[FD.TYPE_BOOL]),
+    "google.protobuf.StringValue": _nullable(_SCALARS[FD.TYPE_STRING]),
+    "google.protobuf.BytesValue": _nullable(_SCALARS[FD.TYPE_BYTES]),
+}
+
+# The error body of every operation (google/rpc/status.proto), written out so the document
+# does not depend on that file being in the descriptor set.
+_FIXED_COMPONENTS: dict[str, Schema] = {
+    STATUS: {
+        "type": "object",
+        "description": "An error: a gRPC status code, a developer-facing message, and details such as "
+                       "google.rpc.ErrorInfo (reason, domain, metadata) and google.rpc.BadRequest "
+                       "(fieldViolations).",
+        "properties": {
+            "code": {"type": "integer", "format": "int32", "description": "The google.rpc.Code value."},
+            "message": {"type": "string"},
+            "details": {"type": "array", "items": {"$ref": f"#/components/schemas/{ANY}"}},
+        },
+        "required": ["code", "message", "details"],
+    },
+    ANY: {
+        "type": "object",
+        "description": "A message of the type named by @type, with that type's fields inline.",
+        "properties": {"@type": {"type": "string"}},
+        "required": ["@type"],
+        "additionalProperties": True,
+    },
+}
+
+
+def render_openapi(descriptor_set_bytes: bytes) -> str:
+    files = parse_descriptor_set(descriptor_set_bytes)
+    pool = build_pool(files)
+    document = _Builder(files).build(load_routes(files, pool))
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def ref(full_name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{full_name}"}
+
+
+def _behaviors(field: FieldDescriptor) -> set[int]:
+    return set(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+
+
+class _Builder:
+    def __init__(self, files: descriptor_pb2.FileDescriptorSet) -> None:
+        self.comments = dict(_comments(files))
+        self.schemas: dict[str, Schema] = dict(_FIXED_COMPONENTS)
+        self._pending: list[Descriptor | EnumDescriptor] = []
+
+    def build(self, routes: list[Route]) -> dict[str, Any]:
+        paths: dict[str, dict[str, Any]] = {}
+        tags: dict[str, str] = {}
+        seen: dict[str, int] = {}
+        for route in routes:
+            rpc = route.rpc
+            tags[rpc.service] = self.comments.get(rpc.service, "")
+            n = seen[rpc.full_name] = seen.get(rpc.full_name, -1) + 1
+            short = rpc.service.rsplit(".", 1)[-1]
+            operation_id = f"{short}_{rpc.name}" + (f"_{n}" if n else "")
+            item = paths.setdefault(route.template.openapi_path(), {})
+            # Tags are full service names, so a reader sees the package (the bounded context).
+            item[route.http_method.lower()] = self._operation(route, operation_id, rpc.service)
+        self._drain()
+        return {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "InnoSystem API",
+                "version": "v1",
+                "description": "The REST gateway of InnoSystem: every method is a gRPC method transcoded "
+                               "from its google.api.http rule. Bodies are proto3 JSON (lowerCamelCase "
+                               "names; 64-bit integers as strings). Errors are google.rpc.Status JSON.",
+            },
+            "tags": [{"name": n, "description": d} if d else {"name": n} for n, d in sorted(tags.items())],
+            "security": [{SECURITY_SCHEME: []}],
+            "paths": paths,
+            "components": {
+                "schemas": self.schemas,
+                "securitySchemes": {SECURITY_SCHEME: {
+                    "type": "http", "scheme": "bearer", "description": "An InnoSystem API key (isk_…).",
+                }},
+            },
+        }
+
+    # --- operations ----------------------------------------------------------------------------
+
+    def _operation(self, route: Route, operation_id: str, tag: str) -> dict[str, Any]:
+        rpc = route.rpc
+        operation: dict[str, Any] = {"operationId": operation_id, "tags": [tag]}
+        if description := self.comments.get(rpc.full_name):
+            operation["description"] = description
+        parameters = self._path_parameters(route) + self._query_parameters(route)
+        if parameters:
+            operation["parameters"] = parameters
+        if route.binding.body:
+            operation["requestBody"] = self._request_body(route)
+        out = self._schema_of_field(route.response_field) if route.response_field else self._message_ref(rpc.output)
+        if rpc.server_streaming:
+            success = {
+                "description": f"A stream of Server-Sent Events: one `data:` event per {rpc.output.name} "
+                               "(JSON). A failure after the stream has started arrives as an `event: error` "
+                               "whose data is a google.rpc.Status.",
+                "content": {"text/event-stream": {"schema": out}},
+            }
+        else:
+            success = {"description": "OK", "content": {"application/json": {"schema": out}}}
+        operation["responses"] = {
+            "200": success,
+            "default": {"description": "An error.", "content": {"application/json": {"schema": ref(STATUS)}}},
+        }
+        return operation
+
+    def _path_parameters(self, route: Route) -> list[Schema]:
+        out = []
+        for var, chain in zip(route.template.variables, route.path_fields, strict=True):
+            leaf = chain[-1]
+            parameter: Schema = {"name": var.name, "in": "path", "required": True,
+                                 "schema": self._schema_of_type(leaf)}
+            description = self.comments.get(leaf.full_name, "")
+            if var.multi_segment or route.template.segments[var.start] != "*":
+                pattern = "/".join(route.template.segments[var.start:var.end])
+                description = f"{description}\n\nPattern: `{pattern}`".strip()
+            if description:
+                parameter["description"] = description
+            out.append(parameter)
+        return out
+
+    def _query_parameters(self, route: Route) -> list[Schema]:
+        if route.binding.body == "*":
+            return []
+        bound = {tuple(f.full_name for f in chain) for chain in route.path_fields}
+        skip_top = {route.body_field.full_name} if route.body_field else set()
+        return list(self._query_fields(route.rpc.input, (), "", bound, skip_top))
+
+    def _query_fields(self, message: Descriptor, prefix: tuple[str, ...], name_prefix: str,
+                      bound: set[tuple[str, ...]], skip_top: set[str]) -> Iterator[Schema]:
+        """Query parameters: the fields with a text form, nested ones by dotted name (a few levels
+        deep, which also bounds recursive messages)."""
+        for field in message.fields:
+            chain = (*prefix, field.full_name)
+            if chain in bound or (not prefix and field.full_name in skip_top):
+                continue
+            name = name_prefix + field.json_name
+            nested = field.message_type
+            if is_map(field):
+                continue
+            if nested is not None and nested.full_name not in _WELL_KNOWN:
+                if field.is_repeated or len(chain) >= _MAX_QUERY_DEPTH:
+                    continue
+                yield from self._query_fields(nested, chain, name + ".", bound, skip_top)
+                continue
+            if nested is not None and nested.full_name in ("google.protobuf.Struct", "google.protobuf.Value",
+                                                            "google.protobuf.ListValue", "google.protobuf.Empty"):
+                continue  # no text form
+            parameter: Schema = {"name": name, "in": "query", "schema": self._schema_of_field(field)}
+            if field.is_repeated:
+                parameter["description"] = "Repeat the parameter for each value."
+            if description := self.comments.get(field.full_name):
+                parameter["description"] = (description + "\n\n" + parameter.get("description", "")).strip()
+            if field_behavior_pb2.REQUIRED in _behaviors(field):
+                parameter["required"] = True
+            yield parameter
+
+    def _request_body(self, route: Route) -> Schema:
+        if route.body_field is not None:
+            schema = self._schema_of_field(route.body_field)
+            required = field_behavior_pb2.REQUIRED in _behaviors(route.body_field)
+        else:
+            schema = self._message_ref(route.rpc.input)
+            top = {chain[0].json_name for chain in route.path_fields if len(chain) == 1}
+            if top and "$ref" in schema:
+                # The path carries these fields: the body is the request without them.
+                self._drain()
+                full = self.schemas[route.rpc.input.full_name]
+                properties = {k: v for k, v in full.get("properties", {}).items() if k not in top}
+                schema = {"type": "object", "properties": properties}
+                if required_fields := [r for r in full.get("required", []) if r not in top]:
+                    schema["required"] = required_fields
+            required = bool(schema.get("required"))
+        return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+    # --- schemas -------------------------------------------------------------------------------
+
+    def _message_ref(self, message: Descriptor) -> Schema:
+        if message.full_name in _WELL_KNOWN:
+            return dict(_WELL_KNOWN[message.full_name])
+        if message.full_name not in self.schemas:
+            self.schemas[message.full_name] = {}  # placeholder: breaks recursion
+            self._pending.append(message)
+        return ref(message.full_name)
+
+    def _enum_ref(self, enum: EnumDescriptor) -> Schema:
+        if enum.full_name not in self.schemas:
+            self.schemas[enum.full_name] = {}
+            self._pending.append(enum)
+        return ref(enum.full_name)
+
+    def _drain(self) -> None:
+        while self._pending:
+            item = self._pending.pop()
+            if isinstance(item, Descriptor):
+                self.schemas[item.full_name] = self._message_schema(item)
+            else:
+                self.schemas[item.full_name] = self._enum_schema(item)
+
+    def _message_schema(self, message: Descriptor) -> Schema:
+        schema: Schema = {"type": "object", "properties": {}}
+        required = []
+        for field in message.fields:
+            schema["properties"][field.json_name] = self._schema_of_field(field, describe=True)
+            if field_behavior_pb2.REQUIRED in _behaviors(field):
+                required.append(field.json_name)
+        if required:
+            schema["required"] = required
+        if description := self.comments.get(message.full_name):
+            schema["description"] = description
+        return schema
+
+    def _enum_schema(self, enum: EnumDescriptor) -> Schema:
+        schema: Schema = {"type": "string", "enum": [v.name for v in enum.values]}
+        lines = [self.comments.get(enum.full_name, "")]
+        lines += [f"- `{v.name}`: {c}" for v in enum.values
+                  if (c := self.comments.get(f"{enum.full_name}.{v.name}", "").replace("\n", " "))]
+        if description := "\n".join(line for line in lines if line).strip():
+            schema["description"] = description
+        return schema
+
+    def _schema_of_field(self, field: FieldDescriptor, describe: bool = False) -> Schema:
+        if is_map(field):
+            _, value = map_fields(field)
+            schema: Schema = {"type": "object", "additionalProperties": self._schema_of_type(value)}
+        elif field.is_repeated:
+            schema = {"type": "array", "items": self._schema_of_type(field)}
+        else:
+            schema = self._schema_of_type(field)
+        if not describe:
+            return schema
+        behaviors = _behaviors(field)
+        if field_behavior_pb2.OUTPUT_ONLY in behaviors:
+            schema["readOnly"] = True
+        if field_behavior_pb2.INPUT_ONLY in behaviors:
+            schema["writeOnly"] = True
+        if field.GetOptions().deprecated:
+            schema["deprecated"] = True
+        if description := self.comments.get(field.full_name):
+            schema["description"] = description
+        return schema
+
+    def _schema_of_type(self, field: FieldDescriptor) -> Schema:
+        if field.message_type is not None:
+            return self._message_ref(field.message_type)
+        if field.enum_type is not None:
+            return self._enum_ref(field.enum_type)
+        return dict(_SCALARS[field.type])
+
+
+def _comments(files: descriptor_pb2.FileDescriptorSet) -> Iterator[tuple[str, str]]:
+    """(full name, comment) for every element with a leading (or else trailing) comment."""
+    for file in files.file:
+        by_path = {tuple(loc.path): _clean(loc.leading_comments or loc.trailing_comments)
+                   for loc in file.source_code_info.location}
+        prefix = f"{file.package}." if file.package else ""
+        for i, message in enumerate(file.message_type):
+            yield from _message_comments(message, prefix + message.name, (4, i), by_path)
+        for i, enum in enumerate(file.enum_type):
+            yield from _enum_comments(enum, prefix + enum.name, (5, i), by_path)
+        for i, service in enumerate(file.service):
+            name = prefix + service.name
+            yield name, by_path.get((6, i), "")
+            for j, method in enumerate(service.method):
+                yield f"{name}.{method.name}", by_path.get((6, i, 2, j), "")
+
+
+def _message_comments(message: descriptor_pb2.DescriptorProto, name: str, path: tuple[int, ...],
+                      by_path: dict[tuple[int, ...], str]) -> Iterator[tuple[str, str]]:
+    yield name, by_path.get(path, "")
+    for i, field in enumerate(message.field):
+        yield f"{name}.{field.name}", by_path.get((*path, 2, i), "")
+    for i, nested in enumerate(message.nested_type):
+        yield from _message_comments(nested, f"{name}.{nested.name}", (*path, 3, i), by_path)
+    for i, enum in enumerate(message.enum_type):
+        yield from _enum_comments(enum, f"{name}.{enum.name}", (*path, 4, i), by_path)
+
+
+def _enum_comments(enum: descriptor_pb2.EnumDescriptorProto, name: str, path: tuple[int, ...],
+                   by_path: dict[tuple[int, ...], str]) -> Iterator[tuple[str, str]]:
+    yield name, by_path.get(path, "")
+    for i, value in enumerate(enum.value):
+        yield f"{name}.{value.name}", by_path.get((*path, 2, i), "")
+
+
+def _clean(comment: str) -> str:
+    lines = [line[1:] if line.startswith(" ") else line for line in comment.splitlines()]
+    return "\n".join(lines).strip()

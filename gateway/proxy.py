@@ -1,0 +1,134 @@
+"""The one handler behind every route: match, authenticate, transcode, forward, render.
+
+Everything per route (the template, the fields it fills, the generic stub) is prepared at
+start; a request costs a trie walk, the JSON parse, and the gRPC call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf import descriptor_pool
+from google.protobuf.message import Message
+
+from gateway.auth import Auth
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, from_rpc_error
+from gateway.routes import MethodNotAllowed, Route, RouteNotFound, RouteTable
+from gateway.sse import stream_events
+from gateway.transcode import build_request, render
+from gateway.upstreams import Upstreams
+from innosystem.kit.clients import ApiKeyAuthenticator
+from innosystem.kit.clients import channel as signed_channel
+
+REQUEST_ID_METADATA = "x-request-id"
+# Tracing context travels from an HTTP client through to the services as-is.
+_PASSED_THROUGH = ("traceparent", "tracestate")
+_CHUNK = 64 * 1024
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, table: RouteTable, pool: descriptor_pool.DescriptorPool) -> None:
+        self.config = config
+        self.table = table
+        self.pool = pool
+        self.stopping = asyncio.Event()
+        self._upstreams: Upstreams | None = None
+        self._auth_channel: grpc.aio.Channel | None = None
+        self._auth: Auth | None = None
+        self._stubs: dict[str, Any] = {}
+
+    @property
+    def upstreams(self) -> Upstreams:
+        if self._upstreams is None:
+            raise RuntimeError("gateway not started")
+        return self._upstreams
+
+    async def start(self) -> None:
+        """Open the channels (inside the event loop that will use them) and build the stubs."""
+        config = self.config
+        self._upstreams = Upstreams(config.addresses, [*(r.rpc.upstream for r in self.table.routes), "tenancy"])
+        # Authenticate is the gateway's own call, signed as the "gateway" service.
+        self._auth_channel = signed_channel(config.addresses.of("tenancy"), service="gateway",
+                                            secret=config.internal_secret)
+        authenticator = ApiKeyAuthenticator(self._auth_channel, ttl=config.auth_cache_ttl_seconds,
+                                            negative_ttl=config.auth_cache_negative_ttl_seconds,
+                                            max_entries=config.auth_cache_max_entries)
+        self._auth = Auth(authenticator, config.internal_secret)
+        for route in self.table.routes:
+            rpc = route.rpc
+            if rpc.grpc_path in self._stubs:
+                continue
+            channel = self._upstreams.channel(rpc.upstream)
+            make = channel.unary_stream if rpc.server_streaming else channel.unary_unary
+            self._stubs[rpc.grpc_path] = make(rpc.grpc_path, request_serializer=_serialize,
+                                              response_deserializer=route.response_class.FromString)
+
+    async def close(self) -> None:
+        if self._upstreams is not None:
+            await self._upstreams.close()
+        if self._auth_channel is not None:
+            await self._auth_channel.close()
+
+    async def handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        route, path_values = self._match(request)
+        assert self._auth is not None, "gateway not started"
+        metadata = [(REQUEST_ID_METADATA, request_id), *await self._auth.metadata(request.headers.get("Authorization"))]
+        metadata += [(h, request.headers[h]) for h in _PASSED_THROUGH if h in request.headers]
+        body = await self._read_body(request)
+        message = build_request(route, path_values, request.rel_url.query.items(), body, self.pool)
+        stub = self._stubs[route.rpc.grpc_path]
+        headers = {"X-Request-Id": request_id}
+        if route.rpc.server_streaming:
+            call = stub(message, timeout=self.config.stream_deadline_seconds, metadata=metadata)
+            return await stream_events(request, call, upstream=route.rpc.upstream,
+                                       render=lambda m: render(m, route, self.pool),
+                                       keepalive=self.config.sse_keepalive_seconds, stopping=self.stopping,
+                                       headers=headers)
+        try:
+            answer = await stub(message, timeout=self.config.deadline_seconds, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, route.rpc.upstream) from None
+        return web.Response(body=render(answer, route, self.pool), content_type="application/json",
+                            headers=headers)
+
+    def _match(self, request: web.Request) -> tuple[Route, list[str]]:
+        path = request.rel_url.raw_path
+        try:
+            found = self.table.match(request.method, path)
+        except MethodNotAllowed as exc:
+            allowed = ", ".join(exc.allowed)
+            raise GatewayError(grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_ALLOWED",
+                               f"{request.method} is not allowed on {path}; allowed: {allowed}",
+                               http_status=405, headers={"Allow": allowed}) from None
+        except RouteNotFound:
+            raise GatewayError(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND",
+                               f"no API method at {request.method} {path}") from None
+        return found.route, found.path_values
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, refused with 413 as soon as it is known to exceed the limit.
+
+        Content-Type is not checked: JSON is the only body this API takes, and `curl -d` labels
+        JSON as a form. The limit applies after aiohttp has undone any Content-Encoding.
+        """
+        limit = self.config.max_body_bytes
+        too_large = GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, "BODY_TOO_LARGE",
+                                 f"the request body exceeds the limit of {limit} bytes", http_status=413,
+                                 metadata={"limit_bytes": str(limit)})
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
