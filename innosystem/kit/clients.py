@@ -65,7 +65,12 @@ class _SignedPrincipal(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStrea
 
 
 def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
-    """A channel whose calls are signed as `service`."""
+    """A channel whose calls are signed as `service` (unless the call carries a principal).
+
+    For a service's own calls only. Never forward an outside caller's request over it: a call
+    without a principal would run with this service's rights (the gateway forwards over plain
+    channels for that reason).
+    """
     interceptors: list[Any] = [*aio_client_interceptors(), _SignedPrincipal(service, secret)]
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
 

@@ -106,11 +106,12 @@ class TenancyService:
     def hash_key(self, api_key: str) -> bytes:
         return hmac.new(self._pepper, api_key.encode(), hashlib.sha256).digest()
 
-    def _issue_key(self, repo_rows: list[ApiKey], kind: int, *, reseller_id: uuid.UUID | None = None,
-                   customer_id: uuid.UUID | None = None) -> str:
+    async def _issue_key(self, repo: TenancyRepository, kind: int, *, reseller_id: uuid.UUID | None = None,
+                         customer_id: uuid.UUID | None = None) -> str:
+        """A new key for an owner: stored as its keyed hash, returned in plaintext this once."""
         api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-        repo_rows.append(ApiKey(key_hash=self.hash_key(api_key), prefix=api_key[:12], kind=kind,
-                                reseller_id=reseller_id, customer_id=customer_id))
+        await repo.add(ApiKey(key_hash=self.hash_key(api_key), prefix=api_key[:12], kind=kind,
+                              reseller_id=reseller_id, customer_id=customer_id))
         return api_key
 
     # authentication
@@ -192,19 +193,21 @@ class TenancyService:
                     return Created(row, "")
             reseller = Reseller(**fields)
             await repo.add(reseller)
-            keys: list[ApiKey] = []
-            api_key = self._issue_key(keys, principals.RESELLER, reseller_id=reseller.id)
-            await repo.add(keys[0])
+            api_key = await self._issue_key(repo, principals.RESELLER, reseller_id=reseller.id)
             await self._remember(repo, scope, request_id, request_hash, reseller.id)
             return Created(reseller, api_key)
 
-    async def get_reseller(self, caller: Principal, reseller_id: str) -> Reseller:
+    async def _visible_reseller(self, repo: TenancyRepository, caller: Principal, reseller_id: str,
+                                lock: bool = False) -> Reseller:
         rid = _uuid(reseller_id, "reseller_id", "reseller")
-        async with self.db.session() as s:
-            row = await TenancyRepository(s).get_reseller(rid, Scope.of(caller))
+        row = await repo.get_reseller(rid, Scope.of(caller), lock=lock)
         if row is None:
             raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
         return row
+
+    async def get_reseller(self, caller: Principal, reseller_id: str) -> Reseller:
+        async with self.db.session() as s:
+            return await self._visible_reseller(TenancyRepository(s), caller, reseller_id)
 
     async def list_resellers(self, caller: Principal, size: int, token: str) -> Page:
         principals.require_admin(caller)
@@ -216,11 +219,8 @@ class TenancyService:
     async def update_reseller(self, caller: Principal, reseller_id: str, changes: dict[str, Any]) -> Reseller:
         principals.require_admin(caller)
         validate(changes)
-        rid = _uuid(reseller_id, "reseller_id", "reseller")
         async with self.db.session() as s:
-            row = await TenancyRepository(s).get_reseller(rid, Scope.of(caller), lock=True)
-            if row is None:
-                raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
+            row = await self._visible_reseller(TenancyRepository(s), caller, reseller_id, lock=True)
             for name, value in changes.items():
                 setattr(row, name, value)
             await s.flush()
@@ -228,26 +228,20 @@ class TenancyService:
 
     async def delete_reseller(self, caller: Principal, reseller_id: str) -> None:
         principals.require_admin(caller)
-        rid = _uuid(reseller_id, "reseller_id", "reseller")
         async with self.db.session() as s:
             repo = TenancyRepository(s)
-            if await repo.get_reseller(rid, Scope.of(caller), lock=True) is None:
-                raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
-            if await repo.reseller_has_customers(rid):
+            row = await self._visible_reseller(repo, caller, reseller_id, lock=True)
+            if await repo.reseller_has_customers(row.id):
                 raise FailedPrecondition("the reseller still has customers; move or delete them first",
                                          reason="RESELLER_HAS_CUSTOMERS")
-            await repo.delete_reseller(rid)
+            await repo.delete_reseller(row.id)
 
     async def rotate_reseller_key(self, caller: Principal, reseller_id: str) -> str:
-        rid = _uuid(reseller_id, "reseller_id", "reseller")
         async with self.db.session() as s:
             repo = TenancyRepository(s)
-            if await repo.get_reseller(rid, Scope.of(caller), lock=True) is None:
-                raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
-            await repo.revoke_keys(reseller_id=rid)
-            keys: list[ApiKey] = []
-            api_key = self._issue_key(keys, principals.RESELLER, reseller_id=rid)
-            await repo.add(keys[0])
+            row = await self._visible_reseller(repo, caller, reseller_id, lock=True)
+            await repo.revoke_keys(reseller_id=row.id)
+            api_key = await self._issue_key(repo, principals.RESELLER, reseller_id=row.id)
             return api_key
 
     # customers
@@ -275,9 +269,7 @@ class TenancyService:
                                       reason="RESELLER_NOT_FOUND")
             customer = Customer(**fields)
             await repo.add(customer)
-            keys: list[ApiKey] = []
-            api_key = self._issue_key(keys, principals.CUSTOMER, customer_id=customer.id)
-            await repo.add(keys[0])
+            api_key = await self._issue_key(repo, principals.CUSTOMER, customer_id=customer.id)
             await repo.add(WalletOpening(customer_id=customer.id, reseller_id=customer.reseller_id))
             await self._remember(repo, scope, request_id, request_hash, customer.id)
         self._on_customer_created()  # after the commit: the wallet opener may go now
@@ -337,9 +329,7 @@ class TenancyService:
             repo = TenancyRepository(s)
             row = await self._visible_customer(repo, caller, customer_id, lock=True)
             await repo.revoke_keys(customer_id=row.id)
-            keys: list[ApiKey] = []
-            api_key = self._issue_key(keys, principals.CUSTOMER, customer_id=row.id)
-            await repo.add(keys[0])
+            api_key = await self._issue_key(repo, principals.CUSTOMER, customer_id=row.id)
             return api_key
 
     # projects
