@@ -30,9 +30,12 @@ def generate(out: Path) -> None:
     grpc_include = str(importlib.resources.files("grpc_tools") / "_proto")
     site = sysconfig.get_paths()["purelib"]  # googleapis-common-protos ships google/api/*.proto
     (out / "innosystem").mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent  # mypy-protobuf's plugins, found without an activated venv
     cmd = [
         sys.executable, "-m", "grpc_tools.protoc",
         f"-I{PROTOS}", f"-I{site}", f"-I{grpc_include}",
+        f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}", f"--grpc_python_out={out}",
         f"--mypy_out={out}", f"--mypy_grpc_out={out}",
         f"--descriptor_set_out={out / DESCRIPTORS}", "--include_imports", "--include_source_info",
