@@ -41,7 +41,9 @@ def generate(out: Path) -> None:
         f"--descriptor_set_out={out / DESCRIPTORS}", "--include_imports", "--include_source_info",
         *files,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTOS)
+    done = subprocess.run(cmd, cwd=PROTOS, capture_output=True, text=True)
+    if done.returncode != 0:  # protoc's own chatter is shown only when it failed
+        sys.exit(f"protoc failed:\n{done.stdout}{done.stderr}")
     for pkg_dir in {p.parent for p in (out / "innosystem").rglob("*_pb2.py")}:
         d = pkg_dir
         while d != out:
