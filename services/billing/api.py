@@ -1,0 +1,190 @@
+"""BillingService servicer: converts protobuf ↔ Python values and calls the service layer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from innosystem.billing.v1 import billing_pb2 as pb
+from innosystem.billing.v1 import billing_pb2_grpc
+from innosystem.common.v1.money_pb2 import Money
+from innosystem.kit import principal as principals
+from innosystem.kit.errors import DomainError, InvalidArgument, to_status
+from innosystem.kit.protos import changes, timestamp, to_datetime
+from services.billing.models import CAPTURE, HOLD, VOID, Account, HoldRow, ReconciliationRow, Transfer
+from services.billing.service import ON_DEMAND, BillingService, Statement
+
+DOMAIN = "billing.innosystem"
+MAX_BATCH = 1000
+
+
+def wallet_pb(row: Account) -> pb.Wallet:
+    return pb.Wallet(id=str(row.id), customer_id=str(row.owner_id), currency_code=row.currency,
+                     balance_cents=row.balance, held_cents=row.held,
+                     available_cents=row.balance - row.held + row.credit_limit,
+                     credit_limit_cents=row.credit_limit, create_time=timestamp(row.create_time),
+                     update_time=timestamp(row.update_time))
+
+
+def _signed(t: Transfer) -> int:
+    if t.kind == HOLD or t.kind == CAPTURE:
+        return -t.amount
+    if t.kind in (VOID, 5):
+        return t.amount
+    return t.amount if t.credit_account_id == t.wallet_id else -t.amount
+
+
+def transaction_pb(t: Transfer) -> pb.WalletTransaction:
+    return pb.WalletTransaction(id=str(t.id), wallet_id=str(t.wallet_id or ""), customer_id=str(t.customer_id or ""),
+                                kind=pb.TransferKind.ValueType(t.kind), amount_cents=_signed(t),
+                                currency_code=t.currency, job_id=t.job_id,
+                                hold_id=t.hold_id or "", description=t.description,
+                                balance_after_cents=t.balance_after, held_after_cents=t.held_after,
+                                request_id=t.request_id or "", create_time=timestamp(t.create_time))
+
+
+def hold_pb(h: HoldRow) -> pb.Hold:
+    return pb.Hold(hold_id=h.hold_id, customer_id=str(h.customer_id), wallet_id=str(h.wallet_id), job_id=h.job_id,
+                   currency_code=h.currency, amount_cents=h.amount, status=pb.HoldStatus.ValueType(h.status),
+                   captured_cents=h.captured,
+                   released_cents=h.released, commission_cents=h.commission,
+                   reseller_id=str(h.reseller_id or "") if h.commission_rate_bps or h.commission else "",
+                   commission_rate_bps=h.commission_rate_bps, create_time=timestamp(h.create_time),
+                   expire_time=timestamp(h.expire_time), resolve_time=timestamp(h.resolve_time))
+
+
+def reconciliation_pb(r: ReconciliationRow) -> pb.Reconciliation:
+    return pb.Reconciliation(
+        id=str(r.id), trigger=pb.ReconciliationTrigger.ValueType(r.trigger), customer_id=str(r.customer_id or ""),
+        dry_run=r.dry_run,
+        start_time=timestamp(r.start_time), complete_time=timestamp(r.complete_time),
+        wallets_checked=r.wallets_checked, holds_checked=r.holds_checked, transfers_checked=r.transfers_checked,
+        consistent=r.consistent, findings=[pb.ReconciliationFinding(**f) for f in r.findings])
+
+
+def statement_pb(s: Statement) -> pb.CommissionStatement:
+    def money(cents: int) -> Money:
+        return Money(amount_minor=cents, currency_code=s.currency)
+
+    return pb.CommissionStatement(
+        reseller_id=str(s.reseller_id), start_time=timestamp(s.start), end_time=timestamp(s.end),
+        captured_total=money(s.captured), commission_total=money(s.commission), commission_balance=money(s.balance),
+        lines=[pb.CommissionStatementLine(customer_id=str(x.customer_id), capture_count=x.captures,
+                                          captured=money(x.captured), commission=money(x.commission))
+               for x in s.lines])
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    return to_datetime(getattr(message, name)) if message.HasField(name) else None
+
+
+class BillingApi(billing_pb2_grpc.BillingServiceServicer):
+    def __init__(self, service: BillingService) -> None:
+        self.service = service
+
+    async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
+        return wallet_pb(await self.service.get_wallet(principals.current(), request.customer_id,
+                                                       request.currency_code))
+
+    async def UpdateWallet(self, request: pb.UpdateWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
+        fields = changes(request.wallet, request.update_mask, "wallet")
+        unknown = set(fields) - {"credit_limit_cents"}
+        if unknown:
+            raise InvalidArgument(f"only credit_limit_cents can change, not {sorted(unknown)}", field="update_mask",
+                                  reason="FIELD_NOT_UPDATABLE")
+        row = await self.service.update_wallet(principals.current(), request.customer_id, request.currency_code,
+                                               int(fields.get("credit_limit_cents", request.wallet.credit_limit_cents)))
+        return wallet_pb(row)
+
+    async def TopUpWallet(self, request: pb.TopUpWalletRequest,
+                          context: grpc.aio.ServicerContext) -> pb.TopUpWalletResponse:
+        wallet, transfer = await self.service.top_up(principals.current(), request.customer_id, request.amount_cents,
+                                                     request.currency_code, request.request_id, request.description)
+        return pb.TopUpWalletResponse(wallet=wallet_pb(wallet), transaction=transaction_pb(transfer))
+
+    async def ListWalletTransactions(self, request: pb.ListWalletTransactionsRequest,
+                                     context: grpc.aio.ServicerContext) -> pb.ListWalletTransactionsResponse:
+        page = await self.service.list_transactions(
+            principals.current(), request.customer_id, request.page_size, request.page_token, request.job_id,
+            request.kind, _time(request, "start_time"), _time(request, "end_time"), request.currency_code)
+        return pb.ListWalletTransactionsResponse(transactions=[transaction_pb(t) for t in page.items],
+                                                 next_page_token=page.next_page_token)
+
+    async def GetCommissionStatement(self, request: pb.GetCommissionStatementRequest,
+                                     context: grpc.aio.ServicerContext) -> pb.CommissionStatement:
+        statement = await self.service.commission_statement(
+            principals.current(), request.reseller_id, _time(request, "start_time"), _time(request, "end_time"),
+            request.currency_code)
+        return statement_pb(statement)
+
+    async def Reconcile(self, request: pb.ReconcileRequest, context: grpc.aio.ServicerContext) -> pb.Reconciliation:
+        principals.require_admin(principals.current())
+        return reconciliation_pb(await self.service.reconcile(ON_DEMAND, request.customer_id, request.dry_run))
+
+    async def GetReconciliation(self, request: pb.GetReconciliationRequest,
+                                context: grpc.aio.ServicerContext) -> pb.Reconciliation:
+        return reconciliation_pb(await self.service.get_reconciliation(principals.current(),
+                                                                       request.reconciliation_id))
+
+    async def ListReconciliations(self, request: pb.ListReconciliationsRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.ListReconciliationsResponse:
+        page = await self.service.list_reconciliations(principals.current(), request.page_size, request.page_token,
+                                                       request.with_findings_only)
+        return pb.ListReconciliationsResponse(reconciliations=[reconciliation_pb(r) for r in page.items],
+                                              next_page_token=page.next_page_token)
+
+    # internal
+
+    async def OpenWallet(self, request: pb.OpenWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
+        principals.require_service(principals.current())
+        return wallet_pb(await self.service.open_wallet(request.customer_id, request.reseller_id,
+                                                        request.currency_code, request.credit_limit_cents))
+
+    def _reserve(self, r: pb.ReserveRequest) -> Callable[[], Awaitable[HoldRow]]:
+        return lambda: self.service.reserve(r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id,
+                                            _time(r, "expire_time"), r.description)
+
+    def _capture(self, r: pb.CaptureRequest) -> Callable[[], Awaitable[HoldRow]]:
+        return lambda: self.service.capture(r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy,
+                                            r.description)
+
+    def _release(self, r: pb.ReleaseRequest) -> Callable[[], Awaitable[HoldRow]]:
+        return lambda: self.service.release(r.hold_id, r.reason)
+
+    async def Reserve(self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
+        principals.require_service(principals.current())
+        return hold_pb(await self._reserve(request)())
+
+    async def Capture(self, request: pb.CaptureRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
+        principals.require_service(principals.current())
+        return hold_pb(await self._capture(request)())
+
+    async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
+        principals.require_service(principals.current())
+        return hold_pb(await self._release(request)())
+
+    async def _batch(self, calls: list[Callable[[], Awaitable[HoldRow]]]) -> pb.BatchHoldResponse:
+        principals.require_service(principals.current())
+        if not 1 <= len(calls) <= MAX_BATCH:
+            raise InvalidArgument(f"a batch has 1 to {MAX_BATCH} requests", field="requests",
+                                  reason="INVALID_BATCH_SIZE")
+        results = await self.service.batch(calls)
+        return pb.BatchHoldResponse(results=[
+            pb.HoldResult(error=to_status(r, DOMAIN)) if isinstance(r, DomainError) else pb.HoldResult(hold=hold_pb(r))
+            for r in results])
+
+    async def BatchReserve(self, request: pb.BatchReserveRequest,
+                           context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
+        return await self._batch([self._reserve(r) for r in request.requests])
+
+    async def BatchCapture(self, request: pb.BatchCaptureRequest,
+                           context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
+        return await self._batch([self._capture(r) for r in request.requests])
+
+    async def BatchRelease(self, request: pb.BatchReleaseRequest,
+                           context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
+        return await self._batch([self._release(r) for r in request.requests])
+

@@ -1,0 +1,171 @@
+"""Billing's tables (schema `billing`): accounts, the append-only transfer journal, holds, reconciliations.
+
+Accounts keep TigerBeetle's four counters, updated in the same transaction as the journal rows
+that move them. A wallet is credit-normal: balance = credits_posted - debits_posted, held =
+debits_pending, and the database itself refuses an overdraft (CHECK `no_overdraft`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, SmallInteger, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from innosystem.kit.db import new_id, schema_metadata, utcnow
+
+
+class Base(DeclarativeBase):
+    metadata = schema_metadata("billing")
+
+
+Timestamp = TIMESTAMP(timezone=True)
+
+# Account kinds.
+WALLET, COMMISSION, REVENUE, FUNDING = 1, 2, 3, 4
+# Platform accounts (revenue, funding) have this owner.
+PLATFORM = uuid.UUID(int=0)
+
+# Transfer kinds = TransferKind enum values.
+TOP_UP, HOLD, CAPTURE, VOID, EXPIRE, REFUND, ADJUSTMENT, COMMISSION_T = 1, 2, 3, 4, 5, 6, 7, 8
+RESOLUTIONS = (CAPTURE, VOID, EXPIRE)
+
+# Hold statuses = HoldStatus enum values.
+ACTIVE, CAPTURED, VOIDED, EXPIRED = 1, 2, 3, 4
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("kind IN (1, 2, 3, 4)", name="kind_known"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
+        CheckConstraint("debits_posted >= 0 AND credits_posted >= 0 AND debits_pending >= 0 "
+                        "AND credits_pending >= 0", name="counters_nonnegative"),
+        CheckConstraint("credit_limit >= 0", name="credit_limit_nonnegative"),
+        CheckConstraint("kind <> 1 OR debits_posted + debits_pending <= credits_posted + credit_limit",
+                        name="no_overdraft"),
+        Index(None, "kind", "owner_id", "currency", unique=True),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    # Customer (wallet), reseller (commission) or PLATFORM.
+    owner_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    currency: Mapped[str] = mapped_column(String(3))
+    # Wallets: the customer's reseller, who earns commission on its captures.
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    credit_limit: Mapped[int] = mapped_column(BigInteger, default=0)
+    debits_posted: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_posted: Mapped[int] = mapped_column(BigInteger, default=0)
+    debits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    @property
+    def balance(self) -> int:
+        return self.credits_posted - self.debits_posted
+
+    @property
+    def held(self) -> int:
+        return self.debits_pending
+
+
+class Transfer(Base):
+    """One journal entry. Rows are never updated or deleted (a trigger refuses it).
+
+    Effects on the counters: TOP_UP, REFUND, ADJUSTMENT, COMMISSION post `amount`; HOLD adds
+    `amount` to pending; CAPTURE posts `amount` and removes `pending_amount` (the hold) from
+    pending; VOID and EXPIRE remove `amount` (the hold) from pending.
+    """
+
+    __tablename__ = "transfers"
+    __table_args__ = (
+        CheckConstraint("kind BETWEEN 1 AND 8", name="kind_known"),
+        CheckConstraint("amount > 0 OR (kind = 3 AND amount = 0)", name="amount_positive"),
+        CheckConstraint("pending_amount >= 0 AND (kind = 3 OR pending_amount = 0)", name="pending_amount_capture"),
+        CheckConstraint("debit_account_id <> credit_account_id", name="distinct_accounts"),
+        CheckConstraint("kind NOT IN (2, 3, 4, 5) OR hold_id IS NOT NULL", name="hold_id_present"),
+        # A hold is created once and resolves at most once (capture, void or expire).
+        Index("uq_transfers_hold_created", "hold_id", unique=True, postgresql_where=text("kind = 2")),
+        Index("uq_transfers_hold_resolved", "hold_id", unique=True, postgresql_where=text("kind IN (3, 4, 5)")),
+        # Top-ups are idempotent per wallet on the caller's request id.
+        Index("uq_transfers_top_up_request", "credit_account_id", "request_id", unique=True,
+              postgresql_where=text("kind = 1")),
+        Index(None, "wallet_id", "seq"),
+        Index(None, "reseller_id", "create_time", postgresql_where=text("reseller_id IS NOT NULL")),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    debit_account_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    credit_account_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    pending_amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str] = mapped_column(String(3))
+    # The customer wallet concerned, if any, and its posted balance and held amount after this transfer.
+    wallet_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    balance_after: Mapped[int] = mapped_column(BigInteger, default=0)
+    held_after: Mapped[int] = mapped_column(BigInteger, default=0)
+    hold_id: Mapped[str | None] = mapped_column(String(200))
+    job_id: Mapped[str] = mapped_column(String(200), default="")
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # Commission snapshot (CAPTURE and COMMISSION).
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    commission_rate_bps: Mapped[int] = mapped_column(default=0)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class HoldRow(Base):
+    """The current state of an Open-to-Buy hold (its history is in the journal)."""
+
+    __tablename__ = "holds"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("status BETWEEN 1 AND 4", name="status_known"),
+        CheckConstraint("captured >= 0 AND released >= 0 AND (status = 1 OR captured + released "
+                        "= amount OR captured > amount)", name="resolution_sums"),
+        Index("ix_holds_active_expire_time", "expire_time", postgresql_where=text("status = 1")),
+        Index(None, "wallet_id", postgresql_where=text("status = 1")),
+    )
+
+    hold_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    wallet_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    job_id: Mapped[str] = mapped_column(String(200), default="")
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[int] = mapped_column(SmallInteger, default=ACTIVE)
+    captured: Mapped[int] = mapped_column(BigInteger, default=0)
+    released: Mapped[int] = mapped_column(BigInteger, default=0)
+    commission: Mapped[int] = mapped_column(BigInteger, default=0)
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    commission_rate_bps: Mapped[int] = mapped_column(default=0)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expire_time: Mapped[datetime] = mapped_column(Timestamp)
+    resolve_time: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class ReconciliationRow(Base):
+    """An auditable reconciliation run: what was checked, what was found, what was repaired."""
+
+    __tablename__ = "reconciliations"
+    __table_args__ = (Index(None, "start_time", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    trigger: Mapped[int] = mapped_column(SmallInteger)
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    dry_run: Mapped[bool] = mapped_column(default=False)
+    start_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    complete_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    wallets_checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    holds_checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    transfers_checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    consistent: Mapped[bool] = mapped_column(default=True)
+    findings: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)

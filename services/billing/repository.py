@@ -1,0 +1,148 @@
+"""Billing's SQL: accounts, holds, the journal. Never sees a protobuf."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from innosystem.kit.db import utcnow
+from services.billing.models import ACTIVE, WALLET, Account, HoldRow, ReconciliationRow, Transfer
+
+
+class BillingRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.s = session
+
+    async def ensure_account(self, kind: int, owner_id: uuid.UUID, currency: str, *,
+                             reseller_id: uuid.UUID | None = None, credit_limit: int = 0) -> Account:
+        await self.s.execute(insert(Account).values(
+            id=uuid.uuid4(), kind=kind, owner_id=owner_id, currency=currency, reseller_id=reseller_id,
+            credit_limit=credit_limit, debits_posted=0, credits_posted=0, debits_pending=0, credits_pending=0,
+            create_time=utcnow(), update_time=utcnow(),
+        ).on_conflict_do_nothing(index_elements=["kind", "owner_id", "currency"]))
+        row = await self.s.scalar(select(Account).where(Account.kind == kind, Account.owner_id == owner_id,
+                                                        Account.currency == currency))
+        assert row is not None
+        return row
+
+    async def wallet(self, customer_id: uuid.UUID, currency: str | None) -> Account | None:
+        q = select(Account).where(Account.kind == WALLET, Account.owner_id == customer_id)
+        if currency:
+            q = q.where(Account.currency == currency)
+        return (await self.s.scalars(q.order_by(Account.create_time).limit(1))).first()
+
+    async def account(self, account_id: uuid.UUID) -> Account | None:
+        return await self.s.get(Account, account_id, populate_existing=True)
+
+    async def move_wallet(self, account_id: uuid.UUID, *, debits_posted: int = 0, credits_posted: int = 0,
+                          debits_pending: int = 0, credits_pending: int = 0) -> Account:
+        """Change a wallet's counters; the CHECK `no_overdraft` refuses an overdraft (IntegrityError)."""
+        t = Account
+        row = (await self.s.execute(update(t).where(t.id == account_id).values(
+            debits_posted=t.debits_posted + debits_posted, credits_posted=t.credits_posted + credits_posted,
+            debits_pending=t.debits_pending + debits_pending, credits_pending=t.credits_pending + credits_pending,
+            update_time=utcnow()).returning(t).execution_options(populate_existing=True))).scalar_one()
+        return row
+
+    async def set_credit_limit(self, account_id: uuid.UUID, limit: int) -> Account:
+        return (await self.s.execute(update(Account).where(Account.id == account_id).values(
+            credit_limit=limit, update_time=utcnow()).returning(Account)
+            .execution_options(populate_existing=True))).scalar_one()
+
+    async def insert_hold(self, values: dict[str, Any]) -> HoldRow | None:
+        """The new hold; None if a hold with this id exists."""
+        done = await self.s.execute(insert(HoldRow).values(**values).on_conflict_do_nothing()
+                                    .returning(HoldRow).execution_options(populate_existing=True))
+        return done.scalars().first()
+
+    async def hold(self, hold_id: str, *, lock: bool = False) -> HoldRow | None:
+        q = select(HoldRow).where(HoldRow.hold_id == hold_id).execution_options(populate_existing=True)
+        return (await self.s.scalars(q.with_for_update() if lock else q)).first()
+
+    async def resolve_hold(self, hold_id: str, **values: Any) -> HoldRow:
+        return (await self.s.execute(update(HoldRow).where(HoldRow.hold_id == hold_id, HoldRow.status == ACTIVE)
+                                     .values(**values).returning(HoldRow)
+                                     .execution_options(populate_existing=True))).scalar_one()
+
+    async def top_up_by_request(self, wallet_id: uuid.UUID, request_id: str) -> Transfer | None:
+        return (await self.s.scalars(select(Transfer).where(
+            Transfer.kind == 1, Transfer.credit_account_id == wallet_id, Transfer.request_id == request_id))).first()
+
+    async def insert_transfer(self, row: dict[str, Any]) -> Transfer:
+        transfer = Transfer(**row)
+        self.s.add(transfer)
+        await self.s.flush()
+        return transfer
+
+    async def active_holds(self, wallet_id: uuid.UUID) -> list[HoldRow]:
+        return list((await self.s.scalars(select(HoldRow).where(HoldRow.wallet_id == wallet_id,
+                                                                HoldRow.status == ACTIVE))).all())
+
+    async def due_holds(self, now: datetime, limit: int) -> list[HoldRow]:
+        return list((await self.s.scalars(
+            select(HoldRow).where(HoldRow.status == ACTIVE, HoldRow.expire_time <= now)
+            .order_by(HoldRow.expire_time).limit(limit).with_for_update(skip_locked=True))).all())
+
+    async def next_expiry(self) -> datetime | None:
+        return await self.s.scalar(select(func.min(HoldRow.expire_time)).where(HoldRow.status == ACTIVE))
+
+    async def transactions(self, wallet_id: uuid.UUID, limit: int, before_seq: int | None, job_id: str,
+                           kind: int, start: datetime | None, end: datetime | None) -> list[Transfer]:
+        q = select(Transfer).where(Transfer.wallet_id == wallet_id)
+        if before_seq is not None:
+            q = q.where(Transfer.seq < before_seq)
+        if job_id:
+            q = q.where(Transfer.job_id == job_id)
+        if kind:
+            q = q.where(Transfer.kind == kind)
+        if start is not None:
+            q = q.where(Transfer.create_time >= start)
+        if end is not None:
+            q = q.where(Transfer.create_time < end)
+        return list((await self.s.scalars(q.order_by(Transfer.seq.desc()).limit(limit))).all())
+
+    async def commission_lines(self, reseller_id: uuid.UUID, currency: str, start: datetime | None,
+                               end: datetime) -> list[tuple[uuid.UUID | None, int, int, int]]:
+        """(customer id, captures, captured, commission) per customer in [start, end)."""
+        conds = [Transfer.reseller_id == reseller_id, Transfer.currency == currency, Transfer.create_time < end,
+                 or_(and_(Transfer.kind == 3, Transfer.amount > 0), Transfer.kind == 8)]
+        if start is not None:
+            conds.append(Transfer.create_time >= start)
+        q = (select(Transfer.customer_id,
+                    func.count().filter(Transfer.kind == 3),
+                    func.coalesce(func.sum(Transfer.amount).filter(Transfer.kind == 3), 0),
+                    func.coalesce(func.sum(Transfer.amount).filter(Transfer.kind == 8), 0))
+             .where(*conds).group_by(Transfer.customer_id).order_by(Transfer.customer_id))
+        return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in (await self.s.execute(q)).all()]
+
+    async def wallets(self, customer_id: uuid.UUID | None) -> list[Account]:
+        q = select(Account).where(Account.kind == WALLET)
+        if customer_id is not None:
+            q = q.where(Account.owner_id == customer_id)
+        return list((await self.s.scalars(q.order_by(Account.id))).all())
+
+    async def holds_of_wallets(self, wallet_ids: list[uuid.UUID]) -> list[HoldRow]:
+        return list((await self.s.scalars(select(HoldRow).where(HoldRow.wallet_id.in_(wallet_ids),
+                                                                HoldRow.status == ACTIVE))).all())
+
+    async def add_reconciliation(self, row: ReconciliationRow) -> None:
+        self.s.add(row)
+        await self.s.flush()
+
+    async def reconciliation(self, rid: uuid.UUID) -> ReconciliationRow | None:
+        return await self.s.get(ReconciliationRow, rid)
+
+    async def reconciliations(self, limit: int, after: tuple[datetime, uuid.UUID] | None,
+                              findings_only: bool) -> list[ReconciliationRow]:
+        q = select(ReconciliationRow)
+        if after is not None:
+            q = q.where(tuple_(ReconciliationRow.start_time, ReconciliationRow.id) < tuple_(*after))
+        if findings_only:
+            q = q.where(ReconciliationRow.consistent.is_(False))
+        q = q.order_by(ReconciliationRow.start_time.desc(), ReconciliationRow.id.desc()).limit(limit)
+        return list((await self.s.scalars(q)).all())

@@ -1,0 +1,735 @@
+"""Billing use cases: wallets, Open-to-Buy holds, the ledger, expiry and reconciliation.
+
+Order of Redis and PostgreSQL, chosen so that a crash between the two is always safe:
+
+* Reserve: Redis first (the authorizer: atomic check-and-hold), then the PostgreSQL commit
+  (group-committed). If the commit fails the Redis hold is undone; if the process dies in
+  between, Redis holds too much (a leaked hold: less available, never more) until
+  reconciliation rebuilds the wallet. PostgreSQL refuses an overdraft by itself (CHECK
+  `no_overdraft`), so no interleaving, however unlucky, can overdraw a wallet.
+* Capture, Release, expiry, top-up: PostgreSQL first, then Redis. A crash in between leaves
+  Redis counting a hold that is gone (again: less available, never more).
+
+An operation answers only after its PostgreSQL commit. Every operation is idempotent on its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+
+from innosystem.kit import pagination
+from innosystem.kit import principal as principals
+from innosystem.kit.db import Database, utcnow
+from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing.batcher import GroupCommit, Tx
+from services.billing.models import (
+    ACTIVE,
+    CAPTURE,
+    CAPTURED,
+    COMMISSION,
+    COMMISSION_T,
+    EXPIRE,
+    EXPIRED,
+    FUNDING,
+    HOLD,
+    PLATFORM,
+    REVENUE,
+    TOP_UP,
+    VOID,
+    VOIDED,
+    WALLET,
+    Account,
+    HoldRow,
+    ReconciliationRow,
+    Transfer,
+)
+from services.billing.otb import InsufficientFunds, OpenToBuy, Rebuild
+from services.billing.repository import BillingRepository
+
+log = logging.getLogger(__name__)
+
+Rates = Callable[[uuid.UUID], Awaitable[int]]
+
+# OverCapturePolicy values.
+REJECT, CAP_AT_HOLD, CHARGE_AVAILABLE = 1, 2, 3
+# ReconciliationTrigger values.
+PERIODIC, ON_DEMAND, REDIS_REBUILD = 1, 2, 3
+# FindingKind values.
+LEAKED_HOLD, MISSING_HOLD, AMOUNT_MISMATCH, EXPIRED_HOLD_OPEN = 1, 2, 3, 4
+CURRENCY_SUM_NONZERO, BALANCE_FOLD_MISMATCH, HOLD_RESOLVED_TWICE = 5, 6, 7
+# RepairAction values.
+REPAIR_NONE, REDIS_REBUILT, TRANSFER_ADDED = 1, 2, 3
+
+MAX_ID, MAX_DESCRIPTION = 200, 1000
+EXPIRY_BATCH = 200
+# A hold this far past its deadline and still active is a finding (the sweeper is late or down).
+EXPIRY_GRACE = timedelta(seconds=60)
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+@dataclass(frozen=True)
+class Page:
+    items: Sequence[Any]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    customer_id: uuid.UUID
+    captures: int
+    captured: int
+    commission: int
+
+
+@dataclass(frozen=True)
+class Statement:
+    reseller_id: uuid.UUID
+    currency: str
+    start: datetime | None
+    end: datetime
+    captured: int
+    commission: int
+    balance: int
+    lines: list[StatementLine]
+
+
+def commission_of(actual: int, rate_bps: int) -> int:
+    """The reseller's share of a capture, rounded down to a whole minor unit."""
+    return actual * rate_bps // 10_000
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        raise NotFound(f"{what} {value!r} not found", reason=f"{what.upper()}_NOT_FOUND") from None
+
+
+def _text(value: str, field: str, limit: int, *, required: bool = False) -> str:
+    if required and not value:
+        raise InvalidArgument(f"{field} is required", field=field, reason="MISSING_FIELD")
+    if len(value) > limit:
+        raise InvalidArgument(f"{field} must be at most {limit} characters", field=field, reason="VALUE_TOO_LONG")
+    return value
+
+
+class BillingService:
+    def __init__(self, db: Database, otb: OpenToBuy, rates: Rates, *, default_currency: str = "USD",
+                 max_amount: int = 100_000_000_000, default_hold_seconds: int = 86_400,
+                 max_batch: int = 256) -> None:
+        self.db, self.otb, self.rates = db, otb, rates
+        self.default_currency = default_currency
+        self.max_amount = max_amount
+        self.default_hold = timedelta(seconds=default_hold_seconds)
+        self.commit = GroupCommit(db, max_batch)
+        self._accounts: dict[tuple[int, uuid.UUID, str], uuid.UUID] = {}
+        self.expiry_wake = asyncio.Event()
+        self._sleep_until: datetime | None = None
+
+    async def close(self) -> None:
+        await self.commit.close()
+
+    # validation
+
+    def _amount(self, value: int, field: str, *, zero: bool = False) -> int:
+        if value < 0 or (value == 0 and not zero) or value > self.max_amount:
+            low = 0 if zero else 1
+            raise InvalidArgument(f"{field} must be between {low} and {self.max_amount} minor units",
+                                  field=field, reason="INVALID_AMOUNT")
+        return value
+
+    def _currency(self, code: str, field: str = "currency_code") -> str:
+        code = code.strip().upper()
+        if code and not _CURRENCY.match(code):
+            raise InvalidArgument(f"{field} must be an ISO 4217 code", field=field, reason="INVALID_CURRENCY")
+        return code
+
+    @staticmethod
+    def _mismatch(wanted: str, have: str) -> FailedPrecondition:
+        return FailedPrecondition(f"currency {wanted} differs from the wallet's {have}", field="currency_code",
+                                  reason="CURRENCY_MISMATCH")
+
+    # accounts
+
+    async def _account_id(self, kind: int, owner: uuid.UUID, currency: str) -> uuid.UUID:
+        key = (kind, owner, currency)
+        if key not in self._accounts:
+            async with self.db.session() as s:
+                self._accounts[key] = (await BillingRepository(s).ensure_account(kind, owner, currency)).id
+        return self._accounts[key]
+
+    async def _wallet(self, customer_id: uuid.UUID, currency: str = "") -> Account:
+        async with self.db.session() as s:
+            row = await BillingRepository(s).wallet(customer_id, currency or None)
+        if row is None:
+            if currency:
+                async with self.db.session() as s:
+                    other = await BillingRepository(s).wallet(customer_id, None)
+                if other is not None:
+                    raise self._mismatch(currency, other.currency)
+            raise NotFound(f"wallet of customer {customer_id} not found", reason="WALLET_NOT_FOUND")
+        return row
+
+    async def _visible_wallet(self, caller: Principal, customer_id: str, currency: str) -> Account:
+        cid = _uuid(customer_id, "wallet")
+        try:
+            wallet = await self._wallet(cid, self._currency(currency))
+        except NotFound:
+            raise NotFound(f"wallet of customer {customer_id} not found", reason="WALLET_NOT_FOUND") from None
+        except FailedPrecondition:
+            principals.ensure_customer_visible(caller, customer_id, "", "wallet")
+            raise
+        principals.ensure_customer_visible(caller, customer_id, str(wallet.reseller_id or ""), "wallet")
+        return wallet
+
+    # wallets
+
+    async def open_wallet(self, customer_id: str, reseller_id: str, currency: str, credit_limit: int) -> Account:
+        cid = _uuid(customer_id, "customer")
+        rid = uuid.UUID(reseller_id) if reseller_id else None
+        currency = self._currency(currency) or self.default_currency
+        if credit_limit < 0 or credit_limit > self.max_amount:
+            raise InvalidArgument("credit_limit_cents must be ≥ 0", field="credit_limit_cents",
+                                  reason="INVALID_AMOUNT")
+        async with self.db.session() as s:
+            repo = BillingRepository(s)
+            existing = await repo.wallet(cid, None)
+            if existing is not None:
+                return existing
+            return await repo.ensure_account(WALLET, cid, currency, reseller_id=rid, credit_limit=credit_limit)
+
+    async def get_wallet(self, caller: Principal, customer_id: str, currency: str = "") -> Account:
+        return await self._visible_wallet(caller, customer_id, currency)
+
+    async def update_wallet(self, caller: Principal, customer_id: str, currency: str, credit_limit: int) -> Account:
+        wallet = await self._visible_wallet(caller, customer_id, currency)
+        principals.require_admin(caller)
+        if credit_limit < 0 or credit_limit > self.max_amount:
+            raise InvalidArgument("credit_limit_cents must be ≥ 0", field="wallet.credit_limit_cents",
+                                  reason="INVALID_AMOUNT")
+
+        async def op(tx: Tx) -> Account:
+            try:
+                return await BillingRepository(tx.session).set_credit_limit(wallet.id, credit_limit)
+            except IntegrityError:
+                raise FailedPrecondition("the wallet's holds and balance need a higher credit limit",
+                                         field="wallet.credit_limit_cents", reason="CREDIT_LIMIT_TOO_LOW") from None
+
+        row: Account = await self.commit.run(op)
+        await self.rebuild_wallet(row.owner_id, row.currency)
+        return row
+
+    async def top_up(self, caller: Principal, customer_id: str, amount: int, currency: str, request_id: str,
+                     description: str) -> tuple[Account, Transfer]:
+        wallet = await self._visible_wallet(caller, customer_id, "")
+        if caller.kind != principals.ADMIN and not (
+                caller.kind == principals.RESELLER and wallet.reseller_id is not None
+                and caller.reseller_id == str(wallet.reseller_id)):
+            raise PermissionDenied("only an admin or the customer's reseller may top up a wallet",
+                                   reason="TOP_UP_NOT_ALLOWED")
+        amount = self._amount(amount, "amount_cents")
+        currency = self._currency(currency) or wallet.currency
+        if currency != wallet.currency:
+            raise self._mismatch(currency, wallet.currency)
+        request_id = _text(request_id, "request_id", MAX_ID, required=True)
+        description = _text(description, "description", MAX_DESCRIPTION)
+        funding = await self._account_id(FUNDING, PLATFORM, currency)
+
+        async def op(tx: Tx) -> tuple[Account, Transfer, bool]:
+            repo = BillingRepository(tx.session)
+            first = await repo.top_up_by_request(wallet.id, request_id)
+            if first is not None:
+                if first.amount != amount or first.description != description:
+                    raise FailedPrecondition(f"request_id {request_id!r} was used for another top-up",
+                                             field="request_id", reason="IDEMPOTENCY_KEY_REUSED")
+                acc = await repo.account(wallet.id)
+                assert acc is not None
+                return acc, first, False
+            acc = await repo.move_wallet(wallet.id, credits_posted=amount)
+            tx.defer(funding, debits_posted=amount)
+            transfer = await repo.insert_transfer(dict(
+                kind=TOP_UP, debit_account_id=funding, credit_account_id=wallet.id, amount=amount,
+                currency=currency, wallet_id=wallet.id, customer_id=wallet.owner_id, balance_after=acc.balance,
+                held_after=acc.held, request_id=request_id, description=description, create_time=utcnow()))
+            return acc, transfer, True
+
+        acc, transfer, fresh = await self.commit.run(op)
+        if fresh:
+            await self._redis_quietly(self.otb.top_up(acc.owner_id, acc.currency, amount))
+        return acc, transfer
+
+    async def list_transactions(self, caller: Principal, customer_id: str, size: int, token: str, job_id: str,
+                                kind: int, start: datetime | None, end: datetime | None,
+                                currency: str = "") -> Page:
+        wallet = await self._visible_wallet(caller, customer_id, currency)
+        size = pagination.page_size(size)
+        key = pagination.decode_token(token, 1)
+        before = None
+        if key is not None:
+            if not isinstance(key[0], int):
+                raise InvalidArgument("page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN")
+            before = key[0]
+        async with self.db.session() as s:
+            rows = await BillingRepository(s).transactions(wallet.id, size + 1, before, job_id, kind, start, end)
+        if len(rows) > size:
+            return Page(rows[:size], pagination.encode_token(rows[size - 1].seq))
+        return Page(rows, "")
+
+    async def commission_statement(self, caller: Principal, reseller_id: str, start: datetime | None,
+                                   end: datetime | None, currency: str) -> Statement:
+        rid = _uuid(reseller_id, "reseller")
+        if caller.kind != principals.ADMIN and not (caller.kind == principals.RESELLER
+                                                    and caller.reseller_id == reseller_id):
+            raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
+        currency = self._currency(currency) or self.default_currency
+        end = end or utcnow()
+        async with self.db.session() as s:
+            repo = BillingRepository(s)
+            raw = await repo.commission_lines(rid, currency, start, end)
+            balance = await s.scalar(select(Account.credits_posted - Account.debits_posted).where(
+                Account.kind == COMMISSION, Account.owner_id == rid, Account.currency == currency))
+        lines = [StatementLine(c, n, cap, com) for c, n, cap, com in raw if c is not None]
+        return Statement(rid, currency, start, end, sum(x.captured for x in lines),
+                         sum(x.commission for x in lines), int(balance or 0), lines)
+
+    # Open-to-Buy
+
+    async def reserve(self, hold_id: str, customer_id: str, amount: int, currency: str, job_id: str = "",
+                      expire_time: datetime | None = None, description: str = "") -> HoldRow:
+        hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
+        amount = self._amount(amount, "amount_cents")
+        currency = self._currency(currency)
+        if not currency:
+            raise InvalidArgument("currency_code is required", field="currency_code", reason="MISSING_FIELD")
+        job_id = _text(job_id, "job_id", MAX_ID)
+        description = _text(description, "description", MAX_DESCRIPTION)
+        now = utcnow()
+        expire = expire_time or now + self.default_hold
+        if expire <= now:
+            raise InvalidArgument("expire_time must be in the future", field="expire_time",
+                                  reason="INVALID_EXPIRE_TIME")
+        wallet = await self._wallet(_uuid(customer_id, "customer"), currency)
+        revenue = await self._account_id(REVENUE, PLATFORM, currency)
+        try:
+            added = await self._otb_reserve(wallet, hold_id, amount)
+        except InsufficientFunds:
+            first = await self._existing_hold(hold_id)
+            if first is None:
+                raise
+            return self._same_reserve(first, wallet, amount)
+
+        async def op(tx: Tx) -> tuple[HoldRow, bool]:
+            repo = BillingRepository(tx.session)
+            hold = await repo.insert_hold(dict(
+                hold_id=hold_id, wallet_id=wallet.id, customer_id=wallet.owner_id, job_id=job_id,
+                currency=currency, amount=amount, status=ACTIVE, captured=0, released=0, commission=0,
+                reseller_id=wallet.reseller_id, commission_rate_bps=0, create_time=now, expire_time=expire))
+            if hold is None:
+                first = await repo.hold(hold_id)
+                assert first is not None
+                return first, False
+            try:
+                acc = await repo.move_wallet(wallet.id, debits_pending=amount)
+            except IntegrityError:
+                raise InsufficientFunds(f"wallet cannot cover {amount}", reason="INSUFFICIENT_FUNDS") from None
+            tx.defer(revenue, credits_pending=amount)
+            tx.journal(kind=HOLD, debit_account_id=wallet.id, credit_account_id=revenue, amount=amount,
+                       currency=currency, wallet_id=wallet.id, customer_id=wallet.owner_id,
+                       balance_after=acc.balance, held_after=acc.held, hold_id=hold_id, job_id=job_id,
+                       description=description, create_time=now)
+            return hold, True
+
+        try:
+            hold, created = await self.commit.run(op)
+        except BaseException:
+            if added:
+                await self._redis_quietly(self.otb.resolve(wallet.owner_id, currency, hold_id, 0))
+            raise
+        if not created:
+            if added and hold.status != ACTIVE:
+                await self._redis_quietly(self.otb.resolve(wallet.owner_id, currency, hold_id, 0))
+            return self._same_reserve(hold, wallet, amount)
+        if self._sleep_until is None or expire < self._sleep_until:
+            self.expiry_wake.set()
+        return hold
+
+    @staticmethod
+    def _same_reserve(first: HoldRow, wallet: Account, amount: int) -> HoldRow:
+        if first.customer_id != wallet.owner_id or first.amount != amount or first.currency != wallet.currency:
+            raise FailedPrecondition(f"hold_id {first.hold_id!r} was used for another reserve", field="hold_id",
+                                     reason="IDEMPOTENCY_KEY_REUSED")
+        return first
+
+    async def _existing_hold(self, hold_id: str) -> HoldRow | None:
+        async with self.db.session() as s:
+            return await BillingRepository(s).hold(hold_id)
+
+    async def _otb_reserve(self, wallet: Account, hold_id: str, amount: int) -> bool:
+        for _ in range(3):
+            try:
+                return await self.otb.reserve(wallet.owner_id, wallet.currency, hold_id, amount)
+            except Rebuild:
+                await self.rebuild_wallet(wallet.owner_id, wallet.currency, force=False)
+        raise Rebuild("Open-to-Buy keeps losing the wallet; try again", reason="OTB_UNAVAILABLE")
+
+    async def capture(self, hold_id: str, amount: int, currency: str = "", policy: int = 0,
+                      description: str = "") -> HoldRow:
+        hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
+        amount = self._amount(amount, "amount_cents", zero=True)
+        currency = self._currency(currency)
+        description = _text(description, "description", MAX_DESCRIPTION)
+        brief = await self._existing_hold(hold_id)
+        if brief is None:
+            raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
+        rate, commission_account = 0, None
+        if brief.reseller_id is not None and brief.status == ACTIVE:
+            rate = await self.rates(brief.reseller_id)
+            commission_account = await self._account_id(COMMISSION, brief.reseller_id, brief.currency)
+        revenue = await self._account_id(REVENUE, PLATFORM, brief.currency)
+
+        async def op(tx: Tx) -> tuple[HoldRow, bool]:
+            repo = BillingRepository(tx.session)
+            h = await repo.hold(hold_id, lock=True)
+            assert h is not None
+            if currency and currency != h.currency:
+                raise self._mismatch(currency, h.currency)
+            actual = amount
+            if amount > h.amount and policy == CAP_AT_HOLD:
+                actual = h.amount
+            if h.status == CAPTURED:
+                if h.captured == actual:
+                    return h, False
+                raise FailedPrecondition(f"hold {hold_id!r} was captured at {h.captured}",
+                                         reason="HOLD_ALREADY_CAPTURED")
+            self._check_active(h)
+            if actual > h.amount and policy != CHARGE_AVAILABLE:
+                raise FailedPrecondition(f"capture {amount} exceeds the hold {h.amount}", field="amount_cents",
+                                         reason="CAPTURE_EXCEEDS_HOLD")
+            try:
+                acc = await repo.move_wallet(h.wallet_id, debits_pending=-h.amount, debits_posted=actual)
+            except IntegrityError:
+                raise InsufficientFunds(f"wallet cannot cover {actual - h.amount} above the hold",
+                                        reason="INSUFFICIENT_FUNDS") from None
+            reseller = h.reseller_id if commission_account is not None else None
+            commission = commission_of(actual, rate) if reseller is not None else 0
+            now = utcnow()
+            tx.defer(revenue, credits_pending=-h.amount, credits_posted=actual, debits_posted=commission)
+            tx.journal(kind=CAPTURE, debit_account_id=h.wallet_id, credit_account_id=revenue, amount=actual,
+                       pending_amount=h.amount, currency=h.currency, wallet_id=h.wallet_id,
+                       customer_id=h.customer_id, balance_after=acc.balance, held_after=acc.held, hold_id=hold_id,
+                       job_id=h.job_id, description=description, reseller_id=reseller,
+                       commission_rate_bps=rate if reseller else 0, create_time=now)
+            if commission and commission_account is not None:
+                tx.defer(commission_account, credits_posted=commission)
+                tx.journal(kind=COMMISSION_T, debit_account_id=revenue, credit_account_id=commission_account,
+                           amount=commission, currency=h.currency, customer_id=h.customer_id, hold_id=hold_id,
+                           job_id=h.job_id, reseller_id=reseller, commission_rate_bps=rate,
+                           description=f"commission on {hold_id}", create_time=now)
+            row = await repo.resolve_hold(hold_id, status=CAPTURED, captured=actual,
+                                          released=max(h.amount - actual, 0), commission=commission,
+                                          commission_rate_bps=rate if reseller else 0, resolve_time=now)
+            return row, True
+
+        hold, fresh = await self.commit.run(op)
+        if fresh:
+            await self._redis_quietly(self.otb.resolve(hold.customer_id, hold.currency, hold_id, hold.captured))
+        return hold
+
+    @staticmethod
+    def _check_active(h: HoldRow) -> None:
+        if h.status == EXPIRED:
+            raise FailedPrecondition(f"hold {h.hold_id!r} expired", reason="HOLD_EXPIRED")
+        if h.status == VOIDED:
+            raise FailedPrecondition(f"hold {h.hold_id!r} was released", reason="HOLD_ALREADY_RELEASED")
+        if h.status == CAPTURED:
+            raise FailedPrecondition(f"hold {h.hold_id!r} was captured", reason="HOLD_ALREADY_CAPTURED")
+
+    async def release(self, hold_id: str, reason: str = "") -> HoldRow:
+        hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
+        reason = _text(reason, "reason", MAX_DESCRIPTION)
+        hold = await self._void(hold_id, VOID, reason, utcnow())
+        if hold is None:
+            raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
+        return hold
+
+    async def _void(self, hold_id: str, kind: int, description: str, now: datetime) -> HoldRow | None:
+        """Void (Release) or expire (sweeper) one hold. None: no such hold (or, expiring, not due)."""
+        brief = await self._existing_hold(hold_id)
+        if brief is None:
+            return None
+        revenue = await self._account_id(REVENUE, PLATFORM, brief.currency)
+
+        async def op(tx: Tx) -> tuple[HoldRow | None, bool]:
+            repo = BillingRepository(tx.session)
+            h = await repo.hold(hold_id, lock=True)
+            assert h is not None
+            if kind == EXPIRE and (h.status != ACTIVE or h.expire_time > now):
+                return None, False
+            if h.status in (VOIDED, EXPIRED):
+                return h, False
+            self._check_active(h)
+            acc = await repo.move_wallet(h.wallet_id, debits_pending=-h.amount)
+            tx.defer(revenue, credits_pending=-h.amount)
+            tx.journal(kind=kind, debit_account_id=h.wallet_id, credit_account_id=revenue, amount=h.amount,
+                       currency=h.currency, wallet_id=h.wallet_id, customer_id=h.customer_id,
+                       balance_after=acc.balance, held_after=acc.held, hold_id=hold_id, job_id=h.job_id,
+                       description=description, create_time=utcnow())
+            row = await repo.resolve_hold(hold_id, status=VOIDED if kind == VOID else EXPIRED, released=h.amount,
+                                          resolve_time=utcnow())
+            return row, True
+
+        hold, fresh = await self.commit.run(op)
+        if fresh and hold is not None:
+            await self._redis_quietly(self.otb.resolve(hold.customer_id, hold.currency, hold_id, 0))
+        return hold
+
+    async def batch(self, calls: Sequence[Callable[[], Awaitable[HoldRow]]]) -> list[HoldRow | DomainError]:
+        """Run many operations at once (they share group commits); each item succeeds or fails alone."""
+        results = await asyncio.gather(*(c() for c in calls), return_exceptions=True)
+        out: list[HoldRow | DomainError] = []
+        for r in results:
+            if isinstance(r, DomainError | HoldRow):
+                out.append(r)
+            elif isinstance(r, BaseException):
+                raise r
+        return out
+
+    # expiry
+
+    async def expire_due(self, now: datetime | None = None) -> int:
+        now = now or utcnow()
+        async with self.db.session() as s:
+            due = await BillingRepository(s).due_holds(now, EXPIRY_BATCH)
+        ids = [h.hold_id for h in due]
+        done = await asyncio.gather(*(self._void(i, EXPIRE, "expired", now) for i in ids), return_exceptions=True)
+        for r in done:
+            if isinstance(r, BaseException):
+                log.warning("expiring a hold failed: %s", r)
+        return sum(1 for r in done if isinstance(r, HoldRow) and r.status == EXPIRED)
+
+    async def sweep_forever(self) -> None:
+        """Expire holds at their deadline: sleep until the next one, woken early by a nearer new hold."""
+        while True:
+            self.expiry_wake.clear()
+            if await self.expire_due() >= EXPIRY_BATCH:
+                continue
+            async with self.db.session() as s:
+                nxt = await BillingRepository(s).next_expiry()
+            delay = 300.0 if nxt is None else max(0.0, (nxt - utcnow()).total_seconds()) + 0.01
+            self._sleep_until = utcnow() + timedelta(seconds=min(delay, 300.0))
+            try:
+                await asyncio.wait_for(self.expiry_wake.wait(), timeout=min(delay, 300.0))
+            except TimeoutError:
+                pass
+
+    # Redis projection
+
+    async def rebuild_wallet(self, customer_id: uuid.UUID, currency: str, *, force: bool = True) -> None:
+        async with self.db.session() as s:
+            repo = BillingRepository(s)
+            wallet = await repo.wallet(customer_id, currency)
+            if wallet is None:
+                return
+            holds = await repo.active_holds(wallet.id)
+        await self.otb.rebuild(customer_id, currency, wallet.balance, wallet.held, wallet.credit_limit,
+                               {h.hold_id: h.amount for h in holds}, force=force)
+
+    async def _redis_quietly(self, call: Awaitable[Any]) -> None:
+        """After a commit: Redis trailing PostgreSQL is repaired by reconciliation, never an error."""
+        try:
+            await asyncio.shield(call)
+        except Exception as exc:
+            log.warning("Open-to-Buy update failed (reconciliation will rebuild): %s", exc)
+
+    # reconciliation
+
+    async def reconcile(self, trigger: int, customer_id: str = "", dry_run: bool = False) -> ReconciliationRow:
+        start = utcnow()
+        cid = _uuid(customer_id, "customer") if customer_id else None
+        findings: list[dict[str, Any]] = []
+        async with self.db.session() as s:
+            wallets = await BillingRepository(s).wallets(cid)
+        holds_checked = 0
+        for i in range(0, len(wallets), 500):
+            chunk = wallets[i:i + 500]
+            async with self.db.session() as s:
+                repo = BillingRepository(s)
+                fresh = {w.id: w for w in await repo.wallets(cid)} if cid else None
+                holds = await repo.holds_of_wallets([w.id for w in chunk])
+            by_wallet: dict[uuid.UUID, dict[str, HoldRow]] = {}
+            for h in holds:
+                by_wallet.setdefault(h.wallet_id, {})[h.hold_id] = h
+            holds_checked += len(holds)
+            for w in chunk:
+                w = (fresh or {}).get(w.id, w)
+                findings += await self._reconcile_wallet(w, by_wallet.get(w.id, {}), dry_run, trigger)
+        transfers = 0
+        if cid is None:
+            async with self.db.session() as s:
+                transfers = int(await s.scalar(select(func.count()).select_from(Transfer)) or 0)
+                findings += await self._global_checks(s)
+        findings += await self._expired_open(cid, dry_run)
+        row = ReconciliationRow(id=uuid.uuid4(), trigger=trigger, customer_id=cid, dry_run=dry_run,
+                                start_time=start, complete_time=utcnow(), wallets_checked=len(wallets),
+                                holds_checked=holds_checked, transfers_checked=transfers,
+                                consistent=not findings, findings=findings)
+        async with self.db.session() as s:
+            await BillingRepository(s).add_reconciliation(row)
+        if findings:
+            log.warning("reconciliation %s found %d discrepancies", row.id, len(findings))
+        return row
+
+    async def _reconcile_wallet(self, w: Account, holds: dict[str, HoldRow], dry_run: bool,
+                                trigger: int) -> list[dict[str, Any]]:
+        snap = await self.otb.snapshot(w.owner_id, w.currency)
+        if not snap.loaded:
+            # Not loaded is not drift: the next operation loads it. A rebuild run loads it now.
+            if trigger == REDIS_REBUILD and not dry_run and (w.balance or w.held or holds):
+                await self.rebuild_wallet(w.owner_id, w.currency, force=False)
+            return []
+        base = {"customer_id": str(w.owner_id), "wallet_id": str(w.id), "currency_code": w.currency}
+        out: list[dict[str, Any]] = []
+        for hid, amount in snap.holds.items():
+            if hid not in holds:
+                out.append({**base, "kind": LEAKED_HOLD, "hold_id": hid, "expected_cents": 0, "actual_cents": amount,
+                            "description": "active in Redis, not active in PostgreSQL"})
+            elif holds[hid].amount != amount:
+                out.append({**base, "kind": AMOUNT_MISMATCH, "hold_id": hid, "expected_cents": holds[hid].amount,
+                            "actual_cents": amount, "description": "hold amount differs"})
+        for hid, h in holds.items():
+            if hid not in snap.holds:
+                out.append({**base, "kind": MISSING_HOLD, "hold_id": hid, "expected_cents": h.amount,
+                            "actual_cents": 0, "description": "active in PostgreSQL, missing from Redis"})
+        for name, expected, actual in (("balance", w.balance, snap.balance), ("held", w.held, snap.held),
+                                       ("credit limit", w.credit_limit, snap.limit)):
+            if expected != actual:
+                out.append({**base, "kind": AMOUNT_MISMATCH, "expected_cents": expected, "actual_cents": actual,
+                            "description": f"{name} differs between PostgreSQL and Redis"})
+        if out:
+            if not dry_run:
+                await self.rebuild_wallet(w.owner_id, w.currency)
+            for f in out:
+                f["repair"] = REPAIR_NONE if dry_run else REDIS_REBUILT
+        return out
+
+    async def _global_checks(self, s: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        sums = await s.execute(text(
+            "SELECT currency, sum(credits_posted - debits_posted), sum(credits_pending - debits_pending) "
+            "FROM billing.accounts GROUP BY currency"))
+        for currency, posted, pending in sums.all():
+            if int(posted) != 0 or int(pending) != 0:
+                out.append({"kind": CURRENCY_SUM_NONZERO, "currency_code": currency, "expected_cents": 0,
+                            "actual_cents": int(posted), "repair": REPAIR_NONE,
+                            "description": f"sum over accounts: posted {posted}, pending {pending}"})
+        folds = await s.execute(text(_FOLD_SQL))
+        for acc, currency, stored, folded in folds.all():
+            out.append({"kind": BALANCE_FOLD_MISMATCH, "account_id": str(acc), "currency_code": currency,
+                        "expected_cents": int(folded[0]), "actual_cents": int(stored[0]), "repair": REPAIR_NONE,
+                        "description": f"stored counters {list(stored)} differ from the journal's fold "
+                                       f"{list(folded)} (debits/credits posted, debits/credits pending)"})
+        twice = await s.execute(text(
+            "SELECT hold_id, count(*) FROM billing.transfers WHERE kind IN (3, 4, 5) GROUP BY hold_id "
+            "HAVING count(*) > 1"))
+        for hold_id, n in twice.all():
+            out.append({"kind": HOLD_RESOLVED_TWICE, "hold_id": hold_id, "expected_cents": 1, "actual_cents": int(n),
+                        "repair": REPAIR_NONE, "description": f"hold resolved {n} times"})
+        return out
+
+    async def _expired_open(self, cid: uuid.UUID | None, dry_run: bool) -> list[dict[str, Any]]:
+        cutoff = utcnow() - EXPIRY_GRACE
+        async with self.db.session() as s:
+            q = select(HoldRow).where(HoldRow.status == ACTIVE, HoldRow.expire_time < cutoff)
+            if cid is not None:
+                q = q.where(HoldRow.customer_id == cid)
+            late = list((await s.scalars(q.limit(1000))).all())
+        out = []
+        for h in late:
+            finding = {"kind": EXPIRED_HOLD_OPEN, "customer_id": str(h.customer_id), "wallet_id": str(h.wallet_id),
+                       "hold_id": h.hold_id, "currency_code": h.currency, "expected_cents": 0,
+                       "actual_cents": h.amount, "repair": REPAIR_NONE,
+                       "description": f"active {int((utcnow() - h.expire_time).total_seconds())}s past its deadline"}
+            if not dry_run and await self._void(h.hold_id, EXPIRE, "expired by reconciliation", utcnow()):
+                async with self.db.session() as s:
+                    tid = await s.scalar(select(Transfer.id).where(Transfer.hold_id == h.hold_id,
+                                                                   Transfer.kind == EXPIRE))
+                finding.update(repair=TRANSFER_ADDED, repair_transfer_id=str(tid or ""))
+            out.append(finding)
+        return out
+
+    async def get_reconciliation(self, caller: Principal, rid: str) -> ReconciliationRow:
+        principals.require_admin(caller)
+        async with self.db.session() as s:
+            row = await BillingRepository(s).reconciliation(_uuid(rid, "reconciliation"))
+        if row is None:
+            raise NotFound(f"reconciliation {rid} not found", reason="RECONCILIATION_NOT_FOUND")
+        return row
+
+    async def list_reconciliations(self, caller: Principal, size: int, token: str, findings_only: bool) -> Page:
+        principals.require_admin(caller)
+        size = pagination.page_size(size, 20, 100)
+        key = pagination.decode_token(token, 2)
+        after = None
+        if key is not None:
+            try:
+                after = (datetime.fromisoformat(key[0]).astimezone(UTC), uuid.UUID(key[1]))
+            except (TypeError, ValueError):
+                raise InvalidArgument("page_token is malformed", field="page_token",
+                                      reason="INVALID_PAGE_TOKEN") from None
+        async with self.db.session() as s:
+            rows = await BillingRepository(s).reconciliations(size + 1, after, findings_only)
+        if len(rows) > size:
+            last = rows[size - 1]
+            return Page(rows[:size], pagination.encode_token(last.start_time.isoformat(), str(last.id)))
+        return Page(rows, "")
+
+    async def reconcile_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.reconcile(PERIODIC)
+
+    async def load_redis(self) -> ReconciliationRow:
+        """At start: check every wallet's projection and rebuild what drifted (a crash may have left
+        Redis ahead of PostgreSQL); load every wallet if Redis lost billing's keys (no generation)."""
+        empty = await self.otb.generation() is None
+        report = await self.reconcile(REDIS_REBUILD)
+        if empty:
+            await self.otb.set_generation(uuid.uuid4().hex)
+        return report
+
+
+# Per account: stored counters vs the fold of the journal; rows only where they differ.
+_FOLD_SQL = """
+WITH effects AS (
+    SELECT debit_account_id AS account_id,
+           CASE WHEN kind IN (1, 3, 6, 7, 8) THEN amount ELSE 0 END AS dp, 0::bigint AS cp,
+           CASE WHEN kind = 2 THEN amount WHEN kind = 3 THEN -pending_amount
+                WHEN kind IN (4, 5) THEN -amount ELSE 0 END AS dpe, 0::bigint AS cpe
+    FROM billing.transfers
+    UNION ALL
+    SELECT credit_account_id, 0, CASE WHEN kind IN (1, 3, 6, 7, 8) THEN amount ELSE 0 END, 0,
+           CASE WHEN kind = 2 THEN amount WHEN kind = 3 THEN -pending_amount
+                WHEN kind IN (4, 5) THEN -amount ELSE 0 END
+    FROM billing.transfers
+), folded AS (
+    SELECT account_id, sum(dp) AS dp, sum(cp) AS cp, sum(dpe) AS dpe, sum(cpe) AS cpe
+    FROM effects GROUP BY account_id
+)
+SELECT a.id, a.currency,
+       ARRAY[a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending],
+       ARRAY[coalesce(f.dp, 0), coalesce(f.cp, 0), coalesce(f.dpe, 0), coalesce(f.cpe, 0)]::bigint[]
+FROM billing.accounts a LEFT JOIN folded f ON f.account_id = a.id
+WHERE (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending)
+      IS DISTINCT FROM (coalesce(f.dp, 0), coalesce(f.cp, 0), coalesce(f.dpe, 0), coalesce(f.cpe, 0))
+"""

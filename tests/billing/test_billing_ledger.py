@@ -1,0 +1,205 @@
+"""Ledger and Open-to-Buy use cases against the real embedded PostgreSQL and Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+
+from innosystem.kit import principal as principals
+from innosystem.kit.db import utcnow
+from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing.models import ACTIVE, CAPTURED, EXPIRED, VOIDED
+from services.billing.otb import keys
+from services.billing.service import CAP_AT_HOLD, ON_DEMAND, BillingService
+from tests.billing.billing_helpers import ADMIN, flush_billing, funded_wallet, wallet
+
+
+async def _reason(coro: object, cls: type[Exception] = FailedPrecondition) -> str:
+    with pytest.raises(cls) as info:
+        await coro  # type: ignore[misc]
+    return str(getattr(info.value, "reason", ""))
+
+
+async def test_reserve_capture_release_move_the_four_counters(billing: BillingService) -> None:
+    customer, _ = await funded_wallet(billing, 10_000)
+    hold = await billing.reserve("job-1", customer, 3000, "USD", job_id="job-1")
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held, w.balance - w.held) == (10_000, 3000, 7000)
+    captured = await billing.capture("job-1", 2500)
+    assert (captured.status, captured.captured, captured.released) == (CAPTURED, 2500, 500)
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (7500, 0)
+    await billing.reserve("job-2", customer, 1000, "USD")
+    released = await billing.release("job-2", "cancelled")
+    assert (released.status, released.released) == (VOIDED, 1000)
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (7500, 0)
+    assert hold.status == ACTIVE
+    page = await billing.list_transactions(ADMIN, customer, 50, "", "", 0, None, None)
+    assert [t.kind for t in page.items] == [4, 2, 3, 2, 1]  # newest first: void, hold, capture, hold, top-up
+    assert page.items[2].job_id == "job-1" and page.items[2].balance_after == 7500
+
+
+async def test_every_operation_is_idempotent_on_its_id(billing: BillingService) -> None:
+    customer, _ = await funded_wallet(billing, 5000)
+    first = await billing.reserve("h-idem", customer, 1000, "USD")
+    again = await billing.reserve("h-idem", customer, 1000, "USD")
+    assert again.hold_id == first.hold_id and (await wallet(billing, customer)).held == 1000
+    assert await _reason(billing.reserve("h-idem", customer, 999, "USD")) == "IDEMPOTENCY_KEY_REUSED"
+    await billing.capture("h-idem", 700)
+    assert (await billing.capture("h-idem", 700)).captured == 700
+    assert await _reason(billing.capture("h-idem", 600)) == "HOLD_ALREADY_CAPTURED"
+    # A reserve repeated after its capture still returns the first answer, touching nothing.
+    assert (await billing.reserve("h-idem", customer, 1000, "USD")).status == CAPTURED
+    assert await _reason(billing.release("h-idem")) == "HOLD_ALREADY_CAPTURED"
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (4300, 0)
+    _, t1 = await billing.top_up(ADMIN, customer, 100, "", "req-1", "")
+    _, t2 = await billing.top_up(ADMIN, customer, 100, "", "req-1", "")
+    assert t1.id == t2.id and (await wallet(billing, customer)).balance == 4400
+    assert await _reason(billing.top_up(ADMIN, customer, 101, "", "req-1", "")) == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_bad_input_is_refused_with_a_reason_and_changes_nothing(billing: BillingService) -> None:
+    customer, _ = await funded_wallet(billing, 1000)
+    for amount in (0, -5, 10**15):
+        assert await _reason(billing.reserve(f"bad-{amount}", customer, amount, "USD"),
+                             InvalidArgument) == "INVALID_AMOUNT"
+    assert await _reason(billing.reserve("eur", customer, 10, "EUR")) == "CURRENCY_MISMATCH"
+    assert await _reason(billing.reserve("x", str(uuid.uuid4()), 10, "USD"), NotFound) == "WALLET_NOT_FOUND"
+    assert await _reason(billing.reserve("big", customer, 1001, "USD")) == "INSUFFICIENT_FUNDS"
+    assert await _reason(billing.capture("nope", 1), NotFound) == "HOLD_NOT_FOUND"
+    await billing.reserve("over", customer, 500, "USD")
+    assert await _reason(billing.capture("over", 501)) == "CAPTURE_EXCEEDS_HOLD"
+    assert await _reason(billing.top_up(ADMIN, customer, 5, "EUR", "r", "")) == "CURRENCY_MISMATCH"
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (1000, 500)
+    assert (await billing.capture("over", 900, policy=CAP_AT_HOLD)).captured == 500
+    assert (await wallet(billing, customer)).balance == 500
+
+
+async def test_visibility_and_who_may_top_up(billing: BillingService) -> None:
+    customer, reseller = await funded_wallet(billing, 0, reseller_rate=1000)
+    me = Principal(kind=principals.CUSTOMER, customer_id=customer)
+    other = Principal(kind=principals.CUSTOMER, customer_id=str(uuid.uuid4()))
+    my_reseller = Principal(kind=principals.RESELLER, reseller_id=reseller)
+    other_reseller = Principal(kind=principals.RESELLER, reseller_id=str(uuid.uuid4()))
+    assert (await billing.get_wallet(me, customer)).balance == 0
+    assert await _reason(billing.get_wallet(other, customer), NotFound) == "WALLET_NOT_FOUND"
+    assert await _reason(billing.get_wallet(other_reseller, customer), NotFound) == "WALLET_NOT_FOUND"
+    assert await _reason(billing.top_up(me, customer, 5, "", "m", ""), PermissionDenied) == "TOP_UP_NOT_ALLOWED"
+    assert await _reason(billing.top_up(other_reseller, customer, 5, "", "o", ""), NotFound) == "WALLET_NOT_FOUND"
+    acc, _ = await billing.top_up(my_reseller, customer, 5, "", "r", "")
+    assert acc.balance == 5
+    assert await _reason(billing.commission_statement(other_reseller, reseller, None, None, ""),
+                         NotFound) == "RESELLER_NOT_FOUND"
+
+
+async def test_commission_is_posted_with_the_capture(billing: BillingService) -> None:
+    customer, reseller = await funded_wallet(billing, 10_000, reseller_rate=1250)
+    await billing.reserve("c-1", customer, 3000, "USD")
+    hold = await billing.capture("c-1", 2555)
+    assert (hold.commission, hold.commission_rate_bps) == (319, 1250)  # floor(2555 * 0.125)
+    rp = Principal(kind=principals.RESELLER, reseller_id=reseller)
+    statement = await billing.commission_statement(rp, reseller, None, None, "")
+    assert (statement.captured, statement.commission, statement.balance) == (2555, 319, 319)
+    assert [(x.captures, x.captured) for x in statement.lines] == [(1, 2555)]
+
+
+async def test_journal_is_append_only(billing: BillingService, database_url: str) -> None:
+    await funded_wallet(billing, 10)
+    with psycopg.connect(database_url) as conn:
+        for sql in ("UPDATE billing.transfers SET amount = amount + 1", "DELETE FROM billing.transfers"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+            conn.rollback()
+        # A hold resolves at most once, whatever the application does.
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO billing.transfers (id, kind, debit_account_id, credit_account_id, amount, "
+                         "pending_amount, currency, balance_after, held_after, hold_id, job_id, description, "
+                         "commission_rate_bps, create_time) SELECT gen_random_uuid(), 4, debit_account_id, "
+                         "credit_account_id, 1, 0, currency, 0, 0, hold_id, '', '', 0, now() FROM billing.transfers "
+                         "WHERE kind IN (3, 4, 5) LIMIT 1")
+
+
+async def test_fifty_concurrent_reserves_get_exactly_what_the_wallet_affords(billing: BillingService) -> None:
+    customer, _ = await funded_wallet(billing, 7 * 300 + 299)
+    results = await asyncio.gather(*(billing.reserve(f"conc-{customer}-{i}", customer, 300, "USD")
+                                     for i in range(50)), return_exceptions=True)
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, FailedPrecondition)]
+    assert len(ok) == 7 and len(refused) == 43
+    assert all(r.reason == "INSUFFICIENT_FUNDS" for r in refused)
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (2399, 2100)
+    assert (await billing.reconcile(ON_DEMAND, customer)).consistent
+
+
+async def test_redis_flushed_between_operations_loses_nothing(billing: BillingService,
+                                                              redis_client: aioredis.Redis) -> None:
+    customer, _ = await funded_wallet(billing, 1000)
+    await billing.reserve("fl-1", customer, 600, "USD")
+    await flush_billing(redis_client)
+    # The rebuilt projection still counts the hold: 400 available, not 1000.
+    assert await _reason(billing.reserve("fl-2", customer, 401, "USD")) == "INSUFFICIENT_FUNDS"
+    await billing.reserve("fl-3", customer, 400, "USD")
+    await flush_billing(redis_client)
+    await billing.capture("fl-1", 600)
+    await billing.release("fl-3")
+    await flush_billing(redis_client)
+    await billing.reserve("fl-4", customer, 400, "USD")
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (400, 400)
+    assert (await billing.reconcile(ON_DEMAND)).consistent
+
+
+async def test_holds_expire_at_their_deadline(billing: BillingService) -> None:
+    customer, _ = await funded_wallet(billing, 1000)
+    await billing.reserve("ex-1", customer, 700, "USD", expire_time=utcnow() + timedelta(seconds=30))
+    assert await billing.expire_due(utcnow()) == 0
+    assert await billing.expire_due(utcnow() + timedelta(seconds=31)) >= 1
+    assert await _reason(billing.capture("ex-1", 10)) == "HOLD_EXPIRED"
+    hold = await billing.release("ex-1")
+    assert hold.status == EXPIRED
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (1000, 0)
+    await billing.reserve("ex-2", customer, 1000, "USD")
+
+
+async def test_sweeper_wakes_for_a_nearer_hold(billing: BillingService) -> None:
+    customer, _ = await funded_wallet(billing, 100)
+    sweeper = asyncio.create_task(billing.sweep_forever())
+    try:
+        await asyncio.sleep(0.2)
+        await billing.reserve("sw-1", customer, 100, "USD", expire_time=utcnow() + timedelta(milliseconds=300))
+        for _ in range(100):
+            if (await wallet(billing, customer)).held == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await billing.release("sw-1")).status == EXPIRED
+    finally:
+        sweeper.cancel()
+
+
+async def test_reconciliation_finds_and_repairs_drift(billing: BillingService, redis_client: aioredis.Redis) -> None:
+    customer, _ = await funded_wallet(billing, 1000)
+    await billing.reserve("rc-1", customer, 100, "USD")
+    wkey, hkey = keys(uuid.UUID(customer), "USD")
+    await redis_client.hset(hkey, "ghost", 50)  # a leaked hold
+    await redis_client.hincrby(wkey, "held", 50)
+    await redis_client.hdel(hkey, "rc-1")  # a missing one
+    dry = await billing.reconcile(ON_DEMAND, customer, dry_run=True)
+    kinds = sorted(f["kind"] for f in dry.findings)
+    assert not dry.consistent and 1 in kinds and 2 in kinds
+    fixed = await billing.reconcile(ON_DEMAND, customer)
+    assert all(f["repair"] == 2 for f in fixed.findings)
+    again = await billing.reconcile(ON_DEMAND)
+    assert again.consistent and again.transfers_checked > 0
+    page = await billing.list_reconciliations(ADMIN, 2, "", True)
+    assert page.items[0].id == fixed.id

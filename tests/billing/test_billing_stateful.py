@@ -1,0 +1,183 @@
+"""Hypothesis stateful test: the ledger against a simple in-memory model, invariants after every step."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+from innosystem.embedded import EmbeddedValkey
+from innosystem.kit.config import to_async_url
+from innosystem.kit.db import Database, utcnow
+from innosystem.kit.errors import DomainError
+from innosystem.kit.redis import connect
+from services.billing.models import EXPIRE
+from services.billing.otb import OpenToBuy
+from services.billing.service import BillingService, commission_of
+from tests.billing.billing_helpers import ADMIN, RATES, flush_billing, rates
+
+RATE = 1234
+amounts = st.integers(min_value=1, max_value=5000)
+
+
+class Env:
+    """One event loop, database pool and Redis client for every example of the machine."""
+
+    def __init__(self, database_url: str, redis_url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.db = Database(to_async_url(database_url), pool_size=3)
+        self.redis = connect(redis_url)
+        self.billing = BillingService(self.db, OpenToBuy(self.redis), rates)
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.billing.close())
+        self.run(self.redis.aclose())
+        self.run(self.db.close())
+        self.loop.close()
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    env: Env
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.customer = str(uuid.uuid4())
+        reseller = uuid.uuid4()
+        RATES[reseller] = RATE
+        self.env.run(self.env.billing.open_wallet(self.customer, str(reseller), "USD", 0))
+        self.balance = 0
+        self.commission = 0
+        self.holds: dict[str, int] = {}      # active: id → amount
+        self.done: dict[str, tuple[str, int]] = {}  # resolved: id → (how, amount)
+        self.topups: dict[str, int] = {}
+        self.n = 0
+
+    def _id(self) -> str:
+        self.n += 1
+        return f"{self.customer}-{self.n}"
+
+    def _call(self, coro: Any) -> tuple[Any, str]:
+        try:
+            return self.env.run(coro), ""
+        except DomainError as err:
+            return None, err.reason
+
+    @rule(amount=amounts)
+    def top_up(self, amount: int) -> None:
+        rid = self._id()
+        _, err = self._call(self.env.billing.top_up(ADMIN, self.customer, amount, "", rid, ""))
+        assert err == ""
+        self.balance += amount
+        self.topups[rid] = amount
+
+    @precondition(lambda self: self.topups)
+    @rule(data=st.data())
+    def repeat_top_up(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.topups)))
+        same = data.draw(st.booleans())
+        amount = self.topups[rid] if same else self.topups[rid] + 1
+        _, err = self._call(self.env.billing.top_up(ADMIN, self.customer, amount, "", rid, ""))
+        assert err == ("" if same else "IDEMPOTENCY_KEY_REUSED")
+
+    @rule(amount=amounts)
+    def reserve(self, amount: int) -> None:
+        hid = self._id()
+        _, err = self._call(self.env.billing.reserve(hid, self.customer, amount, "USD"))
+        affordable = self.balance - sum(self.holds.values()) >= amount
+        assert err == ("" if affordable else "INSUFFICIENT_FUNDS")
+        if affordable:
+            self.holds[hid] = amount
+
+    @precondition(lambda self: self.holds or self.done)
+    @rule(data=st.data())
+    def repeat_reserve(self, data: st.DataObject) -> None:
+        known = {**{k: v for k, (_, v) in self.done.items()}, **self.holds}
+        hid = data.draw(st.sampled_from(sorted(known)))
+        same = data.draw(st.booleans())
+        _, err = self._call(self.env.billing.reserve(hid, self.customer, known[hid] + (0 if same else 1), "USD"))
+        assert err == ("" if same else "IDEMPOTENCY_KEY_REUSED")
+
+    @precondition(lambda self: self.holds)
+    @rule(data=st.data())
+    def capture(self, data: st.DataObject) -> None:
+        hid = data.draw(st.sampled_from(sorted(self.holds)))
+        actual = data.draw(st.integers(min_value=0, max_value=self.holds[hid] + 10))
+        hold, err = self._call(self.env.billing.capture(hid, actual))
+        if actual > self.holds[hid]:
+            assert err == "CAPTURE_EXCEEDS_HOLD"
+            return
+        assert err == "" and hold.captured == actual
+        assert hold.commission == commission_of(actual, RATE)
+        self.balance -= actual
+        self.commission += hold.commission
+        self.done[hid] = ("captured", self.holds.pop(hid))
+
+    @precondition(lambda self: self.holds)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        hid = data.draw(st.sampled_from(sorted(self.holds)))
+        _, err = self._call(self.env.billing.release(hid))
+        assert err == ""
+        self.done[hid] = ("voided", self.holds.pop(hid))
+
+    @precondition(lambda self: self.holds)
+    @rule(data=st.data())
+    def expire(self, data: st.DataObject) -> None:
+        hid = data.draw(st.sampled_from(sorted(self.holds)))
+        later = utcnow() + timedelta(days=2)
+        hold = self.env.run(self.env.billing._void(hid, EXPIRE, "expired", later))
+        assert hold is not None and hold.status == 4
+        self.done[hid] = ("expired", self.holds.pop(hid))
+
+    @precondition(lambda self: self.done)
+    @rule(data=st.data())
+    def resolve_again(self, data: st.DataObject) -> None:
+        hid = data.draw(st.sampled_from(sorted(self.done)))
+        how, _ = self.done[hid]
+        _, err = self._call(self.env.billing.release(hid))
+        assert err == ("HOLD_ALREADY_CAPTURED" if how == "captured" else "")
+        _, err = self._call(self.env.billing.capture(hid, 10**9))
+        assert err != ""
+
+    @rule()
+    def flush_redis(self) -> None:
+        self.env.run(flush_billing(self.env.redis))
+
+    @invariant()
+    def ledger_matches_model(self) -> None:
+        w = self.env.run(self.env.billing.get_wallet(ADMIN, self.customer))
+        assert (w.balance, w.held) == (self.balance, sum(self.holds.values()))
+        assert w.balance - w.held >= 0
+
+    @invariant()
+    def redis_matches_ledger(self) -> None:
+        snap = self.env.run(self.env.billing.otb.snapshot(uuid.UUID(self.customer), "USD"))
+        if snap.loaded:
+            assert snap.holds == self.holds
+            assert (snap.balance, snap.held) == (self.balance, sum(self.holds.values()))
+
+    @invariant()
+    def global_invariants(self) -> None:
+        async def check() -> list[dict[str, Any]]:
+            async with self.env.db.session() as s:
+                return await self.env.billing._global_checks(s)
+
+        assert self.env.run(check()) == []
+
+
+def test_ledger_against_model(database_url: str, valkey_server: EmbeddedValkey) -> None:
+    LedgerMachine.env = Env(database_url, valkey_server.url)
+    try:
+        run_state_machine_as_test(LedgerMachine, settings=settings(
+            max_examples=25, stateful_step_count=25, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    finally:
+        LedgerMachine.env.close()
