@@ -7,6 +7,7 @@ target, with keepalive; tracing context travels through the OpenTelemetry client
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import OrderedDict
@@ -15,7 +16,7 @@ from typing import Any
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from innosystem.kit import principal
+from innosystem.kit import logs, principal
 from innosystem.kit.errors import DomainError, Unauthenticated, from_rpc_error
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
@@ -31,7 +32,8 @@ CHANNEL_OPTIONS = [
 
 class _SignedPrincipal(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
                        grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
-    """Adds this service's signed principal; re-signs well before the signature expires."""
+    """Adds this service's signed principal (re-signed well before it expires), and bounds the
+    call by the deadline of the RPC being served, so a caller's deadline reaches every hop."""
 
     def __init__(self, service: str, secret: bytes) -> None:
         self._principal = principal.service_principal(service)
@@ -48,7 +50,11 @@ class _SignedPrincipal(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStrea
                 self._renew_at = now + principal.DEFAULT_TTL_SECONDS / 2
             for key, value in self._entries:
                 metadata.add(key, value)
-        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata,
+        timeout = details.timeout
+        if (deadline := logs.deadline.get()) is not None:
+            remaining = max(0.0, deadline - time.monotonic())
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        return grpc.aio.ClientCallDetails(details.method, timeout, metadata,
                                           details.credentials, details.wait_for_ready)
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
@@ -80,7 +86,8 @@ class ApiKeyAuthenticator:
 
     The cache is keyed by a SHA-256 of the key (the key itself is never kept), holds answers
     for `ttl` seconds and rejections for a shorter time, so a revoked key stops working within
-    `ttl` and a flood of bad keys does not reach tenancy on every request.
+    `ttl` and a flood of bad keys does not reach tenancy on every request. Concurrent lookups
+    of one key share a single call.
     """
 
     def __init__(self, tenancy: grpc.aio.Channel, ttl: float = 5.0, negative_ttl: float = 1.0,
@@ -88,15 +95,37 @@ class ApiKeyAuthenticator:
         self._stub = tenancy_pb2_grpc.TenancyServiceStub(tenancy)
         self._ttl, self._negative_ttl, self._max = ttl, negative_ttl, max_entries
         self._cache: OrderedDict[bytes, tuple[float, tenancy_pb2.Principal | DomainError]] = OrderedDict()
+        self._in_flight: dict[bytes, asyncio.Future[tenancy_pb2.Principal]] = {}
 
     async def __call__(self, api_key: str) -> tenancy_pb2.Principal:
         digest = hashlib.sha256(api_key.encode()).digest()
         hit = self._cache.get(digest)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             if isinstance(hit[1], DomainError):
                 raise hit[1]
             return hit[1]
+        pending = self._in_flight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[tenancy_pb2.Principal] = asyncio.get_running_loop().create_future()
+        self._in_flight[digest] = future
+        try:
+            principal = await self._lookup(api_key, digest)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so an unshared failure is not reported as unhandled
+            raise
+        else:
+            future.set_result(principal)
+            return principal
+        finally:
+            del self._in_flight[digest]
+
+    async def _lookup(self, api_key: str, digest: bytes) -> tenancy_pb2.Principal:
+        now = time.monotonic()
         answer: tenancy_pb2.Principal | DomainError
         try:
             answer = await self._stub.Authenticate(tenancy_pb2.AuthenticateRequest(api_key=api_key), timeout=5)

@@ -19,6 +19,8 @@ service_name: contextvars.ContextVar[str] = contextvars.ContextVar("service", de
 rpc_method: contextvars.ContextVar[str] = contextvars.ContextVar("rpc_method", default="")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
+# Monotonic time by which the RPC being served must answer; None without a client deadline.
+deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
 _CONTEXT = {"rpc": rpc_method, "request_id": request_id, "tenant": tenant}
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}

@@ -133,7 +133,9 @@ def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[str, Any]]:
 async def _request_context(method: str, request: Message | None,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     rid = next((str(v) for k, v in _metadata(context) if k == "x-request-id"), "") or uuid.uuid4().hex
-    tokens = (logs.rpc_method.set(method), logs.request_id.set(rid))
+    remaining = context.time_remaining()
+    tokens = (logs.rpc_method.set(method), logs.request_id.set(rid),
+              logs.deadline.set(time.monotonic() + remaining if remaining is not None else None))
     started = time.perf_counter()
     try:
         yield
@@ -147,6 +149,7 @@ async def _request_context(method: str, request: Message | None,
                                                   "duration_ms": round(elapsed * 1000, 2)})
         logs.rpc_method.reset(tokens[0])
         logs.request_id.reset(tokens[1])
+        logs.deadline.reset(tokens[2])
 
 
 def _authentication(secret: bytes, authenticate: Authenticate | None, domain: str) -> Around:
