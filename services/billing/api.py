@@ -51,7 +51,7 @@ def hold_pb(h: HoldRow) -> pb.Hold:
                    currency_code=h.currency, amount_cents=h.amount, status=pb.HoldStatus.ValueType(h.status),
                    captured_cents=h.captured,
                    released_cents=h.released, commission_cents=h.commission,
-                   reseller_id=str(h.reseller_id or "") if h.commission_rate_bps or h.commission else "",
+                   reseller_id=str(h.reseller_id or ""),
                    commission_rate_bps=h.commission_rate_bps, create_time=timestamp(h.create_time),
                    expire_time=timestamp(h.expire_time), resolve_time=timestamp(h.resolve_time))
 

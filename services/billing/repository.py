@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,19 +40,35 @@ class BillingRepository:
         return await self.s.get(Account, account_id, populate_existing=True)
 
     async def move_wallet(self, account_id: uuid.UUID, *, debits_posted: int = 0, credits_posted: int = 0,
-                          debits_pending: int = 0, credits_pending: int = 0) -> Account:
-        """Change a wallet's counters; the CHECK `no_overdraft` refuses an overdraft (IntegrityError)."""
-        t = Account
-        row = (await self.s.execute(update(t).where(t.id == account_id).values(
-            debits_posted=t.debits_posted + debits_posted, credits_posted=t.credits_posted + credits_posted,
-            debits_pending=t.debits_pending + debits_pending, credits_pending=t.credits_pending + credits_pending,
-            update_time=utcnow()).returning(t).execution_options(populate_existing=True))).scalar_one()
-        return row
+                          debits_pending: int = 0) -> tuple[int, int] | None:
+        """Change a wallet's counters unless that would overdraw it; (balance, held) after, or None if refused.
 
-    async def set_credit_limit(self, account_id: uuid.UUID, limit: int) -> Account:
-        return (await self.s.execute(update(Account).where(Account.id == account_id).values(
-            credit_limit=limit, update_time=utcnow()).returning(Account)
-            .execution_options(populate_existing=True))).scalar_one()
+        The guard makes a refusal a plain "no row" (no error, so the batch transaction stays usable);
+        the CHECK `no_overdraft` stays as the database's own backstop.
+        """
+        t = Account.__table__.c
+        stmt = (update(Account).where(t.id == account_id)
+                .values(debits_posted=t.debits_posted + debits_posted, credits_posted=t.credits_posted + credits_posted,
+                        debits_pending=t.debits_pending + debits_pending, update_time=utcnow())
+                .returning(t.credits_posted - t.debits_posted, t.debits_pending))
+        if debits_posted + debits_pending > 0:
+            stmt = stmt.where(t.debits_posted + t.debits_pending + (debits_posted + debits_pending)
+                              <= t.credits_posted + credits_posted + t.credit_limit)
+        conn = await self.s.connection()
+        row = (await conn.execute(stmt)).first()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    async def set_credit_limit(self, account_id: uuid.UUID, limit: int) -> Account | None:
+        """None if the wallet's posted debits and holds need a higher limit."""
+        t = Account
+        return (await self.s.execute(update(t).where(
+            t.id == account_id, t.debits_posted + t.debits_pending <= t.credits_posted + limit).values(
+            credit_limit=limit, update_time=utcnow()).returning(t)
+            .execution_options(populate_existing=True))).scalar_one_or_none()
+
+    async def delete_hold(self, hold_id: str) -> None:
+        """Only for a hold inserted by the same operation a moment ago and refused (never a resolved one)."""
+        await self.s.execute(delete(HoldRow).where(HoldRow.hold_id == hold_id, HoldRow.status == ACTIVE))
 
     async def insert_hold(self, values: dict[str, Any]) -> HoldRow | None:
         """The new hold; None if a hold with this id exists."""

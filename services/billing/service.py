@@ -25,29 +25,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError
 
 from innosystem.kit import pagination
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing import ledger
 from services.billing.batcher import GroupCommit, Tx
 from services.billing.models import (
     ACTIVE,
-    CAPTURE,
-    CAPTURED,
     COMMISSION,
-    COMMISSION_T,
     EXPIRE,
     EXPIRED,
     FUNDING,
-    HOLD,
     PLATFORM,
     REVENUE,
     TOP_UP,
     VOID,
-    VOIDED,
     WALLET,
     Account,
     HoldRow,
@@ -104,11 +99,6 @@ class Statement:
     lines: list[StatementLine]
 
 
-def commission_of(actual: int, rate_bps: int) -> int:
-    """The reseller's share of a capture, rounded down to a whole minor unit."""
-    return actual * rate_bps // 10_000
-
-
 def _uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -132,8 +122,11 @@ class BillingService:
         self.default_currency = default_currency
         self.max_amount = max_amount
         self.default_hold = timedelta(seconds=default_hold_seconds)
-        self.commit = GroupCommit(db, max_batch)
+        self.commit = GroupCommit(db, max_batch, bulk=ledger.apply)
+        self._hold_meta: dict[str, tuple[uuid.UUID | None, str]] = {}
         self._accounts: dict[tuple[int, uuid.UUID, str], uuid.UUID] = {}
+        # Wallet identity (id, owner, currency, reseller) per (customer, currency): never changes once opened.
+        self._wallets: dict[tuple[uuid.UUID, str], Account] = {}
         self.expiry_wake = asyncio.Event()
         self._sleep_until: datetime | None = None
 
@@ -181,6 +174,15 @@ class BillingService:
             raise NotFound(f"wallet of customer {customer_id} not found", reason="WALLET_NOT_FOUND")
         return row
 
+    async def _wallet_identity(self, customer_id: uuid.UUID, currency: str) -> Account:
+        """The wallet's immutable identity, cached: a hot path needs no query for it. Its counters are stale."""
+        key = (customer_id, currency)
+        if key not in self._wallets:
+            if len(self._wallets) > 100_000:
+                self._wallets.clear()
+            self._wallets[key] = await self._wallet(customer_id, currency)
+        return self._wallets[key]
+
     async def _visible_wallet(self, caller: Principal, customer_id: str, currency: str) -> Account:
         cid = _uuid(customer_id, "wallet")
         try:
@@ -220,11 +222,11 @@ class BillingService:
                                   reason="INVALID_AMOUNT")
 
         async def op(tx: Tx) -> Account:
-            try:
-                return await BillingRepository(tx.session).set_credit_limit(wallet.id, credit_limit)
-            except IntegrityError:
+            row = await BillingRepository(tx.session).set_credit_limit(wallet.id, credit_limit)
+            if row is None:
                 raise FailedPrecondition("the wallet's holds and balance need a higher credit limit",
-                                         field="wallet.credit_limit_cents", reason="CREDIT_LIMIT_TOO_LOW") from None
+                                         field="wallet.credit_limit_cents", reason="CREDIT_LIMIT_TOO_LOW")
+            return row
 
         row: Account = await self.commit.run(op)
         await self.rebuild_wallet(row.owner_id, row.currency)
@@ -256,12 +258,15 @@ class BillingService:
                 acc = await repo.account(wallet.id)
                 assert acc is not None
                 return acc, first, False
-            acc = await repo.move_wallet(wallet.id, credits_posted=amount)
+            moved = await repo.move_wallet(wallet.id, credits_posted=amount)
+            assert moved is not None
             tx.defer(funding, debits_posted=amount)
             transfer = await repo.insert_transfer(dict(
                 kind=TOP_UP, debit_account_id=funding, credit_account_id=wallet.id, amount=amount,
-                currency=currency, wallet_id=wallet.id, customer_id=wallet.owner_id, balance_after=acc.balance,
-                held_after=acc.held, request_id=request_id, description=description, create_time=utcnow()))
+                currency=currency, wallet_id=wallet.id, customer_id=wallet.owner_id, balance_after=moved[0],
+                held_after=moved[1], request_id=request_id, description=description, create_time=utcnow()))
+            acc = await repo.account(wallet.id)
+            assert acc is not None
             return acc, transfer, True
 
         acc, transfer, fresh = await self.commit.run(op)
@@ -319,7 +324,7 @@ class BillingService:
         if expire <= now:
             raise InvalidArgument("expire_time must be in the future", field="expire_time",
                                   reason="INVALID_EXPIRE_TIME")
-        wallet = await self._wallet(_uuid(customer_id, "customer"), currency)
+        wallet = await self._wallet_identity(_uuid(customer_id, "customer"), currency)
         revenue = await self._account_id(REVENUE, PLATFORM, currency)
         try:
             added = await self._otb_reserve(wallet, hold_id, amount)
@@ -328,30 +333,10 @@ class BillingService:
             if first is None:
                 raise
             return self._same_reserve(first, wallet, amount)
-
-        async def op(tx: Tx) -> tuple[HoldRow, bool]:
-            repo = BillingRepository(tx.session)
-            hold = await repo.insert_hold(dict(
-                hold_id=hold_id, wallet_id=wallet.id, customer_id=wallet.owner_id, job_id=job_id,
-                currency=currency, amount=amount, status=ACTIVE, captured=0, released=0, commission=0,
-                reseller_id=wallet.reseller_id, commission_rate_bps=0, create_time=now, expire_time=expire))
-            if hold is None:
-                first = await repo.hold(hold_id)
-                assert first is not None
-                return first, False
-            try:
-                acc = await repo.move_wallet(wallet.id, debits_pending=amount)
-            except IntegrityError:
-                raise InsufficientFunds(f"wallet cannot cover {amount}", reason="INSUFFICIENT_FUNDS") from None
-            tx.defer(revenue, credits_pending=amount)
-            tx.journal(kind=HOLD, debit_account_id=wallet.id, credit_account_id=revenue, amount=amount,
-                       currency=currency, wallet_id=wallet.id, customer_id=wallet.owner_id,
-                       balance_after=acc.balance, held_after=acc.held, hold_id=hold_id, job_id=job_id,
-                       description=description, create_time=now)
-            return hold, True
-
+        item = ledger.ReserveItem(hold_id, wallet.id, wallet.owner_id, wallet.reseller_id, currency, amount, job_id,
+                                  expire, description, revenue)
         try:
-            hold, created = await self.commit.run(op)
+            hold, created = await self.commit.submit(item)
         except BaseException:
             if added:
                 await self._redis_quietly(self.otb.resolve(wallet.owner_id, currency, hold_id, 0))
@@ -360,9 +345,16 @@ class BillingService:
             if added and hold.status != ACTIVE:
                 await self._redis_quietly(self.otb.resolve(wallet.owner_id, currency, hold_id, 0))
             return self._same_reserve(hold, wallet, amount)
+        self._remember(hold)
         if self._sleep_until is None or expire < self._sleep_until:
             self.expiry_wake.set()
         return hold
+
+    def _remember(self, hold: HoldRow) -> None:
+        """What Capture needs before its batch (reseller, currency), so it needs no query for it."""
+        if len(self._hold_meta) > 200_000:
+            self._hold_meta.clear()
+        self._hold_meta[hold.hold_id] = (hold.reseller_id, hold.currency)
 
     @staticmethod
     def _same_reserve(first: HoldRow, wallet: Account, amount: int) -> HoldRow:
@@ -374,6 +366,15 @@ class BillingService:
     async def _existing_hold(self, hold_id: str) -> HoldRow | None:
         async with self.db.session() as s:
             return await BillingRepository(s).hold(hold_id)
+
+    async def _hold_meta_of(self, hold_id: str) -> tuple[uuid.UUID | None, str]:
+        meta = self._hold_meta.pop(hold_id, None)
+        if meta is None:
+            brief = await self._existing_hold(hold_id)
+            if brief is None:
+                raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
+            meta = (brief.reseller_id, brief.currency)
+        return meta
 
     async def _otb_reserve(self, wallet: Account, hold_id: str, amount: int) -> bool:
         for _ in range(3):
@@ -389,71 +390,19 @@ class BillingService:
         amount = self._amount(amount, "amount_cents", zero=True)
         currency = self._currency(currency)
         description = _text(description, "description", MAX_DESCRIPTION)
-        brief = await self._existing_hold(hold_id)
-        if brief is None:
-            raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
+        reseller_id, hold_currency = await self._hold_meta_of(hold_id)
         rate, commission_account = 0, None
-        if brief.reseller_id is not None and brief.status == ACTIVE:
-            rate = await self.rates(brief.reseller_id)
-            commission_account = await self._account_id(COMMISSION, brief.reseller_id, brief.currency)
-        revenue = await self._account_id(REVENUE, PLATFORM, brief.currency)
-
-        async def op(tx: Tx) -> tuple[HoldRow, bool]:
-            repo = BillingRepository(tx.session)
-            h = await repo.hold(hold_id, lock=True)
-            assert h is not None
-            if currency and currency != h.currency:
-                raise self._mismatch(currency, h.currency)
-            actual = amount
-            if amount > h.amount and policy == CAP_AT_HOLD:
-                actual = h.amount
-            if h.status == CAPTURED:
-                if h.captured == actual:
-                    return h, False
-                raise FailedPrecondition(f"hold {hold_id!r} was captured at {h.captured}",
-                                         reason="HOLD_ALREADY_CAPTURED")
-            self._check_active(h)
-            if actual > h.amount and policy != CHARGE_AVAILABLE:
-                raise FailedPrecondition(f"capture {amount} exceeds the hold {h.amount}", field="amount_cents",
-                                         reason="CAPTURE_EXCEEDS_HOLD")
-            try:
-                acc = await repo.move_wallet(h.wallet_id, debits_pending=-h.amount, debits_posted=actual)
-            except IntegrityError:
-                raise InsufficientFunds(f"wallet cannot cover {actual - h.amount} above the hold",
-                                        reason="INSUFFICIENT_FUNDS") from None
-            reseller = h.reseller_id if commission_account is not None else None
-            commission = commission_of(actual, rate) if reseller is not None else 0
-            now = utcnow()
-            tx.defer(revenue, credits_pending=-h.amount, credits_posted=actual, debits_posted=commission)
-            tx.journal(kind=CAPTURE, debit_account_id=h.wallet_id, credit_account_id=revenue, amount=actual,
-                       pending_amount=h.amount, currency=h.currency, wallet_id=h.wallet_id,
-                       customer_id=h.customer_id, balance_after=acc.balance, held_after=acc.held, hold_id=hold_id,
-                       job_id=h.job_id, description=description, reseller_id=reseller,
-                       commission_rate_bps=rate if reseller else 0, create_time=now)
-            if commission and commission_account is not None:
-                tx.defer(commission_account, credits_posted=commission)
-                tx.journal(kind=COMMISSION_T, debit_account_id=revenue, credit_account_id=commission_account,
-                           amount=commission, currency=h.currency, customer_id=h.customer_id, hold_id=hold_id,
-                           job_id=h.job_id, reseller_id=reseller, commission_rate_bps=rate,
-                           description=f"commission on {hold_id}", create_time=now)
-            row = await repo.resolve_hold(hold_id, status=CAPTURED, captured=actual,
-                                          released=max(h.amount - actual, 0), commission=commission,
-                                          commission_rate_bps=rate if reseller else 0, resolve_time=now)
-            return row, True
-
-        hold, fresh = await self.commit.run(op)
+        if reseller_id is not None:
+            rate = await self.rates(reseller_id)
+            commission_account = await self._account_id(COMMISSION, reseller_id, hold_currency)
+        revenue = await self._account_id(REVENUE, PLATFORM, hold_currency)
+        item = ledger.CaptureItem(hold_id, amount, currency, policy, description, rate, commission_account, revenue)
+        hold, fresh = await self.commit.submit(item)
+        if hold is None:
+            raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
         if fresh:
             await self._redis_quietly(self.otb.resolve(hold.customer_id, hold.currency, hold_id, hold.captured))
         return hold
-
-    @staticmethod
-    def _check_active(h: HoldRow) -> None:
-        if h.status == EXPIRED:
-            raise FailedPrecondition(f"hold {h.hold_id!r} expired", reason="HOLD_EXPIRED")
-        if h.status == VOIDED:
-            raise FailedPrecondition(f"hold {h.hold_id!r} was released", reason="HOLD_ALREADY_RELEASED")
-        if h.status == CAPTURED:
-            raise FailedPrecondition(f"hold {h.hold_id!r} was captured", reason="HOLD_ALREADY_CAPTURED")
 
     async def release(self, hold_id: str, reason: str = "") -> HoldRow:
         hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
@@ -465,31 +414,14 @@ class BillingService:
 
     async def _void(self, hold_id: str, kind: int, description: str, now: datetime) -> HoldRow | None:
         """Void (Release) or expire (sweeper) one hold. None: no such hold (or, expiring, not due)."""
-        brief = await self._existing_hold(hold_id)
-        if brief is None:
-            return None
-        revenue = await self._account_id(REVENUE, PLATFORM, brief.currency)
-
-        async def op(tx: Tx) -> tuple[HoldRow | None, bool]:
-            repo = BillingRepository(tx.session)
-            h = await repo.hold(hold_id, lock=True)
-            assert h is not None
-            if kind == EXPIRE and (h.status != ACTIVE or h.expire_time > now):
-                return None, False
-            if h.status in (VOIDED, EXPIRED):
-                return h, False
-            self._check_active(h)
-            acc = await repo.move_wallet(h.wallet_id, debits_pending=-h.amount)
-            tx.defer(revenue, credits_pending=-h.amount)
-            tx.journal(kind=kind, debit_account_id=h.wallet_id, credit_account_id=revenue, amount=h.amount,
-                       currency=h.currency, wallet_id=h.wallet_id, customer_id=h.customer_id,
-                       balance_after=acc.balance, held_after=acc.held, hold_id=hold_id, job_id=h.job_id,
-                       description=description, create_time=utcnow())
-            row = await repo.resolve_hold(hold_id, status=VOIDED if kind == VOID else EXPIRED, released=h.amount,
-                                          resolve_time=utcnow())
-            return row, True
-
-        hold, fresh = await self.commit.run(op)
+        meta = self._hold_meta.pop(hold_id, None)
+        if meta is None:
+            brief = await self._existing_hold(hold_id)
+            if brief is None:
+                return None
+            meta = (brief.reseller_id, brief.currency)
+        revenue = await self._account_id(REVENUE, PLATFORM, meta[1])
+        hold, fresh = await self.commit.submit(ledger.VoidItem(hold_id, kind, description, now, revenue))
         if fresh and hold is not None:
             await self._redis_quietly(self.otb.resolve(hold.customer_id, hold.currency, hold_id, 0))
         return hold

@@ -7,7 +7,8 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.billing.service import ON_DEMAND, BillingService, commission_of
+from services.billing.ledger import commission_of
+from services.billing.service import ON_DEMAND, BillingService
 from tests.billing.billing_helpers import ADMIN, funded_wallet
 
 

@@ -16,9 +16,10 @@ from innosystem.kit.config import to_async_url
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DomainError
 from innosystem.kit.redis import connect
+from services.billing.ledger import commission_of
 from services.billing.models import EXPIRE
 from services.billing.otb import OpenToBuy
-from services.billing.service import BillingService, commission_of
+from services.billing.service import BillingService
 from tests.billing.billing_helpers import ADMIN, RATES, flush_billing, rates
 
 RATE = 1234

@@ -1,0 +1,128 @@
+"""Billing throughput: reserves + captures per second, one hot wallet vs 1000 wallets.
+
+    python scripts/bench_billing.py [--seconds 5] [--clients 64] [--out bench_billing.json]
+
+Starts an embedded PostgreSQL and Valkey in a temporary folder, migrates, and drives the billing
+service layer in-process (the ledger, Open-to-Buy and group commit exactly as served; no gRPC
+hop) with concurrent clients, each looping Reserve then Capture. Prints the figures and writes
+them as JSON. A benchmark measures; it asserts nothing but that the ledger stayed consistent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
+from innosystem.kit import principal as principals
+from innosystem.kit.config import to_async_url
+from innosystem.kit.db import Database
+from innosystem.kit.migrate import upgrade
+from innosystem.kit.redis import connect
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing.otb import OpenToBuy
+from services.billing.service import ON_DEMAND, BillingService
+
+ADMIN = Principal(kind=principals.ADMIN, key_id="bench")
+RATES: dict[uuid.UUID, int] = {}
+
+
+async def rates(reseller_id: uuid.UUID) -> int:
+    return RATES[reseller_id]
+
+
+async def scenario(billing: BillingService, name: str, wallets: int, clients: int, seconds: float) -> dict[str, Any]:
+    customers = [str(uuid.uuid4()) for _ in range(wallets)]
+    reseller = uuid.uuid4()
+    RATES[reseller] = 1000
+    for c in customers:
+        await billing.open_wallet(c, str(reseller), "USD", 0)
+        await billing.top_up(ADMIN, c, 10**10, "", "fund", "")
+        await billing.rebuild_wallet(uuid.UUID(c), "USD")  # loaded in Redis, as after start-up
+    batches0, ops0 = billing.commit.batches, billing.commit.operations
+    latencies: list[float] = []
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal done
+        i = 0
+        while time.perf_counter() < deadline:
+            customer = customers[(k * 7919 + i) % wallets]
+            hold_id = f"{name}-{k}-{i}"
+            i += 1
+            t0 = time.perf_counter()
+            await billing.reserve(hold_id, customer, 100, "USD", job_id=hold_id)
+            await billing.capture(hold_id, 90)
+            latencies.append(time.perf_counter() - t0)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    batches = billing.commit.batches - batches0
+    ops = billing.commit.operations - ops0
+    return {
+        "scenario": name, "wallets": wallets, "clients": clients, "seconds": round(elapsed, 2),
+        "reserve_capture_pairs": done,
+        "pairs_per_second": round(done / elapsed, 1),
+        "operations_per_second": round(2 * done / elapsed, 1),
+        "pair_latency_ms_p50": round(1000 * latencies[len(latencies) // 2], 2) if latencies else None,
+        "pair_latency_ms_p99": round(1000 * latencies[int(len(latencies) * 0.99)], 2) if latencies else None,
+        "commits": batches, "operations_per_commit": round(ops / batches, 1) if batches else None,
+    }
+
+
+async def run(pg_url: str, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    db = Database(to_async_url(pg_url), pool_size=5)
+    client = connect(redis_url)
+    billing = BillingService(db, OpenToBuy(client), rates)
+    try:
+        results = [await scenario(billing, "hot_wallet", 1, args.clients, args.seconds),
+                   await scenario(billing, "wallets_1000", 1000, args.clients, args.seconds)]
+        report = await billing.reconcile(ON_DEMAND)
+        return {"results": results, "reconciliation_consistent": report.consistent,
+                "transfers": report.transfers_checked}
+    finally:
+        await billing.close()
+        await client.aclose()
+        await db.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--out", default="bench_billing.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        pg = EmbeddedPostgres(Path(tmp) / "pg")
+        valkey = EmbeddedValkey(Path(tmp) / "valkey", persist=False)
+        url = pg.start()
+        valkey.start()
+        try:
+            upgrade(url, "billing")
+            out = asyncio.run(run(url, valkey.url, args))
+        finally:
+            valkey.stop()
+            pg.stop()
+    out["machine"] = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
+    for r in out["results"]:
+        print(f"{r['scenario']:>13}: {r['pairs_per_second']:>8} reserve+capture pairs/s "
+              f"({r['operations_per_second']} ops/s), p50 {r['pair_latency_ms_p50']} ms, "
+              f"p99 {r['pair_latency_ms_p99']} ms, {r['operations_per_commit']} ops/commit")
+    print(f"reconciliation consistent: {out['reconciliation_consistent']} ({out['transfers']} transfers)")
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

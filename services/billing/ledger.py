@@ -1,0 +1,251 @@
+"""The hot path of group commit: a whole batch of holds, captures and voids in a few statements.
+
+`apply` locks every hold and wallet the batch touches (two SELECT … FOR UPDATE, wallets in id
+order), decides each item in arrival order in memory against those locked figures (the same
+rules as one-by-one: idempotent repeats, resolve at most once, no overdraft), then writes the
+outcome with one multi-row INSERT of new holds, one UPDATE of resolved holds and one UPDATE of
+wallets (both executemany, pipelined by psycopg). The journal rows and the platform accounts'
+counters go to the batch (`Tx`) and are written once per batch by the group commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from innosystem.kit.db import utcnow
+from innosystem.kit.errors import DomainError, FailedPrecondition
+from services.billing.batcher import Tx
+from services.billing.models import (
+    ACTIVE,
+    CAPTURE,
+    CAPTURED,
+    COMMISSION_T,
+    EXPIRE,
+    EXPIRED,
+    HOLD,
+    VOID,
+    VOIDED,
+    Account,
+    HoldRow,
+)
+from services.billing.otb import InsufficientFunds
+
+# OverCapturePolicy values.
+CAP_AT_HOLD, CHARGE_AVAILABLE = 2, 3
+
+
+def commission_of(actual: int, rate_bps: int) -> int:
+    """The reseller's share of a capture, rounded down to a whole minor unit."""
+    return actual * rate_bps // 10_000
+
+
+@dataclass(frozen=True)
+class ReserveItem:
+    hold_id: str
+    wallet_id: uuid.UUID
+    customer_id: uuid.UUID
+    reseller_id: uuid.UUID | None
+    currency: str
+    amount: int
+    job_id: str
+    expire_time: datetime
+    description: str
+    revenue_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class CaptureItem:
+    hold_id: str
+    amount: int
+    currency: str
+    policy: int
+    description: str
+    rate_bps: int
+    commission_account: uuid.UUID | None
+    revenue_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class VoidItem:
+    hold_id: str
+    kind: int  # VOID or EXPIRE
+    description: str
+    now: datetime
+    revenue_id: uuid.UUID
+
+
+Item = ReserveItem | CaptureItem | VoidItem
+# Per item: (the hold after, whether this item changed it) or the refusal. A hold of None: no such hold.
+Outcome = tuple[HoldRow | None, bool] | DomainError
+
+_HOLD_COLUMNS = [c.key for c in HoldRow.__table__.columns]
+
+
+def _mismatch(wanted: str, have: str) -> FailedPrecondition:
+    return FailedPrecondition(f"currency {wanted} differs from the hold's {have}", field="currency_code",
+                              reason="CURRENCY_MISMATCH")
+
+
+def not_active(h: dict[str, Any]) -> FailedPrecondition:
+    status, hid = h["status"], h["hold_id"]
+    if status == EXPIRED:
+        return FailedPrecondition(f"hold {hid!r} expired", reason="HOLD_EXPIRED")
+    if status == VOIDED:
+        return FailedPrecondition(f"hold {hid!r} was released", reason="HOLD_ALREADY_RELEASED")
+    return FailedPrecondition(f"hold {hid!r} was captured", reason="HOLD_ALREADY_CAPTURED")
+
+
+class _Batch:
+    def __init__(self, tx: Tx, holds: dict[str, dict[str, Any]], wallets: dict[uuid.UUID, dict[str, int]]) -> None:
+        self.tx, self.holds, self.wallets = tx, holds, wallets
+        self.new: set[str] = set()
+        self.changed: set[str] = set()
+        self.moved: set[uuid.UUID] = set()
+
+    def move(self, wallet_id: uuid.UUID, debits_posted: int = 0, debits_pending: int = 0) -> bool:
+        w = self.wallets[wallet_id]
+        if debits_posted + debits_pending > 0 and (
+                w["debits_posted"] + w["debits_pending"] + debits_posted + debits_pending
+                > w["credits_posted"] + w["credit_limit"]):
+            return False
+        w["debits_posted"] += debits_posted
+        w["debits_pending"] += debits_pending
+        self.moved.add(wallet_id)
+        return True
+
+    def after(self, wallet_id: uuid.UUID) -> dict[str, int]:
+        w = self.wallets[wallet_id]
+        return {"balance_after": w["credits_posted"] - w["debits_posted"], "held_after": w["debits_pending"]}
+
+    def reserve(self, i: ReserveItem) -> Outcome:
+        h = self.holds.get(i.hold_id)
+        if h is not None:
+            return _row(h), False
+        if not self.move(i.wallet_id, debits_pending=i.amount):
+            return InsufficientFunds(f"wallet cannot cover {i.amount}", reason="INSUFFICIENT_FUNDS")
+        now = utcnow()
+        self.holds[i.hold_id] = dict(
+            hold_id=i.hold_id, wallet_id=i.wallet_id, customer_id=i.customer_id, job_id=i.job_id,
+            currency=i.currency, amount=i.amount, status=ACTIVE, captured=0, released=0, commission=0,
+            reseller_id=i.reseller_id, commission_rate_bps=0, create_time=now, expire_time=i.expire_time,
+            resolve_time=None)
+        self.new.add(i.hold_id)
+        self.tx.defer(i.revenue_id, credits_pending=i.amount)
+        self.tx.journal(kind=HOLD, debit_account_id=i.wallet_id, credit_account_id=i.revenue_id, amount=i.amount,
+                        currency=i.currency, wallet_id=i.wallet_id, customer_id=i.customer_id, hold_id=i.hold_id,
+                        job_id=i.job_id, description=i.description, create_time=now, **self.after(i.wallet_id))
+        return _row(self.holds[i.hold_id]), True
+
+    def capture(self, i: CaptureItem) -> Outcome:
+        h = self.holds.get(i.hold_id)
+        if h is None:
+            return None, False
+        if i.currency and i.currency != h["currency"]:
+            return _mismatch(i.currency, h["currency"])
+        actual = h["amount"] if i.amount > h["amount"] and i.policy == CAP_AT_HOLD else i.amount
+        if h["status"] == CAPTURED:
+            if h["captured"] == actual:
+                return _row(h), False
+            return FailedPrecondition(f"hold {i.hold_id!r} was captured at {h['captured']}",
+                                      reason="HOLD_ALREADY_CAPTURED")
+        if h["status"] != ACTIVE:
+            return not_active(h)
+        if actual > h["amount"] and i.policy != CHARGE_AVAILABLE:
+            return FailedPrecondition(f"capture {i.amount} exceeds the hold {h['amount']}", field="amount_cents",
+                                      reason="CAPTURE_EXCEEDS_HOLD")
+        if not self.move(h["wallet_id"], debits_posted=actual, debits_pending=-h["amount"]):
+            return InsufficientFunds(f"wallet cannot cover {actual - h['amount']} above the hold",
+                                     reason="INSUFFICIENT_FUNDS")
+        reseller = h["reseller_id"] if i.commission_account is not None else None
+        rate = i.rate_bps if reseller is not None else 0
+        commission = commission_of(actual, rate)
+        now = utcnow()
+        self.tx.defer(i.revenue_id, credits_pending=-h["amount"], credits_posted=actual, debits_posted=commission)
+        self.tx.journal(kind=CAPTURE, debit_account_id=h["wallet_id"], credit_account_id=i.revenue_id,
+                        amount=actual, pending_amount=h["amount"], currency=h["currency"], wallet_id=h["wallet_id"],
+                        customer_id=h["customer_id"], hold_id=i.hold_id, job_id=h["job_id"],
+                        description=i.description, reseller_id=reseller, commission_rate_bps=rate, create_time=now,
+                        **self.after(h["wallet_id"]))
+        if commission and i.commission_account is not None:
+            self.tx.defer(i.commission_account, credits_posted=commission)
+            self.tx.journal(kind=COMMISSION_T, debit_account_id=i.revenue_id, credit_account_id=i.commission_account,
+                            amount=commission, currency=h["currency"], customer_id=h["customer_id"],
+                            hold_id=i.hold_id, job_id=h["job_id"], reseller_id=reseller, commission_rate_bps=rate,
+                            description=f"commission on {i.hold_id}", create_time=now)
+        h.update(status=CAPTURED, captured=actual, released=max(h["amount"] - actual, 0), commission=commission,
+                 commission_rate_bps=rate, resolve_time=now)
+        self.changed.add(i.hold_id)
+        return _row(h), True
+
+    def void(self, i: VoidItem) -> Outcome:
+        h = self.holds.get(i.hold_id)
+        if h is None:
+            return None, False
+        if i.kind == EXPIRE and (h["status"] != ACTIVE or h["expire_time"] > i.now):
+            return None, False
+        if h["status"] in (VOIDED, EXPIRED):
+            return _row(h), False
+        if h["status"] != ACTIVE:
+            return not_active(h)
+        self.move(h["wallet_id"], debits_pending=-h["amount"])
+        now = utcnow()
+        self.tx.defer(i.revenue_id, credits_pending=-h["amount"])
+        self.tx.journal(kind=i.kind, debit_account_id=h["wallet_id"], credit_account_id=i.revenue_id,
+                        amount=h["amount"], currency=h["currency"], wallet_id=h["wallet_id"],
+                        customer_id=h["customer_id"], hold_id=i.hold_id, job_id=h["job_id"],
+                        description=i.description, create_time=now, **self.after(h["wallet_id"]))
+        h.update(status=VOIDED if i.kind == VOID else EXPIRED, released=h["amount"], resolve_time=now)
+        self.changed.add(i.hold_id)
+        return _row(h), True
+
+
+def _row(h: dict[str, Any]) -> HoldRow:
+    """A detached copy for the caller (never attached to a session)."""
+    return HoldRow(**h)
+
+
+async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcome]:
+    conn = await session.connection()
+    ids = sorted({i.hold_id for i in items})
+    hold_rows = await conn.execute(select(HoldRow.__table__).where(HoldRow.hold_id.in_(ids))
+                                   .order_by(HoldRow.hold_id).with_for_update())
+    holds = {r.hold_id: dict(r._mapping) for r in hold_rows}
+    wallet_ids = {h["wallet_id"] for h in holds.values()} | {i.wallet_id for i in items if isinstance(i, ReserveItem)}
+    a = Account.__table__.c
+    wallet_rows = await conn.execute(select(a.id, a.debits_posted, a.credits_posted, a.debits_pending, a.credit_limit)
+                                     .where(a.id.in_(sorted(wallet_ids))).order_by(a.id).with_for_update())
+    wallets = {r.id: {"debits_posted": r.debits_posted, "credits_posted": r.credits_posted,
+                      "debits_pending": r.debits_pending, "credit_limit": r.credit_limit} for r in wallet_rows}
+    batch = _Batch(tx, holds, wallets)
+    outcomes: list[Outcome] = []
+    for item in items:
+        if isinstance(item, ReserveItem):
+            outcomes.append(batch.reserve(item))
+        elif isinstance(item, CaptureItem):
+            outcomes.append(batch.capture(item))
+        else:
+            outcomes.append(batch.void(item))
+    if batch.new:
+        await conn.execute(insert(HoldRow), [holds[k] for k in sorted(batch.new)])
+    changed = sorted(batch.changed - batch.new)
+    if changed:
+        t = HoldRow.__table__.c
+        await conn.execute(update(HoldRow).where(t.hold_id == bindparam("hid")).values(
+            status=bindparam("s"), captured=bindparam("c"), released=bindparam("r"), commission=bindparam("cm"),
+            commission_rate_bps=bindparam("rate"), resolve_time=bindparam("rt")),
+            [{"hid": k, "s": holds[k]["status"], "c": holds[k]["captured"], "r": holds[k]["released"],
+              "cm": holds[k]["commission"], "rate": holds[k]["commission_rate_bps"], "rt": holds[k]["resolve_time"]}
+             for k in changed])
+    if batch.moved:
+        now = utcnow()
+        await conn.execute(update(Account).where(a.id == bindparam("wid")).values(
+            debits_posted=bindparam("dp"), debits_pending=bindparam("dpe"), update_time=now),
+            [{"wid": k, "dp": wallets[k]["debits_posted"], "dpe": wallets[k]["debits_pending"]}
+             for k in sorted(batch.moved)])
+    return outcomes
