@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint protos clean
+.PHONY: help venv run test test-fast lint protos bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: $(STAMP) ## ruff and mypy
 
 protos: $(STAMP) ## regenerate Python code, descriptor set and OpenAPI from protos/
 	$(BIN)/python scripts/protos.py
+
+bench: $(STAMP) ## measure: billing reserves+captures/s (hot wallet, 1000 wallets); figures also in bench-results-billing.json
+	$(BIN)/python scripts/bench_billing.py --out bench-results-billing.json
 
 clean: ## remove the virtualenv, caches and embedded data
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .hypothesis
