@@ -1,0 +1,222 @@
+"""deploy/k8s: the overlays render with kustomize (kubectl's, from the dev extra), every object is
+valid against the Kubernetes schemas (kubernetes-validate, offline, strict), and the manifests
+say what the architecture says: probes, HPAs, PDBs, resources, and only the allowed calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from deploy_support import GATEWAY_PORT, Rendered, is_ours, pod_specs
+from kubernetes_validate import utils as kv
+
+from innosystem.kit.config import DEFAULT_PORTS, SERVICES
+
+K8S_VERSION = "1.37.0"
+# Who calls whom (ARCHITECTURE.md); runner processes call the runners service.
+CALLS = {
+    ("gateway", s) for s in SERVICES
+} | {
+    ("tenancy", "billing"),
+    ("jobs", "billing"), ("jobs", "tenancy"), ("jobs", "keys"),
+    ("runners", "jobs"), ("runners", "tenancy"), ("runners", "keys"),
+    ("keys", "jobs"),
+    ("billing", "tenancy"),
+}
+PROCESSES = [*SERVICES, "gateway"]
+
+
+def test_overlays_render(rendered: list[Rendered]) -> None:
+    names = [r.name for r in rendered]
+    assert names == ["dev", "prod", "dev+components/runner"]
+    for r in rendered:
+        assert len(r.objects) > 40, r.name
+
+
+def test_every_object_is_valid_against_the_kubernetes_schemas(rendered: list[Rendered]) -> None:
+    errors = []
+    for r in rendered:
+        for obj in r.objects:
+            try:
+                kv.validate(obj, K8S_VERSION, strict=True)
+            except kv.ValidationError as exc:
+                errors.append(f"{r.name} {obj['kind']}/{obj['metadata']['name']}: {exc.message} at {list(exc.path)}")
+    assert not errors, "\n".join(errors)
+
+
+def test_a_schema_error_is_caught() -> None:
+    """The validator is really strict: an unknown container field fails."""
+    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+           "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "a", "comand": ["x"]}]}}}}
+    with pytest.raises(kv.ValidationError):
+        kv.validate(bad, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_each_process_has_deployment_service_account_and_pdb(rendered: list[Rendered], name: str) -> None:
+    for r in rendered:
+        deployment = r.get("Deployment", name)
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["serviceAccountName"] == name
+        r.get("ServiceAccount", name)
+        service = r.get("Service", name)
+        assert service["spec"]["selector"] == {"app.kubernetes.io/name": name}
+        pdb = r.get("PodDisruptionBudget", name)
+        assert pdb["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_services_have_native_grpc_probes_on_their_port(rendered: list[Rendered], name: str) -> None:
+    port = DEFAULT_PORTS[name]
+    for r in rendered:
+        container = r.get("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == port, (r.name, name, probe)
+            assert "service" in container[probe]["grpc"]
+        assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["INNOSYSTEM_LISTEN"] == f"0.0.0.0:{port}"
+        service = r.get("Service", name)
+        assert service["spec"]["ports"][0]["port"] == port
+
+
+def test_gateway_probes_and_listen_address(rendered: list[Rendered]) -> None:
+    for r in rendered:
+        container = r.get("Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["ports"][0]["containerPort"] == GATEWAY_PORT
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["INNOSYSTEM_GATEWAY_HOST"] == "0.0.0.0"
+        assert env["INNOSYSTEM_HTTP_PORT"] == str(GATEWAY_PORT)
+
+
+def test_addresses_point_at_the_services(rendered: list[Rendered]) -> None:
+    for r in rendered:
+        [config] = [c for c in r.of_kind("ConfigMap") if c["metadata"]["name"].startswith("innosystem-config")]
+        for name in SERVICES:
+            host, port = config["data"][f"INNOSYSTEM_{name.upper()}_ADDR"].rsplit(":", 1)
+            service = r.get("Service", host)
+            assert [p["port"] for p in service["spec"]["ports"]] == [int(port)] == [DEFAULT_PORTS[name]]
+
+
+def test_hpas_scale_gateway_jobs_and_runners(rendered: list[Rendered]) -> None:
+    for r in rendered:
+        targets = {h["spec"]["scaleTargetRef"]["name"] for h in r.of_kind("HorizontalPodAutoscaler")}
+        assert {"gateway", "jobs", "runners"} <= targets
+        for h in r.of_kind("HorizontalPodAutoscaler"):
+            r.get("Deployment", h["spec"]["scaleTargetRef"]["name"])
+            assert h["spec"]["minReplicas"] <= h["spec"]["maxReplicas"]
+    assert "runner" in {h["spec"]["scaleTargetRef"]["name"] for h in rendered[2].of_kind("HorizontalPodAutoscaler")}
+
+
+def test_migrate_job_runs_migrate(rendered: list[Rendered]) -> None:
+    for r in rendered:
+        container = r.get("Job", "migrate")["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"] == ["migrate"]
+        assert "DATABASE_URL" in {e["name"] for e in container["env"]}
+
+
+def test_pods_are_non_root_with_resources(rendered: list[Rendered]) -> None:
+    for r in rendered:
+        for obj, spec in pod_specs(r.objects):
+            for c in spec["containers"]:
+                assert c["resources"]["requests"].keys() >= {"cpu", "memory"}, (r.name, obj["metadata"]["name"])
+                assert "memory" in c["resources"]["limits"], (r.name, obj["metadata"]["name"])
+                if is_ours(c["image"]):
+                    assert spec["securityContext"]["runAsNonRoot"] is True
+                    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_dev_has_in_cluster_datastores_and_prod_does_not(rendered: list[Rendered]) -> None:
+    dev, prod = rendered[0], rendered[1]
+    assert {s["metadata"]["name"] for s in dev.of_kind("StatefulSet")} == {"postgres", "redis"}
+    assert prod.of_kind("StatefulSet") == []
+    [secret] = prod.of_kind("Secret")
+    assert {"DATABASE_URL", "REDIS_URL"} <= secret["data"].keys()
+
+
+def test_prod_secrets_are_not_committed() -> None:
+    from deploy_support import DEPLOY, K8S
+
+    assert "k8s/overlays/*/secrets.env" in (DEPLOY / ".gitignore").read_text().splitlines()
+    example = (K8S / "overlays/prod/secrets.env.example").read_text()
+    assert example.count("CHANGE-ME") >= 5
+
+
+# ---------------------------------------------------------------- network policies
+
+
+def _labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        value = labels.get(expr["key"])
+        op = expr["operator"]
+        if (op == "In" and value not in expr["values"]) or (op == "NotIn" and value in expr["values"]):
+            return False
+        if (op == "Exists" and value is None) or (op == "DoesNotExist" and value is not None):
+            return False
+    return True
+
+
+def _pod_labels(r: Rendered, name: str) -> dict[str, str]:
+    return dict(r.get("Deployment", name)["spec"]["template"]["metadata"]["labels"])
+
+
+def _allows(r: Rendered, direction: str, pod: dict[str, str], peer: dict[str, str] | None, port: int) -> bool:
+    """Whether NetworkPolicies let `pod` send (Egress) or receive (Ingress) on `port` to/from `peer`.
+
+    `peer` None means an address outside the cluster. Same-namespace pod peers only.
+    """
+    policies = [p for p in r.of_kind("NetworkPolicy")
+                if _labels_match(p["spec"]["podSelector"], pod) and direction in p["spec"]["policyTypes"]]
+    if not policies:
+        return True
+    key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+    for policy in policies:
+        for rule in policy["spec"].get(key, []):
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") == port for p in ports):
+                continue
+            peers = rule.get(peers_key)
+            if not peers:
+                return True
+            for p in peers:
+                if peer is not None and "podSelector" in p and _labels_match(p["podSelector"], peer):
+                    return True
+                if peer is None and "ipBlock" in p:
+                    return True
+    return False
+
+
+def test_network_policies_allow_exactly_the_architecture_calls(rendered: list[Rendered]) -> None:
+    for r in rendered:
+        allowed = set()
+        for src in PROCESSES:
+            for dst in SERVICES:
+                port = DEFAULT_PORTS[dst]
+                src_labels, dst_labels = _pod_labels(r, src), _pod_labels(r, dst)
+                if (src != dst and _allows(r, "Egress", src_labels, dst_labels, port)
+                        and _allows(r, "Ingress", dst_labels, src_labels, port)):
+                    allowed.add((src, dst))
+        assert allowed == CALLS, f"{r.name}: extra {allowed - CALLS}, missing {CALLS - allowed}"
+
+
+def test_network_policies_datastores_dns_and_key_managers(rendered: list[Rendered]) -> None:
+    for r in rendered:
+        for name in [*PROCESSES, "migrate"]:
+            labels = (r.get("Job", "migrate")["spec"]["template"]["metadata"]["labels"] if name == "migrate"
+                      else _pod_labels(r, name))
+            assert _allows(r, "Egress", labels, None, 53), (r.name, name, "dns")
+            if name != "gateway":
+                for port in (5432, 6379):
+                    assert _allows(r, "Egress", labels, None, port), (r.name, name, port)
+        assert _allows(r, "Egress", _pod_labels(r, "keys"), None, 443), "keys -> customer key managers"
+        assert not _allows(r, "Egress", _pod_labels(r, "jobs"), None, 443)
+        assert _allows(r, "Ingress", _pod_labels(r, "gateway"), None, GATEWAY_PORT)
+    pending = rendered[2]
+    runner = _pod_labels(pending, "runner")
+    assert _allows(pending, "Egress", runner, _pod_labels(pending, "runners"), DEFAULT_PORTS["runners"])
+    assert _allows(pending, "Ingress", _pod_labels(pending, "runners"), runner, DEFAULT_PORTS["runners"])
+    assert not _allows(pending, "Egress", runner, _pod_labels(pending, "jobs"), DEFAULT_PORTS["jobs"])
