@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint protos bench clean
+.PHONY: help venv run test test-fast lint protos bench compose-up clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ protos: $(STAMP) ## regenerate Python code, descriptor set and OpenAPI from prot
 
 bench: $(STAMP) ## measure: billing reserves+captures/s (hot wallet, 1000 wallets); figures also in bench-results-billing.json
 	$(BIN)/python scripts/bench_billing.py --out bench-results-billing.json
+
+compose-up: ## run the platform on docker compose (deploy/compose; copy .env.example to .env first)
+	@test -f deploy/compose/.env || { echo "cp deploy/compose/.env.example deploy/compose/.env and fill it in"; exit 1; }
+	docker compose -f deploy/compose/compose.yaml up --build
 
 clean: ## remove the virtualenv, caches and embedded data
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .hypothesis
