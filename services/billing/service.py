@@ -49,7 +49,7 @@ from services.billing.models import (
     ReconciliationRow,
     Transfer,
 )
-from services.billing.otb import InsufficientFunds, OpenToBuy, Rebuild
+from services.billing.otb import InsufficientFunds, OpenToBuy, Rebuild, Snapshot
 from services.billing.repository import BillingRepository
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ MAX_ID, MAX_DESCRIPTION = 200, 1000
 EXPIRY_BATCH = 200
 # A hold this far past its deadline and still active is a finding (the sweeper is late or down).
 EXPIRY_GRACE = timedelta(seconds=60)
+# Second look at a wallet that seemed to drift.
+RECHECK_SECONDS = 0.2
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -530,6 +532,28 @@ class BillingService:
             if trigger == REDIS_REBUILD and not dry_run and (w.balance or w.held or holds):
                 await self.rebuild_wallet(w.owner_id, w.currency, force=False)
             return []
+        out = self._compare(w, holds, snap)
+        if out and trigger != REDIS_REBUILD:
+            # Operations in flight touch Redis and PostgreSQL a moment apart: only drift that is
+            # still there on a second look is a finding.
+            await asyncio.sleep(RECHECK_SECONDS)
+            snap = await self.otb.snapshot(w.owner_id, w.currency)
+            async with self.db.session() as s:
+                repo = BillingRepository(s)
+                fresh = await repo.wallet(w.owner_id, w.currency)
+                active = await repo.active_holds(w.id)
+            if fresh is not None:
+                w, holds = fresh, {h.hold_id: h for h in active}
+            out = self._compare(w, holds, snap) if snap.loaded else []
+        if out:
+            if not dry_run:
+                await self.rebuild_wallet(w.owner_id, w.currency)
+            for f in out:
+                f["repair"] = REPAIR_NONE if dry_run else REDIS_REBUILT
+        return out
+
+    @staticmethod
+    def _compare(w: Account, holds: dict[str, HoldRow], snap: Snapshot) -> list[dict[str, Any]]:
         base = {"customer_id": str(w.owner_id), "wallet_id": str(w.id), "currency_code": w.currency}
         out: list[dict[str, Any]] = []
         for hid, amount in snap.holds.items():
@@ -548,11 +572,6 @@ class BillingService:
             if expected != actual:
                 out.append({**base, "kind": AMOUNT_MISMATCH, "expected_cents": expected, "actual_cents": actual,
                             "description": f"{name} differs between PostgreSQL and Redis"})
-        if out:
-            if not dry_run:
-                await self.rebuild_wallet(w.owner_id, w.currency)
-            for f in out:
-                f["repair"] = REPAIR_NONE if dry_run else REDIS_REBUILT
         return out
 
     async def _global_checks(self, s: Any) -> list[dict[str, Any]]:

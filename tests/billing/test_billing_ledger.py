@@ -203,3 +203,28 @@ async def test_reconciliation_finds_and_repairs_drift(billing: BillingService, r
     assert again.consistent and again.transfers_checked > 0
     page = await billing.list_reconciliations(ADMIN, 2, "", True)
     assert page.items[0].id == fixed.id
+
+
+async def test_one_batch_mixing_repeats_captures_and_refusals_stays_exact(billing: BillingService) -> None:
+    customer, _ = await funded_wallet(billing, 1000)
+    await billing.reserve("mix-0", customer, 100, "USD")
+    calls = [
+        billing.reserve("mix-1", customer, 300, "USD"),
+        billing.reserve("mix-1", customer, 300, "USD"),   # repeat, possibly in the same batch
+        billing.reserve("mix-1", customer, 301, "USD"),   # reuse with another amount
+        billing.capture("mix-0", 80),
+        billing.capture("mix-0", 80),                     # repeat
+        billing.release("mix-0"),                         # after the capture: refused
+        billing.reserve("mix-2", customer, 700, "USD"),   # 1000 - 100 - 300 = 600 available at most
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    reasons = [getattr(r, "reason", "ok") for r in results]
+    # Whichever body of mix-1 arrives first wins; the other is a reused key, never a second hold.
+    reused = "IDEMPOTENCY_KEY_REUSED"
+    assert reasons[:3] in (["ok", "ok", reused], [reused, reused, "ok"])
+    winner = 300 if reasons[0] == "ok" else 301
+    assert reasons[3:6] == ["ok", "ok", "HOLD_ALREADY_CAPTURED"]
+    assert reasons[6] == "INSUFFICIENT_FUNDS"
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (920, winner)
+    assert (await billing.reconcile(ON_DEMAND, customer)).consistent

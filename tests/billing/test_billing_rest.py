@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
 
 from innosystem.billing.v1 import billing_pb2 as pb
 from innosystem.billing.v1 import billing_pb2_grpc
+from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.stack import Stack
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from tests.e2e.conftest import Client, admin, stack  # noqa: F401  (the e2e fixtures)
 
 pytestmark = pytest.mark.e2e
@@ -53,6 +56,25 @@ async def test_top_up_reserve_capture_statement_reconcile(stack: Stack, admin: C
         assert (int(held["heldCents"]), int(held["availableCents"])) == (3000, 7000)
         captured = await stub.Capture(pb.CaptureRequest(hold_id="job-42", amount_cents=2500), timeout=10)
         assert (captured.captured_cents, captured.commission_cents) == (2500, 250)
+
+        batch = await stub.BatchReserve(pb.BatchReserveRequest(requests=[
+            pb.ReserveRequest(hold_id="b-1", customer_id=customer_id, amount_cents=100, currency_code="USD"),
+            pb.ReserveRequest(hold_id="b-2", customer_id=customer_id, amount_cents=10**9, currency_code="USD"),
+            pb.ReserveRequest(hold_id="b-3", customer_id=customer_id, amount_cents=-1, currency_code="USD"),
+        ]), timeout=10)
+        assert batch.results[0].hold.status == pb.HOLD_STATUS_ACTIVE
+        assert [r.WhichOneof("result") for r in batch.results] == ["hold", "error", "error"]
+        assert [r.error.code for r in batch.results[1:]] == [grpc.StatusCode.FAILED_PRECONDITION.value[0],
+                                                             grpc.StatusCode.INVALID_ARGUMENT.value[0]]
+        released = await stub.BatchRelease(pb.BatchReleaseRequest(requests=[pb.ReleaseRequest(hold_id="b-1")]),
+                                           timeout=10)
+        assert released.results[0].hold.status == pb.HOLD_STATUS_VOIDED
+
+        as_customer_grpc = principals.sign(Principal(kind=principals.CUSTOMER, customer_id=customer_id), secret)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Reserve(pb.ReserveRequest(hold_id="self", customer_id=customer_id, amount_cents=1,
+                                                 currency_code="USD"), metadata=as_customer_grpc, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     w = as_customer.get(f"/v1/customers/{customer_id}/wallet").body
     assert (int(w["balanceCents"]), int(w.get("heldCents", 0)), int(w["availableCents"])) == (7500, 0, 7500)
