@@ -31,7 +31,14 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from innosystem.kit import logs, principal, telemetry
 from innosystem.kit.config import CommonConfig
-from innosystem.kit.errors import DOMAIN_SUFFIX, DomainError, from_rpc_error, internal_status, to_status
+from innosystem.kit.errors import (
+    DOMAIN_SUFFIX,
+    DomainError,
+    Unauthenticated,
+    from_rpc_error,
+    internal_status,
+    to_status,
+)
 from innosystem.kit.validation import check_required
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 
@@ -164,7 +171,7 @@ def _authentication(secret: bytes, authenticate: Authenticate | None, domain: st
                 if bearer:
                     scheme, _, key = bearer.partition(" ")
                     if scheme.lower() != "bearer" or not key.strip():
-                        raise principal.Unauthenticated("authorization must be 'Bearer <key>'",
+                        raise Unauthenticated("authorization must be 'Bearer <key>'",
                                                         reason="MALFORMED_AUTHORIZATION")
                     caller = await authenticate(key.strip())
         except DomainError as err:
