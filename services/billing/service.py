@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import func, select, text
 
 from innosystem.kit import pagination
@@ -330,6 +331,11 @@ class BillingService:
         revenue = await self._account_id(REVENUE, PLATFORM, currency)
         try:
             added = await self._otb_reserve(wallet, hold_id, amount)
+        except RedisError as exc:
+            # Redis down: PostgreSQL's guarded update alone still refuses any overdraft, so keep
+            # serving (slower); reconciliation rebuilds the projection once Redis is back.
+            log.warning("Open-to-Buy unavailable, authorizing in PostgreSQL only: %s", exc)
+            added = False
         except InsufficientFunds:
             first = await self._existing_hold(hold_id)
             if first is None:

@@ -228,3 +228,26 @@ async def test_one_batch_mixing_repeats_captures_and_refusals_stays_exact(billin
     w = await wallet(billing, customer)
     assert (w.balance, w.held) == (920, winner)
     assert (await billing.reconcile(ON_DEMAND, customer)).consistent
+
+
+async def test_redis_down_falls_back_to_postgres_and_still_refuses_overdraft(database_url: str) -> None:
+    from innosystem.kit.config import to_async_url
+    from innosystem.kit.db import Database
+    from innosystem.kit.redis import connect
+    from services.billing.otb import OpenToBuy
+    from tests.billing.billing_helpers import rates
+
+    db = Database(to_async_url(database_url), pool_size=2)
+    dead = connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    billing = BillingService(db, OpenToBuy(dead), rates)
+    try:
+        customer, _ = await funded_wallet(billing, 500)
+        await billing.reserve("down-1", customer, 300, "USD")
+        assert await _reason(billing.reserve("down-2", customer, 201, "USD")) == "INSUFFICIENT_FUNDS"
+        assert (await billing.capture("down-1", 250)).captured == 250
+        w = await wallet(billing, customer)
+        assert (w.balance, w.held) == (250, 0)
+    finally:
+        await billing.close()
+        await dead.aclose()
+        await db.close()
