@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, insert, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import Database
@@ -34,6 +35,9 @@ from services.billing.models import Account, Transfer
 log = logging.getLogger(__name__)
 
 COUNTERS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
+# Deadlock and serialization failure: the batch did nothing and can simply run again.
+RETRYABLE = {"40P01", "40001"}
+RETRIES = 3
 
 
 @dataclass
@@ -106,36 +110,20 @@ class GroupCommit:
 
     async def _commit(self, batch: list[tuple[Any, bool, asyncio.Future[Any]]]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        try:
-            async with self.db.session() as session:
-                deltas: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-                transfers: list[dict[str, Any]] = []
-                for fn, is_item, fut in batch:
-                    if is_item:
-                        continue
-                    tx = Tx(session)
-                    try:
-                        result = await fn(tx)
-                    except DomainError as exc:
-                        outcomes.append((fut, False, exc))
-                        continue
-                    _merge(deltas, transfers, tx)
-                    outcomes.append((fut, True, result))
-                items = [(entry, fut) for entry, is_item, fut in batch if is_item]
-                if items:
-                    assert self.bulk is not None
-                    tx = Tx(session)
-                    results = await self.bulk(session, tx, [entry for entry, _ in items])
-                    _merge(deltas, transfers, tx)
-                    outcomes += [(fut, not isinstance(r, DomainError), r) for (_, fut), r in zip(items, results,
-                                                                                                strict=True)]
-                await _apply(session, deltas, transfers)
-        except Exception as exc:
-            log.exception("group commit of %d operations failed", len(batch))
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
+        for attempt in range(1, RETRIES + 1):
+            try:
+                outcomes = await self._attempt(batch)
+                break
+            except DBAPIError as exc:
+                # Another replica's batch locked the same rows in another order: run ours again.
+                if getattr(exc.orig, "sqlstate", None) in RETRYABLE and attempt < RETRIES:
+                    log.warning("group commit retried after %s", getattr(exc.orig, "sqlstate", ""))
+                    continue
+                self._fail(batch, exc)
+                return
+            except Exception as exc:
+                self._fail(batch, exc)
+                return
         self.batches += 1
         self.operations += len(batch)
         for fut, ok, value in outcomes:
@@ -145,6 +133,42 @@ class GroupCommit:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    @staticmethod
+    def _fail(batch: list[tuple[Any, bool, asyncio.Future[Any]]], exc: Exception) -> None:
+        log.error("group commit of %d operations failed: %s", len(batch), exc)
+        for _, _, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _attempt(self, batch: list[tuple[Any, bool, asyncio.Future[Any]]]
+                       ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        """Run the batch in one transaction and commit it; the outcome per caller (nothing resolved yet)."""
+        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        async with self.db.session() as session:
+            deltas: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+            transfers: list[dict[str, Any]] = []
+            for fn, is_item, fut in batch:
+                if is_item:
+                    continue
+                tx = Tx(session)
+                try:
+                    result = await fn(tx)
+                except DomainError as exc:
+                    outcomes.append((fut, False, exc))
+                    continue
+                _merge(deltas, transfers, tx)
+                outcomes.append((fut, True, result))
+            items = [(entry, fut) for entry, is_item, fut in batch if is_item]
+            if items:
+                assert self.bulk is not None
+                tx = Tx(session)
+                results = await self.bulk(session, tx, [entry for entry, _ in items])
+                _merge(deltas, transfers, tx)
+                outcomes += [(fut, not isinstance(r, DomainError), r)
+                             for (_, fut), r in zip(items, results, strict=True)]
+            await _apply(session, deltas, transfers)
+        return outcomes
 
 
 def _merge(deltas: dict[uuid.UUID, list[int]], transfers: list[dict[str, Any]], tx: Tx) -> None:

@@ -251,3 +251,20 @@ async def test_redis_down_falls_back_to_postgres_and_still_refuses_overdraft(dat
         await billing.close()
         await dead.aclose()
         await db.close()
+
+
+async def test_group_commit_runs_a_deadlocked_batch_again(billing: BillingService) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from services.billing.batcher import Tx
+
+    attempts = []
+
+    async def op(tx: Tx) -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise DBAPIError("UPDATE …", None, psycopg.errors.DeadlockDetected("deadlock detected"))
+        return "done"
+
+    assert await billing.commit.run(op) == "done"
+    assert len(attempts) == 2
