@@ -127,6 +127,8 @@ class BillingService:
         self.default_hold = timedelta(seconds=default_hold_seconds)
         self.commit = GroupCommit(db, max_batch, bulk=ledger.apply)
         self._hold_meta: dict[str, tuple[uuid.UUID | None, str]] = {}
+        self._repairing: set[uuid.UUID] = set()
+        self._repairs: set[asyncio.Task[None]] = set()
         self._accounts: dict[tuple[int, uuid.UUID, str], uuid.UUID] = {}
         # Wallet identity (id, owner, currency, reseller) per (customer, currency): never changes once opened.
         self._wallets: dict[tuple[uuid.UUID, str], Account] = {}
@@ -134,6 +136,7 @@ class BillingService:
         self._sleep_until: datetime | None = None
 
     async def close(self) -> None:
+        await self.settle()
         await self.commit.close()
 
     # validation
@@ -338,9 +341,9 @@ class BillingService:
             added = False
         except InsufficientFunds:
             first = await self._existing_hold(hold_id)
-            if first is None:
-                raise
-            return self._same_reserve(first, wallet, amount)
+            if first is not None:
+                return self._same_reserve(first, wallet, amount)
+            added = await self._reserve_if_redis_behind(wallet, hold_id, amount)
         item = ledger.ReserveItem(hold_id, wallet.id, wallet.owner_id, wallet.reseller_id, currency, amount, job_id,
                                   expire, description, revenue)
         try:
@@ -357,6 +360,40 @@ class BillingService:
         if self._sleep_until is None or expire < self._sleep_until:
             self.expiry_wake.set()
         return hold
+
+    async def _reserve_if_redis_behind(self, wallet: Account, hold_id: str, amount: int) -> bool:
+        """Redis refused. If PostgreSQL can afford it, Redis may be behind (an update lost after its
+        commit) or merely a moment ahead of in-flight operations: let PostgreSQL's guard alone decide
+        this one, and have the wallet reconciled (second look, then rebuild) in the background.
+        A forced rebuild here could drop holds still in flight. Returns False: Redis holds nothing."""
+        fresh = await self._wallet(wallet.owner_id, wallet.currency)
+        if fresh.balance - fresh.held + fresh.credit_limit < amount:
+            raise InsufficientFunds(f"available {fresh.balance - fresh.held + fresh.credit_limit} < {amount}",
+                                    reason="INSUFFICIENT_FUNDS")
+        self._repair_soon(wallet.owner_id)
+        return False
+
+    def _repair_soon(self, customer_id: uuid.UUID) -> None:
+        if customer_id in self._repairing:
+            return
+        self._repairing.add(customer_id)
+
+        async def repair() -> None:
+            try:
+                await self.reconcile(REDIS_REBUILD, str(customer_id), recheck=True)
+            except Exception:
+                log.exception("background reconciliation of customer %s failed", customer_id)
+            finally:
+                self._repairing.discard(customer_id)
+
+        task = asyncio.create_task(repair())
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
+    async def settle(self) -> None:
+        """Wait for background repairs (tests, shutdown)."""
+        while self._repairs:
+            await asyncio.gather(*list(self._repairs), return_exceptions=True)
 
     def _remember(self, hold: HoldRow) -> None:
         """What Capture needs before its batch (reseller, currency), so it needs no query for it."""
@@ -494,7 +531,11 @@ class BillingService:
 
     # reconciliation
 
-    async def reconcile(self, trigger: int, customer_id: str = "", dry_run: bool = False) -> ReconciliationRow:
+    async def reconcile(self, trigger: int, customer_id: str = "", dry_run: bool = False,
+                        recheck: bool = True) -> ReconciliationRow:
+        """Check Redis against PostgreSQL per wallet (and, for all wallets, the ledger's global
+        invariants), repair by rebuilding Redis or adding expire transfers, store the record.
+        `recheck`: take a second look before calling a wallet drifted (operations may be in flight)."""
         start = utcnow()
         cid = _uuid(customer_id, "customer") if customer_id else None
         findings: list[dict[str, Any]] = []
@@ -513,7 +554,7 @@ class BillingService:
             holds_checked += len(holds)
             for w in chunk:
                 w = (fresh or {}).get(w.id, w)
-                findings += await self._reconcile_wallet(w, by_wallet.get(w.id, {}), dry_run, trigger)
+                findings += await self._reconcile_wallet(w, by_wallet.get(w.id, {}), dry_run, trigger, recheck)
         transfers = 0
         if cid is None:
             async with self.db.session() as s:
@@ -524,14 +565,16 @@ class BillingService:
                                 start_time=start, complete_time=utcnow(), wallets_checked=len(wallets),
                                 holds_checked=holds_checked, transfers_checked=transfers,
                                 consistent=not findings, findings=findings)
-        async with self.db.session() as s:
-            await BillingRepository(s).add_reconciliation(row)
+        if findings or not (cid is not None and trigger == REDIS_REBUILD):
+            # (A background second look at one wallet that found nothing is not worth a record.)
+            async with self.db.session() as s:
+                await BillingRepository(s).add_reconciliation(row)
         if findings:
             log.warning("reconciliation %s found %d discrepancies", row.id, len(findings))
         return row
 
     async def _reconcile_wallet(self, w: Account, holds: dict[str, HoldRow], dry_run: bool,
-                                trigger: int) -> list[dict[str, Any]]:
+                                trigger: int, recheck: bool) -> list[dict[str, Any]]:
         snap = await self.otb.snapshot(w.owner_id, w.currency)
         if not snap.loaded:
             # Not loaded is not drift: the next operation loads it. A rebuild run loads it now.
@@ -539,7 +582,7 @@ class BillingService:
                 await self.rebuild_wallet(w.owner_id, w.currency, force=False)
             return []
         out = self._compare(w, holds, snap)
-        if out and trigger != REDIS_REBUILD:
+        if out and recheck:
             # Operations in flight touch Redis and PostgreSQL a moment apart: only drift that is
             # still there on a second look is a finding.
             await asyncio.sleep(RECHECK_SECONDS)
@@ -660,7 +703,7 @@ class BillingService:
         """At start: check every wallet's projection and rebuild what drifted (a crash may have left
         Redis ahead of PostgreSQL); load every wallet if Redis lost billing's keys (no generation)."""
         empty = await self.otb.generation() is None
-        report = await self.reconcile(REDIS_REBUILD)
+        report = await self.reconcile(REDIS_REBUILD, recheck=False)  # nothing is in flight at start
         if empty:
             await self.otb.set_generation(uuid.uuid4().hex)
         return report

@@ -268,3 +268,18 @@ async def test_group_commit_runs_a_deadlocked_batch_again(billing: BillingServic
 
     assert await billing.commit.run(op) == "done"
     assert len(attempts) == 2
+
+
+async def test_redis_behind_postgres_is_rebuilt_on_the_next_reserve(billing: BillingService,
+                                                                    redis_client: aioredis.Redis) -> None:
+    customer, _ = await funded_wallet(billing, 100)
+    await billing.reserve("behind-0", customer, 10, "USD")
+    await billing.top_up(ADMIN, customer, 900, "", "late", "")
+    wkey, _ = keys(uuid.UUID(customer), "USD")
+    await redis_client.hincrby(wkey, "balance", -900)  # the top-up's Redis update was lost after its commit
+    await billing.reserve("behind-1", customer, 950, "USD")
+    assert (await wallet(billing, customer)).held == 960
+    await billing.settle()  # the background second look found the drift and rebuilt the wallet
+    snap = await billing.otb.snapshot(uuid.UUID(customer), "USD")
+    assert (snap.balance, snap.held) == (1000, 960)
+    assert await _reason(billing.reserve("behind-2", customer, 41, "USD")) == "INSUFFICIENT_FUNDS"
