@@ -283,3 +283,28 @@ async def test_redis_behind_postgres_is_rebuilt_on_the_next_reserve(billing: Bil
     snap = await billing.otb.snapshot(uuid.UUID(customer), "USD")
     assert (snap.balance, snap.held) == (1000, 960)
     assert await _reason(billing.reserve("behind-2", customer, 41, "USD")) == "INSUFFICIENT_FUNDS"
+
+
+async def test_over_capture_policies_and_credit_limit(billing: BillingService) -> None:
+    from services.billing.service import CHARGE_AVAILABLE
+
+    customer, _ = await funded_wallet(billing, 1000)
+    await billing.reserve("oc-1", customer, 100, "USD")
+    assert (await billing.capture("oc-1", 150, policy=CHARGE_AVAILABLE)).captured == 150
+    await billing.reserve("oc-2", customer, 100, "USD")
+    # 850 left: the hold's 100 plus 750 available cover a capture of 850, not 851.
+    assert await _reason(billing.capture("oc-2", 851, policy=CHARGE_AVAILABLE)) == "INSUFFICIENT_FUNDS"
+    assert (await billing.capture("oc-2", 850, policy=CHARGE_AVAILABLE)).captured == 850
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (0, 0)
+    # A credit limit lets holds go below zero, up to the limit and no further.
+    customer_id = customer
+    changed = await billing.update_wallet(ADMIN, customer_id, "", 300)
+    assert changed.credit_limit == 300
+    await billing.reserve("oc-3", customer, 300, "USD")
+    assert await _reason(billing.reserve("oc-4", customer, 1, "USD")) == "INSUFFICIENT_FUNDS"
+    assert await _reason(billing.update_wallet(ADMIN, customer_id, "", 299)) == "CREDIT_LIMIT_TOO_LOW"
+    customer_view = Principal(kind=principals.CUSTOMER, customer_id=customer_id)
+    assert await _reason(billing.update_wallet(customer_view, customer_id, "", 10**6),
+                         PermissionDenied) == "ADMIN_ONLY"
+    assert (await billing.reconcile(ON_DEMAND, customer)).consistent

@@ -3,19 +3,47 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from innosystem.billing.v1 import billing_pb2 as pb
 from innosystem.billing.v1 import billing_pb2_grpc
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.stack import Stack
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from tests.e2e.conftest import Client, admin, stack  # noqa: F401  (the e2e fixtures)
+from tests.conftest import fresh_database
+from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Tenancy, billing and the gateway as real processes; stopped when this module ends (so no
+    second full stack runs beside the e2e suite's)."""
+    logs = tmp_path_factory.mktemp("billing-stack-logs")
+    running = Stack(database_url=fresh_database(pg_server), redis_url=valkey_server.url, http_port=free_port(),
+                    fixed_ports=False, log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json"})
+    running.start(services=("tenancy", "billing"))
+    try:
+        running.wait_ready(90)
+    except Exception:
+        for path in sorted(logs.glob("*.log")):
+            print(f"--- {path.name}\n{path.read_text()[-3000:]}")
+        running.stop()
+        raise
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(stack: Stack) -> Client:
+    return Client(stack.gateway_url, stack.admin_api_key)
 
 
 def _wallet_opened(client: Client, customer_id: str) -> dict:
@@ -27,7 +55,7 @@ def _wallet_opened(client: Client, customer_id: str) -> dict:
     raise AssertionError(f"wallet of {customer_id} never opened: {resp.status} {resp.body}")
 
 
-async def test_top_up_reserve_capture_statement_reconcile(stack: Stack, admin: Client) -> None:  # noqa: F811
+async def test_top_up_reserve_capture_statement_reconcile(stack: Stack, admin: Client) -> None:
     reseller = admin.post("/v1/resellers", {"name": "Bill Resale", "email": "bill@example.com",
                                             "commissionRateBps": 1000}).body
     as_reseller = admin.as_key(reseller["apiKey"])
