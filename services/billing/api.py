@@ -14,7 +14,7 @@ from innosystem.common.v1.money_pb2 import Money
 from innosystem.kit import principal as principals
 from innosystem.kit.errors import DomainError, InvalidArgument, to_status
 from innosystem.kit.protos import changes, timestamp, to_datetime
-from services.billing.models import CAPTURE, HOLD, VOID, Account, HoldRow, ReconciliationRow, Transfer
+from services.billing.models import CAPTURE, EXPIRE, HOLD, VOID, Account, HoldRow, ReconciliationRow, Transfer
 from services.billing.service import ON_DEMAND, BillingService, Statement
 
 DOMAIN = "billing.innosystem"
@@ -32,7 +32,7 @@ def wallet_pb(row: Account) -> pb.Wallet:
 def _signed(t: Transfer) -> int:
     if t.kind == HOLD or t.kind == CAPTURE:
         return -t.amount
-    if t.kind in (VOID, 5):
+    if t.kind in (VOID, EXPIRE):
         return t.amount
     return t.amount if t.credit_account_id == t.wallet_id else -t.amount
 
