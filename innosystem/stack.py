@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import os
 import secrets
 import signal
@@ -118,7 +119,8 @@ class Stack:
 
     def _ready(self, name: str) -> bool:
         if name == "gateway":
-            with contextlib.suppress(OSError):
+            # HTTPException: something else (e.g. a gRPC server) answers on the port.
+            with contextlib.suppress(OSError, http.client.HTTPException):
                 with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=1) as resp:
                     return bool(resp.status == 200)
             return False
