@@ -26,8 +26,9 @@ IDLE_SECONDS = 30.0
 
 
 class WalletOpener:
-    def __init__(self, db: Database, billing: grpc.aio.Channel) -> None:
+    def __init__(self, db: Database, billing: grpc.aio.Channel, call_timeout: float = 5.0) -> None:
         self.db = db
+        self.call_timeout = call_timeout
         self.stub = billing_pb2_grpc.BillingServiceStub(billing)
         self.wake = asyncio.Event()
 
@@ -59,7 +60,7 @@ class WalletOpener:
                 request = billing_pb2.OpenWalletRequest(customer_id=str(row.customer_id),
                                                         reseller_id=str(row.reseller_id or ""))
                 try:
-                    await self.stub.OpenWallet(request, timeout=5, wait_for_ready=True)
+                    await self.stub.OpenWallet(request, timeout=self.call_timeout, wait_for_ready=True)
                 except grpc.aio.AioRpcError as exc:
                     # Billing unreachable (or not serving wallets yet): back off this row and
                     # the rest of the batch instead of waiting out a timeout for each one.

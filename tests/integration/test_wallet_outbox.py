@@ -41,7 +41,7 @@ async def test_wallet_opening_survives_billing_outage(database_url: str) -> None
     db = Database(to_async_url(database_url), pool_size=2)
     port = free_port()
     billing_channel = channel(f"127.0.0.1:{port}", service="tenancy", secret=b"s" * 32)
-    opener = WalletOpener(db, billing_channel)
+    opener = WalletOpener(db, billing_channel, call_timeout=2.0)
     tenancy = TenancyService(db, b"pepper" * 6, on_customer_created=opener.wake.set)
     try:
         reseller = await tenancy.create_reseller(ADMIN, {"name": "R", "email": "r@example.com"}, "", b"")
