@@ -15,7 +15,7 @@ import logging
 import sys
 
 from innosystem.kit import logs, telemetry
-from innosystem.kit.config import SERVICES, CommonConfig, ConfigError, env, env_required
+from innosystem.kit.config import SERVICES, CommonConfig, ConfigError, env, env_int, env_required
 from innosystem.kit.migrate import has_migrations, upgrade
 
 log = logging.getLogger("innosystem")
@@ -26,7 +26,7 @@ def _serve(names: list[str]) -> int:
         if len(names) > 1:
             raise SystemExit("serve: run the gateway in a process of its own")
         logs.setup("gateway", env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO", env("INNOSYSTEM_LOG_FORMAT", "") or "")
-        telemetry.setup("gateway")
+        telemetry.setup("gateway", metrics_port=env_int("INNOSYSTEM_METRICS_PORT", 0))
         gateway_main = importlib.import_module("gateway.main")
         asyncio.run(gateway_main.serve())
         return 0
@@ -36,7 +36,7 @@ def _serve(names: list[str]) -> int:
     label = "+".join(names)
     config = CommonConfig.from_env(names[0])
     logs.setup(label, config.log_level, config.log_format)
-    telemetry.setup(label)
+    telemetry.setup(label, metrics_port=config.metrics_port)
     from innosystem.kit import server
 
     async def main() -> None:

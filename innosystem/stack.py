@@ -28,6 +28,8 @@ from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, _die_with_pare
 from innosystem.kit.config import DEFAULT_PORTS, SERVICES, env
 from innosystem.kit.migrate import has_migrations, upgrade
 
+DEFAULT_METRICS_PORT = 9100  # gateway; the services follow in SERVICES order
+
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
@@ -51,12 +53,18 @@ class Stack:
     fixed_ports: bool = True
     log_dir: Path | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    # Each process serves Prometheus text at :<port>/metrics.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in SERVICES:
-            default = DEFAULT_PORTS[name]
-            self.ports[name] = default if self.fixed_ports and _port_free(default) else free_port()
+            self.ports[name] = self._pick(DEFAULT_PORTS[name])
+        for offset, name in enumerate(("gateway", *SERVICES)):
+            self.metrics_ports[name] = self._pick(DEFAULT_METRICS_PORT + offset)
+
+    def _pick(self, default: int) -> int:
+        return default if self.fixed_ports and _port_free(default) else free_port()
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
@@ -85,6 +93,7 @@ class Stack:
                 upgrade(self.database_url, name)
 
     def _spawn(self, name: str, args: list[str], environ: dict[str, str]) -> None:
+        environ = {**environ, "INNOSYSTEM_METRICS_PORT": str(self.metrics_ports[name])}
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -209,6 +218,7 @@ def up(args: argparse.Namespace) -> int:
             f"\nInnoSystem is up in {time.monotonic() - started:.1f}s\n"
             f"  gateway        {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/openapi.json)\n"
             f"  admin API key  {stack.admin_api_key}\n"
+            "  metrics        " + ", ".join(f"{n} :{p}" for n, p in stack.metrics_ports.items()) + "  (/metrics)\n"
             f"  try            curl -s -H 'Authorization: Bearer {stack.admin_api_key}' {stack.gateway_url}/v1/me\n"
             "Ctrl-C stops everything.\n",
             flush=True,

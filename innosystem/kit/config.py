@@ -85,6 +85,8 @@ class CommonConfig:
     log_format: str  # "json" or "console"
     log_level: str
     grace_seconds: float
+    # Prometheus text at :<port>/metrics; 0 = not served.
+    metrics_port: int
 
     @classmethod
     def from_env(cls, service: str) -> CommonConfig:
@@ -101,6 +103,7 @@ class CommonConfig:
             log_format=env("INNOSYSTEM_LOG_FORMAT", "") or "",
             log_level=env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO",
             grace_seconds=env_float("INNOSYSTEM_SHUTDOWN_GRACE_SECONDS", 10.0),
+            metrics_port=env_int("INNOSYSTEM_METRICS_PORT", 0),
         )
 
 

@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import sqlalchemy.ext.asyncio
 from sqlalchemy import MetaData, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -44,7 +45,8 @@ def new_id() -> uuid.UUID:
 
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False) -> None:
-        self.engine: AsyncEngine = create_async_engine(
+        # Looked up at call time so that the SQLAlchemy instrumentation (see telemetry) applies.
+        self.engine: AsyncEngine = sqlalchemy.ext.asyncio.create_async_engine(
             url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, echo=echo,
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)

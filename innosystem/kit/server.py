@@ -27,6 +27,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import metrics
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from innosystem.kit import logs, principal, telemetry
@@ -43,6 +44,8 @@ from innosystem.kit.validation import check_required
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 
 log = logging.getLogger(__name__)
+_rpc_duration = metrics.get_meter("innosystem.rpc").create_histogram(
+    "rpc.server.duration", unit="s", description="time to answer an RPC, by method and status code")
 
 Authenticate = Callable[[str], Awaitable[Principal]]
 Around = Callable[[str, Message | None, grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
@@ -149,11 +152,11 @@ async def _request_context(method: str, request: Message | None,
     finally:
         elapsed = time.perf_counter() - started
         code = context.code()
-        failed = code not in (None, grpc.StatusCode.OK, 0)
-        level = logging.INFO if failed or elapsed > SLOW_RPC_SECONDS else logging.DEBUG
+        code_name = code.name if isinstance(code, grpc.StatusCode) else str(code) if code else "OK"
+        _rpc_duration.record(elapsed, {"rpc.method": method, "rpc.grpc.status_code": code_name})
+        level = logging.INFO if code_name != "OK" or elapsed > SLOW_RPC_SECONDS else logging.DEBUG
         if log.isEnabledFor(level):
-            log.log(level, "rpc finished", extra={"code": getattr(code, "name", code) or "OK",
-                                                  "duration_ms": round(elapsed * 1000, 2)})
+            log.log(level, "rpc finished", extra={"code": code_name, "duration_ms": round(elapsed * 1000, 2)})
         logs.rpc_method.reset(tokens[0])
         logs.request_id.reset(tokens[1])
         logs.deadline.reset(tokens[2])

@@ -3,6 +3,8 @@
 The exporter is chosen by the standard variables: `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER`
 (`otlp`, `console`, `none`) and `OTEL_EXPORTER_OTLP_ENDPOINT`. With none of them set, spans are
 still created (so trace ids reach the logs) but nothing is exported and nothing is printed.
+With a metrics port, the process also serves its metrics as Prometheus text at `/metrics`.
+SQLAlchemy and Redis calls are traced by the contrib instrumentations.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _exporter_choice(signal: str) -> str:
     return "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
 
 
-def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None) -> None:
+def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None, metrics_port: int = 0) -> None:
     global _configured
     if _configured:
         return
@@ -57,7 +59,26 @@ def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     elif choice == "console":
         readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+    if metrics_port:
+        readers.append(_prometheus(metrics_port))
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    # Its declared range stops at SQLAlchemy < 2.1; the engine events it hooks are unchanged in
+    # 2.1, and tests/integration/test_telemetry.py proves the spans still appear.
+    SQLAlchemyInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)
+    RedisInstrumentor().instrument()
+
+
+def _prometheus(port: int) -> MetricReader:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    reader = PrometheusMetricReader()
+    start_http_server(port, addr="0.0.0.0")  # all interfaces: scraped from outside the pod
+    return reader
 
 
 def shutdown() -> None:

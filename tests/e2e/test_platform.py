@@ -84,3 +84,17 @@ async def test_direct_grpc_callers_are_authenticated(stack: Stack) -> None:
             names = {s.name for s in answer.list_services_response.service}
             assert "innosystem.tenancy.v1.TenancyService" in names
             break
+
+
+def test_every_process_serves_prometheus_metrics(stack: Stack) -> None:
+    """Each service answers /metrics with its RPC durations (the readiness checks were RPCs)."""
+    import urllib.request
+
+    for name in ("tenancy", "billing", "jobs", "runners", "keys"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports[name]}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert resp.status == 200
+        assert "rpc_server_duration_seconds_count" in text, name
+        assert 'rpc_method="/grpc.health.v1.Health/Check"' in text, name
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports['gateway']}/metrics", timeout=5) as resp:
+        assert resp.status == 200
