@@ -1,0 +1,79 @@
+"""The jobs service's SQL: every read of tenant data goes through a Scope."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, delete, or_, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from innosystem.kit.db import utcnow
+from innosystem.kit.scope import Scope
+from services.jobs.models import IdempotencyKey, JobType
+
+Keyset = tuple[datetime, uuid.UUID]
+
+
+def _visible(stmt: Select[Any], scope: Scope) -> Select[Any]:
+    if scope.unrestricted:
+        return stmt
+    if scope.reseller_id is not None:
+        return stmt.where(JobType.reseller_id == scope.reseller_id)
+    return stmt.where(JobType.customer_id == scope.customer_id)
+
+
+class JobsRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.s = session
+
+    # job types
+    async def add(self, row: JobType) -> None:
+        self.s.add(row)
+        await self.s.flush()
+
+    async def get_job_type(self, job_type_id: uuid.UUID, scope: Scope, *, lock: bool = False) -> JobType | None:
+        stmt = _visible(select(JobType).where(JobType.id == job_type_id), scope)
+        return (await self.s.execute(stmt.with_for_update() if lock else stmt)).scalar_one_or_none()
+
+    async def name_taken(self, project_id: uuid.UUID, name: str) -> bool:
+        stmt = select(JobType.id).where(JobType.project_id == project_id, JobType.name == name)
+        return (await self.s.execute(stmt)).first() is not None
+
+    async def list_job_types(self, scope: Scope, limit: int, after: Keyset | None, *,
+                             project_id: uuid.UUID | None = None, customer_id: uuid.UUID | None = None,
+                             enabled_only: bool = False, name: str = "") -> Sequence[JobType]:
+        stmt = _visible(select(JobType), scope)
+        if project_id is not None:
+            stmt = stmt.where(JobType.project_id == project_id)
+        if customer_id is not None:
+            stmt = stmt.where(JobType.customer_id == customer_id)
+        if enabled_only:
+            stmt = stmt.where(JobType.enabled.is_(True))
+        if name:
+            stmt = stmt.where(JobType.name == name)
+        if after is not None:
+            stmt = stmt.where(or_(JobType.create_time > after[0],
+                                  and_(JobType.create_time == after[0], JobType.id > after[1])))
+        stmt = stmt.order_by(JobType.create_time, JobType.id).limit(limit)
+        return (await self.s.execute(stmt)).scalars().all()
+
+    async def delete_job_type(self, job_type_id: uuid.UUID) -> None:
+        await self.s.execute(delete(JobType).where(JobType.id == job_type_id))
+
+    # idempotency
+    async def claim_request(self, scope: str, request_id: str, request_hash: bytes,
+                            resource_id: uuid.UUID) -> IdempotencyKey:
+        """Record the request, or return the earlier record with this id (which may differ)."""
+        stmt = insert(IdempotencyKey).values(scope=scope, request_id=request_id, request_hash=request_hash,
+                                             resource_id=resource_id, create_time=utcnow())
+        await self.s.execute(stmt.on_conflict_do_nothing())
+        row = await self.s.get(IdempotencyKey, (scope, request_id))
+        assert row is not None
+        return row
+
+    async def find_request(self, scope: str, request_id: str) -> IdempotencyKey | None:
+        return await self.s.get(IdempotencyKey, (scope, request_id))

@@ -1,0 +1,362 @@
+"""Jobs use cases: each method is one transaction, authorization included.
+
+Job types (this session's scope). A job type belongs to a project; its owner (customer and
+reseller) is learned from tenancy once, at create, and stored on the row, so every later
+read and write is scoped in SQL. Another tenant's project or job type is NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.exc import IntegrityError
+
+from innosystem.billing.v1 import billing_pb2
+from innosystem.jobs.v1 import job_types_pb2 as enums
+from innosystem.kit import pagination
+from innosystem.kit import principal as principals
+from innosystem.kit.db import Database
+from innosystem.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from innosystem.kit.scope import Scope
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.jobs.models import JobType
+from services.jobs.repository import JobsRepository, Keyset
+from services.jobs.tenants import ProjectOwner
+
+ProjectLookup = Callable[[uuid.UUID], Awaitable[ProjectOwner | None]]
+
+F = "job_type."  # field paths in errors are relative to the request
+RP = F + "default_retry_policy."
+EA = F + "external_api."
+
+PRIORITIES = frozenset(range(enums.PRIORITY_LEVEL_LOW, enums.PRIORITY_LEVEL_CRITICAL + 1))
+PERSISTENCE = frozenset(range(enums.PERSISTENCE_POLICY_MINIMAL, enums.PERSISTENCE_POLICY_ARCHIVE + 1))
+PROCESSORS = frozenset(range(enums.PROCESSOR_TYPE_SYNC, enums.PROCESSOR_TYPE_BATCH + 1))
+OVER_CAPTURE = frozenset(billing_pb2.OverCapturePolicy.values())
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+SENSITIVE = re.compile(r"^(payload|result)(\.[^.\s]+)+$")
+
+MAX_DESCRIPTION, MAX_VERSION = 4000, 64
+MAX_TAGS, MAX_TAG_LEN = 50, 64
+MAX_ERROR_TYPES, MAX_ERROR_TYPE_LEN = 50, 200
+MAX_SENSITIVE, MAX_SENSITIVE_LEN = 100, 200
+MAX_COST_CENTS = 10_000_000  # 100,000.00 per job: anything above is a typo, not a price
+MAX_TIMEOUT_SECONDS = 24 * 3600
+DEFAULT_TIMEOUT_SECONDS = 300
+MAX_ATTEMPTS = 100
+MAX_INTERVAL_SECONDS = 7 * 24 * 3600
+MAX_MULTIPLIER = 100.0
+DEFAULT_RETRY: dict[str, Any] = {
+    "retry_max_attempts": 3, "retry_initial_interval_seconds": 1, "retry_backoff_multiplier": 2.0,
+    "retry_max_interval_seconds": 300, "non_retryable_error_types": [],
+}
+DEFAULT_MAX_BATCH, MAX_BATCH = 100, 10_000
+MAX_URL_LEN, MAX_EXTERNAL_RETRIES = 2048, 10
+
+# What a create leaves unset becomes this (the proto documents the same defaults).
+CREATE_DEFAULTS: dict[str, Any] = {
+    "description": "", "default_priority": enums.PRIORITY_LEVEL_MEDIUM, **DEFAULT_RETRY,
+    "default_persistence_policy": enums.PERSISTENCE_POLICY_STANDARD, "base_cost_cents": 0, "max_cost_cents": 0,
+    "currency_code": "", "over_capture_policy": 0, "charge_on_failure": False,
+    "processor_type": enums.PROCESSOR_TYPE_SYNC, "external_api": None, "max_batch_size": 0, "enabled": True,
+    "version": "", "required_tags": [], "timeout_seconds": DEFAULT_TIMEOUT_SECONDS, "sensitive_fields": [],
+}
+
+
+@dataclass(frozen=True)
+class Page:
+    items: Sequence[Any]
+    next_page_token: str
+
+
+def _bad(field: str, message: str, reason: str) -> InvalidArgument:
+    return InvalidArgument(f"{field}: {message}", field=field, reason=reason)
+
+
+def _page(rows: Sequence[Any], size: int) -> Page:
+    if len(rows) > size:
+        last = rows[size - 1]
+        return Page(rows[:size], pagination.encode_token(last.create_time.isoformat(), str(last.id)))
+    return Page(rows, "")
+
+
+def _keyset(token: str) -> Keyset | None:
+    key = pagination.decode_token(token, 2)
+    if key is None:
+        return None
+    try:
+        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
+    except (TypeError, ValueError):
+        raise InvalidArgument("page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN") from None
+
+
+def _uuid(value: str, field: str, what: str) -> uuid.UUID:
+    """Ids of things the caller cannot have: a malformed one is simply not found."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError):
+        raise NotFound(f"{what.replace('_', ' ')} {value!r} not found", reason=f"{what.upper()}_NOT_FOUND",
+                       metadata={field: value}) from None
+
+
+def _enum(value: int, known: frozenset[int], default: int, field: str, reason: str) -> int:
+    if value == 0:
+        return default
+    if value not in known:
+        raise _bad(field, f"unknown value {value}", reason)
+    return value
+
+
+def _int_range(value: int, low: int, high: int, field: str, reason: str) -> int:
+    if not low <= value <= high:
+        raise _bad(field, f"must be between {low} and {high}, got {value}", reason)
+    return value
+
+
+def _strings(values: Sequence[str], most: int, longest: int, field: str, reason: str,
+             pattern: re.Pattern[str] | None = None) -> list[str]:
+    out = list(dict.fromkeys(v.strip() for v in values))
+    if len(out) > most:
+        raise _bad(field, f"at most {most} entries", reason)
+    for v in out:
+        if not v or len(v) > longest or (pattern is not None and not pattern.match(v)):
+            raise _bad(field, f"entry {v!r} is not valid (1 to {longest} characters"
+                              f"{', ' + pattern.pattern if pattern else ''})", reason)
+    return out
+
+
+def _retry_policy(policy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Columns of a retry policy. Absent: the defaults. Present: max_attempts is required (≥ 1);
+    a zero backoff_multiplier or max_interval_seconds means its default (2.0; max(300, initial));
+    initial_interval_seconds is taken as given (0 = retry at once)."""
+    if policy is None:
+        return dict(DEFAULT_RETRY)
+    reason = "INVALID_RETRY_POLICY"
+    attempts = _int_range(policy.get("max_attempts", 0), 1, MAX_ATTEMPTS, RP + "max_attempts", reason)
+    initial = _int_range(policy.get("initial_interval_seconds", 0), 0, MAX_INTERVAL_SECONDS,
+                         RP + "initial_interval_seconds", reason)
+    multiplier = float(policy.get("backoff_multiplier", 0.0)) or DEFAULT_RETRY["retry_backoff_multiplier"]
+    if not (math.isfinite(multiplier) and 1.0 <= multiplier <= MAX_MULTIPLIER):
+        raise _bad(RP + "backoff_multiplier", f"must be between 1.0 and {MAX_MULTIPLIER}, got {multiplier}", reason)
+    longest = policy.get("max_interval_seconds", 0) or max(DEFAULT_RETRY["retry_max_interval_seconds"], initial)
+    _int_range(longest, initial, MAX_INTERVAL_SECONDS, RP + "max_interval_seconds", reason)
+    errors = _strings(policy.get("non_retryable_error_types", []), MAX_ERROR_TYPES, MAX_ERROR_TYPE_LEN,
+                      RP + "non_retryable_error_types", reason)
+    return {"retry_max_attempts": attempts, "retry_initial_interval_seconds": initial,
+            "retry_backoff_multiplier": multiplier, "retry_max_interval_seconds": longest,
+            "non_retryable_error_types": errors}
+
+
+def _external_api(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    reason = "INVALID_EXTERNAL_API"
+    url = str(config.get("url", "")).strip()
+    parts = urlsplit(url)
+    if len(url) > MAX_URL_LEN or parts.scheme != "https" or not parts.hostname:
+        raise _bad(EA + "url", f"must be an https URL of at most {MAX_URL_LEN} characters", reason)
+    method = str(config.get("http_method", "")).strip().upper() or "POST"
+    if method not in HTTP_METHODS:
+        raise _bad(EA + "http_method", f"must be one of {', '.join(sorted(HTTP_METHODS))}", reason)
+    timeout = _int_range(config.get("timeout_seconds", 0), 0, MAX_TIMEOUT_SECONDS, EA + "timeout_seconds", reason)
+    retries = _int_range(config.get("max_retries", 0), 0, MAX_EXTERNAL_RETRIES, EA + "max_retries", reason)
+    return {"url": url, "http_method": method, "timeout_seconds": timeout, "max_retries": retries}
+
+
+def validate(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Column values for the given resource fields (create or update), with unset enums and
+    zero timeouts resolved to their defaults; raises naming the first bad field."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "name":
+            value = value.strip()
+            if not NAME.match(value):
+                raise _bad(F + "name", "must be 1 to 100 characters: letters, digits and _ . : / - "
+                                       "(starting with a letter or digit)", "INVALID_NAME")
+            out[name] = value
+        elif name == "description":
+            if len(value) > MAX_DESCRIPTION:
+                raise _bad(F + name, f"at most {MAX_DESCRIPTION} characters", "INVALID_DESCRIPTION")
+            out[name] = value
+        elif name == "default_priority":
+            out[name] = _enum(value, PRIORITIES, enums.PRIORITY_LEVEL_MEDIUM, F + name, "INVALID_PRIORITY")
+        elif name == "default_retry_policy":
+            out.update(_retry_policy(value))
+        elif name == "default_persistence_policy":
+            out[name] = _enum(value, PERSISTENCE, enums.PERSISTENCE_POLICY_STANDARD, F + name,
+                              "INVALID_PERSISTENCE_POLICY")
+        elif name in ("base_cost_cents", "max_cost_cents"):
+            out[name] = _int_range(value, 0, MAX_COST_CENTS, F + name, "INVALID_COST")
+        elif name == "currency_code":
+            value = value.strip().upper()
+            if value and not CURRENCY.match(value):
+                raise _bad(F + name, "must be an ISO 4217 code such as EUR, or empty", "INVALID_CURRENCY")
+            out[name] = value
+        elif name == "processor_type":
+            out[name] = _enum(value, PROCESSORS, enums.PROCESSOR_TYPE_SYNC, F + name, "INVALID_PROCESSOR_TYPE")
+        elif name == "over_capture_policy":
+            if value not in OVER_CAPTURE:
+                raise _bad(F + name, f"unknown value {value}", "INVALID_OVER_CAPTURE_POLICY")
+            out[name] = value
+        elif name in ("enabled", "charge_on_failure"):
+            out[name] = bool(value)
+        elif name == "version":
+            value = value.strip()
+            if len(value) > MAX_VERSION:
+                raise _bad(F + name, f"at most {MAX_VERSION} characters", "INVALID_VERSION")
+            out[name] = value
+        elif name == "required_tags":
+            out[name] = _strings(value, MAX_TAGS, MAX_TAG_LEN, F + name, "INVALID_TAGS")
+        elif name == "timeout_seconds":
+            out[name] = _int_range(value or DEFAULT_TIMEOUT_SECONDS, 1, MAX_TIMEOUT_SECONDS, F + name,
+                                   "INVALID_TIMEOUT")
+        elif name == "sensitive_fields":
+            out[name] = _strings(value, MAX_SENSITIVE, MAX_SENSITIVE_LEN, F + name, "INVALID_SENSITIVE_FIELDS",
+                                 SENSITIVE)
+        elif name == "external_api":
+            out[name] = _external_api(value)
+        elif name == "max_batch_size":
+            out[name] = _int_range(value, 0, MAX_BATCH, F + name, "INVALID_MAX_BATCH_SIZE")
+        else:
+            raise _bad(F + name, "cannot be set", "FIELD_NOT_SETTABLE")
+    return out
+
+
+def check_consistent(values: dict[str, Any]) -> None:
+    """Rules across fields, on the type as it will be stored; fills the batch size default."""
+    external = values["processor_type"] == enums.PROCESSOR_TYPE_EXTERNAL_API
+    if external and values["external_api"] is None:
+        raise _bad(F + "external_api", "is required when processor_type is PROCESSOR_TYPE_EXTERNAL_API",
+                   "EXTERNAL_API_REQUIRED")
+    if not external and values["external_api"] is not None:
+        raise _bad(F + "external_api", "is only for PROCESSOR_TYPE_EXTERNAL_API (clear it with the update mask)",
+                   "EXTERNAL_API_NOT_ALLOWED")
+    if values["max_cost_cents"] and values["max_cost_cents"] < values["base_cost_cents"]:
+        raise _bad(F + "max_cost_cents", "must be 0 (= base_cost_cents) or at least base_cost_cents",
+                   "INVALID_COST")
+    if values["processor_type"] == enums.PROCESSOR_TYPE_BATCH and not values["max_batch_size"]:
+        values["max_batch_size"] = DEFAULT_MAX_BATCH
+
+
+def _require_manager(caller: Principal) -> None:
+    if caller.kind not in (principals.ADMIN, principals.RESELLER, principals.CUSTOMER, principals.SERVICE):
+        raise PermissionDenied("only a customer, its reseller or an admin manages job types",
+                               reason="JOB_TYPE_MANAGER_ONLY")
+
+
+class JobsService:
+    def __init__(self, db: Database, projects: ProjectLookup) -> None:
+        self.db = db
+        self._projects = projects
+
+    async def _visible_project(self, caller: Principal, project_id: str) -> ProjectOwner:
+        pid = _uuid(project_id, "project_id", "project")
+        owner = await self._projects(pid)
+        if owner is None:
+            raise NotFound(f"project {project_id} not found", reason="PROJECT_NOT_FOUND")
+        principals.ensure_customer_visible(caller, str(owner.customer_id), str(owner.reseller_id or ""), "project")
+        return owner
+
+    async def _visible_job_type(self, repo: JobsRepository, caller: Principal, job_type_id: str,
+                                lock: bool = False) -> JobType:
+        tid = _uuid(job_type_id, "job_type_id", "job_type")
+        row = await repo.get_job_type(tid, Scope.of(caller), lock=lock)
+        if row is None:
+            raise NotFound(f"job type {job_type_id} not found", reason="JOB_TYPE_NOT_FOUND")
+        return row
+
+    # job types
+
+    async def create_job_type(self, caller: Principal, project_id: str, fields: Mapping[str, Any],
+                              request_id: str, request_hash: bytes) -> JobType:
+        _require_manager(caller)
+        values = {**CREATE_DEFAULTS, **validate(fields)}
+        check_consistent(values)
+        owner = await self._visible_project(caller, project_id)
+        scope = f"CreateJobType:{owner.project_id}"
+        try:
+            async with self.db.session() as s:
+                repo = JobsRepository(s)
+                if request_id:
+                    earlier = await repo.find_request(scope, request_id)
+                    if earlier is not None:
+                        if earlier.request_hash != request_hash:
+                            raise InvalidArgument("request_id was already used with a different request",
+                                                  field="request_id", reason="IDEMPOTENCY_KEY_REUSED")
+                        row = await repo.get_job_type(earlier.resource_id, Scope(unrestricted=True))
+                        if row is not None:
+                            return row
+                if await repo.name_taken(owner.project_id, values["name"]):
+                    raise self._name_taken(values["name"])
+                row = JobType(project_id=owner.project_id, customer_id=owner.customer_id,
+                              reseller_id=owner.reseller_id, **values)
+                await repo.add(row)
+                if request_id:
+                    claimed = await repo.claim_request(scope, request_id, request_hash, row.id)
+                    if claimed.resource_id != row.id:
+                        raise Aborted("a concurrent request with the same request_id won; retry to get its answer",
+                                      reason="CONCURRENT_REQUEST")
+                return row
+        except IntegrityError as exc:  # a concurrent create of the same name won the unique index
+            if "ix_job_types_project_id_name" in str(exc.orig):
+                raise self._name_taken(values["name"]) from None
+            raise
+
+    @staticmethod
+    def _name_taken(name: str) -> AlreadyExists:
+        return AlreadyExists(f"the project already has a job type named {name!r}", field=F + "name",
+                             reason="JOB_TYPE_NAME_TAKEN", metadata={"name": name})
+
+    async def get_job_type(self, caller: Principal, job_type_id: str) -> JobType:
+        async with self.db.session() as s:
+            return await self._visible_job_type(JobsRepository(s), caller, job_type_id)
+
+    async def list_job_types(self, caller: Principal, project_id: str, size: int, token: str, *,
+                             enabled_only: bool = False, name: str = "", customer_id: str = "") -> Page:
+        size = pagination.page_size(size)
+        after = _keyset(token)
+        pid, cid = None, None
+        if project_id != "-":
+            pid = (await self._visible_project(caller, project_id)).project_id
+        if customer_id:
+            try:
+                cid = uuid.UUID(customer_id)
+            except ValueError:
+                raise InvalidArgument("customer_id must be a UUID", field="customer_id", reason="INVALID_ID") from None
+        async with self.db.session() as s:
+            rows = await JobsRepository(s).list_job_types(Scope.of(caller), size + 1, after, project_id=pid,
+                                                          customer_id=cid, enabled_only=enabled_only,
+                                                          name=name.strip())
+        return _page(rows, size)
+
+    async def update_job_type(self, caller: Principal, job_type_id: str, changes: Mapping[str, Any]) -> JobType:
+        _require_manager(caller)
+        values = validate(changes)
+        async with self.db.session() as s:
+            row = await self._visible_job_type(JobsRepository(s), caller, job_type_id, lock=True)
+            merged = {c: getattr(row, c) for c in CREATE_DEFAULTS} | values
+            check_consistent(merged)
+            for column, value in merged.items():
+                if getattr(row, column) != value:
+                    setattr(row, column, value)
+            await s.flush()
+            return row
+
+    async def delete_job_type(self, caller: Principal, job_type_id: str) -> None:
+        """Deletes at once: there are no jobs yet. The jobs work adds FAILED_PRECONDITION while the
+        type has unfinished jobs (the proto's contract)."""
+        _require_manager(caller)
+        async with self.db.session() as s:
+            repo = JobsRepository(s)
+            row = await self._visible_job_type(repo, caller, job_type_id, lock=True)
+            await repo.delete_job_type(row.id)

@@ -1,0 +1,59 @@
+"""Who owns a project, asked of tenancy over gRPC (the jobs service never reads tenancy's schema)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import grpc
+
+from innosystem.kit.errors import from_rpc_error
+from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
+
+
+@dataclass(frozen=True)
+class ProjectOwner:
+    project_id: uuid.UUID
+    customer_id: uuid.UUID
+    reseller_id: uuid.UUID | None
+
+
+class Projects:
+    """`await projects(project_id)` → its owner, or None if tenancy knows no such project.
+
+    Calls `GetProject` and `GetCustomer` as the jobs service (the channel signs the service
+    principal), and remembers answers for `ttl` seconds: a project's customer and a customer's
+    reseller never change, so the cache only delays noticing a deleted project. Tenancy being
+    down is not "not found": its error (UNAVAILABLE, …) reaches the caller.
+    """
+
+    def __init__(self, tenancy: grpc.aio.Channel, ttl: float = 30.0, max_entries: int = 10_000,
+                 call_timeout: float = 5.0) -> None:
+        self._stub = tenancy_pb2_grpc.TenancyServiceStub(tenancy)
+        self._ttl, self._max, self._timeout = ttl, max_entries, call_timeout
+        self._cache: OrderedDict[uuid.UUID, tuple[float, ProjectOwner]] = OrderedDict()
+
+    async def __call__(self, project_id: uuid.UUID) -> ProjectOwner | None:
+        now = time.monotonic()
+        hit = self._cache.get(project_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            project = await self._stub.GetProject(tenancy_pb2.GetProjectRequest(project_id=str(project_id)),
+                                                  timeout=self._timeout)
+            customer = await self._stub.GetCustomer(
+                tenancy_pb2.GetCustomerRequest(customer_id=project.customer_id), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                self._cache.pop(project_id, None)
+                return None
+            raise from_rpc_error(exc) from None
+        owner = ProjectOwner(project_id, uuid.UUID(project.customer_id),
+                             uuid.UUID(customer.reseller_id) if customer.reseller_id else None)
+        self._cache[project_id] = (now + self._ttl, owner)
+        self._cache.move_to_end(project_id)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return owner
