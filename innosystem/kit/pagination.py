@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy import Select, and_, or_
 
 from innosystem.kit.errors import InvalidArgument
 
@@ -35,3 +41,38 @@ def decode_token(token: str, arity: int) -> list[Any] | None:
         raise InvalidArgument("page_token is not a token this list returned", field="page_token",
                               reason="INVALID_PAGE_TOKEN")
     return key
+
+
+# Lists ordered by creation: the key is (create_time, id), unique and stable under inserts.
+Keyset = tuple[datetime, uuid.UUID]
+
+
+@dataclass(frozen=True)
+class Page:
+    items: Sequence[Any]
+    next_page_token: str
+
+
+def keyset_page(rows: Sequence[Any], size: int) -> Page:
+    """A page from `size + 1` rows fetched in (create_time, id) order: the extra row says there is more."""
+    if len(rows) > size:
+        last = rows[size - 1]
+        return Page(rows[:size], encode_token(last.create_time.isoformat(), str(last.id)))
+    return Page(rows, "")
+
+
+def decode_keyset(token: str) -> Keyset | None:
+    key = decode_token(token, 2)
+    if key is None:
+        return None
+    try:
+        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
+    except (TypeError, ValueError):
+        raise InvalidArgument("page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN") from None
+
+
+def after_keyset(stmt: Select[Any], model: Any, after: Keyset | None) -> Select[Any]:
+    """Rows of `model` after `after`, in (create_time, id) order (an index on both serves it)."""
+    if after is not None:
+        stmt = stmt.where(or_(model.create_time > after[0], and_(model.create_time == after[0], model.id > after[1])))
+    return stmt.order_by(model.create_time, model.id)

@@ -14,7 +14,7 @@ from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from innosystem.kit.errors import InvalidArgument
+from innosystem.kit.errors import InvalidArgument, NotFound
 
 _REQUIRED = field_behavior_pb2.FieldBehavior.REQUIRED
 
@@ -73,3 +73,12 @@ def parse_uuid(value: str, field: str) -> uuid.UUID:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
         raise InvalidArgument(f"{field} must be a UUID, got {value!r}", field=field, reason="INVALID_ID") from None
+
+
+def id_or_not_found(value: str, field: str, what: str) -> uuid.UUID:
+    """The id of something a caller asks for: a malformed one is simply not found (no id format leaks)."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        raise NotFound(f"{what.replace('_', ' ')} {value!r} not found", reason=f"{what.upper()}_NOT_FOUND",
+                       metadata={field: value}) from None

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, or_, select
+from sqlalchemy import Select, delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import utcnow
+from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
 from services.jobs.models import IdempotencyKey, JobType
-
-Keyset = tuple[datetime, uuid.UUID]
 
 
 def _visible(stmt: Select[Any], scope: Scope) -> Select[Any]:
@@ -55,10 +53,7 @@ class JobsRepository:
             stmt = stmt.where(JobType.enabled.is_(True))
         if name:
             stmt = stmt.where(JobType.name == name)
-        if after is not None:
-            stmt = stmt.where(or_(JobType.create_time > after[0],
-                                  and_(JobType.create_time == after[0], JobType.id > after[1])))
-        stmt = stmt.order_by(JobType.create_time, JobType.id).limit(limit)
+        stmt = after_keyset(stmt, JobType, after).limit(limit)
         return (await self.s.execute(stmt)).scalars().all()
 
     async def delete_job_type(self, job_type_id: uuid.UUID) -> None:

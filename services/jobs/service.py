@@ -11,8 +11,6 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,9 +23,10 @@ from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
 from innosystem.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from innosystem.kit.scope import Scope
+from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs.models import JobType
-from services.jobs.repository import JobsRepository, Keyset
+from services.jobs.repository import JobsRepository
 from services.jobs.tenants import ProjectOwner
 
 ProjectLookup = Callable[[uuid.UUID], Awaitable[ProjectOwner | None]]
@@ -73,40 +72,12 @@ CREATE_DEFAULTS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class Page:
-    items: Sequence[Any]
-    next_page_token: str
-
 
 def _bad(field: str, message: str, reason: str) -> InvalidArgument:
     return InvalidArgument(f"{field}: {message}", field=field, reason=reason)
 
 
-def _page(rows: Sequence[Any], size: int) -> Page:
-    if len(rows) > size:
-        last = rows[size - 1]
-        return Page(rows[:size], pagination.encode_token(last.create_time.isoformat(), str(last.id)))
-    return Page(rows, "")
 
-
-def _keyset(token: str) -> Keyset | None:
-    key = pagination.decode_token(token, 2)
-    if key is None:
-        return None
-    try:
-        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
-    except (TypeError, ValueError):
-        raise InvalidArgument("page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN") from None
-
-
-def _uuid(value: str, field: str, what: str) -> uuid.UUID:
-    """Ids of things the caller cannot have: a malformed one is simply not found."""
-    try:
-        return uuid.UUID(value)
-    except (ValueError, TypeError):
-        raise NotFound(f"{what.replace('_', ' ')} {value!r} not found", reason=f"{what.upper()}_NOT_FOUND",
-                       metadata={field: value}) from None
 
 
 def _enum(value: int, known: frozenset[int], default: int, field: str, reason: str) -> int:
@@ -260,7 +231,7 @@ class JobsService:
         self._projects = projects
 
     async def _visible_project(self, caller: Principal, project_id: str) -> ProjectOwner:
-        pid = _uuid(project_id, "project_id", "project")
+        pid = id_or_not_found(project_id, "project_id", "project")
         owner = await self._projects(pid)
         if owner is None:
             raise NotFound(f"project {project_id} not found", reason="PROJECT_NOT_FOUND")
@@ -269,7 +240,7 @@ class JobsService:
 
     async def _visible_job_type(self, repo: JobsRepository, caller: Principal, job_type_id: str,
                                 lock: bool = False) -> JobType:
-        tid = _uuid(job_type_id, "job_type_id", "job_type")
+        tid = id_or_not_found(job_type_id, "job_type_id", "job_type")
         row = await repo.get_job_type(tid, Scope.of(caller), lock=lock)
         if row is None:
             raise NotFound(f"job type {job_type_id} not found", reason="JOB_TYPE_NOT_FOUND")
@@ -322,9 +293,9 @@ class JobsService:
             return await self._visible_job_type(JobsRepository(s), caller, job_type_id)
 
     async def list_job_types(self, caller: Principal, project_id: str, size: int, token: str, *,
-                             enabled_only: bool = False, name: str = "", customer_id: str = "") -> Page:
+                             enabled_only: bool = False, name: str = "", customer_id: str = "") -> pagination.Page:
         size = pagination.page_size(size)
-        after = _keyset(token)
+        after = pagination.decode_keyset(token)
         pid, cid = None, None
         if project_id != "-":
             pid = (await self._visible_project(caller, project_id)).project_id
@@ -337,7 +308,7 @@ class JobsService:
             rows = await JobsRepository(s).list_job_types(Scope.of(caller), size + 1, after, project_id=pid,
                                                           customer_id=cid, enabled_only=enabled_only,
                                                           name=name.strip())
-        return _page(rows, size)
+        return pagination.keyset_page(rows, size)
 
     async def update_job_type(self, caller: Principal, job_type_id: str, changes: Mapping[str, Any]) -> JobType:
         _require_manager(caller)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import utcnow
+from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
 from services.tenancy.models import ApiKey, Customer, IdempotencyKey, Project, Reseller, WalletOpening
-
-Keyset = tuple[datetime, uuid.UUID]
 
 
 def _visible_customers(stmt: Select[Any], scope: Scope) -> Select[Any]:
@@ -25,11 +23,6 @@ def _visible_customers(stmt: Select[Any], scope: Scope) -> Select[Any]:
         return stmt.where(Customer.reseller_id == scope.reseller_id)
     return stmt.where(Customer.id == scope.customer_id)
 
-
-def _after(stmt: Select[Any], model: Any, after: Keyset | None) -> Select[Any]:
-    if after is not None:
-        stmt = stmt.where(or_(model.create_time > after[0], and_(model.create_time == after[0], model.id > after[1])))
-    return stmt.order_by(model.create_time, model.id)
 
 
 class TenancyRepository:
@@ -48,7 +41,7 @@ class TenancyRepository:
         return (await self.s.execute(stmt.with_for_update() if lock else stmt)).scalar_one_or_none()
 
     async def list_resellers(self, limit: int, after: Keyset | None) -> Sequence[Reseller]:
-        return (await self.s.execute(_after(select(Reseller), Reseller, after).limit(limit))).scalars().all()
+        return (await self.s.execute(after_keyset(select(Reseller), Reseller, after).limit(limit))).scalars().all()
 
     async def reseller_has_customers(self, reseller_id: uuid.UUID) -> bool:
         return bool(await self.s.scalar(select(exists().where(Customer.reseller_id == reseller_id))))
@@ -66,7 +59,7 @@ class TenancyRepository:
         stmt = _visible_customers(select(Customer), scope)
         if reseller_id is not None:
             stmt = stmt.where(Customer.reseller_id == reseller_id)
-        return (await self.s.execute(_after(stmt, Customer, after).limit(limit))).scalars().all()
+        return (await self.s.execute(after_keyset(stmt, Customer, after).limit(limit))).scalars().all()
 
     async def count_projects(self, customer_id: uuid.UUID) -> int:
         return int(await self.s.scalar(select(func.count()).where(Project.customer_id == customer_id)) or 0)
@@ -82,7 +75,7 @@ class TenancyRepository:
         return (await self.s.execute(stmt.with_for_update(of=Project) if lock else stmt)).scalar_one_or_none()
 
     async def list_projects(self, customer_id: uuid.UUID, limit: int, after: Keyset | None) -> Sequence[Project]:
-        stmt = _after(select(Project).where(Project.customer_id == customer_id), Project, after)
+        stmt = after_keyset(select(Project).where(Project.customer_id == customer_id), Project, after)
         return (await self.s.execute(stmt.limit(limit))).scalars().all()
 
     async def delete_project(self, project_id: uuid.UUID) -> None:

@@ -7,9 +7,8 @@ import hmac
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from innosystem.kit import pagination
@@ -24,20 +23,16 @@ from innosystem.kit.errors import (
     Unauthenticated,
 )
 from innosystem.kit.scope import Scope
+from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.tenancy.models import ApiKey, Customer, Project, Reseller, WalletOpening
-from services.tenancy.repository import Keyset, TenancyRepository
+from services.tenancy.repository import TenancyRepository
 
 API_KEY_PREFIX = "isk_"
 BOOTSTRAP_LABEL = "bootstrap"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_TAGS, MAX_TAG_LEN, MAX_DESCRIPTION = 50, 64, 4000
 
-
-@dataclass(frozen=True)
-class Page:
-    items: Sequence[Any]
-    next_page_token: str
 
 
 @dataclass(frozen=True)
@@ -46,30 +41,7 @@ class Created:
     api_key: str  # empty on an idempotent repeat
 
 
-def _page(rows: Sequence[Any], size: int) -> Page:
-    if len(rows) > size:
-        last = rows[size - 1]
-        return Page(rows[:size], pagination.encode_token(last.create_time.isoformat(), str(last.id)))
-    return Page(rows, "")
 
-
-def _keyset(token: str) -> Keyset | None:
-    key = pagination.decode_token(token, 2)
-    if key is None:
-        return None
-    try:
-        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
-    except (TypeError, ValueError):
-        raise InvalidArgument("page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN") from None
-
-
-def _uuid(value: str, field: str, what: str) -> uuid.UUID:
-    """Ids of things the caller cannot have: a malformed one is simply not found."""
-    try:
-        return uuid.UUID(value)
-    except (ValueError, TypeError):
-        raise NotFound(f"{what} {value!r} not found", reason=f"{what.upper()}_NOT_FOUND",
-                       metadata={field: value}) from None
 
 
 def validate(changes: dict[str, Any]) -> None:
@@ -199,7 +171,7 @@ class TenancyService:
 
     async def _visible_reseller(self, repo: TenancyRepository, caller: Principal, reseller_id: str,
                                 lock: bool = False) -> Reseller:
-        rid = _uuid(reseller_id, "reseller_id", "reseller")
+        rid = id_or_not_found(reseller_id, "reseller_id", "reseller")
         row = await repo.get_reseller(rid, Scope.of(caller), lock=lock)
         if row is None:
             raise NotFound(f"reseller {reseller_id} not found", reason="RESELLER_NOT_FOUND")
@@ -209,12 +181,12 @@ class TenancyService:
         async with self.db.session() as s:
             return await self._visible_reseller(TenancyRepository(s), caller, reseller_id)
 
-    async def list_resellers(self, caller: Principal, size: int, token: str) -> Page:
+    async def list_resellers(self, caller: Principal, size: int, token: str) -> pagination.Page:
         principals.require_admin(caller)
         size = pagination.page_size(size)
         async with self.db.session() as s:
-            rows = await TenancyRepository(s).list_resellers(size + 1, _keyset(token))
-        return _page(rows, size)
+            rows = await TenancyRepository(s).list_resellers(size + 1, pagination.decode_keyset(token))
+        return pagination.keyset_page(rows, size)
 
     async def update_reseller(self, caller: Principal, reseller_id: str, changes: dict[str, Any]) -> Reseller:
         principals.require_admin(caller)
@@ -277,7 +249,7 @@ class TenancyService:
 
     async def _visible_customer(self, repo: TenancyRepository, caller: Principal, customer_id: str,
                                 lock: bool = False) -> Customer:
-        cid = _uuid(customer_id, "customer_id", "customer")
+        cid = id_or_not_found(customer_id, "customer_id", "customer")
         row = await repo.get_customer(cid, Scope.of(caller), lock=lock)
         if row is None:
             raise NotFound(f"customer {customer_id} not found", reason="CUSTOMER_NOT_FOUND")
@@ -287,7 +259,7 @@ class TenancyService:
         async with self.db.session() as s:
             return await self._visible_customer(TenancyRepository(s), caller, customer_id)
 
-    async def list_customers(self, caller: Principal, size: int, token: str, reseller_id: str) -> Page:
+    async def list_customers(self, caller: Principal, size: int, token: str, reseller_id: str) -> pagination.Page:
         size = pagination.page_size(size)
         rid = None
         if reseller_id:
@@ -295,9 +267,10 @@ class TenancyService:
                 rid = uuid.UUID(reseller_id)
             except ValueError:
                 raise InvalidArgument("reseller_id must be a UUID", field="reseller_id", reason="INVALID_ID") from None
+        after = pagination.decode_keyset(token)
         async with self.db.session() as s:
-            rows = await TenancyRepository(s).list_customers(Scope.of(caller), size + 1, _keyset(token), rid)
-        return _page(rows, size)
+            rows = await TenancyRepository(s).list_customers(Scope.of(caller), size + 1, after, rid)
+        return pagination.keyset_page(rows, size)
 
     async def update_customer(self, caller: Principal, customer_id: str, changes: dict[str, Any]) -> Customer:
         if caller.kind == principals.CUSTOMER and "active" in changes:
@@ -352,7 +325,7 @@ class TenancyService:
 
     async def _visible_project(self, repo: TenancyRepository, caller: Principal, project_id: str,
                                lock: bool = False) -> Project:
-        pid = _uuid(project_id, "project_id", "project")
+        pid = id_or_not_found(project_id, "project_id", "project")
         row = await repo.get_project(pid, Scope.of(caller), lock=lock)
         if row is None:
             raise NotFound(f"project {project_id} not found", reason="PROJECT_NOT_FOUND")
@@ -362,13 +335,13 @@ class TenancyService:
         async with self.db.session() as s:
             return await self._visible_project(TenancyRepository(s), caller, project_id)
 
-    async def list_projects(self, caller: Principal, customer_id: str, size: int, token: str) -> Page:
+    async def list_projects(self, caller: Principal, customer_id: str, size: int, token: str) -> pagination.Page:
         size = pagination.page_size(size)
         async with self.db.session() as s:
             repo = TenancyRepository(s)
             customer = await self._visible_customer(repo, caller, customer_id)
-            rows = await repo.list_projects(customer.id, size + 1, _keyset(token))
-        return _page(rows, size)
+            rows = await repo.list_projects(customer.id, size + 1, pagination.decode_keyset(token))
+        return pagination.keyset_page(rows, size)
 
     async def update_project(self, caller: Principal, project_id: str, changes: dict[str, Any]) -> Project:
         validate(changes)
