@@ -6,11 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Double, Index, LargeBinary, SmallInteger, String, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, Double, Index, SmallInteger, String, Text, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from innosystem.kit.db import new_id, schema_metadata, utcnow
+from innosystem.kit.idempotency import IdempotencyKeyColumns
 
 
 class Base(DeclarativeBase):
@@ -77,13 +78,7 @@ class JobType(Base):
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
 
 
-class IdempotencyKey(Base):
+class IdempotencyKey(IdempotencyKeyColumns, Base):
     """The first answer to a create with a `request_id`, per caller scope and method."""
 
     __tablename__ = "idempotency_keys"
-
-    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
-    resource_id: Mapped[uuid.UUID] = mapped_column(UUID)
-    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

@@ -7,13 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, delete, select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.kit.db import utcnow
 from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
-from services.jobs.models import IdempotencyKey, JobType
+from services.jobs.models import JobType
 
 
 def _visible(stmt: Select[Any], scope: Scope) -> Select[Any]:
@@ -59,16 +57,3 @@ class JobsRepository:
     async def delete_job_type(self, job_type_id: uuid.UUID) -> None:
         await self.s.execute(delete(JobType).where(JobType.id == job_type_id))
 
-    # idempotency
-    async def claim_request(self, scope: str, request_id: str, request_hash: bytes,
-                            resource_id: uuid.UUID) -> IdempotencyKey:
-        """Record the request, or return the earlier record with this id (which may differ)."""
-        stmt = insert(IdempotencyKey).values(scope=scope, request_id=request_id, request_hash=request_hash,
-                                             resource_id=resource_id, create_time=utcnow())
-        await self.s.execute(stmt.on_conflict_do_nothing())
-        row = await self.s.get(IdempotencyKey, (scope, request_id))
-        assert row is not None
-        return row
-
-    async def find_request(self, scope: str, request_id: str) -> IdempotencyKey | None:
-        return await self.s.get(IdempotencyKey, (scope, request_id))

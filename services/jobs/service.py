@@ -18,14 +18,14 @@ from sqlalchemy.exc import IntegrityError
 
 from innosystem.billing.v1 import billing_pb2
 from innosystem.jobs.v1 import job_types_pb2 as enums
-from innosystem.kit import pagination
+from innosystem.kit import idempotency, pagination
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
-from innosystem.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from innosystem.kit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.jobs.models import JobType
+from services.jobs.models import IdempotencyKey, JobType
 from services.jobs.repository import JobsRepository
 from services.jobs.tenants import ProjectOwner
 
@@ -258,25 +258,17 @@ class JobsService:
         try:
             async with self.db.session() as s:
                 repo = JobsRepository(s)
-                if request_id:
-                    earlier = await repo.find_request(scope, request_id)
-                    if earlier is not None:
-                        if earlier.request_hash != request_hash:
-                            raise InvalidArgument("request_id was already used with a different request",
-                                                  field="request_id", reason="IDEMPOTENCY_KEY_REUSED")
-                        row = await repo.get_job_type(earlier.resource_id, Scope(unrestricted=True))
-                        if row is not None:
-                            return row
+                earlier = await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash)
+                if earlier is not None:
+                    row = await repo.get_job_type(earlier, Scope(unrestricted=True))
+                    if row is not None:
+                        return row
                 if await repo.name_taken(owner.project_id, values["name"]):
                     raise self._name_taken(values["name"])
                 row = JobType(project_id=owner.project_id, customer_id=owner.customer_id,
                               reseller_id=owner.reseller_id, **values)
                 await repo.add(row)
-                if request_id:
-                    claimed = await repo.claim_request(scope, request_id, request_hash, row.id)
-                    if claimed.resource_id != row.id:
-                        raise Aborted("a concurrent request with the same request_id won; retry to get its answer",
-                                      reason="CONCURRENT_REQUEST")
+                await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, row.id)
                 return row
         except IntegrityError as exc:  # a concurrent create of the same name won the unique index
             if "ix_job_types_project_id_name" in str(exc.orig):

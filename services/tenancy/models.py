@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from innosystem.kit.db import new_id, schema_metadata, utcnow
+from innosystem.kit.idempotency import IdempotencyKeyColumns
 
 
 class Base(DeclarativeBase):
@@ -81,16 +82,10 @@ class ApiKey(Base):
     revoke_time: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
-class IdempotencyKey(Base):
+class IdempotencyKey(IdempotencyKeyColumns, Base):
     """The first answer to a create with a `request_id`, per caller and method."""
 
     __tablename__ = "idempotency_keys"
-
-    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
-    resource_id: Mapped[uuid.UUID] = mapped_column(UUID)
-    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class WalletOpening(Base):

@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, delete, exists, func, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import utcnow
 from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
-from services.tenancy.models import ApiKey, Customer, IdempotencyKey, Project, Reseller, WalletOpening
+from services.tenancy.models import ApiKey, Customer, Project, Reseller, WalletOpening
 
 
 def _visible_customers(stmt: Select[Any], scope: Scope) -> Select[Any]:
@@ -109,16 +108,3 @@ class TenancyRepository:
         stmt = select(exists().where(ApiKey.key_hash == key_hash, ApiKey.revoke_time.is_(None)))
         return bool(await self.s.scalar(stmt))
 
-    # idempotency
-    async def claim_request(self, scope: str, request_id: str, request_hash: bytes,
-                            resource_id: uuid.UUID) -> IdempotencyKey:
-        """Record the request, or return the earlier record with this id (which may differ)."""
-        stmt = insert(IdempotencyKey).values(scope=scope, request_id=request_id, request_hash=request_hash,
-                                             resource_id=resource_id, create_time=utcnow())
-        await self.s.execute(stmt.on_conflict_do_nothing())
-        row = await self.s.get(IdempotencyKey, (scope, request_id))
-        assert row is not None
-        return row
-
-    async def find_request(self, scope: str, request_id: str) -> IdempotencyKey | None:
-        return await self.s.get(IdempotencyKey, (scope, request_id))

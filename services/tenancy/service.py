@@ -11,11 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from innosystem.kit import pagination
+from innosystem.kit import idempotency, pagination
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
 from innosystem.kit.errors import (
-    Aborted,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -25,7 +24,7 @@ from innosystem.kit.errors import (
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.tenancy.models import ApiKey, Customer, Project, Reseller, WalletOpening
+from services.tenancy.models import ApiKey, Customer, IdempotencyKey, Project, Reseller, WalletOpening
 from services.tenancy.repository import TenancyRepository
 
 API_KEY_PREFIX = "isk_"
@@ -128,28 +127,6 @@ class TenancyService:
                 return reseller.name if reseller else ""
         return "admin" if caller.kind == principals.ADMIN else ""
 
-    # idempotent creation
-
-    async def _replay(self, repo: TenancyRepository, scope: str, request_id: str,
-                      request_hash: bytes) -> uuid.UUID | None:
-        if not request_id:
-            return None
-        earlier = await repo.find_request(scope, request_id)
-        if earlier is None:
-            return None
-        if earlier.request_hash != request_hash:
-            raise InvalidArgument("request_id was already used with a different request", field="request_id",
-                                  reason="IDEMPOTENCY_KEY_REUSED")
-        return earlier.resource_id
-
-    async def _remember(self, repo: TenancyRepository, scope: str, request_id: str, request_hash: bytes,
-                        resource_id: uuid.UUID) -> None:
-        if request_id:
-            row = await repo.claim_request(scope, request_id, request_hash, resource_id)
-            if row.resource_id != resource_id:
-                raise Aborted("a concurrent request with the same request_id won; retry to get its answer",
-                              reason="CONCURRENT_REQUEST")
-
     # resellers
 
     async def create_reseller(self, caller: Principal, fields: dict[str, Any], request_id: str,
@@ -159,14 +136,14 @@ class TenancyService:
         scope = f"CreateReseller:{caller.key_id}"
         async with self.db.session() as s:
             repo = TenancyRepository(s)
-            if (earlier := await self._replay(repo, scope, request_id, request_hash)) is not None:
+            if (earlier := await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash)) is not None:
                 row = await repo.get_reseller(earlier, Scope(unrestricted=True))
                 if row is not None:
                     return Created(row, "")
             reseller = Reseller(**fields)
             await repo.add(reseller)
             api_key = await self._issue_key(repo, principals.RESELLER, reseller_id=reseller.id)
-            await self._remember(repo, scope, request_id, request_hash, reseller.id)
+            await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, reseller.id)
             return Created(reseller, api_key)
 
     async def _visible_reseller(self, repo: TenancyRepository, caller: Principal, reseller_id: str,
@@ -231,7 +208,7 @@ class TenancyService:
         scope = f"CreateCustomer:{caller.key_id}"
         async with self.db.session() as s:
             repo = TenancyRepository(s)
-            if (earlier := await self._replay(repo, scope, request_id, request_hash)) is not None:
+            if (earlier := await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash)) is not None:
                 row = await repo.get_customer(earlier, Scope(unrestricted=True))
                 if row is not None:
                     return Created(row, "")
@@ -243,7 +220,7 @@ class TenancyService:
             await repo.add(customer)
             api_key = await self._issue_key(repo, principals.CUSTOMER, customer_id=customer.id)
             await repo.add(WalletOpening(customer_id=customer.id, reseller_id=customer.reseller_id))
-            await self._remember(repo, scope, request_id, request_hash, customer.id)
+            await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, customer.id)
         self._on_customer_created()  # after the commit: the wallet opener may go now
         return Created(customer, api_key)
 
@@ -314,13 +291,13 @@ class TenancyService:
             repo = TenancyRepository(s)
             customer = await self._visible_customer(repo, caller, customer_id)
             scope = f"CreateProject:{customer.id}"
-            if (earlier := await self._replay(repo, scope, request_id, request_hash)) is not None:
+            if (earlier := await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash)) is not None:
                 row = await repo.get_project(earlier, Scope(unrestricted=True))
                 if row is not None:
                     return row
             project = Project(customer_id=customer.id, **fields)
             await repo.add(project)
-            await self._remember(repo, scope, request_id, request_hash, project.id)
+            await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, project.id)
             return project
 
     async def _visible_project(self, repo: TenancyRepository, caller: Principal, project_id: str,
