@@ -214,8 +214,7 @@ async def test_one_batch_mixing_repeats_captures_and_refusals_stays_exact(billin
         billing.reserve("mix-1", customer, 301, "USD"),   # reuse with another amount
         billing.capture("mix-0", 80),
         billing.capture("mix-0", 80),                     # repeat
-        billing.release("mix-0"),                         # after the capture: refused
-        billing.reserve("mix-2", customer, 700, "USD"),   # 1000 - 100 - 300 = 600 available at most
+        billing.reserve("mix-2", customer, 700, "USD"),   # at most 1000 - 80 - 300 = 620 available in any order
     ]
     results = await asyncio.gather(*calls, return_exceptions=True)
     reasons = [getattr(r, "reason", "ok") for r in results]
@@ -223,8 +222,10 @@ async def test_one_batch_mixing_repeats_captures_and_refusals_stays_exact(billin
     reused = "IDEMPOTENCY_KEY_REUSED"
     assert reasons[:3] in (["ok", "ok", reused], [reused, reused, "ok"])
     winner = 300 if reasons[0] == "ok" else 301
-    assert reasons[3:6] == ["ok", "ok", "HOLD_ALREADY_CAPTURED"]
-    assert reasons[6] == "INSUFFICIENT_FUNDS"
+    assert reasons[3:5] == ["ok", "ok"]
+    assert reasons[5] == "INSUFFICIENT_FUNDS"
+    # Sequenced after the batch (a release racing the capture could legitimately win instead).
+    assert await _reason(billing.release("mix-0")) == "HOLD_ALREADY_CAPTURED"
     w = await wallet(billing, customer)
     assert (w.balance, w.held) == (920, winner)
     assert (await billing.reconcile(ON_DEMAND, customer)).consistent
