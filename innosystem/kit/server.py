@@ -36,6 +36,7 @@ from innosystem.kit.errors import (
     DOMAIN_SUFFIX,
     DomainError,
     Unauthenticated,
+    Unimplemented,
     from_rpc_error,
     internal_status,
     to_status,
@@ -212,6 +213,9 @@ def _domain_errors(domain: str) -> Around:
             if downstream.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
                 log.error("downstream call failed: %s", exc.details())
             await abort(context, downstream, domain)
+        except NotImplementedError:  # an RPC the servicer does not override (generated base class)
+            await abort(context, Unimplemented(f"{method} is not implemented yet", reason="NOT_IMPLEMENTED_YET"),
+                        domain)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:

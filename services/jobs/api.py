@@ -1,13 +1,11 @@
 """JobService servicer: converts protobuf ↔ Python values and calls the service layer.
 
-Only the job type methods exist so far; every other JobService method answers UNIMPLEMENTED
-(set up below the class, from the service descriptor, so a new RPC in the proto cannot fall
-through to the generated base's synchronous NotImplementedError, which would be INTERNAL).
+Only the job type methods exist so far; every other JobService method is the generated base
+class's, which the server bootstrap answers with UNIMPLEMENTED (reason NOT_IMPLEMENTED_YET).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -19,7 +17,6 @@ from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
 from innosystem.kit import principal as principals
-from innosystem.kit.errors import Unimplemented
 from innosystem.kit.protos import changes, request_hash, timestamp
 from services.jobs.models import JobType
 from services.jobs.service import JobsService
@@ -98,21 +95,7 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         return Empty()
 
 
-def _unimplemented(name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
-    async def method(self: JobsApi, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise Unimplemented(f"JobService.{name} arrives with the jobs issue (only job types exist so far)",
-                            reason="NOT_IMPLEMENTED_YET")
-
-    method.__name__ = method.__qualname__ = name
-    return method
-
-
 def servicer(service: JobsService) -> jobs_pb2_grpc.JobServiceServicer:
-    """The servicer to register. The typed stubs declare every RPC abstract, and mypy cannot see
-    the methods filled in above, hence the one ignore."""
+    """The servicer to register. The typed stubs declare every RPC abstract; the ones not built yet
+    are deliberately the generated base's (UNIMPLEMENTED, see above), hence the one ignore."""
     return JobsApi(service)  # type: ignore[abstract]
-
-
-for _method in pb.DESCRIPTOR.services_by_name["JobService"].methods:
-    if _method.name not in JobsApi.__dict__:
-        setattr(JobsApi, _method.name, _unimplemented(_method.name))

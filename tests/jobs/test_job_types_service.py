@@ -24,7 +24,6 @@ from innosystem.kit.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
-    Unimplemented,
 )
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -326,14 +325,6 @@ async def test_delete_removes_the_type_and_frees_the_name(world: World) -> None:
         await world.jobs.delete_job_type(world.a, str(row.id))
     again = await _create(world, world.a, world.project_a, name="short-lived")
     assert again.id != row.id
-
-
-async def test_other_methods_answer_unimplemented(world: World) -> None:
-    api = servicer(world.jobs)
-    with pytest.raises(Unimplemented):
-        await api.SubmitJob(pb.SubmitJobRequest(project_id=world.project_a), None)
-    with pytest.raises(Unimplemented):
-        await api.LeaseJobs(pb.LeaseJobsRequest(), None)
 
 
 async def test_project_owner_is_cached_and_tenancy_down_is_not_not_found(world: World) -> None:
