@@ -1,0 +1,261 @@
+"""The Redis queue engine against the real embedded Valkey: order, fairness, scheduling, cancel, flush."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from innosystem.embedded import EmbeddedValkey
+from innosystem.kit.errors import InvalidArgument
+from innosystem.kit.redis import connect
+from services.jobs.queue import CRITICAL, HIGH, LOW, MEDIUM, JobQueue, QueueItem, ScheduledItem
+
+T0 = 1_700_000_000.0
+QUEUE_DB = 7  # this module's own database: its flush test must not wipe other modules' Redis state
+
+
+def queue_url(server: EmbeddedValkey) -> str:
+    return server.url.rsplit("/", 1)[0] + f"/{QUEUE_DB}"
+
+
+def item(job_id: str, customer: str, priority: int = MEDIUM, at: float = T0, job_type: str = "render") -> QueueItem:
+    return QueueItem(job_id, job_type, customer, priority, at)
+
+
+@pytest.fixture
+async def queue(valkey_server: EmbeddedValkey) -> AsyncIterator[JobQueue]:
+    client = connect(queue_url(valkey_server))
+    yield JobQueue(client, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    await client.aclose()
+
+
+async def drain(q: JobQueue, types: list[str], batch: int = 1, customer: str | None = None) -> list[str]:
+    out: list[str] = []
+    while got := await q.lease(types, batch, T0, customer_id=customer):
+        out += got
+    return out
+
+
+# ---- property: priority first, round robin between customers, FIFO per customer -------------------
+
+class Loop:
+    """One event loop and client for every Hypothesis example (Hypothesis drives sync functions)."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = connect(url)
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.client.aclose())
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def sync_loop(valkey_server: EmbeddedValkey) -> Iterator[Loop]:
+    env = Loop(queue_url(valkey_server))
+    yield env
+    env.close()
+
+
+jobs_strategy = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from([LOW, MEDIUM, HIGH, CRITICAL]),
+              st.sampled_from(["t1", "t2"])),
+    min_size=1, max_size=40,
+)
+
+
+def check_order(jobs: dict[str, tuple[str, int, str, int]], order: list[str]) -> None:
+    """jobs: id -> (customer, priority, type, seq). Checks the three queue-order rules on `order`."""
+    assert sorted(order) == sorted(jobs), "every job leased exactly once"
+    prios = [jobs[j][1] for j in order]
+    assert prios == sorted(prios, reverse=True), "strict priority classes"
+    groups: dict[tuple[str, int], list[str]] = {}
+    for j in order:
+        _, p, jt, _ = jobs[j]
+        groups.setdefault((jt, p), []).append(j)
+    for served in groups.values():
+        # FIFO per customer
+        for cust in {jobs[j][0] for j in served}:
+            seqs = [jobs[j][3] for j in served if jobs[j][0] == cust]
+            assert seqs == sorted(seqs), "FIFO per customer"
+        # round robin: between two consecutive dispatches of a customer, every other customer that
+        # still had jobs waiting in this class after the first of them was served exactly once
+        remaining = {c: sum(1 for j in served if jobs[j][0] == c) for c in {jobs[j][0] for j in served}}
+        last: dict[str, tuple[int, set[str]]] = {}
+        for pos, j in enumerate(served):
+            cust = jobs[j][0]
+            remaining[cust] -= 1
+            if cust in last:
+                prev, waiting = last[cust]
+                between = [jobs[k][0] for k in served[prev + 1:pos]]
+                assert sorted(between) == sorted(waiting), f"round robin broken at {pos}: {between} vs {waiting}"
+            last[cust] = (pos, {c for c, n in remaining.items() if n > 0 and c != cust})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=jobs_strategy, batch=st.integers(min_value=1, max_value=7))
+def test_lease_order_priority_round_robin_fifo(sync_loop: Loop, spec: list[tuple[str, int, str]], batch: int) -> None:
+    q = JobQueue(sync_loop.client, prefix=f"p{uuid.uuid4().hex[:8]}:")
+    jobs = {f"j{i}": (c, p, jt, i) for i, (c, p, jt) in enumerate(spec)}
+    items = [QueueItem(j, jt, c, p, T0 + seq) for j, (c, p, jt, seq) in jobs.items()]
+    # enqueue in two halves (two round trips) to exercise appending to existing queues and rotations
+    sync_loop.run(q.enqueue(items[: len(items) // 2]))
+    sync_loop.run(q.enqueue(items[len(items) // 2:]))
+    # one type at a time: the full rules hold for a single-type runner
+    for jt in ("t1", "t2"):
+        sub = {j: v for j, v in jobs.items() if v[2] == jt}
+        order = sync_loop.run(drain(q, [jt], batch))
+        if sub:
+            check_order(sub, order)
+        else:
+            assert order == []
+    # both types: strict priority across types too; rotation and FIFO per (type, class)
+    sync_loop.run(q.finish("t1", list(jobs)))
+    sync_loop.run(q.finish("t2", list(jobs)))
+    sync_loop.run(q.enqueue(items))
+    order = sync_loop.run(drain(q, ["t1", "t2"], batch))
+    check_order(jobs, order)
+
+
+# ---- fairness -------------------------------------------------------------------------------------
+
+async def test_flood_from_one_customer_delays_another_by_at_most_one_dispatch(queue: JobQueue) -> None:
+    flood = [item(f"a{i}", "A", at=T0 + i) for i in range(10_000)]
+    for start in range(0, len(flood), 2500):
+        await queue.enqueue(flood[start:start + 2500])
+    await queue.enqueue([item("b0", "B", at=T0 + 20_000)])
+    first = await queue.lease(["render"], 1, T0) + await queue.lease(["render"], 1, T0)
+    assert "b0" in first
+    assert first[0] == "a0"
+    assert (await queue.depth("render"))[MEDIUM] == 9_999
+
+
+async def test_higher_class_always_first_even_behind_a_flood(queue: JobQueue) -> None:
+    await queue.enqueue([item(f"a{i}", "A", LOW, T0 + i) for i in range(500)])
+    await queue.enqueue([item("crit", "B", CRITICAL, T0 + 999)])
+    assert await queue.lease(["render"], 3, T0) == ["crit", "a0", "a1"]
+
+
+# ---- scheduling -----------------------------------------------------------------------------------
+
+async def test_scheduled_job_is_not_leasable_before_due_and_promoted_at_due(queue: JobQueue) -> None:
+    await queue.schedule([ScheduledItem("s1", "render", "A", HIGH, T0 + 10),
+                          ScheduledItem("s2", "render", "A", HIGH, T0 + 30)])
+    assert await queue.promote_due(["render"], T0 + 5) == (0, T0 + 10)
+    assert await queue.lease(["render"], 10, T0 + 5) == []
+    assert await queue.promote_due(["render"], T0 + 10) == (1, T0 + 30)
+    assert await queue.lease(["render"], 10, T0 + 10) == ["s1"]
+    assert await queue.promote_due(["render"], T0 + 31) == (1, None)
+    assert await queue.promote_due(["render", "other"], T0 + 40) == (0, None)
+    assert await queue.lease(["render"], 10, T0 + 31) == ["s2"]
+
+
+async def test_promote_due_is_bounded_per_call(queue: JobQueue) -> None:
+    await queue.schedule([ScheduledItem(f"s{i}", "render", "A", LOW, T0 + i) for i in range(5)])
+    assert await queue.promote_due(["render"], T0 + 100, limit=3) == (3, T0 + 3)  # next due <= now: call again
+    assert await queue.promote_due(["render"], T0 + 100, limit=3) == (2, None)
+    assert await drain(queue, ["render"], 10) == [f"s{i}" for i in range(5)]
+
+
+async def test_retry_schedules_a_leased_job_and_queued_jobs_are_not_rescheduled(queue: JobQueue) -> None:
+    await queue.enqueue([item("j1", "A"), item("j2", "A", at=T0 + 1)])
+    assert await queue.lease(["render"], 1, T0) == ["j1"]
+    retry = [ScheduledItem("j1", "render", "A", MEDIUM, T0 + 60), ScheduledItem("j2", "render", "A", MEDIUM, T0 + 60)]
+    assert await queue.schedule(retry) == 1  # j1 (leased) goes to backoff; j2 stays queued
+    assert await queue.lease(["render"], 5, T0) == ["j2"]
+    assert await queue.promote_due(["render"], T0 + 60) == (1, None)
+    assert await queue.lease(["render"], 5, T0 + 60) == ["j1"]
+
+
+# ---- scope, types, idempotency, cancel, stats -----------------------------------------------------
+
+async def test_customer_scoped_lease_and_job_types(queue: JobQueue) -> None:
+    await queue.enqueue([item("a1", "A", HIGH), item("b1", "B", CRITICAL), item("a2", "A", LOW, T0 + 1),
+                         item("x1", "A", CRITICAL, job_type="other")])
+    assert await queue.lease(["render"], 10, T0, customer_id="A") == ["a1", "a2"]
+    assert await queue.lease(["nothing"], 10, T0) == []
+    assert await queue.lease(["render"], 10, T0) == ["b1"]
+    assert await queue.lease(["render", "other"], 10, T0, customer_id="B") == []
+    assert await queue.lease(["other"], 10, T0) == ["x1"]
+
+
+async def test_enqueue_is_idempotent_for_queued_and_leased_jobs(queue: JobQueue) -> None:
+    assert await queue.enqueue([item("j1", "A"), item("j2", "A", at=T0 + 1)]) == 2
+    assert await queue.enqueue([item("j1", "A", CRITICAL), item("j2", "A")]) == 0
+    assert await queue.lease(["render"], 1, T0) == ["j1"]
+    assert await queue.enqueue([item("j1", "A")]) == 0  # leased: unchanged
+    assert await drain(queue, ["render"]) == ["j2"]
+    assert await queue.finish("render", ["j1"]) == 1  # lease expired: forget, then re-enqueue
+    assert await queue.enqueue([item("j1", "A")]) == 1
+    assert await queue.lease(["render"], 5, T0) == ["j1"]
+
+
+async def test_remove_queued_and_scheduled_but_not_leased(queue: JobQueue) -> None:
+    await queue.enqueue([item("a1", "A"), item("a2", "A", at=T0 + 1), item("b1", "B")])
+    await queue.schedule([ScheduledItem("s1", "render", "A", MEDIUM, T0 + 5)])
+    assert await queue.lease(["render"], 1, T0) == ["a1"]
+    assert sorted(await queue.remove("render", ["a1", "a2", "s1", "missing"])) == ["a2", "s1"]
+    assert await queue.promote_due(["render"], T0 + 10) == (0, None)
+    # A's queue emptied by the cancel: A leaves the rotation lazily, B is still served
+    assert await drain(queue, ["render"], 5) == ["b1"]
+    assert await queue.enqueue([item("a3", "A"), item("b2", "B", at=T0 + 1)]) == 2
+    assert sorted(await queue.lease(["render"], 5, T0)) == ["a3", "b2"]
+
+
+async def test_stats_depth_oldest_and_ahead_of(queue: JobQueue) -> None:
+    await queue.enqueue([item("c1", "A", CRITICAL, T0 + 3), item("h1", "A", HIGH, T0 + 1),
+                         item("h2", "B", HIGH, T0 + 2), item("l1", "A", LOW, T0 + 4), item("l2", "A", LOW, T0 + 5)])
+    await queue.schedule([ScheduledItem("s1", "render", "A", LOW, T0 + 50)])
+    (stats,) = await queue.stats(["render"])
+    assert [(c.priority, c.depth, c.oldest_enqueued_at) for c in stats.classes] == [
+        (CRITICAL, 1, T0 + 3), (HIGH, 2, T0 + 1), (MEDIUM, 0, None), (LOW, 2, T0 + 4)]
+    assert (stats.scheduled, stats.next_due) == (1, T0 + 50)
+    assert await queue.depth("render") == {CRITICAL: 1, HIGH: 2, MEDIUM: 0, LOW: 2}
+    pos = await queue.ahead_of("render", "l2")
+    assert (pos.state, pos.higher_priority, pos.ahead_in_class) == ("queued", 3, 1)
+    assert (await queue.ahead_of("render", "s1")).state == "scheduled"
+    assert (await queue.ahead_of("render", "nope")).state == "unknown"
+    await queue.lease(["render"], 1, T0)
+    assert (await queue.ahead_of("render", "c1")).state == "leased"
+    assert (await queue.ahead_of("render", "l2")).higher_priority == 2
+
+
+async def test_bad_input_is_rejected_before_and_inside_the_script(queue: JobQueue) -> None:
+    with pytest.raises(InvalidArgument):
+        await queue.enqueue([item("j", "A", priority=5)])
+    with pytest.raises(InvalidArgument):
+        await queue.enqueue([item("j", "A", job_type="bad{tag}")])
+    with pytest.raises(InvalidArgument) as err:  # the script's error reply maps to the domain error
+        await queue.scripts.enqueue(keys=queue._keys("render"), args=[queue.base("render"), "j", 7, "A", T0])
+    assert err.value.reason == "INVALID_ARGUMENT"
+    assert await queue.depth("render") == {CRITICAL: 0, HIGH: 0, MEDIUM: 0, LOW: 0}
+
+
+async def test_flush_mid_way_then_rebuild(queue: JobQueue) -> None:
+    await queue.enqueue([item(f"a{i}", "A", at=T0 + i) for i in range(5)] + [item("b0", "B")])
+    await queue.schedule([ScheduledItem("s1", "render", "A", HIGH, T0 + 5)])
+    assert await queue.lease(["render"], 2, T0) == ["a0", "b0"]
+    assert (await queue.client.client_info())["db"] == QUEUE_DB
+    await queue.client.flushdb()
+    await queue.client.script_flush()
+    assert await queue.lease(["render"], 5, T0) == []
+    assert await queue.promote_due(["render"], T0 + 10) == (0, None)
+    assert await queue.remove("render", ["a1"]) == []
+    assert await queue.finish("render", ["a0"]) == 0
+    assert await queue.depth("render") == {CRITICAL: 0, HIGH: 0, MEDIUM: 0, LOW: 0}
+    assert (await queue.ahead_of("render", "a1")).state == "unknown"
+    # the recovery loop re-enqueues what PostgreSQL says is pending or scheduled
+    restored = await queue.rebuild([item(f"a{i}", "A", at=T0 + i) for i in range(2, 5)],
+                                   [ScheduledItem("s1", "render", "A", HIGH, T0 + 5)])
+    assert restored == 4
+    assert await queue.promote_due(["render"], T0 + 10) == (1, None)
+    assert await drain(queue, ["render"], 2) == ["s1", "a2", "a3", "a4"]
