@@ -145,37 +145,27 @@ class JobQueue:
     async def enqueue(self, items: Sequence[QueueItem]) -> int:
         """Queue many jobs: one script call per job type (and per BATCH), all concurrently.
         Idempotent per job id. Returns how many were queued now."""
-        by_type: dict[str, list[QueueItem]] = defaultdict(list)
-        for item in items:
-            _check_name("customer_id", item.customer_id)
-            _check_priority(item.priority)
-            by_type[item.job_type].append(item)
-        calls = []
-        for job_type, group in by_type.items():
-            base = self.base(job_type)
-            for chunk in _chunks(group):
-                args: list[Any] = [base]
-                for it in chunk:
-                    args += [it.job_id, it.priority, it.customer_id, repr(float(it.enqueued_at))]
-                calls.append(self.scripts.enqueue(keys=self._keys(job_type), args=args))
-        return sum(int(n) for n in await asyncio.gather(*calls))
+        return await self._per_type(self.scripts.enqueue, [(it, it.enqueued_at) for it in items])
 
     async def schedule(self, items: Sequence[ScheduledItem]) -> int:
         """Put jobs in their type's scheduled set by due time. An unknown or leased job (retry) is
         scheduled; a queued or already scheduled one is left alone. Returns how many now."""
-        by_type: dict[str, list[ScheduledItem]] = defaultdict(list)
-        for item in items:
+        return await self._per_type(self.scripts.schedule, [(it, it.due) for it in items])
+
+    async def _per_type(self, script: Any, timed: list[tuple[QueueItem | ScheduledItem, float]]) -> int:
+        """Run `script` once per job type and chunk, concurrently, with (id, priority, customer, time) per job."""
+        by_type: dict[str, list[tuple[QueueItem | ScheduledItem, float]]] = defaultdict(list)
+        for item, at in timed:
             _check_name("customer_id", item.customer_id)
             _check_priority(item.priority)
-            by_type[item.job_type].append(item)
+            by_type[item.job_type].append((item, at))
         calls = []
         for job_type, group in by_type.items():
-            base = self.base(job_type)
             for chunk in _chunks(group):
-                args: list[Any] = [base]
-                for it in chunk:
-                    args += [it.job_id, it.priority, it.customer_id, repr(float(it.due))]
-                calls.append(self.scripts.schedule(keys=self._keys(job_type), args=args))
+                args: list[Any] = [self.base(job_type)]
+                for it, at in chunk:
+                    args += [it.job_id, it.priority, it.customer_id, repr(float(at))]
+                calls.append(script(keys=self._keys(job_type), args=args))
         return sum(int(n) for n in await asyncio.gather(*calls))
 
     async def rebuild(self, queued: Sequence[QueueItem], scheduled: Sequence[ScheduledItem] = ()) -> int:
