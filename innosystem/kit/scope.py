@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select
 
 from innosystem.kit import principal as principals
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -18,6 +21,14 @@ class Scope:
     unrestricted: bool = False
     reseller_id: uuid.UUID | None = None
     customer_id: uuid.UUID | None = None
+
+    def filter(self, stmt: Select[Any], *, reseller_column: Any, customer_column: Any) -> Select[Any]:
+        """`stmt` restricted to this scope, given the columns holding a row's reseller and customer."""
+        if self.unrestricted:
+            return stmt
+        if self.reseller_id is not None:
+            return stmt.where(reseller_column == self.reseller_id)
+        return stmt.where(customer_column == self.customer_id)
 
     @classmethod
     def of(cls, principal: Principal) -> Scope:

@@ -15,11 +15,7 @@ from services.jobs.models import JobType
 
 
 def _visible(stmt: Select[Any], scope: Scope) -> Select[Any]:
-    if scope.unrestricted:
-        return stmt
-    if scope.reseller_id is not None:
-        return stmt.where(JobType.reseller_id == scope.reseller_id)
-    return stmt.where(JobType.customer_id == scope.customer_id)
+    return scope.filter(stmt, reseller_column=JobType.reseller_id, customer_column=JobType.customer_id)
 
 
 class JobsRepository:

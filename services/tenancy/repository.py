@@ -16,11 +16,7 @@ from services.tenancy.models import ApiKey, Customer, Project, Reseller, WalletO
 
 
 def _visible_customers(stmt: Select[Any], scope: Scope) -> Select[Any]:
-    if scope.unrestricted:
-        return stmt
-    if scope.reseller_id is not None:
-        return stmt.where(Customer.reseller_id == scope.reseller_id)
-    return stmt.where(Customer.id == scope.customer_id)
+    return scope.filter(stmt, reseller_column=Customer.reseller_id, customer_column=Customer.id)
 
 
 
