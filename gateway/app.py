@@ -22,6 +22,7 @@ from gateway.errors import GatewayError, UpstreamError, status_json
 from gateway.openapi import render_openapi
 from gateway.proxy import Gateway
 from gateway.routes import RouteTable, load_routes
+from gateway.telemetry import traced
 from innosystem.kit import logs
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     pool = build_pool(files)
     gateway = Gateway(config, RouteTable(load_routes(files, pool)), pool)
 
-    app = web.Application(middlewares=[_errors_and_request_id])
+    app = web.Application(middlewares=[traced, _errors_and_request_id])
     app[GATEWAY] = gateway
     app[OPENAPI] = render_openapi(data).encode()
     app.cleanup_ctx.append(_channels)

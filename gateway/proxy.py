@@ -19,14 +19,13 @@ from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, from_rpc_error
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, RouteTable
 from gateway.sse import stream_events
+from gateway.telemetry import ROUTE
 from gateway.transcode import build_request, render
 from gateway.upstreams import Upstreams
 from innosystem.kit.clients import ApiKeyAuthenticator
 from innosystem.kit.clients import channel as signed_channel
 
 REQUEST_ID_METADATA = "x-request-id"
-# Tracing context travels from an HTTP client through to the services as-is.
-_PASSED_THROUGH = ("traceparent", "tracestate")
 _CHUNK = 64 * 1024
 
 
@@ -79,9 +78,9 @@ class Gateway:
 
     async def handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
         route, path_values = self._match(request)
+        request[ROUTE] = route.template.text
         assert self._auth is not None, "gateway not started"
         metadata = [(REQUEST_ID_METADATA, request_id), *await self._auth.metadata(request.headers.get("Authorization"))]
-        metadata += [(h, request.headers[h]) for h in _PASSED_THROUGH if h in request.headers]
         body = await self._read_body(request)
         message = build_request(route, path_values, request.rel_url.query.items(), body, self.pool)
         stub = self._stubs[route.rpc.grpc_path]

@@ -11,8 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
+from innosystem.kit import telemetry
 from innosystem.kit.config import SERVICES
 from innosystem.kit.migrate import has_migrations, upgrade
 
@@ -50,3 +55,21 @@ def database_url(pg_server: EmbeddedPostgres) -> str:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def _session_spans() -> InMemorySpanExporter:
+    # telemetry.setup configures the process once; every test then reads one shared exporter.
+    telemetry.setup("tests")
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider), "telemetry.setup installs the SDK tracer provider"
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture
+def span_exporter(_session_spans: InMemorySpanExporter) -> InMemorySpanExporter:
+    """The spans this process finishes during one test."""
+    _session_spans.clear()
+    return _session_spans

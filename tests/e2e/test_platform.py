@@ -86,9 +86,12 @@ async def test_direct_grpc_callers_are_authenticated(stack: Stack) -> None:
             break
 
 
-def test_every_process_serves_prometheus_metrics(stack: Stack) -> None:
-    """Each service answers /metrics with its RPC durations (the readiness checks were RPCs)."""
+def test_every_process_serves_prometheus_metrics(stack: Stack, admin: Client) -> None:
+    """Each service answers /metrics with its RPC durations (the readiness checks were RPCs), and
+    the gateway with its requests by route template."""
     import urllib.request
+
+    assert admin.get("/v1/resellers").status == 200
 
     for name in ("tenancy", "billing", "jobs", "runners", "keys"):
         with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports[name]}/metrics", timeout=5) as resp:
@@ -98,3 +101,7 @@ def test_every_process_serves_prometheus_metrics(stack: Stack) -> None:
         assert 'rpc_method="/grpc.health.v1.Health/Check"' in text, name
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports['gateway']}/metrics", timeout=5) as resp:
         assert resp.status == 200
+        text = resp.read().decode()
+    listed = [line for line in text.splitlines() if line.startswith("innosystem_gateway_requests_total{")
+              and 'http_route="/v1/resellers"' in line and 'http_response_status_code="200"' in line]
+    assert listed, text[-2000:]

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from innosystem.embedded import EmbeddedValkey
 from innosystem.kit import redis as kit_redis
-from innosystem.kit import telemetry
 from innosystem.kit.config import to_async_url
 from innosystem.kit.db import Database
 
 
-async def test_sql_and_redis_calls_become_child_spans(database_url: str, valkey_server: EmbeddedValkey) -> None:
-    exporter = InMemorySpanExporter()
-    telemetry.setup("telemetry-test", extra_span_processors=[SimpleSpanProcessor(exporter)])
+async def test_sql_and_redis_calls_become_child_spans(database_url: str, valkey_server: EmbeddedValkey,
+                                                      span_exporter: InMemorySpanExporter) -> None:
+    exporter = span_exporter
     db = Database(to_async_url(database_url), pool_size=1)
     client = kit_redis.connect(valkey_server.url)
     try:
