@@ -107,7 +107,25 @@ def test_k8s_ports_and_health_service_names(rendered: list[Rendered]) -> None:
         gateway = r.get("Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
         assert gateway["args"] == ["serve", "gateway"]
         assert gateway["ports"][0]["containerPort"] == GATEWAY_PORT
+        errors += _metrics_port_errors(r)
     assert not errors, "\n".join(errors)
+
+
+def _metrics_port_errors(r: Rendered) -> list[str]:
+    """The `metrics` container port and the scrape annotation are where the process serves
+    (INNOSYSTEM_METRICS_PORT from the ConfigMap), on every service and the gateway."""
+    errors = []
+    for name in [*SERVICES, "gateway"]:
+        template = r.get("Deployment", name)["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        config = next(s["configMapRef"]["name"] for s in container["envFrom"] if "configMapRef" in s)
+        served = int(r.get("ConfigMap", config)["data"]["INNOSYSTEM_METRICS_PORT"])
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        annotated = template["metadata"].get("annotations", {}).get("prometheus.io/port")
+        if ports.get("metrics") != served or annotated != str(served):
+            errors.append(f"{r.name} {name}: metrics port {ports.get('metrics')}, annotation {annotated}, "
+                          f"served on {served}")
+    return errors
 
 
 def test_health_name_check_catches_a_wrong_name() -> None:

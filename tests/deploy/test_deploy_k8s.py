@@ -73,7 +73,8 @@ def test_services_have_native_grpc_probes_on_their_port(rendered: list[Rendered]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == port, (r.name, name, probe)
             assert "service" in container[probe]["grpc"]
-        assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+        assert container["ports"][0] == {"name": "grpc", "containerPort": port, "protocol": "TCP"}
+        assert [p["name"] for p in container["ports"]] == ["grpc", "metrics"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["INNOSYSTEM_LISTEN"] == f"0.0.0.0:{port}"
         service = r.get("Service", name)
