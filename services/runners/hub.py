@@ -1,0 +1,534 @@
+"""The runner streams this replica holds: handshake, dispatch, heartbeats, results, cancellation.
+
+Per connected runner one task long-polls `LeaseJobs` for exactly its free slots, and only while
+it has some (the wait is the jobs service's, server side: no polling here). Results from every
+stream go to the jobs service in batches (results.py); heartbeats extend the runner's leases
+in one `ExtendLeases` and bring back cancel requests; `WatchCancellations` (one per replica)
+delivers the others at once. Replica-wide state a second replica needs (which session is a
+runner's current one) is in Redis (live.py); nothing breaks with two replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2
+from opentelemetry import metrics
+
+from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
+from innosystem.kit.db import Database, utcnow
+from innosystem.kit.errors import InvalidArgument, PermissionDenied
+from innosystem.runners.v1 import runners_pb2 as pb
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.runners.config import RunnersConfig
+from services.runners.live import CONTROL_CHANNEL, LiveState
+from services.runners.models import Runner
+from services.runners.repository import CUSTOMER, RunnerRepository
+from services.runners.results import ResultBatcher
+from services.runners.session import FAILED_PRECONDITION, INVALID, PERMISSION_DENIED, Session, status, stream_error
+from services.runners.views import runner_pb
+
+log = logging.getLogger(__name__)
+_meter = metrics.get_meter("innosystem.runners")
+_online = _meter.create_up_down_counter("runners.online", unit="{runner}",
+                                        description="runner streams held by this replica")
+_dispatch = _meter.create_histogram("runners.dispatch.latency", unit="s",
+                                    description="job submitted (or due) → assignment sent to its runner")
+
+MAX_TAGS, MAX_PROCESSORS, MAX_SLOTS = 50, 200, 10_000
+AttemptOutcome = jobs_pb2.AttemptOutcome
+
+
+class Hub:
+    def __init__(self, config: RunnersConfig, db: Database, live: LiveState, jobs: jobs_pb2_grpc.JobServiceStub,
+                 keys: keys_pb2_grpc.KeyManagementServiceStub) -> None:
+        self.config, self.db, self.live, self.jobs, self.keys = config, db, live, jobs, keys
+        self.replica = uuid.uuid4().hex[:12]
+        self.sessions: dict[str, Session] = {}
+        self.results = ResultBatcher(jobs, self._ack)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        _meter.create_observable_gauge(
+            "runners.slots.free", callbacks=[lambda _: [metrics.Observation(
+                sum(s.free() for s in self.sessions.values()))]],
+            unit="{slot}", description="free slots of the runners connected to this replica")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ the stream
+
+    async def serve(self, caller: Principal, requests: AsyncIterator[pb.ConnectRequest]
+                    ) -> AsyncIterator[pb.ConnectResponse]:
+        timeout = self.config.heartbeat_timeout_ms / 1000
+        try:
+            first = await asyncio.wait_for(anext(requests), timeout)
+        except (StopAsyncIteration, TimeoutError):
+            yield stream_error(INVALID, "HELLO_REQUIRED", "send hello first, within the heartbeat timeout",
+                               fatal=True)
+            return
+        if first.WhichOneof("kind") != "hello":
+            yield stream_error(INVALID, "HELLO_REQUIRED", f"the first message must be hello, got "
+                               f"{first.WhichOneof('kind') or 'an empty message'}", message_id=first.message_id,
+                               fatal=True)
+            return
+        try:
+            session, welcome = await self._open(caller, first.hello)
+        except (InvalidArgument, PermissionDenied) as err:
+            code = INVALID if isinstance(err, InvalidArgument) else PERMISSION_DENIED
+            yield stream_error(code, err.reason, err.message, message_id=first.message_id, fatal=True)
+            return
+        log.info("runner %s connected (session %s, %d slots, processors %s)", session.runner_id,
+                 session.session_id, session.max_slots, ",".join(session.processors))
+        _online.add(1)
+        yield pb.ConnectResponse(welcome=welcome)
+        if welcome.refused_processors:
+            yield stream_error(PERMISSION_DENIED, "PROCESSOR_REFUSED", "this runner may not serve "
+                               + ", ".join(welcome.refused_processors), message_id=first.message_id)
+        reader = self._spawn(self._read(session, requests))
+        leaser = self._spawn(self._lease_loop(session))
+        try:
+            while True:
+                if session.out.empty() and session.closed.is_set():
+                    break
+                getter = asyncio.ensure_future(session.out.get())
+                closer = asyncio.ensure_future(session.closed.wait())
+                try:
+                    await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closer.cancel()
+                    if not getter.done():
+                        getter.cancel()
+                if getter.done() and not getter.cancelled():
+                    yield getter.result()
+            if session.close_with is not None:
+                yield session.close_with
+        finally:
+            session.close()
+            reader.cancel()
+            _online.add(-1)
+            if self.sessions.get(session.runner_id) is session:
+                del self.sessions[session.runner_id]
+            # The lease loop is left to finish its long-poll: a job leased meanwhile is given back.
+            self._spawn(self._closed(session, leaser))
+
+    async def _open(self, caller: Principal, hello: pb.Hello) -> tuple[Session, pb.Welcome]:
+        runner_id = caller.runner_id
+        if hello.runner_id and hello.runner_id != runner_id:
+            raise PermissionDenied(f"hello.runner_id {hello.runner_id} is not the runner of this token",
+                                   reason="RUNNER_MISMATCH")
+        if not 1 <= hello.max_concurrent_jobs <= MAX_SLOTS:
+            raise InvalidArgument(f"hello.max_concurrent_jobs must be 1 to {MAX_SLOTS}",
+                                  field="hello.max_concurrent_jobs", reason="INVALID_SLOTS")
+        if not 0 <= hello.free_slots <= hello.max_concurrent_jobs:
+            raise InvalidArgument("hello.free_slots must be 0 to max_concurrent_jobs", field="hello.free_slots",
+                                  reason="INVALID_SLOTS")
+        names = [p.job_type_name.strip() for p in hello.processors]
+        if len(names) > MAX_PROCESSORS or any(not n or len(n) > 200 for n in names):
+            raise InvalidArgument(f"hello.processors: at most {MAX_PROCESSORS}, each with a job_type_name of 1 to "
+                                  "200 characters", field="hello.processors", reason="INVALID_PROCESSORS")
+        tags = list(dict.fromkeys(t.strip() for t in hello.tags))
+        if len(tags) > MAX_TAGS or any(not t or len(t) > 64 for t in tags):
+            raise InvalidArgument(f"hello.tags: at most {MAX_TAGS}, each 1 to 64 characters", field="hello.tags",
+                                  reason="INVALID_TAGS")
+        async with self.db.session() as s:
+            row = await s.get(Runner, uuid.UUID(runner_id))
+        if row is None:
+            raise PermissionDenied("the runner was deleted", reason="RUNNER_DELETED")
+        refused = await self._refused(row, names)
+        accepted = [n for n in dict.fromkeys(names) if n not in refused]
+        welcome = pb.Welcome(session_id=uuid.uuid4().hex, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+                             heartbeat_timeout_ms=self.config.heartbeat_timeout_ms, refused_processors=refused)
+        session = Session(runner_id=runner_id, session_id=welcome.session_id, customer_id=caller.customer_id,
+                          processors=accepted, tags=tags, max_slots=hello.max_concurrent_jobs,
+                          reported_free=hello.free_slots, maintenance=row.maintenance)
+        if hello.running:  # jobs still running from an earlier connection: keep the leases still its own
+            answer = await self.jobs.ExtendLeases(jobs_pb2.ExtendLeasesRequest(
+                runner_id=runner_id, leases=[jobs_pb2.LeaseExtension(job_id=r.job_id, lease_id=r.lease_id)
+                                             for r in hello.running]), timeout=10, wait_for_ready=True)
+            for ref, result in zip(hello.running, answer.results, strict=False):
+                if result.HasField("error"):
+                    welcome.dropped.append(ref)
+                else:
+                    welcome.resumed.append(ref)
+                    session.held[ref.job_id] = ref.lease_id
+        previous = await self.live.open(runner_id, session.session_id, self.replica, session.free())
+        if previous and previous != session.session_id:
+            await self.live.publish("superseded", runner_id, session_id=session.session_id)
+        older = self.sessions.get(runner_id)
+        if older is not None:
+            older.close(stream_error(FAILED_PRECONDITION, "SUPERSEDED", "a newer connection of this runner took over",
+                                     fatal=True))
+        self.sessions[runner_id] = session
+        now = utcnow()
+        async with self.db.session() as s:
+            await RunnerRepository(s).connected(row.id, session.session_id, now, processors=accepted, tags=tags,
+                                                max_concurrent_jobs=session.max_slots, version=hello.version[:100],
+                                                hostname=hello.hostname[:255])
+        row.processors, row.tags, row.max_concurrent_jobs = accepted, tags, session.max_slots
+        row.version, row.hostname, row.connect_time, row.last_heartbeat_time = (
+            hello.version[:100], hello.hostname[:255], now, now)
+        welcome.runner.CopyFrom(runner_pb(row, None, connected=True))
+        return session, welcome
+
+    async def _refused(self, row: Runner, names: list[str]) -> list[str]:
+        """Declared processors this runner may not serve: not allowed, or (customer-owned) no such type."""
+        allowed = set(row.allowed_processors or ())
+        refused = [n for n in names if allowed and n not in allowed]
+        if row.scope == CUSTOMER and (rest := [n for n in names if n not in refused]):
+            known: set[str] = set()
+            token = ""
+            while True:
+                page = await self.jobs.ListJobTypes(jobs_pb2.ListJobTypesRequest(
+                    project_id="-", customer_id=str(row.customer_id), page_size=500, page_token=token),
+                        timeout=10, wait_for_ready=True)
+                known.update(t.name for t in page.job_types)
+                token = page.next_page_token
+                if not token:
+                    break
+            refused += [n for n in rest if n not in known]
+        return list(dict.fromkeys(refused))
+
+    async def _read(self, session: Session, requests: AsyncIterator[pb.ConnectRequest]) -> None:
+        try:
+            async for message in requests:
+                session.last_seen = time.monotonic()
+                try:
+                    self._handle(session, message)
+                except Exception:
+                    log.exception("runner %s: message %s not handled", session.runner_id, message.WhichOneof("kind"))
+                    session.send(stream_error(code_pb2.INTERNAL, "INTERNAL", "the message could not be handled",
+                                              message_id=message.message_id))
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            session.close()
+
+    def _handle(self, session: Session, message: pb.ConnectRequest) -> None:
+        kind = message.WhichOneof("kind")
+        mid = message.message_id
+
+        def reject(code: int, reason: str, text: str) -> None:
+            log.info("runner %s: %s rejected: %s %s", session.runner_id, kind, reason, text)
+            session.send(stream_error(code, reason, text, message_id=mid))
+
+        if kind == "heartbeat":
+            if session.held and not session.extending:
+                session.extending = True
+                self._spawn(self._extend(session))
+        elif kind == "result":
+            r = message.result
+            outcome = r.result.outcome
+            if not r.job_id or not r.lease_id:
+                reject(INVALID, "INVALID_RESULT", "result.job_id and result.lease_id are required")
+            elif outcome not in (AttemptOutcome.ATTEMPT_OUTCOME_SUCCEEDED, AttemptOutcome.ATTEMPT_OUTCOME_FAILED,
+                                 AttemptOutcome.ATTEMPT_OUTCOME_CANCELLED):
+                reject(INVALID, "INVALID_RESULT", "result.result.outcome must be SUCCEEDED, FAILED or CANCELLED")
+            elif (r.job_id, r.lease_id) in session.recent:
+                reject(FAILED_PRECONDITION, "DUPLICATE_RESULT", f"job {r.job_id} lease {r.lease_id} already reported")
+            elif session.held.get(r.job_id) != r.lease_id:
+                reject(FAILED_PRECONDITION, "LEASE_NOT_HELD",
+                       f"job {r.job_id} lease {r.lease_id} is not held by this runner")
+            else:
+                session.finish(r.job_id, r.lease_id)
+                self.results.submit(jobs_pb2.JobCompletion(job_id=r.job_id, lease_id=r.lease_id,
+                                                           runner_id=session.runner_id, result=r.result))
+        elif kind == "returned":
+            g = message.returned
+            if session.held.get(g.job_id) != g.lease_id or not g.lease_id:
+                reject(FAILED_PRECONDITION, "LEASE_NOT_HELD",
+                       f"job {g.job_id} lease {g.lease_id} is not held by this runner")
+            else:
+                session.finish(g.job_id, g.lease_id)
+                self._spawn(self._release(session.runner_id, [jobs_pb2.LeaseRef(job_id=g.job_id, lease_id=g.lease_id)],
+                                          jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_NOT_STARTED))
+        elif kind == "slots":
+            slots = message.slots
+            if not 0 <= slots.free_slots <= session.max_slots or slots.last_assignment_seq > session.seq:
+                reject(INVALID, "INVALID_SLOTS", "slots.free_slots must be 0 to max_concurrent_jobs and "
+                       "slots.last_assignment_seq at most the last seq sent")
+            else:
+                session.slots(message.slots)
+        elif kind == "progress":
+            p = message.progress
+            if session.held.get(p.job_id) != p.lease_id or not p.lease_id:
+                reject(FAILED_PRECONDITION, "LEASE_NOT_HELD", f"job {p.job_id} is not held by this runner")
+            elif not 0 <= p.progress.percent <= 100:
+                reject(INVALID, "INVALID_PROGRESS", "progress.percent must be 0 to 100")
+            else:
+                session.progress[p.job_id] = p.progress
+        elif kind == "secure_access_open":
+            o = message.secure_access_open
+            if session.held.get(o.job_id) != o.lease_id or not o.lease_id:
+                session.send(pb.ConnectResponse(secure_access_grant=pb.SecureAccessGrant(
+                    request_id=o.request_id, error=status(code_pb2.PERMISSION_DENIED, "NOT_LEASE_HOLDER",
+                                                          f"job {o.job_id} is not held by this runner"))))
+            else:
+                self._spawn(self._secure_access(session, o))
+        elif kind == "secure_access_close":
+            if not message.secure_access_close.access_id:
+                reject(INVALID, "INVALID_SECURE_ACCESS", "secure_access_close.access_id is required")
+            else:
+                self._spawn(self._secure_access_close(session, message.secure_access_close))
+        elif kind == "hello":
+            reject(INVALID, "HELLO_REPEATED", "hello is sent once, first")
+        else:
+            reject(INVALID, "MALFORMED_MESSAGE", "the message has no known kind")
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _lease_loop(self, session: Session) -> None:
+        delay = 0.2
+        while not session.closed.is_set():
+            wanted = session.free()
+            if wanted <= 0:
+                session.changed.clear()
+                if session.free() <= 0:
+                    await session.changed.wait()
+                continue
+            try:
+                answer = await self.jobs.LeaseJobs(jobs_pb2.LeaseJobsRequest(
+                    runner_id=session.runner_id, session_id=session.session_id, job_type_names=session.processors,
+                    tags=session.tags, customer_id=session.customer_id, max_jobs=wanted,
+                    wait_ms=self.config.lease_wait_ms), timeout=self.config.lease_wait_ms / 1000 + 15,
+                    wait_for_ready=True)
+                delay = 0.2
+            except grpc.aio.AioRpcError as exc:
+                log.warning("LeaseJobs for runner %s failed: %s %s; retrying in %.1fs", session.runner_id,
+                            exc.code().name, exc.details(), delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(session.closed.wait(), delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._deliver(session, list(answer.leases))
+
+    def _deliver(self, session: Session, leases: list[jobs_pb2.JobLease]) -> None:
+        back = []
+        now = time.time()
+        for lease in leases:
+            if session.free() <= 0:  # closed, draining or in maintenance since the call began
+                back.append(jobs_pb2.LeaseRef(job_id=lease.job_id, lease_id=lease.lease_id))
+                continue
+            session.assign(lease)
+            if lease.create_time.seconds:
+                _dispatch.record(max(0.0, now - lease.create_time.ToMicroseconds() / 1e6))
+        if back:
+            self._spawn(self._release(session.runner_id, back,
+                                      jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_NOT_STARTED))
+
+    async def _release(self, runner_id: str, leases: list[jobs_pb2.LeaseRef],
+                       reason: jobs_pb2.LeaseReleaseReason.ValueType) -> None:
+        for attempt in range(5):
+            try:
+                await self.jobs.ReleaseLeases(jobs_pb2.ReleaseLeasesRequest(runner_id=runner_id, leases=leases,
+                                                                           reason=reason),
+                                                                               timeout=10, wait_for_ready=True)
+                return
+            except grpc.aio.AioRpcError as exc:
+                log.warning("ReleaseLeases for runner %s failed (%s); leases expire by themselves if this keeps "
+                            "failing", runner_id, exc.code().name)
+                await asyncio.sleep(0.2 * 2 ** attempt)
+
+    async def release_all(self, runner_id: str) -> None:
+        """A deleted runner: its stream is closed (control message) and its jobs go back to the queue."""
+        await self._release(runner_id, [], jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_RUNNER_LOST)
+
+    async def _extend(self, session: Session) -> None:
+        try:
+            held = list(session.held.items())
+            if not held:
+                return
+            answer = await self.jobs.ExtendLeases(jobs_pb2.ExtendLeasesRequest(
+                runner_id=session.runner_id,
+                leases=[jobs_pb2.LeaseExtension(job_id=j, lease_id=lid, progress=session.progress.pop(j, None))
+                        for j, lid in held]), timeout=10, wait_for_ready=True)
+            for result in answer.results:
+                if session.held.get(result.job_id) != result.lease_id:
+                    continue
+                if result.HasField("error"):
+                    session.drop(result.job_id)
+                    session.send(pb.ConnectResponse(cancellation=pb.JobCancellation(
+                        job_id=result.job_id, lease_id=result.lease_id,
+                        reason=pb.CancellationReason.CANCELLATION_REASON_LEASE_LOST, message=result.error.message)))
+                elif result.cancel_requested:
+                    self._cancel(session, result.job_id, result.lease_id, "")
+        except grpc.aio.AioRpcError as exc:
+            log.warning("ExtendLeases for runner %s failed: %s", session.runner_id, exc.code().name)
+        finally:
+            session.extending = False
+
+    def _cancel(self, session: Session, job_id: str, lease_id: str, message: str) -> None:
+        if job_id in session.cancel_sent:
+            return
+        session.cancel_sent.add(job_id)
+        session.send(pb.ConnectResponse(cancellation=pb.JobCancellation(
+            job_id=job_id, lease_id=lease_id, reason=pb.CancellationReason.CANCELLATION_REASON_CANCEL_REQUESTED,
+            message=message)))
+
+    def _ack(self, runner_id: str, ack: pb.ResultAck) -> None:
+        session = self.sessions.get(runner_id)
+        if session is not None:
+            session.send(pb.ConnectResponse(result_ack=ack))
+
+    async def _closed(self, session: Session, leaser: asyncio.Task[Any]) -> None:
+        """After a stream ends: Offline now; after the heartbeat timeout, unless the runner came back,
+        its leases go back to the queue (a lost runner's attempt counts)."""
+        log.info("runner %s session %s closed", session.runner_id, session.session_id)
+        if await self.live.close(session.runner_id, session.session_id):
+            async with self.db.session() as s:
+                await RunnerRepository(s).disconnected(uuid.UUID(session.runner_id), session.session_id, utcnow())
+        try:
+            await asyncio.wait_for(leaser, self.config.lease_wait_ms / 1000 + 20)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("lease loop of runner %s", session.runner_id)
+        if not session.held:
+            return
+        await asyncio.sleep(self.config.heartbeat_timeout_ms / 1000)
+        if await self.live.current_session(session.runner_id) is None:
+            log.info("runner %s lost with %d jobs; releasing their leases", session.runner_id, len(session.held))
+            await self._release(session.runner_id, [jobs_pb2.LeaseRef(job_id=j, lease_id=lid)
+                                                    for j, lid in session.held.items()],
+                                jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_RUNNER_LOST)
+
+    # ------------------------------------------------------------------ secure access relay
+
+    async def _secure_access(self, session: Session, o: pb.SecureAccessOpen) -> None:
+        grant = pb.SecureAccessGrant(request_id=o.request_id)
+        try:
+            answer = await self.keys.SecureAccess(keys_pb2.SecureAccessRequest(
+                runner_id=session.runner_id, job_id=o.job_id, lease_id=o.lease_id, processor=o.processor,
+                purpose=o.purpose, fields=o.fields, client_reference=o.client_reference),
+                    timeout=30, wait_for_ready=True)
+            grant.access_id = answer.access_id
+            grant.fields.extend(answer.fields)
+        except grpc.aio.AioRpcError as exc:
+            log.info("secure access for job %s refused: %s", o.job_id, exc.code().name)
+            grant.error.CopyFrom(status(exc.code().value[0], "SECURE_ACCESS_FAILED", exc.details() or ""))
+        session.send(pb.ConnectResponse(secure_access_grant=grant))
+
+    async def _secure_access_close(self, session: Session, c: pb.SecureAccessClose) -> None:
+        try:
+            await self.keys.CompleteSecureAccess(keys_pb2.CompleteSecureAccessRequest(
+                access_id=c.access_id, runner_id=session.runner_id, succeeded=c.succeeded, error=c.error,
+                duration_ms=c.duration_ms, output_summary=c.output_summary), timeout=30, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("CompleteSecureAccess %s failed: %s", c.access_id, exc.code().name)
+            session.send(stream_error(exc.code().value[0], "SECURE_ACCESS_CLOSE_FAILED", exc.details() or ""))
+
+    # ------------------------------------------------------------------ replica-wide loops
+
+    async def tick_forever(self) -> None:
+        """Silence detection, live state in Redis, heartbeats in PostgreSQL, and runners left
+        connected by a replica that died."""
+        interval = self.config.heartbeat_interval_ms / 1000 / 2
+        timeout = self.config.heartbeat_timeout_ms / 1000
+        ticks = 0
+        while True:
+            await asyncio.sleep(interval)
+            ticks += 1
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if now - session.last_seen > timeout:
+                    log.info("runner %s silent for %.1fs; closing its stream", session.runner_id,
+                             now - session.last_seen)
+                    session.close(stream_error(code_pb2.DEADLINE_EXCEEDED, "HEARTBEAT_TIMEOUT",
+                                               f"no message for more than {timeout:.1f}s", fatal=True))
+            sessions = [s for s in self.sessions.values() if not s.closed.is_set()]
+            stale = await self.live.update(
+                (s.runner_id, s.session_id, {"free": s.free(), "running": len(s.held),
+                                             "current_job_id": s.current_job_id, "draining": int(s.draining)})
+                for s in sessions)
+            for session in sessions:
+                if session.runner_id in stale:
+                    session.close(stream_error(FAILED_PRECONDITION, "SUPERSEDED",
+                                               "a newer connection of this runner took over", fatal=True))
+            if sessions:
+                when = utcnow()
+                async with self.db.session() as s:
+                    await RunnerRepository(s).heartbeat({uuid.UUID(x.runner_id): (x.session_id, x.status(), when)
+                                                         for x in sessions if x.runner_id not in stale})
+            if ticks % 10 == 0:
+                await self._sweep_orphans()
+
+    async def _sweep_orphans(self) -> None:
+        async with self.db.session() as s:
+            connected = await RunnerRepository(s).connected_ids()
+        live = await self.live.get_many([str(r) for r, _ in connected])
+        gone = [(r, sid) for r, sid in connected if str(r) not in live]
+        if gone:
+            async with self.db.session() as s:
+                repo = RunnerRepository(s)
+                for runner_id, session_id in gone:
+                    await repo.disconnected(runner_id, session_id, utcnow())
+
+    async def control_forever(self) -> None:
+        """Registry changes from any replica: close a stream, supersede a session, maintenance."""
+        pubsub = self.live.redis.pubsub()
+        await pubsub.subscribe(CONTROL_CHANNEL)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                try:
+                    self._control(json.loads(message["data"]))
+                except (ValueError, KeyError, TypeError):
+                    log.warning("malformed control message ignored")
+        finally:
+            await pubsub.aclose()
+
+    def _control(self, body: dict[str, Any]) -> None:
+        session = self.sessions.get(str(body["runner_id"]))
+        if session is None:
+            return
+        kind = body["kind"]
+        if kind == "close":
+            session.close(stream_error(code_pb2.UNAUTHENTICATED, "RUNNER_REVOKED", str(body.get("reason", "")),
+                                       fatal=True))
+        elif kind == "superseded" and body.get("session_id") != session.session_id:
+            session.close(stream_error(FAILED_PRECONDITION, "SUPERSEDED", "a newer connection of this runner took over",
+                                       fatal=True))
+        elif kind == "settings":
+            session.maintenance = bool(body.get("maintenance"))
+            allowed = set(body.get("allowed_processors") or ())
+            if allowed:
+                session.processors = [p for p in session.processors if p in allowed]
+            session.changed.set()
+
+    async def cancellations_forever(self) -> None:
+        """Cancel requests for running jobs, forwarded to the runners this replica holds."""
+        delay = 0.2
+        while True:
+            try:
+                async for notice in self.jobs.WatchCancellations(
+                        jobs_pb2.WatchCancellationsRequest(replica=self.replica), wait_for_ready=True):
+                    delay = 0.2
+                    session = self.sessions.get(notice.runner_id)
+                    if session is not None and session.held.get(notice.job_id) == notice.lease_id:
+                        self._cancel(session, notice.job_id, notice.lease_id, notice.reason)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    log.info("WatchCancellations ended (%s); resubscribing in %.1fs", exc.code().name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def loops(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        return [self.results.run, self.tick_forever, self.control_forever, self.cancellations_forever]
+

@@ -1,0 +1,108 @@
+"""One runner's live session on this replica: what it holds and how many jobs it may take."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from google.rpc import code_pb2, status_pb2
+
+from innosystem.jobs.v1 import jobs_pb2
+from innosystem.runners.v1 import runners_pb2 as pb
+from services.runners.repository import AVAILABLE, BUSY
+
+RECENT_RESULTS = 256  # results remembered per session, to tell a duplicate from a stranger
+
+
+def stream_error(code: int, reason: str, message: str, *, message_id: str = "", fatal: bool = False
+                 ) -> pb.ConnectResponse:
+    return pb.ConnectResponse(error=pb.StreamError(
+        message_id=message_id, fatal=fatal, status=status_pb2.Status(code=code, message=f"{reason}: {message}")))
+
+
+def status(code: int, reason: str, message: str) -> status_pb2.Status:
+    return status_pb2.Status(code=code, message=f"{reason}: {message}")
+
+
+INVALID = code_pb2.INVALID_ARGUMENT
+FAILED_PRECONDITION = code_pb2.FAILED_PRECONDITION
+PERMISSION_DENIED = code_pb2.PERMISSION_DENIED
+
+
+@dataclass(eq=False)
+class Session:
+    runner_id: str
+    session_id: str
+    customer_id: str  # empty for a shared runner
+    processors: list[str]
+    tags: list[str]
+    max_slots: int
+    # Free slots as the runner counts them, kept current between its slot updates (see SlotUpdate).
+    reported_free: int
+    maintenance: bool = False
+    draining: bool = False
+    seq: int = 0
+    held: dict[str, str] = field(default_factory=dict)  # job id → lease id
+    progress: dict[str, jobs_pb2.JobProgress] = field(default_factory=dict)
+    cancel_sent: set[str] = field(default_factory=set)
+    recent: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
+    current_job_id: str = ""
+    out: asyncio.Queue[pb.ConnectResponse] = field(default_factory=asyncio.Queue)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    last_seen: float = field(default_factory=time.monotonic)
+    close_with: pb.ConnectResponse | None = None
+    extending: bool = False
+
+    def free(self) -> int:
+        """Jobs it may be given now: never more than its free slots."""
+        if self.closed.is_set() or self.draining or self.maintenance or not self.processors:
+            return 0
+        return max(0, min(self.max_slots - len(self.held), self.reported_free))
+
+    def send(self, message: pb.ConnectResponse) -> None:
+        self.out.put_nowait(message)
+
+    def close(self, final: pb.ConnectResponse | None = None) -> None:
+        if not self.closed.is_set():
+            self.close_with = final
+            self.closed.set()
+            self.changed.set()
+
+    def assign(self, lease: jobs_pb2.JobLease) -> None:
+        self.seq += 1
+        self.held[lease.job_id] = lease.lease_id
+        self.reported_free -= 1
+        self.current_job_id = lease.job_id
+        self.send(pb.ConnectResponse(assignment=pb.JobAssignment(seq=self.seq, lease=lease)))
+
+    def finish(self, job_id: str, lease_id: str) -> None:
+        """A result or a return arrived: the slot is free again."""
+        self.held.pop(job_id, None)
+        self.progress.pop(job_id, None)
+        self.cancel_sent.discard(job_id)
+        self.reported_free += 1
+        self.recent[(job_id, lease_id)] = None
+        while len(self.recent) > RECENT_RESULTS:
+            self.recent.popitem(last=False)
+        if self.current_job_id == job_id:
+            self.current_job_id = next(reversed(self.held), "") if self.held else ""
+        self.changed.set()
+
+    def drop(self, job_id: str) -> None:
+        """The lease is no longer the runner's (stale, lost): forget it without a result."""
+        if self.held.pop(job_id, None) is not None:
+            self.reported_free += 1
+            self.progress.pop(job_id, None)
+            self.changed.set()
+
+    def slots(self, update: pb.SlotUpdate) -> None:
+        unseen = max(0, self.seq - update.last_assignment_seq)
+        self.reported_free = update.free_slots - unseen
+        self.draining = self.draining or update.draining
+        self.changed.set()
+
+    def status(self) -> int:
+        return BUSY if self.max_slots - len(self.held) <= 0 else AVAILABLE
