@@ -4,6 +4,7 @@
     innosystem serve SERVICE...        one or more services in this process (tenancy billing jobs runners keys)
     innosystem serve gateway           the REST gateway
     innosystem migrate [SERVICE...]    apply database migrations (all services by default)
+    innosystem runner --token isr_…    a runner process (built-in or your own processors)
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("names", nargs="*", metavar="SERVICE")
 
+    runner = sub.add_parser("runner", help="run a runner process (see docs/runners.md)")
+    from innosystem.runner import cli as runner_cli
+
+    runner_cli.add_arguments(runner)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -87,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_up(args)
         if args.command == "serve":
             return _serve(args.names)
+        if args.command == "runner":
+            logs.setup("runner", env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO", env("INNOSYSTEM_LOG_FORMAT", "") or "")
+            telemetry.setup("runner")
+            return runner_cli.run(args)
         return _migrate(args.names)
     except ConfigError as exc:
         print(f"innosystem: configuration error: {exc}", file=sys.stderr)

@@ -1,0 +1,447 @@
+"""A runner process's connection to the runners service: one bidirectional stream.
+
+    runner = Runner("127.0.0.1:50054", token, builtin.registry(), max_concurrent_jobs=8)
+    await runner.run()          # until drained or stopped; reconnects with backoff meanwhile
+
+It says hello (processors, tags, slots, jobs still running from an earlier connection), runs
+each assignment's processor (never more at once than its slots: the service sends no more),
+sends heartbeats with its running leases, reports each result and keeps it until acknowledged
+(a result in flight when the connection broke is sent again on the next one, fenced by its
+lease, so it never counts twice). `drain()` (SIGTERM in the CLI) takes no new jobs, finishes the
+running ones within the grace period, then closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+from google.protobuf import json_format, struct_pb2
+from opentelemetry import propagate, trace
+
+from innosystem.jobs.v1 import jobs_pb2
+from innosystem.runner import external
+from innosystem.runner.backoff import Backoff
+from innosystem.runner.processors import Job, JobCancelled, JobError, Kind, Processor, Registry, Result
+from innosystem.runners.v1 import runners_pb2 as pb
+from innosystem.runners.v1 import runners_pb2_grpc
+
+log = logging.getLogger("innosystem.runner")
+_tracer = trace.get_tracer("innosystem.runner")
+
+VERSION = "innosystem-runner/0.1"
+Outcome = jobs_pb2.AttemptOutcome
+BATCH_LINGER_SECONDS = 0.005
+
+
+class RunnerRejected(Exception):
+    """The service refused this runner for good (bad or revoked token, deleted runner)."""
+
+
+@dataclass
+class _Running:
+    job: Job
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Access:
+    values: dict[str, Any]
+    access_id: str
+    runner: Runner
+    started: float
+
+    async def close(self, succeeded: bool, error: str) -> None:
+        self.runner._send(pb.ConnectRequest(secure_access_close=pb.SecureAccessClose(
+            access_id=self.access_id, succeeded=succeeded, error=error,
+            duration_ms=int((time.monotonic() - self.started) * 1000))))
+
+
+class Runner:
+    def __init__(self, target: str, token: str, processors: Registry, *, max_concurrent_jobs: int = 4,
+                 tags: Sequence[str] = (), hostname: str = "", drain_grace_seconds: float = 30.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        if max_concurrent_jobs < 1:
+            raise ValueError("max_concurrent_jobs must be at least 1")
+        if not token:
+            raise ValueError("a runner token is required (POST /v1/runners returns one)")
+        if not len(processors):
+            raise ValueError("register at least one processor")
+        self.target, self._token, self.processors = target, token, processors
+        self.max_concurrent_jobs = max_concurrent_jobs
+        self.tags = list(tags)
+        self.hostname = hostname or socket.gethostname()
+        self.drain_grace_seconds = drain_grace_seconds
+        self._credentials = credentials
+        self.runner_id = ""
+        self.connected = asyncio.Event()
+        self._running: dict[str, _Running] = {}
+        self._unacked: dict[str, pb.JobResult] = {}  # job id → result sent, not yet acknowledged
+        self._out: asyncio.Queue[pb.ConnectRequest | None] | None = None
+        self._last_seq = 0
+        self._draining = False
+        self._stopping = asyncio.Event()
+        self._batches: dict[str, list[Job]] = {}
+        self._grants: dict[str, asyncio.Future[pb.SecureAccessGrant]] = {}
+        self._progress: dict[str, tuple[int, str]] = {}
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrent_jobs, thread_name_prefix="processor")
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._changed = asyncio.Event()  # a job finished or a result was acknowledged
+        self.completed = 0  # results acknowledged (for tests and demos)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Connect and serve until drained or stopped, reconnecting with backoff when the stream breaks."""
+        backoff = Backoff()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._session(backoff)
+                except RunnerRejected:
+                    raise
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                        raise RunnerRejected(f"{exc.code().name}: {exc.details()}") from None
+                    log.warning("stream to %s ended: %s %s", self.target, exc.code().name, exc.details())
+                if self._stopping.is_set() or (self._draining and not self._running):
+                    break
+                delay = backoff.next()
+                log.info("reconnecting in %.1fs", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._http is not None:
+                await self._http.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def drain(self, grace_seconds: float | None = None) -> None:
+        """Take no new jobs; finish running ones within the grace period; then close."""
+        if self._draining:
+            return
+        self._draining = True
+        grace = self.drain_grace_seconds if grace_seconds is None else grace_seconds
+        log.info("draining: %d jobs running, grace %.0fs", len(self._running), grace)
+        self._send(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), last_assignment_seq=self._last_seq,
+                                                         draining=True)))
+        self._spawn(self._finish_drain(grace))
+
+    def stop(self) -> None:
+        """Stop now: running jobs are abandoned (their leases are released by the service)."""
+        self._stopping.set()
+        if self._out is not None:
+            self._out.put_nowait(None)
+
+    async def _finish_drain(self, grace: float) -> None:
+        await self._wait(lambda: not self._running, grace)
+        for running in list(self._running.values()):  # past the grace period
+            running.job.silent = True
+            if running.task is not None:
+                running.task.cancel()
+        await self._wait(lambda: not self._unacked or not self.connected.is_set(), 5.0)
+        log.info("drained")
+        self.stop()
+
+    async def _wait(self, done: Callable[[], bool], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not done() and (remaining := deadline - time.monotonic()) > 0:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _free(self) -> int:
+        return max(0, self.max_concurrent_jobs - len(self._running) - len(self._unacked))
+
+    def _send(self, message: pb.ConnectRequest) -> None:
+        if self._out is not None:
+            self._out.put_nowait(message)
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _requests(self, out: asyncio.Queue[pb.ConnectRequest | None]) -> AsyncIterator[pb.ConnectRequest]:
+        while True:
+            message = await out.get()
+            if message is None:
+                return
+            yield message
+
+    async def _session(self, backoff: Backoff) -> None:
+        out: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+        held = [*(r.job.lease for r in self._running.values())]
+        refs = [jobs_pb2.LeaseRef(job_id=lease.job_id, lease_id=lease.lease_id) for lease in held]
+        refs += [jobs_pb2.LeaseRef(job_id=r.job_id, lease_id=r.lease_id) for r in self._unacked.values()]
+        out.put_nowait(pb.ConnectRequest(hello=pb.Hello(
+            runner_id=self.runner_id, processors=[pb.Processor(job_type_name=p.name, type=p.kind.value,
+                                                               max_batch_size=p.max_batch_size)
+                                                  for p in self.processors],
+            tags=self.tags, max_concurrent_jobs=self.max_concurrent_jobs, free_slots=self._free(),
+            version=VERSION, hostname=self.hostname, running=refs)))
+        channel = (grpc.aio.secure_channel(self.target, self._credentials) if self._credentials is not None
+                   else grpc.aio.insecure_channel(self.target))
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            stub = runners_pb2_grpc.RunnerServiceStub(channel)
+            call = stub.Connect(self._requests(out), metadata=(("authorization", f"Bearer {self._token}"),))
+            first = await call.read()
+            if first is grpc.aio.EOF:
+                raise grpc.aio.AioRpcError(await call.code(), grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           await call.details())
+            if first.WhichOneof("kind") != "welcome":
+                text = first.error.status.message if first.HasField("error") else first.WhichOneof("kind")
+                if first.HasField("error") and first.error.fatal:
+                    raise RunnerRejected(f"the service refused the connection: {text}")
+                raise RuntimeError(f"expected welcome, got {text}")
+            welcome = first.welcome
+            self._welcome(welcome, out)
+            backoff.reset()
+            heartbeat = asyncio.create_task(self._heartbeats(welcome.heartbeat_interval_ms / 1000))
+            async for message in call:
+                self._handle(message)
+            if not self._stopping.is_set():
+                log.warning("the service closed the stream")
+        finally:
+            self.connected.clear()
+            self._out = None
+            out.put_nowait(None)
+            if heartbeat is not None:
+                heartbeat.cancel()
+            for future in self._grants.values():
+                if not future.done():
+                    future.set_exception(JobError("the connection to the runners service broke during secure "
+                                                  "access", type="SecureAccessUnavailable"))
+            self._grants.clear()
+            await channel.close(grace=None)
+
+    def _welcome(self, welcome: pb.Welcome, out: asyncio.Queue[pb.ConnectRequest | None]) -> None:
+        self.runner_id = welcome.runner.id
+        self._last_seq = 0
+        for ref in welcome.dropped:  # no longer ours: stop, report nothing
+            self._unacked.pop(ref.job_id, None)
+            if (running := self._running.get(ref.job_id)) is not None:
+                running.job.silent = True
+                if running.task is not None:
+                    running.task.cancel()
+        if welcome.refused_processors:
+            log.warning("the service refused processors: %s", ", ".join(welcome.refused_processors))
+        self._out = out
+        self.connected.set()
+        resumed = {r.job_id for r in welcome.resumed}
+        for job_id, result in list(self._unacked.items()):
+            if job_id in resumed:
+                out.put_nowait(pb.ConnectRequest(result=result))
+        if self._draining:
+            out.put_nowait(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), draining=True)))
+        log.info("connected to %s as runner %s (session %s, %d resumed, %d dropped)", self.target, self.runner_id,
+                 welcome.session_id, len(welcome.resumed), len(welcome.dropped))
+
+    async def _heartbeats(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._heartbeat(0)
+
+    def _heartbeat(self, ping_id: int) -> None:
+        for job_id, (percent, message) in list(self._progress.items()):
+            running = self._running.get(job_id)
+            if running is not None:
+                self._send(pb.ConnectRequest(progress=pb.ProgressUpdate(
+                    job_id=job_id, lease_id=running.job.lease.lease_id,
+                    progress=jobs_pb2.JobProgress(percent=percent, message=message))))
+        self._progress.clear()
+        self._send(pb.ConnectRequest(heartbeat=pb.Heartbeat(ping_id=ping_id, running=[
+            jobs_pb2.LeaseRef(job_id=r.job.id, lease_id=r.job.lease.lease_id) for r in self._running.values()])))
+
+    def _handle(self, message: pb.ConnectResponse) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "assignment":
+            self._last_seq = max(self._last_seq, message.assignment.seq)
+            self._assigned(message.assignment.lease)
+        elif kind == "cancellation":
+            c = message.cancellation
+            running = self._running.get(c.job_id)
+            if running is None or running.job.lease.lease_id != c.lease_id:
+                return
+            job = running.job
+            if c.reason == pb.CancellationReason.CANCELLATION_REASON_CANCEL_REQUESTED:
+                job.cancel_requested = True
+            else:
+                job.silent = True
+            log.info("job %s: stop (%s)", c.job_id, pb.CancellationReason.Name(c.reason))
+            job.cancelled.set()
+            if running.task is not None:
+                running.task.cancel()
+        elif kind == "result_ack":
+            ack = message.result_ack
+            sent = self._unacked.get(ack.job_id)
+            if sent is not None and sent.lease_id == ack.lease_id:
+                del self._unacked[ack.job_id]
+                self.completed += 1
+                self._changed.set()
+            if ack.HasField("error"):
+                log.warning("result for job %s rejected: %s", ack.job_id, ack.error.message)
+        elif kind == "ping":
+            self._heartbeat(message.ping.ping_id)
+        elif kind == "drain":
+            self.drain(max(0.0, message.drain.deadline.ToMicroseconds() / 1e6 - time.time())
+                       if message.drain.HasField("deadline") else None)
+        elif kind == "secure_access_grant":
+            future = self._grants.pop(message.secure_access_grant.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(message.secure_access_grant)
+        elif kind == "error":
+            log.warning("the service rejected a message: %s%s", message.error.status.message,
+                        " (closing)" if message.error.fatal else "")
+
+    # ------------------------------------------------------------------ running jobs
+
+    def _assigned(self, lease: jobs_pb2.JobLease) -> None:
+        processor = self.processors.get(lease.job_type_name)
+        if self._draining or processor is None or lease.job_id in self._running:
+            why = "draining" if self._draining else f"no processor for {lease.job_type_name!r}"
+            self._send(pb.ConnectRequest(returned=pb.JobReturn(job_id=lease.job_id, lease_id=lease.lease_id,
+                                                               reason=why)))
+            return
+        job = Job(lease, on_progress=self._on_progress, secure_access=self._open_secure_access)
+        running = _Running(job)
+        self._running[job.id] = running
+        if processor.kind == Kind.BATCH:
+            pending = self._batches.setdefault(processor.name, [])
+            pending.append(job)
+            if len(pending) == 1:
+                self._spawn(self._run_batch(processor))
+            return
+        running.task = self._spawn(self._run_one(processor, job))
+
+    def _on_progress(self, job: Job, percent: int, message: str) -> None:
+        # May be called from a processor thread.
+        self._progress[job.id] = (percent, message)
+
+    async def _run_one(self, processor: Processor, job: Job) -> None:
+        started = time.monotonic()
+        with _tracer.start_as_current_span(f"process {job.type_name}", context=propagate.extract(
+                dict(job.lease.trace_context)), kind=trace.SpanKind.CONSUMER, attributes={
+                "innosystem.job_id": job.id, "innosystem.attempt": job.attempt}):
+            try:
+                value = await self._call(processor, job)
+                result = _success(value)
+            except asyncio.CancelledError:
+                result = _cancelled()
+            except Exception as exc:  # a processor's failure is the job's result
+                result = _cancelled() if isinstance(exc, JobCancelled) else _failure(exc)
+        self._report(job, result, started)
+
+    async def _call(self, processor: Processor, job: Job) -> Any:
+        if processor.kind == Kind.EXTERNAL_API:
+            if self._http is None:
+                self._http = aiohttp.ClientSession()
+            return await external.call(processor, job, self._http)
+        assert processor.fn is not None
+        if processor.is_coroutine:
+            return await processor.fn(job)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, processor.fn, job)
+
+    async def _run_batch(self, processor: Processor) -> None:
+        await asyncio.sleep(BATCH_LINGER_SECONDS)  # let the rest of a burst of assignments join
+        while jobs := self._batches.get(processor.name):
+            chunk, self._batches[processor.name] = jobs[:processor.max_batch_size], jobs[processor.max_batch_size:]
+            started = time.monotonic()
+            task = asyncio.current_task()
+            for job in chunk:
+                self._running[job.id].task = task
+            try:
+                values = await self._call(processor, chunk)  # type: ignore[arg-type]
+                if not isinstance(values, list | tuple) or len(values) != len(chunk):
+                    raise JobError(f"batch processor {processor.name!r} must return one result per job",
+                                   type="BatchResultMismatch", retryable=False)
+                results = [_success(v) for v in values]
+            except asyncio.CancelledError:
+                results = [_cancelled()] * len(chunk)
+            except Exception as exc:
+                results = [_failure(exc)] * len(chunk)
+            for job, result in zip(chunk, results, strict=True):
+                self._report(job, result, started)
+        self._batches.pop(processor.name, None)
+
+    def _report(self, job: Job, result: jobs_pb2.AttemptResult, started: float) -> None:
+        self._running.pop(job.id, None)
+        self._progress.pop(job.id, None)
+        self._changed.set()
+        if job.silent:
+            return
+        if job.cancel_requested and result.outcome != Outcome.ATTEMPT_OUTCOME_SUCCEEDED:
+            result = _cancelled()
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        message = pb.JobResult(job_id=job.id, lease_id=job.lease.lease_id, result=result)
+        self._unacked[job.id] = message
+        self._send(pb.ConnectRequest(message_id=uuid.uuid4().hex[:12], result=message))
+
+    async def _open_secure_access(self, job: Job, purpose: int, fields: Sequence[str], processor: str,
+                                  client_reference: str) -> _Access:
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[pb.SecureAccessGrant] = asyncio.get_running_loop().create_future()
+        self._grants[request_id] = future
+        self._send(pb.ConnectRequest(secure_access_open=pb.SecureAccessOpen(
+            request_id=request_id, job_id=job.id, lease_id=job.lease.lease_id, processor=processor,
+            purpose=purpose, fields=list(fields), client_reference=client_reference)))  # type: ignore[arg-type]
+        grant = await future
+        if grant.HasField("error"):
+            raise JobError(f"secure access denied: {grant.error.message}", type="SecureAccessDenied", retryable=False)
+        values = {f.path: json_format.MessageToDict(f.value) for f in grant.fields}
+        return _Access(values, grant.access_id, self, time.monotonic())
+
+
+def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    if value:
+        out.update(value)
+    return out
+
+
+def _success(value: Any) -> jobs_pb2.AttemptResult:
+    result = jobs_pb2.AttemptResult(outcome=Outcome.ATTEMPT_OUTCOME_SUCCEEDED)
+    if isinstance(value, Result):
+        result.result.CopyFrom(_struct(value.result))
+        if value.cost_cents is not None:
+            result.actual_cost_cents = int(value.cost_cents)
+        if value.details:
+            result.details.CopyFrom(_struct(value.details))
+    elif isinstance(value, dict):
+        result.result.CopyFrom(_struct(value))
+    elif value is not None:
+        result.result.CopyFrom(_struct({"value": value}))
+    return result
+
+
+def _failure(exc: BaseException) -> jobs_pb2.AttemptResult:
+    if isinstance(exc, JobError):
+        error = jobs_pb2.JobError(message=exc.message[:4000], type=exc.type or "JobError",
+                                  non_retryable=not exc.retryable)
+        if exc.details:
+            error.details.CopyFrom(_struct(exc.details))
+    else:
+        log.warning("processor raised %s", type(exc).__name__, exc_info=exc)
+        error = jobs_pb2.JobError(message=str(exc)[:4000] or type(exc).__name__, type=type(exc).__name__)
+    return jobs_pb2.AttemptResult(outcome=Outcome.ATTEMPT_OUTCOME_FAILED, error=error)
+
+
+def _cancelled() -> jobs_pb2.AttemptResult:
+    return jobs_pb2.AttemptResult(outcome=Outcome.ATTEMPT_OUTCOME_CANCELLED)
