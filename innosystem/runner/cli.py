@@ -26,13 +26,13 @@ from innosystem.runner.processors import Registry, default_registry
 log = logging.getLogger("innosystem.runner")
 
 TOKEN_ENV = "INNOSYSTEM_RUNNER_TOKEN"
-TARGET_ENV = "INNOSYSTEM_RUNNER_TARGET"
+# What a runner process reads from the environment (besides logging and OTEL_* settings).
+ENV_VARS = (TOKEN_ENV, "INNOSYSTEM_RUNNERS_ADDR")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=None,
-                        help=f"runners service host:port (default ${TARGET_ENV}, else $INNOSYSTEM_RUNNERS_ADDR, "
-                             "else 127.0.0.1:50054)")
+                        help="runners service host:port (default $INNOSYSTEM_RUNNERS_ADDR, else 127.0.0.1:50054)")
     parser.add_argument("--token", default=None, help=f"runner token from POST /v1/runners (default ${TOKEN_ENV})")
     parser.add_argument("--processor", action="append", default=[], metavar="SPEC",
                         help="built-in name, NAME=module:function, module:function or module (repeatable)")
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     token = args.token or env(TOKEN_ENV)
     if not token:
         raise SystemExit(f"runner: a token is required (--token or ${TOKEN_ENV}); POST /v1/runners returns one")
-    target = args.target or env(TARGET_ENV) or env("INNOSYSTEM_RUNNERS_ADDR") or "127.0.0.1:50054"
+    target = args.target or env("INNOSYSTEM_RUNNERS_ADDR") or "127.0.0.1:50054"
     registry = load_processors(args.processor, args.external_api)
     tags = [t.strip() for t in args.tags.split(",") if t.strip()]
 
