@@ -4,6 +4,7 @@
     innosystem serve SERVICE...        one or more services in this process (tenancy billing jobs runners keys)
     innosystem serve gateway           the REST gateway
     innosystem migrate [SERVICE...]    apply database migrations (all services by default)
+    innosystem keymanager              the reference customer key manager (BYOK; docs/keys.md)
     innosystem runner --token isr_…    a runner process (built-in or your own processors)
 """
 
@@ -85,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
     runner_cli.add_arguments(runner)
 
+    keymanager = sub.add_parser("keymanager", help="run the reference key manager (BYOK)")
+    from innosystem.keymanager.command import add_arguments as keymanager_arguments
+
+    keymanager_arguments(keymanager)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -93,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_up(args)
         if args.command == "serve":
             return _serve(args.names)
+        if args.command == "keymanager":
+            from innosystem.keymanager.command import run as run_keymanager
+
+            logs.setup("keymanager", env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO",
+                       env("INNOSYSTEM_LOG_FORMAT", "") or "")
+            return run_keymanager(args)
         if args.command == "runner":
             logs.setup("runner", env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO", env("INNOSYSTEM_LOG_FORMAT", "") or "")
             telemetry.setup("runner")

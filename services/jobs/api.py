@@ -1,11 +1,13 @@
-"""JobService servicer: converts protobuf ↔ Python values and calls the service layer.
+"""JobService servicer: converts protobuf ↔ Python values and calls the use cases.
 
-Only the job type methods exist so far; every other JobService method is the generated base
-class's, which the server bootstrap answers with UNIMPLEMENTED (reason NOT_IMPLEMENTED_YET).
+Job types go to `JobsService`; jobs to `Submission`, `Queries` and `Control`; the internal lease
+API (runners and keys services only) to `Leases`.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -18,8 +20,13 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
 from innosystem.kit import principal as principals
 from innosystem.kit.protos import changes, request_hash, timestamp
+from services.jobs.control import Control
+from services.jobs.convert import job_pb
+from services.jobs.leases import Leases
 from services.jobs.models import JobType
+from services.jobs.queries import Queries
 from services.jobs.service import JobsService
+from services.jobs.submission import Submission
 
 _MESSAGES = ("default_retry_policy", "external_api")
 
@@ -61,9 +68,28 @@ def _plain(message: Message) -> dict[str, Any]:
             for f in message.DESCRIPTOR.fields for v in (getattr(message, f.name),)}
 
 
+@dataclass
+class UseCases:
+    submission: Submission
+    queries: Queries
+    control: Control
+    leases: Leases
+
+
+def _internal() -> None:
+    principals.require_service(principals.current())
+
+
 class JobsApi(jobs_pb2_grpc.JobServiceServicer):
-    def __init__(self, service: JobsService) -> None:
-        self.service = service
+    def __init__(self, types: JobsService, jobs: UseCases | None) -> None:
+        self.service = types
+        self._cases = jobs
+
+    @property
+    def cases(self) -> UseCases:
+        if self._cases is None:  # job-type-only wiring (tests)
+            raise NotImplementedError
+        return self._cases
 
     # job types
 
@@ -95,7 +121,80 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         return Empty()
 
 
-def servicer(service: JobsService) -> jobs_pb2_grpc.JobServiceServicer:
-    """The servicer to register. The typed stubs declare every RPC abstract; the ones not built yet
-    are deliberately the generated base's (UNIMPLEMENTED, see above), hence the one ignore."""
-    return JobsApi(service)  # type: ignore[abstract]
+    # jobs
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return job_pb(await self.cases.submission.submit(principals.current(), request))
+
+    async def BatchSubmitJobs(self, request: pb.BatchSubmitJobsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.BatchSubmitJobsResponse:
+        jobs = await self.cases.submission.batch_submit(principals.current(), request)
+        return pb.BatchSubmitJobsResponse(jobs=[job_pb(j) for j in jobs])
+
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return await self.cases.queries.get(principals.current(), request.job_id, request.view)
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
+        jobs, token = await self.cases.queries.list_jobs(principals.current(), request)
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return job_pb(await self.cases.control.cancel(principals.current(), request.job_id, request.reason))
+
+    async def RetryJob(self, request: pb.RetryJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return job_pb(await self.cases.control.retry(principals.current(), request.job_id, request.request_id,
+                                                     request_hash(request)))
+
+    async def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext) -> Empty:
+        await self.cases.control.delete(principals.current(), request.job_id)
+        return Empty()
+
+    async def WatchJob(self, request: pb.WatchJobRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JobEvent]:
+        async for event in self.cases.control.watch(principals.current(), request.job_id):
+            yield event
+
+    async def ListDeadLetterJobs(self, request: pb.ListDeadLetterJobsRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ListDeadLetterJobsResponse:
+        jobs, token = await self.cases.queries.dead_letters(principals.current(), request)
+        return pb.ListDeadLetterJobsResponse(jobs=jobs, next_page_token=token)
+
+    async def GetQueueStats(self, request: pb.GetQueueStatsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.QueueStats:
+        return await self.cases.queries.stats(principals.current(), request)
+
+    # internal: the runners service (and the keys service's GetLease)
+
+    async def LeaseJobs(self, request: pb.LeaseJobsRequest,
+                        context: grpc.aio.ServicerContext) -> pb.LeaseJobsResponse:
+        _internal()
+        return pb.LeaseJobsResponse(leases=await self.cases.leases.lease(request))
+
+    async def CompleteJobs(self, request: pb.CompleteJobsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.CompleteJobsResponse:
+        _internal()
+        return pb.CompleteJobsResponse(results=await self.cases.leases.complete(list(request.completions)))
+
+    async def ExtendLeases(self, request: pb.ExtendLeasesRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ExtendLeasesResponse:
+        _internal()
+        return pb.ExtendLeasesResponse(results=await self.cases.leases.extend(request))
+
+    async def ReleaseLeases(self, request: pb.ReleaseLeasesRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ReleaseLeasesResponse:
+        _internal()
+        return pb.ReleaseLeasesResponse(results=await self.cases.leases.release(request))
+
+    async def GetLease(self, request: pb.GetLeaseRequest, context: grpc.aio.ServicerContext) -> pb.JobLease:
+        _internal()
+        return await self.cases.leases.get(request)
+
+    async def WatchCancellations(self, request: pb.WatchCancellationsRequest,
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CancellationNotice]:
+        _internal()
+        async for notice in self.cases.leases.cancellations():
+            yield notice
+
+
+def servicer(types: JobsService, jobs: UseCases | None = None) -> jobs_pb2_grpc.JobServiceServicer:
+    return JobsApi(types, jobs)

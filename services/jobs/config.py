@@ -2,16 +2,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from innosystem.kit.config import CommonConfig
+from innosystem.kit.config import CommonConfig, ConfigError, env, env_float, env_int
 
 
 @dataclass(frozen=True)
 class JobsConfig:
     common: CommonConfig
-    # How long a project's owner (customer, reseller), asked of tenancy, is remembered. Not an
-    # environment setting yet: one would need its line in deploy/README.md (the drift test).
+    # How long a project's owner (customer, reseller), asked of tenancy, is remembered.
     project_cache_seconds: float = 30.0
+    # Largest payload (its JSON) one job may carry.
+    max_payload_bytes: int = 1024 * 1024
+    # How far ahead a schedule_time may be.
+    max_schedule_days: int = 30
+    # Currency of job types that name none (must be billing's default).
+    default_currency: str = "USD"
+    # A lease's life without a heartbeat (never beyond the attempt's timeout).
+    lease_ttl_seconds: float = 30.0
+    # How often expired leases are looked for.
+    reaper_interval_seconds: float = 2.0
+    # How often committed jobs missing from Redis are re-enqueued (and a flushed Redis rebuilt).
+    recovery_interval_seconds: float = 10.0
+    # A runner seen asking for a (type, tags) within this long counts as online (pending reason).
+    runner_seen_seconds: float = 60.0
+    # Finished jobs' payloads and results are purged after this long (Archive: never).
+    retention_days: float = 30.0
+    # Finished jobs (with their history) are deleted after this long (Archive: never); 0 = never.
+    delete_after_days: float = 365.0
 
     @classmethod
     def from_env(cls) -> JobsConfig:
-        return cls(common=CommonConfig.from_env("jobs"))
+        currency = (env("INNOSYSTEM_BILLING_CURRENCY", "USD") or "USD").upper()
+        if len(currency) != 3 or not currency.isalpha():
+            raise ConfigError(f"INNOSYSTEM_BILLING_CURRENCY must be an ISO 4217 code, got {currency!r}")
+        config = cls(
+            common=CommonConfig.from_env("jobs"),
+            max_payload_bytes=env_int("INNOSYSTEM_JOBS_MAX_PAYLOAD_BYTES", cls.max_payload_bytes),
+            max_schedule_days=env_int("INNOSYSTEM_JOBS_MAX_SCHEDULE_DAYS", cls.max_schedule_days),
+            default_currency=currency,
+            lease_ttl_seconds=env_float("INNOSYSTEM_JOBS_LEASE_TTL_SECONDS", cls.lease_ttl_seconds),
+            reaper_interval_seconds=env_float("INNOSYSTEM_JOBS_REAPER_INTERVAL_SECONDS", cls.reaper_interval_seconds),
+            recovery_interval_seconds=env_float("INNOSYSTEM_JOBS_RECOVERY_INTERVAL_SECONDS",
+                                                cls.recovery_interval_seconds),
+            runner_seen_seconds=env_float("INNOSYSTEM_JOBS_RUNNER_SEEN_SECONDS", cls.runner_seen_seconds),
+            retention_days=env_float("INNOSYSTEM_JOBS_RETENTION_DAYS", cls.retention_days),
+            delete_after_days=env_float("INNOSYSTEM_JOBS_DELETE_AFTER_DAYS", cls.delete_after_days),
+        )
+        if config.max_payload_bytes < 2 or config.lease_ttl_seconds <= 0 or config.recovery_interval_seconds <= 0:
+            raise ConfigError("INNOSYSTEM_JOBS_MAX_PAYLOAD_BYTES, _LEASE_TTL_SECONDS and _RECOVERY_INTERVAL_SECONDS "
+                              "must be positive")
+        return config

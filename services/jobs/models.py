@@ -82,3 +82,123 @@ class IdempotencyKey(IdempotencyKeyColumns, Base):
     """The first answer to a create with a `request_id`, per caller scope and method."""
 
     __tablename__ = "idempotency_keys"
+
+
+class Job(Base):
+    """One job (spec 3.2.5). Owner columns are copied from its type so every read is scoped in SQL.
+
+    `settings` snapshots what the type said at submit (timeout, cost cap, over-capture policy,
+    charge on failure, processor, tags): queued jobs keep the settings they were submitted with.
+    `queue_name` is the Redis queue the job waits in (type name plus required tags).
+    The lease columns fence results: only the current `lease_id` may complete the attempt.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index(None, "project_id", "create_time", "id"),
+        Index(None, "customer_id", "create_time", "id"),
+        Index(None, "reseller_id", "create_time", "id"),
+        Index(None, "create_time", "id"),
+        Index(None, "job_type_id", "status"),
+        Index(None, "status", "lease_expire_time"),
+        Index(None, "project_id", "dead_letter_time", "id", postgresql_where=text("dead_lettered")),
+        Index(None, "complete_time", postgresql_where=text("complete_time IS NOT NULL")),
+        CheckConstraint("status BETWEEN 1 AND 6", name="status_known"),
+        CheckConstraint("priority BETWEEN 1 AND 4", name="priority_known"),
+        CheckConstraint("persistence_policy BETWEEN 1 AND 4", name="persistence_known"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    job_type_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    job_type_name: Mapped[str] = mapped_column(String(100))
+    queue_name: Mapped[str] = mapped_column(String(400))
+    status: Mapped[int] = mapped_column(SmallInteger)
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    retry_max_attempts: Mapped[int] = mapped_column()
+    retry_initial_interval_seconds: Mapped[int] = mapped_column()
+    retry_backoff_multiplier: Mapped[float] = mapped_column(Double)
+    retry_max_interval_seconds: Mapped[int] = mapped_column()
+    non_retryable_error_types: Mapped[list[str]] = mapped_column(ARRAY(String(200)), default=list,
+                                                                 server_default=text("'{}'"))
+    persistence_policy: Mapped[int] = mapped_column(SmallInteger)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error: Mapped[str] = mapped_column(Text, default="")
+    error_type: Mapped[str] = mapped_column(String(200), default="")
+    runner_id: Mapped[str] = mapped_column(String(200), default="")
+    attempt_count: Mapped[int] = mapped_column(default=0)
+    next_attempt_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    cost_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    estimated_cost_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency_code: Mapped[str] = mapped_column(String(3), default="")
+    # The billing hold of the current run: the job id, plus a suffix after a manual retry; "" = none.
+    hold_id: Mapped[str] = mapped_column(String(100), default="")
+    retry_count: Mapped[int] = mapped_column(default=0)  # manual retries (RetryJob)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    schedule_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    # When the job last entered its queue (FIFO order in Redis, dispatch latency).
+    queue_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    start_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    complete_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+    request_id: Mapped[str] = mapped_column(String(200), default="")
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    cancel_reason: Mapped[str] = mapped_column(Text, default="")
+    cancel_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    lease_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    lease_session_id: Mapped[str] = mapped_column(String(200), default="")
+    lease_start_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    lease_expire_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    dead_lettered: Mapped[bool] = mapped_column(default=False)
+    dead_letter_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    encryption: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    trace_context: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    purged: Mapped[bool] = mapped_column(default=False)  # payload and result removed by retention
+
+
+class JobAttempt(Base):
+    """One attempt (a lease) of a job."""
+
+    __tablename__ = "job_attempts"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    attempt: Mapped[int] = mapped_column(primary_key=True)
+    lease_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    runner_id: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[int] = mapped_column(SmallInteger)
+    start_time: Mapped[datetime] = mapped_column(Timestamp)
+    end_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    actual_cost_cents: Mapped[int | None] = mapped_column(BigInteger)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class JobStatusChange(Base):
+    """One status change of a job, with its reason."""
+
+    __tablename__ = "job_status_changes"
+    __table_args__ = (Index(None, "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    status: Mapped[int] = mapped_column(SmallInteger)
+    time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    attempt: Mapped[int] = mapped_column(default=0)
+
+
+class SubmitIntent(Base):
+    """Written (and committed) before a hold is reserved, deleted with the job's commit: an intent
+    left behind means the process died between the two, and recovery releases its hold."""
+
+    __tablename__ = "submit_intents"
+    __table_args__ = (Index(None, "create_time"),)
+
+    hold_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

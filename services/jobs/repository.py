@@ -11,7 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
-from services.jobs.models import JobType
+from services.jobs.models import Job, JobType
+
+UNFINISHED = (1, 2, 6)  # pending, running, scheduled
 
 
 def _visible(stmt: Select[Any], scope: Scope) -> Select[Any]:
@@ -53,3 +55,6 @@ class JobsRepository:
     async def delete_job_type(self, job_type_id: uuid.UUID) -> None:
         await self.s.execute(delete(JobType).where(JobType.id == job_type_id))
 
+    async def has_unfinished_jobs(self, job_type_id: uuid.UUID) -> bool:
+        stmt = select(Job.id).where(Job.job_type_id == job_type_id, Job.status.in_(UNFINISHED)).limit(1)
+        return (await self.s.execute(stmt)).first() is not None

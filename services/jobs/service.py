@@ -21,7 +21,7 @@ from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.kit import idempotency, pagination
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
-from innosystem.kit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from innosystem.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -316,10 +316,13 @@ class JobsService:
             return row
 
     async def delete_job_type(self, caller: Principal, job_type_id: str) -> None:
-        """Deletes at once: there are no jobs yet. The jobs work adds FAILED_PRECONDITION while the
-        type has unfinished jobs (the proto's contract)."""
+        """FAILED_PRECONDITION while the type has unfinished jobs (disable it first); finished jobs
+        keep their type's name and id."""
         _require_manager(caller)
         async with self.db.session() as s:
             repo = JobsRepository(s)
             row = await self._visible_job_type(repo, caller, job_type_id, lock=True)
+            if await repo.has_unfinished_jobs(row.id):
+                raise FailedPrecondition(f"job type {row.name} has unfinished jobs; disable it and let them finish",
+                                         field="job_type_id", reason="JOB_TYPE_IN_USE")
             await repo.delete_job_type(row.id)

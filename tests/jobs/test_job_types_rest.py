@@ -122,7 +122,8 @@ def test_bad_input_is_400_naming_the_field(tenants: dict, body: dict, field: str
     assert field.replace("_", "").lower() in _violations(resp.body), resp.body
 
 
-def test_jobs_methods_not_built_yet_are_501(tenants: dict) -> None:
+def test_submit_of_an_unknown_type_is_404_naming_the_field(tenants: dict) -> None:
     body = {"jobTypeId": str(uuid.uuid4()), "payload": {}}
     resp = tenants["as_first"].post(f"/v1/projects/{tenants['project']}/jobs", body)
-    assert resp.status == 501 and _reason(resp.body) == "NOT_IMPLEMENTED_YET", resp.body
+    assert resp.status == 404 and _reason(resp.body) == "JOB_TYPE_NOT_FOUND", resp.body
+    assert "jobtypeid" in _violations(resp.body), resp.body

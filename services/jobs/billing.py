@@ -1,0 +1,95 @@
+"""The billing peer as the jobs service uses it: batched holds over gRPC (hold id = job id)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+from google.rpc import status_pb2
+
+from innosystem.billing.v1 import billing_pb2 as bpb
+from innosystem.billing.v1 import billing_pb2_grpc
+from innosystem.kit.errors import DomainError, FailedPrecondition, from_rpc_error
+from innosystem.kit.protos import timestamp
+
+BATCH = 1000  # billing's batch limit
+
+
+@dataclass(frozen=True)
+class HoldRequest:
+    hold_id: str
+    customer_id: str
+    amount_cents: int
+    currency_code: str
+    job_id: str
+    expire_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    hold_id: str
+    amount_cents: int
+    over_capture_policy: int = 0
+    description: str = ""
+
+
+class _StatusError(grpc.RpcError):
+    """A batch item's google.rpc.Status dressed as an RpcError so `from_rpc_error` reads its details."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        self._status = status
+
+    def code(self) -> grpc.StatusCode:
+        return next((c for c in grpc.StatusCode if c.value[0] == self._status.code), grpc.StatusCode.UNKNOWN)
+
+    def details(self) -> str:
+        return self._status.message
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return (("grpc-status-details-bin", self._status.SerializeToString()),)
+
+
+def item_error(status: status_pb2.Status) -> DomainError:
+    return from_rpc_error(_StatusError(status))
+
+
+Outcome = DomainError | None  # None: the item succeeded
+
+
+class Billing:
+    def __init__(self, channel: grpc.aio.Channel, call_timeout: float = 10.0) -> None:
+        self._stub = billing_pb2_grpc.BillingServiceStub(channel)
+        self._timeout = call_timeout
+
+    async def _batched(self, method: str, requests: Sequence[object]) -> list[Outcome]:
+        out: list[Outcome] = []
+        call = getattr(self._stub, method)
+        request_type = getattr(bpb, f"{method}Request")
+        for start in range(0, len(requests), BATCH):
+            chunk = requests[start:start + BATCH]
+            reply = await call(request_type(requests=chunk), timeout=self._timeout)
+            out += [item_error(r.error) if r.HasField("error") else None for r in reply.results]
+        return out
+
+    async def reserve(self, items: Sequence[HoldRequest]) -> list[Outcome]:
+        return await self._batched("BatchReserve", [
+            bpb.ReserveRequest(hold_id=i.hold_id, customer_id=i.customer_id, amount_cents=i.amount_cents,
+                               currency_code=i.currency_code, job_id=i.job_id, expire_time=timestamp(i.expire_time),
+                               description=f"job {i.job_id}") for i in items])
+
+    async def capture(self, items: Sequence[CaptureRequest]) -> list[Outcome]:
+        return await self._batched("BatchCapture", [
+            bpb.CaptureRequest(hold_id=i.hold_id, amount_cents=i.amount_cents,
+                               over_capture_policy=i.over_capture_policy,  # type: ignore[arg-type]
+                               description=i.description) for i in items])
+
+    async def release(self, hold_ids: Sequence[str], reason: str) -> list[Outcome]:
+        return await self._batched("BatchRelease", [bpb.ReleaseRequest(hold_id=h, reason=reason) for h in hold_ids])
+
+
+def insufficient_funds(err: DomainError, field: str) -> FailedPrecondition:
+    """The submit's error when the wallet cannot hold the cost: billing's reason, the field named."""
+    return FailedPrecondition(f"{field}: the wallet cannot hold the estimated cost ({err.message})",
+                              field=field, reason=err.reason, metadata=err.metadata)

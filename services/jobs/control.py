@@ -1,0 +1,172 @@
+"""A customer's control over its jobs: CancelJob, RetryJob, DeleteJob, and WatchJob's stream."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+from sqlalchemy import delete, select
+
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.kit import idempotency
+from innosystem.kit.errors import FailedPrecondition, InvalidArgument
+from innosystem.kit.protos import timestamp
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.jobs import outcomes
+from services.jobs.billing import HoldRequest, insufficient_funds
+from services.jobs.leases import requeue
+from services.jobs.models import IdempotencyKey, Job, JobAttempt, JobStatusChange
+from services.jobs.queries import Queries
+from services.jobs.runtime import CANCELLED, FAILED, FINAL, PENDING, SCHEDULED, Changes, Deps, status_name
+from services.jobs.submission import HOLD_MARGIN
+
+MAX_REASON = 1000
+WATCH_RECHECK_SECONDS = 15.0  # a watch re-reads the job this often even without an event
+
+
+class Control:
+    def __init__(self, deps: Deps, queries: Queries) -> None:
+        self.deps = deps
+        self.queries = queries
+
+    async def _locked(self, s: object, caller: Principal, job_id: str) -> Job:
+        job = await self.queries.visible_job(caller, job_id)
+        row = (await s.execute(select(Job).where(Job.id == job.id).with_for_update())).scalar_one()  # type: ignore[attr-defined]
+        return row
+
+    async def cancel(self, caller: Principal, job_id: str, reason: str) -> Job:
+        if len(reason) > MAX_REASON:
+            raise InvalidArgument(f"reason: at most {MAX_REASON} characters", field="reason", reason="INVALID_REASON")
+        deps = self.deps
+        now = deps.now()
+        why = f"cancelled: {reason or 'by request'}"
+        changes, st = Changes(), outcomes.Settlement()
+        notice = None
+        async with deps.db.session() as s:
+            job = await self._locked(s, caller, job_id)
+            if job.status in FINAL:
+                raise FailedPrecondition(f"job {job_id} is already {_name(job.status)}", field="job_id",
+                                         reason="JOB_ALREADY_FINISHED")
+            if job.status in (PENDING, SCHEDULED):
+                job.complete_time = now
+                job.next_attempt_time = None
+                if job.hold_id:
+                    st.releases.append(job.hold_id)
+                changes.move(s, job, CANCELLED, why, now)
+                removed = True
+            else:  # running: the runner is told; Cancelled when it stops or the lease expires
+                removed = False
+                if not job.cancel_requested:
+                    job.cancel_requested, job.cancel_reason, job.cancel_time = True, reason, now
+                    job.update_time = now
+                    notice = {"job_id": str(job.id), "lease_id": str(job.lease_id), "runner_id": job.runner_id,
+                              "reason": reason, "time": now.isoformat().replace("+00:00", "Z")}
+            await outcomes.settle_billing(deps, st)
+        if removed:
+            await deps.queue.remove(job.queue_name, [str(job.id)])
+        if notice is not None:
+            await deps.signals.cancel_requested(notice)
+            await deps.signals.job_changed(str(job.id), {"cancel_requested": True})
+        await changes.publish(deps.signals)
+        return job
+
+    async def retry(self, caller: Principal, job_id: str, request_id: str, request_hash: bytes) -> Job:
+        """A failed job goes back to the queue: a fresh attempt budget and a new hold."""
+        deps = self.deps
+        now = deps.now()
+        job = await self.queries.visible_job(caller, job_id)
+        scope = f"RetryJob:{job.id}"
+        async with deps.db.session() as s:
+            if await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash) is not None:
+                return job
+        if job.status != FAILED:
+            raise FailedPrecondition(f"job {job_id} is {_name(job.status)}; only a failed job can be retried",
+                                     field="job_id", reason="JOB_NOT_FAILED")
+        hold_id = f"{job.id}:r{job.retry_count + 1}" if job.estimated_cost_cents > 0 else ""
+        if hold_id:
+            (err,) = await deps.billing.reserve([HoldRequest(hold_id, str(job.customer_id), job.estimated_cost_cents,
+                                                             job.currency_code, str(job.id), now + HOLD_MARGIN)])
+            if err is not None:
+                if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
+                    raise insufficient_funds(err, "job_id")
+                raise err
+        changes = Changes()
+        try:
+            async with deps.db.session() as s:
+                row = await self._locked(s, caller, job_id)
+                if row.status != FAILED:
+                    raise FailedPrecondition(f"job {job_id} is {_name(row.status)}; only a failed job can be retried",
+                                             field="job_id", reason="JOB_NOT_FAILED")
+                row.retry_count += 1
+                row.hold_id = hold_id
+                row.attempt_count = 0
+                row.dead_lettered, row.dead_letter_time = False, None
+                row.complete_time, row.error, row.error_type = None, "", ""
+                row.cost_cents = 0
+                row.queue_time = now
+                row.cancel_requested = False
+                await s.execute(delete(JobAttempt).where(JobAttempt.job_id == row.id))
+                changes.move(s, row, PENDING, f"retried by request (retry {row.retry_count})", now)
+                await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, row.id)
+                job = row
+        except BaseException:
+            if hold_id:
+                await deps.billing.release([hold_id], "retry not stored")
+            raise
+        await requeue(deps, [job])
+        await changes.publish(deps.signals)
+        return job
+
+    async def delete(self, caller: Principal, job_id: str) -> None:
+        async with self.deps.db.session() as s:
+            job = await self._locked(s, caller, job_id)
+            if job.status not in FINAL:
+                raise FailedPrecondition(f"job {job_id} is {_name(job.status)}; cancel it first", field="job_id",
+                                         reason="JOB_NOT_FINISHED")
+            await s.execute(delete(JobAttempt).where(JobAttempt.job_id == job.id))
+            await s.execute(delete(JobStatusChange).where(JobStatusChange.job_id == job.id))
+            await s.delete(job)
+
+    async def watch(self, caller: Principal, job_id: str) -> AsyncIterator[pb.JobEvent]:
+        """A snapshot, then an event per change, until the job is final."""
+        job = await self.queries.visible_job(caller, job_id)
+        channel = self.deps.signals.job_prefix + str(job.id)
+        async with self.deps.signals.subscribe(channel) as incoming:
+            job = await self.queries.visible_job(caller, job_id)  # after subscribing: nothing is missed
+            yield pb.JobEvent(type=pb.JOB_EVENT_TYPE_SNAPSHOT, event_time=timestamp(self.deps.now()),
+                              job=await self.queries.job_message(job, full=False))
+            last_change = await self._last_change_id(job.id)
+            while job.status not in FINAL:
+                try:
+                    event = await asyncio.wait_for(incoming.get(), WATCH_RECHECK_SECONDS)
+                except TimeoutError:
+                    event = {}
+                job = await self.queries.visible_job(caller, job_id)
+                message = await self.queries.job_message(job, full=False)
+                async with self.deps.db.session() as s:
+                    new = (await s.execute(select(JobStatusChange).where(JobStatusChange.job_id == job.id,
+                                                                         JobStatusChange.id > last_change)
+                                           .order_by(JobStatusChange.id))).scalars().all()
+                for change in new:
+                    last_change = change.id
+                    yield pb.JobEvent(type=pb.JOB_EVENT_TYPE_STATUS_CHANGED, event_time=timestamp(change.time),
+                                      job=message, status_change=pb.JobStatusChange(
+                                          status=change.status, time=timestamp(change.time),  # type: ignore[arg-type]
+                                          reason=change.reason, attempt=change.attempt))
+                if not new and "progress" in event:
+                    yield pb.JobEvent(type=pb.JOB_EVENT_TYPE_PROGRESS, event_time=timestamp(self.deps.now()),
+                                      job=message)
+                elif not new and event.get("cancel_requested"):
+                    yield pb.JobEvent(type=pb.JOB_EVENT_TYPE_CANCEL_REQUESTED, event_time=timestamp(self.deps.now()),
+                                      job=message)
+
+    async def _last_change_id(self, job_id: uuid.UUID) -> int:
+        async with self.deps.db.session() as s:
+            last = (await s.execute(select(JobStatusChange.id).where(JobStatusChange.job_id == job_id)
+                                    .order_by(JobStatusChange.id.desc()).limit(1))).scalar_one_or_none()
+        return last or 0
+
+
+def _name(status: int) -> str:
+    return status_name(status)

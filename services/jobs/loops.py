@@ -1,0 +1,191 @@
+"""The jobs service's background loops: promote due jobs, reap expired leases, recover Redis
+from PostgreSQL, and retention. Each `*_once` does one pass (tests call them with their clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from sqlalchemy import delete, insert, select, update
+
+from innosystem.jobs.v1 import job_types_pb2 as enums
+from services.jobs import metrics
+from services.jobs.leases import Leases
+from services.jobs.models import IdempotencyKey, Job, JobAttempt, JobStatusChange, SubmitIntent
+from services.jobs.queue import QueueItem, ScheduledItem
+from services.jobs.runtime import FINAL, PENDING, SCHEDULED, Deps, priority_name
+
+log = logging.getLogger(__name__)
+
+PROMOTE_MAX_SLEEP = 5.0  # the promoter re-reads the scheduled queues at least this often
+INTENT_GRACE = timedelta(seconds=60)  # a submit in flight finishes well within this
+RECOVERY_GRACE = timedelta(seconds=2)  # jobs committed this recently may still be on their way to Redis
+CHUNK = 2000
+RETENTION_INTERVAL = 3600.0
+
+
+class Loops:
+    def __init__(self, deps: Deps, leases: Leases) -> None:
+        self.deps = deps
+        self.leases = leases
+        self._depth: dict[tuple[str, int], tuple[int, float | None]] = {}
+        metrics.meter.create_observable_gauge("jobs.queue.depth", [self._observe_depth],
+                                              description="jobs waiting in a queue, by queue and priority")
+        metrics.meter.create_observable_gauge("jobs.queue.oldest_age", [self._observe_age], unit="s",
+                                              description="age of the oldest waiting job, by queue and priority")
+
+    # promotion -----------------------------------------------------------------------------------
+    async def promote_once(self) -> tuple[int, float | None]:
+        """Due scheduled jobs become Pending (PostgreSQL first, then their queues). Returns the count
+        and the next due time (epoch seconds) or None."""
+        deps = self.deps
+        now = deps.now()
+        async with deps.db.session() as s:
+            due = (await s.execute(update(Job).where(Job.status == SCHEDULED, Job.next_attempt_time <= now)
+                                   .values(status=PENDING, queue_time=Job.next_attempt_time, update_time=now)
+                                   .returning(Job.id, Job.attempt_count, Job.queue_name))).all()
+            if due:
+                await s.execute(insert(JobStatusChange), [
+                    {"job_id": i, "status": PENDING, "time": now, "attempt": a,
+                     "reason": "backoff over, queued" if a else "start time reached, queued"} for i, a, _ in due])
+            names = (await s.execute(select(Job.queue_name).where(Job.status == SCHEDULED).distinct())).scalars().all()
+        queues = sorted(set(names) | {q for _, _, q in due})
+        promoted, next_due = await deps.queue.promote_due(queues, deps.clock()) if queues else (0, None)
+        if due or promoted:
+            await deps.signals.jobs_ready(queues)
+        for job_id, _, _ in due:
+            await deps.signals.job_changed(str(job_id), {"status": PENDING})
+        return len(due), next_due
+
+    async def promote_forever(self) -> None:
+        while True:
+            self.deps.signals.scheduled.clear()
+            _, next_due = await self.promote_once()
+            sleep = PROMOTE_MAX_SLEEP if next_due is None else max(0.0, next_due - self.deps.clock())
+            try:
+                await asyncio.wait_for(self.deps.signals.scheduled.wait(), min(sleep, PROMOTE_MAX_SLEEP))
+            except TimeoutError:
+                pass
+
+    # lease expiry --------------------------------------------------------------------------------
+    async def reap_forever(self) -> None:
+        while True:
+            while await self.leases.reap_expired() >= 500:
+                pass
+            await asyncio.sleep(self.deps.config.reaper_interval_seconds)
+
+    # recovery ------------------------------------------------------------------------------------
+    async def recover_once(self) -> tuple[int, int]:
+        """Redis rebuilt from PostgreSQL: every committed Pending job in its queue (at its original
+        place) and every Scheduled one in its set; idempotent, so it also repairs a partial loss.
+        Holds of submits that died before their commit are released. Returns (queued, released)."""
+        deps = self.deps
+        now = deps.now()
+        released = await self._release_orphan_holds(now)
+        queued = 0
+        after = uuid.UUID(int=0)
+        while True:
+            async with deps.db.session() as s:
+                rows = (await s.execute(
+                    select(Job.id, Job.status, Job.queue_name, Job.customer_id, Job.priority, Job.queue_time,
+                           Job.create_time, Job.next_attempt_time)
+                    .where(Job.status.in_([PENDING, SCHEDULED]), Job.update_time < now - RECOVERY_GRACE, Job.id > after)
+                    .order_by(Job.id).limit(CHUNK))).all()
+            if not rows:
+                break
+            after = rows[-1].id
+            pending = [QueueItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
+                                 (r.queue_time or r.create_time).timestamp()) for r in rows if r.status == PENDING]
+            later = [ScheduledItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
+                                   (r.next_attempt_time or now).timestamp()) for r in rows if r.status == SCHEDULED]
+            by_queue: dict[str, list[str]] = {}
+            for item in pending:  # a leased record of a Pending job is a lease that never committed
+                by_queue.setdefault(item.job_type, []).append(item.job_id)
+            for q, ids in by_queue.items():
+                await deps.queue.finish(q, ids)
+            n = await deps.queue.rebuild(pending, later)
+            queued += n
+            if n:
+                await deps.signals.jobs_ready({i.job_type for i in pending})
+                await deps.signals.schedule_changed()
+        await self._refresh_depth()
+        if queued or released:
+            log.info("recovery: %d jobs back in Redis, %d orphan holds released", queued, released)
+        return queued, released
+
+    async def _release_orphan_holds(self, now: object) -> int:
+        deps = self.deps
+        async with deps.db.session() as s:
+            intents = (await s.execute(select(SubmitIntent).where(SubmitIntent.create_time < deps.now() - INTENT_GRACE)
+                                       .limit(CHUNK))).scalars().all()
+            if not intents:
+                return 0
+            existing = set((await s.execute(select(Job.id).where(Job.id.in_([i.job_id for i in intents])))).scalars())
+        orphans = [i.hold_id for i in intents if i.job_id not in existing]
+        if orphans:
+            for hold, err in zip(orphans, await deps.billing.release(orphans, "submit did not complete"), strict=True):
+                if err is not None and err.reason not in ("HOLD_NOT_FOUND",):
+                    log.warning("cannot release orphan hold %s: %s", hold, err)
+        async with deps.db.session() as s:
+            await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_([i.hold_id for i in intents])))
+        return len(orphans)
+
+    async def recover_forever(self) -> None:
+        while True:
+            await self.recover_once()
+            await asyncio.sleep(self.deps.config.recovery_interval_seconds)
+
+    # queue gauges --------------------------------------------------------------------------------
+    async def _refresh_depth(self) -> None:
+        async with self.deps.db.session() as s:
+            names = (await s.execute(select(Job.queue_name).where(Job.status == PENDING).distinct())).scalars().all()
+        stats = await self.deps.queue.stats(list(names)) if names else []
+        now = self.deps.clock()
+        self._depth = {(t.job_type, c.priority): (c.depth, None if c.oldest_enqueued_at is None
+                                                  else max(0.0, now - c.oldest_enqueued_at))
+                       for t in stats for c in t.classes}
+
+    def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(d, {"queue": q, "priority": priority_name(p)})
+                for (q, p), (d, _) in self._depth.items()]
+
+    def _observe_age(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(a, {"queue": q, "priority": priority_name(p)})
+                for (q, p), (_, a) in self._depth.items() if a is not None]
+
+    # retention -----------------------------------------------------------------------------------
+    async def retain_once(self) -> tuple[int, int]:
+        """Purge payloads and results of jobs finished longer than the retention age, and delete jobs
+        finished longer than the deletion age with their history (Archive: never). Returns (purged, deleted)."""
+        deps, config = self.deps, self.deps.config
+        now = deps.now()
+        archive = enums.PERSISTENCE_POLICY_ARCHIVE
+        async with deps.db.session() as s:
+            purged = (await s.execute(
+                update(Job).where(Job.status.in_(FINAL), Job.persistence_policy != archive, Job.purged.is_(False),
+                                  Job.complete_time < now - timedelta(days=config.retention_days))
+                .values(payload=None, result=None, purged=True).returning(Job.id))).all()
+            if purged:
+                await s.execute(update(JobAttempt).where(JobAttempt.job_id.in_([p.id for p in purged]))
+                                .values(details=None))
+            deleted: list[uuid.UUID] = []
+            if config.delete_after_days > 0:
+                old = now - timedelta(days=config.delete_after_days)
+                deleted = list((await s.execute(
+                    select(Job.id).where(Job.status.in_(FINAL), Job.persistence_policy != archive,
+                                         Job.complete_time < old).limit(10 * CHUNK))).scalars())
+                if deleted:
+                    await s.execute(delete(JobAttempt).where(JobAttempt.job_id.in_(deleted)))
+                    await s.execute(delete(JobStatusChange).where(JobStatusChange.job_id.in_(deleted)))
+                    await s.execute(delete(Job).where(Job.id.in_(deleted)))
+                await s.execute(delete(IdempotencyKey).where(IdempotencyKey.create_time < old))
+        return len(purged), len(deleted)
+
+    async def retain_forever(self) -> None:
+        while True:
+            await self.retain_once()
+            await asyncio.sleep(RETENTION_INTERVAL)

@@ -1,0 +1,188 @@
+"""Reads: GetJob (with its pending reason), ListJobs, ListDeadLetterJobs, GetQueueStats."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select
+
+from innosystem.jobs.v1 import job_types_pb2 as enums
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.kit import pagination
+from innosystem.kit.errors import InvalidArgument, NotFound
+from innosystem.kit.protos import timestamp, to_datetime
+from innosystem.kit.scope import Scope
+from innosystem.kit.validation import id_or_not_found
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.jobs.convert import job_pb
+from services.jobs.models import Job, JobAttempt, JobStatusChange
+from services.jobs.runtime import PENDING, RUNNING, SCHEDULED, Deps
+
+MAX_LIST = 1000
+STATUSES = frozenset(enums.JobStatus.values()) - {0}
+
+
+def visible(stmt: Select[Any], scope: Scope) -> Select[Any]:
+    return scope.filter(stmt, reseller_column=Job.reseller_id, customer_column=Job.customer_id)
+
+
+def newest_first(stmt: Select[Any], after: pagination.Keyset | None) -> Select[Any]:
+    if after is not None:
+        stmt = stmt.where(or_(Job.create_time < after[0], and_(Job.create_time == after[0], Job.id < after[1])))
+    return stmt.order_by(Job.create_time.desc(), Job.id.desc())
+
+
+def _uuid_field(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(f"{field} must be a UUID", field=field, reason="INVALID_ID") from None
+
+
+class Queries:
+    def __init__(self, deps: Deps, visible_project: Any) -> None:
+        self.deps = deps
+        self._visible_project = visible_project
+
+    async def visible_job(self, caller: Principal, job_id: str) -> Job:
+        jid = id_or_not_found(job_id, "job_id", "job")
+        async with self.deps.db.session() as s:
+            job = (await s.execute(visible(select(Job).where(Job.id == jid), Scope.of(caller)))).scalar_one_or_none()
+        if job is None:
+            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+        return job
+
+    async def get(self, caller: Principal, job_id: str, view: int) -> pb.Job:
+        job = await self.visible_job(caller, job_id)
+        return await self.job_message(job, full=view != pb.JOB_VIEW_BASIC)
+
+    async def job_message(self, job: Job, *, full: bool) -> pb.Job:
+        attempts: Sequence[JobAttempt] = ()
+        history: Sequence[JobStatusChange] = ()
+        if full:
+            async with self.deps.db.session() as s:
+                attempts = (await s.execute(select(JobAttempt).where(JobAttempt.job_id == job.id)
+                                            .order_by(JobAttempt.attempt))).scalars().all()
+                history = (await s.execute(select(JobStatusChange).where(JobStatusChange.job_id == job.id)
+                                           .order_by(JobStatusChange.id))).scalars().all()
+        return job_pb(job, full=full, attempts=attempts, history=history, pending=await self.pending_info(job))
+
+    async def pending_info(self, job: Job) -> pb.PendingInfo | None:
+        """Why a waiting job waits: backoff, start time, no runner online for its queue, or its place."""
+        if job.status == SCHEDULED:
+            if job.attempt_count > 0:
+                return pb.PendingInfo(reason=pb.PENDING_REASON_BACKOFF,
+                                      message=f"retry after attempt {job.attempt_count} failed: {job.error}")
+            return pb.PendingInfo(reason=pb.PENDING_REASON_SCHEDULED, message="start time in the future")
+        if job.status != PENDING:
+            return None
+        queue = self.deps.queue
+        try:
+            online = await queue.client.exists(f"{queue.prefix}seen:{job.queue_name}")
+            position = await queue.ahead_of(job.queue_name, str(job.id))
+        except Exception:  # Redis trouble: the reason is unknown, not an error
+            return None
+        if not online:
+            tags = job.settings.get("required_tags") or []
+            return pb.PendingInfo(reason=pb.PENDING_REASON_NO_COMPATIBLE_RUNNER,
+                                  message=f"no runner online for {job.job_type_name}"
+                                          + (f" with tags {', '.join(tags)}" if tags else ""))
+        ahead = position.higher_priority + position.ahead_in_class
+        return pb.PendingInfo(reason=pb.PENDING_REASON_QUEUED, jobs_ahead=ahead,
+                              message=f"{position.higher_priority} of higher priority ahead")
+
+    async def list_jobs(self, caller: Principal, r: pb.ListJobsRequest) -> tuple[list[pb.Job], str]:
+        size = pagination.page_size(r.page_size, maximum=MAX_LIST)
+        after = pagination.decode_keyset(r.page_token)
+        stmt = visible(select(Job), Scope.of(caller))
+        if r.project_id != "-":
+            stmt = stmt.where(Job.project_id == (await self._visible_project(caller, r.project_id)).project_id)
+        if r.customer_id:
+            stmt = stmt.where(Job.customer_id == _uuid_field(r.customer_id, "customer_id"))
+        if r.status:
+            if r.status not in STATUSES:
+                raise InvalidArgument(f"unknown status {r.status}", field="status", reason="INVALID_STATUS")
+            stmt = stmt.where(Job.status == r.status)
+        if r.job_type_id:
+            stmt = stmt.where(Job.job_type_id == _uuid_field(r.job_type_id, "job_type_id"))
+        if r.priority:
+            if r.priority not in (1, 2, 3, 4):
+                raise InvalidArgument(f"unknown priority {r.priority}", field="priority", reason="INVALID_PRIORITY")
+            stmt = stmt.where(Job.priority == r.priority)
+        if r.HasField("start_time"):
+            stmt = stmt.where(Job.create_time >= to_datetime(r.start_time))
+        if r.HasField("end_time"):
+            stmt = stmt.where(Job.create_time < to_datetime(r.end_time))
+        async with self.deps.db.session() as s:
+            rows = (await s.execute(newest_first(stmt, after).limit(size + 1))).scalars().all()
+        page = pagination.keyset_page(rows, size)
+        full = r.view == pb.JOB_VIEW_FULL
+        return [await self.job_message(j, full=full) if full else job_pb(j) for j in page.items], \
+            page.next_page_token
+
+    async def dead_letters(self, caller: Principal, r: pb.ListDeadLetterJobsRequest) -> tuple[list[pb.Job], str]:
+        size = pagination.page_size(r.page_size)
+        key = pagination.decode_token(r.page_token, 2)
+        stmt = visible(select(Job).where(Job.dead_lettered.is_(True)), Scope.of(caller))
+        if r.project_id != "-":
+            stmt = stmt.where(Job.project_id == (await self._visible_project(caller, r.project_id)).project_id)
+        if r.job_type_id:
+            stmt = stmt.where(Job.job_type_id == _uuid_field(r.job_type_id, "job_type_id"))
+        if key is not None:
+            try:
+                at, jid = datetime.fromisoformat(key[0]), uuid.UUID(key[1])
+            except (TypeError, ValueError):
+                raise InvalidArgument("page_token is malformed", field="page_token",
+                                      reason="INVALID_PAGE_TOKEN") from None
+            stmt = stmt.where(or_(Job.dead_letter_time < at, and_(Job.dead_letter_time == at, Job.id < jid)))
+        stmt = stmt.order_by(Job.dead_letter_time.desc(), Job.id.desc()).limit(size + 1)
+        async with self.deps.db.session() as s:
+            rows = (await s.execute(stmt)).scalars().all()
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = pagination.encode_token(last.dead_letter_time.isoformat() if last.dead_letter_time else "",
+                                            str(last.id))
+        return [job_pb(j) for j in rows[:size]], token
+
+    async def stats(self, caller: Principal, r: pb.GetQueueStatsRequest) -> pb.QueueStats:
+        """Counts from PostgreSQL (the truth) per (project, type, priority); oldest pending age too."""
+        now = self.deps.now()
+        columns: list[Any] = [Job.customer_id, Job.project_id, Job.job_type_id, Job.job_type_name, Job.priority,
+                              Job.status, Job.dead_lettered, func.count(), func.min(Job.queue_time)]
+        counts: Select[Any] = select(*columns)
+        stmt = visible(counts.where(or_(Job.status.in_([PENDING, SCHEDULED, RUNNING]), Job.dead_lettered.is_(True))),
+                       Scope.of(caller))
+        if r.project_id:
+            stmt = stmt.where(Job.project_id == (await self._visible_project(caller, r.project_id)).project_id)
+        if r.customer_id:
+            stmt = stmt.where(Job.customer_id == _uuid_field(r.customer_id, "customer_id"))
+        if r.job_type_id:
+            stmt = stmt.where(Job.job_type_id == _uuid_field(r.job_type_id, "job_type_id"))
+        stmt = stmt.group_by(Job.customer_id, Job.project_id, Job.job_type_id, Job.job_type_name, Job.priority,
+                             Job.status, Job.dead_lettered)
+        async with self.deps.db.session() as s:
+            rows = (await s.execute(stmt)).all()
+        table: dict[tuple[Any, ...], pb.QueueStat] = {}
+        for cust, proj, jt, name, prio, status, dead, count, oldest in rows:
+            key = (cust, proj, jt, prio)
+            stat = table.get(key)
+            if stat is None:
+                stat = table[key] = pb.QueueStat(customer_id=str(cust), project_id=str(proj), job_type_id=str(jt),
+                                                 job_type_name=name, priority=prio)
+            if dead:
+                stat.dead_letter_count += count
+            elif status == PENDING:
+                stat.pending_count += count
+                if oldest is not None:
+                    stat.oldest_pending_age_ms = max(0, int((now - oldest).total_seconds() * 1000))
+            elif status == SCHEDULED:
+                stat.scheduled_count += count
+            elif status == RUNNING:
+                stat.running_count += count
+        ordered = sorted(table.values(), key=lambda q: (q.project_id, q.job_type_name, -q.priority))
+        return pb.QueueStats(queues=ordered, compute_time=timestamp(now))
+

@@ -1,0 +1,132 @@
+"""Wake-ups without polling: in-process conditions, carried between replicas by Redis pub/sub.
+
+- queue wake: a job became ready in a queue (submit, promotion, requeue). Long-polling LeaseJobs
+  callers of this replica wait on a per-queue version counter; every replica's listener turns
+  the `wake` channel's messages into the same local bump, so a submit on replica A wakes a
+  runner's long poll on replica B.
+- schedule wake: a job was scheduled earlier than the promoter's current sleep.
+- job events (WatchJob) and cancel requests (WatchCancellations) are published on channels that
+  each watcher subscribes to with its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+
+class Signals:
+    def __init__(self, client: aioredis.Redis, prefix: str = "jobs:") -> None:
+        self.client = client
+        self.wake_channel = f"{prefix}wake"
+        self.sched_channel = f"{prefix}sched"
+        self.cancel_channel = f"{prefix}cancel"
+        self.job_prefix = f"{prefix}events:"
+        self._cond = asyncio.Condition()
+        self._versions: defaultdict[str, int] = defaultdict(int)
+        self.scheduled = asyncio.Event()
+
+    # queue wake-ups ------------------------------------------------------------------------------
+    def versions(self, queues: Iterable[str]) -> tuple[int, ...]:
+        return tuple(self._versions[q] for q in queues)
+
+    async def _bump(self, queues: Iterable[str]) -> None:
+        async with self._cond:
+            for q in queues:
+                self._versions[q] += 1
+            self._cond.notify_all()
+
+    async def wait(self, queues: Sequence[str], seen: tuple[int, ...], seconds: float) -> bool:
+        """Wait until one of `queues` changed since `seen` (from `versions`) or `seconds` pass."""
+        if seconds <= 0:
+            return False
+        async with self._cond:
+            try:
+                await asyncio.wait_for(self._cond.wait_for(lambda: self.versions(queues) != seen), seconds)
+                return True
+            except TimeoutError:
+                return False
+
+    async def jobs_ready(self, queues: Iterable[str]) -> None:
+        names = sorted(set(queues))
+        if not names:
+            return
+        await self._bump(names)
+        try:
+            await self.client.publish(self.wake_channel, json.dumps(names))
+        except RedisError as exc:  # other replicas' long polls fall back to their periodic re-check
+            log.warning("cannot publish queue wake-up: %s", exc)
+
+    async def schedule_changed(self) -> None:
+        self.scheduled.set()
+        try:
+            await self.client.publish(self.sched_channel, "1")
+        except RedisError as exc:
+            log.warning("cannot publish schedule wake-up: %s", exc)
+
+    async def listen_forever(self) -> None:
+        """Background loop: other replicas' wake-ups become local ones."""
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(self.wake_channel, self.sched_channel)
+            await self._bump(list(self._versions))  # whatever was missed while (re)connecting
+            self.scheduled.set()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if message is None:
+                    continue
+                channel = _text(message["channel"])
+                if channel == self.wake_channel:
+                    await self._bump(json.loads(_text(message["data"])))
+                elif channel == self.sched_channel:
+                    self.scheduled.set()
+        finally:
+            await pubsub.aclose()
+
+    # per-job events and cancel requests ----------------------------------------------------------
+    async def publish(self, channel: str, event: dict[str, Any]) -> None:
+        try:
+            await self.client.publish(channel, json.dumps(event))
+        except RedisError as exc:
+            log.warning("cannot publish on %s: %s", channel, exc)
+
+    async def job_changed(self, job_id: str, event: dict[str, Any]) -> None:
+        await self.publish(self.job_prefix + job_id, event)
+
+    async def cancel_requested(self, notice: dict[str, Any]) -> None:
+        await self.publish(self.cancel_channel, notice)
+
+    @asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """Messages of one channel as a queue, from its own connection, while the block runs."""
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(channel)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def pump() -> None:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if message is not None:
+                    queue.put_nowait(json.loads(_text(message["data"])))
+
+        task = asyncio.create_task(pump())
+        try:
+            yield queue
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await pubsub.aclose()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,272 @@
+"""SubmitJob and BatchSubmitJobs: validate, hold the estimated cost, commit, enqueue.
+
+Order and crash safety: a `SubmitIntent` per hold is committed first, then billing reserves the
+holds (hold id = job id), then one transaction stores the jobs and deletes the intents, then the
+jobs enter Redis. A crash after the reserve leaves an intent, and recovery releases its hold
+unless the job exists; a crash after the commit leaves a Pending job that recovery enqueues. So a
+job never waits without a hold and a hold never outlives a job that does not exist.
+
+Idempotency: with a `request_id` the job id is derived from (project, request id), so a repeat
+reserves the same hold (billing is idempotent per hold) and cannot store a second job.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from opentelemetry import propagate
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.kit import idempotency
+from innosystem.kit.errors import (
+    Aborted,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from innosystem.kit.protos import request_hash, to_datetime
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.jobs import metrics
+from services.jobs.billing import HoldRequest, insufficient_funds
+from services.jobs.convert import plain
+from services.jobs.models import IdempotencyKey, Job, JobStatusChange, JobType, SubmitIntent
+from services.jobs.queue import QueueItem, ScheduledItem
+from services.jobs.runtime import PENDING, SCHEDULED, Changes, Deps, priority_name, queue_name
+from services.jobs.service import PERSISTENCE, PRIORITIES, _retry_policy
+from services.jobs.tenants import ProjectOwner
+
+MAX_BATCH = 1000
+MAX_REQUEST_ID = 200
+MAX_TRACE_ENTRIES = 8
+HOLD_MARGIN = timedelta(days=7)  # a hold outlives the job's expected life by this much
+JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
+
+
+def job_id_for(project_id: uuid.UUID, request_id: str) -> uuid.UUID:
+    return uuid.uuid5(JOB_ID_NAMESPACE, f"{project_id}/{request_id}") if request_id else uuid.uuid4()
+
+
+@dataclass
+class Prepared:
+    job: Job
+    hash: bytes
+    existing: bool = False
+
+
+def _bad(field: str, message: str, reason: str) -> InvalidArgument:
+    return InvalidArgument(f"{field}: {message}", field=field, reason=reason)
+
+
+def _renamed(err: DomainError, old: str, new: str) -> DomainError:
+    err.violations = [(f.replace(old, new, 1), d.replace(old, new, 1)) for f, d in err.violations]
+    err.message = err.message.replace(old, new, 1)
+    err.args = (err.message,)
+    return err
+
+
+def _trace_context(request: pb.SubmitJobRequest) -> dict[str, str]:
+    if request.trace_context:
+        return {k: v for k, v in list(request.trace_context.items())[:MAX_TRACE_ENTRIES]}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+class Submission:
+    def __init__(self, deps: Deps, visible_project: Any) -> None:
+        self.deps = deps
+        self._visible_project = visible_project
+
+    async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job:
+        (job,) = await self._submit(caller, request.project_id, [request], single=True)
+        return job
+
+    async def batch_submit(self, caller: Principal, request: pb.BatchSubmitJobsRequest) -> list[Job]:
+        if not 1 <= len(request.requests) <= MAX_BATCH:
+            raise _bad("requests", f"a batch has 1 to {MAX_BATCH} jobs, got {len(request.requests)}",
+                       "INVALID_BATCH_SIZE")
+        for i, item in enumerate(request.requests):
+            if item.project_id and item.project_id != request.project_id:
+                raise _bad(f"requests[{i}].project_id", "must be empty or the batch's project", "PROJECT_MISMATCH")
+        return await self._submit(caller, request.project_id, list(request.requests), single=False)
+
+    async def _submit(self, caller: Principal, project_id: str, requests: Sequence[pb.SubmitJobRequest],
+                      single: bool) -> list[Job]:
+        owner: ProjectOwner = await self._visible_project(caller, project_id)
+        now = self.deps.now()
+        prefix = (lambda i: "") if single else (lambda i: f"requests[{i}].")
+        types = await self._types(owner, requests, prefix)
+        prepared = [self._prepare(owner, types, r, prefix(i), now) for i, r in enumerate(requests)]
+        scope = f"SubmitJob:{owner.project_id}"
+        seen: dict[uuid.UUID, int] = {}
+        for i, p in enumerate(prepared):  # the same request id twice in one batch is one job
+            if p.job.id in seen:
+                raise _bad(prefix(i) + "request_id", "appears twice in the batch", "DUPLICATE_REQUEST_ID")
+            seen[p.job.id] = i
+        async with self.deps.db.session() as s:
+            for i, p in enumerate(prepared):
+                if p.job.request_id:
+                    try:
+                        earlier = await idempotency.replay(s, IdempotencyKey, scope, p.job.request_id, p.hash)
+                    except DomainError as err:
+                        raise _renamed(err, "request_id", prefix(i) + "request_id") from None
+                    p.existing = earlier is not None
+            existing_ids = [p.job.id for p in prepared if p.existing]
+            found = {j.id: j for j in (await s.execute(select(Job).where(Job.id.in_(existing_ids)))).scalars()}
+        fresh = [p for p in prepared if not p.existing]
+        if fresh:
+            await self._hold_and_store(owner, fresh, scope, prefix, [prepared.index(p) for p in fresh], now)
+        out = []
+        for p in prepared:
+            out.append(found.get(p.job.id, p.job) if p.existing else p.job)
+        return out
+
+    async def _types(self, owner: ProjectOwner, requests: Sequence[pb.SubmitJobRequest],
+                     prefix: Any) -> dict[uuid.UUID, JobType]:
+        ids: list[uuid.UUID] = []
+        for i, r in enumerate(requests):
+            try:
+                ids.append(uuid.UUID(r.job_type_id))
+            except ValueError:
+                raise NotFound(f"{prefix(i)}job_type_id: job type {r.job_type_id!r} not found",
+                               field=prefix(i) + "job_type_id", reason="JOB_TYPE_NOT_FOUND") from None
+        async with self.deps.db.session() as s:
+            rows = (await s.execute(select(JobType).where(JobType.id.in_(set(ids)),
+                                                          JobType.project_id == owner.project_id))).scalars()
+            return {r.id: r for r in rows}
+
+    def _prepare(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], r: pb.SubmitJobRequest, prefix: str,
+                 now: datetime) -> Prepared:
+        config = self.deps.config
+        jt = types.get(uuid.UUID(r.job_type_id))
+        if jt is None:  # unknown, or another project's (another customer's) type: not found either way
+            raise NotFound(f"{prefix}job_type_id: job type {r.job_type_id} not found in this project",
+                           field=prefix + "job_type_id", reason="JOB_TYPE_NOT_FOUND")
+        if not jt.enabled:
+            raise FailedPrecondition(f"{prefix}job_type_id: job type {jt.name} is disabled",
+                                     field=prefix + "job_type_id", reason="JOB_TYPE_DISABLED")
+        payload = plain(r.payload) if r.HasField("payload") else {}
+        size = len(json.dumps(payload, separators=(",", ":")).encode())
+        if size > config.max_payload_bytes:
+            raise _bad(prefix + "payload", f"is {size} bytes, more than the limit of {config.max_payload_bytes}",
+                       "PAYLOAD_TOO_LARGE")
+        priority = r.priority or jt.default_priority
+        if priority not in PRIORITIES:
+            raise _bad(prefix + "priority", f"unknown priority {r.priority}", "INVALID_PRIORITY")
+        persistence = r.persistence_policy or jt.default_persistence_policy
+        if persistence not in PERSISTENCE:
+            raise _bad(prefix + "persistence_policy", f"unknown persistence policy {r.persistence_policy}",
+                       "INVALID_PERSISTENCE_POLICY")
+        if r.HasField("retry_policy"):
+            rp = r.retry_policy
+            try:
+                retry = _retry_policy({"max_attempts": rp.max_attempts,
+                                       "initial_interval_seconds": rp.initial_interval_seconds,
+                                       "backoff_multiplier": rp.backoff_multiplier,
+                                       "max_interval_seconds": rp.max_interval_seconds,
+                                       "non_retryable_error_types": list(rp.non_retryable_error_types)})
+            except DomainError as err:
+                raise _renamed(err, "job_type.default_retry_policy", prefix + "retry_policy") from None
+        else:
+            retry = {"retry_max_attempts": jt.retry_max_attempts,
+                     "retry_initial_interval_seconds": jt.retry_initial_interval_seconds,
+                     "retry_backoff_multiplier": jt.retry_backoff_multiplier,
+                     "retry_max_interval_seconds": jt.retry_max_interval_seconds,
+                     "non_retryable_error_types": list(jt.non_retryable_error_types or ())}
+        schedule = None
+        if r.HasField("schedule_time"):
+            schedule = to_datetime(r.schedule_time)
+            horizon = now + timedelta(days=config.max_schedule_days)
+            if schedule > horizon:
+                raise _bad(prefix + "schedule_time", f"is more than {config.max_schedule_days} days ahead",
+                           "SCHEDULE_TOO_FAR")
+            if schedule <= now:
+                schedule = None
+        if len(r.request_id) > MAX_REQUEST_ID:
+            raise _bad(prefix + "request_id", f"at most {MAX_REQUEST_ID} characters", "INVALID_REQUEST_ID")
+        job_id = job_id_for(owner.project_id, r.request_id)
+        cost = jt.base_cost_cents
+        job = Job(
+            id=job_id, project_id=owner.project_id, customer_id=owner.customer_id, reseller_id=owner.reseller_id,
+            job_type_id=jt.id, job_type_name=jt.name, queue_name=queue_name(jt.name, jt.required_tags or ()),
+            status=SCHEDULED if schedule else PENDING, priority=priority, persistence_policy=persistence,
+            settings={"timeout_seconds": jt.timeout_seconds, "max_cost_cents": jt.max_cost_cents,
+                      "over_capture_policy": jt.over_capture_policy, "charge_on_failure": jt.charge_on_failure,
+                      "processor_type": jt.processor_type, "external_api": jt.external_api,
+                      "max_batch_size": jt.max_batch_size, "required_tags": list(jt.required_tags or ())},
+            payload=payload, result=None, error="", error_type="", runner_id="", attempt_count=0,
+            next_attempt_time=schedule, cost_cents=0, estimated_cost_cents=cost,
+            currency_code=jt.currency_code or config.default_currency, hold_id=str(job_id) if cost > 0 else "",
+            retry_count=0, create_time=now, schedule_time=schedule, queue_time=None if schedule else now,
+            update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
+            lease_session_id="", dead_lettered=False, trace_context=_trace_context(r), purged=False, **retry,
+        )
+        return Prepared(job, request_hash(r))
+
+    async def _hold_and_store(self, owner: ProjectOwner, fresh: list[Prepared], scope: str, prefix: Any,
+                              positions: list[int], now: datetime) -> None:
+        deps = self.deps
+        held = [(p, pos) for p, pos in zip(fresh, positions, strict=True) if p.job.hold_id]
+        hold_ids = [p.job.hold_id for p, _ in held]
+        if held:
+            async with deps.db.session() as s:
+                await s.execute(insert(SubmitIntent).values([
+                    {"hold_id": p.job.hold_id, "job_id": p.job.id, "create_time": now} for p, _ in held
+                ]).on_conflict_do_nothing())
+            outcomes = await deps.billing.reserve([
+                HoldRequest(p.job.hold_id, str(owner.customer_id), p.job.estimated_cost_cents, p.job.currency_code,
+                            str(p.job.id), (p.job.schedule_time or now) + HOLD_MARGIN) for p, _ in held])
+            failed = [(pos, err) for (_, pos), err in zip(held, outcomes, strict=True) if err is not None]
+            if failed:  # all or nothing: give back what was held
+                ok = [p.job.hold_id for (p, _), err in zip(held, outcomes, strict=True) if err is None]
+                if ok:
+                    await deps.billing.release(ok, "submit refused")
+                async with deps.db.session() as s:
+                    await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
+                pos, err = failed[0]
+                field = prefix(pos) + "job_type_id"
+                if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
+                    raise insufficient_funds(err, prefix(pos).rstrip(".") or "project_id")
+                if err.reason == "CURRENCY_MISMATCH":
+                    raise FailedPrecondition(f"{field}: the type's currency differs from the wallet's ({err.message})",
+                                             field=field, reason=err.reason)
+                raise err
+        changes = Changes()
+        try:
+            async with deps.db.session() as s:
+                for p in fresh:
+                    s.add(p.job)
+                    s.add(JobStatusChange(job_id=p.job.id, status=p.job.status, time=now, attempt=0,
+                                          reason="submitted" if p.job.status == PENDING
+                                          else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"))
+                    if p.job.request_id:
+                        await idempotency.remember(s, IdempotencyKey, scope, p.job.request_id, p.hash, p.job.id)
+                if held:
+                    await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
+        except IntegrityError:  # a concurrent repeat of the same request id stored the job first
+            raise Aborted("a concurrent submit with the same request_id won; repeat to get its job",
+                          reason="CONCURRENT_REQUEST") from None
+        ready = [QueueItem(str(p.job.id), p.job.queue_name, str(p.job.customer_id), p.job.priority, now.timestamp())
+                 for p in fresh if p.job.status == PENDING]
+        later = [ScheduledItem(str(p.job.id), p.job.queue_name, str(p.job.customer_id), p.job.priority,
+                               p.job.schedule_time.timestamp()) for p in fresh
+                 if p.job.status == SCHEDULED and p.job.schedule_time is not None]
+        if ready:
+            await deps.queue.enqueue(ready)
+            changes.ready_queues.update(i.job_type for i in ready)
+        if later:
+            await deps.queue.schedule(later)
+            changes.scheduled = True
+        for p in fresh:
+            metrics.submitted.add(1, {"job_type": p.job.job_type_name,
+                                      "priority": priority_name(p.job.priority)})
+        await changes.publish(deps.signals)

@@ -1,0 +1,47 @@
+"""One place that wires the jobs use cases together (the process and the tests share it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as aioredis
+
+from innosystem.kit.db import Database
+from services.jobs.api import UseCases
+from services.jobs.billing import Billing
+from services.jobs.config import JobsConfig
+from services.jobs.control import Control
+from services.jobs.leases import Leases
+from services.jobs.loops import Loops
+from services.jobs.queries import Queries
+from services.jobs.queue import JobQueue
+from services.jobs.runtime import Deps
+from services.jobs.service import JobsService
+from services.jobs.signals import Signals
+from services.jobs.submission import Submission
+from services.jobs.tenants import Projects
+
+
+@dataclass
+class App:
+    deps: Deps
+    types: JobsService
+    cases: UseCases
+    loops: Loops
+    signals: Signals
+
+
+def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc.aio.Channel, billing: Billing,
+          clock: Callable[[], float], prefix: str = "jobs:") -> App:
+    projects = Projects(tenancy, config.project_cache_seconds)
+    types = JobsService(db, projects)
+    signals = Signals(redis, prefix)
+    deps = Deps(db=db, queue=JobQueue(redis, prefix), billing=billing, projects=projects, signals=signals,
+                config=config, clock=clock)
+    queries = Queries(deps, types._visible_project)
+    leases = Leases(deps)
+    cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,
+                     control=Control(deps, queries), leases=leases)
+    return App(deps, types, cases, Loops(deps, leases), signals)

@@ -1,0 +1,152 @@
+"""A jobs service under test: real embedded PostgreSQL and Valkey, real billing over signed gRPC
+(through the kit's server bootstrap), tenancy played by the small double, and a controllable clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+
+from innosystem.billing.v1 import billing_pb2_grpc
+from innosystem.embedded import free_port
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.kit import principal as principals
+from innosystem.kit.clients import channel
+from innosystem.kit.config import Addresses, CommonConfig, to_async_url
+from innosystem.kit.db import Database
+from innosystem.kit.redis import connect
+from innosystem.kit.server import Service, build_server
+from innosystem.tenancy.v1 import tenancy_pb2_grpc
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing.api import BillingApi
+from services.billing.otb import OpenToBuy
+from services.billing.service import BillingService
+from services.jobs.billing import Billing
+from services.jobs.config import JobsConfig
+from services.jobs.models import JobType
+from services.jobs.wiring import App, build
+from tests.billing.billing_helpers import ADMIN as BILLING_ADMIN
+from tests.billing.billing_helpers import rates
+from tests.jobs.test_job_types_service import FakeTenancy
+
+SECRET = b"s" * 32
+RUNNERS = Principal(kind=principals.SERVICE, service="runners")
+ADMIN = Principal(kind=principals.ADMIN, key_id="admin")
+
+
+class Clock:
+    """Epoch seconds that move only when a test says so (and start at the real time)."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@dataclass
+class Customer:
+    principal: Principal
+    project_id: str
+
+
+@dataclass
+class JobsWorld:
+    app: App
+    billing: BillingService
+    tenancy: FakeTenancy
+    clock: Clock
+    redis: aioredis.Redis
+    config: JobsConfig
+    closers: list[Any] = field(default_factory=list)
+
+    async def customer(self, funds: int = 100_000) -> Customer:
+        cid = str(uuid.uuid4())
+        await self.billing.open_wallet(cid, "", "USD", 0)
+        if funds:
+            await self.billing.top_up(BILLING_ADMIN, cid, funds, "", f"fund-{cid}", "")
+        self.tenancy.customers[cid] = ""
+        who = Principal(kind=principals.CUSTOMER, customer_id=cid, key_id=f"k-{cid[:8]}")
+        pid = str(uuid.uuid4())
+        self.tenancy.projects[pid] = cid
+        return Customer(who, pid)
+
+    async def job_type(self, c: Customer, **fields: Any) -> JobType:
+        fields.setdefault("name", f"t-{uuid.uuid4().hex[:8]}")
+        fields.setdefault("base_cost_cents", 10)
+        return await self.app.types.create_job_type(c.principal, c.project_id, fields, "", b"")
+
+    async def available(self, c: Customer) -> int:
+        wallet = await self.billing.get_wallet(BILLING_ADMIN, c.principal.customer_id)
+        return int(wallet.balance - wallet.held)
+
+    async def submit(self, c: Customer, jt: JobType, **kw: Any) -> Any:
+        return await self.app.cases.submission.submit(
+            c.principal, pb.SubmitJobRequest(project_id=c.project_id, job_type_id=str(jt.id), **kw))
+
+    async def lease(self, names: list[str], max_jobs: int = 10, wait_ms: int = 0, runner: str = "r1",
+                    **kw: Any) -> list[pb.JobLease]:
+        return await self.app.cases.leases.lease(pb.LeaseJobsRequest(
+            runner_id=runner, session_id="s1", job_type_names=names, max_jobs=max_jobs, wait_ms=wait_ms, **kw))
+
+    async def complete(self, lease: pb.JobLease, outcome: int = pb.ATTEMPT_OUTCOME_SUCCEEDED,
+                       **result: Any) -> pb.CompletionResult:
+        (res,) = await self.app.cases.leases.complete([pb.JobCompletion(
+            job_id=lease.job_id, lease_id=lease.lease_id, runner_id=lease.runner_id,
+            result=pb.AttemptResult(outcome=outcome, **result))])
+        return res
+
+    async def get(self, job_id: str, caller: Principal = ADMIN) -> pb.Job:
+        return await self.app.cases.queries.get(caller, job_id, pb.JOB_VIEW_FULL)
+
+
+async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncIterator[JobsWorld]:
+    redis = connect(redis_url)
+    db = Database(to_async_url(database_url), pool_size=5)
+    bill_db = Database(to_async_url(database_url), pool_size=5)
+    billing = BillingService(bill_db, OpenToBuy(redis), rates)
+    common = CommonConfig(service="billing", database_url=to_async_url(database_url), redis_url=redis_url,
+                          internal_secret=SECRET, addresses=Addresses(), listen="127.0.0.1:0", log_format="",
+                          log_level="INFO", grace_seconds=1.0, metrics_port=0)
+    api = BillingApi(billing)
+    server, _ = build_server(common, Service(
+        name="billing", service_names=[],
+        register=lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(api, s)))
+    bport = free_port()
+    server.add_insecure_port(f"127.0.0.1:{bport}")
+    await server.start()
+    fake = FakeTenancy()
+    tserver = grpc.aio.server()
+    tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(fake, tserver)
+    tport = free_port()
+    tserver.add_insecure_port(f"127.0.0.1:{tport}")
+    await tserver.start()
+    tenancy = channel(f"127.0.0.1:{tport}", service="jobs", secret=SECRET)
+    billing_channel = channel(f"127.0.0.1:{bport}", service="jobs", secret=SECRET)
+    clock = Clock()
+    jobs_config = JobsConfig(common=common, **config)
+    app = build(jobs_config, db, redis, tenancy, Billing(billing_channel), clock, prefix=f"jt{uuid.uuid4().hex[:6]}:")
+    listener = asyncio.create_task(app.signals.listen_forever())
+    world = JobsWorld(app, billing, fake, clock, redis, jobs_config)
+    try:
+        yield world
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await tenancy.close()
+        await billing_channel.close()
+        await server.stop(None)
+        await tserver.stop(None)
+        await billing.close()
+        await db.close()
+        await bill_db.close()
+        await redis.aclose()

@@ -1,0 +1,134 @@
+"""SubmitJob, BatchSubmitJobs, GetJob and ListJobs on the real database, Redis and billing."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from innosystem.jobs.v1 import job_types_pb2 as types_pb
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from tests.jobs.jobs_world import JobsWorld
+
+
+def payload(**values: object) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+async def test_submit_holds_the_cost_stores_and_queues(world: JobsWorld) -> None:
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, base_cost_cents=25, default_priority=types_pb.PRIORITY_LEVEL_HIGH)
+    job = await world.submit(c, jt, payload=payload(n=1))
+    assert job.status == types_pb.JOB_STATUS_PENDING and job.priority == types_pb.PRIORITY_LEVEL_HIGH
+    assert job.estimated_cost_cents == 25 and job.hold_id == str(job.id)
+    assert await world.available(c) == 975
+    got = await world.get(str(job.id), c.principal)
+    assert got.payload["n"] == 1 and got.status_history[0].reason == "submitted"
+    assert got.pending_info.reason == pb.PENDING_REASON_NO_COMPATIBLE_RUNNER  # nobody asked for the type yet
+    assert got.trace_context == dict(job.trace_context)
+    assert (await world.app.deps.queue.depth(job.queue_name))[types_pb.PRIORITY_LEVEL_HIGH] == 1
+
+
+async def test_request_id_repeat_returns_the_same_job_and_reuse_is_refused(world: JobsWorld) -> None:
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, base_cost_cents=10)
+    first = await world.submit(c, jt, payload=payload(a=1), request_id="req-1")
+    again = await world.submit(c, jt, payload=payload(a=1), request_id="req-1")
+    assert again.id == first.id
+    assert await world.available(c) == 990  # held once
+    with pytest.raises(InvalidArgument) as caught:
+        await world.submit(c, jt, payload=payload(a=2), request_id="req-1")
+    assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED" and caught.value.violations[0][0] == "request_id"
+
+
+@pytest.mark.parametrize("field, kwargs, reason", [
+    ("payload", {"payload": payload(blob="x" * 3000)}, "PAYLOAD_TOO_LARGE"),
+    ("priority", {"priority": -1}, "INVALID_PRIORITY"),
+    ("priority", {"priority": 9}, "INVALID_PRIORITY"),
+    ("retry_policy.max_attempts", {"retry_policy": types_pb.RetryPolicy(max_attempts=0)}, "INVALID_RETRY_POLICY"),
+    ("retry_policy.backoff_multiplier", {"retry_policy": types_pb.RetryPolicy(max_attempts=2, backoff_multiplier=0.5)},
+     "INVALID_RETRY_POLICY"),
+    ("schedule_time", {"schedule_time": Timestamp(seconds=4_000_000_000)}, "SCHEDULE_TOO_FAR"),
+    ("persistence_policy", {"persistence_policy": 7}, "INVALID_PERSISTENCE_POLICY"),
+])
+async def test_bad_input_names_the_field_and_reserves_and_queues_nothing(
+        world: JobsWorld, field: str, kwargs: dict[str, object], reason: str) -> None:
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, base_cost_cents=10)
+    object.__setattr__(world.config, "max_payload_bytes", 2048)
+    try:
+        with pytest.raises(DomainError) as caught:
+            await world.submit(c, jt, **kwargs)
+    finally:
+        object.__setattr__(world.config, "max_payload_bytes", 1024 * 1024)
+    assert caught.value.reason == reason and caught.value.violations[0][0] == field
+    assert await world.available(c) == 1000
+    listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
+    assert listed == []
+
+
+async def test_unknown_disabled_and_foreign_types_are_refused(world: JobsWorld) -> None:
+    c, other = await world.customer(funds=1000), await world.customer(funds=1000)
+    disabled = await world.job_type(c, enabled=False)
+    foreign = await world.job_type(other)
+    with pytest.raises(FailedPrecondition) as caught:
+        await world.submit(c, disabled)
+    assert caught.value.reason == "JOB_TYPE_DISABLED" and caught.value.violations[0][0] == "job_type_id"
+    with pytest.raises(NotFound) as missing:
+        await world.submit(c, foreign)
+    assert missing.value.violations[0][0] == "job_type_id"
+    assert await world.available(c) == 1000
+
+
+async def test_insufficient_funds_stores_and_holds_nothing(world: JobsWorld) -> None:
+    c = await world.customer(funds=5)
+    jt = await world.job_type(c, base_cost_cents=10)
+    with pytest.raises(FailedPrecondition) as caught:
+        await world.submit(c, jt)
+    assert caught.value.reason == "INSUFFICIENT_FUNDS"
+    assert await world.available(c) == 5
+    listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
+    assert listed == []
+
+
+async def test_batch_is_all_or_nothing_and_names_the_item(world: JobsWorld) -> None:
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=10)
+    sub = world.app.cases.submission
+    ok = [pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(5)]
+    jobs = await sub.batch_submit(c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=ok))
+    assert len(jobs) == 5 and await world.available(c) == 50
+    bad = [*ok, pb.SubmitJobRequest(job_type_id=str(jt.id), priority=12)]
+    with pytest.raises(InvalidArgument) as caught:
+        await sub.batch_submit(c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=bad))
+    assert caught.value.violations[0][0] == "requests[5].priority"
+    too_much = [pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(6)]  # 60 > 50 available
+    with pytest.raises(FailedPrecondition):
+        await sub.batch_submit(c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=too_much))
+    assert await world.available(c) == 50
+    listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
+    assert len(listed) == 5
+
+
+async def test_list_pages_newest_first_and_filters(world: JobsWorld) -> None:
+    c = await world.customer(funds=10_000)
+    jt = await world.job_type(c, base_cost_cents=1)
+    made = []
+    for i in range(7):
+        world.clock.advance(0.01)
+        made.append(await world.submit(c, jt, priority=types_pb.PRIORITY_LEVEL_LOW if i % 2 else
+                                       types_pb.PRIORITY_LEVEL_CRITICAL))
+    q = world.app.cases.queries
+    page, token = await q.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id, page_size=4))
+    rest, end = await q.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id, page_size=4,
+                                                                  page_token=token))
+    assert [j.id for j in page + rest] == [str(j.id) for j in reversed(made)] and end == ""
+    low, _ = await q.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id,
+                                                          priority=types_pb.PRIORITY_LEVEL_LOW))
+    assert len(low) == 3
+    other = await world.customer()
+    with pytest.raises(NotFound):
+        await q.get(other.principal, str(made[0].id), pb.JOB_VIEW_FULL)
