@@ -215,7 +215,7 @@ class Runner:
             self._welcome(welcome, out)
             backoff.reset()
             heartbeat = asyncio.create_task(self._heartbeats(welcome.heartbeat_interval_ms / 1000))
-            async for message in call:
+            while (message := await call.read()) is not grpc.aio.EOF:
                 self._handle(message)
             if not self._stopping.is_set():
                 log.warning("the service closed the stream")

@@ -25,6 +25,7 @@ from opentelemetry import metrics
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
+from innosystem.kit import principal as principals
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import InvalidArgument, PermissionDenied
 from innosystem.runners.v1 import runners_pb2 as pb
@@ -246,7 +247,7 @@ class Hub:
                 reject(FAILED_PRECONDITION, "LEASE_NOT_HELD",
                        f"job {r.job_id} lease {r.lease_id} is not held by this runner")
             else:
-                session.finish(r.job_id, r.lease_id)
+                session.finish(r.job_id, r.lease_id, completing=True)
                 self.results.submit(jobs_pb2.JobCompletion(job_id=r.job_id, lease_id=r.lease_id,
                                                            runner_id=session.runner_id, result=r.result))
         elif kind == "returned":
@@ -384,6 +385,7 @@ class Hub:
     def _ack(self, runner_id: str, ack: pb.ResultAck) -> None:
         session = self.sessions.get(runner_id)
         if session is not None:
+            session.acked(ack.job_id, ack.lease_id)
             session.send(pb.ConnectResponse(result_ack=ack))
 
     async def _closed(self, session: Session, leaser: asyncio.Task[Any]) -> None:
@@ -453,7 +455,7 @@ class Hub:
                                                f"no message for more than {timeout:.1f}s", fatal=True))
             sessions = [s for s in self.sessions.values() if not s.closed.is_set()]
             stale = await self.live.update(
-                (s.runner_id, s.session_id, {"free": s.free(), "running": len(s.held),
+                (s.runner_id, s.session_id, {"free": s.free(), "running": len(s.held) + len(s.completing),
                                              "current_job_id": s.current_job_id, "draining": int(s.draining)})
                 for s in sessions)
             for session in sessions:
@@ -516,9 +518,13 @@ class Hub:
         """Cancel requests for running jobs, forwarded to the runners this replica holds."""
         delay = 0.2
         while True:
+            # Signed here: the kit channel's interceptor does not reach server-streaming calls
+            # (the jobs service saw no principal on them).
+            signed = principals.sign(principals.service_principal("runners"), self.config.common.internal_secret)
             try:
                 async for notice in self.jobs.WatchCancellations(
-                        jobs_pb2.WatchCancellationsRequest(replica=self.replica), wait_for_ready=True):
+                        jobs_pb2.WatchCancellationsRequest(replica=self.replica), metadata=signed,
+                        wait_for_ready=True):
                     delay = 0.2
                     session = self.sessions.get(notice.runner_id)
                     if session is not None and session.held.get(notice.job_id) == notice.lease_id:

@@ -45,6 +45,9 @@ class Session:
     draining: bool = False
     seq: int = 0
     held: dict[str, str] = field(default_factory=dict)  # job id → lease id
+    # Results passed on but not yet committed by the jobs service: their slots free on the ack,
+    # so the jobs service never sees the runner running more jobs than it has slots.
+    completing: dict[str, str] = field(default_factory=dict)
     progress: dict[str, jobs_pb2.JobProgress] = field(default_factory=dict)
     cancel_sent: set[str] = field(default_factory=set)
     recent: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
@@ -60,7 +63,7 @@ class Session:
         """Jobs it may be given now: never more than its free slots."""
         if self.closed.is_set() or self.draining or self.maintenance or not self.processors:
             return 0
-        return max(0, min(self.max_slots - len(self.held), self.reported_free))
+        return max(0, min(self.max_slots - len(self.held) - len(self.completing), self.reported_free))
 
     def send(self, message: pb.ConnectResponse) -> None:
         self.out.put_nowait(message)
@@ -78,18 +81,27 @@ class Session:
         self.current_job_id = lease.job_id
         self.send(pb.ConnectResponse(assignment=pb.JobAssignment(seq=self.seq, lease=lease)))
 
-    def finish(self, job_id: str, lease_id: str) -> None:
-        """A result or a return arrived: the slot is free again."""
+    def finish(self, job_id: str, lease_id: str, *, completing: bool = False) -> None:
+        """A result (its slot frees when the jobs service has it: `acked`) or a return arrived."""
         self.held.pop(job_id, None)
         self.progress.pop(job_id, None)
         self.cancel_sent.discard(job_id)
-        self.reported_free += 1
+        if completing:
+            self.completing[job_id] = lease_id
+        else:
+            self.reported_free += 1
         self.recent[(job_id, lease_id)] = None
         while len(self.recent) > RECENT_RESULTS:
             self.recent.popitem(last=False)
         if self.current_job_id == job_id:
             self.current_job_id = next(reversed(self.held), "") if self.held else ""
         self.changed.set()
+
+    def acked(self, job_id: str, lease_id: str) -> None:
+        if self.completing.get(job_id) == lease_id:
+            del self.completing[job_id]
+            self.reported_free += 1
+            self.changed.set()
 
     def drop(self, job_id: str) -> None:
         """The lease is no longer the runner's (stale, lost): forget it without a result."""
@@ -105,4 +117,4 @@ class Session:
         self.changed.set()
 
     def status(self) -> int:
-        return BUSY if self.max_slots - len(self.held) <= 0 else AVAILABLE
+        return BUSY if self.max_slots - len(self.held) - len(self.completing) <= 0 else AVAILABLE
