@@ -22,7 +22,6 @@ from services.jobs.runtime import FINAL, PENDING, SCHEDULED, Deps, priority_name
 log = logging.getLogger(__name__)
 
 PROMOTE_MAX_SLEEP = 5.0  # the promoter re-reads the scheduled queues at least this often
-INTENT_GRACE = timedelta(seconds=60)  # a submit in flight finishes well within this
 RECOVERY_GRACE = timedelta(seconds=2)  # jobs committed this recently may still be on their way to Redis
 CHUNK = 2000
 RETENTION_INTERVAL = 3600.0
@@ -85,7 +84,7 @@ class Loops:
         Holds of submits that died before their commit are released. Returns (queued, released)."""
         deps = self.deps
         now = deps.now()
-        released = await self._release_orphan_holds(now)
+        released = await self._release_orphan_holds()
         queued = 0
         after = uuid.UUID(int=0)
         while True:
@@ -117,20 +116,23 @@ class Loops:
             log.info("recovery: %d jobs back in Redis, %d orphan holds released", queued, released)
         return queued, released
 
-    async def _release_orphan_holds(self, now: object) -> int:
+    async def _release_orphan_holds(self) -> int:
+        """Intents past their grace that no submit holds locked (its process died): release the hold
+        unless the job was stored after all."""
         deps = self.deps
+        grace = timedelta(seconds=deps.config.intent_grace_seconds)
         async with deps.db.session() as s:
-            intents = (await s.execute(select(SubmitIntent).where(SubmitIntent.create_time < deps.now() - INTENT_GRACE)
-                                       .limit(CHUNK))).scalars().all()
+            intents = (await s.execute(select(SubmitIntent).where(SubmitIntent.create_time < deps.now() - grace)
+                                       .limit(CHUNK).with_for_update(skip_locked=True))).scalars().all()
             if not intents:
                 return 0
             existing = set((await s.execute(select(Job.id).where(Job.id.in_([i.job_id for i in intents])))).scalars())
-        orphans = [i.hold_id for i in intents if i.job_id not in existing]
-        if orphans:
-            for hold, err in zip(orphans, await deps.billing.release(orphans, "submit did not complete"), strict=True):
-                if err is not None and err.reason not in ("HOLD_NOT_FOUND",):
-                    log.warning("cannot release orphan hold %s: %s", hold, err)
-        async with deps.db.session() as s:
+            orphans = [i.hold_id for i in intents if i.job_id not in existing]
+            if orphans:
+                outcomes = await deps.billing.release(orphans, "submit did not complete")
+                for hold, err in zip(orphans, outcomes, strict=True):
+                    if err is not None and err.reason != "HOLD_NOT_FOUND":
+                        log.warning("cannot release orphan hold %s: %s", hold, err)
             await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_([i.hold_id for i in intents])))
         return len(orphans)
 

@@ -212,8 +212,34 @@ class Submission:
         )
         return Prepared(job, request_hash(r))
 
+    async def _reserve(self, owner: ProjectOwner, held: list[tuple[Prepared, int]], prefix: Any,
+                       now: datetime) -> DomainError | None:
+        """Hold every cost, or none: on any refusal the holds made are released and the first refusal
+        is returned, naming its item."""
+        deps = self.deps
+        outcomes = await deps.billing.reserve([
+            HoldRequest(p.job.hold_id, str(owner.customer_id), p.job.estimated_cost_cents, p.job.currency_code,
+                        str(p.job.id), (p.job.schedule_time or now) + HOLD_MARGIN) for p, _ in held])
+        failed = [(pos, err) for (_, pos), err in zip(held, outcomes, strict=True) if err is not None]
+        if not failed:
+            return None
+        ok = [p.job.hold_id for (p, _), err in zip(held, outcomes, strict=True) if err is None]
+        if ok:
+            await deps.billing.release(ok, "submit refused")
+        pos, err = failed[0]
+        field = prefix(pos) + "job_type_id"
+        if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
+            return insufficient_funds(err, prefix(pos).rstrip(".") or "project_id")
+        if err.reason == "CURRENCY_MISMATCH":
+            return FailedPrecondition(f"{field}: the type's currency differs from the wallet's ({err.message})",
+                                      field=field, reason=err.reason)
+        return err
+
     async def _hold_and_store(self, owner: ProjectOwner, fresh: list[Prepared], scope: str, prefix: Any,
                               positions: list[int], now: datetime) -> None:
+        """Intents committed, then one transaction that locks them, reserves the holds, stores the jobs
+        and deletes the intents. Recovery skips locked intents, so it never releases the hold of a
+        submit still in flight, however slow; a dead submit's lock goes with its connection."""
         deps = self.deps
         held = [(p, pos) for p, pos in zip(fresh, positions, strict=True) if p.job.hold_id]
         hold_ids = [p.job.hold_id for p, _ in held]
@@ -222,39 +248,29 @@ class Submission:
                 await s.execute(insert(SubmitIntent).values([
                     {"hold_id": p.job.hold_id, "job_id": p.job.id, "create_time": now} for p, _ in held
                 ]).on_conflict_do_nothing())
-            outcomes = await deps.billing.reserve([
-                HoldRequest(p.job.hold_id, str(owner.customer_id), p.job.estimated_cost_cents, p.job.currency_code,
-                            str(p.job.id), (p.job.schedule_time or now) + HOLD_MARGIN) for p, _ in held])
-            failed = [(pos, err) for (_, pos), err in zip(held, outcomes, strict=True) if err is not None]
-            if failed:  # all or nothing: give back what was held
-                ok = [p.job.hold_id for (p, _), err in zip(held, outcomes, strict=True) if err is None]
-                if ok:
-                    await deps.billing.release(ok, "submit refused")
-                async with deps.db.session() as s:
-                    await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
-                pos, err = failed[0]
-                field = prefix(pos) + "job_type_id"
-                if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
-                    raise insufficient_funds(err, prefix(pos).rstrip(".") or "project_id")
-                if err.reason == "CURRENCY_MISMATCH":
-                    raise FailedPrecondition(f"{field}: the type's currency differs from the wallet's ({err.message})",
-                                             field=field, reason=err.reason)
-                raise err
-        changes = Changes()
+        refused: DomainError | None = None
         try:
             async with deps.db.session() as s:
-                for p in fresh:
-                    s.add(p.job)
-                    s.add(JobStatusChange(job_id=p.job.id, status=p.job.status, time=now, attempt=0,
-                                          reason="submitted" if p.job.status == PENDING
-                                          else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"))
-                    if p.job.request_id:
-                        await idempotency.remember(s, IdempotencyKey, scope, p.job.request_id, p.hash, p.job.id)
                 if held:
+                    await s.execute(select(SubmitIntent.hold_id).where(SubmitIntent.hold_id.in_(hold_ids))
+                                    .with_for_update())
+                    refused = await self._reserve(owner, held, prefix, now)
                     await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
+                if refused is None:
+                    for p in fresh:
+                        s.add(p.job)
+                        s.add(JobStatusChange(
+                            job_id=p.job.id, status=p.job.status, time=now, attempt=0,
+                            reason="submitted" if p.job.status == PENDING
+                            else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"))
+                        if p.job.request_id:
+                            await idempotency.remember(s, IdempotencyKey, scope, p.job.request_id, p.hash, p.job.id)
         except IntegrityError:  # a concurrent repeat of the same request id stored the job first
             raise Aborted("a concurrent submit with the same request_id won; repeat to get its job",
                           reason="CONCURRENT_REQUEST") from None
+        if refused is not None:
+            raise refused
+        changes = Changes()
         ready = [QueueItem(str(p.job.id), p.job.queue_name, str(p.job.customer_id), p.job.priority, now.timestamp())
                  for p in fresh if p.job.status == PENDING]
         later = [ScheduledItem(str(p.job.id), p.job.queue_name, str(p.job.customer_id), p.job.priority,

@@ -1,0 +1,290 @@
+"""The issue's "Done when" and its fault tests, through the gateway against real processes
+(tenancy, billing, jobs, gateway) on their own Valkey; the internal lease API plays the runner."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis as sync_redis
+
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.jobs.v1 import jobs_pb2_grpc
+from innosystem.kit.clients import channel
+from innosystem.stack import Stack
+from tests.conftest import fresh_database
+from tests.e2e.conftest import Client
+
+pytestmark = pytest.mark.e2e
+
+FAST = {
+    "INNOSYSTEM_LOG_FORMAT": "json",
+    "INNOSYSTEM_JOBS_RECOVERY_INTERVAL_SECONDS": "0.5",
+    "INNOSYSTEM_JOBS_INTENT_GRACE_SECONDS": "1",
+    "INNOSYSTEM_JOBS_REAPER_INTERVAL_SECONDS": "0.5",
+    "INNOSYSTEM_JOBS_LEASE_TTL_SECONDS": "30",
+}
+
+
+@pytest.fixture(scope="module")
+def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    """This module flushes Redis, so it gets a Valkey of its own."""
+    server = EmbeddedValkey(tmp_path_factory.mktemp("jobs-e2e") / "valkey", persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(pg_server: EmbeddedPostgres, own_valkey: EmbeddedValkey,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("jobs-e2e-logs")
+    running = Stack(database_url=fresh_database(pg_server), redis_url=own_valkey.url, http_port=free_port(),
+                    fixed_ports=False, log_dir=logs, extra_env=FAST)
+    running.start(services=("tenancy", "billing", "jobs"))
+    try:
+        running.wait_ready(90)
+    except Exception:
+        for path in sorted(logs.glob("*.log")):
+            print(f"--- {path.name}\n{path.read_text()[-3000:]}")
+        running.stop()
+        raise
+    yield running
+    running.stop()
+
+
+@dataclass
+class Tenant:
+    client: Client
+    customer_id: str
+    project_id: str
+    job_types: dict[str, str] = field(default_factory=dict)
+
+
+def _wallet(t: Tenant) -> dict[str, Any]:
+    for _ in range(200):
+        resp = t.client.get(f"/v1/customers/{t.customer_id}/wallet")
+        if resp.status == 200:
+            return dict(resp.body)
+        time.sleep(0.05)
+    raise AssertionError(f"no wallet: {resp.body}")
+
+
+def _cents(wallet: dict[str, Any], key: str) -> int:
+    return int(wallet.get(key, 0))
+
+
+def tenant(stack: Stack, name: str, funds: int, types: dict[str, dict[str, Any]]) -> Tenant:
+    admin = Client(stack.gateway_url, stack.admin_api_key)
+    made = admin.post("/v1/customers", {"name": name, "email": f"{uuid.uuid4().hex[:8]}@example.com"})
+    assert made.status == 200, made.body
+    cid = made.body["customer"]["id"]
+    me = admin.as_key(made.body["apiKey"])
+    project = me.post(f"/v1/customers/{cid}/projects", {"name": "main"})
+    assert project.status == 200, project.body
+    t = Tenant(me, cid, project.body["id"])
+    _wallet(t)
+    topped = admin.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": funds, "requestId": f"fund-{cid}"})
+    assert topped.status == 200, topped.body
+    for type_name, body in types.items():
+        resp = me.post(f"/v1/projects/{t.project_id}/jobTypes", {"name": type_name, **body})
+        assert resp.status == 200, resp.body
+        t.job_types[type_name] = resp.body["id"]
+    return t
+
+
+@pytest.fixture
+async def jobs_stub(stack: Stack) -> AsyncIterator[jobs_pb2_grpc.JobServiceStub]:
+    async with channel(stack.address("jobs"), service="runners", secret=stack.internal_secret.encode()) as ch:
+        yield jobs_pb2_grpc.JobServiceStub(ch)
+
+
+async def drain(stub: jobs_pb2_grpc.JobServiceStub, names: list[str], expect: int, *, fail: set[str] = frozenset(),
+                wait_ms: int = 2000, deadline_s: float = 90) -> list[pb.JobLease]:
+    """Lease and complete (successfully, unless the job id is in `fail`) until `expect` attempts ran."""
+    seen: list[pb.JobLease] = []
+    deadline = time.monotonic() + deadline_s
+    while len(seen) < expect and time.monotonic() < deadline:
+        reply = await stub.LeaseJobs(pb.LeaseJobsRequest(runner_id="e2e-runner", session_id="s",
+                                                         job_type_names=names, max_jobs=50, wait_ms=wait_ms))
+        if not reply.leases:
+            continue
+        seen += reply.leases
+        done = await stub.CompleteJobs(pb.CompleteJobsRequest(completions=[
+            pb.JobCompletion(job_id=x.job_id, lease_id=x.lease_id, runner_id=x.runner_id, result=pb.AttemptResult(
+                outcome=pb.ATTEMPT_OUTCOME_FAILED if x.job_id in fail else pb.ATTEMPT_OUTCOME_SUCCEEDED,
+                error=pb.JobError(message="flaky", type="IOError") if x.job_id in fail else None))
+            for x in reply.leases]))
+        assert not [r for r in done.results if r.HasField("error")], done.results
+    return seen
+
+
+def _all_jobs(t: Tenant) -> list[dict[str, Any]]:
+    out, token = [], ""
+    while True:
+        resp = t.client.get(f"/v1/projects/{t.project_id}/jobs?pageSize=1000&pageToken={token}")
+        assert resp.status == 200, resp.body
+        out += resp.body.get("jobs", [])
+        token = resp.body.get("nextPageToken", "")
+        if not token:
+            return out
+
+
+def _captures(t: Tenant) -> list[str]:
+    """Job ids of the wallet's capture transfers (the ledger)."""
+    out, token = [], ""
+    while True:
+        resp = t.client.get(f"/v1/customers/{t.customer_id}/wallet/transactions?kind=TRANSFER_KIND_CAPTURE"
+                            f"&pageSize=500&pageToken={token}")
+        assert resp.status == 200, resp.body
+        out += [x["jobId"] for x in resp.body.get("transactions", [])]
+        token = resp.body.get("nextPageToken", "")
+        if not token:
+            return out
+
+
+PRIORITIES = ["PRIORITY_LEVEL_CRITICAL", "PRIORITY_LEVEL_HIGH", "PRIORITY_LEVEL_MEDIUM", "PRIORITY_LEVEL_LOW"]
+
+
+async def test_done_when_1000_jobs_two_customers(stack: Stack, jobs_stub: jobs_pb2_grpc.JobServiceStub) -> None:
+    name = "render"
+    big = tenant(stack, "Big", 100_000, {name: {"baseCostCents": 3}})
+    small = tenant(stack, "Small", 100_000, {name: {"baseCostCents": 3}})
+    submitted: dict[str, tuple[str, str]] = {}  # job id → (customer, priority)
+    for t, count in ((big, 900), (small, 100)):
+        reqs = [{"jobTypeId": t.job_types[name], "priority": PRIORITIES[i % 4], "payload": {"i": i}}
+                for i in range(count)]
+        resp = t.client.post(f"/v1/projects/{t.project_id}/jobs:batchSubmit", {"requests": reqs})
+        assert resp.status == 200, resp.body
+        for job in resp.body["jobs"]:
+            submitted[job["id"]] = (t.customer_id, job["priority"])
+    assert _cents(_wallet(big), "heldCents") == 2700
+
+    leases = await drain(jobs_stub, [name], 1000)
+    order = [x.job_id for x in leases]
+    assert sorted(order) == sorted(submitted)  # every job ran exactly once
+    by_class = {p: [j for j in order if submitted[j][1] == p] for p in PRIORITIES}
+    assert max(order.index(j) for j in by_class["PRIORITY_LEVEL_CRITICAL"]) < \
+        min(order.index(j) for j in by_class["PRIORITY_LEVEL_LOW"])
+    for jobs in by_class.values():  # round robin: the small customer's 25 come among the first ~50 of the class
+        small_at = [i for i, j in enumerate(jobs) if submitted[j][0] == small.customer_id]
+        assert len(small_at) == 25 and max(small_at) < 2 * len(small_at) + 2
+    for t, count in ((big, 900), (small, 100)):
+        jobs = _all_jobs(t)
+        assert len(jobs) == count and {j["status"] for j in jobs} == {"JOB_STATUS_SUCCEEDED"}
+        captured = _captures(t)
+        assert sorted(captured) == sorted(j["id"] for j in jobs)  # each charged exactly once
+        wallet = _wallet(t)
+        assert _cents(wallet, "balanceCents") == 100_000 - 3 * count and _cents(wallet, "heldCents") == 0
+
+
+async def test_fail_twice_then_succeed_shows_three_attempts_with_backoff(
+        stack: Stack, jobs_stub: jobs_pb2_grpc.JobServiceStub) -> None:
+    t = tenant(stack, "Flaky", 1000, {"flaky": {"baseCostCents": 5, "defaultRetryPolicy": {
+        "maxAttempts": 3, "initialIntervalSeconds": 1, "backoffMultiplier": 2, "maxIntervalSeconds": 10}}})
+    job = t.client.post(f"/v1/projects/{t.project_id}/jobs", {"jobTypeId": t.job_types["flaky"]}).body
+    await drain(jobs_stub, ["flaky"], 2, fail={job["id"]})
+    await drain(jobs_stub, ["flaky"], 1)
+    full = t.client.get(f"/v1/jobs/{job['id']}").body
+    assert full["status"] == "JOB_STATUS_SUCCEEDED"
+    attempts = full["attempts"]
+    assert [a["outcome"] for a in attempts] == ["ATTEMPT_OUTCOME_FAILED", "ATTEMPT_OUTCOME_FAILED",
+                                                "ATTEMPT_OUTCOME_SUCCEEDED"]
+    starts = [_epoch(a["startTime"]) for a in attempts]
+    ends = [_epoch(a["endTime"]) for a in attempts]
+    assert starts[1] - ends[0] >= 0.9 * 1 and starts[2] - ends[1] >= 0.9 * 2  # backoff 1 s, then 2 s
+    assert any("retry in" in c["reason"] for c in full["statusHistory"])
+    assert _captures(t) == [job["id"]]
+
+
+async def test_cancelled_pending_job_never_runs_and_its_hold_is_gone(
+        stack: Stack, jobs_stub: jobs_pb2_grpc.JobServiceStub) -> None:
+    t = tenant(stack, "Canceller", 1000, {"cancel-me": {"baseCostCents": 40}})
+    job = t.client.post(f"/v1/projects/{t.project_id}/jobs", {"jobTypeId": t.job_types["cancel-me"]}).body
+    assert _cents(_wallet(t), "heldCents") == 40
+    cancelled = t.client.post(f"/v1/jobs/{job['id']}:cancel", {"reason": "not needed"})
+    assert cancelled.status == 200 and cancelled.body["status"] == "JOB_STATUS_CANCELLED", cancelled.body
+    assert _cents(_wallet(t), "heldCents") == 0 and _cents(_wallet(t), "balanceCents") == 1000
+    reply = await jobs_stub.LeaseJobs(pb.LeaseJobsRequest(runner_id="r", job_type_names=["cancel-me"], max_jobs=10,
+                                                          wait_ms=300))
+    assert list(reply.leases) == []
+    assert t.client.get(f"/v1/jobs/{job['id']}").body.get("attempts", []) == []
+
+
+def _epoch(text: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+async def test_redis_flushall_while_queued_and_leased_finishes_each_job_once(
+        stack: Stack, own_valkey: EmbeddedValkey, jobs_stub: jobs_pb2_grpc.JobServiceStub) -> None:
+    t = tenant(stack, "Flushed", 10_000, {"flushed": {"baseCostCents": 2}})
+    reqs = [{"jobTypeId": t.job_types["flushed"]} for _ in range(200)]
+    ids = [j["id"] for j in t.client.post(f"/v1/projects/{t.project_id}/jobs:batchSubmit",
+                                         {"requests": reqs}).body["jobs"]]
+    held = await jobs_stub.LeaseJobs(pb.LeaseJobsRequest(runner_id="before", job_type_names=["flushed"],
+                                                         max_jobs=50))
+    assert len(held.leases) == 50
+    sync_redis.Redis.from_url(own_valkey.url).flushall()
+    done = await jobs_stub.CompleteJobs(pb.CompleteJobsRequest(completions=[
+        pb.JobCompletion(job_id=x.job_id, lease_id=x.lease_id, runner_id=x.runner_id,
+                         result=pb.AttemptResult(outcome=pb.ATTEMPT_OUTCOME_SUCCEEDED)) for x in held.leases]))
+    assert not [r for r in done.results if r.HasField("error")]
+    rest = await drain(jobs_stub, ["flushed"], 150)  # recovery re-enqueues the 150 queued ones from PostgreSQL
+    assert sorted([x.job_id for x in held.leases] + [x.job_id for x in rest]) == sorted(ids)
+    extra = await jobs_stub.LeaseJobs(pb.LeaseJobsRequest(runner_id="after", job_type_names=["flushed"],
+                                                          max_jobs=50, wait_ms=1500))
+    assert list(extra.leases) == []  # nothing runs twice
+    assert {j["status"] for j in _all_jobs(t)} == {"JOB_STATUS_SUCCEEDED"}
+    assert sorted(_captures(t)) == sorted(ids)
+    wallet = _wallet(t)
+    assert _cents(wallet, "balanceCents") == 10_000 - 2 * 200 and _cents(wallet, "heldCents") == 0
+
+
+async def test_jobs_service_killed_during_a_submit_burst(stack: Stack, jobs_stub: jobs_pb2_grpc.JobServiceStub) -> None:
+    t = tenant(stack, "Bursty", 100_000, {"burst": {"baseCostCents": 1}})
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop, enough = threading.Event(), threading.Event()
+
+    def submitter(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            resp = t.client.post(f"/v1/projects/{t.project_id}/jobs",
+                                 {"jobTypeId": t.job_types["burst"], "requestId": f"burst-{n}-{i}"})
+            if resp.status == 200:
+                with lock:
+                    acked.append(resp.body["id"])
+                    if len(acked) >= 40:
+                        enough.set()
+            i += 1
+
+    threads = [threading.Thread(target=submitter, args=(n,)) for n in range(4)]
+    for th in threads:
+        th.start()
+    assert await asyncio.to_thread(enough.wait, 60)  # a burst is under way
+    stack.stop_process("jobs", signal.SIGKILL)
+    stop.set()
+    for th in threads:
+        th.join()
+    stack.start(services=("jobs",), gateway=False)
+    stack.wait_ready(60)
+    await asyncio.sleep(2.5)  # recovery: intents past their grace, missing queue entries
+    async with channel(stack.address("jobs"), service="runners", secret=stack.internal_secret.encode()) as ch:
+        stub = jobs_pb2_grpc.JobServiceStub(ch)
+        existing = {j["id"] for j in _all_jobs(t)}
+        assert set(acked) <= existing  # every acknowledged job exists
+        ran = await drain(stub, ["burst"], len(existing))
+        assert sorted(x.job_id for x in ran) == sorted(existing)  # ... and runs, exactly once
+    assert {j["status"] for j in _all_jobs(t)} == {"JOB_STATUS_SUCCEEDED"}
+    assert sorted(_captures(t)) == sorted(existing)
+    wallet = _wallet(t)  # no hold without a job: nothing is left held
+    assert _cents(wallet, "heldCents") == 0 and _cents(wallet, "balanceCents") == 100_000 - len(existing)
