@@ -12,12 +12,13 @@ from typing import Any
 import grpc
 import pytest
 
-from innosystem.jobs.v1 import jobs_pb2
+from innosystem.jobs.v1 import job_types_pb2, jobs_pb2
 from innosystem.runners.v1 import runners_pb2 as pb
 from innosystem.runners.v1 import runners_pb2_grpc
 from innosystem.stack import Stack
 from tests.e2e.conftest import Client
 from tests.runners.conftest import wait_for
+from tests.runners.world import BASE_COST, tenant
 
 pytestmark = pytest.mark.e2e
 
@@ -217,3 +218,63 @@ async def test_a_customer_runner_is_refused_processors_for_types_the_customer_la
     await stream.close()
 
 
+
+
+async def test_a_duplicate_result_is_rejected_and_the_job_charged_once(stack: Stack, admin: Client) -> None:
+
+
+    t = tenant(admin)
+    echo = t.job_type("echo")
+    _, token = _runner(admin)
+    stream = Stream(stack, token)
+    stream.hello(processors=(echo["name"],))
+    await stream.read_kind("welcome")
+    before = t.balance()
+    job = t.submit(echo, {"n": 1})
+    assignment = (await stream.read_kind("assignment")).assignment
+    assert assignment.seq == 1 and assignment.lease.job_id == job["id"] and assignment.lease.attempt == 1
+    result = pb.JobResult(job_id=job["id"], lease_id=assignment.lease.lease_id, result=jobs_pb2.AttemptResult(
+        outcome=jobs_pb2.AttemptOutcome.ATTEMPT_OUTCOME_SUCCEEDED))
+    stream.send(message_id="first", result=result)
+    ack = (await stream.read_kind("result_ack")).result_ack
+    assert not ack.HasField("error") and ack.job_status == job_types_pb2.JobStatus.JOB_STATUS_SUCCEEDED
+    stream.send(message_id="again", result=result)
+    duplicate = (await stream.read_kind("error")).error
+    assert duplicate.message_id == "again" and "DUPLICATE_RESULT" in duplicate.status.message
+    assert not duplicate.fatal
+    wait_for(lambda: t.balance() == before - BASE_COST, what="charged")
+    assert t.job(job["id"])["attemptCount"] == 1
+    await stream.close()
+
+
+async def test_a_result_after_the_lease_expired_is_rejected(stack: Stack, admin: Client) -> None:
+
+
+    t = tenant(admin)
+    echo = t.job_type("echo", max_attempts=1, timeout_seconds=1)
+    _, token = _runner(admin)
+    stream = Stream(stack, token)
+    stream.hello(processors=(echo["name"],))
+    await stream.read_kind("welcome")
+    job = t.submit(echo)
+    lease = (await stream.read_kind("assignment")).assignment.lease
+    # keep the stream alive past the attempt's timeout: the lease expires, the job fails
+    deadline = asyncio.get_running_loop().time() + 20
+    while t.job(job["id"])["status"] != "JOB_STATUS_FAILED":
+        assert asyncio.get_running_loop().time() < deadline, "the lease never expired"
+        stream.send(heartbeat=pb.Heartbeat())
+        await asyncio.sleep(0.2)
+    stream.send(message_id="late", result=pb.JobResult(job_id=job["id"], lease_id=lease.lease_id,
+                                                       result=jobs_pb2.AttemptResult(
+                                                           outcome=jobs_pb2.AttemptOutcome.ATTEMPT_OUTCOME_SUCCEEDED)))
+    while True:
+        answer = await stream.read()
+        kind = answer.WhichOneof("kind")
+        if kind == "error" and answer.error.message_id == "late":
+            assert "LEASE_NOT_HELD" in answer.error.status.message
+            break
+        if kind == "result_ack" and answer.result_ack.job_id == job["id"]:
+            assert answer.result_ack.HasField("error")
+            break
+    assert t.job(job["id"])["status"] == "JOB_STATUS_FAILED"
+    await stream.close()
