@@ -133,10 +133,11 @@ class Control:
         job = await self.queries.visible_job(caller, job_id)
         channel = self.deps.signals.job_prefix + str(job.id)
         async with self.deps.signals.subscribe(channel) as incoming:
-            job = await self.queries.visible_job(caller, job_id)  # after subscribing: nothing is missed
-            yield pb.JobEvent(type=pb.JOB_EVENT_TYPE_SNAPSHOT, event_time=timestamp(self.deps.now()),
-                              job=await self.queries.job_message(job, full=False))
+            # read after subscribing, and before the first yield (the caller may resume us much later)
             last_change = await self._last_change_id(job.id)
+            job = await self.queries.visible_job(caller, job_id)
+            snapshot = await self.queries.job_message(job, full=False)
+            yield pb.JobEvent(type=pb.JOB_EVENT_TYPE_SNAPSHOT, event_time=timestamp(self.deps.now()), job=snapshot)
             while job.status not in FINAL:
                 try:
                     event = await asyncio.wait_for(incoming.get(), WATCH_RECHECK_SECONDS)

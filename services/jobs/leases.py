@@ -33,6 +33,7 @@ from services.jobs.runtime import (
     FAILED,
     PENDING,
     RUNNING,
+    SCHEDULED,
     SUCCEEDED,
     Changes,
     Deps,
@@ -152,7 +153,7 @@ class Leases:
                 leased: list[Job] = []
                 for job_id in ids:  # the queue's order
                     job = by_id.get(job_id)
-                    if job is None or job.status != PENDING:
+                    if job is None or not _leasable(job, now):
                         continue
                     job.attempt_count += 1
                     job.lease_id = uuid.uuid4()
@@ -397,6 +398,13 @@ async def requeue(deps: Deps, jobs: Sequence[Job]) -> None:
     if items:
         await deps.queue.enqueue(items)
         await deps.signals.jobs_ready({i.job_type for i in items})
+
+
+def _leasable(job: Job, now: datetime) -> bool:
+    """Pending, or Scheduled and due (another replica's promoter moved it in Redis a moment before
+    updating PostgreSQL)."""
+    return job.status == PENDING or (job.status == SCHEDULED and job.next_attempt_time is not None
+                                     and job.next_attempt_time <= now)
 
 
 def _by_queue(ids: Sequence[str], jobs: dict[str, Job]) -> dict[str, list[str]]:

@@ -53,7 +53,7 @@ class Loops:
                      "reason": "backoff over, queued" if a else "start time reached, queued"} for i, a, _ in due])
             names = (await s.execute(select(Job.queue_name).where(Job.status == SCHEDULED).distinct())).scalars().all()
         queues = sorted(set(names) | {q for _, _, q in due})
-        promoted, next_due = await deps.queue.promote_due(queues, deps.clock()) if queues else (0, None)
+        promoted, next_due = await deps.queue.promote_due(queues, now.timestamp()) if queues else (0, None)
         if due or promoted:
             await deps.signals.jobs_ready(queues)
         for job_id, _, _ in due:

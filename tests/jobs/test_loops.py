@@ -1,0 +1,104 @@
+"""Background passes with the test's clock: promotion of scheduled jobs, recovery of a lost Redis
+and of dead submits' holds, and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+from google.protobuf import struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import insert
+
+from innosystem.jobs.v1 import job_types_pb2 as types_pb
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from services.jobs.billing import HoldRequest
+from services.jobs.models import SubmitIntent
+from tests.jobs.jobs_world import JobsWorld
+
+
+async def _forget_redis(world: JobsWorld) -> None:
+    """Lose every key of this world's queues (what a FLUSHALL does to them)."""
+    keys = [k async for k in world.redis.scan_iter(f"{world.app.deps.queue.prefix}*", count=1000)]
+    if keys:
+        await world.redis.delete(*keys)
+
+
+async def test_scheduled_job_waits_for_its_time_and_promotion_wakes_a_long_poll(world: JobsWorld) -> None:
+    c = await world.customer()
+    jt = await world.job_type(c)
+    at = Timestamp()
+    at.FromSeconds(int(world.clock() + 60))
+    job = await world.submit(c, jt, schedule_time=at)
+    assert job.status == types_pb.JOB_STATUS_SCHEDULED
+    assert (await world.get(str(job.id))).pending_info.reason == pb.PENDING_REASON_SCHEDULED
+    promoted, next_due = await world.app.loops.promote_once()
+    assert promoted == 0 and next_due is not None and abs(next_due - at.seconds) < 1
+    poll = asyncio.create_task(world.lease([jt.name], wait_ms=10_000))
+    await asyncio.sleep(0.2)
+    world.clock.advance(61)
+    assert (await world.app.loops.promote_once())[0] == 1
+    (lease,) = await asyncio.wait_for(poll, 5)
+    assert lease.job_id == str(job.id)
+
+
+async def test_recovery_rebuilds_lost_queues_in_order_without_duplicates(world: JobsWorld) -> None:
+    c = await world.customer()
+    jt = await world.job_type(c)
+    made = []
+    for _ in range(3):
+        world.clock.advance(0.01)
+        made.append(await world.submit(c, jt))
+    (leased,) = await world.lease([jt.name], max_jobs=1)
+    await _forget_redis(world)
+    assert await world.lease([jt.name], max_jobs=5) == []
+    world.clock.advance(5)  # past the grace for jobs on their way to Redis
+    queued, _ = await world.app.loops.recover_once()
+    assert queued == 2
+    assert (await world.app.loops.recover_once())[0] == 0  # idempotent
+    again = await world.lease([jt.name], max_jobs=5)
+    assert [x.job_id for x in again] == [str(j.id) for j in made[1:]]  # FIFO kept
+    assert leased.job_id == str(made[0].id)
+    assert not (await world.complete(leased)).HasField("error")  # the lease lost with Redis still completes
+
+
+async def test_recovery_releases_the_hold_of_a_submit_that_died(world: JobsWorld) -> None:
+    c = await world.customer(funds=100)
+    dead_job = uuid.uuid4()
+    hold = str(dead_job)
+    async with world.app.deps.db.session() as s:
+        await s.execute(insert(SubmitIntent).values(hold_id=hold, job_id=dead_job,
+                                                    create_time=world.app.deps.now()))
+    (err,) = await world.app.deps.billing.reserve([HoldRequest(hold, c.principal.customer_id, 25, "USD", hold)])
+    assert err is None and await world.available(c) == 75
+    assert (await world.app.loops.recover_once())[1] == 0  # still within its grace
+    world.clock.advance(world.config.intent_grace_seconds + 1)
+    assert (await world.app.loops.recover_once())[1] == 1
+    assert await world.available(c) == 100
+
+
+async def test_retention_purges_payloads_but_never_archive(world: JobsWorld) -> None:
+    c = await world.customer()
+    jt = await world.job_type(c)
+    standard = await world.submit(c, jt, payload=_struct(secret=1))
+    archive = await world.submit(c, jt, payload=_struct(secret=2),
+                                 persistence_policy=types_pb.PERSISTENCE_POLICY_ARCHIVE)
+    for lease in await world.lease([jt.name], max_jobs=2):
+        await world.complete(lease, result=_struct(out=True))
+    loops = world.app.loops
+    assert await loops.retain_once() == (0, 0)
+    world.clock.advance(timedelta(days=world.config.retention_days + 1).total_seconds())
+    purged, _ = await loops.retain_once()
+    assert purged >= 1
+    kept = await world.get(str(archive.id))
+    gone = await world.get(str(standard.id))
+    assert kept.payload["secret"] == 2 and kept.result["out"] is True
+    assert not gone.HasField("payload") or not gone.payload.fields
+    assert gone.status == types_pb.JOB_STATUS_SUCCEEDED
+
+
+def _struct(**values: object) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
