@@ -11,6 +11,11 @@ compatible jobs, run processors, report results (see docs/runners.md).
 
     asyncio.run(Runner("127.0.0.1:50054", "isr_…", processors, max_concurrent_jobs=8).run())
 
+or, from synchronous code (a demo, a benchmark), in a background thread:
+
+    with RunnerThread(Runner(target, token, processors)) as thread:
+        thread.wait_connected()
+
 This package imports no service code: a runner needs only the published protos.
 """
 
@@ -28,6 +33,7 @@ from innosystem.runner.processors import (
     default_registry,
     processor,
 )
+from innosystem.runner.threaded import RunnerThread
 
 __all__ = ["Job", "JobCancelled", "JobError", "Kind", "Processor", "Registry", "Result", "Runner", "RunnerRejected",
-           "batch", "builtin", "default_registry", "processor"]
+           "RunnerThread", "batch", "builtin", "default_registry", "processor"]

@@ -22,9 +22,10 @@ async def call(processor: Processor, job: Job, session: aiohttp.ClientSession) -
         raise JobError(f"job type {job.type_name!r} has no external_api.url", type="ConfigurationError",
                        retryable=False)
     method = (config.http_method or "POST").upper()
-    timeout = aiohttp.ClientTimeout(total=config.timeout_seconds or job.lease.timeout_seconds
-                                    or DEFAULT_TIMEOUT_SECONDS)
-    retries, backoff = max(0, config.max_retries), Backoff(initial=0.2, maximum=5.0)
+    timeout = aiohttp.ClientTimeout(total=processor.timeout_seconds or config.timeout_seconds
+                                    or job.lease.timeout_seconds or DEFAULT_TIMEOUT_SECONDS)
+    retries = config.max_retries if processor.max_retries is None else processor.max_retries
+    retries, backoff = max(0, retries), Backoff(initial=0.2, maximum=5.0)
     headers = {"Content-Type": "application/json", "X-Innosystem-Job-Id": job.id,
                "X-Innosystem-Attempt": str(job.attempt)}
     for attempt in range(retries + 1):

@@ -128,8 +128,10 @@ class Processor:
     kind: Kind
     fn: Callable[..., Any] | None = None
     max_batch_size: int = 0
-    # EXTERNAL_API: overrides the job type's URL (tests, local stubs).
+    # EXTERNAL_API: the processor's own endpoint settings, over the job type's.
     url: str = ""
+    max_retries: int | None = None
+    timeout_seconds: float | None = None
 
     @property
     def is_coroutine(self) -> bool:
@@ -169,9 +171,11 @@ class Registry:
             return fn
         return register
 
-    def external_api(self, name: str, *, url: str = "") -> None:
-        """The job type's HTTP endpoint (its `external_api` settings) is the processor."""
-        self.add(Processor(name, Kind.EXTERNAL_API, url=url))
+    def external_api(self, name: str, *, url: str = "", max_retries: int | None = None,
+                     timeout_seconds: float | None = None) -> None:
+        """An HTTP endpoint is the processor: the job type's `external_api` settings, or these."""
+        self.add(Processor(name, Kind.EXTERNAL_API, url=url, max_retries=max_retries,
+                           timeout_seconds=timeout_seconds))
 
     def get(self, name: str) -> Processor | None:
         return self._by_name.get(name)
