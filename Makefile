@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create the virtualenv and install (done by run and test)
 
 run: $(STAMP) ## run the whole platform on embedded PostgreSQL + Valkey (Ctrl-C stops it)
-	$(BIN)/innosystem up
+	$(BIN)/innosystem up --demo
 
 test: $(STAMP) ## run the whole test suite (unit, integration, end-to-end)
 	$(BIN)/pytest $(PYTEST_ARGS)

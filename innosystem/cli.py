@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--http-port", type=int, default=None, help="gateway port (default 8080)")
     up.add_argument("--database-url", default=None, help="use this PostgreSQL instead of the embedded one")
     up.add_argument("--redis-url", default=None, help="use this Redis/Valkey instead of the embedded one")
+    up.add_argument("--demo", action=argparse.BooleanOptionalAction, default=False,
+                    help="seed a demo customer (funded wallet, project, job types) and run a shared runner "
+                         "with the built-in processors, the reference key manager too (never in production)")
 
     serve = sub.add_parser("serve", help="run services (or the gateway) in this process")
     serve.add_argument("names", nargs="+", metavar="SERVICE")

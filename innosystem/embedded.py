@@ -118,7 +118,7 @@ class EmbeddedPostgres:
                 [self._bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
                  "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
                  "-c", "max_connections=300", "-c", "shared_buffers=256MB"],
-                stdout=out, stderr=subprocess.STDOUT, user=self._user, preexec_fn=_die_with_parent,
+                stdout=out, stderr=subprocess.STDOUT, user=self._user, preexec_fn=_die_with_parent, process_group=0,
             )
         _wait_for_port(self.port, self.proc, "PostgreSQL", log_file, timeout)
         self._create_database(timeout)
@@ -182,7 +182,8 @@ class EmbeddedValkey:
                 "--protected-mode", "no", "--daemonize", "no", "--save", "",
                 "--appendonly", "yes" if self.persist else "no", "--maxclients", "10000"]
         with log_file.open("ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                         process_group=0)
         _wait_for_port(self.port, self.proc, "Valkey", log_file, timeout)
         return self.url
 

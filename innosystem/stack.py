@@ -29,6 +29,7 @@ from innosystem.kit.config import DEFAULT_PORTS, SERVICES, env
 from innosystem.kit.migrate import has_migrations, upgrade
 
 DEFAULT_METRICS_PORT = 9100  # gateway; the services follow in SERVICES order
+DEFAULT_KEYMANAGER_PORT = 50060
 
 
 def _port_free(port: int) -> bool:
@@ -59,11 +60,11 @@ class Stack:
 
     def __post_init__(self) -> None:
         for name in SERVICES:
-            self.ports[name] = self._pick(DEFAULT_PORTS[name])
+            self.ports[name] = self.pick_port(DEFAULT_PORTS[name])
         for offset, name in enumerate(("gateway", *SERVICES)):
-            self.metrics_ports[name] = self._pick(DEFAULT_METRICS_PORT + offset)
+            self.metrics_ports[name] = self.pick_port(DEFAULT_METRICS_PORT + offset)
 
-    def _pick(self, default: int) -> int:
+    def pick_port(self, default: int) -> int:
         return default if self.fixed_ports and _port_free(default) else free_port()
 
     def address(self, name: str) -> str:
@@ -92,8 +93,15 @@ class Stack:
             if has_migrations(name):
                 upgrade(self.database_url, name)
 
+    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Another `innosystem` process beside the services (a runner named `runner-…`, the key manager), stopped
+        with them: runners first, so they drain while the services still answer."""
+        self._spawn(name, args, {**self.env(), **(extra_env or {})})
+        return self.procs[name]
+
     def _spawn(self, name: str, args: list[str], environ: dict[str, str]) -> None:
-        environ = {**environ, "INNOSYSTEM_METRICS_PORT": str(self.metrics_ports[name])}
+        if name in self.metrics_ports:
+            environ = {**environ, "INNOSYSTEM_METRICS_PORT": str(self.metrics_ports[name])}
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -111,9 +119,11 @@ class Stack:
             self._spawn("gateway", ["serve", "gateway"], environ)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
+        """Every service and the gateway answer their health checks."""
         deadline = time.monotonic() + timeout
         for name in self.procs:
-            self._wait_one(name, deadline)
+            if name in self.metrics_ports:
+                self._wait_one(name, deadline)
 
     def _wait_one(self, name: str, deadline: float) -> None:
         while True:
@@ -152,12 +162,17 @@ class Stack:
             return proc.wait()
 
     def stop(self) -> None:
+        """Runners (they drain while the services still answer), the gateway, the services (in
+        parallel), then anything they call (the key manager)."""
+        for name in [n for n in self.procs if n.startswith("runner-")]:
+            self.stop_process(name)
         if "gateway" in self.procs:
             self.stop_process("gateway")
-        for proc in self.procs.values():  # services drain in parallel
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name in list(self.procs):
+        services = [n for n in self.procs if n in SERVICES]
+        for name in services:
+            if self.procs[name].poll() is None:
+                self.procs[name].send_signal(signal.SIGTERM)
+        for name in [*services, *self.procs]:
             self.stop_process(name)
 
 
@@ -171,6 +186,34 @@ def _persistent_secret(path: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(value)
     return value
+
+
+def _start_demo(stack: Stack, data_dir: Path) -> str:
+    """The reference key manager, the demo tenants and a shared runner with the built-ins."""
+    from innosystem.demo import seed
+    from innosystem.rest import Rest
+
+    print("• demo: key manager, customer, runner …", flush=True)
+    keys_dir = data_dir / "keymanager"
+    ready = keys_dir / "ready.json"
+    ready.unlink(missing_ok=True)
+    km_port = stack.pick_port(DEFAULT_KEYMANAGER_PORT)
+    stack.spawn("keymanager", ["keymanager", "--key-file", str(keys_dir / "keys.json"), "--port", str(km_port),
+                               "--ready-file", str(ready)])
+    demo = seed(Rest(stack.gateway_url, stack.admin_api_key))
+    stack.spawn("runner-demo", ["runner", "--target", stack.address("runners"), "--slots", "8"],
+                {"INNOSYSTEM_RUNNER_TOKEN": demo.runner_token})
+    deadline = time.monotonic() + 30
+    while not ready.exists():  # the key manager writes it once it listens
+        if stack.procs["keymanager"].poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the reference key manager did not start; see its output above")
+        time.sleep(0.1)
+    return (f"  demo customer  {demo.customer_id}  key {demo.api_key}  (project {demo.project_id})\n"
+            f"  demo runner    {demo.runner_id}  processors echo, sleep, sha256, fail\n"
+            f"  key manager    127.0.0.1:{km_port}  (shared secret: {keys_dir / 'secret'}; docs/keys.md)\n"
+            f"  submit a job   {demo.curl(stack.gateway_url)}\n"
+            f"  then           curl -s -H 'Authorization: Bearer {demo.api_key}' "
+            f"{stack.gateway_url}/v1/customers/{demo.customer_id}/wallet\n")
 
 
 class _Stop(Exception):
@@ -214,12 +257,14 @@ def up(args: argparse.Namespace) -> int:
         print("• services: " + ", ".join(f"{n} {stack.address(n)}" for n in SERVICES) + " …", flush=True)
         stack.start()
         stack.wait_ready()
+        demo_lines = _start_demo(stack, data_dir) if args.demo else ""
         print(
             f"\nInnoSystem is up in {time.monotonic() - started:.1f}s\n"
             f"  gateway        {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/openapi.json)\n"
             f"  admin API key  {stack.admin_api_key}\n"
             "  metrics        " + ", ".join(f"{n} :{p}" for n, p in stack.metrics_ports.items()) + "  (/metrics)\n"
             f"  try            curl -s -H 'Authorization: Bearer {stack.admin_api_key}' {stack.gateway_url}/v1/me\n"
+            f"{demo_lines}"
             "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -1,0 +1,86 @@
+"""Demo data for the embedded default (`innosystem up --demo`): never for production.
+
+Everything goes through the public REST API with the admin key, each create with a fixed
+`requestId`, so a second start finds the first start's tenants instead of adding more. Keys
+and tokens are shown once by the platform and never written down here: on a repeat they are
+rotated and the new ones printed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from innosystem.rest import Rest, RestError
+
+TOP_UP_CENTS = 100_000  # $1,000.00, once (the top-up's requestId makes repeats no-ops)
+WALLET_WAIT_SECONDS = 30.0
+
+# The runner SDK's built-in processors: (name, processor type, base cost in cents, timeout).
+JOB_TYPES = (
+    ("echo", "PROCESSOR_TYPE_SYNC", 1, 30),
+    ("sleep", "PROCESSOR_TYPE_ASYNC", 2, 300),
+    ("sha256", "PROCESSOR_TYPE_SYNC", 1, 30),
+    ("fail", "PROCESSOR_TYPE_SYNC", 1, 30),
+)
+
+
+@dataclass(frozen=True)
+class Demo:
+    customer_id: str
+    api_key: str
+    project_id: str
+    runner_id: str
+    runner_token: str
+    job_type_ids: dict[str, str] = field(default_factory=dict)
+
+    def curl(self, gateway_url: str) -> str:
+        return (f"curl -s -H 'Authorization: Bearer {self.api_key}' "
+                f"-d '{{\"jobTypeId\": \"{self.job_type_ids['echo']}\", \"payload\": {{\"hello\": \"world\"}}}}' "
+                f"{gateway_url}/v1/projects/{self.project_id}/jobs")
+
+
+def seed(admin: Rest, label: str = "demo", top_up_cents: int = TOP_UP_CENTS) -> Demo:
+    """A reseller, customer (funded wallet), project, job types and shared runner named for `label`;
+    the benchmark seeds its own under another label."""
+    title = label.title()
+    reseller = admin("POST", f"/v1/resellers?requestId={label}-reseller",
+                     {"name": f"{title} Reseller", "email": f"{label}-reseller@example.com", "commissionRateBps": 1000})
+    reseller_id = reseller["reseller"]["id"]
+    created = admin("POST", f"/v1/customers?requestId={label}-customer",
+                    {"name": f"{title} Customer", "email": f"{label}@example.com", "resellerId": reseller_id})
+    customer_id = created["customer"]["id"]
+    api_key = created.get("apiKey") or admin("POST", f"/v1/customers/{customer_id}:rotateApiKey", {})["apiKey"]
+
+    _top_up(admin, customer_id, top_up_cents, f"{label}-top-up")
+    customer = admin.as_key(api_key)
+    project = customer("POST", f"/v1/customers/{customer_id}/projects?requestId={label}-project",
+                       {"name": label, "description": f"seeded by innosystem ({label})"})
+    project_id = project["id"]
+    type_ids = {}
+    for name, processor, cost, timeout in JOB_TYPES:
+        job_type = customer("POST", f"/v1/projects/{project_id}/jobTypes?requestId={label}-type-{name}",
+                            {"name": name, "processorType": processor, "baseCostCents": cost,
+                             "timeoutSeconds": timeout, "description": f"built-in `{name}` processor"})
+        type_ids[name] = job_type["id"]
+
+    runner = admin("POST", f"/v1/runners?requestId={label}-runner",
+                   {"name": f"{label}-runner", "scope": "RUNNER_SCOPE_SHARED",
+                    "description": "a shared runner with the built-in processors"})
+    runner_id = runner["runner"]["id"]
+    token = runner.get("token") or admin("POST", f"/v1/runners/{runner_id}:rotateToken", {})["token"]
+    return Demo(customer_id, api_key, project_id, runner_id, token, type_ids)
+
+
+def _top_up(admin: Rest, customer_id: str, cents: int, request_id: str) -> None:
+    # The wallet is opened by tenancy's outbox a moment after the customer exists.
+    deadline = time.monotonic() + WALLET_WAIT_SECONDS
+    while True:
+        try:
+            admin("POST", f"/v1/customers/{customer_id}/wallet:topUp",
+                  {"amountCents": cents, "requestId": request_id, "description": "seed credit"})
+            return
+        except RestError as err:
+            if err.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
