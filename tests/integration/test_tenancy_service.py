@@ -91,6 +91,20 @@ async def test_create_is_idempotent_on_request_id(tenancy: TenancyService) -> No
     assert err.value.reason == "IDEMPOTENCY_KEY_REUSED"
 
 
+async def test_request_ids_belong_to_the_account_not_the_key(tenancy: TenancyService) -> None:
+    rid, reseller = await _reseller(tenancy, "Keyed")
+    fields = {"name": "Once", "email": "o@example.com", "active": True}
+    first = await tenancy.create_customer(reseller, dict(fields), "req-acct", b"h")
+    rotated = await tenancy.authenticate(await tenancy.rotate_reseller_key(reseller, rid))
+    assert rotated.key_id != reseller.key_id
+    again = await tenancy.create_customer(rotated, dict(fields), "req-acct", b"h")
+    assert again.row.id == first.row.id and again.api_key == ""
+    other_admin = Principal(kind=principals.ADMIN, key_id="another-admin-key")
+    made = await tenancy.create_reseller(ADMIN, {"name": "Twice?", "email": "t@example.com"}, "req-admin", b"h")
+    assert (await tenancy.create_reseller(other_admin, {"name": "Twice?", "email": "t@example.com"},
+                                          "req-admin", b"h")).row.id == made.row.id
+
+
 async def test_delete_customer_with_projects_needs_force(tenancy: TenancyService) -> None:
     cid, caller, _ = await _customer(tenancy, ADMIN)
     await tenancy.create_project(caller, cid, {"name": "p"}, "", b"")
