@@ -42,6 +42,9 @@ _tracer = trace.get_tracer("innosystem.runner")
 VERSION = "innosystem-runner/0.1"
 Outcome = jobs_pb2.AttemptOutcome
 BATCH_LINGER_SECONDS = 0.005
+# A stream closed for one of these is not reconnected: the token was revoked or the runner
+# deleted, or another process connected with the same token (two would supersede each other forever).
+FINAL_REASONS = ("RUNNER_REVOKED", "SUPERSEDED", "RUNNER_DELETED", "RUNNER_MISMATCH")
 
 
 class RunnerRejected(Exception):
@@ -88,6 +91,7 @@ class Runner:
         self._running: dict[str, _Running] = {}
         self._unacked: dict[str, pb.JobResult] = {}  # job id → result sent, not yet acknowledged
         self._out: asyncio.Queue[pb.ConnectRequest | None] | None = None
+        self._rejected = ""
         self._last_seq = 0
         self._draining = False
         self._stopping = asyncio.Event()
@@ -217,6 +221,8 @@ class Runner:
             heartbeat = asyncio.create_task(self._heartbeats(welcome.heartbeat_interval_ms / 1000))
             while (message := await call.read()) is not grpc.aio.EOF:
                 self._handle(message)
+            if self._rejected:
+                raise RunnerRejected(self._rejected)
             if not self._stopping.is_set():
                 log.warning("the service closed the stream")
         finally:
@@ -310,6 +316,9 @@ class Runner:
         elif kind == "error":
             log.warning("the service rejected a message: %s%s", message.error.status.message,
                         " (closing)" if message.error.fatal else "")
+            reason = message.error.status.message.partition(":")[0]
+            if message.error.fatal and reason in FINAL_REASONS:
+                self._rejected = message.error.status.message
 
     # ------------------------------------------------------------------ running jobs
 

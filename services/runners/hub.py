@@ -103,7 +103,7 @@ class Hub:
             yield stream_error(PERMISSION_DENIED, "PROCESSOR_REFUSED", "this runner may not serve "
                                + ", ".join(welcome.refused_processors), message_id=first.message_id)
         reader = self._spawn(self._read(session, requests))
-        leaser = self._spawn(self._lease_loop(session))
+        self._spawn(self._lease_loop(session))
         try:
             while True:
                 if session.out.empty() and session.closed.is_set():
@@ -126,8 +126,9 @@ class Hub:
             _online.add(-1)
             if self.sessions.get(session.runner_id) is session:
                 del self.sessions[session.runner_id]
-            # The lease loop is left to finish its long-poll: a job leased meanwhile is given back.
-            self._spawn(self._closed(session, leaser))
+            # The lease loop is left to finish its long-poll (cancelling it could lose a job the
+            # jobs service leased meanwhile); it gives back whatever arrives for a closed session.
+            self._spawn(self._closed(session))
 
     async def _open(self, caller: Principal, hello: pb.Hello) -> tuple[Session, pb.Welcome]:
         runner_id = caller.runner_id
@@ -388,19 +389,13 @@ class Hub:
             session.acked(ack.job_id, ack.lease_id)
             session.send(pb.ConnectResponse(result_ack=ack))
 
-    async def _closed(self, session: Session, leaser: asyncio.Task[Any]) -> None:
+    async def _closed(self, session: Session) -> None:
         """After a stream ends: Offline now; after the heartbeat timeout, unless the runner came back,
         its leases go back to the queue (a lost runner's attempt counts)."""
         log.info("runner %s session %s closed", session.runner_id, session.session_id)
         if await self.live.close(session.runner_id, session.session_id):
             async with self.db.session() as s:
                 await RunnerRepository(s).disconnected(uuid.UUID(session.runner_id), session.session_id, utcnow())
-        try:
-            await asyncio.wait_for(leaser, self.config.lease_wait_ms / 1000 + 20)
-        except (TimeoutError, asyncio.CancelledError):
-            pass
-        except Exception:
-            log.exception("lease loop of runner %s", session.runner_id)
         if not session.held:
             return
         await asyncio.sleep(self.config.heartbeat_timeout_ms / 1000)

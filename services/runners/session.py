@@ -11,7 +11,7 @@ from google.rpc import code_pb2, status_pb2
 
 from innosystem.jobs.v1 import jobs_pb2
 from innosystem.runners.v1 import runners_pb2 as pb
-from services.runners.repository import AVAILABLE, BUSY
+from services.runners.repository import AVAILABLE, BUSY, ERROR
 
 RECENT_RESULTS = 256  # results remembered per session, to tell a duplicate from a stranger
 
@@ -117,4 +117,6 @@ class Session:
         self.changed.set()
 
     def status(self) -> int:
+        if not self.processors:
+            return ERROR  # connected, but every processor it declared was refused
         return BUSY if self.max_slots - len(self.held) - len(self.completing) <= 0 else AVAILABLE
