@@ -36,7 +36,8 @@ lint: $(STAMP) ## ruff and mypy
 protos: $(STAMP) ## regenerate Python code, descriptor set and OpenAPI from protos/
 	$(BIN)/python scripts/protos.py
 
-bench: $(STAMP) ## measure: billing reserves+captures/s (hot wallet, 1000 wallets); figures also in bench-results-billing.json
+bench: $(STAMP) ## measure: end to end (drain, submit, dispatch latency, Redis-list yardstick), then billing; JSON in bench-results-*.json
+	$(BIN)/python scripts/bench_e2e.py --out bench-results-e2e.json
 	$(BIN)/python scripts/bench_billing.py --out bench-results-billing.json
 
 compose-up: ## run the platform on docker compose (deploy/compose; copy .env.example to .env first)

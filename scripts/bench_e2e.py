@@ -1,0 +1,409 @@
+"""End-to-end benchmark: submit, dispatch and drain through the real processes, beside a bare
+Redis list queue doing the same work as a yardstick.
+
+    python scripts/bench_e2e.py [--jobs 20000] [--rate 200] [--seconds 10] [--out bench-results-e2e.json]
+    python scripts/bench_e2e.py --gateway http://127.0.0.1:8080 --admin-key isk_admin_… \\
+        --jobs-addr 127.0.0.1:50053 --runners-addr 127.0.0.1:50054      # a running stack
+
+Without --gateway it starts embedded PostgreSQL and Valkey in a temporary folder and the five
+services and the gateway as processes (as `innosystem up` does). Runner processes (one per
+core, `innosystem runner`) run an `echo` that stamps its start time.
+
+  (a) drain: --jobs no-op jobs (~100-byte payload) submitted in batches of 1000 while no runner
+      is connected, then the runners start: time until every job is Succeeded and charged
+      (the wallet has paid for all of them and holds nothing).
+  (b) submit throughput: batches and single calls, through the gateway and through gRPC.
+  (c) dispatch latency: single submits at a steady --rate to idle runners, submit call start
+      → processor start, p50/p95/p99.
+  (d) yardstick: LPUSH/BRPOP on one Redis list with the same payload and process count, for
+      both the drain and the latency; the ratios ours/yardstick.
+
+A benchmark measures and prints; it asserts nothing but that every job ended Succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis
+
+from innosystem.demo import Demo, seed
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.jobs.v1 import job_types_pb2 as enums
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.jobs.v1 import jobs_pb2_grpc
+from innosystem.rest import Rest
+from innosystem.stack import Stack
+
+SCRIPTS = Path(__file__).resolve().parent
+PAYLOAD = {"text": "x" * 70, "n": 0}  # ~100 bytes as JSON with the index
+BATCH = 1000
+CENTS_PER_JOB = 1  # the seeded `echo` type's base cost
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {**PAYLOAD, "n": i}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50_ms": round(cuts[49] * 1000, 2), "p95_ms": round(cuts[94] * 1000, 2),
+            "p99_ms": round(cuts[98] * 1000, 2), "max_ms": round(max(values) * 1000, 2), "samples": len(values)}
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# ------------------------------------------------------------------------------------- ours
+
+
+@dataclass
+class Platform:
+    gateway: Rest
+    admin: Rest
+    jobs_addr: str
+    runners_addr: str
+    demo: Demo
+    stack: Stack | None
+
+    @property
+    def customer(self) -> Rest:
+        return self.gateway.as_key(self.demo.api_key)
+
+    @property
+    def echo(self) -> str:
+        return self.demo.job_type_ids["echo"]
+
+    def wallet(self) -> tuple[int, int]:
+        wallet = self.customer("GET", f"/v1/customers/{self.demo.customer_id}/wallet")
+        return int(wallet.get("balanceCents", 0)), int(wallet.get("heldCents", 0))
+
+
+def grpc_metadata(p: Platform) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {p.demo.api_key}")]
+
+
+def submit_rest_batches(p: Platform, count: int, start: int, workers: int = 2) -> float:
+    """Seconds to submit `count` jobs through the gateway in batches of 1000."""
+    project = p.demo.project_id
+
+    def one(offset: int) -> None:
+        size = min(BATCH, count - offset)
+        p.customer("POST", f"/v1/projects/{project}/jobs:batchSubmit",
+                   {"requests": [{"jobTypeId": p.echo, "payload": payload(start + offset + i)} for i in range(size)]})
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(0, count, BATCH)))
+    return time.perf_counter() - began
+
+
+def submit_rest_single(p: Platform, count: int, start: int, workers: int = 16) -> float:
+    project = p.demo.project_id
+
+    def one(i: int) -> None:
+        p.customer("POST", f"/v1/projects/{project}/jobs", {"jobTypeId": p.echo, "payload": payload(start + i)})
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(count)))
+    return time.perf_counter() - began
+
+
+async def submit_grpc(p: Platform, count: int, start: int, *, batch: bool, concurrency: int) -> float:
+    """Seconds to submit `count` jobs straight to the jobs service (the customer's API key)."""
+    metadata = grpc_metadata(p)
+    async with grpc.aio.insecure_channel(p.jobs_addr) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+
+        def request(i: int) -> pb.SubmitJobRequest:
+            message = pb.SubmitJobRequest(project_id=p.demo.project_id, job_type_id=p.echo)
+            message.payload.update(payload(start + i))
+            return message
+
+        if batch:
+            calls = [pb.BatchSubmitJobsRequest(project_id=p.demo.project_id,
+                                               requests=[request(i) for i in range(o, min(o + BATCH, count))])
+                     for o in range(0, count, BATCH)]
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        for item in (calls if batch else [request(i) for i in range(count)]):
+            queue.put_nowait(item)
+
+        async def worker() -> None:
+            while not queue.empty():
+                item = queue.get_nowait()
+                if batch:
+                    await stub.BatchSubmitJobs(item, metadata=metadata, timeout=120)
+                else:
+                    await stub.SubmitJob(item, metadata=metadata, timeout=60)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - began
+
+
+def start_runners(p: Platform, tokens: list[str], slots: int, log_dir: Path) -> list[Any]:
+    """One `innosystem runner` process per token, serving the stamping `echo`."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]),
+           "INNOSYSTEM_LOG_FORMAT": "json"}
+    procs = []
+    for k, token in enumerate(tokens):
+        out = (log_dir / f"bench-runner-{k}.log").open("ab")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "innosystem.cli", "runner", "--target", p.runners_addr, "--slots", str(slots),
+             "--processor", "echo=bench_processors:echo"],
+            env={**env, "INNOSYSTEM_RUNNER_TOKEN": token}, stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def stop_runners(procs: list[Any]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(60)
+
+
+def wait_charged(p: Platform, target_balance: int, timeout: float) -> float:
+    """When the wallet has paid for every job and holds nothing (the drain's finish line)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        balance, held = p.wallet()
+        if balance <= target_balance and held == 0:
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs not all charged: balance {balance}, target {target_balance}, held {held}")
+        time.sleep(0.05)
+
+
+def runner_tokens(p: Platform, count: int) -> list[str]:
+    tokens = []
+    for k in range(count):
+        made = p.admin("POST", f"/v1/runners?requestId=bench-runner-{k}",
+                       {"name": f"bench-runner-{k}", "scope": "RUNNER_SCOPE_SHARED"})
+        token = made.get("token") or p.admin("POST", f"/v1/runners/{made['runner']['id']}:rotateToken", {})["token"]
+        tokens.append(token)
+    return tokens
+
+
+async def latency(p: Platform, rate: float, seconds: float) -> list[float]:
+    """Single submits at `rate`/s; each job's processor start minus its submit call start."""
+    metadata = grpc_metadata(p)
+    count = int(rate * seconds)
+    sent: dict[str, float] = {}
+    async with grpc.aio.insecure_channel(p.jobs_addr) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+
+        async def one(i: int) -> None:
+            message = pb.SubmitJobRequest(project_id=p.demo.project_id, job_type_id=p.echo)
+            message.payload.update(payload(i))
+            began = time.time()
+            job = await stub.SubmitJob(message, metadata=metadata, timeout=30)
+            sent[job.id] = began
+
+        tasks, start = [], time.perf_counter()
+        for i in range(count):  # a steady open-loop rate: calls do not wait for each other
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+
+        delays: list[float] = []
+        pending = dict(sent)
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            for job_id in list(pending)[:500]:
+                job = await stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=metadata, timeout=10)
+                if job.status == enums.JOB_STATUS_SUCCEEDED:
+                    delays.append(job.result["processorStart"] - pending.pop(job_id))
+            if pending:
+                await asyncio.sleep(0.2)
+        if pending:
+            raise TimeoutError(f"{len(pending)} latency jobs did not finish")
+    return delays
+
+
+# ------------------------------------------------------------------------------- yardstick
+
+
+def _consumer(url: str, queue: str, done: str, stamps: str) -> None:
+    client = redis.Redis.from_url(url)
+    while True:
+        item = client.brpop([queue], timeout=5)
+        if item is None:
+            return
+        body = json.loads(item[1])
+        if body.get("stop"):
+            return
+        started = time.time()
+        result = json.dumps({**body, "processorStart": started})  # the same work as our echo
+        if "sent" in body:
+            client.rpush(stamps, started - body["sent"])
+        client.rpush(done, result)
+
+
+def yardstick(url: str, processes: int, jobs: int, rate: float, seconds: float) -> dict[str, Any]:
+    """A bare Redis list queue: LPUSH, BRPOP, the same payload and process count."""
+    client = redis.Redis.from_url(url)
+    queue, done, stamps = (f"bench:yardstick:{uuid.uuid4().hex}:{n}" for n in ("q", "done", "stamps"))
+    pipe = client.pipeline(transaction=False)
+    for i in range(jobs):
+        pipe.lpush(queue, json.dumps(payload(i)))
+        if i % BATCH == BATCH - 1:
+            pipe.execute()
+    pipe.execute()
+    workers = [multiprocessing.Process(target=_consumer, args=(url, queue, done, stamps)) for _ in range(processes)]
+    began = time.perf_counter()
+    for w in workers:
+        w.start()
+    while client.llen(done) < jobs:
+        time.sleep(0.01)
+    drain = time.perf_counter() - began
+
+    count, start = int(rate * seconds), time.perf_counter()
+    for i in range(count):
+        time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        client.lpush(queue, json.dumps({**payload(i), "sent": time.time()}))
+    while client.llen(stamps) < count:
+        time.sleep(0.01)
+    delays = [float(v) for v in client.lrange(stamps, 0, -1)]
+    for _ in workers:
+        client.lpush(queue, json.dumps({"stop": True}))
+    for w in workers:
+        w.join(10)
+    client.delete(queue, done, stamps)
+    return {"drain_jobs_per_s": round(jobs / drain, 1), "drain_seconds": round(drain, 2),
+            "latency": percentiles(delays)}
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    processes = args.runners or (os.cpu_count() or 1)
+    tokens = runner_tokens(p, processes)
+    balance0, _ = p.wallet()
+    results: dict[str, Any] = {}
+
+    say("(b) submit throughput (no runner connected) …")
+    n = args.jobs
+    seconds = submit_rest_batches(p, n, 0)
+    results["submit_gateway_batch_jobs_per_s"] = round(n / seconds, 1)
+    say(f"    gateway, batches of {BATCH}: {n / seconds:,.0f} jobs/s")
+    small = max(1000, n // 10)
+    seconds = asyncio.run(submit_grpc(p, small, n, batch=True, concurrency=2))
+    results["submit_grpc_batch_jobs_per_s"] = round(small / seconds, 1)
+    say(f"    gRPC, batches of {BATCH}:    {small / seconds:,.0f} jobs/s")
+    singles = max(500, n // 20)
+    seconds = asyncio.run(submit_grpc(p, singles, n + small, batch=False, concurrency=64))
+    results["submit_grpc_single_jobs_per_s"] = round(singles / seconds, 1)
+    say(f"    gRPC, single calls (64 in flight): {singles / seconds:,.0f} jobs/s")
+    seconds = submit_rest_single(p, singles, n + small + singles)
+    results["submit_gateway_single_jobs_per_s"] = round(singles / seconds, 1)
+    say(f"    gateway, single calls (16 threads): {singles / seconds:,.0f} jobs/s")
+    total = n + small + 2 * singles
+
+    say(f"(a) drain: {total:,} queued echo jobs, {processes} runner processes, {args.slots} slots each …")
+    began = time.perf_counter()
+    runners = start_runners(p, tokens, args.slots, log_dir)
+    try:
+        finished = wait_charged(p, balance0 - total * CENTS_PER_JOB, timeout=600)
+        drain = finished - began
+        results["drain_jobs"] = total
+        results["drain_seconds"] = round(drain, 2)
+        results["drain_jobs_per_s"] = round(total / drain, 1)
+        say(f"    {total / drain:,.0f} jobs/s ({drain:.1f} s, runner start-up included), every job charged once")
+
+        say(f"(c) dispatch latency: {args.rate:.0f} jobs/s for {args.seconds:.0f} s to idle runners …")
+        delays = asyncio.run(latency(p, args.rate, args.seconds))
+        results["dispatch_latency"] = percentiles(delays)
+        say("    submit → processor start: " + ", ".join(f"{k} {v}" for k, v in results["dispatch_latency"].items()))
+    finally:
+        stop_runners(runners)
+
+    say(f"(d) yardstick: Redis list LPUSH/BRPOP, {processes} consumer processes …")
+    yard = yardstick(redis_url, processes, total, args.rate, args.seconds)
+    results["yardstick"] = yard
+    results["ratio_drain_ours_over_yardstick"] = round(results["drain_jobs_per_s"] / yard["drain_jobs_per_s"], 3)
+    if yard["latency"] and results["dispatch_latency"]:
+        results["ratio_latency_p50_ours_over_yardstick"] = round(
+            results["dispatch_latency"]["p50_ms"] / max(yard["latency"]["p50_ms"], 0.001), 1)
+    say(f"    drain {yard['drain_jobs_per_s']:,.0f} jobs/s; latency "
+        + ", ".join(f"{k} {v}" for k, v in yard["latency"].items()))
+    say(f"    ours/yardstick: drain x{results['ratio_drain_ours_over_yardstick']}, "
+        f"latency p50 x{results.get('ratio_latency_p50_ours_over_yardstick')}")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000, help="drain size (default 20000)")
+    parser.add_argument("--rate", type=float, default=200.0, help="latency phase submits per second (default 200)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length (default 10)")
+    parser.add_argument("--runners", type=int, default=0, help="runner processes (default: one per core)")
+    parser.add_argument("--slots", type=int, default=32, help="slots per runner (default 32)")
+    parser.add_argument("--gateway", help="use a running stack: its gateway URL")
+    parser.add_argument("--admin-key", help="with --gateway: an admin API key")
+    parser.add_argument("--jobs-addr", default="127.0.0.1:50053", help="with --gateway: the jobs service")
+    parser.add_argument("--runners-addr", default="127.0.0.1:50054", help="with --gateway: the runners service")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --gateway: for the yardstick")
+    parser.add_argument("--out", help="also write the figures here as JSON")
+    args = parser.parse_args()
+
+    header = {"cores": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
+              "jobs": args.jobs, "rate": args.rate, "seconds": args.seconds}
+    say(f"InnoSystem end-to-end benchmark on {header['cores']} cores (Python {header['python']})")
+    with tempfile.TemporaryDirectory(prefix="innosystem-bench-") as tmp:
+        log_dir = Path(tmp) / "logs"
+        log_dir.mkdir()
+        if args.gateway:
+            admin = Rest(args.gateway, args.admin_key or "")
+            p = Platform(Rest(args.gateway), admin, args.jobs_addr, args.runners_addr,
+                         seed(admin, label="bench", top_up_cents=10_000_000), None)
+            results = bench(p, args.redis_url, args, log_dir)
+        else:
+            say("starting embedded PostgreSQL, Valkey and the platform …")
+            pg, valkey = EmbeddedPostgres(Path(tmp) / "pg"), EmbeddedValkey(Path(tmp) / "valkey")
+            url = pg.start()
+            valkey.start()
+            stack = Stack(database_url=url, redis_url=valkey.url, http_port=free_port(), fixed_ports=False,
+                          log_dir=log_dir, extra_env={"INNOSYSTEM_LOG_LEVEL": "WARNING"})
+            try:
+                stack.migrate()
+                stack.start()
+                stack.wait_ready(120)
+                admin = Rest(stack.gateway_url, stack.admin_api_key)
+                p = Platform(Rest(stack.gateway_url), admin, stack.address("jobs"), stack.address("runners"),
+                             seed(admin, label="bench", top_up_cents=10_000_000), stack)
+                results = bench(p, valkey.url, args, log_dir)
+            finally:
+                stack.stop()
+                valkey.stop()
+                pg.stop()
+    figures = {**header, **results}
+    say(json.dumps(figures, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+        say(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
