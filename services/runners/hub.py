@@ -180,12 +180,14 @@ class Hub:
         self.sessions[runner_id] = session
         now = utcnow()
         async with self.db.session() as s:
-            await RunnerRepository(s).connected(row.id, session.session_id, now, processors=accepted, tags=tags,
+            await RunnerRepository(s).connected(row.id, session.session_id, now, session.status(),
+                                                processors=accepted, tags=tags,
                                                 max_concurrent_jobs=session.max_slots, version=hello.version[:100],
                                                 hostname=hello.hostname[:255])
         row.processors, row.tags, row.max_concurrent_jobs = accepted, tags, session.max_slots
         row.version, row.hostname, row.connect_time, row.last_heartbeat_time = (
             hello.version[:100], hello.hostname[:255], now, now)
+        row.status = session.status()
         welcome.runner.CopyFrom(runner_pb(row, None, connected=True))
         return session, welcome
 
@@ -457,7 +459,7 @@ class Hub:
                 if session.runner_id in stale:
                     session.close(stream_error(FAILED_PRECONDITION, "SUPERSEDED",
                                                "a newer connection of this runner took over", fatal=True))
-            if sessions:
+            if sessions and ticks % 2 == 0:  # the registry's heartbeat time: a second or so behind is fine
                 when = utcnow()
                 async with self.db.session() as s:
                     await RunnerRepository(s).heartbeat({uuid.UUID(x.runner_id): (x.session_id, x.status(), when)

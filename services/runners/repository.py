@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.pagination import Keyset, after_keyset
@@ -64,10 +64,11 @@ class RunnerRepository:
     async def delete(self, row: Runner) -> None:
         await self.s.delete(row)
 
-    async def connected(self, runner_id: uuid.UUID, session_id: str, now: datetime, *, processors: list[str],
+    async def connected(self, runner_id: uuid.UUID, session_id: str, now: datetime, status: int, *,
+                        processors: list[str],
                         tags: list[str], max_concurrent_jobs: int, version: str, hostname: str) -> None:
         await self.s.execute(update(Runner).where(Runner.id == runner_id).values(
-            session_id=session_id, status=AVAILABLE, connect_time=now, last_heartbeat_time=now,
+            session_id=session_id, status=status, connect_time=now, last_heartbeat_time=now,
             processors=processors, tags=tags, max_concurrent_jobs=max_concurrent_jobs, version=version,
             hostname=hostname, update_time=now))
 
@@ -81,7 +82,12 @@ class RunnerRepository:
         return bool(getattr(result, "rowcount", 0))
 
     async def heartbeat(self, beats: dict[uuid.UUID, tuple[str, int, datetime]]) -> None:
-        """Many runners' last heartbeat and connection status in one statement each (sessions unchanged)."""
-        for runner_id, (session_id, status, when) in beats.items():
-            await self.s.execute(update(Runner).where(Runner.id == runner_id, Runner.session_id == session_id)
-                                 .values(last_heartbeat_time=when, status=status))
+        """Many runners' last heartbeat and connection status in one executemany (only where the
+        session is still theirs)."""
+        if not beats:
+            return
+        table: Table = Runner.__table__  # type: ignore[assignment]  # Core executemany, not ORM bulk
+        stmt = (update(table).where(table.c.id == bindparam("rid"), table.c.session_id == bindparam("sid"))
+                .values(last_heartbeat_time=bindparam("when"), status=bindparam("st")))
+        await self.s.execute(stmt, [{"rid": r, "sid": sid, "st": st, "when": when}
+                                    for r, (sid, st, when) in beats.items()])

@@ -233,6 +233,12 @@ async def test_a_duplicate_result_is_rejected_and_the_job_charged_once(stack: St
     job = t.submit(echo, {"n": 1})
     assignment = (await stream.read_kind("assignment")).assignment
     assert assignment.seq == 1 and assignment.lease.job_id == job["id"] and assignment.lease.attempt == 1
+    # secure access is relayed to the keys service; its refusal (the job is not encrypted, or the
+    # keys service cannot serve it) comes back as a grant with an error, never as decrypted data
+    stream.send(secure_access_open=pb.SecureAccessOpen(request_id="sa1", job_id=job["id"],
+                                                       lease_id=assignment.lease.lease_id, fields=["payload.n"]))
+    grant = (await stream.read_kind("secure_access_grant")).secure_access_grant
+    assert grant.request_id == "sa1" and grant.error.code != 0 and not grant.fields
     result = pb.JobResult(job_id=job["id"], lease_id=assignment.lease.lease_id, result=jobs_pb2.AttemptResult(
         outcome=jobs_pb2.AttemptOutcome.ATTEMPT_OUTCOME_SUCCEEDED))
     stream.send(message_id="first", result=result)
