@@ -16,6 +16,7 @@ import importlib
 import logging
 import sys
 
+from innosystem.embedded import PARENT_PID_ENV, die_with
 from innosystem.kit import logs, telemetry
 from innosystem.kit.config import SERVICES, CommonConfig, ConfigError, env, env_int, env_required
 from innosystem.kit.migrate import has_migrations, upgrade
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     keymanager_arguments(keymanager)
 
     args = parser.parse_args(argv)
+    if parent := env(PARENT_PID_ENV):
+        die_with(int(parent))
     try:
         if args.command == "up":
             from innosystem.stack import up as run_up

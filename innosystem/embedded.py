@@ -58,6 +58,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Our own child processes (`innosystem …`) arrange the same from inside, told their parent's pid by
+# this variable: a preexec_fn would force a plain fork of a parent that may run gRPC threads,
+# and gRPC's fork handlers can abort such a child before it reaches exec.
+PARENT_PID_ENV = "INNOSYSTEM_PARENT_PID"
+
+
+def die_with(parent_pid: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        raise SystemExit(f"innosystem: parent process {parent_pid} is gone")
+
+
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log_file: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, _die_with_parent, free_port
+from innosystem.embedded import PARENT_PID_ENV, EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.kit.config import DEFAULT_PORTS, SERVICES, env
 from innosystem.kit.migrate import has_migrations, upgrade
 
@@ -107,8 +107,8 @@ class Stack:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "innosystem.cli", *args], env=environ, stdout=out,
-            stderr=subprocess.STDOUT if out else None, process_group=0, preexec_fn=_die_with_parent,
+            [sys.executable, "-m", "innosystem.cli", *args], env={**environ, PARENT_PID_ENV: str(os.getpid())},
+            stdout=out, stderr=subprocess.STDOUT if out else None, process_group=0,
         )
 
     def start(self, services: tuple[str, ...] = SERVICES, gateway: bool = True) -> None:
