@@ -105,21 +105,8 @@ class Hub:
         reader = self._spawn(self._read(session, requests))
         self._spawn(self._lease_loop(session))
         try:
-            while True:
-                if session.out.empty() and session.closed.is_set():
-                    break
-                getter = asyncio.ensure_future(session.out.get())
-                closer = asyncio.ensure_future(session.closed.wait())
-                try:
-                    await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    closer.cancel()
-                    if not getter.done():
-                        getter.cancel()
-                if getter.done() and not getter.cancelled():
-                    yield getter.result()
-            if session.close_with is not None:
-                yield session.close_with
+            while (outgoing := await session.out.get()) is not None:
+                yield outgoing
         finally:
             session.close()
             reader.cancel()

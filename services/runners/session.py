@@ -52,11 +52,11 @@ class Session:
     cancel_sent: set[str] = field(default_factory=set)
     recent: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
     current_job_id: str = ""
-    out: asyncio.Queue[pb.ConnectResponse] = field(default_factory=asyncio.Queue)
+    # What the stream sends; None ends it (after a final StreamError, if any).
+    out: asyncio.Queue[pb.ConnectResponse | None] = field(default_factory=asyncio.Queue)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     last_seen: float = field(default_factory=time.monotonic)
-    close_with: pb.ConnectResponse | None = None
     extending: bool = False
 
     def free(self) -> int:
@@ -70,9 +70,11 @@ class Session:
 
     def close(self, final: pb.ConnectResponse | None = None) -> None:
         if not self.closed.is_set():
-            self.close_with = final
             self.closed.set()
             self.changed.set()
+            if final is not None:
+                self.out.put_nowait(final)
+            self.out.put_nowait(None)
 
     def assign(self, lease: jobs_pb2.JobLease) -> None:
         self.seq += 1

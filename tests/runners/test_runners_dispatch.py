@@ -4,11 +4,13 @@ charged; compatibility (tags, customer-owned runners) and capacity."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from innosystem.stack import Stack
 from tests.e2e.conftest import Client
 from tests.runners.conftest import RunnerProcess, wait_for
 from tests.runners.world import BASE_COST, serve, shared_runner, tenant
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.e2e
 Spawn = Callable[..., RunnerProcess]
 
 
-def test_a_job_runs_on_a_runner_and_is_charged(admin: Client, spawn_runner: Spawn) -> None:
+def test_a_job_runs_on_a_runner_and_is_charged(stack: Stack, admin: Client, spawn_runner: Spawn) -> None:
     t = tenant(admin)
     echo, digest = t.job_type("echo"), t.job_type("sha256")
     runner_id, token = shared_runner(admin)
@@ -30,6 +32,10 @@ def test_a_job_runs_on_a_runner_and_is_charged(admin: Client, spawn_runner: Spaw
     hashed = t.wait_status(t.submit(digest, {"data": "abc"})["id"], "JOB_STATUS_SUCCEEDED")
     assert hashed["result"]["sha256"].startswith("ba7816bf")
     wait_for(lambda: t.balance() == before - 2 * BASE_COST, what="both jobs charged")
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports['runners']}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    for name in ("runners_online", "runners_slots_free", "runners_dispatch_latency", "runners_results_batch_size"):
+        assert name in metrics, name
     seen = admin.get(f"/v1/runners/{runner_id}").body
     assert seen["status"] == "RUNNER_STATUS_AVAILABLE" and seen["hostname"]
     assert sorted(seen["processors"]) == sorted([echo["name"], digest["name"]])

@@ -30,6 +30,8 @@ def test_cancelling_a_running_sleep_job_stops_it(admin: Client, spawn_runner: Sp
     runner = spawn_runner(token, *serve(sleep))
     job = t.submit(sleep, {"seconds": 120})
     t.wait_status(job["id"], "JOB_STATUS_RUNNING")
+    # progress reported by the processor reaches the job (with the heartbeats' lease extensions)
+    wait_for(lambda: t.job(job["id"]).get("progress", {}).get("percent", 0) > 0, what="progress")
     assert t.client.post(f"/v1/jobs/{job['id']}:cancel", {"reason": "changed my mind"}).status == 200
     done = t.wait_status(job["id"], "JOB_STATUS_CANCELLED")
     assert done["attempts"][-1]["outcome"] == "ATTEMPT_OUTCOME_CANCELLED"
