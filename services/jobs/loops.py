@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PROMOTE_MAX_SLEEP = 5.0  # the promoter re-reads the scheduled queues at least this often
 RECOVERY_GRACE = timedelta(seconds=2)  # jobs committed this recently may still be on their way to Redis
+LOST_LEASE_GRACE = 30.0  # seconds a lease may take from its pop in Redis to its commit
 CHUNK = 2000
 RETENTION_INTERVAL = 3600.0
 
@@ -101,11 +102,7 @@ class Loops:
                                  (r.queue_time or r.create_time).timestamp()) for r in rows if r.status == PENDING]
             later = [ScheduledItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
                                    (r.next_attempt_time or now).timestamp()) for r in rows if r.status == SCHEDULED]
-            by_queue: dict[str, list[str]] = {}
-            for item in pending:  # a leased record of a Pending job is a lease that never committed
-                by_queue.setdefault(item.job_type, []).append(item.job_id)
-            for q, ids in by_queue.items():
-                await deps.queue.finish(q, ids)
+            await self._drop_lost_leases(pending, now.timestamp() - LOST_LEASE_GRACE)
             n = await deps.queue.rebuild(pending, later)
             queued += n
             if n:
@@ -115,6 +112,21 @@ class Loops:
         if queued or released:
             log.info("recovery: %d jobs back in Redis, %d orphan holds released", queued, released)
         return queued, released
+
+    async def _drop_lost_leases(self, pending: list[QueueItem], before: float) -> None:
+        """A Pending job whose Redis record says leased since before `before` was popped by a lease
+        that never committed (its process died): forget the record so the job can be queued again.
+        Younger records belong to leases in flight and are left alone."""
+        queue = self.deps.queue
+        by_queue: dict[str, list[str]] = {}
+        for item in pending:
+            by_queue.setdefault(item.job_type, []).append(item.job_id)
+        for q, ids in by_queue.items():
+            records = await queue.client.hmget(f"{queue.base(q)}:job", ids)
+            lost = [i for i, rec in zip(ids, records, strict=True)
+                    if rec is not None and _leased_before(rec, before)]
+            if lost:
+                await queue.finish(q, lost)
 
     async def _release_orphan_holds(self) -> int:
         """Intents past their grace that no submit holds locked (its process died): release the hold
@@ -143,9 +155,11 @@ class Loops:
 
     # queue gauges --------------------------------------------------------------------------------
     async def _refresh_depth(self) -> None:
+        """Queues with waiting jobs, and those seen before (reported as 0 once empty)."""
         async with self.deps.db.session() as s:
             names = (await s.execute(select(Job.queue_name).where(Job.status == PENDING).distinct())).scalars().all()
-        stats = await self.deps.queue.stats(list(names)) if names else []
+        queues = sorted(set(names) | {q for q, _ in self._depth})
+        stats = await self.deps.queue.stats(queues) if queues else []
         now = self.deps.clock()
         self._depth = {(t.job_type, c.priority): (c.depth, None if c.oldest_enqueued_at is None
                                                   else max(0.0, now - c.oldest_enqueued_at))
@@ -191,3 +205,9 @@ class Loops:
         while True:
             await self.retain_once()
             await asyncio.sleep(RETENTION_INTERVAL)
+
+
+def _leased_before(record: bytes | str, before: float) -> bool:
+    text = record.decode() if isinstance(record, bytes) else record
+    parts = text.split("|")
+    return parts[0] == "L" and len(parts) > 3 and float(parts[3]) < before

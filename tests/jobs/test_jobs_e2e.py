@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -288,3 +290,44 @@ async def test_jobs_service_killed_during_a_submit_burst(stack: Stack, jobs_stub
     assert sorted(_captures(t)) == sorted(existing)
     wallet = _wallet(t)  # no hold without a job: nothing is left held
     assert _cents(wallet, "heldCents") == 0 and _cents(wallet, "balanceCents") == 100_000 - len(existing)
+
+
+def _sse_events(url: str, api_key: str, out: list[dict[str, Any]], opened: threading.Event) -> None:
+    """Read `data:` events of one SSE response until the server ends it."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        opened.set()
+        for raw in resp:
+            line = raw.decode().strip()
+            if line.startswith("data: "):
+                out.append(json.loads(line[len("data: "):]))
+
+
+async def test_watch_through_the_gateway_is_server_sent_events(
+        stack: Stack, jobs_stub: jobs_pb2_grpc.JobServiceStub) -> None:
+    t = tenant(stack, "Watcher", 1000, {"watched": {"baseCostCents": 1}})
+    job = t.client.post(f"/v1/projects/{t.project_id}/jobs", {"jobTypeId": t.job_types["watched"]}).body
+    events: list[dict[str, Any]] = []
+    opened = threading.Event()
+    reader = threading.Thread(target=_sse_events, args=(f"{stack.gateway_url}/v1/jobs/{job['id']}:watch",
+                                                        t.client.api_key, events, opened))
+    reader.start()
+    assert await asyncio.to_thread(opened.wait, 10)
+    await drain(jobs_stub, ["watched"], 1)
+    await asyncio.to_thread(reader.join, 20)
+    assert not reader.is_alive()  # the stream ended after the final status
+    assert events[0]["type"] == "JOB_EVENT_TYPE_SNAPSHOT"
+    changes = [e["statusChange"]["status"] for e in events if e["type"] == "JOB_EVENT_TYPE_STATUS_CHANGED"]
+    assert changes[-2:] == ["JOB_STATUS_RUNNING", "JOB_STATUS_SUCCEEDED"]
+    missing = t.client.get(f"/v1/jobs/{uuid.uuid4()}:watch")
+    assert missing.status == 404
+
+
+def test_metrics_count_jobs_by_type(stack: Stack) -> None:
+    """Runs after the watch test (same module, file order) on the restarted jobs process."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports['jobs']}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    submitted = [line for line in text.splitlines() if line.startswith("jobs_submitted_total{")]
+    assert any('job_type="watched"' in line for line in submitted), submitted  # since the restart
+    assert "jobs_dispatch_latency_seconds_bucket" in text and "jobs_queue_depth" in text

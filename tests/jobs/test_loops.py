@@ -102,3 +102,18 @@ def _struct(**values: object) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
     return s
+
+
+async def test_a_pop_that_never_committed_is_queued_again_only_after_its_grace(world: JobsWorld) -> None:
+    c = await world.customer()
+    jt = await world.job_type(c)
+    job = await world.submit(c, jt)
+    queue = world.app.deps.queue
+    assert await queue.lease([job.queue_name], 1, world.clock()) == [str(job.id)]  # popped; the lease "died"
+    world.clock.advance(5)
+    await world.app.loops.recover_once()
+    assert await world.lease([jt.name]) == []  # a lease this young may still commit
+    world.clock.advance(30)
+    await world.app.loops.recover_once()
+    (lease,) = await world.lease([jt.name])
+    assert lease.job_id == str(job.id) and lease.attempt == 1
