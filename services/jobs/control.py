@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
-from innosystem.kit.errors import FailedPrecondition, InvalidArgument
+from innosystem.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
 from innosystem.kit.protos import timestamp
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs import outcomes
@@ -19,6 +19,7 @@ from services.jobs.leases import requeue
 from services.jobs.models import IdempotencyKey, Job, JobAttempt, JobStatusChange
 from services.jobs.queries import Queries
 from services.jobs.runtime import CANCELLED, FAILED, FINAL, PENDING, SCHEDULED, Changes, Deps, status_name
+from services.jobs.signals import CLOSED
 from services.jobs.submission import HOLD_MARGIN
 
 MAX_REASON = 1000
@@ -143,6 +144,8 @@ class Control:
                     event = await asyncio.wait_for(incoming.get(), WATCH_RECHECK_SECONDS)
                 except TimeoutError:
                     event = {}
+                if CLOSED in event:
+                    raise Unavailable(f"event feed lost: {event[CLOSED]}; watch again", reason="FEED_LOST")
                 job = await self.queries.visible_job(caller, job_id)
                 message = await self.queries.job_message(job, full=False)
                 async with self.deps.db.session() as s:

@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, to_status
+from innosystem.kit.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    to_status,
+)
 from innosystem.kit.protos import timestamp
 from services.jobs import metrics, outcomes
 from services.jobs.convert import lease_pb, plain
@@ -40,6 +47,7 @@ from services.jobs.runtime import (
     priority_name,
     queue_name,
 )
+from services.jobs.signals import CLOSED
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +362,8 @@ class Leases:
                                             reason=job.cancel_reason, request_time=timestamp(job.cancel_time))
             while True:
                 n = await incoming.get()
+                if CLOSED in n:
+                    raise Unavailable(f"cancellation feed lost: {n[CLOSED]}; subscribe again", reason="FEED_LOST")
                 notice = pb.CancellationNotice(job_id=n["job_id"], lease_id=n["lease_id"], runner_id=n["runner_id"],
                                                reason=n.get("reason", ""))
                 notice.request_time.FromJsonString(n["time"])

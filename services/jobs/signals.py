@@ -25,6 +25,9 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 
+CLOSED = "_closed"  # the key of the message a subscription queue gets when its connection failed
+
+
 class Signals:
     def __init__(self, client: aioredis.Redis, prefix: str = "jobs:") -> None:
         self.client = client
@@ -114,10 +117,13 @@ class Signals:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
         async def pump() -> None:
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                if message is not None:
-                    queue.put_nowait(json.loads(_text(message["data"])))
+            try:
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if message is not None:
+                        queue.put_nowait(json.loads(_text(message["data"])))
+            except (RedisError, OSError) as exc:  # the subscriber learns of it and ends its stream
+                queue.put_nowait({CLOSED: str(exc)})
 
         task = asyncio.create_task(pump())
         try:
