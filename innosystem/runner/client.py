@@ -42,6 +42,10 @@ _tracer = trace.get_tracer("innosystem.runner")
 VERSION = "innosystem-runner/0.1"
 Outcome = jobs_pb2.AttemptOutcome
 BATCH_LINGER_SECONDS = 0.005
+# Keepalive pings find a half-open connection (the service's host gone without a FIN).
+CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+                   ("grpc.keepalive_permit_without_calls", 1), ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                   ("grpc.max_send_message_length", 32 * 1024 * 1024)]
 # A stream closed for one of these is not reconnected: the token was revoked or the runner
 # deleted, or another process connected with the same token (two would supersede each other forever).
 FINAL_REASONS = ("RUNNER_REVOKED", "SUPERSEDED", "RUNNER_DELETED", "RUNNER_MISMATCH")
@@ -119,6 +123,8 @@ class Runner:
                     if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                         raise RunnerRejected(f"{exc.code().name}: {exc.details()}") from None
                     log.warning("stream to %s ended: %s %s", self.target, exc.code().name, exc.details())
+                except Exception:  # a protocol surprise must not end the process; reconnect
+                    log.exception("stream to %s failed", self.target)
                 if self._stopping.is_set() or (self._draining and not self._running):
                     break
                 delay = backoff.next()
@@ -200,8 +206,10 @@ class Runner:
                                                   for p in self.processors],
             tags=self.tags, max_concurrent_jobs=self.max_concurrent_jobs, free_slots=self._free(),
             version=VERSION, hostname=self.hostname, running=refs)))
-        channel = (grpc.aio.secure_channel(self.target, self._credentials) if self._credentials is not None
-                   else grpc.aio.insecure_channel(self.target))
+        if self._credentials is not None:
+            channel = grpc.aio.secure_channel(self.target, self._credentials, options=CHANNEL_OPTIONS)
+        else:
+            channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         heartbeat: asyncio.Task[None] | None = None
         try:
             stub = runners_pb2_grpc.RunnerServiceStub(channel)
