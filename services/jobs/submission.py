@@ -36,6 +36,7 @@ from innosystem.kit.errors import (
 from innosystem.kit.protos import request_hash, to_datetime
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs import metrics
+from services.jobs.batcher import Coalescer
 from services.jobs.billing import HoldRequest, insufficient_funds
 from services.jobs.convert import plain
 from services.jobs.models import IdempotencyKey, Job, JobStatusChange, JobType, SubmitIntent
@@ -59,7 +60,21 @@ def job_id_for(project_id: uuid.UUID, request_id: str) -> uuid.UUID:
 class Prepared:
     job: Job
     hash: bytes
+    position: int  # in the request (batch item index)
     existing: bool = False
+
+
+@dataclass
+class Group:
+    """One call's new jobs, stored all or none."""
+
+    owner: ProjectOwner
+    fresh: list[Prepared]
+    scope: str
+    single: bool
+
+    def prefix(self, position: int) -> str:
+        return "" if self.single else f"requests[{position}]."
 
 
 def _bad(field: str, message: str, reason: str) -> InvalidArgument:
@@ -85,6 +100,7 @@ class Submission:
     def __init__(self, deps: Deps, visible_project: Any) -> None:
         self.deps = deps
         self._visible_project = visible_project
+        self._coalescer: Coalescer[Group, None] = Coalescer(self._store)
 
     async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job:
         (job,) = await self._submit(caller, request.project_id, [request], single=True)
@@ -105,13 +121,28 @@ class Submission:
         now = self.deps.now()
         prefix = (lambda i: "") if single else (lambda i: f"requests[{i}].")
         types = await self._types(owner, requests, prefix)
-        prepared = [self._prepare(owner, types, r, prefix(i), now) for i, r in enumerate(requests)]
+        prepared = [self._prepare(owner, types, r, prefix(i), now, i) for i, r in enumerate(requests)]
         scope = f"SubmitJob:{owner.project_id}"
         seen: dict[uuid.UUID, int] = {}
         for i, p in enumerate(prepared):  # the same request id twice in one batch is one job
             if p.job.id in seen:
                 raise _bad(prefix(i) + "request_id", "appears twice in the batch", "DUPLICATE_REQUEST_ID")
             seen[p.job.id] = i
+        found: dict[uuid.UUID, Job] = {}
+        if any(p.job.request_id for p in prepared):
+            found = await self._replays(prepared, scope, prefix)
+        fresh = [p for p in prepared if not p.existing]
+        if fresh:
+            try:
+                await self._store_one(Group(owner, fresh, scope, single))
+            except Aborted:  # a concurrent repeat of a request id stored it first: answer with its job
+                found = await self._replays(prepared, scope, prefix)
+                if not all(p.existing for p in prepared):
+                    raise
+        return [found.get(p.job.id, p.job) if p.existing else p.job for p in prepared]
+
+    async def _replays(self, prepared: list[Prepared], scope: str, prefix: Any) -> dict[uuid.UUID, Job]:
+        """Marks the requests whose request id already made a job; those jobs by id."""
         async with self.deps.db.session() as s:
             for i, p in enumerate(prepared):
                 if p.job.request_id:
@@ -121,14 +152,7 @@ class Submission:
                         raise _renamed(err, "request_id", prefix(i) + "request_id") from None
                     p.existing = earlier is not None
             existing_ids = [p.job.id for p in prepared if p.existing]
-            found = {j.id: j for j in (await s.execute(select(Job).where(Job.id.in_(existing_ids)))).scalars()}
-        fresh = [p for p in prepared if not p.existing]
-        if fresh:
-            await self._hold_and_store(owner, fresh, scope, prefix, [prepared.index(p) for p in fresh], now)
-        out = []
-        for p in prepared:
-            out.append(found.get(p.job.id, p.job) if p.existing else p.job)
-        return out
+            return {j.id: j for j in (await s.execute(select(Job).where(Job.id.in_(existing_ids)))).scalars()}
 
     async def _types(self, owner: ProjectOwner, requests: Sequence[pb.SubmitJobRequest],
                      prefix: Any) -> dict[uuid.UUID, JobType]:
@@ -145,7 +169,7 @@ class Submission:
             return {r.id: r for r in rows}
 
     def _prepare(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], r: pb.SubmitJobRequest, prefix: str,
-                 now: datetime) -> Prepared:
+                 now: datetime, position: int) -> Prepared:
         config = self.deps.config
         jt = types.get(uuid.UUID(r.job_type_id))
         if jt is None:  # unknown, or another project's (another customer's) type: not found either way
@@ -210,68 +234,101 @@ class Submission:
             update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
             lease_session_id="", dead_lettered=False, trace_context=_trace_context(r), purged=False, **retry,
         )
-        return Prepared(job, request_hash(r))
+        return Prepared(job, request_hash(r), position)
 
-    async def _reserve(self, owner: ProjectOwner, held: list[tuple[Prepared, int]], prefix: Any,
-                       now: datetime) -> DomainError | None:
-        """Hold every cost, or none: on any refusal the holds made are released and the first refusal
-        is returned, naming its item."""
+    async def _store_one(self, group: Group) -> None:
+        if group.single:
+            await self._coalescer.submit(group)  # concurrent single submits share a commit
+        else:
+            (outcome,) = await self._store([group])
+            if outcome is not None:
+                raise outcome
+
+    async def _store(self, groups: Sequence[Group]) -> list[DomainError | None]:
+        """Intents committed; then one transaction locks them, reserves every hold in one billing call,
+        stores the jobs of every group whose holds were all granted, and deletes the intents; then the
+        jobs enter Redis. Recovery skips locked intents, so it never releases the hold of a submit still
+        in flight, however slow; a dead submit's lock goes with its connection. Returns each group's
+        refusal (None: stored)."""
         deps = self.deps
+        now = deps.now()
+        ids = [p.job.id for g in groups for p in g.fresh]
+        if len(groups) > 1 and len(set(ids)) < len(ids):  # repeats of one request id: the first one wins
+            return await self._one_by_one(groups)
+        held = [p for g in groups for p in g.fresh if p.job.hold_id]
+        hold_ids = [p.job.hold_id for p in held]
+        if held:
+            async with deps.db.session() as s:
+                await s.execute(insert(SubmitIntent).values([
+                    {"hold_id": p.job.hold_id, "job_id": p.job.id, "create_time": now} for p in held
+                ]).on_conflict_do_nothing())
+        try:
+            async with deps.db.session() as s:
+                refusals: list[DomainError | None] = [None] * len(groups)
+                if held:
+                    await s.execute(select(SubmitIntent.hold_id).where(SubmitIntent.hold_id.in_(hold_ids))
+                                    .with_for_update())
+                    refusals = await self._reserve(groups)
+                    await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
+                for g, refused in zip(groups, refusals, strict=True):
+                    if refused is not None:
+                        continue
+                    for p in g.fresh:
+                        s.add(p.job)
+                        s.add(JobStatusChange(
+                            job_id=p.job.id, status=p.job.status, time=p.job.create_time, attempt=0,
+                            reason="submitted" if p.job.status == PENDING
+                            else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"))
+                        if p.job.request_id:
+                            await idempotency.remember(s, IdempotencyKey, g.scope, p.job.request_id, p.hash,
+                                                       p.job.id)
+        except (IntegrityError, Aborted):
+            if len(groups) > 1:  # one group's concurrent repeat spoiled the shared commit: go one by one
+                return await self._one_by_one(groups)
+            return [Aborted("a concurrent submit with the same request_id won; repeat to get its job",
+                            reason="CONCURRENT_REQUEST")]
+        stored = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
+        await self._enqueue(stored)
+        return refusals
+
+    async def _one_by_one(self, groups: Sequence[Group]) -> list[DomainError | None]:
+        return [(await self._store([g]))[0] for g in groups]
+
+    async def _reserve(self, groups: Sequence[Group]) -> list[DomainError | None]:
+        """One billing call for every group's holds; a group with any refusal gets none (its granted
+        holds are released) and its first refusal, naming the item."""
+        deps = self.deps
+        items = [(gi, p) for gi, g in enumerate(groups) for p in g.fresh if p.job.hold_id]
         outcomes = await deps.billing.reserve([
-            HoldRequest(p.job.hold_id, str(owner.customer_id), p.job.estimated_cost_cents, p.job.currency_code,
-                        str(p.job.id), (p.job.schedule_time or now) + HOLD_MARGIN) for p, _ in held])
-        failed = [(pos, err) for (_, pos), err in zip(held, outcomes, strict=True) if err is not None]
-        if not failed:
-            return None
-        ok = [p.job.hold_id for (p, _), err in zip(held, outcomes, strict=True) if err is None]
-        if ok:
-            await deps.billing.release(ok, "submit refused")
-        pos, err = failed[0]
-        field = prefix(pos) + "job_type_id"
+            HoldRequest(p.job.hold_id, str(groups[gi].owner.customer_id), p.job.estimated_cost_cents,
+                        p.job.currency_code, str(p.job.id), (p.job.schedule_time or p.job.create_time) + HOLD_MARGIN)
+            for gi, p in items])
+        refusals: list[DomainError | None] = [None] * len(groups)
+        for (gi, p), err in zip(items, outcomes, strict=True):
+            if err is not None and refusals[gi] is None:
+                refusals[gi] = self._refusal(groups[gi], p, err)
+        give_back = [p.job.hold_id for (gi, p), err in zip(items, outcomes, strict=True)
+                     if err is None and refusals[gi] is not None]
+        if give_back:
+            await deps.billing.release(give_back, "submit refused")
+        return refusals
+
+    @staticmethod
+    def _refusal(group: Group, p: Prepared, err: DomainError) -> DomainError:
+        prefix = group.prefix(p.position)
+        field = prefix + "job_type_id"
         if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
-            return insufficient_funds(err, prefix(pos).rstrip(".") or "project_id")
+            return insufficient_funds(err, prefix.rstrip(".") or "project_id")
         if err.reason == "CURRENCY_MISMATCH":
             return FailedPrecondition(f"{field}: the type's currency differs from the wallet's ({err.message})",
                                       field=field, reason=err.reason)
         return err
 
-    async def _hold_and_store(self, owner: ProjectOwner, fresh: list[Prepared], scope: str, prefix: Any,
-                              positions: list[int], now: datetime) -> None:
-        """Intents committed, then one transaction that locks them, reserves the holds, stores the jobs
-        and deletes the intents. Recovery skips locked intents, so it never releases the hold of a
-        submit still in flight, however slow; a dead submit's lock goes with its connection."""
+    async def _enqueue(self, fresh: Sequence[Prepared]) -> None:
         deps = self.deps
-        held = [(p, pos) for p, pos in zip(fresh, positions, strict=True) if p.job.hold_id]
-        hold_ids = [p.job.hold_id for p, _ in held]
-        if held:
-            async with deps.db.session() as s:
-                await s.execute(insert(SubmitIntent).values([
-                    {"hold_id": p.job.hold_id, "job_id": p.job.id, "create_time": now} for p, _ in held
-                ]).on_conflict_do_nothing())
-        refused: DomainError | None = None
-        try:
-            async with deps.db.session() as s:
-                if held:
-                    await s.execute(select(SubmitIntent.hold_id).where(SubmitIntent.hold_id.in_(hold_ids))
-                                    .with_for_update())
-                    refused = await self._reserve(owner, held, prefix, now)
-                    await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
-                if refused is None:
-                    for p in fresh:
-                        s.add(p.job)
-                        s.add(JobStatusChange(
-                            job_id=p.job.id, status=p.job.status, time=now, attempt=0,
-                            reason="submitted" if p.job.status == PENDING
-                            else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"))
-                        if p.job.request_id:
-                            await idempotency.remember(s, IdempotencyKey, scope, p.job.request_id, p.hash, p.job.id)
-        except IntegrityError:  # a concurrent repeat of the same request id stored the job first
-            raise Aborted("a concurrent submit with the same request_id won; repeat to get its job",
-                          reason="CONCURRENT_REQUEST") from None
-        if refused is not None:
-            raise refused
         changes = Changes()
-        ready = [QueueItem(str(p.job.id), p.job.queue_name, str(p.job.customer_id), p.job.priority, now.timestamp())
+        ready = [QueueItem(str(p.job.id), p.job.queue_name, str(p.job.customer_id), p.job.priority,
+                           p.job.create_time.timestamp())
                  for p in fresh if p.job.status == PENDING]
         later = [ScheduledItem(str(p.job.id), p.job.queue_name, str(p.job.customer_id), p.job.priority,
                                p.job.schedule_time.timestamp()) for p in fresh

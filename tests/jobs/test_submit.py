@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -132,3 +134,18 @@ async def test_list_pages_newest_first_and_filters(world: JobsWorld) -> None:
     other = await world.customer()
     with pytest.raises(NotFound):
         await q.get(other.principal, str(made[0].id), pb.JOB_VIEW_FULL)
+
+
+async def test_concurrent_submits_share_commits_but_fail_alone(world: JobsWorld) -> None:
+    rich, poor = await world.customer(funds=1000), await world.customer(funds=5)
+    rt, pt = await world.job_type(rich, base_cost_cents=1), await world.job_type(poor, base_cost_cents=10)
+    batches_before = world.app.cases.submission._coalescer.batches
+    calls = [world.submit(rich, rt) for _ in range(40)] + [world.submit(poor, pt)] + \
+        [world.submit(rich, rt, request_id="same") for _ in range(5)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1 and isinstance(refused[0], FailedPrecondition)
+    assert refused[0].reason == "INSUFFICIENT_FUNDS"
+    assert len({str(r.id) for r in results[-5:] if not isinstance(r, BaseException)}) == 1  # one job per request id
+    assert await world.available(rich) == 1000 - 41 and await world.available(poor) == 5
+    assert world.app.cases.submission._coalescer.batches - batches_before < 46  # commits were shared

@@ -1,0 +1,51 @@
+"""Coalescing: concurrent callers' items share one run of a batch handler (one billing call, one
+commit). At idle an item goes straight through; under load the items queue up while the previous
+batch runs and then go together. Each caller gets its own item's outcome (a value or an exception)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Coalescer(Generic[Item, Result]):
+    def __init__(self, handler: Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException]]],
+                 max_batch: int = 200) -> None:
+        self._handler = handler
+        self._max = max_batch
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def submit(self, item: Item) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while not self._queue.empty():
+            batch = [self._queue.get_nowait()]
+            while len(batch) < self._max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [(i, f) for i, f in batch if not f.cancelled()]
+            if not batch:
+                continue
+            self.batches += 1
+            outcomes: Sequence[Any]
+            try:
+                outcomes = await self._handler([i for i, _ in batch])
+            except Exception as exc:  # the whole batch failed: every caller gets the error
+                outcomes = [exc] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
