@@ -233,7 +233,8 @@ class Leases:
                 outcome = c.result.outcome
                 if outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
                     cost = c.result.actual_cost_cents if c.result.HasField("actual_cost_cents") else None
-                    outcomes.succeed(s, deps, job, attempt, plain(c.result.result), cost, details, now, changes, st)
+                    output = await self._encrypted_result(job, plain(c.result.result))
+                    outcomes.succeed(s, deps, job, attempt, output, cost, details, now, changes, st)
                 elif outcome == pb.ATTEMPT_OUTCOME_CANCELLED:
                     outcomes.cancel_running(s, job, attempt, now, changes, st,
                                             f"cancelled: {job.cancel_reason or 'the runner stopped it'}")
@@ -252,6 +253,17 @@ class Leases:
         for job, outcome, attempt in finished:
             _count_end(job, outcome, attempt, now)
         return results
+
+    async def _encrypted_result(self, job: Job, result: dict[str, Any]) -> dict[str, Any]:
+        """A job encrypted at submit has its result encrypted the same way before it is stored."""
+        enc = job.encryption
+        if not enc or not result or self.deps.encryptor is None:
+            return result
+        out, paths = await self.deps.encryptor.encrypt(
+            enc["key_id"], str(job.customer_id), str(job.project_id), str(job.id), "result", result,
+            job.settings.get("sensitive_fields", []))
+        job.encryption = {**enc, "encrypted_fields": [*enc.get("encrypted_fields", []), *paths]}
+        return out
 
     # ExtendLeases --------------------------------------------------------------------------------
     async def extend(self, r: pb.ExtendLeasesRequest) -> list[pb.LeaseExtensionResult]:

@@ -12,6 +12,7 @@ from innosystem.kit.server import Service
 from services.jobs.api import servicer
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
+from services.jobs.encryption import Encryptor
 from services.jobs.wiring import build
 
 
@@ -22,7 +23,8 @@ async def create() -> Service:
     addresses, secret = config.common.addresses, config.common.internal_secret
     tenancy = channel(addresses.tenancy, service="jobs", secret=secret)
     billing = channel(addresses.billing, service="jobs", secret=secret)
-    app = build(config, db, redis, tenancy, Billing(billing), time.time)
+    keys = channel(addresses.keys, service="jobs", secret=secret)
+    app = build(config, db, redis, tenancy, Billing(billing), time.time, encryptor=Encryptor(keys))
     api = servicer(app.types, app.cases)
 
     async def close_redis() -> None:
@@ -35,5 +37,5 @@ async def create() -> Service:
         authenticate=ApiKeyAuthenticator(tenancy),  # direct gRPC callers with an API key
         background=[app.signals.listen_forever, app.loops.promote_forever, app.loops.reap_forever,
                     app.loops.recover_forever, app.loops.retain_forever],
-        on_shutdown=[tenancy.close, billing.close, close_redis, db.close],
+        on_shutdown=[tenancy.close, billing.close, keys.close, close_redis, db.close],
     )

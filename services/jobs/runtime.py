@@ -14,6 +14,7 @@ from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.kit.db import Database
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
+from services.jobs.encryption import Encryptor
 from services.jobs.models import Job, JobStatusChange
 from services.jobs.queue import JobQueue
 from services.jobs.retry import Policy
@@ -62,6 +63,7 @@ class Deps:
     config: JobsConfig
     clock: Callable[[], float]  # epoch seconds; tests pass a controllable one
     rng: random.Random = field(default_factory=random.Random)
+    encryptor: Encryptor | None = None  # the keys service; None: encrypted projects cannot submit
 
     def now(self) -> datetime:
         return utc(self.clock())

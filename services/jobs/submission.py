@@ -12,6 +12,7 @@ reserves the same hold (billing is idempotent per hold) and cannot store a secon
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from innosystem.kit.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
 from innosystem.kit.protos import request_hash, to_datetime
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -132,6 +134,8 @@ class Submission:
         if any(p.job.request_id for p in prepared):
             found = await self._replays(prepared, scope, prefix)
         fresh = [p for p in prepared if not p.existing]
+        if fresh and owner.encryption_key_id:
+            await self._encrypt(owner, fresh)
         if fresh:
             try:
                 await self._store_one(Group(owner, fresh, scope, single))
@@ -140,6 +144,22 @@ class Submission:
                 if not all(p.existing for p in prepared):
                     raise
         return [found.get(p.job.id, p.job) if p.existing else p.job for p in prepared]
+
+    async def _encrypt(self, owner: ProjectOwner, fresh: Sequence[Prepared]) -> None:
+        """Encrypted project: only the sensitive fields' ciphertext is stored (keys service)."""
+        encryptor = self.deps.encryptor
+        if encryptor is None:
+            raise Unavailable("the project encrypts its jobs but the keys service is not configured",
+                              reason="ENCRYPTION_UNAVAILABLE")
+
+        async def one(p: Prepared) -> None:
+            job = p.job
+            job.payload, paths = await encryptor.encrypt(
+                owner.encryption_key_id, str(owner.customer_id), str(owner.project_id), str(job.id), "payload",
+                job.payload or {}, job.settings.get("sensitive_fields", []))
+            job.encryption = {"key_id": owner.encryption_key_id, "encrypted_fields": paths}
+
+        await asyncio.gather(*(one(p) for p in fresh))
 
     async def _replays(self, prepared: list[Prepared], scope: str, prefix: Any) -> dict[uuid.UUID, Job]:
         """Marks the requests whose request id already made a job; those jobs by id."""
@@ -226,7 +246,8 @@ class Submission:
             settings={"timeout_seconds": jt.timeout_seconds, "max_cost_cents": jt.max_cost_cents,
                       "over_capture_policy": jt.over_capture_policy, "charge_on_failure": jt.charge_on_failure,
                       "processor_type": jt.processor_type, "external_api": jt.external_api,
-                      "max_batch_size": jt.max_batch_size, "required_tags": list(jt.required_tags or ())},
+                      "max_batch_size": jt.max_batch_size, "required_tags": list(jt.required_tags or ()),
+                      "sensitive_fields": list(jt.sensitive_fields or ())},
             payload=payload, result=None, error="", error_type="", runner_id="", attempt_count=0,
             next_attempt_time=schedule, cost_cents=0, estimated_cost_cents=cost,
             currency_code=jt.currency_code or config.default_currency, hold_id=str(job_id) if cost > 0 else "",

@@ -18,6 +18,8 @@ class ProjectOwner:
     project_id: uuid.UUID
     customer_id: uuid.UUID
     reseller_id: uuid.UUID | None
+    # The client key (keys service) new jobs of the project are encrypted under; "" = none.
+    encryption_key_id: str = ""
 
 
 class Projects:
@@ -25,8 +27,9 @@ class Projects:
 
     Calls `GetProject` and `GetCustomer` as the jobs service (the channel signs the service
     principal), and remembers answers for `ttl` seconds: a project's customer and a customer's
-    reseller never change, so the cache only delays noticing a deleted project. Tenancy being
-    down is not "not found": its error (UNAVAILABLE, …) reaches the caller.
+    reseller never change, so the cache only delays noticing a deleted project or a changed
+    encryption key. Tenancy being down is not "not found": its error (UNAVAILABLE, …) reaches
+    the caller.
     """
 
     def __init__(self, tenancy: grpc.aio.Channel, ttl: float = 30.0, max_entries: int = 10_000,
@@ -51,7 +54,8 @@ class Projects:
                 return None
             raise from_rpc_error(exc) from None
         owner = ProjectOwner(project_id, uuid.UUID(project.customer_id),
-                             uuid.UUID(customer.reseller_id) if customer.reseller_id else None)
+                             uuid.UUID(customer.reseller_id) if customer.reseller_id else None,
+                             project.encryption_key_id)
         self._cache[project_id] = (now + self._ttl, owner)
         self._cache.move_to_end(project_id)
         while len(self._cache) > self._max:

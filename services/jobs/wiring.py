@@ -13,6 +13,7 @@ from services.jobs.api import UseCases
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
 from services.jobs.control import Control
+from services.jobs.encryption import Encryptor
 from services.jobs.leases import Leases
 from services.jobs.loops import Loops
 from services.jobs.queries import Queries
@@ -34,12 +35,12 @@ class App:
 
 
 def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc.aio.Channel, billing: Billing,
-          clock: Callable[[], float], prefix: str = "jobs:") -> App:
+          clock: Callable[[], float], prefix: str = "jobs:", encryptor: Encryptor | None = None) -> App:
     projects = Projects(tenancy, config.project_cache_seconds)
     types = JobsService(db, projects)
     signals = Signals(redis, prefix)
     deps = Deps(db=db, queue=JobQueue(redis, prefix), billing=billing, projects=projects, signals=signals,
-                config=config, clock=clock)
+                config=config, clock=clock, encryptor=encryptor)
     queries = Queries(deps, types._visible_project)
     leases = Leases(deps)
     cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,

@@ -12,23 +12,26 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from google.protobuf import json_format
 
 from innosystem.billing.v1 import billing_pb2_grpc
 from innosystem.embedded import free_port
 from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
 from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.kit.config import Addresses, CommonConfig, to_async_url
 from innosystem.kit.db import Database
 from innosystem.kit.redis import connect
 from innosystem.kit.server import Service, build_server
-from innosystem.tenancy.v1 import tenancy_pb2_grpc
+from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing.api import BillingApi
 from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
+from services.jobs.encryption import Encryptor
 from services.jobs.models import JobType
 from services.jobs.wiring import App, build
 from tests.billing.billing_helpers import ADMIN as BILLING_ADMIN
@@ -38,6 +41,32 @@ from tests.jobs.test_job_types_service import FakeTenancy
 SECRET = b"s" * 32
 RUNNERS = Principal(kind=principals.SERVICE, service="runners")
 ADMIN = Principal(kind=principals.ADMIN, key_id="admin")
+
+
+class Tenancy(FakeTenancy):
+    """The tenancy double, plus each project's client key (`encryption_key_id`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: dict[str, str] = {}
+
+    async def GetProject(self, request: tenancy_pb2.GetProjectRequest, context: Any) -> tenancy_pb2.Project:
+        project = await super().GetProject(request, context)
+        project.encryption_key_id = self.keys.get(request.project_id, "")
+        return project
+
+
+class FakeKeys(keys_pb2_grpc.KeyManagementServiceServicer):
+    """Stands in for the keys service's EncryptFields (its own tests cover the cryptography):
+    an "envelope" that names the key and job and carries the JSON value, so tests can see what was sent."""
+
+    async def EncryptFields(self, request: keys_pb2.EncryptFieldsRequest,
+                            context: Any) -> keys_pb2.EncryptFieldsResponse:
+        ctx = request.context
+        return keys_pb2.EncryptFieldsResponse(fields=[
+            keys_pb2.EncryptedField(path=f.path, ciphertext=f"enc:{ctx.key_id}:{ctx.job_id}:"
+                                                            f"{json_format.MessageToJson(f.value, indent=None)}")
+            for f in request.fields], data_key_id="dk-1", client_key_version=1, project_key_version=1)
 
 
 class Clock:
@@ -63,7 +92,7 @@ class Customer:
 class JobsWorld:
     app: App
     billing: BillingService
-    tenancy: FakeTenancy
+    tenancy: Tenancy
     clock: Clock
     redis: aioredis.Redis
     config: JobsConfig
@@ -124,9 +153,10 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
     bport = free_port()
     server.add_insecure_port(f"127.0.0.1:{bport}")
     await server.start()
-    fake = FakeTenancy()
+    fake = Tenancy()
     tserver = grpc.aio.server()
     tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(fake, tserver)
+    keys_pb2_grpc.add_KeyManagementServiceServicer_to_server(FakeKeys(), tserver)  # same double server
     tport = free_port()
     tserver.add_insecure_port(f"127.0.0.1:{tport}")
     await tserver.start()
@@ -134,7 +164,9 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
     billing_channel = channel(f"127.0.0.1:{bport}", service="jobs", secret=SECRET)
     clock = Clock()
     jobs_config = JobsConfig(common=common, **config)
-    app = build(jobs_config, db, redis, tenancy, Billing(billing_channel), clock, prefix=f"jt{uuid.uuid4().hex[:6]}:")
+    keys = channel(f"127.0.0.1:{tport}", service="jobs", secret=SECRET)
+    app = build(jobs_config, db, redis, tenancy, Billing(billing_channel), clock, prefix=f"jt{uuid.uuid4().hex[:6]}:",
+                encryptor=Encryptor(keys))
     listener = asyncio.create_task(app.signals.listen_forever())
     world = JobsWorld(app, billing, fake, clock, redis, jobs_config)
     try:
@@ -143,6 +175,7 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         await tenancy.close()
+        await keys.close()
         await billing_channel.close()
         await server.stop(None)
         await tserver.stop(None)

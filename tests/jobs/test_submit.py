@@ -149,3 +149,31 @@ async def test_concurrent_submits_share_commits_but_fail_alone(world: JobsWorld)
     assert len({str(r.id) for r in results[-5:] if not isinstance(r, BaseException)}) == 1  # one job per request id
     assert await world.available(rich) == 1000 - 41 and await world.available(poor) == 5
     assert world.app.cases.submission._coalescer.batches - batches_before < 46  # commits were shared
+
+
+async def test_encrypted_project_stores_only_ciphertext_of_sensitive_fields(world: JobsWorld) -> None:
+    c = await world.customer()
+    world.tenancy.keys[c.project_id] = "ck-1"
+    jt = await world.job_type(c, sensitive_fields=["payload.card.number", "result.token"])
+    job = await world.submit(c, jt, payload=payload(card={"number": "4111", "exp": "12/30"}, amount=5))
+    stored = await world.get(str(job.id))
+    assert stored.encryption.key_id == "ck-1" and list(stored.encryption.encrypted_fields) == ["payload.card.number"]
+    number = stored.payload["card"]["number"]
+    assert number.startswith(f"enc:ck-1:{job.id}:") and "4111" in number  # the double's envelope
+    assert stored.payload["card"]["exp"] == "12/30" and stored.payload["amount"] == 5
+    (lease,) = await world.lease([jt.name])
+    assert lease.encryption.key_id == "ck-1" and lease.payload["card"]["number"] == number
+    await world.complete(lease, result=payload(token="secret", size=3))
+    done = await world.get(str(job.id))
+    assert done.result["token"].startswith("enc:ck-1:") and done.result["size"] == 3
+    assert list(done.encryption.encrypted_fields) == ["payload.card.number", "result.token"]
+
+
+async def test_encrypted_project_without_named_fields_encrypts_every_top_level_field(world: JobsWorld) -> None:
+    c = await world.customer()
+    world.tenancy.keys[c.project_id] = "ck-2"
+    jt = await world.job_type(c)
+    job = await world.submit(c, jt, payload=payload(a=1, b={"c": 2}))
+    stored = await world.get(str(job.id))
+    assert sorted(stored.encryption.encrypted_fields) == ["payload.a", "payload.b"]
+    assert all(str(v).startswith("enc:ck-2:") for v in stored.payload.values())
