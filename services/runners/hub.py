@@ -57,6 +57,7 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.results = ResultBatcher(jobs, self._ack)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = False
         _meter.create_observable_gauge(
             "runners.slots.free", callbacks=[lambda _: [metrics.Observation(
                 sum(s.free() for s in self.sessions.values()))]],
@@ -388,7 +389,7 @@ class Hub:
         if not session.held:
             return
         await asyncio.sleep(self.config.heartbeat_timeout_ms / 1000)
-        if await self.live.current_session(session.runner_id) is None:
+        if not self.stopping and await self.live.current_session(session.runner_id) is None:
             log.info("runner %s lost with %d jobs; releasing their leases", session.runner_id, len(session.held))
             await self._release(session.runner_id, [jobs_pb2.LeaseRef(job_id=j, lease_id=lid)
                                                     for j, lid in session.held.items()],
@@ -424,6 +425,16 @@ class Hub:
     async def tick_forever(self) -> None:
         """Silence detection, live state in Redis, heartbeats in PostgreSQL, and runners left
         connected by a replica that died."""
+        try:
+            await self._tick()
+        except asyncio.CancelledError:
+            # The replica is stopping (background loops are cancelled right after the server
+            # stopped): the streams it held end, but their runners will reconnect elsewhere and
+            # resume, so their leases are not released (they expire if the runners never return).
+            self.stopping = True
+            raise
+
+    async def _tick(self) -> None:
         interval = self.config.heartbeat_interval_ms / 1000 / 2
         timeout = self.config.heartbeat_timeout_ms / 1000
         ticks = 0

@@ -101,6 +101,8 @@ def test_runners_reconnect_after_the_service_restarts_and_nothing_is_lost(stack:
     stack.wait_ready(60)
     done = t.wait_status(job["id"], "JOB_STATUS_SUCCEEDED", timeout=60)
     assert done["runnerId"] == runner_id
+    assert done["attemptCount"] == 1  # resumed on the new connection (Hello.running), not re-run
+    assert "1 resumed" in runner.text()
     assert len(_succeeded_attempts(t, job["id"])) == 1
     # the runner is connected again and takes new work
     again = t.wait_status(t.submit(sleep, {"seconds": 0})["id"], "JOB_STATUS_SUCCEEDED", timeout=60)
