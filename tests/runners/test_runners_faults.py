@@ -109,3 +109,23 @@ def test_runners_reconnect_after_the_service_restarts_and_nothing_is_lost(stack:
     assert again["runnerId"] == runner_id
     assert runner.proc.poll() is None and "connected to" in runner.text()
     wait_for(lambda: t.balance() == before - 2 * BASE_COST, what="two jobs charged, once each")
+
+
+def test_a_result_finished_while_the_service_was_down_is_delivered_once(stack: Stack, admin: Client,
+                                                                        spawn_runner: Spawn) -> None:
+    t = tenant(admin)
+    sleep = t.job_type("sleep")
+    runner_id, token = shared_runner(admin)
+    runner = spawn_runner(token, *serve(sleep))
+    before = t.balance()
+    job = t.submit(sleep, {"seconds": 1})
+    t.wait_status(job["id"], "JOB_STATUS_RUNNING")
+    stack.stop_process("runners", signal.SIGKILL)  # no goodbye: the job finishes while nobody listens
+    wait_for(lambda: "failed to connect" in runner.text(), what="runner noticed the service is gone")
+    stack.start(services=("runners",), gateway=False)
+    stack.wait_ready(60)
+    done = t.wait_status(job["id"], "JOB_STATUS_SUCCEEDED", timeout=60)
+    assert done["runnerId"] == runner_id and done["attemptCount"] == 1
+    assert "1 resumed" in runner.text()  # the unacknowledged result's lease, then the result again
+    wait_for(lambda: t.balance() == before - BASE_COST, what="charged once")
+    assert len(_succeeded_attempts(t, job["id"])) == 1
