@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,7 @@ from innosystem.kit.errors import (
 )
 from innosystem.kit.protos import timestamp
 from services.jobs import metrics, outcomes
+from services.jobs.batcher import Coalescer
 from services.jobs.convert import lease_pb, plain
 from services.jobs.models import Job, JobAttempt, JobType
 from services.jobs.queue import QueueItem
@@ -80,10 +82,19 @@ def _uuid(value: str) -> uuid.UUID | None:
         return None
 
 
+@dataclass(frozen=True)
+class Pop:
+    """Job ids one LeaseJobs call popped from Redis, to mark Running for its runner."""
+
+    ids: list[str]
+    request: pb.LeaseJobsRequest
+
+
 class Leases:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         self._tags: dict[str, tuple[float, list[tuple[str, ...]]]] = {}
+        self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many)
 
     # which queues a runner serves ----------------------------------------------------------------
     async def queues_for(self, names: Sequence[str], tags: Sequence[str]) -> list[str]:
@@ -149,48 +160,64 @@ class Leases:
                 queues = await self.queues_for(list(r.job_type_names), list(r.tags))
 
     async def _mark_running(self, ids: Sequence[str], r: pb.LeaseJobsRequest) -> list[pb.JobLease]:
+        """Concurrent LeaseJobs calls (many runners woken by one submit) share one transaction."""
+        return await self._marker.submit(Pop(list(ids), r))
+
+    async def _mark_many(self, pops: Sequence[Pop]) -> list[list[pb.JobLease] | BaseException]:
+        """The popped jobs still leasable become Running under a new lease each (an attempt, a status
+        change); the others (ghosts: finished or re-leased since they were queued) are forgotten."""
         deps = self.deps
         now = deps.now()
         ttl = timedelta(seconds=deps.config.lease_ttl_seconds)
         changes = Changes()
+        every = [i for pop in pops for i in pop.ids]
         try:
             async with deps.db.session() as s:
-                rows = (await s.execute(select(Job).where(Job.id.in_([uuid.UUID(i) for i in ids]))
+                rows = (await s.execute(select(Job).where(Job.id.in_([uuid.UUID(i) for i in every]))
                                         .order_by(Job.id).with_for_update())).scalars().all()
                 by_id = {str(j.id): j for j in rows}
-                leased: list[Job] = []
-                for job_id in ids:  # the queue's order
-                    job = by_id.get(job_id)
-                    if job is None or not _leasable(job, now):
-                        continue
-                    job.attempt_count += 1
-                    job.lease_id = uuid.uuid4()
-                    job.runner_id = r.runner_id
-                    job.lease_session_id = r.session_id
-                    job.lease_start_time = now
-                    limit = now + timedelta(seconds=job.settings.get("timeout_seconds", 300))
-                    job.lease_expire_time = min(now + ttl, limit)
-                    job.start_time = job.start_time or now
-                    job.next_attempt_time = None
-                    job.progress = None
-                    s.add(JobAttempt(job_id=job.id, attempt=job.attempt_count, lease_id=job.lease_id,
-                                     runner_id=r.runner_id, outcome=pb.ATTEMPT_OUTCOME_RUNNING, start_time=now))
-                    changes.move(s, job, RUNNING, f"leased by runner {r.runner_id}", now)
-                    leased.append(job)
-                out = [lease_pb(j) for j in leased]
+                leased: list[list[Job]] = []
+                for pop in pops:
+                    mine: list[Job] = []
+                    for job_id in pop.ids:  # the queue's order
+                        job = by_id.get(job_id)
+                        if job is None or not _leasable(job, now):
+                            continue
+                        self._start_attempt(s, job, pop.request, now, ttl, changes)
+                        mine.append(job)
+                    leased.append(mine)
+                out: list[list[pb.JobLease] | BaseException] = [[lease_pb(j) for j in mine] for mine in leased]
         except BaseException:
-            await self._requeue_popped(ids)
+            await self._requeue_popped(every)
             raise
-        ghosts = [i for i in ids if i not in {str(j.id) for j in leased}]
-        if ghosts:
-            for q, gids in _by_queue(ghosts, by_id).items():
-                await deps.queue.finish(q, gids)
-        for j in leased:
-            metrics.started.add(1, _labels(j))
-            if j.queue_time is not None:
-                metrics.dispatch_latency.record(max(0.0, (now - j.queue_time).total_seconds()), _labels(j))
+        started = {str(j.id) for mine in leased for j in mine}
+        ghosts = [i for i in every if i not in started]
+        for q, gids in _by_queue(ghosts, by_id).items():
+            await deps.queue.finish(q, gids)
+        for mine in leased:
+            for j in mine:
+                metrics.started.add(1, _labels(j))
+                if j.queue_time is not None:
+                    metrics.dispatch_latency.record(max(0.0, (now - j.queue_time).total_seconds()), _labels(j))
         await changes.publish(deps.signals)
         return out
+
+    @staticmethod
+    def _start_attempt(s: AsyncSession, job: Job, r: pb.LeaseJobsRequest, now: datetime, ttl: timedelta,
+                       changes: Changes) -> None:
+        job.attempt_count += 1
+        job.lease_id = uuid.uuid4()
+        job.runner_id = r.runner_id
+        job.lease_session_id = r.session_id
+        job.lease_start_time = now
+        limit = now + timedelta(seconds=job.settings.get("timeout_seconds", 300))
+        job.lease_expire_time = min(now + ttl, limit)
+        job.start_time = job.start_time or now
+        job.next_attempt_time = None
+        job.progress = None
+        s.add(JobAttempt(job_id=job.id, attempt=job.attempt_count, lease_id=job.lease_id, runner_id=r.runner_id,
+                         outcome=pb.ATTEMPT_OUTCOME_RUNNING, start_time=now))
+        changes.move(s, job, RUNNING, f"leased by runner {r.runner_id}", now)
 
     async def _requeue_popped(self, ids: Sequence[str]) -> None:
         """The lease's commit failed: the popped jobs go back to their queues (recovery would too)."""

@@ -149,9 +149,16 @@ class Loops:
         return len(orphans)
 
     async def recover_forever(self) -> None:
+        """One replica per interval does the pass (a Redis lock that expires with the interval);
+        every replica refreshes its queue gauges."""
+        interval = self.deps.config.recovery_interval_seconds
+        queue = self.deps.queue
         while True:
-            await self.recover_once()
-            await asyncio.sleep(self.deps.config.recovery_interval_seconds)
+            if await queue.client.set(f"{queue.prefix}recovery", "1", nx=True, px=max(1, int(interval * 900))):
+                await self.recover_once()
+            else:
+                await self._refresh_depth()
+            await asyncio.sleep(interval)
 
     # queue gauges --------------------------------------------------------------------------------
     async def _refresh_depth(self) -> None:

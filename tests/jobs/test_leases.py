@@ -210,3 +210,21 @@ async def test_cancel_pending_releases_the_hold_and_never_runs(world: JobsWorld)
         await world.app.cases.control.cancel(c.principal, str(job.id), "")
 
 
+
+
+async def test_concurrent_long_polls_share_commits_and_never_get_the_same_job(world: JobsWorld) -> None:
+    c = await world.customer()
+    jt = await world.job_type(c)
+    marker = world.app.cases.leases._marker
+    before = marker.batches
+    polls = [asyncio.create_task(world.lease([jt.name], max_jobs=3, wait_ms=10_000, runner=f"r{i}")) for i in range(8)]
+    await asyncio.sleep(0.2)
+    sub = world.app.cases.submission
+    await sub.batch_submit(c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=[
+        pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(30)]))
+    got = [lease for batch in await asyncio.wait_for(asyncio.gather(*polls), 10) for lease in batch]
+    assert len(got) == len({x.job_id for x in got}) == 24  # 8 runners x 3 slots, each job once
+    assert {x.runner_id for x in got} == {f"r{i}" for i in range(8)}
+    assert marker.batches - before <= 8
+    for lease in got:
+        assert (await world.get(lease.job_id)).runner_id == lease.runner_id
