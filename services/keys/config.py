@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from innosystem.kit.config import CommonConfig, ConfigError, env, env_float, env_int
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    common: CommonConfig
+    # Seals the key managers' shared secrets and the webhook signing secrets at rest (AES-256).
+    master_key: bytes = field(repr=False, default=b"")
+    # An unwrapped project key stays in memory at most this long, and serves at most this many uses.
+    key_cache_seconds: float = 30.0
+    key_cache_max_uses: int = 1000
+    # Timeout of a key manager call when the key does not set one.
+    key_manager_timeout_ms: int = 5000
+    # Allow grpc:// and http:// key manager endpoints off loopback (private networks, tests).
+    allow_insecure_endpoints: bool = False
+    # A granted access not completed within this time is marked abandoned.
+    abandon_after_seconds: float = 900.0
+    # How often the sweeper, the background rewrap and webhook delivery run.
+    sweep_interval_seconds: float = 5.0
+    # Webhook delivery: attempts per event and the timeout of one POST.
+    webhook_attempts: int = 5
+    webhook_timeout_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> KeysConfig:
+        common = CommonConfig.from_env("keys")
+        return cls(
+            common=common,
+            master_key=_master_key(env("INNOSYSTEM_KEYS_MASTER_KEY"), common.internal_secret),
+            key_cache_seconds=env_float("INNOSYSTEM_KEYS_KEY_CACHE_SECONDS", cls.key_cache_seconds),
+            key_cache_max_uses=env_int("INNOSYSTEM_KEYS_KEY_CACHE_MAX_USES", cls.key_cache_max_uses),
+            key_manager_timeout_ms=env_int("INNOSYSTEM_KEYS_KEY_MANAGER_TIMEOUT_MS", cls.key_manager_timeout_ms),
+            allow_insecure_endpoints=(env("INNOSYSTEM_KEYS_ALLOW_INSECURE_ENDPOINTS", "") or "").lower()
+            in ("1", "true", "yes"),
+            abandon_after_seconds=env_float("INNOSYSTEM_KEYS_ABANDON_AFTER_SECONDS", cls.abandon_after_seconds),
+            sweep_interval_seconds=env_float("INNOSYSTEM_KEYS_SWEEP_SECONDS", cls.sweep_interval_seconds),
+            webhook_attempts=env_int("INNOSYSTEM_KEYS_WEBHOOK_ATTEMPTS", cls.webhook_attempts),
+            webhook_timeout_seconds=env_float("INNOSYSTEM_KEYS_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
+        )
+
+
+def _master_key(raw: str | None, internal_secret: bytes) -> bytes:
+    """32 bytes, base64; unset in development: derived from the internal secret (logged as such)."""
+    if not raw:
+        log.warning("INNOSYSTEM_KEYS_MASTER_KEY is not set: deriving it from INNOSYSTEM_INTERNAL_SECRET "
+                    "(development only; set a separate key in production)")
+        return hashlib.sha256(b"innosystem.keys.master|" + internal_secret).digest()
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise ConfigError("INNOSYSTEM_KEYS_MASTER_KEY must be base64 of 32 bytes") from None
+    if len(key) != 32:
+        raise ConfigError(f"INNOSYSTEM_KEYS_MASTER_KEY must be 32 bytes, got {len(key)}")
+    return key

@@ -1,0 +1,170 @@
+"""Notification channels: webhooks told about matching access log records, signed, delivered
+from an outbox (written with the record) by a background loop with retries and backoff.
+
+    x-innosystem-signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+import uuid
+from datetime import timedelta
+
+import aiohttp
+from google.protobuf import json_format
+from sqlalchemy import select
+
+from innosystem.keymanager.client import parse_endpoint
+from innosystem.keymanager.signing import fingerprint
+from innosystem.keys.v1 import access_logs_pb2 as pb
+from innosystem.kit import idempotency
+from innosystem.kit.db import utcnow
+from innosystem.kit.errors import InvalidArgument, NotFound
+from innosystem.kit.pagination import Page, after_keyset, decode_keyset, keyset_page, page_size
+from innosystem.kit.protos import timestamp
+from innosystem.kit.validation import id_or_not_found, parse_uuid
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.keys.accesslog import record_pb
+from services.keys.deps import Deps
+from services.keys.models import AccessRecord, Delivery, IdempotencyKey, NotificationChannel
+
+log = logging.getLogger(__name__)
+SIGNATURE_HEADER = "x-innosystem-signature"
+
+
+def sign(secret: str, body: bytes, now: float | None = None) -> str:
+    t = str(int(time.time() if now is None else now))
+    mac = hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def channel_pb(row: NotificationChannel) -> pb.NotificationChannel:
+    return pb.NotificationChannel(
+        id=str(row.id), customer_id=str(row.customer_id), display_name=row.display_name,
+        type=row.type, webhook_url=row.webhook_url, triggers=row.triggers,  # type: ignore[arg-type]
+        signing_secret_fingerprint=row.secret_fingerprint, last_delivery_time=timestamp(row.last_delivery_time),
+        last_delivery_error=row.last_delivery_error, create_time=timestamp(row.create_time))
+
+
+class Notifications:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self._http: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def create(self, p: Principal, customer_id: str, ch: pb.NotificationChannel, request_id: str,
+                     request_hash: bytes) -> tuple[NotificationChannel, str]:
+        cid = parse_uuid(customer_id, "customer_id")
+        await self.deps.ensure_visible(p, cid, "customer")
+        url = ch.webhook_url
+        if not url.startswith(("https://", "http://")):
+            raise InvalidArgument("notification_channel.webhook_url must be an https:// URL",
+                                  field="notification_channel.webhook_url", reason="INVALID_WEBHOOK_URL")
+        try:
+            parse_endpoint(url, self.deps.config.allow_insecure_endpoints)
+        except ValueError as exc:
+            raise InvalidArgument(f"notification_channel.webhook_url: {exc}",
+                                  field="notification_channel.webhook_url", reason="INVALID_WEBHOOK_URL") from None
+        triggers = sorted({int(t) for t in ch.triggers})
+        if not triggers or any(t not in pb.NotificationTrigger.values() or t == 0 for t in triggers):
+            raise InvalidArgument("notification_channel.triggers: one or more known triggers",
+                                  field="notification_channel.triggers", reason="INVALID_TRIGGERS")
+        if ch.type not in (0, pb.NotificationChannelType.NOTIFICATION_CHANNEL_TYPE_WEBHOOK):
+            raise InvalidArgument("notification_channel.type: only WEBHOOK", field="notification_channel.type",
+                                  reason="INVALID_CHANNEL_TYPE")
+        scope = f"channel:{cid}"
+        async with self.deps.db.session() as s:
+            earlier = await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash)
+            if earlier is not None:
+                row = await s.get(NotificationChannel, earlier)
+                assert row is not None
+                return row, ""
+            channel_id = uuid.uuid4()
+            secret = "whsec_" + secrets.token_urlsafe(32)
+            row = NotificationChannel(id=channel_id, customer_id=cid, display_name=ch.display_name[:200],
+                                      type=pb.NotificationChannelType.NOTIFICATION_CHANNEL_TYPE_WEBHOOK,
+                                      webhook_url=url, triggers=triggers,
+                                      sealed_secret=self.deps.sealer.seal(str(channel_id), [secret]),
+                                      secret_fingerprint=fingerprint(secret.encode()), create_time=utcnow())
+            s.add(row)
+            await s.flush()
+            await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, channel_id)
+        return row, secret
+
+    async def _visible(self, p: Principal, channel_id: str) -> NotificationChannel:
+        cid = id_or_not_found(channel_id, "notification_channel_id", "notification_channel")
+        async with self.deps.db.session() as s:
+            row = await s.get(NotificationChannel, cid)
+        if row is None:
+            raise NotFound("notification channel not found", reason="NOTIFICATION_CHANNEL_NOT_FOUND")
+        await self.deps.ensure_visible(p, row.customer_id, "notification_channel")
+        return row
+
+    async def get(self, p: Principal, channel_id: str) -> NotificationChannel:
+        return await self._visible(p, channel_id)
+
+    async def list(self, p: Principal, customer_id: str, size: int, token: str) -> Page:
+        cid = parse_uuid(customer_id, "customer_id")
+        await self.deps.ensure_visible(p, cid, "customer")
+        n = page_size(size)
+        stmt = after_keyset(select(NotificationChannel).where(NotificationChannel.customer_id == cid),
+                            NotificationChannel, decode_keyset(token)).limit(n + 1)
+        async with self.deps.db.session() as s:
+            return keyset_page(list((await s.execute(stmt)).scalars().all()), n)
+
+    async def delete(self, p: Principal, channel_id: str) -> None:
+        row = await self._visible(p, channel_id)
+        async with self.deps.db.session() as s:
+            target = await s.get(NotificationChannel, row.id)
+            if target is not None:
+                await s.delete(target)
+
+    async def deliver_once(self, limit: int = 20) -> int:
+        """Send due deliveries; each POST is bounded by the configured timeout."""
+        cfg = self.deps.config
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        sent = 0
+        async with self.deps.db.session() as s:
+            due = (await s.execute(select(Delivery).where(Delivery.done.is_(False), Delivery.next_attempt_time
+                                                          <= utcnow()).order_by(Delivery.next_attempt_time)
+                                   .limit(limit).with_for_update(skip_locked=True))).scalars().all()
+            for d in due:
+                ch = await s.get(NotificationChannel, d.channel_id)
+                record = await s.get(AccessRecord, d.record_id)
+                if ch is None or record is None:
+                    d.done = True
+                    continue
+                event = pb.NotificationEvent(id=str(d.id), notification_channel_id=str(ch.id),
+                                             customer_id=str(ch.customer_id), trigger=d.trigger,  # type: ignore[arg-type]
+                                             record=record_pb(record), create_time=timestamp(d.create_time))
+                body = json_format.MessageToJson(event, indent=None).encode()
+                secret = self.deps.sealer.open(str(ch.id), ch.sealed_secret)[0]
+                d.attempts += 1
+                error = ""
+                try:
+                    async with self._http.post(ch.webhook_url, data=body, headers={
+                            "content-type": "application/json", SIGNATURE_HEADER: sign(secret, body)},
+                            timeout=aiohttp.ClientTimeout(total=cfg.webhook_timeout_seconds)) as resp:
+                        if not 200 <= resp.status < 300:
+                            error = f"HTTP {resp.status}"
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"[:500]
+                now = utcnow()
+                if not error:
+                    d.done, ch.last_delivery_time, ch.last_delivery_error = True, now, ""
+                    sent += 1
+                elif d.attempts >= cfg.webhook_attempts:
+                    d.done, d.last_error, ch.last_delivery_error = True, error, f"{error} (after {d.attempts} attempts)"
+                    log.warning("webhook %s gave up after %d attempts: %s", ch.id, d.attempts, error)
+                else:
+                    d.last_error = error
+                    d.next_attempt_time = now + timedelta(seconds=min(300, 2 ** d.attempts))
+        return sent
