@@ -14,8 +14,9 @@ Result = TypeVar("Result")
 
 class Coalescer(Generic[Item, Result]):
     def __init__(self, handler: Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException]]],
-                 max_batch: int = 200) -> None:
+                 max_batch: int = 200, orphaned: Callable[[Result], Awaitable[None]] | None = None) -> None:
         self._handler = handler
+        self._orphaned = orphaned  # gets a result whose caller went away meanwhile
         self._max = max_batch
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -44,6 +45,8 @@ class Coalescer(Generic[Item, Result]):
                 outcomes = [exc] * len(batch)
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
+                    if future.cancelled() and self._orphaned is not None and not isinstance(outcome, BaseException):
+                        await self._orphaned(outcome)
                     continue
                 if isinstance(outcome, BaseException):
                     future.set_exception(outcome)

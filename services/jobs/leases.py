@@ -94,7 +94,7 @@ class Leases:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         self._tags: dict[str, tuple[float, list[tuple[str, ...]]]] = {}
-        self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many)
+        self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many, orphaned=self._undelivered)
 
     # which queues a runner serves ----------------------------------------------------------------
     async def queues_for(self, names: Sequence[str], tags: Sequence[str]) -> list[str]:
@@ -201,6 +201,13 @@ class Leases:
                     metrics.dispatch_latency.record(max(0.0, (now - j.queue_time).total_seconds()), _labels(j))
         await changes.publish(deps.signals)
         return out
+
+    async def _undelivered(self, leases: list[pb.JobLease]) -> None:
+        """The LeaseJobs caller went away while its jobs were being leased: they go back, unstarted."""
+        if leases:
+            await self.release(pb.ReleaseLeasesRequest(
+                runner_id=leases[0].runner_id, reason=pb.LEASE_RELEASE_REASON_NOT_STARTED,
+                leases=[pb.LeaseRef(job_id=x.job_id, lease_id=x.lease_id) for x in leases]))
 
     @staticmethod
     def _start_attempt(s: AsyncSession, job: Job, r: pb.LeaseJobsRequest, now: datetime, ttl: timedelta,
