@@ -251,7 +251,7 @@ class Runner:
         self._last_seq = 0
         for ref in welcome.dropped:  # no longer ours: stop, report nothing
             self._unacked.pop(ref.job_id, None)
-            if (running := self._running.get(ref.job_id)) is not None:
+            if (running := self._running.pop(ref.job_id, None)) is not None:
                 running.job.silent = True
                 if running.task is not None:
                     running.task.cancel()
@@ -263,8 +263,8 @@ class Runner:
         for job_id, result in list(self._unacked.items()):
             if job_id in resumed:
                 out.put_nowait(pb.ConnectRequest(result=result))
-        if self._draining:
-            out.put_nowait(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), draining=True)))
+        if self._draining or welcome.dropped:  # slots counted busy in hello may be free again
+            out.put_nowait(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), draining=self._draining)))
         log.info("connected to %s as runner %s (session %s, %d resumed, %d dropped)", self.target, self.runner_id,
                  welcome.session_id, len(welcome.resumed), len(welcome.dropped))
 
@@ -383,7 +383,8 @@ class Runner:
             started = time.monotonic()
             task = asyncio.current_task()
             for job in chunk:
-                self._running[job.id].task = task
+                if (running := self._running.get(job.id)) is not None:
+                    running.task = task
             try:
                 values = await self._call(processor, chunk)  # type: ignore[arg-type]
                 if not isinstance(values, list | tuple) or len(values) != len(chunk):
@@ -399,7 +400,9 @@ class Runner:
         self._batches.pop(processor.name, None)
 
     def _report(self, job: Job, result: jobs_pb2.AttemptResult, started: float) -> None:
-        self._running.pop(job.id, None)
+        current = self._running.get(job.id)
+        if current is not None and current.job is job:  # not a newer attempt of the same job
+            del self._running[job.id]
         self._progress.pop(job.id, None)
         self._changed.set()
         if job.silent:

@@ -158,6 +158,8 @@ class Hub:
                 else:
                     welcome.resumed.append(ref)
                     session.held[ref.job_id] = ref.lease_id
+                    if result.cancel_requested:  # asked while it was away: told right after the welcome
+                        self._cancel(session, ref.job_id, ref.lease_id, "")
         previous = await self.live.open(runner_id, session.session_id, self.replica, session.free())
         if previous and previous != session.session_id:
             await self.live.publish("superseded", runner_id, session_id=session.session_id)
