@@ -77,9 +77,7 @@ def build(config: KeysConfig) -> Keys:
                  db.close])
 
 
-async def create() -> Service:
-    keys = build(KeysConfig.from_env())
-
+def service(keys: Keys) -> Service:
     def register(server: grpc.aio.Server) -> None:
         keys_pb2_grpc.add_KeyManagementServiceServicer_to_server(keys.keys_api, server)
         access_logs_pb2_grpc.add_AccessLoggingServiceServicer_to_server(keys.logs_api, server)
@@ -92,3 +90,7 @@ async def create() -> Service:
         background=[keys.background_forever],
         on_shutdown=[keys.close],
     )
+
+
+async def create() -> Service:
+    return service(build(KeysConfig.from_env()))

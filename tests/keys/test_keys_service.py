@@ -1,0 +1,256 @@
+"""The keys service through gRPC on real PostgreSQL and Valkey, with a real key manager process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf import json_format
+
+from innosystem.keys.v1 import access_logs_pb2 as alpb
+from innosystem.keys.v1 import keys_pb2 as pb
+from innosystem.kit.errors import from_rpc_error
+from tests.keys.conftest import ADMIN, JOBS, Harness, Tenant
+from tests.keys.keymanager_process import start_keymanager
+
+T = alpb.AccessRecordType
+OUT = alpb.AccessOutcome
+JOB, SUPPORT, LEGAL = 1, 2, 6
+CARD = {"card": {"number": "4111-1111-1111-1111", "holder": "Ada"}, "amount": 42}
+
+
+def reason(exc: grpc.aio.AioRpcError) -> str:
+    return from_rpc_error(exc).reason
+
+
+async def fail(coro: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await coro  # type: ignore[misc]
+    return caught.value
+
+
+async def sql(h: Harness, statement: str, *args: object) -> list[tuple[object, ...]]:
+    def run() -> list[tuple[object, ...]]:
+        with psycopg.connect(h.database_url, autocommit=True) as conn:
+            cur = conn.execute(statement, args or None)
+            return cur.fetchall() if cur.description else []
+    return await asyncio.to_thread(run)
+
+
+def km_calls(h: Harness, job_id: str, processor: str) -> int:
+    """Key manager calls about this job on behalf of this processor (its own log)."""
+    return h.km.log.count(f"job={job_id} processor={processor} ")
+
+
+async def registered(h: Harness, policy: pb.KeyPolicy | None = None) -> Tenant:
+    tenant = Tenant()
+    await h.register(tenant, policy=policy)
+    return tenant
+
+
+async def test_registration_verifies_the_key_manager_and_keeps_no_plaintext_secret(harness: Harness) -> None:
+    h = harness
+    tenant = Tenant()
+    key = await h.register(tenant)
+    assert key.state == pb.ClientKeyState.CLIENT_KEY_STATE_ACTIVE and key.current_version == 1
+    assert not key.hmac_secrets and len(key.hmac_secret_fingerprints) == 1
+    rows = await sql(h, "SELECT sealed_secrets::text, secret_fingerprints::text FROM keys.client_keys WHERE id = %s",
+                     uuid.UUID(key.id))
+    assert h.km.secret not in str(rows) and h.km.secret.encode().hex() not in str(rows)
+    records = await h.records(tenant)
+    assert [r.type for r in records] == [T.ACCESS_RECORD_TYPE_KEY_REGISTERED]
+
+    wrong = await fail(h.register(Tenant(), secret="x" * 40))
+    assert wrong.code() == grpc.StatusCode.FAILED_PRECONDITION and reason(wrong) == "KEY_VERIFICATION_FAILED"
+    assert "signature" in (wrong.details() or "")
+    unreachable = await fail(h.register(Tenant(), url="grpc://127.0.0.1:1"))
+    assert reason(unreachable) == "KEY_VERIFICATION_FAILED" and "KEY_MANAGER_UNREACHABLE" in (unreachable.details() or "")
+    unknown = await fail(h.register(Tenant(), external_key_id="nope"))
+    assert reason(unknown) == "KEY_VERIFICATION_FAILED"
+    short = await fail(h.register(Tenant(), secret="short"))
+    assert short.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(short) == "SECRET_TOO_SHORT"
+    remote = await fail(h.register(Tenant(), url="grpc://10.1.2.3:443"))
+    assert reason(remote) == "INVALID_ENDPOINT"
+
+
+async def test_secure_access_returns_only_requested_fields_and_is_on_the_log(harness: Harness) -> None:
+    h = harness
+    tenant = await registered(h)
+    lease = await h.submit(tenant, CARD, ["payload.card.number", "payload.card.holder"])
+    stored = json_format.MessageToDict(lease.payload)
+    assert stored["card"]["number"].startswith("isk1.") and "4111" not in str(stored)
+    answer = await h.access(lease, ["payload.card.number"])
+    assert [(f.path, f.value.string_value) for f in answer.fields] == [("payload.card.number", "4111-1111-1111-1111")]
+    assert (answer.client_key_version, answer.project_key_version) == (1, 1)
+    pending = (await h.records(tenant, job_id=lease.job_id))
+    assert [(r.type, r.outcome) for r in pending] == [(T.ACCESS_RECORD_TYPE_ACCESS_REQUESTED,
+                                                      OUT.ACCESS_OUTCOME_PENDING)]
+    assert pending[0].processor_id == "runner-1" and list(pending[0].requested_fields) == ["payload.card.number"]
+    await h.stub.CompleteSecureAccess(pb.CompleteSecureAccessRequest(
+        access_id=answer.access_id, runner_id="runner-1", succeeded=True, duration_ms=7, output_summary="ok"),
+        metadata=JOBS)
+    done = (await h.records(tenant, job_id=lease.job_id))[-1]
+    assert (done.type, done.outcome, done.processing_succeeded) == (T.ACCESS_RECORD_TYPE_ACCESS_COMPLETED,
+                                                                   OUT.ACCESS_OUTCOME_GRANTED, True)
+    assert list(done.returned_fields) == ["payload.card.number"] and done.access_id == answer.access_id
+    assert done.purpose == JOB and done.client_key_version == 1 and done.duration_ms == 7
+    assert pending[0].platform_request_id in h.km.log  # the key manager saw who and why
+    verification = await h.verify(tenant)
+    assert verification.ok and verification.records_checked == 3
+    # the customer reads its own job's field; another customer cannot see the job
+    mine = await h.stub.DecryptFields(pb.DecryptFieldsRequest(job_id=lease.job_id, fields=["payload.card.holder"]),
+                                      metadata=h.as_(tenant))
+    assert [f.value.string_value for f in mine.fields] == ["Ada"]
+    other = await fail(h.stub.DecryptFields(pb.DecryptFieldsRequest(job_id=lease.job_id, fields=["payload.card.holder"]),
+                                            metadata=h.as_(Tenant())))
+    assert other.code() == grpc.StatusCode.NOT_FOUND
+    stranger = Tenant()
+    leak = await fail(h.logs.ListAccessLogs(alpb.ListAccessLogsRequest(customer_id=tenant.customer_id),
+                                            metadata=h.as_(stranger)))
+    assert leak.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_denials_are_recorded(harness: Harness) -> None:
+    h = harness
+    tenant = await registered(h, pb.KeyPolicy(allowed_purposes=[JOB, SUPPORT], allowed_fields=["payload.card."]))
+    lease = await h.submit(tenant, CARD, ["payload.card.number", "payload.amount"])
+    cases = [
+        (h.access(lease, ["payload.card.number"], runner_id="intruder"), "NOT_LEASE_HOLDER"),
+        (h.access(lease, ["payload.card.number"], purpose=LEGAL, client_reference="court-1"), "PURPOSE_NOT_ALLOWED"),
+        (h.access(lease, ["payload.card.number"], purpose=SUPPORT), "CLIENT_REFERENCE_REQUIRED"),
+        (h.access(lease, ["payload.amount"]), "FIELD_NOT_ALLOWED"),
+    ]
+    for call, why in cases:
+        err = await fail(call)
+        assert (err.code(), reason(err)) == (grpc.StatusCode.PERMISSION_DENIED, why)
+    completed = await h.records(tenant, job_id=lease.job_id, type=T.ACCESS_RECORD_TYPE_ACCESS_COMPLETED)
+    assert [(r.outcome, r.reason) for r in completed] == [(OUT.ACCESS_OUTCOME_DENIED, why) for _, why in cases]
+    assert completed[0].processor_id == "intruder" and not any(r.returned_fields for r in completed)
+    requested = await h.records(tenant, job_id=lease.job_id, type=T.ACCESS_RECORD_TYPE_ACCESS_REQUESTED)
+    assert len(requested) == len(cases)
+    # nothing denied here reached the key manager (the submit's encryption did, as "jobs")
+    assert km_calls(h, lease.job_id, "intruder") == km_calls(h, lease.job_id, "runner-1") == 0
+    h.km.allow("CUSTOMER_INITIATED_JOB", "CUSTOMER_INITIATED_SUPPORT", "PLATFORM_SYSTEM_OPERATION")
+    try:
+        ok = await h.access(lease, ["payload.card.number"], purpose=SUPPORT, client_reference="ticket-9")
+    finally:
+        h.km.allow("CUSTOMER_INITIATED_JOB", "PLATFORM_SYSTEM_OPERATION")
+    assert len(ok.fields) == 1 and "client_reference': 'ticket-9'" not in h.km.log
+
+
+async def test_key_manager_refusal_and_unreachability_are_recorded_and_nothing_else_breaks(
+        harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> None:
+    h = harness
+    tenant = await registered(h)
+    lease = await h.submit(tenant, CARD, ["payload.card.number"])
+    h.km.allow("PLATFORM_SYSTEM_OPERATION")
+    try:
+        refused = await fail(h.access(lease, ["payload.card.number"]))
+    finally:
+        h.km.allow("CUSTOMER_INITIATED_JOB", "PLATFORM_SYSTEM_OPERATION")
+    assert (refused.code(), reason(refused)) == (grpc.StatusCode.PERMISSION_DENIED, "KEY_MANAGER_REFUSED")
+    assert "PURPOSE_NOT_ALLOWED" in (refused.details() or "")
+    assert len((await h.access(lease, ["payload.card.number"])).fields) == 1  # the policy allows again
+
+    other_km = start_keymanager(tmp_path_factory.mktemp("km-gone"), "cmk-1")
+    gone = Tenant()
+    await h.register(gone, url=other_km.grpc_url, secret=other_km.secret)
+    gone_lease = await h.submit(gone, CARD, ["payload.card.number"])
+    other_km.stop()
+    down = await fail(h.access(gone_lease, ["payload.card.number"]))
+    assert (down.code(), reason(down)) == (grpc.StatusCode.UNAVAILABLE, "KEY_MANAGER_UNREACHABLE")
+    outcomes = [(r.outcome, r.reason) for r in await h.records(tenant, type=T.ACCESS_RECORD_TYPE_ACCESS_COMPLETED)]
+    assert (OUT.ACCESS_OUTCOME_DENIED, "KEY_MANAGER_REFUSED") in outcomes
+    gone_outcomes = [(r.outcome, r.reason) for r in await h.records(gone, type=T.ACCESS_RECORD_TYPE_ACCESS_COMPLETED)]
+    assert gone_outcomes == [(OUT.ACCESS_OUTCOME_ERROR, "KEY_MANAGER_UNREACHABLE")]
+    assert len((await h.access(lease, ["payload.card.number"])).fields) == 1  # other customers unaffected
+
+
+@pytest.mark.parametrize("where", ["ciphertext", "header_version", "nonce", "moved", "wrapped_key"])
+async def test_tampering_fails_decryption_and_the_record_says_so(harness: Harness, where: str) -> None:
+    h = harness
+    tenant = await registered(h)
+    lease = await h.submit(tenant, CARD, ["payload.card.number", "payload.card.holder"])
+    doc = json_format.MessageToDict(lease.payload)
+    envelope: str = doc["card"]["number"]
+    if where == "wrapped_key":
+        await sql(h, "UPDATE keys.data_keys SET wrapped = set_byte(wrapped, 20, get_byte(wrapped, 20) # 1) "
+                     "WHERE job_id = %s", lease.job_id)
+    else:
+        if where == "moved":  # another field's ciphertext of the same job, under this path
+            doc["card"]["number"] = doc["card"]["holder"]
+        else:
+            import base64
+            body = envelope[5:]
+            raw = bytearray(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            raw[{"ciphertext": len(raw) - 20, "header_version": 9, "nonce": 30}[where]] ^= 0x04
+            doc["card"]["number"] = "isk1." + base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+        json_format.ParseDict(doc, lease.payload)
+    err = await fail(h.access(lease, ["payload.card.number"]))
+    assert reason(err) == "INTEGRITY_CHECK_FAILED"
+    last = (await h.records(tenant, job_id=lease.job_id))[-1]
+    assert (last.outcome, last.reason) == (OUT.ACCESS_OUTCOME_ERROR, "INTEGRITY_CHECK_FAILED")
+    assert not last.returned_fields
+
+
+async def test_no_pre_access_record_no_decryption(harness: Harness) -> None:
+    """Audit before access, proven by failing the audit write: the key manager is never asked."""
+    h = harness
+    tenant = await registered(h)
+    lease = await h.submit(tenant, CARD, ["payload.card.number"])
+    await sql(h, "CREATE OR REPLACE FUNCTION keys.fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                 "BEGIN RAISE EXCEPTION 'audit store down (test)'; END $$; "
+                 "CREATE TRIGGER fail_audit BEFORE INSERT ON keys.access_records "
+                 "FOR EACH ROW EXECUTE FUNCTION keys.fail_audit()")
+    try:
+        err = await fail(h.access(lease, ["payload.card.number"]))
+    finally:
+        await sql(h, "DROP TRIGGER fail_audit ON keys.access_records; DROP FUNCTION keys.fail_audit()")
+    assert (err.code(), reason(err)) == (grpc.StatusCode.PERMISSION_DENIED, "AUDIT_WRITE_FAILED")
+    assert km_calls(h, lease.job_id, "runner-1") == 0  # no unwrap was attempted
+    assert await h.records(tenant, job_id=lease.job_id) == []
+    ok = await h.access(lease, ["payload.card.number"])  # once the log works, so does access
+    assert len(ok.fields) == 1 and km_calls(h, lease.job_id, "runner-1") == 1
+
+
+@pytest.mark.parametrize("tamper", ["edit", "edit_and_rehash", "delete", "reorder"])
+async def test_chain_verification_finds_the_first_break(harness: Harness, tamper: str) -> None:
+    h = harness
+    tenant = await registered(h)
+    lease = await h.submit(tenant, CARD, ["payload.card.number"])
+    for _ in range(3):
+        await fail(h.access(lease, ["payload.card.number"], runner_id="intruder"))
+    records = await h.records(tenant)
+    assert (await h.verify(tenant)).ok and len(records) == 7
+    victim = records[3]
+    cid = uuid.UUID(tenant.customer_id)
+    vid = uuid.UUID(victim.id)
+    statements = {
+        "edit": [("UPDATE keys.access_records SET processor_id = 'runner-1' WHERE id = %s", vid)],
+        "edit_and_rehash": [("UPDATE keys.access_records SET processor_id = 'x', hash = md5(hash) || md5(hash) "
+                             "WHERE id = %s", vid)],
+        "delete": [("DELETE FROM keys.access_records WHERE id = %s", vid)],
+        "reorder": [("UPDATE keys.access_records SET sequence = -sequence WHERE customer_id = %s "
+                     "AND sequence IN (4, 5)", cid),
+                    ("UPDATE keys.access_records SET sequence = CASE sequence WHEN -4 THEN 5 ELSE 4 END "
+                     "WHERE customer_id = %s AND sequence IN (-4, -5)", cid)],
+    }[tamper]
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        await sql(h, *statements[0])  # the database refuses; the test then plays an attacker who drops the trigger
+    await sql(h, "ALTER TABLE keys.access_records DISABLE TRIGGER access_records_append_only")
+    try:
+        for statement, arg in statements:
+            await sql(h, statement, arg)
+    finally:
+        await sql(h, "ALTER TABLE keys.access_records ENABLE TRIGGER access_records_append_only")
+    result = await h.verify(tenant)
+    assert not result.ok and result.first_break.sequence == 4
+    expected = {"edit": alpb.ChainBreakKind.CHAIN_BREAK_KIND_HASH_MISMATCH,
+                "edit_and_rehash": alpb.ChainBreakKind.CHAIN_BREAK_KIND_HASH_MISMATCH,
+                "delete": alpb.ChainBreakKind.CHAIN_BREAK_KIND_SEQUENCE_GAP,
+                "reorder": alpb.ChainBreakKind.CHAIN_BREAK_KIND_PREV_HASH_MISMATCH}[tamper]
+    assert result.first_break.kind == expected
+
