@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
@@ -31,10 +32,10 @@ class Control:
         self.deps = deps
         self.queries = queries
 
-    async def _locked(self, s: object, caller: Principal, job_id: str) -> Job:
+    async def _locked(self, s: AsyncSession, caller: Principal, job_id: str) -> Job:
+        """The caller's job, locked for this transaction (NOT_FOUND if it cannot see it)."""
         job = await self.queries.visible_job(caller, job_id)
-        row = (await s.execute(select(Job).where(Job.id == job.id).with_for_update())).scalar_one()  # type: ignore[attr-defined]
-        return row
+        return (await s.execute(select(Job).where(Job.id == job.id).with_for_update())).scalar_one()
 
     async def cancel(self, caller: Principal, job_id: str, reason: str) -> Job:
         if len(reason) > MAX_REASON:

@@ -495,10 +495,10 @@ def _check_lease(job: Job | None, job_id: str, lease_id: str, runner_id: str, no
     if job_id in done:
         return FailedPrecondition(f"job {job_id} already has a result in this call", reason="ALREADY_COMPLETED")
     if job.status != RUNNING or str(job.lease_id) != lease_id:
-        for a in attempts.values():
-            if a.job_id == job.id and str(a.lease_id) == lease_id and a.outcome in ENDED and \
-                    job.status in (SUCCEEDED, FAILED, CANCELLED) and a.attempt == job.attempt_count:
-                return FailedPrecondition(f"job {job_id} already completed this attempt", reason="ALREADY_COMPLETED")
+        last = attempts.get((job.id, job.attempt_count))  # a repeat of the result that finished the job
+        if last is not None and str(last.lease_id) == lease_id and last.outcome in ENDED and \
+                job.status in (SUCCEEDED, FAILED, CANCELLED):
+            return FailedPrecondition(f"job {job_id} already completed this attempt", reason="ALREADY_COMPLETED")
         return stale(job_id, "expired, released, or the job was leased again")
     if runner_id and job.runner_id != runner_id:
         return stale(job_id, f"held by another runner, not {runner_id}")
