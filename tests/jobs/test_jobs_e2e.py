@@ -18,8 +18,10 @@ import pytest
 import redis as sync_redis
 
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
+from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.stack import Stack
 from tests.conftest import fresh_database
@@ -331,3 +333,23 @@ def test_metrics_count_jobs_by_type(stack: Stack) -> None:
     submitted = [line for line in text.splitlines() if line.startswith("jobs_submitted_total{")]
     assert any('job_type="watched"' in line for line in submitted), submitted  # since the restart
     assert "jobs_dispatch_latency_seconds_bucket" in text and "jobs_queue_depth" in text
+
+
+async def test_cancel_of_a_running_job_reaches_watch_cancellations(
+        stack: Stack, jobs_stub: jobs_pb2_grpc.JobServiceStub) -> None:
+    t = tenant(stack, "Stopper", 1000, {"long": {"baseCostCents": 7}})
+    job = t.client.post(f"/v1/projects/{t.project_id}/jobs", {"jobTypeId": t.job_types["long"]}).body
+    (lease,) = (await jobs_stub.LeaseJobs(pb.LeaseJobsRequest(runner_id="stopper", job_type_names=["long"],
+                                                               max_jobs=1, wait_ms=5000))).leases
+    signed = principals.sign(principals.service_principal("runners"), stack.internal_secret.encode())
+    stream = jobs_stub.WatchCancellations(pb.WatchCancellationsRequest(replica="e2e"), metadata=signed)
+    await asyncio.sleep(0.5)  # subscribed
+    assert t.client.post(f"/v1/jobs/{job['id']}:cancel", {"reason": "stop"}).body["cancelRequested"] is True
+    notice = await asyncio.wait_for(stream.read(), 10)
+    assert (notice.job_id, notice.lease_id, notice.reason) == (lease.job_id, lease.lease_id, "stop")
+    stream.cancel()
+    done = await jobs_stub.CompleteJobs(pb.CompleteJobsRequest(completions=[pb.JobCompletion(
+        job_id=lease.job_id, lease_id=lease.lease_id, runner_id="stopper",
+        result=pb.AttemptResult(outcome=pb.ATTEMPT_OUTCOME_CANCELLED))]))
+    assert done.results[0].status == types_pb.JOB_STATUS_CANCELLED
+    assert _cents(_wallet(t), "heldCents") == 0 and _captures(t) == []
