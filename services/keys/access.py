@@ -47,6 +47,7 @@ from services.keys.deps import Deps, decisions
 from services.keys.envelope import FieldContext, Header, decrypt_field, encrypt_field, parse_header
 from services.keys.fields import check_path, lookup, select_fields, value_bytes, value_of
 from services.keys.hierarchy import CUSTOMER_JOB, Hierarchy, KeyUnavailable, Why
+from services.keys.keymanagers import SYSTEM
 from services.keys.models import Access, DataKey, ProjectKey
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,9 @@ class Accesses:
 
     async def _data_key(self, ctx: pb.EncryptionContext) -> tuple[DataKey, bytes, int]:
         customer, project, job, key = self._context(ctx)
-        why = Why(customer, CUSTOMER_JOB, project_id=project, job_id=job, processor_id="jobs")
+        # Creating or opening a data key to encrypt is key management, not a read of customer data:
+        # a key manager that refuses job decryptions still lets jobs be submitted.
+        why = Why(customer, SYSTEM, project_id=project, job_id=job, processor_id="jobs")
         try:
             return await self.h.data_key(customer, project, job, key, why)
         except KeyUnavailable as exc:

@@ -1,0 +1,149 @@
+"""BYOK end to end through the gateway with real processes: the reference key manager, the five
+services, the gateway and a runner whose processor reads one field through secure access.
+
+A unique canary in the payload must appear in no log line, no database row and no Redis value.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.rest import Rest
+from innosystem.stack import Stack
+from tests.conftest import fresh_database
+from tests.keys.keymanager_process import KeyManagerProcess, start_keymanager
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def world(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, KeyManagerProcess, Path]]:
+    km = start_keymanager(tmp_path_factory.mktemp("byok-km"), "cmk-demo")
+    logs = tmp_path_factory.mktemp("byok-logs")
+    # No cached project keys: the key manager's policy applies to the very next access.
+    stack = Stack(database_url=fresh_database(pg_server), redis_url=valkey_server.url, http_port=free_port(),
+                  fixed_ports=False, log_dir=logs,
+                  extra_env={"INNOSYSTEM_LOG_FORMAT": "json", "INNOSYSTEM_KEYS_KEY_CACHE_SECONDS": "0"})
+    stack.start()
+    try:
+        stack.wait_ready(90)
+        yield stack, km, logs
+    finally:
+        stack.stop()
+        km.stop()
+
+
+def _wait_final(customer: Rest, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = customer("GET", f"/v1/jobs/{job_id}?view=JOB_VIEW_FULL")
+        if job["status"] in ("JOB_STATUS_SUCCEEDED", "JOB_STATUS_FAILED", "JOB_STATUS_CANCELLED"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def _top_up(admin: Rest, customer_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = admin.call("POST", f"/v1/customers/{customer_id}/wallet:topUp",
+                                  {"amountCents": 10_000, "requestId": f"byok-{customer_id}"})
+        if status == 200:
+            return
+        assert status == 404 and time.monotonic() < deadline, body
+        time.sleep(0.2)
+
+
+def _everything_stored(stack: Stack) -> str:
+    parts = []
+    with psycopg.connect(stack.database_url) as conn:
+        tables = conn.execute("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema IN "
+                              "('tenancy', 'billing', 'jobs', 'runners', 'keys')").fetchall()
+        for schema, table in tables:
+            parts += [str(r[0]) for r in conn.execute(f'SELECT t::text FROM "{schema}"."{table}" t').fetchall()]
+    client = redis.Redis.from_url(stack.redis_url)
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        value: Any = {"string": client.get, "hash": client.hgetall, "set": client.smembers,
+                      "list": lambda k: client.lrange(k, 0, -1), "zset": lambda k: client.zrange(k, 0, -1),
+                      "stream": lambda k: client.xrange(k)}.get(kind, lambda k: b"")(key)
+        parts.append(repr(key) + repr(value))
+    client.close()
+    return "\n".join(parts)
+
+
+def test_encrypted_job_end_to_end_with_canary_and_a_refusing_key_manager(
+        world: tuple[Stack, KeyManagerProcess, Path]) -> None:
+    stack, km, logs = world
+    admin = Rest(stack.gateway_url, stack.admin_api_key)
+    created = admin("POST", "/v1/customers", {"name": "BYOK Co", "email": "byok@example.com"})
+    customer_id, api_key = created["customer"]["id"], created["apiKey"]
+    _top_up(admin, customer_id)
+    customer = admin.as_key(api_key)
+    project = customer("POST", f"/v1/customers/{customer_id}/projects", {"name": "cards"})
+
+    # 1. register the key at the reference key manager (verified first), 2. turn on encryption
+    key = customer("POST", f"/v1/customers/{customer_id}/keys", {
+        "endpointUrl": km.grpc_url, "externalKeyId": "cmk-demo", "hmacSecrets": [km.secret],
+        "description": "demo CMK"})
+    assert key["state"] == "CLIENT_KEY_STATE_ACTIVE" and not key.get("hmacSecrets") and km.secret not in str(key)
+    customer("PATCH", f"/v1/projects/{project['id']}", {"encryptionKeyId": key["id"]})
+    job_type = customer("POST", f"/v1/projects/{project['id']}/jobTypes", {
+        "name": "card-check", "processorType": "PROCESSOR_TYPE_ASYNC", "baseCostCents": 1, "timeoutSeconds": 60,
+        "sensitiveFields": ["payload.card.number"]})
+    runner = admin("POST", "/v1/runners", {"name": "byok-runner", "scope": "RUNNER_SCOPE_SHARED"})
+    stack.spawn("runner-byok", ["runner", "--target", stack.address("runners"),
+                                "--processor", "card-check=tests.keys.byok_processor:card_check"],
+                {"INNOSYSTEM_RUNNER_TOKEN": runner["token"]})
+
+    canary = f"4111{uuid.uuid4().hex[:12]}CANARY"
+    submitted = customer("POST", f"/v1/projects/{project['id']}/jobs", {
+        "jobTypeId": job_type["id"], "payload": {"card": {"number": canary}, "amount": 5}})
+    job = _wait_final(customer, submitted["id"])
+    assert job["status"] == "JOB_STATUS_SUCCEEDED", job
+    assert job["result"]["valid_length"] is True and job["result"]["encrypted_in_lease"] == "isk1."
+    assert job["payload"]["card"]["number"].startswith("isk1.") and job["payload"]["amount"] == 5
+    assert job["encryption"]["encryptedFields"] == ["payload.card.number"]
+
+    # the customer's log: pre-access then completion, purpose and fields; the chain verifies
+    records = customer("GET", f"/v1/customers/{customer_id}/accessLogs?jobId={job['id']}&oldestFirst=true")["records"]
+    assert [(r["type"], r["outcome"]) for r in records] == [
+        ("ACCESS_RECORD_TYPE_ACCESS_REQUESTED", "ACCESS_OUTCOME_PENDING"),
+        ("ACCESS_RECORD_TYPE_ACCESS_COMPLETED", "ACCESS_OUTCOME_GRANTED")]
+    assert all(r["purpose"] == "PURPOSE_CODE_CUSTOMER_INITIATED_JOB" for r in records)
+    assert records[0]["requestedFields"] == ["payload.card.number"] == records[1]["returnedFields"]
+    assert records[1]["processingSucceeded"] is True and records[1]["processorId"] == runner["runner"]["id"]
+    verification = customer("GET", f"/v1/customers/{customer_id}/accessLogs:verify")
+    assert verification["ok"] is True and int(verification["recordsChecked"]) == 3  # registered, requested, completed
+
+    # the key manager now refuses job accesses: the next job's access is denied and recorded
+    km.allow("PLATFORM_SYSTEM_OPERATION")
+    second = customer("POST", f"/v1/projects/{project['id']}/jobs", {
+        "jobTypeId": job_type["id"], "payload": {"card": {"number": canary}, "amount": 6}})
+    refused = _wait_final(customer, second["id"])
+    assert refused["status"] == "JOB_STATUS_FAILED", refused
+    denied = customer("GET", f"/v1/customers/{customer_id}/accessLogs?jobId={second['id']}"
+                             "&type=ACCESS_RECORD_TYPE_ACCESS_COMPLETED")["records"]
+    assert [(r["outcome"], r["reason"]) for r in denied] == [("ACCESS_OUTCOME_DENIED", "KEY_MANAGER_REFUSED")]
+    assert customer("GET", f"/v1/customers/{customer_id}/accessLogs:verify")["ok"] is True
+
+    # the canary: in no database row, no Redis value, no log line (services, gateway, runner, key manager)
+    stack.stop_process("runner-byok")
+    stored = _everything_stored(stack)
+    assert canary not in stored
+    assert project["id"] in stored and job["payload"]["card"]["number"] in stored  # the scan does see the data
+    log_files = [*logs.glob("*.log"), km.folder / "keymanager.log"]
+    assert {p.name for p in log_files} >= {"keys.log", "jobs.log", "gateway.log", "runner-byok.log", "keymanager.log"}
+    for path in log_files:
+        assert canary not in path.read_text(errors="replace"), path.name
+    assert f"job={second['id']}" in (km.folder / "keymanager.log").read_text()  # the refusal was the KM's
