@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -130,7 +130,7 @@ class Control:
             await s.execute(delete(JobStatusChange).where(JobStatusChange.job_id == job.id))
             await s.delete(job)
 
-    async def watch(self, caller: Principal, job_id: str) -> AsyncIterator[pb.JobEvent]:
+    async def watch(self, caller: Principal, job_id: str) -> AsyncGenerator[pb.JobEvent, None]:
         """A snapshot, then an event per change, until the job is final."""
         job = await self.queries.visible_job(caller, job_id)
         channel = self.deps.signals.job_prefix + str(job.id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -398,7 +398,7 @@ class Leases:
             return lease_pb(job)
 
     # WatchCancellations --------------------------------------------------------------------------
-    async def cancellations(self) -> AsyncIterator[pb.CancellationNotice]:
+    async def cancellations(self) -> AsyncGenerator[pb.CancellationNotice, None]:
         async with self.deps.signals.subscribe(self.deps.signals.cancel_channel) as incoming:
             async with self.deps.db.session() as s:
                 outstanding = (await s.execute(select(Job).where(Job.status == RUNNING,

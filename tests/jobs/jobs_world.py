@@ -127,7 +127,8 @@ class JobsWorld:
         return await self.app.cases.leases.lease(pb.LeaseJobsRequest(
             runner_id=runner, session_id="s1", job_type_names=names, max_jobs=max_jobs, wait_ms=wait_ms, **kw))
 
-    async def complete(self, lease: pb.JobLease, outcome: int = pb.ATTEMPT_OUTCOME_SUCCEEDED,
+    async def complete(self, lease: pb.JobLease,
+                       outcome: pb.AttemptOutcome.ValueType = pb.ATTEMPT_OUTCOME_SUCCEEDED,
                        **result: Any) -> pb.CompletionResult:
         (res,) = await self.app.cases.leases.complete([pb.JobCompletion(
             job_id=lease.job_id, lease_id=lease.lease_id, runner_id=lease.runner_id,
@@ -153,10 +154,10 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
     bport = free_port()
     server.add_insecure_port(f"127.0.0.1:{bport}")
     await server.start()
-    fake = Tenancy()
+    fake = Tenancy()  # type: ignore[abstract]  # a double: only the methods used
     tserver = grpc.aio.server()
     tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(fake, tserver)
-    keys_pb2_grpc.add_KeyManagementServiceServicer_to_server(FakeKeys(), tserver)  # same double server
+    keys_pb2_grpc.add_KeyManagementServiceServicer_to_server(FakeKeys(), tserver)  # type: ignore[abstract]  # same double server
     tport = free_port()
     tserver.add_insecure_port(f"127.0.0.1:{tport}")
     await tserver.start()

@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +111,7 @@ async def jobs_stub(stack: Stack) -> AsyncIterator[jobs_pb2_grpc.JobServiceStub]
         yield jobs_pb2_grpc.JobServiceStub(ch)
 
 
-async def drain(stub: jobs_pb2_grpc.JobServiceStub, names: list[str], expect: int, *, fail: set[str] = frozenset(),
+async def drain(stub: jobs_pb2_grpc.JobServiceStub, names: list[str], expect: int, *, fail: Collection[str] = (),
                 wait_ms: int = 2000, deadline_s: float = 90) -> list[pb.JobLease]:
     """Lease and complete (successfully, unless the job id is in `fail`) until `expect` attempts ran."""
     seen: list[pb.JobLease] = []
@@ -182,10 +182,10 @@ async def test_done_when_1000_jobs_two_customers(stack: Stack, jobs_stub: jobs_p
         small_at = [i for i, j in enumerate(jobs) if submitted[j][0] == small.customer_id]
         assert len(small_at) == 25 and max(small_at) < 2 * len(small_at) + 2
     for t, count in ((big, 900), (small, 100)):
-        jobs = _all_jobs(t)
-        assert len(jobs) == count and {j["status"] for j in jobs} == {"JOB_STATUS_SUCCEEDED"}
+        stored = _all_jobs(t)
+        assert len(stored) == count and {j["status"] for j in stored} == {"JOB_STATUS_SUCCEEDED"}
         captured = _captures(t)
-        assert sorted(captured) == sorted(j["id"] for j in jobs)  # each charged exactly once
+        assert sorted(captured) == sorted(j["id"] for j in stored)  # each charged exactly once
         wallet = _wallet(t)
         assert _cents(wallet, "balanceCents") == 100_000 - 3 * count and _cents(wallet, "heldCents") == 0
 

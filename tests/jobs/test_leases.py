@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC
+from typing import Any
 
 import pytest
 from google.protobuf import struct_pb2
@@ -17,7 +18,7 @@ from tests.jobs.jobs_world import JobsWorld
 SUCCEEDED, FAILED = pb.ATTEMPT_OUTCOME_SUCCEEDED, pb.ATTEMPT_OUTCOME_FAILED
 
 
-def result(**values: object) -> struct_pb2.Struct:
+def result(**values: Any) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
     return s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -98,7 +99,7 @@ async def test_retention_purges_payloads_but_never_archive(world: JobsWorld) -> 
     assert gone.status == types_pb.JOB_STATUS_SUCCEEDED
 
 
-def _struct(**values: object) -> struct_pb2.Struct:
+def _struct(**values: Any) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
     return s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import pytest
 from google.protobuf import struct_pb2
@@ -11,10 +12,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from services.jobs.convert import plain
 from tests.jobs.jobs_world import JobsWorld
 
 
-def payload(**values: object) -> struct_pb2.Struct:
+def payload(**values: Any) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
     return s
@@ -103,7 +105,7 @@ async def test_batch_is_all_or_nothing_and_names_the_item(world: JobsWorld) -> N
     ok = [pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(5)]
     jobs = await sub.batch_submit(c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=ok))
     assert len(jobs) == 5 and await world.available(c) == 50
-    bad = [*ok, pb.SubmitJobRequest(job_type_id=str(jt.id), priority=12)]
+    bad = [*ok, pb.SubmitJobRequest(job_type_id=str(jt.id), priority=cast(Any, 12))]
     with pytest.raises(InvalidArgument) as caught:
         await sub.batch_submit(c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=bad))
     assert caught.value.violations[0][0] == "requests[5].priority"
@@ -158,14 +160,16 @@ async def test_encrypted_project_stores_only_ciphertext_of_sensitive_fields(worl
     job = await world.submit(c, jt, payload=payload(card={"number": "4111", "exp": "12/30"}, amount=5))
     stored = await world.get(str(job.id))
     assert stored.encryption.key_id == "ck-1" and list(stored.encryption.encrypted_fields) == ["payload.card.number"]
-    number = stored.payload["card"]["number"]
+    data = plain(stored.payload)
+    number = data["card"]["number"]
     assert number.startswith(f"enc:ck-1:{job.id}:") and "4111" in number  # the double's envelope
-    assert stored.payload["card"]["exp"] == "12/30" and stored.payload["amount"] == 5
+    assert data["card"]["exp"] == "12/30" and data["amount"] == 5
     (lease,) = await world.lease([jt.name])
-    assert lease.encryption.key_id == "ck-1" and lease.payload["card"]["number"] == number
+    assert lease.encryption.key_id == "ck-1" and plain(lease.payload)["card"]["number"] == number
     await world.complete(lease, result=payload(token="secret", size=3))
     done = await world.get(str(job.id))
-    assert done.result["token"].startswith("enc:ck-1:") and done.result["size"] == 3
+    result = plain(done.result)
+    assert result["token"].startswith("enc:ck-1:") and result["size"] == 3
     assert list(done.encryption.encrypted_fields) == ["payload.card.number", "result.token"]
 
 
@@ -176,4 +180,4 @@ async def test_encrypted_project_without_named_fields_encrypts_every_top_level_f
     job = await world.submit(c, jt, payload=payload(a=1, b={"c": 2}))
     stored = await world.get(str(job.id))
     assert sorted(stored.encryption.encrypted_fields) == ["payload.a", "payload.b"]
-    assert all(str(v).startswith("enc:ck-2:") for v in stored.payload.values())
+    assert all(str(v).startswith("enc:ck-2:") for v in plain(stored.payload).values())
