@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,11 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[Rendered]:
 
 
 @pytest.fixture(scope="session")
-def known_env() -> frozenset[str]:
-    return known_env_vars()
+def known_env(tmp_path_factory: pytest.TempPathFactory) -> frozenset[str]:
+    return known_env_vars(Path(tmp_path_factory.mktemp("known-env")))
 
 
 @pytest.fixture(scope="session")
-def commands() -> set[str]:
-    return set(cli_commands())
+def commands() -> dict[str, argparse.ArgumentParser]:
+    """The `innosystem` subcommands and their real argument parsers."""
+    return cli_commands()

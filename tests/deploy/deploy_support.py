@@ -9,6 +9,7 @@ generated protos.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
@@ -34,11 +36,9 @@ COMPOSE_DIR = DEPLOY / "compose"
 GATEWAY_PORT = 8080
 IMAGE = "innosystem"  # the image name the manifests use before overlays retag it
 
-# Process kinds the deploy files may already name although the CLI has no such subcommand yet
-# (they come with the runners and keys issues). Only gated entries may use them: the compose
-# `pending` profile and the k8s `components/runner` component, which no overlay includes.
-PENDING_COMMANDS = {"runner", "keymanager"}
-PENDING_PROFILE = "pending"
+# The Secret the operator creates (never git, never a generator) with one runner token per runner
+# pod: key `runner-N` for pod runner-N. The README must say how.
+RUNNER_TOKENS_SECRET = "innosystem-runner-tokens"
 
 # Variables read straight from os.environ by the OpenTelemetry SDK and innosystem.kit.telemetry.
 STANDARD_PREFIXES = ("OTEL_",)
@@ -56,19 +56,12 @@ def cli_commands() -> dict[str, argparse.ArgumentParser]:
     class _Captured(Exception):
         pass
 
-    original = argparse.ArgumentParser.parse_args
-
     def capture(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
         captured.append(self)
         raise _Captured
 
-    argparse.ArgumentParser.parse_args = capture  # type: ignore[assignment,method-assign]
-    try:
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture), contextlib.suppress(_Captured):
         cli.main([])
-    except _Captured:
-        pass
-    finally:
-        argparse.ArgumentParser.parse_args = original  # type: ignore[method-assign]
     parser = captured[0]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -82,7 +75,7 @@ def serve_targets() -> set[str]:
 
 
 class _RecordingEnviron(dict[str, str]):
-    """An environment that remembers every name looked up (with `_FILE` stripped)."""
+    """An environment that remembers every name looked up."""
 
     def __init__(self, values: Mapping[str, str]) -> None:
         super().__init__(values)
@@ -90,9 +83,14 @@ class _RecordingEnviron(dict[str, str]):
 
     def _note(self, key: object) -> None:
         if isinstance(key, str):
-            self.read.add(key.removesuffix("_FILE"))
+            self.read.add(key)
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def names(self) -> set[str]:
+        """The names read, without the `<NAME>_FILE` look-up that kit.config.env() makes for each
+        (a variable whose own name ends in _FILE, like INNOSYSTEM_KEYMANAGER_KEY_FILE, stays)."""
+        return {n for n in self.read if not (n.endswith("_FILE") and n.removesuffix("_FILE") in self.read)}
+
+    def get(self, key: str, default: Any = None) -> Any:
         self._note(key)
         return super().get(key, default)
 
@@ -118,17 +116,43 @@ def _config_classes() -> Iterator[Any]:
             continue
         module = importlib.import_module(name)
         for value in vars(module).values():
-            if isinstance(value, type) and value.__module__ == name and callable(getattr(value, "from_env", None)):
-                yield value.from_env
+            from_env = getattr(value, "from_env", None)
+            if isinstance(value, type) and value.__module__ == name and callable(from_env):
+                yield from_env
 
 
-def known_env_vars() -> frozenset[str]:
-    """Every variable the services, the gateway and `innosystem migrate` read from the environment."""
+def _runner_and_keymanager_reads(fake: _RecordingEnviron, tmp: Path) -> None:
+    """What `innosystem runner` and `innosystem keymanager` read, by running their real code.
+
+    The CLI's argument defaults read the key manager's settings as the parser is built; the
+    runner's `run` reads its token and target before it loads its processors (here a module that
+    does not exist, so it stops there); the key manager reads its shared secret when it starts.
+    """
+    from innosystem.keymanager import command as keymanager_command
+    from innosystem.runner import cli as runner_cli
+
+    cli_commands()
+    fake["INNOSYSTEM_RUNNER_TOKEN"] = "isr_x"
+    args = argparse.Namespace(token=None, target=None, processor=["innosystem_deploy_drift_no_such_module:fn"],
+                              external_api=[], tags="", slots=1, hostname="", drain_grace=1.0, tls=False)
+    try:
+        runner_cli.run(args)
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise AssertionError("innosystem runner started instead of failing on a missing processor module")
+    fake["INNOSYSTEM_KEYMANAGER_SECRET"] = "k" * 40
+    keymanager_command._secrets(tmp / "keymanager" / "keys.json")
+
+
+def known_env_vars(tmp: Path | None = None) -> frozenset[str]:
+    """Every variable the services, the gateway, `innosystem migrate`, `innosystem runner` and
+    `innosystem keymanager` read from the environment."""
     fake = _RecordingEnviron({"PATH": os.environ.get("PATH", "")})
     # Every config reads through innosystem.kit.config.env(), which looks at `os.environ` there.
-    saved = kit_config.os
-    kit_config.os = types.SimpleNamespace(environ=fake)  # type: ignore[assignment]
-    try:
+    with mock.patch.object(kit_config, "os", types.SimpleNamespace(environ=fake)):
+        if tmp is not None:
+            _runner_and_keymanager_reads(fake, tmp)
         for from_env in _config_classes():
             for _ in range(50):  # give each required variable a value, then read again
                 try:
@@ -139,17 +163,18 @@ def known_env_vars() -> frozenset[str]:
                     if not missing:
                         raise
                     fake[missing.group(1)] = "postgresql://x@h/db" if "URL" in missing.group(1) else "x"
-    finally:
-        kit_config.os = saved  # type: ignore[assignment]
-    # innosystem.cli reads these itself for the gateway and migrate processes.
-    fake.read.update({"INNOSYSTEM_LOG_LEVEL", "INNOSYSTEM_LOG_FORMAT", "DATABASE_URL"})
+    # innosystem.cli reads these itself for the gateway, migrate, runner and keymanager processes,
+    # and the parent pid that `innosystem up` hands to the processes it starts.
+    from innosystem.embedded import PARENT_PID_ENV
+
+    fake.read.update({"INNOSYSTEM_LOG_LEVEL", "INNOSYSTEM_LOG_FORMAT", "DATABASE_URL", PARENT_PID_ENV})
     fake.read.discard("PATH")
-    return frozenset(fake.read)
+    return frozenset(fake.names())
 
 
 def is_known_env(name: str, known: frozenset[str]) -> bool:
-    base = name.removesuffix("_FILE")
-    return base in known or base.startswith(STANDARD_PREFIXES)
+    """`name` is read by the code, itself or as the `<NAME>_FILE` form of a variable that is."""
+    return name in known or name.removesuffix("_FILE") in known or name.startswith(STANDARD_PREFIXES)
 
 
 def proto_service_names() -> dict[str, set[str]]:
@@ -204,7 +229,6 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
 class Rendered:
     name: str
     objects: list[dict[str, Any]]
-    gated: bool = False  # contains the pending component
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [o for o in self.objects if o["kind"] == kind]
@@ -217,7 +241,7 @@ class Rendered:
 
 
 def render_all(tmp: Path) -> list[Rendered]:
-    """The dev and prod overlays as an operator renders them, and dev with the pending component.
+    """The dev and prod overlays as an operator renders them (dev includes components/runner).
 
     A copy of deploy/k8s is rendered so that prod's git-ignored secrets.env can be made from its
     example, as the operator does, without touching the work tree.
@@ -225,12 +249,7 @@ def render_all(tmp: Path) -> list[Rendered]:
     copy = tmp / "k8s"
     shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("secrets.env"))
     shutil.copy(copy / "overlays/prod/secrets.env.example", copy / "overlays/prod/secrets.env")
-    dev, prod = kustomize(copy / "overlays/dev"), kustomize(copy / "overlays/prod")
-    # What the components/runner header tells operators to do once the commands exist.
-    with (copy / "overlays/dev/kustomization.yaml").open("a") as f:
-        f.write("\ncomponents:\n  - ../../components/runner\n")
-    return [Rendered("dev", dev), Rendered("prod", prod),
-            Rendered("dev+components/runner", kustomize(copy / "overlays/dev"), gated=True)]
+    return [Rendered("dev", kustomize(copy / "overlays/dev")), Rendered("prod", kustomize(copy / "overlays/prod"))]
 
 
 def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:

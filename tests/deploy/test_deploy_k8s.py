@@ -10,6 +10,7 @@ import pytest
 from deploy_support import GATEWAY_PORT, Rendered, is_ours, pod_specs
 from kubernetes_validate import utils as kv
 
+from innosystem.keymanager.command import DEFAULT_PORT as KEYMANAGER_PORT
 from innosystem.kit.config import DEFAULT_PORTS, SERVICES
 
 K8S_VERSION = "1.37.0"
@@ -28,7 +29,7 @@ PROCESSES = [*SERVICES, "gateway"]
 
 def test_overlays_render(rendered: list[Rendered]) -> None:
     names = [r.name for r in rendered]
-    assert names == ["dev", "prod", "dev+components/runner"]
+    assert names == ["dev", "prod"]
     for r in rendered:
         assert len(r.objects) > 40, r.name
 
@@ -106,9 +107,20 @@ def test_hpas_scale_gateway_jobs_and_runners(rendered: list[Rendered]) -> None:
         targets = {h["spec"]["scaleTargetRef"]["name"] for h in r.of_kind("HorizontalPodAutoscaler")}
         assert {"gateway", "jobs", "runners"} <= targets
         for h in r.of_kind("HorizontalPodAutoscaler"):
-            r.get("Deployment", h["spec"]["scaleTargetRef"]["name"])
+            r.get(h["spec"]["scaleTargetRef"]["kind"], h["spec"]["scaleTargetRef"]["name"])
             assert h["spec"]["minReplicas"] <= h["spec"]["maxReplicas"]
-    assert "runner" in {h["spec"]["scaleTargetRef"]["name"] for h in rendered[2].of_kind("HorizontalPodAutoscaler")}
+    assert "runner" in {h["spec"]["scaleTargetRef"]["name"] for h in rendered[0].of_kind("HorizontalPodAutoscaler")}
+
+
+def test_dev_runs_the_runner_pool_and_reference_key_manager_and_prod_does_not(rendered: list[Rendered]) -> None:
+    dev, prod = rendered[0], rendered[1]
+    dev.get("StatefulSet", "runner")
+    dev.get("Deployment", "keymanager")
+    for name in ("runner", "keymanager"):
+        dev.get("ServiceAccount", name)
+        assert not [o for o in prod.objects if o["metadata"]["name"] == name], f"prod has {name}"
+    pdb = dev.get("PodDisruptionBudget", "runner")
+    assert pdb["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "runner"}
 
 
 def test_migrate_job_runs_migrate(rendered: list[Rendered]) -> None:
@@ -131,7 +143,7 @@ def test_pods_are_non_root_with_resources(rendered: list[Rendered]) -> None:
 
 def test_dev_has_in_cluster_datastores_and_prod_does_not(rendered: list[Rendered]) -> None:
     dev, prod = rendered[0], rendered[1]
-    assert {s["metadata"]["name"] for s in dev.of_kind("StatefulSet")} == {"postgres", "redis"}
+    assert {s["metadata"]["name"] for s in dev.of_kind("StatefulSet")} == {"postgres", "redis", "runner"}
     assert prod.of_kind("StatefulSet") == []
     [secret] = prod.of_kind("Secret")
     assert {"DATABASE_URL", "REDIS_URL"} <= secret["data"].keys()
@@ -162,7 +174,8 @@ def _labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 
 def _pod_labels(r: Rendered, name: str) -> dict[str, str]:
-    return dict(r.get("Deployment", name)["spec"]["template"]["metadata"]["labels"])
+    kind = "StatefulSet" if name == "runner" else "Deployment"
+    return dict(r.get(kind, name)["spec"]["template"]["metadata"]["labels"])
 
 
 def _allows(r: Rendered, direction: str, pod: dict[str, str], peer: dict[str, str] | None, port: int) -> bool:
@@ -216,8 +229,25 @@ def test_network_policies_datastores_dns_and_key_managers(rendered: list[Rendere
         assert _allows(r, "Egress", _pod_labels(r, "keys"), None, 443), "keys -> customer key managers"
         assert not _allows(r, "Egress", _pod_labels(r, "jobs"), None, 443)
         assert _allows(r, "Ingress", _pod_labels(r, "gateway"), None, GATEWAY_PORT)
-    pending = rendered[2]
-    runner = _pod_labels(pending, "runner")
-    assert _allows(pending, "Egress", runner, _pod_labels(pending, "runners"), DEFAULT_PORTS["runners"])
-    assert _allows(pending, "Ingress", _pod_labels(pending, "runners"), runner, DEFAULT_PORTS["runners"])
-    assert not _allows(pending, "Egress", runner, _pod_labels(pending, "jobs"), DEFAULT_PORTS["jobs"])
+
+
+
+def test_network_policies_runner_pool_and_reference_key_manager(rendered: list[Rendered]) -> None:
+    """Runner processes reach only the runners service; only keys reaches the key manager, on its port."""
+    dev = rendered[0]
+    runner, keymanager = _pod_labels(dev, "runner"), _pod_labels(dev, "keymanager")
+    assert _allows(dev, "Egress", runner, _pod_labels(dev, "runners"), DEFAULT_PORTS["runners"])
+    assert _allows(dev, "Ingress", _pod_labels(dev, "runners"), runner, DEFAULT_PORTS["runners"])
+    for name in SERVICES:
+        if name != "runners":
+            assert not _allows(dev, "Egress", runner, _pod_labels(dev, name), DEFAULT_PORTS[name]), name
+    assert not _allows(dev, "Egress", runner, None, 443), "runner -> outside"
+    keys = _pod_labels(dev, "keys")
+    assert _allows(dev, "Egress", keys, keymanager, KEYMANAGER_PORT)
+    assert _allows(dev, "Ingress", keymanager, keys, KEYMANAGER_PORT)
+    assert not _allows(dev, "Ingress", keymanager, keys, KEYMANAGER_PORT + 1)
+    for name in [*PROCESSES, "runner"]:
+        if name != "keys":
+            assert not _allows(dev, "Ingress", keymanager, _pod_labels(dev, name), KEYMANAGER_PORT), name
+    service = dev.get("Service", "keymanager")
+    assert [p["port"] for p in service["spec"]["ports"]] == [KEYMANAGER_PORT]
