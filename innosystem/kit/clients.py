@@ -30,8 +30,7 @@ CHANNEL_OPTIONS = [
 ]
 
 
-class _SignedPrincipal(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                       grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+class _Signer:
     """Adds this service's signed principal (re-signed well before it expires), and bounds the
     call by the deadline of the RPC being served, so a caller's deadline reaches every hop."""
 
@@ -41,7 +40,7 @@ class _SignedPrincipal(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStrea
         self._entries: tuple[tuple[str, str], ...] = ()
         self._renew_at = 0.0
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         if principal.PRINCIPAL_HEADER not in metadata:
             now = time.monotonic()
@@ -57,17 +56,39 @@ class _SignedPrincipal(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStrea
         return grpc.aio.ClientCallDetails(details.method, timeout, metadata,
                                           details.credentials, details.wait_for_ready)
 
+
+# One interceptor object per call kind: grpc.aio files each interceptor under the first kind it
+# matches, so a single class implementing all four would only ever see unary-unary calls.
+class _SignUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, signer: _Signer) -> None:
+        self._signer = signer
+
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(self._signer.details(details), request)
+
+
+class _SignUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, signer: _Signer) -> None:
+        self._signer = signer
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(self._signer.details(details), request)
+
+
+class _SignStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, signer: _Signer) -> None:
+        self._signer = signer
 
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._details(details), requests)
+        return await continuation(self._signer.details(details), requests)
+
+
+class _SignStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, signer: _Signer) -> None:
+        self._signer = signer
 
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._details(details), requests)
+        return await continuation(self._signer.details(details), requests)
 
 
 def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
@@ -77,7 +98,9 @@ def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
     without a principal would run with this service's rights (the gateway forwards over plain
     channels for that reason).
     """
-    interceptors: list[Any] = [*aio_client_interceptors(), _SignedPrincipal(service, secret)]
+    signer = _Signer(service, secret)
+    interceptors: list[Any] = [*aio_client_interceptors(), _SignUnaryUnary(signer), _SignUnaryStream(signer),
+                               _SignStreamUnary(signer), _SignStreamStream(signer)]
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
 
 

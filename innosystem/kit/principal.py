@@ -84,6 +84,12 @@ def reset(token: contextvars.Token[Principal | None]) -> None:
     _current.reset(token)
 
 
+def account(principal: Principal) -> str:
+    """Whose idempotency keys a caller's request ids are: its account, not the API key it used,
+    so a rotated key (or the admin key `innosystem up` makes at each start) finds its earlier requests."""
+    return principal.customer_id or principal.reseller_id or principal.service or f"kind-{principal.kind}"
+
+
 def require_admin(principal: Principal) -> None:
     if principal.kind != ADMIN:
         raise PermissionDenied("only an admin may do this", reason="ADMIN_ONLY")

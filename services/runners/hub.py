@@ -25,7 +25,6 @@ from opentelemetry import metrics
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
-from innosystem.kit import principal as principals
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import InvalidArgument, PermissionDenied
 from innosystem.runners.v1 import runners_pb2 as pb
@@ -515,13 +514,9 @@ class Hub:
         """Cancel requests for running jobs, forwarded to the runners this replica holds."""
         delay = 0.2
         while True:
-            # Signed here: the kit channel's interceptor does not reach server-streaming calls
-            # (the jobs service saw no principal on them).
-            signed = principals.sign(principals.service_principal("runners"), self.config.common.internal_secret)
             try:
                 async for notice in self.jobs.WatchCancellations(
-                        jobs_pb2.WatchCancellationsRequest(replica=self.replica), metadata=signed,
-                        wait_for_ready=True):
+                        jobs_pb2.WatchCancellationsRequest(replica=self.replica), wait_for_ready=True):
                     delay = 0.2
                     session = self.sessions.get(notice.runner_id)
                     if session is not None and session.held.get(notice.job_id) == notice.lease_id:

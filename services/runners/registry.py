@@ -117,7 +117,7 @@ class Registry:
         if not fields.get("name"):
             raise InvalidArgument("runner.name is required", field="runner.name", reason="INVALID_NAME")
         _validate(fields)
-        idem_scope = f"CreateRunner:{caller.key_id or caller.customer_id or 'admin'}"
+        idem_scope = f"CreateRunner:{principals.account(caller)}"
         async with self.db.session() as s:
             repo = RunnerRepository(s)
             if (earlier := await idempotency.replay(s, IdempotencyKey, idem_scope, request_id,

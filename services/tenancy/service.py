@@ -133,7 +133,7 @@ class TenancyService:
                               request_hash: bytes) -> Created:
         principals.require_admin(caller)
         validate(fields)
-        scope = f"CreateReseller:{_account(caller)}"
+        scope = f"CreateReseller:{principals.account(caller)}"
         async with self.db.session() as s:
             repo = TenancyRepository(s)
             if (earlier := await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash)) is not None:
@@ -205,7 +205,7 @@ class TenancyService:
         elif caller.kind != principals.ADMIN:
             raise PermissionDenied("only an admin or a reseller may create customers", reason="ADMIN_OR_RESELLER_ONLY")
         validate(fields)
-        scope = f"CreateCustomer:{_account(caller)}"
+        scope = f"CreateCustomer:{principals.account(caller)}"
         async with self.db.session() as s:
             repo = TenancyRepository(s)
             if (earlier := await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash)) is not None:
@@ -335,8 +335,3 @@ class TenancyService:
             row = await self._visible_project(repo, caller, project_id, lock=True)
             await repo.delete_project(row.id)
 
-
-def _account(caller: Principal) -> str:
-    """Whose idempotency keys these are: the account, not the API key, so a rotated key (or the
-    admin key `innosystem up` makes at each start) still finds its earlier requests."""
-    return caller.customer_id or caller.reseller_id or f"kind-{caller.kind}"

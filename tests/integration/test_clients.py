@@ -4,6 +4,7 @@ authenticator, and deadline propagation through signed channels."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -89,3 +90,47 @@ async def test_downstream_calls_inherit_the_served_rpcs_deadline(tenancy: tuple[
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         answer = await stub.Authenticate(tenancy_pb2.AuthenticateRequest(api_key="isk_good_key_0123456789"))
         assert answer.customer_id == "c1"  # outside a served RPC: no inherited deadline
+
+
+async def test_every_call_kind_is_signed() -> None:
+    """Streaming calls carry the signed principal too (grpc.aio files an interceptor under one kind)."""
+    from innosystem.kit.clients import channel
+
+    secret = b"s" * 32
+
+    def caller(context: grpc.aio.ServicerContext) -> bytes:
+        found = principals.verify(list(context.invocation_metadata() or ()), secret)
+        return (found.service if found is not None else "nobody").encode()
+
+    async def unary_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        yield caller(context)
+
+    async def stream_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            yield caller(context)
+
+    async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        async for _ in requests:
+            pass
+        return caller(context)
+
+    async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return caller(context)
+
+    handlers = {"UU": grpc.unary_unary_rpc_method_handler(unary_unary),
+                "US": grpc.unary_stream_rpc_method_handler(unary_stream),
+                "SU": grpc.stream_unary_rpc_method_handler(stream_unary),
+                "SS": grpc.stream_stream_rpc_method_handler(stream_stream)}
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Kinds", handlers)])
+    address = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(address)
+    await server.start()
+    try:
+        async with channel(address, service="runners", secret=secret) as ch:
+            assert await ch.unary_unary("/test.Kinds/UU")(b"x") == b"runners"
+            assert [m async for m in ch.unary_stream("/test.Kinds/US")(b"x")] == [b"runners"]
+            assert await ch.stream_unary("/test.Kinds/SU")(iter([b"x"])) == b"runners"
+            assert [m async for m in ch.stream_stream("/test.Kinds/SS")(iter([b"x"]))] == [b"runners"]
+    finally:
+        await server.stop(None)
