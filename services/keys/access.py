@@ -273,7 +273,7 @@ class Accesses:
 
     async def secure_access(self, p: Principal, r: pb.SecureAccessRequest) -> pb.SecureAccessResponse:
         """On behalf of a runner, relayed by the runners service."""
-        principals.require_service(p)
+        principals.require_service(p, "runners")
         if r.purpose not in P.values() or r.purpose == 0:
             raise InvalidArgument("purpose: a purpose code is required", field="purpose", reason="INVALID_PURPOSE")
         fields = self._check_fields(r.fields, ("payload",))
@@ -308,7 +308,7 @@ class Accesses:
             raise Unavailable("the jobs service cannot be reached", reason="JOBS_UNAVAILABLE") from None
 
     async def complete(self, p: Principal, r: pb.CompleteSecureAccessRequest) -> None:
-        principals.require_service(p)
+        principals.require_service(p, "runners")
         try:
             access_id = uuid.UUID(r.access_id)
         except ValueError:

@@ -154,12 +154,12 @@ class KeysApi(keys_pb2_grpc.KeyManagementServiceServicer):
 
     async def EncryptFields(self, request: pb.EncryptFieldsRequest,
                             context: grpc.aio.ServicerContext) -> pb.EncryptFieldsResponse:
-        principals.require_service(principals.current())
+        principals.require_service(principals.current(), "jobs")
         return await self.accesses.encrypt(request.context, request.fields)
 
     async def GenerateDataKey(self, request: pb.GenerateDataKeyRequest,
                               context: grpc.aio.ServicerContext) -> pb.DataKey:
-        principals.require_service(principals.current())
+        principals.require_service(principals.current(), "jobs", "keys")
         return data_key_pb(await self.accesses.generate(request.context))
 
     async def RewrapDataKey(self, request: pb.RewrapDataKeyRequest, context: grpc.aio.ServicerContext) -> pb.DataKey:

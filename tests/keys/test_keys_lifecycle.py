@@ -16,7 +16,7 @@ from google.protobuf import field_mask_pb2
 from innosystem.keys.v1 import access_logs_pb2 as alpb
 from innosystem.keys.v1 import keys_pb2 as pb
 from innosystem.kit.errors import from_rpc_error
-from tests.keys.conftest import JOBS, Harness
+from tests.keys.conftest import RUNNERS, Harness
 from tests.keys.test_keys_service import CARD, fail, registered, sql
 
 T = alpb.AccessRecordType
@@ -116,7 +116,7 @@ async def test_an_access_never_completed_is_marked_abandoned(harness: Harness) -
     assert list(last.returned_fields) == ["payload.card.number"]
     # a late completion changes nothing
     await h.stub.CompleteSecureAccess(pb.CompleteSecureAccessRequest(access_id=answer.access_id, runner_id="runner-1",
-                                                                     succeeded=True), metadata=JOBS)
+                                                                     succeeded=True), metadata=RUNNERS)
     assert (await h.records(tenant, job_id=lease.job_id))[-1].id == last.id
 
 

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from innosystem.keys.v1 import access_logs_pb2 as alpb
 from innosystem.keys.v1 import keys_pb2 as pb
 from innosystem.kit.errors import from_rpc_error
-from tests.keys.conftest import JOBS, Harness, Tenant
+from tests.keys.conftest import JOBS, RUNNERS, Harness, Tenant
 from tests.keys.keymanager_process import start_keymanager
 
 T = alpb.AccessRecordType
@@ -92,7 +92,7 @@ async def test_secure_access_returns_only_requested_fields_and_is_on_the_log(har
     assert pending[0].processor_id == "runner-1" and list(pending[0].requested_fields) == ["payload.card.number"]
     await h.stub.CompleteSecureAccess(pb.CompleteSecureAccessRequest(
         access_id=answer.access_id, runner_id="runner-1", succeeded=True, duration_ms=7, output_summary="ok"),
-        metadata=JOBS)
+        metadata=RUNNERS)
     done = (await h.records(tenant, job_id=lease.job_id))[-1]
     assert (done.type, done.outcome, done.processing_succeeded) == (T.ACCESS_RECORD_TYPE_ACCESS_COMPLETED,
                                                                    OUT.ACCESS_OUTCOME_GRANTED, True)
@@ -255,3 +255,48 @@ async def test_chain_verification_finds_the_first_break(harness: Harness, tamper
                 "reorder": alpb.ChainBreakKind.CHAIN_BREAK_KIND_PREV_HASH_MISMATCH}[tamper]
     assert result.first_break.kind == expected
 
+
+
+async def test_internal_methods_take_only_their_callers(harness: Harness) -> None:
+    h = harness
+    tenant = await registered(h)
+    lease = await h.submit(tenant, CARD, ["payload.card.number"])
+    as_jobs = await fail(h.stub.SecureAccess(pb.SecureAccessRequest(
+        runner_id=lease.runner_id, job_id=lease.job_id, lease_id=lease.lease_id, purpose=JOB,
+        fields=["payload.card.number"]), metadata=JOBS))
+    as_customer = await fail(h.stub.EncryptFields(pb.EncryptFieldsRequest(context=pb.EncryptionContext(
+        customer_id=tenant.customer_id, project_id=tenant.project_id, job_id="j", key_id=tenant.key_id)),
+        metadata=h.as_(tenant)))
+    assert {reason(as_jobs), reason(as_customer)} == {"INTERNAL_ONLY"}
+    assert await h.records(tenant, job_id=lease.job_id) == []
+
+
+async def test_a_slow_key_manager_times_out_with_a_clear_reason() -> None:
+    """A key manager that accepts the connection and never answers, in both bindings."""
+    from innosystem.keymanager.client import ERROR, KeyManagerClient, KeyManagerError
+    from innosystem.keymanager.v1 import keymanager_pb2 as km
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for url in (f"http://127.0.0.1:{port}", f"grpc://127.0.0.1:{port}"):
+            client = KeyManagerClient(url, [b"s" * 32], timeout=0.5)
+            try:
+                with pytest.raises(KeyManagerError) as caught:
+                    await client.health(km.HealthRequest(metadata=km.RequestMetadata(
+                        platform_request_id="r", customer_id="c", purpose=3)))  # type: ignore[arg-type]
+            finally:
+                await client.close()
+            assert caught.value.outcome == ERROR
+            assert caught.value.reason in ("KEY_MANAGER_TIMEOUT", "KEY_MANAGER_UNREACHABLE"), url
+            if url.startswith("http"):
+                assert caught.value.reason == "KEY_MANAGER_TIMEOUT"
+    finally:
+        for w in held:
+            w.close()
+        server.close()
