@@ -114,8 +114,9 @@ class Hierarchy:
             if pk is not None:
                 if pk.key_id != ck.id:
                     raise FailedPrecondition(
-                        f"project {project_id} is encrypted under client key {pk.key_id}, not {key_id}",
-                        reason="PROJECT_KEY_MISMATCH")
+                        f"project {project_id} is encrypted under client key {pk.key_id}, not {key_id}; to move "
+                        f"to another CMK, rotate key {pk.key_id} (:rotate with the new external key id or "
+                        "endpoint) instead of changing the project's encryptionKeyId", reason="PROJECT_KEY_MISMATCH")
                 return pk
             if ck.state == DISABLED:
                 raise FailedPrecondition(f"client key {key_id} is disabled", reason="KEY_DISABLED")

@@ -6,7 +6,9 @@ A unique canary in the payload must appear in no log line, no database row and n
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +127,25 @@ def test_encrypted_job_end_to_end_with_canary_and_a_refusing_key_manager(
     assert records[1]["processingSucceeded"] is True and records[1]["processorId"] == runner["runner"]["id"]
     verification = customer("GET", f"/v1/customers/{customer_id}/accessLogs:verify")
     assert verification["ok"] is True and int(verification["recordsChecked"]) == 3  # registered, requested, completed
+
+    # the live feed (SSE through the gateway) replays from a sequence, then follows
+    request = urllib.request.Request(f"{stack.gateway_url}/v1/customers/{customer_id}/accessLogs:watch"
+                                     f"?afterSequence=1&jobId={job['id']}",
+                                     headers={"Authorization": f"Bearer {api_key}"})
+    events = []
+    with urllib.request.urlopen(request, timeout=30) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        while len(events) < 2:
+            line = stream.readline().decode()
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    assert [e["sequence"] for e in events] == [r["sequence"] for r in records]
+
+    # key-access decisions are metrics by outcome and purpose
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports['keys']}/metrics", timeout=10) as resp:
+        exposition = resp.read().decode()
+    assert any(line.startswith("keys_access_decisions") and 'outcome="GRANTED"' in line
+               and 'purpose="PURPOSE_CODE_CUSTOMER_INITIATED_JOB"' in line for line in exposition.splitlines())
 
     # the key manager now refuses job accesses: the next job's access is denied and recorded
     km.allow("PLATFORM_SYSTEM_OPERATION")
