@@ -300,3 +300,58 @@ async def test_a_slow_key_manager_times_out_with_a_clear_reason() -> None:
         for w in held:
             w.close()
         server.close()
+
+
+async def test_concurrent_appends_keep_one_unbroken_chain_per_customer(harness: Harness) -> None:
+    h = harness
+    tenant, other = await registered(h), await registered(h)
+    lease, other_lease = (await h.submit(tenant, CARD, ["payload.card.number"]),
+                          await h.submit(other, CARD, ["payload.card.number"]))
+    calls = [h.access(lease, ["payload.card.number"], runner_id=f"r{i}") for i in range(12)]
+    calls += [h.access(other_lease, ["payload.card.number"], runner_id=f"o{i}") for i in range(6)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, grpc.aio.AioRpcError) and reason(r) == "NOT_LEASE_HOLDER" for r in results)
+    for t, n in ((tenant, 12), (other, 6)):
+        records = await h.records(t)
+        assert [r.sequence for r in records] == list(range(1, 2 * n + 2))
+        check = await h.verify(t)
+        assert check.ok and check.records_checked == 2 * n + 1 and check.head_hash == records[-1].hash
+
+
+async def test_listing_pages_by_sequence_and_filters(harness: Harness) -> None:
+    h = harness
+    tenant = await registered(h)
+    lease = await h.submit(tenant, CARD, ["payload.card.number"])
+    for i in range(3):
+        await fail(h.access(lease, ["payload.card.number"], runner_id=f"x{i}"))
+    seen, token = [], ""
+    while True:
+        page = await h.logs.ListAccessLogs(alpb.ListAccessLogsRequest(
+            customer_id=tenant.customer_id, page_size=2, page_token=token), metadata=h.as_(tenant))
+        assert len(page.records) <= 2
+        seen += [r.sequence for r in page.records]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [7, 6, 5, 4, 3, 2, 1]  # newest first, each once
+    denied = await h.records(tenant, outcome=OUT.ACCESS_OUTCOME_DENIED, processor_id="x1")
+    assert [(r.processor_id, r.reason) for r in denied] == [("x1", "NOT_LEASE_HOLDER")]
+    later = await h.records(tenant, start_time=denied[0].create_time)
+    assert [r.sequence for r in later] == list(range(denied[0].sequence, 8))
+    bad = await fail(h.logs.ListAccessLogs(alpb.ListAccessLogsRequest(customer_id=tenant.customer_id,
+                                                                       page_token="garbage"), metadata=h.as_(tenant)))
+    assert reason(bad) == "INVALID_PAGE_TOKEN"
+
+
+async def test_registration_is_idempotent_by_request_id(harness: Harness) -> None:
+    h = harness
+    tenant = Tenant()
+    request = pb.CreateClientKeyRequest(customer_id=tenant.customer_id, request_id="reg-1", client_key=pb.ClientKey(
+        endpoint_url=h.km.grpc_url, external_key_id="cmk-1", hmac_secrets=[h.km.secret]))
+    first = await h.stub.CreateClientKey(request, metadata=h.as_(tenant))
+    again = await h.stub.CreateClientKey(request, metadata=h.as_(tenant))
+    assert first.id == again.id
+    request.client_key.description = "changed"
+    reused = await fail(h.stub.CreateClientKey(request, metadata=h.as_(tenant)))
+    assert reason(reused) == "IDEMPOTENCY_KEY_REUSED"
+    assert len(await h.records(tenant, type=T.ACCESS_RECORD_TYPE_KEY_REGISTERED)) == 1
