@@ -6,6 +6,7 @@ A unique canary in the payload must appear in no log line, no database row and n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import urllib.request
@@ -64,6 +65,14 @@ def _top_up(admin: Rest, customer_id: str) -> None:
             return
         assert status == 404 and time.monotonic() < deadline, body
         time.sleep(0.2)
+
+
+def _recomputed_hash(record: dict[str, Any]) -> str:
+    """SHA-256 of the record's proto3 JSON without `hash` and without default values, keys sorted, compact."""
+    body = {k: v for k, v in record.items()
+            if k != "hash" and v not in ("", 0, "0", False, [], {}) and not str(v).endswith("_UNSPECIFIED")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                          .encode()).hexdigest()
 
 
 def _everything_stored(stack: Stack) -> str:
@@ -125,6 +134,8 @@ def test_encrypted_job_end_to_end_with_canary_and_a_refusing_key_manager(
     assert all(r["purpose"] == "PURPOSE_CODE_CUSTOMER_INITIATED_JOB" for r in records)
     assert records[0]["requestedFields"] == ["payload.card.number"] == records[1]["returnedFields"]
     assert records[1]["processingSucceeded"] is True and records[1]["processorId"] == runner["runner"]["id"]
+    for record in records:  # a customer recomputes each hash from the JSON it reads, as docs/keys.md says
+        assert _recomputed_hash(record) == record["hash"]
     verification = customer("GET", f"/v1/customers/{customer_id}/accessLogs:verify")
     assert verification["ok"] is True and int(verification["recordsChecked"]) == 3  # registered, requested, completed
 
