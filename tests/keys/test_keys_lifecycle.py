@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import uuid
 from typing import Any
 
 import grpc
@@ -182,3 +183,23 @@ async def test_watch_streams_new_records(harness: Harness) -> None:
     finally:
         stream.cancel()
 
+
+
+async def test_a_pre_access_record_left_unresolved_is_abandoned_too(harness: Harness) -> None:
+    """The keys process stopped between the pre-access record and any outcome: still closed, visibly."""
+    from services.keys.access import JobData
+    from services.keys.accesslog import Entry
+
+    h = harness
+    tenant = await registered(h)
+    lease = await h.submit(tenant, CARD, ["payload.card.number"])
+    access_id = str(uuid.uuid4())
+    await h.keys.accesses._open(JobData.of(lease), Entry(
+        type=T.ACCESS_RECORD_TYPE_ACCESS_REQUESTED, access_id=access_id, job_id=lease.job_id, processor_id="runner-1",
+        purpose=1, requested_fields=["payload.card.number"], outcome=OUT.ACCESS_OUTCOME_PENDING))
+    await sql(h, "UPDATE keys.accesses SET create_time = create_time - interval '1 day' WHERE id::text = %s",
+              access_id)
+    await h.keys.accesses.sweep_abandoned()
+    last = (await h.records(tenant, job_id=lease.job_id))[-1]
+    assert (last.type, last.access_id) == (T.ACCESS_RECORD_TYPE_ACCESS_ABANDONED, access_id)
+    assert "never resolved" in last.message and list(last.requested_fields) == ["payload.card.number"]
