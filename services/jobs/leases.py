@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from google.rpc import status_pb2
+from opentelemetry.trace import Span
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,7 +33,7 @@ from innosystem.kit.errors import (
     to_status,
 )
 from innosystem.kit.protos import timestamp
-from services.jobs import metrics, outcomes
+from services.jobs import metrics, outcomes, tracing
 from services.jobs.batcher import Coalescer
 from services.jobs.convert import lease_pb, plain
 from services.jobs.models import Job, JobAttempt, JobType
@@ -194,6 +195,7 @@ class Leases:
         ghosts = [i for i in every if i not in started]
         for q, gids in _by_queue(ghosts, by_id).items():
             await deps.queue.finish(q, gids)
+        tracing.record_waits([j for mine in leased for j in mine], now)
         for mine in leased:
             for j in mine:
                 metrics.started.add(1, _labels(j))
@@ -240,11 +242,24 @@ class Leases:
     async def complete(self, completions: Sequence[pb.JobCompletion]) -> list[pb.CompletionResult]:
         if not 1 <= len(completions) <= MAX_ITEMS:
             raise InvalidArgument(f"1 to {MAX_ITEMS} completions", field="completions", reason="INVALID_BATCH_SIZE")
-        deps = self.deps
-        now = deps.now()
+        now = self.deps.now()
         results: list[pb.CompletionResult] = []
         changes, st = Changes(), outcomes.Settlement()
         finished: list[tuple[Job, Any, JobAttempt | None]] = []
+        spans: list[Span] = []
+        try:
+            await self._complete(completions, now, results, changes, st, finished, spans)
+        finally:
+            for span in spans:
+                span.end()
+        for job, outcome, attempt in finished:
+            _count_end(job, outcome, attempt, now)
+        return results
+
+    async def _complete(self, completions: Sequence[pb.JobCompletion], now: datetime,
+                        results: list[pb.CompletionResult], changes: Changes, st: outcomes.Settlement,
+                        finished: list[tuple[Job, Any, JobAttempt | None]], spans: list[Span]) -> None:
+        deps = self.deps
         async with deps.db.session() as s:
             jobs, attempts = await _locked(s, [c.job_id for c in completions])
             done: set[str] = set()
@@ -262,6 +277,8 @@ class Leases:
                     continue
                 assert job is not None
                 done.add(c.job_id)
+                span = tracing.job_span(job, "complete")
+                spans.append(span)
                 attempt = attempts.get((job.id, job.attempt_count))
                 details = plain(c.result.details) if c.result.HasField("details") else None
                 outcome = c.result.outcome
@@ -278,15 +295,14 @@ class Leases:
                              "details": plain(e.details) if e.HasField("details") else None}
                     outcomes.fail(s, deps, job, attempt, pb.ATTEMPT_OUTCOME_FAILED, error, details, now, changes, st)
                 res.status = job.status  # type: ignore[assignment]
+                span.set_attribute("innosystem.job.status", enums.JobStatus.Name(job.status))  # type: ignore[arg-type]
                 if job.status == enums.JOB_STATUS_SCHEDULED and job.next_attempt_time is not None:
                     res.next_attempt_time.FromDatetime(job.next_attempt_time)
                 finished.append((job, outcome, attempt))
-            await outcomes.settle_billing(deps, st)
+            with tracing.within(spans):
+                await outcomes.settle_billing(deps, st)
         await outcomes.settle_queue(deps, st)
         await changes.publish(deps.signals)
-        for job, outcome, attempt in finished:
-            _count_end(job, outcome, attempt, now)
-        return results
 
     async def _encrypted_result(self, job: Job, result: dict[str, Any]) -> dict[str, Any]:
         """A job encrypted at submit has its result encrypted the same way before it is stored."""

@@ -98,7 +98,9 @@ def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
 
         wanted = {"innosystem-gateway", "innosystem-jobs", "innosystem-billing", "innosystem-runner"}
         deadline = time.monotonic() + 30
-        while not wanted <= {s[0] for s in sink.in_trace(TRACE_ID)} and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+                wanted <= {s[0] for s in sink.in_trace(TRACE_ID)}
+                and any(n.endswith("Capture") for _, n, _, _ in sink.in_trace(TRACE_ID))):
             time.sleep(0.2)  # exporters flush on their own schedule
         spans = sink.in_trace(TRACE_ID)
         services = {s[0] for s in spans}
@@ -109,5 +111,9 @@ def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
         assert ("innosystem-billing", "/innosystem.billing.v1.BillingService/Reserve") in {
             (s, n.replace("BatchReserve", "Reserve")) for s, n in names}
         assert any(s == "innosystem-runner" and n.startswith("process echo") for s, n in names), sorted(names)
+        # Back from the runner: the wait, the completion and the capture are in the same trace.
+        assert ("innosystem-jobs", "queued echo") in names, sorted(names)
+        assert ("innosystem-jobs", "complete echo") in names, sorted(names)
+        assert any(s == "innosystem-billing" and n.endswith("Capture") for s, n in names), sorted(names)
     finally:
         traced_stack.stop_process("runner-traced")
