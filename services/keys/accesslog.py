@@ -9,10 +9,12 @@ caller's transaction, so a record exists exactly when the change it describes do
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -38,6 +40,44 @@ KEY_TYPES = {T.ACCESS_RECORD_TYPE_KEY_REGISTERED, T.ACCESS_RECORD_TYPE_KEY_UPDAT
 ACCESS_TYPES = {T.ACCESS_RECORD_TYPE_ACCESS_REQUESTED, T.ACCESS_RECORD_TYPE_ACCESS_COMPLETED,
                 T.ACCESS_RECORD_TYPE_ACCESS_ABANDONED}
 MAX_LIST = 1000
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which records a reader wants (every field optional)."""
+
+    project_id: str = ""
+    job_type_id: str = ""
+    job_id: str = ""
+    processor_id: str = ""
+    purpose: int = 0
+    outcome: int = 0
+    type: int = 0
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @classmethod
+    def of(cls, r: pb.ListAccessLogsRequest | pb.WatchAccessLogsRequest) -> LogFilter:
+        common = cls(r.project_id, r.job_type_id, r.job_id, r.processor_id, r.purpose, r.outcome)
+        if not isinstance(r, pb.ListAccessLogsRequest):
+            return common
+        return dataclasses.replace(common, type=r.type,
+                                   start=to_datetime(r.start_time) if r.HasField("start_time") else None,
+                                   end=to_datetime(r.end_time) if r.HasField("end_time") else None)
+
+    def where(self, stmt: Any) -> Any:
+        conditions = [getattr(AccessRecord, n) == getattr(self, n)
+                      for n in ("project_id", "job_type_id", "job_id", "processor_id", "purpose", "outcome", "type")
+                      if getattr(self, n)]
+        if self.start is not None:
+            conditions.append(AccessRecord.create_time >= self.start)
+        if self.end is not None:
+            conditions.append(AccessRecord.create_time < self.end)
+        return stmt.where(and_(*conditions)) if conditions else stmt
+
+    def matches(self, row: AccessRecord) -> bool:
+        return all(not getattr(self, n) or getattr(row, n) == getattr(self, n)
+                   for n in ("project_id", "job_type_id", "job_id", "processor_id", "purpose", "outcome", "type"))
 
 
 def channel_name(customer_id: uuid.UUID | str) -> str:
@@ -139,22 +179,17 @@ class AccessLog:
         except Exception as exc:  # watchers also poll; a lost notice only delays them
             log.warning("access log notice not published: %s", exc)
 
-    async def page(self, customer_id: uuid.UUID, r: pb.ListAccessLogsRequest) -> tuple[list[AccessRecord], str]:
-        size = page_size(r.page_size, 100, MAX_LIST)
-        token = decode_token(r.page_token, 1)
-        stmt = select(AccessRecord).where(AccessRecord.customer_id == customer_id)
-        stmt = _filters(stmt, r)
-        if r.HasField("start_time"):
-            stmt = stmt.where(AccessRecord.create_time >= to_datetime(r.start_time))
-        if r.HasField("end_time"):
-            stmt = stmt.where(AccessRecord.create_time < to_datetime(r.end_time))
-        if r.type:
-            stmt = stmt.where(AccessRecord.type == r.type)
-        if token is not None:
-            if not isinstance(token[0], int):
+    async def page(self, customer_id: uuid.UUID, f: LogFilter, size: int, token: str,
+                   oldest_first: bool) -> tuple[list[AccessRecord], str]:
+        """Keyset pages on the sequence, newest first unless `oldest_first`."""
+        size = page_size(size, 100, MAX_LIST)
+        key = decode_token(token, 1)
+        stmt = f.where(select(AccessRecord).where(AccessRecord.customer_id == customer_id))
+        if key is not None:
+            if not isinstance(key[0], int):
                 raise InvalidArgument("page_token is malformed", field="page_token", reason="INVALID_PAGE_TOKEN")
-            stmt = stmt.where(AccessRecord.sequence > token[0] if r.oldest_first else AccessRecord.sequence < token[0])
-        order = AccessRecord.sequence.asc() if r.oldest_first else AccessRecord.sequence.desc()
+            stmt = stmt.where(AccessRecord.sequence > key[0] if oldest_first else AccessRecord.sequence < key[0])
+        order = AccessRecord.sequence.asc() if oldest_first else AccessRecord.sequence.desc()
         async with self.db.session() as s:
             rows = list((await s.execute(stmt.order_by(order).limit(size + 1))).scalars().all())
         if len(rows) > size:
@@ -170,34 +205,33 @@ class AccessLog:
             records = [record_pb(row) async for row in result]
         return chain.verify(records)
 
-    async def since(self, customer_id: uuid.UUID, after: int, r: Any, limit: int = 500) -> list[AccessRecord]:
+    async def since(self, customer_id: uuid.UUID, after: int, limit: int = 500) -> list[AccessRecord]:
         stmt = select(AccessRecord).where(AccessRecord.customer_id == customer_id, AccessRecord.sequence > after)
         async with self.db.session() as s:
-            return list((await s.execute(_filters(stmt, r).order_by(AccessRecord.sequence).limit(limit)))
-                        .scalars().all())
+            return list((await s.execute(stmt.order_by(AccessRecord.sequence).limit(limit))).scalars().all())
 
     async def head(self, customer_id: uuid.UUID) -> int:
         async with self.db.session() as s:
             head = await s.get(ChainHead, customer_id)
             return head.sequence if head is not None else 0
 
-    async def watch(self, customer_id: uuid.UUID, r: pb.WatchAccessLogsRequest,
+    async def watch(self, customer_id: uuid.UUID, f: LogFilter, after_sequence: int,
                     poll_seconds: float = 2.0) -> AsyncIterator[pb.AccessRecord]:
         """Records after `after_sequence` (or from now), then live ones as they commit. A Redis
         notice wakes the loop at once; a poll every few seconds covers a lost notice."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(channel_name(customer_id))
         try:
-            cursor = r.after_sequence if r.after_sequence > 0 else await self.head(customer_id)
+            cursor = after_sequence if after_sequence > 0 else await self.head(customer_id)
             while True:
                 while True:
                     # The cursor moves past filtered-out records too: `since` reads every type.
-                    rows = await self.since(customer_id, cursor, _NoFilter())
+                    rows = await self.since(customer_id, cursor)
                     if not rows:
                         break
                     for row in rows:
                         cursor = row.sequence
-                        if _matches(row, r):
+                        if f.matches(row):
                             yield record_pb(row)
                 try:
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_seconds)
@@ -205,26 +239,4 @@ class AccessLog:
                     await asyncio.sleep(poll_seconds)
         finally:
             await pubsub.aclose()
-
-
-class _NoFilter:
-    project_id = job_type_id = job_id = processor_id = ""
-    purpose = outcome = 0
-
-
-def _filters(stmt: Any, r: Any) -> Any:
-    conditions = []
-    for name in ("project_id", "job_type_id", "job_id", "processor_id"):
-        if getattr(r, name):
-            conditions.append(getattr(AccessRecord, name) == getattr(r, name))
-    if r.purpose:
-        conditions.append(AccessRecord.purpose == r.purpose)
-    if r.outcome:
-        conditions.append(AccessRecord.outcome == r.outcome)
-    return stmt.where(and_(*conditions)) if conditions else stmt
-
-
-def _matches(row: AccessRecord, r: pb.WatchAccessLogsRequest) -> bool:
-    return all((not getattr(r, n) or getattr(row, n) == getattr(r, n))
-               for n in ("project_id", "job_type_id", "job_id", "processor_id", "purpose", "outcome"))
 

@@ -17,7 +17,7 @@ from innosystem.kit.errors import InvalidArgument
 from innosystem.kit.protos import changes, request_hash, timestamp
 from innosystem.kit.validation import parse_uuid
 from services.keys.access import Accesses
-from services.keys.accesslog import AccessLog, record_pb
+from services.keys.accesslog import AccessLog, LogFilter, record_pb
 from services.keys.deps import Deps
 from services.keys.hierarchy import DISABLED
 from services.keys.models import DataKey
@@ -187,7 +187,8 @@ class AccessLogsApi(access_logs_pb2_grpc.AccessLoggingServiceServicer):
 
     async def ListAccessLogs(self, request: alpb.ListAccessLogsRequest,
                              context: grpc.aio.ServicerContext) -> alpb.ListAccessLogsResponse:
-        rows, token = await self.log.page(await self._customer(request.customer_id), request)
+        rows, token = await self.log.page(await self._customer(request.customer_id), LogFilter.of(request),
+                                          request.page_size, request.page_token, request.oldest_first)
         return alpb.ListAccessLogsResponse(records=[record_pb(r) for r in rows], next_page_token=token)
 
     async def VerifyAccessLogs(self, request: alpb.VerifyAccessLogsRequest,
@@ -204,7 +205,7 @@ class AccessLogsApi(access_logs_pb2_grpc.AccessLoggingServiceServicer):
     async def WatchAccessLogs(self, request: alpb.WatchAccessLogsRequest,
                               context: grpc.aio.ServicerContext) -> AsyncIterator[alpb.AccessRecord]:
         cid = await self._customer(request.customer_id)
-        async for record in self.log.watch(cid, request):
+        async for record in self.log.watch(cid, LogFilter.of(request), request.after_sequence):
             yield record
 
     async def CreateNotificationChannel(self, request: alpb.CreateNotificationChannelRequest,
