@@ -46,6 +46,28 @@ def fresh_database(pg: EmbeddedPostgres) -> str:
     return url
 
 
+# Logical databases of the session's Valkey handed to process stacks; 0 is for in-process tests and
+# 7 for the queue engine's own tests.
+_REDIS_DBS = iter([n for n in range(1, 16) if n != 7])
+
+
+def fresh_redis(valkey: EmbeddedValkey) -> str:
+    """An empty logical database of the session's Valkey, for one stack of service processes.
+
+    Two stacks sharing one keyspace would take each other's jobs off the same queue keys (a job
+    type's queue is named by the type, not the database the job lives in)."""
+    try:
+        db = next(_REDIS_DBS)
+    except StopIteration:
+        raise RuntimeError("more process stacks than Valkey databases: start another EmbeddedValkey") from None
+    url = valkey.url.rsplit("/", 1)[0] + f"/{db}"
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return url
+
+
 @pytest.fixture(scope="module")
 def database_url(pg_server: EmbeddedPostgres) -> str:
     """A fresh database with every service's migrations applied, for one test module."""

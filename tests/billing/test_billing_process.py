@@ -19,7 +19,7 @@ from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.stack import Stack
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, fresh_redis
 
 WALLETS, CLIENTS, FUNDS, PRICE = 4, 16, 1_000_000, 100
 
@@ -27,7 +27,7 @@ WALLETS, CLIENTS, FUNDS, PRICE = 4, 16, 1_000_000, 100
 @pytest.fixture
 def billing_process(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
                     tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(database_url=fresh_database(pg_server), redis_url=valkey_server.url, http_port=free_port(),
+    stack = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
                   fixed_ports=False, log_dir=tmp_path, extra_env={"INNOSYSTEM_LOG_FORMAT": "json"})
     stack.start(services=("billing",), gateway=False)
     stack.wait_ready(60)

@@ -15,7 +15,7 @@ from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.stack import Stack
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, fresh_redis
 from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +27,7 @@ def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
     """Tenancy, billing and the gateway as real processes; stopped when this module ends (so no
     second full stack runs beside the e2e suite's)."""
     logs = tmp_path_factory.mktemp("billing-stack-logs")
-    running = Stack(database_url=fresh_database(pg_server), redis_url=valkey_server.url, http_port=free_port(),
+    running = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
                     fixed_ports=False, log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json"})
     running.start(services=("tenancy", "billing"))
     try:

@@ -13,7 +13,7 @@ import pytest
 
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.stack import Stack
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, fresh_redis
 
 
 @dataclass
@@ -70,7 +70,7 @@ def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """All five services and the gateway as real processes, on one fresh database."""
     logs = tmp_path_factory.mktemp("stack-logs")
-    running = Stack(database_url=fresh_database(pg_server), redis_url=valkey_server.url, http_port=free_port(),
+    running = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
                     fixed_ports=False, log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json"})
     running.start()
     try:
@@ -87,3 +87,23 @@ def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
 @pytest.fixture(scope="session")
 def admin(stack: Stack) -> Client:
     return Client(stack.gateway_url, stack.admin_api_key)
+
+
+def watch_until_final(base: str, api_key: str, job_id: str, timeout: float = 60.0) -> str:
+    """Follow `GET /v1/jobs/{id}:watch` (SSE) until the stream ends at the job's final status, and
+    return that status; fail after `timeout` rather than wait forever on keepalives."""
+    import threading
+
+    from innosystem.rest import Rest
+
+    outcome: list[Any] = []
+    rest = Rest(base, api_key, timeout=timeout)
+    thread = threading.Thread(target=lambda: outcome.append(rest.call("GET", f"/v1/jobs/{job_id}:watch")),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert outcome, f"job {job_id} was not final within {timeout}s: {rest('GET', f'/v1/jobs/{job_id}')}"
+    status, body = outcome[0]
+    assert status == 200, body
+    final: str = rest("GET", f"/v1/jobs/{job_id}")["status"]
+    return final

@@ -9,6 +9,7 @@ import subprocess
 from innosystem.demo import JOB_TYPES, seed
 from innosystem.rest import Rest
 from innosystem.stack import Stack
+from tests.e2e.conftest import watch_until_final
 
 
 def test_the_printed_curl_runs_a_job_on_the_demo_runner_and_charges_the_wallet(stack: Stack) -> None:
@@ -33,10 +34,7 @@ def test_the_printed_curl_runs_a_job_on_the_demo_runner_and_charges_the_wallet(s
         submitted = json.loads(subprocess.run(shlex.split(curl), capture_output=True, check=True, timeout=30).stdout)
         assert submitted["status"] in ("JOB_STATUS_PENDING", "JOB_STATUS_RUNNING", "JOB_STATUS_SUCCEEDED")
 
-        # The watch stream ends when the job is final; its events are the job's life.
-        status, body = Rest(stack.gateway_url, again.api_key, timeout=30).call(
-            "GET", f"/v1/jobs/{submitted['id']}:watch")
-        assert status == 200, body
+        assert watch_until_final(stack.gateway_url, again.api_key, submitted["id"]) == "JOB_STATUS_SUCCEEDED"
         job = customer("GET", f"/v1/jobs/{submitted['id']}?view=JOB_VIEW_FULL")
         assert job["status"] == "JOB_STATUS_SUCCEEDED", job
         assert job["result"] == {"hello": "world"} and job["runnerId"] == demo.runner_id

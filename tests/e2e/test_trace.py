@@ -23,7 +23,8 @@ from innosystem.demo import seed
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.rest import Rest
 from innosystem.stack import Stack
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, fresh_redis
+from tests.e2e.conftest import watch_until_final
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
@@ -65,7 +66,7 @@ def traced_stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey, col
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
             "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "100"}
     logs: Path = tmp_path_factory.mktemp("traced-stack-logs")
-    stack = Stack(database_url=fresh_database(pg_server), redis_url=valkey_server.url, http_port=free_port(),
+    stack = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
                   fixed_ports=False, log_dir=logs, extra_env=otel)
     stack.start()
     try:
@@ -83,7 +84,6 @@ def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
     traced_stack.spawn("runner-traced", ["runner", "--target", traced_stack.address("runners")],
                        {"INNOSYSTEM_RUNNER_TOKEN": demo.runner_token})
     try:
-        client = Rest(traced_stack.gateway_url, demo.api_key)
         # The client's own trace: the gateway continues it.
         request = urllib.request.Request(
             f"{traced_stack.gateway_url}/v1/projects/{demo.project_id}/jobs", method="POST",
@@ -92,9 +92,7 @@ def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
                      "traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-01"})
         with urllib.request.urlopen(request, timeout=30) as resp:
             job_id = json.loads(resp.read())["id"]
-        status, _ = client.call("GET", f"/v1/jobs/{job_id}:watch")  # ends when the job is final
-        assert status == 200
-        assert client("GET", f"/v1/jobs/{job_id}")["status"] == "JOB_STATUS_SUCCEEDED"
+        assert watch_until_final(traced_stack.gateway_url, demo.api_key, job_id) == "JOB_STATUS_SUCCEEDED"
 
         wanted = {"innosystem-gateway", "innosystem-jobs", "innosystem-billing", "innosystem-runner"}
         deadline = time.monotonic() + 30

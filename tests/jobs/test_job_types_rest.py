@@ -9,7 +9,7 @@ import pytest
 
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.stack import Stack
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, fresh_redis
 from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +20,7 @@ def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Tenancy, jobs and the gateway as real processes; stopped when this module ends."""
     logs = tmp_path_factory.mktemp("jobs-stack-logs")
-    running = Stack(database_url=fresh_database(pg_server), redis_url=valkey_server.url, http_port=free_port(),
+    running = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
                     fixed_ports=False, log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json"})
     running.start(services=("tenancy", "jobs"))
     try:

@@ -22,7 +22,7 @@ import redis
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.rest import Rest
 from innosystem.stack import Stack
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, fresh_redis
 from tests.keys.keymanager_process import KeyManagerProcess, start_keymanager
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,7 @@ def world(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
     km = start_keymanager(tmp_path_factory.mktemp("byok-km"), "cmk-demo")
     logs = tmp_path_factory.mktemp("byok-logs")
     # No cached project keys: the key manager's policy applies to the very next access.
-    stack = Stack(database_url=fresh_database(pg_server), redis_url=valkey_server.url, http_port=free_port(),
+    stack = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
                   fixed_ports=False, log_dir=logs,
                   extra_env={"INNOSYSTEM_LOG_FORMAT": "json", "INNOSYSTEM_KEYS_KEY_CACHE_SECONDS": "0"})
     stack.start()

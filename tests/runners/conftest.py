@@ -15,7 +15,7 @@ import pytest
 
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.stack import Stack
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, fresh_redis
 from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ FAST = {
 def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("runners-stack-logs")
-    running = Stack(database_url=fresh_database(pg_server), redis_url=valkey_server.url, http_port=free_port(),
+    running = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
                     fixed_ports=False, log_dir=logs, extra_env=dict(FAST))
     running.start()
     try:
