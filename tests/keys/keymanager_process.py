@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from innosystem.embedded import _die_with_parent
+from innosystem.embedded import PARENT_PID_ENV
 from innosystem.keymanager.keystore import Policy
 
 
@@ -60,14 +61,14 @@ def start_keymanager(folder: Path, *keys: str, secret: str | None = None, timeou
     ready = folder / "ready.json"
     ready.unlink(missing_ok=True)
     env = {"PATH": "/usr/bin:/bin", "INNOSYSTEM_KEYMANAGER_SECRET": ",".join((secret, *extra_secrets)),
-           "INNOSYSTEM_LOG_FORMAT": "json"}
+           "INNOSYSTEM_LOG_FORMAT": "json", PARENT_PID_ENV: str(os.getpid())}
     args = [sys.executable, "-m", "innosystem.cli", "keymanager", "--key-file", str(folder / "keys.json"),
             "--port", "0", "--http-port", "0", "--ready-file", str(ready)]
     for key in keys or ("default",):
         args += ["--key", key]
     out = (folder / "keymanager.log").open("ab")
-    proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2],
-                            preexec_fn=_die_with_parent)
+    # It dies with this process (armed from inside: no preexec_fn forking a process with gRPC threads).
+    proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
     deadline = time.monotonic() + timeout
     while not ready.exists() or not ready.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
