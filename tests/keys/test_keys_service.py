@@ -355,3 +355,15 @@ async def test_registration_is_idempotent_by_request_id(harness: Harness) -> Non
     reused = await fail(h.stub.CreateClientKey(request, metadata=h.as_(tenant)))
     assert reason(reused) == "IDEMPOTENCY_KEY_REUSED"
     assert len(await h.records(tenant, type=T.ACCESS_RECORD_TYPE_KEY_REGISTERED)) == 1
+
+
+async def test_a_key_manager_over_http_json_works_the_same(harness: Harness) -> None:
+    h = harness
+    tenant = Tenant()
+    key = await h.register(tenant, url=h.km.http_url)
+    assert key.endpoint_url.startswith("http://")
+    lease = await h.submit(tenant, CARD, ["payload.card.number"])
+    answer = await h.access(lease, ["payload.card.number"])
+    assert answer.fields[0].value.string_value == "4111-1111-1111-1111"
+    verification = await h.stub.VerifyClientKey(pb.VerifyClientKeyRequest(key_id=key.id), metadata=h.as_(tenant))
+    assert verification.ok and verification.healthy and verification.round_trip_ok
