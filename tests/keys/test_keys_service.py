@@ -163,6 +163,10 @@ async def test_key_manager_refusal_and_unreachability_are_recorded_and_nothing_e
     other_km.stop()
     down = await fail(h.access(gone_lease, ["payload.card.number"]))
     assert (down.code(), reason(down)) == (grpc.StatusCode.UNAVAILABLE, "KEY_MANAGER_UNREACHABLE")
+    check = await h.stub.VerifyClientKey(pb.VerifyClientKeyRequest(key_id=gone.key_id), metadata=h.as_(gone))
+    assert not check.ok and not check.healthy and "KEY_MANAGER_UNREACHABLE" in check.error
+    unhealthy = await h.stub.GetClientKey(pb.GetClientKeyRequest(key_id=gone.key_id), metadata=h.as_(gone))
+    assert unhealthy.state == pb.ClientKeyState.CLIENT_KEY_STATE_UNHEALTHY and unhealthy.last_verify_error
     outcomes = [(r.outcome, r.reason) for r in await h.records(tenant, type=T.ACCESS_RECORD_TYPE_ACCESS_COMPLETED)]
     assert (OUT.ACCESS_OUTCOME_DENIED, "KEY_MANAGER_REFUSED") in outcomes
     gone_outcomes = [(r.outcome, r.reason) for r in await h.records(gone, type=T.ACCESS_RECORD_TYPE_ACCESS_COMPLETED)]
