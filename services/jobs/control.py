@@ -69,7 +69,7 @@ class Control:
             await deps.queue.remove(job.queue_name, [str(job.id)])
         if notice is not None:
             await deps.signals.cancel_requested(notice)
-            await deps.signals.job_changed(str(job.id), {"cancel_requested": True})
+            await deps.signals.jobs_changed([(str(job.id), {"cancel_requested": True})])
         await changes.publish(deps.signals)
         return job
 

@@ -348,8 +348,7 @@ class Leases:
                     progressed.append(job)
                 res.expire_time.FromDatetime(job.lease_expire_time)
                 res.cancel_requested = job.cancel_requested
-        for job in progressed:
-            await deps.signals.job_changed(str(job.id), {"progress": job.progress})
+        await deps.signals.jobs_changed([(str(job.id), {"progress": job.progress}) for job in progressed])
         return out
 
     # ReleaseLeases -------------------------------------------------------------------------------

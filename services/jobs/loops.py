@@ -57,8 +57,7 @@ class Loops:
         promoted, next_due = await deps.queue.promote_due(queues, now.timestamp()) if queues else (0, None)
         if due or promoted:
             await deps.signals.jobs_ready(queues)
-        for job_id, _, _ in due:
-            await deps.signals.job_changed(str(job_id), {"status": PENDING})
+        await deps.signals.jobs_changed([(str(job_id), {"status": PENDING}) for job_id, _, _ in due])
         return len(due), next_due
 
     async def promote_forever(self) -> None:

@@ -85,8 +85,7 @@ class Changes:
                                           "time": now.isoformat()}))
 
     async def publish(self, signals: Signals) -> None:
-        for job_id, event in self.events:
-            await signals.job_changed(job_id, event)
+        await signals.jobs_changed(self.events)
         await signals.jobs_ready(self.ready_queues)
         if self.scheduled:
             await signals.schedule_changed()

@@ -103,8 +103,18 @@ class Signals:
         except RedisError as exc:
             log.warning("cannot publish on %s: %s", channel, exc)
 
-    async def job_changed(self, job_id: str, event: dict[str, Any]) -> None:
-        await self.publish(self.job_prefix + job_id, event)
+    async def jobs_changed(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Each job's event on its own channel, in one round trip (a batch of leases or results
+        changes hundreds of jobs at once)."""
+        if not events:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job_id, event in events:
+                    pipe.publish(self.job_prefix + job_id, json.dumps(event))
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("cannot publish %d job events: %s", len(events), exc)
 
     async def cancel_requested(self, notice: dict[str, Any]) -> None:
         await self.publish(self.cancel_channel, notice)
