@@ -8,6 +8,7 @@ which then stops them in order: gateway, services (each drains), Valkey, Postgre
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import http.client
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,16 +178,29 @@ class Stack:
             self.stop_process(name)
 
 
-def _persistent_secret(path: Path) -> str:
-    """A secret that must survive restarts (the API-key pepper), kept owner-readable only."""
+def _persistent_secret(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
+    """A secret that must survive restarts (the API-key pepper, the keys service's master key),
+    kept owner-readable only."""
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
+    value = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(value)
     return value
+
+
+def _embedded_settings(data_dir: Path, demo: bool) -> dict[str, str]:
+    """What the embedded default keeps across restarts, and the demo's settings."""
+    settings = {}
+    if not env("INNOSYSTEM_KEYS_MASTER_KEY"):  # seals customers' key-manager secrets: must not change
+        settings["INNOSYSTEM_KEYS_MASTER_KEY"] = _persistent_secret(
+            data_dir / "secrets" / "keys-master-key", lambda: base64.b64encode(secrets.token_bytes(32)).decode())
+    if demo and not env("INNOSYSTEM_KEYS_KEY_CACHE_SECONDS"):
+        # A policy change at the key manager shows on the very next access (production caches 30 s).
+        settings["INNOSYSTEM_KEYS_KEY_CACHE_SECONDS"] = "0"
+    return settings
 
 
 def _start_demo(stack: Stack, data_dir: Path) -> str:
@@ -251,6 +266,7 @@ def up(args: argparse.Namespace) -> int:
             internal_secret=env("INNOSYSTEM_INTERNAL_SECRET") or secrets.token_urlsafe(32),
             api_key_pepper=env("INNOSYSTEM_API_KEY_PEPPER") or _persistent_secret(data_dir / "secrets" / "pepper"),
             admin_api_key=env("INNOSYSTEM_ADMIN_API_KEY") or "isk_admin_" + secrets.token_urlsafe(24),
+            extra_env=_embedded_settings(data_dir, args.demo),
         )
         print("• migrations …", flush=True)
         stack.migrate()

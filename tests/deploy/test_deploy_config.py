@@ -14,7 +14,7 @@ import pytest
 import yaml
 from deploy_support import COMPOSE_DIR, Rendered, interpolate, read_env_file
 
-from innosystem.kit.config import SERVICES
+from innosystem.kit.config import SERVICES, ConfigError
 
 
 def _config_class(name: str) -> Any:
@@ -57,11 +57,22 @@ def _k8s_env(r: Rendered, name: str) -> dict[str, str]:
     return env
 
 
+def _load(name: str, env: dict[str, str]) -> None:
+    """The process's configuration from exactly `env`. An example file's placeholder (CHANGE-ME) that
+    the configuration refuses by name is the operator's to fill in, and passes; anything missing fails."""
+    with _only(env):
+        try:
+            _config_class(name).from_env()
+        except ConfigError as err:
+            placeholders = [k for k, v in env.items() if "change-me" in v.lower()]
+            if not any(k in str(err) for k in placeholders):
+                raise
+
+
 @pytest.mark.parametrize("name", [*SERVICES, "gateway"])
 def test_each_k8s_deployment_gives_its_process_a_valid_configuration(rendered: list[Rendered], name: str) -> None:
     for r in rendered:
-        with _only(_k8s_env(r, name)):
-            _config_class(name).from_env()  # raises ConfigError naming what is missing
+        _load(name, _k8s_env(r, name))  # raises ConfigError naming what is missing
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +85,8 @@ def compose() -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", [*SERVICES, "gateway"])
 def test_each_compose_service_gets_a_valid_configuration(compose: dict[str, Any], name: str) -> None:
-    env = {k: str(v) for k, v in compose["services"][name]["environment"].items()}
-    with _only(env):
-        _config_class(name).from_env()
+    # An empty value (`${VAR:-}`) reaches the process as an empty string, as docker compose passes it.
+    _load(name, {k: "" if v is None else str(v) for k, v in compose["services"][name]["environment"].items()})
 
 
 def test_a_missing_secret_is_caught(rendered: list[Rendered]) -> None:
