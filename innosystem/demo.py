@@ -20,7 +20,7 @@ WALLET_WAIT_SECONDS = 30.0
 JOB_TYPES = (
     ("echo", "PROCESSOR_TYPE_SYNC", 1, 30),
     ("sleep", "PROCESSOR_TYPE_ASYNC", 2, 300),
-    ("sha256", "PROCESSOR_TYPE_SYNC", 1, 30),
+    ("sha256", "PROCESSOR_TYPE_ASYNC", 1, 30),  # reads payload.data through secure access when encrypted
     ("fail", "PROCESSOR_TYPE_SYNC", 1, 30),
 )
 
@@ -57,12 +57,8 @@ def seed(admin: Rest, label: str = "demo", top_up_cents: int = TOP_UP_CENTS) -> 
     project = customer("POST", f"/v1/customers/{customer_id}/projects?requestId={label}-project",
                        {"name": label, "description": f"seeded by innosystem ({label})"})
     project_id = project["id"]
-    type_ids = {}
-    for name, processor, cost, timeout in JOB_TYPES:
-        job_type = customer("POST", f"/v1/projects/{project_id}/jobTypes?requestId={label}-type-{name}",
-                            {"name": name, "processorType": processor, "baseCostCents": cost,
-                             "timeoutSeconds": timeout, "description": f"built-in `{name}` processor"})
-        type_ids[name] = job_type["id"]
+    type_ids = {name: _job_type(customer, project_id, label, name, processor, cost, timeout)
+                for name, processor, cost, timeout in JOB_TYPES}
 
     runner = admin("POST", f"/v1/runners?requestId={label}-runner",
                    {"name": f"{label}-runner", "scope": "RUNNER_SCOPE_SHARED",
@@ -70,6 +66,24 @@ def seed(admin: Rest, label: str = "demo", top_up_cents: int = TOP_UP_CENTS) -> 
     runner_id = runner["runner"]["id"]
     token = runner.get("token") or admin("POST", f"/v1/runners/{runner_id}:rotateToken", {})["token"]
     return Demo(customer_id, api_key, project_id, runner_id, token, type_ids)
+
+
+def _job_type(customer: Rest, project_id: str, label: str, name: str, processor: str, cost: int,
+              timeout: int) -> str:
+    """The type's id, created once; a type an earlier version of this seed made differently is
+    brought up to date rather than duplicated."""
+    fields = {"name": name, "processorType": processor, "baseCostCents": cost, "timeoutSeconds": timeout,
+              "description": f"built-in `{name}` processor"}
+    status, made = customer.call("POST", f"/v1/projects/{project_id}/jobTypes?requestId={label}-type-{name}", fields)
+    if 200 <= status < 300:
+        return str(made["id"])
+    listed = customer("GET", f"/v1/projects/{project_id}/jobTypes?pageSize=1000")
+    existing = next((t for t in listed.get("jobTypes", []) if t["name"] == name), None)
+    if existing is None:
+        raise RestError("POST", f"/v1/projects/{project_id}/jobTypes", status, made)
+    mask = "processorType,baseCostCents,timeoutSeconds,description"
+    customer("PATCH", f"/v1/jobTypes/{existing['id']}?updateMask={mask}", fields)
+    return str(existing["id"])
 
 
 def _top_up(admin: Rest, customer_id: str, cents: int, request_id: str) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 from typing import Any
 
+from innosystem.keymanager.v1 import keymanager_pb2
 from innosystem.runner.processors import Job, JobError, Registry
 
 NAMES = ("echo", "sleep", "sha256", "fail")
@@ -28,9 +29,16 @@ async def sleep(job: Job) -> dict[str, Any]:
     return {"slept": seconds}
 
 
-def sha256(job: Job) -> dict[str, Any]:
-    """SHA-256 of `payload.data` (a string), hex."""
-    data = job.payload.get("data", "")
+async def sha256(job: Job) -> dict[str, Any]:
+    """SHA-256 of `payload.data` (a string), hex. In an encrypted project it reads `payload.data`
+    through secure access (purpose CUSTOMER_INITIATED_JOB), so the access is on the customer's log."""
+    if "payload.data" in job.lease.encryption.encrypted_fields:
+        async with job.secure_access(keymanager_pb2.PURPOSE_CODE_CUSTOMER_INITIATED_JOB, ["payload.data"]) as fields:
+            return _digest(fields.get("payload.data", ""))
+    return _digest(job.payload.get("data", ""))
+
+
+def _digest(data: Any) -> dict[str, Any]:
     if not isinstance(data, str):
         raise JobError("payload.data must be a string", type="TypeError", retryable=False)
     return {"sha256": hashlib.sha256(data.encode()).hexdigest()}

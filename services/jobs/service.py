@@ -29,7 +29,7 @@ from services.jobs.models import IdempotencyKey, JobType
 from services.jobs.repository import JobsRepository
 from services.jobs.tenants import ProjectOwner
 
-ProjectLookup = Callable[[uuid.UUID], Awaitable[ProjectOwner | None]]
+ProjectLookup = Callable[[uuid.UUID, bool], Awaitable[ProjectOwner | None]]
 
 F = "job_type."  # field paths in errors are relative to the request
 RP = F + "default_retry_policy."
@@ -230,9 +230,9 @@ class JobsService:
         self.db = db
         self._projects = projects
 
-    async def _visible_project(self, caller: Principal, project_id: str) -> ProjectOwner:
+    async def _visible_project(self, caller: Principal, project_id: str, fresh: bool = False) -> ProjectOwner:
         pid = id_or_not_found(project_id, "project_id", "project")
-        owner = await self._projects(pid)
+        owner = await self._projects(pid, fresh)
         if owner is None:
             raise NotFound(f"project {project_id} not found", reason="PROJECT_NOT_FOUND")
         principals.ensure_customer_visible(caller, str(owner.customer_id), str(owner.reseller_id or ""), "project")

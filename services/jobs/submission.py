@@ -119,7 +119,7 @@ class Submission:
 
     async def _submit(self, caller: Principal, project_id: str, requests: Sequence[pb.SubmitJobRequest],
                       single: bool) -> list[Job]:
-        owner: ProjectOwner = await self._visible_project(caller, project_id)
+        owner: ProjectOwner = await self._visible_project(caller, project_id, fresh=True)
         now = self.deps.now()
         prefix = (lambda i: "") if single else (lambda i: f"requests[{i}].")
         types = await self._types(owner, requests, prefix)

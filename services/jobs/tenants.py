@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import OrderedDict
@@ -28,8 +29,8 @@ class Projects:
     Calls `GetProject` and `GetCustomer` as the jobs service (the channel signs the service
     principal), and remembers answers for `ttl` seconds: a project's customer and a customer's
     reseller never change, so the cache only delays noticing a deleted project or a changed
-    encryption key. Tenancy being down is not "not found": its error (UNAVAILABLE, …) reaches
-    the caller.
+    encryption key, and submits ask afresh (see `__call__`). Tenancy being down is not "not
+    found": its error (UNAVAILABLE, …) reaches the caller.
     """
 
     def __init__(self, tenancy: grpc.aio.Channel, ttl: float = 30.0, max_entries: int = 10_000,
@@ -37,25 +38,40 @@ class Projects:
         self._stub = tenancy_pb2_grpc.TenancyServiceStub(tenancy)
         self._ttl, self._max, self._timeout = ttl, max_entries, call_timeout
         self._cache: OrderedDict[uuid.UUID, tuple[float, ProjectOwner]] = OrderedDict()
+        self._in_flight: dict[uuid.UUID, asyncio.Future[ProjectOwner | None]] = {}
 
-    async def __call__(self, project_id: uuid.UUID) -> ProjectOwner | None:
+    async def __call__(self, project_id: uuid.UUID, fresh: bool = False) -> ProjectOwner | None:
+        """`fresh`: ask tenancy now (concurrent askers share one call). A submit does, because the
+        project's encryption key decides whether its payload may be stored as it is: a stale
+        "no key" would store plaintext the customer asked to have encrypted."""
         now = time.monotonic()
         hit = self._cache.get(project_id)
-        if hit is not None and hit[0] > now:
+        if not fresh and hit is not None and hit[0] > now:
             return hit[1]
+        pending = self._in_flight.get(project_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(project_id, hit[1] if hit else None))
+            self._in_flight[project_id] = pending
+            pending.add_done_callback(lambda _: self._in_flight.pop(project_id, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, project_id: uuid.UUID, known: ProjectOwner | None) -> ProjectOwner | None:
+        now = time.monotonic()
         try:
             project = await self._stub.GetProject(tenancy_pb2.GetProjectRequest(project_id=str(project_id)),
                                                   timeout=self._timeout)
-            customer = await self._stub.GetCustomer(
-                tenancy_pb2.GetCustomerRequest(customer_id=project.customer_id), timeout=self._timeout)
+            if known is not None and str(known.customer_id) == project.customer_id:
+                reseller = known.reseller_id  # a customer's reseller never changes
+            else:
+                customer = await self._stub.GetCustomer(
+                    tenancy_pb2.GetCustomerRequest(customer_id=project.customer_id), timeout=self._timeout)
+                reseller = uuid.UUID(customer.reseller_id) if customer.reseller_id else None
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 self._cache.pop(project_id, None)
                 return None
             raise from_rpc_error(exc) from None
-        owner = ProjectOwner(project_id, uuid.UUID(project.customer_id),
-                             uuid.UUID(customer.reseller_id) if customer.reseller_id else None,
-                             project.encryption_key_id)
+        owner = ProjectOwner(project_id, uuid.UUID(project.customer_id), reseller, project.encryption_key_id)
         self._cache[project_id] = (now + self._ttl, owner)
         self._cache.move_to_end(project_id)
         while len(self._cache) > self._max:

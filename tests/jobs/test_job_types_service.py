@@ -41,13 +41,15 @@ class FakeTenancy(tenancy_pb2_grpc.TenancyServiceServicer):
     def __init__(self) -> None:
         self.projects: dict[str, str] = {}  # project id → customer id
         self.customers: dict[str, str] = {}  # customer id → reseller id ("" for none)
+        self.keys: dict[str, str] = {}  # project id → encryption key id
         self.calls = 0
 
     async def GetProject(self, request: tenancy_pb2.GetProjectRequest, context: Any) -> tenancy_pb2.Project:
         self.calls += 1
         if request.project_id not in self.projects:
             await context.abort(grpc.StatusCode.NOT_FOUND, "project not found")
-        return tenancy_pb2.Project(id=request.project_id, customer_id=self.projects[request.project_id], name="p")
+        return tenancy_pb2.Project(id=request.project_id, customer_id=self.projects[request.project_id], name="p",
+                                   encryption_key_id=self.keys.get(request.project_id, ""))
 
     async def GetCustomer(self, request: tenancy_pb2.GetCustomerRequest, context: Any) -> tenancy_pb2.Customer:
         return tenancy_pb2.Customer(id=request.customer_id, reseller_id=self.customers[request.customer_id])
@@ -335,4 +337,20 @@ async def test_project_owner_is_cached_and_tenancy_down_is_not_not_found(world: 
     pid = uuid.UUID(world.add_project(world.b))
     await _create(world, world.b, str(pid))
     await _create(world, world.b, str(pid))
+    assert world.tenancy.calls - before == 1
+
+
+async def test_a_fresh_lookup_sees_a_key_set_a_moment_ago_and_concurrent_ones_share_a_call(world: World) -> None:
+    """A submit right after the customer turns encryption on must see the key (a cached "no key"
+    would store the plaintext); concurrent submits still make one call to tenancy."""
+    import asyncio
+
+    lookups = world.jobs._projects
+    pid = uuid.UUID(world.add_project(world.a))
+    assert (await lookups(pid, False)).encryption_key_id == ""  # type: ignore[union-attr]
+    world.tenancy.keys[str(pid)] = "key-1"
+    assert (await lookups(pid, False)).encryption_key_id == ""  # type: ignore[union-attr]  # cached read
+    before = world.tenancy.calls
+    owners = await asyncio.gather(*(lookups(pid, True) for _ in range(20)))
+    assert {o.encryption_key_id for o in owners if o is not None} == {"key-1"}
     assert world.tenancy.calls - before == 1

@@ -58,7 +58,7 @@ def test_builtin_fail_fails_the_given_attempts_then_succeeds() -> None:
     assert builtin.fail(_job(payload, 3)) == {"attempt": 3}
     with pytest.raises(JobError):
         builtin.fail(_job({}, 99))  # no `times`: every attempt fails
-    assert builtin.sha256(_job({"data": ""}))["sha256"].startswith("e3b0c442")
+    assert asyncio.run(builtin.sha256(_job({"data": ""})))["sha256"].startswith("e3b0c442")
     assert builtin.echo(_job({"a": [1, 2]})) == {"a": [1, 2]}
 
 
@@ -66,7 +66,7 @@ def test_cli_processor_specs() -> None:
     registry = load_processors(["echo", "x=innosystem.runner.builtin:sha256", "tests.runners.sample_processors"],
                                ["remote"])
     kinds = {p.name: p.kind for p in registry}
-    assert kinds["echo"] == Kind.SYNC and kinds["x"] == Kind.SYNC and kinds["remote"] == Kind.EXTERNAL_API
+    assert kinds["echo"] == Kind.SYNC and kinds["x"] == Kind.ASYNC and kinds["remote"] == Kind.EXTERNAL_API
     assert kinds["sample-batch"] == Kind.BATCH and registry.get("sample-batch").max_batch_size == 3  # type: ignore[union-attr]
     assert set(load_processors([]).names()) == set(builtin.NAMES)
     with pytest.raises(SystemExit, match="no function"):
