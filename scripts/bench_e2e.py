@@ -13,8 +13,8 @@ core, `innosystem runner`) run an `echo` that stamps its start time.
       is connected, then the runners start: time until every job is Succeeded and charged
       (the wallet has paid for all of them and holds nothing).
   (b) submit throughput: batches and single calls, through the gateway and through gRPC.
-  (c) dispatch latency: single submits at a steady --rate to idle runners, submit call start
-      → processor start, p50/p95/p99.
+  (c) dispatch latency: single submits at a steady --rate (and a lighter --light-rate) to idle
+      runners, submit call start → processor start, p50/p95/p99.
   (d) yardstick: LPUSH/BRPOP on one Redis list with the same payload and process count, for
       both the drain and the latency; the ratios ours/yardstick.
 
@@ -332,10 +332,10 @@ def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) 
         results["drain_jobs_per_s"] = round(total / drain, 1)
         say(f"    {total / drain:,.0f} jobs/s ({drain:.1f} s, runner start-up included), every job charged once")
 
-        say(f"(c) dispatch latency: {args.rate:.0f} jobs/s for {args.seconds:.0f} s to idle runners …")
-        delays = asyncio.run(latency(p, args.rate, args.seconds))
-        results["dispatch_latency"] = percentiles(delays)
-        say("    submit → processor start: " + ", ".join(f"{k} {v}" for k, v in results["dispatch_latency"].items()))
+        for label, rate in (("dispatch_latency", args.rate), ("dispatch_latency_light", args.light_rate)):
+            say(f"(c) dispatch latency: {rate:.0f} jobs/s for {args.seconds:.0f} s to idle runners …")
+            results[label] = {"rate": rate, **percentiles(asyncio.run(latency(p, rate, args.seconds)))}
+            say("    submit → processor start: " + ", ".join(f"{k} {v}" for k, v in results[label].items()))
     finally:
         stop_runners(runners)
 
@@ -358,6 +358,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000, help="drain size (default 20000)")
     parser.add_argument("--rate", type=float, default=200.0, help="latency phase submits per second (default 200)")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length (default 10)")
+    parser.add_argument("--light-rate", type=float, default=50.0,
+                        help="a second latency phase at this lighter rate (default 50)")
     parser.add_argument("--runners", type=int, default=0, help="runner processes (default: one per core)")
     parser.add_argument("--slots", type=int, default=32, help="slots per runner (default 32)")
     parser.add_argument("--gateway", help="use a running stack: its gateway URL")
