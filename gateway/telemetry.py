@@ -57,6 +57,7 @@ async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
                                  "http.response.status_code": status})
             if status >= 500:
                 span.set_status(StatusCode.ERROR)
-            labels: dict[str, str | int] = {"http.route": route, "http.request.method": request.method, "http.response.status_code": status}
+            labels: dict[str, str | int] = {"http.route": route, "http.request.method": request.method,
+                                            "http.response.status_code": status}
             _duration.record(time.perf_counter() - started, labels)
             _requests.add(1, labels)
