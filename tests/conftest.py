@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.kit import telemetry
 from innosystem.kit.config import SERVICES
 from innosystem.kit.migrate import has_migrations, upgrade
+from innosystem.stack import Stack
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +68,29 @@ def fresh_redis(valkey: EmbeddedValkey) -> str:
     with redis.Redis.from_url(url) as client:
         client.flushdb()
     return url
+
+
+@contextmanager
+def running_stack(pg: EmbeddedPostgres, redis_url: str, logs: Path, services: tuple[str, ...] = SERVICES,
+                  extra_env: dict[str, str] | None = None, gateway: bool = True) -> Iterator[Stack]:
+    """Service processes (and the gateway) on a fresh database, as `innosystem up` runs them; their
+    logs are printed when they fail to start, and any traceback in them when the block ends."""
+    stack = Stack(database_url=fresh_database(pg), redis_url=redis_url, http_port=free_port(), fixed_ports=False,
+                  log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json", **(extra_env or {})})
+    stack.start(services=services, gateway=gateway)
+    try:
+        try:
+            stack.wait_ready(90)
+        except Exception:
+            for path in sorted(logs.glob("*.log")):
+                print(f"--- {path.name}\n{path.read_text()[-3000:]}")
+            raise
+        yield stack
+    finally:
+        stack.stop()
+    for path in sorted(logs.glob("*.log")):
+        if "Traceback" in (text := path.read_text()):
+            print(f"--- {path.name} (tail)\n{text[-4000:]}")
 
 
 @pytest.fixture(scope="module")

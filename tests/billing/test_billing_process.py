@@ -14,12 +14,12 @@ import pytest
 
 from innosystem.billing.v1 import billing_pb2 as pb
 from innosystem.billing.v1 import billing_pb2_grpc
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
 from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.stack import Stack
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from tests.conftest import fresh_database, fresh_redis
+from tests.conftest import fresh_redis, running_stack
 
 WALLETS, CLIENTS, FUNDS, PRICE = 4, 16, 1_000_000, 100
 
@@ -27,12 +27,9 @@ WALLETS, CLIENTS, FUNDS, PRICE = 4, 16, 1_000_000, 100
 @pytest.fixture
 def billing_process(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
                     tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
-                  fixed_ports=False, log_dir=tmp_path, extra_env={"INNOSYSTEM_LOG_FORMAT": "json"})
-    stack.start(services=("billing",), gateway=False)
-    stack.wait_ready(60)
-    yield stack
-    stack.stop()
+    with running_stack(pg_server, fresh_redis(valkey_server), tmp_path, services=("billing",),
+                       gateway=False) as stack:
+        yield stack
 
 
 def _admin(secret: str) -> tuple[tuple[str, str], ...]:

@@ -10,12 +10,12 @@ import pytest
 
 from innosystem.billing.v1 import billing_pb2 as pb
 from innosystem.billing.v1 import billing_pb2_grpc
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
 from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.stack import Stack
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from tests.conftest import fresh_database, fresh_redis
+from tests.conftest import fresh_redis, running_stack
 from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e
@@ -26,19 +26,9 @@ def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Tenancy, billing and the gateway as real processes; stopped when this module ends (so no
     second full stack runs beside the e2e suite's)."""
-    logs = tmp_path_factory.mktemp("billing-stack-logs")
-    running = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
-                    fixed_ports=False, log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json"})
-    running.start(services=("tenancy", "billing"))
-    try:
-        running.wait_ready(90)
-    except Exception:
-        for path in sorted(logs.glob("*.log")):
-            print(f"--- {path.name}\n{path.read_text()[-3000:]}")
-        running.stop()
-        raise
-    yield running
-    running.stop()
+    with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("billing-stack-logs"),
+                       services=("tenancy", "billing")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

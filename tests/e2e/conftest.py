@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
 from innosystem.stack import Stack
-from tests.conftest import fresh_database, fresh_redis
+from tests.conftest import fresh_redis, running_stack
 
 
 @dataclass
@@ -69,19 +69,8 @@ class Client:
 def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """All five services and the gateway as real processes, on one fresh database."""
-    logs = tmp_path_factory.mktemp("stack-logs")
-    running = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
-                    fixed_ports=False, log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json"})
-    running.start()
-    try:
-        running.wait_ready(90)
-    except Exception:
-        for path in sorted(logs.glob("*.log")):
-            print(f"--- {path.name}\n{path.read_text()[-3000:]}")
-        running.stop()
-        raise
-    yield running
-    running.stop()
+    with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("stack-logs")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

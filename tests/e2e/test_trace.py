@@ -2,61 +2,60 @@
 submit in jobs, the hold in billing, the processing span in the runner process, and the
 completion and capture back in jobs and billing.
 
-Every process exports by OTLP to a small collector this test runs (the real exporter, the real
-protocol), so nothing is mocked: the spans are what an operator's Jaeger would receive.
+Every process exports by OTLP to a small collector process this test runs (the real exporter, the
+real protocol), so nothing is mocked: the spans are what an operator's Jaeger would receive.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from innosystem.demo import seed
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
 from innosystem.rest import Rest
 from innosystem.stack import Stack
-from tests.conftest import fresh_database, fresh_redis
+from tests.conftest import fresh_redis, running_stack
 from tests.e2e.conftest import watch_until_final
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """Keeps every exported span as (service.name, span name, trace id hex, span kind)."""
+@dataclass
+class Collector:
+    """The spans a collector process received, read from the file it appends to."""
 
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, str, str, int]] = []
+    spans_file: Path
 
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
-               context: grpc.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
-        for resource_spans in request.resource_spans:
-            service = next((a.value.string_value for a in resource_spans.resource.attributes
-                            if a.key == "service.name"), "")
-            for scope in resource_spans.scope_spans:
-                self.spans.extend((service, s.name, s.trace_id.hex(), s.kind) for s in scope.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def in_trace(self, trace_id: str) -> list[tuple[str, str, str, int]]:
-        return [s for s in list(self.spans) if s[2] == trace_id]
+    def in_trace(self, trace_id: str) -> list[tuple[str, str]]:
+        if not self.spans_file.exists():
+            return []
+        rows = [json.loads(line) for line in self.spans_file.read_text().splitlines() if line.endswith("]")]
+        return [(service, name) for service, name, trace in rows if trace == trace_id]
 
 
 @pytest.fixture(scope="module")
-def collector() -> Iterator[tuple[Collector, int]]:
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    sink = Collector()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield sink, port
-    server.stop(0)
+def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Collector, int]]:
+    folder = tmp_path_factory.mktemp("otlp")
+    port_file, spans_file = folder / "port", folder / "spans.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.otlp_sink", str(port_file), str(spans_file)])
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, "the OTLP collector did not start"
+            time.sleep(0.05)
+        yield Collector(spans_file), int(port_file.read_text())
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +64,9 @@ def traced_stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey, col
     _, port = collector
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
             "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    logs: Path = tmp_path_factory.mktemp("traced-stack-logs")
-    stack = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
-                  fixed_ports=False, log_dir=logs, extra_env=otel)
-    stack.start()
-    try:
-        stack.wait_ready(90)
+    with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("traced-stack-logs"),
+                       extra_env=otel) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
@@ -107,12 +100,12 @@ def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
         }
 
         def missing() -> list[str]:
-            names = {(s[0], s[1]) for s in sink.in_trace(TRACE_ID)}
+            names = set(sink.in_trace(TRACE_ID))
             return [what for what, found in expected.items() if not any(found(s, n) for s, n in names)]
 
         deadline = time.monotonic() + 30
         while missing() and time.monotonic() < deadline:
             time.sleep(0.2)  # each process's exporter flushes on its own schedule
-        assert not missing(), (missing(), sorted({(s[0], s[1]) for s in sink.in_trace(TRACE_ID)}))
+        assert not missing(), (missing(), sorted(set(sink.in_trace(TRACE_ID))))
     finally:
         traced_stack.stop_process("runner-traced")

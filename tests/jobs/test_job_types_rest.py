@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
 from innosystem.stack import Stack
-from tests.conftest import fresh_database, fresh_redis
+from tests.conftest import fresh_redis, running_stack
 from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e
@@ -19,19 +19,9 @@ pytestmark = pytest.mark.e2e
 def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Tenancy, jobs and the gateway as real processes; stopped when this module ends."""
-    logs = tmp_path_factory.mktemp("jobs-stack-logs")
-    running = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
-                    fixed_ports=False, log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json"})
-    running.start(services=("tenancy", "jobs"))
-    try:
-        running.wait_ready(90)
-    except Exception:
-        for path in sorted(logs.glob("*.log")):
-            print(f"--- {path.name}\n{path.read_text()[-3000:]}")
-        running.stop()
-        raise
-    yield running
-    running.stop()
+    with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("jobs-stack-logs"),
+                       services=("tenancy", "jobs")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

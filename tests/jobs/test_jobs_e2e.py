@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
 from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.stack import Stack
-from tests.conftest import fresh_database
+from tests.conftest import running_stack
 from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e
@@ -50,19 +50,9 @@ def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedVal
 @pytest.fixture(scope="module")
 def stack(pg_server: EmbeddedPostgres, own_valkey: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    logs = tmp_path_factory.mktemp("jobs-e2e-logs")
-    running = Stack(database_url=fresh_database(pg_server), redis_url=own_valkey.url, http_port=free_port(),
-                    fixed_ports=False, log_dir=logs, extra_env=FAST)
-    running.start(services=("tenancy", "billing", "jobs"))
-    try:
-        running.wait_ready(90)
-    except Exception:
-        for path in sorted(logs.glob("*.log")):
-            print(f"--- {path.name}\n{path.read_text()[-3000:]}")
-        running.stop()
-        raise
-    yield running
-    running.stop()
+    with running_stack(pg_server, own_valkey.url, tmp_path_factory.mktemp("jobs-e2e-logs"),
+                       services=("tenancy", "billing", "jobs"), extra_env=FAST) as running:
+        yield running
 
 
 @dataclass

@@ -19,10 +19,10 @@ import psycopg
 import pytest
 import redis
 
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
 from innosystem.rest import Rest
 from innosystem.stack import Stack
-from tests.conftest import fresh_database, fresh_redis
+from tests.conftest import fresh_redis, running_stack
 from tests.keys.keymanager_process import KeyManagerProcess, start_keymanager
 
 pytestmark = pytest.mark.e2e
@@ -33,16 +33,12 @@ def world(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, KeyManagerProcess, Path]]:
     km = start_keymanager(tmp_path_factory.mktemp("byok-km"), "cmk-demo")
     logs = tmp_path_factory.mktemp("byok-logs")
-    # No cached project keys: the key manager's policy applies to the very next access.
-    stack = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
-                  fixed_ports=False, log_dir=logs,
-                  extra_env={"INNOSYSTEM_LOG_FORMAT": "json", "INNOSYSTEM_KEYS_KEY_CACHE_SECONDS": "0"})
-    stack.start()
     try:
-        stack.wait_ready(90)
-        yield stack, km, logs
+        # No cached project keys: the key manager's policy applies to the very next access.
+        with running_stack(pg_server, fresh_redis(valkey_server), logs,
+                           extra_env={"INNOSYSTEM_KEYS_KEY_CACHE_SECONDS": "0"}) as stack:
+            yield stack, km, logs
     finally:
-        stack.stop()
         km.stop()
 
 

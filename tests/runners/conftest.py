@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
 from innosystem.stack import Stack
-from tests.conftest import fresh_database, fresh_redis
+from tests.conftest import fresh_redis, running_stack
 from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e
@@ -34,23 +34,9 @@ FAST = {
 @pytest.fixture(scope="session")
 def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    logs = tmp_path_factory.mktemp("runners-stack-logs")
-    running = Stack(database_url=fresh_database(pg_server), redis_url=fresh_redis(valkey_server), http_port=free_port(),
-                    fixed_ports=False, log_dir=logs, extra_env=dict(FAST))
-    running.start()
-    try:
-        running.wait_ready(90)
-    except Exception:
-        for path in sorted(logs.glob("*.log")):
-            print(f"--- {path.name}\n{path.read_text()[-3000:]}")
-        running.stop()
-        raise
-    yield running
-    running.stop()
-    for path in sorted(logs.glob("*.log")):
-        text = path.read_text()
-        if "Traceback" in text:
-            print(f"--- {path.name} (tail)\n{text[-4000:]}")
+    with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("runners-stack-logs"),
+                       extra_env=dict(FAST)) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
