@@ -14,6 +14,7 @@ from innosystem.common.v1.money_pb2 import Money
 from innosystem.kit import principal as principals
 from innosystem.kit.errors import DomainError, InvalidArgument, to_status
 from innosystem.kit.protos import changes, timestamp, to_datetime
+from services.billing.metrics import counted
 from services.billing.models import CAPTURE, EXPIRE, HOLD, VOID, Account, HoldRow, ReconciliationRow, Transfer
 from services.billing.service import ON_DEMAND, BillingService, Statement
 
@@ -144,15 +145,16 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
                                                         request.currency_code, request.credit_limit_cents))
 
     def _reserve(self, r: pb.ReserveRequest) -> Callable[[], Awaitable[HoldRow]]:
-        return lambda: self.service.reserve(r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id,
-                                            _time(r, "expire_time"), r.description)
+        return counted("reserve", lambda: self.service.reserve(
+            r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id, _time(r, "expire_time"),
+            r.description))
 
     def _capture(self, r: pb.CaptureRequest) -> Callable[[], Awaitable[HoldRow]]:
-        return lambda: self.service.capture(r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy,
-                                            r.description)
+        return counted("capture", lambda: self.service.capture(
+            r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy, r.description))
 
     def _release(self, r: pb.ReleaseRequest) -> Callable[[], Awaitable[HoldRow]]:
-        return lambda: self.service.release(r.hold_id, r.reason)
+        return counted("release", lambda: self.service.release(r.hold_id, r.reason))
 
     async def Reserve(self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
         principals.require_service(principals.current())

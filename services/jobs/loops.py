@@ -161,10 +161,11 @@ class Loops:
 
     # queue gauges --------------------------------------------------------------------------------
     async def _refresh_depth(self) -> None:
-        """Queues with waiting jobs, and those seen before (reported as 0 once empty)."""
+        """Queues with waiting jobs, those seen before and those runners wait on (reported as 0 when
+        empty, so an idle queue is a series at 0 rather than no series)."""
         async with self.deps.db.session() as s:
             names = (await s.execute(select(Job.queue_name).where(Job.status == PENDING).distinct())).scalars().all()
-        queues = sorted(set(names) | {q for q, _ in self._depth})
+        queues = sorted(set(names) | {q for q, _ in self._depth} | self.deps.signals.known_queues())
         stats = await self.deps.queue.stats(queues) if queues else []
         now = self.deps.clock()
         self._depth = {(t.job_type, c.priority): (c.depth, None if c.oldest_enqueued_at is None

@@ -43,6 +43,10 @@ class Signals:
     def versions(self, queues: Iterable[str]) -> tuple[int, ...]:
         return tuple(self._versions[q] for q in queues)
 
+    def known_queues(self) -> set[str]:
+        """Queues this replica has seen a job enter or a runner wait on."""
+        return set(self._versions)
+
     async def _bump(self, queues: Iterable[str]) -> None:
         async with self._cond:
             for q in queues:

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 from google.rpc import code_pb2
-from opentelemetry import metrics
+from opentelemetry import metrics, propagate, trace
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
@@ -39,6 +39,7 @@ from services.runners.views import runner_pb
 
 log = logging.getLogger(__name__)
 _meter = metrics.get_meter("innosystem.runners")
+_tracer = trace.get_tracer("innosystem.runners")
 _online = _meter.create_up_down_counter("runners.online", unit="{runner}",
                                         description="runner streams held by this replica")
 _dispatch = _meter.create_histogram("runners.dispatch.latency", unit="s",
@@ -318,7 +319,13 @@ class Hub:
             if session.free() <= 0:  # closed, draining or in maintenance since the call began
                 back.append(jobs_pb2.LeaseRef(job_id=lease.job_id, lease_id=lease.lease_id))
                 continue
+            # A span in the job's own trace (from its submit): this replica handed it to this runner.
+            span = _tracer.start_span(f"assign {lease.job_type_name}",
+                                      context=propagate.extract(dict(lease.trace_context)),
+                                      attributes={"innosystem.job.id": lease.job_id,
+                                                  "innosystem.runner.id": session.runner_id})
             session.assign(lease)
+            span.end()
             if lease.create_time.seconds:
                 _dispatch.record(max(0.0, now - lease.create_time.ToMicroseconds() / 1e6))
         if back:

@@ -1,6 +1,6 @@
 """One trace shows a job's whole life across processes: the client's request at the gateway, the
-submit in jobs, the hold in billing, the processing span in the runner process, and the
-completion and capture back in jobs and billing.
+submit in jobs, the hold in billing, the wait in the queue, the assignment by the runners service,
+the processing span in the runner process, and the completion and capture back in jobs and billing.
 
 Every process exports by OTLP to a small collector process this test runs (the real exporter, the
 real protocol), so nothing is mocked: the spans are what an operator's Jaeger would receive.
@@ -63,7 +63,8 @@ def traced_stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey, col
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _, port = collector
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+            "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "INNOSYSTEM_JOBS_RECOVERY_INTERVAL_SECONDS": "1"}  # the queue gauges refresh with it
     with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("traced-stack-logs"),
                        extra_env=otel) as stack:
         yield stack
@@ -94,6 +95,7 @@ def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
             "submit": lambda s, n: s == "innosystem-jobs" and n == "/innosystem.jobs.v1.JobService/SubmitJob",
             "hold": lambda s, n: s == "innosystem-billing" and n.endswith("Reserve"),
             "wait": lambda s, n: s == "innosystem-jobs" and n == "queued echo",
+            "assignment": lambda s, n: s == "innosystem-runners" and n == "assign echo",
             "processing": lambda s, n: s == "innosystem-runner" and n.startswith("process echo"),
             "completion": lambda s, n: s == "innosystem-jobs" and n == "complete echo",
             "capture": lambda s, n: s == "innosystem-billing" and n.endswith("Capture"),
@@ -107,5 +109,20 @@ def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
         while missing() and time.monotonic() < deadline:
             time.sleep(0.2)  # each process's exporter flushes on its own schedule
         assert not missing(), (missing(), sorted(set(sink.in_trace(TRACE_ID))))
+
+        # The same life in each process's metrics (Prometheus text on its metrics port).
+        named = {
+            "gateway": ["innosystem_gateway_requests", "http_server_request_duration"],
+            "jobs": ["jobs_submitted", "jobs_started", "jobs_succeeded", "jobs_dispatch_latency",
+                     "jobs_attempt_duration", "jobs_queue_depth", "jobs_queue_oldest_age"],
+            "billing": ["billing_hold_operations", "billing_hold_amount"],
+            "runners": ["runners_online", "runners_slots_free", "runners_dispatch_latency"],
+        }
+        for process, names in named.items():
+            url = f"http://127.0.0.1:{traced_stack.metrics_ports[process]}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+            absent = [n for n in names if not any(line.startswith(n) for line in text.splitlines())]
+            assert not absent, f"{process} /metrics lacks {absent}"
     finally:
         traced_stack.stop_process("runner-traced")

@@ -79,8 +79,10 @@ def test_two_replicas_share_runners_sessions_and_control(stack: Stack, admin: Cl
         job = t.submit(sleep, {"seconds": 120})["id"]
         t.wait_status(job, "JOB_STATUS_RUNNING")
         assert t.client.post(f"/v1/jobs/{job}:cancel", {}).status == 200
-        t.wait_status(job, "JOB_STATUS_CANCELLED")
-        assert "CANCEL_REQUESTED" in on_second.text()
+        cancelled = t.wait_status(job, "JOB_STATUS_CANCELLED")
+        history = [(c["status"], c.get("reason")) for c in t.job(job).get("statusHistory", [])]
+        assert cancelled["attempts"][-1]["outcome"] == "ATTEMPT_OUTCOME_CANCELLED", history  # the runner stopped it
+        wait_for(lambda: "CANCEL_REQUESTED" in on_second.text(), 10, what=f"the runner told to stop: {history}")
         # maintenance set through the gateway (another replica) reaches the stream
         admin.patch(f"/v1/runners/{runner_id}?updateMask=status", {"status": "RUNNER_STATUS_MAINTENANCE"})
         admin.patch(f"/v1/runners/{runner_id}?updateMask=status", {"status": "RUNNER_STATUS_AVAILABLE"})
