@@ -177,8 +177,9 @@ class Loops:
                 for (q, p), (d, _) in self._depth.items()]
 
     def _observe_age(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(a, {"queue": q, "priority": priority_name(p)})
-                for (q, p), (_, a) in self._depth.items() if a is not None]
+        # an empty queue's oldest job is 0 s old, like its depth: a series at 0, not a gap
+        return [Observation(a or 0.0, {"queue": q, "priority": priority_name(p)})
+                for (q, p), (_, a) in self._depth.items()]
 
     # retention -----------------------------------------------------------------------------------
     async def retain_once(self) -> tuple[int, int]:
