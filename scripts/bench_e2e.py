@@ -368,14 +368,15 @@ def main() -> None:
     parser.add_argument("--runners-addr", default="127.0.0.1:50054", help="with --gateway: the runners service")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --gateway: for the yardstick")
     parser.add_argument("--out", help="also write the figures here as JSON")
+    parser.add_argument("--log-dir", help="keep the processes' logs here (default: a temporary folder)")
     args = parser.parse_args()
 
     header = {"cores": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
               "jobs": args.jobs, "rate": args.rate, "seconds": args.seconds}
     say(f"InnoSystem end-to-end benchmark on {header['cores']} cores (Python {header['python']})")
     with tempfile.TemporaryDirectory(prefix="innosystem-bench-") as tmp:
-        log_dir = Path(tmp) / "logs"
-        log_dir.mkdir()
+        log_dir = Path(args.log_dir or Path(tmp) / "logs")
+        log_dir.mkdir(parents=True, exist_ok=True)
         if args.gateway:
             admin = Rest(args.gateway, args.admin_key or "")
             p = Platform(Rest(args.gateway), admin, args.jobs_addr, args.runners_addr,

@@ -87,6 +87,7 @@ class CommonConfig:
     grace_seconds: float
     # Prometheus text at :<port>/metrics; 0 = not served.
     metrics_port: int
+    redis_max_connections: int = 64
 
     @classmethod
     def from_env(cls, service: str) -> CommonConfig:
@@ -97,6 +98,7 @@ class CommonConfig:
             service=service,
             database_url=to_async_url(env(prefix + "DATABASE_URL") or env_required("DATABASE_URL")),
             redis_url=env(prefix + "REDIS_URL") or env("REDIS_URL", "redis://127.0.0.1:6379/0") or "",
+            redis_max_connections=env_int("INNOSYSTEM_REDIS_MAX_CONNECTIONS", 64),
             internal_secret=env_required("INNOSYSTEM_INTERNAL_SECRET").encode(),
             addresses=addresses,
             listen=env("INNOSYSTEM_LISTEN", f"0.0.0.0:{default_port}") or "",

@@ -18,9 +18,17 @@ from redis.exceptions import ResponseError
 
 from innosystem.kit.errors import DomainError
 
+DEFAULT_MAX_CONNECTIONS = 64
+POOL_WAIT_SECONDS = 10.0
 
-def connect(url: str, **kwargs: Any) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True, **kwargs)
+
+def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS, **kwargs: Any) -> aioredis.Redis:
+    """A client whose pool, when all `max_connections` are busy, makes a caller wait (up to 10 s)
+    for one instead of failing at once: a burst of a thousand concurrent script calls queues
+    rather than erroring. Subscriptions share one connection per process (`kit.pubsub`)."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=POOL_WAIT_SECONDS,
+                                                    health_check_interval=30, socket_keepalive=True, **kwargs)
+    return aioredis.Redis.from_pool(pool)
 
 
 class Scripts:

@@ -17,7 +17,7 @@ from services.billing.tenants import ResellerRates
 async def create() -> Service:
     config = BillingConfig.from_env()
     db = Database(config.common.database_url)
-    redis = connect(config.common.redis_url)
+    redis = connect(config.common.redis_url, config.common.redis_max_connections)
     tenancy = channel(config.common.addresses.tenancy, service="billing", secret=config.common.internal_secret)
     service = BillingService(db, OpenToBuy(redis), ResellerRates(tenancy, config.rate_cache_seconds),
                              default_currency=config.default_currency, max_amount=config.max_amount_cents,

@@ -19,7 +19,7 @@ from services.jobs.wiring import build
 async def create() -> Service:
     config = JobsConfig.from_env()
     db = Database(config.common.database_url)
-    redis = connect(config.common.redis_url)
+    redis = connect(config.common.redis_url, config.common.redis_max_connections)
     addresses, secret = config.common.addresses, config.common.internal_secret
     tenancy = channel(addresses.tenancy, service="jobs", secret=secret)
     billing = channel(addresses.billing, service="jobs", secret=secret)

@@ -6,7 +6,7 @@
   runner's long poll on replica B.
 - schedule wake: a job was scheduled earlier than the promoter's current sleep.
 - job events (WatchJob) and cancel requests (WatchCancellations) are published on channels that
-  each watcher subscribes to with its own connection.
+  watchers subscribe to through the process's one shared subscription connection.
 """
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from innosystem.kit.pubsub import CLOSED, Subscriptions
+
+__all__ = ["CLOSED", "Signals"]
+
 log = logging.getLogger(__name__)
-
-
-CLOSED = "_closed"  # the key of the message a subscription queue gets when its connection failed
 
 
 class Signals:
@@ -38,6 +39,7 @@ class Signals:
         self._cond = asyncio.Condition()
         self._versions: defaultdict[str, int] = defaultdict(int)
         self.scheduled = asyncio.Event()
+        self._subscriptions = Subscriptions(client)
 
     # queue wake-ups ------------------------------------------------------------------------------
     def versions(self, queues: Iterable[str]) -> tuple[int, ...]:
@@ -123,29 +125,9 @@ class Signals:
     async def cancel_requested(self, notice: dict[str, Any]) -> None:
         await self.publish(self.cancel_channel, notice)
 
-    @asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
-        """Messages of one channel as a queue, from its own connection, while the block runs."""
-        pubsub = self.client.pubsub()
-        await pubsub.subscribe(channel)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        async def pump() -> None:
-            try:
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if message is not None:
-                        queue.put_nowait(json.loads(_text(message["data"])))
-            except (RedisError, OSError) as exc:  # the subscriber learns of it and ends its stream
-                queue.put_nowait({CLOSED: str(exc)})
-
-        task = asyncio.create_task(pump())
-        try:
-            yield queue
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await pubsub.aclose()
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[asyncio.Queue[dict[str, Any]]]:
+        """A channel's messages as a queue while the block runs (the process's shared subscription)."""
+        return self._subscriptions.subscribe(channel)
 
 
 def _text(value: Any) -> str:

@@ -9,6 +9,7 @@ caller's transaction, so a record exists exactly when the change it describes do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import uuid
@@ -18,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from sqlalchemy import and_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,6 +29,7 @@ from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import InvalidArgument
 from innosystem.kit.pagination import decode_token, encode_token, page_size
 from innosystem.kit.protos import timestamp, to_datetime
+from innosystem.kit.pubsub import CLOSED, Subscriptions
 from services.keys import chain
 from services.keys.models import AccessRecord, ChainHead, Delivery, NotificationChannel
 
@@ -149,6 +152,7 @@ def triggers_matching(record: pb.AccessRecord, triggers: Sequence[int]) -> list[
 class AccessLog:
     def __init__(self, db: Database, redis: aioredis.Redis) -> None:
         self.db, self.redis = db, redis
+        self.subscriptions = Subscriptions(redis)
 
     async def append(self, session: AsyncSession, customer_id: uuid.UUID, entry: Entry) -> AccessRecord:
         """Chain one record onto the customer's log inside the caller's transaction."""
@@ -218,25 +222,42 @@ class AccessLog:
     async def watch(self, customer_id: uuid.UUID, f: LogFilter, after_sequence: int,
                     poll_seconds: float = 2.0) -> AsyncIterator[pb.AccessRecord]:
         """Records after `after_sequence` (or from now), then live ones as they commit. A Redis
-        notice wakes the loop at once; a poll every few seconds covers a lost notice."""
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(channel_name(customer_id))
-        try:
-            cursor = after_sequence if after_sequence > 0 else await self.head(customer_id)
-            while True:
+        notice wakes the loop at once; a poll every few seconds covers a lost notice, and Redis
+        being away (the feed then polls until it can subscribe again)."""
+        cursor = after_sequence if after_sequence > 0 else await self.head(customer_id)
+        while True:
+            async with self._notices(customer_id) as notices:
                 while True:
-                    # The cursor moves past filtered-out records too: `since` reads every type.
-                    rows = await self.since(customer_id, cursor)
-                    if not rows:
+                    while True:
+                        # The cursor moves past filtered-out records too: `since` reads every type.
+                        rows = await self.since(customer_id, cursor)
+                        if not rows:
+                            break
+                        for row in rows:
+                            cursor = row.sequence
+                            if f.matches(row):
+                                yield record_pb(row)
+                    if notices is None:
+                        await asyncio.sleep(poll_seconds)
+                        break  # try to subscribe again
+                    try:
+                        notice = await asyncio.wait_for(notices.get(), poll_seconds)
+                    except TimeoutError:
+                        continue
+                    if CLOSED in notice:
                         break
-                    for row in rows:
-                        cursor = row.sequence
-                        if f.matches(row):
-                            yield record_pb(row)
-                try:
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_seconds)
-                except (ConnectionError, OSError):
-                    await asyncio.sleep(poll_seconds)
-        finally:
-            await pubsub.aclose()
 
+    @contextlib.asynccontextmanager
+    async def _notices(self, customer_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[dict[str, Any]] | None]:
+        """The customer's commit notices, or None while Redis is away."""
+        subscription = self.subscriptions.subscribe(channel_name(customer_id))
+        try:
+            notices = await subscription.__aenter__()
+        except (RedisError, OSError) as exc:
+            log.warning("access log notices unavailable, polling: %s", exc)
+            yield None
+            return
+        try:
+            yield notices
+        finally:
+            await subscription.__aexit__(None, None, None)

@@ -60,7 +60,7 @@ class Keys:
 
 def build(config: KeysConfig) -> Keys:
     db = Database(config.common.database_url)
-    redis = connect(config.common.redis_url)
+    redis = connect(config.common.redis_url, config.common.redis_max_connections)
     secret = config.common.internal_secret
     jobs_channel = channel(config.common.addresses.jobs, service="keys", secret=secret)
     tenancy_channel = channel(config.common.addresses.tenancy, service="keys", secret=secret)

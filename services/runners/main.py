@@ -21,7 +21,7 @@ async def create() -> Service:
     config = RunnersConfig.from_env()
     common = config.common
     db = Database(common.database_url)
-    redis = connect(common.redis_url)
+    redis = connect(common.redis_url, common.redis_max_connections)
     tenancy = channel(common.addresses.tenancy, service="runners", secret=common.internal_secret)
     jobs_channel = channel(common.addresses.jobs, service="runners", secret=common.internal_secret)
     keys_channel = channel(common.addresses.keys, service="runners", secret=common.internal_secret)
