@@ -103,6 +103,9 @@ class Submission:
         self.deps = deps
         self._visible_project = visible_project
         self._coalescer: Coalescer[Group, None] = Coalescer(self._store)
+        # concurrent submits read their job types in one query
+        self._type_loader: Coalescer[tuple[uuid.UUID, frozenset[uuid.UUID]], dict[uuid.UUID, JobType]] = \
+            Coalescer(self._load_types)
 
     async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job:
         (job,) = await self._submit(caller, request.project_id, [request], single=True)
@@ -183,10 +186,15 @@ class Submission:
             except ValueError:
                 raise NotFound(f"{prefix(i)}job_type_id: job type {r.job_type_id!r} not found",
                                field=prefix(i) + "job_type_id", reason="JOB_TYPE_NOT_FOUND") from None
+        return await self._type_loader.submit((owner.project_id, frozenset(ids)))
+
+    async def _load_types(self, wanted: Sequence[tuple[uuid.UUID, frozenset[uuid.UUID]]]
+                          ) -> list[dict[uuid.UUID, JobType]]:
+        """Each caller's types that belong to its project (another project's type is not found)."""
         async with self.deps.db.session() as s:
-            rows = (await s.execute(select(JobType).where(JobType.id.in_(set(ids)),
-                                                          JobType.project_id == owner.project_id))).scalars()
-            return {r.id: r for r in rows}
+            rows = (await s.execute(select(JobType).where(
+                JobType.id.in_(set().union(*(ids for _, ids in wanted)))))).scalars().all()
+        return [{r.id: r for r in rows if r.id in ids and r.project_id == project} for project, ids in wanted]
 
     def _prepare(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], r: pb.SubmitJobRequest, prefix: str,
                  now: datetime, position: int) -> Prepared:
