@@ -38,22 +38,39 @@ class Projects:
         self._stub = tenancy_pb2_grpc.TenancyServiceStub(tenancy)
         self._ttl, self._max, self._timeout = ttl, max_entries, call_timeout
         self._cache: OrderedDict[uuid.UUID, tuple[float, ProjectOwner]] = OrderedDict()
-        self._in_flight: dict[uuid.UUID, asyncio.Future[ProjectOwner | None]] = {}
+        self._running: dict[uuid.UUID, asyncio.Task[ProjectOwner | None]] = {}  # a call to tenancy under way
+        self._next: dict[uuid.UUID, asyncio.Task[ProjectOwner | None]] = {}  # the call after it, still joinable
 
     async def __call__(self, project_id: uuid.UUID, fresh: bool = False) -> ProjectOwner | None:
-        """`fresh`: ask tenancy now (concurrent askers share one call). A submit does, because the
-        project's encryption key decides whether its payload may be stored as it is: a stale
-        "no key" would store plaintext the customer asked to have encrypted."""
-        now = time.monotonic()
+        """`fresh`: the answer of a call to tenancy that starts after this one began. A submit asks
+        so, because the project's encryption key decides whether its payload may be stored as it
+        is: a stale "no key" would store plaintext the customer asked to have encrypted.
+
+        Concurrent askers share calls: whoever arrives while a call is under way joins the next
+        one, which starts when that call ends, so under load one call answers every submit that
+        arrived during the one before it."""
         hit = self._cache.get(project_id)
-        if not fresh and hit is not None and hit[0] > now:
+        if not fresh and hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        pending = self._in_flight.get(project_id)
-        if pending is None:
-            pending = asyncio.ensure_future(self._fetch(project_id, hit[1] if hit else None))
-            self._in_flight[project_id] = pending
-            pending.add_done_callback(lambda _: self._in_flight.pop(project_id, None))
-        return await asyncio.shield(pending)
+        task = self._next.get(project_id)
+        if task is None:
+            task = asyncio.create_task(self._after_running(project_id))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if every asker left
+            self._next[project_id] = task
+        return await asyncio.shield(task)
+
+    async def _after_running(self, project_id: uuid.UUID) -> ProjectOwner | None:
+        running = self._running.get(project_id)
+        if running is not None:
+            await asyncio.wait([running])
+        me = self._next.pop(project_id)
+        self._running[project_id] = me
+        try:
+            hit = self._cache.get(project_id)
+            return await self._fetch(project_id, hit[1] if hit else None)
+        finally:
+            if self._running.get(project_id) is me:
+                del self._running[project_id]
 
     async def _fetch(self, project_id: uuid.UUID, known: ProjectOwner | None) -> ProjectOwner | None:
         now = time.monotonic()

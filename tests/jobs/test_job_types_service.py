@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -43,13 +44,17 @@ class FakeTenancy(tenancy_pb2_grpc.TenancyServiceServicer):
         self.customers: dict[str, str] = {}  # customer id → reseller id ("" for none)
         self.keys: dict[str, str] = {}  # project id → encryption key id
         self.calls = 0
+        self.gate: asyncio.Event | None = None  # when set by a test, answers wait for it (after reading)
 
     async def GetProject(self, request: tenancy_pb2.GetProjectRequest, context: Any) -> tenancy_pb2.Project:
         self.calls += 1
         if request.project_id not in self.projects:
             await context.abort(grpc.StatusCode.NOT_FOUND, "project not found")
-        return tenancy_pb2.Project(id=request.project_id, customer_id=self.projects[request.project_id], name="p",
-                                   encryption_key_id=self.keys.get(request.project_id, ""))
+        answer = tenancy_pb2.Project(id=request.project_id, customer_id=self.projects[request.project_id], name="p",
+                                     encryption_key_id=self.keys.get(request.project_id, ""))
+        if self.gate is not None:
+            await self.gate.wait()
+        return answer
 
     async def GetCustomer(self, request: tenancy_pb2.GetCustomerRequest, context: Any) -> tenancy_pb2.Customer:
         return tenancy_pb2.Customer(id=request.customer_id, reseller_id=self.customers[request.customer_id])
@@ -343,8 +348,6 @@ async def test_project_owner_is_cached_and_tenancy_down_is_not_not_found(world: 
 async def test_a_fresh_lookup_sees_a_key_set_a_moment_ago_and_concurrent_ones_share_a_call(world: World) -> None:
     """A submit right after the customer turns encryption on must see the key (a cached "no key"
     would store the plaintext); concurrent submits still make one call to tenancy."""
-    import asyncio
-
     lookups = world.jobs._projects
     pid = uuid.UUID(world.add_project(world.a))
     assert (await lookups(pid, False)).encryption_key_id == ""  # type: ignore[union-attr]
@@ -354,3 +357,18 @@ async def test_a_fresh_lookup_sees_a_key_set_a_moment_ago_and_concurrent_ones_sh
     owners = await asyncio.gather(*(lookups(pid, True) for _ in range(20)))
     assert {o.encryption_key_id for o in owners if o is not None} == {"key-1"}
     assert world.tenancy.calls - before == 1
+
+    # Who arrives while a call is under way is answered by the next call (the one under way may
+    # have read the project before the change), and all such late arrivals share that one.
+    world.tenancy.gate = gate = asyncio.Event()
+    first = asyncio.ensure_future(lookups(pid, True))
+    while world.tenancy.calls - before < 2:  # tenancy has read the project for the first call
+        await asyncio.sleep(0.01)
+    world.tenancy.keys[str(pid)] = "key-2"
+    late = [asyncio.ensure_future(lookups(pid, True)) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert (await first).encryption_key_id == "key-1"  # type: ignore[union-attr]
+    assert {o.encryption_key_id for o in await asyncio.gather(*late) if o is not None} == {"key-2"}
+    assert world.tenancy.calls - before == 3
+    world.tenancy.gate = None
