@@ -45,6 +45,7 @@ class FakeTenancy(tenancy_pb2_grpc.TenancyServiceServicer):
         self.keys: dict[str, str] = {}  # project id → encryption key id
         self.calls = 0
         self.gate: asyncio.Event | None = None  # when set by a test, answers wait for it (after reading)
+        self.read = asyncio.Event()  # set when a gated call has read the project
 
     async def GetProject(self, request: tenancy_pb2.GetProjectRequest, context: Any) -> tenancy_pb2.Project:
         self.calls += 1
@@ -53,6 +54,7 @@ class FakeTenancy(tenancy_pb2_grpc.TenancyServiceServicer):
         answer = tenancy_pb2.Project(id=request.project_id, customer_id=self.projects[request.project_id], name="p",
                                      encryption_key_id=self.keys.get(request.project_id, ""))
         if self.gate is not None:
+            self.read.set()
             await self.gate.wait()
         return answer
 
@@ -362,8 +364,7 @@ async def test_a_fresh_lookup_sees_a_key_set_a_moment_ago_and_concurrent_ones_sh
     # have read the project before the change), and all such late arrivals share that one.
     world.tenancy.gate = gate = asyncio.Event()
     first = asyncio.ensure_future(lookups(pid, True))
-    while world.tenancy.calls - before < 2:  # tenancy has read the project for the first call
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(world.tenancy.read.wait(), 5)  # tenancy has read the project for the first call
     world.tenancy.keys[str(pid)] = "key-2"
     late = [asyncio.ensure_future(lookups(pid, True)) for _ in range(10)]
     await asyncio.sleep(0.05)
