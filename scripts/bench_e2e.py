@@ -205,11 +205,14 @@ def runner_tokens(p: Platform, count: int) -> list[str]:
     return tokens
 
 
-async def latency(p: Platform, rate: float, seconds: float) -> list[float]:
-    """Single submits at `rate`/s; each job's processor start minus its submit call start."""
+async def latency(p: Platform, rate: float, seconds: float) -> tuple[list[float], dict[str, int]]:
+    """Single submits at `rate`/s; each job's processor start minus its submit call start, and the
+    count of submits refused by status code (an open-loop rate above what the stack absorbs makes
+    calls queue, and past a point the server sheds some)."""
     metadata = grpc_metadata(p)
     count = int(rate * seconds)
     sent: dict[str, float] = {}
+    refused: dict[str, int] = {}
     async with grpc.aio.insecure_channel(p.jobs_addr) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
 
@@ -217,7 +220,11 @@ async def latency(p: Platform, rate: float, seconds: float) -> list[float]:
             message = pb.SubmitJobRequest(project_id=p.demo.project_id, job_type_id=p.echo)
             message.payload.update(payload(i))
             began = time.time()
-            job = await stub.SubmitJob(message, metadata=metadata, timeout=30)
+            try:
+                job = await stub.SubmitJob(message, metadata=metadata, timeout=30)
+            except grpc.aio.AioRpcError as err:
+                refused[err.code().name] = refused.get(err.code().name, 0) + 1
+                return
             sent[job.id] = began
 
         tasks, start = [], time.perf_counter()
@@ -238,7 +245,7 @@ async def latency(p: Platform, rate: float, seconds: float) -> list[float]:
                 await asyncio.sleep(0.2)
         if pending:
             raise TimeoutError(f"{len(pending)} latency jobs did not finish")
-    return delays
+    return delays, refused
 
 
 # ------------------------------------------------------------------------------- yardstick
@@ -334,8 +341,11 @@ def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) 
 
         for label, rate in (("dispatch_latency", args.rate), ("dispatch_latency_light", args.light_rate)):
             say(f"(c) dispatch latency: {rate:.0f} jobs/s for {args.seconds:.0f} s to idle runners …")
-            results[label] = {"rate": rate, **percentiles(asyncio.run(latency(p, rate, args.seconds)))}
-            say("    submit → processor start: " + ", ".join(f"{k} {v}" for k, v in results[label].items()))
+            delays, refused = asyncio.run(latency(p, rate, args.seconds))
+            results[label] = {"rate": rate, **percentiles(delays), "refused": refused}
+            say("    submit → processor start: " + ", ".join(f"{k} {v}" for k, v in results[label].items()
+                                                          if k not in ("rate", "refused"))
+                + (f"; refused {refused}" if refused else ""))
     finally:
         stop_runners(runners)
 
