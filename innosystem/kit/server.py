@@ -155,7 +155,9 @@ async def _request_context(method: str, request: Message | None,
         code = context.code()
         code_name = code.name if isinstance(code, grpc.StatusCode) else str(code) if code else "OK"
         _rpc_duration.record(elapsed, {"rpc.method": method, "rpc.grpc.status_code": code_name})
-        level = logging.INFO if code_name != "OK" or elapsed > SLOW_RPC_SECONDS else logging.DEBUG
+        # a long poll (a request with `wait_ms`, e.g. LeaseJobs) is slow only past the wait it asked for
+        slow = SLOW_RPC_SECONDS + getattr(request, "wait_ms", 0) / 1000
+        level = logging.INFO if code_name != "OK" or elapsed > slow else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, "rpc finished", extra={"code": code_name, "duration_ms": round(elapsed * 1000, 2)})
         logs.rpc_method.reset(tokens[0])
