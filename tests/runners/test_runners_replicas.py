@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from innosystem.embedded import free_port
 from innosystem.stack import Stack
 from tests.e2e.conftest import Client
-from tests.runners.conftest import RunnerProcess, wait_for
+from tests.runners.conftest import FAST, RunnerProcess, wait_for
 from tests.runners.world import serve, shared_runner, tenant
 
 pytestmark = pytest.mark.e2e
 
 Spawn = Callable[..., RunnerProcess]
+LEASE_WAIT_SECONDS = int(FAST["INNOSYSTEM_RUNNERS_LEASE_WAIT_MS"]) / 1000
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,10 @@ def test_two_replicas_share_runners_sessions_and_control(stack: Stack, admin: Cl
         started.append(on_second)
         wait_for(lambda: "SUPERSEDED" in on_first.text(), what="first connection superseded")
         assert on_first.proc.wait(20) == 3  # another process holds its token now: it stops, not flaps
+        # The first replica lets the superseded session's long poll run out (cancelling it could drop
+        # a job leased meanwhile) and gives back, unstarted, whatever it brings: wait it out, so the
+        # job below is the second replica's from the start.
+        time.sleep(LEASE_WAIT_SECONDS + 0.5)
         # work and cancellation flow through the second replica
         job = t.submit(sleep, {"seconds": 120})["id"]
         t.wait_status(job, "JOB_STATUS_RUNNING")
