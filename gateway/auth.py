@@ -43,11 +43,12 @@ class Auth:
         self._authenticate = authenticate
         self._secret = secret
 
-    async def metadata(self, header: str | None) -> Metadata:
-        """Signed principal metadata for the upstream call; () for an anonymous request."""
+    async def resolve(self, header: str | None) -> tuple[Principal | None, Metadata]:
+        """The caller and its signed principal metadata for the upstream call; (None, ()) for an
+        anonymous request."""
         key = bearer_key(header)
         if key is None:
-            return ()  # the service decides; most answer UNAUTHENTICATED
+            return None, ()  # the service decides; most answer UNAUTHENTICATED
         try:
             resolved = await self._authenticate(key)
         except DomainError as err:
@@ -55,4 +56,4 @@ class Auth:
             if err.code == grpc.StatusCode.UNAUTHENTICATED:
                 failure.headers.update(CHALLENGE)
             raise failure from None
-        return principal.sign(resolved, self._secret)
+        return resolved, principal.sign(resolved, self._secret)

@@ -26,6 +26,11 @@ class GatewayConfig:
     auth_cache_ttl_seconds: float = 5.0
     auth_cache_negative_ttl_seconds: float = 1.0
     auth_cache_max_entries: int = 10_000
+    # Requests per second per account, with a burst on top, shared by the replicas through Redis;
+    # 0 = no limit (the default here; `from_env` turns it on).
+    rate_limit_per_second: float = 0.0
+    rate_limit_burst: int = 0
+    redis_url: str = ""
     # How long a stopping gateway lets in-flight requests finish.
     grace_seconds: float = 10.0
     # None: the descriptor set shipped in the `innosystem` package.
@@ -42,6 +47,10 @@ class GatewayConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"gateway setting {name} must be positive, got {value}")
+        if self.rate_limit_per_second < 0 or self.rate_limit_burst < 0:
+            raise ConfigError("INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND and _BURST must not be negative")
+        if self.rate_limit_per_second and not self.redis_url:
+            raise ConfigError("gateway rate limits need a Redis URL (REDIS_URL)")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"INNOSYSTEM_HTTP_PORT must be a TCP port, got {self.port}")
 
@@ -60,6 +69,9 @@ class GatewayConfig:
             auth_cache_ttl_seconds=env_float("INNOSYSTEM_GATEWAY_AUTH_CACHE_TTL_SECONDS", 5.0),
             auth_cache_negative_ttl_seconds=env_float("INNOSYSTEM_GATEWAY_AUTH_CACHE_NEGATIVE_TTL_SECONDS", 1.0),
             auth_cache_max_entries=env_int("INNOSYSTEM_GATEWAY_AUTH_CACHE_MAX_ENTRIES", 10_000),
+            rate_limit_per_second=env_float("INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND", 500.0),
+            rate_limit_burst=env_int("INNOSYSTEM_GATEWAY_RATE_LIMIT_BURST", 1000),
+            redis_url=env("INNOSYSTEM_GATEWAY_REDIS_URL") or env("REDIS_URL", "redis://127.0.0.1:6379/0") or "",
             grace_seconds=env_float("INNOSYSTEM_SHUTDOWN_GRACE_SECONDS", 10.0),
             descriptor_set_path=Path(descriptors) if descriptors else None,
         )

@@ -66,9 +66,10 @@ class GatewayError(Exception):
         http_status: int | None = None,
         headers: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = _status(code.value[0], message, reason, violations, metadata or {})
+        self.status = _status(code.value[0], message, reason, violations, metadata or {}, retry_delay)
         self.http_status = http_status or HTTP_STATUS[self.status.code]
         self.headers = dict(headers or {})
 
@@ -84,16 +85,21 @@ class UpstreamError(Exception):
 
 
 def _status(code: int, message: str, reason: str, violations: Sequence[tuple[str, str]],
-            metadata: Mapping[str, str]) -> status_pb2.Status:
+            metadata: Mapping[str, str], retry_delay: float | None = None) -> status_pb2.Status:
     details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))]
     if violations:
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
         ])))
+    if retry_delay is not None:
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(round(retry_delay * 1e9))
+        details.append(_pack(info))
     return status_pb2.Status(code=code, message=message, details=details)
 
 
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest
+          | error_details_pb2.RetryInfo) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

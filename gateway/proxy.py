@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from gateway.auth import Auth
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, from_rpc_error
+from gateway.ratelimit import RateLimiter
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, RouteTable
 from gateway.sse import stream_events
 from gateway.telemetry import ROUTE
@@ -24,6 +25,7 @@ from gateway.transcode import build_request, render
 from gateway.upstreams import Upstreams
 from innosystem.kit.clients import ApiKeyAuthenticator
 from innosystem.kit.clients import channel as signed_channel
+from innosystem.kit.redis import connect as redis_connect
 
 REQUEST_ID_METADATA = "x-request-id"
 _CHUNK = 64 * 1024
@@ -42,6 +44,7 @@ class Gateway:
         self._upstreams: Upstreams | None = None
         self._auth_channel: grpc.aio.Channel | None = None
         self._auth: Auth | None = None
+        self._limiter: RateLimiter | None = None
         self._stubs: dict[str, Any] = {}
 
     @property
@@ -61,6 +64,9 @@ class Gateway:
                                             negative_ttl=config.auth_cache_negative_ttl_seconds,
                                             max_entries=config.auth_cache_max_entries)
         self._auth = Auth(authenticator, config.internal_secret)
+        if config.rate_limit_per_second > 0:
+            self._limiter = RateLimiter(redis_connect(config.redis_url), config.rate_limit_per_second,
+                                        config.rate_limit_burst or max(1, round(2 * config.rate_limit_per_second)))
         for route in self.table.routes:
             rpc = route.rpc
             if rpc.grpc_path in self._stubs:
@@ -75,16 +81,23 @@ class Gateway:
             await self._upstreams.close()
         if self._auth_channel is not None:
             await self._auth_channel.close()
+        if self._limiter is not None:
+            await self._limiter.close()
 
     async def handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
         route, path_values = self._match(request)
         request[ROUTE] = route.template.text
         assert self._auth is not None, "gateway not started"
-        metadata = [(REQUEST_ID_METADATA, request_id), *await self._auth.metadata(request.headers.get("Authorization"))]
+        caller, signed = await self._auth.resolve(request.headers.get("Authorization"))
+        headers = {"X-Request-Id": request_id}
+        if caller is not None and self._limiter is not None:
+            remaining = await self._limiter.admit(caller)
+            if remaining is not None:
+                headers["RateLimit-Remaining"] = str(remaining)
+        metadata = [(REQUEST_ID_METADATA, request_id), *signed]
         body = await self._read_body(request)
         message = build_request(route, path_values, request.rel_url.query.items(), body, self.pool)
         stub = self._stubs[route.rpc.grpc_path]
-        headers = {"X-Request-Id": request_id}
         if route.rpc.server_streaming:
             call = stub(message, timeout=self.config.stream_deadline_seconds, metadata=metadata)
             return await stream_events(request, call, upstream=route.rpc.upstream,
