@@ -31,7 +31,8 @@ class Subscriptions:
         self._lock = asyncio.Lock()
         self._local: dict[str, set[asyncio.Queue[Message]]] = {}
         self._pubsub: aioredis.client.PubSub | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None  # reads `_pubsub` (a new connection gets a new reader)
+        self._reading: aioredis.client.PubSub | None = None
 
     def channels(self) -> set[str]:
         return set(self._local)
@@ -46,7 +47,8 @@ class Subscriptions:
             if channel not in self._local:
                 await self._pubsub.subscribe(channel)  # raises on a lost connection: nothing registered
             self._local.setdefault(channel, set()).add(queue)
-            if self._reader is None or self._reader.done():
+            if self._reading is not self._pubsub:
+                self._reading = self._pubsub
                 self._reader = asyncio.create_task(self._read(self._pubsub), name="redis-subscriptions")
         try:
             yield queue
@@ -93,7 +95,7 @@ class Subscriptions:
             if self._pubsub is not None:
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.aclose()
-            self._pubsub, self._reader = None, None
+            self._pubsub, self._reader, self._reading = None, None, None
 
 
 def _text(value: Any) -> str:

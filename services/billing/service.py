@@ -31,6 +31,7 @@ from innosystem.kit import pagination
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from innosystem.kit.singleflight import SingleFlight
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing import ledger
 from services.billing.batcher import GroupCommit, Tx
@@ -132,6 +133,8 @@ class BillingService:
         self._accounts: dict[tuple[int, uuid.UUID, str], uuid.UUID] = {}
         # Wallet identity (id, owner, currency, reseller) per (customer, currency): never changes once opened.
         self._wallets: dict[tuple[uuid.UUID, str], Account] = {}
+        # a burst of operations on a cold cache (or a wallet missing from Redis) makes one query, not one each
+        self._flights: SingleFlight[tuple[str, uuid.UUID, str], Any] = SingleFlight()
         self.expiry_wake = asyncio.Event()
         self._sleep_until: datetime | None = None
 
@@ -164,8 +167,11 @@ class BillingService:
     async def _account_id(self, kind: int, owner: uuid.UUID, currency: str) -> uuid.UUID:
         key = (kind, owner, currency)
         if key not in self._accounts:
-            async with self.db.session() as s:
-                self._accounts[key] = (await BillingRepository(s).ensure_account(kind, owner, currency)).id
+            async def ensure() -> uuid.UUID:
+                async with self.db.session() as s:
+                    return (await BillingRepository(s).ensure_account(kind, owner, currency)).id
+
+            self._accounts[key] = await self._flights.do((f"account-{kind}", owner, currency), ensure)
         return self._accounts[key]
 
     async def _wallet(self, customer_id: uuid.UUID, currency: str = "") -> Account:
@@ -186,7 +192,8 @@ class BillingService:
         if key not in self._wallets:
             if len(self._wallets) > 100_000:
                 self._wallets.clear()
-            self._wallets[key] = await self._wallet(customer_id, currency)
+            self._wallets[key] = await self._flights.do(("wallet", customer_id, currency),
+                                                        lambda: self._wallet(customer_id, currency))
         return self._wallets[key]
 
     async def _visible_wallet(self, caller: Principal, customer_id: str, currency: str) -> Account:
@@ -426,7 +433,7 @@ class BillingService:
             try:
                 return await self.otb.reserve(wallet.owner_id, wallet.currency, hold_id, amount)
             except Rebuild:
-                await self.rebuild_wallet(wallet.owner_id, wallet.currency, force=False)
+                await self._load_wallet(wallet.owner_id, wallet.currency)
         raise Rebuild("Open-to-Buy keeps losing the wallet; try again", reason="OTB_UNAVAILABLE")
 
     async def capture(self, hold_id: str, amount: int, currency: str = "", policy: int = 0,
@@ -511,6 +518,11 @@ class BillingService:
                 pass
 
     # Redis projection
+
+    async def _load_wallet(self, customer_id: uuid.UUID, currency: str) -> None:
+        """A wallet missing from Redis, put there once for all the reserves that found it missing."""
+        await self._flights.do(("load", customer_id, currency),
+                               lambda: self.rebuild_wallet(customer_id, currency, force=False))
 
     async def rebuild_wallet(self, customer_id: uuid.UUID, currency: str, *, force: bool = True) -> None:
         async with self.db.session() as s:

@@ -9,15 +9,17 @@ from datetime import timedelta
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import event
 
 from innosystem.kit import principal as principals
-from innosystem.kit.db import utcnow
+from innosystem.kit.config import to_async_url
+from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing.models import ACTIVE, CAPTURED, EXPIRED, VOIDED
-from services.billing.otb import keys
+from services.billing.otb import OpenToBuy, keys
 from services.billing.service import CAP_AT_HOLD, ON_DEMAND, BillingService
-from tests.billing.billing_helpers import ADMIN, flush_billing, funded_wallet, wallet
+from tests.billing.billing_helpers import ADMIN, flush_billing, funded_wallet, rates, wallet
 
 
 async def _reason(coro: object, cls: type[Exception] = FailedPrecondition) -> str:
@@ -309,3 +311,33 @@ async def test_over_capture_policies_and_credit_limit(billing: BillingService) -
     assert await _reason(billing.update_wallet(customer_view, customer_id, "", 10**6),
                          PermissionDenied) == "ADMIN_ONLY"
     assert (await billing.reconcile(ON_DEMAND, customer)).consistent
+
+
+async def test_a_burst_on_a_cold_wallet_looks_it_up_once(billing: BillingService, database_url: str,
+                                                        redis_client: aioredis.Redis) -> None:
+    """A fresh replica (nothing cached) taking a batch of 300 reserves for a wallet Redis has lost:
+    one lookup of the wallet and one load into Redis serve them all, not one each."""
+    customer, _ = await funded_wallet(billing, 300 * 5)
+    await flush_billing(redis_client)
+    db = Database(to_async_url(database_url), pool_size=5)
+    cold = BillingService(db, OpenToBuy(redis_client), rates)
+    wallet_reads: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        # whole account rows: the wallet's identity, the revenue account, the load into Redis (the
+        # group commit's own reads of the counters are per batch and not counted)
+        if statement.lstrip().upper().startswith("SELECT") and "billing.accounts.owner_id" in statement:
+            wallet_reads.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        held = await asyncio.gather(*(cold.reserve(f"cold-{customer}-{i}", customer, 5, "USD") for i in range(300)))
+        assert len(held) == 300
+        assert len(wallet_reads) <= 3, wallet_reads  # was 300+ (each reserve looked the wallet up)
+        w = await wallet(billing, customer)
+        assert (w.balance, w.held) == (1500, 1500)
+        assert (await cold.reconcile(ON_DEMAND, customer)).consistent
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+        await cold.close()
+        await db.close()
