@@ -296,7 +296,7 @@ class Submission:
                 refusals: list[DomainError | None] = [None] * len(groups)
                 if held:
                     await s.execute(select(SubmitIntent.hold_id).where(SubmitIntent.hold_id.in_(hold_ids))
-                                    .with_for_update())
+                                    .order_by(SubmitIntent.hold_id).with_for_update())  # one lock order for all batches
                     refusals = await self._reserve(groups)
                     await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
                 for g, refused in zip(groups, refusals, strict=True):
