@@ -12,6 +12,8 @@ class JobsConfig:
     project_cache_seconds: float = 30.0
     # Largest payload (its JSON) one job may carry.
     max_payload_bytes: int = 1024 * 1024
+    # Largest result (its JSON) one attempt may store; a larger one fails the attempt (RESULT_TOO_LARGE).
+    max_result_bytes: int = 1024 * 1024
     # How far ahead a schedule_time may be.
     max_schedule_days: int = 30
     # Currency of job types that name none (must be billing's default).
@@ -39,6 +41,7 @@ class JobsConfig:
         config = cls(
             common=CommonConfig.from_env("jobs"),
             max_payload_bytes=env_int("INNOSYSTEM_JOBS_MAX_PAYLOAD_BYTES", cls.max_payload_bytes),
+            max_result_bytes=env_int("INNOSYSTEM_JOBS_MAX_RESULT_BYTES", cls.max_result_bytes),
             max_schedule_days=env_int("INNOSYSTEM_JOBS_MAX_SCHEDULE_DAYS", cls.max_schedule_days),
             default_currency=currency,
             lease_ttl_seconds=env_float("INNOSYSTEM_JOBS_LEASE_TTL_SECONDS", cls.lease_ttl_seconds),

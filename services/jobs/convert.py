@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
+from sqlalchemy import Row
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
@@ -53,7 +54,7 @@ def change_pb(row: JobStatusChange) -> pb.JobStatusChange:
                               reason=row.reason, attempt=row.attempt)
 
 
-def encryption_pb(job: Job) -> pb.JobEncryption | None:
+def encryption_pb(job: Job | Row[Any]) -> pb.JobEncryption | None:
     enc = job.encryption
     if not enc:
         return None
@@ -93,7 +94,7 @@ def job_pb(job: Job, *, full: bool = False, attempts: Sequence[JobAttempt] = (),
     )
 
 
-def lease_pb(job: Job) -> pb.JobLease:
+def lease_pb(job: Job | Row[Any]) -> pb.JobLease:
     st = job.settings
     ext = st.get("external_api")
     return pb.JobLease(

@@ -9,6 +9,7 @@ a slow runner or the reaper can never overwrite a job that another path already 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -18,11 +19,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from google.rpc import status_pb2
-from opentelemetry.trace import Span
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.errors import (
     DomainError,
@@ -33,19 +33,17 @@ from innosystem.kit.errors import (
     to_status,
 )
 from innosystem.kit.protos import timestamp
-from services.jobs import metrics, outcomes, tracing
+from services.jobs import metrics, outcomes, runsql, tracing
 from services.jobs.batcher import Coalescer
 from services.jobs.convert import lease_pb, plain
-from services.jobs.models import Job, JobAttempt, JobType
+from services.jobs.models import Job, JobType
 from services.jobs.queue import QueueItem
 from services.jobs.runtime import (
-    CANCELLED,
     FAILED,
+    FINAL,
     PENDING,
     RUNNING,
-    SCHEDULED,
     SUCCEEDED,
-    Changes,
     Deps,
     priority_name,
     queue_name,
@@ -60,6 +58,8 @@ MAX_WAIT_MS = 30_000
 MAX_ITEMS = 1000
 RECHECK_SECONDS = 5.0  # a long poll re-checks its queues this often even without a wake-up
 TAGS_CACHE_SECONDS = 5.0
+ENCRYPT_SECONDS = 5.0  # one result's encryption; a slow key manager fails its own attempt, not the batch
+OUTBOX_GRACE_SECONDS = 10.0  # an ending settles its own billing first; the sweeper takes what is older
 ENDED = frozenset({pb.ATTEMPT_OUTCOME_SUCCEEDED, pb.ATTEMPT_OUTCOME_FAILED, pb.ATTEMPT_OUTCOME_CANCELLED})
 
 
@@ -166,42 +166,34 @@ class Leases:
 
     async def _mark_many(self, pops: Sequence[Pop]) -> list[list[pb.JobLease] | BaseException]:
         """The popped jobs still leasable become Running under a new lease each (an attempt, a status
-        change); the others (ghosts: finished or re-leased since they were queued) are forgotten."""
+        change), all in one statement; the others (ghosts: finished or re-leased since they were
+        queued) are forgotten."""
         deps = self.deps
         now = deps.now()
-        ttl = timedelta(seconds=deps.config.lease_ttl_seconds)
-        changes = Changes()
         every = [i for pop in pops for i in pop.ids]
+        starts = [runsql.Start(i, pop.request.runner_id, pop.request.session_id) for pop in pops for i in pop.ids]
         try:
             async with deps.db.session() as s:
-                rows = (await s.execute(select(Job).where(Job.id.in_([uuid.UUID(i) for i in every]))
-                                        .order_by(Job.id).with_for_update())).scalars().all()
-                by_id = {str(j.id): j for j in rows}
-                leased: list[list[Job]] = []
-                for pop in pops:
-                    mine: list[Job] = []
-                    for job_id in pop.ids:  # the queue's order
-                        job = by_id.get(job_id)
-                        if job is None or not _leasable(job, now):
-                            continue
-                        self._start_attempt(s, job, pop.request, now, ttl, changes)
-                        mine.append(job)
-                    leased.append(mine)
-                out: list[list[pb.JobLease] | BaseException] = [[lease_pb(j) for j in mine] for mine in leased]
+                started = await runsql.start_attempts(s, starts, now, deps.config.lease_ttl_seconds)
+                ghosts = [i for i in every if i not in started]
+                queues = await runsql.queues_of(s, ghosts) if ghosts else {}
         except BaseException:
             await self._requeue_popped(every)
             raise
-        started = {str(j.id) for mine in leased for j in mine}
-        ghosts = [i for i in every if i not in started]
-        for q, gids in _by_queue(ghosts, by_id).items():
+        leased = [[started[i] for i in pop.ids if i in started] for pop in pops]  # each in the queue's order
+        out: list[list[pb.JobLease] | BaseException] = [[lease_pb(j) for j in mine] for mine in leased]
+        for q, gids in _by_queue(ghosts, queues).items():
             await deps.queue.finish(q, gids)
-        tracing.record_waits([j for mine in leased for j in mine], now)
-        for mine in leased:
-            for j in mine:
-                metrics.started.add(1, _labels(j))
+        rows = list(started.values())
+        tracing.record_waits(rows, now)
+        for labels, group in _by_labels(rows):
+            metrics.started.add(len(group), labels)
+            for j in group:
                 if j.queue_time is not None:
-                    metrics.dispatch_latency.record(max(0.0, (now - j.queue_time).total_seconds()), _labels(j))
-        await changes.publish(deps.signals)
+                    metrics.dispatch_latency.record(max(0.0, (now - j.queue_time).total_seconds()), labels)
+        await deps.signals.jobs_changed([(i, {"status": RUNNING, "reason": f"leased by runner {j.runner_id}",
+                                              "attempt": j.attempt_count, "time": now.isoformat()})
+                                         for i, j in started.items()])
         return out
 
     async def _undelivered(self, leases: list[pb.JobLease]) -> None:
@@ -210,23 +202,6 @@ class Leases:
             await self.release(pb.ReleaseLeasesRequest(
                 runner_id=leases[0].runner_id, reason=pb.LEASE_RELEASE_REASON_NOT_STARTED,
                 leases=[pb.LeaseRef(job_id=x.job_id, lease_id=x.lease_id) for x in leases]))
-
-    @staticmethod
-    def _start_attempt(s: AsyncSession, job: Job, r: pb.LeaseJobsRequest, now: datetime, ttl: timedelta,
-                       changes: Changes) -> None:
-        job.attempt_count += 1
-        job.lease_id = uuid.uuid4()
-        job.runner_id = r.runner_id
-        job.lease_session_id = r.session_id
-        job.lease_start_time = now
-        limit = now + timedelta(seconds=job.settings.get("timeout_seconds", 300))
-        job.lease_expire_time = min(now + ttl, limit)
-        job.start_time = job.start_time or now
-        job.next_attempt_time = None
-        job.progress = None
-        s.add(JobAttempt(job_id=job.id, attempt=job.attempt_count, lease_id=job.lease_id, runner_id=r.runner_id,
-                         outcome=pb.ATTEMPT_OUTCOME_RUNNING, start_time=now))
-        changes.move(s, job, RUNNING, f"leased by runner {r.runner_id}", now)
 
     async def _requeue_popped(self, ids: Sequence[str]) -> None:
         """The lease's commit failed: the popped jobs go back to their queues (recovery would too)."""
@@ -240,80 +215,111 @@ class Leases:
 
     # CompleteJobs --------------------------------------------------------------------------------
     async def complete(self, completions: Sequence[pb.JobCompletion]) -> list[pb.CompletionResult]:
+        """Each completion is decided on its own: a result that cannot be stored (too large, a NUL
+        character, its project's key refused or unreachable) fails that attempt alone, with its
+        reason, and a batch whose statement fails is split until the failing item stands alone."""
         if not 1 <= len(completions) <= MAX_ITEMS:
             raise InvalidArgument(f"1 to {MAX_ITEMS} completions", field="completions", reason="INVALID_BATCH_SIZE")
-        now = self.deps.now()
-        results: list[pb.CompletionResult] = []
-        changes, st = Changes(), outcomes.Settlement()
-        finished: list[tuple[Job, Any, JobAttempt | None]] = []
-        spans: list[Span] = []
-        try:
-            await self._complete(completions, now, results, changes, st, finished, spans)
-        finally:
-            for span in spans:
-                span.end()
-        for job, outcome, attempt in finished:
-            _count_end(job, outcome, attempt, now)
-        return results
+        items = [_Item.of(c, self.deps.config.max_result_bytes) for c in completions]
+        await self._encrypt_results(items)
+        return await self._complete_split(items)
 
-    async def _complete(self, completions: Sequence[pb.JobCompletion], now: datetime,
-                        results: list[pb.CompletionResult], changes: Changes, st: outcomes.Settlement,
-                        finished: list[tuple[Job, Any, JobAttempt | None]], spans: list[Span]) -> None:
+    async def _complete_split(self, items: list[_Item]) -> list[pb.CompletionResult]:
+        try:
+            return await self._complete_batch(items)
+        except DBAPIError as exc:
+            if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+                raise  # the database itself is unwell: the caller retries the whole batch
+            what = f"{type(exc.orig).__name__} {getattr(exc.orig, 'sqlstate', '')}".strip()
+            if len(items) > 1:
+                mid = len(items) // 2
+                log.warning("a batch of %d completions failed (%s); splitting it", len(items), what)
+                return await self._complete_split(items[:mid]) + await self._complete_split(items[mid:])
+            item = items[0]
+            if item.outcome == pb.ATTEMPT_OUTCOME_FAILED and item.unstorable:
+                log.error("completion of job %s cannot be stored (%s)", item.c.job_id, what)
+                res = pb.CompletionResult(job_id=item.c.job_id, lease_id=item.c.lease_id)
+                res.error.CopyFrom(_status(DomainError("the result could not be stored", reason="RESULT_NOT_STORED")))
+                return [res]
+            log.warning("result of job %s cannot be stored (%s); failing the attempt", item.c.job_id, what)
+            item.refuse("RESULT_NOT_STORED", f"the result could not be stored ({what})")
+            return await self._complete_split([item])
+
+    async def _complete_batch(self, items: list[_Item]) -> list[pb.CompletionResult]:
         deps = self.deps
+        now = deps.now()
+        st = outcomes.Settlement()
+        results: list[pb.CompletionResult] = []
+        ends: list[outcomes.End] = []
         async with deps.db.session() as s:
-            jobs, attempts = await _locked(s, [c.job_id for c in completions])
-            done: set[str] = set()
-            for c in completions:
-                res = pb.CompletionResult(job_id=c.job_id, lease_id=c.lease_id)
+            runs = await runsql.lock_runs(s, [it.c.job_id for it in items])
+            errors = await _lease_errors(s, [(it.c.job_id, it.c.lease_id, it.c.runner_id) for it in items], runs, now)
+            for it, err in zip(items, errors, strict=True):
+                res = pb.CompletionResult(job_id=it.c.job_id, lease_id=it.c.lease_id)
                 results.append(res)
-                job = jobs.get(c.job_id)
-                err = _check_lease(job, c.job_id, c.lease_id, c.runner_id, now, attempts, done)
-                if err is None and c.result.outcome not in (pb.ATTEMPT_OUTCOME_SUCCEEDED, pb.ATTEMPT_OUTCOME_FAILED,
-                                                            pb.ATTEMPT_OUTCOME_CANCELLED):
-                    err = InvalidArgument("result.outcome must be SUCCEEDED, FAILED or CANCELLED",
-                                          field="result.outcome", reason="INVALID_OUTCOME")
+                err = err or it.invalid
                 if err is not None:
                     res.error.CopyFrom(_status(err))
                     continue
-                assert job is not None
-                done.add(c.job_id)
-                span = tracing.job_span(job, "complete")
-                spans.append(span)
-                attempt = attempts.get((job.id, job.attempt_count))
-                details = plain(c.result.details) if c.result.HasField("details") else None
-                outcome = c.result.outcome
-                if outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
-                    cost = c.result.actual_cost_cents if c.result.HasField("actual_cost_cents") else None
-                    output = await self._encrypted_result(job, plain(c.result.result))
-                    outcomes.succeed(s, deps, job, attempt, output, cost, details, now, changes, st)
-                elif outcome == pb.ATTEMPT_OUTCOME_CANCELLED:
-                    outcomes.cancel_running(s, job, attempt, now, changes, st,
-                                            f"cancelled: {job.cancel_reason or 'the runner stopped it'}")
+                run = runs[it.c.job_id]
+                if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
+                    end = outcomes.succeed(run, it.result or {}, it.cost, it.details, st, it.encryption)
+                elif it.outcome == pb.ATTEMPT_OUTCOME_CANCELLED:
+                    end = outcomes.cancel_running(run, st, f"cancelled: {run.cancel_reason or 'the runner stopped it'}")
                 else:
-                    e = c.result.error
-                    error = {"message": e.message, "type": e.type, "non_retryable": e.non_retryable,
-                             "details": plain(e.details) if e.HasField("details") else None}
-                    outcomes.fail(s, deps, job, attempt, pb.ATTEMPT_OUTCOME_FAILED, error, details, now, changes, st)
-                res.status = job.status  # type: ignore[assignment]
-                span.set_attribute("innosystem.job.status", enums.JobStatus.Name(job.status))  # type: ignore[arg-type]
-                if job.status == enums.JOB_STATUS_SCHEDULED and job.next_attempt_time is not None:
-                    res.next_attempt_time.FromDatetime(job.next_attempt_time)
-                finished.append((job, outcome, attempt))
-            with tracing.within(spans):
-                await outcomes.settle_billing(deps, st)
-        await outcomes.settle_queue(deps, st)
-        await changes.publish(deps.signals)
+                    end = outcomes.fail(deps, run, pb.ATTEMPT_OUTCOME_FAILED, it.error or {}, it.details, now, st)
+                ends.append(end)
+                res.status = end.status  # type: ignore[assignment]
+                if end.next_attempt_time is not None:
+                    res.next_attempt_time.FromDatetime(end.next_attempt_time)
+            await runsql.end_attempts(s, ends, st.outbox(), now)
+        await self._ended(ends, st, now, "complete")
+        return results
 
-    async def _encrypted_result(self, job: Job, result: dict[str, Any]) -> dict[str, Any]:
-        """A job encrypted at submit has its result encrypted the same way before it is stored."""
-        enc = job.encryption
-        if not enc or not result or self.deps.encryptor is None:
-            return result
-        out, paths = await self.deps.encryptor.encrypt(
-            enc["key_id"], str(job.customer_id), str(job.project_id), str(job.id), "result", result,
-            job.settings.get("sensitive_fields", []))
-        job.encryption = {**enc, "encrypted_fields": [*enc.get("encrypted_fields", []), *paths]}
-        return out
+    async def _ended(self, ends: Sequence[outcomes.End], st: outcomes.Settlement, now: datetime, what: str) -> None:
+        """After an ending's commit: its spans, billing (then out of the outbox), queues, events, metrics."""
+        deps = self.deps
+        spans = [tracing.job_span(e.run, what, status=e.status) for e in ends]
+        try:
+            with tracing.within(spans):
+                await settle(deps, st)
+        finally:
+            for span in spans:
+                span.end()
+        await outcomes.settle_queue(deps, st)
+        await deps.signals.jobs_changed([outcomes.event(e, now) for e in ends])
+        if st.retries:
+            await deps.signals.schedule_changed()
+        _count_ends(ends, now)
+
+    async def _encrypt_results(self, items: list[_Item]) -> None:
+        """Results of jobs encrypted at submit are encrypted the same way before they are stored, each
+        on its own (bounded in time): a refused or unreachable key fails that attempt alone."""
+        todo = [it for it in items if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED and it.result]
+        encryptor = self.deps.encryptor
+        if not todo or encryptor is None:
+            return
+        async with self.deps.db.session() as s:
+            encrypted = await runsql.encrypted_of(s, [it.c.job_id for it in todo])
+        if not encrypted:
+            return
+
+        async def one(it: _Item, row: Any) -> None:
+            enc = row.encryption
+            try:
+                async with asyncio.timeout(ENCRYPT_SECONDS):
+                    out, paths = await encryptor.encrypt(
+                        enc["key_id"], str(row.customer_id), str(row.project_id), str(row.id), "result",
+                        it.result or {}, row.settings.get("sensitive_fields", []))
+            except (DomainError, TimeoutError) as exc:
+                why = exc.reason if isinstance(exc, DomainError) else "TIMEOUT"
+                log.warning("result of job %s not encrypted (%s); failing the attempt", it.c.job_id, why)
+                it.refuse("RESULT_NOT_STORED", f"the result could not be encrypted under the project's key ({why})")
+                return
+            it.result = out
+            it.encryption = {**enc, "encrypted_fields": [*enc.get("encrypted_fields", []), *paths]}
+
+        await asyncio.gather(*(one(it, encrypted[it.c.job_id]) for it in todo if it.c.job_id in encrypted))
 
     # ExtendLeases --------------------------------------------------------------------------------
     async def extend(self, r: pb.ExtendLeasesRequest) -> list[pb.LeaseExtensionResult]:
@@ -324,31 +330,31 @@ class Leases:
                                   reason="INVALID_EXTEND")
         deps = self.deps
         now = deps.now()
-        span = timedelta(seconds=r.extend_seconds or deps.config.lease_ttl_seconds)
+        span = r.extend_seconds or deps.config.lease_ttl_seconds
         out: list[pb.LeaseExtensionResult] = []
-        progressed: list[Job] = []
+        progress: dict[str, dict[str, Any]] = {}
+        for e in r.leases:
+            if e.HasField("progress"):
+                p = e.progress
+                progress[e.job_id] = {"percent": max(0, min(100, p.percent)), "message": _storable(p.message[:2000]),
+                                      "details": _storable_or_none(plain(p.details)) if p.HasField("details") else None,
+                                      "update_time": now.isoformat()}
         async with deps.db.session() as s:
-            jobs, attempts = await _locked(s, [e.job_id for e in r.leases])
-            for e in r.leases:
-                res = pb.LeaseExtensionResult(job_id=e.job_id, lease_id=e.lease_id)
-                out.append(res)
-                job = jobs.get(e.job_id)
-                err = _check_lease(job, e.job_id, e.lease_id, r.runner_id, now, attempts, set())
-                if err is not None:
-                    res.error.CopyFrom(_status(err))
-                    continue
-                assert job is not None and job.lease_start_time is not None
-                limit = job.lease_start_time + timedelta(seconds=job.settings.get("timeout_seconds", 300))
-                job.lease_expire_time = max(job.lease_expire_time or now, min(now + span, limit))
-                if e.HasField("progress"):
-                    p = e.progress
-                    job.progress = {"percent": max(0, min(100, p.percent)), "message": p.message[:2000],
-                                    "details": plain(p.details) if p.HasField("details") else None,
-                                    "update_time": now.isoformat()}
-                    progressed.append(job)
-                res.expire_time.FromDatetime(job.lease_expire_time)
-                res.cancel_requested = job.cancel_requested
-        await deps.signals.jobs_changed([(str(job.id), {"progress": job.progress}) for job in progressed])
+            refs = [(e.job_id, e.lease_id, r.runner_id) for e in r.leases]
+            runs = await runsql.lock_runs(s, [e.job_id for e in r.leases])
+            errors = await _lease_errors(s, refs, runs, now)
+            fresh = [e.job_id for e, err in zip(r.leases, errors, strict=True) if err is None]
+            extended = await runsql.extend_leases(s, fresh, {j: progress[j] for j in fresh if j in progress}, now, span)
+        for e, err in zip(r.leases, errors, strict=True):
+            res = pb.LeaseExtensionResult(job_id=e.job_id, lease_id=e.lease_id)
+            out.append(res)
+            if err is not None:
+                res.error.CopyFrom(_status(err))
+                continue
+            expire, cancel = extended[e.job_id]
+            res.expire_time.FromDatetime(expire)
+            res.cancel_requested = cancel
+        await deps.signals.jobs_changed([(j, {"progress": p}) for j, p in progress.items() if j in extended])
         return out
 
     # ReleaseLeases -------------------------------------------------------------------------------
@@ -360,44 +366,42 @@ class Leases:
         deps = self.deps
         now = deps.now()
         refs = [(x.job_id, x.lease_id) for x in r.leases]
-        changes, st = Changes(), outcomes.Settlement()
+        st = outcomes.Settlement()
         out: list[pb.LeaseReleaseResult] = []
-        back: list[Job] = []
+        ends: list[outcomes.End] = []
+        back: list[Any] = []
         async with deps.db.session() as s:
             if not refs:  # every lease the runner holds
-                held = (await s.execute(select(Job.id, Job.lease_id).where(Job.status == RUNNING,
-                                                                           Job.runner_id == r.runner_id))).all()
-                refs = [(str(i), str(lid)) for i, lid in held]
-            jobs, attempts = await _locked(s, [j for j, _ in refs])
-            for job_id, lease_id in refs:
+                refs = await runsql.running_in(s, r.runner_id)
+            runs = await runsql.lock_runs(s, [j for j, _ in refs])
+            errors = await _lease_errors(s, [(j, lid, r.runner_id) for j, lid in refs], runs, None)
+            for (job_id, lease_id), err in zip(refs, errors, strict=True):
                 res = pb.LeaseReleaseResult(job_id=job_id, lease_id=lease_id)
                 out.append(res)
-                job = jobs.get(job_id)
-                err = _check_lease(job, job_id, lease_id, r.runner_id, None, attempts, set())
                 if err is not None:
                     res.error.CopyFrom(_status(err))
                     continue
-                assert job is not None
-                attempt = attempts.get((job.id, job.attempt_count))
-                if job.cancel_requested:
-                    outcomes.cancel_running(s, job, attempt, now, changes, st, "cancelled: runner released the job")
+                run = runs[job_id]
+                if run.cancel_requested:
+                    end = outcomes.cancel_running(run, st, "cancelled: runner released the job")
                 elif r.reason == pb.LEASE_RELEASE_REASON_NOT_STARTED:
-                    if attempt is not None:
-                        await s.delete(attempt)
-                    job.attempt_count -= 1
-                    job.lease_id, job.lease_expire_time, job.progress = None, None, None
-                    changes.move(s, job, PENDING, f"runner {r.runner_id} did not start it; back to the front", now)
-                    back.append(job)
+                    back.append(run)
+                    res.status = PENDING
+                    continue
                 else:
-                    outcomes.fail(s, deps, job, attempt, pb.ATTEMPT_OUTCOME_RUNNER_LOST,
-                                  {"message": f"runner {r.runner_id} lost", "type": "RUNNER_LOST"}, None, now,
-                                  changes, st)
-                res.status = job.status  # type: ignore[assignment]
-            await outcomes.settle_billing(deps, st)
-        await outcomes.settle_queue(deps, st)
+                    end = outcomes.fail(deps, run, pb.ATTEMPT_OUTCOME_RUNNER_LOST,
+                                        {"message": f"runner {r.runner_id} lost", "type": "RUNNER_LOST"}, None, now, st)
+                ends.append(end)
+                res.status = end.status  # type: ignore[assignment]
+            await runsql.end_attempts(s, ends, st.outbox(), now)
+            await runsql.unstart(s, back, [f"runner {r.runner_id} did not start it; back to the front"] * len(back),
+                                 now)
+        await self._ended(ends, st, now, "release")
         if back:
             await requeue(deps, back)
-        await changes.publish(deps.signals)
+            await deps.signals.jobs_changed([(str(b.id), {"status": PENDING, "attempt": b.attempt_count - 1,
+                                                          "reason": "back to the front", "time": now.isoformat()})
+                                             for b in back])
         return out
 
     # GetLease ------------------------------------------------------------------------------------
@@ -437,32 +441,56 @@ class Leases:
         skipped (SKIP LOCKED: a completion holding the row wins)."""
         deps = self.deps
         now = deps.now()
-        changes, st = Changes(), outcomes.Settlement()
+        st = outcomes.Settlement()
+        ends: list[outcomes.End] = []
         async with deps.db.session() as s:
-            rows = (await s.execute(select(Job).where(Job.status == RUNNING, Job.lease_expire_time < now)
-                                    .order_by(Job.lease_expire_time).limit(limit)
-                                    .with_for_update(skip_locked=True))).scalars().all()
+            rows = await runsql.expired_runs(s, now, limit)
             if not rows:
                 return 0
-            attempts = await _attempts(s, rows)
-            for job in rows:
-                attempt = attempts.get((job.id, job.attempt_count))
-                limit_at = (job.lease_start_time or now) + timedelta(seconds=job.settings.get("timeout_seconds", 300))
-                timed_out = job.lease_expire_time is not None and job.lease_expire_time >= limit_at
+            for run in rows:
+                limit_at = (run.lease_start_time or now) + timedelta(seconds=run.settings.get("timeout_seconds", 300))
+                timed_out = run.lease_expire_time is not None and run.lease_expire_time >= limit_at
                 outcome = pb.ATTEMPT_OUTCOME_TIMED_OUT if timed_out else pb.ATTEMPT_OUTCOME_RUNNER_LOST
-                message = ("attempt timed out" if timed_out else f"lease expired: runner {job.runner_id} went silent")
-                outcomes.fail(s, deps, job, attempt, outcome,
-                              {"message": message, "type": "TIMED_OUT" if timed_out else "RUNNER_LOST"}, None, now,
-                              changes, st)
-            await outcomes.settle_billing(deps, st)
-        await outcomes.settle_queue(deps, st)
-        await changes.publish(deps.signals)
+                message = ("attempt timed out" if timed_out else f"lease expired: runner {run.runner_id} went silent")
+                ends.append(outcomes.fail(deps, run, outcome, {"message": message,
+                                                               "type": "TIMED_OUT" if timed_out else "RUNNER_LOST"},
+                                          None, now, st))
+            await runsql.end_attempts(s, ends, st.outbox(), now)
+        await self._ended(ends, st, now, "expire")
         return len(rows)
 
 
-async def requeue(deps: Deps, jobs: Sequence[Job]) -> None:
+async def settle(deps: Deps, st: outcomes.Settlement) -> None:
+    """After the commit: billing for the committed endings, then their rows out of the outbox. If
+    billing cannot be reached they stay there for `settle_outbox_once`."""
+    if not st.captures and not st.releases:
+        return
+    try:
+        lowered = await outcomes.settle_billing(deps, st)
+    except Exception as exc:
+        log.warning("billing unreachable (%s); %d holds wait in the outbox", type(exc).__name__,
+                    len(st.captures) + len(st.releases))
+        return
+    async with deps.db.session() as s:
+        await runsql.settled(s, [c.hold_id for c in st.captures] + st.releases, lowered)
+
+
+async def settle_outbox_once(deps: Deps, grace_seconds: float = OUTBOX_GRACE_SECONDS, limit: int = 500) -> int:
+    """Billing left in the outbox by an ending whose process died, or while billing was down."""
+    async with deps.db.session() as s:
+        rows = await runsql.outbox_due(s, deps.now() - timedelta(seconds=grace_seconds), limit)
+        if not rows:
+            return 0
+        st = outcomes.Settlement.of(rows)
+        lowered = await outcomes.settle_billing(deps, st)
+        await runsql.settled(s, [r.hold_id for r in rows], lowered)
+    log.info("settled %d holds left in the billing outbox", len(rows))
+    return len(rows)
+
+
+async def requeue(deps: Deps, jobs: Sequence[Any]) -> None:
     """Put Pending jobs back in their queues at their original place (their queue time)."""
-    for q, ids in _by_queue([str(j.id) for j in jobs], {str(j.id): j for j in jobs}).items():
+    for q, ids in _by_queue([str(j.id) for j in jobs], {str(j.id): j.queue_name for j in jobs}).items():
         await deps.queue.finish(q, ids)
     items = [QueueItem(str(j.id), j.queue_name, str(j.customer_id), j.priority,
                        (j.queue_time or j.create_time).timestamp()) for j in jobs]
@@ -471,64 +499,134 @@ async def requeue(deps: Deps, jobs: Sequence[Job]) -> None:
         await deps.signals.jobs_ready({i.job_type for i in items})
 
 
-def _leasable(job: Job, now: datetime) -> bool:
-    """Pending, or Scheduled and due (another replica's promoter moved it in Redis a moment before
-    updating PostgreSQL)."""
-    return job.status == PENDING or (job.status == SCHEDULED and job.next_attempt_time is not None
-                                     and job.next_attempt_time <= now)
+@dataclass(slots=True)
+class _Item:
+    """One completion as received, with what can be stored of it."""
+
+    c: pb.JobCompletion
+    outcome: int
+    result: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    cost: int | None = None
+    encryption: dict[str, Any] | None = None
+    invalid: DomainError | None = None  # the completion itself is refused
+    unstorable: bool = False  # its result was turned into a failure of the attempt
+
+    @classmethod
+    def of(cls, c: pb.JobCompletion, max_result_bytes: int) -> _Item:
+        r = c.result
+        it = cls(c, r.outcome, details=_storable_or_none(plain(r.details)) if r.HasField("details") else None)
+        if r.outcome not in ENDED:
+            it.invalid = InvalidArgument("result.outcome must be SUCCEEDED, FAILED or CANCELLED",
+                                         field="result.outcome", reason="INVALID_OUTCOME")
+        elif r.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
+            it.cost = r.actual_cost_cents if r.HasField("actual_cost_cents") else None
+            it.result = plain(r.result)
+            size = len(runsql.dumps(it.result) or "")
+            if size > max_result_bytes:
+                it.refuse("RESULT_TOO_LARGE", f"the result is {size} bytes, over the limit of {max_result_bytes}")
+            elif _has_nul(it.result):
+                it.refuse("RESULT_INVALID", "the result holds a NUL character (\\u0000), which cannot be stored")
+        elif r.outcome == pb.ATTEMPT_OUTCOME_FAILED:
+            e = r.error
+            it.error = {"message": _storable(e.message[:10_000]), "type": _storable(e.type[:200]),
+                        "non_retryable": e.non_retryable,
+                        "details": _storable_or_none(plain(e.details)) if e.HasField("details") else None}
+        return it
+
+    def refuse(self, kind: str, message: str) -> None:
+        """The result cannot be stored: the attempt fails with this reason (and follows the retry policy)."""
+        self.outcome, self.result, self.encryption, self.cost, self.unstorable = (
+            pb.ATTEMPT_OUTCOME_FAILED, None, None, None, True)
+        self.error = {"message": message, "type": kind, "non_retryable": False, "details": None}
 
 
-def _by_queue(ids: Sequence[str], jobs: dict[str, Job]) -> dict[str, list[str]]:
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL cannot store U+0000 in text or JSONB, anywhere in a document (keys included)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
+
+
+def _storable_or_none(value: dict[str, Any]) -> dict[str, Any] | None:
+    """Details that cannot be stored are left out rather than failing the attempt's record."""
+    return None if _has_nul(value) else value
+
+
+def _by_queue(ids: Sequence[str], queues: dict[str, str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for i in ids:
-        if i in jobs:
-            out.setdefault(jobs[i].queue_name, []).append(i)
+        if i in queues:
+            out.setdefault(queues[i], []).append(i)
     return out
 
 
-Attempts = dict[tuple[uuid.UUID, int], JobAttempt]
+def _by_labels(rows: Sequence[Any]) -> list[tuple[dict[str, str], list[Any]]]:
+    """Rows grouped by their metric labels, so a batch records one counter add per group."""
+    out: dict[tuple[str, int], list[Any]] = {}
+    for r in rows:
+        out.setdefault((r.job_type_name, r.priority), []).append(r)
+    return [({"job_type": name, "priority": priority_name(p)}, group) for (name, p), group in out.items()]
 
 
-async def _locked(s: AsyncSession, job_ids: Sequence[str]) -> tuple[dict[str, Job], Attempts]:
-    """The jobs (locked, in id order so concurrent batches do not deadlock) and their attempts."""
-    ids = sorted({u for u in (_uuid(j) for j in job_ids) if u is not None})
-    rows = (await s.execute(select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update())).scalars().all()
-    return {str(j.id): j for j in rows}, await _attempts(s, rows)
+async def _lease_errors(s: AsyncSession, refs: Sequence[tuple[str, str, str]], runs: dict[str, Any],
+                        now: datetime | None) -> list[DomainError | None]:
+    """Fencing, per (job id, lease id, runner id): None where the lease is the job's current one
+    (and, with `now`, not expired); a second item for the same job in one call is refused."""
+    errors: list[DomainError | None] = []
+    seen: set[str] = set()
+    stale_runs: list[Any] = []
+    for job_id, lease_id, runner_id in refs:
+        run = runs.get(job_id)
+        if run is None:
+            errors.append(NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND"))
+        elif job_id in seen:
+            errors.append(FailedPrecondition(f"job {job_id} already has a result in this call",
+                                             reason="ALREADY_COMPLETED"))
+        elif run.status != RUNNING or str(run.lease_id) != lease_id:
+            errors.append(None)  # decided below, with the job's last attempt
+            stale_runs.append(run)
+        elif runner_id and run.runner_id != runner_id:
+            errors.append(stale(job_id, f"held by another runner, not {runner_id}"))
+        elif now is not None and run.lease_expire_time is not None and run.lease_expire_time < now:
+            errors.append(stale(job_id, "expired"))
+        else:
+            errors.append(None)
+        seen.add(job_id)
+    if stale_runs:
+        last = await runsql.last_attempts(s, [(r.id, r.attempt_count) for r in stale_runs])
+        for k, (job_id, lease_id, _) in enumerate(refs):
+            run = runs.get(job_id)
+            if errors[k] is not None or run is None or (run.status == RUNNING and str(run.lease_id) == lease_id):
+                continue
+            a = last.get((run.id, run.attempt_count))  # a repeat of the result that finished the job
+            if a is not None and str(a.lease_id) == lease_id and a.outcome in ENDED and run.status in FINAL:
+                errors[k] = FailedPrecondition(f"job {job_id} already completed this attempt",
+                                               reason="ALREADY_COMPLETED")
+            else:
+                errors[k] = stale(job_id, "expired, released, or the job was leased again")
+    return errors
 
 
-async def _attempts(s: AsyncSession, jobs: Sequence[Job]) -> Attempts:
-    if not jobs:
-        return {}
-    rows = (await s.execute(select(JobAttempt).where(JobAttempt.job_id.in_([j.id for j in jobs])))).scalars().all()
-    return {(a.job_id, a.attempt): a for a in rows}
-
-
-def _check_lease(job: Job | None, job_id: str, lease_id: str, runner_id: str, now: datetime | None,
-                 attempts: Attempts, done: set[str]) -> DomainError | None:
-    if job is None:
-        return NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
-    if job_id in done:
-        return FailedPrecondition(f"job {job_id} already has a result in this call", reason="ALREADY_COMPLETED")
-    if job.status != RUNNING or str(job.lease_id) != lease_id:
-        last = attempts.get((job.id, job.attempt_count))  # a repeat of the result that finished the job
-        if last is not None and str(last.lease_id) == lease_id and last.outcome in ENDED and \
-                job.status in (SUCCEEDED, FAILED, CANCELLED):
-            return FailedPrecondition(f"job {job_id} already completed this attempt", reason="ALREADY_COMPLETED")
-        return stale(job_id, "expired, released, or the job was leased again")
-    if runner_id and job.runner_id != runner_id:
-        return stale(job_id, f"held by another runner, not {runner_id}")
-    if now is not None and job.lease_expire_time is not None and job.lease_expire_time < now:
-        return stale(job_id, "expired")
-    return None
-
-
-def _count_end(job: Job, outcome: int, attempt: JobAttempt | None, now: datetime) -> None:
-    labels = _labels(job)
-    if job.status == SUCCEEDED:
-        metrics.succeeded.add(1, labels)
-    elif job.status == FAILED:
-        metrics.failed.add(1, labels)
-    if attempt is not None:
-        metrics.attempt_duration.record(max(0.0, (now - attempt.start_time).total_seconds()),
-                                        {**labels, "outcome": pb.AttemptOutcome.Name(outcome)})  # type: ignore[arg-type]
-
+def _count_ends(ends: Sequence[outcomes.End], now: datetime) -> None:
+    """Metrics of a batch of endings: one counter add per (type, priority), a duration per attempt."""
+    for labels, group in _by_labels([e.run for e in ends]):
+        ids = {r.id for r in group}
+        mine = [e for e in ends if e.run.id in ids]
+        if n := sum(1 for e in mine if e.status == SUCCEEDED):
+            metrics.succeeded.add(n, labels)
+        if n := sum(1 for e in mine if e.status == FAILED):
+            metrics.failed.add(n, labels)
+        for e in mine:
+            if e.run.lease_start_time is not None:
+                metrics.attempt_duration.record(max(0.0, (now - e.run.lease_start_time).total_seconds()),
+                                                {**labels, "outcome": pb.AttemptOutcome.Name(e.outcome)})  # type: ignore[arg-type]

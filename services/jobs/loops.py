@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
-from datetime import timedelta
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy import delete, insert, select, update
 
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from services.jobs import metrics
-from services.jobs.leases import Leases
+from services.jobs.leases import Leases, settle_outbox_once
 from services.jobs.models import IdempotencyKey, Job, JobAttempt, JobStatusChange, SubmitIntent
 from services.jobs.queue import QueueItem, ScheduledItem
 from services.jobs.runtime import FINAL, PENDING, SCHEDULED, Deps, priority_name
@@ -26,6 +26,7 @@ RECOVERY_GRACE = timedelta(seconds=2)  # jobs committed this recently may still 
 LOST_LEASE_GRACE = 30.0  # seconds a lease may take from its pop in Redis to its commit
 CHUNK = 2000
 RETENTION_INTERVAL = 3600.0
+FULL_EVERY = 30  # recovery passes: one full pass in this many (and whenever Redis lost its data)
 
 
 class Loops:
@@ -78,22 +79,35 @@ class Loops:
             await asyncio.sleep(self.deps.config.reaper_interval_seconds)
 
     # recovery ------------------------------------------------------------------------------------
-    async def recover_once(self) -> tuple[int, int]:
+    async def recover_once(self, full: bool = True) -> tuple[int, int]:
         """Redis rebuilt from PostgreSQL: every committed Pending job in its queue (at its original
         place) and every Scheduled one in its set; idempotent, so it also repairs a partial loss.
-        Holds of submits that died before their commit are released. Returns (queued, released)."""
+        Holds of submits that died before their commit are released. Returns (queued, released).
+
+        A full pass reads every waiting job. The loop's passes in between (`full=False`) read only
+        the jobs that started waiting since the previous pass (a submit or retry that died between
+        its commit and its enqueue), through a partial index, so their cost follows the churn and not
+        the backlog; a Redis that lost its data has lost the pass's mark too, and gets a full pass."""
         deps = self.deps
         now = deps.now()
         released = await self._release_orphan_holds()
+        mark_key = f"{deps.queue.prefix}recovery:mark"
+        since = None
+        if not full:
+            mark = await deps.queue.client.get(mark_key)
+            since = datetime.fromisoformat(_text(mark)) - RECOVERY_GRACE if mark else None
         queued = 0
         after = uuid.UUID(int=0)
         while True:
             async with deps.db.session() as s:
-                rows = (await s.execute(
-                    select(Job.id, Job.status, Job.queue_name, Job.customer_id, Job.priority, Job.queue_time,
-                           Job.create_time, Job.next_attempt_time)
-                    .where(Job.status.in_([PENDING, SCHEDULED]), Job.update_time < now - RECOVERY_GRACE, Job.id > after)
-                    .order_by(Job.id).limit(CHUNK))).all()
+                stmt = (select(Job.id, Job.status, Job.queue_name, Job.customer_id, Job.priority, Job.queue_time,
+                               Job.create_time, Job.next_attempt_time)
+                        .where(Job.status.in_([PENDING, SCHEDULED]), Job.update_time < now - RECOVERY_GRACE,
+                               Job.id > after)
+                        .order_by(Job.id).limit(CHUNK))
+                if since is not None:
+                    stmt = stmt.where(Job.update_time >= since)
+                rows = (await s.execute(stmt)).all()
             if not rows:
                 break
             after = rows[-1].id
@@ -107,7 +121,8 @@ class Loops:
             if n:
                 await deps.signals.jobs_ready({i.job_type for i in pending})
                 await deps.signals.schedule_changed()
-        await self._refresh_depth()
+        await deps.queue.client.set(mark_key, (now - RECOVERY_GRACE).isoformat())
+        await self._refresh_depth(from_database=since is None)
         if queued or released:
             log.info("recovery: %d jobs back in Redis, %d orphan holds released", queued, released)
         return queued, released
@@ -152,19 +167,30 @@ class Loops:
         every replica refreshes its queue gauges."""
         interval = self.deps.config.recovery_interval_seconds
         queue = self.deps.queue
+        passes = 0
         while True:
             if await queue.client.set(f"{queue.prefix}recovery", "1", nx=True, px=max(1, int(interval * 900))):
-                await self.recover_once()
+                await self.recover_once(full=passes % FULL_EVERY == 0)  # a full pass at start, then now and then
+                passes += 1
+                try:
+                    while await settle_outbox_once(self.deps) >= 500:
+                        pass
+                except Exception as exc:  # billing down: the outbox keeps the work for the next pass
+                    log.warning("billing outbox not settled: %s", exc)
             else:
-                await self._refresh_depth()
+                await self._refresh_depth(from_database=False)
             await asyncio.sleep(interval)
 
     # queue gauges --------------------------------------------------------------------------------
-    async def _refresh_depth(self) -> None:
+    async def _refresh_depth(self, from_database: bool = True) -> None:
         """Queues with waiting jobs, those seen before and those runners wait on (reported as 0 when
-        empty, so an idle queue is a series at 0 rather than no series)."""
-        async with self.deps.db.session() as s:
-            names = (await s.execute(select(Job.queue_name).where(Job.status == PENDING).distinct())).scalars().all()
+        empty, so an idle queue is a series at 0 rather than no series). Reading the waiting jobs'
+        queues from PostgreSQL costs a scan of the backlog: full recovery passes only."""
+        names: Sequence[str] = ()
+        if from_database:
+            async with self.deps.db.session() as s:
+                names = (await s.execute(select(Job.queue_name).where(Job.status == PENDING)
+                                         .distinct())).scalars().all()
         queues = sorted(set(names) | {q for q, _ in self._depth} | self.deps.signals.known_queues())
         stats = await self.deps.queue.stats(queues) if queues else []
         now = self.deps.clock()
@@ -219,3 +245,7 @@ def _leased_before(record: bytes | str, before: float) -> bool:
     text = record.decode() if isinstance(record, bytes) else record
     parts = text.split("|")
     return parts[0] == "L" and len(parts) > 3 and float(parts[3]) < before
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

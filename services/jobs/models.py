@@ -103,6 +103,8 @@ class Job(Base):
         Index(None, "status", "lease_expire_time"),
         Index(None, "project_id", "dead_letter_time", "id", postgresql_where=text("dead_lettered")),
         Index(None, "complete_time", postgresql_where=text("complete_time IS NOT NULL")),
+        # Recovery between its full passes reads the jobs that started waiting lately (Pending, Scheduled).
+        Index(None, "update_time", postgresql_where=text("status IN (1, 6)")),
         CheckConstraint("status BETWEEN 1 AND 6", name="status_known"),
         CheckConstraint("priority BETWEEN 1 AND 4", name="priority_known"),
         CheckConstraint("persistence_policy BETWEEN 1 AND 4", name="persistence_known"),
@@ -202,3 +204,21 @@ class SubmitIntent(Base):
     hold_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(UUID)
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class BillingOutbox(Base):
+    """The billing work of an attempt's end (capture `amount_cents`, or release when it is null),
+    written in the ending's transaction and deleted once billing answered: a hold is settled only
+    for an ending that committed, and one that a crash or a billing outage left behind is settled
+    by the outbox sweeper."""
+
+    __tablename__ = "billing_outbox"
+    __table_args__ = (Index(None, "create_time"),)
+
+    hold_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    amount_cents: Mapped[int | None] = mapped_column(BigInteger)
+    held_cents: Mapped[int] = mapped_column(BigInteger)
+    over_capture_policy: Mapped[int] = mapped_column(SmallInteger)
+    description: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(Timestamp)

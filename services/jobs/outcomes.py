@@ -1,25 +1,33 @@
 """How an attempt ends (result, lost runner, expired lease, cancel) — shared by CompleteJobs,
-ReleaseLeases and the lease reaper. Everything here mutates rows inside the caller's transaction
-and collects the billing and Redis work that goes with it; the caller does that work around its commit.
+ReleaseLeases and the lease reaper.
+
+Each rule reads the locked job (a plain row of `RUN_COLUMNS`, no ORM object) and returns an `End`:
+the values its job row, its attempt and its status history take. `runsql.end_attempts` writes a
+whole batch of ends in one statement, together with the batch's billing outbox. The billing work
+(capture or release of the hold) is recorded in that outbox in the same transaction and done after
+the commit (`settle_billing`), so a hold is settled only for an ending that committed; what a crash
+or a billing outage leaves in the outbox is settled by `settle_outbox_once` later.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row
 
 from innosystem.billing.v1 import billing_pb2 as bpb
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from services.jobs import retry
 from services.jobs.billing import CaptureRequest
-from services.jobs.models import Job, JobAttempt
 from services.jobs.queue import ScheduledItem
-from services.jobs.runtime import CANCELLED, FAILED, SCHEDULED, SUCCEEDED, Changes, Deps, policy_of
+from services.jobs.runsql import Outboxed
+from services.jobs.runtime import CANCELLED, FAILED, SCHEDULED, SUCCEEDED, Deps, policy_of
 
 log = logging.getLogger(__name__)
 
@@ -27,127 +35,165 @@ OVER_CAPTURE_CAP_AT_HOLD = bpb.OVER_CAPTURE_POLICY_CAP_AT_HOLD
 
 KEEPS_DETAILS = frozenset({enums.PERSISTENCE_POLICY_FULL, enums.PERSISTENCE_POLICY_ARCHIVE})
 
+Run = Row[Any]  # a locked job's columns (runsql.RUN_COLUMNS)
+
+
+@dataclass(slots=True)
+class End:
+    """What one attempt's end writes: the job row, its attempt, its status change."""
+
+    run: Run
+    status: int
+    reason: str
+    outcome: int  # the attempt's
+    attempt_error: dict[str, Any] | None = None
+    attempt_cost: int | None = None
+    details: dict[str, Any] | None = None
+    error: str | None = None  # None: unchanged
+    error_type: str | None = None
+    result: dict[str, Any] | None = None
+    set_result: bool = False
+    cost_cents: int | None = None  # None: unchanged
+    next_attempt_time: datetime | None = None
+    final: bool = False
+    dead_lettered: bool = False
+    encryption: dict[str, Any] | None = None  # None: unchanged
+
 
 @dataclass
 class Settlement:
-    """Billing and queue work of one transaction."""
+    """Billing and queue work of one transaction: billing in the outbox (written with the ends),
+    queue work after the commit."""
 
     captures: list[CaptureRequest] = field(default_factory=list)
-    charged: dict[str, Job] = field(default_factory=dict)  # hold id → its job (cost_cents follows billing)
+    charged: dict[str, uuid.UUID] = field(default_factory=dict)  # hold id → its job (cost follows billing)
+    held: dict[str, int] = field(default_factory=dict)  # hold id → the amount it holds
     releases: list[str] = field(default_factory=list)
+    released: dict[str, uuid.UUID] = field(default_factory=dict)  # hold id → its job
     finished: dict[str, list[str]] = field(default_factory=dict)  # queue → leased job ids to forget
     retries: list[ScheduledItem] = field(default_factory=list)
 
-    def forget(self, job: Job) -> None:
-        self.finished.setdefault(job.queue_name, []).append(str(job.id))
+    @classmethod
+    def of(cls, rows: Sequence[Outboxed]) -> Settlement:
+        """The billing work of outbox rows."""
+        st = cls()
+        for r in rows:
+            if r.amount_cents is None:
+                st.releases.append(r.hold_id)
+            else:
+                st.captures.append(CaptureRequest(r.hold_id, r.amount_cents, r.over_capture_policy, r.description))
+                st.charged[r.hold_id], st.held[r.hold_id] = r.job_id, r.held_cents
+        return st
+
+    def outbox(self) -> list[Outboxed]:
+        """This settlement's billing work as outbox rows (written with the endings)."""
+        out = [Outboxed(c.hold_id, self.charged[c.hold_id], c.amount_cents, self.held[c.hold_id],
+                        c.over_capture_policy, c.description) for c in self.captures]
+        out += [Outboxed(h, self.released.get(h, uuid.UUID(int=0)), None, 0, 0, "job not charged")
+                for h in self.releases]
+        return out
+
+    def release(self, run: Run) -> None:
+        self.releases.append(run.hold_id)
+        self.released[run.hold_id] = run.id
+
+    def forget(self, run: Run) -> None:
+        self.finished.setdefault(run.queue_name, []).append(str(run.id))
+
+    def capture(self, run: Run, amount: int, policy: int, description: str) -> None:
+        self.captures.append(CaptureRequest(run.hold_id, amount, policy, description))
+        self.charged[run.hold_id] = run.id
+        self.held[run.hold_id] = run.estimated_cost_cents
 
 
-def cost_of(job: Job, reported: int | None) -> int:
+def cost_of(run: Run, reported: int | None) -> int:
     """The actual cost to capture: the runner's figure (else the estimate), capped by the type's
     maximum, and by the hold itself unless the type's over-capture policy lets billing charge more."""
-    cap = job.settings.get("max_cost_cents") or job.estimated_cost_cents
-    if job.settings.get("over_capture_policy", 0) != bpb.OVER_CAPTURE_POLICY_CHARGE_AVAILABLE:
-        cap = min(cap, job.estimated_cost_cents)
-    return max(0, min(job.estimated_cost_cents if reported is None else reported, cap))
+    cap = run.settings.get("max_cost_cents") or run.estimated_cost_cents
+    if run.settings.get("over_capture_policy", 0) != bpb.OVER_CAPTURE_POLICY_CHARGE_AVAILABLE:
+        cap = min(cap, run.estimated_cost_cents)
+    return int(max(0, min(run.estimated_cost_cents if reported is None else reported, cap)))
 
 
-def _end_attempt(attempt: JobAttempt | None, outcome: int, now: datetime, error: dict[str, Any] | None,
-                 cost: int | None, details: dict[str, Any] | None, job: Job) -> None:
-    if attempt is None:
-        return
-    attempt.outcome, attempt.end_time = outcome, now
-    attempt.error, attempt.actual_cost_cents = error, cost
-    if job.persistence_policy in KEEPS_DETAILS:
-        attempt.details = details
-    elif attempt.error and attempt.error.get("details") is not None:
-        attempt.error = {k: v for k, v in attempt.error.items() if k != "details"}
+def _kept(run: Run, error: dict[str, Any] | None, details: dict[str, Any] | None
+          ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """What the attempt keeps of its error and details under the job's persistence policy."""
+    if run.persistence_policy in KEEPS_DETAILS:
+        return error, details
+    if error and error.get("details") is not None:
+        error = {k: v for k, v in error.items() if k != "details"}
+    return error, None
 
 
-def _clear_lease(job: Job) -> None:
-    job.lease_id = None
-    job.lease_expire_time = None
-    job.progress = None
+def succeed(run: Run, result: dict[str, Any], reported_cost: int | None, details: dict[str, Any] | None,
+            st: Settlement, encryption: dict[str, Any] | None = None) -> End:
+    cost = cost_of(run, reported_cost)
+    _, kept = _kept(run, None, details)
+    if run.hold_id:
+        st.capture(run, cost, run.settings.get("over_capture_policy", 0), f"job {run.id} succeeded")
+    st.forget(run)
+    return End(run, SUCCEEDED, f"succeeded on attempt {run.attempt_count}", pb.ATTEMPT_OUTCOME_SUCCEEDED,
+               attempt_cost=reported_cost, details=kept, error="", error_type="",
+               result=None if run.persistence_policy == enums.PERSISTENCE_POLICY_MINIMAL else result,
+               set_result=True, cost_cents=cost, final=True, encryption=encryption)
 
 
-def succeed(s: AsyncSession, deps: Deps, job: Job, attempt: JobAttempt | None, result: dict[str, Any],
-            reported_cost: int | None, details: dict[str, Any] | None, now: datetime, ch: Changes,
-            st: Settlement) -> None:
-    cost = cost_of(job, reported_cost)
-    _end_attempt(attempt, pb.ATTEMPT_OUTCOME_SUCCEEDED, now, None, reported_cost, details, job)
-    job.result = None if job.persistence_policy == enums.PERSISTENCE_POLICY_MINIMAL else result
-    job.error, job.error_type = "", ""
-    job.cost_cents = cost
-    job.complete_time = now
-    _clear_lease(job)
-    if job.hold_id:
-        st.captures.append(CaptureRequest(job.hold_id, cost, job.settings.get("over_capture_policy", 0),
-                                          f"job {job.id} succeeded"))
-        st.charged[job.hold_id] = job
-    st.forget(job)
-    ch.move(s, job, SUCCEEDED, f"succeeded on attempt {job.attempt_count}", now)
+def cancel_running(run: Run, st: Settlement, why: str) -> End:
+    if run.hold_id:
+        st.release(run)
+    st.forget(run)
+    return End(run, CANCELLED, why, pb.ATTEMPT_OUTCOME_CANCELLED, final=True)
 
 
-def cancel_running(s: AsyncSession, job: Job, attempt: JobAttempt | None, now: datetime, ch: Changes,
-                   st: Settlement, why: str) -> None:
-    _end_attempt(attempt, pb.ATTEMPT_OUTCOME_CANCELLED, now, None, None, None, job)
-    job.complete_time = now
-    _clear_lease(job)
-    _release(job, st)
-    st.forget(job)
-    ch.move(s, job, CANCELLED, why, now)
-
-
-def _release(job: Job, st: Settlement) -> None:
-    if job.hold_id:
-        st.releases.append(job.hold_id)
-
-
-def fail(s: AsyncSession, deps: Deps, job: Job, attempt: JobAttempt | None, outcome: int, error: dict[str, Any],
-         details: dict[str, Any] | None, now: datetime, ch: Changes, st: Settlement) -> None:
+def fail(deps: Deps, run: Run, outcome: int, error: dict[str, Any], details: dict[str, Any] | None, now: datetime,
+         st: Settlement) -> End:
     """A failed attempt: retried after its backoff if the policy allows, else Failed and dead-lettered."""
-    if job.cancel_requested:
-        cancel_running(s, job, attempt, now, ch, st, f"cancelled: {job.cancel_reason or 'cancel requested'}")
-        return
-    _end_attempt(attempt, outcome, now, error, None, details, job)
-    job.error, job.error_type = error.get("message", ""), error.get("type", "")
-    _clear_lease(job)
-    policy = policy_of(job)
-    final = retry.why_final(policy, job.attempt_count, job.error_type, bool(error.get("non_retryable")))
+    if run.cancel_requested:
+        return cancel_running(run, st, f"cancelled: {run.cancel_reason or 'cancel requested'}")
+    kept_error, kept_details = _kept(run, error, details)
+    message, kind = error.get("message", ""), error.get("type", "")
+    common = {"attempt_error": kept_error, "details": kept_details, "error": message, "error_type": kind}
+    policy = policy_of(run)
+    final = retry.why_final(policy, run.attempt_count, kind, bool(error.get("non_retryable")))
     if final is None:
-        delay = retry.backoff_seconds(policy, job.attempt_count, deps.rng)
+        delay = retry.backoff_seconds(policy, run.attempt_count, deps.rng)
         due = now + timedelta(seconds=delay)
-        job.next_attempt_time = due
-        st.retries.append(ScheduledItem(str(job.id), job.queue_name, str(job.customer_id), job.priority,
+        st.retries.append(ScheduledItem(str(run.id), run.queue_name, str(run.customer_id), run.priority,
                                         due.timestamp()))
-        ch.scheduled = True
-        ch.move(s, job, SCHEDULED, f"{error.get('message') or 'attempt failed'}; retry in {delay:.1f} s", now)
-        return
-    job.complete_time = now
-    job.dead_lettered, job.dead_letter_time = True, now
-    job.next_attempt_time = None
-    if job.hold_id and job.settings.get("charge_on_failure"):
-        job.cost_cents = job.estimated_cost_cents
-        st.captures.append(CaptureRequest(job.hold_id, job.cost_cents, 0, f"job {job.id} failed (charged)"))
-    else:
-        _release(job, st)
-    st.forget(job)
-    ch.move(s, job, FAILED, f"{error.get('message') or 'attempt failed'}; {final}; dead-lettered", now)
+        return End(run, SCHEDULED, f"{message or 'attempt failed'}; retry in {delay:.1f} s", outcome,
+                   next_attempt_time=due, **common)
+    cost = None
+    if run.hold_id and run.settings.get("charge_on_failure"):
+        cost = int(run.estimated_cost_cents)
+        st.capture(run, cost, 0, f"job {run.id} failed (charged)")
+    elif run.hold_id:
+        st.release(run)
+    st.forget(run)
+    return End(run, FAILED, f"{message or 'attempt failed'}; {final}; dead-lettered", outcome, cost_cents=cost,
+               final=True, dead_lettered=True, **common)
 
 
-async def settle_billing(deps: Deps, st: Settlement) -> None:
-    """Capture and release (idempotent per hold). Called before the commit: a crash after it leaves
-    the job as it was, and repeating the same capture does not charge twice."""
+def event(end: End, now: datetime) -> tuple[str, dict[str, Any]]:
+    """The job event a watcher sees for this end."""
+    return str(end.run.id), {"status": end.status, "reason": end.reason, "attempt": end.run.attempt_count,
+                             "time": now.isoformat()}
+
+
+async def settle_billing(deps: Deps, st: Settlement) -> list[tuple[uuid.UUID, int]]:
+    """Capture and release (idempotent per hold). Returns the jobs whose cost billing lowered (a
+    capture refused beyond its hold is retried capped at the hold). Raises if billing cannot be
+    reached: the outbox keeps the work for `settle_outbox_once`."""
+    lowered: list[tuple[uuid.UUID, int]] = []
     if st.captures:
         fallback = []
         for item, err in zip(st.captures, await deps.billing.capture(st.captures), strict=True):
             if err is not None and err.reason != "HOLD_NOT_FOUND":
                 log.warning("capture of hold %s failed (%s); capturing at most the hold", item.hold_id, err)
-                job = st.charged.get(item.hold_id)
-                held = job.estimated_cost_cents if job is not None else 0
+                held = st.held.get(item.hold_id, 0)
                 fallback.append(CaptureRequest(item.hold_id, min(item.amount_cents, held), OVER_CAPTURE_CAP_AT_HOLD,
                                                item.description))
-                if job is not None:
-                    job.cost_cents = min(item.amount_cents, held)
+                if item.hold_id in st.charged:
+                    lowered.append((st.charged[item.hold_id], min(item.amount_cents, held)))
         if fallback:
             for item, err in zip(fallback, await deps.billing.capture(fallback), strict=True):
                 if err is not None and err.reason != "HOLD_NOT_FOUND":
@@ -156,6 +202,7 @@ async def settle_billing(deps: Deps, st: Settlement) -> None:
         for hold, err in zip(st.releases, await deps.billing.release(st.releases, "job not charged"), strict=True):
             if err is not None and err.reason != "HOLD_NOT_FOUND":
                 log.warning("release of hold %s failed: %s", hold, err)
+    return lowered
 
 
 async def settle_queue(deps: Deps, st: Settlement) -> None:

@@ -48,7 +48,7 @@ def utc(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
 
 
-def policy_of(job: Job) -> Policy:
+def policy_of(job: Job | Any) -> Policy:
     return Policy(job.retry_max_attempts, job.retry_initial_interval_seconds, job.retry_backoff_multiplier,
                   job.retry_max_interval_seconds, tuple(job.non_retryable_error_types or ()))
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span
+from sqlalchemy import Row
 
+from innosystem.jobs.v1 import job_types_pb2 as enums
 from services.jobs.models import Job
 
 _tracer = trace.get_tracer("innosystem.jobs")
@@ -24,17 +27,20 @@ def _ns(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000_000)
 
 
-def job_span(job: Job, name: str, start: datetime | None = None) -> Span:
+def job_span(job: Job | Row[Any], name: str, start: datetime | None = None, status: int | None = None) -> Span:
     """A span in `job`'s trace, linked to the call handling it; the caller ends it."""
     current = trace.get_current_span().get_span_context()
+    attributes: dict[str, str | int] = {"innosystem.job.id": str(job.id), "innosystem.job.type": job.job_type_name,
+                                        "innosystem.job.attempt": job.attempt_count}
+    if status is not None:
+        attributes["innosystem.job.status"] = enums.JobStatus.Name(status)  # type: ignore[arg-type]
     return _tracer.start_span(
         f"{name} {job.job_type_name}", context=propagate.extract(job.trace_context or {}),
         links=[Link(current)] if current.is_valid else [], start_time=_ns(start) if start else None,
-        attributes={"innosystem.job.id": str(job.id), "innosystem.job.type": job.job_type_name,
-                    "innosystem.job.attempt": job.attempt_count})
+        attributes=attributes)
 
 
-def record_waits(jobs: Sequence[Job], now: datetime) -> None:
+def record_waits(jobs: Sequence[Job | Row[Any]], now: datetime) -> None:
     """One `queued` span per leased job, from when it became ready to its lease: the wait shows
     in the job's trace."""
     for job in jobs:

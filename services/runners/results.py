@@ -2,15 +2,23 @@
 
 A result waits here at most a few milliseconds for others (one `CompleteJobs` for many
 runners), and a single result at idle goes at once: the batch is whatever arrived while the
-previous call was in flight. The runner gets a ResultAck per result. A batch the jobs service
-did not answer is retried (completions are fenced by lease, so a repeat cannot apply twice).
+previous call was in flight. The runner gets a ResultAck per result.
+
+One result never fails another's: a result too large to pass is failed here on its own
+(RESULT_TOO_LARGE), batches are bounded in bytes as well as count, a batch the jobs service
+refuses as a whole is split until the item it refuses stands alone, and a batch waiting out an
+outage retries in its own task (bounded in time), so it does not hold back the batches after it.
+Completions are fenced by lease, so a repeat cannot apply twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from google.rpc import status_pb2
@@ -24,46 +32,90 @@ _batched = metrics.get_meter("innosystem.runners").create_histogram(
     "runners.results.batch_size", unit="{result}", description="results passed to the jobs service in one call")
 
 MAX_BATCH = 500
+MAX_BATCH_BYTES = 8 * 1024 * 1024  # well under the 32 MiB gRPC message limit
+MAX_RESULT_BYTES = 8 * 1024 * 1024  # a larger result could not pass in any batch; jobs' own limit is lower
 LINGER_SECONDS = 0.002
+IN_FLIGHT = 4  # CompleteJobs calls at once: one batch retrying an outage does not stall the others
+RETRY_SECONDS = 120.0  # past this the leases have expired anyway: the runner is told and the reaper ends them
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
+
+
+def too_large(completion: jobs_pb2.JobCompletion, limit: int = MAX_RESULT_BYTES) -> jobs_pb2.JobCompletion:
+    """The completion as it may travel: a result over `limit` bytes becomes a failure of the attempt."""
+    size = completion.result.ByteSize()
+    if size <= limit:
+        return completion
+    out = jobs_pb2.JobCompletion(job_id=completion.job_id, lease_id=completion.lease_id, runner_id=completion.runner_id)
+    out.result.outcome = jobs_pb2.ATTEMPT_OUTCOME_FAILED
+    out.result.error.message = f"the result is {size} bytes, over the limit of {limit}"
+    out.result.error.type = "RESULT_TOO_LARGE"
+    return out
 
 
 class ResultBatcher:
     def __init__(self, jobs: jobs_pb2_grpc.JobServiceStub, ack: Callable[[str, pb.ResultAck], None]) -> None:
         self._jobs = jobs
         self._ack = ack  # delivers an ack to the runner's session, wherever it is on this replica
-        self._queue: asyncio.Queue[jobs_pb2.JobCompletion] = asyncio.Queue()
+        self._queue: deque[tuple[jobs_pb2.JobCompletion, int]] = deque()  # with its size in bytes
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def submit(self, completion: jobs_pb2.JobCompletion) -> None:
-        self._queue.put_nowait(completion)
+        completion = too_large(completion)
+        self._queue.append((completion, completion.ByteSize()))
+        self._arrived.set()
 
     async def run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
             await asyncio.sleep(LINGER_SECONDS)  # let the other streams' results join
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            first, size = self._queue.popleft()
+            batch = [first]
+            while len(batch) < MAX_BATCH and self._queue and size + self._queue[0][1] <= MAX_BATCH_BYTES:
+                completion, n = self._queue.popleft()
+                batch.append(completion)
+                size += n
+            await self._slots.acquire()  # at most IN_FLIGHT calls; the next batch gathers meanwhile
+            task = asyncio.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[jobs_pb2.JobCompletion]) -> None:
+        try:
             await self._complete(batch)
+        except Exception:
+            log.exception("results of %d jobs not passed on", len(batch))
+        finally:
+            self._slots.release()
 
     async def _complete(self, batch: list[jobs_pb2.JobCompletion]) -> None:
-        delay = 0.1
+        delay, give_up = 0.1, time.monotonic() + RETRY_SECONDS
         while True:
             try:
                 answer = await self._jobs.CompleteJobs(jobs_pb2.CompleteJobsRequest(completions=batch),
                     timeout=30, wait_for_ready=True)
                 break
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED):
-                    log.error("CompleteJobs refused a batch of %d: %s %s", len(batch), exc.code().name,
-                              exc.details())
-                    error = status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")
-                    for c in batch:
-                        self._ack(c.runner_id, pb.ResultAck(job_id=c.job_id, lease_id=c.lease_id, error=error))
+                if exc.code() in RETRYABLE and time.monotonic() + delay < give_up:
+                    log.warning("CompleteJobs unavailable (%s); retrying %d results in %.1fs", exc.code().name,
+                                len(batch), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if len(batch) > 1 and exc.code() not in RETRYABLE:  # find the item it refuses
+                    mid = len(batch) // 2
+                    log.warning("CompleteJobs refused a batch of %d (%s); splitting it", len(batch), exc.code().name)
+                    await self._complete(batch[:mid])
+                    await self._complete(batch[mid:])
                     return
-                log.warning("CompleteJobs unavailable (%s); retrying %d results in %.1fs", exc.code().name,
-                            len(batch), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.error("CompleteJobs refused %d results: %s %s", len(batch), exc.code().name, exc.details())
+                error = status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")
+                for c in batch:
+                    self._ack(c.runner_id, pb.ResultAck(job_id=c.job_id, lease_id=c.lease_id, error=error))
+                return
         _batched.record(len(batch))
         for completion, result in zip(batch, answer.results, strict=False):
             if result.HasField("error"):

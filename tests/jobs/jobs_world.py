@@ -58,11 +58,17 @@ class Tenancy(FakeTenancy):
 
 class FakeKeys(keys_pb2_grpc.KeyManagementServiceServicer):
     """Stands in for the keys service's EncryptFields (its own tests cover the cryptography):
-    an "envelope" that names the key and job and carries the JSON value, so tests can see what was sent."""
+    an "envelope" that names the key and job and carries the JSON value, so tests can see what was sent.
+    A key in `disabled` is refused as the keys service refuses a disabled key."""
+
+    def __init__(self) -> None:
+        self.disabled: set[str] = set()
 
     async def EncryptFields(self, request: keys_pb2.EncryptFieldsRequest,
                             context: Any) -> keys_pb2.EncryptFieldsResponse:
         ctx = request.context
+        if ctx.key_id in self.disabled:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"key {ctx.key_id} is disabled")
         return keys_pb2.EncryptFieldsResponse(fields=[
             keys_pb2.EncryptedField(path=f.path, ciphertext=f"enc:{ctx.key_id}:{ctx.job_id}:"
                                                             f"{json_format.MessageToJson(f.value, indent=None)}")
@@ -96,6 +102,7 @@ class JobsWorld:
     clock: Clock
     redis: aioredis.Redis
     config: JobsConfig
+    keys: FakeKeys
     closers: list[Any] = field(default_factory=list)
 
     async def customer(self, funds: int = 100_000) -> Customer:
@@ -157,7 +164,8 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
     fake = Tenancy()  # type: ignore[abstract]  # a double: only the methods used
     tserver = grpc.aio.server()
     tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(fake, tserver)
-    keys_pb2_grpc.add_KeyManagementServiceServicer_to_server(FakeKeys(), tserver)  # type: ignore[abstract]  # same double server
+    fake_keys = FakeKeys()  # type: ignore[abstract]  # a double: only EncryptFields
+    keys_pb2_grpc.add_KeyManagementServiceServicer_to_server(fake_keys, tserver)  # same double server
     tport = free_port()
     tserver.add_insecure_port(f"127.0.0.1:{tport}")
     await tserver.start()
@@ -169,7 +177,7 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
     app = build(jobs_config, db, redis, tenancy, Billing(billing_channel), clock, prefix=f"jt{uuid.uuid4().hex[:6]}:",
                 encryptor=Encryptor(keys))
     listener = asyncio.create_task(app.signals.listen_forever())
-    world = JobsWorld(app, billing, fake, clock, redis, jobs_config)
+    world = JobsWorld(app, billing, fake, clock, redis, jobs_config, fake_keys)
     try:
         yield world
     finally:

@@ -118,3 +118,24 @@ async def test_a_pop_that_never_committed_is_queued_again_only_after_its_grace(w
     await world.app.loops.recover_once()
     (lease,) = await world.lease([jt.name])
     assert lease.job_id == str(job.id) and lease.attempt == 1
+
+
+async def test_recovery_between_full_passes_reads_only_jobs_that_started_waiting_since(world: JobsWorld) -> None:
+    """The loop's passes between full ones cost what changed, not the backlog: a job waiting since
+    before the previous pass is not read again (it was repaired then), one committed since is; a
+    Redis that lost its data lost the pass's mark too, and the next pass is a full one."""
+    c = await world.customer()
+    jt = await world.job_type(c)
+    old = await world.submit(c, jt)
+    world.clock.advance(5)
+    await world.app.loops.recover_once()  # full: sets the mark
+    new = await world.submit(c, jt)
+    queue = world.app.deps.queue
+    assert sorted(await queue.remove(old.queue_name, [str(old.id), str(new.id)])) == sorted([str(old.id), str(new.id)])
+    world.clock.advance(5)
+    assert (await world.app.loops.recover_once(full=False))[0] == 1  # only the new one was read
+    assert [x.job_id for x in await world.lease([jt.name], max_jobs=5)] == [str(new.id)]
+    await _forget_redis(world)
+    world.clock.advance(5)
+    assert (await world.app.loops.recover_once(full=False))[0] >= 1  # no mark: a full pass
+    assert str(old.id) in [x.job_id for x in await world.lease([jt.name], max_jobs=50)]

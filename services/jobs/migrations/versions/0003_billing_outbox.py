@@ -1,0 +1,40 @@
+"""billing outbox (captures and releases of attempt endings, settled after their commit); waiting jobs by update time
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-05 05:10:00.000000
+"""
+from alembic import op
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('billing_outbox',
+    sa.Column('hold_id', sa.String(length=100), nullable=False),
+    sa.Column('job_id', sa.UUID(), nullable=False),
+    sa.Column('amount_cents', sa.BigInteger(), nullable=True),
+    sa.Column('held_cents', sa.BigInteger(), nullable=False),
+    sa.Column('over_capture_policy', sa.SmallInteger(), nullable=False),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('create_time', postgresql.TIMESTAMP(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('hold_id', name=op.f('pk_billing_outbox')),
+    schema='jobs'
+    )
+    op.create_index(op.f('ix_billing_outbox_create_time'), 'billing_outbox', ['create_time'], unique=False,
+                    schema='jobs')
+    op.create_index(op.f('ix_jobs_update_time'), 'jobs', ['update_time'], unique=False, schema='jobs',
+                    postgresql_where=sa.text('status IN (1, 6)'))
+
+
+def downgrade() -> None:
+    op.drop_index(op.f('ix_jobs_update_time'), table_name='jobs', schema='jobs',
+                  postgresql_where=sa.text('status IN (1, 6)'))
+    op.drop_index(op.f('ix_billing_outbox_create_time'), table_name='billing_outbox', schema='jobs')
+    op.drop_table('billing_outbox', schema='jobs')
