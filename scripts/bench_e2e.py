@@ -177,11 +177,16 @@ class CpuMeter:
     def enabled(self) -> bool:
         return bool(self.pids)
 
+    @property
+    def names(self) -> list[str]:
+        """The platform's processes in the order tracked, then the data servers."""
+        return sorted(self.pids, key=lambda n: n in DATA_SERVERS)
+
     def snapshot(self) -> CpuSnapshot:
         stats = _proc_stats()
         seconds: dict[str, float | None] = {}
         processes: dict[str, int] = {}
-        for name in sorted(self.pids, key=lambda n: n in DATA_SERVERS):
+        for name in self.names:
             tree = _tree(self.pids[name], stats)
             seconds[name] = sum(stats[pid][1] for pid in tree) / CLOCK_TICKS if tree else None
             processes[name] = len(tree)
@@ -201,8 +206,8 @@ class CpuMeter:
         shared buffers count in every process that touched them, so a sum would overcount)."""
         stats = _proc_stats()
         peaks: dict[str, float | None] = {}
-        for name, root in self.pids.items():
-            values = [v for v in map(_peak_rss_mb, _tree(root, stats)) if v is not None]
+        for name in self.names:
+            values = [v for v in map(_peak_rss_mb, _tree(self.pids[name], stats)) if v is not None]
             peaks[name] = round(max(values), 1) if values else None
         return peaks
 
