@@ -1,5 +1,5 @@
 """End-to-end benchmark: submit, dispatch and drain through the real processes, beside a bare
-Redis list queue doing the same work as a yardstick.
+Redis list queue doing the same work as a yardstick, and the CPU each process spends per job.
 
     python scripts/bench_e2e.py [--jobs 20000] [--rate 200] [--seconds 10] [--out bench-results-e2e.json]
     python scripts/bench_e2e.py --gateway http://127.0.0.1:8080 --admin-key isk_admin_… \\
@@ -12,11 +12,22 @@ core, `innosystem runner`) run an `echo` that stamps its start time.
   (a) drain: --jobs no-op jobs (~100-byte payload) submitted in batches of 1000 while no runner
       is connected, then the runners start: time until every job is Succeeded and charged
       (the wallet has paid for all of them and holds nothing).
-  (b) submit throughput: batches and single calls, through the gateway and through gRPC.
+  (b) submit throughput: batches and single calls, through the gateway and through gRPC (gateway
+      single calls from --gateway-clients concurrent clients, 64 by default).
   (c) dispatch latency: single submits at a steady --rate (and a lighter --light-rate) to idle
       runners, submit call start → processor start, p50/p95/p99.
   (d) yardstick: LPUSH/BRPOP on one Redis list with the same payload and process count, for
       both the drain and the latency; the ratios ours/yardstick.
+  (e) submit latency: single submits through the gateway (HTTP) at a steady --submit-rate
+      (50/s by default), open-loop, runners connected: each call's duration from when it was
+      due, p50/p95/p99.
+
+CPU per job (`CpuMeter`): around the drain and each submit phase, utime + stime from
+/proc/<pid>/stat of each service, the gateway, each runner process, PostgreSQL (the postmaster,
+its live backends and, through its cutime/cstime, the backends that exited) and Valkey; the
+drain as CPU seconds per 1,000 jobs with each process's peak RSS (VmHWM), the submit phases as
+ms per submitted job. Against an external stack (--gateway) the processes are unknown, so it is
+skipped. The benchmark's own CPU shows beside the total, not in it.
 
 A benchmark measures and prints; it asserts nothing but that every job ended Succeeded.
 """
@@ -32,10 +43,11 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +59,7 @@ from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
+from innosystem.kit.config import SERVICES
 from innosystem.rest import Rest
 from innosystem.stack import Stack
 
@@ -72,6 +85,186 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+# ------------------------------------------------------------------------------ CPU per job
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DATA_SERVERS = ("postgres", "valkey")  # listed last, after the platform's own processes
+
+
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """Every process's (parent pid, CPU ticks) from /proc/<pid>/stat, where the ticks are its own
+    utime + stime (all its threads) plus cutime + cstime: what its children that it has waited
+    for used. A process that exits moves its whole count into its parent's cutime/cstime, so a
+    tree's sum (root plus live descendants) misses nothing that exited in between."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # gone since the listing
+            continue
+        # After the command name (which may hold spaces and parentheses): proc(5)'s field 3 on, so
+        # ppid (field 4) is [1], utime, stime, cutime, cstime (fields 14-17) are [11:15].
+        fields = text[text.rindex(")") + 2:].split()
+        stats[int(entry.name)] = int(fields[1]), sum(int(f) for f in fields[11:15])
+    return stats
+
+
+def _tree(root: int, stats: dict[int, tuple[int, int]]) -> list[int]:
+    """`root` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            found.append(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """VmHWM: the most resident memory the process has had since it started."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    at: float  # perf_counter
+    seconds: dict[str, float | None]  # name -> CPU seconds of its process tree so far (None: gone)
+    processes: dict[str, int]  # name -> processes in its tree
+    client: float  # this script's own CPU seconds
+
+
+@dataclass(frozen=True)
+class CpuUsage:
+    """CPU seconds each named process tree used between two snapshots (None: it ended in between)."""
+    seconds: dict[str, float | None]
+    processes: dict[str, int]
+    wall: float
+    client: float
+
+    @property
+    def total(self) -> float:
+        return sum(s for s in self.seconds.values() if s is not None)
+
+
+class CpuMeter:
+    """CPU time per process of the platform, from /proc, around a phase:
+
+        before = meter.snapshot(); …the phase…; usage = meter.diff(before)
+
+    Each name stands for a process tree (its root's pid): its own utime + stime, its reaped
+    children's, and its live descendants' (PostgreSQL's backends come and go under the
+    postmaster). A name tracked after `before` was taken counts from zero (runners started in the
+    phase). Without tracked processes (an external stack) there is nothing to measure."""
+
+    def __init__(self) -> None:
+        self.pids: dict[str, int] = {}
+
+    def track(self, name: str, pid: int) -> None:
+        self.pids[name] = pid
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.pids)
+
+    @property
+    def names(self) -> list[str]:
+        """The platform's processes in the order tracked, then the data servers."""
+        return sorted(self.pids, key=lambda n: n in DATA_SERVERS)
+
+    def snapshot(self) -> CpuSnapshot:
+        stats = _proc_stats()
+        seconds: dict[str, float | None] = {}
+        processes: dict[str, int] = {}
+        for name in self.names:
+            tree = _tree(self.pids[name], stats)
+            seconds[name] = sum(stats[pid][1] for pid in tree) / CLOCK_TICKS if tree else None
+            processes[name] = len(tree)
+        own = os.times()
+        return CpuSnapshot(time.perf_counter(), seconds, processes, own.user + own.system)
+
+    def diff(self, before: CpuSnapshot, after: CpuSnapshot | None = None) -> CpuUsage:
+        after = after or self.snapshot()
+        seconds: dict[str, float | None] = {}
+        for name, end in after.seconds.items():
+            start = before.seconds.get(name, 0.0)
+            seconds[name] = None if end is None or start is None else end - start
+        return CpuUsage(seconds, after.processes, after.at - before.at, after.client - before.client)
+
+    def peak_rss_mb(self) -> dict[str, float | None]:
+        """Per name, the largest VmHWM among its tree's live processes (for PostgreSQL one backend:
+        shared buffers count in every process that touched them, so a sum would overcount)."""
+        stats = _proc_stats()
+        peaks: dict[str, float | None] = {}
+        for name in self.names:
+            values = [v for v in map(_peak_rss_mb, _tree(self.pids[name], stats)) if v is not None]
+            peaks[name] = round(max(values), 1) if values else None
+        return peaks
+
+
+def _label(name: str, usage: CpuUsage) -> str:
+    count = usage.processes.get(name, 0)
+    return f"{name} ({count} processes)" if count > 1 else name
+
+
+def _cell(value: float | None, scale: float, width: int = 10) -> str:
+    return f"{value * scale:{width}.2f}" if value is not None else f"{'—':>{width}}"
+
+
+def drain_cpu_table(usage: CpuUsage, jobs: int, peaks: dict[str, float | None]) -> dict[str, Any]:
+    """Print the drain's CPU seconds per 1,000 jobs per process and return them for the JSON."""
+    per_1000 = 1000 / jobs
+    total = usage.total
+    say(f"    CPU per 1,000 jobs over the drain ({jobs:,} jobs, {usage.wall:.1f} s; /proc utime+stime):")
+    width = max(28, *(len(_label(n, usage)) + 2 for n in usage.seconds))
+    say(f"      {'process':<{width}}{'CPU s':>10}{'share':>9}{'peak RSS MB':>13}")
+    for name, seconds in usage.seconds.items():
+        share = f"{100 * seconds / total:8.1f}%" if seconds is not None and total else f"{'—':>9}"
+        peak = peaks.get(name)
+        say(f"      {_label(name, usage):<{width}}{_cell(seconds, per_1000)}{share}"
+            + (f"{peak:13.1f}" if peak is not None else f"{'—':>13}"))
+    say(f"      {'total':<{width}}{_cell(total, per_1000)}{100.0:8.1f}%"
+        f"   = {total * per_1000:.2f} ms CPU per job; {total / usage.wall:.2f} cores busy on average")
+    say(f"      {'bench client (not in total)':<{width}}{_cell(usage.client, per_1000)}")
+    return {
+        "per_1000_jobs_s": {n: None if s is None else round(s * per_1000, 3) for n, s in usage.seconds.items()},
+        "total_ms_per_job": round(total * per_1000, 3),
+        "peak_rss_mb": peaks,
+        "processes": usage.processes,
+        "cores_busy": round(total / usage.wall, 2),
+        "client_ms_per_job": round(usage.client * per_1000, 3),
+    }
+
+
+def submit_cpu_table(phases: list[tuple[str, str, CpuUsage, int]]) -> dict[str, Any]:
+    """Print the submit phases' ms of CPU per submitted job, a column per phase, and return them."""
+    names = list(dict.fromkeys(n for _, _, usage, _ in phases for n in usage.seconds))
+    width = max(28, *(len(n) + 2 for n in names))
+    say("    CPU per submitted job, ms (/proc utime+stime over each phase):")
+    say(f"      {'process':<{width}}" + "".join(f"{label:>18}" for _, label, _, _ in phases))
+    for name in names:
+        say(f"      {name:<{width}}" + "".join(_cell(usage.seconds.get(name), 1000 / jobs, 18)
+                                          for _, _, usage, jobs in phases))
+    say(f"      {'total':<{width}}" + "".join(_cell(usage.total, 1000 / jobs, 18) for _, _, usage, jobs in phases))
+    say(f"      {'bench client (not in total)':<{width}}"
+        + "".join(_cell(usage.client, 1000 / jobs, 18) for _, _, usage, jobs in phases))
+    return {key: {"jobs": jobs, "seconds": round(usage.wall, 2),
+                  "ms_per_job": {n: None if s is None else round(s * 1000 / jobs, 3) for n, s in usage.seconds.items()},
+                  "total_ms_per_job": round(usage.total * 1000 / jobs, 3),
+                  "client_ms_per_job": round(usage.client * 1000 / jobs, 3)}
+            for key, _, usage, jobs in phases}
+
+
 # ------------------------------------------------------------------------------------- ours
 
 
@@ -83,6 +276,7 @@ class Platform:
     runners_addr: str
     demo: Demo
     stack: Stack | None
+    meter: CpuMeter = field(default_factory=CpuMeter)  # empty for an external stack
 
     @property
     def customer(self) -> Rest:
@@ -116,7 +310,8 @@ def submit_rest_batches(p: Platform, count: int, start: int, workers: int = 2) -
     return time.perf_counter() - began
 
 
-def submit_rest_single(p: Platform, count: int, start: int, workers: int = 16) -> float:
+def submit_rest_single(p: Platform, count: int, start: int, workers: int = 64) -> float:
+    """Seconds to submit `count` jobs through the gateway one call each, `workers` clients at once."""
     project = p.demo.project_id
 
     def one(i: int) -> None:
@@ -158,6 +353,40 @@ async def submit_grpc(p: Platform, count: int, start: int, *, batch: bool, concu
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return time.perf_counter() - began
+
+
+def submit_latency_gateway(p: Platform, rate: float, seconds: float, start: int) -> tuple[list[float], dict[str, int]]:
+    """Single submits through the gateway at a steady `rate`/s, open-loop: each call's duration from
+    the moment it was due (so a call that had to wait for a free client thread counts its wait), and
+    the count of calls refused, by HTTP status or error. Each call opens its own connection, as
+    `Rest` does."""
+    project = p.demo.project_id
+    customer = p.customer
+    durations: list[float] = []
+    refused: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def one(i: int, due: float) -> None:
+        try:
+            status, _ = customer.call("POST", f"/v1/projects/{project}/jobs",
+                                      {"jobTypeId": p.echo, "payload": payload(start + i)})
+            outcome = None if 200 <= status < 300 else f"HTTP {status}"
+        except OSError as err:
+            outcome = type(err).__name__
+        took = time.perf_counter() - due
+        with lock:
+            if outcome is None:
+                durations.append(took)
+            else:
+                refused[outcome] = refused.get(outcome, 0) + 1
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(256) as pool:  # enough threads that calls do not wait for each other
+        for i in range(int(rate * seconds)):
+            due = began + i / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+            pool.submit(one, i, due)
+    return durations, refused
 
 
 def start_runners(p: Platform, tokens: list[str], slots: int, log_dir: Path) -> list[Any]:
@@ -310,34 +539,60 @@ def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) 
     balance0, _ = p.wallet()
     results: dict[str, Any] = {}
 
+    meter = p.meter
+    cpu: dict[str, Any] = {}
+    results["cpu"] = cpu
+    if not meter.enabled:
+        cpu["skipped"] = "an external stack (--gateway): its process ids are unknown here"
+        say("    (CPU per job per process skipped: an external stack's processes are not known here)")
+
     say("(b) submit throughput (no runner connected) …")
     n = args.jobs
+    submit_cpu: list[tuple[str, str, CpuUsage, int]] = []
+    before = meter.snapshot()
     seconds = submit_rest_batches(p, n, 0)
+    submit_cpu.append(("gateway_batch", "gateway batches", meter.diff(before), n))
     results["submit_gateway_batch_jobs_per_s"] = round(n / seconds, 1)
     say(f"    gateway, batches of {BATCH}: {n / seconds:,.0f} jobs/s")
     small = max(1000, n // 10)
+    before = meter.snapshot()
     seconds = asyncio.run(submit_grpc(p, small, n, batch=True, concurrency=2))
+    submit_cpu.append(("grpc_batch", "gRPC batches", meter.diff(before), small))
     results["submit_grpc_batch_jobs_per_s"] = round(small / seconds, 1)
     say(f"    gRPC, batches of {BATCH}:    {small / seconds:,.0f} jobs/s")
     singles = max(500, n // 20)
+    before = meter.snapshot()
     seconds = asyncio.run(submit_grpc(p, singles, n + small, batch=False, concurrency=64))
+    submit_cpu.append(("grpc_single", "gRPC singles", meter.diff(before), singles))
     results["submit_grpc_single_jobs_per_s"] = round(singles / seconds, 1)
     say(f"    gRPC, single calls (64 in flight): {singles / seconds:,.0f} jobs/s")
-    seconds = submit_rest_single(p, singles, n + small + singles)
+    before = meter.snapshot()
+    seconds = submit_rest_single(p, singles, n + small + singles, workers=args.gateway_clients)
+    submit_cpu.append(("gateway_single", "gateway singles", meter.diff(before), singles))
     results["submit_gateway_single_jobs_per_s"] = round(singles / seconds, 1)
-    say(f"    gateway, single calls (16 threads): {singles / seconds:,.0f} jobs/s")
+    results["submit_gateway_single_clients"] = args.gateway_clients
+    say(f"    gateway, single calls ({args.gateway_clients} clients): {singles / seconds:,.0f} jobs/s")
+    if meter.enabled:
+        cpu["submit"] = submit_cpu_table(submit_cpu)
     total = n + small + 2 * singles
 
     say(f"(a) drain: {total:,} queued echo jobs, {processes} runner processes, {args.slots} slots each …")
+    before = meter.snapshot()
     began = time.perf_counter()
     runners = start_runners(p, tokens, args.slots, log_dir)
     try:
+        if meter.enabled:
+            for k, proc in enumerate(runners):
+                meter.track(f"runner-process-{k}", proc.pid)
         finished = wait_charged(p, balance0 - total * CENTS_PER_JOB, timeout=600)
+        usage = meter.diff(before)
         drain = finished - began
         results["drain_jobs"] = total
         results["drain_seconds"] = round(drain, 2)
         results["drain_jobs_per_s"] = round(total / drain, 1)
         say(f"    {total / drain:,.0f} jobs/s ({drain:.1f} s, runner start-up included), every job charged once")
+        if meter.enabled:
+            cpu["drain"] = drain_cpu_table(usage, total, meter.peak_rss_mb())
 
         for label, rate in (("dispatch_latency", args.rate), ("dispatch_latency_light", args.light_rate)):
             say(f"(c) dispatch latency: {rate:.0f} jobs/s for {args.seconds:.0f} s to idle runners …")
@@ -346,6 +601,16 @@ def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) 
             say("    submit → processor start: " + ", ".join(f"{k} {v}" for k, v in results[label].items()
                                                           if k not in ("rate", "refused"))
                 + (f"; refused {refused}" if refused else ""))
+
+        say(f"(e) submit latency: single gateway submits at {args.submit_rate:.0f}/s for {args.seconds:.0f} s, "
+            "open-loop, runners connected …")
+        balance, _ = p.wallet()
+        durations, refused = submit_latency_gateway(p, args.submit_rate, args.seconds, total)
+        results["submit_latency_gateway"] = {"rate": args.submit_rate, **percentiles(durations), "refused": refused}
+        say("    submit call duration: " + ", ".join(f"{k} {v}" for k, v in results["submit_latency_gateway"].items()
+                                                      if k not in ("rate", "refused"))
+            + (f"; refused {refused}" if refused else ""))
+        wait_charged(p, balance - len(durations) * CENTS_PER_JOB, timeout=120)  # quiet before the yardstick
     finally:
         stop_runners(runners)
 
@@ -370,6 +635,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length (default 10)")
     parser.add_argument("--light-rate", type=float, default=50.0,
                         help="a second latency phase at this lighter rate (default 50)")
+    parser.add_argument("--submit-rate", type=float, default=50.0,
+                        help="submit latency phase: gateway single submits per second (default 50)")
+    parser.add_argument("--gateway-clients", type=int, default=64,
+                        help="concurrent clients for the gateway single-submit throughput (default 64)")
     parser.add_argument("--runners", type=int, default=0, help="runner processes (default: one per core)")
     parser.add_argument("--slots", type=int, default=32, help="slots per runner (default 32)")
     parser.add_argument("--gateway", help="use a running stack: its gateway URL")
@@ -406,6 +675,11 @@ def main() -> None:
                 admin = Rest(stack.gateway_url, stack.admin_api_key)
                 p = Platform(Rest(stack.gateway_url), admin, stack.address("jobs"), stack.address("runners"),
                              seed(admin, label="bench", top_up_cents=10_000_000), stack)
+                for name in (*SERVICES, "gateway"):
+                    p.meter.track(name, stack.procs[name].pid)
+                for name, server in (("postgres", pg), ("valkey", valkey)):
+                    if server.proc is not None:
+                        p.meter.track(name, server.proc.pid)
                 results = bench(p, valkey.url, args, log_dir)
             finally:
                 stack.stop()
