@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from typing import Any
 
 from innosystem.keymanager.v1 import keymanager_pb2
@@ -18,15 +19,17 @@ def echo(job: Job) -> dict[str, Any]:
 
 
 async def sleep(job: Job) -> dict[str, Any]:
-    """Sleeps `payload.seconds` (default 1), reporting progress; a cancel request stops it."""
+    """Sleeps `payload.seconds` (default 1), reporting progress; a cancel request stops it. Says
+    when it started and ended (epoch seconds), so overlapping runs can be seen."""
     seconds = float(job.payload.get("seconds", 1.0))
     if not 0 <= seconds <= 86_400:
         raise JobError("payload.seconds must be 0 to 86400", type="ValueError", retryable=False)
+    started = time.time()
     steps = max(1, int(seconds * 4))
     for step in range(steps):
         await asyncio.sleep(seconds / steps)
         job.progress(100 * (step + 1) // steps)
-    return {"slept": seconds}
+    return {"slept": seconds, "started": started, "ended": time.time()}
 
 
 async def sha256(job: Job) -> dict[str, Any]:

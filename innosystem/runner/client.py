@@ -180,7 +180,10 @@ class Runner:
         return task
 
     def _free(self) -> int:
-        return max(0, self.max_concurrent_jobs - len(self._running) - len(self._unacked))
+        """Slots for new jobs: a sent result frees its slot at once, up to as many results awaiting
+        their ack as there are slots (past that, on the ack), as the runners service counts them."""
+        awaiting = max(0, len(self._unacked) - self.max_concurrent_jobs)
+        return max(0, self.max_concurrent_jobs - len(self._running) - awaiting)
 
     def _send(self, message: pb.ConnectRequest) -> None:
         if self._out is not None:

@@ -221,7 +221,6 @@ class Leases:
         if not 1 <= len(completions) <= MAX_ITEMS:
             raise InvalidArgument(f"1 to {MAX_ITEMS} completions", field="completions", reason="INVALID_BATCH_SIZE")
         items = [_Item.of(c, self.deps.config.max_result_bytes) for c in completions]
-        await self._encrypt_results(items)
         return await self._complete_split(items)
 
     async def _complete_split(self, items: list[_Item]) -> list[pb.CompletionResult]:
@@ -254,6 +253,8 @@ class Leases:
         async with deps.db.session() as s:
             runs = await runsql.lock_runs(s, [it.c.job_id for it in items])
             errors = await _lease_errors(s, [(it.c.job_id, it.c.lease_id, it.c.runner_id) for it in items], runs, now)
+            await self._encrypt_results([(it, runs[it.c.job_id]) for it, err in zip(items, errors, strict=True)
+                                         if err is None and runs[it.c.job_id].encryption])
             for it, err in zip(items, errors, strict=True):
                 res = pb.CompletionResult(job_id=it.c.job_id, lease_id=it.c.lease_id)
                 results.append(res)
@@ -292,25 +293,22 @@ class Leases:
             await deps.signals.schedule_changed()
         _count_ends(ends, now)
 
-    async def _encrypt_results(self, items: list[_Item]) -> None:
+    async def _encrypt_results(self, todo: list[tuple[_Item, Any]]) -> None:
         """Results of jobs encrypted at submit are encrypted the same way before they are stored, each
-        on its own (bounded in time): a refused or unreachable key fails that attempt alone."""
-        todo = [it for it in items if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED and it.result]
+        on its own and bounded in time: a refused or unreachable key fails that attempt alone. (The
+        batch's rows stay locked meanwhile; they are this call's own jobs, no other tenant's work.)"""
         encryptor = self.deps.encryptor
+        todo = [(it, run) for it, run in todo if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED and it.result]
         if not todo or encryptor is None:
             return
-        async with self.deps.db.session() as s:
-            encrypted = await runsql.encrypted_of(s, [it.c.job_id for it in todo])
-        if not encrypted:
-            return
 
-        async def one(it: _Item, row: Any) -> None:
-            enc = row.encryption
+        async def one(it: _Item, run: Any) -> None:
+            enc = run.encryption
             try:
                 async with asyncio.timeout(ENCRYPT_SECONDS):
                     out, paths = await encryptor.encrypt(
-                        enc["key_id"], str(row.customer_id), str(row.project_id), str(row.id), "result",
-                        it.result or {}, row.settings.get("sensitive_fields", []))
+                        enc["key_id"], str(run.customer_id), str(run.project_id), str(run.id), "result",
+                        it.result or {}, run.settings.get("sensitive_fields", []))
             except (DomainError, TimeoutError) as exc:
                 why = exc.reason if isinstance(exc, DomainError) else "TIMEOUT"
                 log.warning("result of job %s not encrypted (%s); failing the attempt", it.c.job_id, why)
@@ -319,7 +317,7 @@ class Leases:
             it.result = out
             it.encryption = {**enc, "encrypted_fields": [*enc.get("encrypted_fields", []), *paths]}
 
-        await asyncio.gather(*(one(it, encrypted[it.c.job_id]) for it in todo if it.c.job_id in encrypted))
+        await asyncio.gather(*(one(it, run) for it, run in todo))
 
     # ExtendLeases --------------------------------------------------------------------------------
     async def extend(self, r: pb.ExtendLeasesRequest) -> list[pb.LeaseExtensionResult]:

@@ -260,15 +260,6 @@ def _uuid(value: str) -> uuid.UUID | None:
         return None
 
 
-async def encrypted_of(s: AsyncSession, job_ids: Sequence[str]) -> dict[str, Row[Any]]:
-    """Of these jobs, those encrypted at submit, with what encrypting their result needs."""
-    ids = [u for u in (_uuid(j) for j in job_ids) if u is not None]
-    rows = (await s.execute(text(
-        "SELECT id, customer_id, project_id, encryption, settings FROM jobs.jobs "
-        "WHERE id = ANY(CAST(:ids AS uuid[])) AND encryption IS NOT NULL"), {"ids": ids})).all()
-    return {str(r.id): r for r in rows if r.encryption}
-
-
 _EXTEND = text(f"""
 UPDATE jobs.jobs AS j SET
     lease_expire_time = GREATEST(COALESCE(j.lease_expire_time, :now), LEAST(

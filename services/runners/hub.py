@@ -458,7 +458,7 @@ class Hub:
                                                f"no message for more than {timeout:.1f}s", fatal=True))
             sessions = [s for s in self.sessions.values() if not s.closed.is_set()]
             stale = await self.live.update(
-                (s.runner_id, s.session_id, {"free": s.free(), "running": len(s.held) + len(s.completing),
+                (s.runner_id, s.session_id, {"free": s.free(), "running": s.busy(),
                                              "current_job_id": s.current_job_id, "draining": int(s.draining)})
                 for s in sessions)
             for session in sessions:

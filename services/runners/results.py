@@ -7,7 +7,9 @@ previous call was in flight. The runner gets a ResultAck per result.
 One result never fails another's: a result too large to pass is failed here on its own
 (RESULT_TOO_LARGE), batches are bounded in bytes as well as count, a batch the jobs service
 refuses as a whole is split until the item it refuses stands alone, and a batch waiting out an
-outage retries in its own task (bounded in time), so it does not hold back the batches after it.
+outage retries in a task of its own (bounded in time), so it does not hold back the batches after
+it. Batches otherwise go one at a time: the next one gathers while a call is in flight, which is
+what keeps them large under load.
 Completions are fenced by lease, so a repeat cannot apply twice.
 """
 
@@ -35,7 +37,6 @@ MAX_BATCH = 500
 MAX_BATCH_BYTES = 8 * 1024 * 1024  # well under the 32 MiB gRPC message limit
 MAX_RESULT_BYTES = 8 * 1024 * 1024  # a larger result could not pass in any batch; jobs' own limit is lower
 LINGER_SECONDS = 0.002
-IN_FLIGHT = 4  # CompleteJobs calls at once: one batch retrying an outage does not stall the others
 RETRY_SECONDS = 120.0  # past this the leases have expired anyway: the runner is told and the reaper ends them
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
 
@@ -58,7 +59,6 @@ class ResultBatcher:
         self._ack = ack  # delivers an ack to the runner's session, wherever it is on this replica
         self._queue: deque[tuple[jobs_pb2.JobCompletion, int]] = deque()  # with its size in bytes
         self._arrived = asyncio.Event()
-        self._slots = asyncio.Semaphore(IN_FLIGHT)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def submit(self, completion: jobs_pb2.JobCompletion) -> None:
@@ -78,20 +78,15 @@ class ResultBatcher:
                 completion, n = self._queue.popleft()
                 batch.append(completion)
                 size += n
-            await self._slots.acquire()  # at most IN_FLIGHT calls; the next batch gathers meanwhile
-            task = asyncio.create_task(self._send(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            await self._complete(batch, retry_later=True)
 
-    async def _send(self, batch: list[jobs_pb2.JobCompletion]) -> None:
+    async def _retry(self, batch: list[jobs_pb2.JobCompletion]) -> None:
         try:
-            await self._complete(batch)
+            await self._complete(batch, retry_later=False)
         except Exception:
             log.exception("results of %d jobs not passed on", len(batch))
-        finally:
-            self._slots.release()
 
-    async def _complete(self, batch: list[jobs_pb2.JobCompletion]) -> None:
+    async def _complete(self, batch: list[jobs_pb2.JobCompletion], retry_later: bool) -> None:
         delay, give_up = 0.1, time.monotonic() + RETRY_SECONDS
         while True:
             try:
@@ -99,6 +94,13 @@ class ResultBatcher:
                     timeout=30, wait_for_ready=True)
                 break
             except grpc.aio.AioRpcError as exc:
+                if exc.code() in RETRYABLE and retry_later:  # wait out the outage aside
+                    log.warning("CompleteJobs unavailable (%s); retrying %d results aside", exc.code().name,
+                                len(batch))
+                    task = asyncio.create_task(self._retry(batch))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    return
                 if exc.code() in RETRYABLE and time.monotonic() + delay < give_up:
                     log.warning("CompleteJobs unavailable (%s); retrying %d results in %.1fs", exc.code().name,
                                 len(batch), delay)
@@ -108,8 +110,8 @@ class ResultBatcher:
                 if len(batch) > 1 and exc.code() not in RETRYABLE:  # find the item it refuses
                     mid = len(batch) // 2
                     log.warning("CompleteJobs refused a batch of %d (%s); splitting it", len(batch), exc.code().name)
-                    await self._complete(batch[:mid])
-                    await self._complete(batch[mid:])
+                    await self._complete(batch[:mid], retry_later)
+                    await self._complete(batch[mid:], retry_later)
                     return
                 log.error("CompleteJobs refused %d results: %s %s", len(batch), exc.code().name, exc.details())
                 error = status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")

@@ -45,9 +45,13 @@ class Session:
     draining: bool = False
     seq: int = 0
     held: dict[str, str] = field(default_factory=dict)  # job id → lease id
-    # Results passed on but not yet committed by the jobs service: their slots free on the ack,
-    # so the jobs service never sees the runner running more jobs than it has slots.
+    # Results passed on but not yet committed by the jobs service. A result frees its slot when it
+    # arrives (the runner's processor is done; waiting for the commit would put the commit's
+    # latency in every slot's cycle), up to `max_slots` results awaiting their ack; past that, its
+    # slot frees on the ack, so what a slow jobs service leaves unacknowledged stays bounded. The
+    # runner SDK counts its slots the same way.
     completing: dict[str, str] = field(default_factory=dict)
+    freed_early: set[str] = field(default_factory=set)  # of `completing`: slot already free
     progress: dict[str, jobs_pb2.JobProgress] = field(default_factory=dict)
     cancel_sent: set[str] = field(default_factory=set)
     recent: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
@@ -63,7 +67,11 @@ class Session:
         """Jobs it may be given now: never more than its free slots."""
         if self.closed.is_set() or self.draining or self.maintenance or not self.processors:
             return 0
-        return max(0, min(self.max_slots - len(self.held) - len(self.completing), self.reported_free))
+        return max(0, min(self.max_slots - self.busy(), self.reported_free))
+
+    def busy(self) -> int:
+        """Slots taken: running jobs, and results awaiting their ack beyond `max_slots` of them."""
+        return len(self.held) + max(0, len(self.completing) - self.max_slots)
 
     def send(self, message: pb.ConnectResponse) -> None:
         self.out.put_nowait(message)
@@ -90,6 +98,9 @@ class Session:
         self.cancel_sent.discard(job_id)
         if completing:
             self.completing[job_id] = lease_id
+            if len(self.completing) <= self.max_slots:
+                self.freed_early.add(job_id)
+                self.reported_free += 1
         else:
             self.reported_free += 1
         self.recent[(job_id, lease_id)] = None
@@ -102,7 +113,10 @@ class Session:
     def acked(self, job_id: str, lease_id: str) -> None:
         if self.completing.get(job_id) == lease_id:
             del self.completing[job_id]
-            self.reported_free += 1
+            if job_id in self.freed_early:
+                self.freed_early.discard(job_id)
+            else:
+                self.reported_free += 1
             self.changed.set()
 
     def drop(self, job_id: str) -> None:
@@ -121,4 +135,4 @@ class Session:
     def status(self) -> int:
         if not self.processors:
             return ERROR  # connected, but every processor it declared was refused
-        return BUSY if self.max_slots - len(self.held) - len(self.completing) <= 0 else AVAILABLE
+        return BUSY if self.max_slots - self.busy() <= 0 else AVAILABLE

@@ -1,4 +1,5 @@
-"""A session's slot accounting: the service never has more jobs out to a runner than its slots."""
+"""A session's slot accounting: the service never has more jobs running on a runner than its slots,
+nor more results awaiting their ack than that."""
 
 from __future__ import annotations
 
@@ -17,16 +18,26 @@ def _lease(n: int) -> jobs_pb2.JobLease:
     return jobs_pb2.JobLease(job_id=f"j{n}", lease_id=f"l{n}")
 
 
-def test_assignments_use_up_slots_and_a_result_frees_one_only_when_acknowledged() -> None:
+def test_assignments_use_up_slots_and_a_result_frees_one_at_once_up_to_slots_awaiting_acks() -> None:
     s = _session(2)
     s.assign(_lease(1))
     s.assign(_lease(2))
     assert s.free() == 0 and s.status() == BUSY
     s.finish("j1", "l1", completing=True)
-    assert s.free() == 0  # the jobs service has not committed the result yet
+    assert s.free() == 1 and s.status() == AVAILABLE  # the processor is done: its slot is free
     s.acked("j1", "l1")
-    assert s.free() == 1 and s.status() == AVAILABLE
+    assert s.free() == 1  # freed once, not again on the ack
     s.acked("j1", "l1")  # a second ack changes nothing
+    assert s.free() == 1
+    # Results awaiting their ack past the slot count hold their slots until acknowledged.
+    for n in (3, 4, 5):  # j2 runs; each new job ends at once with its result awaiting the ack
+        assert s.free() == 1
+        s.assign(_lease(n))
+        s.finish(f"j{n}", f"l{n}", completing=True)
+    assert len(s.completing) == 3 and s.free() == 0  # the third awaiting result is one too many
+    s.acked("j3", "l3")
+    assert s.free() == 0  # j5 was counted late: its slot frees with its own ack
+    s.acked("j5", "l5")
     assert s.free() == 1
 
 
