@@ -11,7 +11,9 @@ import pytest
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.errors import FailedPrecondition, NotFound
+from innosystem.kit import principal as principals
+from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.jobs.api import servicer
 from tests.jobs.jobs_world import ADMIN, JobsWorld
 
 FAILED = pb.ATTEMPT_OUTCOME_FAILED
@@ -132,3 +134,29 @@ async def test_pending_reason_queued_counts_jobs_ahead(world: JobsWorld) -> None
     low = await world.submit(c, jt, priority=types_pb.PRIORITY_LEVEL_LOW)
     info = (await world.get(str(low.id))).pending_info
     assert info.reason == pb.PENDING_REASON_QUEUED and info.jobs_ahead == 2
+
+
+async def test_retry_and_cancel_refuse_malformed_text_with_400(world: JobsWorld) -> None:
+    """Issue 14, items 2 and 19: a retry's request id over 200 characters (or with a NUL) and a cancel
+    reason with a NUL are 400s naming the field; the job is untouched."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=10, default_retry_policy={"max_attempts": 1})
+    job = await world.submit(c, jt)
+    (lease,) = await world.lease([jt.name])
+    await world.complete(lease, outcome=FAILED, error=pb.JobError(message="x"))
+    api: Any = servicer(world.app.types, world.app.cases)
+    token = principals.bind(c.principal)
+    try:
+        for request_id, reason in (("r" * 201, "INVALID_REQUEST_ID"), ("r\u0000", "INVALID_CHARACTER")):
+            with pytest.raises(InvalidArgument) as caught:
+                await api.RetryJob(pb.RetryJobRequest(job_id=str(job.id), request_id=request_id), None)
+            assert caught.value.violations[0][0] == "request_id" and caught.value.reason == reason
+        pending = await world.submit(c, jt)
+        with pytest.raises(InvalidArgument) as bad_reason:
+            await api.CancelJob(pb.CancelJobRequest(job_id=str(pending.id), reason="stop\u0000"), None)
+        assert bad_reason.value.violations[0][0] == "reason"
+    finally:
+        principals.reset(token)
+    assert (await world.get(str(job.id))).status == types_pb.JOB_STATUS_FAILED
+    assert (await world.get(str(pending.id))).status == types_pb.JOB_STATUS_PENDING
+    assert await world.available(c) == 90  # only the pending job's hold
