@@ -141,6 +141,9 @@ class Submission:
     async def _submit(self, caller: Principal, project_id: str, requests: Sequence[pb.SubmitJobRequest],
                       single: bool) -> list[Job]:
         owner: ProjectOwner = await self._visible_project(caller, project_id, fresh=True)
+        if not owner.active:  # before anything is held
+            raise FailedPrecondition(f"project {project_id} is inactive and takes no new jobs", field="project_id",
+                                     reason="PROJECT_INACTIVE")
         now = self.deps.now()
         prefix = (lambda i: "") if single else (lambda i: f"requests[{i}].")
         types = await self._types(owner, requests, prefix)

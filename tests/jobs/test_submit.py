@@ -266,3 +266,25 @@ async def test_a_shared_commit_that_fails_is_retried_one_submit_at_a_time(
     assert await world.available(a) == 1000  # the failed submits' holds are given back at once
     listed, _ = await world.app.cases.queries.list_jobs(a.principal, pb.ListJobsRequest(project_id=a.project_id))
     assert listed == []
+
+
+async def test_an_inactive_project_takes_no_jobs_and_holds_nothing(world: JobsWorld) -> None:
+    """Issue 14, item 15: a submit (single or batch) to a deactivated project is refused at once."""
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, base_cost_cents=10)
+    await world.submit(c, jt)
+    world.tenancy.inactive.add(c.project_id)
+    try:
+        with pytest.raises(FailedPrecondition) as caught:
+            await world.submit(c, jt)
+        assert caught.value.reason == "PROJECT_INACTIVE" and caught.value.violations[0][0] == "project_id"
+        with pytest.raises(FailedPrecondition) as batch:
+            await world.app.cases.submission.batch_submit(c.principal, pb.BatchSubmitJobsRequest(
+                project_id=c.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(jt.id))]))
+        assert batch.value.reason == "PROJECT_INACTIVE"
+        assert await world.available(c) == 990
+    finally:
+        world.tenancy.inactive.discard(c.project_id)
+    await world.submit(c, jt)  # active again: taken
+    listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
+    assert len(listed) == 2 and await world.available(c) == 980
