@@ -1,8 +1,16 @@
-"""A customer's control over its jobs: CancelJob, RetryJob, DeleteJob, and WatchJob's stream."""
+"""A customer's control over its jobs: CancelJob, RetryJob, DeleteJob, and WatchJob's stream.
+
+Money follows the commit: a cancel releases its hold only once the cancel is committed (a release
+before a commit that then fails would leave a live job unpaid for), and a retry reserves its new
+hold while it holds the job's row lock, so of two concurrent retries exactly one reserves and wins.
+Redis work after a commit (queue removal, requeue, events) cannot undo it: an error there is
+logged, the answer stands, and recovery repairs Redis from PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncGenerator
 
@@ -22,6 +30,8 @@ from services.jobs.queries import Queries
 from services.jobs.runtime import CANCELLED, FAILED, FINAL, PENDING, SCHEDULED, Changes, Deps, status_name
 from services.jobs.signals import CLOSED
 from services.jobs.submission import HOLD_MARGIN
+
+log = logging.getLogger(__name__)
 
 MAX_REASON = 1000
 WATCH_RECHECK_SECONDS = 15.0  # a watch re-reads the job this often even without an event
@@ -64,13 +74,22 @@ class Control:
                     job.update_time = now
                     notice = {"job_id": str(job.id), "lease_id": str(job.lease_id), "runner_id": job.runner_id,
                               "reason": reason, "time": now.isoformat().replace("+00:00", "Z")}
+        # Committed. Only now the hold goes: if billing cannot be reached, the cancel stands and the
+        # hold runs out at its expiry (logged), which never charges the customer.
+        try:
             await outcomes.settle_billing(deps, st)
-        if removed:
-            await deps.queue.remove(job.queue_name, [str(job.id)])
-        if notice is not None:
-            await deps.signals.cancel_requested(notice)
-            await deps.signals.jobs_changed([(str(job.id), {"cancel_requested": True})])
-        await changes.publish(deps.signals)
+        except Exception as exc:
+            log.warning("cancelled job %s: its hold %s is not released now (%s); it expires", job.id,
+                        job.hold_id, type(exc).__name__)
+        try:
+            if removed:
+                await deps.queue.remove(job.queue_name, [str(job.id)])
+            if notice is not None:
+                await deps.signals.cancel_requested(notice)
+                await deps.signals.jobs_changed([(str(job.id), {"cancel_requested": True})])
+            await changes.publish(deps.signals)
+        except Exception as exc:  # the cancel is committed; a lease skips a job that is not pending
+            log.warning("cancelled job %s: Redis not updated (%s)", job.id, type(exc).__name__)
         return job
 
     async def retry(self, caller: Principal, job_id: str, request_id: str, request_hash: bytes) -> Job:

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
@@ -160,3 +162,29 @@ async def test_retry_and_cancel_refuse_malformed_text_with_400(world: JobsWorld)
     assert (await world.get(str(job.id))).status == types_pb.JOB_STATUS_FAILED
     assert (await world.get(str(pending.id))).status == types_pb.JOB_STATUS_PENDING
     assert await world.available(c) == 90  # only the pending job's hold
+
+
+async def test_cancel_releases_the_hold_only_after_its_commit(world: JobsWorld) -> None:
+    """Issue 14, item 9: a cancel whose commit fails leaves the job pending with its hold live (the
+    commit is made to fail by a trigger in the real PostgreSQL); the next cancel releases it."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=30)
+    job = await world.submit(c, jt)
+    assert await world.available(c) == 70
+    async with world.app.deps.db.session() as s:
+        await s.execute(text("""
+            CREATE FUNCTION jobs.fail_marked_cancel() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'the commit of this cancel fails'; END $$;
+            CREATE TRIGGER fail_marked_cancel BEFORE INSERT ON jobs.job_status_changes FOR EACH ROW
+            WHEN (NEW.reason = 'cancelled: commit fails') EXECUTE FUNCTION jobs.fail_marked_cancel();"""))
+    try:
+        with pytest.raises(DBAPIError):
+            await world.app.cases.control.cancel(c.principal, str(job.id), "commit fails")
+        assert (await world.get(str(job.id))).status == types_pb.JOB_STATUS_PENDING
+        assert await world.available(c) == 70  # the live job's hold was not released
+    finally:
+        async with world.app.deps.db.session() as s:
+            await s.execute(text("DROP TRIGGER fail_marked_cancel ON jobs.job_status_changes;"
+                                 "DROP FUNCTION jobs.fail_marked_cancel()"))
+    done = await world.app.cases.control.cancel(c.principal, str(job.id), "")
+    assert done.status == types_pb.JOB_STATUS_CANCELLED and await world.available(c) == 100
