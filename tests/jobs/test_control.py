@@ -16,6 +16,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import principal as principals
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.jobs.api import servicer
+from tests.billing.billing_helpers import ADMIN as BILLING_ADMIN
 from tests.jobs.jobs_world import ADMIN, JobsWorld
 
 FAILED = pb.ATTEMPT_OUTCOME_FAILED
@@ -188,3 +189,28 @@ async def test_cancel_releases_the_hold_only_after_its_commit(world: JobsWorld) 
                                  "DROP FUNCTION jobs.fail_marked_cancel()"))
     done = await world.app.cases.control.cancel(c.principal, str(job.id), "")
     assert done.status == types_pb.JOB_STATUS_CANCELLED and await world.available(c) == 100
+
+
+async def test_two_concurrent_retries_one_wins_and_its_hold_stays(world: JobsWorld) -> None:
+    """Issue 14, item 8: of two concurrent retries of one dead-lettered job, one wins, the other is
+    FAILED_PRECONDITION, and the winner's hold stays live (the job is then charged from it)."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=10, default_retry_policy={"max_attempts": 1})
+    job = await world.submit(c, jt)
+    (lease,) = await world.lease([jt.name])
+    await world.complete(lease, outcome=FAILED, error=pb.JobError(message="x"))
+    assert await world.available(c) == 100
+    control = world.app.cases.control
+    results = await asyncio.gather(control.retry(c.principal, str(job.id), "", b""),
+                                   control.retry(c.principal, str(job.id), "", b""), return_exceptions=True)
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert isinstance(lost[0], FailedPrecondition) and lost[0].reason == "JOB_NOT_FAILED"
+    assert await world.available(c) == 90  # the winner's hold is live
+    (again,) = await world.lease([jt.name])
+    await world.complete(again)
+    done = await world.get(str(job.id))
+    assert done.status == types_pb.JOB_STATUS_SUCCEEDED and done.cost_cents == 10
+    wallet = await world.billing.get_wallet(BILLING_ADMIN, c.principal.customer_id)
+    assert (wallet.balance, wallet.held) == (90, 0)  # charged from the hold, once
