@@ -294,12 +294,12 @@ class Submission:
             if outcome is not None:
                 raise outcome
 
-    async def _store(self, groups: Sequence[Group]) -> list[DomainError | None]:
+    async def _store(self, groups: Sequence[Group]) -> list[Exception | None]:
         """Intents committed; then one transaction locks them, reserves every hold in one billing call,
         stores the jobs of every group whose holds were all granted, and deletes the intents; then the
         jobs enter Redis. Recovery skips locked intents, so it never releases the hold of a submit still
         in flight, however slow; a dead submit's lock goes with its connection. Returns each group's
-        refusal (None: stored)."""
+        refusal or error (None: stored)."""
         deps = self.deps
         now = deps.now()
         ids = [p.job.id for g in groups for p in g.fresh]
@@ -314,11 +314,11 @@ class Submission:
                 ]).on_conflict_do_nothing())
         try:
             async with deps.db.session() as s:
-                refusals: list[DomainError | None] = [None] * len(groups)
+                refusals: list[Exception | None] = [None] * len(groups)
                 if held:
                     await s.execute(select(SubmitIntent.hold_id).where(SubmitIntent.hold_id.in_(hold_ids))
                                     .order_by(SubmitIntent.hold_id).with_for_update())  # one lock order for all batches
-                    refusals = await self._reserve(groups)
+                    refusals = list(await self._reserve(groups))
                     await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
                 for g, refused in zip(groups, refusals, strict=True):
                     if refused is not None:
@@ -378,8 +378,16 @@ class Submission:
         except Exception as exc:
             log.warning("cannot release the holds of a failed submit now (%s); recovery will", _kind(exc))
 
-    async def _one_by_one(self, groups: Sequence[Group]) -> list[DomainError | None]:
-        return [(await self._store([g]))[0] for g in groups]
+    async def _one_by_one(self, groups: Sequence[Group]) -> list[Exception | None]:
+        """Each group in its own commit; one group's error is its own outcome, so it cannot fail the
+        groups stored before it (their callers would hear an error for a committed job)."""
+        out: list[Exception | None] = []
+        for g in groups:
+            try:
+                out.append((await self._store([g]))[0])
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     async def _reserve(self, groups: Sequence[Group]) -> list[DomainError | None]:
         """One billing call for every group's holds; a group with any refusal gets none (its granted

@@ -10,6 +10,8 @@ from typing import Any, cast
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
@@ -288,3 +290,30 @@ async def test_an_inactive_project_takes_no_jobs_and_holds_nothing(world: JobsWo
     await world.submit(c, jt)  # active again: taken
     listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
     assert len(listed) == 2 and await world.available(c) == 980
+
+
+async def test_a_submit_failing_alone_for_another_reason_fails_no_one_else(world: JobsWorld) -> None:
+    """Issue 14, item 2: a fault that is not a bad value (a trigger in the real PostgreSQL refuses one
+    tenant's jobs) fails the shared commit; retried alone, it fails only its own submits, and their
+    holds go back when recovery finds their intents."""
+    a, b = await world.customer(funds=1000), await world.customer(funds=10_000)
+    ta, tb = await world.job_type(a, base_cost_cents=10), await world.job_type(b, base_cost_cents=1)
+    async with world.app.deps.db.session() as s:
+        await s.execute(text("""
+            CREATE FUNCTION jobs.refuse_marked_job() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'this job is refused'; END $$;
+            CREATE TRIGGER refuse_marked_job BEFORE INSERT ON jobs.jobs FOR EACH ROW
+            WHEN (NEW.payload ? 'refuse-me') EXECUTE FUNCTION jobs.refuse_marked_job();"""))
+    try:
+        good, refused = await _side_by_side(lambda i: world.submit(b, tb, payload=payload(n=i)),
+                                            lambda i: world.submit(a, ta, payload=payload(**{"refuse-me": i})),
+                                            each=15)
+    finally:
+        async with world.app.deps.db.session() as s:
+            await s.execute(text("DROP TRIGGER refuse_marked_job ON jobs.jobs; DROP FUNCTION jobs.refuse_marked_job()"))
+    assert [r for r in good if isinstance(r, BaseException)] == []
+    assert len(refused) == 16 and all(isinstance(r, DBAPIError) for r in refused), refused[:3]
+    assert await world.available(b) == 10_000 - 150
+    world.clock.advance(world.config.intent_grace_seconds + 1)
+    await world.app.loops.recover_once()
+    assert await world.available(a) == 1000
