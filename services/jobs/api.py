@@ -3,9 +3,10 @@
 Job types go to `JobsService`; jobs to `Submission`, `Queries` and `Control`; the internal lease
 API (runners and keys services only) to `Leases`.
 
-Every client request is first checked for text PostgreSQL cannot store (`check_storable`: a NUL
-anywhere), so such a value is a 400 naming its field rather than a failed statement (a 500).
-Submits check their own requests (`Submission`), the lease API is the runners path's.
+Every client request that carries text beyond ids is first checked for text PostgreSQL cannot
+store (`check_storable`: a NUL anywhere), so such a value is a 400 naming its field rather than a
+failed statement (a 500). Requests of ids only need no check (a malformed id is not found),
+submits check their own requests (`Submission`), and the lease API is the runners path's.
 """
 
 from __future__ import annotations
@@ -107,7 +108,6 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         return job_type_pb(row)
 
     async def GetJobType(self, request: pb.GetJobTypeRequest, context: grpc.aio.ServicerContext) -> types_pb.JobType:
-        check_storable(request)
         return job_type_pb(await self.service.get_job_type(principals.current(), request.job_type_id))
 
     async def ListJobTypes(self, request: pb.ListJobTypesRequest,
@@ -126,7 +126,6 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         return job_type_pb(await self.service.update_job_type(principals.current(), request.job_type_id, fields))
 
     async def DeleteJobType(self, request: pb.DeleteJobTypeRequest, context: grpc.aio.ServicerContext) -> Empty:
-        check_storable(request)
         await self.service.delete_job_type(principals.current(), request.job_type_id)
         return Empty()
 
@@ -142,7 +141,6 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         return pb.BatchSubmitJobsResponse(jobs=[job_pb(j) for j in jobs])
 
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        check_storable(request)
         return await self.cases.queries.get(principals.current(), request.job_id, request.view)
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
@@ -160,13 +158,11 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
                                                      request_hash(request)))
 
     async def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext) -> Empty:
-        check_storable(request)
         await self.cases.control.delete(principals.current(), request.job_id)
         return Empty()
 
     async def WatchJob(self, request: pb.WatchJobRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JobEvent]:
-        check_storable(request)
         async for event in self.cases.control.watch(principals.current(), request.job_id):
             yield event
 
