@@ -46,8 +46,11 @@ def new_id() -> uuid.UUID:
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False) -> None:
         # Looked up at call time so that the SQLAlchemy instrumentation (see telemetry) applies.
+        # hide_parameters: a failing statement's error (and so the log line of an unhandled error)
+        # would otherwise carry its bound values: job payloads, results, ciphertexts, descriptions.
         self.engine: AsyncEngine = sqlalchemy.ext.asyncio.create_async_engine(
             url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, echo=echo,
+            hide_parameters=True,
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 

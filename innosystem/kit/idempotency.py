@@ -18,6 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import Aborted, InvalidArgument
+from innosystem.kit.validation import check_request_id
 
 
 class IdempotencyKeyColumns:
@@ -30,9 +31,12 @@ class IdempotencyKeyColumns:
 
 async def replay(session: AsyncSession, model: Any, scope: str, request_id: str,
                  request_hash: bytes) -> uuid.UUID | None:
-    """The resource an earlier request with this id created, or None to go ahead and create."""
+    """The resource an earlier request with this id created, or None to go ahead and create.
+    An id the table cannot hold (over 200 characters, a NUL) is INVALID_ARGUMENT naming
+    `request_id`, before anything is created (at `remember` it would fail the create with a 500)."""
     if not request_id:
         return None
+    check_request_id(request_id)
     earlier = await session.get(model, (scope, request_id))
     if earlier is None:
         return None

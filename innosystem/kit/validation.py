@@ -3,16 +3,23 @@
 The server runs `check_required` on every unary request before the handler, so both gRPC
 callers and the gateway get the same INVALID_ARGUMENT naming the missing field, and no
 servicer repeats it. Services validate meaning (ranges, formats) themselves.
+
+`check_storable` refuses what PostgreSQL cannot store (a NUL character in any string, a JSON
+number that is not finite) before it reaches a statement: such a value otherwise fails the whole
+transaction it lands in, and so every request that shares a group commit with it.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from functools import cache
+from typing import Any
 
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import ListValue, Struct, Value
 
 from innosystem.kit.errors import InvalidArgument, NotFound
 
@@ -82,3 +89,119 @@ def id_or_not_found(value: str, field: str, what: str) -> uuid.UUID:
     except (ValueError, TypeError, AttributeError):
         raise NotFound(f"{what.replace('_', ' ')} {value!r} not found", reason=f"{what.upper()}_NOT_FOUND",
                        metadata={field: value}) from None
+
+
+MAX_REQUEST_ID = 200  # the idempotency tables' column width
+NUL = "\x00"
+INVALID_CHARACTER = "INVALID_CHARACTER"
+
+
+def _printable(key: str) -> str:
+    return key.replace(NUL, "\\u0000")
+
+
+def _nul(field: str) -> InvalidArgument:
+    return InvalidArgument(f"{field}: contains a NUL character (\\u0000), which cannot be stored", field=field,
+                           reason=INVALID_CHARACTER)
+
+
+def check_text(value: str, field: str) -> str:
+    """`value`, or INVALID_ARGUMENT (INVALID_CHARACTER) naming `field` if PostgreSQL cannot store it."""
+    if NUL in value:
+        raise _nul(field)
+    return value
+
+
+def check_request_id(value: str, field: str = "request_id") -> str:
+    """An idempotency key: at most 200 characters (what the tables hold) and storable."""
+    if len(value) > MAX_REQUEST_ID:
+        raise InvalidArgument(f"{field}: at most {MAX_REQUEST_ID} characters, got {len(value)}", field=field,
+                              reason="INVALID_REQUEST_ID")
+    return check_text(value, field)
+
+
+def check_json(value: Any, field: str) -> None:
+    """A plain JSON value (dicts, lists, strings, numbers, …): every key and string storable, every
+    number finite (jsonb has no NaN or Infinity). The error names the path, e.g. `payload.card.number`
+    or `payload.items[2]`."""
+    if isinstance(value, str):
+        check_text(value, field)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{field}: {value} is not a JSON number", field=field, reason="INVALID_NUMBER")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{field}.{_printable(str(key))}"
+            if NUL in str(key):
+                raise _nul(path)
+            check_json(item, path)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_json(item, f"{field}[{i}]")
+
+
+def _check_value(value: Value, field: str) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        check_text(value.string_value, field)
+    elif kind == "number_value":
+        check_json(value.number_value, field)
+    elif kind == "struct_value":
+        _check_struct(value.struct_value, field)
+    elif kind == "list_value":
+        _check_list(value.list_value, field)
+
+
+def _check_struct(struct: Struct, field: str) -> None:
+    for key, item in struct.fields.items():
+        path = f"{field}.{_printable(key)}"
+        if NUL in key:
+            raise _nul(path)
+        _check_value(item, path)
+
+
+def _check_list(values: ListValue, field: str) -> None:
+    for i, item in enumerate(values.values):
+        _check_value(item, f"{field}[{i}]")
+
+
+def check_storable(message: Message, prefix: str = "") -> None:
+    """Every string of a request storable, at any depth: nested and repeated messages, map keys and
+    values, and JSON (`Struct`/`Value`) with its keys, named by path (`payload.x`,
+    `requests[3].request_id`, `trace_context[k]`). Only set fields are visited."""
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if field.is_repeated:
+                for i, item in enumerate(value):
+                    check_text(item, f"{path}[{i}]")
+            else:
+                check_text(value, path)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            entry = field.message_type
+            if entry is not None and entry.GetOptions().map_entry:
+                value_type = entry.fields_by_name["value"].type
+                for key, item in value.items():
+                    at = f"{path}[{_printable(str(key))}]"
+                    if isinstance(key, str) and NUL in key:
+                        raise _nul(at)
+                    if value_type == FieldDescriptor.TYPE_STRING:
+                        check_text(item, at)
+                    elif value_type == FieldDescriptor.TYPE_MESSAGE:
+                        _check_message(item, at)
+            elif field.is_repeated:
+                for i, item in enumerate(value):
+                    _check_message(item, f"{path}[{i}]")
+            else:
+                _check_message(value, path)
+
+
+def _check_message(message: Message, path: str) -> None:
+    if isinstance(message, Struct):
+        _check_struct(message, path)
+    elif isinstance(message, Value):
+        _check_value(message, path)
+    elif isinstance(message, ListValue):
+        _check_list(message, path)
+    else:
+        check_storable(message, path + ".")

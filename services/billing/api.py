@@ -1,4 +1,7 @@
-"""BillingService servicer: converts protobuf ↔ Python values and calls the service layer."""
+"""BillingService servicer: converts protobuf ↔ Python values and calls the service layer.
+
+Requests that write text are checked with `check_storable` first: a value PostgreSQL cannot store
+(a NUL character) would otherwise fail the group commit that many tenants' operations share."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from innosystem.common.v1.money_pb2 import Money
 from innosystem.kit import principal as principals
 from innosystem.kit.errors import DomainError, InvalidArgument, to_status
 from innosystem.kit.protos import changes, timestamp, to_datetime
+from innosystem.kit.validation import check_storable
 from services.billing.metrics import counted
 from services.billing.models import CAPTURE, EXPIRE, HOLD, VOID, Account, HoldRow, ReconciliationRow, Transfer
 from services.billing.service import ON_DEMAND, BillingService, Statement
@@ -82,6 +86,15 @@ def _time(message: Any, name: str) -> datetime | None:
     return to_datetime(getattr(message, name)) if message.HasField(name) else None
 
 
+def _checked(request: Any, call: Callable[[], Awaitable[HoldRow]]) -> Callable[[], Awaitable[HoldRow]]:
+    """`call`, after checking that the request's text can be stored: in a batch, an item that
+    cannot be stored fails alone rather than the group commit it would join."""
+    async def run() -> HoldRow:
+        check_storable(request)
+        return await call()
+    return run
+
+
 class BillingApi(billing_pb2_grpc.BillingServiceServicer):
     def __init__(self, service: BillingService) -> None:
         self.service = service
@@ -102,6 +115,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
 
     async def TopUpWallet(self, request: pb.TopUpWalletRequest,
                           context: grpc.aio.ServicerContext) -> pb.TopUpWalletResponse:
+        check_storable(request)
         wallet, transfer = await self.service.top_up(principals.current(), request.customer_id, request.amount_cents,
                                                      request.currency_code, request.request_id, request.description)
         return pb.TopUpWalletResponse(wallet=wallet_pb(wallet), transaction=transaction_pb(transfer))
@@ -145,16 +159,16 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
                                                         request.currency_code, request.credit_limit_cents))
 
     def _reserve(self, r: pb.ReserveRequest) -> Callable[[], Awaitable[HoldRow]]:
-        return counted("reserve", lambda: self.service.reserve(
+        return counted("reserve", _checked(r, lambda: self.service.reserve(
             r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id, _time(r, "expire_time"),
-            r.description))
+            r.description)))
 
     def _capture(self, r: pb.CaptureRequest) -> Callable[[], Awaitable[HoldRow]]:
-        return counted("capture", lambda: self.service.capture(
-            r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy, r.description))
+        return counted("capture", _checked(r, lambda: self.service.capture(
+            r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy, r.description)))
 
     def _release(self, r: pb.ReleaseRequest) -> Callable[[], Awaitable[HoldRow]]:
-        return counted("release", lambda: self.service.release(r.hold_id, r.reason))
+        return counted("release", _checked(r, lambda: self.service.release(r.hold_id, r.reason)))
 
     async def Reserve(self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
         principals.require_service(principals.current())

@@ -2,6 +2,11 @@
 
 Job types go to `JobsService`; jobs to `Submission`, `Queries` and `Control`; the internal lease
 API (runners and keys services only) to `Leases`.
+
+Every client request that carries text beyond ids is first checked for text PostgreSQL cannot
+store (`check_storable`: a NUL anywhere), so such a value is a 400 naming its field rather than a
+failed statement (a 500). Requests of ids only need no check (a malformed id is not found),
+submits check their own requests (`Submission`), and the lease API is the runners path's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
 from innosystem.kit import principal as principals
 from innosystem.kit.protos import changes, request_hash, timestamp
+from innosystem.kit.validation import check_storable
 from services.jobs.control import Control
 from services.jobs.convert import job_pb
 from services.jobs.leases import Leases
@@ -95,6 +101,7 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
 
     async def CreateJobType(self, request: pb.CreateJobTypeRequest,
                             context: grpc.aio.ServicerContext) -> types_pb.JobType:
+        check_storable(request)
         fields = _fields(request.job_type, FieldMask(), creating=True)
         row = await self.service.create_job_type(principals.current(), request.project_id, fields,
                                                  request.request_id, request_hash(request))
@@ -105,6 +112,7 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
 
     async def ListJobTypes(self, request: pb.ListJobTypesRequest,
                            context: grpc.aio.ServicerContext) -> pb.ListJobTypesResponse:
+        check_storable(request)
         page = await self.service.list_job_types(principals.current(), request.project_id, request.page_size,
                                                  request.page_token, enabled_only=request.enabled_only,
                                                  name=request.name, customer_id=request.customer_id)
@@ -113,6 +121,7 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
 
     async def UpdateJobType(self, request: pb.UpdateJobTypeRequest,
                             context: grpc.aio.ServicerContext) -> types_pb.JobType:
+        check_storable(request)
         fields = _fields(request.job_type, request.update_mask, creating=False)
         return job_type_pb(await self.service.update_job_type(principals.current(), request.job_type_id, fields))
 
@@ -135,13 +144,16 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         return await self.cases.queries.get(principals.current(), request.job_id, request.view)
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
+        check_storable(request)
         jobs, token = await self.cases.queries.list_jobs(principals.current(), request)
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        check_storable(request)
         return job_pb(await self.cases.control.cancel(principals.current(), request.job_id, request.reason))
 
     async def RetryJob(self, request: pb.RetryJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        check_storable(request)
         return job_pb(await self.cases.control.retry(principals.current(), request.job_id, request.request_id,
                                                      request_hash(request)))
 
@@ -156,11 +168,13 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
 
     async def ListDeadLetterJobs(self, request: pb.ListDeadLetterJobsRequest,
                                  context: grpc.aio.ServicerContext) -> pb.ListDeadLetterJobsResponse:
+        check_storable(request)
         jobs, token = await self.cases.queries.dead_letters(principals.current(), request)
         return pb.ListDeadLetterJobsResponse(jobs=jobs, next_page_token=token)
 
     async def GetQueueStats(self, request: pb.GetQueueStatsRequest,
                             context: grpc.aio.ServicerContext) -> pb.QueueStats:
+        check_storable(request)
         return await self.cases.queries.stats(principals.current(), request)
 
     # internal: the runners service (and the keys service's GetLease)

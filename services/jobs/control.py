@@ -1,8 +1,16 @@
-"""A customer's control over its jobs: CancelJob, RetryJob, DeleteJob, and WatchJob's stream."""
+"""A customer's control over its jobs: CancelJob, RetryJob, DeleteJob, and WatchJob's stream.
+
+Money follows the commit: a cancel releases its hold only once the cancel is committed (a release
+before a commit that then fails would leave a live job unpaid for), and a retry reserves its new
+hold while it holds the job's row lock, so of two concurrent retries exactly one reserves and wins.
+Redis work after a commit (queue removal, requeue, events) cannot undo it: an error there is
+logged, the answer stands, and recovery repairs Redis from PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncGenerator
 
@@ -22,6 +30,8 @@ from services.jobs.queries import Queries
 from services.jobs.runtime import CANCELLED, FAILED, FINAL, PENDING, SCHEDULED, Changes, Deps, status_name
 from services.jobs.signals import CLOSED
 from services.jobs.submission import HOLD_MARGIN
+
+log = logging.getLogger(__name__)
 
 MAX_REASON = 1000
 WATCH_RECHECK_SECONDS = 15.0  # a watch re-reads the job this often even without an event
@@ -64,42 +74,54 @@ class Control:
                     job.update_time = now
                     notice = {"job_id": str(job.id), "lease_id": str(job.lease_id), "runner_id": job.runner_id,
                               "reason": reason, "time": now.isoformat().replace("+00:00", "Z")}
+        # Committed. Only now the hold goes: if billing cannot be reached, the cancel stands and the
+        # hold runs out at its expiry (logged), which never charges the customer.
+        try:
             await outcomes.settle_billing(deps, st)
-        if removed:
-            await deps.queue.remove(job.queue_name, [str(job.id)])
-        if notice is not None:
-            await deps.signals.cancel_requested(notice)
-            await deps.signals.jobs_changed([(str(job.id), {"cancel_requested": True})])
-        await changes.publish(deps.signals)
+        except Exception as exc:
+            log.warning("cancelled job %s: its hold %s is not released now (%s); it expires", job.id,
+                        job.hold_id, type(exc).__name__)
+        try:
+            if removed:
+                await deps.queue.remove(job.queue_name, [str(job.id)])
+            if notice is not None:
+                await deps.signals.cancel_requested(notice)
+                await deps.signals.jobs_changed([(str(job.id), {"cancel_requested": True})])
+            await changes.publish(deps.signals)
+        except Exception as exc:  # the cancel is committed; a lease skips a job that is not pending
+            log.warning("cancelled job %s: Redis not updated (%s)", job.id, type(exc).__name__)
         return job
 
     async def retry(self, caller: Principal, job_id: str, request_id: str, request_hash: bytes) -> Job:
-        """A failed job goes back to the queue: a fresh attempt budget and a new hold."""
+        """A failed job goes back to the queue: a fresh attempt budget and a new hold.
+
+        The job's row is locked first and the hold reserved under the lock: a concurrent retry
+        waits, then finds the job no longer failed (FAILED_PRECONDITION) having reserved nothing,
+        so it cannot release the winner's hold (both would name it `<job id>:r<n>`)."""
         deps = self.deps
         now = deps.now()
         job = await self.queries.visible_job(caller, job_id)
         scope = f"RetryJob:{job.id}"
-        async with deps.db.session() as s:
-            if await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash) is not None:
-                return job
-        if job.status != FAILED:
-            raise FailedPrecondition(f"job {job_id} is {_name(job.status)}; only a failed job can be retried",
-                                     field="job_id", reason="JOB_NOT_FAILED")
-        hold_id = f"{job.id}:r{job.retry_count + 1}" if job.estimated_cost_cents > 0 else ""
-        if hold_id:
-            (err,) = await deps.billing.reserve([HoldRequest(hold_id, str(job.customer_id), job.estimated_cost_cents,
-                                                             job.currency_code, str(job.id), now + HOLD_MARGIN)])
-            if err is not None:
-                if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
-                    raise insufficient_funds(err, "job_id")
-                raise err
         changes = Changes()
+        reserved = ""
         try:
             async with deps.db.session() as s:
                 row = await self._locked(s, caller, job_id)
+                if await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash) is not None:
+                    return row
                 if row.status != FAILED:
                     raise FailedPrecondition(f"job {job_id} is {_name(row.status)}; only a failed job can be retried",
                                              field="job_id", reason="JOB_NOT_FAILED")
+                hold_id = f"{row.id}:r{row.retry_count + 1}" if row.estimated_cost_cents > 0 else ""
+                if hold_id:
+                    (err,) = await deps.billing.reserve([HoldRequest(
+                        hold_id, str(row.customer_id), row.estimated_cost_cents, row.currency_code, str(row.id),
+                        now + HOLD_MARGIN)])
+                    if err is not None:
+                        if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
+                            raise insufficient_funds(err, "job_id")
+                        raise err
+                    reserved = hold_id
                 row.retry_count += 1
                 row.hold_id = hold_id
                 row.attempt_count = 0
@@ -113,12 +135,28 @@ class Control:
                 await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, row.id)
                 job = row
         except BaseException:
-            if hold_id:
-                await deps.billing.release([hold_id], "retry not stored")
+            if reserved:
+                await self._release_unless_used(job.id, reserved)
             raise
-        await requeue(deps, [job])
-        await changes.publish(deps.signals)
+        try:
+            await requeue(deps, [job])
+            await changes.publish(deps.signals)
+        except Exception as exc:  # committed: recovery queues the pending job
+            log.warning("retried job %s committed but not queued (%s); recovery will queue it", job.id,
+                        type(exc).__name__)
         return job
+
+    async def _release_unless_used(self, job_id: uuid.UUID, hold_id: str) -> None:
+        """A retry's hold after its transaction failed: released unless the job names it after all
+        (a commit whose answer was lost); if that cannot be told, the hold is left to expire."""
+        try:
+            async with self.deps.db.session() as s:
+                used = (await s.execute(select(Job.hold_id).where(Job.id == job_id))).scalar_one_or_none()
+            if used != hold_id:
+                await self.deps.billing.release([hold_id], "retry not stored")
+        except Exception as exc:
+            log.warning("hold %s of a failed retry of job %s not released (%s); it expires", hold_id, job_id,
+                        type(exc).__name__)
 
     async def delete(self, caller: Principal, job_id: str) -> None:
         async with self.deps.db.session() as s:

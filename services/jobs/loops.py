@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from opentelemetry.metrics import CallbackOptions, Observation
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, tuple_, update
 
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from services.jobs import metrics
@@ -27,6 +27,7 @@ LOST_LEASE_GRACE = 30.0  # seconds a lease may take from its pop in Redis to its
 CHUNK = 2000
 RETENTION_INTERVAL = 3600.0
 FULL_EVERY = 30  # recovery passes: one full pass in this many (and whenever Redis lost its data)
+RETENTION_BATCH = 1000  # jobs per retention transaction
 
 
 class Loops:
@@ -210,30 +211,54 @@ class Loops:
     # retention -----------------------------------------------------------------------------------
     async def retain_once(self) -> tuple[int, int]:
         """Purge payloads and results of jobs finished longer than the retention age, and delete jobs
-        finished longer than the deletion age with their history (Archive: never). Returns (purged, deleted)."""
+        finished longer than the deletion age with their history (Archive: never). Returns (purged, deleted).
+
+        In batches of RETENTION_BATCH jobs, one short transaction each, until none is left: one
+        statement over every eligible id would outgrow PostgreSQL's 65,535 parameters (and then fail
+        every hour after), and one transaction over all of them would hold its locks for minutes."""
         deps, config = self.deps, self.deps.config
         now = deps.now()
         archive = enums.PERSISTENCE_POLICY_ARCHIVE
-        async with deps.db.session() as s:
-            purged = (await s.execute(
-                update(Job).where(Job.status.in_(FINAL), Job.persistence_policy != archive, Job.purged.is_(False),
-                                  Job.complete_time < now - timedelta(days=config.retention_days))
-                .values(payload=None, result=None, purged=True).returning(Job.id))).all()
-            if purged:
-                await s.execute(update(JobAttempt).where(JobAttempt.job_id.in_([p.id for p in purged]))
-                                .values(details=None))
-            deleted: list[uuid.UUID] = []
-            if config.delete_after_days > 0:
-                old = now - timedelta(days=config.delete_after_days)
-                deleted = list((await s.execute(
-                    select(Job.id).where(Job.status.in_(FINAL), Job.persistence_policy != archive,
-                                         Job.complete_time < old).limit(10 * CHUNK))).scalars())
-                if deleted:
-                    await s.execute(delete(JobAttempt).where(JobAttempt.job_id.in_(deleted)))
-                    await s.execute(delete(JobStatusChange).where(JobStatusChange.job_id.in_(deleted)))
-                    await s.execute(delete(Job).where(Job.id.in_(deleted)))
-                await s.execute(delete(IdempotencyKey).where(IdempotencyKey.create_time < old))
-        return len(purged), len(deleted)
+        finished = (Job.status.in_(FINAL), Job.persistence_policy != archive)
+        purged = 0
+        while True:
+            async with deps.db.session() as s:
+                batch = (select(Job.id).where(*finished, Job.purged.is_(False),
+                                              Job.complete_time < now - timedelta(days=config.retention_days))
+                         .limit(RETENTION_BATCH).with_for_update(skip_locked=True))
+                ids = (await s.execute(update(Job).where(Job.id.in_(batch.scalar_subquery()))
+                                       .values(payload=None, result=None, purged=True)
+                                       .returning(Job.id))).scalars().all()
+                if ids:
+                    await s.execute(update(JobAttempt).where(JobAttempt.job_id.in_(ids)).values(details=None))
+            purged += len(ids)
+            if len(ids) < RETENTION_BATCH:
+                break
+        deleted = 0
+        if config.delete_after_days > 0:
+            old = now - timedelta(days=config.delete_after_days)
+            while True:
+                async with deps.db.session() as s:
+                    ids = (await s.execute(select(Job.id).where(*finished, Job.complete_time < old)
+                                           .limit(RETENTION_BATCH).with_for_update(skip_locked=True))).scalars().all()
+                    if ids:
+                        await s.execute(delete(JobAttempt).where(JobAttempt.job_id.in_(ids)))
+                        await s.execute(delete(JobStatusChange).where(JobStatusChange.job_id.in_(ids)))
+                        await s.execute(delete(Job).where(Job.id.in_(ids)))
+                deleted += len(ids)
+                if len(ids) < RETENTION_BATCH:
+                    break
+            while True:
+                async with deps.db.session() as s:
+                    keys = (select(IdempotencyKey.scope, IdempotencyKey.request_id)
+                            .where(IdempotencyKey.create_time < old).limit(RETENTION_BATCH)
+                            .with_for_update(skip_locked=True))
+                    gone = (await s.execute(delete(IdempotencyKey).where(
+                        tuple_(IdempotencyKey.scope, IdempotencyKey.request_id).in_(keys))
+                        .returning(IdempotencyKey.scope))).all()
+                if len(gone) < RETENTION_BATCH:
+                    break
+        return purged, deleted
 
     async def retain_forever(self) -> None:
         while True:

@@ -305,15 +305,24 @@ class JobsService:
     async def update_job_type(self, caller: Principal, job_type_id: str, changes: Mapping[str, Any]) -> JobType:
         _require_manager(caller)
         values = validate(changes)
-        async with self.db.session() as s:
-            row = await self._visible_job_type(JobsRepository(s), caller, job_type_id, lock=True)
-            merged = {c: getattr(row, c) for c in CREATE_DEFAULTS} | values
-            check_consistent(merged)
-            for column, value in merged.items():
-                if getattr(row, column) != value:
-                    setattr(row, column, value)
-            await s.flush()
-            return row
+        try:
+            async with self.db.session() as s:
+                repo = JobsRepository(s)
+                row = await self._visible_job_type(repo, caller, job_type_id, lock=True)
+                if "name" in values and values["name"] != row.name and \
+                        await repo.name_taken(row.project_id, values["name"]):
+                    raise self._name_taken(values["name"])
+                merged = {c: getattr(row, c) for c in CREATE_DEFAULTS} | values
+                check_consistent(merged)
+                for column, value in merged.items():
+                    if getattr(row, column) != value:
+                        setattr(row, column, value)
+                await s.flush()
+                return row
+        except IntegrityError as exc:  # a concurrent create or rename took the name first
+            if "ix_job_types_project_id_name" in str(exc.orig):
+                raise self._name_taken(values["name"]) from None
+            raise
 
     async def delete_job_type(self, caller: Principal, job_type_id: str) -> None:
         """FAILED_PRECONDITION while the type has unfinished jobs (disable it first); finished jobs

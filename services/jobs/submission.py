@@ -8,12 +8,19 @@ job never waits without a hold and a hold never outlives a job that does not exi
 
 Idempotency: with a `request_id` the job id is derived from (project, request id), so a repeat
 reserves the same hold (billing is idempotent per hold) and cannot store a second job.
+
+Isolation: concurrent single submits share one commit (the coalescer), so one submit's bad value
+must not fail the others'. Values PostgreSQL cannot store are refused before anything is held
+(`check_storable`); a shared commit that fails anyway is retried one submit at a time, so only the
+submit that carries the fault fails. Once the jobs are committed the submit has succeeded: a Redis
+error while enqueueing is logged and recovery enqueues them (an error would invite a duplicate).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +30,7 @@ from typing import Any
 from opentelemetry import propagate
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
@@ -36,6 +43,7 @@ from innosystem.kit.errors import (
     Unavailable,
 )
 from innosystem.kit.protos import request_hash, to_datetime
+from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs import metrics
 from services.jobs.batcher import Coalescer
@@ -47,8 +55,9 @@ from services.jobs.runtime import PENDING, SCHEDULED, Changes, Deps, priority_na
 from services.jobs.service import PERSISTENCE, PRIORITIES, _retry_policy
 from services.jobs.tenants import ProjectOwner
 
+log = logging.getLogger(__name__)
+
 MAX_BATCH = 1000
-MAX_REQUEST_ID = 200
 MAX_TRACE_ENTRIES = 8
 HOLD_MARGIN = timedelta(days=7)  # a hold outlives the job's expected life by this much
 JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
@@ -90,6 +99,13 @@ def _renamed(err: DomainError, old: str, new: str) -> DomainError:
     return err
 
 
+def _kind(exc: BaseException) -> str:
+    """An error's kind for the log, without its text: a database error's text may quote the value
+    (a payload) that it could not store."""
+    orig = getattr(exc, "orig", None)
+    return type(orig or exc).__name__
+
+
 def _trace_context(request: pb.SubmitJobRequest) -> dict[str, str]:
     if request.trace_context:
         return {k: v for k, v in list(request.trace_context.items())[:MAX_TRACE_ENTRIES]}
@@ -108,6 +124,7 @@ class Submission:
             Coalescer(self._load_types)
 
     async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job:
+        check_storable(request)
         (job,) = await self._submit(caller, request.project_id, [request], single=True)
         return job
 
@@ -118,11 +135,15 @@ class Submission:
         for i, item in enumerate(request.requests):
             if item.project_id and item.project_id != request.project_id:
                 raise _bad(f"requests[{i}].project_id", "must be empty or the batch's project", "PROJECT_MISMATCH")
+        check_storable(request)
         return await self._submit(caller, request.project_id, list(request.requests), single=False)
 
     async def _submit(self, caller: Principal, project_id: str, requests: Sequence[pb.SubmitJobRequest],
                       single: bool) -> list[Job]:
         owner: ProjectOwner = await self._visible_project(caller, project_id, fresh=True)
+        if not owner.active:  # before anything is held
+            raise FailedPrecondition(f"project {project_id} is inactive and takes no new jobs", field="project_id",
+                                     reason="PROJECT_INACTIVE")
         now = self.deps.now()
         prefix = (lambda i: "") if single else (lambda i: f"requests[{i}].")
         types = await self._types(owner, requests, prefix)
@@ -273,12 +294,12 @@ class Submission:
             if outcome is not None:
                 raise outcome
 
-    async def _store(self, groups: Sequence[Group]) -> list[DomainError | None]:
+    async def _store(self, groups: Sequence[Group]) -> list[Exception | None]:
         """Intents committed; then one transaction locks them, reserves every hold in one billing call,
         stores the jobs of every group whose holds were all granted, and deletes the intents; then the
         jobs enter Redis. Recovery skips locked intents, so it never releases the hold of a submit still
         in flight, however slow; a dead submit's lock goes with its connection. Returns each group's
-        refusal (None: stored)."""
+        refusal or error (None: stored)."""
         deps = self.deps
         now = deps.now()
         ids = [p.job.id for g in groups for p in g.fresh]
@@ -293,11 +314,11 @@ class Submission:
                 ]).on_conflict_do_nothing())
         try:
             async with deps.db.session() as s:
-                refusals: list[DomainError | None] = [None] * len(groups)
+                refusals: list[Exception | None] = [None] * len(groups)
                 if held:
                     await s.execute(select(SubmitIntent.hold_id).where(SubmitIntent.hold_id.in_(hold_ids))
                                     .order_by(SubmitIntent.hold_id).with_for_update())  # one lock order for all batches
-                    refusals = await self._reserve(groups)
+                    refusals = list(await self._reserve(groups))
                     await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
                 for g, refused in zip(groups, refusals, strict=True):
                     if refused is not None:
@@ -316,12 +337,57 @@ class Submission:
                 return await self._one_by_one(groups)
             return [Aborted("a concurrent submit with the same request_id won; repeat to get its job",
                             reason="CONCURRENT_REQUEST")]
+        except DomainError:
+            raise  # billing's answer for the whole call (unavailable, …): no one item is at fault
+        except Exception as exc:
+            if len(groups) > 1:
+                # Something in one group failed the shared commit (a value validation let through):
+                # each group alone, so the fault fails only its own submit. Nothing was committed,
+                # and the holds reserved meanwhile are reserved again idempotently (same hold ids).
+                log.warning("a shared submit commit of %d submits failed (%s); retrying each alone",
+                            len(groups), _kind(exc))
+                return await self._one_by_one(groups)
+            if isinstance(exc, DataError):  # the request carries a value PostgreSQL refuses
+                # raised by a statement, so before COMMIT: surely not stored, its holds can go now
+                # (other errors may come from an ambiguous COMMIT: recovery decides on those)
+                await self._give_back(held)
+                return [InvalidArgument(f"a value in the request cannot be stored ({_kind(exc)})",
+                                        reason="UNSTORABLE_VALUE")]
+            raise
         stored = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
-        await self._enqueue(stored)
+        try:
+            await self._enqueue(stored)
+        except Exception as exc:  # committed is submitted: recovery puts the jobs in Redis
+            log.warning("%d submitted jobs committed but not enqueued (%s); recovery will enqueue them",
+                        len(stored), _kind(exc))
         return refusals
 
-    async def _one_by_one(self, groups: Sequence[Group]) -> list[DomainError | None]:
-        return [(await self._store([g]))[0] for g in groups]
+    async def _give_back(self, held: Sequence[Prepared]) -> None:
+        """Holds of a submit whose commit failed: released now rather than at recovery's next pass;
+        if billing cannot be reached, the intents stay and recovery releases them."""
+        if not held:
+            return
+        hold_ids = [p.job.hold_id for p in held]
+        try:
+            outcomes = await self.deps.billing.release(hold_ids, "submit not stored")
+            done = [h for h, err in zip(hold_ids, outcomes, strict=True)
+                    if err is None or err.reason == "HOLD_NOT_FOUND"]
+            if done:
+                async with self.deps.db.session() as s:
+                    await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(done)))
+        except Exception as exc:
+            log.warning("cannot release the holds of a failed submit now (%s); recovery will", _kind(exc))
+
+    async def _one_by_one(self, groups: Sequence[Group]) -> list[Exception | None]:
+        """Each group in its own commit; one group's error is its own outcome, so it cannot fail the
+        groups stored before it (their callers would hear an error for a committed job)."""
+        out: list[Exception | None] = []
+        for g in groups:
+            try:
+                out.append((await self._store([g]))[0])
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     async def _reserve(self, groups: Sequence[Group]) -> list[DomainError | None]:
         """One billing call for every group's holds; a group with any refusal gets none (its granted

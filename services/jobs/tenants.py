@@ -21,6 +21,8 @@ class ProjectOwner:
     reseller_id: uuid.UUID | None
     # The client key (keys service) new jobs of the project are encrypted under; "" = none.
     encryption_key_id: str = ""
+    # An inactive project takes no new jobs (submits ask afresh, so a deactivation counts at once).
+    active: bool = True
 
 
 class Projects:
@@ -88,7 +90,8 @@ class Projects:
                 self._cache.pop(project_id, None)
                 return None
             raise from_rpc_error(exc) from None
-        owner = ProjectOwner(project_id, uuid.UUID(project.customer_id), reseller, project.encryption_key_id)
+        owner = ProjectOwner(project_id, uuid.UUID(project.customer_id), reseller, project.encryption_key_id,
+                             project.active if project.HasField("active") else True)  # unset: the default, true
         self._cache[project_id] = (now + self._ttl, owner)
         self._cache.move_to_end(project_id)
         while len(self._cache) > self._max:

@@ -44,15 +44,17 @@ ADMIN = Principal(kind=principals.ADMIN, key_id="admin")
 
 
 class Tenancy(FakeTenancy):
-    """The tenancy double, plus each project's client key (`encryption_key_id`)."""
+    """The tenancy double, plus each project's client key (`encryption_key_id`) and active flag."""
 
     def __init__(self) -> None:
         super().__init__()
         self.keys: dict[str, str] = {}
+        self.inactive: set[str] = set()  # project ids
 
     async def GetProject(self, request: tenancy_pb2.GetProjectRequest, context: Any) -> tenancy_pb2.Project:
         project = await super().GetProject(request, context)
         project.encryption_key_id = self.keys.get(request.project_id, "")
+        project.active = request.project_id not in self.inactive
         return project
 
 

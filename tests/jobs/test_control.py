@@ -8,10 +8,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.errors import FailedPrecondition, NotFound
+from innosystem.kit import principal as principals
+from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.jobs.api import servicer
+from tests.billing.billing_helpers import ADMIN as BILLING_ADMIN
 from tests.jobs.jobs_world import ADMIN, JobsWorld
 
 FAILED = pb.ATTEMPT_OUTCOME_FAILED
@@ -132,3 +137,80 @@ async def test_pending_reason_queued_counts_jobs_ahead(world: JobsWorld) -> None
     low = await world.submit(c, jt, priority=types_pb.PRIORITY_LEVEL_LOW)
     info = (await world.get(str(low.id))).pending_info
     assert info.reason == pb.PENDING_REASON_QUEUED and info.jobs_ahead == 2
+
+
+async def test_retry_and_cancel_refuse_malformed_text_with_400(world: JobsWorld) -> None:
+    """Issue 14, items 2 and 19: a retry's request id over 200 characters (or with a NUL) and a cancel
+    reason with a NUL are 400s naming the field; the job is untouched."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=10, default_retry_policy={"max_attempts": 1})
+    job = await world.submit(c, jt)
+    (lease,) = await world.lease([jt.name])
+    await world.complete(lease, outcome=FAILED, error=pb.JobError(message="x"))
+    api: Any = servicer(world.app.types, world.app.cases)
+    token = principals.bind(c.principal)
+    try:
+        for request_id, reason in (("r" * 201, "INVALID_REQUEST_ID"), ("r\u0000", "INVALID_CHARACTER")):
+            with pytest.raises(InvalidArgument) as caught:
+                await api.RetryJob(pb.RetryJobRequest(job_id=str(job.id), request_id=request_id), None)
+            assert caught.value.violations[0][0] == "request_id" and caught.value.reason == reason
+        pending = await world.submit(c, jt)
+        with pytest.raises(InvalidArgument) as bad_reason:
+            await api.CancelJob(pb.CancelJobRequest(job_id=str(pending.id), reason="stop\u0000"), None)
+        assert bad_reason.value.violations[0][0] == "reason"
+    finally:
+        principals.reset(token)
+    assert (await world.get(str(job.id))).status == types_pb.JOB_STATUS_FAILED
+    assert (await world.get(str(pending.id))).status == types_pb.JOB_STATUS_PENDING
+    assert await world.available(c) == 90  # only the pending job's hold
+
+
+async def test_cancel_releases_the_hold_only_after_its_commit(world: JobsWorld) -> None:
+    """Issue 14, item 9: a cancel whose commit fails leaves the job pending with its hold live (the
+    commit is made to fail by a trigger in the real PostgreSQL); the next cancel releases it."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=30)
+    job = await world.submit(c, jt)
+    assert await world.available(c) == 70
+    async with world.app.deps.db.session() as s:
+        await s.execute(text("""
+            CREATE FUNCTION jobs.fail_marked_cancel() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'the commit of this cancel fails'; END $$;
+            CREATE TRIGGER fail_marked_cancel BEFORE INSERT ON jobs.job_status_changes FOR EACH ROW
+            WHEN (NEW.reason = 'cancelled: commit fails') EXECUTE FUNCTION jobs.fail_marked_cancel();"""))
+    try:
+        with pytest.raises(DBAPIError):
+            await world.app.cases.control.cancel(c.principal, str(job.id), "commit fails")
+        assert (await world.get(str(job.id))).status == types_pb.JOB_STATUS_PENDING
+        assert await world.available(c) == 70  # the live job's hold was not released
+    finally:
+        async with world.app.deps.db.session() as s:
+            await s.execute(text("DROP TRIGGER fail_marked_cancel ON jobs.job_status_changes;"
+                                 "DROP FUNCTION jobs.fail_marked_cancel()"))
+    done = await world.app.cases.control.cancel(c.principal, str(job.id), "")
+    assert done.status == types_pb.JOB_STATUS_CANCELLED and await world.available(c) == 100
+
+
+async def test_two_concurrent_retries_one_wins_and_its_hold_stays(world: JobsWorld) -> None:
+    """Issue 14, item 8: of two concurrent retries of one dead-lettered job, one wins, the other is
+    FAILED_PRECONDITION, and the winner's hold stays live (the job is then charged from it)."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=10, default_retry_policy={"max_attempts": 1})
+    job = await world.submit(c, jt)
+    (lease,) = await world.lease([jt.name])
+    await world.complete(lease, outcome=FAILED, error=pb.JobError(message="x"))
+    assert await world.available(c) == 100
+    control = world.app.cases.control
+    results = await asyncio.gather(control.retry(c.principal, str(job.id), "", b""),
+                                   control.retry(c.principal, str(job.id), "", b""), return_exceptions=True)
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert isinstance(lost[0], FailedPrecondition) and lost[0].reason == "JOB_NOT_FAILED"
+    assert await world.available(c) == 90  # the winner's hold is live
+    (again,) = await world.lease([jt.name])
+    await world.complete(again)
+    done = await world.get(str(job.id))
+    assert done.status == types_pb.JOB_STATUS_SUCCEEDED and done.cost_cents == 10
+    wallet = await world.billing.get_wallet(BILLING_ADMIN, c.principal.customer_id)
+    assert (wallet.balance, wallet.held) == (90, 0)  # charged from the hold, once

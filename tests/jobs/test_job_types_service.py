@@ -373,3 +373,40 @@ async def test_a_fresh_lookup_sees_a_key_set_a_moment_ago_and_concurrent_ones_sh
     assert {o.encryption_key_id for o in await asyncio.gather(*late) if o is not None} == {"key-2"}
     assert world.tenancy.calls - before == 3
     world.tenancy.gate = None
+
+
+async def test_malformed_text_is_400_naming_the_field_never_500(world: World) -> None:
+    """Issue 14, items 2 and 19: a request id the table cannot hold (over 200 characters, a NUL) or
+    text with a NUL is a 400 naming the field, and nothing is created."""
+    api: Any = servicer(world.jobs)
+    token = _bind(world.a)
+    try:
+        for request_id, reason in (("r" * 201, "INVALID_REQUEST_ID"), ("r\u0000", "INVALID_CHARACTER")):
+            with pytest.raises(InvalidArgument) as caught:
+                await api.CreateJobType(pb.CreateJobTypeRequest(
+                    project_id=world.project_a, request_id=request_id, job_type=types_pb.JobType(name="long-id")), None)
+            assert caught.value.violations[0][0] == "request_id" and caught.value.reason == reason
+        with pytest.raises(InvalidArgument) as caught:
+            await api.CreateJobType(pb.CreateJobTypeRequest(project_id=world.project_a, job_type=types_pb.JobType(
+                name="nul-text", description="a\u0000b")), None)
+        assert caught.value.violations[0][0] == "job_type.description"
+        with pytest.raises(InvalidArgument) as caught:
+            await api.ListJobTypes(pb.ListJobTypesRequest(project_id=world.project_a, name="x\u0000"), None)
+        assert caught.value.violations[0][0] == "name"
+        names = [t.name for t in (await api.ListJobTypes(pb.ListJobTypesRequest(project_id=world.project_a),
+                                                         None)).job_types]
+        assert "long-id" not in names and "nul-text" not in names
+    finally:
+        principals.reset(token)
+
+
+async def test_renaming_onto_a_taken_name_is_already_exists(world: World) -> None:
+    """Issue 14, item 19: a rename onto another type's name is 409 naming the field, not a unique-index 500."""
+    first = await _create(world, world.a, world.project_a, name="taken-name")
+    second = await _create(world, world.a, world.project_a, name="free-name")
+    with pytest.raises(AlreadyExists) as caught:
+        await world.jobs.update_job_type(world.a, str(second.id), {"name": "taken-name"})
+    assert caught.value.reason == "JOB_TYPE_NAME_TAKEN" and caught.value.violations[0][0] == "job_type.name"
+    assert (await world.jobs.get_job_type(world.a, str(second.id))).name == "free-name"
+    renamed = await world.jobs.update_job_type(world.a, str(second.id), {"name": "new-name"})
+    assert renamed.name == "new-name" and (await world.jobs.get_job_type(world.a, str(first.id))).name == "taken-name"

@@ -343,3 +343,29 @@ async def test_cancel_of_a_running_job_reaches_watch_cancellations(
         result=pb.AttemptResult(outcome=pb.ATTEMPT_OUTCOME_CANCELLED))]))
     assert done.results[0].status == types_pb.JOB_STATUS_CANCELLED
     assert _cents(_wallet(t), "heldCents") == 0 and _captures(t) == []
+
+
+def test_malformed_input_through_the_gateway_is_400_naming_the_field(stack: Stack) -> None:
+    """Issue 14, items 2 and 19, through the real processes: a NUL in a payload (a value or a key),
+    in a top-up, or a request id over 200 characters answers 400 naming the field, never 500."""
+    t = tenant(stack, "Malformed", 1000, {"nul-check": {"baseCostCents": 10}})
+    admin = Client(stack.gateway_url, stack.admin_api_key)
+
+    def refusal(resp: Any) -> tuple[int, str, str]:
+        details = resp.body.get("details", [])
+        reason = next((d["reason"] for d in details if d["@type"].endswith("ErrorInfo")), "")
+        fields = [v["field"] for d in details if d["@type"].endswith("BadRequest") for v in d["fieldViolations"]]
+        return resp.status, reason, fields[0] if fields else ""
+
+    jobs = f"/v1/projects/{t.project_id}/jobs"
+    jt = t.job_types["nul-check"]
+    assert refusal(t.client.post(jobs, {"jobTypeId": jt, "payload": {"x": "a\u0000b"}})) == \
+        (400, "INVALID_CHARACTER", "payload.x")
+    assert refusal(t.client.post(jobs, {"jobTypeId": jt, "payload": {"k\u0000": 1}}))[:2] == (400, "INVALID_CHARACTER")
+    assert refusal(t.client.post(jobs, {"jobTypeId": jt, "requestId": "r" * 201})) == \
+        (400, "INVALID_REQUEST_ID", "request_id")
+    assert refusal(admin.post(f"/v1/customers/{t.customer_id}/wallet:topUp", {
+        "amountCents": 5, "requestId": "nul-top-up", "description": "a\u0000"})) == \
+        (400, "INVALID_CHARACTER", "description")
+    assert _all_jobs(t) == [] and _cents(_wallet(t), "heldCents") == 0
+    assert _cents(_wallet(t), "balanceCents") == 1000

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
@@ -181,3 +185,135 @@ async def test_encrypted_project_without_named_fields_encrypts_every_top_level_f
     stored = await world.get(str(job.id))
     assert sorted(stored.encryption.encrypted_fields) == ["payload.a", "payload.b"]
     assert all(str(v).startswith("enc:ck-2:") for v in plain(stored.payload).values())
+
+
+def _bad_payloads() -> list[tuple[str, struct_pb2.Struct]]:
+    """Payloads PostgreSQL cannot store (NUL in a value, a nested value, a list item, a key), with
+    the field each one's refusal names."""
+    return [("payload.x", payload(x="a\u0000b")), ("payload.card.number", payload(card={"number": "41\u000011"})),
+            ("payload.items[1]", payload(items=["ok", "\u0000"])), ("payload.k\\u0000", payload(**{"k\u0000": 1}))]
+
+
+async def _side_by_side(good: Callable[[int], Awaitable[Any]], bad: Callable[[int], Awaitable[Any]],
+                        good_flows: int = 10, bad_flows: int = 2, each: int = 20,
+                        bad_each: int = 8) -> tuple[list[Any], list[Any]]:
+    """Steady flows of submits from two tenants at once (each flow submits one after another, at its
+    own pace), so that the coalescer's batches mix the tenants' submits: what a busy platform sees."""
+    async def flow(call: Callable[[int], Awaitable[Any]], start: int, n: int) -> list[Any]:
+        out = []
+        for i in range(start, start + n):
+            await asyncio.sleep(random.uniform(0, 0.004))  # independent clients: no lockstep
+            try:
+                out.append(await call(i))
+            except Exception as exc:  # collected for the assertions
+                out.append(exc)
+        return out
+
+    flows = [flow(good, f * each, each) for f in range(good_flows)] + \
+        [flow(bad, f * bad_each, bad_each) for f in range(bad_flows)]
+    done = await asyncio.gather(*flows)
+    return [r for d in done[:good_flows] for r in d], [r for d in done[good_flows:] for r in d]
+
+
+async def test_unstorable_values_are_refused_naming_the_field_and_fail_no_other_tenant(world: JobsWorld) -> None:
+    """Issue 14, item 2: one tenant's NUL characters, sent while another tenant's submits flow (so
+    that they would share commits), fail only themselves, at validation, naming the field."""
+    a, b = await world.customer(funds=1000), await world.customer(funds=10_000)
+    ta, tb = await world.job_type(a, base_cost_cents=10), await world.job_type(b, base_cost_cents=1)
+    bad = _bad_payloads()
+    good, refused = await _side_by_side(lambda i: world.submit(b, tb, payload=payload(n=i)),
+                                        lambda i: world.submit(a, ta, payload=bad[i % len(bad)][1]))
+    assert [r for r in good if isinstance(r, BaseException)] == []
+    assert len(refused) == 16 and all(isinstance(r, InvalidArgument) for r in refused), refused[:3]
+    assert {cast(InvalidArgument, r).reason for r in refused} == {"INVALID_CHARACTER"}
+    assert {cast(InvalidArgument, r).violations[0][0] for r in refused} == {f for f, _ in bad}
+    with pytest.raises(InvalidArgument) as rid:
+        await world.submit(a, ta, request_id="r\u0000")
+    assert rid.value.violations[0][0] == "request_id"
+    assert await world.available(a) == 1000  # nothing held
+    assert await world.available(b) == 10_000 - 200
+    listed, _ = await world.app.cases.queries.list_jobs(b.principal, pb.ListJobsRequest(project_id=b.project_id,
+                                                                                        page_size=500))
+    assert len(listed) == 200
+    with pytest.raises(InvalidArgument) as in_batch:
+        await world.app.cases.submission.batch_submit(a.principal, pb.BatchSubmitJobsRequest(
+            project_id=a.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(ta.id)),
+                                               pb.SubmitJobRequest(job_type_id=str(ta.id), payload=bad[0][1])]))
+    assert in_batch.value.violations[0][0] == "requests[1].payload.x"
+    with pytest.raises(InvalidArgument) as nan:
+        await world.submit(a, ta, payload=payload(x=float("nan")))
+    assert nan.value.reason == "INVALID_NUMBER" and nan.value.violations[0][0] == "payload.x"
+
+
+async def test_a_shared_commit_that_fails_is_retried_one_submit_at_a_time(
+        world: JobsWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14, item 2: a value that validation lets through (validation switched off here; PostgreSQL
+    is real and refuses it) fails the shared commit; each submit then goes alone, so only the one
+    with the value fails (400, its holds given back) and every other tenant's submit is stored."""
+    import services.jobs.submission as submission
+
+    monkeypatch.setattr(submission, "check_storable", lambda *args, **kwargs: None, raising=False)
+    a, b = await world.customer(funds=1000), await world.customer(funds=10_000)
+    ta, tb = await world.job_type(a, base_cost_cents=10), await world.job_type(b, base_cost_cents=1)
+    sub = world.app.cases.submission
+    batches_before = sub._coalescer.batches
+    bad = _bad_payloads()
+    good, refused = await _side_by_side(lambda i: world.submit(b, tb, payload=payload(n=i)),
+                                        lambda i: world.submit(a, ta, payload=bad[i % len(bad)][1]), each=15)
+    assert [r for r in good if isinstance(r, BaseException)] == []
+    assert len(refused) == 16 and all(isinstance(r, InvalidArgument) for r in refused), refused[:3]
+    assert {cast(InvalidArgument, r).reason for r in refused} == {"UNSTORABLE_VALUE"}
+    assert sub._coalescer.batches - batches_before < 150 + 16  # commits were shared
+    assert await world.available(b) == 10_000 - 150
+    assert await world.available(a) == 1000  # the failed submits' holds are given back at once
+    listed, _ = await world.app.cases.queries.list_jobs(a.principal, pb.ListJobsRequest(project_id=a.project_id))
+    assert listed == []
+
+
+async def test_an_inactive_project_takes_no_jobs_and_holds_nothing(world: JobsWorld) -> None:
+    """Issue 14, item 15: a submit (single or batch) to a deactivated project is refused at once."""
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, base_cost_cents=10)
+    await world.submit(c, jt)
+    world.tenancy.inactive.add(c.project_id)
+    try:
+        with pytest.raises(FailedPrecondition) as caught:
+            await world.submit(c, jt)
+        assert caught.value.reason == "PROJECT_INACTIVE" and caught.value.violations[0][0] == "project_id"
+        with pytest.raises(FailedPrecondition) as batch:
+            await world.app.cases.submission.batch_submit(c.principal, pb.BatchSubmitJobsRequest(
+                project_id=c.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(jt.id))]))
+        assert batch.value.reason == "PROJECT_INACTIVE"
+        assert await world.available(c) == 990
+    finally:
+        world.tenancy.inactive.discard(c.project_id)
+    await world.submit(c, jt)  # active again: taken
+    listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
+    assert len(listed) == 2 and await world.available(c) == 980
+
+
+async def test_a_submit_failing_alone_for_another_reason_fails_no_one_else(world: JobsWorld) -> None:
+    """Issue 14, item 2: a fault that is not a bad value (a trigger in the real PostgreSQL refuses one
+    tenant's jobs) fails the shared commit; retried alone, it fails only its own submits, and their
+    holds go back when recovery finds their intents."""
+    a, b = await world.customer(funds=1000), await world.customer(funds=10_000)
+    ta, tb = await world.job_type(a, base_cost_cents=10), await world.job_type(b, base_cost_cents=1)
+    async with world.app.deps.db.session() as s:
+        await s.execute(text("""
+            CREATE FUNCTION jobs.refuse_marked_job() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'this job is refused'; END $$;
+            CREATE TRIGGER refuse_marked_job BEFORE INSERT ON jobs.jobs FOR EACH ROW
+            WHEN (NEW.payload ? 'refuse-me') EXECUTE FUNCTION jobs.refuse_marked_job();"""))
+    try:
+        good, refused = await _side_by_side(lambda i: world.submit(b, tb, payload=payload(n=i)),
+                                            lambda i: world.submit(a, ta, payload=payload(**{"refuse-me": i})),
+                                            each=15)
+    finally:
+        async with world.app.deps.db.session() as s:
+            await s.execute(text("DROP TRIGGER refuse_marked_job ON jobs.jobs; DROP FUNCTION jobs.refuse_marked_job()"))
+    assert [r for r in good if isinstance(r, BaseException)] == []
+    assert len(refused) == 16 and all(isinstance(r, DBAPIError) for r in refused), refused[:3]
+    assert await world.available(b) == 10_000 - 150
+    world.clock.advance(world.config.intent_grace_seconds + 1)
+    await world.app.loops.recover_once()
+    assert await world.available(a) == 1000

@@ -52,3 +52,35 @@ def test_parse_uuid_names_the_field() -> None:
     with pytest.raises(InvalidArgument) as err:
         parse_uuid("nope", "job_id")
     assert err.value.violations[0][0] == "job_id"
+
+
+def test_storable_names_the_path_of_a_nul_anywhere_in_a_request() -> None:
+    from google.protobuf import struct_pb2
+
+    from innosystem.jobs.v1 import jobs_pb2
+    from innosystem.kit.validation import check_request_id, check_storable
+
+    def refused(message: object) -> tuple[str, str]:
+        with pytest.raises(InvalidArgument) as err:
+            check_storable(message)  # type: ignore[arg-type]
+        return err.value.violations[0][0], err.value.reason
+
+    def struct(value: dict) -> struct_pb2.Struct:
+        s = struct_pb2.Struct()
+        s.update(value)
+        return s
+
+    assert refused(jobs_pb2.SubmitJobRequest(payload=struct({"x": "a\0b"}))) == ("payload.x", "INVALID_CHARACTER")
+    assert refused(jobs_pb2.SubmitJobRequest(payload=struct({"a": [{"b": "\0"}]}))) == ("payload.a[0].b",
+                                                                                       "INVALID_CHARACTER")
+    assert refused(jobs_pb2.SubmitJobRequest(payload=struct({"k\0": 1})))[0] == "payload.k\\u0000"
+    assert refused(jobs_pb2.SubmitJobRequest(trace_context={"t": "\0"}))[0] == "trace_context[t]"
+    assert refused(jobs_pb2.BatchSubmitJobsRequest(requests=[jobs_pb2.SubmitJobRequest(),
+                                                             jobs_pb2.SubmitJobRequest(request_id="\0")])) \
+        == ("requests[1].request_id", "INVALID_CHARACTER")
+    assert refused(jobs_pb2.SubmitJobRequest(payload=struct({"n": float("inf")}))) == ("payload.n", "INVALID_NUMBER")
+    assert refused(pb.UpdateCustomerRequest(customer=pb.Customer(name="a\0")))[0] == "customer.name"
+    check_storable(jobs_pb2.SubmitJobRequest(payload=struct({"x": "fine", "n": 1.5, "l": [None, True]})))
+    with pytest.raises(InvalidArgument) as long:
+        check_request_id("r" * 201)
+    assert long.value.reason == "INVALID_REQUEST_ID"
