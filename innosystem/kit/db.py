@@ -46,10 +46,14 @@ def new_id() -> uuid.UUID:
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False) -> None:
         # Looked up at call time so that the SQLAlchemy instrumentation (see telemetry) applies.
+        # No pre-ping: it is a round trip before every transaction, on every hot path. A connection
+        # that died meanwhile (a database restart) fails its one transaction with a disconnect
+        # error, which invalidates the whole pool: the callers retry, as for any unavailable
+        # dependency, and the next transaction gets a fresh connection.
         # hide_parameters: a failing statement's error (and so the log line of an unhandled error)
         # would otherwise carry its bound values: job payloads, results, ciphertexts, descriptions.
         self.engine: AsyncEngine = sqlalchemy.ext.asyncio.create_async_engine(
-            url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, echo=echo,
+            url, pool_size=pool_size, max_overflow=max_overflow, echo=echo, pool_recycle=1800,
             hide_parameters=True,
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
