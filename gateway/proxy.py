@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from gateway.auth import Auth
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, from_rpc_error
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import Limit, RateLimiter, client_address
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, RouteTable
 from gateway.sse import stream_events
 from gateway.telemetry import ROUTE
@@ -33,6 +33,22 @@ _CHUNK = 64 * 1024
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
+
+
+def _limiter(config: GatewayConfig) -> RateLimiter | None:
+    accounts = addresses = None
+    if config.rate_limit_per_second > 0:
+        accounts = Limit(config.rate_limit_per_second,
+                         config.rate_limit_burst or max(1, round(2 * config.rate_limit_per_second)))
+    if config.unauthenticated_rate_limit_per_second > 0:
+        addresses = Limit(config.unauthenticated_rate_limit_per_second,
+                          config.unauthenticated_rate_limit_burst
+                          or max(1, round(2 * config.unauthenticated_rate_limit_per_second)))
+    if accounts is None and addresses is None:
+        return None
+    timeout = config.redis_timeout_seconds
+    client = redis_connect(config.redis_url, connect_timeout=timeout, timeout=timeout, pool_timeout=timeout)
+    return RateLimiter(client, accounts, addresses)
 
 
 class Gateway:
@@ -63,10 +79,8 @@ class Gateway:
         authenticator = ApiKeyAuthenticator(self._auth_channel, ttl=config.auth_cache_ttl_seconds,
                                             negative_ttl=config.auth_cache_negative_ttl_seconds,
                                             max_entries=config.auth_cache_max_entries)
-        self._auth = Auth(authenticator, config.internal_secret)
-        if config.rate_limit_per_second > 0:
-            self._limiter = RateLimiter(redis_connect(config.redis_url), config.rate_limit_per_second,
-                                        config.rate_limit_burst or max(1, round(2 * config.rate_limit_per_second)))
+        self._limiter = _limiter(config)
+        self._auth = Auth(authenticator, config.internal_secret, self._limiter)
         for route in self.table.routes:
             rpc = route.rpc
             if rpc.grpc_path in self._stubs:
@@ -85,12 +99,15 @@ class Gateway:
             await self._limiter.close()
 
     async def handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        assert self._auth is not None, "gateway not started"
+        # Authentication comes first: a request without valid credentials learns nothing from
+        # route matching or input validation, and reaches no upstream.
+        caller, signed = await self._auth.resolve(request.headers.get("Authorization"),
+                                                  client_address(request, self.config.trusted_proxy_hops))
         route, path_values = self._match(request)
         request[ROUTE] = route.template.text
-        assert self._auth is not None, "gateway not started"
-        caller, signed = await self._auth.resolve(request.headers.get("Authorization"))
         headers = {"X-Request-Id": request_id}
-        if caller is not None and self._limiter is not None:
+        if self._limiter is not None:
             remaining = await self._limiter.admit(caller)
             if remaining is not None:
                 headers["RateLimit-Remaining"] = str(remaining)

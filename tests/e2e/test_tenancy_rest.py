@@ -90,6 +90,19 @@ def test_bad_or_missing_key_is_401(admin: Client) -> None:
     assert malformed.status == 401
 
 
+@pytest.mark.parametrize("path", ["/v1/customers/0/accessLogs:verify", "/v1/customers?pageSize=-1",
+                                  "/v1/projects/not-a-uuid/jobs"])
+def test_the_gateway_authenticates_before_validation_or_any_upstream(admin: Client, path: str) -> None:
+    """Without credentials (or with a bad key) nothing reaches a service: before, the keys service
+    answered the first path with 400, the others were validated too."""
+    for client, reason in ((admin.as_key(None), "NO_CREDENTIALS"),
+                           (admin.as_key("isk_this_is_not_a_real_key_at_all"), "API_KEY_INVALID")):
+        resp = client.get(path)
+        assert resp.status == 401, resp.body
+        assert resp.body["code"] == 16 and _reason(resp.body) == reason
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
 def test_update_with_mask_and_list_pages(tenants: dict) -> None:
     as_first, project_id = tenants["as_first"], tenants["project"]["id"]
     updated = as_first.patch(f"/v1/projects/{project_id}?updateMask=description", {"description": "hourly"})
