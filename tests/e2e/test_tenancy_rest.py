@@ -139,6 +139,22 @@ def test_rotate_api_key(admin: Client) -> None:
     assert admin.as_key(rotated.body["apiKey"]).get("/v1/me").status == 200
 
 
+def test_a_reseller_gets_no_customer_credentials_nor_its_encryption_key(tenants: dict) -> None:
+    """Before, the reseller received a working customer key here (and could act, decrypt, as the
+    customer) and could clear or repoint the project's encryption key."""
+    as_reseller, first, project = tenants["as_reseller"], tenants["first"], tenants["project"]
+    refused = as_reseller.post(f"/v1/customers/{first['id']}:rotateApiKey")
+    assert refused.status == 403 and _reason(refused.body) == "CUSTOMER_ONLY", refused.body
+    assert "apiKey" not in refused.body
+    assert tenants["as_first"].get("/v1/me").status == 200  # the customer's key still works
+    patched = as_reseller.patch(f"/v1/projects/{project['id']}?updateMask=encryptionKeyId",
+                                {"encryptionKeyId": str(uuid.uuid4())})  # clearing: the integration test
+    assert patched.status == 403 and _reason(patched.body) == "CUSTOMER_ONLY", patched.body
+    assert _violations(patched.body) == ["project.encryption_key_id"]
+    # another reseller's customer stays invisible: 404, not 403
+    assert as_reseller.post(f"/v1/customers/{tenants['second']['id']}:rotateApiKey").status == 404
+
+
 @pytest.mark.parametrize(("raw", "status", "needle"), [
     (b'{"name": "x", "email": ', 400, "json"),                    # malformed JSON
     (b'{"name": "x", "email": "e@x.io", "colour": "red"}', 400, "colour"),  # unknown field
