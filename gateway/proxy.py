@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import grpc
+import redis.asyncio as aioredis
 from aiohttp import web
 from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
@@ -23,7 +24,7 @@ from gateway.sse import stream_events
 from gateway.telemetry import ROUTE
 from gateway.transcode import build_request, render
 from gateway.upstreams import Upstreams
-from innosystem.kit.clients import ApiKeyAuthenticator
+from innosystem.kit.clients import ApiKeyAuthenticator, follow_revocations
 from innosystem.kit.clients import channel as signed_channel
 from innosystem.kit.redis import connect as redis_connect
 
@@ -35,7 +36,7 @@ def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
-def _limiter(config: GatewayConfig) -> RateLimiter | None:
+def _limiter(config: GatewayConfig, client: aioredis.Redis | None) -> RateLimiter | None:
     accounts = addresses = None
     if config.rate_limit_per_second > 0:
         accounts = Limit(config.rate_limit_per_second,
@@ -44,10 +45,8 @@ def _limiter(config: GatewayConfig) -> RateLimiter | None:
         addresses = Limit(config.unauthenticated_rate_limit_per_second,
                           config.unauthenticated_rate_limit_burst
                           or max(1, round(2 * config.unauthenticated_rate_limit_per_second)))
-    if accounts is None and addresses is None:
+    if client is None or (accounts is None and addresses is None):
         return None
-    timeout = config.redis_timeout_seconds
-    client = redis_connect(config.redis_url, connect_timeout=timeout, timeout=timeout, pool_timeout=timeout)
     return RateLimiter(client, accounts, addresses)
 
 
@@ -61,6 +60,8 @@ class Gateway:
         self._auth_channel: grpc.aio.Channel | None = None
         self._auth: Auth | None = None
         self._limiter: RateLimiter | None = None
+        self._redis: aioredis.Redis | None = None
+        self._revocations: asyncio.Task[None] | None = None
         self._stubs: dict[str, Any] = {}
 
     @property
@@ -79,7 +80,14 @@ class Gateway:
         authenticator = ApiKeyAuthenticator(self._auth_channel, ttl=config.auth_cache_ttl_seconds,
                                             negative_ttl=config.auth_cache_negative_ttl_seconds,
                                             max_entries=config.auth_cache_max_entries)
-        self._limiter = _limiter(config)
+        if config.redis_url:
+            timeout = config.redis_timeout_seconds
+            self._redis = redis_connect(config.redis_url, connect_timeout=timeout, timeout=timeout,
+                                        pool_timeout=timeout)
+            # A deactivated customer's (or rotated) key stops working at once, not after the cache's TTL.
+            self._revocations = asyncio.create_task(follow_revocations(authenticator, self._redis),
+                                                    name="gateway-revocations")
+        self._limiter = _limiter(config, self._redis)
         self._auth = Auth(authenticator, config.internal_secret, self._limiter)
         for route in self.table.routes:
             rpc = route.rpc
@@ -95,8 +103,11 @@ class Gateway:
             await self._upstreams.close()
         if self._auth_channel is not None:
             await self._auth_channel.close()
-        if self._limiter is not None:
-            await self._limiter.close()
+        if self._revocations is not None:
+            self._revocations.cancel()
+            await asyncio.gather(self._revocations, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.aclose()
 
     async def handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
         assert self._auth is not None, "gateway not started"

@@ -135,6 +135,3 @@ class RateLimiter:
                                metadata={"limit_per_second": f"{limit.per_second:g}", "burst": str(limit.burst)},
                                retry_delay=retry)
         return int(remaining)
-
-    async def close(self) -> None:
-        await self._client.aclose()

@@ -17,9 +17,9 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from innosystem.kit import idempotency, pagination
 from innosystem.kit import principal as principals
@@ -101,11 +101,23 @@ def validate(changes: dict[str, Any]) -> None:
         changes["tags"] = tags
 
 
+class Revoked(Protocol):
+    """Told, after the commit, that an account's API keys stopped being valid (or changed)."""
+
+    def __call__(self, *, customer_id: str = "", reseller_id: str = "") -> Awaitable[None]: ...
+
+
+async def _nobody_told(*, customer_id: str = "", reseller_id: str = "") -> None:
+    return None
+
+
 class TenancyService:
-    def __init__(self, db: Database, pepper: bytes, on_customer_created: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, db: Database, pepper: bytes, on_customer_created: Callable[[], None] = lambda: None,
+                 on_access_revoked: Revoked = _nobody_told) -> None:
         self.db = db
         self._pepper = pepper
         self._on_customer_created = on_customer_created
+        self._revoked = on_access_revoked
 
     def hash_key(self, api_key: str) -> bytes:
         return hmac.new(self._pepper, api_key.encode(), hashlib.sha256).digest()
@@ -206,7 +218,9 @@ class TenancyService:
             for name, value in changes.items():
                 setattr(row, name, value)
             await s.flush()
-            return row
+        if changes.get("active") is False:  # its keys and its customers' keys stop working now
+            await self._revoked(reseller_id=str(row.id))
+        return row
 
     async def delete_reseller(self, caller: Principal, reseller_id: str) -> None:
         principals.require_admin(caller)
@@ -217,6 +231,7 @@ class TenancyService:
                 raise FailedPrecondition("the reseller still has customers; move or delete them first",
                                          reason="RESELLER_HAS_CUSTOMERS")
             await repo.delete_reseller(row.id)
+        await self._revoked(reseller_id=str(row.id))
 
     async def rotate_reseller_key(self, caller: Principal, reseller_id: str) -> str:
         async with self.db.session() as s:
@@ -224,7 +239,8 @@ class TenancyService:
             row = await self._visible_reseller(repo, caller, reseller_id, lock=True)
             await repo.revoke_keys(reseller_id=row.id)
             api_key = await self._issue_key(repo, principals.RESELLER, reseller_id=row.id)
-            return api_key
+        await self._revoked(reseller_id=str(row.id))
+        return api_key
 
     # customers
 
@@ -292,7 +308,9 @@ class TenancyService:
             for name, value in changes.items():
                 setattr(row, name, value)
             await s.flush()
-            return row
+        if changes.get("active") is False:  # its keys stop working now, not when caches expire
+            await self._revoked(customer_id=str(row.id))
+        return row
 
     async def delete_customer(self, caller: Principal, customer_id: str, force: bool) -> None:
         if caller.kind not in (principals.ADMIN, principals.RESELLER):
@@ -306,6 +324,7 @@ class TenancyService:
                 raise FailedPrecondition(f"the customer has {projects} project(s); delete them or pass force=true",
                                          reason="CUSTOMER_HAS_PROJECTS", metadata={"projects": str(projects)})
             await repo.delete_customer(row.id)
+        await self._revoked(customer_id=str(row.id))
 
     async def rotate_customer_key(self, caller: Principal, customer_id: str) -> str:
         async with self.db.session() as s:
@@ -315,7 +334,8 @@ class TenancyService:
                 await break_glass(repo, caller, "RotateCustomerApiKey", customer=row)
             await repo.revoke_keys(customer_id=row.id)
             api_key = await self._issue_key(repo, principals.CUSTOMER, customer_id=row.id)
-            return api_key
+        await self._revoked(customer_id=str(row.id))
+        return api_key
 
     # projects
 

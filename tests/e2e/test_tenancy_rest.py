@@ -155,6 +155,31 @@ def test_a_reseller_gets_no_customer_credentials_nor_its_encryption_key(tenants:
     assert as_reseller.post(f"/v1/customers/{tenants['second']['id']}:rotateApiKey").status == 404
 
 
+def test_a_deactivated_or_rotated_key_stops_working_at_once(admin: Client) -> None:
+    """The gateway caches keys for 5 s; before, a deactivated customer's key kept working that long."""
+    reseller = admin.post("/v1/resellers", {"name": "Closing", "email": "close@example.com"}).body
+    as_reseller = admin.as_key(reseller["apiKey"])
+    for round_ in range(5):
+        created = as_reseller.post("/v1/customers", {"name": f"Leaver {round_}", "email": "l@example.com"}).body
+        customer, cid = admin.as_key(created["apiKey"]), created["customer"]["id"]
+        assert customer.get("/v1/me").status == 200  # now cached at the gateway
+        assert as_reseller.patch(f"/v1/customers/{cid}?updateMask=active", {"active": False}).status == 200
+        refused = customer.get("/v1/me")
+        assert refused.status == 401 and _reason(refused.body) == "ACCOUNT_INACTIVE", (round_, refused.body)
+    rotating = admin.post("/v1/customers", {"name": "Rotating", "email": "r@example.com"}).body
+    old = admin.as_key(rotating["apiKey"])
+    assert old.get("/v1/me").status == 200
+    assert old.post(f"/v1/customers/{rotating['customer']['id']}:rotateApiKey").status == 200
+    assert old.get("/v1/me").status == 401
+    # a reseller deactivated: its key and its customers' keys
+    kept = as_reseller.post("/v1/customers", {"name": "Kept", "email": "k@example.com"}).body
+    as_kept = admin.as_key(kept["apiKey"])
+    assert as_kept.get("/v1/me").status == 200 and as_reseller.get("/v1/me").status == 200
+    assert admin.patch(f"/v1/resellers/{reseller['reseller']['id']}?updateMask=active",
+                       {"active": False}).status == 200
+    assert as_kept.get("/v1/me").status == 401 and as_reseller.get("/v1/me").status == 401
+
+
 @pytest.mark.parametrize(("raw", "status", "needle"), [
     (b'{"name": "x", "email": ', 400, "json"),                    # malformed JSON
     (b'{"name": "x", "email": "e@x.io", "colour": "red"}', 400, "colour"),  # unknown field
