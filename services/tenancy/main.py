@@ -9,6 +9,7 @@ from innosystem.kit.server import Service
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 from services.tenancy.api import TenancyApi
 from services.tenancy.config import TenancyConfig
+from services.tenancy.encryption_keys import EncryptionKeys
 from services.tenancy.revocations import RevocationPublisher
 from services.tenancy.service import TenancyService
 from services.tenancy.wallets import WalletOpener
@@ -21,8 +22,9 @@ async def create() -> Service:
     opener = WalletOpener(db, billing)
     # Publishing a revocation is safe to abandon: bounded like the gateway's Redis calls.
     revocations = RevocationPublisher(connect(config.common.redis_url, 8, timeout=CONNECT_TIMEOUT_SECONDS))
+    keys = channel(config.common.addresses.keys, service="tenancy", secret=config.common.internal_secret)
     service = TenancyService(db, config.api_key_pepper, on_customer_created=opener.wake.set,
-                             on_access_revoked=revocations)
+                             on_access_revoked=revocations, check_encryption_key=EncryptionKeys(keys).check)
     if config.admin_api_key:
         await service.ensure_admin_key(config.admin_api_key)
     api = TenancyApi(service)
@@ -32,5 +34,5 @@ async def create() -> Service:
         register=lambda server: tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(api, server),
         authenticate=service.authenticate,  # direct gRPC callers with an API key
         background=[opener.run],
-        on_shutdown=[billing.close, revocations.close, db.close],
+        on_shutdown=[billing.close, keys.close, revocations.close, db.close],
     )

@@ -93,6 +93,12 @@ def validate(changes: dict[str, Any]) -> None:
     if "description" in changes and len(changes["description"]) > MAX_DESCRIPTION:
         raise InvalidArgument(f"description must be at most {MAX_DESCRIPTION} characters", field="description",
                               reason="INVALID_DESCRIPTION")
+    if changes.get("encryption_key_id"):
+        try:
+            uuid.UUID(changes["encryption_key_id"])
+        except ValueError:
+            raise InvalidArgument("encryption_key_id must be a key id (a UUID) or empty",
+                                  field="project.encryption_key_id", reason="INVALID_ID") from None
     if "tags" in changes:
         tags = list(dict.fromkeys(t.strip() for t in changes["tags"]))
         if len(tags) > MAX_TAGS or any(not t or len(t) > MAX_TAG_LEN for t in tags):
@@ -111,13 +117,19 @@ async def _nobody_told(*, customer_id: str = "", reseller_id: str = "") -> None:
     return None
 
 
+CheckKey = Callable[[str, uuid.UUID], Awaitable[None]]
+
+
 class TenancyService:
     def __init__(self, db: Database, pepper: bytes, on_customer_created: Callable[[], None] = lambda: None,
-                 on_access_revoked: Revoked = _nobody_told) -> None:
+                 on_access_revoked: Revoked = _nobody_told, check_encryption_key: CheckKey | None = None) -> None:
         self.db = db
         self._pepper = pepper
         self._on_customer_created = on_customer_created
         self._revoked = on_access_revoked
+        # Raises unless the key exists, is the customer's and is usable (the keys service in
+        # production, `EncryptionKeys.check`); None only where no keys service exists (unit tests).
+        self._check_key = check_encryption_key
 
     def hash_key(self, api_key: str) -> bytes:
         return hmac.new(self._pepper, api_key.encode(), hashlib.sha256).digest()
@@ -400,6 +412,8 @@ class TenancyService:
             await break_glass(repo, caller, "SetProjectEncryptionKey", customer=customer, project_id=project.id,
                               detail=f"encryption_key_id {project.encryption_key_id or '(none)'} -> "
                                      f"{key_id or '(none)'}")
+        if key_id and self._check_key is not None:
+            await self._check_key(key_id, customer.id)
 
     async def delete_project(self, caller: Principal, project_id: str) -> None:
         async with self.db.session() as s:

@@ -18,7 +18,7 @@ K8S_VERSION = "1.37.0"
 CALLS = {
     ("gateway", s) for s in SERVICES
 } | {
-    ("tenancy", "billing"),
+    ("tenancy", "billing"), ("tenancy", "keys"),
     ("jobs", "billing"), ("jobs", "tenancy"), ("jobs", "keys"),
     ("runners", "jobs"), ("runners", "tenancy"), ("runners", "keys"),
     ("keys", "jobs"),

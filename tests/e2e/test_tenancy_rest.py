@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import Client
+from tests.keys.keymanager_process import KeyManagerProcess, start_keymanager
 
 pytestmark = pytest.mark.e2e
 
@@ -178,6 +181,44 @@ def test_a_deactivated_or_rotated_key_stops_working_at_once(admin: Client) -> No
     assert admin.patch(f"/v1/resellers/{reseller['reseller']['id']}?updateMask=active",
                        {"active": False}).status == 200
     assert as_kept.get("/v1/me").status == 401 and as_reseller.get("/v1/me").status == 401
+
+
+@pytest.fixture(scope="module")
+def keymanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyManagerProcess]:
+    km = start_keymanager(tmp_path_factory.mktemp("tenancy-km"), "cmk-tenancy")
+    yield km
+    km.stop()
+
+
+def test_a_projects_encryption_key_is_checked_when_set(admin: Client, keymanager: KeyManagerProcess) -> None:
+    """Before, any string was recorded (a typo, another customer's key, a disabled key) and the
+    project's next jobs failed at submit, or were encrypted under a key the customer cannot use."""
+    made = [admin.post("/v1/customers", {"name": f"Keyed {n}", "email": "k@example.com"}).body for n in (1, 2)]
+    owner, other = (admin.as_key(m["apiKey"]) for m in made)
+    owner_id, other_id = (m["customer"]["id"] for m in made)
+    key = owner.post(f"/v1/customers/{owner_id}/keys", {
+        "endpointUrl": keymanager.grpc_url, "externalKeyId": "cmk-tenancy", "hmacSecrets": [keymanager.secret]})
+    assert key.status == 200, key.body
+    project = owner.post(f"/v1/customers/{owner_id}/projects", {"name": "sealed"}).body
+    other_project = other.post(f"/v1/customers/{other_id}/projects", {"name": "nosy"}).body
+
+    def set_key(client: Client, project_id: str, value: str) -> Any:
+        return client.patch(f"/v1/projects/{project_id}?updateMask=encryptionKeyId", {"encryptionKeyId": value})
+
+    for client, project_id, value, reason in (
+            (owner, project["id"], str(uuid.uuid4()), "ENCRYPTION_KEY_NOT_FOUND"),  # no such key
+            (owner, project["id"], "not-a-key-id", "INVALID_ID"),
+            (other, other_project["id"], key.body["id"], "ENCRYPTION_KEY_NOT_FOUND")):  # another customer's
+        refused = set_key(client, project_id, value)
+        assert refused.status == 400 and _reason(refused.body) == reason, refused.body
+        assert _violations(refused.body) == ["project.encryption_key_id"]
+    assert other.get(f"/v1/projects/{other_project['id']}").body.get("encryptionKeyId", "") == ""  # unchanged
+    assert set_key(owner, project["id"], key.body["id"]).body["encryptionKeyId"] == key.body["id"]
+
+    disabled = owner.post(f"/v1/keys/{key.body['id']}:disable", {"acknowledgeDataLoss": True})
+    assert disabled.status == 200, disabled.body
+    refused = owner.post(f"/v1/customers/{owner_id}/projects", {"name": "late", "encryptionKeyId": key.body["id"]})
+    assert refused.status == 400 and _reason(refused.body) == "ENCRYPTION_KEY_DISABLED", refused.body
 
 
 @pytest.mark.parametrize(("raw", "status", "needle"), [
