@@ -23,7 +23,7 @@ async def create() -> Service:
     # Publishing a revocation is safe to abandon: bounded like the gateway's Redis calls.
     revocations = RevocationPublisher(connect(config.common.redis_url, 8, timeout=CONNECT_TIMEOUT_SECONDS))
     keys = channel(config.common.addresses.keys, service="tenancy", secret=config.common.internal_secret)
-    service = TenancyService(db, config.api_key_pepper, on_customer_created=opener.wake.set,
+    service = TenancyService(db, config.api_key_pepper, open_wallet=opener.open_now,
                              on_access_revoked=revocations, check_encryption_key=EncryptionKeys(keys).check)
     if config.admin_api_key:
         await service.ensure_admin_key(config.admin_api_key)

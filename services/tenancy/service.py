@@ -120,12 +120,21 @@ async def _nobody_told(*, customer_id: str = "", reseller_id: str = "") -> None:
 CheckKey = Callable[[str, uuid.UUID], Awaitable[None]]
 
 
+OpenWallet = Callable[[uuid.UUID, uuid.UUID | None], Awaitable[bool]]
+
+
+async def _outbox_only(customer_id: uuid.UUID, reseller_id: uuid.UUID | None) -> bool:
+    return False
+
+
 class TenancyService:
-    def __init__(self, db: Database, pepper: bytes, on_customer_created: Callable[[], None] = lambda: None,
+    def __init__(self, db: Database, pepper: bytes, open_wallet: OpenWallet = _outbox_only,
                  on_access_revoked: Revoked = _nobody_told, check_encryption_key: CheckKey | None = None) -> None:
         self.db = db
         self._pepper = pepper
-        self._on_customer_created = on_customer_created
+        # Opens the new customer's wallet before CreateCustomer answers (`WalletOpener.open_now`);
+        # False: left to the outbox row written with the customer.
+        self._open_wallet = open_wallet
         self._revoked = on_access_revoked
         # Raises unless the key exists, is the customer's and is usable (the keys service in
         # production, `EncryptionKeys.check`); None only where no keys service exists (unit tests).
@@ -282,7 +291,9 @@ class TenancyService:
             api_key = await self._issue_key(repo, principals.CUSTOMER, customer_id=customer.id)
             await repo.add(WalletOpening(customer_id=customer.id, reseller_id=customer.reseller_id))
             await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, customer.id)
-        self._on_customer_created()  # after the commit: the wallet opener may go now
+        # After the commit (the outbox row is durable): answer once the wallet exists if billing
+        # can say so in time, so that a top-up right after this answer finds it.
+        await self._open_wallet(customer.id, customer.reseller_id)
         return Created(customer, api_key)
 
     async def _visible_customer(self, repo: TenancyRepository, caller: Principal, customer_id: str,

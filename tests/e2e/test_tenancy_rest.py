@@ -183,6 +183,20 @@ def test_a_deactivated_or_rotated_key_stops_working_at_once(admin: Client) -> No
     assert as_kept.get("/v1/me").status == 401 and as_reseller.get("/v1/me").status == 401
 
 
+def test_a_top_up_right_after_creating_a_customer_succeeds(tenants: dict, admin: Client) -> None:
+    """Before, the wallet was opened by a background loop after the answer: a new user's first
+    script (create, then top up) got 404 WALLET_NOT_FOUND."""
+    as_reseller = tenants["as_reseller"]
+    for n in range(20):
+        creator = as_reseller if n % 2 else admin
+        created = creator.post("/v1/customers", {"name": f"Eager {n}", "email": "eager@example.com"})
+        assert created.status == 200, created.body
+        cid = created.body["customer"]["id"]
+        topped = creator.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": 500, "requestId": f"first-{n}"})
+        assert topped.status == 200, (n, topped.body)
+        assert int(topped.body["wallet"]["balanceCents"]) == 500
+
+
 @pytest.fixture(scope="module")
 def keymanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyManagerProcess]:
     km = start_keymanager(tmp_path_factory.mktemp("tenancy-km"), "cmk-tenancy")
