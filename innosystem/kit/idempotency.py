@@ -19,6 +19,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import Aborted, InvalidArgument
 
+MAX_REQUEST_ID = 200  # the column's length: a longer id was a 500 from PostgreSQL
+
 
 class IdempotencyKeyColumns:
     scope: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -33,6 +35,9 @@ async def replay(session: AsyncSession, model: Any, scope: str, request_id: str,
     """The resource an earlier request with this id created, or None to go ahead and create."""
     if not request_id:
         return None
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidArgument(f"request_id must be 1 to {MAX_REQUEST_ID} printable characters", field="request_id",
+                              reason="INVALID_REQUEST_ID")
     earlier = await session.get(model, (scope, request_id))
     if earlier is None:
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -195,6 +197,30 @@ def test_a_top_up_right_after_creating_a_customer_succeeds(tenants: dict, admin:
         topped = creator.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": 500, "requestId": f"first-{n}"})
         assert topped.status == 200, (n, topped.body)
         assert int(topped.body["wallet"]["balanceCents"]) == 500
+
+
+def _token(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("raw", ["[" * 1500 + "]" * 1500, json.dumps([2**80]), json.dumps([True])])
+def test_a_malformed_page_token_is_400_on_every_list(tenants: dict, admin: Client, raw: str) -> None:
+    """Before: 500 from every list for the nested token (the JSON parser's recursion), and from
+    the wallet transactions and access logs for the others (a bigint overflow, a bool in SQL)."""
+    cid = tenants["first"]["id"]
+    for path in ("/v1/customers", f"/v1/customers/{cid}/projects", f"/v1/customers/{cid}/wallet/transactions",
+                 f"/v1/customers/{cid}/accessLogs", "/v1/runners", f"/v1/customers/{cid}/keys"):
+        resp = admin.get(f"{path}?pageToken={_token(raw)}")
+        assert resp.status == 400, (path, resp.body)
+        assert _reason(resp.body) == "INVALID_PAGE_TOKEN" and _violations(resp.body) == ["page_token"], path
+
+
+def test_an_overlong_request_id_is_400_and_creates_nothing(admin: Client) -> None:
+    before = len(admin.get("/v1/customers?pageSize=500").body["customers"])
+    resp = admin.post("/v1/customers?requestId=" + "r" * 201, {"name": "Long id", "email": "l@example.com"})
+    assert resp.status == 400 and _reason(resp.body) == "INVALID_REQUEST_ID", resp.body  # before: 500
+    assert _violations(resp.body) == ["request_id"]
+    assert len(admin.get("/v1/customers?pageSize=500").body["customers"]) == before
 
 
 @pytest.fixture(scope="module")
