@@ -126,8 +126,8 @@ class ApiKeyAuthenticator:
 
     A revoked key stops working within `ttl` by itself, and at once where `follow_revocations`
     runs: tenancy's revocations then drop the account's cached answers, and while that feed is
-    down no cached answer is trusted (every request asks tenancy) so nothing missed meanwhile
-    can linger.
+    down no cached acceptance is used (every request with a good key asks tenancy) so nothing
+    missed meanwhile can linger; rejections are cached all the same.
     """
 
     def __init__(self, tenancy: grpc.aio.Channel, ttl: float = 5.0, negative_ttl: float = 1.0,
@@ -150,10 +150,13 @@ class ApiKeyAuthenticator:
                 del self._cache[digest]
 
     def distrust_cache(self) -> None:
-        """Revocations may be missed from now on (the feed is down): forget, and cache nothing."""
+        """Revocations may be missed from now on (the feed is down): forget the accepted keys and
+        accept none from the cache. Rejections stay cached: a revocation never makes a key valid."""
         self._generation += 1
         self._trust_cache = False
-        self._cache.clear()
+        for digest, (_, answer) in list(self._cache.items()):
+            if isinstance(answer, tenancy_pb2.Principal):
+                del self._cache[digest]
 
     def trust_cache(self) -> None:
         self._trust_cache = True
@@ -168,8 +171,8 @@ class ApiKeyAuthenticator:
 
     async def __call__(self, api_key: str) -> tenancy_pb2.Principal:
         digest = hashlib.sha256(api_key.encode()).digest()
-        hit = self._cache.get(digest) if self._trust_cache else None
-        if hit is not None and hit[0] > time.monotonic():
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > time.monotonic() and (self._trust_cache or isinstance(hit[1], DomainError)):
             if isinstance(hit[1], DomainError):
                 raise hit[1]
             return hit[1]
@@ -204,7 +207,7 @@ class ApiKeyAuthenticator:
             if not isinstance(answer, Unauthenticated):
                 raise answer from None  # tenancy down: do not cache, let the caller see UNAVAILABLE
             expires = now + self._negative_ttl
-        if generation == self._generation and self._trust_cache:
+        if isinstance(answer, DomainError) or (generation == self._generation and self._trust_cache):
             self._cache[digest] = (expires, answer)
             self._cache.move_to_end(digest)
             while len(self._cache) > self._max:

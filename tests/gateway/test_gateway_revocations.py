@@ -53,3 +53,6 @@ async def test_without_the_feed_every_request_asks_tenancy(upstream_port: int, s
         for _ in range(3):
             assert (await client.get("/v1/me", headers=CUSTOMER)).status == 200
         assert len(recorder.named("Authenticate")) == 3
+        for _ in range(3):  # rejections are still cached: a revocation never makes a key valid
+            assert (await client.get("/v1/me", headers={"Authorization": "Bearer isk_wrong"})).status == 401
+        assert len(recorder.named("Authenticate")) == 4
