@@ -1,24 +1,24 @@
 """`Authorization: Bearer <api key>` → the caller's principal, signed for the services.
 
 Resolution and caching live in the common library (`ApiKeyAuthenticator`: keyed by a SHA-256
-of the key, short TTL, rejections cached too). This module parses the header and turns the
-principal into the signed metadata that outside callers cannot forge. The key itself is
-never logged nor forwarded.
+of the key, short TTL, rejections cached too). This module parses the header, refuses a request
+without valid credentials before anything else happens to it, and turns the principal into the
+signed metadata that outside callers cannot forge. The key itself is never logged nor forwarded.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 
 import grpc
 
-from gateway.errors import GatewayError, from_domain_error
+from gateway.errors import GatewayError, UpstreamError, from_domain_error
+from gateway.ratelimit import RateLimiter
 from innosystem.kit import principal
+from innosystem.kit.clients import ApiKeyAuthenticator
 from innosystem.kit.errors import DomainError
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 
-Authenticate = Callable[[str], Awaitable[Principal]]
 Metadata = tuple[tuple[str, str], ...]
 
 # Visible ASCII without spaces (RFC 6750 b64token is stricter; keys are `isk_…`).
@@ -38,22 +38,38 @@ def bearer_key(header: str | None) -> str | None:
     return key
 
 
-class Auth:
-    def __init__(self, authenticate: Authenticate, secret: bytes) -> None:
-        self._authenticate = authenticate
-        self._secret = secret
+NO_CREDENTIALS = "NO_CREDENTIALS"
 
-    async def resolve(self, header: str | None) -> tuple[Principal | None, Metadata]:
-        """The caller and its signed principal metadata for the upstream call; (None, ()) for an
-        anonymous request."""
-        key = bearer_key(header)
-        if key is None:
-            return None, ()  # the service decides; most answer UNAUTHENTICATED
+
+class Auth:
+    """Every proxied request authenticates here first: before its route's input is looked at or
+    any upstream is called. No credentials, a malformed header or a bad key is a 401 (or, from
+    an address that has sent too many of those, a 429)."""
+
+    def __init__(self, authenticator: ApiKeyAuthenticator, secret: bytes, limiter: RateLimiter | None = None) -> None:
+        self._authenticator = authenticator
+        self._secret = secret
+        self._limiter = limiter
+
+    async def resolve(self, header: str | None, address: str) -> tuple[Principal, Metadata]:
+        """The caller and its signed principal metadata for the upstream call."""
         try:
-            resolved = await self._authenticate(key)
-        except DomainError as err:
-            failure = from_domain_error(err, "tenancy")
-            if err.code == grpc.StatusCode.UNAUTHENTICATED:
-                failure.headers.update(CHALLENGE)
-            raise failure from None
+            key = bearer_key(header)
+            if key is None:
+                raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, NO_CREDENTIALS,
+                                   "this API needs an API key (Authorization: Bearer <API key>)",
+                                   headers=dict(CHALLENGE))
+            if self._limiter is not None and self._authenticator.known(key) is None:
+                await self._limiter.check_address(address)  # 429 before tenancy is asked
+            try:
+                resolved = await self._authenticator(key)
+            except DomainError as err:
+                failure = from_domain_error(err, "tenancy")
+                if err.code == grpc.StatusCode.UNAUTHENTICATED:
+                    failure.headers.update(CHALLENGE)
+                raise failure from None
+        except (GatewayError, UpstreamError) as err:
+            if err.http_status == 401 and self._limiter is not None:
+                await self._limiter.charge_address(address)  # raises the 429 instead once over
+            raise
         return resolved, principal.sign(resolved, self._secret)

@@ -30,7 +30,16 @@ class GatewayConfig:
     # 0 = no limit (the default here; `from_env` turns it on).
     rate_limit_per_second: float = 0.0
     rate_limit_burst: int = 0
+    # Requests that do not authenticate (no key, a malformed header, a bad key), per client
+    # address; 0 = no limit (the default here; `from_env` turns it on).
+    unauthenticated_rate_limit_per_second: float = 0.0
+    unauthenticated_rate_limit_burst: int = 0
+    # How many proxies in front of the gateway append to X-Forwarded-For (0: the TCP peer is
+    # the client). Set it behind an ingress, or every client shares the ingress's address.
+    trusted_proxy_hops: int = 0
     redis_url: str = ""
+    # Connect and reply timeout of every Redis call (rate limits): a lost Redis never hangs a request.
+    redis_timeout_seconds: float = 1.0
     # How long a stopping gateway lets in-flight requests finish.
     grace_seconds: float = 10.0
     # None: the descriptor set shipped in the `innosystem` package.
@@ -43,13 +52,19 @@ class GatewayConfig:
             "stream_deadline_seconds": self.stream_deadline_seconds,
             "sse_keepalive_seconds": self.sse_keepalive_seconds,
             "auth_cache_max_entries": self.auth_cache_max_entries,
+            "redis_timeout_seconds": self.redis_timeout_seconds,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"gateway setting {name} must be positive, got {value}")
         if self.rate_limit_per_second < 0 or self.rate_limit_burst < 0:
             raise ConfigError("INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND and _BURST must not be negative")
-        if self.rate_limit_per_second and not self.redis_url:
+        if self.unauthenticated_rate_limit_per_second < 0 or self.unauthenticated_rate_limit_burst < 0:
+            raise ConfigError("INNOSYSTEM_GATEWAY_UNAUTHENTICATED_RATE_LIMIT_PER_SECOND and _BURST must not be "
+                              "negative")
+        if self.trusted_proxy_hops < 0:
+            raise ConfigError("INNOSYSTEM_GATEWAY_TRUSTED_PROXY_HOPS must not be negative")
+        if (self.rate_limit_per_second or self.unauthenticated_rate_limit_per_second) and not self.redis_url:
             raise ConfigError("gateway rate limits need a Redis URL (REDIS_URL)")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"INNOSYSTEM_HTTP_PORT must be a TCP port, got {self.port}")
@@ -71,6 +86,11 @@ class GatewayConfig:
             auth_cache_max_entries=env_int("INNOSYSTEM_GATEWAY_AUTH_CACHE_MAX_ENTRIES", 10_000),
             rate_limit_per_second=env_float("INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND", 500.0),
             rate_limit_burst=env_int("INNOSYSTEM_GATEWAY_RATE_LIMIT_BURST", 1000),
+            unauthenticated_rate_limit_per_second=env_float(
+                "INNOSYSTEM_GATEWAY_UNAUTHENTICATED_RATE_LIMIT_PER_SECOND", 10.0),
+            unauthenticated_rate_limit_burst=env_int("INNOSYSTEM_GATEWAY_UNAUTHENTICATED_RATE_LIMIT_BURST", 100),
+            trusted_proxy_hops=env_int("INNOSYSTEM_GATEWAY_TRUSTED_PROXY_HOPS", 0),
+            redis_timeout_seconds=env_float("INNOSYSTEM_GATEWAY_REDIS_TIMEOUT_SECONDS", 1.0),
             redis_url=env("INNOSYSTEM_GATEWAY_REDIS_URL") or env("REDIS_URL", "redis://127.0.0.1:6379/0") or "",
             grace_seconds=env_float("INNOSYSTEM_SHUTDOWN_GRACE_SECONDS", 10.0),
             descriptor_set_path=Path(descriptors) if descriptors else None,

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import grpc
+import redis.asyncio as aioredis
 from aiohttp import web
 from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
@@ -17,13 +18,13 @@ from google.protobuf.message import Message
 from gateway.auth import Auth
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, from_rpc_error
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import Limit, RateLimiter, client_address
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, RouteTable
 from gateway.sse import stream_events
 from gateway.telemetry import ROUTE
 from gateway.transcode import build_request, render
 from gateway.upstreams import Upstreams
-from innosystem.kit.clients import ApiKeyAuthenticator
+from innosystem.kit.clients import ApiKeyAuthenticator, follow_revocations
 from innosystem.kit.clients import channel as signed_channel
 from innosystem.kit.redis import connect as redis_connect
 
@@ -33,6 +34,20 @@ _CHUNK = 64 * 1024
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
+
+
+def _limiter(config: GatewayConfig, client: aioredis.Redis | None) -> RateLimiter | None:
+    accounts = addresses = None
+    if config.rate_limit_per_second > 0:
+        accounts = Limit(config.rate_limit_per_second,
+                         config.rate_limit_burst or max(1, round(2 * config.rate_limit_per_second)))
+    if config.unauthenticated_rate_limit_per_second > 0:
+        addresses = Limit(config.unauthenticated_rate_limit_per_second,
+                          config.unauthenticated_rate_limit_burst
+                          or max(1, round(2 * config.unauthenticated_rate_limit_per_second)))
+    if client is None or (accounts is None and addresses is None):
+        return None
+    return RateLimiter(client, accounts, addresses)
 
 
 class Gateway:
@@ -45,6 +60,8 @@ class Gateway:
         self._auth_channel: grpc.aio.Channel | None = None
         self._auth: Auth | None = None
         self._limiter: RateLimiter | None = None
+        self._redis: aioredis.Redis | None = None
+        self._revocations: asyncio.Task[None] | None = None
         self._stubs: dict[str, Any] = {}
 
     @property
@@ -63,10 +80,15 @@ class Gateway:
         authenticator = ApiKeyAuthenticator(self._auth_channel, ttl=config.auth_cache_ttl_seconds,
                                             negative_ttl=config.auth_cache_negative_ttl_seconds,
                                             max_entries=config.auth_cache_max_entries)
-        self._auth = Auth(authenticator, config.internal_secret)
-        if config.rate_limit_per_second > 0:
-            self._limiter = RateLimiter(redis_connect(config.redis_url), config.rate_limit_per_second,
-                                        config.rate_limit_burst or max(1, round(2 * config.rate_limit_per_second)))
+        if config.redis_url:
+            timeout = config.redis_timeout_seconds
+            self._redis = redis_connect(config.redis_url, connect_timeout=timeout, timeout=timeout,
+                                        pool_timeout=timeout)
+            # A deactivated customer's (or rotated) key stops working at once, not after the cache's TTL.
+            self._revocations = asyncio.create_task(follow_revocations(authenticator, self._redis),
+                                                    name="gateway-revocations")
+        self._limiter = _limiter(config, self._redis)
+        self._auth = Auth(authenticator, config.internal_secret, self._limiter)
         for route in self.table.routes:
             rpc = route.rpc
             if rpc.grpc_path in self._stubs:
@@ -81,16 +103,22 @@ class Gateway:
             await self._upstreams.close()
         if self._auth_channel is not None:
             await self._auth_channel.close()
-        if self._limiter is not None:
-            await self._limiter.close()
+        if self._revocations is not None:
+            self._revocations.cancel()
+            await asyncio.gather(self._revocations, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.aclose()
 
     async def handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        assert self._auth is not None, "gateway not started"
+        # Authentication comes first: a request without valid credentials learns nothing from
+        # route matching or input validation, and reaches no upstream.
+        caller, signed = await self._auth.resolve(request.headers.get("Authorization"),
+                                                  client_address(request, self.config.trusted_proxy_hops))
         route, path_values = self._match(request)
         request[ROUTE] = route.template.text
-        assert self._auth is not None, "gateway not started"
-        caller, signed = await self._auth.resolve(request.headers.get("Authorization"))
         headers = {"X-Request-Id": request_id}
-        if caller is not None and self._limiter is not None:
+        if self._limiter is not None:
             remaining = await self._limiter.admit(caller)
             if remaining is not None:
                 headers["RateLimit-Remaining"] = str(remaining)

@@ -1,21 +1,33 @@
-"""Per-account request rate limits, shared by every gateway replica through Redis.
+"""Request rate limits, shared by every gateway replica through Redis.
 
-Each authenticated account (a customer, a reseller, a runner, an admin key) gets a bucket: a
-sustained rate with a burst on top, enforced by one GCRA script (one key, O(1), hash-tagged per
-account for Redis Cluster). A refused request is `429 RESOURCE_EXHAUSTED` with reason
-`RATE_LIMITED`, a `Retry-After` header and a `google.rpc.RetryInfo`. Limits protect the
-platform, they do not guard money or data, so a Redis outage admits everything (logged).
+Two kinds of bucket, each a sustained rate with a burst on top, enforced by one GCRA script
+(one key, O(1), hash-tagged for Redis Cluster):
+
+- per account, for authenticated requests: a customer's keys share one, an admin key has its own;
+- per client address, for requests that do not authenticate (no credentials, a malformed header,
+  an unknown or revoked key): every such answer spends from the address's bucket, and once it is
+  empty the address's requests with a key not already known good are refused before tenancy is
+  asked, so a flood of guessed keys costs the platform one Redis call each.
+
+A refused request is `429 RESOURCE_EXHAUSTED` with reason `RATE_LIMITED`, a `Retry-After`
+header and a `google.rpc.RetryInfo`. Limits protect the platform, they do not guard money or
+data, so a Redis outage admits everything (logged). Calls are bounded by the client's timeouts
+(`INNOSYSTEM_GATEWAY_REDIS_TIMEOUT_SECONDS`), and after a failure Redis is left alone for a few
+seconds, so a lost Redis costs one request a timeout now and then, not every request.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import redis.asyncio as aioredis
+from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError
@@ -25,6 +37,8 @@ from innosystem.tenancy.v1.tenancy_pb2 import Principal
 log = logging.getLogger(__name__)
 
 OUTAGE_LOG_INTERVAL = 30.0
+# After a failed call, requests are admitted without asking Redis for this long.
+OUTAGE_BACKOFF_SECONDS = 2.0
 
 
 def bucket(principal: Principal) -> str:
@@ -33,33 +47,91 @@ def bucket(principal: Principal) -> str:
     return f"gateway:rl:{{a:{principal.kind}:{owner}}}"
 
 
+def address_bucket(address: str) -> str:
+    """One bucket per client address; IPv6 per /64, the block one host is usually given."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"gateway:rl:{{ip:{address}}}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        else:
+            return f"gateway:rl:{{ip:{ipaddress.IPv6Network((ip, 64), strict=False)}}}"
+    return f"gateway:rl:{{ip:{ip}}}"
+
+
+def client_address(request: web.Request, trusted_proxy_hops: int) -> str:
+    """The address the request came from. Behind `trusted_proxy_hops` proxies that each append
+    to X-Forwarded-For, it is the entry that many places from the right (entries further left
+    are the client's to forge); with none trusted, the TCP peer."""
+    peer = request.remote or "unknown"
+    if trusted_proxy_hops <= 0:
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
+    if not hops:
+        return peer
+    candidate = hops[-trusted_proxy_hops] if len(hops) >= trusted_proxy_hops else hops[0]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return peer
+
+
+@dataclass(frozen=True)
+class Limit:
+    per_second: float
+    burst: int
+
+    @property
+    def interval_us(self) -> int:
+        return max(1, round(1_000_000 / self.per_second))
+
+
 class RateLimiter:
-    def __init__(self, client: aioredis.Redis, per_second: float, burst: int) -> None:
+    def __init__(self, client: aioredis.Redis, accounts: Limit | None, addresses: Limit | None = None) -> None:
         self._client = client
         self._scripts = Scripts(client, Path(__file__).with_name("lua"))
-        self.per_second, self.burst = per_second, burst
-        self._interval_us = max(1, round(1_000_000 / per_second))
+        self.accounts, self.addresses = accounts, addresses
         self._quiet_until = 0.0
+        self._away_until = 0.0
 
     async def admit(self, principal: Principal) -> int | None:
-        """The requests left in the burst; raises the 429 when over the limit; None if Redis is away."""
+        """The requests left in the account's burst; raises the 429 when over the limit; None if
+        account limits are off or Redis is away."""
+        if self.accounts is None:
+            return None
+        return await self._spend(bucket(principal), self.accounts, 1, "for this account")
+
+    async def check_address(self, address: str) -> None:
+        """Raises the 429 if the address has spent its unauthenticated allowance; spends nothing."""
+        if self.addresses is not None:
+            await self._spend(address_bucket(address), self.addresses, 0, "without valid credentials from this address")
+
+    async def charge_address(self, address: str) -> None:
+        """Counts one unauthenticated request against the address; raises the 429 when over."""
+        if self.addresses is not None:
+            await self._spend(address_bucket(address), self.addresses, 1, "without valid credentials from this address")
+
+    async def _spend(self, key: str, limit: Limit, cost: int, what: str) -> int | None:
+        if time.monotonic() < self._away_until:
+            return None
         try:
-            allowed, retry_us, remaining = await self._scripts.admit(keys=[bucket(principal)],
-                                                                     args=[self._interval_us, self.burst])
-        except (RedisError, OSError) as exc:
-            if time.monotonic() >= self._quiet_until:
-                self._quiet_until = time.monotonic() + OUTAGE_LOG_INTERVAL
-                log.warning("rate limits not enforced, Redis unavailable: %s", exc)
+            allowed, retry_us, remaining = await self._scripts.admit(keys=[key],
+                                                                     args=[limit.interval_us, limit.burst, cost])
+        except (RedisError, OSError) as exc:  # redis' TimeoutError and ConnectionError are RedisErrors
+            now = time.monotonic()
+            self._away_until = now + OUTAGE_BACKOFF_SECONDS
+            if now >= self._quiet_until:
+                self._quiet_until = now + OUTAGE_LOG_INTERVAL
+                log.warning("rate limits not enforced, Redis unavailable: %s", exc or type(exc).__name__)
             return None
         if not allowed:
             retry = int(retry_us) / 1e6
             raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED",
-                               f"more than {self.per_second:g} requests per second (burst {self.burst}) "
-                               f"for this account; retry in {retry:.2f} s",
+                               f"more than {limit.per_second:g} requests per second (burst {limit.burst}) "
+                               f"{what}; retry in {retry:.2f} s",
                                headers={"Retry-After": str(max(1, math.ceil(retry)))},
-                               metadata={"limit_per_second": f"{self.per_second:g}", "burst": str(self.burst)},
+                               metadata={"limit_per_second": f"{limit.per_second:g}", "burst": str(limit.burst)},
                                retry_delay=retry)
         return int(remaining)
-
-    async def close(self) -> None:
-        await self._client.aclose()

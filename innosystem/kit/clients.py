@@ -8,17 +8,24 @@ target, with keepalive; tracing context travels through the OpenTelemetry client
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
 
 import grpc
+import redis.asyncio as aioredis
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from redis.exceptions import RedisError
 
 from innosystem.kit import logs, principal
 from innosystem.kit.errors import DomainError, Unauthenticated, from_rpc_error
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
@@ -104,13 +111,23 @@ def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
 
 
+# Tenancy publishes here, after the commit, whenever API keys stop being valid: a customer or
+# reseller deactivated or deleted, a key rotated. JSON {"customer_id": …} or {"reseller_id": …}.
+ACCESS_REVOKED_CHANNEL = "tenancy:access-revoked"
+_FEED_RETRY_SECONDS = 1.0
+
+
 class ApiKeyAuthenticator:
     """Resolves API keys through `TenancyService.Authenticate`, with a short bounded cache.
 
     The cache is keyed by a SHA-256 of the key (the key itself is never kept), holds answers
-    for `ttl` seconds and rejections for a shorter time, so a revoked key stops working within
-    `ttl` and a flood of bad keys does not reach tenancy on every request. Concurrent lookups
-    of one key share a single call.
+    for `ttl` seconds and rejections for a shorter time, so a flood of bad keys does not reach
+    tenancy on every request. Concurrent lookups of one key share a single call.
+
+    A revoked key stops working within `ttl` by itself, and at once where `follow_revocations`
+    runs: tenancy's revocations then drop the account's cached answers, and while that feed is
+    down no cached acceptance is used (every request with a good key asks tenancy) so nothing
+    missed meanwhile can linger; rejections are cached all the same.
     """
 
     def __init__(self, tenancy: grpc.aio.Channel, ttl: float = 5.0, negative_ttl: float = 1.0,
@@ -119,11 +136,43 @@ class ApiKeyAuthenticator:
         self._ttl, self._negative_ttl, self._max = ttl, negative_ttl, max_entries
         self._cache: OrderedDict[bytes, tuple[float, tenancy_pb2.Principal | DomainError]] = OrderedDict()
         self._in_flight: dict[bytes, asyncio.Future[tenancy_pb2.Principal]] = {}
+        # Bumped by every revocation: a lookup that started before one does not cache its answer.
+        self._generation = 0
+        self._trust_cache = True
+
+    def revoke(self, *, customer_id: str = "", reseller_id: str = "") -> None:
+        """Forget the cached answers of a customer's keys, or of a reseller's and its customers'."""
+        self._generation += 1
+        for digest, (_, answer) in list(self._cache.items()):
+            if isinstance(answer, tenancy_pb2.Principal) and (
+                    (customer_id and answer.customer_id == customer_id)
+                    or (reseller_id and answer.reseller_id == reseller_id)):
+                del self._cache[digest]
+
+    def distrust_cache(self) -> None:
+        """Revocations may be missed from now on (the feed is down): forget the accepted keys and
+        accept none from the cache. Rejections stay cached: a revocation never makes a key valid."""
+        self._generation += 1
+        self._trust_cache = False
+        for digest, (_, answer) in list(self._cache.items()):
+            if isinstance(answer, tenancy_pb2.Principal):
+                del self._cache[digest]
+
+    def trust_cache(self) -> None:
+        self._trust_cache = True
+
+    def known(self, api_key: str) -> tenancy_pb2.Principal | None:
+        """The cached principal of a key that authenticated within the TTL; None otherwise.
+        Asks no one: the gateway uses it to let known-good keys past its per-address limit."""
+        hit = self._cache.get(hashlib.sha256(api_key.encode()).digest())
+        if not self._trust_cache or hit is None or hit[0] <= time.monotonic() or isinstance(hit[1], DomainError):
+            return None
+        return hit[1]
 
     async def __call__(self, api_key: str) -> tenancy_pb2.Principal:
         digest = hashlib.sha256(api_key.encode()).digest()
         hit = self._cache.get(digest)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None and hit[0] > time.monotonic() and (self._trust_cache or isinstance(hit[1], DomainError)):
             if isinstance(hit[1], DomainError):
                 raise hit[1]
             return hit[1]
@@ -148,7 +197,7 @@ class ApiKeyAuthenticator:
             del self._in_flight[digest]
 
     async def _lookup(self, api_key: str, digest: bytes) -> tenancy_pb2.Principal:
-        now = time.monotonic()
+        now, generation = time.monotonic(), self._generation
         answer: tenancy_pb2.Principal | DomainError
         try:
             answer = await self._stub.Authenticate(tenancy_pb2.AuthenticateRequest(api_key=api_key), timeout=5)
@@ -158,10 +207,46 @@ class ApiKeyAuthenticator:
             if not isinstance(answer, Unauthenticated):
                 raise answer from None  # tenancy down: do not cache, let the caller see UNAVAILABLE
             expires = now + self._negative_ttl
-        self._cache[digest] = (expires, answer)
-        self._cache.move_to_end(digest)
-        while len(self._cache) > self._max:
-            self._cache.popitem(last=False)
+        if isinstance(answer, DomainError) or (generation == self._generation and self._trust_cache):
+            self._cache[digest] = (expires, answer)
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
         if isinstance(answer, DomainError):
             raise answer
         return answer
+
+
+async def follow_revocations(authenticator: ApiKeyAuthenticator, redis: aioredis.Redis) -> None:
+    """Background loop: tenancy's revocations (ACCESS_REVOKED_CHANNEL) reach `authenticator`'s
+    cache at once. Until subscribed, and whenever the subscription is lost, the cache is not
+    trusted (a revocation published meanwhile would be missed)."""
+    authenticator.distrust_cache()
+    while True:
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(ACCESS_REVOKED_CHANNEL)
+            authenticator.trust_cache()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if message is not None:
+                    _revoke(authenticator, message.get("data"))
+        except (RedisError, OSError) as exc:
+            authenticator.distrust_cache()
+            log.warning("API-key revocations not followed (every request asks tenancy): %s",
+                        exc or type(exc).__name__)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+        await asyncio.sleep(_FEED_RETRY_SECONDS)
+
+
+def _revoke(authenticator: ApiKeyAuthenticator, data: Any) -> None:
+    try:
+        event = json.loads(data)
+        authenticator.revoke(customer_id=str(event.get("customer_id", "")),
+                             reseller_id=str(event.get("reseller_id", "")))
+    except (ValueError, TypeError, AttributeError):
+        log.warning("malformed revocation ignored; forgetting every cached key")
+        authenticator.distrust_cache()
+        authenticator.trust_cache()

@@ -29,15 +29,35 @@ def encode_token(*key: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(key), default=str).encode()).decode().rstrip("=")
 
 
+# A token this code makes is under 120 characters; anything much longer was not made here.
+MAX_PAGE_TOKEN_CHARS = 512
+MAX_TOKEN_TEXT = 100
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _scalar(value: Any) -> bool:
+    """A value `encode_token` writes: a short string or a 64-bit integer (not a bool, list or
+    float: each of those reached SQL as something PostgreSQL refused, a 500)."""
+    if type(value) is str:
+        return len(value) <= MAX_TOKEN_TEXT and "\x00" not in value
+    return type(value) is int and _INT64[0] <= value <= _INT64[1]
+
+
 def decode_token(token: str, arity: int) -> list[Any] | None:
-    """The key a token carries; None for the first page; INVALID_ARGUMENT for a bad token."""
+    """The key a token carries; None for the first page; INVALID_ARGUMENT for a bad token.
+
+    Only `arity` scalars pass, from a token of bounded length: a deeply nested one made
+    `json.loads` overflow the stack, an out-of-range integer overflowed a bigint, both 500s."""
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise InvalidArgument(f"page_token is longer than any token this API returns ({MAX_PAGE_TOKEN_CHARS} "
+                              "characters)", field="page_token", reason="INVALID_PAGE_TOKEN")
     try:
         key = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except ValueError:
+    except (ValueError, RecursionError):
         key = None
-    if not isinstance(key, list) or len(key) != arity:
+    if not isinstance(key, list) or len(key) != arity or not all(_scalar(v) for v in key):
         raise InvalidArgument("page_token is not a token this list returned", field="page_token",
                               reason="INVALID_PAGE_TOKEN")
     return key

@@ -20,14 +20,27 @@ from innosystem.kit.errors import DomainError
 
 DEFAULT_MAX_CONNECTIONS = 64
 POOL_WAIT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 1.0
 
 
-def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS, **kwargs: Any) -> aioredis.Redis:
-    """A client whose pool, when all `max_connections` are busy, makes a caller wait (up to 10 s)
-    for one instead of failing at once: a burst of a thousand concurrent script calls queues
-    rather than erroring. Subscriptions share one connection per process (`kit.pubsub`)."""
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=POOL_WAIT_SECONDS,
-                                                    health_check_interval=30, socket_keepalive=True, **kwargs)
+def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS, *,
+            connect_timeout: float = CONNECT_TIMEOUT_SECONDS, timeout: float | None = None,
+            pool_timeout: float = POOL_WAIT_SECONDS, **kwargs: Any) -> aioredis.Redis:
+    """A client whose pool, when all `max_connections` are busy, makes a caller wait (up to
+    `pool_timeout`) for one instead of failing at once: a burst of a thousand concurrent script
+    calls queues rather than erroring. Subscriptions share one connection per process (`kit.pubsub`).
+
+    `connect_timeout` bounds opening the TCP connection: without it an unreachable Redis host
+    holds the caller for the kernel's SYN retries, minutes. `timeout` bounds every reply (the
+    connection handshake's too). It is off by default because a script that timed out on the
+    client may still have run on the server: a caller sets it where abandoning a call is safe
+    (the gateway's rate limits). Blocking subscription reads are not cut by it (redis-py reads
+    those without a timeout). The pool makes no retries, so these are the bounds.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_timeout,
+                                                    health_check_interval=30, socket_keepalive=True,
+                                                    socket_connect_timeout=connect_timeout, socket_timeout=timeout,
+                                                    **kwargs)
     return aioredis.Redis.from_pool(pool)
 
 

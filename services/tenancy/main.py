@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from innosystem.kit.clients import channel
 from innosystem.kit.db import Database
+from innosystem.kit.redis import CONNECT_TIMEOUT_SECONDS, connect
 from innosystem.kit.server import Service
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 from services.tenancy.api import TenancyApi
 from services.tenancy.config import TenancyConfig
+from services.tenancy.encryption_keys import EncryptionKeys
+from services.tenancy.revocations import RevocationPublisher
 from services.tenancy.service import TenancyService
 from services.tenancy.wallets import WalletOpener
 
@@ -17,7 +20,11 @@ async def create() -> Service:
     db = Database(config.common.database_url)
     billing = channel(config.common.addresses.billing, service="tenancy", secret=config.common.internal_secret)
     opener = WalletOpener(db, billing)
-    service = TenancyService(db, config.api_key_pepper, on_customer_created=opener.wake.set)
+    # Publishing a revocation is safe to abandon: bounded like the gateway's Redis calls.
+    revocations = RevocationPublisher(connect(config.common.redis_url, 8, timeout=CONNECT_TIMEOUT_SECONDS))
+    keys = channel(config.common.addresses.keys, service="tenancy", secret=config.common.internal_secret)
+    service = TenancyService(db, config.api_key_pepper, open_wallet=opener.open_now,
+                             on_access_revoked=revocations, check_encryption_key=EncryptionKeys(keys).check)
     if config.admin_api_key:
         await service.ensure_admin_key(config.admin_api_key)
     api = TenancyApi(service)
@@ -27,5 +34,5 @@ async def create() -> Service:
         register=lambda server: tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(api, server),
         authenticate=service.authenticate,  # direct gRPC callers with an API key
         background=[opener.run],
-        on_shutdown=[billing.close, db.close],
+        on_shutdown=[billing.close, keys.close, revocations.close, db.close],
     )

@@ -103,3 +103,25 @@ class WalletOpening(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditEvent(Base):
+    """An administrative action that reached into a tenant's credentials or encryption setting
+    (break-glass: an admin rotating a customer's API key, setting a project's encryption key).
+
+    Append-only: a trigger (migration 0003) refuses UPDATE and DELETE, and rows keep no foreign
+    key, so they outlive the customer they are about.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "customer_id", "create_time"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    action: Mapped[str] = mapped_column(String(64))  # the RPC, e.g. RotateCustomerApiKey
+    actor_kind: Mapped[int] = mapped_column(SmallInteger)  # PrincipalKind
+    actor_key_id: Mapped[str] = mapped_column(String(64), default="")
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    project_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -12,20 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from innosystem.kit.db import utcnow
 from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
-from services.tenancy.models import ApiKey, Customer, Project, Reseller, WalletOpening
+from services.tenancy.models import ApiKey, AuditEvent, Customer, Project, Reseller, WalletOpening
 
 
 def _visible_customers(stmt: Select[Any], scope: Scope) -> Select[Any]:
     return scope.filter(stmt, reseller_column=Customer.reseller_id, customer_column=Customer.id)
-
-
 
 class TenancyRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.s = session
 
     # resellers
-    async def add(self, row: Reseller | Customer | Project | ApiKey | WalletOpening) -> None:
+    async def add(self, row: Reseller | Customer | Project | ApiKey | WalletOpening | AuditEvent) -> None:
         self.s.add(row)
         await self.s.flush()
 

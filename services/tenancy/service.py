@@ -1,15 +1,25 @@
-"""Tenancy use cases: each method is one transaction, authorization included."""
+"""Tenancy use cases: each method is one transaction, authorization included.
+
+Who may do what, when the caller can see the resource: a resource the caller cannot see is
+NOT_FOUND (ids of other tenants do not leak); an action on a resource it can see but may not
+take is PERMISSION_DENIED with a reason saying who may. A customer's credentials (its API
+keys) and its projects' encryption key are the customer's alone: its reseller manages the
+business (create, deactivate, delete) but never receives a key that acts as the customer nor
+points its data at another key. An admin may do both as a break-glass action, which is
+recorded first (a WARNING log line and a row in the append-only `tenancy.audit_events`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from innosystem.kit import idempotency, pagination
 from innosystem.kit import principal as principals
@@ -24,8 +34,10 @@ from innosystem.kit.errors import (
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.tenancy.models import ApiKey, Customer, IdempotencyKey, Project, Reseller, WalletOpening
+from services.tenancy.models import ApiKey, AuditEvent, Customer, IdempotencyKey, Project, Reseller, WalletOpening
 from services.tenancy.repository import TenancyRepository
+
+log = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "isk_"
 BOOTSTRAP_LABEL = "bootstrap"
@@ -33,12 +45,33 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_TAGS, MAX_TAG_LEN, MAX_DESCRIPTION = 50, 64, 4000
 
 
-
 @dataclass(frozen=True)
 class Created:
     row: Any
     api_key: str  # empty on an idempotent repeat
 
+
+def customer_only(caller: Principal, customer_id: uuid.UUID, what: str, field: str | None = None) -> bool:
+    """PERMISSION_DENIED unless the caller is the customer itself or an admin; True for an admin
+    (whose action is break-glass and must be audited). The customer is already known visible."""
+    if caller.kind == principals.CUSTOMER and caller.customer_id == str(customer_id):
+        return False
+    if caller.kind == principals.ADMIN:
+        return True
+    raise PermissionDenied(f"only the customer itself may {what} (an admin only as an audited break-glass action)",
+                           field=field, reason="CUSTOMER_ONLY")
+
+
+async def break_glass(repo: TenancyRepository, caller: Principal, action: str, *, customer: Customer,
+                      project_id: uuid.UUID | None = None, detail: str = "") -> None:
+    """Record an admin's action on a customer's secrets, in the action's own transaction."""
+    log.warning("break-glass: admin %s on customer %s", action, customer.id,
+                extra={"audit": "break_glass", "action": action, "actor_key_id": caller.key_id,
+                       "customer_id": str(customer.id), "reseller_id": str(customer.reseller_id or ""),
+                       "project_id": str(project_id or ""), "detail": detail})
+    await repo.add(AuditEvent(action=action, actor_kind=caller.kind, actor_key_id=caller.key_id,
+                              reseller_id=customer.reseller_id, customer_id=customer.id, project_id=project_id,
+                              detail=detail))
 
 
 
@@ -60,6 +93,12 @@ def validate(changes: dict[str, Any]) -> None:
     if "description" in changes and len(changes["description"]) > MAX_DESCRIPTION:
         raise InvalidArgument(f"description must be at most {MAX_DESCRIPTION} characters", field="description",
                               reason="INVALID_DESCRIPTION")
+    if changes.get("encryption_key_id"):
+        try:
+            uuid.UUID(changes["encryption_key_id"])
+        except ValueError:
+            raise InvalidArgument("encryption_key_id must be a key id (a UUID) or empty",
+                                  field="project.encryption_key_id", reason="INVALID_ID") from None
     if "tags" in changes:
         tags = list(dict.fromkeys(t.strip() for t in changes["tags"]))
         if len(tags) > MAX_TAGS or any(not t or len(t) > MAX_TAG_LEN for t in tags):
@@ -68,11 +107,38 @@ def validate(changes: dict[str, Any]) -> None:
         changes["tags"] = tags
 
 
+class Revoked(Protocol):
+    """Told, after the commit, that an account's API keys stopped being valid (or changed)."""
+
+    def __call__(self, *, customer_id: str = "", reseller_id: str = "") -> Awaitable[None]: ...
+
+
+async def _nobody_told(*, customer_id: str = "", reseller_id: str = "") -> None:
+    return None
+
+
+CheckKey = Callable[[str, uuid.UUID], Awaitable[None]]
+
+
+OpenWallet = Callable[[uuid.UUID, uuid.UUID | None], Awaitable[bool]]
+
+
+async def _outbox_only(customer_id: uuid.UUID, reseller_id: uuid.UUID | None) -> bool:
+    return False
+
+
 class TenancyService:
-    def __init__(self, db: Database, pepper: bytes, on_customer_created: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, db: Database, pepper: bytes, open_wallet: OpenWallet = _outbox_only,
+                 on_access_revoked: Revoked = _nobody_told, check_encryption_key: CheckKey | None = None) -> None:
         self.db = db
         self._pepper = pepper
-        self._on_customer_created = on_customer_created
+        # Opens the new customer's wallet before CreateCustomer answers (`WalletOpener.open_now`);
+        # False: left to the outbox row written with the customer.
+        self._open_wallet = open_wallet
+        self._revoked = on_access_revoked
+        # Raises unless the key exists, is the customer's and is usable (the keys service in
+        # production, `EncryptionKeys.check`); None only where no keys service exists (unit tests).
+        self._check_key = check_encryption_key
 
     def hash_key(self, api_key: str) -> bytes:
         return hmac.new(self._pepper, api_key.encode(), hashlib.sha256).digest()
@@ -173,7 +239,9 @@ class TenancyService:
             for name, value in changes.items():
                 setattr(row, name, value)
             await s.flush()
-            return row
+        if changes.get("active") is False:  # its keys and its customers' keys stop working now
+            await self._revoked(reseller_id=str(row.id))
+        return row
 
     async def delete_reseller(self, caller: Principal, reseller_id: str) -> None:
         principals.require_admin(caller)
@@ -184,6 +252,7 @@ class TenancyService:
                 raise FailedPrecondition("the reseller still has customers; move or delete them first",
                                          reason="RESELLER_HAS_CUSTOMERS")
             await repo.delete_reseller(row.id)
+        await self._revoked(reseller_id=str(row.id))
 
     async def rotate_reseller_key(self, caller: Principal, reseller_id: str) -> str:
         async with self.db.session() as s:
@@ -191,7 +260,8 @@ class TenancyService:
             row = await self._visible_reseller(repo, caller, reseller_id, lock=True)
             await repo.revoke_keys(reseller_id=row.id)
             api_key = await self._issue_key(repo, principals.RESELLER, reseller_id=row.id)
-            return api_key
+        await self._revoked(reseller_id=str(row.id))
+        return api_key
 
     # customers
 
@@ -221,7 +291,9 @@ class TenancyService:
             api_key = await self._issue_key(repo, principals.CUSTOMER, customer_id=customer.id)
             await repo.add(WalletOpening(customer_id=customer.id, reseller_id=customer.reseller_id))
             await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, customer.id)
-        self._on_customer_created()  # after the commit: the wallet opener may go now
+        # After the commit (the outbox row is durable): answer once the wallet exists if billing
+        # can say so in time, so that a top-up right after this answer finds it.
+        await self._open_wallet(customer.id, customer.reseller_id)
         return Created(customer, api_key)
 
     async def _visible_customer(self, repo: TenancyRepository, caller: Principal, customer_id: str,
@@ -259,7 +331,9 @@ class TenancyService:
             for name, value in changes.items():
                 setattr(row, name, value)
             await s.flush()
-            return row
+        if changes.get("active") is False:  # its keys stop working now, not when caches expire
+            await self._revoked(customer_id=str(row.id))
+        return row
 
     async def delete_customer(self, caller: Principal, customer_id: str, force: bool) -> None:
         if caller.kind not in (principals.ADMIN, principals.RESELLER):
@@ -273,14 +347,18 @@ class TenancyService:
                 raise FailedPrecondition(f"the customer has {projects} project(s); delete them or pass force=true",
                                          reason="CUSTOMER_HAS_PROJECTS", metadata={"projects": str(projects)})
             await repo.delete_customer(row.id)
+        await self._revoked(customer_id=str(row.id))
 
     async def rotate_customer_key(self, caller: Principal, customer_id: str) -> str:
         async with self.db.session() as s:
             repo = TenancyRepository(s)
             row = await self._visible_customer(repo, caller, customer_id, lock=True)
+            if customer_only(caller, row.id, "rotate its API key"):
+                await break_glass(repo, caller, "RotateCustomerApiKey", customer=row)
             await repo.revoke_keys(customer_id=row.id)
             api_key = await self._issue_key(repo, principals.CUSTOMER, customer_id=row.id)
-            return api_key
+        await self._revoked(customer_id=str(row.id))
+        return api_key
 
     # projects
 
@@ -295,7 +373,9 @@ class TenancyService:
                 row = await repo.get_project(earlier, Scope(unrestricted=True))
                 if row is not None:
                     return row
-            project = Project(customer_id=customer.id, **fields)
+            project = Project(id=uuid.uuid4(), customer_id=customer.id, **fields)
+            if fields.get("encryption_key_id"):
+                await self._encryption_key_change(repo, caller, customer, project, fields["encryption_key_id"])
             await repo.add(project)
             await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, project.id)
             return project
@@ -323,11 +403,28 @@ class TenancyService:
     async def update_project(self, caller: Principal, project_id: str, changes: dict[str, Any]) -> Project:
         validate(changes)
         async with self.db.session() as s:
-            row = await self._visible_project(TenancyRepository(s), caller, project_id, lock=True)
+            repo = TenancyRepository(s)
+            row = await self._visible_project(repo, caller, project_id, lock=True)
+            # Naming the key a project already has (a client echoing the project back) changes nothing.
+            if "encryption_key_id" in changes and changes["encryption_key_id"] != row.encryption_key_id:
+                customer = await repo.get_customer(row.customer_id, Scope(unrestricted=True))
+                assert customer is not None, "a project's customer exists (foreign key)"
+                await self._encryption_key_change(repo, caller, customer, row, changes["encryption_key_id"])
             for name, value in changes.items():
                 setattr(row, name, value)
             await s.flush()
             return row
+
+    async def _encryption_key_change(self, repo: TenancyRepository, caller: Principal, customer: Customer,
+                                     project: Project, key_id: str | None) -> None:
+        """Setting, changing or clearing a project's encryption key: the customer's decision."""
+        if customer_only(caller, customer.id, "set or clear a project's encryption key",
+                         field="project.encryption_key_id"):
+            await break_glass(repo, caller, "SetProjectEncryptionKey", customer=customer, project_id=project.id,
+                              detail=f"encryption_key_id {project.encryption_key_id or '(none)'} -> "
+                                     f"{key_id or '(none)'}")
+        if key_id and self._check_key is not None:
+            await self._check_key(key_id, customer.id)
 
     async def delete_project(self, caller: Principal, project_id: str) -> None:
         async with self.db.session() as s:

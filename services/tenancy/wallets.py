@@ -1,4 +1,8 @@
-"""Delivers the wallet-opening outbox to billing (`BillingService.OpenWallet`, idempotent).
+"""Opens a new customer's wallet at billing (`BillingService.OpenWallet`, idempotent).
+
+`open_now` is tried before CreateCustomer answers, so that a top-up right after creation finds
+the wallet; if billing cannot answer in time, the outbox row written with the customer (same
+transaction) is delivered by the loop below instead, and the customer is created all the same.
 
 The loop sleeps until the next row is due or until a new customer is committed (an event,
 not a poll), claims due rows with SKIP LOCKED so several replicas share the work, and backs
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from datetime import timedelta
 
 import grpc
@@ -23,14 +28,34 @@ log = logging.getLogger(__name__)
 BATCH = 100
 MAX_BACKOFF_SECONDS = 60.0
 IDLE_SECONDS = 30.0
+# How long CreateCustomer waits for billing before leaving the wallet to the outbox.
+OPEN_NOW_TIMEOUT_SECONDS = 2.0
 
 
 class WalletOpener:
-    def __init__(self, db: Database, billing: grpc.aio.Channel, call_timeout: float = 5.0) -> None:
+    def __init__(self, db: Database, billing: grpc.aio.Channel, call_timeout: float = 5.0,
+                 open_now_timeout: float = OPEN_NOW_TIMEOUT_SECONDS) -> None:
         self.db = db
         self.call_timeout = call_timeout
+        self.open_now_timeout = open_now_timeout
         self.stub = billing_pb2_grpc.BillingServiceStub(billing)
         self.wake = asyncio.Event()
+
+    async def open_now(self, customer_id: uuid.UUID, reseller_id: uuid.UUID | None) -> bool:
+        """Open the wallet of a customer just committed (its outbox row is written); True when
+        billing confirmed and the row is gone, False when the loop will deliver it instead."""
+        request = billing_pb2.OpenWalletRequest(customer_id=str(customer_id), reseller_id=str(reseller_id or ""))
+        try:
+            # No wait_for_ready: billing down fails at once and the outbox takes over.
+            await self.stub.OpenWallet(request, timeout=self.open_now_timeout)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("wallet of customer %s left to the outbox: %s %s", customer_id, exc.code().name,
+                        exc.details())
+            self.wake.set()
+            return False
+        async with self.db.session() as s:
+            await s.execute(delete(WalletOpening).where(WalletOpening.customer_id == customer_id))
+        return True
 
     async def run(self) -> None:
         while True:

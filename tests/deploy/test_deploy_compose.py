@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from compose_spec import PyOptions
-from deploy_support import COMPOSE_DIR, DEPLOY, interpolate, read_env_file
+from deploy_support import COMPOSE_DIR, DEPLOY, interpolate, read_env_file, registered_health_names
 
 from innosystem.kit.config import SERVICES
 
@@ -88,6 +88,13 @@ def test_every_process_has_a_health_check(compose: dict[str, Any]) -> None:
     for name in [*SERVICES, "gateway", "keymanager"]:
         test = compose["services"][name]["healthcheck"]["test"]
         assert test[0] == "CMD" and test[1] == "python", name
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_health_checks_ask_the_services_own_name(compose: dict[str, Any], name: str) -> None:
+    """The check's last argument is the health service name; "" (the whole server) was asked by four of five."""
+    asked = compose["services"][name]["healthcheck"]["test"][-1]
+    assert asked in registered_health_names(name), (name, asked)
 
 
 def test_only_the_runner_is_behind_a_profile(compose: dict[str, Any]) -> None:

@@ -15,13 +15,18 @@ from innosystem.kit.config import ConfigError
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("INNOSYSTEM_HTTP_PORT", "INNOSYSTEM_GATEWAY_MAX_BODY_BYTES", "INNOSYSTEM_GATEWAY_HOST",
-                 "INNOSYSTEM_GATEWAY_DESCRIPTORS", "INNOSYSTEM_GATEWAY_DEADLINE_SECONDS"):
+                 "INNOSYSTEM_GATEWAY_DESCRIPTORS", "INNOSYSTEM_GATEWAY_DEADLINE_SECONDS",
+                 "INNOSYSTEM_GATEWAY_UNAUTHENTICATED_RATE_LIMIT_PER_SECOND",
+                 "INNOSYSTEM_GATEWAY_UNAUTHENTICATED_RATE_LIMIT_BURST", "INNOSYSTEM_GATEWAY_TRUSTED_PROXY_HOPS",
+                 "INNOSYSTEM_GATEWAY_REDIS_TIMEOUT_SECONDS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("INNOSYSTEM_INTERNAL_SECRET", "s3cret")
     config = GatewayConfig.from_env()
     assert (config.host, config.port, config.max_body_bytes) == ("127.0.0.1", 8080, 4 * 1024 * 1024)
     assert (config.deadline_seconds, config.auth_cache_ttl_seconds, config.sse_keepalive_seconds) == (30, 5, 15)
     assert config.internal_secret == b"s3cret" and "s3cret" not in repr(config)
+    assert (config.unauthenticated_rate_limit_per_second, config.unauthenticated_rate_limit_burst) == (10, 100)
+    assert (config.trusted_proxy_hops, config.redis_timeout_seconds) == (0, 1.0)
     assert config.descriptor_set().startswith(b"\n")  # the packaged FileDescriptorSet
 
 

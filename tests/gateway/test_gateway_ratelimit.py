@@ -1,16 +1,19 @@
 """Per-account rate limits at the gateway, against the real embedded Valkey: the burst, then 429
 with Retry-After and RetryInfo before any upstream call; accounts apart; replicas share a bucket;
-refill at the sustained rate; a Redis outage admits everything."""
+refill at the sustained rate; a Redis outage admits everything, and a Redis that stops answering
+does not hang a request. Requests without valid credentials are limited per client address."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from pathlib import Path
 
+import aiohttp
 import redis
 
-from gateway.ratelimit import bucket
+from gateway.ratelimit import address_bucket, bucket
 from innosystem.embedded import EmbeddedValkey
 from innosystem.kit import principal
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -79,3 +82,63 @@ def test_buckets_are_per_account_and_hash_tagged() -> None:
     reseller = Principal(kind=principal.RESELLER, reseller_id="r", key_id="k3")
     assert bucket(customer) == bucket(other_key) != bucket(reseller)
     assert bucket(customer).count("{") == 1 and customer.customer_id in bucket(customer).split("{")[1]
+
+
+async def test_unauthenticated_requests_are_limited_per_address_before_tenancy_is_asked(
+        upstream_port: int, sample_set_path: Path, recorder: Recorder, valkey_server: EmbeddedValkey) -> None:
+    config = config_for(upstream_port, sample_set_path, unauthenticated_rate_limit_per_second=0.5,
+                        unauthenticated_rate_limit_burst=3, redis_url=_fresh_db(valkey_server))
+    async with serving(config) as client:
+        assert (await client.get("/v1/me", headers=CUSTOMER)).status == 200  # a known-good key
+        attempts = [{}, {"Authorization": "Bearer isk_guess_1"}, {"Authorization": "Basic Zm9vOmJhcg=="}]
+        assert [(await client.get("/v1/me", headers=h)).status for h in attempts] == [401, 401, 401]
+        asked = len(recorder.named("Authenticate"))
+        for headers in ({}, {"Authorization": "Bearer isk_guess_2"}, {"Authorization": "Bearer isk_guess_3"}):
+            refused = await client.get("/v1/me", headers=headers)
+            assert refused.status == 429, await refused.text()
+            assert 1 <= int(refused.headers["Retry-After"]) <= 2
+            body = await refused.json()
+            assert next(d for d in body["details"] if d["@type"].endswith("ErrorInfo"))["reason"] == "RATE_LIMITED"
+        assert len(recorder.named("Authenticate")) == asked  # the guesses never reached tenancy
+        assert (await client.get("/v1/me", headers=CUSTOMER)).status == 200  # the known key still passes
+
+
+async def test_client_address_comes_from_trusted_proxies_only(
+        upstream_port: int, sample_set_path: Path, valkey_server: EmbeddedValkey) -> None:
+    config = config_for(upstream_port, sample_set_path, unauthenticated_rate_limit_per_second=0.5,
+                        unauthenticated_rate_limit_burst=1, trusted_proxy_hops=1, redis_url=_fresh_db(valkey_server))
+    async with serving(config) as client:
+        one = {"X-Forwarded-For": "203.0.113.9, 198.51.100.1"}  # the client forged the first entry
+        assert (await client.get("/v1/me", headers=one)).status == 401
+        assert (await client.get("/v1/me", headers={"X-Forwarded-For": "1.1.1.1, 198.51.100.1"})).status == 429
+        assert (await client.get("/v1/me", headers={"X-Forwarded-For": "198.51.100.2"})).status == 401
+
+
+def test_address_buckets() -> None:
+    assert address_bucket("2001:db8::1") == address_bucket("2001:db8::ffff") != address_bucket("2001:db8:0:1::1")
+    assert address_bucket("::ffff:192.0.2.1") == address_bucket("192.0.2.1") == "gateway:rl:{ip:192.0.2.1}"
+
+
+async def test_a_redis_that_stops_answering_does_not_hang_requests(
+        upstream_port: int, sample_set_path: Path, tmp_path: Path) -> None:
+    """A Redis process that stops (SIGSTOP: connections are accepted by the kernel, nothing
+    answers) is the lost Redis that no connection error reports; requests still answer."""
+    valkey = EmbeddedValkey(tmp_path / "valkey", persist=False)
+    valkey.start()
+    try:
+        config = config_for(upstream_port, sample_set_path, rate_limit_per_second=100, rate_limit_burst=100,
+                            unauthenticated_rate_limit_per_second=100, unauthenticated_rate_limit_burst=100,
+                            redis_url=valkey.url, redis_timeout_seconds=0.5)
+        async with serving(config) as client:
+            assert (await client.get("/v1/me", headers=CUSTOMER)).headers["RateLimit-Remaining"] == "99"
+            assert valkey.proc is not None
+            valkey.proc.send_signal(signal.SIGSTOP)
+            try:
+                timeout = aiohttp.ClientTimeout(total=15)
+                for headers in (CUSTOMER, {}, ADMIN, CUSTOMER):
+                    resp = await client.get("/v1/me", headers=headers, timeout=timeout)
+                    assert resp.status in (200, 401) and "RateLimit-Remaining" not in resp.headers
+            finally:
+                valkey.proc.send_signal(signal.SIGCONT)
+    finally:
+        valkey.stop()

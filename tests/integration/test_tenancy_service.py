@@ -172,3 +172,72 @@ async def test_admin_bootstrap_key_replaces_the_previous_one(tenancy: TenancySer
     await tenancy.ensure_admin_key("isk_admin_second_key_45")
     with pytest.raises(Unauthenticated):
         await tenancy.authenticate("isk_admin_first_key_123")
+
+
+def _audit_rows(database_url: str, customer_id: str) -> list[tuple[str, int, str]]:
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        return [(a, k, d) for a, k, d in conn.execute(
+            "SELECT action, actor_kind, detail FROM tenancy.audit_events WHERE customer_id = %s ORDER BY create_time",
+            (customer_id,)).fetchall()]
+
+
+async def test_a_reseller_cannot_take_its_customers_credentials(tenancy: TenancyService, database_url: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    _, reseller = await _reseller(tenancy, "Curious")
+    _, stranger = await _reseller(tenancy, "Stranger")
+    cid, _, key = await _customer(tenancy, reseller, "Guarded")
+    with pytest.raises(PermissionDenied) as err:  # it sees the customer: a 403 that says who may
+        await tenancy.rotate_customer_key(reseller, cid)
+    assert err.value.reason == "CUSTOMER_ONLY"
+    with pytest.raises(NotFound):  # another reseller does not even see it
+        await tenancy.rotate_customer_key(stranger, cid)
+    assert (await tenancy.authenticate(key)).customer_id == cid  # nothing changed
+    assert _audit_rows(database_url, cid) == []
+
+    with caplog.at_level("WARNING", logger="services.tenancy.service"):
+        issued = await tenancy.rotate_customer_key(ADMIN, cid)  # break-glass
+    assert (await tenancy.authenticate(issued)).customer_id == cid
+    assert _audit_rows(database_url, cid) == [("RotateCustomerApiKey", principals.ADMIN, "")]
+    logged = [r for r in caplog.records if getattr(r, "audit", "") == "break_glass"]
+    assert len(logged) == 1 and logged[0].action == "RotateCustomerApiKey" and logged[0].customer_id == cid  # type: ignore[attr-defined]
+    assert logged[0].actor_key_id == ADMIN.key_id  # type: ignore[attr-defined]
+
+
+async def test_only_the_customer_sets_or_clears_a_projects_encryption_key(tenancy: TenancyService,
+                                                                         database_url: str) -> None:
+    _, reseller = await _reseller(tenancy, "Meddler")
+    cid, customer, _ = await _customer(tenancy, reseller, "Keeper")
+    key_id = "5b0c8f5e-0000-4000-8000-000000000001"
+    project = await tenancy.create_project(customer, cid, {"name": "secret", "encryption_key_id": key_id}, "", b"")
+    pid = str(project.id)
+    for change in ({"encryption_key_id": None}, {"encryption_key_id": "5b0c8f5e-0000-4000-8000-000000000002"}):
+        with pytest.raises(PermissionDenied) as err:
+            await tenancy.update_project(reseller, pid, dict(change))
+        assert err.value.reason == "CUSTOMER_ONLY" and err.value.violations[0][0] == "project.encryption_key_id"
+    with pytest.raises(PermissionDenied):
+        await tenancy.create_project(reseller, cid, {"name": "mine", "encryption_key_id": key_id}, "", b"")
+    assert (await tenancy.get_project(customer, pid)).encryption_key_id == key_id  # unchanged
+    # its other fields, and the key it already has named again, the reseller may still send
+    renamed = await tenancy.update_project(reseller, pid, {"name": "renamed", "encryption_key_id": key_id})
+    assert renamed.name == "renamed" and renamed.encryption_key_id == key_id
+    assert (await tenancy.update_project(customer, pid, {"encryption_key_id": None})).encryption_key_id is None
+    assert _audit_rows(database_url, cid) == []
+    await tenancy.update_project(ADMIN, pid, {"encryption_key_id": key_id})  # break-glass
+    assert _audit_rows(database_url, cid) == [("SetProjectEncryptionKey", principals.ADMIN,
+                                               f"encryption_key_id (none) -> {key_id}")]
+
+
+async def test_audit_events_are_append_only(tenancy: TenancyService, database_url: str) -> None:
+    import psycopg
+
+    cid, _, _ = await _customer(tenancy, ADMIN, "Audited")
+    await tenancy.rotate_customer_key(ADMIN, cid)
+    with psycopg.connect(database_url) as conn:
+        for statement in ("UPDATE tenancy.audit_events SET detail = 'edited' WHERE customer_id = %s",
+                          "DELETE FROM tenancy.audit_events WHERE customer_id = %s"):
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                conn.execute(statement, (cid,))
+            conn.rollback()
+    assert len(_audit_rows(database_url, cid)) == 1

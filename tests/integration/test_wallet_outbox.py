@@ -42,7 +42,7 @@ async def test_wallet_opening_survives_billing_outage(database_url: str) -> None
     port = free_port()
     billing_channel = channel(f"127.0.0.1:{port}", service="tenancy", secret=b"s" * 32)
     opener = WalletOpener(db, billing_channel, call_timeout=2.0)
-    tenancy = TenancyService(db, b"pepper" * 6, on_customer_created=opener.wake.set)
+    tenancy = TenancyService(db, b"pepper" * 6, open_wallet=opener.open_now)
     try:
         reseller = await tenancy.create_reseller(ADMIN, {"name": "R", "email": "r@example.com"}, "", b"")
         customer = await tenancy.create_customer(
@@ -82,3 +82,25 @@ async def test_no_outbox_row_for_a_refused_customer(database_url: str) -> None:
     finally:
         await db.close()
     assert _pending(database_url) == before
+
+
+async def test_the_wallet_is_opened_before_create_customer_answers(database_url: str) -> None:
+    fake = RecordingBilling()
+    server = grpc.aio.server()
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    db = Database(to_async_url(database_url), pool_size=2)
+    billing_channel = channel(f"127.0.0.1:{port}", service="tenancy", secret=b"s" * 32)
+    opener = WalletOpener(db, billing_channel)
+    tenancy = TenancyService(db, b"pepper" * 6, open_wallet=opener.open_now)
+    before = _pending(database_url)
+    try:
+        customer = await tenancy.create_customer(ADMIN, {"name": "Now", "email": "n@example.com"}, "", b"")
+        assert [r.customer_id for r in fake.opened] == [str(customer.row.id)]  # before the answer
+        assert _pending(database_url) == before  # nothing left for the loop
+        assert not opener.wake.is_set()
+    finally:
+        await billing_channel.close()
+        await server.stop(None)
+        await db.close()

@@ -1,3 +1,6 @@
+import base64
+import json
+
 import grpc
 import pytest
 
@@ -58,3 +61,24 @@ def test_page_token_round_trip_and_garbage() -> None:
         with pytest.raises(InvalidArgument) as err:
             pagination.decode_token(bad, 2)
         assert err.value.violations[0][0] == "page_token"
+
+
+@pytest.mark.parametrize(("raw", "arity"), [
+    ("[" * 3000 + "]" * 3000, 1),                    # nested past the parser's recursion limit
+    ('[[["2026-01-01"]], "x"]', 2),                   # nested values
+    (json.dumps([2**80]), 1), (json.dumps([-(2**63) - 1]), 1),  # outside a bigint
+    (json.dumps([True]), 1), (json.dumps([1.5]), 1), (json.dumps([None]), 1), (json.dumps([{}]), 1),
+    (json.dumps(["x" * 101, "id"]), 2), (json.dumps(["2026\u0000", "id"]), 2),
+])
+def test_malformed_page_tokens_are_invalid_argument(raw: str, arity: int) -> None:
+    token = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    with pytest.raises(InvalidArgument) as err:
+        pagination.decode_token(token, arity)
+    assert err.value.reason == "INVALID_PAGE_TOKEN" and err.value.violations[0][0] == "page_token"
+
+
+def test_an_oversized_page_token_is_refused_before_decoding() -> None:
+    with pytest.raises(InvalidArgument, match="longer") as err:
+        pagination.decode_token("A" * (pagination.MAX_PAGE_TOKEN_CHARS + 1), 1)
+    assert err.value.reason == "INVALID_PAGE_TOKEN"
+    assert pagination.decode_token(pagination.encode_token(2**63 - 1), 1) == [2**63 - 1]  # the largest seq passes
