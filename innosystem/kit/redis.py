@@ -37,10 +37,10 @@ def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS, *,
     (the gateway's rate limits). Blocking subscription reads are not cut by it (redis-py reads
     those without a timeout). The pool makes no retries, so these are the bounds.
     """
+    options: dict[str, Any] = {"health_check_interval": 30, "socket_keepalive": True,
+                               "socket_connect_timeout": connect_timeout, "socket_timeout": timeout, **kwargs}
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_timeout,
-                                                    health_check_interval=30, socket_keepalive=True,
-                                                    socket_connect_timeout=connect_timeout, socket_timeout=timeout,
-                                                    **kwargs)
+                                                    **options)
     return aioredis.Redis.from_pool(pool)
 
 
