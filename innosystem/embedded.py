@@ -58,6 +58,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _dying_with_parent(args: list[str]) -> tuple[list[str], Any]:
+    """A server's command line and preexec_fn so that it dies with this process. With util-linux's
+    `setpriv` the death signal is armed by it, before it execs the server, and no preexec_fn is
+    needed: a preexec_fn forces a plain fork, and a parent running gRPC threads (a test process)
+    may see gRPC's fork handlers abort the child before it reaches exec."""
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        return [setpriv, "--pdeathsig", "TERM", *args], None
+    return args, _die_with_parent
+
+
 # Our own child processes (`innosystem …`) arrange the same from inside, told their parent's pid by
 # this variable: a preexec_fn would force a plain fork of a parent that may run gRPC threads,
 # and gRPC's fork handlers can abort such a child before it reaches exec.
@@ -194,7 +205,8 @@ class EmbeddedValkey:
                 "--protected-mode", "no", "--daemonize", "no", "--save", "",
                 "--appendonly", "yes" if self.persist else "no", "--maxclients", "10000"]
         with log_file.open("ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            command, preexec = _dying_with_parent(args)
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec,
                                          process_group=0)
         _wait_for_port(self.port, self.proc, "Valkey", log_file, timeout)
         return self.url
