@@ -5,6 +5,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 
+from innosystem.kit import egress
 from innosystem.kit.config import CommonConfig, ConfigError, env, env_float, env_int
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,10 @@ class KeysConfig:
     key_cache_max_uses: int = 1000
     # Timeout of a key manager call when the key does not set one.
     key_manager_timeout_ms: int = 5000
-    # Allow grpc:// and http:// key manager endpoints off loopback (private networks, tests).
-    allow_insecure_endpoints: bool = False
+    # The egress guard for key managers and webhooks (customer-supplied URLs): hosts the operator
+    # allow-lists (INNOSYSTEM_EGRESS_ALLOW_HOSTS=host:port,…) may be plain grpc:// or http:// and
+    # internal; everything else must be TLS to a public address (innosystem/kit/egress.py).
+    egress_policy: egress.Policy = field(default_factory=egress.Policy)
     # A granted access not completed within this time is marked abandoned.
     abandon_after_seconds: float = 900.0
     # How often the sweeper, the background rewrap and webhook delivery run.
@@ -39,13 +42,24 @@ class KeysConfig:
             key_cache_seconds=env_float("INNOSYSTEM_KEYS_KEY_CACHE_SECONDS", cls.key_cache_seconds),
             key_cache_max_uses=env_int("INNOSYSTEM_KEYS_KEY_CACHE_MAX_USES", cls.key_cache_max_uses),
             key_manager_timeout_ms=env_int("INNOSYSTEM_KEYS_KEY_MANAGER_TIMEOUT_MS", cls.key_manager_timeout_ms),
-            allow_insecure_endpoints=(env("INNOSYSTEM_KEYS_ALLOW_INSECURE_ENDPOINTS", "") or "").lower()
-            in ("1", "true", "yes"),
+            egress_policy=_egress_policy(),
             abandon_after_seconds=env_float("INNOSYSTEM_KEYS_ABANDON_AFTER_SECONDS", cls.abandon_after_seconds),
             sweep_interval_seconds=env_float("INNOSYSTEM_KEYS_SWEEP_SECONDS", cls.sweep_interval_seconds),
             webhook_attempts=env_int("INNOSYSTEM_KEYS_WEBHOOK_ATTEMPTS", cls.webhook_attempts),
             webhook_timeout_seconds=env_float("INNOSYSTEM_KEYS_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
         )
+
+
+def _egress_policy() -> egress.Policy:
+    if env("INNOSYSTEM_KEYS_ALLOW_INSECURE_ENDPOINTS"):
+        # It allowed every plain endpoint off loopback; the guard takes named hosts instead.
+        log.warning("INNOSYSTEM_KEYS_ALLOW_INSECURE_ENDPOINTS is no longer read: list the key managers and "
+                    "webhooks the keys service may reach over plain grpc:// or http:// (or at internal "
+                    "addresses) in %s=host:port,…", egress.ALLOW_ENV)
+    try:
+        return egress.Policy.from_env()
+    except ValueError as exc:
+        raise ConfigError(f"{egress.ALLOW_ENV}: {exc}") from None
 
 
 def _master_key(raw: str | None, internal_secret: bytes) -> bytes:

@@ -65,7 +65,7 @@ def build(config: KeysConfig) -> Keys:
     jobs_channel = channel(config.common.addresses.jobs, service="keys", secret=secret)
     tenancy_channel = channel(config.common.addresses.tenancy, service="keys", secret=secret)
     access_log = AccessLog(db, redis)
-    clients = Clients(config.allow_insecure_endpoints)
+    clients = Clients(config.egress_policy)
     deps = Deps(config, db, access_log, clients, Sealer(config.master_key),
                 KeyCache(config.key_cache_seconds, config.key_cache_max_uses), Jobs(jobs_channel),
                 Tenants(tenancy_channel))

@@ -14,14 +14,12 @@ import time
 import uuid
 from datetime import timedelta
 
-import aiohttp
 from google.protobuf import json_format
 from sqlalchemy import select
 
-from innosystem.keymanager.client import parse_endpoint
 from innosystem.keymanager.signing import fingerprint
 from innosystem.keys.v1 import access_logs_pb2 as pb
-from innosystem.kit import idempotency
+from innosystem.kit import egress, idempotency
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import InvalidArgument, NotFound
 from innosystem.kit.pagination import Page, after_keyset, decode_keyset, keyset_page, page_size
@@ -31,9 +29,12 @@ from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.keys.accesslog import record_pb
 from services.keys.deps import Deps
 from services.keys.models import AccessRecord, Delivery, IdempotencyKey, NotificationChannel
+from services.keys.registry import check_endpoint
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "x-innosystem-signature"
+# A webhook's answer is not read for anything but its status; a bigger one is not waited for.
+WEBHOOK_ANSWER_BYTES = 64 * 1024
 
 
 def sign(secret: str, body: bytes, now: float | None = None) -> str:
@@ -53,25 +54,19 @@ def channel_pb(row: NotificationChannel) -> pb.NotificationChannel:
 class Notifications:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        self._http: aiohttp.ClientSession | None = None
+        # Webhook URLs are the customer's: every delivery goes through the egress guard.
+        self._http = egress.Client(deps.config.egress_policy)
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._http.close()
 
     async def create(self, p: Principal, customer_id: str, ch: pb.NotificationChannel, request_id: str,
                      request_hash: bytes) -> tuple[NotificationChannel, str]:
         cid = parse_uuid(customer_id, "customer_id")
         await self.deps.ensure_visible(p, cid, "customer")
         url = ch.webhook_url
-        if not url.startswith(("https://", "http://")):
-            raise InvalidArgument("notification_channel.webhook_url must be an https:// URL",
-                                  field="notification_channel.webhook_url", reason="INVALID_WEBHOOK_URL")
-        try:
-            parse_endpoint(url, self.deps.config.allow_insecure_endpoints)
-        except ValueError as exc:
-            raise InvalidArgument(f"notification_channel.webhook_url: {exc}",
-                                  field="notification_channel.webhook_url", reason="INVALID_WEBHOOK_URL") from None
+        await check_endpoint(url, "notification_channel.webhook_url", self.deps.config.egress_policy,
+                             ("https", "http"))
         triggers = sorted({int(t) for t in ch.triggers})
         if not triggers or any(t not in pb.NotificationTrigger.values() or t == 0 for t in triggers):
             raise InvalidArgument("notification_channel.triggers: one or more known triggers",
@@ -129,8 +124,6 @@ class Notifications:
     async def deliver_once(self, limit: int = 20) -> int:
         """Send due deliveries; each POST is bounded by the configured timeout."""
         cfg = self.deps.config
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
         sent = 0
         async with self.deps.db.session() as s:
             due = (await s.execute(select(Delivery).where(Delivery.done.is_(False), Delivery.next_attempt_time
@@ -150,13 +143,13 @@ class Notifications:
                 d.attempts += 1
                 error = ""
                 try:
-                    async with self._http.post(ch.webhook_url, data=body, headers={
-                            "content-type": "application/json", SIGNATURE_HEADER: sign(secret, body)},
-                            timeout=aiohttp.ClientTimeout(total=cfg.webhook_timeout_seconds)) as resp:
-                        if not 200 <= resp.status < 300:
-                            error = f"HTTP {resp.status}"
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    error = f"{type(exc).__name__}: {exc}"[:500]
+                    answer = await self._http.request("POST", ch.webhook_url, data=body, headers={
+                        "content-type": "application/json", SIGNATURE_HEADER: sign(secret, body)},
+                        time_limit=cfg.webhook_timeout_seconds, max_response_bytes=WEBHOOK_ANSWER_BYTES)
+                    if not 200 <= answer.status < 300:
+                        error = f"HTTP {answer.status}"  # the status only: the answer's body is not shown
+                except egress.EgressError as exc:
+                    error = f"{exc.reason}: {exc.message}"
                 now = utcnow()
                 if not error:
                     d.done, ch.last_delivery_time, ch.last_delivery_error = True, now, ""

@@ -4,6 +4,7 @@ Every change is a record on the customer's access log, in the same transaction."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -11,12 +12,12 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from innosystem.keymanager.client import parse_endpoint
+from innosystem.keymanager.client import SCHEMES, KeyManagerError, parse_endpoint
 from innosystem.keymanager.signing import MIN_SECRET_BYTES, fingerprint
 from innosystem.keymanager.v1 import keymanager_pb2 as km
 from innosystem.keys.v1 import access_logs_pb2 as alpb
 from innosystem.keys.v1 import keys_pb2 as pb
-from innosystem.kit import idempotency
+from innosystem.kit import egress, idempotency
 from innosystem.kit import principal as principals
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 T = alpb.AccessRecordType
 MAX_TIMEOUT_MS = 60_000
 UPDATABLE = {"description", "hmac_secrets", "policy", "timeout_ms", "min_decryption_version"}
+RESOLVE_SECONDS = 5.0
 
 
 @dataclass
@@ -93,20 +95,43 @@ def owner_only(p: Principal, customer_id: uuid.UUID, action: str, target: str) -
     raise PermissionDenied(f"only the customer itself may {action} (its keys are its own)", reason="CUSTOMER_ONLY")
 
 
+async def check_endpoint(url: str, field: str, policy: egress.Policy, schemes: tuple[str, ...] = SCHEMES) -> None:
+    """INVALID_ARGUMENT naming `field` if the URL is malformed (INVALID_ENDPOINT) or the egress
+    guard refuses it (EGRESS_BLOCKED: a plain scheme or an internal address not allow-listed)."""
+    try:
+        target = egress.check_url(url, policy, schemes)
+        if url.startswith(("grpc://", "grpcs://")):
+            parse_endpoint(url, policy)  # a gRPC endpoint needs its port
+        if not target.allow_listed:
+            await asyncio.wait_for(egress.resolve(target.host, target.port, policy), RESOLVE_SECONDS)
+    except ValueError as exc:
+        raise InvalidArgument(f"{field}: {exc}", field=field, reason="INVALID_ENDPOINT") from None
+    except egress.EgressError as exc:
+        if exc.reason == egress.BLOCKED:
+            raise InvalidArgument(f"{field}: {exc.message} (egress guard)", field=field,
+                                  reason=egress.BLOCKED) from None
+        # A name that does not resolve now: the verification that follows reports it as unreachable.
+    except TimeoutError:
+        pass
+
+
 class Registry:
     def __init__(self, deps: Deps, hierarchy: Hierarchy) -> None:
         self.deps, self.h = deps, hierarchy
 
-    def _endpoint(self, url: str, field: str) -> str:
-        try:
-            parse_endpoint(url, self.deps.config.allow_insecure_endpoints)
-        except ValueError as exc:
-            raise InvalidArgument(f"{field}: {exc}", field=field, reason="INVALID_ENDPOINT") from None
+    async def _endpoint(self, url: str, field: str) -> str:
+        """The endpoint, if the egress guard would let us call it: 400 naming the field otherwise.
+        The name is resolved and checked here too, so an internal address is refused at once
+        rather than as a failed verification; every call checks it again (DNS can change)."""
+        await check_endpoint(url, field, self.deps.config.egress_policy)
         return url
 
     async def _verify(self, url: str, secrets: list[str], timeout_ms: int, external_key_id: str,
                       customer_id: str) -> keymanagers.VerifyResult:
-        client = self.deps.clients.get(url, secrets, timeout_ms or self.deps.config.key_manager_timeout_ms)
+        try:
+            client = self.deps.clients.get(url, secrets, timeout_ms or self.deps.config.key_manager_timeout_ms)
+        except KeyManagerError as exc:
+            return keymanagers.VerifyResult(error=str(exc))
         return await keymanagers.verify(client, external_key_id, customer_id)
 
     async def view(self, key_id: uuid.UUID) -> KeyView:
@@ -137,7 +162,7 @@ class Registry:
         cid = parse_uuid(customer_id, "customer_id")
         await self.deps.ensure_visible(p, cid, "customer")
         note = owner_only(p, cid, "register a key", "a new key")
-        url = self._endpoint(ck.endpoint_url, "client_key.endpoint_url")
+        url = await self._endpoint(ck.endpoint_url, "client_key.endpoint_url")
         if len(ck.external_key_id) > 512:
             raise InvalidArgument("client_key.external_key_id: at most 512 characters",
                                   field="client_key.external_key_id", reason="INVALID_KEY_ID")
@@ -266,7 +291,7 @@ class Registry:
                 return await self.view(ck.id)
             current = await s.get(ClientKeyVersion, (ck.id, ck.current_version))
         assert current is not None
-        url = self._endpoint(endpoint_url or current.endpoint_url, "endpoint_url")
+        url = await self._endpoint(endpoint_url or current.endpoint_url, "endpoint_url")
         external = external_key_id or current.external_key_id
         secrets = self.deps.sealer.open(str(ck.id), ck.sealed_secrets)
         result = await self._verify(url, secrets, ck.timeout_ms, external, str(ck.customer_id))

@@ -19,6 +19,7 @@ from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.keys.v1 import access_logs_pb2 as alpb
 from innosystem.keys.v1 import access_logs_pb2_grpc, keys_pb2_grpc
 from innosystem.keys.v1 import keys_pb2 as pb
+from innosystem.kit import egress
 from innosystem.kit import principal as principals
 from innosystem.kit.config import Addresses, CommonConfig, to_async_url
 from innosystem.kit.server import build_server
@@ -185,8 +186,12 @@ def keys_config(database_url: str, redis_url: str, jobs_addr: str, tenancy_addr:
                                                                                 tenancy=tenancy_addr),
                           listen="127.0.0.1:0", log_format="console", log_level="INFO", grace_seconds=1,
                           metrics_port=0)
+    # The tests' key managers and webhook receivers listen on loopback at ports picked at run time,
+    # so these stacks allow-list loopback as a host; the guard's refusals are tested with a keys
+    # service that allow-lists one key manager port only (test_keys_egress.py).
     values: dict[str, Any] = {"master_key": b"k" * 32, "key_cache_seconds": 0.0, "sweep_interval_seconds": 3600,
-                              "webhook_attempts": 2}
+                              "webhook_attempts": 2,
+                              "egress_policy": egress.Policy(allow_hosts=frozenset({"127.0.0.1"}))}
     values.update(overrides)
     return KeysConfig(common=common, **values)
 
