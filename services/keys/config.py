@@ -32,6 +32,13 @@ class KeysConfig:
     # Webhook delivery: attempts per event and the timeout of one POST.
     webhook_attempts: int = 5
     webhook_timeout_seconds: float = 5.0
+    # Background work per tenant (services/keys/background.py): items in flight in the process,
+    # items of one customer in flight, and how long a pass waits for a busy customer's turn.
+    background_concurrency: int = 16
+    background_per_customer: int = 2
+    background_budget_seconds: float = 30.0
+    # A replica's claim on a key it rewraps; a failed rewrap is retried when it runs out.
+    rewrap_lease_seconds: float = 120.0
 
     @classmethod
     def from_env(cls) -> KeysConfig:
@@ -47,6 +54,11 @@ class KeysConfig:
             sweep_interval_seconds=env_float("INNOSYSTEM_KEYS_SWEEP_SECONDS", cls.sweep_interval_seconds),
             webhook_attempts=env_int("INNOSYSTEM_KEYS_WEBHOOK_ATTEMPTS", cls.webhook_attempts),
             webhook_timeout_seconds=env_float("INNOSYSTEM_KEYS_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
+            background_concurrency=env_int("INNOSYSTEM_KEYS_BACKGROUND_CONCURRENCY", cls.background_concurrency),
+            background_per_customer=env_int("INNOSYSTEM_KEYS_BACKGROUND_PER_CUSTOMER", cls.background_per_customer),
+            background_budget_seconds=env_float("INNOSYSTEM_KEYS_BACKGROUND_BUDGET_SECONDS",
+                                                cls.background_budget_seconds),
+            rewrap_lease_seconds=env_float("INNOSYSTEM_KEYS_REWRAP_LEASE_SECONDS", cls.rewrap_lease_seconds),
         )
 
 
