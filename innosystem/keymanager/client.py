@@ -91,6 +91,8 @@ class KeyManagerClient:
         self.timeout = timeout
         self.clock = clock  # the signature's timestamp (tests move it to prove replay bounds)
         self._channel: grpc.aio.Channel | None = None
+        # Opening a channel awaits the name's resolution: concurrent first calls must share one.
+        self._opening = asyncio.Lock()
         self._own_http = http is None
         self._http = http or egress.Client(self.policy)
 
@@ -124,12 +126,13 @@ class KeyManagerClient:
     async def _open_channel(self) -> grpc.aio.Channel:
         """The channel, dialling the guard-checked address of the endpoint (resolved again each
         time a channel is opened: after a failure, see `_grpc`)."""
-        if self._channel is None:
-            target = egress.check_url(self.url, self.policy, SCHEMES)
-            dial, options = await egress.grpc_target(target, self.policy)
-            self._channel = (grpc.aio.secure_channel(dial, grpc.ssl_channel_credentials(), options=options)
-                             if self.endpoint.tls else grpc.aio.insecure_channel(dial, options=options))
-        return self._channel
+        async with self._opening:
+            if self._channel is None:
+                target = egress.check_url(self.url, self.policy, SCHEMES)
+                dial, options = await egress.grpc_target(target, self.policy)
+                self._channel = (grpc.aio.secure_channel(dial, grpc.ssl_channel_credentials(), options=options)
+                                 if self.endpoint.tls else grpc.aio.insecure_channel(dial, options=options))
+            return self._channel
 
     async def _grpc(self, method: str, request: Message, response: type[R]) -> R:
         try:

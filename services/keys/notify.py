@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from google.protobuf import json_format
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from innosystem.keymanager.signing import fingerprint
 from innosystem.keys.v1 import access_logs_pb2 as pb
@@ -158,8 +158,10 @@ class Notifications:
                                       json_format.MessageToJson(event, indent=None).encode(),
                                       self.deps.sealer.open(str(ch.id), ch.sealed_secret)[0]))
         results: dict[uuid.UUID, str] = {}
+        started: set[uuid.UUID] = set()
 
         async def send(c: _Claim) -> None:
+            started.add(c.delivery_id)
             results[c.delivery_id] = await self._post(c)
 
         await self.deps.gate.run("webhook delivery", [
@@ -167,12 +169,21 @@ class Notifications:
             for c in claimed], cfg.background_budget_seconds)
         sent = 0
         for c in claimed:
-            # No outcome (timed out in the gate, or not started within the budget): an error now,
-            # retried after the backoff like any other failure.
-            error = results.get(c.delivery_id, f"{egress.TIMEOUT}: no answer within {cfg.webhook_timeout_seconds:g} s")
+            if c.delivery_id not in started:
+                # Not sent (its customer's turn did not come within the pass's budget): give the
+                # claim back, uncounted, for the next pass.
+                await self._unclaim(c)
+                continue
+            error = results.get(c.delivery_id, f"{egress.TIMEOUT}: no answer in time")  # cut off by the gate
             if await self._record(c, error):
                 sent += 1
         return sent
+
+    async def _unclaim(self, c: _Claim) -> None:
+        async with self.deps.db.session() as s:
+            await s.execute(update(Delivery).where(Delivery.id == c.delivery_id, Delivery.attempts == c.attempts,
+                                                   Delivery.done.is_(False))
+                            .values(attempts=c.attempts - 1, next_attempt_time=utcnow()))
 
     async def _post(self, c: _Claim) -> str:
         """"" if the webhook took the event, else what failed (our words, never its answer)."""

@@ -177,3 +177,25 @@ async def test_a_customer_whose_log_is_locked_does_not_stall_the_abandon_sweep(
         await holder.close()
     await h.keys.accesses.sweep_abandoned()  # A's turn comes once its log is free
     assert (await h.records(a))[-1].type == T.ACCESS_RECORD_TYPE_ACCESS_ABANDONED
+
+
+async def test_the_gate_bounds_a_customer_and_defers_what_its_budget_cannot_start() -> None:
+    from services.keys.background import Outcome, TenantGate
+
+    gate = TenantGate(concurrency=8, per_customer=2)
+    in_flight, most = [0], [0]
+    never = asyncio.Event()
+
+    async def stuck() -> None:
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        try:
+            await never.wait()
+        finally:
+            in_flight[0] -= 1
+
+    async def quick() -> None:
+        return None
+
+    out = await gate.run("test", [("a", 0.5, stuck) for _ in range(5)] + [("b", 0.5, quick)], budget=0.2)
+    assert out == Outcome(done=1, failed=0, timed_out=2, deferred=3) and most[0] == 2
