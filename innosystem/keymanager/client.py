@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format
@@ -93,18 +93,27 @@ class KeyManagerClient:
         self._channel: grpc.aio.Channel | None = None
         # Opening a channel awaits the name's resolution: concurrent first calls must share one.
         self._opening = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._own_http = http is None
         self._http = http or egress.Client(self.policy)
 
     async def close(self) -> None:
-        await self._drop_channel()
-        if self._own_http:
-            await self._http.close()
-
-    async def _drop_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._own_http:
+            await self._http.close()
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Stop using `channel` (the next call resolves and checks the name again); calls still
+        in flight on it get their own time to finish before it closes."""
+        if self._channel is not channel:
+            return  # another call retired it already, and may have opened the next one
+        self._channel = None
+        task = asyncio.ensure_future(cast(grpc.aio.Channel, channel).close(grace=self.timeout))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def wrap(self, request: km.WrapRequest) -> km.WrapResponse:
         return await self._call("Wrap", request, km.WrapResponse)
@@ -151,7 +160,7 @@ class KeyManagerClient:
             return answer
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                await self._drop_channel()  # the next call resolves (and checks) the name again
+                self._retire(channel)
             err = from_rpc_error(exc)
             raise _classify(exc.code(), err.reason, _grpc_transport(exc)) from None
 

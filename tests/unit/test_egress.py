@@ -63,6 +63,18 @@ async def test_names_are_checked_where_they_resolve() -> None:
     with pytest.raises(egress.EgressError) as unknown:
         await egress.resolve("no-such-host.invalid", 443, egress.Policy())
     assert unknown.value.reason == egress.UNREACHABLE
+    # Legacy spellings of 127.0.0.1 are names to the URL check, and loopback where they resolve.
+    client = egress.Client(egress.Policy())
+    try:
+        for host in ("127.1", "2130706433", "0x7f000001", "017700000001"):
+            with pytest.raises(egress.EgressError) as legacy:
+                await egress.resolve(host, 443, egress.Policy())
+            assert legacy.value.reason == egress.BLOCKED, host
+            with pytest.raises(egress.EgressError) as called:
+                await client.request("GET", f"https://{host}/", time_limit=5)
+            assert called.value.reason == egress.BLOCKED, host
+    finally:
+        await client.close()
 
 
 async def ok(request: web.Request) -> web.Response:
