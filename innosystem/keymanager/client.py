@@ -84,7 +84,11 @@ class KeyManagerClient:
 
     def __init__(self, url: str, secrets: Sequence[bytes], timeout: float, policy: egress.Policy | None = None,
                  clock: Callable[[], float] = time.time, http: egress.Client | None = None) -> None:
-        self.policy = policy or egress.Policy()
+        """`policy`: the egress guard's. The keys service always passes the operator's (its
+        clients call URLs customers supplied: `services/keys/keymanagers.Clients`). Without one,
+        the caller is an operator's own tool naming its own endpoint (the compose/k8s health
+        probe, the conformance test), and exactly that host:port is allowed; nothing else is."""
+        self.policy = policy or egress.Policy.trusting(url)
         self.url = url
         self.endpoint = parse_endpoint(url, self.policy)
         self.secrets = list(secrets)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-import os
 import socket
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -144,7 +143,19 @@ class Policy:
 
     @classmethod
     def from_env(cls, name: str = ALLOW_ENV, *, extra: Iterable[str] = (), **kwargs: Any) -> Policy:
-        return cls(allow_hosts=parse_allow_list(os.environ.get(name, "")) | parse_allow_list(extra), **kwargs)
+        # Through kit.config.env, like every setting (the deploy checks see what the code reads).
+        from innosystem.kit.config import env
+
+        return cls(allow_hosts=parse_allow_list(env(name, "") or "") | parse_allow_list(extra), **kwargs)
+
+    @classmethod
+    def trusting(cls, url: str) -> Policy:
+        """A policy that allow-lists exactly the host:port of `url`: for an operator's own tool
+        calling an endpoint the operator named (a health probe, the conformance test), never for
+        a URL a customer supplied."""
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 443)
+        return cls(allow_hosts=frozenset({f"{_norm_host(parts.hostname or '')}:{port}"}))
 
     def allows(self, host: str, port: int) -> bool:
         h = _norm_host(host)

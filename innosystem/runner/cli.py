@@ -93,11 +93,12 @@ def run(args: argparse.Namespace) -> int:
     if not token:
         raise SystemExit(f"runner: a token is required (--token or ${TOKEN_ENV}); POST /v1/runners returns one")
     target = args.target or env("INNOSYSTEM_RUNNERS_ADDR") or "127.0.0.1:50054"
-    registry = load_processors(args.processor, args.external_api)
     try:
-        egress_policy = external.policy_from_env(args.egress_allow_host)
+        # getattr: callers that build the Namespace themselves (tests, embedders) may leave it out.
+        egress_policy = external.policy_from_env(getattr(args, "egress_allow_host", []))
     except ValueError as exc:
         raise SystemExit(f"runner: {exc}") from None
+    registry = load_processors(args.processor, args.external_api)
     tags = [t.strip() for t in args.tags.split(",") if t.strip()]
 
     async def main() -> int:
