@@ -203,8 +203,19 @@ def _embedded_settings(data_dir: Path, demo: bool) -> dict[str, str]:
     return settings
 
 
-def _start_demo(stack: Stack, data_dir: Path) -> str:
-    """The reference key manager, the demo tenants and a shared runner with the built-ins."""
+def allow_keymanager(stack: Stack, port: int) -> None:
+    """Let the keys service reach the demo's reference key manager: a plain grpc:// endpoint on
+    loopback, which the egress guard refuses unless the operator allow-lists it. Exactly its port
+    (both spellings a customer may type), added to whatever the operator already allows."""
+    from innosystem.kit.egress import ALLOW_ENV
+
+    listed = [stack.extra_env.get(ALLOW_ENV) or env(ALLOW_ENV) or "", f"127.0.0.1:{port}", f"localhost:{port}"]
+    stack.extra_env[ALLOW_ENV] = ",".join(x for x in listed if x)
+
+
+def _start_demo(stack: Stack, data_dir: Path, km_port: int) -> str:
+    """The reference key manager (on `km_port`, allow-listed before the services started), the demo
+    tenants and a shared runner with the built-ins."""
     from innosystem.demo import seed
     from innosystem.rest import Rest
 
@@ -212,7 +223,6 @@ def _start_demo(stack: Stack, data_dir: Path) -> str:
     keys_dir = data_dir / "keymanager"
     ready = keys_dir / "ready.json"
     ready.unlink(missing_ok=True)
-    km_port = stack.pick_port(DEFAULT_KEYMANAGER_PORT)
     stack.spawn("keymanager", ["keymanager", "--key-file", str(keys_dir / "keys.json"), "--port", str(km_port),
                                "--ready-file", str(ready)])
     demo = seed(Rest(stack.gateway_url, stack.admin_api_key))
@@ -268,12 +278,15 @@ def up(args: argparse.Namespace) -> int:
             admin_api_key=env("INNOSYSTEM_ADMIN_API_KEY") or "isk_admin_" + secrets.token_urlsafe(24),
             extra_env=_embedded_settings(data_dir, args.demo),
         )
+        km_port = stack.pick_port(DEFAULT_KEYMANAGER_PORT) if args.demo else 0
+        if km_port:
+            allow_keymanager(stack, km_port)  # the keys service reads it at start
         print("• migrations …", flush=True)
         stack.migrate()
         print("• services: " + ", ".join(f"{n} {stack.address(n)}" for n in SERVICES) + " …", flush=True)
         stack.start()
         stack.wait_ready()
-        demo_lines = _start_demo(stack, data_dir) if args.demo else ""
+        demo_lines = _start_demo(stack, data_dir, km_port) if args.demo else ""
         print(
             f"\nInnoSystem is up in {time.monotonic() - started:.1f}s\n"
             f"  gateway        {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/openapi.json)\n"

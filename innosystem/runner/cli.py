@@ -6,8 +6,10 @@
 --processor takes a built-in name (echo, sleep, sha256, fail; `builtins` for all four),
 NAME=module:function, module:function (registered under the function's name, or as its
 decorator said), or a module whose `@processor` decorators register on import. Without any
---processor the runner serves the four built-ins. SIGTERM drains: no new jobs, running ones
-finish within --drain-grace seconds, then it exits.
+--processor the runner serves the four built-ins. --external-api job types call the URL the job
+type names, which a customer set: only https to public addresses, unless this runner's operator
+allow-lists a host with --egress-allow-host (or $INNOSYSTEM_RUNNER_EGRESS_ALLOW_HOSTS).
+SIGTERM drains: no new jobs, running ones finish within --drain-grace seconds, then it exits.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import signal
 from typing import Any
 
-from innosystem.runner import builtin
+from innosystem.runner import builtin, external
 from innosystem.runner.client import Runner, RunnerRejected
 from innosystem.runner.processors import Registry, default_registry
 
@@ -27,7 +29,7 @@ log = logging.getLogger("innosystem.runner")
 
 TOKEN_ENV = "INNOSYSTEM_RUNNER_TOKEN"
 # What a runner process reads from the environment (besides logging and OTEL_* settings).
-ENV_VARS = (TOKEN_ENV, "INNOSYSTEM_RUNNERS_ADDR")
+ENV_VARS = (TOKEN_ENV, "INNOSYSTEM_RUNNERS_ADDR", external.ALLOW_ENV)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="built-in name, NAME=module:function, module:function or module (repeatable)")
     parser.add_argument("--external-api", action="append", default=[], metavar="JOB_TYPE",
                         help="serve this job type by calling its configured HTTP endpoint (repeatable)")
+    parser.add_argument("--egress-allow-host", action="append", default=[], metavar="HOST[:PORT]",
+                        help="let EXTERNAL_API calls reach this host over http or at an internal address "
+                             f"(repeatable; adds to ${external.ALLOW_ENV})")
     parser.add_argument("--tags", default="", help="comma-separated capability tags, e.g. gpu,eu")
     parser.add_argument("--slots", type=int, default=4, help="most jobs at once (default 4)")
     parser.add_argument("--hostname", default="", help="reported hostname (default: this machine's)")
@@ -88,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
     if not token:
         raise SystemExit(f"runner: a token is required (--token or ${TOKEN_ENV}); POST /v1/runners returns one")
     target = args.target or env("INNOSYSTEM_RUNNERS_ADDR") or "127.0.0.1:50054"
+    try:
+        # getattr: callers that build the Namespace themselves (tests, embedders) may leave it out.
+        egress_policy = external.policy_from_env(getattr(args, "egress_allow_host", []))
+    except ValueError as exc:
+        raise SystemExit(f"runner: {exc}") from None
     registry = load_processors(args.processor, args.external_api)
     tags = [t.strip() for t in args.tags.split(",") if t.strip()]
 
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
         runner = Runner(target, token, registry, max_concurrent_jobs=args.slots, tags=tags, hostname=args.hostname,
                         drain_grace_seconds=args.drain_grace,
-                        credentials=grpc.ssl_channel_credentials() if args.tls else None)
+                        credentials=grpc.ssl_channel_credentials() if args.tls else None, egress=egress_policy)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, runner.drain)
         loop.add_signal_handler(signal.SIGINT, runner.stop)

@@ -24,12 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import grpc
 from google.protobuf import json_format, struct_pb2
 from opentelemetry import propagate, trace
 
 from innosystem.jobs.v1 import jobs_pb2
+from innosystem.kit.egress import Client as EgressClient
+from innosystem.kit.egress import Policy as EgressPolicy
 from innosystem.runner import external
 from innosystem.runner.backoff import Backoff
 from innosystem.runner.processors import Job, JobCancelled, JobError, Kind, Processor, Registry, Result
@@ -77,7 +78,9 @@ class _Access:
 class Runner:
     def __init__(self, target: str, token: str, processors: Registry, *, max_concurrent_jobs: int = 4,
                  tags: Sequence[str] = (), hostname: str = "", drain_grace_seconds: float = 30.0,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None, egress: EgressPolicy | None = None) -> None:
+        """`egress`: what EXTERNAL_API processors may call (customer-set URLs); default from
+        $INNOSYSTEM_RUNNER_EGRESS_ALLOW_HOSTS, otherwise https to public addresses only."""
         if max_concurrent_jobs < 1:
             raise ValueError("max_concurrent_jobs must be at least 1")
         if not token:
@@ -103,7 +106,7 @@ class Runner:
         self._grants: dict[str, asyncio.Future[pb.SecureAccessGrant]] = {}
         self._progress: dict[str, tuple[int, str]] = {}
         self._executor = ThreadPoolExecutor(max_workers=max_concurrent_jobs, thread_name_prefix="processor")
-        self._http: aiohttp.ClientSession | None = None
+        self._http = EgressClient(egress or external.policy_from_env())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()  # a job finished or a result was acknowledged
         self.completed = 0  # results acknowledged (for tests and demos)
@@ -135,8 +138,7 @@ class Runner:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self._http is not None:
-                await self._http.close()
+            await self._http.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def drain(self, grace_seconds: float | None = None) -> None:
@@ -371,8 +373,6 @@ class Runner:
 
     async def _call(self, processor: Processor, job: Job) -> Any:
         if processor.kind == Kind.EXTERNAL_API:
-            if self._http is None:
-                self._http = aiohttp.ClientSession()
             return await external.call(processor, job, self._http)
         assert processor.fn is not None
         if processor.is_coroutine:

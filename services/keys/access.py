@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -21,7 +22,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from innosystem.jobs.v1 import jobs_pb2
 from innosystem.keymanager.aead import IntegrityError
@@ -60,6 +61,10 @@ PLATFORM_PURPOSES = {P.PURPOSE_CODE_PLATFORM_SYSTEM_OPERATION, P.PURPOSE_CODE_PL
                      P.PURPOSE_CODE_PLATFORM_SECURITY_REVIEW, P.PURPOSE_CODE_LEGAL_REQUEST}
 CUSTOMER_PURPOSES = {P.PURPOSE_CODE_CUSTOMER_INITIATED_JOB, P.PURPOSE_CODE_CUSTOMER_INITIATED_SUPPORT}
 MAX_FIELDS = 100
+# The sweeper waits this long for a customer's chain head lock (see sweep_abandoned), and gives one
+# customer's closing this long in all.
+SWEEP_LOCK_TIMEOUT_SECONDS = 5.0
+SWEEP_ITEM_SECONDS = 30.0
 OUTCOME = {DENIED: OUT.ACCESS_OUTCOME_DENIED, ERROR: OUT.ACCESS_OUTCOME_ERROR}
 
 
@@ -363,15 +368,37 @@ class Accesses:
     # ------------------------------------------------------------------ the sweeper
 
     async def sweep_abandoned(self, limit: int = 100) -> int:
-        """Close accesses left open too long with an ABANDONED record, visibly."""
+        """Close accesses left open too long with an ABANDONED record, visibly.
+
+        Each customer's accesses close in their own short transaction, through the per-tenant
+        gate: closing appends to the customer's chain, whose head row lock a long transaction of
+        that customer can hold; with one transaction for everyone (as before) that stalled every
+        customer's sweep. A customer whose head stays locked past `lock_timeout` is skipped
+        this pass (logged) and swept on the next."""
         cutoff = utcnow() - timedelta(seconds=self.deps.config.abandon_after_seconds)
-        closed = 0
         async with self.deps.db.session() as s:
-            rows = (await s.execute(select(Access).where(Access.status.in_((REQUESTED, GRANTED)),
-                                                         Access.create_time < cutoff)
-                                    .order_by(Access.create_time).limit(limit).with_for_update(skip_locked=True)
-                                    )).scalars().all()
-            notices = []
+            found = (await s.execute(select(Access.id, Access.customer_id).where(
+                Access.status.in_((REQUESTED, GRANTED)), Access.create_time < cutoff)
+                .order_by(Access.create_time).limit(limit))).all()
+        by_customer: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for access_id, customer_id in found:
+            by_customer.setdefault(customer_id, []).append(access_id)
+        closed = [0]
+
+        async def close(customer_id: uuid.UUID, ids: list[uuid.UUID]) -> None:
+            closed[0] += await self._abandon(customer_id, ids)
+
+        await self.deps.gate.run("abandon sweep", [
+            (str(c), SWEEP_ITEM_SECONDS, functools.partial(close, c, ids))
+            for c, ids in by_customer.items()], self.deps.config.background_budget_seconds)
+        return closed[0]
+
+    async def _abandon(self, customer_id: uuid.UUID, ids: list[uuid.UUID]) -> int:
+        sequence = 0
+        async with self.deps.db.session() as s:
+            await s.execute(text(f"SET LOCAL lock_timeout = '{int(SWEEP_LOCK_TIMEOUT_SECONDS * 1000)}ms'"))
+            rows = (await s.execute(select(Access).where(Access.id.in_(ids), Access.status.in_((REQUESTED, GRANTED)))
+                                    .order_by(Access.create_time).with_for_update(skip_locked=True))).scalars().all()
             for row in rows:
                 ctx = {k: v for k, v in (row.context or {}).items() if k in Entry.__dataclass_fields__}
                 entry = Entry(**{**ctx, "type": T.ACCESS_RECORD_TYPE_ACCESS_ABANDONED,
@@ -381,12 +408,10 @@ class Accesses:
                                              else "requested and never resolved (the keys service stopped "
                                                   "mid-access)")})
                 row.status = CLOSED
-                rec = await self.deps.log.append(s, row.customer_id, entry)
-                notices.append((row.customer_id, rec.sequence))
-                closed += 1
-        for customer_id, sequence in notices:
+                sequence = (await self.deps.log.append(s, customer_id, entry)).sequence
+        if sequence:
             await self.deps.log.publish(customer_id, sequence)
-        return closed
+        return len(rows)
 
 
 def _data_key_of(job_id: str) -> Any:

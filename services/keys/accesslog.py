@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from sqlalchemy import and_, select
+from sqlalchemy import and_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +43,8 @@ KEY_TYPES = {T.ACCESS_RECORD_TYPE_KEY_REGISTERED, T.ACCESS_RECORD_TYPE_KEY_UPDAT
 ACCESS_TYPES = {T.ACCESS_RECORD_TYPE_ACCESS_REQUESTED, T.ACCESS_RECORD_TYPE_ACCESS_COMPLETED,
                 T.ACCESS_RECORD_TYPE_ACCESS_ABANDONED}
 MAX_LIST = 1000
+# Records read per page while verifying a chain: what one verification holds in memory at most.
+VERIFY_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class AccessLog:
     def __init__(self, db: Database, redis: aioredis.Redis) -> None:
         self.db, self.redis = db, redis
         self.subscriptions = Subscriptions(redis)
+        self.verify_chunk = VERIFY_CHUNK
 
     async def append(self, session: AsyncSession, customer_id: uuid.UUID, entry: Entry) -> AccessRecord:
         """Chain one record onto the customer's log inside the caller's transaction."""
@@ -201,13 +204,28 @@ class AccessLog:
         return rows, ""
 
     async def verify(self, customer_id: uuid.UUID) -> chain.Verification:
-        """Recompute the whole chain, streaming rows in sequence order."""
-        async with self.db.session() as s:
-            result = await s.stream_scalars(select(AccessRecord).where(AccessRecord.customer_id == customer_id)
-                                            .order_by(AccessRecord.sequence, AccessRecord.id)
-                                            .execution_options(yield_per=1000))
-            records = [record_pb(row) async for row in result]
-        return chain.verify(records)
+        """Recompute the chain in keyset pages of `verify_chunk` records, each read in its own short
+        transaction, and stop at the first break: a log of any length costs one page of memory, and
+        no transaction stays open while a long log is hashed.
+
+        Pages follow (sequence, id), not the sequence alone, so a record inserted with a duplicate
+        sequence is still read (and reported) rather than skipped by the page boundary. Records
+        appended while the walk runs are simply checked too: the log is append-only."""
+        verifier = chain.Verifier()
+        after: tuple[int, uuid.UUID] | None = None
+        while True:
+            stmt = select(AccessRecord).where(AccessRecord.customer_id == customer_id)
+            if after is not None:
+                stmt = stmt.where(tuple_(AccessRecord.sequence, AccessRecord.id) > tuple_(*after))
+            async with self.db.session() as s:
+                rows = list((await s.execute(stmt.order_by(AccessRecord.sequence, AccessRecord.id)
+                                             .limit(self.verify_chunk))).scalars().all())
+            for row in rows:
+                if not verifier.add(record_pb(row)):
+                    return verifier.result
+            if len(rows) < self.verify_chunk:
+                return verifier.result
+            after = (rows[-1].sequence, rows[-1].id)
 
     async def since(self, customer_id: uuid.UUID, after: int, limit: int = 500) -> list[AccessRecord]:
         stmt = select(AccessRecord).where(AccessRecord.customer_id == customer_id, AccessRecord.sequence > after)

@@ -43,29 +43,50 @@ class Verification:
     first_break: pb.ChainBreak | None = None
 
 
-def verify(records: Iterable[pb.AccessRecord]) -> Verification:
-    """Walk records in stored sequence order; stop at the first break."""
-    out = Verification()
-    expected_prev, expected_seq = GENESIS, 1
-    for r in records:
+class Verifier:
+    """The chain check one record at a time, so a caller can feed it a page at a time and stop
+    reading at the first break (a customer's log grows without bound; it is never held whole)."""
+
+    def __init__(self) -> None:
+        self.result = Verification()
+        self._prev, self._seq = GENESIS, 1
+
+    @property
+    def broken(self) -> bool:
+        return self.result.first_break is not None
+
+    def add(self, r: pb.AccessRecord) -> bool:
+        """Check the next record in stored sequence order; False once the chain is broken."""
+        out = self.result
+        if out.first_break is not None:
+            return False
         out.checked += 1
-        if r.sequence != expected_seq:
+        if r.sequence != self._seq:
             out.first_break = pb.ChainBreak(
-                kind=SEQUENCE_GAP, sequence=expected_seq, record_id=r.id,
-                message=f"expected sequence {expected_seq}, found {r.sequence} (a record deleted or inserted)")
-            return out
-        if r.prev_hash != expected_prev:
+                kind=SEQUENCE_GAP, sequence=self._seq, record_id=r.id,
+                message=f"expected sequence {self._seq}, found {r.sequence} (a record deleted or inserted)")
+            return False
+        if r.prev_hash != self._prev:
             out.first_break = pb.ChainBreak(
-                kind=PREV_HASH_MISMATCH, sequence=r.sequence, record_id=r.id, expected_hash=expected_prev,
+                kind=PREV_HASH_MISMATCH, sequence=r.sequence, record_id=r.id, expected_hash=self._prev,
                 actual_hash=r.prev_hash,
                 message="prev_hash is not the previous record's hash (a record deleted, inserted or reordered)")
-            return out
+            return False
         actual = record_hash(r)
         if actual != r.hash:
             out.first_break = pb.ChainBreak(
                 kind=HASH_MISMATCH, sequence=r.sequence, record_id=r.id, expected_hash=actual, actual_hash=r.hash,
                 message="the record's content does not match its hash (edited)")
-            return out
-        expected_prev, expected_seq = r.hash, expected_seq + 1
+            return False
+        self._prev, self._seq = r.hash, self._seq + 1
         out.head_sequence, out.head_hash = r.sequence, r.hash
-    return out
+        return True
+
+
+def verify(records: Iterable[pb.AccessRecord]) -> Verification:
+    """Walk records in stored sequence order; stop at the first break."""
+    v = Verifier()
+    for r in records:
+        if not v.add(r):
+            break
+    return v.result

@@ -5,6 +5,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 
+from innosystem.kit import egress
 from innosystem.kit.config import CommonConfig, ConfigError, env, env_float, env_int
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,10 @@ class KeysConfig:
     key_cache_max_uses: int = 1000
     # Timeout of a key manager call when the key does not set one.
     key_manager_timeout_ms: int = 5000
-    # Allow grpc:// and http:// key manager endpoints off loopback (private networks, tests).
-    allow_insecure_endpoints: bool = False
+    # The egress guard for key managers and webhooks (customer-supplied URLs): hosts the operator
+    # allow-lists (INNOSYSTEM_EGRESS_ALLOW_HOSTS=host:port,…) may be plain grpc:// or http:// and
+    # internal; everything else must be TLS to a public address (innosystem/kit/egress.py).
+    egress_policy: egress.Policy = field(default_factory=egress.Policy)
     # A granted access not completed within this time is marked abandoned.
     abandon_after_seconds: float = 900.0
     # How often the sweeper, the background rewrap and webhook delivery run.
@@ -29,6 +32,13 @@ class KeysConfig:
     # Webhook delivery: attempts per event and the timeout of one POST.
     webhook_attempts: int = 5
     webhook_timeout_seconds: float = 5.0
+    # Background work per tenant (services/keys/background.py): items in flight in the process,
+    # items of one customer in flight, and how long a pass waits for a busy customer's turn.
+    background_concurrency: int = 16
+    background_per_customer: int = 2
+    background_budget_seconds: float = 30.0
+    # A replica's claim on a key it rewraps; a failed rewrap is retried when it runs out.
+    rewrap_lease_seconds: float = 120.0
 
     @classmethod
     def from_env(cls) -> KeysConfig:
@@ -39,13 +49,29 @@ class KeysConfig:
             key_cache_seconds=env_float("INNOSYSTEM_KEYS_KEY_CACHE_SECONDS", cls.key_cache_seconds),
             key_cache_max_uses=env_int("INNOSYSTEM_KEYS_KEY_CACHE_MAX_USES", cls.key_cache_max_uses),
             key_manager_timeout_ms=env_int("INNOSYSTEM_KEYS_KEY_MANAGER_TIMEOUT_MS", cls.key_manager_timeout_ms),
-            allow_insecure_endpoints=(env("INNOSYSTEM_KEYS_ALLOW_INSECURE_ENDPOINTS", "") or "").lower()
-            in ("1", "true", "yes"),
+            egress_policy=_egress_policy(),
             abandon_after_seconds=env_float("INNOSYSTEM_KEYS_ABANDON_AFTER_SECONDS", cls.abandon_after_seconds),
             sweep_interval_seconds=env_float("INNOSYSTEM_KEYS_SWEEP_SECONDS", cls.sweep_interval_seconds),
             webhook_attempts=env_int("INNOSYSTEM_KEYS_WEBHOOK_ATTEMPTS", cls.webhook_attempts),
             webhook_timeout_seconds=env_float("INNOSYSTEM_KEYS_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
+            background_concurrency=env_int("INNOSYSTEM_KEYS_BACKGROUND_CONCURRENCY", cls.background_concurrency),
+            background_per_customer=env_int("INNOSYSTEM_KEYS_BACKGROUND_PER_CUSTOMER", cls.background_per_customer),
+            background_budget_seconds=env_float("INNOSYSTEM_KEYS_BACKGROUND_BUDGET_SECONDS",
+                                                cls.background_budget_seconds),
+            rewrap_lease_seconds=env_float("INNOSYSTEM_KEYS_REWRAP_LEASE_SECONDS", cls.rewrap_lease_seconds),
         )
+
+
+def _egress_policy() -> egress.Policy:
+    if env("INNOSYSTEM_KEYS_ALLOW_INSECURE_ENDPOINTS"):
+        # It allowed every plain endpoint off loopback; the guard takes named hosts instead.
+        log.warning("INNOSYSTEM_KEYS_ALLOW_INSECURE_ENDPOINTS is no longer read: list the key managers and "
+                    "webhooks the keys service may reach over plain grpc:// or http:// (or at internal "
+                    "addresses) in %s=host:port,…", egress.ALLOW_ENV)
+    try:
+        return egress.Policy.from_env()
+    except ValueError as exc:
+        raise ConfigError(f"{egress.ALLOW_ENV}: {exc}") from None
 
 
 def _master_key(raw: str | None, internal_secret: bytes) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry import metrics
@@ -15,6 +15,7 @@ from innosystem.kit.errors import NotFound
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.keys.accesslog import AccessLog
+from services.keys.background import TenantGate
 from services.keys.config import KeysConfig
 from services.keys.keycache import KeyCache
 from services.keys.keymanagers import Clients, Sealer
@@ -68,6 +69,8 @@ class Deps:
     cache: KeyCache
     jobs: Jobs
     tenants: Tenants
+    # Shared by the background duties: one customer's work in flight is bounded across all of them.
+    gate: TenantGate = field(default_factory=TenantGate)
 
     async def ensure_visible(self, p: Principal, customer_id: uuid.UUID, what: str = "key") -> None:
         """NOT_FOUND unless `p` may see `customer_id`'s keys and logs (ids of others do not leak)."""

@@ -7,11 +7,14 @@ the reason an access record carries.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -255,30 +258,71 @@ class Hierarchy:
 
     async def rewrap_once(self, limit: int = 100) -> int:
         """Move project key versions to their client key's current version, and data keys to
-        their project key's current version. Key material only; payloads are never touched."""
-        done = 0
+        their project key's current version. Key material only; payloads are never touched.
+
+        Across replicas, each key is claimed before it is rewrapped: one short transaction sets
+        its `rewrap_lease_until` (rows picked FOR UPDATE SKIP LOCKED among those unclaimed or whose
+        claim ran out), so two replicas never call a customer's key manager for the same key; a
+        rewrap that fails keeps its claim until it runs out, which is its backoff. The claimed keys
+        then go through the per-tenant gate: customers side by side, a bounded number per
+        customer, each under a time limit, so one customer's slow key manager holds back only
+        its own rewraps."""
+        cfg = self.deps.config
+        now = utcnow()
+        until = now + timedelta(seconds=cfg.rewrap_lease_seconds)
+        free = or_(ProjectKeyVersion.rewrap_lease_until.is_(None), ProjectKeyVersion.rewrap_lease_until < now)
         async with self.deps.db.session() as s:
-            stale_pkv = (await s.execute(
-                select(ProjectKeyVersion, ClientKey).join(ClientKey, ClientKey.id == ProjectKeyVersion.key_id)
-                .where(ProjectKeyVersion.wrapped.is_not(None), ClientKey.state != DISABLED,
-                       ProjectKeyVersion.client_key_version < ClientKey.current_version).limit(limit))).all()
-            stale_dk = (await s.execute(
-                select(DataKey).join(ProjectKey, ProjectKey.project_id == DataKey.project_id)
-                .where(DataKey.wrapped.is_not(None), DataKey.project_key_version < ProjectKey.current_version)
-                .limit(limit))).scalars().all()
-        for pkv, ck in stale_pkv:
+            pick_pkv = (select(ProjectKeyVersion.project_id, ProjectKeyVersion.version)
+                        .join(ClientKey, ClientKey.id == ProjectKeyVersion.key_id)
+                        .where(ProjectKeyVersion.wrapped.is_not(None), ClientKey.state != DISABLED,
+                               ProjectKeyVersion.client_key_version < ClientKey.current_version, free)
+                        .limit(limit).with_for_update(of=ProjectKeyVersion, skip_locked=True))
+            pkvs = list((await s.execute(
+                update(ProjectKeyVersion)
+                .where(tuple_(ProjectKeyVersion.project_id, ProjectKeyVersion.version).in_(pick_pkv))
+                .values(rewrap_lease_until=until).returning(ProjectKeyVersion)
+                .execution_options(synchronize_session=False))).scalars().all())
+            pick_dk = (select(DataKey.id).join(ProjectKey, ProjectKey.project_id == DataKey.project_id)
+                       .where(DataKey.wrapped.is_not(None), DataKey.project_key_version < ProjectKey.current_version,
+                              or_(DataKey.rewrap_lease_until.is_(None), DataKey.rewrap_lease_until < now))
+                       .limit(limit).with_for_update(of=DataKey, skip_locked=True))
+            dks = list((await s.execute(
+                update(DataKey).where(DataKey.id.in_(pick_dk)).values(rewrap_lease_until=until)
+                .returning(DataKey).execution_options(synchronize_session=False))).scalars().all())
+            key_ids = {p.key_id for p in pkvs} | {d.key_id for d in dks}
+            cks = {ck.id: ck for ck in (await s.execute(select(ClientKey).where(ClientKey.id.in_(key_ids))))
+                   .scalars().all()} if key_ids else {}
+
+        def limit_for(ck: ClientKey | None) -> float:
+            # An unwrap and a wrap at the key's own timeout, and a little for the database.
+            timeout_ms = (ck.timeout_ms if ck is not None else 0) or cfg.key_manager_timeout_ms
+            return 2 * timeout_ms / 1000 + 2
+
+        done = [0]
+
+        async def project_version(pkv: ProjectKeyVersion, ck: ClientKey) -> None:
             try:
                 await self._rewrap_project_version(pkv, ck)
-                done += 1
+                done[0] += 1
             except (KeyUnavailable, FailedPrecondition) as exc:
                 log.warning("rewrap of project %s key v%d postponed: %s", pkv.project_id, pkv.version, exc)
-        for dk in stale_dk:
+
+        async def data_key(dk: DataKey) -> None:
             try:
                 await self.rewrap_data_key(dk, 0)
-                done += 1
+                done[0] += 1
             except (KeyUnavailable, FailedPrecondition) as exc:
                 log.warning("rewrap of data key %s postponed: %s", dk.id, exc)
-        return done
+
+        items: list[tuple[str, float, Callable[[], Awaitable[object]]]] = []
+        for pkv in pkvs:
+            ck = cks.get(pkv.key_id)
+            if ck is not None:
+                items.append((str(ck.customer_id), limit_for(ck), functools.partial(project_version, pkv, ck)))
+        for dk in dks:
+            items.append((str(dk.customer_id), limit_for(cks.get(dk.key_id)), functools.partial(data_key, dk)))
+        await self.deps.gate.run("rewrap", items, cfg.background_budget_seconds)
+        return done[0]
 
     async def _rewrap_project_version(self, pkv: ProjectKeyVersion, ck: ClientKey) -> None:
         async with self.deps.db.session() as s:

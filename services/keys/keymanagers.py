@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from innosystem.keymanager.aead import NONCE_BYTES, IntegrityError, open_, seal
-from innosystem.keymanager.client import KeyManagerClient, KeyManagerError
+from innosystem.keymanager.client import ERROR, KeyManagerClient, KeyManagerError
 from innosystem.keymanager.v1 import keymanager_pb2 as km
+from innosystem.kit import egress
 
 SYSTEM = km.PurposeCode.PURPOSE_CODE_PLATFORM_SYSTEM_OPERATION
 T = TypeVar("T")
@@ -104,18 +105,29 @@ async def verify(client: KeyManagerClient, external_key_id: str, customer_id: st
 
 
 class Clients:
-    """One client per (endpoint, secrets, timeout), reused; closed on shutdown."""
+    """One client per (endpoint, secrets, timeout), reused; closed on shutdown. Every one calls
+    through the egress guard with the operator's policy, over one shared HTTP pool."""
 
-    def __init__(self, allow_insecure: bool) -> None:
-        self.allow_insecure = allow_insecure
+    def __init__(self, policy: egress.Policy) -> None:
+        self.policy = policy
+        self.http = egress.Client(policy)
         self._clients: dict[tuple[str, tuple[str, ...], int], KeyManagerClient] = {}
 
     def get(self, url: str, secrets: list[str], timeout_ms: int) -> KeyManagerClient:
+        """The client, or KeyManagerError if the endpoint is not one the guard lets us call (an
+        endpoint stored before the guard, or before the operator narrowed the allow-list)."""
         k = (url, tuple(secrets), timeout_ms)
         client = self._clients.get(k)
         if client is None:
-            client = KeyManagerClient(url, [s.encode() for s in secrets], timeout_ms / 1000,
-                                      allow_insecure=self.allow_insecure)
+            try:
+                client = KeyManagerClient(url, [s.encode() for s in secrets], timeout_ms / 1000,
+                                          policy=self.policy, http=self.http)
+            except egress.EgressError as exc:
+                raise KeyManagerError(ERROR, exc.reason,
+                                      f"key manager call refused by the egress guard: {exc.message}") from None
+            except ValueError as exc:
+                raise KeyManagerError(ERROR, "INVALID_ENDPOINT",
+                                      f"the key manager endpoint is invalid: {exc}") from None
             self._clients[k] = client
         return client
 
@@ -123,3 +135,4 @@ class Clients:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+        await self.http.close()

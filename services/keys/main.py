@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -17,6 +18,7 @@ from innosystem.kit.server import Service
 from services.keys.access import Accesses
 from services.keys.accesslog import AccessLog
 from services.keys.api import AccessLogsApi, KeysApi
+from services.keys.background import TenantGate
 from services.keys.config import KeysConfig
 from services.keys.deps import Deps, Jobs, Tenants
 from services.keys.hierarchy import Hierarchy
@@ -39,18 +41,26 @@ class Keys:
     closers: list[Callable[[], Awaitable[None]]]
 
     async def background_once(self) -> None:
-        """One pass of every background duty (the loop below, and tests)."""
+        """One pass of every background duty (tests; the service runs each in its own loop)."""
         await self.accesses.sweep_abandoned()
         await self.registry.h.rewrap_once()
         await self.notifications.deliver_once()
 
-    async def background_forever(self) -> None:
-        while True:
-            try:
-                await self.background_once()
-            except Exception:  # one failing duty must not stop the others next time
-                log.exception("keys background pass failed")
-            await asyncio.sleep(self.deps.config.sweep_interval_seconds)
+    def duties(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        """The background loops: each duty in its own, so a long rewrap pass (a slow key manager)
+        does not hold back webhook delivery or the sweeper."""
+        def loop(name: str, once: Callable[[], Awaitable[object]]) -> Callable[[], Coroutine[Any, Any, None]]:
+            async def forever() -> None:
+                while True:
+                    try:
+                        await once()
+                    except Exception:  # a failed pass must not stop the next one
+                        log.exception("keys background %s pass failed", name)
+                    await asyncio.sleep(self.deps.config.sweep_interval_seconds)
+            forever.__name__ = f"{name}_forever"  # the supervisor's name for it in logs
+            return forever
+        return [loop("sweep", self.accesses.sweep_abandoned), loop("rewrap", self.registry.h.rewrap_once),
+                loop("delivery", self.notifications.deliver_once)]
 
     async def close(self) -> None:
         self.deps.cache.clear()
@@ -65,10 +75,10 @@ def build(config: KeysConfig) -> Keys:
     jobs_channel = channel(config.common.addresses.jobs, service="keys", secret=secret)
     tenancy_channel = channel(config.common.addresses.tenancy, service="keys", secret=secret)
     access_log = AccessLog(db, redis)
-    clients = Clients(config.allow_insecure_endpoints)
+    clients = Clients(config.egress_policy)
     deps = Deps(config, db, access_log, clients, Sealer(config.master_key),
                 KeyCache(config.key_cache_seconds, config.key_cache_max_uses), Jobs(jobs_channel),
-                Tenants(tenancy_channel))
+                Tenants(tenancy_channel), TenantGate(config.background_concurrency, config.background_per_customer))
     hierarchy = Hierarchy(deps)
     registry, accesses, notifications = Registry(deps, hierarchy), Accesses(deps, hierarchy), Notifications(deps)
     return Keys(deps, registry, accesses, notifications, KeysApi(registry, accesses),
@@ -87,7 +97,7 @@ def service(keys: Keys) -> Service:
         service_names=[keys_pb2.DESCRIPTOR.services_by_name["KeyManagementService"].full_name,
                        access_logs_pb2.DESCRIPTOR.services_by_name["AccessLoggingService"].full_name],
         register=register,
-        background=[keys.background_forever],
+        background=keys.duties(),
         on_shutdown=[keys.close],
     )
 

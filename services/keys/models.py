@@ -84,6 +84,9 @@ class ProjectKeyVersion(Base):
     client_key_version: Mapped[int] = mapped_column(Integer)
     # From the key manager's Wrap; NULL once destroyed (crypto-shredding).
     wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # A replica rewrapping this version holds it until then (one claim per key across replicas;
+    # a replica that dies mid-rewrap lets it go when the time passes).
+    rewrap_lease_until: Mapped[datetime | None] = mapped_column(Timestamp)
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
 
@@ -102,6 +105,8 @@ class DataKey(Base):
     project_key_version: Mapped[int] = mapped_column(Integer)
     # Keyring blob under the project key; NULL once destroyed.
     wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # As ProjectKeyVersion.rewrap_lease_until.
+    rewrap_lease_until: Mapped[datetime | None] = mapped_column(Timestamp)
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
 

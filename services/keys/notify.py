@@ -6,22 +6,22 @@ from an outbox (written with the record) by a background loop with retries and b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 import secrets
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 
-import aiohttp
 from google.protobuf import json_format
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from innosystem.keymanager.client import parse_endpoint
 from innosystem.keymanager.signing import fingerprint
 from innosystem.keys.v1 import access_logs_pb2 as pb
-from innosystem.kit import idempotency
+from innosystem.kit import egress, idempotency
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import InvalidArgument, NotFound
 from innosystem.kit.pagination import Page, after_keyset, decode_keyset, keyset_page, page_size
@@ -31,9 +31,14 @@ from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.keys.accesslog import record_pb
 from services.keys.deps import Deps
 from services.keys.models import AccessRecord, Delivery, IdempotencyKey, NotificationChannel
+from services.keys.registry import check_endpoint
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "x-innosystem-signature"
+# A webhook's answer is not read for anything but its status; a bigger one is not waited for.
+WEBHOOK_ANSWER_BYTES = 64 * 1024
+# A claimed delivery is retried by another pass this long after the POST's own time limit.
+CLAIM_MARGIN_SECONDS = 30
 
 
 def sign(secret: str, body: bytes, now: float | None = None) -> str:
@@ -53,25 +58,19 @@ def channel_pb(row: NotificationChannel) -> pb.NotificationChannel:
 class Notifications:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        self._http: aiohttp.ClientSession | None = None
+        # Webhook URLs are the customer's: every delivery goes through the egress guard.
+        self._http = egress.Client(deps.config.egress_policy)
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._http.close()
 
     async def create(self, p: Principal, customer_id: str, ch: pb.NotificationChannel, request_id: str,
                      request_hash: bytes) -> tuple[NotificationChannel, str]:
         cid = parse_uuid(customer_id, "customer_id")
         await self.deps.ensure_visible(p, cid, "customer")
         url = ch.webhook_url
-        if not url.startswith(("https://", "http://")):
-            raise InvalidArgument("notification_channel.webhook_url must be an https:// URL",
-                                  field="notification_channel.webhook_url", reason="INVALID_WEBHOOK_URL")
-        try:
-            parse_endpoint(url, self.deps.config.allow_insecure_endpoints)
-        except ValueError as exc:
-            raise InvalidArgument(f"notification_channel.webhook_url: {exc}",
-                                  field="notification_channel.webhook_url", reason="INVALID_WEBHOOK_URL") from None
+        await check_endpoint(url, "notification_channel.webhook_url", self.deps.config.egress_policy,
+                             ("https", "http"))
         triggers = sorted({int(t) for t in ch.triggers})
         if not triggers or any(t not in pb.NotificationTrigger.values() or t == 0 for t in triggers):
             raise InvalidArgument("notification_channel.triggers: one or more known triggers",
@@ -126,16 +125,24 @@ class Notifications:
             if target is not None:
                 await s.delete(target)
 
-    async def deliver_once(self, limit: int = 20) -> int:
-        """Send due deliveries; each POST is bounded by the configured timeout."""
+    async def deliver_once(self, limit: int = 100) -> int:
+        """Send due deliveries. Three steps, so that no database transaction is open while a
+        customer's webhook is called (a slow one would hold locks and a connection):
+
+        1. claim: in one short transaction, take due deliveries (FOR UPDATE SKIP LOCKED, so
+           replicas split them), count the attempt and push `next_attempt_time` past the call's
+           time limit, which is the claim: a replica that dies mid-call leaves the delivery to be
+           retried when it passes (at-least-once; receivers dedupe on the event id);
+        2. send: outside any transaction, through the per-tenant gate (customers side by side,
+           a bounded number per customer, each POST under its time limit);
+        3. record each outcome in its own short transaction, if the claim is still ours."""
         cfg = self.deps.config
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        sent = 0
+        claimed: list[_Claim] = []
         async with self.deps.db.session() as s:
             due = (await s.execute(select(Delivery).where(Delivery.done.is_(False), Delivery.next_attempt_time
                                                           <= utcnow()).order_by(Delivery.next_attempt_time)
                                    .limit(limit).with_for_update(skip_locked=True))).scalars().all()
+            lease = timedelta(seconds=cfg.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS)
             for d in due:
                 ch = await s.get(NotificationChannel, d.channel_id)
                 record = await s.get(AccessRecord, d.record_id)
@@ -145,26 +152,85 @@ class Notifications:
                 event = pb.NotificationEvent(id=str(d.id), notification_channel_id=str(ch.id),
                                              customer_id=str(ch.customer_id), trigger=d.trigger,  # type: ignore[arg-type]
                                              record=record_pb(record), create_time=timestamp(d.create_time))
-                body = json_format.MessageToJson(event, indent=None).encode()
-                secret = self.deps.sealer.open(str(ch.id), ch.sealed_secret)[0]
                 d.attempts += 1
-                error = ""
-                try:
-                    async with self._http.post(ch.webhook_url, data=body, headers={
-                            "content-type": "application/json", SIGNATURE_HEADER: sign(secret, body)},
-                            timeout=aiohttp.ClientTimeout(total=cfg.webhook_timeout_seconds)) as resp:
-                        if not 200 <= resp.status < 300:
-                            error = f"HTTP {resp.status}"
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    error = f"{type(exc).__name__}: {exc}"[:500]
-                now = utcnow()
-                if not error:
-                    d.done, ch.last_delivery_time, ch.last_delivery_error = True, now, ""
-                    sent += 1
-                elif d.attempts >= cfg.webhook_attempts:
-                    d.done, d.last_error, ch.last_delivery_error = True, error, f"{error} (after {d.attempts} attempts)"
-                    log.warning("webhook %s gave up after %d attempts: %s", ch.id, d.attempts, error)
-                else:
-                    d.last_error = error
-                    d.next_attempt_time = now + timedelta(seconds=min(300, 2 ** d.attempts))
+                d.next_attempt_time = utcnow() + lease
+                claimed.append(_Claim(d.id, d.attempts, str(ch.customer_id), ch.id, ch.webhook_url,
+                                      json_format.MessageToJson(event, indent=None).encode(),
+                                      self.deps.sealer.open(str(ch.id), ch.sealed_secret)[0]))
+        results: dict[uuid.UUID, str] = {}
+        started: set[uuid.UUID] = set()
+
+        async def send(c: _Claim) -> None:
+            started.add(c.delivery_id)
+            results[c.delivery_id] = await self._post(c)
+
+        await self.deps.gate.run("webhook delivery", [
+            (c.customer_id, cfg.webhook_timeout_seconds + 1, functools.partial(send, c))
+            for c in claimed], cfg.background_budget_seconds)
+        sent = 0
+        for c in claimed:
+            if c.delivery_id not in started:
+                # Not sent (its customer's turn did not come within the pass's budget): give the
+                # claim back, uncounted, for the next pass.
+                await self._unclaim(c)
+                continue
+            error = results.get(c.delivery_id, f"{egress.TIMEOUT}: no answer in time")  # cut off by the gate
+            if await self._record(c, error):
+                sent += 1
         return sent
+
+    async def _unclaim(self, c: _Claim) -> None:
+        async with self.deps.db.session() as s:
+            await s.execute(update(Delivery).where(Delivery.id == c.delivery_id, Delivery.attempts == c.attempts,
+                                                   Delivery.done.is_(False))
+                            .values(attempts=c.attempts - 1, next_attempt_time=utcnow()))
+
+    async def _post(self, c: _Claim) -> str:
+        """"" if the webhook took the event, else what failed (our words, never its answer)."""
+        try:
+            answer = await self._http.request("POST", c.url, data=c.body, headers={
+                "content-type": "application/json", SIGNATURE_HEADER: sign(c.secret, c.body)},
+                time_limit=self.deps.config.webhook_timeout_seconds, max_response_bytes=WEBHOOK_ANSWER_BYTES)
+        except egress.EgressError as exc:
+            return f"{exc.reason}: {exc.message}"
+        if not 200 <= answer.status < 300:
+            return f"HTTP {answer.status}"  # the status only: the answer's body is not shown
+        return ""
+
+    async def _record(self, c: _Claim, error: str) -> bool:
+        cfg = self.deps.config
+        async with self.deps.db.session() as s:
+            d = (await s.execute(select(Delivery).where(Delivery.id == c.delivery_id).with_for_update())
+                 ).scalar_one_or_none()
+            if d is None or d.done or d.attempts != c.attempts:
+                return False  # the claim ran out and another pass took it
+            ch = await s.get(NotificationChannel, c.channel_id)
+            now = utcnow()
+            if not error:
+                d.done = True
+                if ch is not None:
+                    ch.last_delivery_time, ch.last_delivery_error = now, ""
+                return True
+            d.last_error = error
+            if d.attempts >= cfg.webhook_attempts:
+                d.done = True
+                if ch is not None:
+                    ch.last_delivery_error = f"{error} (after {d.attempts} attempts)"
+                log.warning("webhook %s gave up after %d attempts: %s", c.channel_id, d.attempts, error,
+                            extra={"customer_id": c.customer_id})
+            else:
+                d.next_attempt_time = now + timedelta(seconds=min(300, 2 ** d.attempts))
+        return False
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A delivery taken by this pass: everything the POST needs, so it runs without a session."""
+
+    delivery_id: uuid.UUID
+    attempts: int
+    customer_id: str
+    channel_id: uuid.UUID
+    url: str
+    body: bytes
+    secret: str = field(repr=False)

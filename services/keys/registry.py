@@ -4,18 +4,20 @@ Every change is a record on the customer's access log, in the same transaction."
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
 
-from innosystem.keymanager.client import parse_endpoint
+from innosystem.keymanager.client import SCHEMES, KeyManagerError, parse_endpoint
 from innosystem.keymanager.signing import MIN_SECRET_BYTES, fingerprint
 from innosystem.keymanager.v1 import keymanager_pb2 as km
 from innosystem.keys.v1 import access_logs_pb2 as alpb
 from innosystem.keys.v1 import keys_pb2 as pb
-from innosystem.kit import idempotency
+from innosystem.kit import egress, idempotency
 from innosystem.kit import principal as principals
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -29,9 +31,11 @@ from services.keys.fields import check_path
 from services.keys.hierarchy import ACTIVE, DISABLED, UNHEALTHY, Hierarchy, KeyUnavailable, Why
 from services.keys.models import ClientKey, ClientKeyVersion, DataKey, IdempotencyKey, ProjectKey, ProjectKeyVersion
 
+log = logging.getLogger(__name__)
 T = alpb.AccessRecordType
 MAX_TIMEOUT_MS = 60_000
 UPDATABLE = {"description", "hmac_secrets", "policy", "timeout_ms", "min_decryption_version"}
+RESOLVE_SECONDS = 5.0
 
 
 @dataclass
@@ -72,20 +76,62 @@ def check_secrets(values: list[str], field: str = "client_key.hmac_secrets") -> 
     return list(values)
 
 
+def owner_only(p: Principal, customer_id: uuid.UUID, action: str, target: str) -> str:
+    """Changes to a customer's keys are the customer's alone.
+
+    A reseller sees its customers' keys (NOT_FOUND for anyone else's comes before this), but
+    registering, re-pointing, changing the secrets or policy of, disabling or rotating a key would
+    let it take the customer's data (point the key at a key manager it runs) or destroy it; a
+    runner or another service never has a reason to. An admin may, as an audited break-glass: a
+    structured WARNING here, and the access-log record the customer reads names an admin caller.
+    Returns the note the access-log message carries ("" for the customer itself)."""
+    if p.kind == principals.CUSTOMER and p.customer_id == str(customer_id):
+        return ""
+    if p.kind == principals.ADMIN:
+        log.warning("admin break-glass: %s on %s of customer %s", action, target, customer_id,
+                    extra={"event": "break_glass", "action": action, "target": target,
+                           "customer_id": str(customer_id), "admin_key_id": p.key_id})
+        return " (admin break-glass)"
+    raise PermissionDenied(f"only the customer itself may {action} (its keys are its own)", reason="CUSTOMER_ONLY")
+
+
+async def check_endpoint(url: str, field: str, policy: egress.Policy, schemes: tuple[str, ...] = SCHEMES) -> None:
+    """INVALID_ARGUMENT naming `field` if the URL is malformed (INVALID_ENDPOINT) or the egress
+    guard refuses it (EGRESS_BLOCKED: a plain scheme or an internal address not allow-listed)."""
+    try:
+        target = egress.check_url(url, policy, schemes)
+        if url.startswith(("grpc://", "grpcs://")):
+            parse_endpoint(url, policy)  # a gRPC endpoint needs its port
+        if not target.allow_listed:
+            await asyncio.wait_for(egress.resolve(target.host, target.port, policy), RESOLVE_SECONDS)
+    except ValueError as exc:
+        raise InvalidArgument(f"{field}: {exc}", field=field, reason="INVALID_ENDPOINT") from None
+    except egress.EgressError as exc:
+        if exc.reason == egress.BLOCKED:
+            raise InvalidArgument(f"{field}: {exc.message} (egress guard)", field=field,
+                                  reason=egress.BLOCKED) from None
+        # A name that does not resolve now: the verification that follows reports it as unreachable.
+    except TimeoutError:
+        pass
+
+
 class Registry:
     def __init__(self, deps: Deps, hierarchy: Hierarchy) -> None:
         self.deps, self.h = deps, hierarchy
 
-    def _endpoint(self, url: str, field: str) -> str:
-        try:
-            parse_endpoint(url, self.deps.config.allow_insecure_endpoints)
-        except ValueError as exc:
-            raise InvalidArgument(f"{field}: {exc}", field=field, reason="INVALID_ENDPOINT") from None
+    async def _endpoint(self, url: str, field: str) -> str:
+        """The endpoint, if the egress guard would let us call it: 400 naming the field otherwise.
+        The name is resolved and checked here too, so an internal address is refused at once
+        rather than as a failed verification; every call checks it again (DNS can change)."""
+        await check_endpoint(url, field, self.deps.config.egress_policy)
         return url
 
     async def _verify(self, url: str, secrets: list[str], timeout_ms: int, external_key_id: str,
                       customer_id: str) -> keymanagers.VerifyResult:
-        client = self.deps.clients.get(url, secrets, timeout_ms or self.deps.config.key_manager_timeout_ms)
+        try:
+            client = self.deps.clients.get(url, secrets, timeout_ms or self.deps.config.key_manager_timeout_ms)
+        except KeyManagerError as exc:
+            return keymanagers.VerifyResult(error=str(exc))
         return await keymanagers.verify(client, external_key_id, customer_id)
 
     async def view(self, key_id: uuid.UUID) -> KeyView:
@@ -115,9 +161,8 @@ class Registry:
                      request_hash: bytes) -> KeyView:
         cid = parse_uuid(customer_id, "customer_id")
         await self.deps.ensure_visible(p, cid, "customer")
-        if p.kind == principals.RESELLER:
-            raise PermissionDenied("a customer registers its own keys", reason="CUSTOMER_ONLY")
-        url = self._endpoint(ck.endpoint_url, "client_key.endpoint_url")
+        note = owner_only(p, cid, "register a key", "a new key")
+        url = await self._endpoint(ck.endpoint_url, "client_key.endpoint_url")
         if len(ck.external_key_id) > 512:
             raise InvalidArgument("client_key.external_key_id: at most 512 characters",
                                   field="client_key.external_key_id", reason="INVALID_KEY_ID")
@@ -150,7 +195,7 @@ class Registry:
             rec = await self.deps.log.append(s, cid, Entry(
                 type=T.ACCESS_RECORD_TYPE_KEY_REGISTERED, key_id=str(key_id), client_key_version=1,
                 processor_id=p.key_id, processor_kind=p.kind,
-                message=f"registered at {url} (external key {ck.external_key_id!r}), verified"))
+                message=f"registered at {url} (external key {ck.external_key_id!r}), verified{note}"))
         await self.deps.log.publish(cid, rec.sequence)
         return await self.view(key_id)
 
@@ -172,6 +217,7 @@ class Registry:
 
     async def update(self, p: Principal, key_id: str, changes: dict[str, Any]) -> KeyView:
         ck = await self._visible_key(p, key_id)
+        note = owner_only(p, ck.customer_id, "change a key", f"key {ck.id}")
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise InvalidArgument(f"client_key: {sorted(unknown)} cannot change here (endpoint and external key id "
@@ -210,7 +256,8 @@ class Registry:
             row.update_time = utcnow()
             rec = await self.deps.log.append(s, row.customer_id, Entry(
                 type=T.ACCESS_RECORD_TYPE_KEY_UPDATED, key_id=str(row.id), client_key_version=row.current_version,
-                processor_id=p.key_id, processor_kind=p.kind, message="changed: " + "; ".join(what or ["nothing"])))
+                processor_id=p.key_id, processor_kind=p.kind,
+                message="changed: " + "; ".join(what or ["nothing"]) + note))
         self.deps.cache.clear()  # a changed policy or minimum applies from the next access
         await self.deps.log.publish(ck.customer_id, rec.sequence)
         return await self.view(ck.id)
@@ -235,6 +282,7 @@ class Registry:
     async def rotate(self, p: Principal, key_id: str, external_key_id: str, endpoint_url: str, request_id: str,
                      request_hash: bytes) -> KeyView:
         ck = await self._visible_key(p, key_id)
+        note = owner_only(p, ck.customer_id, "rotate a key", f"key {ck.id}")
         if ck.state == DISABLED:
             raise FailedPrecondition(f"key {key_id} is disabled", reason="KEY_DISABLED")
         scope = f"rotate:{ck.id}"
@@ -243,7 +291,7 @@ class Registry:
                 return await self.view(ck.id)
             current = await s.get(ClientKeyVersion, (ck.id, ck.current_version))
         assert current is not None
-        url = self._endpoint(endpoint_url or current.endpoint_url, "endpoint_url")
+        url = await self._endpoint(endpoint_url or current.endpoint_url, "endpoint_url")
         external = external_key_id or current.external_key_id
         secrets = self.deps.sealer.open(str(ck.id), ck.sealed_secrets)
         result = await self._verify(url, secrets, ck.timeout_ms, external, str(ck.customer_id))
@@ -262,12 +310,13 @@ class Registry:
                 type=T.ACCESS_RECORD_TYPE_KEY_ROTATED, key_id=str(row.id), client_key_version=version,
                 processor_id=p.key_id, processor_kind=p.kind,
                 message=f"rotated to version {version} ({url}, external key {external!r}); project keys are "
-                        "rewrapped in the background, payloads are not re-encrypted"))
+                        "rewrapped in the background, payloads are not re-encrypted" + note))
         await self.deps.log.publish(ck.customer_id, rec.sequence)
         return await self.view(ck.id)
 
     async def disable(self, p: Principal, key_id: str, acknowledge: bool, reason: str) -> KeyView:
         ck = await self._visible_key(p, key_id)
+        note = owner_only(p, ck.customer_id, "disable a key", f"key {ck.id}")
         if not acknowledge:
             raise InvalidArgument("acknowledge_data_loss must be true: disabling makes every job's data under this "
                                   "key unreadable, for good", field="acknowledge_data_loss",
@@ -287,7 +336,7 @@ class Registry:
                 processor_id=p.key_id, processor_kind=p.kind,
                 message=f"disabled{': ' + reason if reason else ''}. {shredded} project key version(s) and every "
                         "data key under this key were destroyed: data encrypted under it is unreadable "
-                        "(crypto-shredded)"))
+                        "(crypto-shredded)" + note))
         self.deps.cache.clear()
         await self.deps.log.publish(ck.customer_id, rec.sequence)
         return await self.view(ck.id)
@@ -318,6 +367,7 @@ class Registry:
 
     async def update_project_key(self, p: Principal, project_id: str, min_version: int) -> ProjectKeyView:
         pk = await self._visible_project_key(p, project_id)
+        note = owner_only(p, pk.customer_id, "change a project key", f"project key {pk.project_id}")
         async with self.deps.db.session() as s:
             row = (await s.execute(select(ProjectKey).where(ProjectKey.project_id == pk.project_id)
                                    .with_for_update())).scalar_one()
@@ -330,7 +380,7 @@ class Registry:
             rec = await self.deps.log.append(s, row.customer_id, Entry(
                 type=T.ACCESS_RECORD_TYPE_PROJECT_KEY_CHANGED, project_id=row.project_id, key_id=str(row.key_id),
                 project_key_version=row.current_version, processor_id=p.key_id, processor_kind=p.kind,
-                message=f"minimum decryption version raised to {v}: data keys under older versions fail"))
+                message=f"minimum decryption version raised to {v}: data keys under older versions fail{note}"))
         self.deps.cache.forget_project(pk.project_id)
         await self.deps.log.publish(pk.customer_id, rec.sequence)
         return await self.project_view(pk.project_id)
@@ -338,6 +388,7 @@ class Registry:
     async def rotate_project_key(self, p: Principal, project_id: str, request_id: str,
                                  request_hash: bytes) -> ProjectKeyView:
         pk = await self._visible_project_key(p, project_id)
+        note = owner_only(p, pk.customer_id, "rotate a project key", f"project key {pk.project_id}")
         scope = f"project-rotate:{project_id}"
         async with self.deps.db.session() as s:
             if await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash) is not None:
@@ -354,7 +405,7 @@ class Registry:
             rec = await self.deps.log.append(s, pk.customer_id, Entry(
                 type=T.ACCESS_RECORD_TYPE_PROJECT_KEY_CHANGED, project_id=project_id, key_id=str(pk.key_id),
                 project_key_version=version, processor_id=p.key_id, processor_kind=p.kind,
-                message=f"project key rotated to version {version}; data keys are rewrapped in the background"))
+                message=f"project key rotated to version {version}; data keys are rewrapped in the background{note}"))
         await self.deps.log.publish(pk.customer_id, rec.sequence)
         return await self.project_view(project_id)
 

@@ -19,9 +19,11 @@ from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.keys.v1 import access_logs_pb2 as alpb
 from innosystem.keys.v1 import access_logs_pb2_grpc, keys_pb2_grpc
 from innosystem.keys.v1 import keys_pb2 as pb
+from innosystem.kit import egress
 from innosystem.kit import principal as principals
 from innosystem.kit.config import Addresses, CommonConfig, to_async_url
 from innosystem.kit.server import build_server
+from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.keys.config import KeysConfig
 from services.keys.main import Keys, build, service
@@ -59,6 +61,19 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer):
         return job
 
 
+class FakeTenancy(tenancy_pb2_grpc.TenancyServiceServicer):
+    """GetCustomer from a dict: which reseller a customer belongs to (the keys service asks it to
+    decide what a reseller may see)."""
+
+    def __init__(self) -> None:
+        self.resellers: dict[str, str] = {}
+
+    async def GetCustomer(self, request: tenancy_pb2.GetCustomerRequest, context: grpc.aio.ServicerContext) -> Any:
+        if request.customer_id not in self.resellers:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "customer not found")
+        return tenancy_pb2.Customer(id=request.customer_id, reseller_id=self.resellers[request.customer_id])
+
+
 def signed(p: Principal) -> tuple[tuple[str, str], ...]:
     return principals.sign(p, SECRET)
 
@@ -83,6 +98,7 @@ ADMIN = signed(Principal(kind=principals.ADMIN, key_id="ak_admin"))
 class Harness:
     keys: Keys
     jobs: FakeJobs
+    tenancy: FakeTenancy
     km: KeyManagerProcess
     stub: keys_pb2_grpc.KeyManagementServiceStub
     logs: access_logs_pb2_grpc.AccessLoggingServiceStub
@@ -163,33 +179,39 @@ def km(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyManagerProcess]:
     process.stop()
 
 
-def keys_config(database_url: str, redis_url: str, jobs_addr: str, **overrides: Any) -> KeysConfig:
+def keys_config(database_url: str, redis_url: str, jobs_addr: str, tenancy_addr: str = "127.0.0.1:1",
+                **overrides: Any) -> KeysConfig:
     common = CommonConfig(service="keys", database_url=to_async_url(database_url), redis_url=redis_url,
                           internal_secret=SECRET, addresses=dataclasses.replace(Addresses(), jobs=jobs_addr,
-                                                                                tenancy="127.0.0.1:1"),
+                                                                                tenancy=tenancy_addr),
                           listen="127.0.0.1:0", log_format="console", log_level="INFO", grace_seconds=1,
                           metrics_port=0)
+    # The tests' key managers and webhook receivers listen on loopback at ports picked at run time,
+    # so these stacks allow-list loopback as a host; the guard's refusals are tested with a keys
+    # service that allow-lists one key manager port only (test_keys_egress.py).
     values: dict[str, Any] = {"master_key": b"k" * 32, "key_cache_seconds": 0.0, "sweep_interval_seconds": 3600,
-                              "webhook_attempts": 2}
+                              "webhook_attempts": 2,
+                              "egress_policy": egress.Policy(allow_hosts=frozenset({"127.0.0.1"}))}
     values.update(overrides)
     return KeysConfig(common=common, **values)
 
 
 @pytest.fixture(scope="module")
 async def harness(database_url: str, valkey_server: EmbeddedValkey, km: KeyManagerProcess) -> AsyncIterator[Harness]:
-    jobs = FakeJobs()
+    jobs, tenancy = FakeJobs(), FakeTenancy()
     jobs_server = grpc.aio.server()
     jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, jobs_server)
+    tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(tenancy, jobs_server)
     jobs_port = jobs_server.add_insecure_port("127.0.0.1:0")
     await jobs_server.start()
-    config = keys_config(database_url, valkey_server.url, f"127.0.0.1:{jobs_port}")
+    config = keys_config(database_url, valkey_server.url, f"127.0.0.1:{jobs_port}", f"127.0.0.1:{jobs_port}")
     keys = build(config)
     server, _ = build_server(config.common, service(keys))
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield Harness(keys, jobs, km, keys_pb2_grpc.KeyManagementServiceStub(channel),
+    yield Harness(keys, jobs, tenancy, km, keys_pb2_grpc.KeyManagementServiceStub(channel),
                   access_logs_pb2_grpc.AccessLoggingServiceStub(channel), database_url)
     await channel.close()
     await server.stop(0)

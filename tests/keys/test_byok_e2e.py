@@ -34,9 +34,11 @@ def world(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
     km = start_keymanager(tmp_path_factory.mktemp("byok-km"), "cmk-demo")
     logs = tmp_path_factory.mktemp("byok-logs")
     try:
-        # No cached project keys: the key manager's policy applies to the very next access.
+        # No cached project keys: the key manager's policy applies to the very next access. The
+        # reference key manager is plain grpc:// on loopback: the operator allow-lists exactly it.
         with running_stack(pg_server, fresh_redis(valkey_server), logs,
-                           extra_env={"INNOSYSTEM_KEYS_KEY_CACHE_SECONDS": "0"}) as stack:
+                           extra_env={"INNOSYSTEM_KEYS_KEY_CACHE_SECONDS": "0",
+                                      "INNOSYSTEM_EGRESS_ALLOW_HOSTS": f"127.0.0.1:{km.grpc_port}"}) as stack:
             yield stack, km, logs
     finally:
         km.stop()

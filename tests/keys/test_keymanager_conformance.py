@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 
@@ -22,6 +23,7 @@ import pytest
 
 from innosystem.keymanager.client import DENIED, KeyManagerClient, KeyManagerError
 from innosystem.keymanager.v1 import keymanager_pb2 as km
+from innosystem.kit import egress
 from tests.keys.keymanager_process import KeyManagerProcess, start_keymanager
 
 SYSTEM = km.PurposeCode.PURPOSE_CODE_PLATFORM_SYSTEM_OPERATION
@@ -53,7 +55,11 @@ def target(request: pytest.FixtureRequest, reference: KeyManagerProcess | None) 
 
 def client(target: tuple[str, str, str], secrets: list[bytes] | None = None, skew: float = 0.0) -> KeyManagerClient:
     url, _, secret = target
-    return KeyManagerClient(url, secrets or [secret.encode()], timeout=5.0, allow_insecure=True,
+    # The endpoint under test is the one whoever runs this named: allow-listed for the egress guard
+    # (plain schemes, loopback), as an operator would list its own key manager.
+    parts = urllib.parse.urlsplit(url)
+    policy = egress.Policy(allow_hosts=egress.parse_allow_list([f"{parts.hostname}:{parts.port}"]))
+    return KeyManagerClient(url, secrets or [secret.encode()], timeout=5.0, policy=policy,
                             clock=lambda: time.time() + skew)
 
 

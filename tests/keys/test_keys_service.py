@@ -74,7 +74,7 @@ async def test_registration_verifies_the_key_manager_and_keeps_no_plaintext_secr
     short = await fail(h.register(Tenant(), secret="short"))
     assert short.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(short) == "SECRET_TOO_SHORT"
     remote = await fail(h.register(Tenant(), url="grpc://10.1.2.3:443"))
-    assert reason(remote) == "INVALID_ENDPOINT"
+    assert remote.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(remote) == "EGRESS_BLOCKED"
 
 
 async def test_secure_access_returns_only_requested_fields_and_is_on_the_log(harness: Harness) -> None:
@@ -279,6 +279,7 @@ async def test_a_slow_key_manager_times_out_with_a_clear_reason() -> None:
     """A key manager that accepts the connection and never answers, in both bindings."""
     from innosystem.keymanager.client import ERROR, KeyManagerClient, KeyManagerError
     from innosystem.keymanager.v1 import keymanager_pb2 as km
+    from innosystem.kit import egress
 
     held: list[asyncio.StreamWriter] = []
 
@@ -289,7 +290,8 @@ async def test_a_slow_key_manager_times_out_with_a_clear_reason() -> None:
     port = server.sockets[0].getsockname()[1]
     try:
         for url in (f"http://127.0.0.1:{port}", f"grpc://127.0.0.1:{port}"):
-            client = KeyManagerClient(url, [b"s" * 32], timeout=0.5)
+            client = KeyManagerClient(url, [b"s" * 32], timeout=0.5,
+                                      policy=egress.Policy(allow_hosts=frozenset({f"127.0.0.1:{port}"})))
             try:
                 with pytest.raises(KeyManagerError) as caught:
                     await client.health(km.HealthRequest(metadata=km.RequestMetadata(

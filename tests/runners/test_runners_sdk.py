@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,6 +15,7 @@ from aiohttp import web
 from opentelemetry import trace
 
 from innosystem.jobs.v1 import jobs_pb2
+from innosystem.kit import egress
 from innosystem.runner import Job, JobError, Kind, Registry, Runner, RunnerRejected, RunnerThread, builtin
 from innosystem.runner.cli import load_processors
 from innosystem.stack import Stack
@@ -167,8 +170,10 @@ def test_runner_from_python_code_with_external_api_and_trace_context(stack: Stac
 
     processors.external_api(remote["name"], url=url, max_retries=2)  # the type's config would name https
     _, token = shared_runner(admin)
+    # A plain http endpoint on loopback: this runner's operator allow-lists exactly it.
+    allowed = egress.Policy(allow_hosts=egress.parse_allow_list([urllib.parse.urlsplit(url).netloc]))
     with RunnerThread(Runner(stack.address("runners"), token, processors, max_concurrent_jobs=2,
-                             drain_grace_seconds=5)) as thread:
+                             drain_grace_seconds=5, egress=allowed)) as thread:
         assert thread.wait_connected(30)
         trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
         job = t.client.post(f"/v1/projects/{t.project_id}/jobs", {
@@ -190,3 +195,63 @@ def test_a_revoked_token_stops_the_runner_with_an_error(stack: Stack, admin: Cli
     thread = RunnerThread(Runner(stack.address("runners"), token, builtin.registry())).start()
     with pytest.raises(RunnerRejected, match="UNAUTHENTICATED"):
         thread.join(30)
+
+
+@pytest.fixture
+def tcp_listener() -> Iterator[tuple[int, list[str]]]:
+    """A local TCP port that records every connection made to it (and answers nothing)."""
+    connections: list[str] = []
+    started = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def serve_forever() -> None:
+        async def note(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(str(writer.get_extra_info("peername")))
+            writer.close()
+
+        async def main() -> None:
+            server = await asyncio.start_server(note, "127.0.0.1", 0)
+            holder["port"] = server.sockets[0].getsockname()[1]
+            holder["loop"], holder["stop"] = asyncio.get_running_loop(), asyncio.Event()
+            started.set()
+            await holder["stop"].wait()
+            server.close()
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve_forever, daemon=True)
+    thread.start()
+    started.wait(10)
+    yield holder["port"], connections
+    holder["loop"].call_soon_threadsafe(holder["stop"].set)
+    thread.join(5)
+
+
+@pytest.mark.e2e
+def test_a_job_types_external_url_reaches_only_what_the_runners_operator_allows(
+        stack: Stack, admin: Client, spawn_runner: Spawn, tcp_listener: tuple[int, list[str]]) -> None:
+    """Issue 14 item 6: a customer's EXTERNAL_API job type names an internal address; a shared
+    runner process (its operator allow-listed nothing) does not connect to it, and the job fails
+    with EGRESS_BLOCKED. Once the operator allow-lists the host (--egress-allow-host) it does."""
+    port, connections = tcp_listener
+    t = tenant(admin)
+    made = t.client.post(f"/v1/projects/{t.project_id}/jobTypes", {
+        "name": f"internal-{uuid.uuid4().hex[:8]}", "baseCostCents": 1,
+        "processorType": "PROCESSOR_TYPE_EXTERNAL_API",
+        "externalApi": {"url": f"https://127.0.0.1:{port}/admin", "maxRetries": 0, "timeoutSeconds": 5},
+        "defaultRetryPolicy": {"maxAttempts": 1, "initialIntervalSeconds": 0, "backoffMultiplier": 1.0,
+                               "maxIntervalSeconds": 0}})
+    assert made.status == 200, made.body
+    job_type = made.body
+    _, token = shared_runner(admin)
+
+    runner = spawn_runner(token, "--external-api", job_type["name"])
+    failed = t.wait_status(t.submit(job_type, {"x": 1})["id"], "JOB_STATUS_FAILED", timeout=60)
+    assert failed["errorType"] == "EGRESS_BLOCKED", failed
+    assert "127.0.0.1 is a loopback address" in failed["error"] and "egress guard" in failed["error"]
+    assert connections == []
+    runner.stop()
+
+    spawn_runner(token, "--external-api", job_type["name"], "--egress-allow-host", f"127.0.0.1:{port}")
+    tried = t.wait_status(t.submit(job_type, {"x": 2})["id"], "JOB_STATUS_FAILED", timeout=60)
+    assert connections, "the allow-listed host was not called"
+    assert tried["errorType"] != "EGRESS_BLOCKED", tried  # it connected (this listener speaks no TLS)
