@@ -9,6 +9,7 @@ PostgreSQL; the other scripts leave a missing wallet alone.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +53,44 @@ class OpenToBuy:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self.scripts = Scripts(client, Path(__file__).parent / "lua", ERRORS)
+        # resolves waiting for their wallet's next script call: (hold id, posted, caller's future)
+        self._resolving: dict[tuple[uuid.UUID, str], list[tuple[str, int, asyncio.Future[None]]]] = {}
 
     async def reserve(self, customer_id: uuid.UUID, currency: str, hold_id: str, amount: int) -> bool:
         """True if held now, False if Redis already had the hold. InsufficientFunds, Rebuild."""
         return bool(await self.scripts.reserve(keys=keys(customer_id, currency), args=[hold_id, amount]))
 
     async def resolve(self, customer_id: uuid.UUID, currency: str, hold_id: str, posted: int) -> None:
-        await self.scripts.resolve(keys=keys(customer_id, currency), args=[hold_id, posted])
+        """Concurrent resolves of one wallet share one script call: a group commit's captures
+        resolve together, so a batch costs one call per wallet. At idle a resolve goes at once."""
+        wallet = (customer_id, currency)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._resolving.get(wallet)
+        if waiting is not None:  # a call for this wallet is being prepared or is under way: join the next
+            waiting.append((hold_id, posted, future))
+        else:
+            self._resolving[wallet] = [(hold_id, posted, future)]
+            asyncio.get_running_loop().create_task(self._resolve_wallet(wallet))
+        await future
+
+    async def _resolve_wallet(self, wallet: tuple[uuid.UUID, str]) -> None:
+        await asyncio.sleep(0)  # the callers resolved by the same commit join this call
+        while batch := self._resolving.get(wallet):
+            self._resolving[wallet] = []  # arrivals during the call wait for the next one
+            args: list[str | int] = []
+            for hold_id, posted, _ in batch:
+                args += [hold_id, posted]
+            try:
+                await self.scripts.resolve(keys=keys(*wallet), args=args)
+            except Exception as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        self._resolving.pop(wallet, None)
 
     async def top_up(self, customer_id: uuid.UUID, currency: str, amount: int) -> None:
         await self.scripts.top_up(keys=keys(customer_id, currency)[:1], args=[amount])

@@ -341,3 +341,29 @@ async def test_a_burst_on_a_cold_wallet_looks_it_up_once(billing: BillingService
         event.remove(db.engine.sync_engine, "before_cursor_execute", count)
         await cold.close()
         await db.close()
+
+
+async def test_concurrent_captures_of_one_wallet_resolve_in_redis_together(billing: BillingService) -> None:
+    """A group commit's captures resolve their holds in Open-to-Buy in one script call per wallet,
+    and the projection stays exactly what the ledger says."""
+    customer, _ = await funded_wallet(billing, 10_000)
+    for n in range(40):
+        await billing.reserve(f"batch-{customer}-{n}", customer, 100, "USD")
+    calls = 0
+    script = billing.otb.scripts.resolve
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await script(*args, **kwargs)
+
+    billing.otb.scripts.resolve = counted  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(*(billing.capture(f"batch-{customer}-{n}", 60) for n in range(40)))
+    finally:
+        billing.otb.scripts.resolve = script  # type: ignore[method-assign]
+    assert calls < 10  # one per group commit, not one per hold
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (10_000 - 40 * 60, 0)
+    snap = await billing.otb.snapshot(uuid.UUID(customer), "USD")
+    assert snap.loaded and (snap.balance, snap.held, snap.holds) == (10_000 - 40 * 60, 0, {})
