@@ -280,7 +280,7 @@ class Leases:
     async def _ended(self, ends: Sequence[outcomes.End], st: outcomes.Settlement, now: datetime, what: str) -> None:
         """After an ending's commit: its spans, billing (then out of the outbox), queues, events, metrics."""
         deps = self.deps
-        spans = [tracing.job_span(e.run, what, status=e.status) for e in ends]
+        spans = tracing.for_batch([e.run for e in ends], what, [e.status for e in ends])
         try:
             with tracing.within(spans):
                 await settle(deps, st)

@@ -1,9 +1,10 @@
 """A job's own trace: what happens to a job after its submit joins the trace the submit started.
 
-Leases and completions arrive in batches over calls that belong to the runners service's trace,
-so each job gets spans of its own, parented by the W3C context stored at submit and linked to
-the batch call. A batched downstream call (billing's captures) runs in the job's trace when the
-batch is that one job, and otherwise under a span linked to each job's span.
+Leases and completions arrive in batches over calls that belong to the runners service's trace.
+A batch of one job (the idle path) gets spans of its own in the job's trace, parented by the W3C
+context stored at submit and linked to the batch call; its downstream calls (billing's capture)
+run in that trace too. A larger batch gets one span linked to each job's trace: the cost of
+tracing stays per batch under load, and each job's trace still leads to the batch that handled it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from opentelemetry.trace import Link, Span
 from sqlalchemy import Row
 
 from innosystem.jobs.v1 import job_types_pb2 as enums
+from innosystem.kit.telemetry import span_context_of
 from services.jobs.models import Job
 
 _tracer = trace.get_tracer("innosystem.jobs")
@@ -40,13 +42,30 @@ def job_span(job: Job | Row[Any], name: str, start: datetime | None = None, stat
         attributes=attributes)
 
 
+def for_batch(jobs: Sequence[Job | Row[Any]], name: str, statuses: Sequence[int] = (),
+              start: datetime | None = None) -> list[Span]:
+    """Spans for one step of a batch of jobs (the caller ends them): one in the job's own trace when
+    the batch is one job, else one span linked to every job's trace."""
+    if len(jobs) == 1:
+        return [job_span(jobs[0], name, start, statuses[0] if statuses else None)]
+    if not jobs:
+        return []
+    links = [Link(c) for c in (span_context_of(j.trace_context) for j in jobs) if c is not None]
+    return [_tracer.start_span(f"{name} batch", links=links, start_time=_ns(start) if start else None,
+                               attributes={"innosystem.batch.size": len(jobs)})]
+
+
 def record_waits(jobs: Sequence[Job | Row[Any]], now: datetime) -> None:
-    """One `queued` span per leased job, from when it became ready to its lease: the wait shows
-    in the job's trace."""
-    for job in jobs:
-        span = job_span(job, "queued", start=job.queue_time or now)
-        span.set_attribute("innosystem.runner.id", job.runner_id)
+    """A `queued` span from when the job became ready to its lease: in the job's trace for a lease
+    of one job, else one span for the batch linked to each job's trace."""
+    if len(jobs) == 1:
+        span = job_span(jobs[0], "queued", start=jobs[0].queue_time or now)
+        span.set_attribute("innosystem.runner.id", jobs[0].runner_id)
         span.end(end_time=_ns(now))
+    elif jobs:
+        first = min((j.queue_time or now for j in jobs), default=now)
+        for span in for_batch(jobs, "queued", start=first):
+            span.end(end_time=_ns(now))
 
 
 @contextmanager

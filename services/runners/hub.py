@@ -22,11 +22,13 @@ from typing import Any
 import grpc
 from google.rpc import code_pb2
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import Link
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import InvalidArgument, PermissionDenied
+from innosystem.kit.telemetry import span_context_of
 from innosystem.runners.v1 import runners_pb2 as pb
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.runners.config import RunnersConfig
@@ -315,19 +317,24 @@ class Hub:
     def _deliver(self, session: Session, leases: list[jobs_pb2.JobLease]) -> None:
         back = []
         now = time.time()
+        assigned = []
         for lease in leases:
             if session.free() <= 0:  # closed, draining or in maintenance since the call began
                 back.append(jobs_pb2.LeaseRef(job_id=lease.job_id, lease_id=lease.lease_id))
                 continue
-            # A span in the job's own trace (from its submit): this replica handed it to this runner.
-            span = _tracer.start_span(f"assign {lease.job_type_name}",
-                                      context=propagate.extract(dict(lease.trace_context)),
-                                      attributes={"innosystem.job.id": lease.job_id,
-                                                  "innosystem.runner.id": session.runner_id})
             session.assign(lease)
-            span.end()
+            assigned.append(lease)
             if lease.create_time.seconds:
                 _dispatch.record(max(0.0, now - lease.create_time.ToMicroseconds() / 1e6))
+        if len(assigned) == 1:  # a span in the job's own trace (from its submit): handed to this runner
+            lease = assigned[0]
+            _tracer.start_span(f"assign {lease.job_type_name}", context=propagate.extract(dict(lease.trace_context)),
+                               attributes={"innosystem.job.id": lease.job_id,
+                                           "innosystem.runner.id": session.runner_id}).end()
+        elif assigned:  # a batch: one span, linked to each job's trace
+            links = [Link(c) for c in (span_context_of(dict(x.trace_context)) for x in assigned) if c is not None]
+            _tracer.start_span("assign batch", links=links, attributes={
+                "innosystem.batch.size": len(assigned), "innosystem.runner.id": session.runner_id}).end()
         if back:
             self._spawn(self._release(session.runner_id, back,
                                       jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_NOT_STARTED))

@@ -68,8 +68,11 @@ class Client:
 @pytest.fixture(scope="session")
 def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """All five services and the gateway as real processes, on one fresh database."""
-    with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("stack-logs")) as running:
+    """All five services and the gateway as real processes, on one fresh database. Key managers that
+    tests start later get ports at run time: loopback is allow-listed as a host (the egress guard's
+    refusals are tested in tests/keys/test_keys_egress.py)."""
+    with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("stack-logs"),
+                       extra_env={"INNOSYSTEM_EGRESS_ALLOW_HOSTS": "127.0.0.1"}) as running:
         yield running
 
 
