@@ -106,12 +106,12 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def _session_spans() -> InMemorySpanExporter:
-    # telemetry.setup configures the process once; every test then reads one shared exporter.
-    telemetry.setup("tests")
+    # telemetry.setup configures the process once; every test then reads one shared exporter (an
+    # exporter given to setup: without one, spans would not be recorded at all).
+    exporter = InMemorySpanExporter()
+    telemetry.setup("tests", extra_span_processors=[SimpleSpanProcessor(exporter)])
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider), "telemetry.setup installs the SDK tracer provider"
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     return exporter
 
 

@@ -1,8 +1,10 @@
 """OpenTelemetry set up once per process.
 
 The exporter is chosen by the standard variables: `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER`
-(`otlp`, `console`, `none`) and `OTEL_EXPORTER_OTLP_ENDPOINT`. With none of them set, spans are
-still created (so trace ids reach the logs) but nothing is exported and nothing is printed.
+(`otlp`, `console`, `none`) and `OTEL_EXPORTER_OTLP_ENDPOINT`; the sampler by `OTEL_TRACES_SAMPLER`
+(e.g. `parentbased_traceidratio` with `OTEL_TRACES_SAMPLER_ARG=0.01` to trace 1% of jobs under
+load). With no trace exporter, spans are still created (so trace ids reach the logs and travel
+on) but none is recorded, and SQL statements and Redis calls get no spans.
 With a metrics port, the process also serves its metrics as Prometheus text at `/metrics`.
 SQLAlchemy and Redis calls are traced by the contrib instrumentations.
 """
@@ -21,6 +23,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanContext, TraceFlags
 
 _configured = False
@@ -40,8 +43,14 @@ def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None
     _configured = True
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", f"innosystem-{service}")})
 
-    provider = TracerProvider(resource=resource)
     choice = _exporter_choice("TRACES")
+    exported = choice in ("otlp", "console") or bool(extra_span_processors)
+    if exported or os.environ.get("OTEL_TRACES_SAMPLER"):
+        provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER, else parent-based
+    else:
+        # Nothing would receive a span: record none. Spans still carry their context (trace ids
+        # reach the logs and the next process), at a fraction of a recorded span's cost.
+        provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
     if choice == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -67,10 +76,11 @@ def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    # Its declared range stops at SQLAlchemy < 2.1; the engine events it hooks are unchanged in
-    # 2.1, and tests/integration/test_telemetry.py proves the spans still appear.
-    SQLAlchemyInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)
-    RedisInstrumentor().instrument()
+    if exported:  # a span per statement and Redis call costs on every hot path: only when they go somewhere
+        # Its declared range stops at SQLAlchemy < 2.1; the engine events it hooks are unchanged in
+        # 2.1, and tests/integration/test_telemetry.py proves the spans still appear.
+        SQLAlchemyInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)
+        RedisInstrumentor().instrument()
 
 
 def span_context_of(carrier: dict[str, str] | None) -> SpanContext | None:
