@@ -97,6 +97,8 @@ class Runner:
         self.connected = asyncio.Event()
         self._running: dict[str, _Running] = {}
         self._unacked: dict[str, pb.JobResult] = {}  # job id → result sent, not yet acknowledged
+        self._results: list[pb.JobResult] = []  # results of this event-loop turn, sent together
+        self._results_together = False  # the service takes several results in one message (its Welcome says)
         self._out: asyncio.Queue[pb.ConnectRequest | None] | None = None
         self._rejected = ""
         self._last_seq = 0
@@ -210,7 +212,7 @@ class Runner:
                                                                max_batch_size=p.max_batch_size)
                                                   for p in self.processors],
             tags=self.tags, max_concurrent_jobs=self.max_concurrent_jobs, free_slots=self._free(),
-            version=VERSION, hostname=self.hostname, running=refs)))
+            version=VERSION, hostname=self.hostname, running=refs, batches=True)))
         if self._credentials is not None:
             channel = grpc.aio.secure_channel(self.target, self._credentials, options=CHANNEL_OPTIONS)
         else:
@@ -263,6 +265,7 @@ class Runner:
         if welcome.refused_processors:
             log.warning("the service refused processors: %s", ", ".join(welcome.refused_processors))
         self._out = out
+        self._results_together = welcome.batches
         self.connected.set()
         resumed = {r.job_id for r in welcome.resumed}
         for job_id, result in list(self._unacked.items()):
@@ -272,6 +275,32 @@ class Runner:
             out.put_nowait(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), draining=self._draining)))
         log.info("connected to %s as runner %s (session %s, %d resumed, %d dropped)", self.target, self.runner_id,
                  welcome.session_id, len(welcome.resumed), len(welcome.dropped))
+
+    def _acked(self, ack: pb.ResultAck) -> None:
+        sent = self._unacked.get(ack.job_id)
+        if sent is not None and sent.lease_id == ack.lease_id:
+            del self._unacked[ack.job_id]
+            self.completed += 1
+            self._changed.set()
+        if ack.HasField("error"):
+            log.warning("result for job %s rejected: %s", ack.job_id, ack.error.message)
+
+    def _send_result(self, message: pb.JobResult) -> None:
+        """Results that end in one turn of the event loop go in one stream message when the
+        service takes batches (one message per job is most of a busy stream's cost)."""
+        if not self._results_together:
+            self._send(pb.ConnectRequest(message_id=uuid.uuid4().hex[:12], result=message))
+            return
+        self._results.append(message)
+        if len(self._results) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_results)
+
+    def _flush_results(self) -> None:
+        results, self._results = self._results, []
+        if len(results) == 1:
+            self._send(pb.ConnectRequest(message_id=uuid.uuid4().hex[:12], result=results[0]))
+        elif results:
+            self._send(pb.ConnectRequest(message_id=uuid.uuid4().hex[:12], results=pb.JobResults(items=results)))
 
     async def _heartbeats(self, interval: float) -> None:
         while True:
@@ -294,6 +323,13 @@ class Runner:
         if kind == "assignment":
             self._last_seq = max(self._last_seq, message.assignment.seq)
             self._assigned(message.assignment.lease)
+        elif kind == "assignments":
+            for assignment in message.assignments.items:
+                self._last_seq = max(self._last_seq, assignment.seq)
+                self._assigned(assignment.lease)
+        elif kind == "result_acks":
+            for ack in message.result_acks.items:
+                self._acked(ack)
         elif kind == "cancellation":
             c = message.cancellation
             running = self._running.get(c.job_id)
@@ -309,14 +345,7 @@ class Runner:
             if running.task is not None:
                 running.task.cancel()
         elif kind == "result_ack":
-            ack = message.result_ack
-            sent = self._unacked.get(ack.job_id)
-            if sent is not None and sent.lease_id == ack.lease_id:
-                del self._unacked[ack.job_id]
-                self.completed += 1
-                self._changed.set()
-            if ack.HasField("error"):
-                log.warning("result for job %s rejected: %s", ack.job_id, ack.error.message)
+            self._acked(message.result_ack)
         elif kind == "ping":
             self._heartbeat(message.ping.ping_id)
         elif kind == "drain":
@@ -415,7 +444,7 @@ class Runner:
         result.duration_ms = int((time.monotonic() - started) * 1000)
         message = pb.JobResult(job_id=job.id, lease_id=job.lease.lease_id, result=result)
         self._unacked[job.id] = message
-        self._send(pb.ConnectRequest(message_id=uuid.uuid4().hex[:12], result=message))
+        self._send_result(message)
 
     async def _open_secure_access(self, job: Job, purpose: int, fields: Sequence[str], processor: str,
                                   client_reference: str) -> _Access:

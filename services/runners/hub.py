@@ -146,10 +146,11 @@ class Hub:
         refused = await self._refused(row, names)
         accepted = [n for n in dict.fromkeys(names) if n not in refused]
         welcome = pb.Welcome(session_id=uuid.uuid4().hex, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
-                             heartbeat_timeout_ms=self.config.heartbeat_timeout_ms, refused_processors=refused)
+                             heartbeat_timeout_ms=self.config.heartbeat_timeout_ms, refused_processors=refused,
+                             batches=True)
         session = Session(runner_id=runner_id, session_id=welcome.session_id, customer_id=caller.customer_id,
                           processors=accepted, tags=tags, max_slots=hello.max_concurrent_jobs,
-                          reported_free=hello.free_slots, maintenance=row.maintenance)
+                          reported_free=hello.free_slots, maintenance=row.maintenance, batches=hello.batches)
         if hello.running:  # jobs still running from an earlier connection: keep the leases still its own
             answer = await self.jobs.ExtendLeases(jobs_pb2.ExtendLeasesRequest(
                 runner_id=runner_id, leases=[jobs_pb2.LeaseExtension(job_id=r.job_id, lease_id=r.lease_id)
@@ -229,22 +230,10 @@ class Hub:
                 session.extending = True
                 self._spawn(self._extend(session))
         elif kind == "result":
-            r = message.result
-            outcome = r.result.outcome
-            if not r.job_id or not r.lease_id:
-                reject(INVALID, "INVALID_RESULT", "result.job_id and result.lease_id are required")
-            elif outcome not in (AttemptOutcome.ATTEMPT_OUTCOME_SUCCEEDED, AttemptOutcome.ATTEMPT_OUTCOME_FAILED,
-                                 AttemptOutcome.ATTEMPT_OUTCOME_CANCELLED):
-                reject(INVALID, "INVALID_RESULT", "result.result.outcome must be SUCCEEDED, FAILED or CANCELLED")
-            elif (r.job_id, r.lease_id) in session.recent:
-                reject(FAILED_PRECONDITION, "DUPLICATE_RESULT", f"job {r.job_id} lease {r.lease_id} already reported")
-            elif session.held.get(r.job_id) != r.lease_id:
-                reject(FAILED_PRECONDITION, "LEASE_NOT_HELD",
-                       f"job {r.job_id} lease {r.lease_id} is not held by this runner")
-            else:
-                session.finish(r.job_id, r.lease_id, completing=True)
-                self.results.submit(jobs_pb2.JobCompletion(job_id=r.job_id, lease_id=r.lease_id,
-                                                           runner_id=session.runner_id, result=r.result))
+            self._result(session, message.result, reject)
+        elif kind == "results":
+            for r in message.results.items:
+                self._result(session, r, reject)
         elif kind == "returned":
             g = message.returned
             if session.held.get(g.job_id) != g.lease_id or not g.lease_id:
@@ -287,6 +276,23 @@ class Hub:
         else:
             reject(INVALID, "MALFORMED_MESSAGE", "the message has no known kind")
 
+    def _result(self, session: Session, r: pb.JobResult, reject: Callable[[int, str, str], None]) -> None:
+        outcome = r.result.outcome
+        if not r.job_id or not r.lease_id:
+            reject(INVALID, "INVALID_RESULT", "result.job_id and result.lease_id are required")
+        elif outcome not in (AttemptOutcome.ATTEMPT_OUTCOME_SUCCEEDED, AttemptOutcome.ATTEMPT_OUTCOME_FAILED,
+                             AttemptOutcome.ATTEMPT_OUTCOME_CANCELLED):
+            reject(INVALID, "INVALID_RESULT", "result.result.outcome must be SUCCEEDED, FAILED or CANCELLED")
+        elif (r.job_id, r.lease_id) in session.recent:
+            reject(FAILED_PRECONDITION, "DUPLICATE_RESULT", f"job {r.job_id} lease {r.lease_id} already reported")
+        elif session.held.get(r.job_id) != r.lease_id:
+            reject(FAILED_PRECONDITION, "LEASE_NOT_HELD",
+                   f"job {r.job_id} lease {r.lease_id} is not held by this runner")
+        else:
+            session.finish(r.job_id, r.lease_id, completing=True)
+            self.results.submit(jobs_pb2.JobCompletion(job_id=r.job_id, lease_id=r.lease_id,
+                                                       runner_id=session.runner_id, result=r.result))
+
     # ------------------------------------------------------------------ dispatch
 
     async def _lease_loop(self, session: Session) -> None:
@@ -322,17 +328,20 @@ class Hub:
             if session.free() <= 0:  # closed, draining or in maintenance since the call began
                 back.append(jobs_pb2.LeaseRef(job_id=lease.job_id, lease_id=lease.lease_id))
                 continue
-            session.assign(lease)
-            assigned.append(lease)
+            assigned.append(session.assign(lease, send=not session.batches))
             if lease.create_time.seconds:
                 _dispatch.record(max(0.0, now - lease.create_time.ToMicroseconds() / 1e6))
+        if session.batches and assigned:  # one stream message for the batch
+            session.send(pb.ConnectResponse(assignment=assigned[0]) if len(assigned) == 1 else
+                         pb.ConnectResponse(assignments=pb.JobAssignments(items=assigned)))
         if len(assigned) == 1:  # a span in the job's own trace (from its submit): handed to this runner
-            lease = assigned[0]
+            lease = assigned[0].lease
             _tracer.start_span(f"assign {lease.job_type_name}", context=propagate.extract(dict(lease.trace_context)),
                                attributes={"innosystem.job.id": lease.job_id,
                                            "innosystem.runner.id": session.runner_id}).end()
         elif assigned:  # a batch: one span, linked to each job's trace
-            links = [Link(c) for c in (span_context_of(dict(x.trace_context)) for x in assigned) if c is not None]
+            links = [Link(c) for c in (span_context_of(dict(x.lease.trace_context)) for x in assigned)
+                     if c is not None]
             _tracer.start_span("assign batch", links=links, attributes={
                 "innosystem.batch.size": len(assigned), "innosystem.runner.id": session.runner_id}).end()
         if back:
@@ -388,11 +397,17 @@ class Hub:
             job_id=job_id, lease_id=lease_id, reason=pb.CancellationReason.CANCELLATION_REASON_CANCEL_REQUESTED,
             message=message)))
 
-    def _ack(self, runner_id: str, ack: pb.ResultAck) -> None:
+    def _ack(self, runner_id: str, acks: list[pb.ResultAck]) -> None:
         session = self.sessions.get(runner_id)
-        if session is not None:
+        if session is None:
+            return
+        for ack in acks:
             session.acked(ack.job_id, ack.lease_id)
-            session.send(pb.ConnectResponse(result_ack=ack))
+        if session.batches and len(acks) > 1:
+            session.send(pb.ConnectResponse(result_acks=pb.ResultAcks(items=acks)))
+        else:
+            for ack in acks:
+                session.send(pb.ConnectResponse(result_ack=ack))
 
     async def _closed(self, session: Session) -> None:
         """After a stream ends: Offline now; after the heartbeat timeout, unless the runner came back,

@@ -54,9 +54,9 @@ def too_large(completion: jobs_pb2.JobCompletion, limit: int = MAX_RESULT_BYTES)
 
 
 class ResultBatcher:
-    def __init__(self, jobs: jobs_pb2_grpc.JobServiceStub, ack: Callable[[str, pb.ResultAck], None]) -> None:
+    def __init__(self, jobs: jobs_pb2_grpc.JobServiceStub, ack: Callable[[str, list[pb.ResultAck]], None]) -> None:
         self._jobs = jobs
-        self._ack = ack  # delivers an ack to the runner's session, wherever it is on this replica
+        self._ack = ack  # delivers a runner's acks to its session, wherever it is on this replica
         self._queue: deque[tuple[jobs_pb2.JobCompletion, int]] = deque()  # with its size in bytes
         self._arrived = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -115,14 +115,23 @@ class ResultBatcher:
                     return
                 log.error("CompleteJobs refused %d results: %s %s", len(batch), exc.code().name, exc.details())
                 error = status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")
-                for c in batch:
-                    self._ack(c.runner_id, pb.ResultAck(job_id=c.job_id, lease_id=c.lease_id, error=error))
+                self._deliver([(c.runner_id, pb.ResultAck(job_id=c.job_id, lease_id=c.lease_id, error=error))
+                               for c in batch])
                 return
         _batched.record(len(batch))
+        acks = []
         for completion, result in zip(batch, answer.results, strict=False):
-            if result.HasField("error"):
-                log.info("result for job %s rejected: %s", completion.job_id, result.error.message)
             ack = pb.ResultAck(job_id=completion.job_id, lease_id=completion.lease_id, job_status=result.status)
             if result.HasField("error"):
+                log.info("result for job %s rejected: %s", completion.job_id, result.error.message)
                 ack.error.CopyFrom(result.error)
-            self._ack(completion.runner_id, ack)
+            acks.append((completion.runner_id, ack))
+        self._deliver(acks)
+
+    def _deliver(self, acks: list[tuple[str, pb.ResultAck]]) -> None:
+        """Each runner's acks together (one stream message for a runner that takes batches)."""
+        by_runner: dict[str, list[pb.ResultAck]] = {}
+        for runner_id, ack in acks:
+            by_runner.setdefault(runner_id, []).append(ack)
+        for runner_id, mine in by_runner.items():
+            self._ack(runner_id, mine)

@@ -42,6 +42,7 @@ class Session:
     # Free slots as the runner counts them, kept current between its slot updates (see SlotUpdate).
     reported_free: int
     maintenance: bool = False
+    batches: bool = False  # the runner takes several assignments and acks in one stream message
     draining: bool = False
     seq: int = 0
     held: dict[str, str] = field(default_factory=dict)  # job id → lease id
@@ -84,12 +85,16 @@ class Session:
                 self.out.put_nowait(final)
             self.out.put_nowait(None)
 
-    def assign(self, lease: jobs_pb2.JobLease) -> None:
+    def assign(self, lease: jobs_pb2.JobLease, send: bool = True) -> pb.JobAssignment:
+        """Hand a lease to the runner: sent at once, or (`send=False`) by the caller with others."""
         self.seq += 1
         self.held[lease.job_id] = lease.lease_id
         self.reported_free -= 1
         self.current_job_id = lease.job_id
-        self.send(pb.ConnectResponse(assignment=pb.JobAssignment(seq=self.seq, lease=lease)))
+        assignment = pb.JobAssignment(seq=self.seq, lease=lease)
+        if send:
+            self.send(pb.ConnectResponse(assignment=assignment))
+        return assignment
 
     def finish(self, job_id: str, lease_id: str, *, completing: bool = False) -> None:
         """A result (its slot frees when the jobs service has it: `acked`) or a return arrived."""

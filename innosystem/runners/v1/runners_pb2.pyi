@@ -504,6 +504,7 @@ class ConnectRequest(_message.Message):
     RETURNED_FIELD_NUMBER: _builtins.int
     SECURE_ACCESS_OPEN_FIELD_NUMBER: _builtins.int
     SECURE_ACCESS_CLOSE_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Optional sender's id, echoed in a StreamError about this message."""
     @_builtins.property
@@ -532,6 +533,10 @@ class ConnectRequest(_message.Message):
     def secure_access_close(self) -> Global___SecureAccessClose:
         """Close a secure access after processing (the completion record)."""
 
+    @_builtins.property
+    def results(self) -> Global___JobResults:
+        """Several results in one message (a runner whose Welcome says `batches`): each as `result`."""
+
     def __init__(
         self,
         *,
@@ -544,12 +549,13 @@ class ConnectRequest(_message.Message):
         returned: Global___JobReturn | None = ...,
         secure_access_open: Global___SecureAccessOpen | None = ...,
         secure_access_close: Global___SecureAccessClose | None = ...,
+        results: Global___JobResults | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "progress", b"progress", "result", b"result", "returned", b"returned", "secure_access_close", b"secure_access_close", "secure_access_open", b"secure_access_open", "slots", b"slots"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "progress", b"progress", "result", b"result", "results", b"results", "returned", b"returned", "secure_access_close", b"secure_access_close", "secure_access_open", b"secure_access_open", "slots", b"slots"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "message_id", b"message_id", "progress", b"progress", "result", b"result", "returned", b"returned", "secure_access_close", b"secure_access_close", "secure_access_open", b"secure_access_open", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "message_id", b"message_id", "progress", b"progress", "result", b"result", "results", b"results", "returned", b"returned", "secure_access_close", b"secure_access_close", "secure_access_open", b"secure_access_open", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "slots", "heartbeat", "progress", "result", "returned", "secure_access_open", "secure_access_close"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "slots", "heartbeat", "progress", "result", "returned", "secure_access_open", "secure_access_close", "results"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -569,6 +575,8 @@ class ConnectResponse(_message.Message):
     RESULT_ACK_FIELD_NUMBER: _builtins.int
     SECURE_ACCESS_GRANT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    RESULT_ACKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """Answer to hello."""
@@ -595,6 +603,14 @@ class ConnectResponse(_message.Message):
     def error(self) -> Global___StreamError:
         """A runner message was rejected (or the stream is about to close)."""
 
+    @_builtins.property
+    def assignments(self) -> Global___JobAssignments:
+        """Several assignments in one message, in seq order (to a runner whose Hello says `batches`)."""
+
+    @_builtins.property
+    def result_acks(self) -> Global___ResultAcks:
+        """Several acks in one message (to a runner whose Hello says `batches`)."""
+
     def __init__(
         self,
         *,
@@ -606,12 +622,14 @@ class ConnectResponse(_message.Message):
         result_ack: Global___ResultAck | None = ...,
         secure_access_grant: Global___SecureAccessGrant | None = ...,
         error: Global___StreamError | None = ...,
+        assignments: Global___JobAssignments | None = ...,
+        result_acks: Global___ResultAcks | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancellation", b"cancellation", "drain", b"drain", "error", b"error", "kind", b"kind", "ping", b"ping", "result_ack", b"result_ack", "secure_access_grant", b"secure_access_grant", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "assignments", b"assignments", "cancellation", b"cancellation", "drain", b"drain", "error", b"error", "kind", b"kind", "ping", b"ping", "result_ack", b"result_ack", "result_acks", b"result_acks", "secure_access_grant", b"secure_access_grant", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "cancellation", b"cancellation", "drain", b"drain", "error", b"error", "kind", b"kind", "ping", b"ping", "result_ack", b"result_ack", "secure_access_grant", b"secure_access_grant", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "assignments", b"assignments", "cancellation", b"cancellation", "drain", b"drain", "error", b"error", "kind", b"kind", "ping", b"ping", "result_ack", b"result_ack", "result_acks", b"result_acks", "secure_access_grant", b"secure_access_grant", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "assignment", "cancellation", "drain", "ping", "result_ack", "secure_access_grant", "error"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "assignment", "cancellation", "drain", "ping", "result_ack", "secure_access_grant", "error", "assignments", "result_acks"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -660,6 +678,7 @@ class Hello(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
     runner_id: _builtins.str
     """If set, must be the token's runner."""
     max_concurrent_jobs: _builtins.int
@@ -668,6 +687,10 @@ class Hello(_message.Message):
     """Slots free now (after any jobs it is still running)."""
     version: _builtins.str
     hostname: _builtins.str
+    batches: _builtins.bool
+    """The runner understands ConnectResponse.assignments and .result_acks: the service may send
+    several in one message (under load, one stream message per batch instead of per job).
+    """
     @_builtins.property
     def processors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Processor]:
         """The processors it has loaded; those not allowed are listed in Welcome.refused_processors."""
@@ -693,10 +716,11 @@ class Hello(_message.Message):
         version: _builtins.str = ...,
         hostname: _builtins.str = ...,
         running: _abc.Iterable[_jobs_pb2.LeaseRef] | None = ...,
+        batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_slots", b"free_slots", "hostname", b"hostname", "max_concurrent_jobs", b"max_concurrent_jobs", "processors", b"processors", "runner_id", b"runner_id", "running", b"running", "tags", b"tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "free_slots", b"free_slots", "hostname", b"hostname", "max_concurrent_jobs", b"max_concurrent_jobs", "processors", b"processors", "runner_id", b"runner_id", "running", b"running", "tags", b"tags", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -715,11 +739,14 @@ class Welcome(_message.Message):
     RESUMED_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
     REFUSED_PROCESSORS_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     heartbeat_interval_ms: _builtins.int
     """Send a heartbeat at least this often."""
     heartbeat_timeout_ms: _builtins.int
     """Silence longer than this ends the session."""
+    batches: _builtins.bool
+    """The service understands ConnectRequest.results: the runner may send several in one message."""
     @_builtins.property
     def runner(self) -> Global___Runner:
         """The registry's view of the runner."""
@@ -746,10 +773,11 @@ class Welcome(_message.Message):
         resumed: _abc.Iterable[_jobs_pb2.LeaseRef] | None = ...,
         dropped: _abc.Iterable[_jobs_pb2.LeaseRef] | None = ...,
         refused_processors: _abc.Iterable[_builtins.str] | None = ...,
+        batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["runner", b"runner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "heartbeat_interval_ms", b"heartbeat_interval_ms", "heartbeat_timeout_ms", b"heartbeat_timeout_ms", "refused_processors", b"refused_processors", "resumed", b"resumed", "runner", b"runner", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "dropped", b"dropped", "heartbeat_interval_ms", b"heartbeat_interval_ms", "heartbeat_timeout_ms", b"heartbeat_timeout_ms", "refused_processors", b"refused_processors", "resumed", b"resumed", "runner", b"runner", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -872,6 +900,28 @@ class JobResult(_message.Message):
 Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
 
 @_typing.final
+class JobResults(_message.Message):
+    """Results of several attempts, each answered by its own ResultAck."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobResult]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___JobResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobResults: _TypeAlias = JobResults  # noqa: Y015
+
+@_typing.final
 class JobReturn(_message.Message):
     """An assignment given back unstarted; the attempt does not count."""
 
@@ -926,6 +976,50 @@ class JobAssignment(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobAssignment: _TypeAlias = JobAssignment  # noqa: Y015
+
+@_typing.final
+class JobAssignments(_message.Message):
+    """Several assignments, in seq order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobAssignment]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___JobAssignment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobAssignments: _TypeAlias = JobAssignments  # noqa: Y015
+
+@_typing.final
+class ResultAcks(_message.Message):
+    """Several result acknowledgements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultAck]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ResultAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultAcks: _TypeAlias = ResultAcks  # noqa: Y015
 
 @_typing.final
 class JobCancellation(_message.Message):
