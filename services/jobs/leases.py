@@ -95,6 +95,7 @@ class Leases:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         self._tags: dict[str, tuple[float, list[tuple[str, ...]]]] = {}
+        self._seen_at: dict[str, float] = {}  # queue → when this process last marked a runner there
         self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many, orphaned=self._undelivered)
 
     # which queues a runner serves ----------------------------------------------------------------
@@ -118,15 +119,25 @@ class Leases:
         return out
 
     async def _seen(self, queues: Sequence[str]) -> None:
-        """Remember that a runner asked for these queues (the pending reason NO_COMPATIBLE_RUNNER)."""
+        """Remember that a runner asked for these queues (the pending reason NO_COMPATIBLE_RUNNER).
+        The marker lives `runner_seen_seconds`; refreshing it a third of that often is enough, and
+        spares a Redis round trip on almost every lease."""
         ttl = max(1, int(self.deps.config.runner_seen_seconds))
+        now = time.monotonic()
+        stale = [q for q in queues if self._seen_at.get(q, -ttl) < now - ttl / 3]
+        if not stale:
+            return
+        for q in stale:
+            self._seen_at[q] = now
         pipe = self.deps.queue.client.pipeline(transaction=False)
-        for q in queues:
+        for q in stale:
             pipe.set(f"{self.deps.queue.prefix}seen:{q}", "1", ex=ttl)
         try:
             await pipe.execute()
         except Exception as exc:  # best effort: only the pending reason depends on it
             log.warning("cannot record runner presence: %s", exc)
+            for q in stale:
+                self._seen_at.pop(q, None)
 
     # LeaseJobs -----------------------------------------------------------------------------------
     async def lease(self, r: pb.LeaseJobsRequest) -> list[pb.JobLease]:
