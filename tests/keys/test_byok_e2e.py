@@ -177,3 +177,48 @@ def test_encrypted_job_end_to_end_with_canary_and_a_refusing_key_manager(
     for path in log_files:
         assert canary not in path.read_text(errors="replace"), path.name
     assert f"job={second['id']}" in (km.folder / "keymanager.log").read_text()  # the refusal was the KM's
+
+
+def test_a_key_disabled_mid_run_fails_only_its_own_customers_results(
+        world: tuple[Stack, KeyManagerProcess, Path]) -> None:
+    """Customer A's encrypted project loses its key while A's and B's jobs run on one shared
+    runner: the results of A's jobs cannot be encrypted and fail those attempts alone
+    (RESULT_NOT_STORED); every one of B's jobs, completed in the same batches, succeeds on its
+    first attempt. Before, one unstorable result failed the whole CompleteJobs batch."""
+    stack, km, _ = world
+    admin = Rest(stack.gateway_url, stack.admin_api_key)
+    tenants = []
+    for label in ("a", "b"):
+        created = admin("POST", "/v1/customers", {"name": f"Mid-run {label}", "email": f"{label}@example.com"})
+        _top_up(admin, created["customer"]["id"])
+        customer = admin.as_key(created["apiKey"])
+        project = customer("POST", f"/v1/customers/{created['customer']['id']}/projects", {"name": "naps"})
+        tenants.append((created["customer"]["id"], customer, project))
+    (a_id, a, a_project), (_, b, b_project) = tenants
+    key = a("POST", f"/v1/customers/{a_id}/keys", {
+        "endpointUrl": km.grpc_url, "externalKeyId": "cmk-demo", "hmacSecrets": [km.secret]})
+    a("PATCH", f"/v1/projects/{a_project['id']}", {"encryptionKeyId": key["id"]})
+    once = {"maxAttempts": 1, "initialIntervalSeconds": 0, "backoffMultiplier": 1, "maxIntervalSeconds": 0}
+    types = [client("POST", f"/v1/projects/{project['id']}/jobTypes", {
+        "name": "nap", "baseCostCents": 1, "timeoutSeconds": 60, "defaultRetryPolicy": once,
+        "sensitiveFields": ["result.ended"]}) for client, project in ((a, a_project), (b, b_project))]
+    runner = admin("POST", "/v1/runners", {"name": "mid-run-runner", "scope": "RUNNER_SCOPE_SHARED"})
+    stack.spawn("runner-mid-run", ["runner", "--target", stack.address("runners"), "--slots", "20",
+                                   "--processor", "nap=innosystem.runner.builtin:sleep"],
+                {"INNOSYSTEM_RUNNER_TOKEN": runner["token"]})
+    a_jobs = [a("POST", f"/v1/projects/{a_project['id']}/jobs",
+                {"jobTypeId": types[0]["id"], "payload": {"seconds": 2}})["id"] for _ in range(4)]
+    b_jobs = [b("POST", f"/v1/projects/{b_project['id']}/jobs",
+                {"jobTypeId": types[1]["id"], "payload": {"seconds": 2}})["id"] for _ in range(8)]
+    deadline = time.monotonic() + 30
+    while any(a("GET", f"/v1/jobs/{j}")["status"] != "JOB_STATUS_RUNNING" for j in a_jobs):
+        assert time.monotonic() < deadline, "A's jobs never ran"
+        time.sleep(0.05)
+    a("POST", f"/v1/keys/{key['id']}:disable", {"acknowledgeDataLoss": True})  # mid-run
+    for job_id in b_jobs:
+        done = _wait_final(b, job_id)
+        assert done["status"] == "JOB_STATUS_SUCCEEDED" and done["attemptCount"] == 1, done
+    for job_id in a_jobs:
+        done = _wait_final(a, job_id)
+        assert done["status"] == "JOB_STATUS_FAILED" and done["errorType"] == "RESULT_NOT_STORED", done
+        assert "result" not in done or not done["result"]  # no plaintext result was stored
