@@ -43,6 +43,11 @@ _tracer = trace.get_tracer("innosystem.runner")
 VERSION = "innosystem-runner/0.1"
 Outcome = jobs_pb2.AttemptOutcome
 BATCH_LINGER_SECONDS = 0.005
+# A result larger than this fails its attempt (RESULT_TOO_LARGE) here: it could not pass the stream
+# (32 MiB messages) and the platform stores far less (1 MiB by default). Results that end together
+# share a stream message up to MAX_MESSAGE_RESULTS_BYTES.
+MAX_RESULT_BYTES = 8 * 1024 * 1024
+MAX_MESSAGE_RESULTS_BYTES = 4 * 1024 * 1024
 # Keepalive pings find a half-open connection (the service's host gone without a FIN).
 CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                    ("grpc.keepalive_permit_without_calls", 1), ("grpc.max_receive_message_length", 32 * 1024 * 1024),
@@ -98,6 +103,7 @@ class Runner:
         self._running: dict[str, _Running] = {}
         self._unacked: dict[str, pb.JobResult] = {}  # job id → result sent, not yet acknowledged
         self._results: list[pb.JobResult] = []  # results of this event-loop turn, sent together
+        self._results_bytes = 0
         self._results_together = False  # the service takes several results in one message (its Welcome says)
         self._out: asyncio.Queue[pb.ConnectRequest | None] | None = None
         self._rejected = ""
@@ -291,12 +297,16 @@ class Runner:
         if not self._results_together:
             self._send(pb.ConnectRequest(message_id=uuid.uuid4().hex[:12], result=message))
             return
+        size = message.ByteSize()
+        if self._results and self._results_bytes + size > MAX_MESSAGE_RESULTS_BYTES:
+            self._flush_results()  # a stream message stays well under gRPC's limit
         self._results.append(message)
+        self._results_bytes += size
         if len(self._results) == 1:
             asyncio.get_running_loop().call_soon(self._flush_results)
 
     def _flush_results(self) -> None:
-        results, self._results = self._results, []
+        results, self._results, self._results_bytes = self._results, [], 0
         if len(results) == 1:
             self._send(pb.ConnectRequest(message_id=uuid.uuid4().hex[:12], result=results[0]))
         elif results:
@@ -442,6 +452,11 @@ class Runner:
         if job.cancel_requested and result.outcome != Outcome.ATTEMPT_OUTCOME_SUCCEEDED:
             result = _cancelled()
         result.duration_ms = int((time.monotonic() - started) * 1000)
+        if (size := result.ByteSize()) > MAX_RESULT_BYTES:  # could not pass the stream: the attempt fails
+            result = jobs_pb2.AttemptResult(outcome=Outcome.ATTEMPT_OUTCOME_FAILED, duration_ms=result.duration_ms,
+                                            error=jobs_pb2.JobError(
+                                                message=f"the result is {size} bytes, over the limit of "
+                                                        f"{MAX_RESULT_BYTES}", type="RESULT_TOO_LARGE"))
         message = pb.JobResult(job_id=job.id, lease_id=job.lease.lease_id, result=result)
         self._unacked[job.id] = message
         self._send_result(message)

@@ -15,3 +15,8 @@ def uppercase_batch(jobs: list[Job]) -> list[dict[str, Any]]:
 @processor("sample-costly")
 def costly(job: Job) -> Result:
     return Result({"ok": True}, cost_cents=int(job.payload.get("cost", 3)))
+
+
+def sized(job: Job) -> dict[str, Any]:
+    """A result of `payload.size` characters (to try results too large to store or to pass)."""
+    return {"blob": "x" * int(job.payload.get("size", 10))}
