@@ -110,14 +110,21 @@ class Signals:
             log.warning("cannot publish on %s: %s", channel, exc)
 
     async def jobs_changed(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        """Each job's event on its own channel, in one round trip (a batch of leases or results
-        changes hundreds of jobs at once)."""
+        """Each watched job's event on its own channel. A batch of leases or results changes
+        hundreds of jobs at once and almost none has a watcher: one NUMSUB asks which do, and only
+        their events are encoded and published (one round trip). Called after the commit; a
+        watcher subscribes before it reads the job, so a change it cannot have read is announced."""
         if not events:
             return
+        channels = [self.job_prefix + job_id for job_id, _ in events]
         try:
+            counts = {_text(c): int(n) for c, n in await self.client.pubsub_numsub(*channels)}
+            watched = [(ch, event) for ch, (_, event) in zip(channels, events, strict=True) if counts.get(ch)]
+            if not watched:
+                return
             async with self.client.pipeline(transaction=False) as pipe:
-                for job_id, event in events:
-                    pipe.publish(self.job_prefix + job_id, json.dumps(event))
+                for channel, event in watched:
+                    pipe.publish(channel, json.dumps(event))
                 await pipe.execute()
         except RedisError as exc:
             log.warning("cannot publish %d job events: %s", len(events), exc)

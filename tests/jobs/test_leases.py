@@ -229,3 +229,30 @@ async def test_concurrent_long_polls_share_commits_and_never_get_the_same_job(wo
     assert marker.batches - before <= 8
     for lease in got:
         assert (await world.get(lease.job_id)).runner_id == lease.runner_id
+
+
+async def test_job_events_are_published_only_for_watched_jobs(world: JobsWorld) -> None:
+    """A batch of leases and results publishes nothing for the jobs nobody watches (one NUMSUB
+    for the batch); a watched job still gets its events. A pattern subscription (which NUMSUB does
+    not count) sees every event this world publishes."""
+    c = await world.customer()
+    jt = await world.job_type(c)
+    jobs = [await world.submit(c, jt) for _ in range(6)]
+    signals = world.app.deps.signals
+    spy = world.redis.pubsub()
+    await spy.psubscribe(signals.job_prefix + "*")
+    try:
+        async with signals.subscribe(signals.job_prefix + str(jobs[0].id)) as incoming:
+            for lease in await world.lease([jt.name], max_jobs=6):
+                await world.complete(lease, result=result(ok=True))
+            events = [await asyncio.wait_for(incoming.get(), 5) for _ in range(2)]
+        seen = []
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while asyncio.get_running_loop().time() < deadline:  # None also stands for a skipped subscribe reply
+            message = await spy.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is not None:
+                seen.append(message["channel"].decode())
+    finally:
+        await spy.aclose()
+    assert [e["status"] for e in events] == [types_pb.JOB_STATUS_RUNNING, types_pb.JOB_STATUS_SUCCEEDED]
+    assert seen == [signals.job_prefix + str(jobs[0].id)] * 2  # the watched job's lease and result only
