@@ -1,6 +1,8 @@
 """Coalescing: concurrent callers' items share one run of a batch handler (one billing call, one
 commit). At idle an item goes straight through; under load the items queue up while the previous
-batch runs and then go together. Each caller gets its own item's outcome (a value or an exception)."""
+batch runs and then go together. Each caller gets its own item's outcome (a value or an exception).
+With `concurrency` > 1, that many batches may run at once (pipelining: the items that arrive while
+one batch commits need not wait for it)."""
 
 from __future__ import annotations
 
@@ -14,19 +16,25 @@ Result = TypeVar("Result")
 
 class Coalescer(Generic[Item, Result]):
     def __init__(self, handler: Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException]]],
-                 max_batch: int = 200, orphaned: Callable[[Result], Awaitable[None]] | None = None) -> None:
+                 max_batch: int = 200, orphaned: Callable[[Result], Awaitable[None]] | None = None,
+                 concurrency: int = 1) -> None:
         self._handler = handler
         self._orphaned = orphaned  # gets a result whose caller went away meanwhile
         self._max = max_batch
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: set[asyncio.Task[None]] = set()
+        self._concurrency = concurrency
+        self._running = 0  # workers inside a batch (the others are about to take one or to end)
         self.batches = 0
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run())
+        live = sum(1 for w in self._workers if not w.done())  # a finished one may not be discarded yet
+        if live <= self._running and live < self._concurrency:  # every live worker is inside a batch
+            worker = asyncio.create_task(self._run())
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
         return await future
 
     async def _run(self) -> None:
@@ -39,10 +47,13 @@ class Coalescer(Generic[Item, Result]):
                 continue
             self.batches += 1
             outcomes: Sequence[Any]
+            self._running += 1
             try:
                 outcomes = await self._handler([i for i, _ in batch])
             except Exception as exc:  # the whole batch failed: every caller gets the error
                 outcomes = [exc] * len(batch)
+            finally:
+                self._running -= 1
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
                     if future.cancelled() and self._orphaned is not None and not isinstance(outcome, BaseException):

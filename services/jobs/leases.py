@@ -96,7 +96,9 @@ class Leases:
         self.deps = deps
         self._tags: dict[str, tuple[float, list[tuple[str, ...]]]] = {}
         self._seen_at: dict[str, float] = {}  # queue → when this process last marked a runner there
-        self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many, orphaned=self._undelivered)
+        # Two lease transactions may be under way at once: runners asking while one commits need not wait for it.
+        self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many, orphaned=self._undelivered,
+                                                                    concurrency=2)
 
     # which queues a runner serves ----------------------------------------------------------------
     async def queues_for(self, names: Sequence[str], tags: Sequence[str]) -> list[str]:

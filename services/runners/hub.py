@@ -48,6 +48,7 @@ _dispatch = _meter.create_histogram("runners.dispatch.latency", unit="s",
                                     description="job submitted (or due) → assignment sent to its runner")
 
 MAX_TAGS, MAX_PROCESSORS, MAX_SLOTS = 50, 200, 10_000
+LEASE_CALLS = 2  # LeaseJobs calls a session may have under way at once
 AttemptOutcome = jobs_pb2.AttemptOutcome
 
 
@@ -106,7 +107,8 @@ class Hub:
             yield stream_error(PERMISSION_DENIED, "PROCESSOR_REFUSED", "this runner may not serve "
                                + ", ".join(welcome.refused_processors), message_id=first.message_id)
         reader = self._spawn(self._read(session, requests))
-        self._spawn(self._lease_loop(session))
+        for _ in range(LEASE_CALLS):
+            self._spawn(self._lease_loop(session))
         try:
             while (outgoing := await session.out.get()) is not None:
                 yield outgoing
@@ -296,14 +298,18 @@ class Hub:
     # ------------------------------------------------------------------ dispatch
 
     async def _lease_loop(self, session: Session) -> None:
+        """One of the session's LEASE_CALLS lease loops: each asks for the free slots the others
+        have not asked for, so slots freed while one call is under way are asked for at once
+        instead of after it (a lease's round trip is most of a busy slot's cycle)."""
         delay = 0.2
         while not session.closed.is_set():
-            wanted = session.free()
+            wanted = session.free() - session.requested
             if wanted <= 0:
                 session.changed.clear()
-                if session.free() <= 0:
+                if session.free() - session.requested <= 0:
                     await session.changed.wait()
                 continue
+            session.requested += wanted
             try:
                 answer = await self.jobs.LeaseJobs(jobs_pb2.LeaseJobsRequest(
                     runner_id=session.runner_id, session_id=session.session_id, job_type_names=session.processors,
@@ -314,11 +320,16 @@ class Hub:
             except grpc.aio.AioRpcError as exc:
                 log.warning("LeaseJobs for runner %s failed: %s %s; retrying in %.1fs", session.runner_id,
                             exc.code().name, exc.details(), delay)
+                session.requested -= wanted
+                session.changed.set()  # the other loop may ask for these slots meanwhile
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(session.closed.wait(), delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            session.requested -= wanted
             self._deliver(session, list(answer.leases))
+            if len(answer.leases) < wanted:
+                session.changed.set()  # slots asked for and not filled are free to ask for again
 
     def _deliver(self, session: Session, leases: list[jobs_pb2.JobLease]) -> None:
         back = []

@@ -43,6 +43,7 @@ class Session:
     reported_free: int
     maintenance: bool = False
     batches: bool = False  # the runner takes several assignments and acks in one stream message
+    requested: int = 0  # slots asked for by LeaseJobs calls under way
     draining: bool = False
     seq: int = 0
     held: dict[str, str] = field(default_factory=dict)  # job id → lease id
