@@ -33,7 +33,7 @@ from innosystem.tenancy.v1.tenancy_pb2 import Principal, PrincipalKind
 PRINCIPAL_HEADER = "x-innosystem-principal"
 SIGNATURE_HEADER = "x-innosystem-principal-sig"
 # Long enough for a call to cross a busy hop (retries, a wait for a ready channel), short enough
-# that a captured header is worth little. Signers re-sign at half this age (see `clients`).
+# that a captured header is worth little. Service channels re-sign every quarter of it (`clients`).
 LIFETIME_SECONDS = 60
 # Hosts' clocks disagree a little (NTP keeps them well inside this); the expiry is the signer's clock.
 CLOCK_SKEW_SECONDS = 5
