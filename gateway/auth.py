@@ -3,7 +3,8 @@
 Resolution and caching live in the common library (`ApiKeyAuthenticator`: keyed by a SHA-256
 of the key, short TTL, rejections cached too). This module parses the header, refuses a request
 without valid credentials before anything else happens to it, and turns the principal into the
-signed metadata that outside callers cannot forge. The key itself is never logged nor forwarded.
+signed metadata that outside callers cannot forge, bound to the one method the route calls. The
+key itself is never logged nor forwarded.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class Auth:
         self._secret = secret
         self._limiter = limiter
 
-    async def resolve(self, header: str | None, address: str) -> tuple[Principal, Metadata]:
-        """The caller and its signed principal metadata for the upstream call."""
+    async def resolve(self, header: str | None, address: str) -> Principal:
+        """The caller, authenticated; `sign` makes its metadata once the route is known."""
         try:
             key = bearer_key(header)
             if key is None:
@@ -72,4 +73,9 @@ class Auth:
             if err.http_status == 401 and self._limiter is not None:
                 await self._limiter.charge_address(address)  # raises the 429 instead once over
             raise
-        return resolved, principal.sign(resolved, self._secret)
+        return resolved
+
+    def sign(self, caller: Principal, grpc_path: str) -> Metadata:
+        """The caller's principal metadata for one upstream call: valid on that method only, for
+        a minute (see `kit.principal`), so a header seen upstream is no key to anything else."""
+        return principal.sign(caller, self._secret, grpc_path)

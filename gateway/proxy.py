@@ -113,8 +113,8 @@ class Gateway:
         assert self._auth is not None, "gateway not started"
         # Authentication comes first: a request without valid credentials learns nothing from
         # route matching or input validation, and reaches no upstream.
-        caller, signed = await self._auth.resolve(request.headers.get("Authorization"),
-                                                  client_address(request, self.config.trusted_proxy_hops))
+        caller = await self._auth.resolve(request.headers.get("Authorization"),
+                                          client_address(request, self.config.trusted_proxy_hops))
         route, path_values = self._match(request)
         request[ROUTE] = route.template.text
         headers = {"X-Request-Id": request_id}
@@ -122,7 +122,7 @@ class Gateway:
             remaining = await self._limiter.admit(caller)
             if remaining is not None:
                 headers["RateLimit-Remaining"] = str(remaining)
-        metadata = [(REQUEST_ID_METADATA, request_id), *signed]
+        metadata = [(REQUEST_ID_METADATA, request_id), *self._auth.sign(caller, route.rpc.grpc_path)]
         body = await self._read_body(request)
         message = build_request(route, path_values, request.rel_url.query.items(), body, self.pool)
         stub = self._stubs[route.rpc.grpc_path]

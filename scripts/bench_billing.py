@@ -92,12 +92,16 @@ class GrpcBilling:
     def __init__(self, address: str, secret: str) -> None:
         self.channel = channel(address, service="jobs", secret=secret.encode())
         self.stub = billing_pb2_grpc.BillingServiceStub(self.channel)
-        self.admin = principals.sign(ADMIN, secret.encode())
+        # Wallets are opened by tenancy (each internal method admits only its callers: kit/callers.py).
+        self.tenancy_channel = channel(address, service="tenancy", secret=secret.encode())
+        self.wallets = billing_pb2_grpc.BillingServiceStub(self.tenancy_channel)
+        self.secret = secret.encode()
 
     async def open(self, customer: str, reseller: str) -> None:
-        await self.stub.OpenWallet(pb.OpenWalletRequest(customer_id=customer, reseller_id=reseller), timeout=10)
+        await self.wallets.OpenWallet(pb.OpenWalletRequest(customer_id=customer, reseller_id=reseller), timeout=10)
+        admin = principals.sign(ADMIN, self.secret, "/innosystem.billing.v1.BillingService/TopUpWallet")
         await self.stub.TopUpWallet(pb.TopUpWalletRequest(customer_id=customer, amount_cents=10**10,
-                                                          request_id="fund"), metadata=self.admin, timeout=10)
+                                                          request_id="fund"), metadata=admin, timeout=10)
 
     async def reserve(self, hold_id: str, customer: str, amount: int, currency: str, job_id: str) -> None:
         await self.stub.Reserve(pb.ReserveRequest(hold_id=hold_id, customer_id=customer, amount_cents=amount,
@@ -148,11 +152,13 @@ async def run_grpc(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     try:
         results = [await grpc_scenario(client, "hot_wallet", 1, args.clients, args.seconds),
                    await grpc_scenario(client, "wallets_1000", 1000, args.clients, args.seconds)]
-        report = await client.stub.Reconcile(pb.ReconcileRequest(), metadata=client.admin, timeout=120)
+        admin = principals.sign(ADMIN, client.secret, "/innosystem.billing.v1.BillingService/Reconcile")
+        report = await client.stub.Reconcile(pb.ReconcileRequest(), metadata=admin, timeout=120)
         return {"results": results, "reconciliation_consistent": report.consistent,
                 "transfers": report.transfers_checked}
     finally:
         await client.channel.close()
+        await client.tenancy_channel.close()
 
 
 async def run(pg_url: str, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:

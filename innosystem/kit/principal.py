@@ -1,30 +1,42 @@
 """The caller's identity inside the platform, and how it travels between processes.
 
 The gateway (or a service calling another) authenticates the caller once and sends the
-resulting `Principal` in two metadata entries:
+resulting `Principal`, signed for one gRPC method, in two metadata entries:
 
-    x-innosystem-principal      base64url(Principal bytes) + "." + expiry (unix seconds)
+    x-innosystem-principal      base64url(Principal bytes) "." expiry (unix seconds) "." method path
     x-innosystem-principal-sig  hex HMAC-SHA256(internal secret, the value above)
 
-Outside callers do not hold the internal secret, so they cannot forge it; the expiry bounds
-replay of a captured header. A service reads the verified principal from `current()`.
+Outside callers do not hold the internal secret, so they cannot forge it. Because the method
+path (`/innosystem.jobs.v1.JobService/CompleteJobs`) and a near expiry are inside what is
+signed, a header seen on one call (in a log, a proxy, a compromised service) cannot be replayed
+on another method, nor on the same one a minute later. The verifier enforces the lifetime too:
+a header that claims to live longer than `LIFETIME_SECONDS` is refused, whatever its signer
+asked for. A service reads the verified principal from `current()`; which principals may call
+which internal method is `kit.callers`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextvars
+import functools
 import hashlib
 import hmac
 import time
 from collections.abc import Iterable
+
+from google.protobuf.message import DecodeError
 
 from innosystem.kit.errors import NotFound, PermissionDenied, Unauthenticated
 from innosystem.tenancy.v1.tenancy_pb2 import Principal, PrincipalKind
 
 PRINCIPAL_HEADER = "x-innosystem-principal"
 SIGNATURE_HEADER = "x-innosystem-principal-sig"
-DEFAULT_TTL_SECONDS = 300
+# Long enough for a call to cross a busy hop (retries, a wait for a ready channel), short enough
+# that a captured header is worth little. Service channels re-sign every quarter of it (`clients`).
+LIFETIME_SECONDS = 60
+# Hosts' clocks disagree a little (NTP keeps them well inside this); the expiry is the signer's clock.
+CLOCK_SKEW_SECONDS = 5
 
 ADMIN = PrincipalKind.PRINCIPAL_KIND_ADMIN
 RESELLER = PrincipalKind.PRINCIPAL_KIND_RESELLER
@@ -35,29 +47,67 @@ SERVICE = PrincipalKind.PRINCIPAL_KIND_SERVICE
 _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 
 
-def sign(principal: Principal, secret: bytes, ttl: int = DEFAULT_TTL_SECONDS) -> tuple[tuple[str, str], ...]:
-    """Metadata entries that carry `principal` to another service."""
-    body = base64.urlsafe_b64encode(principal.SerializeToString()).decode().rstrip("=")
-    value = f"{body}.{int(time.time()) + ttl}"
-    sig = hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()
-    return ((PRINCIPAL_HEADER, value), (SIGNATURE_HEADER, sig))
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """The HMAC already keyed with `secret`: every call copies it instead of hashing the key
+    pads again (a process has one or two secrets, so the cache stays tiny)."""
+    return hmac.new(secret, digestmod=hashlib.sha256)
 
 
-def verify(metadata: Iterable[tuple[str, str | bytes]], secret: bytes) -> Principal | None:
-    """The principal in `metadata`; None if there is none; Unauthenticated if it is forged or stale."""
-    entries = {k: v for k, v in metadata if k in (PRINCIPAL_HEADER, SIGNATURE_HEADER)}
-    value, sig = entries.get(PRINCIPAL_HEADER), entries.get(SIGNATURE_HEADER)
+def _mac(secret: bytes, value: str) -> str:
+    mac = _keyed(secret).copy()
+    mac.update(value.encode())
+    return mac.hexdigest()
+
+
+def encode(principal: Principal) -> str:
+    """The body part of the header; a signer that sends one principal often may keep it."""
+    return base64.urlsafe_b64encode(principal.SerializeToString()).decode().rstrip("=")
+
+
+def sign(principal: Principal | str, secret: bytes, method: str, ttl: int = LIFETIME_SECONDS,
+         now: float | None = None) -> tuple[tuple[str, str], ...]:
+    """Metadata entries that carry `principal` (or its `encode`d body) on one call of `method`,
+    the full gRPC path (`/package.Service/Method`), valid for `ttl` seconds from `now`."""
+    body = principal if isinstance(principal, str) else encode(principal)
+    value = f"{body}.{int(now if now is not None else time.time()) + ttl}.{method}"
+    return ((PRINCIPAL_HEADER, value), (SIGNATURE_HEADER, _mac(secret, value)))
+
+
+def verify(metadata: Iterable[tuple[str, str | bytes]], secret: bytes, method: str,
+           now: float | None = None) -> Principal | None:
+    """The principal in `metadata` for a call of `method`; None if there is none;
+    Unauthenticated if it is forged, malformed, signed for another method or out of its lifetime."""
+    value = sig = None
+    for key, v in metadata:
+        if key == PRINCIPAL_HEADER:
+            value = v
+        elif key == SIGNATURE_HEADER:
+            sig = v
     if value is None and sig is None:
         return None
     if not isinstance(value, str) or not isinstance(sig, str):
         raise Unauthenticated("malformed principal metadata", reason="PRINCIPAL_MALFORMED")
-    expected = hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, sig):
+    if not hmac.compare_digest(_mac(secret, value), sig):
         raise Unauthenticated("principal metadata signature does not verify", reason="PRINCIPAL_FORGED")
-    body, _, expiry = value.rpartition(".")
-    if not expiry.isdigit() or int(expiry) < time.time():
+    # Only what this platform signed gets here: a malformed value is a signer's bug, not an attack.
+    body, _, rest = value.partition(".")
+    expiry, _, signed_for = rest.partition(".")
+    if not expiry.isdigit() or not signed_for:
+        raise Unauthenticated("malformed principal metadata", reason="PRINCIPAL_MALFORMED")
+    if signed_for != method:
+        raise Unauthenticated(f"principal metadata was signed for {signed_for}, not {method}",
+                              reason="PRINCIPAL_METHOD_MISMATCH")
+    now = time.time() if now is None else now
+    if int(expiry) + CLOCK_SKEW_SECONDS < now:
         raise Unauthenticated("principal metadata expired", reason="PRINCIPAL_EXPIRED")
-    return Principal.FromString(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    if int(expiry) - now > LIFETIME_SECONDS + CLOCK_SKEW_SECONDS:
+        raise Unauthenticated(f"principal metadata may live at most {LIFETIME_SECONDS}s",
+                              reason="PRINCIPAL_LIFETIME_TOO_LONG")
+    try:
+        return Principal.FromString(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (ValueError, DecodeError):  # binascii.Error is a ValueError
+        raise Unauthenticated("malformed principal metadata", reason="PRINCIPAL_MALFORMED") from None
 
 
 def service_principal(service: str) -> Principal:
@@ -93,12 +143,6 @@ def account(principal: Principal) -> str:
 def require_admin(principal: Principal) -> None:
     if principal.kind != ADMIN:
         raise PermissionDenied("only an admin may do this", reason="ADMIN_ONLY")
-
-
-def require_service(principal: Principal, *services: str) -> None:
-    """Internal methods: only InnoSystem services (optionally, only the named ones) may call."""
-    if principal.kind != SERVICE or (services and principal.service not in services):
-        raise PermissionDenied("internal method", reason="INTERNAL_ONLY")
 
 
 def can_see_customer(principal: Principal, customer_id: str, customer_reseller_id: str) -> bool:

@@ -6,6 +6,10 @@ interceptors in a fixed order, outermost first:
 
     tracing → request context + logging → authentication → domain errors (+ required fields)
 
+Authentication verifies the signed principal for the very method called (`principal`), or
+resolves a bearer API key where the service takes one, then holds internal methods to their
+callers (`callers`), before any request field is looked at.
+
 On SIGTERM or SIGINT the health service turns NOT_SERVING, the server stops accepting calls,
 in-flight calls get `grace_seconds` to finish, background loops are cancelled and the
 service's shutdown hooks run (close pools), in that order.
@@ -30,11 +34,12 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from innosystem.kit import logs, principal, telemetry
+from innosystem.kit import callers, logs, principal, telemetry
 from innosystem.kit.config import CommonConfig
 from innosystem.kit.errors import (
     DOMAIN_SUFFIX,
     DomainError,
+    PermissionDenied,
     Unauthenticated,
     Unimplemented,
     from_rpc_error,
@@ -171,15 +176,18 @@ def _authentication(secret: bytes, authenticate: Authenticate | None, domain: st
                      context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         metadata = _metadata(context)
         try:
-            caller = principal.verify(metadata, secret)
-            if caller is None and authenticate is not None:
-                bearer = next((str(v) for k, v in metadata if k == "authorization"), "")
-                if bearer:
-                    scheme, _, key = bearer.partition(" ")
-                    if scheme.lower() != "bearer" or not key.strip():
-                        raise Unauthenticated("authorization must be 'Bearer <key>'",
-                                                        reason="MALFORMED_AUTHORIZATION")
-                    caller = await authenticate(key.strip())
+            caller = principal.verify(metadata, secret, method)
+            bearer = next((str(v) for k, v in metadata if k == "authorization"), "") if caller is None else ""
+            if bearer and method in callers.INTERNAL_CALLERS:
+                # Only services call internal methods, and no API key is a service's: refuse
+                # without asking tenancy about the key.
+                raise PermissionDenied(f"an API key may not call {method}", reason="CALLER_NOT_ALLOWED")
+            if bearer and authenticate is not None:
+                scheme, _, key = bearer.partition(" ")
+                if scheme.lower() != "bearer" or not key.strip():
+                    raise Unauthenticated("authorization must be 'Bearer <key>'", reason="MALFORMED_AUTHORIZATION")
+                caller = await authenticate(key.strip())
+            callers.check(method, caller)
         except DomainError as err:
             await abort(context, err, domain)
             raise  # unreachable: abort raises

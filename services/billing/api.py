@@ -151,10 +151,10 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         return pb.ListReconciliationsResponse(reconciliations=[reconciliation_pb(r) for r in page.items],
                                               next_page_token=page.next_page_token)
 
-    # internal
+    # internal: tenancy opens wallets, jobs holds and settles; the bootstrap admits only those
+    # callers (innosystem/kit/callers.py)
 
     async def OpenWallet(self, request: pb.OpenWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
-        principals.require_service(principals.current())
         return wallet_pb(await self.service.open_wallet(request.customer_id, request.reseller_id,
                                                         request.currency_code, request.credit_limit_cents))
 
@@ -171,19 +171,15 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         return counted("release", _checked(r, lambda: self.service.release(r.hold_id, r.reason)))
 
     async def Reserve(self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
-        principals.require_service(principals.current())
         return hold_pb(await self._reserve(request)())
 
     async def Capture(self, request: pb.CaptureRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
-        principals.require_service(principals.current())
         return hold_pb(await self._capture(request)())
 
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
-        principals.require_service(principals.current())
         return hold_pb(await self._release(request)())
 
     async def _batch(self, calls: list[Callable[[], Awaitable[HoldRow]]]) -> pb.BatchHoldResponse:
-        principals.require_service(principals.current())
         if not 1 <= len(calls) <= MAX_BATCH:
             raise InvalidArgument(f"a batch has 1 to {MAX_BATCH} requests", field="requests",
                                   reason="INVALID_BATCH_SIZE")

@@ -82,10 +82,6 @@ class UseCases:
     leases: Leases
 
 
-def _internal() -> None:
-    principals.require_service(principals.current())
-
-
 class JobsApi(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, types: JobsService, jobs: UseCases | None) -> None:
         self.service = types
@@ -177,35 +173,30 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         check_storable(request)
         return await self.cases.queries.stats(principals.current(), request)
 
-    # internal: the runners service (and the keys service's GetLease)
+    # internal: the runners service (and the keys service's GetLease); the bootstrap admits only
+    # those callers (innosystem/kit/callers.py)
 
     async def LeaseJobs(self, request: pb.LeaseJobsRequest,
                         context: grpc.aio.ServicerContext) -> pb.LeaseJobsResponse:
-        _internal()
         return pb.LeaseJobsResponse(leases=await self.cases.leases.lease(request))
 
     async def CompleteJobs(self, request: pb.CompleteJobsRequest,
                            context: grpc.aio.ServicerContext) -> pb.CompleteJobsResponse:
-        _internal()
         return pb.CompleteJobsResponse(results=await self.cases.leases.complete(list(request.completions)))
 
     async def ExtendLeases(self, request: pb.ExtendLeasesRequest,
                            context: grpc.aio.ServicerContext) -> pb.ExtendLeasesResponse:
-        _internal()
         return pb.ExtendLeasesResponse(results=await self.cases.leases.extend(request))
 
     async def ReleaseLeases(self, request: pb.ReleaseLeasesRequest,
                             context: grpc.aio.ServicerContext) -> pb.ReleaseLeasesResponse:
-        _internal()
         return pb.ReleaseLeasesResponse(results=await self.cases.leases.release(request))
 
     async def GetLease(self, request: pb.GetLeaseRequest, context: grpc.aio.ServicerContext) -> pb.JobLease:
-        _internal()
         return await self.cases.leases.get(request)
 
     async def WatchCancellations(self, request: pb.WatchCancellationsRequest,
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CancellationNotice]:
-        _internal()
         async for notice in self.cases.leases.cancellations():
             yield notice
 

@@ -276,9 +276,9 @@ class Accesses:
             raise InvalidArgument(f"fields: 1 to {MAX_FIELDS} paths", field="fields", reason="INVALID_FIELDS")
         return [check_path(f, f"fields[{i}]", roots) for i, f in enumerate(fields)]
 
-    async def secure_access(self, p: Principal, r: pb.SecureAccessRequest) -> pb.SecureAccessResponse:
-        """On behalf of a runner, relayed by the runners service."""
-        principals.require_service(p, "runners")
+    async def secure_access(self, r: pb.SecureAccessRequest) -> pb.SecureAccessResponse:
+        """On behalf of a runner, relayed by the runners service (the only caller the bootstrap
+        admits: innosystem/kit/callers.py); the lease check below decides for which runner."""
         if r.purpose not in P.values() or r.purpose == 0:
             raise InvalidArgument("purpose: a purpose code is required", field="purpose", reason="INVALID_PURPOSE")
         fields = self._check_fields(r.fields, ("payload",))
@@ -312,8 +312,8 @@ class Accesses:
                 raise PermissionDenied(deny.message, reason=deny.reason) from None
             raise Unavailable("the jobs service cannot be reached", reason="JOBS_UNAVAILABLE") from None
 
-    async def complete(self, p: Principal, r: pb.CompleteSecureAccessRequest) -> None:
-        principals.require_service(p, "runners")
+    async def complete(self, r: pb.CompleteSecureAccessRequest) -> None:
+        """The runners service closes an access (the only caller the bootstrap admits)."""
         try:
             access_id = uuid.UUID(r.access_id)
         except ValueError:

@@ -152,27 +152,26 @@ class KeysApi(keys_pb2_grpc.KeyManagementServiceServicer):
                             context: grpc.aio.ServicerContext) -> pb.DecryptFieldsResponse:
         return await self.accesses.decrypt_fields(principals.current(), request)
 
+    # internal, from here on: only the callers in innosystem/kit/callers.py get here
+
     async def EncryptFields(self, request: pb.EncryptFieldsRequest,
                             context: grpc.aio.ServicerContext) -> pb.EncryptFieldsResponse:
-        principals.require_service(principals.current(), "jobs")
         return await self.accesses.encrypt(request.context, request.fields)
 
     async def GenerateDataKey(self, request: pb.GenerateDataKeyRequest,
                               context: grpc.aio.ServicerContext) -> pb.DataKey:
-        principals.require_service(principals.current(), "jobs", "keys")
         return data_key_pb(await self.accesses.generate(request.context))
 
     async def RewrapDataKey(self, request: pb.RewrapDataKeyRequest, context: grpc.aio.ServicerContext) -> pb.DataKey:
-        principals.require_service(principals.current())
         return data_key_pb(await self.accesses.rewrap(request.data_key_id, request.project_key_version))
 
     async def SecureAccess(self, request: pb.SecureAccessRequest,
                            context: grpc.aio.ServicerContext) -> pb.SecureAccessResponse:
-        return await self.accesses.secure_access(principals.current(), request)
+        return await self.accesses.secure_access(request)
 
     async def CompleteSecureAccess(self, request: pb.CompleteSecureAccessRequest,
                                    context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        await self.accesses.complete(principals.current(), request)
+        await self.accesses.complete(request)
         return empty_pb2.Empty()
 
 

@@ -32,8 +32,10 @@ def billing_process(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
         yield stack
 
 
-def _admin(secret: str) -> tuple[tuple[str, str], ...]:
-    return principals.sign(Principal(kind=principals.ADMIN, key_id="test"), secret.encode())
+def _admin(secret: str, method: str) -> tuple[tuple[str, str], ...]:
+    """An admin's principal for one call of `method` (headers are bound to their method)."""
+    return principals.sign(Principal(kind=principals.ADMIN, key_id="test"), secret.encode(),
+                           f"/innosystem.billing.v1.BillingService/{method}")
 
 
 async def test_kill_mid_burst_loses_no_acknowledged_operation(billing_process: Stack) -> None:
@@ -42,12 +44,14 @@ async def test_kill_mid_burst_loses_no_acknowledged_operation(billing_process: S
     customers = [str(uuid.uuid4()) for _ in range(WALLETS)]
     acked_reserves: set[str] = set()
     acked_captures: dict[str, int] = {}
-    async with channel(stack.address("billing"), service="jobs", secret=secret.encode()) as ch:
+    async with channel(stack.address("billing"), service="jobs", secret=secret.encode()) as ch, \
+            channel(stack.address("billing"), service="tenancy", secret=secret.encode()) as as_tenancy:
         stub = billing_pb2_grpc.BillingServiceStub(ch)
-        for c in customers:
-            await stub.OpenWallet(pb.OpenWalletRequest(customer_id=c), timeout=10)
+        for c in customers:  # tenancy opens wallets, jobs holds and captures: each as itself
+            await billing_pb2_grpc.BillingServiceStub(as_tenancy).OpenWallet(pb.OpenWalletRequest(customer_id=c),
+                                                                              timeout=10)
             await stub.TopUpWallet(pb.TopUpWalletRequest(customer_id=c, amount_cents=FUNDS, request_id="fund"),
-                                   metadata=_admin(secret), timeout=10)
+                                   metadata=_admin(secret, "TopUpWallet"), timeout=10)
         stop, enough = asyncio.Event(), asyncio.Event()
 
         async def client(k: int) -> None:
@@ -84,9 +88,10 @@ async def test_kill_mid_burst_loses_no_acknowledged_operation(billing_process: S
     assert {h: captured.get(h) for h in acked_captures} == acked_captures
     async with channel(stack.address("billing"), service="jobs", secret=secret.encode()) as ch:
         stub = billing_pb2_grpc.BillingServiceStub(ch)
-        report = await stub.Reconcile(pb.ReconcileRequest(), metadata=_admin(secret), timeout=30)
+        report = await stub.Reconcile(pb.ReconcileRequest(), metadata=_admin(secret, "Reconcile"), timeout=30)
         assert report.consistent, report.findings
         assert report.wallets_checked == WALLETS and report.transfers_checked > 2 * len(acked_captures)
         for c in customers:
-            w = await stub.GetWallet(pb.GetWalletRequest(customer_id=c), metadata=_admin(secret), timeout=5)
+            w = await stub.GetWallet(pb.GetWalletRequest(customer_id=c), metadata=_admin(secret, "GetWallet"),
+                                     timeout=5)
             assert w.balance_cents + w.held_cents <= FUNDS and w.available_cents >= 0

@@ -88,7 +88,8 @@ async def test_top_up_reserve_capture_statement_reconcile(stack: Stack, admin: C
                                            timeout=10)
         assert released.results[0].hold.status == pb.HOLD_STATUS_VOIDED
 
-        as_customer_grpc = principals.sign(Principal(kind=principals.CUSTOMER, customer_id=customer_id), secret)
+        as_customer_grpc = principals.sign(Principal(kind=principals.CUSTOMER, customer_id=customer_id), secret,
+                                           "/innosystem.billing.v1.BillingService/Reserve")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Reserve(pb.ReserveRequest(hold_id="self", customer_id=customer_id, amount_cents=1,
                                                  currency_code="USD"), metadata=as_customer_grpc, timeout=10)

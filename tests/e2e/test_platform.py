@@ -60,7 +60,8 @@ async def test_direct_grpc_callers_are_authenticated(stack: Stack) -> None:
 
     async with grpc.aio.insecure_channel(stack.address("tenancy")) as channel:
         stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
-        forged = principal.sign(Principal(kind=principal.ADMIN), b"guessed secret")
+        forged = principal.sign(Principal(kind=principal.ADMIN), b"guessed secret",
+                                "/innosystem.tenancy.v1.TenancyService/ListCustomers")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ListCustomers(tenancy_pb2.ListCustomersRequest(), metadata=forged)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

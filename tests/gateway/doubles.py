@@ -44,6 +44,7 @@ PRINCIPALS = {
 }
 PACKAGE = "innosystem.tenancy.v1"
 SAMPLE_SERVICE = f"{PACKAGE}.GatewayTestService"
+TENANCY_SERVICE = tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].full_name
 DOMAIN = "tenancy.innosystem"
 
 FD = descriptor_pb2.FieldDescriptorProto
@@ -187,9 +188,12 @@ class Recorder:
         """Set once `method` has been called."""
         return self._arrivals.setdefault(method, asyncio.Event())
 
-    def record(self, method: str, request: Message, context: grpc.aio.ServicerContext) -> Call:
+    def record(self, method: str, request: Message, context: grpc.aio.ServicerContext,
+               service: str = TENANCY_SERVICE) -> Call:
         metadata = [(k, v) for k, v in context.invocation_metadata() or ()]
-        call = Call(method, request, principal.verify(metadata, SECRET),
+        # verified as the real services do: for the method being served (a header signed for
+        # another method fails the call, as it would upstream)
+        call = Call(method, request, principal.verify(metadata, SECRET, f"/{service}/{method}"),
                     {k: v for k, v in metadata if isinstance(v, str)})
         self.calls.append(call)
         self.arrived(method).set()
@@ -265,7 +269,7 @@ def sample_handler(recorder: Recorder, descriptor_set: bytes) -> grpc.GenericRpc
 
     def unary(name: str) -> grpc.RpcMethodHandler:
         async def handler(request: Any, context: Any) -> Any:
-            recorder.record(name, request, context)
+            recorder.record(name, request, context, SAMPLE_SERVICE)
             return request
         return grpc.unary_unary_rpc_method_handler(handler, request_deserializer=sample.FromString,
                                                    response_serializer=sample.SerializeToString)
@@ -273,7 +277,7 @@ def sample_handler(recorder: Recorder, descriptor_set: bytes) -> grpc.GenericRpc
     async def watch(request: Any, context: Any) -> AsyncIterator[Any]:
         """`id` scripts it: "fail-now" fails at once; "fail-later" after one message; otherwise
         it sends `count` messages and then waits for `release` (or the client to leave)."""
-        recorder.record("Watch", request, context)
+        recorder.record("Watch", request, context, SAMPLE_SERVICE)
         if request.id == "fail-now":
             await abort(context, NotFound("no such sample", reason="SAMPLE_NOT_FOUND"), DOMAIN)
         try:

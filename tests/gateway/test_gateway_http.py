@@ -145,7 +145,8 @@ async def test_a_bad_key_is_401_before_validation(client: TestClient, recorder: 
 
 
 async def test_a_forged_principal_header_does_not_pass(client: TestClient, recorder: Recorder) -> None:
-    forged = principal.sign(principal.service_principal("jobs"), b"not the secret")
+    forged = principal.sign(principal.service_principal("jobs"), b"not the secret",
+                            "/innosystem.tenancy.v1.TenancyService/GetMe")
     resp = await client.get("/v1/me", headers=dict(forged))
     assert resp.status == 401
     assert recorder.calls == []  # outside principal headers are no credentials

@@ -98,24 +98,25 @@ async def test_every_call_kind_is_signed() -> None:
 
     secret = b"s" * 32
 
-    def caller(context: grpc.aio.ServicerContext) -> bytes:
-        found = principals.verify(list(context.invocation_metadata() or ()), secret)
+    def caller(context: grpc.aio.ServicerContext, method: str) -> bytes:
+        # each kind's principal is signed for its own method path
+        found = principals.verify(list(context.invocation_metadata() or ()), secret, f"/test.Kinds/{method}")
         return (found.service if found is not None else "nobody").encode()
 
     async def unary_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        yield caller(context)
+        yield caller(context, "US")
 
     async def stream_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         async for _ in requests:
-            yield caller(context)
+            yield caller(context, "SS")
 
     async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
         async for _ in requests:
             pass
-        return caller(context)
+        return caller(context, "SU")
 
     async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return caller(context)
+        return caller(context, "UU")
 
     handlers = {"UU": grpc.unary_unary_rpc_method_handler(unary_unary),
                 "US": grpc.unary_stream_rpc_method_handler(unary_stream),

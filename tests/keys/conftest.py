@@ -28,6 +28,7 @@ from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.keys.config import KeysConfig
 from services.keys.main import Keys, build, service
 from tests.keys.keymanager_process import KeyManagerProcess, start_keymanager
+from tests.support import signing
 
 SECRET = b"keys-tests-internal-secret-0123456789"
 
@@ -75,7 +76,8 @@ class FakeTenancy(tenancy_pb2_grpc.TenancyServiceServicer):
 
 
 def signed(p: Principal) -> tuple[tuple[str, str], ...]:
-    return principals.sign(p, SECRET)
+    """Metadata acting as `p` on the harness's channels (signed there for the method called)."""
+    return signing.as_(p)
 
 
 @dataclass
@@ -210,7 +212,7 @@ async def harness(database_url: str, valkey_server: EmbeddedValkey, km: KeyManag
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = signing.channel(f"127.0.0.1:{port}", SECRET)
     yield Harness(keys, jobs, tenancy, km, keys_pb2_grpc.KeyManagementServiceStub(channel),
                   access_logs_pb2_grpc.AccessLoggingServiceStub(channel), database_url)
     await channel.close()

@@ -25,6 +25,7 @@ from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.keys.main import build, service
 from tests.keys.conftest import SECRET, keys_config
 from tests.keys.keymanager_process import KeyManagerProcess
+from tests.support import signing
 from tests.support.tiny_http import Served, serve
 
 
@@ -37,7 +38,7 @@ async def keys_service(database_url: str, redis_url: str, allow: list[str]) -> A
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = signing.channel(f"127.0.0.1:{port}", SECRET)
     try:
         yield channel
     finally:
@@ -70,7 +71,7 @@ async def test_key_manager_endpoints_pass_the_egress_guard(database_url: str, va
             database_url, valkey_server.url, [f"127.0.0.1:{km.grpc_port}", f"127.0.0.1:{redirector.port}"]) as ch:
         stub = keys_pb2_grpc.KeyManagementServiceStub(ch)
         customer_id = str(uuid.uuid4())
-        me = principals.sign(Principal(kind=principals.CUSTOMER, customer_id=customer_id, key_id="ak_x"), SECRET)
+        me = signing.as_(Principal(kind=principals.CUSTOMER, customer_id=customer_id, key_id="ak_x"))
 
         def register(url: str) -> Any:
             return stub.CreateClientKey(pb.CreateClientKeyRequest(customer_id=customer_id, client_key=pb.ClientKey(

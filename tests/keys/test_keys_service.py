@@ -271,7 +271,7 @@ async def test_internal_methods_take_only_their_callers(harness: Harness) -> Non
     as_customer = await fail(h.stub.EncryptFields(pb.EncryptFieldsRequest(context=pb.EncryptionContext(
         customer_id=tenant.customer_id, project_id=tenant.project_id, job_id="j", key_id=tenant.key_id)),
         metadata=h.as_(tenant)))
-    assert {reason(as_jobs), reason(as_customer)} == {"INTERNAL_ONLY"}
+    assert {reason(as_jobs), reason(as_customer)} == {"CALLER_NOT_ALLOWED"}
     assert await h.records(tenant, job_id=lease.job_id) == []
 
 

@@ -256,7 +256,8 @@ class TenancyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Authenticate(self, request, context):
-        """Internal: the gateway and the services resolve an API key to a principal.
+        """Internal: the gateway (REST) and the jobs and runners services (direct gRPC callers) resolve
+        an API key to a principal; no one else may call it (innosystem/kit/callers.py).
         UNAUTHENTICATED for an unknown, revoked or malformed key, or an inactive tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -60,7 +60,8 @@ class TenancyServiceStub:
     GetMe: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.GetMeRequest, _tenancy_pb2.Me]
     """The caller's own principal, with the names of what it stands for."""
     Authenticate: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.AuthenticateRequest, _tenancy_pb2.Principal]
-    """Internal: the gateway and the services resolve an API key to a principal.
+    """Internal: the gateway (REST) and the jobs and runners services (direct gRPC callers) resolve
+    an API key to a principal; no one else may call it (innosystem/kit/callers.py).
     UNAUTHENTICATED for an unknown, revoked or malformed key, or an inactive tenant.
     """
 
@@ -95,7 +96,8 @@ class TenancyServiceAsyncStub(TenancyServiceStub):
     GetMe: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.GetMeRequest, _tenancy_pb2.Me]  # type: ignore[assignment]
     """The caller's own principal, with the names of what it stands for."""
     Authenticate: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.AuthenticateRequest, _tenancy_pb2.Principal]  # type: ignore[assignment]
-    """Internal: the gateway and the services resolve an API key to a principal.
+    """Internal: the gateway (REST) and the jobs and runners services (direct gRPC callers) resolve
+    an API key to a principal; no one else may call it (innosystem/kit/callers.py).
     UNAUTHENTICATED for an unknown, revoked or malformed key, or an inactive tenant.
     """
 
@@ -241,7 +243,8 @@ class TenancyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenancy_pb2.AuthenticateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenancy_pb2.Principal, _abc.Awaitable[_tenancy_pb2.Principal]]:
-        """Internal: the gateway and the services resolve an API key to a principal.
+        """Internal: the gateway (REST) and the jobs and runners services (direct gRPC callers) resolve
+        an API key to a principal; no one else may call it (innosystem/kit/callers.py).
         UNAUTHENTICATED for an unknown, revoked or malformed key, or an inactive tenant.
         """
 
