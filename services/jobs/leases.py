@@ -60,6 +60,7 @@ RECHECK_SECONDS = 5.0  # a long poll re-checks its queues this often even withou
 TAGS_CACHE_SECONDS = 5.0
 ENCRYPT_SECONDS = 5.0  # one result's encryption; a slow key manager fails its own attempt, not the batch
 OUTBOX_GRACE_SECONDS = 10.0  # an ending settles its own billing first; the sweeper takes what is older
+SETTLED_FLUSH_SECONDS = 1.0  # settled outbox rows no completion took along are deleted this soon
 ENDED = frozenset({pb.ATTEMPT_OUTCOME_SUCCEEDED, pb.ATTEMPT_OUTCOME_FAILED, pb.ATTEMPT_OUTCOME_CANCELLED})
 
 
@@ -96,6 +97,8 @@ class Leases:
         self.deps = deps
         self._tags: dict[str, tuple[float, list[tuple[str, ...]]]] = {}
         self._seen_at: dict[str, float] = {}  # queue → when this process last marked a runner there
+        self._settled: list[str] = []  # holds billing answered for, their outbox rows not yet deleted
+        self._flusher: asyncio.Task[None] | None = None
         # Two lease transactions may be under way at once: runners asking while one commits need not wait for it.
         self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many, orphaned=self._undelivered,
                                                                     concurrency=2)
@@ -263,7 +266,21 @@ class Leases:
         st = outcomes.Settlement()
         results: list[pb.CompletionResult] = []
         ends: list[outcomes.End] = []
+        settled, self._settled = self._settled, []  # outbox rows billing answered for: gone with this commit
+        try:
+            await self._complete_in(items, now, st, results, ends, settled)
+        except BaseException:
+            self._settled = settled + self._settled
+            raise
+        await self._ended(ends, st, now, "complete")
+        return results
+
+    async def _complete_in(self, items: list[_Item], now: datetime, st: outcomes.Settlement,
+                           results: list[pb.CompletionResult], ends: list[outcomes.End], settled: list[str]) -> None:
+        deps = self.deps
         async with deps.db.session() as s:
+            if settled:
+                await runsql.settled(s, settled, [])
             runs = await runsql.lock_runs(s, [it.c.job_id for it in items])
             errors = await _lease_errors(s, [(it.c.job_id, it.c.lease_id, it.c.runner_id) for it in items], runs, now)
             await self._encrypt_results([(it, runs[it.c.job_id]) for it, err in zip(items, errors, strict=True)
@@ -287,8 +304,6 @@ class Leases:
                 if end.next_attempt_time is not None:
                     res.next_attempt_time.FromDatetime(end.next_attempt_time)
             await runsql.end_attempts(s, ends, st.outbox(), now)
-        await self._ended(ends, st, now, "complete")
-        return results
 
     async def _ended(self, ends: Sequence[outcomes.End], st: outcomes.Settlement, now: datetime, what: str) -> None:
         """After an ending's commit: its spans, billing (then out of the outbox), queues, events, metrics."""
@@ -296,7 +311,7 @@ class Leases:
         spans = tracing.for_batch([e.run for e in ends], what, [e.status for e in ends])
         try:
             with tracing.within(spans):
-                await settle(deps, st)
+                await self._settle(st)
         finally:
             for span in spans:
                 span.end()
@@ -305,6 +320,43 @@ class Leases:
         if st.retries:
             await deps.signals.schedule_changed()
         _count_ends(ends, now)
+
+    async def _settle(self, st: outcomes.Settlement) -> None:
+        """After the commit: billing for the committed endings. Their outbox rows are deleted by the
+        next completion's transaction (or within a second when none comes): no transaction of its
+        own per batch. If billing cannot be reached the rows stay for `settle_outbox_once`."""
+        if not st.captures and not st.releases:
+            return
+        try:
+            lowered = await outcomes.settle_billing(self.deps, st)
+        except Exception as exc:
+            log.warning("billing unreachable (%s); %d holds wait in the outbox", type(exc).__name__,
+                        len(st.captures) + len(st.releases))
+            return
+        holds = [c.hold_id for c in st.captures] + st.releases
+        if lowered:  # a capture billing capped: the job's cost is corrected at once
+            async with self.deps.db.session() as s:
+                await runsql.settled(s, holds, lowered)
+            return
+        self._settled += holds
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_settled_later())
+
+    async def _flush_settled_later(self) -> None:
+        await asyncio.sleep(SETTLED_FLUSH_SECONDS)
+        await self.flush_settled()
+
+    async def flush_settled(self) -> None:
+        """Delete the outbox rows billing has answered for (what no completion took along)."""
+        holds, self._settled = self._settled, []
+        if not holds:
+            return
+        try:
+            async with self.deps.db.session() as s:
+                await runsql.settled(s, holds, [])
+        except Exception as exc:  # they stay in the outbox; the sweeper's repeat is idempotent
+            log.warning("settled outbox rows not deleted yet (%s)", type(exc).__name__)
+            self._settled = holds + self._settled
 
     async def _encrypt_results(self, todo: list[tuple[_Item, Any]]) -> None:
         """Results of jobs encrypted at submit are encrypted the same way before they are stored, each
@@ -469,21 +521,6 @@ class Leases:
             await runsql.end_attempts(s, ends, st.outbox(), now)
         await self._ended(ends, st, now, "expire")
         return len(rows)
-
-
-async def settle(deps: Deps, st: outcomes.Settlement) -> None:
-    """After the commit: billing for the committed endings, then their rows out of the outbox. If
-    billing cannot be reached they stay there for `settle_outbox_once`."""
-    if not st.captures and not st.releases:
-        return
-    try:
-        lowered = await outcomes.settle_billing(deps, st)
-    except Exception as exc:
-        log.warning("billing unreachable (%s); %d holds wait in the outbox", type(exc).__name__,
-                    len(st.captures) + len(st.releases))
-        return
-    async with deps.db.session() as s:
-        await runsql.settled(s, [c.hold_id for c in st.captures] + st.releases, lowered)
 
 
 async def settle_outbox_once(deps: Deps, grace_seconds: float = OUTBOX_GRACE_SECONDS, limit: int = 500) -> int:
