@@ -9,17 +9,21 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from google.protobuf import struct_pb2
 
 from innosystem.embedded import EmbeddedValkey
+from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.errors import ResourceExhausted
 from tests.jobs.jobs_world import JobsWorld, make_world
 
 MAX_JOB_TYPES = 3
+PAGE_BYTES = 64 * 1024
 
 
 @pytest.fixture(scope="module")
 async def world(database_url: str, valkey_server: EmbeddedValkey) -> AsyncIterator[JobsWorld]:
-    async for w in make_world(database_url, valkey_server.url, max_job_types_per_customer=MAX_JOB_TYPES):
+    async for w in make_world(database_url, valkey_server.url, max_job_types_per_customer=MAX_JOB_TYPES,
+                                max_list_page_bytes=PAGE_BYTES):
         yield w
 
 
@@ -50,3 +54,52 @@ async def test_concurrent_job_type_creates_cannot_pass_the_cap_together(world: J
     results = await asyncio.gather(*(world.job_type(c) for _ in range(6)), return_exceptions=True)
     assert sum(not isinstance(r, BaseException) for r in results) == MAX_JOB_TYPES
     assert all(isinstance(r, ResourceExhausted) for r in results if isinstance(r, BaseException))
+
+
+def big(n: int, size: int) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update({"n": n, "blob": "x" * size})
+    return s
+
+
+async def test_list_pages_carry_no_payload_unless_asked_and_end_early_past_the_byte_cap(world: JobsWorld) -> None:
+    c = await world.customer()
+    jt = await world.job_type(c)
+    submitted = []
+    for i in range(7):
+        world.clock.advance(1)  # distinct create times: the list's order is the submit order, reversed
+        submitted.append(await world.submit(c, jt, payload=big(i, 20_000)))
+    newest_first = [str(j.id) for j in reversed(submitted)]
+    queries = world.app.cases.queries
+
+    basic, token = await queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id, page_size=100))
+    assert [j.id for j in basic] == newest_first and token == ""  # BASIC by default: all fit
+    assert not any(j.HasField("payload") for j in basic)
+
+    seen: list[str] = []
+    pages, token = 0, ""
+    while True:
+        page, token = await queries.list_jobs(c.principal, pb.ListJobsRequest(
+            project_id=c.project_id, page_size=100, page_token=token, view=pb.JOB_VIEW_FULL))
+        pages += 1
+        assert page and sum(j.ByteSize() for j in page) <= PAGE_BYTES
+        assert all(j.payload["blob"] == "x" * 20_000 for j in page)
+        seen += [j.id for j in page]
+        if not token:
+            break
+    assert seen == newest_first and pages >= 3  # every job once, in order, over several pages
+
+
+async def test_a_single_job_larger_than_the_page_cap_still_lists(world: JobsWorld) -> None:
+    c = await world.customer()
+    jt = await world.job_type(c)
+    first = await world.submit(c, jt, payload=big(0, 100_000))
+    world.clock.advance(1)
+    second = await world.submit(c, jt, payload=big(1, 100_000))
+    queries = world.app.cases.queries
+    page, token = await queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id,
+                                                                           view=pb.JOB_VIEW_FULL))
+    assert [j.id for j in page] == [str(second.id)] and token
+    page, token = await queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id, page_token=token,
+                                                                           view=pb.JOB_VIEW_FULL))
+    assert [j.id for j in page] == [str(first.id)] and token == ""
