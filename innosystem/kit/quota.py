@@ -22,11 +22,12 @@ from innosystem.kit.errors import ResourceExhausted
 REASON = "QUOTA_EXCEEDED"
 
 
-def exceeded(resource: str, limit: int, setting: str, *, field: str | None = None) -> ResourceExhausted:
+def exceeded(resource: str, limit: int, setting: str, *, field: str | None = None,
+             advice: str = "delete one first") -> ResourceExhausted:
     """The refusal of one more `resource` (plural noun, e.g. "projects") past `limit`."""
     return ResourceExhausted(
         f"a customer may have at most {limit} {resource} (limit {setting}={limit}); "
-        f"delete one first or ask the operator to raise it",
+        f"{advice} or ask the operator to raise it",
         reason=REASON, field=field, metadata={"resource": resource, "limit": str(limit), "setting": setting})
 
 

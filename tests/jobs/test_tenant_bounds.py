@@ -12,18 +12,21 @@ import pytest
 from google.protobuf import struct_pb2
 
 from innosystem.embedded import EmbeddedValkey
+from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.errors import ResourceExhausted
+from services.jobs.control import Control
 from tests.jobs.jobs_world import JobsWorld, make_world
 
 MAX_JOB_TYPES = 3
 PAGE_BYTES = 64 * 1024
+MAX_WATCHERS = 2
 
 
 @pytest.fixture(scope="module")
 async def world(database_url: str, valkey_server: EmbeddedValkey) -> AsyncIterator[JobsWorld]:
     async for w in make_world(database_url, valkey_server.url, max_job_types_per_customer=MAX_JOB_TYPES,
-                                max_list_page_bytes=PAGE_BYTES):
+                                max_list_page_bytes=PAGE_BYTES, max_watchers_per_customer=MAX_WATCHERS):
         yield w
 
 
@@ -103,3 +106,44 @@ async def test_a_single_job_larger_than_the_page_cap_still_lists(world: JobsWorl
     page, token = await queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id, page_token=token,
                                                                            view=pb.JOB_VIEW_FULL))
     assert [j.id for j in page] == [str(first.id)] and token == ""
+
+
+async def test_watches_are_capped_per_customer_over_replicas_and_freed_when_they_end(world: JobsWorld) -> None:
+    c, other = await world.customer(), await world.customer()
+    jt, other_type = await world.job_type(c), await world.job_type(other)
+    j1, j2, j3 = [str((await world.submit(c, jt)).id) for _ in range(3)]
+    theirs = str((await world.submit(other, other_type)).id)
+    control = world.app.cases.control
+    cid = c.principal.customer_id
+
+    first = control.watch(c.principal, j1)
+    second = control.watch(c.principal, j2)
+    assert (await first.__anext__()).type == pb.JOB_EVENT_TYPE_SNAPSHOT  # each holds a slot from here
+    await second.__anext__()
+    assert await control.watchers.live(cid) == MAX_WATCHERS
+
+    with pytest.raises(ResourceExhausted) as refused:
+        await control.watch(c.principal, j3).__anext__()
+    err = refused.value
+    assert err.reason == "QUOTA_EXCEEDED" and "INNOSYSTEM_JOBS_MAX_WATCHERS_PER_CUSTOMER" in err.message
+    assert err.metadata["limit"] == str(MAX_WATCHERS)
+    assert await control.watchers.live(cid) == MAX_WATCHERS  # the refusal took nothing
+    # Another jobs replica (its own Control on the same Redis) counts the same watches.
+    replica = Control(world.app.deps, world.app.cases.queries)
+    with pytest.raises(ResourceExhausted):
+        await replica.watch(c.principal, j3).__anext__()
+    # Another customer's watches are its own.
+    watch_theirs = control.watch(other.principal, theirs)
+    await watch_theirs.__anext__()
+    await watch_theirs.aclose()
+
+    await first.aclose()  # the client left
+    assert await control.watchers.live(cid) == 1
+    third = replica.watch(c.principal, j3)
+    await third.__anext__()
+    await control.cancel(c.principal, j2, "done watching")  # a watch that reaches a final status ends
+    events = [e async for e in second]
+    assert events[-1].status_change.status == types_pb.JOB_STATUS_CANCELLED
+    assert await control.watchers.live(cid) == 1
+    await third.aclose()
+    assert await control.watchers.live(cid) == 0
