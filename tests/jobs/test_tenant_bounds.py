@@ -147,3 +147,18 @@ async def test_watches_are_capped_per_customer_over_replicas_and_freed_when_they
     assert await control.watchers.live(cid) == 1
     await third.aclose()
     assert await control.watchers.live(cid) == 0
+
+
+async def test_a_dead_replicas_watch_slots_lapse(world: JobsWorld) -> None:
+    """Slots left by a replica that died mid-watch (never refreshed, never returned) stop counting
+    once their expiry passes, so a crash does not lock a customer out of watching for good."""
+    c = await world.customer()
+    jt = await world.job_type(c)
+    job = str((await world.submit(c, jt)).id)
+    watchers = world.app.cases.control.watchers
+    key = watchers.key(c.principal.customer_id)
+    await world.redis.zadd(key, {f"dead-{i}": 1 for i in range(MAX_WATCHERS)})  # expired long ago
+    watch = world.app.cases.control.watch(c.principal, job)
+    assert (await watch.__anext__()).type == pb.JOB_EVENT_TYPE_SNAPSHOT
+    assert await watchers.live(c.principal.customer_id) == 1  # the dead ones were dropped
+    await watch.aclose()
