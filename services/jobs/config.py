@@ -32,6 +32,12 @@ class JobsConfig:
     retention_days: float = 30.0
     # Finished jobs (with their history) are deleted after this long (Archive: never); 0 = never.
     delete_after_days: float = 365.0
+    # Job types one customer may have, over all its projects (a create beyond it is QUOTA_EXCEEDED).
+    max_job_types_per_customer: int = 500
+    # A ListJobs / ListDeadLetterJobs page ends early (with a next_page_token) before this many bytes.
+    max_list_page_bytes: int = 4 * 1024 * 1024
+    # WatchJob streams running at once on one customer's jobs, over every replica (counted in Redis).
+    max_watchers_per_customer: int = 50
 
     @classmethod
     def from_env(cls) -> JobsConfig:
@@ -52,7 +58,15 @@ class JobsConfig:
             runner_seen_seconds=env_float("INNOSYSTEM_JOBS_RUNNER_SEEN_SECONDS", cls.runner_seen_seconds),
             retention_days=env_float("INNOSYSTEM_JOBS_RETENTION_DAYS", cls.retention_days),
             delete_after_days=env_float("INNOSYSTEM_JOBS_DELETE_AFTER_DAYS", cls.delete_after_days),
+            max_job_types_per_customer=env_int("INNOSYSTEM_JOBS_MAX_JOB_TYPES_PER_CUSTOMER",
+                                               cls.max_job_types_per_customer),
+            max_list_page_bytes=env_int("INNOSYSTEM_JOBS_MAX_LIST_PAGE_BYTES", cls.max_list_page_bytes),
+            max_watchers_per_customer=env_int("INNOSYSTEM_JOBS_MAX_WATCHERS_PER_CUSTOMER",
+                                              cls.max_watchers_per_customer),
         )
+        if min(config.max_job_types_per_customer, config.max_list_page_bytes, config.max_watchers_per_customer) < 1:
+            raise ConfigError("INNOSYSTEM_JOBS_MAX_JOB_TYPES_PER_CUSTOMER, _MAX_LIST_PAGE_BYTES and "
+                              "_MAX_WATCHERS_PER_CUSTOMER must be at least 1")
         if config.max_payload_bytes < 2 or config.lease_ttl_seconds <= 0 or config.recovery_interval_seconds <= 0:
             raise ConfigError("INNOSYSTEM_JOBS_MAX_PAYLOAD_BYTES, _LEASE_TTL_SECONDS and _RECOVERY_INTERVAL_SECONDS "
                               "must be positive")

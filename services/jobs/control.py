@@ -5,6 +5,10 @@ before a commit that then fails would leave a live job unpaid for), and a retry 
 hold while it holds the job's row lock, so of two concurrent retries exactly one reserves and wins.
 Redis work after a commit (queue removal, requeue, events) cannot undo it: an error there is
 logged, the answer stands, and recovery repairs Redis from PostgreSQL.
+
+A watch holds one of its job's customer's watch slots (`watchers.py`) from before its first event
+until it ends, so the customer's limit is refused as an error (429 at the gateway), not as a
+stream that opens and then fails.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from services.jobs.queries import Queries
 from services.jobs.runtime import CANCELLED, FAILED, FINAL, PENDING, SCHEDULED, Changes, Deps, status_name
 from services.jobs.signals import CLOSED
 from services.jobs.submission import HOLD_MARGIN
+from services.jobs.watchers import Watchers
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class Control:
     def __init__(self, deps: Deps, queries: Queries) -> None:
         self.deps = deps
         self.queries = queries
+        self.watchers = Watchers(deps.queue.client, deps.queue.prefix, deps.config.max_watchers_per_customer)
 
     async def _locked(self, s: AsyncSession, caller: Principal, job_id: str) -> Job:
         """The caller's job, locked for this transaction (NOT_FOUND if it cannot see it)."""
@@ -172,7 +178,7 @@ class Control:
         """A snapshot, then an event per change, until the job is final."""
         job = await self.queries.visible_job(caller, job_id)
         channel = self.deps.signals.job_prefix + str(job.id)
-        async with self.deps.signals.subscribe(channel) as incoming:
+        async with self.watchers.slot(str(job.customer_id)) as slot, self.deps.signals.subscribe(channel) as incoming:
             # read after subscribing, and before the first yield (the caller may resume us much later)
             last_change = await self._last_change_id(job.id)
             job = await self.queries.visible_job(caller, job_id)
@@ -185,6 +191,7 @@ class Control:
                     event = {}
                 if CLOSED in event:
                     raise Unavailable(f"event feed lost: {event[CLOSED]}; watch again", reason="FEED_LOST")
+                await slot.keep()
                 job = await self.queries.visible_job(caller, job_id)
                 message = await self.queries.job_message(job, full=False)
                 async with self.deps.db.session() as s:

@@ -5,13 +5,19 @@ Which fields: the type's `sensitive_fields` rooted at `payload.` (at submit) or 
 completion), each a dot path of object keys; none named for a root = every top-level field of it.
 A path absent from the document is skipped. Keys being unavailable fails the operation: a job of
 an encrypted project is never stored in the clear.
+
+Calls in flight are bounded per customer, not per process: a customer's slow or hanging key
+manager holds only that customer's slots (each call also ends at its timeout), so another
+customer's submits and results are encrypted meanwhile. A customer's gate exists only while it
+has calls in flight or waiting, so the table is as large as the customers being served at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -20,7 +26,7 @@ from google.protobuf import struct_pb2
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
 from innosystem.kit.errors import from_rpc_error
 
-CONCURRENCY = 32  # EncryptFields calls in flight for one batch submit
+PER_CUSTOMER = 8  # one customer's EncryptFields calls in flight in this process
 
 
 def paths_for(root: str, document: dict[str, Any], sensitive: Sequence[str]) -> list[str]:
@@ -51,11 +57,36 @@ def _replace(document: dict[str, Any], path: str, value: Any) -> None:
     node[last] = value
 
 
+class _Gate:
+    def __init__(self, slots: int) -> None:
+        self.slots = asyncio.Semaphore(slots)
+        self.users = 0  # calls holding or waiting for a slot
+
+
 class Encryptor:
-    def __init__(self, keys: grpc.aio.Channel, call_timeout: float = 10.0) -> None:
+    def __init__(self, keys: grpc.aio.Channel, call_timeout: float = 10.0, per_customer: int = PER_CUSTOMER) -> None:
         self._stub = keys_pb2_grpc.KeyManagementServiceStub(keys)
         self._timeout = call_timeout
-        self._gate = asyncio.Semaphore(CONCURRENCY)
+        self._per_customer = per_customer
+        self._gates: dict[str, _Gate] = {}
+
+    @asynccontextmanager
+    async def _slot(self, customer_id: str) -> AsyncIterator[None]:
+        gate = self._gates.get(customer_id)
+        if gate is None:
+            gate = self._gates[customer_id] = _Gate(self._per_customer)
+        gate.users += 1
+        try:
+            async with gate.slots:
+                yield
+        finally:
+            gate.users -= 1
+            if gate.users == 0:  # nobody holds or waits: forget the customer
+                del self._gates[customer_id]
+
+    def customers_in_flight(self) -> int:
+        """How many customers have calls in flight or waiting (the size of the gate table)."""
+        return len(self._gates)
 
     async def encrypt(self, key_id: str, customer_id: str, project_id: str, job_id: str, root: str,
                       document: dict[str, Any], sensitive: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
@@ -71,7 +102,7 @@ class Encryptor:
         request = keys_pb2.EncryptFieldsRequest(
             context=keys_pb2.EncryptionContext(customer_id=customer_id, project_id=project_id, job_id=job_id,
                                                key_id=key_id), fields=fields)
-        async with self._gate:
+        async with self._slot(customer_id):
             try:
                 reply = await self._stub.EncryptFields(request, timeout=self._timeout)
             except grpc.aio.AioRpcError as exc:

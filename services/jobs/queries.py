@@ -1,4 +1,10 @@
-"""Reads: GetJob (with its pending reason), ListJobs, ListDeadLetterJobs, GetQueueStats."""
+"""Reads: GetJob (with its pending reason), ListJobs, ListDeadLetterJobs, GetQueueStats.
+
+A list page is bounded in bytes as well as in jobs: payloads and results (each up to a MiB) are
+read from PostgreSQL only for a FULL view, a chunk of jobs at a time, and a page that would pass
+`max_list_page_bytes` ends early with a next_page_token (it always holds at least one job). A
+BASIC page (the default) never loads them at all.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.orm import defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.jobs.v1 import jobs_pb2 as pb
@@ -22,6 +30,10 @@ from services.jobs.models import Job, JobAttempt, JobStatusChange
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED, Deps
 
 MAX_LIST = 1000
+FULL_CHUNK = 50  # FULL jobs whose payloads and results are read in one statement
+# A list never reads these unless its view is FULL (and then by chunk): raiseload makes any other
+# read of them an error rather than a silent per-row query.
+WITHOUT_DOCUMENTS = (defer(Job.payload, raiseload=True), defer(Job.result, raiseload=True))
 STATUSES = frozenset(enums.JobStatus.values()) - {0}
 
 
@@ -117,11 +129,34 @@ class Queries:
         if r.HasField("end_time"):
             stmt = stmt.where(Job.create_time < to_datetime(r.end_time))
         async with self.deps.db.session() as s:
-            rows = (await s.execute(newest_first(stmt, after).limit(size + 1))).scalars().all()
+            rows = (await s.execute(newest_first(stmt, after).options(*WITHOUT_DOCUMENTS)
+                                    .limit(size + 1))).scalars().all()
         page = pagination.keyset_page(rows, size)
         full = r.view == pb.JOB_VIEW_FULL
-        return [await self.job_message(j, full=full) if full else job_pb(j) for j in page.items], \
-            page.next_page_token
+        messages: list[pb.Job] = []
+        used, limit = 0, self.deps.config.max_list_page_bytes
+        items = list(page.items)
+        for start in range(0, len(items), FULL_CHUNK):
+            chunk = items[start:start + FULL_CHUNK]
+            if full:
+                await self._load_documents(chunk)
+            for job in chunk:
+                message = await self.job_message(job, full=True) if full else job_pb(job)
+                used += message.ByteSize()
+                if messages and used > limit:  # ends after the last job that fits
+                    return messages, pagination.keyset_page(items[:len(messages) + 1], len(messages)).next_page_token
+                messages.append(message)
+        return messages, page.next_page_token
+
+    async def _load_documents(self, jobs: Sequence[Job]) -> None:
+        """Payloads and results of `jobs` (loaded without them), in one statement."""
+        async with self.deps.db.session() as s:
+            found = {row.id: row for row in (await s.execute(
+                select(Job.id, Job.payload, Job.result).where(Job.id.in_([j.id for j in jobs])))).all()}
+        for job in jobs:
+            row = found.get(job.id)  # gone meanwhile (deleted): shown without them
+            set_committed_value(job, "payload", row.payload if row is not None else None)
+            set_committed_value(job, "result", row.result if row is not None else None)
 
     async def dead_letters(self, caller: Principal, r: pb.ListDeadLetterJobsRequest) -> tuple[list[pb.Job], str]:
         size = pagination.page_size(r.page_size)
@@ -138,15 +173,23 @@ class Queries:
                 raise InvalidArgument("page_token is malformed", field="page_token",
                                       reason="INVALID_PAGE_TOKEN") from None
             stmt = stmt.where(or_(Job.dead_letter_time < at, and_(Job.dead_letter_time == at, Job.id < jid)))
-        stmt = stmt.order_by(Job.dead_letter_time.desc(), Job.id.desc()).limit(size + 1)
+        stmt = stmt.order_by(Job.dead_letter_time.desc(), Job.id.desc()).options(*WITHOUT_DOCUMENTS).limit(size + 1)
         async with self.deps.db.session() as s:
             rows = (await s.execute(stmt)).scalars().all()
+        messages: list[pb.Job] = []
+        used, limit = 0, self.deps.config.max_list_page_bytes
+        for job in rows[:size]:
+            message = job_pb(job)
+            used += message.ByteSize()
+            if messages and used > limit:
+                break
+            messages.append(message)
         token = ""
-        if len(rows) > size:
-            last = rows[size - 1]
+        if len(rows) > len(messages):
+            last = rows[len(messages) - 1]
             token = pagination.encode_token(last.dead_letter_time.isoformat() if last.dead_letter_time else "",
                                             str(last.id))
-        return [job_pb(j) for j in rows[:size]], token
+        return messages, token
 
     async def stats(self, caller: Principal, r: pb.GetQueueStatsRequest) -> pb.QueueStats:
         """Counts from PostgreSQL (the truth) per (project, type, priority); oldest pending age too."""

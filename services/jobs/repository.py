@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.pagination import Keyset, after_keyset
@@ -36,6 +36,10 @@ class JobsRepository:
     async def name_taken(self, project_id: uuid.UUID, name: str) -> bool:
         stmt = select(JobType.id).where(JobType.project_id == project_id, JobType.name == name)
         return (await self.s.execute(stmt)).first() is not None
+
+    async def count_job_types(self, customer_id: uuid.UUID) -> int:
+        stmt = select(func.count()).select_from(JobType).where(JobType.customer_id == customer_id)
+        return int(await self.s.scalar(stmt) or 0)
 
     async def list_job_types(self, scope: Scope, limit: int, after: Keyset | None, *,
                              project_id: uuid.UUID | None = None, customer_id: uuid.UUID | None = None,

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from innosystem.billing.v1 import billing_pb2
 from innosystem.jobs.v1 import job_types_pb2 as enums
-from innosystem.kit import idempotency, pagination
+from innosystem.kit import idempotency, pagination, quota
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
 from innosystem.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -60,6 +60,8 @@ DEFAULT_RETRY: dict[str, Any] = {
     "retry_max_interval_seconds": 300, "non_retryable_error_types": [],
 }
 DEFAULT_MAX_BATCH, MAX_BATCH = 100, 10_000
+DEFAULT_MAX_JOB_TYPES = 500  # per customer, over all its projects
+MAX_JOB_TYPES_SETTING = "INNOSYSTEM_JOBS_MAX_JOB_TYPES_PER_CUSTOMER"
 MAX_URL_LEN, MAX_EXTERNAL_RETRIES = 2048, 10
 
 # What a create leaves unset becomes this (the proto documents the same defaults).
@@ -226,9 +228,10 @@ def _require_manager(caller: Principal) -> None:
 
 
 class JobsService:
-    def __init__(self, db: Database, projects: ProjectLookup) -> None:
+    def __init__(self, db: Database, projects: ProjectLookup, max_job_types: int = DEFAULT_MAX_JOB_TYPES) -> None:
         self.db = db
         self._projects = projects
+        self.max_job_types = max_job_types  # per customer
 
     async def _visible_project(self, caller: Principal, project_id: str, fresh: bool = False) -> ProjectOwner:
         pid = id_or_not_found(project_id, "project_id", "project")
@@ -265,6 +268,9 @@ class JobsService:
                         return row
                 if await repo.name_taken(owner.project_id, values["name"]):
                     raise self._name_taken(values["name"])
+                await quota.serialize(s, "job_types", owner.customer_id)
+                quota.check("job types", await repo.count_job_types(owner.customer_id), self.max_job_types,
+                            MAX_JOB_TYPES_SETTING)
                 row = JobType(project_id=owner.project_id, customer_id=owner.customer_id,
                               reseller_id=owner.reseller_id, **values)
                 await repo.add(row)

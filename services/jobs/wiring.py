@@ -37,7 +37,7 @@ class App:
 def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc.aio.Channel, billing: Billing,
           clock: Callable[[], float], prefix: str = "jobs:", encryptor: Encryptor | None = None) -> App:
     projects = Projects(tenancy, config.project_cache_seconds)
-    types = JobsService(db, projects)
+    types = JobsService(db, projects, config.max_job_types_per_customer)
     signals = Signals(redis, prefix)
     deps = Deps(db=db, queue=JobQueue(redis, prefix), billing=billing, projects=projects, signals=signals,
                 config=config, clock=clock, encryptor=encryptor)

@@ -39,11 +39,15 @@ class KeysConfig:
     background_budget_seconds: float = 30.0
     # A replica's claim on a key it rewraps; a failed rewrap is retried when it runs out.
     rewrap_lease_seconds: float = 120.0
+    # Per customer: client keys not disabled (each is verified, health-checked and rewrapped), and
+    # notification channels (each gets deliveries); a create beyond either is QUOTA_EXCEEDED.
+    max_keys_per_customer: int = 20
+    max_channels_per_customer: int = 20
 
     @classmethod
     def from_env(cls) -> KeysConfig:
         common = CommonConfig.from_env("keys")
-        return cls(
+        config = cls(
             common=common,
             master_key=_master_key(env("INNOSYSTEM_KEYS_MASTER_KEY"), common.internal_secret),
             key_cache_seconds=env_float("INNOSYSTEM_KEYS_KEY_CACHE_SECONDS", cls.key_cache_seconds),
@@ -59,7 +63,13 @@ class KeysConfig:
             background_budget_seconds=env_float("INNOSYSTEM_KEYS_BACKGROUND_BUDGET_SECONDS",
                                                 cls.background_budget_seconds),
             rewrap_lease_seconds=env_float("INNOSYSTEM_KEYS_REWRAP_LEASE_SECONDS", cls.rewrap_lease_seconds),
+            max_keys_per_customer=env_int("INNOSYSTEM_KEYS_MAX_KEYS_PER_CUSTOMER", cls.max_keys_per_customer),
+            max_channels_per_customer=env_int("INNOSYSTEM_KEYS_MAX_CHANNELS_PER_CUSTOMER",
+                                              cls.max_channels_per_customer),
         )
+        if config.max_keys_per_customer < 1 or config.max_channels_per_customer < 1:
+            raise ConfigError("INNOSYSTEM_KEYS_MAX_KEYS_PER_CUSTOMER and _MAX_CHANNELS_PER_CUSTOMER must be at least 1")
+        return config
 
 
 def _egress_policy() -> egress.Policy:

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from google.protobuf import json_format
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from innosystem.keymanager.signing import fingerprint
 from innosystem.keys.v1 import access_logs_pb2 as pb
-from innosystem.kit import egress, idempotency
+from innosystem.kit import egress, idempotency, quota
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import InvalidArgument, NotFound
 from innosystem.kit.pagination import Page, after_keyset, decode_keyset, keyset_page, page_size
@@ -39,6 +39,7 @@ SIGNATURE_HEADER = "x-innosystem-signature"
 WEBHOOK_ANSWER_BYTES = 64 * 1024
 # A claimed delivery is retried by another pass this long after the POST's own time limit.
 CLAIM_MARGIN_SECONDS = 30
+MAX_CHANNELS_SETTING = "INNOSYSTEM_KEYS_MAX_CHANNELS_PER_CUSTOMER"
 
 
 def sign(secret: str, body: bytes, now: float | None = None) -> str:
@@ -85,6 +86,11 @@ class Notifications:
                 row = await s.get(NotificationChannel, earlier)
                 assert row is not None
                 return row, ""
+            await quota.serialize(s, "notification_channels", cid)
+            count = await s.scalar(select(func.count()).select_from(NotificationChannel)
+                                   .where(NotificationChannel.customer_id == cid))
+            quota.check("notification channels", int(count or 0), self.deps.config.max_channels_per_customer,
+                        MAX_CHANNELS_SETTING)
             channel_id = uuid.uuid4()
             secret = "whsec_" + secrets.token_urlsafe(32)
             row = NotificationChannel(id=channel_id, customer_id=cid, display_name=ch.display_name[:200],

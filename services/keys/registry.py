@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.keymanager.client import SCHEMES, KeyManagerError, parse_endpoint
 from innosystem.keymanager.signing import MIN_SECRET_BYTES, fingerprint
 from innosystem.keymanager.v1 import keymanager_pb2 as km
 from innosystem.keys.v1 import access_logs_pb2 as alpb
 from innosystem.keys.v1 import keys_pb2 as pb
-from innosystem.kit import egress, idempotency
+from innosystem.kit import egress, idempotency, quota
 from innosystem.kit import principal as principals
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -36,6 +37,7 @@ T = alpb.AccessRecordType
 MAX_TIMEOUT_MS = 60_000
 UPDATABLE = {"description", "hmac_secrets", "policy", "timeout_ms", "min_decryption_version"}
 RESOLVE_SECONDS = 5.0
+MAX_KEYS_SETTING = "INNOSYSTEM_KEYS_MAX_KEYS_PER_CUSTOMER"
 
 
 @dataclass
@@ -174,6 +176,8 @@ class Registry:
         scope = f"customer:{cid}"
         async with self.deps.db.session() as s:
             earlier = await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash)
+            if earlier is None:  # refused before the key manager is called; counted again below
+                await self._check_key_quota(s, cid)
         if earlier is not None:
             return await self.view(earlier)
         result = await self._verify(url, secrets, ck.timeout_ms, ck.external_key_id, str(cid))
@@ -183,6 +187,8 @@ class Registry:
         key_id = uuid.uuid4()
         now = utcnow()
         async with self.deps.db.session() as s:
+            await quota.serialize(s, "client_keys", cid)
+            await self._check_key_quota(s, cid)
             s.add(ClientKey(id=key_id, customer_id=cid, description=ck.description,
                             sealed_secrets=self.deps.sealer.seal(str(key_id), secrets),
                             secret_fingerprints=[fingerprint(v.encode()) for v in secrets], policy=policy,
@@ -198,6 +204,13 @@ class Registry:
                 message=f"registered at {url} (external key {ck.external_key_id!r}), verified{note}"))
         await self.deps.log.publish(cid, rec.sequence)
         return await self.view(key_id)
+
+    async def _check_key_quota(self, s: AsyncSession, customer_id: uuid.UUID) -> None:
+        """A disabled key is not counted: it is never called again, and it cannot be deleted."""
+        live = await s.scalar(select(func.count()).select_from(ClientKey)
+                              .where(ClientKey.customer_id == customer_id, ClientKey.state != DISABLED))
+        quota.check("client keys (not disabled)", int(live or 0), self.deps.config.max_keys_per_customer,
+                    MAX_KEYS_SETTING)
 
     async def get(self, p: Principal, key_id: str) -> KeyView:
         return await self.view((await self._visible_key(p, key_id)).id)

@@ -24,7 +24,8 @@ async def create() -> Service:
     revocations = RevocationPublisher(connect(config.common.redis_url, 8, timeout=CONNECT_TIMEOUT_SECONDS))
     keys = channel(config.common.addresses.keys, service="tenancy", secret=config.common.internal_secret)
     service = TenancyService(db, config.api_key_pepper, open_wallet=opener.open_now,
-                             on_access_revoked=revocations, check_encryption_key=EncryptionKeys(keys).check)
+                             on_access_revoked=revocations, check_encryption_key=EncryptionKeys(keys).check,
+                             max_projects=config.max_projects_per_customer)
     if config.admin_api_key:
         await service.ensure_admin_key(config.admin_api_key)
     api = TenancyApi(service)

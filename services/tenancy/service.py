@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from innosystem.kit import idempotency, pagination
+from innosystem.kit import idempotency, pagination, quota
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
 from innosystem.kit.errors import (
@@ -43,6 +43,8 @@ API_KEY_PREFIX = "isk_"
 BOOTSTRAP_LABEL = "bootstrap"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_TAGS, MAX_TAG_LEN, MAX_DESCRIPTION = 50, 64, 4000
+DEFAULT_MAX_PROJECTS = 100
+MAX_PROJECTS_SETTING = "INNOSYSTEM_TENANCY_MAX_PROJECTS_PER_CUSTOMER"
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,10 @@ async def _outbox_only(customer_id: uuid.UUID, reseller_id: uuid.UUID | None) ->
 
 class TenancyService:
     def __init__(self, db: Database, pepper: bytes, open_wallet: OpenWallet = _outbox_only,
-                 on_access_revoked: Revoked = _nobody_told, check_encryption_key: CheckKey | None = None) -> None:
+                 on_access_revoked: Revoked = _nobody_told, check_encryption_key: CheckKey | None = None,
+                 max_projects: int = DEFAULT_MAX_PROJECTS) -> None:
         self.db = db
+        self.max_projects = max_projects  # per customer
         self._pepper = pepper
         # Opens the new customer's wallet before CreateCustomer answers (`WalletOpener.open_now`);
         # False: left to the outbox row written with the customer.
@@ -373,6 +377,8 @@ class TenancyService:
                 row = await repo.get_project(earlier, Scope(unrestricted=True))
                 if row is not None:
                     return row
+            await quota.serialize(s, "projects", customer.id)
+            quota.check("projects", await repo.count_projects(customer.id), self.max_projects, MAX_PROJECTS_SETTING)
             project = Project(id=uuid.uuid4(), customer_id=customer.id, **fields)
             if fields.get("encryption_key_id"):
                 await self._encryption_key_change(repo, caller, customer, project, fields["encryption_key_id"])

@@ -61,14 +61,32 @@ class Tenancy(FakeTenancy):
 class FakeKeys(keys_pb2_grpc.KeyManagementServiceServicer):
     """Stands in for the keys service's EncryptFields (its own tests cover the cryptography):
     an "envelope" that names the key and job and carries the JSON value, so tests can see what was sent.
-    A key in `disabled` is refused as the keys service refuses a disabled key."""
+    A key in `disabled` is refused as the keys service refuses a disabled key; a call for a key in
+    `hang` waits (as behind a customer's stalled key manager) until `unhang` is set."""
 
     def __init__(self) -> None:
         self.disabled: set[str] = set()
+        self.hang: set[str] = set()
+        self.unhang = asyncio.Event()
+        self.hung = 0  # calls waiting in `hang` now
+        self._hung_changed = asyncio.Condition()
+
+    async def wait_hung(self, calls: int) -> None:
+        """Until `calls` calls are waiting behind a hanging key."""
+        async with self._hung_changed:
+            await self._hung_changed.wait_for(lambda: self.hung >= calls)
 
     async def EncryptFields(self, request: keys_pb2.EncryptFieldsRequest,
                             context: Any) -> keys_pb2.EncryptFieldsResponse:
         ctx = request.context
+        if ctx.key_id in self.hang:
+            async with self._hung_changed:
+                self.hung += 1
+                self._hung_changed.notify_all()
+            try:
+                await self.unhang.wait()
+            finally:
+                self.hung -= 1
         if ctx.key_id in self.disabled:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"key {ctx.key_id} is disabled")
         return keys_pb2.EncryptFieldsResponse(fields=[
