@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 
 from opentelemetry import metrics
 
@@ -31,3 +32,20 @@ def counted(operation: str, call: Callable[[], Awaitable[HoldRow]]) -> Callable[
         return row
 
     return run
+
+
+def count_many(operation: str, outcomes: Sequence[HoldRow | DomainError]) -> None:
+    """A batch's outcomes, one counter add per distinct outcome (not one per item)."""
+    by_outcome: Counter[str] = Counter()
+    by_currency: Counter[str] = Counter()
+    for r in outcomes:
+        if isinstance(r, DomainError):
+            by_outcome[r.reason or type(r).__name__] += 1
+        else:
+            by_outcome["ok"] += 1
+            if operation in ("reserve", "capture"):
+                by_currency[r.currency] += r.amount if operation == "reserve" else r.captured
+    for outcome, n in by_outcome.items():
+        operations.add(n, {"operation": operation, "outcome": outcome})
+    for currency, amount in by_currency.items():
+        amounts.add(amount, {"operation": operation, "currency": currency})

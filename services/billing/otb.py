@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,13 @@ class OpenToBuy:
             self._resolving[wallet] = [(hold_id, posted, future)]
             asyncio.get_running_loop().create_task(self._resolve_wallet(wallet))
         await future
+
+    async def resolve_many(self, resolved: Sequence[tuple[uuid.UUID, str, str, int]]) -> None:
+        """Holds (customer, currency, hold id, posted) resolved together: one script call per wallet."""
+        wallets: dict[tuple[uuid.UUID, str], list[str | int]] = {}
+        for customer_id, currency, hold_id, posted in resolved:
+            wallets.setdefault((customer_id, currency), []).extend((hold_id, posted))
+        await asyncio.gather(*(self.scripts.resolve(keys=keys(*wallet), args=args) for wallet, args in wallets.items()))
 
     async def _resolve_wallet(self, wallet: tuple[uuid.UUID, str]) -> None:
         await asyncio.sleep(0)  # the callers resolved by the same commit join this call

@@ -456,6 +456,47 @@ class BillingService:
             await self._redis_quietly(self.otb.resolve(hold.customer_id, hold.currency, hold_id, hold.captured))
         return hold
 
+    async def capture_many(self, requests: Sequence[tuple[str, int, str, int, str]]
+                           ) -> list[HoldRow | DomainError]:
+        """Captures (hold id, amount, currency, over-capture policy, description) of one batch call:
+        each checked on its own, all submitted to the group commit together (no task per item),
+        their holds resolved in Open-to-Buy with one script call per wallet. Each gets its own
+        outcome: the captured hold, or the refusal."""
+        out: list[HoldRow | DomainError] = []
+        items: list[tuple[int, ledger.CaptureItem]] = []  # (position in `out`, the item)
+        for k, (hold_id, amount, currency, policy, description) in enumerate(requests):
+            try:
+                hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
+                amount = self._amount(amount, "amount_cents", zero=True)
+                currency = self._currency(currency)
+                description = _text(description, "description", MAX_DESCRIPTION)
+                reseller_id, hold_currency = await self._hold_meta_of(hold_id)
+                rate, commission_account = 0, None
+                if reseller_id is not None:
+                    rate = await self.rates(reseller_id)
+                    commission_account = await self._account_id(COMMISSION, reseller_id, hold_currency)
+                revenue = await self._account_id(REVENUE, PLATFORM, hold_currency)
+            except DomainError as err:
+                out.append(err)
+                continue
+            out.append(NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND"))  # unless the batch finds it
+            items.append((k, ledger.CaptureItem(hold_id, amount, currency, policy, description, rate,
+                                                commission_account, revenue)))
+        fresh: list[HoldRow] = []
+        for (k, _), outcome in zip(items, await self.commit.submit_many([i for _, i in items]), strict=True):
+            if isinstance(outcome, DomainError):
+                out[k] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            elif outcome[0] is not None:
+                out[k] = outcome[0]
+                if outcome[1]:
+                    fresh.append(outcome[0])
+        if fresh:
+            await self._redis_quietly(self.otb.resolve_many(
+                [(h.customer_id, h.currency, h.hold_id, h.captured) for h in fresh]))
+        return out
+
     async def release(self, hold_id: str, reason: str = "") -> HoldRow:
         hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
         reason = _text(reason, "reason", MAX_DESCRIPTION)

@@ -367,3 +367,35 @@ async def test_concurrent_captures_of_one_wallet_resolve_in_redis_together(billi
     assert (w.balance, w.held) == (10_000 - 40 * 60, 0)
     snap = await billing.otb.snapshot(uuid.UUID(customer), "USD")
     assert snap.loaded and (snap.balance, snap.held, snap.holds) == (10_000 - 40 * 60, 0, {})
+
+
+async def test_a_batch_capture_decides_each_item_and_submits_them_together(billing: BillingService) -> None:
+    """BatchCapture: the good captures commit, each bad item gets its own refusal (unknown hold,
+    over the hold, text that cannot be stored), a repeat answers as the first; the items go to the
+    group commit together, and Open-to-Buy ends exactly where the ledger is."""
+    from innosystem.billing.v1 import billing_pb2 as bpb
+    from services.billing.api import BillingApi
+
+    customer, _ = await funded_wallet(billing, 10_000)
+    for n in range(5):
+        await billing.reserve(f"bc-{customer}-{n}", customer, 100, "USD")
+    batches = billing.commit.batches
+    request = bpb.BatchCaptureRequest(requests=[
+        bpb.CaptureRequest(hold_id=f"bc-{customer}-0", amount_cents=60),
+        bpb.CaptureRequest(hold_id=f"bc-{customer}-1", amount_cents=100),
+        bpb.CaptureRequest(hold_id=f"bc-{customer}-missing", amount_cents=5),
+        bpb.CaptureRequest(hold_id=f"bc-{customer}-2", amount_cents=500),  # over the hold
+        bpb.CaptureRequest(hold_id=f"bc-{customer}-3", amount_cents=10, description="a\u0000b"),
+        bpb.CaptureRequest(hold_id=f"bc-{customer}-0", amount_cents=60),  # a repeat in the same batch
+    ])
+    answer = await BillingApi(billing).BatchCapture(request, None)  # type: ignore[arg-type]
+    reasons = [r.error.details[0].value if r.HasField("error") else None for r in answer.results]
+    assert [r.HasField("error") for r in answer.results] == [False, False, True, True, True, False]
+    assert b"HOLD_NOT_FOUND" in reasons[2] and b"CAPTURE_EXCEEDS_HOLD" in reasons[3]  # type: ignore[operator]
+    assert b"INVALID_CHARACTER" in reasons[4]  # type: ignore[operator]
+    assert [r.hold.captured_cents for r in answer.results if not r.HasField("error")] == [60, 100, 60]
+    assert billing.commit.batches - batches <= 2  # together, not one group commit per item
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (10_000 - 160, 300)
+    snap = await billing.otb.snapshot(uuid.UUID(customer), "USD")
+    assert (snap.balance, snap.held) == (10_000 - 160, 300)
