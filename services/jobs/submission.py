@@ -118,7 +118,7 @@ class Submission:
     def __init__(self, deps: Deps, visible_project: Any) -> None:
         self.deps = deps
         self._visible_project = visible_project
-        self._coalescer: Coalescer[Group, None] = Coalescer(self._store)
+        self._coalescer: Coalescer[Group, None] = Coalescer(self._store, concurrency=2)  # commits may overlap
         # concurrent submits read their job types in one query
         self._type_loader: Coalescer[tuple[uuid.UUID, frozenset[uuid.UUID]], dict[uuid.UUID, JobType]] = \
             Coalescer(self._load_types)
