@@ -15,6 +15,8 @@ class RunnersConfig:
     heartbeat_timeout_ms: int = 6_000
     # Longest LeaseJobs long-poll for a runner with free slots.
     lease_wait_ms: int = 20_000
+    # Runners one customer may register (customer-owned runners; shared runners are the operator's).
+    max_runners_per_customer: int = 100
 
     @classmethod
     def from_env(cls) -> RunnersConfig:
@@ -27,10 +29,13 @@ class RunnersConfig:
             heartbeat_interval_ms=env_int("INNOSYSTEM_RUNNERS_HEARTBEAT_INTERVAL_MS", 2_000),
             heartbeat_timeout_ms=env_int("INNOSYSTEM_RUNNERS_HEARTBEAT_TIMEOUT_MS", 6_000),
             lease_wait_ms=env_int("INNOSYSTEM_RUNNERS_LEASE_WAIT_MS", 20_000),
+            max_runners_per_customer=env_int("INNOSYSTEM_RUNNERS_MAX_PER_CUSTOMER", cls.max_runners_per_customer),
         )
         if not 0 < config.heartbeat_interval_ms < config.heartbeat_timeout_ms:
             raise ConfigError("INNOSYSTEM_RUNNERS_HEARTBEAT_INTERVAL_MS must be positive and below "
                               "INNOSYSTEM_RUNNERS_HEARTBEAT_TIMEOUT_MS")
         if not 0 <= config.lease_wait_ms <= 30_000:
             raise ConfigError("INNOSYSTEM_RUNNERS_LEASE_WAIT_MS must be between 0 and 30000")
+        if config.max_runners_per_customer < 0:
+            raise ConfigError("INNOSYSTEM_RUNNERS_MAX_PER_CUSTOMER must be 0 or more")
         return config

@@ -29,7 +29,8 @@ async def create() -> Service:
     # A session's Redis entry outlives a missed heartbeat or two, not a dead replica.
     live = LiveState(redis, ttl_ms=2 * config.heartbeat_timeout_ms)
     hub = Hub(config, db, live, jobs, keys_pb2_grpc.KeyManagementServiceStub(keys_channel))
-    registry = Registry(db, live, config.token_pepper, release_all=hub.release_all)
+    registry = Registry(db, live, config.token_pepper, release_all=hub.release_all,
+                        max_per_customer=config.max_runners_per_customer)
     api = RunnerApi(registry, hub, jobs)
     api_keys = ApiKeyAuthenticator(tenancy)
 
