@@ -40,6 +40,7 @@ from services.runners.models import Runner
 from services.runners.outbox import Outbox
 from services.runners.repository import CUSTOMER, RunnerRepository
 from services.runners.results import ResultBatcher
+from services.runners.revocations import RevocationFollower
 from services.runners.session import FAILED_PRECONDITION, INVALID, PERMISSION_DENIED, Session, status, stream_error
 from services.runners.views import runner_pb
 
@@ -64,6 +65,8 @@ class Hub:
         self.results = ResultBatcher(jobs, self._ack)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
+        # Closes the streams of runners whose customer lost its access (set by main).
+        self.revocations: RevocationFollower | None = None
         _meter.create_observable_gauge(
             "runners.slots.free", callbacks=[lambda _: [metrics.Observation(
                 sum(s.free() for s in self.sessions.values()))]],
@@ -228,6 +231,8 @@ class Hub:
             older.close(stream_error(FAILED_PRECONDITION, "SUPERSEDED", "a newer connection of this runner took over",
                                      fatal=True))
         self.sessions[runner_id] = session
+        if self.revocations is not None:  # a revocation between authentication and now found no stream
+            self.revocations.opened(session)
         now = utcnow()
         async with self.db.session() as s:
             await RunnerRepository(s).connected(row.id, session.session_id, now, session.status(),

@@ -19,6 +19,7 @@ from innosystem.kit.errors import InvalidArgument, NotFound, PermissionDenied, R
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found, parse_uuid
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.runners.customers import Customers
 from services.runners.live import Live, LiveState
 from services.runners.models import IdempotencyKey, Runner
 from services.runners.repository import AVAILABLE, CUSTOMER, MAINTENANCE, SHARED, RunnerRepository
@@ -62,8 +63,10 @@ def _validate(fields: dict[str, Any]) -> None:
 
 class Registry:
     def __init__(self, db: Database, live: LiveState, pepper: bytes,
-                 release_all: Callable[[str], Awaitable[None]], *, max_per_customer: int = 100) -> None:
+                 release_all: Callable[[str], Awaitable[None]], *, max_per_customer: int = 100,
+                 customers: Customers | None = None) -> None:
         self.db, self.live, self._pepper = db, live, pepper
+        self._customers = customers  # whether a customer-owned runner's customer may still use it
         self._release_all = release_all  # gives a deleted runner's leases back to the queue
         self.max_per_customer = max_per_customer  # INNOSYSTEM_RUNNERS_MAX_PER_CUSTOMER
 
@@ -75,7 +78,8 @@ class Registry:
         return token, self.hash_token(token)
 
     async def authenticate(self, token: str) -> Principal:
-        """A runner token → the runner's principal; UNAUTHENTICATED for an unknown or rotated one."""
+        """A runner token → the runner's principal; UNAUTHENTICATED for an unknown or rotated one,
+        or (CUSTOMER_INACTIVE) one whose customer or its reseller is inactive or deleted."""
         if not token.startswith(TOKEN_PREFIX) or not 16 <= len(token) <= 256:
             raise Unauthenticated("runner token is malformed (expected 'isr_…')", reason="RUNNER_TOKEN_INVALID")
         async with self.db.session() as s:
@@ -83,6 +87,8 @@ class Registry:
         if row is None:
             raise Unauthenticated("runner token is unknown, rotated or its runner deleted",
                                   reason="RUNNER_TOKEN_INVALID")
+        if row.customer_id is not None and self._customers is not None:
+            await self._customers.check(str(row.customer_id))
         return Principal(kind=principals.RUNNER, runner_id=str(row.id), customer_id=str(row.customer_id or ""),
                          key_id=row.token_prefix)
 
