@@ -115,7 +115,9 @@ class Hub:
         writer = reader = None
         try:
             # Written before anything the session queued meanwhile (a cancellation of a resumed job).
-            if await self._write_now(context, pb.ConnectResponse(welcome=welcome)) and welcome.refused_processors:
+            if not await self._write_now(context, pb.ConnectResponse(welcome=welcome)):
+                session.close()
+            elif welcome.refused_processors:
                 await self._write_now(context, stream_error(
                     PERMISSION_DENIED, "PROCESSOR_REFUSED", "this runner may not serve "
                     + ", ".join(welcome.refused_processors), message_id=first.message_id))

@@ -53,22 +53,26 @@ class RevocationFollower:
 
     async def run(self) -> None:
         """Background loop: follow the channel, resubscribing (and checking everyone) after a loss."""
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(ACCESS_REVOKED_CHANNEL)
-                self._check_all()  # whatever was published while this replica was not subscribed
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if message is not None:
-                        self.event(message.get("data"))
-            except (RedisError, OSError) as exc:
-                log.warning("access revocations not followed (runner streams are checked again on "
-                            "resubscription): %s", exc or type(exc).__name__)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-            await asyncio.sleep(RESUBSCRIBE_SECONDS)
+        try:
+            while True:
+                pubsub = self._redis.pubsub()
+                try:
+                    await pubsub.subscribe(ACCESS_REVOKED_CHANNEL)
+                    self._check_all()  # whatever was published while this replica was not subscribed
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                        if message is not None:
+                            self.event(message.get("data"))
+                except (RedisError, OSError) as exc:
+                    log.warning("access revocations not followed (runner streams are checked again on "
+                                "resubscription): %s", exc or type(exc).__name__)
+                finally:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()
+                await asyncio.sleep(RESUBSCRIBE_SECONDS)
+        finally:  # the replica is stopping: checks under way end with it
+            for task in list(self._checking.values()):
+                task.cancel()
 
     def event(self, data: Any) -> None:
         """One revocation: {"customer_id": …} or {"reseller_id": …}."""
