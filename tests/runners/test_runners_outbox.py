@@ -34,7 +34,7 @@ def test_a_full_queue_leases_nothing_until_it_has_room_again_and_then_wakes_the_
 
 def test_the_byte_mark_counts_too() -> None:
     s = _session(messages=100, size=2048)
-    s.assign(jobs_pb2.JobLease(job_id="j1", lease_id="l1", payload={"fields": {}}))
+    s.assign(jobs_pb2.JobLease(job_id="j1", lease_id="l1"))
     assert not s.out.full()
     s.send(pb.ConnectResponse(error=pb.StreamError(status={"message": "x" * 3000})))
     assert s.out.full() and s.wanted() == 0 and s.out.bytes > 2048
