@@ -53,8 +53,9 @@ CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_
                    ("grpc.keepalive_permit_without_calls", 1), ("grpc.max_receive_message_length", 32 * 1024 * 1024),
                    ("grpc.max_send_message_length", 32 * 1024 * 1024)]
 # A stream closed for one of these is not reconnected: the token was revoked or the runner
-# deleted, or another process connected with the same token (two would supersede each other forever).
-FINAL_REASONS = ("RUNNER_REVOKED", "SUPERSEDED", "RUNNER_DELETED", "RUNNER_MISMATCH")
+# deleted, its customer deactivated or deleted, or another process connected with the same token
+# (two would supersede each other forever).
+FINAL_REASONS = ("RUNNER_REVOKED", "SUPERSEDED", "RUNNER_DELETED", "RUNNER_MISMATCH", "CUSTOMER_INACTIVE")
 
 
 class RunnerRejected(Exception):

@@ -91,11 +91,12 @@ class RunnerApi(runners_pb2_grpc.RunnerServiceServicer):
         # internal: only the callers in innosystem/kit/callers.py get here
         return await self.registry.authenticate(request.token)
 
-    async def Connect(self, request_iterator: AsyncIterator[pb.ConnectRequest],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ConnectResponse]:
+    # A coroutine writing with context.write (the hub bounds each write in time), not the async
+    # generator the generated base class declares: kit.server wraps either.
+    async def Connect(self, request_iterator: AsyncIterator[pb.ConnectRequest],  # type: ignore[override]
+                      context: grpc.aio.ServicerContext) -> None:
         caller = principals.current()
         if caller.kind != principals.RUNNER:
             raise PermissionDenied("Connect takes a runner token (authorization: Bearer isr_…), not an API key",
                                    reason="RUNNER_TOKEN_REQUIRED")
-        async for message in self.hub.serve(caller, request_iterator):
-            yield message
+        await self.hub.serve(caller, request_iterator, context)

@@ -5,7 +5,9 @@ it has some (the wait is the jobs service's, server side: no polling here). Resu
 stream go to the jobs service in batches (results.py); heartbeats extend the runner's leases
 in one `ExtendLeases` and bring back cancel requests; `WatchCancellations` (one per replica)
 delivers the others at once. Replica-wide state a second replica needs (which session is a
-runner's current one) is in Redis (live.py); nothing breaks with two replicas.
+runner's current one) is in Redis (live.py); nothing breaks with two replicas. What a stream has
+not written yet is bounded (outbox.py): a runner that stops reading gets no new jobs, and is
+closed as a slow consumer if it does not resume.
 """
 
 from __future__ import annotations
@@ -20,22 +22,25 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import grpc
-from google.rpc import code_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Link
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
 from innosystem.kit.db import Database, utcnow
-from innosystem.kit.errors import InvalidArgument, PermissionDenied
+from innosystem.kit.errors import DOMAIN_SUFFIX, InvalidArgument, PermissionDenied
 from innosystem.kit.telemetry import span_context_of
 from innosystem.runners.v1 import runners_pb2 as pb
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.runners.config import RunnersConfig
 from services.runners.live import CONTROL_CHANNEL, LiveState
 from services.runners.models import Runner
+from services.runners.outbox import Outbox
 from services.runners.repository import CUSTOMER, RunnerRepository
 from services.runners.results import ResultBatcher
+from services.runners.revocations import RevocationFollower
 from services.runners.session import FAILED_PRECONDITION, INVALID, PERMISSION_DENIED, Session, status, stream_error
 from services.runners.views import runner_pb
 
@@ -61,6 +66,8 @@ class Hub:
         self.results = ResultBatcher(jobs, self._ack)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
+        # Closes the streams of runners whose customer lost its access (set by main).
+        self.revocations: RevocationFollower | None = None
         _meter.create_observable_gauge(
             "runners.slots.free", callbacks=[lambda _: [metrics.Observation(
                 sum(s.free() for s in self.sessions.values()))]],
@@ -79,48 +86,103 @@ class Hub:
 
     # ------------------------------------------------------------------ the stream
 
-    async def serve(self, caller: Principal, requests: AsyncIterator[pb.ConnectRequest]
-                    ) -> AsyncIterator[pb.ConnectResponse]:
+    async def serve(self, caller: Principal, requests: AsyncIterator[pb.ConnectRequest],
+                    context: grpc.aio.ServicerContext) -> None:
+        """One Connect stream. Messages are written with `context.write` by one writer task rather
+        than yielded: a yield cannot be bounded in time, and a runner that does not read would hold
+        it (and everything queued behind it) forever. See outbox.py for the bounds."""
         timeout = self.config.heartbeat_timeout_ms / 1000
         try:
             first = await asyncio.wait_for(anext(requests), timeout)
         except (StopAsyncIteration, TimeoutError):
-            yield stream_error(INVALID, "HELLO_REQUIRED", "send hello first, within the heartbeat timeout",
-                               fatal=True)
+            await self._write_now(context, stream_error(INVALID, "HELLO_REQUIRED",
+                                                        "send hello first, within the heartbeat timeout", fatal=True))
             return
         if first.WhichOneof("kind") != "hello":
-            yield stream_error(INVALID, "HELLO_REQUIRED", f"the first message must be hello, got "
-                               f"{first.WhichOneof('kind') or 'an empty message'}", message_id=first.message_id,
-                               fatal=True)
+            await self._write_now(context, stream_error(
+                INVALID, "HELLO_REQUIRED", f"the first message must be hello, got "
+                f"{first.WhichOneof('kind') or 'an empty message'}", message_id=first.message_id, fatal=True))
             return
         try:
             session, welcome = await self._open(caller, first.hello)
         except (InvalidArgument, PermissionDenied) as err:
             code = INVALID if isinstance(err, InvalidArgument) else PERMISSION_DENIED
-            yield stream_error(code, err.reason, err.message, message_id=first.message_id, fatal=True)
+            await self._write_now(context, stream_error(code, err.reason, err.message, message_id=first.message_id,
+                                                        fatal=True))
             return
         log.info("runner %s connected (session %s, %d slots, processors %s)", session.runner_id,
                  session.session_id, session.max_slots, ",".join(session.processors))
         _online.add(1)
-        yield pb.ConnectResponse(welcome=welcome)
-        if welcome.refused_processors:
-            yield stream_error(PERMISSION_DENIED, "PROCESSOR_REFUSED", "this runner may not serve "
-                               + ", ".join(welcome.refused_processors), message_id=first.message_id)
-        reader = self._spawn(self._read(session, requests))
-        for _ in range(LEASE_CALLS):
-            self._spawn(self._lease_loop(session))
+        writer = reader = None
         try:
-            while (outgoing := await session.out.get()) is not None:
-                yield outgoing
+            # Written before anything the session queued meanwhile (a cancellation of a resumed job).
+            if not await self._write_now(context, pb.ConnectResponse(welcome=welcome)):
+                session.close()
+            elif welcome.refused_processors:
+                await self._write_now(context, stream_error(
+                    PERMISSION_DENIED, "PROCESSOR_REFUSED", "this runner may not serve "
+                    + ", ".join(welcome.refused_processors), message_id=first.message_id))
+            writer = self._spawn(self._write(session, context))
+            reader = self._spawn(self._read(session, requests))
+            for _ in range(LEASE_CALLS):
+                self._spawn(self._lease_loop(session))
+            await session.closed.wait()
+            if not session.slow:  # its last messages (a final error) get as long as a slow consumer would
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(writer), self.config.slow_consumer_timeout_ms / 1000)
+            if not writer.done():
+                writer.cancel()
+                await self._abort(context, session)
         finally:
             session.close()
-            reader.cancel()
+            for task in (writer, reader):
+                if task is not None:
+                    task.cancel()
             _online.add(-1)
             if self.sessions.get(session.runner_id) is session:
                 del self.sessions[session.runner_id]
             # The lease loop is left to finish its long-poll (cancelling it could lose a job the
             # jobs service leased meanwhile); it gives back whatever arrives for a closed session.
             self._spawn(self._closed(session))
+
+    async def _write_now(self, context: grpc.aio.ServicerContext, message: pb.ConnectResponse) -> bool:
+        """A handshake message, written before the writer starts (the transport is empty then, so
+        this waits only on a runner that reads nothing at all). False if it could not be written."""
+        try:
+            await asyncio.wait_for(context.write(message), self.config.slow_consumer_timeout_ms / 1000)
+            return True
+        except Exception as exc:  # the stream is gone or stuck: the caller ends it
+            log.info("a runner stream's handshake could not be written: %s", exc or type(exc).__name__)
+            return False
+
+    async def _write(self, session: Session, context: grpc.aio.ServicerContext) -> None:
+        """Writes the session's outbox to its stream until the stream ends. A write waits while the
+        runner does not read (flow control); the queue behind it is bounded (outbox.py)."""
+        try:
+            while (message := await session.out.get()) is not None:
+                await context.write(message)
+        except Exception as exc:  # the stream broke: the session ends with it
+            log.info("runner %s: stream write failed: %s", session.runner_id, exc or type(exc).__name__)
+        finally:
+            session.close()
+
+    async def _abort(self, context: grpc.aio.ServicerContext, session: Session) -> None:
+        """The stream's final error could not be written in time (the runner does not read): end
+        the RPC with it as the status, which the runner sees after what its transport already
+        holds. The status itself may wait behind that data; past a second it is left to the
+        transport, and the session ends regardless."""
+        final = session.final.error.status if session.final is not None and session.final.HasField("error") else (
+            status(code_pb2.RESOURCE_EXHAUSTED, "SLOW_CONSUMER", "the runner does not read its stream"))
+        code = next((c for c in grpc.StatusCode if c.value[0] == final.code), grpc.StatusCode.UNKNOWN)
+        info = error_details_pb2.ErrorInfo(reason=final.message.partition(":")[0], domain=f"runners{DOMAIN_SUFFIX}")
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        details = status_pb2.Status(code=final.code, message=final.message, details=[packed])
+        log.info("runner %s: stream ended with %s (its final message was not read in time)", session.runner_id,
+                 final.message)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(context.abort(code, final.message, trailing_metadata=(
+                ("grpc-status-details-bin", details.SerializeToString()),)), 1.0)
 
     async def _open(self, caller: Principal, hello: pb.Hello) -> tuple[Session, pb.Welcome]:
         runner_id = caller.runner_id
@@ -152,7 +214,8 @@ class Hub:
                              batches=True)
         session = Session(runner_id=runner_id, session_id=welcome.session_id, customer_id=caller.customer_id,
                           processors=accepted, tags=tags, max_slots=hello.max_concurrent_jobs,
-                          reported_free=hello.free_slots, maintenance=row.maintenance, batches=hello.batches)
+                          reported_free=hello.free_slots, maintenance=row.maintenance, batches=hello.batches,
+                          out=Outbox(self.config.send_queue_messages, self.config.send_queue_bytes))
         if hello.running:  # jobs still running from an earlier connection: keep the leases still its own
             answer = await self.jobs.ExtendLeases(jobs_pb2.ExtendLeasesRequest(
                 runner_id=runner_id, leases=[jobs_pb2.LeaseExtension(job_id=r.job_id, lease_id=r.lease_id)
@@ -173,6 +236,8 @@ class Hub:
             older.close(stream_error(FAILED_PRECONDITION, "SUPERSEDED", "a newer connection of this runner took over",
                                      fatal=True))
         self.sessions[runner_id] = session
+        if self.revocations is not None:  # a revocation between authentication and now found no stream
+            self.revocations.opened(session)
         now = utcnow()
         async with self.db.session() as s:
             await RunnerRepository(s).connected(row.id, session.session_id, now, session.status(),
@@ -303,10 +368,11 @@ class Hub:
         instead of after it (a lease's round trip is most of a busy slot's cycle)."""
         delay = 0.2
         while not session.closed.is_set():
-            wanted = session.free() - session.requested
+            # its free slots not yet asked for, none while its outgoing queue is full
+            wanted = session.wanted() - session.requested
             if wanted <= 0:
                 session.changed.clear()
-                if session.free() - session.requested <= 0:
+                if session.wanted() - session.requested <= 0:
                     await session.changed.wait()
                 continue
             session.requested += wanted
@@ -336,7 +402,9 @@ class Hub:
         now = time.time()
         assigned = []
         for lease in leases:
-            if session.free() <= 0:  # closed, draining or in maintenance since the call began
+            # closed, draining or in maintenance since the call began, or not reading its stream
+            # (its queue full): given back unstarted, so no new assignment waits behind the backlog
+            if session.free() <= 0 or session.out.full():
                 back.append(jobs_pb2.LeaseRef(job_id=lease.job_id, lease_id=lease.lease_id))
                 continue
             assigned.append(session.assign(lease, send=not session.batches))
@@ -478,6 +546,7 @@ class Hub:
     async def _tick(self) -> None:
         interval = self.config.heartbeat_interval_ms / 1000 / 2
         timeout = self.config.heartbeat_timeout_ms / 1000
+        slow = self.config.slow_consumer_timeout_ms / 1000
         ticks = 0
         while True:
             await asyncio.sleep(interval)
@@ -489,6 +558,12 @@ class Hub:
                              now - session.last_seen)
                     session.close(stream_error(code_pb2.DEADLINE_EXCEEDED, "HEARTBEAT_TIMEOUT",
                                                f"no message for more than {timeout:.1f}s", fatal=True))
+                elif session.out.full_for(now) > slow:
+                    log.info("runner %s does not read its stream (%d messages, %d bytes queued); closing it",
+                             session.runner_id, len(session.out), session.out.bytes)
+                    session.close_slow(f"{len(session.out)} messages ({session.out.bytes} bytes) have waited, "
+                                       f"over the limit of {session.out.max_messages} messages or "
+                                       f"{session.out.max_bytes} bytes, for more than {slow:.1f}s")
             sessions = [s for s in self.sessions.values() if not s.closed.is_set()]
             stale = await self.live.update(
                 (s.runner_id, s.session_id, {"free": s.free(), "running": s.busy(),

@@ -15,10 +15,11 @@ from typing import Any
 from innosystem.kit import idempotency, pagination
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
-from innosystem.kit.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from innosystem.kit.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found, parse_uuid
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.runners.customers import Customers
 from services.runners.live import Live, LiveState
 from services.runners.models import IdempotencyKey, Runner
 from services.runners.repository import AVAILABLE, CUSTOMER, MAINTENANCE, SHARED, RunnerRepository
@@ -62,9 +63,12 @@ def _validate(fields: dict[str, Any]) -> None:
 
 class Registry:
     def __init__(self, db: Database, live: LiveState, pepper: bytes,
-                 release_all: Callable[[str], Awaitable[None]]) -> None:
+                 release_all: Callable[[str], Awaitable[None]], *, max_per_customer: int = 100,
+                 customers: Customers | None = None) -> None:
         self.db, self.live, self._pepper = db, live, pepper
+        self._customers = customers  # whether a customer-owned runner's customer may still use it
         self._release_all = release_all  # gives a deleted runner's leases back to the queue
+        self.max_per_customer = max_per_customer  # INNOSYSTEM_RUNNERS_MAX_PER_CUSTOMER
 
     def hash_token(self, token: str) -> bytes:
         return hmac.new(self._pepper, token.encode(), hashlib.sha256).digest()
@@ -74,7 +78,8 @@ class Registry:
         return token, self.hash_token(token)
 
     async def authenticate(self, token: str) -> Principal:
-        """A runner token → the runner's principal; UNAUTHENTICATED for an unknown or rotated one."""
+        """A runner token → the runner's principal; UNAUTHENTICATED for an unknown or rotated one,
+        or (CUSTOMER_INACTIVE) one whose customer or its reseller is inactive or deleted."""
         if not token.startswith(TOKEN_PREFIX) or not 16 <= len(token) <= 256:
             raise Unauthenticated("runner token is malformed (expected 'isr_…')", reason="RUNNER_TOKEN_INVALID")
         async with self.db.session() as s:
@@ -82,6 +87,8 @@ class Registry:
         if row is None:
             raise Unauthenticated("runner token is unknown, rotated or its runner deleted",
                                   reason="RUNNER_TOKEN_INVALID")
+        if row.customer_id is not None and self._customers is not None:
+            await self._customers.check(str(row.customer_id))
         return Principal(kind=principals.RUNNER, runner_id=str(row.id), customer_id=str(row.customer_id or ""),
                          key_id=row.token_prefix)
 
@@ -125,12 +132,24 @@ class Registry:
                 row = await repo.get(earlier, Scope(unrestricted=True))
                 if row is not None:
                     return Created(row, "")
+            if customer_id is not None:  # after the replay: a repeat of an accepted create still answers
+                await self._within_cap(repo, customer_id)
             token, digest = self._new_token()
             row = Runner(scope=scope, customer_id=customer_id, maintenance=status == MAINTENANCE, token_hash=digest,
                          token_prefix=token[:12], **fields)
             await repo.add(row)
             await idempotency.remember(s, IdempotencyKey, idem_scope, request_id, request_hash, row.id)
         return Created(row, token)
+
+    async def _within_cap(self, repo: RunnerRepository, customer_id: uuid.UUID) -> None:
+        """One customer's runners are bounded (each holds a stream, a lease loop and Redis state)."""
+        count = await repo.count_for_customer(customer_id)
+        if count >= self.max_per_customer:
+            raise ResourceExhausted(
+                f"customer {customer_id} has {count} runners, the most allowed (runners per customer: "
+                f"{self.max_per_customer}); delete one before registering another",
+                reason="QUOTA_EXCEEDED", metadata={"limit": "runners_per_customer", "max": str(self.max_per_customer),
+                                                   "current": str(count)})
 
     async def _visible(self, repo: RunnerRepository, caller: Principal, runner_id: str,
                        lock: bool = False) -> Runner:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, bindparam, select, update
+from sqlalchemy import Select, Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.pagination import Keyset, after_keyset
@@ -32,6 +32,14 @@ class RunnerRepository:
     async def add(self, row: Runner) -> None:
         self.s.add(row)
         await self.s.flush()
+
+    async def count_for_customer(self, customer_id: uuid.UUID) -> int:
+        """The customer's registered runners, counted under a per-customer transaction lock, so two
+        concurrent registrations cannot both pass the cap with one place left."""
+        await self.s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                             {"k": f"runners:customer:{customer_id}"})
+        stmt = select(func.count()).select_from(Runner).where(Runner.customer_id == customer_id)
+        return int((await self.s.execute(stmt)).scalar_one())
 
     async def get(self, runner_id: uuid.UUID, scope: Scope, *, lock: bool = False) -> Runner | None:
         stmt = _visible(select(Runner).where(Runner.id == runner_id), scope)

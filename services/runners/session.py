@@ -11,6 +11,7 @@ from google.rpc import code_pb2, status_pb2
 
 from innosystem.jobs.v1 import jobs_pb2
 from innosystem.runners.v1 import runners_pb2 as pb
+from services.runners.outbox import HARD_FACTOR, Outbox
 from services.runners.repository import AVAILABLE, BUSY, ERROR
 
 RECENT_RESULTS = 256  # results remembered per session, to tell a duplicate from a stranger
@@ -29,6 +30,7 @@ def status(code: int, reason: str, message: str) -> status_pb2.Status:
 INVALID = code_pb2.INVALID_ARGUMENT
 FAILED_PRECONDITION = code_pb2.FAILED_PRECONDITION
 PERMISSION_DENIED = code_pb2.PERMISSION_DENIED
+RESOURCE_EXHAUSTED = code_pb2.RESOURCE_EXHAUSTED
 
 
 @dataclass(eq=False)
@@ -58,12 +60,24 @@ class Session:
     cancel_sent: set[str] = field(default_factory=set)
     recent: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
     current_job_id: str = ""
-    # What the stream sends; None ends it (after a final StreamError, if any).
-    out: asyncio.Queue[pb.ConnectResponse | None] = field(default_factory=asyncio.Queue)
+    # What the stream sends, bounded (outbox.py); None ends it (after a final StreamError, if any).
+    out: Outbox = field(default_factory=Outbox)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     last_seen: float = field(default_factory=time.monotonic)
     extending: bool = False
+    # The fatal StreamError the stream was closed with, if any (sent as the RPC's status instead
+    # when the runner does not read it in time); `slow`: closed as a slow consumer.
+    final: pb.ConnectResponse | None = None
+    slow: bool = False
+
+    def __post_init__(self) -> None:
+        self.out.on_room = self.changed.set  # a full queue with room again: the lease loop may go on
+
+    def wanted(self) -> int:
+        """Jobs to lease for it now: its free slots, but none while its outgoing queue is full (a
+        runner that does not read its stream is given no more to read)."""
+        return min(self.free(), self.out.room())
 
     def free(self) -> int:
         """Jobs it may be given now: never more than its free slots."""
@@ -76,15 +90,26 @@ class Session:
         return len(self.held) + max(0, len(self.completing) - self.max_slots)
 
     def send(self, message: pb.ConnectResponse) -> None:
-        self.out.put_nowait(message)
+        if self.closed.is_set():
+            return  # the stream is ending: nothing after its final message
+        if not self.out.put(message):
+            self.close_slow(f"more than {HARD_FACTOR * self.out.max_messages} messages or "
+                            f"{HARD_FACTOR * self.out.max_bytes} bytes waiting to be read")
 
-    def close(self, final: pb.ConnectResponse | None = None) -> None:
+    def close(self, final: pb.ConnectResponse | None = None, *, discard: bool = False) -> None:
         if not self.closed.is_set():
             self.closed.set()
             self.changed.set()
-            if final is not None:
-                self.out.put_nowait(final)
-            self.out.put_nowait(None)
+            self.final = final
+            self.out.end(final, discard=discard)
+
+    def close_slow(self, why: str) -> None:
+        """The runner does not read its stream: end it now, its backlog dropped (its leases are
+        released like any lost runner's; a runner that resumes reading gets this error next)."""
+        if not self.closed.is_set():
+            self.slow = True
+            self.close(stream_error(RESOURCE_EXHAUSTED, "SLOW_CONSUMER", f"the runner does not read its stream: {why}",
+                                    fatal=True), discard=True)
 
     def assign(self, lease: jobs_pb2.JobLease, send: bool = True) -> pb.JobAssignment:
         """Hand a lease to the runner: sent at once, or (`send=False`) by the caller with others."""
@@ -98,7 +123,8 @@ class Session:
         return assignment
 
     def finish(self, job_id: str, lease_id: str, *, completing: bool = False) -> None:
-        """A result (its slot frees when the jobs service has it: `acked`) or a return arrived."""
+        """A result arrived (its slot frees now, or with its ack when `max_slots` results already await
+        theirs: see `completing`), or a return (its slot frees now)."""
         self.held.pop(job_id, None)
         self.progress.pop(job_id, None)
         self.cancel_sent.discard(job_id)

@@ -27,6 +27,10 @@ FAST = {
     "INNOSYSTEM_RUNNERS_LEASE_WAIT_MS": "5000",
     "INNOSYSTEM_JOBS_LEASE_TTL_SECONDS": "10",
     "INNOSYSTEM_SHUTDOWN_GRACE_SECONDS": "1",
+    # A stream's outgoing queue is full at 1 MiB (a few large assignments) and a stream whose queue
+    # stays full for 3 s is closed as a slow consumer (test_runners_backpressure.py).
+    "INNOSYSTEM_RUNNERS_SEND_QUEUE_BYTES": str(1 << 20),
+    "INNOSYSTEM_RUNNERS_SLOW_CONSUMER_TIMEOUT_MS": "3000",
     "INNOSYSTEM_LOG_FORMAT": "json",
 }
 
