@@ -29,6 +29,7 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
         "BatchReserve": frozenset({"jobs"}),
         "BatchCapture": frozenset({"jobs"}),
         "BatchRelease": frozenset({"jobs"}),
+        "BatchExtend": frozenset({"jobs"}),
     },
     "innosystem.jobs.v1.JobService": {
         # the runner stream's lease loop, result path and cancel feed (services/runners)

@@ -216,6 +216,16 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
             pb.HoldResult(error=to_status(r, DOMAIN)) if isinstance(r, DomainError) else pb.HoldResult(hold=hold_pb(r))
             for r in results if r is not None])
 
+    async def BatchExtend(self, request: pb.BatchExtendRequest,
+                          context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
+        if not 1 <= len(request.requests) <= MAX_BATCH:
+            raise InvalidArgument(f"a batch has 1 to {MAX_BATCH} requests", field="requests",
+                                  reason="INVALID_BATCH_SIZE")
+        results = await self.service.extend_holds([(r.hold_id, _time(r, "expire_time")) for r in request.requests])
+        return pb.BatchHoldResponse(results=[
+            pb.HoldResult(error=to_status(r, DOMAIN)) if isinstance(r, DomainError) else pb.HoldResult(hold=hold_pb(r))
+            for r in results])
+
     async def BatchRelease(self, request: pb.BatchReleaseRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
         return await self._batch([self._release(r) for r in request.requests])

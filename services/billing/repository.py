@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -79,6 +79,19 @@ class BillingRepository:
     async def hold(self, hold_id: str, *, lock: bool = False) -> HoldRow | None:
         q = select(HoldRow).where(HoldRow.hold_id == hold_id).execution_options(populate_existing=True)
         return (await self.s.scalars(q.with_for_update() if lock else q)).first()
+
+    async def extend_holds(self, wanted: dict[str, datetime]) -> dict[str, HoldRow]:
+        """Active holds' deadlines moved to the given times where later (one statement); every named
+        hold that exists, by id, as it is after."""
+        ids = sorted(wanted)
+        await self.s.execute(text(
+            "UPDATE billing.holds AS h SET expire_time = v.expire "
+            "FROM unnest(CAST(:ids AS text[]), CAST(:times AS timestamptz[])) AS v(id, expire) "
+            "WHERE h.hold_id = v.id AND h.status = 1 AND h.expire_time < v.expire"),
+            {"ids": ids, "times": [wanted[i] for i in ids]})
+        rows = (await self.s.execute(select(HoldRow).where(HoldRow.hold_id.in_(ids))
+                                     .execution_options(populate_existing=True))).scalars().all()
+        return {r.hold_id: r for r in rows}
 
     async def resolve_hold(self, hold_id: str, **values: Any) -> HoldRow:
         return (await self.s.execute(update(HoldRow).where(HoldRow.hold_id == hold_id, HoldRow.status == ACTIVE)

@@ -497,6 +497,39 @@ class BillingService:
                 [(h.customer_id, h.currency, h.hold_id, h.captured) for h in fresh]))
         return out
 
+    async def extend_holds(self, requests: Sequence[tuple[str, datetime | None]]) -> list[HoldRow | DomainError]:
+        """Move active holds' deadlines later (never earlier): a job that waits or retries longer
+        than its hold was made for keeps it. Each (hold id, new deadline) answers on its own."""
+        out: list[HoldRow | DomainError | None] = []
+        wanted: dict[str, datetime] = {}
+        now = utcnow()
+        for hold_id, expire in requests:
+            try:
+                hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
+                if expire is None or expire <= now:
+                    raise InvalidArgument("expire_time must be set and in the future", field="expire_time",
+                                          reason="INVALID_EXPIRE_TIME")
+            except DomainError as err:
+                out.append(err)
+                continue
+            wanted[hold_id] = max(expire, wanted.get(hold_id, expire))
+            out.append(None)
+        holds: dict[str, HoldRow] = {}
+        if wanted:
+            async with self.db.session() as s:
+                holds = await BillingRepository(s).extend_holds(wanted)
+        answers: list[HoldRow | DomainError] = []
+        for (hold_id, _), item in zip(requests, out, strict=True):
+            if item is not None:
+                answers.append(item)
+            elif (hold := holds.get(hold_id)) is None:
+                answers.append(NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND"))
+            elif hold.status != ACTIVE:
+                answers.append(FailedPrecondition(f"hold {hold_id!r} is no longer active", reason="HOLD_NOT_ACTIVE"))
+            else:
+                answers.append(hold)
+        return answers
+
     async def release(self, hold_id: str, reason: str = "") -> HoldRow:
         hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
         reason = _text(reason, "reason", MAX_DESCRIPTION)

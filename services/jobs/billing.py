@@ -85,6 +85,11 @@ class Billing:
                                over_capture_policy=i.over_capture_policy,  # type: ignore[arg-type]
                                description=i.description) for i in items])
 
+    async def extend(self, holds: Sequence[tuple[str, datetime]]) -> list[Outcome]:
+        """Move holds' deadlines later (never earlier)."""
+        return await self._batched("BatchExtend", [bpb.ExtendRequest(hold_id=h, expire_time=timestamp(at))
+                                                   for h, at in holds])
+
     async def release(self, hold_ids: Sequence[str], reason: str) -> list[Outcome]:
         return await self._batched("BatchRelease", [bpb.ReleaseRequest(hold_id=h, reason=reason) for h in hold_ids])
 

@@ -130,6 +130,7 @@ class Control:
                     reserved = hold_id
                 row.retry_count += 1
                 row.hold_id = hold_id
+                row.hold_expire_time = now + HOLD_MARGIN if hold_id else None
                 row.attempt_count = 0
                 row.dead_lettered, row.dead_letter_time = False, None
                 row.complete_time, row.error, row.error_type = None, "", ""

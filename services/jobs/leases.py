@@ -324,19 +324,21 @@ class Leases:
     async def _settle(self, st: outcomes.Settlement) -> None:
         """After the commit: billing for the committed endings. Their outbox rows are deleted by the
         next completion's transaction (or within a second when none comes): no transaction of its
-        own per batch. If billing cannot be reached the rows stay for `settle_outbox_once`."""
+        own per batch. If billing cannot be reached the rows stay for `settle_outbox_once`; a hold
+        billing refuses stays too, tried again later (backing off), never dropped."""
         if not st.captures and not st.releases:
             return
         try:
-            lowered = await outcomes.settle_billing(self.deps, st)
+            done = await outcomes.settle_billing(self.deps, st)
         except Exception as exc:
             log.warning("billing unreachable (%s); %d holds wait in the outbox", type(exc).__name__,
                         len(st.captures) + len(st.releases))
             return
-        holds = [c.hold_id for c in st.captures] + st.releases
-        if lowered:  # a capture billing capped: the job's cost is corrected at once
+        holds = [h for h in [c.hold_id for c in st.captures] + st.releases if h not in done.refused]
+        if done.lowered or done.refused:  # a cost to correct, or refusals to record: at once
             async with self.deps.db.session() as s:
-                await runsql.settled(s, holds, lowered)
+                await runsql.settled(s, holds, done.lowered)
+                await runsql.outbox_refused(s, done.refused, self.deps.now())
             return
         self._settled += holds
         if self._flusher is None or self._flusher.done():
@@ -524,15 +526,18 @@ class Leases:
 
 
 async def settle_outbox_once(deps: Deps, grace_seconds: float = OUTBOX_GRACE_SECONDS, limit: int = 500) -> int:
-    """Billing left in the outbox by an ending whose process died, or while billing was down."""
+    """Billing left in the outbox by an ending whose process died, while billing was down, or
+    refused by billing (tried again at its `next_try_time`)."""
+    now = deps.now()
     async with deps.db.session() as s:
-        rows = await runsql.outbox_due(s, deps.now() - timedelta(seconds=grace_seconds), limit)
+        rows = await runsql.outbox_due(s, now - timedelta(seconds=grace_seconds), now, limit)
         if not rows:
             return 0
-        st = outcomes.Settlement.of(rows)
-        lowered = await outcomes.settle_billing(deps, st)
-        await runsql.settled(s, [r.hold_id for r in rows], lowered)
-    log.info("settled %d holds left in the billing outbox", len(rows))
+        done = await outcomes.settle_billing(deps, outcomes.Settlement.of(rows))
+        await runsql.settled(s, [r.hold_id for r in rows if r.hold_id not in done.refused], done.lowered)
+        await runsql.outbox_refused(s, done.refused, now)
+    log.info("settled %d holds left in the billing outbox (%d refused again)", len(rows) - len(done.refused),
+             len(done.refused))
     return len(rows)
 
 

@@ -15,9 +15,10 @@ from sqlalchemy import delete, insert, select, tuple_, update
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from services.jobs import metrics
 from services.jobs.leases import Leases, settle_outbox_once
-from services.jobs.models import IdempotencyKey, Job, JobAttempt, JobStatusChange, SubmitIntent
+from services.jobs.models import BillingOutbox, IdempotencyKey, Job, JobAttempt, JobStatusChange, SubmitIntent
 from services.jobs.queue import QueueItem, ScheduledItem
-from services.jobs.runtime import FINAL, PENDING, SCHEDULED, Deps, priority_name
+from services.jobs.runtime import FINAL, PENDING, RUNNING, SCHEDULED, Deps, priority_name
+from services.jobs.submission import HOLD_MARGIN
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ LOST_LEASE_GRACE = 30.0  # seconds a lease may take from its pop in Redis to its
 CHUNK = 2000
 RETENTION_INTERVAL = 3600.0
 FULL_EVERY = 30  # recovery passes: one full pass in this many (and whenever Redis lost its data)
+RENEW_EVERY = 60  # recovery passes: hold renewal in this many (10 min by default)
+RENEW_AHEAD = timedelta(days=2)  # a hold is renewed when it would lapse within this long
+RENEW_BATCH = 500
 RETENTION_BATCH = 1000  # jobs per retention transaction
 
 
@@ -39,6 +43,13 @@ class Loops:
                                               description="jobs waiting in a queue, by queue and priority")
         metrics.meter.create_observable_gauge("jobs.queue.oldest_age", [self._observe_age], unit="s",
                                               description="age of the oldest waiting job, by queue and priority")
+        self.unsettled: tuple[int, float] = (0, 0.0)  # finished jobs whose charge billing refused; oldest's age
+        metrics.meter.create_observable_gauge(
+            "jobs.billing.unsettled", [lambda _: [Observation(self.unsettled[0])]],
+            description="finished jobs whose capture or release billing refused (kept in the outbox, retried)")
+        metrics.meter.create_observable_gauge(
+            "jobs.billing.unsettled_oldest_age", [lambda _: [Observation(self.unsettled[1])]], unit="s",
+            description="age of the oldest refused capture or release still in the outbox")
 
     # promotion -----------------------------------------------------------------------------------
     async def promote_once(self) -> tuple[int, float | None]:
@@ -172,15 +183,62 @@ class Loops:
         while True:
             if await queue.client.set(f"{queue.prefix}recovery", "1", nx=True, px=max(1, int(interval * 900))):
                 await self.recover_once(full=passes % FULL_EVERY == 0)  # a full pass at start, then now and then
+                if passes % RENEW_EVERY == 0:
+                    try:
+                        while await self.renew_holds_once() >= RENEW_BATCH:
+                            pass
+                    except Exception as exc:  # billing down: the next pass tries again, well before a lapse
+                        log.warning("holds not renewed: %s", exc)
                 passes += 1
                 try:
                     while await settle_outbox_once(self.deps) >= 500:
                         pass
                 except Exception as exc:  # billing down: the outbox keeps the work for the next pass
                     log.warning("billing outbox not settled: %s", exc)
+                await self.report_unsettled()
             else:
                 await self._refresh_depth(from_database=False)
             await asyncio.sleep(interval)
+
+    async def report_unsettled(self) -> list[uuid.UUID]:
+        """Finished jobs whose cost billing has refused to post (still in the outbox, tried again):
+        counted in `jobs.billing.unsettled`, logged as an error, and returned (oldest first)."""
+        async with self.deps.db.session() as s:
+            rows = (await s.execute(select(BillingOutbox.job_id, BillingOutbox.create_time, BillingOutbox.last_error)
+                                    .where(BillingOutbox.attempts > 0).order_by(BillingOutbox.create_time)
+                                    .limit(CHUNK))).all()
+        oldest = (self.deps.now() - rows[0].create_time).total_seconds() if rows else 0.0
+        self.unsettled = (len(rows), max(0.0, oldest))
+        if rows:
+            log.error("%d finished jobs' charges are refused by billing and kept in the outbox (oldest %.0f s, "
+                      "job %s: %s)", len(rows), oldest, rows[0].job_id, rows[0].last_error)
+        return [r.job_id for r in rows]
+
+    # hold renewal --------------------------------------------------------------------------------
+    async def renew_holds_once(self, limit: int = RENEW_BATCH) -> int:
+        """Holds of unfinished jobs that lapse within RENEW_AHEAD get another HOLD_MARGIN: a job that
+        waits for a runner, is scheduled far ahead or retries longer than its hold was made for
+        keeps its money held, and its capture possible. Returns how many were renewed."""
+        deps = self.deps
+        now = deps.now()
+        async with deps.db.session() as s:
+            rows = (await s.execute(
+                select(Job.id, Job.hold_id).where(Job.status.in_([PENDING, RUNNING, SCHEDULED]), Job.hold_id != "",
+                                                  Job.hold_expire_time < now + RENEW_AHEAD)
+                .order_by(Job.hold_expire_time).limit(limit))).all()
+        if not rows:
+            return 0
+        until = now + HOLD_MARGIN
+        outcomes = await deps.billing.extend([(r.hold_id, until) for r in rows])
+        renewed = [(r.id, r.hold_id) for r, err in zip(rows, outcomes, strict=True) if err is None]
+        for r, err in zip(rows, outcomes, strict=True):
+            if err is not None:  # lapsed already (the loop was down for a day): the capture will say so
+                log.error("hold %s of job %s not renewed: %s", r.hold_id, r.id, err.reason)
+        if renewed:
+            async with deps.db.session() as s:  # the same hold still (a manual retry makes a new one)
+                await s.execute(update(Job).where(tuple_(Job.id, Job.hold_id).in_(renewed))
+                                .values(hold_expire_time=until))
+        return len(rows)
 
     # queue gauges --------------------------------------------------------------------------------
     async def _refresh_depth(self, from_database: bool = True) -> None:

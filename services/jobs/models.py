@@ -108,6 +108,8 @@ class Job(Base):
         Index(None, "complete_time", postgresql_where=text("complete_time IS NOT NULL")),
         # Recovery between its full passes reads the jobs that started waiting lately (Pending, Scheduled).
         Index(None, "update_time", postgresql_where=text("status IN (1, 6)")),
+        # Unfinished jobs' holds by expiry: the renewal loop reads the few about to lapse.
+        Index(None, "hold_expire_time", postgresql_where=text("status IN (1, 2, 6)")),
         CheckConstraint("status BETWEEN 1 AND 6", name="status_known"),
         CheckConstraint("priority BETWEEN 1 AND 4", name="priority_known"),
         CheckConstraint("persistence_policy BETWEEN 1 AND 4", name="persistence_known"),
@@ -142,6 +144,8 @@ class Job(Base):
     currency_code: Mapped[str] = mapped_column(String(3), default="")
     # The billing hold of the current run: the job id, plus a suffix after a manual retry; "" = none.
     hold_id: Mapped[str] = mapped_column(String(100), default="")
+    # When billing expires that hold; renewed while the job waits or runs longer (Loops.renew_holds_once).
+    hold_expire_time: Mapped[datetime | None] = mapped_column(Timestamp)
     retry_count: Mapped[int] = mapped_column(default=0)  # manual retries (RetryJob)
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     schedule_time: Mapped[datetime | None] = mapped_column(Timestamp)
@@ -225,3 +229,7 @@ class BillingOutbox(Base):
     over_capture_policy: Mapped[int] = mapped_column(SmallInteger)
     description: Mapped[str] = mapped_column(Text)
     create_time: Mapped[datetime] = mapped_column(Timestamp)
+    # Billing refused it (not merely unreachable): tried again from `next_try_time`, backing off.
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    next_try_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_error: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))

@@ -179,30 +179,41 @@ def event(end: End, now: datetime) -> tuple[str, dict[str, Any]]:
                              "time": now.isoformat()}
 
 
-async def settle_billing(deps: Deps, st: Settlement) -> list[tuple[uuid.UUID, int]]:
-    """Capture and release (idempotent per hold). Returns the jobs whose cost billing lowered (a
-    capture refused beyond its hold is retried capped at the hold). Raises if billing cannot be
-    reached: the outbox keeps the work for `settle_outbox_once`."""
-    lowered: list[tuple[uuid.UUID, int]] = []
+@dataclass
+class Settled:
+    """What billing answered for a settlement: costs it capped, and holds it refused (kept in the
+    outbox and tried again later, backing off)."""
+
+    lowered: list[tuple[uuid.UUID, int]] = field(default_factory=list)  # (job, the cost billing captured)
+    refused: dict[str, str] = field(default_factory=dict)  # hold id → billing's reason
+
+
+async def settle_billing(deps: Deps, st: Settlement) -> Settled:
+    """Capture and release (idempotent per hold). A capture refused beyond its hold is retried
+    capped at the hold; a refusal that remains is reported in `refused`, never dropped. Raises if
+    billing cannot be reached: the outbox keeps the work for `settle_outbox_once`."""
+    out = Settled()
     if st.captures:
         fallback = []
         for item, err in zip(st.captures, await deps.billing.capture(st.captures), strict=True):
             if err is not None and err.reason != "HOLD_NOT_FOUND":
-                log.warning("capture of hold %s failed (%s); capturing at most the hold", item.hold_id, err)
+                log.warning("capture of hold %s failed (%s); capturing at most the hold", item.hold_id, err.reason)
                 held = st.held.get(item.hold_id, 0)
                 fallback.append(CaptureRequest(item.hold_id, min(item.amount_cents, held), OVER_CAPTURE_CAP_AT_HOLD,
                                                item.description))
-                if item.hold_id in st.charged:
-                    lowered.append((st.charged[item.hold_id], min(item.amount_cents, held)))
         if fallback:
             for item, err in zip(fallback, await deps.billing.capture(fallback), strict=True):
                 if err is not None and err.reason != "HOLD_NOT_FOUND":
-                    log.error("capture of hold %s failed again: %s", item.hold_id, err)
+                    log.error("capture of hold %s refused (%s); kept in the billing outbox", item.hold_id, err.reason)
+                    out.refused[item.hold_id] = err.reason
+                elif item.hold_id in st.charged:
+                    out.lowered.append((st.charged[item.hold_id], item.amount_cents))
     if st.releases:
         for hold, err in zip(st.releases, await deps.billing.release(st.releases, "job not charged"), strict=True):
             if err is not None and err.reason != "HOLD_NOT_FOUND":
-                log.warning("release of hold %s failed: %s", hold, err)
-    return lowered
+                log.warning("release of hold %s refused (%s); kept in the billing outbox", hold, err.reason)
+                out.refused[hold] = err.reason
+    return out
 
 
 async def settle_queue(deps: Deps, st: Settlement) -> None:

@@ -25,9 +25,10 @@ from innosystem.kit.protos import timestamp, to_datetime
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.jobs import runsql
 from services.jobs.convert import job_pb
 from services.jobs.models import Job, JobAttempt, JobStatusChange
-from services.jobs.runtime import PENDING, RUNNING, SCHEDULED, Deps
+from services.jobs.runtime import FINAL, PENDING, RUNNING, SCHEDULED, Deps
 
 MAX_LIST = 1000
 FULL_CHUNK = 50  # FULL jobs whose payloads and results are read in one statement
@@ -69,7 +70,11 @@ class Queries:
 
     async def get(self, caller: Principal, job_id: str, view: int) -> pb.Job:
         job = await self.visible_job(caller, job_id)
-        return await self.job_message(job, full=view != pb.JOB_VIEW_BASIC)
+        message = await self.job_message(job, full=view != pb.JOB_VIEW_BASIC)
+        if job.status in FINAL and job.hold_id:  # its charge may still wait in the billing outbox
+            async with self.deps.db.session() as s:
+                message.billing_pending = job.id in await runsql.outbox_pending(s, [job.id])
+        return message
 
     async def job_message(self, job: Job, *, full: bool) -> pb.Job:
         attempts: Sequence[JobAttempt] = ()

@@ -244,13 +244,36 @@ async def settled(s: AsyncSession, hold_ids: Sequence[str], lowered: Sequence[tu
                         {"ids": [i for i, _ in lowered], "costs": [c for _, c in lowered]})
 
 
-async def outbox_due(s: AsyncSession, before: datetime, limit: int) -> list[Outboxed]:
-    """Outbox rows older than `before` (a live ending settles its own first), locked for one sweeper."""
+async def outbox_due(s: AsyncSession, before: datetime, now: datetime, limit: int) -> list[Outboxed]:
+    """Outbox rows older than `before` (a live ending settles its own first) and due for a try,
+    locked for one sweeper."""
     rows = (await s.execute(text(
         "SELECT hold_id, job_id, amount_cents, held_cents, over_capture_policy, description FROM jobs.billing_outbox "
-        "WHERE create_time <= :before ORDER BY create_time LIMIT :limit FOR UPDATE SKIP LOCKED"),
-        {"before": before, "limit": limit})).all()
+        "WHERE create_time <= :before AND (next_try_time IS NULL OR next_try_time <= :now) "
+        "ORDER BY create_time LIMIT :limit FOR UPDATE SKIP LOCKED"),
+        {"before": before, "now": now, "limit": limit})).all()
     return [Outboxed(*r) for r in rows]
+
+
+async def outbox_refused(s: AsyncSession, refused: dict[str, str], now: datetime) -> None:
+    """Holds billing refused: kept, with the reason, tried again after 1, 2, 4 … minutes (at most an hour)."""
+    if not refused:
+        return
+    holds = sorted(refused)
+    await s.execute(text(
+        "UPDATE jobs.billing_outbox AS o SET attempts = o.attempts + 1, last_error = v.reason, "
+        "next_try_time = CAST(:now AS timestamptz) + LEAST(interval '1 minute' * power(2, o.attempts), "
+        "interval '1 hour') FROM unnest(CAST(:holds AS text[]), CAST(:reasons AS text[])) AS v(hold_id, reason) "
+        "WHERE o.hold_id = v.hold_id"), {"holds": holds, "reasons": [refused[h] for h in holds], "now": now})
+
+
+async def outbox_pending(s: AsyncSession, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Of these jobs, those whose billing still waits in the outbox."""
+    if not job_ids:
+        return set()
+    rows = (await s.execute(text("SELECT DISTINCT job_id FROM jobs.billing_outbox "
+                                 "WHERE job_id = ANY(CAST(:ids AS uuid[]))"), {"ids": list(job_ids)})).scalars().all()
+    return set(rows)
 
 
 def _uuid(value: str) -> uuid.UUID | None:

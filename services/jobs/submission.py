@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 MAX_TRACE_ENTRIES = 8
-HOLD_MARGIN = timedelta(days=7)  # a hold outlives the job's expected life by this much
+HOLD_MARGIN = timedelta(days=7)  # a hold's life from the job's start; renewed while the job lasts longer
 JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 
@@ -280,6 +280,7 @@ class Submission:
             payload=payload, result=None, error="", error_type="", runner_id="", attempt_count=0,
             next_attempt_time=schedule, cost_cents=0, estimated_cost_cents=cost,
             currency_code=jt.currency_code or config.default_currency, hold_id=str(job_id) if cost > 0 else "",
+            hold_expire_time=(schedule or now) + HOLD_MARGIN if cost > 0 else None,
             retry_count=0, create_time=now, schedule_time=schedule, queue_time=None if schedule else now,
             update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
             lease_session_id="", dead_lettered=False, trace_context=_trace_context(r), purged=False, **retry,
@@ -396,7 +397,7 @@ class Submission:
         items = [(gi, p) for gi, g in enumerate(groups) for p in g.fresh if p.job.hold_id]
         outcomes = await deps.billing.reserve([
             HoldRequest(p.job.hold_id, str(groups[gi].owner.customer_id), p.job.estimated_cost_cents,
-                        p.job.currency_code, str(p.job.id), (p.job.schedule_time or p.job.create_time) + HOLD_MARGIN)
+                        p.job.currency_code, str(p.job.id), p.job.hold_expire_time)
             for gi, p in items])
         refusals: list[DomainError | None] = [None] * len(groups)
         for (gi, p), err in zip(items, outcomes, strict=True):

@@ -16,7 +16,7 @@ from innosystem.kit.config import to_async_url
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.billing.models import ACTIVE, CAPTURED, EXPIRED, VOIDED
+from services.billing.models import ACTIVE, CAPTURED, EXPIRED, VOIDED, HoldRow
 from services.billing.otb import OpenToBuy, keys
 from services.billing.service import CAP_AT_HOLD, ON_DEMAND, BillingService
 from tests.billing.billing_helpers import ADMIN, flush_billing, funded_wallet, rates, wallet
@@ -399,3 +399,22 @@ async def test_a_batch_capture_decides_each_item_and_submits_them_together(billi
     assert (w.balance, w.held) == (10_000 - 160, 300)
     snap = await billing.otb.snapshot(uuid.UUID(customer), "USD")
     assert (snap.balance, snap.held) == (10_000 - 160, 300)
+
+
+async def test_holds_are_extended_only_later_and_only_while_active(billing: BillingService) -> None:
+    customer, _ = await funded_wallet(billing, 1_000)
+    now = utcnow()
+    first = await billing.reserve(f"ext-{customer}-1", customer, 100, "USD", expire_time=now + timedelta(days=1))
+    await billing.reserve(f"ext-{customer}-2", customer, 100, "USD", expire_time=now + timedelta(days=1))
+    await billing.capture(f"ext-{customer}-2", 100)
+    later, earlier = now + timedelta(days=8), now + timedelta(hours=1)
+    results = await billing.extend_holds([(f"ext-{customer}-1", later), (f"ext-{customer}-2", later),
+                                          (f"ext-{customer}-none", later), ("", later),
+                                          (f"ext-{customer}-1", now - timedelta(seconds=1))])
+    assert isinstance(results[0], HoldRow) and results[0].expire_time == later
+    assert [getattr(r, "reason", None) for r in results[1:]] == [
+        "HOLD_NOT_ACTIVE", "HOLD_NOT_FOUND", "MISSING_FIELD", "INVALID_EXPIRE_TIME"]
+    (again,) = await billing.extend_holds([(f"ext-{customer}-1", earlier)])  # never earlier
+    assert isinstance(again, HoldRow) and again.expire_time == later and first.expire_time < later
+    await billing.expire_due(now + timedelta(days=2))  # past the old deadline …
+    assert (await billing._existing_hold(f"ext-{customer}-1")).status == ACTIVE  # … still held

@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
@@ -139,3 +139,59 @@ async def test_recovery_between_full_passes_reads_only_jobs_that_started_waiting
     world.clock.advance(5)
     assert (await world.app.loops.recover_once(full=False))[0] >= 1  # no mark: a full pass
     assert str(old.id) in [x.job_id for x in await world.lease([jt.name], max_jobs=50)]
+
+
+async def _hold(world: JobsWorld, hold_id: str) -> Any:
+    return await world.billing._existing_hold(hold_id)
+
+
+async def test_a_hold_lives_as_long_as_its_job_waits(world: JobsWorld) -> None:
+    """A job that waits longer than its hold was made for (no runner for six days) keeps its hold:
+    the renewal pass moves the hold's deadline, the billing sweeper does not expire it at the old
+    one, and the job is charged when it finally runs. Before, the hold lapsed after 7 days and the
+    capture failed, while the job showed a cost the ledger never posted."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=10)
+    job = await world.submit(c, jt)
+    first = await _hold(world, job.hold_id)
+    await world.app.loops.renew_holds_once()
+    assert (await _hold(world, job.hold_id)).expire_time == first.expire_time  # not about to lapse yet
+    world.clock.advance(timedelta(days=6).total_seconds())
+    assert await world.app.loops.renew_holds_once() >= 1
+    renewed = await _hold(world, job.hold_id)
+    assert renewed.expire_time > first.expire_time + timedelta(days=5)
+    assert await world.billing.expire_due(first.expire_time + timedelta(days=1)) == 0  # past the old deadline
+    (lease,) = await world.lease([jt.name])
+    assert not (await world.complete(lease)).HasField("error")
+    assert (await _hold(world, job.hold_id)).status == 2  # CAPTURED
+    assert await world.available(c) == 90
+
+
+async def test_a_capture_billing_refuses_stays_in_the_outbox_and_the_job_says_so(world: JobsWorld) -> None:
+    """A capture billing refuses (here: the hold lapsed while the renewal loop was away) is never
+    dropped: it stays in the outbox with billing's reason, is tried again later (backing off), and
+    the job shows `billing_pending` meanwhile."""
+    from services.jobs.leases import settle_outbox_once
+
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=10)
+    job = await world.submit(c, jt)
+    (lease,) = await world.lease([jt.name])
+    hold = await _hold(world, job.hold_id)
+    assert await world.billing.expire_due(hold.expire_time + timedelta(seconds=1)) >= 1  # lapsed under it
+    assert not (await world.complete(lease)).HasField("error")  # the job's end does not wait on billing
+    shown = await world.get(str(job.id))
+    assert shown.status == types_pb.JOB_STATUS_SUCCEEDED and shown.billing_pending and shown.cost_cents == 10
+    async with world.app.deps.db.session() as s:
+        attempts, reason = (await s.execute(text(
+            "SELECT attempts, last_error FROM jobs.billing_outbox WHERE hold_id = :h"), {"h": job.hold_id})).one()
+    assert attempts == 1 and reason
+    assert await settle_outbox_once(world.app.deps, grace_seconds=0) == 0  # backing off: not yet
+    world.clock.advance(120)
+    assert await settle_outbox_once(world.app.deps, grace_seconds=0) >= 1  # tried again
+    async with world.app.deps.db.session() as s:
+        attempts = (await s.execute(text("SELECT attempts FROM jobs.billing_outbox WHERE hold_id = :h"),
+                                    {"h": job.hold_id})).scalar_one()
+    assert attempts == 2 and (await world.get(str(job.id))).billing_pending
+    assert job.id in await world.app.loops.report_unsettled()  # reported: gauge jobs.billing.unsettled, an error
+    assert world.app.loops.unsettled[0] >= 1

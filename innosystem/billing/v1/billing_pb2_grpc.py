@@ -119,6 +119,11 @@ class BillingServiceStub:
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchReleaseRequest.SerializeToString,
                 response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchHoldResponse.FromString,
                 _registered_method=True)
+        self.BatchExtend = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/BatchExtend',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchExtendRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchHoldResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -244,6 +249,15 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchExtend(self, request, context):
+        """Internal: jobs keeps the holds of jobs that wait or retry long alive: each active hold's
+        expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
+        HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -320,6 +334,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
             'BatchRelease': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchRelease,
                     request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchReleaseRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchHoldResponse.SerializeToString,
+            ),
+            'BatchExtend': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchExtend,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchExtendRequest.FromString,
                     response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchHoldResponse.SerializeToString,
             ),
     }
@@ -737,6 +756,33 @@ class BillingService:
             target,
             '/innosystem.billing.v1.BillingService/BatchRelease',
             innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchReleaseRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchExtend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/BatchExtend',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchExtendRequest.SerializeToString,
             innosystem_dot_billing_dot_v1_dot_billing__pb2.BatchHoldResponse.FromString,
             options,
             channel_credentials,

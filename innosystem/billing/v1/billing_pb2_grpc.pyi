@@ -81,6 +81,11 @@ class BillingServiceStub:
     """Internal: jobs' batched Capture (completion of many jobs). Each item on its own."""
     BatchRelease: _grpc.UnaryUnaryMultiCallable[_billing_pb2.BatchReleaseRequest, _billing_pb2.BatchHoldResponse]
     """Internal: jobs' batched Release. Each item on its own."""
+    BatchExtend: _grpc.UnaryUnaryMultiCallable[_billing_pb2.BatchExtendRequest, _billing_pb2.BatchHoldResponse]
+    """Internal: jobs keeps the holds of jobs that wait or retry long alive: each active hold's
+    expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
+    HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -135,6 +140,11 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Internal: jobs' batched Capture (completion of many jobs). Each item on its own."""
     BatchRelease: _aio.UnaryUnaryMultiCallable[_billing_pb2.BatchReleaseRequest, _billing_pb2.BatchHoldResponse]  # type: ignore[assignment]
     """Internal: jobs' batched Release. Each item on its own."""
+    BatchExtend: _aio.UnaryUnaryMultiCallable[_billing_pb2.BatchExtendRequest, _billing_pb2.BatchHoldResponse]  # type: ignore[assignment]
+    """Internal: jobs keeps the holds of jobs that wait or retry long alive: each active hold's
+    expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
+    HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
+    """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Prepaid wallets, Open-to-Buy holds and the double-entry ledger.
@@ -276,5 +286,16 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.BatchHoldResponse, _abc.Awaitable[_billing_pb2.BatchHoldResponse]]:
         """Internal: jobs' batched Release. Each item on its own."""
+
+    @_abc_1.abstractmethod
+    def BatchExtend(
+        self,
+        request: _billing_pb2.BatchExtendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.BatchHoldResponse, _abc.Awaitable[_billing_pb2.BatchHoldResponse]]:
+        """Internal: jobs keeps the holds of jobs that wait or retry long alive: each active hold's
+        expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
+        HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
+        """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

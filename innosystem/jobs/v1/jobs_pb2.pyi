@@ -231,6 +231,7 @@ class Job(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     STATUS_HISTORY_FIELD_NUMBER: _builtins.int
+    BILLING_PENDING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     customer_id: _builtins.str
     project_id: _builtins.str
@@ -258,6 +259,10 @@ class Job(_message.Message):
     """A cancel was asked while the job was running; it ends Cancelled when the runner stops."""
     dead_lettered: _builtins.bool
     """In the dead-letter queue (failed terminally, not retried since)."""
+    billing_pending: _builtins.bool
+    """The job ended but billing has not yet posted its capture (or release): billing was
+    unreachable, or refused and is tried again. `cost_cents` is what will be charged (GetJob).
+    """
     @_builtins.property
     def retry_policy(self) -> _job_types_pb2.RetryPolicy:
         """The effective policy (the submit's override, else the type's default)."""
@@ -360,10 +365,11 @@ class Job(_message.Message):
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         attempts: _abc.Iterable[Global___JobAttempt] | None = ...,
         status_history: _abc.Iterable[Global___JobStatusChange] | None = ...,
+        billing_pending: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "dead_letter_time", b"dead_letter_time", "encryption", b"encryption", "lease", b"lease", "next_attempt_time", b"next_attempt_time", "payload", b"payload", "pending_info", b"pending_info", "progress", b"progress", "result", b"result", "retry_policy", b"retry_policy", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "cancel_requested", b"cancel_requested", "complete_time", b"complete_time", "cost_cents", b"cost_cents", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "dead_letter_time", b"dead_letter_time", "dead_lettered", b"dead_lettered", "encryption", b"encryption", "error", b"error", "error_type", b"error_type", "estimated_cost_cents", b"estimated_cost_cents", "id", b"id", "job_type_id", b"job_type_id", "job_type_name", b"job_type_name", "lease", b"lease", "next_attempt_time", b"next_attempt_time", "payload", b"payload", "pending_info", b"pending_info", "persistence_policy", b"persistence_policy", "priority", b"priority", "progress", b"progress", "project_id", b"project_id", "request_id", b"request_id", "result", b"result", "retry_policy", b"retry_policy", "runner_id", b"runner_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "status_history", b"status_history", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "billing_pending", b"billing_pending", "cancel_requested", b"cancel_requested", "complete_time", b"complete_time", "cost_cents", b"cost_cents", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "dead_letter_time", b"dead_letter_time", "dead_lettered", b"dead_lettered", "encryption", b"encryption", "error", b"error", "error_type", b"error_type", "estimated_cost_cents", b"estimated_cost_cents", "id", b"id", "job_type_id", b"job_type_id", "job_type_name", b"job_type_name", "lease", b"lease", "next_attempt_time", b"next_attempt_time", "payload", b"payload", "pending_info", b"pending_info", "persistence_policy", b"persistence_policy", "priority", b"priority", "progress", b"progress", "project_id", b"project_id", "request_id", b"request_id", "result", b"result", "retry_policy", b"retry_policy", "runner_id", b"runner_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "status_history", b"status_history", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
