@@ -365,7 +365,7 @@ class Leases:
         on its own and bounded in time: a refused or unreachable key fails that attempt alone. (The
         batch's rows stay locked meanwhile; they are this call's own jobs, no other tenant's work.)"""
         encryptor = self.deps.encryptor
-        todo = [(it, run) for it, run in todo if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED and it.result]
+        todo = [(it, run) for it, run in todo if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED and it.plain]
         if not todo or encryptor is None:
             return
 
@@ -373,9 +373,9 @@ class Leases:
             enc = run.encryption
             try:
                 async with asyncio.timeout(ENCRYPT_SECONDS):
-                    out, paths = await encryptor.encrypt(
+                    out, paths = await encryptor.encrypt(  # from the plaintext: a split batch encrypts again
                         enc["key_id"], str(run.customer_id), str(run.project_id), str(run.id), "result",
-                        it.result or {}, run.settings.get("sensitive_fields", []))
+                        it.plain or {}, run.settings.get("sensitive_fields", []))
             except (DomainError, TimeoutError) as exc:
                 why = exc.reason if isinstance(exc, DomainError) else "TIMEOUT"
                 log.warning("result of job %s not encrypted (%s); failing the attempt", it.c.job_id, why)
@@ -558,7 +558,8 @@ class _Item:
 
     c: pb.JobCompletion
     outcome: int
-    result: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None  # as stored: encrypted where the job's project asks
+    plain: dict[str, Any] | None = None  # as the runner sent it
     details: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     cost: int | None = None
@@ -575,7 +576,7 @@ class _Item:
                                          field="result.outcome", reason="INVALID_OUTCOME")
         elif r.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
             it.cost = r.actual_cost_cents if r.HasField("actual_cost_cents") else None
-            it.result = plain(r.result)
+            it.result = it.plain = plain(r.result)
             size = len(runsql.dumps(it.result) or "")
             if size > max_result_bytes:
                 it.refuse("RESULT_TOO_LARGE", f"the result is {size} bytes, over the limit of {max_result_bytes}")
@@ -590,8 +591,8 @@ class _Item:
 
     def refuse(self, kind: str, message: str) -> None:
         """The result cannot be stored: the attempt fails with this reason (and follows the retry policy)."""
-        self.outcome, self.result, self.encryption, self.cost, self.unstorable = (
-            pb.ATTEMPT_OUTCOME_FAILED, None, None, None, True)
+        self.outcome, self.result, self.plain, self.encryption, self.cost, self.unstorable = (
+            pb.ATTEMPT_OUTCOME_FAILED, None, None, None, None, True)
         self.error = {"message": message, "type": kind, "non_retryable": False, "details": None}
 
 
