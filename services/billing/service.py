@@ -436,8 +436,9 @@ class BillingService:
                 await self._load_wallet(wallet.owner_id, wallet.currency)
         raise Rebuild("Open-to-Buy keeps losing the wallet; try again", reason="OTB_UNAVAILABLE")
 
-    async def capture(self, hold_id: str, amount: int, currency: str = "", policy: int = 0,
-                      description: str = "") -> HoldRow:
+    async def _capture_item(self, hold_id: str, amount: int, currency: str, policy: int,
+                            description: str) -> ledger.CaptureItem:
+        """A capture checked and resolved to its ledger item (the hold's reseller, rate and accounts)."""
         hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
         amount = self._amount(amount, "amount_cents", zero=True)
         currency = self._currency(currency)
@@ -448,12 +449,16 @@ class BillingService:
             rate = await self.rates(reseller_id)
             commission_account = await self._account_id(COMMISSION, reseller_id, hold_currency)
         revenue = await self._account_id(REVENUE, PLATFORM, hold_currency)
-        item = ledger.CaptureItem(hold_id, amount, currency, policy, description, rate, commission_account, revenue)
+        return ledger.CaptureItem(hold_id, amount, currency, policy, description, rate, commission_account, revenue)
+
+    async def capture(self, hold_id: str, amount: int, currency: str = "", policy: int = 0,
+                      description: str = "") -> HoldRow:
+        item = await self._capture_item(hold_id, amount, currency, policy, description)
         hold, fresh = await self.commit.submit(item)
         if hold is None:
-            raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
+            raise NotFound(f"hold {item.hold_id!r} not found", reason="HOLD_NOT_FOUND")
         if fresh:
-            await self._redis_quietly(self.otb.resolve(hold.customer_id, hold.currency, hold_id, hold.captured))
+            await self._redis_quietly(self.otb.resolve(hold.customer_id, hold.currency, item.hold_id, hold.captured))
         return hold
 
     async def capture_many(self, requests: Sequence[tuple[str, int, str, int, str]]
@@ -464,24 +469,14 @@ class BillingService:
         outcome: the captured hold, or the refusal."""
         out: list[HoldRow | DomainError] = []
         items: list[tuple[int, ledger.CaptureItem]] = []  # (position in `out`, the item)
-        for k, (hold_id, amount, currency, policy, description) in enumerate(requests):
+        for k, request in enumerate(requests):
             try:
-                hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
-                amount = self._amount(amount, "amount_cents", zero=True)
-                currency = self._currency(currency)
-                description = _text(description, "description", MAX_DESCRIPTION)
-                reseller_id, hold_currency = await self._hold_meta_of(hold_id)
-                rate, commission_account = 0, None
-                if reseller_id is not None:
-                    rate = await self.rates(reseller_id)
-                    commission_account = await self._account_id(COMMISSION, reseller_id, hold_currency)
-                revenue = await self._account_id(REVENUE, PLATFORM, hold_currency)
+                item = await self._capture_item(*request)
             except DomainError as err:
                 out.append(err)
                 continue
-            out.append(NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND"))  # unless the batch finds it
-            items.append((k, ledger.CaptureItem(hold_id, amount, currency, policy, description, rate,
-                                                commission_account, revenue)))
+            out.append(NotFound(f"hold {item.hold_id!r} not found", reason="HOLD_NOT_FOUND"))  # unless found
+            items.append((k, item))
         fresh: list[HoldRow] = []
         for (k, _), outcome in zip(items, await self.commit.submit_many([i for _, i in items]), strict=True):
             if isinstance(outcome, DomainError):
