@@ -78,7 +78,10 @@ class ResultBatcher:
                 completion, n = self._queue.popleft()
                 batch.append(completion)
                 size += n
-            await self._complete(batch, retry_later=True)
+            try:
+                await self._complete(batch, retry_later=True)
+            except Exception:  # never the end of the loop: every later result would wait forever
+                log.exception("results of %d jobs not passed on", len(batch))
 
     async def _retry(self, batch: list[jobs_pb2.JobCompletion]) -> None:
         try:
