@@ -14,6 +14,7 @@ import ctypes
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -46,7 +47,35 @@ def _pgserver() -> Any:
         return pgserver
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for a server started a moment later. Picked below the kernel's
+    ephemeral range: outgoing connections take their local ports from that range, so a port picked
+    there (what binding port 0 gives) can be taken by some connection before the server binds it,
+    which busy test runs did. Checked on every interface (metrics listen on 0.0.0.0) and never
+    handed out twice by this process."""
+    low = _ephemeral_low()
+    if low > 12_000:
+        for _ in range(200):
+            port = random.randrange(10_000, low)
+            if port in _handed_out:
+                continue
+            try:
+                with socket.socket() as s:
+                    s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            _handed_out.add(port)
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
