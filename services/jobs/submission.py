@@ -25,10 +25,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import propagate
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -63,7 +63,9 @@ HOLD_MARGIN = timedelta(days=7)  # a hold's life from the job's start; renewed w
 JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 
-_JOB_COLUMNS = tuple(c.key for c in Job.__table__.columns)
+_JOBS = cast(Table, Job.__table__)  # Core inserts: no ORM bulk machinery per row
+_STATUS_CHANGES = cast(Table, JobStatusChange.__table__)
+_JOB_COLUMNS = tuple(c.key for c in _JOBS.columns)
 
 
 def _row(job: Job) -> dict[str, Any]:
@@ -331,8 +333,8 @@ class Submission:
                     await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
                 new = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
                 if new:  # multi-row inserts of plain rows: no unit of work over a thousand ORM objects
-                    await s.execute(insert(Job.__table__), [_row(p.job) for p in new])
-                    await s.execute(insert(JobStatusChange.__table__), [
+                    await s.execute(insert(_JOBS), [_row(p.job) for p in new])
+                    await s.execute(insert(_STATUS_CHANGES), [
                         {"job_id": p.job.id, "status": p.job.status, "time": p.job.create_time, "attempt": 0,
                          "reason": "submitted" if p.job.status == PENDING
                          else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"} for p in new])
