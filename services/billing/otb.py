@@ -100,6 +100,10 @@ class OpenToBuy:
                         future.set_result(None)
         self._resolving.pop(wallet, None)
 
+    async def loaded(self, customer_id: uuid.UUID, currency: str) -> bool:
+        """Whether the wallet is in Redis now."""
+        return bool(await self.client.exists(keys(customer_id, currency)[0]))
+
     async def top_up(self, customer_id: uuid.UUID, currency: str, amount: int) -> None:
         await self.scripts.top_up(keys=keys(customer_id, currency)[:1], args=[amount])
 

@@ -589,9 +589,13 @@ class BillingService:
     # Redis projection
 
     async def _load_wallet(self, customer_id: uuid.UUID, currency: str) -> None:
-        """A wallet missing from Redis, put there once for all the reserves that found it missing."""
-        await self._flights.do(("load", customer_id, currency),
-                               lambda: self.rebuild_wallet(customer_id, currency, force=False))
+        """A wallet missing from Redis, put there once for all the reserves that found it missing
+        (one that found it missing just before an earlier load finished reads nothing again)."""
+        async def load() -> None:
+            if not await self.otb.loaded(customer_id, currency):
+                await self.rebuild_wallet(customer_id, currency, force=False)
+
+        await self._flights.do(("load", customer_id, currency), load)
 
     async def rebuild_wallet(self, customer_id: uuid.UUID, currency: str, *, force: bool = True) -> None:
         async with self.db.session() as s:
