@@ -73,17 +73,6 @@ def stale(job_id: str, why: str) -> FailedPrecondition:
                               metadata={"job_id": job_id})
 
 
-def _labels(job: Job) -> dict[str, str]:
-    return {"job_type": job.job_type_name, "priority": priority_name(job.priority)}
-
-
-def _uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True)
 class Pop:
     """Job ids one LeaseJobs call popped from Redis, to mark Running for its runner."""
@@ -153,7 +142,7 @@ class Leases:
                                   reason="INVALID_MAX_JOBS")
         if not 0 <= r.wait_ms <= MAX_WAIT_MS:
             raise InvalidArgument(f"wait_ms must be 0 to {MAX_WAIT_MS}", field="wait_ms", reason="INVALID_WAIT")
-        if r.customer_id and _uuid(r.customer_id) is None:
+        if r.customer_id and runsql.as_uuid(r.customer_id) is None:
             raise InvalidArgument("customer_id must be a UUID", field="customer_id", reason="INVALID_ID")
         deadline = time.monotonic() + r.wait_ms / 1000
         queues = await self.queues_for(list(r.job_type_names), list(r.tags))
@@ -472,7 +461,7 @@ class Leases:
     # GetLease ------------------------------------------------------------------------------------
     async def get(self, r: pb.GetLeaseRequest) -> pb.JobLease:
         async with self.deps.db.session() as s:
-            jid = _uuid(r.job_id)
+            jid = runsql.as_uuid(r.job_id)
             job = await s.get(Job, jid) if jid is not None else None
             if job is None:
                 raise NotFound(f"job {r.job_id} not found", reason="JOB_NOT_FOUND")

@@ -97,7 +97,7 @@ RUN_COLUMNS = ("id, status, lease_id, runner_id, lease_start_time, lease_expire_
 
 async def lock_runs(s: AsyncSession, job_ids: Sequence[str]) -> dict[str, Row[Any]]:
     """The jobs, locked in id order (concurrent batches do not deadlock); malformed ids are absent."""
-    ids = sorted({u for u in (_uuid(j) for j in job_ids) if u is not None})
+    ids = sorted({u for u in (as_uuid(j) for j in job_ids) if u is not None})
     if not ids:
         return {}
     rows = (await s.execute(text(f"SELECT {RUN_COLUMNS} FROM jobs.jobs WHERE id = ANY(CAST(:ids AS uuid[])) "
@@ -276,7 +276,8 @@ async def outbox_pending(s: AsyncSession, job_ids: Sequence[uuid.UUID]) -> set[u
     return set(rows)
 
 
-def _uuid(value: str) -> uuid.UUID | None:
+def as_uuid(value: str) -> uuid.UUID | None:
+    """An id from a request, or None when it is not one (such a job simply does not exist)."""
     try:
         return uuid.UUID(value)
     except ValueError:
