@@ -5,7 +5,7 @@ Requests that write text are checked with `check_storable` first: a value Postgr
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from innosystem.kit.protos import changes, timestamp, to_datetime
 from innosystem.kit.validation import check_storable
 from services.billing.metrics import count_many, counted
 from services.billing.models import CAPTURE, EXPIRE, HOLD, VOID, Account, HoldRow, ReconciliationRow, Transfer
-from services.billing.service import ON_DEMAND, BillingService, Statement
+from services.billing.service import ON_DEMAND, BillingService, ReserveRequest, Statement
 
 DOMAIN = "billing.innosystem"
 MAX_BATCH = 1000
@@ -190,28 +190,36 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
 
     async def BatchReserve(self, request: pb.BatchReserveRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
-        return await self._batch([self._reserve(r) for r in request.requests])
+        """Every submit's holds: the batch's reserves go to the service together."""
+        return await self._answers("reserve", request.requests, lambda rs: self.service.reserve_many([
+            ReserveRequest(r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id,
+                           _time(r, "expire_time"), r.description) for r in rs]))
 
     async def BatchCapture(self, request: pb.BatchCaptureRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
         """The hot path of every finished job: the batch's captures go to the service together."""
-        if not 1 <= len(request.requests) <= MAX_BATCH:
+        return await self._answers("capture", request.requests, lambda rs: self.service.capture_many([
+            (r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy, r.description) for r in rs]))
+
+    @staticmethod
+    async def _answers(operation: str, requests: Sequence[Any],
+                       run: Callable[[list[Any]], Awaitable[list[HoldRow | DomainError]]]) -> pb.BatchHoldResponse:
+        """A set-oriented batch: each item answered on its own, an item whose text cannot be stored
+        refused alone before the group commit it would join."""
+        if not 1 <= len(requests) <= MAX_BATCH:
             raise InvalidArgument(f"a batch has 1 to {MAX_BATCH} requests", field="requests",
                                   reason="INVALID_BATCH_SIZE")
-        results: list[HoldRow | DomainError | None] = [None] * len(request.requests)
+        results: list[HoldRow | DomainError | None] = [None] * len(requests)
         storable = []
-        for k, r in enumerate(request.requests):
+        for k, r in enumerate(requests):
             try:
-                check_storable(r)  # an item that cannot be stored fails alone, before the group commit
+                check_storable(r)
                 storable.append(k)
             except DomainError as err:
                 results[k] = err
-        captured = await self.service.capture_many([
-            (r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy, r.description)
-            for r in (request.requests[k] for k in storable)])
-        for k, outcome in zip(storable, captured, strict=True):
+        for k, outcome in zip(storable, await run([requests[k] for k in storable]), strict=True):
             results[k] = outcome
-        count_many("capture", [r for r in results if r is not None])
+        count_many(operation, [r for r in results if r is not None])
         return pb.BatchHoldResponse(results=[
             pb.HoldResult(error=to_status(r, DOMAIN)) if isinstance(r, DomainError) else pb.HoldResult(hold=hold_pb(r))
             for r in results if r is not None])

@@ -61,6 +61,15 @@ class OpenToBuy:
         """True if held now, False if Redis already had the hold. InsufficientFunds, Rebuild."""
         return bool(await self.scripts.reserve(keys=keys(customer_id, currency), args=[hold_id, amount]))
 
+    async def reserve_many(self, customer_id: uuid.UUID, currency: str, holds: Sequence[tuple[str, int]]
+                           ) -> list[int]:
+        """One wallet's holds (hold id, amount) in one script call: per hold 1 held now, 0 already
+        held, -1 not affordable. Rebuild if the wallet is not loaded."""
+        args: list[str | int] = []
+        for hold_id, amount in holds:
+            args += [hold_id, amount]
+        return [int(x) for x in await self.scripts.reserve_many(keys=keys(customer_id, currency), args=args)]
+
     async def resolve(self, customer_id: uuid.UUID, currency: str, hold_id: str, posted: int) -> None:
         """Concurrent resolves of one wallet share one script call: a group commit's captures
         resolve together, so a batch costs one call per wallet. At idle a resolve goes at once."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -79,6 +80,10 @@ class BillingRepository:
     async def hold(self, hold_id: str, *, lock: bool = False) -> HoldRow | None:
         q = select(HoldRow).where(HoldRow.hold_id == hold_id).execution_options(populate_existing=True)
         return (await self.s.scalars(q.with_for_update() if lock else q)).first()
+
+    async def holds_by_id(self, hold_ids: Sequence[str]) -> dict[str, HoldRow]:
+        q = select(HoldRow).where(HoldRow.hold_id.in_(sorted(set(hold_ids))))
+        return {h.hold_id: h for h in await self.s.scalars(q.execution_options(populate_existing=True))}
 
     async def extend_holds(self, wanted: dict[str, datetime]) -> dict[str, HoldRow]:
         """Active holds' deadlines moved to the given times where later (one statement); every named

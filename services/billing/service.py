@@ -78,6 +78,17 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 @dataclass(frozen=True)
+class ReserveRequest:
+    hold_id: str
+    customer_id: str
+    amount: int
+    currency: str
+    job_id: str = ""
+    expire_time: datetime | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Page:
     items: Sequence[Any]
     next_page_token: str
@@ -325,60 +336,135 @@ class BillingService:
 
     async def reserve(self, hold_id: str, customer_id: str, amount: int, currency: str, job_id: str = "",
                       expire_time: datetime | None = None, description: str = "") -> HoldRow:
-        hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
-        amount = self._amount(amount, "amount_cents")
-        currency = self._currency(currency)
+        (outcome,) = await self.reserve_many([
+            ReserveRequest(hold_id, customer_id, amount, currency, job_id, expire_time, description)])
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
+
+    async def reserve_many(self, requests: Sequence[ReserveRequest]) -> list[HoldRow | DomainError]:
+        """Holds of one batch call, each answered on its own (the hold, or its refusal): checked one
+        by one, authorized in Open-to-Buy with one script call per wallet, then stored by the group
+        commit together (no task per item). A hold id seen before answers with that hold if the
+        request is the same one (retries are idempotent), IDEMPOTENCY_KEY_REUSED if not."""
+        out: list[HoldRow | DomainError | None] = []  # None: not decided yet
+        items: list[tuple[int, ledger.ReserveItem]] = []  # (position in `out`, the item)
+        for k, r in enumerate(requests):
+            try:
+                items.append((k, await self._reserve_item(r)))
+                out.append(None)
+            except DomainError as err:
+                out.append(err)
+        added = await self._authorize(items, out)
+        items = [(k, i) for k, i in items if out[k] is None]
+        try:
+            stored = await self.commit.submit_many([i for _, i in items])
+            failure = next((x for x in stored if isinstance(x, BaseException) and not isinstance(x, DomainError)),
+                           None)
+            if failure is not None:  # the commit failed: nothing of the batch is stored
+                raise failure
+        except BaseException:
+            await self._unauthorize([i for _, i in items if i.hold_id in added])
+            raise
+        undo: list[ledger.ReserveItem] = []
+        for (k, item), outcome in zip(items, stored, strict=True):
+            if isinstance(outcome, DomainError):
+                out[k] = outcome
+            else:
+                hold, created = outcome
+                if created:
+                    self._remember(hold)
+                    if self._sleep_until is None or item.expire_time < self._sleep_until:
+                        self.expiry_wake.set()
+                    out[k] = hold
+                    continue
+                try:
+                    out[k] = self._same_reserve(hold, item)
+                except DomainError as err:
+                    out[k] = err
+                if hold.status == ACTIVE:
+                    continue
+            if item.hold_id in added:
+                undo.append(item)
+        await self._unauthorize(undo)
+        return [x for x in out if x is not None]
+
+    async def _reserve_item(self, r: ReserveRequest) -> ledger.ReserveItem:
+        hold_id = _text(r.hold_id, "hold_id", MAX_ID, required=True)
+        amount = self._amount(r.amount, "amount_cents")
+        currency = self._currency(r.currency)
         if not currency:
             raise InvalidArgument("currency_code is required", field="currency_code", reason="MISSING_FIELD")
-        job_id = _text(job_id, "job_id", MAX_ID)
-        description = _text(description, "description", MAX_DESCRIPTION)
+        job_id = _text(r.job_id, "job_id", MAX_ID)
+        description = _text(r.description, "description", MAX_DESCRIPTION)
         now = utcnow()
-        expire = expire_time or now + self.default_hold
+        expire = r.expire_time or now + self.default_hold
         if expire <= now:
             raise InvalidArgument("expire_time must be in the future", field="expire_time",
                                   reason="INVALID_EXPIRE_TIME")
-        wallet = await self._wallet_identity(_uuid(customer_id, "customer"), currency)
+        wallet = await self._wallet_identity(_uuid(r.customer_id, "customer"), currency)
         revenue = await self._account_id(REVENUE, PLATFORM, currency)
-        try:
-            added = await self._otb_reserve(wallet, hold_id, amount)
-        except RedisError as exc:
-            # Redis down: PostgreSQL's guarded update alone still refuses any overdraft, so keep
-            # serving (slower); reconciliation rebuilds the projection once Redis is back.
-            log.warning("Open-to-Buy unavailable, authorizing in PostgreSQL only: %s", exc)
-            added = False
-        except InsufficientFunds:
-            first = await self._existing_hold(hold_id)
-            if first is not None:
-                return self._same_reserve(first, wallet, amount)
-            added = await self._reserve_if_redis_behind(wallet, hold_id, amount)
-        item = ledger.ReserveItem(hold_id, wallet.id, wallet.owner_id, wallet.reseller_id, currency, amount, job_id,
+        return ledger.ReserveItem(hold_id, wallet.id, wallet.owner_id, wallet.reseller_id, currency, amount, job_id,
                                   expire, description, revenue)
-        try:
-            hold, created = await self.commit.submit(item)
-        except BaseException:
-            if added:
-                await self._redis_quietly(self.otb.resolve(wallet.owner_id, currency, hold_id, 0))
-            raise
-        if not created:
-            if added and hold.status != ACTIVE:
-                await self._redis_quietly(self.otb.resolve(wallet.owner_id, currency, hold_id, 0))
-            return self._same_reserve(hold, wallet, amount)
-        self._remember(hold)
-        if self._sleep_until is None or expire < self._sleep_until:
-            self.expiry_wake.set()
-        return hold
 
-    async def _reserve_if_redis_behind(self, wallet: Account, hold_id: str, amount: int) -> bool:
-        """Redis refused. If PostgreSQL can afford it, Redis may be behind (an update lost after its
-        commit) or merely a moment ahead of in-flight operations: let PostgreSQL's guard alone decide
-        this one, and have the wallet reconciled (second look, then rebuild) in the background.
-        A forced rebuild here could drop holds still in flight. Returns False: Redis holds nothing."""
-        fresh = await self._wallet(wallet.owner_id, wallet.currency)
-        if fresh.balance - fresh.held + fresh.credit_limit < amount:
-            raise InsufficientFunds(f"available {fresh.balance - fresh.held + fresh.credit_limit} < {amount}",
-                                    reason="INSUFFICIENT_FUNDS")
-        self._repair_soon(wallet.owner_id)
-        return False
+    async def _authorize(self, items: Sequence[tuple[int, ledger.ReserveItem]],
+                         out: list[HoldRow | DomainError | None]) -> set[str]:
+        """Open-to-Buy for `items`, one script call per wallet; a refusal goes into `out`. Returns
+        the hold ids Redis holds because of this call (to be dropped again if they are not stored).
+        Redis down: PostgreSQL's guarded update alone still refuses any overdraft, so keep serving
+        (slower); reconciliation rebuilds the projection once Redis is back."""
+        by_wallet: dict[tuple[uuid.UUID, str], list[tuple[int, ledger.ReserveItem]]] = {}
+        for k, item in items:
+            by_wallet.setdefault((item.customer_id, item.currency), []).append((k, item))
+        added: set[str] = set()
+
+        async def one(wallet: tuple[uuid.UUID, str], mine: list[tuple[int, ledger.ReserveItem]]) -> None:
+            try:
+                codes = await self._otb_reserve(wallet, [(i.hold_id, i.amount) for _, i in mine])
+            except RedisError as exc:
+                log.warning("Open-to-Buy unavailable, authorizing in PostgreSQL only: %s", exc)
+                return
+            except DomainError as err:  # Redis keeps losing the wallet
+                for k, _ in mine:
+                    out[k] = err
+                return
+            added.update(i.hold_id for (_, i), code in zip(mine, codes, strict=True) if code == 1)
+            refused = [(k, i) for (k, i), code in zip(mine, codes, strict=True) if code < 0]
+            if refused:
+                await self._second_look(wallet, refused, out)
+
+        await asyncio.gather(*(one(w, mine) for w, mine in by_wallet.items()))
+        return added
+
+    async def _second_look(self, wallet: tuple[uuid.UUID, str], refused: list[tuple[int, ledger.ReserveItem]],
+                           out: list[HoldRow | DomainError | None]) -> None:
+        """Redis refused these. A hold that exists answers as a repeat; for the others, if PostgreSQL
+        can afford them Redis may be behind (an update lost after its commit) or merely a moment
+        ahead of in-flight operations: PostgreSQL's guard alone decides those, and the wallet is
+        reconciled (second look, then rebuild) in the background. A forced rebuild here could drop
+        holds still in flight."""
+        async with self.db.session() as s:
+            existing = await BillingRepository(s).holds_by_id([i.hold_id for _, i in refused])
+        fresh = await self._wallet(*wallet)
+        available = fresh.balance - fresh.held + fresh.credit_limit
+        for k, item in refused:
+            first = existing.get(item.hold_id)
+            if first is not None:
+                try:
+                    out[k] = self._same_reserve(first, item)
+                except DomainError as err:
+                    out[k] = err
+            elif available >= item.amount:
+                available -= item.amount
+                self._repair_soon(wallet[0])
+            else:
+                out[k] = InsufficientFunds(f"available {available} < {item.amount}", reason="INSUFFICIENT_FUNDS")
+
+    async def _unauthorize(self, items: Sequence[ledger.ReserveItem]) -> None:
+        """Drop holds from Open-to-Buy that the ledger did not store."""
+        if items:
+            await self._redis_quietly(self.otb.resolve_many([(i.customer_id, i.currency, i.hold_id, 0)
+                                                             for i in items]))
 
     def _repair_soon(self, customer_id: uuid.UUID) -> None:
         if customer_id in self._repairing:
@@ -409,8 +495,8 @@ class BillingService:
         self._hold_meta[hold.hold_id] = (hold.reseller_id, hold.currency)
 
     @staticmethod
-    def _same_reserve(first: HoldRow, wallet: Account, amount: int) -> HoldRow:
-        if first.customer_id != wallet.owner_id or first.amount != amount or first.currency != wallet.currency:
+    def _same_reserve(first: HoldRow, item: ledger.ReserveItem) -> HoldRow:
+        if first.customer_id != item.customer_id or first.amount != item.amount or first.currency != item.currency:
             raise FailedPrecondition(f"hold_id {first.hold_id!r} was used for another reserve", field="hold_id",
                                      reason="IDEMPOTENCY_KEY_REUSED")
         return first
@@ -428,12 +514,12 @@ class BillingService:
             meta = (brief.reseller_id, brief.currency)
         return meta
 
-    async def _otb_reserve(self, wallet: Account, hold_id: str, amount: int) -> bool:
+    async def _otb_reserve(self, wallet: tuple[uuid.UUID, str], holds: list[tuple[str, int]]) -> list[int]:
         for _ in range(3):
             try:
-                return await self.otb.reserve(wallet.owner_id, wallet.currency, hold_id, amount)
+                return await self.otb.reserve_many(*wallet, holds)
             except Rebuild:
-                await self._load_wallet(wallet.owner_id, wallet.currency)
+                await self._load_wallet(*wallet)
         raise Rebuild("Open-to-Buy keeps losing the wallet; try again", reason="OTB_UNAVAILABLE")
 
     async def _capture_item(self, hold_id: str, amount: int, currency: str, policy: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -418,3 +419,47 @@ async def test_holds_are_extended_only_later_and_only_while_active(billing: Bill
     assert isinstance(again, HoldRow) and again.expire_time == later and first.expire_time < later
     await billing.expire_due(now + timedelta(days=2))  # past the old deadline …
     assert (await billing._existing_hold(f"ext-{customer}-1")).status == ACTIVE  # … still held
+
+
+async def test_a_batch_of_reserves_is_answered_item_by_item(billing: BillingService,
+                                                              redis_client: aioredis.Redis) -> None:
+    """Issue 13: one batch call's holds share one Open-to-Buy script call per wallet and one group
+    commit, yet each is decided on its own: the wallet running out refuses only the items it cannot
+    afford (a smaller one after them still fits), a bad item fails alone, a repeat answers as a repeat."""
+    from services.billing.service import ReserveRequest
+
+    customer, _ = await funded_wallet(billing, 1000)
+    other, _ = await funded_wallet(billing, 51)
+    await billing.reserve("many-0", customer, 100, "USD")
+    await billing.reserve("many-pre", other, 1, "USD")  # both wallets are loaded in Redis
+    calls = 0
+    original = billing.otb.reserve_many
+
+    async def counting(*args: Any) -> list[int]:
+        nonlocal calls
+        calls += 1
+        return await original(*args)
+
+    billing.otb.reserve_many = counting  # type: ignore[method-assign]
+    try:
+        out = await billing.reserve_many([
+            ReserveRequest("many-0", customer, 100, "USD"),      # a repeat of a stored hold
+            ReserveRequest("many-1", customer, 600, "USD"),
+            ReserveRequest("many-2", customer, 400, "USD"),      # 300 left: refused
+            ReserveRequest("many-3", customer, 0, "USD"),        # bad amount: refused alone
+            ReserveRequest("many-4", customer, 300, "USD"),      # still fits
+            ReserveRequest("many-5", other, 60, "USD"),          # another wallet, refused
+            ReserveRequest("many-6", other, 50, "USD"),
+            ReserveRequest("many-0", customer, 99, "USD"),       # the same id for another reserve
+        ])
+    finally:
+        billing.otb.reserve_many = original  # type: ignore[method-assign]
+    kinds = [o.reason if isinstance(o, Exception) else o.hold_id for o in out]  # type: ignore[union-attr]
+    assert kinds == ["many-0", "many-1", "INSUFFICIENT_FUNDS", "INVALID_AMOUNT", "many-4", "INSUFFICIENT_FUNDS",
+                     "many-6", "IDEMPOTENCY_KEY_REUSED"]
+    assert calls == 2  # one script call per wallet
+    assert ((await wallet(billing, customer)).held, (await wallet(billing, other)).held) == (1000, 51)
+    for cid in (customer, other):  # Redis agrees with PostgreSQL, and holds nothing the ledger refused
+        snap = await billing.otb.snapshot(uuid.UUID(cid), "USD")
+        assert snap.held == (await wallet(billing, cid)).held
+        assert not {"many-2", "many-3", "many-5"} & set(snap.holds)
