@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.kit.db import Database
+from innosystem.kit.freshness import ChangeTokens
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
 from services.jobs.encryption import Encryptor
@@ -64,6 +65,7 @@ class Deps:
     clock: Callable[[], float]  # epoch seconds; tests pass a controllable one
     rng: random.Random = field(default_factory=random.Random)
     encryptor: Encryptor | None = None  # the keys service; None: encrypted projects cannot submit
+    tokens: ChangeTokens | None = None  # change tokens of cached projects and job types (`kit.freshness`)
 
     def now(self) -> datetime:
         return utc(self.clock())

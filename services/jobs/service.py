@@ -7,6 +7,7 @@ read and write is scoped in SQL. Another tenant's project or job type is NOT_FOU
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import uuid
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
 from innosystem.billing.v1 import billing_pb2
@@ -21,13 +23,23 @@ from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.kit import idempotency, pagination, quota
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
-from innosystem.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from innosystem.kit.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from innosystem.kit.freshness import ChangeTokens, job_types_of
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs.models import IdempotencyKey, JobType
 from services.jobs.repository import JobsRepository
 from services.jobs.tenants import ProjectOwner
+
+log = logging.getLogger(__name__)
 
 ProjectLookup = Callable[[uuid.UUID, bool], Awaitable[ProjectOwner | None]]
 
@@ -228,10 +240,23 @@ def _require_manager(caller: Principal) -> None:
 
 
 class JobsService:
-    def __init__(self, db: Database, projects: ProjectLookup, max_job_types: int = DEFAULT_MAX_JOB_TYPES) -> None:
+    def __init__(self, db: Database, projects: ProjectLookup, max_job_types: int = DEFAULT_MAX_JOB_TYPES,
+                 tokens: ChangeTokens | None = None) -> None:
         self.db = db
         self._projects = projects
         self.max_job_types = max_job_types  # per customer
+        self._tokens = tokens  # submits cache a project's types while its change token stays the same
+
+    async def _announce(self, project_id: uuid.UUID) -> None:
+        """After a committed change to a project's types: every replica's submits see it at once."""
+        if self._tokens is None:
+            return
+        try:
+            await self._tokens.changed(job_types_of(project_id))
+        except RedisError as exc:
+            log.error("a job type change of project %s is stored but not announced: %s", project_id, exc)
+            raise Unavailable("the change is stored but not yet visible everywhere; repeat the call",
+                              reason="CHANGE_NOT_ANNOUNCED") from None
 
     async def _visible_project(self, caller: Principal, project_id: str, fresh: bool = False) -> ProjectOwner:
         pid = id_or_not_found(project_id, "project_id", "project")
@@ -253,6 +278,12 @@ class JobsService:
 
     async def create_job_type(self, caller: Principal, project_id: str, fields: Mapping[str, Any],
                               request_id: str, request_hash: bytes) -> JobType:
+        row = await self._create_job_type(caller, project_id, fields, request_id, request_hash)
+        await self._announce(row.project_id)
+        return row
+
+    async def _create_job_type(self, caller: Principal, project_id: str, fields: Mapping[str, Any],
+                               request_id: str, request_hash: bytes) -> JobType:
         _require_manager(caller)
         values = {**CREATE_DEFAULTS, **validate(fields)}
         check_consistent(values)
@@ -309,6 +340,11 @@ class JobsService:
         return pagination.keyset_page(rows, size)
 
     async def update_job_type(self, caller: Principal, job_type_id: str, changes: Mapping[str, Any]) -> JobType:
+        row = await self._update_job_type(caller, job_type_id, changes)
+        await self._announce(row.project_id)
+        return row
+
+    async def _update_job_type(self, caller: Principal, job_type_id: str, changes: Mapping[str, Any]) -> JobType:
         _require_manager(caller)
         values = validate(changes)
         try:
@@ -341,3 +377,4 @@ class JobsService:
                 raise FailedPrecondition(f"job type {row.name} has unfinished jobs; disable it and let them finish",
                                          field="job_type_id", reason="JOB_TYPE_IN_USE")
             await repo.delete_job_type(row.id)
+        await self._announce(row.project_id)

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from opentelemetry import propagate
+from redis.exceptions import RedisError
 from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError
@@ -42,6 +43,7 @@ from innosystem.kit.errors import (
     NotFound,
     Unavailable,
 )
+from innosystem.kit.freshness import job_types_of
 from innosystem.kit.protos import request_hash, to_datetime
 from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000
 MAX_TRACE_ENTRIES = 8
 HOLD_MARGIN = timedelta(days=7)  # a hold's life from the job's start; renewed while the job lasts longer
+MAX_CACHED_PROJECTS = 10_000  # whose job types a replica keeps for submits
 JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 
@@ -129,9 +132,10 @@ class Submission:
         self.deps = deps
         self._visible_project = visible_project
         self._coalescer: Coalescer[Group, None] = Coalescer(self._store, concurrency=2)  # commits may overlap
-        # concurrent submits read their job types in one query
-        self._type_loader: Coalescer[tuple[uuid.UUID, frozenset[uuid.UUID]], dict[uuid.UUID, JobType]] = \
-            Coalescer(self._load_types)
+        # concurrent submits read their projects' job types in one query
+        self._type_loader: Coalescer[uuid.UUID, dict[uuid.UUID, JobType]] = Coalescer(self._load_types)
+        # project → (its types' change token when they were read, the types by id)
+        self._type_cache: dict[uuid.UUID, tuple[str, dict[uuid.UUID, JobType]]] = {}
 
     async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job:
         check_storable(request)
@@ -210,22 +214,34 @@ class Submission:
 
     async def _types(self, owner: ProjectOwner, requests: Sequence[pb.SubmitJobRequest],
                      prefix: Any) -> dict[uuid.UUID, JobType]:
-        ids: list[uuid.UUID] = []
+        """The project's job types, by id: from the cache while their change token (`kit.freshness`,
+        set after every change to them) stays the same, else read afresh. An id not among them
+        (another project's type) is not found."""
         for i, r in enumerate(requests):
             try:
-                ids.append(uuid.UUID(r.job_type_id))
+                uuid.UUID(r.job_type_id)
             except ValueError:
                 raise NotFound(f"{prefix(i)}job_type_id: job type {r.job_type_id!r} not found",
                                field=prefix(i) + "job_type_id", reason="JOB_TYPE_NOT_FOUND") from None
-        return await self._type_loader.submit((owner.project_id, frozenset(ids)))
+        pid, tokens = owner.project_id, self.deps.tokens
+        try:
+            token = await tokens.read(job_types_of(pid)) if tokens is not None else None
+        except RedisError:
+            token = None
+        hit = self._type_cache.get(pid)
+        if token is not None and hit is not None and hit[0] == token:
+            return hit[1]
+        types = await self._type_loader.submit(pid)  # read after the token: a change since is a new token
+        if token is not None:
+            if len(self._type_cache) >= MAX_CACHED_PROJECTS:
+                self._type_cache.clear()
+            self._type_cache[pid] = (token, types)
+        return types
 
-    async def _load_types(self, wanted: Sequence[tuple[uuid.UUID, frozenset[uuid.UUID]]]
-                          ) -> list[dict[uuid.UUID, JobType]]:
-        """Each caller's types that belong to its project (another project's type is not found)."""
+    async def _load_types(self, projects: Sequence[uuid.UUID]) -> list[dict[uuid.UUID, JobType]]:
         async with self.deps.db.session() as s:
-            rows = (await s.execute(select(JobType).where(
-                JobType.id.in_(set().union(*(ids for _, ids in wanted)))))).scalars().all()
-        return [{r.id: r for r in rows if r.id in ids and r.project_id == project} for project, ids in wanted]
+            rows = (await s.execute(select(JobType).where(JobType.project_id.in_(set(projects))))).scalars().all()
+        return [{r.id: r for r in rows if r.project_id == project} for project in projects]
 
     def _prepare(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], r: pb.SubmitJobRequest, prefix: str,
                  now: datetime, position: int) -> Prepared:

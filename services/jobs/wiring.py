@@ -9,6 +9,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from innosystem.kit.db import Database
+from innosystem.kit.freshness import ChangeTokens
 from services.jobs.api import UseCases
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
@@ -36,11 +37,12 @@ class App:
 
 def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc.aio.Channel, billing: Billing,
           clock: Callable[[], float], prefix: str = "jobs:", encryptor: Encryptor | None = None) -> App:
-    projects = Projects(tenancy, config.project_cache_seconds)
-    types = JobsService(db, projects, config.max_job_types_per_customer)
+    tokens = ChangeTokens(redis)
+    projects = Projects(tenancy, config.project_cache_seconds, tokens=tokens)
+    types = JobsService(db, projects, config.max_job_types_per_customer, tokens=tokens)
     signals = Signals(redis, prefix)
     deps = Deps(db=db, queue=JobQueue(redis, prefix), billing=billing, projects=projects, signals=signals,
-                config=config, clock=clock, encryptor=encryptor)
+                config=config, clock=clock, encryptor=encryptor, tokens=tokens)
     queries = Queries(deps, types._visible_project)
     leases = Leases(deps)
     cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from innosystem.kit.clients import channel
 from innosystem.kit.db import Database
+from innosystem.kit.freshness import ChangeTokens, projects_of
 from innosystem.kit.redis import CONNECT_TIMEOUT_SECONDS, connect
 from innosystem.kit.server import Service
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
@@ -21,11 +22,14 @@ async def create() -> Service:
     billing = channel(config.common.addresses.billing, service="tenancy", secret=config.common.internal_secret)
     opener = WalletOpener(db, billing)
     # Publishing a revocation is safe to abandon: bounded like the gateway's Redis calls.
-    revocations = RevocationPublisher(connect(config.common.redis_url, 8, timeout=CONNECT_TIMEOUT_SECONDS))
+    redis = connect(config.common.redis_url, 8, timeout=CONNECT_TIMEOUT_SECONDS)
+    revocations = RevocationPublisher(redis)
+    tokens = ChangeTokens(redis)
     keys = channel(config.common.addresses.keys, service="tenancy", secret=config.common.internal_secret)
     service = TenancyService(db, config.api_key_pepper, open_wallet=opener.open_now,
                              on_access_revoked=revocations, check_encryption_key=EncryptionKeys(keys).check,
-                             max_projects=config.max_projects_per_customer)
+                             max_projects=config.max_projects_per_customer,
+                             on_projects_changed=lambda customer_id: tokens.changed(projects_of(customer_id)))
     if config.admin_api_key:
         await service.ensure_admin_key(config.admin_api_key)
     api = TenancyApi(service)

@@ -30,6 +30,7 @@ from innosystem.kit.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    Unavailable,
 )
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found
@@ -119,6 +120,16 @@ async def _nobody_told(*, customer_id: str = "", reseller_id: str = "") -> None:
     return None
 
 
+# Told, after the commit, that a customer's projects changed (a key set or cleared, deactivated,
+# deleted): services that cache project owners check a change token (`kit.freshness`) instead of
+# asking tenancy on every submit. Raises if it cannot tell them.
+ProjectsChanged = Callable[[uuid.UUID], Awaitable[None]]
+
+
+async def _no_cache_told(customer_id: uuid.UUID) -> None:
+    return None
+
+
 CheckKey = Callable[[str, uuid.UUID], Awaitable[None]]
 
 
@@ -132,8 +143,10 @@ async def _outbox_only(customer_id: uuid.UUID, reseller_id: uuid.UUID | None) ->
 class TenancyService:
     def __init__(self, db: Database, pepper: bytes, open_wallet: OpenWallet = _outbox_only,
                  on_access_revoked: Revoked = _nobody_told, check_encryption_key: CheckKey | None = None,
-                 max_projects: int = DEFAULT_MAX_PROJECTS) -> None:
+                 max_projects: int = DEFAULT_MAX_PROJECTS, on_projects_changed: ProjectsChanged = _no_cache_told
+                 ) -> None:
         self.db = db
+        self._projects_changed = on_projects_changed
         self.max_projects = max_projects  # per customer
         self._pepper = pepper
         # Opens the new customer's wallet before CreateCustomer answers (`WalletOpener.open_now`);
@@ -352,6 +365,7 @@ class TenancyService:
                                          reason="CUSTOMER_HAS_PROJECTS", metadata={"projects": str(projects)})
             await repo.delete_customer(row.id)
         await self._revoked(customer_id=str(row.id))
+        await self._announce(row.id)
 
     async def rotate_customer_key(self, caller: Principal, customer_id: str) -> str:
         async with self.db.session() as s:
@@ -419,7 +433,18 @@ class TenancyService:
             for name, value in changes.items():
                 setattr(row, name, value)
             await s.flush()
-            return row
+        await self._announce(row.customer_id)
+        return row
+
+    async def _announce(self, customer_id: uuid.UUID) -> None:
+        """After a committed change to a customer's projects: every cached copy is refetched before
+        the change is confirmed (a submit after this answer must see a key set by it)."""
+        try:
+            await self._projects_changed(customer_id)
+        except Exception as exc:
+            log.error("a project change of customer %s is stored but not announced: %s", customer_id, exc)
+            raise Unavailable("the change is stored but not yet visible everywhere; repeat the call",
+                              reason="CHANGE_NOT_ANNOUNCED") from None
 
     async def _encryption_key_change(self, repo: TenancyRepository, caller: Principal, customer: Customer,
                                      project: Project, key_id: str | None) -> None:
@@ -437,4 +462,5 @@ class TenancyService:
             repo = TenancyRepository(s)
             row = await self._visible_project(repo, caller, project_id, lock=True)
             await repo.delete_project(row.id)
+        await self._announce(row.customer_id)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import redis as sync_redis
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 
@@ -18,6 +19,7 @@ from innosystem.billing.v1 import billing_pb2_grpc
 from innosystem.embedded import free_port
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
+from innosystem.kit import freshness
 from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.kit.config import Addresses, CommonConfig, to_async_url
@@ -43,13 +45,42 @@ RUNNERS = Principal(kind=principals.SERVICE, service="runners")
 ADMIN = Principal(kind=principals.ADMIN, key_id="admin")
 
 
-class Tenancy(FakeTenancy):
-    """The tenancy double, plus each project's client key (`encryption_key_id`) and active flag."""
-
-    def __init__(self) -> None:
+class _AnnouncedKeys(dict[str, str]):
+    def __init__(self, announce: Callable[[str], None]) -> None:
         super().__init__()
-        self.keys: dict[str, str] = {}
-        self.inactive: set[str] = set()  # project ids
+        self._announce = announce
+
+    def __setitem__(self, project_id: str, key: str) -> None:
+        super().__setitem__(project_id, key)
+        self._announce(project_id)
+
+
+class _AnnouncedSet(set[str]):
+    def __init__(self, announce: Callable[[str], None]) -> None:
+        super().__init__()
+        self._announce = announce
+
+    def add(self, project_id: str) -> None:
+        super().add(project_id)
+        self._announce(project_id)
+
+    def discard(self, project_id: str) -> None:
+        super().discard(project_id)
+        self._announce(project_id)
+
+
+class Tenancy(FakeTenancy):
+    """The tenancy double, plus each project's client key (`encryption_key_id`) and active flag.
+    Like tenancy it announces every change to them (`kit.freshness`) before the change counts as made."""
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__()
+        self._redis = sync_redis.Redis.from_url(redis_url)
+        self.keys: dict[str, str] = _AnnouncedKeys(self._announce)
+        self.inactive: set[str] = _AnnouncedSet(self._announce)  # project ids
+
+    def _announce(self, project_id: str) -> None:
+        self._redis.set(freshness.PREFIX + freshness.projects_of(self.projects[project_id]), uuid.uuid4().hex)
 
     async def GetProject(self, request: tenancy_pb2.GetProjectRequest, context: Any) -> tenancy_pb2.Project:
         project = await super().GetProject(request, context)
@@ -181,7 +212,7 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
     bport = free_port()
     server.add_insecure_port(f"127.0.0.1:{bport}")
     await server.start()
-    fake = Tenancy()  # type: ignore[abstract]  # a double: only the methods used
+    fake = Tenancy(common.redis_url)  # type: ignore[abstract]  # a double: only the methods used
     tserver = grpc.aio.server()
     tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(fake, tserver)
     fake_keys = FakeKeys()  # type: ignore[abstract]  # a double: only EncryptFields
