@@ -62,11 +62,16 @@ class ChangeTokens:
         """`name`'s token as read by a Redis call that starts after this one was made (so a change
         confirmed before it is seen). Concurrent readers share that call: who asks while one is
         under way joins the next (RedisError if Redis cannot be reached)."""
+        return await self.ask(name)
+
+    def ask(self, name: str) -> asyncio.Future[str]:
+        """`read`, started now: tokens asked for in one go are read by one call."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
         self._waiting.append((name, future))
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_waiting())
-        return await future
+        return future
 
     async def _read_waiting(self) -> None:
         while self._waiting:

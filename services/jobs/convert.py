@@ -11,7 +11,7 @@ from sqlalchemy import Row
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.protos import timestamp
-from services.jobs.models import Job, JobAttempt, JobStatusChange
+from services.jobs.models import Job, JobAttempt, JobStatusChange, NewJob
 
 
 def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
@@ -26,7 +26,7 @@ def plain(value: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(value)
 
 
-def retry_policy_pb(job: Job) -> types_pb.RetryPolicy:
+def retry_policy_pb(job: Job | NewJob) -> types_pb.RetryPolicy:
     return types_pb.RetryPolicy(max_attempts=job.retry_max_attempts,
                                 initial_interval_seconds=job.retry_initial_interval_seconds,
                                 backoff_multiplier=job.retry_backoff_multiplier,
@@ -54,14 +54,14 @@ def change_pb(row: JobStatusChange) -> pb.JobStatusChange:
                               reason=row.reason, attempt=row.attempt)
 
 
-def encryption_pb(job: Job | Row[Any]) -> pb.JobEncryption | None:
+def encryption_pb(job: Job | NewJob | Row[Any]) -> pb.JobEncryption | None:
     enc = job.encryption
     if not enc:
         return None
     return pb.JobEncryption(key_id=enc.get("key_id", ""), encrypted_fields=list(enc.get("encrypted_fields", ())))
 
 
-def job_pb(job: Job, *, full: bool = False, attempts: Sequence[JobAttempt] = (),
+def job_pb(job: Job | NewJob, *, full: bool = False, attempts: Sequence[JobAttempt] = (),
            history: Sequence[JobStatusChange] = (), pending: pb.PendingInfo | None = None) -> pb.Job:
     running = job.lease_id is not None and job.status == types_pb.JOB_STATUS_RUNNING
     progress = None

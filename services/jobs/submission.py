@@ -51,7 +51,7 @@ from services.jobs import metrics
 from services.jobs.batcher import Coalescer
 from services.jobs.billing import HoldRequest, insufficient_funds
 from services.jobs.convert import plain
-from services.jobs.models import IdempotencyKey, Job, JobStatusChange, JobType, SubmitIntent
+from services.jobs.models import IdempotencyKey, Job, JobStatusChange, JobType, NewJob, SubmitIntent
 from services.jobs.queue import QueueItem, ScheduledItem
 from services.jobs.runtime import PENDING, SCHEDULED, Changes, Deps, priority_name, queue_name
 from services.jobs.service import PERSISTENCE, PRIORITIES, _retry_policy
@@ -68,12 +68,7 @@ JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 _JOBS = cast(Table, Job.__table__)  # Core inserts: no ORM bulk machinery per row
 _STATUS_CHANGES = cast(Table, JobStatusChange.__table__)
-_JOB_COLUMNS = tuple(c.key for c in _JOBS.columns)
-
-
-def _row(job: Job) -> dict[str, Any]:
-    """A new job's column values (every column is set when it is prepared) for a Core insert."""
-    return {key: getattr(job, key) for key in _JOB_COLUMNS}
+_INTENTS = cast(Table, SubmitIntent.__table__)
 
 
 def job_id_for(project_id: uuid.UUID, request_id: str) -> uuid.UUID:
@@ -82,7 +77,7 @@ def job_id_for(project_id: uuid.UUID, request_id: str) -> uuid.UUID:
 
 @dataclass
 class Prepared:
-    job: Job
+    job: NewJob
     hash: bytes
     position: int  # in the request (batch item index)
     existing: bool = False
@@ -137,12 +132,12 @@ class Submission:
         # project → (its types' change token when they were read, the types by id)
         self._type_cache: dict[uuid.UUID, tuple[str, dict[uuid.UUID, JobType]]] = {}
 
-    async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job:
+    async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job | NewJob:
         check_storable(request)
         (job,) = await self._submit(caller, request.project_id, [request], single=True)
         return job
 
-    async def batch_submit(self, caller: Principal, request: pb.BatchSubmitJobsRequest) -> list[Job]:
+    async def batch_submit(self, caller: Principal, request: pb.BatchSubmitJobsRequest) -> list[Job | NewJob]:
         if not 1 <= len(request.requests) <= MAX_BATCH:
             raise _bad("requests", f"a batch has 1 to {MAX_BATCH} jobs, got {len(request.requests)}",
                        "INVALID_BATCH_SIZE")
@@ -153,14 +148,15 @@ class Submission:
         return await self._submit(caller, request.project_id, list(request.requests), single=False)
 
     async def _submit(self, caller: Principal, project_id: str, requests: Sequence[pb.SubmitJobRequest],
-                      single: bool) -> list[Job]:
+                      single: bool) -> list[Job | NewJob]:
+        types_token = self._ask_types_token(project_id)  # read together with the project's token
         owner: ProjectOwner = await self._visible_project(caller, project_id, fresh=True)
         if not owner.active:  # before anything is held
             raise FailedPrecondition(f"project {project_id} is inactive and takes no new jobs", field="project_id",
                                      reason="PROJECT_INACTIVE")
         now = self.deps.now()
         prefix = (lambda i: "") if single else (lambda i: f"requests[{i}].")
-        types = await self._types(owner, requests, prefix)
+        types = await self._types(owner, requests, prefix, types_token)
         prepared = [self._prepare(owner, types, r, prefix(i), now, i) for i, r in enumerate(requests)]
         scope = f"SubmitJob:{owner.project_id}"
         seen: dict[uuid.UUID, int] = {}
@@ -212,8 +208,14 @@ class Submission:
             existing_ids = [p.job.id for p in prepared if p.existing]
             return {j.id: j for j in (await s.execute(select(Job).where(Job.id.in_(existing_ids)))).scalars()}
 
+    def _ask_types_token(self, project_id: str) -> asyncio.Future[str] | None:
+        try:
+            return self.deps.tokens.ask(job_types_of(uuid.UUID(project_id))) if self.deps.tokens else None
+        except ValueError:  # not a project id: the project lookup says so
+            return None
+
     async def _types(self, owner: ProjectOwner, requests: Sequence[pb.SubmitJobRequest],
-                     prefix: Any) -> dict[uuid.UUID, JobType]:
+                     prefix: Any, token_asked: asyncio.Future[str] | None) -> dict[uuid.UUID, JobType]:
         """The project's job types, by id: from the cache while their change token (`kit.freshness`,
         set after every change to them) stays the same, else read afresh. An id not among them
         (another project's type) is not found."""
@@ -223,9 +225,9 @@ class Submission:
             except ValueError:
                 raise NotFound(f"{prefix(i)}job_type_id: job type {r.job_type_id!r} not found",
                                field=prefix(i) + "job_type_id", reason="JOB_TYPE_NOT_FOUND") from None
-        pid, tokens = owner.project_id, self.deps.tokens
+        pid = owner.project_id
         try:
-            token = await tokens.read(job_types_of(pid)) if tokens is not None else None
+            token = await token_asked if token_asked is not None else None
         except RedisError:
             token = None
         hit = self._type_cache.get(pid)
@@ -294,7 +296,7 @@ class Submission:
             raise _bad(prefix + "request_id", f"at most {MAX_REQUEST_ID} characters", "INVALID_REQUEST_ID")
         job_id = job_id_for(owner.project_id, r.request_id)
         cost = jt.base_cost_cents
-        job = Job(
+        job = NewJob(
             id=job_id, project_id=owner.project_id, customer_id=owner.customer_id, reseller_id=owner.reseller_id,
             job_type_id=jt.id, job_type_name=jt.name, queue_name=queue_name(jt.name, jt.required_tags or ()),
             status=SCHEDULED if schedule else PENDING, priority=priority, persistence_policy=persistence,
@@ -336,9 +338,8 @@ class Submission:
         hold_ids = [p.job.hold_id for p in held]
         if held:
             async with deps.db.session() as s:
-                await s.execute(insert(SubmitIntent).values([
-                    {"hold_id": p.job.hold_id, "job_id": p.job.id, "create_time": now} for p in held
-                ]).on_conflict_do_nothing())
+                await s.execute(insert(_INTENTS).on_conflict_do_nothing(), [
+                    {"hold_id": p.job.hold_id, "job_id": p.job.id, "create_time": now} for p in held])
         try:
             async with deps.db.session() as s:
                 refusals: list[Exception | None] = [None] * len(groups)
@@ -349,7 +350,7 @@ class Submission:
                     await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
                 new = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
                 if new:  # multi-row inserts of plain rows: no unit of work over a thousand ORM objects
-                    await s.execute(insert(_JOBS), [_row(p.job) for p in new])
+                    await s.execute(insert(_JOBS), [p.job.row() for p in new])
                     await s.execute(insert(_STATUS_CHANGES), [
                         {"job_id": p.job.id, "status": p.job.status, "time": p.job.create_time, "attempt": 0,
                          "reason": "submitted" if p.job.status == PENDING
