@@ -37,7 +37,8 @@ end
 return out
 """
 ANNOUNCE_ATTEMPTS = 3
-PREFIX = "changed:"
+# One hash tag for every token: a read of several is one script call on one Redis Cluster slot.
+PREFIX = "changed:{tokens}:"
 
 
 def projects_of(customer_id: uuid.UUID | str) -> str:
@@ -74,6 +75,7 @@ class ChangeTokens:
         return future
 
     async def _read_waiting(self) -> None:
+        await asyncio.sleep(0)  # the askers of this turn of the event loop share the call
         while self._waiting:
             batch, self._waiting = self._waiting, []
             names = list(dict.fromkeys(name for name, _ in batch))

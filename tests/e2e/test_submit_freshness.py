@@ -74,6 +74,6 @@ def test_a_lost_token_makes_submits_ask_tenancy_again(stack: Stack, admin: Clien
         assert _submit(t).status == 200
     before = _calls(stack, "tenancy", GET_PROJECT)
     client = redis.Redis.from_url(stack.redis_url)
-    assert client.delete(*client.keys("changed:tenancy:projects:*")) >= 1
+    assert client.delete(*client.keys("changed:{tokens}:tenancy:projects:*")) >= 1
     assert _submit(t).status == 200
     assert _calls(stack, "tenancy", GET_PROJECT) > before
