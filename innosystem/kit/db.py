@@ -13,12 +13,17 @@ error); repositories receive that session.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
+import psycopg
 import sqlalchemy.ext.asyncio
-from sqlalchemy import MetaData, text
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from sqlalchemy import JSON, MetaData, Table, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 NAMING_CONVENTION = {
@@ -33,6 +38,30 @@ NAMING_CONVENTION = {
 def schema_metadata(schema: str) -> MetaData:
     """Metadata whose tables all live in `schema`, with the shared naming convention."""
     return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
+
+
+async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert `rows` (each names the same columns of `table`) with one COPY, in the session's
+    transaction: for a batch, several times cheaper than a multi-row INSERT on both sides (no
+    parameter processing per row here, no statement per row in PostgreSQL). JSON columns take
+    Python values. A failure raises the SQLAlchemy error class an INSERT would have raised
+    (IntegrityError for a duplicate key, DataError for a value PostgreSQL refuses)."""
+    if not rows:
+        return
+    columns = [table.columns[k] for k in rows[0]]
+    keys = [c.key for c in columns]
+    json = {c.key for c in columns if isinstance(c.type, JSON)}  # JSONB is a JSON
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(*([table.schema] if table.schema else []), table.name),
+        sql.SQL(", ").join(sql.Identifier(c.name) for c in columns))
+    connection = await (await session.connection()).get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = connection.driver_connection  # type: ignore[assignment]
+    try:
+        async with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                await copy.write_row([Jsonb(row[k]) if k in json and row[k] is not None else row[k] for k in keys])
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(f"COPY {table.fullname}", None, exc, psycopg.Error) from exc
 
 
 def utcnow() -> datetime:

@@ -22,13 +22,13 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.kit.db import Database
+from innosystem.kit.db import Database, copy_rows
 from innosystem.kit.errors import DomainError
 from services.billing.models import Account, Transfer
 
@@ -206,5 +206,4 @@ async def _apply(session: AsyncSession, deltas: dict[uuid.UUID, list[int]],
         defaults = {"pending_amount": 0, "wallet_id": None, "customer_id": None, "balance_after": 0,
                     "held_after": 0, "hold_id": None, "job_id": "", "request_id": None, "description": "",
                     "reseller_id": None, "commission_rate_bps": 0}
-        conn = await session.connection()
-        await conn.execute(insert(Transfer), [{**defaults, **row} for row in transfers])
+        await copy_rows(session, cast(Table, Transfer.__table__), [{**defaults, **row} for row in transfers])

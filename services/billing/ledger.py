@@ -13,12 +13,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.kit.db import utcnow
+from innosystem.kit.db import copy_rows, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition
 from services.billing.batcher import Tx
 from services.billing.models import (
@@ -232,7 +232,7 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
         else:
             outcomes.append(batch.void(item))
     if batch.new:
-        await conn.execute(insert(HoldRow), [holds[k] for k in sorted(batch.new)])
+        await copy_rows(session, cast(Table, HoldRow.__table__), [holds[k] for k in sorted(batch.new)])
     changed = sorted(batch.changed - batch.new)
     if changed:
         t = HoldRow.__table__.c
