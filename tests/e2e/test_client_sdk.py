@@ -74,7 +74,8 @@ def test_a_repeated_request_id_returns_the_first_job_and_a_different_body_is_ref
 def test_errors_carry_the_reason_and_the_field(client: Client, demo: Demo) -> None:
     with pytest.raises(ApiError) as bad:
         client.submit(demo.project_id, "", {})
-    assert bad.value.http_status == 400 and bad.value.code == 3 and bad.value.reason, bad.value
+    assert bad.value.http_status == 400 and bad.value.code == 3, bad.value
+    assert bad.value.reason == "REQUIRED_FIELD_MISSING", bad.value
     assert any("job_type_id" in v.field for v in bad.value.field_violations), bad.value
     with pytest.raises(ApiError) as unknown:
         client.submit(demo.project_id, "not-a-job-type", {})

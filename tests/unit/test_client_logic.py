@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from innosystem.client import ApiError, Client, RetryPolicy
 from innosystem.client.accesslog import GENESIS, verify
+from innosystem.client.config import Settings
 from innosystem.client.retry import retry_after
 from innosystem.client.sse import Parser
 from innosystem.client.wire import batches
@@ -87,3 +88,15 @@ def test_the_local_chain_check_agrees_with_the_service_and_finds_each_kind_of_br
     renumbered = [dict(r) for r in deleted]
     renumbered[1]["sequence"] = "2"
     assert verify(renumbered).break_kind == "PREV_HASH_MISMATCH"
+
+
+def test_settings_come_from_arguments_then_the_environment_then_the_file(tmp_path, monkeypatch) -> None:
+    config = tmp_path / "client.toml"
+    config.write_text('url = "http://file:1/"\napi_key = "isk_file"\n')
+    monkeypatch.delenv("INNOSYSTEM_URL", raising=False)
+    monkeypatch.delenv("INNOSYSTEM_API_KEY", raising=False)
+    assert Settings.load(path=config) == Settings("http://file:1", "isk_file")
+    monkeypatch.setenv("INNOSYSTEM_API_KEY", "isk_env")
+    assert Settings.load(path=config) == Settings("http://file:1", "isk_env")
+    assert Settings.load("http://arg:2", "isk_arg", path=config) == Settings("http://arg:2", "isk_arg")
+    assert Settings.load(path=tmp_path / "none.toml").url == "http://127.0.0.1:8080"
