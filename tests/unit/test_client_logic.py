@@ -3,6 +3,7 @@ local access-log chain check, which must agree with the keys service's own (serv
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -100,3 +101,31 @@ def test_settings_come_from_arguments_then_the_environment_then_the_file(tmp_pat
     assert Settings.load(path=config) == Settings("http://file:1", "isk_env")
     assert Settings.load("http://arg:2", "isk_arg", path=config) == Settings("http://arg:2", "isk_arg")
     assert Settings.load(path=tmp_path / "none.toml").url == "http://127.0.0.1:8080"
+
+
+def _job(status: str) -> dict[str, object]:
+    return {"id": "j1", "projectId": "p", "jobTypeId": "t", "status": status, "costCents": "1"}
+
+
+def test_wait_follows_the_stream_to_its_end_and_falls_back_to_reads_without_one() -> None:
+    events = b"".join(b"data: " + json.dumps({"type": t, "job": _job(s)}).encode() + b"\n\n" for t, s in (
+        ("JOB_EVENT_TYPE_SNAPSHOT", "JOB_STATUS_RUNNING"), ("JOB_EVENT_TYPE_STATUS_CHANGED", "JOB_STATUS_SUCCEEDED")))
+    streamed = {"/v1/jobs/j1:watch": httpx.Response(200, headers={"Content-Type": "text/event-stream"},
+                                                    content=events)}
+    with Client("http://gw", "k", transport=httpx.MockTransport(lambda r: streamed[r.url.path])) as client:
+        done = client.wait("j1", full=False)
+    assert done.succeeded and done.cost_cents == 1
+
+    # No stream to be had (the watch quota): the job is read instead, with backoff, until final.
+    reads = iter(["JOB_STATUS_PENDING", "JOB_STATUS_RUNNING", "JOB_STATUS_FAILED"])
+    quota = {"code": 8, "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "QUOTA_EXCEEDED"}]}
+
+    def no_stream(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(":watch"):
+            return httpx.Response(429, json=quota)
+        return httpx.Response(200, json=_job(next(reads)))
+
+    fast = RetryPolicy(attempts=1, maximum=0.01)
+    with Client("http://gw", "k", retry=fast, transport=httpx.MockTransport(no_stream)) as client:
+        assert client.wait("j1").status == "JOB_STATUS_FAILED"
+    assert next(reads, None) is None
