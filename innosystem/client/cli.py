@@ -89,14 +89,17 @@ def job_fields(j: Job) -> list[tuple[str, Any]]:
 
 
 class Progress:
-    """One stderr line that redraws in place on a terminal (a line per step otherwise)."""
+    """One stderr line that redraws in place on a terminal (a line per tenth of the way otherwise)."""
 
     def __init__(self, total: int, label: str) -> None:
         self.total, self.done, self.label = total, 0, label
         self.tty = sys.stderr.isatty()
 
     def advance(self, n: int) -> None:
-        self.done += n
+        before, self.done = self.done, self.done + n
+        tenth = 10 * self.done // max(self.total, 1)
+        if not self.tty and tenth == 10 * before // max(self.total, 1) and self.done < self.total:
+            return  # off a terminal: a line per tenth, not one per job
         width = 30
         filled = width * self.done // max(self.total, 1)
         line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
