@@ -1,11 +1,8 @@
-"""The `innosystem` client commands and the tester, run as real processes against the real stack."""
+"""The `innosystem` client commands, run as real processes against the real stack."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,7 @@ import pytest
 from innosystem.demo import Demo
 from innosystem.rest import Rest
 from innosystem.stack import Stack
-from tests.support.client_world import served_customer
+from tests.support.client_world import cli, served_customer
 
 pytestmark = pytest.mark.e2e
 
@@ -24,14 +21,6 @@ pytestmark = pytest.mark.e2e
 def demo(stack: Stack) -> Iterator[Demo]:
     with served_customer(stack, "client-cli", slots=16) as seeded:
         yield seeded
-
-
-def cli(stack: Stack, api_key: str, *args: str, stdin: str | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "INNOSYSTEM_URL": stack.gateway_url, "INNOSYSTEM_API_KEY": api_key,
-           "INNOSYSTEM_CONFIG": "/nonexistent"}
-    return subprocess.run([sys.executable, "-m", "innosystem.cli", *args], input=stdin, capture_output=True,
-                          text=True, env=env, timeout=600, cwd=cwd)
 
 
 def test_submit_1000_jobs_from_a_jsonl_file_and_wait_for_them(stack: Stack, demo: Demo, tmp_path: Path) -> None:
@@ -92,24 +81,3 @@ def test_watch_prints_events_and_exits_by_the_final_status(stack: Stack, demo: D
                                                 {"jobTypeId": demo.job_type_ids["echo"], "payload": {}})
     watched = cli(stack, demo.api_key, "jobs", "watch", job["id"])
     assert watched.returncode == 0 and watched.stdout.strip().splitlines()[-1].endswith("SUCCEEDED")
-
-
-def test_the_tester_exercises_every_endpoint_and_cleans_up(stack: Stack, tmp_path: Path) -> None:
-    ran = cli(stack, "", "tester", "--url", stack.gateway_url, "--admin-key", stack.admin_api_key,
-              "--logs-dir", str(tmp_path / "logs"))
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    (log,) = (tmp_path / "logs").glob("tester-*.log")
-    text = log.read_text()
-    document = Rest(stack.gateway_url, stack.admin_api_key)("GET", "/openapi.json")
-    total = sum(1 for ops in document["paths"].values() for m in ops if m in ("get", "post", "patch", "delete"))
-    assert f"{total}/{total} documented operations exercised" in text and " 0 failed" in text
-    assert stack.admin_api_key not in text and "isk_" not in text  # keys are redacted, never logged
-    customers = Rest(stack.gateway_url, stack.admin_api_key)("GET", "/v1/customers?pageSize=500")["customers"]
-    assert not [c for c in customers if c["name"].startswith("Tester ")]  # its tenant is gone
-
-
-def test_the_tester_fails_with_a_wrong_admin_key(stack: Stack, tmp_path: Path) -> None:
-    ran = cli(stack, "", "tester", "--url", stack.gateway_url, "--admin-key", "isk_admin_wrong",
-              "--logs-dir", str(tmp_path))
-    assert ran.returncode == 1 and "FAIL" in ran.stderr
-    assert len(list(tmp_path.glob("tester-*.log"))) == 1

@@ -3,8 +3,12 @@ client SDK, CLI and tester tests (tests/e2e/test_client_*.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from innosystem.demo import Demo, seed
 from innosystem.rest import Rest
@@ -22,3 +26,12 @@ def served_customer(stack: Stack, label: str, slots: int = 8) -> Iterator[Demo]:
         yield demo
     finally:
         stack.stop_process(name)
+
+
+def cli(stack: Stack, api_key: str, *args: str, stdin: str | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`innosystem ARGS…` as a process with the gateway and key in its environment (no config file)."""
+    env = {**os.environ, "INNOSYSTEM_URL": stack.gateway_url, "INNOSYSTEM_API_KEY": api_key,
+           "INNOSYSTEM_CONFIG": "/nonexistent"}
+    return subprocess.run([sys.executable, "-m", "innosystem.cli", *args], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=600, cwd=cwd)
