@@ -154,10 +154,12 @@ class AsyncClient:
         pause = POLL_START_SECONDS
         while True:
             final: Job | None = None
+            streamed = False
             try:
                 # Read on to the end of the stream, which the gateway closes after the final status,
                 # rather than hang up on it.
                 async for event in self.watch(job_id, idle=wire.idle(deadline, STREAM_IDLE_SECONDS)):
+                    streamed = True
                     if event.job.final:
                         final = event.job
                     elif deadline is not None and time.monotonic() > deadline:
@@ -174,6 +176,8 @@ class AsyncClient:
                 return last
             if deadline is not None and time.monotonic() + pause > deadline:
                 raise WaitTimeout(job_id, timeout or 0.0, last)
+            if streamed:  # the stream worked and just ended (its own deadline): no backoff to carry on
+                pause = POLL_START_SECONDS
             await asyncio.sleep(pause)
             pause = min(pause * 2, self.retry.maximum)
 

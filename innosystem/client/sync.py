@@ -175,10 +175,12 @@ class Client:
         pause = POLL_START_SECONDS
         while True:
             final: Job | None = None
+            streamed = False
             try:
                 # Read on to the end of the stream, which the gateway closes after the final status,
                 # rather than hang up on it.
                 for event in self.watch(job_id, idle=wire.idle(deadline, STREAM_IDLE_SECONDS)):
+                    streamed = True
                     if event.job.final:
                         final = event.job
                     elif deadline is not None and time.monotonic() > deadline:
@@ -195,6 +197,8 @@ class Client:
                 return last
             if deadline is not None and time.monotonic() + pause > deadline:
                 raise WaitTimeout(job_id, timeout or 0.0, last)
+            if streamed:  # the stream worked and just ended (its own deadline): no backoff to carry on
+                pause = POLL_START_SECONDS
             time.sleep(pause)
             pause = min(pause * 2, self.retry.maximum)
 
