@@ -6,12 +6,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from innosystem.client import ApiError, AsyncClient, Client, WaitTimeout, job_request
+from innosystem.client.accesslog import verify
+from innosystem.client.calls import Call
 from innosystem.demo import Demo
 from innosystem.stack import Stack
+from tests.keys.keymanager_process import start_keymanager
 from tests.support.client_world import served_customer
 
 pytestmark = pytest.mark.e2e
@@ -129,3 +133,30 @@ def test_the_access_log_chain_verifies_locally(client: Client) -> None:
     check = client.verify_access_logs()
     assert check.ok, check.message
     assert client.me().kind == "PRINCIPAL_KIND_CUSTOMER"
+
+
+def test_the_local_chain_check_agrees_with_the_platform_on_real_records(
+        stack: Stack, client: Client, demo: Demo, tmp_path: Path) -> None:
+    """Key events are access records: register a key at a real reference key manager and change it;
+    the client recomputes the same chain the keys service keeps, and notices an edit."""
+    km = start_keymanager(tmp_path / "km", "cmk-sdk")
+    try:
+        key = client.send(Call("POST", f"/v1/customers/{demo.customer_id}/keys", dict, body={
+            "endpointUrl": km.grpc_url, "externalKeyId": "cmk-sdk", "hmacSecrets": [km.secret]}))
+        client.send(Call("PATCH", f"/v1/keys/{key['id']}", dict, params={"updateMask": "description"},
+                         body={"description": "checked by the SDK"}))
+    finally:
+        km.stop()
+    records = list(client.access_logs())
+    kinds = {r["type"] for r in records}
+    assert {"ACCESS_RECORD_TYPE_KEY_REGISTERED", "ACCESS_RECORD_TYPE_KEY_UPDATED"} <= kinds, kinds
+
+    check = client.verify_access_logs()
+    server = client.send(Call("GET", f"/v1/customers/{demo.customer_id}/accessLogs:verify", dict))
+    assert check.ok and check.checked == len(records) == int(server["recordsChecked"]) >= 2
+    assert (check.head_sequence, check.head_hash) == (int(server["headSequence"]), server["headHash"])
+
+    edited = [dict(r) for r in records]
+    edited[1]["description"] = "rewritten"
+    broken = verify(edited)
+    assert (broken.break_kind, broken.break_sequence) == ("HASH_MISMATCH", 2)
