@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,9 @@ class Settings:
         file: dict[str, object] = {}
         path = path or config_path()
         if (url is None or api_key is None) and path.is_file():
+            if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                warnings.warn(f"{path} holds an API key and other users may read it: chmod 600 {path}",
+                              stacklevel=2)
             with path.open("rb") as f:
                 file = tomllib.load(f)
         return cls(

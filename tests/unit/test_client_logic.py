@@ -94,6 +94,10 @@ def test_the_local_chain_check_agrees_with_the_service_and_finds_each_kind_of_br
 def test_settings_come_from_arguments_then_the_environment_then_the_file(tmp_path, monkeypatch) -> None:
     config = tmp_path / "client.toml"
     config.write_text('url = "http://file:1/"\napi_key = "isk_file"\n')
+    config.chmod(0o644)
+    with pytest.warns(UserWarning, match="chmod 600"):
+        Settings.load(path=config)
+    config.chmod(0o600)
     monkeypatch.delenv("INNOSYSTEM_URL", raising=False)
     monkeypatch.delenv("INNOSYSTEM_API_KEY", raising=False)
     assert Settings.load(path=config) == Settings("http://file:1", "isk_file")
