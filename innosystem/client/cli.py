@@ -304,8 +304,8 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def _add(group: Any, name: str, handler: Callable[..., int], help_: str, common: argparse.ArgumentParser,
-         ) -> argparse.ArgumentParser:
+def _add(group: Any, name: str, handler: Callable[..., int], help_: str,
+         common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = group.add_parser(name, help=help_, parents=[common])
     parser.set_defaults(client_handler=handler, client_main=run)
     return parser
