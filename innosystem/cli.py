@@ -6,6 +6,8 @@
     innosystem migrate [SERVICE...]    apply database migrations (all services by default)
     innosystem keymanager              the reference customer key manager (BYOK; docs/keys.md)
     innosystem runner --token isr_…    a runner process (built-in or your own processors)
+    innosystem jobs|wallet|customers|projects|job-types …   the platform's API (docs/client.md)
+    innosystem tester --admin-key …    exercise every public endpoint of a running platform
 """
 
 from __future__ import annotations
@@ -95,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
 
     keymanager_arguments(keymanager)
 
+    from innosystem.client import cli as client_cli
+
+    client_cli.add_commands(sub)
+
     args = parser.parse_args(argv)
+    if client_main := getattr(args, "client_main", None):  # a client command: no platform process here
+        return int(client_main(args))
     if parent := env(PARENT_PID_ENV):
         die_with(int(parent))
     try:

@@ -1,4 +1,5 @@
-"""Structured logging: JSON lines in production, readable lines on a terminal.
+"""Structured logging: readable lines by default (`make run`), JSON lines when
+INNOSYSTEM_LOG_FORMAT=json, as the image, compose and Kubernetes set it.
 
 Every record carries the service, and, inside an RPC, its method, request id, trace and span
 ids and the caller's tenant, taken from context variables that the server interceptors set.
@@ -59,23 +60,34 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
+    """One short line: time, level, process, message, then the context that is set, with long ids
+    cut to 8 characters (enough to find the full line in a JSON log) and the RPC as Service.Method."""
+
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(
-            f"{k}={v}" for k, v in vars(record).items()
-            if k not in _STD_ATTRS and k not in ("service", "span_id") and v not in ("", None)
-        )
-        line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname[:4]} " \
-               f"[{getattr(record, 'service', '') or record.name}] {record.getMessage()}"
-        line = f"{line}  {extras}" if extras else line
+        extras = []
+        for k, v in vars(record).items():
+            if k in _STD_ATTRS or k in ("service", "span_id") or v in ("", None):
+                continue
+            if k == "rpc":  # /innosystem.jobs.v1.JobService/SubmitJob → JobService.SubmitJob
+                path, _, method = str(v).rpartition("/")
+                v = f"{path.rsplit('.', 1)[-1]}.{method}" if path else v
+            elif k in ("trace_id", "request_id"):
+                k, v = k.removesuffix("_id"), str(v)[:8]
+            extras.append(f"{k}={v}")
+        service = getattr(record, "service", "") or record.name
+        line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname[:4]:<4} " \
+               f"{service:<8} {record.getMessage()}"
+        line = f"{line}  {' '.join(extras)}" if extras else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
 def setup(service: str, level: str = "INFO", fmt: str = "") -> None:
-    """Configure the root logger once per process. fmt: "json", "console", or "" = by terminal."""
+    """Configure the root logger once per process. fmt: "json" for JSON lines; anything else
+    ("console", "") for readable lines, on a terminal or not (a piped `make run` stays readable)."""
     service_name.set(service)
-    use_json = fmt == "json" or (fmt != "console" and not sys.stderr.isatty())
+    use_json = fmt == "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else ConsoleFormatter())
     handler.addFilter(_ContextFilter())

@@ -97,11 +97,15 @@ def test_service_health_checks_ask_the_services_own_name(compose: dict[str, Any]
     assert asked in registered_health_names(name), (name, asked)
 
 
-def test_only_the_runner_is_behind_a_profile(compose: dict[str, Any]) -> None:
+def test_only_the_runner_and_the_tester_are_behind_a_profile(compose: dict[str, Any]) -> None:
     """A plain `docker compose up` starts everything but the runner, which needs a token that only
-    the running platform issues (README: "Runner pool"); no `pending` profile is left."""
+    the running platform issues (README: "Runner pool"), and the tester, which is run on demand;
+    no `pending` profile is left."""
     profiled = {name: svc["profiles"] for name, svc in compose["services"].items() if "profiles" in svc}
-    assert profiled == {"runner": ["runner"]}
+    assert profiled == {"runner": ["runner"], "tester": ["tester"]}
+    tester = compose["services"]["tester"]
+    assert tester["command"][0] == "tester" and tester["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert tester["volumes"][0].split(":")[0] in compose["volumes"]
     assert "keymanager-data" in compose["volumes"]
 
 
