@@ -8,8 +8,8 @@ One result never fails another's: a result too large to pass is failed here on i
 (RESULT_TOO_LARGE), batches are bounded in bytes as well as count, a batch the jobs service
 refuses as a whole is split until the item it refuses stands alone, and a batch waiting out an
 outage retries in a task of its own (bounded in time), so it does not hold back the batches after
-it. Batches otherwise go one at a time: the next one gathers while a call is in flight, which is
-what keeps them large under load.
+it. Otherwise at most `COMPLETE_CALLS` batches are in flight: the next one gathers while they
+are, which is what keeps them large under load.
 Completions are fenced by lease, so a repeat cannot apply twice.
 """
 
@@ -37,6 +37,9 @@ MAX_BATCH = 500
 MAX_BATCH_BYTES = 8 * 1024 * 1024  # well under the 32 MiB gRPC message limit
 MAX_RESULT_BYTES = 8 * 1024 * 1024  # a larger result could not pass in any batch; jobs' own limit is lower
 LINGER_SECONDS = 0.002
+# CompleteJobs calls in flight: while one waits for its commit and billing, the next carries the
+# results that arrived meanwhile (a runner's slots free on arrival, so a slow ack would hold them).
+COMPLETE_CALLS = 2
 RETRY_SECONDS = 120.0  # past this the leases have expired anyway: the runner is told and the reaper ends them
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
 
@@ -60,6 +63,7 @@ class ResultBatcher:
         self._queue: deque[tuple[jobs_pb2.JobCompletion, int]] = deque()  # with its size in bytes
         self._arrived = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._calls = asyncio.Semaphore(COMPLETE_CALLS)
 
     def submit(self, completion: jobs_pb2.JobCompletion) -> None:
         completion = too_large(completion)
@@ -68,6 +72,7 @@ class ResultBatcher:
 
     async def run(self) -> None:
         while True:
+            await self._calls.acquire()  # a batch gathers while the calls before it are in flight
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -78,10 +83,17 @@ class ResultBatcher:
                 completion, n = self._queue.popleft()
                 batch.append(completion)
                 size += n
-            try:
-                await self._complete(batch, retry_later=True)
-            except Exception:  # never the end of the loop: every later result would wait forever
-                log.exception("results of %d jobs not passed on", len(batch))
+            task = asyncio.create_task(self._pass(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pass(self, batch: list[jobs_pb2.JobCompletion]) -> None:
+        try:
+            await self._complete(batch, retry_later=True)
+        except Exception:  # never the end of the loop: every later result would wait forever
+            log.exception("results of %d jobs not passed on", len(batch))
+        finally:
+            self._calls.release()
 
     async def _retry(self, batch: list[jobs_pb2.JobCompletion]) -> None:
         try:
