@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, text
@@ -387,7 +387,8 @@ class BillingService:
             if item.hold_id in added:
                 undo.append(item)
         await self._unauthorize(undo)
-        return [x for x in out if x is not None]
+        assert all(x is not None for x in out), "every reserve is answered"
+        return cast(list[HoldRow | DomainError], out)
 
     async def _reserve_item(self, r: ReserveRequest) -> ledger.ReserveItem:
         hold_id = _text(r.hold_id, "hold_id", MAX_ID, required=True)
