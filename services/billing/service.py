@@ -367,6 +367,7 @@ class BillingService:
             await self._unauthorize([i for _, i in items if i.hold_id in added])
             raise
         undo: list[ledger.ReserveItem] = []
+        redo: list[HoldRow] = []  # stored by a concurrent reserve of another amount: Redis must hold that one
         for (k, item), outcome in zip(items, stored, strict=True):
             if isinstance(outcome, DomainError):
                 out[k] = outcome
@@ -382,11 +383,16 @@ class BillingService:
                     out[k] = self._same_reserve(hold, item)
                 except DomainError as err:
                     out[k] = err
-                if hold.status == ACTIVE:
+                if hold.status == ACTIVE and hold.amount == item.amount:
                     continue
+                if hold.status == ACTIVE and item.hold_id in added:
+                    redo.append(hold)
             if item.hold_id in added:
                 undo.append(item)
         await self._unauthorize(undo)
+        for hold in redo:
+            await self._redis_quietly(self.otb.reserve_many(hold.customer_id, hold.currency,
+                                                            [(hold.hold_id, hold.amount)]))
         assert all(x is not None for x in out), "every reserve is answered"
         return cast(list[HoldRow | DomainError], out)
 
