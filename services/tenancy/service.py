@@ -19,11 +19,12 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 from innosystem.kit import idempotency, pagination, quota
 from innosystem.kit import principal as principals
-from innosystem.kit.db import Database
+from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -45,6 +46,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_TAGS, MAX_TAG_LEN, MAX_DESCRIPTION = 50, 64, 4000
 DEFAULT_MAX_PROJECTS = 100
 MAX_PROJECTS_SETTING = "INNOSYSTEM_TENANCY_MAX_PROJECTS_PER_CUSTOMER"
+LAST_USE_PRECISION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,14 @@ def validate(changes: dict[str, Any]) -> None:
 
 
 class Revoked(Protocol):
-    """Told, after the commit, that an account's API keys stopped being valid (or changed)."""
+    """Told, after the commit, that credentials stopped being valid (or changed): an account's
+    (customer or reseller), one key's or session's (`key_id`), or one user's sessions."""
 
-    def __call__(self, *, customer_id: str = "", reseller_id: str = "") -> Awaitable[None]: ...
+    def __call__(self, *, customer_id: str = "", reseller_id: str = "", key_id: str = "",
+                 user_id: str = "") -> Awaitable[None]: ...
 
 
-async def _nobody_told(*, customer_id: str = "", reseller_id: str = "") -> None:
+async def _nobody_told(*, customer_id: str = "", reseller_id: str = "", key_id: str = "", user_id: str = "") -> None:
     return None
 
 
@@ -167,11 +171,19 @@ class TenancyService:
         key, reseller, customer = found
         if (customer is not None and not customer.active) or (reseller is not None and not reseller.active):
             raise Unauthenticated("the account of this API key is inactive", reason="ACCOUNT_INACTIVE")
+        now = utcnow()
+        if key.expire_time is not None and key.expire_time <= now:
+            raise Unauthenticated("API key has expired", reason="API_KEY_EXPIRED")
+        if key.last_use_time is None or now - key.last_use_time > LAST_USE_PRECISION:
+            # Gateways cache a key's answer, so this runs about once per cache TTL, not per request.
+            async with self.db.session() as s:
+                await TenancyRepository(s).touch_key(key.id, now)
         return Principal(
             kind=key.kind,  # type: ignore[arg-type]
             reseller_id=str(reseller.id) if reseller else "",
             customer_id=str(customer.id) if customer else "",
             key_id=str(key.id),
+            role=key.role or 0,  # type: ignore[arg-type]
         )
 
     async def ensure_admin_key(self, api_key: str) -> None:
