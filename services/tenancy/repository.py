@@ -100,7 +100,8 @@ class TenancyRepository:
 
     async def revoke_keys(self, *, reseller_id: uuid.UUID | None = None, customer_id: uuid.UUID | None = None,
                           label: str | None = None, keep: bytes | None = None) -> None:
-        stmt = update(ApiKey).where(ApiKey.revoke_time.is_(None))
+        # Only legacy keys (no role): `:rotateApiKey` replaces those; named keys end one by one (DeleteApiKey).
+        stmt = update(ApiKey).where(ApiKey.revoke_time.is_(None), ApiKey.role.is_(None))
         if reseller_id is not None:
             stmt = stmt.where(ApiKey.reseller_id == reseller_id, ApiKey.customer_id.is_(None))
         if customer_id is not None:
