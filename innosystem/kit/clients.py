@@ -123,7 +123,8 @@ def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
 
 # Tenancy publishes here, after the commit, whenever API keys stop being valid: a customer or
 # reseller deactivated or deleted, a key rotated or deleted, a session ended, a user deactivated or its
-# role changed. JSON with one of "customer_id", "reseller_id", "key_id" (a key's or session's id), "user_id".
+# role changed. JSON with one of "customer_id", "reseller_id", "key_id" (a key's or session's id), "user_id",
+# or "everyone": true (a platform-wide rule changed).
 ACCESS_REVOKED_CHANNEL = "tenancy:access-revoked"
 _FEED_RETRY_SECONDS = 1.0
 
@@ -151,13 +152,14 @@ class ApiKeyAuthenticator:
         self._generation = 0
         self._trust_cache = True
 
-    def revoke(self, *, customer_id: str = "", reseller_id: str = "", key_id: str = "", user_id: str = "") -> None:
+    def revoke(self, *, customer_id: str = "", reseller_id: str = "", key_id: str = "", user_id: str = "",
+               everyone: bool = False) -> None:
         """Forget the cached answers of a customer's keys and sessions, of a reseller's and its
-        customers', of one key or session (`key_id`), or of one user's sessions."""
+        customers', of one key or session (`key_id`), of one user's sessions, or of everyone's."""
         self._generation += 1
         for digest, (_, answer) in list(self._cache.items()):
             if isinstance(answer, tenancy_pb2.Principal) and (
-                    (customer_id and answer.customer_id == customer_id)
+                    everyone or (customer_id and answer.customer_id == customer_id)
                     or (reseller_id and answer.reseller_id == reseller_id)
                     or (key_id and answer.key_id == key_id)
                     or (user_id and answer.user_id == user_id)):
@@ -271,7 +273,7 @@ def _revoke(authenticator: ApiKeyAuthenticator, data: Any) -> None:
         event = json.loads(data)
         authenticator.revoke(customer_id=str(event.get("customer_id", "")),
                              reseller_id=str(event.get("reseller_id", "")), key_id=str(event.get("key_id", "")),
-                             user_id=str(event.get("user_id", "")))
+                             user_id=str(event.get("user_id", "")), everyone=event.get("everyone") is True)
     except (ValueError, TypeError, AttributeError):
         log.warning("malformed revocation ignored; forgetting every cached key")
         authenticator.distrust_cache()

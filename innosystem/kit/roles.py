@@ -66,7 +66,8 @@ _BY_SERVICE: dict[str, dict[str, Permission]] = {
         "CreateProject": D, "UpdateProject": D, "DeleteProject": D,
         # the service checks that it is the caller's own (or that the caller administers the account)
         "GetMe": S, "GetUser": S, "UpdateUser": S, "GetCurrentSession": S, "DeleteCurrentSession": S,
-        "ListSessions": S, "DeleteSession": S,
+        "ListSessions": S, "DeleteSession": S, "EnrollTotp": S, "ConfirmTotp": S, "DisableTotp": S,
+        "SetTotpRequirement": A,  # and the service asks for an OWNER
         # public (no credentials at all): sign-in, invitations, password resets
         "CreateSession": S, "AcceptInvitation": S, "CreatePasswordReset": S, "CompletePasswordReset": S,
     },
@@ -116,6 +117,9 @@ def check(method: str, caller: Principal | None) -> None:
     if caller is None or caller.kind not in (ADMIN, RESELLER, CUSTOMER):
         return
     permission = METHOD_PERMISSIONS.get(method)
+    if caller.totp_enrollment_required and permission is not Permission.SELF:
+        raise PermissionDenied("this account requires a second factor: enrol TOTP first (POST "
+                               f"/v1/users/{caller.user_id}:enrollTotp)", reason="TOTP_ENROLLMENT_REQUIRED")
     if permission is None:  # not a public method of this table: only an account's administrators
         if role_of(caller) in (OWNER, ADMIN_ROLE):
             return

@@ -52,6 +52,11 @@ class Account:
             return [reseller_column == self.reseller_id]
         return []
 
+    @property
+    def id(self) -> uuid.UUID:
+        """The account's own id (the nil UUID for the platform)."""
+        return self.customer_id or self.reseller_id or uuid.UUID(int=0)
+
     def row_ids(self) -> dict[str, uuid.UUID | None]:
         """The id columns a new user or key of this account gets."""
         return {"reseller_id": self.reseller_id if self.customer_id is None else None,

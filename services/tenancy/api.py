@@ -21,6 +21,7 @@ from services.tenancy.api_keys import ApiKeys, key_account
 from services.tenancy.models import ApiKey, AuditEvent, Customer, Project, Reseller, SignInSession, User
 from services.tenancy.service import TenancyService
 from services.tenancy.sign_in import SignIn
+from services.tenancy.totp import SecondFactor
 from services.tenancy.users import Users
 
 
@@ -76,8 +77,9 @@ def audit_event_pb(row: AuditEvent) -> pb.AuditEvent:
 
 class TenancyApi(tenancy_pb2_grpc.TenancyServiceServicer):
     def __init__(self, service: TenancyService, users: Users, sign_in: SignIn, api_keys: ApiKeys,
-                 db: Database) -> None:
+                 second_factor: SecondFactor, db: Database) -> None:
         self.service = service
+        self.second_factor = second_factor
         self.users = users
         self.sign_in = sign_in
         self.api_keys = api_keys
@@ -93,7 +95,10 @@ class TenancyApi(tenancy_pb2_grpc.TenancyServiceServicer):
 
     async def GetMe(self, request: pb.GetMeRequest, context: grpc.aio.ServicerContext) -> pb.Me:
         caller = principals.current()
-        return pb.Me(principal=caller, display_name=await self.service.me(caller))
+        me = pb.Me(principal=caller, display_name=await self.service.me(caller))
+        if caller.user_id:
+            me.user.CopyFrom(user_pb(await self.sign_in.current(caller)))
+        return me
 
     # users
 
@@ -131,6 +136,28 @@ class TenancyApi(tenancy_pb2_grpc.TenancyServiceServicer):
                                     context: grpc.aio.ServicerContext) -> Empty:
         await self.users.complete_reset(request.token, request.password)
         return Empty()
+
+    # second factor
+
+    async def EnrollTotp(self, request: pb.EnrollTotpRequest,
+                         context: grpc.aio.ServicerContext) -> pb.EnrollTotpResponse:
+        secret, uri = await self.second_factor.enroll(principals.current(), request.user_id)
+        return pb.EnrollTotpResponse(secret=secret, otpauth_uri=uri)
+
+    async def ConfirmTotp(self, request: pb.ConfirmTotpRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ConfirmTotpResponse:
+        user, codes = await self.second_factor.confirm(principals.current(), request.user_id, request.secret,
+                                                       request.code)
+        return pb.ConfirmTotpResponse(user=user_pb(user), recovery_codes=codes)
+
+    async def DisableTotp(self, request: pb.DisableTotpRequest, context: grpc.aio.ServicerContext) -> pb.User:
+        return user_pb(await self.second_factor.disable(principals.current(), request.user_id))
+
+    async def SetTotpRequirement(self, request: pb.SetTotpRequirementRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.TotpRequirement:
+        required = await self.second_factor.set_requirement(principals.current(), request.customer_id,
+                                                            request.reseller_id, request.required)
+        return pb.TotpRequirement(required=required)
 
     # sessions
 

@@ -17,6 +17,7 @@ from services.tenancy.mailer import Mailer
 from services.tenancy.revocations import RevocationPublisher
 from services.tenancy.service import TenancyService
 from services.tenancy.sign_in import SignIn
+from services.tenancy.totp import SecondFactor
 from services.tenancy.users import Users
 from services.tenancy.wallets import WalletOpener
 
@@ -35,11 +36,12 @@ async def create() -> Service:
     if config.admin_api_key:
         await service.ensure_admin_key(config.admin_api_key)
     mailer = Mailer(config.smtp_host, config.smtp_port, config.mail_from, config.public_url, config.log_links)
-    sign_in = SignIn(db, service.hash_key, config.common.internal_secret, revocations,
+    second_factor = SecondFactor(db, service.hash_key, config.api_key_pepper, revocations)
+    sign_in = SignIn(db, service.hash_key, config.common.internal_secret, revocations, second_factor,
                      idle=timedelta(seconds=config.session_idle_seconds),
                      max_age=timedelta(seconds=config.session_max_seconds))
     api = TenancyApi(service, Users(db, service.hash_key, mailer, revocations), sign_in,
-                     ApiKeys(db, service, revocations), db)
+                     ApiKeys(db, service, revocations), second_factor, db)
     return Service(
         name="tenancy",
         service_names=[tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].full_name],

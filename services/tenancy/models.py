@@ -5,7 +5,18 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, SmallInteger, String, Text, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -115,9 +126,22 @@ class User(Base):
     totp_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     recovery_codes: Mapped[list[bytes]] = mapped_column(ARRAY(LargeBinary(32)), default=list,
                                                         server_default=text("'{}'"))
+    # The TOTP time step of the last code accepted: a code works once, even within its 30 s.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None] = mapped_column(Timestamp)
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+
+class AccountPolicy(Base):
+    """An account's rules for its people; the platform's row has the nil UUID as its id."""
+
+    __tablename__ = "account_policies"
+
+    account_kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    require_totp: Mapped[bool] = mapped_column(default=False)
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
 
 

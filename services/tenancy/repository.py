@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import utcnow
@@ -15,6 +16,7 @@ from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
 from services.tenancy.accounts import Account
 from services.tenancy.models import (
+    AccountPolicy,
     ApiKey,
     AuditEvent,
     Customer,
@@ -36,7 +38,7 @@ class TenancyRepository:
 
     # resellers
     async def add(self, row: Reseller | Customer | Project | ApiKey | WalletOpening | AuditEvent | User | UserToken
-                  | SignInSession) -> None:
+                  | SignInSession | AccountPolicy) -> None:
         self.s.add(row)
         await self.s.flush()
 
@@ -212,3 +214,16 @@ class TenancyRepository:
                                   and_(AuditEvent.create_time == before[0], AuditEvent.id < before[1])))
         stmt = stmt.order_by(AuditEvent.create_time.desc(), AuditEvent.id.desc()).limit(limit)
         return (await self.s.execute(stmt)).scalars().all()
+
+    # account policies
+    async def requires_totp(self, account: Account) -> bool:
+        stmt = select(AccountPolicy.require_totp).where(AccountPolicy.account_kind == account.kind,
+                                                        AccountPolicy.account_id == account.id)
+        return bool(await self.s.scalar(stmt))
+
+    async def set_totp_requirement(self, account: Account, required: bool) -> None:
+        stmt = insert(AccountPolicy).values(account_kind=account.kind, account_id=account.id, require_totp=required,
+                                            update_time=utcnow())
+        await self.s.execute(stmt.on_conflict_do_update(
+            index_elements=[AccountPolicy.account_kind, AccountPolicy.account_id],
+            set_={"require_totp": required, "update_time": utcnow()}))

@@ -113,13 +113,15 @@ def validate(changes: dict[str, Any]) -> None:
 
 class Revoked(Protocol):
     """Told, after the commit, that credentials stopped being valid (or changed): an account's
-    (customer or reseller), one key's or session's (`key_id`), or one user's sessions."""
+    (customer or reseller), one key's or session's (`key_id`), one user's sessions, or
+    `everyone`'s (a platform-wide rule changed)."""
 
-    def __call__(self, *, customer_id: str = "", reseller_id: str = "", key_id: str = "",
-                 user_id: str = "") -> Awaitable[None]: ...
+    def __call__(self, *, customer_id: str = "", reseller_id: str = "", key_id: str = "", user_id: str = "",
+                 everyone: bool = False) -> Awaitable[None]: ...
 
 
-async def _nobody_told(*, customer_id: str = "", reseller_id: str = "", key_id: str = "", user_id: str = "") -> None:
+async def _nobody_told(*, customer_id: str = "", reseller_id: str = "", key_id: str = "", user_id: str = "",
+                       everyone: bool = False) -> None:
     return None
 
 

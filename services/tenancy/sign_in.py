@@ -1,6 +1,6 @@
 """People's sessions: sign in (password, then TOTP when enrolled), resolve a cookie, sign out.
 
-A wrong e-mail and a wrong password are the same 401 `INVALID_CREDENTIALS`, in the same time
+A wrong e-mail, password or TOTP code is the same 401 `INVALID_CREDENTIALS`, in the same time
 (`passwords.verify_password`). `MAX_FAILURES` wrong answers in a row lock the user for
 `LOCK_TIME`; the gateway limits failed attempts per client address on top. A session ends after
 `idle` without use or `max_age` after sign-in, whichever comes first; deactivating the user,
@@ -25,6 +25,7 @@ from services.tenancy.models import SignInSession, User
 from services.tenancy.passwords import verify_password
 from services.tenancy.repository import TenancyRepository
 from services.tenancy.service import Revoked
+from services.tenancy.totp import SecondFactor
 
 MAX_FAILURES = 5
 LOCK_TIME = timedelta(minutes=15)
@@ -43,8 +44,10 @@ def _invalid() -> Unauthenticated:
 
 class SignIn:
     def __init__(self, db: Database, hash_token: Any, csrf_secret: bytes, on_access_revoked: Revoked,
-                 idle: timedelta = timedelta(hours=2), max_age: timedelta = timedelta(hours=12)) -> None:
+                 second_factor: SecondFactor, idle: timedelta = timedelta(hours=2),
+                 max_age: timedelta = timedelta(hours=12)) -> None:
         self.db = db
+        self._second_factor = second_factor
         self._hash = hash_token
         self._csrf_secret = csrf_secret
         self._revoked = on_access_revoked
@@ -64,9 +67,13 @@ class SignIn:
         if not await verify_password(user.password_hash if usable and user else None, password) or user is None:
             await self._failed(user)
             raise _invalid()
-        if user.totp_secret is not None:  # no enrolment exists yet: such a user cannot sign in
-            raise Unauthenticated("this user signs in with a TOTP code too (totpCode)", field="totp_code",
-                                  reason="TOTP_REQUIRED")
+        if user.totp_secret is not None:
+            if not totp_code:
+                raise Unauthenticated("this user signs in with a TOTP code too (totpCode)", field="totp_code",
+                                      reason="TOTP_REQUIRED")
+            if not await self._second_factor.verify(user.id, totp_code):
+                await self._failed(user)
+                raise _invalid()
         token = sessions.SESSION_TOKEN_PREFIX + secrets.token_urlsafe(32)
         async with self.db.session() as s:
             repo = TenancyRepository(s)
@@ -80,7 +87,7 @@ class SignIn:
             fresh = await repo.get_user(user.id, lock=True)
             assert fresh is not None
             fresh.failed_logins, fresh.locked_until = 0, None
-            principal = self._principal(fresh, row, reseller.id if reseller else None)
+            principal = await self._principal(repo, fresh, row, reseller.id if reseller else None)
             await audit.record(repo, principal, "CreateSession", visibility.account_of(fresh),
                                target=f"users/{user.id}", reseller_id=reseller.id if reseller else None)
         return SignedIn(fresh, str(row.id), token)
@@ -97,10 +104,13 @@ class SignIn:
                 row.failed_logins, row.locked_until = 0, utcnow() + LOCK_TIME
 
     @staticmethod
-    def _principal(user: User, session: SignInSession, reseller_id: uuid.UUID | None) -> Principal:
+    async def _principal(repo: TenancyRepository, user: User, session: SignInSession,
+                         reseller_id: uuid.UUID | None) -> Principal:
+        enrol = user.totp_secret is None and await repo.requires_totp(visibility.account_of(user))
         return Principal(kind=user.account_kind,  # type: ignore[arg-type]
                          reseller_id=str(reseller_id or ""), customer_id=str(user.customer_id or ""),
-                         key_id=str(session.id), role=user.role, user_id=str(user.id))  # type: ignore[arg-type]
+                         key_id=str(session.id), role=user.role, user_id=str(user.id),  # type: ignore[arg-type]
+                         totp_enrollment_required=enrol)
 
     async def authenticate(self, token: str) -> Principal:
         if not token.startswith(sessions.SESSION_TOKEN_PREFIX) or len(token) > 256:
@@ -114,7 +124,7 @@ class SignIn:
             reseller, customer = await repo.account_of(user)
             if (customer is not None and not customer.active) or (reseller is not None and not reseller.active):
                 raise Unauthenticated("the account of this user is inactive", reason="ACCOUNT_INACTIVE")
-            return self._principal(user, row, reseller.id if reseller else None)
+            return await self._principal(repo, user, row, reseller.id if reseller else None)
 
     async def current(self, caller: Principal) -> User:
         if not caller.user_id:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pyotp
 import pytest
 
 from innosystem.stack import Stack
@@ -31,6 +33,14 @@ def acme(admin: Client) -> dict:
     invite_and_accept(admin.base, key, f"/v1/customers/{customer_id}", viewer, "ROLE_VIEWER")
     return {"id": customer_id, "key": key, "owner": owner, "viewer": viewer,
             "other": other.body["customer"]["id"], "other_key": other.body["apiKey"]}
+
+
+@pytest.fixture
+def admin_customer(admin: Client) -> dict:
+    """A customer of its own, for a test that changes the account's rules."""
+    made = admin.post("/v1/customers", {"name": "Rules", "email": "rules@example.com"})
+    assert made.status == 200
+    return {"id": made.body["customer"]["id"], "key": made.body["apiKey"]}
 
 
 def test_sign_in_sets_a_strict_http_only_cookie_and_the_session_acts_as_its_user(admin: Client, acme: dict) -> None:
@@ -224,3 +234,54 @@ def test_administrative_actions_are_audited(admin: Client, acme: dict) -> None:
     assert viewer.call("GET", f"/v1/customers/{acme['id']}/auditEvents").status == 403
     other = admin.as_key(acme["other_key"]).get(f"/v1/customers/{acme['id']}/auditEvents")
     assert other.status == 404
+
+
+def test_totp_enrolment_then_sign_in_needs_a_code_or_a_recovery_code(admin: Client, acme: dict) -> None:
+    email = _email("totp")
+    invite_and_accept(admin.base, acme["key"], f"/v1/customers/{acme['id']}", email, "ROLE_DEVELOPER")
+    person = sign_in(admin.base, email)
+    user_id = person.user["userId"]
+    enrolled = person.call("POST", f"/v1/users/{user_id}:enrollTotp")
+    assert enrolled.status == 200 and enrolled.body["otpauthUri"].startswith("otpauth://totp/"), enrolled.body
+    totp = pyotp.TOTP(enrolled.body["secret"])
+    wrong = person.call("POST", f"/v1/users/{user_id}:confirmTotp", {"secret": enrolled.body["secret"],
+                                                                     "code": "000000" if totp.now() != "000000"
+                                                                     else "111111"})
+    assert wrong.status == 400 and wrong.reason == "INVALID_TOTP_CODE"
+    confirmed = person.call("POST", f"/v1/users/{user_id}:confirmTotp",
+                            {"secret": enrolled.body["secret"], "code": totp.now()})
+    assert confirmed.status == 200 and confirmed.body["user"]["totpEnabled"] is True, confirmed.body
+    recovery = confirmed.body["recoveryCodes"]
+    assert len(recovery) == 10 and len(set(recovery)) == 10
+
+    needs = call(admin.base, "POST", "/v1/sessions", {"email": email, "password": PASSWORD})
+    assert needs.status == 401 and needs.reason == "TOTP_REQUIRED" and "Set-Cookie" not in needs.headers
+    bad = call(admin.base, "POST", "/v1/sessions", {"email": email, "password": PASSWORD, "totpCode": "12345"})
+    assert bad.status == 401 and bad.reason == "INVALID_CREDENTIALS"
+    # the next step's code (the one confirming spent this step's)
+    assert sign_in(admin.base, email, totpCode=totp.at(time.time() + 30)).user["totpEnabled"] is True
+    assert sign_in(admin.base, email, totpCode=recovery[0]).user["userId"] == user_id
+    spent = call(admin.base, "POST", "/v1/sessions", {"email": email, "password": PASSWORD, "totpCode": recovery[0]})
+    assert spent.status == 401 and spent.reason == "INVALID_CREDENTIALS"
+
+
+def test_an_owner_can_require_totp_of_every_user(admin: Client, admin_customer: dict) -> None:
+    customer_id, key = admin_customer["id"], admin_customer["key"]
+    owner_email, member_email = _email("req-owner"), _email("req-member")
+    invite_and_accept(admin.base, key, f"/v1/customers/{customer_id}", owner_email, "ROLE_OWNER")
+    invite_and_accept(admin.base, key, f"/v1/customers/{customer_id}", member_email, "ROLE_ADMIN")
+    member = sign_in(admin.base, member_email)
+    denied = member.call("POST", f"/v1/customers/{customer_id}:setTotpRequirement", {"required": True})
+    assert denied.status == 403 and denied.reason == "OWNER_ONLY"
+    owner = sign_in(admin.base, owner_email)
+    assert owner.call("POST", f"/v1/customers/{customer_id}:setTotpRequirement", {"required": True}).status == 200
+    fresh = sign_in(admin.base, member_email)
+    blocked = fresh.call("GET", f"/v1/customers/{customer_id}/projects")
+    assert blocked.status == 403 and blocked.reason == "TOTP_ENROLLMENT_REQUIRED", blocked.body
+    assert fresh.call("GET", "/v1/sessions/current").status == 200  # its own session and profile stay open
+    enrolled = fresh.call("POST", f"/v1/users/{fresh.user['userId']}:enrollTotp")
+    secret = enrolled.body["secret"]
+    assert fresh.call("POST", f"/v1/users/{fresh.user['userId']}:confirmTotp",
+                      {"secret": secret, "code": pyotp.TOTP(secret).now()}).status == 200
+    again = sign_in(admin.base, member_email, totpCode=pyotp.TOTP(secret).at(time.time() + 30))
+    assert again.call("GET", f"/v1/customers/{customer_id}/projects").status == 200

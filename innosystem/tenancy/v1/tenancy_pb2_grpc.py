@@ -165,6 +165,26 @@ class TenancyServiceStub:
                 request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CompletePasswordResetRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.EnrollTotp = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/EnrollTotp',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpResponse.FromString,
+                _registered_method=True)
+        self.ConfirmTotp = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/ConfirmTotp',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpResponse.FromString,
+                _registered_method=True)
+        self.DisableTotp = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/DisableTotp',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DisableTotpRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+                _registered_method=True)
+        self.SetTotpRequirement = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/SetTotpRequirement',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SetTotpRequirementRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.TotpRequirement.FromString,
+                _registered_method=True)
         self.CreateSession = channel.unary_unary(
                 '/innosystem.tenancy.v1.TenancyService/CreateSession',
                 request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateSessionRequest.SerializeToString,
@@ -390,6 +410,35 @@ class TenancyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnrollTotp(self, request, context):
+        """Second factor. Enrolling answers a new secret and changes nothing; confirming it with a code
+        from the app turns TOTP on and answers ten one-time recovery codes (shown once). Only the
+        user itself enrols; disabling is the user's or its account's OWNER/ADMIN's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmTotp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableTotp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTotpRequirement(self, request, context):
+        """An account OWNER requires TOTP of every user of the account: until a user has enrolled, its
+        sessions may only read its own profile and enrol (reason TOTP_ENROLLMENT_REQUIRED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSession(self, request, context):
         """Sessions: public sign-in. The gateway turns the session token tenancy answers in the
         `x-innosystem-session` response metadata into the HttpOnly cookie; it is never in the body.
@@ -593,6 +642,26 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     servicer.CompletePasswordReset,
                     request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CompletePasswordResetRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'EnrollTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollTotp,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpResponse.SerializeToString,
+            ),
+            'ConfirmTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmTotp,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpResponse.SerializeToString,
+            ),
+            'DisableTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableTotp,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DisableTotpRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.SerializeToString,
+            ),
+            'SetTotpRequirement': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTotpRequirement,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SetTotpRequirementRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.TotpRequirement.SerializeToString,
             ),
             'CreateSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSession,
@@ -1330,6 +1399,114 @@ class TenancyService:
             '/innosystem.tenancy.v1.TenancyService/CompletePasswordReset',
             innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CompletePasswordResetRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/EnrollTotp',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/ConfirmTotp',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/DisableTotp',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DisableTotpRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTotpRequirement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/SetTotpRequirement',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SetTotpRequirementRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.TotpRequirement.FromString,
             options,
             channel_credentials,
             insecure,

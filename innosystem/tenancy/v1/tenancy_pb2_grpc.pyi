@@ -77,6 +77,17 @@ class TenancyServiceStub:
     """
     CompletePasswordReset: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.CompletePasswordResetRequest, _empty_pb2.Empty]
     """Public: the new password; every session of the user ends."""
+    EnrollTotp: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.EnrollTotpRequest, _tenancy_pb2.EnrollTotpResponse]
+    """Second factor. Enrolling answers a new secret and changes nothing; confirming it with a code
+    from the app turns TOTP on and answers ten one-time recovery codes (shown once). Only the
+    user itself enrols; disabling is the user's or its account's OWNER/ADMIN's.
+    """
+    ConfirmTotp: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.ConfirmTotpRequest, _tenancy_pb2.ConfirmTotpResponse]
+    DisableTotp: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.DisableTotpRequest, _tenancy_pb2.User]
+    SetTotpRequirement: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.SetTotpRequirementRequest, _tenancy_pb2.TotpRequirement]
+    """An account OWNER requires TOTP of every user of the account: until a user has enrolled, its
+    sessions may only read its own profile and enrol (reason TOTP_ENROLLMENT_REQUIRED otherwise).
+    """
     CreateSession: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.CreateSessionRequest, _tenancy_pb2.SessionResponse]
     """Sessions: public sign-in. The gateway turns the session token tenancy answers in the
     `x-innosystem-session` response metadata into the HttpOnly cookie; it is never in the body.
@@ -150,6 +161,17 @@ class TenancyServiceAsyncStub(TenancyServiceStub):
     """
     CompletePasswordReset: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.CompletePasswordResetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Public: the new password; every session of the user ends."""
+    EnrollTotp: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.EnrollTotpRequest, _tenancy_pb2.EnrollTotpResponse]  # type: ignore[assignment]
+    """Second factor. Enrolling answers a new secret and changes nothing; confirming it with a code
+    from the app turns TOTP on and answers ten one-time recovery codes (shown once). Only the
+    user itself enrols; disabling is the user's or its account's OWNER/ADMIN's.
+    """
+    ConfirmTotp: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.ConfirmTotpRequest, _tenancy_pb2.ConfirmTotpResponse]  # type: ignore[assignment]
+    DisableTotp: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.DisableTotpRequest, _tenancy_pb2.User]  # type: ignore[assignment]
+    SetTotpRequirement: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.SetTotpRequirementRequest, _tenancy_pb2.TotpRequirement]  # type: ignore[assignment]
+    """An account OWNER requires TOTP of every user of the account: until a user has enrolled, its
+    sessions may only read its own profile and enrol (reason TOTP_ENROLLMENT_REQUIRED otherwise).
+    """
     CreateSession: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.CreateSessionRequest, _tenancy_pb2.SessionResponse]  # type: ignore[assignment]
     """Sessions: public sign-in. The gateway turns the session token tenancy answers in the
     `x-innosystem-session` response metadata into the HttpOnly cookie; it is never in the body.
@@ -370,6 +392,41 @@ class TenancyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Public: the new password; every session of the user ends."""
+
+    @_abc_1.abstractmethod
+    def EnrollTotp(
+        self,
+        request: _tenancy_pb2.EnrollTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.EnrollTotpResponse, _abc.Awaitable[_tenancy_pb2.EnrollTotpResponse]]:
+        """Second factor. Enrolling answers a new secret and changes nothing; confirming it with a code
+        from the app turns TOTP on and answers ten one-time recovery codes (shown once). Only the
+        user itself enrols; disabling is the user's or its account's OWNER/ADMIN's.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmTotp(
+        self,
+        request: _tenancy_pb2.ConfirmTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.ConfirmTotpResponse, _abc.Awaitable[_tenancy_pb2.ConfirmTotpResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DisableTotp(
+        self,
+        request: _tenancy_pb2.DisableTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.User, _abc.Awaitable[_tenancy_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def SetTotpRequirement(
+        self,
+        request: _tenancy_pb2.SetTotpRequirementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.TotpRequirement, _abc.Awaitable[_tenancy_pb2.TotpRequirement]]:
+        """An account OWNER requires TOTP of every user of the account: until a user has enrolled, its
+        sessions may only read its own profile and enrol (reason TOTP_ENROLLMENT_REQUIRED otherwise).
+        """
 
     @_abc_1.abstractmethod
     def CreateSession(
