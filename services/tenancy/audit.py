@@ -16,12 +16,14 @@ from services.tenancy.repository import TenancyRepository
 
 
 async def record(repo: TenancyRepository, caller: Principal, action: str, account: Account, *,
-                 target: str = "", detail: str = "", reseller_id: uuid.UUID | None = None) -> None:
+                 target: str = "", detail: str = "", reseller_id: uuid.UUID | None = None,
+                 project_id: uuid.UUID | None = None) -> None:
     """`reseller_id`: a customer's reseller, so that its reseller's log shows the event too."""
     await repo.add(AuditEvent(
         action=action, actor_kind=caller.kind, actor_key_id=caller.key_id, actor_user_id=caller.user_id,
-        reseller_id=account.reseller_id or reseller_id, customer_id=account.customer_id, target=target[:200],
-        detail=detail, client_address=logs.client_address.get(), request_id=logs.request_id.get()[:128]))
+        reseller_id=account.reseller_id or reseller_id, customer_id=account.customer_id, project_id=project_id,
+        target=target[:200], detail=detail, client_address=logs.client_address.get(),
+        request_id=logs.request_id.get()[:128]))
 
 
 async def list_events(db: Database, caller: Principal, customer_id: str, reseller_id: str, size: int, token: str,

@@ -217,12 +217,15 @@ def test_an_expired_key_is_refused(admin: Client, acme: dict, stack: Stack) -> N
 
 def test_administrative_actions_are_audited(admin: Client, acme: dict) -> None:
     as_acme = admin.as_key(acme["key"])
+    sign_in(admin.base, acme["owner"])
+    assert as_acme.post(f"/v1/customers/{acme['id']}/projects", {"name": "audited"}).status == 200
     made = as_acme.post(f"/v1/customers/{acme['id']}/apiKeys", {"displayName": "audited", "role": "ROLE_VIEWER"},
                         headers={"X-Request-Id": "audit-test-1"})
     assert made.status == 200
     events = as_acme.get(f"/v1/customers/{acme['id']}/auditEvents?pageSize=500").body["auditEvents"]
     actions = {e["action"] for e in events}
-    assert {"CreateUser", "AcceptInvitation", "CreateSession", "CreateApiKey"} <= actions, actions
+    assert {"CreateCustomer", "CreateUser", "AcceptInvitation", "CreateSession", "CreateApiKey",
+            "CreateProject"} <= actions, actions
     created = next(e for e in events if e["requestId"] == "audit-test-1")
     assert created["action"] == "CreateApiKey" and created["target"] == f"apiKeys/{made.body['apiKey']['apiKeyId']}"
     assert created["clientAddress"] and created["customerId"] == acme["id"]
