@@ -30,7 +30,7 @@ from services.tenancy.service import Revoked
 INVITATION, RESET = "invitation", "reset"
 INVITATION_TTL, RESET_TTL = timedelta(days=7), timedelta(hours=1)
 LOCALES = ("", "en", "fi", "sv")
-_TOKEN_PREFIX = {INVITATION: "isi_", RESET: "isr_"}
+_TOKEN_PREFIX = {INVITATION: "isi_", RESET: "isp_"}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 

@@ -148,7 +148,7 @@ def test_password_reset_by_one_time_token_ends_sessions(admin: Client, acme: dic
     known = call(admin.base, "POST", "/v1/passwordResets", {"email": email})
     assert unknown.status == known.status == 200 and unknown.body == known.body  # no enumeration
     assert stack.log_dir is not None
-    token = link_token(stack.log_dir / "tenancy.log", "isr_", email)
+    token = link_token(stack.log_dir / "tenancy.log", "isp_", email)
     new_password = "another long passphrase"
     done = call(admin.base, "POST", f"/v1/passwordResets/{token}:complete", {"password": new_password})
     assert done.status == 200, done.body
