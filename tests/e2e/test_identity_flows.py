@@ -10,6 +10,8 @@ import psycopg
 import pyotp
 import pytest
 
+from innosystem.demo import DEMO_USERS, seed_users
+from innosystem.rest import Rest
 from innosystem.stack import Stack
 from tests.e2e.conftest import Client
 from tests.support.identity import PASSWORD, call, invite_and_accept, link_token, reason, session_token, sign_in
@@ -288,3 +290,17 @@ def test_an_owner_can_require_totp_of_every_user(admin: Client, admin_customer: 
                       {"secret": secret, "code": pyotp.TOTP(secret).now()}).status == 200
     again = sign_in(admin.base, member_email, totpCode=pyotp.TOTP(secret).at(time.time() + 30))
     assert again.call("GET", f"/v1/customers/{customer_id}/projects").status == 200
+
+
+def test_the_demo_seeds_people_to_sign_in_with(admin: Client, admin_customer: dict) -> None:
+    rest = Rest(admin.base, admin.api_key or "")
+    password = "demo-" + uuid.uuid4().hex
+    made = seed_users(rest, admin_customer["id"], password)
+    assert sorted(made) == sorted(email for email, _, _ in DEMO_USERS)
+    assert seed_users(rest, admin_customer["id"], password) == []  # a second start finds them
+    owner = sign_in(admin.base, "demo@innosystem.local", password)
+    assert owner.user["role"] == "ROLE_OWNER" and owner.user["customerId"] == admin_customer["id"]
+    assert sign_in(admin.base, "viewer@innosystem.local", password).user["role"] == "ROLE_VIEWER"
+    operator = sign_in(admin.base, "admin@innosystem.local", password)
+    assert operator.user["accountKind"] == "PRINCIPAL_KIND_ADMIN" and operator.user["role"] == "ROLE_OWNER"
+    assert operator.call("GET", "/v1/resellers").status == 200  # the platform's owner sees the platform
