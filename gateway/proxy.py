@@ -162,7 +162,7 @@ class Gateway:
                 if remaining is not None:
                     headers["RateLimit-Remaining"] = str(remaining)
             metadata.extend(self._auth.sign(caller, route.rpc.grpc_path))
-        if route.rpc.upstream == "tenancy":  # sessions, lockout and the audit log record it
+        if route.rpc.upstream == "tenancy" or route.http_method != "GET":  # sessions, lockout, the audit log
             metadata.append((sessions.CLIENT_ADDRESS_METADATA, address))
         body = await self._read_body(request)
         message = build_request(route, path_values, request.rel_url.query.items(), body, self.pool)

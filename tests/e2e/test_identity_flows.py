@@ -220,14 +220,28 @@ def test_an_expired_key_is_refused(admin: Client, acme: dict, stack: Stack) -> N
 def test_administrative_actions_are_audited(admin: Client, acme: dict) -> None:
     as_acme = admin.as_key(acme["key"])
     sign_in(admin.base, acme["owner"])
-    assert as_acme.post(f"/v1/customers/{acme['id']}/projects", {"name": "audited"}).status == 200
+    project = as_acme.post(f"/v1/customers/{acme['id']}/projects", {"name": "audited"})
+    assert project.status == 200
+    # actions of the other services reach the same log: a job type (jobs), a top-up (billing)
+    job_type = as_acme.post(f"/v1/projects/{project.body['id']}/jobTypes",
+                            {"name": "audited-type", "processorType": "PROCESSOR_TYPE_SYNC", "baseCostCents": 1,
+                             "timeoutSeconds": 30})
+    assert job_type.status == 200, job_type.body
+    top_up = admin.post(f"/v1/customers/{acme['id']}/wallet:topUp", {"amountCents": 500, "requestId": "audit-top-up"},
+                        headers={"X-Request-Id": "audit-test-top-up"})
+    assert top_up.status == 200, top_up.body
     made = as_acme.post(f"/v1/customers/{acme['id']}/apiKeys", {"displayName": "audited", "role": "ROLE_VIEWER"},
                         headers={"X-Request-Id": "audit-test-1"})
     assert made.status == 200
     events = as_acme.get(f"/v1/customers/{acme['id']}/auditEvents?pageSize=500").body["auditEvents"]
     actions = {e["action"] for e in events}
     assert {"CreateCustomer", "CreateUser", "AcceptInvitation", "CreateSession", "CreateApiKey",
-            "CreateProject"} <= actions, actions
+            "CreateProject", "CreateJobType", "TopUpWallet"} <= actions, actions
+    topped = next(e for e in events if e["action"] == "TopUpWallet")
+    assert topped["actorKind"] == "PRINCIPAL_KIND_ADMIN" and topped["requestId"] == "audit-test-top-up"
+    assert topped["detail"].startswith("500 ") and topped["clientAddress"]
+    typed = next(e for e in events if e["action"] == "CreateJobType")
+    assert typed["target"] == f"jobTypes/{job_type.body['id']}" and typed["detail"] == "audited-type"
     created = next(e for e in events if e["requestId"] == "audit-test-1")
     assert created["action"] == "CreateApiKey" and created["target"] == f"apiKeys/{made.body['apiKey']['apiKeyId']}"
     assert created["clientAddress"] and created["customerId"] == acme["id"]
