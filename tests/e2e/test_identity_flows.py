@@ -318,3 +318,39 @@ def test_the_demo_seeds_people_to_sign_in_with(admin: Client, admin_customer: di
     operator = sign_in(admin.base, "admin@innosystem.local", password)
     assert operator.user["accountKind"] == "PRINCIPAL_KIND_ADMIN" and operator.user["role"] == "ROLE_OWNER"
     assert operator.call("GET", "/v1/resellers").status == 200  # the platform's owner sees the platform
+
+
+def test_behind_tls_the_cookie_is_secure(admin: Client, acme: dict) -> None:
+    answer = call(admin.base, "POST", "/v1/sessions", {"email": acme["viewer"], "password": PASSWORD},
+                  {"X-Forwarded-Proto": "https"})
+    assert answer.status == 200 and "; Secure" in answer.headers["Set-Cookie"]
+
+
+def test_a_user_lists_and_ends_its_sessions(admin: Client, acme: dict) -> None:
+    email = _email("sessions")
+    invite_and_accept(admin.base, acme["key"], f"/v1/customers/{acme['id']}", email, "ROLE_VIEWER")
+    laptop, phone = sign_in(admin.base, email), sign_in(admin.base, email)
+    listed = laptop.call("GET", f"/v1/users/{laptop.user['userId']}/sessions")
+    assert listed.status == 200 and len(listed.body["sessions"]) == 2
+    assert sum(1 for s in listed.body["sessions"] if s["current"]) == 1
+    other = next(s for s in listed.body["sessions"] if not s["current"])
+    assert laptop.call("DELETE", f"/v1/sessions/{other['sessionId']}").status == 200
+    assert phone.call("GET", "/v1/sessions/current").status == 401
+    assert laptop.call("GET", "/v1/sessions/current").status == 200
+    # another account's person neither sees nor ends them
+    stranger = sign_in(admin.base, acme["owner"])
+    mine = laptop.call("GET", f"/v1/users/{laptop.user['userId']}/sessions").body["sessions"][0]["sessionId"]
+    assert admin.as_key(acme["other_key"]).delete(f"/v1/sessions/{mine}").status == 404
+    assert stranger.call("GET", "/v1/sessions/current").status == 200
+
+
+@pytest.mark.parametrize("column", ["last_use_time", "expire_time"])
+def test_idle_and_absolute_expiry_end_a_session(admin: Client, acme: dict, stack: Stack, column: str) -> None:
+    person = sign_in(admin.base, acme["viewer"])
+    # Move the session past its idle or absolute limit in the database rather than waiting for it.
+    with psycopg.connect(stack.database_url) as conn:
+        conn.execute(f"UPDATE tenancy.sessions SET {column} = now() - interval '1 day' "
+                     "WHERE id = (SELECT id FROM tenancy.sessions ORDER BY create_time DESC LIMIT 1)")
+    ended = person.call("GET", "/v1/sessions/current")
+    assert ended.status == 401 and ended.reason == "SESSION_INVALID", ended.body
+    assert "Max-Age=0" in ended.headers["Set-Cookie"]  # the gateway clears a cookie that stopped working
