@@ -173,9 +173,13 @@ def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[str, Any]]:
 @asynccontextmanager
 async def _request_context(method: str, request: Message | None,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    metadata = _metadata(context)
-    rid = next((str(v) for k, v in metadata if k == "x-request-id"), "") or uuid.uuid4().hex
-    address = next((str(v) for k, v in metadata if k == sessions.CLIENT_ADDRESS_METADATA), "")[:64]
+    rid = address = ""
+    for key, value in _metadata(context):  # one pass: this runs on every RPC, hot paths included
+        if key == "x-request-id":
+            rid = str(value)
+        elif key == sessions.CLIENT_ADDRESS_METADATA:
+            address = str(value)[:64]
+    rid = rid or uuid.uuid4().hex
     remaining = context.time_remaining()
     tokens = (logs.rpc_method.set(method), logs.request_id.set(rid),
               logs.deadline.set(time.monotonic() + remaining if remaining is not None else None),

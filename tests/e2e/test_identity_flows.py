@@ -354,3 +354,24 @@ def test_idle_and_absolute_expiry_end_a_session(admin: Client, acme: dict, stack
     ended = person.call("GET", "/v1/sessions/current")
     assert ended.status == 401 and ended.reason == "SESSION_INVALID", ended.body
     assert "Max-Age=0" in ended.headers["Set-Cookie"]  # the gateway clears a cookie that stopped working
+
+
+def test_a_resellers_people_see_its_customers_but_never_manage_their_people(admin: Client, acme: dict) -> None:
+    reseller = admin.post("/v1/resellers", {"name": "People Resale", "email": "people-resale@example.com"})
+    assert reseller.status == 200
+    reseller_id, key = reseller.body["reseller"]["id"], reseller.body["apiKey"]
+    email = _email("reseller-admin")
+    invite_and_accept(admin.base, key, f"/v1/resellers/{reseller_id}", email, "ROLE_ADMIN")
+    person = sign_in(admin.base, email)
+    assert person.user["accountKind"] == "PRINCIPAL_KIND_RESELLER" and person.user["resellerId"] == reseller_id
+    made = person.call("POST", "/v1/customers", {"name": "Resold", "email": "resold@example.com"})
+    assert made.status == 200 and made.body["customer"]["resellerId"] == reseller_id, made.body
+    customer_id = made.body["customer"]["id"]
+    assert person.call("GET", f"/v1/customers/{customer_id}/users").status == 200  # it sees them
+    invited = person.call("POST", f"/v1/customers/{customer_id}/users", {"email": _email("x"), "role": "ROLE_OWNER"})
+    assert invited.status == 403 and invited.reason == "ACCOUNT_ONLY"  # people act as the customer: not its to make
+    keyed = person.call("POST", f"/v1/customers/{customer_id}/apiKeys", {"displayName": "x", "role": "ROLE_VIEWER"})
+    assert keyed.status == 403 and keyed.reason == "ACCOUNT_ONLY"
+    assert person.call("GET", f"/v1/customers/{acme['id']}/users").status == 404  # not its customer
+    events = person.call("GET", f"/v1/resellers/{reseller_id}/auditEvents").body["auditEvents"]
+    assert {"CreateUser", "CreateCustomer"} <= {e["action"] for e in events}
