@@ -124,7 +124,7 @@ def test_repeated_failures_lock_the_user(admin: Client, acme: dict) -> None:
     assert locked.status == 429 and locked.reason == "ACCOUNT_LOCKED", locked.body
 
 
-def test_passwords_follow_the_policy_and_invitations_work_once(admin: Client, acme: dict) -> None:
+def test_passwords_follow_the_policy_and_invitations_work_once(admin: Client, acme: dict, stack: Stack) -> None:
     email = _email("policy")
     invited = admin.as_key(acme["key"]).post(f"/v1/customers/{acme['id']}/users",
                                              {"email": email, "role": "ROLE_DEVELOPER"})
@@ -135,6 +135,12 @@ def test_passwords_follow_the_policy_and_invitations_work_once(admin: Client, ac
     common = call(admin.base, "POST", f"/v1/invitations/{token}:accept", {"password": "password1234"})
     assert common.status == 400 and common.reason == "COMMON_PASSWORD"
     assert call(admin.base, "POST", f"/v1/invitations/{token}:accept", {"password": PASSWORD}).status == 200
+    with psycopg.connect(stack.database_url) as conn:  # at rest: an argon2id hash, and no token
+        stored = conn.execute("SELECT password_hash FROM tenancy.users WHERE email = %s", (email,)).fetchone()
+        tokens = conn.execute("SELECT count(*) FROM tenancy.user_tokens WHERE token_hash = %s",
+                              (token.encode(),)).fetchone()
+    assert stored and stored[0].startswith("$argon2id$") and PASSWORD not in stored[0]
+    assert tokens == (0,)
     again = call(admin.base, "POST", f"/v1/invitations/{token}:accept", {"password": PASSWORD})
     assert again.status == 404 and again.reason == "INVITATION_INVALID"
     taken = admin.as_key(acme["key"]).post(f"/v1/customers/{acme['id']}/users",
