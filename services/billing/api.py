@@ -18,6 +18,8 @@ from innosystem.kit import principal as principals
 from innosystem.kit.errors import DomainError, InvalidArgument, to_status
 from innosystem.kit.protos import changes, timestamp, to_datetime
 from innosystem.kit.validation import check_storable
+from services.billing import statements
+from services.billing.corrections import Corrections
 from services.billing.metrics import count_many, counted
 from services.billing.models import CAPTURE, EXPIRE, HOLD, VOID, Account, HoldRow, ReconciliationRow, Transfer
 from services.billing.service import ON_DEMAND, BillingService, Statement
@@ -96,8 +98,9 @@ def _checked(request: Any, call: Callable[[], Awaitable[HoldRow]]) -> Callable[[
 
 
 class BillingApi(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, service: BillingService) -> None:
+    def __init__(self, service: BillingService, corrections: Corrections | None = None) -> None:
         self.service = service
+        self.corrections = corrections or Corrections(service)
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         return wallet_pb(await self.service.get_wallet(principals.current(), request.customer_id,
@@ -119,6 +122,31 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         wallet, transfer = await self.service.top_up(principals.current(), request.customer_id, request.amount_cents,
                                                      request.currency_code, request.request_id, request.description)
         return pb.TopUpWalletResponse(wallet=wallet_pb(wallet), transaction=transaction_pb(transfer))
+
+    async def RefundWallet(self, request: pb.RefundWalletRequest,
+                           context: grpc.aio.ServicerContext) -> pb.RefundWalletResponse:
+        check_storable(request)
+        moved = await self.corrections.refund(principals.current(), request.customer_id, request.job_id,
+                                              request.amount_cents, request.reason, request.request_id)
+        return pb.RefundWalletResponse(wallet=wallet_pb(moved.wallet), transaction=transaction_pb(moved.transfer))
+
+    async def AdjustWallet(self, request: pb.AdjustWalletRequest,
+                           context: grpc.aio.ServicerContext) -> pb.AdjustWalletResponse:
+        check_storable(request)
+        moved = await self.corrections.adjust(principals.current(), request.customer_id, request.amount_cents,
+                                              request.reason, request.request_id, request.currency_code,
+                                              request.reconciliation_id)
+        return pb.AdjustWalletResponse(wallet=wallet_pb(moved.wallet), transaction=transaction_pb(moved.transfer))
+
+    async def GetStatement(self, request: pb.GetStatementRequest, context: grpc.aio.ServicerContext) -> pb.Statement:
+        st = await statements.statement(self.service, principals.current(), request.customer_id, request.month,
+                                        request.currency_code)
+        return pb.Statement(
+            customer_id=str(st.customer_id), wallet_id=str(st.wallet_id), month=st.month, currency_code=st.currency,
+            start_time=timestamp(st.start), end_time=timestamp(st.end), opening_balance_cents=st.opening,
+            closing_balance_cents=st.closing, top_ups_cents=st.top_ups, charges_cents=st.charges,
+            charged_jobs=st.charged_jobs, refunds_cents=st.refunds, adjustments_cents=st.adjustments,
+            closing_held_cents=st.closing_held)
 
     async def ListWalletTransactions(self, request: pb.ListWalletTransactionsRequest,
                                      context: grpc.aio.ServicerContext) -> pb.ListWalletTransactionsResponse:

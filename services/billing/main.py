@@ -9,6 +9,7 @@ from innosystem.kit.redis import connect
 from innosystem.kit.server import Service
 from services.billing.api import BillingApi
 from services.billing.config import BillingConfig
+from services.billing.corrections import Corrections
 from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
 from services.billing.tenants import ResellerRates
@@ -23,7 +24,7 @@ async def create() -> Service:
                              default_currency=config.default_currency, max_amount=config.max_amount_cents,
                              default_hold_seconds=config.default_hold_seconds, max_batch=config.max_batch)
     await service.load_redis()
-    api = BillingApi(service)
+    api = BillingApi(service, Corrections(service, reseller_refund_limit=config.reseller_refund_limit_cents))
     background = [service.sweep_forever]
     if config.reconcile_interval_seconds > 0:
         async def reconcile_periodically() -> None:

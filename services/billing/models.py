@@ -95,7 +95,14 @@ class Transfer(Base):
         # Top-ups are idempotent per wallet on the caller's request id.
         Index("uq_transfers_top_up_request", "credit_account_id", "request_id", unique=True,
               postgresql_where=text("kind = 1")),
+        # Refunds and adjustments are idempotent per wallet on the caller's request id.
+        Index("uq_transfers_money_request", "wallet_id", "request_id", unique=True,
+              postgresql_where=text("kind IN (6, 7)")),
+        # A job's earlier refunds (a refund never exceeds the job's captures).
+        Index("ix_transfers_refund_job", "wallet_id", "job_id", postgresql_where=text("kind = 6")),
         Index(None, "wallet_id", "seq"),
+        # Statements: a wallet's transfers by month.
+        Index(None, "wallet_id", "create_time"),
         Index(None, "reseller_id", "create_time", postgresql_where=text("reseller_id IS NOT NULL")),
     )
 
@@ -133,6 +140,8 @@ class HoldRow(Base):
                         "= amount OR captured > amount)", name="resolution_sums"),
         Index("ix_holds_active_expire_time", "expire_time", postgresql_where=text("status = 1")),
         Index(None, "wallet_id", postgresql_where=text("status = 1")),
+        # Refunds find a job's captures.
+        Index(None, "customer_id", "job_id"),
     )
 
     hold_id: Mapped[str] = mapped_column(String(200), primary_key=True)

@@ -11,7 +11,17 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import utcnow
-from services.billing.models import ACTIVE, WALLET, Account, HoldRow, ReconciliationRow, Transfer
+from services.billing.models import (
+    ACTIVE,
+    ADJUSTMENT,
+    CAPTURED,
+    REFUND,
+    WALLET,
+    Account,
+    HoldRow,
+    ReconciliationRow,
+    Transfer,
+)
 
 
 class BillingRepository:
@@ -102,6 +112,33 @@ class BillingRepository:
         return (await self.s.scalars(select(Transfer).where(
             Transfer.kind == 1, Transfer.credit_account_id == wallet_id, Transfer.request_id == request_id))).first()
 
+    async def lock_account(self, account_id: uuid.UUID) -> None:
+        """Serialize this transaction's checks with every other one that moves the account."""
+        await self.s.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+
+    async def money_by_request(self, wallet_id: uuid.UUID, request_id: str) -> Transfer | None:
+        """The refund or adjustment made under this request id, if any."""
+        return (await self.s.scalars(select(Transfer).where(
+            Transfer.kind.in_((REFUND, ADJUSTMENT)), Transfer.wallet_id == wallet_id,
+            Transfer.request_id == request_id).execution_options(populate_existing=True))).first()
+
+    async def job_charges(self, customer_id: uuid.UUID, job_id: str) -> list[tuple[uuid.UUID, str, int]]:
+        """(wallet id, currency, captured) per wallet over the customer's captured holds of the job."""
+        rows = await self.s.execute(
+            select(HoldRow.wallet_id, HoldRow.currency, func.sum(HoldRow.captured))
+            .where(HoldRow.customer_id == customer_id, HoldRow.job_id == job_id, HoldRow.status == CAPTURED)
+            .group_by(HoldRow.wallet_id, HoldRow.currency).order_by(HoldRow.wallet_id))
+        return [(r[0], r[1], int(r[2])) for r in rows.all()]
+
+    async def job_refunds(self, wallet_id: uuid.UUID, job_id: str) -> int:
+        return int(await self.s.scalar(select(func.coalesce(func.sum(Transfer.amount), 0)).where(
+            Transfer.kind == REFUND, Transfer.wallet_id == wallet_id, Transfer.job_id == job_id)) or 0)
+
+    async def month_totals(self, wallet_id: uuid.UUID, start: datetime, end: datetime) -> dict[str, int]:
+        """The wallet's journal folded before `start` (opening balance) and over [start, end) per kind."""
+        row = (await self.s.execute(text(_MONTH_SQL), {"w": wallet_id, "start": start, "end": end})).one()
+        return {k: int(v) for k, v in row._mapping.items()}
+
     async def insert_transfer(self, row: dict[str, Any]) -> Transfer:
         transfer = Transfer(**row)
         self.s.add(transfer)
@@ -175,3 +212,27 @@ class BillingRepository:
             q = q.where(ReconciliationRow.consistent.is_(False))
         q = q.order_by(ReconciliationRow.start_time.desc(), ReconciliationRow.id.desc()).limit(limit)
         return list((await self.s.scalars(q)).all())
+
+
+# A wallet's posted effect per transfer: + top-up, refund and adjustment credit; - capture and
+# adjustment debit; holds, voids and expiries move only the held amount.
+_MONTH_SQL = """
+WITH t AS (
+    SELECT kind, amount, pending_amount, create_time >= :start AS inside,
+           CASE WHEN kind IN (1, 6) THEN amount WHEN kind = 3 THEN -amount
+                WHEN kind = 7 AND credit_account_id = :w THEN amount WHEN kind = 7 THEN -amount
+                ELSE 0 END AS posted,
+           CASE WHEN kind = 2 THEN amount WHEN kind = 3 THEN -pending_amount
+                WHEN kind IN (4, 5) THEN -amount ELSE 0 END AS held
+    FROM billing.transfers WHERE wallet_id = :w AND create_time < :end
+)
+SELECT coalesce(sum(posted) FILTER (WHERE NOT inside), 0) AS opening,
+       coalesce(sum(posted), 0) AS closing,
+       coalesce(sum(held), 0) AS closing_held,
+       coalesce(sum(amount) FILTER (WHERE inside AND kind = 1), 0) AS top_ups,
+       coalesce(sum(amount) FILTER (WHERE inside AND kind = 3), 0) AS charges,
+       count(*) FILTER (WHERE inside AND kind = 3 AND amount > 0) AS charged_jobs,
+       coalesce(sum(amount) FILTER (WHERE inside AND kind = 6), 0) AS refunds,
+       coalesce(sum(posted) FILTER (WHERE inside AND kind = 7), 0) AS adjustments
+FROM t
+"""

@@ -529,6 +529,235 @@ class TopUpWalletResponse(_message.Message):
 Global___TopUpWalletResponse: _TypeAlias = TopUpWalletResponse  # noqa: Y015
 
 @_typing.final
+class RefundWalletRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    job_id: _builtins.str
+    """The captured job to refund (its holds' job id)."""
+    amount_cents: _builtins.int
+    """Positive; at most the job's captured amount minus earlier refunds."""
+    reason: _builtins.str
+    """Why, for the journal (1 to 1000 characters)."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer; another body is IDEMPOTENCY_KEY_REUSED."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "customer_id", b"customer_id", "job_id", b"job_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundWalletRequest: _TypeAlias = RefundWalletRequest  # noqa: Y015
+
+@_typing.final
+class RefundWalletResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallet(self) -> Global___Wallet:
+        """The wallet after the refund."""
+
+    @_builtins.property
+    def transaction(self) -> Global___WalletTransaction:
+        """The refund's journal entry."""
+
+    def __init__(
+        self,
+        *,
+        wallet: Global___Wallet | None = ...,
+        transaction: Global___WalletTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundWalletResponse: _TypeAlias = RefundWalletResponse  # noqa: Y015
+
+@_typing.final
+class AdjustWalletRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    amount_cents: _builtins.int
+    """Signed, non-zero: + credits the wallet, − debits it. |amount| at most the configured maximum."""
+    reason: _builtins.str
+    """Why, for the journal (1 to 1000 characters)."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer; another body is IDEMPOTENCY_KEY_REUSED."""
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    reconciliation_id: _builtins.str
+    """The reconciliation run this adjustment corrects, if any (must exist); noted in the journal."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        reconciliation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "reason", b"reason", "reconciliation_id", b"reconciliation_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustWalletRequest: _TypeAlias = AdjustWalletRequest  # noqa: Y015
+
+@_typing.final
+class AdjustWalletResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallet(self) -> Global___Wallet:
+        """The wallet after the adjustment."""
+
+    @_builtins.property
+    def transaction(self) -> Global___WalletTransaction:
+        """The adjustment's journal entry."""
+
+    def __init__(
+        self,
+        *,
+        wallet: Global___Wallet | None = ...,
+        transaction: Global___WalletTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustWalletResponse: _TypeAlias = AdjustWalletResponse  # noqa: Y015
+
+@_typing.final
+class GetStatementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    month: _builtins.str
+    """UTC calendar month, "YYYY-MM"."""
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        month: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "month", b"month"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementRequest: _TypeAlias = GetStatementRequest  # noqa: Y015
+
+@_typing.final
+class Statement(_message.Message):
+    """A wallet's month. closing = opening + top_ups − charges + refunds + adjustments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OPENING_BALANCE_CENTS_FIELD_NUMBER: _builtins.int
+    CLOSING_BALANCE_CENTS_FIELD_NUMBER: _builtins.int
+    TOP_UPS_CENTS_FIELD_NUMBER: _builtins.int
+    CHARGES_CENTS_FIELD_NUMBER: _builtins.int
+    CHARGED_JOBS_FIELD_NUMBER: _builtins.int
+    REFUNDS_CENTS_FIELD_NUMBER: _builtins.int
+    ADJUSTMENTS_CENTS_FIELD_NUMBER: _builtins.int
+    CLOSING_HELD_CENTS_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    wallet_id: _builtins.str
+    month: _builtins.str
+    """"YYYY-MM"."""
+    currency_code: _builtins.str
+    opening_balance_cents: _builtins.int
+    """Posted balance before the month's first transfer and after its last."""
+    closing_balance_cents: _builtins.int
+    top_ups_cents: _builtins.int
+    """Sum of TOP_UP transfers."""
+    charges_cents: _builtins.int
+    """Sum of CAPTURE transfers (what jobs cost)."""
+    charged_jobs: _builtins.int
+    """Number of captures with a non-zero amount (charged jobs)."""
+    refunds_cents: _builtins.int
+    """Sum of REFUND transfers."""
+    adjustments_cents: _builtins.int
+    """Signed sum of ADJUSTMENT transfers."""
+    closing_held_cents: _builtins.int
+    """Held amount at the end of the month (active holds then; not part of the balance)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The month's bounds: [start_time, end_time)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        month: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        opening_balance_cents: _builtins.int = ...,
+        closing_balance_cents: _builtins.int = ...,
+        top_ups_cents: _builtins.int = ...,
+        charges_cents: _builtins.int = ...,
+        charged_jobs: _builtins.int = ...,
+        refunds_cents: _builtins.int = ...,
+        adjustments_cents: _builtins.int = ...,
+        closing_held_cents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustments_cents", b"adjustments_cents", "charged_jobs", b"charged_jobs", "charges_cents", b"charges_cents", "closing_balance_cents", b"closing_balance_cents", "closing_held_cents", b"closing_held_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "end_time", b"end_time", "month", b"month", "opening_balance_cents", b"opening_balance_cents", "refunds_cents", b"refunds_cents", "start_time", b"start_time", "top_ups_cents", b"top_ups_cents", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Statement: _TypeAlias = Statement  # noqa: Y015
+
+@_typing.final
 class ListWalletTransactionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

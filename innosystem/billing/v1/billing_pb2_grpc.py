@@ -59,6 +59,21 @@ class BillingServiceStub:
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletRequest.SerializeToString,
                 response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletResponse.FromString,
                 _registered_method=True)
+        self.RefundWallet = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/RefundWallet',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletResponse.FromString,
+                _registered_method=True)
+        self.AdjustWallet = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/AdjustWallet',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletResponse.FromString,
+                _registered_method=True)
+        self.GetStatement = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/GetStatement',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetStatementRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.Statement.FromString,
+                _registered_method=True)
         self.ListWalletTransactions = channel.unary_unary(
                 '/innosystem.billing.v1.BillingService/ListWalletTransactions',
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletTransactionsRequest.SerializeToString,
@@ -155,6 +170,33 @@ class BillingServiceServicer:
 
     def TopUpWallet(self, request, context):
         """Admin, or the customer's reseller: add funds. Idempotent on `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefundWallet(self, request, context):
+        """Admin, or the customer's reseller for at most the operator's per-refund limit: return money
+        for a job's captures (REFUND transfer from platform revenue to the wallet). Idempotent on
+        `request_id`; never more than the job's captured amount minus its earlier refunds
+        (REFUND_EXCEEDS_CAPTURE). The reseller's commission on the capture is not clawed back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustWallet(self, request, context):
+        """Admin only: a signed correction of the balance (ADJUSTMENT transfer between platform revenue
+        and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
+        `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatement(self, request, context):
+        """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
+        totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -275,6 +317,21 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.TopUpWallet,
                     request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletRequest.FromString,
                     response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletResponse.SerializeToString,
+            ),
+            'RefundWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundWallet,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletResponse.SerializeToString,
+            ),
+            'AdjustWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustWallet,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletResponse.SerializeToString,
+            ),
+            'GetStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatement,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetStatementRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.Statement.SerializeToString,
             ),
             'ListWalletTransactions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWalletTransactions,
@@ -433,6 +490,87 @@ class BillingService:
             '/innosystem.billing.v1.BillingService/TopUpWallet',
             innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletRequest.SerializeToString,
             innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/RefundWallet',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/AdjustWallet',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/GetStatement',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GetStatementRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.Statement.FromString,
             options,
             channel_credentials,
             insecure,

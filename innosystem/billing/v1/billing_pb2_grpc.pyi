@@ -49,6 +49,21 @@ class BillingServiceStub:
     """Admin only: change the wallet's credit limit."""
     TopUpWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.TopUpWalletRequest, _billing_pb2.TopUpWalletResponse]
     """Admin, or the customer's reseller: add funds. Idempotent on `request_id`."""
+    RefundWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.RefundWalletRequest, _billing_pb2.RefundWalletResponse]
+    """Admin, or the customer's reseller for at most the operator's per-refund limit: return money
+    for a job's captures (REFUND transfer from platform revenue to the wallet). Idempotent on
+    `request_id`; never more than the job's captured amount minus its earlier refunds
+    (REFUND_EXCEEDS_CAPTURE). The reseller's commission on the capture is not clawed back.
+    """
+    AdjustWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.AdjustWalletRequest, _billing_pb2.AdjustWalletResponse]
+    """Admin only: a signed correction of the balance (ADJUSTMENT transfer between platform revenue
+    and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
+    `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
+    """
+    GetStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]
+    """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
+    totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
+    """
     ListWalletTransactions: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletTransactionsRequest, _billing_pb2.ListWalletTransactionsResponse]
     """The wallet's journal, newest first."""
     GetCommissionStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetCommissionStatementRequest, _billing_pb2.CommissionStatement]
@@ -108,6 +123,21 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Admin only: change the wallet's credit limit."""
     TopUpWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.TopUpWalletRequest, _billing_pb2.TopUpWalletResponse]  # type: ignore[assignment]
     """Admin, or the customer's reseller: add funds. Idempotent on `request_id`."""
+    RefundWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.RefundWalletRequest, _billing_pb2.RefundWalletResponse]  # type: ignore[assignment]
+    """Admin, or the customer's reseller for at most the operator's per-refund limit: return money
+    for a job's captures (REFUND transfer from platform revenue to the wallet). Idempotent on
+    `request_id`; never more than the job's captured amount minus its earlier refunds
+    (REFUND_EXCEEDS_CAPTURE). The reseller's commission on the capture is not clawed back.
+    """
+    AdjustWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.AdjustWalletRequest, _billing_pb2.AdjustWalletResponse]  # type: ignore[assignment]
+    """Admin only: a signed correction of the balance (ADJUSTMENT transfer between platform revenue
+    and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
+    `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
+    """
+    GetStatement: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]  # type: ignore[assignment]
+    """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
+    totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
+    """
     ListWalletTransactions: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletTransactionsRequest, _billing_pb2.ListWalletTransactionsResponse]  # type: ignore[assignment]
     """The wallet's journal, newest first."""
     GetCommissionStatement: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetCommissionStatementRequest, _billing_pb2.CommissionStatement]  # type: ignore[assignment]
@@ -182,6 +212,39 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.TopUpWalletResponse, _abc.Awaitable[_billing_pb2.TopUpWalletResponse]]:
         """Admin, or the customer's reseller: add funds. Idempotent on `request_id`."""
+
+    @_abc_1.abstractmethod
+    def RefundWallet(
+        self,
+        request: _billing_pb2.RefundWalletRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.RefundWalletResponse, _abc.Awaitable[_billing_pb2.RefundWalletResponse]]:
+        """Admin, or the customer's reseller for at most the operator's per-refund limit: return money
+        for a job's captures (REFUND transfer from platform revenue to the wallet). Idempotent on
+        `request_id`; never more than the job's captured amount minus its earlier refunds
+        (REFUND_EXCEEDS_CAPTURE). The reseller's commission on the capture is not clawed back.
+        """
+
+    @_abc_1.abstractmethod
+    def AdjustWallet(
+        self,
+        request: _billing_pb2.AdjustWalletRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.AdjustWalletResponse, _abc.Awaitable[_billing_pb2.AdjustWalletResponse]]:
+        """Admin only: a signed correction of the balance (ADJUSTMENT transfer between platform revenue
+        and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
+        `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatement(
+        self,
+        request: _billing_pb2.GetStatementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Statement, _abc.Awaitable[_billing_pb2.Statement]]:
+        """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
+        totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
+        """
 
     @_abc_1.abstractmethod
     def ListWalletTransactions(
