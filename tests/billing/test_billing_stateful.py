@@ -1,4 +1,6 @@
-"""Hypothesis stateful test: the ledger against a simple in-memory model, invariants after every step."""
+"""Hypothesis stateful test: the ledger against a simple in-memory model, invariants after every step.
+
+Covers the Open-to-Buy operations and the money paths people take: refunds, adjustments, statements."""
 
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from innosystem.kit.config import to_async_url
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DomainError
 from innosystem.kit.redis import connect
+from services.billing.corrections import Corrections
 from services.billing.ledger import commission_of
 from services.billing.models import EXPIRE
 from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
+from services.billing.statements import statement
 from tests.billing.billing_helpers import ADMIN, RATES, flush_billing, rates
 
 RATE = 1234
@@ -34,6 +38,7 @@ class Env:
         self.db = Database(to_async_url(database_url), pool_size=3)
         self.redis = connect(redis_url)
         self.billing = BillingService(self.db, OpenToBuy(self.redis), rates)
+        self.corrections = Corrections(self.billing)
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -59,6 +64,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.holds: dict[str, int] = {}      # active: id → amount
         self.done: dict[str, tuple[str, int]] = {}  # resolved: id → (how, amount)
         self.topups: dict[str, int] = {}
+        self.captured: dict[str, int] = {}   # job → captured
+        self.refunded: dict[str, int] = {}   # job → refunded so far
+        self.corrections: dict[str, tuple[str, int]] = {}  # request id → (job or "", signed amount)
         self.n = 0
 
     def _id(self) -> str:
@@ -91,7 +99,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(amount=amounts)
     def reserve(self, amount: int) -> None:
         hid = self._id()
-        _, err = self._call(self.env.billing.reserve(hid, self.customer, amount, "USD"))
+        _, err = self._call(self.env.billing.reserve(hid, self.customer, amount, "USD", job_id=hid))
         affordable = self.balance - sum(self.holds.values()) >= amount
         assert err == ("" if affordable else "INSUFFICIENT_FUNDS")
         if affordable:
@@ -119,7 +127,47 @@ class LedgerMachine(RuleBasedStateMachine):
         assert hold.commission == commission_of(actual, RATE)
         self.balance -= actual
         self.commission += hold.commission
+        self.captured[hid] = actual
         self.done[hid] = ("captured", self.holds.pop(hid))
+
+    @precondition(lambda self: self.captured)
+    @rule(data=st.data())
+    def refund(self, data: st.DataObject) -> None:
+        job = data.draw(st.sampled_from(sorted(self.captured)))
+        left = self.captured[job] - self.refunded.get(job, 0)
+        amount = data.draw(st.integers(min_value=1, max_value=left + 10))
+        rid = self._id()
+        moved, err = self._call(self.env.corrections.refund(ADMIN, self.customer, job, amount, "model", rid))
+        if amount > left:
+            assert err == "REFUND_EXCEEDS_CAPTURE"
+            return
+        assert err == "" and moved.wallet.balance == self.balance + amount
+        self.balance += amount
+        self.refunded[job] = self.refunded.get(job, 0) + amount
+        self.corrections[rid] = (job, amount)
+
+    @rule(amount=st.integers(min_value=-5000, max_value=5000).filter(bool))
+    def adjust(self, amount: int) -> None:
+        rid = self._id()
+        _, err = self._call(self.env.corrections.adjust(ADMIN, self.customer, amount, "model", rid, "", ""))
+        affordable = self.balance - sum(self.holds.values()) + amount >= 0 or amount > 0
+        assert err == ("" if affordable else "INSUFFICIENT_FUNDS")
+        if affordable:
+            self.balance += amount
+            self.corrections[rid] = ("", amount)
+
+    @precondition(lambda self: self.corrections)
+    @rule(data=st.data())
+    def repeat_correction(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.corrections)))
+        job, amount = self.corrections[rid]
+        same = data.draw(st.booleans())
+        if job:
+            call = self.env.corrections.refund(ADMIN, self.customer, job, amount if same else amount + 1, "model", rid)
+        else:
+            call = self.env.corrections.adjust(ADMIN, self.customer, amount if same else -amount, "model", rid, "", "")
+        _, err = self._call(call)
+        assert err == ("" if same else "IDEMPOTENCY_KEY_REUSED")
 
     @precondition(lambda self: self.holds)
     @rule(data=st.data())
@@ -157,6 +205,13 @@ class LedgerMachine(RuleBasedStateMachine):
         w = self.env.run(self.env.billing.get_wallet(ADMIN, self.customer))
         assert (w.balance, w.held) == (self.balance, sum(self.holds.values()))
         assert w.balance - w.held >= 0
+
+    @invariant()
+    def statement_matches_model(self) -> None:
+        st = self.env.run(statement(self.env.billing, ADMIN, self.customer, utcnow().strftime("%Y-%m"), ""))
+        assert st.closing == st.opening + st.top_ups - st.charges + st.refunds + st.adjustments
+        assert (st.closing, st.closing_held) == (self.balance, sum(self.holds.values()))
+        assert st.refunds == sum(self.refunded.values())
 
     @invariant()
     def redis_matches_ledger(self) -> None:
