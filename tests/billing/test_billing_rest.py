@@ -16,7 +16,7 @@ from innosystem.kit.clients import channel
 from innosystem.stack import Stack
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from tests.conftest import fresh_redis, running_stack
-from tests.e2e.conftest import Client
+from tests.e2e.conftest import Client, Response
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,8 @@ def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
     """Tenancy, billing and the gateway as real processes; stopped when this module ends (so no
     second full stack runs beside the e2e suite's)."""
     with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("billing-stack-logs"),
-                       services=("tenancy", "billing")) as running:
+                       services=("tenancy", "billing"),
+                       extra_env={"INNOSYSTEM_BILLING_RESELLER_REFUND_LIMIT_CENTS": "500"}) as running:
         yield running
 
 
@@ -115,3 +116,75 @@ async def test_top_up_reserve_capture_statement_reconcile(stack: Stack, admin: C
     assert report.status == 200, report.body
     assert report.body["consistent"] is True and not report.body.get("findings")
     assert admin.get(f"/v1/billing/reconciliations/{report.body['id']}").body["id"] == report.body["id"]
+
+
+def _refusal(resp: Response) -> tuple[int, str, str]:
+    details = resp.body.get("details", [])
+    reason = next((d["reason"] for d in details if d["@type"].endswith("ErrorInfo")), "")
+    fields = [v["field"] for d in details if d["@type"].endswith("BadRequest") for v in d["fieldViolations"]]
+    return resp.status, reason, fields[0] if fields else ""
+
+
+async def test_refund_adjust_and_statement_through_the_gateway(stack: Stack, admin: Client) -> None:
+    reseller = admin.post("/v1/resellers", {"name": "Refund Resale", "email": "refund@example.com",
+                                            "commissionRateBps": 0}).body
+    as_reseller = admin.as_key(reseller["apiKey"])
+    created = as_reseller.post("/v1/customers", {"name": "Refunded", "email": "refunded@example.com"}).body
+    cid = created["customer"]["id"]
+    as_customer = admin.as_key(created["apiKey"])
+    _wallet_opened(as_customer, cid)
+    assert admin.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": 5000, "requestId": "fund"}).status == 200
+    async with channel(stack.address("billing"), service="jobs", secret=stack.internal_secret.encode()) as ch:
+        stub = billing_pb2_grpc.BillingServiceStub(ch)
+        await stub.Reserve(pb.ReserveRequest(hold_id="job-r", customer_id=cid, amount_cents=2000,
+                                             currency_code="USD", job_id="job-r"), timeout=10)
+        await stub.Capture(pb.CaptureRequest(hold_id="job-r", amount_cents=1500), timeout=10)
+
+    refund = {"jobId": "job-r", "amountCents": 400, "reason": "late result", "requestId": "rf-1"}
+    done = as_reseller.post(f"/v1/customers/{cid}/wallet:refund", refund)
+    assert done.status == 200, done.body
+    assert done.body["transaction"]["kind"] == "TRANSFER_KIND_REFUND"
+    assert int(done.body["transaction"]["amountCents"]) == 400 and int(done.body["wallet"]["balanceCents"]) == 3900
+    assert as_reseller.post(f"/v1/customers/{cid}/wallet:refund", refund).body["transaction"]["id"] == \
+        done.body["transaction"]["id"]
+    assert _refusal(as_reseller.post(f"/v1/customers/{cid}/wallet:refund", {**refund, "amountCents": 600,
+                                                                            "requestId": "rf-2"})) == \
+        (403, "REFUND_ABOVE_RESELLER_LIMIT", "amount_cents")
+    assert _refusal(admin.post(f"/v1/customers/{cid}/wallet:refund", {**refund, "amountCents": 1101,
+                                                                      "requestId": "rf-3"})) == \
+        (400, "REFUND_EXCEEDS_CAPTURE", "amount_cents")
+    assert _refusal(admin.post(f"/v1/customers/{cid}/wallet:refund", {**refund, "amountCents": -1,
+                                                                      "requestId": "rf-4"})) == \
+        (400, "INVALID_AMOUNT", "amount_cents")
+    assert _refusal(as_customer.post(f"/v1/customers/{cid}/wallet:refund", {**refund, "requestId": "rf-5"})) == \
+        (403, "REFUND_NOT_ALLOWED", "")
+
+    adjust = {"amountCents": "-900", "reason": "manual correction", "requestId": "adj-1"}
+    assert _refusal(as_reseller.post(f"/v1/customers/{cid}/wallet:adjust", adjust))[:2] == (403, "ADMIN_ONLY")
+    adjusted = admin.post(f"/v1/customers/{cid}/wallet:adjust", adjust)
+    assert adjusted.status == 200, adjusted.body
+    assert int(adjusted.body["transaction"]["amountCents"]) == -900
+    assert int(adjusted.body["wallet"]["balanceCents"]) == 3000
+    assert _refusal(admin.post(f"/v1/customers/{cid}/wallet:adjust", {**adjust, "amountCents": "-3001",
+                                                                      "requestId": "adj-2"}))[:2] == \
+        (400, "INSUFFICIENT_FUNDS")
+    assert _refusal(admin.post(f"/v1/customers/{cid}/wallet:adjust", {**adjust, "amountCents": "0",
+                                                                      "requestId": "adj-3"})) == \
+        (400, "REQUIRED_FIELD_MISSING", "amount_cents")  # the gateway reads 0 as absent
+    assert _refusal(admin.post(f"/v1/customers/{cid}/wallet:adjust", {**adjust, "currencyCode": "EU",
+                                                                      "requestId": "adj-4"})) == \
+        (400, "INVALID_CURRENCY", "currency_code")
+
+    month = time.strftime("%Y-%m", time.gmtime())
+    st = as_customer.get(f"/v1/customers/{cid}/statements/{month}")
+    assert st.status == 200, st.body
+    figures = {k: int(st.body.get(k, 0)) for k in ("openingBalanceCents", "topUpsCents", "chargesCents",
+                                                   "refundsCents", "adjustmentsCents", "closingBalanceCents")}
+    assert figures == {"openingBalanceCents": 0, "topUpsCents": 5000, "chargesCents": 1500, "refundsCents": 400,
+                       "adjustmentsCents": -900, "closingBalanceCents": 3000}
+    journal = as_customer.get(f"/v1/customers/{cid}/wallet/transactions").body["transactions"]
+    assert sum(int(t["amountCents"]) for t in journal if t["kind"] not in (
+        "TRANSFER_KIND_HOLD", "TRANSFER_KIND_VOID", "TRANSFER_KIND_EXPIRE")) == figures["closingBalanceCents"]
+    assert _refusal(as_customer.get(f"/v1/customers/{cid}/statements/2026-13")) == (400, "INVALID_MONTH", "month")
+    report = admin.post("/v1/billing:reconcile", {})
+    assert report.body["consistent"] is True, report.body
