@@ -20,8 +20,19 @@ from innosystem.kit.protos import changes, timestamp, to_datetime
 from innosystem.kit.validation import check_storable
 from services.billing import statements
 from services.billing.corrections import Corrections
+from services.billing.grants import CreditGrants
 from services.billing.metrics import count_many, counted
-from services.billing.models import CAPTURE, EXPIRE, HOLD, VOID, Account, HoldRow, ReconciliationRow, Transfer
+from services.billing.models import (
+    CAPTURE,
+    EXPIRE,
+    HOLD,
+    VOID,
+    Account,
+    CreditGrantRow,
+    HoldRow,
+    ReconciliationRow,
+    Transfer,
+)
 from services.billing.service import ON_DEMAND, BillingService, Statement
 
 DOMAIN = "billing.innosystem"
@@ -33,7 +44,15 @@ def wallet_pb(row: Account) -> pb.Wallet:
                      balance_cents=row.balance, held_cents=row.held,
                      available_cents=row.balance - row.held + row.credit_limit,
                      credit_limit_cents=row.credit_limit, create_time=timestamp(row.create_time),
-                     update_time=timestamp(row.update_time))
+                     update_time=timestamp(row.update_time), granted_cents=row.promo)
+
+
+def grant_pb(g: CreditGrantRow) -> pb.CreditGrant:
+    return pb.CreditGrant(id=str(g.id), customer_id=str(g.customer_id), wallet_id=str(g.wallet_id),
+                          currency_code=g.currency, amount_cents=g.amount, remaining_cents=g.remaining,
+                          expired_cents=g.expired, status=pb.CreditGrantStatus.ValueType(g.status), reason=g.reason,
+                          request_id=g.request_id, create_time=timestamp(g.create_time),
+                          expire_time=timestamp(g.expire_time))
 
 
 def _signed(t: Transfer) -> int:
@@ -98,9 +117,11 @@ def _checked(request: Any, call: Callable[[], Awaitable[HoldRow]]) -> Callable[[
 
 
 class BillingApi(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, service: BillingService, corrections: Corrections | None = None) -> None:
+    def __init__(self, service: BillingService, corrections: Corrections | None = None,
+                 grants: CreditGrants | None = None) -> None:
         self.service = service
         self.corrections = corrections or Corrections(service)
+        self.grants = grants or CreditGrants(service)
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         return wallet_pb(await self.service.get_wallet(principals.current(), request.customer_id,
@@ -138,6 +159,22 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
                                               request.reconciliation_id)
         return pb.AdjustWalletResponse(wallet=wallet_pb(moved.wallet), transaction=transaction_pb(moved.transfer))
 
+    async def GrantCredit(self, request: pb.GrantCreditRequest,
+                          context: grpc.aio.ServicerContext) -> pb.GrantCreditResponse:
+        check_storable(request)
+        done = await self.grants.grant(principals.current(), request.customer_id, request.amount_cents,
+                                       _time(request, "expire_time"), request.reason, request.request_id,
+                                       request.currency_code)
+        return pb.GrantCreditResponse(wallet=wallet_pb(done.wallet), grant=grant_pb(done.grant),
+                                      transaction=transaction_pb(done.transfer))
+
+    async def ListCreditGrants(self, request: pb.ListCreditGrantsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListCreditGrantsResponse:
+        page = await self.grants.list(principals.current(), request.customer_id, request.page_size,
+                                      request.page_token, request.currency_code)
+        return pb.ListCreditGrantsResponse(credit_grants=[grant_pb(g) for g in page.items],
+                                           next_page_token=page.next_page_token)
+
     async def GetStatement(self, request: pb.GetStatementRequest, context: grpc.aio.ServicerContext) -> pb.Statement:
         st = await statements.statement(self.service, principals.current(), request.customer_id, request.month,
                                         request.currency_code)
@@ -146,7 +183,8 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
             start_time=timestamp(st.start), end_time=timestamp(st.end), opening_balance_cents=st.opening,
             closing_balance_cents=st.closing, top_ups_cents=st.top_ups, charges_cents=st.charges,
             charged_jobs=st.charged_jobs, refunds_cents=st.refunds, adjustments_cents=st.adjustments,
-            closing_held_cents=st.closing_held)
+            closing_held_cents=st.closing_held, credits_granted_cents=st.credits_granted,
+            credits_expired_cents=st.credits_expired)
 
     async def ListWalletTransactions(self, request: pb.ListWalletTransactionsRequest,
                                      context: grpc.aio.ServicerContext) -> pb.ListWalletTransactionsResponse:

@@ -67,7 +67,7 @@ class Corrections:
             if first is not None:
                 if (first.kind, first.amount, first.job_id, first.description) != (REFUND, amount, job_id, reason):
                     raise _reused(request_id)
-                return Moved(await _account(repo, wallet_id), first), False
+                return Moved(await repo.existing_account(wallet_id), first), False
             captured = sum(c for w, _, c in await repo.job_charges(visible.owner_id, job_id) if w == wallet_id)
             refunded = await repo.job_refunds(wallet_id, job_id)
             if amount > captured - refunded:
@@ -81,7 +81,7 @@ class Corrections:
                 kind=REFUND, debit_account_id=revenue, credit_account_id=wallet_id, amount=amount, currency=currency,
                 wallet_id=wallet_id, customer_id=visible.owner_id, balance_after=moved[0], held_after=moved[1],
                 job_id=job_id, request_id=request_id, description=reason, create_time=utcnow()))
-            return Moved(await _account(repo, wallet_id), transfer), True
+            return Moved(await repo.existing_account(wallet_id), transfer), True
 
         result, fresh = await b.commit.run(op)
         if fresh:
@@ -121,7 +121,7 @@ class Corrections:
                 if (first.kind, first.amount, first.credit_account_id, first.description) != (
                         ADJUSTMENT, size, credit, reason):
                     raise _reused(request_id)
-                return Moved(await _account(repo, wallet.id), first), False
+                return Moved(await repo.existing_account(wallet.id), first), False
             if amount > 0:
                 moved = await repo.move_wallet(wallet.id, credits_posted=size)
                 tx.defer(revenue, debits_posted=size)
@@ -136,7 +136,7 @@ class Corrections:
                 kind=ADJUSTMENT, debit_account_id=debit, credit_account_id=credit, amount=size,
                 currency=wallet.currency, wallet_id=wallet.id, customer_id=wallet.owner_id, balance_after=moved[0],
                 held_after=moved[1], request_id=request_id, description=reason, create_time=utcnow()))
-            return Moved(await _account(repo, wallet.id), transfer), True
+            return Moved(await repo.existing_account(wallet.id), transfer), True
 
         result, fresh = await b.commit.run(op)
         if fresh:
@@ -148,9 +148,4 @@ def _reused(request_id: str) -> FailedPrecondition:
     return FailedPrecondition(f"request_id {request_id!r} was used for another refund or adjustment",
                               field="request_id", reason="IDEMPOTENCY_KEY_REUSED")
 
-
-async def _account(repo: BillingRepository, account_id: uuid.UUID) -> Account:
-    acc = await repo.account(account_id)
-    assert acc is not None
-    return acc
 

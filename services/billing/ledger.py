@@ -116,6 +116,8 @@ class _Batch:
             return False
         w["debits_posted"] += debits_posted
         w["debits_pending"] += debits_pending
+        if debits_posted > 0:  # a charge spends promotional credit first
+            w["promo"] = max(w["promo"] - debits_posted, 0)
         self.moved.add(wallet_id)
         return True
 
@@ -218,10 +220,12 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
     holds = {r.hold_id: dict(r._mapping) for r in hold_rows}
     wallet_ids = {h["wallet_id"] for h in holds.values()} | {i.wallet_id for i in items if isinstance(i, ReserveItem)}
     a = Account.__table__.c
-    wallet_rows = await conn.execute(select(a.id, a.debits_posted, a.credits_posted, a.debits_pending, a.credit_limit)
+    wallet_rows = await conn.execute(select(a.id, a.debits_posted, a.credits_posted, a.debits_pending, a.credit_limit,
+                                            a.promo)
                                      .where(a.id.in_(sorted(wallet_ids))).order_by(a.id).with_for_update())
     wallets = {r.id: {"debits_posted": r.debits_posted, "credits_posted": r.credits_posted,
-                      "debits_pending": r.debits_pending, "credit_limit": r.credit_limit} for r in wallet_rows}
+                      "debits_pending": r.debits_pending, "credit_limit": r.credit_limit, "promo": r.promo}
+               for r in wallet_rows}
     batch = _Batch(tx, holds, wallets)
     outcomes: list[Outcome] = []
     for item in items:
@@ -245,7 +249,8 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
     if batch.moved:
         now = utcnow()
         await conn.execute(update(Account).where(a.id == bindparam("wid")).values(
-            debits_posted=bindparam("dp"), debits_pending=bindparam("dpe"), update_time=now),
-            [{"wid": k, "dp": wallets[k]["debits_posted"], "dpe": wallets[k]["debits_pending"]}
+            debits_posted=bindparam("dp"), debits_pending=bindparam("dpe"), promo=bindparam("pr"), update_time=now),
+            [{"wid": k, "dp": wallets[k]["debits_posted"], "dpe": wallets[k]["debits_pending"],
+              "pr": wallets[k]["promo"]}
              for k in sorted(batch.moved)])
     return outcomes

@@ -24,13 +24,14 @@ class Base(DeclarativeBase):
 
 Timestamp = TIMESTAMP(timezone=True)
 
-# Account kinds.
-WALLET, COMMISSION, REVENUE, FUNDING = 1, 2, 3, 4
+# Account kinds. PROMOTION: where credit grants come from and their expired rests go back to.
+WALLET, COMMISSION, REVENUE, FUNDING, PROMOTION = 1, 2, 3, 4, 5
 # Platform accounts (revenue, funding) have this owner.
 PLATFORM = uuid.UUID(int=0)
 
 # Transfer kinds = TransferKind enum values.
 TOP_UP, HOLD, CAPTURE, VOID, EXPIRE, REFUND, ADJUSTMENT, COMMISSION_T = 1, 2, 3, 4, 5, 6, 7, 8
+CREDIT_GRANT, CREDIT_EXPIRE = 9, 10
 RESOLUTIONS = (CAPTURE, VOID, EXPIRE)
 
 # Hold statuses = HoldStatus enum values.
@@ -40,7 +41,8 @@ ACTIVE, CAPTURED, VOIDED, EXPIRED = 1, 2, 3, 4
 class Account(Base):
     __tablename__ = "accounts"
     __table_args__ = (
-        CheckConstraint("kind IN (1, 2, 3, 4)", name="kind_known"),
+        CheckConstraint("kind IN (1, 2, 3, 4, 5)", name="kind_known"),
+        CheckConstraint("promo >= 0", name="promo_nonnegative"),
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
         CheckConstraint("debits_posted >= 0 AND credits_posted >= 0 AND debits_pending >= 0 "
                         "AND credits_pending >= 0", name="counters_nonnegative"),
@@ -62,6 +64,9 @@ class Account(Base):
     credits_posted: Mapped[int] = mapped_column(BigInteger, default=0)
     debits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
     credits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Wallets: the part of the balance that is unspent promotional credit. Posted debits spend it
+    # first (never below 0); the credit_grants rows say which grants it is left of.
+    promo: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
@@ -77,14 +82,14 @@ class Account(Base):
 class Transfer(Base):
     """One journal entry. Rows are never updated or deleted (a trigger refuses it).
 
-    Effects on the counters: TOP_UP, REFUND, ADJUSTMENT, COMMISSION post `amount`; HOLD adds
-    `amount` to pending; CAPTURE posts `amount` and removes `pending_amount` (the hold) from
-    pending; VOID and EXPIRE remove `amount` (the hold) from pending.
+    Effects on the counters: TOP_UP, REFUND, ADJUSTMENT, COMMISSION, CREDIT_GRANT and CREDIT_EXPIRE
+    post `amount`; HOLD adds `amount` to pending; CAPTURE posts `amount` and removes
+    `pending_amount` (the hold) from pending; VOID and EXPIRE remove `amount` (the hold) from pending.
     """
 
     __tablename__ = "transfers"
     __table_args__ = (
-        CheckConstraint("kind BETWEEN 1 AND 8", name="kind_known"),
+        CheckConstraint("kind BETWEEN 1 AND 10", name="kind_known"),
         CheckConstraint("amount > 0 OR (kind = 3 AND amount = 0)", name="amount_positive"),
         CheckConstraint("pending_amount >= 0 AND (kind = 3 OR pending_amount = 0)", name="pending_amount_capture"),
         CheckConstraint("debit_account_id <> credit_account_id", name="distinct_accounts"),
@@ -178,3 +183,33 @@ class ReconciliationRow(Base):
     transfers_checked: Mapped[int] = mapped_column(BigInteger, default=0)
     consistent: Mapped[bool] = mapped_column(default=True)
     findings: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+
+
+class CreditGrantRow(Base):
+    """Promotional credit in a wallet. `remaining` is exact after `materialize` (wallet locked):
+    the wallet's `promo` counter is spent on the hot path, and the grants are told which of them
+    it came from (soonest expiry first) only when one is added or expires."""
+
+    __tablename__ = "credit_grants"
+    __table_args__ = (
+        CheckConstraint("amount > 0 AND remaining >= 0 AND remaining <= amount AND expired >= 0",
+                        name="amounts_valid"),
+        CheckConstraint("status IN (1, 2)", name="status_known"),
+        Index("uq_credit_grants_request", "wallet_id", "request_id", unique=True),
+        Index("ix_credit_grants_active_expire_time", "expire_time", postgresql_where=text("status = 1")),
+        Index(None, "wallet_id", "create_time", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    wallet_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    expired: Mapped[int] = mapped_column(BigInteger, default=0)
+    # CreditGrantStatus: 1 active, 2 expired.
+    status: Mapped[int] = mapped_column(SmallInteger, default=1)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    request_id: Mapped[str] = mapped_column(String(200))
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expire_time: Mapped[datetime] = mapped_column(Timestamp)

@@ -798,12 +798,12 @@ class BillingService:
 _FOLD_SQL = """
 WITH effects AS (
     SELECT debit_account_id AS account_id,
-           CASE WHEN kind IN (1, 3, 6, 7, 8) THEN amount ELSE 0 END AS dp, 0::bigint AS cp,
+           CASE WHEN kind IN (1, 3, 6, 7, 8, 9, 10) THEN amount ELSE 0 END AS dp, 0::bigint AS cp,
            CASE WHEN kind = 2 THEN amount WHEN kind = 3 THEN -pending_amount
                 WHEN kind IN (4, 5) THEN -amount ELSE 0 END AS dpe, 0::bigint AS cpe
     FROM billing.transfers
     UNION ALL
-    SELECT credit_account_id, 0, CASE WHEN kind IN (1, 3, 6, 7, 8) THEN amount ELSE 0 END, 0,
+    SELECT credit_account_id, 0, CASE WHEN kind IN (1, 3, 6, 7, 8, 9, 10) THEN amount ELSE 0 END, 0,
            CASE WHEN kind = 2 THEN amount WHEN kind = 3 THEN -pending_amount
                 WHEN kind IN (4, 5) THEN -amount ELSE 0 END
     FROM billing.transfers

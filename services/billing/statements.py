@@ -2,7 +2,7 @@
 
 Opening and closing balances are the fold of the wallet's transfers before and up to the month's
 end (not the stored counters), so a statement's totals reconcile with the ledger to the cent:
-closing = opening + top-ups - charges + refunds + adjustments.
+closing = opening + top-ups - charges + refunds + adjustments + credits granted - credits expired.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class MonthStatement:
     charged_jobs: int
     refunds: int
     adjustments: int
+    credits_granted: int
+    credits_expired: int
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
@@ -58,4 +60,4 @@ async def statement(billing: BillingService, caller: Principal, customer_id: str
         t = await BillingRepository(s).month_totals(wallet.id, start, end)
     return MonthStatement(wallet.owner_id, wallet.id, month, wallet.currency, start, end, t["opening"], t["closing"],
                           t["closing_held"], t["top_ups"], t["charges"], t["charged_jobs"], t["refunds"],
-                          t["adjustments"])
+                          t["adjustments"], t["credits_granted"], t["credits_expired"])

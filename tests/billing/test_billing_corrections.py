@@ -179,7 +179,7 @@ async def test_statement_equals_the_ledger_to_the_cent(billing: BillingService) 
     assert page.items[0].balance_after == st.closing
     assert sum(t.amount for t in page.items if t.kind == 1) == st.top_ups
     # The next month opens where this one closes; the previous one is empty.
-    start, end = month_bounds(month)
+    _, end = month_bounds(month)
     following = await statement(billing, ADMIN, customer, end.strftime("%Y-%m"), "")
     assert following.opening == following.closing == st.closing and following.top_ups == 0
     previous = await statement(billing, ADMIN, customer, "2000-01", "")

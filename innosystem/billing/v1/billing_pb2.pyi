@@ -46,6 +46,10 @@ class _TransferKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Transfer
     """A correction (for example by reconciliation); never an edit of an earlier transfer."""
     TRANSFER_KIND_COMMISSION: _TransferKind.ValueType  # 8
     """A reseller's share of a capture, from platform revenue to the reseller's commission account."""
+    TRANSFER_KIND_CREDIT_GRANT: _TransferKind.ValueType  # 9
+    """Promotional credit granted to a wallet (from the platform's promotion account)."""
+    TRANSFER_KIND_CREDIT_EXPIRE: _TransferKind.ValueType  # 10
+    """The unspent rest of a credit grant removed at its expiry (back to the promotion account)."""
 
 class TransferKind(_TransferKind, metaclass=_TransferKindEnumTypeWrapper):
     """Kind of a ledger transfer."""
@@ -67,6 +71,10 @@ TRANSFER_KIND_ADJUSTMENT: TransferKind.ValueType  # 7
 """A correction (for example by reconciliation); never an edit of an earlier transfer."""
 TRANSFER_KIND_COMMISSION: TransferKind.ValueType  # 8
 """A reseller's share of a capture, from platform revenue to the reseller's commission account."""
+TRANSFER_KIND_CREDIT_GRANT: TransferKind.ValueType  # 9
+"""Promotional credit granted to a wallet (from the platform's promotion account)."""
+TRANSFER_KIND_CREDIT_EXPIRE: TransferKind.ValueType  # 10
+"""The unspent rest of a credit grant removed at its expiry (back to the promotion account)."""
 Global___TransferKind: _TypeAlias = TransferKind  # noqa: Y015
 
 class _HoldStatus:
@@ -118,6 +126,28 @@ OVER_CAPTURE_POLICY_CAP_AT_HOLD: OverCapturePolicy.ValueType  # 2
 OVER_CAPTURE_POLICY_CHARGE_AVAILABLE: OverCapturePolicy.ValueType  # 3
 """Capture the full amount if the wallet's available amount covers the excess, else INSUFFICIENT_FUNDS."""
 Global___OverCapturePolicy: _TypeAlias = OverCapturePolicy  # noqa: Y015
+
+class _CreditGrantStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CreditGrantStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CreditGrantStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CREDIT_GRANT_STATUS_UNSPECIFIED: _CreditGrantStatus.ValueType  # 0
+    CREDIT_GRANT_STATUS_ACTIVE: _CreditGrantStatus.ValueType  # 1
+    """Spendable until its expire time."""
+    CREDIT_GRANT_STATUS_EXPIRED: _CreditGrantStatus.ValueType  # 2
+    """Past its expire time; its unspent rest was removed."""
+
+class CreditGrantStatus(_CreditGrantStatus, metaclass=_CreditGrantStatusEnumTypeWrapper):
+    """State of a credit grant."""
+
+CREDIT_GRANT_STATUS_UNSPECIFIED: CreditGrantStatus.ValueType  # 0
+CREDIT_GRANT_STATUS_ACTIVE: CreditGrantStatus.ValueType  # 1
+"""Spendable until its expire time."""
+CREDIT_GRANT_STATUS_EXPIRED: CreditGrantStatus.ValueType  # 2
+"""Past its expire time; its unspent rest was removed."""
+Global___CreditGrantStatus: _TypeAlias = CreditGrantStatus  # noqa: Y015
 
 class _ReconciliationTrigger:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -224,6 +254,7 @@ class Wallet(_message.Message):
     CREDIT_LIMIT_CENTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    GRANTED_CENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     customer_id: _builtins.str
     currency_code: _builtins.str
@@ -236,6 +267,10 @@ class Wallet(_message.Message):
     """What a new hold may take: balance − held + credit limit."""
     credit_limit_cents: _builtins.int
     """How far below zero the balance may go (≥ 0, default 0). Only an admin may change it."""
+    granted_cents: _builtins.int
+    """The part of the balance that is unspent promotional credit (credit grants). Charges spend it
+    before the paid balance.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -252,10 +287,11 @@ class Wallet(_message.Message):
         credit_limit_cents: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        granted_cents: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_cents", b"available_cents", "balance_cents", b"balance_cents", "create_time", b"create_time", "credit_limit_cents", b"credit_limit_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "held_cents", b"held_cents", "id", b"id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_cents", b"available_cents", "balance_cents", b"balance_cents", "create_time", b"create_time", "credit_limit_cents", b"credit_limit_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "granted_cents", b"granted_cents", "held_cents", b"held_cents", "id", b"id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -659,6 +695,189 @@ class AdjustWalletResponse(_message.Message):
 Global___AdjustWalletResponse: _TypeAlias = AdjustWalletResponse  # noqa: Y015
 
 @_typing.final
+class GrantCreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    amount_cents: _builtins.int
+    """Positive, at most the configured maximum."""
+    reason: _builtins.str
+    """Why, for the journal (1 to 1000 characters)."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer; another body is IDEMPOTENCY_KEY_REUSED."""
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the unspent rest is removed; in the future, at most 10 years ahead."""
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantCreditRequest: _TypeAlias = GrantCreditRequest  # noqa: Y015
+
+@_typing.final
+class GrantCreditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallet(self) -> Global___Wallet: ...
+    @_builtins.property
+    def grant(self) -> Global___CreditGrant: ...
+    @_builtins.property
+    def transaction(self) -> Global___WalletTransaction:
+        """The grant's journal entry."""
+
+    def __init__(
+        self,
+        *,
+        wallet: Global___Wallet | None = ...,
+        grant: Global___CreditGrant | None = ...,
+        transaction: Global___WalletTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantCreditResponse: _TypeAlias = GrantCreditResponse  # noqa: Y015
+
+@_typing.final
+class CreditGrant(_message.Message):
+    """Promotional credit in a wallet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    REMAINING_CENTS_FIELD_NUMBER: _builtins.int
+    EXPIRED_CENTS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    customer_id: _builtins.str
+    wallet_id: _builtins.str
+    currency_code: _builtins.str
+    amount_cents: _builtins.int
+    """Granted."""
+    remaining_cents: _builtins.int
+    """Not spent yet (0 once expired)."""
+    expired_cents: _builtins.int
+    """Removed at expiry (the rest then; less if held jobs were using it, see docs/billing.md)."""
+    status: Global___CreditGrantStatus.ValueType
+    reason: _builtins.str
+    request_id: _builtins.str
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        remaining_cents: _builtins.int = ...,
+        expired_cents: _builtins.int = ...,
+        status: Global___CreditGrantStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "expired_cents", b"expired_cents", "id", b"id", "reason", b"reason", "remaining_cents", b"remaining_cents", "request_id", b"request_id", "status", b"status", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditGrant: _TypeAlias = CreditGrant  # noqa: Y015
+
+@_typing.final
+class ListCreditGrantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    page_size: _builtins.int
+    """Default 50, maximum 500."""
+    page_token: _builtins.str
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditGrantsRequest: _TypeAlias = ListCreditGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ListCreditGrantsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_GRANTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def credit_grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditGrant]: ...
+    def __init__(
+        self,
+        *,
+        credit_grants: _abc.Iterable[Global___CreditGrant] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_grants", b"credit_grants", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditGrantsResponse: _TypeAlias = ListCreditGrantsResponse  # noqa: Y015
+
+@_typing.final
 class GetStatementRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -687,7 +906,9 @@ Global___GetStatementRequest: _TypeAlias = GetStatementRequest  # noqa: Y015
 
 @_typing.final
 class Statement(_message.Message):
-    """A wallet's month. closing = opening + top_ups − charges + refunds + adjustments."""
+    """A wallet's month. closing = opening + top_ups − charges + refunds + adjustments
+    + credits_granted − credits_expired.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -704,6 +925,8 @@ class Statement(_message.Message):
     CHARGED_JOBS_FIELD_NUMBER: _builtins.int
     REFUNDS_CENTS_FIELD_NUMBER: _builtins.int
     ADJUSTMENTS_CENTS_FIELD_NUMBER: _builtins.int
+    CREDITS_GRANTED_CENTS_FIELD_NUMBER: _builtins.int
+    CREDITS_EXPIRED_CENTS_FIELD_NUMBER: _builtins.int
     CLOSING_HELD_CENTS_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     wallet_id: _builtins.str
@@ -723,6 +946,10 @@ class Statement(_message.Message):
     """Sum of REFUND transfers."""
     adjustments_cents: _builtins.int
     """Signed sum of ADJUSTMENT transfers."""
+    credits_granted_cents: _builtins.int
+    """Sum of CREDIT_GRANT transfers."""
+    credits_expired_cents: _builtins.int
+    """Sum of CREDIT_EXPIRE transfers."""
     closing_held_cents: _builtins.int
     """Held amount at the end of the month (active holds then; not part of the balance)."""
     @_builtins.property
@@ -747,11 +974,13 @@ class Statement(_message.Message):
         charged_jobs: _builtins.int = ...,
         refunds_cents: _builtins.int = ...,
         adjustments_cents: _builtins.int = ...,
+        credits_granted_cents: _builtins.int = ...,
+        credits_expired_cents: _builtins.int = ...,
         closing_held_cents: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustments_cents", b"adjustments_cents", "charged_jobs", b"charged_jobs", "charges_cents", b"charges_cents", "closing_balance_cents", b"closing_balance_cents", "closing_held_cents", b"closing_held_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "end_time", b"end_time", "month", b"month", "opening_balance_cents", b"opening_balance_cents", "refunds_cents", b"refunds_cents", "start_time", b"start_time", "top_ups_cents", b"top_ups_cents", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustments_cents", b"adjustments_cents", "charged_jobs", b"charged_jobs", "charges_cents", b"charges_cents", "closing_balance_cents", b"closing_balance_cents", "closing_held_cents", b"closing_held_cents", "credits_expired_cents", b"credits_expired_cents", "credits_granted_cents", b"credits_granted_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "end_time", b"end_time", "month", b"month", "opening_balance_cents", b"opening_balance_cents", "refunds_cents", b"refunds_cents", "start_time", b"start_time", "top_ups_cents", b"top_ups_cents", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -69,6 +69,16 @@ class BillingServiceStub:
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletRequest.SerializeToString,
                 response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletResponse.FromString,
                 _registered_method=True)
+        self.GrantCredit = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/GrantCredit',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditResponse.FromString,
+                _registered_method=True)
+        self.ListCreditGrants = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListCreditGrants',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
+                _registered_method=True)
         self.GetStatement = channel.unary_unary(
                 '/innosystem.billing.v1.BillingService/GetStatement',
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetStatementRequest.SerializeToString,
@@ -189,6 +199,22 @@ class BillingServiceServicer:
         """Admin only: a signed correction of the balance (ADJUSTMENT transfer between platform revenue
         and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
         `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantCredit(self, request, context):
+        """Admin only: promotional credit with an expiry (CREDIT_GRANT transfer from the platform's
+        promotion account). Charges spend grants before the paid balance, the soonest-expiring first;
+        at `expire_time` the unspent rest is removed by a CREDIT_EXPIRE transfer. Idempotent on `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCreditGrants(self, request, context):
+        """The wallet's credit grants, newest first, with what is left of each.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -327,6 +353,16 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.AdjustWallet,
                     request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletRequest.FromString,
                     response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletResponse.SerializeToString,
+            ),
+            'GrantCredit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantCredit,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditResponse.SerializeToString,
+            ),
+            'ListCreditGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCreditGrants,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.SerializeToString,
             ),
             'GetStatement': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatement,
@@ -544,6 +580,60 @@ class BillingService:
             '/innosystem.billing.v1.BillingService/AdjustWallet',
             innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletRequest.SerializeToString,
             innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantCredit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/GrantCredit',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCreditGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListCreditGrants',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

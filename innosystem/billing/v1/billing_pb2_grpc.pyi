@@ -60,6 +60,13 @@ class BillingServiceStub:
     and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
     `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
     """
+    GrantCredit: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GrantCreditRequest, _billing_pb2.GrantCreditResponse]
+    """Admin only: promotional credit with an expiry (CREDIT_GRANT transfer from the platform's
+    promotion account). Charges spend grants before the paid balance, the soonest-expiring first;
+    at `expire_time` the unspent rest is removed by a CREDIT_EXPIRE transfer. Idempotent on `request_id`.
+    """
+    ListCreditGrants: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListCreditGrantsRequest, _billing_pb2.ListCreditGrantsResponse]
+    """The wallet's credit grants, newest first, with what is left of each."""
     GetStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]
     """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
     totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
@@ -134,6 +141,13 @@ class BillingServiceAsyncStub(BillingServiceStub):
     and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
     `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
     """
+    GrantCredit: _aio.UnaryUnaryMultiCallable[_billing_pb2.GrantCreditRequest, _billing_pb2.GrantCreditResponse]  # type: ignore[assignment]
+    """Admin only: promotional credit with an expiry (CREDIT_GRANT transfer from the platform's
+    promotion account). Charges spend grants before the paid balance, the soonest-expiring first;
+    at `expire_time` the unspent rest is removed by a CREDIT_EXPIRE transfer. Idempotent on `request_id`.
+    """
+    ListCreditGrants: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListCreditGrantsRequest, _billing_pb2.ListCreditGrantsResponse]  # type: ignore[assignment]
+    """The wallet's credit grants, newest first, with what is left of each."""
     GetStatement: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]  # type: ignore[assignment]
     """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
     totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
@@ -235,6 +249,25 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
         `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
         """
+
+    @_abc_1.abstractmethod
+    def GrantCredit(
+        self,
+        request: _billing_pb2.GrantCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.GrantCreditResponse, _abc.Awaitable[_billing_pb2.GrantCreditResponse]]:
+        """Admin only: promotional credit with an expiry (CREDIT_GRANT transfer from the platform's
+        promotion account). Charges spend grants before the paid balance, the soonest-expiring first;
+        at `expire_time` the unspent rest is removed by a CREDIT_EXPIRE transfer. Idempotent on `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCreditGrants(
+        self,
+        request: _billing_pb2.ListCreditGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListCreditGrantsResponse, _abc.Awaitable[_billing_pb2.ListCreditGrantsResponse]]:
+        """The wallet's credit grants, newest first, with what is left of each."""
 
     @_abc_1.abstractmethod
     def GetStatement(

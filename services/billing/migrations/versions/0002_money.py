@@ -1,4 +1,4 @@
-"""money: refunds and adjustments are idempotent per wallet; refunds and captures found by job
+"""money: refunds, adjustments, statements and credit grants
 
 Revision ID: 0002_money
 Revises: 0001
@@ -6,6 +6,7 @@ Create Date: 2026-12-05 06:50:00
 """
 from alembic import op
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 
 revision = '0002_money'
@@ -23,9 +24,49 @@ def upgrade() -> None:
                     schema='billing')
     op.create_index(op.f('ix_transfers_wallet_id_create_time'), 'transfers', ['wallet_id', 'create_time'],
                     unique=False, schema='billing')
+    # Credit grants: a promotion account kind, two transfer kinds, the wallets' promo counter.
+    op.drop_constraint(op.f('ck_accounts_kind_known'), 'accounts', schema='billing', type_='check')
+    op.create_check_constraint(op.f('ck_accounts_kind_known'), 'accounts', 'kind IN (1, 2, 3, 4, 5)', schema='billing')
+    op.drop_constraint(op.f('ck_transfers_kind_known'), 'transfers', schema='billing', type_='check')
+    op.create_check_constraint(op.f('ck_transfers_kind_known'), 'transfers', 'kind BETWEEN 1 AND 10', schema='billing')
+    op.add_column('accounts', sa.Column('promo', sa.BigInteger(), server_default=sa.text('0'), nullable=False),
+                  schema='billing')
+    op.create_check_constraint(op.f('ck_accounts_promo_nonnegative'), 'accounts', 'promo >= 0', schema='billing')
+    op.create_table('credit_grants',
+    sa.Column('id', sa.UUID(), nullable=False),
+    sa.Column('wallet_id', sa.UUID(), nullable=False),
+    sa.Column('customer_id', sa.UUID(), nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('amount', sa.BigInteger(), nullable=False),
+    sa.Column('remaining', sa.BigInteger(), nullable=False),
+    sa.Column('expired', sa.BigInteger(), nullable=False),
+    sa.Column('status', sa.SmallInteger(), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('request_id', sa.String(length=200), nullable=False),
+    sa.Column('create_time', postgresql.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column('expire_time', postgresql.TIMESTAMP(timezone=True), nullable=False),
+    sa.CheckConstraint('amount > 0 AND remaining >= 0 AND remaining <= amount AND expired >= 0',
+                       name=op.f('ck_credit_grants_amounts_valid')),
+    sa.CheckConstraint('status IN (1, 2)', name=op.f('ck_credit_grants_status_known')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_credit_grants')),
+    schema='billing'
+    )
+    op.create_index('uq_credit_grants_request', 'credit_grants', ['wallet_id', 'request_id'], unique=True,
+                    schema='billing')
+    op.create_index('ix_credit_grants_active_expire_time', 'credit_grants', ['expire_time'], unique=False,
+                    schema='billing', postgresql_where=sa.text('status = 1'))
+    op.create_index(op.f('ix_credit_grants_wallet_id_create_time_id'), 'credit_grants',
+                    ['wallet_id', 'create_time', 'id'], unique=False, schema='billing')
 
 
 def downgrade() -> None:
+    op.drop_table('credit_grants', schema='billing')
+    op.drop_constraint(op.f('ck_accounts_promo_nonnegative'), 'accounts', schema='billing', type_='check')
+    op.drop_column('accounts', 'promo', schema='billing')
+    op.drop_constraint(op.f('ck_transfers_kind_known'), 'transfers', schema='billing', type_='check')
+    op.create_check_constraint(op.f('ck_transfers_kind_known'), 'transfers', 'kind BETWEEN 1 AND 8', schema='billing')
+    op.drop_constraint(op.f('ck_accounts_kind_known'), 'accounts', schema='billing', type_='check')
+    op.create_check_constraint(op.f('ck_accounts_kind_known'), 'accounts', 'kind IN (1, 2, 3, 4)', schema='billing')
     op.drop_index(op.f('ix_transfers_wallet_id_create_time'), table_name='transfers', schema='billing')
     op.drop_index(op.f('ix_holds_customer_id_job_id'), table_name='holds', schema='billing')
     op.drop_index('ix_transfers_refund_job', table_name='transfers', schema='billing',
