@@ -188,3 +188,27 @@ async def test_refund_adjust_and_statement_through_the_gateway(stack: Stack, adm
     assert _refusal(as_customer.get(f"/v1/customers/{cid}/statements/2026-13")) == (400, "INVALID_MONTH", "month")
     report = admin.post("/v1/billing:reconcile", {})
     assert report.body["consistent"] is True, report.body
+
+
+def test_credit_grants_through_the_gateway(stack: Stack, admin: Client) -> None:
+    created = admin.post("/v1/customers", {"name": "Promo", "email": "promo@example.com"}).body
+    cid = created["customer"]["id"]
+    as_customer = admin.as_key(created["apiKey"])
+    _wallet_opened(as_customer, cid)
+    expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 7 * 86400))
+    grant = {"amountCents": 2500, "expireTime": expire, "reason": "welcome credit", "requestId": "welcome"}
+    done = admin.post(f"/v1/customers/{cid}/wallet:grantCredit", grant)
+    assert done.status == 200, done.body
+    assert done.body["transaction"]["kind"] == "TRANSFER_KIND_CREDIT_GRANT"
+    assert (int(done.body["wallet"]["balanceCents"]), int(done.body["wallet"]["grantedCents"])) == (2500, 2500)
+    assert admin.post(f"/v1/customers/{cid}/wallet:grantCredit", grant).body["grant"]["id"] == done.body["grant"]["id"]
+    assert _refusal(as_customer.post(f"/v1/customers/{cid}/wallet:grantCredit", {**grant, "requestId": "mine"}))[:2] \
+        == (403, "ADMIN_ONLY")
+    assert _refusal(admin.post(f"/v1/customers/{cid}/wallet:grantCredit", {
+        **grant, "requestId": "past", "expireTime": "2020-01-01T00:00:00Z"})) == \
+        (400, "INVALID_EXPIRE_TIME", "expire_time")
+    listed = as_customer.get(f"/v1/customers/{cid}/wallet/creditGrants").body["creditGrants"]
+    assert [(g["reason"], int(g["remainingCents"]), g["status"]) for g in listed] == \
+        [("welcome credit", 2500, "CREDIT_GRANT_STATUS_ACTIVE")]
+    st = as_customer.get(f"/v1/customers/{cid}/statements/{time.strftime('%Y-%m', time.gmtime())}").body
+    assert int(st["creditsGrantedCents"]) == int(st["closingBalanceCents"]) == 2500

@@ -1,6 +1,7 @@
 """Hypothesis stateful test: the ledger against a simple in-memory model, invariants after every step.
 
-Covers the Open-to-Buy operations and the money paths people take: refunds, adjustments, statements."""
+Covers the Open-to-Buy operations and the money paths people take: refunds, adjustments, credit
+grants (spent first, soonest expiry first; their rest removed at expiry) and statements."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DomainError
 from innosystem.kit.redis import connect
 from services.billing.corrections import Corrections
+from services.billing.grants import CreditGrants
 from services.billing.ledger import commission_of
 from services.billing.models import EXPIRE
 from services.billing.otb import OpenToBuy
@@ -39,6 +41,7 @@ class Env:
         self.redis = connect(redis_url)
         self.billing = BillingService(self.db, OpenToBuy(self.redis), rates)
         self.corrections = Corrections(self.billing)
+        self.grants = CreditGrants(self.billing)
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -67,7 +70,16 @@ class LedgerMachine(RuleBasedStateMachine):
         self.captured: dict[str, int] = {}   # job → captured
         self.refunded: dict[str, int] = {}   # job → refunded so far
         self.corrections: dict[str, tuple[str, int]] = {}  # request id → (job or "", signed amount)
+        self.promos: dict[str, list[Any]] = {}  # active grants: request id → [expire time, remaining]
+        self.base = utcnow() + timedelta(days=1)
         self.n = 0
+
+    def _spend(self, amount: int) -> None:
+        """A posted debit spends promotional credit first, the soonest-expiring grant first."""
+        for key in sorted(self.promos, key=lambda k: self.promos[k][0]):
+            take = min(self.promos[key][1], amount)
+            self.promos[key][1] -= take
+            amount -= take
 
     def _id(self) -> str:
         self.n += 1
@@ -126,6 +138,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert err == "" and hold.captured == actual
         assert hold.commission == commission_of(actual, RATE)
         self.balance -= actual
+        self._spend(actual)
         self.commission += hold.commission
         self.captured[hid] = actual
         self.done[hid] = ("captured", self.holds.pop(hid))
@@ -154,7 +167,28 @@ class LedgerMachine(RuleBasedStateMachine):
         assert err == ("" if affordable else "INSUFFICIENT_FUNDS")
         if affordable:
             self.balance += amount
+            self._spend(max(-amount, 0))
             self.corrections[rid] = ("", amount)
+
+    @rule(amount=amounts, hours=st.integers(min_value=1, max_value=100))
+    def grant_credit(self, amount: int, hours: int) -> None:
+        rid = self._id()
+        expire = self.base + timedelta(hours=hours, microseconds=self.n)  # no two grants expire at once
+        done, err = self._call(self.env.grants.grant(ADMIN, self.customer, amount, expire, "model", rid, ""))
+        assert err == "" and done.wallet.balance == self.balance + amount
+        self.balance += amount
+        self.promos[rid] = [expire, amount]
+
+    @precondition(lambda self: self.promos)
+    @rule(data=st.data())
+    def expire_credit(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.promos)))
+        expire, remaining = self.promos.pop(rid)
+        page = self.env.run(self.env.grants.list(ADMIN, self.customer, 500, "", ""))
+        grant = next(g for g in page.items if g.request_id == rid)
+        assert self.env.run(self.env.grants._expire(grant.id, grant.wallet_id, "USD", expire + timedelta(seconds=1)))
+        take = min(remaining, max(self.balance - sum(self.holds.values()), 0))
+        self.balance -= take
 
     @precondition(lambda self: self.corrections)
     @rule(data=st.data())
@@ -207,9 +241,18 @@ class LedgerMachine(RuleBasedStateMachine):
         assert w.balance - w.held >= 0
 
     @invariant()
+    def grants_match_model(self) -> None:
+        page = self.env.run(self.env.grants.list(ADMIN, self.customer, 500, "", ""))
+        active = {g.request_id: g.remaining for g in page.items if g.status == 1}
+        assert active == {k: v[1] for k, v in self.promos.items()}
+        w = self.env.run(self.env.billing.get_wallet(ADMIN, self.customer))
+        assert w.promo == sum(active.values())
+
+    @invariant()
     def statement_matches_model(self) -> None:
         st = self.env.run(statement(self.env.billing, ADMIN, self.customer, utcnow().strftime("%Y-%m"), ""))
-        assert st.closing == st.opening + st.top_ups - st.charges + st.refunds + st.adjustments
+        assert st.closing == (st.opening + st.top_ups - st.charges + st.refunds + st.adjustments
+                              + st.credits_granted - st.credits_expired)
         assert (st.closing, st.closing_held) == (self.balance, sum(self.holds.values()))
         assert st.refunds == sum(self.refunded.values())
 
