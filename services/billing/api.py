@@ -19,6 +19,7 @@ from innosystem.kit.errors import DomainError, InvalidArgument, to_status
 from innosystem.kit.protos import changes, timestamp, to_datetime
 from innosystem.kit.validation import check_storable
 from services.billing import statements
+from services.billing.alerts import LowBalanceAlerts
 from services.billing.corrections import Corrections
 from services.billing.grants import CreditGrants
 from services.billing.metrics import count_many, counted
@@ -32,6 +33,7 @@ from services.billing.models import (
     HoldRow,
     ReconciliationRow,
     Transfer,
+    WalletEventRow,
 )
 from services.billing.service import ON_DEMAND, BillingService, Statement
 
@@ -44,7 +46,15 @@ def wallet_pb(row: Account) -> pb.Wallet:
                      balance_cents=row.balance, held_cents=row.held,
                      available_cents=row.balance - row.held + row.credit_limit,
                      credit_limit_cents=row.credit_limit, create_time=timestamp(row.create_time),
-                     update_time=timestamp(row.update_time), granted_cents=row.promo)
+                     update_time=timestamp(row.update_time), granted_cents=row.promo,
+                     low_balance_threshold_cents=row.low_balance_threshold,
+                     low_balance_alerted=row.low_balance_alerted)
+
+
+def event_pb(e: WalletEventRow) -> pb.WalletEvent:
+    return pb.WalletEvent(id=str(e.id), type=e.type, customer_id=str(e.customer_id), wallet_id=str(e.wallet_id),
+                          currency_code=e.currency, available_cents=e.available, balance_cents=e.balance,
+                          held_cents=e.held, threshold_cents=e.threshold, create_time=timestamp(e.create_time))
 
 
 def grant_pb(g: CreditGrantRow) -> pb.CreditGrant:
@@ -122,6 +132,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         self.service = service
         self.corrections = corrections or Corrections(service)
         self.grants = grants or CreditGrants(service)
+        self.alerts = LowBalanceAlerts(service)
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         return wallet_pb(await self.service.get_wallet(principals.current(), request.customer_id,
@@ -129,12 +140,20 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
 
     async def UpdateWallet(self, request: pb.UpdateWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         fields = changes(request.wallet, request.update_mask, "wallet")
-        unknown = set(fields) - {"credit_limit_cents"}
+        unknown = set(fields) - {"credit_limit_cents", "low_balance_threshold_cents"}
         if unknown:
-            raise InvalidArgument(f"only credit_limit_cents can change, not {sorted(unknown)}", field="update_mask",
-                                  reason="FIELD_NOT_UPDATABLE")
-        row = await self.service.update_wallet(principals.current(), request.customer_id, request.currency_code,
-                                               int(fields.get("credit_limit_cents", request.wallet.credit_limit_cents)))
+            raise InvalidArgument(f"only credit_limit_cents and low_balance_threshold_cents can change, "
+                                  f"not {sorted(unknown)}", field="update_mask", reason="FIELD_NOT_UPDATABLE")
+        caller = principals.current()
+        row = None
+        if "credit_limit_cents" in fields or not fields:
+            row = await self.service.update_wallet(caller, request.customer_id, request.currency_code,
+                                                   int(fields.get("credit_limit_cents",
+                                                                  request.wallet.credit_limit_cents)))
+        if "low_balance_threshold_cents" in fields:
+            row = await self.alerts.set_threshold(caller, request.customer_id, request.currency_code,
+                                                  int(fields["low_balance_threshold_cents"]))
+        assert row is not None
         return wallet_pb(row)
 
     async def TopUpWallet(self, request: pb.TopUpWalletRequest,
@@ -174,6 +193,12 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
                                       request.page_token, request.currency_code)
         return pb.ListCreditGrantsResponse(credit_grants=[grant_pb(g) for g in page.items],
                                            next_page_token=page.next_page_token)
+
+    async def ListWalletEvents(self, request: pb.ListWalletEventsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListWalletEventsResponse:
+        rows, token = await self.alerts.events(principals.current(), request.customer_id, request.page_size,
+                                               request.page_token, request.currency_code)
+        return pb.ListWalletEventsResponse(events=[event_pb(e) for e in rows], next_page_token=token)
 
     async def GetStatement(self, request: pb.GetStatementRequest, context: grpc.aio.ServicerContext) -> pb.Statement:
         st = await statements.statement(self.service, principals.current(), request.customer_id, request.month,

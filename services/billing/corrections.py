@@ -16,6 +16,7 @@ from innosystem.kit import principal as principals
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing import alerts
 from services.billing.batcher import Tx
 from services.billing.models import ADJUSTMENT, PLATFORM, REFUND, REVENUE, Account, Transfer
 from services.billing.otb import InsufficientFunds
@@ -81,6 +82,7 @@ class Corrections:
                 kind=REFUND, debit_account_id=revenue, credit_account_id=wallet_id, amount=amount, currency=currency,
                 wallet_id=wallet_id, customer_id=visible.owner_id, balance_after=moved[0], held_after=moved[1],
                 job_id=job_id, request_id=request_id, description=reason, create_time=utcnow()))
+            await alerts.check(tx, wallet_id)
             return Moved(await repo.existing_account(wallet_id), transfer), True
 
         result, fresh = await b.commit.run(op)
@@ -136,6 +138,7 @@ class Corrections:
                 kind=ADJUSTMENT, debit_account_id=debit, credit_account_id=credit, amount=size,
                 currency=wallet.currency, wallet_id=wallet.id, customer_id=wallet.owner_id, balance_after=moved[0],
                 held_after=moved[1], request_id=request_id, description=reason, create_time=utcnow()))
+            await alerts.check(tx, wallet.id)
             return Moved(await repo.existing_account(wallet.id), transfer), True
 
         result, fresh = await b.commit.run(op)

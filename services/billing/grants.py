@@ -23,6 +23,7 @@ from innosystem.kit import principal as principals
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing import alerts
 from services.billing.batcher import Tx
 from services.billing.models import CREDIT_EXPIRE, CREDIT_GRANT, PLATFORM, PROMOTION, Account, CreditGrantRow, Transfer
 from services.billing.repository import BillingRepository
@@ -87,6 +88,7 @@ class CreditGrants:
                                    amount=amount, remaining=amount, expired=0, status=ACTIVE, reason=reason,
                                    request_id=request_id, create_time=transfer.create_time, expire_time=expire_time)
             await repo.add_grant(grant)
+            await alerts.check(tx, wallet.id)
             return Granted(await repo.existing_account(wallet.id), grant, transfer), True
 
         result, fresh = await b.commit.run(op)
@@ -160,6 +162,7 @@ class CreditGrants:
             elif grant.remaining:
                 await repo.move_wallet(wallet_id, promo=-grant.remaining)
             grant.expired, grant.remaining, grant.status = take, 0, EXPIRED
+            await alerts.check(tx, wallet_id)
             await tx.session.flush()
             return wallet, take
 

@@ -2,9 +2,10 @@
 
 `apply` locks every hold and wallet the batch touches (two SELECT … FOR UPDATE, wallets in id
 order), decides each item in arrival order in memory against those locked figures (the same
-rules as one-by-one: idempotent repeats, resolve at most once, no overdraft), then writes the
-outcome with one multi-row INSERT of new holds, one UPDATE of resolved holds and one UPDATE of
-wallets (both executemany, pipelined by psycopg). The journal rows and the platform accounts'
+rules as one-by-one: idempotent repeats, resolve at most once, no overdraft; a charge spends
+promotional credit first; a wallet that falls below its low-balance threshold gets one event),
+then writes the outcome with one multi-row INSERT of new holds, one UPDATE of resolved holds and
+one UPDATE of wallets (both executemany, pipelined by psycopg). The journal rows and the platform accounts'
 counters go to the batch (`Tx`) and are written once per batch by the group commit.
 """
 
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition
+from services.billing import alerts
 from services.billing.batcher import Tx
 from services.billing.models import (
     ACTIVE,
@@ -220,12 +222,17 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
     holds = {r.hold_id: dict(r._mapping) for r in hold_rows}
     wallet_ids = {h["wallet_id"] for h in holds.values()} | {i.wallet_id for i in items if isinstance(i, ReserveItem)}
     a = Account.__table__.c
-    wallet_rows = await conn.execute(select(a.id, a.debits_posted, a.credits_posted, a.debits_pending, a.credit_limit,
-                                            a.promo)
-                                     .where(a.id.in_(sorted(wallet_ids))).order_by(a.id).with_for_update())
+    wallet_rows = (await conn.execute(
+        select(a.id, a.debits_posted, a.credits_posted, a.debits_pending, a.credit_limit, a.promo,
+               a.low_balance_threshold, a.low_balance_alerted)
+        .where(a.id.in_(sorted(wallet_ids))).order_by(a.id).with_for_update())).all()
     wallets = {r.id: {"debits_posted": r.debits_posted, "credits_posted": r.credits_posted,
-                      "debits_pending": r.debits_pending, "credit_limit": r.credit_limit, "promo": r.promo}
+                      "debits_pending": r.debits_pending, "credit_limit": r.credit_limit, "promo": r.promo,
+                      "threshold": r.low_balance_threshold, "alerted": r.low_balance_alerted}
                for r in wallet_rows}
+    # (customer, currency) per wallet, for events: known from the holds and reserves themselves
+    identity = {h["wallet_id"]: (h["customer_id"], h["currency"]) for h in holds.values()}
+    identity.update({i.wallet_id: (i.customer_id, i.currency) for i in items if isinstance(i, ReserveItem)})
     batch = _Batch(tx, holds, wallets)
     outcomes: list[Outcome] = []
     for item in items:
@@ -247,10 +254,22 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
               "cm": holds[k]["commission"], "rate": holds[k]["commission_rate_bps"], "rt": holds[k]["resolve_time"]}
              for k in changed])
     if batch.moved:
+        events = []
+        for k in sorted(batch.moved):  # low-balance crossings, decided on the locked figures
+            w = wallets[k]
+            balance = w["credits_posted"] - w["debits_posted"]
+            flip = alerts.flipped(balance - w["debits_pending"] + w["credit_limit"], w["threshold"], w["alerted"])
+            if flip is not None:
+                w["alerted"] = flip
+                if flip:
+                    events.append(alerts.event(k, *identity[k], balance, w["debits_pending"], w["credit_limit"],
+                                               w["threshold"]))
+        await alerts.record(tx, events)
         now = utcnow()
         await conn.execute(update(Account).where(a.id == bindparam("wid")).values(
-            debits_posted=bindparam("dp"), debits_pending=bindparam("dpe"), promo=bindparam("pr"), update_time=now),
+            debits_posted=bindparam("dp"), debits_pending=bindparam("dpe"), promo=bindparam("pr"),
+            low_balance_alerted=bindparam("al"), update_time=now),
             [{"wid": k, "dp": wallets[k]["debits_posted"], "dpe": wallets[k]["debits_pending"],
-              "pr": wallets[k]["promo"]}
+              "pr": wallets[k]["promo"], "al": wallets[k]["alerted"]}
              for k in sorted(batch.moved)])
     return outcomes

@@ -43,6 +43,7 @@ class Account(Base):
     __table_args__ = (
         CheckConstraint("kind IN (1, 2, 3, 4, 5)", name="kind_known"),
         CheckConstraint("promo >= 0", name="promo_nonnegative"),
+        CheckConstraint("low_balance_threshold >= 0", name="low_balance_threshold_nonnegative"),
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
         CheckConstraint("debits_posted >= 0 AND credits_posted >= 0 AND debits_pending >= 0 "
                         "AND credits_pending >= 0", name="counters_nonnegative"),
@@ -67,6 +68,10 @@ class Account(Base):
     # Wallets: the part of the balance that is unspent promotional credit. Posted debits spend it
     # first (never below 0); the credit_grants rows say which grants it is left of.
     promo: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    # Wallets: a low-balance event is due when available falls below the threshold (0: off);
+    # `low_balance_alerted` until available is back at or above it (one event per crossing).
+    low_balance_threshold: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    low_balance_alerted: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
@@ -213,3 +218,22 @@ class CreditGrantRow(Base):
     request_id: Mapped[str] = mapped_column(String(200))
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     expire_time: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class WalletEventRow(Base):
+    """A wallet event (low balance) for its owner's notification channels; append-only."""
+
+    __tablename__ = "wallet_events"
+    __table_args__ = (Index(None, "wallet_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    type: Mapped[str] = mapped_column(String(100))
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    wallet_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    currency: Mapped[str] = mapped_column(String(3))
+    available: Mapped[int] = mapped_column(BigInteger)
+    balance: Mapped[int] = mapped_column(BigInteger)
+    held: Mapped[int] = mapped_column(BigInteger)
+    threshold: Mapped[int] = mapped_column(BigInteger)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

@@ -33,7 +33,7 @@ from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.kit.singleflight import SingleFlight
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.billing import ledger
+from services.billing import alerts, ledger
 from services.billing.batcher import GroupCommit, Tx
 from services.billing.models import (
     ACTIVE,
@@ -126,7 +126,7 @@ class BillingService:
         self.default_currency = default_currency
         self.max_amount = max_amount
         self.default_hold = timedelta(seconds=default_hold_seconds)
-        self.commit = GroupCommit(db, max_batch, bulk=ledger.apply)
+        self.commit = GroupCommit(db, max_batch, bulk=ledger.apply, on_events=alerts.Publisher(otb.client))
         self._hold_meta: dict[str, tuple[uuid.UUID | None, str]] = {}
         self._repairing: set[uuid.UUID] = set()
         self._repairs: set[asyncio.Task[None]] = set()
@@ -239,6 +239,7 @@ class BillingService:
             if row is None:
                 raise FailedPrecondition("the wallet's holds and balance need a higher credit limit",
                                          field="wallet.credit_limit_cents", reason="CREDIT_LIMIT_TOO_LOW")
+            await alerts.check(tx, wallet.id)
             return row
 
         row: Account = await self.commit.run(op)
@@ -278,6 +279,7 @@ class BillingService:
                 kind=TOP_UP, debit_account_id=funding, credit_account_id=wallet.id, amount=amount,
                 currency=currency, wallet_id=wallet.id, customer_id=wallet.owner_id, balance_after=moved[0],
                 held_after=moved[1], request_id=request_id, description=description, create_time=utcnow()))
+            await alerts.check(tx, wallet.id)
             acc = await repo.account(wallet.id)
             assert acc is not None
             return acc, transfer, True

@@ -212,3 +212,26 @@ def test_credit_grants_through_the_gateway(stack: Stack, admin: Client) -> None:
         [("welcome credit", 2500, "CREDIT_GRANT_STATUS_ACTIVE")]
     st = as_customer.get(f"/v1/customers/{cid}/statements/{time.strftime('%Y-%m', time.gmtime())}").body
     assert int(st["creditsGrantedCents"]) == int(st["closingBalanceCents"]) == 2500
+
+
+def test_low_balance_alert_through_the_gateway(stack: Stack, admin: Client) -> None:
+    created = admin.post("/v1/customers", {"name": "Alerted", "email": "alerted@example.com"}).body
+    cid = created["customer"]["id"]
+    as_customer = admin.as_key(created["apiKey"])
+    _wallet_opened(as_customer, cid)
+    assert admin.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": 1000, "requestId": "f"}).status == 200
+    changed = as_customer.patch(f"/v1/customers/{cid}/wallet?updateMask=low_balance_threshold_cents",
+                                {"lowBalanceThresholdCents": "400"})
+    assert changed.status == 200, changed.body
+    assert int(changed.body["lowBalanceThresholdCents"]) == 400 and not changed.body.get("lowBalanceAlerted")
+    assert _refusal(as_customer.patch(f"/v1/customers/{cid}/wallet?updateMask=credit_limit_cents",
+                                      {"creditLimitCents": "5"}))[:2] == (403, "ADMIN_ONLY")
+    assert _refusal(as_customer.patch(f"/v1/customers/{cid}/wallet?updateMask=low_balance_threshold_cents",
+                                      {"lowBalanceThresholdCents": "-1"})) == \
+        (400, "INVALID_AMOUNT", "wallet.low_balance_threshold_cents")
+    adjusted = admin.post(f"/v1/customers/{cid}/wallet:adjust", {"amountCents": "-700", "reason": "r",
+                                                                 "requestId": "a"})
+    assert adjusted.status == 200 and adjusted.body["wallet"]["lowBalanceAlerted"] is True
+    events = as_customer.get(f"/v1/customers/{cid}/wallet/events").body["events"]
+    assert [(e["type"], int(e["availableCents"]), int(e["thresholdCents"])) for e in events] == \
+        [("wallet.low_balance", 300, 400)]

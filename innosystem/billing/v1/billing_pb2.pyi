@@ -255,6 +255,8 @@ class Wallet(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     GRANTED_CENTS_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_THRESHOLD_CENTS_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_ALERTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     customer_id: _builtins.str
     currency_code: _builtins.str
@@ -271,6 +273,13 @@ class Wallet(_message.Message):
     """The part of the balance that is unspent promotional credit (credit grants). Charges spend it
     before the paid balance.
     """
+    low_balance_threshold_cents: _builtins.int
+    """Low-balance alert: when `available_cents` falls below this, one `wallet.low_balance` event is
+    recorded (ListWalletEvents) and published; the next one only after available has been back at
+    or above it. 0 = off. The customer, its reseller or an admin may change it.
+    """
+    low_balance_alerted: _builtins.bool
+    """True from a low-balance event until available is back at or above the threshold."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -288,10 +297,12 @@ class Wallet(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         granted_cents: _builtins.int = ...,
+        low_balance_threshold_cents: _builtins.int = ...,
+        low_balance_alerted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_cents", b"available_cents", "balance_cents", b"balance_cents", "create_time", b"create_time", "credit_limit_cents", b"credit_limit_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "granted_cents", b"granted_cents", "held_cents", b"held_cents", "id", b"id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_cents", b"available_cents", "balance_cents", b"balance_cents", "create_time", b"create_time", "credit_limit_cents", b"credit_limit_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "granted_cents", b"granted_cents", "held_cents", b"held_cents", "id", b"id", "low_balance_alerted", b"low_balance_alerted", "low_balance_threshold_cents", b"low_balance_threshold_cents", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -477,7 +488,7 @@ class UpdateWalletRequest(_message.Message):
     """Which wallet; empty = the customer's default wallet."""
     @_builtins.property
     def wallet(self) -> Global___Wallet:
-        """Only `credit_limit_cents` can change."""
+        """Only `credit_limit_cents` and `low_balance_threshold_cents` can change."""
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
@@ -876,6 +887,114 @@ class ListCreditGrantsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCreditGrantsResponse: _TypeAlias = ListCreditGrantsResponse  # noqa: Y015
+
+@_typing.final
+class WalletEvent(_message.Message):
+    """Something that happened to a wallet that its owner should hear about. Stored in billing and
+    published (best effort) as JSON on the Redis channel `billing:wallet-events` (docs/billing.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    AVAILABLE_CENTS_FIELD_NUMBER: _builtins.int
+    BALANCE_CENTS_FIELD_NUMBER: _builtins.int
+    HELD_CENTS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_CENTS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    type: _builtins.str
+    """"wallet.low_balance"."""
+    customer_id: _builtins.str
+    wallet_id: _builtins.str
+    currency_code: _builtins.str
+    available_cents: _builtins.int
+    """The wallet's figures right after the change that crossed the threshold."""
+    balance_cents: _builtins.int
+    held_cents: _builtins.int
+    threshold_cents: _builtins.int
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        available_cents: _builtins.int = ...,
+        balance_cents: _builtins.int = ...,
+        held_cents: _builtins.int = ...,
+        threshold_cents: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_cents", b"available_cents", "balance_cents", b"balance_cents", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "held_cents", b"held_cents", "id", b"id", "threshold_cents", b"threshold_cents", "type", b"type", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WalletEvent: _TypeAlias = WalletEvent  # noqa: Y015
+
+@_typing.final
+class ListWalletEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    page_size: _builtins.int
+    """Default 50, maximum 500."""
+    page_token: _builtins.str
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletEventsRequest: _TypeAlias = ListWalletEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListWalletEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___WalletEvent]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___WalletEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletEventsResponse: _TypeAlias = ListWalletEventsResponse  # noqa: Y015
 
 @_typing.final
 class GetStatementRequest(_message.Message):

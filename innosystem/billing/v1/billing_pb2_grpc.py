@@ -79,6 +79,11 @@ class BillingServiceStub:
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
                 response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
                 _registered_method=True)
+        self.ListWalletEvents = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListWalletEvents',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsResponse.FromString,
+                _registered_method=True)
         self.GetStatement = channel.unary_unary(
                 '/innosystem.billing.v1.BillingService/GetStatement',
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetStatementRequest.SerializeToString,
@@ -172,7 +177,8 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateWallet(self, request, context):
-        """Admin only: change the wallet's credit limit.
+        """Change the wallet's credit limit (admin only) or its low-balance threshold (admin, the
+        customer's reseller or the customer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +221,13 @@ class BillingServiceServicer:
 
     def ListCreditGrants(self, request, context):
         """The wallet's credit grants, newest first, with what is left of each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWalletEvents(self, request, context):
+        """The wallet's events (low balance), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -363,6 +376,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListCreditGrants,
                     request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.FromString,
                     response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.SerializeToString,
+            ),
+            'ListWalletEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWalletEvents,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsResponse.SerializeToString,
             ),
             'GetStatement': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatement,
@@ -634,6 +652,33 @@ class BillingService:
             '/innosystem.billing.v1.BillingService/ListCreditGrants',
             innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
             innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWalletEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListWalletEvents',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

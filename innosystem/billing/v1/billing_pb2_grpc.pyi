@@ -46,7 +46,9 @@ class BillingServiceStub:
     GetWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetWalletRequest, _billing_pb2.Wallet]
     """The customer's wallet: balance, held and available amounts."""
     UpdateWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.UpdateWalletRequest, _billing_pb2.Wallet]
-    """Admin only: change the wallet's credit limit."""
+    """Change the wallet's credit limit (admin only) or its low-balance threshold (admin, the
+    customer's reseller or the customer).
+    """
     TopUpWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.TopUpWalletRequest, _billing_pb2.TopUpWalletResponse]
     """Admin, or the customer's reseller: add funds. Idempotent on `request_id`."""
     RefundWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.RefundWalletRequest, _billing_pb2.RefundWalletResponse]
@@ -67,6 +69,8 @@ class BillingServiceStub:
     """
     ListCreditGrants: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListCreditGrantsRequest, _billing_pb2.ListCreditGrantsResponse]
     """The wallet's credit grants, newest first, with what is left of each."""
+    ListWalletEvents: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]
+    """The wallet's events (low balance), newest first."""
     GetStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]
     """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
     totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
@@ -127,7 +131,9 @@ class BillingServiceAsyncStub(BillingServiceStub):
     GetWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetWalletRequest, _billing_pb2.Wallet]  # type: ignore[assignment]
     """The customer's wallet: balance, held and available amounts."""
     UpdateWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.UpdateWalletRequest, _billing_pb2.Wallet]  # type: ignore[assignment]
-    """Admin only: change the wallet's credit limit."""
+    """Change the wallet's credit limit (admin only) or its low-balance threshold (admin, the
+    customer's reseller or the customer).
+    """
     TopUpWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.TopUpWalletRequest, _billing_pb2.TopUpWalletResponse]  # type: ignore[assignment]
     """Admin, or the customer's reseller: add funds. Idempotent on `request_id`."""
     RefundWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.RefundWalletRequest, _billing_pb2.RefundWalletResponse]  # type: ignore[assignment]
@@ -148,6 +154,8 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """
     ListCreditGrants: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListCreditGrantsRequest, _billing_pb2.ListCreditGrantsResponse]  # type: ignore[assignment]
     """The wallet's credit grants, newest first, with what is left of each."""
+    ListWalletEvents: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]  # type: ignore[assignment]
+    """The wallet's events (low balance), newest first."""
     GetStatement: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]  # type: ignore[assignment]
     """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
     totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
@@ -217,7 +225,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_pb2.UpdateWalletRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.Wallet, _abc.Awaitable[_billing_pb2.Wallet]]:
-        """Admin only: change the wallet's credit limit."""
+        """Change the wallet's credit limit (admin only) or its low-balance threshold (admin, the
+        customer's reseller or the customer).
+        """
 
     @_abc_1.abstractmethod
     def TopUpWallet(
@@ -268,6 +278,14 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.ListCreditGrantsResponse, _abc.Awaitable[_billing_pb2.ListCreditGrantsResponse]]:
         """The wallet's credit grants, newest first, with what is left of each."""
+
+    @_abc_1.abstractmethod
+    def ListWalletEvents(
+        self,
+        request: _billing_pb2.ListWalletEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListWalletEventsResponse, _abc.Awaitable[_billing_pb2.ListWalletEventsResponse]]:
+        """The wallet's events (low balance), newest first."""
 
     @_abc_1.abstractmethod
     def GetStatement(

@@ -57,9 +57,39 @@ def upgrade() -> None:
                     schema='billing', postgresql_where=sa.text('status = 1'))
     op.create_index(op.f('ix_credit_grants_wallet_id_create_time_id'), 'credit_grants',
                     ['wallet_id', 'create_time', 'id'], unique=False, schema='billing')
+    # Low-balance alerts: a threshold per wallet, one event per crossing.
+    op.add_column('accounts', sa.Column('low_balance_threshold', sa.BigInteger(), server_default=sa.text('0'),
+                                        nullable=False), schema='billing')
+    op.add_column('accounts', sa.Column('low_balance_alerted', sa.Boolean(), server_default=sa.text('false'),
+                                        nullable=False), schema='billing')
+    op.create_check_constraint(op.f('ck_accounts_low_balance_threshold_nonnegative'), 'accounts',
+                               'low_balance_threshold >= 0', schema='billing')
+    op.create_table('wallet_events',
+    sa.Column('seq', sa.BigInteger(), sa.Identity(always=False), nullable=False),
+    sa.Column('id', sa.UUID(), nullable=False),
+    sa.Column('type', sa.String(length=100), nullable=False),
+    sa.Column('customer_id', sa.UUID(), nullable=False),
+    sa.Column('wallet_id', sa.UUID(), nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('available', sa.BigInteger(), nullable=False),
+    sa.Column('balance', sa.BigInteger(), nullable=False),
+    sa.Column('held', sa.BigInteger(), nullable=False),
+    sa.Column('threshold', sa.BigInteger(), nullable=False),
+    sa.Column('create_time', postgresql.TIMESTAMP(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_wallet_events')),
+    sa.UniqueConstraint('seq', name=op.f('uq_wallet_events_seq')),
+    schema='billing'
+    )
+    op.create_index(op.f('ix_wallet_events_wallet_id_seq'), 'wallet_events', ['wallet_id', 'seq'], unique=False,
+                    schema='billing')
 
 
 def downgrade() -> None:
+    op.drop_table('wallet_events', schema='billing')
+    op.drop_constraint(op.f('ck_accounts_low_balance_threshold_nonnegative'), 'accounts', schema='billing',
+                       type_='check')
+    op.drop_column('accounts', 'low_balance_alerted', schema='billing')
+    op.drop_column('accounts', 'low_balance_threshold', schema='billing')
     op.drop_table('credit_grants', schema='billing')
     op.drop_constraint(op.f('ck_accounts_promo_nonnegative'), 'accounts', schema='billing', type_='check')
     op.drop_column('accounts', 'promo', schema='billing')
