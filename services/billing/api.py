@@ -22,6 +22,7 @@ from services.billing import statements
 from services.billing.alerts import LowBalanceAlerts
 from services.billing.corrections import Corrections
 from services.billing.grants import CreditGrants
+from services.billing.limits import LimitView, SpendingLimits
 from services.billing.metrics import count_many, counted
 from services.billing.models import (
     CAPTURE,
@@ -49,6 +50,12 @@ def wallet_pb(row: Account) -> pb.Wallet:
                      update_time=timestamp(row.update_time), granted_cents=row.promo,
                      low_balance_threshold_cents=row.low_balance_threshold,
                      low_balance_alerted=row.low_balance_alerted)
+
+
+def limit_pb(v: LimitView) -> pb.SpendingLimit:
+    return pb.SpendingLimit(customer_id=str(v.wallet.owner_id), wallet_id=str(v.wallet.id), project_id=v.project_id,
+                            currency_code=v.wallet.currency, monthly_limit_cents=v.limit, spent_cents=v.spent,
+                            removed=v.removed, update_time=timestamp(v.update_time))
 
 
 def event_pb(e: WalletEventRow) -> pb.WalletEvent:
@@ -89,7 +96,8 @@ def hold_pb(h: HoldRow) -> pb.Hold:
                    released_cents=h.released, commission_cents=h.commission,
                    reseller_id=str(h.reseller_id or ""),
                    commission_rate_bps=h.commission_rate_bps, create_time=timestamp(h.create_time),
-                   expire_time=timestamp(h.expire_time), resolve_time=timestamp(h.resolve_time))
+                   expire_time=timestamp(h.expire_time), resolve_time=timestamp(h.resolve_time),
+                   project_id=h.project_id)
 
 
 def reconciliation_pb(r: ReconciliationRow) -> pb.Reconciliation:
@@ -133,6 +141,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         self.corrections = corrections or Corrections(service)
         self.grants = grants or CreditGrants(service)
         self.alerts = LowBalanceAlerts(service)
+        self.limits = SpendingLimits(service)
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         return wallet_pb(await self.service.get_wallet(principals.current(), request.customer_id,
@@ -194,6 +203,17 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         return pb.ListCreditGrantsResponse(credit_grants=[grant_pb(g) for g in page.items],
                                            next_page_token=page.next_page_token)
 
+    async def SetSpendingLimit(self, request: pb.SetSpendingLimitRequest,
+                               context: grpc.aio.ServicerContext) -> pb.SpendingLimit:
+        check_storable(request)
+        return limit_pb(await self.limits.set(principals.current(), request.customer_id, request.project_id,
+                                              request.monthly_limit_cents, request.remove, request.currency_code))
+
+    async def ListSpendingLimits(self, request: pb.ListSpendingLimitsRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ListSpendingLimitsResponse:
+        views = await self.limits.list(principals.current(), request.customer_id, request.currency_code)
+        return pb.ListSpendingLimitsResponse(spending_limits=[limit_pb(v) for v in views])
+
     async def ListWalletEvents(self, request: pb.ListWalletEventsRequest,
                                context: grpc.aio.ServicerContext) -> pb.ListWalletEventsResponse:
         rows, token = await self.alerts.events(principals.current(), request.customer_id, request.page_size,
@@ -252,7 +272,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
     def _reserve(self, r: pb.ReserveRequest) -> Callable[[], Awaitable[HoldRow]]:
         return counted("reserve", _checked(r, lambda: self.service.reserve(
             r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id, _time(r, "expire_time"),
-            r.description)))
+            r.description, r.project_id)))
 
     def _capture(self, r: pb.CaptureRequest) -> Callable[[], Awaitable[HoldRow]]:
         return counted("capture", _checked(r, lambda: self.service.capture(

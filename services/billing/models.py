@@ -72,6 +72,8 @@ class Account(Base):
     # `low_balance_alerted` until available is back at or above it (one event per crossing).
     low_balance_threshold: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     low_balance_alerted: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    # Wallets: any spending limit set, so reserves check limits and captures keep spend counters.
+    spending_limited: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
@@ -169,6 +171,8 @@ class HoldRow(Base):
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     expire_time: Mapped[datetime] = mapped_column(Timestamp)
     resolve_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The job's project ("" if the caller named none): per-project spending limits.
+    project_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
 
 class ReconciliationRow(Base):
@@ -237,3 +241,27 @@ class WalletEventRow(Base):
     held: Mapped[int] = mapped_column(BigInteger)
     threshold: Mapped[int] = mapped_column(BigInteger)
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class SpendingLimitRow(Base):
+    """A monthly spending limit of a wallet: the whole customer (project_id "") or one project."""
+
+    __tablename__ = "spending_limits"
+    __table_args__ = (CheckConstraint("monthly_limit >= 0", name="limit_nonnegative"),)
+
+    wallet_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    monthly_limit: Mapped[int] = mapped_column(BigInteger)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class SpendCounterRow(Base):
+    """What a limited wallet's captures charged per project and UTC month (kept only while the
+    wallet has limits; rebuilt from the journal when a first limit is set)."""
+
+    __tablename__ = "spend_counters"
+
+    wallet_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    captured: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -396,6 +396,7 @@ class Hold(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """The caller's id for the hold (usually the job id; a manual retry adds a suffix)."""
     customer_id: _builtins.str
@@ -415,6 +416,8 @@ class Hold(_message.Message):
     """Reseller that earned the commission; empty for a direct customer."""
     commission_rate_bps: _builtins.int
     """Commission rate snapshot used for this capture, in basis points."""
+    project_id: _builtins.str
+    """The job's project (spending limits), if the caller named it."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -443,10 +446,11 @@ class Hold(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         resolve_time: _timestamp_pb2.Timestamp | None = ...,
+        project_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "resolve_time", b"resolve_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "captured_cents", b"captured_cents", "commission_cents", b"commission_cents", "commission_rate_bps", b"commission_rate_bps", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "released_cents", b"released_cents", "reseller_id", b"reseller_id", "resolve_time", b"resolve_time", "status", b"status", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "captured_cents", b"captured_cents", "commission_cents", b"commission_cents", "commission_rate_bps", b"commission_rate_bps", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "project_id", b"project_id", "released_cents", b"released_cents", "reseller_id", b"reseller_id", "resolve_time", b"resolve_time", "status", b"status", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -887,6 +891,132 @@ class ListCreditGrantsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCreditGrantsResponse: _TypeAlias = ListCreditGrantsResponse  # noqa: Y015
+
+@_typing.final
+class SetSpendingLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    MONTHLY_LIMIT_CENTS_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    project_id: _builtins.str
+    """The project the limit applies to; empty = the whole customer."""
+    monthly_limit_cents: _builtins.int
+    """The most that may be spent per UTC calendar month, ≥ 0 (0: nothing may be spent)."""
+    remove: _builtins.bool
+    """Remove the limit instead (monthly_limit_cents is ignored)."""
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        monthly_limit_cents: _builtins.int = ...,
+        remove: _builtins.bool = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "monthly_limit_cents", b"monthly_limit_cents", "project_id", b"project_id", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendingLimitRequest: _TypeAlias = SetSpendingLimitRequest  # noqa: Y015
+
+@_typing.final
+class SpendingLimit(_message.Message):
+    """A monthly spending limit and where the month stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    MONTHLY_LIMIT_CENTS_FIELD_NUMBER: _builtins.int
+    SPENT_CENTS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    wallet_id: _builtins.str
+    project_id: _builtins.str
+    """Empty for the customer-wide limit."""
+    currency_code: _builtins.str
+    monthly_limit_cents: _builtins.int
+    spent_cents: _builtins.int
+    """This UTC month: captured amounts plus active holds."""
+    removed: _builtins.bool
+    """True when the limit was removed by this call."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        monthly_limit_cents: _builtins.int = ...,
+        spent_cents: _builtins.int = ...,
+        removed: _builtins.bool = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "monthly_limit_cents", b"monthly_limit_cents", "project_id", b"project_id", "removed", b"removed", "spent_cents", b"spent_cents", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendingLimit: _TypeAlias = SpendingLimit  # noqa: Y015
+
+@_typing.final
+class ListSpendingLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpendingLimitsRequest: _TypeAlias = ListSpendingLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ListSpendingLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPENDING_LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spending_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendingLimit]:
+        """The customer-wide limit first, then per project."""
+
+    def __init__(
+        self,
+        *,
+        spending_limits: _abc.Iterable[Global___SpendingLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spending_limits", b"spending_limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpendingLimitsResponse: _TypeAlias = ListSpendingLimitsResponse  # noqa: Y015
 
 @_typing.final
 class WalletEvent(_message.Message):
@@ -1548,6 +1678,7 @@ class ReserveRequest(_message.Message):
     AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
@@ -1558,6 +1689,8 @@ class ReserveRequest(_message.Message):
     currency_code: _builtins.str
     """Must equal the wallet's currency."""
     job_id: _builtins.str
+    project_id: _builtins.str
+    """The job's project, for per-project monthly spending limits; empty = none."""
     description: _builtins.str
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
@@ -1571,12 +1704,13 @@ class ReserveRequest(_message.Message):
         amount_cents: _builtins.int = ...,
         currency_code: _builtins.str = ...,
         job_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "description", b"description", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "description", b"description", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -79,6 +79,16 @@ class BillingServiceStub:
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
                 response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
                 _registered_method=True)
+        self.SetSpendingLimit = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/SetSpendingLimit',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.SetSpendingLimitRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.SpendingLimit.FromString,
+                _registered_method=True)
+        self.ListSpendingLimits = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListSpendingLimits',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsResponse.FromString,
+                _registered_method=True)
         self.ListWalletEvents = channel.unary_unary(
                 '/innosystem.billing.v1.BillingService/ListWalletEvents',
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsRequest.SerializeToString,
@@ -221,6 +231,23 @@ class BillingServiceServicer:
 
     def ListCreditGrants(self, request, context):
         """The wallet's credit grants, newest first, with what is left of each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSpendingLimit(self, request, context):
+        """Set or remove a monthly spending limit for the customer (empty `project_id`) or one of its
+        projects. A reserve that would take the month's spending (captured this UTC month plus active
+        holds) above a limit is refused with SPENDING_LIMIT_REACHED and holds nothing.
+        The customer, its reseller or an admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSpendingLimits(self, request, context):
+        """The wallet's spending limits with this month's spending.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -376,6 +403,16 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListCreditGrants,
                     request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.FromString,
                     response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.SerializeToString,
+            ),
+            'SetSpendingLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSpendingLimit,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.SetSpendingLimitRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.SpendingLimit.SerializeToString,
+            ),
+            'ListSpendingLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSpendingLimits,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsResponse.SerializeToString,
             ),
             'ListWalletEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWalletEvents,
@@ -652,6 +689,60 @@ class BillingService:
             '/innosystem.billing.v1.BillingService/ListCreditGrants',
             innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
             innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSpendingLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/SetSpendingLimit',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.SetSpendingLimitRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.SpendingLimit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSpendingLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListSpendingLimits',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,14 @@ class BillingServiceStub:
     """
     ListCreditGrants: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListCreditGrantsRequest, _billing_pb2.ListCreditGrantsResponse]
     """The wallet's credit grants, newest first, with what is left of each."""
+    SetSpendingLimit: _grpc.UnaryUnaryMultiCallable[_billing_pb2.SetSpendingLimitRequest, _billing_pb2.SpendingLimit]
+    """Set or remove a monthly spending limit for the customer (empty `project_id`) or one of its
+    projects. A reserve that would take the month's spending (captured this UTC month plus active
+    holds) above a limit is refused with SPENDING_LIMIT_REACHED and holds nothing.
+    The customer, its reseller or an admin.
+    """
+    ListSpendingLimits: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListSpendingLimitsRequest, _billing_pb2.ListSpendingLimitsResponse]
+    """The wallet's spending limits with this month's spending."""
     ListWalletEvents: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]
     """The wallet's events (low balance), newest first."""
     GetStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]
@@ -154,6 +162,14 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """
     ListCreditGrants: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListCreditGrantsRequest, _billing_pb2.ListCreditGrantsResponse]  # type: ignore[assignment]
     """The wallet's credit grants, newest first, with what is left of each."""
+    SetSpendingLimit: _aio.UnaryUnaryMultiCallable[_billing_pb2.SetSpendingLimitRequest, _billing_pb2.SpendingLimit]  # type: ignore[assignment]
+    """Set or remove a monthly spending limit for the customer (empty `project_id`) or one of its
+    projects. A reserve that would take the month's spending (captured this UTC month plus active
+    holds) above a limit is refused with SPENDING_LIMIT_REACHED and holds nothing.
+    The customer, its reseller or an admin.
+    """
+    ListSpendingLimits: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListSpendingLimitsRequest, _billing_pb2.ListSpendingLimitsResponse]  # type: ignore[assignment]
+    """The wallet's spending limits with this month's spending."""
     ListWalletEvents: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]  # type: ignore[assignment]
     """The wallet's events (low balance), newest first."""
     GetStatement: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]  # type: ignore[assignment]
@@ -278,6 +294,26 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.ListCreditGrantsResponse, _abc.Awaitable[_billing_pb2.ListCreditGrantsResponse]]:
         """The wallet's credit grants, newest first, with what is left of each."""
+
+    @_abc_1.abstractmethod
+    def SetSpendingLimit(
+        self,
+        request: _billing_pb2.SetSpendingLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.SpendingLimit, _abc.Awaitable[_billing_pb2.SpendingLimit]]:
+        """Set or remove a monthly spending limit for the customer (empty `project_id`) or one of its
+        projects. A reserve that would take the month's spending (captured this UTC month plus active
+        holds) above a limit is refused with SPENDING_LIMIT_REACHED and holds nothing.
+        The customer, its reseller or an admin.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSpendingLimits(
+        self,
+        request: _billing_pb2.ListSpendingLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListSpendingLimitsResponse, _abc.Awaitable[_billing_pb2.ListSpendingLimitsResponse]]:
+        """The wallet's spending limits with this month's spending."""
 
     @_abc_1.abstractmethod
     def ListWalletEvents(

@@ -82,9 +82,35 @@ def upgrade() -> None:
     )
     op.create_index(op.f('ix_wallet_events_wallet_id_seq'), 'wallet_events', ['wallet_id', 'seq'], unique=False,
                     schema='billing')
+    # Monthly spending limits per customer (wallet) and project.
+    op.add_column('accounts', sa.Column('spending_limited', sa.Boolean(), server_default=sa.text('false'),
+                                        nullable=False), schema='billing')
+    op.add_column('holds', sa.Column('project_id', sa.String(length=200), server_default='', nullable=False),
+                  schema='billing')
+    op.create_table('spending_limits',
+    sa.Column('wallet_id', sa.UUID(), nullable=False),
+    sa.Column('project_id', sa.String(length=200), nullable=False),
+    sa.Column('monthly_limit', sa.BigInteger(), nullable=False),
+    sa.Column('update_time', postgresql.TIMESTAMP(timezone=True), nullable=False),
+    sa.CheckConstraint('monthly_limit >= 0', name=op.f('ck_spending_limits_limit_nonnegative')),
+    sa.PrimaryKeyConstraint('wallet_id', 'project_id', name=op.f('pk_spending_limits')),
+    schema='billing'
+    )
+    op.create_table('spend_counters',
+    sa.Column('wallet_id', sa.UUID(), nullable=False),
+    sa.Column('project_id', sa.String(length=200), nullable=False),
+    sa.Column('month', sa.String(length=7), nullable=False),
+    sa.Column('captured', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('wallet_id', 'project_id', 'month', name=op.f('pk_spend_counters')),
+    schema='billing'
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('spend_counters', schema='billing')
+    op.drop_table('spending_limits', schema='billing')
+    op.drop_column('holds', 'project_id', schema='billing')
+    op.drop_column('accounts', 'spending_limited', schema='billing')
     op.drop_table('wallet_events', schema='billing')
     op.drop_constraint(op.f('ck_accounts_low_balance_threshold_nonnegative'), 'accounts', schema='billing',
                        type_='check')
