@@ -1,7 +1,8 @@
 """Hypothesis stateful test: the ledger against a simple in-memory model, invariants after every step.
 
 Covers the Open-to-Buy operations and the money paths people take: refunds, adjustments, credit
-grants (spent first, soonest expiry first; their rest removed at expiry) and statements."""
+grants (spent first, soonest expiry first; their rest removed at expiry), monthly spending
+limits and statements."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from innosystem.kit.errors import DomainError
 from innosystem.kit.redis import connect
 from services.billing.corrections import Corrections
 from services.billing.grants import CreditGrants
+from services.billing.limits import SpendingLimits
 from services.billing.ledger import commission_of
 from services.billing.models import EXPIRE
 from services.billing.otb import OpenToBuy
@@ -42,6 +44,7 @@ class Env:
         self.billing = BillingService(self.db, OpenToBuy(self.redis), rates)
         self.corrections = Corrections(self.billing)
         self.grants = CreditGrants(self.billing)
+        self.limits = SpendingLimits(self.billing)
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -72,6 +75,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.corrections: dict[str, tuple[str, int]] = {}  # request id → (job or "", signed amount)
         self.promos: dict[str, list[Any]] = {}  # active grants: request id → [expire time, remaining]
         self.base = utcnow() + timedelta(days=1)
+        self.limit: int | None = None  # the customer's monthly spending limit
         self.n = 0
 
     def _spend(self, amount: int) -> None:
@@ -112,9 +116,12 @@ class LedgerMachine(RuleBasedStateMachine):
     def reserve(self, amount: int) -> None:
         hid = self._id()
         _, err = self._call(self.env.billing.reserve(hid, self.customer, amount, "USD", job_id=hid))
-        affordable = self.balance - sum(self.holds.values()) >= amount
-        assert err == ("" if affordable else "INSUFFICIENT_FUNDS")
-        if affordable:
+        held = sum(self.holds.values())
+        affordable = self.balance - held >= amount
+        # Open-to-Buy (funds) answers before the ledger (limits).
+        within = self.limit is None or sum(self.captured.values()) + held + amount <= self.limit
+        assert err == ("INSUFFICIENT_FUNDS" if not affordable else "" if within else "SPENDING_LIMIT_REACHED")
+        if affordable and within:
             self.holds[hid] = amount
 
     @precondition(lambda self: self.holds or self.done)
@@ -189,6 +196,14 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.env.run(self.env.grants._expire(grant.id, grant.wallet_id, "USD", expire + timedelta(seconds=1)))
         take = min(remaining, max(self.balance - sum(self.holds.values()), 0))
         self.balance -= take
+
+    @rule(limit=st.none() | st.integers(min_value=0, max_value=20_000))
+    def set_limit(self, limit: int | None) -> None:
+        view = self.env.run(self.env.limits.set(ADMIN, self.customer, "", limit or 0, limit is None, ""))
+        assert view.removed == (limit is None)
+        if limit is not None:
+            assert view.spent == sum(self.captured.values()) + sum(self.holds.values())
+        self.limit = limit
 
     @precondition(lambda self: self.corrections)
     @rule(data=st.data())
