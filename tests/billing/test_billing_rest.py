@@ -235,3 +235,33 @@ def test_low_balance_alert_through_the_gateway(stack: Stack, admin: Client) -> N
     events = as_customer.get(f"/v1/customers/{cid}/wallet/events").body["events"]
     assert [(e["type"], int(e["availableCents"]), int(e["thresholdCents"])) for e in events] == \
         [("wallet.low_balance", 300, 400)]
+
+
+async def test_spending_limits_through_the_gateway(stack: Stack, admin: Client) -> None:
+    created = admin.post("/v1/customers", {"name": "Limited", "email": "limited@example.com"}).body
+    cid = created["customer"]["id"]
+    as_customer = admin.as_key(created["apiKey"])
+    _wallet_opened(as_customer, cid)
+    assert admin.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": 5000, "requestId": "f"}).status == 200
+    project = as_customer.post(f"/v1/customers/{cid}/projects", {"name": "capped"})
+    assert project.status == 200, project.body
+    pid = project.body["id"]
+    set_ = as_customer.post(f"/v1/customers/{cid}/wallet:setSpendingLimit",
+                            {"projectId": pid, "monthlyLimitCents": "100"})
+    assert set_.status == 200, set_.body
+    assert (set_.body["projectId"], int(set_.body["monthlyLimitCents"]), int(set_.body.get("spentCents", 0))) == \
+        (pid, 100, 0)
+    assert _refusal(as_customer.post(f"/v1/customers/{cid}/wallet:setSpendingLimit",
+                                     {"monthlyLimitCents": "-1"})) == (400, "INVALID_AMOUNT", "monthly_limit_cents")
+    async with channel(stack.address("billing"), service="jobs", secret=stack.internal_secret.encode()) as ch:
+        stub = billing_pb2_grpc.BillingServiceStub(ch)
+        await stub.Reserve(pb.ReserveRequest(hold_id=f"l1-{cid}", customer_id=cid, amount_cents=80,
+                                             currency_code="USD", project_id=pid), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Reserve(pb.ReserveRequest(hold_id=f"l2-{cid}", customer_id=cid, amount_cents=21,
+                                                 currency_code="USD", project_id=pid), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "SPENDING_LIMIT_REACHED" in str(refused.value.trailing_metadata())
+    listed = as_customer.get(f"/v1/customers/{cid}/wallet/spendingLimits").body["spendingLimits"]
+    assert [(x["projectId"], int(x["spentCents"])) for x in listed] == [(pid, 80)]
+    assert int(as_customer.get(f"/v1/customers/{cid}/wallet").body["heldCents"]) == 80

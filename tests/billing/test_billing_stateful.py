@@ -22,8 +22,8 @@ from innosystem.kit.errors import DomainError
 from innosystem.kit.redis import connect
 from services.billing.corrections import Corrections
 from services.billing.grants import CreditGrants
-from services.billing.limits import SpendingLimits
 from services.billing.ledger import commission_of
+from services.billing.limits import SpendingLimits
 from services.billing.models import EXPIRE
 from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
