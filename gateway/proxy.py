@@ -22,7 +22,7 @@ from gateway.ratelimit import Limit, RateLimiter, client_address
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, RouteTable
 from gateway.sse import stream_events
 from gateway.telemetry import ROUTE
-from gateway.transcode import build_request, render
+from gateway.transcode import build_request, render, render_csv
 from gateway.upstreams import Upstreams
 from innosystem.kit.clients import ApiKeyAuthenticator, follow_revocations
 from innosystem.kit.clients import channel as signed_channel
@@ -30,6 +30,12 @@ from innosystem.kit.redis import connect as redis_connect
 
 REQUEST_ID_METADATA = "x-request-id"
 _CHUNK = 64 * 1024
+
+
+def _wants_csv(accept: str) -> bool:
+    """`Accept: text/csv` (first among the types named): a list response as CSV."""
+    first = accept.split(",")[0].split(";")[0].strip().lower()
+    return first == "text/csv"
 
 
 def _serialize(message: Message) -> bytes:
@@ -136,6 +142,10 @@ class Gateway:
             answer = await stub(message, timeout=self.config.deadline_seconds, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, route.rpc.upstream) from None
+        if route.response_field is None and _wants_csv(request.headers.get("Accept", "")):
+            table = render_csv(answer, self.pool)
+            if table is not None:
+                return web.Response(body=table, content_type="text/csv", charset="utf-8", headers=headers)
         return web.Response(body=render(answer, route, self.pool), content_type="application/json",
                             headers=headers)
 

@@ -18,7 +18,7 @@ from innosystem.kit import principal as principals
 from innosystem.kit.errors import DomainError, InvalidArgument, to_status
 from innosystem.kit.protos import changes, timestamp, to_datetime
 from innosystem.kit.validation import check_storable
-from services.billing import statements
+from services.billing import statements, usage
 from services.billing.alerts import LowBalanceAlerts
 from services.billing.corrections import Corrections
 from services.billing.grants import CreditGrants
@@ -50,6 +50,13 @@ def wallet_pb(row: Account) -> pb.Wallet:
                      update_time=timestamp(row.update_time), granted_cents=row.promo,
                      low_balance_threshold_cents=row.low_balance_threshold,
                      low_balance_alerted=row.low_balance_alerted)
+
+
+def usage_pb(u: usage.Usage) -> pb.UsageReport:
+    return pb.UsageReport(start_time=timestamp(u.start), end_time=timestamp(u.end),
+                          group_by=pb.UsageGrouping.ValueType(u.group_by),
+                          lines=[pb.UsageLine(group=x.group, currency_code=x.currency, job_count=x.jobs,
+                                              amount_cents=x.amount) for x in u.lines])
 
 
 def limit_pb(v: LimitView) -> pb.SpendingLimit:
@@ -97,7 +104,7 @@ def hold_pb(h: HoldRow) -> pb.Hold:
                    reseller_id=str(h.reseller_id or ""),
                    commission_rate_bps=h.commission_rate_bps, create_time=timestamp(h.create_time),
                    expire_time=timestamp(h.expire_time), resolve_time=timestamp(h.resolve_time),
-                   project_id=h.project_id)
+                   project_id=h.project_id, job_type_id=h.job_type_id)
 
 
 def reconciliation_pb(r: ReconciliationRow) -> pb.Reconciliation:
@@ -214,6 +221,17 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         views = await self.limits.list(principals.current(), request.customer_id, request.currency_code)
         return pb.ListSpendingLimitsResponse(spending_limits=[limit_pb(v) for v in views])
 
+    async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.UsageReport:
+        return usage_pb(await usage.customer_usage(self.service, principals.current(), request.customer_id,
+                                                   _time(request, "start_time"), _time(request, "end_time"),
+                                                   request.group_by))
+
+    async def GetResellerUsage(self, request: pb.GetResellerUsageRequest,
+                               context: grpc.aio.ServicerContext) -> pb.UsageReport:
+        return usage_pb(await usage.reseller_usage(self.service, principals.current(), request.reseller_id,
+                                                   _time(request, "start_time"), _time(request, "end_time"),
+                                                   request.group_by))
+
     async def ListWalletEvents(self, request: pb.ListWalletEventsRequest,
                                context: grpc.aio.ServicerContext) -> pb.ListWalletEventsResponse:
         rows, token = await self.alerts.events(principals.current(), request.customer_id, request.page_size,
@@ -272,7 +290,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
     def _reserve(self, r: pb.ReserveRequest) -> Callable[[], Awaitable[HoldRow]]:
         return counted("reserve", _checked(r, lambda: self.service.reserve(
             r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id, _time(r, "expire_time"),
-            r.description, r.project_id)))
+            r.description, r.project_id, r.job_type_id)))
 
     def _capture(self, r: pb.CaptureRequest) -> Callable[[], Awaitable[HoldRow]]:
         return counted("capture", _checked(r, lambda: self.service.capture(

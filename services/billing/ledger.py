@@ -60,6 +60,7 @@ class ReserveItem:
     description: str
     revenue_id: uuid.UUID
     project_id: str = ""
+    job_type_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class _Batch:
             hold_id=i.hold_id, wallet_id=i.wallet_id, customer_id=i.customer_id, job_id=i.job_id,
             currency=i.currency, amount=i.amount, status=ACTIVE, captured=0, released=0, commission=0,
             reseller_id=i.reseller_id, commission_rate_bps=0, create_time=now, expire_time=i.expire_time,
-            resolve_time=None, project_id=i.project_id)
+            resolve_time=None, project_id=i.project_id, job_type_id=i.job_type_id)
         self.new.add(i.hold_id)
         if self.spend is not None:
             self.spend.held(i.wallet_id, i.project_id, i.amount)

@@ -154,6 +154,8 @@ class HoldRow(Base):
         Index(None, "wallet_id", postgresql_where=text("status = 1")),
         # Refunds find a job's captures.
         Index(None, "customer_id", "job_id"),
+        # Usage reports: captures by time.
+        Index("ix_holds_captured_customer", "customer_id", "resolve_time", postgresql_where=text("status = 2")),
     )
 
     hold_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -173,6 +175,8 @@ class HoldRow(Base):
     resolve_time: Mapped[datetime | None] = mapped_column(Timestamp)
     # The job's project ("" if the caller named none): per-project spending limits.
     project_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # The job's type ("" if the caller named none): usage reports.
+    job_type_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
 
 class ReconciliationRow(Base):

@@ -326,7 +326,8 @@ class BillingService:
     # Open-to-Buy
 
     async def reserve(self, hold_id: str, customer_id: str, amount: int, currency: str, job_id: str = "",
-                      expire_time: datetime | None = None, description: str = "", project_id: str = "") -> HoldRow:
+                      expire_time: datetime | None = None, description: str = "", project_id: str = "",
+                      job_type_id: str = "") -> HoldRow:
         hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
         amount = self._amount(amount, "amount_cents")
         currency = self._currency(currency)
@@ -334,6 +335,7 @@ class BillingService:
             raise InvalidArgument("currency_code is required", field="currency_code", reason="MISSING_FIELD")
         job_id = _text(job_id, "job_id", MAX_ID)
         project_id = _text(project_id, "project_id", MAX_ID)
+        job_type_id = _text(job_type_id, "job_type_id", MAX_ID)
         description = _text(description, "description", MAX_DESCRIPTION)
         now = utcnow()
         expire = expire_time or now + self.default_hold
@@ -355,7 +357,7 @@ class BillingService:
                 return self._same_reserve(first, wallet, amount)
             added = await self._reserve_if_redis_behind(wallet, hold_id, amount)
         item = ledger.ReserveItem(hold_id, wallet.id, wallet.owner_id, wallet.reseller_id, currency, amount, job_id,
-                                  expire, description, revenue, project_id)
+                                  expire, description, revenue, project_id, job_type_id)
         try:
             hold, created = await self.commit.submit(item)
         except BaseException:

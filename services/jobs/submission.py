@@ -409,7 +409,8 @@ class Submission:
         items = [(gi, p) for gi, g in enumerate(groups) for p in g.fresh if p.job.hold_id]
         outcomes = await deps.billing.reserve([
             HoldRequest(p.job.hold_id, str(groups[gi].owner.customer_id), p.job.estimated_cost_cents,
-                        p.job.currency_code, str(p.job.id), p.job.hold_expire_time, str(p.job.project_id))
+                        p.job.currency_code, str(p.job.id), p.job.hold_expire_time, str(p.job.project_id),
+                        str(p.job.job_type_id))
             for gi, p in items])
         refusals: list[DomainError | None] = [None] * len(groups)
         for (gi, p), err in zip(items, outcomes, strict=True):

@@ -149,6 +149,42 @@ CREDIT_GRANT_STATUS_EXPIRED: CreditGrantStatus.ValueType  # 2
 """Past its expire time; its unspent rest was removed."""
 Global___CreditGrantStatus: _TypeAlias = CreditGrantStatus  # noqa: Y015
 
+class _UsageGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUPING_UNSPECIFIED: _UsageGrouping.ValueType  # 0
+    """Same as USAGE_GROUPING_MONTH."""
+    USAGE_GROUPING_PROJECT: _UsageGrouping.ValueType  # 1
+    """By the job's project id."""
+    USAGE_GROUPING_JOB_TYPE: _UsageGrouping.ValueType  # 2
+    """By the job's type id."""
+    USAGE_GROUPING_DAY: _UsageGrouping.ValueType  # 3
+    """By UTC day of the capture, "YYYY-MM-DD"."""
+    USAGE_GROUPING_MONTH: _UsageGrouping.ValueType  # 4
+    """By UTC month of the capture, "YYYY-MM"."""
+    USAGE_GROUPING_CUSTOMER: _UsageGrouping.ValueType  # 5
+    """By customer id (a reseller's report)."""
+
+class UsageGrouping(_UsageGrouping, metaclass=_UsageGroupingEnumTypeWrapper):
+    """How a usage report groups its lines."""
+
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping.ValueType  # 0
+"""Same as USAGE_GROUPING_MONTH."""
+USAGE_GROUPING_PROJECT: UsageGrouping.ValueType  # 1
+"""By the job's project id."""
+USAGE_GROUPING_JOB_TYPE: UsageGrouping.ValueType  # 2
+"""By the job's type id."""
+USAGE_GROUPING_DAY: UsageGrouping.ValueType  # 3
+"""By UTC day of the capture, "YYYY-MM-DD"."""
+USAGE_GROUPING_MONTH: UsageGrouping.ValueType  # 4
+"""By UTC month of the capture, "YYYY-MM"."""
+USAGE_GROUPING_CUSTOMER: UsageGrouping.ValueType  # 5
+"""By customer id (a reseller's report)."""
+Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
+
 class _ReconciliationTrigger:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -397,6 +433,7 @@ class Hold(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     RESOLVE_TIME_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """The caller's id for the hold (usually the job id; a manual retry adds a suffix)."""
     customer_id: _builtins.str
@@ -418,6 +455,8 @@ class Hold(_message.Message):
     """Commission rate snapshot used for this capture, in basis points."""
     project_id: _builtins.str
     """The job's project (spending limits), if the caller named it."""
+    job_type_id: _builtins.str
+    """The job's type (usage reports), if the caller named it."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -447,10 +486,11 @@ class Hold(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         resolve_time: _timestamp_pb2.Timestamp | None = ...,
         project_id: _builtins.str = ...,
+        job_type_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "resolve_time", b"resolve_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "captured_cents", b"captured_cents", "commission_cents", b"commission_cents", "commission_rate_bps", b"commission_rate_bps", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "project_id", b"project_id", "released_cents", b"released_cents", "reseller_id", b"reseller_id", "resolve_time", b"resolve_time", "status", b"status", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "captured_cents", b"captured_cents", "commission_cents", b"commission_cents", "commission_rate_bps", b"commission_rate_bps", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "job_type_id", b"job_type_id", "project_id", b"project_id", "released_cents", b"released_cents", "reseller_id", b"reseller_id", "resolve_time", b"resolve_time", "status", b"status", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -891,6 +931,136 @@ class ListCreditGrantsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCreditGrantsResponse: _TypeAlias = ListCreditGrantsResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    group_by: Global___UsageGrouping.ValueType
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive; empty = the start of the current UTC month."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive; empty = now. After start_time, at most 400 days later."""
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "end_time", b"end_time", "group_by", b"group_by", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetResellerUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESELLER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    reseller_id: _builtins.str
+    group_by: Global___UsageGrouping.ValueType
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reseller_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "reseller_id", b"reseller_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetResellerUsageRequest: _TypeAlias = GetResellerUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    group_by: Global___UsageGrouping.ValueType
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageLine]:
+        """Ordered by group, then currency."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
+        lines: _abc.Iterable[Global___UsageLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "lines", b"lines", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageReport: _TypeAlias = UsageReport  # noqa: Y015
+
+@_typing.final
+class UsageLine(_message.Message):
+    """One group's charged jobs in one currency."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    JOB_COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The project id, job type id, "YYYY-MM-DD", "YYYY-MM" or customer id (empty when unknown)."""
+    currency_code: _builtins.str
+    job_count: _builtins.int
+    """Distinct jobs captured in the period."""
+    amount_cents: _builtins.int
+    """What their captures charged."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        job_count: _builtins.int = ...,
+        amount_cents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "group", b"group", "job_count", b"job_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageLine: _TypeAlias = UsageLine  # noqa: Y015
 
 @_typing.final
 class SetSpendingLimitRequest(_message.Message):
@@ -1679,6 +1849,7 @@ class ReserveRequest(_message.Message):
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
@@ -1691,6 +1862,8 @@ class ReserveRequest(_message.Message):
     job_id: _builtins.str
     project_id: _builtins.str
     """The job's project, for per-project monthly spending limits; empty = none."""
+    job_type_id: _builtins.str
+    """The job's type, for usage reports; empty = none."""
     description: _builtins.str
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
@@ -1705,12 +1878,13 @@ class ReserveRequest(_message.Message):
         currency_code: _builtins.str = ...,
         job_id: _builtins.str = ...,
         project_id: _builtins.str = ...,
+        job_type_id: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "description", b"description", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "project_id", b"project_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "description", b"description", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "job_type_id", b"job_type_id", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -89,6 +89,16 @@ class BillingServiceStub:
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsRequest.SerializeToString,
                 response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/GetUsage',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
+                _registered_method=True)
+        self.GetResellerUsage = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/GetResellerUsage',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetResellerUsageRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
+                _registered_method=True)
         self.ListWalletEvents = channel.unary_unary(
                 '/innosystem.billing.v1.BillingService/ListWalletEvents',
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsRequest.SerializeToString,
@@ -248,6 +258,21 @@ class BillingServiceServicer:
 
     def ListSpendingLimits(self, request, context):
         """The wallet's spending limits with this month's spending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """What a customer's jobs cost over a period: charged jobs and amounts per group and currency,
+        from the captures in [start_time, end_time). CSV with `Accept: text/csv` at the gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResellerUsage(self, request, context):
+        """The same across all of a reseller's customers. The reseller itself or an admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -413,6 +438,16 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListSpendingLimits,
                     request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsRequest.FromString,
                     response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetUsageRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.SerializeToString,
+            ),
+            'GetResellerUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResellerUsage,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetResellerUsageRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.SerializeToString,
             ),
             'ListWalletEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWalletEvents,
@@ -743,6 +778,60 @@ class BillingService:
             '/innosystem.billing.v1.BillingService/ListSpendingLimits',
             innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsRequest.SerializeToString,
             innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/GetUsage',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GetUsageRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResellerUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/GetResellerUsage',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GetResellerUsageRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,12 @@ class BillingServiceStub:
     """
     ListSpendingLimits: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListSpendingLimitsRequest, _billing_pb2.ListSpendingLimitsResponse]
     """The wallet's spending limits with this month's spending."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetUsageRequest, _billing_pb2.UsageReport]
+    """What a customer's jobs cost over a period: charged jobs and amounts per group and currency,
+    from the captures in [start_time, end_time). CSV with `Accept: text/csv` at the gateway.
+    """
+    GetResellerUsage: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetResellerUsageRequest, _billing_pb2.UsageReport]
+    """The same across all of a reseller's customers. The reseller itself or an admin."""
     ListWalletEvents: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]
     """The wallet's events (low balance), newest first."""
     GetStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]
@@ -170,6 +176,12 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """
     ListSpendingLimits: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListSpendingLimitsRequest, _billing_pb2.ListSpendingLimitsResponse]  # type: ignore[assignment]
     """The wallet's spending limits with this month's spending."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetUsageRequest, _billing_pb2.UsageReport]  # type: ignore[assignment]
+    """What a customer's jobs cost over a period: charged jobs and amounts per group and currency,
+    from the captures in [start_time, end_time). CSV with `Accept: text/csv` at the gateway.
+    """
+    GetResellerUsage: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetResellerUsageRequest, _billing_pb2.UsageReport]  # type: ignore[assignment]
+    """The same across all of a reseller's customers. The reseller itself or an admin."""
     ListWalletEvents: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]  # type: ignore[assignment]
     """The wallet's events (low balance), newest first."""
     GetStatement: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]  # type: ignore[assignment]
@@ -314,6 +326,24 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.ListSpendingLimitsResponse, _abc.Awaitable[_billing_pb2.ListSpendingLimitsResponse]]:
         """The wallet's spending limits with this month's spending."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _billing_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.UsageReport, _abc.Awaitable[_billing_pb2.UsageReport]]:
+        """What a customer's jobs cost over a period: charged jobs and amounts per group and currency,
+        from the captures in [start_time, end_time). CSV with `Accept: text/csv` at the gateway.
+        """
+
+    @_abc_1.abstractmethod
+    def GetResellerUsage(
+        self,
+        request: _billing_pb2.GetResellerUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.UsageReport, _abc.Awaitable[_billing_pb2.UsageReport]]:
+        """The same across all of a reseller's customers. The reseller itself or an admin."""
 
     @_abc_1.abstractmethod
     def ListWalletEvents(

@@ -96,6 +96,11 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('wallet_id', 'project_id', name=op.f('pk_spending_limits')),
     schema='billing'
     )
+    # Usage reports: the job's type on its holds, captures by customer and time.
+    op.add_column('holds', sa.Column('job_type_id', sa.String(length=200), server_default='', nullable=False),
+                  schema='billing')
+    op.create_index('ix_holds_captured_customer', 'holds', ['customer_id', 'resolve_time'], unique=False,
+                    schema='billing', postgresql_where=sa.text('status = 2'))
     op.create_table('spend_counters',
     sa.Column('wallet_id', sa.UUID(), nullable=False),
     sa.Column('project_id', sa.String(length=200), nullable=False),
@@ -108,6 +113,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('spend_counters', schema='billing')
+    op.drop_index('ix_holds_captured_customer', table_name='holds', schema='billing',
+                  postgresql_where=sa.text('status = 2'))
+    op.drop_column('holds', 'job_type_id', schema='billing')
     op.drop_table('spending_limits', schema='billing')
     op.drop_column('holds', 'project_id', schema='billing')
     op.drop_column('accounts', 'spending_limited', schema='billing')
