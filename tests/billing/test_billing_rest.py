@@ -265,3 +265,32 @@ async def test_spending_limits_through_the_gateway(stack: Stack, admin: Client) 
     listed = as_customer.get(f"/v1/customers/{cid}/wallet/spendingLimits").body["spendingLimits"]
     assert [(x["projectId"], int(x["spentCents"])) for x in listed] == [(pid, 80)]
     assert int(as_customer.get(f"/v1/customers/{cid}/wallet").body["heldCents"]) == 80
+
+
+async def test_usage_as_json_and_csv_through_the_gateway(stack: Stack, admin: Client) -> None:
+    reseller = admin.post("/v1/resellers", {"name": "Usage Resale", "email": "usage@example.com",
+                                            "commissionRateBps": 0}).body
+    as_reseller = admin.as_key(reseller["apiKey"])
+    created = as_reseller.post("/v1/customers", {"name": "User", "email": "user@example.com"}).body
+    cid = created["customer"]["id"]
+    as_customer = admin.as_key(created["apiKey"])
+    _wallet_opened(as_customer, cid)
+    assert admin.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": 5000, "requestId": "f"}).status == 200
+    async with channel(stack.address("billing"), service="jobs", secret=stack.internal_secret.encode()) as ch:
+        stub = billing_pb2_grpc.BillingServiceStub(ch)
+        for job, cost, jt in (("u1", 100, "resize"), ("u2", 300, "resize"), ("u3", 50, "ocr")):
+            await stub.Reserve(pb.ReserveRequest(hold_id=job, customer_id=cid, amount_cents=cost, currency_code="USD",
+                                                 job_id=job, project_id="proj", job_type_id=jt), timeout=10)
+            await stub.Capture(pb.CaptureRequest(hold_id=job, amount_cents=cost), timeout=10)
+    report = as_customer.get(f"/v1/customers/{cid}/usage?groupBy=USAGE_GROUPING_JOB_TYPE")
+    assert report.status == 200, report.body
+    assert [(x["group"], int(x["jobCount"]), int(x["amountCents"])) for x in report.body["lines"]] == \
+        [("ocr", 1, 50), ("resize", 2, 400)]
+    table = as_customer.get(f"/v1/customers/{cid}/usage?groupBy=USAGE_GROUPING_JOB_TYPE",
+                            headers={"Accept": "text/csv"})
+    assert table.status == 200 and table.headers["Content-Type"].startswith("text/csv")
+    assert table.body.splitlines() == ["group,currencyCode,jobCount,amountCents", "ocr,USD,1,50", "resize,USD,2,400"]
+    across = as_reseller.get(f"/v1/resellers/{reseller['reseller']['id']}/usage?groupBy=USAGE_GROUPING_CUSTOMER")
+    assert [(x["group"], int(x["amountCents"])) for x in across.body["lines"]] == [(cid, 450)]
+    assert _refusal(as_customer.get(f"/v1/customers/{cid}/usage?startTime=2026-12-05T00:00:00Z"
+                                    "&endTime=2026-12-04T00:00:00Z")) == (400, "INVALID_TIME_RANGE", "end_time")
