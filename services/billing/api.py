@@ -31,12 +31,14 @@ from services.billing.models import (
     VOID,
     Account,
     CreditGrantRow,
+    ExchangeRateRow,
     HoldRow,
     ReconciliationRow,
     Transfer,
     WalletEventRow,
 )
 from services.billing.service import ON_DEMAND, BillingService, Statement
+from services.billing.wallets import Wallets
 
 DOMAIN = "billing.innosystem"
 MAX_BATCH = 1000
@@ -57,6 +59,11 @@ def usage_pb(u: usage.Usage) -> pb.UsageReport:
                           group_by=pb.UsageGrouping.ValueType(u.group_by),
                           lines=[pb.UsageLine(group=x.group, currency_code=x.currency, job_count=x.jobs,
                                               amount_cents=x.amount) for x in u.lines])
+
+
+def rate_pb(r: ExchangeRateRow) -> pb.ExchangeRate:
+    return pb.ExchangeRate(id=str(r.id), base_currency_code=r.base, quote_currency_code=r.quote, rate_ppm=r.rate_ppm,
+                           effective_time=timestamp(r.effective_time), create_time=timestamp(r.create_time))
 
 
 def limit_pb(v: LimitView) -> pb.SpendingLimit:
@@ -149,6 +156,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         self.grants = grants or CreditGrants(service)
         self.alerts = LowBalanceAlerts(service)
         self.limits = SpendingLimits(service)
+        self.wallets = Wallets(service)
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         return wallet_pb(await self.service.get_wallet(principals.current(), request.customer_id,
@@ -224,13 +232,33 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
     async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.UsageReport:
         return usage_pb(await usage.customer_usage(self.service, principals.current(), request.customer_id,
                                                    _time(request, "start_time"), _time(request, "end_time"),
-                                                   request.group_by))
+                                                   request.group_by, request.reporting_currency_code))
 
     async def GetResellerUsage(self, request: pb.GetResellerUsageRequest,
                                context: grpc.aio.ServicerContext) -> pb.UsageReport:
         return usage_pb(await usage.reseller_usage(self.service, principals.current(), request.reseller_id,
                                                    _time(request, "start_time"), _time(request, "end_time"),
-                                                   request.group_by))
+                                                   request.group_by, request.reporting_currency_code))
+
+    async def CreateWallet(self, request: pb.CreateWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
+        return wallet_pb(await self.wallets.create(principals.current(), request.customer_id, request.currency_code))
+
+    async def ListWallets(self, request: pb.ListWalletsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListWalletsResponse:
+        rows = await self.wallets.of_customer(principals.current(), request.customer_id)
+        return pb.ListWalletsResponse(wallets=[wallet_pb(w) for w in rows])
+
+    async def CreateExchangeRate(self, request: pb.CreateExchangeRateRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ExchangeRate:
+        r = request.exchange_rate
+        return rate_pb(await self.wallets.add_rate(principals.current(), r.base_currency_code, r.quote_currency_code,
+                                                   r.rate_ppm, _time(r, "effective_time")))
+
+    async def ListExchangeRates(self, request: pb.ListExchangeRatesRequest,
+                                context: grpc.aio.ServicerContext) -> pb.ListExchangeRatesResponse:
+        rows, token = await self.wallets.rates(request.base_currency_code, request.quote_currency_code,
+                                               request.page_size, request.page_token)
+        return pb.ListExchangeRatesResponse(exchange_rates=[rate_pb(r) for r in rows], next_page_token=token)
 
     async def ListWalletEvents(self, request: pb.ListWalletEventsRequest,
                                context: grpc.aio.ServicerContext) -> pb.ListWalletEventsResponse:

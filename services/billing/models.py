@@ -269,3 +269,22 @@ class SpendCounterRow(Base):
     project_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
     captured: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ExchangeRateRow(Base):
+    """Quote minor units per million base minor units from `effective_time` on; never edited."""
+
+    __tablename__ = "exchange_rates"
+    __table_args__ = (
+        CheckConstraint("rate_ppm > 0", name="rate_positive"),
+        CheckConstraint("base <> quote", name="distinct_currencies"),
+        Index(None, "base", "quote", "effective_time"),
+        Index(None, "effective_time", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    base: Mapped[str] = mapped_column(String(3))
+    quote: Mapped[str] = mapped_column(String(3))
+    rate_ppm: Mapped[int] = mapped_column(BigInteger)
+    effective_time: Mapped[datetime] = mapped_column(Timestamp)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

@@ -248,7 +248,7 @@ class BillingService:
 
     async def top_up(self, caller: Principal, customer_id: str, amount: int, currency: str, request_id: str,
                      description: str) -> tuple[Account, Transfer]:
-        wallet = await self._visible_wallet(caller, customer_id, "")
+        wallet = await self._visible_wallet(caller, customer_id, currency)
         if caller.kind != principals.ADMIN and not (
                 caller.kind == principals.RESELLER and wallet.reseller_id is not None
                 and caller.reseller_id == str(wallet.reseller_id)):

@@ -940,8 +940,13 @@ class GetUsageRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     GROUP_BY_FIELD_NUMBER: _builtins.int
+    REPORTING_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     group_by: Global___UsageGrouping.ValueType
+    reporting_currency_code: _builtins.str
+    """Convert every amount into this currency at the rate in force at each capture (floor per
+    capture); empty = no conversion (one line per currency). RATE_NOT_FOUND if a rate is missing.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Inclusive; empty = the start of the current UTC month."""
@@ -957,10 +962,11 @@ class GetUsageRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         group_by: Global___UsageGrouping.ValueType = ...,
+        reporting_currency_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "end_time", b"end_time", "group_by", b"group_by", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "end_time", b"end_time", "group_by", b"group_by", "reporting_currency_code", b"reporting_currency_code", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -974,8 +980,11 @@ class GetResellerUsageRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     GROUP_BY_FIELD_NUMBER: _builtins.int
+    REPORTING_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     reseller_id: _builtins.str
     group_by: Global___UsageGrouping.ValueType
+    reporting_currency_code: _builtins.str
+    """As in GetUsageRequest."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -987,10 +996,11 @@ class GetResellerUsageRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         group_by: Global___UsageGrouping.ValueType = ...,
+        reporting_currency_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "reseller_id", b"reseller_id", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "reporting_currency_code", b"reporting_currency_code", "reseller_id", b"reseller_id", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1061,6 +1071,184 @@ class UsageLine(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageLine: _TypeAlias = UsageLine  # noqa: Y015
+
+@_typing.final
+class CreateWalletRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    currency_code: _builtins.str
+    """An active ISO 4217 code."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWalletRequest: _TypeAlias = CreateWalletRequest  # noqa: Y015
+
+@_typing.final
+class ListWalletsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletsRequest: _TypeAlias = ListWalletsRequest  # noqa: Y015
+
+@_typing.final
+class ListWalletsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Wallet]: ...
+    def __init__(
+        self,
+        *,
+        wallets: _abc.Iterable[Global___Wallet] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wallets", b"wallets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletsResponse: _TypeAlias = ListWalletsResponse  # noqa: Y015
+
+@_typing.final
+class ExchangeRate(_message.Message):
+    """How many minor units of `quote_currency_code` one million minor units of
+    `base_currency_code` are worth, from `effective_time` until a later rate of the same pair.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    BASE_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    QUOTE_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    RATE_PPM_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_TIME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    base_currency_code: _builtins.str
+    quote_currency_code: _builtins.str
+    rate_ppm: _builtins.int
+    """Parts per million, positive: USD→EUR at 0.92 is 920000; USD cents → JPY yen at 150 is 1500000."""
+    @_builtins.property
+    def effective_time(self) -> _timestamp_pb2.Timestamp:
+        """Empty = now."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        base_currency_code: _builtins.str = ...,
+        quote_currency_code: _builtins.str = ...,
+        rate_ppm: _builtins.int = ...,
+        effective_time: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "effective_time", b"effective_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_currency_code", b"base_currency_code", "create_time", b"create_time", "effective_time", b"effective_time", "id", b"id", "quote_currency_code", b"quote_currency_code", "rate_ppm", b"rate_ppm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeRate: _TypeAlias = ExchangeRate  # noqa: Y015
+
+@_typing.final
+class CreateExchangeRateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def exchange_rate(self) -> Global___ExchangeRate: ...
+    def __init__(
+        self,
+        *,
+        exchange_rate: Global___ExchangeRate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exchange_rate", b"exchange_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange_rate", b"exchange_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateExchangeRateRequest: _TypeAlias = CreateExchangeRateRequest  # noqa: Y015
+
+@_typing.final
+class ListExchangeRatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    QUOTE_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    base_currency_code: _builtins.str
+    """Only this pair's rates when both are set; only rates from this base when only it is."""
+    quote_currency_code: _builtins.str
+    page_size: _builtins.int
+    """Default 50, maximum 500."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        base_currency_code: _builtins.str = ...,
+        quote_currency_code: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_currency_code", b"base_currency_code", "page_size", b"page_size", "page_token", b"page_token", "quote_currency_code", b"quote_currency_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExchangeRatesRequest: _TypeAlias = ListExchangeRatesRequest  # noqa: Y015
+
+@_typing.final
+class ListExchangeRatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_RATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def exchange_rates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExchangeRate]: ...
+    def __init__(
+        self,
+        *,
+        exchange_rates: _abc.Iterable[Global___ExchangeRate] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange_rates", b"exchange_rates", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExchangeRatesResponse: _TypeAlias = ListExchangeRatesResponse  # noqa: Y015
 
 @_typing.final
 class SetSpendingLimitRequest(_message.Message):

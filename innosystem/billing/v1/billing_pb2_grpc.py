@@ -99,6 +99,26 @@ class BillingServiceStub:
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetResellerUsageRequest.SerializeToString,
                 response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
                 _registered_method=True)
+        self.CreateWallet = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/CreateWallet',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateWalletRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.Wallet.FromString,
+                _registered_method=True)
+        self.ListWallets = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListWallets',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsResponse.FromString,
+                _registered_method=True)
+        self.CreateExchangeRate = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/CreateExchangeRate',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateExchangeRateRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ExchangeRate.FromString,
+                _registered_method=True)
+        self.ListExchangeRates = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListExchangeRates',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesResponse.FromString,
+                _registered_method=True)
         self.ListWalletEvents = channel.unary_unary(
                 '/innosystem.billing.v1.BillingService/ListWalletEvents',
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsRequest.SerializeToString,
@@ -278,6 +298,37 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWallet(self, request, context):
+        """Open another wallet for the customer in another currency (one per currency). Money never
+        moves between a customer's wallets by itself: a job is held and charged in its currency's
+        wallet. The customer, its reseller or an admin. WALLET_EXISTS if it has one in that currency.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWallets(self, request, context):
+        """The customer's wallets, the default (first) one first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateExchangeRate(self, request, context):
+        """Admin only: an exchange rate from its effective time on (rates are never edited; a later one
+        takes over). Used to convert usage reports, never to move money.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExchangeRates(self, request, context):
+        """Exchange rates, newest effective time first. Anyone signed in may read them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWalletEvents(self, request, context):
         """The wallet's events (low balance), newest first.
         """
@@ -448,6 +499,26 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.GetResellerUsage,
                     request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetResellerUsageRequest.FromString,
                     response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.SerializeToString,
+            ),
+            'CreateWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWallet,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateWalletRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.Wallet.SerializeToString,
+            ),
+            'ListWallets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWallets,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsResponse.SerializeToString,
+            ),
+            'CreateExchangeRate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateExchangeRate,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateExchangeRateRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ExchangeRate.SerializeToString,
+            ),
+            'ListExchangeRates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExchangeRates,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesResponse.SerializeToString,
             ),
             'ListWalletEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWalletEvents,
@@ -832,6 +903,114 @@ class BillingService:
             '/innosystem.billing.v1.BillingService/GetResellerUsage',
             innosystem_dot_billing_dot_v1_dot_billing__pb2.GetResellerUsageRequest.SerializeToString,
             innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/CreateWallet',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateWalletRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.Wallet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWallets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListWallets',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateExchangeRate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/CreateExchangeRate',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateExchangeRateRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ExchangeRate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExchangeRates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListExchangeRates',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,19 @@ class BillingServiceStub:
     """
     GetResellerUsage: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetResellerUsageRequest, _billing_pb2.UsageReport]
     """The same across all of a reseller's customers. The reseller itself or an admin."""
+    CreateWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CreateWalletRequest, _billing_pb2.Wallet]
+    """Open another wallet for the customer in another currency (one per currency). Money never
+    moves between a customer's wallets by itself: a job is held and charged in its currency's
+    wallet. The customer, its reseller or an admin. WALLET_EXISTS if it has one in that currency.
+    """
+    ListWallets: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletsRequest, _billing_pb2.ListWalletsResponse]
+    """The customer's wallets, the default (first) one first."""
+    CreateExchangeRate: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CreateExchangeRateRequest, _billing_pb2.ExchangeRate]
+    """Admin only: an exchange rate from its effective time on (rates are never edited; a later one
+    takes over). Used to convert usage reports, never to move money.
+    """
+    ListExchangeRates: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListExchangeRatesRequest, _billing_pb2.ListExchangeRatesResponse]
+    """Exchange rates, newest effective time first. Anyone signed in may read them."""
     ListWalletEvents: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]
     """The wallet's events (low balance), newest first."""
     GetStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]
@@ -182,6 +195,19 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """
     GetResellerUsage: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetResellerUsageRequest, _billing_pb2.UsageReport]  # type: ignore[assignment]
     """The same across all of a reseller's customers. The reseller itself or an admin."""
+    CreateWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.CreateWalletRequest, _billing_pb2.Wallet]  # type: ignore[assignment]
+    """Open another wallet for the customer in another currency (one per currency). Money never
+    moves between a customer's wallets by itself: a job is held and charged in its currency's
+    wallet. The customer, its reseller or an admin. WALLET_EXISTS if it has one in that currency.
+    """
+    ListWallets: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletsRequest, _billing_pb2.ListWalletsResponse]  # type: ignore[assignment]
+    """The customer's wallets, the default (first) one first."""
+    CreateExchangeRate: _aio.UnaryUnaryMultiCallable[_billing_pb2.CreateExchangeRateRequest, _billing_pb2.ExchangeRate]  # type: ignore[assignment]
+    """Admin only: an exchange rate from its effective time on (rates are never edited; a later one
+    takes over). Used to convert usage reports, never to move money.
+    """
+    ListExchangeRates: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListExchangeRatesRequest, _billing_pb2.ListExchangeRatesResponse]  # type: ignore[assignment]
+    """Exchange rates, newest effective time first. Anyone signed in may read them."""
     ListWalletEvents: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]  # type: ignore[assignment]
     """The wallet's events (low balance), newest first."""
     GetStatement: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]  # type: ignore[assignment]
@@ -344,6 +370,43 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.UsageReport, _abc.Awaitable[_billing_pb2.UsageReport]]:
         """The same across all of a reseller's customers. The reseller itself or an admin."""
+
+    @_abc_1.abstractmethod
+    def CreateWallet(
+        self,
+        request: _billing_pb2.CreateWalletRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Wallet, _abc.Awaitable[_billing_pb2.Wallet]]:
+        """Open another wallet for the customer in another currency (one per currency). Money never
+        moves between a customer's wallets by itself: a job is held and charged in its currency's
+        wallet. The customer, its reseller or an admin. WALLET_EXISTS if it has one in that currency.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWallets(
+        self,
+        request: _billing_pb2.ListWalletsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListWalletsResponse, _abc.Awaitable[_billing_pb2.ListWalletsResponse]]:
+        """The customer's wallets, the default (first) one first."""
+
+    @_abc_1.abstractmethod
+    def CreateExchangeRate(
+        self,
+        request: _billing_pb2.CreateExchangeRateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ExchangeRate, _abc.Awaitable[_billing_pb2.ExchangeRate]]:
+        """Admin only: an exchange rate from its effective time on (rates are never edited; a later one
+        takes over). Used to convert usage reports, never to move money.
+        """
+
+    @_abc_1.abstractmethod
+    def ListExchangeRates(
+        self,
+        request: _billing_pb2.ListExchangeRatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListExchangeRatesResponse, _abc.Awaitable[_billing_pb2.ListExchangeRatesResponse]]:
+        """Exchange rates, newest effective time first. Anyone signed in may read them."""
 
     @_abc_1.abstractmethod
     def ListWalletEvents(

@@ -101,6 +101,23 @@ def upgrade() -> None:
                   schema='billing')
     op.create_index('ix_holds_captured_customer', 'holds', ['customer_id', 'resolve_time'], unique=False,
                     schema='billing', postgresql_where=sa.text('status = 2'))
+    # Multi-currency: operator exchange rates (for converted reports only).
+    op.create_table('exchange_rates',
+    sa.Column('id', sa.UUID(), nullable=False),
+    sa.Column('base', sa.String(length=3), nullable=False),
+    sa.Column('quote', sa.String(length=3), nullable=False),
+    sa.Column('rate_ppm', sa.BigInteger(), nullable=False),
+    sa.Column('effective_time', postgresql.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column('create_time', postgresql.TIMESTAMP(timezone=True), nullable=False),
+    sa.CheckConstraint('rate_ppm > 0', name=op.f('ck_exchange_rates_rate_positive')),
+    sa.CheckConstraint('base <> quote', name=op.f('ck_exchange_rates_distinct_currencies')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_exchange_rates')),
+    schema='billing'
+    )
+    op.create_index(op.f('ix_exchange_rates_base_quote_effective_time'), 'exchange_rates',
+                    ['base', 'quote', 'effective_time'], unique=False, schema='billing')
+    op.create_index(op.f('ix_exchange_rates_effective_time_id'), 'exchange_rates', ['effective_time', 'id'],
+                    unique=False, schema='billing')
     op.create_table('spend_counters',
     sa.Column('wallet_id', sa.UUID(), nullable=False),
     sa.Column('project_id', sa.String(length=200), nullable=False),
@@ -113,6 +130,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('spend_counters', schema='billing')
+    op.drop_table('exchange_rates', schema='billing')
     op.drop_index('ix_holds_captured_customer', table_name='holds', schema='billing',
                   postgresql_where=sa.text('status = 2'))
     op.drop_column('holds', 'job_type_id', schema='billing')
