@@ -2,7 +2,7 @@
 
 Covers the Open-to-Buy operations and the money paths people take: refunds, adjustments, credit
 grants (spent first, soonest expiry first; their rest removed at expiry), monthly spending
-limits and statements."""
+limits, a second wallet in another currency (never converted) and statements."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from services.billing.models import EXPIRE
 from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
 from services.billing.statements import statement
+from services.billing.wallets import Wallets
 from tests.billing.billing_helpers import ADMIN, RATES, flush_billing, rates
 
 RATE = 1234
@@ -76,6 +77,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.promos: dict[str, list[Any]] = {}  # active grants: request id → [expire time, remaining]
         self.base = utcnow() + timedelta(days=1)
         self.limit: int | None = None  # the customer's monthly spending limit
+        self.env.run(Wallets(self.env.billing).create(ADMIN, self.customer, "EUR"))
+        self.eur = 0  # the EUR wallet's balance
         self.n = 0
 
     def _spend(self, amount: int) -> None:
@@ -197,6 +200,18 @@ class LedgerMachine(RuleBasedStateMachine):
         take = min(remaining, max(self.balance - sum(self.holds.values()), 0))
         self.balance -= take
 
+    @rule(amount=amounts, cost=amounts)
+    def euro_job(self, amount: int, cost: int) -> None:
+        """Top up the EUR wallet and charge a EUR job: the USD wallet never pays for it."""
+        self.env.run(self.env.billing.top_up(ADMIN, self.customer, amount, "EUR", self._id(), ""))
+        self.eur += amount
+        hid = self._id()
+        _, err = self._call(self.env.billing.reserve(hid, self.customer, cost, "EUR", job_id=hid))
+        assert err == ("" if cost <= self.eur else "INSUFFICIENT_FUNDS")
+        if not err:
+            self.env.run(self.env.billing.capture(hid, cost))
+            self.eur -= cost
+
     @rule(limit=st.none() | st.integers(min_value=0, max_value=20_000))
     def set_limit(self, limit: int | None) -> None:
         view = self.env.run(self.env.limits.set(ADMIN, self.customer, "", limit or 0, limit is None, ""))
@@ -254,6 +269,11 @@ class LedgerMachine(RuleBasedStateMachine):
         w = self.env.run(self.env.billing.get_wallet(ADMIN, self.customer))
         assert (w.balance, w.held) == (self.balance, sum(self.holds.values()))
         assert w.balance - w.held >= 0
+
+    @invariant()
+    def euro_wallet_matches_model(self) -> None:
+        w = self.env.run(self.env.billing.get_wallet(ADMIN, self.customer, "EUR"))
+        assert (w.balance, w.held) == (self.eur, 0)
 
     @invariant()
     def grants_match_model(self) -> None:
