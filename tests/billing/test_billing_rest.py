@@ -294,3 +294,37 @@ async def test_usage_as_json_and_csv_through_the_gateway(stack: Stack, admin: Cl
     assert [(x["group"], int(x["amountCents"])) for x in across.body["lines"]] == [(cid, 450)]
     assert _refusal(as_customer.get(f"/v1/customers/{cid}/usage?startTime=2026-12-05T00:00:00Z"
                                     "&endTime=2026-12-04T00:00:00Z")) == (400, "INVALID_TIME_RANGE", "end_time")
+
+
+def test_wallets_per_currency_and_rates_through_the_gateway(stack: Stack, admin: Client) -> None:
+    created = admin.post("/v1/customers", {"name": "Euro", "email": "euro@example.com"}).body
+    cid = created["customer"]["id"]
+    as_customer = admin.as_key(created["apiKey"])
+    _wallet_opened(as_customer, cid)
+    opened = as_customer.post(f"/v1/customers/{cid}/wallets", {"currencyCode": "EUR"})
+    assert opened.status == 200 and opened.body["currencyCode"] == "EUR", opened.body
+    assert _refusal(as_customer.post(f"/v1/customers/{cid}/wallets", {"currencyCode": "EUR"}))[:2] == \
+        (409, "WALLET_EXISTS")
+    assert _refusal(as_customer.post(f"/v1/customers/{cid}/wallets", {"currencyCode": "XYZ"})) == \
+        (400, "UNKNOWN_CURRENCY", "currency_code")
+    assert [w["currencyCode"] for w in as_customer.get(f"/v1/customers/{cid}/wallets").body["wallets"]] == \
+        ["USD", "EUR"]
+    topped = admin.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": 700, "currencyCode": "EUR",
+                                                              "requestId": "eur"})
+    assert topped.status == 200 and topped.body["wallet"]["currencyCode"] == "EUR"
+    eur = as_customer.get(f"/v1/customers/{cid}/wallet?currencyCode=EUR").body
+    usd = as_customer.get(f"/v1/customers/{cid}/wallet").body
+    assert (int(eur["balanceCents"]), int(usd.get("balanceCents", 0))) == (700, 0)
+
+    rate = admin.post("/v1/exchangeRates", {"baseCurrencyCode": "EUR", "quoteCurrencyCode": "NZD",
+                                            "ratePpm": "1800000"})
+    assert rate.status == 200, rate.body
+    assert _refusal(as_customer.post("/v1/exchangeRates", {"baseCurrencyCode": "EUR", "quoteCurrencyCode": "NZD",
+                                                           "ratePpm": "1"}))[:2] == (403, "ADMIN_ONLY")
+    assert _refusal(admin.post("/v1/exchangeRates", {"baseCurrencyCode": "EUR", "quoteCurrencyCode": "NZD",
+                                                     "ratePpm": "-1"})) == \
+        (400, "INVALID_RATE", "exchange_rate.rate_ppm")
+    listed = as_customer.get("/v1/exchangeRates?baseCurrencyCode=EUR&quoteCurrencyCode=NZD").body["exchangeRates"]
+    assert [r["id"] for r in listed] == [rate.body["id"]]
+    report = as_customer.get(f"/v1/customers/{cid}/usage?reportingCurrencyCode=NZD")
+    assert report.status == 200 and report.body.get("lines", []) == []
