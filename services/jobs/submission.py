@@ -428,6 +428,9 @@ class Submission:
         field = prefix + "job_type_id"
         if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
             return insufficient_funds(err, prefix.rstrip(".") or "project_id")
+        if err.reason == "SPENDING_LIMIT_REACHED":  # billing's monthly limit of the customer or project
+            where = prefix.rstrip(".") or "project_id"
+            return FailedPrecondition(f"{where}: {err.message}", field=where, reason=err.reason, metadata=err.metadata)
         if err.reason == "CURRENCY_MISMATCH":
             return FailedPrecondition(f"{field}: the type's currency differs from the wallet's ({err.message})",
                                       field=field, reason=err.reason)

@@ -22,7 +22,8 @@ async def test_project_and_customer_limits_refuse_the_submit(world: JobsWorld) -
     await world.submit(c, jt)
     with pytest.raises(FailedPrecondition) as caught:
         await world.submit(c, jt, request_id="third")
-    assert caught.value.reason == "SPENDING_LIMIT_REACHED"
+    assert caught.value.reason == "SPENDING_LIMIT_REACHED" and caught.value.violations[0][0] == "project_id"
+    assert caught.value.metadata["limit_cents"] == "25"
     assert await world.available(c) == 980  # the two jobs' holds only
     # The refused request stored nothing: the same request id with room to spare makes a new job.
     await limits.set(ADMIN, c.principal.customer_id, c.project_id, 30, False, "")
