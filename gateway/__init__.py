@@ -4,7 +4,7 @@
     templates.py    path templates (`/v1/{name=projects/*}:verb`)
     routes.py       http rules → the route table (a trie by path segment)
     fields.py       JSON and query text into message fields, errors naming the field
-    transcode.py    one HTTP request → the request message; messages → proto3 JSON
+    transcode.py    one HTTP request → the request message; messages → proto3 JSON (a list as CSV on request)
     errors.py       google.rpc.Status JSON and the gRPC → HTTP status table
     auth.py         Bearer API key → signed principal metadata, first (401 before anything else)
     ratelimit.py    per-account and per-address (unauthenticated) limits in Redis

@@ -23,7 +23,7 @@ from gateway.ratelimit import Limit, RateLimiter, client_address
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, RouteTable
 from gateway.sse import stream_events
 from gateway.telemetry import ROUTE
-from gateway.transcode import build_request, render
+from gateway.transcode import build_request, render, render_csv
 from gateway.upstreams import Upstreams
 from innosystem.kit import roles, sessions
 from innosystem.kit.audit import AUDITED
@@ -38,6 +38,12 @@ REQUEST_ID_METADATA = "x-request-id"
 _SETS_SESSION = frozenset({"/innosystem.tenancy.v1.TenancyService/CreateSession",
                            "/innosystem.tenancy.v1.TenancyService/DeleteCurrentSession"})
 _CHUNK = 64 * 1024
+
+
+def _wants_csv(accept: str) -> bool:
+    """`Accept: text/csv` (first among the types named): a list response as CSV."""
+    first = accept.split(",")[0].split(";")[0].strip().lower()
+    return first == "text/csv"
 
 
 def _serialize(message: Message) -> bytes:
@@ -188,6 +194,10 @@ class Gateway:
             if token is not None:
                 headers["Set-Cookie"] = set_cookie(token, is_secure(request))
                 headers["Cache-Control"] = "no-store"
+        if route.response_field is None and _wants_csv(request.headers.get("Accept", "")):
+            table = render_csv(answer, self.pool)
+            if table is not None:
+                return web.Response(body=table, content_type="text/csv", charset="utf-8", headers=headers)
         return web.Response(body=render(answer, route, self.pool), content_type="application/json",
                             headers=headers)
 

@@ -1,4 +1,4 @@
-"""An HTTP request into its RPC's request message, and an RPC message into proto3 JSON.
+"""An HTTP request into its RPC's request message, and an RPC message into proto3 JSON (or CSV).
 
 The request is filled in the order that lets each source be checked against the others:
 the body first, then the path variables (which must agree with the body where both set a
@@ -7,6 +7,8 @@ field), then the query parameters (which may only set fields neither of those ca
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterable, Sequence
 
@@ -57,6 +59,36 @@ def render(message: Message, route: Route, pool: descriptor_pool.DescriptorPool)
     if route.response_field is not None:
         data = data.get(route.response_field.json_name) if isinstance(data, dict) else None
     return dumps(data)
+
+
+def render_csv(message: Message, pool: descriptor_pool.DescriptorPool) -> bytes | None:
+    """A response whose rows are its one repeated message field, as CSV: a header of the row's
+    JSON field names, one line per row (a nested value as its JSON). None when the response has
+    no such single list (the caller answers JSON then: Accept is a preference)."""
+    fields: list[FieldDescriptor] = list(message.DESCRIPTOR.fields)  # type: ignore[arg-type]
+    lists = [f for f in fields if f.is_repeated and f.message_type is not None and not is_map(f)]
+    if len(lists) != 1:
+        return None
+    row_type = lists[0].message_type
+    assert row_type is not None
+    columns = [f.json_name for f in row_type.fields]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for row in getattr(message, lists[0].name):
+        data = json_format.MessageToDict(row, always_print_fields_with_no_presence=True, descriptor_pool=pool)
+        writer.writerow([_cell(data.get(c)) for c in columns])
+    return out.getvalue().encode()
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def dumps(data: object) -> bytes:

@@ -18,9 +18,27 @@ from innosystem.kit import principal as principals
 from innosystem.kit.errors import DomainError, InvalidArgument, to_status
 from innosystem.kit.protos import changes, timestamp, to_datetime
 from innosystem.kit.validation import check_storable
+from services.billing import statements, usage
+from services.billing.alerts import LowBalanceAlerts
+from services.billing.corrections import Corrections
+from services.billing.grants import CreditGrants
+from services.billing.limits import LimitView, SpendingLimits
 from services.billing.metrics import count_many, counted
-from services.billing.models import CAPTURE, EXPIRE, HOLD, VOID, Account, HoldRow, ReconciliationRow, Transfer
+from services.billing.models import (
+    CAPTURE,
+    EXPIRE,
+    HOLD,
+    VOID,
+    Account,
+    CreditGrantRow,
+    ExchangeRateRow,
+    HoldRow,
+    ReconciliationRow,
+    Transfer,
+    WalletEventRow,
+)
 from services.billing.service import ON_DEMAND, BillingService, ReserveRequest, Statement
+from services.billing.wallets import Wallets
 
 DOMAIN = "billing.innosystem"
 MAX_BATCH = 1000
@@ -31,7 +49,41 @@ def wallet_pb(row: Account) -> pb.Wallet:
                      balance_cents=row.balance, held_cents=row.held,
                      available_cents=row.balance - row.held + row.credit_limit,
                      credit_limit_cents=row.credit_limit, create_time=timestamp(row.create_time),
-                     update_time=timestamp(row.update_time))
+                     update_time=timestamp(row.update_time), granted_cents=row.promo,
+                     low_balance_threshold_cents=row.low_balance_threshold,
+                     low_balance_alerted=row.low_balance_alerted)
+
+
+def usage_pb(u: usage.Usage) -> pb.UsageReport:
+    return pb.UsageReport(start_time=timestamp(u.start), end_time=timestamp(u.end),
+                          group_by=pb.UsageGrouping.ValueType(u.group_by),
+                          lines=[pb.UsageLine(group=x.group, currency_code=x.currency, job_count=x.jobs,
+                                              amount_cents=x.amount) for x in u.lines])
+
+
+def rate_pb(r: ExchangeRateRow) -> pb.ExchangeRate:
+    return pb.ExchangeRate(id=str(r.id), base_currency_code=r.base, quote_currency_code=r.quote, rate_ppm=r.rate_ppm,
+                           effective_time=timestamp(r.effective_time), create_time=timestamp(r.create_time))
+
+
+def limit_pb(v: LimitView) -> pb.SpendingLimit:
+    return pb.SpendingLimit(customer_id=str(v.wallet.owner_id), wallet_id=str(v.wallet.id), project_id=v.project_id,
+                            currency_code=v.wallet.currency, monthly_limit_cents=v.limit, spent_cents=v.spent,
+                            removed=v.removed, update_time=timestamp(v.update_time))
+
+
+def event_pb(e: WalletEventRow) -> pb.WalletEvent:
+    return pb.WalletEvent(id=str(e.id), type=e.type, customer_id=str(e.customer_id), wallet_id=str(e.wallet_id),
+                          currency_code=e.currency, available_cents=e.available, balance_cents=e.balance,
+                          held_cents=e.held, threshold_cents=e.threshold, create_time=timestamp(e.create_time))
+
+
+def grant_pb(g: CreditGrantRow) -> pb.CreditGrant:
+    return pb.CreditGrant(id=str(g.id), customer_id=str(g.customer_id), wallet_id=str(g.wallet_id),
+                          currency_code=g.currency, amount_cents=g.amount, remaining_cents=g.remaining,
+                          expired_cents=g.expired, status=pb.CreditGrantStatus.ValueType(g.status), reason=g.reason,
+                          request_id=g.request_id, create_time=timestamp(g.create_time),
+                          expire_time=timestamp(g.expire_time))
 
 
 def _signed(t: Transfer) -> int:
@@ -58,7 +110,8 @@ def hold_pb(h: HoldRow) -> pb.Hold:
                    released_cents=h.released, commission_cents=h.commission,
                    reseller_id=str(h.reseller_id or ""),
                    commission_rate_bps=h.commission_rate_bps, create_time=timestamp(h.create_time),
-                   expire_time=timestamp(h.expire_time), resolve_time=timestamp(h.resolve_time))
+                   expire_time=timestamp(h.expire_time), resolve_time=timestamp(h.resolve_time),
+                   project_id=h.project_id, job_type_id=h.job_type_id)
 
 
 def reconciliation_pb(r: ReconciliationRow) -> pb.Reconciliation:
@@ -96,8 +149,14 @@ def _checked(request: Any, call: Callable[[], Awaitable[HoldRow]]) -> Callable[[
 
 
 class BillingApi(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, service: BillingService) -> None:
+    def __init__(self, service: BillingService, corrections: Corrections | None = None,
+                 grants: CreditGrants | None = None) -> None:
         self.service = service
+        self.corrections = corrections or Corrections(service)
+        self.grants = grants or CreditGrants(service)
+        self.alerts = LowBalanceAlerts(service)
+        self.limits = SpendingLimits(service)
+        self.wallets = Wallets(service)
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         return wallet_pb(await self.service.get_wallet(principals.current(), request.customer_id,
@@ -105,12 +164,20 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
 
     async def UpdateWallet(self, request: pb.UpdateWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         fields = changes(request.wallet, request.update_mask, "wallet")
-        unknown = set(fields) - {"credit_limit_cents"}
+        unknown = set(fields) - {"credit_limit_cents", "low_balance_threshold_cents"}
         if unknown:
-            raise InvalidArgument(f"only credit_limit_cents can change, not {sorted(unknown)}", field="update_mask",
-                                  reason="FIELD_NOT_UPDATABLE")
-        row = await self.service.update_wallet(principals.current(), request.customer_id, request.currency_code,
-                                               int(fields.get("credit_limit_cents", request.wallet.credit_limit_cents)))
+            raise InvalidArgument(f"only credit_limit_cents and low_balance_threshold_cents can change, "
+                                  f"not {sorted(unknown)}", field="update_mask", reason="FIELD_NOT_UPDATABLE")
+        caller = principals.current()
+        row = None
+        if "credit_limit_cents" in fields or not fields:
+            row = await self.service.update_wallet(caller, request.customer_id, request.currency_code,
+                                                   int(fields.get("credit_limit_cents",
+                                                                  request.wallet.credit_limit_cents)))
+        if "low_balance_threshold_cents" in fields:
+            row = await self.alerts.set_threshold(caller, request.customer_id, request.currency_code,
+                                                  int(fields["low_balance_threshold_cents"]))
+        assert row is not None
         return wallet_pb(row)
 
     async def TopUpWallet(self, request: pb.TopUpWalletRequest,
@@ -119,6 +186,96 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         wallet, transfer = await self.service.top_up(principals.current(), request.customer_id, request.amount_cents,
                                                      request.currency_code, request.request_id, request.description)
         return pb.TopUpWalletResponse(wallet=wallet_pb(wallet), transaction=transaction_pb(transfer))
+
+    async def RefundWallet(self, request: pb.RefundWalletRequest,
+                           context: grpc.aio.ServicerContext) -> pb.RefundWalletResponse:
+        check_storable(request)
+        moved = await self.corrections.refund(principals.current(), request.customer_id, request.job_id,
+                                              request.amount_cents, request.reason, request.request_id)
+        return pb.RefundWalletResponse(wallet=wallet_pb(moved.wallet), transaction=transaction_pb(moved.transfer))
+
+    async def AdjustWallet(self, request: pb.AdjustWalletRequest,
+                           context: grpc.aio.ServicerContext) -> pb.AdjustWalletResponse:
+        check_storable(request)
+        moved = await self.corrections.adjust(principals.current(), request.customer_id, request.amount_cents,
+                                              request.reason, request.request_id, request.currency_code,
+                                              request.reconciliation_id)
+        return pb.AdjustWalletResponse(wallet=wallet_pb(moved.wallet), transaction=transaction_pb(moved.transfer))
+
+    async def GrantCredit(self, request: pb.GrantCreditRequest,
+                          context: grpc.aio.ServicerContext) -> pb.GrantCreditResponse:
+        check_storable(request)
+        done = await self.grants.grant(principals.current(), request.customer_id, request.amount_cents,
+                                       _time(request, "expire_time"), request.reason, request.request_id,
+                                       request.currency_code)
+        return pb.GrantCreditResponse(wallet=wallet_pb(done.wallet), grant=grant_pb(done.grant),
+                                      transaction=transaction_pb(done.transfer))
+
+    async def ListCreditGrants(self, request: pb.ListCreditGrantsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListCreditGrantsResponse:
+        page = await self.grants.list(principals.current(), request.customer_id, request.page_size,
+                                      request.page_token, request.currency_code)
+        return pb.ListCreditGrantsResponse(credit_grants=[grant_pb(g) for g in page.items],
+                                           next_page_token=page.next_page_token)
+
+    async def SetSpendingLimit(self, request: pb.SetSpendingLimitRequest,
+                               context: grpc.aio.ServicerContext) -> pb.SpendingLimit:
+        check_storable(request)
+        return limit_pb(await self.limits.set(principals.current(), request.customer_id, request.project_id,
+                                              request.monthly_limit_cents, request.remove, request.currency_code))
+
+    async def ListSpendingLimits(self, request: pb.ListSpendingLimitsRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ListSpendingLimitsResponse:
+        views = await self.limits.list(principals.current(), request.customer_id, request.currency_code)
+        return pb.ListSpendingLimitsResponse(spending_limits=[limit_pb(v) for v in views])
+
+    async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.UsageReport:
+        return usage_pb(await usage.customer_usage(self.service, principals.current(), request.customer_id,
+                                                   _time(request, "start_time"), _time(request, "end_time"),
+                                                   request.group_by, request.reporting_currency_code))
+
+    async def GetResellerUsage(self, request: pb.GetResellerUsageRequest,
+                               context: grpc.aio.ServicerContext) -> pb.UsageReport:
+        return usage_pb(await usage.reseller_usage(self.service, principals.current(), request.reseller_id,
+                                                   _time(request, "start_time"), _time(request, "end_time"),
+                                                   request.group_by, request.reporting_currency_code))
+
+    async def CreateWallet(self, request: pb.CreateWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
+        return wallet_pb(await self.wallets.create(principals.current(), request.customer_id, request.currency_code))
+
+    async def ListWallets(self, request: pb.ListWalletsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListWalletsResponse:
+        rows = await self.wallets.of_customer(principals.current(), request.customer_id)
+        return pb.ListWalletsResponse(wallets=[wallet_pb(w) for w in rows])
+
+    async def CreateExchangeRate(self, request: pb.CreateExchangeRateRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ExchangeRate:
+        r = request.exchange_rate
+        return rate_pb(await self.wallets.add_rate(principals.current(), r.base_currency_code, r.quote_currency_code,
+                                                   r.rate_ppm, _time(r, "effective_time")))
+
+    async def ListExchangeRates(self, request: pb.ListExchangeRatesRequest,
+                                context: grpc.aio.ServicerContext) -> pb.ListExchangeRatesResponse:
+        rows, token = await self.wallets.rates(request.base_currency_code, request.quote_currency_code,
+                                               request.page_size, request.page_token)
+        return pb.ListExchangeRatesResponse(exchange_rates=[rate_pb(r) for r in rows], next_page_token=token)
+
+    async def ListWalletEvents(self, request: pb.ListWalletEventsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListWalletEventsResponse:
+        rows, token = await self.alerts.events(principals.current(), request.customer_id, request.page_size,
+                                               request.page_token, request.currency_code)
+        return pb.ListWalletEventsResponse(events=[event_pb(e) for e in rows], next_page_token=token)
+
+    async def GetStatement(self, request: pb.GetStatementRequest, context: grpc.aio.ServicerContext) -> pb.Statement:
+        st = await statements.statement(self.service, principals.current(), request.customer_id, request.month,
+                                        request.currency_code)
+        return pb.Statement(
+            customer_id=str(st.customer_id), wallet_id=str(st.wallet_id), month=st.month, currency_code=st.currency,
+            start_time=timestamp(st.start), end_time=timestamp(st.end), opening_balance_cents=st.opening,
+            closing_balance_cents=st.closing, top_ups_cents=st.top_ups, charges_cents=st.charges,
+            charged_jobs=st.charged_jobs, refunds_cents=st.refunds, adjustments_cents=st.adjustments,
+            closing_held_cents=st.closing_held, credits_granted_cents=st.credits_granted,
+            credits_expired_cents=st.credits_expired)
 
     async def ListWalletTransactions(self, request: pb.ListWalletTransactionsRequest,
                                      context: grpc.aio.ServicerContext) -> pb.ListWalletTransactionsResponse:
@@ -161,7 +318,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
     def _reserve(self, r: pb.ReserveRequest) -> Callable[[], Awaitable[HoldRow]]:
         return counted("reserve", _checked(r, lambda: self.service.reserve(
             r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id, _time(r, "expire_time"),
-            r.description)))
+            r.description, r.project_id, r.job_type_id)))
 
     def _capture(self, r: pb.CaptureRequest) -> Callable[[], Awaitable[HoldRow]]:
         return counted("capture", _checked(r, lambda: self.service.capture(
@@ -193,7 +350,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         """Every submit's holds: the batch's reserves go to the service together."""
         return await self._answers("reserve", request.requests, lambda rs: self.service.reserve_many([
             ReserveRequest(r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id,
-                           _time(r, "expire_time"), r.description) for r in rs]))
+                           _time(r, "expire_time"), r.description, r.project_id, r.job_type_id) for r in rs]))
 
     async def BatchCapture(self, request: pb.BatchCaptureRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:

@@ -47,6 +47,8 @@ class Tx:
     session: AsyncSession
     deltas: dict[uuid.UUID, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
     transfers: list[dict[str, Any]] = field(default_factory=list)
+    # Wallet events stored by this operation, published after the commit.
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def defer(self, account_id: uuid.UUID, debits_posted: int = 0, credits_posted: int = 0,
               debits_pending: int = 0, credits_pending: int = 0) -> None:
@@ -66,13 +68,17 @@ class Tx:
 Operation = Callable[[Tx], Awaitable[Any]]
 # Runs the batch's bulk items (see ledger.apply): one outcome per item, a DomainError for a refusal.
 Bulk = Callable[[AsyncSession, Tx, list[Any]], Awaitable[list[Any]]]
+# Told the wallet events of each committed batch (alerts.Publisher).
+OnEvents = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 class GroupCommit:
-    def __init__(self, db: Database, max_batch: int = 256, bulk: Bulk | None = None) -> None:
+    def __init__(self, db: Database, max_batch: int = 256, bulk: Bulk | None = None,
+                 on_events: OnEvents | None = None) -> None:
         self.db = db
         self.max_batch = max_batch
         self.bulk = bulk
+        self.on_events = on_events
         # (operation or bulk item, is it a bulk item, the caller's future)
         self._queue: asyncio.Queue[tuple[Any, bool, asyncio.Future[Any]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -121,9 +127,10 @@ class GroupCommit:
 
     async def _commit(self, batch: list[tuple[Any, bool, asyncio.Future[Any]]]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        events: list[dict[str, Any]] = []
         for attempt in range(1, RETRIES + 1):
             try:
-                outcomes = await self._attempt(batch)
+                outcomes, events = await self._attempt(batch)
                 break
             except DBAPIError as exc:
                 # Another replica's batch locked the same rows in another order: run ours again.
@@ -137,6 +144,8 @@ class GroupCommit:
                 return
         self.batches += 1
         self.operations += len(batch)
+        if events and self.on_events is not None:
+            await self.on_events(events)
         for fut, ok, value in outcomes:
             if fut.done():
                 continue
@@ -153,9 +162,11 @@ class GroupCommit:
                 fut.set_exception(exc)
 
     async def _attempt(self, batch: list[tuple[Any, bool, asyncio.Future[Any]]]
-                       ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
-        """Run the batch in one transaction and commit it; the outcome per caller (nothing resolved yet)."""
+                       ) -> tuple[list[tuple[asyncio.Future[Any], bool, Any]], list[dict[str, Any]]]:
+        """Run the batch in one transaction and commit it; the outcome per caller (nothing resolved
+        yet) and the wallet events it stored."""
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        events: list[dict[str, Any]] = []
         async with self.db.session() as session:
             deltas: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
             transfers: list[dict[str, Any]] = []
@@ -169,6 +180,7 @@ class GroupCommit:
                     outcomes.append((fut, False, exc))
                     continue
                 _merge(deltas, transfers, tx)
+                events += tx.events
                 outcomes.append((fut, True, result))
             items = [(entry, fut) for entry, is_item, fut in batch if is_item]
             if items:
@@ -176,10 +188,11 @@ class GroupCommit:
                 tx = Tx(session)
                 results = await self.bulk(session, tx, [entry for entry, _ in items])
                 _merge(deltas, transfers, tx)
+                events += tx.events
                 outcomes += [(fut, not isinstance(r, DomainError), r)
                              for (_, fut), r in zip(items, results, strict=True)]
             await _apply(session, deltas, transfers)
-        return outcomes
+        return outcomes, events
 
 
 def _merge(deltas: dict[uuid.UUID, list[int]], transfers: list[dict[str, Any]], tx: Tx) -> None:

@@ -20,6 +20,8 @@ class BillingConfig:
     max_batch: int = 256
     # How long a reseller's commission rate is cached.
     rate_cache_seconds: float = 30.0
+    # Largest refund a reseller may post for one of its customers at once (0: only an admin refunds).
+    reseller_refund_limit_cents: int = 0
 
     @classmethod
     def from_env(cls) -> BillingConfig:
@@ -34,4 +36,6 @@ class BillingConfig:
             reconcile_interval_seconds=env_float("INNOSYSTEM_BILLING_RECONCILE_SECONDS",
                                                  cls.reconcile_interval_seconds),
             max_batch=env_int("INNOSYSTEM_BILLING_MAX_BATCH", cls.max_batch),
+            reseller_refund_limit_cents=env_int("INNOSYSTEM_BILLING_RESELLER_REFUND_LIMIT_CENTS",
+                                                cls.reseller_refund_limit_cents),
         )

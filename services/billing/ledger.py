@@ -2,9 +2,10 @@
 
 `apply` locks every hold and wallet the batch touches (two SELECT … FOR UPDATE, wallets in id
 order), decides each item in arrival order in memory against those locked figures (the same
-rules as one-by-one: idempotent repeats, resolve at most once, no overdraft), then writes the
-outcome with one multi-row INSERT of new holds, one UPDATE of resolved holds and one UPDATE of
-wallets (both executemany, pipelined by psycopg). The journal rows and the platform accounts'
+rules as one-by-one: idempotent repeats, resolve at most once, no overdraft; a charge spends
+promotional credit first; a wallet that falls below its low-balance threshold gets one event),
+then writes the outcome with one multi-row INSERT of new holds, one UPDATE of resolved holds and
+one UPDATE of wallets (both executemany, pipelined by psycopg). The journal rows and the platform accounts'
 counters go to the batch (`Tx`) and are written once per batch by the group commit.
 """
 
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import copy_rows, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition
+from services.billing import alerts, limits
 from services.billing.batcher import Tx
 from services.billing.models import (
     ACTIVE,
@@ -57,6 +59,8 @@ class ReserveItem:
     expire_time: datetime
     description: str
     revenue_id: uuid.UUID
+    project_id: str = ""
+    job_type_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,9 @@ def not_active(h: dict[str, Any]) -> FailedPrecondition:
 
 
 class _Batch:
-    def __init__(self, tx: Tx, holds: dict[str, dict[str, Any]], wallets: dict[uuid.UUID, dict[str, int]]) -> None:
-        self.tx, self.holds, self.wallets = tx, holds, wallets
+    def __init__(self, tx: Tx, holds: dict[str, dict[str, Any]], wallets: dict[uuid.UUID, dict[str, int]],
+                 spend: limits.Spend | None = None) -> None:
+        self.tx, self.holds, self.wallets, self.spend = tx, holds, wallets, spend
         self.new: set[str] = set()
         self.changed: set[str] = set()
         self.moved: set[uuid.UUID] = set()
@@ -116,6 +121,8 @@ class _Batch:
             return False
         w["debits_posted"] += debits_posted
         w["debits_pending"] += debits_pending
+        if debits_posted > 0:  # a charge spends promotional credit first
+            w["promo"] = max(w["promo"] - debits_posted, 0)
         self.moved.add(wallet_id)
         return True
 
@@ -127,6 +134,9 @@ class _Batch:
         h = self.holds.get(i.hold_id)
         if h is not None:
             return _row(h), False
+        if self.spend is not None and (refusal := self.spend.refuse(
+                i.wallet_id, i.project_id, i.amount, self.wallets[i.wallet_id]["debits_pending"])):
+            return refusal
         if not self.move(i.wallet_id, debits_pending=i.amount):
             return InsufficientFunds(f"wallet cannot cover {i.amount}", reason="INSUFFICIENT_FUNDS")
         now = utcnow()
@@ -134,8 +144,10 @@ class _Batch:
             hold_id=i.hold_id, wallet_id=i.wallet_id, customer_id=i.customer_id, job_id=i.job_id,
             currency=i.currency, amount=i.amount, status=ACTIVE, captured=0, released=0, commission=0,
             reseller_id=i.reseller_id, commission_rate_bps=0, create_time=now, expire_time=i.expire_time,
-            resolve_time=None)
+            resolve_time=None, project_id=i.project_id, job_type_id=i.job_type_id)
         self.new.add(i.hold_id)
+        if self.spend is not None:
+            self.spend.held(i.wallet_id, i.project_id, i.amount)
         self.tx.defer(i.revenue_id, credits_pending=i.amount)
         self.tx.journal(kind=HOLD, debit_account_id=i.wallet_id, credit_account_id=i.revenue_id, amount=i.amount,
                         currency=i.currency, wallet_id=i.wallet_id, customer_id=i.customer_id, hold_id=i.hold_id,
@@ -180,6 +192,9 @@ class _Batch:
                             description=f"commission on {i.hold_id}", create_time=now)
         h.update(status=CAPTURED, captured=actual, released=max(h["amount"] - actual, 0), commission=commission,
                  commission_rate_bps=rate, resolve_time=now)
+        if self.spend is not None:
+            self.spend.held(h["wallet_id"], h["project_id"], -h["amount"])
+            self.spend.charged(h["wallet_id"], h["project_id"], actual)
         self.changed.add(i.hold_id)
         return _row(h), True
 
@@ -201,6 +216,8 @@ class _Batch:
                         customer_id=h["customer_id"], hold_id=i.hold_id, job_id=h["job_id"],
                         description=i.description, create_time=now, **self.after(h["wallet_id"]))
         h.update(status=VOIDED if i.kind == VOID else EXPIRED, released=h["amount"], resolve_time=now)
+        if self.spend is not None:
+            self.spend.held(h["wallet_id"], h["project_id"], -h["amount"])
         self.changed.add(i.hold_id)
         return _row(h), True
 
@@ -218,11 +235,21 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
     holds = {r.hold_id: dict(r._mapping) for r in hold_rows}
     wallet_ids = {h["wallet_id"] for h in holds.values()} | {i.wallet_id for i in items if isinstance(i, ReserveItem)}
     a = Account.__table__.c
-    wallet_rows = await conn.execute(select(a.id, a.debits_posted, a.credits_posted, a.debits_pending, a.credit_limit)
-                                     .where(a.id.in_(sorted(wallet_ids))).order_by(a.id).with_for_update())
+    wallet_rows = (await conn.execute(
+        select(a.id, a.debits_posted, a.credits_posted, a.debits_pending, a.credit_limit, a.promo,
+               a.low_balance_threshold, a.low_balance_alerted, a.spending_limited)
+        .where(a.id.in_(sorted(wallet_ids))).order_by(a.id).with_for_update())).all()
     wallets = {r.id: {"debits_posted": r.debits_posted, "credits_posted": r.credits_posted,
-                      "debits_pending": r.debits_pending, "credit_limit": r.credit_limit} for r in wallet_rows}
-    batch = _Batch(tx, holds, wallets)
+                      "debits_pending": r.debits_pending, "credit_limit": r.credit_limit, "promo": r.promo,
+                      "threshold": r.low_balance_threshold, "alerted": r.low_balance_alerted}
+               for r in wallet_rows}
+    # (customer, currency) per wallet, for events: known from the holds and reserves themselves
+    identity = {h["wallet_id"]: (h["customer_id"], h["currency"]) for h in holds.values()}
+    identity.update({i.wallet_id: (i.customer_id, i.currency) for i in items if isinstance(i, ReserveItem)})
+    limited = sorted(r.id for r in wallet_rows if r.spending_limited)
+    # Only wallets with a spending limit pay for it: their limits, counters and holds per project.
+    spend = await limits.Spend.load(conn, limited) if limited else None
+    batch = _Batch(tx, holds, wallets, spend)
     outcomes: list[Outcome] = []
     for item in items:
         if isinstance(item, ReserveItem):
@@ -242,10 +269,25 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
             [{"hid": k, "s": holds[k]["status"], "c": holds[k]["captured"], "r": holds[k]["released"],
               "cm": holds[k]["commission"], "rate": holds[k]["commission_rate_bps"], "rt": holds[k]["resolve_time"]}
              for k in changed])
+    if spend is not None:
+        await spend.save(conn)
     if batch.moved:
+        events = []
+        for k in sorted(batch.moved):  # low-balance crossings, decided on the locked figures
+            w = wallets[k]
+            balance = w["credits_posted"] - w["debits_posted"]
+            flip = alerts.flipped(balance - w["debits_pending"] + w["credit_limit"], w["threshold"], w["alerted"])
+            if flip is not None:
+                w["alerted"] = flip
+                if flip:
+                    events.append(alerts.event(k, *identity[k], balance, w["debits_pending"], w["credit_limit"],
+                                               w["threshold"]))
+        await alerts.record(tx, events)
         now = utcnow()
         await conn.execute(update(Account).where(a.id == bindparam("wid")).values(
-            debits_posted=bindparam("dp"), debits_pending=bindparam("dpe"), update_time=now),
-            [{"wid": k, "dp": wallets[k]["debits_posted"], "dpe": wallets[k]["debits_pending"]}
+            debits_posted=bindparam("dp"), debits_pending=bindparam("dpe"), promo=bindparam("pr"),
+            low_balance_alerted=bindparam("al"), update_time=now),
+            [{"wid": k, "dp": wallets[k]["debits_posted"], "dpe": wallets[k]["debits_pending"],
+              "pr": wallets[k]["promo"], "al": wallets[k]["alerted"]}
              for k in sorted(batch.moved)])
     return outcomes

@@ -10,6 +10,8 @@ from innosystem.kit.redis import connect
 from innosystem.kit.server import Service
 from services.billing.api import BillingApi
 from services.billing.config import BillingConfig
+from services.billing.corrections import Corrections
+from services.billing.grants import CreditGrants
 from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
 from services.billing.tenants import ResellerRates
@@ -24,8 +26,9 @@ async def create() -> Service:
                              default_currency=config.default_currency, max_amount=config.max_amount_cents,
                              default_hold_seconds=config.default_hold_seconds, max_batch=config.max_batch)
     await service.load_redis()
-    api = BillingApi(service)
-    background = [service.sweep_forever]
+    grants = CreditGrants(service)
+    api = BillingApi(service, Corrections(service, reseller_refund_limit=config.reseller_refund_limit_cents), grants)
+    background = [service.sweep_forever, grants.expire_forever]
     if config.reconcile_interval_seconds > 0:
         async def reconcile_periodically() -> None:
             await service.reconcile_forever(config.reconcile_interval_seconds)

@@ -24,13 +24,14 @@ class Base(DeclarativeBase):
 
 Timestamp = TIMESTAMP(timezone=True)
 
-# Account kinds.
-WALLET, COMMISSION, REVENUE, FUNDING = 1, 2, 3, 4
+# Account kinds. PROMOTION: where credit grants come from and their expired rests go back to.
+WALLET, COMMISSION, REVENUE, FUNDING, PROMOTION = 1, 2, 3, 4, 5
 # Platform accounts (revenue, funding) have this owner.
 PLATFORM = uuid.UUID(int=0)
 
 # Transfer kinds = TransferKind enum values.
 TOP_UP, HOLD, CAPTURE, VOID, EXPIRE, REFUND, ADJUSTMENT, COMMISSION_T = 1, 2, 3, 4, 5, 6, 7, 8
+CREDIT_GRANT, CREDIT_EXPIRE = 9, 10
 RESOLUTIONS = (CAPTURE, VOID, EXPIRE)
 
 # Hold statuses = HoldStatus enum values.
@@ -40,7 +41,9 @@ ACTIVE, CAPTURED, VOIDED, EXPIRED = 1, 2, 3, 4
 class Account(Base):
     __tablename__ = "accounts"
     __table_args__ = (
-        CheckConstraint("kind IN (1, 2, 3, 4)", name="kind_known"),
+        CheckConstraint("kind IN (1, 2, 3, 4, 5)", name="kind_known"),
+        CheckConstraint("promo >= 0", name="promo_nonnegative"),
+        CheckConstraint("low_balance_threshold >= 0", name="low_balance_threshold_nonnegative"),
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
         CheckConstraint("debits_posted >= 0 AND credits_posted >= 0 AND debits_pending >= 0 "
                         "AND credits_pending >= 0", name="counters_nonnegative"),
@@ -62,6 +65,15 @@ class Account(Base):
     credits_posted: Mapped[int] = mapped_column(BigInteger, default=0)
     debits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
     credits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Wallets: the part of the balance that is unspent promotional credit. Posted debits spend it
+    # first (never below 0); the credit_grants rows say which grants it is left of.
+    promo: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    # Wallets: a low-balance event is due when available falls below the threshold (0: off);
+    # `low_balance_alerted` until available is back at or above it (one event per crossing).
+    low_balance_threshold: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    low_balance_alerted: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    # Wallets: any spending limit set, so reserves check limits and captures keep spend counters.
+    spending_limited: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
@@ -77,14 +89,14 @@ class Account(Base):
 class Transfer(Base):
     """One journal entry. Rows are never updated or deleted (a trigger refuses it).
 
-    Effects on the counters: TOP_UP, REFUND, ADJUSTMENT, COMMISSION post `amount`; HOLD adds
-    `amount` to pending; CAPTURE posts `amount` and removes `pending_amount` (the hold) from
-    pending; VOID and EXPIRE remove `amount` (the hold) from pending.
+    Effects on the counters: TOP_UP, REFUND, ADJUSTMENT, COMMISSION, CREDIT_GRANT and CREDIT_EXPIRE
+    post `amount`; HOLD adds `amount` to pending; CAPTURE posts `amount` and removes
+    `pending_amount` (the hold) from pending; VOID and EXPIRE remove `amount` (the hold) from pending.
     """
 
     __tablename__ = "transfers"
     __table_args__ = (
-        CheckConstraint("kind BETWEEN 1 AND 8", name="kind_known"),
+        CheckConstraint("kind BETWEEN 1 AND 10", name="kind_known"),
         CheckConstraint("amount > 0 OR (kind = 3 AND amount = 0)", name="amount_positive"),
         CheckConstraint("pending_amount >= 0 AND (kind = 3 OR pending_amount = 0)", name="pending_amount_capture"),
         CheckConstraint("debit_account_id <> credit_account_id", name="distinct_accounts"),
@@ -95,7 +107,14 @@ class Transfer(Base):
         # Top-ups are idempotent per wallet on the caller's request id.
         Index("uq_transfers_top_up_request", "credit_account_id", "request_id", unique=True,
               postgresql_where=text("kind = 1")),
+        # Refunds and adjustments are idempotent per wallet on the caller's request id.
+        Index("uq_transfers_money_request", "wallet_id", "request_id", unique=True,
+              postgresql_where=text("kind IN (6, 7)")),
+        # A job's earlier refunds (a refund never exceeds the job's captures).
+        Index("ix_transfers_refund_job", "wallet_id", "job_id", postgresql_where=text("kind = 6")),
         Index(None, "wallet_id", "seq"),
+        # Statements: a wallet's transfers by month.
+        Index(None, "wallet_id", "create_time"),
         Index(None, "reseller_id", "create_time", postgresql_where=text("reseller_id IS NOT NULL")),
     )
 
@@ -133,6 +152,10 @@ class HoldRow(Base):
                         "= amount OR captured > amount)", name="resolution_sums"),
         Index("ix_holds_active_expire_time", "expire_time", postgresql_where=text("status = 1")),
         Index(None, "wallet_id", postgresql_where=text("status = 1")),
+        # Refunds find a job's captures.
+        Index(None, "customer_id", "job_id"),
+        # Usage reports: captures by time.
+        Index("ix_holds_captured_customer", "customer_id", "resolve_time", postgresql_where=text("status = 2")),
     )
 
     hold_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -150,6 +173,10 @@ class HoldRow(Base):
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     expire_time: Mapped[datetime] = mapped_column(Timestamp)
     resolve_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The job's project ("" if the caller named none): per-project spending limits.
+    project_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # The job's type ("" if the caller named none): usage reports.
+    job_type_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
 
 class ReconciliationRow(Base):
@@ -169,3 +196,95 @@ class ReconciliationRow(Base):
     transfers_checked: Mapped[int] = mapped_column(BigInteger, default=0)
     consistent: Mapped[bool] = mapped_column(default=True)
     findings: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+
+
+class CreditGrantRow(Base):
+    """Promotional credit in a wallet. `remaining` is exact after `materialize` (wallet locked):
+    the wallet's `promo` counter is spent on the hot path, and the grants are told which of them
+    it came from (soonest expiry first) only when one is added or expires."""
+
+    __tablename__ = "credit_grants"
+    __table_args__ = (
+        CheckConstraint("amount > 0 AND remaining >= 0 AND remaining <= amount AND expired >= 0",
+                        name="amounts_valid"),
+        CheckConstraint("status IN (1, 2)", name="status_known"),
+        Index("uq_credit_grants_request", "wallet_id", "request_id", unique=True),
+        Index("ix_credit_grants_active_expire_time", "expire_time", postgresql_where=text("status = 1")),
+        Index(None, "wallet_id", "create_time", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    wallet_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    expired: Mapped[int] = mapped_column(BigInteger, default=0)
+    # CreditGrantStatus: 1 active, 2 expired.
+    status: Mapped[int] = mapped_column(SmallInteger, default=1)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    request_id: Mapped[str] = mapped_column(String(200))
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expire_time: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class WalletEventRow(Base):
+    """A wallet event (low balance) for its owner's notification channels; append-only."""
+
+    __tablename__ = "wallet_events"
+    __table_args__ = (Index(None, "wallet_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    type: Mapped[str] = mapped_column(String(100))
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    wallet_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    currency: Mapped[str] = mapped_column(String(3))
+    available: Mapped[int] = mapped_column(BigInteger)
+    balance: Mapped[int] = mapped_column(BigInteger)
+    held: Mapped[int] = mapped_column(BigInteger)
+    threshold: Mapped[int] = mapped_column(BigInteger)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class SpendingLimitRow(Base):
+    """A monthly spending limit of a wallet: the whole customer (project_id "") or one project."""
+
+    __tablename__ = "spending_limits"
+    __table_args__ = (CheckConstraint("monthly_limit >= 0", name="limit_nonnegative"),)
+
+    wallet_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    monthly_limit: Mapped[int] = mapped_column(BigInteger)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class SpendCounterRow(Base):
+    """What a limited wallet's captures charged per project and UTC month (kept only while the
+    wallet has limits; rebuilt from the journal when a first limit is set)."""
+
+    __tablename__ = "spend_counters"
+
+    wallet_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    captured: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ExchangeRateRow(Base):
+    """Quote minor units per million base minor units from `effective_time` on; never edited."""
+
+    __tablename__ = "exchange_rates"
+    __table_args__ = (
+        CheckConstraint("rate_ppm > 0", name="rate_positive"),
+        CheckConstraint("base <> quote", name="distinct_currencies"),
+        Index(None, "base", "quote", "effective_time"),
+        Index(None, "effective_time", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    base: Mapped[str] = mapped_column(String(3))
+    quote: Mapped[str] = mapped_column(String(3))
+    rate_ppm: Mapped[int] = mapped_column(BigInteger)
+    effective_time: Mapped[datetime] = mapped_column(Timestamp)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

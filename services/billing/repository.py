@@ -12,7 +12,18 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.db import utcnow
-from services.billing.models import ACTIVE, WALLET, Account, HoldRow, ReconciliationRow, Transfer
+from services.billing.models import (
+    ACTIVE,
+    ADJUSTMENT,
+    CAPTURED,
+    REFUND,
+    WALLET,
+    Account,
+    CreditGrantRow,
+    HoldRow,
+    ReconciliationRow,
+    Transfer,
+)
 
 
 class BillingRepository:
@@ -40,9 +51,16 @@ class BillingRepository:
     async def account(self, account_id: uuid.UUID) -> Account | None:
         return await self.s.get(Account, account_id, populate_existing=True)
 
+    async def existing_account(self, account_id: uuid.UUID) -> Account:
+        """An account known to exist (accounts are never deleted), as it is now."""
+        acc = await self.account(account_id)
+        assert acc is not None
+        return acc
+
     async def move_wallet(self, account_id: uuid.UUID, *, debits_posted: int = 0, credits_posted: int = 0,
-                          debits_pending: int = 0) -> tuple[int, int] | None:
+                          debits_pending: int = 0, promo: int = 0) -> tuple[int, int] | None:
         """Change a wallet's counters unless that would overdraw it; (balance, held) after, or None if refused.
+        `promo`: change of the promotional credit beyond what a posted debit spends of it.
 
         The guard makes a refusal a plain "no row" (no error, so the batch transaction stays usable);
         the CHECK `no_overdraft` stays as the database's own backstop.
@@ -50,7 +68,9 @@ class BillingRepository:
         t = Account.__table__.c
         stmt = (update(Account).where(t.id == account_id)
                 .values(debits_posted=t.debits_posted + debits_posted, credits_posted=t.credits_posted + credits_posted,
-                        debits_pending=t.debits_pending + debits_pending, update_time=utcnow())
+                        debits_pending=t.debits_pending + debits_pending, update_time=utcnow(),
+                        # a posted debit spends promotional credit first
+                        promo=func.greatest(t.promo - max(debits_posted, 0), 0) + promo)
                 .returning(t.credits_posted - t.debits_posted, t.debits_pending))
         if debits_posted + debits_pending > 0:
             stmt = stmt.where(t.debits_posted + t.debits_pending + (debits_posted + debits_pending)
@@ -106,6 +126,76 @@ class BillingRepository:
     async def top_up_by_request(self, wallet_id: uuid.UUID, request_id: str) -> Transfer | None:
         return (await self.s.scalars(select(Transfer).where(
             Transfer.kind == 1, Transfer.credit_account_id == wallet_id, Transfer.request_id == request_id))).first()
+
+    async def lock_account(self, account_id: uuid.UUID) -> None:
+        """Serialize this transaction's checks with every other one that moves the account."""
+        await self.s.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+
+    async def money_by_request(self, wallet_id: uuid.UUID, request_id: str) -> Transfer | None:
+        """The refund or adjustment made under this request id, if any."""
+        return (await self.s.scalars(select(Transfer).where(
+            Transfer.kind.in_((REFUND, ADJUSTMENT)), Transfer.wallet_id == wallet_id,
+            Transfer.request_id == request_id).execution_options(populate_existing=True))).first()
+
+    async def job_charges(self, customer_id: uuid.UUID, job_id: str) -> list[tuple[uuid.UUID, str, int]]:
+        """(wallet id, currency, captured) per wallet over the customer's captured holds of the job."""
+        rows = await self.s.execute(
+            select(HoldRow.wallet_id, HoldRow.currency, func.sum(HoldRow.captured))
+            .where(HoldRow.customer_id == customer_id, HoldRow.job_id == job_id, HoldRow.status == CAPTURED)
+            .group_by(HoldRow.wallet_id, HoldRow.currency).order_by(HoldRow.wallet_id))
+        return [(r[0], r[1], int(r[2])) for r in rows.all()]
+
+    async def job_refunds(self, wallet_id: uuid.UUID, job_id: str) -> int:
+        return int(await self.s.scalar(select(func.coalesce(func.sum(Transfer.amount), 0)).where(
+            Transfer.kind == REFUND, Transfer.wallet_id == wallet_id, Transfer.job_id == job_id)) or 0)
+
+    async def month_totals(self, wallet_id: uuid.UUID, start: datetime, end: datetime) -> dict[str, int]:
+        """The wallet's journal folded before `start` (opening balance) and over [start, end) per kind."""
+        row = (await self.s.execute(text(_MONTH_SQL), {"w": wallet_id, "start": start, "end": end})).one()
+        return {k: int(v) for k, v in row._mapping.items()}
+
+    async def materialize_grants(self, wallet: Account) -> list[CreditGrantRow]:
+        """The wallet's active grants (soonest expiry first, locked), each told what is left of it:
+        what the wallet spent of its promotional credit since the last time comes off the soonest
+        first. Call with the wallet locked; afterwards sum(remaining) == wallet.promo."""
+        grants = list((await self.s.scalars(
+            select(CreditGrantRow).where(CreditGrantRow.wallet_id == wallet.id, CreditGrantRow.status == 1)
+            .order_by(CreditGrantRow.expire_time, CreditGrantRow.id).with_for_update()
+            .execution_options(populate_existing=True))).all())
+        spent = sum(g.remaining for g in grants) - wallet.promo
+        for g in grants:
+            take = min(g.remaining, max(spent, 0))
+            if take:
+                g.remaining -= take
+                spent -= take
+        await self.s.flush()
+        return grants
+
+    async def grant_by_request(self, wallet_id: uuid.UUID, request_id: str) -> CreditGrantRow | None:
+        return (await self.s.scalars(select(CreditGrantRow).where(
+            CreditGrantRow.wallet_id == wallet_id, CreditGrantRow.request_id == request_id)
+            .execution_options(populate_existing=True))).first()
+
+    async def add_grant(self, grant: CreditGrantRow) -> None:
+        self.s.add(grant)
+        await self.s.flush()
+
+    async def due_grants(self, now: datetime, limit: int) -> list[CreditGrantRow]:
+        return list((await self.s.scalars(
+            select(CreditGrantRow).where(CreditGrantRow.status == 1, CreditGrantRow.expire_time <= now)
+            .order_by(CreditGrantRow.expire_time).limit(limit))).all())
+
+    async def next_grant_expiry(self) -> datetime | None:
+        return await self.s.scalar(select(func.min(CreditGrantRow.expire_time)).where(CreditGrantRow.status == 1))
+
+    async def grants(self, wallet_id: uuid.UUID, limit: int,
+                     before: tuple[datetime, uuid.UUID] | None) -> list[CreditGrantRow]:
+        """Newest first; keyset on (create_time, id)."""
+        q = select(CreditGrantRow).where(CreditGrantRow.wallet_id == wallet_id)
+        if before is not None:
+            q = q.where(tuple_(CreditGrantRow.create_time, CreditGrantRow.id) < tuple_(*before))
+        q = q.order_by(CreditGrantRow.create_time.desc(), CreditGrantRow.id.desc()).limit(limit)
+        return list((await self.s.scalars(q)).all())
 
     async def insert_transfer(self, row: dict[str, Any]) -> Transfer:
         transfer = Transfer(**row)
@@ -180,3 +270,30 @@ class BillingRepository:
             q = q.where(ReconciliationRow.consistent.is_(False))
         q = q.order_by(ReconciliationRow.start_time.desc(), ReconciliationRow.id.desc()).limit(limit)
         return list((await self.s.scalars(q)).all())
+
+
+# A wallet's posted effect per transfer: + top-up, refund, adjustment credit and credit grant;
+# - capture, adjustment debit and expired credit; holds, voids and expiries move only the held amount.
+_MONTH_SQL = """
+WITH t AS (
+    SELECT kind, amount, pending_amount, create_time >= :start AS inside,
+           CASE WHEN kind IN (1, 6) THEN amount WHEN kind = 3 THEN -amount
+                WHEN kind = 7 AND credit_account_id = :w THEN amount WHEN kind = 7 THEN -amount
+                WHEN kind = 9 THEN amount WHEN kind = 10 THEN -amount
+                ELSE 0 END AS posted,
+           CASE WHEN kind = 2 THEN amount WHEN kind = 3 THEN -pending_amount
+                WHEN kind IN (4, 5) THEN -amount ELSE 0 END AS held
+    FROM billing.transfers WHERE wallet_id = :w AND create_time < :end
+)
+SELECT coalesce(sum(posted) FILTER (WHERE NOT inside), 0) AS opening,
+       coalesce(sum(posted), 0) AS closing,
+       coalesce(sum(held), 0) AS closing_held,
+       coalesce(sum(amount) FILTER (WHERE inside AND kind = 1), 0) AS top_ups,
+       coalesce(sum(amount) FILTER (WHERE inside AND kind = 3), 0) AS charges,
+       count(*) FILTER (WHERE inside AND kind = 3 AND amount > 0) AS charged_jobs,
+       coalesce(sum(amount) FILTER (WHERE inside AND kind = 6), 0) AS refunds,
+       coalesce(sum(posted) FILTER (WHERE inside AND kind = 7), 0) AS adjustments,
+       coalesce(sum(amount) FILTER (WHERE inside AND kind = 9), 0) AS credits_granted,
+       coalesce(sum(amount) FILTER (WHERE inside AND kind = 10), 0) AS credits_expired
+FROM t
+"""

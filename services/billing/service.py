@@ -33,7 +33,7 @@ from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.kit.singleflight import SingleFlight
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.billing import ledger
+from services.billing import alerts, ledger
 from services.billing.batcher import GroupCommit, Tx
 from services.billing.models import (
     ACTIVE,
@@ -86,6 +86,8 @@ class ReserveRequest:
     job_id: str = ""
     expire_time: datetime | None = None
     description: str = ""
+    project_id: str = ""  # for spending limits and usage reports
+    job_type_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ class BillingService:
         self.default_currency = default_currency
         self.max_amount = max_amount
         self.default_hold = timedelta(seconds=default_hold_seconds)
-        self.commit = GroupCommit(db, max_batch, bulk=ledger.apply)
+        self.commit = GroupCommit(db, max_batch, bulk=ledger.apply, on_events=alerts.Publisher(otb.client))
         self._hold_meta: dict[str, tuple[uuid.UUID | None, str]] = {}
         self._repairing: set[uuid.UUID] = set()
         self._repairs: set[asyncio.Task[None]] = set()
@@ -250,6 +252,7 @@ class BillingService:
             if row is None:
                 raise FailedPrecondition("the wallet's holds and balance need a higher credit limit",
                                          field="wallet.credit_limit_cents", reason="CREDIT_LIMIT_TOO_LOW")
+            await alerts.check(tx, wallet.id)
             return row
 
         row: Account = await self.commit.run(op)
@@ -258,7 +261,7 @@ class BillingService:
 
     async def top_up(self, caller: Principal, customer_id: str, amount: int, currency: str, request_id: str,
                      description: str) -> tuple[Account, Transfer]:
-        wallet = await self._visible_wallet(caller, customer_id, "")
+        wallet = await self._visible_wallet(caller, customer_id, currency)
         if caller.kind != principals.ADMIN and not (
                 caller.kind == principals.RESELLER and wallet.reseller_id is not None
                 and caller.reseller_id == str(wallet.reseller_id)):
@@ -289,6 +292,7 @@ class BillingService:
                 kind=TOP_UP, debit_account_id=funding, credit_account_id=wallet.id, amount=amount,
                 currency=currency, wallet_id=wallet.id, customer_id=wallet.owner_id, balance_after=moved[0],
                 held_after=moved[1], request_id=request_id, description=description, create_time=utcnow()))
+            await alerts.check(tx, wallet.id)
             acc = await repo.account(wallet.id)
             assert acc is not None
             return acc, transfer, True
@@ -335,9 +339,11 @@ class BillingService:
     # Open-to-Buy
 
     async def reserve(self, hold_id: str, customer_id: str, amount: int, currency: str, job_id: str = "",
-                      expire_time: datetime | None = None, description: str = "") -> HoldRow:
+                      expire_time: datetime | None = None, description: str = "", project_id: str = "",
+                      job_type_id: str = "") -> HoldRow:
         (outcome,) = await self.reserve_many([
-            ReserveRequest(hold_id, customer_id, amount, currency, job_id, expire_time, description)])
+            ReserveRequest(hold_id, customer_id, amount, currency, job_id, expire_time, description, project_id,
+                           job_type_id)])
         if isinstance(outcome, DomainError):
             raise outcome
         return outcome
@@ -403,6 +409,8 @@ class BillingService:
         if not currency:
             raise InvalidArgument("currency_code is required", field="currency_code", reason="MISSING_FIELD")
         job_id = _text(r.job_id, "job_id", MAX_ID)
+        project_id = _text(r.project_id, "project_id", MAX_ID)
+        job_type_id = _text(r.job_type_id, "job_type_id", MAX_ID)
         description = _text(r.description, "description", MAX_DESCRIPTION)
         now = utcnow()
         expire = r.expire_time or now + self.default_hold
@@ -412,7 +420,7 @@ class BillingService:
         wallet = await self._wallet_identity(_uuid(r.customer_id, "customer"), currency)
         revenue = await self._account_id(REVENUE, PLATFORM, currency)
         return ledger.ReserveItem(hold_id, wallet.id, wallet.owner_id, wallet.reseller_id, currency, amount, job_id,
-                                  expire, description, revenue)
+                                  expire, description, revenue, project_id, job_type_id)
 
     async def _authorize(self, items: Sequence[tuple[int, ledger.ReserveItem]],
                          out: list[HoldRow | DomainError | None]) -> set[str]:
@@ -891,12 +899,12 @@ class BillingService:
 _FOLD_SQL = """
 WITH effects AS (
     SELECT debit_account_id AS account_id,
-           CASE WHEN kind IN (1, 3, 6, 7, 8) THEN amount ELSE 0 END AS dp, 0::bigint AS cp,
+           CASE WHEN kind IN (1, 3, 6, 7, 8, 9, 10) THEN amount ELSE 0 END AS dp, 0::bigint AS cp,
            CASE WHEN kind = 2 THEN amount WHEN kind = 3 THEN -pending_amount
                 WHEN kind IN (4, 5) THEN -amount ELSE 0 END AS dpe, 0::bigint AS cpe
     FROM billing.transfers
     UNION ALL
-    SELECT credit_account_id, 0, CASE WHEN kind IN (1, 3, 6, 7, 8) THEN amount ELSE 0 END, 0,
+    SELECT credit_account_id, 0, CASE WHEN kind IN (1, 3, 6, 7, 8, 9, 10) THEN amount ELSE 0 END, 0,
            CASE WHEN kind = 2 THEN amount WHEN kind = 3 THEN -pending_amount
                 WHEN kind IN (4, 5) THEN -amount ELSE 0 END
     FROM billing.transfers

@@ -25,6 +25,9 @@ class HoldRequest:
     currency_code: str
     job_id: str
     expire_time: datetime | None = None
+    # For billing's per-project monthly spending limits and usage reports.
+    project_id: str = ""
+    job_type_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ class Billing:
         return await self._batched("BatchReserve", [
             bpb.ReserveRequest(hold_id=i.hold_id, customer_id=i.customer_id, amount_cents=i.amount_cents,
                                currency_code=i.currency_code, job_id=i.job_id, expire_time=timestamp(i.expire_time),
-                               description=f"job {i.job_id}") for i in items])
+                               description=f"job {i.job_id}", project_id=i.project_id,
+                               job_type_id=i.job_type_id) for i in items])
 
     async def capture(self, items: Sequence[CaptureRequest]) -> list[Outcome]:
         return await self._batched("BatchCapture", [

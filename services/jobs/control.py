@@ -122,7 +122,7 @@ class Control:
                 if hold_id:
                     (err,) = await deps.billing.reserve([HoldRequest(
                         hold_id, str(row.customer_id), row.estimated_cost_cents, row.currency_code, str(row.id),
-                        now + HOLD_MARGIN)])
+                        now + HOLD_MARGIN, str(row.project_id), str(row.job_type_id))])
                     if err is not None:
                         if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
                             raise insufficient_funds(err, "job_id")

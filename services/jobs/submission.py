@@ -427,7 +427,8 @@ class Submission:
         items = [(gi, p) for gi, g in enumerate(groups) for p in g.fresh if p.job.hold_id]
         outcomes = await deps.billing.reserve([
             HoldRequest(p.job.hold_id, str(groups[gi].owner.customer_id), p.job.estimated_cost_cents,
-                        p.job.currency_code, str(p.job.id), p.job.hold_expire_time)
+                        p.job.currency_code, str(p.job.id), p.job.hold_expire_time, str(p.job.project_id),
+                        str(p.job.job_type_id))
             for gi, p in items])
         refusals: list[DomainError | None] = [None] * len(groups)
         for (gi, p), err in zip(items, outcomes, strict=True):
@@ -445,6 +446,9 @@ class Submission:
         field = prefix + "job_type_id"
         if err.reason in ("INSUFFICIENT_FUNDS", "CREDIT_LIMIT_EXCEEDED"):
             return insufficient_funds(err, prefix.rstrip(".") or "project_id")
+        if err.reason == "SPENDING_LIMIT_REACHED":  # billing's monthly limit of the customer or project
+            where = prefix.rstrip(".") or "project_id"
+            return FailedPrecondition(f"{where}: {err.message}", field=where, reason=err.reason, metadata=err.metadata)
         if err.reason == "CURRENCY_MISMATCH":
             return FailedPrecondition(f"{field}: the type's currency differs from the wallet's ({err.message})",
                                       field=field, reason=err.reason)

@@ -46,6 +46,10 @@ class _TransferKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Transfer
     """A correction (for example by reconciliation); never an edit of an earlier transfer."""
     TRANSFER_KIND_COMMISSION: _TransferKind.ValueType  # 8
     """A reseller's share of a capture, from platform revenue to the reseller's commission account."""
+    TRANSFER_KIND_CREDIT_GRANT: _TransferKind.ValueType  # 9
+    """Promotional credit granted to a wallet (from the platform's promotion account)."""
+    TRANSFER_KIND_CREDIT_EXPIRE: _TransferKind.ValueType  # 10
+    """The unspent rest of a credit grant removed at its expiry (back to the promotion account)."""
 
 class TransferKind(_TransferKind, metaclass=_TransferKindEnumTypeWrapper):
     """Kind of a ledger transfer."""
@@ -67,6 +71,10 @@ TRANSFER_KIND_ADJUSTMENT: TransferKind.ValueType  # 7
 """A correction (for example by reconciliation); never an edit of an earlier transfer."""
 TRANSFER_KIND_COMMISSION: TransferKind.ValueType  # 8
 """A reseller's share of a capture, from platform revenue to the reseller's commission account."""
+TRANSFER_KIND_CREDIT_GRANT: TransferKind.ValueType  # 9
+"""Promotional credit granted to a wallet (from the platform's promotion account)."""
+TRANSFER_KIND_CREDIT_EXPIRE: TransferKind.ValueType  # 10
+"""The unspent rest of a credit grant removed at its expiry (back to the promotion account)."""
 Global___TransferKind: _TypeAlias = TransferKind  # noqa: Y015
 
 class _HoldStatus:
@@ -118,6 +126,64 @@ OVER_CAPTURE_POLICY_CAP_AT_HOLD: OverCapturePolicy.ValueType  # 2
 OVER_CAPTURE_POLICY_CHARGE_AVAILABLE: OverCapturePolicy.ValueType  # 3
 """Capture the full amount if the wallet's available amount covers the excess, else INSUFFICIENT_FUNDS."""
 Global___OverCapturePolicy: _TypeAlias = OverCapturePolicy  # noqa: Y015
+
+class _CreditGrantStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CreditGrantStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CreditGrantStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CREDIT_GRANT_STATUS_UNSPECIFIED: _CreditGrantStatus.ValueType  # 0
+    CREDIT_GRANT_STATUS_ACTIVE: _CreditGrantStatus.ValueType  # 1
+    """Spendable until its expire time."""
+    CREDIT_GRANT_STATUS_EXPIRED: _CreditGrantStatus.ValueType  # 2
+    """Past its expire time; its unspent rest was removed."""
+
+class CreditGrantStatus(_CreditGrantStatus, metaclass=_CreditGrantStatusEnumTypeWrapper):
+    """State of a credit grant."""
+
+CREDIT_GRANT_STATUS_UNSPECIFIED: CreditGrantStatus.ValueType  # 0
+CREDIT_GRANT_STATUS_ACTIVE: CreditGrantStatus.ValueType  # 1
+"""Spendable until its expire time."""
+CREDIT_GRANT_STATUS_EXPIRED: CreditGrantStatus.ValueType  # 2
+"""Past its expire time; its unspent rest was removed."""
+Global___CreditGrantStatus: _TypeAlias = CreditGrantStatus  # noqa: Y015
+
+class _UsageGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUPING_UNSPECIFIED: _UsageGrouping.ValueType  # 0
+    """Same as USAGE_GROUPING_MONTH."""
+    USAGE_GROUPING_PROJECT: _UsageGrouping.ValueType  # 1
+    """By the job's project id."""
+    USAGE_GROUPING_JOB_TYPE: _UsageGrouping.ValueType  # 2
+    """By the job's type id."""
+    USAGE_GROUPING_DAY: _UsageGrouping.ValueType  # 3
+    """By UTC day of the capture, "YYYY-MM-DD"."""
+    USAGE_GROUPING_MONTH: _UsageGrouping.ValueType  # 4
+    """By UTC month of the capture, "YYYY-MM"."""
+    USAGE_GROUPING_CUSTOMER: _UsageGrouping.ValueType  # 5
+    """By customer id (a reseller's report)."""
+
+class UsageGrouping(_UsageGrouping, metaclass=_UsageGroupingEnumTypeWrapper):
+    """How a usage report groups its lines."""
+
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping.ValueType  # 0
+"""Same as USAGE_GROUPING_MONTH."""
+USAGE_GROUPING_PROJECT: UsageGrouping.ValueType  # 1
+"""By the job's project id."""
+USAGE_GROUPING_JOB_TYPE: UsageGrouping.ValueType  # 2
+"""By the job's type id."""
+USAGE_GROUPING_DAY: UsageGrouping.ValueType  # 3
+"""By UTC day of the capture, "YYYY-MM-DD"."""
+USAGE_GROUPING_MONTH: UsageGrouping.ValueType  # 4
+"""By UTC month of the capture, "YYYY-MM"."""
+USAGE_GROUPING_CUSTOMER: UsageGrouping.ValueType  # 5
+"""By customer id (a reseller's report)."""
+Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
 
 class _ReconciliationTrigger:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -224,6 +290,9 @@ class Wallet(_message.Message):
     CREDIT_LIMIT_CENTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    GRANTED_CENTS_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_THRESHOLD_CENTS_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_ALERTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     customer_id: _builtins.str
     currency_code: _builtins.str
@@ -236,6 +305,17 @@ class Wallet(_message.Message):
     """What a new hold may take: balance − held + credit limit."""
     credit_limit_cents: _builtins.int
     """How far below zero the balance may go (≥ 0, default 0). Only an admin may change it."""
+    granted_cents: _builtins.int
+    """The part of the balance that is unspent promotional credit (credit grants). Charges spend it
+    before the paid balance.
+    """
+    low_balance_threshold_cents: _builtins.int
+    """Low-balance alert: when `available_cents` falls below this, one `wallet.low_balance` event is
+    recorded (ListWalletEvents) and published; the next one only after available has been back at
+    or above it. 0 = off. The customer, its reseller or an admin may change it.
+    """
+    low_balance_alerted: _builtins.bool
+    """True from a low-balance event until available is back at or above the threshold."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -252,10 +332,13 @@ class Wallet(_message.Message):
         credit_limit_cents: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        granted_cents: _builtins.int = ...,
+        low_balance_threshold_cents: _builtins.int = ...,
+        low_balance_alerted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_cents", b"available_cents", "balance_cents", b"balance_cents", "create_time", b"create_time", "credit_limit_cents", b"credit_limit_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "held_cents", b"held_cents", "id", b"id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_cents", b"available_cents", "balance_cents", b"balance_cents", "create_time", b"create_time", "credit_limit_cents", b"credit_limit_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "granted_cents", b"granted_cents", "held_cents", b"held_cents", "id", b"id", "low_balance_alerted", b"low_balance_alerted", "low_balance_threshold_cents", b"low_balance_threshold_cents", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -349,6 +432,8 @@ class Hold(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """The caller's id for the hold (usually the job id; a manual retry adds a suffix)."""
     customer_id: _builtins.str
@@ -368,6 +453,10 @@ class Hold(_message.Message):
     """Reseller that earned the commission; empty for a direct customer."""
     commission_rate_bps: _builtins.int
     """Commission rate snapshot used for this capture, in basis points."""
+    project_id: _builtins.str
+    """The job's project (spending limits), if the caller named it."""
+    job_type_id: _builtins.str
+    """The job's type (usage reports), if the caller named it."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -396,10 +485,12 @@ class Hold(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         resolve_time: _timestamp_pb2.Timestamp | None = ...,
+        project_id: _builtins.str = ...,
+        job_type_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "resolve_time", b"resolve_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "captured_cents", b"captured_cents", "commission_cents", b"commission_cents", "commission_rate_bps", b"commission_rate_bps", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "released_cents", b"released_cents", "reseller_id", b"reseller_id", "resolve_time", b"resolve_time", "status", b"status", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "captured_cents", b"captured_cents", "commission_cents", b"commission_cents", "commission_rate_bps", b"commission_rate_bps", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "job_type_id", b"job_type_id", "project_id", b"project_id", "released_cents", b"released_cents", "reseller_id", b"reseller_id", "resolve_time", b"resolve_time", "status", b"status", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,7 +532,7 @@ class UpdateWalletRequest(_message.Message):
     """Which wallet; empty = the customer's default wallet."""
     @_builtins.property
     def wallet(self) -> Global___Wallet:
-        """Only `credit_limit_cents` can change."""
+        """Only `credit_limit_cents` and `low_balance_threshold_cents` can change."""
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
@@ -527,6 +618,980 @@ class TopUpWalletResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TopUpWalletResponse: _TypeAlias = TopUpWalletResponse  # noqa: Y015
+
+@_typing.final
+class RefundWalletRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    job_id: _builtins.str
+    """The captured job to refund (its holds' job id)."""
+    amount_cents: _builtins.int
+    """Positive; at most the job's captured amount minus earlier refunds."""
+    reason: _builtins.str
+    """Why, for the journal (1 to 1000 characters)."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer; another body is IDEMPOTENCY_KEY_REUSED."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "customer_id", b"customer_id", "job_id", b"job_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundWalletRequest: _TypeAlias = RefundWalletRequest  # noqa: Y015
+
+@_typing.final
+class RefundWalletResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallet(self) -> Global___Wallet:
+        """The wallet after the refund."""
+
+    @_builtins.property
+    def transaction(self) -> Global___WalletTransaction:
+        """The refund's journal entry."""
+
+    def __init__(
+        self,
+        *,
+        wallet: Global___Wallet | None = ...,
+        transaction: Global___WalletTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundWalletResponse: _TypeAlias = RefundWalletResponse  # noqa: Y015
+
+@_typing.final
+class AdjustWalletRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    amount_cents: _builtins.int
+    """Signed, non-zero: + credits the wallet, − debits it. |amount| at most the configured maximum."""
+    reason: _builtins.str
+    """Why, for the journal (1 to 1000 characters)."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer; another body is IDEMPOTENCY_KEY_REUSED."""
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    reconciliation_id: _builtins.str
+    """The reconciliation run this adjustment corrects, if any (must exist); noted in the journal."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        reconciliation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "reason", b"reason", "reconciliation_id", b"reconciliation_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustWalletRequest: _TypeAlias = AdjustWalletRequest  # noqa: Y015
+
+@_typing.final
+class AdjustWalletResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallet(self) -> Global___Wallet:
+        """The wallet after the adjustment."""
+
+    @_builtins.property
+    def transaction(self) -> Global___WalletTransaction:
+        """The adjustment's journal entry."""
+
+    def __init__(
+        self,
+        *,
+        wallet: Global___Wallet | None = ...,
+        transaction: Global___WalletTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustWalletResponse: _TypeAlias = AdjustWalletResponse  # noqa: Y015
+
+@_typing.final
+class GrantCreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    amount_cents: _builtins.int
+    """Positive, at most the configured maximum."""
+    reason: _builtins.str
+    """Why, for the journal (1 to 1000 characters)."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer; another body is IDEMPOTENCY_KEY_REUSED."""
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the unspent rest is removed; in the future, at most 10 years ahead."""
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantCreditRequest: _TypeAlias = GrantCreditRequest  # noqa: Y015
+
+@_typing.final
+class GrantCreditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallet(self) -> Global___Wallet: ...
+    @_builtins.property
+    def grant(self) -> Global___CreditGrant: ...
+    @_builtins.property
+    def transaction(self) -> Global___WalletTransaction:
+        """The grant's journal entry."""
+
+    def __init__(
+        self,
+        *,
+        wallet: Global___Wallet | None = ...,
+        grant: Global___CreditGrant | None = ...,
+        transaction: Global___WalletTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "transaction", b"transaction", "wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantCreditResponse: _TypeAlias = GrantCreditResponse  # noqa: Y015
+
+@_typing.final
+class CreditGrant(_message.Message):
+    """Promotional credit in a wallet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    REMAINING_CENTS_FIELD_NUMBER: _builtins.int
+    EXPIRED_CENTS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    customer_id: _builtins.str
+    wallet_id: _builtins.str
+    currency_code: _builtins.str
+    amount_cents: _builtins.int
+    """Granted."""
+    remaining_cents: _builtins.int
+    """Not spent yet (0 once expired)."""
+    expired_cents: _builtins.int
+    """Removed at expiry (the rest then; less if held jobs were using it, see docs/billing.md)."""
+    status: Global___CreditGrantStatus.ValueType
+    reason: _builtins.str
+    request_id: _builtins.str
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        remaining_cents: _builtins.int = ...,
+        expired_cents: _builtins.int = ...,
+        status: Global___CreditGrantStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "expire_time", b"expire_time", "expired_cents", b"expired_cents", "id", b"id", "reason", b"reason", "remaining_cents", b"remaining_cents", "request_id", b"request_id", "status", b"status", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditGrant: _TypeAlias = CreditGrant  # noqa: Y015
+
+@_typing.final
+class ListCreditGrantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    page_size: _builtins.int
+    """Default 50, maximum 500."""
+    page_token: _builtins.str
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditGrantsRequest: _TypeAlias = ListCreditGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ListCreditGrantsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_GRANTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def credit_grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditGrant]: ...
+    def __init__(
+        self,
+        *,
+        credit_grants: _abc.Iterable[Global___CreditGrant] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_grants", b"credit_grants", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditGrantsResponse: _TypeAlias = ListCreditGrantsResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    REPORTING_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    group_by: Global___UsageGrouping.ValueType
+    reporting_currency_code: _builtins.str
+    """Convert every amount into this currency at the rate in force at each capture (floor per
+    capture); empty = no conversion (one line per currency). RATE_NOT_FOUND if a rate is missing.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive; empty = the start of the current UTC month."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive; empty = now. After start_time, at most 400 days later."""
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
+        reporting_currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "end_time", b"end_time", "group_by", b"group_by", "reporting_currency_code", b"reporting_currency_code", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetResellerUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESELLER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    REPORTING_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    reseller_id: _builtins.str
+    group_by: Global___UsageGrouping.ValueType
+    reporting_currency_code: _builtins.str
+    """As in GetUsageRequest."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reseller_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
+        reporting_currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "reporting_currency_code", b"reporting_currency_code", "reseller_id", b"reseller_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetResellerUsageRequest: _TypeAlias = GetResellerUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    group_by: Global___UsageGrouping.ValueType
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageLine]:
+        """Ordered by group, then currency."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
+        lines: _abc.Iterable[Global___UsageLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "lines", b"lines", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageReport: _TypeAlias = UsageReport  # noqa: Y015
+
+@_typing.final
+class UsageLine(_message.Message):
+    """One group's charged jobs in one currency."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    JOB_COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The project id, job type id, "YYYY-MM-DD", "YYYY-MM" or customer id (empty when unknown)."""
+    currency_code: _builtins.str
+    job_count: _builtins.int
+    """Distinct jobs captured in the period."""
+    amount_cents: _builtins.int
+    """What their captures charged."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        job_count: _builtins.int = ...,
+        amount_cents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "group", b"group", "job_count", b"job_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageLine: _TypeAlias = UsageLine  # noqa: Y015
+
+@_typing.final
+class CreateWalletRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    currency_code: _builtins.str
+    """An active ISO 4217 code."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWalletRequest: _TypeAlias = CreateWalletRequest  # noqa: Y015
+
+@_typing.final
+class ListWalletsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletsRequest: _TypeAlias = ListWalletsRequest  # noqa: Y015
+
+@_typing.final
+class ListWalletsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wallets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Wallet]: ...
+    def __init__(
+        self,
+        *,
+        wallets: _abc.Iterable[Global___Wallet] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wallets", b"wallets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletsResponse: _TypeAlias = ListWalletsResponse  # noqa: Y015
+
+@_typing.final
+class ExchangeRate(_message.Message):
+    """How many minor units of `quote_currency_code` one million minor units of
+    `base_currency_code` are worth, from `effective_time` until a later rate of the same pair.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    BASE_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    QUOTE_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    RATE_PPM_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_TIME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    base_currency_code: _builtins.str
+    quote_currency_code: _builtins.str
+    rate_ppm: _builtins.int
+    """Parts per million, positive: USD→EUR at 0.92 is 920000; USD cents → JPY yen at 150 is 1500000."""
+    @_builtins.property
+    def effective_time(self) -> _timestamp_pb2.Timestamp:
+        """Empty = now."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        base_currency_code: _builtins.str = ...,
+        quote_currency_code: _builtins.str = ...,
+        rate_ppm: _builtins.int = ...,
+        effective_time: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "effective_time", b"effective_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_currency_code", b"base_currency_code", "create_time", b"create_time", "effective_time", b"effective_time", "id", b"id", "quote_currency_code", b"quote_currency_code", "rate_ppm", b"rate_ppm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeRate: _TypeAlias = ExchangeRate  # noqa: Y015
+
+@_typing.final
+class CreateExchangeRateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def exchange_rate(self) -> Global___ExchangeRate: ...
+    def __init__(
+        self,
+        *,
+        exchange_rate: Global___ExchangeRate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exchange_rate", b"exchange_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange_rate", b"exchange_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateExchangeRateRequest: _TypeAlias = CreateExchangeRateRequest  # noqa: Y015
+
+@_typing.final
+class ListExchangeRatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    QUOTE_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    base_currency_code: _builtins.str
+    """Only this pair's rates when both are set; only rates from this base when only it is."""
+    quote_currency_code: _builtins.str
+    page_size: _builtins.int
+    """Default 50, maximum 500."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        base_currency_code: _builtins.str = ...,
+        quote_currency_code: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_currency_code", b"base_currency_code", "page_size", b"page_size", "page_token", b"page_token", "quote_currency_code", b"quote_currency_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExchangeRatesRequest: _TypeAlias = ListExchangeRatesRequest  # noqa: Y015
+
+@_typing.final
+class ListExchangeRatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGE_RATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def exchange_rates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExchangeRate]: ...
+    def __init__(
+        self,
+        *,
+        exchange_rates: _abc.Iterable[Global___ExchangeRate] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange_rates", b"exchange_rates", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExchangeRatesResponse: _TypeAlias = ListExchangeRatesResponse  # noqa: Y015
+
+@_typing.final
+class SetSpendingLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    MONTHLY_LIMIT_CENTS_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    project_id: _builtins.str
+    """The project the limit applies to; empty = the whole customer."""
+    monthly_limit_cents: _builtins.int
+    """The most that may be spent per UTC calendar month, ≥ 0 (0: nothing may be spent)."""
+    remove: _builtins.bool
+    """Remove the limit instead (monthly_limit_cents is ignored)."""
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        monthly_limit_cents: _builtins.int = ...,
+        remove: _builtins.bool = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "monthly_limit_cents", b"monthly_limit_cents", "project_id", b"project_id", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendingLimitRequest: _TypeAlias = SetSpendingLimitRequest  # noqa: Y015
+
+@_typing.final
+class SpendingLimit(_message.Message):
+    """A monthly spending limit and where the month stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    MONTHLY_LIMIT_CENTS_FIELD_NUMBER: _builtins.int
+    SPENT_CENTS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    wallet_id: _builtins.str
+    project_id: _builtins.str
+    """Empty for the customer-wide limit."""
+    currency_code: _builtins.str
+    monthly_limit_cents: _builtins.int
+    spent_cents: _builtins.int
+    """This UTC month: captured amounts plus active holds."""
+    removed: _builtins.bool
+    """True when the limit was removed by this call."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        monthly_limit_cents: _builtins.int = ...,
+        spent_cents: _builtins.int = ...,
+        removed: _builtins.bool = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "monthly_limit_cents", b"monthly_limit_cents", "project_id", b"project_id", "removed", b"removed", "spent_cents", b"spent_cents", "update_time", b"update_time", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendingLimit: _TypeAlias = SpendingLimit  # noqa: Y015
+
+@_typing.final
+class ListSpendingLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpendingLimitsRequest: _TypeAlias = ListSpendingLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ListSpendingLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPENDING_LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spending_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendingLimit]:
+        """The customer-wide limit first, then per project."""
+
+    def __init__(
+        self,
+        *,
+        spending_limits: _abc.Iterable[Global___SpendingLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spending_limits", b"spending_limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpendingLimitsResponse: _TypeAlias = ListSpendingLimitsResponse  # noqa: Y015
+
+@_typing.final
+class WalletEvent(_message.Message):
+    """Something that happened to a wallet that its owner should hear about. Stored in billing and
+    published (best effort) as JSON on the Redis channel `billing:wallet-events` (docs/billing.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    AVAILABLE_CENTS_FIELD_NUMBER: _builtins.int
+    BALANCE_CENTS_FIELD_NUMBER: _builtins.int
+    HELD_CENTS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_CENTS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    type: _builtins.str
+    """"wallet.low_balance"."""
+    customer_id: _builtins.str
+    wallet_id: _builtins.str
+    currency_code: _builtins.str
+    available_cents: _builtins.int
+    """The wallet's figures right after the change that crossed the threshold."""
+    balance_cents: _builtins.int
+    held_cents: _builtins.int
+    threshold_cents: _builtins.int
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        available_cents: _builtins.int = ...,
+        balance_cents: _builtins.int = ...,
+        held_cents: _builtins.int = ...,
+        threshold_cents: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_cents", b"available_cents", "balance_cents", b"balance_cents", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "held_cents", b"held_cents", "id", b"id", "threshold_cents", b"threshold_cents", "type", b"type", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WalletEvent: _TypeAlias = WalletEvent  # noqa: Y015
+
+@_typing.final
+class ListWalletEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    page_size: _builtins.int
+    """Default 50, maximum 500."""
+    page_token: _builtins.str
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletEventsRequest: _TypeAlias = ListWalletEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListWalletEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___WalletEvent]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___WalletEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletEventsResponse: _TypeAlias = ListWalletEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetStatementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    month: _builtins.str
+    """UTC calendar month, "YYYY-MM"."""
+    currency_code: _builtins.str
+    """Which wallet; empty = the customer's default wallet."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        month: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "month", b"month"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementRequest: _TypeAlias = GetStatementRequest  # noqa: Y015
+
+@_typing.final
+class Statement(_message.Message):
+    """A wallet's month. closing = opening + top_ups − charges + refunds + adjustments
+    + credits_granted − credits_expired.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OPENING_BALANCE_CENTS_FIELD_NUMBER: _builtins.int
+    CLOSING_BALANCE_CENTS_FIELD_NUMBER: _builtins.int
+    TOP_UPS_CENTS_FIELD_NUMBER: _builtins.int
+    CHARGES_CENTS_FIELD_NUMBER: _builtins.int
+    CHARGED_JOBS_FIELD_NUMBER: _builtins.int
+    REFUNDS_CENTS_FIELD_NUMBER: _builtins.int
+    ADJUSTMENTS_CENTS_FIELD_NUMBER: _builtins.int
+    CREDITS_GRANTED_CENTS_FIELD_NUMBER: _builtins.int
+    CREDITS_EXPIRED_CENTS_FIELD_NUMBER: _builtins.int
+    CLOSING_HELD_CENTS_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    wallet_id: _builtins.str
+    month: _builtins.str
+    """"YYYY-MM"."""
+    currency_code: _builtins.str
+    opening_balance_cents: _builtins.int
+    """Posted balance before the month's first transfer and after its last."""
+    closing_balance_cents: _builtins.int
+    top_ups_cents: _builtins.int
+    """Sum of TOP_UP transfers."""
+    charges_cents: _builtins.int
+    """Sum of CAPTURE transfers (what jobs cost)."""
+    charged_jobs: _builtins.int
+    """Number of captures with a non-zero amount (charged jobs)."""
+    refunds_cents: _builtins.int
+    """Sum of REFUND transfers."""
+    adjustments_cents: _builtins.int
+    """Signed sum of ADJUSTMENT transfers."""
+    credits_granted_cents: _builtins.int
+    """Sum of CREDIT_GRANT transfers."""
+    credits_expired_cents: _builtins.int
+    """Sum of CREDIT_EXPIRE transfers."""
+    closing_held_cents: _builtins.int
+    """Held amount at the end of the month (active holds then; not part of the balance)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The month's bounds: [start_time, end_time)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        wallet_id: _builtins.str = ...,
+        month: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        opening_balance_cents: _builtins.int = ...,
+        closing_balance_cents: _builtins.int = ...,
+        top_ups_cents: _builtins.int = ...,
+        charges_cents: _builtins.int = ...,
+        charged_jobs: _builtins.int = ...,
+        refunds_cents: _builtins.int = ...,
+        adjustments_cents: _builtins.int = ...,
+        credits_granted_cents: _builtins.int = ...,
+        credits_expired_cents: _builtins.int = ...,
+        closing_held_cents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustments_cents", b"adjustments_cents", "charged_jobs", b"charged_jobs", "charges_cents", b"charges_cents", "closing_balance_cents", b"closing_balance_cents", "closing_held_cents", b"closing_held_cents", "credits_expired_cents", b"credits_expired_cents", "credits_granted_cents", b"credits_granted_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "end_time", b"end_time", "month", b"month", "opening_balance_cents", b"opening_balance_cents", "refunds_cents", b"refunds_cents", "start_time", b"start_time", "top_ups_cents", b"top_ups_cents", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Statement: _TypeAlias = Statement  # noqa: Y015
 
 @_typing.final
 class ListWalletTransactionsRequest(_message.Message):
@@ -971,6 +2036,8 @@ class ReserveRequest(_message.Message):
     AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
@@ -981,6 +2048,10 @@ class ReserveRequest(_message.Message):
     currency_code: _builtins.str
     """Must equal the wallet's currency."""
     job_id: _builtins.str
+    project_id: _builtins.str
+    """The job's project, for per-project monthly spending limits; empty = none."""
+    job_type_id: _builtins.str
+    """The job's type, for usage reports; empty = none."""
     description: _builtins.str
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
@@ -994,12 +2065,14 @@ class ReserveRequest(_message.Message):
         amount_cents: _builtins.int = ...,
         currency_code: _builtins.str = ...,
         job_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        job_type_id: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "description", b"description", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency_code", b"currency_code", "customer_id", b"customer_id", "description", b"description", "expire_time", b"expire_time", "hold_id", b"hold_id", "job_id", b"job_id", "job_type_id", b"job_type_id", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,76 @@ class BillingServiceStub:
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletRequest.SerializeToString,
                 response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletResponse.FromString,
                 _registered_method=True)
+        self.RefundWallet = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/RefundWallet',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletResponse.FromString,
+                _registered_method=True)
+        self.AdjustWallet = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/AdjustWallet',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletResponse.FromString,
+                _registered_method=True)
+        self.GrantCredit = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/GrantCredit',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditResponse.FromString,
+                _registered_method=True)
+        self.ListCreditGrants = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListCreditGrants',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
+                _registered_method=True)
+        self.SetSpendingLimit = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/SetSpendingLimit',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.SetSpendingLimitRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.SpendingLimit.FromString,
+                _registered_method=True)
+        self.ListSpendingLimits = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListSpendingLimits',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/GetUsage',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
+                _registered_method=True)
+        self.GetResellerUsage = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/GetResellerUsage',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetResellerUsageRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
+                _registered_method=True)
+        self.CreateWallet = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/CreateWallet',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateWalletRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.Wallet.FromString,
+                _registered_method=True)
+        self.ListWallets = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListWallets',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsResponse.FromString,
+                _registered_method=True)
+        self.CreateExchangeRate = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/CreateExchangeRate',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateExchangeRateRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ExchangeRate.FromString,
+                _registered_method=True)
+        self.ListExchangeRates = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListExchangeRates',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesResponse.FromString,
+                _registered_method=True)
+        self.ListWalletEvents = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListWalletEvents',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsResponse.FromString,
+                _registered_method=True)
+        self.GetStatement = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/GetStatement',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetStatementRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.Statement.FromString,
+                _registered_method=True)
         self.ListWalletTransactions = channel.unary_unary(
                 '/innosystem.billing.v1.BillingService/ListWalletTransactions',
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletTransactionsRequest.SerializeToString,
@@ -147,7 +217,8 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateWallet(self, request, context):
-        """Admin only: change the wallet's credit limit.
+        """Change the wallet's credit limit (admin only) or its low-balance threshold (admin, the
+        customer's reseller or the customer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +226,119 @@ class BillingServiceServicer:
 
     def TopUpWallet(self, request, context):
         """Admin, or the customer's reseller: add funds. Idempotent on `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefundWallet(self, request, context):
+        """Admin, or the customer's reseller for at most the operator's per-refund limit: return money
+        for a job's captures (REFUND transfer from platform revenue to the wallet). Idempotent on
+        `request_id`; never more than the job's captured amount minus its earlier refunds
+        (REFUND_EXCEEDS_CAPTURE). The reseller's commission on the capture is not clawed back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustWallet(self, request, context):
+        """Admin only: a signed correction of the balance (ADJUSTMENT transfer between platform revenue
+        and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
+        `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantCredit(self, request, context):
+        """Admin only: promotional credit with an expiry (CREDIT_GRANT transfer from the platform's
+        promotion account). Charges spend grants before the paid balance, the soonest-expiring first;
+        at `expire_time` the unspent rest is removed by a CREDIT_EXPIRE transfer. Idempotent on `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCreditGrants(self, request, context):
+        """The wallet's credit grants, newest first, with what is left of each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSpendingLimit(self, request, context):
+        """Set or remove a monthly spending limit for the customer (empty `project_id`) or one of its
+        projects. A reserve that would take the month's spending (captured this UTC month plus active
+        holds) above a limit is refused with SPENDING_LIMIT_REACHED and holds nothing.
+        The customer, its reseller or an admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSpendingLimits(self, request, context):
+        """The wallet's spending limits with this month's spending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """What a customer's jobs cost over a period: charged jobs and amounts per group and currency,
+        from the captures in [start_time, end_time). CSV with `Accept: text/csv` at the gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResellerUsage(self, request, context):
+        """The same across all of a reseller's customers. The reseller itself or an admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWallet(self, request, context):
+        """Open another wallet for the customer in another currency (one per currency). Money never
+        moves between a customer's wallets by itself: a job is held and charged in its currency's
+        wallet. The customer, its reseller or an admin. WALLET_EXISTS if it has one in that currency.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWallets(self, request, context):
+        """The customer's wallets, the default (first) one first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateExchangeRate(self, request, context):
+        """Admin only: an exchange rate from its effective time on (rates are never edited; a later one
+        takes over). Used to convert usage reports, never to move money.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExchangeRates(self, request, context):
+        """Exchange rates, newest effective time first. Anyone signed in may read them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWalletEvents(self, request, context):
+        """The wallet's events (low balance), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatement(self, request, context):
+        """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
+        totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -275,6 +459,76 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.TopUpWallet,
                     request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletRequest.FromString,
                     response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletResponse.SerializeToString,
+            ),
+            'RefundWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundWallet,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletResponse.SerializeToString,
+            ),
+            'AdjustWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustWallet,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletResponse.SerializeToString,
+            ),
+            'GrantCredit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantCredit,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditResponse.SerializeToString,
+            ),
+            'ListCreditGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCreditGrants,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.SerializeToString,
+            ),
+            'SetSpendingLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSpendingLimit,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.SetSpendingLimitRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.SpendingLimit.SerializeToString,
+            ),
+            'ListSpendingLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSpendingLimits,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetUsageRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.SerializeToString,
+            ),
+            'GetResellerUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResellerUsage,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetResellerUsageRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.SerializeToString,
+            ),
+            'CreateWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWallet,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateWalletRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.Wallet.SerializeToString,
+            ),
+            'ListWallets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWallets,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsResponse.SerializeToString,
+            ),
+            'CreateExchangeRate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateExchangeRate,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateExchangeRateRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ExchangeRate.SerializeToString,
+            ),
+            'ListExchangeRates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExchangeRates,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesResponse.SerializeToString,
+            ),
+            'ListWalletEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWalletEvents,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsResponse.SerializeToString,
+            ),
+            'GetStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatement,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.GetStatementRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.Statement.SerializeToString,
             ),
             'ListWalletTransactions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWalletTransactions,
@@ -433,6 +687,384 @@ class BillingService:
             '/innosystem.billing.v1.BillingService/TopUpWallet',
             innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletRequest.SerializeToString,
             innosystem_dot_billing_dot_v1_dot_billing__pb2.TopUpWalletResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/RefundWallet',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.RefundWalletResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/AdjustWallet',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.AdjustWalletResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantCredit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/GrantCredit',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GrantCreditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCreditGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListCreditGrants',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSpendingLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/SetSpendingLimit',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.SetSpendingLimitRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.SpendingLimit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSpendingLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListSpendingLimits',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListSpendingLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/GetUsage',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GetUsageRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResellerUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/GetResellerUsage',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GetResellerUsageRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.UsageReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/CreateWallet',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateWalletRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.Wallet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWallets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListWallets',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateExchangeRate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/CreateExchangeRate',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.CreateExchangeRateRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ExchangeRate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExchangeRates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListExchangeRates',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListExchangeRatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWalletEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListWalletEvents',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/GetStatement',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.GetStatementRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.Statement.FromString,
             options,
             channel_credentials,
             insecure,

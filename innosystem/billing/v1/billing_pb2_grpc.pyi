@@ -46,9 +46,62 @@ class BillingServiceStub:
     GetWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetWalletRequest, _billing_pb2.Wallet]
     """The customer's wallet: balance, held and available amounts."""
     UpdateWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.UpdateWalletRequest, _billing_pb2.Wallet]
-    """Admin only: change the wallet's credit limit."""
+    """Change the wallet's credit limit (admin only) or its low-balance threshold (admin, the
+    customer's reseller or the customer).
+    """
     TopUpWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.TopUpWalletRequest, _billing_pb2.TopUpWalletResponse]
     """Admin, or the customer's reseller: add funds. Idempotent on `request_id`."""
+    RefundWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.RefundWalletRequest, _billing_pb2.RefundWalletResponse]
+    """Admin, or the customer's reseller for at most the operator's per-refund limit: return money
+    for a job's captures (REFUND transfer from platform revenue to the wallet). Idempotent on
+    `request_id`; never more than the job's captured amount minus its earlier refunds
+    (REFUND_EXCEEDS_CAPTURE). The reseller's commission on the capture is not clawed back.
+    """
+    AdjustWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.AdjustWalletRequest, _billing_pb2.AdjustWalletResponse]
+    """Admin only: a signed correction of the balance (ADJUSTMENT transfer between platform revenue
+    and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
+    `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
+    """
+    GrantCredit: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GrantCreditRequest, _billing_pb2.GrantCreditResponse]
+    """Admin only: promotional credit with an expiry (CREDIT_GRANT transfer from the platform's
+    promotion account). Charges spend grants before the paid balance, the soonest-expiring first;
+    at `expire_time` the unspent rest is removed by a CREDIT_EXPIRE transfer. Idempotent on `request_id`.
+    """
+    ListCreditGrants: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListCreditGrantsRequest, _billing_pb2.ListCreditGrantsResponse]
+    """The wallet's credit grants, newest first, with what is left of each."""
+    SetSpendingLimit: _grpc.UnaryUnaryMultiCallable[_billing_pb2.SetSpendingLimitRequest, _billing_pb2.SpendingLimit]
+    """Set or remove a monthly spending limit for the customer (empty `project_id`) or one of its
+    projects. A reserve that would take the month's spending (captured this UTC month plus active
+    holds) above a limit is refused with SPENDING_LIMIT_REACHED and holds nothing.
+    The customer, its reseller or an admin.
+    """
+    ListSpendingLimits: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListSpendingLimitsRequest, _billing_pb2.ListSpendingLimitsResponse]
+    """The wallet's spending limits with this month's spending."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetUsageRequest, _billing_pb2.UsageReport]
+    """What a customer's jobs cost over a period: charged jobs and amounts per group and currency,
+    from the captures in [start_time, end_time). CSV with `Accept: text/csv` at the gateway.
+    """
+    GetResellerUsage: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetResellerUsageRequest, _billing_pb2.UsageReport]
+    """The same across all of a reseller's customers. The reseller itself or an admin."""
+    CreateWallet: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CreateWalletRequest, _billing_pb2.Wallet]
+    """Open another wallet for the customer in another currency (one per currency). Money never
+    moves between a customer's wallets by itself: a job is held and charged in its currency's
+    wallet. The customer, its reseller or an admin. WALLET_EXISTS if it has one in that currency.
+    """
+    ListWallets: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletsRequest, _billing_pb2.ListWalletsResponse]
+    """The customer's wallets, the default (first) one first."""
+    CreateExchangeRate: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CreateExchangeRateRequest, _billing_pb2.ExchangeRate]
+    """Admin only: an exchange rate from its effective time on (rates are never edited; a later one
+    takes over). Used to convert usage reports, never to move money.
+    """
+    ListExchangeRates: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListExchangeRatesRequest, _billing_pb2.ListExchangeRatesResponse]
+    """Exchange rates, newest effective time first. Anyone signed in may read them."""
+    ListWalletEvents: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]
+    """The wallet's events (low balance), newest first."""
+    GetStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]
+    """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
+    totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
+    """
     ListWalletTransactions: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletTransactionsRequest, _billing_pb2.ListWalletTransactionsResponse]
     """The wallet's journal, newest first."""
     GetCommissionStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetCommissionStatementRequest, _billing_pb2.CommissionStatement]
@@ -105,9 +158,62 @@ class BillingServiceAsyncStub(BillingServiceStub):
     GetWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetWalletRequest, _billing_pb2.Wallet]  # type: ignore[assignment]
     """The customer's wallet: balance, held and available amounts."""
     UpdateWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.UpdateWalletRequest, _billing_pb2.Wallet]  # type: ignore[assignment]
-    """Admin only: change the wallet's credit limit."""
+    """Change the wallet's credit limit (admin only) or its low-balance threshold (admin, the
+    customer's reseller or the customer).
+    """
     TopUpWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.TopUpWalletRequest, _billing_pb2.TopUpWalletResponse]  # type: ignore[assignment]
     """Admin, or the customer's reseller: add funds. Idempotent on `request_id`."""
+    RefundWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.RefundWalletRequest, _billing_pb2.RefundWalletResponse]  # type: ignore[assignment]
+    """Admin, or the customer's reseller for at most the operator's per-refund limit: return money
+    for a job's captures (REFUND transfer from platform revenue to the wallet). Idempotent on
+    `request_id`; never more than the job's captured amount minus its earlier refunds
+    (REFUND_EXCEEDS_CAPTURE). The reseller's commission on the capture is not clawed back.
+    """
+    AdjustWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.AdjustWalletRequest, _billing_pb2.AdjustWalletResponse]  # type: ignore[assignment]
+    """Admin only: a signed correction of the balance (ADJUSTMENT transfer between platform revenue
+    and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
+    `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
+    """
+    GrantCredit: _aio.UnaryUnaryMultiCallable[_billing_pb2.GrantCreditRequest, _billing_pb2.GrantCreditResponse]  # type: ignore[assignment]
+    """Admin only: promotional credit with an expiry (CREDIT_GRANT transfer from the platform's
+    promotion account). Charges spend grants before the paid balance, the soonest-expiring first;
+    at `expire_time` the unspent rest is removed by a CREDIT_EXPIRE transfer. Idempotent on `request_id`.
+    """
+    ListCreditGrants: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListCreditGrantsRequest, _billing_pb2.ListCreditGrantsResponse]  # type: ignore[assignment]
+    """The wallet's credit grants, newest first, with what is left of each."""
+    SetSpendingLimit: _aio.UnaryUnaryMultiCallable[_billing_pb2.SetSpendingLimitRequest, _billing_pb2.SpendingLimit]  # type: ignore[assignment]
+    """Set or remove a monthly spending limit for the customer (empty `project_id`) or one of its
+    projects. A reserve that would take the month's spending (captured this UTC month plus active
+    holds) above a limit is refused with SPENDING_LIMIT_REACHED and holds nothing.
+    The customer, its reseller or an admin.
+    """
+    ListSpendingLimits: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListSpendingLimitsRequest, _billing_pb2.ListSpendingLimitsResponse]  # type: ignore[assignment]
+    """The wallet's spending limits with this month's spending."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetUsageRequest, _billing_pb2.UsageReport]  # type: ignore[assignment]
+    """What a customer's jobs cost over a period: charged jobs and amounts per group and currency,
+    from the captures in [start_time, end_time). CSV with `Accept: text/csv` at the gateway.
+    """
+    GetResellerUsage: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetResellerUsageRequest, _billing_pb2.UsageReport]  # type: ignore[assignment]
+    """The same across all of a reseller's customers. The reseller itself or an admin."""
+    CreateWallet: _aio.UnaryUnaryMultiCallable[_billing_pb2.CreateWalletRequest, _billing_pb2.Wallet]  # type: ignore[assignment]
+    """Open another wallet for the customer in another currency (one per currency). Money never
+    moves between a customer's wallets by itself: a job is held and charged in its currency's
+    wallet. The customer, its reseller or an admin. WALLET_EXISTS if it has one in that currency.
+    """
+    ListWallets: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletsRequest, _billing_pb2.ListWalletsResponse]  # type: ignore[assignment]
+    """The customer's wallets, the default (first) one first."""
+    CreateExchangeRate: _aio.UnaryUnaryMultiCallable[_billing_pb2.CreateExchangeRateRequest, _billing_pb2.ExchangeRate]  # type: ignore[assignment]
+    """Admin only: an exchange rate from its effective time on (rates are never edited; a later one
+    takes over). Used to convert usage reports, never to move money.
+    """
+    ListExchangeRates: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListExchangeRatesRequest, _billing_pb2.ListExchangeRatesResponse]  # type: ignore[assignment]
+    """Exchange rates, newest effective time first. Anyone signed in may read them."""
+    ListWalletEvents: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsRequest, _billing_pb2.ListWalletEventsResponse]  # type: ignore[assignment]
+    """The wallet's events (low balance), newest first."""
+    GetStatement: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.Statement]  # type: ignore[assignment]
+    """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
+    totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
+    """
     ListWalletTransactions: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletTransactionsRequest, _billing_pb2.ListWalletTransactionsResponse]  # type: ignore[assignment]
     """The wallet's journal, newest first."""
     GetCommissionStatement: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetCommissionStatementRequest, _billing_pb2.CommissionStatement]  # type: ignore[assignment]
@@ -173,7 +279,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_pb2.UpdateWalletRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.Wallet, _abc.Awaitable[_billing_pb2.Wallet]]:
-        """Admin only: change the wallet's credit limit."""
+        """Change the wallet's credit limit (admin only) or its low-balance threshold (admin, the
+        customer's reseller or the customer).
+        """
 
     @_abc_1.abstractmethod
     def TopUpWallet(
@@ -182,6 +290,141 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.TopUpWalletResponse, _abc.Awaitable[_billing_pb2.TopUpWalletResponse]]:
         """Admin, or the customer's reseller: add funds. Idempotent on `request_id`."""
+
+    @_abc_1.abstractmethod
+    def RefundWallet(
+        self,
+        request: _billing_pb2.RefundWalletRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.RefundWalletResponse, _abc.Awaitable[_billing_pb2.RefundWalletResponse]]:
+        """Admin, or the customer's reseller for at most the operator's per-refund limit: return money
+        for a job's captures (REFUND transfer from platform revenue to the wallet). Idempotent on
+        `request_id`; never more than the job's captured amount minus its earlier refunds
+        (REFUND_EXCEEDS_CAPTURE). The reseller's commission on the capture is not clawed back.
+        """
+
+    @_abc_1.abstractmethod
+    def AdjustWallet(
+        self,
+        request: _billing_pb2.AdjustWalletRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.AdjustWalletResponse, _abc.Awaitable[_billing_pb2.AdjustWalletResponse]]:
+        """Admin only: a signed correction of the balance (ADJUSTMENT transfer between platform revenue
+        and the wallet), optionally naming the reconciliation run it corrects. Idempotent on
+        `request_id`. A debit the wallet cannot cover is INSUFFICIENT_FUNDS.
+        """
+
+    @_abc_1.abstractmethod
+    def GrantCredit(
+        self,
+        request: _billing_pb2.GrantCreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.GrantCreditResponse, _abc.Awaitable[_billing_pb2.GrantCreditResponse]]:
+        """Admin only: promotional credit with an expiry (CREDIT_GRANT transfer from the platform's
+        promotion account). Charges spend grants before the paid balance, the soonest-expiring first;
+        at `expire_time` the unspent rest is removed by a CREDIT_EXPIRE transfer. Idempotent on `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCreditGrants(
+        self,
+        request: _billing_pb2.ListCreditGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListCreditGrantsResponse, _abc.Awaitable[_billing_pb2.ListCreditGrantsResponse]]:
+        """The wallet's credit grants, newest first, with what is left of each."""
+
+    @_abc_1.abstractmethod
+    def SetSpendingLimit(
+        self,
+        request: _billing_pb2.SetSpendingLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.SpendingLimit, _abc.Awaitable[_billing_pb2.SpendingLimit]]:
+        """Set or remove a monthly spending limit for the customer (empty `project_id`) or one of its
+        projects. A reserve that would take the month's spending (captured this UTC month plus active
+        holds) above a limit is refused with SPENDING_LIMIT_REACHED and holds nothing.
+        The customer, its reseller or an admin.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSpendingLimits(
+        self,
+        request: _billing_pb2.ListSpendingLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListSpendingLimitsResponse, _abc.Awaitable[_billing_pb2.ListSpendingLimitsResponse]]:
+        """The wallet's spending limits with this month's spending."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _billing_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.UsageReport, _abc.Awaitable[_billing_pb2.UsageReport]]:
+        """What a customer's jobs cost over a period: charged jobs and amounts per group and currency,
+        from the captures in [start_time, end_time). CSV with `Accept: text/csv` at the gateway.
+        """
+
+    @_abc_1.abstractmethod
+    def GetResellerUsage(
+        self,
+        request: _billing_pb2.GetResellerUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.UsageReport, _abc.Awaitable[_billing_pb2.UsageReport]]:
+        """The same across all of a reseller's customers. The reseller itself or an admin."""
+
+    @_abc_1.abstractmethod
+    def CreateWallet(
+        self,
+        request: _billing_pb2.CreateWalletRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Wallet, _abc.Awaitable[_billing_pb2.Wallet]]:
+        """Open another wallet for the customer in another currency (one per currency). Money never
+        moves between a customer's wallets by itself: a job is held and charged in its currency's
+        wallet. The customer, its reseller or an admin. WALLET_EXISTS if it has one in that currency.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWallets(
+        self,
+        request: _billing_pb2.ListWalletsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListWalletsResponse, _abc.Awaitable[_billing_pb2.ListWalletsResponse]]:
+        """The customer's wallets, the default (first) one first."""
+
+    @_abc_1.abstractmethod
+    def CreateExchangeRate(
+        self,
+        request: _billing_pb2.CreateExchangeRateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ExchangeRate, _abc.Awaitable[_billing_pb2.ExchangeRate]]:
+        """Admin only: an exchange rate from its effective time on (rates are never edited; a later one
+        takes over). Used to convert usage reports, never to move money.
+        """
+
+    @_abc_1.abstractmethod
+    def ListExchangeRates(
+        self,
+        request: _billing_pb2.ListExchangeRatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListExchangeRatesResponse, _abc.Awaitable[_billing_pb2.ListExchangeRatesResponse]]:
+        """Exchange rates, newest effective time first. Anyone signed in may read them."""
+
+    @_abc_1.abstractmethod
+    def ListWalletEvents(
+        self,
+        request: _billing_pb2.ListWalletEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListWalletEventsResponse, _abc.Awaitable[_billing_pb2.ListWalletEventsResponse]]:
+        """The wallet's events (low balance), newest first."""
+
+    @_abc_1.abstractmethod
+    def GetStatement(
+        self,
+        request: _billing_pb2.GetStatementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Statement, _abc.Awaitable[_billing_pb2.Statement]]:
+        """A wallet's monthly statement (UTC calendar month): opening and closing balance and the month's
+        totals per transfer kind, computed from the journal, so they equal the ledger to the cent.
+        """
 
     @_abc_1.abstractmethod
     def ListWalletTransactions(
