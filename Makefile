@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint protos bench compose-up clean
+.PHONY: help venv run test test-fast lint protos web bench compose-up clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: $(STAMP) ## ruff and mypy
 
 protos: $(STAMP) ## regenerate Python code, descriptor set and OpenAPI from protos/
 	$(BIN)/python scripts/protos.py
+
+web: ## rebuild the web console (Node 20+ and npm) from web/ into gateway/webroot/ (committed)
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 bench: $(STAMP) ## measure: end to end (drain, submit, dispatch latency, Redis-list yardstick), then billing; JSON in bench-results-*.json
 	$(BIN)/python scripts/bench_e2e.py --out bench-results-e2e.json
