@@ -1,3 +1,5 @@
+import { base } from '$app/paths';
+
 // The console speaks only the public REST API, as the signed-in user: the session cookie travels
 // with every same-origin request and unsafe methods carry the CSRF token the session handed out.
 
@@ -41,6 +43,9 @@ export async function api<T = any>(method: string, path: string, body?: unknown,
   });
   const text = await response.text();
   const data = text ? JSON.parse(text) : {};
+  if (response.status === 401 && !path.startsWith('/v1/sessions')) {
+    location.assign(`${base}/sign-in`); // the session ended (signed out elsewhere, expired)
+  }
   if (!response.ok) {
     const details: any[] = data.details ?? [];
     const info = details.find((d) => String(d['@type']).endsWith('ErrorInfo'));

@@ -8,10 +8,18 @@ export const LOCALES = { en, fi, sv } as const;
 export type Locale = keyof typeof LOCALES;
 type Catalog = Record<string, string>;
 
+const STORED = 'innosystem.locale'; // the last choice on this browser, for the sign-in page
+
 export const prefs = $state<{ locale: Locale; timeZone: string }>({
-  locale: pick(typeof navigator === 'undefined' ? 'en' : navigator.language),
+  locale: pick(localStorage.getItem(STORED) ?? navigator.language),
   timeZone: Intl.DateTimeFormat().resolvedOptions().timeZone
 });
+
+/** The user's choice: shown at once, remembered here and (by the caller) on the user. */
+export function choose(locale: Locale): void {
+  prefs.locale = locale;
+  localStorage.setItem(STORED, locale);
+}
 
 export function pick(tag: string | undefined): Locale {
   const base = (tag ?? '').slice(0, 2).toLowerCase();
