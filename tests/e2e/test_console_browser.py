@@ -1,0 +1,236 @@
+"""The web console in a real browser (Debian's Chromium, driven by Playwright) against the real
+service processes, a real runner and the gateway serving the committed build: what issue 16 asks
+a person to be able to do, each page also checked by axe-core for serious or critical problems.
+
+INNOSYSTEM_CONSOLE_SCREENSHOTS=1 also saves each main view under docs/console/.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from innosystem.demo import Demo, seed
+from innosystem.rest import Rest
+from innosystem.stack import Stack
+from tests.e2e.conftest import watch_until_final
+from tests.support.console_browser import chromium, screenshot, serious_violations, sign_in
+
+WAIT_MS = 60_000  # a generous bound for a busy machine; every wait ends on what the page shows
+
+
+@dataclass(frozen=True)
+class World:
+    base: str
+    demo: Demo
+    customer: Rest  # the demo customer's API key, for setting the scene
+    people: dict[str, tuple[str, str]]  # owner, viewer, operator → (e-mail, password)
+
+
+@pytest.fixture(scope="module")
+def world(stack: Stack) -> Iterator[World]:
+    admin = Rest(stack.gateway_url, stack.admin_api_key)
+    demo = seed(admin, label="console")
+    people = demo_people(stack, admin, demo)
+    stack.spawn("runner-console", ["runner", "--target", stack.address("runners"), "--slots", "4"],
+                {"INNOSYSTEM_RUNNER_TOKEN": demo.runner_token})
+    try:
+        yield World(stack.gateway_url, demo, admin.as_key(demo.api_key), people)
+    finally:
+        stack.stop_process("runner-console")
+
+
+def demo_people(stack: Stack, admin: Rest, demo: Demo) -> dict[str, tuple[str, str]]:
+    status, _ = admin.call("POST", "/v1/sessions", {"email": "nobody@example.com", "password": "x"})
+    if status == 404:
+        pytest.skip("the sessions API (issue: identity) is not on this branch: nobody can sign in")
+    pytest.skip("no way to seed the demo users yet (owner, viewer, operator)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(locale="en-GB", timezone_id="Europe/Helsinki",
+                                  viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    yield page
+    context.close()
+    assert not errors, f"the console threw: {errors}"
+
+
+def accessible(page: Any) -> None:
+    assert serious_violations(page) == []
+
+
+def usd(cents: int) -> str:
+    """What en-GB Intl shows for US dollars."""
+    return f"US${cents / 100:,.2f}"
+
+
+def balance(world: World) -> int:
+    return int(world.customer("GET", f"/v1/customers/{world.demo.customer_id}/wallet")["balanceCents"])
+
+
+def test_a_customer_creates_a_project_and_type_runs_a_job_live_and_pays_for_it(world: World, page: Any) -> None:
+    email, password = world.people["owner"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("heading", name="Overview").wait_for()
+    page.get_by_text("Jobs in the last 24 hours").wait_for()
+    accessible(page)
+    screenshot(page, "overview")
+
+    page.get_by_role("link", name="Projects").click()
+    page.get_by_label("New project name").fill("console-e2e")
+    page.get_by_role("button", name="Create project").click()
+    page.get_by_role("button", name="console-e2e").wait_for()
+    page.get_by_label("Name", exact=True).fill("sleep")
+    page.get_by_label("Price (cents)").fill("3")
+    page.get_by_role("button", name="Create job type").click()
+    page.locator("[data-testid=job-type-row]", has_text="sleep").wait_for()
+    accessible(page)
+    screenshot(page, "projects")
+
+    before = balance(world)
+    page.get_by_role("link", name="Jobs").click()
+    page.get_by_role("heading", name="Jobs").wait_for()
+    page.get_by_label("Project", exact=True).select_option(label="console-e2e")
+    page.locator("[data-testid=submit-type]").select_option(label="sleep")
+    page.get_by_label("Payload (JSON)").fill('{"seconds": 2}')
+    page.get_by_role("button", name="Submit", exact=True).click()
+
+    # The job's page follows it live (SSE): Running, then Succeeded, then its capture on the timeline.
+    status = page.locator("[data-testid=job-status] [data-status]")
+    page.locator("[data-testid=job-status] [data-status=JOB_STATUS_RUNNING]").wait_for()
+    page.locator("[data-testid=job-status] [data-status=JOB_STATUS_SUCCEEDED]").wait_for()
+    assert status.inner_text() == "Succeeded"
+    page.locator("[data-testid=timeline] li[data-kind=money]", has_text="Capture").wait_for()
+    assert page.locator("[data-testid=job-cost]").inner_text() == usd(3)
+    accessible(page)
+    screenshot(page, "job")
+
+    assert balance(world) == before - 3
+    page.get_by_role("link", name="Wallet").click()
+    page.locator("[data-testid=balance]", has_text=usd(before - 3)).wait_for()
+    accessible(page)
+    screenshot(page, "wallet")
+
+
+def test_the_access_log_chain_verifies(world: World, page: Any) -> None:
+    email, password = world.people["owner"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Access log").click()
+    page.get_by_role("button", name="Verify the chain").click()
+    result = page.locator("[data-testid=verification]")
+    result.wait_for()
+    assert re.fullmatch(r"Chain intact: \d+ records checked\.", result.inner_text())
+    accessible(page)
+    screenshot(page, "access")
+
+
+def test_bulk_retry_of_failed_jobs_confirms_the_count_and_refuses_an_empty_filter(world: World, page: Any) -> None:
+    fail_type = world.demo.job_type_ids["fail"]
+    jobs = [world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs",
+                           {"jobTypeId": fail_type, "payload": {"n": n},
+                            "retryPolicy": {"maxAttempts": 1}})["id"] for n in range(2)]
+    for job_id in jobs:
+        assert watch_until_final(world.base, world.demo.api_key, job_id) == "JOB_STATUS_FAILED"
+
+    email, password = world.people["owner"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Jobs").click()
+    page.get_by_role("heading", name="Jobs").wait_for()
+    page.get_by_label("Project", exact=True).select_option(label="console")
+    page.get_by_role("button", name="Retry matching").click()
+    page.get_by_role("alert").filter(has_text="Choose a filter first").wait_for()
+
+    page.locator("[data-testid=filter-status]").select_option("JOB_STATUS_FAILED")
+    page.locator("[data-testid=filter-type]").select_option(label="fail")
+    page.locator("[data-testid=job-row]").nth(1).wait_for()
+    page.get_by_role("button", name="Retry matching").click()
+    page.get_by_text("Retry 2 jobs?").wait_for()
+    accessible(page)
+    screenshot(page, "jobs")
+    page.get_by_role("button", name="Confirm").click()
+    page.get_by_text("2 done, 0 refused.").wait_for()
+    for job_id in jobs:  # each went back to the queue once more
+        history = world.customer("GET", f"/v1/jobs/{job_id}?view=JOB_VIEW_FULL")["statusHistory"]
+        assert [change["status"] for change in history].count("JOB_STATUS_PENDING") == 2, history
+
+
+def test_finnish_labels_and_money_and_the_choice_is_kept(world: World, page: Any) -> None:
+    email, password = world.people["owner"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Wallet").click()
+    page.locator("[data-testid=balance]").wait_for()
+    with page.expect_response(lambda r: "/v1/users/" in r.url and r.request.method == "PATCH") as saved:
+        page.locator("[data-testid=locale]").select_option("fi")
+    assert saved.value.ok
+    page.get_by_role("heading", name="Lompakko").wait_for()
+    page.get_by_role("link", name="Työt").wait_for()
+    # fi-FI: a space groups thousands, a comma before the cents, the sign after the amount.
+    assert re.fullmatch(r"[\d\s]+,\d{2}\s\$", page.locator("[data-testid=balance]").inner_text()), \
+        page.locator("[data-testid=balance]").inner_text()
+    accessible(page)
+    screenshot(page, "wallet-fi")
+    page.context.clear_cookies()  # another browser: the choice comes back with the user
+    page.evaluate("localStorage.clear()")
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Lompakko").wait_for()
+    with page.expect_response(lambda r: "/v1/users/" in r.url and r.request.method == "PATCH") as saved:
+        page.locator("[data-testid=locale]").select_option("en")  # leave the user as the other tests expect
+    assert saved.value.ok
+
+
+def test_an_operator_sees_the_queues_and_runners(world: World, page: Any) -> None:
+    world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs",
+                   {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {},
+                    "scheduleTime": _in_an_hour()})  # something queued to show
+    email, password = world.people["operator"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("heading", name="Queues").wait_for()
+    page.locator("[data-testid=queues] tbody tr", has_text="echo").first.wait_for()
+    page.get_by_role("cell", name="console-runner").wait_for()
+    accessible(page)
+    screenshot(page, "operator-queues")
+
+
+def test_a_viewer_is_offered_no_cancel_where_an_owner_is(world: World, browser: Any, page: Any) -> None:
+    job = world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs",
+                         {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {}, "scheduleTime": _in_an_hour()})
+    try:
+        email, password = world.people["owner"]
+        sign_in(page, world.base, email, password)
+        page.goto(f"{world.base}/console/jobs/{job['id']}")
+        page.get_by_role("button", name="Cancel job").wait_for()
+
+        email, password = world.people["viewer"]
+        viewer = browser.new_context(locale="en-GB").new_page()
+        viewer.set_default_timeout(WAIT_MS)
+        sign_in(viewer, world.base, email, password)
+        viewer.goto(f"{world.base}/console/jobs/{job['id']}")
+        viewer.locator("[data-testid=job-status] [data-status=JOB_STATUS_SCHEDULED]").wait_for()
+        assert viewer.get_by_role("button", name="Cancel job").count() == 0
+        viewer.goto(f"{world.base}/console/jobs")
+        viewer.get_by_role("heading", name="Jobs").wait_for()
+        assert viewer.get_by_role("button", name="Retry matching").count() == 0
+        assert viewer.get_by_role("button", name="Submit", exact=True).count() == 0
+        viewer.context.close()
+    finally:
+        world.customer("POST", f"/v1/jobs/{job['id']}:cancel", {})
+
+
+def _in_an_hour() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
