@@ -5,7 +5,9 @@ committed build is what `make web` produces from web/ (checked where Node is ins
 from __future__ import annotations
 
 import filecmp
+import gzip
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,3 +83,11 @@ def _differences(cmp: filecmp.dircmp[str]) -> list[str]:
     for sub in cmp.subdirs.values():
         found += _differences(sub)
     return found
+
+
+def test_the_first_load_is_at_most_300_kb_of_gzipped_javascript() -> None:
+    index = (WEBROOT / "index.html").read_text()
+    scripts = {WEBROOT / path.removeprefix("/console/") for path in re.findall(r'"(/console/_app/[^"]+\.js)"', index)}
+    assert scripts, "index.html names no script"
+    size = sum(len(gzip.compress(path.read_bytes(), 9)) for path in scripts)
+    assert size <= 300 * 1024, f"{size} bytes of gzipped JavaScript on first load"
