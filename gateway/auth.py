@@ -13,9 +13,10 @@ import re
 
 import grpc
 
+from gateway.cookies import set_cookie
 from gateway.errors import GatewayError, UpstreamError, from_domain_error
 from gateway.ratelimit import RateLimiter
-from innosystem.kit import principal
+from innosystem.kit import principal, sessions
 from innosystem.kit.clients import ApiKeyAuthenticator
 from innosystem.kit.errors import DomainError
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -24,6 +25,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 # Visible ASCII without spaces (RFC 6750 b64token is stricter; keys are `isk_…`).
 _KEY = re.compile(r"[\x21-\x7e]{1,512}")
+_SESSION = re.compile(sessions.SESSION_TOKEN_PREFIX + r"[A-Za-z0-9_-]{16,250}")
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="innosystem"'}
 
 
@@ -74,6 +76,26 @@ class Auth:
                 await self._limiter.charge_address(address)  # raises the 429 instead once over
             raise
         return resolved
+
+    async def resolve_session(self, token: str, address: str, secure: bool) -> Principal:
+        """The person of a session cookie. A cookie that no longer works is a 401 that clears it,
+        counted against the address like a bad key."""
+        try:
+            if not _SESSION.fullmatch(token):
+                raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "SESSION_INVALID",
+                                   "the session is unknown or has ended; sign in again")
+            if self._limiter is not None and self._authenticator.known(token, session=True) is None:
+                await self._limiter.check_address(address)
+            try:
+                return await self._authenticator.session(token)
+            except DomainError as err:
+                raise from_domain_error(err, "tenancy") from None
+        except (GatewayError, UpstreamError) as err:
+            if err.http_status == 401:
+                err.headers["Set-Cookie"] = set_cookie("", secure)
+                if self._limiter is not None:
+                    await self._limiter.charge_address(address)
+            raise
 
     def sign(self, caller: Principal, grpc_path: str) -> Metadata:
         """The caller's principal metadata for one upstream call: valid on that method only, for

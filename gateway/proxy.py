@@ -17,18 +17,25 @@ from google.protobuf.message import Message
 
 from gateway.auth import Auth
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, from_rpc_error
+from gateway.cookies import check_csrf, is_secure, set_cookie
+from gateway.errors import GatewayError, from_domain_error, from_rpc_error
 from gateway.ratelimit import Limit, RateLimiter, client_address
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, RouteTable
 from gateway.sse import stream_events
 from gateway.telemetry import ROUTE
 from gateway.transcode import build_request, render
 from gateway.upstreams import Upstreams
+from innosystem.kit import roles, sessions
 from innosystem.kit.clients import ApiKeyAuthenticator, follow_revocations
 from innosystem.kit.clients import channel as signed_channel
+from innosystem.kit.errors import DomainError
 from innosystem.kit.redis import connect as redis_connect
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
 
 REQUEST_ID_METADATA = "x-request-id"
+# Tenancy answers these with the session token (or "" to sign out) in response metadata.
+_SETS_SESSION = frozenset({"/innosystem.tenancy.v1.TenancyService/CreateSession",
+                           "/innosystem.tenancy.v1.TenancyService/DeleteCurrentSession"})
 _CHUNK = 64 * 1024
 
 
@@ -63,6 +70,10 @@ class Gateway:
         self._redis: aioredis.Redis | None = None
         self._revocations: asyncio.Task[None] | None = None
         self._stubs: dict[str, Any] = {}
+        # Literal beginnings of the public routes' paths: most requests are told apart by these alone.
+        self._public_prefixes = tuple(sorted({
+            r.template.text.split("{", 1)[0].split(":", 1)[0] for r in table.routes
+            if r.rpc.grpc_path in roles.PUBLIC_METHODS}))
 
     @property
     def upstreams(self) -> Upstreams:
@@ -109,20 +120,50 @@ class Gateway:
         if self._redis is not None:
             await self._redis.aclose()
 
+    async def _caller(self, request: web.Request, address: str) -> Principal | None:
+        """The authenticated caller; None only on a public route (sign-in, invitations, resets),
+        which runs without credentials whatever the request carries."""
+        assert self._auth is not None, "gateway not started"
+        path = request.rel_url.raw_path
+        if request.method == "POST" and path.startswith(self._public_prefixes):
+            try:
+                if self.table.match("POST", path).route.rpc.grpc_path in roles.PUBLIC_METHODS:
+                    return None
+            except (MethodNotAllowed, RouteNotFound):
+                pass
+        header = request.headers.get("Authorization")
+        cookie = request.cookies.get(sessions.COOKIE) if header is None else None
+        if cookie:
+            caller = await self._auth.resolve_session(cookie, address, is_secure(request))
+            check_csrf(request, self.config.internal_secret, caller.key_id)
+            return caller
+        return await self._auth.resolve(header, address)
+
     async def handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
         assert self._auth is not None, "gateway not started"
         # Authentication comes first: a request without valid credentials learns nothing from
         # route matching or input validation, and reaches no upstream.
-        caller = await self._auth.resolve(request.headers.get("Authorization"),
-                                          client_address(request, self.config.trusted_proxy_hops))
+        address = client_address(request, self.config.trusted_proxy_hops)
+        caller = await self._caller(request, address)
         route, path_values = self._match(request)
         request[ROUTE] = route.template.text
         headers = {"X-Request-Id": request_id}
-        if self._limiter is not None:
-            remaining = await self._limiter.admit(caller)
-            if remaining is not None:
-                headers["RateLimit-Remaining"] = str(remaining)
-        metadata = [(REQUEST_ID_METADATA, request_id), *self._auth.sign(caller, route.rpc.grpc_path)]
+        metadata = [(REQUEST_ID_METADATA, request_id)]
+        if caller is None:  # a public route: its failures count against the address
+            if self._limiter is not None:
+                await self._limiter.check_address(address)
+        else:
+            try:  # the services check it too; here it comes before the input is looked at
+                roles.check(route.rpc.grpc_path, caller)
+            except DomainError as err:
+                raise from_domain_error(err, route.rpc.upstream) from None
+            if self._limiter is not None:
+                remaining = await self._limiter.admit(caller)
+                if remaining is not None:
+                    headers["RateLimit-Remaining"] = str(remaining)
+            metadata.extend(self._auth.sign(caller, route.rpc.grpc_path))
+        if route.rpc.upstream == "tenancy":  # sessions, lockout and the audit log record it
+            metadata.append((sessions.CLIENT_ADDRESS_METADATA, address))
         body = await self._read_body(request)
         message = build_request(route, path_values, request.rel_url.query.items(), body, self.pool)
         stub = self._stubs[route.rpc.grpc_path]
@@ -133,9 +174,19 @@ class Gateway:
                                        keepalive=self.config.sse_keepalive_seconds, stopping=self.stopping,
                                        headers=headers)
         try:
-            answer = await stub(message, timeout=self.config.deadline_seconds, metadata=metadata)
+            call = stub(message, timeout=self.config.deadline_seconds, metadata=metadata)
+            answer = await call
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, route.rpc.upstream) from None
+            failure = from_rpc_error(exc, route.rpc.upstream)
+            if caller is None and failure.http_status in (401, 404) and self._limiter is not None:
+                await self._limiter.charge_address(address)  # a wrong password or token
+            raise failure from None
+        if route.rpc.grpc_path in _SETS_SESSION:
+            token = next((str(v) for k, v in (await call.initial_metadata() or ()) if k == sessions.SESSION_METADATA),
+                         None)
+            if token is not None:
+                headers["Set-Cookie"] = set_cookie(token, is_secure(request))
+                headers["Cache-Control"] = "no-store"
         return web.Response(body=render(answer, route, self.pool), content_type="application/json",
                             headers=headers)
 

@@ -98,3 +98,29 @@ def _top_up(admin: Rest, customer_id: str, cents: int, request_id: str) -> None:
             if err.status != 404 or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+# People to sign in with (the console): (e-mail, account, role). One password for all three.
+DEMO_USERS = (
+    ("demo@innosystem.local", "customer", "ROLE_OWNER"),
+    ("viewer@innosystem.local", "customer", "ROLE_VIEWER"),
+    ("admin@innosystem.local", "platform", "ROLE_OWNER"),
+)
+
+
+def seed_users(admin: Rest, customer_id: str, password: str) -> list[str]:
+    """The demo's people, invited and accepted with `password`; the e-mails of those made now.
+    A user an earlier start made keeps the password it got then (the platform stores no password
+    it could hand back; `INNOSYSTEM_DEMO_PASSWORD` or the data folder keeps it the same)."""
+    made = []
+    for email, account, role in DEMO_USERS:
+        path = f"/v1/customers/{customer_id}/users" if account == "customer" else "/v1/users"
+        name = email.split("@")[0].title()
+        status, invited = admin.call("POST", path, {"email": email, "displayName": f"{name} User", "role": role})
+        if status == 409:
+            continue
+        if not 200 <= status < 300:
+            raise RestError("POST", path, status, invited)
+        admin("POST", f"/v1/invitations/{invited['invitationToken']}:accept", {"password": password})
+        made.append(email)
+    return made

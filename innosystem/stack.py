@@ -197,6 +197,9 @@ def _embedded_settings(data_dir: Path, demo: bool) -> dict[str, str]:
     if not env("INNOSYSTEM_KEYS_MASTER_KEY"):  # seals customers' key-manager secrets: must not change
         settings["INNOSYSTEM_KEYS_MASTER_KEY"] = _persistent_secret(
             data_dir / "secrets" / "keys-master-key", lambda: base64.b64encode(secrets.token_bytes(32)).decode())
+    if not env("INNOSYSTEM_LOG_ONE_TIME_LINKS"):
+        # No SMTP on a laptop: invitation and reset links go to tenancy's log (development only).
+        settings["INNOSYSTEM_LOG_ONE_TIME_LINKS"] = "1"
     if demo and not env("INNOSYSTEM_KEYS_KEY_CACHE_SECONDS"):
         # A policy change at the key manager shows on the very next access (production caches 30 s).
         settings["INNOSYSTEM_KEYS_KEY_CACHE_SECONDS"] = "0"
@@ -216,7 +219,7 @@ def allow_keymanager(stack: Stack, port: int) -> None:
 def _start_demo(stack: Stack, data_dir: Path, km_port: int) -> str:
     """The reference key manager (on `km_port`, allow-listed before the services started), the demo
     tenants and a shared runner with the built-ins."""
-    from innosystem.demo import seed
+    from innosystem.demo import DEMO_USERS, seed, seed_users
     from innosystem.rest import Rest
 
     print("• demo: key manager, customer, runner …", flush=True)
@@ -225,7 +228,11 @@ def _start_demo(stack: Stack, data_dir: Path, km_port: int) -> str:
     ready.unlink(missing_ok=True)
     stack.spawn("keymanager", ["keymanager", "--key-file", str(keys_dir / "keys.json"), "--port", str(km_port),
                                "--ready-file", str(ready)])
-    demo = seed(Rest(stack.gateway_url, stack.admin_api_key))
+    admin = Rest(stack.gateway_url, stack.admin_api_key)
+    demo = seed(admin)
+    password = env("INNOSYSTEM_DEMO_PASSWORD") or _persistent_secret(
+        data_dir / "secrets" / "demo-password", lambda: "demo-" + secrets.token_urlsafe(12))
+    seed_users(admin, demo.customer_id, password)
     stack.spawn("runner-demo", ["runner", "--target", stack.address("runners"), "--slots", "8"],
                 {"INNOSYSTEM_RUNNER_TOKEN": demo.runner_token})
     deadline = time.monotonic() + 30
@@ -233,7 +240,10 @@ def _start_demo(stack: Stack, data_dir: Path, km_port: int) -> str:
         if stack.procs["keymanager"].poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("the reference key manager did not start; see its output above")
         time.sleep(0.1)
+    users = ", ".join(f"{email} ({role.removeprefix('ROLE_').lower()})" for email, _, role in DEMO_USERS)
     return (f"  demo customer  {demo.customer_id}  key {demo.api_key}  (project {demo.project_id})\n"
+            f"  demo users     {users}\n"
+            f"                 password {password}  (sign in: docs/identity.md)\n"
             f"  demo runner    {demo.runner_id}  processors echo, sleep, sha256, fail\n"
             f"  key manager    127.0.0.1:{km_port}  (shared secret: {keys_dir / 'secret'}; docs/keys.md)\n"
             f"  submit a job   {demo.curl(stack.gateway_url)}\n"
@@ -278,6 +288,7 @@ def up(args: argparse.Namespace) -> int:
             admin_api_key=env("INNOSYSTEM_ADMIN_API_KEY") or "isk_admin_" + secrets.token_urlsafe(24),
             extra_env=_embedded_settings(data_dir, args.demo),
         )
+        stack.extra_env.setdefault("INNOSYSTEM_PUBLIC_URL", env("INNOSYSTEM_PUBLIC_URL") or stack.gateway_url)
         km_port = stack.pick_port(DEFAULT_KEYMANAGER_PORT) if args.demo else 0
         if km_port:
             allow_keymanager(stack, km_port)  # the keys service reads it at start

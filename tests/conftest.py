@@ -76,7 +76,8 @@ def running_stack(pg: EmbeddedPostgres, redis_url: str, logs: Path, services: tu
     """Service processes (and the gateway) on a fresh database, as `innosystem up` runs them; their
     logs are printed when they fail to start, and any traceback in them when the block ends."""
     stack = Stack(database_url=fresh_database(pg), redis_url=redis_url, http_port=free_port(), fixed_ports=False,
-                  log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json", **(extra_env or {})})
+                  log_dir=logs, extra_env={"INNOSYSTEM_LOG_FORMAT": "json", "INNOSYSTEM_LOG_ONE_TIME_LINKS": "1",
+                                           **(extra_env or {})})
     stack.start(services=services, gateway=gateway)
     try:
         try:

@@ -122,7 +122,9 @@ def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
 
 
 # Tenancy publishes here, after the commit, whenever API keys stop being valid: a customer or
-# reseller deactivated or deleted, a key rotated. JSON {"customer_id": …} or {"reseller_id": …}.
+# reseller deactivated or deleted, a key rotated or deleted, a session ended, a user deactivated or its
+# role changed. JSON with one of "customer_id", "reseller_id", "key_id" (a key's or session's id), "user_id",
+# or "everyone": true (a platform-wide rule changed).
 ACCESS_REVOKED_CHANNEL = "tenancy:access-revoked"
 _FEED_RETRY_SECONDS = 1.0
 
@@ -150,13 +152,17 @@ class ApiKeyAuthenticator:
         self._generation = 0
         self._trust_cache = True
 
-    def revoke(self, *, customer_id: str = "", reseller_id: str = "") -> None:
-        """Forget the cached answers of a customer's keys, or of a reseller's and its customers'."""
+    def revoke(self, *, customer_id: str = "", reseller_id: str = "", key_id: str = "", user_id: str = "",
+               everyone: bool = False) -> None:
+        """Forget the cached answers of a customer's keys and sessions, of a reseller's and its
+        customers', of one key or session (`key_id`), of one user's sessions, or of everyone's."""
         self._generation += 1
         for digest, (_, answer) in list(self._cache.items()):
             if isinstance(answer, tenancy_pb2.Principal) and (
-                    (customer_id and answer.customer_id == customer_id)
-                    or (reseller_id and answer.reseller_id == reseller_id)):
+                    everyone or (customer_id and answer.customer_id == customer_id)
+                    or (reseller_id and answer.reseller_id == reseller_id)
+                    or (key_id and answer.key_id == key_id)
+                    or (user_id and answer.user_id == user_id)):
                 del self._cache[digest]
 
     def distrust_cache(self) -> None:
@@ -171,16 +177,20 @@ class ApiKeyAuthenticator:
     def trust_cache(self) -> None:
         self._trust_cache = True
 
-    def known(self, api_key: str) -> tenancy_pb2.Principal | None:
-        """The cached principal of a key that authenticated within the TTL; None otherwise.
-        Asks no one: the gateway uses it to let known-good keys past its per-address limit."""
-        hit = self._cache.get(hashlib.sha256(api_key.encode()).digest())
+    def known(self, api_key: str, *, session: bool = False) -> tenancy_pb2.Principal | None:
+        """The cached principal of a key (or session) that authenticated within the TTL; None
+        otherwise. Asks no one: the gateway uses it to let known-good keys past its per-address limit."""
+        hit = self._cache.get(_digest(api_key, session))
         if not self._trust_cache or hit is None or hit[0] <= time.monotonic() or isinstance(hit[1], DomainError):
             return None
         return hit[1]
 
-    async def __call__(self, api_key: str) -> tenancy_pb2.Principal:
-        digest = hashlib.sha256(api_key.encode()).digest()
+    async def session(self, token: str) -> tenancy_pb2.Principal:
+        """A session cookie's principal: cached and revoked exactly like a key's."""
+        return await self(token, session=True)
+
+    async def __call__(self, api_key: str, *, session: bool = False) -> tenancy_pb2.Principal:
+        digest = _digest(api_key, session)
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > time.monotonic() and (self._trust_cache or isinstance(hit[1], DomainError)):
             if isinstance(hit[1], DomainError):
@@ -192,7 +202,7 @@ class ApiKeyAuthenticator:
         future: asyncio.Future[tenancy_pb2.Principal] = asyncio.get_running_loop().create_future()
         self._in_flight[digest] = future
         try:
-            principal = await self._lookup(api_key, digest)
+            principal = await self._lookup(api_key, digest, session)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -206,11 +216,13 @@ class ApiKeyAuthenticator:
         finally:
             del self._in_flight[digest]
 
-    async def _lookup(self, api_key: str, digest: bytes) -> tenancy_pb2.Principal:
+    async def _lookup(self, api_key: str, digest: bytes, session: bool) -> tenancy_pb2.Principal:
         now, generation = time.monotonic(), self._generation
         answer: tenancy_pb2.Principal | DomainError
+        request = (tenancy_pb2.AuthenticateRequest(session_token=api_key) if session
+                   else tenancy_pb2.AuthenticateRequest(api_key=api_key))
         try:
-            answer = await self._stub.Authenticate(tenancy_pb2.AuthenticateRequest(api_key=api_key), timeout=5)
+            answer = await self._stub.Authenticate(request, timeout=5)
             expires = now + self._ttl
         except grpc.aio.AioRpcError as exc:
             answer = from_rpc_error(exc)
@@ -225,6 +237,11 @@ class ApiKeyAuthenticator:
         if isinstance(answer, DomainError):
             raise answer
         return answer
+
+
+def _digest(credential: str, session: bool) -> bytes:
+    """Cache key: a session token and an API key never share one."""
+    return hashlib.sha256((b"session:" if session else b"") + credential.encode()).digest()
 
 
 async def follow_revocations(authenticator: ApiKeyAuthenticator, redis: aioredis.Redis) -> None:
@@ -255,7 +272,8 @@ def _revoke(authenticator: ApiKeyAuthenticator, data: Any) -> None:
     try:
         event = json.loads(data)
         authenticator.revoke(customer_id=str(event.get("customer_id", "")),
-                             reseller_id=str(event.get("reseller_id", "")))
+                             reseller_id=str(event.get("reseller_id", "")), key_id=str(event.get("key_id", "")),
+                             user_id=str(event.get("user_id", "")), everyone=event.get("everyone") is True)
     except (ValueError, TypeError, AttributeError):
         log.warning("malformed revocation ignored; forgetting every cached key")
         authenticator.distrust_cache()

@@ -19,6 +19,8 @@ service_name: contextvars.ContextVar[str] = contextvars.ContextVar("service", de
 rpc_method: contextvars.ContextVar[str] = contextvars.ContextVar("rpc_method", default="")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
+# The outside client's address as the gateway saw it (sessions, lockout, the audit log); "" if unknown.
+client_address: contextvars.ContextVar[str] = contextvars.ContextVar("client_address", default="")
 # Monotonic time by which the RPC being served must answer; None without a client deadline.
 deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 

@@ -8,7 +8,8 @@ interceptors in a fixed order, outermost first:
 
 Authentication verifies the signed principal for the very method called (`principal`), or
 resolves a bearer API key where the service takes one, then holds internal methods to their
-callers (`callers`), before any request field is looked at.
+callers (`callers`) and public ones to the caller's role (`roles`), before any request field
+is looked at.
 
 On SIGTERM or SIGINT the health service turns NOT_SERVING, the server stops accepting calls,
 in-flight calls get `grace_seconds` to finish, background loops are cancelled and the
@@ -34,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from innosystem.kit import callers, logs, principal, telemetry
+from innosystem.kit import callers, logs, principal, roles, sessions, telemetry
 from innosystem.kit.config import CommonConfig
 from innosystem.kit.errors import (
     DOMAIN_SUFFIX,
@@ -148,10 +149,13 @@ def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[str, Any]]:
 @asynccontextmanager
 async def _request_context(method: str, request: Message | None,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    rid = next((str(v) for k, v in _metadata(context) if k == "x-request-id"), "") or uuid.uuid4().hex
+    metadata = _metadata(context)
+    rid = next((str(v) for k, v in metadata if k == "x-request-id"), "") or uuid.uuid4().hex
+    address = next((str(v) for k, v in metadata if k == sessions.CLIENT_ADDRESS_METADATA), "")[:64]
     remaining = context.time_remaining()
     tokens = (logs.rpc_method.set(method), logs.request_id.set(rid),
-              logs.deadline.set(time.monotonic() + remaining if remaining is not None else None))
+              logs.deadline.set(time.monotonic() + remaining if remaining is not None else None),
+              logs.client_address.set(address))
     started = time.perf_counter()
     try:
         yield
@@ -168,6 +172,7 @@ async def _request_context(method: str, request: Message | None,
         logs.rpc_method.reset(tokens[0])
         logs.request_id.reset(tokens[1])
         logs.deadline.reset(tokens[2])
+        logs.client_address.reset(tokens[3])
 
 
 def _authentication(secret: bytes, authenticate: Authenticate | None, domain: str) -> Around:
@@ -188,6 +193,7 @@ def _authentication(secret: bytes, authenticate: Authenticate | None, domain: st
                     raise Unauthenticated("authorization must be 'Bearer <key>'", reason="MALFORMED_AUTHORIZATION")
                 caller = await authenticate(key.strip())
             callers.check(method, caller)
+            roles.check(method, caller)
         except DomainError as err:
             await abort(context, err, domain)
             raise  # unreachable: abort raises

@@ -5,7 +5,18 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, SmallInteger, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -80,6 +91,87 @@ class ApiKey(Base):
     label: Mapped[str] = mapped_column(String(64), default="")
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     revoke_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Role (kit.roles); NULL on an account's legacy key (the one `:rotateApiKey` issues) = OWNER.
+    role: Mapped[int | None] = mapped_column(SmallInteger)
+    display_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    expire_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_use_time: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class User(Base):
+    """A person of one account (the platform, a reseller or a customer) with one role.
+
+    The password is an argon2id hash, the TOTP secret is sealed (`secrets.Sealer`), recovery
+    codes are keyed hashes; nothing here lets anyone sign in as the user."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("account_kind IN (1, 2, 3)", name="account_kind_known"),
+        CheckConstraint("role BETWEEN 1 AND 5", name="role_known"),
+        Index("ux_users_email", func.lower(text("email")), unique=True),
+        Index(None, "customer_id", "create_time", "id"), Index(None, "reseller_id", "create_time", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    account_kind: Mapped[int] = mapped_column(SmallInteger)  # PrincipalKind admin/reseller/customer
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("resellers.id", ondelete="CASCADE"))
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[int] = mapped_column(SmallInteger)
+    password_hash: Mapped[str | None] = mapped_column(Text)  # NULL until the invitation is accepted
+    active: Mapped[bool] = mapped_column(default=True)
+    locale: Mapped[str] = mapped_column(String(16), default="")
+    time_zone: Mapped[str] = mapped_column(String(64), default="")
+    totp_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    recovery_codes: Mapped[list[bytes]] = mapped_column(ARRAY(LargeBinary(32)), default=list,
+                                                        server_default=text("'{}'"))
+    # The TOTP time step of the last code accepted: a code works once, even within its 30 s.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    failed_logins: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+
+class AccountPolicy(Base):
+    """An account's rules for its people; the platform's row has the nil UUID as its id."""
+
+    __tablename__ = "account_policies"
+
+    account_kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    require_totp: Mapped[bool] = mapped_column(default=False)
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+
+class UserToken(Base):
+    """A one-time token (invitation, password reset), stored as its keyed hash only."""
+
+    __tablename__ = "user_tokens"
+    __table_args__ = (Index(None, "user_id"),)
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))  # "invitation" | "reset"
+    expire_time: Mapped[datetime] = mapped_column(Timestamp)
+    use_time: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class SignInSession(Base):
+    """A person's signed-in browser: the cookie's value is found by its keyed hash."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index(None, "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    client_address: Mapped[str] = mapped_column(String(64), default="")
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    last_use_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expire_time: Mapped[datetime] = mapped_column(Timestamp)
+    revoke_time: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class IdempotencyKey(IdempotencyKeyColumns, Base):
@@ -106,15 +198,16 @@ class WalletOpening(Base):
 
 
 class AuditEvent(Base):
-    """An administrative action that reached into a tenant's credentials or encryption setting
-    (break-glass: an admin rotating a customer's API key, setting a project's encryption key).
+    """An administrative action: on users, roles, API keys and sessions, and break-glass ones
+    that reached into a tenant's credentials or encryption setting (an admin rotating a
+    customer's API key, setting a project's encryption key).
 
     Append-only: a trigger (migration 0003) refuses UPDATE and DELETE, and rows keep no foreign
     key, so they outlive the customer they are about.
     """
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index(None, "customer_id", "create_time"),)
+    __table_args__ = (Index(None, "customer_id", "create_time"), Index(None, "reseller_id", "create_time"))
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
@@ -125,3 +218,7 @@ class AuditEvent(Base):
     customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     project_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     detail: Mapped[str] = mapped_column(Text, default="")
+    actor_user_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    target: Mapped[str] = mapped_column(String(200), default="", server_default="")  # e.g. users/<id>
+    client_address: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    request_id: Mapped[str] = mapped_column(String(128), default="", server_default="")

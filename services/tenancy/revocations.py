@@ -24,8 +24,13 @@ class RevocationPublisher:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
 
-    async def __call__(self, *, customer_id: str = "", reseller_id: str = "") -> None:
-        event = {"customer_id": customer_id} if customer_id else {"reseller_id": reseller_id}
+    async def __call__(self, *, customer_id: str = "", reseller_id: str = "", key_id: str = "",
+                       user_id: str = "", everyone: bool = False) -> None:
+        event: dict[str, str | bool] = {
+            name: value for name, value in (("customer_id", customer_id), ("reseller_id", reseller_id),
+                                            ("key_id", key_id), ("user_id", user_id)) if value}
+        if everyone:
+            event["everyone"] = True
         try:
             await self._client.publish(ACCESS_REVOKED_CHANNEL, json.dumps(event))
         except (RedisError, OSError) as exc:

@@ -19,11 +19,12 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 from innosystem.kit import idempotency, pagination, quota
 from innosystem.kit import principal as principals
-from innosystem.kit.db import Database
+from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -34,7 +35,9 @@ from innosystem.kit.errors import (
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.tenancy.models import ApiKey, AuditEvent, Customer, IdempotencyKey, Project, Reseller, WalletOpening
+from services.tenancy import audit
+from services.tenancy.accounts import Account
+from services.tenancy.models import ApiKey, Customer, IdempotencyKey, Project, Reseller, WalletOpening
 from services.tenancy.repository import TenancyRepository
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_TAGS, MAX_TAG_LEN, MAX_DESCRIPTION = 50, 64, 4000
 DEFAULT_MAX_PROJECTS = 100
 MAX_PROJECTS_SETTING = "INNOSYSTEM_TENANCY_MAX_PROJECTS_PER_CUSTOMER"
+LAST_USE_PRECISION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,19 @@ async def break_glass(repo: TenancyRepository, caller: Principal, action: str, *
                 extra={"audit": "break_glass", "action": action, "actor_key_id": caller.key_id,
                        "customer_id": str(customer.id), "reseller_id": str(customer.reseller_id or ""),
                        "project_id": str(project_id or ""), "detail": detail})
-    await repo.add(AuditEvent(action=action, actor_kind=caller.kind, actor_key_id=caller.key_id,
-                              reseller_id=customer.reseller_id, customer_id=customer.id, project_id=project_id,
-                              detail=detail))
+    await audit.record(repo, caller, action, Account(principals.CUSTOMER, customer_id=customer.id),
+                       target=f"projects/{project_id}" if project_id else f"customers/{customer.id}",
+                       detail=detail, reseller_id=customer.reseller_id, project_id=project_id)
 
 
+
+
+async def _audit(repo: TenancyRepository, caller: Principal, action: str, *, customer_id: uuid.UUID | None = None,
+                 reseller_id: uuid.UUID | None = None, target: str = "", detail: str = "") -> None:
+    """An administrative action on an account's business, in the action's own transaction."""
+    account = (Account(principals.CUSTOMER, customer_id=customer_id) if customer_id
+               else Account(principals.RESELLER, reseller_id=reseller_id) if reseller_id else Account.platform())
+    await audit.record(repo, caller, action, account, target=target, detail=detail, reseller_id=reseller_id)
 
 
 def validate(changes: dict[str, Any]) -> None:
@@ -110,12 +122,16 @@ def validate(changes: dict[str, Any]) -> None:
 
 
 class Revoked(Protocol):
-    """Told, after the commit, that an account's API keys stopped being valid (or changed)."""
+    """Told, after the commit, that credentials stopped being valid (or changed): an account's
+    (customer or reseller), one key's or session's (`key_id`), one user's sessions, or
+    `everyone`'s (a platform-wide rule changed)."""
 
-    def __call__(self, *, customer_id: str = "", reseller_id: str = "") -> Awaitable[None]: ...
+    def __call__(self, *, customer_id: str = "", reseller_id: str = "", key_id: str = "", user_id: str = "",
+                 everyone: bool = False) -> Awaitable[None]: ...
 
 
-async def _nobody_told(*, customer_id: str = "", reseller_id: str = "") -> None:
+async def _nobody_told(*, customer_id: str = "", reseller_id: str = "", key_id: str = "", user_id: str = "",
+                       everyone: bool = False) -> None:
     return None
 
 
@@ -167,11 +183,19 @@ class TenancyService:
         key, reseller, customer = found
         if (customer is not None and not customer.active) or (reseller is not None and not reseller.active):
             raise Unauthenticated("the account of this API key is inactive", reason="ACCOUNT_INACTIVE")
+        now = utcnow()
+        if key.expire_time is not None and key.expire_time <= now:
+            raise Unauthenticated("API key has expired", reason="API_KEY_EXPIRED")
+        if key.last_use_time is None or now - key.last_use_time > LAST_USE_PRECISION:
+            # Gateways cache a key's answer, so this runs about once per cache TTL, not per request.
+            async with self.db.session() as s:
+                await TenancyRepository(s).touch_key(key.id, now)
         return Principal(
             kind=key.kind,  # type: ignore[arg-type]
             reseller_id=str(reseller.id) if reseller else "",
             customer_id=str(customer.id) if customer else "",
             key_id=str(key.id),
+            role=key.role or 0,  # type: ignore[arg-type]
         )
 
     async def ensure_admin_key(self, api_key: str) -> None:
@@ -213,6 +237,7 @@ class TenancyService:
             reseller = Reseller(**fields)
             await repo.add(reseller)
             api_key = await self._issue_key(repo, principals.RESELLER, reseller_id=reseller.id)
+            await _audit(repo, caller, "CreateReseller", reseller_id=reseller.id, target=f"resellers/{reseller.id}")
             await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, reseller.id)
             return Created(reseller, api_key)
 
@@ -239,9 +264,12 @@ class TenancyService:
         principals.require_admin(caller)
         validate(changes)
         async with self.db.session() as s:
-            row = await self._visible_reseller(TenancyRepository(s), caller, reseller_id, lock=True)
+            repo = TenancyRepository(s)
+            row = await self._visible_reseller(repo, caller, reseller_id, lock=True)
             for name, value in changes.items():
                 setattr(row, name, value)
+            await _audit(repo, caller, "UpdateReseller", reseller_id=row.id, target=f"resellers/{row.id}",
+                         detail=", ".join(sorted(changes)))
             await s.flush()
         if changes.get("active") is False:  # its keys and its customers' keys stop working now
             await self._revoked(reseller_id=str(row.id))
@@ -256,6 +284,7 @@ class TenancyService:
                 raise FailedPrecondition("the reseller still has customers; move or delete them first",
                                          reason="RESELLER_HAS_CUSTOMERS")
             await repo.delete_reseller(row.id)
+            await _audit(repo, caller, "DeleteReseller", reseller_id=row.id, target=f"resellers/{row.id}")
         await self._revoked(reseller_id=str(row.id))
 
     async def rotate_reseller_key(self, caller: Principal, reseller_id: str) -> str:
@@ -264,6 +293,7 @@ class TenancyService:
             row = await self._visible_reseller(repo, caller, reseller_id, lock=True)
             await repo.revoke_keys(reseller_id=row.id)
             api_key = await self._issue_key(repo, principals.RESELLER, reseller_id=row.id)
+            await _audit(repo, caller, "RotateResellerApiKey", reseller_id=row.id, target=f"resellers/{row.id}")
         await self._revoked(reseller_id=str(row.id))
         return api_key
 
@@ -294,6 +324,8 @@ class TenancyService:
             await repo.add(customer)
             api_key = await self._issue_key(repo, principals.CUSTOMER, customer_id=customer.id)
             await repo.add(WalletOpening(customer_id=customer.id, reseller_id=customer.reseller_id))
+            await _audit(repo, caller, "CreateCustomer", customer_id=customer.id, reseller_id=customer.reseller_id,
+                         target=f"customers/{customer.id}")
             await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, customer.id)
         # After the commit (the outbox row is durable): answer once the wallet exists if billing
         # can say so in time, so that a top-up right after this answer finds it.
@@ -331,9 +363,12 @@ class TenancyService:
                                    reason="ADMIN_OR_RESELLER_ONLY")
         validate(changes)
         async with self.db.session() as s:
-            row = await self._visible_customer(TenancyRepository(s), caller, customer_id, lock=True)
+            repo = TenancyRepository(s)
+            row = await self._visible_customer(repo, caller, customer_id, lock=True)
             for name, value in changes.items():
                 setattr(row, name, value)
+            await _audit(repo, caller, "UpdateCustomer", customer_id=row.id, reseller_id=row.reseller_id,
+                         target=f"customers/{row.id}", detail=", ".join(sorted(changes)))
             await s.flush()
         if changes.get("active") is False:  # its keys stop working now, not when caches expire
             await self._revoked(customer_id=str(row.id))
@@ -351,6 +386,8 @@ class TenancyService:
                 raise FailedPrecondition(f"the customer has {projects} project(s); delete them or pass force=true",
                                          reason="CUSTOMER_HAS_PROJECTS", metadata={"projects": str(projects)})
             await repo.delete_customer(row.id)
+            await _audit(repo, caller, "DeleteCustomer", customer_id=row.id, reseller_id=row.reseller_id,
+                         target=f"customers/{row.id}", detail=f"force={force}")
         await self._revoked(customer_id=str(row.id))
 
     async def rotate_customer_key(self, caller: Principal, customer_id: str) -> str:
@@ -359,6 +396,9 @@ class TenancyService:
             row = await self._visible_customer(repo, caller, customer_id, lock=True)
             if customer_only(caller, row.id, "rotate its API key"):
                 await break_glass(repo, caller, "RotateCustomerApiKey", customer=row)
+            else:
+                await _audit(repo, caller, "RotateCustomerApiKey", customer_id=row.id, reseller_id=row.reseller_id,
+                             target=f"customers/{row.id}")
             await repo.revoke_keys(customer_id=row.id)
             api_key = await self._issue_key(repo, principals.CUSTOMER, customer_id=row.id)
         await self._revoked(customer_id=str(row.id))
@@ -383,6 +423,8 @@ class TenancyService:
             if fields.get("encryption_key_id"):
                 await self._encryption_key_change(repo, caller, customer, project, fields["encryption_key_id"])
             await repo.add(project)
+            await _audit(repo, caller, "CreateProject", customer_id=customer.id, reseller_id=customer.reseller_id,
+                         target=f"projects/{project.id}")
             await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, project.id)
             return project
 
@@ -418,6 +460,8 @@ class TenancyService:
                 await self._encryption_key_change(repo, caller, customer, row, changes["encryption_key_id"])
             for name, value in changes.items():
                 setattr(row, name, value)
+            await _audit(repo, caller, "UpdateProject", customer_id=row.customer_id, target=f"projects/{row.id}",
+                         detail=", ".join(sorted(changes)))
             await s.flush()
             return row
 
@@ -437,4 +481,5 @@ class TenancyService:
             repo = TenancyRepository(s)
             row = await self._visible_project(repo, caller, project_id, lock=True)
             await repo.delete_project(row.id)
+            await _audit(repo, caller, "DeleteProject", customer_id=row.customer_id, target=f"projects/{row.id}")
 

@@ -175,11 +175,13 @@ async def test_admin_bootstrap_key_replaces_the_previous_one(tenancy: TenancySer
 
 
 def _audit_rows(database_url: str, customer_id: str) -> list[tuple[str, int, str]]:
+    """The customer's break-glass audit events (every administrative action is recorded too)."""
     import psycopg
 
     with psycopg.connect(database_url) as conn:
         return [(a, k, d) for a, k, d in conn.execute(
-            "SELECT action, actor_kind, detail FROM tenancy.audit_events WHERE customer_id = %s ORDER BY create_time",
+            "SELECT action, actor_kind, detail FROM tenancy.audit_events WHERE customer_id = %s"
+            " AND action IN ('RotateCustomerApiKey', 'SetProjectEncryptionKey') ORDER BY create_time",
             (customer_id,)).fetchall()]
 
 

@@ -125,6 +125,111 @@ class TenancyServiceStub:
                 request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteProjectRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CreateUser = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/CreateUser',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateUserRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateUserResponse.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/ListUsers',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.GetUser = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/GetUser',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetUserRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+                _registered_method=True)
+        self.UpdateUser = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/UpdateUser',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.UpdateUserRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+                _registered_method=True)
+        self.DeactivateUser = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/DeactivateUser',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeactivateUserRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+                _registered_method=True)
+        self.AcceptInvitation = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/AcceptInvitation',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.AcceptInvitationRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+                _registered_method=True)
+        self.CreatePasswordReset = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/CreatePasswordReset',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreatePasswordResetRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.CompletePasswordReset = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/CompletePasswordReset',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CompletePasswordResetRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.EnrollTotp = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/EnrollTotp',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpResponse.FromString,
+                _registered_method=True)
+        self.ConfirmTotp = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/ConfirmTotp',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpResponse.FromString,
+                _registered_method=True)
+        self.DisableTotp = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/DisableTotp',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DisableTotpRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+                _registered_method=True)
+        self.SetTotpRequirement = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/SetTotpRequirement',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SetTotpRequirementRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.TotpRequirement.FromString,
+                _registered_method=True)
+        self.CreateSession = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/CreateSession',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateSessionRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SessionResponse.FromString,
+                _registered_method=True)
+        self.GetCurrentSession = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/GetCurrentSession',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetCurrentSessionRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SessionResponse.FromString,
+                _registered_method=True)
+        self.DeleteCurrentSession = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/DeleteCurrentSession',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteCurrentSessionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/ListSessions',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSession = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/DeleteSession',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteSessionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/CreateApiKey',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/ListApiKeys',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.DeleteApiKey = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/DeleteApiKey',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteApiKeyRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/ListAuditEvents',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
         self.GetMe = channel.unary_unary(
                 '/innosystem.tenancy.v1.TenancyService/GetMe',
                 request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetMeRequest.SerializeToString,
@@ -248,6 +353,152 @@ class TenancyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateUser(self, request, context):
+        """Users: the people of an account (the platform, a reseller or a customer), one role each.
+        Inviting answers the user and a one-time invitation token (also e-mailed when SMTP is set up).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUser(self, request, context):
+        """A user may change its own display name, locale and time zone; a role needs an OWNER or ADMIN
+        of the account (and only an OWNER makes or unmakes an OWNER).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeactivateUser(self, request, context):
+        """Its sessions end at once. FAILED_PRECONDITION for the account's last active OWNER.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptInvitation(self, request, context):
+        """Public (no credentials): sets the invited user's password.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePasswordReset(self, request, context):
+        """Public: sends a one-time reset token to the address if it belongs to an active user. The
+        answer is the same either way, so it tells nobody which addresses have users.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompletePasswordReset(self, request, context):
+        """Public: the new password; every session of the user ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnrollTotp(self, request, context):
+        """Second factor. Enrolling answers a new secret and changes nothing; confirming it with a code
+        from the app turns TOTP on and answers ten one-time recovery codes (shown once). Only the
+        user itself enrols; disabling is the user's or its account's OWNER/ADMIN's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmTotp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableTotp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTotpRequirement(self, request, context):
+        """An account OWNER requires TOTP of every user of the account: until a user has enrolled, its
+        sessions may only read its own profile and enrol (reason TOTP_ENROLLMENT_REQUIRED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSession(self, request, context):
+        """Sessions: public sign-in. The gateway turns the session token tenancy answers in the
+        `x-innosystem-session` response metadata into the HttpOnly cookie; it is never in the body.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCurrentSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCurrentSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """The user's own live sessions (an OWNER or ADMIN of its account may list them too).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """API keys: many per account, each with a role and an optional expiry. Rotation without
+        downtime: create the new key, move integrations to it, delete the old one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """The account's append-only record of administrative actions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMe(self, request, context):
         """The caller's own principal, with the names of what it stands for.
         """
@@ -351,6 +602,111 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     servicer.DeleteProject,
                     request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteProjectRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CreateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUser,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateUserRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateUserResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListUsersRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'GetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUser,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetUserRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.SerializeToString,
+            ),
+            'UpdateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUser,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.UpdateUserRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.SerializeToString,
+            ),
+            'DeactivateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeactivateUser,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeactivateUserRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.SerializeToString,
+            ),
+            'AcceptInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptInvitation,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.AcceptInvitationRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.SerializeToString,
+            ),
+            'CreatePasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePasswordReset,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreatePasswordResetRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CompletePasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompletePasswordReset,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CompletePasswordResetRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'EnrollTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollTotp,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpResponse.SerializeToString,
+            ),
+            'ConfirmTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmTotp,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpResponse.SerializeToString,
+            ),
+            'DisableTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableTotp,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DisableTotpRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.SerializeToString,
+            ),
+            'SetTotpRequirement': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTotpRequirement,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SetTotpRequirementRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.TotpRequirement.SerializeToString,
+            ),
+            'CreateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSession,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateSessionRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SessionResponse.SerializeToString,
+            ),
+            'GetCurrentSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCurrentSession,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetCurrentSessionRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SessionResponse.SerializeToString,
+            ),
+            'DeleteCurrentSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCurrentSession,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteCurrentSessionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListSessionsRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'DeleteSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSession,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteSessionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'DeleteApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteApiKey,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteApiKeyRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditEventsResponse.SerializeToString,
             ),
             'GetMe': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMe,
@@ -827,6 +1183,573 @@ class TenancyService:
             '/innosystem.tenancy.v1.TenancyService/DeleteProject',
             innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteProjectRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/CreateUser',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateUserRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/ListUsers',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListUsersRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/GetUser',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetUserRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/UpdateUser',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.UpdateUserRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeactivateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/DeactivateUser',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeactivateUserRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/AcceptInvitation',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.AcceptInvitationRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/CreatePasswordReset',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreatePasswordResetRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompletePasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/CompletePasswordReset',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CompletePasswordResetRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/EnrollTotp',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.EnrollTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/ConfirmTotp',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ConfirmTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/DisableTotp',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DisableTotpRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTotpRequirement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/SetTotpRequirement',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SetTotpRequirementRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.TotpRequirement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/CreateSession',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateSessionRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCurrentSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/GetCurrentSession',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetCurrentSessionRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCurrentSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/DeleteCurrentSession',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteCurrentSessionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/ListSessions',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListSessionsRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/DeleteSession',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteSessionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/CreateApiKey',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateApiKeyRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/ListApiKeys',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/DeleteApiKey',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.DeleteApiKeyRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/ListAuditEvents',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditEventsRequest.SerializeToString,
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

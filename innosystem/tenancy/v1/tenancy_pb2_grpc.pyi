@@ -57,6 +57,54 @@ class TenancyServiceStub:
     ListProjects: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.ListProjectsRequest, _tenancy_pb2.ListProjectsResponse]
     UpdateProject: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.UpdateProjectRequest, _tenancy_pb2.Project]
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.DeleteProjectRequest, _empty_pb2.Empty]
+    CreateUser: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.CreateUserRequest, _tenancy_pb2.CreateUserResponse]
+    """Users: the people of an account (the platform, a reseller or a customer), one role each.
+    Inviting answers the user and a one-time invitation token (also e-mailed when SMTP is set up).
+    """
+    ListUsers: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.ListUsersRequest, _tenancy_pb2.ListUsersResponse]
+    GetUser: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.GetUserRequest, _tenancy_pb2.User]
+    UpdateUser: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.UpdateUserRequest, _tenancy_pb2.User]
+    """A user may change its own display name, locale and time zone; a role needs an OWNER or ADMIN
+    of the account (and only an OWNER makes or unmakes an OWNER).
+    """
+    DeactivateUser: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.DeactivateUserRequest, _tenancy_pb2.User]
+    """Its sessions end at once. FAILED_PRECONDITION for the account's last active OWNER."""
+    AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.AcceptInvitationRequest, _tenancy_pb2.User]
+    """Public (no credentials): sets the invited user's password."""
+    CreatePasswordReset: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.CreatePasswordResetRequest, _empty_pb2.Empty]
+    """Public: sends a one-time reset token to the address if it belongs to an active user. The
+    answer is the same either way, so it tells nobody which addresses have users.
+    """
+    CompletePasswordReset: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.CompletePasswordResetRequest, _empty_pb2.Empty]
+    """Public: the new password; every session of the user ends."""
+    EnrollTotp: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.EnrollTotpRequest, _tenancy_pb2.EnrollTotpResponse]
+    """Second factor. Enrolling answers a new secret and changes nothing; confirming it with a code
+    from the app turns TOTP on and answers ten one-time recovery codes (shown once). Only the
+    user itself enrols; disabling is the user's or its account's OWNER/ADMIN's.
+    """
+    ConfirmTotp: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.ConfirmTotpRequest, _tenancy_pb2.ConfirmTotpResponse]
+    DisableTotp: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.DisableTotpRequest, _tenancy_pb2.User]
+    SetTotpRequirement: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.SetTotpRequirementRequest, _tenancy_pb2.TotpRequirement]
+    """An account OWNER requires TOTP of every user of the account: until a user has enrolled, its
+    sessions may only read its own profile and enrol (reason TOTP_ENROLLMENT_REQUIRED otherwise).
+    """
+    CreateSession: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.CreateSessionRequest, _tenancy_pb2.SessionResponse]
+    """Sessions: public sign-in. The gateway turns the session token tenancy answers in the
+    `x-innosystem-session` response metadata into the HttpOnly cookie; it is never in the body.
+    """
+    GetCurrentSession: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.GetCurrentSessionRequest, _tenancy_pb2.SessionResponse]
+    DeleteCurrentSession: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.DeleteCurrentSessionRequest, _empty_pb2.Empty]
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.ListSessionsRequest, _tenancy_pb2.ListSessionsResponse]
+    """The user's own live sessions (an OWNER or ADMIN of its account may list them too)."""
+    DeleteSession: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.DeleteSessionRequest, _empty_pb2.Empty]
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.CreateApiKeyRequest, _tenancy_pb2.CreateApiKeyResponse]
+    """API keys: many per account, each with a role and an optional expiry. Rotation without
+    downtime: create the new key, move integrations to it, delete the old one.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.ListApiKeysRequest, _tenancy_pb2.ListApiKeysResponse]
+    DeleteApiKey: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.DeleteApiKeyRequest, _empty_pb2.Empty]
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.ListAuditEventsRequest, _tenancy_pb2.ListAuditEventsResponse]
+    """The account's append-only record of administrative actions, newest first."""
     GetMe: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.GetMeRequest, _tenancy_pb2.Me]
     """The caller's own principal, with the names of what it stands for."""
     Authenticate: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.AuthenticateRequest, _tenancy_pb2.Principal]
@@ -93,6 +141,54 @@ class TenancyServiceAsyncStub(TenancyServiceStub):
     ListProjects: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.ListProjectsRequest, _tenancy_pb2.ListProjectsResponse]  # type: ignore[assignment]
     UpdateProject: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.UpdateProjectRequest, _tenancy_pb2.Project]  # type: ignore[assignment]
     DeleteProject: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.DeleteProjectRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    CreateUser: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.CreateUserRequest, _tenancy_pb2.CreateUserResponse]  # type: ignore[assignment]
+    """Users: the people of an account (the platform, a reseller or a customer), one role each.
+    Inviting answers the user and a one-time invitation token (also e-mailed when SMTP is set up).
+    """
+    ListUsers: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.ListUsersRequest, _tenancy_pb2.ListUsersResponse]  # type: ignore[assignment]
+    GetUser: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.GetUserRequest, _tenancy_pb2.User]  # type: ignore[assignment]
+    UpdateUser: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.UpdateUserRequest, _tenancy_pb2.User]  # type: ignore[assignment]
+    """A user may change its own display name, locale and time zone; a role needs an OWNER or ADMIN
+    of the account (and only an OWNER makes or unmakes an OWNER).
+    """
+    DeactivateUser: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.DeactivateUserRequest, _tenancy_pb2.User]  # type: ignore[assignment]
+    """Its sessions end at once. FAILED_PRECONDITION for the account's last active OWNER."""
+    AcceptInvitation: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.AcceptInvitationRequest, _tenancy_pb2.User]  # type: ignore[assignment]
+    """Public (no credentials): sets the invited user's password."""
+    CreatePasswordReset: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.CreatePasswordResetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Public: sends a one-time reset token to the address if it belongs to an active user. The
+    answer is the same either way, so it tells nobody which addresses have users.
+    """
+    CompletePasswordReset: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.CompletePasswordResetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Public: the new password; every session of the user ends."""
+    EnrollTotp: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.EnrollTotpRequest, _tenancy_pb2.EnrollTotpResponse]  # type: ignore[assignment]
+    """Second factor. Enrolling answers a new secret and changes nothing; confirming it with a code
+    from the app turns TOTP on and answers ten one-time recovery codes (shown once). Only the
+    user itself enrols; disabling is the user's or its account's OWNER/ADMIN's.
+    """
+    ConfirmTotp: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.ConfirmTotpRequest, _tenancy_pb2.ConfirmTotpResponse]  # type: ignore[assignment]
+    DisableTotp: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.DisableTotpRequest, _tenancy_pb2.User]  # type: ignore[assignment]
+    SetTotpRequirement: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.SetTotpRequirementRequest, _tenancy_pb2.TotpRequirement]  # type: ignore[assignment]
+    """An account OWNER requires TOTP of every user of the account: until a user has enrolled, its
+    sessions may only read its own profile and enrol (reason TOTP_ENROLLMENT_REQUIRED otherwise).
+    """
+    CreateSession: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.CreateSessionRequest, _tenancy_pb2.SessionResponse]  # type: ignore[assignment]
+    """Sessions: public sign-in. The gateway turns the session token tenancy answers in the
+    `x-innosystem-session` response metadata into the HttpOnly cookie; it is never in the body.
+    """
+    GetCurrentSession: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.GetCurrentSessionRequest, _tenancy_pb2.SessionResponse]  # type: ignore[assignment]
+    DeleteCurrentSession: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.DeleteCurrentSessionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ListSessions: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.ListSessionsRequest, _tenancy_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """The user's own live sessions (an OWNER or ADMIN of its account may list them too)."""
+    DeleteSession: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.DeleteSessionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.CreateApiKeyRequest, _tenancy_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """API keys: many per account, each with a role and an optional expiry. Rotation without
+    downtime: create the new key, move integrations to it, delete the old one.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.ListApiKeysRequest, _tenancy_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    DeleteApiKey: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.DeleteApiKeyRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.ListAuditEventsRequest, _tenancy_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """The account's append-only record of administrative actions, newest first."""
     GetMe: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.GetMeRequest, _tenancy_pb2.Me]  # type: ignore[assignment]
     """The caller's own principal, with the names of what it stands for."""
     Authenticate: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.AuthenticateRequest, _tenancy_pb2.Principal]  # type: ignore[assignment]
@@ -228,6 +324,180 @@ class TenancyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenancy_pb2.DeleteProjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateUser(
+        self,
+        request: _tenancy_pb2.CreateUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.CreateUserResponse, _abc.Awaitable[_tenancy_pb2.CreateUserResponse]]:
+        """Users: the people of an account (the platform, a reseller or a customer), one role each.
+        Inviting answers the user and a one-time invitation token (also e-mailed when SMTP is set up).
+        """
+
+    @_abc_1.abstractmethod
+    def ListUsers(
+        self,
+        request: _tenancy_pb2.ListUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.ListUsersResponse, _abc.Awaitable[_tenancy_pb2.ListUsersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetUser(
+        self,
+        request: _tenancy_pb2.GetUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.User, _abc.Awaitable[_tenancy_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateUser(
+        self,
+        request: _tenancy_pb2.UpdateUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.User, _abc.Awaitable[_tenancy_pb2.User]]:
+        """A user may change its own display name, locale and time zone; a role needs an OWNER or ADMIN
+        of the account (and only an OWNER makes or unmakes an OWNER).
+        """
+
+    @_abc_1.abstractmethod
+    def DeactivateUser(
+        self,
+        request: _tenancy_pb2.DeactivateUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.User, _abc.Awaitable[_tenancy_pb2.User]]:
+        """Its sessions end at once. FAILED_PRECONDITION for the account's last active OWNER."""
+
+    @_abc_1.abstractmethod
+    def AcceptInvitation(
+        self,
+        request: _tenancy_pb2.AcceptInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.User, _abc.Awaitable[_tenancy_pb2.User]]:
+        """Public (no credentials): sets the invited user's password."""
+
+    @_abc_1.abstractmethod
+    def CreatePasswordReset(
+        self,
+        request: _tenancy_pb2.CreatePasswordResetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Public: sends a one-time reset token to the address if it belongs to an active user. The
+        answer is the same either way, so it tells nobody which addresses have users.
+        """
+
+    @_abc_1.abstractmethod
+    def CompletePasswordReset(
+        self,
+        request: _tenancy_pb2.CompletePasswordResetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Public: the new password; every session of the user ends."""
+
+    @_abc_1.abstractmethod
+    def EnrollTotp(
+        self,
+        request: _tenancy_pb2.EnrollTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.EnrollTotpResponse, _abc.Awaitable[_tenancy_pb2.EnrollTotpResponse]]:
+        """Second factor. Enrolling answers a new secret and changes nothing; confirming it with a code
+        from the app turns TOTP on and answers ten one-time recovery codes (shown once). Only the
+        user itself enrols; disabling is the user's or its account's OWNER/ADMIN's.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmTotp(
+        self,
+        request: _tenancy_pb2.ConfirmTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.ConfirmTotpResponse, _abc.Awaitable[_tenancy_pb2.ConfirmTotpResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DisableTotp(
+        self,
+        request: _tenancy_pb2.DisableTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.User, _abc.Awaitable[_tenancy_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def SetTotpRequirement(
+        self,
+        request: _tenancy_pb2.SetTotpRequirementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.TotpRequirement, _abc.Awaitable[_tenancy_pb2.TotpRequirement]]:
+        """An account OWNER requires TOTP of every user of the account: until a user has enrolled, its
+        sessions may only read its own profile and enrol (reason TOTP_ENROLLMENT_REQUIRED otherwise).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateSession(
+        self,
+        request: _tenancy_pb2.CreateSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.SessionResponse, _abc.Awaitable[_tenancy_pb2.SessionResponse]]:
+        """Sessions: public sign-in. The gateway turns the session token tenancy answers in the
+        `x-innosystem-session` response metadata into the HttpOnly cookie; it is never in the body.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCurrentSession(
+        self,
+        request: _tenancy_pb2.GetCurrentSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.SessionResponse, _abc.Awaitable[_tenancy_pb2.SessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteCurrentSession(
+        self,
+        request: _tenancy_pb2.DeleteCurrentSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _tenancy_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.ListSessionsResponse, _abc.Awaitable[_tenancy_pb2.ListSessionsResponse]]:
+        """The user's own live sessions (an OWNER or ADMIN of its account may list them too)."""
+
+    @_abc_1.abstractmethod
+    def DeleteSession(
+        self,
+        request: _tenancy_pb2.DeleteSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _tenancy_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.CreateApiKeyResponse, _abc.Awaitable[_tenancy_pb2.CreateApiKeyResponse]]:
+        """API keys: many per account, each with a role and an optional expiry. Rotation without
+        downtime: create the new key, move integrations to it, delete the old one.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _tenancy_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.ListApiKeysResponse, _abc.Awaitable[_tenancy_pb2.ListApiKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteApiKey(
+        self,
+        request: _tenancy_pb2.DeleteApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _tenancy_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenancy_pb2.ListAuditEventsResponse, _abc.Awaitable[_tenancy_pb2.ListAuditEventsResponse]]:
+        """The account's append-only record of administrative actions, newest first."""
 
     @_abc_1.abstractmethod
     def GetMe(
