@@ -115,9 +115,9 @@ def test_a_customer_creates_a_project_and_type_runs_a_job_live_and_pays_for_it(w
     before = balance(world)
     page.get_by_role("link", name="Jobs").click()
     page.get_by_role("heading", name="Jobs").wait_for()
-    page.get_by_label("Project", exact=True).select_option(label="console-e2e")
+    page.locator("[data-testid=filter-project]").select_option(label="console-e2e")
     page.locator("[data-testid=submit-type]").select_option(label="sleep")
-    page.get_by_label("Payload (JSON)").fill('{"seconds": 2}')
+    page.get_by_label("Payload (JSON)").fill('{"seconds": 10}')  # seen running even on a busy machine
     page.get_by_role("button", name="Submit", exact=True).click()
 
     # The job's page follows it live (SSE): Running, then Succeeded, then its capture on the timeline.
@@ -137,7 +137,7 @@ def test_a_customer_creates_a_project_and_type_runs_a_job_live_and_pays_for_it(w
     screenshot(page, "wallet")
 
 
-def test_the_access_log_chain_verifies(world: World, page: Any) -> None:
+def test_the_access_log_chain_verifies_and_the_team_page_makes_a_key(world: World, page: Any) -> None:
     email, password = world.people["owner"]
     sign_in(page, world.base, email, password)
     page.get_by_role("link", name="Access log").click()
@@ -147,6 +147,15 @@ def test_the_access_log_chain_verifies(world: World, page: Any) -> None:
     assert re.fullmatch(r"Chain intact: \d+ records checked\.", result.inner_text())
     accessible(page)
     screenshot(page, "access")
+
+    page.get_by_role("link", name="Team and keys").click()
+    page.get_by_role("cell", name=world.people["viewer"][0]).wait_for()
+    page.get_by_label("Name", exact=True).last.fill("console-ci")
+    page.get_by_role("button", name="Create key").click()
+    page.get_by_text("Copy the key now").wait_for()
+    assert page.locator("[role=status] code").inner_text().startswith("isk_")
+    accessible(page)
+    screenshot(page, "team")
 
 
 def test_bulk_retry_of_failed_jobs_confirms_the_count_and_refuses_an_empty_filter(world: World, page: Any) -> None:
@@ -161,7 +170,7 @@ def test_bulk_retry_of_failed_jobs_confirms_the_count_and_refuses_an_empty_filte
     sign_in(page, world.base, email, password)
     page.get_by_role("link", name="Jobs").click()
     page.get_by_role("heading", name="Jobs").wait_for()
-    page.get_by_label("Project", exact=True).select_option(label="console")
+    page.locator("[data-testid=filter-project]").select_option(label="console")
     page.get_by_role("button", name="Retry matching").click()
     page.get_by_role("alert").filter(has_text="Choose a filter first").wait_for()
 

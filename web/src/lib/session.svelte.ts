@@ -66,10 +66,12 @@ export async function savePreferences(changes: { locale?: string; timeZone?: str
 // What a role may do. The services enforce it; the console only leaves out what would be refused.
 const WRITERS: Role[] = ['ROLE_OWNER', 'ROLE_ADMIN', 'ROLE_DEVELOPER'];
 const PAYERS: Role[] = ['ROLE_OWNER', 'ROLE_ADMIN', 'ROLE_BILLING'];
+const ADMINISTRATORS: Role[] = ['ROLE_OWNER', 'ROLE_ADMIN'];
 
 export const can = {
   operateJobs: (user: User | null) => !!user && WRITERS.includes(user.role),
   configure: (user: User | null) => !!user && WRITERS.includes(user.role),
+  administer: (user: User | null) => !!user && ADMINISTRATORS.includes(user.role),
   topUp: (user: User | null) => !!user && PAYERS.includes(user.role) && user.accountKind !== 'PRINCIPAL_KIND_CUSTOMER'
 };
 
