@@ -54,11 +54,16 @@ def demo_people(stack: Stack, admin: Rest, demo: Demo) -> dict[str, tuple[str, s
     people = {}
     for who, account, role in (("owner", f"/v1/customers/{demo.customer_id}", "ROLE_OWNER"),
                                ("viewer", f"/v1/customers/{demo.customer_id}", "ROLE_VIEWER"),
-                               ("operator", "", "ROLE_OWNER")):
+                               ("operator", "", "ROLE_OWNER"),
+                               ("reseller", f"/v1/resellers/{reseller_of(admin, demo)}", "ROLE_OWNER")):
         email = f"console-{who}-{suffix}@example.com"
         invite_and_accept(stack.gateway_url, stack.admin_api_key, account, email, role, PASSWORD)
         people[who] = (email, PASSWORD)
     return people
+
+
+def reseller_of(admin: Rest, demo: Demo) -> str:
+    return str(admin("GET", f"/v1/customers/{demo.customer_id}")["resellerId"])
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +104,6 @@ def test_a_customer_creates_a_project_and_type_runs_a_job_live_and_pays_for_it(w
     page.get_by_role("heading", name="Overview").wait_for()
     page.get_by_text("Jobs in the last 24 hours").wait_for()
     accessible(page)
-    screenshot(page, "overview")
 
     page.get_by_role("link", name="Projects").click()
     page.get_by_label("New project name").fill("console-e2e")
@@ -135,6 +139,9 @@ def test_a_customer_creates_a_project_and_type_runs_a_job_live_and_pays_for_it(w
     page.locator("[data-testid=balance]", has_text=usd(before - 3)).wait_for()
     accessible(page)
     screenshot(page, "wallet")
+    page.get_by_role("link", name="Overview").click()
+    page.locator("[data-testid=available]", has_text=usd(before - 3)).wait_for()
+    screenshot(page, "overview")
 
 
 def test_the_access_log_chain_verifies_and_the_team_page_makes_a_key(world: World, page: Any) -> None:
@@ -223,6 +230,20 @@ def test_an_operator_sees_the_queues_and_runners(world: World, page: Any) -> Non
     page.get_by_role("cell", name="console-runner").wait_for()
     accessible(page)
     screenshot(page, "operator-queues")
+
+
+def test_a_reseller_tops_up_its_customer(world: World, page: Any) -> None:
+    before = balance(world)
+    email, password = world.people["reseller"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("heading", name="Customers").wait_for()
+    page.get_by_label("Top-up amount for Console Customer").fill("5")
+    row = page.locator("tr", has_text="Console Customer")
+    row.get_by_role("button", name="Top up").click()
+    page.get_by_text("Added US$5.00.").wait_for()
+    assert balance(world) == before + 500
+    accessible(page)
+    screenshot(page, "reseller")
 
 
 def test_a_viewer_is_offered_no_cancel_where_an_owner_is(world: World, browser: Any, page: Any) -> None:
