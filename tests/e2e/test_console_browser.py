@@ -42,6 +42,7 @@ def world(stack: Stack) -> Iterator[World]:
     stack.spawn("runner-console", ["runner", "--target", stack.address("runners"), "--slots", "4"],
                 {"INNOSYSTEM_RUNNER_TOKEN": demo.runner_token})
     try:
+        connected(admin, demo.runner_id)
         yield World(stack.gateway_url, demo, admin.as_key(demo.api_key), people)
     finally:
         stack.stop_process("runner-console")
@@ -60,6 +61,15 @@ def demo_people(stack: Stack, admin: Rest, demo: Demo) -> dict[str, tuple[str, s
         invite_and_accept(stack.gateway_url, stack.admin_api_key, account, email, role, PASSWORD)
         people[who] = (email, PASSWORD)
     return people
+
+
+def connected(admin: Rest, runner_id: str, timeout: float = 120.0) -> None:
+    """Until the runner process has its stream open (a busy machine may take a while to start it):
+    a job the first test submits is then seen running, not waiting for a runner."""
+    deadline = time.monotonic() + timeout
+    while admin("GET", f"/v1/runners/{runner_id}")["status"] not in ("RUNNER_STATUS_AVAILABLE", "RUNNER_STATUS_BUSY"):
+        assert time.monotonic() < deadline, f"runner {runner_id} did not connect within {timeout}s"
+        time.sleep(0.2)
 
 
 def reseller_of(admin: Rest, demo: Demo) -> str:
@@ -154,6 +164,10 @@ def test_the_access_log_chain_verifies_and_the_team_page_makes_a_key(world: Worl
     assert re.fullmatch(r"Chain intact: \d+ records checked\.", result.inner_text())
     accessible(page)
     screenshot(page, "access")
+
+    page.get_by_role("link", name="Keys and runners").click()
+    page.get_by_text("No encryption keys registered.").wait_for()
+    accessible(page)
 
     page.get_by_role("link", name="Team and keys").click()
     page.get_by_role("cell", name=world.people["viewer"][0]).wait_for()
@@ -266,6 +280,11 @@ def test_a_viewer_is_offered_no_cancel_where_an_owner_is(world: World, browser: 
         viewer.get_by_role("heading", name="Jobs").wait_for()
         assert viewer.get_by_role("button", name="Retry matching").count() == 0
         assert viewer.get_by_role("button", name="Submit", exact=True).count() == 0
+
+        viewer.get_by_role("button", name="Sign out").click()
+        viewer.locator("input[type=password]").wait_for()
+        viewer.goto(f"{world.base}/console/jobs")  # the session is gone: back to the sign-in form
+        viewer.locator("input[type=email]").wait_for()
         viewer.context.close()
     finally:
         world.customer("POST", f"/v1/jobs/{job['id']}:cancel", {})
