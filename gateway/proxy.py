@@ -26,6 +26,7 @@ from gateway.telemetry import ROUTE
 from gateway.transcode import build_request, render
 from gateway.upstreams import Upstreams
 from innosystem.kit import roles, sessions
+from innosystem.kit.audit import AUDITED
 from innosystem.kit.clients import ApiKeyAuthenticator, follow_revocations
 from innosystem.kit.clients import channel as signed_channel
 from innosystem.kit.errors import DomainError
@@ -162,7 +163,7 @@ class Gateway:
                 if remaining is not None:
                     headers["RateLimit-Remaining"] = str(remaining)
             metadata.extend(self._auth.sign(caller, route.rpc.grpc_path))
-        if route.rpc.upstream == "tenancy":  # sessions, lockout and the audit log record it
+        if route.rpc.upstream == "tenancy" or route.rpc.grpc_path in AUDITED:  # sessions, lockout, the audit log
             metadata.append((sessions.CLIENT_ADDRESS_METADATA, address))
         body = await self._read_body(request)
         message = build_request(route, path_values, request.rel_url.query.items(), body, self.pool)

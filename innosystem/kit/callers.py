@@ -56,6 +56,8 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
     "innosystem.tenancy.v1.TenancyService": {
         # API key → principal: the gateway for REST, jobs and runners for direct gRPC callers
         "Authenticate": frozenset({"gateway", "jobs", "runners"}),
+        # administrative actions of other services, for the audit log (kit/audit.py)
+        "RecordAuditEvent": frozenset({"billing", "jobs", "keys"}),
     },
 }
 

@@ -35,7 +35,8 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from innosystem.kit import callers, logs, principal, roles, sessions, telemetry
+from innosystem.kit import audit, callers, logs, principal, roles, sessions, telemetry
+from innosystem.kit.audit import AuditReporter
 from innosystem.kit.config import CommonConfig
 from innosystem.kit.errors import (
     DOMAIN_SUFFIX,
@@ -86,6 +87,8 @@ class Service:
     # Long-running loops (sweepers, consumers); restarted with backoff if they crash.
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Reports this service's audited methods (`kit.audit.AUDITED`) to tenancy once they succeed.
+    audit: AuditReporter | None = None
 
 
 async def abort(context: grpc.aio.ServicerContext, err: DomainError, domain: str) -> None:
@@ -104,6 +107,27 @@ class _Wrapping(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         return None if handler is None else _wrap(handler, details.method, self._around)
+
+
+class _Audited(grpc.aio.ServerInterceptor):
+    """Innermost: after an audited unary method answered without error, report it (`kit.audit`)."""
+
+    def __init__(self, reporter: AuditReporter) -> None:
+        self._reporter = reporter
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or not handler.unary_unary or details.method not in audit.AUDITED:
+            return handler
+        inner, method, reporter = handler.unary_unary, details.method, self._reporter
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            answer = await inner(request, context)
+            await reporter.report(method, request, answer)
+            return answer
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
 
 
 def _wrap(handler: Any, method: str, around: Around) -> Any:
@@ -149,9 +173,13 @@ def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[str, Any]]:
 @asynccontextmanager
 async def _request_context(method: str, request: Message | None,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    metadata = _metadata(context)
-    rid = next((str(v) for k, v in metadata if k == "x-request-id"), "") or uuid.uuid4().hex
-    address = next((str(v) for k, v in metadata if k == sessions.CLIENT_ADDRESS_METADATA), "")[:64]
+    rid = address = ""
+    for key, value in _metadata(context):  # one pass: this runs on every RPC, hot paths included
+        if key == "x-request-id":
+            rid = str(value)
+        elif key == sessions.CLIENT_ADDRESS_METADATA:
+            address = str(value)[:64]
+    rid = rid or uuid.uuid4().hex
     remaining = context.time_remaining()
     tokens = (logs.rpc_method.set(method), logs.request_id.set(rid),
               logs.deadline.set(time.monotonic() + remaining if remaining is not None else None),
@@ -250,6 +278,7 @@ def build_server(config: CommonConfig, service: Service) -> tuple[grpc.aio.Serve
             _Wrapping(_request_context),
             _Wrapping(_authentication(config.internal_secret, service.authenticate, domain)),
             _Wrapping(_domain_errors(domain)),
+            *([_Audited(service.audit)] if service.audit is not None else []),
         ],
         options=SERVER_OPTIONS,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from innosystem.billing.v1 import billing_pb2, billing_pb2_grpc
+from innosystem.kit.audit import AuditReporter
 from innosystem.kit.clients import channel
 from innosystem.kit.db import Database
 from innosystem.kit.redis import connect
@@ -38,5 +39,6 @@ async def create() -> Service:
         service_names=[billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name],
         register=lambda server: billing_pb2_grpc.add_BillingServiceServicer_to_server(api, server),
         background=background,
+        audit=AuditReporter(tenancy),  # top-ups and wallet settings → tenancy's audit log
         on_shutdown=[service.close, tenancy.close, close_redis, db.close],
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from innosystem.kit.audit import AuditReporter
 from innosystem.kit.clients import ApiKeyAuthenticator, channel
 from innosystem.kit.db import Database
 from innosystem.kit.redis import connect
@@ -37,5 +38,6 @@ async def create() -> Service:
         authenticate=ApiKeyAuthenticator(tenancy),  # direct gRPC callers with an API key
         background=[app.signals.listen_forever, app.loops.promote_forever, app.loops.reap_forever,
                     app.loops.recover_forever, app.loops.retain_forever],
+        audit=AuditReporter(tenancy),  # job types → tenancy's audit log
         on_shutdown=[tenancy.close, billing.close, keys.close, close_redis, db.close],
     )

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from innosystem.keys.v1 import access_logs_pb2, access_logs_pb2_grpc, keys_pb2, keys_pb2_grpc
+from innosystem.kit.audit import AuditReporter
 from innosystem.kit.clients import channel
 from innosystem.kit.db import Database
 from innosystem.kit.redis import connect
@@ -39,6 +40,7 @@ class Keys:
     keys_api: KeysApi
     logs_api: AccessLogsApi
     closers: list[Callable[[], Awaitable[None]]]
+    audit: AuditReporter | None = None  # key registrations → tenancy's audit log
 
     async def background_once(self) -> None:
         """One pass of every background duty (tests; the service runs each in its own loop)."""
@@ -84,7 +86,7 @@ def build(config: KeysConfig) -> Keys:
     return Keys(deps, registry, accesses, notifications, KeysApi(registry, accesses),
                 AccessLogsApi(deps, access_log, notifications),
                 [notifications.close, clients.close, jobs_channel.close, tenancy_channel.close, redis.aclose,
-                 db.close])
+                 db.close], AuditReporter(tenancy_channel))
 
 
 def service(keys: Keys) -> Service:
@@ -98,6 +100,7 @@ def service(keys: Keys) -> Service:
                        access_logs_pb2.DESCRIPTOR.services_by_name["AccessLoggingService"].full_name],
         register=register,
         background=keys.duties(),
+        audit=keys.audit,
         on_shutdown=[keys.close],
     )
 

@@ -93,6 +93,12 @@ class TenancyApi(tenancy_pb2_grpc.TenancyServiceServicer):
             raise Unauthenticated("an API key or a session token is needed", reason="NO_CREDENTIALS")
         return await self.service.authenticate(request.api_key)
 
+    async def RecordAuditEvent(self, request: pb.RecordAuditEventRequest,
+                               context: grpc.aio.ServicerContext) -> Empty:
+        # internal: billing, jobs and keys (innosystem/kit/audit.py)
+        await audit.record_reported(self.db, request)
+        return Empty()
+
     async def GetMe(self, request: pb.GetMeRequest, context: grpc.aio.ServicerContext) -> pb.Me:
         caller = principals.current()
         me = pb.Me(principal=caller, display_name=await self.service.me(caller))

@@ -50,7 +50,6 @@ class ApiKeys:
             raise InvalidArgument("display_name must be 1 to 200 characters", field="display_name",
                                   reason="INVALID_NAME")
         check_role(role)
-        check_grant(caller, role)
         if expire_time is not None and expire_time <= utcnow():
             raise InvalidArgument("expire_time must be in the future", field="expire_time",
                                   reason="INVALID_EXPIRE_TIME")
@@ -59,6 +58,7 @@ class ApiKeys:
             repo = TenancyRepository(s)
             account, customers_reseller = await visibility.account(repo, caller, customer_id, reseller_id,
                                                                    manage=True)
+            check_grant(caller, role)
             key = ApiKey(id=uuid.uuid4(), key_hash=self._tenancy.hash_key(secret), prefix=secret[:12],
                          kind=account.kind, role=role, display_name=display_name, expire_time=expire_time,
                          create_time=utcnow(), **account.row_ids())

@@ -60,11 +60,13 @@ class SignIn:
         async with self.db.session() as s:
             user = await TenancyRepository(s).find_user(email.strip())
         now = utcnow()
+        # Said before the password is checked, so a locked user's password cannot be guessed meanwhile
+        # (it tells that the address has a user, which only a flood of wrong passwords finds out).
         if user is not None and user.locked_until is not None and user.locked_until > now:
             raise ResourceExhausted("too many failed sign-ins; try again later", reason="ACCOUNT_LOCKED",
                                     metadata={"retry_after_seconds": str(int((user.locked_until - now).seconds))})
-        usable = user is not None and user.active and user.password_hash is not None
-        if not await verify_password(user.password_hash if usable and user else None, password) or user is None:
+        stored = user.password_hash if user is not None and user.active else None
+        if not await verify_password(stored, password) or user is None:
             await self._failed(user)
             raise _invalid()
         if user.totp_secret is not None:

@@ -30,7 +30,7 @@ from services.tenancy.service import Revoked
 INVITATION, RESET = "invitation", "reset"
 INVITATION_TTL, RESET_TTL = timedelta(days=7), timedelta(hours=1)
 LOCALES = ("", "en", "fi", "sv")
-_TOKEN_PREFIX = {INVITATION: "isi_", RESET: "isr_"}
+_TOKEN_PREFIX = {INVITATION: "isi_", RESET: "isp_"}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -89,13 +89,13 @@ class Users:
         if len(email) > 320 or not _EMAIL.match(email):
             raise InvalidArgument(f"email {email!r} is not an email address", field="email", reason="INVALID_EMAIL")
         check_role(role)
-        check_grant(caller, role)
         fields = {"display_name": display_name}
         _profile(fields)
         async with self.db.session() as s:
             repo = TenancyRepository(s)
             account, customers_reseller = await visibility.account(repo, caller, customer_id, reseller_id,
                                                                    manage=True)
+            check_grant(caller, role)
             if await repo.email_taken(email):
                 raise AlreadyExists(f"a user with e-mail {email} exists", field="email", reason="EMAIL_TAKEN")
             user = User(id=uuid.uuid4(), account_kind=account.kind, email=email, role=role, active=True,

@@ -10,6 +10,8 @@ import psycopg
 import pyotp
 import pytest
 
+from innosystem.demo import DEMO_USERS, seed_users
+from innosystem.rest import Rest
 from innosystem.stack import Stack
 from tests.e2e.conftest import Client
 from tests.support.identity import PASSWORD, call, invite_and_accept, link_token, reason, session_token, sign_in
@@ -122,7 +124,7 @@ def test_repeated_failures_lock_the_user(admin: Client, acme: dict) -> None:
     assert locked.status == 429 and locked.reason == "ACCOUNT_LOCKED", locked.body
 
 
-def test_passwords_follow_the_policy_and_invitations_work_once(admin: Client, acme: dict) -> None:
+def test_passwords_follow_the_policy_and_invitations_work_once(admin: Client, acme: dict, stack: Stack) -> None:
     email = _email("policy")
     invited = admin.as_key(acme["key"]).post(f"/v1/customers/{acme['id']}/users",
                                              {"email": email, "role": "ROLE_DEVELOPER"})
@@ -133,6 +135,12 @@ def test_passwords_follow_the_policy_and_invitations_work_once(admin: Client, ac
     common = call(admin.base, "POST", f"/v1/invitations/{token}:accept", {"password": "password1234"})
     assert common.status == 400 and common.reason == "COMMON_PASSWORD"
     assert call(admin.base, "POST", f"/v1/invitations/{token}:accept", {"password": PASSWORD}).status == 200
+    with psycopg.connect(stack.database_url) as conn:  # at rest: an argon2id hash, and no token
+        stored = conn.execute("SELECT password_hash FROM tenancy.users WHERE email = %s", (email,)).fetchone()
+        tokens = conn.execute("SELECT count(*) FROM tenancy.user_tokens WHERE token_hash = %s",
+                              (token.encode(),)).fetchone()
+    assert stored and stored[0].startswith("$argon2id$") and PASSWORD not in stored[0]
+    assert tokens == (0,)
     again = call(admin.base, "POST", f"/v1/invitations/{token}:accept", {"password": PASSWORD})
     assert again.status == 404 and again.reason == "INVITATION_INVALID"
     taken = admin.as_key(acme["key"]).post(f"/v1/customers/{acme['id']}/users",
@@ -148,7 +156,7 @@ def test_password_reset_by_one_time_token_ends_sessions(admin: Client, acme: dic
     known = call(admin.base, "POST", "/v1/passwordResets", {"email": email})
     assert unknown.status == known.status == 200 and unknown.body == known.body  # no enumeration
     assert stack.log_dir is not None
-    token = link_token(stack.log_dir / "tenancy.log", "isr_", email)
+    token = link_token(stack.log_dir / "tenancy.log", "isp_", email)
     new_password = "another long passphrase"
     done = call(admin.base, "POST", f"/v1/passwordResets/{token}:complete", {"password": new_password})
     assert done.status == 200, done.body
@@ -218,14 +226,28 @@ def test_an_expired_key_is_refused(admin: Client, acme: dict, stack: Stack) -> N
 def test_administrative_actions_are_audited(admin: Client, acme: dict) -> None:
     as_acme = admin.as_key(acme["key"])
     sign_in(admin.base, acme["owner"])
-    assert as_acme.post(f"/v1/customers/{acme['id']}/projects", {"name": "audited"}).status == 200
+    project = as_acme.post(f"/v1/customers/{acme['id']}/projects", {"name": "audited"})
+    assert project.status == 200
+    # actions of the other services reach the same log: a job type (jobs), a top-up (billing)
+    job_type = as_acme.post(f"/v1/projects/{project.body['id']}/jobTypes",
+                            {"name": "audited-type", "processorType": "PROCESSOR_TYPE_SYNC", "baseCostCents": 1,
+                             "timeoutSeconds": 30})
+    assert job_type.status == 200, job_type.body
+    top_up = admin.post(f"/v1/customers/{acme['id']}/wallet:topUp", {"amountCents": 500, "requestId": "audit-top-up"},
+                        headers={"X-Request-Id": "audit-test-top-up"})
+    assert top_up.status == 200, top_up.body
     made = as_acme.post(f"/v1/customers/{acme['id']}/apiKeys", {"displayName": "audited", "role": "ROLE_VIEWER"},
                         headers={"X-Request-Id": "audit-test-1"})
     assert made.status == 200
     events = as_acme.get(f"/v1/customers/{acme['id']}/auditEvents?pageSize=500").body["auditEvents"]
     actions = {e["action"] for e in events}
     assert {"CreateCustomer", "CreateUser", "AcceptInvitation", "CreateSession", "CreateApiKey",
-            "CreateProject"} <= actions, actions
+            "CreateProject", "CreateJobType", "TopUpWallet"} <= actions, actions
+    topped = next(e for e in events if e["action"] == "TopUpWallet")
+    assert topped["actorKind"] == "PRINCIPAL_KIND_ADMIN" and topped["requestId"] == "audit-test-top-up"
+    assert topped["detail"].startswith("500 ") and topped["clientAddress"]
+    typed = next(e for e in events if e["action"] == "CreateJobType")
+    assert typed["target"] == f"jobTypes/{job_type.body['id']}" and typed["detail"] == "audited-type"
     created = next(e for e in events if e["requestId"] == "audit-test-1")
     assert created["action"] == "CreateApiKey" and created["target"] == f"apiKeys/{made.body['apiKey']['apiKeyId']}"
     assert created["clientAddress"] and created["customerId"] == acme["id"]
@@ -288,3 +310,74 @@ def test_an_owner_can_require_totp_of_every_user(admin: Client, admin_customer: 
                       {"secret": secret, "code": pyotp.TOTP(secret).now()}).status == 200
     again = sign_in(admin.base, member_email, totpCode=pyotp.TOTP(secret).at(time.time() + 30))
     assert again.call("GET", f"/v1/customers/{customer_id}/projects").status == 200
+
+
+def test_the_demo_seeds_people_to_sign_in_with(admin: Client, admin_customer: dict) -> None:
+    rest = Rest(admin.base, admin.api_key or "")
+    password = "demo-" + uuid.uuid4().hex
+    made = seed_users(rest, admin_customer["id"], password)
+    assert sorted(made) == sorted(email for email, _, _ in DEMO_USERS)
+    assert seed_users(rest, admin_customer["id"], password) == []  # a second start finds them
+    owner = sign_in(admin.base, "demo@innosystem.local", password)
+    assert owner.user["role"] == "ROLE_OWNER" and owner.user["customerId"] == admin_customer["id"]
+    assert sign_in(admin.base, "viewer@innosystem.local", password).user["role"] == "ROLE_VIEWER"
+    operator = sign_in(admin.base, "admin@innosystem.local", password)
+    assert operator.user["accountKind"] == "PRINCIPAL_KIND_ADMIN" and operator.user["role"] == "ROLE_OWNER"
+    assert operator.call("GET", "/v1/resellers").status == 200  # the platform's owner sees the platform
+
+
+def test_behind_tls_the_cookie_is_secure(admin: Client, acme: dict) -> None:
+    answer = call(admin.base, "POST", "/v1/sessions", {"email": acme["viewer"], "password": PASSWORD},
+                  {"X-Forwarded-Proto": "https"})
+    assert answer.status == 200 and "; Secure" in answer.headers["Set-Cookie"]
+
+
+def test_a_user_lists_and_ends_its_sessions(admin: Client, acme: dict) -> None:
+    email = _email("sessions")
+    invite_and_accept(admin.base, acme["key"], f"/v1/customers/{acme['id']}", email, "ROLE_VIEWER")
+    laptop, phone = sign_in(admin.base, email), sign_in(admin.base, email)
+    listed = laptop.call("GET", f"/v1/users/{laptop.user['userId']}/sessions")
+    assert listed.status == 200 and len(listed.body["sessions"]) == 2
+    assert sum(1 for s in listed.body["sessions"] if s["current"]) == 1
+    other = next(s for s in listed.body["sessions"] if not s["current"])
+    assert laptop.call("DELETE", f"/v1/sessions/{other['sessionId']}").status == 200
+    assert phone.call("GET", "/v1/sessions/current").status == 401
+    assert laptop.call("GET", "/v1/sessions/current").status == 200
+    # another account's person neither sees nor ends them
+    stranger = sign_in(admin.base, acme["owner"])
+    mine = laptop.call("GET", f"/v1/users/{laptop.user['userId']}/sessions").body["sessions"][0]["sessionId"]
+    assert admin.as_key(acme["other_key"]).delete(f"/v1/sessions/{mine}").status == 404
+    assert stranger.call("GET", "/v1/sessions/current").status == 200
+
+
+@pytest.mark.parametrize("column", ["last_use_time", "expire_time"])
+def test_idle_and_absolute_expiry_end_a_session(admin: Client, acme: dict, stack: Stack, column: str) -> None:
+    person = sign_in(admin.base, acme["viewer"])
+    # Move the session past its idle or absolute limit in the database rather than waiting for it.
+    with psycopg.connect(stack.database_url) as conn:
+        conn.execute(f"UPDATE tenancy.sessions SET {column} = now() - interval '1 day' "
+                     "WHERE id = (SELECT id FROM tenancy.sessions ORDER BY create_time DESC LIMIT 1)")
+    ended = person.call("GET", "/v1/sessions/current")
+    assert ended.status == 401 and ended.reason == "SESSION_INVALID", ended.body
+    assert "Max-Age=0" in ended.headers["Set-Cookie"]  # the gateway clears a cookie that stopped working
+
+
+def test_a_resellers_people_see_its_customers_but_never_manage_their_people(admin: Client, acme: dict) -> None:
+    reseller = admin.post("/v1/resellers", {"name": "People Resale", "email": "people-resale@example.com"})
+    assert reseller.status == 200
+    reseller_id, key = reseller.body["reseller"]["id"], reseller.body["apiKey"]
+    email = _email("reseller-admin")
+    invite_and_accept(admin.base, key, f"/v1/resellers/{reseller_id}", email, "ROLE_ADMIN")
+    person = sign_in(admin.base, email)
+    assert person.user["accountKind"] == "PRINCIPAL_KIND_RESELLER" and person.user["resellerId"] == reseller_id
+    made = person.call("POST", "/v1/customers", {"name": "Resold", "email": "resold@example.com"})
+    assert made.status == 200 and made.body["customer"]["resellerId"] == reseller_id, made.body
+    customer_id = made.body["customer"]["id"]
+    assert person.call("GET", f"/v1/customers/{customer_id}/users").status == 200  # it sees them
+    invited = person.call("POST", f"/v1/customers/{customer_id}/users", {"email": _email("x"), "role": "ROLE_OWNER"})
+    assert invited.status == 403 and invited.reason == "ACCOUNT_ONLY"  # people act as the customer: not its to make
+    keyed = person.call("POST", f"/v1/customers/{customer_id}/apiKeys", {"displayName": "x", "role": "ROLE_VIEWER"})
+    assert keyed.status == 403 and keyed.reason == "ACCOUNT_ONLY"
+    assert person.call("GET", f"/v1/customers/{acme['id']}/users").status == 404  # not its customer
+    events = person.call("GET", f"/v1/resellers/{reseller_id}/auditEvents").body["auditEvents"]
+    assert {"CreateUser", "CreateCustomer"} <= {e["action"] for e in events}

@@ -1817,3 +1817,44 @@ class TotpRequirement(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TotpRequirement: _TypeAlias = TotpRequirement  # noqa: Y015
+
+@_typing.final
+class RecordAuditEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    customer_id: _builtins.str
+    """The account the action was about; its reseller is found by tenancy."""
+    target: _builtins.str
+    detail: _builtins.str
+    client_address: _builtins.str
+    request_id: _builtins.str
+    @_builtins.property
+    def actor(self) -> Global___Principal:
+        """Who acted (the principal the reporting service was called with)."""
+
+    def __init__(
+        self,
+        *,
+        actor: Global___Principal | None = ...,
+        action: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        client_address: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "client_address", b"client_address", "customer_id", b"customer_id", "detail", b"detail", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAuditEventRequest: _TypeAlias = RecordAuditEventRequest  # noqa: Y015

@@ -235,6 +235,11 @@ class TenancyServiceStub:
                 request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetMeRequest.SerializeToString,
                 response_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.Me.FromString,
                 _registered_method=True)
+        self.RecordAuditEvent = channel.unary_unary(
+                '/innosystem.tenancy.v1.TenancyService/RecordAuditEvent',
+                request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.RecordAuditEventRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.Authenticate = channel.unary_unary(
                 '/innosystem.tenancy.v1.TenancyService/Authenticate',
                 request_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.AuthenticateRequest.SerializeToString,
@@ -506,6 +511,14 @@ class TenancyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordAuditEvent(self, request, context):
+        """Internal: billing, jobs and keys record their administrative actions (top-ups, job types,
+        key registrations) in the account's audit log, after the action succeeded (innosystem/kit/audit.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Authenticate(self, request, context):
         """Internal: the gateway (REST) and the jobs and runners services (direct gRPC callers) resolve
         an API key to a principal; no one else may call it (innosystem/kit/callers.py).
@@ -712,6 +725,11 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     servicer.GetMe,
                     request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetMeRequest.FromString,
                     response_serializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.Me.SerializeToString,
+            ),
+            'RecordAuditEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAuditEvent,
+                    request_deserializer=innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.RecordAuditEventRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'Authenticate': grpc.unary_unary_rpc_method_handler(
                     servicer.Authenticate,
@@ -1777,6 +1795,33 @@ class TenancyService:
             '/innosystem.tenancy.v1.TenancyService/GetMe',
             innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.GetMeRequest.SerializeToString,
             innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.Me.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAuditEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.tenancy.v1.TenancyService/RecordAuditEvent',
+            innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2.RecordAuditEventRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -107,6 +107,10 @@ class TenancyServiceStub:
     """The account's append-only record of administrative actions, newest first."""
     GetMe: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.GetMeRequest, _tenancy_pb2.Me]
     """The caller's own principal, with the names of what it stands for."""
+    RecordAuditEvent: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.RecordAuditEventRequest, _empty_pb2.Empty]
+    """Internal: billing, jobs and keys record their administrative actions (top-ups, job types,
+    key registrations) in the account's audit log, after the action succeeded (innosystem/kit/audit.py).
+    """
     Authenticate: _grpc.UnaryUnaryMultiCallable[_tenancy_pb2.AuthenticateRequest, _tenancy_pb2.Principal]
     """Internal: the gateway (REST) and the jobs and runners services (direct gRPC callers) resolve
     an API key to a principal; no one else may call it (innosystem/kit/callers.py).
@@ -191,6 +195,10 @@ class TenancyServiceAsyncStub(TenancyServiceStub):
     """The account's append-only record of administrative actions, newest first."""
     GetMe: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.GetMeRequest, _tenancy_pb2.Me]  # type: ignore[assignment]
     """The caller's own principal, with the names of what it stands for."""
+    RecordAuditEvent: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.RecordAuditEventRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Internal: billing, jobs and keys record their administrative actions (top-ups, job types,
+    key registrations) in the account's audit log, after the action succeeded (innosystem/kit/audit.py).
+    """
     Authenticate: _aio.UnaryUnaryMultiCallable[_tenancy_pb2.AuthenticateRequest, _tenancy_pb2.Principal]  # type: ignore[assignment]
     """Internal: the gateway (REST) and the jobs and runners services (direct gRPC callers) resolve
     an API key to a principal; no one else may call it (innosystem/kit/callers.py).
@@ -506,6 +514,16 @@ class TenancyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tenancy_pb2.Me, _abc.Awaitable[_tenancy_pb2.Me]]:
         """The caller's own principal, with the names of what it stands for."""
+
+    @_abc_1.abstractmethod
+    def RecordAuditEvent(
+        self,
+        request: _tenancy_pb2.RecordAuditEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Internal: billing, jobs and keys record their administrative actions (top-ups, job types,
+        key registrations) in the account's audit log, after the action succeeded (innosystem/kit/audit.py).
+        """
 
     @_abc_1.abstractmethod
     def Authenticate(
