@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pyotp
 import pytest
 
 from innosystem.demo import Demo, seed
@@ -22,6 +23,7 @@ from innosystem.stack import Stack
 from tests.e2e.conftest import watch_until_final
 from tests.support.console_browser import chromium, screenshot, serious_violations, sign_in
 from tests.support.identity import PASSWORD, invite_and_accept
+from tests.support.identity import sign_in as api_sign_in
 
 WAIT_MS = 60_000  # a generous bound for a busy machine; every wait ends on what the page shows
 
@@ -231,6 +233,29 @@ def test_finnish_labels_and_money_and_the_choice_is_kept(world: World, page: Any
     with page.expect_response(lambda r: "/v1/users/" in r.url and r.request.method == "PATCH") as saved:
         page.locator("[data-testid=locale]").select_option("en")  # leave the user as the other tests expect
     assert saved.value.ok
+
+
+def test_a_person_with_a_second_factor_is_asked_for_the_code(world: World, page: Any) -> None:
+    email = f"console-totp-{uuid.uuid4().hex[:8]}@example.com"
+    invite_and_accept(world.base, world.demo.api_key, f"/v1/customers/{world.demo.customer_id}", email,
+                      "ROLE_DEVELOPER", PASSWORD)
+    person = api_sign_in(world.base, email, PASSWORD)
+    enrolled = person.call("POST", f"/v1/users/{person.user['userId']}:enrollTotp")
+    totp = pyotp.TOTP(enrolled.body["secret"])
+    confirmed = person.call("POST", f"/v1/users/{person.user['userId']}:confirmTotp",
+                            {"secret": enrolled.body["secret"], "code": totp.now()})
+    assert confirmed.status == 200, confirmed.body
+
+    page.goto(f"{world.base}/console/sign-in")
+    page.locator("input[type=email]").fill(email)
+    page.locator("input[type=password]").fill(PASSWORD)
+    page.locator("button[type=submit]").click()
+    page.get_by_role("alert").filter(has_text="Enter the code from your authenticator app.").wait_for()
+    accessible(page)
+    page.get_by_label("Authenticator code").fill(totp.at(time.time() + 30))  # confirming spent this step's code
+    page.locator("button[type=submit]").click()
+    page.get_by_text(email).wait_for()
+    page.get_by_role("heading", name="Overview").wait_for()
 
 
 def test_an_operator_sees_the_queues_and_runners(world: World, page: Any) -> None:
