@@ -48,4 +48,7 @@ def _serve(root: Path, path: str) -> web.StreamResponse:
         immutable = target.is_relative_to(root / "_app" / "immutable")
         headers = {"Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"} if immutable else _PAGE_HEADERS
         return web.FileResponse(target, headers=headers)
+    if path.startswith("_app/"):
+        # An asset of another build (a tab opened before a deploy): a 404, not a page in its place.
+        raise web.HTTPNotFound()
     return web.FileResponse(index, headers=_PAGE_HEADERS)  # a client-side route

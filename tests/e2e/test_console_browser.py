@@ -139,6 +139,7 @@ def test_a_customer_creates_a_project_and_type_runs_a_job_live_and_pays_for_it(w
     # The job's page follows it live (SSE): Running, then Succeeded, then its capture on the timeline.
     status = page.locator("[data-testid=job-status] [data-status]")
     page.locator("[data-testid=job-status] [data-status=JOB_STATUS_RUNNING]").wait_for()
+    page.get_by_text(re.compile(r"Progress: \d+ %")).wait_for()  # the sleep processor reports as it goes
     page.locator("[data-testid=job-status] [data-status=JOB_STATUS_SUCCEEDED]").wait_for()
     assert status.inner_text() == "Succeeded"
     page.locator("[data-testid=timeline] li[data-kind=money]", has_text="Capture").wait_for()

@@ -43,6 +43,8 @@ async def test_hashed_assets_are_immutable_and_sent_compressed(client: TestClien
     assert resp.status == 200 and "immutable" in resp.headers["Cache-Control"]
     assert resp.headers.get("Content-Encoding") == "gzip"
     assert await resp.read() == bundle.read_bytes()  # aiohttp's client decodes the gzip
+    gone = await client.get("/console/_app/immutable/bundle.0ld8uild.js")  # another build's asset
+    assert gone.status == 404
 
 
 def test_nothing_outside_the_build_is_served(tmp_path: Path) -> None:
@@ -51,9 +53,11 @@ def test_nothing_outside_the_build_is_served(tmp_path: Path) -> None:
     (root / "_app").mkdir(parents=True)
     (root / "index.html").write_text("index")
     (tmp_path / "secret.txt").write_text("secret")
-    for path in ("../secret.txt", "_app/../../secret.txt", str(tmp_path / "secret.txt"), "index.html.gz"):
+    for path in ("../secret.txt", str(tmp_path / "secret.txt"), "index.html.gz"):
         served = console._serve(root, path)
         assert isinstance(served, web.FileResponse) and served._path == root / "index.html", path
+    with pytest.raises(web.HTTPNotFound):
+        console._serve(root, "_app/../../secret.txt")
 
 
 async def test_the_api_still_demands_credentials(client: TestClient) -> None:
