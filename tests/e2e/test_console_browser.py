@@ -165,6 +165,15 @@ def test_the_access_log_chain_verifies_and_the_team_page_makes_a_key(world: Worl
     result = page.locator("[data-testid=verification]")
     result.wait_for()
     assert re.fullmatch(r"Chain intact: \d+ records checked\.", result.inner_text())
+    # A notification channel: a bad URL is refused naming the field, a good one shows its secret once.
+    page.get_by_label("Webhook URL (https)").fill("http://hooks.example.com/innosystem")
+    page.get_by_role("button", name="Add channel").click()
+    page.get_by_role("alert").filter(has_text="webhook_url").wait_for()
+    page.get_by_label("Webhook URL (https)").fill("https://hooks.example.com/innosystem")
+    page.get_by_label("Name", exact=True).fill("security team")
+    page.get_by_role("button", name="Add channel").click()
+    page.get_by_text("Copy the signing secret now").wait_for()
+    page.get_by_text(re.compile("security team · access not for a job")).wait_for()
     accessible(page)
     screenshot(page, "access")
 
