@@ -327,3 +327,34 @@ def test_a_viewer_is_offered_no_cancel_where_an_owner_is(world: World, browser: 
 
 def _in_an_hour() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+
+
+def test_ten_thousand_jobs_page_in_as_you_scroll_with_few_rows_in_the_page(world: World, page: Any) -> None:
+    project = world.customer("POST", f"/v1/customers/{world.demo.customer_id}/projects", {"name": "console-10k"})
+    # A type no runner serves, free: the jobs stay pending and hold nothing.
+    unserved = world.customer("POST", f"/v1/projects/{project['id']}/jobTypes",
+                              {"name": "unserved", "baseCostCents": 0})
+    for batch in range(10):
+        world.customer("POST", f"/v1/projects/{project['id']}/jobs:batchSubmit",
+                       {"requests": [{"jobTypeId": unserved["id"], "payload": {"n": batch * 1000 + n}}
+                                     for n in range(1000)]})
+
+    email, password = world.people["owner"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Jobs").click()
+    page.get_by_role("heading", name="Jobs").wait_for()
+    page.locator("[data-testid=filter-project]").select_option(label="console-10k")
+    page.locator("[data-testid=job-row]").first.wait_for()
+    region = page.get_by_role("region", name="Jobs")
+    count = page.locator("[data-testid=job-count]")
+    most_rows = 0
+    for _ in range(500):  # one keyset page (200 jobs) per scroll to the end
+        shown = count.inner_text()
+        most_rows = max(most_rows, page.locator("[data-testid=job-row]").count())
+        if shown == "10,000 jobs shown":
+            break
+        region.evaluate("el => { el.scrollTop = el.scrollHeight; }")
+        page.wait_for_function("before => document.querySelector('[data-testid=job-count]').textContent.trim() "
+                               "!== before", arg=shown)
+    assert count.inner_text() == "10,000 jobs shown"
+    assert 0 < most_rows < 100, f"{most_rows} rows in the page: the list is not virtualized"
