@@ -30,7 +30,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2_grpc
 
 from gateway.descriptors import build_pool, message_class, parse_descriptor_set
-from innosystem.kit import principal
+from innosystem.kit import principal, sessions
 from innosystem.kit.errors import FailedPrecondition, NotFound, Unauthenticated
 from innosystem.kit.server import abort
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
@@ -38,6 +38,11 @@ from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 SECRET = b"test-internal-secret"
 ADMIN_KEY = "isk_admin_test_key"
 CUSTOMER_KEY = "isk_customer_test_key"
+# A person's session: what the double answers for its cookie, and the password that signs in.
+SESSION_TOKEN = "iss_session_token_of_the_test_user"
+SESSION_PRINCIPAL = tenancy_pb2.Principal(kind=principal.CUSTOMER, customer_id="c-1", key_id="s-1", user_id="u-1",
+                                          role=tenancy_pb2.ROLE_DEVELOPER)
+PASSWORD = "the test user's password"
 PRINCIPALS = {
     ADMIN_KEY: tenancy_pb2.Principal(kind=principal.ADMIN, key_id="k-admin"),
     CUSTOMER_KEY: tenancy_pb2.Principal(kind=principal.CUSTOMER, customer_id="c-1", key_id="k-cust"),
@@ -209,6 +214,10 @@ class TenancyDouble(tenancy_pb2_grpc.TenancyServiceServicer):
 
     async def Authenticate(self, request: Any, context: Any) -> tenancy_pb2.Principal:
         self.rec.record("Authenticate", request, context)
+        if request.session_token:
+            if request.session_token != SESSION_TOKEN:
+                await abort(context, Unauthenticated("session ended", reason="SESSION_INVALID"), DOMAIN)
+            return SESSION_PRINCIPAL
         found = PRINCIPALS.get(request.api_key)
         if found is None:
             await abort(context, Unauthenticated("unknown API key", reason="API_KEY_INVALID"), DOMAIN)
@@ -254,6 +263,14 @@ class TenancyDouble(tenancy_pb2_grpc.TenancyServiceServicer):
     async def RotateCustomerApiKey(self, request: Any, context: Any) -> tenancy_pb2.RotateApiKeyResponse:
         self.rec.record("RotateCustomerApiKey", request, context)
         return tenancy_pb2.RotateApiKeyResponse(api_key=f"isk_rotated_{request.customer_id}")
+
+    async def CreateSession(self, request: Any, context: Any) -> tenancy_pb2.SessionResponse:
+        self.rec.record("CreateSession", request, context)
+        if request.password != PASSWORD:
+            await abort(context, Unauthenticated("wrong", reason="INVALID_CREDENTIALS"), DOMAIN)
+        await context.send_initial_metadata(((sessions.SESSION_METADATA, SESSION_TOKEN),))
+        return tenancy_pb2.SessionResponse(user=tenancy_pb2.User(user_id="u-1", email=request.email),
+                                           csrf_token=sessions.csrf_token(SECRET, "s-1"))
 
     async def GetMe(self, request: Any, context: Any) -> tenancy_pb2.Me:
         call = self.rec.record("GetMe", request, context)
