@@ -41,7 +41,10 @@ def world(stack: Stack) -> Iterator[World]:
     admin = Rest(stack.gateway_url, stack.admin_api_key)
     demo = seed(admin, label="console")
     people = demo_people(stack, admin, demo)
-    stack.spawn("runner-console", ["runner", "--target", stack.address("runners"), "--slots", "4"],
+    # Only the processors these tests run: a runner that has just stopped can still be offered a job
+    # for a moment (it hands it back), which would add an attempt to another module's `echo` job.
+    stack.spawn("runner-console", ["runner", "--target", stack.address("runners"), "--slots", "4",
+                                   "--processor", "sleep", "--processor", "fail"],
                 {"INNOSYSTEM_RUNNER_TOKEN": demo.runner_token})
     try:
         connected(admin, demo.runner_id)
