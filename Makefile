@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint protos bench compose-up clean
+.PHONY: help venv run test test-fast lint protos web browser bench compose-up clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,8 +24,20 @@ venv: $(STAMP) ## create the virtualenv and install (done by run and test)
 run: $(STAMP) ## run the whole platform on embedded PostgreSQL + Valkey (Ctrl-C stops it)
 	$(BIN)/innosystem up --demo
 
-test: $(STAMP) ## run the whole test suite (unit, integration, end-to-end)
+test: $(STAMP) browser ## run the whole test suite (unit, integration, end-to-end, the console in Chromium)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The console's browser tests use the system Chromium (Playwright's download is not used). Installed
+# here when apt and root are at hand (CI); otherwise those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    echo "• installing Chromium for the console's browser tests …" && \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)); } || \
+	  echo "• no Chromium: the console's browser tests will skip (apt-get install chromium)"
+	@test -d web/node_modules || ! command -v npm >/dev/null || (cd web && npm ci --no-audit --no-fund --silent) || \
+	  echo "• npm ci failed: the console's accessibility checks will skip"
 
 test-fast: $(STAMP) ## unit tests only
 	$(BIN)/pytest tests/unit tests/gateway -q $(PYTEST_ARGS)
@@ -36,6 +48,9 @@ lint: $(STAMP) ## ruff and mypy
 
 protos: $(STAMP) ## regenerate Python code, descriptor set and OpenAPI from protos/
 	$(BIN)/python scripts/protos.py
+
+web: ## rebuild the web console (Node 20+ and npm) from web/ into gateway/webroot/ (committed)
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 bench: $(STAMP) ## measure: end to end (drain, submit, dispatch latency, Redis-list yardstick), then billing; JSON in bench-results-*.json
 	$(BIN)/python scripts/bench_e2e.py --out bench-results-e2e.json

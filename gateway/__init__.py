@@ -12,5 +12,6 @@
     proxy.py        the single handler every route goes through
     sse.py          server-streaming RPCs as Server-Sent Events
     openapi.py      the OpenAPI 3.1 document from the same descriptors
+    console.py      the web console's static build (webroot/, from web/) at /console/
     app.py          the aiohttp application; main.py runs it
 """

@@ -1,4 +1,4 @@
-"""The aiohttp application: the transcoding proxy on every path, plus health and OpenAPI.
+"""The aiohttp application: the transcoding proxy on every path, plus health, OpenAPI and the console.
 
 Run it with `handler_cancellation=True` (as `gateway.main` does) so that a client leaving
 cancels its in-flight gRPC call, streaming or not.
@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 from aiohttp import web
 
+from gateway import console
 from gateway.auth import CHALLENGE
 from gateway.config import GatewayConfig
 from gateway.descriptors import build_pool, parse_descriptor_set
@@ -50,6 +51,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/openapi.json", _openapi)
+    console.add_routes(app)
     app.router.add_route("*", "/{path:.*}", _proxy)
     log.info("gateway serves %d routes", len(gateway.table.routes))
     return app

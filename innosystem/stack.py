@@ -301,6 +301,7 @@ def up(args: argparse.Namespace) -> int:
         print(
             f"\nInnoSystem is up in {time.monotonic() - started:.1f}s\n"
             f"  gateway        {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/openapi.json)\n"
+            f"  console        {stack.gateway_url}/console/   (docs/console.md)\n"
             f"  admin API key  {stack.admin_api_key}\n"
             "  metrics        " + ", ".join(f"{n} :{p}" for n, p in stack.metrics_ports.items()) + "  (/metrics)\n"
             f"  try            curl -s -H 'Authorization: Bearer {stack.admin_api_key}' {stack.gateway_url}/v1/me\n"
