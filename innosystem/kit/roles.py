@@ -50,6 +50,11 @@ _BY_SERVICE: dict[str, dict[str, Permission]] = {
     "innosystem.billing.v1.BillingService": {
         "GetWallet": R, "ListWalletTransactions": R, "GetCommissionStatement": R, "GetReconciliation": R,
         "ListReconciliations": R, "UpdateWallet": B, "TopUpWallet": B, "Reconcile": B,
+        "ListCreditGrants": R, "ListSpendingLimits": R, "GetUsage": R, "GetResellerUsage": R, "ListWallets": R,
+        "ListExchangeRates": R, "ListWalletEvents": R, "GetStatement": R,
+        # refunds, adjustments, grants and exchange rates are also held to admins (and resellers) by the service
+        "RefundWallet": B, "AdjustWallet": B, "GrantCredit": B, "SetSpendingLimit": B, "CreateWallet": B,
+        "CreateExchangeRate": B,
     },
     "innosystem.jobs.v1.JobService": {
         "GetJobType": R, "ListJobTypes": R, "GetJob": R, "ListJobs": R, "WatchJob": R, "ListDeadLetterJobs": R,
