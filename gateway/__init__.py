@@ -6,6 +6,7 @@
     fields.py       JSON and query text into message fields, errors naming the field
     transcode.py    one HTTP request → the request message; messages → proto3 JSON
     errors.py       google.rpc.Status JSON and the gRPC → HTTP status table
+    locales.py      Accept-Language → google.rpc.LocalizedMessage from the catalogs in locales/
     auth.py         Bearer API key → signed principal metadata, first (401 before anything else)
     ratelimit.py    per-account and per-address (unauthenticated) limits in Redis
     upstreams.py    one channel per upstream service, health
