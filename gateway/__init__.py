@@ -13,5 +13,6 @@
     proxy.py        the single handler every route goes through
     sse.py          server-streaming RPCs as Server-Sent Events
     openapi.py      the OpenAPI 3.1 document from the same descriptors
+    postman.py      a Postman collection and environment from that document (docs/postman/)
     app.py          the aiohttp application; main.py runs it
 """
