@@ -52,7 +52,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/openapi.json", _openapi)
-    app.router.add_route("*", "/{path:.*}", _proxy)
+    app.router.add_route("*", r"/{path:[\s\S]*}", _proxy)  # any path, even one with an encoded newline
     log.info("gateway serves %d routes", len(gateway.table.routes))
     return app
 

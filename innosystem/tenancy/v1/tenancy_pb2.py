@@ -24,12 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from innosystem.common.v1 import schema_pb2 as innosystem_dot_common_dot_v1_dot_schema__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#innosystem/tenancy/v1/tenancy.proto\x12\x15innosystem.tenancy.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x01\n\tPrincipal\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.innosystem.tenancy.v1.PrincipalKind\x12\x13\n\x0breseller_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x11\n\trunner_id\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\"\xf0\x01\n\x08Reseller\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x06\x61\x63tive\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x1b\n\x13\x63ommission_rate_bps\x18\x05 \x01(\x05\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\t\n\x07_active\"\xee\x01\n\x08\x43ustomer\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0breseller_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65mail\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x06\x61\x63tive\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\t\n\x07_active\"\x96\x02\n\x07Project\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x13\n\x06\x61\x63tive\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x19\n\x11\x65ncryption_key_id\x18\x07 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\t\n\x07_active\"d\n\x15\x43reateResellerRequest\x12\x37\n\x08reseller\x18\x01 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.ResellerB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\\\n\x16\x43reateResellerResponse\x12\x31\n\x08reseller\x18\x01 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.Reseller\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"/\n\x12GetResellerRequest\x12\x19\n\x0breseller_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x14ListResellersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListResellersResponse\x12\x32\n\tresellers\x18\x01 \x03(\x0b\x32\x1f.innosystem.tenancy.v1.Reseller\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9c\x01\n\x15UpdateResellerRequest\x12\x19\n\x0breseller_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\x08reseller\x18\x02 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.ResellerB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"2\n\x15\x44\x65leteResellerRequest\x12\x19\n\x0breseller_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x1bRotateResellerApiKeyRequest\x12\x19\n\x0breseller_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\'\n\x14RotateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"d\n\x15\x43reateCustomerRequest\x12\x37\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.CustomerB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\\\n\x16\x43reateCustomerResponse\x12\x31\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.Customer\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"/\n\x12GetCustomerRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"R\n\x14ListCustomersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0breseller_id\x18\x03 \x01(\t\"d\n\x15ListCustomersResponse\x12\x32\n\tcustomers\x18\x01 \x03(\x0b\x32\x1f.innosystem.tenancy.v1.Customer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9c\x01\n\x15UpdateCustomerRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\x08\x63ustomer\x18\x02 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.CustomerB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"A\n\x15\x44\x65leteCustomerRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"8\n\x1bRotateCustomerApiKeyRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"|\n\x14\x43reateProjectRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x07project\x18\x02 \x01(\x0b\x32\x1e.innosystem.tenancy.v1.ProjectB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"-\n\x11GetProjectRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"W\n\x13ListProjectsRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x14ListProjectsResponse\x12\x30\n\x08projects\x18\x01 \x03(\x0b\x32\x1e.innosystem.tenancy.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x98\x01\n\x14UpdateProjectRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x07project\x18\x02 \x01(\x0b\x32\x1e.innosystem.tenancy.v1.ProjectB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"0\n\x14\x44\x65leteProjectRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x0e\n\x0cGetMeRequest\"O\n\x02Me\x12\x33\n\tprincipal\x18\x01 \x01(\x0b\x32 .innosystem.tenancy.v1.Principal\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\",\n\x13\x41uthenticateRequest\x12\x15\n\x07\x61pi_key\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*\xba\x01\n\rPrincipalKind\x12\x1e\n\x1aPRINCIPAL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PRINCIPAL_KIND_ADMIN\x10\x01\x12\x1b\n\x17PRINCIPAL_KIND_RESELLER\x10\x02\x12\x1b\n\x17PRINCIPAL_KIND_CUSTOMER\x10\x03\x12\x19\n\x15PRINCIPAL_KIND_RUNNER\x10\x04\x12\x1a\n\x16PRINCIPAL_KIND_SERVICE\x10\x05\x32\x98\x14\n\x0eTenancyService\x12\x8e\x01\n\x0e\x43reateReseller\x12,.innosystem.tenancy.v1.CreateResellerRequest\x1a-.innosystem.tenancy.v1.CreateResellerResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\r/v1/resellers:\x08reseller\x12~\n\x0bGetReseller\x12).innosystem.tenancy.v1.GetResellerRequest\x1a\x1f.innosystem.tenancy.v1.Reseller\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/resellers/{reseller_id}\x12\x81\x01\n\rListResellers\x12+.innosystem.tenancy.v1.ListResellersRequest\x1a,.innosystem.tenancy.v1.ListResellersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/resellers\x12\x8e\x01\n\x0eUpdateReseller\x12,.innosystem.tenancy.v1.UpdateResellerRequest\x1a\x1f.innosystem.tenancy.v1.Reseller\"-\x82\xd3\xe4\x93\x02\'2\x1b/v1/resellers/{reseller_id}:\x08reseller\x12{\n\x0e\x44\x65leteReseller\x12,.innosystem.tenancy.v1.DeleteResellerRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/resellers/{reseller_id}\x12\xac\x01\n\x14RotateResellerApiKey\x12\x32.innosystem.tenancy.v1.RotateResellerApiKeyRequest\x1a+.innosystem.tenancy.v1.RotateApiKeyResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/resellers/{reseller_id}:rotateApiKey:\x01*\x12\x8e\x01\n\x0e\x43reateCustomer\x12,.innosystem.tenancy.v1.CreateCustomerRequest\x1a-.innosystem.tenancy.v1.CreateCustomerResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\r/v1/customers:\x08\x63ustomer\x12~\n\x0bGetCustomer\x12).innosystem.tenancy.v1.GetCustomerRequest\x1a\x1f.innosystem.tenancy.v1.Customer\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/customers/{customer_id}\x12\x81\x01\n\rListCustomers\x12+.innosystem.tenancy.v1.ListCustomersRequest\x1a,.innosystem.tenancy.v1.ListCustomersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/customers\x12\x8e\x01\n\x0eUpdateCustomer\x12,.innosystem.tenancy.v1.UpdateCustomerRequest\x1a\x1f.innosystem.tenancy.v1.Customer\"-\x82\xd3\xe4\x93\x02\'2\x1b/v1/customers/{customer_id}:\x08\x63ustomer\x12{\n\x0e\x44\x65leteCustomer\x12,.innosystem.tenancy.v1.DeleteCustomerRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/customers/{customer_id}\x12\xac\x01\n\x14RotateCustomerApiKey\x12\x32.innosystem.tenancy.v1.RotateCustomerApiKeyRequest\x1a+.innosystem.tenancy.v1.RotateApiKeyResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/customers/{customer_id}:rotateApiKey:\x01*\x12\x93\x01\n\rCreateProject\x12+.innosystem.tenancy.v1.CreateProjectRequest\x1a\x1e.innosystem.tenancy.v1.Project\"5\x82\xd3\xe4\x93\x02/\"$/v1/customers/{customer_id}/projects:\x07project\x12y\n\nGetProject\x12(.innosystem.tenancy.v1.GetProjectRequest\x1a\x1e.innosystem.tenancy.v1.Project\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/projects/{project_id}\x12\x95\x01\n\x0cListProjects\x12*.innosystem.tenancy.v1.ListProjectsRequest\x1a+.innosystem.tenancy.v1.ListProjectsResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/customers/{customer_id}/projects\x12\x88\x01\n\rUpdateProject\x12+.innosystem.tenancy.v1.UpdateProjectRequest\x1a\x1e.innosystem.tenancy.v1.Project\"*\x82\xd3\xe4\x93\x02$2\x19/v1/projects/{project_id}:\x07project\x12w\n\rDeleteProject\x12+.innosystem.tenancy.v1.DeleteProjectRequest\x1a\x16.google.protobuf.Empty\"!\x82\xd3\xe4\x93\x02\x1b*\x19/v1/projects/{project_id}\x12W\n\x05GetMe\x12#.innosystem.tenancy.v1.GetMeRequest\x1a\x19.innosystem.tenancy.v1.Me\"\x0e\x82\xd3\xe4\x93\x02\x08\x12\x06/v1/me\x12\\\n\x0c\x41uthenticate\x12*.innosystem.tenancy.v1.AuthenticateRequest\x1a .innosystem.tenancy.v1.Principalb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#innosystem/tenancy/v1/tenancy.proto\x12\x15innosystem.tenancy.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a!innosystem/common/v1/schema.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x01\n\tPrincipal\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.innosystem.tenancy.v1.PrincipalKind\x12\x13\n\x0breseller_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x11\n\trunner_id\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\"\xa9\x02\n\x08Reseller\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x04name\x18\x02 \x01(\tB\x0f\xe2\x41\x01\x02\xca\xa5\x19\x07 \xc8\x01*\x02\\S\x12\x36\n\x05\x65mail\x18\x03 \x01(\tB\'\xe2\x41\x01\x02\xca\xa5\x19\x1f \xc0\x02*\x1a^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$\x12\x13\n\x06\x61\x63tive\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12&\n\x13\x63ommission_rate_bps\x18\x05 \x01(\x05\x42\t\xca\xa5\x19\x05\x08\x00\x10\x90N\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\t\n\x07_active\"\x9c\x02\n\x08\x43ustomer\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0breseller_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x1d\n\x04name\x18\x03 \x01(\tB\x0f\xe2\x41\x01\x02\xca\xa5\x19\x07 \xc8\x01*\x02\\S\x12\x36\n\x05\x65mail\x18\x04 \x01(\tB\'\xe2\x41\x01\x02\xca\xa5\x19\x1f \xc0\x02*\x1a^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$\x12\x13\n\x06\x61\x63tive\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\t\n\x07_active\"\xb8\x02\n\x07Project\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x04name\x18\x03 \x01(\tB\x0f\xe2\x41\x01\x02\xca\xa5\x19\x07 \xc8\x01*\x02\\S\x12\x1c\n\x0b\x64\x65scription\x18\x04 \x01(\tB\x07\xca\xa5\x19\x03 \xa0\x1f\x12\x1a\n\x04tags\x18\x05 \x03(\tB\x0c\xca\xa5\x19\x08@2P@Z\x02\\S\x12\x13\n\x06\x61\x63tive\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x19\n\x11\x65ncryption_key_id\x18\x07 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\t\n\x07_active\"d\n\x15\x43reateResellerRequest\x12\x37\n\x08reseller\x18\x01 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.ResellerB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\\\n\x16\x43reateResellerResponse\x12\x31\n\x08reseller\x18\x01 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.Reseller\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"/\n\x12GetResellerRequest\x12\x19\n\x0breseller_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x14ListResellersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListResellersResponse\x12\x32\n\tresellers\x18\x01 \x03(\x0b\x32\x1f.innosystem.tenancy.v1.Reseller\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9c\x01\n\x15UpdateResellerRequest\x12\x19\n\x0breseller_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\x08reseller\x18\x02 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.ResellerB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"2\n\x15\x44\x65leteResellerRequest\x12\x19\n\x0breseller_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x1bRotateResellerApiKeyRequest\x12\x19\n\x0breseller_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\'\n\x14RotateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"d\n\x15\x43reateCustomerRequest\x12\x37\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.CustomerB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\\\n\x16\x43reateCustomerResponse\x12\x31\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.Customer\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"/\n\x12GetCustomerRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"R\n\x14ListCustomersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0breseller_id\x18\x03 \x01(\t\"d\n\x15ListCustomersResponse\x12\x32\n\tcustomers\x18\x01 \x03(\x0b\x32\x1f.innosystem.tenancy.v1.Customer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9c\x01\n\x15UpdateCustomerRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\x08\x63ustomer\x18\x02 \x01(\x0b\x32\x1f.innosystem.tenancy.v1.CustomerB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"A\n\x15\x44\x65leteCustomerRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"8\n\x1bRotateCustomerApiKeyRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"|\n\x14\x43reateProjectRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x07project\x18\x02 \x01(\x0b\x32\x1e.innosystem.tenancy.v1.ProjectB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"-\n\x11GetProjectRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"W\n\x13ListProjectsRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x14ListProjectsResponse\x12\x30\n\x08projects\x18\x01 \x03(\x0b\x32\x1e.innosystem.tenancy.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x98\x01\n\x14UpdateProjectRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x07project\x18\x02 \x01(\x0b\x32\x1e.innosystem.tenancy.v1.ProjectB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"0\n\x14\x44\x65leteProjectRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x0e\n\x0cGetMeRequest\"O\n\x02Me\x12\x33\n\tprincipal\x18\x01 \x01(\x0b\x32 .innosystem.tenancy.v1.Principal\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\",\n\x13\x41uthenticateRequest\x12\x15\n\x07\x61pi_key\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*\xba\x01\n\rPrincipalKind\x12\x1e\n\x1aPRINCIPAL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PRINCIPAL_KIND_ADMIN\x10\x01\x12\x1b\n\x17PRINCIPAL_KIND_RESELLER\x10\x02\x12\x1b\n\x17PRINCIPAL_KIND_CUSTOMER\x10\x03\x12\x19\n\x15PRINCIPAL_KIND_RUNNER\x10\x04\x12\x1a\n\x16PRINCIPAL_KIND_SERVICE\x10\x05\x32\x98\x14\n\x0eTenancyService\x12\x8e\x01\n\x0e\x43reateReseller\x12,.innosystem.tenancy.v1.CreateResellerRequest\x1a-.innosystem.tenancy.v1.CreateResellerResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\r/v1/resellers:\x08reseller\x12~\n\x0bGetReseller\x12).innosystem.tenancy.v1.GetResellerRequest\x1a\x1f.innosystem.tenancy.v1.Reseller\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/resellers/{reseller_id}\x12\x81\x01\n\rListResellers\x12+.innosystem.tenancy.v1.ListResellersRequest\x1a,.innosystem.tenancy.v1.ListResellersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/resellers\x12\x8e\x01\n\x0eUpdateReseller\x12,.innosystem.tenancy.v1.UpdateResellerRequest\x1a\x1f.innosystem.tenancy.v1.Reseller\"-\x82\xd3\xe4\x93\x02\'2\x1b/v1/resellers/{reseller_id}:\x08reseller\x12{\n\x0e\x44\x65leteReseller\x12,.innosystem.tenancy.v1.DeleteResellerRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/resellers/{reseller_id}\x12\xac\x01\n\x14RotateResellerApiKey\x12\x32.innosystem.tenancy.v1.RotateResellerApiKeyRequest\x1a+.innosystem.tenancy.v1.RotateApiKeyResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/resellers/{reseller_id}:rotateApiKey:\x01*\x12\x8e\x01\n\x0e\x43reateCustomer\x12,.innosystem.tenancy.v1.CreateCustomerRequest\x1a-.innosystem.tenancy.v1.CreateCustomerResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\r/v1/customers:\x08\x63ustomer\x12~\n\x0bGetCustomer\x12).innosystem.tenancy.v1.GetCustomerRequest\x1a\x1f.innosystem.tenancy.v1.Customer\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/customers/{customer_id}\x12\x81\x01\n\rListCustomers\x12+.innosystem.tenancy.v1.ListCustomersRequest\x1a,.innosystem.tenancy.v1.ListCustomersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/customers\x12\x8e\x01\n\x0eUpdateCustomer\x12,.innosystem.tenancy.v1.UpdateCustomerRequest\x1a\x1f.innosystem.tenancy.v1.Customer\"-\x82\xd3\xe4\x93\x02\'2\x1b/v1/customers/{customer_id}:\x08\x63ustomer\x12{\n\x0e\x44\x65leteCustomer\x12,.innosystem.tenancy.v1.DeleteCustomerRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/customers/{customer_id}\x12\xac\x01\n\x14RotateCustomerApiKey\x12\x32.innosystem.tenancy.v1.RotateCustomerApiKeyRequest\x1a+.innosystem.tenancy.v1.RotateApiKeyResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/customers/{customer_id}:rotateApiKey:\x01*\x12\x93\x01\n\rCreateProject\x12+.innosystem.tenancy.v1.CreateProjectRequest\x1a\x1e.innosystem.tenancy.v1.Project\"5\x82\xd3\xe4\x93\x02/\"$/v1/customers/{customer_id}/projects:\x07project\x12y\n\nGetProject\x12(.innosystem.tenancy.v1.GetProjectRequest\x1a\x1e.innosystem.tenancy.v1.Project\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/projects/{project_id}\x12\x95\x01\n\x0cListProjects\x12*.innosystem.tenancy.v1.ListProjectsRequest\x1a+.innosystem.tenancy.v1.ListProjectsResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/customers/{customer_id}/projects\x12\x88\x01\n\rUpdateProject\x12+.innosystem.tenancy.v1.UpdateProjectRequest\x1a\x1e.innosystem.tenancy.v1.Project\"*\x82\xd3\xe4\x93\x02$2\x19/v1/projects/{project_id}:\x07project\x12w\n\rDeleteProject\x12+.innosystem.tenancy.v1.DeleteProjectRequest\x1a\x16.google.protobuf.Empty\"!\x82\xd3\xe4\x93\x02\x1b*\x19/v1/projects/{project_id}\x12W\n\x05GetMe\x12#.innosystem.tenancy.v1.GetMeRequest\x1a\x19.innosystem.tenancy.v1.Me\"\x0e\x82\xd3\xe4\x93\x02\x08\x12\x06/v1/me\x12\\\n\x0c\x41uthenticate\x12*.innosystem.tenancy.v1.AuthenticateRequest\x1a .innosystem.tenancy.v1.Principalb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,9 +40,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESELLER'].fields_by_name['id']._loaded_options = None
   _globals['_RESELLER'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_RESELLER'].fields_by_name['name']._loaded_options = None
-  _globals['_RESELLER'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_RESELLER'].fields_by_name['name']._serialized_options = b'\342A\001\002\312\245\031\007 \310\001*\002\\S'
   _globals['_RESELLER'].fields_by_name['email']._loaded_options = None
-  _globals['_RESELLER'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_RESELLER'].fields_by_name['email']._serialized_options = b'\342A\001\002\312\245\031\037 \300\002*\032^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$'
+  _globals['_RESELLER'].fields_by_name['commission_rate_bps']._loaded_options = None
+  _globals['_RESELLER'].fields_by_name['commission_rate_bps']._serialized_options = b'\312\245\031\005\010\000\020\220N'
   _globals['_RESELLER'].fields_by_name['create_time']._loaded_options = None
   _globals['_RESELLER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_RESELLER'].fields_by_name['update_time']._loaded_options = None
@@ -51,9 +54,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CUSTOMER'].fields_by_name['reseller_id']._loaded_options = None
   _globals['_CUSTOMER'].fields_by_name['reseller_id']._serialized_options = b'\342A\001\005'
   _globals['_CUSTOMER'].fields_by_name['name']._loaded_options = None
-  _globals['_CUSTOMER'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_CUSTOMER'].fields_by_name['name']._serialized_options = b'\342A\001\002\312\245\031\007 \310\001*\002\\S'
   _globals['_CUSTOMER'].fields_by_name['email']._loaded_options = None
-  _globals['_CUSTOMER'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_CUSTOMER'].fields_by_name['email']._serialized_options = b'\342A\001\002\312\245\031\037 \300\002*\032^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$'
   _globals['_CUSTOMER'].fields_by_name['create_time']._loaded_options = None
   _globals['_CUSTOMER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_CUSTOMER'].fields_by_name['update_time']._loaded_options = None
@@ -63,7 +66,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROJECT'].fields_by_name['customer_id']._loaded_options = None
   _globals['_PROJECT'].fields_by_name['customer_id']._serialized_options = b'\342A\001\003'
   _globals['_PROJECT'].fields_by_name['name']._loaded_options = None
-  _globals['_PROJECT'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_PROJECT'].fields_by_name['name']._serialized_options = b'\342A\001\002\312\245\031\007 \310\001*\002\\S'
+  _globals['_PROJECT'].fields_by_name['description']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['description']._serialized_options = b'\312\245\031\003 \240\037'
+  _globals['_PROJECT'].fields_by_name['tags']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['tags']._serialized_options = b'\312\245\031\010@2P@Z\002\\S'
   _globals['_PROJECT'].fields_by_name['create_time']._loaded_options = None
   _globals['_PROJECT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_PROJECT'].fields_by_name['update_time']._loaded_options = None
@@ -144,68 +151,68 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANCYSERVICE'].methods_by_name['DeleteProject']._serialized_options = b'\202\323\344\223\002\033*\031/v1/projects/{project_id}'
   _globals['_TENANCYSERVICE'].methods_by_name['GetMe']._loaded_options = None
   _globals['_TENANCYSERVICE'].methods_by_name['GetMe']._serialized_options = b'\202\323\344\223\002\010\022\006/v1/me'
-  _globals['_PRINCIPALKIND']._serialized_start=3291
-  _globals['_PRINCIPALKIND']._serialized_end=3477
-  _globals['_PRINCIPAL']._serialized_start=222
-  _globals['_PRINCIPAL']._serialized_end=379
-  _globals['_RESELLER']._serialized_start=382
-  _globals['_RESELLER']._serialized_end=622
-  _globals['_CUSTOMER']._serialized_start=625
-  _globals['_CUSTOMER']._serialized_end=863
-  _globals['_PROJECT']._serialized_start=866
-  _globals['_PROJECT']._serialized_end=1144
-  _globals['_CREATERESELLERREQUEST']._serialized_start=1146
-  _globals['_CREATERESELLERREQUEST']._serialized_end=1246
-  _globals['_CREATERESELLERRESPONSE']._serialized_start=1248
-  _globals['_CREATERESELLERRESPONSE']._serialized_end=1340
-  _globals['_GETRESELLERREQUEST']._serialized_start=1342
-  _globals['_GETRESELLERREQUEST']._serialized_end=1389
-  _globals['_LISTRESELLERSREQUEST']._serialized_start=1391
-  _globals['_LISTRESELLERSREQUEST']._serialized_end=1452
-  _globals['_LISTRESELLERSRESPONSE']._serialized_start=1454
-  _globals['_LISTRESELLERSRESPONSE']._serialized_end=1554
-  _globals['_UPDATERESELLERREQUEST']._serialized_start=1557
-  _globals['_UPDATERESELLERREQUEST']._serialized_end=1713
-  _globals['_DELETERESELLERREQUEST']._serialized_start=1715
-  _globals['_DELETERESELLERREQUEST']._serialized_end=1765
-  _globals['_ROTATERESELLERAPIKEYREQUEST']._serialized_start=1767
-  _globals['_ROTATERESELLERAPIKEYREQUEST']._serialized_end=1823
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=1825
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=1864
-  _globals['_CREATECUSTOMERREQUEST']._serialized_start=1866
-  _globals['_CREATECUSTOMERREQUEST']._serialized_end=1966
-  _globals['_CREATECUSTOMERRESPONSE']._serialized_start=1968
-  _globals['_CREATECUSTOMERRESPONSE']._serialized_end=2060
-  _globals['_GETCUSTOMERREQUEST']._serialized_start=2062
-  _globals['_GETCUSTOMERREQUEST']._serialized_end=2109
-  _globals['_LISTCUSTOMERSREQUEST']._serialized_start=2111
-  _globals['_LISTCUSTOMERSREQUEST']._serialized_end=2193
-  _globals['_LISTCUSTOMERSRESPONSE']._serialized_start=2195
-  _globals['_LISTCUSTOMERSRESPONSE']._serialized_end=2295
-  _globals['_UPDATECUSTOMERREQUEST']._serialized_start=2298
-  _globals['_UPDATECUSTOMERREQUEST']._serialized_end=2454
-  _globals['_DELETECUSTOMERREQUEST']._serialized_start=2456
-  _globals['_DELETECUSTOMERREQUEST']._serialized_end=2521
-  _globals['_ROTATECUSTOMERAPIKEYREQUEST']._serialized_start=2523
-  _globals['_ROTATECUSTOMERAPIKEYREQUEST']._serialized_end=2579
-  _globals['_CREATEPROJECTREQUEST']._serialized_start=2581
-  _globals['_CREATEPROJECTREQUEST']._serialized_end=2705
-  _globals['_GETPROJECTREQUEST']._serialized_start=2707
-  _globals['_GETPROJECTREQUEST']._serialized_end=2752
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=2754
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=2841
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=2843
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=2940
-  _globals['_UPDATEPROJECTREQUEST']._serialized_start=2943
-  _globals['_UPDATEPROJECTREQUEST']._serialized_end=3095
-  _globals['_DELETEPROJECTREQUEST']._serialized_start=3097
-  _globals['_DELETEPROJECTREQUEST']._serialized_end=3145
-  _globals['_GETMEREQUEST']._serialized_start=3147
-  _globals['_GETMEREQUEST']._serialized_end=3161
-  _globals['_ME']._serialized_start=3163
-  _globals['_ME']._serialized_end=3242
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=3244
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=3288
-  _globals['_TENANCYSERVICE']._serialized_start=3480
-  _globals['_TENANCYSERVICE']._serialized_end=6064
+  _globals['_PRINCIPALKIND']._serialized_start=3463
+  _globals['_PRINCIPALKIND']._serialized_end=3649
+  _globals['_PRINCIPAL']._serialized_start=257
+  _globals['_PRINCIPAL']._serialized_end=414
+  _globals['_RESELLER']._serialized_start=417
+  _globals['_RESELLER']._serialized_end=714
+  _globals['_CUSTOMER']._serialized_start=717
+  _globals['_CUSTOMER']._serialized_end=1001
+  _globals['_PROJECT']._serialized_start=1004
+  _globals['_PROJECT']._serialized_end=1316
+  _globals['_CREATERESELLERREQUEST']._serialized_start=1318
+  _globals['_CREATERESELLERREQUEST']._serialized_end=1418
+  _globals['_CREATERESELLERRESPONSE']._serialized_start=1420
+  _globals['_CREATERESELLERRESPONSE']._serialized_end=1512
+  _globals['_GETRESELLERREQUEST']._serialized_start=1514
+  _globals['_GETRESELLERREQUEST']._serialized_end=1561
+  _globals['_LISTRESELLERSREQUEST']._serialized_start=1563
+  _globals['_LISTRESELLERSREQUEST']._serialized_end=1624
+  _globals['_LISTRESELLERSRESPONSE']._serialized_start=1626
+  _globals['_LISTRESELLERSRESPONSE']._serialized_end=1726
+  _globals['_UPDATERESELLERREQUEST']._serialized_start=1729
+  _globals['_UPDATERESELLERREQUEST']._serialized_end=1885
+  _globals['_DELETERESELLERREQUEST']._serialized_start=1887
+  _globals['_DELETERESELLERREQUEST']._serialized_end=1937
+  _globals['_ROTATERESELLERAPIKEYREQUEST']._serialized_start=1939
+  _globals['_ROTATERESELLERAPIKEYREQUEST']._serialized_end=1995
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=1997
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=2036
+  _globals['_CREATECUSTOMERREQUEST']._serialized_start=2038
+  _globals['_CREATECUSTOMERREQUEST']._serialized_end=2138
+  _globals['_CREATECUSTOMERRESPONSE']._serialized_start=2140
+  _globals['_CREATECUSTOMERRESPONSE']._serialized_end=2232
+  _globals['_GETCUSTOMERREQUEST']._serialized_start=2234
+  _globals['_GETCUSTOMERREQUEST']._serialized_end=2281
+  _globals['_LISTCUSTOMERSREQUEST']._serialized_start=2283
+  _globals['_LISTCUSTOMERSREQUEST']._serialized_end=2365
+  _globals['_LISTCUSTOMERSRESPONSE']._serialized_start=2367
+  _globals['_LISTCUSTOMERSRESPONSE']._serialized_end=2467
+  _globals['_UPDATECUSTOMERREQUEST']._serialized_start=2470
+  _globals['_UPDATECUSTOMERREQUEST']._serialized_end=2626
+  _globals['_DELETECUSTOMERREQUEST']._serialized_start=2628
+  _globals['_DELETECUSTOMERREQUEST']._serialized_end=2693
+  _globals['_ROTATECUSTOMERAPIKEYREQUEST']._serialized_start=2695
+  _globals['_ROTATECUSTOMERAPIKEYREQUEST']._serialized_end=2751
+  _globals['_CREATEPROJECTREQUEST']._serialized_start=2753
+  _globals['_CREATEPROJECTREQUEST']._serialized_end=2877
+  _globals['_GETPROJECTREQUEST']._serialized_start=2879
+  _globals['_GETPROJECTREQUEST']._serialized_end=2924
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=2926
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=3013
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=3015
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=3112
+  _globals['_UPDATEPROJECTREQUEST']._serialized_start=3115
+  _globals['_UPDATEPROJECTREQUEST']._serialized_end=3267
+  _globals['_DELETEPROJECTREQUEST']._serialized_start=3269
+  _globals['_DELETEPROJECTREQUEST']._serialized_end=3317
+  _globals['_GETMEREQUEST']._serialized_start=3319
+  _globals['_GETMEREQUEST']._serialized_end=3333
+  _globals['_ME']._serialized_start=3335
+  _globals['_ME']._serialized_end=3414
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=3416
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=3460
+  _globals['_TENANCYSERVICE']._serialized_start=3652
+  _globals['_TENANCYSERVICE']._serialized_end=6236
 # @@protoc_insertion_point(module_scope)
