@@ -256,7 +256,13 @@ class _Builder:
             yield parameter
 
     def _request_body(self, route: Route) -> Schema:
-        if route.body_field is not None:
+        body_message = route.body_field.message_type if route.body_field is not None else None
+        if body_message is not None and "update_mask" in route.rpc.input.fields_by_name \
+                and body_message.full_name not in _WELL_KNOWN:
+            # An update carries only the fields its mask names: the resource without `required`.
+            schema = self._update_ref(body_message)
+            required = True
+        elif route.body_field is not None:
             schema = self._schema_of_field(route.body_field)
             required = field_behavior_pb2.REQUIRED in _behaviors(route.body_field)
         else:
@@ -297,13 +303,22 @@ class _Builder:
             else:
                 self.schemas[item.full_name] = self._enum_schema(item)
 
-    def _message_schema(self, message: Descriptor) -> Schema:
+    def _update_ref(self, message: Descriptor) -> Schema:
+        name = f"{message.full_name}Update"
+        if name not in self.schemas:
+            schema = self._message_schema(message, update=True)
+            schema["description"] = (f"{message.name} in an update: only the fields the update mask names "
+                                     "are read, and none is required.")
+            self.schemas[name] = schema
+        return ref(name)
+
+    def _message_schema(self, message: Descriptor, update: bool = False) -> Schema:
         # Closed: the gateway refuses a field the message does not have (UNKNOWN_FIELD).
         schema: Schema = {"type": "object", "properties": {}, "additionalProperties": False}
         required = []
         for field in message.fields:
-            schema["properties"][field.json_name] = self._schema_of_field(field, describe=True)
-            if field_behavior_pb2.REQUIRED in _behaviors(field):
+            schema["properties"][field.json_name] = self._schema_of_field(field, describe=True, update=update)
+            if field_behavior_pb2.REQUIRED in _behaviors(field) and not update:
                 required.append(field.json_name)
         if required:
             schema["required"] = required
@@ -322,7 +337,7 @@ class _Builder:
             schema["description"] = description
         return schema
 
-    def _schema_of_field(self, field: FieldDescriptor, describe: bool = False) -> Schema:
+    def _schema_of_field(self, field: FieldDescriptor, describe: bool = False, update: bool = False) -> Schema:
         if is_map(field):
             _, value = map_fields(field)
             schema: Schema = {"type": "object", "additionalProperties": self._schema_of_type(value)}
@@ -333,8 +348,9 @@ class _Builder:
         if not describe:
             return schema
         behaviors = _behaviors(field)
-        schema = _constrain(field, schema, field_behavior_pb2.REQUIRED in behaviors)
-        if field_behavior_pb2.REQUIRED not in behaviors:
+        required = field_behavior_pb2.REQUIRED in behaviors and not update
+        schema = _constrain(field, schema, required)
+        if not required:
             schema = _nullable_field(schema)
         if field_behavior_pb2.OUTPUT_ONLY in behaviors:
             schema["readOnly"] = True

@@ -112,8 +112,11 @@ def test_body_field_and_other_fields_as_query(doc: dict[str, Any]) -> None:
     _, path, op = operations(doc)["TenancyService_UpdateCustomer"]
     assert path == "/v1/customers/{customer_id}"
     assert op["requestBody"]["content"]["application/json"]["schema"] == \
-        {"$ref": "#/components/schemas/innosystem.tenancy.v1.Customer"}
+        {"$ref": "#/components/schemas/innosystem.tenancy.v1.CustomerUpdate"}
     assert op["requestBody"]["required"] is True
+    update = doc["components"]["schemas"]["innosystem.tenancy.v1.CustomerUpdate"]
+    assert "required" not in update and "minLength" not in update["properties"]["name"]  # the mask decides
+    assert update["properties"]["email"]["pattern"]  # what a value must look like still holds
     assert [p["name"] for p in op["parameters"]] == ["customer_id", "updateMask"]
 
 
