@@ -6,6 +6,7 @@
     fields.py       JSON and query text into message fields, errors naming the field
     transcode.py    one HTTP request → the request message; messages → proto3 JSON (a list as CSV on request)
     errors.py       google.rpc.Status JSON and the gRPC → HTTP status table
+    locales.py      Accept-Language → google.rpc.LocalizedMessage from the catalogs in locales/
     auth.py         Bearer API key → signed principal metadata, first (401 before anything else)
     ratelimit.py    per-account and per-address (unauthenticated) limits in Redis
     upstreams.py    one channel per upstream service, health
@@ -13,5 +14,6 @@
     sse.py          server-streaming RPCs as Server-Sent Events
     openapi.py      the OpenAPI 3.1 document from the same descriptors
     console.py      the web console's static build (webroot/, from web/) at /console/
+    postman.py      a Postman collection and environment from that document (docs/postman/)
     app.py          the aiohttp application; main.py runs it
 """

@@ -10,12 +10,13 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import grpc
 from aiohttp import web
+from google.rpc import status_pb2
 
-from gateway import console
+from gateway import console, locales
 from gateway.auth import CHALLENGE
 from gateway.config import GatewayConfig
 from gateway.descriptors import build_pool, parse_descriptor_set
@@ -52,7 +53,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/openapi.json", _openapi)
     console.add_routes(app)
-    app.router.add_route("*", "/{path:.*}", _proxy)
+    app.router.add_route("*", r"/{path:[\s\S]*}", _proxy)  # any path, even one with an encoded newline
     log.info("gateway serves %d routes", len(gateway.table.routes))
     return app
 
@@ -82,8 +83,7 @@ async def _errors_and_request_id(request: web.Request, handler: Handler) -> web.
         try:
             response = await handler(request)
         except (GatewayError, UpstreamError) as err:
-            response = web.Response(status=err.http_status, body=status_json(err.status),
-                                    content_type="application/json", headers=err.headers)
+            response = _error(request, err.http_status, err.status, err.headers)
             if err.http_status == 401:
                 response.headers.update(CHALLENGE)
         except (asyncio.CancelledError, web.HTTPException):
@@ -91,12 +91,22 @@ async def _errors_and_request_id(request: web.Request, handler: Handler) -> web.
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.rel_url.raw_path)
             internal = GatewayError(grpc.StatusCode.INTERNAL, "INTERNAL", f"internal error (request id {request_id})")
-            response = web.Response(status=500, body=status_json(internal.status), content_type="application/json")
+            response = _error(request, 500, internal.status, {})
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id
         return response
     finally:
         logs.request_id.reset(token)
+
+
+def _error(request: web.Request, http_status: int, status: status_pb2.Status,
+           headers: Mapping[str, str]) -> web.Response:
+    """The Status as JSON, with a LocalizedMessage in the language the caller accepts."""
+    locale = locales.negotiate(request.headers.get("Accept-Language"))
+    response = web.Response(status=http_status, body=status_json(locales.localize(status, locale)),
+                            content_type="application/json", headers=headers)
+    response.headers["Content-Language"] = locale
+    return response
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:

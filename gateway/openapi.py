@@ -12,13 +12,14 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from google.api import field_behavior_pb2
+from google.api import field_behavior_pb2, field_info_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from gateway.descriptors import build_pool, parse_descriptor_set
 from gateway.fields import is_map, map_fields
 from gateway.routes import Route, load_routes
+from innosystem.common.v1 import schema_pb2
 
 Schema = dict[str, Any]
 FD = FieldDescriptor
@@ -27,18 +28,31 @@ STATUS = "google.rpc.Status"
 ANY = "google.protobuf.Any"
 SECURITY_SCHEME = "bearerAuth"
 _MAX_QUERY_DEPTH = 3
+UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# The error answers every operation may give (grpc-gateway's table), each a google.rpc.Status.
+_ERRORS = {
+    "400": "The request is not valid (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE); the ErrorInfo reason "
+           "and BadRequest field violations say what to fix.",
+    "401": "No credentials, a malformed Authorization header, or an unknown, revoked or inactive key.",
+    "403": "The caller sees the resource but may not do this.",
+    "404": "No such resource, or not the caller's (ids do not leak).",
+    "409": "A concurrent change won (ABORTED) or the resource already exists.",
+    "429": "A rate limit or a quota: see Retry-After and the ErrorInfo metadata.",
+    "500": "An internal error; its details are in the server log under the request id.",
+    "503": "A service is unavailable; retry later.",
+}
 
 _SCALARS: dict[int, Schema] = {
-    FD.TYPE_INT32: {"type": "integer", "format": "int32"},
-    FD.TYPE_SINT32: {"type": "integer", "format": "int32"},
-    FD.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
-    FD.TYPE_UINT32: {"type": "integer", "format": "uint32", "minimum": 0},
-    FD.TYPE_FIXED32: {"type": "integer", "format": "uint32", "minimum": 0},
-    FD.TYPE_INT64: {"type": "string", "format": "int64"},
-    FD.TYPE_SINT64: {"type": "string", "format": "int64"},
-    FD.TYPE_SFIXED64: {"type": "string", "format": "int64"},
-    FD.TYPE_UINT64: {"type": "string", "format": "uint64"},
-    FD.TYPE_FIXED64: {"type": "string", "format": "uint64"},
+    FD.TYPE_INT32: {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1},
+    FD.TYPE_SINT32: {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1},
+    FD.TYPE_SFIXED32: {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1},
+    FD.TYPE_UINT32: {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1},
+    FD.TYPE_FIXED32: {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1},
+    FD.TYPE_INT64: {"type": "string", "format": "int64", "pattern": r"^-?[0-9]{1,18}$"},
+    FD.TYPE_SINT64: {"type": "string", "format": "int64", "pattern": r"^-?[0-9]{1,18}$"},
+    FD.TYPE_SFIXED64: {"type": "string", "format": "int64", "pattern": r"^-?[0-9]{1,18}$"},
+    FD.TYPE_UINT64: {"type": "string", "format": "uint64", "pattern": r"^[0-9]{1,19}$"},
+    FD.TYPE_FIXED64: {"type": "string", "format": "uint64", "pattern": r"^[0-9]{1,19}$"},
     FD.TYPE_FLOAT: {"type": "number", "format": "float"},
     FD.TYPE_DOUBLE: {"type": "number", "format": "double"},
     FD.TYPE_BOOL: {"type": "boolean"},
@@ -173,18 +187,25 @@ class _Builder:
             }
         else:
             success = {"description": "OK", "content": {"application/json": {"schema": out}}}
+        error = {"application/json": {"schema": ref(STATUS)}}
         operation["responses"] = {
             "200": success,
-            "default": {"description": "An error.", "content": {"application/json": {"schema": ref(STATUS)}}},
+            **{code: {"description": text, "content": error} for code, text in _ERRORS.items()},
+            "default": {"description": "Another error.", "content": error},
         }
+        operation["responses"]["429"]["headers"] = {"Retry-After": {
+            "description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}}
+        operation["security"] = [{SECURITY_SCHEME: []}]
         return operation
 
     def _path_parameters(self, route: Route) -> list[Schema]:
         out = []
         for var, chain in zip(route.template.variables, route.path_fields, strict=True):
             leaf = chain[-1]
-            parameter: Schema = {"name": var.name, "in": "path", "required": True,
-                                 "schema": self._schema_of_type(leaf)}
+            schema = self._schema_of_type(leaf)
+            if leaf.type == FD.TYPE_STRING and (leaf.name.endswith("_id") or _is_uuid(leaf)):
+                schema.update(format="uuid", pattern=UUID)  # every resource id in a path is a UUID
+            parameter: Schema = {"name": var.name, "in": "path", "required": True, "schema": schema}
             description = self.comments.get(leaf.full_name, "")
             if var.multi_segment or route.template.segments[var.start] != "*":
                 pattern = "/".join(route.template.segments[var.start:var.end])
@@ -221,17 +242,27 @@ class _Builder:
             if nested is not None and nested.full_name in ("google.protobuf.Struct", "google.protobuf.Value",
                                                             "google.protobuf.ListValue", "google.protobuf.Empty"):
                 continue  # no text form
-            parameter: Schema = {"name": name, "in": "query", "schema": self._schema_of_field(field)}
+            required = field_behavior_pb2.REQUIRED in _behaviors(field)
+            parameter: Schema = {"name": name, "in": "query",
+                                 "schema": _constrain(field, self._schema_of_field(field), required)}
+            if field.name == "update_mask" and nested is not None and not prefix:
+                parameter["schema"] = _update_mask(message, parameter["schema"])
             if field.is_repeated:
                 parameter["description"] = "Repeat the parameter for each value."
             if description := self.comments.get(field.full_name):
                 parameter["description"] = (description + "\n\n" + parameter.get("description", "")).strip()
-            if field_behavior_pb2.REQUIRED in _behaviors(field):
+            if required:
                 parameter["required"] = True
             yield parameter
 
     def _request_body(self, route: Route) -> Schema:
-        if route.body_field is not None:
+        body_message = route.body_field.message_type if route.body_field is not None else None
+        if body_message is not None and "update_mask" in route.rpc.input.fields_by_name \
+                and body_message.full_name not in _WELL_KNOWN:
+            # An update carries only the fields its mask names: the resource without `required`.
+            schema = self._update_ref(body_message)
+            required = True
+        elif route.body_field is not None:
             schema = self._schema_of_field(route.body_field)
             required = field_behavior_pb2.REQUIRED in _behaviors(route.body_field)
         else:
@@ -242,7 +273,7 @@ class _Builder:
                 self._drain()
                 full = self.schemas[route.rpc.input.full_name]
                 properties = {k: v for k, v in full.get("properties", {}).items() if k not in top}
-                schema = {"type": "object", "properties": properties}
+                schema = {"type": "object", "properties": properties, "additionalProperties": False}
                 if required_fields := [r for r in full.get("required", []) if r not in top]:
                     schema["required"] = required_fields
             required = bool(schema.get("required"))
@@ -272,12 +303,22 @@ class _Builder:
             else:
                 self.schemas[item.full_name] = self._enum_schema(item)
 
-    def _message_schema(self, message: Descriptor) -> Schema:
-        schema: Schema = {"type": "object", "properties": {}}
+    def _update_ref(self, message: Descriptor) -> Schema:
+        name = f"{message.full_name}Update"
+        if name not in self.schemas:
+            schema = self._message_schema(message, update=True)
+            schema["description"] = (f"{message.name} in an update: only the fields the update mask names "
+                                     "are read, and none is required.")
+            self.schemas[name] = schema
+        return ref(name)
+
+    def _message_schema(self, message: Descriptor, update: bool = False) -> Schema:
+        # Closed: the gateway refuses a field the message does not have (UNKNOWN_FIELD).
+        schema: Schema = {"type": "object", "properties": {}, "additionalProperties": False}
         required = []
         for field in message.fields:
-            schema["properties"][field.json_name] = self._schema_of_field(field, describe=True)
-            if field_behavior_pb2.REQUIRED in _behaviors(field):
+            schema["properties"][field.json_name] = self._schema_of_field(field, describe=True, update=update)
+            if field_behavior_pb2.REQUIRED in _behaviors(field) and not update:
                 required.append(field.json_name)
         if required:
             schema["required"] = required
@@ -286,7 +327,9 @@ class _Builder:
         return schema
 
     def _enum_schema(self, enum: EnumDescriptor) -> Schema:
-        schema: Schema = {"type": "string", "enum": [v.name for v in enum.values]}
+        # By name, or by number: proto3 JSON accepts both (and so does the gateway).
+        schema: Schema = {"type": ["string", "integer"], "enum": [v.name for v in enum.values]
+                          + [v.number for v in enum.values]}
         lines = [self.comments.get(enum.full_name, "")]
         lines += [f"- `{v.name}`: {c}" for v in enum.values
                   if (c := self.comments.get(f"{enum.full_name}.{v.name}", "").replace("\n", " "))]
@@ -294,7 +337,7 @@ class _Builder:
             schema["description"] = description
         return schema
 
-    def _schema_of_field(self, field: FieldDescriptor, describe: bool = False) -> Schema:
+    def _schema_of_field(self, field: FieldDescriptor, describe: bool = False, update: bool = False) -> Schema:
         if is_map(field):
             _, value = map_fields(field)
             schema: Schema = {"type": "object", "additionalProperties": self._schema_of_type(value)}
@@ -305,6 +348,10 @@ class _Builder:
         if not describe:
             return schema
         behaviors = _behaviors(field)
+        required = field_behavior_pb2.REQUIRED in behaviors and not update
+        schema = _constrain(field, schema, required)
+        if not required:
+            schema = _nullable_field(schema)
         if field_behavior_pb2.OUTPUT_ONLY in behaviors:
             schema["readOnly"] = True
         if field_behavior_pb2.INPUT_ONLY in behaviors:
@@ -321,6 +368,99 @@ class _Builder:
         if field.enum_type is not None:
             return self._enum_ref(field.enum_type)
         return dict(_SCALARS[field.type])
+
+
+def _update_mask(request: Descriptor, schema: Schema) -> Schema:
+    """An update request's mask names fields of the resource it carries that a client may set."""
+    resources = [f.message_type for f in request.fields if f.message_type is not None
+                 and f.message_type.full_name not in _WELL_KNOWN]
+    if len(resources) != 1:
+        return schema
+    fixed = {field_behavior_pb2.OUTPUT_ONLY, field_behavior_pb2.IMMUTABLE}
+    names = sorted({n for f in resources[0].fields if not fixed & _behaviors(f)
+                    for n in (f.json_name, f.name)})
+    one = "(" + "|".join(names) + ")"
+    return {**schema, "pattern": f"^$|^{one}(,{one})*$"}
+
+
+def _is_uuid(field: FieldDescriptor) -> bool:
+    info = field.GetOptions().Extensions[field_info_pb2.field_info]
+    return bool(info.format == field_info_pb2.FieldInfo.Format.UUID4)
+
+
+def _constrain(field: FieldDescriptor, schema: Schema, required: bool) -> Schema:
+    """The type's schema plus what the server enforces for every field alike: a REQUIRED field
+    must not be its default (empty, zero, false, UNSPECIFIED: proto3 cannot tell those from
+    missing), a UUID4 field (google.api.field_info) is a UUID or, when optional, empty, and a page
+    size is not negative (larger than the maximum is clamped, AIP-158)."""
+    schema = _annotated(field, dict(schema))
+    if field.is_repeated:
+        if required:
+            schema.setdefault("minItems", 1)
+        return schema
+    if field.type == FD.TYPE_STRING and _is_uuid(field):
+        schema.update(format="uuid", pattern=UUID) if required else schema.update(pattern=f"^$|{UUID}")
+        return schema
+    if field.name == "page_size" and schema.get("type") == "integer":
+        schema["minimum"] = 0
+    if field.name == "page_token" and schema.get("type") == "string":
+        schema.update(format="page-token", maxLength=512)  # opaque: "" or a nextPageToken the list returned
+    if not required or field.message_type is not None:
+        return schema
+    if field.enum_type is not None:
+        zero = field.enum_type.values_by_number[0]
+        return {"allOf": [schema], "not": {"enum": [zero.name, 0]}}
+    if field.type == FD.TYPE_STRING:
+        schema["minLength"] = 1
+    elif field.type == FD.TYPE_BOOL:
+        schema["const"] = True
+    elif schema.get("type") in ("integer", "number"):
+        schema["not"] = {"const": 0}
+    return schema
+
+
+def _annotated(field: FieldDescriptor, schema: Schema) -> Schema:
+    """The field's (innosystem.common.v1.schema) annotation as JSON Schema keywords."""
+    options = field.GetOptions()
+    if not options.HasExtension(schema_pb2.schema):
+        return schema
+    a = options.Extensions[schema_pb2.schema]
+    target = schema.setdefault("items", {}) if field.is_repeated else schema
+    for name, keyword in (("minimum", "minimum"), ("maximum", "maximum"), ("min_length", "minLength"),
+                          ("max_length", "maxLength")):
+        if a.HasField(name):  # type: ignore[arg-type]
+            target[keyword] = getattr(a, name)
+    if a.pattern:
+        target["pattern"] = a.pattern
+    if a.format == "https-url":  # the egress guard's first rule; the rest is checked at the call
+        target["pattern"] = "^https://[^/?#@\\s]+(/[^\\s]*)?$"
+    elif a.format:
+        target["format"] = a.format
+    if field.is_repeated:
+        for name, keyword in (("min_items", "minItems"), ("max_items", "maxItems")):
+            if a.HasField(name):  # type: ignore[arg-type]
+                schema[keyword] = getattr(a, name)
+        for name, keyword in (("items_min_length", "minLength"), ("items_max_length", "maxLength")):
+            if a.HasField(name):  # type: ignore[arg-type]
+                target[keyword] = getattr(a, name)
+        if a.items_pattern:
+            target["pattern"] = a.items_pattern
+        if a.items_enum:
+            target["enum"] = list(a.items_enum)
+    if a.allowed and field.enum_type is not None:
+        values = field.enum_type.values_by_name
+        return {"allOf": [schema], "enum": [*a.allowed, *(values[n].number for n in a.allowed)]}
+    return schema
+
+
+def _nullable_field(schema: Schema) -> Schema:
+    """proto3 JSON reads `null` as "not set", so an optional field may be null."""
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    if isinstance(kind, list):
+        return schema if "null" in kind else {**schema, "type": [*kind, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
 
 
 def _comments(files: descriptor_pb2.FileDescriptorSet) -> Iterator[tuple[str, str]]:

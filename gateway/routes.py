@@ -233,6 +233,7 @@ class RouteTable:
         allowed: set[str] = set()
         for segments, verb in self._candidates(raw):
             decoded = [decode_segment(s) for s in segments]
+            here: set[str] = set()
             for leaf in self._walk(self._root, decoded, 0):
                 routes = leaf.leaves.get(verb)
                 if not routes:
@@ -240,7 +241,10 @@ class RouteTable:
                 route = routes.get(method)
                 if route is not None:
                     return RouteMatch(route, route.template.bind(segments, decoded))
-                allowed.update(routes)
+                here.update(routes)
+            if here:  # a path with a known verb is that custom method's (405 for any other method)
+                allowed = here
+                break
         if allowed:
             raise MethodNotAllowed(sorted(allowed))
         raise RouteNotFound(raw_path)

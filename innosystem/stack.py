@@ -194,7 +194,7 @@ def _persistent_secret(path: Path, make: Callable[[], str] = lambda: secrets.tok
 def _embedded_settings(data_dir: Path, demo: bool) -> dict[str, str]:
     """What the embedded default keeps across restarts, and the demo's settings."""
     settings = {}
-    if not env("INNOSYSTEM_KEYS_MASTER_KEY"):  # seals customers' key-manager secrets: must not change
+    if not env("INNOSYSTEM_KEYS_MASTER_KEY"):  # seals key-manager and webhook secrets: must not change
         settings["INNOSYSTEM_KEYS_MASTER_KEY"] = _persistent_secret(
             data_dir / "secrets" / "keys-master-key", lambda: base64.b64encode(secrets.token_bytes(32)).decode())
     if not env("INNOSYSTEM_LOG_ONE_TIME_LINKS"):

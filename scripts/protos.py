@@ -1,4 +1,5 @@
-"""Generate Python code, typed stubs, the descriptor set and the OpenAPI document from protos/.
+"""Generate Python code, typed stubs, the descriptor set, the OpenAPI document and the Postman
+collection and environment (docs/postman/) from protos/.
 
     python scripts/protos.py            # write into the tree
     python scripts/protos.py --check    # exit 1 if the committed output is stale
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 DESCRIPTORS = "innosystem/descriptors.binpb"
 OPENAPI = "docs/openapi.json"
+POSTMAN = ("docs/postman/collection.json", "docs/postman/environment.json")
 
 
 def generate(out: Path) -> None:
@@ -51,15 +53,20 @@ def generate(out: Path) -> None:
             d = d.parent
     sys.path.insert(0, str(ROOT))
     from gateway.openapi import render_openapi  # the gateway serves the same document
+    from gateway.postman import render_postman
 
     (out / OPENAPI).parent.mkdir(parents=True, exist_ok=True)
-    (out / OPENAPI).write_text(render_openapi((out / DESCRIPTORS).read_bytes()))
+    document = render_openapi((out / DESCRIPTORS).read_bytes())
+    (out / OPENAPI).write_text(document)
+    (out / POSTMAN[0]).parent.mkdir(parents=True, exist_ok=True)
+    for path, text in zip(POSTMAN, render_postman(document), strict=True):
+        (out / path).write_text(text)
 
 
 def generated_files(tree: Path) -> list[Path]:
     found = [p for p in (tree / "innosystem").rglob("*") if p.name.endswith((".py", ".pyi"))
              and ("_pb2" in p.name or (p.name == "__init__.py" and p.parent.name == "v1"))]
-    found += [tree / DESCRIPTORS, tree / OPENAPI]
+    found += [tree / DESCRIPTORS, tree / OPENAPI, *(tree / p for p in POSTMAN)]
     return sorted(p.relative_to(tree) for p in found if p.exists())
 
 

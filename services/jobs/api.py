@@ -1,7 +1,7 @@
 """JobService servicer: converts protobuf ↔ Python values and calls the use cases.
 
-Job types go to `JobsService`; jobs to `Submission`, `Queries` and `Control`; the internal lease
-API (runners and keys services only) to `Leases`.
+Job types go to `JobsService`; jobs to `Submission`, `Queries` and `Control`; webhooks to
+`Webhooks`; the internal lease API (runners and keys services only) to `Leases`.
 
 Every client request that carries text beyond ids is first checked for text PostgreSQL cannot
 store (`check_storable`: a NUL anywhere), so such a value is a 400 naming its field rather than a
@@ -23,16 +23,18 @@ from google.protobuf.message import Message
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
+from innosystem.jobs.v1 import webhooks_pb2 as hooks_pb
 from innosystem.kit import principal as principals
 from innosystem.kit.protos import changes, request_hash, timestamp
 from innosystem.kit.validation import check_storable
 from services.jobs.control import Control
 from services.jobs.convert import job_pb
 from services.jobs.leases import Leases
-from services.jobs.models import JobType
+from services.jobs.models import JobType, Webhook, WebhookDelivery
 from services.jobs.queries import Queries
 from services.jobs.service import JobsService
 from services.jobs.submission import Submission
+from services.jobs.webhooks import Webhooks
 
 _MESSAGES = ("default_retry_policy", "external_api")
 
@@ -80,6 +82,22 @@ class UseCases:
     queries: Queries
     control: Control
     leases: Leases
+    webhooks: Webhooks
+
+
+def webhook_pb(row: Webhook) -> hooks_pb.Webhook:
+    return hooks_pb.Webhook(id=str(row.id), project_id=str(row.project_id), customer_id=str(row.customer_id),
+                            url=row.url, events=list(row.events), description=row.description,
+                            signing_secret_fingerprint=row.secret_fingerprint, create_time=timestamp(row.create_time))
+
+
+def delivery_pb(row: WebhookDelivery) -> hooks_pb.WebhookDelivery:
+    return hooks_pb.WebhookDelivery(
+        id=str(row.id), webhook_id=str(row.webhook_id), event_type=row.event_type, job_id=str(row.job_id),
+        state=row.state, attempts=row.attempts, last_status_code=row.last_status_code,  # type: ignore[arg-type]
+        last_error=row.last_error, next_attempt_time=timestamp(row.next_attempt_time),
+        last_attempt_time=timestamp(row.last_attempt_time), create_time=timestamp(row.create_time),
+        payload=row.payload)
 
 
 class JobsApi(jobs_pb2_grpc.JobServiceServicer):
@@ -172,6 +190,44 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
                             context: grpc.aio.ServicerContext) -> pb.QueueStats:
         check_storable(request)
         return await self.cases.queries.stats(principals.current(), request)
+
+    # webhooks
+
+    async def CreateWebhook(self, request: hooks_pb.CreateWebhookRequest,
+                            context: grpc.aio.ServicerContext) -> hooks_pb.CreateWebhookResponse:
+        check_storable(request)
+        row, secret = await self.cases.webhooks.create(principals.current(), request.project_id, request.webhook,
+                                                       request.request_id, request_hash(request))
+        return hooks_pb.CreateWebhookResponse(webhook=webhook_pb(row), signing_secret=secret)
+
+    async def GetWebhook(self, request: hooks_pb.GetWebhookRequest,
+                         context: grpc.aio.ServicerContext) -> hooks_pb.Webhook:
+        return webhook_pb(await self.cases.webhooks.get(principals.current(), request.webhook_id))
+
+    async def ListWebhooks(self, request: hooks_pb.ListWebhooksRequest,
+                           context: grpc.aio.ServicerContext) -> hooks_pb.ListWebhooksResponse:
+        check_storable(request)
+        page = await self.cases.webhooks.list(principals.current(), request.project_id, request.page_size,
+                                              request.page_token)
+        return hooks_pb.ListWebhooksResponse(webhooks=[webhook_pb(r) for r in page.items],
+                                             next_page_token=page.next_page_token)
+
+    async def DeleteWebhook(self, request: hooks_pb.DeleteWebhookRequest, context: grpc.aio.ServicerContext) -> Empty:
+        await self.cases.webhooks.delete(principals.current(), request.webhook_id)
+        return Empty()
+
+    async def ListWebhookDeliveries(self, request: hooks_pb.ListWebhookDeliveriesRequest,
+                                    context: grpc.aio.ServicerContext) -> hooks_pb.ListWebhookDeliveriesResponse:
+        check_storable(request)
+        page = await self.cases.webhooks.deliveries(principals.current(), request.webhook_id, request.page_size,
+                                                    request.page_token)
+        return hooks_pb.ListWebhookDeliveriesResponse(deliveries=[delivery_pb(r) for r in page.items],
+                                                      next_page_token=page.next_page_token)
+
+    async def RedeliverWebhookDelivery(self, request: hooks_pb.RedeliverWebhookDeliveryRequest,
+                                       context: grpc.aio.ServicerContext) -> hooks_pb.WebhookDelivery:
+        return delivery_pb(await self.cases.webhooks.redeliver(principals.current(), request.webhook_id,
+                                                               request.delivery_id))
 
     # internal: the runners service (and the keys service's GetLease); the bootstrap admits only
     # those callers (innosystem/kit/callers.py)

@@ -37,7 +37,8 @@ async def create() -> Service:
         register=lambda server: jobs_pb2_grpc.add_JobServiceServicer_to_server(api, server),
         authenticate=ApiKeyAuthenticator(tenancy),  # direct gRPC callers with an API key
         background=[app.signals.listen_forever, app.loops.promote_forever, app.loops.reap_forever,
-                    app.loops.recover_forever, app.loops.retain_forever],
+                    app.loops.recover_forever, app.loops.retain_forever,
+                    app.deliveries.fan_out_forever, app.deliveries.send_forever],
         audit=AuditReporter(tenancy),  # job types → tenancy's audit log
-        on_shutdown=[tenancy.close, billing.close, keys.close, close_redis, db.close],
+        on_shutdown=[app.deliveries.close, tenancy.close, billing.close, keys.close, close_redis, db.close],
     )

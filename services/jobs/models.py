@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Double, Index, SmallInteger, String, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, Double, Index, LargeBinary, SmallInteger, String, Text, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -252,3 +252,66 @@ class BillingOutbox(Base):
     attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     next_try_time: Mapped[datetime | None] = mapped_column(Timestamp)
     last_error: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
+
+
+class Webhook(Base):
+    """A project's endpoint for job events (webhooks.py). The signing secret is sealed under the
+    platform master key (it must be usable to sign, so it cannot be a hash)."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (
+        Index(None, "project_id", "create_time", "id"),
+        Index(None, "customer_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(ARRAY(String(40)))
+    description: Mapped[str] = mapped_column(String(200), default="")
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    secret_fingerprint: Mapped[str] = mapped_column(String(8))
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: written by the fan-out from `job_status_changes`, sent by the
+    delivery loop. Unique per (endpoint, status change, event), so a rescan writes nothing twice."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(None, "webhook_id", "change_id", "event_type", unique=True),
+        Index(None, "webhook_id", "create_time", "id"),
+        # The delivery loop claims per endpoint, each endpoint's due ones in order.
+        Index(None, "webhook_id", "next_attempt_time", postgresql_where=text("state = 1")),
+        CheckConstraint("state BETWEEN 1 AND 3", name="state_known"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    webhook_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    change_id: Mapped[int] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[int] = mapped_column(SmallInteger, default=1)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_status_code: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    next_attempt_time: Mapped[datetime] = mapped_column(Timestamp)
+    last_attempt_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Retries stop here: 24 h after the event, or after a redelivery request.
+    expire_time: Mapped[datetime] = mapped_column(Timestamp)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class WebhookCursor(Base):
+    """How far the fan-out has read `job_status_changes` (one row): every change with an id at
+    or below it has been turned into deliveries."""
+
+    __tablename__ = "webhook_cursor"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    change_id: Mapped[int] = mapped_column(BigInteger)

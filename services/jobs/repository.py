@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
-from services.jobs.models import Job, JobType
+from services.jobs.models import Job, JobType, Webhook, WebhookDelivery
 
 UNFINISHED = (1, 2, 6)  # pending, running, scheduled
 
@@ -62,3 +63,47 @@ class JobsRepository:
     async def has_unfinished_jobs(self, job_type_id: uuid.UUID) -> bool:
         stmt = select(Job.id).where(Job.job_type_id == job_type_id, Job.status.in_(UNFINISHED)).limit(1)
         return (await self.s.execute(stmt)).first() is not None
+
+
+class WebhooksRepository:
+    """Webhook endpoints and their delivery log (the delivery loop's own SQL is in deliveries.py)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.s = session
+
+    async def add(self, row: Webhook) -> None:
+        self.s.add(row)
+        await self.s.flush()
+
+    async def get(self, webhook_id: uuid.UUID, scope: Scope) -> Webhook | None:
+        stmt = scope.filter(select(Webhook).where(Webhook.id == webhook_id),
+                            reseller_column=Webhook.reseller_id, customer_column=Webhook.customer_id)
+        return (await self.s.execute(stmt)).scalar_one_or_none()
+
+    async def count(self, project_id: uuid.UUID) -> int:
+        stmt = select(func.count()).select_from(Webhook).where(Webhook.project_id == project_id)
+        return int(await self.s.scalar(stmt) or 0)
+
+    async def list(self, project_id: uuid.UUID, limit: int, after: Keyset | None) -> Sequence[Webhook]:
+        stmt = after_keyset(select(Webhook).where(Webhook.project_id == project_id), Webhook, after)
+        return (await self.s.execute(stmt.limit(limit))).scalars().all()
+
+    async def delete(self, webhook_id: uuid.UUID) -> None:
+        await self.s.execute(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id))
+        await self.s.execute(delete(Webhook).where(Webhook.id == webhook_id))
+
+    async def deliveries(self, webhook_id: uuid.UUID, limit: int, before: Keyset | None) -> Sequence[WebhookDelivery]:
+        """Newest first; `before` is the last row of the previous page."""
+        d = WebhookDelivery
+        stmt = select(d).where(d.webhook_id == webhook_id)
+        if before is not None:
+            stmt = stmt.where(or_(d.create_time < before[0], and_(d.create_time == before[0], d.id < before[1])))
+        stmt = stmt.order_by(d.create_time.desc(), d.id.desc()).limit(limit)
+        return (await self.s.execute(stmt)).scalars().all()
+
+    async def redeliver(self, webhook_id: uuid.UUID, delivery_id: uuid.UUID, now: datetime,
+                        expire: datetime) -> WebhookDelivery | None:
+        d = WebhookDelivery
+        stmt = (update(d).where(d.id == delivery_id, d.webhook_id == webhook_id)
+                .values(state=1, next_attempt_time=now, expire_time=expire).returning(d))
+        return (await self.s.execute(stmt)).scalar_one_or_none()

@@ -14,6 +14,7 @@ from services.jobs.api import UseCases
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
 from services.jobs.control import Control
+from services.jobs.deliveries import Deliveries
 from services.jobs.encryption import Encryptor
 from services.jobs.leases import Leases
 from services.jobs.loops import Loops
@@ -24,6 +25,7 @@ from services.jobs.service import JobsService
 from services.jobs.signals import Signals
 from services.jobs.submission import Submission
 from services.jobs.tenants import Projects
+from services.jobs.webhooks import Webhooks
 
 
 @dataclass
@@ -33,6 +35,7 @@ class App:
     cases: UseCases
     loops: Loops
     signals: Signals
+    deliveries: Deliveries
 
 
 def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc.aio.Channel, billing: Billing,
@@ -45,6 +48,7 @@ def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc
                 config=config, clock=clock, encryptor=encryptor, tokens=tokens)
     queries = Queries(deps, types._visible_project)
     leases = Leases(deps)
+    webhooks = Webhooks(db, config, types._visible_project)
     cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,
-                     control=Control(deps, queries), leases=leases)
-    return App(deps, types, cases, Loops(deps, leases), signals)
+                     control=Control(deps, queries), leases=leases, webhooks=webhooks)
+    return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer))

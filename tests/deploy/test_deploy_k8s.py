@@ -238,7 +238,9 @@ def test_network_policies_datastores_dns_and_key_managers(rendered: list[Rendere
                 for port in (5432, 6379):
                     assert _allows(r, "Egress", labels, None, port), (r.name, name, port)
         assert _allows(r, "Egress", _pod_labels(r, "keys"), None, 443), "keys -> customer key managers"
-        assert not _allows(r, "Egress", _pod_labels(r, "jobs"), None, 443)
+        assert _allows(r, "Egress", _pod_labels(r, "jobs"), None, 443), "jobs -> customer webhooks"
+        for name in ("tenancy", "billing", "runners"):
+            assert not _allows(r, "Egress", _pod_labels(r, name), None, 443), name
         assert _allows(r, "Ingress", _pod_labels(r, "gateway"), None, GATEWAY_PORT)
 
 

@@ -224,6 +224,9 @@ async def test_an_upstream_status_keeps_error_info_and_bad_request(client: TestC
              "domain": "tenancy.innosystem", "metadata": {"projects": "2"}},
             {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [
                 {"field": "force", "description": "set force=true to delete the projects too", "reason": ""}]},
+            # added by the gateway, in the language the caller accepts (English by default)
+            {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en",
+             "message": "The customer still has projects."},
         ],
     }
     assert (await client.delete("/v1/customers/c-1?force=true", headers=ADMIN)).status == 200

@@ -47,28 +47,35 @@ def test_required_and_read_only_follow_field_behavior(schemas: dict[str, Any]) -
     customer = schemas["innosystem.tenancy.v1.Customer"]
     assert customer["required"] == ["name", "email"]
     assert customer["properties"]["id"]["readOnly"] is True
-    assert customer["properties"]["createTime"] == {"type": "string", "format": "date-time", "readOnly": True}
+    assert customer["properties"]["createTime"] == {"type": ["string", "null"], "format": "date-time",
+                                                    "readOnly": True}  # proto3 JSON: null is "not set"
     assert "readOnly" not in customer["properties"]["name"]
 
 
 def test_proto3_json_types(schemas: dict[str, Any]) -> None:
     props = schemas["innosystem.tenancy.v1.Sample"]["properties"]
-    assert props["big"] == {"type": "string", "format": "int64", "description": "A 64-bit count."}
-    assert props["count"] == {"type": "integer", "format": "int32"}
+    assert props["big"] == {"type": ["string", "null"], "format": "int64", "pattern": "^-?[0-9]{1,18}$",
+                            "description": "A 64-bit count."}
+    assert props["count"] == {"type": ["integer", "null"], "format": "int32", "minimum": -(2**31),
+                              "maximum": 2**31 - 1}
     assert props["small"]["format"] == "uint32" and props["ratio32"]["format"] == "float"
     assert props["blob"]["format"] == "byte"
-    assert props["tags"] == {"type": "array", "items": {"type": "string"}}
-    assert props["inners"] == {"type": "array", "items": {"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"}}
-    assert props["counts"] == {"type": "object", "additionalProperties": {"type": "integer", "format": "int32"}}
+    assert props["tags"] == {"type": ["array", "null"], "items": {"type": "string"}}
+    assert props["inners"] == {"type": ["array", "null"],
+                               "items": {"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"}}
+    assert props["counts"] == {"type": ["object", "null"], "additionalProperties": {
+        "type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}}
     assert props["named"]["additionalProperties"] == {"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"}
-    assert props["when"] == {"type": "string", "format": "date-time"}
-    assert props["wait"]["type"] == "string" and props["mask"]["type"] == "string"
-    assert props["extra"] == {"type": "object", "additionalProperties": True}
+    assert props["when"] == {"type": ["string", "null"], "format": "date-time"}
+    assert props["wait"]["type"] == ["string", "null"] and props["mask"]["type"] == ["string", "null"]
+    assert props["extra"] == {"type": ["object", "null"], "additionalProperties": True}
     assert props["maybe"]["type"] == ["integer", "null"]
-    assert props["color"] == {"$ref": "#/components/schemas/innosystem.tenancy.v1.Color"}
+    assert props["color"] == {"anyOf": [{"$ref": "#/components/schemas/innosystem.tenancy.v1.Color"},
+                                        {"type": "null"}]}
     assert props["output"]["readOnly"] is True
     color = schemas["innosystem.tenancy.v1.Color"]
-    assert color["type"] == "string" and color["enum"] == ["COLOR_UNSPECIFIED", "COLOR_RED", "COLOR_BLUE"]
+    assert color["type"] == ["string", "integer"]  # by name or number, as proto3 JSON reads them
+    assert color["enum"] == ["COLOR_UNSPECIFIED", "COLOR_RED", "COLOR_BLUE", 0, 1, 2]
     assert "`COLOR_RED`: Like a tomato." in color["description"]
     assert schemas["innosystem.tenancy.v1.Sample"]["description"] == "A sample of every field kind."
     assert "CountsEntry" not in json.dumps(schemas)  # map entries are not types of their own
@@ -76,7 +83,8 @@ def test_proto3_json_types(schemas: dict[str, Any]) -> None:
 
 def test_recursive_messages_are_components(schemas: dict[str, Any]) -> None:
     inner = schemas["innosystem.tenancy.v1.Inner"]
-    assert inner["properties"]["child"] == {"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"}
+    assert inner["properties"]["child"] == {"anyOf": [{"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"},
+                                                      {"type": "null"}]}
 
 
 def test_get_has_path_and_query_parameters(doc: dict[str, Any]) -> None:
@@ -104,8 +112,11 @@ def test_body_field_and_other_fields_as_query(doc: dict[str, Any]) -> None:
     _, path, op = operations(doc)["TenancyService_UpdateCustomer"]
     assert path == "/v1/customers/{customer_id}"
     assert op["requestBody"]["content"]["application/json"]["schema"] == \
-        {"$ref": "#/components/schemas/innosystem.tenancy.v1.Customer"}
+        {"$ref": "#/components/schemas/innosystem.tenancy.v1.CustomerUpdate"}
     assert op["requestBody"]["required"] is True
+    update = doc["components"]["schemas"]["innosystem.tenancy.v1.CustomerUpdate"]
+    assert "required" not in update and "minLength" not in update["properties"]["name"]  # the mask decides
+    assert update["properties"]["email"]["pattern"]  # what a value must look like still holds
     assert [p["name"] for p in op["parameters"]] == ["customer_id", "updateMask"]
 
 
@@ -156,3 +167,25 @@ def test_every_reference_resolves(doc: dict[str, Any], schemas: dict[str, Any]) 
     walk(doc)
     assert refs and refs <= set(schemas)
     assert all(schemas[name] for name in schemas)  # no placeholder left empty
+
+
+def test_what_the_server_enforces_is_in_the_document(doc: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Strictness comes from the generator, so every route has it: closed objects, REQUIRED fields
+    that may not be empty, UUID path ids, page sizes, the security scheme and every error answer on
+    every operation, and the (innosystem.common.v1.schema) annotations."""
+    customer = schemas["innosystem.tenancy.v1.Customer"]
+    assert customer["additionalProperties"] is False
+    assert customer["properties"]["name"]["minLength"] == 1
+    assert customer["properties"]["email"]["pattern"] == r"^[^@\s]+@[^@\s]+\.[^@\s]+$"  # tenancy's rule
+    hook = schemas["innosystem.jobs.v1.Webhook"]["properties"]
+    assert hook["events"]["minItems"] == 1 and "job.succeeded" in hook["events"]["items"]["enum"]
+    for method, path, op in operations(doc).values():
+        assert op["security"] == [{"bearerAuth": []}], (method, path)
+        for code in ("400", "401", "403", "404", "409", "429", "500", "503", "default"):
+            assert op["responses"][code]["content"]["application/json"]["schema"] == \
+                {"$ref": "#/components/schemas/google.rpc.Status"}, (method, path, code)
+        for p in op.get("parameters", []):
+            if p["in"] == "path" and p["name"].endswith("_id"):
+                assert p["schema"]["format"] == "uuid", (method, path, p)
+            if p["name"] == "pageSize":
+                assert p["schema"]["minimum"] == 0

@@ -83,10 +83,14 @@ def test_known_path_with_another_method_lists_the_allowed_ones(table: RouteTable
     assert caught.value.allowed == ["GET"]
 
 
-def test_a_verb_route_of_another_method_falls_back_to_the_plain_template(table: RouteTable) -> None:
-    """As in grpc-gateway: `GET …/c-1:rotateApiKey` is GetCustomer of id "c-1:rotateApiKey"."""
-    assert rpc_at(table, "GET", "/v1/customers/c-1:rotateApiKey") == \
-        ("innosystem.tenancy.v1.TenancyService.GetCustomer", ["c-1:rotateApiKey"])
+def test_a_verb_route_of_another_method_is_405_with_the_verbs_methods(table: RouteTable) -> None:
+    """`GET …/c-1:rotateApiKey` is not GetCustomer of id "c-1:rotateApiKey" (grpc-gateway's
+    fallback): the OpenAPI document says the path has POST only, and `Allow` says so too."""
+    with pytest.raises(MethodNotAllowed) as raised:
+        table.match("GET", "/v1/customers/c-1:rotateApiKey")
+    assert raised.value.allowed == ["POST"]
+    assert rpc_at(table, "GET", "/v1/customers/c-1%3ArotateApiKey") == \
+        ("innosystem.tenancy.v1.TenancyService.GetCustomer", ["c-1:rotateApiKey"])  # an escaped colon is the id's
 
 
 def _with_rule(base: bytes, rule: http_pb2.HttpRule, package: str) -> bytes:

@@ -6,6 +6,7 @@ import warnings
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from innosystem.jobs.v1 import job_types_pb2 as innosystem_dot_jobs_dot_v1_dot_job__types__pb2
 from innosystem.jobs.v1 import jobs_pb2 as innosystem_dot_jobs_dot_v1_dot_jobs__pb2
+from innosystem.jobs.v1 import webhooks_pb2 as innosystem_dot_jobs_dot_v1_dot_webhooks__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -116,6 +117,36 @@ class JobServiceStub:
                 '/innosystem.jobs.v1.JobService/GetQueueStats',
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
                 response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.QueueStats.FromString,
+                _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/CreateWebhook',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.GetWebhook = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/GetWebhook',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.GetWebhookRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.Webhook.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/ListWebhooks',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/DeleteWebhook',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.DeleteWebhookRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/ListWebhookDeliveries',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.RedeliverWebhookDelivery = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/RedeliverWebhookDelivery',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.RedeliverWebhookDeliveryRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.WebhookDelivery.FromString,
                 _registered_method=True)
         self.LeaseJobs = channel.unary_unary(
                 '/innosystem.jobs.v1.JobService/LeaseJobs',
@@ -264,6 +295,47 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWebhook(self, request, context):
+        """Webhooks (webhooks.proto): a project's endpoints that are told when its jobs finish.
+        The answer carries the signing secret, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhook(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Stops deliveries at once; the delivery log goes with the endpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """The endpoint's deliveries, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverWebhookDelivery(self, request, context):
+        """Sends a delivery again now (same `webhook-id`, a fresh 24 h of retries), whatever its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def LeaseJobs(self, request, context):
         """Internal: the runners service leases the best compatible jobs for one connected runner:
         strict priority, fair share between customers, FIFO per customer. Long-polls up to
@@ -392,6 +464,36 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetQueueStats,
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.FromString,
                     response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.QueueStats.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'GetWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhook,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.GetWebhookRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.Webhook.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'RedeliverWebhookDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverWebhookDelivery,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.RedeliverWebhookDeliveryRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.WebhookDelivery.SerializeToString,
             ),
             'LeaseJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseJobs,
@@ -835,6 +937,168 @@ class JobService:
             '/innosystem.jobs.v1.JobService/GetQueueStats',
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.QueueStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/CreateWebhook',
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.CreateWebhookRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/GetWebhook',
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.GetWebhookRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.Webhook.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/ListWebhooks',
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhooksRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/DeleteWebhook',
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.DeleteWebhookRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/ListWebhookDeliveries',
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverWebhookDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/RedeliverWebhookDelivery',
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.RedeliverWebhookDeliveryRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_webhooks__pb2.WebhookDelivery.FromString,
             options,
             channel_credentials,
             insecure,

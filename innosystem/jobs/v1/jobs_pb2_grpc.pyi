@@ -8,6 +8,7 @@ from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from innosystem.jobs.v1 import job_types_pb2 as _job_types_pb2
 from innosystem.jobs.v1 import jobs_pb2 as _jobs_pb2
+from innosystem.jobs.v1 import webhooks_pb2 as _webhooks_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -78,6 +79,18 @@ class JobServiceStub:
     """Queue depth and oldest waiting age per job type and priority: an admin's over everything
     (optionally one customer), a customer's over its own projects, or one project's.
     """
+    CreateWebhook: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.CreateWebhookRequest, _webhooks_pb2.CreateWebhookResponse]
+    """Webhooks (webhooks.proto): a project's endpoints that are told when its jobs finish.
+    The answer carries the signing secret, once.
+    """
+    GetWebhook: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.GetWebhookRequest, _webhooks_pb2.Webhook]
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.ListWebhooksRequest, _webhooks_pb2.ListWebhooksResponse]
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.DeleteWebhookRequest, _empty_pb2.Empty]
+    """Stops deliveries at once; the delivery log goes with the endpoint."""
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.ListWebhookDeliveriesRequest, _webhooks_pb2.ListWebhookDeliveriesResponse]
+    """The endpoint's deliveries, newest first."""
+    RedeliverWebhookDelivery: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.RedeliverWebhookDeliveryRequest, _webhooks_pb2.WebhookDelivery]
+    """Sends a delivery again now (same `webhook-id`, a fresh 24 h of retries), whatever its state."""
     LeaseJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.LeaseJobsRequest, _jobs_pb2.LeaseJobsResponse]
     """Internal: the runners service leases the best compatible jobs for one connected runner:
     strict priority, fair share between customers, FIFO per customer. Long-polls up to
@@ -154,6 +167,18 @@ class JobServiceAsyncStub(JobServiceStub):
     """Queue depth and oldest waiting age per job type and priority: an admin's over everything
     (optionally one customer), a customer's over its own projects, or one project's.
     """
+    CreateWebhook: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.CreateWebhookRequest, _webhooks_pb2.CreateWebhookResponse]  # type: ignore[assignment]
+    """Webhooks (webhooks.proto): a project's endpoints that are told when its jobs finish.
+    The answer carries the signing secret, once.
+    """
+    GetWebhook: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.GetWebhookRequest, _webhooks_pb2.Webhook]  # type: ignore[assignment]
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.ListWebhooksRequest, _webhooks_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.DeleteWebhookRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Stops deliveries at once; the delivery log goes with the endpoint."""
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.ListWebhookDeliveriesRequest, _webhooks_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """The endpoint's deliveries, newest first."""
+    RedeliverWebhookDelivery: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.RedeliverWebhookDeliveryRequest, _webhooks_pb2.WebhookDelivery]  # type: ignore[assignment]
+    """Sends a delivery again now (same `webhook-id`, a fresh 24 h of retries), whatever its state."""
     LeaseJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.LeaseJobsRequest, _jobs_pb2.LeaseJobsResponse]  # type: ignore[assignment]
     """Internal: the runners service leases the best compatible jobs for one connected runner:
     strict priority, fair share between customers, FIFO per customer. Long-polls up to
@@ -317,6 +342,54 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Queue depth and oldest waiting age per job type and priority: an admin's over everything
         (optionally one customer), a customer's over its own projects, or one project's.
         """
+
+    @_abc_1.abstractmethod
+    def CreateWebhook(
+        self,
+        request: _webhooks_pb2.CreateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhooks_pb2.CreateWebhookResponse, _abc.Awaitable[_webhooks_pb2.CreateWebhookResponse]]:
+        """Webhooks (webhooks.proto): a project's endpoints that are told when its jobs finish.
+        The answer carries the signing secret, once.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWebhook(
+        self,
+        request: _webhooks_pb2.GetWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhooks_pb2.Webhook, _abc.Awaitable[_webhooks_pb2.Webhook]]: ...
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _webhooks_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhooks_pb2.ListWebhooksResponse, _abc.Awaitable[_webhooks_pb2.ListWebhooksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _webhooks_pb2.DeleteWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Stops deliveries at once; the delivery log goes with the endpoint."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _webhooks_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhooks_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_webhooks_pb2.ListWebhookDeliveriesResponse]]:
+        """The endpoint's deliveries, newest first."""
+
+    @_abc_1.abstractmethod
+    def RedeliverWebhookDelivery(
+        self,
+        request: _webhooks_pb2.RedeliverWebhookDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhooks_pb2.WebhookDelivery, _abc.Awaitable[_webhooks_pb2.WebhookDelivery]]:
+        """Sends a delivery again now (same `webhook-id`, a fresh 24 h of retries), whatever its state."""
 
     @_abc_1.abstractmethod
     def LeaseJobs(

@@ -24,6 +24,7 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from innosystem.common.v1 import schema_pb2 as innosystem_dot_common_dot_v1_dot_schema__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
@@ -31,7 +32,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from innosystem.keymanager.v1 import keymanager_pb2 as innosystem_dot_keymanager_dot_v1_dot_keymanager__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dinnosystem/keys/v1/keys.proto\x12\x12innosystem.keys.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a)innosystem/keymanager/v1/keymanager.proto\"d\n\tKeyPolicy\x12?\n\x10\x61llowed_purposes\x18\x01 \x03(\x0e\x32%.innosystem.keymanager.v1.PurposeCode\x12\x16\n\x0e\x61llowed_fields\x18\x02 \x03(\t\"\xc9\x05\n\tClientKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1a\n\x0c\x65ndpoint_url\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0f\x65xternal_key_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x0chmac_secrets\x18\x06 \x03(\tB\x05\xe2\x41\x02\x02\x04\x12&\n\x18hmac_secret_fingerprints\x18\x07 \x03(\tB\x04\xe2\x41\x01\x03\x12-\n\x06policy\x18\x08 \x01(\x0b\x32\x1d.innosystem.keys.v1.KeyPolicy\x12\x12\n\ntimeout_ms\x18\t \x01(\x05\x12\x37\n\x05state\x18\n \x01(\x0e\x32\".innosystem.keys.v1.ClientKeyStateB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63urrent_version\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x16min_decryption_version\x18\x0c \x01(\x05\x12<\n\x08versions\x18\r \x03(\x0b\x32$.innosystem.keys.v1.ClientKeyVersionB\x04\xe2\x41\x01\x03\x12:\n\x10last_verify_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1f\n\x11last_verify_error\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x64isable_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xf6\x01\n\x10\x43lientKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x14\n\x0c\x65ndpoint_url\x18\x02 \x01(\t\x12\x17\n\x0f\x65xternal_key_id\x18\x03 \x01(\t\x12\x1f\n\x17key_manager_key_version\x18\x04 \x01(\t\x12\x32\n\x05state\x18\x05 \x01(\x0e\x32#.innosystem.keys.v1.KeyVersionState\x12\x1c\n\x14wrapped_project_keys\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xeb\x02\n\nProjectKey\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06key_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63urrent_version\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x16min_decryption_version\x18\x05 \x01(\x05\x12=\n\x08versions\x18\x06 \x03(\x0b\x32%.innosystem.keys.v1.ProjectKeyVersionB\x04\xe2\x41\x01\x03\x12&\n\x18\x64\x61ta_keys_pending_rewrap\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xa5\x01\n\x11ProjectKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x1a\n\x12\x63lient_key_version\x18\x02 \x01(\x05\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32#.innosystem.keys.v1.KeyVersionState\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x01\n\x07\x44\x61taKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x1b\n\x13project_key_version\x18\x06 \x01(\x05\x12\x13\n\x0bwrapped_key\x18\x07 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x11\x45ncryptionContext\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nproject_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06job_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06key_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\nPlainField\x12\x0c\n\x04path\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"2\n\x0e\x45ncryptedField\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\t\"E\n\x0e\x44\x65\x63ryptedField\x12\x0c\n\x04path\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"\x80\x01\n\x16\x43reateClientKeyRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\nclient_key\x18\x02 \x01(\x0b\x32\x1d.innosystem.keys.v1.ClientKeyB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"+\n\x13GetClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"p\n\x15ListClientKeysRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x15\n\rshow_disabled\x18\x04 \x01(\x08\"e\n\x16ListClientKeysResponse\x12\x32\n\x0b\x63lient_keys\x18\x01 \x03(\x0b\x32\x1d.innosystem.keys.v1.ClientKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x98\x01\n\x16UpdateClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\nclient_key\x18\x02 \x01(\x0b\x32\x1d.innosystem.keys.v1.ClientKeyB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\".\n\x16VerifyClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xe0\x01\n\x0fKeyVerification\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x35\n\tkey_state\x18\x04 \x01(\x0e\x32\".innosystem.keymanager.v1.KeyState\x12\x15\n\rround_trip_ok\x18\x05 \x01(\x08\x12\x12\n\nlatency_ms\x18\x06 \x01(\x03\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0bverify_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"q\n\x16RotateClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x0f\x65xternal_key_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65ndpoint_url\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"d\n\x17\x44isableClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12#\n\x15\x61\x63knowledge_data_loss\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\"0\n\x14GetProjectKeyRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9f\x01\n\x17UpdateProjectKeyRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\x0bproject_key\x18\x02 \x01(\x0b\x32\x1e.innosystem.keys.v1.ProjectKeyB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"G\n\x17RotateProjectKeyRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x94\x01\n\x14\x44\x65\x63ryptFieldsRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06\x66ields\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x07purpose\x18\x03 \x01(\x0e\x32%.innosystem.keymanager.v1.PurposeCode\x12\x18\n\x10\x63lient_reference\x18\x04 \x01(\t\"^\n\x15\x44\x65\x63ryptFieldsResponse\x12\x11\n\taccess_id\x18\x01 \x01(\t\x12\x32\n\x06\x66ields\x18\x02 \x03(\x0b\x32\".innosystem.keys.v1.DecryptedField\"\x84\x01\n\x14\x45ncryptFieldsRequest\x12<\n\x07\x63ontext\x18\x01 \x01(\x0b\x32%.innosystem.keys.v1.EncryptionContextB\x04\xe2\x41\x01\x02\x12.\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x1e.innosystem.keys.v1.PlainField\"\x99\x01\n\x15\x45ncryptFieldsResponse\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".innosystem.keys.v1.EncryptedField\x12\x13\n\x0b\x64\x61ta_key_id\x18\x02 \x01(\t\x12\x1a\n\x12\x63lient_key_version\x18\x03 \x01(\x05\x12\x1b\n\x13project_key_version\x18\x04 \x01(\x05\"V\n\x16GenerateDataKeyRequest\x12<\n\x07\x63ontext\x18\x01 \x01(\x0b\x32%.innosystem.keys.v1.EncryptionContextB\x04\xe2\x41\x01\x02\"N\n\x14RewrapDataKeyRequest\x12\x19\n\x0b\x64\x61ta_key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x13project_key_version\x18\x02 \x01(\x05\"\xdd\x01\n\x13SecureAccessRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06job_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tprocessor\x18\x04 \x01(\t\x12<\n\x07purpose\x18\x05 \x01(\x0e\x32%.innosystem.keymanager.v1.PurposeCodeB\x04\xe2\x41\x01\x02\x12\x14\n\x06\x66ields\x18\x06 \x03(\tB\x04\xe2\x41\x01\x02\x12\x18\n\x10\x63lient_reference\x18\x07 \x01(\t\"\x96\x01\n\x14SecureAccessResponse\x12\x11\n\taccess_id\x18\x01 \x01(\t\x12\x32\n\x06\x66ields\x18\x02 \x03(\x0b\x32\".innosystem.keys.v1.DecryptedField\x12\x1a\n\x12\x63lient_key_version\x18\x03 \x01(\x05\x12\x1b\n\x13project_key_version\x18\x04 \x01(\x05\"\x9e\x01\n\x1b\x43ompleteSecureAccessRequest\x12\x17\n\taccess_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\trunner_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tsucceeded\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x03\x12\x16\n\x0eoutput_summary\x18\x06 \x01(\t*\x8e\x01\n\x0e\x43lientKeyState\x12 \n\x1c\x43LIENT_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43LIENT_KEY_STATE_ACTIVE\x10\x01\x12\x1e\n\x1a\x43LIENT_KEY_STATE_UNHEALTHY\x10\x02\x12\x1d\n\x19\x43LIENT_KEY_STATE_DISABLED\x10\x03*\xb2\x01\n\x0fKeyVersionState\x12!\n\x1dKEY_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19KEY_VERSION_STATE_PRIMARY\x10\x01\x12\x1d\n\x19KEY_VERSION_STATE_ENABLED\x10\x02\x12\x1d\n\x19KEY_VERSION_STATE_RETIRED\x10\x03\x12\x1f\n\x1bKEY_VERSION_STATE_DESTROYED\x10\x04\x32\xff\x0f\n\x14KeyManagementService\x12\x92\x01\n\x0f\x43reateClientKey\x12*.innosystem.keys.v1.CreateClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"4\x82\xd3\xe4\x93\x02.\" /v1/customers/{customer_id}/keys:\nclient_key\x12q\n\x0cGetClientKey\x12\'.innosystem.keys.v1.GetClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12\x91\x01\n\x0eListClientKeys\x12).innosystem.keys.v1.ListClientKeysRequest\x1a*.innosystem.keys.v1.ListClientKeysResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/customers/{customer_id}/keys\x12\x83\x01\n\x0fUpdateClientKey\x12*.innosystem.keys.v1.UpdateClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"%\x82\xd3\xe4\x93\x02\x1f\x32\x11/v1/keys/{key_id}:\nclient_key\x12\x87\x01\n\x0fVerifyClientKey\x12*.innosystem.keys.v1.VerifyClientKeyRequest\x1a#.innosystem.keys.v1.KeyVerification\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:verify:\x01*\x12\x81\x01\n\x0fRotateClientKey\x12*.innosystem.keys.v1.RotateClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:rotate:\x01*\x12\x84\x01\n\x10\x44isableClientKey\x12+.innosystem.keys.v1.DisableClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/keys/{key_id}:disable:\x01*\x12\x87\x01\n\rGetProjectKey\x12(.innosystem.keys.v1.GetProjectKeyRequest\x1a\x1e.innosystem.keys.v1.ProjectKey\",\x82\xd3\xe4\x93\x02&\x12$/v1/projects/{project_id}/projectKey\x12\x9a\x01\n\x10UpdateProjectKey\x12+.innosystem.keys.v1.UpdateProjectKeyRequest\x1a\x1e.innosystem.keys.v1.ProjectKey\"9\x82\xd3\xe4\x93\x02\x33\x32$/v1/projects/{project_id}/projectKey:\x0bproject_key\x12\x97\x01\n\x10RotateProjectKey\x12+.innosystem.keys.v1.RotateProjectKeyRequest\x1a\x1e.innosystem.keys.v1.ProjectKey\"6\x82\xd3\xe4\x93\x02\x30\"+/v1/projects/{project_id}/projectKey:rotate:\x01*\x12\x90\x01\n\rDecryptFields\x12(.innosystem.keys.v1.DecryptFieldsRequest\x1a).innosystem.keys.v1.DecryptFieldsResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/v1/jobs/{job_id}:decryptFields:\x01*\x12\x64\n\rEncryptFields\x12(.innosystem.keys.v1.EncryptFieldsRequest\x1a).innosystem.keys.v1.EncryptFieldsResponse\x12Z\n\x0fGenerateDataKey\x12*.innosystem.keys.v1.GenerateDataKeyRequest\x1a\x1b.innosystem.keys.v1.DataKey\x12V\n\rRewrapDataKey\x12(.innosystem.keys.v1.RewrapDataKeyRequest\x1a\x1b.innosystem.keys.v1.DataKey\x12\x61\n\x0cSecureAccess\x12\'.innosystem.keys.v1.SecureAccessRequest\x1a(.innosystem.keys.v1.SecureAccessResponse\x12_\n\x14\x43ompleteSecureAccess\x12/.innosystem.keys.v1.CompleteSecureAccessRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dinnosystem/keys/v1/keys.proto\x12\x12innosystem.keys.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a!innosystem/common/v1/schema.proto\x1a google/protobuf/field_mask.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a)innosystem/keymanager/v1/keymanager.proto\"d\n\tKeyPolicy\x12?\n\x10\x61llowed_purposes\x18\x01 \x03(\x0e\x32%.innosystem.keymanager.v1.PurposeCode\x12\x16\n\x0e\x61llowed_fields\x18\x02 \x03(\t\"\xf8\x05\n\tClientKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12I\n\x0c\x65ndpoint_url\x18\x04 \x01(\tB3\xe2\x41\x01\x02\xca\xa5\x19+ \x80\x10*&^(https|grpcs)://[^/?#@\\s]+(/[^\\s]*)?$\x12\x1d\n\x0f\x65xternal_key_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x0chmac_secrets\x18\x06 \x03(\tB\x05\xe2\x41\x02\x02\x04\x12&\n\x18hmac_secret_fingerprints\x18\x07 \x03(\tB\x04\xe2\x41\x01\x03\x12-\n\x06policy\x18\x08 \x01(\x0b\x32\x1d.innosystem.keys.v1.KeyPolicy\x12\x12\n\ntimeout_ms\x18\t \x01(\x05\x12\x37\n\x05state\x18\n \x01(\x0e\x32\".innosystem.keys.v1.ClientKeyStateB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63urrent_version\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x16min_decryption_version\x18\x0c \x01(\x05\x12<\n\x08versions\x18\r \x03(\x0b\x32$.innosystem.keys.v1.ClientKeyVersionB\x04\xe2\x41\x01\x03\x12:\n\x10last_verify_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1f\n\x11last_verify_error\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x64isable_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xf6\x01\n\x10\x43lientKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x14\n\x0c\x65ndpoint_url\x18\x02 \x01(\t\x12\x17\n\x0f\x65xternal_key_id\x18\x03 \x01(\t\x12\x1f\n\x17key_manager_key_version\x18\x04 \x01(\t\x12\x32\n\x05state\x18\x05 \x01(\x0e\x32#.innosystem.keys.v1.KeyVersionState\x12\x1c\n\x14wrapped_project_keys\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xeb\x02\n\nProjectKey\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06key_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63urrent_version\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x16min_decryption_version\x18\x05 \x01(\x05\x12=\n\x08versions\x18\x06 \x03(\x0b\x32%.innosystem.keys.v1.ProjectKeyVersionB\x04\xe2\x41\x01\x03\x12&\n\x18\x64\x61ta_keys_pending_rewrap\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xa5\x01\n\x11ProjectKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x1a\n\x12\x63lient_key_version\x18\x02 \x01(\x05\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32#.innosystem.keys.v1.KeyVersionState\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x01\n\x07\x44\x61taKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x1b\n\x13project_key_version\x18\x06 \x01(\x05\x12\x13\n\x0bwrapped_key\x18\x07 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x11\x45ncryptionContext\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nproject_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06job_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06key_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\nPlainField\x12\x0c\n\x04path\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"2\n\x0e\x45ncryptedField\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\t\"E\n\x0e\x44\x65\x63ryptedField\x12\x0c\n\x04path\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"\x80\x01\n\x16\x43reateClientKeyRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\nclient_key\x18\x02 \x01(\x0b\x32\x1d.innosystem.keys.v1.ClientKeyB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"+\n\x13GetClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"p\n\x15ListClientKeysRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x15\n\rshow_disabled\x18\x04 \x01(\x08\"e\n\x16ListClientKeysResponse\x12\x32\n\x0b\x63lient_keys\x18\x01 \x03(\x0b\x32\x1d.innosystem.keys.v1.ClientKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x98\x01\n\x16UpdateClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x37\n\nclient_key\x18\x02 \x01(\x0b\x32\x1d.innosystem.keys.v1.ClientKeyB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\".\n\x16VerifyClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xe0\x01\n\x0fKeyVerification\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x35\n\tkey_state\x18\x04 \x01(\x0e\x32\".innosystem.keymanager.v1.KeyState\x12\x15\n\rround_trip_ok\x18\x05 \x01(\x08\x12\x12\n\nlatency_ms\x18\x06 \x01(\x03\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0bverify_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa5\x01\n\x16RotateClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x0f\x65xternal_key_id\x18\x02 \x01(\t\x12H\n\x0c\x65ndpoint_url\x18\x03 \x01(\tB2\xca\xa5\x19. \x80\x10*)^$|^(https|grpcs)://[^/?#@\\s]+(/[^\\s]*)?$\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"d\n\x17\x44isableClientKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12#\n\x15\x61\x63knowledge_data_loss\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\"0\n\x14GetProjectKeyRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9f\x01\n\x17UpdateProjectKeyRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\x0bproject_key\x18\x02 \x01(\x0b\x32\x1e.innosystem.keys.v1.ProjectKeyB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"G\n\x17RotateProjectKeyRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xb8\x01\n\x14\x44\x65\x63ryptFieldsRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x06\x66ields\x18\x02 \x03(\tB(\xe2\x41\x01\x02\xca\xa5\x19 Z\x1e^(payload|result)(\\.[^.\\s]+)+$\x12\x36\n\x07purpose\x18\x03 \x01(\x0e\x32%.innosystem.keymanager.v1.PurposeCode\x12\x18\n\x10\x63lient_reference\x18\x04 \x01(\t\"^\n\x15\x44\x65\x63ryptFieldsResponse\x12\x11\n\taccess_id\x18\x01 \x01(\t\x12\x32\n\x06\x66ields\x18\x02 \x03(\x0b\x32\".innosystem.keys.v1.DecryptedField\"\x84\x01\n\x14\x45ncryptFieldsRequest\x12<\n\x07\x63ontext\x18\x01 \x01(\x0b\x32%.innosystem.keys.v1.EncryptionContextB\x04\xe2\x41\x01\x02\x12.\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x1e.innosystem.keys.v1.PlainField\"\x99\x01\n\x15\x45ncryptFieldsResponse\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".innosystem.keys.v1.EncryptedField\x12\x13\n\x0b\x64\x61ta_key_id\x18\x02 \x01(\t\x12\x1a\n\x12\x63lient_key_version\x18\x03 \x01(\x05\x12\x1b\n\x13project_key_version\x18\x04 \x01(\x05\"V\n\x16GenerateDataKeyRequest\x12<\n\x07\x63ontext\x18\x01 \x01(\x0b\x32%.innosystem.keys.v1.EncryptionContextB\x04\xe2\x41\x01\x02\"N\n\x14RewrapDataKeyRequest\x12\x19\n\x0b\x64\x61ta_key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x13project_key_version\x18\x02 \x01(\x05\"\x81\x02\n\x13SecureAccessRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06job_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tprocessor\x18\x04 \x01(\t\x12<\n\x07purpose\x18\x05 \x01(\x0e\x32%.innosystem.keymanager.v1.PurposeCodeB\x04\xe2\x41\x01\x02\x12\x38\n\x06\x66ields\x18\x06 \x03(\tB(\xe2\x41\x01\x02\xca\xa5\x19 Z\x1e^(payload|result)(\\.[^.\\s]+)+$\x12\x18\n\x10\x63lient_reference\x18\x07 \x01(\t\"\x96\x01\n\x14SecureAccessResponse\x12\x11\n\taccess_id\x18\x01 \x01(\t\x12\x32\n\x06\x66ields\x18\x02 \x03(\x0b\x32\".innosystem.keys.v1.DecryptedField\x12\x1a\n\x12\x63lient_key_version\x18\x03 \x01(\x05\x12\x1b\n\x13project_key_version\x18\x04 \x01(\x05\"\x9e\x01\n\x1b\x43ompleteSecureAccessRequest\x12\x17\n\taccess_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\trunner_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tsucceeded\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x03\x12\x16\n\x0eoutput_summary\x18\x06 \x01(\t*\x8e\x01\n\x0e\x43lientKeyState\x12 \n\x1c\x43LIENT_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43LIENT_KEY_STATE_ACTIVE\x10\x01\x12\x1e\n\x1a\x43LIENT_KEY_STATE_UNHEALTHY\x10\x02\x12\x1d\n\x19\x43LIENT_KEY_STATE_DISABLED\x10\x03*\xb2\x01\n\x0fKeyVersionState\x12!\n\x1dKEY_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19KEY_VERSION_STATE_PRIMARY\x10\x01\x12\x1d\n\x19KEY_VERSION_STATE_ENABLED\x10\x02\x12\x1d\n\x19KEY_VERSION_STATE_RETIRED\x10\x03\x12\x1f\n\x1bKEY_VERSION_STATE_DESTROYED\x10\x04\x32\xff\x0f\n\x14KeyManagementService\x12\x92\x01\n\x0f\x43reateClientKey\x12*.innosystem.keys.v1.CreateClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"4\x82\xd3\xe4\x93\x02.\" /v1/customers/{customer_id}/keys:\nclient_key\x12q\n\x0cGetClientKey\x12\'.innosystem.keys.v1.GetClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12\x91\x01\n\x0eListClientKeys\x12).innosystem.keys.v1.ListClientKeysRequest\x1a*.innosystem.keys.v1.ListClientKeysResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/customers/{customer_id}/keys\x12\x83\x01\n\x0fUpdateClientKey\x12*.innosystem.keys.v1.UpdateClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"%\x82\xd3\xe4\x93\x02\x1f\x32\x11/v1/keys/{key_id}:\nclient_key\x12\x87\x01\n\x0fVerifyClientKey\x12*.innosystem.keys.v1.VerifyClientKeyRequest\x1a#.innosystem.keys.v1.KeyVerification\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:verify:\x01*\x12\x81\x01\n\x0fRotateClientKey\x12*.innosystem.keys.v1.RotateClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:rotate:\x01*\x12\x84\x01\n\x10\x44isableClientKey\x12+.innosystem.keys.v1.DisableClientKeyRequest\x1a\x1d.innosystem.keys.v1.ClientKey\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/keys/{key_id}:disable:\x01*\x12\x87\x01\n\rGetProjectKey\x12(.innosystem.keys.v1.GetProjectKeyRequest\x1a\x1e.innosystem.keys.v1.ProjectKey\",\x82\xd3\xe4\x93\x02&\x12$/v1/projects/{project_id}/projectKey\x12\x9a\x01\n\x10UpdateProjectKey\x12+.innosystem.keys.v1.UpdateProjectKeyRequest\x1a\x1e.innosystem.keys.v1.ProjectKey\"9\x82\xd3\xe4\x93\x02\x33\x32$/v1/projects/{project_id}/projectKey:\x0bproject_key\x12\x97\x01\n\x10RotateProjectKey\x12+.innosystem.keys.v1.RotateProjectKeyRequest\x1a\x1e.innosystem.keys.v1.ProjectKey\"6\x82\xd3\xe4\x93\x02\x30\"+/v1/projects/{project_id}/projectKey:rotate:\x01*\x12\x90\x01\n\rDecryptFields\x12(.innosystem.keys.v1.DecryptFieldsRequest\x1a).innosystem.keys.v1.DecryptFieldsResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/v1/jobs/{job_id}:decryptFields:\x01*\x12\x64\n\rEncryptFields\x12(.innosystem.keys.v1.EncryptFieldsRequest\x1a).innosystem.keys.v1.EncryptFieldsResponse\x12Z\n\x0fGenerateDataKey\x12*.innosystem.keys.v1.GenerateDataKeyRequest\x1a\x1b.innosystem.keys.v1.DataKey\x12V\n\rRewrapDataKey\x12(.innosystem.keys.v1.RewrapDataKeyRequest\x1a\x1b.innosystem.keys.v1.DataKey\x12\x61\n\x0cSecureAccess\x12\'.innosystem.keys.v1.SecureAccessRequest\x1a(.innosystem.keys.v1.SecureAccessResponse\x12_\n\x14\x43ompleteSecureAccess\x12/.innosystem.keys.v1.CompleteSecureAccessRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +44,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENTKEY'].fields_by_name['customer_id']._loaded_options = None
   _globals['_CLIENTKEY'].fields_by_name['customer_id']._serialized_options = b'\342A\001\003'
   _globals['_CLIENTKEY'].fields_by_name['endpoint_url']._loaded_options = None
-  _globals['_CLIENTKEY'].fields_by_name['endpoint_url']._serialized_options = b'\342A\001\002'
+  _globals['_CLIENTKEY'].fields_by_name['endpoint_url']._serialized_options = b'\342A\001\002\312\245\031+ \200\020*&^(https|grpcs)://[^/?#@\\s]+(/[^\\s]*)?$'
   _globals['_CLIENTKEY'].fields_by_name['external_key_id']._loaded_options = None
   _globals['_CLIENTKEY'].fields_by_name['external_key_id']._serialized_options = b'\342A\001\002'
   _globals['_CLIENTKEY'].fields_by_name['hmac_secrets']._loaded_options = None
@@ -106,6 +107,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYCLIENTKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\342A\001\002'
   _globals['_ROTATECLIENTKEYREQUEST'].fields_by_name['key_id']._loaded_options = None
   _globals['_ROTATECLIENTKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\342A\001\002'
+  _globals['_ROTATECLIENTKEYREQUEST'].fields_by_name['endpoint_url']._loaded_options = None
+  _globals['_ROTATECLIENTKEYREQUEST'].fields_by_name['endpoint_url']._serialized_options = b'\312\245\031. \200\020*)^$|^(https|grpcs)://[^/?#@\\s]+(/[^\\s]*)?$'
   _globals['_DISABLECLIENTKEYREQUEST'].fields_by_name['key_id']._loaded_options = None
   _globals['_DISABLECLIENTKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\342A\001\002'
   _globals['_DISABLECLIENTKEYREQUEST'].fields_by_name['acknowledge_data_loss']._loaded_options = None
@@ -121,7 +124,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECRYPTFIELDSREQUEST'].fields_by_name['job_id']._loaded_options = None
   _globals['_DECRYPTFIELDSREQUEST'].fields_by_name['job_id']._serialized_options = b'\342A\001\002'
   _globals['_DECRYPTFIELDSREQUEST'].fields_by_name['fields']._loaded_options = None
-  _globals['_DECRYPTFIELDSREQUEST'].fields_by_name['fields']._serialized_options = b'\342A\001\002'
+  _globals['_DECRYPTFIELDSREQUEST'].fields_by_name['fields']._serialized_options = b'\342A\001\002\312\245\031 Z\036^(payload|result)(\\.[^.\\s]+)+$'
   _globals['_ENCRYPTFIELDSREQUEST'].fields_by_name['context']._loaded_options = None
   _globals['_ENCRYPTFIELDSREQUEST'].fields_by_name['context']._serialized_options = b'\342A\001\002'
   _globals['_GENERATEDATAKEYREQUEST'].fields_by_name['context']._loaded_options = None
@@ -137,7 +140,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECUREACCESSREQUEST'].fields_by_name['purpose']._loaded_options = None
   _globals['_SECUREACCESSREQUEST'].fields_by_name['purpose']._serialized_options = b'\342A\001\002'
   _globals['_SECUREACCESSREQUEST'].fields_by_name['fields']._loaded_options = None
-  _globals['_SECUREACCESSREQUEST'].fields_by_name['fields']._serialized_options = b'\342A\001\002'
+  _globals['_SECUREACCESSREQUEST'].fields_by_name['fields']._serialized_options = b'\342A\001\002\312\245\031 Z\036^(payload|result)(\\.[^.\\s]+)+$'
   _globals['_COMPLETESECUREACCESSREQUEST'].fields_by_name['access_id']._loaded_options = None
   _globals['_COMPLETESECUREACCESSREQUEST'].fields_by_name['access_id']._serialized_options = b'\342A\001\002'
   _globals['_COMPLETESECUREACCESSREQUEST'].fields_by_name['runner_id']._loaded_options = None
@@ -164,72 +167,72 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYMANAGEMENTSERVICE'].methods_by_name['RotateProjectKey']._serialized_options = b'\202\323\344\223\0020\"+/v1/projects/{project_id}/projectKey:rotate:\001*'
   _globals['_KEYMANAGEMENTSERVICE'].methods_by_name['DecryptFields']._loaded_options = None
   _globals['_KEYMANAGEMENTSERVICE'].methods_by_name['DecryptFields']._serialized_options = b'\202\323\344\223\002$\"\037/v1/jobs/{job_id}:decryptFields:\001*'
-  _globals['_CLIENTKEYSTATE']._serialized_start=5009
-  _globals['_CLIENTKEYSTATE']._serialized_end=5151
-  _globals['_KEYVERSIONSTATE']._serialized_start=5154
-  _globals['_KEYVERSIONSTATE']._serialized_end=5332
-  _globals['_KEYPOLICY']._serialized_start=285
-  _globals['_KEYPOLICY']._serialized_end=385
-  _globals['_CLIENTKEY']._serialized_start=388
-  _globals['_CLIENTKEY']._serialized_end=1101
-  _globals['_CLIENTKEYVERSION']._serialized_start=1104
-  _globals['_CLIENTKEYVERSION']._serialized_end=1350
-  _globals['_PROJECTKEY']._serialized_start=1353
-  _globals['_PROJECTKEY']._serialized_end=1716
-  _globals['_PROJECTKEYVERSION']._serialized_start=1719
-  _globals['_PROJECTKEYVERSION']._serialized_end=1884
-  _globals['_DATAKEY']._serialized_start=1887
-  _globals['_DATAKEY']._serialized_end=2129
-  _globals['_ENCRYPTIONCONTEXT']._serialized_start=2131
-  _globals['_ENCRYPTIONCONTEXT']._serialized_end=2247
-  _globals['_PLAINFIELD']._serialized_start=2249
-  _globals['_PLAINFIELD']._serialized_end=2314
-  _globals['_ENCRYPTEDFIELD']._serialized_start=2316
-  _globals['_ENCRYPTEDFIELD']._serialized_end=2366
-  _globals['_DECRYPTEDFIELD']._serialized_start=2368
-  _globals['_DECRYPTEDFIELD']._serialized_end=2437
-  _globals['_CREATECLIENTKEYREQUEST']._serialized_start=2440
-  _globals['_CREATECLIENTKEYREQUEST']._serialized_end=2568
-  _globals['_GETCLIENTKEYREQUEST']._serialized_start=2570
-  _globals['_GETCLIENTKEYREQUEST']._serialized_end=2613
-  _globals['_LISTCLIENTKEYSREQUEST']._serialized_start=2615
-  _globals['_LISTCLIENTKEYSREQUEST']._serialized_end=2727
-  _globals['_LISTCLIENTKEYSRESPONSE']._serialized_start=2729
-  _globals['_LISTCLIENTKEYSRESPONSE']._serialized_end=2830
-  _globals['_UPDATECLIENTKEYREQUEST']._serialized_start=2833
-  _globals['_UPDATECLIENTKEYREQUEST']._serialized_end=2985
-  _globals['_VERIFYCLIENTKEYREQUEST']._serialized_start=2987
-  _globals['_VERIFYCLIENTKEYREQUEST']._serialized_end=3033
-  _globals['_KEYVERIFICATION']._serialized_start=3036
-  _globals['_KEYVERIFICATION']._serialized_end=3260
-  _globals['_ROTATECLIENTKEYREQUEST']._serialized_start=3262
-  _globals['_ROTATECLIENTKEYREQUEST']._serialized_end=3375
-  _globals['_DISABLECLIENTKEYREQUEST']._serialized_start=3377
-  _globals['_DISABLECLIENTKEYREQUEST']._serialized_end=3477
-  _globals['_GETPROJECTKEYREQUEST']._serialized_start=3479
-  _globals['_GETPROJECTKEYREQUEST']._serialized_end=3527
-  _globals['_UPDATEPROJECTKEYREQUEST']._serialized_start=3530
-  _globals['_UPDATEPROJECTKEYREQUEST']._serialized_end=3689
-  _globals['_ROTATEPROJECTKEYREQUEST']._serialized_start=3691
-  _globals['_ROTATEPROJECTKEYREQUEST']._serialized_end=3762
-  _globals['_DECRYPTFIELDSREQUEST']._serialized_start=3765
-  _globals['_DECRYPTFIELDSREQUEST']._serialized_end=3913
-  _globals['_DECRYPTFIELDSRESPONSE']._serialized_start=3915
-  _globals['_DECRYPTFIELDSRESPONSE']._serialized_end=4009
-  _globals['_ENCRYPTFIELDSREQUEST']._serialized_start=4012
-  _globals['_ENCRYPTFIELDSREQUEST']._serialized_end=4144
-  _globals['_ENCRYPTFIELDSRESPONSE']._serialized_start=4147
-  _globals['_ENCRYPTFIELDSRESPONSE']._serialized_end=4300
-  _globals['_GENERATEDATAKEYREQUEST']._serialized_start=4302
-  _globals['_GENERATEDATAKEYREQUEST']._serialized_end=4388
-  _globals['_REWRAPDATAKEYREQUEST']._serialized_start=4390
-  _globals['_REWRAPDATAKEYREQUEST']._serialized_end=4468
-  _globals['_SECUREACCESSREQUEST']._serialized_start=4471
-  _globals['_SECUREACCESSREQUEST']._serialized_end=4692
-  _globals['_SECUREACCESSRESPONSE']._serialized_start=4695
-  _globals['_SECUREACCESSRESPONSE']._serialized_end=4845
-  _globals['_COMPLETESECUREACCESSREQUEST']._serialized_start=4848
-  _globals['_COMPLETESECUREACCESSREQUEST']._serialized_end=5006
-  _globals['_KEYMANAGEMENTSERVICE']._serialized_start=5335
-  _globals['_KEYMANAGEMENTSERVICE']._serialized_end=7382
+  _globals['_CLIENTKEYSTATE']._serialized_start=5216
+  _globals['_CLIENTKEYSTATE']._serialized_end=5358
+  _globals['_KEYVERSIONSTATE']._serialized_start=5361
+  _globals['_KEYVERSIONSTATE']._serialized_end=5539
+  _globals['_KEYPOLICY']._serialized_start=320
+  _globals['_KEYPOLICY']._serialized_end=420
+  _globals['_CLIENTKEY']._serialized_start=423
+  _globals['_CLIENTKEY']._serialized_end=1183
+  _globals['_CLIENTKEYVERSION']._serialized_start=1186
+  _globals['_CLIENTKEYVERSION']._serialized_end=1432
+  _globals['_PROJECTKEY']._serialized_start=1435
+  _globals['_PROJECTKEY']._serialized_end=1798
+  _globals['_PROJECTKEYVERSION']._serialized_start=1801
+  _globals['_PROJECTKEYVERSION']._serialized_end=1966
+  _globals['_DATAKEY']._serialized_start=1969
+  _globals['_DATAKEY']._serialized_end=2211
+  _globals['_ENCRYPTIONCONTEXT']._serialized_start=2213
+  _globals['_ENCRYPTIONCONTEXT']._serialized_end=2329
+  _globals['_PLAINFIELD']._serialized_start=2331
+  _globals['_PLAINFIELD']._serialized_end=2396
+  _globals['_ENCRYPTEDFIELD']._serialized_start=2398
+  _globals['_ENCRYPTEDFIELD']._serialized_end=2448
+  _globals['_DECRYPTEDFIELD']._serialized_start=2450
+  _globals['_DECRYPTEDFIELD']._serialized_end=2519
+  _globals['_CREATECLIENTKEYREQUEST']._serialized_start=2522
+  _globals['_CREATECLIENTKEYREQUEST']._serialized_end=2650
+  _globals['_GETCLIENTKEYREQUEST']._serialized_start=2652
+  _globals['_GETCLIENTKEYREQUEST']._serialized_end=2695
+  _globals['_LISTCLIENTKEYSREQUEST']._serialized_start=2697
+  _globals['_LISTCLIENTKEYSREQUEST']._serialized_end=2809
+  _globals['_LISTCLIENTKEYSRESPONSE']._serialized_start=2811
+  _globals['_LISTCLIENTKEYSRESPONSE']._serialized_end=2912
+  _globals['_UPDATECLIENTKEYREQUEST']._serialized_start=2915
+  _globals['_UPDATECLIENTKEYREQUEST']._serialized_end=3067
+  _globals['_VERIFYCLIENTKEYREQUEST']._serialized_start=3069
+  _globals['_VERIFYCLIENTKEYREQUEST']._serialized_end=3115
+  _globals['_KEYVERIFICATION']._serialized_start=3118
+  _globals['_KEYVERIFICATION']._serialized_end=3342
+  _globals['_ROTATECLIENTKEYREQUEST']._serialized_start=3345
+  _globals['_ROTATECLIENTKEYREQUEST']._serialized_end=3510
+  _globals['_DISABLECLIENTKEYREQUEST']._serialized_start=3512
+  _globals['_DISABLECLIENTKEYREQUEST']._serialized_end=3612
+  _globals['_GETPROJECTKEYREQUEST']._serialized_start=3614
+  _globals['_GETPROJECTKEYREQUEST']._serialized_end=3662
+  _globals['_UPDATEPROJECTKEYREQUEST']._serialized_start=3665
+  _globals['_UPDATEPROJECTKEYREQUEST']._serialized_end=3824
+  _globals['_ROTATEPROJECTKEYREQUEST']._serialized_start=3826
+  _globals['_ROTATEPROJECTKEYREQUEST']._serialized_end=3897
+  _globals['_DECRYPTFIELDSREQUEST']._serialized_start=3900
+  _globals['_DECRYPTFIELDSREQUEST']._serialized_end=4084
+  _globals['_DECRYPTFIELDSRESPONSE']._serialized_start=4086
+  _globals['_DECRYPTFIELDSRESPONSE']._serialized_end=4180
+  _globals['_ENCRYPTFIELDSREQUEST']._serialized_start=4183
+  _globals['_ENCRYPTFIELDSREQUEST']._serialized_end=4315
+  _globals['_ENCRYPTFIELDSRESPONSE']._serialized_start=4318
+  _globals['_ENCRYPTFIELDSRESPONSE']._serialized_end=4471
+  _globals['_GENERATEDATAKEYREQUEST']._serialized_start=4473
+  _globals['_GENERATEDATAKEYREQUEST']._serialized_end=4559
+  _globals['_REWRAPDATAKEYREQUEST']._serialized_start=4561
+  _globals['_REWRAPDATAKEYREQUEST']._serialized_end=4639
+  _globals['_SECUREACCESSREQUEST']._serialized_start=4642
+  _globals['_SECUREACCESSREQUEST']._serialized_end=4899
+  _globals['_SECUREACCESSRESPONSE']._serialized_start=4902
+  _globals['_SECUREACCESSRESPONSE']._serialized_end=5052
+  _globals['_COMPLETESECUREACCESSREQUEST']._serialized_start=5055
+  _globals['_COMPLETESECUREACCESSREQUEST']._serialized_end=5213
+  _globals['_KEYMANAGEMENTSERVICE']._serialized_start=5542
+  _globals['_KEYMANAGEMENTSERVICE']._serialized_end=7589
 # @@protoc_insertion_point(module_scope)
