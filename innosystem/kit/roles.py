@@ -60,6 +60,8 @@ _BY_SERVICE: dict[str, dict[str, Permission]] = {
         "GetJobType": R, "ListJobTypes": R, "GetJob": R, "ListJobs": R, "WatchJob": R, "ListDeadLetterJobs": R,
         "GetQueueStats": R, "CreateJobType": D, "UpdateJobType": D, "DeleteJobType": D, "SubmitJob": D,
         "BatchSubmitJobs": D, "CancelJob": D, "RetryJob": D, "DeleteJob": D,
+        "GetWebhook": R, "ListWebhooks": R, "ListWebhookDeliveries": R, "CreateWebhook": D, "DeleteWebhook": D,
+        "RedeliverWebhookDelivery": D,
     },
     "innosystem.tenancy.v1.TenancyService": {
         "GetReseller": R, "ListResellers": R, "GetCustomer": R, "ListCustomers": R, "GetProject": R,
