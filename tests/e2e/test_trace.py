@@ -120,9 +120,14 @@ def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
         }
         for process, names in named.items():
             url = f"http://127.0.0.1:{traced_stack.metrics_ports[process]}/metrics"
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                text = resp.read().decode()
-            absent = [n for n in names if not any(line.startswith(n) for line in text.splitlines())]
+            deadline = time.monotonic() + 30  # the queue gauges are refreshed by the next recovery pass
+            while True:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    text = resp.read().decode()
+                absent = [n for n in names if not any(line.startswith(n) for line in text.splitlines())]
+                if not absent or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
             assert not absent, f"{process} /metrics lacks {absent}"
     finally:
         traced_stack.stop_process("runner-traced")
