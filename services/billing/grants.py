@@ -16,7 +16,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from innosystem.kit import pagination
 from innosystem.kit import principal as principals
@@ -102,14 +102,7 @@ class CreditGrants:
         b = self.billing
         wallet = await b._visible_wallet(caller, customer_id, currency)
         size = pagination.page_size(size)
-        key = pagination.decode_token(token, 2)
-        before = None
-        if key is not None:
-            try:
-                before = (datetime.fromisoformat(key[0]).astimezone(UTC), uuid.UUID(key[1]))
-            except (TypeError, ValueError):
-                raise InvalidArgument("page_token is malformed", field="page_token",
-                                      reason="INVALID_PAGE_TOKEN") from None
+        before = pagination.decode_keyset(token)
 
         async def op(tx: Tx) -> list[CreditGrantRow]:
             # remaining is exact only once the wallet's spending is attributed (wallet locked)

@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from redis.exceptions import RedisError
@@ -865,14 +865,7 @@ class BillingService:
     async def list_reconciliations(self, caller: Principal, size: int, token: str, findings_only: bool) -> Page:
         principals.require_admin(caller)
         size = pagination.page_size(size, 20, 100)
-        key = pagination.decode_token(token, 2)
-        after = None
-        if key is not None:
-            try:
-                after = (datetime.fromisoformat(key[0]).astimezone(UTC), uuid.UUID(key[1]))
-            except (TypeError, ValueError):
-                raise InvalidArgument("page_token is malformed", field="page_token",
-                                      reason="INVALID_PAGE_TOKEN") from None
+        after = pagination.decode_keyset(token)
         async with self.db.session() as s:
             rows = await BillingRepository(s).reconciliations(size + 1, after, findings_only)
         if len(rows) > size:

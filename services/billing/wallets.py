@@ -9,7 +9,7 @@ from its effective time until a later one of the same pair.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, tuple_
@@ -91,13 +91,7 @@ class Wallets:
             q = q.where(ExchangeRateRow.base == known_currency(base, "base_currency_code"))
         if quote:
             q = q.where(ExchangeRateRow.quote == known_currency(quote, "quote_currency_code"))
-        key = pagination.decode_token(token, 2)
-        if key is not None:
-            try:
-                after = (datetime.fromisoformat(key[0]).astimezone(UTC), uuid.UUID(key[1]))
-            except (TypeError, ValueError):
-                raise InvalidArgument("page_token is malformed", field="page_token",
-                                      reason="INVALID_PAGE_TOKEN") from None
+        if (after := pagination.decode_keyset(token)) is not None:
             q = q.where(tuple_(ExchangeRateRow.effective_time, ExchangeRateRow.id) < tuple_(*after))
         q = q.order_by(ExchangeRateRow.effective_time.desc(), ExchangeRateRow.id.desc()).limit(size + 1)
         async with self.billing.db.session() as s:
