@@ -30,6 +30,7 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
         "BatchCapture": frozenset({"jobs"}),
         "BatchRelease": frozenset({"jobs"}),
         "BatchExtend": frozenset({"jobs"}),
+        "ListActiveHolds": frozenset({"jobs"}),  # holds of submits that died before their job's commit
     },
     "innosystem.jobs.v1.JobService": {
         # the runner stream's lease loop, result path and cancel feed (services/runners)

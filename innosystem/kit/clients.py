@@ -35,6 +35,11 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 32 * 1024 * 1024),
     ("grpc.max_send_message_length", 32 * 1024 * 1024),
     ("grpc.enable_retries", 1),
+    # A peer that restarts is back within seconds: reconnect within a second or two, not after
+    # gRPC's default backoff (up to two minutes of calls failing fast against a peer long up).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 
 

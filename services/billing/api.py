@@ -391,6 +391,15 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
             pb.HoldResult(error=to_status(r, DOMAIN)) if isinstance(r, DomainError) else pb.HoldResult(hold=hold_pb(r))
             for r in results])
 
+    async def ListActiveHolds(self, request: pb.ListActiveHoldsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListActiveHoldsResponse:
+        rows, token = await self.service.active_holds_created(
+            _time(request, "create_time_from"), _time(request, "create_time_before"), request.page_token,
+            request.page_size)
+        return pb.ListActiveHoldsResponse(next_page_token=token, holds=[
+            pb.ActiveHold(hold_id=hold_id, job_id=job_id, create_time=timestamp(created))
+            for hold_id, job_id, created in rows])
+
     async def BatchRelease(self, request: pb.BatchReleaseRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
         return await self._batch([self._release(r) for r in request.requests])

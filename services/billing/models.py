@@ -156,6 +156,8 @@ class HoldRow(Base):
         Index(None, "customer_id", "job_id"),
         # Usage reports: captures by time.
         Index("ix_holds_captured_customer", "customer_id", "resolve_time", postgresql_where=text("status = 2")),
+        # The jobs service's sweep for holds whose submit died before the job's commit.
+        Index("ix_holds_active_create_time", "create_time", "hold_id", postgresql_where=text("status = 1")),
     )
 
     hold_id: Mapped[str] = mapped_column(String(200), primary_key=True)

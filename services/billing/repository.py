@@ -212,6 +212,19 @@ class BillingRepository:
             select(HoldRow).where(HoldRow.status == ACTIVE, HoldRow.expire_time <= now)
             .order_by(HoldRow.expire_time).limit(limit).with_for_update(skip_locked=True))).all())
 
+    async def active_holds_created(self, start: datetime | None, before: datetime, after: tuple[datetime, str] | None,
+                                   limit: int) -> list[tuple[str, str, datetime]]:
+        """(hold id, job id, create time) of active holds created in [start, before), after the
+        keyset `after`, oldest first (`ix_holds_active_create_time`)."""
+        h = HoldRow.__table__.c
+        q = select(h.hold_id, h.job_id, h.create_time).where(h.status == ACTIVE, h.create_time < before)
+        if start is not None:
+            q = q.where(h.create_time >= start)
+        if after is not None:
+            q = q.where(tuple_(h.create_time, h.hold_id) > tuple_(*after))
+        rows = await self.s.execute(q.order_by(h.create_time, h.hold_id).limit(limit))
+        return [(r.hold_id, r.job_id, r.create_time) for r in rows]
+
     async def next_expiry(self) -> datetime | None:
         return await self.s.scalar(select(func.min(HoldRow.expire_time)).where(HoldRow.status == ACTIVE))
 

@@ -56,6 +56,8 @@ from services.billing.repository import BillingRepository
 
 log = logging.getLogger(__name__)
 
+ACTIVE_HOLDS_PAGE = 1000
+
 Rates = Callable[[uuid.UUID], Awaitable[int]]
 
 # OverCapturePolicy values.
@@ -592,6 +594,29 @@ class BillingService:
             await self._redis_quietly(self.otb.resolve_many(
                 [(h.customer_id, h.currency, h.hold_id, h.captured) for h in fresh]))
         return out
+
+    async def active_holds_created(self, start: datetime | None, before: datetime | None, page_token: str,
+                                   size: int) -> tuple[list[tuple[str, str, datetime]], str]:
+        """Active holds created in [start, before), oldest first, a keyset page at a time: the
+        jobs service's sweep for holds whose submit died before storing its job."""
+        if before is None:
+            raise InvalidArgument("create_time_before is required", field="create_time_before",
+                                  reason="MISSING_FIELD")
+        size = pagination.page_size(size, default=ACTIVE_HOLDS_PAGE, maximum=ACTIVE_HOLDS_PAGE)
+        key = pagination.decode_token(page_token, 2)
+        after = None
+        if key is not None:
+            try:
+                after = (datetime.fromisoformat(key[0]), str(key[1]))
+            except (TypeError, ValueError):
+                raise InvalidArgument("page_token is malformed", field="page_token",
+                                      reason="INVALID_PAGE_TOKEN") from None
+        async with self.db.session() as s:
+            rows = await BillingRepository(s).active_holds_created(start, before, after, size + 1)
+        if len(rows) > size:
+            last = rows[size - 1]
+            return rows[:size], pagination.encode_token(last[2].isoformat(), last[0])
+        return rows, ""
 
     async def extend_holds(self, requests: Sequence[tuple[str, datetime | None]]) -> list[HoldRow | DomainError]:
         """Move active holds' deadlines later (never earlier): a job that waits or retries longer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,7 +12,7 @@ from google.rpc import status_pb2
 from innosystem.billing.v1 import billing_pb2 as bpb
 from innosystem.billing.v1 import billing_pb2_grpc
 from innosystem.kit.errors import DomainError, FailedPrecondition, from_rpc_error
-from innosystem.kit.protos import timestamp
+from innosystem.kit.protos import timestamp, to_datetime
 
 BATCH = 1000  # billing's batch limit
 
@@ -96,6 +96,19 @@ class Billing:
 
     async def release(self, hold_ids: Sequence[str], reason: str) -> list[Outcome]:
         return await self._batched("BatchRelease", [bpb.ReleaseRequest(hold_id=h, reason=reason) for h in hold_ids])
+
+    async def active_holds(self, start: datetime | None, before: datetime
+                           ) -> AsyncIterator[list[tuple[str, str, datetime]]]:
+        """Pages of (hold id, job id, create time) of the active holds created in [start, before)."""
+        token = ""
+        while True:
+            reply = await self._stub.ListActiveHolds(bpb.ListActiveHoldsRequest(
+                create_time_from=timestamp(start), create_time_before=timestamp(before), page_token=token),
+                timeout=self._timeout)
+            yield [(h.hold_id, h.job_id, to_datetime(h.create_time)) for h in reply.holds]
+            token = reply.next_page_token
+            if not token:
+                return
 
 
 def insufficient_funds(err: DomainError, field: str) -> FailedPrecondition:

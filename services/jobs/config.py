@@ -27,7 +27,7 @@ class JobsConfig:
     # How often committed jobs missing from Redis are re-enqueued (and a flushed Redis rebuilt).
     recovery_interval_seconds: float = 10.0
     # A submit's hold with no job after this long is released by recovery (the submit died).
-    intent_grace_seconds: float = 60.0
+    orphan_hold_grace_seconds: float = 60.0
     # A runner seen asking for a (type, tags) within this long counts as online (pending reason).
     runner_seen_seconds: float = 60.0
     # Finished jobs' payloads and results are purged after this long (Archive: never).
@@ -75,7 +75,8 @@ class JobsConfig:
             reaper_interval_seconds=env_float("INNOSYSTEM_JOBS_REAPER_INTERVAL_SECONDS", cls.reaper_interval_seconds),
             recovery_interval_seconds=env_float("INNOSYSTEM_JOBS_RECOVERY_INTERVAL_SECONDS",
                                                 cls.recovery_interval_seconds),
-            intent_grace_seconds=env_float("INNOSYSTEM_JOBS_INTENT_GRACE_SECONDS", cls.intent_grace_seconds),
+            orphan_hold_grace_seconds=env_float("INNOSYSTEM_JOBS_ORPHAN_HOLD_GRACE_SECONDS",
+                                                cls.orphan_hold_grace_seconds),
             runner_seen_seconds=env_float("INNOSYSTEM_JOBS_RUNNER_SEEN_SECONDS", cls.runner_seen_seconds),
             retention_days=env_float("INNOSYSTEM_JOBS_RETENTION_DAYS", cls.retention_days),
             delete_after_days=env_float("INNOSYSTEM_JOBS_DELETE_AFTER_DAYS", cls.delete_after_days),

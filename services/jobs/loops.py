@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select, tuple_, update
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from services.jobs import metrics
 from services.jobs.leases import Leases, settle_outbox_once
-from services.jobs.models import BillingOutbox, IdempotencyKey, Job, JobAttempt, JobStatusChange, SubmitIntent
+from services.jobs.models import BillingOutbox, IdempotencyKey, Job, JobAttempt, JobStatusChange
 from services.jobs.queue import QueueItem, ScheduledItem
 from services.jobs.runtime import FINAL, PENDING, RUNNING, SCHEDULED, Deps, priority_name
 from services.jobs.submission import HOLD_MARGIN
@@ -31,6 +31,7 @@ FULL_EVERY = 30  # recovery passes: one full pass in this many (and whenever Red
 RENEW_EVERY = 60  # recovery passes: hold renewal in this many (10 min by default)
 RENEW_AHEAD = timedelta(days=2)  # a hold is renewed when it would lapse within this long
 RENEW_BATCH = 500
+HOLD_SWEEP_OVERLAP = timedelta(seconds=30)  # a billing batch's holds may land this long after their stamp
 RETENTION_BATCH = 1000  # jobs per retention transaction
 
 
@@ -102,7 +103,11 @@ class Loops:
         the backlog; a Redis that lost its data has lost the pass's mark too, and gets a full pass."""
         deps = self.deps
         now = deps.now()
-        released = await self._release_orphan_holds()
+        try:
+            released = await self._release_orphan_holds()
+        except Exception as exc:  # billing unreachable: the queues are rebuilt all the same
+            log.warning("orphan holds not swept this pass: %s", exc)
+            released = 0
         mark_key = f"{deps.queue.prefix}recovery:mark"
         since = None
         if not full:
@@ -155,24 +160,39 @@ class Loops:
                 await queue.finish(q, lost)
 
     async def _release_orphan_holds(self) -> int:
-        """Intents past their grace that no submit holds locked (its process died): release the hold
-        unless the job was stored after all."""
+        """Holds of submits that died between billing's reserve and the job's commit: an active
+        hold older than the grace whose job does not exist is released. A pass reads the holds
+        created since the last one the previous pass read (less an overlap, for billing commits
+        slow to land), so its cost follows the submits and not the backlog; a Redis that lost the
+        mark gets a pass over every active hold. The mark is billing's own creation time, so a
+        skew between this clock and billing's cannot skip holds. A submit that could not commit
+        within half the grace gives its holds back itself (`Submission`): none in flight is swept."""
         deps = self.deps
-        grace = timedelta(seconds=deps.config.intent_grace_seconds)
-        async with deps.db.session() as s:
-            intents = (await s.execute(select(SubmitIntent).where(SubmitIntent.create_time < deps.now() - grace)
-                                       .limit(CHUNK).with_for_update(skip_locked=True))).scalars().all()
-            if not intents:
-                return 0
-            existing = set((await s.execute(select(Job.id).where(Job.id.in_([i.job_id for i in intents])))).scalars())
-            orphans = [i.hold_id for i in intents if i.job_id not in existing]
+        mark_key = f"{deps.queue.prefix}recovery:holds-mark"
+        mark = await deps.queue.client.get(mark_key)
+        start = datetime.fromisoformat(_text(mark)) - HOLD_SWEEP_OVERLAP if mark else None
+        before = deps.now() - timedelta(seconds=deps.config.orphan_hold_grace_seconds)
+        released, last = 0, None
+        async for page in deps.billing.active_holds(start, before):
+            by_job: dict[uuid.UUID, str] = {}
+            for hold_id, job_id, created in page:
+                last = created
+                try:
+                    by_job[uuid.UUID(job_id)] = hold_id
+                except ValueError:
+                    continue  # not a job's hold
+            async with deps.db.session() as s:
+                existing = set((await s.execute(select(Job.id).where(Job.id.in_(list(by_job))))).scalars())
+            orphans = [h for j, h in by_job.items() if j not in existing]
             if orphans:
                 outcomes = await deps.billing.release(orphans, "submit did not complete")
                 for hold, err in zip(orphans, outcomes, strict=True):
                     if err is not None and err.reason != "HOLD_NOT_FOUND":
                         log.warning("cannot release orphan hold %s: %s", hold, err)
-            await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_([i.hold_id for i in intents])))
-        return len(orphans)
+                released += len(orphans)
+        if last is not None or mark is None:
+            await deps.queue.client.set(mark_key, (last or before).isoformat())
+        return released
 
     async def recover_forever(self) -> None:
         """One replica per interval does the pass (a Redis lock that expires with the interval);

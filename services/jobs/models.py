@@ -220,18 +220,6 @@ class JobStatusChange(Base):
     attempt: Mapped[int] = mapped_column(default=0)
 
 
-class SubmitIntent(Base):
-    """Written (and committed) before a hold is reserved, deleted with the job's commit: an intent
-    left behind means the process died between the two, and recovery releases its hold."""
-
-    __tablename__ = "submit_intents"
-    __table_args__ = (Index(None, "create_time"),)
-
-    hold_id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
-    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-
-
 class BillingOutbox(Base):
     """The billing work of an attempt's end (capture `amount_cents`, or release when it is null),
     written in the ending's transaction and deleted once billing answered: a hold is settled only

@@ -1,10 +1,13 @@
 """SubmitJob and BatchSubmitJobs: validate, hold the estimated cost, commit, enqueue.
 
-Order and crash safety: a `SubmitIntent` per hold is committed first, then billing reserves the
-holds (hold id = job id), then one transaction stores the jobs and deletes the intents, then the
-jobs enter Redis. A crash after the reserve leaves an intent, and recovery releases its hold
-unless the job exists; a crash after the commit leaves a Pending job that recovery enqueues. So a
-job never waits without a hold and a hold never outlives a job that does not exist.
+Order and crash safety: billing reserves the holds (hold id = job id) and commits them, then one
+transaction stores the jobs, then the jobs enter Redis: two commits per submit. A crash after the
+reserve leaves an active hold without a job, which recovery finds in billing's holds by creation
+time and releases after a grace (`Loops._release_orphan_holds`); a submit that could not commit
+within half that grace gives its holds back and answers UNAVAILABLE, so recovery never releases
+the hold of a submit still in flight. A crash after the commit leaves a Pending job that recovery
+enqueues. So a job never waits without a hold and a hold never outlives a job that does not exist
+for longer than the grace.
 
 Idempotency: with a `request_id` the job id is derived from (project, request id), so a repeat
 reserves the same hold (billing is idempotent per hold) and cannot store a second job.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,8 +33,7 @@ from typing import Any, cast
 
 from opentelemetry import propagate
 from redis.exceptions import RedisError
-from sqlalchemy import Table, delete, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Table, select
 from sqlalchemy.exc import DataError, IntegrityError
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
@@ -52,7 +55,7 @@ from services.jobs import metrics
 from services.jobs.batcher import Coalescer
 from services.jobs.billing import HoldRequest, insufficient_funds
 from services.jobs.convert import plain
-from services.jobs.models import IdempotencyKey, Job, JobStatusChange, JobType, NewJob, SubmitIntent
+from services.jobs.models import IdempotencyKey, Job, JobStatusChange, JobType, NewJob
 from services.jobs.queue import QueueItem, ScheduledItem
 from services.jobs.runtime import PENDING, SCHEDULED, Changes, Deps, priority_name, queue_name
 from services.jobs.service import PERSISTENCE, PRIORITIES, _retry_policy
@@ -69,7 +72,10 @@ JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 _JOBS = cast(Table, Job.__table__)  # Core inserts: no ORM bulk machinery per row
 _STATUS_CHANGES = cast(Table, JobStatusChange.__table__)
-_INTENTS = cast(Table, SubmitIntent.__table__)
+
+
+class _TooSlow(Exception):
+    """The job's commit would come too late for the holds reserved for it (see the module's doc)."""
 
 
 def job_id_for(project_id: uuid.UUID, request_id: str) -> uuid.UUID:
@@ -325,30 +331,18 @@ class Submission:
                 raise outcome
 
     async def _store(self, groups: Sequence[Group]) -> list[Exception | None]:
-        """Intents committed; then one transaction locks them, reserves every hold in one billing call,
-        stores the jobs of every group whose holds were all granted, and deletes the intents; then the
-        jobs enter Redis. Recovery skips locked intents, so it never releases the hold of a submit still
-        in flight, however slow; a dead submit's lock goes with its connection. Returns each group's
-        refusal or error (None: stored)."""
+        """Reserves every group's holds in one billing call (billing commits them), then one
+        transaction stores the jobs of every group whose holds were all granted; then the jobs
+        enter Redis. Returns each group's refusal or error (None: stored)."""
         deps = self.deps
-        now = deps.now()
         ids = [p.job.id for g in groups for p in g.fresh]
         if len(groups) > 1 and len(set(ids)) < len(ids):  # repeats of one request id: the first one wins
             return await self._one_by_one(groups)
         held = [p for g in groups for p in g.fresh if p.job.hold_id]
-        hold_ids = [p.job.hold_id for p in held]
-        if held:
-            async with deps.db.session() as s:
-                await s.execute(insert(_INTENTS).on_conflict_do_nothing(), [
-                    {"hold_id": p.job.hold_id, "job_id": p.job.id, "create_time": now} for p in held])
+        reserved = time.monotonic()
+        refusals: list[Exception | None] = list(await self._reserve(groups)) if held else [None] * len(groups)
         try:
             async with deps.db.session() as s:
-                refusals: list[Exception | None] = [None] * len(groups)
-                if held:
-                    await s.execute(select(SubmitIntent.hold_id).where(SubmitIntent.hold_id.in_(hold_ids))
-                                    .order_by(SubmitIntent.hold_id).with_for_update())  # one lock order for all batches
-                    refusals = list(await self._reserve(groups))
-                    await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(hold_ids)))
                 new = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
                 if new:  # one COPY each: no statement, no parameter processing per row
                     await copy_rows(s, _JOBS, [p.job.row() for p in new])
@@ -363,11 +357,18 @@ class Submission:
                         if p.job.request_id:
                             await idempotency.remember(s, IdempotencyKey, g.scope, p.job.request_id, p.hash,
                                                        p.job.id)
+                if held and time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2:
+                    # recovery may soon take these holds for a dead submit's: give them back instead
+                    raise _TooSlow()
         except (IntegrityError, Aborted):
             if len(groups) > 1:  # one group's concurrent repeat spoiled the shared commit: go one by one
                 return await self._one_by_one(groups)
             return [Aborted("a concurrent submit with the same request_id won; repeat to get its job",
                             reason="CONCURRENT_REQUEST")]
+        except _TooSlow:  # rolled back before COMMIT: surely not stored
+            await self._give_back(held)
+            return [Unavailable("the submit could not be stored in time; repeat it", reason="SUBMIT_TIMED_OUT")
+                    for _ in groups]
         except DomainError:
             raise  # billing's answer for the whole call (unavailable, …): no one item is at fault
         except Exception as exc:
@@ -380,7 +381,7 @@ class Submission:
                 return await self._one_by_one(groups)
             if isinstance(exc, DataError):  # the request carries a value PostgreSQL refuses
                 # raised by a statement, so before COMMIT: surely not stored, its holds can go now
-                # (other errors may come from an ambiguous COMMIT: recovery decides on those)
+                # (other errors may come from an ambiguous COMMIT: recovery's sweep decides on those)
                 await self._give_back(held)
                 return [InvalidArgument(f"a value in the request cannot be stored ({_kind(exc)})",
                                         reason="UNSTORABLE_VALUE")]
@@ -394,18 +395,12 @@ class Submission:
         return refusals
 
     async def _give_back(self, held: Sequence[Prepared]) -> None:
-        """Holds of a submit whose commit failed: released now rather than at recovery's next pass;
-        if billing cannot be reached, the intents stay and recovery releases them."""
+        """Holds of a submit whose commit surely failed: released now rather than by recovery's
+        sweep; if billing cannot be reached, the sweep releases them after its grace."""
         if not held:
             return
-        hold_ids = [p.job.hold_id for p in held]
         try:
-            outcomes = await self.deps.billing.release(hold_ids, "submit not stored")
-            done = [h for h, err in zip(hold_ids, outcomes, strict=True)
-                    if err is None or err.reason == "HOLD_NOT_FOUND"]
-            if done:
-                async with self.deps.db.session() as s:
-                    await s.execute(delete(SubmitIntent).where(SubmitIntent.hold_id.in_(done)))
+            await self.deps.billing.release([p.job.hold_id for p in held], "submit not stored")
         except Exception as exc:
             log.warning("cannot release the holds of a failed submit now (%s); recovery will", _kind(exc))
 

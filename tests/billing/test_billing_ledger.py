@@ -463,3 +463,32 @@ async def test_a_batch_of_reserves_is_answered_item_by_item(billing: BillingServ
         snap = await billing.otb.snapshot(uuid.UUID(cid), "USD")
         assert snap.held == (await wallet(billing, cid)).held
         assert not {"many-2", "many-3", "many-5"} & set(snap.holds)
+
+
+async def test_active_holds_are_listed_by_creation_in_keyset_pages(billing: BillingService) -> None:
+    """The jobs service's sweep for holds whose submit died: active holds created in a window,
+    oldest first, a page at a time; settled holds are not listed; a bad token or window is refused."""
+    start = utcnow()
+    customer, _ = await funded_wallet(billing, 10_000)
+    ids = [f"sweep-{uuid.uuid4().hex[:8]}-{k}" for k in range(5)]
+    for hold_id in ids:
+        await billing.reserve(hold_id, customer, 10, "USD", job_id=hold_id)
+    await billing.capture(ids[1], 10)
+    await billing.release(ids[3], "cancelled")
+    before = utcnow() + timedelta(seconds=1)
+    seen, token = [], ""
+    while True:
+        rows, token = await billing.active_holds_created(start, before, token, 1)
+        assert len(rows) <= 1
+        seen += rows
+        if not token:
+            break
+    assert [r[0] for r in seen] == [ids[0], ids[2], ids[4]]
+    assert [r[2] for r in seen] == sorted(r[2] for r in seen) and seen[0][1] == ids[0]
+    assert (await billing.active_holds_created(start, start, "", 0))[0] == []
+    with pytest.raises(InvalidArgument) as bad:
+        await billing.active_holds_created(start, before, "not-a-token", 10)
+    assert bad.value.reason == "INVALID_PAGE_TOKEN"
+    with pytest.raises(InvalidArgument) as missing:
+        await billing.active_holds_created(start, None, "", 10)
+    assert missing.value.violations[0][0] == "create_time_before"

@@ -156,6 +156,11 @@ class JobsWorld:
     keys: FakeKeys
     closers: list[Any] = field(default_factory=list)
 
+    def past_orphan_hold_grace(self) -> None:
+        """The clock past recovery's grace for holds without a job, as billing (which stamps holds
+        with the real time) sees their age."""
+        self.clock.t = max(self.clock.t, time.time()) + self.config.orphan_hold_grace_seconds + 1
+
     async def customer(self, funds: int = 100_000) -> Customer:
         cid = str(uuid.uuid4())
         await self.billing.open_wallet(cid, "", "USD", 0)

@@ -4,18 +4,18 @@ and of dead submits' holds, and retention."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import insert, text
+from sqlalchemy import text
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from services.jobs.billing import HoldRequest
-from services.jobs.models import SubmitIntent
 from tests.jobs.jobs_world import JobsWorld
 
 
@@ -65,18 +65,24 @@ async def test_recovery_rebuilds_lost_queues_in_order_without_duplicates(world: 
 
 
 async def test_recovery_releases_the_hold_of_a_submit_that_died(world: JobsWorld) -> None:
+    """A hold without a job (the submit died between billing's reserve and the job's commit) is
+    released once past its grace; the hold of a stored job is not."""
+    world.clock.t = time.time()  # billing stamps holds with the real time: this module's clock starts there
     c = await world.customer(funds=100)
-    dead_job = uuid.uuid4()
-    hold = str(dead_job)
-    async with world.app.deps.db.session() as s:
-        await s.execute(insert(SubmitIntent).values(hold_id=hold, job_id=dead_job,
-                                                    create_time=world.app.deps.now()))
+    jt = await world.job_type(c, base_cost_cents=10)
+    stored = await world.submit(c, jt)
+    hold = str(uuid.uuid4())  # the dead submit's
     (err,) = await world.app.deps.billing.reserve([HoldRequest(hold, c.principal.customer_id, 25, "USD", hold)])
-    assert err is None and await world.available(c) == 75
-    assert (await world.app.loops.recover_once())[1] == 0  # still within its grace
-    world.clock.advance(world.config.intent_grace_seconds + 1)
-    assert (await world.app.loops.recover_once())[1] == 1
-    assert await world.available(c) == 100
+    assert err is None and await world.available(c) == 65
+    await world.app.loops.recover_once()
+    assert await world.available(c) == 65  # still within its grace
+    world.past_orphan_hold_grace()
+    assert (await world.app.loops.recover_once())[1] >= 1
+    assert await world.available(c) == 90  # the stored job keeps its hold
+    assert (await world.get(str(stored.id))).status == types_pb.JOB_STATUS_PENDING
+    world.clock.advance(world.config.recovery_interval_seconds)
+    await world.app.loops.recover_once()
+    assert await world.available(c) == 90
 
 
 async def test_retention_purges_payloads_but_never_archive(world: JobsWorld) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -15,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.jobs.convert import plain
 from tests.jobs.jobs_world import JobsWorld
 
@@ -100,6 +101,24 @@ async def test_insufficient_funds_stores_and_holds_nothing(world: JobsWorld) -> 
     assert await world.available(c) == 5
     listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
     assert listed == []
+
+
+async def test_a_submit_too_slow_to_commit_gives_its_holds_back(world: JobsWorld,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recovery takes a hold without a job, past its grace, for a dead submit's: a submit that
+    could not commit within half that grace rolls back and gives its holds back itself."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, base_cost_cents=10)
+    monkeypatch.setattr(world.app.deps, "config", replace(world.app.deps.config, orphan_hold_grace_seconds=0.0))
+    with pytest.raises(Unavailable) as caught:
+        await world.submit(c, jt)
+    assert caught.value.reason == "SUBMIT_TIMED_OUT"
+    assert await world.available(c) == 100
+    listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
+    assert listed == []
+    monkeypatch.undo()
+    await world.submit(c, jt)  # a repeat in time is stored
+    assert await world.available(c) == 90
 
 
 async def test_batch_is_all_or_nothing_and_names_the_item(world: JobsWorld) -> None:
@@ -314,6 +333,6 @@ async def test_a_submit_failing_alone_for_another_reason_fails_no_one_else(world
     assert [r for r in good if isinstance(r, BaseException)] == []
     assert len(refused) == 16 and all(isinstance(r, DBAPIError) for r in refused), refused[:3]
     assert await world.available(b) == 10_000 - 150
-    world.clock.advance(world.config.intent_grace_seconds + 1)
+    world.past_orphan_hold_grace()
     await world.app.loops.recover_once()
     assert await world.available(a) == 1000

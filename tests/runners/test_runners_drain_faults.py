@@ -29,7 +29,7 @@ BATCH = 1000
 def stack(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Recovery and the outbox sweeper pass often, so what a kill left behind is settled quickly.
-    env = {**FAST, "INNOSYSTEM_JOBS_RECOVERY_INTERVAL_SECONDS": "1", "INNOSYSTEM_JOBS_INTENT_GRACE_SECONDS": "5"}
+    env = {**FAST, "INNOSYSTEM_JOBS_RECOVERY_INTERVAL_SECONDS": "1", "INNOSYSTEM_JOBS_ORPHAN_HOLD_GRACE_SECONDS": "5"}
     with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("drain-faults-logs"),
                        extra_env=env) as running:
         yield running

@@ -139,6 +139,10 @@ class BillingServiceStub:
     expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
     HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
     """
+    ListActiveHolds: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListActiveHoldsRequest, _billing_pb2.ListActiveHoldsResponse]
+    """Internal: jobs finds the holds of submits that died between the reserve and the job's commit:
+    the active holds created in a time window, oldest first, in keyset pages.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -250,6 +254,10 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Internal: jobs keeps the holds of jobs that wait or retry long alive: each active hold's
     expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
     HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
+    """
+    ListActiveHolds: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListActiveHoldsRequest, _billing_pb2.ListActiveHoldsResponse]  # type: ignore[assignment]
+    """Internal: jobs finds the holds of submits that died between the reserve and the job's commit:
+    the active holds created in a time window, oldest first, in keyset pages.
     """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -539,6 +547,16 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Internal: jobs keeps the holds of jobs that wait or retry long alive: each active hold's
         expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
         HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
+        """
+
+    @_abc_1.abstractmethod
+    def ListActiveHolds(
+        self,
+        request: _billing_pb2.ListActiveHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListActiveHoldsResponse, _abc.Awaitable[_billing_pb2.ListActiveHoldsResponse]]:
+        """Internal: jobs finds the holds of submits that died between the reserve and the job's commit:
+        the active holds created in a time window, oldest first, in keyset pages.
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
