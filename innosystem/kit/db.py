@@ -50,7 +50,8 @@ async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[
     processing per row here, no statement per row in PostgreSQL); a few rows (a single submit's)
     with one INSERT, which saves COPY's extra round trip. JSON columns take Python values. A
     failure raises the SQLAlchemy error class an INSERT would have raised (IntegrityError for a
-    duplicate key, DataError for a value PostgreSQL refuses)."""
+    duplicate key, DataError for a value PostgreSQL refuses). A JSON value already wrapped in
+    `Jsonb` (with its text serialized beforehand) is stored as it is."""
     if not rows:
         return
     columns = [table.columns[k] for k in rows[0]]
@@ -60,7 +61,8 @@ async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     connection = await (await session.connection()).get_raw_connection()
     driver: psycopg.AsyncConnection[Any] = connection.driver_connection  # type: ignore[assignment]
-    values = ([Jsonb(row[k]) if k in json and row[k] is not None else row[k] for k in keys] for row in rows)
+    values = ([Jsonb(row[k]) if k in json and row[k] is not None and not isinstance(row[k], Jsonb) else row[k]
+               for k in keys] for row in rows)
     try:
         async with driver.cursor() as cursor:
             if len(rows) <= SMALL_INSERT_ROWS:

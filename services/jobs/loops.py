@@ -8,9 +8,10 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import cast
 
 from opentelemetry.metrics import CallbackOptions, Observation
-from sqlalchemy import delete, insert, select, tuple_, update
+from sqlalchemy import Table, delete, insert, select, tuple_, update
 
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from services.jobs import metrics
@@ -21,6 +22,8 @@ from services.jobs.runtime import FINAL, PENDING, RUNNING, SCHEDULED, Deps, prio
 from services.jobs.submission import HOLD_MARGIN
 
 log = logging.getLogger(__name__)
+
+_JOBS = cast(Table, Job.__table__)
 
 PROMOTE_MAX_SLEEP = 5.0  # the promoter re-reads the scheduled queues at least this often
 RECOVERY_GRACE = timedelta(seconds=2)  # jobs committed this recently may still be on their way to Redis
@@ -116,15 +119,15 @@ class Loops:
         queued = 0
         after = uuid.UUID(int=0)
         while True:
-            async with deps.db.session() as s:
-                stmt = (select(Job.id, Job.status, Job.queue_name, Job.customer_id, Job.priority, Job.queue_time,
-                               Job.create_time, Job.next_attempt_time)
-                        .where(Job.status.in_([PENDING, SCHEDULED]), Job.update_time < now - RECOVERY_GRACE,
-                               Job.id > after)
-                        .order_by(Job.id).limit(CHUNK))
-                if since is not None:
-                    stmt = stmt.where(Job.update_time >= since)
-                rows = (await s.execute(stmt)).all()
+            j = _JOBS.c
+            stmt = (select(j.id, j.status, j.queue_name, j.customer_id, j.priority, j.queue_time, j.create_time,
+                           j.next_attempt_time)
+                    .where(j.status.in_([PENDING, SCHEDULED]), j.update_time < now - RECOVERY_GRACE, j.id > after)
+                    .order_by(j.id).limit(CHUNK))
+            if since is not None:
+                stmt = stmt.where(j.update_time >= since)
+            async with deps.db.session() as s:  # Core rows: every new job passes here once
+                rows = (await (await s.connection()).execute(stmt)).all()
             if not rows:
                 break
             after = rows[-1].id

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from opentelemetry import propagate
+from psycopg.types.json import Jsonb
 from redis.exceptions import RedisError
 from sqlalchemy import Table, select
 from sqlalchemy.exc import DataError, IntegrityError
@@ -88,6 +89,14 @@ class Prepared:
     hash: bytes
     position: int  # in the request (batch item index)
     existing: bool = False
+    payload_json: str | None = None  # the payload as JSON, measured once and stored as is
+
+    def row(self) -> dict[str, Any]:
+        row = self.job.row()
+        if self.payload_json is not None:
+            text = self.payload_json
+            row["payload"] = Jsonb(self.job.payload, dumps=lambda _: text)
+        return row
 
 
 @dataclass
@@ -199,6 +208,7 @@ class Submission:
                 owner.encryption_key_id, str(owner.customer_id), str(owner.project_id), str(job.id), "payload",
                 job.payload or {}, job.settings.get("sensitive_fields", []))
             job.encryption = {"key_id": owner.encryption_key_id, "encrypted_fields": paths}
+            p.payload_json = None  # the ciphertext is stored, not the payload measured
 
         await asyncio.gather(*(one(p) for p in fresh))
 
@@ -263,7 +273,8 @@ class Submission:
             raise FailedPrecondition(f"{prefix}job_type_id: job type {jt.name} is disabled",
                                      field=prefix + "job_type_id", reason="JOB_TYPE_DISABLED")
         payload = plain(r.payload) if r.HasField("payload") else {}
-        size = len(json.dumps(payload, separators=(",", ":")).encode())
+        payload_json = json.dumps(payload, separators=(",", ":"))
+        size = len(payload_json.encode())
         if size > config.max_payload_bytes:
             raise _bad(prefix + "payload", f"is {size} bytes, more than the limit of {config.max_payload_bytes}",
                        "PAYLOAD_TOO_LARGE")
@@ -320,7 +331,7 @@ class Submission:
             update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
             lease_session_id="", dead_lettered=False, trace_context=_trace_context(r), purged=False, **retry,
         )
-        return Prepared(job, request_hash(r), position)
+        return Prepared(job, request_hash(r), position, payload_json=payload_json)
 
     async def _store_one(self, group: Group) -> None:
         if group.single:
@@ -345,7 +356,7 @@ class Submission:
             async with deps.db.session() as s:
                 new = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
                 if new:  # one COPY each: no statement, no parameter processing per row
-                    await copy_rows(s, _JOBS, [p.job.row() for p in new])
+                    await copy_rows(s, _JOBS, [p.row() for p in new])
                     await copy_rows(s, _STATUS_CHANGES, [
                         {"job_id": p.job.id, "status": p.job.status, "time": p.job.create_time, "attempt": 0,
                          "reason": "submitted" if p.job.status == PENDING
