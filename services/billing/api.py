@@ -30,9 +30,9 @@ from services.billing.models import (
     HOLD,
     VOID,
     Account,
+    AnyHold,
     CreditGrantRow,
     ExchangeRateRow,
-    HoldRow,
     ReconciliationRow,
     Transfer,
     WalletEventRow,
@@ -103,7 +103,7 @@ def transaction_pb(t: Transfer) -> pb.WalletTransaction:
                                 request_id=t.request_id or "", create_time=timestamp(t.create_time))
 
 
-def hold_pb(h: HoldRow) -> pb.Hold:
+def hold_pb(h: AnyHold) -> pb.Hold:
     return pb.Hold(hold_id=h.hold_id, customer_id=str(h.customer_id), wallet_id=str(h.wallet_id), job_id=h.job_id,
                    currency_code=h.currency, amount_cents=h.amount, status=pb.HoldStatus.ValueType(h.status),
                    captured_cents=h.captured,
@@ -139,10 +139,10 @@ def _time(message: Any, name: str) -> datetime | None:
     return to_datetime(getattr(message, name)) if message.HasField(name) else None
 
 
-def _checked(request: Any, call: Callable[[], Awaitable[HoldRow]]) -> Callable[[], Awaitable[HoldRow]]:
+def _checked(request: Any, call: Callable[[], Awaitable[AnyHold]]) -> Callable[[], Awaitable[AnyHold]]:
     """`call`, after checking that the request's text can be stored: in a batch, an item that
     cannot be stored fails alone rather than the group commit it would join."""
-    async def run() -> HoldRow:
+    async def run() -> AnyHold:
         check_storable(request)
         return await call()
     return run
@@ -315,16 +315,16 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         return wallet_pb(await self.service.open_wallet(request.customer_id, request.reseller_id,
                                                         request.currency_code, request.credit_limit_cents))
 
-    def _reserve(self, r: pb.ReserveRequest) -> Callable[[], Awaitable[HoldRow]]:
+    def _reserve(self, r: pb.ReserveRequest) -> Callable[[], Awaitable[AnyHold]]:
         return counted("reserve", _checked(r, lambda: self.service.reserve(
             r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id, _time(r, "expire_time"),
             r.description, r.project_id, r.job_type_id)))
 
-    def _capture(self, r: pb.CaptureRequest) -> Callable[[], Awaitable[HoldRow]]:
+    def _capture(self, r: pb.CaptureRequest) -> Callable[[], Awaitable[AnyHold]]:
         return counted("capture", _checked(r, lambda: self.service.capture(
             r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy, r.description)))
 
-    def _release(self, r: pb.ReleaseRequest) -> Callable[[], Awaitable[HoldRow]]:
+    def _release(self, r: pb.ReleaseRequest) -> Callable[[], Awaitable[AnyHold]]:
         return counted("release", _checked(r, lambda: self.service.release(r.hold_id, r.reason)))
 
     async def Reserve(self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
@@ -336,7 +336,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
         return hold_pb(await self._release(request)())
 
-    async def _batch(self, calls: list[Callable[[], Awaitable[HoldRow]]]) -> pb.BatchHoldResponse:
+    async def _batch(self, calls: list[Callable[[], Awaitable[AnyHold]]]) -> pb.BatchHoldResponse:
         if not 1 <= len(calls) <= MAX_BATCH:
             raise InvalidArgument(f"a batch has 1 to {MAX_BATCH} requests", field="requests",
                                   reason="INVALID_BATCH_SIZE")
@@ -360,13 +360,13 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
 
     @staticmethod
     async def _answers(operation: str, requests: Sequence[Any],
-                       run: Callable[[list[Any]], Awaitable[list[HoldRow | DomainError]]]) -> pb.BatchHoldResponse:
+                       run: Callable[[list[Any]], Awaitable[list[AnyHold | DomainError]]]) -> pb.BatchHoldResponse:
         """A set-oriented batch: each item answered on its own, an item whose text cannot be stored
         refused alone before the group commit it would join."""
         if not 1 <= len(requests) <= MAX_BATCH:
             raise InvalidArgument(f"a batch has 1 to {MAX_BATCH} requests", field="requests",
                                   reason="INVALID_BATCH_SIZE")
-        results: list[HoldRow | DomainError | None] = [None] * len(requests)
+        results: list[AnyHold | DomainError | None] = [None] * len(requests)
         storable = []
         for k, r in enumerate(requests):
             try:

@@ -34,6 +34,7 @@ from services.billing.models import (
     VOID,
     VOIDED,
     Account,
+    Hold,
     HoldRow,
 )
 from services.billing.otb import InsufficientFunds
@@ -86,7 +87,7 @@ class VoidItem:
 
 Item = ReserveItem | CaptureItem | VoidItem
 # Per item: (the hold after, whether this item changed it) or the refusal. A hold of None: no such hold.
-Outcome = tuple[HoldRow | None, bool] | DomainError
+Outcome = tuple[Hold | None, bool] | DomainError
 
 _HOLD_COLUMNS = [c.key for c in HoldRow.__table__.columns]
 
@@ -222,9 +223,9 @@ class _Batch:
         return _row(h), True
 
 
-def _row(h: dict[str, Any]) -> HoldRow:
-    """A detached copy for the caller (never attached to a session)."""
-    return HoldRow(**h)
+def _row(h: dict[str, Any]) -> Hold:
+    """A copy for the caller, as plain attributes."""
+    return Hold(**h)
 
 
 async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcome]:

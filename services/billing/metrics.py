@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from opentelemetry import metrics
 
 from innosystem.kit.errors import DomainError
-from services.billing.models import HoldRow
+from services.billing.models import AnyHold
 
 _meter = metrics.get_meter("innosystem.billing")
 operations = _meter.create_counter(
@@ -18,8 +18,8 @@ amounts = _meter.create_counter(
     "billing.hold.amount", unit="{cent}", description="minor units held (reserve) and captured (capture), by currency")
 
 
-def counted(operation: str, call: Callable[[], Awaitable[HoldRow]]) -> Callable[[], Awaitable[HoldRow]]:
-    async def run() -> HoldRow:
+def counted(operation: str, call: Callable[[], Awaitable[AnyHold]]) -> Callable[[], Awaitable[AnyHold]]:
+    async def run() -> AnyHold:
         try:
             row = await call()
         except DomainError as err:
@@ -34,7 +34,7 @@ def counted(operation: str, call: Callable[[], Awaitable[HoldRow]]) -> Callable[
     return run
 
 
-def count_many(operation: str, outcomes: Sequence[HoldRow | DomainError]) -> None:
+def count_many(operation: str, outcomes: Sequence[AnyHold | DomainError]) -> None:
     """A batch's outcomes, one counter add per distinct outcome (not one per item)."""
     by_outcome: Counter[str] = Counter()
     by_currency: Counter[str] = Counter()

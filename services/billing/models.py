@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, SmallInteger, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
@@ -179,6 +179,26 @@ class HoldRow(Base):
     project_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
     # The job's type ("" if the caller named none): usage reports.
     job_type_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
+
+
+class Hold:
+    """A hold's state as plain attributes named after `HoldRow`'s columns: what a ledger batch
+    answers with (an ORM object per hold was a sixth of billing's CPU in batch submits)."""
+
+    __slots__ = tuple(c.key for c in HoldRow.__table__.columns)
+
+    def __init__(self, **values: Any) -> None:
+        for key in self.__slots__:
+            setattr(self, key, values.get(key))
+
+    if TYPE_CHECKING:  # the columns, as HoldRow declares them
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
+
+# What the service answers with: a ledger batch's plain hold or a row read through the ORM.
+AnyHold = Hold | HoldRow
 
 
 class ReconciliationRow(Base):

@@ -47,6 +47,8 @@ from services.billing.models import (
     VOID,
     WALLET,
     Account,
+    AnyHold,
+    Hold,
     HoldRow,
     ReconciliationRow,
     Transfer,
@@ -342,7 +344,7 @@ class BillingService:
 
     async def reserve(self, hold_id: str, customer_id: str, amount: int, currency: str, job_id: str = "",
                       expire_time: datetime | None = None, description: str = "", project_id: str = "",
-                      job_type_id: str = "") -> HoldRow:
+                      job_type_id: str = "") -> AnyHold:
         (outcome,) = await self.reserve_many([
             ReserveRequest(hold_id, customer_id, amount, currency, job_id, expire_time, description, project_id,
                            job_type_id)])
@@ -350,12 +352,12 @@ class BillingService:
             raise outcome
         return outcome
 
-    async def reserve_many(self, requests: Sequence[ReserveRequest]) -> list[HoldRow | DomainError]:
+    async def reserve_many(self, requests: Sequence[ReserveRequest]) -> list[AnyHold | DomainError]:
         """Holds of one batch call, each answered on its own (the hold, or its refusal): checked one
         by one, authorized in Open-to-Buy with one script call per wallet, then stored by the group
         commit together (no task per item). A hold id seen before answers with that hold if the
         request is the same one (retries are idempotent), IDEMPOTENCY_KEY_REUSED if not."""
-        out: list[HoldRow | DomainError | None] = []  # None: not decided yet
+        out: list[AnyHold | DomainError | None] = []  # None: not decided yet
         items: list[tuple[int, ledger.ReserveItem]] = []  # (position in `out`, the item)
         for k, r in enumerate(requests):
             try:
@@ -375,7 +377,7 @@ class BillingService:
             await self._unauthorize([i for _, i in items if i.hold_id in added])
             raise
         undo: list[ledger.ReserveItem] = []
-        redo: list[HoldRow] = []  # stored by a concurrent reserve of another amount: Redis must hold that one
+        redo: list[AnyHold] = []  # stored by a concurrent reserve of another amount: Redis must hold that one
         for (k, item), outcome in zip(items, stored, strict=True):
             if isinstance(outcome, DomainError):
                 out[k] = outcome
@@ -402,7 +404,7 @@ class BillingService:
             await self._redis_quietly(self.otb.reserve_many(hold.customer_id, hold.currency,
                                                             [(hold.hold_id, hold.amount)]))
         assert all(x is not None for x in out), "every reserve is answered"
-        return cast(list[HoldRow | DomainError], out)
+        return cast(list[AnyHold | DomainError], out)
 
     async def _reserve_item(self, r: ReserveRequest) -> ledger.ReserveItem:
         hold_id = _text(r.hold_id, "hold_id", MAX_ID, required=True)
@@ -425,7 +427,7 @@ class BillingService:
                                   expire, description, revenue, project_id, job_type_id)
 
     async def _authorize(self, items: Sequence[tuple[int, ledger.ReserveItem]],
-                         out: list[HoldRow | DomainError | None]) -> set[str]:
+                         out: list[AnyHold | DomainError | None]) -> set[str]:
         """Open-to-Buy for `items`, one script call per wallet; a refusal goes into `out`. Returns
         the hold ids Redis holds because of this call (to be dropped again if they are not stored).
         Redis down: PostgreSQL's guarded update alone still refuses any overdraft, so keep serving
@@ -454,7 +456,7 @@ class BillingService:
         return added
 
     async def _second_look(self, wallet: tuple[uuid.UUID, str], refused: list[tuple[int, ledger.ReserveItem]],
-                           out: list[HoldRow | DomainError | None]) -> None:
+                           out: list[AnyHold | DomainError | None]) -> None:
         """Redis refused these. A hold that exists answers as a repeat; for the others, if PostgreSQL
         can afford them Redis may be behind (an update lost after its commit) or merely a moment
         ahead of in-flight operations: PostgreSQL's guard alone decides those, and the wallet is
@@ -505,20 +507,20 @@ class BillingService:
         while self._repairs:
             await asyncio.gather(*list(self._repairs), return_exceptions=True)
 
-    def _remember(self, hold: HoldRow) -> None:
+    def _remember(self, hold: AnyHold) -> None:
         """What Capture needs before its batch (reseller, currency), so it needs no query for it."""
         if len(self._hold_meta) > 200_000:
             self._hold_meta.clear()
         self._hold_meta[hold.hold_id] = (hold.reseller_id, hold.currency)
 
     @staticmethod
-    def _same_reserve(first: HoldRow, item: ledger.ReserveItem) -> HoldRow:
+    def _same_reserve(first: AnyHold, item: ledger.ReserveItem) -> AnyHold:
         if first.customer_id != item.customer_id or first.amount != item.amount or first.currency != item.currency:
             raise FailedPrecondition(f"hold_id {first.hold_id!r} was used for another reserve", field="hold_id",
                                      reason="IDEMPOTENCY_KEY_REUSED")
         return first
 
-    async def _existing_hold(self, hold_id: str) -> HoldRow | None:
+    async def _existing_hold(self, hold_id: str) -> AnyHold | None:
         async with self.db.session() as s:
             return await BillingRepository(s).hold(hold_id)
 
@@ -555,7 +557,7 @@ class BillingService:
         return ledger.CaptureItem(hold_id, amount, currency, policy, description, rate, commission_account, revenue)
 
     async def capture(self, hold_id: str, amount: int, currency: str = "", policy: int = 0,
-                      description: str = "") -> HoldRow:
+                      description: str = "") -> AnyHold:
         item = await self._capture_item(hold_id, amount, currency, policy, description)
         hold, fresh = await self.commit.submit(item)
         if hold is None:
@@ -565,12 +567,12 @@ class BillingService:
         return hold
 
     async def capture_many(self, requests: Sequence[tuple[str, int, str, int, str]]
-                           ) -> list[HoldRow | DomainError]:
+                           ) -> list[AnyHold | DomainError]:
         """Captures (hold id, amount, currency, over-capture policy, description) of one batch call:
         each checked on its own, all submitted to the group commit together (no task per item),
         their holds resolved in Open-to-Buy with one script call per wallet. Each gets its own
         outcome: the captured hold, or the refusal."""
-        out: list[HoldRow | DomainError] = []
+        out: list[AnyHold | DomainError] = []
         items: list[tuple[int, ledger.CaptureItem]] = []  # (position in `out`, the item)
         for k, request in enumerate(requests):
             try:
@@ -580,7 +582,7 @@ class BillingService:
                 continue
             out.append(NotFound(f"hold {item.hold_id!r} not found", reason="HOLD_NOT_FOUND"))  # unless found
             items.append((k, item))
-        fresh: list[HoldRow] = []
+        fresh: list[AnyHold] = []
         for (k, _), outcome in zip(items, await self.commit.submit_many([i for _, i in items]), strict=True):
             if isinstance(outcome, DomainError):
                 out[k] = outcome
@@ -618,10 +620,10 @@ class BillingService:
             return rows[:size], pagination.encode_token(last[2].isoformat(), last[0])
         return rows, ""
 
-    async def extend_holds(self, requests: Sequence[tuple[str, datetime | None]]) -> list[HoldRow | DomainError]:
+    async def extend_holds(self, requests: Sequence[tuple[str, datetime | None]]) -> list[AnyHold | DomainError]:
         """Move active holds' deadlines later (never earlier): a job that waits or retries longer
         than its hold was made for keeps it. Each (hold id, new deadline) answers on its own."""
-        out: list[HoldRow | DomainError | None] = []
+        out: list[AnyHold | DomainError | None] = []
         wanted: dict[str, datetime] = {}
         now = utcnow()
         for hold_id, expire in requests:
@@ -639,7 +641,7 @@ class BillingService:
         if wanted:
             async with self.db.session() as s:
                 holds = await BillingRepository(s).extend_holds(wanted)
-        answers: list[HoldRow | DomainError] = []
+        answers: list[AnyHold | DomainError] = []
         for (hold_id, _), item in zip(requests, out, strict=True):
             if item is not None:
                 answers.append(item)
@@ -651,7 +653,7 @@ class BillingService:
                 answers.append(hold)
         return answers
 
-    async def release(self, hold_id: str, reason: str = "") -> HoldRow:
+    async def release(self, hold_id: str, reason: str = "") -> AnyHold:
         hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
         reason = _text(reason, "reason", MAX_DESCRIPTION)
         hold = await self._void(hold_id, VOID, reason, utcnow())
@@ -659,7 +661,7 @@ class BillingService:
             raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
         return hold
 
-    async def _void(self, hold_id: str, kind: int, description: str, now: datetime) -> HoldRow | None:
+    async def _void(self, hold_id: str, kind: int, description: str, now: datetime) -> AnyHold | None:
         """Void (Release) or expire (sweeper) one hold. None: no such hold (or, expiring, not due)."""
         meta = self._hold_meta.pop(hold_id, None)
         if meta is None:
@@ -673,12 +675,12 @@ class BillingService:
             await self._redis_quietly(self.otb.resolve(hold.customer_id, hold.currency, hold_id, 0))
         return hold
 
-    async def batch(self, calls: Sequence[Callable[[], Awaitable[HoldRow]]]) -> list[HoldRow | DomainError]:
+    async def batch(self, calls: Sequence[Callable[[], Awaitable[AnyHold]]]) -> list[AnyHold | DomainError]:
         """Run many operations at once (they share group commits); each item succeeds or fails alone."""
         results = await asyncio.gather(*(c() for c in calls), return_exceptions=True)
-        out: list[HoldRow | DomainError] = []
+        out: list[AnyHold | DomainError] = []
         for r in results:
-            if isinstance(r, DomainError | HoldRow):
+            if isinstance(r, DomainError | Hold | HoldRow):
                 out.append(r)
             elif isinstance(r, BaseException):
                 raise r
@@ -695,7 +697,7 @@ class BillingService:
         for r in done:
             if isinstance(r, BaseException):
                 log.warning("expiring a hold failed: %s", r)
-        return sum(1 for r in done if isinstance(r, HoldRow) and r.status == EXPIRED)
+        return sum(1 for r in done if isinstance(r, Hold | HoldRow) and r.status == EXPIRED)
 
     async def sweep_forever(self) -> None:
         """Expire holds at their deadline: sleep until the next one, woken early by a nearer new hold."""
