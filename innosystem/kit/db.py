@@ -44,37 +44,94 @@ def schema_metadata(schema: str) -> MetaData:
 SMALL_INSERT_ROWS = 8
 
 
-async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert `rows` (each names the same columns of `table`) in the session's transaction: a batch
-    with one COPY, several times cheaper than a multi-row INSERT on both sides (no parameter
-    processing per row here, no statement per row in PostgreSQL); a few rows (a single submit's)
-    with one INSERT, which saves COPY's extra round trip. JSON columns take Python values. A
-    failure raises the SQLAlchemy error class an INSERT would have raised (IntegrityError for a
-    duplicate key, DataError for a value PostgreSQL refuses). A JSON value already wrapped in
-    `Jsonb` (with its text serialized beforehand) is stored as it is."""
-    if not rows:
-        return
+async def driver_of(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under the session's transaction (for COPY and pipelines)."""
+    connection = await (await session.connection()).get_raw_connection()
+    return connection.driver_connection  # type: ignore[return-value]
+
+
+def _insert(table: Table, rows: Sequence[Mapping[str, Any]]) -> tuple[sql.Composed, list[Any], bool]:
+    """(statement, parameters, is it COPY) inserting `rows`: a multi-row INSERT for a few rows, a
+    COPY (the parameters are then the rows' values) for more. JSON columns take Python values; a
+    value already wrapped in `Jsonb` (its text serialized beforehand) is stored as it is."""
     columns = [table.columns[k] for k in rows[0]]
     keys = [c.key for c in columns]
     json = {c.key for c in columns if isinstance(c.type, JSON)}  # JSONB is a JSON
     name = sql.Identifier(*([table.schema] if table.schema else []), table.name)
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
-    connection = await (await session.connection()).get_raw_connection()
-    driver: psycopg.AsyncConnection[Any] = connection.driver_connection  # type: ignore[assignment]
-    values = ([Jsonb(row[k]) if k in json and row[k] is not None and not isinstance(row[k], Jsonb) else row[k]
-               for k in keys] for row in rows)
+    values = [[Jsonb(row[k]) if k in json and row[k] is not None and not isinstance(row[k], Jsonb) else row[k]
+               for k in keys] for row in rows]
+    if len(rows) > SMALL_INSERT_ROWS:
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(name, names), values, True
+    one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(keys)))
+    return (sql.SQL("INSERT INTO {} ({}) VALUES {}").format(name, names, sql.SQL(", ").join([one] * len(rows))),
+            [v for row in values for v in row], False)
+
+
+def as_sqlalchemy_error(exc: psycopg.Error, what: str) -> Exception:
+    """The SQLAlchemy error class a statement would have raised (IntegrityError for a duplicate
+    key, DataError for a value PostgreSQL refuses), without the statement's parameters."""
+    return DBAPIError.instance(what, None, exc, psycopg.Error)
+
+
+async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert `rows` (each names the same columns of `table`) in the session's transaction: a batch
+    with one COPY, several times cheaper than a multi-row INSERT on both sides (no parameter
+    processing per row here, no statement per row in PostgreSQL); a few rows (a single submit's)
+    with one INSERT, which saves COPY's extra round trip. A failure raises the SQLAlchemy error
+    class an INSERT would have raised."""
+    if not rows:
+        return
+    statement, params, is_copy = _insert(table, rows)
+    driver = await driver_of(session)
     try:
         async with driver.cursor() as cursor:
-            if len(rows) <= SMALL_INSERT_ROWS:
-                one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(keys)))
-                await cursor.execute(sql.SQL("INSERT INTO {} ({}) VALUES {}").format(
-                    name, names, sql.SQL(", ").join([one] * len(rows))), [v for row in values for v in row])
+            if not is_copy:
+                await cursor.execute(statement, params)
                 return
-            async with cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(name, names)) as copy:
-                for row in values:
+            async with cursor.copy(statement) as copy:
+                for row in params:
                     await copy.write_row(row)
     except psycopg.Error as exc:
-        raise DBAPIError.instance(f"INSERT INTO {table.fullname}", None, exc, psycopg.Error) from exc
+        raise as_sqlalchemy_error(exc, f"INSERT INTO {table.fullname}") from exc
+
+
+class Writes:
+    """Statements whose answers nobody reads, sent with the COMMIT in one round trip (psycopg's
+    pipeline mode) rather than one round trip each: a ledger batch's updates and inserts. Rows to
+    insert beyond `SMALL_INSERT_ROWS` go in at once by COPY (not allowed in a pipeline), which a
+    large batch amortizes. The session's own commit then finds nothing left to commit."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[sql.Composed | sql.SQL | str, Any, bool]] = []  # (statement, parameters, many)
+
+    def execute(self, statement: sql.Composed | sql.SQL | str, params: Any = None) -> None:
+        self._steps.append((statement, params, False))
+
+    def executemany(self, statement: sql.Composed | sql.SQL | str, params: Sequence[Any]) -> None:
+        if params:
+            self._steps.append((statement, params, True))
+
+    async def insert(self, session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        if len(rows) > SMALL_INSERT_ROWS:
+            await copy_rows(session, table, rows)
+        elif rows:
+            statement, params, _ = _insert(table, rows)
+            self.execute(statement, params)
+
+    async def commit(self, session: AsyncSession) -> None:
+        driver = await driver_of(session)
+        try:
+            async with driver.pipeline(), driver.cursor() as cursor:
+                for statement, params, many in self._steps:
+                    if many:
+                        await cursor.executemany(statement, params)
+                    else:
+                        await cursor.execute(statement, params)
+                await driver.commit()
+        except psycopg.Error as exc:
+            raise as_sqlalchemy_error(exc, "a pipelined write") from exc
+        self._steps.clear()
 
 
 def utcnow() -> datetime:

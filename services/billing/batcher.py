@@ -1,9 +1,9 @@
 """Group commit: many concurrent ledger operations share one PostgreSQL transaction.
 
 Callers submit an operation (`fn(tx)`); one writer task takes whatever is queued (up to
-`max_batch`), runs the operations one after another in one transaction, applies the platform
-accounts' counter changes and the journal rows of the batch as multi-row statements, commits
-once, and only then resolves every caller's future: an answer is never given before its commit.
+`max_batch`), runs the operations one after another in one transaction, sends the batch's
+writes (the ledger's, the platform accounts' counter changes, the journal rows) with its COMMIT
+in one round trip, and only then resolves every caller's future: an answer is never given before its commit.
 At idle a single operation goes straight through; under load the queue fills while the previous
 batch commits, so a hot wallet is not one commit per job.
 
@@ -24,11 +24,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, update
+from psycopg import sql
+from sqlalchemy import Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.kit.db import Database, copy_rows
+from innosystem.kit.db import Database, Writes
 from innosystem.kit.errors import DomainError
 from services.billing.models import Account, Transfer
 
@@ -45,6 +46,8 @@ class Tx:
     """One operation's view of the batch transaction."""
 
     session: AsyncSession
+    # Writes sent with the batch's COMMIT in one round trip (see `kit.db.Writes`).
+    writes: Writes = field(default_factory=Writes)
     deltas: dict[uuid.UUID, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
     transfers: list[dict[str, Any]] = field(default_factory=list)
     # Wallet events stored by this operation, published after the commit.
@@ -168,12 +171,13 @@ class GroupCommit:
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         events: list[dict[str, Any]] = []
         async with self.db.session() as session:
+            writes = Writes()
             deltas: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
             transfers: list[dict[str, Any]] = []
             for fn, is_item, fut in batch:
                 if is_item:
                     continue
-                tx = Tx(session)
+                tx = Tx(session, writes)
                 try:
                     result = await fn(tx)
                 except DomainError as exc:
@@ -185,13 +189,14 @@ class GroupCommit:
             items = [(entry, fut) for entry, is_item, fut in batch if is_item]
             if items:
                 assert self.bulk is not None
-                tx = Tx(session)
+                tx = Tx(session, writes)
                 results = await self.bulk(session, tx, [entry for entry, _ in items])
                 _merge(deltas, transfers, tx)
                 events += tx.events
                 outcomes += [(fut, not isinstance(r, DomainError), r)
                              for (_, fut), r in zip(items, results, strict=True)]
-            await _apply(session, deltas, transfers)
+            await _apply(session, writes, deltas, transfers)
+            await writes.commit(session)
         return outcomes, events
 
 
@@ -203,20 +208,20 @@ def _merge(deltas: dict[uuid.UUID, list[int]], transfers: list[dict[str, Any]], 
     transfers.extend(tx.transfers)
 
 
-async def _apply(session: AsyncSession, deltas: dict[uuid.UUID, list[int]],
+_ACCOUNTS = cast(Table, Account.__table__)
+_ADD_COUNTERS = sql.SQL(
+    "UPDATE {} SET debits_posted = debits_posted + %(dp)s, credits_posted = credits_posted + %(cp)s, "
+    "debits_pending = debits_pending + %(dpe)s, credits_pending = credits_pending + %(cpe)s WHERE id = %(aid)s"
+).format(sql.Identifier(str(_ACCOUNTS.schema), _ACCOUNTS.name))
+
+
+async def _apply(session: AsyncSession, writes: Writes, deltas: dict[uuid.UUID, list[int]],
                  transfers: list[dict[str, Any]]) -> None:
-    rows = [{"aid": k, "dp": d[0], "cp": d[1], "dpe": d[2], "cpe": d[3]}
-            for k, d in sorted(deltas.items()) if any(d)]
-    if rows:
-        t = Account.__table__.c
-        stmt = update(Account).where(t.id == bindparam("aid")).values(
-            debits_posted=t.debits_posted + bindparam("dp"), credits_posted=t.credits_posted + bindparam("cp"),
-            debits_pending=t.debits_pending + bindparam("dpe"),
-            credits_pending=t.credits_pending + bindparam("cpe"))
-        conn = await session.connection()
-        await conn.execute(stmt, rows)
+    """The platform accounts' counters and the journal rows of the batch, with its commit."""
+    writes.executemany(_ADD_COUNTERS, [{"aid": k, "dp": d[0], "cp": d[1], "dpe": d[2], "cpe": d[3]}
+                                       for k, d in sorted(deltas.items()) if any(d)])
     if transfers:
         defaults = {"pending_amount": 0, "wallet_id": None, "customer_id": None, "balance_after": 0,
                     "held_after": 0, "hold_id": None, "job_id": "", "request_id": None, "description": "",
                     "reseller_id": None, "commission_rate_bps": 0}
-        await copy_rows(session, cast(Table, Transfer.__table__), [{**defaults, **row} for row in transfers])
+        await writes.insert(session, cast(Table, Transfer.__table__), [{**defaults, **row} for row in transfers])

@@ -1,12 +1,13 @@
 """The hot path of group commit: a whole batch of holds, captures and voids in a few statements.
 
-`apply` locks every hold and wallet the batch touches (two SELECT … FOR UPDATE, wallets in id
-order), decides each item in arrival order in memory against those locked figures (the same
-rules as one-by-one: idempotent repeats, resolve at most once, no overdraft; a charge spends
-promotional credit first; a wallet that falls below its low-balance threshold gets one event),
-then writes the outcome with one multi-row INSERT of new holds, one UPDATE of resolved holds and
-one UPDATE of wallets (both executemany, pipelined by psycopg). The journal rows and the platform accounts'
-counters go to the batch (`Tx`) and are written once per batch by the group commit.
+`apply` locks every hold and wallet the batch touches (two SELECT … FOR UPDATE, holds then
+wallets in id order, the first with the transaction's BEGIN), decides each item in arrival order in memory
+against those locked figures (the same rules as one-by-one: idempotent repeats, resolve at most
+once, no overdraft; a charge spends promotional credit first; a wallet that falls below its
+low-balance threshold gets one event), then queues the outcome for the batch's commit: the new
+holds, one UPDATE per resolved hold and per wallet. The journal rows and the platform accounts'
+counters go to the batch (`Tx`) too; the group commit sends all of them with its COMMIT in one
+round trip (`kit.db.Writes`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.kit.db import copy_rows, utcnow
+from innosystem.kit.db import as_sqlalchemy_error, driver_of, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition
 from services.billing import alerts, limits
 from services.billing.batcher import Tx
@@ -228,26 +232,60 @@ def _row(h: dict[str, Any]) -> Hold:
     return Hold(**h)
 
 
+_HOLDS = cast(Table, HoldRow.__table__)
+_ACCOUNTS = cast(Table, Account.__table__)
+_WALLET_COLUMNS = ("id", "debits_posted", "credits_posted", "debits_pending", "credit_limit", "promo",
+                   "low_balance_threshold", "low_balance_alerted", "spending_limited")
+
+
+def _name(table: Table) -> sql.Identifier:
+    return sql.Identifier(str(table.schema), table.name)
+
+
+# The batch's holds, then every wallet they or its reserves touch, locked in one order for all
+# batches (holds by id, then wallets by id).
+_LOCK_HOLDS = sql.SQL("SELECT {} FROM {} WHERE hold_id = ANY(%(ids)s) ORDER BY hold_id FOR UPDATE").format(
+    sql.SQL(", ").join(map(sql.Identifier, _HOLD_COLUMNS)), _name(_HOLDS))
+_LOCK_WALLETS = sql.SQL("SELECT {} FROM {} WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE").format(
+    sql.SQL(", ").join(map(sql.Identifier, _WALLET_COLUMNS)), _name(_ACCOUNTS))
+_RESOLVE_HOLD = sql.SQL(
+    "UPDATE {} SET status = %(s)s, captured = %(c)s, released = %(r)s, commission = %(cm)s, "
+    "commission_rate_bps = %(rate)s, resolve_time = %(rt)s WHERE hold_id = %(hid)s").format(_name(_HOLDS))
+_MOVE_WALLET = sql.SQL(
+    "UPDATE {} SET debits_posted = %(dp)s, debits_pending = %(dpe)s, promo = %(pr)s, low_balance_alerted = %(al)s, "
+    "update_time = %(now)s WHERE id = %(wid)s").format(_name(_ACCOUNTS))
+
+
+async def _lock(session: AsyncSession, items: list[Item]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The batch's hold rows and wallet rows, locked: the holds with the transaction's BEGIN in
+    one round trip, then the wallets."""
+    driver = await driver_of(session)
+    try:
+        async with driver.pipeline():
+            cursor = driver.cursor(row_factory=dict_row)
+            await cursor.execute(_LOCK_HOLDS, {"ids": sorted({i.hold_id for i in items})})
+        holds = await cursor.fetchall()
+        wallets = {h["wallet_id"] for h in holds} | {i.wallet_id for i in items if isinstance(i, ReserveItem)}
+        cursor = driver.cursor(row_factory=dict_row)
+        await cursor.execute(_LOCK_WALLETS, {"ids": sorted(wallets)})
+        return holds, await cursor.fetchall()
+    except psycopg.Error as exc:
+        raise as_sqlalchemy_error(exc, "locking a ledger batch") from exc
+
+
 async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcome]:
-    conn = await session.connection()
-    ids = sorted({i.hold_id for i in items})
-    hold_rows = await conn.execute(select(HoldRow.__table__).where(HoldRow.hold_id.in_(ids))
-                                   .order_by(HoldRow.hold_id).with_for_update())
-    holds = {r.hold_id: dict(r._mapping) for r in hold_rows}
-    wallet_ids = {h["wallet_id"] for h in holds.values()} | {i.wallet_id for i in items if isinstance(i, ReserveItem)}
-    a = Account.__table__.c
-    wallet_rows = (await conn.execute(
-        select(a.id, a.debits_posted, a.credits_posted, a.debits_pending, a.credit_limit, a.promo,
-               a.low_balance_threshold, a.low_balance_alerted, a.spending_limited)
-        .where(a.id.in_(sorted(wallet_ids))).order_by(a.id).with_for_update())).all()
-    wallets = {r.id: {"debits_posted": r.debits_posted, "credits_posted": r.credits_posted,
-                      "debits_pending": r.debits_pending, "credit_limit": r.credit_limit, "promo": r.promo,
-                      "threshold": r.low_balance_threshold, "alerted": r.low_balance_alerted}
+    hold_rows, wallet_rows = await _lock(session, items)
+    holds = {r["hold_id"]: r for r in hold_rows}
+    wallets = {r["id"]: {"debits_posted": r["debits_posted"], "credits_posted": r["credits_posted"],
+                         "debits_pending": r["debits_pending"], "credit_limit": r["credit_limit"],
+                         "promo": r["promo"], "threshold": r["low_balance_threshold"],
+                         "alerted": r["low_balance_alerted"]}
                for r in wallet_rows}
     # (customer, currency) per wallet, for events: known from the holds and reserves themselves
     identity = {h["wallet_id"]: (h["customer_id"], h["currency"]) for h in holds.values()}
     identity.update({i.wallet_id: (i.customer_id, i.currency) for i in items if isinstance(i, ReserveItem)})
-    limited = sorted(r.id for r in wallet_rows if r.spending_limited)
+    limited = sorted(r["id"] for r in wallet_rows if r["spending_limited"])
+    conn = await session.connection()
     # Only wallets with a spending limit pay for it: their limits, counters and holds per project.
     spend = await limits.Spend.load(conn, limited) if limited else None
     batch = _Batch(tx, holds, wallets, spend)
@@ -260,16 +298,11 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
         else:
             outcomes.append(batch.void(item))
     if batch.new:
-        await copy_rows(session, cast(Table, HoldRow.__table__), [holds[k] for k in sorted(batch.new)])
-    changed = sorted(batch.changed - batch.new)
-    if changed:
-        t = HoldRow.__table__.c
-        await conn.execute(update(HoldRow).where(t.hold_id == bindparam("hid")).values(
-            status=bindparam("s"), captured=bindparam("c"), released=bindparam("r"), commission=bindparam("cm"),
-            commission_rate_bps=bindparam("rate"), resolve_time=bindparam("rt")),
-            [{"hid": k, "s": holds[k]["status"], "c": holds[k]["captured"], "r": holds[k]["released"],
-              "cm": holds[k]["commission"], "rate": holds[k]["commission_rate_bps"], "rt": holds[k]["resolve_time"]}
-             for k in changed])
+        await tx.writes.insert(session, _HOLDS, [holds[k] for k in sorted(batch.new)])
+    tx.writes.executemany(_RESOLVE_HOLD, [
+        {"hid": k, "s": holds[k]["status"], "c": holds[k]["captured"], "r": holds[k]["released"],
+         "cm": holds[k]["commission"], "rate": holds[k]["commission_rate_bps"], "rt": holds[k]["resolve_time"]}
+        for k in sorted(batch.changed - batch.new)])
     if spend is not None:
         await spend.save(conn)
     if batch.moved:
@@ -285,10 +318,7 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
                                                w["threshold"]))
         await alerts.record(tx, events)
         now = utcnow()
-        await conn.execute(update(Account).where(a.id == bindparam("wid")).values(
-            debits_posted=bindparam("dp"), debits_pending=bindparam("dpe"), promo=bindparam("pr"),
-            low_balance_alerted=bindparam("al"), update_time=now),
-            [{"wid": k, "dp": wallets[k]["debits_posted"], "dpe": wallets[k]["debits_pending"],
-              "pr": wallets[k]["promo"], "al": wallets[k]["alerted"]}
-             for k in sorted(batch.moved)])
+        tx.writes.executemany(_MOVE_WALLET, [
+            {"wid": k, "dp": wallets[k]["debits_posted"], "dpe": wallets[k]["debits_pending"],
+             "pr": wallets[k]["promo"], "al": wallets[k]["alerted"], "now": now} for k in sorted(batch.moved)])
     return outcomes

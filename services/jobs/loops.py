@@ -34,7 +34,7 @@ FULL_EVERY = 30  # recovery passes: one full pass in this many (and whenever Red
 RENEW_EVERY = 60  # recovery passes: hold renewal in this many (10 min by default)
 RENEW_AHEAD = timedelta(days=2)  # a hold is renewed when it would lapse within this long
 RENEW_BATCH = 500
-HOLD_SWEEP_OVERLAP = timedelta(seconds=30)  # a billing batch's holds may land this long after their stamp
+HOLD_SWEEP_OVERLAP = timedelta(seconds=5)  # a billing batch's holds may land this long after their stamp
 RETENTION_BATCH = 1000  # jobs per retention transaction
 
 
