@@ -51,6 +51,11 @@ def job_types_of(project_id: uuid.UUID | str) -> str:
     return f"jobs:types:{project_id}"
 
 
+def catalog() -> str:
+    """The catalog job types and their prices (the jobs service's; each replica caches them for submits)."""
+    return "jobs:catalog"
+
+
 class ChangeTokens:
     def __init__(self, client: aioredis.Redis, prefix: str = PREFIX) -> None:
         self.client = client
