@@ -16,7 +16,7 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -266,8 +266,9 @@ def _require_manager(caller: Principal) -> None:
 
 class JobsService:
     def __init__(self, db: Database, projects: ProjectLookup, max_job_types: int = DEFAULT_MAX_JOB_TYPES,
-                 tokens: ChangeTokens | None = None) -> None:
+                 tokens: ChangeTokens | None = None, now: Callable[[], datetime] = utcnow) -> None:
         self.db = db
+        self._now = now  # the submits' clock: a price is in force from its effective time on that clock
         self._projects = projects
         self.max_job_types = max_job_types  # per customer
         self._tokens = tokens  # submits cache a project's types while its change token stays the same
@@ -376,7 +377,7 @@ class JobsService:
     async def add_price(self, caller: Principal, job_type_id: str, fields: Mapping[str, Any]) -> JobTypePrice:
         """A new price version of a catalog type (admin only); bad input changes nothing."""
         _require_admin(caller, "sets catalog prices")
-        now = utcnow()
+        now = self._now()
         async with self.db.session() as s:
             repo = JobsRepository(s)
             row = await self._visible_job_type(repo, caller, job_type_id, lock=True)

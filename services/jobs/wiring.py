@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import grpc
 import redis.asyncio as aioredis
@@ -42,7 +43,8 @@ def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc
           clock: Callable[[], float], prefix: str = "jobs:", encryptor: Encryptor | None = None) -> App:
     tokens = ChangeTokens(redis)
     projects = Projects(tenancy, config.project_cache_seconds, tokens=tokens)
-    types = JobsService(db, projects, config.max_job_types_per_customer, tokens=tokens)
+    types = JobsService(db, projects, config.max_job_types_per_customer, tokens=tokens,
+                        now=lambda: datetime.fromtimestamp(clock(), UTC))
     signals = Signals(redis, prefix)
     deps = Deps(db=db, queue=JobQueue(redis, prefix), billing=billing, projects=projects, signals=signals,
                 config=config, clock=clock, encryptor=encryptor, tokens=tokens)

@@ -151,7 +151,7 @@ async def test_a_hold_lives_as_long_as_its_job_waits(world: JobsWorld) -> None:
     one, and the job is charged when it finally runs. Before, the hold lapsed after 7 days and the
     capture failed, while the job showed a cost the ledger never posted."""
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     job = await world.submit(c, jt)
     first = await _hold(world, job.hold_id)
     await world.app.loops.renew_holds_once()
@@ -174,7 +174,7 @@ async def test_a_capture_billing_refuses_stays_in_the_outbox_and_the_job_says_so
     from services.jobs.leases import settle_outbox_once
 
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     job = await world.submit(c, jt)
     (lease,) = await world.lease([jt.name])
     hold = await _hold(world, job.hold_id)
