@@ -81,7 +81,7 @@ async def test_bad_input_names_the_field_and_reserves_and_queues_nothing(
 async def test_unknown_disabled_and_foreign_types_are_refused(world: JobsWorld) -> None:
     c, other = await world.customer(funds=1000), await world.customer(funds=1000)
     disabled = await world.job_type(c, enabled=False)
-    foreign = await world.job_type(other)
+    foreign = await world.job_type(other, own=True)  # another customer's own type
     with pytest.raises(FailedPrecondition) as caught:
         await world.submit(c, disabled)
     assert caught.value.reason == "JOB_TYPE_DISABLED" and caught.value.violations[0][0] == "job_type_id"

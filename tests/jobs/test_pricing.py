@@ -1,0 +1,147 @@
+"""Catalog types, price versions and price models, through the jobs service with real billing,
+PostgreSQL and Valkey (jobs_world.py): who may price what, what a submit holds, what a capture
+charges, and that bad prices change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from innosystem.embedded import EmbeddedValkey
+from innosystem.jobs.v1 import job_types_pb2 as types_pb
+from innosystem.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from tests.jobs.jobs_world import ADMIN, JobsWorld, make_world
+
+FEE = 3  # the operator's platform fee per job of a customer's own type in this module
+
+
+@pytest.fixture(scope="module")
+async def world(database_url: str, valkey_server: EmbeddedValkey) -> AsyncIterator[JobsWorld]:
+    async for w in make_world(database_url, valkey_server.url, platform_fee_cents=FEE):
+        yield w
+
+
+async def test_only_the_operator_creates_and_changes_catalog_types_and_everyone_sees_them(world: JobsWorld) -> None:
+    c = await world.customer()
+    with pytest.raises(PermissionDenied) as refused:
+        await world.app.types.create_catalog_job_type(c.principal, {"name": "mine-now"}, "", b"")
+    assert refused.value.reason == "CATALOG_ADMIN_ONLY"
+    jt = await world.job_type(c, name="catalog-ocr")
+    assert jt.catalog and jt.project_id is None and jt.customer_id is None
+    assert (await world.app.types.get_job_type(c.principal, str(jt.id))).id == jt.id  # every customer reads it
+    listed = await world.app.types.list_catalog_job_types(50, "", name="catalog-ocr")
+    assert [t.id for t in listed.items] == [jt.id]
+    for change in (world.app.types.update_job_type(c.principal, str(jt.id), {"description": "mine"}),
+                   world.app.types.delete_job_type(c.principal, str(jt.id)),
+                   world.app.types.add_price(c.principal, str(jt.id), {"currency_code": "USD",
+                                                                        "unit_price_cents": 0})):
+        with pytest.raises(PermissionDenied) as caught:
+            await change
+        assert caught.value.reason == "CATALOG_ADMIN_ONLY"
+    assert (await world.app.types.get_job_type(ADMIN, str(jt.id))).description == ""
+
+
+async def test_a_customers_own_type_costs_the_platform_fee_and_carries_no_price(world: JobsWorld) -> None:
+    c = await world.customer(funds=100)
+    with pytest.raises(InvalidArgument) as caught:
+        await world.job_type(c, own=True, base_cost_cents=50)
+    assert caught.value.reason == "PRICE_SET_BY_OPERATOR" and caught.value.violations[0][0] == "job_type.base_cost_cents"
+    own = await world.job_type(c, own=True)
+    with pytest.raises(FailedPrecondition) as unpriced:
+        await world.app.types.add_price(ADMIN, str(own.id), {"currency_code": "USD", "unit_price_cents": 1})
+    assert unpriced.value.reason == "NOT_A_CATALOG_TYPE"
+    job = await world.submit(c, own)
+    assert job.estimated_cost_cents == FEE and job.settings["price"]["id"] == ""
+    assert await world.available(c) == 100 - FEE
+    (lease,) = await world.lease([own.name], customer_id=c.principal.customer_id)
+    await world.complete(lease, actual_cost_cents=90)  # the runner's word changes nothing
+    assert (await world.get(str(job.id))).cost_cents == FEE and await world.available(c) == 100 - FEE
+
+
+async def test_a_job_settles_at_the_price_version_it_was_submitted_under(world: JobsWorld) -> None:
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, price=10)
+    first = await world.submit(c, jt)
+    world.clock.advance(1)
+    later = world.clock.t + 60
+    v2 = await world.app.types.add_price(ADMIN, str(jt.id), {
+        "currency_code": "USD", "unit_price_cents": 25, "effective_time": _at(later)})
+    second = await world.submit(c, jt)  # v2 is not in force yet
+    world.clock.advance(61)
+    third = await world.submit(c, jt)
+    assert (first.estimated_cost_cents, second.estimated_cost_cents, third.estimated_cost_cents) == (10, 10, 25)
+    assert third.settings["price"]["id"] == str(v2.id) != first.settings["price"]["id"]
+    leases = await world.lease([jt.name], max_jobs=5)
+    assert len(leases) == 3
+    for lease in leases:
+        await world.complete(lease)
+    costs = [(await world.get(str(j.id))).cost_cents for j in (first, second, third)]
+    assert costs == [10, 10, 25] and await world.available(c) == 1000 - 45
+    assert (await world.get(str(third.id))).price_id == str(v2.id)
+    versions = await world.app.types.list_prices(c.principal, str(jt.id), "USD")
+    assert [v.unit_price_cents for v in versions] == [25, 10]  # newest effective time first
+
+
+async def test_per_second_holds_the_cap_and_charges_the_run_time_the_platform_measured(world: JobsWorld) -> None:
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, model=types_pb.PRICE_MODEL_PER_SECOND, price=4, cap=30)
+    job = await world.submit(c, jt)
+    assert job.estimated_cost_cents == 30 and await world.available(c) == 970
+    (lease,) = await world.lease([jt.name])
+    world.clock.advance(2.5)  # lease start → result: three started seconds
+    done = await world.complete(lease, duration_ms=1)  # the runner's own measure is not what counts
+    assert done.status == types_pb.JOB_STATUS_SUCCEEDED
+    assert (await world.get(str(job.id))).cost_cents == 12 and await world.available(c) == 1000 - 12
+    long = await world.submit(c, jt)
+    (lease,) = await world.lease([jt.name])
+    world.clock.advance(20)  # within the lease; 20 s × 4 cents would be 80
+    await world.complete(lease)
+    assert (await world.get(str(long.id))).cost_cents == 30  # at most the cap, which the hold covered
+    assert await world.available(c) == 1000 - 42
+
+
+async def test_per_unit_charges_the_reported_units_up_to_the_cap(world: JobsWorld) -> None:
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, model=types_pb.PRICE_MODEL_PER_UNIT, price=2, cap=50)
+    charged = []
+    for units in (7, 1000, None):
+        job = await world.submit(c, jt)
+        (lease,) = await world.lease([jt.name])
+        await world.complete(lease, **({"units": units} if units is not None else {}))
+        charged.append((await world.get(str(job.id))).cost_cents)
+    assert charged == [14, 50, 0] and await world.available(c) == 1000 - 64
+
+
+async def test_no_price_in_the_currency_refuses_the_submit_and_holds_nothing(world: JobsWorld) -> None:
+    c = await world.customer(funds=100)
+    jt = await world.app.types.create_catalog_job_type(ADMIN, {"name": "unpriced-yet"}, "", b"")
+    await world.app.types.add_price(ADMIN, str(jt.id), {"currency_code": "EUR", "unit_price_cents": 5})
+    with pytest.raises(FailedPrecondition) as caught:
+        await world.submit(c, jt)
+    assert caught.value.reason == "PRICE_NOT_FOUND" and caught.value.violations[0][0] == "job_type_id"
+    assert await world.available(c) == 100
+
+
+@pytest.mark.parametrize(("fields", "field", "reason"), [
+    ({"currency_code": "USD", "unit_price_cents": -1}, "price.unit_price_cents", "INVALID_PRICE"),
+    ({"currency_code": "USD", "unit_price_cents": 2**62}, "price.unit_price_cents", "INVALID_PRICE"),
+    ({"currency_code": "XYZ", "unit_price_cents": 1}, "price.currency_code", "UNKNOWN_CURRENCY"),
+    ({"currency_code": "usd1", "unit_price_cents": 1}, "price.currency_code", "INVALID_CURRENCY"),
+    ({"currency_code": "USD", "model": types_pb.PRICE_MODEL_PER_SECOND, "unit_price_cents": 9, "cap_cents": 8},
+     "price.cap_cents", "CAP_BELOW_UNIT_PRICE"),
+    ({"currency_code": "USD", "model": 7, "unit_price_cents": 1}, "price.model", "INVALID_PRICE_MODEL"),
+])
+async def test_bad_prices_are_refused_naming_the_field_and_change_nothing(world: JobsWorld, fields: dict,
+                                                                          field: str, reason: str) -> None:
+    c = await world.customer()
+    jt = await world.job_type(c, price=5)
+    with pytest.raises(InvalidArgument) as caught:
+        await world.app.types.add_price(ADMIN, str(jt.id), fields)
+    assert caught.value.reason == reason and caught.value.violations[0][0] == field
+    assert [v.unit_price_cents for v in await world.app.types.list_prices(ADMIN, str(jt.id), "")] == [5]
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
