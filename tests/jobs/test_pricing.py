@@ -47,7 +47,8 @@ async def test_a_customers_own_type_costs_the_platform_fee_and_carries_no_price(
     c = await world.customer(funds=100)
     with pytest.raises(InvalidArgument) as caught:
         await world.job_type(c, own=True, base_cost_cents=50)
-    assert caught.value.reason == "PRICE_SET_BY_OPERATOR" and caught.value.violations[0][0] == "job_type.base_cost_cents"
+    assert caught.value.reason == "PRICE_SET_BY_OPERATOR"
+    assert caught.value.violations[0][0] == "job_type.base_cost_cents"
     own = await world.job_type(c, own=True)
     with pytest.raises(FailedPrecondition) as unpriced:
         await world.app.types.add_price(ADMIN, str(own.id), {"currency_code": "USD", "unit_price_cents": 1})
@@ -96,7 +97,7 @@ async def test_per_second_holds_the_cap_and_charges_the_run_time_the_platform_me
     assert (await world.get(str(job.id))).cost_cents == 12 and await world.available(c) == 1000 - 12
     long = await world.submit(c, jt)
     (lease,) = await world.lease([jt.name])
-    world.clock.advance(20)  # within the lease; 20 s × 4 cents would be 80
+    world.clock.advance(20)  # within the lease; 20 s at 4 cents would be 80
     await world.complete(lease)
     assert (await world.get(str(long.id))).cost_cents == 30  # at most the cap, which the hold covered
     assert await world.available(c) == 1000 - 42

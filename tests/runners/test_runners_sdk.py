@@ -110,7 +110,7 @@ def test_batch_processor_and_reported_units_from_a_module(admin: Client, spawn_r
     assert int(submitted["estimatedCostCents"]) == 9 and submitted["priceId"] == priced.body["id"]  # the cap held
     charged = t.wait_status(submitted["id"], "JOB_STATUS_SUCCEEDED")
     assert int(charged["attempts"][-1]["actualCostCents"]) == 3  # the runner's own figure, kept for the record
-    wait_for(lambda: int(t.job(charged["id"]).get("costCents", 0)) == 6, what="3 units × 2 cents charged")
+    wait_for(lambda: int(t.job(charged["id"]).get("costCents", 0)) == 6, what="3 units at 2 cents charged")
     wait_for(lambda: t.balance() == before - 6, what="the wallet charged the measured amount, not the hold")
 
 
