@@ -56,6 +56,11 @@ def catalog() -> str:
     return "jobs:catalog"
 
 
+def markup_of(customer_id: uuid.UUID | str) -> str:
+    """A customer's price markup (the jobs service's; each replica caches it for submits)."""
+    return f"jobs:markup:{customer_id}"
+
+
 class ChangeTokens:
     def __init__(self, client: aioredis.Redis, prefix: str = PREFIX) -> None:
         self.client = client

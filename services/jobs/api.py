@@ -30,7 +30,8 @@ from innosystem.kit.validation import check_storable
 from services.jobs.control import Control
 from services.jobs.convert import job_pb
 from services.jobs.leases import Leases
-from services.jobs.models import JobType, JobTypePrice, Webhook, WebhookDelivery
+from services.jobs.markups import Markups
+from services.jobs.models import JobType, JobTypePrice, PriceMarkup, Webhook, WebhookDelivery
 from services.jobs.queries import Queries
 from services.jobs.service import JobsService
 from services.jobs.submission import Submission
@@ -68,6 +69,11 @@ def price_pb(row: JobTypePrice) -> types_pb.JobTypePrice:
         effective_time=timestamp(row.effective_time), create_time=timestamp(row.create_time))
 
 
+def markup_pb(row: PriceMarkup) -> pb.PriceMarkup:
+    return pb.PriceMarkup(customer_id=str(row.customer_id), markup_bps=row.markup_bps,
+                          update_time=timestamp(row.update_time))
+
+
 def _fields(resource: Message, mask: FieldMask, *, creating: bool) -> dict[str, Any]:
     """The fields to set, as plain values: nested messages become dicts, or None when unset
     (an update mask naming an unset message resets it to its default)."""
@@ -90,6 +96,7 @@ class UseCases:
     control: Control
     leases: Leases
     webhooks: Webhooks
+    markups: Markups
 
 
 def webhook_pb(row: Webhook) -> hooks_pb.Webhook:
@@ -183,6 +190,15 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         rows = await self.service.list_prices(principals.current(), request.job_type_id, request.currency_code)
         return pb.ListJobTypePricesResponse(prices=[price_pb(r) for r in rows])
 
+
+    async def GetPriceMarkup(self, request: pb.GetPriceMarkupRequest,
+                             context: grpc.aio.ServicerContext) -> pb.PriceMarkup:
+        return markup_pb(await self.cases.markups.get(principals.current(), request.customer_id))
+
+    async def UpdatePriceMarkup(self, request: pb.UpdatePriceMarkupRequest,
+                                context: grpc.aio.ServicerContext) -> pb.PriceMarkup:
+        return markup_pb(await self.cases.markups.update(principals.current(), request.customer_id,
+                                                         request.price_markup.markup_bps))
 
     # jobs
 

@@ -116,6 +116,19 @@ class JobTypePrice(Base):
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
+class PriceMarkup(Base):
+    """A reseller's markup (or, negative, discount) in basis points on catalog prices for one of its
+    customers; no row = 0."""
+
+    __tablename__ = "price_markups"
+    __table_args__ = (CheckConstraint("markup_bps BETWEEN -10000 AND 100000", name="markup_in_range"),)
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    markup_bps: Mapped[int] = mapped_column()
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
 class IdempotencyKey(IdempotencyKeyColumns, Base):
     """The first answer to a create with a `request_id`, per caller scope and method."""
 

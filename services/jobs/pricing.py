@@ -24,6 +24,7 @@ from innosystem.kit.errors import InvalidArgument
 FLAT, PER_SECOND, PER_UNIT = enums.PRICE_MODEL_FLAT, enums.PRICE_MODEL_PER_SECOND, enums.PRICE_MODEL_PER_UNIT
 MODELS = frozenset({FLAT, PER_SECOND, PER_UNIT})
 MAX_PRICE_CENTS = 10_000_000  # 100,000.00 per job, second or unit: anything above is a typo, not a price
+MIN_MARKUP_BPS, MAX_MARKUP_BPS = -10_000, 100_000  # a reseller's: free at most, eleven times the price at most
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,15 @@ class Catalog:
 
 def terms(price: PriceVersion) -> dict[str, Any]:
     return {"id": price.id, "model": price.model, "unit": price.unit_price_cents, "cap": price.cap_cents}
+
+
+def marked_up(t: dict[str, Any], bps: int) -> dict[str, Any]:
+    """Catalog terms with a reseller's markup (or discount) in basis points on unit and cap, each
+    rounded down to the cent: the charge stays within the (marked up) estimate."""
+    if not bps:
+        return t
+    return {**t, "unit": t["unit"] * (10_000 + bps) // 10_000, "cap": t["cap"] * (10_000 + bps) // 10_000,
+            "markup_bps": bps}
 
 
 def fee_terms(fee_cents: int) -> dict[str, Any]:

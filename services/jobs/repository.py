@@ -8,11 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
-from services.jobs.models import Job, JobType, JobTypePrice, Webhook, WebhookDelivery
+from services.jobs.models import Job, JobType, JobTypePrice, PriceMarkup, Webhook, WebhookDelivery
 
 UNFINISHED = (1, 2, 6)  # pending, running, scheduled
 
@@ -84,6 +85,23 @@ class JobsRepository:
         """Every catalog type and its prices (oldest first): what submits cache."""
         types = (await self.s.execute(select(JobType).where(JobType.catalog.is_(True)))).scalars().all()
         return types, await self.prices([t.id for t in types]) if types else []
+
+    async def markup(self, customer_id: uuid.UUID) -> PriceMarkup | None:
+        return await self.s.get(PriceMarkup, customer_id)
+
+    async def markups(self, customer_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """The customers' markups in basis points (0 for those without)."""
+        rows = (await self.s.execute(select(PriceMarkup.customer_id, PriceMarkup.markup_bps)
+                                     .where(PriceMarkup.customer_id.in_(customer_ids)))).all()
+        return {c: 0 for c in customer_ids} | {c: bps for c, bps in rows}
+
+    async def set_markup(self, customer_id: uuid.UUID, reseller_id: uuid.UUID | None, markup_bps: int,
+                         now: datetime) -> PriceMarkup:
+        stmt = insert(PriceMarkup).values(customer_id=customer_id, reseller_id=reseller_id, markup_bps=markup_bps,
+                                          update_time=now)
+        upsert = stmt.on_conflict_do_update(index_elements=[PriceMarkup.customer_id],
+                                            set_={"markup_bps": markup_bps, "update_time": now})
+        return (await self.s.execute(upsert.returning(PriceMarkup))).scalar_one()
 
     async def delete_job_type(self, job_type_id: uuid.UUID) -> None:
         await self.s.execute(delete(JobType).where(JobType.id == job_type_id))

@@ -44,7 +44,7 @@ from innosystem.kit.errors import (
     NotFound,
     Unavailable,
 )
-from innosystem.kit.freshness import catalog, job_types_of
+from innosystem.kit.freshness import catalog, job_types_of, markup_of
 from innosystem.kit.protos import request_hash, to_datetime
 from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -135,6 +135,8 @@ class Submission:
         self._type_cache: dict[uuid.UUID, tuple[str, dict[uuid.UUID, JobType]]] = {}
         # the catalog's types and prices, with the catalog's change token when they were read
         self._catalog: tuple[str, pricing.Catalog] | None = None
+        # customer → (its markup's change token when it was read, the reseller's markup in basis points)
+        self._markups: dict[uuid.UUID, tuple[str, int]] = {}
 
     async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job | NewJob:
         check_storable(request)
@@ -154,16 +156,20 @@ class Submission:
     async def _submit(self, caller: Principal, project_id: str, requests: Sequence[pb.SubmitJobRequest],
                       single: bool) -> list[Job | NewJob]:
         types_token = self._ask_types_token(project_id)  # read together with the project's token
-        catalog_token = self.deps.tokens.ask(catalog()) if self.deps.tokens else None  # … in the same Redis call
+        tokens = self.deps.tokens
+        catalog_token = tokens.ask(catalog()) if tokens else None  # … in the same Redis call
         owner: ProjectOwner = await self._visible_project(caller, project_id, fresh=True)
         if not owner.active:  # before anything is held
             raise FailedPrecondition(f"project {project_id} is inactive and takes no new jobs", field="project_id",
                                      reason="PROJECT_INACTIVE")
         now = self.deps.now()
         prefix = (lambda i: "") if single else (lambda i: f"requests[{i}].")
+        # the customer is known only now: its markup's token is read while the types are looked at
+        markup_token = tokens.ask(markup_of(owner.customer_id)) if tokens else None
         types = await self._types(owner, requests, prefix, types_token)
         shared = await self._catalog_now(catalog_token)
-        prepared = [self._prepare(owner, types, shared, r, prefix(i), now, i) for i, r in enumerate(requests)]
+        markup = await self._markup(owner.customer_id, markup_token)
+        prepared = [self._prepare(owner, types, shared, markup, r, prefix(i), now, i) for i, r in enumerate(requests)]
         scope = f"SubmitJob:{owner.project_id}"
         seen: dict[uuid.UUID, int] = {}
         for i, p in enumerate(prepared):  # the same request id twice in one batch is one job
@@ -262,12 +268,29 @@ class Submission:
             self._catalog = (token, shared)
         return shared
 
+    async def _markup(self, customer_id: uuid.UUID, token_asked: asyncio.Future[str] | None) -> int:
+        """The customer's markup in basis points: cached while its change token stays the same."""
+        try:
+            token = await token_asked if token_asked is not None else None
+        except RedisError:
+            token = None
+        hit = self._markups.get(customer_id)
+        if token is not None and hit is not None and hit[0] == token:
+            return hit[1]
+        async with self.deps.db.session() as s:
+            bps = (await JobsRepository(s).markups([customer_id]))[customer_id]
+        if token is not None:
+            if len(self._markups) >= MAX_CACHED_PROJECTS:
+                self._markups.clear()
+            self._markups[customer_id] = (token, bps)
+        return bps
+
     async def _load_types(self, projects: Sequence[uuid.UUID]) -> list[dict[uuid.UUID, JobType]]:
         async with self.deps.db.session() as s:
             rows = (await s.execute(select(JobType).where(JobType.project_id.in_(set(projects))))).scalars().all()
         return [{r.id: r for r in rows if r.project_id == project} for project in projects]
 
-    def _prepare(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], shared: pricing.Catalog,
+    def _prepare(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], shared: pricing.Catalog, markup: int,
                  r: pb.SubmitJobRequest, prefix: str, now: datetime, position: int) -> Prepared:
         config = self.deps.config
         type_id = uuid.UUID(r.job_type_id)
@@ -325,7 +348,7 @@ class Submission:
                 raise FailedPrecondition(f"{prefix}job_type_id: job type {jt.name} has no price in {currency} yet",
                                          field=prefix + "job_type_id", reason="PRICE_NOT_FOUND",
                                          metadata={"currency_code": currency})
-            terms = pricing.terms(price)
+            terms = pricing.marked_up(pricing.terms(price), markup)  # the customer's reseller's markup
         else:  # runs on the customer's own runners: the platform fee
             terms = pricing.fee_terms(config.platform_fee_cents)
         cost = pricing.estimate(terms)

@@ -81,6 +81,17 @@ class Projects:
             if self._running.get(project_id) is me:
                 del self._running[project_id]
 
+    async def reseller_of(self, customer_id: uuid.UUID) -> tuple[bool, uuid.UUID | None]:
+        """(whether tenancy knows the customer, its reseller), asked afresh (rare: markup changes)."""
+        try:
+            customer = await self._stub.GetCustomer(tenancy_pb2.GetCustomerRequest(customer_id=str(customer_id)),
+                                                    timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False, None
+            raise from_rpc_error(exc) from None
+        return True, uuid.UUID(customer.reseller_id) if customer.reseller_id else None
+
     async def _token(self, customer_id: uuid.UUID) -> str | None:
         """The change token of the customer's projects; None without one (ask tenancy)."""
         if self._tokens is None:

@@ -19,6 +19,7 @@ from services.jobs.deliveries import Deliveries
 from services.jobs.encryption import Encryptor
 from services.jobs.leases import Leases
 from services.jobs.loops import Loops
+from services.jobs.markups import Markups
 from services.jobs.queries import Queries
 from services.jobs.queue import JobQueue
 from services.jobs.runtime import Deps
@@ -51,6 +52,7 @@ def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc
     queries = Queries(deps, types._visible_project)
     leases = Leases(deps)
     webhooks = Webhooks(db, config, types._visible_project)
+    markups = Markups(db, projects.reseller_of, tokens, now=lambda: datetime.fromtimestamp(clock(), UTC))
     cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,
-                     control=Control(deps, queries), leases=leases, webhooks=webhooks)
+                     control=Control(deps, queries), leases=leases, webhooks=webhooks, markups=markups)
     return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer))

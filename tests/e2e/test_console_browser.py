@@ -336,7 +336,7 @@ def test_ten_thousand_jobs_page_in_as_you_scroll_with_few_rows_in_the_page(world
     project = world.customer("POST", f"/v1/customers/{world.demo.customer_id}/projects", {"name": "console-10k"})
     # A type no runner serves, free: the jobs stay pending and hold nothing.
     unserved = world.customer("POST", f"/v1/projects/{project['id']}/jobTypes",
-                              {"name": "unserved", "baseCostCents": 0})
+                              {"name": "unserved"})
     for batch in range(10):
         world.customer("POST", f"/v1/projects/{project['id']}/jobs:batchSubmit",
                        {"requests": [{"jobTypeId": unserved["id"], "payload": {"n": batch * 1000 + n}}

@@ -899,6 +899,81 @@ class ListJobTypePricesResponse(_message.Message):
 Global___ListJobTypePricesResponse: _TypeAlias = ListJobTypePricesResponse  # noqa: Y015
 
 @_typing.final
+class PriceMarkup(_message.Message):
+    """What a reseller adds to (or takes off) the catalog's prices for one of its customers. The
+    reseller's commission is computed as before, on what the customer is charged.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    MARKUP_BPS_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    markup_bps: _builtins.int
+    """Basis points on every catalog unit price and cap: 1500 = +15 %, -2000 = a 20 % discount;
+    -10000 … 100000. Amounts are rounded down to the cent. 0 = the catalog price.
+    """
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        markup_bps: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "markup_bps", b"markup_bps", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceMarkup: _TypeAlias = PriceMarkup  # noqa: Y015
+
+@_typing.final
+class GetPriceMarkupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPriceMarkupRequest: _TypeAlias = GetPriceMarkupRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePriceMarkupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PRICE_MARKUP_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    @_builtins.property
+    def price_markup(self) -> Global___PriceMarkup: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        price_markup: Global___PriceMarkup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price_markup", b"price_markup"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "price_markup", b"price_markup"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePriceMarkupRequest: _TypeAlias = UpdatePriceMarkupRequest  # noqa: Y015
+
+@_typing.final
 class DeleteJobTypeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

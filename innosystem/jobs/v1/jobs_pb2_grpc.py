@@ -83,6 +83,16 @@ class JobServiceStub:
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesRequest.SerializeToString,
                 response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesResponse.FromString,
                 _registered_method=True)
+        self.GetPriceMarkup = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/GetPriceMarkup',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetPriceMarkupRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.FromString,
+                _registered_method=True)
+        self.UpdatePriceMarkup = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/UpdatePriceMarkup',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.UpdatePriceMarkupRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.FromString,
+                _registered_method=True)
         self.DeleteJobType = channel.unary_unary(
                 '/innosystem.jobs.v1.JobService/DeleteJobType',
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.DeleteJobTypeRequest.SerializeToString,
@@ -258,6 +268,22 @@ class JobServiceServicer:
 
     def ListJobTypePrices(self, request, context):
         """A catalog type's price versions, newest effective time first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPriceMarkup(self, request, context):
+        """A customer's markup or discount on catalog prices, set by its reseller: the customer, its
+        reseller and admins read it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePriceMarkup(self, request, context):
+        """Only the customer's reseller (or an admin); from the next submit on. Jobs already submitted
+        keep the terms they were held at.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -479,6 +505,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListJobTypePrices,
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesRequest.FromString,
                     response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesResponse.SerializeToString,
+            ),
+            'GetPriceMarkup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPriceMarkup,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetPriceMarkupRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.SerializeToString,
+            ),
+            'UpdatePriceMarkup': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePriceMarkup,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.UpdatePriceMarkupRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.SerializeToString,
             ),
             'DeleteJobType': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteJobType,
@@ -818,6 +854,60 @@ class JobService:
             '/innosystem.jobs.v1.JobService/ListJobTypePrices',
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesRequest.SerializeToString,
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPriceMarkup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/GetPriceMarkup',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetPriceMarkupRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePriceMarkup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/UpdatePriceMarkup',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.UpdatePriceMarkupRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,14 @@ class JobServiceStub:
     """
     ListJobTypePrices: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobTypePricesRequest, _jobs_pb2.ListJobTypePricesResponse]
     """A catalog type's price versions, newest effective time first."""
+    GetPriceMarkup: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetPriceMarkupRequest, _jobs_pb2.PriceMarkup]
+    """A customer's markup or discount on catalog prices, set by its reseller: the customer, its
+    reseller and admins read it.
+    """
+    UpdatePriceMarkup: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.UpdatePriceMarkupRequest, _jobs_pb2.PriceMarkup]
+    """Only the customer's reseller (or an admin); from the next submit on. Jobs already submitted
+    keep the terms they were held at.
+    """
     DeleteJobType: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobTypeRequest, _empty_pb2.Empty]
     """FAILED_PRECONDITION while the type has unfinished jobs; disable it first."""
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SubmitJobRequest, _jobs_pb2.Job]
@@ -158,6 +166,14 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     ListJobTypePrices: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobTypePricesRequest, _jobs_pb2.ListJobTypePricesResponse]  # type: ignore[assignment]
     """A catalog type's price versions, newest effective time first."""
+    GetPriceMarkup: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetPriceMarkupRequest, _jobs_pb2.PriceMarkup]  # type: ignore[assignment]
+    """A customer's markup or discount on catalog prices, set by its reseller: the customer, its
+    reseller and admins read it.
+    """
+    UpdatePriceMarkup: _aio.UnaryUnaryMultiCallable[_jobs_pb2.UpdatePriceMarkupRequest, _jobs_pb2.PriceMarkup]  # type: ignore[assignment]
+    """Only the customer's reseller (or an admin); from the next submit on. Jobs already submitted
+    keep the terms they were held at.
+    """
     DeleteJobType: _aio.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobTypeRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """FAILED_PRECONDITION while the type has unfinished jobs; disable it first."""
     SubmitJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SubmitJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
@@ -303,6 +319,26 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListJobTypePricesResponse, _abc.Awaitable[_jobs_pb2.ListJobTypePricesResponse]]:
         """A catalog type's price versions, newest effective time first."""
+
+    @_abc_1.abstractmethod
+    def GetPriceMarkup(
+        self,
+        request: _jobs_pb2.GetPriceMarkupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.PriceMarkup, _abc.Awaitable[_jobs_pb2.PriceMarkup]]:
+        """A customer's markup or discount on catalog prices, set by its reseller: the customer, its
+        reseller and admins read it.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdatePriceMarkup(
+        self,
+        request: _jobs_pb2.UpdatePriceMarkupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.PriceMarkup, _abc.Awaitable[_jobs_pb2.PriceMarkup]]:
+        """Only the customer's reseller (or an admin); from the next submit on. Jobs already submitted
+        keep the terms they were held at.
+        """
 
     @_abc_1.abstractmethod
     def DeleteJobType(

@@ -1,4 +1,4 @@
-"""catalog job types (no project) and their price versions
+"""catalog job types (no project), their price versions, resellers' markups per customer
 
 Revision ID: 0005
 Revises: 0004
@@ -44,9 +44,19 @@ def upgrade() -> None:
     )
     op.create_index(op.f('ix_job_type_prices_job_type_id_currency_code_effective_time'), 'job_type_prices',
                     ['job_type_id', 'currency_code', 'effective_time'], unique=False, schema='jobs')
+    op.create_table('price_markups',
+    sa.Column('customer_id', sa.UUID(), nullable=False),
+    sa.Column('reseller_id', sa.UUID(), nullable=True),
+    sa.Column('markup_bps', sa.Integer(), nullable=False),
+    sa.Column('update_time', postgresql.TIMESTAMP(timezone=True), nullable=False),
+    sa.CheckConstraint('markup_bps BETWEEN -10000 AND 100000', name=op.f('ck_price_markups_markup_in_range')),
+    sa.PrimaryKeyConstraint('customer_id', name=op.f('pk_price_markups')),
+    schema='jobs'
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('price_markups', schema='jobs')
     op.drop_index(op.f('ix_job_type_prices_job_type_id_currency_code_effective_time'), table_name='job_type_prices', schema='jobs')
     op.drop_table('job_type_prices', schema='jobs')
     op.drop_index('ix_job_types_catalog_name', table_name='job_types', schema='jobs')
