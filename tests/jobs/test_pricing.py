@@ -4,6 +4,7 @@ charges, and that bad prices change nothing."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -11,7 +12,9 @@ import pytest
 
 from innosystem.embedded import EmbeddedValkey
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
-from innosystem.kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from innosystem.kit import principal as principals
+from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from tests.jobs.jobs_world import ADMIN, JobsWorld, make_world
 
 FEE = 3  # the operator's platform fee per job of a customer's own type in this module
@@ -146,3 +149,43 @@ async def test_bad_prices_are_refused_naming_the_field_and_change_nothing(world:
 
 def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+async def test_a_resellers_markup_applies_to_its_customers_catalog_prices_from_the_next_submit(
+        world: JobsWorld) -> None:
+    reseller = str(uuid.uuid4())
+    c, other = await world.customer(funds=1000), await world.customer(funds=1000)
+    world.tenancy.customers[c.principal.customer_id] = reseller
+    as_reseller = Principal(kind=principals.RESELLER, reseller_id=reseller, key_id="r")
+    markups = world.app.cases.markups
+    flat = await world.job_type(c, price=10)
+    metered = await world.job_type(c, model=types_pb.PRICE_MODEL_PER_UNIT, price=3, cap=31)
+    before = await world.submit(c, flat)
+    with pytest.raises(PermissionDenied) as own:  # the customer reads its markup but does not set it
+        await markups.update(c.principal, c.principal.customer_id, -5000)
+    assert own.value.reason == "MARKUP_RESELLER_ONLY"
+    with pytest.raises(NotFound):  # another reseller's customer is not found
+        await markups.update(as_reseller, other.principal.customer_id, 1500)
+    for bad in (-10_001, 100_001):
+        with pytest.raises(InvalidArgument) as caught:
+            await markups.update(as_reseller, c.principal.customer_id, bad)
+        assert caught.value.reason == "INVALID_MARKUP" and caught.value.violations[0][0] == "price_markup.markup_bps"
+    assert (await markups.get(c.principal, c.principal.customer_id)).markup_bps == 0  # nothing changed
+
+    assert (await markups.update(as_reseller, c.principal.customer_id, 1500)).markup_bps == 1500  # +15 %
+    assert (await markups.get(c.principal, c.principal.customer_id)).markup_bps == 1500
+    marked = await world.submit(c, flat)
+    unit = await world.submit(c, metered)
+    untouched = await world.submit(other, flat)  # another customer pays the catalog price
+    assert [j.estimated_cost_cents for j in (before, marked, unit, untouched)] == [10, 11, 35, 10]  # 11.5 → 11
+    leases = {x.job_id: x for x in await world.lease([flat.name, metered.name], max_jobs=10)}
+    for job in (before, marked, untouched):
+        await world.complete(leases[str(job.id)])
+    await world.complete(leases[str(unit.id)], units=4)  # the marked up unit, 3.45, rounds down to 3: 12
+    costs = [(await world.get(str(j.id))).cost_cents for j in (before, marked, unit, untouched)]
+    assert costs == [10, 11, 12, 10]
+    assert await world.available(c) == 1000 - 33 and await world.available(other) == 1000 - 10
+
+    await markups.update(as_reseller, c.principal.customer_id, -10_000)  # a full discount: free, nothing held
+    free = await world.submit(c, flat)
+    assert free.estimated_cost_cents == 0 and free.hold_id == ""
