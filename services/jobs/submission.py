@@ -341,7 +341,7 @@ class Submission:
         if len(r.request_id) > MAX_REQUEST_ID:
             raise _bad(prefix + "request_id", f"at most {MAX_REQUEST_ID} characters", "INVALID_REQUEST_ID")
         job_id = job_id_for(owner.project_id, r.request_id)
-        currency = config.default_currency
+        currency = owner.billing_currency or config.default_currency  # the project's: its wallet, its prices
         if jt.catalog:  # the price version in force now, kept on the job: capture settles at it
             price = shared.price(jt.id, currency, now)
             if price is None:
@@ -506,8 +506,8 @@ class Submission:
             where = prefix.rstrip(".") or "project_id"
             return FailedPrecondition(f"{where}: {err.message}", field=where, reason=err.reason, metadata=err.metadata)
         if err.reason == "CURRENCY_MISMATCH":
-            return FailedPrecondition(f"{field}: the type's currency differs from the wallet's ({err.message})",
-                                      field=field, reason=err.reason)
+            return FailedPrecondition(f"{field}: the customer has no wallet in the project's billing currency "
+                                      f"({err.message})", field=field, reason=err.reason)
         return err
 
     async def _enqueue(self, fresh: Sequence[Prepared]) -> None:

@@ -25,6 +25,8 @@ class ProjectOwner:
     encryption_key_id: str = ""
     # An inactive project takes no new jobs (submits ask afresh, so a deactivation counts at once).
     active: bool = True
+    # The currency its jobs are held and charged in; "" = the platform's default.
+    billing_currency: str = ""
 
 
 class Projects:
@@ -121,7 +123,8 @@ class Projects:
                 return None
             raise from_rpc_error(exc) from None
         owner = ProjectOwner(project_id, uuid.UUID(project.customer_id), reseller, project.encryption_key_id,
-                             project.active if project.HasField("active") else True)  # unset: the default, true
+                             project.active if project.HasField("active") else True,  # unset: the default, true
+                             project.billing_currency_code)
         self._cache[project_id] = (now + self._ttl, owner, token if known is not None
                                    and known.customer_id == owner.customer_id else None)
         self._cache.move_to_end(project_id)

@@ -79,6 +79,7 @@ class Tenancy(FakeTenancy):
         self._redis = sync_redis.Redis.from_url(redis_url)
         self.keys: dict[str, str] = _AnnouncedKeys(self._announce)
         self.inactive: set[str] = _AnnouncedSet(self._announce)  # project ids
+        self.currencies: dict[str, str] = _AnnouncedKeys(self._announce)  # project id → billing currency
 
     def _announce(self, project_id: str) -> None:
         self._redis.set(freshness.PREFIX + freshness.projects_of(self.projects[project_id]), uuid.uuid4().hex)
@@ -87,6 +88,7 @@ class Tenancy(FakeTenancy):
         project = await super().GetProject(request, context)
         project.encryption_key_id = self.keys.get(request.project_id, "")
         project.active = request.project_id not in self.inactive
+        project.billing_currency_code = self.currencies.get(request.project_id, "")
         return project
 
 

@@ -15,6 +15,8 @@ from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.kit import principal as principals
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing.wallets import Wallets
+from tests.billing.billing_helpers import ADMIN as BILLING_ADMIN
 from tests.jobs.jobs_world import ADMIN, JobsWorld, make_world
 
 FEE = 3  # the operator's platform fee per job of a customer's own type in this module
@@ -189,3 +191,30 @@ async def test_a_resellers_markup_applies_to_its_customers_catalog_prices_from_t
     await markups.update(as_reseller, c.principal.customer_id, -10_000)  # a full discount: free, nothing held
     free = await world.submit(c, flat)
     assert free.estimated_cost_cents == 0 and free.hold_id == ""
+
+
+async def test_a_project_billed_in_euros_holds_and_charges_its_jobs_from_the_euro_wallet(world: JobsWorld) -> None:
+    c = await world.customer(funds=1000)  # USD
+    cid = c.principal.customer_id
+    await Wallets(world.billing).create(BILLING_ADMIN, cid, "EUR")
+    await world.billing.top_up(BILLING_ADMIN, cid, 500, "EUR", f"eur-{cid}", "")
+    jt = await world.job_type(c, price=10)  # USD only, so far
+    world.tenancy.currencies[c.project_id] = "EUR"
+    with pytest.raises(FailedPrecondition) as unpriced:
+        await world.submit(c, jt)
+    assert unpriced.value.reason == "PRICE_NOT_FOUND" and unpriced.value.metadata["currency_code"] == "EUR"
+    await world.app.types.add_price(ADMIN, str(jt.id), {"currency_code": "EUR", "unit_price_cents": 9})
+    job = await world.submit(c, jt)
+    assert (job.currency_code, job.estimated_cost_cents) == ("EUR", 9)
+    (lease,) = await world.lease([jt.name])
+    await world.complete(lease)
+    done = await world.get(str(job.id))
+    assert (done.cost_cents, done.currency_code) == (9, "EUR")
+    eur = await world.billing.get_wallet(BILLING_ADMIN, cid, "EUR")
+    assert int(eur.balance - eur.held) == 491 and await world.available(c) == 1000  # the USD wallet untouched
+
+    world.tenancy.currencies[c.project_id] = "GBP"  # no GBP wallet: refused, nothing held anywhere
+    await world.app.types.add_price(ADMIN, str(jt.id), {"currency_code": "GBP", "unit_price_cents": 8})
+    with pytest.raises(FailedPrecondition):
+        await world.submit(c, jt)
+    assert await world.available(c) == 1000
