@@ -354,13 +354,13 @@ class JobsService:
                 if earlier is not None and (row := await repo.get_job_type(earlier, Scope(unrestricted=True))):
                     return row
                 if await repo.name_taken(None, values["name"]):
-                    raise self._name_taken(values["name"])
+                    raise self._name_taken(values["name"], "the catalog")
                 row = JobType(project_id=None, customer_id=None, reseller_id=None, catalog=True, **values)
                 await repo.add(row)
                 await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, row.id)
         except IntegrityError as exc:
             if "ix_job_types_catalog_name" in str(exc.orig):
-                raise self._name_taken(values["name"]) from None
+                raise self._name_taken(values["name"], "the catalog") from None
             raise
         await self._announce(None)
         return row
@@ -400,8 +400,8 @@ class JobsService:
             return await repo.prices([row.id], currency=currency, newest_first=True, limit=500)
 
     @staticmethod
-    def _name_taken(name: str) -> AlreadyExists:
-        return AlreadyExists(f"the project already has a job type named {name!r}", field=F + "name",
+    def _name_taken(name: str, where: str = "the project") -> AlreadyExists:
+        return AlreadyExists(f"{where} already has a job type named {name!r}", field=F + "name",
                              reason="JOB_TYPE_NAME_TAKEN", metadata={"name": name})
 
     async def get_job_type(self, caller: Principal, job_type_id: str) -> JobType:
@@ -440,7 +440,7 @@ class JobsService:
                 row = await self._visible_job_type(repo, caller, job_type_id, lock=True)
                 if "name" in values and values["name"] != row.name and \
                         await repo.name_taken(row.project_id if not row.catalog else None, values["name"]):
-                    raise self._name_taken(values["name"])
+                    raise self._name_taken(values["name"], "the catalog" if row.catalog else "the project")
                 merged = {c: getattr(row, c) for c in CREATE_DEFAULTS} | values
                 check_consistent(merged)
                 for column, value in merged.items():
@@ -450,7 +450,8 @@ class JobsService:
                 return row
         except IntegrityError as exc:  # a concurrent create or rename took the name first
             if "ix_job_types_project_id_name" in str(exc.orig) or "ix_job_types_catalog_name" in str(exc.orig):
-                raise self._name_taken(values["name"]) from None
+                where = "the catalog" if "ix_job_types_catalog_name" in str(exc.orig) else "the project"
+                raise self._name_taken(values["name"], where) from None
             raise
 
     async def delete_job_type(self, caller: Principal, job_type_id: str) -> None:
