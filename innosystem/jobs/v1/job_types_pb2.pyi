@@ -315,7 +315,9 @@ class JobType(_message.Message):
     fee, so this must be 0 (PRICE_SET_BY_OPERATOR); kept for types made before prices existed.
     """
     currency_code: _builtins.str
-    """ISO 4217 code of the costs; must match the customer's wallet. Empty = the platform default."""
+    """Kept for types made before prices; not used: a job is held and charged in its project's
+    billing currency (catalog prices are per currency, the platform fee in any).
+    """
     processor_type: Global___ProcessorType.ValueType
     enabled: _builtins.bool
     """A disabled type accepts no new jobs; queued ones still run. Absent on create = true."""
