@@ -16,13 +16,15 @@ from innosystem.rest import Rest, RestError
 TOP_UP_CENTS = 100_000  # $1,000.00, once (the top-up's requestId makes repeats no-ops)
 WALLET_WAIT_SECONDS = 30.0
 
-# The runner SDK's built-in processors: (name, processor type, base cost in cents, timeout).
+# The runner SDK's built-in processors as catalog types (the shared runner serves only those):
+# (name, processor type, timeout, price: model, unit price in cents, cap in cents).
 JOB_TYPES = (
-    ("echo", "PROCESSOR_TYPE_SYNC", 1, 30),
-    ("sleep", "PROCESSOR_TYPE_ASYNC", 2, 300),
-    ("sha256", "PROCESSOR_TYPE_ASYNC", 1, 30),  # reads payload.data through secure access when encrypted
-    ("fail", "PROCESSOR_TYPE_SYNC", 1, 30),
+    ("echo", "PROCESSOR_TYPE_SYNC", 30, ("PRICE_MODEL_FLAT", 1, 0)),
+    ("sleep", "PROCESSOR_TYPE_ASYNC", 300, ("PRICE_MODEL_PER_SECOND", 1, 300)),  # a cent a second, held for 300 s
+    ("sha256", "PROCESSOR_TYPE_ASYNC", 30, ("PRICE_MODEL_FLAT", 1, 0)),  # reads payload.data by secure access
+    ("fail", "PROCESSOR_TYPE_SYNC", 30, ("PRICE_MODEL_FLAT", 1, 0)),
 )
+CURRENCY = "USD"  # the embedded default's (INNOSYSTEM_BILLING_CURRENCY)
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,9 @@ class Demo:
 
 
 def seed(admin: Rest, label: str = "demo", top_up_cents: int = TOP_UP_CENTS) -> Demo:
-    """A reseller, customer (funded wallet), project, job types and shared runner named for `label`;
-    the benchmark seeds its own under another label."""
+    """A reseller, customer (funded wallet), project and shared runner named for `label`, and the
+    catalog types of the built-in processors with their prices (one catalog for every label); the
+    benchmark seeds its own tenants under another label."""
     title = label.title()
     reseller = admin("POST", f"/v1/resellers?requestId={label}-reseller",
                      {"name": f"{title} Reseller", "email": f"{label}-reseller@example.com", "commissionRateBps": 1000})
@@ -57,8 +60,8 @@ def seed(admin: Rest, label: str = "demo", top_up_cents: int = TOP_UP_CENTS) -> 
     project = customer("POST", f"/v1/customers/{customer_id}/projects?requestId={label}-project",
                        {"name": label, "description": f"seeded by innosystem ({label})"})
     project_id = project["id"]
-    type_ids = {name: _job_type(customer, project_id, label, name, processor, cost, timeout)
-                for name, processor, cost, timeout in JOB_TYPES}
+    type_ids = {name: _catalog_type(admin, name, processor, timeout, price)
+                for name, processor, timeout, price in JOB_TYPES}
 
     runner = admin("POST", f"/v1/runners?requestId={label}-runner",
                    {"name": f"{label}-runner", "scope": "RUNNER_SCOPE_SHARED",
@@ -68,22 +71,23 @@ def seed(admin: Rest, label: str = "demo", top_up_cents: int = TOP_UP_CENTS) -> 
     return Demo(customer_id, api_key, project_id, runner_id, token, type_ids)
 
 
-def _job_type(customer: Rest, project_id: str, label: str, name: str, processor: str, cost: int,
-              timeout: int) -> str:
-    """The type's id, created once; a type an earlier version of this seed made differently is
-    brought up to date rather than duplicated."""
-    fields = {"name": name, "processorType": processor, "baseCostCents": cost, "timeoutSeconds": timeout,
+def _catalog_type(admin: Rest, name: str, processor: str, timeout: int, price: tuple[str, int, int]) -> str:
+    """The catalog type's id, created once, with a price in CURRENCY if it has none yet (prices
+    are versions: a repeat does not append another)."""
+    fields = {"name": name, "processorType": processor, "timeoutSeconds": timeout,
               "description": f"built-in `{name}` processor"}
-    status, made = customer.call("POST", f"/v1/projects/{project_id}/jobTypes?requestId={label}-type-{name}", fields)
-    if 200 <= status < 300:
-        return str(made["id"])
-    listed = customer("GET", f"/v1/projects/{project_id}/jobTypes?pageSize=1000")
-    existing = next((t for t in listed.get("jobTypes", []) if t["name"] == name), None)
-    if existing is None:
-        raise RestError("POST", f"/v1/projects/{project_id}/jobTypes", status, made)
-    mask = "processorType,baseCostCents,timeoutSeconds,description"
-    customer("PATCH", f"/v1/jobTypes/{existing['id']}?updateMask={mask}", fields)
-    return str(existing["id"])
+    status, made = admin.call("POST", f"/v1/jobTypes?requestId=catalog-{name}", fields)
+    if not 200 <= status < 300:
+        listed = admin("GET", f"/v1/jobTypes?name={name}")
+        made = next((t for t in listed.get("jobTypes", []) if t["name"] == name), None)
+        if made is None:
+            raise RestError("POST", "/v1/jobTypes", status, made)
+    type_id = str(made["id"])
+    if not admin("GET", f"/v1/jobTypes/{type_id}/prices?currencyCode={CURRENCY}").get("prices"):
+        model, unit, cap = price
+        admin("POST", f"/v1/jobTypes/{type_id}/prices",
+              {"currencyCode": CURRENCY, "model": model, "unitPriceCents": unit, "capCents": cap})
+    return type_id
 
 
 def _top_up(admin: Rest, customer_id: str, cents: int, request_id: str) -> None:

@@ -242,6 +242,9 @@ class AsyncClient:
     def job_types(self, project_id: str, **filters: Any) -> AsyncIterator[JobType]:
         return self.pages(lambda token: calls.list_job_types(project_id, page_token=token, **filters))
 
+    def catalog_job_types(self, **filters: Any) -> AsyncIterator[JobType]:
+        return self.pages(lambda token: calls.list_catalog_job_types(page_token=token, **filters))
+
     async def job_type(self, job_type_id: str) -> JobType:
         return await self.send(calls.get_job_type(job_type_id))
 

@@ -183,13 +183,19 @@ def list_job_types(project_id: str, *, page_size: int = 0, page_token: str = "")
                 params=_query(pageSize=page_size, pageToken=page_token))
 
 
+def list_catalog_job_types(*, page_size: int = 0, page_token: str = "", name: str = "") -> Call[Page[JobType]]:
+    """The operator's catalog types: usable by every project, served by shared runners."""
+    return Call("GET", "/v1/jobTypes", _page("jobTypes", JobType.from_json),
+                params=_query(pageSize=page_size, pageToken=page_token, name=name))
+
+
 def get_job_type(job_type_id: str) -> Call[JobType]:
     return Call("GET", f"/v1/jobTypes/{_id(job_type_id)}", JobType.from_json)
 
 
 def create_job_type(project_id: str, name: str, *, processor_type: str = "PROCESSOR_TYPE_SYNC",
-                    base_cost_cents: int = 0, request_id_: str = "", **fields: Any) -> Call[JobType]:
+                    request_id_: str = "", **fields: Any) -> Call[JobType]:
     """`fields` passes other JobType fields (camelCase, e.g. timeoutSeconds) through unchanged."""
     return Call("POST", f"/v1/projects/{_id(project_id)}/jobTypes", JobType.from_json,
                 params={"requestId": request_id_ or request_id()},
-                body={"name": name, "processorType": processor_type, "baseCostCents": base_cost_cents, **fields})
+                body={"name": name, "processorType": processor_type, **fields})  # an own type: the platform fee

@@ -273,21 +273,27 @@ def projects_create(c: Client, a: argparse.Namespace, out: Output) -> int:
 
 
 def job_types_list(c: Client, a: argparse.Namespace, out: Output) -> int:
-    out.items(islice(c.job_types(a.project), a.limit), ("id", "name", "processor", "cost", "enabled"),
-              lambda t: (t.id, t.name, _short(t.processor_type), t.base_cost_cents, t.enabled))
+    out.items(islice(c.job_types(a.project), a.limit), ("id", "name", "processor", "enabled"),
+              lambda t: (t.id, t.name, _short(t.processor_type), t.enabled))
+    return OK
+
+
+def job_types_catalog(c: Client, a: argparse.Namespace, out: Output) -> int:
+    out.items(islice(c.catalog_job_types(), a.limit), ("id", "name", "processor", "enabled"),
+              lambda t: (t.id, t.name, _short(t.processor_type), t.enabled))
     return OK
 
 
 def job_types_get(c: Client, a: argparse.Namespace, out: Output) -> int:
     t = c.job_type(a.job_type)
     out.one(t, [("id", t.id), ("project", t.project_id), ("name", t.name), ("processor", _short(t.processor_type)),
-                ("cost", t.base_cost_cents), ("enabled", t.enabled)])
+                ("catalog", t.catalog), ("enabled", t.enabled)])
     return OK
 
 
 def job_types_create(c: Client, a: argparse.Namespace, out: Output) -> int:
     processor = a.processor if a.processor.startswith("PROCESSOR_TYPE_") else f"PROCESSOR_TYPE_{a.processor.upper()}"
-    t = c.create_job_type(a.project, a.name, processor_type=processor, base_cost_cents=a.cost,
+    t = c.create_job_type(a.project, a.name, processor_type=processor,
                           request_id_=a.request_id or "")
     out.one(t, [("id", t.id), ("name", t.name), ("processor", _short(t.processor_type))])
     return OK
@@ -378,12 +384,13 @@ def add_commands(sub: Any) -> None:
         dest="job_types_command", required=True, metavar="COMMAND")
     tlist = _limit(_add(types, "list", job_types_list, "list a project's job types", common))
     tlist.add_argument("project")
+    _limit(_add(types, "catalog", job_types_catalog, "list the operator's catalog types (shared runners serve them)",
+                common))
     _add(types, "get", job_types_get, "show a job type", common).add_argument("job_type")
     tcreate = _add(types, "create", job_types_create, "create a job type", common)
     tcreate.add_argument("project")
     tcreate.add_argument("name")
     tcreate.add_argument("--processor", default="sync", help="sync, async, external_api or batch (default sync)")
-    tcreate.add_argument("--cost", type=int, default=0, help="base cost in cents")
     tcreate.add_argument("--request-id", help="idempotency key (default: generated)")
 
     from innosystem.client import tester

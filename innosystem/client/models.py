@@ -179,15 +179,16 @@ class JobType:
     project_id: str
     name: str
     processor_type: str = ""
-    base_cost_cents: int = 0
+    base_cost_cents: int = 0  # always 0 now: catalog types have prices, own types the platform fee
     enabled: bool = True
+    catalog: bool = False  # the operator's (shared runners serve it) rather than the project's own
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> JobType:
         return cls(id=d["id"], project_id=d.get("projectId", ""), name=d.get("name", ""),
                    processor_type=d.get("processorType", ""), base_cost_cents=_int(d.get("baseCostCents")),
-                   enabled=d.get("enabled", True), raw=d)
+                   enabled=d.get("enabled", True), catalog=bool(d.get("catalog", False)), raw=d)
 
 
 @dataclass(frozen=True)

@@ -259,6 +259,9 @@ class Client:
     def job_types(self, project_id: str, **filters: Any) -> Iterator[JobType]:
         return self.pages(lambda token: calls.list_job_types(project_id, page_token=token, **filters))
 
+    def catalog_job_types(self, **filters: Any) -> Iterator[JobType]:
+        return self.pages(lambda token: calls.list_catalog_job_types(page_token=token, **filters))
+
     def job_type(self, job_type_id: str) -> JobType:
         return self.send(calls.get_job_type(job_type_id))
 

@@ -174,8 +174,9 @@ def scenario(t: Tester) -> None:
 
     job_type = t.call("create job type", "POST", "/v1/projects/{project_id}/jobTypes", ids, role="customer",
                       params={"requestId": f"{rid}-type"},
-                      body={"name": "echo", "processorType": "PROCESSOR_TYPE_SYNC", "baseCostCents": 1})
+                      body={"name": "echo", "processorType": "PROCESSOR_TYPE_SYNC"})  # own type: the platform fee
     ids["job_type_id"] = _id(job_type, "id")
+    t.call("list catalog job types", "GET", "/v1/jobTypes", role="customer")
     t.call("list job types", "GET", "/v1/projects/{project_id}/jobTypes", ids, role="customer")
     t.call("get job type", "GET", "/v1/jobTypes/{job_type_id}", ids, role="customer")
     t.call("update job type", "PATCH", "/v1/jobTypes/{job_type_id}", ids, role="customer",

@@ -51,6 +51,16 @@ def job_types_of(project_id: uuid.UUID | str) -> str:
     return f"jobs:types:{project_id}"
 
 
+def catalog() -> str:
+    """The catalog job types and their prices (the jobs service's; each replica caches them for submits)."""
+    return "jobs:catalog"
+
+
+def markup_of(customer_id: uuid.UUID | str) -> str:
+    """A customer's price markup (the jobs service's; each replica caches it for submits)."""
+    return f"jobs:markup:{customer_id}"
+
+
 class ChangeTokens:
     def __init__(self, client: aioredis.Redis, prefix: str = PREFIX) -> None:
         self.client = client

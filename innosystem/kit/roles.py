@@ -62,6 +62,9 @@ _BY_SERVICE: dict[str, dict[str, Permission]] = {
         "BatchSubmitJobs": D, "CancelJob": D, "RetryJob": D, "DeleteJob": D,
         "GetWebhook": R, "ListWebhooks": R, "ListWebhookDeliveries": R, "CreateWebhook": D, "DeleteWebhook": D,
         "RedeliverWebhookDelivery": D,
+        # the catalog: everyone reads it, the service holds its changes to admins
+        "ListCatalogJobTypes": R, "ListJobTypePrices": R, "CreateCatalogJobType": D, "AddJobTypePrice": D,
+        "GetPriceMarkup": R, "UpdatePriceMarkup": B,  # the service holds the markup to the customer's reseller
     },
     "innosystem.tenancy.v1.TenancyService": {
         "GetReseller": R, "ListResellers": R, "GetCustomer": R, "ListCustomers": R, "GetProject": R,

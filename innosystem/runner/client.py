@@ -490,6 +490,8 @@ def _success(value: Any) -> jobs_pb2.AttemptResult:
         result.result.CopyFrom(_struct(value.result))
         if value.cost_cents is not None:
             result.actual_cost_cents = int(value.cost_cents)
+        if value.units is not None:
+            result.units = int(value.units)
         if value.details:
             result.details.CopyFrom(_struct(value.details))
     elif isinstance(value, dict):

@@ -56,11 +56,13 @@ class JobCancelled(Exception):
 
 @dataclass(frozen=True)
 class Result:
-    """A success with more than the output: the actual cost (capped by the job type) and details."""
+    """A success with more than the output: the actual cost (capped by the job type), the units
+    of work done (what a PER_UNIT catalog price charges for) and details."""
 
     result: dict[str, Any] = field(default_factory=dict)
     cost_cents: int | None = None
     details: dict[str, Any] | None = None
+    units: int | None = None
 
 
 # Opens a secure access on the runner's stream: (job, purpose, fields, processor, client_reference).

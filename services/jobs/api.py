@@ -25,12 +25,13 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
 from innosystem.jobs.v1 import webhooks_pb2 as hooks_pb
 from innosystem.kit import principal as principals
-from innosystem.kit.protos import changes, request_hash, timestamp
+from innosystem.kit.protos import changes, request_hash, timestamp, to_datetime
 from innosystem.kit.validation import check_storable
 from services.jobs.control import Control
 from services.jobs.convert import job_pb
 from services.jobs.leases import Leases
-from services.jobs.models import JobType, Webhook, WebhookDelivery
+from services.jobs.markups import Markups
+from services.jobs.models import JobType, JobTypePrice, PriceMarkup, Webhook, WebhookDelivery
 from services.jobs.queries import Queries
 from services.jobs.service import JobsService
 from services.jobs.submission import Submission
@@ -42,7 +43,7 @@ _MESSAGES = ("default_retry_policy", "external_api")
 def job_type_pb(row: JobType) -> types_pb.JobType:
     ext = row.external_api
     return types_pb.JobType(
-        id=str(row.id), project_id=str(row.project_id), customer_id=str(row.customer_id), name=row.name,
+        id=str(row.id), project_id=str(row.project_id or ""), customer_id=str(row.customer_id or ""), name=row.name,
         description=row.description, default_priority=row.default_priority,  # type: ignore[arg-type]
         default_retry_policy=types_pb.RetryPolicy(
             max_attempts=row.retry_max_attempts, initial_interval_seconds=row.retry_initial_interval_seconds,
@@ -57,8 +58,20 @@ def job_type_pb(row: JobType) -> types_pb.JobType:
         charge_on_failure=row.charge_on_failure,
         external_api=types_pb.ExternalApiConfig(**ext) if ext is not None else None,
         max_batch_size=row.max_batch_size, create_time=timestamp(row.create_time),
-        update_time=timestamp(row.update_time),
+        update_time=timestamp(row.update_time), catalog=row.catalog,
     )
+
+
+def price_pb(row: JobTypePrice) -> types_pb.JobTypePrice:
+    return types_pb.JobTypePrice(
+        id=str(row.id), job_type_id=str(row.job_type_id), currency_code=row.currency_code,
+        model=row.model, unit_price_cents=row.unit_price_cents, cap_cents=row.cap_cents,  # type: ignore[arg-type]
+        effective_time=timestamp(row.effective_time), create_time=timestamp(row.create_time))
+
+
+def markup_pb(row: PriceMarkup) -> pb.PriceMarkup:
+    return pb.PriceMarkup(customer_id=str(row.customer_id), markup_bps=row.markup_bps,
+                          update_time=timestamp(row.update_time))
 
 
 def _fields(resource: Message, mask: FieldMask, *, creating: bool) -> dict[str, Any]:
@@ -83,6 +96,7 @@ class UseCases:
     control: Control
     leases: Leases
     webhooks: Webhooks
+    markups: Markups
 
 
 def webhook_pb(row: Webhook) -> hooks_pb.Webhook:
@@ -143,6 +157,48 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         await self.service.delete_job_type(principals.current(), request.job_type_id)
         return Empty()
 
+    # the catalog
+
+    async def CreateCatalogJobType(self, request: pb.CreateCatalogJobTypeRequest,
+                                   context: grpc.aio.ServicerContext) -> types_pb.JobType:
+        check_storable(request)
+        fields = _fields(request.job_type, FieldMask(), creating=True)
+        return job_type_pb(await self.service.create_catalog_job_type(principals.current(), fields,
+                                                                      request.request_id, request_hash(request)))
+
+    async def ListCatalogJobTypes(self, request: pb.ListCatalogJobTypesRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.ListJobTypesResponse:
+        check_storable(request)
+        page = await self.service.list_catalog_job_types(request.page_size, request.page_token,
+                                                         enabled_only=request.enabled_only, name=request.name)
+        return pb.ListJobTypesResponse(job_types=[job_type_pb(r) for r in page.items],
+                                       next_page_token=page.next_page_token)
+
+    async def AddJobTypePrice(self, request: pb.AddJobTypePriceRequest,
+                              context: grpc.aio.ServicerContext) -> types_pb.JobTypePrice:
+        check_storable(request)
+        p = request.price
+        fields: dict[str, Any] = {"currency_code": p.currency_code, "model": p.model,
+                                  "unit_price_cents": p.unit_price_cents, "cap_cents": p.cap_cents,
+                                  "effective_time": to_datetime(p.effective_time) if p.HasField("effective_time")
+                                  else None}
+        return price_pb(await self.service.add_price(principals.current(), request.job_type_id, fields))
+
+    async def ListJobTypePrices(self, request: pb.ListJobTypePricesRequest,
+                                context: grpc.aio.ServicerContext) -> pb.ListJobTypePricesResponse:
+        check_storable(request)
+        rows = await self.service.list_prices(principals.current(), request.job_type_id, request.currency_code)
+        return pb.ListJobTypePricesResponse(prices=[price_pb(r) for r in rows])
+
+
+    async def GetPriceMarkup(self, request: pb.GetPriceMarkupRequest,
+                             context: grpc.aio.ServicerContext) -> pb.PriceMarkup:
+        return markup_pb(await self.cases.markups.get(principals.current(), request.customer_id))
+
+    async def UpdatePriceMarkup(self, request: pb.UpdatePriceMarkupRequest,
+                                context: grpc.aio.ServicerContext) -> pb.PriceMarkup:
+        return markup_pb(await self.cases.markups.update(principals.current(), request.customer_id,
+                                                         request.price_markup.markup_bps))
 
     # jobs
 

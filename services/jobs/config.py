@@ -20,6 +20,9 @@ class JobsConfig:
     max_schedule_days: int = 30
     # Currency of job types that name none (must be billing's default).
     default_currency: str = "USD"
+    # What one job of a customer's own type (run on the customer's runners) costs: the operator's
+    # platform fee, in the default currency (pricing.py).
+    platform_fee_cents: int = 0
     # A lease's life without a heartbeat (never beyond the attempt's timeout).
     lease_ttl_seconds: float = 30.0
     # How often expired leases are looked for.
@@ -71,6 +74,7 @@ class JobsConfig:
             max_result_bytes=env_int("INNOSYSTEM_JOBS_MAX_RESULT_BYTES", cls.max_result_bytes),
             max_schedule_days=env_int("INNOSYSTEM_JOBS_MAX_SCHEDULE_DAYS", cls.max_schedule_days),
             default_currency=currency,
+            platform_fee_cents=env_int("INNOSYSTEM_JOBS_PLATFORM_FEE_CENTS", cls.platform_fee_cents),
             lease_ttl_seconds=env_float("INNOSYSTEM_JOBS_LEASE_TTL_SECONDS", cls.lease_ttl_seconds),
             reaper_interval_seconds=env_float("INNOSYSTEM_JOBS_REAPER_INTERVAL_SECONDS", cls.reaper_interval_seconds),
             recovery_interval_seconds=env_float("INNOSYSTEM_JOBS_RECOVERY_INTERVAL_SECONDS",
@@ -99,6 +103,8 @@ class JobsConfig:
         if min(config.max_job_types_per_customer, config.max_list_page_bytes, config.max_watchers_per_customer) < 1:
             raise ConfigError("INNOSYSTEM_JOBS_MAX_JOB_TYPES_PER_CUSTOMER, _MAX_LIST_PAGE_BYTES and "
                               "_MAX_WATCHERS_PER_CUSTOMER must be at least 1")
+        if not 0 <= config.platform_fee_cents <= 10_000_000:
+            raise ConfigError("INNOSYSTEM_JOBS_PLATFORM_FEE_CENTS must be 0 to 10000000 (cents per job)")
         if config.max_payload_bytes < 2 or config.lease_ttl_seconds <= 0 or config.recovery_interval_seconds <= 0:
             raise ConfigError("INNOSYSTEM_JOBS_MAX_PAYLOAD_BYTES, _LEASE_TTL_SECONDS and _RECOVERY_INTERVAL_SECONDS "
                               "must be positive")

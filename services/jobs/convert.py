@@ -91,6 +91,7 @@ def job_pb(job: Job | NewJob, *, full: bool = False, attempts: Sequence[JobAttem
         encryption=encryption_pb(job), trace_context=dict(job.trace_context or {}),
         attempts=[attempt_pb(a) for a in attempts] if full else [],
         status_history=[change_pb(c) for c in history] if full else [],
+        price_id=((job.settings or {}).get("price") or {}).get("id", ""),
     )
 
 

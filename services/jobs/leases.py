@@ -93,23 +93,25 @@ class Leases:
                                                                     concurrency=2)
 
     # which queues a runner serves ----------------------------------------------------------------
-    async def queues_for(self, names: Sequence[str], tags: Sequence[str]) -> list[str]:
-        """Queue names of the given type names whose required tags the runner's tags include."""
+    async def queues_for(self, names: Sequence[str], tags: Sequence[str], customer_id: str = "") -> list[str]:
+        """Queue names of the given type names whose required tags the runner's tags include: of
+        catalog types for a shared runner, of its customer's own types for a customer's runner."""
         now = time.monotonic()
         missing = [n for n in names if n not in self._tags or self._tags[n][0] < now]
         if missing:
             async with self.deps.db.session() as s:
-                rows = (await s.execute(select(JobType.name, JobType.required_tags)
+                rows = (await s.execute(select(JobType.name, JobType.required_tags, JobType.customer_id)
                                         .where(JobType.name.in_(missing)).distinct())).all()
             found: dict[str, set[tuple[str, ...]]] = {n: set() for n in missing}
-            for name, req in rows:
-                found[name].add(tuple(sorted(req or ())))
+            for name, req, owner in rows:  # owner "" = the catalog
+                found[name].add((str(owner or ""), *sorted(req or ())))
             for name, sets in found.items():
                 self._tags[name] = (now + TAGS_CACHE_SECONDS, sorted(sets))
         have = set(tags)
         out: list[str] = []
         for name in dict.fromkeys(names):
-            out += [queue_name(name, req) for req in self._tags[name][1] if set(req) <= have]
+            out += [queue_name(name, req, owner or None) for owner, *req in self._tags[name][1]
+                    if owner == customer_id and set(req) <= have]
         return out
 
     async def _seen(self, queues: Sequence[str]) -> None:
@@ -145,7 +147,7 @@ class Leases:
         if r.customer_id and runsql.as_uuid(r.customer_id) is None:
             raise InvalidArgument("customer_id must be a UUID", field="customer_id", reason="INVALID_ID")
         deadline = time.monotonic() + r.wait_ms / 1000
-        queues = await self.queues_for(list(r.job_type_names), list(r.tags))
+        queues = await self.queues_for(list(r.job_type_names), list(r.tags), r.customer_id)
         if queues:
             await self._seen(queues)
         while True:
@@ -163,7 +165,7 @@ class Leases:
                 return []
             await self.deps.signals.wait(queues, seen, min(left, RECHECK_SECONDS))
             if not queues and time.monotonic() < deadline:  # a type may appear meanwhile
-                queues = await self.queues_for(list(r.job_type_names), list(r.tags))
+                queues = await self.queues_for(list(r.job_type_names), list(r.tags), r.customer_id)
 
     async def _mark_running(self, ids: Sequence[str], r: pb.LeaseJobsRequest) -> list[pb.JobLease]:
         """Concurrent LeaseJobs calls (many runners woken by one submit) share one transaction."""
@@ -283,7 +285,7 @@ class Leases:
                     continue
                 run = runs[it.c.job_id]
                 if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
-                    end = outcomes.succeed(run, it.result or {}, it.cost, it.details, st, it.encryption)
+                    end = outcomes.succeed(run, it.result or {}, it.cost, it.details, st, it.encryption, it.units, now)
                 elif it.outcome == pb.ATTEMPT_OUTCOME_CANCELLED:
                     end = outcomes.cancel_running(run, st, f"cancelled: {run.cancel_reason or 'the runner stopped it'}")
                 else:
@@ -552,6 +554,7 @@ class _Item:
     details: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     cost: int | None = None
+    units: int | None = None
     encryption: dict[str, Any] | None = None
     invalid: DomainError | None = None  # the completion itself is refused
     unstorable: bool = False  # its result was turned into a failure of the attempt
@@ -565,6 +568,7 @@ class _Item:
                                          field="result.outcome", reason="INVALID_OUTCOME")
         elif r.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
             it.cost = r.actual_cost_cents if r.HasField("actual_cost_cents") else None
+            it.units = r.units if r.HasField("units") else None  # a PER_UNIT price's measure
             it.result = it.plain = plain(r.result)
             size = len(runsql.dumps(it.result) or "")
             if size > max_result_bytes:

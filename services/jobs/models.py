@@ -6,7 +6,18 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Double, Index, LargeBinary, SmallInteger, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Double,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -22,7 +33,8 @@ Timestamp = TIMESTAMP(timezone=True)
 
 
 class JobType(Base):
-    """A category of jobs with its defaults, owned by one project.
+    """A category of jobs with its defaults, owned by one project, or a catalog type (the
+    operator's: no project, customer or reseller; priced by `JobTypePrice`s).
 
     The owner (customer, and its reseller: immutable in tenancy) is copied from tenancy at
     create, so every read is scoped in SQL without asking tenancy again. Enums are stored as
@@ -36,6 +48,10 @@ class JobType(Base):
         Index(None, "customer_id", "create_time", "id"),
         Index(None, "reseller_id", "create_time", "id"),
         Index(None, "create_time", "id"),
+        Index("ix_job_types_catalog_name", "name", unique=True, postgresql_where=text("catalog")),
+        CheckConstraint("(catalog AND project_id IS NULL AND customer_id IS NULL) OR "
+                        "(NOT catalog AND project_id IS NOT NULL AND customer_id IS NOT NULL)",
+                        name="catalog_has_no_owner"),
         CheckConstraint("default_priority BETWEEN 1 AND 4", name="priority_known"),
         CheckConstraint("default_persistence_policy BETWEEN 1 AND 4", name="persistence_known"),
         CheckConstraint("processor_type BETWEEN 1 AND 4", name="processor_known"),
@@ -47,9 +63,10 @@ class JobType(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
-    project_id: Mapped[uuid.UUID] = mapped_column(UUID)
-    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    project_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    catalog: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(Text, default="")
     default_priority: Mapped[int] = mapped_column(SmallInteger)
@@ -76,6 +93,40 @@ class JobType(Base):
                                                         server_default=text("'{}'"))
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+
+class JobTypePrice(Base):
+    """One price version of a catalog type in one currency (appended, never edited): the one in
+    force for a submit is the latest `effective_time` not after it. The job keeps its terms."""
+
+    __tablename__ = "job_type_prices"
+    __table_args__ = (
+        Index(None, "job_type_id", "currency_code", "effective_time"),
+        CheckConstraint("model BETWEEN 1 AND 3", name="model_known"),
+        CheckConstraint("unit_price_cents >= 0 AND cap_cents >= 0", name="not_negative"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    job_type_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey(JobType.id, ondelete="CASCADE"))
+    currency_code: Mapped[str] = mapped_column(String(3))
+    model: Mapped[int] = mapped_column(SmallInteger)
+    unit_price_cents: Mapped[int] = mapped_column(BigInteger)
+    cap_cents: Mapped[int] = mapped_column(BigInteger)
+    effective_time: Mapped[datetime] = mapped_column(Timestamp)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class PriceMarkup(Base):
+    """A reseller's markup (or, negative, discount) in basis points on catalog prices for one of its
+    customers; no row = 0."""
+
+    __tablename__ = "price_markups"
+    __table_args__ = (CheckConstraint("markup_bps BETWEEN -10000 AND 100000", name="markup_in_range"),)
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    reseller_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    markup_bps: Mapped[int] = mapped_column()
+    update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class IdempotencyKey(IdempotencyKeyColumns, Base):

@@ -23,7 +23,7 @@ from sqlalchemy import Row
 from innosystem.billing.v1 import billing_pb2 as bpb
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from services.jobs import retry
+from services.jobs import pricing, retry
 from services.jobs.billing import CaptureRequest
 from services.jobs.queue import ScheduledItem
 from services.jobs.runsql import Outboxed
@@ -106,9 +106,16 @@ class Settlement:
         self.held[run.hold_id] = run.estimated_cost_cents
 
 
-def cost_of(run: Run, reported: int | None) -> int:
-    """The actual cost to capture: the runner's figure (else the estimate), capped by the type's
-    maximum, and by the hold itself unless the type's over-capture policy lets billing charge more."""
+def cost_of(run: Run, reported: int | None, units: int | None = None, now: datetime | None = None) -> int:
+    """The actual cost to capture. A job priced at submit (`settings["price"]`, pricing.py): its
+    price's charge for the attempt's run time as the platform measured it (lease start to `now`)
+    or the units its processor reported, never above the hold. Before prices: the runner's figure
+    (else the estimate), capped by the type's maximum, and by the hold itself unless the type's
+    over-capture policy lets billing charge more."""
+    if (terms := run.settings.get("price")) is not None:
+        start = run.lease_start_time
+        run_ms = int((now - start).total_seconds() * 1000) if now is not None and start is not None else 0
+        return min(pricing.charge(terms, run_ms, units), int(run.estimated_cost_cents))
     cap = run.settings.get("max_cost_cents") or run.estimated_cost_cents
     if run.settings.get("over_capture_policy", 0) != bpb.OVER_CAPTURE_POLICY_CHARGE_AVAILABLE:
         cap = min(cap, run.estimated_cost_cents)
@@ -126,8 +133,9 @@ def _kept(run: Run, error: dict[str, Any] | None, details: dict[str, Any] | None
 
 
 def succeed(run: Run, result: dict[str, Any], reported_cost: int | None, details: dict[str, Any] | None,
-            st: Settlement, encryption: dict[str, Any] | None = None) -> End:
-    cost = cost_of(run, reported_cost)
+            st: Settlement, encryption: dict[str, Any] | None = None, units: int | None = None,
+            now: datetime | None = None) -> End:
+    cost = cost_of(run, reported_cost, units, now)
     _, kept = _kept(run, None, details)
     if run.hold_id:
         st.capture(run, cost, run.settings.get("over_capture_policy", 0), f"job {run.id} succeeded")
@@ -164,7 +172,7 @@ def fail(deps: Deps, run: Run, outcome: int, error: dict[str, Any], details: dic
                    next_attempt_time=due, **common)
     cost = None
     if run.hold_id and run.settings.get("charge_on_failure"):
-        cost = int(run.estimated_cost_cents)
+        cost = cost_of(run, None, None, now) if run.settings.get("price") is not None else int(run.estimated_cost_cents)
         st.capture(run, cost, 0, f"job {run.id} failed (charged)")
     elif run.hold_id:
         st.release(run)

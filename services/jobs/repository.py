@@ -8,17 +8,23 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
-from services.jobs.models import Job, JobType, Webhook, WebhookDelivery
+from services.jobs.models import Job, JobType, JobTypePrice, PriceMarkup, Webhook, WebhookDelivery
 
 UNFINISHED = (1, 2, 6)  # pending, running, scheduled
 
 
 def _visible(stmt: Select[Any], scope: Scope) -> Select[Any]:
-    return scope.filter(stmt, reseller_column=JobType.reseller_id, customer_column=JobType.customer_id)
+    """The scope's own types, and the catalog (everyone's)."""
+    if scope.unrestricted:
+        return stmt
+    mine = JobType.reseller_id == scope.reseller_id if scope.reseller_id is not None \
+        else JobType.customer_id == scope.customer_id
+    return stmt.where(or_(JobType.catalog.is_(True), mine))
 
 
 class JobsRepository:
@@ -34,8 +40,10 @@ class JobsRepository:
         stmt = _visible(select(JobType).where(JobType.id == job_type_id), scope)
         return (await self.s.execute(stmt.with_for_update() if lock else stmt)).scalar_one_or_none()
 
-    async def name_taken(self, project_id: uuid.UUID, name: str) -> bool:
-        stmt = select(JobType.id).where(JobType.project_id == project_id, JobType.name == name)
+    async def name_taken(self, project_id: uuid.UUID | None, name: str) -> bool:
+        """In the project, or (None) in the catalog."""
+        where = JobType.project_id == project_id if project_id is not None else JobType.catalog.is_(True)
+        stmt = select(JobType.id).where(where, JobType.name == name)
         return (await self.s.execute(stmt)).first() is not None
 
     async def count_job_types(self, customer_id: uuid.UUID) -> int:
@@ -44,8 +52,13 @@ class JobsRepository:
 
     async def list_job_types(self, scope: Scope, limit: int, after: Keyset | None, *,
                              project_id: uuid.UUID | None = None, customer_id: uuid.UUID | None = None,
-                             enabled_only: bool = False, name: str = "") -> Sequence[JobType]:
+                             enabled_only: bool = False, name: str = "", catalog_only: bool = False
+                             ) -> Sequence[JobType]:
         stmt = _visible(select(JobType), scope)
+        if catalog_only:
+            stmt = stmt.where(JobType.catalog.is_(True))
+        elif project_id is None and customer_id is None:  # "-": the projects' types the caller sees
+            stmt = stmt.where(JobType.catalog.is_(False))
         if project_id is not None:
             stmt = stmt.where(JobType.project_id == project_id)
         if customer_id is not None:
@@ -56,6 +69,39 @@ class JobsRepository:
             stmt = stmt.where(JobType.name == name)
         stmt = after_keyset(stmt, JobType, after).limit(limit)
         return (await self.s.execute(stmt)).scalars().all()
+
+    async def prices(self, job_type_ids: Sequence[uuid.UUID], *, currency: str = "", newest_first: bool = False,
+                     limit: int | None = None) -> Sequence[JobTypePrice]:
+        """Price versions of the types, by effective time (oldest first unless `newest_first`)."""
+        p = JobTypePrice
+        stmt = select(p).where(p.job_type_id.in_(job_type_ids))
+        if currency:
+            stmt = stmt.where(p.currency_code == currency)
+        order = (p.effective_time.desc(), p.create_time.desc()) if newest_first else (p.effective_time, p.create_time)
+        stmt = stmt.order_by(*order)
+        return (await self.s.execute(stmt.limit(limit) if limit else stmt)).scalars().all()
+
+    async def catalog(self) -> tuple[Sequence[JobType], Sequence[JobTypePrice]]:
+        """Every catalog type and its prices (oldest first): what submits cache."""
+        types = (await self.s.execute(select(JobType).where(JobType.catalog.is_(True)))).scalars().all()
+        return types, await self.prices([t.id for t in types]) if types else []
+
+    async def markup(self, customer_id: uuid.UUID) -> PriceMarkup | None:
+        return await self.s.get(PriceMarkup, customer_id)
+
+    async def markups(self, customer_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """The customers' markups in basis points (0 for those without)."""
+        rows = (await self.s.execute(select(PriceMarkup.customer_id, PriceMarkup.markup_bps)
+                                     .where(PriceMarkup.customer_id.in_(customer_ids)))).all()
+        return {c: 0 for c in customer_ids} | {c: bps for c, bps in rows}
+
+    async def set_markup(self, customer_id: uuid.UUID, reseller_id: uuid.UUID | None, markup_bps: int,
+                         now: datetime) -> PriceMarkup:
+        stmt = insert(PriceMarkup).values(customer_id=customer_id, reseller_id=reseller_id, markup_bps=markup_bps,
+                                          update_time=now)
+        upsert = stmt.on_conflict_do_update(index_elements=[PriceMarkup.customer_id],
+                                            set_={"markup_bps": markup_bps, "update_time": now})
+        return (await self.s.execute(upsert.returning(PriceMarkup))).scalar_one()
 
     async def delete_job_type(self, job_type_id: uuid.UUID) -> None:
         await self.s.execute(delete(JobType).where(JobType.id == job_type_id))

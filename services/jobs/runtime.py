@@ -29,12 +29,17 @@ WAITING = frozenset({PENDING, SCHEDULED})
 _QUEUE_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "|": "%7C", "{": "%7B", "}": "%7D", ",": "%2C", "~": "%7E"})
 
 
-def queue_name(type_name: str, required_tags: Sequence[str]) -> str:
+def queue_name(type_name: str, required_tags: Sequence[str], owner: object = None) -> str:
     """The Redis queue of a type name with its required tags: runners of that name whose tags
-    include them all lease from it; jobs of equal name and tags share it (fair share between customers)."""
+    include them all lease from it; jobs of equal name and tags share it (fair share between customers).
+
+    `owner`: the customer of a customer's own type (None for a catalog type). Its jobs wait in a
+    queue of that customer alone, `@<customer>/<name>…` (a type name cannot start with `@`), which
+    only that customer's runners lease from: shared runners serve catalog types only."""
     name = type_name.translate(_QUEUE_ESCAPES)
     tags = sorted(set(required_tags))
-    return name if not tags else name + "~" + ",".join(t.translate(_QUEUE_ESCAPES) for t in tags)
+    base = name if not tags else name + "~" + ",".join(t.translate(_QUEUE_ESCAPES) for t in tags)
+    return base if owner is None else f"@{owner}/{base}"
 
 
 def priority_name(priority: int) -> str:

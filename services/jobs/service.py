@@ -3,6 +3,10 @@
 Job types (this session's scope). A job type belongs to a project; its owner (customer and
 reseller) is learned from tenancy once, at create, and stored on the row, so every later
 read and write is scoped in SQL. Another tenant's project or job type is NOT_FOUND.
+
+Catalog types are the operator's: no owner, readable by everyone, changed by admins only, priced
+by appended `JobTypePrice` versions. A customer's own type costs the platform fee, so it carries
+no price of its own (a non-zero base or maximum cost is PRICE_SET_BY_OPERATOR).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +27,8 @@ from innosystem.billing.v1 import billing_pb2
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.kit import idempotency, pagination, quota
 from innosystem.kit import principal as principals
-from innosystem.kit.db import Database
+from innosystem.kit.currencies import ISO_4217
+from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -31,11 +37,12 @@ from innosystem.kit.errors import (
     PermissionDenied,
     Unavailable,
 )
-from innosystem.kit.freshness import ChangeTokens, job_types_of
+from innosystem.kit.freshness import ChangeTokens, catalog, job_types_of
 from innosystem.kit.scope import Scope
 from innosystem.kit.validation import id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.jobs.models import IdempotencyKey, JobType
+from services.jobs import pricing
+from services.jobs.models import IdempotencyKey, JobType, JobTypePrice
 from services.jobs.repository import JobsRepository
 from services.jobs.tenants import ProjectOwner
 
@@ -182,6 +189,10 @@ def validate(fields: Mapping[str, Any]) -> dict[str, Any]:
                               "INVALID_PERSISTENCE_POLICY")
         elif name in ("base_cost_cents", "max_cost_cents"):
             out[name] = _int_range(value, 0, MAX_COST_CENTS, F + name, "INVALID_COST")
+            if value:  # a catalog type's price is its JobTypePrices; an own type's the platform fee
+                raise _bad(F + name, "must be 0: catalog prices are set with AddJobTypePrice (POST "
+                                     "/v1/jobTypes/{id}/prices), and a customer's own type costs the platform fee",
+                           "PRICE_SET_BY_OPERATOR")
         elif name == "currency_code":
             value = value.strip().upper()
             if value and not CURRENCY.match(value):
@@ -233,6 +244,20 @@ def check_consistent(values: dict[str, Any]) -> None:
         values["max_batch_size"] = DEFAULT_MAX_BATCH
 
 
+def _require_admin(caller: Principal, what: str) -> None:
+    if caller.kind != principals.ADMIN:
+        raise PermissionDenied(f"only the operator (an admin) {what}", reason="CATALOG_ADMIN_ONLY")
+
+
+def _currency(value: str, field: str) -> str:
+    code = value.strip().upper()
+    if not CURRENCY.match(code):
+        raise _bad(field, "must be an ISO 4217 code such as EUR", "INVALID_CURRENCY")
+    if code not in ISO_4217:
+        raise _bad(field, f"{code} is not an active ISO 4217 currency", "UNKNOWN_CURRENCY")
+    return code
+
+
 def _require_manager(caller: Principal) -> None:
     if caller.kind not in (principals.ADMIN, principals.RESELLER, principals.CUSTOMER, principals.SERVICE):
         raise PermissionDenied("only a customer, its reseller or an admin manages job types",
@@ -241,20 +266,22 @@ def _require_manager(caller: Principal) -> None:
 
 class JobsService:
     def __init__(self, db: Database, projects: ProjectLookup, max_job_types: int = DEFAULT_MAX_JOB_TYPES,
-                 tokens: ChangeTokens | None = None) -> None:
+                 tokens: ChangeTokens | None = None, now: Callable[[], datetime] = utcnow) -> None:
         self.db = db
+        self._now = now  # the submits' clock: a price is in force from its effective time on that clock
         self._projects = projects
         self.max_job_types = max_job_types  # per customer
         self._tokens = tokens  # submits cache a project's types while its change token stays the same
 
-    async def _announce(self, project_id: uuid.UUID) -> None:
-        """After a committed change to a project's types: every replica's submits see it at once."""
+    async def _announce(self, project_id: uuid.UUID | None) -> None:
+        """After a committed change to a project's types (None: to the catalog or its prices): every
+        replica's submits see it at once."""
         if self._tokens is None:
             return
         try:
-            await self._tokens.changed(job_types_of(project_id))
+            await self._tokens.changed(job_types_of(project_id) if project_id is not None else catalog())
         except RedisError as exc:
-            log.error("a job type change of project %s is stored but not announced: %s", project_id, exc)
+            log.error("a job type change of project %s is stored but not announced: %s", project_id or "catalog", exc)
             raise Unavailable("the change is stored but not yet visible everywhere; repeat the call",
                               reason="CHANGE_NOT_ANNOUNCED") from None
 
@@ -272,6 +299,8 @@ class JobsService:
         row = await repo.get_job_type(tid, Scope.of(caller), lock=lock)
         if row is None:
             raise NotFound(f"job type {job_type_id} not found", reason="JOB_TYPE_NOT_FOUND")
+        if lock and row.catalog:  # a change: catalog types are the operator's
+            _require_admin(caller, "changes catalog job types")
         return row
 
     # job types
@@ -312,9 +341,67 @@ class JobsService:
                 raise self._name_taken(values["name"]) from None
             raise
 
+    async def create_catalog_job_type(self, caller: Principal, fields: Mapping[str, Any], request_id: str,
+                                      request_hash: bytes) -> JobType:
+        _require_admin(caller, "creates catalog job types")
+        values = {**CREATE_DEFAULTS, **validate(fields)}
+        check_consistent(values)
+        scope = "CreateCatalogJobType"
+        try:
+            async with self.db.session() as s:
+                repo = JobsRepository(s)
+                earlier = await idempotency.replay(s, IdempotencyKey, scope, request_id, request_hash)
+                if earlier is not None and (row := await repo.get_job_type(earlier, Scope(unrestricted=True))):
+                    return row
+                if await repo.name_taken(None, values["name"]):
+                    raise self._name_taken(values["name"], "the catalog")
+                row = JobType(project_id=None, customer_id=None, reseller_id=None, catalog=True, **values)
+                await repo.add(row)
+                await idempotency.remember(s, IdempotencyKey, scope, request_id, request_hash, row.id)
+        except IntegrityError as exc:
+            if "ix_job_types_catalog_name" in str(exc.orig):
+                raise self._name_taken(values["name"], "the catalog") from None
+            raise
+        await self._announce(None)
+        return row
+
+    async def list_catalog_job_types(self, size: int, token: str, *, enabled_only: bool = False,
+                                     name: str = "") -> pagination.Page:
+        size = pagination.page_size(size)
+        async with self.db.session() as s:
+            rows = await JobsRepository(s).list_job_types(Scope(unrestricted=True), size + 1,
+                                                          pagination.decode_keyset(token), catalog_only=True,
+                                                          enabled_only=enabled_only, name=name.strip())
+        return pagination.keyset_page(rows, size)
+
+    async def add_price(self, caller: Principal, job_type_id: str, fields: Mapping[str, Any]) -> JobTypePrice:
+        """A new price version of a catalog type (admin only); bad input changes nothing."""
+        _require_admin(caller, "sets catalog prices")
+        now = self._now()
+        async with self.db.session() as s:
+            repo = JobsRepository(s)
+            row = await self._visible_job_type(repo, caller, job_type_id, lock=True)
+            if not row.catalog:
+                raise FailedPrecondition(f"job type {row.name} is a customer's own type: it costs the platform fee "
+                                         "and has no prices", field="job_type_id", reason="NOT_A_CATALOG_TYPE")
+            currency = _currency(fields.get("currency_code", ""), "price.currency_code")
+            values = pricing.validate_price(fields, now, now + timedelta(days=3653))
+            price = JobTypePrice(job_type_id=row.id, currency_code=currency, create_time=now, **values)
+            s.add(price)
+            await s.flush()
+        await self._announce(None)
+        return price
+
+    async def list_prices(self, caller: Principal, job_type_id: str, currency_code: str) -> Sequence[JobTypePrice]:
+        currency = _currency(currency_code, "currency_code") if currency_code else ""
+        async with self.db.session() as s:
+            repo = JobsRepository(s)
+            row = await self._visible_job_type(repo, caller, job_type_id)
+            return await repo.prices([row.id], currency=currency, newest_first=True, limit=500)
+
     @staticmethod
-    def _name_taken(name: str) -> AlreadyExists:
-        return AlreadyExists(f"the project already has a job type named {name!r}", field=F + "name",
+    def _name_taken(name: str, where: str = "the project") -> AlreadyExists:
+        return AlreadyExists(f"{where} already has a job type named {name!r}", field=F + "name",
                              reason="JOB_TYPE_NAME_TAKEN", metadata={"name": name})
 
     async def get_job_type(self, caller: Principal, job_type_id: str) -> JobType:
@@ -352,8 +439,8 @@ class JobsService:
                 repo = JobsRepository(s)
                 row = await self._visible_job_type(repo, caller, job_type_id, lock=True)
                 if "name" in values and values["name"] != row.name and \
-                        await repo.name_taken(row.project_id, values["name"]):
-                    raise self._name_taken(values["name"])
+                        await repo.name_taken(row.project_id if not row.catalog else None, values["name"]):
+                    raise self._name_taken(values["name"], "the catalog" if row.catalog else "the project")
                 merged = {c: getattr(row, c) for c in CREATE_DEFAULTS} | values
                 check_consistent(merged)
                 for column, value in merged.items():
@@ -362,8 +449,9 @@ class JobsService:
                 await s.flush()
                 return row
         except IntegrityError as exc:  # a concurrent create or rename took the name first
-            if "ix_job_types_project_id_name" in str(exc.orig):
-                raise self._name_taken(values["name"]) from None
+            if "ix_job_types_project_id_name" in str(exc.orig) or "ix_job_types_catalog_name" in str(exc.orig):
+                where = "the catalog" if "ix_job_types_catalog_name" in str(exc.orig) else "the project"
+                raise self._name_taken(values["name"], where) from None
             raise
 
     async def delete_job_type(self, caller: Principal, job_type_id: str) -> None:

@@ -48,16 +48,17 @@ from innosystem.kit.errors import (
     NotFound,
     Unavailable,
 )
-from innosystem.kit.freshness import job_types_of
+from innosystem.kit.freshness import catalog, job_types_of, markup_of
 from innosystem.kit.protos import request_hash, to_datetime
 from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.jobs import metrics
+from services.jobs import metrics, pricing
 from services.jobs.batcher import Coalescer
 from services.jobs.billing import HoldRequest, insufficient_funds
 from services.jobs.convert import plain
 from services.jobs.models import IdempotencyKey, Job, JobStatusChange, JobType, NewJob
 from services.jobs.queue import QueueItem, ScheduledItem
+from services.jobs.repository import JobsRepository
 from services.jobs.runtime import PENDING, SCHEDULED, Changes, Deps, priority_name, queue_name
 from services.jobs.service import PERSISTENCE, PRIORITIES, _retry_policy
 from services.jobs.tenants import ProjectOwner
@@ -147,6 +148,10 @@ class Submission:
         self._type_loader: Coalescer[uuid.UUID, dict[uuid.UUID, JobType]] = Coalescer(self._load_types)
         # project → (its types' change token when they were read, the types by id)
         self._type_cache: dict[uuid.UUID, tuple[str, dict[uuid.UUID, JobType]]] = {}
+        # the catalog's types and prices, with the catalog's change token when they were read
+        self._catalog: tuple[str, pricing.Catalog] | None = None
+        # customer → (its markup's change token when it was read, the reseller's markup in basis points)
+        self._markups: dict[uuid.UUID, tuple[str, int]] = {}
 
     async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job | NewJob:
         check_storable(request)
@@ -166,14 +171,20 @@ class Submission:
     async def _submit(self, caller: Principal, project_id: str, requests: Sequence[pb.SubmitJobRequest],
                       single: bool) -> list[Job | NewJob]:
         types_token = self._ask_types_token(project_id)  # read together with the project's token
+        tokens = self.deps.tokens
+        catalog_token = tokens.ask(catalog()) if tokens else None  # … in the same Redis call
         owner: ProjectOwner = await self._visible_project(caller, project_id, fresh=True)
         if not owner.active:  # before anything is held
             raise FailedPrecondition(f"project {project_id} is inactive and takes no new jobs", field="project_id",
                                      reason="PROJECT_INACTIVE")
         now = self.deps.now()
         prefix = (lambda i: "") if single else (lambda i: f"requests[{i}].")
+        # the customer is known only now: its markup's token is read while the types are looked at
+        markup_token = tokens.ask(markup_of(owner.customer_id)) if tokens else None
         types = await self._types(owner, requests, prefix, types_token)
-        prepared = [self._prepare(owner, types, r, prefix(i), now, i) for i, r in enumerate(requests)]
+        shared = await self._catalog_now(catalog_token)
+        markup = await self._markup(owner.customer_id, markup_token)
+        prepared = [self._prepare(owner, types, shared, markup, r, prefix(i), now, i) for i, r in enumerate(requests)]
         scope = f"SubmitJob:{owner.project_id}"
         seen: dict[uuid.UUID, int] = {}
         for i, p in enumerate(prepared):  # the same request id twice in one batch is one job
@@ -257,15 +268,49 @@ class Submission:
             self._type_cache[pid] = (token, types)
         return types
 
+    async def _catalog_now(self, token_asked: asyncio.Future[str] | None) -> pricing.Catalog:
+        """The catalog types and their prices: cached while the catalog's change token stays the same
+        (every change to a catalog type or price sets a new one), so a submit reads no price."""
+        try:
+            token = await token_asked if token_asked is not None else None
+        except RedisError:
+            token = None
+        hit = self._catalog
+        if token is not None and hit is not None and hit[0] == token:
+            return hit[1]
+        async with self.deps.db.session() as s:  # read after the token: a change since is a new token
+            shared = pricing.Catalog.of(*await JobsRepository(s).catalog())
+        if token is not None:
+            self._catalog = (token, shared)
+        return shared
+
+    async def _markup(self, customer_id: uuid.UUID, token_asked: asyncio.Future[str] | None) -> int:
+        """The customer's markup in basis points: cached while its change token stays the same."""
+        try:
+            token = await token_asked if token_asked is not None else None
+        except RedisError:
+            token = None
+        hit = self._markups.get(customer_id)
+        if token is not None and hit is not None and hit[0] == token:
+            return hit[1]
+        async with self.deps.db.session() as s:
+            bps = (await JobsRepository(s).markups([customer_id]))[customer_id]
+        if token is not None:
+            if len(self._markups) >= MAX_CACHED_PROJECTS:
+                self._markups.clear()
+            self._markups[customer_id] = (token, bps)
+        return bps
+
     async def _load_types(self, projects: Sequence[uuid.UUID]) -> list[dict[uuid.UUID, JobType]]:
         async with self.deps.db.session() as s:
             rows = (await s.execute(select(JobType).where(JobType.project_id.in_(set(projects))))).scalars().all()
         return [{r.id: r for r in rows if r.project_id == project} for project in projects]
 
-    def _prepare(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], r: pb.SubmitJobRequest, prefix: str,
-                 now: datetime, position: int) -> Prepared:
+    def _prepare(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], shared: pricing.Catalog, markup: int,
+                 r: pb.SubmitJobRequest, prefix: str, now: datetime, position: int) -> Prepared:
         config = self.deps.config
-        jt = types.get(uuid.UUID(r.job_type_id))
+        type_id = uuid.UUID(r.job_type_id)
+        jt = types.get(type_id) or shared.types.get(type_id)
         if jt is None:  # unknown, or another project's (another customer's) type: not found either way
             raise NotFound(f"{prefix}job_type_id: job type {r.job_type_id} not found in this project",
                            field=prefix + "job_type_id", reason="JOB_TYPE_NOT_FOUND")
@@ -313,19 +358,30 @@ class Submission:
         if len(r.request_id) > MAX_REQUEST_ID:
             raise _bad(prefix + "request_id", f"at most {MAX_REQUEST_ID} characters", "INVALID_REQUEST_ID")
         job_id = job_id_for(owner.project_id, r.request_id)
-        cost = jt.base_cost_cents
+        currency = owner.billing_currency or config.default_currency  # the project's: its wallet, its prices
+        if jt.catalog:  # the price version in force now, kept on the job: capture settles at it
+            price = shared.price(jt.id, currency, now)
+            if price is None:
+                raise FailedPrecondition(f"{prefix}job_type_id: job type {jt.name} has no price in {currency} yet",
+                                         field=prefix + "job_type_id", reason="PRICE_NOT_FOUND",
+                                         metadata={"currency_code": currency})
+            terms = pricing.marked_up(pricing.terms(price), markup)  # the customer's reseller's markup
+        else:  # runs on the customer's own runners: the platform fee
+            terms = pricing.fee_terms(config.platform_fee_cents)
+        cost = pricing.estimate(terms)
         job = NewJob(
             id=job_id, project_id=owner.project_id, customer_id=owner.customer_id, reseller_id=owner.reseller_id,
-            job_type_id=jt.id, job_type_name=jt.name, queue_name=queue_name(jt.name, jt.required_tags or ()),
+            job_type_id=jt.id, job_type_name=jt.name,
+            queue_name=queue_name(jt.name, jt.required_tags or (), None if jt.catalog else owner.customer_id),
             status=SCHEDULED if schedule else PENDING, priority=priority, persistence_policy=persistence,
             settings={"timeout_seconds": jt.timeout_seconds, "max_cost_cents": jt.max_cost_cents,
                       "over_capture_policy": jt.over_capture_policy, "charge_on_failure": jt.charge_on_failure,
                       "processor_type": jt.processor_type, "external_api": jt.external_api,
                       "max_batch_size": jt.max_batch_size, "required_tags": list(jt.required_tags or ()),
-                      "sensitive_fields": list(jt.sensitive_fields or ())},
+                      "sensitive_fields": list(jt.sensitive_fields or ()), "price": terms},
             payload=payload, result=None, error="", error_type="", runner_id="", attempt_count=0,
             next_attempt_time=schedule, cost_cents=0, estimated_cost_cents=cost,
-            currency_code=jt.currency_code or config.default_currency, hold_id=str(job_id) if cost > 0 else "",
+            currency_code=currency, hold_id=str(job_id) if cost > 0 else "",
             hold_expire_time=(schedule or now) + HOLD_MARGIN if cost > 0 else None,
             retry_count=0, create_time=now, schedule_time=schedule, queue_time=None if schedule else now,
             update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
@@ -456,8 +512,8 @@ class Submission:
             where = prefix.rstrip(".") or "project_id"
             return FailedPrecondition(f"{where}: {err.message}", field=where, reason=err.reason, metadata=err.metadata)
         if err.reason == "CURRENCY_MISMATCH":
-            return FailedPrecondition(f"{field}: the type's currency differs from the wallet's ({err.message})",
-                                      field=field, reason=err.reason)
+            return FailedPrecondition(f"{field}: the customer has no wallet in the project's billing currency "
+                                      f"({err.message})", field=field, reason=err.reason)
         return err
 
     async def _enqueue(self, fresh: Sequence[Prepared]) -> None:

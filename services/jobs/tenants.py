@@ -25,6 +25,8 @@ class ProjectOwner:
     encryption_key_id: str = ""
     # An inactive project takes no new jobs (submits ask afresh, so a deactivation counts at once).
     active: bool = True
+    # The currency its jobs are held and charged in; "" = the platform's default.
+    billing_currency: str = ""
 
 
 class Projects:
@@ -81,6 +83,17 @@ class Projects:
             if self._running.get(project_id) is me:
                 del self._running[project_id]
 
+    async def reseller_of(self, customer_id: uuid.UUID) -> tuple[bool, uuid.UUID | None]:
+        """(whether tenancy knows the customer, its reseller), asked afresh (rare: markup changes)."""
+        try:
+            customer = await self._stub.GetCustomer(tenancy_pb2.GetCustomerRequest(customer_id=str(customer_id)),
+                                                    timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False, None
+            raise from_rpc_error(exc) from None
+        return True, uuid.UUID(customer.reseller_id) if customer.reseller_id else None
+
     async def _token(self, customer_id: uuid.UUID) -> str | None:
         """The change token of the customer's projects; None without one (ask tenancy)."""
         if self._tokens is None:
@@ -110,7 +123,8 @@ class Projects:
                 return None
             raise from_rpc_error(exc) from None
         owner = ProjectOwner(project_id, uuid.UUID(project.customer_id), reseller, project.encryption_key_id,
-                             project.active if project.HasField("active") else True)  # unset: the default, true
+                             project.active if project.HasField("active") else True,  # unset: the default, true
+                             project.billing_currency_code)
         self._cache[project_id] = (now + self._ttl, owner, token if known is not None
                                    and known.customer_id == owner.customer_id else None)
         self._cache.move_to_end(project_id)

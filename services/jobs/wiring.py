@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import grpc
 import redis.asyncio as aioredis
@@ -18,6 +19,7 @@ from services.jobs.deliveries import Deliveries
 from services.jobs.encryption import Encryptor
 from services.jobs.leases import Leases
 from services.jobs.loops import Loops
+from services.jobs.markups import Markups
 from services.jobs.queries import Queries
 from services.jobs.queue import JobQueue
 from services.jobs.runtime import Deps
@@ -42,13 +44,15 @@ def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc
           clock: Callable[[], float], prefix: str = "jobs:", encryptor: Encryptor | None = None) -> App:
     tokens = ChangeTokens(redis)
     projects = Projects(tenancy, config.project_cache_seconds, tokens=tokens)
-    types = JobsService(db, projects, config.max_job_types_per_customer, tokens=tokens)
+    types = JobsService(db, projects, config.max_job_types_per_customer, tokens=tokens,
+                        now=lambda: datetime.fromtimestamp(clock(), UTC))
     signals = Signals(redis, prefix)
     deps = Deps(db=db, queue=JobQueue(redis, prefix), billing=billing, projects=projects, signals=signals,
                 config=config, clock=clock, encryptor=encryptor, tokens=tokens)
     queries = Queries(deps, types._visible_project)
     leases = Leases(deps)
     webhooks = Webhooks(db, config, types._visible_project)
+    markups = Markups(db, projects.reseller_of, tokens, now=lambda: datetime.fromtimestamp(clock(), UTC))
     cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,
-                     control=Control(deps, queries), leases=leases, webhooks=webhooks)
+                     control=Control(deps, queries), leases=leases, webhooks=webhooks, markups=markups)
     return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer))

@@ -46,17 +46,17 @@ class RunnerApi(runners_pb2_grpc.RunnerServiceServicer):
         out = pb.ListRunnersResponse(runners=[runner_pb(r, live.get(str(r.id))) for r in page.items],
                                      next_page_token=page.next_page_token)
         if caller.kind == principals.CUSTOMER and not request.page_token:
-            out.shared_runners.extend(await self._shared_summary(caller))
+            out.shared_runners.extend(await self._shared_summary())
         return out
 
-    async def _shared_summary(self, caller: Principal) -> list[pb.SharedRunnerSummary]:
-        """For each of the customer's job types: compatible shared runners online now and their free slots."""
+    async def _shared_summary(self) -> list[pb.SharedRunnerSummary]:
+        """For each catalog job type (the only ones shared runners serve): compatible shared runners
+        online now and their free slots."""
         types: list[job_types_pb2.JobType] = []
         token = ""
         while True:
-            page = await self.jobs.ListJobTypes(jobs_pb2.ListJobTypesRequest(
-                project_id="-", customer_id=caller.customer_id, page_size=500, page_token=token),
-                    timeout=10, wait_for_ready=True)
+            page = await self.jobs.ListCatalogJobTypes(jobs_pb2.ListCatalogJobTypesRequest(
+                page_size=500, page_token=token), timeout=10, wait_for_ready=True)
             types += page.job_types
             token = page.next_page_token
             if not token or len(types) >= 2000:

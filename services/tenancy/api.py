@@ -40,6 +40,7 @@ def customer_pb(row: Customer) -> pb.Customer:
 def project_pb(row: Project) -> pb.Project:
     return pb.Project(id=str(row.id), customer_id=str(row.customer_id), name=row.name, description=row.description,
                       tags=list(row.tags or ()), active=row.active, encryption_key_id=row.encryption_key_id or "",
+                      billing_currency_code=row.billing_currency_code,
                       create_time=timestamp(row.create_time), update_time=timestamp(row.update_time))
 
 

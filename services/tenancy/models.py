@@ -68,6 +68,8 @@ class Project(Base):
     tags: Mapped[list[str]] = mapped_column(ARRAY(String(64)), default=list, server_default=text("'{}'"))
     active: Mapped[bool] = mapped_column(default=True)
     encryption_key_id: Mapped[str | None] = mapped_column(String(64))
+    # The currency its jobs are held and charged in; "" = the platform's default.
+    billing_currency_code: Mapped[str] = mapped_column(String(3), default="", server_default=text("''"))
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     update_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from innosystem.kit import idempotency, pagination, quota
 from innosystem.kit import principal as principals
+from innosystem.kit.currencies import ISO_4217
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import (
     FailedPrecondition,
@@ -114,6 +115,15 @@ def validate(changes: dict[str, Any]) -> None:
         except ValueError:
             raise InvalidArgument("encryption_key_id must be a key id (a UUID) or empty",
                                   field="project.encryption_key_id", reason="INVALID_ID") from None
+    if "billing_currency_code" in changes:
+        code = changes["billing_currency_code"].strip().upper()
+        if code and (len(code) != 3 or not code.isascii() or not code.isalpha()):
+            raise InvalidArgument("project.billing_currency_code must be an ISO 4217 code such as EUR, or empty",
+                                  field="project.billing_currency_code", reason="INVALID_CURRENCY")
+        if code and code not in ISO_4217:
+            raise InvalidArgument(f"project.billing_currency_code: {code} is not an active ISO 4217 currency",
+                                  field="project.billing_currency_code", reason="UNKNOWN_CURRENCY")
+        changes["billing_currency_code"] = code
     if "tags" in changes:
         tags = list(dict.fromkeys(t.strip() for t in changes["tags"]))
         if len(tags) > MAX_TAGS or any(not t or len(t) > MAX_TAG_LEN for t in tags):

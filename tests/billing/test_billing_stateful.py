@@ -2,7 +2,9 @@
 
 Covers the Open-to-Buy operations and the money paths people take: refunds, adjustments, credit
 grants (spent first, soonest expiry first; their rest removed at expiry), monthly spending
-limits, a second wallet in another currency (never converted) and statements."""
+limits, a second wallet in another currency (never converted) and statements; and jobs priced by
+the catalog's models (flat, per second, per unit: `services.jobs.pricing`), held at their
+estimate and captured at their measured charge."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
 from services.billing.statements import statement
 from services.billing.wallets import Wallets
+from services.jobs import pricing
 from tests.billing.billing_helpers import ADMIN, RATES, flush_billing, rates
 
 RATE = 1234
@@ -152,6 +155,35 @@ class LedgerMachine(RuleBasedStateMachine):
         self.commission += hold.commission
         self.captured[hid] = actual
         self.done[hid] = ("captured", self.holds.pop(hid))
+
+    @rule(model=st.sampled_from(sorted(pricing.MODELS)), unit=st.integers(min_value=0, max_value=500),
+          extra=st.integers(min_value=0, max_value=3000), run_ms=st.integers(min_value=-1000, max_value=10**7),
+          units=st.none() | st.integers(min_value=-5, max_value=10**6))
+    def priced_job(self, model: int, unit: int, extra: int, run_ms: int, units: int | None) -> None:
+        """A job held at its price's estimate (a measured model's cap) and captured at the charge
+        for its measured run time or reported units: never above the hold, captured once."""
+        terms = {"id": "v", "model": model, "unit": unit, "cap": 0 if model == pricing.FLAT else unit + extra}
+        held, charge = pricing.estimate(terms), pricing.charge(terms, run_ms, units)
+        assert 0 <= charge <= held
+        if held == 0:
+            return  # nothing to hold: the jobs service makes no hold
+        hid = self._id()
+        _, err = self._call(self.env.billing.reserve(hid, self.customer, held, "USD", job_id=hid))
+        busy = sum(self.holds.values())
+        within = self.limit is None or sum(self.captured.values()) + busy + held <= self.limit
+        if self.balance - busy < held or not within:
+            assert err in ("INSUFFICIENT_FUNDS", "SPENDING_LIMIT_REACHED")
+            return
+        assert err == ""
+        hold, err = self._call(self.env.billing.capture(hid, charge))
+        assert err == "" and hold.captured == charge
+        self.balance -= charge
+        self._spend(charge)
+        self.commission += hold.commission
+        self.captured[hid] = charge
+        self.done[hid] = ("captured", held)
+        _, again = self._call(self.env.billing.capture(hid, charge + 1))  # a second capture: never charged
+        assert again != ""
 
     @precondition(lambda self: self.captured)
     @rule(data=st.data())

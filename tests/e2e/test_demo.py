@@ -41,7 +41,8 @@ def test_the_printed_curl_runs_a_job_on_the_demo_runner_and_charges_the_wallet(s
         assert [c["status"] for c in job["statusHistory"]] == [
             "JOB_STATUS_PENDING", "JOB_STATUS_RUNNING", "JOB_STATUS_SUCCEEDED"]
         charged = int(job["costCents"])
-        assert charged == dict((t[0], t[2]) for t in JOB_TYPES)["echo"]
+        assert charged == dict((t[0], t[3][1]) for t in JOB_TYPES)["echo"]  # the catalog's flat price
+        assert job["priceId"]  # settled at the price version it was submitted under
         assert int(customer("GET", wallet)["balanceCents"]) == before - charged
     finally:
         stack.stop_process("runner-demo-test")

@@ -230,7 +230,7 @@ def test_administrative_actions_are_audited(admin: Client, acme: dict) -> None:
     assert project.status == 200
     # actions of the other services reach the same log: a job type (jobs), a top-up (billing)
     job_type = as_acme.post(f"/v1/projects/{project.body['id']}/jobTypes",
-                            {"name": "audited-type", "processorType": "PROCESSOR_TYPE_SYNC", "baseCostCents": 1,
+                            {"name": "audited-type", "processorType": "PROCESSOR_TYPE_SYNC",
                              "timeoutSeconds": 30})
     assert job_type.status == 200, job_type.body
     top_up = admin.post(f"/v1/customers/{acme['id']}/wallet:topUp", {"amountCents": 500, "requestId": "audit-top-up"},

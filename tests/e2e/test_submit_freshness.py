@@ -31,7 +31,7 @@ def _tenant(admin: Client, name: str) -> dict[str, Any]:
     assert admin.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": 10_000, "requestId": f"fund-{cid}"}
                       ).status == 200
     project = me.post(f"/v1/customers/{cid}/projects", {"name": "fresh"}).body["id"]
-    job_type = me.post(f"/v1/projects/{project}/jobTypes", {"name": "fresh-type", "baseCostCents": 1}).body["id"]
+    job_type = me.post(f"/v1/projects/{project}/jobTypes", {"name": "fresh-type"}).body["id"]
     return {"client": me, "project": project, "job_type": job_type}
 
 

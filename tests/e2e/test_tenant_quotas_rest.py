@@ -48,7 +48,7 @@ def customer(quota_stack: Stack) -> dict[str, Any]:
     assert topped.status == 200, topped.body
     project = me.post(f"/v1/customers/{cid}/projects", {"name": "only"})
     assert project.status == 200, project.body
-    job_type = me.post(f"/v1/projects/{project.body['id']}/jobTypes", {"name": "only-type", "baseCostCents": 1})
+    job_type = me.post(f"/v1/projects/{project.body['id']}/jobTypes", {"name": "only-type"})
     assert job_type.status == 200, job_type.body
     return {"id": cid, "client": me, "project": project.body["id"], "job_type": job_type.body["id"]}
 

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from innosystem.billing.v1 import billing_pb2_grpc
 from innosystem.embedded import free_port
 from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.jobs.v1.job_types_pb2 import PRICE_MODEL_FLAT
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
 from innosystem.kit import freshness
 from innosystem.kit import principal as principals
@@ -78,6 +79,7 @@ class Tenancy(FakeTenancy):
         self._redis = sync_redis.Redis.from_url(redis_url)
         self.keys: dict[str, str] = _AnnouncedKeys(self._announce)
         self.inactive: set[str] = _AnnouncedSet(self._announce)  # project ids
+        self.currencies: dict[str, str] = _AnnouncedKeys(self._announce)  # project id → billing currency
 
     def _announce(self, project_id: str) -> None:
         self._redis.set(freshness.PREFIX + freshness.projects_of(self.projects[project_id]), uuid.uuid4().hex)
@@ -86,6 +88,7 @@ class Tenancy(FakeTenancy):
         project = await super().GetProject(request, context)
         project.encryption_key_id = self.keys.get(request.project_id, "")
         project.active = request.project_id not in self.inactive
+        project.billing_currency_code = self.currencies.get(request.project_id, "")
         return project
 
 
@@ -172,10 +175,18 @@ class JobsWorld:
         self.tenancy.projects[pid] = cid
         return Customer(who, pid)
 
-    async def job_type(self, c: Customer, **fields: Any) -> JobType:
+    async def job_type(self, c: Customer, *, own: bool = False, price: int = 10, model: int = PRICE_MODEL_FLAT,
+                       cap: int = 0, **fields: Any) -> JobType:
+        """A catalog type (shared runners serve it) with a price in force now in USD: `price` cents
+        per job, second or unit (`model`) up to `cap`; or (`own`) a customer's own type, which its
+        runners serve (leases with its `customer_id`) for the platform fee."""
         fields.setdefault("name", f"t-{uuid.uuid4().hex[:8]}")
-        fields.setdefault("base_cost_cents", 10)
-        return await self.app.types.create_job_type(c.principal, c.project_id, fields, "", b"")
+        if own:
+            return await self.app.types.create_job_type(c.principal, c.project_id, fields, "", b"")
+        jt = await self.app.types.create_catalog_job_type(ADMIN, fields, "", b"")
+        await self.app.types.add_price(ADMIN, str(jt.id), {"currency_code": "USD", "model": model,
+                                                           "unit_price_cents": price, "cap_cents": cap})
+        return jt
 
     async def available(self, c: Customer) -> int:
         wallet = await self.billing.get_wallet(BILLING_ADMIN, c.principal.customer_id)

@@ -36,8 +36,8 @@ async def test_unstorable_results_fail_their_own_attempts_and_no_other(world: Jo
     a, b = await world.customer(funds=1000), await world.customer(funds=1000)
     world.tenancy.keys[a.project_id] = "ck-a"
     world.keys.disabled.add("ck-a")
-    ta = await world.job_type(a, base_cost_cents=10)
-    tb = await world.job_type(b, base_cost_cents=10)
+    ta = await world.job_type(a, price=10)
+    tb = await world.job_type(b, price=10)
     for _ in range(3):
         world.keys.disabled.discard("ck-a")  # the key works at submit …
         await world.submit(a, ta)
@@ -82,7 +82,7 @@ async def test_billing_down_at_completion_is_settled_later_from_the_outbox(world
     """Billing unreachable when a job ends: the job's end commits, its capture waits in the outbox
     (nothing charged yet), and the outbox sweeper charges it exactly once when billing is back."""
     c = await world.customer(funds=1000)
-    jt = await world.job_type(c, base_cost_cents=7)
+    jt = await world.job_type(c, price=7)
     job = await world.submit(c, jt)
     (lease,) = await world.lease([jt.name])
     billing = world.app.deps.billing

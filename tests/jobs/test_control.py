@@ -28,7 +28,7 @@ async def _next(stream: AsyncIterator[Any], seconds: float = 5.0) -> Any:
 
 async def test_cancel_running_notifies_and_ends_cancelled_when_the_lease_expires(world: JobsWorld) -> None:
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=30)
+    jt = await world.job_type(c, price=30)
     job = await world.submit(c, jt)
     (lease,) = await world.lease([jt.name])
     notices = world.app.cases.leases.cancellations()
@@ -72,7 +72,7 @@ async def test_watch_streams_a_snapshot_then_each_change_until_final(world: Jobs
 
 async def test_retry_of_a_dead_letter_gets_a_new_hold_and_a_fresh_budget(world: JobsWorld) -> None:
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10, default_retry_policy={"max_attempts": 1})
+    jt = await world.job_type(c, price=10, default_retry_policy={"max_attempts": 1})
     job = await world.submit(c, jt)
     (lease,) = await world.lease([jt.name])
     await world.complete(lease, outcome=FAILED, error=pb.JobError(message="x"))
@@ -94,7 +94,7 @@ async def test_retry_of_a_dead_letter_gets_a_new_hold_and_a_fresh_budget(world: 
 
 async def test_delete_only_finished_jobs_and_types_without_unfinished_jobs(world: JobsWorld) -> None:
     c = await world.customer()
-    jt = await world.job_type(c)
+    jt = await world.job_type(c, own=True)
     job = await world.submit(c, jt)
     with pytest.raises(FailedPrecondition) as in_use:
         await world.app.types.delete_job_type(c.principal, str(jt.id))
@@ -143,7 +143,7 @@ async def test_retry_and_cancel_refuse_malformed_text_with_400(world: JobsWorld)
     """Issue 14, items 2 and 19: a retry's request id over 200 characters (or with a NUL) and a cancel
     reason with a NUL are 400s naming the field; the job is untouched."""
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10, default_retry_policy={"max_attempts": 1})
+    jt = await world.job_type(c, price=10, default_retry_policy={"max_attempts": 1})
     job = await world.submit(c, jt)
     (lease,) = await world.lease([jt.name])
     await world.complete(lease, outcome=FAILED, error=pb.JobError(message="x"))
@@ -169,7 +169,7 @@ async def test_cancel_releases_the_hold_only_after_its_commit(world: JobsWorld) 
     """Issue 14, item 9: a cancel whose commit fails leaves the job pending with its hold live (the
     commit is made to fail by a trigger in the real PostgreSQL); the next cancel releases it."""
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=30)
+    jt = await world.job_type(c, price=30)
     job = await world.submit(c, jt)
     assert await world.available(c) == 70
     async with world.app.deps.db.session() as s:
@@ -195,7 +195,7 @@ async def test_two_concurrent_retries_one_wins_and_its_hold_stays(world: JobsWor
     """Issue 14, item 8: of two concurrent retries of one dead-lettered job, one wins, the other is
     FAILED_PRECONDITION, and the winner's hold stays live (the job is then charged from it)."""
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10, default_retry_policy={"max_attempts": 1})
+    jt = await world.job_type(c, price=10, default_retry_policy={"max_attempts": 1})
     job = await world.submit(c, jt)
     (lease,) = await world.lease([jt.name])
     await world.complete(lease, outcome=FAILED, error=pb.JobError(message="x"))

@@ -26,8 +26,8 @@ async def test_one_customers_hanging_key_manager_does_not_block_anothers_submits
     slow, other = await world.customer(), await world.customer()
     world.tenancy.keys[slow.project_id] = "ck-slow"
     world.tenancy.keys[other.project_id] = "ck-fine"
-    slow_type = await world.job_type(slow, base_cost_cents=1)
-    other_type = await world.job_type(other, base_cost_cents=1)
+    slow_type = await world.job_type(slow, price=1)
+    other_type = await world.job_type(other, price=1)
     world.keys.hang.add("ck-slow")
     world.keys.unhang.clear()
     # More encryptions at once than the old process-wide semaphore had slots (32).

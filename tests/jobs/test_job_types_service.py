@@ -122,7 +122,7 @@ async def test_create_applies_documented_defaults_and_stores_the_owner(world: Wo
 
 async def test_explicit_values_are_kept(world: World) -> None:
     row = await _create(world, world.a, world.project_a, enabled=False, default_priority=types_pb.PRIORITY_LEVEL_HIGH,
-                        processor_type=types_pb.PROCESSOR_TYPE_BATCH, base_cost_cents=25, timeout_seconds=60,
+                        processor_type=types_pb.PROCESSOR_TYPE_BATCH, timeout_seconds=60,
                         required_tags=["gpu", " gpu", "x86"], currency_code="eur",
                         default_retry_policy={"max_attempts": 5, "initial_interval_seconds": 0,
                                               "non_retryable_error_types": ["ValueError"]})
@@ -154,7 +154,8 @@ BAD = [
      "job_type.default_retry_policy.non_retryable_error_types", "INVALID_RETRY_POLICY"),
     ({"base_cost_cents": -1}, "job_type.base_cost_cents", "INVALID_COST"),
     ({"base_cost_cents": 10**12}, "job_type.base_cost_cents", "INVALID_COST"),
-    ({"base_cost_cents": 50, "max_cost_cents": 10}, "job_type.max_cost_cents", "INVALID_COST"),
+    ({"base_cost_cents": 50}, "job_type.base_cost_cents", "PRICE_SET_BY_OPERATOR"),  # the platform fee applies
+    ({"max_cost_cents": 10}, "job_type.max_cost_cents", "PRICE_SET_BY_OPERATOR"),
     ({"timeout_seconds": -5}, "job_type.timeout_seconds", "INVALID_TIMEOUT"),
     ({"timeout_seconds": 10**7}, "job_type.timeout_seconds", "INVALID_TIMEOUT"),
     ({"required_tags": [f"t{i}" for i in range(51)]}, "job_type.required_tags", "INVALID_TAGS"),
@@ -192,7 +193,7 @@ async def test_name_is_unique_per_project_only(world: World) -> None:
 
 
 async def test_create_is_idempotent_on_request_id(world: World) -> None:
-    fields = {"name": "idem", "base_cost_cents": 7}
+    fields = {"name": "idem", "description": "seven"}
     first = await world.jobs.create_job_type(world.a, world.project_a, dict(fields), "req-1", b"h1")
     again = await world.jobs.create_job_type(world.a, world.project_a, dict(fields), "req-1", b"h1")
     assert again.id == first.id
@@ -279,7 +280,7 @@ async def test_update_through_the_servicer_honours_the_mask(world: World) -> Non
     token = _bind(world.a)
     try:
         created = await api.CreateJobType(pb.CreateJobTypeRequest(project_id=world.project_a, job_type=types_pb.JobType(
-            name="masked", description="before", default_priority=types_pb.PRIORITY_LEVEL_LOW, base_cost_cents=10)),
+            name="masked", description="before", default_priority=types_pb.PRIORITY_LEVEL_LOW)),
             None)
         assert created.enabled is True and created.HasField("enabled")
         # only the masked field changes, although the body carries others

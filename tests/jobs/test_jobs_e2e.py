@@ -89,10 +89,22 @@ def tenant(stack: Stack, name: str, funds: int, types: dict[str, dict[str, Any]]
     topped = admin.post(f"/v1/customers/{cid}/wallet:topUp", {"amountCents": funds, "requestId": f"fund-{cid}"})
     assert topped.status == 200, topped.body
     for type_name, body in types.items():
-        resp = me.post(f"/v1/projects/{t.project_id}/jobTypes", {"name": type_name, **body})
-        assert resp.status == 200, resp.body
-        t.job_types[type_name] = resp.body["id"]
+        t.job_types[type_name] = catalog_type(admin, type_name, body)
     return t
+
+
+def catalog_type(admin: Client, name: str, body: dict[str, Any]) -> str:
+    """A catalog type (the shared runner these tests play serves only those) priced flat at the
+    body's `baseCostCents` in USD; the first tenant to name it creates it, the others share it."""
+    fields = {k: v for k, v in body.items() if k != "baseCostCents"}
+    made = admin.post("/v1/jobTypes", {"name": name, **fields})
+    if made.status == 409:
+        return str(admin.get(f"/v1/jobTypes?name={name}").body["jobTypes"][0]["id"])
+    assert made.status == 200, made.body
+    priced = admin.post(f"/v1/jobTypes/{made.body['id']}/prices",
+                        {"currencyCode": "USD", "unitPriceCents": int(body.get("baseCostCents", 0))})
+    assert priced.status == 200, priced.body
+    return str(made.body["id"])
 
 
 @pytest.fixture

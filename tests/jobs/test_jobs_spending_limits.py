@@ -15,7 +15,7 @@ from tests.jobs.jobs_world import JobsWorld
 
 async def test_project_and_customer_limits_refuse_the_submit(world: JobsWorld) -> None:
     c = await world.customer(funds=1000)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     limits = SpendingLimits(world.billing)
     await limits.set(ADMIN, c.principal.customer_id, c.project_id, 25, False, "")
     await world.submit(c, jt)

@@ -69,7 +69,7 @@ async def test_recovery_releases_the_hold_of_a_submit_that_died(world: JobsWorld
     released once past its grace; the hold of a stored job is not."""
     world.clock.t = time.time()  # billing stamps holds with the real time: this module's clock starts there
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     stored = await world.submit(c, jt)
     hold = str(uuid.uuid4())  # the dead submit's
     (err,) = await world.app.deps.billing.reserve([HoldRequest(hold, c.principal.customer_id, 25, "USD", hold)])
@@ -157,7 +157,7 @@ async def test_a_hold_lives_as_long_as_its_job_waits(world: JobsWorld) -> None:
     one, and the job is charged when it finally runs. Before, the hold lapsed after 7 days and the
     capture failed, while the job showed a cost the ledger never posted."""
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     job = await world.submit(c, jt)
     first = await _hold(world, job.hold_id)
     await world.app.loops.renew_holds_once()
@@ -180,7 +180,7 @@ async def test_a_capture_billing_refuses_stays_in_the_outbox_and_the_job_says_so
     from services.jobs.leases import settle_outbox_once
 
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     job = await world.submit(c, jt)
     (lease,) = await world.lease([jt.name])
     hold = await _hold(world, job.hold_id)

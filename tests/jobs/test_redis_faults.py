@@ -36,7 +36,7 @@ async def test_work_committed_while_redis_is_down_answers_success_and_is_recover
     """Submit, retry and cancel while Redis is down: each answers success once committed."""
     world = lonely_world
     c = await world.customer(funds=1000)
-    jt = await world.job_type(c, base_cost_cents=10, default_retry_policy={"max_attempts": 1})
+    jt = await world.job_type(c, price=10, default_retry_policy={"max_attempts": 1})
     failed = await world.submit(c, jt)
     (lease,) = await world.lease([jt.name])
     await world.complete(lease, outcome=pb.ATTEMPT_OUTCOME_FAILED, error=pb.JobError(message="x"))

@@ -29,7 +29,7 @@ def payload(**values: Any) -> struct_pb2.Struct:
 
 async def test_submit_holds_the_cost_stores_and_queues(world: JobsWorld) -> None:
     c = await world.customer(funds=1000)
-    jt = await world.job_type(c, base_cost_cents=25, default_priority=types_pb.PRIORITY_LEVEL_HIGH)
+    jt = await world.job_type(c, price=25, default_priority=types_pb.PRIORITY_LEVEL_HIGH)
     job = await world.submit(c, jt, payload=payload(n=1))
     assert job.status == types_pb.JOB_STATUS_PENDING and job.priority == types_pb.PRIORITY_LEVEL_HIGH
     assert job.estimated_cost_cents == 25 and job.hold_id == str(job.id)
@@ -43,7 +43,7 @@ async def test_submit_holds_the_cost_stores_and_queues(world: JobsWorld) -> None
 
 async def test_request_id_repeat_returns_the_same_job_and_reuse_is_refused(world: JobsWorld) -> None:
     c = await world.customer(funds=1000)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     first = await world.submit(c, jt, payload=payload(a=1), request_id="req-1")
     again = await world.submit(c, jt, payload=payload(a=1), request_id="req-1")
     assert again.id == first.id
@@ -66,7 +66,7 @@ async def test_request_id_repeat_returns_the_same_job_and_reuse_is_refused(world
 async def test_bad_input_names_the_field_and_reserves_and_queues_nothing(
         world: JobsWorld, field: str, kwargs: dict[str, object], reason: str) -> None:
     c = await world.customer(funds=1000)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     object.__setattr__(world.config, "max_payload_bytes", 2048)
     try:
         with pytest.raises(DomainError) as caught:
@@ -82,7 +82,7 @@ async def test_bad_input_names_the_field_and_reserves_and_queues_nothing(
 async def test_unknown_disabled_and_foreign_types_are_refused(world: JobsWorld) -> None:
     c, other = await world.customer(funds=1000), await world.customer(funds=1000)
     disabled = await world.job_type(c, enabled=False)
-    foreign = await world.job_type(other)
+    foreign = await world.job_type(other, own=True)  # another customer's own type
     with pytest.raises(FailedPrecondition) as caught:
         await world.submit(c, disabled)
     assert caught.value.reason == "JOB_TYPE_DISABLED" and caught.value.violations[0][0] == "job_type_id"
@@ -94,7 +94,7 @@ async def test_unknown_disabled_and_foreign_types_are_refused(world: JobsWorld) 
 
 async def test_insufficient_funds_stores_and_holds_nothing(world: JobsWorld) -> None:
     c = await world.customer(funds=5)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     with pytest.raises(FailedPrecondition) as caught:
         await world.submit(c, jt)
     assert caught.value.reason == "INSUFFICIENT_FUNDS"
@@ -108,7 +108,7 @@ async def test_a_submit_too_slow_to_commit_gives_its_holds_back(world: JobsWorld
     """Recovery takes a hold without a job, past its grace, for a dead submit's: a submit that
     could not commit within half that grace rolls back and gives its holds back itself."""
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     monkeypatch.setattr(world.app.deps, "config", replace(world.app.deps.config, orphan_hold_grace_seconds=0.0))
     with pytest.raises(Unavailable) as caught:
         await world.submit(c, jt)
@@ -123,7 +123,7 @@ async def test_a_submit_too_slow_to_commit_gives_its_holds_back(world: JobsWorld
 
 async def test_batch_is_all_or_nothing_and_names_the_item(world: JobsWorld) -> None:
     c = await world.customer(funds=100)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     sub = world.app.cases.submission
     ok = [pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(5)]
     jobs = await sub.batch_submit(c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=ok))
@@ -142,7 +142,7 @@ async def test_batch_is_all_or_nothing_and_names_the_item(world: JobsWorld) -> N
 
 async def test_list_pages_newest_first_and_filters(world: JobsWorld) -> None:
     c = await world.customer(funds=10_000)
-    jt = await world.job_type(c, base_cost_cents=1)
+    jt = await world.job_type(c, price=1)
     made = []
     for i in range(7):
         world.clock.advance(0.01)
@@ -163,7 +163,7 @@ async def test_list_pages_newest_first_and_filters(world: JobsWorld) -> None:
 
 async def test_concurrent_submits_share_commits_but_fail_alone(world: JobsWorld) -> None:
     rich, poor = await world.customer(funds=1000), await world.customer(funds=5)
-    rt, pt = await world.job_type(rich, base_cost_cents=1), await world.job_type(poor, base_cost_cents=10)
+    rt, pt = await world.job_type(rich, price=1), await world.job_type(poor, price=10)
     batches_before = world.app.cases.submission._coalescer.batches
     calls = [world.submit(rich, rt) for _ in range(40)] + [world.submit(poor, pt)] + \
         [world.submit(rich, rt, request_id="same") for _ in range(5)]
@@ -238,7 +238,7 @@ async def test_unstorable_values_are_refused_naming_the_field_and_fail_no_other_
     """Issue 14, item 2: one tenant's NUL characters, sent while another tenant's submits flow (so
     that they would share commits), fail only themselves, at validation, naming the field."""
     a, b = await world.customer(funds=1000), await world.customer(funds=10_000)
-    ta, tb = await world.job_type(a, base_cost_cents=10), await world.job_type(b, base_cost_cents=1)
+    ta, tb = await world.job_type(a, price=10), await world.job_type(b, price=1)
     bad = _bad_payloads()
     good, refused = await _side_by_side(lambda i: world.submit(b, tb, payload=payload(n=i)),
                                         lambda i: world.submit(a, ta, payload=bad[i % len(bad)][1]))
@@ -273,7 +273,7 @@ async def test_a_shared_commit_that_fails_is_retried_one_submit_at_a_time(
 
     monkeypatch.setattr(submission, "check_storable", lambda *args, **kwargs: None, raising=False)
     a, b = await world.customer(funds=1000), await world.customer(funds=10_000)
-    ta, tb = await world.job_type(a, base_cost_cents=10), await world.job_type(b, base_cost_cents=1)
+    ta, tb = await world.job_type(a, price=10), await world.job_type(b, price=1)
     sub = world.app.cases.submission
     batches_before = sub._coalescer.batches
     bad = _bad_payloads()
@@ -292,7 +292,7 @@ async def test_a_shared_commit_that_fails_is_retried_one_submit_at_a_time(
 async def test_an_inactive_project_takes_no_jobs_and_holds_nothing(world: JobsWorld) -> None:
     """Issue 14, item 15: a submit (single or batch) to a deactivated project is refused at once."""
     c = await world.customer(funds=1000)
-    jt = await world.job_type(c, base_cost_cents=10)
+    jt = await world.job_type(c, price=10)
     await world.submit(c, jt)
     world.tenancy.inactive.add(c.project_id)
     try:
@@ -316,7 +316,7 @@ async def test_a_submit_failing_alone_for_another_reason_fails_no_one_else(world
     tenant's jobs) fails the shared commit; retried alone, it fails only its own submits, and their
     holds go back when recovery finds their intents."""
     a, b = await world.customer(funds=1000), await world.customer(funds=10_000)
-    ta, tb = await world.job_type(a, base_cost_cents=10), await world.job_type(b, base_cost_cents=1)
+    ta, tb = await world.job_type(a, price=10), await world.job_type(b, price=1)
     async with world.app.deps.db.session() as s:
         await s.execute(text("""
             CREATE FUNCTION jobs.refuse_marked_job() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -34,8 +34,8 @@ async def test_job_types_are_capped_per_customer_over_all_its_projects(world: Jo
     c, other = await world.customer(), await world.customer()
     second_project = str(uuid.uuid4())
     world.tenancy.projects[second_project] = c.principal.customer_id
-    await world.job_type(c)
-    await world.job_type(c)
+    await world.job_type(c, own=True)
+    await world.job_type(c, own=True)
     types = world.app.types
     await types.create_job_type(c.principal, second_project, {"name": "third"}, "req-3", b"h3")
     with pytest.raises(ResourceExhausted) as refused:
@@ -47,14 +47,14 @@ async def test_job_types_are_capped_per_customer_over_all_its_projects(world: Jo
     assert len(listed.items) == MAX_JOB_TYPES  # nothing was created
     again = await types.create_job_type(c.principal, second_project, {"name": "third"}, "req-3", b"h3")
     assert again.name == "third"  # a repeated request still gets its first answer
-    await world.job_type(other)  # another customer's count
+    await world.job_type(other, own=True)  # another customer's count
     await types.delete_job_type(c.principal, str(again.id))
     await types.create_job_type(c.principal, second_project, {"name": "fourth"}, "", b"")
 
 
 async def test_concurrent_job_type_creates_cannot_pass_the_cap_together(world: JobsWorld) -> None:
     c = await world.customer()
-    results = await asyncio.gather(*(world.job_type(c) for _ in range(6)), return_exceptions=True)
+    results = await asyncio.gather(*(world.job_type(c, own=True) for _ in range(6)), return_exceptions=True)
     assert sum(not isinstance(r, BaseException) for r in results) == MAX_JOB_TYPES
     assert all(isinstance(r, ResourceExhausted) for r in results if isinstance(r, BaseException))
 
@@ -67,7 +67,7 @@ def big(n: int, size: int) -> struct_pb2.Struct:
 
 async def test_list_pages_carry_no_payload_unless_asked_and_end_early_past_the_byte_cap(world: JobsWorld) -> None:
     c = await world.customer()
-    jt = await world.job_type(c)
+    jt = await world.job_type(c, own=True)
     submitted = []
     for i in range(7):
         world.clock.advance(1)  # distinct create times: the list's order is the submit order, reversed
@@ -95,7 +95,7 @@ async def test_list_pages_carry_no_payload_unless_asked_and_end_early_past_the_b
 
 async def test_a_single_job_larger_than_the_page_cap_still_lists(world: JobsWorld) -> None:
     c = await world.customer()
-    jt = await world.job_type(c)
+    jt = await world.job_type(c, own=True)
     first = await world.submit(c, jt, payload=big(0, 100_000))
     world.clock.advance(1)
     second = await world.submit(c, jt, payload=big(1, 100_000))
@@ -110,7 +110,7 @@ async def test_a_single_job_larger_than_the_page_cap_still_lists(world: JobsWorl
 
 async def test_watches_are_capped_per_customer_over_replicas_and_freed_when_they_end(world: JobsWorld) -> None:
     c, other = await world.customer(), await world.customer()
-    jt, other_type = await world.job_type(c), await world.job_type(other)
+    jt, other_type = await world.job_type(c, own=True), await world.job_type(other, own=True)
     j1, j2, j3 = [str((await world.submit(c, jt)).id) for _ in range(3)]
     theirs = str((await world.submit(other, other_type)).id)
     control = world.app.cases.control
@@ -153,7 +153,7 @@ async def test_a_dead_replicas_watch_slots_lapse(world: JobsWorld) -> None:
     """Slots left by a replica that died mid-watch (never refreshed, never returned) stop counting
     once their expiry passes, so a crash does not lock a customer out of watching for good."""
     c = await world.customer()
-    jt = await world.job_type(c)
+    jt = await world.job_type(c, own=True)
     job = str((await world.submit(c, jt)).id)
     watchers = world.app.cases.control.watchers
     key = watchers.key(c.principal.customer_id)

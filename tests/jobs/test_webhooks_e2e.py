@@ -96,9 +96,11 @@ def tenant(stack: Stack, max_attempts: int = 3) -> Tenant:
         assert time.monotonic() < deadline, "no wallet"
         time.sleep(0.05)
     name = f"hook-{uuid.uuid4().hex[:8]}"
-    jt = me.post(f"/v1/projects/{project.body['id']}/jobTypes", {
-        "name": name, "baseCostCents": 1, "defaultRetryPolicy": {"maxAttempts": max_attempts}})
+    jt = admin.post("/v1/jobTypes", {  # a catalog type: the shared runner these tests play serves only those
+        "name": name, "defaultRetryPolicy": {"maxAttempts": max_attempts}})
     assert jt.status == 200, jt.body
+    priced = admin.post(f"/v1/jobTypes/{jt.body['id']}/prices", {"currencyCode": "USD", "unitPriceCents": 1})
+    assert priced.status == 200, priced.body
     return Tenant(me, cid, project.body["id"], jt.body["id"], name)
 
 

@@ -107,9 +107,10 @@ def test_encrypted_job_end_to_end_with_canary_and_a_refusing_key_manager(
         "description": "demo CMK"})
     assert key["state"] == "CLIENT_KEY_STATE_ACTIVE" and not key.get("hmacSecrets") and km.secret not in str(key)
     customer("PATCH", f"/v1/projects/{project['id']}", {"encryptionKeyId": key["id"]})
-    job_type = customer("POST", f"/v1/projects/{project['id']}/jobTypes", {
-        "name": "card-check", "processorType": "PROCESSOR_TYPE_ASYNC", "baseCostCents": 1, "timeoutSeconds": 60,
+    job_type = admin("POST", "/v1/jobTypes", {  # a catalog type: the shared runner serves it
+        "name": "card-check", "processorType": "PROCESSOR_TYPE_ASYNC", "timeoutSeconds": 60,
         "sensitiveFields": ["payload.card.number"]})
+    admin("POST", f"/v1/jobTypes/{job_type['id']}/prices", {"currencyCode": "USD", "unitPriceCents": 1})
     runner = admin("POST", "/v1/runners", {"name": "byok-runner", "scope": "RUNNER_SCOPE_SHARED"})
     stack.spawn("runner-byok", ["runner", "--target", stack.address("runners"),
                                 "--processor", "card-check=tests.keys.byok_processor:card_check"],
@@ -199,9 +200,10 @@ def test_a_key_disabled_mid_run_fails_only_its_own_customers_results(
         "endpointUrl": km.grpc_url, "externalKeyId": "cmk-demo", "hmacSecrets": [km.secret]})
     a("PATCH", f"/v1/projects/{a_project['id']}", {"encryptionKeyId": key["id"]})
     once = {"maxAttempts": 1, "initialIntervalSeconds": 0, "backoffMultiplier": 1, "maxIntervalSeconds": 0}
-    types = [client("POST", f"/v1/projects/{project['id']}/jobTypes", {
-        "name": "nap", "baseCostCents": 1, "timeoutSeconds": 60, "defaultRetryPolicy": once,
-        "sensitiveFields": ["result.ended"]}) for client, project in ((a, a_project), (b, b_project))]
+    nap = admin("POST", "/v1/jobTypes", {  # one catalog type for both: the shared runner serves it
+        "name": "nap", "timeoutSeconds": 60, "defaultRetryPolicy": once, "sensitiveFields": ["result.ended"]})
+    admin("POST", f"/v1/jobTypes/{nap['id']}/prices", {"currencyCode": "USD", "unitPriceCents": 1})
+    types = [nap, nap]
     runner = admin("POST", "/v1/runners", {"name": "mid-run-runner", "scope": "RUNNER_SCOPE_SHARED"})
     stack.spawn("runner-mid-run", ["runner", "--target", stack.address("runners"), "--slots", "20",
                                    "--processor", "nap=innosystem.runner.builtin:sleep"],

@@ -14,7 +14,9 @@ def uppercase_batch(jobs: list[Job]) -> list[dict[str, Any]]:
 
 @processor("sample-costly")
 def costly(job: Job) -> Result:
-    return Result({"ok": True}, cost_cents=int(job.payload.get("cost", 3)))
+    """Reports `payload.cost` as its cost and as units of work (what a PER_UNIT price charges for)."""
+    cost = int(job.payload.get("cost", 3))
+    return Result({"ok": True}, cost_cents=cost, units=cost)
 
 
 def sized(job: Job) -> dict[str, Any]:

@@ -28,7 +28,7 @@ JOBS, PAYLOAD_BYTES = 24, 450_000  # ~11 MB of assignments: more than the transp
 async def test_a_runner_that_does_not_read_gets_no_more_jobs_and_is_closed_as_a_slow_consumer(
         stack: Stack, admin: Client, spawn_runner: Callable[..., RunnerProcess]) -> None:
     t = tenant(admin)
-    echo = t.job_type("echo")
+    echo = t.job_type("echo", own=True)  # its own runners serve it
     made = t.client.post("/v1/runners", {"name": f"stuck-{uuid.uuid4().hex[:6]}"})
     assert made.status == 200, made.body
     runner_id = made.body["runner"]["id"]

@@ -60,10 +60,9 @@ def test_a_job_needing_gpu_never_goes_to_a_runner_without_it(admin: Client, spaw
 
 def test_a_customer_runner_never_gets_another_customers_job(admin: Client, spawn_runner: Spawn) -> None:
     owner, other = tenant(admin), tenant(admin)
-    mine = owner.job_type("echo")
-    # the other customer has a type of the same name: a shared runner could serve both
-    theirs = other.client.post(f"/v1/projects/{other.project_id}/jobTypes",
-                               {"name": mine["name"], "baseCostCents": BASE_COST}).body
+    mine = owner.job_type("echo", own=True)
+    # the other customer has a type of the same name: each customer's jobs wait for its own runners
+    theirs = other.client.post(f"/v1/projects/{other.project_id}/jobTypes", {"name": mine["name"]}).body
     created = owner.client.post("/v1/runners", {"name": "owned"})
     assert created.status == 200, created.body
     owned_id, token = created.body["runner"]["id"], created.body["token"]

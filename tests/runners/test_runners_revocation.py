@@ -64,7 +64,7 @@ async def _closed_with(stream: RunnerStream, seconds: float = 10) -> pb.StreamEr
 def test_a_deactivated_customers_runner_is_closed_at_once_and_its_token_refused_until_reactivated(
         stack: Stack, admin: Client, spawn_runner: Callable[..., RunnerProcess]) -> None:
     t = tenant(admin)
-    echo = t.job_type("echo")
+    echo = t.job_type("echo", own=True)  # its own runner serves it
     runner_id, token = _runner(t.client)
     process = spawn_runner(token, *serve(echo))
     t.wait_status(t.submit(echo, {"n": 1})["id"], "JOB_STATUS_SUCCEEDED")

@@ -91,11 +91,13 @@ def test_a_failing_job_is_retried_then_succeeds(admin: Client, spawn_runner: Spa
 
 
 @pytest.mark.e2e
-def test_batch_processor_and_reported_cost_from_a_module(admin: Client, spawn_runner: Spawn) -> None:
+def test_batch_processor_and_reported_units_from_a_module(admin: Client, spawn_runner: Spawn) -> None:
     t = tenant(admin)
     batched = t.job_type("batch")
-    costly = t.client.post(f"/v1/projects/{t.project_id}/jobTypes", {
-        "name": f"costly-{batched['name'][-8:]}", "baseCostCents": 5, "maxCostCents": 9}).body
+    costly = admin.post("/v1/jobTypes", {"name": f"costly-{batched['name'][-8:]}"}).body  # a catalog type
+    priced = admin.post(f"/v1/jobTypes/{costly['id']}/prices", {
+        "currencyCode": "USD", "model": "PRICE_MODEL_PER_UNIT", "unitPriceCents": 2, "capCents": 9})
+    assert priced.status == 200, priced.body
     _, token = shared_runner(admin)
     spawn_runner(token, "--processor", f"{batched['name']}=tests.runners.sample_processors:uppercase_batch",
                  "--processor", f"{costly['name']}=tests.runners.sample_processors:costly", "--slots", "4")
@@ -103,9 +105,13 @@ def test_batch_processor_and_reported_cost_from_a_module(admin: Client, spawn_ru
     results = [t.wait_status(j, "JOB_STATUS_SUCCEEDED")["result"] for j in jobs]
     assert [r["upper"] for r in results] == [f"T{i}" for i in range(5)]
     assert all(1 <= r["batch_size"] <= 3 for r in results)
-    charged = t.wait_status(t.submit(costly, {"cost": 3})["id"], "JOB_STATUS_SUCCEEDED")
-    assert int(charged["attempts"][-1]["actualCostCents"]) == 3
-    wait_for(lambda: int(t.job(charged["id"]).get("costCents", 0)) == 3, what="the reported cost charged")
+    before = t.balance()
+    submitted = t.submit(costly, {"cost": 3})
+    assert int(submitted["estimatedCostCents"]) == 9 and submitted["priceId"] == priced.body["id"]  # the cap held
+    charged = t.wait_status(submitted["id"], "JOB_STATUS_SUCCEEDED")
+    assert int(charged["attempts"][-1]["actualCostCents"]) == 3  # the runner's own figure, kept for the record
+    wait_for(lambda: int(t.job(charged["id"]).get("costCents", 0)) == 6, what="3 units at 2 cents charged")
+    wait_for(lambda: t.balance() == before - 6, what="the wallet charged the measured amount, not the hold")
 
 
 @pytest.fixture
@@ -156,10 +162,11 @@ def test_runner_from_python_code_with_external_api_and_trace_context(stack: Stac
     url, calls = http_endpoint
     t = tenant(admin)
     traced = t.job_type("traced")
-    remote = t.client.post(f"/v1/projects/{t.project_id}/jobTypes", {
-        "name": f"remote-{traced['name'][-8:]}", "baseCostCents": 1,
+    remote = admin.post("/v1/jobTypes", {  # a catalog type: the shared runner serves it
+        "name": f"remote-{traced['name'][-8:]}",
         "defaultRetryPolicy": {"maxAttempts": 1, "initialIntervalSeconds": 0, "backoffMultiplier": 1.0,
                                "maxIntervalSeconds": 0}}).body
+    assert admin.post(f"/v1/jobTypes/{remote['id']}/prices", {"currencyCode": "USD", "unitPriceCents": 1}).status == 200
     seen_traces: list[str] = []
     processors = Registry()
 
@@ -229,20 +236,23 @@ def tcp_listener() -> Iterator[tuple[int, list[str]]]:
 @pytest.mark.e2e
 def test_a_job_types_external_url_reaches_only_what_the_runners_operator_allows(
         stack: Stack, admin: Client, spawn_runner: Spawn, tcp_listener: tuple[int, list[str]]) -> None:
-    """Issue 14 item 6: a customer's EXTERNAL_API job type names an internal address; a shared
-    runner process (its operator allow-listed nothing) does not connect to it, and the job fails
-    with EGRESS_BLOCKED. Once the operator allow-lists the host (--egress-allow-host) it does."""
+    """Issue 14 item 6: a customer's EXTERNAL_API job type names an internal address; the runner
+    process (its operator allow-listed nothing; the customer's own runner, the only kind that serves
+    its own types) does not connect to it, and the job fails with EGRESS_BLOCKED. Once the operator
+    allow-lists the host (--egress-allow-host) it does."""
     port, connections = tcp_listener
     t = tenant(admin)
     made = t.client.post(f"/v1/projects/{t.project_id}/jobTypes", {
-        "name": f"internal-{uuid.uuid4().hex[:8]}", "baseCostCents": 1,
+        "name": f"internal-{uuid.uuid4().hex[:8]}",
         "processorType": "PROCESSOR_TYPE_EXTERNAL_API",
         "externalApi": {"url": f"https://127.0.0.1:{port}/admin", "maxRetries": 0, "timeoutSeconds": 5},
         "defaultRetryPolicy": {"maxAttempts": 1, "initialIntervalSeconds": 0, "backoffMultiplier": 1.0,
                                "maxIntervalSeconds": 0}})
     assert made.status == 200, made.body
     job_type = made.body
-    _, token = shared_runner(admin)
+    owned = t.client.post("/v1/runners", {"name": f"own-{uuid.uuid4().hex[:6]}"})
+    assert owned.status == 200, owned.body
+    token = owned.body["token"]
 
     runner = spawn_runner(token, "--external-api", job_type["name"])
     failed = t.wait_status(t.submit(job_type, {"x": 1})["id"], "JOB_STATUS_FAILED", timeout=60)

@@ -207,7 +207,7 @@ async def test_a_customer_runner_is_refused_processors_for_types_the_customer_la
     customer = admin.post("/v1/customers", {"name": "Stream Co", "email": "stream@example.com"}).body
     as_customer = admin.as_key(customer["apiKey"])
     project = as_customer.post(f"/v1/customers/{customer['customer']['id']}/projects", {"name": "p"}).body
-    made = as_customer.post(f"/v1/projects/{project['id']}/jobTypes", {"name": "mine", "baseCostCents": 1})
+    made = as_customer.post(f"/v1/projects/{project['id']}/jobTypes", {"name": "mine"})
     assert made.status == 200, made.body
     _, token = _runner(as_customer)
     stream = Stream(stack, token)

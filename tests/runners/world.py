@@ -22,14 +22,23 @@ class Tenant:
     admin: Client
 
     def job_type(self, builtin: str, *, tags: tuple[str, ...] = (), max_attempts: int = 3,
-                 timeout_seconds: int = 60) -> dict[str, Any]:
-        """A job type named `<builtin>-<random>`: a runner serves it with `--processor NAME=…:builtin`."""
+                 timeout_seconds: int = 60, own: bool = False) -> dict[str, Any]:
+        """A job type named `<builtin>-<random>`: a runner serves it with `--processor NAME=…:builtin`.
+        A catalog type at BASE_COST a job (shared runners serve it), or (`own`) the customer's own
+        type (only its runners serve it, for the platform fee)."""
         name = f"{builtin}-{uuid.uuid4().hex[:8]}"
-        made = self.client.post(f"/v1/projects/{self.project_id}/jobTypes", {
-            "name": name, "baseCostCents": BASE_COST, "requiredTags": list(tags), "timeoutSeconds": timeout_seconds,
-            "defaultRetryPolicy": {"maxAttempts": max_attempts, "initialIntervalSeconds": 0,
-                                   "backoffMultiplier": 1.0, "maxIntervalSeconds": 0}})
+        fields = {"name": name, "requiredTags": list(tags), "timeoutSeconds": timeout_seconds,
+                  "defaultRetryPolicy": {"maxAttempts": max_attempts, "initialIntervalSeconds": 0,
+                                         "backoffMultiplier": 1.0, "maxIntervalSeconds": 0}}
+        if own:
+            made = self.client.post(f"/v1/projects/{self.project_id}/jobTypes", fields)
+            assert made.status == 200, made.body
+            return dict(made.body)
+        made = self.admin.post("/v1/jobTypes", fields)
         assert made.status == 200, made.body
+        priced = self.admin.post(f"/v1/jobTypes/{made.body['id']}/prices",
+                                 {"currencyCode": "USD", "unitPriceCents": BASE_COST})
+        assert priced.status == 200, priced.body
         return dict(made.body)
 
     def submit(self, job_type: dict[str, Any], payload: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def test_enum_values_the_api_returns_have_labels() -> None:
     descriptors = (Path(__file__).resolve().parents[2] / "protos").rglob("*.proto")
     prefixes = ("JOB_STATUS_", "PRIORITY_LEVEL_", "TRANSFER_KIND_", "ACCESS_RECORD_TYPE_", "ACCESS_OUTCOME_",
                 "PURPOSE_CODE_", "NOTIFICATION_TRIGGER_", "RUNNER_STATUS_", "ATTEMPT_OUTCOME_", "ROLE_",
-                "CLIENT_KEY_STATE_")
+                "CLIENT_KEY_STATE_", "PRICE_MODEL_")
     values = {value for path in descriptors for value in re.findall(r"^\s*([A-Z][A-Z0-9_]+)\s*=\s*\d+;",
                                                                       path.read_text(), re.M)
               if value.startswith(prefixes) and not value.endswith("_UNSPECIFIED")}

@@ -160,6 +160,38 @@ PROCESSOR_TYPE_BATCH: ProcessorType.ValueType  # 4
 """Up to `JobType.max_batch_size` jobs of the type handed to one call."""
 Global___ProcessorType: _TypeAlias = ProcessorType  # noqa: Y015
 
+class _PriceModel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriceModelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PriceModel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRICE_MODEL_UNSPECIFIED: _PriceModel.ValueType  # 0
+    """On create: PRICE_MODEL_FLAT."""
+    PRICE_MODEL_FLAT: _PriceModel.ValueType  # 1
+    """`unit_price_cents` per job."""
+    PRICE_MODEL_PER_SECOND: _PriceModel.ValueType  # 2
+    """`unit_price_cents` per started second of the attempt's run time as the platform measured it
+    (lease start to the result's arrival), at most `cap_cents`.
+    """
+    PRICE_MODEL_PER_UNIT: _PriceModel.ValueType  # 3
+    """`unit_price_cents` per unit the processor reports (`AttemptResult.units`), at most `cap_cents`."""
+
+class PriceModel(_PriceModel, metaclass=_PriceModelEnumTypeWrapper):
+    """How a catalog price turns an attempt into cents."""
+
+PRICE_MODEL_UNSPECIFIED: PriceModel.ValueType  # 0
+"""On create: PRICE_MODEL_FLAT."""
+PRICE_MODEL_FLAT: PriceModel.ValueType  # 1
+"""`unit_price_cents` per job."""
+PRICE_MODEL_PER_SECOND: PriceModel.ValueType  # 2
+"""`unit_price_cents` per started second of the attempt's run time as the platform measured it
+(lease start to the result's arrival), at most `cap_cents`.
+"""
+PRICE_MODEL_PER_UNIT: PriceModel.ValueType  # 3
+"""`unit_price_cents` per unit the processor reports (`AttemptResult.units`), at most `cap_cents`."""
+Global___PriceModel: _TypeAlias = PriceModel  # noqa: Y015
+
 @_typing.final
 class RetryPolicy(_message.Message):
     """How failed attempts are retried (spec 3.4.1). The delay before attempt n+1 is
@@ -267,6 +299,7 @@ class JobType(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CATALOG_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     project_id: _builtins.str
     customer_id: _builtins.str
@@ -278,11 +311,13 @@ class JobType(_message.Message):
     default_persistence_policy: Global___PersistencePolicy.ValueType
     """Unspecified = PERSISTENCE_POLICY_STANDARD."""
     base_cost_cents: _builtins.int
-    """Estimated cost held at submit, and the charge of a successful job whose processor reports
-    no actual cost; ≥ 0.
+    """A catalog type's price is in its `JobTypePrice`s and a customer's own type costs the platform
+    fee, so this must be 0 (PRICE_SET_BY_OPERATOR); kept for types made before prices existed.
     """
     currency_code: _builtins.str
-    """ISO 4217 code of the costs; must match the customer's wallet. Empty = the platform default."""
+    """Kept for types made before prices; not used: a job is held and charged in its project's
+    billing currency (catalog prices are per currency, the platform fee in any).
+    """
     processor_type: Global___ProcessorType.ValueType
     enabled: _builtins.bool
     """A disabled type accepts no new jobs; queued ones still run. Absent on create = true."""
@@ -291,7 +326,7 @@ class JobType(_message.Message):
     timeout_seconds: _builtins.int
     """How long one attempt may run before its lease expires; 0 = 300 s."""
     max_cost_cents: _builtins.int
-    """Cap on a processor-reported actual cost; 0 = base_cost_cents."""
+    """Must be 0 (PRICE_SET_BY_OPERATOR), as base_cost_cents."""
     over_capture_policy: _billing_pb2.OverCapturePolicy.ValueType
     """What billing does when the actual cost is above the hold (only possible with
     max_cost_cents > base_cost_cents). Unspecified = reject.
@@ -300,6 +335,12 @@ class JobType(_message.Message):
     """Charge base_cost_cents for a job that fails terminally, instead of releasing its hold."""
     max_batch_size: _builtins.int
     """PROCESSOR_TYPE_BATCH only: most jobs handed to one processor call; 0 = 100."""
+    catalog: _builtins.bool
+    """A catalog type: the operator's (no project or customer), usable by every customer's
+    projects, priced by its `JobTypePrice`s, and the only kind shared runners serve. Any other
+    type is a customer's own: it runs only on that customer's runners and costs the operator's
+    platform fee per job (its `base_cost_cents` and `max_cost_cents` must stay 0).
+    """
     @_builtins.property
     def default_retry_policy(self) -> Global___RetryPolicy:
         """Absent = 3 attempts, 1 s initial interval, multiplier 2.0, 300 s maximum interval."""
@@ -349,13 +390,68 @@ class JobType(_message.Message):
         max_batch_size: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        catalog: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "default_retry_policy", b"default_retry_policy", "enabled", b"enabled", "external_api", b"external_api", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "base_cost_cents", b"base_cost_cents", "charge_on_failure", b"charge_on_failure", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "default_persistence_policy", b"default_persistence_policy", "default_priority", b"default_priority", "default_retry_policy", b"default_retry_policy", "description", b"description", "enabled", b"enabled", "external_api", b"external_api", "id", b"id", "max_batch_size", b"max_batch_size", "max_cost_cents", b"max_cost_cents", "name", b"name", "over_capture_policy", b"over_capture_policy", "processor_type", b"processor_type", "project_id", b"project_id", "required_tags", b"required_tags", "sensitive_fields", b"sensitive_fields", "timeout_seconds", b"timeout_seconds", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "base_cost_cents", b"base_cost_cents", "catalog", b"catalog", "charge_on_failure", b"charge_on_failure", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "default_persistence_policy", b"default_persistence_policy", "default_priority", b"default_priority", "default_retry_policy", b"default_retry_policy", "description", b"description", "enabled", b"enabled", "external_api", b"external_api", "id", b"id", "max_batch_size", b"max_batch_size", "max_cost_cents", b"max_cost_cents", "name", b"name", "over_capture_policy", b"over_capture_policy", "processor_type", b"processor_type", "project_id", b"project_id", "required_tags", b"required_tags", "sensitive_fields", b"sensitive_fields", "timeout_seconds", b"timeout_seconds", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
 
 Global___JobType: _TypeAlias = JobType  # noqa: Y015
+
+@_typing.final
+class JobTypePrice(_message.Message):
+    """One version of a catalog type's price in one currency. Prices are appended, never edited: a
+    job is held and settled at the version in force (latest `effective_time` not after the submit)
+    in its project's currency when it was submitted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_CENTS_FIELD_NUMBER: _builtins.int
+    CAP_CENTS_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_TIME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    job_type_id: _builtins.str
+    currency_code: _builtins.str
+    """ISO 4217; a job of a project billed in another currency finds no price (PRICE_NOT_FOUND)."""
+    model: Global___PriceModel.ValueType
+    unit_price_cents: _builtins.int
+    """Per job, per second or per unit (by `model`); 0 … 10,000,000."""
+    cap_cents: _builtins.int
+    """PER_SECOND and PER_UNIT: the most one job costs, held at submit; at least unit_price_cents.
+    FLAT: must be 0.
+    """
+    @_builtins.property
+    def effective_time(self) -> _timestamp_pb2.Timestamp:
+        """From when submits use it; absent = now. At most 10 years ahead; never before now."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        job_type_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        model: Global___PriceModel.ValueType = ...,
+        unit_price_cents: _builtins.int = ...,
+        cap_cents: _builtins.int = ...,
+        effective_time: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "effective_time", b"effective_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap_cents", b"cap_cents", "create_time", b"create_time", "currency_code", b"currency_code", "effective_time", b"effective_time", "id", b"id", "job_type_id", b"job_type_id", "model", b"model", "unit_price_cents", b"unit_price_cents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobTypePrice: _TypeAlias = JobTypePrice  # noqa: Y015

@@ -232,6 +232,7 @@ class Job(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     STATUS_HISTORY_FIELD_NUMBER: _builtins.int
     BILLING_PENDING_FIELD_NUMBER: _builtins.int
+    PRICE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     customer_id: _builtins.str
     project_id: _builtins.str
@@ -262,6 +263,10 @@ class Job(_message.Message):
     billing_pending: _builtins.bool
     """The job ended but billing has not yet posted its capture (or release): billing was
     unreachable, or refused and is tried again. `cost_cents` is what will be charged (GetJob).
+    """
+    price_id: _builtins.str
+    """The catalog price version the job was submitted under (held at submit, settled at it); empty
+    for a customer's own type (the platform fee).
     """
     @_builtins.property
     def retry_policy(self) -> _job_types_pb2.RetryPolicy:
@@ -366,10 +371,11 @@ class Job(_message.Message):
         attempts: _abc.Iterable[Global___JobAttempt] | None = ...,
         status_history: _abc.Iterable[Global___JobStatusChange] | None = ...,
         billing_pending: _builtins.bool = ...,
+        price_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "dead_letter_time", b"dead_letter_time", "encryption", b"encryption", "lease", b"lease", "next_attempt_time", b"next_attempt_time", "payload", b"payload", "pending_info", b"pending_info", "progress", b"progress", "result", b"result", "retry_policy", b"retry_policy", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "billing_pending", b"billing_pending", "cancel_requested", b"cancel_requested", "complete_time", b"complete_time", "cost_cents", b"cost_cents", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "dead_letter_time", b"dead_letter_time", "dead_lettered", b"dead_lettered", "encryption", b"encryption", "error", b"error", "error_type", b"error_type", "estimated_cost_cents", b"estimated_cost_cents", "id", b"id", "job_type_id", b"job_type_id", "job_type_name", b"job_type_name", "lease", b"lease", "next_attempt_time", b"next_attempt_time", "payload", b"payload", "pending_info", b"pending_info", "persistence_policy", b"persistence_policy", "priority", b"priority", "progress", b"progress", "project_id", b"project_id", "request_id", b"request_id", "result", b"result", "retry_policy", b"retry_policy", "runner_id", b"runner_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "status_history", b"status_history", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "billing_pending", b"billing_pending", "cancel_requested", b"cancel_requested", "complete_time", b"complete_time", "cost_cents", b"cost_cents", "create_time", b"create_time", "currency_code", b"currency_code", "customer_id", b"customer_id", "dead_letter_time", b"dead_letter_time", "dead_lettered", b"dead_lettered", "encryption", b"encryption", "error", b"error", "error_type", b"error_type", "estimated_cost_cents", b"estimated_cost_cents", "id", b"id", "job_type_id", b"job_type_id", "job_type_name", b"job_type_name", "lease", b"lease", "next_attempt_time", b"next_attempt_time", "payload", b"payload", "pending_info", b"pending_info", "persistence_policy", b"persistence_policy", "price_id", b"price_id", "priority", b"priority", "progress", b"progress", "project_id", b"project_id", "request_id", b"request_id", "result", b"result", "retry_policy", b"retry_policy", "runner_id", b"runner_id", "schedule_time", b"schedule_time", "start_time", b"start_time", "status", b"status", "status_history", b"status_history", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -770,6 +776,202 @@ class UpdateJobTypeRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateJobTypeRequest: _TypeAlias = UpdateJobTypeRequest  # noqa: Y015
+
+@_typing.final
+class CreateCatalogJobTypeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_TYPE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer."""
+    @_builtins.property
+    def job_type(self) -> _job_types_pb2.JobType: ...
+    def __init__(
+        self,
+        *,
+        job_type: _job_types_pb2.JobType | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job_type", b"job_type"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_type", b"job_type", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCatalogJobTypeRequest: _TypeAlias = CreateCatalogJobTypeRequest  # noqa: Y015
+
+@_typing.final
+class ListCatalogJobTypesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ENABLED_ONLY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Default 50, maximum 500."""
+    page_token: _builtins.str
+    enabled_only: _builtins.bool
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        enabled_only: _builtins.bool = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled_only", b"enabled_only", "name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCatalogJobTypesRequest: _TypeAlias = ListCatalogJobTypesRequest  # noqa: Y015
+
+@_typing.final
+class AddJobTypePriceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    job_type_id: _builtins.str
+    @_builtins.property
+    def price(self) -> _job_types_pb2.JobTypePrice: ...
+    def __init__(
+        self,
+        *,
+        job_type_id: _builtins.str = ...,
+        price: _job_types_pb2.JobTypePrice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_type_id", b"job_type_id", "price", b"price"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddJobTypePriceRequest: _TypeAlias = AddJobTypePriceRequest  # noqa: Y015
+
+@_typing.final
+class ListJobTypePricesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    job_type_id: _builtins.str
+    currency_code: _builtins.str
+    """Only this currency's."""
+    def __init__(
+        self,
+        *,
+        job_type_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "job_type_id", b"job_type_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobTypePricesRequest: _TypeAlias = ListJobTypePricesRequest  # noqa: Y015
+
+@_typing.final
+class ListJobTypePricesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def prices(self) -> _containers.RepeatedCompositeFieldContainer[_job_types_pb2.JobTypePrice]:
+        """At most 500, newest effective time first."""
+
+    def __init__(
+        self,
+        *,
+        prices: _abc.Iterable[_job_types_pb2.JobTypePrice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prices", b"prices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobTypePricesResponse: _TypeAlias = ListJobTypePricesResponse  # noqa: Y015
+
+@_typing.final
+class PriceMarkup(_message.Message):
+    """What a reseller adds to (or takes off) the catalog's prices for one of its customers. The
+    reseller's commission is computed as before, on what the customer is charged.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    MARKUP_BPS_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    markup_bps: _builtins.int
+    """Basis points on every catalog unit price and cap: 1500 = +15 %, -2000 = a 20 % discount;
+    -10000 … 100000. Amounts are rounded down to the cent. 0 = the catalog price.
+    """
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        markup_bps: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "markup_bps", b"markup_bps", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceMarkup: _TypeAlias = PriceMarkup  # noqa: Y015
+
+@_typing.final
+class GetPriceMarkupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPriceMarkupRequest: _TypeAlias = GetPriceMarkupRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePriceMarkupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PRICE_MARKUP_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    @_builtins.property
+    def price_markup(self) -> Global___PriceMarkup: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        price_markup: Global___PriceMarkup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price_markup", b"price_markup"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "price_markup", b"price_markup"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePriceMarkupRequest: _TypeAlias = UpdatePriceMarkupRequest  # noqa: Y015
 
 @_typing.final
 class DeleteJobTypeRequest(_message.Message):
@@ -1501,12 +1703,19 @@ class AttemptResult(_message.Message):
     ACTUAL_COST_CENTS_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
     outcome: Global___AttemptOutcome.ValueType
     """SUCCEEDED, FAILED or CANCELLED."""
     actual_cost_cents: _builtins.int
     """Actual cost the processor reports; absent = the type's base cost. Capped by the type."""
     duration_ms: _builtins.int
-    """Processing time measured by the runner."""
+    """Processing time measured by the runner (informational: a PER_SECOND price uses the
+    platform's own measure).
+    """
+    units: _builtins.int
+    """SUCCEEDED, PER_UNIT prices: the units of work done; charged units × unit price, at most the
+    cap. Absent = 0.
+    """
     @_builtins.property
     def result(self) -> _struct_pb2.Struct:
         """SUCCEEDED: the output, a JSON object."""
@@ -1528,14 +1737,20 @@ class AttemptResult(_message.Message):
         actual_cost_cents: _builtins.int | None = ...,
         details: _struct_pb2.Struct | None = ...,
         duration_ms: _builtins.int = ...,
+        units: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_actual_cost_cents", b"_actual_cost_cents", "actual_cost_cents", b"actual_cost_cents", "details", b"details", "error", b"error", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_actual_cost_cents", b"_actual_cost_cents", "_units", b"_units", "actual_cost_cents", b"actual_cost_cents", "details", b"details", "error", b"error", "result", b"result", "units", b"units"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_actual_cost_cents", b"_actual_cost_cents", "actual_cost_cents", b"actual_cost_cents", "details", b"details", "duration_ms", b"duration_ms", "error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_actual_cost_cents", b"_actual_cost_cents", "_units", b"_units", "actual_cost_cents", b"actual_cost_cents", "details", b"details", "duration_ms", b"duration_ms", "error", b"error", "outcome", b"outcome", "result", b"result", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__actual_cost_cents: _TypeAlias = _typing.Literal["actual_cost_cents"]  # noqa: Y015
     _WhichOneofArgType__actual_cost_cents: _TypeAlias = _typing.Literal["_actual_cost_cents", b"_actual_cost_cents"]  # noqa: Y015
+    _WhichOneofReturnType__units: _TypeAlias = _typing.Literal["units"]  # noqa: Y015
+    _WhichOneofArgType__units: _TypeAlias = _typing.Literal["_units", b"_units"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__actual_cost_cents) -> _WhichOneofReturnType__actual_cost_cents | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__units) -> _WhichOneofReturnType__units | None: ...
 
 Global___AttemptResult: _TypeAlias = AttemptResult  # noqa: Y015
 

@@ -63,6 +63,36 @@ class JobServiceStub:
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.UpdateJobTypeRequest.SerializeToString,
                 response_deserializer=innosystem_dot_jobs_dot_v1_dot_job__types__pb2.JobType.FromString,
                 _registered_method=True)
+        self.CreateCatalogJobType = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/CreateCatalogJobType',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.CreateCatalogJobTypeRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_job__types__pb2.JobType.FromString,
+                _registered_method=True)
+        self.ListCatalogJobTypes = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/ListCatalogJobTypes',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListCatalogJobTypesRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypesResponse.FromString,
+                _registered_method=True)
+        self.AddJobTypePrice = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/AddJobTypePrice',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.AddJobTypePriceRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_job__types__pb2.JobTypePrice.FromString,
+                _registered_method=True)
+        self.ListJobTypePrices = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/ListJobTypePrices',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesResponse.FromString,
+                _registered_method=True)
+        self.GetPriceMarkup = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/GetPriceMarkup',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetPriceMarkupRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.FromString,
+                _registered_method=True)
+        self.UpdatePriceMarkup = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/UpdatePriceMarkup',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.UpdatePriceMarkupRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.FromString,
+                _registered_method=True)
         self.DeleteJobType = channel.unary_unary(
                 '/innosystem.jobs.v1.JobService/DeleteJobType',
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.DeleteJobTypeRequest.SerializeToString,
@@ -209,6 +239,52 @@ class JobServiceServicer:
 
     def UpdateJobType(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCatalogJobType(self, request, context):
+        """A catalog type (admin only): the operator's, usable by every project, served by shared runners.
+        Get, update and delete it as any type (changes: admin only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCatalogJobTypes(self, request, context):
+        """The catalog, for everyone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddJobTypePrice(self, request, context):
+        """Appends a price version of a catalog type (admin only); earlier versions stay for the jobs
+        submitted under them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobTypePrices(self, request, context):
+        """A catalog type's price versions, newest effective time first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPriceMarkup(self, request, context):
+        """A customer's markup or discount on catalog prices, set by its reseller: the customer, its
+        reseller and admins read it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePriceMarkup(self, request, context):
+        """Only the customer's reseller (or an admin); from the next submit on. Jobs already submitted
+        keep the terms they were held at.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -409,6 +485,36 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.UpdateJobType,
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.UpdateJobTypeRequest.FromString,
                     response_serializer=innosystem_dot_jobs_dot_v1_dot_job__types__pb2.JobType.SerializeToString,
+            ),
+            'CreateCatalogJobType': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCatalogJobType,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.CreateCatalogJobTypeRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_job__types__pb2.JobType.SerializeToString,
+            ),
+            'ListCatalogJobTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCatalogJobTypes,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListCatalogJobTypesRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypesResponse.SerializeToString,
+            ),
+            'AddJobTypePrice': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddJobTypePrice,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.AddJobTypePriceRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_job__types__pb2.JobTypePrice.SerializeToString,
+            ),
+            'ListJobTypePrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobTypePrices,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesResponse.SerializeToString,
+            ),
+            'GetPriceMarkup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPriceMarkup,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetPriceMarkupRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.SerializeToString,
+            ),
+            'UpdatePriceMarkup': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePriceMarkup,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.UpdatePriceMarkupRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.SerializeToString,
             ),
             'DeleteJobType': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteJobType,
@@ -640,6 +746,168 @@ class JobService:
             '/innosystem.jobs.v1.JobService/UpdateJobType',
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.UpdateJobTypeRequest.SerializeToString,
             innosystem_dot_jobs_dot_v1_dot_job__types__pb2.JobType.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCatalogJobType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/CreateCatalogJobType',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.CreateCatalogJobTypeRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_job__types__pb2.JobType.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCatalogJobTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/ListCatalogJobTypes',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListCatalogJobTypesRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddJobTypePrice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/AddJobTypePrice',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.AddJobTypePriceRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_job__types__pb2.JobTypePrice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobTypePrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/ListJobTypePrices',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListJobTypePricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPriceMarkup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/GetPriceMarkup',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetPriceMarkupRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePriceMarkup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/UpdatePriceMarkup',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.UpdatePriceMarkupRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.PriceMarkup.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,26 @@ class JobServiceStub:
     GetJobType: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobTypeRequest, _job_types_pb2.JobType]
     ListJobTypes: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobTypesRequest, _jobs_pb2.ListJobTypesResponse]
     UpdateJobType: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.UpdateJobTypeRequest, _job_types_pb2.JobType]
+    CreateCatalogJobType: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CreateCatalogJobTypeRequest, _job_types_pb2.JobType]
+    """A catalog type (admin only): the operator's, usable by every project, served by shared runners.
+    Get, update and delete it as any type (changes: admin only).
+    """
+    ListCatalogJobTypes: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListCatalogJobTypesRequest, _jobs_pb2.ListJobTypesResponse]
+    """The catalog, for everyone."""
+    AddJobTypePrice: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.AddJobTypePriceRequest, _job_types_pb2.JobTypePrice]
+    """Appends a price version of a catalog type (admin only); earlier versions stay for the jobs
+    submitted under them.
+    """
+    ListJobTypePrices: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobTypePricesRequest, _jobs_pb2.ListJobTypePricesResponse]
+    """A catalog type's price versions, newest effective time first."""
+    GetPriceMarkup: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetPriceMarkupRequest, _jobs_pb2.PriceMarkup]
+    """A customer's markup or discount on catalog prices, set by its reseller: the customer, its
+    reseller and admins read it.
+    """
+    UpdatePriceMarkup: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.UpdatePriceMarkupRequest, _jobs_pb2.PriceMarkup]
+    """Only the customer's reseller (or an admin); from the next submit on. Jobs already submitted
+    keep the terms they were held at.
+    """
     DeleteJobType: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobTypeRequest, _empty_pb2.Empty]
     """FAILED_PRECONDITION while the type has unfinished jobs; disable it first."""
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SubmitJobRequest, _jobs_pb2.Job]
@@ -134,6 +154,26 @@ class JobServiceAsyncStub(JobServiceStub):
     GetJobType: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobTypeRequest, _job_types_pb2.JobType]  # type: ignore[assignment]
     ListJobTypes: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobTypesRequest, _jobs_pb2.ListJobTypesResponse]  # type: ignore[assignment]
     UpdateJobType: _aio.UnaryUnaryMultiCallable[_jobs_pb2.UpdateJobTypeRequest, _job_types_pb2.JobType]  # type: ignore[assignment]
+    CreateCatalogJobType: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CreateCatalogJobTypeRequest, _job_types_pb2.JobType]  # type: ignore[assignment]
+    """A catalog type (admin only): the operator's, usable by every project, served by shared runners.
+    Get, update and delete it as any type (changes: admin only).
+    """
+    ListCatalogJobTypes: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListCatalogJobTypesRequest, _jobs_pb2.ListJobTypesResponse]  # type: ignore[assignment]
+    """The catalog, for everyone."""
+    AddJobTypePrice: _aio.UnaryUnaryMultiCallable[_jobs_pb2.AddJobTypePriceRequest, _job_types_pb2.JobTypePrice]  # type: ignore[assignment]
+    """Appends a price version of a catalog type (admin only); earlier versions stay for the jobs
+    submitted under them.
+    """
+    ListJobTypePrices: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobTypePricesRequest, _jobs_pb2.ListJobTypePricesResponse]  # type: ignore[assignment]
+    """A catalog type's price versions, newest effective time first."""
+    GetPriceMarkup: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetPriceMarkupRequest, _jobs_pb2.PriceMarkup]  # type: ignore[assignment]
+    """A customer's markup or discount on catalog prices, set by its reseller: the customer, its
+    reseller and admins read it.
+    """
+    UpdatePriceMarkup: _aio.UnaryUnaryMultiCallable[_jobs_pb2.UpdatePriceMarkupRequest, _jobs_pb2.PriceMarkup]  # type: ignore[assignment]
+    """Only the customer's reseller (or an admin); from the next submit on. Jobs already submitted
+    keep the terms they were held at.
+    """
     DeleteJobType: _aio.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobTypeRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """FAILED_PRECONDITION while the type has unfinished jobs; disable it first."""
     SubmitJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SubmitJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
@@ -243,6 +283,62 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.UpdateJobTypeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_types_pb2.JobType, _abc.Awaitable[_job_types_pb2.JobType]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateCatalogJobType(
+        self,
+        request: _jobs_pb2.CreateCatalogJobTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_types_pb2.JobType, _abc.Awaitable[_job_types_pb2.JobType]]:
+        """A catalog type (admin only): the operator's, usable by every project, served by shared runners.
+        Get, update and delete it as any type (changes: admin only).
+        """
+
+    @_abc_1.abstractmethod
+    def ListCatalogJobTypes(
+        self,
+        request: _jobs_pb2.ListCatalogJobTypesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ListJobTypesResponse, _abc.Awaitable[_jobs_pb2.ListJobTypesResponse]]:
+        """The catalog, for everyone."""
+
+    @_abc_1.abstractmethod
+    def AddJobTypePrice(
+        self,
+        request: _jobs_pb2.AddJobTypePriceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_types_pb2.JobTypePrice, _abc.Awaitable[_job_types_pb2.JobTypePrice]]:
+        """Appends a price version of a catalog type (admin only); earlier versions stay for the jobs
+        submitted under them.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJobTypePrices(
+        self,
+        request: _jobs_pb2.ListJobTypePricesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ListJobTypePricesResponse, _abc.Awaitable[_jobs_pb2.ListJobTypePricesResponse]]:
+        """A catalog type's price versions, newest effective time first."""
+
+    @_abc_1.abstractmethod
+    def GetPriceMarkup(
+        self,
+        request: _jobs_pb2.GetPriceMarkupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.PriceMarkup, _abc.Awaitable[_jobs_pb2.PriceMarkup]]:
+        """A customer's markup or discount on catalog prices, set by its reseller: the customer, its
+        reseller and admins read it.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdatePriceMarkup(
+        self,
+        request: _jobs_pb2.UpdatePriceMarkupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.PriceMarkup, _abc.Awaitable[_jobs_pb2.PriceMarkup]]:
+        """Only the customer's reseller (or an admin); from the next submit on. Jobs already submitted
+        keep the terms they were held at.
+        """
 
     @_abc_1.abstractmethod
     def DeleteJobType(

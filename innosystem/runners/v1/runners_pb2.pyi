@@ -331,7 +331,9 @@ class ListRunnersResponse(_message.Message):
     def runners(self) -> _containers.RepeatedCompositeFieldContainer[Global___Runner]: ...
     @_builtins.property
     def shared_runners(self) -> _containers.RepeatedCompositeFieldContainer[Global___SharedRunnerSummary]:
-        """A customer's view (first page only): the shared runners that can serve each of its job types."""
+        """A customer's view (first page only): the shared runners that can serve each catalog job type
+        (shared runners serve catalog types only; the customer's own types run on its own runners).
+        """
 
     def __init__(
         self,
@@ -350,7 +352,7 @@ Global___ListRunnersResponse: _TypeAlias = ListRunnersResponse  # noqa: Y015
 
 @_typing.final
 class SharedRunnerSummary(_message.Message):
-    """Shared runners that can serve one of the customer's job types (processor name and required tags)."""
+    """Shared runners that can serve one catalog job type (processor name and required tags)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -360,6 +362,7 @@ class SharedRunnerSummary(_message.Message):
     ONLINE_RUNNERS_FIELD_NUMBER: _builtins.int
     FREE_SLOTS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """Empty: catalog types belong to no project."""
     job_type_id: _builtins.str
     job_type_name: _builtins.str
     online_runners: _builtins.int

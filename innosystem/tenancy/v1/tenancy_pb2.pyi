@@ -237,6 +237,7 @@ class Project(_message.Message):
     ENCRYPTION_KEY_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    BILLING_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     customer_id: _builtins.str
     name: _builtins.str
@@ -245,6 +246,11 @@ class Project(_message.Message):
     """Unset on create means true."""
     encryption_key_id: _builtins.str
     """Client key (keys service) under which this project's new jobs are encrypted; empty = none."""
+    billing_currency_code: _builtins.str
+    """ISO 4217 code the project's jobs are held and charged in (from its customer's wallet in that
+    currency, at the catalog price in that currency); empty = the platform's default currency.
+    A change applies to the next submit; jobs already submitted keep their currency.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -263,10 +269,11 @@ class Project(_message.Message):
         encryption_key_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        billing_currency_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "encryption_key_id", b"encryption_key_id", "id", b"id", "name", b"name", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "billing_currency_code", b"billing_currency_code", "create_time", b"create_time", "customer_id", b"customer_id", "description", b"description", "encryption_key_id", b"encryption_key_id", "id", b"id", "name", b"name", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__active: _TypeAlias = _typing.Literal["active"]  # noqa: Y015
     _WhichOneofArgType__active: _TypeAlias = _typing.Literal["_active", b"_active"]  # noqa: Y015

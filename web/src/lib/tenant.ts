@@ -9,7 +9,8 @@ export interface Project {
 
 export interface JobType {
   id: string;
-  projectId: string;
+  projectId?: string;
+  catalog?: boolean;
   name: string;
   description?: string;
   baseCostCents?: string;
@@ -26,3 +27,6 @@ export const projectsOf = (customerId: string) =>
   listAll<Project>(`/v1/customers/${customerId}/projects`, 'projects');
 
 export const jobTypesOf = (projectId: string) => listAll<JobType>(`/v1/projects/${projectId}/jobTypes`, 'jobTypes');
+
+// The operator's catalog: usable by every project, served by shared runners, priced per job.
+export const catalogTypes = () => listAll<JobType>('/v1/jobTypes', 'jobTypes');

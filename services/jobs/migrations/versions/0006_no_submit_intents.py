@@ -1,7 +1,7 @@
 """no submit intents: billing's active holds by creation time tell recovery which submits died
 
-Revision ID: 0005_no_submit_intents
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-05 10:00:00
 """
 from alembic import op
@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 
-revision = '0005_no_submit_intents'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 

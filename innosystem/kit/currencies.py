@@ -1,5 +1,5 @@
-"""The active ISO 4217 currency codes (2024 list, less funds and precious metals): a wallet or a
-rate in a currency nobody can pay in is refused as UNKNOWN_CURRENCY rather than stored."""
+"""The active ISO 4217 currency codes (2024 list, less funds and precious metals): a wallet, a rate or a
+price in a currency nobody can pay in is refused as UNKNOWN_CURRENCY rather than stored."""
 
 from __future__ import annotations
 
