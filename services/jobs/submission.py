@@ -39,6 +39,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
+from innosystem.kit import principal as principals
 from innosystem.kit.db import copy_rows
 from innosystem.kit.errors import (
     Aborted,
@@ -78,6 +79,14 @@ _STATUS_CHANGES = cast(Table, JobStatusChange.__table__)
 
 class _TooSlow(Exception):
     """The job's commit would come too late for the holds reserved for it (see the module's doc)."""
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def job_id_for(project_id: uuid.UUID, request_id: str) -> uuid.UUID:
@@ -173,14 +182,17 @@ class Submission:
         types_token = self._ask_types_token(project_id)  # read together with the project's token
         tokens = self.deps.tokens
         catalog_token = tokens.ask(catalog()) if tokens else None  # … in the same Redis call
+        # a customer's key names its customer: its markup's token goes in that call too
+        hint = caller.customer_id if caller.kind == principals.CUSTOMER else ""
+        markup_token = tokens.ask(markup_of(uuid.UUID(hint))) if tokens and _is_uuid(hint) else None
         owner: ProjectOwner = await self._visible_project(caller, project_id, fresh=True)
         if not owner.active:  # before anything is held
             raise FailedPrecondition(f"project {project_id} is inactive and takes no new jobs", field="project_id",
                                      reason="PROJECT_INACTIVE")
         now = self.deps.now()
         prefix = (lambda i: "") if single else (lambda i: f"requests[{i}].")
-        # the customer is known only now: its markup's token is read while the types are looked at
-        markup_token = tokens.ask(markup_of(owner.customer_id)) if tokens else None
+        if tokens and (markup_token is None or hint != str(owner.customer_id)):  # an admin's or reseller's
+            markup_token = tokens.ask(markup_of(owner.customer_id))
         types = await self._types(owner, requests, prefix, types_token)
         shared = await self._catalog_now(catalog_token)
         markup = await self._markup(owner.customer_id, markup_token)
