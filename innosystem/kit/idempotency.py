@@ -8,16 +8,18 @@ A repeat returns the first resource; the same id with another body is IDEMPOTENC
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import LargeBinary, String
+from psycopg import sql
+from sqlalchemy import LargeBinary, String, select
 from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from innosystem.kit.db import utcnow
-from innosystem.kit.errors import Aborted, InvalidArgument
+from innosystem.kit.db import Writes, utcnow
+from innosystem.kit.errors import Aborted, DomainError, InvalidArgument
 from innosystem.kit.validation import check_request_id
 
 
@@ -58,3 +60,45 @@ async def remember(session: AsyncSession, model: Any, scope: str, request_id: st
     if row is None or row.resource_id != resource_id:
         raise Aborted("a concurrent request with the same request_id won; retry to get its answer",
                       reason="CONCURRENT_REQUEST")
+
+
+async def replay_many(session: AsyncSession, model: Any, scope: str,
+                      requests: Sequence[tuple[str, bytes]]) -> list[uuid.UUID | DomainError | None]:
+    """`replay` for many (request id, request hash) of one scope in one query: per request, the
+    resource an earlier request with its id created, None to go ahead, or its error."""
+    out: list[uuid.UUID | DomainError | None] = [None] * len(requests)
+    wanted = []
+    for i, (request_id, _) in enumerate(requests):
+        if request_id:
+            try:
+                check_request_id(request_id)
+                wanted.append(request_id)
+            except DomainError as err:
+                out[i] = err
+    if not wanted:
+        return out
+    t = model.__table__.c
+    earlier = {r.request_id: (r.request_hash, r.resource_id) for r in await session.execute(
+        select(t.request_id, t.request_hash, t.resource_id).where(t.scope == scope, t.request_id.in_(wanted)))}
+    for i, (request_id, request_hash) in enumerate(requests):
+        if out[i] is None and (hit := earlier.get(request_id)) is not None:
+            out[i] = uuid.UUID(str(hit[1])) if hit[0] == request_hash else InvalidArgument(
+                "request_id was already used with a different request", field="request_id",
+                reason="IDEMPOTENCY_KEY_REUSED")
+    return out
+
+
+def remember_many(writes: Writes, model: Any, scope: str, created: Sequence[tuple[str, bytes, uuid.UUID]]) -> None:
+    """`remember` for many (request id, request hash, resource id) of one scope, sent with the
+    transaction's commit (`kit.db.Writes`). For creates whose resource id is derived from the
+    request id, so that a concurrent repeat already fails on the resource's own primary key:
+    nothing here needs to be read back."""
+    if not created:
+        return
+    table = model.__table__
+    now = utcnow()
+    writes.execute(sql.SQL(
+        "INSERT INTO {} (scope, request_id, request_hash, resource_id, create_time) "
+        "SELECT %s, r, h, id, %s FROM unnest(%s::text[], %s::bytea[], %s::uuid[]) AS k(r, h, id) "
+        "ON CONFLICT DO NOTHING").format(sql.Identifier(table.schema, table.name)),
+        [scope, now, [c[0] for c in created], [c[1] for c in created], [c[2] for c in created]])

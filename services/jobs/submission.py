@@ -40,7 +40,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
-from innosystem.kit.db import copy_rows
+from innosystem.kit.db import Writes
 from innosystem.kit.errors import (
     Aborted,
     DomainError,
@@ -238,14 +238,15 @@ class Submission:
     async def _replays(self, prepared: list[Prepared], scope: str, prefix: Any) -> dict[uuid.UUID, Job]:
         """Marks the requests whose request id already made a job; those jobs by id."""
         async with self.deps.db.session() as s:
-            for i, p in enumerate(prepared):
-                if p.job.request_id:
-                    try:
-                        earlier = await idempotency.replay(s, IdempotencyKey, scope, p.job.request_id, p.hash)
-                    except DomainError as err:
-                        raise _renamed(err, "request_id", prefix(i) + "request_id") from None
-                    p.existing = earlier is not None
+            earlier = await idempotency.replay_many(s, IdempotencyKey, scope,
+                                                    [(p.job.request_id, p.hash) for p in prepared])
+            for i, (p, found) in enumerate(zip(prepared, earlier, strict=True)):
+                if isinstance(found, DomainError):
+                    raise _renamed(found, "request_id", prefix(i) + "request_id")
+                p.existing = found is not None
             existing_ids = [p.job.id for p in prepared if p.existing]
+            if not existing_ids:
+                return {}
             return {j.id: j for j in (await s.execute(select(Job).where(Job.id.in_(existing_ids)))).scalars()}
 
     def _ask_types_token(self, project_id: str) -> asyncio.Future[str] | None:
@@ -422,23 +423,23 @@ class Submission:
         refusals: list[Exception | None] = list(await self._reserve(groups)) if held else [None] * len(groups)
         try:
             async with deps.db.session() as s:
+                # a few rows go with the COMMIT in one round trip, a batch's by COPY (`kit.db.Writes`)
+                writes = Writes()
                 new = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
-                if new:  # one COPY each: no statement, no parameter processing per row
-                    await copy_rows(s, _JOBS, [p.row() for p in new])
-                    await copy_rows(s, _STATUS_CHANGES, [
+                if new:
+                    await writes.insert(s, _JOBS, [p.row() for p in new])
+                    await writes.insert(s, _STATUS_CHANGES, [
                         {"job_id": p.job.id, "status": p.job.status, "time": p.job.create_time, "attempt": 0,
                          "reason": "submitted" if p.job.status == PENDING
                          else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"} for p in new])
                 for g, refused in zip(groups, refusals, strict=True):
-                    if refused is not None:
-                        continue
-                    for p in g.fresh:
-                        if p.job.request_id:
-                            await idempotency.remember(s, IdempotencyKey, g.scope, p.job.request_id, p.hash,
-                                                       p.job.id)
+                    if refused is None:  # the job id comes from the request id: a repeat fails on the job's key
+                        idempotency.remember_many(writes, IdempotencyKey, g.scope, [
+                            (p.job.request_id, p.hash, p.job.id) for p in g.fresh if p.job.request_id])
                 if held and time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2:
                     # recovery may soon take these holds for a dead submit's: give them back instead
                     raise _TooSlow()
+                await writes.commit(s)
         except (IntegrityError, Aborted):
             if len(groups) > 1:  # one group's concurrent repeat spoiled the shared commit: go one by one
                 return await self._one_by_one(groups)

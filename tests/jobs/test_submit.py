@@ -53,6 +53,29 @@ async def test_request_id_repeat_returns_the_same_job_and_reuse_is_refused(world
     assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED" and caught.value.violations[0][0] == "request_id"
 
 
+async def test_a_batch_with_request_ids_is_stored_once_and_a_reused_id_names_its_item(world: JobsWorld) -> None:
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, price=10)
+    sub = world.app.cases.submission
+
+    def batch(*payloads: dict[str, Any]) -> pb.BatchSubmitJobsRequest:
+        return pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=[
+            pb.SubmitJobRequest(job_type_id=str(jt.id), payload=payload(**p), request_id=f"b-{i}")
+            for i, p in enumerate(payloads)])
+
+    first = await sub.batch_submit(c.principal, batch({"a": 0}, {"a": 1}, {"a": 2}))
+    again = await sub.batch_submit(c.principal, batch({"a": 0}, {"a": 1}, {"a": 2}))
+    assert [j.id for j in again] == [j.id for j in first]
+    assert await world.available(c) == 970  # held once
+    with pytest.raises(InvalidArgument) as caught:
+        await sub.batch_submit(c.principal, batch({"a": 0}, {"a": 9}, {"a": 2}, {"a": 3}))
+    assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert caught.value.violations[0][0] == "requests[1].request_id"
+    assert await world.available(c) == 970  # the new fourth item was not stored either
+    listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
+    assert len(listed) == 3
+
+
 @pytest.mark.parametrize("field, kwargs, reason", [
     ("payload", {"payload": payload(blob="x" * 3000)}, "PAYLOAD_TOO_LARGE"),
     ("priority", {"priority": -1}, "INVALID_PRIORITY"),
