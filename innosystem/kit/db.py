@@ -21,8 +21,10 @@ from typing import Any
 import psycopg
 import sqlalchemy.ext.asyncio
 from psycopg import sql
+from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
-from sqlalchemy import JSON, MetaData, Table, text
+from sqlalchemy import JSON, MetaData, Table, TextClause, text
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -94,6 +96,32 @@ async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[
                     await copy.write_row(row)
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, f"INSERT INTO {table.fullname}") from exc
+
+
+_COMPILED: dict[int, str] = {}
+
+
+def _psycopg_text(statement: TextClause) -> str:
+    """A `text()` statement as psycopg takes it (`:name` → `%(name)s`), compiled once."""
+    done = _COMPILED.get(id(statement))
+    if done is None:
+        done = _COMPILED[id(statement)] = str(statement.compile(dialect=postgresql_psycopg.dialect()))
+    return done
+
+
+async def execute_and_commit(session: AsyncSession, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
+    """Run a module-level `text()` statement and COMMIT the session's transaction in one round
+    trip (psycopg's pipeline mode); the statement's rows, with attribute access like SQLAlchemy's.
+    For a use case whose last statement decides nothing more (a lease batch)."""
+    driver = await driver_of(session)
+    try:
+        async with driver.pipeline():
+            cursor = driver.cursor(row_factory=namedtuple_row)
+            await cursor.execute(_psycopg_text(statement), params)
+            await driver.commit()
+        return await cursor.fetchall()
+    except psycopg.Error as exc:
+        raise as_sqlalchemy_error(exc, "a statement with its commit") from exc
 
 
 class Writes:

@@ -449,9 +449,9 @@ class Leases:
                                         {"message": f"runner {r.runner_id} lost", "type": "RUNNER_LOST"}, None, now, st)
                 ends.append(end)
                 res.status = end.status  # type: ignore[assignment]
-            await runsql.end_attempts(s, ends, st.outbox(), now)
             await runsql.unstart(s, back, [f"runner {r.runner_id} did not start it; back to the front"] * len(back),
                                  now)
+            await runsql.end_attempts(s, ends, st.outbox(), now)  # the last step: it commits
         await self._ended(ends, st, now, "release")
         if back:
             await requeue(deps, back)

@@ -19,6 +19,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.kit.db import execute_and_commit
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
 # What a lease hands to its runner, and what the lease path's metrics and traces read.
@@ -63,16 +64,17 @@ class Start:
 
 
 async def start_attempts(s: AsyncSession, starts: Sequence[Start], now: datetime, ttl_seconds: float
-                         ) -> dict[str, Row[Any]]:
+                         ) -> dict[str, Any]:
     """The popped jobs still leasable (Pending, or Scheduled and due: another replica's promoter may
     have moved one in Redis a moment before PostgreSQL) become Running under a new lease each, with
-    their attempt and status change. Returns the started rows by job id; the others are ghosts."""
+    their attempt and status change, committed with the statement in one round trip. Returns the
+    started rows by job id; the others are ghosts."""
     if not starts:
         return {}
-    rows = (await s.execute(_START, {
+    rows = await execute_and_commit(s, _START, {
         "ids": [uuid.UUID(x.job_id) for x in starts], "lease_ids": [uuid.uuid4() for _ in starts],
         "runner_ids": [x.runner_id for x in starts], "session_ids": [x.session_id for x in starts],
-        "now": now, "ttl": float(ttl_seconds)})).all()
+        "now": now, "ttl": float(ttl_seconds)})
     return {str(r.id): r for r in rows}
 
 
@@ -176,10 +178,11 @@ SELECT count(*) FROM ended
 
 
 async def end_attempts(s: AsyncSession, ends: Sequence[Any], outbox: Sequence[Outboxed], now: datetime) -> int:
-    """Write a batch of `outcomes.End`s and their billing outbox in one statement."""
+    """Write a batch of `outcomes.End`s and their billing outbox in one statement, committed with
+    it in one round trip (the batch's last step)."""
     if not ends and not outbox:
         return 0
-    return int((await s.execute(_END, {
+    rows = await execute_and_commit(s, _END, {
         "ids": [e.run.id for e in ends], "attempts": [e.run.attempt_count for e in ends],
         "statuses": [e.status for e in ends], "reasons": [e.reason for e in ends],
         "outcomes": [e.outcome for e in ends], "attempt_errors": [dumps(e.attempt_error) for e in ends],
@@ -192,7 +195,8 @@ async def end_attempts(s: AsyncSession, ends: Sequence[Any], outbox: Sequence[Ou
         "o_holds": [o.hold_id for o in outbox], "o_jobs": [o.job_id for o in outbox],
         "o_amounts": [o.amount_cents for o in outbox], "o_held": [o.held_cents for o in outbox],
         "o_policies": [o.over_capture_policy for o in outbox], "o_descriptions": [o.description for o in outbox],
-        "now": now})).scalar_one())
+        "now": now})
+    return int(rows[0][0])
 
 
 _UNSTART = text(f"""
