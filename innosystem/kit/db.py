@@ -98,15 +98,29 @@ async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[
         raise as_sqlalchemy_error(exc, f"INSERT INTO {table.fullname}") from exc
 
 
-_COMPILED: dict[int, str] = {}
+_COMPILED: dict[str, str] = {}
 
 
 def _psycopg_text(statement: TextClause) -> str:
-    """A `text()` statement as psycopg takes it (`:name` → `%(name)s`), compiled once."""
-    done = _COMPILED.get(id(statement))
+    """A `text()` statement as psycopg takes it (`:name` → `%(name)s`), compiled once per SQL."""
+    done = _COMPILED.get(statement.text)
     if done is None:
-        done = _COMPILED[id(statement)] = str(statement.compile(dialect=postgresql_psycopg.dialect()))
+        done = _COMPILED[statement.text] = str(statement.compile(dialect=postgresql_psycopg.dialect()))
     return done
+
+
+async def pipelined(session: AsyncSession, *steps: tuple[TextClause, Mapping[str, Any]]) -> list[Any]:
+    """Run module-level `text()` statements in one round trip (with the transaction's BEGIN when
+    they are its first); the last one's rows, with attribute access like SQLAlchemy's."""
+    driver = await driver_of(session)
+    try:
+        async with driver.pipeline():
+            for statement, params in steps:
+                cursor = driver.cursor(row_factory=namedtuple_row)
+                await cursor.execute(_psycopg_text(statement), params)
+        return await cursor.fetchall()
+    except psycopg.Error as exc:
+        raise as_sqlalchemy_error(exc, "pipelined statements") from exc
 
 
 async def execute_and_commit(session: AsyncSession, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:

@@ -270,9 +270,7 @@ class Leases:
                            results: list[pb.CompletionResult], ends: list[outcomes.End], settled: list[str]) -> None:
         deps = self.deps
         async with deps.db.session() as s:
-            if settled:
-                await runsql.settled(s, settled, [])
-            runs = await runsql.lock_runs(s, [it.c.job_id for it in items])
+            runs = await runsql.lock_runs(s, [it.c.job_id for it in items], settled)
             errors = await _lease_errors(s, [(it.c.job_id, it.c.lease_id, it.c.runner_id) for it in items], runs, now)
             await self._encrypt_results([(it, runs[it.c.job_id]) for it, err in zip(items, errors, strict=True)
                                          if err is None and runs[it.c.job_id].encryption])

@@ -19,7 +19,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.db import execute_and_commit
+from innosystem.kit.db import execute_and_commit, pipelined
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
 # What a lease hands to its runner, and what the lease path's metrics and traces read.
@@ -97,13 +97,19 @@ RUN_COLUMNS = ("id, status, lease_id, runner_id, lease_start_time, lease_expire_
                "non_retryable_error_types, trace_context, queue_time, create_time")
 
 
-async def lock_runs(s: AsyncSession, job_ids: Sequence[str]) -> dict[str, Row[Any]]:
-    """The jobs, locked in id order (concurrent batches do not deadlock); malformed ids are absent."""
+_LOCK_RUNS = text(f"SELECT {RUN_COLUMNS} FROM jobs.jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE")
+_UNOUTBOX = text("DELETE FROM jobs.billing_outbox WHERE hold_id = ANY(CAST(:holds AS text[]))")
+
+
+async def lock_runs(s: AsyncSession, job_ids: Sequence[str], settled_holds: Sequence[str] = ()) -> dict[str, Any]:
+    """The jobs, locked in id order (concurrent batches do not deadlock); malformed ids are absent.
+    The holds billing settled since (`settled_holds`) leave the outbox in the same round trip."""
     ids = sorted({u for u in (as_uuid(j) for j in job_ids) if u is not None})
+    steps = [(_UNOUTBOX, {"holds": list(settled_holds)})] if settled_holds else []
     if not ids:
+        await settled(s, settled_holds, [])
         return {}
-    rows = (await s.execute(text(f"SELECT {RUN_COLUMNS} FROM jobs.jobs WHERE id = ANY(CAST(:ids AS uuid[])) "
-                                 "ORDER BY id FOR UPDATE"), {"ids": ids})).all()
+    rows = await pipelined(s, *steps, (_LOCK_RUNS, {"ids": ids}))
     return {str(r.id): r for r in rows}
 
 
@@ -240,8 +246,7 @@ class Outboxed:
 async def settled(s: AsyncSession, hold_ids: Sequence[str], lowered: Sequence[tuple[uuid.UUID, int]]) -> None:
     """Billing answered for these holds: out of the outbox; jobs whose capture billing capped get that cost."""
     if hold_ids:
-        await s.execute(text("DELETE FROM jobs.billing_outbox WHERE hold_id = ANY(CAST(:holds AS text[]))"),
-                        {"holds": list(hold_ids)})
+        await s.execute(_UNOUTBOX, {"holds": list(hold_ids)})
     if lowered:
         await s.execute(text("UPDATE jobs.jobs AS j SET cost_cents = v.cost FROM unnest(CAST(:ids AS uuid[]), "
                              "CAST(:costs AS bigint[])) AS v(id, cost) WHERE j.id = v.id"),
