@@ -13,10 +13,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import sys
+
+import uvloop
 
 from innosystem.embedded import PARENT_PID_ENV, die_with
 from innosystem.kit import logs, telemetry
@@ -33,7 +34,7 @@ def _serve(names: list[str]) -> int:
         logs.setup("gateway", env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO", env("INNOSYSTEM_LOG_FORMAT", "") or "")
         telemetry.setup("gateway", metrics_port=env_int("INNOSYSTEM_METRICS_PORT", 0))
         gateway_main = importlib.import_module("gateway.main")
-        asyncio.run(gateway_main.serve())
+        uvloop.run(gateway_main.serve())
         return 0
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
@@ -51,7 +52,7 @@ def _serve(names: list[str]) -> int:
             listen = {n: "0.0.0.0:" + config.addresses.of(n).rsplit(":", 1)[-1] for n in names}
         await server.run(config, services, listen)
 
-    asyncio.run(main())
+    uvloop.run(main())
     return 0
 
 
