@@ -3,7 +3,8 @@
 Every internal call carries the calling service's principal signed for the method called (see
 `principal`; which service may call which internal method is `callers`), unless the caller
 already set one. Channels are long-lived, one per
-target, with keepalive; tracing context travels through the OpenTelemetry client interceptors.
+target, with keepalive; tracing context travels through the OpenTelemetry client interceptors
+(or, where no span is recorded, as the `traceparent` header the signer adds).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import redis.asyncio as aioredis
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from redis.exceptions import RedisError
 
-from innosystem.kit import logs, principal
+from innosystem.kit import logs, principal, telemetry
 from innosystem.kit.errors import DomainError, Unauthenticated, from_rpc_error
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
@@ -46,9 +47,11 @@ class _Signer:
     costs a dict lookup, and a header is at most 15 s old when attached, which leaves 45 s for a
     call waiting for a ready channel (`wait_for_ready`, timeouts up to 30 s here) to arrive valid."""
 
-    def __init__(self, service: str, secret: bytes) -> None:
+    def __init__(self, service: str, secret: bytes, trace: bool = False) -> None:
         self._body = principal.encode(principal.service_principal(service))
         self._secret = secret
+        # Carry the trace context here where OpenTelemetry's client interceptors are left out.
+        self._trace = trace
         # method path → (its signed entries, when to sign anew); one entry per method this service calls
         self._signed: dict[str, tuple[tuple[tuple[str, str], ...], float]] = {}
 
@@ -65,6 +68,11 @@ class _Signer:
         if principal.PRINCIPAL_HEADER not in metadata:
             method = details.method.decode() if isinstance(details.method, bytes) else details.method
             for key, value in self.entries(method):
+                metadata.add(key, value)
+        if self._trace:
+            trace: list[tuple[str, str]] = []
+            telemetry.inject_trace(trace)
+            for key, value in trace:
                 metadata.add(key, value)
         timeout = details.timeout
         if (deadline := logs.deadline.get()) is not None:
@@ -115,9 +123,12 @@ def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
     without a principal would run with this service's rights (the gateway forwards over plain
     channels for that reason).
     """
-    signer = _Signer(service, secret)
-    interceptors: list[Any] = [*aio_client_interceptors(), _SignUnaryUnary(signer), _SignUnaryStream(signer),
-                               _SignStreamUnary(signer), _SignStreamStream(signer)]
+    # OpenTelemetry's interceptors (a CLIENT span per call) only where spans are recorded; without
+    # them the signer adds the trace context, the one thing they would pass on.
+    recorded = telemetry.spans_recorded()
+    signer = _Signer(service, secret, trace=not recorded)
+    interceptors: list[Any] = [*(aio_client_interceptors() if recorded else ()), _SignUnaryUnary(signer),
+                               _SignUnaryStream(signer), _SignStreamUnary(signer), _SignStreamStream(signer)]
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
 
 
