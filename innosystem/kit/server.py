@@ -108,27 +108,31 @@ async def abort(context: grpc.aio.ServicerContext, err: DomainError, domain: str
 
 class _Steps(grpc.aio.ServerInterceptor):
     """Runs every RPC of any cardinality inside `arounds` (outermost first), each called as
-    `around(method, request, context)`. The wrapped handler of a method is made once and kept
-    while the handler behind it is the same object (the registered servicer's, per method)."""
+    `around(method, request, context)`.
+
+    A method's wrapped handler is made on its first call and answered from then on without asking
+    the interceptors after this one or the server's handler table again: servicers are registered
+    before the server starts and never change, and every interceptor after this one
+    (`_Audited`) wraps a method's handler the same way on every call."""
 
     def __init__(self, arounds: Sequence[Around]) -> None:
         self._arounds = tuple(arounds)
-        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method → (its handler, that handler wrapped)
+        self._wrapped: dict[str, Any] = {}  # method → its handler, wrapped; only methods that exist
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
         method = details.method
-        hit = self._wrapped.get(method)
-        if hit is None or hit[0] is not handler:
-            hit = (handler, _wrap(handler, method, self._arounds))
-            self._wrapped[method] = hit
-        return hit[1]
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(details)
+            if handler is None:  # no such method: UNIMPLEMENTED, and nothing kept for it
+                return None
+            wrapped = self._wrapped[method] = _wrap(handler, method, self._arounds)
+        return wrapped
 
 
 class _Audited(grpc.aio.ServerInterceptor):
-    """Innermost: after an audited unary method answered without error, report it (`kit.audit`)."""
+    """Innermost: after an audited unary method answered without error, report it (`kit.audit`).
+    Asked once per method (`_Steps` keeps what it answers)."""
 
     def __init__(self, reporter: AuditReporter) -> None:
         self._reporter = reporter
