@@ -34,7 +34,7 @@ from typing import cast
 import grpc
 import redis.asyncio as aioredis
 from aiohttp import web
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.errors import GatewayError
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -146,6 +146,13 @@ class _PipelinedScript:
                 future.set_result(cast(list[int], result))
 
     async def _execute(self, batch: list[_Pending]) -> list[object]:
+        """Each call's reply, or its error reply as an exception; a failed connection raises."""
+        if len(batch) == 1:  # alone in its turn: a plain call costs less than a pipeline of one
+            key, args, _ = batch[0]
+            try:
+                return [await self._client.evalsha(self._script.sha, 1, key, *args)]
+            except ResponseError as exc:
+                return [exc]
         async with self._client.pipeline(transaction=False) as pipe:
             for key, args, _ in batch:
                 pipe.evalsha(self._script.sha, 1, key, *args)
