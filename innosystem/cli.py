@@ -13,11 +13,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import logging
 import sys
-
-import uvloop
 
 from innosystem.embedded import PARENT_PID_ENV, die_with
 from innosystem.kit import logs, telemetry
@@ -34,7 +33,7 @@ def _serve(names: list[str]) -> int:
         logs.setup("gateway", env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO", env("INNOSYSTEM_LOG_FORMAT", "") or "")
         telemetry.setup("gateway", metrics_port=env_int("INNOSYSTEM_METRICS_PORT", 0))
         gateway_main = importlib.import_module("gateway.main")
-        uvloop.run(gateway_main.serve())
+        asyncio.run(gateway_main.serve())
         return 0
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
@@ -52,7 +51,7 @@ def _serve(names: list[str]) -> int:
             listen = {n: "0.0.0.0:" + config.addresses.of(n).rsplit(":", 1)[-1] for n in names}
         await server.run(config, services, listen)
 
-    uvloop.run(main())
+    asyncio.run(main())
     return 0
 
 
