@@ -25,7 +25,7 @@ from gateway.sse import stream_events
 from gateway.telemetry import ROUTE
 from gateway.transcode import build_request, render, render_csv
 from gateway.upstreams import Upstreams
-from innosystem.kit import roles, sessions
+from innosystem.kit import roles, sessions, telemetry
 from innosystem.kit.audit import AUDITED
 from innosystem.kit.clients import ApiKeyAuthenticator, follow_revocations
 from innosystem.kit.clients import channel as signed_channel
@@ -171,6 +171,8 @@ class Gateway:
             metadata.extend(self._auth.sign(caller, route.rpc.grpc_path))
         if route.rpc.upstream == "tenancy" or route.rpc.grpc_path in AUDITED:  # sessions, lockout, the audit log
             metadata.append((sessions.CLIENT_ADDRESS_METADATA, address))
+        if not self.upstreams.traced:
+            telemetry.inject_trace(metadata)  # the channels have no tracing interceptor to do it
         body = await self._read_body(request)
         message = build_request(route, path_values, request.rel_url.query.items(), body, self.pool)
         stub = self._stubs[route.rpc.grpc_path]

@@ -9,6 +9,10 @@ Two kinds of bucket, each a sustained rate with a burst on top, enforced by one 
   empty the address's requests with a key not already known good are refused before tenancy is
   asked, so a flood of guessed keys costs the platform one Redis call each.
 
+The script calls of one event-loop turn (the requests that arrived together) go to Redis in one
+pipeline, one EVALSHA per request and bucket, so each request is still decided on its own and
+no call spans two keys (a Redis Cluster pipeline sends each to its key's node).
+
 A refused request is `429 RESOURCE_EXHAUSTED` with reason `RATE_LIMITED`, a `Retry-After`
 header and a `google.rpc.RetryInfo`. Limits protect the platform, they do not guard money or
 data, so a Redis outage admits everything (logged). Calls are bounded by the client's timeouts
@@ -18,20 +22,21 @@ seconds, so a lost Redis costs one request a timeout now and then, not every req
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 import redis.asyncio as aioredis
 from aiohttp import web
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.errors import GatewayError
-from innosystem.kit.redis import Scripts
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 
 log = logging.getLogger(__name__)
@@ -88,10 +93,75 @@ class Limit:
         return max(1, round(1_000_000 / self.per_second))
 
 
+_Pending = tuple[str, tuple[int, int, int], "asyncio.Future[list[int]]"]
+
+
+class _PipelinedScript:
+    """`await script(key, args)` runs a one-key Lua script; the calls made in one event-loop turn
+    share one pipelined round trip (EVALSHA each, the script loaded again if Redis lost it)."""
+
+    def __init__(self, client: aioredis.Redis, source: str) -> None:
+        self._client = client
+        self._script = client.register_script(source)  # only for its SHA and text
+        self._pending: list[_Pending] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, key: str, args: tuple[int, int, int]) -> list[int]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._pending.append((key, args, future))
+        if len(self._pending) == 1:  # the first of this turn: send once the turn's other requests have queued
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._execute(batch)
+            if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted or flushed its scripts
+                await self._client.script_load(self._script.script)
+                again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                for i, result in zip(again, await self._execute([batch[i] for i in again]), strict=True):
+                    results[i] = result
+        except asyncio.CancelledError:  # the gateway is stopping
+            for _, _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # each caller gets the failure (a RedisError: admitted, and logged once)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():  # its request has gone (client left)
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(cast(list[int], result))
+
+    async def _execute(self, batch: list[_Pending]) -> list[object]:
+        """Each call's reply, or its error reply as an exception; a failed connection raises."""
+        if len(batch) == 1:  # alone in its turn: a plain call costs less than a pipeline of one
+            key, args, _ = batch[0]
+            try:
+                return [await self._client.evalsha(self._script.sha, 1, key, *args)]
+            except ResponseError as exc:
+                return [exc]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, args, _ in batch:
+                pipe.evalsha(self._script.sha, 1, key, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+
 class RateLimiter:
     def __init__(self, client: aioredis.Redis, accounts: Limit | None, addresses: Limit | None = None) -> None:
-        self._client = client
-        self._scripts = Scripts(client, Path(__file__).with_name("lua"))
+        self._admit = _PipelinedScript(client, Path(__file__).with_name("lua").joinpath("admit.lua").read_text())
         self.accounts, self.addresses = accounts, addresses
         self._quiet_until = 0.0
         self._away_until = 0.0
@@ -117,8 +187,7 @@ class RateLimiter:
         if time.monotonic() < self._away_until:
             return None
         try:
-            allowed, retry_us, remaining = await self._scripts.admit(keys=[key],
-                                                                     args=[limit.interval_us, limit.burst, cost])
+            allowed, retry_us, remaining = await self._admit(key, (limit.interval_us, limit.burst, cost))
         except (RedisError, OSError) as exc:  # redis' TimeoutError and ConnectionError are RedisErrors
             now = time.monotonic()
             self._away_until = now + OUTAGE_BACKOFF_SECONDS

@@ -1,8 +1,9 @@
 """The gateway's server span and request metrics.
 
 One SERVER span per HTTP request, child of the caller's `traceparent` when it sends one; the
-gRPC client interceptor on the upstream channels then carries this span's context to the
-services, so a client's trace continues through the gateway into every service it reaches.
+upstream call carries this span's context to the services (the gRPC client interceptor where
+spans are recorded, else the proxy's own `traceparent` metadata), so a client's trace continues
+through the gateway into every service it reaches.
 Metrics are labelled by route template (never the raw path: ids would explode cardinality).
 """
 

@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from innosystem.kit import telemetry
 from innosystem.kit.clients import CHANNEL_OPTIONS
 from innosystem.kit.config import Addresses
 
@@ -19,9 +20,13 @@ class Upstreams:
     ride on the gateway's identity."""
 
     def __init__(self, addresses: Addresses, names: Iterable[str]) -> None:
+        # Where spans are recorded, OpenTelemetry's interceptors make each call a CLIENT span;
+        # elsewhere the proxy adds the trace context to each call's metadata itself (grpc.aio
+        # runs an intercepted call's interceptors in a task of their own).
+        self.traced = telemetry.spans_recorded()
         self._channels = {
             name: grpc.aio.insecure_channel(addresses.of(name), options=CHANNEL_OPTIONS,
-                                            interceptors=aio_client_interceptors())
+                                            interceptors=aio_client_interceptors() if self.traced else None)
             for name in sorted(set(names))
         }
 

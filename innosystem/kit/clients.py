@@ -3,7 +3,8 @@
 Every internal call carries the calling service's principal signed for the method called (see
 `principal`; which service may call which internal method is `callers`), unless the caller
 already set one. Channels are long-lived, one per
-target, with keepalive; tracing context travels through the OpenTelemetry client interceptors.
+target, with keepalive; tracing context travels through the OpenTelemetry client interceptors
+(or, where no span is recorded, as the `traceparent` header the signer adds).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import redis.asyncio as aioredis
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from redis.exceptions import RedisError
 
-from innosystem.kit import logs, principal
+from innosystem.kit import logs, principal, telemetry
 from innosystem.kit.errors import DomainError, Unauthenticated, from_rpc_error
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
@@ -51,9 +52,11 @@ class _Signer:
     costs a dict lookup, and a header is at most 15 s old when attached, which leaves 45 s for a
     call waiting for a ready channel (`wait_for_ready`, timeouts up to 30 s here) to arrive valid."""
 
-    def __init__(self, service: str, secret: bytes) -> None:
+    def __init__(self, service: str, secret: bytes, trace: bool = False) -> None:
         self._body = principal.encode(principal.service_principal(service))
         self._secret = secret
+        # Carry the trace context here where OpenTelemetry's client interceptors are left out.
+        self._trace = trace
         # method path → (its signed entries, when to sign anew); one entry per method this service calls
         self._signed: dict[str, tuple[tuple[tuple[str, str], ...], float]] = {}
 
@@ -65,52 +68,68 @@ class _Signer:
             self._signed[method] = hit
         return hit[0]
 
-    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        if principal.PRINCIPAL_HEADER not in metadata:
-            method = details.method.decode() if isinstance(details.method, bytes) else details.method
-            for key, value in self.entries(method):
-                metadata.add(key, value)
-        timeout = details.timeout
+    def apply(self, method: str, timeout: float | None, metadata: Any) -> tuple[float | None, list[tuple[str, Any]]]:
+        """A call's timeout and metadata, signed (unless it carries a principal) and traced."""
+        entries = list(metadata or ())
+        if not any(key == principal.PRINCIPAL_HEADER for key, _ in entries):
+            entries.extend(self.entries(method))
+        if self._trace:
+            telemetry.inject_trace(entries)
         if (deadline := logs.deadline.get()) is not None:
             remaining = max(0.0, deadline - time.monotonic())
             timeout = remaining if timeout is None else min(timeout, remaining)
-        return grpc.aio.ClientCallDetails(details.method, timeout, metadata,
-                                          details.credentials, details.wait_for_ready)
+        return timeout, entries
 
 
-# One interceptor object per call kind: grpc.aio files each interceptor under the first kind it
-# matches, so a single class implementing all four would only ever see unary-unary calls.
-class _SignUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, signer: _Signer) -> None:
-        self._signer = signer
+class _Signed:
+    """One method's multicallable whose calls go through `_Signer.apply` first."""
 
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._signer.details(details), request)
+    def __init__(self, inner: Any, method: str, signer: _Signer) -> None:
+        self._inner, self._method, self._signer = inner, method, signer
 
-
-class _SignUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, signer: _Signer) -> None:
-        self._signer = signer
-
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._signer.details(details), request)
+    def __call__(self, request: Any = None, *, timeout: float | None = None, metadata: Any = None,
+                 **options: Any) -> Any:
+        timeout, signed = self._signer.apply(self._method, timeout, metadata)
+        return self._inner(request, timeout=timeout, metadata=signed, **options)
 
 
-class _SignStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, signer: _Signer) -> None:
-        self._signer = signer
+class _SignedChannel(grpc.aio.Channel):
+    """Signs each call as it is made, in the multicallables this channel hands out, rather than in
+    client interceptors: grpc.aio runs an intercepted call's interceptors in a task of their own,
+    a good part of a small call's cost."""
 
-    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._signer.details(details), requests)
+    def __init__(self, inner: grpc.aio.Channel, signer: _Signer) -> None:
+        self._inner, self._signer = inner, signer
 
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Signed(self._inner.unary_unary(method, *args, **kwargs), method, self._signer)
 
-class _SignStreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, signer: _Signer) -> None:
-        self._signer = signer
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Signed(self._inner.unary_stream(method, *args, **kwargs), method, self._signer)
 
-    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._signer.details(details), requests)
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Signed(self._inner.stream_unary(method, *args, **kwargs), method, self._signer)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Signed(self._inner.stream_stream(method, *args, **kwargs), method, self._signer)
+
+    async def __aenter__(self) -> _SignedChannel:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        await self._inner.close(None)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._inner.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._inner.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._inner.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._inner.channel_ready()
 
 
 def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
@@ -120,10 +139,12 @@ def channel(target: str, *, service: str, secret: bytes) -> grpc.aio.Channel:
     without a principal would run with this service's rights (the gateway forwards over plain
     channels for that reason).
     """
-    signer = _Signer(service, secret)
-    interceptors: list[Any] = [*aio_client_interceptors(), _SignUnaryUnary(signer), _SignUnaryStream(signer),
-                               _SignStreamUnary(signer), _SignStreamStream(signer)]
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    # OpenTelemetry's interceptors (a CLIENT span per call) only where spans are recorded; without
+    # them the signer adds the trace context, the one thing they would pass on.
+    recorded = telemetry.spans_recorded()
+    inner = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS,
+                                      interceptors=aio_client_interceptors() if recorded else None)
+    return _SignedChannel(inner, _Signer(service, secret, trace=not recorded))
 
 
 # Tenancy publishes here, after the commit, whenever API keys stop being valid: a customer or

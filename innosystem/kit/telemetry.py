@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from opentelemetry import metrics, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -27,6 +27,21 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanContext, TraceFlags
 
 _configured = False
+# False once setup() found that no span is ever recorded in this process (see the module docstring).
+_spans_recorded = True
+
+
+def spans_recorded() -> bool:
+    """Whether spans may be recorded here: before setup, or with an exporter or a sampler configured."""
+    return _spans_recorded
+
+
+def inject_trace(metadata: list[tuple[str, str]]) -> None:
+    """Append the current trace context (`traceparent`, …, as the configured propagators write it)
+    to outgoing gRPC metadata."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    metadata.extend(carrier.items())
 
 
 def _exporter_choice(signal: str) -> str:
@@ -37,7 +52,7 @@ def _exporter_choice(signal: str) -> str:
 
 
 def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None, metrics_port: int = 0) -> None:
-    global _configured
+    global _configured, _spans_recorded
     if _configured:
         return
     _configured = True
@@ -51,6 +66,7 @@ def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None
         # Nothing would receive a span: record none. Spans still carry their context (trace ids
         # reach the logs and the next process), at a fraction of a recorded span's cost.
         provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
+        _spans_recorded = False
     if choice == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

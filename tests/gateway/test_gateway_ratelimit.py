@@ -142,3 +142,35 @@ async def test_a_redis_that_stops_answering_does_not_hang_requests(
                 valkey.proc.send_signal(signal.SIGCONT)
     finally:
         valkey.stop()
+
+
+async def test_requests_arriving_together_are_each_decided_alone(
+        upstream_port: int, sample_set_path: Path, recorder: Recorder, valkey_server: EmbeddedValkey) -> None:
+    """Eight requests at once against a burst of five (their script calls pipelined together):
+    five admitted with five distinct remainders, three refused; the admin's bucket is its own."""
+    config = config_for(upstream_port, sample_set_path, rate_limit_per_second=0.5, rate_limit_burst=5,
+                        redis_url=_fresh_db(valkey_server))
+    async with serving(config) as client:
+        answers = await asyncio.gather(*(client.get("/v1/me", headers=CUSTOMER) for _ in range(8)),
+                                       client.get("/v1/me", headers=ADMIN))
+        *customer, admin = answers
+        assert sorted(r.status for r in customer) == [200] * 5 + [429] * 3
+        remaining = sorted(r.headers["RateLimit-Remaining"] for r in customer if r.status == 200)
+        assert remaining == ["0", "1", "2", "3", "4"]
+        assert admin.status == 200
+        assert len(recorder.named("GetMe")) == 6
+
+
+async def test_a_redis_that_lost_its_scripts_gets_them_again(
+        upstream_port: int, sample_set_path: Path, valkey_server: EmbeddedValkey) -> None:
+    url = _fresh_db(valkey_server)
+    config = config_for(upstream_port, sample_set_path, rate_limit_per_second=0.5, rate_limit_burst=3, redis_url=url)
+    async with serving(config) as client:
+        assert (await client.get("/v1/me", headers=CUSTOMER)).headers["RateLimit-Remaining"] == "2"
+        with redis.Redis.from_url(url) as direct:
+            direct.script_flush()
+        again = await asyncio.gather(*(client.get("/v1/me", headers=CUSTOMER) for _ in range(2)))  # pipelined
+        assert sorted(r.headers.get("RateLimit-Remaining") for r in again) == ["0", "1"]  # still enforced
+        with redis.Redis.from_url(url) as direct:
+            direct.script_flush()
+        assert (await client.get("/v1/me", headers=CUSTOMER)).status == 429  # alone in its turn

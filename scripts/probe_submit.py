@@ -1,0 +1,111 @@
+"""A quick loop for the submit path's per-request cost: `make bench`'s single-submit phases only.
+
+    .venv/bin/python scripts/probe_submit.py [--singles 3000] [--latency 6] [--profile DIR]
+
+Starts the embedded stack as `make bench` does (scripts/bench_e2e.py: PostgreSQL, Valkey, the
+five services and the gateway as processes), warms up, then runs gRPC singles (64 in flight) and
+gateway singles (64 HTTP clients, one job per request), and prints the same /proc CPU table: ms of
+CPU per submitted job, per process. `--latency S` adds single gateway submits at 50/s for S
+seconds (open-loop, no runner connected), p50/p95/p99 of the call. `--profile DIR` samples the
+jobs and billing processes (gRPC singles) and the gateway and jobs (gateway singles) with py-spy,
+raw stacks into DIR (py-spy from $PY_SPY, default `py-spy` on the PATH).
+
+CPU per job is the figure to compare on a shared machine; it still moves with the machine's load
+(a busy machine costs more CPU per request), so compare runs made one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_e2e as bench  # a sibling script
+
+from innosystem.demo import seed
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.kit.config import SERVICES
+from innosystem.rest import Rest
+from innosystem.stack import Stack
+
+
+def _spy(p: bench.Platform, names: list[str], folder: str | None, label: str,
+         seconds: int) -> list[subprocess.Popen[bytes]]:
+    if folder is None or p.stack is None:
+        return []
+    py_spy = os.environ.get("PY_SPY", "py-spy")
+    return [subprocess.Popen([py_spy, "record", "-d", str(seconds), "-r", "100", "--nonblocking", "--format", "raw",
+                              "-o", f"{folder}/{label}-{name}.raw", "-p", str(p.stack.procs[name].pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name in names]
+
+
+def probe(p: bench.Platform, args: argparse.Namespace) -> None:
+    n = args.singles
+    asyncio.run(bench.submit_grpc(p, 200, 10_000_000, batch=False, concurrency=64))  # warm caches and pools
+    bench.submit_rest_single(p, 200, 10_100_000, workers=64)
+    phases = []
+    spies = _spy(p, ["jobs", "billing"], args.profile, "grpc", args.spy_seconds)
+    before = p.meter.snapshot()
+    seconds = asyncio.run(bench.submit_grpc(p, n, 0, batch=False, concurrency=64))
+    phases.append(("grpc_single", "gRPC singles", p.meter.diff(before), n))
+    bench.say(f"gRPC singles (64 in flight): {n / seconds:,.0f} jobs/s")
+    for spy in spies:
+        spy.wait()
+    spies = _spy(p, ["gateway", "jobs"], args.profile, "gateway", args.spy_seconds)
+    before = p.meter.snapshot()
+    seconds = bench.submit_rest_single(p, n, n, workers=64)
+    phases.append(("gateway_single", "gateway singles", p.meter.diff(before), n))
+    bench.say(f"gateway singles (64 clients): {n / seconds:,.0f} jobs/s")
+    for spy in spies:
+        spy.wait()
+    bench.submit_cpu_table(phases)
+    if args.latency:
+        durations, refused = bench.submit_latency_gateway(p, 50, args.latency, 20_000_000)
+        figures = bench.percentiles(durations)
+        bench.say(f"one gateway submit at 50/s for {args.latency:g} s: "
+                  + ", ".join(f"{k} {v}" for k, v in figures.items()) + (f"; refused {refused}" if refused else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--singles", type=int, default=3000, help="submits per phase (default 3000)")
+    parser.add_argument("--latency", type=float, default=0, help="seconds of single gateway submits at 50/s")
+    parser.add_argument("--profile", help="sample the processes with py-spy, raw stacks into this folder")
+    parser.add_argument("--spy-seconds", type=int, default=6, help="py-spy sampling time per phase (default 6)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
+        log_dir = Path(tmp) / "logs"
+        log_dir.mkdir()
+        pg, valkey = EmbeddedPostgres(Path(tmp) / "pg"), EmbeddedValkey(Path(tmp) / "valkey")
+        url = pg.start()
+        valkey.start()
+        stack = Stack(database_url=url, redis_url=valkey.url, http_port=free_port(), fixed_ports=False,
+                      log_dir=log_dir, extra_env={"INNOSYSTEM_LOG_LEVEL": "WARNING"})
+        try:
+            stack.migrate()
+            stack.start()
+            stack.wait_ready(120)
+            admin = Rest(stack.gateway_url, stack.admin_api_key)
+            p = bench.Platform(Rest(stack.gateway_url), admin, stack.address("jobs"), stack.address("runners"),
+                               seed(admin, label="probe", top_up_cents=10_000_000), stack)
+            for name in (*SERVICES, "gateway"):
+                p.meter.track(name, stack.procs[name].pid)
+            for name, server in (("postgres", pg), ("valkey", valkey)):
+                if server.proc is not None:
+                    p.meter.track(name, server.proc.pid)
+            probe(p, args)
+        finally:
+            stack.stop()
+            valkey.stop()
+            pg.stop()
+
+
+if __name__ == "__main__":
+    main()
