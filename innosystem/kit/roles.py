@@ -59,7 +59,8 @@ _BY_SERVICE: dict[str, dict[str, Permission]] = {
     "innosystem.jobs.v1.JobService": {
         "GetJobType": R, "ListJobTypes": R, "GetJob": R, "ListJobs": R, "WatchJob": R, "ListDeadLetterJobs": R,
         "GetQueueStats": R, "CreateJobType": D, "UpdateJobType": D, "DeleteJobType": D, "SubmitJob": D,
-        "BatchSubmitJobs": D, "CancelJob": D, "RetryJob": D, "DeleteJob": D,
+        "BatchSubmitJobs": D, "CancelJob": D, "RetryJob": D, "DeleteJob": D, "BatchCancelJobs": D,
+        "BatchRetryJobs": D,
         "GetWebhook": R, "ListWebhooks": R, "ListWebhookDeliveries": R, "CreateWebhook": D, "DeleteWebhook": D,
         "RedeliverWebhookDelivery": D,
     },

@@ -1,6 +1,6 @@
 """JobService servicer: converts protobuf ↔ Python values and calls the use cases.
 
-Job types go to `JobsService`; jobs to `Submission`, `Queries` and `Control`; webhooks to
+Job types go to `JobsService`; jobs to `Submission`, `Queries`, `Control` and `Batches`; webhooks to
 `Webhooks`; the internal lease API (runners and keys services only) to `Leases`.
 
 Every client request that carries text beyond ids is first checked for text PostgreSQL cannot
@@ -27,6 +27,7 @@ from innosystem.jobs.v1 import webhooks_pb2 as hooks_pb
 from innosystem.kit import principal as principals
 from innosystem.kit.protos import changes, request_hash, timestamp
 from innosystem.kit.validation import check_storable
+from services.jobs.batches import Batches
 from services.jobs.control import Control
 from services.jobs.convert import job_pb
 from services.jobs.leases import Leases
@@ -83,6 +84,7 @@ class UseCases:
     control: Control
     leases: Leases
     webhooks: Webhooks
+    batches: Batches
 
 
 def webhook_pb(row: Webhook) -> hooks_pb.Webhook:
@@ -170,6 +172,16 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         check_storable(request)
         return job_pb(await self.cases.control.retry(principals.current(), request.job_id, request.request_id,
                                                      request_hash(request)))
+
+    async def BatchCancelJobs(self, request: pb.BatchCancelJobsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.BatchJobsResponse:
+        check_storable(request)
+        return await self.cases.batches.cancel(principals.current(), request)
+
+    async def BatchRetryJobs(self, request: pb.BatchRetryJobsRequest,
+                             context: grpc.aio.ServicerContext) -> pb.BatchJobsResponse:
+        check_storable(request)
+        return await self.cases.batches.retry(principals.current(), request)
 
     async def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext) -> Empty:
         await self.cases.control.delete(principals.current(), request.job_id)

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from innosystem.kit.db import Database
 from innosystem.kit.freshness import ChangeTokens
 from services.jobs.api import UseCases
+from services.jobs.batches import Batches
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
 from services.jobs.control import Control
@@ -50,5 +51,6 @@ def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc
     leases = Leases(deps)
     webhooks = Webhooks(db, config, types._visible_project)
     cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,
-                     control=Control(deps, queries), leases=leases, webhooks=webhooks)
+                     control=Control(deps, queries), leases=leases, webhooks=webhooks,
+                     batches=Batches(deps, types._visible_project))
     return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer))

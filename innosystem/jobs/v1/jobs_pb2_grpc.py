@@ -98,6 +98,16 @@ class JobServiceStub:
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.BatchCancelJobs = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/BatchCancelJobs',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchCancelJobsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.FromString,
+                _registered_method=True)
+        self.BatchRetryJobs = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/BatchRetryJobs',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchRetryJobsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.FromString,
+                _registered_method=True)
         self.DeleteJob = channel.unary_unary(
                 '/innosystem.jobs.v1.JobService/DeleteJob',
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.DeleteJobRequest.SerializeToString,
@@ -259,6 +269,23 @@ class JobServiceServicer:
 
     def RetryJob(self, request, context):
         """A failed (dead-lettered) job goes back to the queue with a fresh attempt budget and a new hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCancelJobs(self, request, context):
+        """CancelJob for every unfinished job of the project that `filter` matches (created before the
+        call), in batches of a bounded size, each one transaction. `validate_only` counts and changes
+        nothing. An empty filter is INVALID_ARGUMENT EMPTY_FILTER. Idempotent on `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRetryJobs(self, request, context):
+        """RetryJob for every failed job of the project that `filter` matches, as BatchCancelJobs does.
+        A job whose new hold the wallet cannot take stays failed and is counted in `skipped_count`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -444,6 +471,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RetryJobRequest.FromString,
                     response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'BatchCancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCancelJobs,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchCancelJobsRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.SerializeToString,
+            ),
+            'BatchRetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRetryJobs,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchRetryJobsRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.SerializeToString,
             ),
             'DeleteJob': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteJob,
@@ -829,6 +866,60 @@ class JobService:
             '/innosystem.jobs.v1.JobService/RetryJob',
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/BatchCancelJobs',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchCancelJobsRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/BatchRetryJobs',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchRetryJobsRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,15 @@ class JobServiceStub:
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]
     """A failed (dead-lettered) job goes back to the queue with a fresh attempt budget and a new hold."""
+    BatchCancelJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.BatchCancelJobsRequest, _jobs_pb2.BatchJobsResponse]
+    """CancelJob for every unfinished job of the project that `filter` matches (created before the
+    call), in batches of a bounded size, each one transaction. `validate_only` counts and changes
+    nothing. An empty filter is INVALID_ARGUMENT EMPTY_FILTER. Idempotent on `request_id`.
+    """
+    BatchRetryJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.BatchRetryJobsRequest, _jobs_pb2.BatchJobsResponse]
+    """RetryJob for every failed job of the project that `filter` matches, as BatchCancelJobs does.
+    A job whose new hold the wallet cannot take stays failed and is counted in `skipped_count`.
+    """
     DeleteJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _empty_pb2.Empty]
     """Removes a finished job and its payload and result. The ledger keeps its transfers.
     FAILED_PRECONDITION for an unfinished job.
@@ -153,6 +162,15 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """A failed (dead-lettered) job goes back to the queue with a fresh attempt budget and a new hold."""
+    BatchCancelJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.BatchCancelJobsRequest, _jobs_pb2.BatchJobsResponse]  # type: ignore[assignment]
+    """CancelJob for every unfinished job of the project that `filter` matches (created before the
+    call), in batches of a bounded size, each one transaction. `validate_only` counts and changes
+    nothing. An empty filter is INVALID_ARGUMENT EMPTY_FILTER. Idempotent on `request_id`.
+    """
+    BatchRetryJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.BatchRetryJobsRequest, _jobs_pb2.BatchJobsResponse]  # type: ignore[assignment]
+    """RetryJob for every failed job of the project that `filter` matches, as BatchCancelJobs does.
+    A job whose new hold the wallet cannot take stays failed and is counted in `skipped_count`.
+    """
     DeleteJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Removes a finished job and its payload and result. The ledger keeps its transfers.
     FAILED_PRECONDITION for an unfinished job.
@@ -304,6 +322,27 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
         """A failed (dead-lettered) job goes back to the queue with a fresh attempt budget and a new hold."""
+
+    @_abc_1.abstractmethod
+    def BatchCancelJobs(
+        self,
+        request: _jobs_pb2.BatchCancelJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.BatchJobsResponse, _abc.Awaitable[_jobs_pb2.BatchJobsResponse]]:
+        """CancelJob for every unfinished job of the project that `filter` matches (created before the
+        call), in batches of a bounded size, each one transaction. `validate_only` counts and changes
+        nothing. An empty filter is INVALID_ARGUMENT EMPTY_FILTER. Idempotent on `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchRetryJobs(
+        self,
+        request: _jobs_pb2.BatchRetryJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.BatchJobsResponse, _abc.Awaitable[_jobs_pb2.BatchJobsResponse]]:
+        """RetryJob for every failed job of the project that `filter` matches, as BatchCancelJobs does.
+        A job whose new hold the wallet cannot take stays failed and is counted in `skipped_count`.
+        """
 
     @_abc_1.abstractmethod
     def DeleteJob(
