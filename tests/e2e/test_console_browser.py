@@ -194,13 +194,28 @@ def test_the_access_log_chain_verifies_and_the_team_page_makes_a_key(world: Worl
     screenshot(page, "team")
 
 
-def test_bulk_retry_of_failed_jobs_confirms_the_count_and_refuses_an_empty_filter(world: World, page: Any) -> None:
-    fail_type = world.demo.job_type_ids["fail"]
+def failed_jobs(world: World, count: int, **body: Any) -> list[str]:
+    """Jobs of the demo's `fail` type, each failed for good (one attempt)."""
     jobs = [world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs",
-                           {"jobTypeId": fail_type, "payload": {"n": n},
-                            "retryPolicy": {"maxAttempts": 1}})["id"] for n in range(2)]
+                           {"jobTypeId": world.demo.job_type_ids["fail"], "payload": {"n": n},
+                            "retryPolicy": {"maxAttempts": 1}, **body})["id"] for n in range(count)]
     for job_id in jobs:
         assert watch_until_final(world.base, world.demo.api_key, job_id) == "JOB_STATUS_FAILED"
+    return jobs
+
+
+def pending_count(world: World, job_id: str) -> int:
+    history = world.customer("GET", f"/v1/jobs/{job_id}?view=JOB_VIEW_FULL")["statusHistory"]
+    return [change["status"] for change in history].count("JOB_STATUS_PENDING")
+
+
+def test_bulk_retry_of_failed_jobs_confirms_the_servers_count_and_refuses_an_empty_filter(
+        world: World, page: Any) -> None:
+    jobs = failed_jobs(world, 2)
+    # The server refuses an empty filter too, naming it, whatever a client does.
+    status, answer = world.customer.call("POST", f"/v1/projects/{world.demo.project_id}/jobs:batchRetry",
+                                         {"filter": {}})
+    assert status == 400 and "EMPTY_FILTER" in str(answer) and pending_count(world, jobs[0]) == 1
 
     email, password = world.people["owner"]
     sign_in(page, world.base, email, password)
@@ -213,15 +228,60 @@ def test_bulk_retry_of_failed_jobs_confirms_the_count_and_refuses_an_empty_filte
     page.locator("[data-testid=filter-status]").select_option("JOB_STATUS_FAILED")
     page.locator("[data-testid=filter-type]").select_option(label="fail")
     page.locator("[data-testid=job-row]").nth(1).wait_for()
-    page.get_by_role("button", name="Retry matching").click()
+    with page.expect_response(lambda r: r.url.endswith("/jobs:batchRetry")) as counted:
+        page.get_by_role("button", name="Retry matching").click()
+    assert counted.value.request.post_data_json["validateOnly"] is True
+    assert counted.value.json()["matchedCount"] == "2"  # the confirmation's count is the server's
     page.get_by_text("Retry 2 jobs?").wait_for()
+    assert pending_count(world, jobs[0]) == 1  # counting changed nothing
     accessible(page)
     screenshot(page, "jobs")
-    page.get_by_role("button", name="Confirm").click()
+    with page.expect_response(lambda r: r.url.endswith("/jobs:batchRetry")) as retried:
+        page.get_by_role("button", name="Confirm").click()
+    assert "validateOnly" not in retried.value.request.post_data_json and retried.value.json()["changedCount"] == "2"
     page.get_by_text("2 done, 0 refused.").wait_for()
     for job_id in jobs:  # each went back to the queue once more
-        history = world.customer("GET", f"/v1/jobs/{job_id}?view=JOB_VIEW_FULL")["statusHistory"]
-        assert [change["status"] for change in history].count("JOB_STATUS_PENDING") == 2, history
+        assert pending_count(world, job_id) == 2
+
+
+def test_the_search_box_finds_a_job_by_its_request_id_on_the_server(world: World, page: Any) -> None:
+    request_id = f"console-search-{uuid.uuid4().hex[:8]}"
+    later = {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {}, "scheduleTime": _in_an_hour()}
+    wanted = world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs", {**later, "requestId": request_id})
+    other = world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs", later)
+    try:
+        email, password = world.people["owner"]
+        sign_in(page, world.base, email, password)
+        page.get_by_role("link", name="Jobs").click()
+        page.locator("[data-testid=filter-project]").select_option(label="console")
+        page.locator(f"[data-testid=job-row][data-job-id='{other['id']}']").wait_for()
+        page.locator("[data-testid=search]").fill(request_id)
+        with page.expect_response(lambda r: f"requestId={request_id}" in r.url) as searched:
+            page.locator("[data-testid=search]").press("Enter")
+        assert [job["id"] for job in searched.value.json()["jobs"]] == [wanted["id"]]
+        page.get_by_text("1 jobs shown").wait_for()
+        rows = page.locator("[data-testid=job-row]")
+        assert rows.count() == 1 and rows.first.get_attribute("data-job-id") == wanted["id"]
+        accessible(page)
+    finally:
+        for job in (wanted, other):
+            world.customer("POST", f"/v1/jobs/{job['id']}:cancel", {})
+
+
+def test_an_operator_lists_dead_letters_across_tenants_and_retries_one(world: World, page: Any) -> None:
+    (job_id,) = failed_jobs(world, 1)
+    email, password = world.people["operator"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Dead letters").click()
+    page.get_by_role("heading", name="Dead letters").wait_for()
+    row = page.locator(f"[data-testid=dead-letter-row][data-job-id='{job_id}']")
+    row.wait_for()
+    assert "Console Customer" in row.inner_text() and "fail" in row.inner_text()
+    accessible(page)
+    screenshot(page, "operator-dead-letters")
+    row.get_by_role("button", name=f"Retry job {job_id}").click()
+    page.get_by_role("status").filter(has_text=f"Job {job_id} is queued again.").wait_for()
+    assert row.count() == 0 and pending_count(world, job_id) == 2
 
 
 def test_finnish_labels_and_money_and_the_choice_is_kept(world: World, page: Any) -> None:
