@@ -1,6 +1,6 @@
 """JobService servicer: converts protobuf ↔ Python values and calls the use cases.
 
-Job types go to `JobsService`; jobs to `Submission`, `Queries`, `Control` and `Batches`; webhooks to
+Job types go to `JobsService`; jobs to `Submission`, `Queries`, `Control`, `Batches` and `Live`; webhooks to
 `Webhooks`; the internal lease API (runners and keys services only) to `Leases`.
 
 Every client request that carries text beyond ids is first checked for text PostgreSQL cannot
@@ -31,6 +31,7 @@ from services.jobs.batches import Batches
 from services.jobs.control import Control
 from services.jobs.convert import job_pb
 from services.jobs.leases import Leases
+from services.jobs.live import Live
 from services.jobs.models import JobType, Webhook, WebhookDelivery
 from services.jobs.queries import Queries
 from services.jobs.service import JobsService
@@ -85,6 +86,7 @@ class UseCases:
     leases: Leases
     webhooks: Webhooks
     batches: Batches
+    live: Live
 
 
 def webhook_pb(row: Webhook) -> hooks_pb.Webhook:
@@ -191,6 +193,18 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JobEvent]:
         async for event in self.cases.control.watch(principals.current(), request.job_id):
             yield event
+
+    async def WatchJobs(self, request: pb.WatchJobsRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JobEvent]:
+        check_storable(request)
+        async for event in self.cases.live.jobs(principals.current(), request):
+            yield event
+
+    async def WatchQueueStats(self, request: pb.GetQueueStatsRequest,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.QueueStats]:
+        check_storable(request)
+        async for stats in self.cases.live.queue_stats(principals.current(), request):
+            yield stats
 
     async def ListDeadLetterJobs(self, request: pb.ListDeadLetterJobsRequest,
                                  context: grpc.aio.ServicerContext) -> pb.ListDeadLetterJobsResponse:

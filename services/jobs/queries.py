@@ -49,7 +49,7 @@ def newest_first(stmt: Select[Any], after: pagination.Keyset | None) -> Select[A
     return stmt.order_by(Job.create_time.desc(), Job.id.desc())
 
 
-def _uuid_field(value: str, field: str) -> uuid.UUID:
+def uuid_field(value: str, field: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -65,7 +65,7 @@ def matching(stmt: Select[Any], f: Any) -> Select[Any]:
             raise InvalidArgument(f"unknown status {f.status}", field=prefix + "status", reason="INVALID_STATUS")
         stmt = stmt.where(Job.status == f.status)
     if f.job_type_id:
-        stmt = stmt.where(Job.job_type_id == _uuid_field(f.job_type_id, prefix + "job_type_id"))
+        stmt = stmt.where(Job.job_type_id == uuid_field(f.job_type_id, prefix + "job_type_id"))
     if f.priority:
         if f.priority not in (1, 2, 3, 4):
             raise InvalidArgument(f"unknown priority {f.priority}", field=prefix + "priority",
@@ -143,7 +143,7 @@ class Queries:
         if r.project_id != "-":
             stmt = stmt.where(Job.project_id == (await self._visible_project(caller, r.project_id)).project_id)
         if r.customer_id:
-            stmt = stmt.where(Job.customer_id == _uuid_field(r.customer_id, "customer_id"))
+            stmt = stmt.where(Job.customer_id == uuid_field(r.customer_id, "customer_id"))
         stmt = matching(stmt, r)
         async with self.deps.db.session() as s:
             rows = (await s.execute(newest_first(stmt, after).options(*WITHOUT_DOCUMENTS)
@@ -182,7 +182,7 @@ class Queries:
         if r.project_id != "-":
             stmt = stmt.where(Job.project_id == (await self._visible_project(caller, r.project_id)).project_id)
         if r.job_type_id:
-            stmt = stmt.where(Job.job_type_id == _uuid_field(r.job_type_id, "job_type_id"))
+            stmt = stmt.where(Job.job_type_id == uuid_field(r.job_type_id, "job_type_id"))
         if key is not None:
             try:
                 at, jid = datetime.fromisoformat(key[0]), uuid.UUID(key[1])
@@ -219,9 +219,9 @@ class Queries:
         if r.project_id:
             stmt = stmt.where(Job.project_id == (await self._visible_project(caller, r.project_id)).project_id)
         if r.customer_id:
-            stmt = stmt.where(Job.customer_id == _uuid_field(r.customer_id, "customer_id"))
+            stmt = stmt.where(Job.customer_id == uuid_field(r.customer_id, "customer_id"))
         if r.job_type_id:
-            stmt = stmt.where(Job.job_type_id == _uuid_field(r.job_type_id, "job_type_id"))
+            stmt = stmt.where(Job.job_type_id == uuid_field(r.job_type_id, "job_type_id"))
         stmt = stmt.group_by(Job.customer_id, Job.project_id, Job.job_type_id, Job.job_type_name, Job.priority,
                              Job.status, Job.dead_lettered)
         async with self.deps.db.session() as s:

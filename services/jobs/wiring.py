@@ -18,6 +18,7 @@ from services.jobs.control import Control
 from services.jobs.deliveries import Deliveries
 from services.jobs.encryption import Encryptor
 from services.jobs.leases import Leases
+from services.jobs.live import Live
 from services.jobs.loops import Loops
 from services.jobs.queries import Queries
 from services.jobs.queue import JobQueue
@@ -50,7 +51,9 @@ def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc
     queries = Queries(deps, types._visible_project)
     leases = Leases(deps)
     webhooks = Webhooks(db, config, types._visible_project)
+    control = Control(deps, queries)
     cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,
-                     control=Control(deps, queries), leases=leases, webhooks=webhooks,
-                     batches=Batches(deps, types._visible_project))
+                     control=control, leases=leases, webhooks=webhooks,
+                     batches=Batches(deps, types._visible_project),
+                     live=Live(deps, queries, control.watchers, types._visible_project))
     return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer))

@@ -132,6 +132,8 @@ class _JobEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     JOB_EVENT_TYPE_STATUS_CHANGED: _JobEventType.ValueType  # 2
     JOB_EVENT_TYPE_PROGRESS: _JobEventType.ValueType  # 3
     JOB_EVENT_TYPE_CANCEL_REQUESTED: _JobEventType.ValueType  # 4
+    JOB_EVENT_TYPE_REMOVED: _JobEventType.ValueType  # 5
+    """WatchJobs: the job changed and no longer matches the watch's filter."""
 
 class JobEventType(_JobEventType, metaclass=_JobEventTypeEnumTypeWrapper):
     """Kind of a job event."""
@@ -142,6 +144,8 @@ JOB_EVENT_TYPE_SNAPSHOT: JobEventType.ValueType  # 1
 JOB_EVENT_TYPE_STATUS_CHANGED: JobEventType.ValueType  # 2
 JOB_EVENT_TYPE_PROGRESS: JobEventType.ValueType  # 3
 JOB_EVENT_TYPE_CANCEL_REQUESTED: JobEventType.ValueType  # 4
+JOB_EVENT_TYPE_REMOVED: JobEventType.ValueType  # 5
+"""WatchJobs: the job changed and no longer matches the watch's filter."""
 Global___JobEventType: _TypeAlias = JobEventType  # noqa: Y015
 
 class _LeaseReleaseReason:
@@ -1246,6 +1250,51 @@ class DeleteJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteJobRequest: _TypeAlias = DeleteJobRequest  # noqa: Y015
+
+@_typing.final
+class WatchJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    """A project, or "-" for every project the caller can see."""
+    status: _job_types_pb2.JobStatus.ValueType
+    """ListJobs' filter."""
+    job_type_id: _builtins.str
+    priority: _job_types_pb2.PriorityLevel.ValueType
+    customer_id: _builtins.str
+    """With project_id "-": only this customer's jobs (admins and resellers)."""
+    request_id: _builtins.str
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        status: _job_types_pb2.JobStatus.ValueType = ...,
+        job_type_id: _builtins.str = ...,
+        priority: _job_types_pb2.PriorityLevel.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        customer_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "end_time", b"end_time", "job_type_id", b"job_type_id", "priority", b"priority", "project_id", b"project_id", "request_id", b"request_id", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobsRequest: _TypeAlias = WatchJobsRequest  # noqa: Y015
 
 @_typing.final
 class WatchJobRequest(_message.Message):

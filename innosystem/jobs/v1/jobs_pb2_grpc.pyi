@@ -82,11 +82,24 @@ class JobServiceStub:
     """The job's changes as they happen (Server-Sent Events through the gateway). The first event
     is a snapshot; the stream ends after the job reaches a final status.
     """
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]
+    """A job list's changes as they happen (Server-Sent Events through the gateway): the filter is
+    ListJobs'. The first event is a SNAPSHOT without a job (the watch is on: changes from now on
+    are sent; read the list with ListJobs). Then, for each change of a job the caller sees in the
+    project, STATUS_CHANGED with the job (BASIC view) when it matches the filter, or REMOVED when
+    it no longer does. Changes that come close together are sent together, after a short pause.
+    """
     ListDeadLetterJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListDeadLetterJobsRequest, _jobs_pb2.ListDeadLetterJobsResponse]
-    """Failed jobs of a project, most recently failed first."""
+    """Failed jobs of a project, most recently failed first. Admins may use project "-" for the
+    dead letters of every tenant.
+    """
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.QueueStats]
     """Queue depth and oldest waiting age per job type and priority: an admin's over everything
     (optionally one customer), a customer's over its own projects, or one project's.
+    """
+    WatchQueueStats: _grpc.UnaryStreamMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.QueueStats]
+    """GetQueueStats as a stream (Server-Sent Events through the gateway): the statistics now, then
+    again after jobs change (at most every 2 s) and at least every 15 s.
     """
     CreateWebhook: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.CreateWebhookRequest, _webhooks_pb2.CreateWebhookResponse]
     """Webhooks (webhooks.proto): a project's endpoints that are told when its jobs finish.
@@ -179,11 +192,24 @@ class JobServiceAsyncStub(JobServiceStub):
     """The job's changes as they happen (Server-Sent Events through the gateway). The first event
     is a snapshot; the stream ends after the job reaches a final status.
     """
+    WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
+    """A job list's changes as they happen (Server-Sent Events through the gateway): the filter is
+    ListJobs'. The first event is a SNAPSHOT without a job (the watch is on: changes from now on
+    are sent; read the list with ListJobs). Then, for each change of a job the caller sees in the
+    project, STATUS_CHANGED with the job (BASIC view) when it matches the filter, or REMOVED when
+    it no longer does. Changes that come close together are sent together, after a short pause.
+    """
     ListDeadLetterJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListDeadLetterJobsRequest, _jobs_pb2.ListDeadLetterJobsResponse]  # type: ignore[assignment]
-    """Failed jobs of a project, most recently failed first."""
+    """Failed jobs of a project, most recently failed first. Admins may use project "-" for the
+    dead letters of every tenant.
+    """
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.QueueStats]  # type: ignore[assignment]
     """Queue depth and oldest waiting age per job type and priority: an admin's over everything
     (optionally one customer), a customer's over its own projects, or one project's.
+    """
+    WatchQueueStats: _aio.UnaryStreamMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.QueueStats]  # type: ignore[assignment]
+    """GetQueueStats as a stream (Server-Sent Events through the gateway): the statistics now, then
+    again after jobs change (at most every 2 s) and at least every 15 s.
     """
     CreateWebhook: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.CreateWebhookRequest, _webhooks_pb2.CreateWebhookResponse]  # type: ignore[assignment]
     """Webhooks (webhooks.proto): a project's endpoints that are told when its jobs finish.
@@ -365,12 +391,27 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _jobs_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.JobEvent], _abc.AsyncIterator[_jobs_pb2.JobEvent]]:
+        """A job list's changes as they happen (Server-Sent Events through the gateway): the filter is
+        ListJobs'. The first event is a SNAPSHOT without a job (the watch is on: changes from now on
+        are sent; read the list with ListJobs). Then, for each change of a job the caller sees in the
+        project, STATUS_CHANGED with the job (BASIC view) when it matches the filter, or REMOVED when
+        it no longer does. Changes that come close together are sent together, after a short pause.
+        """
+
+    @_abc_1.abstractmethod
     def ListDeadLetterJobs(
         self,
         request: _jobs_pb2.ListDeadLetterJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListDeadLetterJobsResponse, _abc.Awaitable[_jobs_pb2.ListDeadLetterJobsResponse]]:
-        """Failed jobs of a project, most recently failed first."""
+        """Failed jobs of a project, most recently failed first. Admins may use project "-" for the
+        dead letters of every tenant.
+        """
 
     @_abc_1.abstractmethod
     def GetQueueStats(
@@ -380,6 +421,16 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobs_pb2.QueueStats, _abc.Awaitable[_jobs_pb2.QueueStats]]:
         """Queue depth and oldest waiting age per job type and priority: an admin's over everything
         (optionally one customer), a customer's over its own projects, or one project's.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchQueueStats(
+        self,
+        request: _jobs_pb2.GetQueueStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.QueueStats], _abc.AsyncIterator[_jobs_pb2.QueueStats]]:
+        """GetQueueStats as a stream (Server-Sent Events through the gateway): the statistics now, then
+        again after jobs change (at most every 2 s) and at least every 15 s.
         """
 
     @_abc_1.abstractmethod
