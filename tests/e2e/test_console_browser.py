@@ -256,7 +256,7 @@ def test_the_search_box_finds_a_job_by_its_request_id_on_the_server(world: World
         page.locator("[data-testid=filter-project]").select_option(label="console")
         page.locator(f"[data-testid=job-row][data-job-id='{other['id']}']").wait_for()
         page.locator("[data-testid=search]").fill(request_id)
-        with page.expect_response(lambda r: f"requestId={request_id}" in r.url) as searched:
+        with page.expect_response(lambda r: "/jobs?" in r.url and f"requestId={request_id}" in r.url) as searched:
             page.locator("[data-testid=search]").press("Enter")
         assert [job["id"] for job in searched.value.json()["jobs"]] == [wanted["id"]]
         page.get_by_text("1 jobs shown").wait_for()
@@ -332,16 +332,53 @@ def test_a_person_with_a_second_factor_is_asked_for_the_code(world: World, page:
 
 
 def test_an_operator_sees_the_queues_and_runners(world: World, page: Any) -> None:
-    world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs",
-                   {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {},
-                    "scheduleTime": _in_an_hour()})  # something queued to show
-    email, password = world.people["operator"]
+    later = {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {}, "scheduleTime": _in_an_hour()}
+    jobs = [world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs", later)]  # something queued
+    try:
+        email, password = world.people["operator"]
+        with page.expect_response(lambda r: "/v1/queueStats:watch" in r.url):  # the statistics stream
+            sign_in(page, world.base, email, password)
+        page.get_by_role("heading", name="Queues").wait_for()
+        row = page.locator("[data-testid=queues] tbody tr", has_text="echo").filter(
+            has_text=world.demo.customer_id[:8]).first
+        row.wait_for()
+        page.get_by_role("cell", name="console-runner").wait_for()
+        accessible(page)
+        screenshot(page, "operator-queues")
+        # Live: one more scheduled job shows in the row from the stream (the page reads no statistics itself).
+        scheduled = row.locator("td").nth(4)
+        before = int(re.sub(r"\D", "", scheduled.inner_text()))
+        reads: list[str] = []
+        page.on("request", lambda r: reads.append(r.url) if r.url.endswith("/v1/queueStats") else None)
+        jobs.append(world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs", later))
+        page.wait_for_function("([cell, n]) => Number(cell.textContent.replace(/\\D/g, '')) === n",
+                               arg=[scheduled.element_handle(), before + 1])
+        assert reads == []
+    finally:
+        for job in jobs:
+            world.customer("POST", f"/v1/jobs/{job['id']}:cancel", {})
+
+
+def test_the_job_list_follows_its_stream_without_reading_the_list_again(world: World, page: Any) -> None:
+    email, password = world.people["owner"]
     sign_in(page, world.base, email, password)
-    page.get_by_role("heading", name="Queues").wait_for()
-    page.locator("[data-testid=queues] tbody tr", has_text="echo").first.wait_for()
-    page.get_by_role("cell", name="console-runner").wait_for()
+    page.get_by_role("link", name="Jobs").click()
+    page.get_by_role("heading", name="Jobs").wait_for()
+    page.locator("[data-testid=filter-project]").select_option(label="console")
+    with page.expect_response(lambda r: ":watch" in r.url and "JOB_STATUS_SCHEDULED" in r.url) as opened:
+        page.locator("[data-testid=filter-status]").select_option("JOB_STATUS_SCHEDULED")
+    assert opened.value.headers["content-type"].startswith("text/event-stream")
+    reads: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if re.search(r"/jobs(\?|$)", r.url) else None)
+
+    job = world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs",
+                         {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {}, "scheduleTime": _in_an_hour()})
+    row = page.locator(f"[data-testid=job-row][data-job-id='{job['id']}']")
+    row.wait_for()  # arrived on the stream
     accessible(page)
-    screenshot(page, "operator-queues")
+    world.customer("POST", f"/v1/jobs/{job['id']}:cancel", {})
+    row.wait_for(state="detached")  # cancelled: no longer a scheduled job
+    assert reads == [], reads  # neither came from reading the list again
 
 
 def test_a_reseller_tops_up_its_customer(world: World, page: Any) -> None:
