@@ -21,6 +21,7 @@ from innosystem.demo import Demo, seed
 from innosystem.rest import Rest
 from innosystem.stack import Stack
 from tests.e2e.conftest import watch_until_final
+from tests.keys.keymanager_process import KeyManagerProcess, start_keymanager
 from tests.support.console_browser import chromium, screenshot, serious_violations, sign_in
 from tests.support.identity import PASSWORD, invite_and_accept
 from tests.support.identity import sign_in as api_sign_in
@@ -458,3 +459,50 @@ def test_ten_thousand_jobs_page_in_as_you_scroll_with_few_rows_in_the_page(world
                                "!== before", arg=shown)
     assert count.inner_text() == "10,000 jobs shown"
     assert 0 < most_rows < 100, f"{most_rows} rows in the page: the list is not virtualized"
+
+
+@pytest.fixture(scope="module")
+def keymanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyManagerProcess]:
+    km = start_keymanager(tmp_path_factory.mktemp("console-km"), "cmk-console")
+    yield km
+    km.stop()
+
+
+def test_a_customer_registers_uses_rotates_and_revokes_an_encryption_key(
+        world: World, page: Any, keymanager: KeyManagerProcess) -> None:
+    # Its own project: a revoked key stops the project's submits, which the other tests make.
+    project = world.customer("POST", f"/v1/customers/{world.demo.customer_id}/projects", {"name": "console-keys"})
+    email, password = world.people["owner"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Keys and runners").click()
+    page.get_by_label("Key manager URL").fill(keymanager.grpc_url)
+    page.get_by_label("Key id at the key manager").fill("cmk-console")
+    page.get_by_label("Shared secret (32+ characters)").fill(keymanager.secret)
+    page.get_by_label("Description").fill("console key")
+    page.get_by_role("button", name="Register key").click()
+    page.get_by_role("status").filter(has_text="Key registered and verified.").wait_for()
+    row = page.locator("[data-testid=client-key-row]", has_text="console key")
+    key_id = row.get_attribute("data-key-id")
+    assert row.locator("[data-testid=key-state]").inner_text() == "Active"
+    assert page.get_by_label("Shared secret (32+ characters)").input_value() == ""  # not kept in the form
+    assert keymanager.secret not in page.content()
+
+    row.get_by_label("Project for key console key").select_option(label="console-keys")
+    row.get_by_role("button", name="Use for project").click()
+    page.get_by_role("status").filter(has_text="Project console-keys now encrypts new jobs").wait_for()
+    assert world.customer("GET", f"/v1/projects/{project['id']}")["encryptionKeyId"] == key_id
+
+    row.get_by_role("button", name="Rotate").click()
+    page.get_by_role("status").filter(has_text="Key rotated").wait_for()
+    row.locator("[data-testid=key-version]", has_text="2").wait_for()
+    accessible(page)
+    screenshot(page, "keys")
+
+    row.get_by_role("button", name="Revoke…").click()
+    dialog = page.get_by_role("alertdialog")
+    assert dialog.get_by_role("button", name="Revoke key").is_disabled()  # only once the loss is acknowledged
+    dialog.get_by_label("I understand that this data becomes unreadable for good.").check()
+    accessible(page)
+    dialog.get_by_role("button", name="Revoke key").click()
+    row.locator("[data-testid=key-state]", has_text="Disabled").wait_for()
+    assert world.customer("GET", f"/v1/keys/{key_id}")["state"] == "CLIENT_KEY_STATE_DISABLED"
