@@ -34,7 +34,8 @@ async def test_batch_cancel_counts_first_then_cancels_in_batches_and_releases_ho
     dry = await cases.batches.cancel(c.principal, pb.BatchCancelJobsRequest(
         project_id=c.project_id, filter=by_type, validate_only=True))
     assert (dry.matched_count, dry.changed_count, dry.validate_only) == (5, 0, True)
-    assert await world.available(c) == 950 and (await world.get(str(jobs[-1].id))).status == PENDING
+    waiting = next(str(j.id) for j in jobs if str(j.id) != running.job_id)
+    assert await world.available(c) == 950 and (await world.get(waiting)).status == PENDING
 
     request = pb.BatchCancelJobsRequest(project_id=c.project_id, filter=by_type, reason="spring clean",
                                         request_id="bc-1")
@@ -43,9 +44,9 @@ async def test_batch_cancel_counts_first_then_cancels_in_batches_and_releases_ho
     assert done.customer_id == c.principal.customer_id
     statuses = {str(j.id): (await world.get(str(j.id))) for j in jobs}
     assert statuses[running.job_id].status == RUNNING and statuses[running.job_id].cancel_requested
-    waiting = [j for i, j in statuses.items() if i != running.job_id]
-    assert {j.status for j in waiting} == {CANCELLED}
-    assert all("spring clean" in j.status_history[-1].reason for j in waiting)
+    cancelled = [j for i, j in statuses.items() if i != running.job_id]
+    assert {j.status for j in cancelled} == {CANCELLED}
+    assert all("spring clean" in j.status_history[-1].reason for j in cancelled)
     assert await world.available(c) == 990  # only the running job still holds its cost
     assert await world.lease([jt.name]) == []  # none left in the queue
     assert (await world.get(str(theirs.id))).status == PENDING and await world.available(other) == 990
