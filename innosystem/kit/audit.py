@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from innosystem.kit import logs, principal
@@ -30,6 +31,13 @@ class Audited:
     action: str
     target: Extract
     detail: Extract = lambda request, answer: ""
+    when: Callable[[Message], bool] = lambda request: True  # e.g. not for a dry run
+
+
+def _batch(request: Message, answer: Message) -> str:
+    """A batch action's filter and counts."""
+    what = text_format.MessageToString(request.filter, as_one_line=True)  # type: ignore[attr-defined]
+    return f"filter {{{what}}}: {_get(answer, 'changed_count')} of {_get(answer, 'matched_count')} changed"
 
 
 def _get(message: Message, name: str) -> str:
@@ -47,6 +55,12 @@ AUDITED: dict[str, Audited] = {
         "CreateJobType", lambda q, a: f"jobTypes/{_get(a, 'id')}", lambda q, a: _get(a, "name")),
     "/innosystem.jobs.v1.JobService/UpdateJobType": Audited(
         "UpdateJobType", lambda q, a: f"jobTypes/{_get(a, 'id')}", lambda q, a: _get(a, "name")),
+    "/innosystem.jobs.v1.JobService/BatchCancelJobs": Audited(
+        "BatchCancelJobs", lambda q, a: f"projects/{_get(q, 'project_id')}/jobs", lambda q, a: _batch(q, a),
+        when=lambda q: not getattr(q, "validate_only", False)),
+    "/innosystem.jobs.v1.JobService/BatchRetryJobs": Audited(
+        "BatchRetryJobs", lambda q, a: f"projects/{_get(q, 'project_id')}/jobs", lambda q, a: _batch(q, a),
+        when=lambda q: not getattr(q, "validate_only", False)),
     "/innosystem.keys.v1.KeyManagementService/CreateClientKey": Audited(
         "CreateClientKey", lambda q, a: f"keys/{_get(a, 'id')}", lambda q, a: _get(a, "endpoint_url")),
     "/innosystem.keys.v1.KeyManagementService/UpdateClientKey": Audited(
@@ -65,7 +79,7 @@ class AuditReporter:
     async def report(self, method: str, request: Message, answer: Message) -> None:
         audited = AUDITED.get(method)
         caller = principal.current_or_none()
-        if audited is None or caller is None:
+        if audited is None or caller is None or not audited.when(request):
             return
         event = tenancy_pb2.RecordAuditEventRequest(
             actor=caller, action=audited.action,

@@ -57,9 +57,10 @@ _BY_SERVICE: dict[str, dict[str, Permission]] = {
         "CreateExchangeRate": B,
     },
     "innosystem.jobs.v1.JobService": {
-        "GetJobType": R, "ListJobTypes": R, "GetJob": R, "ListJobs": R, "WatchJob": R, "ListDeadLetterJobs": R,
-        "GetQueueStats": R, "CreateJobType": D, "UpdateJobType": D, "DeleteJobType": D, "SubmitJob": D,
-        "BatchSubmitJobs": D, "CancelJob": D, "RetryJob": D, "DeleteJob": D,
+        "GetJobType": R, "ListJobTypes": R, "GetJob": R, "ListJobs": R, "WatchJob": R, "WatchJobs": R,
+        "ListDeadLetterJobs": R, "GetQueueStats": R, "WatchQueueStats": R, "CreateJobType": D, "UpdateJobType": D,
+        "DeleteJobType": D, "SubmitJob": D, "BatchSubmitJobs": D, "CancelJob": D, "RetryJob": D, "DeleteJob": D,
+        "BatchCancelJobs": D, "BatchRetryJobs": D,
         "GetWebhook": R, "ListWebhooks": R, "ListWebhookDeliveries": R, "CreateWebhook": D, "DeleteWebhook": D,
         "RedeliverWebhookDelivery": D,
         # the catalog: everyone reads it, the service holds its changes to admins

@@ -1,6 +1,6 @@
 """JobService servicer: converts protobuf ↔ Python values and calls the use cases.
 
-Job types go to `JobsService`; jobs to `Submission`, `Queries` and `Control`; webhooks to
+Job types go to `JobsService`; jobs to `Submission`, `Queries`, `Control`, `Batches` and `Live`; webhooks to
 `Webhooks`; the internal lease API (runners and keys services only) to `Leases`.
 
 Every client request that carries text beyond ids is first checked for text PostgreSQL cannot
@@ -27,9 +27,11 @@ from innosystem.jobs.v1 import webhooks_pb2 as hooks_pb
 from innosystem.kit import principal as principals
 from innosystem.kit.protos import changes, request_hash, timestamp, to_datetime
 from innosystem.kit.validation import check_storable
+from services.jobs.batches import Batches
 from services.jobs.control import Control
 from services.jobs.convert import job_pb
 from services.jobs.leases import Leases
+from services.jobs.live import Live
 from services.jobs.markups import Markups
 from services.jobs.models import JobType, JobTypePrice, PriceMarkup, Webhook, WebhookDelivery
 from services.jobs.queries import Queries
@@ -97,6 +99,8 @@ class UseCases:
     leases: Leases
     webhooks: Webhooks
     markups: Markups
+    batches: Batches
+    live: Live
 
 
 def webhook_pb(row: Webhook) -> hooks_pb.Webhook:
@@ -227,6 +231,16 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
         return job_pb(await self.cases.control.retry(principals.current(), request.job_id, request.request_id,
                                                      request_hash(request)))
 
+    async def BatchCancelJobs(self, request: pb.BatchCancelJobsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.BatchJobsResponse:
+        check_storable(request)
+        return await self.cases.batches.cancel(principals.current(), request)
+
+    async def BatchRetryJobs(self, request: pb.BatchRetryJobsRequest,
+                             context: grpc.aio.ServicerContext) -> pb.BatchJobsResponse:
+        check_storable(request)
+        return await self.cases.batches.retry(principals.current(), request)
+
     async def DeleteJob(self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext) -> Empty:
         await self.cases.control.delete(principals.current(), request.job_id)
         return Empty()
@@ -235,6 +249,18 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JobEvent]:
         async for event in self.cases.control.watch(principals.current(), request.job_id):
             yield event
+
+    async def WatchJobs(self, request: pb.WatchJobsRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JobEvent]:
+        check_storable(request)
+        async for event in self.cases.live.jobs(principals.current(), request):
+            yield event
+
+    async def WatchQueueStats(self, request: pb.GetQueueStatsRequest,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.QueueStats]:
+        check_storable(request)
+        async for stats in self.cases.live.queue_stats(principals.current(), request):
+            yield stats
 
     async def ListDeadLetterJobs(self, request: pb.ListDeadLetterJobsRequest,
                                  context: grpc.aio.ServicerContext) -> pb.ListDeadLetterJobsResponse:

@@ -156,6 +156,10 @@ class Job(Base):
         Index("ix_jobs_job_type_id_unfinished", "job_type_id", postgresql_where=text("status IN (1, 2, 6)")),
         Index("ix_jobs_lease_expire_time_running", "lease_expire_time", postgresql_where=text("status = 2")),
         Index(None, "project_id", "dead_letter_time", "id", postgresql_where=text("dead_lettered")),
+        # The operator's dead letters across tenants, newest first.
+        Index("ix_jobs_dead_letter_time_id", "dead_letter_time", "id", postgresql_where=text("dead_lettered")),
+        # ListJobs' exact request id search; most jobs of a busy tenant carry one.
+        Index("ix_jobs_request_id", "request_id", postgresql_where=text("request_id <> ''")),
         Index(None, "complete_time", postgresql_where=text("complete_time IS NOT NULL")),
         # Recovery between its full passes reads the jobs that started waiting lately (Pending, Scheduled).
         Index(None, "update_time", postgresql_where=text("status IN (1, 6)")),
@@ -255,6 +259,24 @@ class JobAttempt(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     actual_cost_cents: Mapped[int | None] = mapped_column(BigInteger)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class JobBatch(Base):
+    """One BatchCancelJobs or BatchRetryJobs that changed jobs: its filter and counts, the answer a
+    repeat of its `request_id` gets."""
+
+    __tablename__ = "job_batches"
+    __table_args__ = (Index(None, "project_id", "create_time"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    action: Mapped[str] = mapped_column(String(20))  # cancel | retry
+    filter: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    matched_count: Mapped[int] = mapped_column(BigInteger)
+    changed_count: Mapped[int] = mapped_column(BigInteger)
+    skipped_count: Mapped[int] = mapped_column(BigInteger)
+    create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class JobStatusChange(Base):

@@ -1,4 +1,5 @@
-"""Reads: GetJob (with its pending reason), ListJobs, ListDeadLetterJobs, GetQueueStats.
+"""Reads: GetJob (with its pending reason), ListJobs, ListDeadLetterJobs, GetQueueStats, and the
+job filter that ListJobs and the batch actions share.
 
 A list page is bounded in bytes as well as in jobs: payloads and results (each up to a MiB) are
 read from PostgreSQL only for a FULL view, a chunk of jobs at a time, and a page that would pass
@@ -23,7 +24,7 @@ from innosystem.kit import pagination
 from innosystem.kit.errors import InvalidArgument, NotFound
 from innosystem.kit.protos import timestamp, to_datetime
 from innosystem.kit.scope import Scope
-from innosystem.kit.validation import id_or_not_found
+from innosystem.kit.validation import check_request_id, id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs import runsql
 from services.jobs.convert import job_pb
@@ -48,11 +49,35 @@ def newest_first(stmt: Select[Any], after: pagination.Keyset | None) -> Select[A
     return stmt.order_by(Job.create_time.desc(), Job.id.desc())
 
 
-def _uuid_field(value: str, field: str) -> uuid.UUID:
+def uuid_field(value: str, field: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
         raise InvalidArgument(f"{field} must be a UUID", field=field, reason="INVALID_ID") from None
+
+
+def matching(stmt: Select[Any], f: Any) -> Select[Any]:
+    """`stmt` narrowed by a job filter: ListJobsRequest or JobFilter (the same field names).
+    Raises naming the first bad field as the caller's request names it."""
+    prefix = "filter." if isinstance(f, pb.JobFilter) else ""
+    if f.status:
+        if f.status not in STATUSES:
+            raise InvalidArgument(f"unknown status {f.status}", field=prefix + "status", reason="INVALID_STATUS")
+        stmt = stmt.where(Job.status == f.status)
+    if f.job_type_id:
+        stmt = stmt.where(Job.job_type_id == uuid_field(f.job_type_id, prefix + "job_type_id"))
+    if f.priority:
+        if f.priority not in (1, 2, 3, 4):
+            raise InvalidArgument(f"unknown priority {f.priority}", field=prefix + "priority",
+                                  reason="INVALID_PRIORITY")
+        stmt = stmt.where(Job.priority == f.priority)
+    if f.HasField("start_time"):
+        stmt = stmt.where(Job.create_time >= to_datetime(f.start_time))
+    if f.HasField("end_time"):
+        stmt = stmt.where(Job.create_time < to_datetime(f.end_time))
+    if f.request_id:
+        stmt = stmt.where(Job.request_id == check_request_id(f.request_id, prefix + "request_id"))
+    return stmt
 
 
 class Queries:
@@ -118,21 +143,8 @@ class Queries:
         if r.project_id != "-":
             stmt = stmt.where(Job.project_id == (await self._visible_project(caller, r.project_id)).project_id)
         if r.customer_id:
-            stmt = stmt.where(Job.customer_id == _uuid_field(r.customer_id, "customer_id"))
-        if r.status:
-            if r.status not in STATUSES:
-                raise InvalidArgument(f"unknown status {r.status}", field="status", reason="INVALID_STATUS")
-            stmt = stmt.where(Job.status == r.status)
-        if r.job_type_id:
-            stmt = stmt.where(Job.job_type_id == _uuid_field(r.job_type_id, "job_type_id"))
-        if r.priority:
-            if r.priority not in (1, 2, 3, 4):
-                raise InvalidArgument(f"unknown priority {r.priority}", field="priority", reason="INVALID_PRIORITY")
-            stmt = stmt.where(Job.priority == r.priority)
-        if r.HasField("start_time"):
-            stmt = stmt.where(Job.create_time >= to_datetime(r.start_time))
-        if r.HasField("end_time"):
-            stmt = stmt.where(Job.create_time < to_datetime(r.end_time))
+            stmt = stmt.where(Job.customer_id == uuid_field(r.customer_id, "customer_id"))
+        stmt = matching(stmt, r)
         async with self.deps.db.session() as s:
             rows = (await s.execute(newest_first(stmt, after).options(*WITHOUT_DOCUMENTS)
                                     .limit(size + 1))).scalars().all()
@@ -170,7 +182,7 @@ class Queries:
         if r.project_id != "-":
             stmt = stmt.where(Job.project_id == (await self._visible_project(caller, r.project_id)).project_id)
         if r.job_type_id:
-            stmt = stmt.where(Job.job_type_id == _uuid_field(r.job_type_id, "job_type_id"))
+            stmt = stmt.where(Job.job_type_id == uuid_field(r.job_type_id, "job_type_id"))
         if key is not None:
             try:
                 at, jid = datetime.fromisoformat(key[0]), uuid.UUID(key[1])
@@ -207,9 +219,9 @@ class Queries:
         if r.project_id:
             stmt = stmt.where(Job.project_id == (await self._visible_project(caller, r.project_id)).project_id)
         if r.customer_id:
-            stmt = stmt.where(Job.customer_id == _uuid_field(r.customer_id, "customer_id"))
+            stmt = stmt.where(Job.customer_id == uuid_field(r.customer_id, "customer_id"))
         if r.job_type_id:
-            stmt = stmt.where(Job.job_type_id == _uuid_field(r.job_type_id, "job_type_id"))
+            stmt = stmt.where(Job.job_type_id == uuid_field(r.job_type_id, "job_type_id"))
         stmt = stmt.group_by(Job.customer_id, Job.project_id, Job.job_type_id, Job.job_type_name, Job.priority,
                              Job.status, Job.dead_lettered)
         async with self.deps.db.session() as s:

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy import Row, Select, String, and_, case, cast, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.kit.pagination import Keyset, after_keyset
 from innosystem.kit.scope import Scope
-from services.jobs.models import Job, JobType, JobTypePrice, PriceMarkup, Webhook, WebhookDelivery
+from services.jobs.models import (
+    Job,
+    JobAttempt,
+    JobStatusChange,
+    JobType,
+    JobTypePrice,
+    PriceMarkup,
+    Webhook,
+    WebhookDelivery,
+)
 
 UNFINISHED = (1, 2, 6)  # pending, running, scheduled
+PENDING, RUNNING, SCHEDULED = enums.JOB_STATUS_PENDING, enums.JOB_STATUS_RUNNING, enums.JOB_STATUS_SCHEDULED
+FAILED, CANCELLED = enums.JOB_STATUS_FAILED, enums.JOB_STATUS_CANCELLED
 
 
 def _visible(stmt: Select[Any], scope: Scope) -> Select[Any]:
@@ -153,3 +166,106 @@ class WebhooksRepository:
         stmt = (update(d).where(d.id == delivery_id, d.webhook_id == webhook_id)
                 .values(state=1, next_attempt_time=now, expire_time=expire).returning(d))
         return (await self.s.execute(stmt)).scalar_one_or_none()
+
+
+# The columns a batch action reads of each locked job.
+_BATCH_COLUMNS = (Job.id, Job.status, Job.hold_id, Job.queue_name, Job.lease_id, Job.runner_id, Job.cancel_requested,
+                  Job.attempt_count, Job.customer_id, Job.project_id, Job.job_type_id, Job.estimated_cost_cents,
+                  Job.currency_code, Job.retry_count, Job.priority, Job.create_time)
+
+
+@dataclass
+class Cancelled:
+    """What cancelling one batch did, for the work after its commit."""
+
+    count: int = 0
+    holds: list[str] = field(default_factory=list)  # to release
+    removed: dict[str, list[str]] = field(default_factory=dict)  # queue → waiting jobs to take out
+    notices: list[dict[str, Any]] = field(default_factory=list)  # running jobs' cancel requests
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass
+class Retried:
+    jobs: Sequence[Any] = ()  # back to Pending: id, queue_name, customer_id, priority, queue_time, create_time
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class BatchesRepository:
+    """BatchCancelJobs' and BatchRetryJobs' SQL: one statement per kind of change for a whole batch."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.s = session
+
+    async def count(self, stmt: Select[Any]) -> int:
+        return int(await self.s.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+
+    async def lock_next(self, stmt: Select[Any], after: uuid.UUID | None, limit: int,
+                        retry: bool = False) -> Sequence[Row[Any]]:
+        """The next `limit` jobs of `stmt` (a filtered select of Job) after `after` in id order,
+        locked; a job locked by someone else is skipped."""
+        rows: Any = stmt.with_only_columns(*_BATCH_COLUMNS)
+        if after is not None:
+            rows = rows.where(Job.id > after)
+        return (await self.s.execute(rows.order_by(Job.id).limit(limit).with_for_update(skip_locked=True))).all()
+
+    async def cancel(self, rows: Sequence[Row[Any]], why: str, reason: str, now: datetime) -> Cancelled:
+        """Waiting jobs end Cancelled; running ones get a cancel request (their runners are told)."""
+        out = Cancelled()
+        waiting = [r for r in rows if r.status in (PENDING, SCHEDULED)]
+        running = [r for r in rows if r.status == RUNNING and not r.cancel_requested]
+        if waiting:
+            await self.s.execute(update(Job).where(Job.id.in_([r.id for r in waiting]))
+                                 .values(status=CANCELLED, complete_time=now, next_attempt_time=None, update_time=now)
+                                 .execution_options(synchronize_session=False))
+            await self.s.execute(insert(JobStatusChange), [
+                {"job_id": r.id, "status": CANCELLED, "time": now, "reason": why, "attempt": r.attempt_count}
+                for r in waiting])
+        if running:
+            await self.s.execute(update(Job).where(Job.id.in_([r.id for r in running]))
+                                 .values(cancel_requested=True, cancel_reason=reason, cancel_time=now, update_time=now)
+                                 .execution_options(synchronize_session=False))
+        stamp = now.isoformat()
+        for r in waiting:
+            if r.hold_id:
+                out.holds.append(r.hold_id)
+            out.removed.setdefault(r.queue_name, []).append(str(r.id))
+            out.events.append((str(r.id), {"status": CANCELLED, "reason": why, "attempt": r.attempt_count,
+                                           "time": stamp}))
+        for r in running:
+            out.notices.append({"job_id": str(r.id), "lease_id": str(r.lease_id), "runner_id": r.runner_id,
+                                "reason": reason, "time": stamp.replace("+00:00", "Z")})
+            out.events.append((str(r.id), {"cancel_requested": True}))
+        out.count = len(waiting) + len(running)
+        return out
+
+    async def retry(self, rows: Sequence[Row[Any]], expire: datetime, now: datetime) -> Retried:
+        """Failed jobs back to Pending with a fresh attempt budget and the new hold RetryJob names
+        `<job id>:r<retry>` (none for a job that costs nothing), which the caller reserved."""
+        if not rows:
+            return Retried()
+        ids = [r.id for r in rows]
+        hold = case((Job.estimated_cost_cents > 0, func.concat(cast(Job.id, String), ":r", Job.retry_count + 1)),
+                    else_="")
+        back: Sequence[Any] = (await self.s.execute(
+            update(Job).where(Job.id.in_(ids), Job.status == FAILED)
+            .values(status=PENDING, update_time=now, retry_count=Job.retry_count + 1, hold_id=hold,
+                    hold_expire_time=case((Job.estimated_cost_cents > 0, expire), else_=None),
+                    attempt_count=0, dead_lettered=False, dead_letter_time=None, complete_time=None, error="",
+                    error_type="", cost_cents=0, queue_time=now, cancel_requested=False)
+            .returning(Job.id, Job.retry_count, Job.queue_name, Job.customer_id, Job.priority, Job.queue_time,
+                       Job.create_time)
+            .execution_options(synchronize_session=False))).all()
+        await self.s.execute(delete(JobAttempt).where(JobAttempt.job_id.in_(ids)))
+        out = Retried(jobs=back)
+        if back:
+            changes = [{"job_id": r.id, "status": PENDING, "time": now, "attempt": 0,
+                        "reason": f"retried by request (retry {r.retry_count}, batch)"} for r in back]
+            await self.s.execute(insert(JobStatusChange), changes)
+            out.events = [(str(c["job_id"]), {"status": PENDING, "reason": c["reason"], "attempt": 0,
+                                              "time": now.isoformat()}) for c in changes]
+        return out
+
+    async def holds_in_use(self, hold_ids: Sequence[str]) -> set[str]:
+        stmt = select(Job.hold_id).where(Job.hold_id.in_(list(hold_ids)))
+        return set((await self.s.execute(stmt)).scalars().all())

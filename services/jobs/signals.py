@@ -7,6 +7,8 @@
 - schedule wake: a job was scheduled earlier than the promoter's current sleep.
 - job events (WatchJob) and cancel requests (WatchCancellations) are published on channels that
   watchers subscribe to through the process's one shared subscription connection.
+- changed job ids (WatchJobs, WatchQueueStats): while a list or the queue statistics are watched,
+  each batch of changes is also announced once on the `changes` channel, as the ids it changed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Signals:
         self.sched_channel = f"{prefix}sched"
         self.cancel_channel = f"{prefix}cancel"
         self.job_prefix = f"{prefix}events:"
+        self.changes_channel = f"{prefix}changes"
         self._cond = asyncio.Condition()
         self._versions: defaultdict[str, int] = defaultdict(int)
         self.scheduled = asyncio.Event()
@@ -112,19 +115,24 @@ class Signals:
     async def jobs_changed(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Each watched job's event on its own channel. A batch of leases or results changes
         hundreds of jobs at once and almost none has a watcher: one NUMSUB asks which do, and only
-        their events are encoded and published (one round trip). Called after the commit; a
-        watcher subscribes before it reads the job, so a change it cannot have read is announced."""
+        their events are encoded and published (one round trip). The same NUMSUB asks whether a
+        list is watched (`changes_channel`); only then the batch's ids are published there, once.
+        Called after the commit; a watcher subscribes before it reads the job, so a change it
+        cannot have read is announced."""
         if not events:
             return
         channels = [self.job_prefix + job_id for job_id, _ in events]
         try:
-            counts = {_text(c): int(n) for c, n in await self.client.pubsub_numsub(*channels)}
+            counts = {_text(c): int(n) for c, n in await self.client.pubsub_numsub(*channels, self.changes_channel)}
             watched = [(ch, event) for ch, (_, event) in zip(channels, events, strict=True) if counts.get(ch)]
-            if not watched:
+            listed = counts.get(self.changes_channel, 0) > 0
+            if not watched and not listed:
                 return
             async with self.client.pipeline(transaction=False) as pipe:
                 for channel, event in watched:
                     pipe.publish(channel, json.dumps(event))
+                if listed:
+                    pipe.publish(self.changes_channel, json.dumps({"ids": sorted({job_id for job_id, _ in events})}))
                 await pipe.execute()
         except RedisError as exc:
             log.warning("cannot publish %d job events: %s", len(events), exc)

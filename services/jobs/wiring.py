@@ -12,12 +12,14 @@ import redis.asyncio as aioredis
 from innosystem.kit.db import Database
 from innosystem.kit.freshness import ChangeTokens
 from services.jobs.api import UseCases
+from services.jobs.batches import Batches
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
 from services.jobs.control import Control
 from services.jobs.deliveries import Deliveries
 from services.jobs.encryption import Encryptor
 from services.jobs.leases import Leases
+from services.jobs.live import Live
 from services.jobs.loops import Loops
 from services.jobs.markups import Markups
 from services.jobs.queries import Queries
@@ -53,6 +55,9 @@ def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc
     leases = Leases(deps)
     webhooks = Webhooks(db, config, types._visible_project)
     markups = Markups(db, projects.reseller_of, tokens, now=lambda: datetime.fromtimestamp(clock(), UTC))
+    control = Control(deps, queries)
     cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,
-                     control=Control(deps, queries), leases=leases, webhooks=webhooks, markups=markups)
+                     control=control, leases=leases, webhooks=webhooks, markups=markups,
+                     batches=Batches(deps, types._visible_project),
+                     live=Live(deps, queries, control.watchers, types._visible_project))
     return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer))

@@ -21,6 +21,7 @@ from innosystem.demo import Demo, seed
 from innosystem.rest import Rest
 from innosystem.stack import Stack
 from tests.e2e.conftest import watch_until_final
+from tests.keys.keymanager_process import KeyManagerProcess, start_keymanager
 from tests.support.console_browser import chromium, screenshot, serious_violations, sign_in
 from tests.support.identity import PASSWORD, invite_and_accept
 from tests.support.identity import sign_in as api_sign_in
@@ -194,13 +195,28 @@ def test_the_access_log_chain_verifies_and_the_team_page_makes_a_key(world: Worl
     screenshot(page, "team")
 
 
-def test_bulk_retry_of_failed_jobs_confirms_the_count_and_refuses_an_empty_filter(world: World, page: Any) -> None:
-    fail_type = world.demo.job_type_ids["fail"]
+def failed_jobs(world: World, count: int, **body: Any) -> list[str]:
+    """Jobs of the demo's `fail` type, each failed for good (one attempt)."""
     jobs = [world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs",
-                           {"jobTypeId": fail_type, "payload": {"n": n},
-                            "retryPolicy": {"maxAttempts": 1}})["id"] for n in range(2)]
+                           {"jobTypeId": world.demo.job_type_ids["fail"], "payload": {"n": n},
+                            "retryPolicy": {"maxAttempts": 1}, **body})["id"] for n in range(count)]
     for job_id in jobs:
         assert watch_until_final(world.base, world.demo.api_key, job_id) == "JOB_STATUS_FAILED"
+    return jobs
+
+
+def pending_count(world: World, job_id: str) -> int:
+    history = world.customer("GET", f"/v1/jobs/{job_id}?view=JOB_VIEW_FULL")["statusHistory"]
+    return [change["status"] for change in history].count("JOB_STATUS_PENDING")
+
+
+def test_bulk_retry_of_failed_jobs_confirms_the_servers_count_and_refuses_an_empty_filter(
+        world: World, page: Any) -> None:
+    jobs = failed_jobs(world, 2)
+    # The server refuses an empty filter too, naming it, whatever a client does.
+    status, answer = world.customer.call("POST", f"/v1/projects/{world.demo.project_id}/jobs:batchRetry",
+                                         {"filter": {}})
+    assert status == 400 and "EMPTY_FILTER" in str(answer) and pending_count(world, jobs[0]) == 1
 
     email, password = world.people["owner"]
     sign_in(page, world.base, email, password)
@@ -213,15 +229,60 @@ def test_bulk_retry_of_failed_jobs_confirms_the_count_and_refuses_an_empty_filte
     page.locator("[data-testid=filter-status]").select_option("JOB_STATUS_FAILED")
     page.locator("[data-testid=filter-type]").select_option(label="fail")
     page.locator("[data-testid=job-row]").nth(1).wait_for()
-    page.get_by_role("button", name="Retry matching").click()
+    with page.expect_response(lambda r: r.url.endswith("/jobs:batchRetry")) as counted:
+        page.get_by_role("button", name="Retry matching").click()
+    assert counted.value.request.post_data_json["validateOnly"] is True
+    assert counted.value.json()["matchedCount"] == "2"  # the confirmation's count is the server's
     page.get_by_text("Retry 2 jobs?").wait_for()
+    assert pending_count(world, jobs[0]) == 1  # counting changed nothing
     accessible(page)
     screenshot(page, "jobs")
-    page.get_by_role("button", name="Confirm").click()
+    with page.expect_response(lambda r: r.url.endswith("/jobs:batchRetry")) as retried:
+        page.get_by_role("button", name="Confirm").click()
+    assert "validateOnly" not in retried.value.request.post_data_json and retried.value.json()["changedCount"] == "2"
     page.get_by_text("2 done, 0 refused.").wait_for()
     for job_id in jobs:  # each went back to the queue once more
-        history = world.customer("GET", f"/v1/jobs/{job_id}?view=JOB_VIEW_FULL")["statusHistory"]
-        assert [change["status"] for change in history].count("JOB_STATUS_PENDING") == 2, history
+        assert pending_count(world, job_id) == 2
+
+
+def test_the_search_box_finds_a_job_by_its_request_id_on_the_server(world: World, page: Any) -> None:
+    request_id = f"console-search-{uuid.uuid4().hex[:8]}"
+    later = {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {}, "scheduleTime": _in_an_hour()}
+    wanted = world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs", {**later, "requestId": request_id})
+    other = world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs", later)
+    try:
+        email, password = world.people["owner"]
+        sign_in(page, world.base, email, password)
+        page.get_by_role("link", name="Jobs").click()
+        page.locator("[data-testid=filter-project]").select_option(label="console")
+        page.locator(f"[data-testid=job-row][data-job-id='{other['id']}']").wait_for()
+        page.locator("[data-testid=search]").fill(request_id)
+        with page.expect_response(lambda r: "/jobs?" in r.url and f"requestId={request_id}" in r.url) as searched:
+            page.locator("[data-testid=search]").press("Enter")
+        assert [job["id"] for job in searched.value.json()["jobs"]] == [wanted["id"]]
+        page.get_by_text("1 jobs shown").wait_for()
+        rows = page.locator("[data-testid=job-row]")
+        assert rows.count() == 1 and rows.first.get_attribute("data-job-id") == wanted["id"]
+        accessible(page)
+    finally:
+        for job in (wanted, other):
+            world.customer("POST", f"/v1/jobs/{job['id']}:cancel", {})
+
+
+def test_an_operator_lists_dead_letters_across_tenants_and_retries_one(world: World, page: Any) -> None:
+    (job_id,) = failed_jobs(world, 1)
+    email, password = world.people["operator"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Dead letters").click()
+    page.get_by_role("heading", name="Dead letters").wait_for()
+    row = page.locator(f"[data-testid=dead-letter-row][data-job-id='{job_id}']")
+    row.wait_for()
+    assert "Console Customer" in row.inner_text() and "fail" in row.inner_text()
+    accessible(page)
+    screenshot(page, "operator-dead-letters")
+    row.get_by_role("button", name=f"Retry job {job_id}").click()
+    page.get_by_role("status").filter(has_text=f"Job {job_id} is queued again.").wait_for()
+    assert row.count() == 0 and pending_count(world, job_id) == 2
 
 
 def test_finnish_labels_and_money_and_the_choice_is_kept(world: World, page: Any) -> None:
@@ -272,16 +333,53 @@ def test_a_person_with_a_second_factor_is_asked_for_the_code(world: World, page:
 
 
 def test_an_operator_sees_the_queues_and_runners(world: World, page: Any) -> None:
-    world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs",
-                   {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {},
-                    "scheduleTime": _in_an_hour()})  # something queued to show
-    email, password = world.people["operator"]
+    later = {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {}, "scheduleTime": _in_an_hour()}
+    jobs = [world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs", later)]  # something queued
+    try:
+        email, password = world.people["operator"]
+        with page.expect_response(lambda r: "/v1/queueStats:watch" in r.url):  # the statistics stream
+            sign_in(page, world.base, email, password)
+        page.get_by_role("heading", name="Queues").wait_for()
+        row = page.locator("[data-testid=queues] tbody tr", has_text="echo").filter(
+            has_text=world.demo.customer_id[:8]).first
+        row.wait_for()
+        page.get_by_role("cell", name="console-runner").wait_for()
+        accessible(page)
+        screenshot(page, "operator-queues")
+        # Live: one more scheduled job shows in the row from the stream (the page reads no statistics itself).
+        scheduled = row.locator("td").nth(4)
+        before = int(re.sub(r"\D", "", scheduled.inner_text()))
+        reads: list[str] = []
+        page.on("request", lambda r: reads.append(r.url) if r.url.endswith("/v1/queueStats") else None)
+        jobs.append(world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs", later))
+        page.wait_for_function("([cell, n]) => Number(cell.textContent.replace(/\\D/g, '')) === n",
+                               arg=[scheduled.element_handle(), before + 1])
+        assert reads == []
+    finally:
+        for job in jobs:
+            world.customer("POST", f"/v1/jobs/{job['id']}:cancel", {})
+
+
+def test_the_job_list_follows_its_stream_without_reading_the_list_again(world: World, page: Any) -> None:
+    email, password = world.people["owner"]
     sign_in(page, world.base, email, password)
-    page.get_by_role("heading", name="Queues").wait_for()
-    page.locator("[data-testid=queues] tbody tr", has_text="echo").first.wait_for()
-    page.get_by_role("cell", name="console-runner").wait_for()
+    page.get_by_role("link", name="Jobs").click()
+    page.get_by_role("heading", name="Jobs").wait_for()
+    page.locator("[data-testid=filter-project]").select_option(label="console")
+    with page.expect_response(lambda r: ":watch" in r.url and "JOB_STATUS_SCHEDULED" in r.url) as opened:
+        page.locator("[data-testid=filter-status]").select_option("JOB_STATUS_SCHEDULED")
+    assert opened.value.headers["content-type"].startswith("text/event-stream")
+    reads: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if re.search(r"/jobs(\?|$)", r.url) else None)
+
+    job = world.customer("POST", f"/v1/projects/{world.demo.project_id}/jobs",
+                         {"jobTypeId": world.demo.job_type_ids["echo"], "payload": {}, "scheduleTime": _in_an_hour()})
+    row = page.locator(f"[data-testid=job-row][data-job-id='{job['id']}']")
+    row.wait_for()  # arrived on the stream
     accessible(page)
-    screenshot(page, "operator-queues")
+    world.customer("POST", f"/v1/jobs/{job['id']}:cancel", {})
+    row.wait_for(state="detached")  # cancelled: no longer a scheduled job
+    assert reads == [], reads  # neither came from reading the list again
 
 
 def test_a_reseller_tops_up_its_customer(world: World, page: Any) -> None:
@@ -361,3 +459,50 @@ def test_ten_thousand_jobs_page_in_as_you_scroll_with_few_rows_in_the_page(world
                                "!== before", arg=shown)
     assert count.inner_text() == "10,000 jobs shown"
     assert 0 < most_rows < 100, f"{most_rows} rows in the page: the list is not virtualized"
+
+
+@pytest.fixture(scope="module")
+def keymanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyManagerProcess]:
+    km = start_keymanager(tmp_path_factory.mktemp("console-km"), "cmk-console")
+    yield km
+    km.stop()
+
+
+def test_a_customer_registers_uses_rotates_and_revokes_an_encryption_key(
+        world: World, page: Any, keymanager: KeyManagerProcess) -> None:
+    # Its own project: a revoked key stops the project's submits, which the other tests make.
+    project = world.customer("POST", f"/v1/customers/{world.demo.customer_id}/projects", {"name": "console-keys"})
+    email, password = world.people["owner"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Keys and runners").click()
+    page.get_by_label("Key manager URL").fill(keymanager.grpc_url)
+    page.get_by_label("Key id at the key manager").fill("cmk-console")
+    page.get_by_label("Shared secret (32+ characters)").fill(keymanager.secret)
+    page.get_by_label("Description").fill("console key")
+    page.get_by_role("button", name="Register key").click()
+    page.get_by_role("status").filter(has_text="Key registered and verified.").wait_for()
+    row = page.locator("[data-testid=client-key-row]", has_text="console key")
+    key_id = row.get_attribute("data-key-id")
+    assert row.locator("[data-testid=key-state]").inner_text() == "Active"
+    assert page.get_by_label("Shared secret (32+ characters)").input_value() == ""  # not kept in the form
+    assert keymanager.secret not in page.content()
+
+    row.get_by_label("Project for key console key").select_option(label="console-keys")
+    row.get_by_role("button", name="Use for project").click()
+    page.get_by_role("status").filter(has_text="Project console-keys now encrypts new jobs").wait_for()
+    assert world.customer("GET", f"/v1/projects/{project['id']}")["encryptionKeyId"] == key_id
+
+    row.get_by_role("button", name="Rotate").click()
+    page.get_by_role("status").filter(has_text="Key rotated").wait_for()
+    row.locator("[data-testid=key-version]", has_text="2").wait_for()
+    accessible(page)
+    screenshot(page, "keys")
+
+    row.get_by_role("button", name="Revoke…").click()
+    dialog = page.get_by_role("alertdialog")
+    assert dialog.get_by_role("button", name="Revoke key").is_disabled()  # only once the loss is acknowledged
+    dialog.get_by_label("I understand that this data becomes unreadable for good.").check()
+    accessible(page)
+    dialog.get_by_role("button", name="Revoke key").click()
+    row.locator("[data-testid=key-state]", has_text="Disabled").wait_for()
+    assert world.customer("GET", f"/v1/keys/{key_id}")["state"] == "CLIENT_KEY_STATE_DISABLED"

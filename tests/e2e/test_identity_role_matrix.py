@@ -9,7 +9,10 @@ the ids, which tells it nothing about them.
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from gateway.descriptors import build_pool, parse_descriptor_set
 from gateway.routes import Route, load_routes
 from innosystem.kit import roles
 from innosystem.tenancy.v1.tenancy_pb2 import Role
-from tests.e2e.conftest import Client
+from tests.e2e.conftest import Client, Response
 from tests.support.identity import reason
 
 pytestmark = pytest.mark.e2e
@@ -57,8 +60,21 @@ def accounts(admin: Client) -> dict:
 
 
 def _call(client: Client, route: Route, path: str):  # type: ignore[no-untyped-def]
+    if route.rpc.server_streaming:
+        return _opened(client, path)
     body = None if route.http_method in ("GET", "DELETE") else {}
     return client.call(route.http_method, path, body)
+
+
+def _opened(client: Client, path: str) -> Response:
+    """A stream's answer: its error, or 200 once it opens (a list or statistics watch on the own
+    account never ends by itself, so its body is not read)."""
+    request = urllib.request.Request(client.base + path, headers={"Authorization": f"Bearer {client.api_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return Response(resp.status, None, dict(resp.headers))
+    except urllib.error.HTTPError as err:
+        return Response(err.code, json.loads(err.read() or b"null"), dict(err.headers))
 
 
 @pytest.mark.parametrize("role", ROLE_NAMES)

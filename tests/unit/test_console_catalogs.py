@@ -15,7 +15,7 @@ CATALOGS = {code: json.loads((WEB / "lib" / "i18n" / f"{code}.json").read_text()
 LITERAL = re.compile(r"\bt\(\s*['`]([A-Za-z0-9_.]+)['`]")
 BUILT = {
     "nav.": ["nav.overview", "nav.jobs", "nav.projects", "nav.wallet", "nav.access", "nav.keys", "nav.team",
-             "nav.queues", "nav.tenants", "nav.customers"],
+             "nav.queues", "nav.tenants", "nav.customers", "nav.deadLetters"],
     "locale.": ["locale.en", "locale.fi", "locale.sv"],
     "jobs.bulk.confirm.": ["jobs.bulk.confirm.retry", "jobs.bulk.confirm.cancel"],
     "signIn.error.": ["signIn.error.INVALID_CREDENTIALS", "signIn.error.TOTP_REQUIRED", "signIn.error.ACCOUNT_LOCKED",

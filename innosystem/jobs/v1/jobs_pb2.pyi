@@ -132,6 +132,8 @@ class _JobEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     JOB_EVENT_TYPE_STATUS_CHANGED: _JobEventType.ValueType  # 2
     JOB_EVENT_TYPE_PROGRESS: _JobEventType.ValueType  # 3
     JOB_EVENT_TYPE_CANCEL_REQUESTED: _JobEventType.ValueType  # 4
+    JOB_EVENT_TYPE_REMOVED: _JobEventType.ValueType  # 5
+    """WatchJobs: the job changed and no longer matches the watch's filter."""
 
 class JobEventType(_JobEventType, metaclass=_JobEventTypeEnumTypeWrapper):
     """Kind of a job event."""
@@ -142,6 +144,8 @@ JOB_EVENT_TYPE_SNAPSHOT: JobEventType.ValueType  # 1
 JOB_EVENT_TYPE_STATUS_CHANGED: JobEventType.ValueType  # 2
 JOB_EVENT_TYPE_PROGRESS: JobEventType.ValueType  # 3
 JOB_EVENT_TYPE_CANCEL_REQUESTED: JobEventType.ValueType  # 4
+JOB_EVENT_TYPE_REMOVED: JobEventType.ValueType  # 5
+"""WatchJobs: the job changed and no longer matches the watch's filter."""
 Global___JobEventType: _TypeAlias = JobEventType  # noqa: Y015
 
 class _LeaseReleaseReason:
@@ -1160,6 +1164,7 @@ class ListJobsRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """A project, or "-" for every project the caller can see."""
     page_size: _builtins.int
@@ -1175,6 +1180,8 @@ class ListJobsRequest(_message.Message):
     """With project_id "-": only this customer's jobs (admins and resellers)."""
     view: Global___JobView.ValueType
     """Unspecified = BASIC."""
+    request_id: _builtins.str
+    """Only the job submitted with this idempotency key (exact match)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Only jobs created at or after this time."""
@@ -1196,10 +1203,11 @@ class ListJobsRequest(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         customer_id: _builtins.str = ...,
         view: Global___JobView.ValueType = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "end_time", b"end_time", "job_type_id", b"job_type_id", "page_size", b"page_size", "page_token", b"page_token", "priority", b"priority", "project_id", b"project_id", "start_time", b"start_time", "status", b"status", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "end_time", b"end_time", "job_type_id", b"job_type_id", "page_size", b"page_size", "page_token", b"page_token", "priority", b"priority", "project_id", b"project_id", "request_id", b"request_id", "start_time", b"start_time", "status", b"status", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1275,6 +1283,158 @@ class RetryJobRequest(_message.Message):
 Global___RetryJobRequest: _TypeAlias = RetryJobRequest  # noqa: Y015
 
 @_typing.final
+class JobFilter(_message.Message):
+    """Which jobs of a project a batch action touches: ListJobs' filter. At least one field is set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    status: _job_types_pb2.JobStatus.ValueType
+    job_type_id: _builtins.str
+    priority: _job_types_pb2.PriorityLevel.ValueType
+    request_id: _builtins.str
+    """The job submitted with this idempotency key."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Created at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Created before this time."""
+
+    def __init__(
+        self,
+        *,
+        status: _job_types_pb2.JobStatus.ValueType = ...,
+        job_type_id: _builtins.str = ...,
+        priority: _job_types_pb2.PriorityLevel.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "job_type_id", b"job_type_id", "priority", b"priority", "request_id", b"request_id", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobFilter: _TypeAlias = JobFilter  # noqa: Y015
+
+@_typing.final
+class BatchCancelJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    reason: _builtins.str
+    """Recorded in each job's status history."""
+    validate_only: _builtins.bool
+    """Only count the jobs it would cancel."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer; the same key with another body is
+    IDEMPOTENCY_KEY_REUSED.
+    """
+    @_builtins.property
+    def filter(self) -> Global___JobFilter: ...
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        filter: Global___JobFilter | None = ...,
+        reason: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "project_id", b"project_id", "reason", b"reason", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCancelJobsRequest: _TypeAlias = BatchCancelJobsRequest  # noqa: Y015
+
+@_typing.final
+class BatchRetryJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    validate_only: _builtins.bool
+    """Only count the jobs it would retry."""
+    request_id: _builtins.str
+    """Idempotency key, as for BatchCancelJobs."""
+    @_builtins.property
+    def filter(self) -> Global___JobFilter: ...
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        filter: Global___JobFilter | None = ...,
+        validate_only: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "project_id", b"project_id", "request_id", b"request_id", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRetryJobsRequest: _TypeAlias = BatchRetryJobsRequest  # noqa: Y015
+
+@_typing.final
+class BatchJobsResponse(_message.Message):
+    """What a batch action did (or, with `validate_only`, would do)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_COUNT_FIELD_NUMBER: _builtins.int
+    CHANGED_COUNT_FIELD_NUMBER: _builtins.int
+    SKIPPED_COUNT_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    matched_count: _builtins.int
+    """Jobs the filter matched that the action applies to: unfinished ones to cancel, failed ones
+    to retry.
+    """
+    changed_count: _builtins.int
+    """Jobs changed: cancelled, given a cancel request (running), or queued again."""
+    skipped_count: _builtins.int
+    """Matched jobs left as they were: changed by someone else meanwhile, or (retry) their new hold
+    could not be taken (INSUFFICIENT_FUNDS and the like).
+    """
+    validate_only: _builtins.bool
+    customer_id: _builtins.str
+    """The project's customer."""
+    def __init__(
+        self,
+        *,
+        matched_count: _builtins.int = ...,
+        changed_count: _builtins.int = ...,
+        skipped_count: _builtins.int = ...,
+        validate_only: _builtins.bool = ...,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_count", b"changed_count", "customer_id", b"customer_id", "matched_count", b"matched_count", "skipped_count", b"skipped_count", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchJobsResponse: _TypeAlias = BatchJobsResponse  # noqa: Y015
+
+@_typing.final
 class DeleteJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1292,6 +1452,51 @@ class DeleteJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteJobRequest: _TypeAlias = DeleteJobRequest  # noqa: Y015
+
+@_typing.final
+class WatchJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    JOB_TYPE_ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    """A project, or "-" for every project the caller can see."""
+    status: _job_types_pb2.JobStatus.ValueType
+    """ListJobs' filter."""
+    job_type_id: _builtins.str
+    priority: _job_types_pb2.PriorityLevel.ValueType
+    customer_id: _builtins.str
+    """With project_id "-": only this customer's jobs (admins and resellers)."""
+    request_id: _builtins.str
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        status: _job_types_pb2.JobStatus.ValueType = ...,
+        job_type_id: _builtins.str = ...,
+        priority: _job_types_pb2.PriorityLevel.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        customer_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "end_time", b"end_time", "job_type_id", b"job_type_id", "priority", b"priority", "project_id", b"project_id", "request_id", b"request_id", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobsRequest: _TypeAlias = WatchJobsRequest  # noqa: Y015
 
 @_typing.final
 class WatchJobRequest(_message.Message):

@@ -128,6 +128,16 @@ class JobServiceStub:
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.BatchCancelJobs = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/BatchCancelJobs',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchCancelJobsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.FromString,
+                _registered_method=True)
+        self.BatchRetryJobs = channel.unary_unary(
+                '/innosystem.jobs.v1.JobService/BatchRetryJobs',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchRetryJobsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.FromString,
+                _registered_method=True)
         self.DeleteJob = channel.unary_unary(
                 '/innosystem.jobs.v1.JobService/DeleteJob',
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.DeleteJobRequest.SerializeToString,
@@ -138,6 +148,11 @@ class JobServiceStub:
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/innosystem.jobs.v1.JobService/WatchJobs',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.JobEvent.FromString,
+                _registered_method=True)
         self.ListDeadLetterJobs = channel.unary_unary(
                 '/innosystem.jobs.v1.JobService/ListDeadLetterJobs',
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListDeadLetterJobsRequest.SerializeToString,
@@ -145,6 +160,11 @@ class JobServiceStub:
                 _registered_method=True)
         self.GetQueueStats = channel.unary_unary(
                 '/innosystem.jobs.v1.JobService/GetQueueStats',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.QueueStats.FromString,
+                _registered_method=True)
+        self.WatchQueueStats = channel.unary_stream(
+                '/innosystem.jobs.v1.JobService/WatchQueueStats',
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
                 response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.QueueStats.FromString,
                 _registered_method=True)
@@ -340,6 +360,23 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCancelJobs(self, request, context):
+        """CancelJob for every unfinished job of the project that `filter` matches (created before the
+        call), in batches of a bounded size, each one transaction. `validate_only` counts and changes
+        nothing. An empty filter is INVALID_ARGUMENT EMPTY_FILTER. Idempotent on `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRetryJobs(self, request, context):
+        """RetryJob for every failed job of the project that `filter` matches, as BatchCancelJobs does.
+        A job whose new hold the wallet cannot take stays failed and is counted in `skipped_count`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteJob(self, request, context):
         """Removes a finished job and its payload and result. The ledger keeps its transfers.
         FAILED_PRECONDITION for an unfinished job.
@@ -356,8 +393,20 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJobs(self, request, context):
+        """A job list's changes as they happen (Server-Sent Events through the gateway): the filter is
+        ListJobs'. The first event is a SNAPSHOT without a job (the watch is on: changes from now on
+        are sent; read the list with ListJobs). Then, for each change of a job the caller sees in the
+        project, STATUS_CHANGED with the job (BASIC view) when it matches the filter, or REMOVED when
+        it no longer does. Changes that come close together are sent together, after a short pause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeadLetterJobs(self, request, context):
-        """Failed jobs of a project, most recently failed first.
+        """Failed jobs of a project, most recently failed first. Admins may use project "-" for the
+        dead letters of every tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -366,6 +415,14 @@ class JobServiceServicer:
     def GetQueueStats(self, request, context):
         """Queue depth and oldest waiting age per job type and priority: an admin's over everything
         (optionally one customer), a customer's over its own projects, or one project's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchQueueStats(self, request, context):
+        """GetQueueStats as a stream (Server-Sent Events through the gateway): the statistics now, then
+        again after jobs change (at most every 2 s) and at least every 15 s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -551,6 +608,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RetryJobRequest.FromString,
                     response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
+            'BatchCancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCancelJobs,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchCancelJobsRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.SerializeToString,
+            ),
+            'BatchRetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRetryJobs,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchRetryJobsRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.SerializeToString,
+            ),
             'DeleteJob': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteJob,
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.DeleteJobRequest.FromString,
@@ -561,6 +628,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
                     response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.JobEvent.SerializeToString,
             ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.WatchJobsRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.JobEvent.SerializeToString,
+            ),
             'ListDeadLetterJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeadLetterJobs,
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ListDeadLetterJobsRequest.FromString,
@@ -568,6 +640,11 @@ def add_JobServiceServicer_to_server(servicer, server):
             ),
             'GetQueueStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStats,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.QueueStats.SerializeToString,
+            ),
+            'WatchQueueStats': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchQueueStats,
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.FromString,
                     response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.QueueStats.SerializeToString,
             ),
@@ -1108,6 +1185,60 @@ class JobService:
             _registered_method=True)
 
     @staticmethod
+    def BatchCancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/BatchCancelJobs',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchCancelJobsRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/BatchRetryJobs',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchRetryJobsRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.BatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DeleteJob(request,
             target,
             options=(),
@@ -1162,6 +1293,33 @@ class JobService:
             _registered_method=True)
 
     @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/WatchJobs',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListDeadLetterJobs(request,
             target,
             options=(),
@@ -1203,6 +1361,33 @@ class JobService:
             request,
             target,
             '/innosystem.jobs.v1.JobService/GetQueueStats',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.QueueStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/innosystem.jobs.v1.JobService/WatchQueueStats',
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.QueueStats.FromString,
             options,

@@ -85,6 +85,15 @@ class JobServiceStub:
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]
     """A failed (dead-lettered) job goes back to the queue with a fresh attempt budget and a new hold."""
+    BatchCancelJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.BatchCancelJobsRequest, _jobs_pb2.BatchJobsResponse]
+    """CancelJob for every unfinished job of the project that `filter` matches (created before the
+    call), in batches of a bounded size, each one transaction. `validate_only` counts and changes
+    nothing. An empty filter is INVALID_ARGUMENT EMPTY_FILTER. Idempotent on `request_id`.
+    """
+    BatchRetryJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.BatchRetryJobsRequest, _jobs_pb2.BatchJobsResponse]
+    """RetryJob for every failed job of the project that `filter` matches, as BatchCancelJobs does.
+    A job whose new hold the wallet cannot take stays failed and is counted in `skipped_count`.
+    """
     DeleteJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _empty_pb2.Empty]
     """Removes a finished job and its payload and result. The ledger keeps its transfers.
     FAILED_PRECONDITION for an unfinished job.
@@ -93,11 +102,24 @@ class JobServiceStub:
     """The job's changes as they happen (Server-Sent Events through the gateway). The first event
     is a snapshot; the stream ends after the job reaches a final status.
     """
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]
+    """A job list's changes as they happen (Server-Sent Events through the gateway): the filter is
+    ListJobs'. The first event is a SNAPSHOT without a job (the watch is on: changes from now on
+    are sent; read the list with ListJobs). Then, for each change of a job the caller sees in the
+    project, STATUS_CHANGED with the job (BASIC view) when it matches the filter, or REMOVED when
+    it no longer does. Changes that come close together are sent together, after a short pause.
+    """
     ListDeadLetterJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListDeadLetterJobsRequest, _jobs_pb2.ListDeadLetterJobsResponse]
-    """Failed jobs of a project, most recently failed first."""
+    """Failed jobs of a project, most recently failed first. Admins may use project "-" for the
+    dead letters of every tenant.
+    """
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.QueueStats]
     """Queue depth and oldest waiting age per job type and priority: an admin's over everything
     (optionally one customer), a customer's over its own projects, or one project's.
+    """
+    WatchQueueStats: _grpc.UnaryStreamMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.QueueStats]
+    """GetQueueStats as a stream (Server-Sent Events through the gateway): the statistics now, then
+    again after jobs change (at most every 2 s) and at least every 15 s.
     """
     CreateWebhook: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.CreateWebhookRequest, _webhooks_pb2.CreateWebhookResponse]
     """Webhooks (webhooks.proto): a project's endpoints that are told when its jobs finish.
@@ -193,6 +215,15 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """A failed (dead-lettered) job goes back to the queue with a fresh attempt budget and a new hold."""
+    BatchCancelJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.BatchCancelJobsRequest, _jobs_pb2.BatchJobsResponse]  # type: ignore[assignment]
+    """CancelJob for every unfinished job of the project that `filter` matches (created before the
+    call), in batches of a bounded size, each one transaction. `validate_only` counts and changes
+    nothing. An empty filter is INVALID_ARGUMENT EMPTY_FILTER. Idempotent on `request_id`.
+    """
+    BatchRetryJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.BatchRetryJobsRequest, _jobs_pb2.BatchJobsResponse]  # type: ignore[assignment]
+    """RetryJob for every failed job of the project that `filter` matches, as BatchCancelJobs does.
+    A job whose new hold the wallet cannot take stays failed and is counted in `skipped_count`.
+    """
     DeleteJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Removes a finished job and its payload and result. The ledger keeps its transfers.
     FAILED_PRECONDITION for an unfinished job.
@@ -201,11 +232,24 @@ class JobServiceAsyncStub(JobServiceStub):
     """The job's changes as they happen (Server-Sent Events through the gateway). The first event
     is a snapshot; the stream ends after the job reaches a final status.
     """
+    WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
+    """A job list's changes as they happen (Server-Sent Events through the gateway): the filter is
+    ListJobs'. The first event is a SNAPSHOT without a job (the watch is on: changes from now on
+    are sent; read the list with ListJobs). Then, for each change of a job the caller sees in the
+    project, STATUS_CHANGED with the job (BASIC view) when it matches the filter, or REMOVED when
+    it no longer does. Changes that come close together are sent together, after a short pause.
+    """
     ListDeadLetterJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListDeadLetterJobsRequest, _jobs_pb2.ListDeadLetterJobsResponse]  # type: ignore[assignment]
-    """Failed jobs of a project, most recently failed first."""
+    """Failed jobs of a project, most recently failed first. Admins may use project "-" for the
+    dead letters of every tenant.
+    """
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.QueueStats]  # type: ignore[assignment]
     """Queue depth and oldest waiting age per job type and priority: an admin's over everything
     (optionally one customer), a customer's over its own projects, or one project's.
+    """
+    WatchQueueStats: _aio.UnaryStreamMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.QueueStats]  # type: ignore[assignment]
+    """GetQueueStats as a stream (Server-Sent Events through the gateway): the statistics now, then
+    again after jobs change (at most every 2 s) and at least every 15 s.
     """
     CreateWebhook: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.CreateWebhookRequest, _webhooks_pb2.CreateWebhookResponse]  # type: ignore[assignment]
     """Webhooks (webhooks.proto): a project's endpoints that are told when its jobs finish.
@@ -402,6 +446,27 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """A failed (dead-lettered) job goes back to the queue with a fresh attempt budget and a new hold."""
 
     @_abc_1.abstractmethod
+    def BatchCancelJobs(
+        self,
+        request: _jobs_pb2.BatchCancelJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.BatchJobsResponse, _abc.Awaitable[_jobs_pb2.BatchJobsResponse]]:
+        """CancelJob for every unfinished job of the project that `filter` matches (created before the
+        call), in batches of a bounded size, each one transaction. `validate_only` counts and changes
+        nothing. An empty filter is INVALID_ARGUMENT EMPTY_FILTER. Idempotent on `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchRetryJobs(
+        self,
+        request: _jobs_pb2.BatchRetryJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.BatchJobsResponse, _abc.Awaitable[_jobs_pb2.BatchJobsResponse]]:
+        """RetryJob for every failed job of the project that `filter` matches, as BatchCancelJobs does.
+        A job whose new hold the wallet cannot take stays failed and is counted in `skipped_count`.
+        """
+
+    @_abc_1.abstractmethod
     def DeleteJob(
         self,
         request: _jobs_pb2.DeleteJobRequest,
@@ -422,12 +487,27 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _jobs_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.JobEvent], _abc.AsyncIterator[_jobs_pb2.JobEvent]]:
+        """A job list's changes as they happen (Server-Sent Events through the gateway): the filter is
+        ListJobs'. The first event is a SNAPSHOT without a job (the watch is on: changes from now on
+        are sent; read the list with ListJobs). Then, for each change of a job the caller sees in the
+        project, STATUS_CHANGED with the job (BASIC view) when it matches the filter, or REMOVED when
+        it no longer does. Changes that come close together are sent together, after a short pause.
+        """
+
+    @_abc_1.abstractmethod
     def ListDeadLetterJobs(
         self,
         request: _jobs_pb2.ListDeadLetterJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListDeadLetterJobsResponse, _abc.Awaitable[_jobs_pb2.ListDeadLetterJobsResponse]]:
-        """Failed jobs of a project, most recently failed first."""
+        """Failed jobs of a project, most recently failed first. Admins may use project "-" for the
+        dead letters of every tenant.
+        """
 
     @_abc_1.abstractmethod
     def GetQueueStats(
@@ -437,6 +517,16 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobs_pb2.QueueStats, _abc.Awaitable[_jobs_pb2.QueueStats]]:
         """Queue depth and oldest waiting age per job type and priority: an admin's over everything
         (optionally one customer), a customer's over its own projects, or one project's.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchQueueStats(
+        self,
+        request: _jobs_pb2.GetQueueStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.QueueStats], _abc.AsyncIterator[_jobs_pb2.QueueStats]]:
+        """GetQueueStats as a stream (Server-Sent Events through the gateway): the statistics now, then
+        again after jobs change (at most every 2 s) and at least every 15 s.
         """
 
     @_abc_1.abstractmethod

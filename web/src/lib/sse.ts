@@ -13,3 +13,22 @@ export function watch<T>(path: string, onMessage: (message: T) => void, onEnd?: 
   });
   return () => source.close();
 }
+
+/** A watch opened again (after `retryMs`) each time it ends, until stopped: for a list or statistics,
+ * whose stream has no end of its own but ends when the server recycles a connection. */
+export function follow<T>(path: string, onMessage: (message: T) => void, retryMs = 5000): () => void {
+  let stopped = false;
+  let close = () => {};
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const open = () => {
+    close = watch<T>(path, onMessage, () => {
+      if (!stopped) timer = setTimeout(open, retryMs);
+    });
+  };
+  open();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    close();
+  };
+}
