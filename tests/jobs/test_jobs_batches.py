@@ -21,7 +21,7 @@ async def test_batch_cancel_counts_first_then_cancels_in_batches_and_releases_ho
     monkeypatch.setattr(batches, "BATCH", 2)  # five jobs take three transactions
     cases = world.app.cases
     c, other = await world.customer(funds=1000), await world.customer(funds=1000)
-    jt, other_jt = await world.job_type(c, base_cost_cents=10), await world.job_type(other, base_cost_cents=10)
+    jt, other_jt = await world.job_type(c, price=10), await world.job_type(other, price=10)
     jobs = [await world.submit(c, jt) for _ in range(5)]
     (running,) = await world.lease([jt.name], max_jobs=1)
     theirs = await world.submit(other, other_jt)
@@ -65,7 +65,7 @@ async def test_batch_cancel_counts_first_then_cancels_in_batches_and_releases_ho
 async def test_batch_retry_takes_new_holds_and_skips_jobs_the_wallet_cannot_hold(world: JobsWorld) -> None:
     cases = world.app.cases
     c = await world.customer(funds=25)
-    jt = await world.job_type(c, base_cost_cents=10, default_retry_policy={"max_attempts": 1})
+    jt = await world.job_type(c, price=10, default_retry_policy={"max_attempts": 1})
     failed = [await world.submit(c, jt) for _ in range(2)]
     for lease in await world.lease([jt.name]):
         await world.complete(lease, outcome=FAILED, error=pb.JobError(message="boom"))
