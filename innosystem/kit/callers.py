@@ -30,6 +30,8 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
         "BatchCapture": frozenset({"jobs"}),
         "BatchRelease": frozenset({"jobs"}),
         "BatchExtend": frozenset({"jobs"}),
+        # wallet.low_balance webhooks: jobs' fan-out reads the stored events (services/jobs/deliveries.py)
+        "ListWalletEventsAfter": frozenset({"jobs"}),
     },
     "innosystem.jobs.v1.JobService": {
         # the runner stream's lease loop, result path and cancel feed (services/runners)

@@ -51,4 +51,4 @@ def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc
     webhooks = Webhooks(db, config, types._visible_project)
     cases = UseCases(submission=Submission(deps, types._visible_project), queries=queries,
                      control=Control(deps, queries), leases=leases, webhooks=webhooks)
-    return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer))
+    return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer, billing))

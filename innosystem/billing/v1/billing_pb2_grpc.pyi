@@ -139,6 +139,10 @@ class BillingServiceStub:
     expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
     HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
     """
+    ListWalletEventsAfter: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsAfterRequest, _billing_pb2.ListWalletEventsAfterResponse]
+    """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
+    webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -250,6 +254,10 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Internal: jobs keeps the holds of jobs that wait or retry long alive: each active hold's
     expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
     HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
+    """
+    ListWalletEventsAfter: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsAfterRequest, _billing_pb2.ListWalletEventsAfterResponse]  # type: ignore[assignment]
+    """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
+    webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
     """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -539,6 +547,16 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Internal: jobs keeps the holds of jobs that wait or retry long alive: each active hold's
         expiry moves to `expire_time` if that is later (never earlier). Each item on its own:
         HOLD_NOT_FOUND, or HOLD_NOT_ACTIVE for a hold already captured, voided or expired.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWalletEventsAfter(
+        self,
+        request: _billing_pb2.ListWalletEventsAfterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListWalletEventsAfterResponse, _abc.Awaitable[_billing_pb2.ListWalletEventsAfterResponse]]:
+        """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
+        webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
