@@ -16,10 +16,10 @@ from sqlalchemy import select, tuple_
 
 from innosystem.kit import pagination
 from innosystem.kit import principal as principals
+from innosystem.kit.currencies import ISO_4217
 from innosystem.kit.db import utcnow
 from innosystem.kit.errors import AlreadyExists, InvalidArgument
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.billing.currencies import ISO_4217
 from services.billing.models import WALLET, Account, ExchangeRateRow
 from services.billing.repository import BillingRepository
 

@@ -565,7 +565,7 @@ class TopUpWalletRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     amount_cents: _builtins.int
-    """Positive, at most the configured maximum per top-up."""
+    """Positive, at most the configured maximum per top-up (INNOSYSTEM_BILLING_MAX_AMOUNT_CENTS, default 100000000000)."""
     currency_code: _builtins.str
     """Must equal the wallet's currency; empty = the wallet's currency."""
     request_id: _builtins.str
@@ -1559,7 +1559,7 @@ class GetStatementRequest(_message.Message):
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     month: _builtins.str
-    """UTC calendar month, "YYYY-MM"."""
+    """UTC calendar month, "YYYY-MM" (1970 or later)."""
     currency_code: _builtins.str
     """Which wallet; empty = the customer's default wallet."""
     def __init__(
