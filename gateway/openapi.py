@@ -28,6 +28,10 @@ FD = FieldDescriptor
 STATUS = "google.rpc.Status"
 ANY = "google.protobuf.Any"
 SECURITY_SCHEME = "bearerAuth"
+# Services that check every string of a request for what PostgreSQL cannot store (a NUL character,
+# kit.validation.check_storable): their messages' strings say so.
+_NUL_FREE = frozenset({"innosystem.jobs.v1"})
+_NO_NUL = "^[^\u0000]*$"
 _MAX_QUERY_DEPTH = 3
 UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 # The error answers every operation may give (grpc-gateway's table), each a google.rpc.Status.
@@ -392,6 +396,9 @@ class _Builder:
             pass  # an update ignores it unless its mask names it (then it is refused): any value of its type
         else:
             schema = _constrain(field, schema, required, request)
+            if field.type == FD.TYPE_STRING and field.containing_type.file.package in _NUL_FREE:
+                target = schema.setdefault("items", {}) if field.is_repeated else schema
+                target.setdefault("pattern", _NO_NUL)
         if update:
             schema = _unset_allowed(field, schema)
         if not required:
@@ -545,6 +552,8 @@ def _annotated(field: FieldDescriptor, schema: Schema, request: bool = True, req
             target["pattern"] = a.items_pattern
         if a.items_enum:
             target["enum"] = list(a.items_enum)
+    elif a.items_enum:  # a single string from a closed set
+        schema["enum"] = list(a.items_enum)
     if a.allowed and field.enum_type is not None and request:
         values = field.enum_type.values_by_name
         names = [*a.allowed] if required else [field.enum_type.values_by_number[0].name, *a.allowed]
@@ -554,6 +563,8 @@ def _annotated(field: FieldDescriptor, schema: Schema, request: bool = True, req
 
 def _nullable_field(schema: Schema) -> Schema:
     """proto3 JSON reads `null` as "not set", so an optional field may be null."""
+    if "enum" in schema and None not in schema["enum"]:
+        schema = {**schema, "enum": [*schema["enum"], None]}
     kind = schema.get("type")
     if isinstance(kind, str):
         return {**schema, "type": [kind, "null"]}

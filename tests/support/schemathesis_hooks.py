@@ -18,8 +18,10 @@ is in the future (and within 10 years); a usage report's `endTime` is after its 
 at most 400 days later; an exchange rate converts between two different currencies; a password is
 not one of the common ones; a batch's jobs name no other project; an update mask names only
 fields the body sets; a URL's host resolves to a public address (the egress guard); a
-customer-owned runner registered by an admin names its customer; an EXTERNAL_API job type has
-its `externalApi`. A generated value that breaks
+customer-owned runner registered by an admin names its customer; a job type has an
+`externalApi` if and only if it is an EXTERNAL_API type; a retry policy's multiplier is 0 (the
+default) or at least 1, and its longest delay 0 (the default) or at least its first delay; a
+job type's maximum cost is 0 (the base cost) or at least its base cost. A generated value that breaks
 one is moved inside it; schema-violating requests are sent as generated.
 """
 
@@ -49,6 +51,16 @@ def _time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
+
+
+def _retry_policy(policy: dict[str, Any]) -> None:
+    """0 or ≥ 1 for the multiplier; 0 or ≥ the first delay for the longest delay."""
+    multiplier = policy.get("backoffMultiplier")
+    if isinstance(multiplier, (int, float)) and 0 < multiplier < 1:
+        policy["backoffMultiplier"] = 1.0
+    first, longest = policy.get("initialIntervalSeconds") or 0, policy.get("maxIntervalSeconds") or 0
+    if isinstance(first, int) and isinstance(longest, int) and 0 < longest < first:
+        policy["maxIntervalSeconds"] = first
 
 
 def _camel(path: str) -> str:
@@ -83,9 +95,21 @@ def map_case(context: Any, case: Any) -> Any:
         for name, value in (part or {}).items():
             if name.endswith("urrencyCode") and isinstance(value, str) and value and value not in ISO_4217:
                 part[name] = "USD"  # format iso-4217: only the active codes (the pattern cannot say which)
-    if body is not None and "/jobTypes" in case.path and body.get("processorType") in (
-            3, "PROCESSOR_TYPE_EXTERNAL_API") and not body.get("externalApi"):
-        body.pop("processorType")  # an EXTERNAL_API type needs its `externalApi`
+    if body is not None and "/jobTypes" in case.path and int(body.get("baseCostCents") or 0) > int(
+            body.get("maxCostCents") or 0):
+        # 0 (= the base cost) or at least the base cost; in an update 0 keeps the stored maximum,
+        # which may be below the new base cost, so the maximum comes along
+        body["maxCostCents"] = body["baseCostCents"]
+    if body is not None and "/jobTypes" in case.path:  # `externalApi` if and only if an EXTERNAL_API type
+        if body.get("externalApi"):
+            body["processorType"] = "PROCESSOR_TYPE_EXTERNAL_API"
+        elif body.get("processorType") in (3, "PROCESSOR_TYPE_EXTERNAL_API"):
+            body.pop("processorType")
+    for holder in (body, *((body or {}).get("requests") or ())):
+        for name in ("defaultRetryPolicy", "retryPolicy"):
+            policy = holder.get(name) if isinstance(holder, dict) else None
+            if isinstance(policy, dict):
+                _retry_policy(policy)
     if body is not None and case.path.endswith("/jobs:batchSubmit"):
         for item in body.get("requests") or ():
             if isinstance(item, dict) and item.get("projectId"):
