@@ -30,7 +30,7 @@ ANY = "google.protobuf.Any"
 SECURITY_SCHEME = "bearerAuth"
 # Services that check every string of a request for what PostgreSQL cannot store (a NUL character,
 # kit.validation.check_storable): their messages' strings say so.
-_NUL_FREE = frozenset({"innosystem.jobs.v1"})
+_NUL_FREE = ("innosystem.jobs.v1.",)
 _NO_NUL = "^[^\u0000]*$"
 _MAX_QUERY_DEPTH = 3
 UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -396,7 +396,7 @@ class _Builder:
             pass  # an update ignores it unless its mask names it (then it is refused): any value of its type
         else:
             schema = _constrain(field, schema, required, request)
-            if field.type == FD.TYPE_STRING and field.containing_type.file.package in _NUL_FREE:
+            if field.type == FD.TYPE_STRING and field.full_name.startswith(_NUL_FREE):
                 target = schema.setdefault("items", {}) if field.is_repeated else schema
                 target.setdefault("pattern", _NO_NUL)
         if update:
