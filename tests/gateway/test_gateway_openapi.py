@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
 from gateway.descriptors import parse_descriptor_set
-from gateway.openapi import render_openapi
+from gateway.openapi import _int64_pattern, render_openapi
 from gateway.routes import http_rule
 
 
@@ -196,3 +197,17 @@ def test_what_the_server_enforces_is_in_the_document(doc: dict[str, Any], schema
                 assert p["schema"]["format"] == "uuid", (method, path, p)
             if p["name"] == "pageSize":
                 assert p["schema"]["minimum"] == 0
+
+
+@pytest.mark.parametrize(("low", "high", "nonzero", "good", "bad"), [
+    (1, 100_000_000_000, False, ["1", "99999999999", "100000000000", "007"], ["0", "-1", "100000000001"]),
+    (0, 100_000_000_000, False, ["0", "100000000000"], ["-1", "999999999999"]),
+    (-100, 100, True, ["-5", "99", "100"], ["0", "000", "101"]),
+    (None, None, False, ["-123", "0"], ["1234567890123456789", "1.5"]),
+])
+def test_a_64_bit_bound_as_a_pattern_on_the_string(low: int | None, high: int | None, nonzero: bool,
+                                                     good: list[str], bad: list[str]) -> None:
+    """Never wider than the bounds (a string the pattern takes is in range); exact at a power of ten."""
+    pattern = re.compile(_int64_pattern(low, high, nonzero))
+    assert [v for v in good if not pattern.match(v)] == []
+    assert [v for v in bad if pattern.match(v)] == []
