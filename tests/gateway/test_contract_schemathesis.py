@@ -9,9 +9,9 @@ handled precisely, and each case is explained there:
 - tests/support/schemathesis_hooks.py generates values for the formats JSON Schema cannot
   describe (an opaque page token, a fresh idempotency key, a currency code, a public URL) and
   keeps schema-valid requests inside the rules that tie a value to the clock or another field;
-- tests/gateway/schemathesis.toml widens the acceptance check on the three operations whose
+- tests/gateway/schemathesis.toml widens the acceptance check on the five operations whose
   answer depends on state no request can describe (a customer's key manager, a pending TOTP
-  enrolment, the account's last owner).
+  enrolment, the account's last owner, the wallet's available amount).
 
 Left out: the credential-rotating operations (they would revoke the key the run uses) and the
 Server-Sent Event streams (`:watch`, which do not end).
