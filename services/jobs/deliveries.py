@@ -15,7 +15,9 @@ Nothing on the run path knows about webhooks. Two background loops read what it 
   (ListWalletEventsAfter, in billing's seq order) with its own cursor row (`wallet`): one
   delivery per (endpoint of the event's customer that subscribed, event). Billing's Redis
   publish is best effort, so the stored events are the source; the same settle rule covers a
-  billing transaction that commits late. While no endpoint subscribes, billing is not asked.
+  billing transaction that commits late. While no endpoint subscribes, billing is not asked. The
+  cursor row stays locked across billing's answers (bounded by the call's timeout), so one
+  replica reads at a time, as for job changes.
 - **sender** claims due deliveries, at most `per_endpoint` per endpoint and `concurrency` in all
   (a conditional UPDATE pushes `next_attempt_time` past the call's time limit: that is the claim,
   and a replica that dies mid-call leaves the delivery due again), POSTs each through the egress
