@@ -20,6 +20,7 @@ from gateway.descriptors import build_pool, parse_descriptor_set
 from gateway.fields import is_map, map_fields
 from gateway.routes import Route, load_routes
 from innosystem.common.v1 import schema_pb2
+from innosystem.kit.roles import PUBLIC_METHODS
 
 Schema = dict[str, Any]
 FD = FieldDescriptor
@@ -27,6 +28,10 @@ FD = FieldDescriptor
 STATUS = "google.rpc.Status"
 ANY = "google.protobuf.Any"
 SECURITY_SCHEME = "bearerAuth"
+# Services that check every string of a request for what PostgreSQL cannot store (a NUL character,
+# kit.validation.check_storable): their messages' strings say so.
+_NUL_FREE = ("innosystem.jobs.v1.",)
+_NO_NUL = "^[^\u0000]*$"
 _MAX_QUERY_DEPTH = 3
 UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 # The error answers every operation may give (grpc-gateway's table), each a google.rpc.Status.
@@ -42,17 +47,22 @@ _ERRORS = {
     "503": "A service is unavailable; retry later.",
 }
 
+# proto3 JSON writes 64-bit integers as strings and reads either a string or a number.
+_INT64: Schema = {"type": ["string", "integer"], "format": "int64", "pattern": r"^-?[0-9]{1,18}$",
+                  "minimum": -(2**63), "maximum": 2**63 - 1}
+_UINT64: Schema = {"type": ["string", "integer"], "format": "uint64", "pattern": r"^[0-9]{1,19}$", "minimum": 0,
+                   "maximum": 2**64 - 1}
 _SCALARS: dict[int, Schema] = {
     FD.TYPE_INT32: {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1},
     FD.TYPE_SINT32: {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1},
     FD.TYPE_SFIXED32: {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1},
     FD.TYPE_UINT32: {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1},
     FD.TYPE_FIXED32: {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1},
-    FD.TYPE_INT64: {"type": "string", "format": "int64", "pattern": r"^-?[0-9]{1,18}$"},
-    FD.TYPE_SINT64: {"type": "string", "format": "int64", "pattern": r"^-?[0-9]{1,18}$"},
-    FD.TYPE_SFIXED64: {"type": "string", "format": "int64", "pattern": r"^-?[0-9]{1,18}$"},
-    FD.TYPE_UINT64: {"type": "string", "format": "uint64", "pattern": r"^[0-9]{1,19}$"},
-    FD.TYPE_FIXED64: {"type": "string", "format": "uint64", "pattern": r"^[0-9]{1,19}$"},
+    FD.TYPE_INT64: _INT64,
+    FD.TYPE_SINT64: _INT64,
+    FD.TYPE_SFIXED64: _INT64,
+    FD.TYPE_UINT64: _UINT64,
+    FD.TYPE_FIXED64: _UINT64,
     FD.TYPE_FLOAT: {"type": "number", "format": "float"},
     FD.TYPE_DOUBLE: {"type": "number", "format": "double"},
     FD.TYPE_BOOL: {"type": "boolean"},
@@ -62,7 +72,8 @@ _SCALARS: dict[int, Schema] = {
 
 
 def _nullable(schema: Schema) -> Schema:
-    return {**schema, "type": [schema["type"], "null"]}
+    kind = schema["type"]
+    return {**schema, "type": [*kind, "null"] if isinstance(kind, list) else [kind, "null"]}
 
 
 # Well-known types have a JSON form of their own; they are inlined, not components.
@@ -70,9 +81,12 @@ _WELL_KNOWN: dict[str, Schema] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},
     "google.protobuf.FieldMask": {"type": "string", "description": "Comma-separated field paths."},
-    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
-    "google.protobuf.Value": {},
-    "google.protobuf.ListValue": {"type": "array", "items": {}},
+    # JSON values, but no NUL character in a key or a string at any depth: PostgreSQL cannot store
+    # one, so the services refuse it (INVALID_CHARACTER).
+    "google.protobuf.Struct": {"type": "object", "propertyNames": {"pattern": "^[^\u0000]*$"},
+                               "additionalProperties": {"$ref": "#/components/schemas/google.protobuf.Value"}},
+    "google.protobuf.Value": {"$ref": "#/components/schemas/google.protobuf.Value"},
+    "google.protobuf.ListValue": {"type": "array", "items": {"$ref": "#/components/schemas/google.protobuf.Value"}},
     "google.protobuf.Empty": {"type": "object"},
     "google.protobuf.DoubleValue": _nullable(_SCALARS[FD.TYPE_DOUBLE]),
     "google.protobuf.FloatValue": _nullable(_SCALARS[FD.TYPE_FLOAT]),
@@ -99,6 +113,16 @@ _FIXED_COMPONENTS: dict[str, Schema] = {
             "details": {"type": "array", "items": {"$ref": f"#/components/schemas/{ANY}"}},
         },
         "required": ["code", "message", "details"],
+    },
+    "google.protobuf.Value": {
+        "description": "Any JSON value without a NUL character in a string or an object key.",
+        "anyOf": [
+            {"type": ["null", "boolean", "number"]},
+            {"type": "string", "pattern": "^[^\u0000]*$"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/google.protobuf.Value"}},
+            {"type": "object", "propertyNames": {"pattern": "^[^\u0000]*$"},
+             "additionalProperties": {"$ref": "#/components/schemas/google.protobuf.Value"}},
+        ],
     },
     ANY: {
         "type": "object",
@@ -195,14 +219,15 @@ class _Builder:
         }
         operation["responses"]["429"]["headers"] = {"Retry-After": {
             "description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}}
-        operation["security"] = [{SECURITY_SCHEME: []}]
+        # Sign-in, invitations and password resets are for people without credentials yet.
+        operation["security"] = [] if rpc.grpc_path in PUBLIC_METHODS else [{SECURITY_SCHEME: []}]
         return operation
 
     def _path_parameters(self, route: Route) -> list[Schema]:
         out = []
         for var, chain in zip(route.template.variables, route.path_fields, strict=True):
             leaf = chain[-1]
-            schema = self._schema_of_type(leaf)
+            schema = _annotated(leaf, self._schema_of_type(leaf))
             if leaf.type == FD.TYPE_STRING and (leaf.name.endswith("_id") or _is_uuid(leaf)):
                 schema.update(format="uuid", pattern=UUID)  # every resource id in a path is a UUID
             parameter: Schema = {"name": var.name, "in": "path", "required": True, "schema": schema}
@@ -264,6 +289,8 @@ class _Builder:
             required = True
         elif route.body_field is not None:
             schema = self._schema_of_field(route.body_field)
+            if body_message is not None and _has_request_rules(body_message):
+                schema = self._input_ref(body_message)
             required = field_behavior_pb2.REQUIRED in _behaviors(route.body_field)
         else:
             schema = self._message_ref(route.rpc.input)
@@ -276,8 +303,12 @@ class _Builder:
                 schema = {"type": "object", "properties": properties, "additionalProperties": False}
                 if required_fields := [r for r in full.get("required", []) if r not in top]:
                     schema["required"] = required_fields
-            required = bool(schema.get("required"))
+            required = bool(schema.get("required") or ("$ref" in schema and self._required_of(route.rpc.input)))
         return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+    def _required_of(self, message: Descriptor) -> bool:
+        self._drain()
+        return bool(self.schemas.get(message.full_name, {}).get("required"))
 
     # --- schemas -------------------------------------------------------------------------------
 
@@ -312,12 +343,23 @@ class _Builder:
             self.schemas[name] = schema
         return ref(name)
 
-    def _message_schema(self, message: Descriptor, update: bool = False) -> Schema:
+    def _input_ref(self, message: Descriptor) -> Schema:
+        """A resource as a create's body, where some fields take fewer values than it can show."""
+        name = f"{message.full_name}Input"
+        if name not in self.schemas:
+            schema = self._message_schema(message, request=True)
+            schema["description"] = (f"{message.name} as a request sends it: the values a client may set.\n\n"
+                                     + self.comments.get(message.full_name, "")).strip()
+            self.schemas[name] = schema
+        return ref(name)
+
+    def _message_schema(self, message: Descriptor, update: bool = False, request: bool = False) -> Schema:
         # Closed: the gateway refuses a field the message does not have (UNKNOWN_FIELD).
         schema: Schema = {"type": "object", "properties": {}, "additionalProperties": False}
         required = []
         for field in message.fields:
-            schema["properties"][field.json_name] = self._schema_of_field(field, describe=True, update=update)
+            schema["properties"][field.json_name] = self._schema_of_field(field, describe=True, update=update,
+                                                                          request=request or update)
             if field_behavior_pb2.REQUIRED in _behaviors(field) and not update:
                 required.append(field.json_name)
         if required:
@@ -337,7 +379,8 @@ class _Builder:
             schema["description"] = description
         return schema
 
-    def _schema_of_field(self, field: FieldDescriptor, describe: bool = False, update: bool = False) -> Schema:
+    def _schema_of_field(self, field: FieldDescriptor, describe: bool = False, update: bool = False,
+                         request: bool = False) -> Schema:
         if is_map(field):
             _, value = map_fields(field)
             schema: Schema = {"type": "object", "additionalProperties": self._schema_of_type(value)}
@@ -349,7 +392,15 @@ class _Builder:
             return schema
         behaviors = _behaviors(field)
         required = field_behavior_pb2.REQUIRED in behaviors and not update
-        schema = _constrain(field, schema, required)
+        if update and behaviors & {field_behavior_pb2.IMMUTABLE, field_behavior_pb2.OUTPUT_ONLY}:
+            pass  # an update ignores it unless its mask names it (then it is refused): any value of its type
+        else:
+            schema = _constrain(field, schema, required, request)
+            if field.type == FD.TYPE_STRING and field.full_name.startswith(_NUL_FREE):
+                target = schema.setdefault("items", {}) if field.is_repeated else schema
+                target.setdefault("pattern", _NO_NUL)
+        if update:
+            schema = _unset_allowed(field, schema)
         if not required:
             schema = _nullable_field(schema)
         if field_behavior_pb2.OUTPUT_ONLY in behaviors:
@@ -383,20 +434,35 @@ def _update_mask(request: Descriptor, schema: Schema) -> Schema:
     return {**schema, "pattern": f"^$|^{one}(,{one})*$"}
 
 
+def _unset_allowed(field: FieldDescriptor, schema: Schema) -> Schema:
+    """In an update body an empty string is "not set" (proto3 cannot tell them apart), so with an
+    empty mask it changes nothing and is accepted whatever the field's rules."""
+    if field.type != FD.TYPE_STRING or field.is_repeated or schema.get("type") not in ("string", ["string", "null"]):
+        return schema
+    schema = dict(schema)
+    schema.pop("minLength", None)
+    if pattern := schema.get("pattern"):
+        schema["pattern"] = pattern if pattern.startswith("^$|") else f"^$|{pattern}"
+    return schema
+
+
 def _is_uuid(field: FieldDescriptor) -> bool:
     info = field.GetOptions().Extensions[field_info_pb2.field_info]
     return bool(info.format == field_info_pb2.FieldInfo.Format.UUID4)
 
 
-def _constrain(field: FieldDescriptor, schema: Schema, required: bool) -> Schema:
+def _constrain(field: FieldDescriptor, schema: Schema, required: bool, request: bool = True) -> Schema:
     """The type's schema plus what the server enforces for every field alike: a REQUIRED field
     must not be its default (empty, zero, false, UNSPECIFIED: proto3 cannot tell those from
     missing), a UUID4 field (google.api.field_info) is a UUID or, when optional, empty, and a page
     size is not negative (larger than the maximum is clamped, AIP-158)."""
-    schema = _annotated(field, dict(schema))
+    schema = _annotated(field, dict(schema), request, required)
     if field.is_repeated:
         if required:
             schema.setdefault("minItems", 1)
+        if field.enum_type is not None and "enum" not in schema.get("items", {}):
+            zero = field.enum_type.values_by_number[0]  # UNSPECIFIED is no value in a list either
+            schema["items"] = {"allOf": [schema["items"]], "not": {"enum": [zero.name, 0]}}
         return schema
     if field.type == FD.TYPE_STRING and _is_uuid(field):
         schema.update(format="uuid", pattern=UUID) if required else schema.update(pattern=f"^$|{UUID}")
@@ -405,22 +471,54 @@ def _constrain(field: FieldDescriptor, schema: Schema, required: bool) -> Schema
         schema["minimum"] = 0
     if field.name == "page_token" and schema.get("type") == "string":
         schema.update(format="page-token", maxLength=512)  # opaque: "" or a nextPageToken the list returned
+    if field.name == "request_id" and schema.get("type") == "string":
+        schema["format"] = "request-id"  # an idempotency key: one per logical request, reused only to repeat it
     if not required or field.message_type is not None:
         return schema
     if field.enum_type is not None:
         zero = field.enum_type.values_by_number[0]
         return {"allOf": [schema], "not": {"enum": [zero.name, 0]}}
     if field.type == FD.TYPE_STRING:
-        schema["minLength"] = 1
+        schema["minLength"] = max(1, schema.get("minLength", 1))
     elif field.type == FD.TYPE_BOOL:
         schema["const"] = True
+    elif schema.get("format") in ("int64", "uint64"):  # neither "0" (any spelling) nor 0
+        low, high = _bounds(field)
+        low = 0 if low is None and schema["format"] == "uint64" else low
+        schema.update(pattern=_int64_pattern(low, high, nonzero=True), **{"not": {"const": 0}})
     elif schema.get("type") in ("integer", "number"):
         schema["not"] = {"const": 0}
     return schema
 
 
-def _annotated(field: FieldDescriptor, schema: Schema) -> Schema:
-    """The field's (innosystem.common.v1.schema) annotation as JSON Schema keywords."""
+def _int64_pattern(minimum: int | None, maximum: int | None, nonzero: bool = False) -> str:
+    """A 64-bit integer's bounds for its string spelling, as far as a pattern can say them: the
+    sign, zero or not, and fewer digits than the largest magnitude allowed (never more)."""
+    largest = 10**18 if maximum is None else max(abs(maximum), abs(minimum or 0))
+    digits = max(1, len(str(largest)) - 1)
+    sign = "" if minimum is not None and minimum >= 0 else "-?"
+    exact = f"|{sign}{largest}" if maximum is not None and str(largest) == "1" + "0" * digits else ""  # 10^n itself
+    if nonzero or (minimum is not None and minimum >= 1):
+        return rf"^(?:{sign}0*[1-9][0-9]{{0,{digits - 1}}}{exact})$"
+    return rf"^(?:{sign}[0-9]{{1,{digits}}}{exact})$"
+
+
+def _bounds(field: FieldDescriptor) -> tuple[int | None, int | None]:
+    options = field.GetOptions()
+    if not options.HasExtension(schema_pb2.schema):
+        return None, None
+    a = options.Extensions[schema_pb2.schema]
+    return (a.minimum if a.HasField("minimum") else None), (a.maximum if a.HasField("maximum") else None)
+
+
+def _has_request_rules(message: Descriptor) -> bool:
+    return any(f.GetOptions().HasExtension(schema_pb2.schema) and f.GetOptions().Extensions[schema_pb2.schema].allowed
+               for f in message.fields)
+
+
+def _annotated(field: FieldDescriptor, schema: Schema, request: bool = True, required: bool = False) -> Schema:
+    """The field's (innosystem.common.v1.schema) annotation as JSON Schema keywords; `allowed`
+    holds for what a request sends (an optional field may also be left unset)."""
     options = field.GetOptions()
     if not options.HasExtension(schema_pb2.schema):
         return schema
@@ -430,10 +528,17 @@ def _annotated(field: FieldDescriptor, schema: Schema) -> Schema:
                           ("max_length", "maxLength")):
         if a.HasField(name):  # type: ignore[arg-type]
             target[keyword] = getattr(a, name)
+    if target.get("format") == "int64" and (a.HasField("minimum") or a.HasField("maximum")):
+        target["pattern"] = _int64_pattern(*_bounds(field))
     if a.pattern:
         target["pattern"] = a.pattern
     if a.format == "https-url":  # the egress guard's first rule; the rest is checked at the call
-        target["pattern"] = "^https://[^/?#@\\s]+(/[^\\s]*)?$"
+        target.update(format="https-url", pattern=a.pattern or "^https://[^/?#@\\s]+(/[^\\s]*)?$")
+    elif a.format == "currency":
+        # An active ISO 4217 code (kit/currencies.py; the services refuse others as UNKNOWN_CURRENCY),
+        # or empty where the field is optional. Named by a format, not listed as an enum of 158
+        # values: a client validates it with its own ISO 4217 table.
+        target.update(format="iso-4217", pattern="^$|^[A-Z]{3}$")
     elif a.format:
         target["format"] = a.format
     if field.is_repeated:
@@ -447,14 +552,19 @@ def _annotated(field: FieldDescriptor, schema: Schema) -> Schema:
             target["pattern"] = a.items_pattern
         if a.items_enum:
             target["enum"] = list(a.items_enum)
-    if a.allowed and field.enum_type is not None:
+    elif a.items_enum:  # a single string from a closed set
+        schema["enum"] = list(a.items_enum)
+    if a.allowed and field.enum_type is not None and request:
         values = field.enum_type.values_by_name
-        return {"allOf": [schema], "enum": [*a.allowed, *(values[n].number for n in a.allowed)]}
+        names = [*a.allowed] if required else [field.enum_type.values_by_number[0].name, *a.allowed]
+        return {"allOf": [schema], "enum": [*names, *(values[n].number for n in names)]}
     return schema
 
 
 def _nullable_field(schema: Schema) -> Schema:
     """proto3 JSON reads `null` as "not set", so an optional field may be null."""
+    if "enum" in schema and None not in schema["enum"]:
+        schema = {**schema, "enum": [*schema["enum"], None]}
     kind = schema.get("type")
     if isinstance(kind, str):
         return {**schema, "type": [kind, "null"]}

@@ -31,6 +31,8 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
         "BatchRelease": frozenset({"jobs"}),
         "BatchExtend": frozenset({"jobs"}),
         "ListActiveHolds": frozenset({"jobs"}),  # holds of submits that died before their job's commit
+        # wallet.low_balance webhooks: jobs' fan-out reads the stored events (services/jobs/deliveries.py)
+        "ListWalletEventsAfter": frozenset({"jobs"}),
     },
     "innosystem.jobs.v1.JobService": {
         # the runner stream's lease loop, result path and cancel feed (services/runners)

@@ -8,9 +8,10 @@ operations and replicas give one event per crossing. The ledger's batch decides 
 from the figures it has locked anyway (no statement unless a flag flips); the other operations
 (top-up, refund, adjustment, grant, limits) call `check` with one conditional UPDATE.
 
-Events are stored (`billing.wallet_events`, read by ListWalletEvents) and, after the commit,
-published best effort as JSON on the Redis channel `billing:wallet-events` for whoever delivers
-notifications: losing a publish loses no event, the table has it.
+Events are stored (`billing.wallet_events`, read by ListWalletEvents, and in store order by
+jobs' webhook fan-out through ListWalletEventsAfter) and, after the commit, published best effort
+as JSON on the Redis channel `billing:wallet-events` for whoever delivers notifications: losing a
+publish loses no event, the table has it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 LOW_BALANCE = "wallet.low_balance"
 CHANNEL = "billing:wallet-events"
+MAX_FEED = 1000
 
 
 def flipped(available: int, threshold: int, alerted: bool) -> bool | None:
@@ -142,3 +144,10 @@ class LowBalanceAlerts:
             return rows[:size], pagination.encode_token(rows[size - 1].seq)
         return rows, ""
 
+    async def after(self, after_seq: int, limit: int) -> list[WalletEventRow]:
+        """Every wallet's events past `after_seq` in seq order (the internal feed)."""
+        if not 1 <= limit <= MAX_FEED:
+            raise InvalidArgument(f"limit must be between 1 and {MAX_FEED}", field="limit", reason="INVALID_PAGE_SIZE")
+        e = WalletEventRow
+        async with self.billing.db.session() as s:
+            return list((await s.scalars(select(e).where(e.seq > after_seq).order_by(e.seq).limit(limit))).all())

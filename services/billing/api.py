@@ -308,12 +308,18 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         return pb.ListReconciliationsResponse(reconciliations=[reconciliation_pb(r) for r in page.items],
                                               next_page_token=page.next_page_token)
 
-    # internal: tenancy opens wallets, jobs holds and settles; the bootstrap admits only those
-    # callers (innosystem/kit/callers.py)
+    # internal: tenancy opens wallets, jobs holds, settles and reads wallet events; the bootstrap
+    # admits only those callers (innosystem/kit/callers.py)
 
     async def OpenWallet(self, request: pb.OpenWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         return wallet_pb(await self.service.open_wallet(request.customer_id, request.reseller_id,
                                                         request.currency_code, request.credit_limit_cents))
+
+    async def ListWalletEventsAfter(self, request: pb.ListWalletEventsAfterRequest,
+                                    context: grpc.aio.ServicerContext) -> pb.ListWalletEventsAfterResponse:
+        rows = await self.alerts.after(request.after_seq, request.limit)
+        return pb.ListWalletEventsAfterResponse(
+            items=[pb.ListWalletEventsAfterResponse.Item(seq=e.seq, event=event_pb(e)) for e in rows])
 
     def _reserve(self, r: pb.ReserveRequest) -> Callable[[], Awaitable[AnyHold]]:
         return counted("reserve", _checked(r, lambda: self.service.reserve(

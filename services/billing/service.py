@@ -29,6 +29,7 @@ from sqlalchemy import func, select, text
 
 from innosystem.kit import pagination
 from innosystem.kit import principal as principals
+from innosystem.kit.currencies import ISO_4217
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.kit.singleflight import SingleFlight
@@ -172,6 +173,9 @@ class BillingService:
         code = code.strip().upper()
         if code and not _CURRENCY.match(code):
             raise InvalidArgument(f"{field} must be an ISO 4217 code", field=field, reason="INVALID_CURRENCY")
+        if code and code not in ISO_4217:
+            raise InvalidArgument(f"{field} {code!r} is not an active ISO 4217 currency", field=field,
+                                  reason="UNKNOWN_CURRENCY")
         return code
 
     @staticmethod
@@ -219,9 +223,11 @@ class BillingService:
             wallet = await self._wallet(cid, self._currency(currency))
         except NotFound:
             raise NotFound(f"wallet of customer {customer_id} not found", reason="WALLET_NOT_FOUND") from None
-        except FailedPrecondition:
+        except FailedPrecondition as exc:
             principals.ensure_customer_visible(caller, customer_id, "", "wallet")
-            raise
+            # The currency names a wallet the customer does not have: 404, as for any resource
+            # that does not exist; the reason and message still say which wallet it does have.
+            raise NotFound(exc.message, field="currency_code", reason=exc.reason) from None
         principals.ensure_customer_visible(caller, customer_id, str(wallet.reseller_id or ""), "wallet")
         return wallet
 
@@ -257,6 +263,9 @@ class BillingService:
                 raise FailedPrecondition("the wallet's holds and balance need a higher credit limit",
                                          field="wallet.credit_limit_cents", reason="CREDIT_LIMIT_TOO_LOW")
             await alerts.check(tx, wallet.id)
+            # check() may flip low_balance_alerted with a Core UPDATE, which expires that attribute:
+            # load it now, inside the transaction, not after the row is detached.
+            await tx.session.refresh(row)
             return row
 
         row: Account = await self.commit.run(op)

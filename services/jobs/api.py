@@ -111,7 +111,7 @@ def webhook_pb(row: Webhook) -> hooks_pb.Webhook:
 
 def delivery_pb(row: WebhookDelivery) -> hooks_pb.WebhookDelivery:
     return hooks_pb.WebhookDelivery(
-        id=str(row.id), webhook_id=str(row.webhook_id), event_type=row.event_type, job_id=str(row.job_id),
+        id=str(row.id), webhook_id=str(row.webhook_id), event_type=row.event_type, job_id=str(row.job_id or ""),
         state=row.state, attempts=row.attempts, last_status_code=row.last_status_code,  # type: ignore[arg-type]
         last_error=row.last_error, next_attempt_time=timestamp(row.next_attempt_time),
         last_attempt_time=timestamp(row.last_attempt_time), create_time=timestamp(row.create_time),

@@ -110,6 +110,12 @@ class Billing:
             if not token:
                 return
 
+    async def wallet_events_after(self, after_seq: int, limit: int) -> bpb.ListWalletEventsAfterResponse:
+        """Billing's stored wallet events past `after_seq`, in store order (webhook fan-out)."""
+        reply: bpb.ListWalletEventsAfterResponse = await self._stub.ListWalletEventsAfter(
+            bpb.ListWalletEventsAfterRequest(after_seq=after_seq, limit=limit), timeout=self._timeout)
+        return reply
+
 
 def insufficient_funds(err: DomainError, field: str) -> FailedPrecondition:
     """The submit's error when the wallet cannot hold the cost: billing's reason, the field named."""

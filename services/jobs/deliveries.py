@@ -11,6 +11,13 @@ Nothing on the run path knows about webhooks. Two background loops read what it 
   the newer ones are read again next pass (the unique index makes that a no-op). A change still
   uncommitted `settle` seconds after its time would be missed; the run path's transactions last
   milliseconds.
+- **wallet fan-out** does the same for `wallet.low_balance` over billing's stored wallet events
+  (ListWalletEventsAfter, in billing's seq order) with its own cursor row (`wallet`): one
+  delivery per (endpoint of the event's customer that subscribed, event). Billing's Redis
+  publish is best effort, so the stored events are the source; the same settle rule covers a
+  billing transaction that commits late. While no endpoint subscribes, billing is not asked. The
+  cursor row stays locked across billing's answers (bounded by the call's timeout), so one
+  replica reads at a time, as for job changes.
 - **sender** claims due deliveries, at most `per_endpoint` per endpoint and `concurrency` in all
   (a conditional UPDATE pushes `next_attempt_time` past the call's time limit: that is the claim,
   and a replica that dies mid-call leaves the delivery due again), POSTs each through the egress
@@ -27,31 +34,35 @@ import functools
 import json
 import logging
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
 
+from innosystem.billing.v1 import billing_pb2 as bpb
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.kit import egress
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.sealing import Sealer
 from innosystem.webhooks import headers as signed_headers
+from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
 from services.jobs.models import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
-CURSOR = "deliveries"
+CURSOR, WALLET_CURSOR = "deliveries", "wallet"
+LOW_BALANCE = "wallet.low_balance"
 PENDING, SUCCEEDED, FAILED = 1, 2, 3
 RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 36000)  # seconds after attempt 1, 2, …; the last repeats
 # An endpoint's answer is read for its status only; a bigger one is not waited for.
 ANSWER_BYTES = 64 * 1024
 CLAIM_MARGIN_SECONDS = 30
 SCAN_LIMIT = 1000
+WALLET_PAGES = 10  # per pass: a first subscriber's catch-up over billing's history goes 10k events a tick
 FINAL = (enums.JOB_STATUS_SUCCEEDED, enums.JOB_STATUS_FAILED, enums.JOB_STATUS_CANCELLED)
 EVENT_OF = {enums.JOB_STATUS_SUCCEEDED: "job.succeeded", enums.JOB_STATUS_FAILED: "job.failed",
             enums.JOB_STATUS_CANCELLED: "job.cancelled"}
@@ -68,6 +79,10 @@ _EVENTS = text("""
     JOIN jobs.jobs j ON j.id = c.job_id
     JOIN jobs.webhooks w ON w.project_id = j.project_id AND w.create_time <= c.time
     WHERE c.id = ANY(:ids)
+""")
+_WALLET_HOOKS = text("""
+    SELECT id, customer_id, create_time FROM jobs.webhooks
+    WHERE customer_id = ANY(CAST(:customers AS uuid[])) AND :event = ANY(events)
 """)
 # Per endpoint (LATERAL, on the partial index (webhook_id, next_attempt_time)), at most `room`
 # of its due deliveries; then the oldest `limit` of those. The UPDATE's own WHERE re-checks each
@@ -106,6 +121,15 @@ def event_body(delivery_id: uuid.UUID, event_type: str, row: Any) -> str:
                        "data": data}, separators=(",", ":"), ensure_ascii=False)
 
 
+def wallet_body(delivery_id: uuid.UUID, e: bpb.WalletEvent, at: datetime) -> str:
+    """billing's event as the data of a delivery (the field names of its REST WalletEvent)."""
+    data = {"eventId": e.id, "customerId": e.customer_id, "walletId": e.wallet_id, "currencyCode": e.currency_code,
+            "availableCents": e.available_cents, "balanceCents": e.balance_cents, "heldCents": e.held_cents,
+            "thresholdCents": e.threshold_cents}
+    return json.dumps({"id": str(delivery_id), "type": e.type, "timestamp": at.isoformat(), "data": data},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
 def events_of(row: Any) -> list[str]:
     found = [EVENT_OF[row.status]]
     if row.status == enums.JOB_STATUS_FAILED and row.dead_lettered:
@@ -126,8 +150,8 @@ class _Claim:
 
 
 class Deliveries:
-    def __init__(self, db: Database, config: JobsConfig, sealer: Sealer) -> None:
-        self.db, self.config, self.sealer = db, config, sealer
+    def __init__(self, db: Database, config: JobsConfig, sealer: Sealer, billing: Billing) -> None:
+        self.db, self.config, self.sealer, self.billing = db, config, sealer, billing
         self._http = egress.Client(config.egress_policy)
         self._written = asyncio.Event()  # the fan-out wrote deliveries: the sender looks at once
         self._inflight: Counter[uuid.UUID] = Counter()
@@ -183,12 +207,75 @@ class Deliveries:
             self._written.set()
         return written
 
+    async def wallet_fan_out_once(self) -> int:
+        """One pass over billing's wallet events; how many deliveries it wrote."""
+        now = utcnow()
+        settled = now - timedelta(seconds=self.config.webhook_settle_seconds)
+        expire = now + timedelta(hours=self.config.webhook_retry_hours)
+        values: list[dict[str, Any]] = []
+        async with self.db.session() as s:
+            cursor = (await s.execute(text("SELECT change_id FROM jobs.webhook_cursor WHERE name = :n "
+                                           "FOR UPDATE SKIP LOCKED"), {"n": WALLET_CURSOR})).scalar_one_or_none()
+            if cursor is None:
+                return 0
+            # Billing is asked only while an endpoint listens; the cursor waits meanwhile, and the
+            # events it then catches up on are older than every endpoint, so none is sent.
+            if not (await s.execute(text("SELECT EXISTS (SELECT 1 FROM jobs.webhooks WHERE :e = ANY(events))"),
+                                    {"e": LOW_BALANCE})).scalar():
+                return 0
+            new_cursor, after, unsettled = cursor, cursor, False
+            for _ in range(WALLET_PAGES):
+                reply = await self.billing.wallet_events_after(after, SCAN_LIMIT)
+                items = [(i.seq, i.event, i.event.create_time.ToDatetime(UTC)) for i in reply.items]
+                for seq, _, at in items:  # past the settled prefix only, as for job changes
+                    unsettled = unsettled or at > settled
+                    if not unsettled:
+                        new_cursor = seq
+                values += await self._wallet_deliveries(s, items, now, expire)
+                if unsettled or len(items) < SCAN_LIMIT:
+                    break
+                after = items[-1][0]
+            written = 0
+            if values:
+                done = await s.execute(insert(WebhookDelivery).values(values).on_conflict_do_nothing()
+                                       .returning(WebhookDelivery.id))
+                written = len(done.all())
+            if new_cursor != cursor:
+                await s.execute(text("UPDATE jobs.webhook_cursor SET change_id = :c WHERE name = :n"),
+                                {"c": new_cursor, "n": WALLET_CURSOR})
+        if written:
+            self._written.set()
+        return written
+
+    @staticmethod
+    async def _wallet_deliveries(s: Any, items: list[tuple[int, bpb.WalletEvent, datetime]], now: datetime,
+                                 expire: datetime) -> list[dict[str, Any]]:
+        """One delivery per (event, endpoint of the event's customer that subscribed before it)."""
+        if not items:
+            return []
+        hooks: defaultdict[str, list[Any]] = defaultdict(list)
+        customers = sorted({e.customer_id for _, e, _ in items})
+        for h in (await s.execute(_WALLET_HOOKS, {"customers": customers, "event": LOW_BALANCE})).all():
+            hooks[str(h.customer_id)].append(h)
+        values = []
+        for seq, e, at in items:
+            for h in hooks[e.customer_id] if e.type == LOW_BALANCE else ():
+                if h.create_time <= at:
+                    did = uuid.uuid4()
+                    values.append({"id": did, "webhook_id": h.id, "customer_id": h.customer_id, "change_id": seq,
+                                   "event_type": LOW_BALANCE, "job_id": None, "payload": wallet_body(did, e, at),
+                                   "state": PENDING, "attempts": 0, "last_status_code": 0, "last_error": "",
+                                   "next_attempt_time": now, "expire_time": expire, "create_time": now})
+        return values
+
     async def fan_out_forever(self) -> None:
         while True:
-            try:
-                await self.fan_out_once()
-            except Exception:  # a failed pass is retried on the next tick; the cursor did not move
-                log.exception("webhook fan-out pass failed")
+            # Each source on its own: billing being down holds back only the wallet events.
+            for name, fan_out in (("job", self.fan_out_once), ("wallet", self.wallet_fan_out_once)):
+                try:
+                    await fan_out()
+                except Exception:  # a failed pass is retried on the next tick; the cursor did not move
+                    log.exception("webhook %s fan-out pass failed", name)
             await asyncio.sleep(self.config.webhook_scan_seconds)
 
     # sender --------------------------------------------------------------------------------------

@@ -338,8 +338,10 @@ class Webhook(Base):
 
 
 class WebhookDelivery(Base):
-    """One event for one endpoint: written by the fan-out from `job_status_changes`, sent by the
-    delivery loop. Unique per (endpoint, status change, event), so a rescan writes nothing twice."""
+    """One event for one endpoint: written by the fan-out from `job_status_changes` (change_id =
+    the change's id) or billing's wallet events (change_id = billing's seq, event_type
+    wallet.low_balance), sent by the delivery loop. Unique per (endpoint, change, event), so a
+    rescan writes nothing twice."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
@@ -355,7 +357,7 @@ class WebhookDelivery(Base):
     customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
     change_id: Mapped[int] = mapped_column(BigInteger)
     event_type: Mapped[str] = mapped_column(String(40))
-    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID)  # None for wallet.low_balance
     payload: Mapped[str] = mapped_column(Text)
     state: Mapped[int] = mapped_column(SmallInteger, default=1)
     attempts: Mapped[int] = mapped_column(default=0)
@@ -369,8 +371,8 @@ class WebhookDelivery(Base):
 
 
 class WebhookCursor(Base):
-    """How far the fan-out has read `job_status_changes` (one row): every change with an id at
-    or below it has been turned into deliveries."""
+    """How far the fan-out has read (one row per source: `deliveries` for `job_status_changes`,
+    `wallet` for billing's wallet events): everything at or below it has become deliveries."""
 
     __tablename__ = "webhook_cursor"
 

@@ -197,6 +197,8 @@ def validate(fields: Mapping[str, Any]) -> dict[str, Any]:
             value = value.strip().upper()
             if value and not CURRENCY.match(value):
                 raise _bad(F + name, "must be an ISO 4217 code such as EUR, or empty", "INVALID_CURRENCY")
+            if value and value not in ISO_4217:
+                raise _bad(F + name, f"{value!r} is not an active ISO 4217 currency", "UNKNOWN_CURRENCY")
             out[name] = value
         elif name == "processor_type":
             out[name] = _enum(value, PROCESSORS, enums.PROCESSOR_TYPE_SYNC, F + name, "INVALID_PROCESSOR_TYPE")

@@ -1,4 +1,5 @@
-"""Webhooks: a project's endpoints told when its jobs finish (use cases; sending is deliveries.py).
+"""Webhooks: a project's endpoints told when its jobs finish or its customer's wallet runs low
+(use cases; sending is deliveries.py).
 
 An endpoint belongs to one project; its owner (customer, reseller) is copied from tenancy at
 create so every read is scoped in SQL, and another tenant's webhook is NOT_FOUND. The URL is
@@ -30,8 +31,8 @@ from services.jobs.models import IdempotencyKey, Webhook, WebhookDelivery
 from services.jobs.repository import WebhooksRepository
 from services.jobs.tenants import ProjectOwner
 
-# What an endpoint may subscribe to. wallet.low_balance waits for billing's balance thresholds.
-EVENTS = ("job.succeeded", "job.failed", "job.dead_lettered", "job.cancelled")
+# What an endpoint may subscribe to: its project's jobs, and its customer's wallets.
+EVENTS = ("job.succeeded", "job.failed", "job.dead_lettered", "job.cancelled", "wallet.low_balance")
 MAX_URL_LEN, MAX_DESCRIPTION = 2048, 200
 RESOLVE_SECONDS = 2.0
 MAX_WEBHOOKS_SETTING = "INNOSYSTEM_JOBS_MAX_WEBHOOKS_PER_PROJECT"

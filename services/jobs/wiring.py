@@ -60,4 +60,4 @@ def build(config: JobsConfig, db: Database, redis: aioredis.Redis, tenancy: grpc
                      control=control, leases=leases, webhooks=webhooks, markups=markups,
                      batches=Batches(deps, types._visible_project),
                      live=Live(deps, queries, control.watchers, types._visible_project))
-    return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer))
+    return App(deps, types, cases, Loops(deps, leases), signals, Deliveries(db, config, webhooks.sealer, billing))

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "isk_"
 BOOTSTRAP_LABEL = "bootstrap"
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The document's pattern (tenancy.proto), whose \s (ECMA-262) also covers U+FEFF.
+_EMAIL = re.compile(r"^[^@\s\ufeff]+@[^@\s\ufeff]+\.[^@\s\ufeff]+$")
 MAX_TAGS, MAX_TAG_LEN, MAX_DESCRIPTION = 50, 64, 4000
 DEFAULT_MAX_PROJECTS = 100
 MAX_PROJECTS_SETTING = "INNOSYSTEM_TENANCY_MAX_PROJECTS_PER_CUSTOMER"

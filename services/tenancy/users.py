@@ -31,7 +31,8 @@ INVITATION, RESET = "invitation", "reset"
 INVITATION_TTL, RESET_TTL = timedelta(days=7), timedelta(hours=1)
 LOCALES = ("", "en", "fi", "sv")
 _TOKEN_PREFIX = {INVITATION: "isi_", RESET: "isp_"}
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The document's pattern (tenancy.proto), whose \s (ECMA-262) also covers U+FEFF.
+_EMAIL = re.compile(r"^[^@\s\ufeff]+@[^@\s\ufeff]+\.[^@\s\ufeff]+$")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,11 @@ async def account(repo: TenancyRepository, caller: Principal, customer_id: str, 
     """The account a request's path names, with a customer's reseller (for the audit log)."""
     if customer_id:
         cid = id_or_not_found(customer_id, "customer_id", "customer")
+        # Under a reseller's path (`/v1/resellers/{reseller_id}/users?customerId=…`), the
+        # customer must be that reseller's: the path is not ignored.
+        rid = id_or_not_found(reseller_id, "reseller_id", "reseller") if reseller_id else None
         customer = await repo.get_customer(cid, Scope.of(caller))
-        if customer is None:
+        if customer is None or (rid is not None and customer.reseller_id != rid):
             raise NotFound(f"customer {customer_id} not found", reason="CUSTOMER_NOT_FOUND")
         found = Account(principals.CUSTOMER, customer_id=cid)
         if manage:

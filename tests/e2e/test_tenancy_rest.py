@@ -77,6 +77,16 @@ def test_reseller_manages_its_customers_only(tenants: dict) -> None:
     assert as_reseller.get(f"/v1/projects/{tenants['project']['id']}").status == 200
 
 
+def test_a_resellers_path_is_not_ignored_next_to_a_customer(tenants: dict, admin: Client) -> None:
+    """`/v1/resellers/{reseller_id}/users?customerId=…` lists that customer's people only if the
+    customer is that reseller's; a path id that is no UUID is 404, not the customer's list."""
+    reseller, first, second = tenants["reseller"]["id"], tenants["first"]["id"], tenants["second"]["id"]
+    for what in ("users", "apiKeys", "auditEvents"):
+        assert admin.get(f"/v1/resellers/{reseller}/{what}?customerId={first}").status == 200, what
+        assert admin.get(f"/v1/resellers/{reseller}/{what}?customerId={second}").status == 404, what
+        assert admin.get(f"/v1/resellers/null,null/{what}?customerId={first}").status == 404, what
+
+
 def test_me(tenants: dict) -> None:
     me = tenants["as_first"].get("/v1/me")
     assert me.status == 200

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
 from gateway.descriptors import parse_descriptor_set
-from gateway.openapi import render_openapi
+from gateway.openapi import _int64_pattern, render_openapi
 from gateway.routes import http_rule
 
 
@@ -54,8 +55,9 @@ def test_required_and_read_only_follow_field_behavior(schemas: dict[str, Any]) -
 
 def test_proto3_json_types(schemas: dict[str, Any]) -> None:
     props = schemas["innosystem.tenancy.v1.Sample"]["properties"]
-    assert props["big"] == {"type": ["string", "null"], "format": "int64", "pattern": "^-?[0-9]{1,18}$",
-                            "description": "A 64-bit count."}
+    # proto3 JSON writes a 64-bit integer as a string and reads a string or a number
+    assert props["big"] == {"type": ["string", "integer", "null"], "format": "int64", "pattern": "^-?[0-9]{1,18}$",
+                            "minimum": -(2**63), "maximum": 2**63 - 1, "description": "A 64-bit count."}
     assert props["count"] == {"type": ["integer", "null"], "format": "int32", "minimum": -(2**31),
                               "maximum": 2**31 - 1}
     assert props["small"]["format"] == "uint32" and props["ratio32"]["format"] == "float"
@@ -68,7 +70,9 @@ def test_proto3_json_types(schemas: dict[str, Any]) -> None:
     assert props["named"]["additionalProperties"] == {"$ref": "#/components/schemas/innosystem.tenancy.v1.Inner"}
     assert props["when"] == {"type": ["string", "null"], "format": "date-time"}
     assert props["wait"]["type"] == ["string", "null"] and props["mask"]["type"] == ["string", "null"]
-    assert props["extra"] == {"type": ["object", "null"], "additionalProperties": True}
+    # any JSON, but no NUL in a key or a string at any depth (PostgreSQL cannot store one)
+    assert props["extra"] == {"type": ["object", "null"], "propertyNames": {"pattern": "^[^\u0000]*$"},
+                              "additionalProperties": {"$ref": "#/components/schemas/google.protobuf.Value"}}
     assert props["maybe"]["type"] == ["integer", "null"]
     assert props["color"] == {"anyOf": [{"$ref": "#/components/schemas/innosystem.tenancy.v1.Color"},
                                         {"type": "null"}]}
@@ -176,11 +180,15 @@ def test_what_the_server_enforces_is_in_the_document(doc: dict[str, Any], schema
     customer = schemas["innosystem.tenancy.v1.Customer"]
     assert customer["additionalProperties"] is False
     assert customer["properties"]["name"]["minLength"] == 1
-    assert customer["properties"]["email"]["pattern"] == r"^[^@\s]+@[^@\s]+\.[^@\s]+$"  # tenancy's rule
+    # tenancy's rule; ECMA-262's \s lacks \x1c-\x1f and \x85, which Python's has
+    assert customer["properties"]["email"]["pattern"] == \
+        r"^[^@\s\x1c-\x1f\x85]+@[^@\s\x1c-\x1f\x85]+\.[^@\s\x1c-\x1f\x85]+$"
     hook = schemas["innosystem.jobs.v1.Webhook"]["properties"]
     assert hook["events"]["minItems"] == 1 and "job.succeeded" in hook["events"]["items"]["enum"]
+    public = {("post", "/v1/sessions"), ("post", "/v1/invitations/{token}:accept"), ("post", "/v1/passwordResets"),
+              ("post", "/v1/passwordResets/{token}:complete")}  # for people without credentials yet
     for method, path, op in operations(doc).values():
-        assert op["security"] == [{"bearerAuth": []}], (method, path)
+        assert op["security"] == ([] if (method, path) in public else [{"bearerAuth": []}]), (method, path)
         for code in ("400", "401", "403", "404", "409", "429", "500", "503", "default"):
             assert op["responses"][code]["content"]["application/json"]["schema"] == \
                 {"$ref": "#/components/schemas/google.rpc.Status"}, (method, path, code)
@@ -189,3 +197,17 @@ def test_what_the_server_enforces_is_in_the_document(doc: dict[str, Any], schema
                 assert p["schema"]["format"] == "uuid", (method, path, p)
             if p["name"] == "pageSize":
                 assert p["schema"]["minimum"] == 0
+
+
+@pytest.mark.parametrize(("low", "high", "nonzero", "good", "bad"), [
+    (1, 100_000_000_000, False, ["1", "99999999999", "100000000000", "007"], ["0", "-1", "100000000001"]),
+    (0, 100_000_000_000, False, ["0", "100000000000"], ["-1", "999999999999"]),
+    (-100, 100, True, ["-5", "99", "100"], ["0", "000", "101"]),
+    (None, None, False, ["-123", "0"], ["1234567890123456789", "1.5"]),
+])
+def test_a_64_bit_bound_as_a_pattern_on_the_string(low: int | None, high: int | None, nonzero: bool,
+                                                     good: list[str], bad: list[str]) -> None:
+    """Never wider than the bounds (a string the pattern takes is in range); exact at a power of ten."""
+    pattern = re.compile(_int64_pattern(low, high, nonzero))
+    assert [v for v in good if not pattern.match(v)] == []
+    assert [v for v in bad if pattern.match(v)] == []

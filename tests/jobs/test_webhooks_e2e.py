@@ -243,3 +243,56 @@ def test_another_tenant_sees_nothing(stack: Stack) -> None:
     assert owner.client.get(f"/v1/webhooks/{hook['id']}").status == 200  # still there
     assert owner.client.delete(f"/v1/webhooks/{hook['id']}").status == 200
     assert owner.client.get(f"/v1/webhooks/{hook['id']}").status == 404
+
+
+async def test_low_balance_reaches_every_subscribed_endpoint_of_the_customer_once(stack: Stack) -> None:
+    """A submit's hold takes the wallet below its threshold: billing stores one wallet.low_balance
+    event, and each endpoint of the customer's projects that asked for it gets it, signed; an
+    endpoint that did not ask, and another customer's, get nothing."""
+    hooks = {name: Receiver() for name in ("first", "second", "jobs_only", "stranger")}
+    async with serve({f"/{name}": r.handle for name, r in hooks.items()}) as served:
+        t, other = tenant(stack), tenant(stack)
+        second_project = t.client.post(f"/v1/customers/{t.customer_id}/projects", {"name": "second"})
+        assert second_project.status == 200, second_project.body
+        first, first_secret = make_webhook(t, served.url("/first"), ["wallet.low_balance"])
+        second, second_secret = make_webhook(Tenant(t.client, t.customer_id, second_project.body["id"], "", ""),
+                                             served.url("/second"), ["wallet.low_balance", "job.succeeded"])
+        jobs_only, _ = make_webhook(t, served.url("/jobs_only"), ["job.succeeded"])
+        stranger, _ = make_webhook(other, served.url("/stranger"), ["wallet.low_balance"])
+        assert other.client.patch(f"/v1/customers/{other.customer_id}/wallet",
+                                  {"lowBalanceThresholdCents": "900"}).status == 200
+
+        # 1000 on the wallet (tenant()); threshold 500; a job type whose hold is 700 crosses it.
+        wallet = t.client.patch(f"/v1/customers/{t.customer_id}/wallet", {"lowBalanceThresholdCents": "500"})
+        assert wallet.status == 200 and wallet.body["lowBalanceAlerted"] is False, wallet.body
+        costly = t.client.post(f"/v1/projects/{t.project_id}/jobTypes", {"name": f"dear-{uuid.uuid4().hex[:8]}",
+                                                                           "baseCostCents": 700})
+        assert costly.status == 200, costly.body
+        job = t.client.post(f"/v1/projects/{t.project_id}/jobs", {"jobTypeId": costly.body["id"]})
+        assert job.status == 200, job.body
+
+        got = {}
+        for name, secret in (("first", first_secret), ("second", second_secret)):
+            received = await hooks[name].next()
+            got[name] = verify(secret, received.headers, received.body)
+            assert got[name]["id"] == received.headers["webhook-id"]
+        [stored] = t.client.get(f"/v1/customers/{t.customer_id}/wallet/events").body["events"]
+        for event in got.values():
+            data = event["data"]
+            assert event["type"] == "wallet.low_balance" and data["eventId"] == stored["id"], event
+            assert data["customerId"] == t.customer_id and data["thresholdCents"] == 500, event
+            assert data["availableCents"] < 500 and data["availableCents"] == int(stored["availableCents"]), event
+        assert got["first"]["id"] != got["second"]["id"]  # one delivery per endpoint
+
+        [logged] = settled(t, first["id"], 1)
+        assert logged["eventType"] == "wallet.low_balance" and logged["state"] == "WEBHOOK_DELIVERY_STATE_SUCCEEDED"
+        assert "jobId" not in logged or logged["jobId"] == "", logged
+        assert len(settled(t, second["id"], 1)) == 1
+        # Written in the same fan-out pass as the two above: had they been due, they would be here.
+        assert deliveries(t, jobs_only["id"]) == [] and deliveries(other, stranger["id"]) == []
+        assert hooks["jobs_only"].count == 0 and hooks["stranger"].count == 0
+        # Redelivery works as for job events: the same id, the same bytes.
+        again = t.client.post(f"/v1/webhooks/{first['id']}/deliveries/{logged['id']}:redeliver", {})
+        assert again.status == 200, again.body
+        repeat = await hooks["first"].next()
+        assert verify(first_secret, repeat.headers, repeat.body) == got["first"]

@@ -565,7 +565,7 @@ class TopUpWalletRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     amount_cents: _builtins.int
-    """Positive, at most the configured maximum per top-up."""
+    """Positive, at most the configured maximum per top-up (INNOSYSTEM_BILLING_MAX_AMOUNT_CENTS, default 100000000000)."""
     currency_code: _builtins.str
     """Must equal the wallet's currency; empty = the wallet's currency."""
     request_id: _builtins.str
@@ -1485,6 +1485,72 @@ class ListWalletEventsResponse(_message.Message):
 Global___ListWalletEventsResponse: _TypeAlias = ListWalletEventsResponse  # noqa: Y015
 
 @_typing.final
+class ListWalletEventsAfterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """Events with a larger `seq` than this, in `seq` order."""
+    limit: _builtins.int
+    """1 to 1000."""
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletEventsAfterRequest: _TypeAlias = ListWalletEventsAfterRequest  # noqa: Y015
+
+@_typing.final
+class ListWalletEventsAfterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Item(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        SEQ_FIELD_NUMBER: _builtins.int
+        EVENT_FIELD_NUMBER: _builtins.int
+        seq: _builtins.int
+        """Billing's store order (assigned at insert: a later seq can commit first)."""
+        @_builtins.property
+        def event(self) -> Global___WalletEvent: ...
+        def __init__(
+            self,
+            *,
+            seq: _builtins.int = ...,
+            event: Global___WalletEvent | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "seq", b"seq"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListWalletEventsAfterResponse.Item]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ListWalletEventsAfterResponse.Item] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWalletEventsAfterResponse: _TypeAlias = ListWalletEventsAfterResponse  # noqa: Y015
+
+@_typing.final
 class GetStatementRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1493,7 +1559,7 @@ class GetStatementRequest(_message.Message):
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     month: _builtins.str
-    """UTC calendar month, "YYYY-MM"."""
+    """UTC calendar month, "YYYY-MM" (1970 or later)."""
     currency_code: _builtins.str
     """Which wallet; empty = the customer's default wallet."""
     def __init__(

@@ -199,6 +199,11 @@ class BillingServiceStub:
                 request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListActiveHoldsRequest.SerializeToString,
                 response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListActiveHoldsResponse.FromString,
                 _registered_method=True)
+        self.ListWalletEventsAfter = channel.unary_unary(
+                '/innosystem.billing.v1.BillingService/ListWalletEventsAfter',
+                request_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsAfterRequest.SerializeToString,
+                response_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsAfterResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -455,6 +460,14 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWalletEventsAfter(self, request, context):
+        """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
+        webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -612,6 +625,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListActiveHolds,
                     request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListActiveHoldsRequest.FromString,
                     response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListActiveHoldsResponse.SerializeToString,
+            ),
+            'ListWalletEventsAfter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWalletEventsAfter,
+                    request_deserializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsAfterRequest.FromString,
+                    response_serializer=innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsAfterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1461,6 +1479,33 @@ class BillingService:
             '/innosystem.billing.v1.BillingService/ListActiveHolds',
             innosystem_dot_billing_dot_v1_dot_billing__pb2.ListActiveHoldsRequest.SerializeToString,
             innosystem_dot_billing_dot_v1_dot_billing__pb2.ListActiveHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWalletEventsAfter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/innosystem.billing.v1.BillingService/ListWalletEventsAfter',
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsAfterRequest.SerializeToString,
+            innosystem_dot_billing_dot_v1_dot_billing__pb2.ListWalletEventsAfterResponse.FromString,
             options,
             channel_credentials,
             insecure,

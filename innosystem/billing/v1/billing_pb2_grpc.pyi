@@ -143,6 +143,10 @@ class BillingServiceStub:
     """Internal: jobs finds the holds of submits that died between the reserve and the job's commit:
     the active holds created in a time window, oldest first, in keyset pages.
     """
+    ListWalletEventsAfter: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsAfterRequest, _billing_pb2.ListWalletEventsAfterResponse]
+    """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
+    webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -258,6 +262,10 @@ class BillingServiceAsyncStub(BillingServiceStub):
     ListActiveHolds: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListActiveHoldsRequest, _billing_pb2.ListActiveHoldsResponse]  # type: ignore[assignment]
     """Internal: jobs finds the holds of submits that died between the reserve and the job's commit:
     the active holds created in a time window, oldest first, in keyset pages.
+    """
+    ListWalletEventsAfter: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsAfterRequest, _billing_pb2.ListWalletEventsAfterResponse]  # type: ignore[assignment]
+    """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
+    webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
     """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -557,6 +565,16 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_billing_pb2.ListActiveHoldsResponse, _abc.Awaitable[_billing_pb2.ListActiveHoldsResponse]]:
         """Internal: jobs finds the holds of submits that died between the reserve and the job's commit:
         the active holds created in a time window, oldest first, in keyset pages.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWalletEventsAfter(
+        self,
+        request: _billing_pb2.ListWalletEventsAfterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListWalletEventsAfterResponse, _abc.Awaitable[_billing_pb2.ListWalletEventsAfterResponse]]:
+        """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
+        webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,13 +28,31 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from innosystem.billing.v1 import billing_pb2 as innosystem_dot_billing_dot_v1_dot_billing__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"innosystem/jobs/v1/job_types.proto\x12\x12innosystem.jobs.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a!innosystem/common/v1/schema.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#innosystem/billing/v1/billing.proto\"\xa2\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12 \n\x18initial_interval_seconds\x18\x02 \x01(\x05\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01\x12\x1c\n\x14max_interval_seconds\x18\x04 \x01(\x05\x12!\n\x19non_retryable_error_types\x18\x05 \x03(\t\"c\n\x11\x45xternalApiConfig\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x13\n\x0bhttp_method\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x04 \x01(\x05\"\xc7\x07\n\x07JobType\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nproject_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12<\n\x04name\x18\x04 \x01(\tB.\xe2\x41\x02\x02\x05\xca\xa5\x19%*#^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12;\n\x10\x64\x65\x66\x61ult_priority\x18\x06 \x01(\x0e\x32!.innosystem.jobs.v1.PriorityLevel\x12=\n\x14\x64\x65\x66\x61ult_retry_policy\x18\x07 \x01(\x0b\x32\x1f.innosystem.jobs.v1.RetryPolicy\x12I\n\x1a\x64\x65\x66\x61ult_persistence_policy\x18\x08 \x01(\x0e\x32%.innosystem.jobs.v1.PersistencePolicy\x12\x17\n\x0f\x62\x61se_cost_cents\x18\t \x01(\x03\x12*\n\rcurrency_code\x18\n \x01(\tB\x13\xca\xa5\x19\x0f*\r^$|^[A-Z]{3}$\x12\x39\n\x0eprocessor_type\x18\x0b \x01(\x0e\x32!.innosystem.jobs.v1.ProcessorType\x12\x14\n\x07\x65nabled\x18\x0c \x01(\x08H\x00\x88\x01\x01\x12\x0f\n\x07version\x18\r \x01(\t\x12\x15\n\rrequired_tags\x18\x0e \x03(\t\x12#\n\x0ftimeout_seconds\x18\x0f \x01(\x05\x42\n\xca\xa5\x19\x06\x08\x00\x10\x80\xa3\x05\x12\x18\n\x10sensitive_fields\x18\x10 \x03(\t\x12\x16\n\x0emax_cost_cents\x18\x11 \x01(\x03\x12\x45\n\x13over_capture_policy\x18\x12 \x01(\x0e\x32(.innosystem.billing.v1.OverCapturePolicy\x12\x19\n\x11\x63harge_on_failure\x18\x13 \x01(\x08\x12;\n\x0c\x65xternal_api\x18\x14 \x01(\x0b\x32%.innosystem.jobs.v1.ExternalApiConfig\x12\x16\n\x0emax_batch_size\x18\x15 \x01(\x05\x12\x35\n\x0b\x63reate_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63\x61talog\x18\x18 \x01(\x08\x42\x04\xe2\x41\x01\x03\x42\n\n\x08_enabled\"\xaf\x02\n\x0cJobTypePrice\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bjob_type_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12+\n\rcurrency_code\x18\x03 \x01(\tB\x14\xe2\x41\x01\x02\xca\xa5\x19\x0c*\n^[A-Z]{3}$\x12-\n\x05model\x18\x04 \x01(\x0e\x32\x1e.innosystem.jobs.v1.PriceModel\x12\x18\n\x10unit_price_cents\x18\x05 \x01(\x03\x12\x11\n\tcap_cents\x18\x06 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03*\xbc\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05\x12\x18\n\x14JOB_STATUS_SCHEDULED\x10\x06*\x98\x01\n\rPriorityLevel\x12\x1e\n\x1aPRIORITY_LEVEL_UNSPECIFIED\x10\x00\x12\x16\n\x12PRIORITY_LEVEL_LOW\x10\x01\x12\x19\n\x15PRIORITY_LEVEL_MEDIUM\x10\x02\x12\x17\n\x13PRIORITY_LEVEL_HIGH\x10\x03\x12\x1b\n\x17PRIORITY_LEVEL_CRITICAL\x10\x04*\xb5\x01\n\x11PersistencePolicy\x12\"\n\x1ePERSISTENCE_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPERSISTENCE_POLICY_MINIMAL\x10\x01\x12\x1f\n\x1bPERSISTENCE_POLICY_STANDARD\x10\x02\x12\x1b\n\x17PERSISTENCE_POLICY_FULL\x10\x03\x12\x1e\n\x1aPERSISTENCE_POLICY_ARCHIVE\x10\x04*\x9d\x01\n\rProcessorType\x12\x1e\n\x1aPROCESSOR_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROCESSOR_TYPE_SYNC\x10\x01\x12\x18\n\x14PROCESSOR_TYPE_ASYNC\x10\x02\x12\x1f\n\x1bPROCESSOR_TYPE_EXTERNAL_API\x10\x03\x12\x18\n\x14PROCESSOR_TYPE_BATCH\x10\x04*u\n\nPriceModel\x12\x1b\n\x17PRICE_MODEL_UNSPECIFIED\x10\x00\x12\x14\n\x10PRICE_MODEL_FLAT\x10\x01\x12\x1a\n\x16PRICE_MODEL_PER_SECOND\x10\x02\x12\x18\n\x14PRICE_MODEL_PER_UNIT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"innosystem/jobs/v1/job_types.proto\x12\x12innosystem.jobs.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a!innosystem/common/v1/schema.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#innosystem/billing/v1/billing.proto\"\xe1\x01\n\x0bRetryPolicy\x12\"\n\x0cmax_attempts\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x02\xca\xa5\x19\x04\x08\x01\x10\x64\x12,\n\x18initial_interval_seconds\x18\x02 \x01(\x05\x42\n\xca\xa5\x19\x06\x08\x00\x10\x80\xf5$\x12$\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01\x42\x08\xca\xa5\x19\x04\x08\x00\x10\x64\x12(\n\x14max_interval_seconds\x18\x04 \x01(\x05\x42\n\xca\xa5\x19\x06\x08\x00\x10\x80\xf5$\x12\x30\n\x19non_retryable_error_types\x18\x05 \x03(\tB\r\xca\xa5\x19\t@2P\xc8\x01Z\x02\\S\"\xd7\x01\n\x11\x45xternalApiConfig\x12#\n\x03url\x18\x01 \x01(\tB\x16\xe2\x41\x01\x02\xca\xa5\x19\x0e \x80\x10\x32\thttps-url\x12Y\n\x0bhttp_method\x18\x02 \x01(\tBD\xca\xa5\x19@j\x00j\x03GETj\x04POSTj\x03PUTj\x05PATCHj\x06\x44\x45LETEj\x03getj\x04postj\x03putj\x05patchj\x06\x64\x65lete\x12#\n\x0ftimeout_seconds\x18\x03 \x01(\x05\x42\n\xca\xa5\x19\x06\x08\x00\x10\x80\xa3\x05\x12\x1d\n\x0bmax_retries\x18\x04 \x01(\x05\x42\x08\xca\xa5\x19\x04\x08\x00\x10\n\"\x9a\x08\n\x07JobType\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nproject_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12<\n\x04name\x18\x04 \x01(\tB.\xe2\x41\x02\x02\x05\xca\xa5\x19%*#^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12;\n\x10\x64\x65\x66\x61ult_priority\x18\x06 \x01(\x0e\x32!.innosystem.jobs.v1.PriorityLevel\x12=\n\x14\x64\x65\x66\x61ult_retry_policy\x18\x07 \x01(\x0b\x32\x1f.innosystem.jobs.v1.RetryPolicy\x12I\n\x1a\x64\x65\x66\x61ult_persistence_policy\x18\x08 \x01(\x0e\x32%.innosystem.jobs.v1.PersistencePolicy\x12!\n\x0f\x62\x61se_cost_cents\x18\t \x01(\x03\x42\x08\xca\xa5\x19\x04\x08\x00\x10\x00\x12%\n\rcurrency_code\x18\n \x01(\tB\x0e\xca\xa5\x19\n2\x08\x63urrency\x12\x39\n\x0eprocessor_type\x18\x0b \x01(\x0e\x32!.innosystem.jobs.v1.ProcessorType\x12\x14\n\x07\x65nabled\x18\x0c \x01(\x08H\x00\x88\x01\x01\x12\x0f\n\x07version\x18\r \x01(\t\x12#\n\rrequired_tags\x18\x0e \x03(\tB\x0c\xca\xa5\x19\x08@2P@Z\x02\\S\x12#\n\x0ftimeout_seconds\x18\x0f \x01(\x05\x42\n\xca\xa5\x19\x06\x08\x00\x10\x80\xa3\x05\x12\x43\n\x10sensitive_fields\x18\x10 \x03(\tB)\xca\xa5\x19%@dP\xc8\x01Z\x1e^(payload|result)(\\.[^.\\s]+)+$\x12 \n\x0emax_cost_cents\x18\x11 \x01(\x03\x42\x08\xca\xa5\x19\x04\x08\x00\x10\x00\x12\x45\n\x13over_capture_policy\x18\x12 \x01(\x0e\x32(.innosystem.billing.v1.OverCapturePolicy\x12\x19\n\x11\x63harge_on_failure\x18\x13 \x01(\x08\x12;\n\x0c\x65xternal_api\x18\x14 \x01(\x0b\x32%.innosystem.jobs.v1.ExternalApiConfig\x12!\n\x0emax_batch_size\x18\x15 \x01(\x05\x42\t\xca\xa5\x19\x05\x08\x00\x10\x90N\x12\x35\n\x0b\x63reate_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63\x61talog\x18\x18 \x01(\x08\x42\x04\xe2\x41\x01\x03\x42\n\n\x08_enabled\"\xaf\x02\n\x0cJobTypePrice\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bjob_type_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12+\n\rcurrency_code\x18\x03 \x01(\tB\x14\xe2\x41\x01\x02\xca\xa5\x19\x0c*\n^[A-Z]{3}$\x12-\n\x05model\x18\x04 \x01(\x0e\x32\x1e.innosystem.jobs.v1.PriceModel\x12\x18\n\x10unit_price_cents\x18\x05 \x01(\x03\x12\x11\n\tcap_cents\x18\x06 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03*\xbc\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05\x12\x18\n\x14JOB_STATUS_SCHEDULED\x10\x06*\x98\x01\n\rPriorityLevel\x12\x1e\n\x1aPRIORITY_LEVEL_UNSPECIFIED\x10\x00\x12\x16\n\x12PRIORITY_LEVEL_LOW\x10\x01\x12\x19\n\x15PRIORITY_LEVEL_MEDIUM\x10\x02\x12\x17\n\x13PRIORITY_LEVEL_HIGH\x10\x03\x12\x1b\n\x17PRIORITY_LEVEL_CRITICAL\x10\x04*\xb5\x01\n\x11PersistencePolicy\x12\"\n\x1ePERSISTENCE_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPERSISTENCE_POLICY_MINIMAL\x10\x01\x12\x1f\n\x1bPERSISTENCE_POLICY_STANDARD\x10\x02\x12\x1b\n\x17PERSISTENCE_POLICY_FULL\x10\x03\x12\x1e\n\x1aPERSISTENCE_POLICY_ARCHIVE\x10\x04*\x9d\x01\n\rProcessorType\x12\x1e\n\x1aPROCESSOR_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROCESSOR_TYPE_SYNC\x10\x01\x12\x18\n\x14PROCESSOR_TYPE_ASYNC\x10\x02\x12\x1f\n\x1bPROCESSOR_TYPE_EXTERNAL_API\x10\x03\x12\x18\n\x14PROCESSOR_TYPE_BATCH\x10\x04*u\n\nPriceModel\x12\x1b\n\x17PRICE_MODEL_UNSPECIFIED\x10\x00\x12\x14\n\x10PRICE_MODEL_FLAT\x10\x01\x12\x1a\n\x16PRICE_MODEL_PER_SECOND\x10\x02\x12\x18\n\x14PRICE_MODEL_PER_UNIT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'innosystem.jobs.v1.job_types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['max_attempts']._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['max_attempts']._serialized_options = b'\342A\001\002\312\245\031\004\010\001\020d'
+  _globals['_RETRYPOLICY'].fields_by_name['initial_interval_seconds']._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['initial_interval_seconds']._serialized_options = b'\312\245\031\006\010\000\020\200\365$'
+  _globals['_RETRYPOLICY'].fields_by_name['backoff_multiplier']._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['backoff_multiplier']._serialized_options = b'\312\245\031\004\010\000\020d'
+  _globals['_RETRYPOLICY'].fields_by_name['max_interval_seconds']._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['max_interval_seconds']._serialized_options = b'\312\245\031\006\010\000\020\200\365$'
+  _globals['_RETRYPOLICY'].fields_by_name['non_retryable_error_types']._loaded_options = None
+  _globals['_RETRYPOLICY'].fields_by_name['non_retryable_error_types']._serialized_options = b'\312\245\031\t@2P\310\001Z\002\\S'
+  _globals['_EXTERNALAPICONFIG'].fields_by_name['url']._loaded_options = None
+  _globals['_EXTERNALAPICONFIG'].fields_by_name['url']._serialized_options = b'\342A\001\002\312\245\031\016 \200\0202\thttps-url'
+  _globals['_EXTERNALAPICONFIG'].fields_by_name['http_method']._loaded_options = None
+  _globals['_EXTERNALAPICONFIG'].fields_by_name['http_method']._serialized_options = b'\312\245\031@j\000j\003GETj\004POSTj\003PUTj\005PATCHj\006DELETEj\003getj\004postj\003putj\005patchj\006delete'
+  _globals['_EXTERNALAPICONFIG'].fields_by_name['timeout_seconds']._loaded_options = None
+  _globals['_EXTERNALAPICONFIG'].fields_by_name['timeout_seconds']._serialized_options = b'\312\245\031\006\010\000\020\200\243\005'
+  _globals['_EXTERNALAPICONFIG'].fields_by_name['max_retries']._loaded_options = None
+  _globals['_EXTERNALAPICONFIG'].fields_by_name['max_retries']._serialized_options = b'\312\245\031\004\010\000\020\n'
   _globals['_JOBTYPE'].fields_by_name['id']._loaded_options = None
   _globals['_JOBTYPE'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_JOBTYPE'].fields_by_name['project_id']._loaded_options = None
@@ -43,10 +61,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBTYPE'].fields_by_name['customer_id']._serialized_options = b'\342A\001\003'
   _globals['_JOBTYPE'].fields_by_name['name']._loaded_options = None
   _globals['_JOBTYPE'].fields_by_name['name']._serialized_options = b'\342A\002\002\005\312\245\031%*#^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$'
+  _globals['_JOBTYPE'].fields_by_name['base_cost_cents']._loaded_options = None
+  _globals['_JOBTYPE'].fields_by_name['base_cost_cents']._serialized_options = b'\312\245\031\004\010\000\020\000'
   _globals['_JOBTYPE'].fields_by_name['currency_code']._loaded_options = None
-  _globals['_JOBTYPE'].fields_by_name['currency_code']._serialized_options = b'\312\245\031\017*\r^$|^[A-Z]{3}$'
+  _globals['_JOBTYPE'].fields_by_name['currency_code']._serialized_options = b'\312\245\031\n2\010currency'
+  _globals['_JOBTYPE'].fields_by_name['required_tags']._loaded_options = None
+  _globals['_JOBTYPE'].fields_by_name['required_tags']._serialized_options = b'\312\245\031\010@2P@Z\002\\S'
   _globals['_JOBTYPE'].fields_by_name['timeout_seconds']._loaded_options = None
   _globals['_JOBTYPE'].fields_by_name['timeout_seconds']._serialized_options = b'\312\245\031\006\010\000\020\200\243\005'
+  _globals['_JOBTYPE'].fields_by_name['sensitive_fields']._loaded_options = None
+  _globals['_JOBTYPE'].fields_by_name['sensitive_fields']._serialized_options = b'\312\245\031%@dP\310\001Z\036^(payload|result)(\\.[^.\\s]+)+$'
+  _globals['_JOBTYPE'].fields_by_name['max_cost_cents']._loaded_options = None
+  _globals['_JOBTYPE'].fields_by_name['max_cost_cents']._serialized_options = b'\312\245\031\004\010\000\020\000'
+  _globals['_JOBTYPE'].fields_by_name['max_batch_size']._loaded_options = None
+  _globals['_JOBTYPE'].fields_by_name['max_batch_size']._serialized_options = b'\312\245\031\005\010\000\020\220N'
   _globals['_JOBTYPE'].fields_by_name['create_time']._loaded_options = None
   _globals['_JOBTYPE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_JOBTYPE'].fields_by_name['update_time']._loaded_options = None
@@ -61,22 +89,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBTYPEPRICE'].fields_by_name['currency_code']._serialized_options = b'\342A\001\002\312\245\031\014*\n^[A-Z]{3}$'
   _globals['_JOBTYPEPRICE'].fields_by_name['create_time']._loaded_options = None
   _globals['_JOBTYPEPRICE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
-  _globals['_JOBSTATUS']._serialized_start=1739
-  _globals['_JOBSTATUS']._serialized_end=1927
-  _globals['_PRIORITYLEVEL']._serialized_start=1930
-  _globals['_PRIORITYLEVEL']._serialized_end=2082
-  _globals['_PERSISTENCEPOLICY']._serialized_start=2085
-  _globals['_PERSISTENCEPOLICY']._serialized_end=2266
-  _globals['_PROCESSORTYPE']._serialized_start=2269
-  _globals['_PROCESSORTYPE']._serialized_end=2426
-  _globals['_PRICEMODEL']._serialized_start=2428
-  _globals['_PRICEMODEL']._serialized_end=2545
+  _globals['_JOBSTATUS']._serialized_start=2002
+  _globals['_JOBSTATUS']._serialized_end=2190
+  _globals['_PRIORITYLEVEL']._serialized_start=2193
+  _globals['_PRIORITYLEVEL']._serialized_end=2345
+  _globals['_PERSISTENCEPOLICY']._serialized_start=2348
+  _globals['_PERSISTENCEPOLICY']._serialized_end=2529
+  _globals['_PROCESSORTYPE']._serialized_start=2532
+  _globals['_PROCESSORTYPE']._serialized_end=2689
+  _globals['_PRICEMODEL']._serialized_start=2691
+  _globals['_PRICEMODEL']._serialized_end=2808
   _globals['_RETRYPOLICY']._serialized_start=197
-  _globals['_RETRYPOLICY']._serialized_end=359
-  _globals['_EXTERNALAPICONFIG']._serialized_start=361
-  _globals['_EXTERNALAPICONFIG']._serialized_end=460
-  _globals['_JOBTYPE']._serialized_start=463
-  _globals['_JOBTYPE']._serialized_end=1430
-  _globals['_JOBTYPEPRICE']._serialized_start=1433
-  _globals['_JOBTYPEPRICE']._serialized_end=1736
+  _globals['_RETRYPOLICY']._serialized_end=422
+  _globals['_EXTERNALAPICONFIG']._serialized_start=425
+  _globals['_EXTERNALAPICONFIG']._serialized_end=640
+  _globals['_JOBTYPE']._serialized_start=643
+  _globals['_JOBTYPE']._serialized_end=1693
+  _globals['_JOBTYPEPRICE']._serialized_start=1696
+  _globals['_JOBTYPEPRICE']._serialized_end=1999
 # @@protoc_insertion_point(module_scope)

@@ -206,13 +206,15 @@ class RetryPolicy(_message.Message):
     MAX_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_ERROR_TYPES_FIELD_NUMBER: _builtins.int
     max_attempts: _builtins.int
-    """Total attempts including the first; ≥ 1 (1 = never retry)."""
+    """Total attempts including the first; 1 to 100 (1 = never retry)."""
     initial_interval_seconds: _builtins.int
-    """Delay before the first retry; ≥ 0."""
+    """Delay before the first retry; 0 to 604800 (a week)."""
     backoff_multiplier: _builtins.float
-    """Growth factor of the delay; ≥ 1.0."""
+    """Growth factor of the delay; 1.0 to 100.0, or 0 for the default (2.0)."""
     max_interval_seconds: _builtins.int
-    """Upper bound of the delay; ≥ initial_interval_seconds."""
+    """Upper bound of the delay; ≥ initial_interval_seconds and at most a week, or 0 for the default
+    (max(300, initial_interval_seconds)).
+    """
     @_builtins.property
     def non_retryable_error_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Error types (as reported by the processor in `JobError.type`) that fail the job at once."""

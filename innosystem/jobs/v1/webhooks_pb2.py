@@ -27,7 +27,7 @@ from innosystem.common.v1 import schema_pb2 as innosystem_dot_common_dot_v1_dot_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!innosystem/jobs/v1/webhooks.proto\x12\x12innosystem.jobs.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a!innosystem/common/v1/schema.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x02\n\x07Webhook\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nproject_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12#\n\x03url\x18\x04 \x01(\tB\x16\xe2\x41\x01\x02\xca\xa5\x19\x0e \x80\x10\x32\thttps-url\x12U\n\x06\x65vents\x18\x05 \x03(\tBE\xe2\x41\x01\x02\xca\xa5\x19=j\rjob.succeededj\njob.failedj\x11job.dead_letteredj\rjob.cancelled\x12\x1c\n\x0b\x64\x65scription\x18\x06 \x01(\tB\x07\xca\xa5\x19\x03 \xc8\x01\x12(\n\x1asigning_secret_fingerprint\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xfe\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x37\n\x05state\x18\x05 \x01(\x0e\x32(.innosystem.jobs.v1.WebhookDeliveryState\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x18\n\x10last_status_code\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x35\n\x11next_attempt_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07payload\x18\x0c \x01(\t\"x\n\x14\x43reateWebhookRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\x07webhook\x18\x02 \x01(\x0b\x32\x1b.innosystem.jobs.v1.WebhookB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"]\n\x15\x43reateWebhookResponse\x12,\n\x07webhook\x18\x01 \x01(\x0b\x32\x1b.innosystem.jobs.v1.Webhook\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"-\n\x11GetWebhookRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"V\n\x13ListWebhooksRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x14ListWebhooksResponse\x12-\n\x08webhooks\x18\x01 \x03(\x0b\x32\x1b.innosystem.jobs.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x14\x44\x65leteWebhookRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"_\n\x1cListWebhookDeliveriesRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"q\n\x1dListWebhookDeliveriesResponse\x12\x37\n\ndeliveries\x18\x01 \x03(\x0b\x32#.innosystem.jobs.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x1fRedeliverWebhookDeliveryRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65livery_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02*\xab\x01\n\x14WebhookDeliveryState\x12&\n\"WEBHOOK_DELIVERY_STATE_UNSPECIFIED\x10\x00\x12\"\n\x1eWEBHOOK_DELIVERY_STATE_PENDING\x10\x01\x12$\n WEBHOOK_DELIVERY_STATE_SUCCEEDED\x10\x02\x12!\n\x1dWEBHOOK_DELIVERY_STATE_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!innosystem/jobs/v1/webhooks.proto\x12\x12innosystem.jobs.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a!innosystem/common/v1/schema.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x02\n\x07Webhook\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nproject_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ustomer_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12#\n\x03url\x18\x04 \x01(\tB\x16\xe2\x41\x01\x02\xca\xa5\x19\x0e \x80\x10\x32\thttps-url\x12i\n\x06\x65vents\x18\x05 \x03(\tBY\xe2\x41\x01\x02\xca\xa5\x19Qj\rjob.succeededj\njob.failedj\x11job.dead_letteredj\rjob.cancelledj\x12wallet.low_balance\x12\x1c\n\x0b\x64\x65scription\x18\x06 \x01(\tB\x07\xca\xa5\x19\x03 \xc8\x01\x12(\n\x1asigning_secret_fingerprint\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xfe\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x37\n\x05state\x18\x05 \x01(\x0e\x32(.innosystem.jobs.v1.WebhookDeliveryState\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x18\n\x10last_status_code\x18\x07 \x01(\x05\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x35\n\x11next_attempt_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07payload\x18\x0c \x01(\t\"x\n\x14\x43reateWebhookRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x32\n\x07webhook\x18\x02 \x01(\x0b\x32\x1b.innosystem.jobs.v1.WebhookB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"]\n\x15\x43reateWebhookResponse\x12,\n\x07webhook\x18\x01 \x01(\x0b\x32\x1b.innosystem.jobs.v1.Webhook\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"-\n\x11GetWebhookRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"V\n\x13ListWebhooksRequest\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x14ListWebhooksResponse\x12-\n\x08webhooks\x18\x01 \x03(\x0b\x32\x1b.innosystem.jobs.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x14\x44\x65leteWebhookRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"_\n\x1cListWebhookDeliveriesRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"q\n\x1dListWebhookDeliveriesResponse\x12\x37\n\ndeliveries\x18\x01 \x03(\x0b\x32#.innosystem.jobs.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x1fRedeliverWebhookDeliveryRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65livery_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02*\xab\x01\n\x14WebhookDeliveryState\x12&\n\"WEBHOOK_DELIVERY_STATE_UNSPECIFIED\x10\x00\x12\"\n\x1eWEBHOOK_DELIVERY_STATE_PENDING\x10\x01\x12$\n WEBHOOK_DELIVERY_STATE_SUCCEEDED\x10\x02\x12!\n\x1dWEBHOOK_DELIVERY_STATE_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOK'].fields_by_name['url']._loaded_options = None
   _globals['_WEBHOOK'].fields_by_name['url']._serialized_options = b'\342A\001\002\312\245\031\016 \200\0202\thttps-url'
   _globals['_WEBHOOK'].fields_by_name['events']._loaded_options = None
-  _globals['_WEBHOOK'].fields_by_name['events']._serialized_options = b'\342A\001\002\312\245\031=j\rjob.succeededj\njob.failedj\021job.dead_letteredj\rjob.cancelled'
+  _globals['_WEBHOOK'].fields_by_name['events']._serialized_options = b'\342A\001\002\312\245\031Qj\rjob.succeededj\njob.failedj\021job.dead_letteredj\rjob.cancelledj\022wallet.low_balance'
   _globals['_WEBHOOK'].fields_by_name['description']._loaded_options = None
   _globals['_WEBHOOK'].fields_by_name['description']._serialized_options = b'\312\245\031\003 \310\001'
   _globals['_WEBHOOK'].fields_by_name['signing_secret_fingerprint']._loaded_options = None
@@ -66,28 +66,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REDELIVERWEBHOOKDELIVERYREQUEST'].fields_by_name['webhook_id']._serialized_options = b'\342A\001\002'
   _globals['_REDELIVERWEBHOOKDELIVERYREQUEST'].fields_by_name['delivery_id']._loaded_options = None
   _globals['_REDELIVERWEBHOOKDELIVERYREQUEST'].fields_by_name['delivery_id']._serialized_options = b'\342A\001\002'
-  _globals['_WEBHOOKDELIVERYSTATE']._serialized_start=1676
-  _globals['_WEBHOOKDELIVERYSTATE']._serialized_end=1847
+  _globals['_WEBHOOKDELIVERYSTATE']._serialized_start=1696
+  _globals['_WEBHOOKDELIVERYSTATE']._serialized_end=1867
   _globals['_WEBHOOK']._serialized_start=159
-  _globals['_WEBHOOK']._serialized_end=490
-  _globals['_WEBHOOKDELIVERY']._serialized_start=493
-  _globals['_WEBHOOKDELIVERY']._serialized_end=875
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=877
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=997
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=999
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=1092
-  _globals['_GETWEBHOOKREQUEST']._serialized_start=1094
-  _globals['_GETWEBHOOKREQUEST']._serialized_end=1139
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=1141
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1227
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1229
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1323
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1325
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1373
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=1375
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=1470
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=1472
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=1585
-  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_start=1587
-  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_end=1673
+  _globals['_WEBHOOK']._serialized_end=510
+  _globals['_WEBHOOKDELIVERY']._serialized_start=513
+  _globals['_WEBHOOKDELIVERY']._serialized_end=895
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=897
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=1017
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=1019
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=1112
+  _globals['_GETWEBHOOKREQUEST']._serialized_start=1114
+  _globals['_GETWEBHOOKREQUEST']._serialized_end=1159
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=1161
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1247
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1249
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1343
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1345
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1393
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=1395
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=1490
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=1492
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=1605
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_start=1607
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_end=1693
 # @@protoc_insertion_point(module_scope)

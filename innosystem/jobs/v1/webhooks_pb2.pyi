@@ -78,7 +78,9 @@ class Webhook(_message.Message):
     """First 8 hex digits of SHA-256 of the signing secret."""
     @_builtins.property
     def events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Event types to send, one or more of: job.succeeded, job.failed, job.dead_lettered, job.cancelled."""
+        """Event types to send, one or more of: job.succeeded, job.failed, job.dead_lettered, job.cancelled
+        (this project's jobs), wallet.low_balance (the customer's wallets, docs/webhooks.md).
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -124,8 +126,9 @@ class WebhookDelivery(_message.Message):
     """Also the `webhook-id` header and the body's `id`."""
     webhook_id: _builtins.str
     event_type: _builtins.str
-    """job.succeeded, job.failed, job.dead_lettered or job.cancelled."""
+    """job.succeeded, job.failed, job.dead_lettered, job.cancelled or wallet.low_balance."""
     job_id: _builtins.str
+    """The job's id; empty for wallet.low_balance."""
     state: Global___WebhookDeliveryState.ValueType
     attempts: _builtins.int
     """Attempts made so far."""

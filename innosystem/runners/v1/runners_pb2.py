@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from innosystem.common.v1 import schema_pb2 as innosystem_dot_common_dot_v1_dot_schema__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
@@ -35,7 +36,7 @@ from innosystem.keys.v1 import keys_pb2 as innosystem_dot_keys_dot_v1_dot_keys__
 from innosystem.tenancy.v1 import tenancy_pb2 as innosystem_dot_tenancy_dot_v1_dot_tenancy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#innosystem/runners/v1/runners.proto\x12\x15innosystem.runners.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\"innosystem/jobs/v1/job_types.proto\x1a\x1dinnosystem/jobs/v1/jobs.proto\x1a)innosystem/keymanager/v1/keymanager.proto\x1a\x1dinnosystem/keys/v1/keys.proto\x1a#innosystem/tenancy/v1/tenancy.proto\"\xc1\x05\n\x06Runner\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x37\n\x05scope\x18\x04 \x01(\x0e\x32\".innosystem.runners.v1.RunnerScopeB\x04\xe2\x41\x01\x05\x12\x19\n\x0b\x63ustomer_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x05\x12\x33\n\x06status\x18\x06 \x01(\x0e\x32#.innosystem.runners.v1.RunnerStatus\x12\x1a\n\x12\x61llowed_processors\x18\x07 \x03(\t\x12\x18\n\nprocessors\x18\x08 \x03(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04tags\x18\t \x03(\tB\x04\xe2\x41\x01\x03\x12!\n\x13max_concurrent_jobs\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x63urrent_job_count\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x63urrent_job_id\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rcapacity_used\x18\r \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08hostname\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x64raining\x18\x10 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12=\n\x13last_heartbeat_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x63onnect_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"^\n\x13\x43reateRunnerRequest\x12\x33\n\x06runner\x18\x01 \x01(\x0b\x32\x1d.innosystem.runners.v1.RunnerB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"T\n\x14\x43reateRunnerResponse\x12-\n\x06runner\x18\x01 \x01(\x0b\x32\x1d.innosystem.runners.v1.Runner\x12\r\n\x05token\x18\x02 \x01(\t\"+\n\x10GetRunnerRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xb8\x01\n\x12ListRunnersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.innosystem.runners.v1.RunnerStatus\x12\x31\n\x05scope\x18\x04 \x01(\x0e\x32\".innosystem.runners.v1.RunnerScope\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\"\xa2\x01\n\x13ListRunnersResponse\x12.\n\x07runners\x18\x01 \x03(\x0b\x32\x1d.innosystem.runners.v1.Runner\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x42\n\x0eshared_runners\x18\x03 \x03(\x0b\x32*.innosystem.runners.v1.SharedRunnerSummary\"\x81\x01\n\x13SharedRunnerSummary\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x13\n\x0bjob_type_id\x18\x02 \x01(\t\x12\x15\n\rjob_type_name\x18\x03 \x01(\t\x12\x16\n\x0eonline_runners\x18\x04 \x01(\x05\x12\x12\n\nfree_slots\x18\x05 \x01(\x05\"\x94\x01\n\x13UpdateRunnerRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x33\n\x06runner\x18\x02 \x01(\x0b\x32\x1d.innosystem.runners.v1.RunnerB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\".\n\x13\x44\x65leteRunnerRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x18RotateRunnerTokenRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"*\n\x19RotateRunnerTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\"0\n\x19\x41uthenticateRunnerRequest\x12\x13\n\x05token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xb1\x04\n\x0e\x43onnectRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12-\n\x05hello\x18\x02 \x01(\x0b\x32\x1c.innosystem.runners.v1.HelloH\x00\x12\x32\n\x05slots\x18\x03 \x01(\x0b\x32!.innosystem.runners.v1.SlotUpdateH\x00\x12\x35\n\theartbeat\x18\x04 \x01(\x0b\x32 .innosystem.runners.v1.HeartbeatH\x00\x12\x39\n\x08progress\x18\x05 \x01(\x0b\x32%.innosystem.runners.v1.ProgressUpdateH\x00\x12\x32\n\x06result\x18\x06 \x01(\x0b\x32 .innosystem.runners.v1.JobResultH\x00\x12\x34\n\x08returned\x18\x07 \x01(\x0b\x32 .innosystem.runners.v1.JobReturnH\x00\x12\x45\n\x12secure_access_open\x18\x08 \x01(\x0b\x32\'.innosystem.runners.v1.SecureAccessOpenH\x00\x12G\n\x13secure_access_close\x18\t \x01(\x0b\x32(.innosystem.runners.v1.SecureAccessCloseH\x00\x12\x34\n\x07results\x18\n \x01(\x0b\x32!.innosystem.runners.v1.JobResultsH\x00\x42\x06\n\x04kind\"\xd9\x04\n\x0f\x43onnectResponse\x12\x31\n\x07welcome\x18\x01 \x01(\x0b\x32\x1e.innosystem.runners.v1.WelcomeH\x00\x12:\n\nassignment\x18\x02 \x01(\x0b\x32$.innosystem.runners.v1.JobAssignmentH\x00\x12>\n\x0c\x63\x61ncellation\x18\x03 \x01(\x0b\x32&.innosystem.runners.v1.JobCancellationH\x00\x12\x34\n\x05\x64rain\x18\x04 \x01(\x0b\x32#.innosystem.runners.v1.DrainRequestH\x00\x12+\n\x04ping\x18\x05 \x01(\x0b\x32\x1b.innosystem.runners.v1.PingH\x00\x12\x36\n\nresult_ack\x18\x06 \x01(\x0b\x32 .innosystem.runners.v1.ResultAckH\x00\x12G\n\x13secure_access_grant\x18\x07 \x01(\x0b\x32(.innosystem.runners.v1.SecureAccessGrantH\x00\x12\x33\n\x05\x65rror\x18\x08 \x01(\x0b\x32\".innosystem.runners.v1.StreamErrorH\x00\x12<\n\x0b\x61ssignments\x18\t \x01(\x0b\x32%.innosystem.runners.v1.JobAssignmentsH\x00\x12\x38\n\x0bresult_acks\x18\n \x01(\x0b\x32!.innosystem.runners.v1.ResultAcksH\x00\x42\x06\n\x04kind\"k\n\tProcessor\x12\x15\n\rjob_type_name\x18\x01 \x01(\t\x12/\n\x04type\x18\x02 \x01(\x0e\x32!.innosystem.jobs.v1.ProcessorType\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\x05\"\xf2\x01\n\x05Hello\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x34\n\nprocessors\x18\x02 \x03(\x0b\x32 .innosystem.runners.v1.Processor\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x1b\n\x13max_concurrent_jobs\x18\x04 \x01(\x05\x12\x12\n\nfree_slots\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12-\n\x07running\x18\x08 \x03(\x0b\x32\x1c.innosystem.jobs.v1.LeaseRef\x12\x0f\n\x07\x62\x61tches\x18\t \x01(\x08\"\x94\x02\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\x06runner\x18\x02 \x01(\x0b\x32\x1d.innosystem.runners.v1.Runner\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05\x12\x1c\n\x14heartbeat_timeout_ms\x18\x04 \x01(\x05\x12-\n\x07resumed\x18\x05 \x03(\x0b\x32\x1c.innosystem.jobs.v1.LeaseRef\x12-\n\x07\x64ropped\x18\x06 \x03(\x0b\x32\x1c.innosystem.jobs.v1.LeaseRef\x12\x1a\n\x12refused_processors\x18\x07 \x03(\t\x12\x0f\n\x07\x62\x61tches\x18\x08 \x01(\x08\"O\n\nSlotUpdate\x12\x12\n\nfree_slots\x18\x01 \x01(\x05\x12\x1b\n\x13last_assignment_seq\x18\x02 \x01(\x04\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"K\n\tHeartbeat\x12-\n\x07running\x18\x01 \x03(\x0b\x32\x1c.innosystem.jobs.v1.LeaseRef\x12\x0f\n\x07ping_id\x18\x02 \x01(\x04\"e\n\x0eProgressUpdate\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x1f.innosystem.jobs.v1.JobProgress\"`\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x31\n\x06result\x18\x03 \x01(\x0b\x32!.innosystem.jobs.v1.AttemptResult\"=\n\nJobResults\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .innosystem.runners.v1.JobResult\"=\n\tJobReturn\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"I\n\rJobAssignment\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12+\n\x05lease\x18\x02 \x01(\x0b\x32\x1c.innosystem.jobs.v1.JobLease\"E\n\x0eJobAssignments\x12\x33\n\x05items\x18\x01 \x03(\x0b\x32$.innosystem.runners.v1.JobAssignment\"=\n\nResultAcks\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .innosystem.runners.v1.ResultAck\"\x7f\n\x0fJobCancellation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x39\n\x06reason\x18\x03 \x01(\x0e\x32).innosystem.runners.v1.CancellationReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"L\n\x0c\x44rainRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x04Ping\x12\x0f\n\x07ping_id\x18\x01 \x01(\x04\x12-\n\tsend_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\tResultAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x31\n\njob_status\x18\x04 \x01(\x0e\x32\x1d.innosystem.jobs.v1.JobStatus\"\xbd\x01\n\x10SecureAccessOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x11\n\tprocessor\x18\x04 \x01(\t\x12\x36\n\x07purpose\x18\x05 \x01(\x0e\x32%.innosystem.keymanager.v1.PurposeCode\x12\x0e\n\x06\x66ields\x18\x06 \x03(\t\x12\x18\n\x10\x63lient_reference\x18\x07 \x01(\t\"\x91\x01\n\x11SecureAccessGrant\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\taccess_id\x18\x02 \x01(\t\x12\x32\n\x06\x66ields\x18\x03 \x03(\x0b\x32\".innosystem.keys.v1.DecryptedField\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"u\n\x11SecureAccessClose\x12\x11\n\taccess_id\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x03\x12\x16\n\x0eoutput_summary\x18\x05 \x01(\t\"T\n\x0bStreamError\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12\r\n\x05\x66\x61tal\x18\x03 \x01(\x08*\xb5\x01\n\x0cRunnerStatus\x12\x1d\n\x19RUNNER_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RUNNER_STATUS_AVAILABLE\x10\x01\x12\x16\n\x12RUNNER_STATUS_BUSY\x10\x02\x12\x19\n\x15RUNNER_STATUS_OFFLINE\x10\x03\x12\x17\n\x13RUNNER_STATUS_ERROR\x10\x04\x12\x1d\n\x19RUNNER_STATUS_MAINTENANCE\x10\x05*_\n\x0bRunnerScope\x12\x1c\n\x18RUNNER_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13RUNNER_SCOPE_SHARED\x10\x01\x12\x19\n\x15RUNNER_SCOPE_CUSTOMER\x10\x02*\xae\x01\n\x12\x43\x61ncellationReason\x12#\n\x1f\x43\x41NCELLATION_REASON_UNSPECIFIED\x10\x00\x12(\n$CANCELLATION_REASON_CANCEL_REQUESTED\x10\x01\x12%\n!CANCELLATION_REASON_LEASE_EXPIRED\x10\x02\x12\"\n\x1e\x43\x41NCELLATION_REASON_LEASE_LOST\x10\x03\x32\xf2\x07\n\rRunnerService\x12\x84\x01\n\x0c\x43reateRunner\x12*.innosystem.runners.v1.CreateRunnerRequest\x1a+.innosystem.runners.v1.CreateRunnerResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/runners:\x06runner\x12t\n\tGetRunner\x12\'.innosystem.runners.v1.GetRunnerRequest\x1a\x1d.innosystem.runners.v1.Runner\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/runners/{runner_id}\x12y\n\x0bListRunners\x12).innosystem.runners.v1.ListRunnersRequest\x1a*.innosystem.runners.v1.ListRunnersResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/runners\x12\x82\x01\n\x0cUpdateRunner\x12*.innosystem.runners.v1.UpdateRunnerRequest\x1a\x1d.innosystem.runners.v1.Runner\"\'\x82\xd3\xe4\x93\x02!2\x17/v1/runners/{runner_id}:\x06runner\x12s\n\x0c\x44\x65leteRunner\x12*.innosystem.runners.v1.DeleteRunnerRequest\x1a\x16.google.protobuf.Empty\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/v1/runners/{runner_id}\x12\xa6\x01\n\x11RotateRunnerToken\x12/.innosystem.runners.v1.RotateRunnerTokenRequest\x1a\x30.innosystem.runners.v1.RotateRunnerTokenResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/runners/{runner_id}:rotateToken:\x01*\x12\\\n\x07\x43onnect\x12%.innosystem.runners.v1.ConnectRequest\x1a&.innosystem.runners.v1.ConnectResponse(\x01\x30\x01\x12h\n\x12\x41uthenticateRunner\x12\x30.innosystem.runners.v1.AuthenticateRunnerRequest\x1a .innosystem.tenancy.v1.Principalb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#innosystem/runners/v1/runners.proto\x12\x15innosystem.runners.v1\x1a!innosystem/common/v1/schema.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\"innosystem/jobs/v1/job_types.proto\x1a\x1dinnosystem/jobs/v1/jobs.proto\x1a)innosystem/keymanager/v1/keymanager.proto\x1a\x1dinnosystem/keys/v1/keys.proto\x1a#innosystem/tenancy/v1/tenancy.proto\"\x89\x06\n\x06Runner\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x37\n\x05scope\x18\x04 \x01(\x0e\x32\".innosystem.runners.v1.RunnerScopeB\x04\xe2\x41\x01\x05\x12\x19\n\x0b\x63ustomer_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x05\x12m\n\x06status\x18\x06 \x01(\x0e\x32#.innosystem.runners.v1.RunnerStatusB8\xca\xa5\x19\x34\x62\x17RUNNER_STATUS_AVAILABLEb\x19RUNNER_STATUS_MAINTENANCE\x12(\n\x12\x61llowed_processors\x18\x07 \x03(\tB\x0c\xca\xa5\x19\x08@\xc8\x01H\x01P\xc8\x01\x12\x18\n\nprocessors\x18\x08 \x03(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04tags\x18\t \x03(\tB\x04\xe2\x41\x01\x03\x12!\n\x13max_concurrent_jobs\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x63urrent_job_count\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x63urrent_job_id\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rcapacity_used\x18\r \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x0e \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08hostname\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x64raining\x18\x10 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12=\n\x13last_heartbeat_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x63onnect_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"^\n\x13\x43reateRunnerRequest\x12\x33\n\x06runner\x18\x01 \x01(\x0b\x32\x1d.innosystem.runners.v1.RunnerB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"T\n\x14\x43reateRunnerResponse\x12-\n\x06runner\x18\x01 \x01(\x0b\x32\x1d.innosystem.runners.v1.Runner\x12\r\n\x05token\x18\x02 \x01(\t\"+\n\x10GetRunnerRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xb8\x01\n\x12ListRunnersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.innosystem.runners.v1.RunnerStatus\x12\x31\n\x05scope\x18\x04 \x01(\x0e\x32\".innosystem.runners.v1.RunnerScope\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\"\xa2\x01\n\x13ListRunnersResponse\x12.\n\x07runners\x18\x01 \x03(\x0b\x32\x1d.innosystem.runners.v1.Runner\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x42\n\x0eshared_runners\x18\x03 \x03(\x0b\x32*.innosystem.runners.v1.SharedRunnerSummary\"\x81\x01\n\x13SharedRunnerSummary\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x13\n\x0bjob_type_id\x18\x02 \x01(\t\x12\x15\n\rjob_type_name\x18\x03 \x01(\t\x12\x16\n\x0eonline_runners\x18\x04 \x01(\x05\x12\x12\n\nfree_slots\x18\x05 \x01(\x05\"\x94\x01\n\x13UpdateRunnerRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x33\n\x06runner\x18\x02 \x01(\x0b\x32\x1d.innosystem.runners.v1.RunnerB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\".\n\x13\x44\x65leteRunnerRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x18RotateRunnerTokenRequest\x12\x17\n\trunner_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"*\n\x19RotateRunnerTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\"0\n\x19\x41uthenticateRunnerRequest\x12\x13\n\x05token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xb1\x04\n\x0e\x43onnectRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12-\n\x05hello\x18\x02 \x01(\x0b\x32\x1c.innosystem.runners.v1.HelloH\x00\x12\x32\n\x05slots\x18\x03 \x01(\x0b\x32!.innosystem.runners.v1.SlotUpdateH\x00\x12\x35\n\theartbeat\x18\x04 \x01(\x0b\x32 .innosystem.runners.v1.HeartbeatH\x00\x12\x39\n\x08progress\x18\x05 \x01(\x0b\x32%.innosystem.runners.v1.ProgressUpdateH\x00\x12\x32\n\x06result\x18\x06 \x01(\x0b\x32 .innosystem.runners.v1.JobResultH\x00\x12\x34\n\x08returned\x18\x07 \x01(\x0b\x32 .innosystem.runners.v1.JobReturnH\x00\x12\x45\n\x12secure_access_open\x18\x08 \x01(\x0b\x32\'.innosystem.runners.v1.SecureAccessOpenH\x00\x12G\n\x13secure_access_close\x18\t \x01(\x0b\x32(.innosystem.runners.v1.SecureAccessCloseH\x00\x12\x34\n\x07results\x18\n \x01(\x0b\x32!.innosystem.runners.v1.JobResultsH\x00\x42\x06\n\x04kind\"\xd9\x04\n\x0f\x43onnectResponse\x12\x31\n\x07welcome\x18\x01 \x01(\x0b\x32\x1e.innosystem.runners.v1.WelcomeH\x00\x12:\n\nassignment\x18\x02 \x01(\x0b\x32$.innosystem.runners.v1.JobAssignmentH\x00\x12>\n\x0c\x63\x61ncellation\x18\x03 \x01(\x0b\x32&.innosystem.runners.v1.JobCancellationH\x00\x12\x34\n\x05\x64rain\x18\x04 \x01(\x0b\x32#.innosystem.runners.v1.DrainRequestH\x00\x12+\n\x04ping\x18\x05 \x01(\x0b\x32\x1b.innosystem.runners.v1.PingH\x00\x12\x36\n\nresult_ack\x18\x06 \x01(\x0b\x32 .innosystem.runners.v1.ResultAckH\x00\x12G\n\x13secure_access_grant\x18\x07 \x01(\x0b\x32(.innosystem.runners.v1.SecureAccessGrantH\x00\x12\x33\n\x05\x65rror\x18\x08 \x01(\x0b\x32\".innosystem.runners.v1.StreamErrorH\x00\x12<\n\x0b\x61ssignments\x18\t \x01(\x0b\x32%.innosystem.runners.v1.JobAssignmentsH\x00\x12\x38\n\x0bresult_acks\x18\n \x01(\x0b\x32!.innosystem.runners.v1.ResultAcksH\x00\x42\x06\n\x04kind\"k\n\tProcessor\x12\x15\n\rjob_type_name\x18\x01 \x01(\t\x12/\n\x04type\x18\x02 \x01(\x0e\x32!.innosystem.jobs.v1.ProcessorType\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\x05\"\xf2\x01\n\x05Hello\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x34\n\nprocessors\x18\x02 \x03(\x0b\x32 .innosystem.runners.v1.Processor\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x1b\n\x13max_concurrent_jobs\x18\x04 \x01(\x05\x12\x12\n\nfree_slots\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12-\n\x07running\x18\x08 \x03(\x0b\x32\x1c.innosystem.jobs.v1.LeaseRef\x12\x0f\n\x07\x62\x61tches\x18\t \x01(\x08\"\x94\x02\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\x06runner\x18\x02 \x01(\x0b\x32\x1d.innosystem.runners.v1.Runner\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05\x12\x1c\n\x14heartbeat_timeout_ms\x18\x04 \x01(\x05\x12-\n\x07resumed\x18\x05 \x03(\x0b\x32\x1c.innosystem.jobs.v1.LeaseRef\x12-\n\x07\x64ropped\x18\x06 \x03(\x0b\x32\x1c.innosystem.jobs.v1.LeaseRef\x12\x1a\n\x12refused_processors\x18\x07 \x03(\t\x12\x0f\n\x07\x62\x61tches\x18\x08 \x01(\x08\"O\n\nSlotUpdate\x12\x12\n\nfree_slots\x18\x01 \x01(\x05\x12\x1b\n\x13last_assignment_seq\x18\x02 \x01(\x04\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"K\n\tHeartbeat\x12-\n\x07running\x18\x01 \x03(\x0b\x32\x1c.innosystem.jobs.v1.LeaseRef\x12\x0f\n\x07ping_id\x18\x02 \x01(\x04\"e\n\x0eProgressUpdate\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x1f.innosystem.jobs.v1.JobProgress\"`\n\tJobResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x31\n\x06result\x18\x03 \x01(\x0b\x32!.innosystem.jobs.v1.AttemptResult\"=\n\nJobResults\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .innosystem.runners.v1.JobResult\"=\n\tJobReturn\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"I\n\rJobAssignment\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12+\n\x05lease\x18\x02 \x01(\x0b\x32\x1c.innosystem.jobs.v1.JobLease\"E\n\x0eJobAssignments\x12\x33\n\x05items\x18\x01 \x03(\x0b\x32$.innosystem.runners.v1.JobAssignment\"=\n\nResultAcks\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .innosystem.runners.v1.ResultAck\"\x7f\n\x0fJobCancellation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x39\n\x06reason\x18\x03 \x01(\x0e\x32).innosystem.runners.v1.CancellationReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"L\n\x0c\x44rainRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x04Ping\x12\x0f\n\x07ping_id\x18\x01 \x01(\x04\x12-\n\tsend_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\tResultAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x31\n\njob_status\x18\x04 \x01(\x0e\x32\x1d.innosystem.jobs.v1.JobStatus\"\xbd\x01\n\x10SecureAccessOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x11\n\tprocessor\x18\x04 \x01(\t\x12\x36\n\x07purpose\x18\x05 \x01(\x0e\x32%.innosystem.keymanager.v1.PurposeCode\x12\x0e\n\x06\x66ields\x18\x06 \x03(\t\x12\x18\n\x10\x63lient_reference\x18\x07 \x01(\t\"\x91\x01\n\x11SecureAccessGrant\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\taccess_id\x18\x02 \x01(\t\x12\x32\n\x06\x66ields\x18\x03 \x03(\x0b\x32\".innosystem.keys.v1.DecryptedField\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"u\n\x11SecureAccessClose\x12\x11\n\taccess_id\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x03\x12\x16\n\x0eoutput_summary\x18\x05 \x01(\t\"T\n\x0bStreamError\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12\r\n\x05\x66\x61tal\x18\x03 \x01(\x08*\xb5\x01\n\x0cRunnerStatus\x12\x1d\n\x19RUNNER_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RUNNER_STATUS_AVAILABLE\x10\x01\x12\x16\n\x12RUNNER_STATUS_BUSY\x10\x02\x12\x19\n\x15RUNNER_STATUS_OFFLINE\x10\x03\x12\x17\n\x13RUNNER_STATUS_ERROR\x10\x04\x12\x1d\n\x19RUNNER_STATUS_MAINTENANCE\x10\x05*_\n\x0bRunnerScope\x12\x1c\n\x18RUNNER_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13RUNNER_SCOPE_SHARED\x10\x01\x12\x19\n\x15RUNNER_SCOPE_CUSTOMER\x10\x02*\xae\x01\n\x12\x43\x61ncellationReason\x12#\n\x1f\x43\x41NCELLATION_REASON_UNSPECIFIED\x10\x00\x12(\n$CANCELLATION_REASON_CANCEL_REQUESTED\x10\x01\x12%\n!CANCELLATION_REASON_LEASE_EXPIRED\x10\x02\x12\"\n\x1e\x43\x41NCELLATION_REASON_LEASE_LOST\x10\x03\x32\xf2\x07\n\rRunnerService\x12\x84\x01\n\x0c\x43reateRunner\x12*.innosystem.runners.v1.CreateRunnerRequest\x1a+.innosystem.runners.v1.CreateRunnerResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/runners:\x06runner\x12t\n\tGetRunner\x12\'.innosystem.runners.v1.GetRunnerRequest\x1a\x1d.innosystem.runners.v1.Runner\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/runners/{runner_id}\x12y\n\x0bListRunners\x12).innosystem.runners.v1.ListRunnersRequest\x1a*.innosystem.runners.v1.ListRunnersResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/runners\x12\x82\x01\n\x0cUpdateRunner\x12*.innosystem.runners.v1.UpdateRunnerRequest\x1a\x1d.innosystem.runners.v1.Runner\"\'\x82\xd3\xe4\x93\x02!2\x17/v1/runners/{runner_id}:\x06runner\x12s\n\x0c\x44\x65leteRunner\x12*.innosystem.runners.v1.DeleteRunnerRequest\x1a\x16.google.protobuf.Empty\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/v1/runners/{runner_id}\x12\xa6\x01\n\x11RotateRunnerToken\x12/.innosystem.runners.v1.RotateRunnerTokenRequest\x1a\x30.innosystem.runners.v1.RotateRunnerTokenResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/runners/{runner_id}:rotateToken:\x01*\x12\\\n\x07\x43onnect\x12%.innosystem.runners.v1.ConnectRequest\x1a&.innosystem.runners.v1.ConnectResponse(\x01\x30\x01\x12h\n\x12\x41uthenticateRunner\x12\x30.innosystem.runners.v1.AuthenticateRunnerRequest\x1a .innosystem.tenancy.v1.Principalb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +51,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNNER'].fields_by_name['scope']._serialized_options = b'\342A\001\005'
   _globals['_RUNNER'].fields_by_name['customer_id']._loaded_options = None
   _globals['_RUNNER'].fields_by_name['customer_id']._serialized_options = b'\342A\001\005'
+  _globals['_RUNNER'].fields_by_name['status']._loaded_options = None
+  _globals['_RUNNER'].fields_by_name['status']._serialized_options = b'\312\245\0314b\027RUNNER_STATUS_AVAILABLEb\031RUNNER_STATUS_MAINTENANCE'
+  _globals['_RUNNER'].fields_by_name['allowed_processors']._loaded_options = None
+  _globals['_RUNNER'].fields_by_name['allowed_processors']._serialized_options = b'\312\245\031\010@\310\001H\001P\310\001'
   _globals['_RUNNER'].fields_by_name['processors']._loaded_options = None
   _globals['_RUNNER'].fields_by_name['processors']._serialized_options = b'\342A\001\003'
   _globals['_RUNNER'].fields_by_name['tags']._loaded_options = None
@@ -102,80 +107,80 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNNERSERVICE'].methods_by_name['DeleteRunner']._serialized_options = b'\202\323\344\223\002\031*\027/v1/runners/{runner_id}'
   _globals['_RUNNERSERVICE'].methods_by_name['RotateRunnerToken']._loaded_options = None
   _globals['_RUNNERSERVICE'].methods_by_name['RotateRunnerToken']._serialized_options = b'\202\323\344\223\002(\"#/v1/runners/{runner_id}:rotateToken:\001*'
-  _globals['_RUNNERSTATUS']._serialized_start=5643
-  _globals['_RUNNERSTATUS']._serialized_end=5824
-  _globals['_RUNNERSCOPE']._serialized_start=5826
-  _globals['_RUNNERSCOPE']._serialized_end=5921
-  _globals['_CANCELLATIONREASON']._serialized_start=5924
-  _globals['_CANCELLATIONREASON']._serialized_end=6098
-  _globals['_RUNNER']._serialized_start=425
-  _globals['_RUNNER']._serialized_end=1130
-  _globals['_CREATERUNNERREQUEST']._serialized_start=1132
-  _globals['_CREATERUNNERREQUEST']._serialized_end=1226
-  _globals['_CREATERUNNERRESPONSE']._serialized_start=1228
-  _globals['_CREATERUNNERRESPONSE']._serialized_end=1312
-  _globals['_GETRUNNERREQUEST']._serialized_start=1314
-  _globals['_GETRUNNERREQUEST']._serialized_end=1357
-  _globals['_LISTRUNNERSREQUEST']._serialized_start=1360
-  _globals['_LISTRUNNERSREQUEST']._serialized_end=1544
-  _globals['_LISTRUNNERSRESPONSE']._serialized_start=1547
-  _globals['_LISTRUNNERSRESPONSE']._serialized_end=1709
-  _globals['_SHAREDRUNNERSUMMARY']._serialized_start=1712
-  _globals['_SHAREDRUNNERSUMMARY']._serialized_end=1841
-  _globals['_UPDATERUNNERREQUEST']._serialized_start=1844
-  _globals['_UPDATERUNNERREQUEST']._serialized_end=1992
-  _globals['_DELETERUNNERREQUEST']._serialized_start=1994
-  _globals['_DELETERUNNERREQUEST']._serialized_end=2040
-  _globals['_ROTATERUNNERTOKENREQUEST']._serialized_start=2042
-  _globals['_ROTATERUNNERTOKENREQUEST']._serialized_end=2093
-  _globals['_ROTATERUNNERTOKENRESPONSE']._serialized_start=2095
-  _globals['_ROTATERUNNERTOKENRESPONSE']._serialized_end=2137
-  _globals['_AUTHENTICATERUNNERREQUEST']._serialized_start=2139
-  _globals['_AUTHENTICATERUNNERREQUEST']._serialized_end=2187
-  _globals['_CONNECTREQUEST']._serialized_start=2190
-  _globals['_CONNECTREQUEST']._serialized_end=2751
-  _globals['_CONNECTRESPONSE']._serialized_start=2754
-  _globals['_CONNECTRESPONSE']._serialized_end=3355
-  _globals['_PROCESSOR']._serialized_start=3357
-  _globals['_PROCESSOR']._serialized_end=3464
-  _globals['_HELLO']._serialized_start=3467
-  _globals['_HELLO']._serialized_end=3709
-  _globals['_WELCOME']._serialized_start=3712
-  _globals['_WELCOME']._serialized_end=3988
-  _globals['_SLOTUPDATE']._serialized_start=3990
-  _globals['_SLOTUPDATE']._serialized_end=4069
-  _globals['_HEARTBEAT']._serialized_start=4071
-  _globals['_HEARTBEAT']._serialized_end=4146
-  _globals['_PROGRESSUPDATE']._serialized_start=4148
-  _globals['_PROGRESSUPDATE']._serialized_end=4249
-  _globals['_JOBRESULT']._serialized_start=4251
-  _globals['_JOBRESULT']._serialized_end=4347
-  _globals['_JOBRESULTS']._serialized_start=4349
-  _globals['_JOBRESULTS']._serialized_end=4410
-  _globals['_JOBRETURN']._serialized_start=4412
-  _globals['_JOBRETURN']._serialized_end=4473
-  _globals['_JOBASSIGNMENT']._serialized_start=4475
-  _globals['_JOBASSIGNMENT']._serialized_end=4548
-  _globals['_JOBASSIGNMENTS']._serialized_start=4550
-  _globals['_JOBASSIGNMENTS']._serialized_end=4619
-  _globals['_RESULTACKS']._serialized_start=4621
-  _globals['_RESULTACKS']._serialized_end=4682
-  _globals['_JOBCANCELLATION']._serialized_start=4684
-  _globals['_JOBCANCELLATION']._serialized_end=4811
-  _globals['_DRAINREQUEST']._serialized_start=4813
-  _globals['_DRAINREQUEST']._serialized_end=4889
-  _globals['_PING']._serialized_start=4891
-  _globals['_PING']._serialized_end=4961
-  _globals['_RESULTACK']._serialized_start=4964
-  _globals['_RESULTACK']._serialized_end=5095
-  _globals['_SECUREACCESSOPEN']._serialized_start=5098
-  _globals['_SECUREACCESSOPEN']._serialized_end=5287
-  _globals['_SECUREACCESSGRANT']._serialized_start=5290
-  _globals['_SECUREACCESSGRANT']._serialized_end=5435
-  _globals['_SECUREACCESSCLOSE']._serialized_start=5437
-  _globals['_SECUREACCESSCLOSE']._serialized_end=5554
-  _globals['_STREAMERROR']._serialized_start=5556
-  _globals['_STREAMERROR']._serialized_end=5640
-  _globals['_RUNNERSERVICE']._serialized_start=6101
-  _globals['_RUNNERSERVICE']._serialized_end=7111
+  _globals['_RUNNERSTATUS']._serialized_start=5750
+  _globals['_RUNNERSTATUS']._serialized_end=5931
+  _globals['_RUNNERSCOPE']._serialized_start=5933
+  _globals['_RUNNERSCOPE']._serialized_end=6028
+  _globals['_CANCELLATIONREASON']._serialized_start=6031
+  _globals['_CANCELLATIONREASON']._serialized_end=6205
+  _globals['_RUNNER']._serialized_start=460
+  _globals['_RUNNER']._serialized_end=1237
+  _globals['_CREATERUNNERREQUEST']._serialized_start=1239
+  _globals['_CREATERUNNERREQUEST']._serialized_end=1333
+  _globals['_CREATERUNNERRESPONSE']._serialized_start=1335
+  _globals['_CREATERUNNERRESPONSE']._serialized_end=1419
+  _globals['_GETRUNNERREQUEST']._serialized_start=1421
+  _globals['_GETRUNNERREQUEST']._serialized_end=1464
+  _globals['_LISTRUNNERSREQUEST']._serialized_start=1467
+  _globals['_LISTRUNNERSREQUEST']._serialized_end=1651
+  _globals['_LISTRUNNERSRESPONSE']._serialized_start=1654
+  _globals['_LISTRUNNERSRESPONSE']._serialized_end=1816
+  _globals['_SHAREDRUNNERSUMMARY']._serialized_start=1819
+  _globals['_SHAREDRUNNERSUMMARY']._serialized_end=1948
+  _globals['_UPDATERUNNERREQUEST']._serialized_start=1951
+  _globals['_UPDATERUNNERREQUEST']._serialized_end=2099
+  _globals['_DELETERUNNERREQUEST']._serialized_start=2101
+  _globals['_DELETERUNNERREQUEST']._serialized_end=2147
+  _globals['_ROTATERUNNERTOKENREQUEST']._serialized_start=2149
+  _globals['_ROTATERUNNERTOKENREQUEST']._serialized_end=2200
+  _globals['_ROTATERUNNERTOKENRESPONSE']._serialized_start=2202
+  _globals['_ROTATERUNNERTOKENRESPONSE']._serialized_end=2244
+  _globals['_AUTHENTICATERUNNERREQUEST']._serialized_start=2246
+  _globals['_AUTHENTICATERUNNERREQUEST']._serialized_end=2294
+  _globals['_CONNECTREQUEST']._serialized_start=2297
+  _globals['_CONNECTREQUEST']._serialized_end=2858
+  _globals['_CONNECTRESPONSE']._serialized_start=2861
+  _globals['_CONNECTRESPONSE']._serialized_end=3462
+  _globals['_PROCESSOR']._serialized_start=3464
+  _globals['_PROCESSOR']._serialized_end=3571
+  _globals['_HELLO']._serialized_start=3574
+  _globals['_HELLO']._serialized_end=3816
+  _globals['_WELCOME']._serialized_start=3819
+  _globals['_WELCOME']._serialized_end=4095
+  _globals['_SLOTUPDATE']._serialized_start=4097
+  _globals['_SLOTUPDATE']._serialized_end=4176
+  _globals['_HEARTBEAT']._serialized_start=4178
+  _globals['_HEARTBEAT']._serialized_end=4253
+  _globals['_PROGRESSUPDATE']._serialized_start=4255
+  _globals['_PROGRESSUPDATE']._serialized_end=4356
+  _globals['_JOBRESULT']._serialized_start=4358
+  _globals['_JOBRESULT']._serialized_end=4454
+  _globals['_JOBRESULTS']._serialized_start=4456
+  _globals['_JOBRESULTS']._serialized_end=4517
+  _globals['_JOBRETURN']._serialized_start=4519
+  _globals['_JOBRETURN']._serialized_end=4580
+  _globals['_JOBASSIGNMENT']._serialized_start=4582
+  _globals['_JOBASSIGNMENT']._serialized_end=4655
+  _globals['_JOBASSIGNMENTS']._serialized_start=4657
+  _globals['_JOBASSIGNMENTS']._serialized_end=4726
+  _globals['_RESULTACKS']._serialized_start=4728
+  _globals['_RESULTACKS']._serialized_end=4789
+  _globals['_JOBCANCELLATION']._serialized_start=4791
+  _globals['_JOBCANCELLATION']._serialized_end=4918
+  _globals['_DRAINREQUEST']._serialized_start=4920
+  _globals['_DRAINREQUEST']._serialized_end=4996
+  _globals['_PING']._serialized_start=4998
+  _globals['_PING']._serialized_end=5068
+  _globals['_RESULTACK']._serialized_start=5071
+  _globals['_RESULTACK']._serialized_end=5202
+  _globals['_SECUREACCESSOPEN']._serialized_start=5205
+  _globals['_SECUREACCESSOPEN']._serialized_end=5394
+  _globals['_SECUREACCESSGRANT']._serialized_start=5397
+  _globals['_SECUREACCESSGRANT']._serialized_end=5542
+  _globals['_SECUREACCESSCLOSE']._serialized_start=5544
+  _globals['_SECUREACCESSCLOSE']._serialized_end=5661
+  _globals['_STREAMERROR']._serialized_start=5663
+  _globals['_STREAMERROR']._serialized_end=5747
+  _globals['_RUNNERSERVICE']._serialized_start=6208
+  _globals['_RUNNERSERVICE']._serialized_end=7218
 # @@protoc_insertion_point(module_scope)

@@ -145,7 +145,7 @@ class Runner(_message.Message):
     customer_id: _builtins.str
     """Owner of a RUNNER_SCOPE_CUSTOMER runner. A customer registering a runner gets itself."""
     status: Global___RunnerStatus.ValueType
-    """Set by the service, except that UpdateRunner may set MAINTENANCE or AVAILABLE."""
+    """Set by the service, except that RegisterRunner and UpdateRunner may set MAINTENANCE or AVAILABLE."""
     max_concurrent_jobs: _builtins.int
     """Maximum parallel jobs (declared)."""
     current_job_count: _builtins.int

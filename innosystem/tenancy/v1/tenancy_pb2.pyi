@@ -1175,6 +1175,7 @@ class CompletePasswordResetRequest(_message.Message):
     PASSWORD_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     password: _builtins.str
+    """At least 12 characters, not a common password."""
     def __init__(
         self,
         *,
