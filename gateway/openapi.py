@@ -494,6 +494,8 @@ def _constrain(field: FieldDescriptor, schema: Schema, required: bool, request: 
 def _int64_pattern(minimum: int | None, maximum: int | None, nonzero: bool = False) -> str:
     """A 64-bit integer's bounds for its string spelling, as far as a pattern can say them: the
     sign, zero or not, and fewer digits than the largest magnitude allowed (never more)."""
+    if maximum is not None and 0 <= (minimum or 0) <= maximum < 10:  # a single digit: its range exactly
+        return rf"^(?:[{minimum or 0}-{maximum}])$"
     largest = 10**18 if maximum is None else max(abs(maximum), abs(minimum or 0))
     digits = max(1, len(str(largest)) - 1)
     sign = "" if minimum is not None and minimum >= 0 else "-?"

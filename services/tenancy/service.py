@@ -35,7 +35,7 @@ from innosystem.kit.errors import (
     Unavailable,
 )
 from innosystem.kit.scope import Scope
-from innosystem.kit.validation import id_or_not_found
+from innosystem.kit.validation import check_text, id_or_not_found
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.tenancy import audit
 from services.tenancy.accounts import Account
@@ -95,6 +95,9 @@ async def _audit(repo: TenancyRepository, caller: Principal, action: str, *, cus
 
 def validate(changes: dict[str, Any]) -> None:
     """Field rules shared by create and update; raises naming the first bad field."""
+    for name, value in changes.items():  # what PostgreSQL cannot store, before any rule below
+        if isinstance(value, str):
+            check_text(value, name)
     for name in ("name",):
         if name in changes:
             value = changes[name].strip()

@@ -32,7 +32,7 @@ INVITATION_TTL, RESET_TTL = timedelta(days=7), timedelta(hours=1)
 LOCALES = ("", "en", "fi", "sv")
 _TOKEN_PREFIX = {INVITATION: "isi_", RESET: "isp_"}
 # The document's pattern (tenancy.proto), whose \s (ECMA-262) also covers U+FEFF.
-_EMAIL = re.compile(r"^[^@\s\ufeff]+@[^@\s\ufeff]+\.[^@\s\ufeff]+$")
+_EMAIL = re.compile(r"^[^@\s\ufeff\x00]+@[^@\s\ufeff\x00]+\.[^@\s\ufeff\x00]+$")
 
 
 @dataclass(frozen=True)

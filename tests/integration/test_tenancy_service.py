@@ -243,3 +243,12 @@ async def test_audit_events_are_append_only(tenancy: TenancyService, database_ur
                 conn.execute(statement, (cid,))
             conn.rollback()
     assert len(_audit_rows(database_url, cid)) == 1
+
+
+async def test_a_nul_character_is_refused_naming_the_field(tenancy: TenancyService) -> None:
+    """Found by schemathesis: an e-mail holding a NUL passed the e-mail rule and failed the insert (a 500)."""
+    for fields, bad in (({"name": "Nul", "email": "a\x00b@example.com"}, "email"),
+                        ({"name": "N\x00ul", "email": "nul@example.com"}, "name")):
+        with pytest.raises(InvalidArgument) as caught:
+            await tenancy.create_reseller(ADMIN, fields, "", b"")
+        assert caught.value.reason == "INVALID_CHARACTER" and caught.value.violations[0][0] == bad

@@ -122,6 +122,21 @@ def map_case(context: Any, case: Any) -> Any:
         at = _time(body["expireTime"])
         if at is not None and not now + timedelta(minutes=5) < at < now + timedelta(days=3650):
             body["expireTime"] = _stamp(now + timedelta(days=30))
+    if body is not None and case.path.endswith("/prices") and case.method == "POST" and "effectiveTime" in body:
+        at = _time(body["effectiveTime"])  # now or later, at most ten years ahead
+        if at is not None and not now + timedelta(minutes=5) < at < now + timedelta(days=3650):
+            body["effectiveTime"] = _stamp(now + timedelta(days=1))
+    if body is not None and case.path.endswith("/prices") and case.method == "POST":
+        # a flat price has no cap; a per-second or per-unit price's cap is at least its unit price
+        if body.get("model") in (None, 0, 1, "PRICE_MODEL_UNSPECIFIED", "PRICE_MODEL_FLAT"):
+            body["capCents"] = "0"
+        elif int(body.get("capCents") or 0) < int(body.get("unitPriceCents") or 0):
+            body["capCents"] = str(body.get("unitPriceCents") or 0)
+    if body is not None and case.path.endswith(("/jobs:batchCancel", "/jobs:batchRetry")):
+        flt = body.get("filter")  # at least one of its fields set: an action on every job is refused
+        if isinstance(flt, dict) and not any(v not in (None, "", 0, "JOB_STATUS_UNSPECIFIED",
+                                                       "PRIORITY_LEVEL_UNSPECIFIED") for v in flt.values()):
+            flt["requestId"] = f"contract-{uuid.uuid4().hex}"
     if body is not None and case.path == "/v1/exchangeRates" and case.method == "POST" \
             and body.get("baseCurrencyCode") == body.get("quoteCurrencyCode"):
         body["quoteCurrencyCode"] = "EUR" if body.get("baseCurrencyCode") != "EUR" else "USD"
