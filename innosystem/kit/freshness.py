@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -39,6 +40,9 @@ return out
 ANNOUNCE_ATTEMPTS = 3
 # One hash tag for every token: a read of several is one script call on one Redis Cluster slot.
 PREFIX = "changed:{tokens}:"
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 def projects_of(customer_id: uuid.UUID | str) -> str:
@@ -120,3 +124,28 @@ class ChangeTokens:
                 if attempt == ANNOUNCE_ATTEMPTS:
                     raise
                 log.warning("announcing a change failed, trying again: %s", exc)
+
+
+class Labelled(Generic[K, V]):
+    """Values cached under the change token that was read before each was fetched: a value is
+    served while its key's token is still the one it was labelled with, else fetched afresh (and
+    labelled with the token just read). A token that could not be read serves nothing from here."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._items: dict[K, tuple[str, V]] = {}
+
+    async def get(self, key: K, token_asked: asyncio.Future[str] | None, fetch: Callable[[], Awaitable[V]]) -> V:
+        try:
+            token = await token_asked if token_asked is not None else None
+        except RedisError:
+            token = None
+        hit = self._items.get(key)
+        if token is not None and hit is not None and hit[0] == token:
+            return hit[1]
+        value = await fetch()  # fetched after the token was read: a change since is a new token
+        if token is not None:
+            if len(self._items) >= self._limit:
+                self._items.clear()
+            self._items[key] = (token, value)
+        return value

@@ -33,7 +33,6 @@ from typing import Any, cast
 
 from opentelemetry import propagate
 from psycopg.types.json import Jsonb
-from redis.exceptions import RedisError
 from sqlalchemy import Table, select
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -49,7 +48,7 @@ from innosystem.kit.errors import (
     NotFound,
     Unavailable,
 )
-from innosystem.kit.freshness import catalog, job_types_of, markup_of
+from innosystem.kit.freshness import Labelled, catalog, job_types_of, markup_of
 from innosystem.kit.protos import request_hash, to_datetime
 from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -155,12 +154,11 @@ class Submission:
         self._coalescer: Coalescer[Group, None] = Coalescer(self._store, concurrency=2)  # commits may overlap
         # concurrent submits read their projects' job types in one query
         self._type_loader: Coalescer[uuid.UUID, dict[uuid.UUID, JobType]] = Coalescer(self._load_types)
-        # project → (its types' change token when they were read, the types by id)
-        self._type_cache: dict[uuid.UUID, tuple[str, dict[uuid.UUID, JobType]]] = {}
-        # the catalog's types and prices, with the catalog's change token when they were read
-        self._catalog: tuple[str, pricing.Catalog] | None = None
-        # customer → (its markup's change token when it was read, the reseller's markup in basis points)
-        self._markups: dict[uuid.UUID, tuple[str, int]] = {}
+        # a project's job types by id, the catalog (its types and prices), a customer's markup (basis
+        # points): each kept while its change token stays the one it was read with (`kit.freshness`)
+        self._types_of: Labelled[uuid.UUID, dict[uuid.UUID, JobType]] = Labelled(MAX_CACHED_PROJECTS)
+        self._catalog: Labelled[str, pricing.Catalog] = Labelled(1)
+        self._markups: Labelled[uuid.UUID, int] = Labelled(MAX_CACHED_PROJECTS)
 
     async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job | NewJob:
         check_storable(request)
@@ -267,52 +265,22 @@ class Submission:
                 raise NotFound(f"{prefix(i)}job_type_id: job type {r.job_type_id!r} not found",
                                field=prefix(i) + "job_type_id", reason="JOB_TYPE_NOT_FOUND") from None
         pid = owner.project_id
-        try:
-            token = await token_asked if token_asked is not None else None
-        except RedisError:
-            token = None
-        hit = self._type_cache.get(pid)
-        if token is not None and hit is not None and hit[0] == token:
-            return hit[1]
-        types = await self._type_loader.submit(pid)  # read after the token: a change since is a new token
-        if token is not None:
-            if len(self._type_cache) >= MAX_CACHED_PROJECTS:
-                self._type_cache.clear()
-            self._type_cache[pid] = (token, types)
-        return types
+        return await self._types_of.get(pid, token_asked, lambda: self._type_loader.submit(pid))
 
     async def _catalog_now(self, token_asked: asyncio.Future[str] | None) -> pricing.Catalog:
-        """The catalog types and their prices: cached while the catalog's change token stays the same
-        (every change to a catalog type or price sets a new one), so a submit reads no price."""
-        try:
-            token = await token_asked if token_asked is not None else None
-        except RedisError:
-            token = None
-        hit = self._catalog
-        if token is not None and hit is not None and hit[0] == token:
-            return hit[1]
-        async with self.deps.db.session() as s:  # read after the token: a change since is a new token
-            shared = pricing.Catalog.of(*await JobsRepository(s).catalog())
-        if token is not None:
-            self._catalog = (token, shared)
-        return shared
+        """The catalog types and their prices: a submit reads no price while the catalog's change
+        token (set after every change to a catalog type or price) stays the same."""
+        async def fetch() -> pricing.Catalog:
+            async with self.deps.db.session() as s:
+                return pricing.Catalog.of(*await JobsRepository(s).catalog())
+        return await self._catalog.get("", token_asked, fetch)
 
     async def _markup(self, customer_id: uuid.UUID, token_asked: asyncio.Future[str] | None) -> int:
-        """The customer's markup in basis points: cached while its change token stays the same."""
-        try:
-            token = await token_asked if token_asked is not None else None
-        except RedisError:
-            token = None
-        hit = self._markups.get(customer_id)
-        if token is not None and hit is not None and hit[0] == token:
-            return hit[1]
-        async with self.deps.db.session() as s:
-            bps = (await JobsRepository(s).markups([customer_id]))[customer_id]
-        if token is not None:
-            if len(self._markups) >= MAX_CACHED_PROJECTS:
-                self._markups.clear()
-            self._markups[customer_id] = (token, bps)
-        return bps
+        """The customer's markup in basis points, kept while its change token stays the same."""
+        async def fetch() -> int:
+            async with self.deps.db.session() as s:
+                return (await JobsRepository(s).markups([customer_id]))[customer_id]
+        return await self._markups.get(customer_id, token_asked, fetch)
 
     async def _load_types(self, projects: Sequence[uuid.UUID]) -> list[dict[uuid.UUID, JobType]]:
         async with self.deps.db.session() as s:
