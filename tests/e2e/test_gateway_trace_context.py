@@ -23,7 +23,7 @@ def _tenant(admin: Client) -> tuple[Client, str, str, str]:
                       ).status == 200
     me = admin.as_key(key)
     project = me.post(f"/v1/customers/{cid}/projects", {"name": "traced"}).body["id"]
-    job_type = me.post(f"/v1/projects/{project}/jobTypes", {"name": "traced-type", "baseCostCents": 1}).body["id"]
+    job_type = me.post(f"/v1/projects/{project}/jobTypes", {"name": "traced-type"}).body["id"]
     return me, key, project, job_type
 
 

@@ -265,9 +265,11 @@ async def test_low_balance_reaches_every_subscribed_endpoint_of_the_customer_onc
         # 1000 on the wallet (tenant()); threshold 500; a job type whose hold is 700 crosses it.
         wallet = t.client.patch(f"/v1/customers/{t.customer_id}/wallet", {"lowBalanceThresholdCents": "500"})
         assert wallet.status == 200 and wallet.body["lowBalanceAlerted"] is False, wallet.body
-        costly = t.client.post(f"/v1/projects/{t.project_id}/jobTypes", {"name": f"dear-{uuid.uuid4().hex[:8]}",
-                                                                           "baseCostCents": 700})
+        admin = Client(stack.gateway_url, stack.admin_api_key)  # prices are the operator's: a catalog type
+        costly = admin.post("/v1/jobTypes", {"name": f"dear-{uuid.uuid4().hex[:8]}"})
         assert costly.status == 200, costly.body
+        priced = admin.post(f"/v1/jobTypes/{costly.body['id']}/prices", {"currencyCode": "USD", "unitPriceCents": 700})
+        assert priced.status == 200, priced.body
         job = t.client.post(f"/v1/projects/{t.project_id}/jobs", {"jobTypeId": costly.body["id"]})
         assert job.status == 200, job.body
 
