@@ -109,33 +109,22 @@ def _psycopg_text(statement: TextClause) -> str:
     return done
 
 
-async def pipelined(session: AsyncSession, *steps: tuple[TextClause, Mapping[str, Any]]) -> list[Any]:
-    """Run module-level `text()` statements in one round trip (with the transaction's BEGIN when
-    they are its first); the last one's rows, with attribute access like SQLAlchemy's."""
+async def pipelined(session: AsyncSession, *steps: tuple[TextClause, Mapping[str, Any]],
+                    commit: bool = False) -> list[Any]:
+    """Run module-level `text()` statements in one round trip (psycopg's pipeline mode), with the
+    transaction's BEGIN when they are its first and, with `commit`, its COMMIT (for a use case whose
+    last statement decides nothing more); the last one's rows, with attribute access like SQLAlchemy's."""
     driver = await driver_of(session)
     try:
         async with driver.pipeline():
             for statement, params in steps:
                 cursor = driver.cursor(row_factory=namedtuple_row)
                 await cursor.execute(_psycopg_text(statement), params)
+            if commit:
+                await driver.commit()
         return await cursor.fetchall()
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, "pipelined statements") from exc
-
-
-async def execute_and_commit(session: AsyncSession, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
-    """Run a module-level `text()` statement and COMMIT the session's transaction in one round
-    trip (psycopg's pipeline mode); the statement's rows, with attribute access like SQLAlchemy's.
-    For a use case whose last statement decides nothing more (a lease batch)."""
-    driver = await driver_of(session)
-    try:
-        async with driver.pipeline():
-            cursor = driver.cursor(row_factory=namedtuple_row)
-            await cursor.execute(_psycopg_text(statement), params)
-            await driver.commit()
-        return await cursor.fetchall()
-    except psycopg.Error as exc:
-        raise as_sqlalchemy_error(exc, "a statement with its commit") from exc
 
 
 class Writes:

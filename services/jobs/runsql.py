@@ -19,7 +19,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.db import execute_and_commit, pipelined
+from innosystem.kit.db import pipelined
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
 # What a lease hands to its runner, and what the lease path's metrics and traces read.
@@ -71,10 +71,10 @@ async def start_attempts(s: AsyncSession, starts: Sequence[Start], now: datetime
     started rows by job id; the others are ghosts."""
     if not starts:
         return {}
-    rows = await execute_and_commit(s, _START, {
+    rows = await pipelined(s, (_START, {
         "ids": [uuid.UUID(x.job_id) for x in starts], "lease_ids": [uuid.uuid4() for _ in starts],
         "runner_ids": [x.runner_id for x in starts], "session_ids": [x.session_id for x in starts],
-        "now": now, "ttl": float(ttl_seconds)})
+        "now": now, "ttl": float(ttl_seconds)}), commit=True)
     return {str(r.id): r for r in rows}
 
 
@@ -188,7 +188,7 @@ async def end_attempts(s: AsyncSession, ends: Sequence[Any], outbox: Sequence[Ou
     it in one round trip (the batch's last step)."""
     if not ends and not outbox:
         return 0
-    rows = await execute_and_commit(s, _END, {
+    rows = await pipelined(s, (_END, {
         "ids": [e.run.id for e in ends], "attempts": [e.run.attempt_count for e in ends],
         "statuses": [e.status for e in ends], "reasons": [e.reason for e in ends],
         "outcomes": [e.outcome for e in ends], "attempt_errors": [dumps(e.attempt_error) for e in ends],
@@ -201,7 +201,7 @@ async def end_attempts(s: AsyncSession, ends: Sequence[Any], outbox: Sequence[Ou
         "o_holds": [o.hold_id for o in outbox], "o_jobs": [o.job_id for o in outbox],
         "o_amounts": [o.amount_cents for o in outbox], "o_held": [o.held_cents for o in outbox],
         "o_policies": [o.over_capture_policy for o in outbox], "o_descriptions": [o.description for o in outbox],
-        "now": now})
+        "now": now}), commit=True)
     return int(rows[0][0])
 
 
