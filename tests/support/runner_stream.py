@@ -56,11 +56,15 @@ class RunnerStream:
             messages.append(message)
         return messages
 
-    async def close(self) -> None:
+    async def stop_heartbeats(self) -> None:
         if self._heartbeats is not None:
             self._heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeats
+            self._heartbeats = None
+
+    async def close(self) -> None:
+        await self.stop_heartbeats()
         self._out.put_nowait(None)
         self.call.cancel()
         await self.channel.close()
