@@ -243,11 +243,14 @@ def _name(table: Table) -> sql.Identifier:
 
 
 # The batch's holds, then every wallet they or its reserves touch, locked in one order for all
-# batches (holds by id, then wallets by id).
-_LOCK_HOLDS = sql.SQL("SELECT {} FROM {} WHERE hold_id = ANY(%(ids)s) ORDER BY hold_id FOR UPDATE").format(
+# batches (holds by id, then wallets by id). A hold's wallet never changes, so the wallets' statement
+# finds the holds' own and both go in one round trip.
+_LOCK_HOLDS = sql.SQL("SELECT {} FROM {} WHERE hold_id = ANY(%(holds)s) ORDER BY hold_id FOR UPDATE").format(
     sql.SQL(", ").join(map(sql.Identifier, _HOLD_COLUMNS)), _name(_HOLDS))
-_LOCK_WALLETS = sql.SQL("SELECT {} FROM {} WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE").format(
-    sql.SQL(", ").join(map(sql.Identifier, _WALLET_COLUMNS)), _name(_ACCOUNTS))
+_LOCK_WALLETS = sql.SQL(
+    "SELECT {} FROM {} WHERE id = ANY(%(wallets)s::uuid[] || ARRAY(SELECT wallet_id FROM {} "
+    "WHERE hold_id = ANY(%(holds)s))) ORDER BY id FOR UPDATE").format(
+    sql.SQL(", ").join(map(sql.Identifier, _WALLET_COLUMNS)), _name(_ACCOUNTS), _name(_HOLDS))
 _RESOLVE_HOLD = sql.SQL(
     "UPDATE {} SET status = %(s)s, captured = %(c)s, released = %(r)s, commission = %(cm)s, "
     "commission_rate_bps = %(rate)s, resolve_time = %(rt)s WHERE hold_id = %(hid)s").format(_name(_HOLDS))
@@ -257,18 +260,17 @@ _MOVE_WALLET = sql.SQL(
 
 
 async def _lock(session: AsyncSession, items: list[Item]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The batch's hold rows and wallet rows, locked: the holds with the transaction's BEGIN in
-    one round trip, then the wallets."""
+    """The batch's hold rows and wallet rows, locked, with the transaction's BEGIN in one round trip."""
     driver = await driver_of(session)
+    params = {"holds": sorted({i.hold_id for i in items}),
+              "wallets": sorted({i.wallet_id for i in items if isinstance(i, ReserveItem)})}
     try:
         async with driver.pipeline():
-            cursor = driver.cursor(row_factory=dict_row)
-            await cursor.execute(_LOCK_HOLDS, {"ids": sorted({i.hold_id for i in items})})
-        holds = await cursor.fetchall()
-        wallets = {h["wallet_id"] for h in holds} | {i.wallet_id for i in items if isinstance(i, ReserveItem)}
-        cursor = driver.cursor(row_factory=dict_row)
-        await cursor.execute(_LOCK_WALLETS, {"ids": sorted(wallets)})
-        return holds, await cursor.fetchall()
+            holds = driver.cursor(row_factory=dict_row)
+            await holds.execute(_LOCK_HOLDS, params)
+            wallets = driver.cursor(row_factory=dict_row)
+            await wallets.execute(_LOCK_WALLETS, params)
+        return await holds.fetchall(), await wallets.fetchall()
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, "locking a ledger batch") from exc
 
