@@ -31,8 +31,9 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
         "BatchRelease": frozenset({"jobs"}),
         "BatchExtend": frozenset({"jobs"}),
         "ListActiveHolds": frozenset({"jobs"}),  # holds of submits that died before their job's commit
-        # wallet.low_balance webhooks: jobs' fan-out reads the stored events (services/jobs/deliveries.py)
-        "ListWalletEventsAfter": frozenset({"jobs"}),
+        # wallet.low_balance: jobs' webhook fan-out (services/jobs/deliveries.py) and keys'
+        # notification channels (services/keys/walletfeed.py) read the stored events
+        "ListWalletEventsAfter": frozenset({"jobs", "keys"}),
     },
     "innosystem.jobs.v1.JobService": {
         # the runner stream's lease loop, result path and cancel feed (services/runners)

@@ -308,8 +308,8 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         return pb.ListReconciliationsResponse(reconciliations=[reconciliation_pb(r) for r in page.items],
                                               next_page_token=page.next_page_token)
 
-    # internal: tenancy opens wallets, jobs holds, settles and reads wallet events; the bootstrap
-    # admits only those callers (innosystem/kit/callers.py)
+    # internal: tenancy opens wallets, jobs holds and settles, jobs and keys read wallet events;
+    # the bootstrap admits only those callers (innosystem/kit/callers.py)
 
     async def OpenWallet(self, request: pb.OpenWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         return wallet_pb(await self.service.open_wallet(request.customer_id, request.reseller_id,

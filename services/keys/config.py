@@ -43,6 +43,12 @@ class KeysConfig:
     # notification channels (each gets deliveries); a create beyond either is QUOTA_EXCEEDED.
     max_keys_per_customer: int = 20
     max_channels_per_customer: int = 20
+    # The wallet-event feed (services/keys/walletfeed.py): billing's Redis, whose channel
+    # `billing:wallet-events` wakes it (empty: this service's Redis); how often it looks anyway,
+    # in case a publish was lost; and how old an event must be before the cursor passes it.
+    billing_redis_url: str = ""
+    wallet_feed_fallback_seconds: float = 30.0
+    wallet_feed_settle_seconds: float = 10.0
 
     @classmethod
     def from_env(cls) -> KeysConfig:
@@ -66,9 +72,17 @@ class KeysConfig:
             max_keys_per_customer=env_int("INNOSYSTEM_KEYS_MAX_KEYS_PER_CUSTOMER", cls.max_keys_per_customer),
             max_channels_per_customer=env_int("INNOSYSTEM_KEYS_MAX_CHANNELS_PER_CUSTOMER",
                                               cls.max_channels_per_customer),
+            billing_redis_url=env("INNOSYSTEM_KEYS_BILLING_REDIS_URL") or "",
+            wallet_feed_fallback_seconds=env_float("INNOSYSTEM_KEYS_WALLET_FEED_FALLBACK_SECONDS",
+                                                   cls.wallet_feed_fallback_seconds),
+            wallet_feed_settle_seconds=env_float("INNOSYSTEM_KEYS_WALLET_FEED_SETTLE_SECONDS",
+                                                 cls.wallet_feed_settle_seconds),
         )
         if config.max_keys_per_customer < 1 or config.max_channels_per_customer < 1:
             raise ConfigError("INNOSYSTEM_KEYS_MAX_KEYS_PER_CUSTOMER and _MAX_CHANNELS_PER_CUSTOMER must be at least 1")
+        if config.wallet_feed_fallback_seconds <= 0 or config.wallet_feed_settle_seconds < 0:
+            raise ConfigError("INNOSYSTEM_KEYS_WALLET_FEED_FALLBACK_SECONDS must be positive and "
+                              "_WALLET_FEED_SETTLE_SECONDS not negative")
         return config
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import grpc
 from opentelemetry import metrics
 
+from innosystem.billing.v1 import billing_pb2, billing_pb2_grpc
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.kit import principal as principals
 from innosystem.kit.db import Database
@@ -40,6 +41,19 @@ class Jobs:
                                       timeout=10)
 
 
+class Billing:
+    """The billing service as the keys service needs it: its stored wallet events, in store order
+    (the wallet-event feed of notification channels)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = billing_pb2_grpc.BillingServiceStub(channel)
+
+    async def wallet_events_after(self, after_seq: int, limit: int) -> billing_pb2.ListWalletEventsAfterResponse:
+        reply: billing_pb2.ListWalletEventsAfterResponse = await self.stub.ListWalletEventsAfter(
+            billing_pb2.ListWalletEventsAfterRequest(after_seq=after_seq, limit=limit), timeout=10)
+        return reply
+
+
 class Tenants:
     """Which reseller a customer belongs to (for resellers' visibility), from tenancy."""
 
@@ -69,6 +83,7 @@ class Deps:
     cache: KeyCache
     jobs: Jobs
     tenants: Tenants
+    billing: Billing
     # Shared by the background duties: one customer's work in flight is bounded across all of them.
     gate: TenantGate = field(default_factory=TenantGate)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from innosystem.keys.v1 import access_logs_pb2, access_logs_pb2_grpc, keys_pb2, 
 from innosystem.kit.audit import AuditReporter
 from innosystem.kit.clients import channel
 from innosystem.kit.db import Database
+from innosystem.kit.pubsub import Subscriptions
 from innosystem.kit.redis import connect
 from innosystem.kit.server import Service
 from services.keys.access import Accesses
@@ -21,12 +23,13 @@ from services.keys.accesslog import AccessLog
 from services.keys.api import AccessLogsApi, KeysApi
 from services.keys.background import TenantGate
 from services.keys.config import KeysConfig
-from services.keys.deps import Deps, Jobs, Tenants
+from services.keys.deps import Billing, Deps, Jobs, Tenants
 from services.keys.hierarchy import Hierarchy
 from services.keys.keycache import KeyCache
 from services.keys.keymanagers import Clients, Sealer
 from services.keys.notify import Notifications
 from services.keys.registry import Registry
+from services.keys.walletfeed import WalletFeed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class Keys:
     registry: Registry
     accesses: Accesses
     notifications: Notifications
+    wallet_feed: WalletFeed
     keys_api: KeysApi
     logs_api: AccessLogsApi
     closers: list[Callable[[], Awaitable[None]]]
@@ -46,23 +50,33 @@ class Keys:
         """One pass of every background duty (tests; the service runs each in its own loop)."""
         await self.accesses.sweep_abandoned()
         await self.registry.h.rewrap_once()
+        await self.wallet_feed.follow_once()
         await self.notifications.deliver_once()
 
     def duties(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """The background loops: each duty in its own, so a long rewrap pass (a slow key manager)
-        does not hold back webhook delivery or the sweeper."""
-        def loop(name: str, once: Callable[[], Awaitable[object]]) -> Callable[[], Coroutine[Any, Any, None]]:
+        does not hold back webhook delivery or the sweeper. The wallet-event feed waits on
+        billing's publish (services/keys/walletfeed.py) and wakes delivery when it wrote some."""
+        def loop(name: str, once: Callable[[], Awaitable[object]],
+                 woken: asyncio.Event | None = None) -> Callable[[], Coroutine[Any, Any, None]]:
             async def forever() -> None:
                 while True:
+                    if woken is not None:
+                        woken.clear()
                     try:
                         await once()
                     except Exception:  # a failed pass must not stop the next one
                         log.exception("keys background %s pass failed", name)
-                    await asyncio.sleep(self.deps.config.sweep_interval_seconds)
+                    if woken is None:
+                        await asyncio.sleep(self.deps.config.sweep_interval_seconds)
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(woken.wait(), self.deps.config.sweep_interval_seconds)
             forever.__name__ = f"{name}_forever"  # the supervisor's name for it in logs
             return forever
         return [loop("sweep", self.accesses.sweep_abandoned), loop("rewrap", self.registry.h.rewrap_once),
-                loop("delivery", self.notifications.deliver_once)]
+                loop("delivery", self.notifications.deliver_once, self.notifications.written),
+                self.wallet_feed.follow_forever]
 
     async def close(self) -> None:
         self.deps.cache.clear()
@@ -76,17 +90,26 @@ def build(config: KeysConfig) -> Keys:
     secret = config.common.internal_secret
     jobs_channel = channel(config.common.addresses.jobs, service="keys", secret=secret)
     tenancy_channel = channel(config.common.addresses.tenancy, service="keys", secret=secret)
+    billing_channel = channel(config.common.addresses.billing, service="keys", secret=secret)
     access_log = AccessLog(db, redis)
     clients = Clients(config.egress_policy)
     deps = Deps(config, db, access_log, clients, Sealer(config.master_key),
                 KeyCache(config.key_cache_seconds, config.key_cache_max_uses), Jobs(jobs_channel),
-                Tenants(tenancy_channel), TenantGate(config.background_concurrency, config.background_per_customer))
+                Tenants(tenancy_channel), Billing(billing_channel),
+                TenantGate(config.background_concurrency, config.background_per_customer))
     hierarchy = Hierarchy(deps)
     registry, accesses, notifications = Registry(deps, hierarchy), Accesses(deps, hierarchy), Notifications(deps)
-    return Keys(deps, registry, accesses, notifications, KeysApi(registry, accesses),
+    closers = [notifications.close, clients.close, jobs_channel.close, tenancy_channel.close, billing_channel.close]
+    # Billing's publishes are on billing's Redis: this service's own unless configured apart.
+    subscriptions = access_log.subscriptions
+    if config.billing_redis_url and config.billing_redis_url != config.common.redis_url:
+        billing_redis = connect(config.billing_redis_url, 2)
+        subscriptions = Subscriptions(billing_redis)
+        closers += [subscriptions.aclose, billing_redis.aclose]
+    feed = WalletFeed(deps, subscriptions, notifications.written)
+    return Keys(deps, registry, accesses, notifications, feed, KeysApi(registry, accesses),
                 AccessLogsApi(deps, access_log, notifications),
-                [notifications.close, clients.close, jobs_channel.close, tenancy_channel.close, redis.aclose,
-                 db.close], AuditReporter(tenancy_channel))
+                [*closers, redis.aclose, db.close], AuditReporter(tenancy_channel))
 
 
 def service(keys: Keys) -> Service:

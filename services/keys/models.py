@@ -192,20 +192,34 @@ class NotificationChannel(Base):
 
 
 class Delivery(Base):
-    """Outbox of webhook deliveries, written in the record's transaction, sent by a loop."""
+    """Outbox of webhook deliveries, sent by a loop: of an access record (written in the record's
+    transaction), or of billing's wallet event (written with the cursor's advance past it, id
+    derived from channel and event, services/keys/walletfeed.py)."""
 
     __tablename__ = "deliveries"
     __table_args__ = (Index(None, "next_attempt_time", postgresql_where=text("done = false")),)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=new_id)
     channel_id: Mapped[uuid.UUID] = mapped_column(UUID, index=True)
-    record_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    record_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     trigger: Mapped[int] = mapped_column(SmallInteger)
+    # billing's WalletEvent (serialized protobuf) when the delivery is of one; else NULL.
+    wallet_event: Mapped[bytes | None] = mapped_column(LargeBinary)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str] = mapped_column(Text, default="")
     next_attempt_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     create_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class WalletEventCursor(Base):
+    """How far the wallet-event feed has read billing's events (their `seq`): everything at or
+    below it has become deliveries. One row, `billing`."""
+
+    __tablename__ = "wallet_event_cursor"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
 
 
 class IdempotencyKey(IdempotencyKeyColumns, Base):

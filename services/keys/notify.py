@@ -1,11 +1,14 @@
-"""Notification channels: webhooks told about matching access log records, signed, delivered
-from an outbox (written with the record) by a background loop with retries and backoff.
+"""Notification channels: webhooks told about matching access log records (and, for
+NOTIFICATION_TRIGGER_WALLET_LOW_BALANCE, billing's wallet events), signed, delivered from an
+outbox (written with the record, or by the wallet-event feed, services/keys/walletfeed.py) by a
+background loop with retries and backoff.
 
     x-innosystem-signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -61,6 +64,9 @@ class Notifications:
         self.deps = deps
         # Webhook URLs are the customer's: every delivery goes through the egress guard.
         self._http = egress.Client(deps.config.egress_policy)
+        # Set by whoever wrote deliveries outside a record's transaction (the wallet-event feed):
+        # the delivery loop sends them now rather than at its next tick.
+        self.written = asyncio.Event()
 
     async def close(self) -> None:
         await self._http.close()
@@ -151,13 +157,16 @@ class Notifications:
             lease = timedelta(seconds=cfg.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS)
             for d in due:
                 ch = await s.get(NotificationChannel, d.channel_id)
-                record = await s.get(AccessRecord, d.record_id)
-                if ch is None or record is None:
-                    d.done = True
+                event = pb.NotificationEvent(id=str(d.id), notification_channel_id=str(d.channel_id),
+                                             trigger=d.trigger, create_time=timestamp(d.create_time))  # type: ignore[arg-type]
+                if d.wallet_event is not None:
+                    event.wallet_event.ParseFromString(d.wallet_event)
+                elif (record := await s.get(AccessRecord, d.record_id)) is not None:
+                    event.record.CopyFrom(record_pb(record))
+                if ch is None or not (event.HasField("record") or event.HasField("wallet_event")):
+                    d.done = True  # the channel was deleted meanwhile
                     continue
-                event = pb.NotificationEvent(id=str(d.id), notification_channel_id=str(ch.id),
-                                             customer_id=str(ch.customer_id), trigger=d.trigger,  # type: ignore[arg-type]
-                                             record=record_pb(record), create_time=timestamp(d.create_time))
+                event.customer_id = str(ch.customer_id)
                 d.attempts += 1
                 d.next_attempt_time = utcnow() + lease
                 claimed.append(_Claim(d.id, d.attempts, str(ch.customer_id), ch.id, ch.webhook_url,

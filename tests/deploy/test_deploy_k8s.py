@@ -21,7 +21,7 @@ CALLS = {
     ("tenancy", "billing"), ("tenancy", "keys"),
     ("jobs", "billing"), ("jobs", "tenancy"), ("jobs", "keys"),
     ("runners", "jobs"), ("runners", "tenancy"), ("runners", "keys"),
-    ("keys", "jobs"),
+    ("keys", "jobs"), ("keys", "billing"),
     ("billing", "tenancy"),
 }
 PROCESSES = [*SERVICES, "gateway"]

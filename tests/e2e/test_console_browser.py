@@ -175,9 +175,10 @@ def test_the_access_log_chain_verifies_and_the_team_page_makes_a_key(world: Worl
     page.get_by_role("alert").filter(has_text="webhook_url").wait_for()
     page.get_by_label("Webhook URL (https)").fill("https://hooks.example.com/innosystem")
     page.get_by_label("Name", exact=True).fill("security team")
+    page.get_by_label("wallet balance low").check()  # billing's low-balance events, on the same channel
     page.get_by_role("button", name="Add channel").click()
     page.get_by_text("Copy the signing secret now").wait_for()
-    page.get_by_text(re.compile("security team · access not for a job")).wait_for()
+    page.get_by_text(re.compile("security team · access not for a job, wallet balance low")).wait_for()
     accessible(page)
     screenshot(page, "access")
 
@@ -307,6 +308,38 @@ def test_finnish_labels_and_money_and_the_choice_is_kept(world: World, page: Any
     with page.expect_response(lambda r: "/v1/users/" in r.url and r.request.method == "PATCH") as saved:
         page.locator("[data-testid=locale]").select_option("en")  # leave the user as the other tests expect
     assert saved.value.ok
+
+
+def test_an_owner_sets_a_low_balance_threshold_and_sees_its_event_where_a_viewer_only_reads(
+        world: World, browser: Any, page: Any) -> None:
+    wallet = f"/v1/customers/{world.demo.customer_id}/wallet"
+    above = (int(world.customer("GET", wallet)["availableCents"]) // 100 + 1) * 100  # crosses when set
+    try:
+        email, password = world.people["owner"]
+        sign_in(page, world.base, email, password)
+        page.get_by_role("link", name="Wallet").click()
+        page.get_by_text("No low-balance events.").wait_for()
+        page.get_by_label("Alert when available falls below").fill(str(above // 100))
+        page.get_by_role("button", name="Save threshold").click()
+        page.get_by_text(f"Threshold saved: {usd(above)}").wait_for()
+        page.locator("[data-testid=threshold]", has_text=usd(above)).wait_for()
+        [event] = world.customer("GET", f"{wallet}/events")["events"]  # billing recorded the crossing
+        assert event["thresholdCents"] == str(above), event
+        row = page.locator("[data-testid=wallet-events] tbody tr", has_text=usd(int(event["availableCents"])))
+        row.wait_for()
+        assert usd(above) in row.inner_text()
+        accessible(page)
+
+        email, password = world.people["viewer"]
+        viewer = browser.new_context(locale="en-GB").new_page()
+        viewer.set_default_timeout(WAIT_MS)
+        sign_in(viewer, world.base, email, password)
+        viewer.get_by_role("link", name="Wallet").click()
+        viewer.locator("[data-testid=wallet-events] tbody tr", has_text=usd(above)).wait_for()
+        assert viewer.get_by_role("button", name="Save threshold").count() == 0
+        viewer.context.close()
+    finally:  # off again, as the other tests expect the wallet
+        world.customer("PATCH", f"{wallet}?updateMask=low_balance_threshold_cents", {"lowBalanceThresholdCents": "0"})
 
 
 def test_a_person_with_a_second_factor_is_asked_for_the_code(world: World, page: Any) -> None:

@@ -462,7 +462,8 @@ class BillingServiceServicer:
 
     def ListWalletEventsAfter(self, request, context):
         """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
-        webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
+        webhook fan-out and keys' notification channels, each of which keeps its own durable cursor
+        (the Redis publish is best effort).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

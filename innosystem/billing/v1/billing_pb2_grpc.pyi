@@ -145,7 +145,8 @@ class BillingServiceStub:
     """
     ListWalletEventsAfter: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsAfterRequest, _billing_pb2.ListWalletEventsAfterResponse]
     """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
-    webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
+    webhook fan-out and keys' notification channels, each of which keeps its own durable cursor
+    (the Redis publish is best effort).
     """
 
 @_typing.type_check_only
@@ -265,7 +266,8 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """
     ListWalletEventsAfter: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListWalletEventsAfterRequest, _billing_pb2.ListWalletEventsAfterResponse]  # type: ignore[assignment]
     """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
-    webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
+    webhook fan-out and keys' notification channels, each of which keeps its own durable cursor
+    (the Redis publish is best effort).
     """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -574,7 +576,8 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.ListWalletEventsAfterResponse, _abc.Awaitable[_billing_pb2.ListWalletEventsAfterResponse]]:
         """Internal: every customer's wallet events in the order they were stored (`seq`), for jobs'
-        webhook fan-out, which keeps its own durable cursor (the Redis publish is best effort).
+        webhook fan-out and keys' notification channels, each of which keeps its own durable cursor
+        (the Redis publish is best effort).
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

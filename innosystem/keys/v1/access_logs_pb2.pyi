@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from innosystem.billing.v1 import billing_pb2 as _billing_pb2
 from innosystem.keymanager.v1 import keymanager_pb2 as _keymanager_pb2
 from innosystem.tenancy.v1 import tenancy_pb2 as _tenancy_pb2
 import builtins as _builtins
@@ -145,6 +146,10 @@ class _NotificationTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_N
     """An abandoned access."""
     NOTIFICATION_TRIGGER_KEY_CHANGE: _NotificationTrigger.ValueType  # 6
     """A key registered, updated, rotated or disabled, or a project key changed."""
+    NOTIFICATION_TRIGGER_WALLET_LOW_BALANCE: _NotificationTrigger.ValueType  # 7
+    """The customer's wallet fell below its low-balance threshold (billing's `wallet.low_balance`,
+    once per crossing): the event carries `wallet_event`, not `record`.
+    """
 
 class NotificationTrigger(_NotificationTrigger, metaclass=_NotificationTriggerEnumTypeWrapper):
     """When a channel is notified."""
@@ -162,6 +167,10 @@ NOTIFICATION_TRIGGER_ACCESS_ABANDONED: NotificationTrigger.ValueType  # 5
 """An abandoned access."""
 NOTIFICATION_TRIGGER_KEY_CHANGE: NotificationTrigger.ValueType  # 6
 """A key registered, updated, rotated or disabled, or a project key changed."""
+NOTIFICATION_TRIGGER_WALLET_LOW_BALANCE: NotificationTrigger.ValueType  # 7
+"""The customer's wallet fell below its low-balance threshold (billing's `wallet.low_balance`,
+once per crossing): the event carries `wallet_event`, not `record`.
+"""
 Global___NotificationTrigger: _TypeAlias = NotificationTrigger  # noqa: Y015
 
 class _NotificationChannelType:
@@ -558,7 +567,7 @@ Global___WatchAccessLogsRequest: _TypeAlias = WatchAccessLogsRequest  # noqa: Y0
 
 @_typing.final
 class NotificationChannel(_message.Message):
-    """Where and when a customer is told about its access log. Each delivery is signed:
+    """Where and when a customer is told about its access log (and its wallet). Each delivery is signed:
     header `x-innosystem-signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
     """
 
@@ -616,7 +625,9 @@ Global___NotificationChannel: _TypeAlias = NotificationChannel  # noqa: Y015
 
 @_typing.final
 class NotificationEvent(_message.Message):
-    """The body POSTed to a webhook."""
+    """The body POSTed to a webhook: an access record, or (NOTIFICATION_TRIGGER_WALLET_LOW_BALANCE) a
+    wallet event.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -626,6 +637,7 @@ class NotificationEvent(_message.Message):
     TRIGGER_FIELD_NUMBER: _builtins.int
     RECORD_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    WALLET_EVENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique per delivery attempt series; a receiver can use it to drop duplicates."""
     notification_channel_id: _builtins.str
@@ -633,9 +645,17 @@ class NotificationEvent(_message.Message):
     trigger: Global___NotificationTrigger.ValueType
     """The first trigger that matched."""
     @_builtins.property
-    def record(self) -> Global___AccessRecord: ...
+    def record(self) -> Global___AccessRecord:
+        """Empty for a wallet event."""
+
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def wallet_event(self) -> _billing_pb2.WalletEvent:
+        """Billing's event, for NOTIFICATION_TRIGGER_WALLET_LOW_BALANCE; `id` above is this channel's
+        delivery of it (one per channel and event).
+        """
+
     def __init__(
         self,
         *,
@@ -645,10 +665,11 @@ class NotificationEvent(_message.Message):
         trigger: Global___NotificationTrigger.ValueType = ...,
         record: Global___AccessRecord | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        wallet_event: _billing_pb2.WalletEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "record", b"record"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "record", b"record", "wallet_event", b"wallet_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "id", b"id", "notification_channel_id", b"notification_channel_id", "record", b"record", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "id", b"id", "notification_channel_id", b"notification_channel_id", "record", b"record", "trigger", b"trigger", "wallet_event", b"wallet_event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

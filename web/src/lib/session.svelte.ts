@@ -72,7 +72,9 @@ export const can = {
   operateJobs: (user: User | null) => !!user && WRITERS.includes(user.role),
   configure: (user: User | null) => !!user && WRITERS.includes(user.role),
   administer: (user: User | null) => !!user && ADMINISTRATORS.includes(user.role),
-  topUp: (user: User | null) => !!user && PAYERS.includes(user.role) && user.accountKind !== 'PRINCIPAL_KIND_CUSTOMER'
+  topUp: (user: User | null) => !!user && PAYERS.includes(user.role) && user.accountKind !== 'PRINCIPAL_KIND_CUSTOMER',
+  // PATCH wallet: its low-balance threshold (the customer's own too; the credit limit stays the operator's)
+  manageWallet: (user: User | null) => !!user && PAYERS.includes(user.role)
 };
 
 export const isOperator = (user: User | null) => user?.accountKind === 'PRINCIPAL_KIND_ADMIN';
