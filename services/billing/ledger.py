@@ -251,12 +251,16 @@ _LOCK_WALLETS = sql.SQL(
     "SELECT {} FROM {} WHERE id = ANY(%(wallets)s::uuid[] || ARRAY(SELECT wallet_id FROM {} "
     "WHERE hold_id = ANY(%(holds)s))) ORDER BY id FOR UPDATE").format(
     sql.SQL(", ").join(map(sql.Identifier, _WALLET_COLUMNS)), _name(_ACCOUNTS), _name(_HOLDS))
-_RESOLVE_HOLD = sql.SQL(
-    "UPDATE {} SET status = %(s)s, captured = %(c)s, released = %(r)s, commission = %(cm)s, "
-    "commission_rate_bps = %(rate)s, resolve_time = %(rt)s WHERE hold_id = %(hid)s").format(_name(_HOLDS))
-_MOVE_WALLET = sql.SQL(
-    "UPDATE {} SET debits_posted = %(dp)s, debits_pending = %(dpe)s, promo = %(pr)s, low_balance_alerted = %(al)s, "
-    "update_time = %(now)s WHERE id = %(wid)s").format(_name(_ACCOUNTS))
+# One statement per batch for its resolved holds and its moved wallets (arrays, one row each).
+_RESOLVE_HOLDS = sql.SQL(
+    "UPDATE {} AS h SET status = v.s, captured = v.c, released = v.r, commission = v.cm, "
+    "commission_rate_bps = v.rate, resolve_time = v.rt FROM unnest(%(hid)s::text[], %(s)s::smallint[], "
+    "%(c)s::bigint[], %(r)s::bigint[], %(cm)s::bigint[], %(rate)s::int[], %(rt)s::timestamptz[]) "
+    "AS v(hid, s, c, r, cm, rate, rt) WHERE h.hold_id = v.hid").format(_name(_HOLDS))
+_MOVE_WALLETS = sql.SQL(
+    "UPDATE {} AS a SET debits_posted = v.dp, debits_pending = v.dpe, promo = v.pr, low_balance_alerted = v.al, "
+    "update_time = %(now)s FROM unnest(%(wid)s::uuid[], %(dp)s::bigint[], %(dpe)s::bigint[], %(pr)s::bigint[], "
+    "%(al)s::boolean[]) AS v(wid, dp, dpe, pr, al) WHERE a.id = v.wid").format(_name(_ACCOUNTS))
 
 
 async def _lock(session: AsyncSession, items: list[Item]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -301,10 +305,12 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
             outcomes.append(batch.void(item))
     if batch.new:
         await tx.writes.insert(session, _HOLDS, [holds[k] for k in sorted(batch.new)])
-    tx.writes.executemany(_RESOLVE_HOLD, [
-        {"hid": k, "s": holds[k]["status"], "c": holds[k]["captured"], "r": holds[k]["released"],
-         "cm": holds[k]["commission"], "rate": holds[k]["commission_rate_bps"], "rt": holds[k]["resolve_time"]}
-        for k in sorted(batch.changed - batch.new)])
+    if resolved := [holds[k] for k in sorted(batch.changed - batch.new)]:
+        tx.writes.execute(_RESOLVE_HOLDS, {
+            "hid": [h["hold_id"] for h in resolved], "s": [h["status"] for h in resolved],
+            "c": [h["captured"] for h in resolved], "r": [h["released"] for h in resolved],
+            "cm": [h["commission"] for h in resolved], "rate": [h["commission_rate_bps"] for h in resolved],
+            "rt": [h["resolve_time"] for h in resolved]})
     if spend is not None:
         await spend.save(conn)
     if batch.moved:
@@ -319,8 +325,9 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
                     events.append(alerts.event(k, *identity[k], balance, w["debits_pending"], w["credit_limit"],
                                                w["threshold"]))
         await alerts.record(tx, events)
-        now = utcnow()
-        tx.writes.executemany(_MOVE_WALLET, [
-            {"wid": k, "dp": wallets[k]["debits_posted"], "dpe": wallets[k]["debits_pending"],
-             "pr": wallets[k]["promo"], "al": wallets[k]["alerted"], "now": now} for k in sorted(batch.moved)])
+        moved = sorted(batch.moved)
+        tx.writes.execute(_MOVE_WALLETS, {
+            "wid": moved, "dp": [wallets[k]["debits_posted"] for k in moved],
+            "dpe": [wallets[k]["debits_pending"] for k in moved], "pr": [wallets[k]["promo"] for k in moved],
+            "al": [wallets[k]["alerted"] for k in moved], "now": utcnow()})
     return outcomes

@@ -43,6 +43,10 @@ class Signals:
         self._versions: defaultdict[str, int] = defaultdict(int)
         self.scheduled = asyncio.Event()
         self._subscriptions = Subscriptions(client)
+        # Queues woken here whose wake-up the other replicas have not been sent yet (one publish
+        # in flight at a time carries every queue woken meanwhile).
+        self._unannounced: set[str] = set()
+        self._announcing: asyncio.Task[None] | None = None
 
     # queue wake-ups ------------------------------------------------------------------------------
     def versions(self, queues: Iterable[str]) -> tuple[int, ...]:
@@ -70,14 +74,24 @@ class Signals:
                 return False
 
     async def jobs_ready(self, queues: Iterable[str]) -> None:
-        names = sorted(set(queues))
+        """Wakes this replica's long polls on `queues` now, and the other replicas' by a publish
+        that nobody waits for: a submit answers without that round trip, and concurrent submits
+        share one publish."""
+        names = set(queues)
         if not names:
             return
-        await self._bump(names)
-        try:
-            await self.client.publish(self.wake_channel, json.dumps(names))
-        except RedisError as exc:  # other replicas' long polls fall back to their periodic re-check
-            log.warning("cannot publish queue wake-up: %s", exc)
+        await self._bump(sorted(names))
+        self._unannounced |= names
+        if self._announcing is None or self._announcing.done():
+            self._announcing = asyncio.create_task(self._announce())
+
+    async def _announce(self) -> None:
+        while self._unannounced:
+            names, self._unannounced = sorted(self._unannounced), set()
+            try:
+                await self.client.publish(self.wake_channel, json.dumps(names))
+            except RedisError as exc:  # other replicas' long polls fall back to their periodic re-check
+                log.warning("cannot publish queue wake-up: %s", exc)
 
     async def schedule_changed(self) -> None:
         self.scheduled.set()
