@@ -20,7 +20,6 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +28,13 @@ from google.protobuf import json_format, struct_pb2
 from opentelemetry import propagate, trace
 
 from innosystem.jobs.v1 import jobs_pb2
+from innosystem.kit import telemetry
 from innosystem.kit.egress import Client as EgressClient
 from innosystem.kit.egress import Policy as EgressPolicy
 from innosystem.runner import external
 from innosystem.runner.backoff import Backoff
 from innosystem.runner.processors import Job, JobCancelled, JobError, Kind, Processor, Registry, Result
+from innosystem.runner.threads import Threads
 from innosystem.runners.v1 import runners_pb2 as pb
 from innosystem.runners.v1 import runners_pb2_grpc
 
@@ -114,7 +115,7 @@ class Runner:
         self._batches: dict[str, list[Job]] = {}
         self._grants: dict[str, asyncio.Future[pb.SecureAccessGrant]] = {}
         self._progress: dict[str, tuple[int, str]] = {}
-        self._executor = ThreadPoolExecutor(max_workers=max_concurrent_jobs, thread_name_prefix="processor")
+        self._threads = Threads(max_concurrent_jobs, "processor")
         self._http = EgressClient(egress or external.policy_from_env())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()  # a job finished or a result was acknowledged
@@ -148,7 +149,7 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._http.close()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()
 
     def drain(self, grace_seconds: float | None = None) -> None:
         """Take no new jobs; finish running ones within the grace period; then close."""
@@ -399,9 +400,7 @@ class Runner:
 
     async def _run_one(self, processor: Processor, job: Job) -> None:
         started = time.monotonic()
-        with _tracer.start_as_current_span(f"process {job.type_name}", context=propagate.extract(
-                dict(job.lease.trace_context)), kind=trace.SpanKind.CONSUMER, attributes={
-                "innosystem.job_id": job.id, "innosystem.attempt": job.attempt}):
+        with _span(job):
             try:
                 value = await self._call(processor, job)
                 result = _success(value)
@@ -417,7 +416,7 @@ class Runner:
         assert processor.fn is not None
         if processor.is_coroutine:
             return await processor.fn(job)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, processor.fn, job)
+        return await self._threads.run(processor.fn, job)
 
     async def _run_batch(self, processor: Processor) -> None:
         await asyncio.sleep(BATCH_LINGER_SECONDS)  # let the rest of a burst of assignments join
@@ -482,6 +481,19 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
     if value:
         out.update(value)
     return out
+
+
+def _span(job: Job) -> contextlib.AbstractContextManager[Any]:
+    """The processing span, a child of the job's trace. Where no span is recorded (telemetry found
+    nothing to export to), the job's own trace context is made current instead, for the logs: the
+    same trace id at a fraction of a span's cost, on every job."""
+    carrier = dict(job.lease.trace_context)
+    if telemetry.spans_recorded():
+        return _tracer.start_as_current_span(f"process {job.type_name}", context=propagate.extract(carrier),
+                                             kind=trace.SpanKind.CONSUMER, attributes={
+                                                 "innosystem.job_id": job.id, "innosystem.attempt": job.attempt})
+    parent = telemetry.span_context_of(carrier)
+    return contextlib.nullcontext() if parent is None else trace.use_span(trace.NonRecordingSpan(parent))
 
 
 def _success(value: Any) -> jobs_pb2.AttemptResult:

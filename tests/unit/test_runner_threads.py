@@ -1,0 +1,78 @@
+"""The runner's processor threads (innosystem/runner/threads.py): results and exceptions come back
+to the loop, concurrent calls run on separate threads up to the size, a cancelled call's result is
+dropped, and shutdown ends the threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from innosystem.runner.threads import Threads
+
+
+async def test_results_and_exceptions_come_back_to_the_loop() -> None:
+    threads = Threads(4, "t")
+    try:
+        assert await threads.run(lambda x: x * 2, 21) == 42
+
+        def boom(_: object) -> None:
+            raise ValueError("bad payload")
+
+        with pytest.raises(ValueError, match="bad payload"):
+            await threads.run(boom, None)
+
+        def exits(_: object) -> None:
+            raise SystemExit(3)
+
+        with pytest.raises(RuntimeError, match="SystemExit"):
+            await threads.run(exits, None)
+    finally:
+        threads.shutdown()
+
+
+async def test_concurrent_calls_run_side_by_side_up_to_the_size() -> None:
+    threads = Threads(3, "t")
+    inside, release = threading.Semaphore(0), threading.Event()
+    names: list[str] = []
+
+    def wait(_: object) -> str:
+        names.append(threading.current_thread().name)
+        inside.release()
+        release.wait(10)
+        return threading.current_thread().name
+
+    try:
+        calls = [threads.run(wait, None) for _ in range(5)]
+        for _ in range(3):  # three run at once; the other two wait for a free thread
+            assert await asyncio.to_thread(inside.acquire, True, 10)
+        assert not inside.acquire(timeout=0.2)
+        release.set()
+        done = await asyncio.gather(*calls)
+        assert len(set(done)) == 3 and set(done) <= {"t_0", "t_1", "t_2"}, done
+    finally:
+        threads.shutdown()
+
+
+async def test_a_cancelled_call_is_dropped_and_shutdown_ends_the_threads() -> None:
+    threads = Threads(1, "t")
+    started, release = threading.Event(), threading.Event()
+
+    def slow(_: object) -> str:
+        started.set()
+        release.wait(10)
+        return "late"
+
+    call = threads.run(slow, None)
+    assert await asyncio.to_thread(started.wait, 10)
+    call.cancel()
+    release.set()
+    assert await threads.run(lambda _: "next", None) == "next"  # the late result went nowhere
+    assert call.cancelled()
+    threads.shutdown()
+    deadline = time.monotonic() + 10
+    while any(t.is_alive() for t in threads._threads) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert not any(t.is_alive() for t in threads._threads)
