@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -72,7 +71,6 @@ async def test_a_cancelled_call_is_dropped_and_shutdown_ends_the_threads() -> No
     assert await threads.run(lambda _: "next", None) == "next"  # the late result went nowhere
     assert call.cancelled()
     threads.shutdown()
-    deadline = time.monotonic() + 10
-    while any(t.is_alive() for t in threads._threads) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    for thread in threads._threads:
+        await asyncio.to_thread(thread.join, 10)
     assert not any(t.is_alive() for t in threads._threads)
