@@ -27,6 +27,7 @@ from sqlalchemy import JSON, MetaData, Table, TextClause, text
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -47,27 +48,51 @@ SMALL_INSERT_ROWS = 8
 
 
 async def driver_of(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
-    """The psycopg connection under the session's transaction (for COPY and pipelines)."""
-    connection = await (await session.connection()).get_raw_connection()
-    return connection.driver_connection  # type: ignore[return-value]
+    """The psycopg connection under the session's transaction (for COPY and pipelines). Read from
+    the sync session's connection: `AsyncSession.connection()` would also build (and register) an
+    asyncio proxy of it that nobody uses, on every hot-path transaction."""
+    connection = await greenlet_spawn(session.sync_session.connection)
+    return connection.connection.driver_connection  # type: ignore[return-value]
 
 
-def _insert(table: Table, rows: Sequence[Mapping[str, Any]]) -> tuple[sql.Composed, list[Any], bool]:
-    """(statement, parameters, is it COPY) inserting `rows`: a multi-row INSERT for a few rows, a
-    COPY (the parameters are then the rows' values) for more. JSON columns take Python values; a
-    value already wrapped in `Jsonb` (its text serialized beforehand) is stored as it is."""
+def _insert(table: Table, rows: Sequence[Mapping[str, Any]]) -> tuple[sql.Composed | str, list[Any], bool]:
+    """(statement, parameters, is it COPY) inserting `rows`: a multi-row INSERT for a few rows (with
+    PostgreSQL's own `$n` placeholders, for a raw cursor: see `_values_insert`), a COPY (the
+    parameters are then the rows' values) for more. JSON columns take Python values; a value
+    already wrapped in `Jsonb` (its text serialized beforehand) is stored as it is."""
     columns = [table.columns[k] for k in rows[0]]
     keys = [c.key for c in columns]
     json = {c.key for c in columns if isinstance(c.type, JSON)}  # JSONB is a JSON
-    name = sql.Identifier(*([table.schema] if table.schema else []), table.name)
-    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     values = [[Jsonb(row[k]) if k in json and row[k] is not None and not isinstance(row[k], Jsonb) else row[k]
                for k in keys] for row in rows]
     if len(rows) > SMALL_INSERT_ROWS:
-        return sql.SQL("COPY {} ({}) FROM STDIN").format(name, names), values, True
-    one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(keys)))
-    return (sql.SQL("INSERT INTO {} ({}) VALUES {}").format(name, names, sql.SQL(", ").join([one] * len(rows))),
-            [v for row in values for v in row], False)
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(_table_name(table), _column_names(columns)), values, True
+    return _values_insert(table, columns, len(rows)), [v for row in values for v in row], False
+
+
+def _table_name(table: Table) -> sql.Identifier:
+    return sql.Identifier(*([table.schema] if table.schema else []), table.name)
+
+
+def _column_names(columns: Sequence[Any]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+
+
+_INSERTS: dict[tuple[str, tuple[str, ...], int], str] = {}
+
+
+def _values_insert(table: Table, columns: Sequence[Any], count: int) -> str:
+    """`INSERT … VALUES ($1, …), …` for `count` rows of `columns`, built once per shape. Run by a
+    raw cursor, it skips psycopg's per-execution placeholder conversion, which is not cached for
+    statements of more than 50 parameters (a job row alone has more)."""
+    key = (table.fullname, tuple(c.name for c in columns), count)
+    statement = _INSERTS.get(key)
+    if statement is None:
+        width = len(columns)
+        rows = ", ".join("(" + ", ".join(f"${r * width + i + 1}" for i in range(width)) + ")" for r in range(count))
+        head = sql.SQL("INSERT INTO {} ({}) VALUES ").format(_table_name(table), _column_names(columns))
+        statement = _INSERTS[key] = head.as_string() + rows
+    return statement
 
 
 def as_sqlalchemy_error(exc: psycopg.Error, what: str) -> Exception:
@@ -87,13 +112,13 @@ async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[
     statement, params, is_copy = _insert(table, rows)
     driver = await driver_of(session)
     try:
-        async with driver.cursor() as cursor:
-            if not is_copy:
-                await cursor.execute(statement, params)
-                return
-            async with cursor.copy(statement) as copy:
-                for row in params:
-                    await copy.write_row(row)
+        if not is_copy:
+            async with psycopg.AsyncRawCursor(driver) as raw:
+                await raw.execute(statement, params)
+            return
+        async with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in params:
+                await copy.write_row(row)
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, f"INSERT INTO {table.fullname}") from exc
 
@@ -134,31 +159,32 @@ class Writes:
     large batch amortizes. The session's own commit then finds nothing left to commit."""
 
     def __init__(self) -> None:
-        self._steps: list[tuple[sql.Composed | sql.SQL | str, Any, bool]] = []  # (statement, parameters, many)
+        # (statement, parameters, how: "one", "many", or "raw" for `$n` placeholders)
+        self._steps: list[tuple[sql.Composed | sql.SQL | str, Any, str]] = []
 
     def execute(self, statement: sql.Composed | sql.SQL | str, params: Any = None) -> None:
-        self._steps.append((statement, params, False))
+        self._steps.append((statement, params, "one"))
 
     def executemany(self, statement: sql.Composed | sql.SQL | str, params: Sequence[Any]) -> None:
         if params:
-            self._steps.append((statement, params, True))
+            self._steps.append((statement, params, "many"))
 
     async def insert(self, session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         if len(rows) > SMALL_INSERT_ROWS:
             await copy_rows(session, table, rows)
         elif rows:
             statement, params, _ = _insert(table, rows)
-            self.execute(statement, params)
+            self._steps.append((statement, params, "raw"))
 
     async def commit(self, session: AsyncSession) -> None:
         driver = await driver_of(session)
         try:
-            async with driver.pipeline(), driver.cursor() as cursor:
-                for statement, params, many in self._steps:
-                    if many:
+            async with driver.pipeline(), driver.cursor() as cursor, psycopg.AsyncRawCursor(driver) as raw:
+                for statement, params, how in self._steps:
+                    if how == "many":
                         await cursor.executemany(statement, params)
                     else:
-                        await cursor.execute(statement, params)
+                        await (raw if how == "raw" else cursor).execute(statement, params)
                 await driver.commit()
         except psycopg.Error as exc:
             raise as_sqlalchemy_error(exc, "a pipelined write") from exc
