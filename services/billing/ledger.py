@@ -244,12 +244,13 @@ def _name(table: Table) -> sql.Identifier:
 
 # The batch's holds, then every wallet they or its reserves touch, locked in one order for all
 # batches (holds by id, then wallets by id). A hold's wallet never changes, so the wallets' statement
-# finds the holds' own and both go in one round trip.
+# finds the wallets of the holds it captures or releases itself, and both go in one round trip (a
+# reserve names its wallet: a batch of submits looks up no hold twice).
 _LOCK_HOLDS = sql.SQL("SELECT {} FROM {} WHERE hold_id = ANY(%(holds)s) ORDER BY hold_id FOR UPDATE").format(
     sql.SQL(", ").join(map(sql.Identifier, _HOLD_COLUMNS)), _name(_HOLDS))
 _LOCK_WALLETS = sql.SQL(
     "SELECT {} FROM {} WHERE id = ANY(%(wallets)s::uuid[] || ARRAY(SELECT wallet_id FROM {} "
-    "WHERE hold_id = ANY(%(holds)s))) ORDER BY id FOR UPDATE").format(
+    "WHERE hold_id = ANY(%(settled)s::text[]))) ORDER BY id FOR UPDATE").format(
     sql.SQL(", ").join(map(sql.Identifier, _WALLET_COLUMNS)), _name(_ACCOUNTS), _name(_HOLDS))
 # One statement per batch for its resolved holds and its moved wallets (arrays, one row each).
 _RESOLVE_HOLDS = sql.SQL(
@@ -267,7 +268,8 @@ async def _lock(session: AsyncSession, items: list[Item]) -> tuple[list[dict[str
     """The batch's hold rows and wallet rows, locked, with the transaction's BEGIN in one round trip."""
     driver = await driver_of(session)
     params = {"holds": sorted({i.hold_id for i in items}),
-              "wallets": sorted({i.wallet_id for i in items if isinstance(i, ReserveItem)})}
+              "wallets": sorted({i.wallet_id for i in items if isinstance(i, ReserveItem)}),
+              "settled": sorted({i.hold_id for i in items if not isinstance(i, ReserveItem)})}
     try:
         async with driver.pipeline():
             holds = driver.cursor(row_factory=dict_row)
