@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from google.rpc import status_pb2
+from opentelemetry.trace import Span
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -88,6 +89,9 @@ class Leases:
         self._seen_at: dict[str, float] = {}  # queue → when this process last marked a runner there
         self._settled: list[str] = []  # holds billing answered for, their outbox rows not yet deleted
         self._flusher: asyncio.Task[None] | None = None
+        # Committed endings whose billing is not sent yet, with their spans (`_settle_soon`).
+        self._settling: list[tuple[outcomes.Settlement, list[Span]]] = []
+        self._settler: asyncio.Task[None] | None = None
         # Two lease transactions may be under way at once: runners asking while one commits need not wait for it.
         self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many, orphaned=self._undelivered,
                                                                     concurrency=2)
@@ -295,20 +299,51 @@ class Leases:
             await runsql.end_attempts(s, ends, st.outbox(), now)
 
     async def _ended(self, ends: Sequence[outcomes.End], st: outcomes.Settlement, now: datetime, what: str) -> None:
-        """After an ending's commit: its spans, billing (then out of the outbox), queues, events, metrics."""
+        """After an ending's commit: its queues, events and metrics now, its billing (then out of
+        the outbox) soon after; its spans end with the billing."""
         deps = self.deps
         spans = tracing.for_batch([e.run for e in ends], what, [e.status for e in ends])
         try:
             with tracing.within(spans):
-                await self._settle(st)
+                await outcomes.settle_queue(deps, st)
+            await deps.signals.jobs_changed([outcomes.event(e, now) for e in ends])
+            if st.retries:
+                await deps.signals.schedule_changed()
+            _count_ends(ends, now)
         finally:
+            self._settle_soon(st, spans)
+
+    def _settle_soon(self, st: outcomes.Settlement, spans: list[Span]) -> None:
+        """Billing for committed endings, in the background: whoever ended them (a runner's
+        results, above all) does not wait for billing's commit, and the endings that commit
+        meanwhile go to billing together: one capture call and one billing commit where a quiet
+        stream of results made one each. The outbox rows written with the endings keep the work
+        for `settle_outbox_once` if this never runs (a crash)."""
+        if not st.captures and not st.releases:
             for span in spans:
                 span.end()
-        await outcomes.settle_queue(deps, st)
-        await deps.signals.jobs_changed([outcomes.event(e, now) for e in ends])
-        if st.retries:
-            await deps.signals.schedule_changed()
-        _count_ends(ends, now)
+            return
+        self._settling.append((st, spans))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._settle_pending())
+
+    async def _settle_pending(self) -> None:
+        while self._settling:
+            batch, self._settling = self._settling, []
+            spans = [span for _, mine in batch for span in mine]
+            try:
+                with tracing.within(spans):
+                    await self._settle(outcomes.Settlement.merged([st for st, _ in batch]))
+            except Exception:  # left in the outbox: settle_outbox_once takes it
+                log.exception("settling %d ended batches failed", len(batch))
+            finally:
+                for span in spans:
+                    span.end()
+
+    async def settle_pending(self) -> None:
+        """Wait until the billing of every ending committed so far has been sent (tests, shutdown)."""
+        while self._settler is not None and not self._settler.done():
+            await asyncio.shield(self._settler)
 
     async def _settle(self, st: outcomes.Settlement) -> None:
         """After the commit: billing for the committed endings. Their outbox rows are deleted by the

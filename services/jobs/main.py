@@ -40,5 +40,7 @@ async def create() -> Service:
                     app.loops.recover_forever, app.loops.retain_forever,
                     app.deliveries.fan_out_forever, app.deliveries.send_forever],
         audit=AuditReporter(tenancy),  # job types → tenancy's audit log
-        on_shutdown=[app.deliveries.close, tenancy.close, billing.close, keys.close, close_redis, db.close],
+        # billing for what ended before the stop goes out before the billing channel closes
+        on_shutdown=[app.cases.leases.settle_pending, app.deliveries.close, tenancy.close, billing.close, keys.close,
+                     close_redis, db.close],
     )

@@ -85,6 +85,20 @@ class Settlement:
                 st.charged[r.hold_id], st.held[r.hold_id] = r.job_id, r.held_cents
         return st
 
+    @classmethod
+    def merged(cls, settlements: Sequence[Settlement]) -> Settlement:
+        """The billing work of several settlements as one (their queue work is done already)."""
+        if len(settlements) == 1:
+            return settlements[0]
+        out = cls()
+        for st in settlements:
+            out.captures += st.captures
+            out.charged.update(st.charged)
+            out.held.update(st.held)
+            out.releases += st.releases
+            out.released.update(st.released)
+        return out
+
     def outbox(self) -> list[Outboxed]:
         """This settlement's billing work as outbox rows (written with the endings)."""
         out = [Outboxed(c.hold_id, self.charged[c.hold_id], c.amount_cents, self.held[c.hold_id],

@@ -207,6 +207,7 @@ class JobsWorld:
         (res,) = await self.app.cases.leases.complete([pb.JobCompletion(
             job_id=lease.job_id, lease_id=lease.lease_id, runner_id=lease.runner_id,
             result=pb.AttemptResult(outcome=outcome, **result))])
+        await self.app.cases.leases.settle_pending()  # billing goes after the answer (leases._settle_soon)
         return res
 
     async def get(self, job_id: str, caller: Principal = ADMIN) -> pb.Job:

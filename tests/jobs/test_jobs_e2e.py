@@ -356,6 +356,10 @@ async def test_cancel_of_a_running_job_reaches_watch_cancellations(
         job_id=lease.job_id, lease_id=lease.lease_id, runner_id="stopper",
         result=pb.AttemptResult(outcome=pb.ATTEMPT_OUTCOME_CANCELLED))]))
     assert done.results[0].status == types_pb.JOB_STATUS_CANCELLED
+    # billing follows the answer (the hold is released from the outbox written with the ending)
+    deadline = time.monotonic() + 10
+    while _cents(_wallet(t), "heldCents") and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert _cents(_wallet(t), "heldCents") == 0 and _captures(t) == []
 
 
