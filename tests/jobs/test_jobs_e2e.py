@@ -144,6 +144,14 @@ def _all_jobs(t: Tenant) -> list[dict[str, Any]]:
             return out
 
 
+def _held_after(t: Tenant, seconds: float) -> int:
+    """The wallet's held cents once nothing is held any more, or when `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    while (held := _cents(_wallet(t), "heldCents")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return held
+
+
 def _captures(t: Tenant) -> list[str]:
     """Job ids of the wallet's capture transfers (the ledger)."""
     out, token = [], ""
@@ -357,10 +365,7 @@ async def test_cancel_of_a_running_job_reaches_watch_cancellations(
         result=pb.AttemptResult(outcome=pb.ATTEMPT_OUTCOME_CANCELLED))]))
     assert done.results[0].status == types_pb.JOB_STATUS_CANCELLED
     # billing follows the answer (the hold is released from the outbox written with the ending)
-    deadline = time.monotonic() + 10
-    while _cents(_wallet(t), "heldCents") and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert _cents(_wallet(t), "heldCents") == 0 and _captures(t) == []
+    assert await asyncio.to_thread(_held_after, t, 10) == 0 and _captures(t) == []
 
 
 def test_malformed_input_through_the_gateway_is_400_naming_the_field(stack: Stack) -> None:
