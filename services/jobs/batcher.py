@@ -2,13 +2,16 @@
 commit). At idle an item goes straight through; under load the items queue up while the previous
 batch runs and then go together. Each caller gets its own item's outcome (a value or an exception).
 With `concurrency` > 1, that many batches may run at once (pipelining: the items that arrive while
-one batch commits need not wait for it)."""
+one batch commits need not wait for it). A `Backlog` is the same for work nobody waits for."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -63,3 +66,32 @@ class Coalescer(Generic[Item, Result]):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+
+
+class Backlog(Generic[Item]):
+    """Work nobody waits for: items handed to one background task that takes, each turn, every
+    item added meanwhile (a burst becomes one run of the handler). The handler's failure is
+    logged; the items of that turn are not tried again (callers keep what they must elsewhere)."""
+
+    def __init__(self, handler: Callable[[list[Item]], Awaitable[None]], what: str) -> None:
+        self._handler, self._what = handler, what
+        self._items: list[Item] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    def add(self, item: Item) -> None:
+        self._items.append(item)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run())
+
+    async def drained(self) -> None:
+        """Wait until every item added so far has been handled."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
+
+    async def _run(self) -> None:
+        while self._items:
+            items, self._items = self._items, []
+            try:
+                await self._handler(items)
+            except Exception:
+                log.exception("%s failed for %d items", self._what, len(items))

@@ -35,7 +35,7 @@ from innosystem.kit.errors import (
 )
 from innosystem.kit.protos import timestamp
 from services.jobs import metrics, outcomes, runsql, tracing
-from services.jobs.batcher import Coalescer
+from services.jobs.batcher import Backlog, Coalescer
 from services.jobs.convert import lease_pb, plain
 from services.jobs.models import Job, JobType
 from services.jobs.queue import QueueItem
@@ -90,8 +90,8 @@ class Leases:
         self._settled: list[str] = []  # holds billing answered for, their outbox rows not yet deleted
         self._flusher: asyncio.Task[None] | None = None
         # Committed endings whose billing is not sent yet, with their spans (`_settle_soon`).
-        self._settling: list[tuple[outcomes.Settlement, list[Span]]] = []
-        self._settler: asyncio.Task[None] | None = None
+        self._settling: Backlog[tuple[outcomes.Settlement, list[Span]]] = Backlog(
+            self._settle_together, "settling ended batches")
         # Two lease transactions may be under way at once: runners asking while one commits need not wait for it.
         self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many, orphaned=self._undelivered,
                                                                     concurrency=2)
@@ -323,27 +323,20 @@ class Leases:
             for span in spans:
                 span.end()
             return
-        self._settling.append((st, spans))
-        if self._settler is None or self._settler.done():
-            self._settler = asyncio.create_task(self._settle_pending())
+        self._settling.add((st, spans))
 
-    async def _settle_pending(self) -> None:
-        while self._settling:
-            batch, self._settling = self._settling, []
-            spans = [span for _, mine in batch for span in mine]
-            try:
-                with tracing.within(spans):
-                    await self._settle(outcomes.Settlement.merged([st for st, _ in batch]))
-            except Exception:  # left in the outbox: settle_outbox_once takes it
-                log.exception("settling %d ended batches failed", len(batch))
-            finally:
-                for span in spans:
-                    span.end()
+    async def _settle_together(self, batch: list[tuple[outcomes.Settlement, list[Span]]]) -> None:
+        spans = [span for _, mine in batch for span in mine]
+        try:  # a failure leaves the work in the outbox: settle_outbox_once takes it
+            with tracing.within(spans):
+                await self._settle(outcomes.Settlement.merged([st for st, _ in batch]))
+        finally:
+            for span in spans:
+                span.end()
 
     async def settle_pending(self) -> None:
         """Wait until the billing of every ending committed so far has been sent (tests, shutdown)."""
-        while self._settler is not None and not self._settler.done():
-            await asyncio.shield(self._settler)
+        await self._settling.drained()
 
     async def _settle(self, st: outcomes.Settlement) -> None:
         """After the commit: billing for the committed endings. Their outbox rows are deleted by the

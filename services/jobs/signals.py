@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from innosystem.kit.pubsub import CLOSED, Subscriptions
+from services.jobs.batcher import Backlog
 
 __all__ = ["CLOSED", "Signals"]
 
@@ -43,10 +44,9 @@ class Signals:
         self._versions: defaultdict[str, int] = defaultdict(int)
         self.scheduled = asyncio.Event()
         self._subscriptions = Subscriptions(client)
-        # Queues woken here whose wake-up the other replicas have not been sent yet (one publish
-        # in flight at a time carries every queue woken meanwhile).
-        self._unannounced: set[str] = set()
-        self._announcing: asyncio.Task[None] | None = None
+        # Queues woken here, announced to the other replicas by one publish in flight at a time
+        # that carries every queue woken meanwhile.
+        self._announce: Backlog[str] = Backlog(self._publish_wake, "publishing queue wake-ups")
 
     # queue wake-ups ------------------------------------------------------------------------------
     def versions(self, queues: Iterable[str]) -> tuple[int, ...]:
@@ -81,17 +81,14 @@ class Signals:
         if not names:
             return
         await self._bump(sorted(names))
-        self._unannounced |= names
-        if self._announcing is None or self._announcing.done():
-            self._announcing = asyncio.create_task(self._announce())
+        for name in names:
+            self._announce.add(name)
 
-    async def _announce(self) -> None:
-        while self._unannounced:
-            names, self._unannounced = sorted(self._unannounced), set()
-            try:
-                await self.client.publish(self.wake_channel, json.dumps(names))
-            except RedisError as exc:  # other replicas' long polls fall back to their periodic re-check
-                log.warning("cannot publish queue wake-up: %s", exc)
+    async def _publish_wake(self, queues: list[str]) -> None:
+        try:
+            await self.client.publish(self.wake_channel, json.dumps(sorted(set(queues))))
+        except RedisError as exc:  # other replicas' long polls fall back to their periodic re-check
+            log.warning("cannot publish queue wake-up: %s", exc)
 
     async def schedule_changed(self) -> None:
         self.scheduled.set()

@@ -7,7 +7,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 
-from services.jobs.batcher import Coalescer
+from services.jobs.batcher import Backlog, Coalescer
 from services.jobs.encryption import paths_for
 from services.jobs.retry import JITTER, Policy, backoff_seconds, why_final
 from services.jobs.runtime import queue_name
@@ -65,3 +65,26 @@ async def test_coalescer_hands_back_a_result_whose_caller_left() -> None:
     assert await stays == 10
     await asyncio.sleep(0.05)
     assert orphans == [20]  # 2 was in the running batch when its caller left: handed back
+
+
+async def test_a_backlog_takes_what_arrived_meanwhile_in_one_turn_and_outlives_a_failing_turn() -> None:
+    turns: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def handler(items: list[int]) -> None:
+        turns.append(items)
+        if items == [1]:
+            await gate.wait()
+            raise RuntimeError("the first turn fails")
+
+    backlog: Backlog[int] = Backlog(handler, "test")
+    backlog.add(1)
+    await asyncio.sleep(0)  # the first turn is under way
+    backlog.add(2)
+    backlog.add(3)
+    gate.set()
+    await backlog.drained()
+    assert turns == [[1], [2, 3]]  # the failure was logged, the next turn still ran
+    backlog.add(4)
+    await backlog.drained()
+    assert turns[-1] == [4]
