@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from innosystem.kit import collector
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ async def serve(config: GatewayConfig | None = None) -> None:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
         log.info("gateway listening on http://%s:%d", config.host, config.port)
+        collector.settle()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,14 +1,15 @@
 """A quick loop for the submit path's per-request cost: `make bench`'s single-submit phases only.
 
-    .venv/bin/python scripts/probe_submit.py [--singles 3000] [--latency 6] [--profile DIR]
+    .venv/bin/python scripts/probe_submit.py [--singles 3000] [--batches 0] [--latency 6] [--profile DIR]
 
 Starts the embedded stack as `make bench` does (scripts/bench_e2e.py: PostgreSQL, Valkey, the
 five services and the gateway as processes), warms up, then runs gRPC singles (64 in flight) and
 gateway singles (64 HTTP clients, one job per request), and prints the same /proc CPU table: ms of
 CPU per submitted job, per process. `--latency S` adds single gateway submits at 50/s for S
-seconds (open-loop, no runner connected), p50/p95/p99 of the call. `--profile DIR` samples the
-jobs and billing processes (gRPC singles) and the gateway and jobs (gateway singles) with py-spy,
-raw stacks into DIR (py-spy from $PY_SPY, default `py-spy` on the PATH).
+seconds (open-loop, no runner connected), p50/p95/p99 of the call. `--batches N` adds N jobs
+submitted through the gateway in batches of 1,000 (2 clients, as `make bench`). `--profile DIR`
+samples the jobs and billing processes (gRPC singles), the gateway and jobs (gateway singles) and
+all three (batches) with py-spy, raw stacks into DIR (py-spy from $PY_SPY, default `py-spy`).
 
 CPU per job is the figure to compare on a shared machine; it still moves with the machine's load
 (a busy machine costs more CPU per request), so compare runs made one after the other.
@@ -65,6 +66,15 @@ def probe(p: bench.Platform, args: argparse.Namespace) -> None:
     bench.say(f"gateway singles (64 clients): {n / seconds:,.0f} jobs/s")
     for spy in spies:
         spy.wait()
+    if args.batches:
+        bench.submit_rest_batches(p, 2000, 10_200_000)  # warm up the batch path
+        spies = _spy(p, ["gateway", "jobs", "billing"], args.profile, "batch", args.spy_seconds)
+        before = p.meter.snapshot()
+        seconds = bench.submit_rest_batches(p, args.batches, 2 * n)
+        phases.append(("gateway_batch", "gateway batches", p.meter.diff(before), args.batches))
+        bench.say(f"gateway, batches of 1000: {args.batches / seconds:,.0f} jobs/s")
+        for spy in spies:
+            spy.wait()
     bench.submit_cpu_table(phases)
     if args.latency:
         durations, refused = bench.submit_latency_gateway(p, 50, args.latency, 20_000_000)
@@ -76,6 +86,7 @@ def probe(p: bench.Platform, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--singles", type=int, default=3000, help="submits per phase (default 3000)")
+    parser.add_argument("--batches", type=int, default=0, help="jobs to submit in batches of 1000 (default none)")
     parser.add_argument("--latency", type=float, default=0, help="seconds of single gateway submits at 50/s")
     parser.add_argument("--profile", help="sample the processes with py-spy, raw stacks into this folder")
     parser.add_argument("--spy-seconds", type=int, default=6, help="py-spy sampling time per phase (default 6)")

@@ -42,7 +42,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.trace import SpanKind
 
-from innosystem.kit import audit, callers, logs, principal, roles, sessions, telemetry
+from innosystem.kit import audit, callers, collector, logs, principal, roles, sessions, telemetry
 from innosystem.kit.audit import AuditReporter
 from innosystem.kit.config import CommonConfig
 from innosystem.kit.errors import (
@@ -378,6 +378,7 @@ async def run(config: CommonConfig, services: Sequence[Service], listen: dict[st
 
     tasks = [asyncio.create_task(_supervise(f"{s.name}.{getattr(b, '__name__', 'loop')}", b))
              for s in services for b in s.background]
+    collector.settle()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

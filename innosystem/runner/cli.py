@@ -87,6 +87,7 @@ def load_processors(specs: list[str], external_apis: list[str] = ()) -> Registry
 
 
 def run(args: argparse.Namespace) -> int:
+    from innosystem.kit import collector
     from innosystem.kit.config import env
 
     token = args.token or env(TOKEN_ENV)
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGINT, runner.stop)
         log.info("runner for %s (%d slots, tags %s) → %s", ", ".join(registry.names()), args.slots,
                  ",".join(tags) or "none", target)
+        collector.settle()
         try:
             await runner.run()
         except RunnerRejected as exc:
