@@ -39,6 +39,7 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
         # the runner stream's lease loop, result path and cancel feed (services/runners)
         "LeaseJobs": frozenset({"runners"}),
         "CompleteJobs": frozenset({"runners"}),
+        "Relay": frozenset({"runners"}),  # LeaseJobs and CompleteJobs on one stream
         "ExtendLeases": frozenset({"runners"}),
         "ReleaseLeases": frozenset({"runners"}),
         "WatchCancellations": frozenset({"runners"}),

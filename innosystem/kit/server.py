@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
@@ -319,6 +320,20 @@ def _domain_errors(domain: str) -> Around:
             await context.abort(grpc.StatusCode.INTERNAL, status.message)
 
     return around
+
+
+def error_status(exc: Exception, method: str, domain: str) -> status_pb2.Status:
+    """The status a unary call ending with `exc` gets from `_domain_errors`, for an answer that
+    travels inside a stream's message instead (the jobs service's Relay)."""
+    if isinstance(exc, DomainError):
+        return to_status(exc, domain)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        downstream = from_rpc_error(exc)
+        if downstream.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            log.error("downstream call failed: %s", exc.details())
+        return to_status(downstream, domain)
+    log.error("unhandled error in %s", method, exc_info=exc)
+    return internal_status(logs.current_trace_id())
 
 
 def build_server(config: CommonConfig, service: Service) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:

@@ -27,6 +27,7 @@ from innosystem.jobs.v1 import webhooks_pb2 as hooks_pb
 from innosystem.kit import principal as principals
 from innosystem.kit.protos import changes, request_hash, timestamp, to_datetime
 from innosystem.kit.validation import check_storable
+from services.jobs import relay
 from services.jobs.batches import Batches
 from services.jobs.control import Control
 from services.jobs.convert import job_pb
@@ -321,6 +322,12 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
     async def CompleteJobs(self, request: pb.CompleteJobsRequest,
                            context: grpc.aio.ServicerContext) -> pb.CompleteJobsResponse:
         return pb.CompleteJobsResponse(results=await self.cases.leases.complete(list(request.completions)))
+
+    # A coroutine writing with context.write (answers go out in the order they are ready), not the
+    # async generator the generated base class declares: kit.server wraps either.
+    async def Relay(self, requests: AsyncIterator[pb.RelayRequest],  # type: ignore[override]
+                    context: grpc.aio.ServicerContext) -> None:
+        await relay.serve(self.cases.leases, requests, context)
 
     async def ExtendLeases(self, request: pb.ExtendLeasesRequest,
                            context: grpc.aio.ServicerContext) -> pb.ExtendLeasesResponse:

@@ -2,7 +2,8 @@
 
 Per connected runner one task long-polls `LeaseJobs` for exactly its free slots, and only while
 it has some (the wait is the jobs service's, server side: no polling here). Results from every
-stream go to the jobs service in batches (results.py); heartbeats extend the runner's leases
+stream go to the jobs service in batches (results.py); leases and results travel as messages on
+one stream to the jobs service (relay.py); heartbeats extend the runner's leases
 in one `ExtendLeases` and bring back cancel requests; `WatchCancellations` (one per replica)
 delivers the others at once. Replica-wide state a second replica needs (which session is a
 runner's current one) is in Redis (live.py); nothing breaks with two replicas. What a stream has
@@ -38,6 +39,7 @@ from services.runners.config import RunnersConfig
 from services.runners.live import CONTROL_CHANNEL, LiveState
 from services.runners.models import Runner
 from services.runners.outbox import Outbox
+from services.runners.relay import Relay
 from services.runners.repository import CUSTOMER, RunnerRepository
 from services.runners.results import ResultBatcher
 from services.runners.revocations import RevocationFollower
@@ -63,7 +65,8 @@ class Hub:
         self.config, self.db, self.live, self.jobs, self.keys = config, db, live, jobs, keys
         self.replica = uuid.uuid4().hex[:12]
         self.sessions: dict[str, Session] = {}
-        self.results = ResultBatcher(jobs, self._ack)
+        self.relay = Relay(jobs)  # LeaseJobs and CompleteJobs on one stream (relay.py)
+        self.results = ResultBatcher(self.relay, self._ack)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
         # Closes the streams of runners whose customer lost its access (set by main).
@@ -83,6 +86,7 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.relay.close()
 
     # ------------------------------------------------------------------ the stream
 
@@ -377,7 +381,7 @@ class Hub:
                 continue
             session.requested += wanted
             try:
-                answer = await self.jobs.LeaseJobs(jobs_pb2.LeaseJobsRequest(
+                answer = await self.relay.LeaseJobs(jobs_pb2.LeaseJobsRequest(
                     runner_id=session.runner_id, session_id=session.session_id, job_type_names=session.processors,
                     tags=session.tags, customer_id=session.customer_id, max_jobs=wanted,
                     wait_ms=self.config.lease_wait_ms), timeout=self.config.lease_wait_ms / 1000 + 15,

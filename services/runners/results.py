@@ -20,13 +20,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.rpc import status_pb2
 from opentelemetry import metrics
 
-from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from innosystem.jobs.v1 import jobs_pb2
 from innosystem.runners.v1 import runners_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,15 @@ def too_large(completion: jobs_pb2.JobCompletion, limit: int = MAX_RESULT_BYTES)
     return out
 
 
+class Completes(Protocol):
+    """The jobs service's CompleteJobs: the stub's method, or the relay stream's (relay.py)."""
+
+    async def CompleteJobs(self, request: jobs_pb2.CompleteJobsRequest, timeout: float,  # noqa: ASYNC109
+                           wait_for_ready: bool = True) -> jobs_pb2.CompleteJobsResponse: ...
+
+
 class ResultBatcher:
-    def __init__(self, jobs: jobs_pb2_grpc.JobServiceStub, ack: Callable[[str, list[pb.ResultAck]], None]) -> None:
+    def __init__(self, jobs: Completes, ack: Callable[[str, list[pb.ResultAck]], None]) -> None:
         self._jobs = jobs
         self._ack = ack  # delivers a runner's acks to its session, wherever it is on this replica
         self._queue: deque[tuple[jobs_pb2.JobCompletion, int]] = deque()  # with its size in bytes

@@ -2076,6 +2076,75 @@ class CompletionResult(_message.Message):
 Global___CompletionResult: _TypeAlias = CompletionResult  # noqa: Y015
 
 @_typing.final
+class RelayRequest(_message.Message):
+    """One request on the Relay stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the caller, unique among its requests not yet answered; the reply carries it."""
+    @_builtins.property
+    def lease(self) -> Global___LeaseJobsRequest: ...
+    @_builtins.property
+    def complete(self) -> Global___CompleteJobsRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        lease: Global___LeaseJobsRequest | None = ...,
+        complete: Global___CompleteJobsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "kind", b"kind", "lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "id", b"id", "kind", b"kind", "lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["lease", "complete"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___RelayRequest: _TypeAlias = RelayRequest  # noqa: Y015
+
+@_typing.final
+class RelayReply(_message.Message):
+    """The answer to one RelayRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def lease(self) -> Global___LeaseJobsResponse: ...
+    @_builtins.property
+    def complete(self) -> Global___CompleteJobsResponse: ...
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """What the unary call would have failed with (code, message, ErrorInfo and BadRequest)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        lease: Global___LeaseJobsResponse | None = ...,
+        complete: Global___CompleteJobsResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "error", b"error", "kind", b"kind", "lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "error", b"error", "id", b"id", "kind", b"kind", "lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["lease", "complete", "error"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___RelayReply: _TypeAlias = RelayReply  # noqa: Y015
+
+@_typing.final
 class LeaseRef(_message.Message):
     """Identifies one lease."""
 

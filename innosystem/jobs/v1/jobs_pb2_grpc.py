@@ -208,6 +208,11 @@ class JobServiceStub:
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.CompleteJobsRequest.SerializeToString,
                 response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.CompleteJobsResponse.FromString,
                 _registered_method=True)
+        self.Relay = channel.stream_stream(
+                '/innosystem.jobs.v1.JobService/Relay',
+                request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RelayRequest.SerializeToString,
+                response_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RelayReply.FromString,
+                _registered_method=True)
         self.ExtendLeases = channel.unary_unary(
                 '/innosystem.jobs.v1.JobService/ExtendLeases',
                 request_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.ExtendLeasesRequest.SerializeToString,
@@ -487,6 +492,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Relay(self, request_iterator, context):
+        """Internal: LeaseJobs and CompleteJobs as messages on one stream per runners replica, each
+        request answered under its id, in any order, exactly as the unary call would answer it (an
+        error as its google.rpc.Status). A unary call costs both sides about three times a stream
+        message's CPU, and a lease or a batch of results is one exchange.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExtendLeases(self, request, context):
         """Internal: the runners service keeps the leases of live runners alive (from heartbeats) and
         passes on progress; the answer says which jobs have a cancel request.
@@ -687,6 +702,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CompleteJobs,
                     request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.CompleteJobsRequest.FromString,
                     response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.CompleteJobsResponse.SerializeToString,
+            ),
+            'Relay': grpc.stream_stream_rpc_method_handler(
+                    servicer.Relay,
+                    request_deserializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RelayRequest.FromString,
+                    response_serializer=innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RelayReply.SerializeToString,
             ),
             'ExtendLeases': grpc.unary_unary_rpc_method_handler(
                     servicer.ExtendLeases,
@@ -1606,6 +1626,33 @@ class JobService:
             '/innosystem.jobs.v1.JobService/CompleteJobs',
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.CompleteJobsRequest.SerializeToString,
             innosystem_dot_jobs_dot_v1_dot_jobs__pb2.CompleteJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Relay(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/innosystem.jobs.v1.JobService/Relay',
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RelayRequest.SerializeToString,
+            innosystem_dot_jobs_dot_v1_dot_jobs__pb2.RelayReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -143,6 +143,12 @@ class JobServiceStub:
     """Internal: the runners service reports many attempt results in one call. A result whose
     lease is not the job's current one is rejected (STALE_LEASE) and changes nothing.
     """
+    Relay: _grpc.StreamStreamMultiCallable[_jobs_pb2.RelayRequest, _jobs_pb2.RelayReply]
+    """Internal: LeaseJobs and CompleteJobs as messages on one stream per runners replica, each
+    request answered under its id, in any order, exactly as the unary call would answer it (an
+    error as its google.rpc.Status). A unary call costs both sides about three times a stream
+    message's CPU, and a lease or a batch of results is one exchange.
+    """
     ExtendLeases: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ExtendLeasesRequest, _jobs_pb2.ExtendLeasesResponse]
     """Internal: the runners service keeps the leases of live runners alive (from heartbeats) and
     passes on progress; the answer says which jobs have a cancel request.
@@ -272,6 +278,12 @@ class JobServiceAsyncStub(JobServiceStub):
     CompleteJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CompleteJobsRequest, _jobs_pb2.CompleteJobsResponse]  # type: ignore[assignment]
     """Internal: the runners service reports many attempt results in one call. A result whose
     lease is not the job's current one is rejected (STALE_LEASE) and changes nothing.
+    """
+    Relay: _aio.StreamStreamMultiCallable[_jobs_pb2.RelayRequest, _jobs_pb2.RelayReply]  # type: ignore[assignment]
+    """Internal: LeaseJobs and CompleteJobs as messages on one stream per runners replica, each
+    request answered under its id, in any order, exactly as the unary call would answer it (an
+    error as its google.rpc.Status). A unary call costs both sides about three times a stream
+    message's CPU, and a lease or a batch of results is one exchange.
     """
     ExtendLeases: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ExtendLeasesRequest, _jobs_pb2.ExtendLeasesResponse]  # type: ignore[assignment]
     """Internal: the runners service keeps the leases of live runners alive (from heartbeats) and
@@ -597,6 +609,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobs_pb2.CompleteJobsResponse, _abc.Awaitable[_jobs_pb2.CompleteJobsResponse]]:
         """Internal: the runners service reports many attempt results in one call. A result whose
         lease is not the job's current one is rejected (STALE_LEASE) and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def Relay(
+        self,
+        request_iterator: _MaybeAsyncIterator[_jobs_pb2.RelayRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.RelayReply], _abc.AsyncIterator[_jobs_pb2.RelayReply]]:
+        """Internal: LeaseJobs and CompleteJobs as messages on one stream per runners replica, each
+        request answered under its id, in any order, exactly as the unary call would answer it (an
+        error as its google.rpc.Status). A unary call costs both sides about three times a stream
+        message's CPU, and a lease or a batch of results is one exchange.
         """
 
     @_abc_1.abstractmethod

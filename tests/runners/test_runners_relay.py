@@ -1,0 +1,220 @@
+"""The Relay stream between the runners and jobs services (services/{jobs,runners}/relay.py).
+
+Against the real jobs service: each request on one stream is answered on its own, a refused one
+as the unary call would be refused, and the stream goes on. Against a stand-in jobs server (a
+real gRPC server in this process): an older jobs service without Relay is asked by unary calls, a
+lease answered after its caller gave up goes back unstarted, and a stream that ends fails what
+is under way UNAVAILABLE and is opened again for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from innosystem.embedded import free_port
+from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from innosystem.kit import principal
+from innosystem.kit.errors import InvalidArgument, from_rpc_error, to_status
+from innosystem.stack import Stack
+from services.runners.relay import Relay, rpc_error
+
+RELAY = "/innosystem.jobs.v1.JobService/Relay"
+
+
+def _lease(max_jobs: int = 1, wait_ms: int = 0) -> jobs_pb2.LeaseJobsRequest:
+    return jobs_pb2.LeaseJobsRequest(runner_id=str(uuid.uuid4()), job_type_names=["nothing-of-this-name"],
+                                     max_jobs=max_jobs, wait_ms=wait_ms)
+
+
+@pytest.mark.e2e
+async def test_each_request_on_the_stream_is_answered_on_its_own(stack: Stack) -> None:
+    signed = principal.sign(principal.service_principal("runners"), stack.internal_secret.encode(), RELAY)
+    async with grpc.aio.insecure_channel(stack.address("jobs")) as channel:
+        call = jobs_pb2_grpc.JobServiceStub(channel).Relay(metadata=signed, timeout=30)
+        await call.write(jobs_pb2.RelayRequest(id=7, lease=_lease(max_jobs=0)))  # refused: max_jobs
+        await call.write(jobs_pb2.RelayRequest(id=8, lease=_lease()))
+        await call.write(jobs_pb2.RelayRequest(id=9, complete=jobs_pb2.CompleteJobsRequest(completions=[
+            jobs_pb2.JobCompletion(job_id=str(uuid.uuid4()), lease_id=str(uuid.uuid4()), runner_id="r",
+                                   result=jobs_pb2.AttemptResult(outcome=jobs_pb2.ATTEMPT_OUTCOME_SUCCEEDED))])))
+        await call.write(jobs_pb2.RelayRequest(id=10))  # neither a lease nor a result
+        await call.done_writing()
+        replies = {reply.id: reply async for reply in call}
+    assert await call.code() == grpc.StatusCode.OK
+    assert sorted(replies) == [7, 8, 9, 10]
+    refused = from_rpc_error(rpc_error(replies[7].error))  # as the unary call would have failed
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in refused.violations] == ["max_jobs"]
+    assert replies[8].WhichOneof("kind") == "lease" and not replies[8].lease.leases  # no such type: nothing
+    (unknown,) = replies[9].complete.results  # answered item by item, as CompleteJobs answers
+    assert unknown.HasField("error")
+    assert replies[10].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+class _Jobs:
+    """A stand-in jobs service: LeaseJobs and ReleaseLeases by unary call, and Relay as each test
+    needs it (or none at all, as an older jobs service)."""
+
+    def __init__(self, relay: Any = None) -> None:
+        self.relay = relay
+        self.unary_leases = 0
+        self.released: list[jobs_pb2.ReleaseLeasesRequest] = []
+        self.streams = 0
+
+    async def LeaseJobs(self, request: jobs_pb2.LeaseJobsRequest, context: Any) -> jobs_pb2.LeaseJobsResponse:
+        self.unary_leases += 1
+        return jobs_pb2.LeaseJobsResponse(leases=[jobs_pb2.JobLease(job_id="unary", lease_id="l")])
+
+    async def ReleaseLeases(self, request: jobs_pb2.ReleaseLeasesRequest,
+                            context: Any) -> jobs_pb2.ReleaseLeasesResponse:
+        self.released.append(request)
+        return jobs_pb2.ReleaseLeasesResponse()
+
+    async def Relay(self, requests: AsyncIterator[jobs_pb2.RelayRequest], context: Any) -> None:
+        self.streams += 1
+        await self.relay(self, requests, context)
+
+
+async def _serve(jobs: _Jobs) -> tuple[grpc.aio.Server, str]:
+    methods = {
+        "LeaseJobs": grpc.unary_unary_rpc_method_handler(
+            jobs.LeaseJobs, request_deserializer=jobs_pb2.LeaseJobsRequest.FromString,
+            response_serializer=jobs_pb2.LeaseJobsResponse.SerializeToString),
+        "ReleaseLeases": grpc.unary_unary_rpc_method_handler(
+            jobs.ReleaseLeases, request_deserializer=jobs_pb2.ReleaseLeasesRequest.FromString,
+            response_serializer=jobs_pb2.ReleaseLeasesResponse.SerializeToString)}
+    if jobs.relay is not None:
+        methods["Relay"] = grpc.stream_stream_rpc_method_handler(
+            jobs.Relay, request_deserializer=jobs_pb2.RelayRequest.FromString,
+            response_serializer=jobs_pb2.RelayReply.SerializeToString)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("innosystem.jobs.v1.JobService", methods),))
+    address = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(address)
+    await server.start()
+    return server, address
+
+
+async def test_a_jobs_service_without_relay_is_asked_by_unary_calls() -> None:
+    jobs = _Jobs()
+    server, address = await _serve(jobs)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
+            first = await relay.LeaseJobs(_lease(), timeout=5)
+            second = await relay.LeaseJobs(_lease(), timeout=5)
+            await relay.close()
+    finally:
+        await server.stop(None)
+    assert [lease.job_id for lease in (*first.leases, *second.leases)] == ["unary", "unary"]
+    assert jobs.unary_leases == 2
+
+
+async def test_a_lease_answered_after_its_caller_gave_up_goes_back_unstarted() -> None:
+    async def late(jobs: _Jobs, requests: AsyncIterator[jobs_pb2.RelayRequest], context: Any) -> None:
+        async for message in requests:
+            await asyncio.sleep(0.5)  # after its caller was cancelled
+            await context.write(jobs_pb2.RelayReply(id=message.id, lease=jobs_pb2.LeaseJobsResponse(
+                leases=[jobs_pb2.JobLease(job_id="j1", lease_id="l1")])))
+
+    jobs = _Jobs(late)
+    server, address = await _serve(jobs)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
+            request = _lease()
+            asking = asyncio.create_task(relay.LeaseJobs(request, timeout=5))
+            await asyncio.sleep(0.1)
+            asking.cancel()
+            await asyncio.to_thread(_wait, lambda: jobs.released)
+            await relay.close()
+    finally:
+        await server.stop(None)
+    assert asking.cancelled()
+    (given_back,) = jobs.released
+    assert given_back.runner_id == request.runner_id
+    assert [(r.job_id, r.lease_id) for r in given_back.leases] == [("j1", "l1")]
+    assert given_back.reason == jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_NOT_STARTED
+
+
+async def test_a_stream_without_an_answer_in_time_is_dropped_and_another_one_opened() -> None:
+    async def stuck_first(jobs: _Jobs, requests: AsyncIterator[jobs_pb2.RelayRequest], context: Any) -> None:
+        stream = jobs.streams
+        async for message in requests:
+            if stream == 1:
+                await asyncio.sleep(3600)  # never answers
+            await context.write(jobs_pb2.RelayReply(id=message.id, lease=jobs_pb2.LeaseJobsResponse()))
+
+    jobs = _Jobs(stuck_first)
+    server, address = await _serve(jobs)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await relay.LeaseJobs(_lease(), timeout=0.2)
+            answer = await relay.LeaseJobs(_lease(), timeout=5)
+            await relay.close()
+    finally:
+        await server.stop(None)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert answer.leases == [] and jobs.streams == 2
+
+
+async def test_a_stream_that_ends_fails_what_is_under_way_and_is_opened_again() -> None:
+    async def first_ends(jobs: _Jobs, requests: AsyncIterator[jobs_pb2.RelayRequest], context: Any) -> None:
+        async for message in requests:
+            if jobs.streams == 1:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+            await context.write(jobs_pb2.RelayReply(id=message.id, complete=jobs_pb2.CompleteJobsResponse(
+                results=[jobs_pb2.CompletionResult(job_id="done")])))
+
+    jobs = _Jobs(first_ends)
+    server, address = await _serve(jobs)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await relay.CompleteJobs(jobs_pb2.CompleteJobsRequest(), timeout=5)
+            answer = await relay.CompleteJobs(jobs_pb2.CompleteJobsRequest(), timeout=5)
+            await relay.close()
+    finally:
+        await server.stop(None)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert [r.job_id for r in answer.results] == ["done"]
+    assert jobs.streams == 2
+
+
+async def test_a_refusal_carries_the_unary_calls_reason_and_field() -> None:
+    async def refuses(jobs: _Jobs, requests: AsyncIterator[jobs_pb2.RelayRequest], context: Any) -> None:
+        async for message in requests:
+            status = to_status(InvalidArgument("max_jobs must be 1 to 1000", field="max_jobs",
+                                               reason="INVALID_MAX_JOBS"), "jobs.innosystem")
+            await context.write(jobs_pb2.RelayReply(id=message.id, error=status))
+
+    jobs = _Jobs(refuses)
+    server, address = await _serve(jobs)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await relay.LeaseJobs(_lease(max_jobs=0), timeout=5)
+            await relay.close()
+    finally:
+        await server.stop(None)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    refused = from_rpc_error(err.value)
+    assert refused.reason == "INVALID_MAX_JOBS"
+    assert refused.violations == [("max_jobs", "max_jobs must be 1 to 1000")]
+
+
+def _wait(check: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not given back in time"
+        time.sleep(0.02)
