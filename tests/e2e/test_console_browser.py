@@ -161,6 +161,42 @@ def test_a_customer_creates_a_project_and_type_runs_a_job_live_and_pays_for_it(w
     screenshot(page, "overview")
 
 
+def test_an_owner_edits_a_project_and_pauses_it_where_a_viewer_only_reads(world: World, browser: Any,
+                                                                          page: Any) -> None:
+    name = f"console-edit-{uuid.uuid4().hex[:6]}"
+    project = world.customer("POST", f"/v1/customers/{world.demo.customer_id}/projects", {"name": name})
+    email, password = world.people["owner"]
+    sign_in(page, world.base, email, password)
+    page.get_by_role("link", name="Projects").click()
+    page.get_by_role("button", name=name).click()
+    settings = page.locator("[data-testid=project-settings]")
+    settings.get_by_label("Project name").fill(f"{name}-renamed")
+    settings.get_by_label("Project description").fill("edited in the console")
+    settings.get_by_role("button", name="Save project").click()
+    page.get_by_role("button", name=f"{name}-renamed").wait_for()
+    stored = world.customer("GET", f"/v1/projects/{project['id']}")
+    assert (stored["name"], stored["description"]) == (f"{name}-renamed", "edited in the console")
+
+    # Paused: it takes no new jobs (the server says so), and the console shows it; then resumed.
+    settings.locator("[data-testid=project-active]", has_text="Enabled").click()
+    settings.locator("[data-testid=project-active]", has_text="Disabled").wait_for()
+    assert world.customer("GET", f"/v1/projects/{project['id']}")["active"] is False
+    accessible(page)
+    settings.locator("[data-testid=project-active]").click()
+    settings.locator("[data-testid=project-active]", has_text="Enabled").wait_for()
+    assert world.customer("GET", f"/v1/projects/{project['id']}").get("active", True) is True
+
+    email, password = world.people["viewer"]
+    viewer = browser.new_context(locale="en-GB").new_page()
+    viewer.set_default_timeout(WAIT_MS)
+    sign_in(viewer, world.base, email, password)
+    viewer.get_by_role("link", name="Projects").click()
+    viewer.get_by_role("button", name=f"{name}-renamed").click()
+    viewer.get_by_text("edited in the console").wait_for()
+    assert viewer.locator("[data-testid=project-settings]").count() == 0
+    viewer.context.close()
+
+
 def test_the_access_log_chain_verifies_and_the_team_page_makes_a_key(world: World, page: Any) -> None:
     email, password = world.people["owner"]
     sign_in(page, world.base, email, password)
