@@ -119,6 +119,9 @@ def test_a_customer_creates_a_project_and_type_runs_a_job_live_and_pays_for_it(w
     sign_in(page, world.base, email, password)
     page.get_by_role("heading", name="Overview").wait_for()
     page.get_by_text("Jobs in the last 24 hours").wait_for()
+    # the shared runner this module started serves the catalog's sleep type (a customer does not
+    # list the platform's runners, but sees how many serve each catalog type)
+    assert int(page.locator("[data-testid=shared-runners] tr[data-type=sleep] [data-testid=online]").inner_text()) >= 1
     accessible(page)
 
     page.get_by_role("link", name="Projects").click()
