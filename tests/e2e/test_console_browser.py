@@ -161,6 +161,7 @@ def test_a_customer_creates_a_project_and_type_runs_a_job_live_and_pays_for_it(w
     screenshot(page, "wallet")
     page.get_by_role("link", name="Overview").click()
     page.locator("[data-testid=available]", has_text=usd(before - charged)).wait_for()
+    page.locator("[data-testid=jobs-24h][aria-busy=false]").wait_for()  # every project counted
     screenshot(page, "overview")
 
 
