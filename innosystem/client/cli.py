@@ -68,7 +68,7 @@ class Output:
             print(table([(k, v) for k, v in fields], ("field", "value")))
 
 
-JOB_HEADERS = ("id", "status", "type", "attempts", "cost", "created")
+JOB_HEADERS = ("id", "status", "type", "attempts", "cost (cents)", "created")  # money: the API's minor units
 
 
 def job_row(j: Job) -> tuple[Any, ...]:
@@ -79,7 +79,7 @@ def job_row(j: Job) -> tuple[Any, ...]:
 def job_fields(j: Job) -> list[tuple[str, Any]]:
     fields = [("id", j.id), ("status", _short(j.status)), ("project", j.project_id),
               ("type", j.raw.get("jobTypeName") or j.job_type_id), ("priority", _short(j.priority)),
-              ("attempts", j.attempt_count), ("cost", f"{j.cost_cents} {j.currency_code}".strip()),
+              ("attempts", j.attempt_count), ("cost (cents)", j.cost_cents), ("currency", j.currency_code),
               ("created", j.create_time or "")]
     if j.result is not None:
         fields.append(("result", json.dumps(j.result)))
@@ -216,14 +216,15 @@ def jobs_retry(c: Client, a: argparse.Namespace, out: Output) -> int:
 
 def wallet_show(c: Client, a: argparse.Namespace, out: Output) -> int:
     w = c.wallet(a.customer)
-    out.one(w, [("customer", w.customer_id), ("currency", w.currency_code), ("balance", w.balance_cents),
-                ("held", w.held_cents), ("available", w.available_cents), ("credit limit", w.credit_limit_cents)])
+    out.one(w, [("customer", w.customer_id), ("currency", w.currency_code), ("balance (cents)", w.balance_cents),
+                ("held (cents)", w.held_cents), ("available (cents)", w.available_cents),
+                ("credit limit (cents)", w.credit_limit_cents)])
     return OK
 
 
 def wallet_transactions(c: Client, a: argparse.Namespace, out: Output) -> int:
     items = islice(c.transactions(a.customer, job_id=a.job or "", page_size=min(a.limit, 500)), a.limit)
-    out.items(items, ("id", "kind", "amount", "balance after", "job", "created"),
+    out.items(items, ("id", "kind", "amount (cents)", "balance after (cents)", "job", "created"),
               lambda t: (t.id, _short(t.kind), t.amount_cents, t.balance_after_cents, t.job_id,
                          t.create_time.strftime("%Y-%m-%d %H:%M:%S") if t.create_time else ""))
     return OK

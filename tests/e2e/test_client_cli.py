@@ -39,6 +39,8 @@ def test_submit_1000_jobs_from_a_jsonl_file_and_wait_for_them(stack: Stack, demo
     assert got.returncode == 0 and json.loads(got.stdout)["result"] == {"n": 7}
     table = cli(stack, demo.api_key, "jobs", "get", jobs[7]["id"])
     assert "SUCCEEDED" in table.stdout and jobs[7]["id"] in table.stdout
+    # money in a table names its unit: 1 cent is not "1 USD"
+    assert "cost (cents)  1" in table.stdout and "1 USD" not in table.stdout
 
 
 def test_list_wallet_and_tenancy_commands(stack: Stack, demo: Demo) -> None:
@@ -47,6 +49,8 @@ def test_list_wallet_and_tenancy_commands(stack: Stack, demo: Demo) -> None:
     assert len(json.loads(listed.stdout)) == 3
     wallet = cli(stack, demo.api_key, "wallet", "--json")
     assert wallet.returncode == 0 and json.loads(wallet.stdout)["customerId"] == demo.customer_id
+    shown = cli(stack, demo.api_key, "wallet")
+    assert shown.returncode == 0 and "available (cents)" in shown.stdout
     tx = cli(stack, demo.api_key, "wallet", "transactions", "--limit", "2")
     assert tx.returncode == 0 and len(tx.stdout.strip().splitlines()) == 3  # header and two rows
     projects = cli(stack, demo.api_key, "projects", "list", "--json")

@@ -9,9 +9,10 @@ handled precisely, and each case is explained there:
 - tests/support/schemathesis_hooks.py generates values for the formats JSON Schema cannot
   describe (an opaque page token, a fresh idempotency key, a currency code, a public URL) and
   keeps schema-valid requests inside the rules that tie a value to the clock or another field;
-- tests/gateway/schemathesis.toml widens the acceptance check on the five operations whose
+- tests/gateway/schemathesis.toml widens the acceptance check on the nine operations whose
   answer depends on state no request can describe (a customer's key manager, a pending TOTP
-  enrolment, the account's last owner, the wallet's available amount).
+  enrolment, the account's last owner, the wallet's available amount, a project's encryption
+  key, a job type's price and the money to hold it).
 
 Left out: the credential-rotating operations (they would revoke the key the run uses) and the
 Server-Sent Event streams (`:watch`, which do not end).
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-EXCLUDED = r"(?i)rotate|Watch"  # operation ids: RotateCustomerApiKey, …, WatchJob, WatchAccessLogs
+EXCLUDED = r"(?i)rotate|Watch"  # operation ids: RotateCustomerApiKey, …, WatchJob(s), WatchQueueStats, WatchAccessLogs
 SEED, EXAMPLES = "18", "3"
 # Both runs come from one address and probe every operation without credentials (the auth checks):
 # the per-address limit on such requests (10/s; tests/gateway/test_gateway_ratelimit.py) would

@@ -61,14 +61,15 @@ export const post = <T = any>(path: string, body: unknown = {}, query?: Query) =
 export const patch = <T = any>(path: string, body: unknown, query?: Query) => api<T>('PATCH', path, body, query);
 export const del = <T = any>(path: string) => api<T>('DELETE', path);
 
-/** Every page of a keyset-paginated list, up to `limit` items. */
-export async function listAll<T>(path: string, key: string, query: Query = {}, limit = 2000): Promise<T[]> {
+/** Every page of a keyset-paginated list, up to `limit` items; no further page once `stop()` says so. */
+export async function listAll<T>(path: string, key: string, query: Query = {}, limit = 2000,
+                                 stop: () => boolean = () => false): Promise<T[]> {
   const items: T[] = [];
   let pageToken = '';
   do {
     const page: any = await get(path, { ...query, pageSize: 500, pageToken });
     items.push(...(page[key] ?? []));
     pageToken = page.nextPageToken ?? '';
-  } while (pageToken && items.length < limit);
+  } while (pageToken && items.length < limit && !stop());
   return items;
 }

@@ -5,6 +5,7 @@ export interface Project {
   id: string;
   name: string;
   description?: string;
+  active?: boolean;
 }
 
 export interface JobType {
