@@ -30,6 +30,7 @@ from gateway.fields import (
 )
 from gateway.routes import Route
 from innosystem.kit.errors import InvalidArgument
+from innosystem.kit.protos import whole_numbers
 from innosystem.kit.validation import check_required
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -54,8 +55,8 @@ def build_request(route: Route, path_values: Sequence[str], query: Iterable[tupl
 
 def render(message: Message, route: Route, pool: descriptor_pool.DescriptorPool) -> bytes:
     """Proto3 JSON, lowerCamelCase, with fields at their default value included."""
-    data: object = json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
-                                             descriptor_pool=pool)
+    data: object = whole_numbers(json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
+                                                           descriptor_pool=pool))
     if route.response_field is not None:
         data = data.get(route.response_field.json_name) if isinstance(data, dict) else None
     return dumps(data)
@@ -76,7 +77,8 @@ def render_csv(message: Message, pool: descriptor_pool.DescriptorPool) -> bytes 
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(columns)
     for row in getattr(message, lists[0].name):
-        data = json_format.MessageToDict(row, always_print_fields_with_no_presence=True, descriptor_pool=pool)
+        data = whole_numbers(json_format.MessageToDict(row, always_print_fields_with_no_presence=True,
+                                                       descriptor_pool=pool))
         writer.writerow([_cell(data.get(c)) for c in columns])
     return out.getvalue().encode()
 

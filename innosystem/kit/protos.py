@@ -66,3 +66,29 @@ def changes(resource: Message, mask: FieldMask, field_prefix: str, *, creating: 
 
 def _is_output_only(field: Any) -> bool:
     return field_behavior_pb2.FieldBehavior.OUTPUT_ONLY in field.GetOptions().Extensions[_BEHAVIOR]
+
+
+_EXACT = 2**53  # doubles represent every integer up to here exactly
+
+
+def whole_numbers(value: Any) -> Any:
+    """`value` (a JSON document as Python values) with every integral float made an int, in place.
+
+    JSON numbers pass through protobuf's Struct and Value as doubles, and Python's json_format
+    prints a double 3 as `3.0`: a job's payload `{"count": 3}` would reach its processor, its stored
+    row and every API answer as `{"count": 3.0}` (a float where Python code wants an int, for
+    `range()` or an index). Envoy's transcoder prints such a double as `3`; so does this."""
+    kind = type(value)
+    if kind is dict:
+        items: Any = value.items()
+    elif kind is list:
+        items = enumerate(value)
+    else:
+        return int(value) if kind is float and value.is_integer() and -_EXACT <= value <= _EXACT else value
+    for key, item in items:
+        if type(item) is float:
+            if item.is_integer() and -_EXACT <= item <= _EXACT:
+                value[key] = int(item)
+        elif type(item) in (dict, list):
+            whole_numbers(item)
+    return value

@@ -31,6 +31,7 @@ from innosystem.jobs.v1 import jobs_pb2
 from innosystem.kit import telemetry
 from innosystem.kit.egress import Client as EgressClient
 from innosystem.kit.egress import Policy as EgressPolicy
+from innosystem.kit.protos import whole_numbers
 from innosystem.runner import external
 from innosystem.runner.backoff import Backoff
 from innosystem.runner.processors import Job, JobCancelled, JobError, Kind, Processor, Registry, Result
@@ -472,7 +473,7 @@ class Runner:
         grant = await future
         if grant.HasField("error"):
             raise JobError(f"secure access denied: {grant.error.message}", type="SecureAccessDenied", retryable=False)
-        values = {f.path: json_format.MessageToDict(f.value) for f in grant.fields}
+        values = {f.path: whole_numbers(json_format.MessageToDict(f.value)) for f in grant.fields}
         return _Access(values, grant.access_id, self, time.monotonic())
 
 

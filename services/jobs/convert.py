@@ -10,7 +10,7 @@ from sqlalchemy import Row
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.protos import timestamp
+from innosystem.kit.protos import timestamp, whole_numbers
 from services.jobs.models import Job, JobAttempt, JobStatusChange, NewJob
 
 
@@ -23,7 +23,7 @@ def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
 
 
 def plain(value: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)
+    return whole_numbers(json_format.MessageToDict(value))
 
 
 def retry_policy_pb(job: Job | NewJob) -> types_pb.RetryPolicy:

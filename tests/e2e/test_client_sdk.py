@@ -64,6 +64,18 @@ def test_submit_wait_and_the_wallet_with_the_sync_client(client: Client, demo: D
     assert client.wallet().customer_id == demo.customer_id
 
 
+def test_whole_numbers_come_back_whole(client: Client, demo: Demo) -> None:
+    """JSON numbers cross protobuf as doubles; a 3 sent is a 3 stored, processed and answered, not 3.0."""
+    sent = {"count": 3, "ratio": 0.5, "items": [1, 2.5, {"deep": -4}], "big": 2**40}
+    job = client.submit(demo.project_id, demo.job_type_ids["echo"], sent)
+    done = client.wait(job.id, timeout=60)
+    assert done.succeeded
+    for seen in (done.payload, done.result):  # as stored and read back, and as the processor echoed it
+        assert seen == sent
+        assert type(seen["count"]) is int and type(seen["items"][2]["deep"]) is int and type(seen["big"]) is int
+        assert type(seen["ratio"]) is float and type(seen["items"][1]) is float
+
+
 def test_a_repeated_request_id_returns_the_first_job_and_a_different_body_is_refused(client: Client,
                                                                                        demo: Demo) -> None:
     key = f"sdk-{uuid.uuid4()}"
