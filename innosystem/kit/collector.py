@@ -22,14 +22,19 @@ log = logging.getLogger(__name__)
 THRESHOLD = 50_000  # allocations between young collections; CPython's default is 700
 
 
+def threshold() -> int:
+    """The young threshold the process asks for (`INNOSYSTEM_GC_THRESHOLD`); 0 or less: CPython's."""
+    return env_int("INNOSYSTEM_GC_THRESHOLD", THRESHOLD)
+
+
 def settle() -> None:
     """Call once the process has started (imports done, servers listening): freezes what exists
     and raises the young threshold. `INNOSYSTEM_GC_THRESHOLD=0` keeps CPython's defaults."""
-    threshold = env_int("INNOSYSTEM_GC_THRESHOLD", THRESHOLD)
-    if threshold <= 0:
+    young = threshold()
+    if young <= 0:
         return
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
-    gc.set_threshold(threshold, older, oldest)
-    log.debug("garbage collector: %d start-up objects frozen, young threshold %d", gc.get_freeze_count(), threshold)
+    gc.set_threshold(young, older, oldest)
+    log.debug("garbage collector: %d start-up objects frozen, young threshold %d", gc.get_freeze_count(), young)

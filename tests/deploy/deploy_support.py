@@ -105,7 +105,10 @@ class _RecordingEnviron(dict[str, str]):
 
 def _config_classes() -> Iterator[Any]:
     from gateway.config import GatewayConfig
+    from innosystem.kit import collector
     from innosystem.kit.config import CommonConfig
+
+    yield collector.threshold  # every long-running process, the gateway and runners included
 
     for service in SERVICES:
         yield lambda s=service: CommonConfig.from_env(s)
