@@ -10,7 +10,7 @@ The stream is opened on first use and again after it ends; the requests under wa
 fail UNAVAILABLE, as unary calls to a restarting service would. A lease the jobs service answers
 after its caller gave up (timed out or cancelled) is given back unstarted at once rather than
 left to expire. A jobs service without the method (an older version, during a rolling upgrade)
-is asked by unary calls.
+is asked by unary calls, and asked for the stream again a minute later.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -29,6 +30,7 @@ from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 log = logging.getLogger(__name__)
 
 NOT_STARTED = jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_NOT_STARTED
+UNARY_SECONDS = 60  # how long a jobs service without Relay is asked by unary calls before trying again
 
 
 class _Unimplemented(Exception):
@@ -62,13 +64,13 @@ class Relay:
         self._stream: _Stream | None = None
         self._ids = itertools.count(1)
         self._writing = asyncio.Lock()  # a stream takes one write at a time
-        self._unary = False
+        self._unary_until = 0.0  # asked by unary calls until then (a jobs service without Relay)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # the stub's two methods ----------------------------------------------------------------------
     async def LeaseJobs(self, request: jobs_pb2.LeaseJobsRequest, timeout: float,  # noqa: ASYNC109 - the stub's signature
                         wait_for_ready: bool = True) -> jobs_pb2.LeaseJobsResponse:
-        if not self._unary:
+        if time.monotonic() >= self._unary_until:
             try:
                 reply = await self._exchange(jobs_pb2.RelayRequest(lease=request), timeout, request.runner_id)
                 return reply.lease
@@ -80,7 +82,7 @@ class Relay:
 
     async def CompleteJobs(self, request: jobs_pb2.CompleteJobsRequest, timeout: float,  # noqa: ASYNC109 - the stub's signature
                            wait_for_ready: bool = True) -> jobs_pb2.CompleteJobsResponse:
-        if not self._unary:
+        if time.monotonic() >= self._unary_until:
             try:
                 reply = await self._exchange(jobs_pb2.RelayRequest(complete=request), timeout, "")
                 return reply.complete
@@ -98,22 +100,24 @@ class Relay:
         stream.pending[key] = future
         answered = False
         try:
-            try:
-                async with self._writing:
-                    await stream.call.write(message)
-            except grpc.aio.AioRpcError:  # the stream ended: its reader fails what waits on it
-                pass
-            except Exception as exc:  # written after the call finished (grpc's UsageError)
-                self._drop(stream)
-                if not future.done():
-                    future.set_exception(_unavailable(f"the relay stream to the jobs service ended ({exc})"))
-            try:
-                reply = await asyncio.wait_for(future, seconds)
-            except TimeoutError:  # every request is answered well within its timeout: the stream is stuck
-                self._drop(stream)
-                raise rpc_error(status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED,
-                                                  message=f"no answer on the relay stream in {seconds:g} s")) from None
+            # One bound for the whole exchange: a write waits while the jobs service is unreachable
+            # (wait_for_ready) and holds the lock meanwhile.
+            async with asyncio.timeout(seconds):
+                try:
+                    async with self._writing:
+                        await stream.call.write(message)
+                except grpc.aio.AioRpcError:  # the stream ended: its reader fails what waits on it
+                    pass
+                except Exception as exc:  # written after the call finished (grpc's UsageError)
+                    self._drop(stream)
+                    if not future.done():
+                        future.set_exception(_unavailable(f"the relay stream to the jobs service ended ({exc})"))
+                reply = await future
             answered = True
+        except TimeoutError:  # every request is answered well within its timeout: the stream is stuck
+            self._drop(stream)
+            raise rpc_error(status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED,
+                                              message=f"no answer on the relay stream in {seconds:g} s")) from None
         finally:
             stream.pending.pop(key, None)
             if not answered and runner_id:
@@ -147,8 +151,9 @@ class Relay:
                     self._spawn(self._give_back(runner_id, list(reply.lease.leases)))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                log.info("the jobs service has no Relay stream: leases and results go by unary calls")
-                self._unary = True
+                log.info("the jobs service has no Relay stream: leases and results go by unary calls for %d s",
+                         UNARY_SECONDS)
+                self._unary_until = time.monotonic() + UNARY_SECONDS
                 ended = _Unimplemented()
             elif exc.code() != grpc.StatusCode.CANCELLED:
                 log.warning("relay stream to the jobs service ended: %s %s", exc.code().name, exc.details())

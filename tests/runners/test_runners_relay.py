@@ -190,6 +190,17 @@ async def test_a_stream_that_ends_fails_what_is_under_way_and_is_opened_again() 
     assert jobs.streams == 2
 
 
+async def test_an_unreachable_jobs_service_fails_the_request_at_its_timeout() -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:  # nobody listens
+        relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
+        asked = [asyncio.create_task(relay.CompleteJobs(jobs_pb2.CompleteJobsRequest(), timeout=0.3))
+                 for _ in range(3)]  # the later ones wait for the first one's write
+        outcomes = await asyncio.gather(*asked, return_exceptions=True)
+        await relay.close()
+    assert all(isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+               for o in outcomes), outcomes
+
+
 async def test_a_refusal_carries_the_unary_calls_reason_and_field() -> None:
     async def refuses(jobs: _Jobs, requests: AsyncIterator[jobs_pb2.RelayRequest], context: Any) -> None:
         async for message in requests:
