@@ -70,29 +70,32 @@ class Relay:
     # the stub's two methods ----------------------------------------------------------------------
     async def LeaseJobs(self, request: jobs_pb2.LeaseJobsRequest, timeout: float,  # noqa: ASYNC109 - the stub's signature
                         wait_for_ready: bool = True) -> jobs_pb2.LeaseJobsResponse:
-        if time.monotonic() >= self._unary_until:
-            try:
-                reply = await self._exchange(jobs_pb2.RelayRequest(lease=request), timeout, request.runner_id)
-                return reply.lease
-            except _Unimplemented:
-                pass
-        answer: jobs_pb2.LeaseJobsResponse = await self._jobs.LeaseJobs(request, timeout=timeout,
-                                                                         wait_for_ready=wait_for_ready)
-        return answer
+        reply = await self._ask(jobs_pb2.RelayRequest(lease=request), timeout, request.runner_id)
+        if reply is None:
+            answer: jobs_pb2.LeaseJobsResponse = await self._jobs.LeaseJobs(request, timeout=timeout,
+                                                                             wait_for_ready=wait_for_ready)
+            return answer
+        return reply.lease
 
     async def CompleteJobs(self, request: jobs_pb2.CompleteJobsRequest, timeout: float,  # noqa: ASYNC109 - the stub's signature
                            wait_for_ready: bool = True) -> jobs_pb2.CompleteJobsResponse:
-        if time.monotonic() >= self._unary_until:
-            try:
-                reply = await self._exchange(jobs_pb2.RelayRequest(complete=request), timeout, "")
-                return reply.complete
-            except _Unimplemented:
-                pass
-        answer: jobs_pb2.CompleteJobsResponse = await self._jobs.CompleteJobs(request, timeout=timeout,
-                                                                               wait_for_ready=wait_for_ready)
-        return answer
+        reply = await self._ask(jobs_pb2.RelayRequest(complete=request), timeout, "")
+        if reply is None:
+            answer: jobs_pb2.CompleteJobsResponse = await self._jobs.CompleteJobs(request, timeout=timeout,
+                                                                                   wait_for_ready=wait_for_ready)
+            return answer
+        return reply.complete
 
     # the stream ----------------------------------------------------------------------------------
+    async def _ask(self, message: jobs_pb2.RelayRequest, seconds: float, runner_id: str) -> jobs_pb2.RelayReply | None:
+        """The reply on the stream; None when the jobs service has no Relay (ask by a unary call)."""
+        if time.monotonic() < self._unary_until:
+            return None
+        try:
+            return await self._exchange(message, seconds, runner_id)
+        except _Unimplemented:
+            return None
+
     async def _exchange(self, message: jobs_pb2.RelayRequest, seconds: float, runner_id: str) -> jobs_pb2.RelayReply:
         message.id = key = next(self._ids)
         stream = self._open()

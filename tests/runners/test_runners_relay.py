@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -81,7 +82,9 @@ class _Jobs:
         await self.relay(self, requests, context)
 
 
-async def _serve(jobs: _Jobs) -> tuple[grpc.aio.Server, str]:
+@asynccontextmanager
+async def _relay_to(jobs: _Jobs) -> AsyncIterator[Relay]:
+    """A Relay to `jobs` served by a real gRPC server in this process."""
     methods = {
         "LeaseJobs": grpc.unary_unary_rpc_method_handler(
             jobs.LeaseJobs, request_deserializer=jobs_pb2.LeaseJobsRequest.FromString,
@@ -98,20 +101,22 @@ async def _serve(jobs: _Jobs) -> tuple[grpc.aio.Server, str]:
     address = f"127.0.0.1:{free_port()}"
     server.add_insecure_port(address)
     await server.start()
-    return server, address
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
+            try:
+                yield relay
+            finally:
+                await relay.close()
+    finally:
+        await server.stop(None)
 
 
 async def test_a_jobs_service_without_relay_is_asked_by_unary_calls() -> None:
     jobs = _Jobs()
-    server, address = await _serve(jobs)
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
-            first = await relay.LeaseJobs(_lease(), timeout=5)
-            second = await relay.LeaseJobs(_lease(), timeout=5)
-            await relay.close()
-    finally:
-        await server.stop(None)
+    async with _relay_to(jobs) as relay:
+        first = await relay.LeaseJobs(_lease(), timeout=5)
+        second = await relay.LeaseJobs(_lease(), timeout=5)
     assert [lease.job_id for lease in (*first.leases, *second.leases)] == ["unary", "unary"]
     assert jobs.unary_leases == 2
 
@@ -124,18 +129,12 @@ async def test_a_lease_answered_after_its_caller_gave_up_goes_back_unstarted() -
                 leases=[jobs_pb2.JobLease(job_id="j1", lease_id="l1")])))
 
     jobs = _Jobs(late)
-    server, address = await _serve(jobs)
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
-            request = _lease()
-            asking = asyncio.create_task(relay.LeaseJobs(request, timeout=5))
-            await asyncio.sleep(0.1)
-            asking.cancel()
-            await asyncio.to_thread(_wait, lambda: jobs.released)
-            await relay.close()
-    finally:
-        await server.stop(None)
+    async with _relay_to(jobs) as relay:
+        request = _lease()
+        asking = asyncio.create_task(relay.LeaseJobs(request, timeout=5))
+        await asyncio.sleep(0.1)
+        asking.cancel()
+        await asyncio.to_thread(_wait, lambda: jobs.released)
     assert asking.cancelled()
     (given_back,) = jobs.released
     assert given_back.runner_id == request.runner_id
@@ -152,16 +151,10 @@ async def test_a_stream_without_an_answer_in_time_is_dropped_and_another_one_ope
             await context.write(jobs_pb2.RelayReply(id=message.id, lease=jobs_pb2.LeaseJobsResponse()))
 
     jobs = _Jobs(stuck_first)
-    server, address = await _serve(jobs)
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await relay.LeaseJobs(_lease(), timeout=0.2)
-            answer = await relay.LeaseJobs(_lease(), timeout=5)
-            await relay.close()
-    finally:
-        await server.stop(None)
+    async with _relay_to(jobs) as relay:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await relay.LeaseJobs(_lease(), timeout=0.2)
+        answer = await relay.LeaseJobs(_lease(), timeout=5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert answer.leases == [] and jobs.streams == 2
 
@@ -175,16 +168,10 @@ async def test_a_stream_that_ends_fails_what_is_under_way_and_is_opened_again() 
                 results=[jobs_pb2.CompletionResult(job_id="done")])))
 
     jobs = _Jobs(first_ends)
-    server, address = await _serve(jobs)
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await relay.CompleteJobs(jobs_pb2.CompleteJobsRequest(), timeout=5)
-            answer = await relay.CompleteJobs(jobs_pb2.CompleteJobsRequest(), timeout=5)
-            await relay.close()
-    finally:
-        await server.stop(None)
+    async with _relay_to(jobs) as relay:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await relay.CompleteJobs(jobs_pb2.CompleteJobsRequest(), timeout=5)
+        answer = await relay.CompleteJobs(jobs_pb2.CompleteJobsRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert [r.job_id for r in answer.results] == ["done"]
     assert jobs.streams == 2
@@ -209,15 +196,9 @@ async def test_a_refusal_carries_the_unary_calls_reason_and_field() -> None:
             await context.write(jobs_pb2.RelayReply(id=message.id, error=status))
 
     jobs = _Jobs(refuses)
-    server, address = await _serve(jobs)
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            relay = Relay(jobs_pb2_grpc.JobServiceStub(channel))
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await relay.LeaseJobs(_lease(max_jobs=0), timeout=5)
-            await relay.close()
-    finally:
-        await server.stop(None)
+    async with _relay_to(jobs) as relay:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await relay.LeaseJobs(_lease(max_jobs=0), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     refused = from_rpc_error(err.value)
     assert refused.reason == "INVALID_MAX_JOBS"
