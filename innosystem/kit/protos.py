@@ -74,7 +74,7 @@ _EXACT = 2**53  # doubles represent every integer up to here exactly
 def whole_numbers(value: Any) -> Any:
     """`value` (a JSON document as Python values) with every integral float made an int, in place.
 
-    JSON numbers pass through protobuf's Struct and Value as doubles, and Python's json_format
+    JSON numbers pass through protobuf's Struct and Value as doubles, and protobuf's json_format
     prints a double 3 as `3.0`: a job's payload `{"count": 3}` would reach its processor, its stored
     row and every API answer as `{"count": 3.0}` (a float where Python code wants an int, for
     `range()` or an index). Envoy's transcoder prints such a double as `3`; so does this."""
