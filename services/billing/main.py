@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from innosystem.billing.v1 import billing_pb2, billing_pb2_grpc
+from innosystem.kit import statistics
 from innosystem.kit.audit import AuditReporter
 from innosystem.kit.clients import channel
 from innosystem.kit.db import Database
@@ -16,6 +17,9 @@ from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
 from services.billing.tenants import ResellerRates
 
+# Locked and rewritten by every ledger batch (services/billing/ledger.py).
+HOT_TABLES = ("billing.holds", "billing.accounts", "billing.transfers")
+
 
 async def create() -> Service:
     config = BillingConfig.from_env()
@@ -28,7 +32,10 @@ async def create() -> Service:
     await service.load_redis()
     grants = CreditGrants(service)
     api = BillingApi(service, Corrections(service, reseller_refund_limit=config.reseller_refund_limit_cents), grants)
-    background = [service.sweep_forever, grants.expire_forever]
+    async def follow_statistics() -> None:  # the ledger's prepared plans follow the tables' growth
+        await statistics.follow_growth(db, HOT_TABLES)
+
+    background = [service.sweep_forever, grants.expire_forever, follow_statistics]
     if config.reconcile_interval_seconds > 0:
         async def reconcile_periodically() -> None:
             await service.reconcile_forever(config.reconcile_interval_seconds)

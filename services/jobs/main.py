@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from innosystem.kit import statistics
 from innosystem.kit.audit import AuditReporter
 from innosystem.kit.clients import ApiKeyAuthenticator, channel
 from innosystem.kit.db import Database
@@ -15,6 +16,9 @@ from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
 from services.jobs.encryption import Encryptor
 from services.jobs.wiring import build
+
+# Rewritten by every job's lease and ending (services/jobs/runsql.py).
+HOT_TABLES = ("jobs.jobs", "jobs.job_attempts", "jobs.job_status_changes", "jobs.billing_outbox")
 
 
 async def create() -> Service:
@@ -31,6 +35,9 @@ async def create() -> Service:
     async def close_redis() -> None:
         await redis.aclose()
 
+    async def follow_statistics() -> None:  # the run path's prepared plans follow the tables' growth
+        await statistics.follow_growth(db, HOT_TABLES)
+
     return Service(
         name="jobs",
         service_names=[jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name],
@@ -38,7 +45,7 @@ async def create() -> Service:
         authenticate=ApiKeyAuthenticator(tenancy),  # direct gRPC callers with an API key
         background=[app.signals.listen_forever, app.loops.promote_forever, app.loops.reap_forever,
                     app.loops.recover_forever, app.loops.retain_forever,
-                    app.deliveries.fan_out_forever, app.deliveries.send_forever],
+                    app.deliveries.fan_out_forever, app.deliveries.send_forever, follow_statistics],
         audit=AuditReporter(tenancy),  # job types → tenancy's audit log
         # billing for what ended before the stop goes out before the billing channel closes
         on_shutdown=[app.cases.leases.settle_pending, app.deliveries.close, tenancy.close, billing.close, keys.close,
