@@ -189,6 +189,9 @@ class JobsWorld:
         return jt
 
     async def available(self, c: Customer) -> int:
+        """What the customer can spend once the billing of every ending committed so far is sent
+        (an ending's capture or release goes after its answer: leases._settle_soon)."""
+        await self.app.cases.leases.settle_pending()
         wallet = await self.billing.get_wallet(BILLING_ADMIN, c.principal.customer_id)
         return int(wallet.balance - wallet.held)
 
