@@ -179,7 +179,7 @@ class Gateway:
         if route.rpc.server_streaming:
             call = stub(message, timeout=self.config.stream_deadline_seconds, metadata=metadata)
             return await stream_events(request, call, upstream=route.rpc.upstream,
-                                       render=lambda m: render(m, route, self.pool),
+                                       render=lambda m: render(m, route),
                                        keepalive=self.config.sse_keepalive_seconds, stopping=self.stopping,
                                        headers=headers)
         try:
@@ -197,10 +197,10 @@ class Gateway:
                 headers["Set-Cookie"] = set_cookie(token, is_secure(request))
                 headers["Cache-Control"] = "no-store"
         if route.response_field is None and _wants_csv(request.headers.get("Accept", "")):
-            table = render_csv(answer, self.pool)
+            table = render_csv(answer)
             if table is not None:
                 return web.Response(body=table, content_type="text/csv", charset="utf-8", headers=headers)
-        return web.Response(body=render(answer, route, self.pool), content_type="application/json",
+        return web.Response(body=render(answer, route), content_type="application/json",
                             headers=headers)
 
     def _match(self, request: web.Request) -> tuple[Route, list[str]]:

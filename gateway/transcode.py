@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 import grpc
-from google.protobuf import descriptor_pool, json_format
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -28,9 +28,9 @@ from gateway.fields import (
     set_text_field,
     text_scalar,
 )
+from gateway.render import to_json
 from gateway.routes import Route
 from innosystem.kit.errors import InvalidArgument
-from innosystem.kit.protos import whole_numbers
 from innosystem.kit.validation import check_required
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -53,16 +53,15 @@ def build_request(route: Route, path_values: Sequence[str], query: Iterable[tupl
     return message
 
 
-def render(message: Message, route: Route, pool: descriptor_pool.DescriptorPool) -> bytes:
-    """Proto3 JSON, lowerCamelCase, with fields at their default value included."""
-    data: object = whole_numbers(json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
-                                                           descriptor_pool=pool))
+def render(message: Message, route: Route) -> bytes:
+    """Proto3 JSON, lowerCamelCase, with fields at their default value included (`gateway.render`)."""
+    data: object = to_json(message)
     if route.response_field is not None:
         data = data.get(route.response_field.json_name) if isinstance(data, dict) else None
     return dumps(data)
 
 
-def render_csv(message: Message, pool: descriptor_pool.DescriptorPool) -> bytes | None:
+def render_csv(message: Message) -> bytes | None:
     """A response whose rows are its one repeated message field, as CSV: a header of the row's
     JSON field names, one line per row (a nested value as its JSON). None when the response has
     no such single list (the caller answers JSON then: Accept is a preference)."""
@@ -77,8 +76,7 @@ def render_csv(message: Message, pool: descriptor_pool.DescriptorPool) -> bytes 
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(columns)
     for row in getattr(message, lists[0].name):
-        data = whole_numbers(json_format.MessageToDict(row, always_print_fields_with_no_presence=True,
-                                                       descriptor_pool=pool))
+        data = to_json(row)
         writer.writerow([_cell(data.get(c)) for c in columns])
     return out.getvalue().encode()
 

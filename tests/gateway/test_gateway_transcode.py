@@ -229,7 +229,7 @@ def test_missing_required_fields_are_named(env: Env) -> None:
 def test_render_is_proto3_json_with_defaults(env: Env) -> None:
     found = env.table.match("GET", "/v1/samples/s1")
     msg: Message = env.build("GET", "/v1/samples/s1", "big=5&inner.note=n")
-    out = json.loads(render(msg, found.route, env.pool))
+    out = json.loads(render(msg, found.route))
     assert out["big"] == "5" and out["flag"] is False and out["tags"] == [] and out["counts"] == {}
     assert out["inner"] == {"note": "n", "level": 0}
     assert out["color"] == "COLOR_UNSPECIFIED" and "ratio32" in out
@@ -239,4 +239,4 @@ def test_render_is_proto3_json_with_defaults(env: Env) -> None:
 def test_render_with_response_body_is_only_that_field(env: Env) -> None:
     found = env.table.match("GET", "/v1/samples/s1/inner")
     msg = env.build("GET", "/v1/samples/s1/inner", "inner.note=n")
-    assert json.loads(render(msg, found.route, env.pool)) == {"note": "n", "level": 0}
+    assert json.loads(render(msg, found.route)) == {"note": "n", "level": 0}
