@@ -20,9 +20,11 @@ ARGV; they are all in the declared keys' slot, which Redis Cluster accepts but a
 routes by declared keys alone would not see.
 
 Limits of that choice:
-- A lease across several job types is several scripts (one per non-empty (type, class), called
-  from Python in strict class order after one pipelined depth probe), so it is atomic per type and
-  class, not across types: a job arriving between the probe and the pops waits for the next lease.
+- A lease of one job type (the common case) is one script call: it walks the classes in strict
+  priority order inside Lua, so it is atomic and an empty queue answers in one round trip.
+- A lease across several job types is several scripts (one per run of non-empty classes of one
+  type, called from Python in strict class order after one pipelined depth probe), so it is atomic
+  per call, not across types: a job arriving between the probe and the pops waits for the next lease.
 - Fair share between customers is per (type, class): a customer with jobs in two types a runner
   serves gets a turn in each rotation. Between types of the same class the lease fills from the
   types in the order given (the caller should rotate that order if it matters).
@@ -52,6 +54,7 @@ from innosystem.kit.redis import ScriptErrors, Scripts
 
 LOW, MEDIUM, HIGH, CRITICAL = 1, 2, 3, 4
 CLASSES = (CRITICAL, HIGH, MEDIUM, LOW)  # lease order: strict priority, highest first
+ALL_CLASSES = "".join(str(p) for p in CLASSES)  # lease.lua's class list for a whole type: "4321"
 BATCH = 1000  # jobs per script call: bounds how long one script blocks Redis
 
 ERRORS = ScriptErrors({"INVALID_ARGUMENT": InvalidArgument})
@@ -192,29 +195,46 @@ class JobQueue:
                     customer_id: str | None = None) -> list[str]:
         """Pop up to `max_jobs` job ids: strict priority classes across `job_types`, round robin between
         customers inside a class (per type), FIFO per customer. `customer_id` scopes the lease to that
-        customer's jobs (a customer-scoped runner). The jobs are marked leased."""
+        customer's jobs (a customer-scoped runner). The jobs are marked leased. One type: one script
+        call, atomic. Several types: a depth probe, then one call per run of non-empty classes."""
         if max_jobs <= 0 or not job_types:
             return []
         if customer_id is not None:
             _check_name("customer_id", customer_id)
+        types = list(dict.fromkeys(job_types))
+        if len(types) == 1:  # the common case: every class of the type in one script, no probe
+            return await self._pop(types[0], ALL_CLASSES, max_jobs, customer_id, now)
+        # Several types live in several slots, so no one script sees them all: probe the depths,
+        # then pop in strict class order, one script per run of non-empty classes of one type.
         probe = self.client.pipeline(transaction=False)
-        for jt in job_types:
+        for jt in types:
             base = self.base(jt)
             for p in CLASSES:
                 probe.zcard(f"{base}:q:{p}:{customer_id}" if customer_id is not None else f"{base}:all:{p}")
         counts = iter(await probe.execute())
-        waiting = {(jt, p): int(next(counts)) for jt in job_types for p in CLASSES}
-        leased: list[str] = []
+        waiting = {(jt, p): int(next(counts)) for jt in types for p in CLASSES}
+        runs: list[tuple[str, str]] = []  # (type, classes highest first)
         for p in CLASSES:
-            for jt in job_types:
-                if len(leased) >= max_jobs:
-                    return leased
+            for jt in types:
                 if waiting[(jt, p)] > 0:
-                    ids = await self.scripts.lease(
-                        keys=self._keys(jt)[:1],
-                        args=[self.base(jt), p, max_jobs - len(leased), customer_id or "", repr(float(now))])
-                    leased += [_text(i) for i in ids]
+                    if runs and runs[-1][0] == jt:
+                        runs[-1] = (jt, runs[-1][1] + str(p))
+                    else:
+                        runs.append((jt, str(p)))
+        leased: list[str] = []
+        for jt, classes in runs:
+            if len(leased) >= max_jobs:
+                break
+            leased += await self._pop(jt, classes, max_jobs - len(leased), customer_id, now)
         return leased
+
+    async def _pop(self, job_type: str, classes: str, max_jobs: int, customer_id: str | None,
+                   now: float) -> list[str]:
+        """One lease.lua call: up to `max_jobs` of one type from `classes` ("4321"), in that order."""
+        base = self.base(job_type)
+        ids = await self.scripts.lease(keys=[f"{base}:job"],
+                                       args=[base, classes, max_jobs, customer_id or "", repr(float(now))])
+        return [_text(i) for i in ids]
 
     async def remove(self, job_type: str, job_ids: Sequence[str]) -> list[str]:
         """Cancel queued or scheduled jobs, O(log n) each; leased jobs are left alone. Returns the ids removed."""

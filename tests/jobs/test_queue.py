@@ -259,3 +259,81 @@ async def test_flush_mid_way_then_rebuild(queue: JobQueue) -> None:
     assert restored == 4
     assert await queue.promote_due(["render"], T0 + 10) == (1, None)
     assert await drain(queue, ["render"], 2) == ["s1", "a2", "a3", "a4"]
+
+
+# ---- a one-type lease is one script call over every class -----------------------------------------
+
+async def test_one_type_lease_takes_classes_in_strict_order_in_one_call(queue: JobQueue) -> None:
+    await queue.enqueue([item("l1", "A", LOW, T0), item("m1", "B", MEDIUM, T0 + 1), item("h1", "C", HIGH, T0 + 2),
+                         item("c1", "A", CRITICAL, T0 + 3), item("l2", "B", LOW, T0 + 4),
+                         item("h2", "A", HIGH, T0 + 5)])
+    assert await queue.lease(["render"], 10, T0) == ["c1", "h1", "h2", "m1", "l1", "l2"]
+    assert await queue.depth("render") == {CRITICAL: 0, HIGH: 0, MEDIUM: 0, LOW: 0}
+
+
+async def test_one_type_lease_rotates_customers_inside_a_class_across_calls(queue: JobQueue) -> None:
+    await queue.enqueue([item("a1", "A", at=T0), item("a2", "A", at=T0 + 1), item("a3", "A", at=T0 + 2),
+                         item("b1", "B", at=T0 + 3), item("b2", "B", at=T0 + 4), item("c1", "C", at=T0 + 5),
+                         item("h1", "B", HIGH, T0 + 9)])
+    assert await queue.lease(["render"], 3, T0) == ["h1", "a1", "b1"]
+    assert await queue.lease(["render"], 10, T0) == ["c1", "a2", "b2", "a3"]  # the rotation goes on from C
+
+
+async def test_one_type_customer_scoped_lease_walks_that_customers_classes(queue: JobQueue) -> None:
+    await queue.enqueue([item("a-low", "A", LOW, T0), item("b-high", "B", HIGH, T0 + 1),
+                         item("a-crit", "A", CRITICAL, T0 + 2), item("a-med", "A", MEDIUM, T0 + 3)])
+    assert await queue.lease(["render"], 10, T0, customer_id="A") == ["a-crit", "a-med", "a-low"]
+    assert await queue.lease(["render"], 10, T0, customer_id="A") == []
+    # A's emptied queues leave the rotations lazily; B is served
+    assert await queue.lease(["render"], 10, T0) == ["b-high"]
+
+
+async def test_one_type_lease_max_spans_classes(queue: JobQueue) -> None:
+    await queue.enqueue([item("c1", "A", CRITICAL, T0 + 10), item("c2", "B", CRITICAL, T0 + 11),
+                         item("l1", "A", LOW, T0), item("l2", "B", LOW, T0 + 1), item("l3", "A", LOW, T0 + 2)])
+    assert await queue.lease(["render"], 4, T0) == ["c1", "c2", "l1", "l2"]
+    assert await queue.lease(["render"], 4, T0) == ["l3"]
+
+
+async def test_lease_script_rejects_a_bad_class_list(queue: JobQueue) -> None:
+    with pytest.raises(InvalidArgument):
+        await queue.scripts.lease(keys=[f"{queue.base('render')}:job"], args=[queue.base("render"), "45", 1, "", T0])
+
+
+@pytest.fixture(scope="module")
+def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    """A Valkey of its own, so that its command counts are this module's alone (the session's server
+    also serves the service processes of other test modules)."""
+    server = EmbeddedValkey(tmp_path_factory.mktemp("counted") / "valkey", persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def command_calls(q: JobQueue) -> dict[str, int]:
+    stats = await q.client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_one_type_lease_is_one_redis_command_and_several_types_probe(own_valkey: EmbeddedValkey) -> None:
+    client = connect(own_valkey.url)
+    q = JobQueue(client, prefix="n:")
+    try:
+        await q.enqueue([item("c1", "A", CRITICAL), item("l1", "B", LOW), item("o1", "A", HIGH, job_type="other")])
+        await q.lease(["empty"], 1, T0)  # loads the script (NOSCRIPT, SCRIPT LOAD) before counting
+        for types, max_jobs, customer, want in [(["empty"], 5, None, []), (["render"], 5, None, ["c1", "l1"]),
+                                                (["other"], 5, "A", ["o1"]), (["render"], 5, "B", [])]:
+            before = await command_calls(q)
+            assert await q.lease(types, max_jobs, T0, customer_id=customer) == want
+            after = await command_calls(q)
+            assert after.get("evalsha", 0) - before.get("evalsha", 0) == 1, (types, customer)
+            assert after.get("zcard", 0) == before.get("zcard", 0), (types, customer)
+        # several types keep the depth probe: one ZCARD per (type, class)
+        await q.enqueue([item("r2", "A", LOW), item("o2", "A", LOW, job_type="other")])
+        before = await command_calls(q)
+        assert await q.lease(["render", "other"], 5, T0) == ["r2", "o2"]
+        after = await command_calls(q)
+        assert after["zcard"] - before.get("zcard", 0) == 8
+        assert after["evalsha"] - before["evalsha"] == 2
+    finally:
+        await client.aclose()
