@@ -12,6 +12,7 @@ error); repositories receive that session.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy.ext.asyncio
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import JSON, MetaData, Table, TextClause, text
@@ -28,6 +29,8 @@ from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import greenlet_spawn
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -134,19 +137,75 @@ def _psycopg_text(statement: TextClause) -> str:
     return done
 
 
-async def pipelined(session: AsyncSession, *steps: tuple[TextClause, Mapping[str, Any]],
-                    commit: bool = False) -> list[Any]:
-    """Run module-level `text()` statements in one round trip (psycopg's pipeline mode), with the
-    transaction's BEGIN when they are its first and, with `commit`, its COMMIT (for a use case whose
-    last statement decides nothing more); the last one's rows, with attribute access like SQLAlchemy's."""
-    driver = await driver_of(session)
+_IDLE = pq.TransactionStatus.IDLE
+_OPEN = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
+
+
+def _may_begin(driver: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a pipeline that holds a whole transaction may send its BEGIN itself. psycopg's own
+    BEGIN in a pipeline is followed by a Sync it waits for: a round trip before any statement goes
+    out. It skips it only in autocommit, so the pipeline turns that on for its stretch (`_committing`).
+    A connection with its own transaction settings keeps psycopg's BEGIN, which carries them."""
+    return (driver.pgconn.transaction_status == _IDLE and not driver.autocommit
+            and driver.isolation_level is None and driver.read_only is None and driver.deferrable is None)
+
+
+async def _autocommit_off(driver: psycopg.AsyncConnection[Any]) -> None:
+    """Autocommit off again, on every way out of `_committing` (an error, a cancellation), so that
+    the connection never goes back to the pool with it on: its next transactions would silently
+    commit each statement. Autocommit cannot be turned off while a transaction is open, so an open
+    one is rolled back first (its COMMIT never ran). A connection that cannot be brought back (it
+    broke, or a second cancellation came) is closed: SQLAlchemy then finds it closed and drops it
+    from the pool (its dialect counts a closed connection as a disconnect). Only a cancellation is
+    raised from here: any other failure leaves the error that brought us here to the caller."""
+    try:
+        if driver.pgconn.pipeline_status == pq.PipelineStatus.OFF and driver.pgconn.transaction_status in _OPEN:
+            await driver.rollback()
+        await driver.set_autocommit(False)  # no I/O once the transaction is idle
+    except BaseException as exc:
+        await driver.close()  # nothing awaited inside: a further cancellation cannot stop it halfway
+        if not isinstance(exc, Exception):
+            raise
+        log.warning("closed a database connection that could not leave autocommit: %s", exc)
+
+
+@asynccontextmanager
+async def _committing(driver: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """A pipeline whose statements (the block's) are followed by the transaction's COMMIT, all sent
+    with one Sync: exiting the pipeline is the one round trip. COMMIT goes as a statement, not by
+    `driver.commit()`, which would Sync and wait for it on its own before the pipeline's exit Syncs
+    again; psycopg then finds the transaction idle, so SQLAlchemy's commit that follows is a no-op.
+    When the block's statements are the transaction's first, BEGIN goes in the same round trip
+    (`_may_begin`). An error at any statement, COMMIT included (a deferred constraint, a
+    serialization failure), skips the rest up to the Sync: nothing of the transaction commits."""
+    begin = _may_begin(driver)
+    if begin:
+        await driver.set_autocommit(True)
     try:
         async with driver.pipeline():
+            cursor = driver.cursor()
+            if begin:
+                await cursor.execute(b"BEGIN", prepare=False)
+            yield
+            await cursor.execute(b"COMMIT", prepare=False)
+    finally:
+        if begin:
+            await _autocommit_off(driver)
+
+
+async def pipelined(session: AsyncSession, *steps: tuple[TextClause, Mapping[str, Any]],
+                    commit: bool = False) -> list[Any]:
+    """Run module-level `text()` statements in one round trip (psycopg's pipeline mode): the last
+    one's rows, with attribute access like SQLAlchemy's. With `commit` (for a use case whose last
+    statement decides nothing more), the transaction's COMMIT and, when they are its first
+    statements, its BEGIN go in the same round trip (`_committing`). Without it, a first statement's
+    BEGIN costs a round trip of its own (psycopg's), as the transaction stays open after the call."""
+    driver = await driver_of(session)
+    try:
+        async with _committing(driver) if commit else driver.pipeline():
             for statement, params in steps:
                 cursor = driver.cursor(row_factory=namedtuple_row)
                 await cursor.execute(_psycopg_text(statement), params)
-            if commit:
-                await driver.commit()
         return await cursor.fetchall()
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, "pipelined statements") from exc
@@ -177,15 +236,19 @@ class Writes:
             self._steps.append((statement, params, "raw"))
 
     async def commit(self, session: AsyncSession) -> None:
+        """The steps and the COMMIT in one round trip, with the BEGIN too when nothing ran before
+        in the transaction (a submit's few rows: `_committing`)."""
         driver = await driver_of(session)
+        if not self._steps and driver.pgconn.transaction_status == _IDLE:
+            return  # nothing ran, nothing to commit
         try:
-            async with driver.pipeline(), driver.cursor() as cursor, psycopg.AsyncRawCursor(driver) as raw:
+            async with (_committing(driver), driver.cursor() as cursor,
+                        psycopg.AsyncRawCursor(driver) as raw):
                 for statement, params, how in self._steps:
                     if how == "many":
                         await cursor.executemany(statement, params)
                     else:
                         await (raw if how == "raw" else cursor).execute(statement, params)
-                await driver.commit()
         except psycopg.Error as exc:
             raise as_sqlalchemy_error(exc, "a pipelined write") from exc
         self._steps.clear()
