@@ -12,7 +12,6 @@ error); repositories receive that session.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -24,13 +23,11 @@ import sqlalchemy.ext.asyncio
 from psycopg import pq, sql
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
-from sqlalchemy import JSON, MetaData, Table, TextClause, text
+from sqlalchemy import JSON, MetaData, Table, TextClause, event, text
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import greenlet_spawn
-
-log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -138,71 +135,56 @@ def _psycopg_text(statement: TextClause) -> str:
 
 
 _IDLE = pq.TransactionStatus.IDLE
-_OPEN = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
 
 
 def _may_begin(driver: psycopg.AsyncConnection[Any]) -> bool:
-    """Whether a pipeline that holds a whole transaction may send its BEGIN itself. psycopg's own
-    BEGIN in a pipeline is followed by a Sync it waits for: a round trip before any statement goes
-    out. It skips it only in autocommit, so the pipeline turns that on for its stretch (`_committing`).
+    """Whether a pipeline holding a transaction's first statements may send its BEGIN itself.
+    psycopg's own BEGIN in a pipeline is followed by a Sync it waits for: a round trip before any
+    statement goes out. It skips it only in autocommit, so `transaction_pipeline` turns that on.
     A connection with its own transaction settings keeps psycopg's BEGIN, which carries them."""
     return (driver.pgconn.transaction_status == _IDLE and not driver.autocommit
             and driver.isolation_level is None and driver.read_only is None and driver.deferrable is None)
 
 
-async def _autocommit_off(driver: psycopg.AsyncConnection[Any]) -> None:
-    """Autocommit off again, on every way out of `_committing` (an error, a cancellation), so that
-    the connection never goes back to the pool with it on: its next transactions would silently
-    commit each statement. Autocommit cannot be turned off while a transaction is open, so an open
-    one is rolled back first (its COMMIT never ran). A connection that cannot be brought back (it
-    broke, or a second cancellation came) is closed: SQLAlchemy then finds it closed and drops it
-    from the pool (its dialect counts a closed connection as a disconnect). Only a cancellation is
-    raised from here: any other failure leaves the error that brought us here to the caller."""
-    try:
-        if driver.pgconn.pipeline_status == pq.PipelineStatus.OFF and driver.pgconn.transaction_status in _OPEN:
-            await driver.rollback()
-        await driver.set_autocommit(False)  # no I/O once the transaction is idle
-    except BaseException as exc:
-        await driver.close()  # nothing awaited inside: a further cancellation cannot stop it halfway
-        if not isinstance(exc, Exception):
-            raise
-        log.warning("closed a database connection that could not leave autocommit: %s", exc)
-
-
 @asynccontextmanager
-async def _committing(driver: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
-    """A pipeline whose statements (the block's) are followed by the transaction's COMMIT, all sent
-    with one Sync: exiting the pipeline is the one round trip. COMMIT goes as a statement, not by
-    `driver.commit()`, which would Sync and wait for it on its own before the pipeline's exit Syncs
-    again; psycopg then finds the transaction idle, so SQLAlchemy's commit that follows is a no-op.
-    When the block's statements are the transaction's first, BEGIN goes in the same round trip
-    (`_may_begin`). An error at any statement, COMMIT included (a deferred constraint, a
-    serialization failure), skips the rest up to the Sync: nothing of the transaction commits."""
-    begin = _may_begin(driver)
-    if begin:
+async def transaction_pipeline(driver: psycopg.AsyncConnection[Any], *, commit: bool = False
+                               ) -> AsyncIterator[None]:
+    """psycopg's pipeline for the block's statements, with the transaction's BEGIN in the same
+    round trip when they are its first, and with `commit` its COMMIT: exiting the pipeline is then
+    the only Sync, the one round trip. COMMIT goes as a statement, not by `driver.commit()`, which
+    would Sync and wait on its own before the exit Syncs again; psycopg then finds the transaction
+    idle, so SQLAlchemy's commit that follows is a no-op. An error at any statement, COMMIT
+    included (a deferred constraint, a serialization failure), skips the rest up to the Sync:
+    nothing of the transaction commits, and the session rolls it back as for any error.
+
+    Autocommit (for BEGIN) stays on while the transaction is open: it changes nothing then, since
+    psycopg adds a BEGIN only to an idle connection. It goes off as soon as the transaction is
+    over here (COMMIT, or an error at COMMIT); a transaction that ends elsewhere (the session's
+    commit or rollback: an error, a cancellation) ends the checkout with it, and `Database`
+    turns autocommit off at every checkout, so no transaction ever runs in autocommit."""
+    if begin := _may_begin(driver):
         await driver.set_autocommit(True)
     try:
         async with driver.pipeline():
-            cursor = driver.cursor()
             if begin:
-                await cursor.execute(b"BEGIN", prepare=False)
+                await driver.execute(b"BEGIN", prepare=False)
             yield
-            await cursor.execute(b"COMMIT", prepare=False)
+            if commit:
+                await driver.execute(b"COMMIT", prepare=False)
     finally:
-        if begin:
-            await _autocommit_off(driver)
+        if driver.autocommit and driver.pgconn.transaction_status == _IDLE:
+            await driver.set_autocommit(False)  # no I/O on an idle connection
 
 
 async def pipelined(session: AsyncSession, *steps: tuple[TextClause, Mapping[str, Any]],
                     commit: bool = False) -> list[Any]:
     """Run module-level `text()` statements in one round trip (psycopg's pipeline mode): the last
-    one's rows, with attribute access like SQLAlchemy's. With `commit` (for a use case whose last
-    statement decides nothing more), the transaction's COMMIT and, when they are its first
-    statements, its BEGIN go in the same round trip (`_committing`). Without it, a first statement's
-    BEGIN costs a round trip of its own (psycopg's), as the transaction stays open after the call."""
+    one's rows, with attribute access like SQLAlchemy's; the transaction's BEGIN in the same round
+    trip when they are its first, and with `commit` (for a use case whose last statement decides
+    nothing more) its COMMIT (`transaction_pipeline`)."""
     driver = await driver_of(session)
     try:
-        async with _committing(driver) if commit else driver.pipeline():
+        async with transaction_pipeline(driver, commit=commit):
             for statement, params in steps:
                 cursor = driver.cursor(row_factory=namedtuple_row)
                 await cursor.execute(_psycopg_text(statement), params)
@@ -237,12 +219,12 @@ class Writes:
 
     async def commit(self, session: AsyncSession) -> None:
         """The steps and the COMMIT in one round trip, with the BEGIN too when nothing ran before
-        in the transaction (a submit's few rows: `_committing`)."""
+        in the transaction (a submit's few rows: `transaction_pipeline`)."""
         driver = await driver_of(session)
         if not self._steps and driver.pgconn.transaction_status == _IDLE:
             return  # nothing ran, nothing to commit
         try:
-            async with (_committing(driver), driver.cursor() as cursor,
+            async with (transaction_pipeline(driver, commit=True), driver.cursor() as cursor,
                         psycopg.AsyncRawCursor(driver) as raw):
                 for statement, params, how in self._steps:
                     if how == "many":
@@ -262,6 +244,17 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+def _no_autocommit(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Every checkout starts with autocommit off, whatever way the connection came back to the pool
+    (`transaction_pipeline` leaves it on while the transaction it began is open). One that cannot
+    be turned off is dropped: the pool then hands out another connection."""
+    if record.driver_connection.autocommit:
+        try:
+            dbapi_connection.autocommit = False  # no I/O on an idle connection
+        except Exception as exc:
+            raise DisconnectionError("connection left in autocommit") from exc
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False) -> None:
         # Looked up at call time so that the SQLAlchemy instrumentation (see telemetry) applies.
@@ -276,6 +269,7 @@ class Database:
             hide_parameters=True,
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self.engine.sync_engine, "checkout", _no_autocommit)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -1,8 +1,9 @@
 """`kit.db.pipelined(commit=True)` and `Writes.commit` send a whole transaction (BEGIN, statements,
-COMMIT) in one round trip. BEGIN in the pipeline needs autocommit on for that stretch: every way out
-(an error, an error at COMMIT, a cancellation) must leave the pooled connection with autocommit off
-and nothing of the transaction committed. Round trips are counted by a relay between the pool and
-PostgreSQL: one each time the server speaks after the client did."""
+COMMIT) in one round trip; a pipeline that opens a transaction left open (billing's ledger lock)
+sends its BEGIN with its statements. BEGIN in the pipeline needs autocommit on while the transaction
+is open: every way out (an error, an error at COMMIT, a cancellation) must commit nothing of the
+transaction and hand out the pooled connection next with autocommit off. Round trips are counted
+by a relay between the pool and PostgreSQL: one each time the server speaks after the client did."""
 
 from __future__ import annotations
 
@@ -128,6 +129,40 @@ async def test_writes_commit_is_one_round_trip_fresh_or_after_statements(relayed
     await _assert_real_transactions(db, 14)
 
 
+async def test_a_transaction_opened_by_a_pipeline_costs_one_round_trip_more(relayed: tuple[Database, Relay]
+                                                                            ) -> None:
+    db, relay = relayed
+    before = relay.turns
+    async with db.session() as s:
+        rows = await pipelined(s, (_INSERT, {"k": 60}))  # BEGIN with it, the transaction stays open
+        writes = Writes()
+        writes.execute("UPDATE public.round_trips SET k = 61 WHERE k = 60")
+        await writes.commit(s)
+        assert not (await driver_of(s)).autocommit  # off again once the transaction is over
+    assert relay.turns - before == 2  # before: BEGIN, INSERT, COMMIT and the pipeline's exit, one each
+    assert [r.k for r in rows] == [60]
+    assert await _count(db, 60) == 0 and await _count(db, 61) == 1
+    await _assert_real_transactions(db, 62)
+
+
+async def test_an_error_after_a_pipeline_opened_the_transaction_rolls_it_back(relayed: tuple[Database, Relay]
+                                                                              ) -> None:
+    db, _ = relayed
+    with pytest.raises(DataError):
+        async with db.session() as s:
+            await pipelined(s, (_INSERT, {"k": 70}))
+            await s.execute(_FAIL, {"zero": 0})
+    assert await _count(db, 70) == 0
+    await _assert_real_transactions(db, 71)
+
+
+async def test_a_connection_given_back_in_autocommit_comes_out_without_it(relayed: tuple[Database, Relay]) -> None:
+    db, _ = relayed
+    async with db.session() as s:
+        await (await driver_of(s)).set_autocommit(True)
+    await _assert_real_transactions(db, 80)
+
+
 async def test_a_failing_statement_rolls_back_the_whole_pipeline(relayed: tuple[Database, Relay]) -> None:
     db, _ = relayed
     with pytest.raises(DataError):  # division by zero, after an insert in the same pipeline
@@ -157,23 +192,29 @@ async def test_an_error_at_commit_raises_integrity_error_and_commits_nothing(rel
     await _assert_real_transactions(db, 32)
 
 
-async def test_a_cancelled_pipeline_leaves_a_usable_connection_without_autocommit(
-        relayed: tuple[Database, Relay], database_url: str) -> None:
+@pytest.mark.parametrize("committing", [True, False])
+async def test_a_cancelled_transaction_leaves_a_usable_connection_without_autocommit(
+        relayed: tuple[Database, Relay], database_url: str, committing: bool) -> None:
     db, _ = relayed
+    sleep = text("SELECT pg_sleep(60)")
 
-    async def submit() -> None:
+    async def use_case() -> None:
         async with db.session() as s:
-            await pipelined(s, (_INSERT, {"k": 40}), (text("SELECT pg_sleep(60)"), {}), commit=True)
+            if committing:  # cancelled in the pipeline, waiting for its one round trip
+                await pipelined(s, (_INSERT, {"k": 40}), (sleep, {}), commit=True)
+            else:  # cancelled after a pipeline opened the transaction
+                await pipelined(s, (_INSERT, {"k": 40}))
+                await s.execute(sleep)
 
-    task = asyncio.create_task(submit())
+    task = asyncio.create_task(use_case())
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher:
-        for _ in range(2000):  # until PostgreSQL runs the sleep, i.e. the pipeline went out
+        for _ in range(2000):  # until PostgreSQL runs the sleep
             cur = await watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
             if (row := await cur.fetchone()) and row[0]:
                 break
             await asyncio.sleep(0.005)
         else:
-            pytest.fail("the pipeline never reached PostgreSQL")
+            pytest.fail("the sleep never reached PostgreSQL")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -182,6 +223,8 @@ async def test_a_cancelled_pipeline_leaves_a_usable_connection_without_autocommi
     async with db.session() as s:  # and it still commits whole transactions
         await pipelined(s, (_INSERT, {"k": 42}), commit=True)
     assert await _count(db, 42) == 1
+    async with db.session() as s:
+        await s.execute(text("DELETE FROM public.round_trips WHERE k = 42"))
 
 
 async def test_a_failure_leaves_the_session_usable_for_sqlalchemy_statements(relayed: tuple[Database, Relay]) -> None:
@@ -194,3 +237,19 @@ async def test_a_failure_leaves_the_session_usable_for_sqlalchemy_statements(rel
             await s.execute(_INSERT, {"k": 51})
             await s.execute(_FAIL, {"zero": 0})
     assert await _count(db, 50) == 1 and await _count(db, 51) == 0
+
+
+async def test_statements_after_the_sessions_own_commit_are_a_real_transaction(relayed: tuple[Database, Relay]
+                                                                               ) -> None:
+    """A transaction a pipeline opened (autocommit on meanwhile) and the session committed: what the
+    session runs next is a transaction of its own, not statements committed one by one. (A
+    `Database.session()` refuses statements after its commit; a plain session may run them.)"""
+    db, _ = relayed
+    async with db.sessionmaker() as s:
+        await pipelined(s, (_INSERT, {"k": 90}))
+        await s.commit()
+        await s.execute(_INSERT, {"k": 91})
+        with pytest.raises(DataError):
+            await s.execute(_FAIL, {"zero": 0})
+        await s.rollback()
+    assert await _count(db, 90) == 1 and await _count(db, 91) == 0
