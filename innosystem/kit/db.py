@@ -20,12 +20,12 @@ from typing import Any
 
 import psycopg
 import sqlalchemy.ext.asyncio
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
-from sqlalchemy import JSON, MetaData, Table, TextClause, text
+from sqlalchemy import JSON, MetaData, Table, TextClause, event, text
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import greenlet_spawn
 
@@ -134,19 +134,60 @@ def _psycopg_text(statement: TextClause) -> str:
     return done
 
 
-async def pipelined(session: AsyncSession, *steps: tuple[TextClause, Mapping[str, Any]],
-                    commit: bool = False) -> list[Any]:
-    """Run module-level `text()` statements in one round trip (psycopg's pipeline mode), with the
-    transaction's BEGIN when they are its first and, with `commit`, its COMMIT (for a use case whose
-    last statement decides nothing more); the last one's rows, with attribute access like SQLAlchemy's."""
-    driver = await driver_of(session)
+_IDLE = pq.TransactionStatus.IDLE
+
+
+def _may_begin(driver: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a pipeline holding a transaction's first statements may send its BEGIN itself.
+    psycopg's own BEGIN in a pipeline is followed by a Sync it waits for: a round trip before any
+    statement goes out. It skips it only in autocommit, so `transaction_pipeline` turns that on.
+    A connection with its own transaction settings keeps psycopg's BEGIN, which carries them."""
+    return (driver.pgconn.transaction_status == _IDLE and not driver.autocommit
+            and driver.isolation_level is None and driver.read_only is None and driver.deferrable is None)
+
+
+@asynccontextmanager
+async def transaction_pipeline(driver: psycopg.AsyncConnection[Any], *, commit: bool = False
+                               ) -> AsyncIterator[None]:
+    """psycopg's pipeline for the block's statements, with the transaction's BEGIN in the same
+    round trip when they are its first, and with `commit` its COMMIT: exiting the pipeline is then
+    the only Sync, the one round trip. COMMIT goes as a statement, not by `driver.commit()`, which
+    would Sync and wait on its own before the exit Syncs again; psycopg then finds the transaction
+    idle, so SQLAlchemy's commit that follows is a no-op. An error at any statement, COMMIT
+    included (a deferred constraint, a serialization failure), skips the rest up to the Sync:
+    nothing of the transaction commits, and the session rolls it back as for any error.
+
+    Autocommit (for BEGIN) stays on while the transaction is open: it changes nothing then, since
+    psycopg adds a BEGIN only to an idle connection. It goes off as soon as the transaction is
+    over here (COMMIT, or an error at COMMIT); a transaction that ends elsewhere (the session's
+    commit or rollback: an error, a cancellation) ends the checkout with it, and `Database`
+    turns autocommit off at every checkout, so no transaction ever runs in autocommit."""
+    if begin := _may_begin(driver):
+        await driver.set_autocommit(True)
     try:
         async with driver.pipeline():
+            if begin:
+                await driver.execute(b"BEGIN", prepare=False)
+            yield
+            if commit:
+                await driver.execute(b"COMMIT", prepare=False)
+    finally:
+        if driver.autocommit and driver.pgconn.transaction_status == _IDLE:
+            await driver.set_autocommit(False)  # no I/O on an idle connection
+
+
+async def pipelined(session: AsyncSession, *steps: tuple[TextClause, Mapping[str, Any]],
+                    commit: bool = False) -> list[Any]:
+    """Run module-level `text()` statements in one round trip (psycopg's pipeline mode): the last
+    one's rows, with attribute access like SQLAlchemy's; the transaction's BEGIN in the same round
+    trip when they are its first, and with `commit` (for a use case whose last statement decides
+    nothing more) its COMMIT (`transaction_pipeline`)."""
+    driver = await driver_of(session)
+    try:
+        async with transaction_pipeline(driver, commit=commit):
             for statement, params in steps:
                 cursor = driver.cursor(row_factory=namedtuple_row)
                 await cursor.execute(_psycopg_text(statement), params)
-            if commit:
-                await driver.commit()
         return await cursor.fetchall()
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, "pipelined statements") from exc
@@ -177,15 +218,19 @@ class Writes:
             self._steps.append((statement, params, "raw"))
 
     async def commit(self, session: AsyncSession) -> None:
+        """The steps and the COMMIT in one round trip, with the BEGIN too when nothing ran before
+        in the transaction (a submit's few rows: `transaction_pipeline`)."""
         driver = await driver_of(session)
+        if not self._steps and driver.pgconn.transaction_status == _IDLE:
+            return  # nothing ran, nothing to commit
         try:
-            async with driver.pipeline(), driver.cursor() as cursor, psycopg.AsyncRawCursor(driver) as raw:
+            async with (transaction_pipeline(driver, commit=True), driver.cursor() as cursor,
+                        psycopg.AsyncRawCursor(driver) as raw):
                 for statement, params, how in self._steps:
                     if how == "many":
                         await cursor.executemany(statement, params)
                     else:
                         await (raw if how == "raw" else cursor).execute(statement, params)
-                await driver.commit()
         except psycopg.Error as exc:
             raise as_sqlalchemy_error(exc, "a pipelined write") from exc
         self._steps.clear()
@@ -197,6 +242,17 @@ def utcnow() -> datetime:
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+def _no_autocommit(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Every checkout starts with autocommit off, whatever way the connection came back to the pool
+    (`transaction_pipeline` leaves it on while the transaction it began is open). One that cannot
+    be turned off is dropped: the pool then hands out another connection."""
+    if record.driver_connection.autocommit:
+        try:
+            dbapi_connection.autocommit = False  # no I/O on an idle connection
+        except Exception as exc:
+            raise DisconnectionError("connection left in autocommit") from exc
 
 
 class Database:
@@ -213,6 +269,7 @@ class Database:
             hide_parameters=True,
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self.engine.sync_engine, "checkout", _no_autocommit)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

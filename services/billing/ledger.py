@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.kit.db import as_sqlalchemy_error, driver_of, utcnow
+from innosystem.kit.db import as_sqlalchemy_error, driver_of, transaction_pipeline, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition
 from services.billing import alerts, limits
 from services.billing.batcher import Tx
@@ -273,7 +273,7 @@ async def _lock(session: AsyncSession, items: list[Item]) -> tuple[list[dict[str
               "wallets": sorted({i.wallet_id for i in items if isinstance(i, ReserveItem)}),
               "settled": sorted({i.hold_id for i in items if not isinstance(i, ReserveItem)})}
     try:
-        async with driver.pipeline():
+        async with transaction_pipeline(driver):  # the BEGIN goes with them
             holds = driver.cursor(row_factory=dict_row)
             await holds.execute(_LOCK_HOLDS, params)
             wallets = driver.cursor(row_factory=dict_row)

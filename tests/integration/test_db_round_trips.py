@@ -1,0 +1,255 @@
+"""`kit.db.pipelined(commit=True)` and `Writes.commit` send a whole transaction (BEGIN, statements,
+COMMIT) in one round trip; a pipeline that opens a transaction left open (billing's ledger lock)
+sends its BEGIN with its statements. BEGIN in the pipeline needs autocommit on while the transaction
+is open: every way out (an error, an error at COMMIT, a cancellation) must commit nothing of the
+transaction and hand out the pooled connection next with autocommit off. Round trips are counted
+by a relay between the pool and PostgreSQL: one each time the server speaks after the client did."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, text
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+
+from innosystem.kit.config import to_async_url
+from innosystem.kit.db import Database, Writes, driver_of, pipelined
+
+_INSERT = text("INSERT INTO public.round_trips (k) VALUES (:k) RETURNING k")
+_FAIL = text("SELECT 1 / :zero")
+_COUNT = text("SELECT count(*) FROM public.round_trips WHERE k = :k")
+_TABLE = Table("round_trips", MetaData(schema="public"), Column("k", Integer))
+
+
+class Relay:
+    """A TCP relay to PostgreSQL counting round trips (`turns`)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.turns = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        spoke = [False]  # the client sent something the server has not answered yet
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, from_client: bool) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await r.read(65536):
+                    if from_client:
+                        spoke[0] = True  # before forwarding: the answer cannot overtake it
+                    elif spoke[0]:
+                        spoke[0] = False
+                        self.turns += 1
+                    w.write(data)
+                    await w.drain()
+            w.close()
+
+        for task in (asyncio.create_task(pump(client_r, server_w, True)),
+                     asyncio.create_task(pump(server_r, client_w, False))):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+@pytest.fixture
+async def relayed(database_url: str) -> AsyncIterator[tuple[Database, Relay]]:
+    parts = urlsplit(database_url)
+    relay = Relay(parts.hostname or "127.0.0.1", parts.port or 5432)
+    port = await relay.start()
+    db = Database(to_async_url(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}").geturl()), pool_size=1,
+                  max_overflow=0)
+    try:
+        async with db.session() as s:  # connects (and SQLAlchemy's first-connect queries) before counting
+            await s.execute(text("CREATE TABLE IF NOT EXISTS public.round_trips (k int, "
+                                 "CONSTRAINT uq_round_trips_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)"))
+            await s.execute(text("TRUNCATE public.round_trips"))
+        yield db, relay
+    finally:
+        await db.close()
+        await relay.close()
+
+
+async def _count(db: Database, k: int) -> int:
+    async with db.session() as s:
+        return int((await s.execute(_COUNT, {"k": k})).scalar_one())
+
+
+async def _assert_real_transactions(db: Database, k: int) -> None:
+    """The pooled connection is back with autocommit off: an error after an insert rolls it back."""
+    async with db.session() as s:
+        assert not (await driver_of(s)).autocommit
+    with pytest.raises(DataError):
+        async with db.session() as s:
+            await s.execute(_INSERT, {"k": k})
+            await s.execute(_FAIL, {"zero": 0})
+    assert await _count(db, k) == 0
+
+
+async def test_a_whole_pipelined_transaction_is_one_round_trip(relayed: tuple[Database, Relay]) -> None:
+    db, relay = relayed
+    before = relay.turns
+    async with db.session() as s:
+        rows = await pipelined(s, (_INSERT, {"k": 1}), (_INSERT, {"k": 2}), commit=True)
+    assert relay.turns - before == 1  # BEGIN, both INSERTs and COMMIT; the session's own commit is a no-op
+    assert [r.k for r in rows] == [2]
+    assert await _count(db, 1) == 1 and await _count(db, 2) == 1
+    await _assert_real_transactions(db, 3)
+
+
+async def test_writes_commit_is_one_round_trip_fresh_or_after_statements(relayed: tuple[Database, Relay]) -> None:
+    db, relay = relayed
+    before = relay.turns
+    async with db.session() as s:
+        writes = Writes()
+        await writes.insert(s, _TABLE, [{"k": 10}, {"k": 11}])
+        await writes.commit(s)
+    assert relay.turns - before == 1  # BEGIN with the rows and COMMIT
+    async with db.session() as s:
+        await s.execute(_INSERT, {"k": 12})  # the transaction is open before the writes
+        writes = Writes()
+        writes.execute("UPDATE public.round_trips SET k = 13 WHERE k = 12")
+        before = relay.turns
+        await writes.commit(s)
+        assert relay.turns - before == 1  # the UPDATE and COMMIT
+    assert [await _count(db, k) for k in (10, 11, 12, 13)] == [1, 1, 0, 1]
+    await _assert_real_transactions(db, 14)
+
+
+async def test_a_transaction_opened_by_a_pipeline_costs_one_round_trip_more(relayed: tuple[Database, Relay]
+                                                                            ) -> None:
+    db, relay = relayed
+    before = relay.turns
+    async with db.session() as s:
+        rows = await pipelined(s, (_INSERT, {"k": 60}))  # BEGIN with it, the transaction stays open
+        writes = Writes()
+        writes.execute("UPDATE public.round_trips SET k = 61 WHERE k = 60")
+        await writes.commit(s)
+        assert not (await driver_of(s)).autocommit  # off again once the transaction is over
+    assert relay.turns - before == 2  # before: BEGIN, INSERT, COMMIT and the pipeline's exit, one each
+    assert [r.k for r in rows] == [60]
+    assert await _count(db, 60) == 0 and await _count(db, 61) == 1
+    await _assert_real_transactions(db, 62)
+
+
+async def test_an_error_after_a_pipeline_opened_the_transaction_rolls_it_back(relayed: tuple[Database, Relay]
+                                                                              ) -> None:
+    db, _ = relayed
+    with pytest.raises(DataError):
+        async with db.session() as s:
+            await pipelined(s, (_INSERT, {"k": 70}))
+            await s.execute(_FAIL, {"zero": 0})
+    assert await _count(db, 70) == 0
+    await _assert_real_transactions(db, 71)
+
+
+async def test_a_connection_given_back_in_autocommit_comes_out_without_it(relayed: tuple[Database, Relay]) -> None:
+    db, _ = relayed
+    async with db.session() as s:
+        await (await driver_of(s)).set_autocommit(True)
+    await _assert_real_transactions(db, 80)
+
+
+async def test_a_failing_statement_rolls_back_the_whole_pipeline(relayed: tuple[Database, Relay]) -> None:
+    db, _ = relayed
+    with pytest.raises(DataError):  # division by zero, after an insert in the same pipeline
+        async with db.session() as s:
+            await pipelined(s, (_INSERT, {"k": 20}), (_FAIL, {"zero": 0}), (_INSERT, {"k": 21}), commit=True)
+    assert await _count(db, 20) == 0 and await _count(db, 21) == 0
+    await _assert_real_transactions(db, 22)
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+async def test_an_error_at_commit_raises_integrity_error_and_commits_nothing(relayed: tuple[Database, Relay],
+                                                                             fresh: bool) -> None:
+    db, _ = relayed
+    with pytest.raises(IntegrityError):  # the deferred unique constraint is checked at COMMIT
+        async with db.session() as s:
+            if not fresh:
+                await s.execute(_INSERT, {"k": 31})
+            await pipelined(s, (_INSERT, {"k": 30}), (_INSERT, {"k": 30}), commit=True)
+    with pytest.raises(IntegrityError):
+        async with db.session() as s:
+            if not fresh:
+                await s.execute(_INSERT, {"k": 31})
+            writes = Writes()
+            await writes.insert(s, _TABLE, [{"k": 30}, {"k": 30}])
+            await writes.commit(s)
+    assert await _count(db, 30) == 0 and await _count(db, 31) == 0
+    await _assert_real_transactions(db, 32)
+
+
+@pytest.mark.parametrize("committing", [True, False])
+async def test_a_cancelled_transaction_leaves_a_usable_connection_without_autocommit(
+        relayed: tuple[Database, Relay], database_url: str, committing: bool) -> None:
+    db, _ = relayed
+    sleep = text("SELECT pg_sleep(60)")
+
+    async def use_case() -> None:
+        async with db.session() as s:
+            if committing:  # cancelled in the pipeline, waiting for its one round trip
+                await pipelined(s, (_INSERT, {"k": 40}), (sleep, {}), commit=True)
+            else:  # cancelled after a pipeline opened the transaction
+                await pipelined(s, (_INSERT, {"k": 40}))
+                await s.execute(sleep)
+
+    task = asyncio.create_task(use_case())
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher:
+        for _ in range(2000):  # until PostgreSQL runs the sleep
+            cur = await watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
+            if (row := await cur.fetchone()) and row[0]:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            pytest.fail("the sleep never reached PostgreSQL")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _count(db, 40) == 0
+    await _assert_real_transactions(db, 41)
+    async with db.session() as s:  # and it still commits whole transactions
+        await pipelined(s, (_INSERT, {"k": 42}), commit=True)
+    assert await _count(db, 42) == 1
+    async with db.session() as s:
+        await s.execute(text("DELETE FROM public.round_trips WHERE k = 42"))
+
+
+async def test_a_failure_leaves_the_session_usable_for_sqlalchemy_statements(relayed: tuple[Database, Relay]) -> None:
+    """After a pipelined commit, more statements in the same session start a new (real) transaction."""
+    db, _ = relayed
+    with pytest.raises(DBAPIError):
+        async with db.session() as s:
+            await pipelined(s, (_INSERT, {"k": 50}), commit=True)
+            assert not (await driver_of(s)).autocommit
+            await s.execute(_INSERT, {"k": 51})
+            await s.execute(_FAIL, {"zero": 0})
+    assert await _count(db, 50) == 1 and await _count(db, 51) == 0
+
+
+async def test_statements_after_the_sessions_own_commit_are_a_real_transaction(relayed: tuple[Database, Relay]
+                                                                               ) -> None:
+    """A transaction a pipeline opened (autocommit on meanwhile) and the session committed: what the
+    session runs next is a transaction of its own, not statements committed one by one. (A
+    `Database.session()` refuses statements after its commit; a plain session may run them.)"""
+    db, _ = relayed
+    async with db.sessionmaker() as s:
+        await pipelined(s, (_INSERT, {"k": 90}))
+        await s.commit()
+        await s.execute(_INSERT, {"k": 91})
+        with pytest.raises(DataError):
+            await s.execute(_FAIL, {"zero": 0})
+        await s.rollback()
+    assert await _count(db, 90) == 1 and await _count(db, 91) == 0
