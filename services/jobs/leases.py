@@ -159,6 +159,8 @@ class Leases:
             leases: list[pb.JobLease] = []
             if queues:
                 ids = await self.deps.queue.lease(queues, r.max_jobs, self.deps.clock(), r.customer_id or None)
+                if len(ids) >= r.max_jobs:  # all it asked for: more may wait, for the next long poll
+                    self.deps.signals.more(queues)
                 if ids:
                     leases = await self._mark_running(ids, r)
                     if leases:

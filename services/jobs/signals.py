@@ -1,8 +1,13 @@
 """Wake-ups without polling: in-process conditions, carried between replicas by Redis pub/sub.
 
-- queue wake: a job became ready in a queue (submit, promotion, requeue). Long-polling LeaseJobs
-  callers of this replica wait on a per-queue version counter; every replica's listener turns
-  the `wake` channel's messages into the same local bump, so a submit on replica A wakes a
+- queue wake: a job became ready in a queue (submit, promotion, requeue). A long-polling LeaseJobs
+  call of this replica waits on its queues; a job becoming ready wakes ONE waiter of its queue
+  (the oldest), and a waiter whose lease took all it asked for wakes the next (`more`): jobs may
+  be left. So one job wakes one long poll, not every runner session's (each would probe Redis
+  and all but one find nothing), and a burst still reaches as many waiters as it has jobs for.
+  A per-queue version counter covers a job that comes between a caller's look and its wait.
+  Every replica's listener turns the other replicas' `wake` messages into the same local wake-up
+  (its own it skips: they were delivered here already), so a submit on replica A wakes a
   runner's long poll on replica B.
 - schedule wake: a job was scheduled earlier than the promoter's current sleep.
 - job events (WatchJob) and cancel requests (WatchCancellations) are published on channels that
@@ -16,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import defaultdict
+import uuid
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -40,8 +46,11 @@ class Signals:
         self.cancel_channel = f"{prefix}cancel"
         self.job_prefix = f"{prefix}events:"
         self.changes_channel = f"{prefix}changes"
-        self._cond = asyncio.Condition()
         self._versions: defaultdict[str, int] = defaultdict(int)
+        # Per queue, the futures of the long polls waiting on it, oldest first (one future may
+        # wait on several queues; a woken or finished one is skipped and dropped by `_wake_one`).
+        self._waiting: defaultdict[str, deque[asyncio.Future[bool]]] = defaultdict(deque)
+        self._replica = uuid.uuid4().hex  # marks this replica's wake messages
         self.scheduled = asyncio.Event()
         self._subscriptions = Subscriptions(client)
         # Queues woken here, announced to the other replicas by one publish in flight at a time
@@ -56,22 +65,50 @@ class Signals:
         """Queues this replica has seen a job enter or a runner wait on."""
         return set(self._versions)
 
-    async def _bump(self, queues: Iterable[str]) -> None:
-        async with self._cond:
-            for q in queues:
-                self._versions[q] += 1
-            self._cond.notify_all()
+    def _bump(self, queues: Iterable[str]) -> None:
+        """Jobs became ready in `queues`: each queue's oldest waiter is woken."""
+        for q in queues:
+            self._versions[q] += 1
+        self.more(queues)
+
+    def more(self, queues: Iterable[str]) -> None:
+        """Wake one more waiter of each of `queues` (a lease took all it asked for: jobs may be left)."""
+        for q in queues:
+            waiting = self._waiting.get(q)
+            while waiting:
+                future = waiting.popleft()
+                if not future.done():
+                    _resolve(future, True)
+                    break
 
     async def wait(self, queues: Sequence[str], seen: tuple[int, ...], seconds: float) -> bool:
-        """Wait until one of `queues` changed since `seen` (from `versions`) or `seconds` pass."""
+        """Wait until one of `queues` has a job for this caller, or `seconds` pass (False). A job
+        that came since `seen` (from `versions`) answers at once."""
         if seconds <= 0:
             return False
-        async with self._cond:
-            try:
-                await asyncio.wait_for(self._cond.wait_for(lambda: self.versions(queues) != seen), seconds)
-                return True
-            except TimeoutError:
-                return False
+        if self.versions(queues) != seen:
+            return True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, future, False)
+        for q in queues:
+            self._waiting[q].append(future)
+        woken = False
+        try:
+            woken = await future
+            return woken
+        finally:
+            timer.cancel()
+            if not future.done():
+                future.cancel()
+            elif not woken and not future.cancelled() and future.result():
+                self.more(queues)  # woken, then cancelled before it could look: the wake-up goes on
+            for q in queues:
+                waiting = self._waiting.get(q)
+                if waiting is not None and future in waiting:
+                    waiting.remove(future)
+                if waiting is not None and not waiting:
+                    del self._waiting[q]
 
     async def jobs_ready(self, queues: Iterable[str]) -> None:
         """Wakes this replica's long polls on `queues` now, and the other replicas' by a publish
@@ -80,13 +117,14 @@ class Signals:
         names = set(queues)
         if not names:
             return
-        await self._bump(sorted(names))
+        self._bump(sorted(names))
         for name in names:
             self._announce.add(name)
 
     async def _publish_wake(self, queues: list[str]) -> None:
         try:
-            await self.client.publish(self.wake_channel, json.dumps(sorted(set(queues))))
+            await self.client.publish(self.wake_channel, json.dumps({"from": self._replica,
+                                                                     "queues": sorted(set(queues))}))
         except RedisError as exc:  # other replicas' long polls fall back to their periodic re-check
             log.warning("cannot publish queue wake-up: %s", exc)
 
@@ -102,7 +140,7 @@ class Signals:
         pubsub = self.client.pubsub()
         try:
             await pubsub.subscribe(self.wake_channel, self.sched_channel)
-            await self._bump(list(self._versions))  # whatever was missed while (re)connecting
+            self._bump(list(self._versions))  # whatever was missed while (re)connecting
             self.scheduled.set()
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
@@ -110,7 +148,11 @@ class Signals:
                     continue
                 channel = _text(message["channel"])
                 if channel == self.wake_channel:
-                    await self._bump(json.loads(_text(message["data"])))
+                    wake = json.loads(_text(message["data"]))
+                    if isinstance(wake, list):  # a replica of a version before the sender's mark
+                        self._bump(wake)
+                    elif wake.get("from") != self._replica:
+                        self._bump(wake.get("queues", []))
                 elif channel == self.sched_channel:
                     self.scheduled.set()
         finally:
@@ -154,6 +196,11 @@ class Signals:
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[asyncio.Queue[dict[str, Any]]]:
         """A channel's messages as a queue while the block runs (the process's shared subscription)."""
         return self._subscriptions.subscribe(channel)
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,92 @@
+"""Queue wake-ups: one job wakes one long poll, a lease that took all it asked for wakes the next,
+and a replica does not wake itself twice through its own published message (real Valkey)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from innosystem.embedded import EmbeddedValkey
+from innosystem.kit.redis import connect
+from services.jobs.signals import Signals
+
+SIGNALS_DB = 7  # the queue engine's tests' database (test_queue.py): prefixes keep them apart
+
+
+@pytest.fixture
+async def pair(valkey_server: EmbeddedValkey) -> AsyncIterator[tuple[Signals, Signals]]:
+    """Two replicas' signals on one Redis, their listeners running."""
+    url = valkey_server.url.rsplit("/", 1)[0] + f"/{SIGNALS_DB}"
+    prefix = f"s{uuid.uuid4().hex[:8]}:"
+    clients = [connect(url), connect(url)]
+    replicas = (Signals(clients[0], prefix), Signals(clients[1], prefix))
+    listeners = [asyncio.create_task(r.listen_forever()) for r in replicas]
+    await asyncio.sleep(0.2)  # subscribed
+    yield replicas
+    for task in listeners:
+        task.cancel()
+    await asyncio.gather(*listeners, return_exceptions=True)
+    for c in clients:
+        await c.aclose()
+
+
+async def _waiters(s: Signals, queues: list[str], count: int, seconds: float) -> list[asyncio.Task[bool]]:
+    tasks = [asyncio.create_task(s.wait(queues, s.versions(queues), seconds)) for _ in range(count)]
+    await asyncio.sleep(0.05)  # all waiting
+    return tasks
+
+
+async def test_one_ready_job_wakes_one_waiter_and_more_wakes_the_next(pair: tuple[Signals, Signals]) -> None:
+    a, _ = pair
+    waiters = await _waiters(a, ["q"], 4, 2.0)
+    await a.jobs_ready(["q"])
+    await asyncio.sleep(0.3)  # the replica's own published wake-up came back meanwhile: skipped
+    assert [w.done() for w in waiters] == [True, False, False, False]  # the oldest, alone
+    assert waiters[0].result() is True
+    a.more(["q"])  # that lease took all it asked for
+    await asyncio.sleep(0.05)
+    assert [w.done() for w in waiters] == [True, True, False, False]
+    assert await asyncio.gather(*waiters[2:]) == [False, False]  # the others time out
+
+
+async def test_a_job_that_came_before_the_wait_answers_at_once(pair: tuple[Signals, Signals]) -> None:
+    a, _ = pair
+    seen = a.versions(["q"])
+    await a.jobs_ready(["q"])  # between the caller's look and its wait
+    assert await asyncio.wait_for(a.wait(["q"], seen, 5.0), 1.0) is True
+
+
+async def test_another_replica_wakes_one_waiter_per_queue(pair: tuple[Signals, Signals]) -> None:
+    a, b = pair
+    on_q = await _waiters(b, ["q"], 2, 2.0)
+    on_r = await _waiters(b, ["r", "q"], 1, 2.0)
+    await a.jobs_ready(["q", "r"])
+    await asyncio.sleep(0.3)
+    assert [w.done() for w in on_q] == [True, False]
+    assert on_r[0].done() and on_r[0].result() is True
+    await asyncio.gather(*on_q, return_exceptions=True)
+
+
+async def test_a_woken_waiter_that_is_cancelled_passes_its_wake_up_on(pair: tuple[Signals, Signals]) -> None:
+    a, _ = pair
+    first, second = await _waiters(a, ["q"], 2, 2.0)
+    a.more(["q"])  # wakes `first` …
+    first.cancel()  # … whose caller goes away before it could look
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.wait_for(second, 1.0) is True  # nobody is left waiting for nothing
+
+
+async def test_a_timed_out_or_cancelled_waiter_is_forgotten(pair: tuple[Signals, Signals]) -> None:
+    a, _ = pair
+    assert await a.wait(["q"], a.versions(["q"]), 0.05) is False
+    gone = asyncio.create_task(a.wait(["q"], a.versions(["q"]), 5.0))
+    await asyncio.sleep(0.02)
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    (live,) = await _waiters(a, ["q"], 1, 2.0)
+    a.more(["q"])
+    assert await asyncio.wait_for(live, 1.0) is True  # the wake-up went to the live one
