@@ -1,4 +1,4 @@
-"""Wake-ups without polling: in-process conditions, carried between replicas by Redis pub/sub.
+"""Wake-ups without polling: in-process waiters, woken across replicas through Redis pub/sub.
 
 - queue wake: a job became ready in a queue (submit, promotion, requeue). A long-polling LeaseJobs
   call of this replica waits on its queues; a job becoming ready wakes ONE waiter of its queue
@@ -48,7 +48,7 @@ class Signals:
         self.changes_channel = f"{prefix}changes"
         self._versions: defaultdict[str, int] = defaultdict(int)
         # Per queue, the futures of the long polls waiting on it, oldest first (one future may
-        # wait on several queues; a woken or finished one is skipped and dropped by `_wake_one`).
+        # wait on several queues; a woken or finished one is skipped and dropped by `more`).
         self._waiting: defaultdict[str, deque[asyncio.Future[bool]]] = defaultdict(deque)
         self._replica = uuid.uuid4().hex  # marks this replica's wake messages
         self.scheduled = asyncio.Event()

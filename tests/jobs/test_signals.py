@@ -24,7 +24,11 @@ async def pair(valkey_server: EmbeddedValkey) -> AsyncIterator[tuple[Signals, Si
     clients = [connect(url), connect(url)]
     replicas = (Signals(clients[0], prefix), Signals(clients[1], prefix))
     listeners = [asyncio.create_task(r.listen_forever()) for r in replicas]
-    await asyncio.sleep(0.2)  # subscribed
+    for _ in range(200):  # until both listen
+        ((_, count),) = await clients[0].pubsub_numsub(replicas[0].wake_channel)
+        if count == 2:
+            break
+        await asyncio.sleep(0.02)
     yield replicas
     for task in listeners:
         task.cancel()
@@ -61,10 +65,11 @@ async def test_a_job_that_came_before_the_wait_answers_at_once(pair: tuple[Signa
 
 async def test_another_replica_wakes_one_waiter_per_queue(pair: tuple[Signals, Signals]) -> None:
     a, b = pair
-    on_q = await _waiters(b, ["q"], 2, 2.0)
-    on_r = await _waiters(b, ["r", "q"], 1, 2.0)
+    on_q = await _waiters(b, ["q"], 2, 5.0)
+    on_r = await _waiters(b, ["r", "q"], 1, 5.0)
     await a.jobs_ready(["q", "r"])
-    await asyncio.sleep(0.3)
+    await asyncio.wait([on_q[0], on_r[0]], timeout=5.0)  # through Valkey
+    await asyncio.sleep(0.1)
     assert [w.done() for w in on_q] == [True, False]
     assert on_r[0].done() and on_r[0].result() is True
     await asyncio.gather(*on_q, return_exceptions=True)
