@@ -1,0 +1,182 @@
+"""A quick loop for the run path at a steady rate: `make bench`'s dispatch phase, taken apart.
+
+    .venv/bin/python scripts/probe_dispatch.py [--rate 200] [--count 1600] [--profile DIR] [--env K=V ...]
+
+Starts the embedded stack as `make bench` does (PostgreSQL, Valkey, the five services and the
+gateway as processes) with two runner processes of 32 slots, then submits `--count` echo jobs
+over gRPC at `--rate` per second, open-loop, and prints:
+
+- each job's time from the submit call's start to its answer, to its attempt's start (the lease)
+  and to its processor's start (p50 / p90 / max);
+- the CPU per job of each process over the submits (/proc utime+stime, as `make bench`);
+- Valkey commands per job (`INFO commandstats`) and PostgreSQL commits and row writes per job
+  (`pg_stat_database`): the exchanges a job costs at that rate.
+
+`--env K=V` passes settings to the services (e.g. to compare a knob's two values in one hour),
+`--profile DIR` samples the jobs, billing and runners services with py-spy for 6 s (raw stacks
+into DIR; py-spy from $PY_SPY, default `py-spy`). Compare runs made one after the other: figures
+move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_e2e as bench  # a sibling script
+
+from innosystem.demo import seed
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from innosystem.jobs.v1 import job_types_pb2 as enums
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.jobs.v1 import jobs_pb2_grpc
+from innosystem.kit.config import SERVICES
+from innosystem.rest import Rest
+from innosystem.stack import Stack
+
+_PG_TOTALS = ("SELECT sum(xact_commit), sum(tup_inserted), sum(tup_updated), sum(tup_deleted) "
+              "FROM pg_stat_database")
+
+
+def _pct(values: list[float]) -> str:
+    v = sorted(values)
+    return (f"p50 {v[len(v) // 2] * 1000:6.1f}  p90 {v[int(len(v) * 0.9)] * 1000:6.1f}  max {v[-1] * 1000:6.1f} ms"
+            if v else "no samples")
+
+
+async def _submit(p: bench.Platform, rate: float, count: int) -> dict[str, tuple[float, float]]:
+    """Open-loop single submits: job id → (call start, answer), epoch seconds."""
+    metadata = bench.grpc_metadata(p)
+    out: dict[str, tuple[float, float]] = {}
+    async with grpc.aio.insecure_channel(p.jobs_addr) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+
+        async def one(i: int) -> None:
+            message = pb.SubmitJobRequest(project_id=p.demo.project_id, job_type_id=p.echo)
+            message.payload.update(bench.payload(i))
+            began = time.time()
+            job = await stub.SubmitJob(message, metadata=metadata, timeout=30)
+            out[job.id] = (began, time.time())
+
+        tasks, start = [], time.perf_counter()
+        for i in range(count):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return out
+
+
+async def _timings(p: bench.Platform, sent: dict[str, tuple[float, float]]) -> list[tuple[float, float, float]]:
+    """Per job: (answer, attempt start, processor start), each from the submit call's start."""
+    metadata = bench.grpc_metadata(p)
+    rows: list[tuple[float, float, float]] = []
+    async with grpc.aio.insecure_channel(p.jobs_addr) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+        pending = dict(sent)
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            for job_id in list(pending)[:500]:
+                job = await stub.GetJob(pb.GetJobRequest(job_id=job_id, view=pb.JOB_VIEW_FULL), metadata=metadata,
+                                        timeout=10)
+                if job.status != enums.JOB_STATUS_SUCCEEDED:
+                    continue
+                began, answered = pending.pop(job_id)
+                leased = job.attempts[0].start_time.ToMicroseconds() / 1e6
+                rows.append((answered - began, leased - began, job.result["processorStart"] - began))
+            if pending:
+                await asyncio.sleep(0.2)
+    return rows
+
+
+def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namespace, log_dir: Path) -> None:
+    runners = bench.start_runners(p, bench.runner_tokens(p, 2), 32, log_dir)
+    try:
+        asyncio.run(_submit(p, args.rate, 100))  # warm caches, pools and the runners' streams
+        time.sleep(2)
+        valkey, db = redis.Redis.from_url(valkey_url), psycopg.connect(pg_url, autocommit=True)
+        calls0 = {k: v["calls"] for k, v in valkey.info("commandstats").items()}
+        pg0 = db.execute(_PG_TOTALS).fetchone()
+        spies = []
+        if args.profile:
+            spies = [subprocess.Popen([os.environ.get("PY_SPY", "py-spy"), "record", "-d", "6", "-r", "100",
+                                       "--nonblocking", "--format", "raw", "-o", f"{args.profile}/{name}.raw",
+                                       "-p", str(p.stack.procs[name].pid)],  # type: ignore[union-attr]
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for name in ("jobs", "billing", "runners")]
+        before = p.meter.snapshot()
+        sent = asyncio.run(_submit(p, args.rate, args.count))
+        usage = p.meter.diff(before)
+        time.sleep(1.0)  # the last endings settle
+        calls1 = {k: v["calls"] for k, v in valkey.info("commandstats").items()}
+        pg1 = db.execute(_PG_TOTALS).fetchone()
+        for spy in spies:
+            spy.wait()
+        rows = asyncio.run(_timings(p, sent))
+    finally:
+        bench.stop_runners(runners)
+    n = len(sent)
+    bench.say(f"{n} jobs at {args.rate:g}/s, from the submit call's start:")
+    bench.say(f"  answered            {_pct([r[0] for r in rows])}")
+    bench.say(f"  attempt started     {_pct([r[1] for r in rows])}")
+    bench.say(f"  processor started   {_pct([r[2] for r in rows])}")
+    used = {name: seconds for name, seconds in usage.seconds.items() if seconds and seconds > 0.005}
+    bench.say("  CPU per job, ms: " + ", ".join(f"{name} {seconds * 1000 / n:.2f}" for name, seconds in used.items()))
+    commands = {k.removeprefix("cmdstat_"): (calls1[k] - calls0.get(k, 0)) / n for k in calls1}
+    bench.say("  Valkey commands per job: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                       sorted(commands.items(), key=lambda kv: -kv[1]) if v >= 0.05))
+    assert pg0 is not None and pg1 is not None
+    commits, inserted, updated, deleted = ((int(b) - int(a)) / n for a, b in zip(pg0, pg1, strict=True))
+    bench.say(f"  PostgreSQL per job: {commits:.2f} commits, {inserted:.1f} rows inserted, {updated:.1f} updated, "
+              f"{deleted:.1f} deleted")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="submits per second (default 200)")
+    parser.add_argument("--count", type=int, default=1600, help="jobs to submit (default 1600)")
+    parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the services")
+    parser.add_argument("--profile", help="sample jobs, billing and runners with py-spy, raw stacks into this folder")
+    args = parser.parse_args()
+    extra: dict[str, Any] = dict(item.split("=", 1) for item in args.env)
+    with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
+        log_dir = Path(tmp) / "logs"
+        log_dir.mkdir()
+        pg, valkey = EmbeddedPostgres(Path(tmp) / "pg"), EmbeddedValkey(Path(tmp) / "valkey")
+        url = pg.start()
+        valkey.start()
+        stack = Stack(database_url=url, redis_url=valkey.url, http_port=free_port(), fixed_ports=False,
+                      log_dir=log_dir, extra_env={"INNOSYSTEM_LOG_LEVEL": "WARNING", **extra})
+        try:
+            stack.migrate()
+            stack.start()
+            stack.wait_ready(120)
+            admin = Rest(stack.gateway_url, stack.admin_api_key)
+            p = bench.Platform(Rest(stack.gateway_url), admin, stack.address("jobs"), stack.address("runners"),
+                               seed(admin, label="probe", top_up_cents=10_000_000), stack)
+            for name in (*SERVICES, "gateway"):
+                p.meter.track(name, stack.procs[name].pid)
+            for name, server in (("postgres", pg), ("valkey", valkey)):
+                if server.proc is not None:
+                    p.meter.track(name, server.proc.pid)
+            probe(p, url.replace("postgresql+psycopg://", "postgresql://"), valkey.url, args, log_dir)
+        finally:
+            stack.stop()
+            valkey.stop()
+            pg.stop()
+
+
+if __name__ == "__main__":
+    main()
