@@ -12,7 +12,6 @@ round trip (`kit.db.Writes`).
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -253,13 +252,12 @@ _LOCK_WALLETS = sql.SQL(
     "SELECT {} FROM {} WHERE id = ANY(%(wallets)s::uuid[] || ARRAY(SELECT wallet_id FROM {} "
     "WHERE hold_id = ANY(%(settled)s::text[]))) ORDER BY id FOR UPDATE").format(
     sql.SQL(", ").join(map(sql.Identifier, _WALLET_COLUMNS)), _name(_ACCOUNTS), _name(_HOLDS))
-# One statement per batch for its resolved holds (one JSON document: psycopg would dump seven
-# arrays one element at a time, in Python) and one for its moved wallets (a few: arrays).
+# One statement per batch for its resolved holds and its moved wallets (arrays, one row each).
 _RESOLVE_HOLDS = sql.SQL(
     "UPDATE {} AS h SET status = v.s, captured = v.c, released = v.r, commission = v.cm, "
-    "commission_rate_bps = v.rate, resolve_time = v.rt FROM jsonb_to_recordset(%(rows)s::jsonb) "
-    "AS v(hid text, s smallint, c bigint, r bigint, cm bigint, rate int, rt timestamptz) "
-    "WHERE h.hold_id = v.hid").format(_name(_HOLDS))
+    "commission_rate_bps = v.rate, resolve_time = v.rt FROM unnest(%(hid)s::text[], %(s)s::smallint[], "
+    "%(c)s::bigint[], %(r)s::bigint[], %(cm)s::bigint[], %(rate)s::int[], %(rt)s::timestamptz[]) "
+    "AS v(hid, s, c, r, cm, rate, rt) WHERE h.hold_id = v.hid").format(_name(_HOLDS))
 _MOVE_WALLETS = sql.SQL(
     "UPDATE {} AS a SET debits_posted = v.dp, debits_pending = v.dpe, promo = v.pr, low_balance_alerted = v.al, "
     "update_time = %(now)s FROM unnest(%(wid)s::uuid[], %(dp)s::bigint[], %(dpe)s::bigint[], %(pr)s::bigint[], "
@@ -310,10 +308,11 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
     if batch.new:
         await tx.writes.insert(session, _HOLDS, [holds[k] for k in sorted(batch.new)])
     if resolved := [holds[k] for k in sorted(batch.changed - batch.new)]:
-        tx.writes.execute(_RESOLVE_HOLDS, {"rows": json.dumps([
-            {"hid": h["hold_id"], "s": h["status"], "c": h["captured"], "r": h["released"], "cm": h["commission"],
-             "rate": h["commission_rate_bps"], "rt": h["resolve_time"].isoformat()} for h in resolved],
-            separators=(",", ":"))})
+        tx.writes.execute(_RESOLVE_HOLDS, {
+            "hid": [h["hold_id"] for h in resolved], "s": [h["status"] for h in resolved],
+            "c": [h["captured"] for h in resolved], "r": [h["released"] for h in resolved],
+            "cm": [h["commission"] for h in resolved], "rate": [h["commission_rate_bps"] for h in resolved],
+            "rt": [h["resolve_time"] for h in resolved]})
     if spend is not None:
         await spend.save(conn)
     if batch.moved:
