@@ -46,7 +46,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,6 +291,38 @@ class Platform:
     def wallet(self) -> tuple[int, int]:
         wallet = self.customer("GET", f"/v1/customers/{self.demo.customer_id}/wallet")
         return int(wallet.get("balanceCents", 0)), int(wallet.get("heldCents", 0))
+
+
+@contextmanager
+def embedded_platform(folder: Path, log_dir: Path, label: str,
+                      extra_env: dict[str, str] | None = None) -> Iterator[tuple[Platform, str, str]]:
+    """The embedded stack as `make bench` runs it (PostgreSQL, Valkey, the five services and the
+    gateway as processes, in `folder`), a customer seeded, every process's CPU tracked; stopped on
+    exit. Yields the platform, PostgreSQL's URL (for psycopg) and Valkey's."""
+    pg, valkey = EmbeddedPostgres(folder / "pg"), EmbeddedValkey(folder / "valkey")
+    url = pg.start()
+    try:
+        valkey.start()
+        stack = Stack(database_url=url, redis_url=valkey.url, http_port=free_port(), fixed_ports=False,
+                      log_dir=log_dir, extra_env={"INNOSYSTEM_LOG_LEVEL": "WARNING", **(extra_env or {})})
+        try:
+            stack.migrate()
+            stack.start()
+            stack.wait_ready(120)
+            admin = Rest(stack.gateway_url, stack.admin_api_key)
+            p = Platform(Rest(stack.gateway_url), admin, stack.address("jobs"), stack.address("runners"),
+                         seed(admin, label=label, top_up_cents=10_000_000), stack)
+            for name in (*SERVICES, "gateway"):
+                p.meter.track(name, stack.procs[name].pid)
+            for name, server in (("postgres", pg), ("valkey", valkey)):
+                if server.proc is not None:
+                    p.meter.track(name, server.proc.pid)
+            yield p, url.replace("postgresql+psycopg://", "postgresql://"), valkey.url
+        finally:
+            stack.stop()
+    finally:
+        valkey.stop()
+        pg.stop()
 
 
 def grpc_metadata(p: Platform) -> list[tuple[str, str]]:
@@ -663,28 +697,8 @@ def main() -> None:
             results = bench(p, args.redis_url, args, log_dir)
         else:
             say("starting embedded PostgreSQL, Valkey and the platform …")
-            pg, valkey = EmbeddedPostgres(Path(tmp) / "pg"), EmbeddedValkey(Path(tmp) / "valkey")
-            url = pg.start()
-            valkey.start()
-            stack = Stack(database_url=url, redis_url=valkey.url, http_port=free_port(), fixed_ports=False,
-                          log_dir=log_dir, extra_env={"INNOSYSTEM_LOG_LEVEL": "WARNING"})
-            try:
-                stack.migrate()
-                stack.start()
-                stack.wait_ready(120)
-                admin = Rest(stack.gateway_url, stack.admin_api_key)
-                p = Platform(Rest(stack.gateway_url), admin, stack.address("jobs"), stack.address("runners"),
-                             seed(admin, label="bench", top_up_cents=10_000_000), stack)
-                for name in (*SERVICES, "gateway"):
-                    p.meter.track(name, stack.procs[name].pid)
-                for name, server in (("postgres", pg), ("valkey", valkey)):
-                    if server.proc is not None:
-                        p.meter.track(name, server.proc.pid)
-                results = bench(p, valkey.url, args, log_dir)
-            finally:
-                stack.stop()
-                valkey.stop()
-                pg.stop()
+            with embedded_platform(Path(tmp), log_dir, "bench") as (p, _, valkey_url):
+                results = bench(p, valkey_url, args, log_dir)
     figures = {**header, **results}
     say(json.dumps(figures, indent=2))
     if args.out:

@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 import psycopg
@@ -38,14 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_e2e as bench  # a sibling script
 
-from innosystem.demo import seed
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
-from innosystem.kit.config import SERVICES
-from innosystem.rest import Rest
-from innosystem.stack import Stack
 
 _PG_TOTALS = ("SELECT sum(xact_commit), sum(tup_inserted), sum(tup_updated), sum(tup_deleted) "
               "FROM pg_stat_database")
@@ -150,33 +144,12 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the services")
     parser.add_argument("--profile", help="sample jobs, billing and runners with py-spy, raw stacks into this folder")
     args = parser.parse_args()
-    extra: dict[str, Any] = dict(item.split("=", 1) for item in args.env)
+    extra = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
-        pg, valkey = EmbeddedPostgres(Path(tmp) / "pg"), EmbeddedValkey(Path(tmp) / "valkey")
-        url = pg.start()
-        valkey.start()
-        stack = Stack(database_url=url, redis_url=valkey.url, http_port=free_port(), fixed_ports=False,
-                      log_dir=log_dir, extra_env={"INNOSYSTEM_LOG_LEVEL": "WARNING", **extra})
-        try:
-            stack.migrate()
-            stack.start()
-            stack.wait_ready(120)
-            admin = Rest(stack.gateway_url, stack.admin_api_key)
-            p = bench.Platform(Rest(stack.gateway_url), admin, stack.address("jobs"), stack.address("runners"),
-                               seed(admin, label="probe", top_up_cents=10_000_000), stack)
-            for name in (*SERVICES, "gateway"):
-                p.meter.track(name, stack.procs[name].pid)
-            for name, server in (("postgres", pg), ("valkey", valkey)):
-                if server.proc is not None:
-                    p.meter.track(name, server.proc.pid)
-            probe(p, url.replace("postgresql+psycopg://", "postgresql://"), valkey.url, args, log_dir)
-        finally:
-            stack.stop()
-            valkey.stop()
-            pg.stop()
-
+        with bench.embedded_platform(Path(tmp), log_dir, "probe", extra) as (p, pg_url, valkey_url):
+            probe(p, pg_url, valkey_url, args, log_dir)
 
 if __name__ == "__main__":
     main()

@@ -29,12 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_e2e as bench  # a sibling script
 
-from innosystem.demo import seed
-from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
-from innosystem.kit.config import SERVICES
-from innosystem.rest import Rest
-from innosystem.stack import Stack
-
 
 def _spy(p: bench.Platform, names: list[str], folder: str | None, label: str,
          seconds: int) -> list[subprocess.Popen[bytes]]:
@@ -94,29 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
-        pg, valkey = EmbeddedPostgres(Path(tmp) / "pg"), EmbeddedValkey(Path(tmp) / "valkey")
-        url = pg.start()
-        valkey.start()
-        stack = Stack(database_url=url, redis_url=valkey.url, http_port=free_port(), fixed_ports=False,
-                      log_dir=log_dir, extra_env={"INNOSYSTEM_LOG_LEVEL": "WARNING"})
-        try:
-            stack.migrate()
-            stack.start()
-            stack.wait_ready(120)
-            admin = Rest(stack.gateway_url, stack.admin_api_key)
-            p = bench.Platform(Rest(stack.gateway_url), admin, stack.address("jobs"), stack.address("runners"),
-                               seed(admin, label="probe", top_up_cents=10_000_000), stack)
-            for name in (*SERVICES, "gateway"):
-                p.meter.track(name, stack.procs[name].pid)
-            for name, server in (("postgres", pg), ("valkey", valkey)):
-                if server.proc is not None:
-                    p.meter.track(name, server.proc.pid)
+        with bench.embedded_platform(Path(tmp), log_dir, "probe") as (p, _, _):
             probe(p, args)
-        finally:
-            stack.stop()
-            valkey.stop()
-            pg.stop()
-
 
 if __name__ == "__main__":
     main()
