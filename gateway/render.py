@@ -21,9 +21,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 
-from innosystem.kit.protos import whole_numbers
+from innosystem.kit.protos import whole_number, whole_numbers
 
-_EXACT = 2**53  # as in kit.protos.whole_numbers: a double represents every integer up to here exactly
 _INT64 = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
 
 Convert = Callable[[Any], Any]
@@ -34,22 +33,18 @@ def to_json(message: Message) -> Any:
     return _message_converter(cast(Descriptor, message.DESCRIPTOR))(message)
 
 
-def _whole(value: float) -> float | int:
-    return int(value) if value.is_integer() and -_EXACT <= value <= _EXACT else value
-
-
 def _double(value: float) -> Any:
     if math.isinf(value):
         return "-Infinity" if value < 0 else "Infinity"
     if math.isnan(value):
         return "NaN"
-    return _whole(value)
+    return whole_number(value)
 
 
 def _float(value: float) -> Any:
     if math.isinf(value) or math.isnan(value):
         return _double(value)
-    return _whole(type_checkers.ToShortestFloat(value))
+    return whole_number(type_checkers.ToShortestFloat(value))
 
 
 def _value(v: Message) -> Any:
@@ -61,7 +56,7 @@ def _value(v: Message) -> Any:
         number = v.number_value  # type: ignore[attr-defined]
         if math.isinf(number) or math.isnan(number):
             raise ValueError("Fail to serialize Infinity or NaN for Value.number_value")
-        return _whole(number)
+        return whole_number(number)
     if which == "struct_value":
         return _struct(v.struct_value)  # type: ignore[attr-defined]
     if which == "list_value":

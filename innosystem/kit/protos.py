@@ -71,6 +71,11 @@ def _is_output_only(field: Any) -> bool:
 _EXACT = 2**53  # doubles represent every integer up to here exactly
 
 
+def whole_number(value: float) -> float | int:
+    """An integral double as an int (up to 2**53, where doubles are exact), any other as it is."""
+    return int(value) if value.is_integer() and -_EXACT <= value <= _EXACT else value
+
+
 def whole_numbers(value: Any) -> Any:
     """`value` (a JSON document as Python values) with every integral float made an int, in place.
 
@@ -84,11 +89,10 @@ def whole_numbers(value: Any) -> Any:
     elif kind is list:
         items = enumerate(value)
     else:
-        return int(value) if kind is float and value.is_integer() and -_EXACT <= value <= _EXACT else value
+        return whole_number(value) if kind is float else value
     for key, item in items:
         if type(item) is float:
-            if item.is_integer() and -_EXACT <= item <= _EXACT:
-                value[key] = int(item)
+            value[key] = whole_number(item)
         elif type(item) in (dict, list):
             whole_numbers(item)
     return value
