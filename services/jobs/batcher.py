@@ -70,11 +70,14 @@ class Coalescer(Generic[Item, Result]):
 
 class Backlog(Generic[Item]):
     """Work nobody waits for: items handed to one background task that takes, each turn, every
-    item added meanwhile (a burst becomes one run of the handler). The handler's failure is
-    logged; the items of that turn are not tried again (callers keep what they must elsewhere)."""
+    item added meanwhile (a burst becomes one run of the handler). With `window` seconds, turns
+    come at most once per window: an item that finds the task idle goes at once, and the items
+    that follow it within the window go together in the next turn, so a quiet stream of items
+    (one every few milliseconds) still goes in few turns. The handler's failure is logged; the
+    items of that turn are not tried again (callers keep what they must elsewhere)."""
 
-    def __init__(self, handler: Callable[[list[Item]], Awaitable[None]], what: str) -> None:
-        self._handler, self._what = handler, what
+    def __init__(self, handler: Callable[[list[Item]], Awaitable[None]], what: str, window: float = 0.0) -> None:
+        self._handler, self._what, self._window = handler, what, window
         self._items: list[Item] = []
         self._worker: asyncio.Task[None] | None = None
 
@@ -95,3 +98,5 @@ class Backlog(Generic[Item]):
                 await self._handler(items)
             except Exception:
                 log.exception("%s failed for %d items", self._what, len(items))
+            if self._window > 0:
+                await asyncio.sleep(self._window)  # what comes meanwhile waits for the next turn

@@ -31,6 +31,9 @@ class JobsConfig:
     recovery_interval_seconds: float = 10.0
     # A submit's hold with no job after this long is released by recovery (the submit died).
     orphan_hold_grace_seconds: float = 60.0
+    # Billing for ended jobs waits this long to go with the endings that follow (one capture call
+    # and one billing commit for all of them); 0 sends each batch of endings as it commits.
+    settle_window_seconds: float = 0.05
     # A runner seen asking for a (type, tags) within this long counts as online (pending reason).
     runner_seen_seconds: float = 60.0
     # Finished jobs' payloads and results are purged after this long (Archive: never).
@@ -81,6 +84,7 @@ class JobsConfig:
                                                 cls.recovery_interval_seconds),
             orphan_hold_grace_seconds=env_float("INNOSYSTEM_JOBS_ORPHAN_HOLD_GRACE_SECONDS",
                                                 cls.orphan_hold_grace_seconds),
+            settle_window_seconds=env_float("INNOSYSTEM_JOBS_SETTLE_WINDOW_SECONDS", cls.settle_window_seconds),
             runner_seen_seconds=env_float("INNOSYSTEM_JOBS_RUNNER_SEEN_SECONDS", cls.runner_seen_seconds),
             retention_days=env_float("INNOSYSTEM_JOBS_RETENTION_DAYS", cls.retention_days),
             delete_after_days=env_float("INNOSYSTEM_JOBS_DELETE_AFTER_DAYS", cls.delete_after_days),
@@ -108,6 +112,8 @@ class JobsConfig:
         if config.max_payload_bytes < 2 or config.lease_ttl_seconds <= 0 or config.recovery_interval_seconds <= 0:
             raise ConfigError("INNOSYSTEM_JOBS_MAX_PAYLOAD_BYTES, _LEASE_TTL_SECONDS and _RECOVERY_INTERVAL_SECONDS "
                               "must be positive")
+        if not 0 <= config.settle_window_seconds <= 1:
+            raise ConfigError("INNOSYSTEM_JOBS_SETTLE_WINDOW_SECONDS must be 0 to 1 (seconds)")
         if min(config.webhook_concurrency, config.webhook_per_endpoint, config.max_webhooks_per_project) < 1 or \
                 min(config.webhook_timeout_seconds, config.webhook_scan_seconds, config.webhook_retry_scale) <= 0:
             raise ConfigError("INNOSYSTEM_JOBS_WEBHOOK_* settings and _MAX_WEBHOOKS_PER_PROJECT must be positive")

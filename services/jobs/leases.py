@@ -91,7 +91,7 @@ class Leases:
         self._flusher: asyncio.Task[None] | None = None
         # Committed endings whose billing is not sent yet, with their spans (`_settle_soon`).
         self._settling: Backlog[tuple[outcomes.Settlement, list[Span]]] = Backlog(
-            self._settle_together, "settling ended batches")
+            self._settle_together, "settling ended batches", deps.config.settle_window_seconds)
         # Two lease transactions may be under way at once: runners asking while one commits need not wait for it.
         self._marker: Coalescer[Pop, list[pb.JobLease]] = Coalescer(self._mark_many, orphaned=self._undelivered,
                                                                     concurrency=2)

@@ -88,3 +88,24 @@ async def test_a_backlog_takes_what_arrived_meanwhile_in_one_turn_and_outlives_a
     backlog.add(4)
     await backlog.drained()
     assert turns[-1] == [4]
+
+
+async def test_a_backlog_with_a_window_takes_a_quiet_stream_of_items_in_few_turns() -> None:
+    async def stream(window: float) -> list[list[int]]:
+        turns: list[list[int]] = []
+
+        async def handler(items: list[int]) -> None:
+            turns.append(items)
+
+        backlog: Backlog[int] = Backlog(handler, "test", window=window)
+        for item in (1, 2, 3):  # one every 20 ms, as results come at a moderate rate
+            backlog.add(item)
+            await asyncio.sleep(0.02)
+        await backlog.drained()
+        backlog.add(4)  # after the turn: the next one
+        await backlog.drained()
+        return turns
+
+    assert await stream(0.0) == [[1], [2], [3], [4]]  # each turn as soon as its item came
+    # the first at once, the next two in the window after it; then idle: the fourth at once again
+    assert await stream(0.5) == [[1], [2, 3], [4]]
