@@ -88,7 +88,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
-        with bench.embedded_platform(Path(tmp), log_dir, "probe") as (p, _, _):
+        # The gateway's per-account limit (500/s, burst 1000) would refuse a few thousand singles
+        # at full speed; this probe measures their cost, not the limit.
+        unlimited = {"INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND": "1000000"}
+        with bench.embedded_platform(Path(tmp), log_dir, "probe", unlimited) as (p, _, _):
             probe(p, args)
 
 if __name__ == "__main__":
