@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.kit.coalescing import Backlog, Coalescer
 from innosystem.kit.errors import (
     DomainError,
     FailedPrecondition,
@@ -35,7 +36,6 @@ from innosystem.kit.errors import (
 )
 from innosystem.kit.protos import timestamp
 from services.jobs import metrics, outcomes, runsql, tracing
-from services.jobs.batcher import Backlog, Coalescer
 from services.jobs.convert import lease_pb, plain
 from services.jobs.models import Job, JobType
 from services.jobs.queue import QueueItem

@@ -30,8 +30,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from innosystem.kit.coalescing import Backlog
 from innosystem.kit.pubsub import CLOSED, Subscriptions
-from services.jobs.batcher import Backlog
 
 __all__ = ["CLOSED", "Signals"]
 

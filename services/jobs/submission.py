@@ -39,6 +39,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
+from innosystem.kit.coalescing import Coalescer
 from innosystem.kit.db import Writes
 from innosystem.kit.errors import (
     Aborted,
@@ -53,7 +54,6 @@ from innosystem.kit.protos import request_hash, to_datetime
 from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs import metrics, pricing
-from services.jobs.batcher import Coalescer
 from services.jobs.billing import HoldRequest, insufficient_funds
 from services.jobs.convert import plain
 from services.jobs.models import IdempotencyKey, Job, JobStatusChange, JobType, NewJob

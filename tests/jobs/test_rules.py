@@ -1,13 +1,9 @@
-"""Pure rules, without services: backoff, the retry decision, queue names, encryption paths, and
-the coalescer's orphan hand-back."""
+"""Pure rules, without services: backoff, the retry decision, queue names and encryption paths."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Sequence
 
-from services.jobs.batcher import Backlog, Coalescer
 from services.jobs.encryption import paths_for
 from services.jobs.retry import JITTER, Policy, backoff_seconds, why_final
 from services.jobs.runtime import queue_name
@@ -43,69 +39,3 @@ def test_encryption_paths() -> None:
     assert paths_for("payload", doc, ["payload.card.number", "payload.missing", "result.x"]) == ["payload.card.number"]
     assert paths_for("payload", doc, []) == ["payload.card", "payload.amount"]
     assert paths_for("result", {"token": "t"}, ["payload.card.number"]) == []
-
-
-async def test_coalescer_hands_back_a_result_whose_caller_left() -> None:
-    orphans: list[int] = []
-    gate = asyncio.Event()
-
-    async def handler(items: Sequence[int]) -> list[int | BaseException]:
-        await gate.wait()
-        return [i * 10 for i in items]
-
-    async def orphaned(result: int) -> None:
-        orphans.append(result)
-
-    c: Coalescer[int, int] = Coalescer(handler, orphaned=orphaned)
-    stays = asyncio.create_task(c.submit(1))
-    leaves = asyncio.create_task(c.submit(2))
-    await asyncio.sleep(0.05)
-    leaves.cancel()
-    gate.set()
-    assert await stays == 10
-    await asyncio.sleep(0.05)
-    assert orphans == [20]  # 2 was in the running batch when its caller left: handed back
-
-
-async def test_a_backlog_takes_what_arrived_meanwhile_in_one_turn_and_outlives_a_failing_turn() -> None:
-    turns: list[list[int]] = []
-    gate = asyncio.Event()
-
-    async def handler(items: list[int]) -> None:
-        turns.append(items)
-        if items == [1]:
-            await gate.wait()
-            raise RuntimeError("the first turn fails")
-
-    backlog: Backlog[int] = Backlog(handler, "test")
-    backlog.add(1)
-    await asyncio.sleep(0)  # the first turn is under way
-    backlog.add(2)
-    backlog.add(3)
-    gate.set()
-    await backlog.drained()
-    assert turns == [[1], [2, 3]]  # the failure was logged, the next turn still ran
-    backlog.add(4)
-    await backlog.drained()
-    assert turns[-1] == [4]
-
-
-async def test_a_backlog_with_a_window_takes_a_quiet_stream_of_items_in_few_turns() -> None:
-    async def stream(window: float) -> list[list[int]]:
-        turns: list[list[int]] = []
-
-        async def handler(items: list[int]) -> None:
-            turns.append(items)
-
-        backlog: Backlog[int] = Backlog(handler, "test", window=window)
-        for item in (1, 2, 3):  # one every 20 ms, as results come at a moderate rate
-            backlog.add(item)
-            await asyncio.sleep(0.02)
-        await backlog.drained()
-        backlog.add(4)  # after the turn: the next one
-        await backlog.drained()
-        return turns
-
-    assert await stream(0.0) == [[1], [2], [3], [4]]  # each turn as soon as its item came
-    # the first at once, the next two in the window after it; then idle: the fourth at once again
-    assert await stream(0.5) == [[1], [2, 3], [4]]
