@@ -42,6 +42,9 @@ class GatewayConfig:
     redis_timeout_seconds: float = 1.0
     # How long a stopping gateway lets in-flight requests finish.
     grace_seconds: float = 10.0
+    # Concurrent single submits of one caller to one project go upstream as one BatchSubmitJobs
+    # call, each answered as its own SubmitJob would be (gateway/submits.py).
+    coalesce_submits: bool = True
     # None: the descriptor set shipped in the `innosystem` package.
     descriptor_set_path: Path | None = None
 
@@ -93,6 +96,7 @@ class GatewayConfig:
             redis_timeout_seconds=env_float("INNOSYSTEM_GATEWAY_REDIS_TIMEOUT_SECONDS", 1.0),
             redis_url=env("INNOSYSTEM_GATEWAY_REDIS_URL") or env("REDIS_URL", "redis://127.0.0.1:6379/0") or "",
             grace_seconds=env_float("INNOSYSTEM_SHUTDOWN_GRACE_SECONDS", 10.0),
+            coalesce_submits=env_int("INNOSYSTEM_GATEWAY_COALESCE_SUBMITS", 1) != 0,
             descriptor_set_path=Path(descriptors) if descriptors else None,
         )
 

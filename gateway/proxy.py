@@ -18,10 +18,12 @@ from google.protobuf.message import Message
 from gateway.auth import Auth
 from gateway.config import GatewayConfig
 from gateway.cookies import check_csrf, is_secure, set_cookie
+from gateway.descriptors import message_class
 from gateway.errors import GatewayError, from_domain_error, from_rpc_error
 from gateway.ratelimit import Limit, RateLimiter, client_address
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, RouteTable
 from gateway.sse import stream_events
+from gateway.submits import BATCH, SUBMIT, Submit, Submits
 from gateway.telemetry import ROUTE
 from gateway.transcode import build_request, render, render_csv
 from gateway.upstreams import Upstreams
@@ -77,6 +79,7 @@ class Gateway:
         self._redis: aioredis.Redis | None = None
         self._revocations: asyncio.Task[None] | None = None
         self._stubs: dict[str, Any] = {}
+        self._submits: Submits | None = None  # concurrent single submits as batches (gateway/submits.py)
         # Literal beginnings of the public routes' paths: most requests are told apart by these alone.
         self._public_prefixes = tuple(sorted({
             r.template.text.split("{", 1)[0].split(":", 1)[0] for r in table.routes
@@ -115,6 +118,21 @@ class Gateway:
             make = channel.unary_stream if rpc.server_streaming else channel.unary_unary
             self._stubs[rpc.grpc_path] = make(rpc.grpc_path, request_serializer=_serialize,
                                               response_deserializer=route.response_class.FromString)
+        self._submits = self._coalesced_submits()
+
+    def _coalesced_submits(self) -> Submits | None:
+        """The batcher of single submits, where SubmitJob has a route and the jobs service has
+        BatchSubmitJobs (unless INNOSYSTEM_GATEWAY_COALESCE_SUBMITS=0)."""
+        if not self.config.coalesce_submits or SUBMIT not in self._stubs:
+            return None
+        try:
+            method = self.pool.FindMethodByName(BATCH.strip("/").replace("/", "."))
+        except KeyError:
+            return None
+        channel = self.upstreams.channel("jobs")
+        response = message_class(method.output_type)
+        batch = channel.unary_unary(BATCH, request_serializer=_serialize, response_deserializer=response.FromString)
+        return Submits(self._stubs[SUBMIT], batch, message_class(method.input_type), self.config.deadline_seconds)
 
     async def close(self) -> None:
         if self._upstreams is not None:
@@ -171,8 +189,9 @@ class Gateway:
             metadata.extend(self._auth.sign(caller, route.rpc.grpc_path))
         if route.rpc.upstream == "tenancy" or route.rpc.grpc_path in AUDITED:  # sessions, lockout, the audit log
             metadata.append((sessions.CLIENT_ADDRESS_METADATA, address))
+        trace = telemetry.trace_carrier()
         if not self.upstreams.traced:
-            telemetry.inject_trace(metadata)  # the channels have no tracing interceptor to do it
+            metadata.extend(trace.items())  # the channels have no tracing interceptor to do it
         body = await self._read_body(request)
         message = build_request(route, path_values, request.rel_url.query.items(), body, self.pool)
         stub = self._stubs[route.rpc.grpc_path]
@@ -182,15 +201,22 @@ class Gateway:
                                        render=lambda m: render(m, route),
                                        keepalive=self.config.sse_keepalive_seconds, stopping=self.stopping,
                                        headers=headers)
+        call = None
         try:
-            call = stub(message, timeout=self.config.deadline_seconds, metadata=metadata)
-            answer = await call
+            if self._submits is not None and caller is not None and route.rpc.grpc_path == SUBMIT:
+                batch_metadata = [(REQUEST_ID_METADATA, request_id), *self._auth.sign(caller, BATCH),
+                                  *(() if self.upstreams.traced else trace.items())]
+                answer = await self._submits.submit(caller.SerializeToString(deterministic=True),
+                                                    Submit(message, metadata, batch_metadata, trace))
+            else:
+                call = stub(message, timeout=self.config.deadline_seconds, metadata=metadata)
+                answer = await call
         except grpc.aio.AioRpcError as exc:
             failure = from_rpc_error(exc, route.rpc.upstream)
             if caller is None and failure.http_status in (401, 404) and self._limiter is not None:
                 await self._limiter.charge_address(address)  # a wrong password or token
             raise failure from None
-        if route.rpc.grpc_path in _SETS_SESSION:
+        if call is not None and route.rpc.grpc_path in _SETS_SESSION:
             token = next((str(v) for k, v in (await call.initial_metadata() or ()) if k == sessions.SESSION_METADATA),
                          None)
             if token is not None:

@@ -36,12 +36,16 @@ def spans_recorded() -> bool:
     return _spans_recorded
 
 
-def inject_trace(metadata: list[tuple[str, str]]) -> None:
-    """Append the current trace context (`traceparent`, …, as the configured propagators write it)
-    to outgoing gRPC metadata."""
+def trace_carrier() -> dict[str, str]:
+    """The current trace context (`traceparent`, …, as the configured propagators write it)."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    metadata.extend(carrier.items())
+    return carrier
+
+
+def inject_trace(metadata: list[tuple[str, str]]) -> None:
+    """Append the current trace context to outgoing gRPC metadata."""
+    metadata.extend(trace_carrier().items())
 
 
 def _exporter_choice(signal: str) -> str:
