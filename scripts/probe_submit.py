@@ -1,6 +1,7 @@
 """A quick loop for the submit path's per-request cost: `make bench`'s single-submit phases only.
 
     .venv/bin/python scripts/probe_submit.py [--singles 3000] [--batches 0] [--latency 6] [--profile DIR]
+                                             [--env K=V ...]
 
 Starts the embedded stack as `make bench` does (scripts/bench_e2e.py: PostgreSQL, Valkey, the
 five services and the gateway as processes), warms up, then runs gRPC singles (64 in flight) and
@@ -10,6 +11,7 @@ seconds (open-loop, no runner connected), p50/p95/p99 of the call. `--batches N`
 submitted through the gateway in batches of 1,000 (2 clients, as `make bench`). `--profile DIR`
 samples the jobs and billing processes (gRPC singles), the gateway and jobs (gateway singles) and
 all three (batches) with py-spy, raw stacks into DIR (py-spy from $PY_SPY, default `py-spy`).
+`--env K=V` passes a setting to the services and the gateway, to compare its values in one hour.
 
 CPU per job is the figure to compare on a shared machine; it still moves with the machine's load
 (a busy machine costs more CPU per request), so compare runs made one after the other.
@@ -83,6 +85,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=0, help="jobs to submit in batches of 1000 (default none)")
     parser.add_argument("--latency", type=float, default=0, help="seconds of single gateway submits at 50/s")
     parser.add_argument("--profile", help="sample the processes with py-spy, raw stacks into this folder")
+    parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the processes")
     parser.add_argument("--spy-seconds", type=int, default=6, help="py-spy sampling time per phase (default 6)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
@@ -90,8 +93,9 @@ def main() -> None:
         log_dir.mkdir()
         # The gateway's per-account limit (500/s, burst 1000) would refuse a few thousand singles
         # at full speed; this probe measures their cost, not the limit.
-        unlimited = {"INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND": "1000000"}
-        with bench.embedded_platform(Path(tmp), log_dir, "probe", unlimited) as (p, _, _):
+        settings = {"INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND": "1000000",
+                    **dict(item.split("=", 1) for item in args.env)}
+        with bench.embedded_platform(Path(tmp), log_dir, "probe", settings) as (p, _, _):
             probe(p, args)
 
 if __name__ == "__main__":
