@@ -2,7 +2,11 @@
 commit). At idle an item goes straight through; under load the items queue up while the previous
 batch runs and then go together. Each caller gets its own item's outcome (a value or an exception).
 With `concurrency` > 1, that many batches may run at once (pipelining: the items that arrive while
-one batch commits need not wait for it). A `Backlog` is the same for work nobody waits for."""
+one batch commits need not wait for it); with `overlap_below` as well, another batch starts only
+while each running one is smaller than that: a small batch under way means light load, where an
+item that waited for it would wait for nothing, and a large one means heavy load, where the items
+that arrive meanwhile go together next instead of in small batches of their own, each paying a
+batch's fixed cost. A `Backlog` is the same for work nobody waits for."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ Result = TypeVar("Result")
 class Coalescer(Generic[Item, Result]):
     def __init__(self, handler: Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException]]],
                  max_batch: int = 200, orphaned: Callable[[Result], Awaitable[None]] | None = None,
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1, overlap_below: int | None = None) -> None:
         self._handler = handler
         self._orphaned = orphaned  # gets a result whose caller went away meanwhile
         self._max = max_batch
@@ -28,13 +32,16 @@ class Coalescer(Generic[Item, Result]):
         self._workers: set[asyncio.Task[None]] = set()
         self._concurrency = concurrency
         self._running = 0  # workers inside a batch (the others are about to take one or to end)
+        self._overlap_below = overlap_below
+        self._sizes: list[int] = []  # of the batches running
         self.batches = 0
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
         live = sum(1 for w in self._workers if not w.done())  # a finished one may not be discarded yet
-        if live <= self._running and live < self._concurrency:  # every live worker is inside a batch
+        if live <= self._running and live < self._concurrency and (  # every live worker is inside a batch
+                self._overlap_below is None or all(n < self._overlap_below for n in self._sizes)):
             worker = asyncio.create_task(self._run())
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
@@ -51,12 +58,14 @@ class Coalescer(Generic[Item, Result]):
             self.batches += 1
             outcomes: Sequence[Any]
             self._running += 1
+            self._sizes.append(len(batch))
             try:
                 outcomes = await self._handler([i for i, _ in batch])
             except Exception as exc:  # the whole batch failed: every caller gets the error
                 outcomes = [exc] * len(batch)
             finally:
                 self._running -= 1
+                self._sizes.remove(len(batch))
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
                     if future.cancelled() and self._orphaned is not None and not isinstance(outcome, BaseException):

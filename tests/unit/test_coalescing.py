@@ -72,3 +72,38 @@ async def test_a_backlog_with_a_window_takes_a_quiet_stream_of_items_in_few_turn
     assert await stream(0.0) == [[1], [2], [3], [4]]  # each turn as soon as its item came
     # the first at once, the next two in the window after it; then idle: the fourth at once again
     assert await stream(0.5) == [[1], [2, 3], [4]]
+
+
+async def test_a_second_batch_starts_beside_a_small_one_only() -> None:
+    batches: list[list[int]] = []
+    gates: list[asyncio.Event] = []
+
+    async def handler(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        gates.append(gate := asyncio.Event())
+        await gate.wait()
+        return list(items)
+
+    c: Coalescer[int, int] = Coalescer(handler, concurrency=2, overlap_below=3)
+    first = [asyncio.create_task(c.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    assert batches == [[1, 2]]  # under way, smaller than 3
+    beside = asyncio.create_task(c.submit(3))
+    await asyncio.sleep(0.01)
+    assert batches == [[1, 2], [3]]  # started beside it at once
+    for gate in gates:
+        gate.set()
+    assert await asyncio.gather(*first, beside) == [1, 2, 3]
+
+    batches.clear()
+    gates.clear()
+    big = [asyncio.create_task(c.submit(i)) for i in (4, 5, 6)]
+    await asyncio.sleep(0.01)
+    later = [asyncio.create_task(c.submit(i)) for i in (7, 8)]
+    await asyncio.sleep(0.01)
+    assert batches == [[4, 5, 6]]  # not beside a batch of 3: they wait for it …
+    gates[0].set()
+    await asyncio.sleep(0.01)
+    assert batches == [[4, 5, 6], [7, 8]]  # … and then go together
+    gates[1].set()
+    assert await asyncio.gather(*big, *later) == [4, 5, 6, 7, 8]
