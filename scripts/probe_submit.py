@@ -91,10 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
-        # The gateway's per-account limit (500/s, burst 1000) would refuse a few thousand singles
-        # at full speed; this probe measures their cost, not the limit.
-        settings = {"INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND": "1000000",
-                    **dict(item.split("=", 1) for item in args.env)}
+        settings = dict(item.split("=", 1) for item in args.env)
         with bench.embedded_platform(Path(tmp), log_dir, "probe", settings) as (p, _, _):
             probe(p, args)
 
