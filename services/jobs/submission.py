@@ -97,6 +97,18 @@ def job_id_for(project_id: uuid.UUID, request_id: str) -> uuid.UUID:
     return uuid.uuid5(JOB_ID_NAMESPACE, f"{project_id}/{request_id}") if request_id else uuid.uuid4()
 
 
+def fingerprint(r: pb.SubmitJobRequest) -> bytes:
+    """What tells a repeat of a submit from another request with its request id: the request
+    without its trace context, which a retry carries anew (its own span) and which the gateway
+    sets on each submit it sends in a batch (gateway/submits.py)."""
+    if not r.trace_context:
+        return request_hash(r)
+    content = pb.SubmitJobRequest()
+    content.CopyFrom(r)
+    content.ClearField("trace_context")
+    return request_hash(content)
+
+
 @dataclass
 class Prepared:
     job: NewJob
@@ -104,6 +116,8 @@ class Prepared:
     position: int  # in the request (batch item index)
     existing: bool = False
     payload_json: str | None = None  # the payload as JSON, measured once and stored as is
+    # The hash with the trace context, as submits stored before `fingerprint` remembered theirs.
+    legacy_hash: bytes | None = None
 
     def row(self) -> dict[str, Any]:
         row = self.job.row()
@@ -243,6 +257,13 @@ class Submission:
         async with self.deps.db.session() as s:
             earlier = await idempotency.replay_many(s, IdempotencyKey, scope,
                                                     [(p.job.request_id, p.hash) for p in prepared])
+            legacy = [i for i, (p, found) in enumerate(zip(prepared, earlier, strict=True))
+                      if isinstance(found, DomainError) and p.legacy_hash is not None]
+            if legacy:  # remembered with its trace context, before `fingerprint`
+                again = await idempotency.replay_many(s, IdempotencyKey, scope, [
+                    (prepared[i].job.request_id, prepared[i].legacy_hash or b"") for i in legacy])
+                for i, found in zip(legacy, again, strict=True):
+                    earlier[i] = found
             for i, (p, found) in enumerate(zip(prepared, earlier, strict=True)):
                 if isinstance(found, DomainError):
                     raise _renamed(found, "request_id", prefix(i) + "request_id")
@@ -373,7 +394,8 @@ class Submission:
             update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
             lease_session_id="", dead_lettered=False, trace_context=_trace_context(r), purged=False, **retry,
         )
-        return Prepared(job, request_hash(r), position, payload_json=payload_json)
+        return Prepared(job, fingerprint(r), position, payload_json=payload_json,
+                        legacy_hash=request_hash(r) if r.trace_context else None)
 
     async def _store_one(self, group: Group) -> None:
         if group.single:

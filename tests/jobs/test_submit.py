@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from innosystem.kit.protos import request_hash
 from services.jobs.convert import plain
 from tests.jobs.jobs_world import JobsWorld
 
@@ -74,6 +75,40 @@ async def test_a_batch_with_request_ids_is_stored_once_and_a_reused_id_names_its
     assert await world.available(c) == 970  # the new fourth item was not stored either
     listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
     assert len(listed) == 3
+
+
+async def test_a_repeat_is_the_same_job_whatever_trace_it_carries(world: JobsWorld) -> None:
+    """A retry carries a new span, and the gateway sets each submit's own trace on the items of a
+    batch it coalesces: the trace context is not what makes a request another one. A request id
+    remembered with its trace context (before the fingerprint left it out) still replays."""
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, price=10)
+    sub = world.app.cases.submission
+
+    def submit(request_id: str, span: str) -> pb.SubmitJobRequest:
+        return pb.SubmitJobRequest(project_id=c.project_id, job_type_id=str(jt.id), payload=payload(a=1),
+                                   request_id=request_id,
+                                   trace_context={"traceparent": f"00-{'1' * 32}-{span * 16}-01"})
+
+    first = await sub.submit(c.principal, submit("traced", "a"))
+    again = await sub.submit(c.principal, submit("traced", "b"))
+    alone = await sub.submit(c.principal, pb.SubmitJobRequest(project_id=c.project_id, job_type_id=str(jt.id),
+                                                               payload=payload(a=1), request_id="traced"))
+    assert again.id == first.id == alone.id
+    assert await world.available(c) == 990  # held once
+
+    old = submit("remembered-before", "c")
+    stored = await sub.submit(c.principal, old)
+    async with world.app.deps.db.session() as s:  # remembered as before the fingerprint: with the trace
+        await s.execute(text("UPDATE jobs.idempotency_keys SET request_hash = :hash "
+                             "WHERE scope = :scope AND request_id = 'remembered-before'"),
+                        {"scope": f"SubmitJob:{c.project_id}", "hash": request_hash(old)})
+        await s.commit()
+    assert (await sub.submit(c.principal, old)).id == stored.id
+    with pytest.raises(InvalidArgument) as caught:  # another request under a used id is still refused
+        await sub.submit(c.principal, pb.SubmitJobRequest(project_id=c.project_id, job_type_id=str(jt.id),
+                                                          payload=payload(a=2), request_id="traced"))
+    assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED"
 
 
 @pytest.mark.parametrize("field, kwargs, reason", [
