@@ -194,6 +194,7 @@ async def test_done_when_1000_jobs_two_customers(stack: Stack, jobs_stub: jobs_p
     for t, count in ((big, 900), (small, 100)):
         stored = _all_jobs(t)
         assert len(stored) == count and {j["status"] for j in stored} == {"JOB_STATUS_SUCCEEDED"}
+        assert await asyncio.to_thread(_held_after, t, 10) == 0  # billing settles after the endings
         captured = _captures(t)
         assert sorted(captured) == sorted(j["id"] for j in stored)  # each charged exactly once
         wallet = _wallet(t)
@@ -216,6 +217,7 @@ async def test_fail_twice_then_succeed_shows_three_attempts_with_backoff(
     ends = [_epoch(a["endTime"]) for a in attempts]
     assert starts[1] - ends[0] >= 0.9 * 1 and starts[2] - ends[1] >= 0.9 * 2  # backoff 1 s, then 2 s
     assert any("retry in" in c["reason"] for c in full["statusHistory"])
+    assert await asyncio.to_thread(_held_after, t, 10) == 0  # billing settles after the ending
     assert _captures(t) == [job["id"]]
 
 
@@ -258,6 +260,7 @@ async def test_redis_flushall_while_queued_and_leased_finishes_each_job_once(
                                                           max_jobs=50, wait_ms=1500))
     assert list(extra.leases) == []  # nothing runs twice
     assert {j["status"] for j in _all_jobs(t)} == {"JOB_STATUS_SUCCEEDED"}
+    assert await asyncio.to_thread(_held_after, t, 10) == 0  # billing settles after the endings
     assert sorted(_captures(t)) == sorted(ids)
     wallet = _wallet(t)
     assert _cents(wallet, "balanceCents") == 10_000 - 2 * 200 and _cents(wallet, "heldCents") == 0
