@@ -3,6 +3,7 @@ idempotency, cancel and retry, the wallet and the access log."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,10 @@ async def test_a_script_submits_1000_jobs_in_batches_and_waits_for_all(stack: St
         assert one.result == {"n": 123} and one.succeeded
         # Each job cost its cent, and the wallet paid exactly that.
         assert sum(j.cost_cents for j in finished) == 1000
+        for _ in range(200):  # billing settles after the endings, within seconds
+            if (await client.wallet()).balance_cents == before.balance_cents - 1000:
+                break
+            await asyncio.sleep(0.05)
         assert (await client.wallet()).balance_cents == before.balance_cents - 1000
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import time
 
 from innosystem.demo import JOB_TYPES, seed
 from innosystem.rest import Rest
@@ -43,6 +44,9 @@ def test_the_printed_curl_runs_a_job_on_the_demo_runner_and_charges_the_wallet(s
         charged = int(job["costCents"])
         assert charged == dict((t[0], t[3][1]) for t in JOB_TYPES)["echo"]  # the catalog's flat price
         assert job["priceId"]  # settled at the price version it was submitted under
+        deadline = time.monotonic() + 10  # billing settles after the ending (leases._settle_soon)
+        while int(customer("GET", wallet)["balanceCents"]) != before - charged and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert int(customer("GET", wallet)["balanceCents"]) == before - charged
     finally:
         stack.stop_process("runner-demo-test")
