@@ -394,6 +394,8 @@ class Submission:
             update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
             lease_session_id="", dead_lettered=False, trace_context=_trace_context(r), purged=False, **retry,
         )
+        if not r.request_id:  # only a request id is remembered, with its request's fingerprint
+            return Prepared(job, b"", position, payload_json=payload_json)
         return Prepared(job, fingerprint(r), position, payload_json=payload_json,
                         legacy_hash=request_hash(r) if r.trace_context else None)
 
