@@ -105,6 +105,7 @@ def test_batch_processor_and_reported_units_from_a_module(admin: Client, spawn_r
     results = [t.wait_status(j, "JOB_STATUS_SUCCEEDED")["result"] for j in jobs]
     assert [r["upper"] for r in results] == [f"T{i}" for i in range(5)]
     assert all(1 <= r["batch_size"] <= 3 for r in results)
+    wait_for(lambda: t.held() == 0, what="the first jobs' billing settled")  # it follows their endings
     before = t.balance()
     submitted = t.submit(costly, {"cost": 3})
     assert int(submitted["estimatedCostCents"]) == 9 and submitted["priceId"] == priced.body["id"]  # the cap held

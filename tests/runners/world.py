@@ -60,6 +60,10 @@ class Tenant:
         wallet = self.client.get(f"/v1/customers/{self.customer_id}/wallet").body
         return int(wallet.get("balanceCents", 0))
 
+    def held(self) -> int:
+        wallet = self.client.get(f"/v1/customers/{self.customer_id}/wallet").body
+        return int(wallet.get("heldCents", 0))
+
 
 def tenant(admin: Client, funds: int = 100_000) -> Tenant:
     created = admin.post("/v1/customers", {"name": f"Runner Co {uuid.uuid4().hex[:6]}",
