@@ -189,7 +189,8 @@ class Gateway:
             metadata.extend(self._auth.sign(caller, route.rpc.grpc_path))
         if route.rpc.upstream == "tenancy" or route.rpc.grpc_path in AUDITED:  # sessions, lockout, the audit log
             metadata.append((sessions.CLIENT_ADDRESS_METADATA, address))
-        trace = telemetry.trace_carrier()
+        coalesced = self._submits is not None and caller is not None and route.rpc.grpc_path == SUBMIT
+        trace = telemetry.trace_carrier() if coalesced or not self.upstreams.traced else {}
         if not self.upstreams.traced:
             metadata.extend(trace.items())  # the channels have no tracing interceptor to do it
         body = await self._read_body(request)
@@ -203,11 +204,14 @@ class Gateway:
                                        headers=headers)
         call = None
         try:
-            if self._submits is not None and caller is not None and route.rpc.grpc_path == SUBMIT:
-                batch_metadata = [(REQUEST_ID_METADATA, request_id), *self._auth.sign(caller, BATCH),
-                                  *(() if self.upstreams.traced else trace.items())]
-                answer = await self._submits.submit(caller.SerializeToString(deterministic=True),
-                                                    Submit(message, metadata, batch_metadata, trace))
+            if coalesced:
+                assert self._submits is not None and caller is not None
+                auth, traced = self._auth, self.upstreams.traced
+                answer = await self._submits.submit(caller.SerializeToString(deterministic=True), Submit(
+                    message, metadata, trace,
+                    # signed only if it goes in a batch (and then for the batch's first submit only)
+                    lambda: [(REQUEST_ID_METADATA, request_id), *auth.sign(caller, BATCH),
+                             *(() if traced else trace.items())]))
             else:
                 call = stub(message, timeout=self.config.deadline_seconds, metadata=metadata)
                 answer = await call

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +57,8 @@ Metadata = list[tuple[str, Any]]
 class Submit:
     message: Any  # the SubmitJobRequest (a class of the gateway's descriptor pool)
     metadata: Metadata  # its own call's (signed for SubmitJob, its request id and trace)
-    batch_metadata: Metadata  # the same caller's, signed for BatchSubmitJobs
     trace_context: dict[str, str]  # the request's trace, carried by its item in a batch
+    batch_metadata: Callable[[], Metadata]  # the same caller's, signed for BatchSubmitJobs
 
 
 class Submits:
@@ -97,7 +97,7 @@ class Submits:
             if not entry.trace_context:
                 entry.trace_context.update(item.trace_context)
         try:
-            answer = await self._batch(request, timeout=self._timeout, metadata=items[0].batch_metadata)
+            answer = await self._batch(request, timeout=self._timeout, metadata=items[0].batch_metadata())
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in _REFUSALS:
                 return [exc] * len(items)  # perhaps stored: nothing is sent again
