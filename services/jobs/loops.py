@@ -8,7 +8,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy import Table, delete, insert, select, tuple_, update
@@ -43,6 +43,9 @@ class Loops:
         self.deps = deps
         self.leases = leases
         self._depth: dict[tuple[str, int], tuple[int, float | None]] = {}
+        # Pending jobs a pass found popped by a lease too recent to call lost: the next passes
+        # read them again, whatever their age (a partial pass reads only recent changes).
+        self._suspects: set[uuid.UUID] = set()
         metrics.meter.create_observable_gauge("jobs.queue.depth", [self._observe_depth],
                                               description="jobs waiting in a queue, by queue and priority")
         metrics.meter.create_observable_gauge("jobs.queue.oldest_age", [self._observe_age], unit="s",
@@ -118,39 +121,51 @@ class Loops:
             since = datetime.fromisoformat(_text(mark)) - RECOVERY_GRACE if mark else None
         queued = 0
         after = uuid.UUID(int=0)
+        suspects, self._suspects = sorted(self._suspects), set()
+        j = _JOBS.c
+        waiting = select(j.id, j.status, j.queue_name, j.customer_id, j.priority, j.queue_time, j.create_time,
+                         j.next_attempt_time).where(j.status.in_([PENDING, SCHEDULED]))
         while True:
-            j = _JOBS.c
-            stmt = (select(j.id, j.status, j.queue_name, j.customer_id, j.priority, j.queue_time, j.create_time,
-                           j.next_attempt_time)
-                    .where(j.status.in_([PENDING, SCHEDULED]), j.update_time < now - RECOVERY_GRACE, j.id > after)
-                    .order_by(j.id).limit(CHUNK))
+            stmt = waiting.where(j.update_time < now - RECOVERY_GRACE, j.id > after).order_by(j.id).limit(CHUNK)
             if since is not None:
                 stmt = stmt.where(j.update_time >= since)
-            async with deps.db.session() as s:  # Core rows: every new job passes here once
-                rows = (await (await s.connection()).execute(stmt)).all()
+            rows = await self._waiting(stmt)
             if not rows:
                 break
             after = rows[-1].id
-            pending = [QueueItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
-                                 (r.queue_time or r.create_time).timestamp()) for r in rows if r.status == PENDING]
-            later = [ScheduledItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
-                                   (r.next_attempt_time or now).timestamp()) for r in rows if r.status == SCHEDULED]
-            await self._drop_lost_leases(pending, now.timestamp() - LOST_LEASE_GRACE)
-            n = await deps.queue.rebuild(pending, later)
-            queued += n
-            if n:
-                await deps.signals.jobs_ready({i.job_type for i in pending})
-                await deps.signals.schedule_changed()
+            queued += await self._requeue(rows, now)
+        for start in range(0, len(suspects), CHUNK):  # whatever their age, and read once more if still young
+            ids = suspects[start:start + CHUNK]
+            queued += await self._requeue(await self._waiting(waiting.where(j.id.in_(ids))), now)
         await deps.queue.client.set(mark_key, (now - RECOVERY_GRACE).isoformat())
         await self._refresh_depth(from_database=since is None)
         if queued or released:
             log.info("recovery: %d jobs back in Redis, %d orphan holds released", queued, released)
         return queued, released
 
+    async def _waiting(self, stmt: Any) -> list[Any]:
+        async with self.deps.db.session() as s:  # Core rows: every new job passes here once
+            return list((await (await s.connection()).execute(stmt)).all())
+
+    async def _requeue(self, rows: list[Any], now: datetime) -> int:
+        """Waiting jobs back in their queue or schedule (where Redis lost them); how many went back."""
+        deps = self.deps
+        pending = [QueueItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
+                             (r.queue_time or r.create_time).timestamp()) for r in rows if r.status == PENDING]
+        later = [ScheduledItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
+                               (r.next_attempt_time or now).timestamp()) for r in rows if r.status == SCHEDULED]
+        await self._drop_lost_leases(pending, now.timestamp() - LOST_LEASE_GRACE)
+        n = await deps.queue.rebuild(pending, later)
+        if n:
+            await deps.signals.jobs_ready({i.job_type for i in pending})
+            await deps.signals.schedule_changed()
+        return n
+
     async def _drop_lost_leases(self, pending: list[QueueItem], before: float) -> None:
         """A Pending job whose Redis record says leased since before `before` was popped by a lease
         that never committed (its process died): forget the record so the job can be queued again.
-        Younger records belong to leases in flight and are left alone."""
+        Younger records belong to leases in flight and are left alone, and read again next pass:
+        if their lease never commits, nothing else would bring the job back before a full pass."""
         queue = self.deps.queue
         by_queue: dict[str, list[str]] = {}
         for item in pending:
@@ -159,6 +174,8 @@ class Loops:
             records = await queue.client.hmget(f"{queue.base(q)}:job", ids)
             lost = [i for i, rec in zip(ids, records, strict=True)
                     if rec is not None and _leased_before(rec, before)]
+            self._suspects.update(uuid.UUID(i) for i, rec in zip(ids, records, strict=True)
+                                  if rec is not None and _leased(rec) and i not in lost)
             if lost:
                 await queue.finish(q, lost)
 
@@ -351,6 +368,10 @@ def _leased_before(record: bytes | str, before: float) -> bool:
     text = record.decode() if isinstance(record, bytes) else record
     parts = text.split("|")
     return parts[0] == "L" and len(parts) > 3 and float(parts[3]) < before
+
+
+def _leased(record: bytes | str) -> bool:
+    return (record.decode() if isinstance(record, bytes) else record).startswith("L|")
 
 
 def _text(value: bytes | str) -> str:

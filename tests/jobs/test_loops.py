@@ -126,6 +126,26 @@ async def test_a_pop_that_never_committed_is_queued_again_only_after_its_grace(w
     assert lease.job_id == str(job.id) and lease.attempt == 1
 
 
+async def test_a_pop_too_young_at_a_full_pass_is_read_again_by_the_partial_passes(world: JobsWorld) -> None:
+    """A process killed between a lease's pop and its commit: the full pass at restart finds the
+    pop too young to call lost, and the partial passes after it read only recent changes, yet they
+    read that job again until its lease is lost, rather than leaving it to the next full pass."""
+    c = await world.customer()
+    jt = await world.job_type(c)
+    job = await world.submit(c, jt)
+    world.clock.advance(5)
+    queue = world.app.deps.queue
+    assert await queue.lease([job.queue_name], 1, world.clock()) == [str(job.id)]  # popped; the lease "died"
+    await world.app.loops.recover_once()  # the restart's full pass
+    world.clock.advance(10)
+    await world.app.loops.recover_once(full=False)
+    assert await world.lease([jt.name]) == []  # still young
+    world.clock.advance(25)
+    await world.app.loops.recover_once(full=False)
+    (lease,) = await world.lease([jt.name])
+    assert lease.job_id == str(job.id) and lease.attempt == 1
+
+
 async def test_recovery_between_full_passes_reads_only_jobs_that_started_waiting_since(world: JobsWorld) -> None:
     """The loop's passes between full ones cost what changed, not the backlog: a job waiting since
     before the previous pass is not read again (it was repaired then), one committed since is; a
