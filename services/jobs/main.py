@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from innosystem.kit import statistics
+from innosystem.kit import inprocess, statistics
 from innosystem.kit.audit import AuditReporter
 from innosystem.kit.clients import ApiKeyAuthenticator, channel
 from innosystem.kit.db import Database
 from innosystem.kit.redis import connect
 from innosystem.kit.server import Service
+from services.jobs import relay
 from services.jobs.api import servicer
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
@@ -31,6 +33,12 @@ async def create() -> Service:
     keys = channel(addresses.keys, service="jobs", secret=secret)
     app = build(config, db, redis, tenancy, Billing(billing), time.time, encryptor=Encryptor(keys))
     api = servicer(app.types, app.cases)
+    # A runners service in this process takes leases and gives results without the Relay stream.
+    answer = functools.partial(relay.answer, app.cases.leases)
+    inprocess.offer(inprocess.JOBS_RELAY, answer)
+
+    async def withdraw() -> None:
+        inprocess.withdraw(inprocess.JOBS_RELAY, answer)
 
     async def close_redis() -> None:
         await redis.aclose()
@@ -48,6 +56,6 @@ async def create() -> Service:
                     app.deliveries.fan_out_forever, app.deliveries.send_forever, follow_statistics],
         audit=AuditReporter(tenancy),  # job types → tenancy's audit log
         # billing for what ended before the stop goes out before the billing channel closes
-        on_shutdown=[app.cases.leases.settle_pending, app.deliveries.close, tenancy.close, billing.close, keys.close,
-                     close_redis, db.close],
+        on_shutdown=[withdraw, app.cases.leases.settle_pending, app.deliveries.close, tenancy.close, billing.close,
+                     keys.close, close_redis, db.close],
     )

@@ -11,6 +11,9 @@ is answered under its id when done; one writer sends the answers, since a stream
 at a time. When the stream ends, the requests still running are cancelled, as a unary call's
 handler is when its caller goes away (a lease cancelled after its commit is never delivered and
 expires like any lease of a lost runner).
+
+A runners service in the same process (`innosystem serve jobs runners`) calls `answer` directly
+instead (kit.inprocess): the same replies without the stream.
 """
 
 from __future__ import annotations
@@ -31,27 +34,32 @@ DOMAIN = f"jobs{DOMAIN_SUFFIX}"
 _SERVICE = "/innosystem.jobs.v1.JobService/"
 
 
+async def answer(leases: Leases, message: pb.RelayRequest) -> pb.RelayReply:
+    """One relay request's reply: what the unary call would have answered, an error as its Status."""
+    reply = pb.RelayReply(id=message.id)
+    kind = message.WhichOneof("kind")
+    try:
+        if kind == "lease":
+            check_required(message.lease)
+            reply.lease.leases.extend(await leases.lease(message.lease))
+        elif kind == "complete":
+            check_required(message.complete)
+            reply.complete.results.extend(await leases.complete(list(message.complete.completions)))
+        else:
+            raise InvalidArgument("a relay request carries lease or complete", field="kind",
+                                  reason="MALFORMED_MESSAGE")
+    except Exception as exc:  # answered as the unary call would have been; the stream goes on
+        method = _SERVICE + ("LeaseJobs" if kind == "lease" else "CompleteJobs")
+        reply.error.CopyFrom(error_status(exc, method, DOMAIN))
+    return reply
+
+
 async def serve(leases: Leases, requests: AsyncIterator[pb.RelayRequest], context: grpc.aio.ServicerContext) -> None:
     replies: asyncio.Queue[pb.RelayReply | None] = asyncio.Queue()
     running: set[asyncio.Task[Any]] = set()
 
-    async def answer(message: pb.RelayRequest) -> None:
-        reply = pb.RelayReply(id=message.id)
-        kind = message.WhichOneof("kind")
-        try:
-            if kind == "lease":
-                check_required(message.lease)
-                reply.lease.leases.extend(await leases.lease(message.lease))
-            elif kind == "complete":
-                check_required(message.complete)
-                reply.complete.results.extend(await leases.complete(list(message.complete.completions)))
-            else:
-                raise InvalidArgument("a relay request carries lease or complete", field="kind",
-                                      reason="MALFORMED_MESSAGE")
-        except Exception as exc:  # answered as the unary call would have been; the stream goes on
-            method = _SERVICE + ("LeaseJobs" if kind == "lease" else "CompleteJobs")
-            reply.error.CopyFrom(error_status(exc, method, DOMAIN))
-        replies.put_nowait(reply)
+    async def one(message: pb.RelayRequest) -> None:
+        replies.put_nowait(await answer(leases, message))
 
     async def write() -> None:
         while (reply := await replies.get()) is not None:
@@ -60,7 +68,7 @@ async def serve(leases: Leases, requests: AsyncIterator[pb.RelayRequest], contex
     writer = asyncio.create_task(write())
     try:
         async for message in requests:
-            task = asyncio.create_task(answer(message))
+            task = asyncio.create_task(one(message))
             running.add(task)
             task.add_done_callback(running.discard)
         if running:  # the caller is done writing: what is under way is still answered

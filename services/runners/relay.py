@@ -11,6 +11,10 @@ fail UNAVAILABLE, as unary calls to a restarting service would. A lease the jobs
 after its caller gave up (timed out or cancelled) is given back unstarted at once rather than
 left to expire. A jobs service without the method (an older version, during a rolling upgrade)
 is asked by unary calls, and asked for the stream again a minute later.
+
+When the jobs service runs in this process (`innosystem serve jobs runners`), it offers its relay
+handler (kit.inprocess) and each request is answered by it directly, with the same replies, the
+same time bound and the same give-back of a lease answered after its caller gave up.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import grpc
 from google.rpc import code_pb2, status_pb2
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from innosystem.kit import inprocess
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class Relay:
         self._writing = asyncio.Lock()  # a stream takes one write at a time
         self._unary_until = 0.0  # asked by unary calls until then (a jobs service without Relay)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._answering: set[asyncio.Future[jobs_pb2.RelayReply]] = set()  # in-process requests under way
 
     # the stub's two methods ----------------------------------------------------------------------
     async def LeaseJobs(self, request: jobs_pb2.LeaseJobsRequest, timeout: float,  # noqa: ASYNC109 - the stub's signature
@@ -89,6 +95,8 @@ class Relay:
     # the stream ----------------------------------------------------------------------------------
     async def _ask(self, message: jobs_pb2.RelayRequest, seconds: float, runner_id: str) -> jobs_pb2.RelayReply | None:
         """The reply on the stream; None when the jobs service has no Relay (ask by a unary call)."""
+        if (local := inprocess.find(inprocess.JOBS_RELAY)) is not None:
+            return await self._local(local, message, seconds, runner_id)
         if time.monotonic() < self._unary_until:
             return None
         try:
@@ -128,6 +136,30 @@ class Relay:
         if reply.HasField("error"):
             raise rpc_error(reply.error)
         return reply
+
+    async def _local(self, answer: inprocess.Handler, message: jobs_pb2.RelayRequest, seconds: float,
+                     runner_id: str) -> jobs_pb2.RelayReply:
+        """The jobs service in this process answers; its task goes on if the caller gives up, as
+        a request on the stream would, and the leases it then grants go back."""
+        task: asyncio.Future[jobs_pb2.RelayReply] = asyncio.ensure_future(answer(message))
+        self._answering.add(task)  # cancelled by close, as the stream's requests are when it ends
+        task.add_done_callback(self._answering.discard)
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(task), seconds)
+        except BaseException as exc:
+            if runner_id:
+                task.add_done_callback(lambda t: self._abandoned(t, runner_id))
+            if isinstance(exc, TimeoutError):
+                late = f"no answer from the jobs service in {seconds:g} s"
+                raise rpc_error(status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=late)) from None
+            raise
+        if reply.HasField("error"):
+            raise rpc_error(reply.error)
+        return reply
+
+    def _abandoned(self, task: asyncio.Future[jobs_pb2.RelayReply], runner_id: str) -> None:
+        if not task.cancelled() and task.exception() is None and task.result().lease.leases:
+            self._spawn(self._give_back(runner_id, list(task.result().lease.leases)))
 
     def _open(self) -> _Stream:
         if self._stream is None:
@@ -186,6 +218,6 @@ class Relay:
     async def close(self) -> None:
         if self._stream is not None:
             self._drop(self._stream)
-        for task in list(self._tasks):
+        for task in [*self._answering, *self._tasks]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._answering, *self._tasks, return_exceptions=True)

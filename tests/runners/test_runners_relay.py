@@ -4,7 +4,9 @@ Against the real jobs service: each request on one stream is answered on its own
 as the unary call would be refused, and the stream goes on. Against a stand-in jobs server (a
 real gRPC server in this process): an older jobs service without Relay is asked by unary calls, a
 lease answered after its caller gave up goes back unstarted, and a stream that ends fails what
-is under way UNAVAILABLE and is opened again for the next request.
+is under way UNAVAILABLE and is opened again for the next request. With the jobs service in the
+same process (kit.inprocess), its handler answers with the same replies and errors, the stream is
+never opened, and a lease answered after its caller gave up goes back as well.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 
 from innosystem.embedded import free_port
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from innosystem.kit import principal
+from innosystem.kit import inprocess, principal
 from innosystem.kit.errors import InvalidArgument, from_rpc_error, to_status
 from innosystem.stack import Stack
 from services.runners.relay import Relay, rpc_error
@@ -210,3 +212,87 @@ def _wait(check: Any, seconds: float = 5.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "not given back in time"
         time.sleep(0.02)
+
+
+@asynccontextmanager
+async def _offered(answer: Any) -> AsyncIterator[None]:
+    """`answer` offered as the jobs service's relay in this process, as `serve jobs runners` does."""
+    inprocess.offer(inprocess.JOBS_RELAY, answer)
+    try:
+        yield
+    finally:
+        inprocess.withdraw(inprocess.JOBS_RELAY, answer)
+
+
+async def test_the_jobs_service_in_this_process_answers_without_the_stream() -> None:
+    asked: list[str] = []
+
+    async def answer(message: jobs_pb2.RelayRequest) -> jobs_pb2.RelayReply:
+        asked.append(message.WhichOneof("kind"))
+        if message.HasField("lease"):
+            return jobs_pb2.RelayReply(lease=jobs_pb2.LeaseJobsResponse(
+                leases=[jobs_pb2.JobLease(job_id="here", lease_id="l")]))
+        return jobs_pb2.RelayReply(complete=jobs_pb2.CompleteJobsResponse(
+            results=[jobs_pb2.CompletionResult(job_id=c.job_id) for c in message.complete.completions]))
+
+    jobs = _Jobs(lambda *_: asyncio.sleep(3600))
+    async with _relay_to(jobs) as relay, _offered(answer):
+        leased = await relay.LeaseJobs(_lease(), timeout=5)
+        completed = await relay.CompleteJobs(jobs_pb2.CompleteJobsRequest(completions=[
+            jobs_pb2.JobCompletion(job_id="here", lease_id="l", runner_id="r")]), timeout=5)
+    assert [lease.job_id for lease in leased.leases] == ["here"]
+    assert [r.job_id for r in completed.results] == ["here"]
+    assert asked == ["lease", "complete"]
+    assert jobs.streams == 0 and jobs.unary_leases == 0  # neither the stream nor a unary call
+
+
+async def test_an_in_process_refusal_is_the_unary_calls_error() -> None:
+    async def refuses(message: jobs_pb2.RelayRequest) -> jobs_pb2.RelayReply:
+        return jobs_pb2.RelayReply(error=to_status(InvalidArgument(
+            "max_jobs must be 1 to 1000", field="max_jobs", reason="INVALID_MAX_JOBS"), "jobs.innosystem"))
+
+    async with _relay_to(_Jobs()) as relay, _offered(refuses):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await relay.LeaseJobs(_lease(max_jobs=0), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    refused = from_rpc_error(err.value)
+    assert refused.reason == "INVALID_MAX_JOBS"
+    assert refused.violations == [("max_jobs", "max_jobs must be 1 to 1000")]
+
+
+@pytest.mark.parametrize("gives_up", ["timeout", "cancel"])
+async def test_an_in_process_lease_answered_after_its_caller_gave_up_goes_back(gives_up: str) -> None:
+    async def late(message: jobs_pb2.RelayRequest) -> jobs_pb2.RelayReply:
+        await asyncio.sleep(0.5)  # after its caller gave up
+        return jobs_pb2.RelayReply(lease=jobs_pb2.LeaseJobsResponse(
+            leases=[jobs_pb2.JobLease(job_id="j1", lease_id="l1")]))
+
+    jobs = _Jobs()
+    async with _relay_to(jobs) as relay, _offered(late):
+        request = _lease()
+        asking = asyncio.create_task(relay.LeaseJobs(request, timeout=0.2 if gives_up == "timeout" else 5))
+        if gives_up == "cancel":
+            await asyncio.sleep(0.1)
+            asking.cancel()
+        outcome = (await asyncio.gather(asking, return_exceptions=True))[0]
+        await asyncio.to_thread(_wait, lambda: jobs.released)
+    if gives_up == "timeout":
+        assert isinstance(outcome, grpc.aio.AioRpcError) and outcome.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    else:
+        assert isinstance(outcome, asyncio.CancelledError)
+    (given_back,) = jobs.released
+    assert given_back.runner_id == request.runner_id
+    assert [(r.job_id, r.lease_id) for r in given_back.leases] == [("j1", "l1")]
+    assert given_back.reason == jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_NOT_STARTED
+
+
+async def test_a_withdrawn_jobs_service_is_asked_over_grpc_again() -> None:
+    async def never(message: jobs_pb2.RelayRequest) -> jobs_pb2.RelayReply:
+        raise AssertionError("withdrawn: not to be asked")
+
+    jobs = _Jobs()  # without Relay: asked by unary calls
+    async with _relay_to(jobs) as relay:
+        async with _offered(never):
+            pass
+        answer = await relay.LeaseJobs(_lease(), timeout=5)
+    assert [lease.job_id for lease in answer.leases] == ["unary"] and jobs.unary_leases == 1
