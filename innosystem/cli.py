@@ -47,8 +47,9 @@ def _serve(names: list[str]) -> int:
     async def main() -> None:
         services = [await importlib.import_module(f"services.{n}.main").create() for n in names]
         listen = None
-        if len(names) > 1:  # each service on the port of its own address
-            listen = {n: "0.0.0.0:" + config.addresses.of(n).rsplit(":", 1)[-1] for n in names}
+        if len(names) > 1:  # each service on the port of its own address, on INNOSYSTEM_LISTEN's host
+            host = config.listen.rsplit(":", 1)[0] or "0.0.0.0"
+            listen = {n: f"{host}:" + config.addresses.of(n).rsplit(":", 1)[-1] for n in names}
         await server.run(config, services, listen)
 
     asyncio.run(main())

@@ -1,8 +1,11 @@
 """Start and stop the platform's processes: `innosystem up`, the end-to-end tests and `make bench`.
 
-Every service runs as its own process (`innosystem serve NAME`), as in compose and Kubernetes.
-They run in their own process group, so a terminal's Ctrl-C reaches only the supervisor,
-which then stops them in order: gateway, services (each drains), Valkey, PostgreSQL.
+Each service runs as a process of its own (`innosystem serve NAME`), as in compose and Kubernetes,
+except those named in `together`, which share one (`innosystem serve jobs runners`: `innosystem
+up` and `make bench` run the runner streams beside the queue, so leases and results skip the
+Relay stream; docs/performance.md says why). They run in their own process group, so a
+terminal's Ctrl-C reaches only the supervisor, which then stops them in order: gateway, services
+(each drains), Valkey, PostgreSQL.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from innosystem.kit.config import DEFAULT_PORTS, SERVICES, env
 from innosystem.kit.migrate import has_migrations, upgrade
 
 DEFAULT_METRICS_PORT = 9100  # gateway; the services follow in SERVICES order
+# The services `innosystem up` and `make bench` run in one process (kit.inprocess).
+TOGETHER = ("jobs", "runners")
+# What the jobs service calls, started (and answering) before it.
+CALLED_BY_JOBS = ("tenancy", "billing", "keys")
 DEFAULT_KEYMANAGER_PORT = 50060
 
 
@@ -55,6 +62,8 @@ class Stack:
     # Fixed default ports when free (so `up` is predictable), otherwise any free port.
     fixed_ports: bool = True
     log_dir: Path | None = None
+    # Services that share one process, named by joining theirs with "+" (e.g. "jobs+runners").
+    together: tuple[str, ...] = ()
     ports: dict[str, int] = field(default_factory=dict)
     # Each process serves Prometheus text at :<port>/metrics.
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -68,6 +77,13 @@ class Stack:
 
     def pick_port(self, default: int) -> int:
         return default if self.fixed_ports and _port_free(default) else free_port()
+
+    def process_name(self, service: str) -> str:
+        """The name of the process that runs `service` (a key of `procs`)."""
+        return "+".join(n for n in SERVICES if n in self.together) if service in self.together else service
+
+    def process(self, service: str) -> subprocess.Popen[bytes]:
+        return self.procs[self.process_name(service)]
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
@@ -102,8 +118,8 @@ class Stack:
         return self.procs[name]
 
     def _spawn(self, name: str, args: list[str], environ: dict[str, str]) -> None:
-        if name in self.metrics_ports:
-            environ = {**environ, "INNOSYSTEM_METRICS_PORT": str(self.metrics_ports[name])}
+        if (first := name.split("+")[0]) in self.metrics_ports:  # services together: the first one's port
+            environ = {**environ, "INNOSYSTEM_METRICS_PORT": str(self.metrics_ports[first])}
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -114,24 +130,36 @@ class Stack:
         )
 
     def start(self, services: tuple[str, ...] = SERVICES, gateway: bool = True) -> None:
+        """Spawns the services (and the gateway); when the jobs service starts with those it calls,
+        they go first and it waits until they answer, so that its first calls do not find them
+        still starting and leave its channels in gRPC's reconnect backoff, where a call fails at
+        once (a submit answered UNAVAILABLE moments after `wait_ready`)."""
         environ = self.env()
-        for name in services:
-            self._spawn(name, ["serve", name], {**environ, "INNOSYSTEM_LISTEN": f"127.0.0.1:{self.ports[name]}"})
+        first = [n for n in services if n in CALLED_BY_JOBS] if "jobs" in services else []
+        for wave in (first, [n for n in services if n not in first]):
+            if wave is not first and first:
+                self.wait_ready(120)
+            for process in dict.fromkeys(self.process_name(n) for n in wave):
+                names = [n for n in SERVICES if self.process_name(n) == process]  # with those beside it
+                # each service listens on its own port; the host is the first one's
+                self._spawn(process, ["serve", *names],
+                            {**environ, "INNOSYSTEM_LISTEN": f"127.0.0.1:{self.ports[names[0]]}"})
         if gateway:
             self._spawn("gateway", ["serve", "gateway"], environ)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Every service and the gateway answer their health checks."""
         deadline = time.monotonic() + timeout
-        for name in self.procs:
-            if name in self.metrics_ports:
-                self._wait_one(name, deadline)
+        for process in self.procs:
+            for name in process.split("+"):
+                if name in self.metrics_ports:
+                    self._wait_one(process, name, deadline)
 
-    def _wait_one(self, name: str, deadline: float) -> None:
+    def _wait_one(self, process: str, name: str, deadline: float) -> None:
         while True:
-            proc = self.procs[name]
+            proc = self.procs[process]
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode} while starting")
+                raise RuntimeError(f"{process} exited with code {proc.returncode} while starting")
             if self._ready(name):
                 return
             if time.monotonic() > deadline:
@@ -153,7 +181,8 @@ class Stack:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def stop_process(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        proc = self.procs.pop(name, None)
+        """Stops a process by its name or by a service it runs (with the services beside it)."""
+        proc = self.procs.pop(self.process_name(name), None)
         if proc is None or proc.poll() is not None:
             return None if proc is None else proc.returncode
         proc.send_signal(sig)
@@ -170,7 +199,7 @@ class Stack:
             self.stop_process(name)
         if "gateway" in self.procs:
             self.stop_process("gateway")
-        services = [n for n in self.procs if n in SERVICES]
+        services = [n for n in self.procs if set(n.split("+")) <= set(SERVICES)]
         for name in services:
             if self.procs[name].poll() is None:
                 self.procs[name].send_signal(signal.SIGTERM)
@@ -286,7 +315,7 @@ def up(args: argparse.Namespace) -> int:
             internal_secret=env("INNOSYSTEM_INTERNAL_SECRET") or secrets.token_urlsafe(32),
             api_key_pepper=env("INNOSYSTEM_API_KEY_PEPPER") or _persistent_secret(data_dir / "secrets" / "pepper"),
             admin_api_key=env("INNOSYSTEM_ADMIN_API_KEY") or "isk_admin_" + secrets.token_urlsafe(24),
-            extra_env=_embedded_settings(data_dir, args.demo),
+            extra_env=_embedded_settings(data_dir, args.demo), together=TOGETHER,
         )
         stack.extra_env.setdefault("INNOSYSTEM_PUBLIC_URL", env("INNOSYSTEM_PUBLIC_URL") or stack.gateway_url)
         km_port = stack.pick_port(DEFAULT_KEYMANAGER_PORT) if args.demo else 0
@@ -303,7 +332,8 @@ def up(args: argparse.Namespace) -> int:
             f"  gateway        {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/openapi.json)\n"
             f"  console        {stack.gateway_url}/console/   (docs/console.md)\n"
             f"  admin API key  {stack.admin_api_key}\n"
-            "  metrics        " + ", ".join(f"{n} :{p}" for n, p in stack.metrics_ports.items()) + "  (/metrics)\n"
+            "  metrics        " + ", ".join(f"{stack.process_name(n)} :{p}" for n, p in stack.metrics_ports.items()
+                                         if stack.process_name(n).split("+")[0] in ("gateway", n)) + "  (/metrics)\n"
             f"  try            curl -s -H 'Authorization: Bearer {stack.admin_api_key}' {stack.gateway_url}/v1/me\n"
             f"{demo_lines}"
             "Ctrl-C stops everything.\n",

@@ -63,7 +63,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
 from innosystem.kit.config import SERVICES
 from innosystem.rest import Rest
-from innosystem.stack import Stack
+from innosystem.stack import TOGETHER, Stack
 
 SCRIPTS = Path(__file__).resolve().parent
 PAYLOAD = {"text": "x" * 70, "n": 0}  # ~100 bytes as JSON with the index
@@ -299,17 +299,19 @@ UNLIMITED = {"INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND": "1000000"}
 
 
 @contextmanager
-def embedded_platform(folder: Path, log_dir: Path, label: str,
-                      extra_env: dict[str, str] | None = None) -> Iterator[tuple[Platform, str, str]]:
-    """The embedded stack as `make bench` runs it (PostgreSQL, Valkey, the five services and the
-    gateway as processes, in `folder`), a customer seeded, every process's CPU tracked; stopped on
-    exit. Yields the platform, PostgreSQL's URL (for psycopg) and Valkey's."""
+def embedded_platform(folder: Path, log_dir: Path, label: str, extra_env: dict[str, str] | None = None,
+                      together: tuple[str, ...] = TOGETHER) -> Iterator[tuple[Platform, str, str]]:
+    """The embedded stack as `make bench` runs it (PostgreSQL, Valkey, the five services in four
+    processes, jobs and runners together as `innosystem up` runs them, and the gateway, in
+    `folder`), a customer seeded, every process's CPU tracked; stopped on
+    exit (`together=()`: every service in a process of its own, as compose runs them). Yields the
+    platform, PostgreSQL's URL (for psycopg) and Valkey's."""
     pg, valkey = EmbeddedPostgres(folder / "pg"), EmbeddedValkey(folder / "valkey")
     url = pg.start()
     try:
         valkey.start()
         stack = Stack(database_url=url, redis_url=valkey.url, http_port=free_port(), fixed_ports=False,
-                      log_dir=log_dir,
+                      log_dir=log_dir, together=together,
                       extra_env={"INNOSYSTEM_LOG_LEVEL": "WARNING", **UNLIMITED, **(extra_env or {})})
         try:
             stack.migrate()
@@ -318,7 +320,7 @@ def embedded_platform(folder: Path, log_dir: Path, label: str,
             admin = Rest(stack.gateway_url, stack.admin_api_key)
             p = Platform(Rest(stack.gateway_url), admin, stack.address("jobs"), stack.address("runners"),
                          seed(admin, label=label, top_up_cents=10_000_000), stack)
-            for name in (*SERVICES, "gateway"):
+            for name in dict.fromkeys(stack.process_name(n) for n in (*SERVICES, "gateway")):
                 p.meter.track(name, stack.procs[name].pid)
             for name, server in (("postgres", pg), ("valkey", valkey)):
                 if server.proc is not None:

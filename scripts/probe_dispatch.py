@@ -1,6 +1,7 @@
 """A quick loop for the run path at a steady rate: `make bench`'s dispatch phase, taken apart.
 
     .venv/bin/python scripts/probe_dispatch.py [--rate 200] [--count 1600] [--profile DIR] [--env K=V ...]
+                                               [--apart]
 
 Starts the embedded stack as `make bench` does (PostgreSQL, Valkey, the five services and the
 gateway as processes) with two runner processes of 32 slots, then submits `--count` echo jobs
@@ -12,7 +13,9 @@ over gRPC at `--rate` per second, open-loop, and prints:
 - Valkey commands per job (`INFO commandstats`) and PostgreSQL commits and row writes per job
   (`pg_stat_database`): the exchanges a job costs at that rate.
 
-`--env K=V` passes settings to the services (e.g. to compare a knob's two values in one hour),
+`--apart` runs every service in a process of its own (as compose does; by default jobs and runners
+share one, as `innosystem up` runs them). `--env K=V` passes settings to the services (e.g. to
+compare a knob's two values in one hour),
 `--profile DIR` samples the jobs, billing and runners services with py-spy for 6 s (raw stacks
 into DIR; py-spy from $PY_SPY, default `py-spy`). Compare runs made one after the other: figures
 move with the machine's load.
@@ -109,7 +112,7 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
                                        "--nonblocking", "--format", "raw", "-o", f"{args.profile}/{name}.raw",
                                        "-p", str(p.stack.procs[name].pid)],  # type: ignore[union-attr]
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                     for name in ("jobs", "billing", "runners")]
+                     for name in dict.fromkeys(p.stack.process_name(n) for n in ("jobs", "billing", "runners"))]
         before = p.meter.snapshot()
         sent = asyncio.run(_submit(p, args.rate, args.count))
         usage = p.meter.diff(before)
@@ -141,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="submits per second (default 200)")
     parser.add_argument("--count", type=int, default=1600, help="jobs to submit (default 1600)")
+    parser.add_argument("--apart", action="store_true",
+                        help="every service in a process of its own (default: jobs and runners together)")
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the services")
     parser.add_argument("--profile", help="sample jobs, billing and runners with py-spy, raw stacks into this folder")
     args = parser.parse_args()
@@ -148,7 +153,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
-        with bench.embedded_platform(Path(tmp), log_dir, "probe", extra) as (p, pg_url, valkey_url):
+        with bench.embedded_platform(Path(tmp), log_dir, "probe", extra,
+                                     () if args.apart else bench.TOGETHER) as (p, pg_url, valkey_url):
             probe(p, pg_url, valkey_url, args, log_dir)
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """A quick loop for the submit path's per-request cost: `make bench`'s single-submit phases only.
 
     .venv/bin/python scripts/probe_submit.py [--singles 3000] [--batches 0] [--latency 6] [--profile DIR]
-                                             [--env K=V ...]
+                                             [--env K=V ...] [--apart]
 
 Starts the embedded stack as `make bench` does (scripts/bench_e2e.py: PostgreSQL, Valkey, the
-five services and the gateway as processes), warms up, then runs gRPC singles (64 in flight) and
+five services in four processes, jobs and runners together, or each apart with `--apart`, and the
+gateway), warms up, then runs gRPC singles (64 in flight) and
 gateway singles (64 HTTP clients, one job per request), and prints the same /proc CPU table: ms of
 CPU per submitted job, per process. `--latency S` adds single gateway submits at 50/s for S
 seconds (open-loop, no runner connected), p50/p95/p99 of the call. `--batches N` adds N jobs
@@ -40,7 +41,7 @@ def _spy(p: bench.Platform, names: list[str], folder: str | None, label: str,
     return [subprocess.Popen([py_spy, "record", "-d", str(seconds), "-r", "100", "--nonblocking", "--format", "raw",
                               "-o", f"{folder}/{label}-{name}.raw", "-p", str(p.stack.procs[name].pid)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for name in names]
+            for name in dict.fromkeys(p.stack.process_name(n) for n in names)]
 
 
 def probe(p: bench.Platform, args: argparse.Namespace) -> None:
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=0, help="jobs to submit in batches of 1000 (default none)")
     parser.add_argument("--latency", type=float, default=0, help="seconds of single gateway submits at 50/s")
     parser.add_argument("--profile", help="sample the processes with py-spy, raw stacks into this folder")
+    parser.add_argument("--apart", action="store_true",
+                        help="every service in a process of its own (default: jobs and runners together)")
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the processes")
     parser.add_argument("--spy-seconds", type=int, default=6, help="py-spy sampling time per phase (default 6)")
     args = parser.parse_args()
@@ -92,7 +95,8 @@ def main() -> None:
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
         settings = dict(item.split("=", 1) for item in args.env)
-        with bench.embedded_platform(Path(tmp), log_dir, "probe", settings) as (p, _, _):
+        with bench.embedded_platform(Path(tmp), log_dir, "probe", settings,
+                                     () if args.apart else bench.TOGETHER) as (p, _, _):
             probe(p, args)
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Issue 12: the runner streams served where the queue lives. `innosystem serve jobs runners` (what
+`innosystem up` and `make bench` run) answers leases and results inside the process (kit.inprocess),
+never by the Relay stream or the unary calls; jobs run and are charged once, and when the process
+is killed mid-drain and started again, every job still ends Succeeded with exactly one capture.
+Real processes: a stack of its own with jobs and runners together, real runner processes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
+from innosystem.stack import TOGETHER, Stack
+from tests.conftest import fresh_redis, running_stack
+from tests.e2e.conftest import Client
+from tests.runners.conftest import FAST, RunnerProcess, wait_for
+from tests.runners.world import BASE_COST, serve, shared_runner, tenant
+from tests.support.metrics import rpc_calls
+
+pytestmark = pytest.mark.e2e
+
+JOBS = "/innosystem.jobs.v1.JobService/"
+
+
+@pytest.fixture(scope="module")
+def together(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("together-logs"),
+                       extra_env=dict(FAST), together=TOGETHER) as stack:
+        yield stack
+
+
+def _relayed(stack: Stack) -> dict[str, int]:
+    return {m: rpc_calls(stack, "jobs", JOBS + m) for m in ("Relay", "LeaseJobs", "CompleteJobs")}
+
+
+def test_leases_and_results_never_leave_the_process(together: Stack, tmp_path: Path) -> None:
+    assert together.process("jobs") is together.process("runners")
+    admin = Client(together.gateway_url, together.admin_api_key)
+    t = tenant(admin)
+    echo = t.job_type("echo")
+    runner_id, token = shared_runner(admin)
+    runner = RunnerProcess(together, token, [*serve(echo), "--slots", "8"], tmp_path / "runner.log")
+    try:
+        before = t.balance()
+        ids = [t.submit(echo, {"i": i})["id"] for i in range(40)]
+        for i, job_id in enumerate(ids):
+            done = t.wait_status(job_id, "JOB_STATUS_SUCCEEDED")
+            assert done["result"] == {"i": i} and done["runnerId"] == runner_id
+        wait_for(lambda: t.balance() == before - 40 * BASE_COST and t.held() == 0, what="every job charged once")
+    finally:
+        runner.stop()
+    assert _relayed(together) == {"Relay": 0, "LeaseJobs": 0, "CompleteJobs": 0}
+    assert rpc_calls(together, "jobs", JOBS + "SubmitJob") + rpc_calls(together, "jobs", JOBS + "BatchSubmitJobs") > 0
+
+
+def test_a_killed_process_of_both_loses_no_job_and_charges_each_once(together: Stack, tmp_path: Path) -> None:
+    admin = Client(together.gateway_url, together.admin_api_key)
+    t = tenant(admin, funds=10_000)
+    nap = t.job_type("sleep")  # 20 ms each: the drain lasts long enough to be cut in the middle
+    total = 600
+    for start in range(0, total, 200):
+        resp = t.client.post(f"/v1/projects/{t.project_id}/jobs:batchSubmit",
+                             {"requests": [{"jobTypeId": nap["id"], "payload": {"seconds": 0.02, "n": start + i}}
+                                           for i in range(200)]})
+        assert resp.status == 200, resp.body
+    runners = [RunnerProcess(together, shared_runner(admin)[1], [*serve(nap), "--slots", "16"],
+                             tmp_path / f"r{k}.log") for k in range(2)]
+    try:
+        wait_for(lambda: t.balance() <= 10_000 - total // 4 * BASE_COST, 120, what="a quarter of the jobs charged")
+        at_kill = t.balance()
+        together.stop_process("runners", signal.SIGKILL)  # the runners service, and jobs with it
+        assert at_kill > 10_000 - total * BASE_COST  # the drain was under way
+        assert "jobs+runners" not in together.procs
+        together.start(services=("runners",), gateway=False)  # both again
+        together.wait_ready(60)
+        deadline = time.monotonic() + 300
+        while t.balance() != 10_000 - total * BASE_COST or t.held():
+            assert time.monotonic() < deadline, (t.balance(), t.held())
+            time.sleep(0.5)
+    finally:
+        for runner in runners:
+            runner.stop(9, timeout=5)
+    jobs, token = [], ""
+    while True:
+        page = t.client.get(f"/v1/projects/{t.project_id}/jobs?pageSize=500&pageToken={token}").body
+        jobs += page["jobs"]
+        if not (token := page.get("nextPageToken", "")):
+            break
+    assert len(jobs) == total
+    assert {j["status"] for j in jobs} == {"JOB_STATUS_SUCCEEDED"}
+    # the balance fell by exactly one price per job, and the jobs' recorded costs say the same
+    assert sum(int(j.get("costCents", 0)) for j in jobs) == total * BASE_COST
