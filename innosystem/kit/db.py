@@ -12,6 +12,7 @@ error); repositories receive that session.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -126,11 +127,19 @@ async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[
 _COMPILED: dict[str, str] = {}
 
 
+# An array parameter cast to its type: sent in binary (`%(name)b`), which psycopg dumps several
+# times faster than the text form (for 64 timestamps, 8 µs instead of 145; for 64 UUIDs, 9 instead
+# of 54), and which the cast converts whatever element type psycopg picked (text[] to uuid[], …).
+_ARRAY_CAST = re.compile(r"CAST\(%\((\w+)\)s AS (\w+(?: \w+)?)\[\]\)")
+
+
 def _psycopg_text(statement: TextClause) -> str:
-    """A `text()` statement as psycopg takes it (`:name` → `%(name)s`), compiled once per SQL."""
+    """A `text()` statement as psycopg takes it (`:name` → `%(name)s`, an array cast's `%(name)b`),
+    compiled once per SQL."""
     done = _COMPILED.get(statement.text)
     if done is None:
-        done = _COMPILED[statement.text] = str(statement.compile(dialect=postgresql_psycopg.dialect()))
+        compiled = str(statement.compile(dialect=postgresql_psycopg.dialect()))
+        done = _COMPILED[statement.text] = _ARRAY_CAST.sub(r"CAST(%(\1)b AS \2[])", compiled)
     return done
 
 
