@@ -391,8 +391,8 @@ async def run(config: CommonConfig, services: Sequence[Service], listen: dict[st
         servers.append((service, server, health_servicer))
         log.info("%s listening on %s", service.name, address)
 
-    tasks = [asyncio.create_task(_supervise(f"{s.name}.{getattr(b, '__name__', 'loop')}", b))
-             for s in services for b in s.background]
+    tasks = {s.name: [asyncio.create_task(_supervise(f"{s.name}.{getattr(b, '__name__', 'loop')}", b))
+                      for b in s.background] for s in services}
     collector.settle()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -404,11 +404,13 @@ async def run(config: CommonConfig, services: Sequence[Service], listen: dict[st
         log.info("draining (grace %.0fs)", config.grace_seconds)
         for _, _, health_servicer in servers:
             await health_servicer.enter_graceful_shutdown()
-        await asyncio.gather(*(server.stop(config.grace_seconds) for _, server, _ in servers))
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for service, _, _ in servers:
+        # One service after another, each before those it calls (`serve jobs runners`: the runners
+        # service's own streams into the jobs service end before the jobs service drains them).
+        for service, server, _ in reversed(servers):
+            await server.stop(config.grace_seconds)
+            for task in tasks[service.name]:
+                task.cancel()
+            await asyncio.gather(*tasks[service.name], return_exceptions=True)
             for hook in service.on_shutdown:
                 await hook()
         telemetry.shutdown()
