@@ -303,9 +303,9 @@ def embedded_platform(folder: Path, log_dir: Path, label: str, extra_env: dict[s
                       together: tuple[str, ...] = TOGETHER) -> Iterator[tuple[Platform, str, str]]:
     """The embedded stack as `make bench` runs it (PostgreSQL, Valkey, the five services in four
     processes, jobs and runners together as `innosystem up` runs them, and the gateway, in
-    `folder`), a customer seeded, every process's CPU tracked; stopped on
-    exit (`together=()`: every service in a process of its own, as compose runs them). Yields the
-    platform, PostgreSQL's URL (for psycopg) and Valkey's."""
+    `folder`; with `together=()` every service in a process of its own, as compose runs them), a
+    customer seeded, every process's CPU tracked; stopped on exit. Yields the platform,
+    PostgreSQL's URL (for psycopg) and Valkey's."""
     pg, valkey = EmbeddedPostgres(folder / "pg"), EmbeddedValkey(folder / "valkey")
     url = pg.start()
     try:
