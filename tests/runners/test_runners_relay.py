@@ -12,6 +12,7 @@ never opened, and a lease answered after its caller gave up goes back as well.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -190,15 +191,24 @@ async def test_an_unreachable_jobs_service_fails_the_request_at_its_timeout() ->
                for o in outcomes), outcomes
 
 
-async def test_a_refusal_carries_the_unary_calls_reason_and_field() -> None:
+def _refusal() -> Any:
+    return to_status(InvalidArgument("max_jobs must be 1 to 1000", field="max_jobs", reason="INVALID_MAX_JOBS"),
+                     "jobs.innosystem")
+
+
+@pytest.mark.parametrize("where", ["stream", "in-process"])
+async def test_a_refusal_carries_the_unary_calls_reason_and_field(where: str) -> None:
     async def refuses(jobs: _Jobs, requests: AsyncIterator[jobs_pb2.RelayRequest], context: Any) -> None:
         async for message in requests:
-            status = to_status(InvalidArgument("max_jobs must be 1 to 1000", field="max_jobs",
-                                               reason="INVALID_MAX_JOBS"), "jobs.innosystem")
-            await context.write(jobs_pb2.RelayReply(id=message.id, error=status))
+            await context.write(jobs_pb2.RelayReply(id=message.id, error=_refusal()))
 
-    jobs = _Jobs(refuses)
-    async with _relay_to(jobs) as relay:
+    async def refuses_here(message: jobs_pb2.RelayRequest) -> jobs_pb2.RelayReply:
+        return jobs_pb2.RelayReply(error=_refusal())
+
+    async with contextlib.AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(_relay_to(_Jobs(refuses)))
+        if where == "in-process":
+            await stack.enter_async_context(_offered(refuses_here))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await relay.LeaseJobs(_lease(max_jobs=0), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -244,20 +254,6 @@ async def test_the_jobs_service_in_this_process_answers_without_the_stream() -> 
     assert [r.job_id for r in completed.results] == ["here"]
     assert asked == ["lease", "complete"]
     assert jobs.streams == 0 and jobs.unary_leases == 0  # neither the stream nor a unary call
-
-
-async def test_an_in_process_refusal_is_the_unary_calls_error() -> None:
-    async def refuses(message: jobs_pb2.RelayRequest) -> jobs_pb2.RelayReply:
-        return jobs_pb2.RelayReply(error=to_status(InvalidArgument(
-            "max_jobs must be 1 to 1000", field="max_jobs", reason="INVALID_MAX_JOBS"), "jobs.innosystem"))
-
-    async with _relay_to(_Jobs()) as relay, _offered(refuses):
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await relay.LeaseJobs(_lease(max_jobs=0), timeout=5)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    refused = from_rpc_error(err.value)
-    assert refused.reason == "INVALID_MAX_JOBS"
-    assert refused.violations == [("max_jobs", "max_jobs must be 1 to 1000")]
 
 
 @pytest.mark.parametrize("gives_up", ["timeout", "cancel"])
