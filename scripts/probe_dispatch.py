@@ -3,8 +3,8 @@
     .venv/bin/python scripts/probe_dispatch.py [--rate 200] [--count 1600] [--profile DIR] [--env K=V ...]
                                                [--apart]
 
-Starts the embedded stack as `make bench` does (PostgreSQL, Valkey, the five services and the
-gateway as processes) with two runner processes of 32 slots, then submits `--count` echo jobs
+Starts the embedded stack as `make bench` does (PostgreSQL, Valkey, the five services in four
+processes and the gateway) with two runner processes of 32 slots, then submits `--count` echo jobs
 over gRPC at `--rate` per second, open-loop, and prints:
 
 - each job's time from the submit call's start to its answer, to its attempt's start (the lease)

@@ -5,9 +5,9 @@
 
 Starts the embedded stack as `make bench` does (scripts/bench_e2e.py: PostgreSQL, Valkey, the
 five services in four processes, jobs and runners together, or each apart with `--apart`, and the
-gateway), warms up, then runs gRPC singles (64 in flight) and
-gateway singles (64 HTTP clients, one job per request), and prints the same /proc CPU table: ms of
-CPU per submitted job, per process. `--latency S` adds single gateway submits at 50/s for S
+gateway), warms up, then runs gRPC singles (64 in flight) and gateway singles (64 HTTP clients,
+one job per request), and prints the same /proc CPU table: ms of CPU per submitted job, per
+process. `--latency S` adds single gateway submits at 50/s for S
 seconds (open-loop, no runner connected), p50/p95/p99 of the call. `--batches N` adds N jobs
 submitted through the gateway in batches of 1,000 (2 clients, as `make bench`). `--profile DIR`
 samples the jobs and billing processes (gRPC singles), the gateway and jobs (gateway singles) and
