@@ -85,6 +85,10 @@ class Stack:
     def process(self, service: str) -> subprocess.Popen[bytes]:
         return self.procs[self.process_name(service)]
 
+    def metrics_port(self, service: str) -> int:
+        """Where the process running `service` serves /metrics (services together: the first one's)."""
+        return self.metrics_ports[self.process_name(service).split("+")[0]]
+
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
 
@@ -135,15 +139,19 @@ class Stack:
         still starting and leave its channels in gRPC's reconnect backoff, where a call fails at
         once (a submit answered UNAVAILABLE moments after `wait_ready`)."""
         environ = self.env()
-        first = [n for n in services if n in CALLED_BY_JOBS] if "jobs" in services else []
-        for wave in (first, [n for n in services if n not in first]):
-            if wave is not first and first:
-                self.wait_ready(120)
+
+        def spawn(wave: list[str]) -> None:
             for process in dict.fromkeys(self.process_name(n) for n in wave):
                 names = [n for n in SERVICES if self.process_name(n) == process]  # with those beside it
                 # each service listens on its own port; the host is the first one's
                 self._spawn(process, ["serve", *names],
                             {**environ, "INNOSYSTEM_LISTEN": f"127.0.0.1:{self.ports[names[0]]}"})
+
+        first = [n for n in services if n in CALLED_BY_JOBS] if "jobs" in services else []
+        if first:
+            spawn(first)
+            self.wait_ready(120)
+        spawn([n for n in services if n not in first])
         if gateway:
             self._spawn("gateway", ["serve", "gateway"], environ)
 
@@ -327,13 +335,14 @@ def up(args: argparse.Namespace) -> int:
         stack.start()
         stack.wait_ready()
         demo_lines = _start_demo(stack, data_dir, km_port) if args.demo else ""
+        metrics = {stack.process_name(n): stack.metrics_port(n) for n in ("gateway", *SERVICES)}  # a port per process
         print(
             f"\nInnoSystem is up in {time.monotonic() - started:.1f}s\n"
             f"  gateway        {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/openapi.json)\n"
             f"  console        {stack.gateway_url}/console/   (docs/console.md)\n"
             f"  admin API key  {stack.admin_api_key}\n"
-            "  metrics        " + ", ".join(f"{stack.process_name(n)} :{p}" for n, p in stack.metrics_ports.items()
-                                         if stack.process_name(n).split("+")[0] in ("gateway", n)) + "  (/metrics)\n"
+            "  metrics        " + ", ".join(f"{process} :{port}" for process, port in metrics.items())
+            + "  (/metrics)\n"
             f"  try            curl -s -H 'Authorization: Bearer {stack.admin_api_key}' {stack.gateway_url}/v1/me\n"
             f"{demo_lines}"
             "Ctrl-C stops everything.\n",

@@ -11,8 +11,7 @@ from innosystem.stack import Stack
 def rpc_calls(stack: Stack, service: str, method: str) -> int:
     """How many `method` calls the service has answered (its `rpc.server.duration` histogram's count;
     services sharing a process serve their metrics on the first one's port)."""
-    port = stack.metrics_ports[stack.process_name(service).split("+")[0]]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port(service)}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return sum(int(float(m.group(1))) for m in re.finditer(
         r'^rpc_server_duration_seconds_count\{[^}]*rpc_method="' + re.escape(method) + r'"[^}]*\} (\S+)$', text, re.M))
