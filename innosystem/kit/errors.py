@@ -123,6 +123,15 @@ def internal_status(trace_id: str) -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INTERNAL, message=message)
 
 
+def rpc_error(status: status_pb2.Status) -> grpc.aio.AioRpcError:
+    """The error a unary call answered with `status` raises: its code, details and the Status in
+    the trailers (where `from_rpc_error` reads the reason and field violations). For an answer
+    that did not come by a call (a stream's message, a service in the same process)."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details=status.message)
+
+
 def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> DomainError:
     """Rebuild the domain error a peer raised, keeping its reason and field violations."""
     code: grpc.StatusCode = exc.code()

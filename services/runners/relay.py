@@ -31,6 +31,7 @@ from google.rpc import code_pb2, status_pb2
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.kit import inprocess
+from innosystem.kit.errors import rpc_error
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,6 @@ UNARY_SECONDS = 60  # how long a jobs service without Relay is asked by unary ca
 
 class _Unimplemented(Exception):
     """The jobs service has no Relay: ask by unary calls."""
-
-
-def rpc_error(status: status_pb2.Status) -> grpc.aio.AioRpcError:
-    """The error the unary call would have raised: its code, details and the Status in the trailers
-    (where `kit.errors.from_rpc_error` reads the reason and field violations)."""
-    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
-    trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details=status.message)
 
 
 def _unavailable(message: str) -> grpc.aio.AioRpcError:

@@ -25,9 +25,9 @@ import pytest
 from innosystem.embedded import free_port
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.kit import inprocess, principal
-from innosystem.kit.errors import InvalidArgument, from_rpc_error, to_status
+from innosystem.kit.errors import InvalidArgument, from_rpc_error, rpc_error, to_status
 from innosystem.stack import Stack
-from services.runners.relay import Relay, rpc_error
+from services.runners.relay import Relay
 
 RELAY = "/innosystem.jobs.v1.JobService/Relay"
 
