@@ -47,9 +47,11 @@ def _serve(names: list[str]) -> int:
     async def main() -> None:
         services = [await importlib.import_module(f"services.{n}.main").create() for n in names]
         listen = None
-        if len(names) > 1:  # each service on the port of its own address, on INNOSYSTEM_LISTEN's host
+        if len(names) > 1:  # each service on the port of its own address, on INNOSYSTEM_LISTEN's host,
+            # unless it says otherwise (`listen_beside`)
             host = config.listen.rsplit(":", 1)[0] or "0.0.0.0"
-            listen = {n: f"{host}:" + config.addresses.of(n).rsplit(":", 1)[-1] for n in names}
+            listen = {n: CommonConfig.from_env(n).listen_beside
+                      or f"{host}:" + config.addresses.of(n).rsplit(":", 1)[-1] for n in names}
         await server.run(config, services, listen)
 
     asyncio.run(main())

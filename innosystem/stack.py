@@ -1,11 +1,12 @@
 """Start and stop the platform's processes: `innosystem up`, the end-to-end tests and `make bench`.
 
 Each service runs as a process of its own (`innosystem serve NAME`), as in compose and Kubernetes,
-except those named in `together`, which share one (`innosystem serve jobs runners`: `innosystem
-up` and `make bench` run the runner streams beside the queue, so leases and results skip the
-Relay stream; docs/performance.md says why). They run in their own process group, so a
-terminal's Ctrl-C reaches only the supervisor, which then stops them in order: gateway, services
-(each drains), Valkey, PostgreSQL.
+except those named in `together`, which share one, with a replica of those named in `beside`
+(`innosystem serve billing jobs runners`: `innosystem up` and `make bench` run the runner streams
+beside the queue, so leases and results skip the Relay stream, and a billing replica beside
+them, so light load's holds skip a gRPC exchange; docs/performance.md says why). They run in
+their own process group, so a terminal's Ctrl-C reaches only the supervisor, which then stops
+them in order: gateway, services (each drains), Valkey, PostgreSQL.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from innosystem.kit.migrate import has_migrations, upgrade
 DEFAULT_METRICS_PORT = 9100  # gateway; the services follow in SERVICES order
 # The services `innosystem up` and `make bench` run in one process (kit.inprocess).
 TOGETHER = ("jobs", "runners")
+# Services that process also runs a replica of, answering the jobs service's small hold batches
+# there (kit.inprocess); their own process still serves their port: every other caller, and the
+# large batches, which then run on another core (services/jobs/billing.py).
+BESIDE = ("billing",)
 # What the jobs service calls, started (and answering) before it.
 CALLED_BY_JOBS = ("tenancy", "billing", "keys")
 DEFAULT_KEYMANAGER_PORT = 50060
@@ -64,6 +69,9 @@ class Stack:
     log_dir: Path | None = None
     # Services that share one process, named by joining theirs with "+" (e.g. "jobs+runners").
     together: tuple[str, ...] = ()
+    # Services of which that process runs a replica too (in its name: "billing+jobs+runners"),
+    # listening on a port of its own that nobody is told; their own process keeps theirs.
+    beside: tuple[str, ...] = ()
     ports: dict[str, int] = field(default_factory=dict)
     # Each process serves Prometheus text at :<port>/metrics.
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -79,15 +87,23 @@ class Stack:
         return default if self.fixed_ports and _port_free(default) else free_port()
 
     def process_name(self, service: str) -> str:
-        """The name of the process that runs `service` (a key of `procs`)."""
-        return "+".join(n for n in SERVICES if n in self.together) if service in self.together else service
+        """The name of the process that serves `service`'s port (a key of `procs`)."""
+        if service not in self.together:
+            return service
+        return "+".join(n for n in SERVICES if n in self.together or n in self.beside)
+
+    def _anchor(self, process: str) -> str:
+        """The service whose metrics port and listening host a process takes: its first one
+        that it serves (not a replica beside them)."""
+        names = process.split("+")
+        return next((n for n in names if n in self.together), names[0]) if len(names) > 1 else process
 
     def process(self, service: str) -> subprocess.Popen[bytes]:
         return self.procs[self.process_name(service)]
 
     def metrics_port(self, service: str) -> int:
         """Where the process running `service` serves /metrics (services together: the first one's)."""
-        return self.metrics_ports[self.process_name(service).split("+")[0]]
+        return self.metrics_ports[self._anchor(self.process_name(service))]
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
@@ -122,8 +138,8 @@ class Stack:
         return self.procs[name]
 
     def _spawn(self, name: str, args: list[str], environ: dict[str, str]) -> None:
-        if (first := name.split("+")[0]) in self.metrics_ports:  # services together: the first one's port
-            environ = {**environ, "INNOSYSTEM_METRICS_PORT": str(self.metrics_ports[first])}
+        if (anchor := self._anchor(name)) in self.metrics_ports:  # services together: the first one's port
+            environ = {**environ, "INNOSYSTEM_METRICS_PORT": str(self.metrics_ports[anchor])}
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -142,10 +158,12 @@ class Stack:
 
         def spawn(wave: list[str]) -> None:
             for process in dict.fromkeys(self.process_name(n) for n in wave):
-                names = [n for n in SERVICES if self.process_name(n) == process]  # with those beside it
-                # each service listens on its own port; the host is the first one's
-                self._spawn(process, ["serve", *names],
-                            {**environ, "INNOSYSTEM_LISTEN": f"127.0.0.1:{self.ports[names[0]]}"})
+                names = process.split("+")  # with those beside it
+                # each service listens on its own port, a replica beside them on any free one
+                replicas = {f"INNOSYSTEM_{n.upper()}_LISTEN": "127.0.0.1:0" for n in names
+                            if self.process_name(n) != process}
+                self._spawn(process, ["serve", *names], {
+                    **environ, **replicas, "INNOSYSTEM_LISTEN": f"127.0.0.1:{self.ports[self._anchor(process)]}"})
 
         first = [n for n in services if n in CALLED_BY_JOBS] if "jobs" in services else []
         if first:
@@ -323,7 +341,7 @@ def up(args: argparse.Namespace) -> int:
             internal_secret=env("INNOSYSTEM_INTERNAL_SECRET") or secrets.token_urlsafe(32),
             api_key_pepper=env("INNOSYSTEM_API_KEY_PEPPER") or _persistent_secret(data_dir / "secrets" / "pepper"),
             admin_api_key=env("INNOSYSTEM_ADMIN_API_KEY") or "isk_admin_" + secrets.token_urlsafe(24),
-            extra_env=_embedded_settings(data_dir, args.demo), together=TOGETHER,
+            extra_env=_embedded_settings(data_dir, args.demo), together=TOGETHER, beside=BESIDE,
         )
         stack.extra_env.setdefault("INNOSYSTEM_PUBLIC_URL", env("INNOSYSTEM_PUBLIC_URL") or stack.gateway_url)
         km_port = stack.pick_port(DEFAULT_KEYMANAGER_PORT) if args.demo else 0

@@ -63,7 +63,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1 import jobs_pb2_grpc
 from innosystem.kit.config import SERVICES
 from innosystem.rest import Rest
-from innosystem.stack import TOGETHER, Stack
+from innosystem.stack import BESIDE, TOGETHER, Stack
 
 SCRIPTS = Path(__file__).resolve().parent
 PAYLOAD = {"text": "x" * 70, "n": 0}  # ~100 bytes as JSON with the index
@@ -300,9 +300,10 @@ UNLIMITED = {"INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND": "1000000"}
 
 @contextmanager
 def embedded_platform(folder: Path, log_dir: Path, label: str, extra_env: dict[str, str] | None = None,
-                      together: tuple[str, ...] = TOGETHER) -> Iterator[tuple[Platform, str, str]]:
-    """The embedded stack as `make bench` runs it (PostgreSQL, Valkey, the five services in four
-    processes, jobs and runners together as `innosystem up` runs them, and the gateway, in
+                      together: tuple[str, ...] = TOGETHER, beside: tuple[str, ...] = BESIDE
+                      ) -> Iterator[tuple[Platform, str, str]]:
+    """The embedded stack as `make bench` runs it (PostgreSQL, Valkey, the five services in three
+    processes, billing, jobs and runners together as `innosystem up` runs them, and the gateway, in
     `folder`; with `together=()` every service in a process of its own, as compose runs them), a
     customer seeded, every process's CPU tracked; stopped on exit. Yields the platform,
     PostgreSQL's URL (for psycopg) and Valkey's."""
@@ -311,7 +312,7 @@ def embedded_platform(folder: Path, log_dir: Path, label: str, extra_env: dict[s
     try:
         valkey.start()
         stack = Stack(database_url=url, redis_url=valkey.url, http_port=free_port(), fixed_ports=False,
-                      log_dir=log_dir, together=together,
+                      log_dir=log_dir, together=together, beside=beside if together else (),
                       extra_env={"INNOSYSTEM_LOG_LEVEL": "WARNING", **UNLIMITED, **(extra_env or {})})
         try:
             stack.migrate()
@@ -331,6 +332,24 @@ def embedded_platform(folder: Path, log_dir: Path, label: str, extra_env: dict[s
     finally:
         valkey.stop()
         pg.stop()
+
+
+def add_topology(parser: argparse.ArgumentParser) -> None:
+    """The probes' choice of which services share a process (`together_of`)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--apart", action="store_true", help="every service in a process of its own (as compose)")
+    group.add_argument("--together", default=",".join(TOGETHER), metavar="NAMES",
+                       help=f"the services sharing one process (default {','.join(TOGETHER)}, as `innosystem up`)")
+    parser.add_argument("--beside", default=",".join(BESIDE), metavar="NAMES",
+                        help=f"services that process runs a replica of (default {','.join(BESIDE)}; '' for none)")
+
+
+def together_of(args: argparse.Namespace) -> tuple[str, ...]:
+    return () if args.apart else tuple(n for n in args.together.split(",") if n)
+
+
+def beside_of(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(n for n in args.beside.split(",") if n)
 
 
 def grpc_metadata(p: Platform) -> list[tuple[str, str]]:

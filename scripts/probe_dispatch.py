@@ -1,7 +1,7 @@
 """A quick loop for the run path at a steady rate: `make bench`'s dispatch phase, taken apart.
 
     .venv/bin/python scripts/probe_dispatch.py [--rate 200] [--count 1600] [--profile DIR] [--env K=V ...]
-                                               [--apart]
+                                               [--apart | --together NAMES] [--beside NAMES]
 
 Starts the embedded stack as `make bench` does (PostgreSQL, Valkey, the five services in four
 processes and the gateway) with two runner processes of 32 slots, then submits `--count` echo jobs
@@ -14,7 +14,8 @@ over gRPC at `--rate` per second, open-loop, and prints:
   (`pg_stat_database`): the exchanges a job costs at that rate.
 
 `--apart` runs every service in a process of its own (as compose does; by default jobs and runners
-share one, as `innosystem up` runs them). `--env K=V` passes settings to the services (e.g. to
+share one with a billing replica beside them, as `innosystem up` runs them; `--together` and
+`--beside` choose other arrangements, e.g. `--beside ''` for no billing replica). `--env K=V` passes settings to the services (e.g. to
 compare a knob's two values in one hour),
 `--profile DIR` samples the jobs, billing and runners services with py-spy for 6 s (raw stacks
 into DIR; py-spy from $PY_SPY, default `py-spy`). Compare runs made one after the other: figures
@@ -144,8 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="submits per second (default 200)")
     parser.add_argument("--count", type=int, default=1600, help="jobs to submit (default 1600)")
-    parser.add_argument("--apart", action="store_true",
-                        help="every service in a process of its own (default: jobs and runners together)")
+    bench.add_topology(parser)
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the services")
     parser.add_argument("--profile", help="sample jobs, billing and runners with py-spy, raw stacks into this folder")
     args = parser.parse_args()
@@ -154,7 +154,7 @@ def main() -> None:
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
         with bench.embedded_platform(Path(tmp), log_dir, "probe", extra,
-                                     () if args.apart else bench.TOGETHER) as (p, pg_url, valkey_url):
+                                     bench.together_of(args), bench.beside_of(args)) as (p, pg_url, valkey_url):
             probe(p, pg_url, valkey_url, args, log_dir)
 
 if __name__ == "__main__":

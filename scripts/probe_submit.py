@@ -1,11 +1,12 @@
 """A quick loop for the submit path's per-request cost: `make bench`'s single-submit phases only.
 
     .venv/bin/python scripts/probe_submit.py [--singles 3000] [--batches 0] [--latency 6] [--profile DIR]
-                                             [--env K=V ...] [--apart]
+                                             [--env K=V ...] [--apart | --together NAMES] [--beside NAMES]
 
 Starts the embedded stack as `make bench` does (scripts/bench_e2e.py: PostgreSQL, Valkey, the
-five services in four processes, jobs and runners together, or each apart with `--apart`, and the
-gateway), warms up, then runs gRPC singles (64 in flight) and gateway singles (64 HTTP clients,
+services, jobs and runners together with a billing replica beside them, as `innosystem up` runs
+them, or each apart with `--apart`, or other services together with `--together`/`--beside`, and
+the gateway), warms up, then runs gRPC singles (64 in flight) and gateway singles (64 HTTP clients,
 one job per request), and prints the same /proc CPU table: ms of CPU per submitted job, per
 process. `--latency S` adds single gateway submits at 50/s for S
 seconds (open-loop, no runner connected), p50/p95/p99 of the call. `--batches N` adds N jobs
@@ -86,8 +87,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=0, help="jobs to submit in batches of 1000 (default none)")
     parser.add_argument("--latency", type=float, default=0, help="seconds of single gateway submits at 50/s")
     parser.add_argument("--profile", help="sample the processes with py-spy, raw stacks into this folder")
-    parser.add_argument("--apart", action="store_true",
-                        help="every service in a process of its own (default: jobs and runners together)")
+    bench.add_topology(parser)
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the processes")
     parser.add_argument("--spy-seconds", type=int, default=6, help="py-spy sampling time per phase (default 6)")
     args = parser.parse_args()
@@ -96,7 +96,7 @@ def main() -> None:
         log_dir.mkdir()
         settings = dict(item.split("=", 1) for item in args.env)
         with bench.embedded_platform(Path(tmp), log_dir, "probe", settings,
-                                     () if args.apart else bench.TOGETHER) as (p, _, _):
+                                     bench.together_of(args), bench.beside_of(args)) as (p, _, _):
             probe(p, args)
 
 if __name__ == "__main__":

@@ -73,12 +73,13 @@ def fresh_redis(valkey: EmbeddedValkey) -> str:
 @contextmanager
 def running_stack(pg: EmbeddedPostgres, redis_url: str, logs: Path, services: tuple[str, ...] = SERVICES,
                   extra_env: dict[str, str] | None = None, gateway: bool = True,
-                  together: tuple[str, ...] = ()) -> Iterator[Stack]:
+                  together: tuple[str, ...] = (), beside: tuple[str, ...] = ()) -> Iterator[Stack]:
     """Service processes (and the gateway) on a fresh database, each in a process of its own as
-    compose and Kubernetes run them (or `together`, as `innosystem up` runs jobs and runners); their
-    logs are printed when they fail to start, and any traceback in them when the block ends."""
+    compose and Kubernetes run them (or `together`, with replicas of `beside` in that process, as
+    `innosystem up` runs jobs and runners with billing); their logs are printed when they fail to
+    start, and any traceback in them when the block ends."""
     stack = Stack(database_url=fresh_database(pg), redis_url=redis_url, http_port=free_port(), fixed_ports=False,
-                  log_dir=logs, together=together,
+                  log_dir=logs, together=together, beside=beside,
                   extra_env={"INNOSYSTEM_LOG_FORMAT": "json", "INNOSYSTEM_LOG_ONE_TIME_LINKS": "1",
                              **(extra_env or {})})
     stack.start(services=services, gateway=gateway)

@@ -88,6 +88,10 @@ class CommonConfig:
     # Prometheus text at :<port>/metrics; 0 = not served.
     metrics_port: int
     redis_max_connections: int = 64
+    # Where this service listens in a process of several (INNOSYSTEM_<SERVICE>_LISTEN; unset: its
+    # ADDR's port on INNOSYSTEM_LISTEN's host). `innosystem up`'s billing replica beside the jobs
+    # service: any free port, which nobody is told.
+    listen_beside: str = ""
 
     @classmethod
     def from_env(cls, service: str) -> CommonConfig:
@@ -106,6 +110,7 @@ class CommonConfig:
             log_level=env("INNOSYSTEM_LOG_LEVEL", "INFO") or "INFO",
             grace_seconds=env_float("INNOSYSTEM_SHUTDOWN_GRACE_SECONDS", 10.0),
             metrics_port=env_int("INNOSYSTEM_METRICS_PORT", 0),
+            listen_beside=env(prefix + "LISTEN", "") or "",
         )
 
 

@@ -1,16 +1,18 @@
 """Services sharing a process answer each other's hottest exchange directly, not through gRPC.
 
-`innosystem serve jobs runners` runs both services in one process, each still on its own port
-with its own database and clients. There a service may offer a handler under a name, and another
-finds it and calls it with the protobuf message it would have sent, and gets the reply it would
-have received: no serialization, no socket, no wake-up of grpc's poller thread and of another
-process. Only exchanges that are already plain request → reply messages are offered (the relay of
-leases and results, services/jobs/relay.py); every other call goes through gRPC as before, and a
-service in a process of its own finds nothing here and uses its stub.
+`innosystem serve billing jobs runners` runs the three services in one process, each still on its
+own port with its own database and clients. There a service may offer a handler under a name,
+and another finds it and calls it with the protobuf message it would have sent, and gets the
+reply it would have received: no serialization, no socket, no wake-up of grpc's poller thread
+and of another process. Only the hottest exchanges that are already plain request → reply messages are offered
+(the relay of leases and results, services/jobs/relay.py; billing's hold batches,
+services/billing/holds.py); every other call goes through gRPC as before, and a service in a
+process of its own finds nothing here and uses its stub.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +20,9 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 # The jobs service's relay: a RelayRequest → its RelayReply (services/jobs/relay.py `answer`).
 JOBS_RELAY = "jobs.relay"
+# Billing's hold batches: a Batch{Reserve,Capture,Release,Extend}Request → its BatchHoldResponse,
+# or the google.rpc.Status the call would have ended with (services/billing/holds.py `answer`).
+BILLING_HOLDS = "billing.holds"
 
 _offered: dict[str, Handler] = {}
 
@@ -34,3 +39,21 @@ def withdraw(name: str, handler: Handler) -> None:
 
 def find(name: str) -> Handler | None:
     return _offered.get(name)
+
+
+_SHARE_SECONDS = 0.5
+_measured = (time.monotonic(), time.process_time(), 0.0)  # (when, CPU seconds then, the share since before)
+
+
+def cpu_share() -> float:
+    """This process's CPU use, in cores, over its last half second or so (measured when asked: a
+    clock read per call, the process's CPU time twice a second at most). A caller may offer work
+    to another process instead while this one is busy: a process runs on one core at a time."""
+    global _measured
+    at, cpu, share = _measured
+    now = time.monotonic()
+    if now - at >= _SHARE_SECONDS:
+        used = time.process_time()
+        share = (used - cpu) / (now - at)
+        _measured = (now, used, share)
+    return share

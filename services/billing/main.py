@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 from innosystem.billing.v1 import billing_pb2, billing_pb2_grpc
-from innosystem.kit import statistics
+from innosystem.kit import inprocess, statistics
 from innosystem.kit.audit import AuditReporter
 from innosystem.kit.clients import channel
 from innosystem.kit.db import Database
@@ -13,6 +15,7 @@ from services.billing.api import BillingApi
 from services.billing.config import BillingConfig
 from services.billing.corrections import Corrections
 from services.billing.grants import CreditGrants
+from services.billing.holds import answer
 from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
 from services.billing.tenants import ResellerRates
@@ -32,6 +35,13 @@ async def create() -> Service:
     await service.load_redis()
     grants = CreditGrants(service)
     api = BillingApi(service, Corrections(service, reseller_refund_limit=config.reseller_refund_limit_cents), grants)
+    # A jobs service in this process reserves and settles its holds without gRPC.
+    holds = functools.partial(answer, api)
+    inprocess.offer(inprocess.BILLING_HOLDS, holds)
+
+    async def withdraw() -> None:
+        inprocess.withdraw(inprocess.BILLING_HOLDS, holds)
+
     async def follow_statistics() -> None:  # the ledger's prepared plans follow the tables' growth
         await statistics.follow_growth(db, HOT_TABLES)
 
@@ -50,5 +60,5 @@ async def create() -> Service:
         register=lambda server: billing_pb2_grpc.add_BillingServiceServicer_to_server(api, server),
         background=background,
         audit=AuditReporter(tenancy),  # top-ups and wallet settings → tenancy's audit log
-        on_shutdown=[service.close, tenancy.close, close_redis, db.close],
+        on_shutdown=[withdraw, service.close, tenancy.close, close_redis, db.close],
     )

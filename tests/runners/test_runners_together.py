@@ -1,8 +1,10 @@
-"""Issue 12: the runner streams served where the queue lives. `innosystem serve jobs runners` (what
-`innosystem up` and `make bench` run) answers leases and results inside the process (kit.inprocess),
-never by the Relay stream or the unary calls; jobs run and are charged once, and when the process
-is killed mid-drain and started again, every job still ends Succeeded with exactly one capture.
-Real processes: a stack of its own with jobs and runners together, real runner processes."""
+"""Issue 12: the runner streams served where the queue lives, and a billing replica beside them.
+`innosystem serve billing jobs runners` (what `innosystem up` and `make bench` run, billing's own
+process beside it) answers leases and results inside the process (kit.inprocess), never by the
+Relay stream or the unary calls, and at light load the holds too, never by billing's own process;
+jobs run and are charged once, and when the process is killed mid-drain and started again, every
+job still ends Succeeded with exactly one capture. Real processes: a stack of its own arranged as
+`innosystem up` arranges it, real runner processes."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
-from innosystem.stack import TOGETHER, Stack
+from innosystem.stack import BESIDE, TOGETHER, Stack
 from tests.conftest import fresh_redis, running_stack
 from tests.e2e.conftest import Client
 from tests.runners.conftest import FAST, RunnerProcess, wait_for
@@ -24,13 +26,14 @@ from tests.support.metrics import rpc_calls
 pytestmark = pytest.mark.e2e
 
 JOBS = "/innosystem.jobs.v1.JobService/"
+BILLING = "/innosystem.billing.v1.BillingService/"
 
 
 @pytest.fixture(scope="module")
 def together(pg_server: EmbeddedPostgres, valkey_server: EmbeddedValkey,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(pg_server, fresh_redis(valkey_server), tmp_path_factory.mktemp("together-logs"),
-                       extra_env=dict(FAST), together=TOGETHER) as stack:
+                       extra_env=dict(FAST), together=TOGETHER, beside=BESIDE) as stack:
         yield stack
 
 
@@ -58,6 +61,29 @@ def test_leases_and_results_never_leave_the_process(together: Stack, tmp_path: P
     assert rpc_calls(together, "jobs", JOBS + "SubmitJob") + rpc_calls(together, "jobs", JOBS + "BatchSubmitJobs") > 0
 
 
+def _held_by_billing(stack: Stack) -> int:
+    """Hold batches billing's own process answered."""
+    return sum(rpc_calls(stack, "billing", BILLING + m) for m in ("BatchReserve", "BatchCapture"))
+
+
+def test_light_load_holds_stay_in_the_process(together: Stack, tmp_path: Path) -> None:
+    assert together.process("billing") is not together.process("jobs")  # billing's own process serves its port
+    admin = Client(together.gateway_url, together.admin_api_key)
+    t = tenant(admin)
+    echo = t.job_type("echo")
+    runner = RunnerProcess(together, shared_runner(admin)[1], [*serve(echo), "--slots", "2"], tmp_path / "runner.log")
+    try:
+        before, asked = t.balance(), _held_by_billing(together)
+        for i in range(6):  # one at a time: the process is idle between them
+            job_id = t.submit(echo, {"i": i})["id"]
+            assert t.wait_status(job_id, "JOB_STATUS_SUCCEEDED")["result"] == {"i": i}
+            wait_for(lambda: t.held() == 0, what="the job settled")
+        assert t.balance() == before - 6 * BASE_COST
+    finally:
+        runner.stop()
+    assert _held_by_billing(together) == asked  # reserved and captured by the replica beside the jobs service
+
+
 def test_a_killed_process_of_both_loses_no_job_and_charges_each_once(together: Stack, tmp_path: Path) -> None:
     admin = Client(together.gateway_url, together.admin_api_key)
     t = tenant(admin, funds=10_000)
@@ -75,7 +101,7 @@ def test_a_killed_process_of_both_loses_no_job_and_charges_each_once(together: S
         at_kill = t.balance()
         together.stop_process("runners", signal.SIGKILL)  # the runners service, and jobs with it
         assert at_kill > 10_000 - total * BASE_COST  # the drain was under way
-        assert "jobs+runners" not in together.procs
+        assert together.process_name("jobs") not in together.procs
         together.start(services=("runners",), gateway=False)  # both again
         together.wait_ready(60)
         deadline = time.monotonic() + 300
