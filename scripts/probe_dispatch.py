@@ -15,8 +15,8 @@ over gRPC at `--rate` per second, open-loop, and prints:
 
 `--apart` runs every service in a process of its own (as compose does; by default jobs and runners
 share one with a billing replica beside them, as `innosystem up` runs them; `--together` and
-`--beside` choose other arrangements, e.g. `--beside ''` for no billing replica). `--env K=V` passes settings to the services (e.g. to
-compare a knob's two values in one hour),
+`--beside` choose other arrangements, e.g. `--beside ''` for no billing replica). `--env K=V`
+passes settings to the services (e.g. to compare a knob's two values in one hour),
 `--profile DIR` samples the jobs, billing and runners services with py-spy for 6 s (raw stacks
 into DIR; py-spy from $PY_SPY, default `py-spy`). Compare runs made one after the other: figures
 move with the machine's load.
