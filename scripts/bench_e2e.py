@@ -709,6 +709,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --gateway: for the yardstick")
     parser.add_argument("--out", help="also write the figures here as JSON")
     parser.add_argument("--log-dir", help="keep the processes' logs here (default: a temporary folder)")
+    add_topology(parser)
     args = parser.parse_args()
 
     header = {"cores": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
@@ -724,7 +725,8 @@ def main() -> None:
             results = bench(p, args.redis_url, args, log_dir)
         else:
             say("starting embedded PostgreSQL, Valkey and the platform …")
-            with embedded_platform(Path(tmp), log_dir, "bench") as (p, _, valkey_url):
+            with embedded_platform(Path(tmp), log_dir, "bench", together=together_of(args),
+                                   beside=beside_of(args)) as (p, _, valkey_url):
                 results = bench(p, valkey_url, args, log_dir)
     figures = {**header, **results}
     say(json.dumps(figures, indent=2))

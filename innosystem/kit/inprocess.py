@@ -42,16 +42,22 @@ def find(name: str) -> Handler | None:
 
 
 _SHARE_SECONDS = 0.5
-_measured = (time.monotonic(), time.process_time(), 0.0)  # (when, CPU seconds then, the share since before)
+_STALE_SECONDS = 5.0
+_measured: tuple[float, float, float] | None = None  # (when, CPU seconds then, the share before that)
 
 
 def cpu_share() -> float:
     """This process's CPU use, in cores, over its last half second or so (measured when asked: a
     clock read per call, the process's CPU time twice a second at most). A caller may offer work
-    to another process instead while this one is busy: a process runs on one core at a time."""
+    to another process instead while this one is busy: a process runs on one core at a time.
+    The first ask, or one after a long while without any, starts a window and is taken as idle
+    (so start-up's CPU does not count)."""
     global _measured
-    at, cpu, share = _measured
     now = time.monotonic()
+    if _measured is None or now - _measured[0] >= _STALE_SECONDS:
+        _measured = (now, time.process_time(), 0.0)
+        return 0.0
+    at, cpu, share = _measured
     if now - at >= _SHARE_SECONDS:
         used = time.process_time()
         share = (used - cpu) / (now - at)
