@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import uuid
 
+import grpc
+
+from innosystem.billing.v1 import billing_pb2_grpc
+from innosystem.embedded import free_port
 from innosystem.kit import principal as principals
+from innosystem.kit.config import Addresses, CommonConfig
+from innosystem.kit.server import Service, build_server
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing.api import BillingApi
 from services.billing.models import Account
 from services.billing.service import BillingService
 
@@ -42,3 +49,18 @@ async def flush_billing(client: object) -> None:
     keys = [k async for k in client.scan_iter("billing:*", count=1000)]  # type: ignore[attr-defined]
     if keys:
         await client.delete(*keys)  # type: ignore[attr-defined]
+
+
+async def billing_server(api: BillingApi, secret: bytes) -> tuple[grpc.aio.Server, str]:
+    """A started gRPC server answering `api` as billing's own process does (its interceptors: the
+    signed principal, the error mapping), and its address."""
+    common = CommonConfig(service="billing", database_url="", redis_url="", internal_secret=secret,
+                          addresses=Addresses(), listen="127.0.0.1:0", log_format="", log_level="INFO",
+                          grace_seconds=1.0, metrics_port=0)
+    server, _ = build_server(common, Service(
+        name="billing", service_names=[],
+        register=lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(api, s)))
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, f"127.0.0.1:{port}"

@@ -18,18 +18,15 @@ import pytest
 
 from innosystem.billing.v1 import billing_pb2 as pb
 from innosystem.billing.v1 import billing_pb2_grpc
-from innosystem.embedded import free_port
 from innosystem.kit import inprocess
 from innosystem.kit.clients import channel
-from innosystem.kit.config import Addresses, CommonConfig
 from innosystem.kit.errors import DomainError, from_rpc_error, rpc_error
-from innosystem.kit.server import Service, build_server
 from services.billing.api import BillingApi
 from services.billing.holds import answer
 from services.billing.service import BillingService
 from services.jobs import billing as jobs_billing
 from services.jobs.billing import Billing, HoldRequest
-from tests.billing.billing_helpers import funded_wallet, wallet
+from tests.billing.billing_helpers import billing_server, funded_wallet, wallet
 
 SECRET = b"s" * 32
 
@@ -38,17 +35,9 @@ SECRET = b"s" * 32
 async def served(billing: BillingService) -> AsyncIterator[tuple[BillingApi, str]]:
     """Billing's API and the address of a gRPC server answering it (as billing's own process)."""
     api = BillingApi(billing)
-    common = CommonConfig(service="billing", database_url="", redis_url="", internal_secret=SECRET,
-                          addresses=Addresses(), listen="127.0.0.1:0", log_format="", log_level="INFO",
-                          grace_seconds=1.0, metrics_port=0)
-    server, _ = build_server(common, Service(
-        name="billing", service_names=[],
-        register=lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(api, s)))
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
+    server, address = await billing_server(api, SECRET)
     try:
-        yield api, f"127.0.0.1:{port}"
+        yield api, address
     finally:
         await server.stop(None)
 

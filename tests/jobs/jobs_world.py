@@ -15,7 +15,6 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 
-from innosystem.billing.v1 import billing_pb2_grpc
 from innosystem.embedded import free_port
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1.job_types_pb2 import PRICE_MODEL_FLAT
@@ -26,7 +25,6 @@ from innosystem.kit.clients import channel
 from innosystem.kit.config import Addresses, CommonConfig, to_async_url
 from innosystem.kit.db import Database
 from innosystem.kit.redis import connect
-from innosystem.kit.server import Service, build_server
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing.api import BillingApi
@@ -38,7 +36,7 @@ from services.jobs.encryption import Encryptor
 from services.jobs.models import JobType
 from services.jobs.wiring import App, build
 from tests.billing.billing_helpers import ADMIN as BILLING_ADMIN
-from tests.billing.billing_helpers import rates
+from tests.billing.billing_helpers import billing_server, rates
 from tests.jobs.test_job_types_service import FakeTenancy
 
 SECRET = b"s" * 32
@@ -225,13 +223,7 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
     common = CommonConfig(service="billing", database_url=to_async_url(database_url), redis_url=redis_url,
                           internal_secret=SECRET, addresses=Addresses(), listen="127.0.0.1:0", log_format="",
                           log_level="INFO", grace_seconds=1.0, metrics_port=0)
-    api = BillingApi(billing)
-    server, _ = build_server(common, Service(
-        name="billing", service_names=[],
-        register=lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(api, s)))
-    bport = free_port()
-    server.add_insecure_port(f"127.0.0.1:{bport}")
-    await server.start()
+    server, billing_address = await billing_server(BillingApi(billing), SECRET)
     fake = Tenancy(common.redis_url)  # type: ignore[abstract]  # a double: only the methods used
     tserver = grpc.aio.server()
     tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(fake, tserver)
@@ -241,7 +233,7 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
     tserver.add_insecure_port(f"127.0.0.1:{tport}")
     await tserver.start()
     tenancy = channel(f"127.0.0.1:{tport}", service="jobs", secret=SECRET)
-    billing_channel = channel(f"127.0.0.1:{bport}", service="jobs", secret=SECRET)
+    billing_channel = channel(billing_address, service="jobs", secret=SECRET)
     clock = Clock()
     jobs_config = JobsConfig(common=common, **config)
     keys = channel(f"127.0.0.1:{tport}", service="jobs", secret=SECRET)
