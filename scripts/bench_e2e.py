@@ -6,8 +6,9 @@ Redis list queue doing the same work as a yardstick, and the CPU each process sp
         --jobs-addr 127.0.0.1:50053 --runners-addr 127.0.0.1:50054      # a running stack
 
 Without --gateway it starts embedded PostgreSQL and Valkey in a temporary folder and the five
-services and the gateway as processes (as `innosystem up` does). Runner processes (one per
-core, `innosystem runner`) run an `echo` that stamps its start time.
+services and the gateway as processes (as `innosystem up` does; `--apart` as compose does, or
+`--together NAMES --beside NAMES` another arrangement, to compare in the same hour). Runner
+processes (one per core, `innosystem runner`) run an `echo` that stamps its start time.
 
   (a) drain: --jobs no-op jobs (~100-byte payload) submitted in batches of 1000 while no runner
       is connected, then the runners start: time until every job is Succeeded and charged
@@ -302,9 +303,10 @@ UNLIMITED = {"INNOSYSTEM_GATEWAY_RATE_LIMIT_PER_SECOND": "1000000"}
 def embedded_platform(folder: Path, log_dir: Path, label: str, extra_env: dict[str, str] | None = None,
                       together: tuple[str, ...] = TOGETHER, beside: tuple[str, ...] = BESIDE
                       ) -> Iterator[tuple[Platform, str, str]]:
-    """The embedded stack as `make bench` runs it (PostgreSQL, Valkey, the five services in three
-    processes, billing, jobs and runners together as `innosystem up` runs them, and the gateway, in
-    `folder`; with `together=()` every service in a process of its own, as compose runs them), a
+    """The embedded stack as `make bench` runs it (PostgreSQL, Valkey, the five services in four
+    processes, jobs and runners together with a replica of each of `beside` (billing) as `innosystem
+    up` runs them, and the gateway, in `folder`; with `together=()` every service in a process of
+    its own, as compose runs them), a
     customer seeded, every process's CPU tracked; stopped on exit. Yields the platform,
     PostgreSQL's URL (for psycopg) and Valkey's."""
     pg, valkey = EmbeddedPostgres(folder / "pg"), EmbeddedValkey(folder / "valkey")
