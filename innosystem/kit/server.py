@@ -382,8 +382,9 @@ async def run(config: CommonConfig, services: Sequence[Service], listen: dict[st
     for service in services:
         server, health_servicer = build_server(config, service)
         address = (listen or {}).get(service.name, config.listen)
-        if server.add_insecure_port(address) == 0:
+        if (port := server.add_insecure_port(address)) == 0:
             raise OSError(f"{service.name}: cannot listen on {address}")
+        address = f"{address.rsplit(':', 1)[0]}:{port}"  # the port bound, where any free one was asked for
         await server.start()
         for name in service.service_names:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
