@@ -96,7 +96,7 @@ class Stack:
         """The service whose metrics port and listening host a process takes: its first one
         that it serves (not a replica beside them)."""
         names = process.split("+")
-        return next((n for n in names if n in self.together), names[0]) if len(names) > 1 else process
+        return next((n for n in names if n in self.together), names[0])
 
     def process(self, service: str) -> subprocess.Popen[bytes]:
         return self.procs[self.process_name(service)]
