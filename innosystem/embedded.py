@@ -25,8 +25,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 log = logging.getLogger(__name__)
 
 DATABASE = "innosystem"
@@ -177,6 +175,8 @@ class EmbeddedPostgres:
         return self.url
 
     def _create_database(self, timeout: float) -> None:
+        import psycopg  # here, not at the top: every platform process imports this module (die_with)
+
         deadline = time.monotonic() + timeout
         admin = f"postgresql://{PG_USER}@127.0.0.1:{self.port}/postgres"
         while True:
@@ -192,6 +192,8 @@ class EmbeddedPostgres:
 
     def create_database(self, name: str) -> str:
         """A fresh empty database on this server (tests use one per module)."""
+        import psycopg
+
         admin = f"postgresql://{PG_USER}@127.0.0.1:{self.port}/postgres"
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
