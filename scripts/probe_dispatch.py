@@ -47,6 +47,8 @@ from innosystem.jobs.v1 import jobs_pb2_grpc
 
 _PG_TOTALS = ("SELECT sum(xact_commit), sum(tup_inserted), sum(tup_updated), sum(tup_deleted) "
               "FROM pg_stat_database")
+_PG_TABLES = ("SELECT schemaname || '.' || relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del "
+              "FROM pg_stat_user_tables")
 
 
 def _pct(values: list[float]) -> str:
@@ -107,6 +109,7 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
         valkey, db = redis.Redis.from_url(valkey_url), psycopg.connect(pg_url, autocommit=True)
         calls0 = {k: v["calls"] for k, v in valkey.info("commandstats").items()}
         pg0 = db.execute(_PG_TOTALS).fetchone()
+        tables0 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
         spies = []
         if args.profile:
             spies = [subprocess.Popen([os.environ.get("PY_SPY", "py-spy"), "record", "-d", "6", "-r", "100",
@@ -120,6 +123,8 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
         time.sleep(1.0)  # the last endings settle
         calls1 = {k: v["calls"] for k, v in valkey.info("commandstats").items()}
         pg1 = db.execute(_PG_TOTALS).fetchone()
+        time.sleep(0.6)  # the statistics collector's flush (PGSTAT_MIN_INTERVAL is 1 s)
+        tables1 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
         for spy in spies:
             spy.wait()
         rows = asyncio.run(_timings(p, sent))
@@ -139,6 +144,12 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
     commits, inserted, updated, deleted = ((int(b) - int(a)) / n for a, b in zip(pg0, pg1, strict=True))
     bench.say(f"  PostgreSQL per job: {commits:.2f} commits, {inserted:.1f} rows inserted, {updated:.1f} updated, "
               f"{deleted:.1f} deleted")
+    writes = {name: [(b - a) / n for a, b in zip(tables0.get(name, (0, 0, 0, 0)), counts, strict=True)]
+              for name, counts in tables1.items()}
+    bench.say("  row writes per job by table (inserted / updated, of which HOT / deleted):")
+    for name, (ins, upd, hot, dele) in sorted(writes.items(), key=lambda kv: -sum(kv[1]) + kv[1][2]):
+        if ins + upd + dele >= 0.05:
+            bench.say(f"    {name:40} {ins:5.2f} / {upd:5.2f}, {hot:5.2f} / {dele:5.2f}")
 
 
 def main() -> None:
