@@ -253,3 +253,45 @@ async def test_statements_after_the_sessions_own_commit_are_a_real_transaction(r
             await s.execute(_FAIL, {"zero": 0})
         await s.rollback()
     assert await _count(db, 90) == 1 and await _count(db, 91) == 0
+
+
+async def test_a_session_commits_rolls_back_and_always_gives_its_connection_back(relayed: tuple[Database, Relay]
+                                                                                 ) -> None:
+    """`Database.session()`: committed when the block ends, rolled back when it raises (the error
+    goes on to the caller), refusing statements after its commit; and each way out returns the
+    connection to the pool."""
+    db, _ = relayed
+    async with db.session() as s:
+        await s.execute(_INSERT, {"k": 100})
+    with pytest.raises(RuntimeError, match="the block failed"):
+        async with db.session() as s:
+            await s.execute(_INSERT, {"k": 101})
+            raise RuntimeError("the block failed")
+    with pytest.raises(DataError):
+        async with db.session() as s:
+            await s.execute(_INSERT, {"k": 102})
+            await s.execute(_FAIL, {"zero": 0})
+    assert [await _count(db, k) for k in (100, 101, 102)] == [1, 0, 0]
+    assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_caller_cancelled_while_its_session_ends_waits_for_the_end(relayed: tuple[Database, Relay]) -> None:
+    """A cancellation that comes while the transaction commits does not abandon the commit halfway:
+    the commit finishes, the connection goes back to the pool, and only then is the cancellation
+    raised in the caller."""
+    db, relay = relayed
+    ending = asyncio.Event()
+
+    async def one() -> None:
+        async with db.session() as s:
+            await s.execute(_INSERT, {"k": 110})
+            ending.set()  # the block ends: the commit starts at once
+
+    task = asyncio.create_task(one())
+    await ending.wait()
+    task.cancel()  # the commit is under way (its round trip has not come back yet)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert await _count(db, 110) == 1
+    await _assert_real_transactions(db, 111)
