@@ -11,7 +11,9 @@ over gRPC at `--rate` per second, open-loop, and prints:
   and to its processor's start (p50 / p90 / max);
 - the CPU per job of each process over the submits (/proc utime+stime, as `make bench`);
 - Valkey commands per job (`INFO commandstats`) and PostgreSQL commits and row writes per job
-  (`pg_stat_database`): the exchanges a job costs at that rate.
+  (`pg_stat_database`): the exchanges a job costs at that rate;
+- the row writes per job by table (`pg_stat_user_tables`: inserted, updated and how many of those
+  were HOT, deleted).
 
 `--apart` runs every service in a process of its own (as compose does; by default jobs and runners
 share one with a billing replica beside them, as `innosystem up` runs them; `--together` and
