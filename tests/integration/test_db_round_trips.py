@@ -279,7 +279,7 @@ async def test_a_caller_cancelled_while_its_session_ends_waits_for_the_end(relay
     """A cancellation that comes while the transaction commits does not abandon the commit halfway:
     the commit finishes, the connection goes back to the pool, and only then is the cancellation
     raised in the caller."""
-    db, relay = relayed
+    db, _ = relayed
     ending = asyncio.Event()
 
     async def one() -> None:
