@@ -1,6 +1,7 @@
 """A quick loop for the run path at a steady rate: `make bench`'s dispatch phase, taken apart.
 
-    .venv/bin/python scripts/probe_dispatch.py [--rate 200] [--count 1600] [--profile DIR] [--env K=V ...]
+    .venv/bin/python scripts/probe_dispatch.py [--rate 200] [--count 1600] [--profile DIR] [--loop-profile]
+                                               [--env K=V ...]
                                                [--apart | --together NAMES] [--beside NAMES]
 
 Starts the embedded stack as `make bench` does (PostgreSQL, Valkey, the five services in four
@@ -20,7 +21,9 @@ share one with a billing replica beside them, as `innosystem up` runs them; `--t
 `--beside` choose other arrangements, e.g. `--beside ''` for no billing replica). `--env K=V`
 passes settings to the services (e.g. to compare a knob's two values in one hour),
 `--profile DIR` samples the jobs, billing and runners services with py-spy for 6 s (raw stacks
-into DIR; py-spy from $PY_SPY, default `py-spy`). Compare runs made one after the other: figures
+into DIR; py-spy from $PY_SPY, default `py-spy`). `--loop-profile` times every event-loop callback of
+the services over the submits (`scripts/loopprofile/sitecustomize.py`) and prints, per process, the
+callbacks per job and the CPU per job of the tasks that spend the most. Compare runs made one after the other: figures
 move with the machine's load.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -103,7 +107,8 @@ async def _timings(p: bench.Platform, sent: dict[str, tuple[float, float]]) -> l
     return rows
 
 
-def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namespace, log_dir: Path) -> None:
+def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namespace, log_dir: Path,
+          loops: Path | None) -> None:
     runners = bench.start_runners(p, bench.runner_tokens(p, 2), 32, log_dir)
     try:
         asyncio.run(_submit(p, args.rate, 100))  # warm caches, pools and the runners' streams
@@ -120,8 +125,12 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for name in dict.fromkeys(p.stack.process_name(n) for n in ("jobs", "billing", "runners"))]
         before = p.meter.snapshot()
+        if loops is not None:
+            (loops / "start").touch()
         sent = asyncio.run(_submit(p, args.rate, args.count))
         usage = p.meter.diff(before)
+        if loops is not None:
+            (loops / "stop").touch()
         time.sleep(1.0)  # the last endings settle
         calls1 = {k: v["calls"] for k, v in valkey.info("commandstats").items()}
         pg1 = db.execute(_PG_TOTALS).fetchone()
@@ -146,12 +155,36 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
     commits, inserted, updated, deleted = ((int(b) - int(a)) / n for a, b in zip(pg0, pg1, strict=True))
     bench.say(f"  PostgreSQL per job: {commits:.2f} commits, {inserted:.1f} rows inserted, {updated:.1f} updated, "
               f"{deleted:.1f} deleted")
+    if loops is not None:
+        _print_loops(loops, n)
     writes = {name: [(b - a) / n for a, b in zip(tables0.get(name, (0, 0, 0, 0)), counts, strict=True)]
               for name, counts in tables1.items()}
     bench.say("  row writes per job by table (inserted / updated, of which HOT / deleted):")
     for name, (ins, upd, hot, dele) in sorted(writes.items(), key=lambda kv: -sum(kv[1]) + kv[1][2]):
         if ins + upd + dele >= 0.05:
             bench.say(f"    {name:40} {ins:5.2f} / {upd:5.2f}, {hot:5.2f} / {dele:5.2f}")
+
+
+def _print_loops(folder: Path, jobs: int) -> None:
+    """Each service process's event-loop callbacks over the submits (`--loop-profile`)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not list(folder.glob("*.json")):
+        time.sleep(0.1)
+    time.sleep(0.5)  # every process has written its file
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        stats = report["stats"]
+        if not stats:
+            continue
+        calls, cpu = sum(c for c, _ in stats.values()), sum(t for _, t in stats.values())
+        if calls < jobs:  # a process the jobs do not pass through (tenancy, keys, an idle billing)
+            continue
+        name = " ".join(report["argv"][1:]) or path.stem
+        bench.say(f"  event loop of `{name}`: {calls / jobs:.0f} callbacks and {cpu * 1000 / jobs:.2f} ms of CPU "
+                  "per job; by what they ran (steps per job, CPU per step, CPU per job):")
+        for what, (count, seconds) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:10]:
+            per_step, per_job = seconds * 1e6 / count, seconds * 1000 / jobs
+            bench.say(f"    {count / jobs:6.1f} {per_step:7.0f} µs {per_job:6.2f} ms  {what[:70]}")
 
 
 def main() -> None:
@@ -161,14 +194,23 @@ def main() -> None:
     bench.add_topology(parser)
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the services")
     parser.add_argument("--profile", help="sample jobs, billing and runners with py-spy, raw stacks into this folder")
+    parser.add_argument("--loop-profile", action="store_true",
+                        help="time the services' event-loop callbacks over the submits, by task")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
+        loops = None
+        if args.loop_profile:
+            loops = Path(tmp) / "loops"
+            loops.mkdir()
+            root = Path(__file__).resolve().parent.parent
+            extra.update({"INNOSYSTEM_LOOP_PROFILE": str(loops), "PYTHONPATH": os.pathsep.join(
+                [str(root / "scripts" / "loopprofile"), str(root), *filter(None, [os.environ.get("PYTHONPATH")])])})
         with bench.embedded_platform(Path(tmp), log_dir, "probe", extra,
                                      bench.together_of(args), bench.beside_of(args)) as (p, pg_url, valkey_url):
-            probe(p, pg_url, valkey_url, args, log_dir)
+            probe(p, pg_url, valkey_url, args, log_dir, loops)
 
 if __name__ == "__main__":
     main()

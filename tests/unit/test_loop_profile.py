@@ -1,0 +1,59 @@
+"""`probe_dispatch.py --loop-profile`'s hook (scripts/loopprofile/sitecustomize.py): in a process
+started with it on PYTHONPATH, the event loop's callbacks between the folder's `start` and `stop`
+files are counted and timed by the task they ran, and written to `<pid>.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_PROGRAM = """
+import asyncio, sys, time
+from pathlib import Path
+folder = Path(sys.argv[1])
+
+async def spin(steps):
+    for _ in range(steps):
+        sum(range(2000))
+        await asyncio.sleep(0)
+
+async def main():
+    await spin(5)  # before the window: not counted
+    (folder / "start").touch()
+    await asyncio.sleep(0.3)  # the hook's thread has seen the file
+    await asyncio.gather(spin(50), spin(50))
+    (folder / "stop").touch()
+    await asyncio.sleep(0.5)  # its report is written meanwhile
+
+asyncio.run(main())
+"""
+
+
+def test_callbacks_are_counted_and_timed_by_task_inside_the_window(tmp_path: Path) -> None:
+    env = {**os.environ, "INNOSYSTEM_LOOP_PROFILE": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "scripts" / "loopprofile"), str(ROOT)])}
+    done = subprocess.run([sys.executable, "-c", _PROGRAM, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert report["argv"] == ["-c", str(tmp_path)], done.stderr
+    steps, cpu = report["stats"]["task spin"]
+    assert 100 <= steps < 110  # the two gathered tasks' steps, not the five before the window
+    assert cpu > 0
+
+
+def test_without_the_setting_the_loop_is_left_alone() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "INNOSYSTEM_LOOP_PROFILE"}
+    show = "import asyncio.events; print(asyncio.events.Handle._run.__qualname__)"
+    with_hook = {**env, "PYTHONPATH": str(ROOT / "scripts" / "loopprofile")}
+    plain = subprocess.run([sys.executable, "-c", show], env=with_hook, capture_output=True, text=True, timeout=60,
+                           check=True)
+    assert plain.stdout.strip() == "Handle._run"
+    with_hook["INNOSYSTEM_LOOP_PROFILE"] = "/nonexistent"
+    hooked = subprocess.run([sys.executable, "-c", show], env=with_hook, capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert hooked.stdout.strip() != "Handle._run"  # the same check sees the hook when it is asked for
