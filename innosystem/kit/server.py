@@ -376,6 +376,13 @@ async def _supervise(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -
             delay = min(delay * 2, 30.0)
 
 
+def _background(service: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+    """A service's background loop, supervised, in a task named after it (as debuggers and
+    `probe_dispatch.py --loop-profile` show it)."""
+    name = f"{service}.{getattr(loop, '__name__', 'loop')}"
+    return asyncio.create_task(_supervise(name, loop), name=name)
+
+
 async def run(config: CommonConfig, services: Sequence[Service], listen: dict[str, str] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain. `listen` overrides the address per service name."""
     servers: list[tuple[Service, grpc.aio.Server, health.aio.HealthServicer]] = []
@@ -392,8 +399,7 @@ async def run(config: CommonConfig, services: Sequence[Service], listen: dict[st
         servers.append((service, server, health_servicer))
         log.info("%s listening on %s", service.name, address)
 
-    tasks = {s.name: [asyncio.create_task(_supervise(f"{s.name}.{getattr(b, '__name__', 'loop')}", b))
-                      for b in s.background] for s in services}
+    tasks = {s.name: [_background(s.name, b) for b in s.background] for s in services}
     collector.settle()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

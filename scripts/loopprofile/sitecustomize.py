@@ -26,7 +26,9 @@ def _name(handle: Any) -> str:
     owner = getattr(callback, "__self__", None)
     if owner is not None and hasattr(owner, "get_coro"):  # a task's step
         coro = owner.get_coro()
-        return "task " + str(getattr(coro, "__qualname__", None) or type(coro).__name__)
+        what = "task " + str(getattr(coro, "__qualname__", None) or type(coro).__name__)
+        named = owner.get_name()
+        return what if named.startswith("Task-") else f"{what} ({named})"  # a name its creator gave it
     return str(getattr(callback, "__qualname__", None) or type(callback).__name__)
 
 

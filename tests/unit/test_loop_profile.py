@@ -26,7 +26,7 @@ async def main():
     await spin(5)  # before the window: not counted
     (folder / "start").touch()
     await asyncio.sleep(0.3)  # the hook's thread has seen the file
-    await asyncio.gather(spin(50), spin(50))
+    await asyncio.gather(spin(50), asyncio.create_task(spin(50), name="named"))
     (folder / "stop").touch()
     await asyncio.sleep(0.5)  # its report is written meanwhile
 
@@ -42,8 +42,9 @@ def test_callbacks_are_counted_and_timed_by_task_inside_the_window(tmp_path: Pat
     (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert report["argv"] == ["-c", str(tmp_path)], done.stderr
     steps, cpu = report["stats"]["task spin"]
-    assert 100 <= steps < 110  # the two gathered tasks' steps, not the five before the window
+    assert 50 <= steps < 55  # the gathered task's steps, not the five before the window
     assert cpu > 0
+    assert report["stats"]["task spin (named)"][0] >= 50  # a task its creator named is told apart
 
 
 def test_without_the_setting_the_loop_is_left_alone() -> None:
