@@ -56,8 +56,6 @@ class Signals:
         # Queues woken here, announced to the other replicas by one publish in flight at a time
         # that carries every queue woken meanwhile.
         self._announce: Backlog[str] = Backlog(self._publish_wake, "publishing queue wake-ups")
-        self._events: Backlog[list[tuple[str, dict[str, Any]]]] = Backlog(self._publish_events,
-                                                                          "publishing job events")
 
     # queue wake-ups ------------------------------------------------------------------------------
     def versions(self, queues: Iterable[str]) -> tuple[int, ...]:
@@ -168,25 +166,17 @@ class Signals:
             log.warning("cannot publish on %s: %s", channel, exc)
 
     async def jobs_changed(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        """Each watched job's event on its own channel, published soon after by one background
-        task (`_publish_events`): the caller, a lease batch or a batch of endings just committed,
-        does not wait for Valkey (its leases reach their runners a round trip sooner), and the
-        batches that come meanwhile go together. One task publishes them all, in the order they
-        came, so a watcher never sees a job's later change before its earlier one."""
-        if events:
-            self._events.add(events)
-
-    async def _publish_events(self, batches: list[list[tuple[str, dict[str, Any]]]]) -> None:
-        """A batch of leases or results changes hundreds of jobs at once and almost none has a
-        watcher: one NUMSUB asks which do, and only their events are encoded and published (one
-        round trip). The same NUMSUB asks whether a list is watched (`changes_channel`); only then
-        the batch's ids are published there, once. Called after the commit; a watcher subscribes
-        before it reads the job, so a change it cannot have read is announced."""
-        events = [event for batch in batches for event in batch]
+        """Each watched job's event on its own channel. A batch of leases or results changes
+        hundreds of jobs at once and almost none has a watcher: one NUMSUB asks which do, and only
+        their events are encoded and published (one round trip). The same NUMSUB asks whether a
+        list is watched (`changes_channel`); only then the batch's ids are published there, once.
+        Called after the commit; a watcher subscribes before it reads the job, so a change it
+        cannot have read is announced."""
+        if not events:
+            return
         channels = [self.job_prefix + job_id for job_id, _ in events]
         try:
-            counts = {_text(c): int(n) for c, n in
-                      await self.client.pubsub_numsub(*dict.fromkeys(channels), self.changes_channel)}
+            counts = {_text(c): int(n) for c, n in await self.client.pubsub_numsub(*channels, self.changes_channel)}
             watched = [(ch, event) for ch, (_, event) in zip(channels, events, strict=True) if counts.get(ch)]
             listed = counts.get(self.changes_channel, 0) > 0
             if not watched and not listed:
