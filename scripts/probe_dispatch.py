@@ -182,9 +182,9 @@ def _print_loops(folder: Path, jobs: int) -> None:
         name = " ".join(report["argv"][1:]) or path.stem
         bench.say(f"  event loop of `{name}`: {calls / jobs:.0f} callbacks and {cpu * 1000 / jobs:.2f} ms of CPU "
                   "per job; by what they ran (steps per job, CPU per step, CPU per job):")
-        for what, (count, seconds) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:10]:
+        for what, (count, seconds) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:14]:
             per_step, per_job = seconds * 1e6 / count, seconds * 1000 / jobs
-            bench.say(f"    {count / jobs:6.1f} {per_step:7.0f} µs {per_job:6.2f} ms  {what[:70]}")
+            bench.say(f"    {count / jobs:6.1f} {per_step:7.0f} µs {per_job:6.2f} ms  {what[:100]}")
 
 
 def main() -> None:
