@@ -21,10 +21,10 @@ share one with a billing replica beside them, as `innosystem up` runs them; `--t
 `--beside` choose other arrangements, e.g. `--beside ''` for no billing replica). `--env K=V`
 passes settings to the services (e.g. to compare a knob's two values in one hour),
 `--profile DIR` samples the jobs, billing and runners services with py-spy for 6 s (raw stacks
-into DIR; py-spy from $PY_SPY, default `py-spy`). `--loop-profile` times every event-loop callback of
-the services over the submits (`scripts/loopprofile/sitecustomize.py`) and prints, per process, the
-callbacks per job and the CPU per job of the tasks that spend the most. Compare runs made one after the other: figures
-move with the machine's load.
+into DIR; py-spy from $PY_SPY, default `py-spy`). `--loop-profile` times every event-loop callback
+of the services over the submits (`scripts/loopprofile/sitecustomize.py`) and prints, per process,
+the callbacks per job and the CPU per job of the tasks that spend the most. Compare runs made one
+after the other: figures move with the machine's load.
 """
 
 from __future__ import annotations
