@@ -127,6 +127,9 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
         before = p.meter.snapshot()
         if loops is not None:
             (loops / "start").touch()
+            waited = time.monotonic() + 3
+            while len(list(loops.glob("*.on"))) < len(p.stack.procs) and time.monotonic() < waited:  # type: ignore[union-attr]
+                time.sleep(0.05)  # each process has begun timing its callbacks
         sent = asyncio.run(_submit(p, args.rate, args.count))
         usage = p.meter.diff(before)
         if loops is not None:

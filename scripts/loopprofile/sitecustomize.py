@@ -2,8 +2,9 @@
 
 Python imports this module at start when its folder is on PYTHONPATH. With INNOSYSTEM_LOOP_PROFILE
 naming a folder, every asyncio callback is timed with the thread's CPU clock between that folder's
-`start` and `stop` files, by what it runs (a task's coroutine, else the callback's name); then
-`<pid>.json` there holds the process's command line and {name: [callbacks, CPU seconds]}. A
+`start` and `stop` files, by what it runs (a task's coroutine, else the callback's name): from
+the moment `<pid>.on` appears there, until `<pid>.json` holds the process's command line and
+{name: [callbacks, CPU seconds]}. A
 sampling profiler (py-spy) spreads a light-load job's CPU over the whole stack; this says which
 task's steps it is, and how many steps a job costs.
 """
@@ -58,6 +59,7 @@ def _install(folder: Path) -> None:
         while not (folder / "start").exists():
             time.sleep(0.05)
         on.set()
+        (folder / f"{os.getpid()}.on").touch()  # for whoever waits until the timing has begun
         while not (folder / "stop").exists():
             time.sleep(0.05)
         on.clear()

@@ -258,8 +258,7 @@ async def test_statements_after_the_sessions_own_commit_are_a_real_transaction(r
 async def test_a_session_commits_rolls_back_and_always_gives_its_connection_back(relayed: tuple[Database, Relay]
                                                                                  ) -> None:
     """`Database.session()`: committed when the block ends, rolled back when it raises (the error
-    goes on to the caller), refusing statements after its commit; and each way out returns the
-    connection to the pool."""
+    goes on to the caller); and each way out returns the connection to the pool."""
     db, _ = relayed
     async with db.session() as s:
         await s.execute(_INSERT, {"k": 100})

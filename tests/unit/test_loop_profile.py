@@ -22,13 +22,20 @@ async def spin(steps):
         sum(range(2000))
         await asyncio.sleep(0)
 
+async def until(pattern):
+    for _ in range(600):
+        if list(folder.glob(pattern)):
+            return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"no {pattern} in 30 s")
+
 async def main():
     await spin(5)  # before the window: not counted
     (folder / "start").touch()
-    await asyncio.sleep(0.3)  # the hook's thread has seen the file
+    await until("*.on")  # the timing has begun
     await asyncio.gather(spin(50), asyncio.create_task(spin(50), name="named"))
     (folder / "stop").touch()
-    await asyncio.sleep(0.5)  # its report is written meanwhile
+    await until("*.json")  # the report is written
 
 asyncio.run(main())
 """
