@@ -170,10 +170,9 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
 
 def _print_loops(folder: Path, jobs: int) -> None:
     """Each service process's event-loop callbacks over the submits (`--loop-profile`)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not list(folder.glob("*.json")):
-        time.sleep(0.1)
-    time.sleep(0.5)  # every process has written its file
+    deadline = time.monotonic() + 5  # every process that began timing has written its report
+    while time.monotonic() < deadline and len(list(folder.glob("*.json"))) < len(list(folder.glob("*.on"))):
+        time.sleep(0.05)
     for path in sorted(folder.glob("*.json")):
         report = json.loads(path.read_text())
         stats = report["stats"]
