@@ -17,12 +17,16 @@ _BEHAVIOR = field_behavior_pb2.field_behavior
 _FIXED = {field_behavior_pb2.FieldBehavior.OUTPUT_ONLY, field_behavior_pb2.FieldBehavior.IMMUTABLE}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime | None) -> Timestamp | None:
+    """`value` as a Timestamp; a naive one is taken as local time. Whole-second arithmetic on the
+    timedelta, a quarter of what `Timestamp.FromDatetime` costs (every job message carries several)."""
     if value is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
+    since = (value if value.tzinfo is not None else value.astimezone(UTC)) - _EPOCH
+    return Timestamp(seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def to_datetime(ts: Timestamp) -> datetime:
