@@ -103,7 +103,10 @@ def transaction_pb(t: Transfer) -> pb.WalletTransaction:
                                 request_id=t.request_id or "", create_time=timestamp(t.create_time))
 
 
-def hold_pb(h: AnyHold) -> pb.Hold:
+def hold_pb(h: AnyHold, view: int = pb.HOLD_VIEW_FULL) -> pb.Hold:
+    if view == pb.HOLD_VIEW_BASIC:
+        return pb.Hold(hold_id=h.hold_id, amount_cents=h.amount, status=pb.HoldStatus.ValueType(h.status),
+                       captured_cents=h.captured, released_cents=h.released, commission_cents=h.commission)
     return pb.Hold(hold_id=h.hold_id, customer_id=str(h.customer_id), wallet_id=str(h.wallet_id), job_id=h.job_id,
                    currency_code=h.currency, amount_cents=h.amount, status=pb.HoldStatus.ValueType(h.status),
                    captured_cents=h.captured,
@@ -112,6 +115,13 @@ def hold_pb(h: AnyHold) -> pb.Hold:
                    commission_rate_bps=h.commission_rate_bps, create_time=timestamp(h.create_time),
                    expire_time=timestamp(h.expire_time), resolve_time=timestamp(h.resolve_time),
                    project_id=h.project_id, job_type_id=h.job_type_id)
+
+
+def _response(results: Sequence[AnyHold | DomainError], view: int) -> pb.BatchHoldResponse:
+    """A batch's answer: each item's hold (in `view`) or its error, in the order of the requests."""
+    return pb.BatchHoldResponse(results=[
+        pb.HoldResult(error=to_status(r, DOMAIN)) if isinstance(r, DomainError)
+        else pb.HoldResult(hold=hold_pb(r, view)) for r in results])
 
 
 def reconciliation_pb(r: ReconciliationRow) -> pb.Reconciliation:
@@ -342,30 +352,27 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.Hold:
         return hold_pb(await self._release(request)())
 
-    async def _batch(self, calls: list[Callable[[], Awaitable[AnyHold]]]) -> pb.BatchHoldResponse:
+    async def _batch(self, calls: list[Callable[[], Awaitable[AnyHold]]], view: int) -> pb.BatchHoldResponse:
         if not 1 <= len(calls) <= MAX_BATCH:
             raise InvalidArgument(f"a batch has 1 to {MAX_BATCH} requests", field="requests",
                                   reason="INVALID_BATCH_SIZE")
-        results = await self.service.batch(calls)
-        return pb.BatchHoldResponse(results=[
-            pb.HoldResult(error=to_status(r, DOMAIN)) if isinstance(r, DomainError) else pb.HoldResult(hold=hold_pb(r))
-            for r in results])
+        return _response(await self.service.batch(calls), view)
 
     async def BatchReserve(self, request: pb.BatchReserveRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
         """Every submit's holds: the batch's reserves go to the service together."""
-        return await self._answers("reserve", request.requests, lambda rs: self.service.reserve_many([
+        return await self._answers("reserve", request.requests, request.view, lambda rs: self.service.reserve_many([
             ReserveRequest(r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id,
                            _time(r, "expire_time"), r.description, r.project_id, r.job_type_id) for r in rs]))
 
     async def BatchCapture(self, request: pb.BatchCaptureRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
         """The hot path of every finished job: the batch's captures go to the service together."""
-        return await self._answers("capture", request.requests, lambda rs: self.service.capture_many([
+        return await self._answers("capture", request.requests, request.view, lambda rs: self.service.capture_many([
             (r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy, r.description) for r in rs]))
 
     @staticmethod
-    async def _answers(operation: str, requests: Sequence[Any],
+    async def _answers(operation: str, requests: Sequence[Any], view: int,
                        run: Callable[[list[Any]], Awaitable[list[AnyHold | DomainError]]]) -> pb.BatchHoldResponse:
         """A set-oriented batch: each item answered on its own, an item whose text cannot be stored
         refused alone before the group commit it would join."""
@@ -382,20 +389,17 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
                 results[k] = err
         for k, outcome in zip(storable, await run([requests[k] for k in storable]), strict=True):
             results[k] = outcome
-        count_many(operation, [r for r in results if r is not None])
-        return pb.BatchHoldResponse(results=[
-            pb.HoldResult(error=to_status(r, DOMAIN)) if isinstance(r, DomainError) else pb.HoldResult(hold=hold_pb(r))
-            for r in results if r is not None])
+        answered = [r for r in results if r is not None]
+        count_many(operation, answered)
+        return _response(answered, view)
 
     async def BatchExtend(self, request: pb.BatchExtendRequest,
                           context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
         if not 1 <= len(request.requests) <= MAX_BATCH:
             raise InvalidArgument(f"a batch has 1 to {MAX_BATCH} requests", field="requests",
                                   reason="INVALID_BATCH_SIZE")
-        results = await self.service.extend_holds([(r.hold_id, _time(r, "expire_time")) for r in request.requests])
-        return pb.BatchHoldResponse(results=[
-            pb.HoldResult(error=to_status(r, DOMAIN)) if isinstance(r, DomainError) else pb.HoldResult(hold=hold_pb(r))
-            for r in results])
+        return _response(await self.service.extend_holds([(r.hold_id, _time(r, "expire_time"))
+                                                           for r in request.requests]), request.view)
 
     async def ListActiveHolds(self, request: pb.ListActiveHoldsRequest,
                               context: grpc.aio.ServicerContext) -> pb.ListActiveHoldsResponse:
@@ -408,5 +412,5 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
 
     async def BatchRelease(self, request: pb.BatchReleaseRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
-        return await self._batch([self._release(r) for r in request.requests])
+        return await self._batch([self._release(r) for r in request.requests], request.view)
 

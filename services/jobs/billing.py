@@ -80,7 +80,8 @@ class Billing:
         out: list[Outcome] = []
         request_type = getattr(bpb, f"{method}Request")
         for start in range(0, len(requests), BATCH):
-            request = request_type(requests=requests[start:start + BATCH])
+            # Only each item's outcome is read here: billing skips building the rest of each hold.
+            request = request_type(requests=requests[start:start + BATCH], view=bpb.HOLD_VIEW_BASIC)
             local = (inprocess.find(inprocess.BILLING_HOLDS) if len(request.requests) <= LOCAL_ITEMS
                      and inprocess.cpu_share() < LOCAL_BELOW_CORES else None)
             if local is not None:

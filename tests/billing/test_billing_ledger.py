@@ -403,6 +403,33 @@ async def test_a_batch_capture_decides_each_item_and_submits_them_together(billi
     assert (snap.balance, snap.held) == (10_000 - 160, 300)
 
 
+async def test_a_batch_answers_in_the_view_it_asks_for(billing: BillingService) -> None:
+    """HOLD_VIEW_BASIC (what the jobs service asks for): each hold's id, status and amounts, none of
+    the rest; an error is the same either way; without a view, the whole hold."""
+    from innosystem.billing.v1 import billing_pb2 as bpb
+    from services.billing.api import BillingApi
+
+    customer, _ = await funded_wallet(billing, 1_000)
+    api = BillingApi(billing)
+    reserve = bpb.BatchReserveRequest(view=bpb.HOLD_VIEW_BASIC, requests=[
+        bpb.ReserveRequest(hold_id=f"view-{customer}", customer_id=customer, amount_cents=300, currency_code="USD",
+                           job_id=f"job-{customer}"),
+        bpb.ReserveRequest(hold_id=f"view-{customer}-big", customer_id=customer, amount_cents=5_000,
+                           currency_code="USD")])
+    basic, refused = (await api.BatchReserve(reserve, None)).results  # type: ignore[arg-type]
+    assert basic.hold == bpb.Hold(hold_id=f"view-{customer}", amount_cents=300, status=bpb.HOLD_STATUS_ACTIVE)
+    assert b"INSUFFICIENT_FUNDS" in refused.error.details[0].value
+    capture = bpb.BatchCaptureRequest(view=bpb.HOLD_VIEW_BASIC, requests=[
+        bpb.CaptureRequest(hold_id=f"view-{customer}", amount_cents=200)])
+    (captured,) = (await api.BatchCapture(capture, None)).results  # type: ignore[arg-type]
+    assert captured.hold == bpb.Hold(hold_id=f"view-{customer}", amount_cents=300, status=bpb.HOLD_STATUS_CAPTURED,
+                                     captured_cents=200, released_cents=100)
+    capture.ClearField("view")  # unspecified: the full hold
+    (full,) = (await api.BatchCapture(capture, None)).results  # type: ignore[arg-type]
+    assert (full.hold.customer_id, full.hold.job_id, full.hold.currency_code) == (customer, f"job-{customer}", "USD")
+    assert full.hold.create_time.seconds > 0 and full.hold.resolve_time.seconds > 0
+
+
 async def test_holds_are_extended_only_later_and_only_while_active(billing: BillingService) -> None:
     customer, _ = await funded_wallet(billing, 1_000)
     now = utcnow()

@@ -99,6 +99,36 @@ HOLD_STATUS_VOIDED: HoldStatus.ValueType  # 3
 HOLD_STATUS_EXPIRED: HoldStatus.ValueType  # 4
 Global___HoldStatus: _TypeAlias = HoldStatus  # noqa: Y015
 
+class _HoldView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HoldViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HoldView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOLD_VIEW_UNSPECIFIED: _HoldView.ValueType  # 0
+    """Same as HOLD_VIEW_FULL."""
+    HOLD_VIEW_BASIC: _HoldView.ValueType  # 1
+    """The hold's id, status and amounts (held, captured, released, commission): what a caller that
+    only needs each item's outcome reads, without the ids, times and commission details that
+    building the full hold costs per item.
+    """
+    HOLD_VIEW_FULL: _HoldView.ValueType  # 2
+    """Every field."""
+
+class HoldView(_HoldView, metaclass=_HoldViewEnumTypeWrapper):
+    """How much of each hold a batch's answer carries (AIP-157 partial response)."""
+
+HOLD_VIEW_UNSPECIFIED: HoldView.ValueType  # 0
+"""Same as HOLD_VIEW_FULL."""
+HOLD_VIEW_BASIC: HoldView.ValueType  # 1
+"""The hold's id, status and amounts (held, captured, released, commission): what a caller that
+only needs each item's outcome reads, without the ids, times and commission details that
+building the full hold costs per item.
+"""
+HOLD_VIEW_FULL: HoldView.ValueType  # 2
+"""Every field."""
+Global___HoldView: _TypeAlias = HoldView  # noqa: Y015
+
 class _OverCapturePolicy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -2206,6 +2236,9 @@ class BatchReserveRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: Global___HoldView.ValueType
+    """How much of each hold the answer carries (default: all of it)."""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReserveRequest]:
         """1 to 1000 items; validated one by one."""
@@ -2214,10 +2247,11 @@ class BatchReserveRequest(_message.Message):
         self,
         *,
         requests: _abc.Iterable[Global___ReserveRequest] | None = ...,
+        view: Global___HoldView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2228,6 +2262,9 @@ class BatchCaptureRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: Global___HoldView.ValueType
+    """How much of each hold the answer carries (default: all of it)."""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaptureRequest]:
         """1 to 1000 items; validated one by one."""
@@ -2236,10 +2273,11 @@ class BatchCaptureRequest(_message.Message):
         self,
         *,
         requests: _abc.Iterable[Global___CaptureRequest] | None = ...,
+        view: Global___HoldView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2250,6 +2288,9 @@ class BatchReleaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: Global___HoldView.ValueType
+    """How much of each hold the answer carries (default: all of it)."""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseRequest]:
         """1 to 1000 items; validated one by one."""
@@ -2258,10 +2299,11 @@ class BatchReleaseRequest(_message.Message):
         self,
         *,
         requests: _abc.Iterable[Global___ReleaseRequest] | None = ...,
+        view: Global___HoldView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2297,6 +2339,9 @@ class BatchExtendRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: Global___HoldView.ValueType
+    """How much of each hold the answer carries (default: all of it)."""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExtendRequest]:
         """1 to 1000 items; validated one by one."""
@@ -2305,10 +2350,11 @@ class BatchExtendRequest(_message.Message):
         self,
         *,
         requests: _abc.Iterable[Global___ExtendRequest] | None = ...,
+        view: Global___HoldView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
