@@ -117,11 +117,53 @@ async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[
             async with psycopg.AsyncRawCursor(driver) as raw:
                 await raw.execute(statement, params)
             return
+        types = await _copy_types(driver, table)
+        names = list(rows[0])
+        binary = types is not None and all(n in types for n in names)
+        if binary:
+            assert types is not None
+            _check_ranges(params, [types[n] for n in names], names)
+            statement = sql.SQL("{} (FORMAT BINARY)").format(statement)
         async with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            if binary:
+                copy.set_types([types[n] for n in names])  # type: ignore[index]
             for row in params:
                 await copy.write_row(row)
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, f"INSERT INTO {table.fullname}") from exc
+
+
+_INT_RANGES = {"smallint": 2**15, "integer": 2**31, "bigint": 2**63}
+
+
+def _check_ranges(rows: Sequence[Sequence[Any]], types: Sequence[str], names: Sequence[str]) -> None:
+    """A binary COPY sends an integer in its column's width, and psycopg truncates one that does
+    not fit (70000 into a smallint arrives as 4464): refuse it here as PostgreSQL would a text one."""
+    columns = [(k, _INT_RANGES[t]) for k, t in enumerate(types) if t in _INT_RANGES]
+    for row in rows:
+        for k, bound in columns:
+            value = row[k]
+            if value is not None and not -bound <= value < bound:
+                raise psycopg.errors.NumericValueOutOfRange(f"{types[k]} out of range: column {names[k]}")
+
+
+# Per table, its columns' types as PostgreSQL names them; None where one has no type psycopg knows.
+_COPY_TYPES: dict[str, dict[str, str] | None] = {}
+
+
+async def _copy_types(driver: psycopg.AsyncConnection[Any], table: Table) -> dict[str, str] | None:
+    """The column types a binary COPY into `table` declares, read from the catalog once per process.
+    Binary COPY spares the text form's formatting and escaping of every value: half the client's CPU
+    for a batch of job rows (a UUID goes as its 16 bytes, a time as one integer)."""
+    name = table.fullname
+    if name not in _COPY_TYPES:
+        async with driver.cursor() as cursor:
+            await cursor.execute("SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+                                 "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", [name])
+            found = dict(await cursor.fetchall())
+        known = all(driver.adapters.types.get(t) is not None for t in found.values())
+        _COPY_TYPES[name] = found if found and known else None
+    return _COPY_TYPES[name]
 
 
 _COMPILED: dict[str, str] = {}
