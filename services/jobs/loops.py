@@ -154,22 +154,27 @@ class Loops:
                              (r.queue_time or r.create_time).timestamp()) for r in rows if r.status == PENDING]
         later = [ScheduledItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
                                (r.next_attempt_time or now).timestamp()) for r in rows if r.status == SCHEDULED]
-        await self._drop_lost_leases(pending, now.timestamp() - LOST_LEASE_GRACE)
-        n = await deps.queue.rebuild(pending, later)
+        known = await self._known(pending, now.timestamp() - LOST_LEASE_GRACE)
+        # A job Redis knows is left alone by the enqueue script anyway: not sending it spares a pass
+        # over a backlog that is all in Redis (every job of a busy burst is read once) the script's
+        # arguments and calls.
+        n = await deps.queue.rebuild([i for i in pending if i.job_id not in known], later)
         if n:
             await deps.signals.jobs_ready({i.job_type for i in pending})
             await deps.signals.schedule_changed()
         return n
 
-    async def _drop_lost_leases(self, pending: list[QueueItem], before: float) -> None:
-        """A Pending job whose Redis record says leased since before `before` was popped by a lease
-        that never committed (its process died): forget the record so the job can be queued again.
+    async def _known(self, pending: list[QueueItem], before: float) -> set[str]:
+        """The ids of `pending` that Redis holds a record of (queued, or leased by a lease in flight).
+        A Pending job whose record says leased since before `before` was popped by a lease that
+        never committed (its process died): its record is forgotten so the job can be queued again.
         Younger records belong to leases in flight and are left alone, and read again next pass:
         if their lease never commits, nothing else would bring the job back before a full pass."""
         queue = self.deps.queue
         by_queue: dict[str, list[str]] = {}
         for item in pending:
             by_queue.setdefault(item.job_type, []).append(item.job_id)
+        known: set[str] = set()
         for q, ids in by_queue.items():
             records = await queue.client.hmget(f"{queue.base(q)}:job", ids)
             lost = [i for i, rec in zip(ids, records, strict=True)
@@ -178,6 +183,9 @@ class Loops:
                                   if rec is not None and _leased(rec) and i not in lost)
             if lost:
                 await queue.finish(q, lost)
+            gone = set(lost)
+            known.update(i for i, rec in zip(ids, records, strict=True) if rec is not None and i not in gone)
+        return known
 
     async def _release_orphan_holds(self) -> int:
         """Holds of submits that died between billing's reserve and the job's commit: an active

@@ -167,6 +167,33 @@ async def test_recovery_between_full_passes_reads_only_jobs_that_started_waiting
     assert str(old.id) in [x.job_id for x in await world.lease([jt.name], max_jobs=50)]
 
 
+async def test_a_pass_sends_the_enqueue_script_only_the_jobs_redis_lost(world: JobsWorld) -> None:
+    """A pass reads every job that started waiting, but a job Redis still holds is not sent to the
+    enqueue script again (it would leave it alone): only the lost one goes, and every job is
+    leased once afterwards."""
+    c = await world.customer()
+    jt = await world.job_type(c)
+    jobs = [await world.submit(c, jt) for _ in range(5)]
+    queue = world.app.deps.queue
+    assert await queue.remove(jobs[0].queue_name, [str(jobs[0].id)]) == [str(jobs[0].id)]  # Redis lost it
+    sent: list[str] = []
+    original = queue.scripts.enqueue
+
+    async def counting(keys: list[str], args: list[Any]) -> Any:
+        sent.extend(str(a) for a in args[1::4])
+        return await original(keys=keys, args=args)
+
+    queue.scripts.enqueue = counting  # type: ignore[method-assign]
+    try:
+        world.clock.advance(5)
+        queued, _ = await world.app.loops.recover_once()
+    finally:
+        queue.scripts.enqueue = original  # type: ignore[method-assign]
+    assert (queued, sent) == (1, [str(jobs[0].id)])
+    leased = await world.lease([jt.name], max_jobs=10)
+    assert sorted(x.job_id for x in leased) == sorted(str(j.id) for j in jobs)
+
+
 async def _hold(world: JobsWorld, hold_id: str) -> Any:
     return await world.billing._existing_hold(hold_id)
 
