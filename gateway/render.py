@@ -12,6 +12,7 @@ once per message type. `Any` (rare: error details) is left to json_format.
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, cast
@@ -20,6 +21,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from innosystem.kit.protos import whole_number, whole_numbers
 
@@ -73,8 +75,19 @@ def _list(values: Any) -> list[Any]:
     return [_value(v) for v in values.values]
 
 
+@functools.lru_cache(maxsize=4096)
+def _rfc3339(seconds: int, nanos: int) -> str:
+    return Timestamp(seconds=seconds, nanos=nanos).ToJsonString()
+
+
+def _timestamp(m: Any) -> str:
+    """A Timestamp's JSON string, remembered: a batch's jobs share their times (`ToJsonString` is
+    Python, a few microseconds a call, and a 1,000-job answer had thousands)."""
+    return _rfc3339(m.seconds, m.nanos)
+
+
 _WELL_KNOWN: dict[str, Convert] = {
-    "google.protobuf.Timestamp": lambda m: m.ToJsonString(),
+    "google.protobuf.Timestamp": _timestamp,
     "google.protobuf.Duration": lambda m: m.ToJsonString(),
     "google.protobuf.FieldMask": lambda m: m.ToJsonString(),
     "google.protobuf.Struct": _struct,

@@ -184,10 +184,23 @@ def test_prints_as_json_format_does(descriptor: Descriptor) -> None:
 
 
 def test_whole_numbers_and_64_bit_integers() -> None:
-    job = message_class(_POOL.FindMessageTypeByName("innosystem.jobs.v1.Job"))()
+    job: Any = message_class(_POOL.FindMessageTypeByName("innosystem.jobs.v1.Job"))()
     job.payload.update({"count": 3, "ratio": 0.5})  # type: ignore[attr-defined]
     job.estimated_cost_cents = 2**62  # type: ignore[attr-defined]
     out = to_json(job)
     assert out["payload"] == {"count": 3, "ratio": 0.5} and type(out["payload"]["count"]) is int
     assert out["estimatedCostCents"] == str(2**62)  # int64 as a string, as proto3 JSON says
     assert out["status"] == "JOB_STATUS_UNSPECIFIED" and out["attempts"] == [] and "lease" not in out
+
+
+def test_timestamps_print_as_json_format_does_again_and_again() -> None:
+    """Timestamp strings are remembered by value: each precision (none, milli, micro, nano), before
+    the epoch, and the same value twice print as json_format prints them."""
+    job: Any = message_class(_POOL.FindMessageTypeByName("innosystem.jobs.v1.Job"))()
+    for seconds, nanos in [(1_796_000_000, 0), (1_796_000_000, 5_000_000), (1_796_000_000, 123_456_000),
+                           (1_796_000_000, 123_456_789), (-1, 999_999_999), (1_796_000_000, 123_456_789)]:
+        job.create_time.seconds, job.create_time.nanos = seconds, nanos
+        job.update_time.seconds, job.update_time.nanos = seconds, nanos
+        printed = to_json(job)
+        assert _same(printed, _reference(job)), (seconds, nanos)
+        assert printed["createTime"] == printed["updateTime"]
