@@ -26,6 +26,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -116,6 +117,7 @@ class Prepared:
     position: int  # in the request (batch item index)
     existing: bool = False
     payload_json: str | None = None  # the payload as JSON, measured once and stored as is
+    settings_json: Jsonb | None = None  # the settings as stored, serialized once for a batch's items of one type
     # The hash with the trace context, as submits stored before `fingerprint` remembered theirs.
     legacy_hash: bytes | None = None
 
@@ -124,6 +126,8 @@ class Prepared:
         if self.payload_json is not None:
             text = self.payload_json
             row["payload"] = Jsonb(self.job.payload, dumps=lambda _: text)
+        if self.settings_json is not None:
+            row["settings"] = self.settings_json
         return row
 
 
@@ -158,12 +162,18 @@ def _kind(exc: BaseException) -> str:
     return type(orig or exc).__name__
 
 
-def _trace_context(request: pb.SubmitJobRequest) -> dict[str, str]:
+_TRACE = object()  # the memo's key for the call's trace context
+
+
+def _trace_context(request: pb.SubmitJobRequest, memo: dict[Any, Any]) -> dict[str, str]:
+    """The item's own trace context, else the call's (injected once per call, a copy per job)."""
     if request.trace_context:
         return {k: v for k, v in list(request.trace_context.items())[:MAX_TRACE_ENTRIES]}
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier
+    carrier: dict[str, str] | None = memo.get(_TRACE)
+    if carrier is None:
+        carrier = memo[_TRACE] = {}
+        propagate.inject(carrier)
+    return dict(carrier)
 
 
 class Submission:
@@ -213,7 +223,9 @@ class Submission:
         types = await self._types(owner, requests, prefix, types_token)
         shared = await self._catalog_now(catalog_token)
         markup = await self._markup(owner.customer_id, markup_token)
-        prepared = [self._prepare(owner, types, shared, markup, r, prefix(i), now, i) for i, r in enumerate(requests)]
+        memo: dict[Any, Any] = {}  # what a call's items share: the same type's settings, the caller's trace
+        prepared = [self._prepare(owner, types, shared, markup, r, prefix(i), now, i, memo)
+                    for i, r in enumerate(requests)]
         scope = f"SubmitJob:{owner.project_id}"
         seen: dict[uuid.UUID, int] = {}
         for i, p in enumerate(prepared):  # the same request id twice in one batch is one job
@@ -314,7 +326,8 @@ class Submission:
         return [{r.id: r for r in rows if r.project_id == project} for project in projects]
 
     def _prepare(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], shared: pricing.Catalog, markup: int,
-                 r: pb.SubmitJobRequest, prefix: str, now: datetime, position: int) -> Prepared:
+                 r: pb.SubmitJobRequest, prefix: str, now: datetime, position: int,
+                 memo: dict[Any, Any]) -> Prepared:
         config = self.deps.config
         type_id = uuid.UUID(r.job_type_id)
         jt = types.get(type_id) or shared.types.get(type_id)
@@ -366,6 +379,33 @@ class Submission:
             raise _bad(prefix + "request_id", f"at most {MAX_REQUEST_ID} characters", "INVALID_REQUEST_ID")
         job_id = job_id_for(owner.project_id, r.request_id)
         currency = owner.billing_currency or config.default_currency  # the project's: its wallet, its prices
+        typed = memo.get(jt.id)
+        if typed is None:
+            typed = memo[jt.id] = self._settings(jt, shared, markup, currency, now, prefix)
+        settings, settings_json, cost = typed
+        job = NewJob(
+            id=job_id, project_id=owner.project_id, customer_id=owner.customer_id, reseller_id=owner.reseller_id,
+            job_type_id=jt.id, job_type_name=jt.name,
+            queue_name=queue_name(jt.name, jt.required_tags or (), None if jt.catalog else owner.customer_id),
+            status=SCHEDULED if schedule else PENDING, priority=priority, persistence_policy=persistence,
+            settings=settings,
+            payload=payload, result=None, error="", error_type="", runner_id="", attempt_count=0,
+            next_attempt_time=schedule, cost_cents=0, estimated_cost_cents=cost,
+            currency_code=currency, hold_id=str(job_id) if cost > 0 else "",
+            hold_expire_time=(schedule or now) + HOLD_MARGIN if cost > 0 else None,
+            retry_count=0, create_time=now, schedule_time=schedule, queue_time=None if schedule else now,
+            update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
+            lease_session_id="", dead_lettered=False, trace_context=_trace_context(r, memo), purged=False, **retry,
+        )
+        if not r.request_id:  # only a request id is remembered, with its request's fingerprint
+            return Prepared(job, b"", position, payload_json=payload_json, settings_json=settings_json)
+        return Prepared(job, fingerprint(r), position, payload_json=payload_json, settings_json=settings_json,
+                        legacy_hash=request_hash(r) if r.trace_context else None)
+
+    def _settings(self, jt: JobType, shared: pricing.Catalog, markup: int, currency: str, now: datetime,
+                  prefix: str) -> tuple[dict[str, Any], Jsonb, int]:
+        """A type's settings as its jobs keep them (with the price terms they settle at), serialized
+        once, and the estimated cost: the same for every item of a call that names the type."""
         if jt.catalog:  # the price version in force now, kept on the job: capture settles at it
             price = shared.price(jt.id, currency, now)
             if price is None:
@@ -374,30 +414,14 @@ class Submission:
                                          metadata={"currency_code": currency})
             terms = pricing.marked_up(pricing.terms(price), markup)  # the customer's reseller's markup
         else:  # runs on the customer's own runners: the platform fee
-            terms = pricing.fee_terms(config.platform_fee_cents)
-        cost = pricing.estimate(terms)
-        job = NewJob(
-            id=job_id, project_id=owner.project_id, customer_id=owner.customer_id, reseller_id=owner.reseller_id,
-            job_type_id=jt.id, job_type_name=jt.name,
-            queue_name=queue_name(jt.name, jt.required_tags or (), None if jt.catalog else owner.customer_id),
-            status=SCHEDULED if schedule else PENDING, priority=priority, persistence_policy=persistence,
-            settings={"timeout_seconds": jt.timeout_seconds, "max_cost_cents": jt.max_cost_cents,
-                      "over_capture_policy": jt.over_capture_policy, "charge_on_failure": jt.charge_on_failure,
-                      "processor_type": jt.processor_type, "external_api": jt.external_api,
-                      "max_batch_size": jt.max_batch_size, "required_tags": list(jt.required_tags or ()),
-                      "sensitive_fields": list(jt.sensitive_fields or ()), "price": terms},
-            payload=payload, result=None, error="", error_type="", runner_id="", attempt_count=0,
-            next_attempt_time=schedule, cost_cents=0, estimated_cost_cents=cost,
-            currency_code=currency, hold_id=str(job_id) if cost > 0 else "",
-            hold_expire_time=(schedule or now) + HOLD_MARGIN if cost > 0 else None,
-            retry_count=0, create_time=now, schedule_time=schedule, queue_time=None if schedule else now,
-            update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
-            lease_session_id="", dead_lettered=False, trace_context=_trace_context(r), purged=False, **retry,
-        )
-        if not r.request_id:  # only a request id is remembered, with its request's fingerprint
-            return Prepared(job, b"", position, payload_json=payload_json)
-        return Prepared(job, fingerprint(r), position, payload_json=payload_json,
-                        legacy_hash=request_hash(r) if r.trace_context else None)
+            terms = pricing.fee_terms(self.deps.config.platform_fee_cents)
+        settings = {"timeout_seconds": jt.timeout_seconds, "max_cost_cents": jt.max_cost_cents,
+                    "over_capture_policy": jt.over_capture_policy, "charge_on_failure": jt.charge_on_failure,
+                    "processor_type": jt.processor_type, "external_api": jt.external_api,
+                    "max_batch_size": jt.max_batch_size, "required_tags": list(jt.required_tags or ()),
+                    "sensitive_fields": list(jt.sensitive_fields or ()), "price": terms}
+        text = json.dumps(settings, separators=(",", ":"))
+        return settings, Jsonb(settings, dumps=lambda _: text), pricing.estimate(terms)
 
     async def _store_one(self, group: Group) -> None:
         if group.single:
@@ -541,7 +565,6 @@ class Submission:
         if later:
             await deps.queue.schedule(later)
             changes.scheduled = True
-        for p in fresh:
-            metrics.submitted.add(1, {"job_type": p.job.job_type_name,
-                                      "priority": priority_name(p.job.priority)})
+        for (job_type, priority), count in Counter((p.job.job_type_name, p.job.priority) for p in fresh).items():
+            metrics.submitted.add(count, {"job_type": job_type, "priority": priority_name(priority)})
         await changes.publish(deps.signals)

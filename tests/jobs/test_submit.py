@@ -77,6 +77,32 @@ async def test_a_batch_with_request_ids_is_stored_once_and_a_reused_id_names_its
     assert len(listed) == 3
 
 
+async def test_a_batch_of_two_types_keeps_each_types_settings_and_price(world: JobsWorld) -> None:
+    """A call's items of one type share that type's settings and price (worked out once per call):
+    interleaved items of two types each get their own type's, as stored and as held, and the
+    items without a trace context of their own each carry a copy of the call's."""
+    c = await world.customer(funds=1000)
+    cheap = await world.job_type(c, price=10, timeout_seconds=30)
+    dear = await world.job_type(c, price=25, timeout_seconds=90)
+    kinds = [cheap, dear, cheap, dear, dear]
+    jobs = await world.app.cases.submission.batch_submit(c.principal, pb.BatchSubmitJobsRequest(
+        project_id=c.project_id, requests=[
+            pb.SubmitJobRequest(job_type_id=str(jt.id), payload=payload(i=i),
+                                trace_context={"traceparent": f"00-{i:032x}-{i:016x}-01"} if i == 4 else {})
+            for i, jt in enumerate(kinds)]))
+    assert [j.estimated_cost_cents for j in jobs] == [10, 25, 10, 25, 25]
+    assert await world.available(c) == 1000 - 95
+    async with world.app.deps.db.session() as s:
+        rows = {str(r.id): r for r in await s.execute(text(
+            "SELECT id, settings, trace_context FROM jobs.jobs WHERE id = ANY(:ids)"),
+            {"ids": [j.id for j in jobs]})}
+    stored = [rows[str(j.id)] for j in jobs]
+    assert [r.settings["timeout_seconds"] for r in stored] == [30, 90, 30, 90, 90]
+    assert [r.settings["price"]["unit"] for r in stored] == [10, 25, 10, 25, 25]
+    assert stored[4].trace_context == {"traceparent": f"00-{4:032x}-{4:016x}-01"}
+    assert len({id(j.trace_context) for j in jobs[:4]}) == 4  # each job its own copy
+
+
 async def test_a_repeat_is_the_same_job_whatever_trace_it_carries(world: JobsWorld) -> None:
     """A retry carries a new span, and the gateway sets each submit's own trace on the items of a
     batch it coalesces: the trace context is not what makes a request another one. A request id
