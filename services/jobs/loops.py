@@ -150,30 +150,31 @@ class Loops:
     async def _requeue(self, rows: list[Any], now: datetime) -> int:
         """Waiting jobs back in their queue or schedule (where Redis lost them); how many went back."""
         deps = self.deps
-        pending = [QueueItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
-                             (r.queue_time or r.create_time).timestamp()) for r in rows if r.status == PENDING]
-        later = [ScheduledItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
-                               (r.next_attempt_time or now).timestamp()) for r in rows if r.status == SCHEDULED]
-        known = await self._known(pending, now.timestamp() - LOST_LEASE_GRACE)
+        waiting = [(str(r.id), r) for r in rows if r.status == PENDING]
+        known = await self._known([(r.queue_name, i) for i, r in waiting], now.timestamp() - LOST_LEASE_GRACE)
         # A job Redis knows is left alone by the enqueue script anyway: not sending it spares a pass
         # over a backlog that is all in Redis (every job of a busy burst is read once) the script's
         # arguments and calls.
-        n = await deps.queue.rebuild([i for i in pending if i.job_id not in known], later)
+        pending = [QueueItem(i, r.queue_name, str(r.customer_id), r.priority,
+                             (r.queue_time or r.create_time).timestamp()) for i, r in waiting if i not in known]
+        later = [ScheduledItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
+                               (r.next_attempt_time or now).timestamp()) for r in rows if r.status == SCHEDULED]
+        n = await deps.queue.rebuild(pending, later)
         if n:
             await deps.signals.jobs_ready({i.job_type for i in pending})
             await deps.signals.schedule_changed()
         return n
 
-    async def _known(self, pending: list[QueueItem], before: float) -> set[str]:
-        """The ids of `pending` that Redis holds a record of (queued, or leased by a lease in flight).
+    async def _known(self, pending: list[tuple[str, str]], before: float) -> set[str]:
+        """Of `pending` (queue, job id), the ids Redis holds a record of (queued, or leased by a lease in flight).
         A Pending job whose record says leased since before `before` was popped by a lease that
         never committed (its process died): its record is forgotten so the job can be queued again.
         Younger records belong to leases in flight and are left alone, and read again next pass:
         if their lease never commits, nothing else would bring the job back before a full pass."""
         queue = self.deps.queue
         by_queue: dict[str, list[str]] = {}
-        for item in pending:
-            by_queue.setdefault(item.job_type, []).append(item.job_id)
+        for q, job_id in pending:
+            by_queue.setdefault(q, []).append(job_id)
         known: set[str] = set()
         for q, ids in by_queue.items():
             records = await queue.client.hmget(f"{queue.base(q)}:job", ids)
