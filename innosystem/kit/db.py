@@ -12,6 +12,8 @@ error); repositories receive that session.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -24,6 +26,7 @@ import sqlalchemy.ext.asyncio
 from psycopg import pq, sql
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import JSON, MetaData, Table, TextClause, event, text
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -48,11 +51,18 @@ def schema_metadata(schema: str) -> MetaData:
 SMALL_INSERT_ROWS = 8
 
 
-async def driver_of(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
-    """The psycopg connection under the session's transaction (for COPY and pipelines). Read from
-    the sync session's connection: `AsyncSession.connection()` would also build (and register) an
-    asyncio proxy of it that nobody uses, on every hot-path transaction."""
-    connection = await greenlet_spawn(session.sync_session.connection)
+# A transaction's handle for the statement helpers below: a session, or a connection of the hot
+# paths' own pool (`Database.transaction`).
+Conn = AsyncSession | psycopg.AsyncConnection[Any]
+
+
+async def driver_of(conn: Conn) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under the transaction (for COPY and pipelines). A session's is read
+    from its sync session's connection: `AsyncSession.connection()` would also build (and register)
+    an asyncio proxy of it that nobody uses, on every hot-path transaction."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    connection = await greenlet_spawn(conn.sync_session.connection)
     return connection.connection.driver_connection  # type: ignore[return-value]
 
 
@@ -102,7 +112,7 @@ def as_sqlalchemy_error(exc: psycopg.Error, what: str) -> Exception:
     return DBAPIError.instance(what, None, exc, psycopg.Error)
 
 
-async def copy_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+async def copy_rows(session: Conn, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert `rows` (each names the same columns of `table`) in the session's transaction: a batch
     with one COPY, several times cheaper than a multi-row INSERT on both sides (no parameter
     processing per row here, no statement per row in PostgreSQL); a few rows (a single submit's)
@@ -186,6 +196,7 @@ def _psycopg_text(statement: TextClause) -> str:
 
 
 _IDLE = pq.TransactionStatus.IDLE
+_OPEN = frozenset({pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR})  # a transaction to roll back
 
 
 def _may_begin(driver: psycopg.AsyncConnection[Any]) -> bool:
@@ -227,19 +238,20 @@ async def transaction_pipeline(driver: psycopg.AsyncConnection[Any], *, commit: 
             await driver.set_autocommit(False)  # no I/O on an idle connection
 
 
-async def pipelined(session: AsyncSession, *steps: tuple[TextClause, Mapping[str, Any]],
-                    commit: bool = False) -> list[Any]:
+async def pipelined(session: Conn, *steps: tuple[TextClause, Mapping[str, Any]],
+                    commit: bool = False, rows: bool = True) -> list[Any]:
     """Run module-level `text()` statements in one round trip (psycopg's pipeline mode): the last
-    one's rows, with attribute access like SQLAlchemy's; the transaction's BEGIN in the same round
-    trip when they are its first, and with `commit` (for a use case whose last statement decides
-    nothing more) its COMMIT (`transaction_pipeline`)."""
+    one's rows (none with `rows=False`, for statements that return none), with attribute access
+    like SQLAlchemy's; the transaction's BEGIN in the same round trip when they are its first, and
+    with `commit` (for a use case whose last statement decides nothing more) its COMMIT
+    (`transaction_pipeline`)."""
     driver = await driver_of(session)
     try:
         async with transaction_pipeline(driver, commit=commit):
             for statement, params in steps:
                 cursor = driver.cursor(row_factory=namedtuple_row)
                 await cursor.execute(_psycopg_text(statement), params)
-        return await cursor.fetchall()
+        return await cursor.fetchall() if rows else []
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, "pipelined statements") from exc
 
@@ -261,14 +273,14 @@ class Writes:
         if params:
             self._steps.append((statement, params, "many"))
 
-    async def insert(self, session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    async def insert(self, session: Conn, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         if len(rows) > SMALL_INSERT_ROWS:
             await copy_rows(session, table, rows)
         elif rows:
             statement, params, _ = _insert(table, rows)
             self._steps.append((statement, params, "raw"))
 
-    async def commit(self, session: AsyncSession) -> None:
+    async def commit(self, session: Conn) -> None:
         """The steps and the COMMIT in one round trip, with the BEGIN too when nothing ran before
         in the transaction (a submit's few rows: `transaction_pipeline`)."""
         driver = await driver_of(session)
@@ -306,6 +318,12 @@ def _no_autocommit(dbapi_connection: Any, record: Any, proxy: Any) -> None:
             raise DisconnectionError("connection left in autocommit") from exc
 
 
+async def _autocommit_off(conn: psycopg.AsyncConnection[Any]) -> None:
+    """A connection back in the hot pool, its transaction over, leaves autocommit as it came (on
+    while a pipeline's BEGIN keeps a transaction open: `transaction_pipeline`)."""
+    await conn.set_autocommit(False)  # no I/O on an idle connection
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False) -> None:
         # Looked up at call time so that the SQLAlchemy instrumentation (see telemetry) applies.
@@ -321,6 +339,11 @@ class Database:
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self.engine.sync_engine, "checkout", _no_autocommit)
+        # The hot paths' own pool (`transaction`), opened on first use (it needs a running loop).
+        self._conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._opening = asyncio.Lock()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -328,9 +351,48 @@ class Database:
         async with self.sessionmaker.begin() as session:
             yield session
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """One transaction on a connection of the hot paths' own pool (psycopg_pool), for
+        statements run with `pipelined`, `copy_rows` and `Writes`, which take it as they take a
+        session: what `session()` does without SQLAlchemy's session and pool around the
+        connection, which cost about 0.35 ms of CPU and as much latency per transaction at light
+        load (docs/performance.md, session 11). Committed when the block ends normally (nothing is
+        left to commit when its last pipeline committed), rolled back otherwise; a connection left
+        broken or mid-statement (a cancellation) is discarded by the pool."""
+        pool = self._pool or await self._open_pool()
+        async with pool.connection() as conn:
+            try:
+                yield conn
+            except BaseException:
+                if conn.pgconn.transaction_status in _OPEN:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+                raise
+            if conn.pgconn.transaction_status != _IDLE:
+                try:
+                    await conn.commit()
+                except psycopg.Error as exc:
+                    raise as_sqlalchemy_error(exc, "COMMIT") from exc
+
+    async def _open_pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        async with self._opening:
+            if self._pool is None:
+                # No check on checkout (a round trip each, as the engine's pre-ping would be): a
+                # connection that died fails its one transaction, and the pool drops it.
+                pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+                    self._conninfo, min_size=1, max_size=self._pool_size, open=False, name="hot",
+                    kwargs={"autocommit": False}, reset=_autocommit_off)
+                await pool.open()
+                self._pool = pool
+        return self._pool
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
         await self.engine.dispose()

@@ -22,10 +22,10 @@ from google.rpc import status_pb2
 from opentelemetry.trace import Span
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.coalescing import Backlog, Coalescer
+from innosystem.kit.db import Conn
 from innosystem.kit.errors import (
     DomainError,
     FailedPrecondition,
@@ -186,10 +186,10 @@ class Leases:
         every = [i for pop in pops for i in pop.ids]
         starts = [runsql.Start(i, pop.request.runner_id, pop.request.session_id) for pop in pops for i in pop.ids]
         try:
-            async with deps.db.session() as s:
-                started = await runsql.start_attempts(s, starts, now, deps.config.lease_ttl_seconds)
+            async with deps.db.transaction() as conn:
+                started = await runsql.start_attempts(conn, starts, now, deps.config.lease_ttl_seconds)
                 ghosts = [i for i in every if i not in started]
-                queues = await runsql.queues_of(s, ghosts) if ghosts else {}
+                queues = await runsql.queues_of(conn, ghosts) if ghosts else {}
         except BaseException:
             await self._requeue_popped(every)
             raise
@@ -275,7 +275,7 @@ class Leases:
     async def _complete_in(self, items: list[_Item], now: datetime, st: outcomes.Settlement,
                            results: list[pb.CompletionResult], ends: list[outcomes.End], settled: list[str]) -> None:
         deps = self.deps
-        async with deps.db.session() as s:
+        async with deps.db.transaction() as s:
             runs = await runsql.lock_runs(s, [it.c.job_id for it in items], settled)
             errors = await _lease_errors(s, [(it.c.job_id, it.c.lease_id, it.c.runner_id) for it in items], runs, now)
             await self._encrypt_results([(it, runs[it.c.job_id]) for it, err in zip(items, errors, strict=True)
@@ -653,7 +653,7 @@ def _by_labels(rows: Sequence[Any]) -> list[tuple[dict[str, str], list[Any]]]:
     return [({"job_type": name, "priority": priority_name(p)}, group) for (name, p), group in out.items()]
 
 
-async def _lease_errors(s: AsyncSession, refs: Sequence[tuple[str, str, str]], runs: dict[str, Any],
+async def _lease_errors(s: Conn, refs: Sequence[tuple[str, str, str]], runs: dict[str, Any],
                         now: datetime | None) -> list[DomainError | None]:
     """Fencing, per (job id, lease id, runner id): None where the lease is the job's current one
     (and, with `now`, not expired); a second item for the same job in one call is refused."""

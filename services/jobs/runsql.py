@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import Row, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.db import pipelined
+from innosystem.kit.db import Conn, pipelined
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
 # What a lease hands to its runner, and what the lease path's metrics and traces read.
@@ -63,7 +63,7 @@ class Start:
     session_id: str
 
 
-async def start_attempts(s: AsyncSession, starts: Sequence[Start], now: datetime, ttl_seconds: float
+async def start_attempts(s: Conn, starts: Sequence[Start], now: datetime, ttl_seconds: float
                          ) -> dict[str, Any]:
     """The popped jobs still leasable (Pending, or Scheduled and due: another replica's promoter may
     have moved one in Redis a moment before PostgreSQL) become Running under a new lease each, with
@@ -82,10 +82,12 @@ def dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
-async def queues_of(s: AsyncSession, job_ids: Sequence[str]) -> dict[str, str]:
+_QUEUES = text("SELECT id, queue_name FROM jobs.jobs WHERE id = ANY(CAST(:ids AS uuid[]))")
+
+
+async def queues_of(s: Conn, job_ids: Sequence[str]) -> dict[str, str]:
     """The queue of each job (ids of jobs that no longer exist are left out)."""
-    rows = (await s.execute(text("SELECT id, queue_name FROM jobs.jobs WHERE id = ANY(CAST(:ids AS uuid[]))"),
-                            {"ids": [uuid.UUID(i) for i in job_ids]})).all()
+    rows = await pipelined(s, (_QUEUES, {"ids": [uuid.UUID(i) for i in job_ids]}))
     return {str(r.id): r.queue_name for r in rows}
 
 
@@ -101,7 +103,7 @@ _LOCK_RUNS = text(f"SELECT {RUN_COLUMNS} FROM jobs.jobs WHERE id = ANY(CAST(:ids
 _UNOUTBOX = text("DELETE FROM jobs.billing_outbox WHERE hold_id = ANY(CAST(:holds AS text[]))")
 
 
-async def lock_runs(s: AsyncSession, job_ids: Sequence[str], settled_holds: Sequence[str] = ()) -> dict[str, Any]:
+async def lock_runs(s: Conn, job_ids: Sequence[str], settled_holds: Sequence[str] = ()) -> dict[str, Any]:
     """The jobs, locked in id order (concurrent batches do not deadlock); malformed ids are absent.
     The holds billing settled since (`settled_holds`) leave the outbox in the same round trip."""
     ids = sorted({u for u in (as_uuid(j) for j in job_ids) if u is not None})
@@ -127,16 +129,17 @@ async def expired_runs(s: AsyncSession, now: datetime, limit: int) -> list[Row[A
         "ORDER BY lease_expire_time LIMIT :limit FOR UPDATE SKIP LOCKED"), {"now": now, "limit": limit})).all())
 
 
-async def last_attempts(s: AsyncSession, keys: Sequence[tuple[uuid.UUID, int]]
-                        ) -> dict[tuple[uuid.UUID, int], Row[Any]]:
+_LAST_ATTEMPTS = text(
+    "SELECT a.job_id, a.attempt, a.lease_id, a.outcome FROM jobs.job_attempts a "
+    "JOIN unnest(CAST(:ids AS uuid[]), CAST(:ns AS int[])) AS k(job_id, attempt) "
+    "ON a.job_id = k.job_id AND a.attempt = k.attempt")
+
+
+async def last_attempts(s: Conn, keys: Sequence[tuple[uuid.UUID, int]]) -> dict[tuple[uuid.UUID, int], Any]:
     """(job, attempt) → its lease id and outcome: a stale result may repeat one that finished its job."""
     if not keys:
         return {}
-    rows = (await s.execute(text(
-        "SELECT a.job_id, a.attempt, a.lease_id, a.outcome FROM jobs.job_attempts a "
-        "JOIN unnest(CAST(:ids AS uuid[]), CAST(:ns AS int[])) AS k(job_id, attempt) "
-        "ON a.job_id = k.job_id AND a.attempt = k.attempt"),
-        {"ids": [k[0] for k in keys], "ns": [k[1] for k in keys]})).all()
+    rows = await pipelined(s, (_LAST_ATTEMPTS, {"ids": [k[0] for k in keys], "ns": [k[1] for k in keys]}))
     return {(r.job_id, r.attempt): r for r in rows}
 
 
@@ -183,7 +186,7 @@ SELECT count(*) FROM ended
 """)
 
 
-async def end_attempts(s: AsyncSession, ends: Sequence[Any], outbox: Sequence[Outboxed], now: datetime) -> int:
+async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed], now: datetime) -> int:
     """Write a batch of `outcomes.End`s and their billing outbox in one statement, committed with
     it in one round trip (the batch's last step)."""
     if not ends and not outbox:
@@ -243,14 +246,17 @@ class Outboxed:
     description: str
 
 
-async def settled(s: AsyncSession, hold_ids: Sequence[str], lowered: Sequence[tuple[uuid.UUID, int]]) -> None:
+_LOWERED = text("UPDATE jobs.jobs AS j SET cost_cents = v.cost FROM unnest(CAST(:ids AS uuid[]), "
+                "CAST(:costs AS bigint[])) AS v(id, cost) WHERE j.id = v.id")
+
+
+async def settled(s: Conn, hold_ids: Sequence[str], lowered: Sequence[tuple[uuid.UUID, int]]) -> None:
     """Billing answered for these holds: out of the outbox; jobs whose capture billing capped get that cost."""
-    if hold_ids:
-        await s.execute(_UNOUTBOX, {"holds": list(hold_ids)})
+    steps: list[tuple[TextClause, dict[str, Any]]] = [(_UNOUTBOX, {"holds": list(hold_ids)})] if hold_ids else []
     if lowered:
-        await s.execute(text("UPDATE jobs.jobs AS j SET cost_cents = v.cost FROM unnest(CAST(:ids AS uuid[]), "
-                             "CAST(:costs AS bigint[])) AS v(id, cost) WHERE j.id = v.id"),
-                        {"ids": [i for i, _ in lowered], "costs": [c for _, c in lowered]})
+        steps.append((_LOWERED, {"ids": [i for i, _ in lowered], "costs": [c for _, c in lowered]}))
+    if steps:
+        await pipelined(s, *steps, rows=False)
 
 
 async def outbox_due(s: AsyncSession, before: datetime, now: datetime, limit: int) -> list[Outboxed]:

@@ -443,7 +443,7 @@ class Submission:
         reserved = time.monotonic()
         refusals: list[Exception | None] = list(await self._reserve(groups)) if held else [None] * len(groups)
         try:
-            async with deps.db.session() as s:
+            async with deps.db.transaction() as s:
                 # a few rows go with the COMMIT in one round trip, a batch's by COPY (`kit.db.Writes`)
                 writes = Writes()
                 new = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]

@@ -294,3 +294,78 @@ async def test_a_caller_cancelled_while_its_session_ends_waits_for_the_end(relay
     assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert await _count(db, 110) == 1
     await _assert_real_transactions(db, 111)
+
+
+async def _next_transaction_counts(db: Database, k: int) -> int:
+    """The hot pool (one connection here) hands out its connection again: a fresh transaction reads."""
+    async def read() -> int:
+        async with db.transaction() as conn:
+            return int((await pipelined(conn, (_COUNT, {"k": k})))[0][0])
+    return await asyncio.wait_for(read(), 5)
+
+
+async def test_a_hot_transaction_is_one_round_trip_and_commits_at_its_end(relayed: tuple[Database, Relay]) -> None:
+    """`Database.transaction()`: the same one round trip as a session's pipelined transaction;
+    statements left open are committed when the block ends; many rows go by COPY."""
+    db, relay = relayed
+    async with db.transaction():  # opens the pool's connection before counting
+        pass
+    before = relay.turns
+    async with db.transaction() as conn:
+        rows = await pipelined(conn, (_INSERT, {"k": 120}), (_INSERT, {"k": 121}), commit=True)
+    assert relay.turns - before == 1 and [r.k for r in rows] == [121]
+    async with db.transaction() as conn:
+        await pipelined(conn, (_INSERT, {"k": 122}))  # the transaction stays open …
+    async with db.transaction() as conn:  # … and was committed by the block's end
+        writes = Writes()
+        await writes.insert(conn, _TABLE, [{"k": 130 + i} for i in range(12)])  # COPY
+        await writes.commit(conn)
+        assert not conn.autocommit
+    assert [await _next_transaction_counts(db, k) for k in (120, 121, 122, 130, 141)] == [1, 1, 1, 1, 1]
+
+
+async def test_a_hot_transaction_rolls_back_on_error_and_keeps_the_error_class(relayed: tuple[Database, Relay]
+                                                                              ) -> None:
+    db, _ = relayed
+    with pytest.raises(RuntimeError, match="the block failed"):
+        async with db.transaction() as conn:
+            await pipelined(conn, (_INSERT, {"k": 150}))
+            raise RuntimeError("the block failed")
+    with pytest.raises(DataError):
+        async with db.transaction() as conn:
+            await pipelined(conn, (_INSERT, {"k": 151}), (_FAIL, {"zero": 0}), commit=True)
+    with pytest.raises(IntegrityError):  # the deferred unique constraint is checked at COMMIT
+        async with db.transaction() as conn:
+            await pipelined(conn, (_INSERT, {"k": 152}), (_INSERT, {"k": 152}))
+    assert [await _next_transaction_counts(db, k) for k in (150, 151, 152)] == [0, 0, 0]
+
+
+async def test_a_hot_transaction_cancelled_mid_statement_commits_nothing(relayed: tuple[Database, Relay],
+                                                                         database_url: str) -> None:
+    """Cancelled while PostgreSQL runs its statement: nothing of it commits, and the pool's next
+    transaction is a real one (the connection left mid-statement is reset or replaced)."""
+    db, _ = relayed
+    sleep = text("SELECT pg_sleep(60)")
+
+    async def use_case() -> None:
+        async with db.transaction() as conn:
+            await pipelined(conn, (_INSERT, {"k": 160}), (sleep, {}), commit=True)
+
+    task = asyncio.create_task(use_case())
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher:
+        for _ in range(2000):  # until PostgreSQL runs the sleep
+            cur = await watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
+            if (row := await cur.fetchone()) and row[0]:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            pytest.fail("the sleep never reached PostgreSQL")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _next_transaction_counts(db, 160) == 0
+    with pytest.raises(DataError):
+        async with db.transaction() as conn:
+            await pipelined(conn, (_INSERT, {"k": 161}))
+            await pipelined(conn, (_FAIL, {"zero": 0}))
+    assert await _next_transaction_counts(db, 161) == 0
