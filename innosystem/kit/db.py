@@ -5,9 +5,12 @@ so every table is schema-qualified and no service can see another's tables by ac
 
     class Base(DeclarativeBase):
         metadata = schema_metadata("tenancy")
- A use case
-opens one transaction with `async with db.session() as s:` (commit on success, rollback on
-error); repositories receive that session.
+
+A use case opens one transaction with `async with db.session() as s:` (commit on success, rollback on
+error); repositories receive that session. The hot paths (a lease's start, an attempt's end, a
+submit's rows) open theirs with `async with db.transaction() as conn:` instead, a psycopg
+connection of a pool of their own, and run set-oriented statements through `pipelined`,
+`copy_rows` and `Writes`, which take either.
 """
 
 from __future__ import annotations
