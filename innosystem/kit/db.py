@@ -364,7 +364,11 @@ class Database:
         left to commit when its last pipeline committed), rolled back otherwise; a connection left
         broken or mid-statement (a cancellation) is discarded by the pool."""
         pool = self._pool or await self._open_pool()
-        async with pool.connection() as conn:
+        try:
+            conn = await pool.getconn()
+        except psycopg.Error as exc:  # none free in time (PoolTimeout), or none can connect
+            raise as_sqlalchemy_error(exc, "a connection of the hot paths' pool") from exc
+        try:
             try:
                 yield conn
             except BaseException:
@@ -377,6 +381,11 @@ class Database:
                     await conn.commit()
                 except psycopg.Error as exc:
                     raise as_sqlalchemy_error(exc, "COMMIT") from exc
+        finally:
+            broken = conn.broken
+            await pool.putconn(conn)  # a broken connection, or one mid-statement, is discarded
+            if broken:  # the server restarted, say: its idle siblings are likely dead too
+                await pool.check()
 
     async def _open_pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         async with self._opening:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, text
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from innosystem.kit.config import to_async_url
 from innosystem.kit.db import Database, Writes, driver_of, pipelined
@@ -369,3 +369,21 @@ async def test_a_hot_transaction_cancelled_mid_statement_commits_nothing(relayed
             await pipelined(conn, (_INSERT, {"k": 161}))
             await pipelined(conn, (_FAIL, {"zero": 0}))
     assert await _next_transaction_counts(db, 161) == 0
+
+
+async def test_a_hot_transaction_on_a_dead_connection_fails_alone(relayed: tuple[Database, Relay],
+                                                                  database_url: str) -> None:
+    """The server ends the pool's connection (a restart, say): the next transaction fails with
+    SQLAlchemy's OperationalError, as a session's would, and the one after gets a new connection."""
+    db, _ = relayed
+    async with db.transaction() as conn:
+        pid = (await pipelined(conn, (text("SELECT pg_backend_pid() AS pid"), {})))[0].pid
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    await asyncio.sleep(0.2)  # the relay passes the close on
+    with pytest.raises(OperationalError):
+        async with db.transaction() as conn:
+            await pipelined(conn, (_INSERT, {"k": 170}), commit=True)
+    async with db.transaction() as conn:
+        await pipelined(conn, (_INSERT, {"k": 171}), commit=True)
+    assert [await _next_transaction_counts(db, k) for k in (170, 171)] == [0, 1]
