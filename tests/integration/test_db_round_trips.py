@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -192,6 +193,22 @@ async def test_an_error_at_commit_raises_integrity_error_and_commits_nothing(rel
     await _assert_real_transactions(db, 32)
 
 
+async def _cancel_while_sleeping(use_case: Coroutine[Any, Any, None], database_url: str) -> None:
+    """Run `use_case` until PostgreSQL runs its `pg_sleep`, then cancel it."""
+    task = asyncio.create_task(use_case)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher:
+        for _ in range(2000):  # until PostgreSQL runs the sleep
+            cur = await watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
+            if (row := await cur.fetchone()) and row[0]:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            pytest.fail("the sleep never reached PostgreSQL")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 @pytest.mark.parametrize("committing", [True, False])
 async def test_a_cancelled_transaction_leaves_a_usable_connection_without_autocommit(
         relayed: tuple[Database, Relay], database_url: str, committing: bool) -> None:
@@ -206,18 +223,7 @@ async def test_a_cancelled_transaction_leaves_a_usable_connection_without_autoco
                 await pipelined(s, (_INSERT, {"k": 40}))
                 await s.execute(sleep)
 
-    task = asyncio.create_task(use_case())
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher:
-        for _ in range(2000):  # until PostgreSQL runs the sleep
-            cur = await watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
-            if (row := await cur.fetchone()) and row[0]:
-                break
-            await asyncio.sleep(0.005)
-        else:
-            pytest.fail("the sleep never reached PostgreSQL")
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await _cancel_while_sleeping(use_case(), database_url)
     assert await _count(db, 40) == 0
     await _assert_real_transactions(db, 41)
     async with db.session() as s:  # and it still commits whole transactions
@@ -351,18 +357,7 @@ async def test_a_hot_transaction_cancelled_mid_statement_commits_nothing(relayed
         async with db.transaction() as conn:
             await pipelined(conn, (_INSERT, {"k": 160}), (sleep, {}), commit=True)
 
-    task = asyncio.create_task(use_case())
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher:
-        for _ in range(2000):  # until PostgreSQL runs the sleep
-            cur = await watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
-            if (row := await cur.fetchone()) and row[0]:
-                break
-            await asyncio.sleep(0.005)
-        else:
-            pytest.fail("the sleep never reached PostgreSQL")
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await _cancel_while_sleeping(use_case(), database_url)
     assert await _next_transaction_counts(db, 160) == 0
     with pytest.raises(DataError):
         async with db.transaction() as conn:
