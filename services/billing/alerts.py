@@ -20,18 +20,20 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, select, update
 
 from innosystem.kit import pagination
 from innosystem.kit import principal as principals
-from innosystem.kit.db import utcnow
+from innosystem.kit.db import copy_rows, utcnow
 from innosystem.kit.errors import InvalidArgument, PermissionDenied
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing.batcher import Tx
 from services.billing.models import Account, WalletEventRow
+
+_EVENTS = cast(Table, WalletEventRow.__table__)
 
 if TYPE_CHECKING:
     from services.billing.service import BillingService
@@ -59,8 +61,7 @@ def event(wallet_id: uuid.UUID, customer_id: uuid.UUID, currency: str, balance: 
 async def record(tx: Tx, events: list[dict[str, Any]]) -> None:
     """Store the events in the batch's transaction and hand them to the publisher after its commit."""
     if events:
-        conn = await tx.session.connection()
-        await conn.execute(insert(WalletEventRow), events)
+        await copy_rows(tx.conn, _EVENTS, events)
         tx.events.extend(events)
 
 

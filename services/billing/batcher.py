@@ -29,7 +29,7 @@ from sqlalchemy import Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.kit.db import Database, Writes
+from innosystem.kit.db import Conn, Database, Writes
 from innosystem.kit.errors import DomainError
 from services.billing.models import Account, Transfer
 
@@ -45,13 +45,22 @@ RETRIES = 3
 class Tx:
     """One operation's view of the batch transaction."""
 
-    session: AsyncSession
+    # A session when the batch has operations (they use the ORM); a batch of bulk items alone runs
+    # on the hot paths' pool (`Database.transaction`), whose statements take either.
+    conn: Conn
     # Writes sent with the batch's COMMIT in one round trip (see `kit.db.Writes`).
     writes: Writes = field(default_factory=Writes)
     deltas: dict[uuid.UUID, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
     transfers: list[dict[str, Any]] = field(default_factory=list)
     # Wallet events stored by this operation, published after the commit.
     events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def session(self) -> AsyncSession:
+        """The batch's ORM session: an operation's batch always has one."""
+        if not isinstance(self.conn, AsyncSession):
+            raise TypeError("a batch of bulk items alone has no ORM session")
+        return self.conn
 
     def defer(self, account_id: uuid.UUID, debits_posted: int = 0, credits_posted: int = 0,
               debits_pending: int = 0, credits_pending: int = 0) -> None:
@@ -70,7 +79,7 @@ class Tx:
 
 Operation = Callable[[Tx], Awaitable[Any]]
 # Runs the batch's bulk items (see ledger.apply): one outcome per item, a DomainError for a refusal.
-Bulk = Callable[[AsyncSession, Tx, list[Any]], Awaitable[list[Any]]]
+Bulk = Callable[[Conn, Tx, list[Any]], Awaitable[list[Any]]]
 # Told the wallet events of each committed batch (alerts.Publisher).
 OnEvents = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
@@ -170,7 +179,8 @@ class GroupCommit:
         yet) and the wallet events it stored."""
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         events: list[dict[str, Any]] = []
-        async with self.db.session() as session:
+        items_only = all(is_item for _, is_item, _ in batch)  # holds' reserves, captures, releases
+        async with (self.db.transaction() if items_only else self.db.session()) as session:
             writes = Writes()
             deltas: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
             transfers: list[dict[str, Any]] = []
@@ -215,7 +225,7 @@ _ADD_COUNTERS = sql.SQL(
 ).format(sql.Identifier(str(_ACCOUNTS.schema), _ACCOUNTS.name))
 
 
-async def _apply(session: AsyncSession, writes: Writes, deltas: dict[uuid.UUID, list[int]],
+async def _apply(session: Conn, writes: Writes, deltas: dict[uuid.UUID, list[int]],
                  transfers: list[dict[str, Any]]) -> None:
     """The platform accounts' counters and the journal rows of the batch, with its commit."""
     writes.executemany(_ADD_COUNTERS, [{"aid": k, "dp": d[0], "cp": d[1], "dpe": d[2], "cpe": d[3]}

@@ -21,9 +21,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.kit.db import as_sqlalchemy_error, driver_of, transaction_pipeline, utcnow
+from innosystem.kit.db import Conn, as_sqlalchemy_error, driver_of, transaction_pipeline, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition
 from services.billing import alerts, limits
 from services.billing.batcher import Tx
@@ -265,7 +264,7 @@ _MOVE_WALLETS = sql.SQL(
     "%(al)b::boolean[]) AS v(wid, dp, dpe, pr, al) WHERE a.id = v.wid").format(_name(_ACCOUNTS))
 
 
-async def _lock(session: AsyncSession, items: list[Item]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def _lock(session: Conn, items: list[Item]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The batch's hold rows and wallet rows, locked, with the transaction's BEGIN in one round trip."""
     driver = await driver_of(session)
     params = {"holds": sorted({i.hold_id for i in items}),
@@ -282,7 +281,7 @@ async def _lock(session: AsyncSession, items: list[Item]) -> tuple[list[dict[str
         raise as_sqlalchemy_error(exc, "locking a ledger batch") from exc
 
 
-async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcome]:
+async def apply(session: Conn, tx: Tx, items: list[Item]) -> list[Outcome]:
     hold_rows, wallet_rows = await _lock(session, items)
     holds = {r["hold_id"]: r for r in hold_rows}
     wallets = {r["id"]: {"debits_posted": r["debits_posted"], "credits_posted": r["credits_posted"],
@@ -294,9 +293,8 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
     identity = {h["wallet_id"]: (h["customer_id"], h["currency"]) for h in holds.values()}
     identity.update({i.wallet_id: (i.customer_id, i.currency) for i in items if isinstance(i, ReserveItem)})
     limited = sorted(r["id"] for r in wallet_rows if r["spending_limited"])
-    conn = await session.connection()
     # Only wallets with a spending limit pay for it: their limits, counters and holds per project.
-    spend = await limits.Spend.load(conn, limited) if limited else None
+    spend = await limits.Spend.load(session, limited) if limited else None
     batch = _Batch(tx, holds, wallets, spend)
     outcomes: list[Outcome] = []
     for item in items:
@@ -315,7 +313,7 @@ async def apply(session: AsyncSession, tx: Tx, items: list[Item]) -> list[Outcom
             "cm": [h["commission"] for h in resolved], "rate": [h["commission_rate_bps"] for h in resolved],
             "rt": [h["resolve_time"] for h in resolved]})
     if spend is not None:
-        await spend.save(conn)
+        spend.save(tx.writes)
     if batch.moved:
         events = []
         for k in sorted(batch.moved):  # low-balance crossings, decided on the locked figures

@@ -7,7 +7,8 @@ SPENDING_LIMIT_REACHED and holds nothing.
 The check runs in the ledger's batch under the wallet's row lock (`Spend`), so concurrent
 submits on any replica cannot pass a limit together. Only wallets flagged `spending_limited` pay
 for it: for them the batch loads the limits, this month's capture counters and the active holds
-per project (three small queries), decides in memory, and adds its captures to the counters.
+per project (one round trip), decides in memory, and adds its captures to the counters with
+the batch's commit.
 The counters are kept only while a wallet has limits; setting its first limit rebuilds this
 month's from the journal. Refunds do not lower a month's spending.
 """
@@ -18,12 +19,13 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from psycopg import sql
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from innosystem.kit.db import utcnow
+from innosystem.kit.db import Conn, Writes, pipelined, utcnow
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing.batcher import Tx
@@ -46,6 +48,19 @@ def _reached(what: str, limit: int, spent: int, amount: int, field: str | None) 
                               metadata={"limit_cents": str(limit), "spent_cents": str(spent)})
 
 
+_SPEND = text(
+    "SELECT 'limit' AS kind, wallet_id, project_id, monthly_limit AS amount FROM billing.spending_limits "
+    "WHERE wallet_id = ANY(CAST(:w AS uuid[])) "
+    "UNION ALL SELECT 'captured', wallet_id, project_id, captured FROM billing.spend_counters "
+    "WHERE wallet_id = ANY(CAST(:w AS uuid[])) AND month = :month "
+    "UNION ALL SELECT 'active', wallet_id, project_id, sum(amount) FROM billing.holds "
+    "WHERE wallet_id = ANY(CAST(:w AS uuid[])) AND status = 1 GROUP BY wallet_id, project_id")
+_ADD_SPENT = sql.SQL(
+    "INSERT INTO billing.spend_counters (wallet_id, project_id, month, captured) "
+    "SELECT w, p, %(month)s, c FROM unnest(%(w)s::uuid[], %(p)s::text[], %(c)s::bigint[]) AS v(w, p, c) "
+    "ON CONFLICT (wallet_id, project_id, month) DO UPDATE SET captured = spend_counters.captured + EXCLUDED.captured")
+
+
 @dataclass
 class Spend:
     """The month's spending of the batch's limited wallets, kept current as the batch decides."""
@@ -58,19 +73,15 @@ class Spend:
     added: dict[Key, int] = field(default_factory=lambda: defaultdict(int))
 
     @classmethod
-    async def load(cls, conn: Any, wallet_ids: list[uuid.UUID]) -> Spend:
+    async def load(cls, conn: Conn, wallet_ids: list[uuid.UUID]) -> Spend:
+        """The wallets' limits, this month's captures and their active holds, per project: one
+        round trip, in the batch's transaction (a session's or the hot pool's)."""
         month = this_month()
-        lim = await conn.execute(select(SpendingLimitRow.wallet_id, SpendingLimitRow.project_id,
-                                        SpendingLimitRow.monthly_limit)
-                                 .where(SpendingLimitRow.wallet_id.in_(wallet_ids)))
-        cap = await conn.execute(select(SpendCounterRow.wallet_id, SpendCounterRow.project_id,
-                                        SpendCounterRow.captured)
-                                 .where(SpendCounterRow.wallet_id.in_(wallet_ids), SpendCounterRow.month == month))
-        act = await conn.execute(text(
-            "SELECT wallet_id, project_id, sum(amount) FROM billing.holds "
-            "WHERE wallet_id = ANY(:w) AND status = 1 GROUP BY wallet_id, project_id"), {"w": wallet_ids})
-        return cls(month, set(wallet_ids), {(w, p): int(v) for w, p, v in lim.all()}, defaultdict(int, {
-            (w, p): int(v) for w, p, v in cap.all()}), defaultdict(int, {(w, p): int(v) for w, p, v in act.all()}))
+        rows = await pipelined(conn, (_SPEND, {"w": wallet_ids, "month": month}))
+        by: dict[str, dict[Key, int]] = {"limit": {}, "captured": defaultdict(int), "active": defaultdict(int)}
+        for r in rows:
+            by[r.kind][(r.wallet_id, r.project_id)] = int(r.amount)
+        return cls(month, set(wallet_ids), by["limit"], by["captured"], by["active"])
 
     def refuse(self, wallet_id: uuid.UUID, project_id: str, amount: int, held: int) -> FailedPrecondition | None:
         """The refusal of a new hold of `amount`, if it passes a limit. `held`: the wallet's active holds."""
@@ -95,15 +106,13 @@ class Spend:
             self.captured[(wallet_id, project_id)] += amount
             self.added[(wallet_id, project_id)] += amount
 
-    async def save(self, conn: Any) -> None:
+    def save(self, writes: Writes) -> None:
+        """The batch's captures added to the month's counters, with the batch's commit."""
         if not self.added:
             return
-        stmt = insert(SpendCounterRow)
-        await conn.execute(stmt.on_conflict_do_update(
-            index_elements=["wallet_id", "project_id", "month"],
-            set_={"captured": SpendCounterRow.__table__.c.captured + stmt.excluded.captured}),
-            [{"wallet_id": w, "project_id": p, "month": self.month, "captured": v}
-             for (w, p), v in sorted(self.added.items())])
+        added = sorted(self.added.items())
+        writes.execute(_ADD_SPENT, {"w": [w for (w, _), _ in added], "p": [p for (_, p), _ in added],
+                                    "month": self.month, "c": [v for _, v in added]})
 
 
 @dataclass(frozen=True)
@@ -186,9 +195,9 @@ class SpendingLimits:
                 for r in rows]
 
 
-async def _spent(s: Any, wallet_id: uuid.UUID, held: int) -> dict[str, int]:
+async def _spent(s: Conn, wallet_id: uuid.UUID, held: int) -> dict[str, int]:
     """This month's spending per project id, and for "" the whole customer's (captures + active holds)."""
-    spend = await Spend.load(await s.connection(), [wallet_id])
+    spend = await Spend.load(s, [wallet_id])
     out: dict[str, int] = defaultdict(int)
     for (_, p), v in spend.captured.items():
         out[p] += v
