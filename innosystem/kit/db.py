@@ -385,7 +385,8 @@ class Database:
             broken = conn.broken
             await pool.putconn(conn)  # a broken connection, or one mid-statement, is discarded
             if broken:  # the server restarted, say: its idle siblings are likely dead too
-                await pool.check()
+                with contextlib.suppress(Exception):  # the caller's own outcome stands
+                    await pool.check()
 
     async def _open_pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         async with self._opening:

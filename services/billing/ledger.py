@@ -264,9 +264,9 @@ _MOVE_WALLETS = sql.SQL(
     "%(al)b::boolean[]) AS v(wid, dp, dpe, pr, al) WHERE a.id = v.wid").format(_name(_ACCOUNTS))
 
 
-async def _lock(session: Conn, items: list[Item]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def _lock(conn: Conn, items: list[Item]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The batch's hold rows and wallet rows, locked, with the transaction's BEGIN in one round trip."""
-    driver = await driver_of(session)
+    driver = await driver_of(conn)
     params = {"holds": sorted({i.hold_id for i in items}),
               "wallets": sorted({i.wallet_id for i in items if isinstance(i, ReserveItem)}),
               "settled": sorted({i.hold_id for i in items if not isinstance(i, ReserveItem)})}
@@ -281,8 +281,8 @@ async def _lock(session: Conn, items: list[Item]) -> tuple[list[dict[str, Any]],
         raise as_sqlalchemy_error(exc, "locking a ledger batch") from exc
 
 
-async def apply(session: Conn, tx: Tx, items: list[Item]) -> list[Outcome]:
-    hold_rows, wallet_rows = await _lock(session, items)
+async def apply(conn: Conn, tx: Tx, items: list[Item]) -> list[Outcome]:
+    hold_rows, wallet_rows = await _lock(conn, items)
     holds = {r["hold_id"]: r for r in hold_rows}
     wallets = {r["id"]: {"debits_posted": r["debits_posted"], "credits_posted": r["credits_posted"],
                          "debits_pending": r["debits_pending"], "credit_limit": r["credit_limit"],
@@ -294,7 +294,7 @@ async def apply(session: Conn, tx: Tx, items: list[Item]) -> list[Outcome]:
     identity.update({i.wallet_id: (i.customer_id, i.currency) for i in items if isinstance(i, ReserveItem)})
     limited = sorted(r["id"] for r in wallet_rows if r["spending_limited"])
     # Only wallets with a spending limit pay for it: their limits, counters and holds per project.
-    spend = await limits.Spend.load(session, limited) if limited else None
+    spend = await limits.Spend.load(conn, limited) if limited else None
     batch = _Batch(tx, holds, wallets, spend)
     outcomes: list[Outcome] = []
     for item in items:
@@ -305,7 +305,7 @@ async def apply(session: Conn, tx: Tx, items: list[Item]) -> list[Outcome]:
         else:
             outcomes.append(batch.void(item))
     if batch.new:
-        await tx.writes.insert(session, _HOLDS, [holds[k] for k in sorted(batch.new)])
+        await tx.writes.insert(conn, _HOLDS, [holds[k] for k in sorted(batch.new)])
     if resolved := [holds[k] for k in sorted(batch.changed - batch.new)]:
         tx.writes.execute(_RESOLVE_HOLDS, {
             "hid": [h["hold_id"] for h in resolved], "s": [h["status"] for h in resolved],
