@@ -22,7 +22,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def timestamp(value: datetime | None) -> Timestamp | None:
     """`value` as a Timestamp; a naive one is taken as local time. Whole-second arithmetic on the
-    timedelta, a quarter of what `Timestamp.FromDatetime` costs (every job message carries several)."""
+    timedelta, under a third of what `Timestamp.FromDatetime` costs (every job message carries several)."""
     if value is None:
         return None
     since = (value if value.tzinfo is not None else value.astimezone(UTC)) - _EPOCH
