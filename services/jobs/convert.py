@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from sqlalchemy import Row
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.protos import timestamp, whole_numbers
+from innosystem.kit.protos import struct_dict, timestamp
 from services.jobs.models import Job, JobAttempt, JobStatusChange, NewJob
 
 
@@ -23,7 +23,8 @@ def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
 
 
 def plain(value: struct_pb2.Struct) -> dict[str, Any]:
-    return whole_numbers(json_format.MessageToDict(value))
+    """Raises ValueError on a NaN or infinite number (JSON cannot hold one)."""
+    return struct_dict(value)
 
 
 def retry_policy_pb(job: Job | NewJob) -> types_pb.RetryPolicy:

@@ -421,7 +421,7 @@ class Leases:
             if e.HasField("progress"):
                 p = e.progress
                 progress[e.job_id] = {"percent": max(0, min(100, p.percent)), "message": _storable(p.message[:2000]),
-                                      "details": _storable_or_none(plain(p.details)) if p.HasField("details") else None,
+                                      "details": _details(p.details) if p.HasField("details") else None,
                                       "update_time": now.isoformat()}
         async with deps.db.session() as s:
             refs = [(e.job_id, e.lease_id, r.runner_id) for e in r.leases]
@@ -590,14 +590,18 @@ class _Item:
     @classmethod
     def of(cls, c: pb.JobCompletion, max_result_bytes: int) -> _Item:
         r = c.result
-        it = cls(c, r.outcome, details=_storable_or_none(plain(r.details)) if r.HasField("details") else None)
+        it = cls(c, r.outcome, details=_details(r.details) if r.HasField("details") else None)
         if r.outcome not in ENDED:
             it.invalid = InvalidArgument("result.outcome must be SUCCEEDED, FAILED or CANCELLED",
                                          field="result.outcome", reason="INVALID_OUTCOME")
         elif r.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
             it.cost = r.actual_cost_cents if r.HasField("actual_cost_cents") else None
             it.units = r.units if r.HasField("units") else None  # a PER_UNIT price's measure
-            it.result = it.plain = plain(r.result)
+            try:
+                it.result = it.plain = plain(r.result)
+            except ValueError:
+                it.refuse("RESULT_INVALID", "the result holds a NaN or infinite number, which JSON cannot hold")
+                return it
             size = len(runsql.dumps(it.result) or "")
             if size > max_result_bytes:
                 it.refuse("RESULT_TOO_LARGE", f"the result is {size} bytes, over the limit of {max_result_bytes}")
@@ -607,7 +611,7 @@ class _Item:
             e = r.error
             it.error = {"message": _storable(e.message[:10_000]), "type": _storable(e.type[:200]),
                         "non_retryable": e.non_retryable,
-                        "details": _storable_or_none(plain(e.details)) if e.HasField("details") else None}
+                        "details": _details(e.details) if e.HasField("details") else None}
         return it
 
     def refuse(self, kind: str, message: str) -> None:
@@ -635,6 +639,14 @@ def _storable(text: str) -> str:
 def _storable_or_none(value: dict[str, Any]) -> dict[str, Any] | None:
     """Details that cannot be stored are left out rather than failing the attempt's record."""
     return None if _has_nul(value) else value
+
+
+def _details(value: Any) -> dict[str, Any] | None:
+    """Details as stored: left out when they hold what cannot be (a NUL, a NaN or infinite number)."""
+    try:
+        return _storable_or_none(plain(value))
+    except ValueError:
+        return None
 
 
 def _by_queue(ids: Sequence[str], queues: dict[str, str]) -> dict[str, list[str]]:

@@ -105,3 +105,28 @@ async def test_billing_down_at_completion_is_settled_later_from_the_outbox(world
     assert await settle_outbox_once(world.app.deps, grace_seconds=0) == 0  # once
     wallet = await world.billing.get_wallet(BILLING_ADMIN, c.principal.customer_id)
     assert wallet.held == 0 and wallet.balance == 1000 - 7
+
+
+async def test_a_result_json_cannot_hold_fails_its_own_attempt_and_no_other(world: JobsWorld) -> None:
+    """A's result holds a NaN and A's other result an infinity in its details: protobuf carries
+    both, JSON cannot. That result's attempt fails (RESULT_INVALID, retried by its policy), the
+    details are left out of the other's record, and B's result in the same batch succeeds."""
+    a, b = await world.customer(funds=1000), await world.customer(funds=1000)
+    ta, tb = await world.job_type(a, price=10), await world.job_type(b, price=10)
+    for _ in range(2):
+        await world.submit(a, ta)
+    await world.submit(b, tb)
+    leases_a = await world.lease([ta.name], max_jobs=10)
+    (lease_b,) = await world.lease([tb.name], max_jobs=10)
+    odd = done(leases_a[1], struct(ok=1))
+    odd.result.details.update({"ratio": float("inf")})
+    results = await world.app.cases.leases.complete(
+        [done(leases_a[0], struct(score=float("nan"))), done(lease_b, struct(ok=2)), odd])
+    assert [r.HasField("error") for r in results] == [False, False, False]
+    assert [r.status for r in results] == [types_pb.JOB_STATUS_SCHEDULED, types_pb.JOB_STATUS_SUCCEEDED,
+                                           types_pb.JOB_STATUS_SUCCEEDED]
+    failed = await world.get(leases_a[0].job_id)
+    assert failed.error_type == "RESULT_INVALID" and "NaN" in failed.error and not failed.result
+    kept = await world.get(leases_a[1].job_id)
+    assert kept.status == types_pb.JOB_STATUS_SUCCEEDED and not kept.attempts[0].HasField("details")
+    assert (await world.get(lease_b.job_id)).status == types_pb.JOB_STATUS_SUCCEEDED
