@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -94,6 +95,38 @@ def job_pb(job: Job | NewJob, *, full: bool = False, attempts: Sequence[JobAttem
         status_history=[change_pb(c) for c in history] if full else [],
         price_id=((job.settings or {}).get("price") or {}).get("id", ""),
     )
+
+
+# A batch's just-submitted jobs differ in little but their ids: `jobs_pb` builds one message per
+# shape (all that `job_pb` shows of a job but its id and request id) and copies it, about half the
+# CPU of building each. A type's settings (shared by a call's jobs of that type) and the dicts no
+# new job has are compared by identity, the rest by value. What `job_pb` does not show is left out.
+_OWN = ("id", "request_id")
+_UNSHOWN = ("payload", "result", "hold_id", "hold_expire_time", "queue_time")
+_BY_IDENTITY = ("settings", "progress", "encryption")
+_LISTED = ("non_retryable_error_types", "trace_context")
+_BY_VALUE = attrgetter(*(k for k in NewJob.__slots__ if k not in _OWN + _UNSHOWN + _BY_IDENTITY + _LISTED))
+_IDENTITIES = attrgetter(*_BY_IDENTITY)
+
+
+def jobs_pb(jobs: Sequence[Job | NewJob]) -> list[pb.Job]:
+    """`job_pb` of each job (full=False), sharing the work between jobs of one shape."""
+    shapes: dict[tuple[Any, ...], pb.Job] = {}
+    out: list[pb.Job] = []
+    for job in jobs:
+        if not isinstance(job, NewJob):
+            out.append(job_pb(job))
+            continue
+        key = (_BY_VALUE(job), tuple(job.non_retryable_error_types or ()), tuple((job.trace_context or {}).items()),
+               *map(id, _IDENTITIES(job)))
+        shape = shapes.get(key)
+        if shape is None:
+            shape = shapes[key] = job_pb(job)
+        m = pb.Job()
+        m.CopyFrom(shape)
+        m.id, m.request_id = str(job.id), job.request_id
+        out.append(m)
+    return out
 
 
 def lease_pb(job: Job | Row[Any]) -> pb.JobLease:
