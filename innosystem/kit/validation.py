@@ -168,7 +168,36 @@ def _check_list(values: ListValue, field: str) -> None:
 def check_storable(message: Message, prefix: str = "") -> None:
     """Every string of a request storable, at any depth: nested and repeated messages, map keys and
     values, and JSON (`Struct`/`Value`) with its keys, named by path (`payload.x`,
-    `requests[3].request_id`, `trace_context[k]`). Only set fields are visited."""
+    `requests[3].request_id`, `trace_context[k]`). Only set fields are visited.
+
+    A message that holds no JSON and whose encoding has no zero byte is storable as it is (a NUL
+    in any string would be a zero byte in its UTF-8): one C call instead of a walk of its fields,
+    for the hot path's small messages (billing's holds). Otherwise the walk finds the field."""
+    if not _holds_json(message.DESCRIPTOR) and b"\x00" not in message.SerializeToString():
+        return
+    _check_fields(message, prefix)
+
+
+_JSON_TYPES = frozenset(t.DESCRIPTOR.full_name for t in (Struct, Value, ListValue))
+
+
+@cache
+def _holds_json(descriptor: Descriptor) -> bool:
+    """Whether a message of this type can hold a JSON value (whose numbers must be finite), at any depth."""
+    seen: set[str] = set()
+    todo = [descriptor]
+    while todo:
+        d = todo.pop()
+        if d.full_name in _JSON_TYPES:
+            return True
+        if d.full_name in seen:
+            continue
+        seen.add(d.full_name)
+        todo += [f.message_type for f in d.fields if f.message_type is not None]
+    return False
+
+
+def _check_fields(message: Message, prefix: str) -> None:
     for field, value in message.ListFields():
         path = prefix + field.name
         if field.type == FieldDescriptor.TYPE_STRING:
@@ -204,4 +233,4 @@ def _check_message(message: Message, path: str) -> None:
     elif isinstance(message, ListValue):
         _check_list(message, path)
     else:
-        check_storable(message, path + ".")
+        _check_fields(message, path + ".")

@@ -84,3 +84,38 @@ def test_storable_names_the_path_of_a_nul_anywhere_in_a_request() -> None:
     with pytest.raises(InvalidArgument) as long:
         check_request_id("r" * 201)
     assert long.value.reason == "INVALID_REQUEST_ID"
+
+
+def test_storable_without_json_takes_the_short_way_and_still_names_the_field() -> None:
+    """A message that holds no JSON is read as its encoding (no zero byte: no NUL anywhere); one
+    with a zero byte, and every message that can hold JSON, is walked field by field."""
+    import struct as packing
+
+    from google.protobuf import struct_pb2
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from innosystem.billing.v1 import billing_pb2
+    from innosystem.jobs.v1 import jobs_pb2
+    from innosystem.kit.validation import _holds_json, check_storable
+
+    assert not _holds_json(billing_pb2.BatchReserveRequest.DESCRIPTOR)
+    assert _holds_json(jobs_pb2.BatchSubmitJobsRequest.DESCRIPTOR)  # through SubmitJobRequest.payload
+    check_storable(billing_pb2.BatchReserveRequest(requests=[billing_pb2.ReserveRequest(
+        hold_id="h", amount_cents=1234, description="fine")]))
+    empty_time = billing_pb2.ReserveRequest(hold_id="h", expire_time=Timestamp())
+    assert b"\x00" in empty_time.SerializeToString()  # an empty message's length: walked, and fine
+    check_storable(empty_time)
+    with pytest.raises(InvalidArgument) as err:
+        check_storable(billing_pb2.BatchReserveRequest(requests=[
+            billing_pb2.ReserveRequest(hold_id="h1"), billing_pb2.ReserveRequest(hold_id="h2", description="x\0y")]))
+    assert err.value.violations[0][0] == "requests[1].description" and err.value.reason == "INVALID_CHARACTER"
+    # A NaN whose encoding has no zero byte: JSON is always walked, so its number is still checked.
+    nan = packing.unpack("<d", b"\xff" * 7 + b"\x7f")[0]
+    assert nan != nan
+    payload = struct_pb2.Struct()
+    payload.fields["n"].number_value = nan
+    request = jobs_pb2.SubmitJobRequest(payload=payload)
+    assert b"\x00" not in request.SerializeToString()
+    with pytest.raises(InvalidArgument) as bad:
+        check_storable(request)
+    assert bad.value.reason == "INVALID_NUMBER"
