@@ -71,10 +71,11 @@ class Tx:
         d[2] += debits_pending
         d[3] += credits_pending
 
-    def journal(self, **row: Any) -> uuid.UUID:
-        row.setdefault("id", uuid.uuid4())
+    def journal(self, **row: Any) -> None:
+        """A journal row, written with the batch (an id of its own unless it names one)."""
+        if "id" not in row:
+            row["id"] = uuid.uuid4()
         self.transfers.append(row)
-        return uuid.UUID(str(row["id"]))
 
 
 Operation = Callable[[Tx], Awaitable[Any]]
