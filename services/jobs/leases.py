@@ -290,6 +290,8 @@ class Leases:
                 run = runs[it.c.job_id]
                 if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
                     end = outcomes.succeed(run, it.result or {}, it.cost, it.details, st, it.encryption, it.units, now)
+                    if end.result is not None and end.result is it.result:
+                        end.result_text = it.text  # not encoded a second time
                 elif it.outcome == pb.ATTEMPT_OUTCOME_CANCELLED:
                     end = outcomes.cancel_running(run, st, f"cancelled: {run.cancel_reason or 'the runner stopped it'}")
                 else:
@@ -400,7 +402,7 @@ class Leases:
                 log.warning("result of job %s not encrypted (%s); failing the attempt", it.c.job_id, why)
                 it.refuse("RESULT_NOT_STORED", f"the result could not be encrypted under the project's key ({why})")
                 return
-            it.result = out
+            it.result, it.text = out, None
             it.encryption = {**enc, "encrypted_fields": [*enc.get("encrypted_fields", []), *paths]}
 
         await asyncio.gather(*(one(it, run) for it, run in todo))
@@ -579,6 +581,7 @@ class _Item:
     outcome: int
     result: dict[str, Any] | None = None  # as stored: encrypted where the job's project asks
     plain: dict[str, Any] | None = None  # as the runner sent it
+    text: str | None = None  # `result` as JSON, measured once and stored as it is
     details: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     cost: int | None = None
@@ -602,7 +605,8 @@ class _Item:
             except ValueError:
                 it.refuse("RESULT_INVALID", "the result holds a NaN or infinite number, which JSON cannot hold")
                 return it
-            size = len(runsql.dumps(it.result) or "")
+            it.text = runsql.dumps(it.result)
+            size = len(it.text or "")
             if size > max_result_bytes:
                 it.refuse("RESULT_TOO_LARGE", f"the result is {size} bytes, over the limit of {max_result_bytes}")
             elif _has_nul(it.result):
@@ -616,8 +620,8 @@ class _Item:
 
     def refuse(self, kind: str, message: str) -> None:
         """The result cannot be stored: the attempt fails with this reason (and follows the retry policy)."""
-        self.outcome, self.result, self.plain, self.encryption, self.cost, self.unstorable = (
-            pb.ATTEMPT_OUTCOME_FAILED, None, None, None, None, True)
+        self.outcome, self.result, self.plain, self.text, self.encryption, self.cost, self.unstorable = (
+            pb.ATTEMPT_OUTCOME_FAILED, None, None, None, None, None, True)
         self.error = {"message": message, "type": kind, "non_retryable": False, "details": None}
 
 

@@ -52,6 +52,7 @@ class End:
     error: str | None = None  # None: unchanged
     error_type: str | None = None
     result: dict[str, Any] | None = None
+    result_text: str | None = None  # `result` as JSON when the caller has it already
     set_result: bool = False
     cost_cents: int | None = None  # None: unchanged
     next_attempt_time: datetime | None = None
