@@ -29,12 +29,12 @@ LEASED_COLUMNS = ("id, lease_id, runner_id, attempt_count, lease_expire_time, cu
 
 _START = text(f"""
 WITH input AS (
-    SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:lease_ids AS uuid[]), CAST(:runner_ids AS text[]),
-                         CAST(:session_ids AS text[])) AS t(id, lease_id, runner_id, session_id)
+    SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:runner_ids AS text[]), CAST(:session_ids AS text[]))
+        AS t(id, runner_id, session_id)
     ORDER BY id
 ), started AS (
     UPDATE jobs.jobs AS j SET
-        attempt_count = j.attempt_count + 1, lease_id = i.lease_id, runner_id = i.runner_id,
+        attempt_count = j.attempt_count + 1, lease_id = gen_random_uuid(), runner_id = i.runner_id,
         lease_session_id = i.session_id, lease_start_time = :now,
         lease_expire_time = :now + make_interval(secs => LEAST(
             :ttl, COALESCE((j.settings->>'timeout_seconds')::float8, 300))),
@@ -71,8 +71,8 @@ async def start_attempts(s: Conn, starts: Sequence[Start], now: datetime, ttl_se
     started rows by job id; the others are ghosts."""
     if not starts:
         return {}
-    rows = await pipelined(s, (_START, {
-        "ids": [uuid.UUID(x.job_id) for x in starts], "lease_ids": [uuid.uuid4() for _ in starts],
+    rows = await pipelined(s, (_START, {  # each lease's id is PostgreSQL's gen_random_uuid()
+        "ids": [uuid.UUID(x.job_id) for x in starts],
         "runner_ids": [x.runner_id for x in starts], "session_ids": [x.session_id for x in starts],
         "now": now, "ttl": float(ttl_seconds)}), commit=True)
     return {str(r.id): r for r in rows}
