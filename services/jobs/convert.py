@@ -98,7 +98,7 @@ def job_pb(job: Job | NewJob, *, full: bool = False, attempts: Sequence[JobAttem
 
 
 # A batch's just-submitted jobs differ in little but their ids: `jobs_pb` builds one message per
-# shape (all that `job_pb` shows of a job but its id and request id) and copies it, about half the
+# shape (all that `job_pb` shows of a job but its id and request id) and copies it, under half the
 # CPU of building each. A type's settings (shared by a call's jobs of that type) and the dicts no
 # new job has are compared by identity, the rest by value. What `job_pb` does not show is left out.
 _OWN = ("id", "request_id")
