@@ -6,13 +6,16 @@ one batch commits need not wait for it); with `overlap_below` as well, another b
 while each running one is smaller than that: a small batch under way means light load, where an
 item that waited for it would wait for nothing, and a large one means heavy load, where the items
 that arrive meanwhile go together next instead of in small batches of their own, each paying a
-batch's fixed cost. A `Backlog` is the same for work nobody waits for."""
+batch's fixed cost. A handler may answer its callers before it is done (`Answer`): what follows
+the answer runs in the same worker before its next batch. A `Backlog` is the same for work nobody
+waits for."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -21,8 +24,21 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+@dataclass
+class Answer(Generic[Result]):
+    """A batch handler's outcomes, given to the callers at once, and work that need not hold them
+    up (`then`, awaited by the worker after the callers are answered, before its next batch: no
+    task of its own). A failure of `then` is logged; the callers have their outcomes already."""
+
+    outcomes: Sequence[Result | BaseException]
+    then: Awaitable[None]
+
+
+Handler = Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException] | Answer[Result]]]
+
+
 class Coalescer(Generic[Item, Result]):
-    def __init__(self, handler: Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException]]],
+    def __init__(self, handler: Handler[Item, Result],
                  max_batch: int = 200, orphaned: Callable[[Result], Awaitable[None]] | None = None,
                  concurrency: int = 1, overlap_below: int | None = None) -> None:
         self._handler = handler
@@ -57,24 +73,41 @@ class Coalescer(Generic[Item, Result]):
                 continue
             self.batches += 1
             outcomes: Sequence[Any]
+            then: Awaitable[None] | None = None
             self._running += 1
             self._sizes.append(len(batch))
             try:
-                outcomes = await self._handler([i for i, _ in batch])
+                answer = await self._handler([i for i, _ in batch])
+                outcomes, then = (answer.outcomes, answer.then) if isinstance(answer, Answer) else (answer, None)
             except Exception as exc:  # the whole batch failed: every caller gets the error
                 outcomes = [exc] * len(batch)
             finally:
                 self._running -= 1
                 self._sizes.remove(len(batch))
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if future.done():
-                    if future.cancelled() and self._orphaned is not None and not isinstance(outcome, BaseException):
-                        await self._orphaned(outcome)
-                    continue
-                if isinstance(outcome, BaseException):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            try:
+                await self._answer(batch, outcomes)
+            finally:
+                if then is not None:  # the callers go on meanwhile: this worker counts as busy
+                    self._running += 1
+                    self._sizes.append(0)
+                    try:
+                        await then
+                    except Exception:
+                        log.exception("the work after a batch of %d failed", len(batch))
+                    finally:
+                        self._running -= 1
+                        self._sizes.remove(0)
+
+    async def _answer(self, batch: list[tuple[Item, asyncio.Future[Result]]], outcomes: Sequence[Any]) -> None:
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                if future.cancelled() and self._orphaned is not None and not isinstance(outcome, BaseException):
+                    await self._orphaned(outcome)
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
 
 class Backlog(Generic[Item]):

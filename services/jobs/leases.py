@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.coalescing import Backlog, Coalescer
+from innosystem.kit.coalescing import Answer, Backlog, Coalescer
 from innosystem.kit.db import Conn
 from innosystem.kit.errors import (
     DomainError,
@@ -177,10 +177,11 @@ class Leases:
         """Concurrent LeaseJobs calls (many runners woken by one submit) share one transaction."""
         return await self._marker.submit(Pop(list(ids), r))
 
-    async def _mark_many(self, pops: Sequence[Pop]) -> list[list[pb.JobLease] | BaseException]:
+    async def _mark_many(self, pops: Sequence[Pop]) -> Answer[list[pb.JobLease]]:
         """The popped jobs still leasable become Running under a new lease each (an attempt, a status
         change), all in one statement; the others (ghosts: finished or re-leased since they were
-        queued) are forgotten."""
+        queued) are forgotten. The leases go to their callers as soon as they are committed; the
+        rest (Redis, the job events, the metrics) follows in `_leased`."""
         deps = self.deps
         now = deps.now()
         every = [i for pop in pops for i in pop.ids]
@@ -195,7 +196,14 @@ class Leases:
             raise
         leased = [[started[i] for i in pop.ids if i in started] for pop in pops]  # each in the queue's order
         out: list[list[pb.JobLease] | BaseException] = [[lease_pb(j) for j in mine] for mine in leased]
-        for q, gids in _by_queue(ghosts, queues).items():
+        return Answer(out, self._leased(started, _by_queue(ghosts, queues), now))
+
+    async def _leased(self, started: dict[str, Any], ghosts: dict[str, list[str]], now: datetime) -> None:
+        """After a lease batch's callers have their leases: its ghosts leave Redis, its waits and
+        starts are recorded, and its job events go out. A watcher reads the job on each event, so
+        the event may follow the lease (even the job's end: the job is read as it is then)."""
+        deps = self.deps
+        for q, gids in ghosts.items():
             await deps.queue.finish(q, gids)
         rows = list(started.values())
         tracing.record_waits(rows, now)
@@ -207,7 +215,6 @@ class Leases:
         await deps.signals.jobs_changed([(i, {"status": RUNNING, "reason": f"leased by runner {j.runner_id}",
                                               "attempt": j.attempt_count, "time": now.isoformat()})
                                          for i, j in started.items()])
-        return out
 
     async def _undelivered(self, leases: list[pb.JobLease]) -> None:
         """The LeaseJobs caller went away while its jobs were being leased: they go back, unstarted."""

@@ -1,11 +1,14 @@
-"""Coalescing (innosystem.kit.coalescing): a coalescer's orphan hand-back, a backlog's turns."""
+"""Coalescing (innosystem.kit.coalescing): a coalescer's orphan hand-back, its answer before the work that
+follows it, a backlog's turns."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 
-from innosystem.kit.coalescing import Backlog, Coalescer
+import pytest
+
+from innosystem.kit.coalescing import Answer, Backlog, Coalescer
 
 
 async def test_coalescer_hands_back_a_result_whose_caller_left() -> None:
@@ -107,3 +110,53 @@ async def test_a_second_batch_starts_beside_a_small_one_only() -> None:
     assert batches == [[4, 5, 6], [7, 8]]  # … and then go together
     gates[1].set()
     assert await asyncio.gather(*big, *later) == [4, 5, 6, 7, 8]
+
+
+async def test_callers_have_their_answer_before_the_work_that_follows_it(caplog: pytest.LogCaptureFixture) -> None:
+    after = asyncio.Event()
+    done: list[list[int]] = []
+    batches: list[list[int]] = []
+
+    async def follow(items: list[int]) -> None:
+        await after.wait()
+        done.append(items)
+        if items == [1]:
+            raise RuntimeError("the work after the first batch fails")
+
+    async def handler(items: Sequence[int]) -> Answer[int]:
+        batches.append(list(items))
+        return Answer([i * 10 for i in items], follow(list(items)))
+
+    c: Coalescer[int, int] = Coalescer(handler, concurrency=2)
+    assert await asyncio.wait_for(c.submit(1), 1) == 10  # answered while its follow-up still waits
+    assert done == []
+    # the worker is busy with it: a new item starts a second worker rather than wait behind it
+    assert await asyncio.wait_for(c.submit(2), 1) == 20
+    assert batches == [[1], [2]]
+    after.set()
+    await asyncio.sleep(0.01)
+    assert sorted(done) == [[1], [2]]
+    assert "the work after a batch of 1 failed" in caplog.text  # logged; the coalescer goes on
+    assert await asyncio.wait_for(c.submit(3), 1) == 30
+
+
+async def test_with_one_worker_the_next_batch_waits_for_the_work_that_follows_the_last() -> None:
+    after = asyncio.Event()
+    order: list[str] = []
+
+    async def follow(items: list[int]) -> None:
+        await after.wait()
+        order.append(f"after {items}")
+
+    async def handler(items: Sequence[int]) -> Answer[int]:
+        order.append(f"batch {list(items)}")
+        return Answer(list(items), follow(list(items)))
+
+    c: Coalescer[int, int] = Coalescer(handler)
+    assert await c.submit(1) == 1
+    second = asyncio.create_task(c.submit(2))
+    await asyncio.sleep(0.01)
+    assert order == ["batch [1]"]  # one worker: it finishes what follows the first batch first
+    after.set()
+    assert await second == 2
+    assert order[:3] == ["batch [1]", "after [1]", "batch [2]"]
