@@ -109,13 +109,17 @@ class GroupCommit:
     async def submit_many(self, items: list[Any]) -> list[Any]:
         """Add bulk items to the next batches together; each one's outcome once committed (a
         refusal as its exception, in the list). No task per item: a batch call's items share this one."""
+        return list(await self.enqueue_many(items))
+
+    def enqueue_many(self, items: list[Any]) -> asyncio.Future[list[Any]]:
+        """`submit_many`, queued now: the caller may do other work while the batch starts."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in items]
         for item, future in zip(items, futures, strict=True):
             self._queue.put_nowait((item, True, future))
         if items and (self._worker is None or self._worker.done()):
             self._worker = asyncio.create_task(self._work())
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        return asyncio.gather(*futures, return_exceptions=True)
 
     async def _enqueue(self, entry: Any, is_item: bool) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -1,7 +1,8 @@
 """The hot path of group commit: a whole batch of holds, captures and voids in a few statements.
 
 `apply` locks every hold and wallet the batch touches (two SELECT … FOR UPDATE, holds then
-wallets in id order, the first with the transaction's BEGIN), decides each item in arrival order in memory
+wallets in id order, the first with the transaction's BEGIN), waits for the Open-to-Buy checks
+still under way for its reserves (`Authorizing`), decides each item in arrival order in memory
 against those locked figures (the same rules as one-by-one: idempotent repeats, resolve at most
 once, no overdraft; a charge spends promotional credit first; a wallet that falls below its
 low-balance threshold gets one event), then queues the outcome for the batch's commit: the new
@@ -12,6 +13,7 @@ round trip (`kit.db.Writes`).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,9 +90,31 @@ class VoidItem:
     revenue_id: uuid.UUID
 
 
+# How long a batch, its rows locked, waits for its reserves' Open-to-Buy checks: far more than a
+# check takes, and short enough that a slow Redis does not hold the batch's locks (and the
+# captures and releases in it) for long.
+AUTHORIZE_WAIT_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Authorizing:
+    """A reserve whose Open-to-Buy check is under way as its batch locks its rows: the check's
+    round trip and the lock's overlap. `go` resolves to whether the reserve still stands after
+    the check; one refused, or not checked within AUTHORIZE_WAIT_SECONDS, is LEFT_OUT."""
+
+    item: ReserveItem
+    go: asyncio.Future[bool]
+
+
+class _LeftOut:
+    """The outcome of an `Authorizing` reserve the batch did not decide: nothing of it was written."""
+
+
+LEFT_OUT = _LeftOut()
+
 Item = ReserveItem | CaptureItem | VoidItem
 # Per item: (the hold after, whether this item changed it) or the refusal. A hold of None: no such hold.
-Outcome = tuple[Hold | None, bool] | DomainError
+Outcome = tuple[Hold | None, bool] | DomainError | _LeftOut
 
 _HOLD_COLUMNS = [c.key for c in HoldRow.__table__.columns]
 
@@ -281,8 +305,11 @@ async def _lock(conn: Conn, items: list[Item]) -> tuple[list[dict[str, Any]], li
         raise as_sqlalchemy_error(exc, "locking a ledger batch") from exc
 
 
-async def apply(conn: Conn, tx: Tx, items: list[Item]) -> list[Outcome]:
+async def apply(conn: Conn, tx: Tx, queued: list[Item | Authorizing]) -> list[Outcome]:
+    items = [i.item if isinstance(i, Authorizing) else i for i in queued]
     hold_rows, wallet_rows = await _lock(conn, items)
+    if checking := [i.go for i in queued if isinstance(i, Authorizing) and not i.go.done()]:
+        await asyncio.wait(checking, timeout=AUTHORIZE_WAIT_SECONDS)
     holds = {r["hold_id"]: r for r in hold_rows}
     wallets = {r["id"]: {"debits_posted": r["debits_posted"], "credits_posted": r["credits_posted"],
                          "debits_pending": r["debits_pending"], "credit_limit": r["credit_limit"],
@@ -297,8 +324,10 @@ async def apply(conn: Conn, tx: Tx, items: list[Item]) -> list[Outcome]:
     spend = await limits.Spend.load(conn, limited) if limited else None
     batch = _Batch(tx, holds, wallets, spend)
     outcomes: list[Outcome] = []
-    for item in items:
-        if isinstance(item, ReserveItem):
+    for item, entry in zip(items, queued, strict=True):
+        if isinstance(entry, Authorizing) and not (entry.go.done() and not entry.go.cancelled() and entry.go.result()):
+            outcomes.append(LEFT_OUT)
+        elif isinstance(item, ReserveItem):
             outcomes.append(batch.reserve(item))
         elif isinstance(item, CaptureItem):
             outcomes.append(batch.capture(item))

@@ -363,9 +363,10 @@ class BillingService:
 
     async def reserve_many(self, requests: Sequence[ReserveRequest]) -> list[AnyHold | DomainError]:
         """Holds of one batch call, each answered on its own (the hold, or its refusal): checked one
-        by one, authorized in Open-to-Buy with one script call per wallet, then stored by the group
-        commit together (no task per item). A hold id seen before answers with that hold if the
-        request is the same one (retries are idempotent), IDEMPOTENCY_KEY_REUSED if not."""
+        by one, authorized in Open-to-Buy with one script call per wallet while the group commit
+        locks their rows, and stored by it together (no task per item). A hold id seen before
+        answers with that hold if the request is the same one (retries are idempotent),
+        IDEMPOTENCY_KEY_REUSED if not."""
         out: list[AnyHold | DomainError | None] = []  # None: not decided yet
         items: list[tuple[int, ledger.ReserveItem]] = []  # (position in `out`, the item)
         for k, r in enumerate(requests):
@@ -374,10 +375,27 @@ class BillingService:
                 out.append(None)
             except DomainError as err:
                 out.append(err)
-        added = await self._authorize(items, out)
+        # The batch begins and locks its rows while Open-to-Buy decides (ledger.Authorizing): the
+        # two round trips overlap. What the check refuses the batch leaves out.
+        loop = asyncio.get_running_loop()
+        gated = [ledger.Authorizing(i, loop.create_future()) for _, i in items]
+        committing = self.commit.enqueue_many(gated)
+        added: set[str] = set()
+        checked = False
+        try:
+            added = await self._authorize(items, out)
+            checked = True
+        finally:
+            for (k, _), g in zip(items, gated, strict=True):
+                g.go.set_result(checked and out[k] is None)
         items = [(k, i) for k, i in items if out[k] is None]
         try:
-            stored = await self.commit.submit_many([i for _, i in items])
+            outcome_of = dict(zip((id(g.item) for g in gated), await committing, strict=True))
+            if late := [(k, i) for k, i in items if outcome_of[id(i)] is ledger.LEFT_OUT]:
+                # checked after the batch stopped waiting (a slow Redis): they go in a batch of their own
+                outcome_of.update(zip((id(i) for _, i in late), await self.commit.submit_many([i for _, i in late]),
+                                      strict=True))
+            stored = [outcome_of[id(i)] for _, i in items]
             failure = next((x for x in stored if isinstance(x, BaseException) and not isinstance(x, DomainError)),
                            None)
             if failure is not None:  # the commit failed: nothing of the batch is stored

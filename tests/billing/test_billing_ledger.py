@@ -520,3 +520,77 @@ async def test_active_holds_are_listed_by_creation_in_keyset_pages(billing: Bill
     with pytest.raises(InvalidArgument) as missing:
         await billing.active_holds_created(start, None, "", 10)
     assert missing.value.violations[0][0] == "create_time_before"
+
+
+async def test_open_to_buy_decides_while_the_batch_holds_the_wallet(billing: BillingService, database_url: str) -> None:
+    """The reserve's Open-to-Buy script and its batch's lock overlap: while the script runs, the
+    batch has begun and holds the wallet's row (another connection cannot lock it), and the hold
+    is then stored and held in both places as before."""
+    from services.billing.service import ReserveRequest
+
+    customer, _ = await funded_wallet(billing, 1000)
+    await billing.reserve("overlap-warm", customer, 1, "USD")  # the wallet is loaded in Redis
+    wallet_id = (await wallet(billing, customer)).id
+    locked_meanwhile: list[bool] = []
+    original = billing.otb.reserve_many
+
+    async def watching(*args: Any) -> list[int]:
+        async def try_lock() -> bool:
+            async with await psycopg.AsyncConnection.connect(database_url) as conn:
+                for _ in range(100):  # until the batch has taken the row, or clearly never will
+                    try:
+                        await conn.execute("SELECT 1 FROM billing.accounts WHERE id = %s FOR UPDATE NOWAIT",
+                                           (wallet_id,))
+                    except psycopg.errors.LockNotAvailable:
+                        return True
+                    await conn.rollback()
+                    await asyncio.sleep(0.001)
+            return False
+
+        locked_meanwhile.append(await try_lock())
+        return await original(*args)
+
+    billing.otb.reserve_many = watching  # type: ignore[method-assign]
+    try:
+        (hold,) = await billing.reserve_many([ReserveRequest("overlap-1", customer, 100, "USD")])
+    finally:
+        billing.otb.reserve_many = original  # type: ignore[method-assign]
+    assert locked_meanwhile == [True]
+    assert getattr(hold, "hold_id", None) == "overlap-1"
+    assert (await wallet(billing, customer)).held == 101
+    assert (await billing.otb.snapshot(uuid.UUID(customer), "USD")).holds.get("overlap-1") == 100
+
+
+async def test_a_slow_open_to_buy_holds_up_neither_the_batch_nor_the_reserve(billing: BillingService) -> None:
+    """A check that outlasts the batch's wait (ledger.AUTHORIZE_WAIT_SECONDS, 0.1 s) is left out of
+    that batch: a capture in it commits without waiting for Redis, and the reserve is stored in a
+    batch of its own once its check is done; Redis and PostgreSQL agree after."""
+    from services.billing.service import ReserveRequest
+
+    customer, _ = await funded_wallet(billing, 1000)
+    await billing.reserve("slow-captured", customer, 100, "USD")
+    original = billing.otb.reserve_many
+    checking, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(*args: Any) -> list[int]:
+        checking.set()
+        await release.wait()
+        return await original(*args)
+
+    billing.otb.reserve_many = slow  # type: ignore[method-assign]
+    try:
+        reserving = asyncio.create_task(billing.reserve_many([ReserveRequest("slow-1", customer, 200, "USD")]))
+        await checking.wait()
+        capturing = asyncio.create_task(billing.capture("slow-captured", 80))  # joins the waiting batch
+        captured = await asyncio.wait_for(capturing, 5)
+        assert captured.status == CAPTURED and not reserving.done()  # the batch did not wait for Redis
+        release.set()
+        (hold,) = await reserving
+    finally:
+        billing.otb.reserve_many = original  # type: ignore[method-assign]
+        release.set()
+    assert getattr(hold, "hold_id", None) == "slow-1" and getattr(hold, "status", None) == ACTIVE
+    w = await wallet(billing, customer)
+    assert (w.held, w.balance) == (200, 920)
+    snap = await billing.otb.snapshot(uuid.UUID(customer), "USD")
+    assert (snap.held, set(snap.holds)) == (200, {"slow-1"})
