@@ -64,6 +64,12 @@ class _Bound:
     def __init__(self, script: AsyncScript, errors: ScriptErrors) -> None:
         self._script, self._errors = script, errors
 
+    def queue(self, pipe: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> None:
+        """The call as an EVALSHA in `pipe`, which runs it with its other commands in one round trip
+        (redis-py's own script calls in a pipeline first ask whether the scripts exist: a round trip
+        more). Its reply is NoScriptError if Redis lost the script: call it the usual way then."""
+        pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (),
                        client: aioredis.Redis | None = None) -> Any:
         try:

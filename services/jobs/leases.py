@@ -316,8 +316,7 @@ class Leases:
         spans = tracing.for_batch([e.run for e in ends], what, [e.status for e in ends])
         try:
             with tracing.within(spans):
-                await outcomes.settle_queue(deps, st)
-            await deps.signals.jobs_changed([outcomes.event(e, now) for e in ends])
+                await outcomes.settle_queue(deps, st, [outcomes.event(e, now) for e in ends])
             if st.retries:
                 await deps.signals.schedule_changed()
             _count_ends(ends, now)

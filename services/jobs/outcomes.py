@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from redis.exceptions import NoScriptError
 from sqlalchemy import Row
 
 from innosystem.billing.v1 import billing_pb2 as bpb
@@ -239,9 +240,29 @@ async def settle_billing(deps: Deps, st: Settlement) -> Settled:
     return out
 
 
-async def settle_queue(deps: Deps, st: Settlement) -> None:
-    """After the commit: forget finished leases, schedule retries (a crash here is repaired by recovery)."""
-    for queue, ids in st.finished.items():
-        await deps.queue.finish(queue, ids)
+async def settle_queue(deps: Deps, st: Settlement, events: list[tuple[str, dict[str, Any]]]) -> None:
+    """After the commit: forget finished leases, schedule retries and publish the watched jobs'
+    events (a crash here is repaired by recovery). The leases' scripts and the question which jobs
+    are watched go in one round trip."""
+    finishing = [(queue, ids) for queue, ids in st.finished.items() if ids]
+    if finishing and events:
+        async with deps.queue.client.pipeline(transaction=False) as pipe:
+            for queue, ids in finishing:
+                deps.queue.finish_in(pipe, queue, ids)
+            deps.signals.ask_watched(pipe, events)
+            *finished, watched = await pipe.execute(raise_on_error=False)
+        for (queue, ids), reply in zip(finishing, finished, strict=True):
+            if isinstance(reply, NoScriptError):  # Redis lost the script: this call loads it again
+                await deps.queue.finish(queue, ids)
+            elif isinstance(reply, Exception):
+                raise reply
+    else:
+        for queue, ids in finishing:
+            await deps.queue.finish(queue, ids)
+        watched = None
     if st.retries:
         await deps.queue.schedule(st.retries)
+    if watched is not None:
+        await deps.signals.publish_watched(events, watched)
+    else:
+        await deps.signals.jobs_changed(events)

@@ -249,6 +249,10 @@ class JobQueue:
             return 0
         return int(await self.scripts.finish(keys=self._keys(job_type)[:1], args=list(job_ids)))
 
+    def finish_in(self, pipe: Any, job_type: str, job_ids: Sequence[str]) -> None:
+        """`finish`, queued in a pipeline (its reply NoScriptError if Redis lost the script)."""
+        self.scripts.finish.queue(pipe, keys=self._keys(job_type)[:1], args=list(job_ids))
+
     # reads --------------------------------------------------------------------------------------
     async def stats(self, job_types: Sequence[str]) -> list[TypeStats]:
         """Depth per type and class, oldest waiting enqueue time, scheduled count and next due: one pipeline."""

@@ -171,16 +171,33 @@ class Signals:
         their events are encoded and published (one round trip). The same NUMSUB asks whether a
         list is watched (`changes_channel`); only then the batch's ids are published there, once.
         Called after the commit; a watcher subscribes before it reads the job, so a change it
-        cannot have read is announced."""
+        cannot have read is announced. `ask_watched` puts the NUMSUB in a caller's pipeline."""
         if not events:
             return
-        channels = [self.job_prefix + job_id for job_id, _ in events]
         try:
-            counts = {_text(c): int(n) for c, n in await self.client.pubsub_numsub(*channels, self.changes_channel)}
-            watched = [(ch, event) for ch, (_, event) in zip(channels, events, strict=True) if counts.get(ch)]
-            listed = counts.get(self.changes_channel, 0) > 0
-            if not watched and not listed:
-                return
+            counts = await self.client.pubsub_numsub(*(self.job_prefix + job_id for job_id, _ in events),
+                                                     self.changes_channel)
+        except RedisError as exc:
+            log.warning("cannot publish %d job events: %s", len(events), exc)
+            return
+        await self.publish_watched(events, counts)
+
+    def ask_watched(self, pipe: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Queues the NUMSUB of `jobs_changed` in `pipe`; its reply goes to `publish_watched`."""
+        pipe.pubsub_numsub(*(self.job_prefix + job_id for job_id, _ in events), self.changes_channel)
+
+    async def publish_watched(self, events: list[tuple[str, dict[str, Any]]], numsub: Any) -> None:
+        """The events of the watched jobs among `events`, by the reply to `ask_watched`'s NUMSUB."""
+        if isinstance(numsub, Exception):
+            log.warning("cannot publish %d job events: %s", len(events), numsub)
+            return
+        counts = {_text(c): int(n) for c, n in numsub}
+        channels = [(self.job_prefix + job_id, event) for job_id, event in events]
+        watched = [(channel, event) for channel, event in channels if counts.get(channel)]
+        listed = counts.get(self.changes_channel, 0) > 0
+        if not watched and not listed:
+            return
+        try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for channel, event in watched:
                     pipe.publish(channel, json.dumps(event))

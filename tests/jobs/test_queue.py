@@ -337,3 +337,41 @@ async def test_one_type_lease_is_one_redis_command_and_several_types_probe(own_v
         assert after["evalsha"] - before["evalsha"] == 2
     finally:
         await client.aclose()
+
+
+# ---- after an ending: the leases' scripts and the watchers' question in one round trip ---------------
+
+async def test_an_endings_redis_work_is_one_round_trip_and_survives_lost_scripts(
+        queue: JobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`outcomes.settle_queue` forgets the ended leases of every queue and asks which jobs are watched
+    in one pipeline; a watched job's event is published, an unwatched one's is not; and when Redis
+    has lost the scripts (a restart) the leases are still forgotten."""
+    from types import SimpleNamespace
+
+    from redis.asyncio.client import Pipeline
+
+    from services.jobs.outcomes import Settlement, settle_queue
+    from services.jobs.signals import Signals
+
+    signals = Signals(queue.client, prefix=queue.prefix)
+    deps = SimpleNamespace(queue=queue, signals=signals)
+    await queue.enqueue([item("r1", "A"), item("r2", "B"), item("p1", "A", job_type="paint")])
+    assert sorted(await queue.lease(["render"], 5, T0) + await queue.lease(["paint"], 5, T0)) == ["p1", "r1", "r2"]
+    sent: list[list[str]] = []
+    execute = Pipeline.execute
+
+    async def counting(pipe: Any, raise_on_error: bool = True) -> list[Any]:
+        sent.append([str(c[0][0]) for c in pipe.command_stack])
+        return await execute(pipe, raise_on_error=raise_on_error)
+
+    events = [("r1", {"status": "SUCCEEDED"}), ("r2", {"status": "SUCCEEDED"}), ("p1", {"status": "FAILED"})]
+    async with signals.subscribe(signals.job_prefix + "r1") as watched:
+        await queue.client.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
+        with monkeypatch.context() as patch:
+            patch.setattr(Pipeline, "execute", counting)
+            await settle_queue(deps, Settlement(finished={"render": ["r1", "r2"], "paint": ["p1"]}),  # type: ignore[arg-type]
+                               events)
+        assert (await asyncio.wait_for(watched.get(), 2))["status"] == "SUCCEEDED"
+    assert sent[0] == ["EVALSHA", "EVALSHA", "PUBSUB NUMSUB"]  # both queues and the question: one round trip
+    assert await queue.finish("render", ["r1", "r2"]) == 0  # forgotten despite the lost scripts
+    assert await queue.finish("paint", ["p1"]) == 0
