@@ -41,7 +41,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
 from innosystem.kit.coalescing import Coalescer
-from innosystem.kit.db import Writes
+from innosystem.kit.db import SMALL_INSERT_ROWS, Writes
 from innosystem.kit.errors import (
     Aborted,
     DomainError,
@@ -84,6 +84,14 @@ _STATUS_CHANGES = cast(Table, JobStatusChange.__table__)
 
 class _TooSlow(Exception):
     """The job's commit would come too late for the holds reserved for it (see the module's doc)."""
+
+
+class _Refused(Exception):
+    """Billing refused a group whose jobs were written while it reserved: written again without it."""
+
+    def __init__(self, refusals: list[Exception | None]) -> None:
+        super().__init__("a group was refused")
+        self.refusals = refusals
 
 
 def _is_uuid(text: str) -> bool:
@@ -434,33 +442,23 @@ class Submission:
     async def _store(self, groups: Sequence[Group]) -> list[Exception | None]:
         """Reserves every group's holds in one billing call (billing commits them), then one
         transaction stores the jobs of every group whose holds were all granted; then the jobs
-        enter Redis. Returns each group's refusal or error (None: stored)."""
-        deps = self.deps
+        enter Redis. Returns each group's refusal or error (None: stored). Jobs enough to go by
+        COPY are written while billing reserves (`_write_reserving`); they commit only after."""
         ids = [p.job.id for g in groups for p in g.fresh]
         if len(groups) > 1 and len(set(ids)) < len(ids):  # repeats of one request id: the first one wins
             return await self._one_by_one(groups)
         held = [p for g in groups for p in g.fresh if p.job.hold_id]
         reserved = time.monotonic()
-        refusals: list[Exception | None] = list(await self._reserve(groups)) if held else [None] * len(groups)
+        refusals: list[Exception | None] | None = None  # not known yet: reserved while the jobs are written
+        if not held:
+            refusals = [None] * len(groups)
+        elif len(ids) <= SMALL_INSERT_ROWS:  # their rows go with the COMMIT: nothing to write meanwhile
+            refusals = list(await self._reserve(groups))
         try:
-            async with deps.db.transaction() as s:
-                # a few rows go with the COMMIT in one round trip, a batch's by COPY (`kit.db.Writes`)
-                writes = Writes()
-                new = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
-                if new:
-                    await writes.insert(s, _JOBS, [p.row() for p in new])
-                    await writes.insert(s, _STATUS_CHANGES, [
-                        {"job_id": p.job.id, "status": p.job.status, "time": p.job.create_time, "attempt": 0,
-                         "reason": "submitted" if p.job.status == PENDING
-                         else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"} for p in new])
-                for g, refused in zip(groups, refusals, strict=True):
-                    if refused is None:  # the job id comes from the request id: a repeat fails on the job's key
-                        idempotency.remember_many(writes, IdempotencyKey, g.scope, [
-                            (p.job.request_id, p.hash, p.job.id) for p in g.fresh if p.job.request_id])
-                if held and time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2:
-                    # recovery may soon take these holds for a dead submit's: give them back instead
-                    raise _TooSlow()
-                await writes.commit(s)
+            try:
+                refusals = await self._commit(groups, refusals, held, reserved)
+            except _Refused as refused:  # rolled back: the granted groups' jobs go in alone
+                refusals = await self._commit(groups, refused.refusals, held, reserved)
         except (IntegrityError, Aborted):
             if len(groups) > 1:  # one group's concurrent repeat spoiled the shared commit: go one by one
                 return await self._one_by_one(groups)
@@ -494,6 +492,55 @@ class Submission:
             log.warning("%d submitted jobs committed but not enqueued (%s); recovery will enqueue them",
                         len(stored), _kind(exc))
         return refusals
+
+    async def _commit(self, groups: Sequence[Group], refusals: list[Exception | None] | None,
+                      held: Sequence[Prepared], reserved: float) -> list[Exception | None]:
+        """One transaction for the jobs of every granted group; the refusals. With `refusals` not
+        known yet, every group's jobs are written while billing decides (`_write_reserving`), and
+        a refusal rolls them back (`_Refused`)."""
+        deps = self.deps
+        async with deps.db.transaction() as s:
+            writes = Writes()
+            if refusals is None:
+                refusals = await self._write_reserving(s, writes, groups)
+                if any(r is not None for r in refusals):
+                    raise _Refused(refusals)
+            else:
+                await self._write(s, writes, [p for g, refused in zip(groups, refusals, strict=True)
+                                              if refused is None for p in g.fresh])
+            for g, refused in zip(groups, refusals, strict=True):
+                if refused is None:  # the job id comes from the request id: a repeat fails on the job's key
+                    idempotency.remember_many(writes, IdempotencyKey, g.scope, [
+                        (p.job.request_id, p.hash, p.job.id) for p in g.fresh if p.job.request_id])
+            if held and time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2:
+                # recovery may soon take these holds for a dead submit's: give them back instead
+                raise _TooSlow()
+            await writes.commit(s)
+        return refusals
+
+    async def _write_reserving(self, s: Any, writes: Writes, groups: Sequence[Group]) -> list[Exception | None]:
+        """Every group's jobs written (by COPY) while billing reserves their holds: the two round
+        trips overlap, and a batch of 1,000 waits for the longer of them rather than their sum.
+        Returns the refusals; an error while writing waits for the reserve first, so what it
+        held is known to whoever gives it back."""
+        reserving = asyncio.ensure_future(self._reserve(groups))
+        try:
+            await self._write(s, writes, [p for g in groups for p in g.fresh])
+        except BaseException:
+            await asyncio.gather(reserving, return_exceptions=True)
+            raise
+        return list(await reserving)
+
+    @staticmethod
+    async def _write(s: Any, writes: Writes, new: Sequence[Prepared]) -> None:
+        """New jobs and their first status change: a few rows go with the COMMIT in one round trip,
+        a batch's by COPY at once (`kit.db.Writes`)."""
+        if new:
+            await writes.insert(s, _JOBS, [p.row() for p in new])
+            await writes.insert(s, _STATUS_CHANGES, [
+                {"job_id": p.job.id, "status": p.job.status, "time": p.job.create_time, "attempt": 0,
+                 "reason": "submitted" if p.job.status == PENDING
+                 else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"} for p in new])
 
     async def _give_back(self, held: Sequence[Prepared]) -> None:
         """Holds of a submit whose commit surely failed: released now rather than by recovery's
