@@ -41,7 +41,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
 from innosystem.kit.coalescing import Coalescer
-from innosystem.kit.db import SMALL_INSERT_ROWS, Writes
+from innosystem.kit.db import Writes
 from innosystem.kit.errors import (
     Aborted,
     DomainError,
@@ -75,6 +75,11 @@ MAX_CACHED_PROJECTS = 10_000  # whose job types a replica keeps for submits
 # larger one (a burst: what arrives meanwhile goes together next). 64 submits in flight: 0.9
 # against 1.2 ms of CPU each with two commits always allowed (docs/performance.md, session 7).
 OVERLAP_BELOW = 4
+# A batch of at least this many jobs is written while billing reserves its holds (`_write_reserving`):
+# a batch of 1,000 then waits for the longer of the two rather than their sum. Smaller ones (a few
+# rows go with the COMMIT anyway; coalesced single submits) reserve first: written meanwhile they
+# cost more CPU than they save (docs/performance.md, session 13).
+EARLY_WRITE_ROWS = 100
 JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 
@@ -442,8 +447,8 @@ class Submission:
     async def _store(self, groups: Sequence[Group]) -> list[Exception | None]:
         """Reserves every group's holds in one billing call (billing commits them), then one
         transaction stores the jobs of every group whose holds were all granted; then the jobs
-        enter Redis. Returns each group's refusal or error (None: stored). Jobs enough to go by
-        COPY are written while billing reserves (`_write_reserving`); they commit only after."""
+        enter Redis. Returns each group's refusal or error (None: stored). A large batch's jobs are
+        written while billing reserves (`_write_reserving`); they commit only after."""
         ids = [p.job.id for g in groups for p in g.fresh]
         if len(groups) > 1 and len(set(ids)) < len(ids):  # repeats of one request id: the first one wins
             return await self._one_by_one(groups)
@@ -452,7 +457,7 @@ class Submission:
         refusals: list[Exception | None] | None = None  # not known yet: reserved while the jobs are written
         if not held:
             refusals = [None] * len(groups)
-        elif len(ids) <= SMALL_INSERT_ROWS:  # their rows go with the COMMIT: nothing to write meanwhile
+        elif len(ids) < EARLY_WRITE_ROWS:
             refusals = list(await self._reserve(groups))
         try:
             try:

@@ -424,12 +424,15 @@ async def test_a_submit_failing_alone_for_another_reason_fails_no_one_else(world
 
 async def test_a_large_batch_is_written_while_billing_reserves(world: JobsWorld, database_url: str,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch whose jobs go by COPY is written while billing decides its holds (the two round
-    trips overlap): when billing is asked, the jobs' transaction is already writing; the jobs
-    commit once the holds are granted."""
+    """A large batch is written while billing decides its holds (the two round trips overlap):
+    when billing is asked, the jobs' transaction is already writing; the jobs commit once the
+    holds are granted."""
     import psycopg
 
-    c = await world.customer(funds=1000)
+    from services.jobs.submission import EARLY_WRITE_ROWS
+
+    n = EARLY_WRITE_ROWS
+    c = await world.customer(funds=10 * n + 1000)
     jt = await world.job_type(c, price=10)
     billing = world.app.deps.billing
     reserve = billing.reserve
@@ -445,32 +448,35 @@ async def test_a_large_batch_is_written_while_billing_reserves(world: JobsWorld,
         return await reserve(items)
 
     monkeypatch.setattr(billing, "reserve", watched)
-    requests = [pb.SubmitJobRequest(job_type_id=str(jt.id), payload=_payload(k)) for k in range(20)]
+    requests = [pb.SubmitJobRequest(job_type_id=str(jt.id), payload=_payload(k)) for k in range(n)]
     jobs = await world.app.cases.submission.batch_submit(
         c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=requests))
     assert writing_meanwhile == [True]
-    assert len(jobs) == 20 and await world.available(c) == 800
+    assert len(jobs) == n and await world.available(c) == 1000
     listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(
-        project_id=c.project_id, page_size=50))
+        project_id=c.project_id, page_size=n))
     assert sorted(j.id for j in listed) == sorted(str(j.id) for j in jobs)
     stored = await world.get(str(jobs[7].id))
     assert plain(stored.payload) == {"k": 7}
 
 
 async def test_a_large_batch_beyond_the_balance_is_rolled_back_and_holds_nothing(world: JobsWorld) -> None:
-    c = await world.customer(funds=150)
+    from services.jobs.submission import EARLY_WRITE_ROWS
+
+    n = EARLY_WRITE_ROWS + 5
+    c = await world.customer(funds=10 * n - 50)
     jt = await world.job_type(c, price=10)
-    requests = [pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(20)]  # 200 > 150
+    requests = [pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(n)]  # 50 more than the wallet holds
     with pytest.raises(FailedPrecondition) as caught:
         await world.app.cases.submission.batch_submit(
             c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=requests))
     assert caught.value.reason == "INSUFFICIENT_FUNDS"
-    assert await world.available(c) == 150
+    assert await world.available(c) == 10 * n - 50
     listed, _ = await world.app.cases.queries.list_jobs(c.principal, pb.ListJobsRequest(project_id=c.project_id))
     assert listed == []
     jobs = await world.app.cases.submission.batch_submit(  # what it can pay for goes in
-        c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=requests[:15]))
-    assert len(jobs) == 15 and await world.available(c) == 0
+        c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=requests[5:]))
+    assert len(jobs) == n - 5 and await world.available(c) == 0
 
 
 def _payload(k: int) -> struct_pb2.Struct:
