@@ -97,6 +97,12 @@ class GroupCommit:
         self._worker: asyncio.Task[None] | None = None
         self.batches = 0
         self.operations = 0
+        self._busy = False  # a batch is under way
+
+    @property
+    def idle(self) -> bool:
+        """No batch under way and none waiting: what is queued now begins at once."""
+        return not self._busy and self._queue.empty()
 
     async def run(self, fn: Operation) -> Any:
         """Run `fn(tx)` in the next batch; its result once committed."""
@@ -140,7 +146,11 @@ class GroupCommit:
                 batch.append(self._queue.get_nowait())
             live = [entry for entry in batch if not entry[2].cancelled()]
             if live:
-                await self._commit(live)
+                self._busy = True
+                try:
+                    await self._commit(live)
+                finally:
+                    self._busy = False
 
     async def _commit(self, batch: list[tuple[Any, bool, asyncio.Future[Any]]]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []

@@ -363,8 +363,8 @@ class BillingService:
 
     async def reserve_many(self, requests: Sequence[ReserveRequest]) -> list[AnyHold | DomainError]:
         """Holds of one batch call, each answered on its own (the hold, or its refusal): checked one
-        by one, authorized in Open-to-Buy with one script call per wallet while the group commit
-        locks their rows, and stored by it together (no task per item). A hold id seen before
+        by one, authorized in Open-to-Buy with one script call per wallet (at idle, while the group
+        commit locks their rows), and stored by it together (no task per item). A hold id seen before
         answers with that hold if the request is the same one (retries are idempotent),
         IDEMPOTENCY_KEY_REUSED if not."""
         out: list[AnyHold | DomainError | None] = []  # None: not decided yet
@@ -375,22 +375,28 @@ class BillingService:
                 out.append(None)
             except DomainError as err:
                 out.append(err)
-        # The batch begins and locks its rows while Open-to-Buy decides (ledger.Authorizing): the
-        # two round trips overlap. What the check refuses the batch leaves out.
+        # At idle the batch begins and locks its rows while Open-to-Buy decides (ledger.Authorizing):
+        # the two round trips overlap, and what the check refuses the batch leaves out. Under load
+        # the checks run while the batch before commits, and their items join the next one checked.
         loop = asyncio.get_running_loop()
-        gated = [ledger.Authorizing(i, loop.create_future()) for _, i in items]
-        committing = self.commit.enqueue_many(gated)
+        gated = [ledger.Authorizing(i, loop.create_future()) for _, i in items] if self.commit.idle else []
+        committing = self.commit.enqueue_many(gated) if gated else None
         added: set[str] = set()
         checked = False
         try:
             added = await self._authorize(items, out)
             checked = True
         finally:
-            for (k, _), g in zip(items, gated, strict=True):
+            for (k, _), g in zip(items, gated, strict=False):  # none under load
                 g.go.set_result(checked and out[k] is None)
         items = [(k, i) for k, i in items if out[k] is None]
         try:
-            outcome_of = dict(zip((id(g.item) for g in gated), await committing, strict=True))
+            if committing is None:
+                committing = self.commit.enqueue_many([i for _, i in items])
+                queued = [i for _, i in items]
+            else:
+                queued = [g.item for g in gated]
+            outcome_of = dict(zip(map(id, queued), await committing, strict=True))
             if late := [(k, i) for k, i in items if outcome_of[id(i)] is ledger.LEFT_OUT]:
                 # checked after the batch stopped waiting (a slow Redis): they go in a batch of their own
                 outcome_of.update(zip((id(i) for _, i in late), await self.commit.submit_many([i for _, i in late]),

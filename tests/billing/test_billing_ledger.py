@@ -594,3 +594,41 @@ async def test_a_slow_open_to_buy_holds_up_neither_the_batch_nor_the_reserve(bil
     assert (w.held, w.balance) == (200, 920)
     snap = await billing.otb.snapshot(uuid.UUID(customer), "USD")
     assert (snap.held, set(snap.holds)) == (200, {"slow-1"})
+
+
+async def test_under_load_open_to_buy_decides_before_the_next_batch(billing: BillingService) -> None:
+    """While a batch is under way the checks run meanwhile and their reserves join the next batch
+    already decided (the overlap with a lock is for idle moments only): a batch never waits on
+    Redis behind another batch's commit."""
+    from services.billing.service import ReserveRequest
+
+    customer, _ = await funded_wallet(billing, 1000)
+    await billing.reserve("load-warm", customer, 1, "USD")
+    busy, finish = asyncio.Event(), asyncio.Event()
+
+    async def long_operation(tx: Any) -> None:
+        busy.set()
+        await finish.wait()
+
+    running = asyncio.create_task(billing.commit.run(long_operation))
+    await busy.wait()
+    assert not billing.commit.idle
+    queued_during_check: list[int] = []
+    original = billing.otb.reserve_many
+
+    async def checking(*args: Any) -> list[int]:
+        queued_during_check.append(billing.commit._queue.qsize())
+        return await original(*args)
+
+    billing.otb.reserve_many = checking  # type: ignore[method-assign]
+    try:
+        reserving = asyncio.create_task(billing.reserve_many([ReserveRequest("load-1", customer, 100, "USD")]))
+        await asyncio.sleep(0.05)
+        finish.set()
+        await running
+        (hold,) = await reserving
+    finally:
+        billing.otb.reserve_many = original  # type: ignore[method-assign]
+    assert queued_during_check == [0]  # not queued while Redis decided
+    assert getattr(hold, "hold_id", None) == "load-1" and (await wallet(billing, customer)).held == 101
+    assert billing.commit.idle
