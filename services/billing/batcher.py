@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ COUNTERS = ("debits_posted", "credits_posted", "debits_pending", "credits_pendin
 # Deadlock and serialization failure: the batch did nothing and can simply run again.
 RETRYABLE = {"40P01", "40001"}
 RETRIES = 3
+QUIET_SECONDS = 0.01  # see `GroupCommit.idle`
 
 
 @dataclass
@@ -98,11 +100,14 @@ class GroupCommit:
         self.batches = 0
         self.operations = 0
         self._busy = False  # a batch is under way
+        self._ended = 0.0  # when the last batch ended (monotonic)
 
     @property
     def idle(self) -> bool:
-        """No batch under way and none waiting: what is queued now begins at once."""
-        return not self._busy and self._queue.empty()
+        """Light load: no batch under way or waiting, and none for QUIET_SECONDS. What is queued now
+        begins at once and is alone in its batch (right after a batch, under a steady load, the
+        next ones are about to come and are better taken together)."""
+        return not self._busy and self._queue.empty() and time.monotonic() - self._ended >= QUIET_SECONDS
 
     async def run(self, fn: Operation) -> Any:
         """Run `fn(tx)` in the next batch; its result once committed."""
@@ -150,7 +155,7 @@ class GroupCommit:
                 try:
                     await self._commit(live)
                 finally:
-                    self._busy = False
+                    self._busy, self._ended = False, time.monotonic()
 
     async def _commit(self, batch: list[tuple[Any, bool, asyncio.Future[Any]]]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []

@@ -528,9 +528,13 @@ async def test_open_to_buy_decides_while_the_batch_holds_the_wallet(billing: Bil
     is then stored and held in both places as before."""
     from services.billing.service import ReserveRequest
 
+    from services.billing.batcher import QUIET_SECONDS
+
     customer, _ = await funded_wallet(billing, 1000)
     await billing.reserve("overlap-warm", customer, 1, "USD")  # the wallet is loaded in Redis
     wallet_id = (await wallet(billing, customer)).id
+    await asyncio.sleep(QUIET_SECONDS * 2)  # light load: no batch for a moment
+    assert billing.commit.idle
     locked_meanwhile: list[bool] = []
     original = billing.otb.reserve_many
 
@@ -567,8 +571,11 @@ async def test_a_slow_open_to_buy_holds_up_neither_the_batch_nor_the_reserve(bil
     batch of its own once its check is done; Redis and PostgreSQL agree after."""
     from services.billing.service import ReserveRequest
 
+    from services.billing.batcher import QUIET_SECONDS
+
     customer, _ = await funded_wallet(billing, 1000)
     await billing.reserve("slow-captured", customer, 100, "USD")
+    await asyncio.sleep(QUIET_SECONDS * 2)  # light load: the reserve's batch begins at once
     original = billing.otb.reserve_many
     checking, release = asyncio.Event(), asyncio.Event()
 
@@ -597,9 +604,9 @@ async def test_a_slow_open_to_buy_holds_up_neither_the_batch_nor_the_reserve(bil
 
 
 async def test_under_load_open_to_buy_decides_before_the_next_batch(billing: BillingService) -> None:
-    """While a batch is under way the checks run meanwhile and their reserves join the next batch
-    already decided (the overlap with a lock is for idle moments only): a batch never waits on
-    Redis behind another batch's commit."""
+    """While a batch is under way (or one has just ended) the checks run meanwhile and their
+    reserves join the next batch already decided (the overlap with a lock is for quiet moments
+    only): under load a batch never waits on Redis, and reserves are not split into batches of one."""
     from services.billing.service import ReserveRequest
 
     customer, _ = await funded_wallet(billing, 1000)
@@ -631,4 +638,4 @@ async def test_under_load_open_to_buy_decides_before_the_next_batch(billing: Bil
         billing.otb.reserve_many = original  # type: ignore[method-assign]
     assert queued_during_check == [0]  # not queued while Redis decided
     assert getattr(hold, "hold_id", None) == "load-1" and (await wallet(billing, customer)).held == 101
-    assert billing.commit.idle
+    assert not billing.commit.idle  # a batch just ended: the next ones are taken together too
