@@ -526,9 +526,8 @@ async def test_open_to_buy_decides_while_the_batch_holds_the_wallet(billing: Bil
     """The reserve's Open-to-Buy script and its batch's lock overlap: while the script runs, the
     batch has begun and holds the wallet's row (another connection cannot lock it), and the hold
     is then stored and held in both places as before."""
-    from services.billing.service import ReserveRequest
-
     from services.billing.batcher import QUIET_SECONDS
+    from services.billing.service import ReserveRequest
 
     customer, _ = await funded_wallet(billing, 1000)
     await billing.reserve("overlap-warm", customer, 1, "USD")  # the wallet is loaded in Redis
@@ -569,9 +568,8 @@ async def test_a_slow_open_to_buy_holds_up_neither_the_batch_nor_the_reserve(bil
     """A check that outlasts the batch's wait (ledger.AUTHORIZE_WAIT_SECONDS, 0.1 s) is left out of
     that batch: a capture in it commits without waiting for Redis, and the reserve is stored in a
     batch of its own once its check is done; Redis and PostgreSQL agree after."""
-    from services.billing.service import ReserveRequest
-
     from services.billing.batcher import QUIET_SECONDS
+    from services.billing.service import ReserveRequest
 
     customer, _ = await funded_wallet(billing, 1000)
     await billing.reserve("slow-captured", customer, 100, "USD")
