@@ -344,8 +344,8 @@ async def test_one_type_lease_is_one_redis_command_and_several_types_probe(own_v
 async def test_an_endings_redis_work_is_one_round_trip_and_survives_lost_scripts(
         queue: JobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
     """`outcomes.settle_queue` forgets the ended leases of every queue and asks which jobs are watched
-    in one pipeline; a watched job's event is published, an unwatched one's is not; and when Redis
-    has lost the scripts (a restart) the leases are still forgotten."""
+    in one pipeline; a watched job's event is published; and when Redis has lost the scripts (a
+    restart) the leases are still forgotten."""
     from types import SimpleNamespace
 
     from redis.asyncio.client import Pipeline
