@@ -48,6 +48,12 @@ def _wants_csv(accept: str) -> bool:
     return first == "text/csv"
 
 
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, "BODY_TOO_LARGE",
+                        f"the request body exceeds the limit of {limit} bytes", http_status=413,
+                        metadata={"limit_bytes": str(limit)})
+
+
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
@@ -254,15 +260,12 @@ class Gateway:
         JSON as a form. The limit applies after aiohttp has undone any Content-Encoding.
         """
         limit = self.config.max_body_bytes
-        too_large = GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, "BODY_TOO_LARGE",
-                                 f"the request body exceeds the limit of {limit} bytes", http_status=413,
-                                 metadata={"limit_bytes": str(limit)})
         if request.content_length is not None and request.content_length > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(_CHUNK):
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(limit)
             chunks.append(chunk)
         return b"".join(chunks)

@@ -1,11 +1,20 @@
-"""A few lines over urllib to speak JSON to the gateway: for the demo seeding and the benchmark."""
+"""A few lines over the standard library to speak JSON to the gateway: for the demo seeding and the
+benchmark.
+
+A `Rest` opens a connection per call, as a one-off script does; `kept_alive()` gives one that keeps
+a connection per thread open between calls, as HTTP client libraries do (httpx, requests' Session,
+the platform's SDK): the benchmark measures both.
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -16,27 +25,76 @@ class RestError(Exception):
         self.status, self.body = status, body
 
 
+class Connections(threading.local):
+    """One open connection per thread to one gateway."""
+
+    def __init__(self, base: str, timeout: float) -> None:
+        url = urllib.parse.urlsplit(base)
+        self.https, self.host, self.prefix = url.scheme == "https", url.netloc, url.path.rstrip("/")
+        self.timeout = timeout
+        self.open: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+        reused = self.open is not None
+        try:
+            return self._exchange(method, path, data, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.close()
+            if not reused:
+                raise
+            # the gateway closed an idle connection before reading the request: once more, on a new one
+            return self._exchange(method, path, data, headers)
+
+    def _exchange(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.open is None:
+            kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+            self.open = kind(self.host, timeout=self.timeout)
+        try:
+            self.open.request(method, self.prefix + path, body=data, headers=headers)
+            response = self.open.getresponse()
+            payload = response.read()
+        except BaseException:
+            self.close()
+            raise
+        if response.will_close:
+            self.close()
+        return response.status, payload
+
+    def close(self) -> None:
+        if self.open is not None:
+            self.open.close()
+            self.open = None
+
+
 @dataclass(frozen=True)
 class Rest:
     base: str
     api_key: str = ""
     timeout: float = 30.0
+    connections: Connections | None = field(default=None, compare=False, repr=False)
 
     def as_key(self, api_key: str) -> Rest:
-        return Rest(self.base, api_key, self.timeout)
+        return Rest(self.base, api_key, self.timeout, self.connections)
+
+    def kept_alive(self) -> Rest:
+        """The same gateway and key over connections kept open (one per thread), shared by as_key's copies."""
+        return Rest(self.base, self.api_key, self.timeout, Connections(self.base, self.timeout))
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(status, parsed JSON body); HTTP errors are answers here, not exceptions."""
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
         if self.api_key:
-            request.add_header("Authorization", f"Bearer {self.api_key}")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                status, payload = resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            status, payload = err.code, err.read()
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if self.connections is not None:
+            status, payload = self.connections.request(method, path, data, headers)
+        else:
+            request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                    status, payload = resp.status, resp.read()
+            except urllib.error.HTTPError as err:
+                status, payload = err.code, err.read()
         try:
             return status, json.loads(payload) if payload else None
         except ValueError:

@@ -14,14 +14,17 @@ processes (one per core, `innosystem runner`) run an `echo` that stamps its star
       is connected, then the runners start: time until every job is Succeeded and charged
       (the wallet has paid for all of them and holds nothing).
   (b) submit throughput: batches and single calls, through the gateway and through gRPC (gateway
-      single calls from --gateway-clients concurrent clients, 64 by default).
+      single calls from --gateway-clients concurrent clients, 64 by default). The HTTP clients
+      keep their connections open between calls, as client libraries do (httpx, requests'
+      Session, the platform's SDK); the gateway's single calls are measured again with a new
+      connection per call, as a one-off script makes (and as every phase did before 2026-12-06).
   (c) dispatch latency: single submits at a steady --rate (and a lighter --light-rate) to idle
       runners, submit call start → processor start, p50/p95/p99.
   (d) yardstick: LPUSH/BRPOP on one Redis list with the same payload and process count, for
       both the drain and the latency; the ratios ours/yardstick.
   (e) submit latency: single submits through the gateway (HTTP) at a steady --submit-rate
       (50/s by default), open-loop, runners connected: each call's duration from when it was
-      due, p50/p95/p99.
+      due, p50/p95/p99; with connections kept open, then with a new connection per call.
 
 CPU per job (`CpuMeter`): around the drain and each submit phase, utime + stime from
 /proc/<pid>/stat of each service, the gateway, each runner process, PostgreSQL (the postmaster,
@@ -51,6 +54,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +287,13 @@ class Platform:
 
     @property
     def customer(self) -> Rest:
+        """The demo customer, a new connection per call (as a one-off script)."""
         return self.gateway.as_key(self.demo.api_key)
+
+    @cached_property
+    def client(self) -> Rest:
+        """The demo customer over connections kept open, one per client thread (as HTTP libraries do)."""
+        return self.customer.kept_alive()
 
     @property
     def echo(self) -> str:
@@ -364,7 +374,7 @@ def submit_rest_batches(p: Platform, count: int, start: int, workers: int = 2) -
 
     def one(offset: int) -> None:
         size = min(BATCH, count - offset)
-        p.customer("POST", f"/v1/projects/{project}/jobs:batchSubmit",
+        p.client("POST", f"/v1/projects/{project}/jobs:batchSubmit",
                    {"requests": [{"jobTypeId": p.echo, "payload": payload(start + offset + i)} for i in range(size)]})
 
     began = time.perf_counter()
@@ -373,12 +383,14 @@ def submit_rest_batches(p: Platform, count: int, start: int, workers: int = 2) -
     return time.perf_counter() - began
 
 
-def submit_rest_single(p: Platform, count: int, start: int, workers: int = 64) -> float:
-    """Seconds to submit `count` jobs through the gateway one call each, `workers` clients at once."""
+def submit_rest_single(p: Platform, count: int, start: int, workers: int = 64, kept_alive: bool = True) -> float:
+    """Seconds to submit `count` jobs through the gateway one call each, `workers` clients at once,
+    each keeping its connection open (or opening one per call)."""
     project = p.demo.project_id
+    customer = p.client if kept_alive else p.customer
 
     def one(i: int) -> None:
-        p.customer("POST", f"/v1/projects/{project}/jobs", {"jobTypeId": p.echo, "payload": payload(start + i)})
+        customer("POST", f"/v1/projects/{project}/jobs", {"jobTypeId": p.echo, "payload": payload(start + i)})
 
     began = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
@@ -418,13 +430,14 @@ async def submit_grpc(p: Platform, count: int, start: int, *, batch: bool, concu
         return time.perf_counter() - began
 
 
-def submit_latency_gateway(p: Platform, rate: float, seconds: float, start: int) -> tuple[list[float], dict[str, int]]:
+def submit_latency_gateway(p: Platform, rate: float, seconds: float, start: int,
+                           kept_alive: bool = True) -> tuple[list[float], dict[str, int]]:
     """Single submits through the gateway at a steady `rate`/s, open-loop: each call's duration from
     the moment it was due (so a call that had to wait for a free client thread counts its wait), and
-    the count of calls refused, by HTTP status or error. Each call opens its own connection, as
-    `Rest` does."""
+    the count of calls refused, by HTTP status or error. Each client thread keeps its connection
+    open (or opens one per call)."""
     project = p.demo.project_id
-    customer = p.customer
+    customer = p.client if kept_alive else p.customer
     durations: list[float] = []
     refused: dict[str, int] = {}
     lock = threading.Lock()
@@ -623,7 +636,7 @@ def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) 
     submit_cpu.append(("grpc_batch", "gRPC batches", meter.diff(before), small))
     results["submit_grpc_batch_jobs_per_s"] = round(small / seconds, 1)
     say(f"    gRPC, batches of {BATCH}:    {small / seconds:,.0f} jobs/s")
-    singles = max(500, n // 20)
+    singles = max(500, n // 8)
     before = meter.snapshot()
     seconds = asyncio.run(submit_grpc(p, singles, n + small, batch=False, concurrency=64))
     submit_cpu.append(("grpc_single", "gRPC singles", meter.diff(before), singles))
@@ -635,9 +648,15 @@ def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) 
     results["submit_gateway_single_jobs_per_s"] = round(singles / seconds, 1)
     results["submit_gateway_single_clients"] = args.gateway_clients
     say(f"    gateway, single calls ({args.gateway_clients} clients): {singles / seconds:,.0f} jobs/s")
+    before = meter.snapshot()
+    seconds = submit_rest_single(p, singles, n + small + 2 * singles, workers=args.gateway_clients, kept_alive=False)
+    submit_cpu.append(("gateway_single_new_connections", "… new connections", meter.diff(before), singles))
+    results["submit_gateway_single_new_connections_jobs_per_s"] = round(singles / seconds, 1)
+    say(f"    gateway, single calls ({args.gateway_clients} clients), a new connection per call: "
+        f"{singles / seconds:,.0f} jobs/s")
     if meter.enabled:
         cpu["submit"] = submit_cpu_table(submit_cpu)
-    total = n + small + 2 * singles
+    total = n + small + 3 * singles
 
     say(f"(a) drain: {total:,} queued echo jobs, {processes} runner processes, {args.slots} slots each …")
     before = meter.snapshot()
@@ -668,12 +687,18 @@ def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) 
         say(f"(e) submit latency: single gateway submits at {args.submit_rate:.0f}/s for {args.seconds:.0f} s, "
             "open-loop, runners connected …")
         balance, _ = p.wallet()
-        durations, refused = submit_latency_gateway(p, args.submit_rate, args.seconds, total)
-        results["submit_latency_gateway"] = {"rate": args.submit_rate, **percentiles(durations), "refused": refused}
-        say("    submit call duration: " + ", ".join(f"{k} {v}" for k, v in results["submit_latency_gateway"].items()
-                                                      if k not in ("rate", "refused"))
-            + (f"; refused {refused}" if refused else ""))
-        wait_charged(p, balance - len(durations) * CENTS_PER_JOB, timeout=120)  # quiet before the yardstick
+        submitted = 0
+        for label, kept_alive, how in (("submit_latency_gateway", True, "connections kept open"),
+                                       ("submit_latency_gateway_new_connections", False, "a new connection per call")):
+            durations, refused = submit_latency_gateway(p, args.submit_rate, args.seconds, total + submitted,
+                                                        kept_alive=kept_alive)
+            submitted += int(args.submit_rate * args.seconds)
+            results[label] = {"rate": args.submit_rate, **percentiles(durations), "refused": refused}
+            say(f"    submit call duration, {how}: "
+                + ", ".join(f"{k} {v}" for k, v in results[label].items() if k not in ("rate", "refused"))
+                + (f"; refused {refused}" if refused else ""))
+            balance -= len(durations) * CENTS_PER_JOB
+        wait_charged(p, balance, timeout=120)  # quiet before the yardstick
     finally:
         stop_runners(runners)
 

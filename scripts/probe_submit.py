@@ -11,7 +11,7 @@ one job per request), and prints the same /proc CPU table: ms of CPU per submitt
 process. `--latency S` adds single gateway submits at 50/s for S
 seconds (open-loop, no runner connected), p50/p95/p99 of the call. `--batches N` adds N jobs
 submitted through the gateway in batches of 1,000 (2 clients, as `make bench`). `--profile DIR`
-samples the jobs and billing processes (gRPC singles), the gateway and jobs (gateway singles) and
+samples the jobs and billing processes (gRPC singles), the gateway, jobs and billing (gateway singles) and
 all three (batches) with py-spy, raw stacks into DIR (py-spy from $PY_SPY, default `py-spy`).
 `--env K=V` passes a setting to the services and the gateway, to compare its values in one hour.
 
@@ -57,7 +57,7 @@ def probe(p: bench.Platform, args: argparse.Namespace) -> None:
     bench.say(f"gRPC singles (64 in flight): {n / seconds:,.0f} jobs/s")
     for spy in spies:
         spy.wait()
-    spies = _spy(p, ["gateway", "jobs"], args.profile, "gateway", args.spy_seconds)
+    spies = _spy(p, ["gateway", "jobs", "billing"], args.profile, "gateway", args.spy_seconds)
     before = p.meter.snapshot()
     seconds = bench.submit_rest_single(p, n, n, workers=64)
     phases.append(("gateway_single", "gateway singles", p.meter.diff(before), n))
