@@ -13,6 +13,15 @@ The script calls of one event-loop turn (the requests that arrived together) go 
 pipeline, one EVALSHA per request and bucket, so each request is still decided on its own and
 no call spans two keys (a Redis Cluster pipeline sends each to its key's node).
 
+An account's requests spend a credit, not a Redis call each: a replica takes up to a tenth of the
+bucket's burst at once (no more than a tenth of a second at its rate: `credit_size`), spends it
+locally for up to `CREDIT_SECONDS`, and takes the next while a half is left, so a steady caller's
+requests wait for no round trip. Redis grants a credit only from what the bucket admits, so the
+replicas together never admit more than the limit; what a replica leaves unspent lapses, so they
+may admit a little less (at most a credit each). A bucket too small for a credit of two asks Redis
+on every request, as the address buckets always do. `RateLimit-Remaining` counts what Redis
+had left at the last credit and what is left of it.
+
 A refused request is `429 RESOURCE_EXHAUSTED` with reason `RATE_LIMITED`, a `Retry-After`
 header and a `google.rpc.RetryInfo`. Limits protect the platform, they do not guard money or
 data, so a Redis outage admits everything (logged). Calls are bounded by the client's timeouts
@@ -27,6 +36,7 @@ import ipaddress
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -42,6 +52,8 @@ from innosystem.tenancy.v1.tenancy_pb2 import Principal
 log = logging.getLogger(__name__)
 
 OUTAGE_LOG_INTERVAL = 30.0
+CREDIT_SECONDS = 1.0  # an unspent credit lapses after this long (a replica holds no allowance longer)
+MAX_CREDITS = 10_000  # accounts' credits kept; the oldest beyond are forgotten (their rest lapses)
 # After a failed call, requests are admitted without asking Redis for this long.
 OUTAGE_BACKOFF_SECONDS = 2.0
 
@@ -92,8 +104,22 @@ class Limit:
     def interval_us(self) -> int:
         return max(1, round(1_000_000 / self.per_second))
 
+    @property
+    def credit_size(self) -> int:
+        """Requests a replica takes from the bucket at once: a tenth of the burst, and no more than
+        a tenth of a second at the rate; 1 (a Redis call per request) for a small bucket."""
+        return max(1, min(self.burst // 10, int(self.per_second / 10)))
 
-_Pending = tuple[str, tuple[int, int, int], "asyncio.Future[list[int]]"]
+
+@dataclass
+class _Credit:
+    tokens: int = 0  # requests this replica may still admit
+    left: int = 0  # what Redis had left in the bucket when it granted them
+    until: float = 0.0  # monotonic; the tokens lapse then
+    taking: asyncio.Task[GatewayError | None] | None = None  # the next credit, being asked for
+
+
+_Pending = tuple[str, tuple[int, ...], "asyncio.Future[list[int]]"]
 
 
 class _PipelinedScript:
@@ -106,7 +132,7 @@ class _PipelinedScript:
         self._pending: list[_Pending] = []
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, key: str, args: tuple[int, int, int]) -> list[int]:
+    async def __call__(self, key: str, args: tuple[int, ...]) -> list[int]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
         self._pending.append((key, args, future))
@@ -165,23 +191,70 @@ class RateLimiter:
         self.accounts, self.addresses = accounts, addresses
         self._quiet_until = 0.0
         self._away_until = 0.0
+        self._credits: OrderedDict[str, _Credit] = OrderedDict()
 
     async def admit(self, principal: Principal) -> int | None:
         """The requests left in the account's burst; raises the 429 when over the limit; None if
         account limits are off or Redis is away."""
         if self.accounts is None:
             return None
-        return await self._spend(bucket(principal), self.accounts, 1, "for this account")
+        if self.accounts.credit_size == 1:
+            return await self._spend(bucket(principal), self.accounts, 1, _ACCOUNT)
+        key = bucket(principal)
+        credit = self._credits.get(key)
+        if credit is None:
+            credit = self._credits[key] = _Credit()
+            while len(self._credits) > MAX_CREDITS:
+                self._credits.popitem(last=False)
+        else:
+            self._credits.move_to_end(key)
+        while True:
+            if credit.tokens and time.monotonic() < credit.until:
+                credit.tokens -= 1
+                if credit.tokens <= self.accounts.credit_size // 2 and credit.taking is None:
+                    self._take(key, credit)  # the next credit, while this one lasts
+                return min(credit.left + credit.tokens, self.accounts.burst - 1)
+            if time.monotonic() < self._away_until:
+                return None
+            credit.tokens = 0  # lapsed, if any were left
+            refusal = await asyncio.shield(credit.taking or self._take(key, credit))
+            if refusal is not None:
+                raise refusal
+            # granted (this request takes one on the next pass), or taken by the others waiting
+
+    def _take(self, key: str, credit: _Credit) -> asyncio.Task[GatewayError | None]:
+        """Asks Redis for the account's next credit; the task's result is the 429 if none is left."""
+        limit = self.accounts
+        assert limit is not None
+
+        async def take() -> GatewayError | None:
+            try:
+                taken, retry_us, left = await self._admit(key, (limit.interval_us, limit.burst, limit.credit_size, 1))
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+                return None
+            finally:
+                credit.taking = None
+            if not taken:
+                return _refusal(limit, int(retry_us), _ACCOUNT)
+            if time.monotonic() >= credit.until:
+                credit.tokens = 0
+            credit.tokens += int(taken)
+            credit.left, credit.until = int(left), time.monotonic() + CREDIT_SECONDS
+            return None
+
+        credit.taking = asyncio.ensure_future(take())
+        return credit.taking
 
     async def check_address(self, address: str) -> None:
         """Raises the 429 if the address has spent its unauthenticated allowance; spends nothing."""
         if self.addresses is not None:
-            await self._spend(address_bucket(address), self.addresses, 0, "without valid credentials from this address")
+            await self._spend(address_bucket(address), self.addresses, 0, _ADDRESS)
 
     async def charge_address(self, address: str) -> None:
         """Counts one unauthenticated request against the address; raises the 429 when over."""
         if self.addresses is not None:
-            await self._spend(address_bucket(address), self.addresses, 1, "without valid credentials from this address")
+            await self._spend(address_bucket(address), self.addresses, 1, _ADDRESS)
 
     async def _spend(self, key: str, limit: Limit, cost: int, what: str) -> int | None:
         if time.monotonic() < self._away_until:
@@ -189,18 +262,29 @@ class RateLimiter:
         try:
             allowed, retry_us, remaining = await self._admit(key, (limit.interval_us, limit.burst, cost))
         except (RedisError, OSError) as exc:  # redis' TimeoutError and ConnectionError are RedisErrors
-            now = time.monotonic()
-            self._away_until = now + OUTAGE_BACKOFF_SECONDS
-            if now >= self._quiet_until:
-                self._quiet_until = now + OUTAGE_LOG_INTERVAL
-                log.warning("rate limits not enforced, Redis unavailable: %s", exc or type(exc).__name__)
+            self._outage(exc)
             return None
         if not allowed:
-            retry = int(retry_us) / 1e6
-            raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED",
-                               f"more than {limit.per_second:g} requests per second (burst {limit.burst}) "
-                               f"{what}; retry in {retry:.2f} s",
-                               headers={"Retry-After": str(max(1, math.ceil(retry)))},
-                               metadata={"limit_per_second": f"{limit.per_second:g}", "burst": str(limit.burst)},
-                               retry_delay=retry)
+            raise _refusal(limit, int(retry_us), what)
         return int(remaining)
+
+    def _outage(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._away_until = now + OUTAGE_BACKOFF_SECONDS
+        if now >= self._quiet_until:
+            self._quiet_until = now + OUTAGE_LOG_INTERVAL
+            log.warning("rate limits not enforced, Redis unavailable: %s", exc or type(exc).__name__)
+
+
+_ACCOUNT = "for this account"
+_ADDRESS = "without valid credentials from this address"
+
+
+def _refusal(limit: Limit, retry_us: int, what: str) -> GatewayError:
+    retry = retry_us / 1e6
+    return GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED",
+                        f"more than {limit.per_second:g} requests per second (burst {limit.burst}) "
+                        f"{what}; retry in {retry:.2f} s",
+                        headers={"Retry-After": str(max(1, math.ceil(retry)))},
+                        metadata={"limit_per_second": f"{limit.per_second:g}", "burst": str(limit.burst)},
+                        retry_delay=retry)

@@ -6,14 +6,17 @@ does not hang a request. Requests without valid credentials are limited per clie
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
+import time
 import uuid
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis
 
-from gateway.ratelimit import address_bucket, bucket
+from gateway.ratelimit import Limit, address_bucket, bucket
 from innosystem.embedded import EmbeddedValkey
 from innosystem.kit import principal
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -119,29 +122,87 @@ def test_address_buckets() -> None:
     assert address_bucket("::ffff:192.0.2.1") == address_bucket("192.0.2.1") == "gateway:rl:{ip:192.0.2.1}"
 
 
+@pytest.mark.parametrize("burst", [5, 100])  # a Redis call per request; a credit of 10 (100/s)
 async def test_a_redis_that_stops_answering_does_not_hang_requests(
-        upstream_port: int, sample_set_path: Path, tmp_path: Path) -> None:
+        upstream_port: int, sample_set_path: Path, tmp_path: Path, burst: int) -> None:
     """A Redis process that stops (SIGSTOP: connections are accepted by the kernel, nothing
-    answers) is the lost Redis that no connection error reports; requests still answer."""
+    answers) is the lost Redis that no connection error reports; requests still answer: those
+    within an account's credit as before, the rest once the call for the next credit gives up."""
     valkey = EmbeddedValkey(tmp_path / "valkey", persist=False)
     valkey.start()
     try:
-        config = config_for(upstream_port, sample_set_path, rate_limit_per_second=100, rate_limit_burst=100,
+        config = config_for(upstream_port, sample_set_path, rate_limit_per_second=100, rate_limit_burst=burst,
                             unauthenticated_rate_limit_per_second=100, unauthenticated_rate_limit_burst=100,
                             redis_url=valkey.url, redis_timeout_seconds=0.5)
         async with serving(config) as client:
-            assert (await client.get("/v1/me", headers=CUSTOMER)).headers["RateLimit-Remaining"] == "99"
+            first = await client.get("/v1/me", headers=CUSTOMER)
+            assert first.headers["RateLimit-Remaining"] == str(burst - 1)
             assert valkey.proc is not None
             valkey.proc.send_signal(signal.SIGSTOP)
             try:
                 timeout = aiohttp.ClientTimeout(total=15)
-                for headers in (CUSTOMER, {}, ADMIN, CUSTOMER):
+                for headers in (CUSTOMER, {}, ADMIN):
                     resp = await client.get("/v1/me", headers=headers, timeout=timeout)
-                    assert resp.status in (200, 401) and "RateLimit-Remaining" not in resp.headers
+                    assert resp.status in (200, 401)
+                    assert "RateLimit-Remaining" not in resp.headers or (headers is CUSTOMER and burst == 100)
+                for _ in range(12):  # beyond the customer's credit, if it has one
+                    resp = await client.get("/v1/me", headers=CUSTOMER, timeout=timeout)
+                    assert resp.status == 200
+                assert "RateLimit-Remaining" not in resp.headers
             finally:
                 valkey.proc.send_signal(signal.SIGCONT)
     finally:
         valkey.stop()
+
+
+def test_credit_sizes() -> None:
+    assert Limit(500, 1000).credit_size == 50  # the default limit: a tenth of a second at its rate
+    assert Limit(1_000_000, 1000).credit_size == 100  # a tenth of the burst
+    assert Limit(100, 5).credit_size == Limit(0.5, 3).credit_size == Limit(15, 1000).credit_size == 1
+
+
+def _evalsha_calls(url: str) -> int:
+    with redis.Redis.from_url(url) as direct:
+        return int(direct.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_an_account_spends_a_credit_not_a_redis_call_per_request(
+        upstream_port: int, sample_set_path: Path, recorder: Recorder, valkey_server: EmbeddedValkey) -> None:
+    url = _fresh_db(valkey_server)
+    config = config_for(upstream_port, sample_set_path, rate_limit_per_second=1000, rate_limit_burst=100,
+                        redis_url=url)  # credits of 10
+    async with serving(config) as client:
+        before = _evalsha_calls(url)
+        remaining = []
+        for _ in range(30):
+            resp = await client.get("/v1/me", headers=CUSTOMER)
+            assert resp.status == 200
+            remaining.append(int(resp.headers["RateLimit-Remaining"]))
+        calls = _evalsha_calls(url) - before
+        assert 3 <= calls <= 8  # a credit of 10 at a time, the next asked for at half; not 30 calls
+        assert remaining[0] == 99 and all(0 <= r <= 99 for r in remaining)
+        assert len(recorder.named("GetMe")) == 30
+
+
+async def test_replicas_spending_credits_never_admit_beyond_the_bucket(
+        upstream_port: int, sample_set_path: Path, recorder: Recorder, valkey_server: EmbeddedValkey) -> None:
+    """Two replicas, credits of 10 from a bucket of 100 at 100/s, 300 requests as fast as they go:
+    no more admitted than the bucket allows over the time they took, and at most a credit per
+    replica less than its burst."""
+    config = config_for(upstream_port, sample_set_path, rate_limit_per_second=100, rate_limit_burst=100,
+                        redis_url=_fresh_db(valkey_server))
+    async with serving(config) as one, serving(config) as two:
+        began = time.monotonic()
+        statuses = []
+        for i in range(30):
+            answers = await asyncio.gather(*((one if (i + k) % 2 else two).get("/v1/me", headers=CUSTOMER)
+                                             for k in range(10)))
+            statuses += [a.status for a in answers]
+        took = time.monotonic() - began
+    admitted = statuses.count(200)
+    assert set(statuses) <= {200, 429} and statuses.count(429) > 0
+    assert 100 - 2 * 10 <= admitted <= 100 + math.ceil(100 * took) + 1
+    assert len(recorder.named("GetMe")) == admitted
 
 
 async def test_requests_arriving_together_are_each_decided_alone(
