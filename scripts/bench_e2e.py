@@ -716,6 +716,51 @@ def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) 
     return results
 
 
+# Issues 12 and 13 (docs/performance.md): (name, where in the results, bound, True if at most the bound).
+TARGETS: list[tuple[str, tuple[str, ...], float, bool]] = [
+    ("drain / yardstick", ("ratio_drain_ours_over_yardstick",), 0.40, False),
+    ("CPU per drained job, ms", ("cpu", "drain", "total_ms_per_job"), 0.5, True),
+    ("dispatch 50/s p50, ms", ("dispatch_latency_light", "p50_ms"), 10, True),
+    ("dispatch 50/s p99, ms", ("dispatch_latency_light", "p99_ms"), 30, True),
+    ("dispatch 200/s p50, ms", ("dispatch_latency", "p50_ms"), 15, True),
+    ("dispatch 200/s p99, ms", ("dispatch_latency", "p99_ms"), 50, True),
+    ("peak RSS of a process, MB", ("peak_rss_mb",), 300, True),
+    ("gateway batches, jobs/s", ("submit_gateway_batch_jobs_per_s",), 10_000, False),
+    ("gateway singles, jobs/s", ("submit_gateway_single_jobs_per_s",), 1_000, False),
+    ("gRPC singles, jobs/s", ("submit_grpc_single_jobs_per_s",), 2_000, False),
+    ("gateway submit 50/s p50, ms", ("submit_latency_gateway", "p50_ms"), 5, True),
+    ("gateway submit 50/s p99, ms", ("submit_latency_gateway", "p99_ms"), 20, True),
+    ("CPU per job, gateway batches, ms", ("cpu", "submit", "gateway_batch", "total_ms_per_job"), 0.3, True),
+    ("CPU per job, gRPC batches, ms", ("cpu", "submit", "grpc_batch", "total_ms_per_job"), 0.3, True),
+    ("CPU per job, gRPC singles, ms", ("cpu", "submit", "grpc_single", "total_ms_per_job"), 1, True),
+    ("CPU per job, gateway singles, ms", ("cpu", "submit", "gateway_single", "total_ms_per_job"), 1, True),
+]
+
+
+def check_targets(results: dict[str, Any]) -> dict[str, Any]:
+    """Print each target beside this run's figure; {name: {value, bound, met}} (value None: not measured)."""
+    if "cpu" in results and "drain" in results["cpu"]:
+        peaks = [v for v in results["cpu"]["drain"]["peak_rss_mb"].values() if v is not None]
+        results = {**results, "peak_rss_mb": max(peaks, default=None)}
+    refused = sum(sum(results.get(k, {}).get("refused", {}).values())
+                  for k in ("dispatch_latency", "dispatch_latency_light", "submit_latency_gateway"))
+    say("targets (issues 12, 13; docs/performance.md):")
+    out: dict[str, Any] = {}
+    for name, path, bound, at_most in TARGETS:
+        value: Any = results
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        met = None if value is None else (value <= bound if at_most else value >= bound)
+        out[name] = {"value": value, "bound": bound, "met": met}
+        shown = "—" if value is None else f"{value:,.3g}" if value < 100 else f"{value:,.0f}"
+        verdict = {True: "met", False: "not met", None: "not measured"}[met]
+        say(f"    {name:<36}{shown:>10}   {'≤' if at_most else '≥'} {bound:<8g}{verdict}")
+    out["nothing refused"] = {"value": refused, "bound": 0, "met": refused == 0}
+    verdict = "met" if not refused else "not met"
+    say(f"    {'calls refused in the latency phases':<36}{refused:>10}   = 0        {verdict}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000, help="drain size (default 20000)")
@@ -756,6 +801,7 @@ def main() -> None:
                                    beside=beside_of(args)) as (p, _, valkey_url):
                 results = bench(p, valkey_url, args, log_dir)
     figures = {**header, **results}
+    figures["targets"] = check_targets(results)
     say(json.dumps(figures, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
