@@ -477,13 +477,6 @@ class Runner:
         return _Access(values, grant.access_id, self, time.monotonic())
 
 
-def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    if value:
-        out.update(value)
-    return out
-
-
 def _span(job: Job) -> contextlib.AbstractContextManager[Any]:
     """The processing span, a child of the job's trace. Where no span is recorded (telemetry found
     nothing to export to), the job's own trace context is made current instead, for the logs: the
@@ -499,19 +492,27 @@ def _span(job: Job) -> contextlib.AbstractContextManager[Any]:
 
 def _success(value: Any) -> jobs_pb2.AttemptResult:
     result = jobs_pb2.AttemptResult(outcome=Outcome.ATTEMPT_OUTCOME_SUCCEEDED)
+    # Filled in place (a Struct built apart and copied in cost a copy of every result).
     if isinstance(value, Result):
-        result.result.CopyFrom(_struct(value.result))
+        _fill(result.result, value.result)
         if value.cost_cents is not None:
             result.actual_cost_cents = int(value.cost_cents)
         if value.units is not None:
             result.units = int(value.units)
         if value.details:
-            result.details.CopyFrom(_struct(value.details))
+            _fill(result.details, value.details)
     elif isinstance(value, dict):
-        result.result.CopyFrom(_struct(value))
+        _fill(result.result, value)
     elif value is not None:
-        result.result.CopyFrom(_struct({"value": value}))
+        _fill(result.result, {"value": value})
     return result
+
+
+def _fill(target: struct_pb2.Struct, value: dict[str, Any] | None) -> None:
+    """`value` into the (empty) Struct field `target`, which is set even when `value` is empty."""
+    target.SetInParent()
+    if value:
+        target.update(value)
 
 
 def _failure(exc: BaseException) -> jobs_pb2.AttemptResult:
@@ -519,7 +520,7 @@ def _failure(exc: BaseException) -> jobs_pb2.AttemptResult:
         error = jobs_pb2.JobError(message=exc.message[:4000], type=exc.type or "JobError",
                                   non_retryable=not exc.retryable)
         if exc.details:
-            error.details.CopyFrom(_struct(exc.details))
+            _fill(error.details, exc.details)
     else:
         log.warning("processor raised %s", type(exc).__name__, exc_info=exc)
         error = jobs_pb2.JobError(message=str(exc)[:4000] or type(exc).__name__, type=type(exc).__name__)

@@ -68,6 +68,9 @@ class Result:
 SecureAccessOpener = Callable[["Job", int, Sequence[str], str, str], Awaitable[Any]]
 
 
+_EVENTS = threading.Lock()
+
+
 class Job:
     """One attempt of a job, as a processor sees it."""
 
@@ -75,12 +78,22 @@ class Job:
                  secure_access: SecureAccessOpener | None = None) -> None:
         self.lease = lease
         self.payload: dict[str, Any] = struct_dict(lease.payload)
-        # Set when the job must stop (a client cancelled it, or its lease was lost).
-        self.cancelled = threading.Event()
+        self._cancelled: threading.Event | None = None  # made when first asked for: most jobs never are
         self.cancel_requested = False  # a client asked: the attempt ends CANCELLED
         self.silent = False  # the lease is gone: stop and report nothing
         self._on_progress = on_progress
         self._secure_access = secure_access
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the job must stop (a client cancelled it, or its lease was lost)."""
+        event = self._cancelled
+        if event is None:
+            with _EVENTS:  # the loop's thread and the processor's may ask at once: both get one Event
+                if self._cancelled is None:
+                    self._cancelled = threading.Event()
+                event = self._cancelled
+        return event
 
     @property
     def id(self) -> str:
