@@ -24,7 +24,7 @@ def test_a_jobs_cancel_event_is_one_whichever_thread_asks_first() -> None:
         seen: list[threading.Event] = []
         start = threading.Barrier(8)
 
-        def ask(job: Job = job) -> None:
+        def ask(job: Job = job, seen: list[threading.Event] = seen, start: threading.Barrier = start) -> None:
             start.wait()
             seen.append(job.cancelled)
 
