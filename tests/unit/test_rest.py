@@ -4,6 +4,7 @@ a real HTTP/1.1 server in this process."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,6 +82,8 @@ def test_kept_alive_reuses_one_connection_per_thread_across_keys(server: _Server
     assert rest("GET", "/v1/things")["path"] == "/api/v1/things"
     assert server.connections == 1
     assert [s[2] for s in server.seen] == ["Bearer k2"] * 5 + [""]
+    kept = rest.connections.open if rest.connections is not None else None
+    assert kept is not None and kept.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # no Nagle wait
 
     others = [threading.Thread(target=lambda: [customer("GET", "/v1/x") for _ in range(3)]) for _ in range(2)]
     for t in others:
