@@ -43,17 +43,19 @@ class Connections(threading.local):
             self.close()
             if not reused:
                 raise
-            # the gateway closed an idle connection before reading the request: once more, on a new one
+            # a kept connection that broke before any answer (most often one the gateway closed while
+            # idle): once more, on a new one. For the demo and the benchmark, not for money.
             return self._exchange(method, path, data, headers)
 
     def _exchange(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
         if self.open is None:
             kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            self.open = kind(self.host, timeout=self.timeout)
-            self.open.connect()
+            connection = kind(self.host, timeout=self.timeout)
+            connection.connect()
             # http.client writes a request's headers and body apart: without this, Nagle's algorithm
-            # holds the body back until the gateway's delayed ACK of the headers (40 ms on Linux)
-            self.open.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # may hold the body back until the gateway's delayed ACK of the headers (40 ms on Linux)
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.open = connection
         try:
             self.open.request(method, self.prefix + path, body=data, headers=headers)
             response = self.open.getresponse()
