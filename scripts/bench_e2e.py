@@ -743,7 +743,8 @@ def check_targets(results: dict[str, Any]) -> dict[str, Any]:
         peaks = [v for v in results["cpu"]["drain"]["peak_rss_mb"].values() if v is not None]
         results = {**results, "peak_rss_mb": max(peaks, default=None)}
     refused = sum(sum(results.get(k, {}).get("refused", {}).values())
-                  for k in ("dispatch_latency", "dispatch_latency_light", "submit_latency_gateway"))
+                  for k in ("dispatch_latency", "dispatch_latency_light", "submit_latency_gateway",
+                            "submit_latency_gateway_new_connections"))
     say("targets (issues 12, 13; docs/performance.md):")
     out: dict[str, Any] = {}
     for name, path, bound, at_most in TARGETS:

@@ -24,6 +24,7 @@ def _results(**overrides: Any) -> dict[str, Any]:
         "submit_gateway_batch_jobs_per_s": 10_000.0,
         "submit_gateway_single_jobs_per_s": 999.0,
         "submit_latency_gateway": {"p50_ms": 5.1, "p99_ms": 20.0, "refused": {}},
+        "submit_latency_gateway_new_connections": {"p50_ms": 6.0, "p99_ms": 30.0, "refused": {"HTTP 503": 1}},
     }
     results.update(overrides)
     return results
@@ -43,6 +44,14 @@ def test_each_target_in_its_direction() -> None:
         "CPU per job, gRPC singles, ms": False, "CPU per job, gateway singles, ms": True,
         "nothing refused": False,
     }
+
+
+def test_a_refusal_in_any_latency_phase_counts() -> None:
+    assert bench.check_targets(_results())["nothing refused"]["value"] == 3
+    phases = ("dispatch_latency", "dispatch_latency_light", "submit_latency_gateway",
+              "submit_latency_gateway_new_connections")
+    quiet = {k: {"p50_ms": 1.0, "p99_ms": 1.0, "refused": {}} for k in phases}
+    assert bench.check_targets(_results(**quiet))["nothing refused"]["met"] is True
 
 
 def test_an_external_stack_without_cpu_figures() -> None:
