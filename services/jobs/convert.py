@@ -129,7 +129,7 @@ def jobs_pb(jobs: Sequence[Job | NewJob]) -> list[pb.Job]:
     return out
 
 
-def lease_pb(job: Job | Row[Any]) -> pb.JobLease:
+def lease_pb(job: Job | NewJob | Row[Any]) -> pb.JobLease:
     st = job.settings
     ext = st.get("external_api")
     return pb.JobLease(

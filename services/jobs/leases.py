@@ -37,6 +37,7 @@ from innosystem.kit.errors import (
 from innosystem.kit.protos import timestamp
 from services.jobs import metrics, outcomes, runsql, tracing
 from services.jobs.convert import lease_pb, plain
+from services.jobs.handoff import Idle
 from services.jobs.models import Job, JobType
 from services.jobs.queue import QueueItem
 from services.jobs.runtime import (
@@ -85,6 +86,7 @@ class Pop:
 class Leases:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
+        deps.idle.undelivered = self._undelivered  # a handed job whose call went away goes back
         self._tags: dict[str, tuple[float, list[tuple[str, ...]]]] = {}
         self._seen_at: dict[str, float] = {}  # queue → when this process last marked a runner there
         self._settled: list[str] = []  # holds billing answered for, their outbox rows not yet deleted
@@ -169,7 +171,19 @@ class Leases:
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
-            await self.deps.signals.wait(queues, seen, min(left, RECHECK_SECONDS))
+            # Idle: a submit of this replica may hand this call its jobs directly (`handoff`).
+            idle = Idle(r, queues, asyncio.get_running_loop().create_future())
+            self.deps.idle.add(idle)
+            try:
+                await self.deps.signals.wait(queues, seen, min(left, RECHECK_SECONDS), idle.wake)
+                handed = await self.deps.idle.received(idle)
+            except BaseException:  # the caller went away: what a submit hands it goes back
+                self.deps.idle.abandon(idle)
+                raise
+            finally:
+                self.deps.idle.discard(idle)
+            if handed:
+                return handed
             if not queues and time.monotonic() < deadline:  # a type may appear meanwhile
                 queues = await self.queues_for(list(r.job_type_names), list(r.tags), r.customer_id)
 
@@ -202,19 +216,9 @@ class Leases:
         """After a lease batch's callers have their leases: its ghosts leave Redis, its waits and
         starts are recorded, and its job events go out. A watcher reads the job on each event, so
         the event may follow the lease (even the job's end: the job is read as it is then)."""
-        deps = self.deps
         for q, gids in ghosts.items():
-            await deps.queue.finish(q, gids)
-        rows = list(started.values())
-        tracing.record_waits(rows, now)
-        for labels, group in _by_labels(rows):
-            metrics.started.add(len(group), labels)
-            for j in group:
-                if j.queue_time is not None:
-                    metrics.dispatch_latency.record(max(0.0, (now - j.queue_time).total_seconds()), labels)
-        await deps.signals.jobs_changed([(i, {"status": RUNNING, "reason": f"leased by runner {j.runner_id}",
-                                              "attempt": j.attempt_count, "time": now.isoformat()})
-                                         for i, j in started.items()])
+            await self.deps.queue.finish(q, gids)
+        await record_started(self.deps, list(started.values()), now)
 
     async def _undelivered(self, leases: list[pb.JobLease]) -> None:
         """The LeaseJobs caller went away while its jobs were being leased: they go back, unstarted."""
@@ -550,6 +554,20 @@ class Leases:
             await runsql.end_attempts(s, ends, st.outbox(), now)
         await self._ended(ends, st, now, "expire")
         return len(rows)
+
+
+async def record_started(deps: Deps, jobs: Sequence[Any], now: datetime) -> None:
+    """After jobs were leased (by a lease, or handed to a long poll by their submit): their
+    waits and starts are recorded, and their job events go out."""
+    tracing.record_waits(jobs, now)
+    for labels, group in _by_labels(jobs):
+        metrics.started.add(len(group), labels)
+        for j in group:
+            if j.queue_time is not None:
+                metrics.dispatch_latency.record(max(0.0, (now - j.queue_time).total_seconds()), labels)
+    await deps.signals.jobs_changed([(str(j.id), {"status": RUNNING, "reason": f"leased by runner {j.runner_id}",
+                                                  "attempt": j.attempt_count, "time": now.isoformat()})
+                                     for j in jobs])
 
 
 async def settle_outbox_once(deps: Deps, grace_seconds: float = OUTBOX_GRACE_SECONDS, limit: int = 500) -> int:

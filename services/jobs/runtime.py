@@ -16,6 +16,7 @@ from innosystem.kit.freshness import ChangeTokens
 from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
 from services.jobs.encryption import Encryptor
+from services.jobs.handoff import IdlePolls
 from services.jobs.models import Job, JobStatusChange
 from services.jobs.queue import JobQueue
 from services.jobs.retry import Policy
@@ -71,6 +72,7 @@ class Deps:
     rng: random.Random = field(default_factory=random.Random)
     encryptor: Encryptor | None = None  # the keys service; None: encrypted projects cannot submit
     tokens: ChangeTokens | None = None  # change tokens of cached projects and job types (`kit.freshness`)
+    idle: IdlePolls = field(default_factory=IdlePolls)  # long polls a submit may hand jobs to (`handoff`)
 
     def now(self) -> datetime:
         return utc(self.clock())

@@ -81,15 +81,17 @@ class Signals:
                     _resolve(future, True)
                     break
 
-    async def wait(self, queues: Sequence[str], seen: tuple[int, ...], seconds: float) -> bool:
+    async def wait(self, queues: Sequence[str], seen: tuple[int, ...], seconds: float,
+                   future: asyncio.Future[bool] | None = None) -> bool:
         """Wait until one of `queues` has a job for this caller, or `seconds` pass (False). A job
-        that came since `seen` (from `versions`) answers at once."""
+        that came since `seen` (from `versions`) answers at once. `future`, if given, is the one
+        waited on, which its owner may resolve too (a job handed to the caller: `handoff`)."""
         if seconds <= 0:
             return False
         if self.versions(queues) != seen:
             return True
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
+        future = future or loop.create_future()
         timer = loop.call_later(seconds, _resolve, future, False)
         for q in queues:
             self._waiting[q].append(future)

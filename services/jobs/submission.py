@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -40,7 +40,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
-from innosystem.kit.coalescing import Coalescer
+from innosystem.kit.coalescing import Answer, Coalescer
 from innosystem.kit.db import Writes
 from innosystem.kit.errors import (
     Aborted,
@@ -54,13 +54,14 @@ from innosystem.kit.freshness import Labelled, catalog, job_types_of, markup_of
 from innosystem.kit.protos import request_hash, to_datetime
 from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
-from services.jobs import metrics, pricing
+from services.jobs import leases, metrics, pricing
 from services.jobs.billing import HoldRequest, insufficient_funds
-from services.jobs.convert import plain
-from services.jobs.models import IdempotencyKey, Job, JobStatusChange, JobType, NewJob
+from services.jobs.convert import lease_pb, plain
+from services.jobs.handoff import Claim
+from services.jobs.models import IdempotencyKey, Job, JobAttempt, JobStatusChange, JobType, NewJob
 from services.jobs.queue import QueueItem, ScheduledItem
 from services.jobs.repository import JobsRepository
-from services.jobs.runtime import PENDING, SCHEDULED, Changes, Deps, priority_name, queue_name
+from services.jobs.runtime import PENDING, RUNNING, SCHEDULED, Changes, Deps, priority_name, queue_name
 from services.jobs.service import PERSISTENCE, PRIORITIES, _retry_policy
 from services.jobs.tenants import ProjectOwner
 
@@ -85,6 +86,7 @@ JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 _JOBS = cast(Table, Job.__table__)  # Core inserts: no ORM bulk machinery per row
 _STATUS_CHANGES = cast(Table, JobStatusChange.__table__)
+_ATTEMPTS = cast(Table, JobAttempt.__table__)
 
 
 class _TooSlow(Exception):
@@ -97,6 +99,32 @@ class _Refused(Exception):
     def __init__(self, refusals: list[Exception | None]) -> None:
         super().__init__("a group was refused")
         self.refusals = refusals
+
+
+def _lease_claimed(new: Sequence[Prepared], claim: Claim, now: datetime, ttl_seconds: float) -> list[Prepared]:
+    """The claimed jobs as they are stored: Running, leased to the runner of the call that takes
+    them, their first attempt begun (what the lease statement `runsql._START` sets)."""
+    handed = [p for p in new if p.job.id in claim.by_job]
+    for p in handed:
+        job, call = p.job, claim.by_job[p.job.id].request
+        job.status, job.attempt_count, job.lease_id = RUNNING, 1, uuid.uuid4()
+        job.runner_id, job.lease_session_id = call.runner_id, call.session_id
+        job.lease_start_time = job.start_time = now
+        job.lease_expire_time = now + timedelta(seconds=min(ttl_seconds, job.settings.get("timeout_seconds") or 300))
+    return handed
+
+
+def _unlease(handed: Sequence[Prepared]) -> None:
+    """Back as submitted (Pending), for a commit that failed."""
+    for p in handed:
+        job = p.job
+        job.status, job.attempt_count, job.lease_id, job.runner_id, job.lease_session_id = PENDING, 0, None, "", ""
+        job.lease_start_time = job.start_time = job.lease_expire_time = None
+
+
+async def _in_turn(steps: Sequence[Awaitable[None]]) -> None:
+    for step in steps:
+        await step
 
 
 def _is_uuid(text: str) -> bool:
@@ -193,7 +221,8 @@ class Submission:
     def __init__(self, deps: Deps, visible_project: Any) -> None:
         self.deps = deps
         self._visible_project = visible_project
-        self._coalescer: Coalescer[Group, None] = Coalescer(self._store, concurrency=2, overlap_below=OVERLAP_BELOW)
+        self._coalescer: Coalescer[Group, None] = Coalescer(self._store_together, concurrency=2,
+                                                            overlap_below=OVERLAP_BELOW)
         # concurrent submits read their projects' job types in one query
         self._type_loader: Coalescer[uuid.UUID, dict[uuid.UUID, JobType]] = Coalescer(self._load_types)
         # a project's job types by id, the catalog (its types and prices), a customer's markup (basis
@@ -440,18 +469,33 @@ class Submission:
         if group.single:
             await self._coalescer.submit(group)  # concurrent single submits share a commit
         else:
-            (outcome,) = await self._store([group])
+            after: list[Awaitable[None]] = []
+            try:
+                (outcome,) = await self._store([group], after)
+            finally:
+                await _in_turn(after)
             if outcome is not None:
                 raise outcome
 
-    async def _store(self, groups: Sequence[Group]) -> list[Exception | None]:
+    async def _store_together(self, groups: Sequence[Group]) -> list[Exception | None] | Answer[None]:
+        """Concurrent single submits' `_store`: answered at their commit (and enqueue), the job
+        events of jobs handed to long polls following in the same worker."""
+        after: list[Awaitable[None]] = []
+        try:
+            outcomes = await self._store(groups, after)
+        except BaseException:
+            await _in_turn(after)  # what did commit still gets its events
+            raise
+        return Answer(outcomes, _in_turn(after)) if after else outcomes
+
+    async def _store(self, groups: Sequence[Group], after: list[Awaitable[None]]) -> list[Exception | None]:
         """Reserves every group's holds in one billing call (billing commits them), then one
         transaction stores the jobs of every group whose holds were all granted; then the jobs
         enter Redis. Returns each group's refusal or error (None: stored). A large batch's jobs are
         written while billing reserves (`_write_reserving`); they commit only after."""
         ids = [p.job.id for g in groups for p in g.fresh]
         if len(groups) > 1 and len(set(ids)) < len(ids):  # repeats of one request id: the first one wins
-            return await self._one_by_one(groups)
+            return await self._one_by_one(groups, after)
         held = [p for g in groups for p in g.fresh if p.job.hold_id]
         reserved = time.monotonic()
         refusals: list[Exception | None] | None = None  # not known yet: reserved while the jobs are written
@@ -461,12 +505,12 @@ class Submission:
             refusals = list(await self._reserve(groups))
         try:
             try:
-                refusals = await self._commit(groups, refusals, held, reserved)
+                refusals = await self._commit(groups, refusals, held, reserved, after)
             except _Refused as refused:  # rolled back: the granted groups' jobs go in alone
-                refusals = await self._commit(groups, refused.refusals, held, reserved)
+                refusals = await self._commit(groups, refused.refusals, held, reserved, after)
         except (IntegrityError, Aborted):
             if len(groups) > 1:  # one group's concurrent repeat spoiled the shared commit: go one by one
-                return await self._one_by_one(groups)
+                return await self._one_by_one(groups, after)
             return [Aborted("a concurrent submit with the same request_id won; repeat to get its job",
                             reason="CONCURRENT_REQUEST")]
         except _TooSlow:  # rolled back before COMMIT: surely not stored
@@ -482,7 +526,7 @@ class Submission:
                 # and the holds reserved meanwhile are reserved again idempotently (same hold ids).
                 log.warning("a shared submit commit of %d submits failed (%s); retrying each alone",
                             len(groups), _kind(exc))
-                return await self._one_by_one(groups)
+                return await self._one_by_one(groups, after)
             if isinstance(exc, DataError):  # the request carries a value PostgreSQL refuses
                 # raised by a statement, so before COMMIT: surely not stored, its holds can go now
                 # (other errors may come from an ambiguous COMMIT: recovery's sweep decides on those)
@@ -499,28 +543,43 @@ class Submission:
         return refusals
 
     async def _commit(self, groups: Sequence[Group], refusals: list[Exception | None] | None,
-                      held: Sequence[Prepared], reserved: float) -> list[Exception | None]:
+                      held: Sequence[Prepared], reserved: float, after: list[Awaitable[None]]
+                      ) -> list[Exception | None]:
         """One transaction for the jobs of every granted group; the refusals. With `refusals` not
         known yet, every group's jobs are written while billing decides (`_write_reserving`), and
-        a refusal rolls them back (`_Refused`)."""
+        a refusal rolls them back (`_Refused`). Jobs that idle long polls of this replica can take
+        are stored leased to them and handed over after the commit (`handoff`)."""
         deps = self.deps
-        async with deps.db.transaction() as s:
-            writes = Writes()
-            if refusals is None:
-                refusals = await self._write_reserving(s, writes, groups)
-                if any(r is not None for r in refusals):
-                    raise _Refused(refusals)
-            else:
-                await self._write(s, writes, [p for g, refused in zip(groups, refusals, strict=True)
-                                              if refused is None for p in g.fresh])
-            for g, refused in zip(groups, refusals, strict=True):
-                if refused is None:  # the job id comes from the request id: a repeat fails on the job's key
-                    idempotency.remember_many(writes, IdempotencyKey, g.scope, [
-                        (p.job.request_id, p.hash, p.job.id) for p in g.fresh if p.job.request_id])
-            if held and time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2:
-                # recovery may soon take these holds for a dead submit's: give them back instead
-                raise _TooSlow()
-            await writes.commit(s)
+        new = [p for g, refused in zip(groups, refusals or [None] * len(groups), strict=True)
+               if refused is None for p in g.fresh]
+        claim = deps.idle.claim([(p.job.id, p.job.queue_name, p.job.customer_id) for p in new
+                                 if p.job.status == PENDING])
+        handed = _lease_claimed(new, claim, deps.now(), deps.config.lease_ttl_seconds)
+        try:
+            async with deps.db.transaction() as s:
+                writes = Writes()
+                if refusals is None:
+                    refusals = await self._write_reserving(s, writes, groups)
+                    if any(r is not None for r in refusals):
+                        raise _Refused(refusals)
+                else:
+                    await self._write(s, writes, new)
+                for g, refused in zip(groups, refusals, strict=True):
+                    if refused is None:  # the job id comes from the request id: a repeat fails on the job's key
+                        idempotency.remember_many(writes, IdempotencyKey, g.scope, [
+                            (p.job.request_id, p.hash, p.job.id) for p in g.fresh if p.job.request_id])
+                if held and time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2:
+                    # recovery may soon take these holds for a dead submit's: give them back instead
+                    raise _TooSlow()
+                await writes.commit(s)
+        except BaseException:
+            if claim:  # nothing was stored: the jobs are Pending again (a retry may store them), the calls look again
+                _unlease(handed)
+                deps.idle.release(claim)
+            raise
+        if claim:
+            deps.idle.deliver(claim, {p.job.id: lease_pb(p.job) for p in handed})
+            after.append(leases.record_started(deps, [p.job for p in handed], handed[0].job.lease_start_time))
         return refusals
 
     async def _write_reserving(self, s: Any, writes: Writes, groups: Sequence[Group]) -> list[Exception | None]:
@@ -538,14 +597,29 @@ class Submission:
 
     @staticmethod
     async def _write(s: Any, writes: Writes, new: Sequence[Prepared]) -> None:
-        """New jobs and their first status change: a few rows go with the COMMIT in one round trip,
-        a batch's by COPY at once (`kit.db.Writes`)."""
-        if new:
-            await writes.insert(s, _JOBS, [p.row() for p in new])
-            await writes.insert(s, _STATUS_CHANGES, [
-                {"job_id": p.job.id, "status": p.job.status, "time": p.job.create_time, "attempt": 0,
-                 "reason": "submitted" if p.job.status == PENDING
-                 else f"submitted, scheduled for {p.job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"} for p in new])
+        """New jobs and their first status change (and for a job handed to a long poll, its attempt
+        and its second): a few rows go with the COMMIT in one round trip, a batch's by COPY at once
+        (`kit.db.Writes`)."""
+        if not new:
+            return
+        await writes.insert(s, _JOBS, [p.row() for p in new])
+        changes = []
+        for p in new:
+            job = p.job
+            if job.status == SCHEDULED:
+                changes.append({"job_id": job.id, "status": SCHEDULED, "time": job.create_time, "attempt": 0,
+                                "reason": f"submitted, scheduled for {job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"})
+                continue
+            changes.append({"job_id": job.id, "status": PENDING, "time": job.create_time, "attempt": 0,
+                            "reason": "submitted"})
+            if job.status == RUNNING:
+                changes.append({"job_id": job.id, "status": RUNNING, "time": job.lease_start_time, "attempt": 1,
+                                "reason": f"leased by runner {job.runner_id}"})
+        await writes.insert(s, _STATUS_CHANGES, changes)
+        if started := [p.job for p in new if p.job.status == RUNNING]:
+            await writes.insert(s, _ATTEMPTS, [
+                {"job_id": j.id, "attempt": 1, "lease_id": j.lease_id, "runner_id": j.runner_id,
+                 "outcome": pb.ATTEMPT_OUTCOME_RUNNING, "start_time": j.lease_start_time} for j in started])
 
     async def _give_back(self, held: Sequence[Prepared]) -> None:
         """Holds of a submit whose commit surely failed: released now rather than by recovery's
@@ -557,13 +631,13 @@ class Submission:
         except Exception as exc:
             log.warning("cannot release the holds of a failed submit now (%s); recovery will", _kind(exc))
 
-    async def _one_by_one(self, groups: Sequence[Group]) -> list[Exception | None]:
+    async def _one_by_one(self, groups: Sequence[Group], after: list[Awaitable[None]]) -> list[Exception | None]:
         """Each group in its own commit; one group's error is its own outcome, so it cannot fail the
         groups stored before it (their callers would hear an error for a committed job)."""
         out: list[Exception | None] = []
         for g in groups:
             try:
-                out.append((await self._store([g]))[0])
+                out.append((await self._store([g], after))[0])
             except Exception as exc:
                 out.append(exc)
         return out
