@@ -199,7 +199,8 @@ async def _cancel_while_sleeping(use_case: Coroutine[Any, Any, None], database_u
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher:
         for _ in range(2000):  # until PostgreSQL runs the sleep
             cur = await watcher.execute(  # alone, or among the statements of one query (`as_one_query`)
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%SELECT pg_sleep%' AND pid <> pg_backend_pid()")
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE query LIKE '%SELECT pg_sleep%' AND pid <> pg_backend_pid()")
             if (row := await cur.fetchone()) and row[0]:
                 break
             await asyncio.sleep(0.005)
