@@ -293,18 +293,19 @@ async def as_one_query(cursor: psycopg.AsyncClientCursor[Any], parts: Sequence[s
 
 
 async def pipelined(session: Conn, *steps: tuple[TextClause, Mapping[str, Any]],
-                    commit: bool = False, rows: bool = True, in_text: int = CLIENT_SIDE_ROWS) -> list[Any]:
+                    commit: bool = False, rows: bool = True, in_text: int | None = None) -> list[Any]:
     """Run module-level `text()` statements in one round trip: the last one's rows (none with
     `rows=False`, for statements that return none), with attribute access like SQLAlchemy's; the
     transaction's BEGIN in the same round trip when they are its first, and with `commit` (for a
     use case whose last statement decides nothing more) its COMMIT. Statements of up to `in_text`
-    rows go as one query with their values in its text (`as_one_query`), larger ones through
-    psycopg's pipeline with binary parameters (`transaction_pipeline`). A statement PostgreSQL
+    rows (`CLIENT_SIDE_ROWS` by default) go as one query with their values in its text
+    (`as_one_query`), larger ones through psycopg's pipeline with binary parameters
+    (`transaction_pipeline`). A statement PostgreSQL
     plans at some cost (a CTE of several writes) passes `in_text=1`: unprepared, it is planned at
     every execution, which its prepared form skips from a few rows on (docs/performance.md)."""
     driver = await driver_of(session)
     try:
-        if all(rows_of(params) <= in_text for _, params in steps):
+        if all(rows_of(params) <= (CLIENT_SIDE_ROWS if in_text is None else in_text) for _, params in steps):
             one = psycopg.AsyncClientCursor(driver, row_factory=namedtuple_row)
             await as_one_query(one, [one.mogrify(_psycopg_text(st), params) for st, params in steps], commit=commit)
             for _ in steps[1:]:
