@@ -69,10 +69,6 @@ set_json_loads(json_loads)
 
 # Up to this many rows go in as one multi-row INSERT: one round trip, where COPY takes two.
 SMALL_INSERT_ROWS = 8
-# A transaction's statements of up to this many rows each go as one query with their values in its
-# text (`as_one_query`); larger ones as binary parameters of prepared statements, in a pipeline,
-# which their size repays (docs/performance.md, session 15).
-CLIENT_SIDE_ROWS = 8
 
 
 # A transaction's handle for the statement helpers below: a session, or a connection of the hot
@@ -113,20 +109,18 @@ def _column_names(columns: Sequence[Any]) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
 
 
-_INSERTS: dict[tuple[str, tuple[str, ...], int, bool], str] = {}
+_INSERTS: dict[tuple[str, tuple[str, ...], int], str] = {}
 
 
-def _values_insert(table: Table, columns: Sequence[Any], count: int, client: bool = False) -> str:
+def _values_insert(table: Table, columns: Sequence[Any], count: int) -> str:
     """`INSERT … VALUES ($1, …), …` for `count` rows of `columns`, built once per shape. Run by a
     raw cursor, it skips psycopg's per-execution placeholder conversion, which is not cached for
-    statements of more than 50 parameters (a job row alone has more). `client`: with `%s`
-    placeholders, for the values to go in the text (`_as_one_query`)."""
-    key = (table.fullname, tuple(c.name for c in columns), count, client)
+    statements of more than 50 parameters (a job row alone has more)."""
+    key = (table.fullname, tuple(c.name for c in columns), count)
     statement = _INSERTS.get(key)
     if statement is None:
         width = len(columns)
-        rows = ", ".join("(" + ", ".join("%s" if client else f"${r * width + i + 1}" for i in range(width)) + ")"
-                         for r in range(count))
+        rows = ", ".join("(" + ", ".join(f"${r * width + i + 1}" for i in range(width)) + ")" for r in range(count))
         head = sql.SQL("INSERT INTO {} ({}) VALUES ").format(_table_name(table), _column_names(columns))
         statement = _INSERTS[key] = head.as_string() + rows
     return statement
@@ -264,53 +258,15 @@ async def transaction_pipeline(driver: psycopg.AsyncConnection[Any], *, commit: 
             await driver.set_autocommit(False)  # no I/O on an idle connection
 
 
-def rows_of(params: Any) -> int:
-    """How many rows a statement's parameters carry: its longest array (a set-oriented
-    statement's), else one."""
-    values = params.values() if isinstance(params, Mapping) else (params or ())
-    return max((len(v) for v in values if isinstance(v, list | tuple)), default=1)
-
-
-async def as_one_query(cursor: psycopg.AsyncClientCursor[Any], parts: Sequence[str], *, commit: bool = False) -> None:
-    """`parts`, statements with their values in their text (`cursor.mogrify`), sent as one simple
-    query: the transaction's BEGIN with them when they are its first, and with `commit` its COMMIT
-    (as `transaction_pipeline` does). The cursor is left at the first part's result (`nextset`
-    moves on to the next). For the few rows of a light-load transaction this is one round trip as
-    a pipeline is, for half the client's CPU: the pipeline waits and exchanges once per statement
-    (BEGIN, a lock, an update, an insert and COMMIT: 183 against 366 µs, `CLIENT_SIDE_ROWS`).
-    An error at any part skips the rest, COMMIT included, as in a pipeline."""
-    driver = cursor.connection
-    begin = _may_begin(driver)
-    if begin:
-        await driver.set_autocommit(True)
-    try:
-        await cursor.execute("; ".join(["BEGIN", *parts] if begin else parts) + ("; COMMIT" if commit else ""))
-        if begin:
-            cursor.nextset()
-    finally:
-        if driver.autocommit and driver.pgconn.transaction_status == _IDLE:
-            await driver.set_autocommit(False)  # no I/O on an idle connection
-
-
 async def pipelined(session: Conn, *steps: tuple[TextClause, Mapping[str, Any]],
-                    commit: bool = False, rows: bool = True, in_text: int | None = None) -> list[Any]:
-    """Run module-level `text()` statements in one round trip: the last one's rows (none with
-    `rows=False`, for statements that return none), with attribute access like SQLAlchemy's; the
-    transaction's BEGIN in the same round trip when they are its first, and with `commit` (for a
-    use case whose last statement decides nothing more) its COMMIT. Statements of up to `in_text`
-    rows (`CLIENT_SIDE_ROWS` by default) go as one query with their values in its text
-    (`as_one_query`), larger ones through psycopg's pipeline with binary parameters
-    (`transaction_pipeline`). A statement PostgreSQL
-    plans at some cost (a CTE of several writes) passes `in_text=1`: unprepared, it is planned at
-    every execution, which its prepared form skips from a few rows on (docs/performance.md)."""
+                    commit: bool = False, rows: bool = True) -> list[Any]:
+    """Run module-level `text()` statements in one round trip (psycopg's pipeline mode): the last
+    one's rows (none with `rows=False`, for statements that return none), with attribute access
+    like SQLAlchemy's; the transaction's BEGIN in the same round trip when they are its first, and
+    with `commit` (for a use case whose last statement decides nothing more) its COMMIT
+    (`transaction_pipeline`)."""
     driver = await driver_of(session)
     try:
-        if all(rows_of(params) <= (CLIENT_SIDE_ROWS if in_text is None else in_text) for _, params in steps):
-            one = psycopg.AsyncClientCursor(driver, row_factory=namedtuple_row)
-            await as_one_query(one, [one.mogrify(_psycopg_text(st), params) for st, params in steps], commit=commit)
-            for _ in steps[1:]:
-                one.nextset()
-            return await one.fetchall() if rows else []
         async with transaction_pipeline(driver, commit=commit):
             for statement, params in steps:
                 cursor = driver.cursor(row_factory=namedtuple_row)
@@ -327,50 +283,37 @@ class Writes:
     large batch amortizes. The session's own commit then finds nothing left to commit."""
 
     def __init__(self) -> None:
-        # (statement, parameters, how: "one", "many", or "raw" for `$n` placeholders, its rows,
-        # and for "raw" the statement with `%s` placeholders: `as_one_query`)
-        self._steps: list[tuple[sql.Composed | sql.SQL | str, Any, str, int, str]] = []
+        # (statement, parameters, how: "one", "many", or "raw" for `$n` placeholders)
+        self._steps: list[tuple[sql.Composed | sql.SQL | str, Any, str]] = []
 
     def execute(self, statement: sql.Composed | sql.SQL | str, params: Any = None) -> None:
-        self._steps.append((statement, params, "one", rows_of(params), ""))
+        self._steps.append((statement, params, "one"))
 
     def executemany(self, statement: sql.Composed | sql.SQL | str, params: Sequence[Any]) -> None:
         if params:
-            self._steps.append((statement, params, "many", len(params), ""))
+            self._steps.append((statement, params, "many"))
 
     async def insert(self, session: Conn, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         if len(rows) > SMALL_INSERT_ROWS:
             await copy_rows(session, table, rows)
         elif rows:
             statement, params, _ = _insert(table, rows)
-            client = _values_insert(table, [table.columns[k] for k in rows[0]], len(rows), client=True)
-            self._steps.append((statement, params, "raw", len(rows), client))
+            self._steps.append((statement, params, "raw"))
 
     async def commit(self, session: Conn) -> None:
         """The steps and the COMMIT in one round trip, with the BEGIN too when nothing ran before
-        in the transaction (a submit's few rows): as one query with the values in its text when
-        every step has a few rows (`as_one_query`), else through psycopg's pipeline."""
+        in the transaction (a submit's few rows: `transaction_pipeline`)."""
         driver = await driver_of(session)
         if not self._steps and driver.pgconn.transaction_status == _IDLE:
             return  # nothing ran, nothing to commit
         try:
-            if all(n <= CLIENT_SIDE_ROWS for *_, n, _ in self._steps):
-                one = psycopg.AsyncClientCursor(driver)
-                parts: list[str] = []
-                for statement, params, how, _, client in self._steps:
+            async with (transaction_pipeline(driver, commit=True), driver.cursor() as cursor,
+                        psycopg.AsyncRawCursor(driver) as raw):
+                for statement, params, how in self._steps:
                     if how == "many":
-                        parts += [one.mogrify(statement, p) for p in params]
+                        await cursor.executemany(statement, params)
                     else:
-                        parts.append(one.mogrify(client if how == "raw" else statement, params))
-                await as_one_query(one, parts, commit=True)
-            else:
-                async with (transaction_pipeline(driver, commit=True), driver.cursor() as cursor,
-                            psycopg.AsyncRawCursor(driver) as raw):
-                    for statement, params, how, _, _ in self._steps:
-                        if how == "many":
-                            await cursor.executemany(statement, params)
-                        else:
-                            await (raw if how == "raw" else cursor).execute(statement, params)
+                        await (raw if how == "raw" else cursor).execute(statement, params)
         except psycopg.Error as exc:
             raise as_sqlalchemy_error(exc, "a pipelined write") from exc
         self._steps.clear()

@@ -24,16 +24,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from sqlalchemy import Table
 
-from innosystem.kit.db import (
-    CLIENT_SIDE_ROWS,
-    Conn,
-    as_one_query,
-    as_sqlalchemy_error,
-    driver_of,
-    rows_of,
-    transaction_pipeline,
-    utcnow,
-)
+from innosystem.kit.db import Conn, as_sqlalchemy_error, driver_of, transaction_pipeline, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition
 from services.billing import alerts, limits
 from services.billing.batcher import Tx
@@ -304,12 +295,6 @@ async def _lock(conn: Conn, items: list[Item]) -> tuple[list[dict[str, Any]], li
               "wallets": sorted({i.wallet_id for i in items if isinstance(i, ReserveItem)}),
               "settled": sorted({i.hold_id for i in items if not isinstance(i, ReserveItem)})}
     try:
-        if rows_of(params) <= CLIENT_SIDE_ROWS:  # a light-load batch: one query, values in its text
-            one = psycopg.AsyncClientCursor(driver, row_factory=dict_row)
-            await as_one_query(one, [one.mogrify(_LOCK_HOLDS, params), one.mogrify(_LOCK_WALLETS, params)])
-            hold_rows = await one.fetchall()
-            one.nextset()
-            return hold_rows, await one.fetchall()
         async with transaction_pipeline(driver):  # the BEGIN goes with them
             holds = driver.cursor(row_factory=dict_row)
             await holds.execute(_LOCK_HOLDS, params)

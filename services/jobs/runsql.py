@@ -74,7 +74,7 @@ async def start_attempts(s: Conn, starts: Sequence[Start], now: datetime, ttl_se
     rows = await pipelined(s, (_START, {  # each lease's id is PostgreSQL's gen_random_uuid()
         "ids": [uuid.UUID(x.job_id) for x in starts],
         "runner_ids": [x.runner_id for x in starts], "session_ids": [x.session_id for x in starts],
-        "now": now, "ttl": float(ttl_seconds)}), commit=True, in_text=1)
+        "now": now, "ttl": float(ttl_seconds)}), commit=True)
     return {str(r.id): r for r in rows}
 
 
@@ -205,7 +205,7 @@ async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed],
         "o_holds": [o.hold_id for o in outbox], "o_jobs": [o.job_id for o in outbox],
         "o_amounts": [o.amount_cents for o in outbox], "o_held": [o.held_cents for o in outbox],
         "o_policies": [o.over_capture_policy for o in outbox], "o_descriptions": [o.description for o in outbox],
-        "now": now}), commit=True, in_text=1)
+        "now": now}), commit=True)
     return int(rows[0][0])
 
 

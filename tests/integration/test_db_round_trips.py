@@ -1,11 +1,9 @@
 """`kit.db.pipelined(commit=True)` and `Writes.commit` send a whole transaction (BEGIN, statements,
 COMMIT) in one round trip; a pipeline that opens a transaction left open (billing's ledger lock)
-sends its BEGIN with its statements. Every test runs both ways a transaction goes: as one query
-with the values in its text (a few rows: `as_one_query`) and through psycopg's pipeline. BEGIN
-with the statements needs autocommit on while the transaction is open: every way out (an error,
-an error at COMMIT, a cancellation) must commit nothing of the transaction and hand out the
-pooled connection next with autocommit off. Round trips are counted by a relay between the pool
-and PostgreSQL: one each time the server speaks after the client did."""
+sends its BEGIN with its statements. BEGIN in the pipeline needs autocommit on while the transaction
+is open: every way out (an error, an error at COMMIT, a cancellation) must commit nothing of the
+transaction and hand out the pooled connection next with autocommit off. Round trips are counted
+by a relay between the pool and PostgreSQL: one each time the server speaks after the client did."""
 
 from __future__ import annotations
 
@@ -17,11 +15,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from sqlalchemy import ARRAY, Column, Integer, MetaData, Table, Text, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Column, Integer, MetaData, Table, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
-from innosystem.kit import db as kit_db
 from innosystem.kit.config import to_async_url
 from innosystem.kit.db import Database, Writes, driver_of, pipelined
 
@@ -68,13 +64,6 @@ class Relay:
                      asyncio.create_task(pump(server_r, client_w, False))):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-
-@pytest.fixture(params=["one query", "pipeline"], autouse=True)
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "pipeline":  # no statement is small enough for the one-query form
-        monkeypatch.setattr(kit_db, "CLIENT_SIDE_ROWS", 0)
-    return str(request.param)
 
 
 @pytest.fixture
@@ -209,9 +198,7 @@ async def _cancel_while_sleeping(use_case: Coroutine[Any, Any, None], database_u
     task = asyncio.create_task(use_case)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher:
         for _ in range(2000):  # until PostgreSQL runs the sleep
-            cur = await watcher.execute(  # alone, or among the statements of one query (`as_one_query`)
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE query LIKE '%SELECT pg_sleep%' AND pid <> pg_backend_pid()")
+            cur = await watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
             if (row := await cur.fetchone()) and row[0]:
                 break
             await asyncio.sleep(0.005)
@@ -395,22 +382,3 @@ async def test_a_hot_transaction_on_a_dead_connection_fails_alone(relayed: tuple
     async with db.transaction() as conn:
         await pipelined(conn, (_INSERT, {"k": 171}), commit=True)
     assert [await _next_transaction_counts(db, k) for k in (170, 171)] == [0, 1]
-
-
-async def test_values_in_the_text_arrive_as_sent(relayed: tuple[Database, Relay], path: str) -> None:
-    """Quotes, percent signs, backslashes, JSON and arrays survive either way a transaction goes."""
-    db, _ = relayed
-    table = Table("round_trip_values", MetaData(schema="public"), Column("t"), Column("j", JSONB),
-                  Column("a", ARRAY(Text)))
-    odd = "it's 100% \\ \"so\"; DROP TABLE x; --"
-    async with db.session() as s:
-        await s.execute(text("CREATE TABLE IF NOT EXISTS public.round_trip_values (t text, j jsonb, a text[])"))
-        await s.execute(text("TRUNCATE public.round_trip_values"))
-    async with db.session() as s:
-        writes = Writes()
-        await writes.insert(s, table, [{"t": odd, "j": {"q": odd, "n": [1, 2.5, None]}, "a": [odd, None]}])
-        await writes.commit(s)
-    async with db.session() as s:
-        rows = await pipelined(s, (text("SELECT t, j, a FROM public.round_trip_values "
-                                        "WHERE t = ANY(CAST(:ts AS text[]))"), {"ts": [odd]}))
-    assert [(r.t, r.j, r.a) for r in rows] == [(odd, {"q": odd, "n": [1, 2.5, None]}, [odd, None])], path
