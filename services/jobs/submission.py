@@ -110,7 +110,8 @@ def _lease_claimed(new: Sequence[Prepared], claim: Claim, now: datetime, ttl_sec
         job.status, job.attempt_count, job.lease_id = RUNNING, 1, uuid.uuid4()
         job.runner_id, job.lease_session_id = call.runner_id, call.session_id
         job.lease_start_time = job.start_time = now
-        job.lease_expire_time = now + timedelta(seconds=min(ttl_seconds, job.settings.get("timeout_seconds") or 300))
+        timeout = job.settings.get("timeout_seconds")
+        job.lease_expire_time = now + timedelta(seconds=min(ttl_seconds, 300 if timeout is None else timeout))
     return handed
 
 
@@ -555,6 +556,7 @@ class Submission:
         claim = deps.idle.claim([(p.job.id, p.job.queue_name, p.job.customer_id) for p in new
                                  if p.job.status == PENDING])
         handed = _lease_claimed(new, claim, deps.now(), deps.config.lease_ttl_seconds)
+        committed = False
         try:
             async with deps.db.transaction() as s:
                 writes = Writes()
@@ -572,8 +574,11 @@ class Submission:
                     # recovery may soon take these holds for a dead submit's: give them back instead
                     raise _TooSlow()
                 await writes.commit(s)
+                committed = True
         except BaseException:
-            if claim:  # nothing was stored: the jobs are Pending again (a retry may store them), the calls look again
+            if claim and committed:  # stored (the connection's return failed): the calls get their jobs
+                deps.idle.deliver(claim, {p.job.id: lease_pb(p.job) for p in handed})
+            elif claim:  # nothing was stored: the jobs are Pending again (a retry may store them), the calls look again
                 _unlease(handed)
                 deps.idle.release(claim)
             raise
