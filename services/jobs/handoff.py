@@ -3,8 +3,8 @@
 A LeaseJobs call that found all its queues empty waits for a job (`signals.wait`). When a submit
 of this replica brings a job for one of those queues, the job is leased in the submit's own
 transaction (inserted Running, with its attempt and both status changes) and given to that call
-after the commit: no Redis enqueue, wake-up, pop, lease transaction or finish for it. At light
-load that is every job, and a job's processor starts one commit after its submit.
+after the commit: no Redis enqueue, wake-up, pop, in-flight record or lease transaction for it.
+At light load that is every job, and a job's processor starts one commit after its submit.
 
 Fair share and priority decide among waiting jobs; a call is idle only after its pop found
 nothing, so no job waits in its queues that a handed one could pass (at most one enqueued by
