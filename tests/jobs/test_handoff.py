@@ -5,6 +5,7 @@ when the poll went away."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
@@ -23,6 +24,17 @@ async def _idle(world: JobsWorld, names: list[str], **kw: Any) -> asyncio.Task[l
         await asyncio.sleep(0.01)
     assert not poll.done() and world.app.deps.idle._by_queue
     return poll
+
+
+def _before_write(monkeypatch: Any, step: Callable[[], Awaitable[None]]) -> None:
+    """`step` runs as a submit begins writing its rows: after its claim, before its commit."""
+    write = submission.Submission._write
+
+    async def wrapped(*args: Any) -> None:
+        await step()
+        await write(*args)
+
+    monkeypatch.setattr(submission.Submission, "_write", staticmethod(wrapped))
 
 
 async def _in_redis(world: JobsWorld, queue: str, job_id: str) -> bool:
@@ -86,14 +98,12 @@ async def test_a_job_whose_poll_went_away_before_the_commit_goes_back_to_its_que
     c = await world.customer()
     jt = await world.job_type(c)
     poll = await _idle(world, [jt.name])
-    write = submission.Submission._write
 
-    async def cancelling_first(*args: Any) -> None:  # the poll's caller goes away mid-submit
+    async def going_away() -> None:  # the poll's caller goes away mid-submit
         poll.cancel()
         await asyncio.sleep(0)
-        await write(*args)
 
-    monkeypatch.setattr(submission.Submission, "_write", staticmethod(cancelling_first))
+    _before_write(monkeypatch, going_away)
     job = await world.submit(c, jt)
     monkeypatch.undo()
     assert job.status == types_pb.JOB_STATUS_RUNNING  # stored leased to the poll …
@@ -114,15 +124,13 @@ async def test_a_failed_commit_leaves_the_jobs_pending_and_the_poll_looking_agai
     c = await world.customer()
     jt = await world.job_type(c)
     poll = await _idle(world, [jt.name])
-    write = submission.Submission._write
     failures = iter([True])
 
-    async def failing_once(*args: Any) -> None:
+    async def failing_once() -> None:
         if next(failures, False):
             raise ConnectionError("the database went away")
-        await write(*args)
 
-    monkeypatch.setattr(submission.Submission, "_write", staticmethod(failing_once))
+    _before_write(monkeypatch, failing_once)
     try:
         await world.submit(c, jt)
         raise AssertionError("the submit did not fail")
