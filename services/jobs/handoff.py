@@ -95,15 +95,13 @@ class IdlePolls:
                 taken.append(idle)
             idle.room -= 1
             by_job[job_id] = idle
-            if idle.room <= 0:
-                self.discard(idle)
         for idle in taken:
             self.discard(idle)
         return Claim(by_job)
 
     def _first(self, queue: str, customer_id: uuid.UUID) -> Idle | None:
         for idle in self._by_queue.get(queue, ()):
-            if idle.room > 0 and not idle.wake.done() and not idle.gone and (
+            if idle.room > 0 and not idle.wake.done() and (
                     not idle.request.customer_id or idle.request.customer_id == str(customer_id)):
                 return idle
         return None

@@ -575,15 +575,13 @@ class Submission:
                     raise _TooSlow()
                 await writes.commit(s)
                 committed = True
-        except BaseException:
-            if claim and committed:  # stored (the connection's return failed): the calls get their jobs
+        finally:
+            if claim and committed:  # stored (even if the connection's return failed): the calls get their jobs
                 deps.idle.deliver(claim, {p.job.id: lease_pb(p.job) for p in handed})
             elif claim:  # nothing was stored: the jobs are Pending again (a retry may store them), the calls look again
                 _unlease(handed)
                 deps.idle.release(claim)
-            raise
         if claim:
-            deps.idle.deliver(claim, {p.job.id: lease_pb(p.job) for p in handed})
             after.append(leases.record_started(deps, [p.job for p in handed], handed[0].job.lease_start_time))
         return refusals
 
