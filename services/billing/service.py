@@ -30,7 +30,7 @@ from sqlalchemy import func, select, text
 from innosystem.kit import pagination
 from innosystem.kit import principal as principals
 from innosystem.kit.currencies import ISO_4217
-from innosystem.kit.db import Database, utcnow
+from innosystem.kit.db import Database, pipelined, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.kit.singleflight import SingleFlight
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
@@ -80,6 +80,9 @@ EXPIRY_GRACE = timedelta(seconds=60)
 # Second look at a wallet that seemed to drift.
 RECHECK_SECONDS = 0.2
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+# A hold's reseller (None: no commission) and currency: what its capture or release needs first.
+HoldMeta = tuple[uuid.UUID | None, str]
+_HOLD_METAS = text("SELECT hold_id, reseller_id, currency FROM billing.holds WHERE hold_id = ANY(:ids)")
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class BillingService:
         self.max_amount = max_amount
         self.default_hold = timedelta(seconds=default_hold_seconds)
         self.commit = GroupCommit(db, max_batch, bulk=ledger.apply, on_events=alerts.Publisher(otb.client))
-        self._hold_meta: dict[str, tuple[uuid.UUID | None, str]] = {}
+        self._hold_meta: dict[str, HoldMeta] = {}
         self._repairing: set[uuid.UUID] = set()
         self._repairs: set[asyncio.Task[None]] = set()
         self._accounts: dict[tuple[int, uuid.UUID, str], uuid.UUID] = {}
@@ -557,14 +560,16 @@ class BillingService:
         async with self.db.session() as s:
             return await BillingRepository(s).hold(hold_id)
 
-    async def _hold_meta_of(self, hold_id: str) -> tuple[uuid.UUID | None, str]:
-        meta = self._hold_meta.pop(hold_id, None)
-        if meta is None:
-            brief = await self._existing_hold(hold_id)
-            if brief is None:
-                raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
-            meta = (brief.reseller_id, brief.currency)
-        return meta
+    async def _hold_metas(self, hold_ids: Sequence[str]) -> dict[str, HoldMeta]:
+        """What a capture or release needs before its batch, by hold id (a hold that does not
+        exist is not in it): remembered from its reserve, else read for all of them in one
+        statement (a hold reserved by another replica: at light load the jobs service's own)."""
+        metas = {h: m for h in hold_ids if (m := self._hold_meta.pop(h, None)) is not None}
+        if missing := sorted({h for h in hold_ids if h not in metas}):
+            async with self.db.transaction() as conn:
+                rows = await pipelined(conn, (_HOLD_METAS, {"ids": missing}), commit=True)
+            metas.update((r.hold_id, (r.reseller_id, r.currency)) for r in rows)
+        return metas
 
     async def _otb_reserve(self, wallet: tuple[uuid.UUID, str], holds: list[tuple[str, int]]) -> list[int]:
         for _ in range(3):
@@ -575,13 +580,15 @@ class BillingService:
         raise Rebuild("Open-to-Buy keeps losing the wallet; try again", reason="OTB_UNAVAILABLE")
 
     async def _capture_item(self, hold_id: str, amount: int, currency: str, policy: int,
-                            description: str) -> ledger.CaptureItem:
+                            description: str, metas: dict[str, HoldMeta]) -> ledger.CaptureItem:
         """A capture checked and resolved to its ledger item (the hold's reseller, rate and accounts)."""
         hold_id = _text(hold_id, "hold_id", MAX_ID, required=True)
         amount = self._amount(amount, "amount_cents", zero=True)
         currency = self._currency(currency)
         description = _text(description, "description", MAX_DESCRIPTION)
-        reseller_id, hold_currency = await self._hold_meta_of(hold_id)
+        if (meta := metas.get(hold_id)) is None:
+            raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
+        reseller_id, hold_currency = meta
         rate, commission_account = 0, None
         if reseller_id is not None:
             rate = await self.rates(reseller_id)
@@ -591,7 +598,8 @@ class BillingService:
 
     async def capture(self, hold_id: str, amount: int, currency: str = "", policy: int = 0,
                       description: str = "") -> AnyHold:
-        item = await self._capture_item(hold_id, amount, currency, policy, description)
+        item = await self._capture_item(hold_id, amount, currency, policy, description,
+                                        await self._hold_metas([hold_id]))
         hold, fresh = await self.commit.submit(item)
         if hold is None:
             raise NotFound(f"hold {item.hold_id!r} not found", reason="HOLD_NOT_FOUND")
@@ -607,9 +615,10 @@ class BillingService:
         outcome: the captured hold, or the refusal."""
         out: list[AnyHold | DomainError] = []
         items: list[tuple[int, ledger.CaptureItem]] = []  # (position in `out`, the item)
+        metas = await self._hold_metas([r[0] for r in requests if r[0] and len(r[0]) <= MAX_ID])
         for k, request in enumerate(requests):
             try:
-                item = await self._capture_item(*request)
+                item = await self._capture_item(*request, metas)
             except DomainError as err:
                 out.append(err)
                 continue
@@ -694,14 +703,11 @@ class BillingService:
             raise NotFound(f"hold {hold_id!r} not found", reason="HOLD_NOT_FOUND")
         return hold
 
-    async def _void(self, hold_id: str, kind: int, description: str, now: datetime) -> AnyHold | None:
+    async def _void(self, hold_id: str, kind: int, description: str, now: datetime,
+                    meta: HoldMeta | None = None) -> AnyHold | None:
         """Void (Release) or expire (sweeper) one hold. None: no such hold (or, expiring, not due)."""
-        meta = self._hold_meta.pop(hold_id, None)
-        if meta is None:
-            brief = await self._existing_hold(hold_id)
-            if brief is None:
-                return None
-            meta = (brief.reseller_id, brief.currency)
+        if meta is None and (meta := (await self._hold_metas([hold_id])).get(hold_id)) is None:
+            return None
         revenue = await self._account_id(REVENUE, PLATFORM, meta[1])
         hold, fresh = await self.commit.submit(ledger.VoidItem(hold_id, kind, description, now, revenue))
         if fresh and hold is not None:
@@ -725,8 +731,8 @@ class BillingService:
         now = now or utcnow()
         async with self.db.session() as s:
             due = await BillingRepository(s).due_holds(now, EXPIRY_BATCH)
-        ids = [h.hold_id for h in due]
-        done = await asyncio.gather(*(self._void(i, EXPIRE, "expired", now) for i in ids), return_exceptions=True)
+        done = await asyncio.gather(*(self._void(h.hold_id, EXPIRE, "expired", now, (h.reseller_id, h.currency))
+                                      for h in due), return_exceptions=True)
         for r in done:
             if isinstance(r, BaseException):
                 log.warning("expiring a hold failed: %s", r)

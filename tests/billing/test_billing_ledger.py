@@ -19,6 +19,7 @@ from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound,
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing.models import ACTIVE, CAPTURED, EXPIRED, VOIDED, HoldRow
 from services.billing.otb import OpenToBuy, keys
+from services.billing.ledger import commission_of
 from services.billing.service import CAP_AT_HOLD, ON_DEMAND, BillingService
 from tests.billing.billing_helpers import ADMIN, flush_billing, funded_wallet, rates, wallet
 
@@ -343,6 +344,42 @@ async def test_a_burst_on_a_cold_wallet_looks_it_up_once(billing: BillingService
         event.remove(db.engine.sync_engine, "before_cursor_execute", count)
         await cold.close()
         await db.close()
+
+
+async def test_a_replica_captures_holds_another_reserved_with_one_lookup(billing: BillingService, database_url: str,
+                                                                      redis_client: aioredis.Redis) -> None:
+    """Holds reserved by one replica and captured by another (at light load the jobs service's
+    billing beside it reserves, under load billing's own process captures): what the captures need
+    first (the hold's reseller and currency) is read for the whole batch in one statement, not one
+    session per hold, and each capture still posts its reseller's commission; a hold that does not
+    exist is refused alone."""
+    customer, reseller = await funded_wallet(billing, 10_000, reseller_rate=1_500)
+    for n in range(6):
+        await billing.reserve(f"rc-{customer}-{n}", customer, 100, "USD")
+    db = Database(to_async_url(database_url), pool_size=5)
+    other = BillingService(db, OpenToBuy(redis_client), rates)
+    sessions: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "billing.holds" in statement:  # a hold read through an ORM session
+            sessions.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        out = await other.capture_many([(f"rc-{customer}-{n}", 80, "", 0, "") for n in range(6)]
+                                       + [(f"rc-{customer}-missing", 5, "", 0, "")])
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+        await other.close()
+        await db.close()
+    assert sessions == []
+    assert [getattr(h, "captured", None) for h in out[:6]] == [80] * 6
+    assert [getattr(h, "commission", None) for h in out[:6]] == [commission_of(80, 1_500)] * 6
+    assert isinstance(out[6], NotFound) and out[6].reason == "HOLD_NOT_FOUND"
+    statement = await billing.commission_statement(ADMIN, reseller, None, None, "USD")
+    assert statement.commission == 6 * commission_of(80, 1_500)
+    w = await wallet(billing, customer)
+    assert (w.balance, w.held) == (10_000 - 480, 0)
 
 
 async def test_concurrent_captures_of_one_wallet_resolve_in_redis_together(billing: BillingService) -> None:
