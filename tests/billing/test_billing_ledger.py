@@ -17,9 +17,9 @@ from innosystem.kit.config import to_async_url
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing.ledger import commission_of
 from services.billing.models import ACTIVE, CAPTURED, EXPIRED, VOIDED, HoldRow
 from services.billing.otb import OpenToBuy, keys
-from services.billing.ledger import commission_of
 from services.billing.service import CAP_AT_HOLD, ON_DEMAND, BillingService
 from tests.billing.billing_helpers import ADMIN, flush_billing, funded_wallet, rates, wallet
 
