@@ -20,11 +20,12 @@ from innosystem.kit.protos import timestamp, to_datetime
 
 BATCH = 1000  # billing's batch limit
 # A batch this small goes to a billing replica in this process when there is one (kit.inprocess),
-# while this process uses less CPU than LOCAL_BELOW_CORES: at light load every submit's and
-# ending's batch, spared a gRPC exchange and the wake-up of another process. Under load, and for a
-# large batch, billing's own process answers, on another core: one process runs on one at a time.
+# while this process uses less than a core: every submit's and ending's batch at light and steady
+# load (200 jobs/s), spared a gRPC exchange and the wake-up of another process (7% less CPU per
+# job at 200/s than with 0.6, docs/performance.md, session 16). Once this process is busy for a
+# whole core, and for a large batch, billing's own process answers, on another core.
 LOCAL_ITEMS = 8
-LOCAL_BELOW_CORES = 0.6
+LOCAL_BELOW_CORES = 1.0
 
 
 @dataclass(frozen=True)
