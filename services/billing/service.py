@@ -562,10 +562,11 @@ class BillingService:
 
     async def _hold_metas(self, hold_ids: Sequence[str]) -> dict[str, HoldMeta]:
         """What a capture or release needs before its batch, by hold id (a hold that does not
-        exist is not in it): remembered from its reserve, else read for all of them in one
-        statement (a hold reserved by another replica: at light load the jobs service's own)."""
+        exist is not in it, nor an id that cannot name one): remembered from its reserve, else read
+        for all of them in one statement (a hold reserved by another replica: at light load the
+        jobs service's own)."""
         metas = {h: m for h in hold_ids if (m := self._hold_meta.pop(h, None)) is not None}
-        if missing := sorted({h for h in hold_ids if h not in metas}):
+        if missing := sorted({h for h in hold_ids if h not in metas and 0 < len(h) <= MAX_ID and "\x00" not in h}):
             async with self.db.transaction() as conn:
                 rows = await pipelined(conn, (_HOLD_METAS, {"ids": missing}), commit=True)
             metas.update((r.hold_id, (r.reseller_id, r.currency)) for r in rows)
@@ -615,7 +616,7 @@ class BillingService:
         outcome: the captured hold, or the refusal."""
         out: list[AnyHold | DomainError] = []
         items: list[tuple[int, ledger.CaptureItem]] = []  # (position in `out`, the item)
-        metas = await self._hold_metas([r[0] for r in requests if r[0] and len(r[0]) <= MAX_ID])
+        metas = await self._hold_metas([r[0] for r in requests])
         for k, request in enumerate(requests):
             try:
                 item = await self._capture_item(*request, metas)

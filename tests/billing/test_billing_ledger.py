@@ -352,7 +352,7 @@ async def test_a_replica_captures_holds_another_reserved_with_one_lookup(billing
     billing beside it reserves, under load billing's own process captures): what the captures need
     first (the hold's reseller and currency) is read for the whole batch in one statement, not one
     session per hold, and each capture still posts its reseller's commission; a hold that does not
-    exist is refused alone."""
+    exist, or an id no hold can have (a NUL character), is refused alone."""
     customer, reseller = await funded_wallet(billing, 10_000, reseller_rate=1_500)
     for n in range(6):
         await billing.reserve(f"rc-{customer}-{n}", customer, 100, "USD")
@@ -367,7 +367,7 @@ async def test_a_replica_captures_holds_another_reserved_with_one_lookup(billing
     event.listen(db.engine.sync_engine, "before_cursor_execute", count)
     try:
         out = await other.capture_many([(f"rc-{customer}-{n}", 80, "", 0, "") for n in range(6)]
-                                       + [(f"rc-{customer}-missing", 5, "", 0, "")])
+                                       + [(f"rc-{customer}-missing", 5, "", 0, ""), ("rc-\x00", 5, "", 0, "")])
     finally:
         event.remove(db.engine.sync_engine, "before_cursor_execute", count)
         await other.close()
@@ -375,7 +375,7 @@ async def test_a_replica_captures_holds_another_reserved_with_one_lookup(billing
     assert sessions == []
     assert [getattr(h, "captured", None) for h in out[:6]] == [80] * 6
     assert [getattr(h, "commission", None) for h in out[:6]] == [commission_of(80, 1_500)] * 6
-    assert isinstance(out[6], NotFound) and out[6].reason == "HOLD_NOT_FOUND"
+    assert [(type(e), getattr(e, "reason", "")) for e in out[6:]] == [(NotFound, "HOLD_NOT_FOUND")] * 2
     statement = await billing.commission_statement(ADMIN, reseller, None, None, "USD")
     assert statement.commission == 6 * commission_of(80, 1_500)
     w = await wallet(billing, customer)
