@@ -556,10 +556,6 @@ class BillingService:
                                      reason="IDEMPOTENCY_KEY_REUSED")
         return first
 
-    async def _existing_hold(self, hold_id: str) -> AnyHold | None:
-        async with self.db.session() as s:
-            return await BillingRepository(s).hold(hold_id)
-
     async def _hold_metas(self, hold_ids: Sequence[str]) -> dict[str, HoldMeta]:
         """What a capture or release needs before its batch, by hold id (a hold that does not
         exist is not in it, nor an id that cannot name one): remembered from its reserve, else read

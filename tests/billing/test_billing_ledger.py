@@ -20,6 +20,7 @@ from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing.ledger import commission_of
 from services.billing.models import ACTIVE, CAPTURED, EXPIRED, VOIDED, HoldRow
 from services.billing.otb import OpenToBuy, keys
+from services.billing.repository import BillingRepository
 from services.billing.service import CAP_AT_HOLD, ON_DEMAND, BillingService
 from tests.billing.billing_helpers import ADMIN, flush_billing, funded_wallet, rates, wallet
 
@@ -483,7 +484,8 @@ async def test_holds_are_extended_only_later_and_only_while_active(billing: Bill
     (again,) = await billing.extend_holds([(f"ext-{customer}-1", earlier)])  # never earlier
     assert isinstance(again, HoldRow) and again.expire_time == later and first.expire_time < later
     await billing.expire_due(now + timedelta(days=2))  # past the old deadline …
-    assert (await billing._existing_hold(f"ext-{customer}-1")).status == ACTIVE  # … still held
+    async with billing.db.session() as s:
+        assert (await BillingRepository(s).hold(f"ext-{customer}-1")).status == ACTIVE  # … still held
 
 
 async def test_a_batch_of_reserves_is_answered_item_by_item(billing: BillingService,

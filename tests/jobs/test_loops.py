@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
+from services.billing.repository import BillingRepository
 from services.jobs.billing import HoldRequest
 from tests.jobs.jobs_world import JobsWorld
 
@@ -195,7 +196,8 @@ async def test_a_pass_sends_the_enqueue_script_only_the_jobs_redis_lost(world: J
 
 
 async def _hold(world: JobsWorld, hold_id: str) -> Any:
-    return await world.billing._existing_hold(hold_id)
+    async with world.billing.db.session() as s:
+        return await BillingRepository(s).hold(hold_id)
 
 
 async def test_a_hold_lives_as_long_as_its_job_waits(world: JobsWorld) -> None:
