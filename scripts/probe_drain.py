@@ -1,20 +1,19 @@
 """A quick loop for the drain: `make bench`'s drain phase alone, repeated on one stack.
 
-    .venv/bin/python scripts/probe_drain.py [--jobs 20000] [--rounds 2] [--slots 32[,64…]] [--profile DIR]
-                                            [--env K=V ...] [--sql STATEMENT ...]
+    .venv/bin/python scripts/probe_drain.py [--jobs 20000] [--rounds 2] [--slots 32[,64…]] [--prefetch N[,M…]]
+                                            [--profile DIR] [--env K=V ...] [--sql STATEMENT ...]
                                             [--apart | --together NAMES] [--beside NAMES]
 
 Starts the embedded stack as `make bench` does, then, `--rounds` times: queues `--jobs` echo jobs
 in gateway batches of 1,000 with no runner connected, starts two runner processes of `--slots`
-slots (a list alternates by round, to compare settings on one stack) and waits until the wallet
-has paid for every job. Per round it prints the drain's jobs/s, the CPU per job of each process
-(/proc utime+stime, as `make bench`), PostgreSQL's commits and row writes per job by table
-(`pg_stat_database`, `pg_stat_user_tables`) and Valkey's commands per job (`INFO commandstats`).
-`--profile DIR` samples the services with py-spy over each drain's first 8 s. `--sql` runs
-statements on the database before the first round (e.g. to see what an index costs the drain:
-`--sql 'DROP INDEX jobs.ix_jobs_create_time_id'`). Runner settings pass through the environment
-(e.g. `INNOSYSTEM_RUNNER_PREFETCH=0`). Compare rounds and runs made one after the other: figures
-move with the machine's load.
+slots holding `--prefetch` jobs beyond them (each a list alternating by round, to compare
+settings on one stack) and waits until the wallet has paid for every job. Per round it prints
+the drain's jobs/s, the CPU per job of each process (/proc utime+stime, as `make bench`),
+PostgreSQL's commits and row writes per job by table (`pg_stat_database`, `pg_stat_user_tables`)
+and Valkey's commands per job (`INFO commandstats`). `--profile DIR` samples the services with
+py-spy over each drain's first 8 s. `--sql` runs statements on the database before the first
+round (e.g. to see what an index costs the drain: `--sql 'DROP INDEX jobs.ix_jobs_create_time_id'`).
+Compare rounds and runs made one after the other: figures move with the machine's load.
 """
 
 from __future__ import annotations
@@ -36,8 +35,8 @@ import bench_e2e as bench  # a sibling script
 from probe_dispatch import _PG_TABLES, _PG_TOTALS
 
 
-def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: int, slots: int, log_dir: Path,
-                profile: str | None) -> None:
+def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: int, slots: int, prefetch: str,
+                log_dir: Path, profile: str | None) -> None:
     bench.submit_rest_batches(p, jobs, k * jobs)
     time.sleep(1.0)  # the submits' last commits and the statistics collector settle
     balance, _ = p.wallet()
@@ -52,6 +51,8 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
              for name, proc in p.stack.procs.items() if proc is not None] if profile else []
     before = p.meter.snapshot()
     began = time.perf_counter()
+    if prefetch:
+        os.environ["INNOSYSTEM_RUNNER_PREFETCH"] = prefetch  # the runners started next read it
     runners = bench.start_runners(p, bench.runner_tokens(p, 2), slots, log_dir)
     try:
         for n, proc in enumerate(runners):
@@ -66,8 +67,9 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     pg1 = db.execute(_PG_TOTALS).fetchone()
     time.sleep(1.1)  # the statistics collector's flush
     tables1 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
-    bench.say(f"drain of {jobs:,} ({slots} slots): {jobs / (finished - began):,.0f} jobs/s; CPU per job, ms: total "
-              f"{usage.total * 1000 / jobs:.3f}; " + ", ".join(
+    held = f", prefetch {prefetch}" if prefetch else ""
+    bench.say(f"drain of {jobs:,} ({slots} slots{held}): {jobs / (finished - began):,.0f} jobs/s; CPU per job, "
+              f"ms: total {usage.total * 1000 / jobs:.3f}; " + ", ".join(
                   f"{name} {seconds * 1000 / jobs:.3f}" for name, seconds in usage.seconds.items()
                   if seconds and seconds * 1000 / jobs >= 0.005))
     assert pg0 is not None and pg1 is not None
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20000, help="jobs per drain (default 20000)")
     parser.add_argument("--slots", default="32", help="slots per runner process (default 32); a list (32,64) "
                         "alternates by round")
+    parser.add_argument("--prefetch", default="", help="the runners' prefetch (default theirs); a list (0,64) "
+                        "alternates by round")
     parser.add_argument("--rounds", type=int, default=2, help="drains on the same stack (default 2)")
     bench.add_topology(parser)
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the services")
@@ -107,8 +111,9 @@ def main() -> None:
                 for statement in args.sql:
                     db.execute(statement)
             for k in range(args.rounds):
-                slots = [int(n) for n in args.slots.split(",")]
-                drain_round(p, pg_url, valkey_url, args.jobs, k, slots[k % len(slots)], log_dir, args.profile)
+                slots, prefetch = [int(n) for n in args.slots.split(",")], args.prefetch.split(",")
+                drain_round(p, pg_url, valkey_url, args.jobs, k, slots[k % len(slots)], prefetch[k % len(prefetch)],
+                            log_dir, args.profile)
 
 
 if __name__ == "__main__":

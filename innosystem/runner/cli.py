@@ -9,7 +9,9 @@ decorator said), or a module whose `@processor` decorators register on import. W
 --processor the runner serves the four built-ins. --external-api job types call the URL the job
 type names, which a customer set: only https to public addresses, unless this runner's operator
 allow-lists a host with --egress-allow-host (or $INNOSYSTEM_RUNNER_EGRESS_ALLOW_HOSTS).
-SIGTERM drains: no new jobs, running ones finish within --drain-grace seconds, then it exits.
+While its jobs are short it holds up to --prefetch jobs beyond its --slots (default twice the
+slots), each started the moment a slot frees. SIGTERM drains: the jobs held for a slot go back to
+the queue, no new jobs, running ones finish within --drain-grace seconds, then it exits.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import signal
 from typing import Any
 
 from innosystem.runner import builtin, external
-from innosystem.runner.client import Runner, RunnerRejected
+from innosystem.runner.client import MAX_PREFETCH, Runner, RunnerRejected
 from innosystem.runner.processors import Registry, default_registry
 
 log = logging.getLogger("innosystem.runner")
 
 TOKEN_ENV = "INNOSYSTEM_RUNNER_TOKEN"
+PREFETCH_ENV = "INNOSYSTEM_RUNNER_PREFETCH"
 # What a runner process reads from the environment (besides logging and OTEL_* settings).
-ENV_VARS = (TOKEN_ENV, "INNOSYSTEM_RUNNERS_ADDR", external.ALLOW_ENV)
+ENV_VARS = (TOKEN_ENV, "INNOSYSTEM_RUNNERS_ADDR", PREFETCH_ENV, external.ALLOW_ENV)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(repeatable; adds to ${external.ALLOW_ENV})")
     parser.add_argument("--tags", default="", help="comma-separated capability tags, e.g. gpu,eu")
     parser.add_argument("--slots", type=int, default=4, help="most jobs at once (default 4)")
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help=f"jobs held beyond the slots while jobs are short (default ${PREFETCH_ENV}, else twice "
+                             "the slots; 0: none)")
     parser.add_argument("--hostname", default="", help="reported hostname (default: this machine's)")
     parser.add_argument("--drain-grace", type=float, default=30.0,
                         help="seconds running jobs may take to finish after SIGTERM (default 30)")
@@ -99,20 +105,28 @@ def run(args: argparse.Namespace) -> int:
         egress_policy = external.policy_from_env(getattr(args, "egress_allow_host", []))
     except ValueError as exc:
         raise SystemExit(f"runner: {exc}") from None
+    prefetch = getattr(args, "prefetch", None)
+    if prefetch is None and env(PREFETCH_ENV):
+        try:
+            prefetch = int(env(PREFETCH_ENV) or "")
+        except ValueError:
+            raise SystemExit(f"runner: ${PREFETCH_ENV} must be a whole number") from None
+    if prefetch is not None and not 0 <= prefetch <= MAX_PREFETCH:
+        raise SystemExit(f"runner: --prefetch must be 0 to {MAX_PREFETCH}")
     registry = load_processors(args.processor, args.external_api)
     tags = [t.strip() for t in args.tags.split(",") if t.strip()]
 
     async def main() -> int:
         import grpc
 
-        runner = Runner(target, token, registry, max_concurrent_jobs=args.slots, tags=tags, hostname=args.hostname,
-                        drain_grace_seconds=args.drain_grace,
+        runner = Runner(target, token, registry, max_concurrent_jobs=args.slots, prefetch=prefetch, tags=tags,
+                        hostname=args.hostname, drain_grace_seconds=args.drain_grace,
                         credentials=grpc.ssl_channel_credentials() if args.tls else None, egress=egress_policy)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, runner.drain)
         loop.add_signal_handler(signal.SIGINT, runner.stop)
-        log.info("runner for %s (%d slots, tags %s) → %s", ", ".join(registry.names()), args.slots,
-                 ",".join(tags) or "none", target)
+        log.info("runner for %s (%d slots, %d held beyond them while jobs are short, tags %s) → %s",
+                 ", ".join(registry.names()), args.slots, runner.prefetch, ",".join(tags) or "none", target)
         collector.settle()
         try:
             await runner.run()

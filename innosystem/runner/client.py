@@ -4,11 +4,12 @@
     await runner.run()          # until drained or stopped; reconnects with backoff meanwhile
 
 It says hello (processors, tags, slots, jobs still running from an earlier connection), runs
-each assignment's processor (never more at once than its slots: the service sends no more),
-sends heartbeats with its running leases, reports each result and keeps it until acknowledged
+each assignment's processor (never more at once than its slots), holds a few more jobs while its
+jobs are short (`prefetch`: each starts the moment a slot frees, not a lease's round trip later),
+sends heartbeats with its leases, reports each result and keeps it until acknowledged
 (a result in flight when the connection broke is sent again on the next one, fenced by its
-lease, so it never counts twice). `drain()` (SIGTERM in the CLI) takes no new jobs, finishes the
-running ones within the grace period, then closes.
+lease, so it never counts twice). `drain()` (SIGTERM in the CLI) takes no new jobs, gives back
+the ones held for a slot, finishes the running ones within the grace period, then closes.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ _tracer = trace.get_tracer("innosystem.runner")
 VERSION = "innosystem-runner/0.1"
 Outcome = jobs_pb2.AttemptOutcome
 BATCH_LINGER_SECONDS = 0.005
+# Jobs held beyond the slots (`prefetch`) wait for one, their lease (and timeout) already running,
+# while another runner might be idle: so they are asked for only while jobs are short. Short: after
+# PREFETCH_AFTER_JOBS jobs, their typical run (a moving average) under PREFETCH_BELOW_SECONDS, and
+# none running for longer than PREFETCH_LONG_SECONDS (checked with each heartbeat). When that ends,
+# the jobs held for a slot go back to the queue at once.
+PREFETCH_AFTER_JOBS = 8
+PREFETCH_BELOW_SECONDS = 0.1
+PREFETCH_LONG_SECONDS = 1.0
+MAX_PREFETCH = 10_000
 # A result larger than this fails its attempt (RESULT_TOO_LARGE) here: it could not pass the stream
 # (32 MiB messages) and the platform stores far less (1 MiB by default). Results that end together
 # share a stream message up to MAX_MESSAGE_RESULTS_BYTES.
@@ -68,6 +78,7 @@ class RunnerRejected(Exception):
 class _Running:
     job: Job
     task: asyncio.Task[None] | None = None
+    began: float = 0.0  # when its processor started (monotonic); 0: held for a slot
 
 
 @dataclass
@@ -85,18 +96,23 @@ class _Access:
 
 class Runner:
     def __init__(self, target: str, token: str, processors: Registry, *, max_concurrent_jobs: int = 4,
-                 tags: Sequence[str] = (), hostname: str = "", drain_grace_seconds: float = 30.0,
-                 credentials: grpc.ChannelCredentials | None = None, egress: EgressPolicy | None = None) -> None:
-        """`egress`: what EXTERNAL_API processors may call (customer-set URLs); default from
-        $INNOSYSTEM_RUNNER_EGRESS_ALLOW_HOSTS, otherwise https to public addresses only."""
+                 prefetch: int | None = None, tags: Sequence[str] = (), hostname: str = "",
+                 drain_grace_seconds: float = 30.0, credentials: grpc.ChannelCredentials | None = None,
+                 egress: EgressPolicy | None = None) -> None:
+        """`prefetch`: jobs held beyond `max_concurrent_jobs` while jobs are short (default twice
+        the slots; 0: none). `egress`: what EXTERNAL_API processors may call (customer-set URLs);
+        default from $INNOSYSTEM_RUNNER_EGRESS_ALLOW_HOSTS, otherwise https to public addresses only."""
         if max_concurrent_jobs < 1:
             raise ValueError("max_concurrent_jobs must be at least 1")
+        prefetch = 2 * max_concurrent_jobs if prefetch is None else prefetch
+        if not 0 <= prefetch <= MAX_PREFETCH:
+            raise ValueError(f"prefetch must be 0 to {MAX_PREFETCH}")
         if not token:
             raise ValueError("a runner token is required (POST /v1/runners returns one)")
         if not len(processors):
             raise ValueError("register at least one processor")
         self.target, self._token, self.processors = target, token, processors
-        self.max_concurrent_jobs = max_concurrent_jobs
+        self.max_concurrent_jobs, self.prefetch = max_concurrent_jobs, prefetch
         self.tags = list(tags)
         self.hostname = hostname or socket.gethostname()
         self.drain_grace_seconds = drain_grace_seconds
@@ -117,6 +133,10 @@ class Runner:
         self._grants: dict[str, asyncio.Future[pb.SecureAccessGrant]] = {}
         self._progress: dict[str, tuple[int, str]] = {}
         self._threads = Threads(max_concurrent_jobs, "processor")
+        self._slots: asyncio.Semaphore | None = None  # the slots, on the loop `run` serves on
+        self._prefetching = False  # jobs are short: it holds `prefetch` more
+        self._typical = 0.0  # a job's run, moving average (seconds)
+        self._ran = 0
         self._http = EgressClient(egress or external.policy_from_env())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()  # a job finished or a result was acknowledged
@@ -127,6 +147,7 @@ class Runner:
     async def run(self) -> None:
         """Connect and serve until drained or stopped, reconnecting with backoff when the stream breaks."""
         backoff = Backoff()
+        self._slots = asyncio.Semaphore(self.max_concurrent_jobs)
         try:
             while not self._stopping.is_set():
                 try:
@@ -157,6 +178,8 @@ class Runner:
         if self._draining:
             return
         self._draining = True
+        self._prefetching = False
+        self._give_back_held("draining")
         grace = self.drain_grace_seconds if grace_seconds is None else grace_seconds
         log.info("draining: %d jobs running, grace %.0fs", len(self._running), grace)
         self._send(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), last_assignment_seq=self._last_seq,
@@ -193,10 +216,39 @@ class Runner:
         return task
 
     def _free(self) -> int:
-        """Slots for new jobs: a sent result frees its slot at once, up to as many results awaiting
-        their ack as there are slots (past that, on the ack), as the runners service counts them."""
-        awaiting = max(0, len(self._unacked) - self.max_concurrent_jobs)
-        return max(0, self.max_concurrent_jobs - len(self._running) - awaiting)
+        """Jobs it would take now: its slots and, while jobs are short, `prefetch` more, less those
+        it holds. A sent result frees its slot at once, up to as many results awaiting their ack
+        as it may hold jobs (past that, on the ack), as the runners service counts them."""
+        awaiting = max(0, len(self._unacked) - self.max_concurrent_jobs - self.prefetch)
+        room = self.max_concurrent_jobs + (self.prefetch if self._prefetching else 0)
+        return max(0, room - len(self._running) - awaiting)
+
+    def _ran_for(self, seconds: float) -> None:
+        """A job's processor ran this long: prefetch while the typical run is short."""
+        self._ran += 1
+        self._typical += (seconds - self._typical) * (0.2 if self._ran > 1 else 1.0)
+        self._prefetch_while(self._ran >= PREFETCH_AFTER_JOBS and self._typical < PREFETCH_BELOW_SECONDS)
+
+    def _prefetch_while(self, short: bool) -> None:
+        """Start or stop holding jobs beyond the slots, and tell the service; the jobs held for a
+        slot when it stops go back to the queue, where an idle runner may take them."""
+        on = short and self.prefetch > 0 and not self._draining
+        if on == self._prefetching:
+            return
+        self._prefetching = on
+        if not on:
+            self._give_back_held("its jobs run long")
+        self._send(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), last_assignment_seq=self._last_seq,
+                                                         draining=self._draining)))
+
+    def _give_back_held(self, why: str) -> None:
+        """The jobs waiting for a slot go back to the queue, unstarted (their tasks end silently)."""
+        for running in [r for r in self._running.values() if not r.began and r.task is not None]:
+            del self._running[running.job.id]
+            running.job.silent = True
+            running.task.cancel()  # type: ignore[union-attr]
+            self._send(pb.ConnectRequest(returned=pb.JobReturn(job_id=running.job.id,
+                                                               lease_id=running.job.lease.lease_id, reason=why)))
 
     def _send(self, message: pb.ConnectRequest) -> None:
         if self._out is not None:
@@ -220,8 +272,8 @@ class Runner:
             runner_id=self.runner_id, processors=[pb.Processor(job_type_name=p.name, type=p.kind.value,
                                                                max_batch_size=p.max_batch_size)
                                                   for p in self.processors],
-            tags=self.tags, max_concurrent_jobs=self.max_concurrent_jobs, free_slots=self._free(),
-            version=VERSION, hostname=self.hostname, running=refs, batches=True)))
+            tags=self.tags, max_concurrent_jobs=self.max_concurrent_jobs, prefetch=self.prefetch,
+            free_slots=self._free(), version=VERSION, hostname=self.hostname, running=refs, batches=True)))
         if self._credentials is not None:
             channel = grpc.aio.secure_channel(self.target, self._credentials, options=CHANNEL_OPTIONS)
         else:
@@ -318,6 +370,10 @@ class Runner:
     async def _heartbeats(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            if self._prefetching:  # a job running long now: hold none for a slot behind it
+                now = time.monotonic()
+                self._prefetch_while(not any(r.began and now - r.began > PREFETCH_LONG_SECONDS
+                                             for r in self._running.values()))
             self._heartbeat(0)
 
     def _heartbeat(self, ping_id: int) -> None:
@@ -387,7 +443,8 @@ class Runner:
         job = Job(lease, on_progress=self._on_progress, secure_access=self._open_secure_access)
         running = _Running(job)
         self._running[job.id] = running
-        if processor.kind == Kind.BATCH:
+        if processor.kind == Kind.BATCH:  # its jobs run together, in calls of their own: started
+            running.began = time.monotonic()
             pending = self._batches.setdefault(processor.name, [])
             pending.append(job)
             if len(pending) == 1:
@@ -400,15 +457,27 @@ class Runner:
         self._progress[job.id] = (percent, message)
 
     async def _run_one(self, processor: Processor, job: Job) -> None:
-        started = time.monotonic()
-        with _span(job):
-            try:
-                value = await self._call(processor, job)
-                result = _success(value)
-            except asyncio.CancelledError:
-                result = _cancelled()
-            except Exception as exc:  # a processor's failure is the job's result
-                result = _cancelled() if isinstance(exc, JobCancelled) else _failure(exc)
+        assert self._slots is not None
+        try:
+            await self._slots.acquire()  # at once, unless it was held beyond the slots
+        except asyncio.CancelledError:  # cancelled, or given back, before it started
+            self._report(job, _cancelled(), time.monotonic())
+            return
+        try:
+            started = time.monotonic()
+            if (running := self._running.get(job.id)) is not None and running.job is job:
+                running.began = started
+            with _span(job):
+                try:
+                    value = await self._call(processor, job)
+                    result = _success(value)
+                except asyncio.CancelledError:
+                    result = _cancelled()
+                except Exception as exc:  # a processor's failure is the job's result
+                    result = _cancelled() if isinstance(exc, JobCancelled) else _failure(exc)
+        finally:
+            self._slots.release()
+        self._ran_for(time.monotonic() - started)
         self._report(job, result, started)
 
     async def _call(self, processor: Processor, job: Job) -> Any:

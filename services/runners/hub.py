@@ -55,6 +55,7 @@ _dispatch = _meter.create_histogram("runners.dispatch.latency", unit="s",
                                     description="job submitted (or due) → assignment sent to its runner")
 
 MAX_TAGS, MAX_PROCESSORS, MAX_SLOTS = 50, 200, 10_000
+MAX_LEASE_JOBS = 1000  # LeaseJobs' own limit per call
 LEASE_CALLS = 2  # LeaseJobs calls a session may have under way at once
 AttemptOutcome = jobs_pb2.AttemptOutcome
 
@@ -196,9 +197,12 @@ class Hub:
         if not 1 <= hello.max_concurrent_jobs <= MAX_SLOTS:
             raise InvalidArgument(f"hello.max_concurrent_jobs must be 1 to {MAX_SLOTS}",
                                   field="hello.max_concurrent_jobs", reason="INVALID_SLOTS")
-        if not 0 <= hello.free_slots <= hello.max_concurrent_jobs:
-            raise InvalidArgument("hello.free_slots must be 0 to max_concurrent_jobs", field="hello.free_slots",
-                                  reason="INVALID_SLOTS")
+        if not 0 <= hello.prefetch <= MAX_SLOTS:
+            raise InvalidArgument(f"hello.prefetch must be 0 to {MAX_SLOTS}", field="hello.prefetch",
+                                  reason="INVALID_PREFETCH")
+        if not 0 <= hello.free_slots <= hello.max_concurrent_jobs + hello.prefetch:
+            raise InvalidArgument("hello.free_slots must be 0 to max_concurrent_jobs + prefetch",
+                                  field="hello.free_slots", reason="INVALID_SLOTS")
         names = [p.job_type_name.strip() for p in hello.processors]
         if len(names) > MAX_PROCESSORS or any(not n or len(n) > 200 for n in names):
             raise InvalidArgument(f"hello.processors: at most {MAX_PROCESSORS}, each with a job_type_name of 1 to "
@@ -218,7 +222,8 @@ class Hub:
                              batches=True)
         session = Session(runner_id=runner_id, session_id=welcome.session_id, customer_id=caller.customer_id,
                           processors=accepted, tags=tags, max_slots=hello.max_concurrent_jobs,
-                          reported_free=hello.free_slots, maintenance=row.maintenance, batches=hello.batches,
+                          prefetch=hello.prefetch, reported_free=hello.free_slots, maintenance=row.maintenance,
+                          batches=hello.batches,
                           out=Outbox(self.config.send_queue_messages, self.config.send_queue_bytes))
         if hello.running:  # jobs still running from an earlier connection: keep the leases still its own
             answer = await self.jobs.ExtendLeases(jobs_pb2.ExtendLeasesRequest(
@@ -316,8 +321,9 @@ class Hub:
                                           jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_NOT_STARTED))
         elif kind == "slots":
             slots = message.slots
-            if not 0 <= slots.free_slots <= session.max_slots or slots.last_assignment_seq > session.seq:
-                reject(INVALID, "INVALID_SLOTS", "slots.free_slots must be 0 to max_concurrent_jobs and "
+            if not 0 <= slots.free_slots <= session.max_slots + session.prefetch or \
+                    slots.last_assignment_seq > session.seq:
+                reject(INVALID, "INVALID_SLOTS", "slots.free_slots must be 0 to max_concurrent_jobs + prefetch and "
                        "slots.last_assignment_seq at most the last seq sent")
             else:
                 session.slots(message.slots)
@@ -373,7 +379,7 @@ class Hub:
         delay = 0.2
         while not session.closed.is_set():
             # its free slots not yet asked for, none while its outgoing queue is full
-            wanted = session.wanted() - session.requested
+            wanted = min(session.wanted() - session.requested, MAX_LEASE_JOBS)
             if wanted <= 0:
                 session.changed.clear()
                 if session.wanted() - session.requested <= 0:
@@ -404,19 +410,26 @@ class Hub:
     def _deliver(self, session: Session, leases: list[jobs_pb2.JobLease]) -> None:
         back = []
         now = time.time()
-        assigned = []
+        assigned: list[pb.JobAssignment] = []
+        unsent: list[pb.JobAssignment] = []  # of a runner taking batches: the next stream message
+        unsent_bytes = 0
         for lease in leases:
             # closed, draining or in maintenance since the call began, or not reading its stream
             # (its queue full): given back unstarted, so no new assignment waits behind the backlog
             if session.free() <= 0 or session.out.full():
                 back.append(jobs_pb2.LeaseRef(job_id=lease.job_id, lease_id=lease.lease_id))
                 continue
-            assigned.append(session.assign(lease, send=not session.batches))
+            assignment = session.assign(lease, send=not session.batches)
+            assigned.append(assignment)
+            if session.batches:
+                unsent.append(assignment)
+                unsent_bytes += lease.ByteSize()
+                if session.out.bytes + unsent_bytes >= session.out.max_bytes:  # large payloads: the
+                    _send_assignments(session, unsent)  # queue is full now, the rest go back
+                    unsent, unsent_bytes = [], 0
             if lease.create_time.seconds:
                 _dispatch.record(max(0.0, now - lease.create_time.ToMicroseconds() / 1e6))
-        if session.batches and assigned:  # one stream message for the batch
-            session.send(pb.ConnectResponse(assignment=assigned[0]) if len(assigned) == 1 else
-                         pb.ConnectResponse(assignments=pb.JobAssignments(items=assigned)))
+        _send_assignments(session, unsent)
         if len(assigned) == 1:  # a span in the job's own trace (from its submit): handed to this runner
             lease = assigned[0].lease
             _tracer.start_span(f"assign {lease.job_type_name}", context=propagate.extract(dict(lease.trace_context)),
@@ -649,3 +662,9 @@ class Hub:
     def loops(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         return [self.results.run, self.tick_forever, self.control_forever, self.cancellations_forever]
 
+
+def _send_assignments(session: Session, assigned: list[pb.JobAssignment]) -> None:
+    """A batch of assignments in one stream message."""
+    if assigned:
+        session.send(pb.ConnectResponse(assignment=assigned[0]) if len(assigned) == 1 else
+                     pb.ConnectResponse(assignments=pb.JobAssignments(items=assigned)))

@@ -40,9 +40,10 @@ class Session:
     customer_id: str  # empty for a shared runner
     processors: list[str]
     tags: list[str]
-    max_slots: int
+    max_slots: int  # jobs it runs at once
     # Free slots as the runner counts them, kept current between its slot updates (see SlotUpdate).
     reported_free: int
+    prefetch: int = 0  # jobs it may hold beyond them, started as its slots free (Hello.prefetch)
     maintenance: bool = False
     batches: bool = False  # the runner takes several assignments and acks in one stream message
     requested: int = 0  # slots asked for by LeaseJobs calls under way
@@ -51,7 +52,7 @@ class Session:
     held: dict[str, str] = field(default_factory=dict)  # job id → lease id
     # Results passed on but not yet committed by the jobs service. A result frees its slot when it
     # arrives (the runner's processor is done; waiting for the commit would put the commit's
-    # latency in every slot's cycle), up to `max_slots` results awaiting their ack; past that, its
+    # latency in every slot's cycle), up to `room()` results awaiting their ack; past that, its
     # slot frees on the ack, so what a slow jobs service leaves unacknowledged stays bounded. The
     # runner SDK counts its slots the same way.
     completing: dict[str, str] = field(default_factory=dict)
@@ -80,14 +81,20 @@ class Session:
         return min(self.free(), self.out.room())
 
     def free(self) -> int:
-        """Jobs it may be given now: never more than its free slots."""
+        """Jobs it may be given now: never more than its free slots and the jobs it holds beyond
+        them (`prefetch`), nor more than it says it would take (it holds none while its jobs run long)."""
         if self.closed.is_set() or self.draining or self.maintenance or not self.processors:
             return 0
-        return max(0, min(self.max_slots - self.busy(), self.reported_free))
+        return max(0, min(self.room() - self.busy(), self.reported_free))
+
+    def room(self) -> int:
+        """Jobs it may hold: its slots and the jobs it holds beyond them."""
+        return self.max_slots + self.prefetch
 
     def busy(self) -> int:
-        """Slots taken: running jobs, and results awaiting their ack beyond `max_slots` of them."""
-        return len(self.held) + max(0, len(self.completing) - self.max_slots)
+        """Slots taken: jobs held (running or waiting for a slot), and results awaiting their ack
+        beyond `room()` of them."""
+        return len(self.held) + max(0, len(self.completing) - self.room())
 
     def send(self, message: pb.ConnectResponse) -> None:
         if self.closed.is_set():
@@ -123,14 +130,14 @@ class Session:
         return assignment
 
     def finish(self, job_id: str, lease_id: str, *, completing: bool = False) -> None:
-        """A result arrived (its slot frees now, or with its ack when `max_slots` results already await
+        """A result arrived (its slot frees now, or with its ack when `room()` results already await
         theirs: see `completing`), or a return (its slot frees now)."""
         self.held.pop(job_id, None)
         self.progress.pop(job_id, None)
         self.cancel_sent.discard(job_id)
         if completing:
             self.completing[job_id] = lease_id
-            if len(self.completing) <= self.max_slots:
+            if len(self.completing) <= self.room():
                 self.freed_early.add(job_id)
                 self.reported_free += 1
         else:

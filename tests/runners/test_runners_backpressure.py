@@ -2,7 +2,9 @@
 service stops leasing for it once its outgoing queue is full, closes the stream when the queue
 stays full past the slow-consumer timeout (RESOURCE_EXHAUSTED `SLOW_CONSUMER`), and its jobs go
 back to the queue as for any lost runner, to run elsewhere. The test stack sets a 1 MiB queue
-mark and a 3 s timeout (conftest.FAST)."""
+mark and a 3 s timeout (conftest.FAST). The runner that then reads holds 24 jobs (8 slots and 16
+prefetched) of 450 kB: a lease batch of them is sent in messages that each stop at the mark, the
+rest given back, never one message past the queue's hard bound (which would close its stream)."""
 
 from __future__ import annotations
 

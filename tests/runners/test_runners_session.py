@@ -74,3 +74,19 @@ def test_a_lost_lease_frees_its_slot_and_a_finished_job_is_remembered_as_recent(
     s.assign(_lease(2))
     s.finish("j2", "l2", completing=True)
     assert ("j2", "l2") in s.recent
+
+
+def test_a_runner_holding_jobs_beyond_its_slots_is_given_that_many_more_while_it_says_so() -> None:
+    s = Session(runner_id="r", session_id="s", customer_id="", processors=["echo"], tags=[], max_slots=2,
+                prefetch=3, reported_free=5)
+    assert s.room() == 5 and s.free() == 5
+    for n in range(5):
+        s.assign(_lease(n))
+    assert s.free() == 0 and s.status() == BUSY
+    # Results free their place at once up to room() awaiting their ack, as the runner counts them.
+    for n in range(5):
+        s.finish(f"j{n}", f"l{n}", completing=True)
+    assert s.free() == 5
+    # The runner's jobs run long: it holds none beyond its slots and says so.
+    s.slots(pb.SlotUpdate(free_slots=2, last_assignment_seq=s.seq))
+    assert s.free() == 2

@@ -153,6 +153,17 @@ async def test_invalid_hello_is_fatal_and_names_the_field(stack: Stack, admin: C
     await stream.close()
 
 
+async def test_a_hello_holding_jobs_beyond_its_slots_is_checked(stack: Stack, admin: Client) -> None:
+    _, token = _runner(admin)
+    for hello, reason in ((pb.Hello(max_concurrent_jobs=1, prefetch=-1), "INVALID_PREFETCH"),
+                          (pb.Hello(max_concurrent_jobs=1, prefetch=2, free_slots=4), "INVALID_SLOTS")):
+        stream = Stream(stack, token)
+        stream.send(hello=hello)
+        error = (await stream.read()).error
+        assert error.fatal and reason in error.status.message
+        await stream.close()
+
+
 async def test_silence_past_the_heartbeat_timeout_ends_the_session(stack: Stack, admin: Client) -> None:
     runner, token = _runner(admin)
     stream = Stream(stack, token)

@@ -682,17 +682,25 @@ class Hello(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
     BATCHES_FIELD_NUMBER: _builtins.int
+    PREFETCH_FIELD_NUMBER: _builtins.int
     runner_id: _builtins.str
     """If set, must be the token's runner."""
     max_concurrent_jobs: _builtins.int
     """≥ 1."""
     free_slots: _builtins.int
-    """Slots free now (after any jobs it is still running)."""
+    """Slots free now (after any jobs it is still running), with the jobs it would hold beyond them
+    (prefetch).
+    """
     version: _builtins.str
     hostname: _builtins.str
     batches: _builtins.bool
     """The runner understands ConnectResponse.assignments and .result_acks: the service may send
     several in one message (under load, one stream message per batch instead of per job).
+    """
+    prefetch: _builtins.int
+    """Jobs it may hold beyond max_concurrent_jobs, each started when a slot frees (0 to 10,000;
+    0: none). The free slots it reports (here and in SlotUpdate) count them: a runner that holds
+    no more, e.g. while its jobs run long, reports fewer.
     """
     @_builtins.property
     def processors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Processor]:
@@ -720,10 +728,11 @@ class Hello(_message.Message):
         hostname: _builtins.str = ...,
         running: _abc.Iterable[_jobs_pb2.LeaseRef] | None = ...,
         batches: _builtins.bool = ...,
+        prefetch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "free_slots", b"free_slots", "hostname", b"hostname", "max_concurrent_jobs", b"max_concurrent_jobs", "processors", b"processors", "runner_id", b"runner_id", "running", b"running", "tags", b"tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "free_slots", b"free_slots", "hostname", b"hostname", "max_concurrent_jobs", b"max_concurrent_jobs", "prefetch", b"prefetch", "processors", b"processors", "runner_id", b"runner_id", "running", b"running", "tags", b"tags", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -798,7 +807,7 @@ class SlotUpdate(_message.Message):
     LAST_ASSIGNMENT_SEQ_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     free_slots: _builtins.int
-    """Slots free when the runner counted."""
+    """Slots free when the runner counted, jobs it would hold beyond them (Hello.prefetch) included."""
     last_assignment_seq: _builtins.int
     """Seq of the last assignment the runner had received when it counted."""
     draining: _builtins.bool
