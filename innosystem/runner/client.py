@@ -20,6 +20,7 @@ import logging
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,7 +134,8 @@ class Runner:
         self._grants: dict[str, asyncio.Future[pb.SecureAccessGrant]] = {}
         self._progress: dict[str, tuple[int, str]] = {}
         self._threads = Threads(max_concurrent_jobs, "processor")
-        self._slots: asyncio.Semaphore | None = None  # the slots, on the loop `run` serves on
+        self._held: deque[tuple[Processor, _Running]] = deque()  # waiting for a slot, in order
+        self._active = 0  # processors running: at most max_concurrent_jobs
         self._prefetching = False  # jobs are short: it holds `prefetch` more
         self._typical = 0.0  # a job's run, moving average (seconds)
         self._ran = 0
@@ -147,7 +149,6 @@ class Runner:
     async def run(self) -> None:
         """Connect and serve until drained or stopped, reconnecting with backoff when the stream breaks."""
         backoff = Backoff()
-        self._slots = asyncio.Semaphore(self.max_concurrent_jobs)
         try:
             while not self._stopping.is_set():
                 try:
@@ -167,6 +168,7 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
         finally:
+            self._held.clear()  # none starts while the tasks below are cancelled
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -242,13 +244,13 @@ class Runner:
                                                          draining=self._draining)))
 
     def _give_back_held(self, why: str) -> None:
-        """The jobs waiting for a slot go back to the queue, unstarted (their tasks end silently)."""
-        for running in [r for r in self._running.values() if not r.began and r.task is not None]:
-            del self._running[running.job.id]
-            running.job.silent = True
-            running.task.cancel()  # type: ignore[union-attr]
-            self._send(pb.ConnectRequest(returned=pb.JobReturn(job_id=running.job.id,
-                                                               lease_id=running.job.lease.lease_id, reason=why)))
+        """The jobs waiting for a slot go back to the queue, unstarted."""
+        while self._held:
+            _, running = self._held.popleft()
+            if self._running.get(running.job.id) is running:  # not cancelled or dropped meanwhile
+                del self._running[running.job.id]
+                self._send(pb.ConnectRequest(returned=pb.JobReturn(job_id=running.job.id,
+                                                                   lease_id=running.job.lease.lease_id, reason=why)))
 
     def _send(self, message: pb.ConnectRequest) -> None:
         if self._out is not None:
@@ -413,6 +415,8 @@ class Runner:
             job.cancelled.set()
             if running.task is not None:
                 running.task.cancel()
+            elif not running.began:  # held for a slot: it never starts
+                self._report(job, _cancelled(), time.monotonic())
         elif kind == "result_ack":
             self._acked(message.result_ack)
         elif kind == "ping":
@@ -443,40 +447,45 @@ class Runner:
         job = Job(lease, on_progress=self._on_progress, secure_access=self._open_secure_access)
         running = _Running(job)
         self._running[job.id] = running
-        if processor.kind == Kind.BATCH:  # its jobs run together, in calls of their own: started
-            running.began = time.monotonic()
+        if processor.kind == Kind.BATCH:  # its jobs run together, in calls of their own
             pending = self._batches.setdefault(processor.name, [])
             pending.append(job)
             if len(pending) == 1:
                 self._spawn(self._run_batch(processor))
+            running.began = time.monotonic()
             return
-        running.task = self._spawn(self._run_one(processor, job))
+        if self._active < self.max_concurrent_jobs:
+            self._start(processor, running)
+        else:
+            self._held.append((processor, running))
+
+    def _start(self, processor: Processor, running: _Running) -> None:
+        self._active += 1
+        running.began = time.monotonic()
+        running.task = self._spawn(self._run_one(processor, running.job))
+        running.task.add_done_callback(self._slot_freed)
+
+    def _slot_freed(self, _: asyncio.Task[None]) -> None:
+        self._active -= 1
+        while self._held and self._active < self.max_concurrent_jobs:
+            processor, running = self._held.popleft()
+            if self._running.get(running.job.id) is running:  # not cancelled, given back or dropped meanwhile
+                self._start(processor, running)
 
     def _on_progress(self, job: Job, percent: int, message: str) -> None:
         # May be called from a processor thread.
         self._progress[job.id] = (percent, message)
 
     async def _run_one(self, processor: Processor, job: Job) -> None:
-        assert self._slots is not None
-        try:
-            await self._slots.acquire()  # at once, unless it was held beyond the slots
-        except asyncio.CancelledError:  # cancelled, or given back, before it started
-            self._report(job, _cancelled(), time.monotonic())
-            return
-        try:
-            started = time.monotonic()
-            if (running := self._running.get(job.id)) is not None and running.job is job:
-                running.began = started
-            with _span(job):
-                try:
-                    value = await self._call(processor, job)
-                    result = _success(value)
-                except asyncio.CancelledError:
-                    result = _cancelled()
-                except Exception as exc:  # a processor's failure is the job's result
-                    result = _cancelled() if isinstance(exc, JobCancelled) else _failure(exc)
-        finally:
-            self._slots.release()
+        started = time.monotonic()
+        with _span(job):
+            try:
+                value = await self._call(processor, job)
+                result = _success(value)
+            except asyncio.CancelledError:
+                result = _cancelled()
+            except Exception as exc:  # a processor's failure is the job's result
+                result = _cancelled() if isinstance(exc, JobCancelled) else _failure(exc)
         self._ran_for(time.monotonic() - started)
         self._report(job, result, started)
 
