@@ -321,8 +321,7 @@ class Hub:
                                           jobs_pb2.LeaseReleaseReason.LEASE_RELEASE_REASON_NOT_STARTED))
         elif kind == "slots":
             slots = message.slots
-            if not 0 <= slots.free_slots <= session.max_slots + session.prefetch or \
-                    slots.last_assignment_seq > session.seq:
+            if not 0 <= slots.free_slots <= session.room() or slots.last_assignment_seq > session.seq:
                 reject(INVALID, "INVALID_SLOTS", "slots.free_slots must be 0 to max_concurrent_jobs + prefetch and "
                        "slots.last_assignment_seq at most the last seq sent")
             else:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 
 class Gate:
-    """A processor whose `block` jobs wait for `open`, counting how many run at once."""
+    """A processor whose `block` jobs wait until `opened` is set, counting how many run at once."""
 
     def __init__(self) -> None:
         self.opened, self.lock = threading.Event(), threading.Lock()
@@ -64,7 +64,9 @@ def _short_jobs_first(t: Tenant, job_type: dict[str, Any]) -> None:
         t.wait_status(job["id"], "JOB_STATUS_SUCCEEDED")
 
 
-def test_short_jobs_are_held_beyond_the_slots_and_given_back_once_jobs_run_long(stack: Stack, admin: Client) -> None:
+def test_short_jobs_are_held_beyond_the_slots_and_given_back_once_jobs_run_long(
+        stack: Stack, admin: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_client, "PREFETCH_LONG_SECONDS", 3600.0)  # long only when the test says so
     t = tenant(admin)
     gate, job_type, processors = _gate(t)
     with _runner(stack, admin, processors, slots=2, prefetch=4) as thread:
@@ -73,8 +75,10 @@ def test_short_jobs_are_held_beyond_the_slots_and_given_back_once_jobs_run_long(
         blocked = [t.submit(job_type, {"block": True}) for _ in range(8)]
         # Two run and four are held for a slot (leased to the runner); the other two stay queued.
         wait_for(lambda: _statuses(t, blocked).count("RUNNING") == 6, what="six jobs leased to the runner")
+        wait_for(lambda: gate.running == 2, what="two processors running")
         assert gate.most == 2 and len({j["id"] for j in blocked} & set(gate.started)) == 2
         # The two run past PREFETCH_LONG_SECONDS: the four held go back to the queue, unstarted.
+        monkeypatch.setattr(runner_client, "PREFETCH_LONG_SECONDS", 0.5)
         wait_for(lambda: _statuses(t, blocked).count("PENDING") == 6, what="the held jobs given back")
         assert _statuses(t, blocked).count("RUNNING") == 2
         gate.opened.set()
