@@ -5,12 +5,14 @@ the real platform (gateway, jobs and runners services, PostgreSQL, Valkey)."""
 
 from __future__ import annotations
 
+import argparse
 import threading
 from typing import Any
 
 import pytest
 
 from innosystem.runner import Job, Registry, Runner, RunnerThread
+from innosystem.runner import cli as runner_cli
 from innosystem.runner import client as runner_client
 from innosystem.stack import Stack
 from tests.e2e.conftest import Client
@@ -62,6 +64,22 @@ def _short_jobs_first(t: Tenant, job_type: dict[str, Any]) -> None:
     """Enough short jobs for the runner to take its jobs for short ones."""
     for job in [t.submit(job_type) for _ in range(runner_client.PREFETCH_AFTER_JOBS + 2)]:
         t.wait_status(job["id"], "JOB_STATUS_SUCCEEDED")
+
+
+def test_prefetch_out_of_range_is_refused_where_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = Registry()
+    registry.processor("p")(Gate())
+    assert Runner("127.0.0.1:1", "isr_x", registry, max_concurrent_jobs=3).prefetch == 6  # twice the slots
+    with pytest.raises(ValueError, match="prefetch must be 0 to"):
+        Runner("127.0.0.1:1", "isr_x", registry, prefetch=-1)
+    monkeypatch.setenv(runner_cli.PREFETCH_ENV, "many")
+    args = argparse.Namespace(token="isr_x", target="127.0.0.1:1", prefetch=None, processor=["echo"],
+                              external_api=[], tags="")
+    with pytest.raises(SystemExit, match="INNOSYSTEM_RUNNER_PREFETCH must be a whole number"):
+        runner_cli.run(args)
+    args.prefetch = runner_client.MAX_PREFETCH + 1
+    with pytest.raises(SystemExit, match="--prefetch must be 0 to"):
+        runner_cli.run(args)
 
 
 def test_short_jobs_are_held_beyond_the_slots_and_given_back_once_jobs_run_long(
