@@ -41,7 +41,7 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     time.sleep(1.0)  # the submits' last commits and the statistics collector settle
     balance, _ = p.wallet()
     valkey, db = redis.Redis.from_url(valkey_url), psycopg.connect(pg_url, autocommit=True)
-    calls0 = {k: v["calls"] for k, v in valkey.info("commandstats").items()}
+    calls0 = {cmd: v["calls"] for cmd, v in valkey.info("commandstats").items()}
     pg0 = db.execute(_PG_TOTALS).fetchone()
     tables0 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
     assert p.stack is not None
@@ -63,7 +63,7 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
         bench.stop_runners(runners)
         for spy in spies:
             spy.wait()
-    calls1 = {k: v["calls"] for k, v in valkey.info("commandstats").items()}
+    calls1 = {cmd: v["calls"] for cmd, v in valkey.info("commandstats").items()}
     pg1 = db.execute(_PG_TOTALS).fetchone()
     time.sleep(1.1)  # the statistics collector's flush
     tables1 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
@@ -80,9 +80,9 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
         ins, upd, hot, dele = ((b - a) / jobs for a, b in zip(tables0.get(name, (0, 0, 0, 0)), counts, strict=True))
         if ins + upd + dele >= 0.01:
             bench.say(f"    {name:40} {ins:5.2f} / {upd:5.2f}, {hot:5.2f} / {dele:5.2f}")
-    commands = {k.removeprefix("cmdstat_"): (calls1[k] - calls0.get(k, 0)) / jobs for k in calls1}
+    commands = {cmd.removeprefix("cmdstat_"): (calls1[cmd] - calls0.get(cmd, 0)) / jobs for cmd in calls1}
     bench.say("  Valkey commands per job: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in sorted(commands.items(), key=lambda kv: -kv[1]) if v >= 0.005))
+        f"{cmd} {v:.3f}" for cmd, v in sorted(commands.items(), key=lambda kv: -kv[1]) if v >= 0.005))
     db.close()
     valkey.close()
 
