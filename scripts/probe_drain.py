@@ -34,6 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_e2e as bench  # a sibling script
 from probe_dispatch import _PG_TABLES, _PG_TOTALS
 
+# ANALYZE and VACUUM runs by table, whoever ran them (autovacuum or a service's own `kit.statistics`).
+_PG_UPKEEP = ("SELECT schemaname || '.' || relname, analyze_count + autoanalyze_count, "
+              "vacuum_count + autovacuum_count FROM pg_stat_user_tables")
+
 
 def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: int, slots: int, prefetch: str,
                 log_dir: Path, profile: str | None) -> None:
@@ -44,6 +48,7 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     calls0 = {cmd: v["calls"] for cmd, v in valkey.info("commandstats").items()}
     pg0 = db.execute(_PG_TOTALS).fetchone()
     tables0 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
+    upkeep0 = {row[0]: row[1:] for row in db.execute(_PG_UPKEEP)}
     assert p.stack is not None
     spies = [subprocess.Popen([os.environ.get("PY_SPY", "py-spy"), "record", "-d", "8", "-r", "100", "--nonblocking",
                                "--format", "raw", "-o", f"{profile}/{name}.{k}.raw", "-p", str(proc.pid)],
@@ -67,6 +72,7 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     pg1 = db.execute(_PG_TOTALS).fetchone()
     time.sleep(1.1)  # the statistics collector's flush
     tables1 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
+    upkeep1 = {row[0]: row[1:] for row in db.execute(_PG_UPKEEP)}
     held = f", prefetch {prefetch}" if prefetch else ""
     bench.say(f"drain of {jobs:,} ({slots} slots{held}): {jobs / (finished - began):,.0f} jobs/s; CPU per job, "
               f"ms: total {usage.total * 1000 / jobs:.3f}; " + ", ".join(
@@ -80,6 +86,9 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
         ins, upd, hot, dele = ((b - a) / jobs for a, b in zip(tables0.get(name, (0, 0, 0, 0)), counts, strict=True))
         if ins + upd + dele >= 0.01:
             bench.say(f"    {name:40} {ins:5.2f} / {upd:5.2f}, {hot:5.2f} / {dele:5.2f}")
+    upkeep = [f"{name} {a1 - a0}/{v1 - v0}" for name, (a1, v1) in sorted(upkeep1.items())
+              for a0, v0 in [upkeep0.get(name, (0, 0))] if (a1, v1) != (a0, v0)]
+    bench.say("  ANALYZE / VACUUM runs finished in the drain: " + (", ".join(upkeep) or "none"))
     commands = {cmd.removeprefix("cmdstat_"): (calls1[cmd] - calls0.get(cmd, 0)) / jobs for cmd in calls1}
     bench.say("  Valkey commands per job: " + ", ".join(
         f"{cmd} {v:.3f}" for cmd, v in sorted(commands.items(), key=lambda kv: -kv[1]) if v >= 0.005))
