@@ -23,7 +23,6 @@ Each caller still gets the answer its own SubmitJob would have had:
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from innosystem.kit.coalescing import Coalescer
+from innosystem.kit.coalescing import Lanes
 
 SUBMIT = "/innosystem.jobs.v1.JobService/SubmitJob"
 BATCH = "/innosystem.jobs.v1.JobService/BatchSubmitJobs"
@@ -64,22 +63,14 @@ class Submit:
 class Submits:
     def __init__(self, single: Any, batch: Any, batch_request: type[Message], timeout: float) -> None:
         self._single, self._batch, self._batch_request, self._timeout = single, batch, batch_request, timeout
-        self._lanes: OrderedDict[tuple[bytes, str], Coalescer[Submit, Message]] = OrderedDict()
+        self._lanes: Lanes[tuple[bytes, str], Submit, Message] = Lanes(
+            self._send, MAX_LANES, max_batch=MAX_ITEMS, concurrency=IN_FLIGHT, overlap_below=OVERLAP_BELOW)
 
     async def submit(self, caller: bytes, item: Submit) -> Message:
         """The Job the jobs service answers for this submit (or its call's error)."""
         if item.message.ByteSize() > MAX_ITEM_BYTES:
             return await self._alone(item)
-        key = (caller, str(item.message.project_id))
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = Coalescer(self._send, max_batch=MAX_ITEMS, concurrency=IN_FLIGHT,
-                                                    overlap_below=OVERLAP_BELOW)
-            while len(self._lanes) > MAX_LANES:
-                self._lanes.popitem(last=False)  # a forgotten lane's submits under way still finish
-        else:
-            self._lanes.move_to_end(key)
-        return await lane.submit(item)
+        return await self._lanes((caller, str(item.message.project_id))).submit(item)
 
     async def _alone(self, item: Submit) -> Message:
         answer: Message = await self._single(item.message, timeout=self._timeout, metadata=item.metadata)

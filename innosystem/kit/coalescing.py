@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+Key = TypeVar("Key", bound=Hashable)
 
 
 @dataclass
@@ -62,6 +64,10 @@ class Coalescer(Generic[Item, Result]):
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
         return await future
+
+    def idle(self) -> bool:
+        """Nothing queued and no batch under way: an item now would go alone, at once."""
+        return self._queue.empty() and all(w.done() for w in self._workers)
 
     async def _run(self) -> None:
         while not self._queue.empty():
@@ -108,6 +114,26 @@ class Coalescer(Generic[Item, Result]):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+
+class Lanes(Generic[Key, Item, Result]):
+    """A coalescer per key (a caller and what it addresses): only one key's items share a batch,
+    so one tenant's item never shares a handler run with another's. Idle lanes beyond `limit` are
+    forgotten, least recently used first (a forgotten lane's batches under way still finish)."""
+
+    def __init__(self, handler: Handler[Item, Result], limit: int = 10_000, **options: Any) -> None:
+        self._handler, self._limit, self._options = handler, limit, options
+        self._lanes: OrderedDict[Key, Coalescer[Item, Result]] = OrderedDict()
+
+    def __call__(self, key: Key) -> Coalescer[Item, Result]:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = Coalescer(self._handler, **self._options)
+            while len(self._lanes) > self._limit:
+                self._lanes.popitem(last=False)
+        else:
+            self._lanes.move_to_end(key)
+        return lane
 
 
 class Backlog(Generic[Item]):

@@ -12,6 +12,11 @@ for longer than the grace.
 Idempotency: with a `request_id` the job id is derived from (project, request id), so a repeat
 reserves the same hold (billing is idempotent per hold) and cannot store a second job.
 
+Concurrent single submits of one caller to one project go through the submit together (one read of
+the project, its types and prices, one set of holds), as the gateway sends them (gateway/submits.py);
+a refusal of the group that is certain to have changed nothing sends each again alone, so each gets
+its own answer. At idle a submit goes alone at once.
+
 Isolation: concurrent single submits share one commit (the coalescer), so one submit's bad value
 must not fail the others'. Values PostgreSQL cannot store are refused before anything is held
 (`check_storable`); a shared commit that fails anyway is retried one submit at a time, so only the
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import grpc
 from opentelemetry import propagate
 from psycopg.types.json import Jsonb
 from sqlalchemy import Table, select
@@ -40,7 +46,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
-from innosystem.kit.coalescing import Answer, Coalescer
+from innosystem.kit.coalescing import Answer, Coalescer, Lanes
 from innosystem.kit.db import Writes
 from innosystem.kit.errors import (
     Aborted,
@@ -81,6 +87,17 @@ OVERLAP_BELOW = 4
 # rows go with the COMMIT anyway; coalesced single submits) reserve first: written meanwhile they
 # cost more CPU than they save (docs/performance.md, session 13).
 EARLY_WRITE_ROWS = 100
+# Concurrent single submits of one caller and project, at most this many through one submit; two
+# such submits under way at once (the second only beside a small first, as OVERLAP_BELOW). gRPC
+# singles, 64 in flight: docs/performance.md, session 18.
+SINGLES_GROUP = 100
+SINGLES_IN_FLIGHT = 2
+# A group's refusal certain to have changed nothing (a bad item, a wallet short, a request id
+# repeated within the group …): each of its submits is sent again alone, to its own answer.
+_REFUSALS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                       grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.ABORTED,
+                       grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE})
 JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 
@@ -173,6 +190,15 @@ class Prepared:
         return row
 
 
+@dataclass(frozen=True)
+class _Single:
+    """A single submit waiting to go with others of its caller and project."""
+
+    caller: Principal
+    request: pb.SubmitJobRequest
+    trace: dict[str, str]  # its call's trace context, injected in its own task
+
+
 @dataclass
 class Group:
     """One call's new jobs, stored all or none."""
@@ -181,6 +207,7 @@ class Group:
     fresh: list[Prepared]
     scope: str
     single: bool
+    together: bool  # stored in a commit shared with other calls' groups (single submits)
 
     def prefix(self, position: int) -> str:
         return "" if self.single else f"requests[{position}]."
@@ -205,12 +232,15 @@ def _kind(exc: BaseException) -> str:
 
 
 _TRACE = object()  # the memo's key for the call's trace context
+_TRACES = object()  # … for each item's own call's, when single submits go together
 
 
-def _trace_context(request: pb.SubmitJobRequest, memo: dict[Any, Any]) -> dict[str, str]:
-    """The item's own trace context, else the call's (injected once per call, a copy per job)."""
+def _trace_context(request: pb.SubmitJobRequest, memo: dict[Any, Any], position: int) -> dict[str, str]:
+    """The item's own trace context, else its call's (injected once per call, a copy per job)."""
     if request.trace_context:
         return {k: v for k, v in list(request.trace_context.items())[:MAX_TRACE_ENTRIES]}
+    if (traces := memo.get(_TRACES)) is not None:
+        return dict(traces[position])
     carrier: dict[str, str] | None = memo.get(_TRACE)
     if carrier is None:
         carrier = memo[_TRACE] = {}
@@ -224,6 +254,11 @@ class Submission:
         self._visible_project = visible_project
         self._coalescer: Coalescer[Group, None] = Coalescer(self._store_together, concurrency=2,
                                                             overlap_below=OVERLAP_BELOW)
+        # single submits by caller and project: what arrives while one is under way goes together
+        self._singles: Lanes[tuple[bytes, str], _Single, Job | NewJob] = Lanes(
+            self._submit_singles, MAX_CACHED_PROJECTS, max_batch=SINGLES_GROUP, concurrency=SINGLES_IN_FLIGHT,
+            overlap_below=OVERLAP_BELOW)
+        self._alone: set[tuple[bytes, str]] = set()  # lanes with a submit under way outside them
         # concurrent submits read their projects' job types in one query
         self._type_loader: Coalescer[uuid.UUID, dict[uuid.UUID, JobType]] = Coalescer(self._load_types)
         # a project's job types by id, the catalog (its types and prices), a customer's markup (basis
@@ -234,7 +269,35 @@ class Submission:
 
     async def submit(self, caller: Principal, request: pb.SubmitJobRequest) -> Job | NewJob:
         check_storable(request)
-        (job,) = await self._submit(caller, request.project_id, [request], single=True)
+        key = (caller.SerializeToString(deterministic=True), request.project_id)
+        lane = self._singles(key)
+        if key in self._alone or not lane.idle():  # another submit of the caller's is under way: go together
+            trace: dict[str, str] = {}
+            if not request.trace_context:
+                propagate.inject(trace)  # the group runs in another call's task
+            return await lane.submit(_Single(caller, request, trace))
+        self._alone.add(key)
+        try:
+            (job,) = await self._submit(caller, request.project_id, [request], single=True)
+        finally:
+            self._alone.discard(key)
+        return job
+
+    async def _submit_singles(self, items: Sequence[_Single]) -> Sequence[Job | NewJob | BaseException]:
+        """Concurrent single submits of one caller to one project as one submit, each job with its
+        own call's trace; refused for certain before anything changed, each goes again alone."""
+        first = items[0]
+        try:
+            return await self._submit(first.caller, first.request.project_id, [i.request for i in items],
+                                      single=len(items) == 1, traces=[i.trace for i in items])
+        except DomainError as exc:
+            if len(items) == 1 or exc.code not in _REFUSALS:
+                raise
+        return await asyncio.gather(*(self._submit_one(i) for i in items), return_exceptions=True)
+
+    async def _submit_one(self, item: _Single) -> Job | NewJob:
+        (job,) = await self._submit(item.caller, item.request.project_id, [item.request], single=True,
+                                    traces=[item.trace])
         return job
 
     async def batch_submit(self, caller: Principal, request: pb.BatchSubmitJobsRequest) -> list[Job | NewJob]:
@@ -248,7 +311,8 @@ class Submission:
         return await self._submit(caller, request.project_id, list(request.requests), single=False)
 
     async def _submit(self, caller: Principal, project_id: str, requests: Sequence[pb.SubmitJobRequest],
-                      single: bool) -> list[Job | NewJob]:
+                      single: bool, traces: Sequence[dict[str, str]] | None = None) -> list[Job | NewJob]:
+        """`traces`: each request's own call's trace context (single submits that go together)."""
         types_token = self._ask_types_token(project_id)  # read together with the project's token
         tokens = self.deps.tokens
         catalog_token = tokens.ask(catalog()) if tokens else None  # … in the same Redis call
@@ -267,6 +331,8 @@ class Submission:
         shared = await self._catalog_now(catalog_token)
         markup = await self._markup(owner.customer_id, markup_token)
         memo: dict[Any, Any] = {}  # what a call's items share: the same type's settings, the caller's trace
+        if traces is not None:
+            memo[_TRACES] = traces
         prepared = [self._prepare(owner, types, shared, markup, r, prefix(i), now, i, memo)
                     for i, r in enumerate(requests)]
         scope = f"SubmitJob:{owner.project_id}"
@@ -283,7 +349,7 @@ class Submission:
             await self._encrypt(owner, fresh)
         if fresh:
             try:
-                await self._store_one(Group(owner, fresh, scope, single))
+                await self._store_one(Group(owner, fresh, scope, single, together=traces is not None or single))
             except Aborted:  # a concurrent repeat of a request id stored it first: answer with its job
                 found = await self._replays(prepared, scope, prefix)
                 if not all(p.existing for p in prepared):
@@ -438,7 +504,8 @@ class Submission:
             hold_expire_time=(schedule or now) + HOLD_MARGIN if cost > 0 else None,
             retry_count=0, create_time=now, schedule_time=schedule, queue_time=None if schedule else now,
             update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
-            lease_session_id="", dead_lettered=False, trace_context=_trace_context(r, memo), purged=False, **retry,
+            lease_session_id="", dead_lettered=False, trace_context=_trace_context(r, memo, position), purged=False,
+            **retry,
         )
         if not r.request_id:  # only a request id is remembered, with its request's fingerprint
             return Prepared(job, b"", position, payload_json=payload_json, settings_json=settings_json)
@@ -467,7 +534,7 @@ class Submission:
         return settings, Jsonb(settings, dumps=lambda _: text), pricing.estimate(terms)
 
     async def _store_one(self, group: Group) -> None:
-        if group.single:
+        if group.together:
             await self._coalescer.submit(group)  # concurrent single submits share a commit
         else:
             after: list[Awaitable[None]] = []

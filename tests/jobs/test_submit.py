@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, cast
@@ -11,6 +12,8 @@ from typing import Any, cast
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -258,6 +261,66 @@ async def test_concurrent_submits_share_commits_but_fail_alone(world: JobsWorld)
     assert len({str(r.id) for r in results[-5:] if not isinstance(r, BaseException)}) == 1  # one job per request id
     assert await world.available(rich) == 1000 - 41 and await world.available(poor) == 5
     assert world.app.cases.submission._coalescer.batches - batches_before < 46  # commits were shared
+
+
+async def test_concurrent_single_submits_of_a_caller_go_together_each_answered_alone(world: JobsWorld) -> None:
+    """Single submits of one caller to one project that arrive while one is under way go through one
+    submit (one read of the project and its types, one set of holds); each job keeps its own call's
+    trace, and a group refused for one item's fault sends each again alone: the bad item's error
+    names its own field, unprefixed, and the others are stored."""
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, price=1)
+    sub = world.app.cases.submission
+    runs: list[int] = []
+    real = sub._submit
+
+    async def counted(caller: Any, project_id: str, requests: Any, single: bool, **kw: Any) -> Any:
+        runs.append(len(requests))
+        return await real(caller, project_id, requests, single, **kw)
+
+    sub._submit = counted  # type: ignore[method-assign]  # counts the real thing's runs
+
+    async def one(i: int) -> Any:
+        trace = {"traceparent": f"00-{i + 1:032x}-{i + 1:016x}-01"}
+        token = otel_context.attach(propagate.extract(trace))
+        try:
+            job_type_id = str(uuid.uuid4()) if i == 13 else str(jt.id)  # a type that does not exist
+            return await sub.submit(c.principal, pb.SubmitJobRequest(project_id=c.project_id, job_type_id=job_type_id,
+                                                                     payload=payload(n=i)))
+        finally:
+            otel_context.detach(token)
+
+    results = await asyncio.gather(*(one(i) for i in range(30)), return_exceptions=True)
+    bad = results[13]
+    assert isinstance(bad, DomainError) and bad.violations and bad.violations[0][0] == "job_type_id"
+    good = [(i, r) for i, r in enumerate(results) if i != 13]
+    assert all(not isinstance(r, BaseException) for _, r in good)
+    assert max(runs) > 1  # some went together …
+    assert len([n for n in runs if n == 1]) >= 29  # … and after the refusal, each went alone
+    for i, job in good:
+        stored = await world.get(str(job.id))
+        assert plain(stored.payload)["n"] == i
+        assert stored.trace_context["traceparent"].split("-")[1] == f"{i + 1:032x}"  # its own call's trace
+    assert await world.available(c) == 1000 - 29
+
+
+async def test_single_submits_go_together_only_with_the_same_caller_and_project(world: JobsWorld) -> None:
+    a, b = await world.customer(funds=1000), await world.customer(funds=1000)
+    ta, tb = await world.job_type(a, price=1), await world.job_type(b, price=1)
+    sub = world.app.cases.submission
+    groups: list[list[str]] = []
+    real = sub._submit
+
+    async def seen(caller: Any, project_id: str, requests: Any, single: bool, **kw: Any) -> Any:
+        groups.append([r.project_id for r in requests])
+        return await real(caller, project_id, requests, single, **kw)
+
+    sub._submit = seen  # type: ignore[method-assign]
+    jobs = await asyncio.gather(*(world.submit(a if i % 2 else b, ta if i % 2 else tb) for i in range(40)))
+    assert len({str(j.id) for j in jobs}) == 40
+    assert max(len(g) for g in groups) > 1  # some went together …
+    assert all(len(set(g)) == 1 for g in groups)  # … never two tenants' submits in one
+    assert await world.available(a) == 980 and await world.available(b) == 980
 
 
 async def test_encrypted_project_stores_only_ciphertext_of_sensitive_fields(world: JobsWorld) -> None:

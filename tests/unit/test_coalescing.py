@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from innosystem.kit.coalescing import Answer, Backlog, Coalescer
+from innosystem.kit.coalescing import Answer, Backlog, Coalescer, Lanes
 
 
 async def test_coalescer_hands_back_a_result_whose_caller_left() -> None:
@@ -160,3 +160,28 @@ async def test_with_one_worker_the_next_batch_waits_for_the_work_that_follows_th
     after.set()
     assert await second == 2
     assert order[:3] == ["batch [1]", "after [1]", "batch [2]"]
+
+
+async def test_lanes_keep_keys_apart_and_forget_the_least_recently_used() -> None:
+    batches: list[list[tuple[str, int]]] = []
+    gate = asyncio.Event()
+
+    async def handler(items: Sequence[tuple[str, int]]) -> list[int]:
+        batches.append(list(items))
+        await gate.wait()
+        return [n for _, n in items]
+
+    lanes: Lanes[str, tuple[str, int], int] = Lanes(handler, limit=2)
+    first = [asyncio.create_task(lanes(key).submit((key, n))) for key, n in (("a", 1), ("b", 2))]
+    await asyncio.sleep(0.01)
+    assert lanes("a").idle() is False  # its batch is under way
+    queued = [asyncio.create_task(lanes(key).submit((key, n))) for key, n in (("a", 3), ("b", 4), ("a", 5))]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await asyncio.gather(*first, *queued) == [1, 2, 3, 4, 5]
+    assert all(len({key for key, _ in batch}) == 1 for batch in batches)  # never two keys in one batch
+    assert [("a", 3), ("a", 5)] in batches  # what came meanwhile went together
+    assert lanes("a").idle()
+    a = lanes("a")
+    lanes("c")  # a third key: the least recently used ("b") is forgotten, "a" was used just now
+    assert lanes("a") is a and len(lanes._lanes) == 2 and "b" not in lanes._lanes
