@@ -31,6 +31,7 @@ import grpc
 from google.protobuf.message import Message
 
 from innosystem.kit.coalescing import Lanes
+from innosystem.kit.errors import UNCHANGED_REFUSALS
 
 SUBMIT = "/innosystem.jobs.v1.JobService/SubmitJob"
 BATCH = "/innosystem.jobs.v1.JobService/BatchSubmitJobs"
@@ -43,11 +44,7 @@ OVERLAP_BELOW = 4
 MAX_LANES = 10_000  # idle lanes beyond this many are forgotten, oldest first
 # A refusal that is certain to have changed nothing: each submit is asked again alone. (UNIMPLEMENTED:
 # a jobs service without BatchSubmitJobs, as during a rolling upgrade from a version before it.)
-_REFUSALS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                       grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.ABORTED,
-                       grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE,
-                       grpc.StatusCode.UNIMPLEMENTED})
+_REFUSALS = UNCHANGED_REFUSALS | {grpc.StatusCode.UNIMPLEMENTED}
 
 Metadata = list[tuple[str, Any]]
 

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-import grpc
 from opentelemetry import propagate
 from psycopg.types.json import Jsonb
 from sqlalchemy import Table, select
@@ -49,6 +48,7 @@ from innosystem.kit import principal as principals
 from innosystem.kit.coalescing import Answer, Coalescer, Lanes
 from innosystem.kit.db import Writes
 from innosystem.kit.errors import (
+    UNCHANGED_REFUSALS,
     Aborted,
     DomainError,
     FailedPrecondition,
@@ -92,12 +92,6 @@ EARLY_WRITE_ROWS = 100
 # singles, 64 in flight: docs/performance.md, session 18.
 SINGLES_GROUP = 100
 SINGLES_IN_FLIGHT = 2
-# A group's refusal certain to have changed nothing (a bad item, a wallet short, a request id
-# repeated within the group …): each of its submits is sent again alone, to its own answer.
-_REFUSALS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                       grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.ABORTED,
-                       grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE})
 JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 
@@ -291,7 +285,7 @@ class Submission:
             return await self._submit(first.caller, first.request.project_id, [i.request for i in items],
                                       single=len(items) == 1, traces=[i.trace for i in items])
         except DomainError as exc:
-            if len(items) == 1 or exc.code not in _REFUSALS:
+            if len(items) == 1 or exc.code not in UNCHANGED_REFUSALS:
                 raise
         return await asyncio.gather(*(self._submit_one(i) for i in items), return_exceptions=True)
 
