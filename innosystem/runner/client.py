@@ -184,8 +184,7 @@ class Runner:
         self._give_back_held("draining")
         grace = self.drain_grace_seconds if grace_seconds is None else grace_seconds
         log.info("draining: %d jobs running, grace %.0fs", len(self._running), grace)
-        self._send(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), last_assignment_seq=self._last_seq,
-                                                         draining=True)))
+        self._send_slots()
         self._spawn(self._finish_drain(grace))
 
     def stop(self) -> None:
@@ -240,6 +239,10 @@ class Runner:
         self._prefetching = on
         if not on:
             self._give_back_held("its jobs run long")
+        self._send_slots()
+
+    def _send_slots(self) -> None:
+        """Tells the service how many jobs it would take now, and whether it drains."""
         self._send(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), last_assignment_seq=self._last_seq,
                                                          draining=self._draining)))
 
@@ -335,7 +338,7 @@ class Runner:
             if job_id in resumed:
                 out.put_nowait(pb.ConnectRequest(result=result))
         if self._draining or welcome.dropped:  # slots counted busy in hello may be free again
-            out.put_nowait(pb.ConnectRequest(slots=pb.SlotUpdate(free_slots=self._free(), draining=self._draining)))
+            self._send_slots()
         log.info("connected to %s as runner %s (session %s, %d resumed, %d dropped)", self.target, self.runner_id,
                  welcome.session_id, len(welcome.resumed), len(welcome.dropped))
 
