@@ -159,7 +159,7 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
     bench.say(f"  PostgreSQL per job: {commits:.2f} commits, {inserted:.1f} rows inserted, {updated:.1f} updated, "
               f"{deleted:.1f} deleted")
     if loops is not None:
-        _print_loops(loops, n)
+        print_loops(loops, n)
     writes = {name: [(b - a) / n for a, b in zip(tables0.get(name, (0, 0, 0, 0)), counts, strict=True)]
               for name, counts in tables1.items()}
     bench.say("  row writes per job by table (inserted / updated, of which HOT / deleted):")
@@ -168,7 +168,15 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
             bench.say(f"    {name:40} {ins:5.2f} / {upd:5.2f}, {hot:5.2f} / {dele:5.2f}")
 
 
-def _print_loops(folder: Path, jobs: int) -> None:
+def loop_profile_env(folder: Path) -> dict[str, str]:
+    """The services' settings that time their event loops' callbacks into `folder`
+    (scripts/loopprofile/sitecustomize.py, between its `start` and `stop` files)."""
+    root = Path(__file__).resolve().parent.parent
+    return {"INNOSYSTEM_LOOP_PROFILE": str(folder), "PYTHONPATH": os.pathsep.join(
+        [str(root / "scripts" / "loopprofile"), str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def print_loops(folder: Path, jobs: int) -> None:
     """Each service process's event-loop callbacks over the submits (`--loop-profile`)."""
     deadline = time.monotonic() + 5  # every process that began timing has written its report
     while time.monotonic() < deadline and len(list(folder.glob("*.json"))) < len(list(folder.glob("*.on"))):
@@ -207,9 +215,7 @@ def main() -> None:
         if args.loop_profile:
             loops = Path(tmp) / "loops"
             loops.mkdir()
-            root = Path(__file__).resolve().parent.parent
-            extra.update({"INNOSYSTEM_LOOP_PROFILE": str(loops), "PYTHONPATH": os.pathsep.join(
-                [str(root / "scripts" / "loopprofile"), str(root), *filter(None, [os.environ.get("PYTHONPATH")])])})
+            extra.update(loop_profile_env(loops))
         with bench.embedded_platform(Path(tmp), log_dir, "probe", extra,
                                      bench.together_of(args), bench.beside_of(args)) as (p, pg_url, valkey_url):
             probe(p, pg_url, valkey_url, args, log_dir, loops)

@@ -1,7 +1,8 @@
 """A quick loop for the drain: `make bench`'s drain phase alone, repeated on one stack.
 
     .venv/bin/python scripts/probe_drain.py [--jobs 20000] [--rounds 2] [--slots 32[,64…]] [--prefetch N[,M…]]
-                                            [--profile DIR] [--env K=V ...] [--sql STATEMENT ...]
+                                            [--profile DIR] [--loop-profile] [--env K=V ...]
+                                            [--sql STATEMENT ...]
                                             [--apart | --together NAMES] [--beside NAMES]
 
 Starts the embedded stack as `make bench` does, then, `--rounds` times: queues `--jobs` echo jobs
@@ -11,8 +12,10 @@ settings on one stack) and waits until the wallet has paid for every job. Per ro
 the drain's jobs/s, the CPU per job of each process (/proc utime+stime, as `make bench`),
 PostgreSQL's commits and row writes per job by table (`pg_stat_database`, `pg_stat_user_tables`)
 and Valkey's commands per job (`INFO commandstats`). `--profile DIR` samples the services with
-py-spy over each drain's first 8 s. `--sql` runs statements on the database before the first
-round (e.g. to see what an index costs the drain: `--sql 'DROP INDEX jobs.ix_jobs_create_time_id'`).
+py-spy over each drain's first 8 s; `--loop-profile` times the services' event-loop callbacks over
+the first drain, by task (as `probe_dispatch.py --loop-profile`). `--sql` runs statements on the
+database before the first round (e.g. to see what an index costs the drain:
+`--sql 'DROP INDEX jobs.ix_jobs_create_time_id'`).
 Compare rounds and runs made one after the other: figures move with the machine's load.
 """
 
@@ -32,7 +35,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_e2e as bench  # a sibling script
-from probe_dispatch import _PG_TABLES, _PG_TOTALS
+from probe_dispatch import _PG_TABLES, _PG_TOTALS, loop_profile_env, print_loops
 
 # ANALYZE and VACUUM runs by table, whoever ran them (autovacuum or a service's own `kit.statistics`).
 _PG_UPKEEP = ("SELECT schemaname || '.' || relname, analyze_count + autoanalyze_count, "
@@ -40,7 +43,7 @@ _PG_UPKEEP = ("SELECT schemaname || '.' || relname, analyze_count + autoanalyze_
 
 
 def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: int, slots: int, prefetch: str,
-                log_dir: Path, profile: str | None) -> None:
+                log_dir: Path, profile: str | None, loops: Path | None = None) -> None:
     bench.submit_rest_batches(p, jobs, k * jobs)
     time.sleep(1.0)  # the submits' last commits and the statistics collector settle
     balance, _ = p.wallet()
@@ -54,6 +57,8 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
                                "--format", "raw", "-o", f"{profile}/{name}.{k}.raw", "-p", str(proc.pid)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for name, proc in p.stack.procs.items() if proc is not None] if profile else []
+    if loops is not None:  # the first round's drain only: its callbacks by task (`--loop-profile`)
+        (loops / "start").touch()
     before = p.meter.snapshot()
     began = time.perf_counter()
     if prefetch:
@@ -68,6 +73,8 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
         bench.stop_runners(runners)
         for spy in spies:
             spy.wait()
+        if loops is not None:
+            (loops / "stop").touch()
     calls1 = {cmd: v["calls"] for cmd, v in valkey.info("commandstats").items()}
     pg1 = db.execute(_PG_TOTALS).fetchone()
     time.sleep(1.1)  # the statistics collector's flush
@@ -92,6 +99,8 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     commands = {cmd.removeprefix("cmdstat_"): (calls1[cmd] - calls0.get(cmd, 0)) / jobs for cmd in calls1}
     bench.say("  Valkey commands per job: " + ", ".join(
         f"{cmd} {v:.3f}" for cmd, v in sorted(commands.items(), key=lambda kv: -kv[1]) if v >= 0.005))
+    if loops is not None:
+        print_loops(loops, jobs)
     db.close()
     valkey.close()
 
@@ -108,12 +117,19 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the services")
     parser.add_argument("--profile", help="sample the services' processes with py-spy for the drain's first 8 s, raw "
                         "stacks into this folder (py-spy from $PY_SPY, default `py-spy`)")
+    parser.add_argument("--loop-profile", action="store_true",
+                        help="time the services' event-loop callbacks over the first round's drain, by task")
     parser.add_argument("--sql", action="append", default=[], help="a statement to run before the first round")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory(prefix="innosystem-probe-") as tmp:
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
+        loops = None
+        if args.loop_profile:
+            loops = Path(tmp) / "loops"
+            loops.mkdir()
+            extra.update(loop_profile_env(loops))
         with bench.embedded_platform(Path(tmp), log_dir, "probe", extra,
                                      bench.together_of(args), bench.beside_of(args)) as (p, pg_url, valkey_url):
             with psycopg.connect(pg_url, autocommit=True) as db:
@@ -122,7 +138,7 @@ def main() -> None:
             for k in range(args.rounds):
                 slots, prefetch = [int(n) for n in args.slots.split(",")], args.prefetch.split(",")
                 drain_round(p, pg_url, valkey_url, args.jobs, k, slots[k % len(slots)], prefetch[k % len(prefetch)],
-                            log_dir, args.profile)
+                            log_dir, args.profile, loops if k == 0 else None)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ def _name(handle: Any) -> str:
     if owner is not None and hasattr(owner, "get_coro"):  # a task's step
         coro = owner.get_coro()
         what = "task " + str(getattr(coro, "__qualname__", None) or type(coro).__name__)
+        frame = getattr(coro, "cr_frame", None)
+        handler = getattr(frame.f_locals.get("self"), "_handler", None) if frame is not None else None
+        if handler is not None:  # a coalescer's worker: which batches it runs
+            what += f" [{getattr(handler, '__qualname__', type(handler).__name__)}]"
         named = owner.get_name()
         return what if named.startswith("Task-") else f"{what} ({named})"  # a name its creator gave it
     return str(getattr(callback, "__qualname__", None) or type(callback).__name__)
