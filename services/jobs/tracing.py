@@ -19,7 +19,7 @@ from opentelemetry.trace import Link, Span
 from sqlalchemy import Row
 
 from innosystem.jobs.v1 import job_types_pb2 as enums
-from innosystem.kit.telemetry import span_context_of
+from innosystem.kit.telemetry import links_to
 from services.jobs.models import Job
 
 _tracer = trace.get_tracer("innosystem.jobs")
@@ -50,8 +50,8 @@ def for_batch(jobs: Sequence[Job | Row[Any]], name: str, statuses: Sequence[int]
         return [job_span(jobs[0], name, start, statuses[0] if statuses else None)]
     if not jobs:
         return []
-    links = [Link(c) for c in (span_context_of(j.trace_context) for j in jobs) if c is not None]
-    return [_tracer.start_span(f"{name} batch", links=links, start_time=_ns(start) if start else None,
+    return [_tracer.start_span(f"{name} batch", links=links_to(j.trace_context for j in jobs),
+                               start_time=_ns(start) if start else None,
                                attributes={"innosystem.batch.size": len(jobs)})]
 
 

@@ -26,13 +26,12 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.trace import Link
 
 from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DOMAIN_SUFFIX, InvalidArgument, PermissionDenied
-from innosystem.kit.telemetry import span_context_of
+from innosystem.kit.telemetry import links_to
 from innosystem.runners.v1 import runners_pb2 as pb
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.runners.config import RunnersConfig
@@ -435,9 +434,7 @@ class Hub:
                                attributes={"innosystem.job.id": lease.job_id,
                                            "innosystem.runner.id": session.runner_id}).end()
         elif assigned:  # a batch: one span, linked to each job's trace
-            links = [Link(c) for c in (span_context_of(dict(x.lease.trace_context)) for x in assigned)
-                     if c is not None]
-            _tracer.start_span("assign batch", links=links, attributes={
+            _tracer.start_span("assign batch", links=links_to(x.lease.trace_context for x in assigned), attributes={
                 "innosystem.batch.size": len(assigned), "innosystem.runner.id": session.runner_id}).end()
         if back:
             self._spawn(self._release(session.runner_id, back,

@@ -15,7 +15,12 @@ ROOT = Path(__file__).resolve().parents[2]
 _PROGRAM = """
 import asyncio, sys, time
 from pathlib import Path
+from innosystem.kit.coalescing import Coalescer
 folder = Path(sys.argv[1])
+
+async def double(items):
+    await asyncio.sleep(0)
+    return [2 * i for i in items]
 
 async def spin(steps):
     for _ in range(steps):
@@ -34,6 +39,7 @@ async def main():
     (folder / "start").touch()
     await until("*.on")  # the timing has begun
     await asyncio.gather(spin(50), asyncio.create_task(spin(50), name="named"))
+    assert await asyncio.gather(*(Coalescer(double).submit(i) for i in range(3))) == [0, 2, 4]
     (folder / "stop").touch()
     await until("*.json")  # the report is written
 
@@ -52,6 +58,7 @@ def test_callbacks_are_counted_and_timed_by_task_inside_the_window(tmp_path: Pat
     assert 50 <= steps < 55  # the gathered task's steps, not the five before the window
     assert cpu > 0
     assert report["stats"]["task spin (named)"][0] >= 50  # a task its creator named is told apart
+    assert report["stats"]["task Coalescer._run [double]"][0] >= 3  # a coalescer's worker, by its batches' handler
 
 
 def test_without_the_setting_the_loop_is_left_alone() -> None:
