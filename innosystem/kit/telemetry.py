@@ -33,8 +33,10 @@ _spans_recorded = True
 
 
 def spans_recorded() -> bool:
-    """Whether spans may be recorded here: before setup, or with an exporter or a sampler configured."""
-    return _spans_recorded
+    """Whether spans may be recorded here: a tracer provider is set (by `setup`, or by the
+    application that embeds a runner) and `setup` did not find that nothing receives them (no
+    exporter, no sampler configured). With no provider set, every span is a no-op."""
+    return _spans_recorded and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def trace_carrier() -> dict[str, str]:
@@ -108,7 +110,7 @@ def links_to(carriers: Iterable[Mapping[str, str] | None]) -> list[Link]:
     """A batch span's links to its jobs' traces (each job's stored W3C context). None where no
     span is recorded: an unrecorded span drops its links, and reading a context per job was a
     twentieth of the drain's CPU in the jobs process (docs/performance.md, session 19)."""
-    if not _spans_recorded:
+    if not spans_recorded():
         return []
     return [Link(c) for c in map(span_context_of, carriers) if c is not None]
 

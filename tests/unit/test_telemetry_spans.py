@@ -1,0 +1,56 @@
+"""Where spans go nowhere, the hot paths skip building them (`kit.telemetry`): a batch span's
+links to its jobs' traces are read only where spans are recorded (an unrecorded span drops its
+links), and a process with no tracer provider at all (an application embedding the runner SDK
+without OpenTelemetry) records nothing, so the runner makes the job's trace context current
+(its logs keep the trace id) without a tracer's span."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from innosystem.jobs.v1 import jobs_pb2
+from innosystem.kit import telemetry
+
+TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def test_each_readable_context_gets_a_link_where_spans_are_recorded(span_exporter: InMemorySpanExporter) -> None:
+    assert telemetry.spans_recorded()
+    lease = jobs_pb2.JobLease(trace_context={"traceparent": f"00-{TRACE}-{SPAN}-01"})
+    links = telemetry.links_to([lease.trace_context, {"traceparent": "garbage"}, None, {}])
+    assert [(format(link.context.trace_id, "032x"), format(link.context.span_id, "016x")) for link in links] == [
+        (TRACE, SPAN)]
+    assert links[0].context.is_remote and links[0].context.trace_flags.sampled
+
+
+def test_no_link_is_built_where_no_span_is_recorded(span_exporter: InMemorySpanExporter,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(telemetry, "_spans_recorded", False)  # as setup() leaves it with no exporter
+    assert telemetry.links_to([{"traceparent": f"00-{TRACE}-{SPAN}-01"}]) == []
+
+
+_NO_PROVIDER = f"""
+from opentelemetry import trace
+from innosystem.jobs.v1 import jobs_pb2
+from innosystem.kit import telemetry
+from innosystem.runner import client
+from innosystem.runner.processors import Job
+
+assert not telemetry.spans_recorded()  # nobody set a tracer provider
+job = Job(jobs_pb2.JobLease(job_id="j", trace_context={{"traceparent": "00-{TRACE}-{SPAN}-01"}}))
+with client._span(job):
+    current = trace.get_current_span()
+    print(type(current).__name__, format(current.get_span_context().trace_id, "032x"))
+trace.set_tracer_provider(trace.NoOpTracerProvider())
+print(telemetry.spans_recorded())  # a provider is set now: spans may be recorded
+"""
+
+
+def test_with_no_tracer_provider_the_runner_makes_the_jobs_context_current_without_a_span() -> None:
+    done = subprocess.run([sys.executable, "-c", _NO_PROVIDER], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["NonRecordingSpan", TRACE, "True"]
