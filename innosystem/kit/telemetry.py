@@ -108,8 +108,8 @@ def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None
 
 def links_to(carriers: Iterable[Mapping[str, str] | None]) -> list[Link]:
     """A batch span's links to its jobs' traces (each job's stored W3C context). None where no
-    span is recorded: an unrecorded span drops its links, and reading a context per job was a
-    twentieth of the drain's CPU in the jobs process (docs/performance.md, session 19)."""
+    span is recorded: an unrecorded span drops its links, and reading a context per job was about
+    a thirtieth of the jobs process's CPU in a drain (docs/performance.md, session 19)."""
     if not spans_recorded():
         return []
     return [Link(c) for c in map(span_context_of, carriers) if c is not None]
