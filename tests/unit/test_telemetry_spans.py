@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from innosystem.jobs.v1 import jobs_pb2
 from innosystem.kit import telemetry
+from services.jobs import tracing
 
 TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
@@ -54,3 +57,14 @@ def test_with_no_tracer_provider_the_runner_makes_the_jobs_context_current_witho
     done = subprocess.run([sys.executable, "-c", _NO_PROVIDER], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["NonRecordingSpan", TRACE, "True"]
+
+
+def test_a_batch_span_links_to_every_jobs_trace_where_spans_are_recorded(span_exporter: InMemorySpanExporter) -> None:
+    traces = [f"{n:032x}" for n in range(1, 4)]
+    jobs: list[Any] = [SimpleNamespace(id=f"job-{n}", job_type_name="echo", attempt_count=1,
+                                       trace_context={"traceparent": f"00-{t}-{SPAN}-01"})
+                       for n, t in enumerate(traces)]
+    (span,) = tracing.for_batch(jobs, "complete")
+    span.end()
+    (done,) = [s for s in span_exporter.get_finished_spans() if s.name == "complete batch"]
+    assert sorted(format(link.context.trace_id, "032x") for link in done.links) == traces
