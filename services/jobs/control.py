@@ -178,8 +178,11 @@ class Control:
     async def watch(self, caller: Principal, job_id: str) -> AsyncGenerator[pb.JobEvent, None]:
         """A snapshot, then an event per change, until the job is final."""
         job = await self.queries.visible_job(caller, job_id)
-        channel = self.deps.signals.job_prefix + str(job.id)
-        async with self.watchers.slot(str(job.customer_id)) as slot, self.deps.signals.subscribe(channel) as incoming:
+        signals = self.deps.signals
+        channel = signals.job_prefix + str(job.id)
+        # the marker first: a publisher that finds no job watched asks no further (Signals.jobs_changed)
+        async with self.watchers.slot(str(job.customer_id)) as slot, signals.subscribe(signals.watched_channel), \
+                signals.subscribe(channel) as incoming:
             # read after subscribing, and before the first yield (the caller may resume us much later)
             last_change = await self._last_change_id(job.id)
             job = await self.queries.visible_job(caller, job_id)

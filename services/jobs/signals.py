@@ -11,7 +11,9 @@
   runner's long poll on replica B.
 - schedule wake: a job was scheduled earlier than the promoter's current sleep.
 - job events (WatchJob) and cancel requests (WatchCancellations) are published on channels that
-  watchers subscribe to through the process's one shared subscription connection.
+  watchers subscribe to through the process's one shared subscription connection. A process
+  with a job watcher also subscribes to the `watched` channel, so a batch of changes asks one
+  NUMSUB of two channels whether any job is watched at all, and only then which.
 - changed job ids (WatchJobs, WatchQueueStats): while a list or the queue statistics are watched,
   each batch of changes is also announced once on the `changes` channel, as the ids it changed.
 """
@@ -45,7 +47,9 @@ class Signals:
         self.sched_channel = f"{prefix}sched"
         self.cancel_channel = f"{prefix}cancel"
         self.job_prefix = f"{prefix}events:"
+        self.watched_channel = f"{prefix}watched"  # subscribed by every process with a job watcher
         self.changes_channel = f"{prefix}changes"
+        self._jobs_watched = False  # whether the last NUMSUB found a job watched anywhere
         self._versions: defaultdict[str, int] = defaultdict(int)
         # Per queue, the futures of the long polls waiting on it, oldest first (one future may
         # wait on several queues; a woken or finished one is skipped and dropped by `more`).
@@ -169,24 +173,32 @@ class Signals:
 
     async def jobs_changed(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Each watched job's event on its own channel. A batch of leases or results changes
-        hundreds of jobs at once and almost none has a watcher: one NUMSUB asks which do, and only
-        their events are encoded and published (one round trip). The same NUMSUB asks whether a
-        list is watched (`changes_channel`); only then the batch's ids are published there, once.
-        Called after the commit; a watcher subscribes before it reads the job, so a change it
-        cannot have read is announced. `ask_watched` puts the NUMSUB in a caller's pipeline."""
+        hundreds of jobs at once and almost always none has a watcher: one NUMSUB asks whether
+        any job is watched (`watched_channel`, which every process with a job watcher subscribes
+        to) and whether a list is (`changes_channel`); only when a job is, it asks which, and only
+        their events are encoded and published. While jobs are watched the NUMSUB names the
+        batch's channels at once (one round trip, as when none is). While a list is watched the
+        batch's ids are published there, once. Called after the commit; a watcher subscribes
+        before it reads the job, so a change it cannot have read is announced. `ask_watched` puts
+        the NUMSUB in a caller's pipeline."""
         if not events:
             return
         try:
-            counts = await self.client.pubsub_numsub(*(self.job_prefix + job_id for job_id, _ in events),
-                                                     self.changes_channel)
+            numsub = await self.client.pubsub_numsub(*self._asked(events))
         except RedisError as exc:
             log.warning("cannot publish %d job events: %s", len(events), exc)
             return
-        await self.publish_watched(events, counts)
+        await self.publish_watched(events, numsub)
 
     def ask_watched(self, pipe: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Queues the NUMSUB of `jobs_changed` in `pipe`; its reply goes to `publish_watched`."""
-        pipe.pubsub_numsub(*(self.job_prefix + job_id for job_id, _ in events), self.changes_channel)
+        pipe.pubsub_numsub(*self._asked(events))
+
+    def _asked(self, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        channels = [self.watched_channel, self.changes_channel]
+        if self._jobs_watched:  # as the last answer said: which of these, in the same question
+            channels += [self.job_prefix + job_id for job_id, _ in events]
+        return channels
 
     async def publish_watched(self, events: list[tuple[str, dict[str, Any]]], numsub: Any) -> None:
         """The events of the watched jobs among `events`, by the reply to `ask_watched`'s NUMSUB."""
@@ -194,12 +206,16 @@ class Signals:
             log.warning("cannot publish %d job events: %s", len(events), numsub)
             return
         counts = {_text(c): int(n) for c, n in numsub}
-        channels = [(self.job_prefix + job_id, event) for job_id, event in events]
-        watched = [(channel, event) for channel, event in channels if counts.get(channel)]
-        listed = counts.get(self.changes_channel, 0) > 0
-        if not watched and not listed:
-            return
+        self._jobs_watched = counts.get(self.watched_channel, 0) > 0
         try:
+            if self._jobs_watched and len(counts) <= 2:  # a job is watched since the question was asked
+                counts.update((_text(c), int(n)) for c, n in await self.client.pubsub_numsub(
+                    *(self.job_prefix + job_id for job_id, _ in events)))
+            watched = [(channel, event) for channel, event in ((self.job_prefix + job_id, event)
+                                                               for job_id, event in events) if counts.get(channel)]
+            listed = counts.get(self.changes_channel, 0) > 0
+            if not watched and not listed:
+                return
             async with self.client.pipeline(transaction=False) as pipe:
                 for channel, event in watched:
                     pipe.publish(channel, json.dumps(event))

@@ -241,8 +241,9 @@ async def test_concurrent_long_polls_share_commits_and_never_get_the_same_job(wo
 
 async def test_job_events_are_published_only_for_watched_jobs(world: JobsWorld) -> None:
     """A batch of leases and results publishes nothing for the jobs nobody watches (one NUMSUB
-    for the batch); a watched job still gets its events. A pattern subscription (which NUMSUB does
-    not count) sees every event this world publishes."""
+    for the batch); a watched job (its channel and the `watched` marker subscribed, as
+    `Control.watch` does) still gets its events. A pattern subscription (which NUMSUB does not
+    count) sees every event this world publishes."""
     c = await world.customer()
     jt = await world.job_type(c)
     jobs = [await world.submit(c, jt) for _ in range(6)]
@@ -250,7 +251,8 @@ async def test_job_events_are_published_only_for_watched_jobs(world: JobsWorld) 
     spy = world.redis.pubsub()
     await spy.psubscribe(signals.job_prefix + "*")
     try:
-        async with signals.subscribe(signals.job_prefix + str(jobs[0].id)) as incoming:
+        async with signals.subscribe(signals.watched_channel), \
+                signals.subscribe(signals.job_prefix + str(jobs[0].id)) as incoming:
             for lease in await world.lease([jt.name], max_jobs=6):
                 await world.complete(lease, result=result(ok=True))
             events = [await asyncio.wait_for(incoming.get(), 5) for _ in range(2)]

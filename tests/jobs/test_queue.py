@@ -365,7 +365,7 @@ async def test_an_endings_redis_work_is_one_round_trip_and_survives_lost_scripts
         return await execute(pipe, raise_on_error=raise_on_error)
 
     events = [("r1", {"status": "SUCCEEDED"}), ("r2", {"status": "SUCCEEDED"}), ("p1", {"status": "FAILED"})]
-    async with signals.subscribe(signals.job_prefix + "r1") as watched:
+    async with signals.subscribe(signals.watched_channel), signals.subscribe(signals.job_prefix + "r1") as watched:
         await queue.client.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
         with monkeypatch.context() as patch:
             patch.setattr(Pipeline, "execute", counting)

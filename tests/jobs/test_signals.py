@@ -95,3 +95,39 @@ async def test_a_timed_out_or_cancelled_waiter_is_forgotten(pair: tuple[Signals,
     (live,) = await _waiters(a, ["q"], 1, 2.0)
     a.more(["q"])
     assert await asyncio.wait_for(live, 1.0) is True  # the wake-up went to the live one
+
+
+async def test_job_events_reach_another_replicas_watcher_and_only_while_a_job_is_watched(
+        pair: tuple[Signals, Signals]) -> None:
+    """A batch of changes asks Valkey whether any job is watched at all (the `watched` marker,
+    which `Control.watch` subscribes to with its job's channel). A watcher on another replica gets
+    its own job's events from the first batch after it began, and nothing else; without the
+    marker subscribed anywhere, not even a subscriber of the job's channel gets an event."""
+    a, b = pair
+    mine, other = str(uuid.uuid4()), str(uuid.uuid4())
+    async with b.subscribe(b.job_prefix + mine) as bare:  # the channel alone: no job counts as watched
+        await _until_subscribed(a, b.job_prefix + mine)
+        await a.jobs_changed([(mine, {"status": 1}), (other, {"status": 1})])
+        async with b.subscribe(b.watched_channel):
+            await _until_subscribed(a, b.watched_channel)
+            await a.jobs_changed([(mine, {"status": 2}), (other, {"status": 2})])  # A had found none watched
+            assert await asyncio.wait_for(bare.get(), 2.0) == {"status": 2}  # the first event it got
+            await a.jobs_changed([(other, {"status": 3}), (mine, {"status": 4})])  # asked in one question now
+            assert await asyncio.wait_for(bare.get(), 2.0) == {"status": 4}
+        await _until_subscribed(a, b.watched_channel, 0)
+        await a.jobs_changed([(mine, {"status": 5})])  # asked in full (as last time), it finds none watched
+        await asyncio.sleep(0.1)
+        while not bare.empty():
+            bare.get_nowait()
+        await a.jobs_changed([(mine, {"status": 6})])
+        await asyncio.sleep(0.2)
+        assert bare.empty()
+
+
+async def _until_subscribed(s: Signals, channel: str, count: int = 1) -> None:
+    for _ in range(200):
+        ((_, n),) = await s.client.pubsub_numsub(channel)
+        if n == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{channel} never had {count} subscribers")
