@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 
@@ -20,6 +21,51 @@ async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(
         await asyncio.gather(*(client.blpop([f"{key}:none:{i}"], timeout=0.02) for i in range(20)),
                              *(client.incr(key) for _ in range(500)))
         assert int(await client.get(key)) == 500
+    finally:
+        await client.delete(key)
+        await client.aclose()
+
+
+async def test_an_idle_connection_killed_by_the_server_is_replaced_on_the_next_command(
+        valkey_server: EmbeddedValkey) -> None:
+    """The uncontended take (no condition, no timer) does not keep handing out a dead connection."""
+    client = kit_redis.connect(valkey_server.url, max_connections=2)
+    other = kit_redis.connect(valkey_server.url)
+    try:
+        await client.client_setname("pool-under-test")
+        before = await client.client_id()
+        for entry in await other.client_list():
+            if entry.get("name") == "pool-under-test":
+                await other.client_kill_filter(_id=entry["id"])
+        await asyncio.sleep(0.05)
+        with contextlib.suppress(kit_redis.aioredis.ConnectionError):  # no retries (`connect`): at most this fails
+            await client.ping()
+        assert await client.ping()  # the dead connection gave way to a fresh one, not handed out again
+        assert await client.client_id() != before
+    finally:
+        await client.aclose()
+        await other.aclose()
+
+
+async def test_callers_waiting_for_a_busy_pool_are_woken_in_turn_or_time_out(valkey_server: EmbeddedValkey) -> None:
+    client = kit_redis.connect(valkey_server.url, max_connections=1, pool_timeout=0.3)
+    key = f"turn:{uuid.uuid4()}"
+    try:
+        await client.ping()  # the one connection exists and is idle: the next take is the fast one
+        held = asyncio.create_task(client.blpop([f"{key}:none"], timeout=0.1))  # holds it for 0.1 s
+        await asyncio.sleep(0.01)
+        waiters = [asyncio.create_task(client.incr(key)) for _ in range(5)]  # wait on the condition
+        await asyncio.gather(held, *waiters)
+        assert int(await client.get(key)) == 5  # each woken when the one before gave the connection back
+        slow = asyncio.create_task(client.blpop([f"{key}:none"], timeout=1))
+        await asyncio.sleep(0.01)
+        try:
+            await client.incr(key)
+        except kit_redis.aioredis.ConnectionError as exc:  # no connection within pool_timeout
+            assert "No connection available" in str(exc)
+        else:
+            raise AssertionError("a caller got a connection held by another")
+        await slow
     finally:
         await client.delete(key)
         await client.aclose()
