@@ -338,12 +338,6 @@ def _no_autocommit(dbapi_connection: Any, record: Any, proxy: Any) -> None:
             raise DisconnectionError("connection left in autocommit") from exc
 
 
-async def _autocommit_off(conn: psycopg.AsyncConnection[Any]) -> None:
-    """A connection back in the hot pool, its transaction over, leaves autocommit as it came (on
-    while a pipeline's BEGIN keeps a transaction open: `transaction_pipeline`)."""
-    await conn.set_autocommit(False)  # no I/O on an idle connection
-
-
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False) -> None:
         # Looked up at call time so that the SQLAlchemy instrumentation (see telemetry) applies.
@@ -386,6 +380,8 @@ class Database:
         except psycopg.Error as exc:  # none free in time (PoolTimeout), or none can connect
             raise as_sqlalchemy_error(exc, "a connection of the hot paths' pool") from exc
         try:
+            if conn.autocommit:  # left on by a transaction that ended elsewhere (`transaction_pipeline`)
+                await conn.set_autocommit(False)  # no I/O on an idle connection
             try:
                 yield conn
             except BaseException:
@@ -400,7 +396,10 @@ class Database:
                     raise as_sqlalchemy_error(exc, "COMMIT") from exc
         finally:
             broken = conn.broken
-            await pool.putconn(conn)  # a broken connection, or one mid-statement, is discarded
+            if conn.pgconn.transaction_status == _IDLE:
+                await pool.putconn(conn)  # inline, without a pause: back in the pool at once
+            else:  # the pool rolls it back, or discards it (broken, or mid-statement): not cut by a cancel
+                await asyncio.shield(pool.putconn(conn))
             if broken:  # the server restarted, say: its idle siblings are likely dead too
                 with contextlib.suppress(Exception):  # the caller's own outcome stands
                     await pool.check()
@@ -409,10 +408,12 @@ class Database:
         async with self._opening:
             if self._pool is None:
                 # No check on checkout (a round trip each, as the engine's pre-ping would be): a
-                # connection that died fails its one transaction, and the pool drops it.
+                # connection that died fails its one transaction, and the pool drops it. No
+                # `reset` either: with one, the pool hands every returned connection to a worker
+                # task, a wake-up of the loop per transaction; autocommit goes off at checkout.
                 pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
                     self._conninfo, min_size=1, max_size=self._pool_size, open=False, name="hot",
-                    kwargs={"autocommit": False}, reset=_autocommit_off)
+                    kwargs={"autocommit": False})
                 await pool.open()
                 self._pool = pool
         return self._pool

@@ -382,3 +382,31 @@ async def test_a_hot_transaction_on_a_dead_connection_fails_alone(relayed: tuple
     async with db.transaction() as conn:
         await pipelined(conn, (_INSERT, {"k": 171}), commit=True)
     assert [await _next_transaction_counts(db, k) for k in (170, 171)] == [0, 1]
+
+
+async def test_a_hot_transaction_gives_its_connection_back_before_its_block_returns(
+        relayed: tuple[Database, Relay]) -> None:
+    """No worker task of the pool's (a wake-up of the loop per transaction) takes the connection
+    back: it is in the pool when the block has returned. One left in autocommit (a pipeline's
+    BEGIN, then an error before the block's end) comes out without it."""
+    db, _ = relayed
+    async with db.transaction():
+        pass
+    pool = db._pool
+    assert pool is not None
+    await asyncio.sleep(0.1)  # whatever the pool's own tasks had to do is done
+    idle = pool.get_stats()["pool_available"]
+    assert idle >= 1
+    for k in (180, 181):
+        async with db.transaction() as conn:
+            await pipelined(conn, (_INSERT, {"k": k}), commit=True)
+        assert pool.get_stats()["pool_available"] == idle  # nothing awaited since the block ended
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as conn:
+            await pipelined(conn, (_INSERT, {"k": 182}))  # BEGIN in the pipeline: autocommit on
+            assert conn.autocommit
+            raise RuntimeError("the block failed")
+    assert pool.get_stats()["pool_available"] == idle
+    async with db.transaction() as conn:
+        assert not conn.autocommit
+    assert [await _next_transaction_counts(db, k) for k in (180, 181, 182)] == [1, 1, 0]
