@@ -50,20 +50,21 @@ def probe(p: bench.Platform, args: argparse.Namespace) -> None:
     asyncio.run(bench.submit_grpc(p, 200, 10_000_000, batch=False, concurrency=64))  # warm caches and pools
     bench.submit_rest_single(p, 200, 10_100_000, workers=64)
     phases = []
-    spies = _spy(p, ["jobs", "billing"], args.profile, "grpc", args.spy_seconds)
-    before = p.meter.snapshot()
-    seconds = asyncio.run(bench.submit_grpc(p, n, 0, batch=False, concurrency=64))
-    phases.append(("grpc_single", "gRPC singles", p.meter.diff(before), n))
-    bench.say(f"gRPC singles (64 in flight): {n / seconds:,.0f} jobs/s")
-    for spy in spies:
-        spy.wait()
-    spies = _spy(p, ["gateway", "jobs", "billing"], args.profile, "gateway", args.spy_seconds)
-    before = p.meter.snapshot()
-    seconds = bench.submit_rest_single(p, n, n, workers=64)
-    phases.append(("gateway_single", "gateway singles", p.meter.diff(before), n))
-    bench.say(f"gateway singles (64 clients): {n / seconds:,.0f} jobs/s")
-    for spy in spies:
-        spy.wait()
+    if n:  # `--singles 0`: the batches alone
+        spies = _spy(p, ["jobs", "billing"], args.profile, "grpc", args.spy_seconds)
+        before = p.meter.snapshot()
+        seconds = asyncio.run(bench.submit_grpc(p, n, 0, batch=False, concurrency=64))
+        phases.append(("grpc_single", "gRPC singles", p.meter.diff(before), n))
+        bench.say(f"gRPC singles (64 in flight): {n / seconds:,.0f} jobs/s")
+        for spy in spies:
+            spy.wait()
+        spies = _spy(p, ["gateway", "jobs", "billing"], args.profile, "gateway", args.spy_seconds)
+        before = p.meter.snapshot()
+        seconds = bench.submit_rest_single(p, n, n, workers=64)
+        phases.append(("gateway_single", "gateway singles", p.meter.diff(before), n))
+        bench.say(f"gateway singles (64 clients): {n / seconds:,.0f} jobs/s")
+        for spy in spies:
+            spy.wait()
     if args.batches:
         bench.submit_rest_batches(p, 2000, 10_200_000)  # warm up the batch path
         spies = _spy(p, ["gateway", "jobs", "billing"], args.profile, "batch", args.spy_seconds)
