@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from typing import Any
 
 from innosystem.embedded import EmbeddedValkey
 from innosystem.kit import redis as kit_redis
@@ -66,6 +67,44 @@ async def test_callers_waiting_for_a_busy_pool_are_woken_in_turn_or_time_out(val
         else:
             raise AssertionError("a caller got a connection held by another")
         await slow
+    finally:
+        await client.delete(key)
+        await client.aclose()
+
+
+async def test_a_pipeline_gives_its_connection_back_without_a_task_and_watches_still_work(
+        valkey_server: EmbeddedValkey) -> None:
+    """redis-py's pipeline shields its connection's release in a task (two more turns of the loop);
+    ours gives it back at once when nothing can cut the release halfway. On a pool of one, a
+    connection not given back would time the next pipeline out."""
+    client = kit_redis.connect(valkey_server.url, max_connections=1, pool_timeout=0.5)
+    key = f"pipe:{uuid.uuid4()}"
+    made: list[object] = []
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        made.append(coro)
+        return factory(loop, coro, **kwargs) if factory else asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        await client.ping()
+        loop.set_task_factory(counting)
+        try:
+            for _ in range(20):
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.incr(key)
+                    pipe.get(key)
+                    _, value = await pipe.execute()
+        finally:
+            loop.set_task_factory(factory)
+        assert int(value) == 20 and made == []
+        async with client.pipeline() as pipe:  # WATCH / MULTI / EXEC: released redis-py's way, unwatched
+            await pipe.watch(key)
+            pipe.multi()
+            pipe.incr(key)
+            assert await pipe.execute() == [21]
+        assert int(await client.get(key)) == 21
     finally:
         await client.delete(key)
         await client.aclose()
