@@ -59,6 +59,12 @@ MAX_LEASE_JOBS = 1000
 MAX_WAIT_MS = 30_000
 MAX_ITEMS = 1000
 RECHECK_SECONDS = 5.0  # a long poll re-checks its queues this often even without a wake-up
+# A pop that found a caller's queues empty is not repeated for this long while no job became
+# ready in them here (`Signals.versions`): at light load each job handed to a long poll is
+# followed by the runner's next lease, which would find the queue empty again. Bounded in time
+# because another replica's wake-up (a publish) may be lost.
+EMPTY_SECONDS = 1.0
+MAX_EMPTY_KEYS = 10_000
 TAGS_CACHE_SECONDS = 5.0
 ENCRYPT_SECONDS = 5.0  # one result's encryption; a slow key manager fails its own attempt, not the batch
 OUTBOX_GRACE_SECONDS = 10.0  # an ending settles its own billing first; the sweeper takes what is older
@@ -89,6 +95,8 @@ class Leases:
         deps.idle.undelivered = self._undelivered  # a handed job whose call went away goes back
         self._tags: dict[str, tuple[float, list[tuple[str, ...]]]] = {}
         self._seen_at: dict[str, float] = {}  # queue → when this process last marked a runner there
+        # (queues, customer) → their versions when a pop found them empty, and when (EMPTY_SECONDS)
+        self._empty: dict[tuple[tuple[str, ...], str], tuple[tuple[int, ...], float]] = {}
         self._settled: list[str] = []  # holds billing answered for, their outbox rows not yet deleted
         self._flusher: asyncio.Task[None] | None = None
         # Committed endings whose billing is not sent yet, with their spans (`_settle_soon`).
@@ -159,8 +167,9 @@ class Leases:
         while True:
             seen = self.deps.signals.versions(queues)
             leases: list[pb.JobLease] = []
-            if queues:
+            if queues and not self._still_empty(queues, r.customer_id, seen):
                 ids = await self.deps.queue.lease(queues, r.max_jobs, self.deps.clock(), r.customer_id or None)
+                self._popped(queues, r.customer_id, seen, bool(ids))
                 if len(ids) >= r.max_jobs:  # all it asked for: more may wait, for the next long poll
                     self.deps.signals.more(queues)
                 if ids:
@@ -186,6 +195,21 @@ class Leases:
                 return handed
             if not queues and time.monotonic() < deadline:  # a type may appear meanwhile
                 queues = await self.queues_for(list(r.job_type_names), list(r.tags), r.customer_id)
+
+    def _still_empty(self, queues: Sequence[str], customer_id: str, seen: tuple[int, ...]) -> bool:
+        """Whether a pop found these queues empty (for this customer) less than EMPTY_SECONDS ago,
+        and no job became ready in them since (as far as this replica knows)."""
+        found = self._empty.get((tuple(queues), customer_id))
+        return found is not None and found[0] == seen and time.monotonic() - found[1] < EMPTY_SECONDS
+
+    def _popped(self, queues: Sequence[str], customer_id: str, seen: tuple[int, ...], any_found: bool) -> None:
+        key = (tuple(queues), customer_id)
+        if any_found:
+            self._empty.pop(key, None)
+            return
+        if len(self._empty) >= MAX_EMPTY_KEYS:
+            self._empty.clear()
+        self._empty[key] = (seen, time.monotonic())
 
     async def _mark_running(self, ids: Sequence[str], r: pb.LeaseJobsRequest) -> list[pb.JobLease]:
         """Concurrent LeaseJobs calls (many runners woken by one submit) share one transaction."""

@@ -221,6 +221,41 @@ async def test_cancel_pending_releases_the_hold_and_never_runs(world: JobsWorld)
 
 
 
+async def test_a_queue_found_empty_is_not_popped_again_until_a_job_enters_it_or_a_second_passes(
+        world: JobsWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At light load each job handed to a long poll is followed by the runner's next lease: that
+    one does not ask Redis again while nothing entered the queue (as this replica knows it), and
+    asks again once something did, or after EMPTY_SECONDS (another replica's wake-up may be lost)."""
+    from services.jobs import leases as leases_module
+    from services.jobs.queue import QueueItem
+
+    c = await world.customer()
+    jt = await world.job_type(c)
+    queue = world.app.deps.queue
+    pops: list[list[str]] = []
+    lease = queue.lease
+
+    async def counted(*args: Any, **kwargs: Any) -> list[str]:
+        pops.append(list(args[0]))
+        return await lease(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "lease", counted)
+    assert await world.lease([jt.name]) == [] and len(pops) == 1  # found empty
+    assert await world.lease([jt.name]) == [] and len(pops) == 1  # not asked again
+    job = await world.submit(c, jt)  # enters the queue here: asked again, found
+    assert [x.job_id for x in await world.lease([jt.name])] == [str(job.id)] and len(pops) == 2
+    assert await world.lease([jt.name]) == [] and len(pops) == 3
+    # A job that enters Redis without this replica hearing of it (another replica's wake-up lost):
+    waiting = await world.submit(c, jt)
+    assert await queue.remove(waiting.queue_name, [str(waiting.id)]) == [str(waiting.id)]
+    assert await world.lease([jt.name]) == [] and len(pops) == 4  # found empty after the submit
+    await queue.enqueue([QueueItem(str(waiting.id), waiting.queue_name, str(waiting.customer_id), waiting.priority,
+                                   waiting.create_time.timestamp())])
+    assert await world.lease([jt.name]) == [] and len(pops) == 4  # not heard of: not asked yet
+    monkeypatch.setattr(leases_module, "EMPTY_SECONDS", 0.0)  # … until the empty pop is old enough
+    assert [x.job_id for x in await world.lease([jt.name])] == [str(waiting.id)] and len(pops) == 5
+
+
 async def test_concurrent_long_polls_share_commits_and_never_get_the_same_job(world: JobsWorld) -> None:
     c = await world.customer()
     jt = await world.job_type(c)
