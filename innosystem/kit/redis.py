@@ -46,8 +46,8 @@ def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS, *,
 class _Pool(aioredis.BlockingConnectionPool):
     """redis-py's blocking pool, with a fast path while it is not contended: an idle connection is
     taken, and given back, without the pool's condition, its timeout timer and its wait-time
-    metric, which cost about a third of a command's client CPU (30 of 100 µs for a GET, measured
-    in docs/performance.md, session 20). When no connection is idle or callers wait for one,
+    metric, which cost about a quarter of a command's client CPU (a GET: 83-90 -> 65 µs,
+    docs/performance.md, session 20). When no connection is idle or callers wait for one,
     every take goes the base class's way (in turn, bounded by `timeout`), and a connection given
     back wakes a waiter."""
 

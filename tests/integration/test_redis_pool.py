@@ -8,6 +8,8 @@ import json
 import uuid
 from typing import Any
 
+import pytest
+
 from innosystem.embedded import EmbeddedValkey
 from innosystem.kit import redis as kit_redis
 from innosystem.kit.pubsub import CLOSED, Subscriptions
@@ -60,12 +62,8 @@ async def test_callers_waiting_for_a_busy_pool_are_woken_in_turn_or_time_out(val
         assert int(await client.get(key)) == 5  # each woken when the one before gave the connection back
         slow = asyncio.create_task(client.blpop([f"{key}:none"], timeout=1))
         await asyncio.sleep(0.01)
-        try:
-            await client.incr(key)
-        except kit_redis.aioredis.ConnectionError as exc:  # no connection within pool_timeout
-            assert "No connection available" in str(exc)
-        else:
-            raise AssertionError("a caller got a connection held by another")
+        with pytest.raises(kit_redis.aioredis.ConnectionError, match="No connection available"):
+            await client.incr(key)  # none within pool_timeout: the one connection is held
         await slow
     finally:
         await client.delete(key)
