@@ -207,12 +207,14 @@ class Signals:
             return
         counts = {_text(c): int(n) for c, n in numsub}
         self._jobs_watched = counts.get(self.watched_channel, 0) > 0
+        watched: list[tuple[str, dict[str, Any]]] = []
         try:
-            if self._jobs_watched and len(counts) <= 2:  # a job is watched since the question was asked
-                counts.update((_text(c), int(n)) for c, n in await self.client.pubsub_numsub(
-                    *(self.job_prefix + job_id for job_id, _ in events)))
-            watched = [(channel, event) for channel, event in ((self.job_prefix + job_id, event)
-                                                               for job_id, event in events) if counts.get(channel)]
+            if self._jobs_watched:  # which of the batch's jobs (none is, almost always: nothing to look at)
+                channels = [(self.job_prefix + job_id, event) for job_id, event in events]
+                if len(counts) <= 2:  # a job is watched since the question was asked: ask which
+                    counts.update((_text(c), int(n)) for c, n in await self.client.pubsub_numsub(
+                        *(channel for channel, _ in channels)))
+                watched = [(channel, event) for channel, event in channels if counts.get(channel)]
             listed = counts.get(self.changes_channel, 0) > 0
             if not watched and not listed:
                 return
