@@ -29,7 +29,6 @@ import orjson
 import psycopg
 import sqlalchemy.ext.asyncio
 from psycopg import pq, sql
-from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import JSON, MetaData, Table, TextClause, event, text
@@ -37,6 +36,8 @@ from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import greenlet_spawn
+
+from innosystem.kit import roundtrip
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -219,66 +220,27 @@ _IDLE = pq.TransactionStatus.IDLE
 _OPEN = frozenset({pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR})  # a transaction to roll back
 
 
-def _may_begin(driver: psycopg.AsyncConnection[Any]) -> bool:
-    """Whether a pipeline holding a transaction's first statements may send its BEGIN itself.
-    psycopg's own BEGIN in a pipeline is followed by a Sync it waits for: a round trip before any
-    statement goes out. It skips it only in autocommit, so `transaction_pipeline` turns that on.
-    A connection with its own transaction settings keeps psycopg's BEGIN, which carries them."""
-    return (driver.pgconn.transaction_status == _IDLE and not driver.autocommit
-            and driver.isolation_level is None and driver.read_only is None and driver.deferrable is None)
-
-
-@asynccontextmanager
-async def transaction_pipeline(driver: psycopg.AsyncConnection[Any], *, commit: bool = False
-                               ) -> AsyncIterator[None]:
-    """psycopg's pipeline for the block's statements, with the transaction's BEGIN in the same
-    round trip when they are its first, and with `commit` its COMMIT: exiting the pipeline is then
-    the only Sync, the one round trip. COMMIT goes as a statement, not by `driver.commit()`, which
-    would Sync and wait on its own before the exit Syncs again; psycopg then finds the transaction
-    idle, so SQLAlchemy's commit that follows is a no-op. An error at any statement, COMMIT
-    included (a deferred constraint, a serialization failure), skips the rest up to the Sync:
-    nothing of the transaction commits, and the session rolls it back as for any error.
-
-    Autocommit (for BEGIN) stays on while the transaction is open: it changes nothing then, since
-    psycopg adds a BEGIN only to an idle connection. It goes off as soon as the transaction is
-    over here (COMMIT, or an error at COMMIT); a transaction that ends elsewhere (the session's
-    commit or rollback: an error, a cancellation) ends the checkout with it, and `Database`
-    turns autocommit off at every checkout, so no transaction ever runs in autocommit."""
-    if begin := _may_begin(driver):
-        await driver.set_autocommit(True)
-    try:
-        async with driver.pipeline():
-            if begin:
-                await driver.execute(b"BEGIN", prepare=False)
-            yield
-            if commit:
-                await driver.execute(b"COMMIT", prepare=False)
-    finally:
-        if driver.autocommit and driver.pgconn.transaction_status == _IDLE:
-            await driver.set_autocommit(False)  # no I/O on an idle connection
-
-
 async def pipelined(session: Conn, *steps: tuple[TextClause, Mapping[str, Any]],
                     commit: bool = False, rows: bool = True) -> list[Any]:
-    """Run module-level `text()` statements in one round trip (psycopg's pipeline mode): the last
-    one's rows (none with `rows=False`, for statements that return none), with attribute access
-    like SQLAlchemy's; the transaction's BEGIN in the same round trip when they are its first, and
-    with `commit` (for a use case whose last statement decides nothing more) its COMMIT
-    (`transaction_pipeline`)."""
+    """Run module-level `text()` statements in one round trip (`kit.roundtrip`): the last one's
+    rows (none with `rows=False`), with attribute access like SQLAlchemy's; the transaction's BEGIN
+    with them when they are its first, and with `commit` (for a use case whose last statement
+    decides nothing more) its COMMIT. An error at any statement, COMMIT included (a deferred
+    constraint, a serialization failure), skips the rest: nothing of the transaction commits, and
+    the session rolls it back as for any error. psycopg then finds the transaction over, so
+    SQLAlchemy's commit that follows is a no-op."""
     driver = await driver_of(session)
     try:
-        async with transaction_pipeline(driver, commit=commit):
-            for statement, params in steps:
-                cursor = driver.cursor(row_factory=namedtuple_row)
-                await cursor.execute(_psycopg_text(statement), params)
-        return await cursor.fetchall() if rows else []
+        results = await roundtrip.run(driver, [(_psycopg_text(st), params, False) for st, params in steps],
+                                      commit=commit)
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, "pipelined statements") from exc
+    return roundtrip.rows(driver, results[-1]) if rows and results else []
 
 
 class Writes:
-    """Statements whose answers nobody reads, sent with the COMMIT in one round trip (psycopg's
-    pipeline mode) rather than one round trip each: a ledger batch's updates and inserts. Rows to
+    """Statements whose answers nobody reads, sent with the COMMIT in one round trip
+    (`kit.roundtrip`) rather than one round trip each: a ledger batch's updates and inserts. Rows to
     insert beyond `SMALL_INSERT_ROWS` go in at once by COPY (not allowed in a pipeline), which a
     large batch amortizes. The session's own commit then finds nothing left to commit."""
 
@@ -302,18 +264,18 @@ class Writes:
 
     async def commit(self, session: Conn) -> None:
         """The steps and the COMMIT in one round trip, with the BEGIN too when nothing ran before
-        in the transaction (a submit's few rows: `transaction_pipeline`)."""
+        in the transaction (a submit's few rows)."""
         driver = await driver_of(session)
         if not self._steps and driver.pgconn.transaction_status == _IDLE:
             return  # nothing ran, nothing to commit
+        steps: list[roundtrip.Step] = []
+        for statement, params, how in self._steps:
+            if how == "many":
+                steps += [(statement, p, False) for p in params]
+            else:
+                steps.append((statement, params, how == "raw"))
         try:
-            async with (transaction_pipeline(driver, commit=True), driver.cursor() as cursor,
-                        psycopg.AsyncRawCursor(driver) as raw):
-                for statement, params, how in self._steps:
-                    if how == "many":
-                        await cursor.executemany(statement, params)
-                    else:
-                        await (raw if how == "raw" else cursor).execute(statement, params)
+            await roundtrip.run(driver, steps, commit=True)
         except psycopg.Error as exc:
             raise as_sqlalchemy_error(exc, "a pipelined write") from exc
         self._steps.clear()
@@ -329,8 +291,8 @@ def new_id() -> uuid.UUID:
 
 def _no_autocommit(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     """Every checkout starts with autocommit off, whatever way the connection came back to the pool
-    (`transaction_pipeline` leaves it on while the transaction it began is open). One that cannot
-    be turned off is dropped: the pool then hands out another connection."""
+    (a caller that turned it on). One that cannot be turned off is dropped: the pool then hands
+    out another connection."""
     if record.driver_connection.autocommit:
         try:
             dbapi_connection.autocommit = False  # no I/O on an idle connection
@@ -380,7 +342,7 @@ class Database:
         except psycopg.Error as exc:  # none free in time (PoolTimeout), or none can connect
             raise as_sqlalchemy_error(exc, "a connection of the hot paths' pool") from exc
         try:
-            if conn.autocommit:  # left on by a transaction that ended elsewhere (`transaction_pipeline`)
+            if conn.autocommit:  # left on by a caller
                 await conn.set_autocommit(False)  # no I/O on an idle connection
             try:
                 yield conn
@@ -411,9 +373,10 @@ class Database:
                 # connection that died fails its one transaction, and the pool drops it. No
                 # `reset` either: with one, the pool hands every returned connection to a worker
                 # task, a wake-up of the loop per transaction; autocommit goes off at checkout.
+                # psycopg prepares nothing here: `kit.roundtrip` prepares the statements it runs.
                 pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
                     self._conninfo, min_size=1, max_size=self._pool_size, open=False, name="hot",
-                    kwargs={"autocommit": False})
+                    kwargs={"autocommit": False, "prepare_threshold": None})
                 await pool.open()
                 self._pool = pool
         return self._pool

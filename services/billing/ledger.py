@@ -21,10 +21,10 @@ from typing import Any, cast
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from sqlalchemy import Table
 
-from innosystem.kit.db import Conn, as_sqlalchemy_error, driver_of, transaction_pipeline, utcnow
+from innosystem.kit import roundtrip
+from innosystem.kit.db import Conn, as_sqlalchemy_error, driver_of, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition
 from services.billing import alerts, limits
 from services.billing.batcher import Tx
@@ -295,14 +295,10 @@ async def _lock(conn: Conn, items: list[Item]) -> tuple[list[dict[str, Any]], li
               "wallets": sorted({i.wallet_id for i in items if isinstance(i, ReserveItem)}),
               "settled": sorted({i.hold_id for i in items if not isinstance(i, ReserveItem)})}
     try:
-        async with transaction_pipeline(driver):  # the BEGIN goes with them
-            holds = driver.cursor(row_factory=dict_row)
-            await holds.execute(_LOCK_HOLDS, params)
-            wallets = driver.cursor(row_factory=dict_row)
-            await wallets.execute(_LOCK_WALLETS, params)
-        return await holds.fetchall(), await wallets.fetchall()
+        holds, wallets = await roundtrip.run(driver, [(_LOCK_HOLDS, params, False), (_LOCK_WALLETS, params, False)])
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, "locking a ledger batch") from exc
+    return roundtrip.rows(driver, holds, "dict"), roundtrip.rows(driver, wallets, "dict")
 
 
 async def apply(conn: Conn, tx: Tx, queued: list[Item | Authorizing]) -> list[Outcome]:

@@ -1,9 +1,9 @@
 """`kit.db.pipelined(commit=True)` and `Writes.commit` send a whole transaction (BEGIN, statements,
-COMMIT) in one round trip; a pipeline that opens a transaction left open (billing's ledger lock)
-sends its BEGIN with its statements. BEGIN in the pipeline needs autocommit on while the transaction
-is open: every way out (an error, an error at COMMIT, a cancellation) must commit nothing of the
-transaction and hand out the pooled connection next with autocommit off. Round trips are counted
-by a relay between the pool and PostgreSQL: one each time the server speaks after the client did."""
+COMMIT) in one round trip (`kit.roundtrip`); statements that open a transaction left
+open (billing's ledger lock) send its BEGIN with them. Every way out (an error, an error at
+COMMIT, a cancellation) must commit nothing of the transaction and hand out the pooled connection
+next ready for a real transaction. Round trips are counted by a relay between the pool and
+PostgreSQL: one each time the server speaks after the client did."""
 
 from __future__ import annotations
 
@@ -109,6 +109,43 @@ async def test_a_whole_pipelined_transaction_is_one_round_trip(relayed: tuple[Da
     assert [r.k for r in rows] == [2]
     assert await _count(db, 1) == 1 and await _count(db, 2) == 1
     await _assert_real_transactions(db, 3)
+
+
+async def test_statements_are_prepared_once_per_connection(relayed: tuple[Database, Relay]) -> None:
+    """A statement is prepared the first time a connection runs it and executed by name after;
+    one whose preparation failed is not taken for prepared."""
+    db, _ = relayed
+    bad = text("SELECT no_such_column FROM public.round_trips WHERE k = :k")
+    prepared = text("SELECT count(*) AS n FROM pg_prepared_statements WHERE name LIKE '\\_inno\\_%'")
+    async with db.transaction() as conn:
+        for k in (200, 201, 202):
+            await pipelined(conn, (_INSERT, {"k": k}), commit=True)
+        (row,) = await pipelined(conn, (prepared, {}))
+        first = row.n
+        for _ in range(2):
+            with pytest.raises(DBAPIError, match="no_such_column"):
+                await pipelined(conn, (bad, {"k": 1}))
+            await conn.rollback()
+        (row,) = await pipelined(conn, (prepared, {}))
+    assert first == 2  # the INSERT, and the count itself
+    assert row.n == first  # the failed one twice, neither kept
+    assert [await _next_transaction_counts(db, k) for k in (200, 201, 202)] == [1, 1, 1]
+
+
+async def test_a_session_survives_psycopgs_deallocation_of_its_statements(relayed: tuple[Database, Relay]) -> None:
+    """On a session's connection psycopg prepares statements of its own and deallocates them all at
+    a ROLLBACK: the round trips' statements go on running there (they run unnamed)."""
+    db, _ = relayed
+    for k in (210, 211):
+        with pytest.raises(DataError):
+            async with db.session() as s:
+                for _ in range(6):  # past psycopg's prepare threshold
+                    await s.execute(_COUNT, {"k": k})
+                await pipelined(s, (_INSERT, {"k": k}))
+                await s.execute(_FAIL, {"zero": 0})  # then a ROLLBACK: psycopg's DEALLOCATE ALL
+    async with db.session() as s:
+        await pipelined(s, (_INSERT, {"k": 212}), commit=True)
+    assert [await _count(db, k) for k in (210, 211, 212)] == [0, 0, 1]
 
 
 async def test_writes_commit_is_one_round_trip_fresh_or_after_statements(relayed: tuple[Database, Relay]) -> None:
@@ -387,8 +424,8 @@ async def test_a_hot_transaction_on_a_dead_connection_fails_alone(relayed: tuple
 async def test_a_hot_transaction_gives_its_connection_back_before_its_block_returns(
         relayed: tuple[Database, Relay]) -> None:
     """No worker task of the pool's (a wake-up of the loop per transaction) takes the connection
-    back: it is in the pool when the block has returned. One left in autocommit (a pipeline's
-    BEGIN, then an error before the block's end) comes out without it."""
+    back: it is in the pool when the block has returned, and one left with its transaction open
+    (an error before the block's end) is back rolled back."""
     db, _ = relayed
     async with db.transaction():
         pass
@@ -403,8 +440,8 @@ async def test_a_hot_transaction_gives_its_connection_back_before_its_block_retu
         assert pool.get_stats()["pool_available"] == idle  # nothing awaited since the block ended
     with pytest.raises(RuntimeError):
         async with db.transaction() as conn:
-            await pipelined(conn, (_INSERT, {"k": 182}))  # BEGIN in the pipeline: autocommit on
-            assert conn.autocommit
+            await pipelined(conn, (_INSERT, {"k": 182}))  # BEGIN with it: the transaction is open
+            assert not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
             raise RuntimeError("the block failed")
     assert pool.get_stats()["pool_available"] == idle
     async with db.transaction() as conn:
