@@ -74,7 +74,8 @@ def probe(p: bench.Platform, args: argparse.Namespace) -> None:
         bench.say(f"gateway, batches of 1000: {args.batches / seconds:,.0f} jobs/s")
         for spy in spies:
             spy.wait()
-    bench.submit_cpu_table(phases)
+    if phases:  # `--singles 0 --latency S`: the latency phase alone
+        bench.submit_cpu_table(phases)
     if args.latency:
         durations, refused = bench.submit_latency_gateway(p, 50, args.latency, 20_000_000)
         figures = bench.percentiles(durations)
