@@ -37,6 +37,7 @@ Step = tuple[Any, Any, bool]
 _OK = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY})
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _FATAL = pq.ExecStatus.FATAL_ERROR
+_COPY = frozenset({pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH})
 _IDLE = pq.TransactionStatus.IDLE
 MAX_PREPARED = 256  # statements prepared per connection; more run unprepared
 
@@ -85,6 +86,8 @@ def _exchange(pgconn: pq.abc.PGconn, sends: Sequence[Callable[[], None]]) -> Any
             current = []
         elif result.status == _SYNC:
             return results
+        elif result.status in _COPY:  # a programming error: the connection is left to be discarded
+            raise psycopg.NotSupportedError("COPY cannot run in one round trip (kit.db.copy_rows runs it)")
         else:
             current.append(result)
 

@@ -148,6 +148,18 @@ async def test_a_session_survives_psycopgs_deallocation_of_its_statements(relaye
     assert [await _count(db, k) for k in (210, 211, 212)] == [0, 0, 1]
 
 
+async def test_copy_in_a_round_trip_is_refused_and_the_pool_goes_on(relayed: tuple[Database, Relay]) -> None:
+    """COPY belongs to `copy_rows`: in a round trip it is refused (not hung on), and the pool's next
+    transaction works."""
+    db, _ = relayed
+    with pytest.raises(DBAPIError, match="COPY"):
+        async with db.transaction() as conn:
+            await pipelined(conn, (text("COPY public.round_trips FROM STDIN"), {}))
+    async with db.transaction() as conn:
+        await pipelined(conn, (_INSERT, {"k": 220}), commit=True)
+    assert await _next_transaction_counts(db, 220) == 1
+
+
 async def test_writes_commit_is_one_round_trip_fresh_or_after_statements(relayed: tuple[Database, Relay]) -> None:
     db, relay = relayed
     before = relay.turns
