@@ -1,7 +1,7 @@
 """A quick loop for the run path at a steady rate: `make bench`'s dispatch phase, taken apart.
 
     .venv/bin/python scripts/probe_dispatch.py [--rate 200] [--count 1600] [--profile DIR] [--loop-profile]
-                                               [--env K=V ...]
+                                               [--env K=V ...] [--sql STATEMENT ...]
                                                [--apart | --together NAMES] [--beside NAMES]
 
 Starts the embedded stack as `make bench` does (PostgreSQL, Valkey, the five services in four
@@ -19,7 +19,9 @@ over gRPC at `--rate` per second, open-loop, and prints:
 `--apart` runs every service in a process of its own (as compose does; by default jobs and runners
 share one with a billing replica beside them, as `innosystem up` runs them; `--together` and
 `--beside` choose other arrangements, e.g. `--beside ''` for no billing replica). `--env K=V`
-passes settings to the services (e.g. to compare a knob's two values in one hour),
+passes settings to the services (e.g. to compare a knob's two values in one hour), `--sql`
+runs statements before the first submit (`--sql "UPDATE jobs.job_type_prices SET unit_price_cents
+= 0, cap_cents = 0"`: jobs that cost nothing, so no hold and no capture, billing's share priced),
 `--profile DIR` samples the jobs, billing and runners services with py-spy for 6 s (raw stacks
 into DIR; py-spy from $PY_SPY, default `py-spy`). `--loop-profile` times every event-loop callback
 of the services over the submits (`scripts/loopprofile/sitecustomize.py`) and prints, per process,
@@ -109,6 +111,9 @@ async def _timings(p: bench.Platform, sent: dict[str, tuple[float, float]]) -> l
 
 def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namespace, log_dir: Path,
           loops: Path | None) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as admin:  # before any submit reads what they change
+        for statement in args.sql:
+            admin.execute(statement)
     runners = bench.start_runners(p, bench.runner_tokens(p, 2), 32, log_dir)
     try:
         asyncio.run(_submit(p, args.rate, 100))  # warm caches, pools and the runners' streams
@@ -204,6 +209,8 @@ def main() -> None:
     bench.add_topology(parser)
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the services")
     parser.add_argument("--profile", help="sample jobs, billing and runners with py-spy, raw stacks into this folder")
+    parser.add_argument("--sql", action="append", default=[],
+                        help="a statement to run before the first submit (e.g. every price set to 0: no holds)")
     parser.add_argument("--loop-profile", action="store_true",
                         help="time the services' event-loop callbacks over the submits, by task")
     args = parser.parse_args()
