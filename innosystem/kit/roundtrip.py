@@ -42,7 +42,6 @@ _IDLE = pq.TransactionStatus.IDLE
 MAX_PREPARED = 256  # statements prepared per connection; more run unprepared
 
 
-
 class _Prepared:
     """The statements prepared on one connection: (query, parameter types) → name."""
 
@@ -135,6 +134,10 @@ async def run(driver: psycopg.AsyncConnection[Any], steps: Sequence[Step], *, co
         pgconn.enter_pipeline_mode()
         try:
             answers: list[list[pq.abc.PGresult]] = await driver.wait(_exchange(pgconn, sends))
+        except BaseException:  # a cancel, a lost connection: whether each PREPARE happened is unknown
+            for name in preparing.values():
+                prepared.withdraw(name)  # prepared again, under a new name, if the connection lives on
+            raise
         finally:
             if pgconn.pipeline_status != pq.PipelineStatus.OFF:
                 try:

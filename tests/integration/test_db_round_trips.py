@@ -415,6 +415,24 @@ async def test_a_hot_transaction_cancelled_mid_statement_commits_nothing(relayed
     assert await _next_transaction_counts(db, 161) == 0
 
 
+async def test_a_statement_whose_preparation_a_cancel_skipped_is_prepared_again(relayed: tuple[Database, Relay],
+                                                                                  database_url: str) -> None:
+    """Cancelled in PostgreSQL's sleep, the round trip's later statements (and their preparation)
+    never ran: the connection, which the pool keeps, prepares them again when next used."""
+    db, _ = relayed
+    sleep = text("SELECT pg_sleep(60)")
+    fresh = text("SELECT :k + 1 AS n")  # not yet run on this connection
+
+    async def use_case() -> None:
+        async with db.transaction() as conn:
+            await pipelined(conn, (sleep, {}), (fresh, {"k": 1}), commit=True)
+
+    await _cancel_while_sleeping(use_case(), database_url)
+    async with db.transaction() as conn:
+        (row,) = await pipelined(conn, (fresh, {"k": 2}))
+    assert row.n == 3
+
+
 async def test_a_hot_transaction_on_a_dead_connection_fails_alone(relayed: tuple[Database, Relay],
                                                                   database_url: str) -> None:
     """The server ends the pool's connection (a restart, say): the next transaction fails with
