@@ -1,9 +1,9 @@
 """`kit.db.pipelined(commit=True)` and `Writes.commit` send a whole transaction (BEGIN, statements,
-COMMIT) in one round trip (`kit.roundtrip`); statements that open a transaction left
-open (billing's ledger lock) send its BEGIN with them. Every way out (an error, an error at
-COMMIT, a cancellation) must commit nothing of the transaction and hand out the pooled connection
-next ready for a real transaction. Round trips are counted by a relay between the pool and
-PostgreSQL: one each time the server speaks after the client did."""
+COMMIT) in one round trip (`kit.roundtrip`); statements that open a transaction and leave it open
+(billing's ledger lock) send its BEGIN with them. Every way out (an error, an error at COMMIT, a
+cancellation) must commit nothing of the transaction and hand out the pooled connection next
+ready for a real transaction. Round trips are counted by a relay between the pool and PostgreSQL:
+one each time the server speaks after the client did."""
 
 from __future__ import annotations
 
@@ -455,7 +455,7 @@ async def test_a_hot_transaction_gives_its_connection_back_before_its_block_retu
         relayed: tuple[Database, Relay]) -> None:
     """No worker task of the pool's (a wake-up of the loop per transaction) takes the connection
     back: it is in the pool when the block has returned, and one left with its transaction open
-    (an error before the block's end) is back rolled back."""
+    (an error before the block's end) comes back rolled back."""
     db, _ = relayed
     async with db.transaction():
         pass
