@@ -6,9 +6,10 @@ client. A small write transaction (BEGIN, an INSERT, an UPDATE, COMMIT) cost the
 µs of CPU that way, against 80 for one `SELECT 1`; queued in libpq's buffer and sent at once, as
 here, 180-220 (docs/performance.md, session 21). The statements are converted and their
 parameters dumped as psycopg's cursors do it. On a connection where psycopg prepares nothing of its
-own (`prepare_threshold=None`: the hot paths' pool) each is prepared the first time the connection
-runs it, so PostgreSQL plans it once per connection; elsewhere psycopg deallocates every prepared
-statement at a ROLLBACK once it has prepared one of its own, so they run unnamed.
+own (`prepare_threshold=None`: the hot paths' pool) each is prepared the second time the connection
+runs it (a statement run once, say a rare shape of a multi-row INSERT, does not take a place), so
+PostgreSQL plans it once per connection; elsewhere psycopg deallocates every prepared statement at
+a ROLLBACK once it has prepared one of its own, so they run unnamed.
 
 `run` drives libpq (`psycopg.pq`, psycopg's documented libpq wrapper) on a connection psycopg
 holds, under the connection's lock, and leaves it as psycopg left it but for the transaction:
@@ -40,6 +41,7 @@ _FATAL = pq.ExecStatus.FATAL_ERROR
 _COPY = frozenset({pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH})
 _IDLE = pq.TransactionStatus.IDLE
 MAX_PREPARED = 256  # statements prepared per connection; more run unprepared
+MAX_SEEN = 1024  # statements run once, remembered to be prepared when run again
 
 
 class _Prepared:
@@ -48,11 +50,19 @@ class _Prepared:
     def __init__(self, allowed: bool) -> None:
         self.allowed = allowed
         self.names: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
+        self.seen: set[tuple[bytes, tuple[int, ...]]] = set()
         self.count = 0
 
     def new(self, key: tuple[bytes, tuple[int, ...]]) -> bytes | None:
+        """A name to prepare the statement under, at its second run; None: run it unnamed."""
         if not self.allowed or len(self.names) >= MAX_PREPARED:
             return None
+        if key not in self.seen:
+            if len(self.seen) >= MAX_SEEN:
+                self.seen.clear()
+            self.seen.add(key)
+            return None
+        self.seen.discard(key)
         self.count += 1
         name = self.names[key] = b"_inno_%d" % self.count
         return name

@@ -112,7 +112,7 @@ async def test_a_whole_pipelined_transaction_is_one_round_trip(relayed: tuple[Da
 
 
 async def test_statements_are_prepared_once_per_connection(relayed: tuple[Database, Relay]) -> None:
-    """A statement is prepared the first time a connection runs it and executed by name after;
+    """A statement is prepared the second time a connection runs it and executed by name after;
     one whose preparation failed is not taken for prepared."""
     db, _ = relayed
     bad = text("SELECT no_such_column FROM public.round_trips WHERE k = :k")
@@ -120,15 +120,15 @@ async def test_statements_are_prepared_once_per_connection(relayed: tuple[Databa
     async with db.transaction() as conn:
         for k in (200, 201, 202):
             await pipelined(conn, (_INSERT, {"k": k}), commit=True)
-        (row,) = await pipelined(conn, (prepared, {}))
-        first = row.n
-        for _ in range(2):
+        counts = [(await pipelined(conn, (prepared, {})))[0].n for _ in range(3)]
+        for _ in range(3):
             with pytest.raises(DBAPIError, match="no_such_column"):
                 await pipelined(conn, (bad, {"k": 1}))
             await conn.rollback()
         (row,) = await pipelined(conn, (prepared, {}))
-    assert first == 2  # the INSERT, and the count itself
-    assert row.n == first  # the failed one twice, neither kept
+    # the INSERT once; the count run once is not prepared, run again it is (and counts itself)
+    assert counts == [1, 2, 2]
+    assert row.n == 2  # the failing one, whose preparation failed, is not kept
     assert [await _next_transaction_counts(db, k) for k in (200, 201, 202)] == [1, 1, 1]
 
 
@@ -421,7 +421,9 @@ async def test_a_statement_whose_preparation_a_cancel_skipped_is_prepared_again(
     never ran: the connection, which the pool keeps, prepares them again when next used."""
     db, _ = relayed
     sleep = text("SELECT pg_sleep(60)")
-    fresh = text("SELECT :k + 1 AS n")  # not yet run on this connection
+    fresh = text("SELECT :k + 1 AS n")
+    async with db.transaction() as conn:  # run once: the next run prepares it
+        await pipelined(conn, (fresh, {"k": 0}))
 
     async def use_case() -> None:
         async with db.transaction() as conn:
