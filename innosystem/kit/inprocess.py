@@ -23,21 +23,24 @@ JOBS_RELAY = "jobs.relay"
 # Billing's hold batches: a Batch{Reserve,Capture,Release,Extend}Request → its BatchHoldResponse,
 # or the google.rpc.Status the call would have ended with (services/billing/holds.py `answer`).
 BILLING_HOLDS = "billing.holds"
+# Billing's reserves written into the jobs service's own transaction, where both use one database
+# (services/billing/joined.py `Joined`: not a request → reply handler, an object).
+BILLING_JOINED = "billing.joined"
 
-_offered: dict[str, Handler] = {}
+_offered: dict[str, Any] = {}
 
 
-def offer(name: str, handler: Handler) -> None:
+def offer(name: str, handler: Any) -> None:
     _offered[name] = handler
 
 
-def withdraw(name: str, handler: Handler) -> None:
+def withdraw(name: str, handler: Any) -> None:
     """Stops offering `handler` (a stopping service); another one offered since stays."""
     if _offered.get(name) is handler:
         del _offered[name]
 
 
-def find(name: str) -> Handler | None:
+def find(name: str) -> Any:
     return _offered.get(name)
 
 

@@ -149,6 +149,11 @@ def _time(message: Any, name: str) -> datetime | None:
     return to_datetime(getattr(message, name)) if message.HasField(name) else None
 
 
+def reserve_requests(requests: Sequence[pb.ReserveRequest]) -> list[ReserveRequest]:
+    return [ReserveRequest(r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id,
+                           _time(r, "expire_time"), r.description, r.project_id, r.job_type_id) for r in requests]
+
+
 def _checked(request: Any, call: Callable[[], Awaitable[AnyHold]]) -> Callable[[], Awaitable[AnyHold]]:
     """`call`, after checking that the request's text can be stored: in a batch, an item that
     cannot be stored fails alone rather than the group commit it would join."""
@@ -361,9 +366,8 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
     async def BatchReserve(self, request: pb.BatchReserveRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:
         """Every submit's holds: the batch's reserves go to the service together."""
-        return await self._answers("reserve", request.requests, request.view, lambda rs: self.service.reserve_many([
-            ReserveRequest(r.hold_id, r.customer_id, r.amount_cents, r.currency_code, r.job_id,
-                           _time(r, "expire_time"), r.description, r.project_id, r.job_type_id) for r in rs]))
+        return await self._answers("reserve", request.requests, request.view,
+                                   lambda rs: self.service.reserve_many(reserve_requests(rs)))
 
     async def BatchCapture(self, request: pb.BatchCaptureRequest,
                            context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:

@@ -227,7 +227,7 @@ class GroupCommit:
                 events += tx.events
                 outcomes += [(fut, not isinstance(r, DomainError), r)
                              for (_, fut), r in zip(items, results, strict=True)]
-            await _apply(conn, writes, deltas, transfers)
+            await write_totals(conn, writes, deltas, transfers)
             await writes.commit(conn)
         return outcomes, events
 
@@ -247,7 +247,7 @@ _ADD_COUNTERS = sql.SQL(
 ).format(sql.Identifier(str(_ACCOUNTS.schema), _ACCOUNTS.name))
 
 
-async def _apply(conn: Conn, writes: Writes, deltas: dict[uuid.UUID, list[int]],
+async def write_totals(conn: Conn, writes: Writes, deltas: dict[uuid.UUID, list[int]],
                  transfers: list[dict[str, Any]]) -> None:
     """The platform accounts' counters and the journal rows of the batch, with its commit."""
     writes.executemany(_ADD_COUNTERS, [{"aid": k, "dp": d[0], "cp": d[1], "dpe": d[2], "cpe": d[3]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -104,6 +105,11 @@ class Authorizing:
 
     item: ReserveItem
     go: asyncio.Future[bool]
+
+
+class Late(Exception):
+    """A reserve stored by its caller's transaction was checked after the batch stopped waiting
+    (`BillingService.reserve_in`): the caller's transaction cannot take it, nothing was written."""
 
 
 class _LeftOut:
@@ -301,7 +307,7 @@ async def _lock(conn: Conn, items: list[Item]) -> tuple[list[dict[str, Any]], li
     return roundtrip.rows(driver, holds, "dict"), roundtrip.rows(driver, wallets, "dict")
 
 
-async def apply(conn: Conn, tx: Tx, queued: list[Item | Authorizing]) -> list[Outcome]:
+async def apply(conn: Conn, tx: Tx, queued: Sequence[Item | Authorizing]) -> list[Outcome]:
     items = [i.item if isinstance(i, Authorizing) else i for i in queued]
     hold_rows, wallet_rows = await _lock(conn, items)
     if checking := [i.go for i in queued if isinstance(i, Authorizing) and not i.go.done()]:

@@ -16,6 +16,7 @@ from services.billing.config import BillingConfig
 from services.billing.corrections import Corrections
 from services.billing.grants import CreditGrants
 from services.billing.holds import answer
+from services.billing.joined import Joined
 from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
 from services.billing.tenants import ResellerRates
@@ -38,9 +39,13 @@ async def create() -> Service:
     # A jobs service in this process reserves and settles its holds without gRPC.
     holds = functools.partial(answer, api)
     inprocess.offer(inprocess.BILLING_HOLDS, holds)
+    # … and stores a submit's holds in its jobs' own transaction where they share the database.
+    joined = Joined(service)
+    inprocess.offer(inprocess.BILLING_JOINED, joined)
 
     async def withdraw() -> None:
         inprocess.withdraw(inprocess.BILLING_HOLDS, holds)
+        inprocess.withdraw(inprocess.BILLING_JOINED, joined)
 
     async def follow_statistics() -> None:  # the ledger's prepared plans follow the tables' growth
         await statistics.follow_growth(db, HOT_TABLES)

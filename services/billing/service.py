@@ -30,12 +30,12 @@ from sqlalchemy import func, select, text
 from innosystem.kit import pagination
 from innosystem.kit import principal as principals
 from innosystem.kit.currencies import ISO_4217
-from innosystem.kit.db import Database, pipelined, utcnow
+from innosystem.kit.db import Conn, Database, Writes, pipelined, utcnow
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from innosystem.kit.singleflight import SingleFlight
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing import alerts, ledger
-from services.billing.batcher import GroupCommit, Tx
+from services.billing.batcher import GroupCommit, Tx, write_totals
 from services.billing.models import (
     ACTIVE,
     COMMISSION,
@@ -102,6 +102,40 @@ class ReserveRequest:
 class Page:
     items: Sequence[Any]
     next_page_token: str
+
+
+@dataclass
+class _Reserved:
+    """What a batch of reserves leaves to do once committed: remember the new holds (for their
+    captures), drop from Open-to-Buy what it holds and the ledger did not store, hold there what a
+    concurrent reserve stored for another amount."""
+
+    created: list[AnyHold]
+    undo: list[ledger.ReserveItem]
+    redo: list[AnyHold]
+
+
+class JoinedReserves:
+    """Reserves written into another service's transaction (`BillingService.reserve_in`): each
+    request's hold or refusal, and what follows its commit or its rollback."""
+
+    def __init__(self, service: BillingService, outcomes: list[AnyHold | DomainError], done: _Reserved,
+                 held: list[ledger.ReserveItem], events: list[dict[str, Any]]) -> None:
+        self.outcomes = outcomes  # held: what Open-to-Buy holds for them
+        self._service, self._done, self._held, self._events = service, done, held, events
+
+    async def committed(self) -> None:
+        """The caller's transaction committed: the holds are stored."""
+        service = self._service
+        if self._events and service.commit.on_events is not None:
+            await service.commit.on_events(self._events)
+        await service._after_reserves(self._done)
+
+    async def abandoned(self) -> None:
+        """Not committed (rolled back, or perhaps lost with the connection at COMMIT): Open-to-Buy
+        lets go of what it held for them (if the COMMIT did happen, it holds too little until the
+        wallet is reconciled; PostgreSQL's guard still refuses any overdraft)."""
+        await self._service._unauthorize(self._held)
 
 
 @dataclass(frozen=True)
@@ -370,28 +404,14 @@ class BillingService:
         commit locks their rows), and stored by it together (no task per item). A hold id seen before
         answers with that hold if the request is the same one (retries are idempotent),
         IDEMPOTENCY_KEY_REUSED if not."""
-        out: list[AnyHold | DomainError | None] = []  # None: not decided yet
-        items: list[tuple[int, ledger.ReserveItem]] = []  # (position in `out`, the item)
-        for k, r in enumerate(requests):
-            try:
-                items.append((k, await self._reserve_item(r)))
-                out.append(None)
-            except DomainError as err:
-                out.append(err)
+        out, items = await self._reserve_items(requests)
         # At idle the batch begins and locks its rows while Open-to-Buy decides (ledger.Authorizing):
         # the two round trips overlap, and what the check refuses the batch leaves out. Under load
         # the checks run while the batch before commits, and their items join the next one checked.
         loop = asyncio.get_running_loop()
         gated = [ledger.Authorizing(i, loop.create_future()) for _, i in items] if self.commit.idle else []
         committing = self.commit.enqueue_many(gated) if gated else None
-        added: set[str] = set()
-        checked = False
-        try:
-            added = await self._authorize(items, out)
-            checked = True
-        finally:
-            for (k, _), g in zip(items, gated, strict=False):  # none under load
-                g.go.set_result(checked and out[k] is None)
+        added = await self._authorize_gated(items, out, gated)
         items = [(k, i) for k, i in items if out[k] is None]
         try:
             if committing is None:
@@ -412,17 +432,80 @@ class BillingService:
         except BaseException:
             await self._unauthorize([i for _, i in items if i.hold_id in added])
             raise
-        undo: list[ledger.ReserveItem] = []
-        redo: list[AnyHold] = []  # stored by a concurrent reserve of another amount: Redis must hold that one
+        await self._after_reserves(self._answer_reserves(items, stored, added, out))
+        return cast(list[AnyHold | DomainError], out)
+
+    async def reserve_in(self, conn: Conn, writes: Writes, requests: Sequence[ReserveRequest]) -> JoinedReserves:
+        """`reserve_many` stored by the caller's own transaction rather than by the group commit:
+        its rows locked on `conn` now, its writes queued in `writes` for the caller's COMMIT (a
+        jobs service sharing this process and database: services/billing/joined.py). Each item's
+        outcome is known on return; the caller tells the result whether its transaction committed.
+        Raises `ledger.Late` (having undone what it held in Open-to-Buy) when a check came too late
+        for the locked rows: the caller rolls back and reserves the usual way."""
+        out, items = await self._reserve_items(requests)
+        loop = asyncio.get_running_loop()
+        gated = [ledger.Authorizing(i, loop.create_future()) for _, i in items]
+        tx = Tx(conn, writes)
+        # the rows are locked while Open-to-Buy decides, as the group commit does at idle
+        applying = asyncio.ensure_future(ledger.apply(conn, tx, gated)) if gated else None
+        added: set[str] = set()
+        try:
+            added = await self._authorize_gated(items, out, gated)
+            decided = await applying if applying is not None else []
+            if any(o is ledger.LEFT_OUT for (k, _), o in zip(items, decided, strict=True) if out[k] is None):
+                raise ledger.Late("an Open-to-Buy check came after its batch stopped waiting")
+            await write_totals(conn, writes, tx.deltas, tx.transfers)
+        except BaseException:
+            if applying is not None:  # the connection is the caller's: nothing of ours left running on it
+                await asyncio.gather(applying, return_exceptions=True)
+            await self._unauthorize([i for _, i in items if i.hold_id in added])
+            raise
+        kept = [(k, i) for k, i in items if out[k] is None]
+        stored = [o for (k, _), o in zip(items, decided, strict=True) if out[k] is None]
+        return JoinedReserves(self, cast(list[AnyHold | DomainError], out),
+                              self._answer_reserves(kept, stored, added, out),
+                              [i for _, i in kept if i.hold_id in added], tx.events)
+
+    async def _reserve_items(self, requests: Sequence[ReserveRequest]
+                             ) -> tuple[list[AnyHold | DomainError | None], list[tuple[int, ledger.ReserveItem]]]:
+        """Each request checked: its refusal in the answers (None: not decided yet), or its ledger item
+        with its position."""
+        out: list[AnyHold | DomainError | None] = []
+        items: list[tuple[int, ledger.ReserveItem]] = []
+        for k, r in enumerate(requests):
+            try:
+                items.append((k, await self._reserve_item(r)))
+                out.append(None)
+            except DomainError as err:
+                out.append(err)
+        return out, items
+
+    async def _authorize_gated(self, items: Sequence[tuple[int, ledger.ReserveItem]],
+                               out: list[AnyHold | DomainError | None], gated: Sequence[ledger.Authorizing]
+                               ) -> set[str]:
+        """`_authorize`, each gated item then told whether it still stands (refused, or not checked
+        because the check failed: it does not)."""
+        checked = False
+        try:
+            added = await self._authorize(items, out)
+            checked = True
+        finally:
+            for (k, _), g in zip(items, gated, strict=False):
+                g.go.set_result(checked and out[k] is None)
+        return added
+
+    def _answer_reserves(self, items: Sequence[tuple[int, ledger.ReserveItem]], stored: Sequence[Any],
+                         added: set[str], out: list[AnyHold | DomainError | None]) -> _Reserved:
+        """Each stored item's answer into `out`; what Open-to-Buy and this replica must do once the
+        holds are committed."""
+        done = _Reserved([], [], [])
         for (k, item), outcome in zip(items, stored, strict=True):
             if isinstance(outcome, DomainError):
                 out[k] = outcome
             else:
                 hold, created = outcome
                 if created:
-                    self._remember(hold)
-                    if self._sleep_until is None or item.expire_time < self._sleep_until:
-                        self.expiry_wake.set()
+                    done.created.append(hold)
                     out[k] = hold
                     continue
                 try:
@@ -432,15 +515,21 @@ class BillingService:
                 if hold.status == ACTIVE and hold.amount == item.amount:
                     continue
                 if hold.status == ACTIVE and item.hold_id in added:
-                    redo.append(hold)
+                    done.redo.append(hold)
             if item.hold_id in added:
-                undo.append(item)
-        await self._unauthorize(undo)
-        for hold in redo:
+                done.undo.append(item)
+        assert all(x is not None for x in out), "every reserve is answered"
+        return done
+
+    async def _after_reserves(self, done: _Reserved) -> None:
+        for hold in done.created:
+            self._remember(hold)
+            if self._sleep_until is None or hold.expire_time < self._sleep_until:
+                self.expiry_wake.set()
+        await self._unauthorize(done.undo)
+        for hold in done.redo:  # stored by a concurrent reserve of another amount: Redis must hold that one
             await self._redis_quietly(self.otb.reserve_many(hold.customer_id, hold.currency,
                                                             [(hold.hold_id, hold.amount)]))
-        assert all(x is not None for x in out), "every reserve is answered"
-        return cast(list[AnyHold | DomainError], out)
 
     async def _reserve_item(self, r: ReserveRequest) -> ledger.ReserveItem:
         hold_id = _text(r.hold_id, "hold_id", MAX_ID, required=True)

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -15,6 +16,7 @@ from google.rpc import code_pb2, status_pb2
 from innosystem.billing.v1 import billing_pb2 as bpb
 from innosystem.billing.v1 import billing_pb2_grpc
 from innosystem.kit import inprocess
+from innosystem.kit.db import Conn, Database, Writes
 from innosystem.kit.errors import DomainError, FailedPrecondition, from_rpc_error, rpc_error
 from innosystem.kit.protos import timestamp, to_datetime
 
@@ -72,6 +74,29 @@ def item_error(status: status_pb2.Status) -> DomainError:
 Outcome = DomainError | None  # None: the item succeeded
 
 
+class NotJoined(Exception):
+    """Billing could not store the holds in the caller's transaction; nothing was held."""
+
+
+@dataclass
+class Joined:
+    """Holds written into the caller's transaction: each one's outcome; `committed()` or
+    `abandoned()` once the transaction ended (billing's follow-up in Open-to-Buy)."""
+
+    outcomes: list[Outcome]
+    reserves: Any
+
+    async def ended(self, committed: bool) -> None:
+        await (self.reserves.committed() if committed else self.reserves.abandoned())
+
+
+def _reserves(items: Sequence[HoldRequest]) -> list[bpb.ReserveRequest]:
+    return [bpb.ReserveRequest(hold_id=i.hold_id, customer_id=i.customer_id, amount_cents=i.amount_cents,
+                               currency_code=i.currency_code, job_id=i.job_id, expire_time=timestamp(i.expire_time),
+                               description=f"job {i.job_id}", project_id=i.project_id,
+                               job_type_id=i.job_type_id) for i in items]
+
+
 class Billing:
     def __init__(self, channel: grpc.aio.Channel, call_timeout: float = 10.0) -> None:
         self._stub = billing_pb2_grpc.BillingServiceStub(channel)
@@ -106,11 +131,23 @@ class Billing:
         return reply
 
     async def reserve(self, items: Sequence[HoldRequest]) -> list[Outcome]:
-        return await self._batched("BatchReserve", [
-            bpb.ReserveRequest(hold_id=i.hold_id, customer_id=i.customer_id, amount_cents=i.amount_cents,
-                               currency_code=i.currency_code, job_id=i.job_id, expire_time=timestamp(i.expire_time),
-                               description=f"job {i.job_id}", project_id=i.project_id,
-                               job_type_id=i.job_type_id) for i in items])
+        return await self._batched("BatchReserve", _reserves(items))
+
+    def joined(self, db: Database) -> Any:
+        """Billing in this process on `db`'s database, which stores holds in a transaction of `db`
+        (services/billing/joined.py), if there is one."""
+        peer = inprocess.find(inprocess.BILLING_JOINED)
+        return peer if peer is not None and peer.serves(db) else None
+
+    async def reserve_in(self, peer: Any, conn: Conn, writes: Writes, items: Sequence[HoldRequest]) -> Joined:
+        """`reserve`, the holds written by `conn`'s transaction (`peer`: `joined`'s): each item's
+        outcome, and what to tell billing once the transaction ended. Raises NotJoined (nothing
+        written, nothing held) when billing cannot take them there: `reserve` them instead."""
+        answer = await peer.reserve(conn, writes, bpb.BatchReserveRequest(requests=_reserves(items)))
+        if answer is None:
+            raise NotJoined()
+        statuses, reserves = answer
+        return Joined([None if s is None else item_error(s) for s in statuses], reserves)
 
     async def capture(self, items: Sequence[CaptureRequest]) -> list[Outcome]:
         return await self._batched("BatchCapture", [

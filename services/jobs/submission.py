@@ -61,7 +61,7 @@ from innosystem.kit.protos import request_hash, to_datetime
 from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs import leases, metrics, pricing
-from services.jobs.billing import HoldRequest, insufficient_funds
+from services.jobs.billing import HoldRequest, Joined, NotJoined, insufficient_funds
 from services.jobs.convert import lease_pb, plain
 from services.jobs.handoff import Claim
 from services.jobs.models import IdempotencyKey, Job, JobAttempt, JobStatusChange, JobType, NewJob
@@ -137,6 +137,14 @@ def _unlease(handed: Sequence[Prepared]) -> None:
 async def _in_turn(steps: Sequence[Awaitable[None]]) -> None:
     for step in steps:
         await step
+
+
+async def _quietly(step: Awaitable[None], what: str) -> None:
+    """A follow-up whose failure must not turn a stored submit into an error."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning("%s failed (%s)", what, _kind(exc))
 
 
 def _is_uuid(text: str) -> bool:
@@ -561,15 +569,22 @@ class Submission:
         held = [p for g in groups for p in g.fresh if p.job.hold_id]
         reserved = time.monotonic()
         refusals: list[Exception | None] | None = None  # not known yet: reserved while the jobs are written
+        # billing beside us on our database: the holds go in the jobs' own transaction
+        joined = self.deps.billing.joined(self.deps.db) if held and len(ids) < EARLY_WRITE_ROWS else None
         if not held:
             refusals = [None] * len(groups)
-        elif len(ids) < EARLY_WRITE_ROWS:
+        elif len(ids) < EARLY_WRITE_ROWS and joined is None:
             refusals = list(await self._reserve(groups))
         try:
             try:
-                refusals = await self._commit(groups, refusals, held, reserved, after)
+                refusals = await self._commit(groups, refusals, held, reserved, after, joined)
             except _Refused as refused:  # rolled back: the granted groups' jobs go in alone
                 refusals = await self._commit(groups, refused.refusals, held, reserved, after)
+            except NotJoined:  # rolled back, nothing held: the holds the usual way, then the jobs
+                joined = None
+                refusals = list(await self._reserve(groups))
+                reserved = time.monotonic()
+                refusals = await self._commit(groups, refusals, held, reserved, after)
         except (IntegrityError, Aborted):
             if len(groups) > 1:  # one group's concurrent repeat spoiled the shared commit: go one by one
                 return await self._one_by_one(groups, after)
@@ -591,8 +606,10 @@ class Submission:
                 return await self._one_by_one(groups, after)
             if isinstance(exc, DataError):  # the request carries a value PostgreSQL refuses
                 # raised by a statement, so before COMMIT: surely not stored, its holds can go now
-                # (other errors may come from an ambiguous COMMIT: recovery's sweep decides on those)
-                await self._give_back(held)
+                # (other errors may come from an ambiguous COMMIT: recovery's sweep decides on those;
+                # holds written by the jobs' transaction were rolled back with it)
+                if joined is None:
+                    await self._give_back(held)
                 return [InvalidArgument(f"a value in the request cannot be stored ({_kind(exc)})",
                                         reason="UNSTORABLE_VALUE")]
             raise
@@ -605,22 +622,33 @@ class Submission:
         return refusals
 
     async def _commit(self, groups: Sequence[Group], refusals: list[Exception | None] | None,
-                      held: Sequence[Prepared], reserved: float, after: list[Awaitable[None]]
-                      ) -> list[Exception | None]:
-        """One transaction for the jobs of every granted group; the refusals. With `refusals` not
-        known yet, every group's jobs are written while billing decides (`_write_reserving`), and
-        a refusal rolls them back (`_Refused`). Jobs that idle long polls of this replica can take
-        are stored leased to them and handed over after the commit (`handoff`)."""
+                      held: Sequence[Prepared], reserved: float, after: list[Awaitable[None]],
+                      joined: Any = None) -> list[Exception | None]:
+        """One transaction for the jobs of every granted group; the refusals. With `joined` (billing
+        in this process on this database: `Billing.joined`), the holds are reserved in that
+        transaction first and commit with the jobs (NotJoined: rolled back, nothing held). With
+        `refusals` not known yet otherwise, every group's jobs are written while billing decides
+        (`_write_reserving`), and a refusal rolls them back (`_Refused`). Jobs that idle long polls
+        of this replica can take are stored leased to them and handed over after the commit (`handoff`)."""
         deps = self.deps
-        new = [p for g, refused in zip(groups, refusals or [None] * len(groups), strict=True)
-               if refused is None for p in g.fresh]
-        claim = deps.idle.claim([(p.job.id, p.job.queue_name, p.job.customer_id) for p in new
-                                 if p.job.status == PENDING])
-        handed = _lease_claimed(new, claim, deps.now(), deps.config.lease_ttl_seconds)
+        claim: Claim | None = None
+        handed: list[Prepared] = []
+        reserves: Joined | None = None
         committed = False
         try:
             async with deps.db.transaction() as s:
                 writes = Writes()
+                if joined is not None:
+                    reserves = await deps.billing.reserve_in(joined, s, writes, self._holds(groups))
+                    decided = self._refusals(groups, reserves.outcomes)
+                    if self._granted_refused(groups, reserves.outcomes, decided):
+                        raise NotJoined()  # rolled back: the usual way releases a refused group's granted holds
+                    refusals = list(decided)
+                new = [p for g, refused in zip(groups, refusals or [None] * len(groups), strict=True)
+                       if refused is None for p in g.fresh]
+                claim = deps.idle.claim([(p.job.id, p.job.queue_name, p.job.customer_id) for p in new
+                                         if p.job.status == PENDING])
+                handed = _lease_claimed(new, claim, deps.now(), deps.config.lease_ttl_seconds)
                 if refusals is None:
                     refusals = await self._write_reserving(s, writes, groups)
                     if any(r is not None for r in refusals):
@@ -631,12 +659,15 @@ class Submission:
                     if refused is None:  # the job id comes from the request id: a repeat fails on the job's key
                         idempotency.remember_many(writes, IdempotencyKey, g.scope, [
                             (p.job.request_id, p.hash, p.job.id) for p in g.fresh if p.job.request_id])
-                if held and time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2:
+                late = time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2
+                if held and reserves is None and late:  # (holds in this transaction commit with their jobs)
                     # recovery may soon take these holds for a dead submit's: give them back instead
                     raise _TooSlow()
                 await writes.commit(s)
                 committed = True
         finally:
+            if reserves is not None:
+                await _quietly(reserves.ended(committed), "billing's follow-up of the holds")
             if claim and committed:  # stored (even if the connection's return failed): the calls get their jobs
                 deps.idle.deliver(claim, {p.job.id: lease_pb(p.job) for p in handed})
             elif claim:  # nothing was stored: the jobs are Pending again (a retry may store them), the calls look again
@@ -709,22 +740,36 @@ class Submission:
     async def _reserve(self, groups: Sequence[Group]) -> list[DomainError | None]:
         """One billing call for every group's holds; a group with any refusal gets none (its granted
         holds are released) and its first refusal, naming the item."""
-        deps = self.deps
-        items = [(gi, p) for gi, g in enumerate(groups) for p in g.fresh if p.job.hold_id]
-        outcomes = await deps.billing.reserve([
-            HoldRequest(p.job.hold_id, str(groups[gi].owner.customer_id), p.job.estimated_cost_cents,
-                        p.job.currency_code, str(p.job.id), p.job.hold_expire_time, str(p.job.project_id),
-                        str(p.job.job_type_id))
-            for gi, p in items])
+        outcomes = await self.deps.billing.reserve(self._holds(groups))
+        refusals = self._refusals(groups, outcomes)
+        if give_back := self._granted_refused(groups, outcomes, refusals):
+            await self.deps.billing.release(give_back, "submit refused")
+        return refusals
+
+    @staticmethod
+    def _held(groups: Sequence[Group]) -> list[tuple[int, Prepared]]:
+        """(group index, job) of every job with a hold, in the order of the billing call."""
+        return [(gi, p) for gi, g in enumerate(groups) for p in g.fresh if p.job.hold_id]
+
+    def _holds(self, groups: Sequence[Group]) -> list[HoldRequest]:
+        return [HoldRequest(p.job.hold_id, str(groups[gi].owner.customer_id), p.job.estimated_cost_cents,
+                            p.job.currency_code, str(p.job.id), p.job.hold_expire_time, str(p.job.project_id),
+                            str(p.job.job_type_id)) for gi, p in self._held(groups)]
+
+    def _refusals(self, groups: Sequence[Group], outcomes: Sequence[DomainError | None]
+                  ) -> list[DomainError | None]:
+        """Each group's first refusal, naming the item (None: all its holds granted)."""
         refusals: list[DomainError | None] = [None] * len(groups)
-        for (gi, p), err in zip(items, outcomes, strict=True):
+        for (gi, p), err in zip(self._held(groups), outcomes, strict=True):
             if err is not None and refusals[gi] is None:
                 refusals[gi] = self._refusal(groups[gi], p, err)
-        give_back = [p.job.hold_id for (gi, p), err in zip(items, outcomes, strict=True)
-                     if err is None and refusals[gi] is not None]
-        if give_back:
-            await deps.billing.release(give_back, "submit refused")
         return refusals
+
+    def _granted_refused(self, groups: Sequence[Group], outcomes: Sequence[DomainError | None],
+                         refusals: Sequence[DomainError | None]) -> list[str]:
+        """The granted holds of refused groups (a group's holds are all or none)."""
+        return [p.job.hold_id for (gi, p), err in zip(self._held(groups), outcomes, strict=True)
+                if err is None and refusals[gi] is not None]
 
     @staticmethod
     def _refusal(group: Group, p: Prepared, err: DomainError) -> DomainError:

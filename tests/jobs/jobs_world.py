@@ -19,7 +19,7 @@ from innosystem.embedded import free_port
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.jobs.v1.job_types_pb2 import PRICE_MODEL_FLAT
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
-from innosystem.kit import freshness
+from innosystem.kit import freshness, inprocess
 from innosystem.kit import principal as principals
 from innosystem.kit.clients import channel
 from innosystem.kit.config import Addresses, CommonConfig, to_async_url
@@ -28,6 +28,7 @@ from innosystem.kit.redis import connect
 from innosystem.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing.api import BillingApi
+from services.billing.joined import Joined
 from services.billing.otb import OpenToBuy
 from services.billing.service import BillingService
 from services.jobs.billing import Billing
@@ -156,6 +157,7 @@ class JobsWorld:
     config: JobsConfig
     keys: FakeKeys
     closers: list[Any] = field(default_factory=list)
+    joined: bool = False  # billing beside, on the jobs' database (`make_world`)
 
     def past_orphan_hold_grace(self) -> None:
         """The clock past recovery's grace for holds without a job, as billing (which stamps holds
@@ -215,7 +217,10 @@ class JobsWorld:
         return await self.app.cases.queries.get(caller, job_id, pb.JOB_VIEW_FULL)
 
 
-async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncIterator[JobsWorld]:
+async def make_world(database_url: str, redis_url: str, *, joined: bool = False,
+                     **config: Any) -> AsyncIterator[JobsWorld]:
+    """`joined`: billing beside the jobs service on its database, as `innosystem up` runs them: the
+    holds of a small submit go in the jobs' own transaction (services/billing/joined.py)."""
     redis = connect(redis_url)
     db = Database(to_async_url(database_url), pool_size=5)
     bill_db = Database(to_async_url(database_url), pool_size=5)
@@ -240,10 +245,14 @@ async def make_world(database_url: str, redis_url: str, **config: Any) -> AsyncI
     app = build(jobs_config, db, redis, tenancy, Billing(billing_channel), clock, prefix=f"jt{uuid.uuid4().hex[:6]}:",
                 encryptor=Encryptor(keys))
     listener = asyncio.create_task(app.signals.listen_forever())
-    world = JobsWorld(app, billing, fake, clock, redis, jobs_config, fake_keys)
+    world = JobsWorld(app, billing, fake, clock, redis, jobs_config, fake_keys, joined=joined)
+    beside = Joined(billing)
+    if joined:
+        inprocess.offer(inprocess.BILLING_JOINED, beside)
     try:
         yield world
     finally:
+        inprocess.withdraw(inprocess.BILLING_JOINED, beside)
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         await tenancy.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, cast
 
@@ -17,12 +17,22 @@ from opentelemetry import propagate
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from innosystem.embedded import EmbeddedValkey
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from innosystem.kit.protos import request_hash
 from services.jobs.convert import plain
-from tests.jobs.jobs_world import JobsWorld
+from tests.jobs.jobs_world import JobsWorld, make_world
+
+
+@pytest.fixture(scope="module", params=["holds by call", "holds joined"])
+async def world(request: pytest.FixtureRequest, database_url: str,
+                valkey_server: EmbeddedValkey) -> AsyncIterator[JobsWorld]:
+    """Every submit test twice: billing over gRPC, and billing beside the jobs service on its
+    database, a small submit's holds then stored by the jobs' own transaction (services/billing/joined.py)."""
+    async for w in make_world(database_url, valkey_server.url, joined=request.param == "holds joined"):
+        yield w
 
 
 def payload(**values: Any) -> struct_pb2.Struct:
@@ -193,10 +203,15 @@ async def test_insufficient_funds_stores_and_holds_nothing(world: JobsWorld) -> 
 async def test_a_submit_too_slow_to_commit_gives_its_holds_back(world: JobsWorld,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Recovery takes a hold without a job, past its grace, for a dead submit's: a submit that
-    could not commit within half that grace rolls back and gives its holds back itself."""
+    could not commit within half that grace rolls back and gives its holds back itself. Holds
+    stored by the jobs' own transaction commit with their jobs: such a submit is never too slow."""
     c = await world.customer(funds=100)
     jt = await world.job_type(c, price=10)
     monkeypatch.setattr(world.app.deps, "config", replace(world.app.deps.config, orphan_hold_grace_seconds=0.0))
+    if world.joined:
+        await world.submit(c, jt)
+        assert await world.available(c) == 90
+        return
     with pytest.raises(Unavailable) as caught:
         await world.submit(c, jt)
     assert caught.value.reason == "SUBMIT_TIMED_OUT"

@@ -1,0 +1,114 @@
+"""Issues 12 and 13: where billing runs beside the jobs service on its database, a small submit's
+holds are stored by the jobs' own transaction (services/billing/joined.py): one commit for the
+holds and their jobs, neither ever stored without the other, Open-to-Buy following the outcome.
+(tests/jobs/test_submit.py runs every submit test this way too.) Real parts: the embedded
+PostgreSQL and Valkey, billing's service in this process as `innosystem up` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from innosystem.embedded import EmbeddedValkey
+from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.kit.errors import DomainError
+from services.billing import ledger
+from services.billing.service import REDIS_REBUILD
+from services.jobs.submission import Submission
+from tests.jobs.jobs_world import Customer, JobsWorld, make_world
+
+
+@pytest.fixture(scope="module")
+async def world(database_url: str, valkey_server: EmbeddedValkey) -> AsyncIterator[JobsWorld]:
+    async for w in make_world(database_url, valkey_server.url, joined=True):
+        yield w
+
+
+async def _held(world: JobsWorld, c: Customer) -> tuple[int, int, int]:
+    """(holds stored in PostgreSQL, the wallet's held amount there, what Open-to-Buy holds)."""
+    cid = uuid.UUID(c.principal.customer_id)
+    async with world.billing.db.session() as s:
+        rows = (await s.execute(text("SELECT count(*), coalesce(sum(amount), 0) FROM billing.holds "
+                                     "WHERE customer_id = :c AND status = 1"), {"c": cid})).one()
+    snapshot = await world.billing.otb.snapshot(cid, "USD")
+    return int(rows[0]), int(rows[1]), snapshot.held
+
+
+async def test_the_holds_and_their_jobs_are_one_commit(world: JobsWorld) -> None:
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, price=10)
+    batches = world.billing.commit.batches
+    job = await world.submit(c, jt)
+    jobs = await asyncio.gather(*(world.submit(c, jt) for _ in range(9)))  # singles going together
+    assert world.billing.commit.batches == batches  # billing's group commit stored none of them
+    assert await _held(world, c) == (10, 100, 100)
+    assert await world.available(c) == 900
+    async with world.billing.db.session() as s:
+        held_for = set((await s.execute(text("SELECT job_id FROM billing.holds WHERE customer_id = :c"),
+                                        {"c": uuid.UUID(c.principal.customer_id)})).scalars())
+    assert held_for == {str(j.id) for j in [job, *jobs]}
+    found = await world.billing.reconcile(REDIS_REBUILD, c.principal.customer_id, dry_run=True)
+    assert found.consistent, found.findings
+
+
+async def test_a_jobs_transaction_that_fails_takes_its_holds_with_it(world: JobsWorld,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, price=10)
+    write = Submission._write
+
+    async def failing(s: Any, writes: Any, new: Any) -> None:  # the holds are written by now
+        await write(s, writes, new)
+        raise RuntimeError("the jobs' transaction fails after billing wrote")
+
+    monkeypatch.setattr(Submission, "_write", staticmethod(failing))
+    with pytest.raises(RuntimeError):
+        await world.submit(c, jt)
+    assert await _held(world, c) == (0, 0, 0)  # rolled back in PostgreSQL, let go in Open-to-Buy
+    monkeypatch.undo()
+    job = await world.submit(c, jt)
+    assert await _held(world, c) == (1, 10, 10)
+    assert (await world.get(str(job.id))).estimated_cost_cents == 10
+
+
+async def test_a_check_too_late_for_the_locked_rows_goes_the_usual_way(world: JobsWorld,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open-to-Buy slower than the locked rows wait for: the jobs' transaction rolls back having
+    written nothing, and billing's group commit reserves them before the jobs commit."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, price=10)
+    otb = world.billing.otb
+    reserve_many = otb.reserve_many
+
+    async def slow(*args: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return await reserve_many(*args)
+
+    monkeypatch.setattr(ledger, "AUTHORIZE_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(otb, "reserve_many", slow)
+    batches = world.billing.commit.batches
+    job = await world.submit(c, jt)
+    assert world.billing.commit.batches > batches  # (at idle: once more, the check being late there too)
+    assert await _held(world, c) == (1, 10, 10)
+    assert (await world.get(str(job.id))).status_history[0].reason == "submitted"
+
+
+async def test_a_refusal_holds_nothing_and_the_others_go_in(world: JobsWorld) -> None:
+    """Concurrent singles of two customers share a commit: the one its wallet cannot pay for is
+    refused alone, nothing held for it anywhere."""
+    rich, poor = await world.customer(funds=1000), await world.customer(funds=15)
+    tr, tp = await world.job_type(rich, price=10), await world.job_type(poor, price=10)
+    outcomes = await asyncio.gather(*(world.submit(rich, tr) for _ in range(5)),
+                                    *(world.submit(poor, tp) for _ in range(3)), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(refused) == 2 and all(isinstance(o, DomainError) and o.reason == "INSUFFICIENT_FUNDS"
+                                     for o in refused), refused
+    assert await _held(world, rich) == (5, 50, 50)
+    assert await _held(world, poor) == (1, 10, 10)
+    listed, _ = await world.app.cases.queries.list_jobs(poor.principal, pb.ListJobsRequest(project_id=poor.project_id))
+    assert len(listed) == 1
