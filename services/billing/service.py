@@ -108,11 +108,12 @@ class Page:
 class _Reserved:
     """What a batch of reserves leaves to do once committed: remember the new holds (for their
     captures), drop from Open-to-Buy what it holds and the ledger did not store, hold there what a
-    concurrent reserve stored for another amount."""
+    concurrent reserve stored for another amount, reconcile wallets it stored holds of unseen."""
 
     created: list[AnyHold]
     undo: list[ledger.ReserveItem]
     redo: list[AnyHold]
+    repair: set[uuid.UUID]  # customers whose wallet PostgreSQL's guard alone let a hold into
 
 
 class JoinedReserves:
@@ -411,7 +412,7 @@ class BillingService:
         loop = asyncio.get_running_loop()
         gated = [ledger.Authorizing(i, loop.create_future()) for _, i in items] if self.commit.idle else []
         committing = self.commit.enqueue_many(gated) if gated else None
-        added = await self._authorize_gated(items, out, gated)
+        added, vouched = await self._authorize_gated(items, out, gated)
         items = [(k, i) for k, i in items if out[k] is None]
         try:
             if committing is None:
@@ -432,7 +433,7 @@ class BillingService:
         except BaseException:
             await self._unauthorize([i for _, i in items if i.hold_id in added])
             raise
-        await self._after_reserves(self._answer_reserves(items, stored, added, out))
+        await self._after_reserves(self._answer_reserves(items, stored, added, vouched, out))
         return cast(list[AnyHold | DomainError], out)
 
     async def reserve_in(self, conn: Conn, writes: Writes, requests: Sequence[ReserveRequest]) -> JoinedReserves:
@@ -450,7 +451,7 @@ class BillingService:
         applying = asyncio.ensure_future(ledger.apply(conn, tx, gated)) if gated else None
         added: set[str] = set()
         try:
-            added = await self._authorize_gated(items, out, gated)
+            added, vouched = await self._authorize_gated(items, out, gated)
             decided = await applying if applying is not None else []
             if any(o is ledger.LEFT_OUT for (k, _), o in zip(items, decided, strict=True) if out[k] is None):
                 raise ledger.Late("an Open-to-Buy check came after its batch stopped waiting")
@@ -463,7 +464,7 @@ class BillingService:
         kept = [(k, i) for k, i in items if out[k] is None]
         stored = [o for (k, _), o in zip(items, decided, strict=True) if out[k] is None]
         return JoinedReserves(self, cast(list[AnyHold | DomainError], out),
-                              self._answer_reserves(kept, stored, added, out),
+                              self._answer_reserves(kept, stored, added, vouched, out),
                               [i for _, i in kept if i.hold_id in added], tx.events)
 
     async def _reserve_items(self, requests: Sequence[ReserveRequest]
@@ -482,23 +483,23 @@ class BillingService:
 
     async def _authorize_gated(self, items: Sequence[tuple[int, ledger.ReserveItem]],
                                out: list[AnyHold | DomainError | None], gated: Sequence[ledger.Authorizing]
-                               ) -> set[str]:
+                               ) -> tuple[set[str], set[str]]:
         """`_authorize`, each gated item then told whether it still stands (refused, or not checked
         because the check failed: it does not)."""
         checked = False
         try:
-            added = await self._authorize(items, out)
+            authorized = await self._authorize(items, out)
             checked = True
         finally:
             for (k, _), g in zip(items, gated, strict=False):
                 g.go.set_result(checked and out[k] is None)
-        return added
+        return authorized
 
     def _answer_reserves(self, items: Sequence[tuple[int, ledger.ReserveItem]], stored: Sequence[Any],
-                         added: set[str], out: list[AnyHold | DomainError | None]) -> _Reserved:
+                         added: set[str], vouched: set[str], out: list[AnyHold | DomainError | None]) -> _Reserved:
         """Each stored item's answer into `out`; what Open-to-Buy and this replica must do once the
         holds are committed."""
-        done = _Reserved([], [], [])
+        done = _Reserved([], [], [], set())
         for (k, item), outcome in zip(items, stored, strict=True):
             if isinstance(outcome, DomainError):
                 out[k] = outcome
@@ -506,6 +507,8 @@ class BillingService:
                 hold, created = outcome
                 if created:
                     done.created.append(hold)
+                    if item.hold_id in vouched:  # stored without Open-to-Buy holding it
+                        done.repair.add(item.customer_id)
                     out[k] = hold
                     continue
                 try:
@@ -522,6 +525,8 @@ class BillingService:
         return done
 
     async def _after_reserves(self, done: _Reserved) -> None:
+        for customer_id in done.repair:
+            self._repair_soon(customer_id)
         for hold in done.created:
             self._remember(hold)
             if self._sleep_until is None or hold.expire_time < self._sleep_until:
@@ -552,15 +557,17 @@ class BillingService:
                                   expire, description, revenue, project_id, job_type_id)
 
     async def _authorize(self, items: Sequence[tuple[int, ledger.ReserveItem]],
-                         out: list[AnyHold | DomainError | None]) -> set[str]:
+                         out: list[AnyHold | DomainError | None]) -> tuple[set[str], set[str]]:
         """Open-to-Buy for `items`, one script call per wallet; a refusal goes into `out`. Returns
-        the hold ids Redis holds because of this call (to be dropped again if they are not stored).
+        the hold ids Redis holds because of this call (to be dropped again if they are not stored),
+        and those it refused that PostgreSQL may store (`_second_look`).
         Redis down: PostgreSQL's guarded update alone still refuses any overdraft, so keep serving
         (slower); reconciliation rebuilds the projection once Redis is back."""
         by_wallet: dict[tuple[uuid.UUID, str], list[tuple[int, ledger.ReserveItem]]] = {}
         for k, item in items:
             by_wallet.setdefault((item.customer_id, item.currency), []).append((k, item))
         added: set[str] = set()
+        vouched: set[str] = set()
 
         async def one(wallet: tuple[uuid.UUID, str], mine: list[tuple[int, ledger.ReserveItem]]) -> None:
             try:
@@ -575,18 +582,20 @@ class BillingService:
             added.update(i.hold_id for (_, i), code in zip(mine, codes, strict=True) if code == 1)
             refused = [(k, i) for (k, i), code in zip(mine, codes, strict=True) if code < 0]
             if refused:
-                await self._second_look(wallet, refused, out)
+                vouched.update(await self._second_look(wallet, refused, out))
 
         await asyncio.gather(*(one(w, mine) for w, mine in by_wallet.items()))
-        return added
+        return added, vouched
 
     async def _second_look(self, wallet: tuple[uuid.UUID, str], refused: list[tuple[int, ledger.ReserveItem]],
-                           out: list[AnyHold | DomainError | None]) -> None:
+                           out: list[AnyHold | DomainError | None]) -> set[str]:
         """Redis refused these. A hold that exists answers as a repeat; for the others, if PostgreSQL
         can afford them Redis may be behind (an update lost after its commit) or merely a moment
-        ahead of in-flight operations: PostgreSQL's guard alone decides those, and the wallet is
-        reconciled (second look, then rebuild) in the background. A forced rebuild here could drop
-        holds still in flight."""
+        ahead of in-flight operations: PostgreSQL's guard alone decides those (returned), and a
+        wallet where it stored one is reconciled (second look, then rebuild) in the background
+        once it is stored (`_after_reserves`): looked at before, it may not differ yet. A forced
+        rebuild here could drop holds still in flight."""
+        vouched: set[str] = set()
         async with self.db.session() as s:
             existing = await BillingRepository(s).holds_by_id([i.hold_id for _, i in refused])
         fresh = await self._wallet(*wallet)
@@ -600,9 +609,10 @@ class BillingService:
                     out[k] = err
             elif available >= item.amount:
                 available -= item.amount
-                self._repair_soon(wallet[0])
+                vouched.add(item.hold_id)
             else:
                 out[k] = InsufficientFunds(f"available {available} < {item.amount}", reason="INSUFFICIENT_FUNDS")
+        return vouched
 
     async def _unauthorize(self, items: Sequence[ledger.ReserveItem]) -> None:
         """Drop holds from Open-to-Buy that the ledger did not store."""

@@ -570,7 +570,7 @@ class Submission:
         reserved = time.monotonic()
         refusals: list[Exception | None] | None = None  # not known yet: reserved while the jobs are written
         # billing beside us on our database: the holds go in the jobs' own transaction
-        joined = self.deps.billing.joined(self.deps.db) if held and len(ids) < EARLY_WRITE_ROWS else None
+        joined = self.deps.billing.joined(self.deps.db, len(held)) if held else None
         if not held:
             refusals = [None] * len(groups)
         elif len(ids) < EARLY_WRITE_ROWS and joined is None:

@@ -246,13 +246,16 @@ async def make_world(database_url: str, redis_url: str, *, joined: bool = False,
                 encryptor=Encryptor(keys))
     listener = asyncio.create_task(app.signals.listen_forever())
     world = JobsWorld(app, billing, fake, clock, redis, jobs_config, fake_keys, joined=joined)
-    beside = Joined(billing)
+    beside, cpu_share = Joined(billing), inprocess.cpu_share
     if joined:
         inprocess.offer(inprocess.BILLING_JOINED, beside)
+        # this process taken as idle: the suite's own load must not decide the route
+        inprocess.cpu_share = lambda: 0.0  # type: ignore[assignment]
     try:
         yield world
     finally:
         inprocess.withdraw(inprocess.BILLING_JOINED, beside)
+        inprocess.cpu_share = cpu_share  # type: ignore[assignment]
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         await tenancy.close()

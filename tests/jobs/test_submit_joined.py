@@ -19,6 +19,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.errors import DomainError
 from services.billing import ledger
 from services.billing.service import REDIS_REBUILD
+from services.jobs.billing import LOCAL_ITEMS
 from services.jobs.submission import Submission
 from tests.jobs.jobs_world import Customer, JobsWorld, make_world
 
@@ -30,7 +31,10 @@ async def world(database_url: str, valkey_server: EmbeddedValkey) -> AsyncIterat
 
 
 async def _held(world: JobsWorld, c: Customer) -> tuple[int, int, int]:
-    """(holds stored in PostgreSQL, the wallet's held amount there, what Open-to-Buy holds)."""
+    """(holds stored in PostgreSQL, the wallet's held amount there, what Open-to-Buy holds), once
+    billing's background repairs are done: a hold Open-to-Buy refused and PostgreSQL could pay for
+    (a moment behind a concurrent one) is stored, and Redis rebuilt for it just after."""
+    await world.billing.settle()
     cid = uuid.UUID(c.principal.customer_id)
     async with world.billing.db.session() as s:
         rows = (await s.execute(text("SELECT count(*), coalesce(sum(amount), 0) FROM billing.holds "
@@ -44,16 +48,29 @@ async def test_the_holds_and_their_jobs_are_one_commit(world: JobsWorld) -> None
     jt = await world.job_type(c, price=10)
     batches = world.billing.commit.batches
     job = await world.submit(c, jt)
-    jobs = await asyncio.gather(*(world.submit(c, jt) for _ in range(9)))  # singles going together
+    jobs = await asyncio.gather(*(world.submit(c, jt) for _ in range(LOCAL_ITEMS)))  # singles going together
     assert world.billing.commit.batches == batches  # billing's group commit stored none of them
-    assert await _held(world, c) == (10, 100, 100)
-    assert await world.available(c) == 900
+    assert await _held(world, c) == (9, 90, 90)
+    assert await world.available(c) == 910
     async with world.billing.db.session() as s:
         held_for = set((await s.execute(text("SELECT job_id FROM billing.holds WHERE customer_id = :c"),
                                         {"c": uuid.UUID(c.principal.customer_id)})).scalars())
     assert held_for == {str(j.id) for j in [job, *jobs]}
     found = await world.billing.reconcile(REDIS_REBUILD, c.principal.customer_id, dry_run=True)
     assert found.consistent, found.findings
+
+
+async def test_more_holds_than_billing_takes_here_go_to_billing_first(world: JobsWorld) -> None:
+    """A batch billing would answer in its own process (more than LOCAL_ITEMS holds) is reserved
+    by billing's group commit before the jobs' transaction, as without billing beside."""
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, price=10)
+    batches = world.billing.commit.batches
+    requests = [pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(LOCAL_ITEMS + 1)]
+    jobs = await world.app.cases.submission.batch_submit(
+        c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=requests))
+    assert world.billing.commit.batches > batches
+    assert len(jobs) == LOCAL_ITEMS + 1 and await _held(world, c) == (9, 90, 90)
 
 
 async def test_a_jobs_transaction_that_fails_takes_its_holds_with_it(world: JobsWorld,
