@@ -261,6 +261,7 @@ class Submission:
             self._submit_singles, MAX_CACHED_PROJECTS, max_batch=SINGLES_GROUP, concurrency=SINGLES_IN_FLIGHT,
             overlap_below=OVERLAP_BELOW)
         self._alone: set[tuple[bytes, str]] = set()  # lanes with a submit under way outside them
+        self._joining = False  # a transaction storing its holds itself is under way (`_store`)
         # concurrent submits read their projects' job types in one query
         self._type_loader: Coalescer[uuid.UUID, dict[uuid.UUID, JobType]] = Coalescer(self._load_types)
         # a project's job types by id, the catalog (its types and prices), a customer's markup (basis
@@ -569,8 +570,9 @@ class Submission:
         held = [p for g in groups for p in g.fresh if p.job.hold_id]
         reserved = time.monotonic()
         refusals: list[Exception | None] | None = None  # not known yet: reserved while the jobs are written
-        # billing beside us on our database: the holds go in the jobs' own transaction
-        joined = self.deps.billing.joined(self.deps.db, len(held)) if held else None
+        # billing beside us on our database: the holds go in the jobs' own transaction, one such
+        # at a time (it keeps the wallet locked to its COMMIT: a concurrent one would wait for it)
+        joined = self.deps.billing.joined(self.deps.db, len(held)) if held and not self._joining else None
         if not held:
             refusals = [None] * len(groups)
         elif len(ids) < EARLY_WRITE_ROWS and joined is None:
@@ -635,6 +637,7 @@ class Submission:
         handed: list[Prepared] = []
         reserves: Joined | None = None
         committed = False
+        self._joining = self._joining or joined is not None
         try:
             async with deps.db.transaction() as s:
                 writes = Writes()
@@ -666,6 +669,8 @@ class Submission:
                 await writes.commit(s)
                 committed = True
         finally:
+            if joined is not None:
+                self._joining = False
             if reserves is not None:
                 await _quietly(reserves.ended(committed), "billing's follow-up of the holds")
             if claim and committed:  # stored (even if the connection's return failed): the calls get their jobs
