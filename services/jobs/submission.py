@@ -609,9 +609,8 @@ class Submission:
             if isinstance(exc, DataError):  # the request carries a value PostgreSQL refuses
                 # raised by a statement, so before COMMIT: surely not stored, its holds can go now
                 # (other errors may come from an ambiguous COMMIT: recovery's sweep decides on those;
-                # holds written by the jobs' transaction were rolled back with it)
-                if joined is None:
-                    await self._give_back(held)
+                # holds written by the jobs' transaction went with it, but an earlier attempt's stay)
+                await self._give_back(held)
                 return [InvalidArgument(f"a value in the request cannot be stored ({_kind(exc)})",
                                         reason="UNSTORABLE_VALUE")]
             raise
@@ -662,9 +661,9 @@ class Submission:
                     if refused is None:  # the job id comes from the request id: a repeat fails on the job's key
                         idempotency.remember_many(writes, IdempotencyKey, g.scope, [
                             (p.job.request_id, p.hash, p.job.id) for p in g.fresh if p.job.request_id])
-                late = time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2
-                if held and reserves is None and late:  # (holds in this transaction commit with their jobs)
+                if held and time.monotonic() - reserved > deps.config.orphan_hold_grace_seconds / 2:
                     # recovery may soon take these holds for a dead submit's: give them back instead
+                    # (holds written here go with the rollback; some may be an earlier attempt's)
                     raise _TooSlow()
                 await writes.commit(s)
                 committed = True

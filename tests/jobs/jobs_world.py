@@ -157,7 +157,6 @@ class JobsWorld:
     config: JobsConfig
     keys: FakeKeys
     closers: list[Any] = field(default_factory=list)
-    joined: bool = False  # billing beside, on the jobs' database (`make_world`)
 
     def past_orphan_hold_grace(self) -> None:
         """The clock past recovery's grace for holds without a job, as billing (which stamps holds
@@ -245,7 +244,7 @@ async def make_world(database_url: str, redis_url: str, *, joined: bool = False,
     app = build(jobs_config, db, redis, tenancy, Billing(billing_channel), clock, prefix=f"jt{uuid.uuid4().hex[:6]}:",
                 encryptor=Encryptor(keys))
     listener = asyncio.create_task(app.signals.listen_forever())
-    world = JobsWorld(app, billing, fake, clock, redis, jobs_config, fake_keys, joined=joined)
+    world = JobsWorld(app, billing, fake, clock, redis, jobs_config, fake_keys)
     beside, cpu_share = Joined(billing), inprocess.cpu_share
     if joined:
         inprocess.offer(inprocess.BILLING_JOINED, beside)
