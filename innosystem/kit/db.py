@@ -251,10 +251,6 @@ class Writes:
     def execute(self, statement: sql.Composed | sql.SQL | str, params: Any = None) -> None:
         self._steps.append((statement, params, "one"))
 
-    def text(self, statement: TextClause, params: Mapping[str, Any]) -> None:
-        """A module-level `text()` statement, as `pipelined` runs it."""
-        self._steps.append((_psycopg_text(statement), params, "one"))
-
     def executemany(self, statement: sql.Composed | sql.SQL | str, params: Sequence[Any]) -> None:
         if params:
             self._steps.append((statement, params, "many"))

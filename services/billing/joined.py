@@ -27,7 +27,7 @@ from services.billing import ledger
 from services.billing.api import DOMAIN, reserve_requests
 from services.billing.metrics import count_many
 from services.billing.models import AnyHold
-from services.billing.service import BillingService, JoinedCaptures, JoinedReserves
+from services.billing.service import BillingService, JoinedReserves
 
 
 class Joined:
@@ -59,25 +59,4 @@ class Joined:
         for k, outcome in zip(storable, joined.outcomes, strict=True):
             answers[k] = outcome
         count_many("reserve", [a for a in answers if a is not None])
-        return [to_status(a, DOMAIN) if isinstance(a, DomainError) else None for a in answers], joined
-
-    async def capture(self, conn: Conn, writes: Writes, request: pb.BatchCaptureRequest
-                      ) -> tuple[list[status_pb2.Status | None], JoinedCaptures]:
-        """An ending's captures stored by its own transaction: each one's refusal as the call would
-        have answered it (None: captured), and the captures, to be told whether `conn`'s
-        transaction committed."""
-        answers: list[AnyHold | DomainError | None] = [None] * len(request.requests)
-        storable = []
-        for k, r in enumerate(request.requests):
-            try:
-                check_storable(r)
-                storable.append(k)
-            except DomainError as err:
-                answers[k] = err
-        joined = await self._service.capture_in(conn, writes, [
-            (r.hold_id, r.amount_cents, r.currency_code, r.over_capture_policy, r.description)
-            for r in (request.requests[k] for k in storable)])
-        for k, outcome in zip(storable, joined.outcomes, strict=True):
-            answers[k] = outcome
-        count_many("capture", [a for a in answers if a is not None])
         return [to_status(a, DOMAIN) if isinstance(a, DomainError) else None for a in answers], joined

@@ -139,27 +139,6 @@ class JoinedReserves:
         await self._service._unauthorize(self._held)
 
 
-class JoinedCaptures:
-    """Captures written into another service's transaction (`BillingService.capture_in`): each
-    request's hold or refusal, and Open-to-Buy's follow-up once it committed."""
-
-    def __init__(self, service: BillingService, outcomes: list[AnyHold | DomainError], fresh: list[AnyHold],
-                 events: list[dict[str, Any]]) -> None:
-        self.outcomes = outcomes
-        self._service, self._fresh, self._events = service, fresh, events
-
-    async def committed(self) -> None:
-        service = self._service
-        if self._events and service.commit.on_events is not None:
-            await service.commit.on_events(self._events)
-        if self._fresh:
-            await service._redis_quietly(service.otb.resolve_many(
-                [(h.customer_id, h.currency, h.hold_id, h.captured) for h in self._fresh]))
-
-    async def abandoned(self) -> None:
-        """Rolled back: Open-to-Buy was not told anything yet."""
-
-
 @dataclass(frozen=True)
 class StatementLine:
     customer_id: uuid.UUID
@@ -755,36 +734,6 @@ class BillingService:
             await self._redis_quietly(self.otb.resolve_many(
                 [(h.customer_id, h.currency, h.hold_id, h.captured) for h in fresh]))
         return out
-
-    async def capture_in(self, conn: Conn, writes: Writes, requests: Sequence[tuple[str, int, str, int, str]]
-                         ) -> JoinedCaptures:
-        """`capture_many` stored by the caller's own transaction (a jobs service's endings, sharing
-        this process and database: services/billing/joined.py): the rows locked on `conn` now, the
-        writes queued in `writes` for the caller's COMMIT, each item's outcome known on return.
-        Open-to-Buy follows once the caller tells the result its transaction committed."""
-        out: list[AnyHold | DomainError] = []
-        items: list[tuple[int, ledger.CaptureItem]] = []
-        metas = await self._hold_metas([r[0] for r in requests])
-        for k, request in enumerate(requests):
-            try:
-                item = await self._capture_item(*request, metas)
-            except DomainError as err:
-                out.append(err)
-                continue
-            out.append(NotFound(f"hold {item.hold_id!r} not found", reason="HOLD_NOT_FOUND"))  # unless found
-            items.append((k, item))
-        tx = Tx(conn, writes)
-        fresh: list[AnyHold] = []
-        if items:
-            for (k, _), outcome in zip(items, await ledger.apply(conn, tx, [i for _, i in items]), strict=True):
-                if isinstance(outcome, DomainError):
-                    out[k] = outcome
-                elif isinstance(outcome, tuple) and outcome[0] is not None:
-                    out[k] = outcome[0]
-                    if outcome[1]:
-                        fresh.append(outcome[0])
-            await write_totals(conn, writes, tx.deltas, tx.transfers)
-        return JoinedCaptures(self, out, fresh, tx.events)
 
     async def active_holds_created(self, start: datetime | None, before: datetime | None, page_token: str,
                                    size: int) -> tuple[list[tuple[str, str, datetime]], str]:

@@ -80,14 +80,14 @@ class NotJoined(Exception):
 
 @dataclass
 class Joined:
-    """Holds reserved or captured in the caller's transaction: each one's outcome; `ended` once
-    the transaction ended (billing's follow-up in Open-to-Buy)."""
+    """Holds written into the caller's transaction: each one's outcome; `committed()` or
+    `abandoned()` once the transaction ended (billing's follow-up in Open-to-Buy)."""
 
     outcomes: list[Outcome]
-    followup: Any  # billing's JoinedReserves or JoinedCaptures
+    reserves: Any
 
     async def ended(self, committed: bool) -> None:
-        await (self.followup.committed() if committed else self.followup.abandoned())
+        await (self.reserves.committed() if committed else self.reserves.abandoned())
 
 
 def _reserves(items: Sequence[HoldRequest]) -> list[bpb.ReserveRequest]:
@@ -95,12 +95,6 @@ def _reserves(items: Sequence[HoldRequest]) -> list[bpb.ReserveRequest]:
                                currency_code=i.currency_code, job_id=i.job_id, expire_time=timestamp(i.expire_time),
                                description=f"job {i.job_id}", project_id=i.project_id,
                                job_type_id=i.job_type_id) for i in items]
-
-
-def _captures(items: Sequence[CaptureRequest]) -> list[bpb.CaptureRequest]:
-    return [bpb.CaptureRequest(hold_id=i.hold_id, amount_cents=i.amount_cents,
-                               over_capture_policy=i.over_capture_policy,  # type: ignore[arg-type]
-                               description=i.description) for i in items]
 
 
 class Billing:
@@ -139,16 +133,15 @@ class Billing:
     async def reserve(self, items: Sequence[HoldRequest]) -> list[Outcome]:
         return await self._batched("BatchReserve", _reserves(items))
 
-    def joined(self, db: Database, holds: int | None = None) -> Any:
+    def joined(self, db: Database, holds: int) -> Any:
         """Billing in this process on `db`'s database, which stores `holds` holds in a transaction
         of `db` (services/billing/joined.py), if there is one and the batch is one billing would
         answer here (`_batched`): a large one, or any while this process is busy, goes to billing's
-        own process, on another core. An ending's captures (`holds` None) are joined whatever their
-        number: its rows are written anyway. (gRPC singles, 64 in flight, groups of ~30 holds joined:
+        own process, on another core. (gRPC singles, 64 in flight, groups of ~30 holds joined:
         420 to 800 jobs/s against 1,000 with billing's process reserving them; the jobs' transaction
         keeps the hot wallet locked while this busy process gets round to its commit.)"""
         peer = inprocess.find(inprocess.BILLING_JOINED)
-        if (peer is None or (holds or 0) > LOCAL_ITEMS or inprocess.cpu_share() >= LOCAL_BELOW_CORES
+        if (peer is None or holds > LOCAL_ITEMS or inprocess.cpu_share() >= LOCAL_BELOW_CORES
                 or not peer.serves(db)):
             return None
         return peer
@@ -164,13 +157,10 @@ class Billing:
         return Joined([None if s is None else item_error(s) for s in statuses], reserves)
 
     async def capture(self, items: Sequence[CaptureRequest]) -> list[Outcome]:
-        return await self._batched("BatchCapture", _captures(items))
-
-    async def capture_in(self, peer: Any, conn: Conn, writes: Writes, items: Sequence[CaptureRequest]) -> Joined:
-        """`capture`, written by `conn`'s transaction (`peer`: `joined`'s): each item's outcome, and
-        what to tell billing once the transaction ended."""
-        statuses, captures = await peer.capture(conn, writes, bpb.BatchCaptureRequest(requests=_captures(items)))
-        return Joined([None if s is None else item_error(s) for s in statuses], captures)
+        return await self._batched("BatchCapture", [
+            bpb.CaptureRequest(hold_id=i.hold_id, amount_cents=i.amount_cents,
+                               over_capture_policy=i.over_capture_policy,  # type: ignore[arg-type]
+                               description=i.description) for i in items])
 
     async def extend(self, holds: Sequence[tuple[str, datetime]]) -> list[Outcome]:
         """Move holds' deadlines later (never earlier)."""

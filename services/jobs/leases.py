@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.coalescing import Answer, Backlog, Coalescer
-from innosystem.kit.db import Conn, Writes
+from innosystem.kit.db import Conn
 from innosystem.kit.errors import (
     DomainError,
     FailedPrecondition,
@@ -36,7 +36,6 @@ from innosystem.kit.errors import (
 )
 from innosystem.kit.protos import timestamp
 from services.jobs import metrics, outcomes, runsql, tracing
-from services.jobs.billing import Joined
 from services.jobs.convert import lease_pb, plain
 from services.jobs.handoff import Idle
 from services.jobs.models import Job, JobType
@@ -99,7 +98,6 @@ class Leases:
         # (queues, customer) → their versions when a pop found them empty, and when (EMPTY_SECONDS)
         self._empty: dict[tuple[tuple[str, ...], str], tuple[tuple[int, ...], float]] = {}
         self._settled: list[str] = []  # holds billing answered for, their outbox rows not yet deleted
-        self._joining = False  # an ending capturing in its own transaction is under way (`_complete_in`)
         self._flusher: asyncio.Task[None] | None = None
         # Committed endings whose billing is not sent yet, with their spans (`_settle_soon`).
         self._settling: Backlog[tuple[outcomes.Settlement, list[Span]]] = Backlog(
@@ -311,28 +309,7 @@ class Leases:
 
     async def _complete_in(self, items: list[_Item], now: datetime, st: outcomes.Settlement,
                            results: list[pb.CompletionResult], ends: list[outcomes.End], settled: list[str]) -> None:
-        # billing beside us on our database: the captures go in this transaction (`_capture_here`)
-        peer = self.deps.billing.joined(self.deps.db) if not self._joining else None
-        self._joining = self._joining or peer is not None
-        captured: Joined | None = None
-        committed = False
-        try:
-            captured = await self._complete_tx(items, now, st, results, ends, settled, peer)
-            committed = True
-        finally:
-            if peer is not None:
-                self._joining = False
-            if captured is not None:
-                try:
-                    await captured.ended(committed)
-                except Exception as exc:  # committed is done: Open-to-Buy catches up at reconciliation
-                    log.warning("billing's follow-up of an ending's captures failed (%s)", type(exc).__name__)
-
-    async def _complete_tx(self, items: list[_Item], now: datetime, st: outcomes.Settlement,
-                           results: list[pb.CompletionResult], ends: list[outcomes.End], settled: list[str],
-                           peer: Any) -> Joined | None:
         deps = self.deps
-        captured = None
         async with deps.db.transaction() as s:
             runs = await runsql.lock_runs(s, [it.c.job_id for it in items], settled)
             errors = await _lease_errors(s, [(it.c.job_id, it.c.lease_id, it.c.runner_id) for it in items], runs, now)
@@ -358,22 +335,7 @@ class Leases:
                 res.status = end.status  # type: ignore[assignment]
                 if end.next_attempt_time is not None:
                     res.next_attempt_time.FromDatetime(end.next_attempt_time)
-            writes = Writes()
-            if peer is not None and st.captures:
-                captured = await self._capture_here(peer, s, writes, st)
-            await runsql.end_attempts(s, ends, st.outbox(), now, writes)
-        return captured
-
-    async def _capture_here(self, peer: Any, s: Conn, writes: Writes, st: outcomes.Settlement) -> Joined:
-        """The ending's captures written by its own transaction (services/billing/joined.py): no
-        outbox row, no billing commit of their own. One such ending at a time: it keeps the
-        wallets it captures from locked to its COMMIT, and another would wait for it. A capture
-        billing refuses stays in `st`, for the outbox and the usual way (which caps it at its
-        hold); one whose hold is gone is done, as there."""
-        captured = await self.deps.billing.capture_in(peer, s, writes, st.captures)
-        st.captures = [c for c, err in zip(st.captures, captured.outcomes, strict=True)
-                       if err is not None and err.reason != "HOLD_NOT_FOUND"]
-        return captured
+            await runsql.end_attempts(s, ends, st.outbox(), now)
 
     async def _ended(self, ends: Sequence[outcomes.End], st: outcomes.Settlement, now: datetime, what: str) -> None:
         """After an ending's commit: its queues, events and metrics now, its billing (then out of

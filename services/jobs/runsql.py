@@ -19,7 +19,7 @@ from sqlalchemy import Row, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.db import Conn, Writes, pipelined
+from innosystem.kit.db import Conn, pipelined
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
 # What a lease hands to its runner, and what the lease path's metrics and traces read.
@@ -186,16 +186,12 @@ SELECT count(*) FROM ended
 """)
 
 
-async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed], now: datetime,
-                       writes: Writes | None = None) -> None:
+async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed], now: datetime) -> int:
     """Write a batch of `outcomes.End`s and their billing outbox in one statement, committed with
-    it in one round trip (the batch's last step), after `writes` (billing's, for captures made
-    in this transaction)."""
+    it in one round trip (the batch's last step)."""
     if not ends and not outbox:
-        if writes is not None:
-            await writes.commit(s)
-        return
-    params = {
+        return 0
+    rows = await pipelined(s, (_END, {
         "ids": [e.run.id for e in ends], "attempts": [e.run.attempt_count for e in ends],
         "statuses": [e.status for e in ends], "reasons": [e.reason for e in ends],
         "outcomes": [e.outcome for e in ends], "attempt_errors": [dumps(e.attempt_error) for e in ends],
@@ -209,12 +205,8 @@ async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed],
         "o_holds": [o.hold_id for o in outbox], "o_jobs": [o.job_id for o in outbox],
         "o_amounts": [o.amount_cents for o in outbox], "o_held": [o.held_cents for o in outbox],
         "o_policies": [o.over_capture_policy for o in outbox], "o_descriptions": [o.description for o in outbox],
-        "now": now}
-    if writes is None:
-        await pipelined(s, (_END, params), commit=True, rows=False)
-    else:
-        writes.text(_END, params)
-        await writes.commit(s)
+        "now": now}), commit=True)
+    return int(rows[0][0])
 
 
 _UNSTART = text(f"""

@@ -1,7 +1,6 @@
 """Issues 12 and 13: where billing runs beside the jobs service on its database, a small submit's
-holds are stored by the jobs' own transaction, and an ending's captures by the ending's
-(services/billing/joined.py): one commit for the holds and their jobs, neither ever stored without
-the other, no outbox row and no billing commit for a capture, Open-to-Buy following the outcome.
+holds are stored by the jobs' own transaction (services/billing/joined.py): one commit for the
+holds and their jobs, neither ever stored without the other, Open-to-Buy following the outcome.
 (tests/jobs/test_submit.py runs every submit test this way too.) Real parts: the embedded
 PostgreSQL and Valkey, billing's service in this process as `innosystem up` runs it."""
 
@@ -132,57 +131,3 @@ async def test_a_refusal_holds_nothing_and_the_others_go_in(world: JobsWorld) ->
     assert await _held(world, poor) == (1, 10, 10)
     listed, _ = await world.app.cases.queries.list_jobs(poor.principal, pb.ListJobsRequest(project_id=poor.project_id))
     assert len(listed) == 1
-
-
-async def _outboxed(world: JobsWorld, jobs: list[str]) -> dict[str, str]:
-    """The ending outbox rows of these jobs: hold id → the last error billing gave."""
-    async with world.app.deps.db.session() as s:
-        rows = (await s.execute(text("SELECT hold_id, last_error FROM jobs.billing_outbox WHERE job_id = ANY(:j)"),
-                                {"j": [uuid.UUID(j) for j in jobs]})).all()
-    return {r[0]: r[1] for r in rows}
-
-
-async def _captures(world: JobsWorld, hold_ids: list[str]) -> int:
-    async with world.billing.db.session() as s:
-        return int(await s.scalar(text("SELECT count(*) FROM billing.transfers WHERE kind = 3 AND hold_id = ANY(:h)"),
-                                  {"h": hold_ids}) or 0)
-
-
-async def test_an_ending_captures_in_its_own_transaction(world: JobsWorld) -> None:
-    c = await world.customer(funds=1000)
-    jt = await world.job_type(c, price=10)
-    jobs = [await world.submit(c, jt) for _ in range(3)]
-    leases = await world.lease([jt.name])
-    batches = world.billing.commit.batches
-    results = await world.app.cases.leases.complete([pb.JobCompletion(
-        job_id=x.job_id, lease_id=x.lease_id, runner_id=x.runner_id,
-        result=pb.AttemptResult(outcome=pb.ATTEMPT_OUTCOME_SUCCEEDED)) for x in leases])
-    assert [r.HasField("error") for r in results] == [False] * 3
-    assert world.billing.commit.batches == batches  # no billing commit of their own
-    assert await _outboxed(world, [str(j.id) for j in jobs]) == {}  # nor an outbox row
-    assert await _captures(world, [str(j.id) for j in jobs]) == 3
-    assert await _held(world, c) == (0, 0, 0)
-    snapshot = await world.billing.otb.snapshot(uuid.UUID(c.principal.customer_id), "USD")
-    assert snapshot.balance == 970 and await world.available(c) == 970
-    found = await world.billing.reconcile(REDIS_REBUILD, c.principal.customer_id, dry_run=True)
-    assert found.consistent, found.findings
-
-
-async def test_a_capture_billing_refuses_stays_in_the_outbox(world: JobsWorld) -> None:
-    """A hold released behind the job's back: its capture is refused in the ending's transaction,
-    the ending commits all the same, and the capture goes the usual way (the outbox, then billing),
-    where the refusal is recorded and kept, never dropped; the other jobs of the batch are charged."""
-    c = await world.customer(funds=1000)
-    jt = await world.job_type(c, price=10)
-    jobs = [await world.submit(c, jt) for _ in range(2)]
-    leases = sorted(await world.lease([jt.name]), key=lambda x: x.job_id != str(jobs[0].id))
-    await world.billing.release(str(jobs[0].id), "released behind the job's back")
-    results = await world.app.cases.leases.complete([pb.JobCompletion(
-        job_id=x.job_id, lease_id=x.lease_id, runner_id=x.runner_id,
-        result=pb.AttemptResult(outcome=pb.ATTEMPT_OUTCOME_SUCCEEDED)) for x in leases])
-    await world.app.cases.leases.settle_pending()
-    assert [r.HasField("error") for r in results] == [False, False]
-    outboxed = await _outboxed(world, [str(j.id) for j in jobs])
-    assert list(outboxed) == [str(jobs[0].id)] and "HOLD_ALREADY_RELEASED" in outboxed[str(jobs[0].id)]
-    assert await _captures(world, [str(j.id) for j in jobs]) == 1
-    assert await world.available(c) == 990
