@@ -1,7 +1,9 @@
 """SubmitJob and BatchSubmitJobs: validate, hold the estimated cost, commit, enqueue.
 
 Order and crash safety: billing reserves the holds (hold id = job id) and commits them, then one
-transaction stores the jobs, then the jobs enter Redis: two commits per submit. A crash after the
+transaction stores the jobs, then the jobs enter Redis: two commits per submit (one where billing
+runs in this process on this database and the submit is small: the holds are written by the jobs'
+own transaction, services/billing/joined.py, and commit with them or not at all). A crash after the
 reserve leaves an active hold without a job, which recovery finds in billing's holds by creation
 time and releases after a grace (`Loops._release_orphan_holds`); a submit that could not commit
 within half that grace gives its holds back and answers UNAVAILABLE, so recovery never releases
