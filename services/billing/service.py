@@ -122,8 +122,9 @@ class JoinedReserves:
 
     def __init__(self, service: BillingService, outcomes: list[AnyHold | DomainError], done: _Reserved,
                  held: list[ledger.ReserveItem], events: list[dict[str, Any]]) -> None:
-        self.outcomes = outcomes  # held: what Open-to-Buy holds for them
-        self._service, self._done, self._held, self._events = service, done, held, events
+        self.outcomes = outcomes
+        self._service, self._done, self._events = service, done, events
+        self._held = held  # what Open-to-Buy holds for them
 
     async def committed(self) -> None:
         """The caller's transaction committed: the holds are stored."""

@@ -672,13 +672,13 @@ class Submission:
         finally:
             if joined is not None:
                 self._joining = False
-            if reserves is not None:
-                await _quietly(reserves.ended(committed), "billing's follow-up of the holds")
             if claim and committed:  # stored (even if the connection's return failed): the calls get their jobs
                 deps.idle.deliver(claim, {p.job.id: lease_pb(p.job) for p in handed})
             elif claim:  # nothing was stored: the jobs are Pending again (a retry may store them), the calls look again
                 _unlease(handed)
                 deps.idle.release(claim)
+            if reserves is not None:  # after the runners got their jobs
+                await _quietly(reserves.ended(committed), "billing's follow-up of the holds")
         if claim:
             after.append(leases.record_started(deps, [p.job for p in handed], handed[0].job.lease_start_time))
         return refusals
