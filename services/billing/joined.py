@@ -3,7 +3,7 @@ and a database.
 
 A submit is a hold and a job. Stored apart they are two commits, one after the other: billing's
 group commit (two round trips, its wallet rows locked between them) and then the jobs' (docs/
-performance.md, session 22: at 50 jobs/s the hold is half of a submit's time). Where billing runs
+performance.md, session 21: at 50 jobs/s the hold was half of a submit's time). Where billing runs
 in the jobs service's process on the same database (`innosystem serve billing jobs runners` with
 one DATABASE_URL), it offers `Joined` (kit.inprocess): the jobs service gives it the transaction
 it is about to store the jobs with, its queued writes and the BatchReserveRequest it would have

@@ -80,8 +80,8 @@ class NotJoined(Exception):
 
 @dataclass
 class Joined:
-    """Holds written into the caller's transaction: each one's outcome; `committed()` or
-    `abandoned()` once the transaction ended (billing's follow-up in Open-to-Buy)."""
+    """Holds written into the caller's transaction: each one's outcome; `ended` once the
+    transaction ended (billing's follow-up in Open-to-Buy)."""
 
     outcomes: list[Outcome]
     reserves: Any
