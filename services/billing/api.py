@@ -154,6 +154,25 @@ def reserve_requests(requests: Sequence[pb.ReserveRequest]) -> list[ReserveReque
                            _time(r, "expire_time"), r.description, r.project_id, r.job_type_id) for r in requests]
 
 
+async def answered(operation: str, requests: Sequence[Any],
+                   run: Callable[[list[Any]], Awaitable[list[AnyHold | DomainError]]]) -> list[AnyHold | DomainError]:
+    """Each item's outcome, in order: one whose text cannot be stored refused alone, the others
+    by `run` together; counted in the metrics."""
+    results: list[AnyHold | DomainError | None] = [None] * len(requests)
+    storable = []
+    for k, r in enumerate(requests):
+        try:
+            check_storable(r)
+            storable.append(k)
+        except DomainError as err:
+            results[k] = err
+    for k, outcome in zip(storable, await run([requests[k] for k in storable]), strict=True):
+        results[k] = outcome
+    done = [r for r in results if r is not None]
+    count_many(operation, done)
+    return done
+
+
 def _checked(request: Any, call: Callable[[], Awaitable[AnyHold]]) -> Callable[[], Awaitable[AnyHold]]:
     """`call`, after checking that the request's text can be stored: in a batch, an item that
     cannot be stored fails alone rather than the group commit it would join."""
@@ -383,19 +402,7 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         if not 1 <= len(requests) <= MAX_BATCH:
             raise InvalidArgument(f"a batch has 1 to {MAX_BATCH} requests", field="requests",
                                   reason="INVALID_BATCH_SIZE")
-        results: list[AnyHold | DomainError | None] = [None] * len(requests)
-        storable = []
-        for k, r in enumerate(requests):
-            try:
-                check_storable(r)
-                storable.append(k)
-            except DomainError as err:
-                results[k] = err
-        for k, outcome in zip(storable, await run([requests[k] for k in storable]), strict=True):
-            results[k] = outcome
-        answered = [r for r in results if r is not None]
-        count_many(operation, answered)
-        return _response(answered, view)
+        return _response(await answered(operation, requests, run), view)
 
     async def BatchExtend(self, request: pb.BatchExtendRequest,
                           context: grpc.aio.ServicerContext) -> pb.BatchHoldResponse:

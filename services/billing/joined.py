@@ -22,10 +22,8 @@ from google.rpc import status_pb2
 from innosystem.billing.v1 import billing_pb2 as pb
 from innosystem.kit.db import Conn, Database, Writes
 from innosystem.kit.errors import DomainError, to_status
-from innosystem.kit.validation import check_storable
 from services.billing import ledger
-from services.billing.api import DOMAIN, reserve_requests
-from services.billing.metrics import count_many
+from services.billing.api import DOMAIN, answered, reserve_requests
 from services.billing.models import AnyHold
 from services.billing.service import BillingService, JoinedReserves
 
@@ -43,20 +41,14 @@ class Joined:
         """Each hold's refusal as the call would have answered it (None: held), and the reserves,
         to be told whether `conn`'s transaction committed. None when an Open-to-Buy check came too
         late for the locked rows (nothing written, nothing held): reserve the usual way."""
-        answers: list[AnyHold | DomainError | None] = [None] * len(request.requests)
-        storable = []
-        for k, r in enumerate(request.requests):
-            try:
-                check_storable(r)
-                storable.append(k)
-            except DomainError as err:
-                answers[k] = err
-        try:
-            joined = await self._service.reserve_in(conn, writes, reserve_requests(
-                [request.requests[k] for k in storable]))
+        reserved: list[JoinedReserves] = []
+
+        async def reserve(requests: list[pb.ReserveRequest]) -> list[AnyHold | DomainError]:
+            reserved.append(await self._service.reserve_in(conn, writes, reserve_requests(requests)))
+            return reserved[0].outcomes
+
+        try:  # as BatchReserve answers (services/billing/api.py)
+            answers = await answered("reserve", request.requests, reserve)
         except ledger.Late:
             return None
-        for k, outcome in zip(storable, joined.outcomes, strict=True):
-            answers[k] = outcome
-        count_many("reserve", [a for a in answers if a is not None])
-        return [to_status(a, DOMAIN) if isinstance(a, DomainError) else None for a in answers], joined
+        return [to_status(a, DOMAIN) if isinstance(a, DomainError) else None for a in answers], reserved[0]
