@@ -38,6 +38,7 @@ from innosystem.kit.protos import timestamp
 from services.jobs import metrics, outcomes, runsql, tracing
 from services.jobs.convert import lease_pb, plain
 from services.jobs.handoff import Idle
+from services.jobs.leasecopy import LeaseCopies
 from services.jobs.models import Job, JobType
 from services.jobs.queue import QueueItem
 from services.jobs.runtime import (
@@ -98,6 +99,7 @@ class Leases:
         # (queues, customer) → their versions when a pop found them empty, and when (EMPTY_SECONDS)
         self._empty: dict[tuple[tuple[str, ...], str], tuple[tuple[int, ...], float]] = {}
         self._settled: list[str] = []  # holds billing answered for, their outbox rows not yet deleted
+        self._copies = LeaseCopies()  # what the leases of this replica returned, for their ends
         self._flusher: asyncio.Task[None] | None = None
         # Committed endings whose billing is not sent yet, with their spans (`_settle_soon`).
         self._settling: Backlog[tuple[outcomes.Settlement, list[Span]]] = Backlog(
@@ -232,6 +234,7 @@ class Leases:
         except BaseException:
             await self._requeue_popped(every)
             raise
+        self._copies.keep(started.values(), now)
         leased = [[started[i] for i in pop.ids if i in started] for pop in pops]  # each in the queue's order
         out: list[list[pb.JobLease] | BaseException] = [[lease_pb(j) for j in mine] for mine in leased]
         return Answer(out, self._leased(started, _by_queue(ghosts, queues), now))
@@ -293,49 +296,70 @@ class Leases:
             return await self._complete_split([item])
 
     async def _complete_batch(self, items: list[_Item]) -> list[pb.CompletionResult]:
-        deps = self.deps
-        now = deps.now()
-        st = outcomes.Settlement()
-        results: list[pb.CompletionResult] = []
-        ends: list[outcomes.End] = []
+        now = self.deps.now()
         settled, self._settled = self._settled, []  # outbox rows billing answered for: gone with this commit
         try:
-            await self._complete_in(items, now, st, results, ends, settled)
+            results, ends, st = await self._complete_in(items, now, settled)
         except BaseException:
             self._settled = settled + self._settled
             raise
         await self._ended(ends, st, now, "complete")
         return results
 
-    async def _complete_in(self, items: list[_Item], now: datetime, st: outcomes.Settlement,
-                           results: list[pb.CompletionResult], ends: list[outcomes.End], settled: list[str]) -> None:
+    async def _complete_in(self, items: list[_Item], now: datetime, settled: list[str]
+                           ) -> tuple[list[pb.CompletionResult], list[outcomes.End], outcomes.Settlement]:
+        """Decided from the lease's copy of the jobs where this replica leased them all (one round
+        trip, no locked read: `LeaseCopies`), else, or when a job changed since, from the jobs
+        read under lock."""
         deps = self.deps
+        refs = [(it.c.job_id, it.c.lease_id, it.c.runner_id) for it in items]
+        copies = self._copies.take(refs, now)
+        if copies is not None:
+            await self._encrypt_results([(it, copies[it.c.job_id]) for it in items if copies[it.c.job_id].encryption])
+            results, ends, st = self._decide(items, copies, [None] * len(items), now)
+            try:
+                async with deps.db.transaction() as s:
+                    await runsql.end_attempts(s, ends, st.outbox(), now, unchanged=True, settled_holds=settled)
+                return results, ends, st
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != runsql.CHANGED_SINCE_LEASE:
+                    raise
         async with deps.db.transaction() as s:
             runs = await runsql.lock_runs(s, [it.c.job_id for it in items], settled)
-            errors = await _lease_errors(s, [(it.c.job_id, it.c.lease_id, it.c.runner_id) for it in items], runs, now)
+            errors = await _lease_errors(s, refs, runs, now)
             await self._encrypt_results([(it, runs[it.c.job_id]) for it, err in zip(items, errors, strict=True)
                                          if err is None and runs[it.c.job_id].encryption])
-            for it, err in zip(items, errors, strict=True):
-                res = pb.CompletionResult(job_id=it.c.job_id, lease_id=it.c.lease_id)
-                results.append(res)
-                err = err or it.invalid
-                if err is not None:
-                    res.error.CopyFrom(_status(err))
-                    continue
-                run = runs[it.c.job_id]
-                if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
-                    end = outcomes.succeed(run, it.result or {}, it.cost, it.details, st, it.encryption, it.units, now)
-                    if end.result is not None and end.result is it.result:
-                        end.result_text = it.text  # not encoded a second time
-                elif it.outcome == pb.ATTEMPT_OUTCOME_CANCELLED:
-                    end = outcomes.cancel_running(run, st, f"cancelled: {run.cancel_reason or 'the runner stopped it'}")
-                else:
-                    end = outcomes.fail(deps, run, pb.ATTEMPT_OUTCOME_FAILED, it.error or {}, it.details, now, st)
-                ends.append(end)
-                res.status = end.status  # type: ignore[assignment]
-                if end.next_attempt_time is not None:
-                    res.next_attempt_time.FromDatetime(end.next_attempt_time)
+            results, ends, st = self._decide(items, runs, errors, now)
             await runsql.end_attempts(s, ends, st.outbox(), now)
+        return results, ends, st
+
+    def _decide(self, items: list[_Item], runs: dict[str, Any], errors: Sequence[DomainError | None], now: datetime
+                ) -> tuple[list[pb.CompletionResult], list[outcomes.End], outcomes.Settlement]:
+        """Each completion's answer, and the end of its attempt where its lease is current."""
+        st = outcomes.Settlement()
+        results: list[pb.CompletionResult] = []
+        ends: list[outcomes.End] = []
+        for it, err in zip(items, errors, strict=True):
+            res = pb.CompletionResult(job_id=it.c.job_id, lease_id=it.c.lease_id)
+            results.append(res)
+            err = err or it.invalid
+            if err is not None:
+                res.error.CopyFrom(_status(err))
+                continue
+            run = runs[it.c.job_id]
+            if it.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED:
+                end = outcomes.succeed(run, it.result or {}, it.cost, it.details, st, it.encryption, it.units, now)
+                if end.result is not None and end.result is it.result:
+                    end.result_text = it.text  # not encoded a second time
+            elif it.outcome == pb.ATTEMPT_OUTCOME_CANCELLED:
+                end = outcomes.cancel_running(run, st, f"cancelled: {run.cancel_reason or 'the runner stopped it'}")
+            else:
+                end = outcomes.fail(self.deps, run, pb.ATTEMPT_OUTCOME_FAILED, it.error or {}, it.details, now, st)
+            ends.append(end)
+            res.status = end.status  # type: ignore[assignment]
+            if end.next_attempt_time is not None:
+                res.next_attempt_time.FromDatetime(end.next_attempt_time)
+        return results, ends, st
 
     async def _ended(self, ends: Sequence[outcomes.End], st: outcomes.Settlement, now: datetime, what: str) -> None:
         """After an ending's commit: its queues, events and metrics now, its billing (then out of
@@ -464,6 +488,7 @@ class Leases:
             runs = await runsql.lock_runs(s, [e.job_id for e in r.leases])
             errors = await _lease_errors(s, refs, runs, now)
             fresh = [e.job_id for e, err in zip(r.leases, errors, strict=True) if err is None]
+            self._copies.drop(fresh)  # their rows change: their ends read them under lock
             extended = await runsql.extend_leases(s, fresh, {j: progress[j] for j in fresh if j in progress}, now, span)
         for e, err in zip(r.leases, errors, strict=True):
             res = pb.LeaseExtensionResult(job_id=e.job_id, lease_id=e.lease_id)
@@ -494,6 +519,7 @@ class Leases:
             if not refs:  # every lease the runner holds
                 refs = await runsql.running_in(s, r.runner_id)
             runs = await runsql.lock_runs(s, [j for j, _ in refs])
+            self._copies.drop(runs)
             errors = await _lease_errors(s, [(j, lid, r.runner_id) for j, lid in refs], runs, None)
             for (job_id, lease_id), err in zip(refs, errors, strict=True):
                 res = pb.LeaseReleaseResult(job_id=job_id, lease_id=lease_id)
@@ -567,6 +593,7 @@ class Leases:
             rows = await runsql.expired_runs(s, now, limit)
             if not rows:
                 return 0
+            self._copies.drop(str(run.id) for run in rows)
             for run in rows:
                 limit_at = (run.lease_start_time or now) + timedelta(seconds=run.settings.get("timeout_seconds", 300))
                 timed_out = run.lease_expire_time is not None and run.lease_expire_time >= limit_at

@@ -22,10 +22,17 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.db import Conn, pipelined
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
-# What a lease hands to its runner, and what the lease path's metrics and traces read.
-LEASED_COLUMNS = ("id, lease_id, runner_id, attempt_count, lease_expire_time, customer_id, project_id, job_type_id, "
-                  "job_type_name, settings, priority, payload, encryption, trace_context, create_time, queue_time, "
-                  "queue_name")
+# What the end of an attempt reads of its job (outcomes.Run).
+RUN_COLUMNS = ("id, status, lease_id, runner_id, lease_start_time, lease_expire_time, attempt_count, settings, "
+               "estimated_cost_cents, hold_id, persistence_policy, cancel_requested, cancel_reason, queue_name, "
+               "customer_id, project_id, priority, job_type_name, encryption, retry_max_attempts, "
+               "retry_initial_interval_seconds, retry_backoff_multiplier, retry_max_interval_seconds, "
+               "non_retryable_error_types, trace_context, queue_time, create_time")
+# What a lease returns: the run first, with its row version (`xmin`, the lease's transaction), which
+# the lease keeps for the attempt's end (`LeaseCopy`), then what it hands to its runner besides.
+LEASED_COLUMNS = f"{RUN_COLUMNS}, xmin, job_type_id, payload"
+RUN_WIDTH = RUN_COLUMNS.count(",") + 1
+
 
 _START = text(f"""
 WITH input AS (
@@ -91,13 +98,6 @@ async def queues_of(s: Conn, job_ids: Sequence[str]) -> dict[str, str]:
     return {str(r.id): r.queue_name for r in rows}
 
 
-# What the end of an attempt reads of its job (outcomes.Run).
-RUN_COLUMNS = ("id, status, lease_id, runner_id, lease_start_time, lease_expire_time, attempt_count, settings, "
-               "estimated_cost_cents, hold_id, persistence_policy, cancel_requested, cancel_reason, queue_name, "
-               "customer_id, project_id, priority, job_type_name, encryption, retry_max_attempts, "
-               "retry_initial_interval_seconds, retry_backoff_multiplier, retry_max_interval_seconds, "
-               "non_retryable_error_types, trace_context, queue_time, create_time")
-
 
 _LOCK_RUNS = text(f"SELECT {RUN_COLUMNS} FROM jobs.jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE")
 _UNOUTBOX = text("DELETE FROM jobs.billing_outbox WHERE hold_id = ANY(CAST(:holds AS text[]))")
@@ -143,16 +143,16 @@ async def last_attempts(s: Conn, keys: Sequence[tuple[uuid.UUID, int]]) -> dict[
     return {(r.job_id, r.attempt): r for r in rows}
 
 
-_END = text("""
+_END = """
 WITH input AS (
     SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:statuses AS smallint[]),
                          CAST(:reasons AS text[]), CAST(:outcomes AS smallint[]), CAST(:attempt_errors AS text[]),
                          CAST(:attempt_costs AS bigint[]), CAST(:details AS text[]), CAST(:errors AS text[]),
                          CAST(:error_types AS text[]), CAST(:set_results AS bool[]), CAST(:results AS text[]),
                          CAST(:costs AS bigint[]), CAST(:next_times AS timestamptz[]), CAST(:finals AS bool[]),
-                         CAST(:deads AS bool[]), CAST(:encryptions AS text[]))
+                         CAST(:deads AS bool[]), CAST(:encryptions AS text[]){xmins})
         AS t(id, attempt, status, reason, outcome, attempt_error, attempt_cost, details, error, error_type,
-             set_result, result, cost, next_time, final, dead, encryption)
+             set_result, result, cost, next_time, final, dead, encryption{xmin})
 ), ended AS (
     UPDATE jobs.jobs AS j SET
         status = i.status, update_time = :now, lease_id = NULL, lease_expire_time = NULL, progress = NULL,
@@ -163,7 +163,7 @@ WITH input AS (
         dead_lettered = j.dead_lettered OR i.dead,
         dead_letter_time = CASE WHEN i.dead THEN :now ELSE j.dead_letter_time END,
         encryption = COALESCE(CAST(i.encryption AS jsonb), j.encryption)
-    FROM input AS i WHERE j.id = i.id
+    FROM input AS i WHERE j.id = i.id{unchanged}
     RETURNING j.id
 ), attempts AS (
     UPDATE jobs.job_attempts AS a SET
@@ -182,16 +182,29 @@ WITH input AS (
         AS o(hold_id, job_id, amount, held, policy, description)
     ON CONFLICT (hold_id) DO NOTHING
 )
-SELECT count(*) FROM ended
-""")
+SELECT {count} FROM ended
+"""
+_END_LOCKED = text(_END.format(xmins="", xmin="", unchanged="", count="count(*)"))
+# Ends decided from the lease's copy of their jobs (`LeaseCopy`), not from rows read under lock:
+# written only if every job is still the row version the lease wrote, else none is (the function
+# raises CHANGED_SINCE_LEASE; migration 0009) and the caller reads them under lock.
+_END_UNCHANGED = text(_END.format(xmins=", CAST(:xmins AS xid[])", xmin=", xmin", unchanged=" AND j.xmin = i.xmin",
+                                  count="jobs.unchanged_since_lease(CAST(:n AS bigint), count(*))"))
+CHANGED_SINCE_LEASE = "IJ001"
 
 
-async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed], now: datetime) -> int:
+async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed], now: datetime, *,
+                       unchanged: bool = False, settled_holds: Sequence[str] = ()) -> int:
     """Write a batch of `outcomes.End`s and their billing outbox in one statement, committed with
-    it in one round trip (the batch's last step)."""
+    it in one round trip (the batch's last step). `unchanged`: the ends were decided from the
+    lease's copy of their jobs (`LeaseCopy`), written only if no job changed since (else nothing
+    is, and the error's SQLSTATE is CHANGED_SINCE_LEASE). `settled_holds` leave the outbox with them."""
     if not ends and not outbox:
+        await settled(s, settled_holds, [])
         return 0
-    rows = await pipelined(s, (_END, {
+    extra: dict[str, Any] = {"xmins": [e.run.xmin for e in ends], "n": len(ends)} if unchanged else {}
+    steps = [(_UNOUTBOX, {"holds": list(settled_holds)})] if settled_holds else []
+    rows = await pipelined(s, *steps, (_END_UNCHANGED if unchanged else _END_LOCKED, {**extra,
         "ids": [e.run.id for e in ends], "attempts": [e.run.attempt_count for e in ends],
         "statuses": [e.status for e in ends], "reasons": [e.reason for e in ends],
         "outcomes": [e.outcome for e in ends], "attempt_errors": [dumps(e.attempt_error) for e in ends],
