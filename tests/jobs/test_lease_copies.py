@@ -53,7 +53,8 @@ async def test_an_end_decided_from_the_lease_copy_needs_no_locked_read(world: Jo
     leases = await world.lease([jt.name])
     assert len(leases) == 3 and await world.available(c) == 940
     done = await complete_all(world, leases, SUCCEEDED)
-    assert [r.status for r in done] == [types_pb.JOB_STATUS_SUCCEEDED] * 3 and not any(r.HasField("error") for r in done)
+    assert [r.status for r in done] == [types_pb.JOB_STATUS_SUCCEEDED] * 3
+    assert not any(r.HasField("error") for r in done)
     assert locked_reads == []
     for lease in leases:
         job = await world.get(lease.job_id)
