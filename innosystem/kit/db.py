@@ -262,23 +262,27 @@ class Writes:
             statement, params, _ = _insert(table, rows)
             self._steps.append((statement, params, "raw"))
 
-    async def commit(self, session: Conn) -> None:
+    async def commit(self, session: Conn, query: str | None = None) -> list[tuple[Any, ...]]:
         """The steps and the COMMIT in one round trip, with the BEGIN too when nothing ran before
-        in the transaction (a submit's few rows)."""
+        in the transaction (a submit's few rows). `query`: a statement run after the steps, in the
+        transaction, whose rows are returned."""
         driver = await driver_of(session)
-        if not self._steps and driver.pgconn.transaction_status == _IDLE:
-            return  # nothing ran, nothing to commit
+        if not self._steps and query is None and driver.pgconn.transaction_status == _IDLE:
+            return []  # nothing ran, nothing to commit
         steps: list[roundtrip.Step] = []
         for statement, params, how in self._steps:
             if how == "many":
                 steps += [(statement, p, False) for p in params]
             else:
                 steps.append((statement, params, how == "raw"))
+        if query is not None:
+            steps.append((query, None, False))
         try:
-            await roundtrip.run(driver, steps, commit=True)
+            results = await roundtrip.run(driver, steps, commit=True)
         except psycopg.Error as exc:
             raise as_sqlalchemy_error(exc, "a pipelined write") from exc
         self._steps.clear()
+        return roundtrip.rows(driver, results[-1], "tuple") if query is not None else []
 
 
 def utcnow() -> datetime:

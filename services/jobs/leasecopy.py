@@ -20,11 +20,18 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from services.jobs.runsql import RUN_COLUMNS, RUN_WIDTH
-
+# What the end of an attempt reads of its job (outcomes.Run): a row locked by `runsql.lock_runs`,
+# or a copy kept here.
+RUN_COLUMNS = ("id, status, lease_id, runner_id, lease_start_time, lease_expire_time, attempt_count, settings, "
+               "estimated_cost_cents, hold_id, persistence_policy, cancel_requested, cancel_reason, queue_name, "
+               "customer_id, project_id, priority, job_type_name, encryption, retry_max_attempts, "
+               "retry_initial_interval_seconds, retry_backoff_multiplier, retry_max_interval_seconds, "
+               "non_retryable_error_types, trace_context, queue_time, create_time")
+_WIDTH = RUN_COLUMNS.count(",") + 1
 MAX_COPIES = 20_000  # running jobs per replica beyond which the oldest copies go (their ends read under lock)
 
-Copy = namedtuple("Copy", [*RUN_COLUMNS.split(", "), "xmin"])  # type: ignore[misc]
+Copy: Any = namedtuple("Copy", [*RUN_COLUMNS.split(", "), "xmin"])  # type: ignore[misc]
+_FIELDS: tuple[str, ...] = Copy._fields[:-1]
 
 
 class LeaseCopies:
@@ -34,9 +41,20 @@ class LeaseCopies:
 
     def keep(self, rows: Iterable[Any], now: datetime) -> None:
         """Rows a lease returned (`runsql.LEASED_COLUMNS`)."""
-        copies = self._copies
         for row in rows:
-            copies[str(row.id)] = Copy._make(row[:RUN_WIDTH + 1])
+            self._copies[str(row.id)] = Copy._make(row[:_WIDTH + 1])
+        self._trim(now)
+
+    def keep_handed(self, jobs: Iterable[Any], xid: int, now: datetime) -> None:
+        """Jobs a submit stored leased to a long poll (`handoff`), as it stored them (attributes
+        named after the columns), and the transaction that wrote them (`pg_current_xact_id()`)."""
+        xmin = str(xid & 0xFFFF_FFFF)  # a row's xmin is the 32-bit transaction id
+        for job in jobs:
+            self._copies[str(job.id)] = Copy._make([*(getattr(job, name) for name in _FIELDS), xmin])
+        self._trim(now)
+
+    def _trim(self, now: datetime) -> None:
+        copies = self._copies
         while copies:  # the oldest first: their leases expire first
             first = next(iter(copies))
             if len(copies) <= self._limit and copies[first].lease_expire_time >= now:

@@ -38,7 +38,6 @@ from innosystem.kit.protos import timestamp
 from services.jobs import metrics, outcomes, runsql, tracing
 from services.jobs.convert import lease_pb, plain
 from services.jobs.handoff import Idle
-from services.jobs.leasecopy import LeaseCopies
 from services.jobs.models import Job, JobType
 from services.jobs.queue import QueueItem
 from services.jobs.runtime import (
@@ -99,7 +98,6 @@ class Leases:
         # (queues, customer) → their versions when a pop found them empty, and when (EMPTY_SECONDS)
         self._empty: dict[tuple[tuple[str, ...], str], tuple[tuple[int, ...], float]] = {}
         self._settled: list[str] = []  # holds billing answered for, their outbox rows not yet deleted
-        self._copies = LeaseCopies()  # what the leases of this replica returned, for their ends
         self._flusher: asyncio.Task[None] | None = None
         # Committed endings whose billing is not sent yet, with their spans (`_settle_soon`).
         self._settling: Backlog[tuple[outcomes.Settlement, list[Span]]] = Backlog(
@@ -234,7 +232,7 @@ class Leases:
         except BaseException:
             await self._requeue_popped(every)
             raise
-        self._copies.keep(started.values(), now)
+        self.deps.copies.keep(started.values(), now)
         leased = [[started[i] for i in pop.ids if i in started] for pop in pops]  # each in the queue's order
         out: list[list[pb.JobLease] | BaseException] = [[lease_pb(j) for j in mine] for mine in leased]
         return Answer(out, self._leased(started, _by_queue(ghosts, queues), now))
@@ -313,7 +311,7 @@ class Leases:
         read under lock."""
         deps = self.deps
         refs = [(it.c.job_id, it.c.lease_id, it.c.runner_id) for it in items]
-        copies = self._copies.take(refs, now)
+        copies = self.deps.copies.take(refs, now)
         if copies is not None:
             await self._encrypt_results([(it, copies[it.c.job_id]) for it in items if copies[it.c.job_id].encryption])
             results, ends, st = self._decide(items, copies, [None] * len(items), now)
@@ -488,7 +486,7 @@ class Leases:
             runs = await runsql.lock_runs(s, [e.job_id for e in r.leases])
             errors = await _lease_errors(s, refs, runs, now)
             fresh = [e.job_id for e, err in zip(r.leases, errors, strict=True) if err is None]
-            self._copies.drop(fresh)  # their rows change: their ends read them under lock
+            self.deps.copies.drop(fresh)  # their rows change: their ends read them under lock
             extended = await runsql.extend_leases(s, fresh, {j: progress[j] for j in fresh if j in progress}, now, span)
         for e, err in zip(r.leases, errors, strict=True):
             res = pb.LeaseExtensionResult(job_id=e.job_id, lease_id=e.lease_id)
@@ -519,7 +517,7 @@ class Leases:
             if not refs:  # every lease the runner holds
                 refs = await runsql.running_in(s, r.runner_id)
             runs = await runsql.lock_runs(s, [j for j, _ in refs])
-            self._copies.drop(runs)
+            self.deps.copies.drop(runs)
             errors = await _lease_errors(s, [(j, lid, r.runner_id) for j, lid in refs], runs, None)
             for (job_id, lease_id), err in zip(refs, errors, strict=True):
                 res = pb.LeaseReleaseResult(job_id=job_id, lease_id=lease_id)
@@ -593,7 +591,7 @@ class Leases:
             rows = await runsql.expired_runs(s, now, limit)
             if not rows:
                 return 0
-            self._copies.drop(str(run.id) for run in rows)
+            self.deps.copies.drop(str(run.id) for run in rows)
             for run in rows:
                 limit_at = (run.lease_start_time or now) + timedelta(seconds=run.settings.get("timeout_seconds", 300))
                 timed_out = run.lease_expire_time is not None and run.lease_expire_time >= limit_at

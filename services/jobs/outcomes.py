@@ -1,7 +1,7 @@
 """How an attempt ends (result, lost runner, expired lease, cancel) — shared by CompleteJobs,
 ReleaseLeases and the lease reaper.
 
-Each rule reads the locked job (a plain row of `RUN_COLUMNS`, no ORM object) and returns an `End`:
+Each rule reads the job (a plain row of `RUN_COLUMNS`, no ORM object) and returns an `End`:
 the values its job row, its attempt and its status history take. `runsql.end_attempts` writes a
 whole batch of ends in one statement, together with the batch's billing outbox. The billing work
 (capture or release of the hold) is recorded in that outbox in the same transaction and done after
@@ -36,7 +36,7 @@ OVER_CAPTURE_CAP_AT_HOLD = bpb.OVER_CAPTURE_POLICY_CAP_AT_HOLD
 
 KEEPS_DETAILS = frozenset({enums.PERSISTENCE_POLICY_FULL, enums.PERSISTENCE_POLICY_ARCHIVE})
 
-Run = Row[Any]  # a locked job's columns (runsql.RUN_COLUMNS)
+Run = Row[Any]  # a job's run columns (leasecopy.RUN_COLUMNS): read under lock, or the lease's copy
 
 
 @dataclass(slots=True)

@@ -20,18 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.db import Conn, pipelined
+from services.jobs.leasecopy import RUN_COLUMNS
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
-# What the end of an attempt reads of its job (outcomes.Run).
-RUN_COLUMNS = ("id, status, lease_id, runner_id, lease_start_time, lease_expire_time, attempt_count, settings, "
-               "estimated_cost_cents, hold_id, persistence_policy, cancel_requested, cancel_reason, queue_name, "
-               "customer_id, project_id, priority, job_type_name, encryption, retry_max_attempts, "
-               "retry_initial_interval_seconds, retry_backoff_multiplier, retry_max_interval_seconds, "
-               "non_retryable_error_types, trace_context, queue_time, create_time")
 # What a lease returns: the run first, with its row version (`xmin`, the lease's transaction), which
-# the lease keeps for the attempt's end (`LeaseCopy`), then what it hands to its runner besides.
+# the lease keeps for the attempt's end (`LeaseCopies`), then what it hands to its runner besides.
 LEASED_COLUMNS = f"{RUN_COLUMNS}, xmin, job_type_id, payload"
-RUN_WIDTH = RUN_COLUMNS.count(",") + 1
 
 
 _START = text(f"""
@@ -185,7 +179,7 @@ WITH input AS (
 SELECT {count} FROM ended
 """
 _END_LOCKED = text(_END.format(xmins="", xmin="", unchanged="", count="count(*)"))
-# Ends decided from the lease's copy of their jobs (`LeaseCopy`), not from rows read under lock:
+# Ends decided from the lease's copy of their jobs (`LeaseCopies`), not from rows read under lock:
 # written only if every job is still the row version the lease wrote, else none is (the function
 # raises CHANGED_SINCE_LEASE; migration 0009) and the caller reads them under lock.
 _END_UNCHANGED = text(_END.format(xmins=", CAST(:xmins AS xid[])", xmin=", xmin", unchanged=" AND j.xmin = i.xmin",
@@ -197,7 +191,7 @@ async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed],
                        unchanged: bool = False, settled_holds: Sequence[str] = ()) -> int:
     """Write a batch of `outcomes.End`s and their billing outbox in one statement, committed with
     it in one round trip (the batch's last step). `unchanged`: the ends were decided from the
-    lease's copy of their jobs (`LeaseCopy`), written only if no job changed since (else nothing
+    lease's copy of their jobs (`LeaseCopies`), written only if no job changed since (else nothing
     is, and the error's SQLSTATE is CHANGED_SINCE_LEASE). `settled_holds` leave the outbox with them."""
     if not ends and not outbox:
         await settled(s, settled_holds, [])

@@ -17,6 +17,7 @@ from services.jobs.billing import Billing
 from services.jobs.config import JobsConfig
 from services.jobs.encryption import Encryptor
 from services.jobs.handoff import IdlePolls
+from services.jobs.leasecopy import LeaseCopies
 from services.jobs.models import Job, JobStatusChange
 from services.jobs.queue import JobQueue
 from services.jobs.retry import Policy
@@ -73,6 +74,7 @@ class Deps:
     encryptor: Encryptor | None = None  # the keys service; None: encrypted projects cannot submit
     tokens: ChangeTokens | None = None  # change tokens of cached projects and job types (`kit.freshness`)
     idle: IdlePolls = field(default_factory=IdlePolls)  # long polls a submit may hand jobs to (`handoff`)
+    copies: LeaseCopies = field(default_factory=LeaseCopies)  # what this replica's leases stored, for their ends
 
     def now(self) -> datetime:
         return utc(self.clock())

@@ -102,6 +102,9 @@ _STATUS_CHANGES = cast(Table, JobStatusChange.__table__)
 _ATTEMPTS = cast(Table, JobAttempt.__table__)
 
 
+_XID = "SELECT pg_current_xact_id()::text"  # the transaction that stores a submit: its rows' xmin
+
+
 class _TooSlow(Exception):
     """The job's commit would come too late for the holds reserved for it (see the module's doc)."""
 
@@ -667,8 +670,10 @@ class Submission:
                     # recovery may soon take these holds for a dead submit's: give them back instead
                     # (holds written here go with the rollback; some may be an earlier attempt's)
                     raise _TooSlow()
-                await writes.commit(s)
+                written = await writes.commit(s, _XID if handed else None)
                 committed = True
+                if handed:  # their ends are decided from what was stored (`LeaseCopies`)
+                    deps.copies.keep_handed([p.job for p in handed], int(written[0][0]), deps.now())
         finally:
             if joined is not None:
                 self._joining = False
