@@ -7,14 +7,14 @@ performance.md, session 21: at 50 jobs/s the hold was half of a submit's time). 
 in the jobs service's process on the same database (`innosystem serve billing jobs runners` with
 one DATABASE_URL), it offers `Joined` (kit.inprocess): the jobs service gives it the transaction
 it is about to store the jobs with, its queued writes and the BatchReserveRequest it would have
-sent. Billing checks Open-to-Buy while it locks the holds' rows on that connection (the
-transaction's first round trip), decides each hold as its group commit would, and queues the
-holds, the wallets' and platform accounts' updates and the journal rows for the jobs' COMMIT:
-one transaction and one commit for the holds and their jobs, so neither is ever stored without
-the other. Elsewhere (billing in a process of its own, another database), the jobs service
-reserves over gRPC as before.
+sent. Billing queues one wallet's holds, its guarded update and the journal rows for the jobs'
+COMMIT (`ledger.reserve_guarded`: the wallet is not read first) and asks Open-to-Buy beside that
+commit: one transaction and one round trip for the holds and their jobs, so neither is ever stored
+without the other. A guard that does not hold (the wallet cannot pay, a low-balance alert to
+raise, a hold id that exists) fails that transaction (`failed`), and the jobs service reserves the
+usual way, as it does where billing cannot take them at all (several wallets, a spending limit:
+`reserve` answers None) and where billing runs in a process of its own or on another database.
 """
-
 from __future__ import annotations
 
 from google.rpc import status_pb2
@@ -25,7 +25,7 @@ from innosystem.kit.errors import DomainError, to_status
 from services.billing import ledger
 from services.billing.api import DOMAIN, answered, reserve_requests
 from services.billing.models import AnyHold
-from services.billing.service import BillingService, JoinedReserves
+from services.billing.service import BillingService, JoinedReserves, NotJoinable
 
 
 class Joined:
@@ -38,9 +38,9 @@ class Joined:
 
     async def reserve(self, conn: Conn, writes: Writes, request: pb.BatchReserveRequest
                       ) -> tuple[list[status_pb2.Status | None], JoinedReserves] | None:
-        """Each hold's refusal as the call would have answered it (None: held), and the reserves,
-        to be told whether `conn`'s transaction committed. None when an Open-to-Buy check came too
-        late for the locked rows (nothing written, nothing held): reserve the usual way."""
+        """Each hold's refusal as the call would have answered it (None: held once `conn`'s
+        transaction commits), and the reserves, to be told whether it committed. None when billing
+        cannot store them there (nothing written, nothing held): reserve the usual way."""
         reserved: list[JoinedReserves] = []
 
         async def reserve(requests: list[pb.ReserveRequest]) -> list[AnyHold | DomainError]:
@@ -49,6 +49,12 @@ class Joined:
 
         try:  # as BatchReserve answers (services/billing/api.py)
             answers = await answered("reserve", request.requests, reserve)
-        except ledger.Late:
+        except NotJoinable:
             return None
         return [to_status(a, DOMAIN) if isinstance(a, DomainError) else None for a in answers], reserved[0]
+
+    @staticmethod
+    def failed(exc: BaseException) -> bool:
+        """Whether a transaction that `reserve` wrote into failed on one of its guards: nothing of it
+        was stored, and the holds are to be reserved the usual way."""
+        return getattr(getattr(exc, "orig", exc), "sqlstate", None) == ledger.GUARDS_FAILED

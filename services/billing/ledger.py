@@ -42,6 +42,7 @@ from services.billing.models import (
     Account,
     Hold,
     HoldRow,
+    Transfer,
 )
 from services.billing.otb import InsufficientFunds
 
@@ -105,11 +106,6 @@ class Authorizing:
 
     item: ReserveItem
     go: asyncio.Future[bool]
-
-
-class Late(Exception):
-    """A reserve stored by its caller's transaction was checked after the batch stopped waiting
-    (`BillingService.reserve_in`): the caller's transaction cannot take it, nothing was written."""
 
 
 class _LeftOut:
@@ -363,3 +359,67 @@ async def apply(conn: Conn, tx: Tx, queued: Sequence[Item | Authorizing]) -> lis
             "dpe": [wallets[k]["debits_pending"] for k in moved], "pr": [wallets[k]["promo"] for k in moved],
             "al": [wallets[k]["alerted"] for k in moved], "now": utcnow()})
     return outcomes
+
+
+# A joined reserve (`BillingService.reserve_in`): one wallet's new holds written in the caller's
+# commit with no read of the wallet before it. The wallet moves by a relative update guarded in its
+# WHERE clause as `_Batch.reserve` decides on a locked row (no overdraft; and the rules that need
+# more than the row, a spending limit or a low-balance alert to raise, are not taken here), the
+# journal's running figures come from that update's RETURNING, and the closing check
+# (`billing.guards_held`, migration 0004) fails the whole transaction with GUARDS_FAILED when a
+# guard did not hold or a hold id exists (a repeat): the caller then reserves the usual way.
+GUARDS_FAILED = "IB001"
+_GUARDED = sql.SQL("""
+WITH item AS (
+    SELECT * FROM unnest(%(hid)b::text[], %(amount)b::bigint[], %(job)b::text[], %(expire)b::timestamptz[],
+                         %(description)b::text[], %(project)b::text[], %(job_type)b::text[]) WITH ORDINALITY
+        AS t(hold_id, amount, job_id, expire_time, description, project_id, job_type_id, pos)
+), moved AS (
+    UPDATE {accounts} AS a SET debits_pending = a.debits_pending + %(total)s, update_time = %(now)s
+    WHERE a.id = %(wallet)s AND NOT a.spending_limited
+      AND a.debits_posted + a.debits_pending + %(total)s <= a.credits_posted + a.credit_limit
+      AND (a.low_balance_threshold > 0 AND a.credits_posted - a.debits_posted - a.debits_pending - %(total)s
+           + a.credit_limit < a.low_balance_threshold) = a.low_balance_alerted
+    RETURNING a.credits_posted - a.debits_posted AS balance, a.debits_pending - %(total)s AS held_before
+), held AS (
+    INSERT INTO {holds} (hold_id, wallet_id, customer_id, job_id, currency, amount, status, captured, released,
+                         commission, reseller_id, commission_rate_bps, create_time, expire_time, project_id,
+                         job_type_id)
+    SELECT hold_id, %(wallet)s, %(customer)s, job_id, %(currency)s, amount, {active}, 0, 0, 0, %(reseller)s, 0,
+           %(now)s, expire_time, project_id, job_type_id
+    FROM item WHERE EXISTS (SELECT FROM moved)
+    ON CONFLICT (hold_id) DO NOTHING
+    RETURNING hold_id
+), journal AS (
+    INSERT INTO {transfers} (id, kind, debit_account_id, credit_account_id, amount, pending_amount, currency,
+                             wallet_id, customer_id, balance_after, held_after, hold_id, job_id, description,
+                             commission_rate_bps, create_time)
+    SELECT gen_random_uuid(), {kind}, %(wallet)s, %(revenue)s, i.amount, 0, %(currency)s, %(wallet)s, %(customer)s,
+           m.balance, m.held_before + sum(i.amount) OVER (ORDER BY i.pos), i.hold_id, i.job_id, i.description, 0,
+           %(now)s
+    FROM item AS i, moved AS m
+)
+SELECT billing.guards_held((SELECT count(*) FROM moved) = 1 AND (SELECT count(*) FROM held) = %(n)s)
+""").format(accounts=_name(_ACCOUNTS), holds=_name(_HOLDS), transfers=_name(cast(Table, Transfer.__table__)),
+            active=sql.Literal(ACTIVE), kind=sql.Literal(HOLD))
+
+
+def reserve_guarded(tx: Tx, items: Sequence[ReserveItem], now: datetime) -> list[Hold]:
+    """One wallet's new holds queued in `tx`'s writes for its caller's COMMIT, each as a locked
+    batch would store it (`_Batch.reserve`), and the revenue account's counters; the holds, as
+    they are once that commit succeeds."""
+    first = items[0]
+    assert all(i.wallet_id == first.wallet_id and i.currency == first.currency for i in items), "one wallet"
+    tx.writes.execute(_GUARDED, {
+        "hid": [i.hold_id for i in items], "amount": [i.amount for i in items], "job": [i.job_id for i in items],
+        "expire": [i.expire_time for i in items], "description": [i.description for i in items],
+        "project": [i.project_id for i in items], "job_type": [i.job_type_id for i in items],
+        "total": sum(i.amount for i in items), "n": len(items), "wallet": first.wallet_id,
+        "customer": first.customer_id, "currency": first.currency, "reseller": first.reseller_id,
+        "revenue": first.revenue_id, "now": now})
+    for i in items:
+        tx.defer(i.revenue_id, credits_pending=i.amount)
+    return [Hold(hold_id=i.hold_id, wallet_id=i.wallet_id, customer_id=i.customer_id, job_id=i.job_id,
+                 currency=i.currency, amount=i.amount, status=ACTIVE, captured=0, released=0, commission=0,
+                 reseller_id=i.reseller_id, commission_rate_bps=0, create_time=now, expire_time=i.expire_time,
+                 resolve_time=None, project_id=i.project_id, job_type_id=i.job_type_id) for i in items]

@@ -116,28 +116,41 @@ class _Reserved:
     repair: set[uuid.UUID]  # customers whose wallet PostgreSQL's guard alone let a hold into
 
 
+class NotJoinable(Exception):
+    """Holds that a caller's transaction cannot store with no read of their wallet first
+    (`BillingService.reserve_in`): several wallets, or one whose spending is limited. Nothing was
+    held: the caller reserves them the usual way."""
+
+
 class JoinedReserves:
     """Reserves written into another service's transaction (`BillingService.reserve_in`): each
-    request's hold or refusal, and what follows its commit or its rollback."""
+    request's hold or refusal, and what follows its commit or its rollback once Open-to-Buy, asked
+    beside that commit, has answered."""
 
-    def __init__(self, service: BillingService, outcomes: list[AnyHold | DomainError], done: _Reserved,
-                 held: list[ledger.ReserveItem], events: list[dict[str, Any]]) -> None:
+    def __init__(self, service: BillingService, outcomes: list[AnyHold | DomainError],
+                 holds: list[ledger.ReserveItem], stored: list[AnyHold],
+                 checking: asyncio.Future[tuple[set[str], bool]] | None) -> None:
         self.outcomes = outcomes
-        self._service, self._done, self._events = service, done, events
-        self._held = held  # what Open-to-Buy holds for them
+        self._service, self._holds, self._stored, self._checking = service, holds, stored, checking
 
     async def committed(self) -> None:
-        """The caller's transaction committed: the holds are stored."""
-        service = self._service
-        if self._events and service.commit.on_events is not None:
-            await service.commit.on_events(self._events)
-        await service._after_reserves(self._done)
+        """The caller's transaction committed: the holds are stored. Open-to-Buy holds them too,
+        or, where it refused or could not be asked, its wallet is reconciled."""
+        added, answered = await self._checked()
+        refused = answered and any(h.hold_id not in added for h in self._holds)
+        await self._service._after_reserves(_Reserved(
+            list(self._stored), [], [], {h.customer_id for h in self._holds[:1]} if refused else set()))
 
     async def abandoned(self) -> None:
-        """Not committed (rolled back, or perhaps lost with the connection at COMMIT): Open-to-Buy
-        lets go of what it held for them (if the COMMIT did happen, it holds too little until the
-        wallet is reconciled; PostgreSQL's guard still refuses any overdraft)."""
-        await self._service._unauthorize(self._held)
+        """Not committed (rolled back, a guard that did not hold, or perhaps lost with the
+        connection at COMMIT): Open-to-Buy lets go of what it held for them (if the COMMIT did
+        happen, it holds too little until the wallet is reconciled; PostgreSQL's guard still
+        refuses any overdraft)."""
+        added, _ = await self._checked()
+        await self._service._unauthorize([h for h in self._holds if h.hold_id in added])
+
+    async def _checked(self) -> tuple[set[str], bool]:
+        return await self._checking if self._checking is not None else (set(), False)
 
 
 @dataclass(frozen=True)
@@ -438,35 +451,43 @@ class BillingService:
         return cast(list[AnyHold | DomainError], out)
 
     async def reserve_in(self, conn: Conn, writes: Writes, requests: Sequence[ReserveRequest]) -> JoinedReserves:
-        """`reserve_many` stored by the caller's own transaction rather than by the group commit:
-        its rows locked on `conn` now, its writes queued in `writes` for the caller's COMMIT (a
-        jobs service sharing this process and database: services/billing/joined.py). Each item's
-        outcome is known on return; the caller tells the result whether its transaction committed.
-        Raises `ledger.Late` (having undone what it held in Open-to-Buy) when a check came too late
-        for the locked rows: the caller rolls back and reserves the usual way."""
+        """`reserve_many` stored by the caller's own transaction rather than by the group commit
+        (a jobs service sharing this process and database: services/billing/joined.py): the holds
+        of one wallet queued in `writes` for the caller's COMMIT, guarded there (no read of the
+        wallet before: `ledger.reserve_guarded`), while Open-to-Buy is asked beside that commit.
+        Each request's outcome is known on return, provided the commit succeeds: a guard that does
+        not hold fails it (`ledger.GUARDS_FAILED`), and the caller reserves them the usual way, as
+        it does on NotJoinable (several wallets, or a spending limit). The caller tells the result
+        whether its transaction committed."""
         out, items = await self._reserve_items(requests)
-        loop = asyncio.get_running_loop()
-        gated = [ledger.Authorizing(i, loop.create_future()) for _, i in items]
+        if not items:
+            return JoinedReserves(self, cast(list[AnyHold | DomainError], out), [], [], None)
+        holds = [i for _, i in items]
+        wallet = await self._wallet_identity(holds[0].customer_id, holds[0].currency)
+        if wallet.spending_limited or any(i.wallet_id != holds[0].wallet_id for i in holds):
+            raise NotJoinable()
         tx = Tx(conn, writes)
-        # the rows are locked while Open-to-Buy decides, as the group commit does at idle
-        applying = asyncio.ensure_future(ledger.apply(conn, tx, gated)) if gated else None
-        added: set[str] = set()
+        stored = ledger.reserve_guarded(tx, holds, utcnow())
+        await write_totals(conn, writes, tx.deltas, tx.transfers)
+        for (k, _), hold in zip(items, stored, strict=True):
+            out[k] = hold
+        checking = asyncio.ensure_future(self._authorize_beside(holds))
+        return JoinedReserves(self, cast(list[AnyHold | DomainError], out), holds, cast(list[AnyHold], stored),
+                              checking)
+
+    async def _authorize_beside(self, holds: Sequence[ledger.ReserveItem]) -> tuple[set[str], bool]:
+        """Open-to-Buy for one wallet's holds that PostgreSQL's guard decides (`reserve_in`): the
+        hold ids it holds because of this call, and whether it answered (Redis down: not asked;
+        reconciliation rebuilds the projection once Redis is back)."""
+        wallet = (holds[0].customer_id, holds[0].currency)
         try:
-            added, vouched = await self._authorize_gated(items, out, gated)
-            decided = await applying if applying is not None else []
-            if any(o is ledger.LEFT_OUT for (k, _), o in zip(items, decided, strict=True) if out[k] is None):
-                raise ledger.Late("an Open-to-Buy check came after its batch stopped waiting")
-            await write_totals(conn, writes, tx.deltas, tx.transfers)
-        except BaseException:
-            if applying is not None:  # the connection is the caller's: nothing of ours left running on it
-                await asyncio.gather(applying, return_exceptions=True)
-            await self._unauthorize([i for _, i in items if i.hold_id in added])
-            raise
-        kept = [(k, i) for k, i in items if out[k] is None]
-        stored = [o for (k, _), o in zip(items, decided, strict=True) if out[k] is None]
-        return JoinedReserves(self, cast(list[AnyHold | DomainError], out),
-                              self._answer_reserves(kept, stored, added, vouched, out),
-                              [i for _, i in kept if i.hold_id in added], tx.events)
+            codes = await self._otb_reserve(wallet, [(h.hold_id, h.amount) for h in holds])
+        except RedisError as exc:
+            log.warning("Open-to-Buy unavailable, authorizing in PostgreSQL only: %s", exc)
+            return set(), False
+        except DomainError:  # Redis keeps losing the wallet: reconciled once the holds are stored
+            return set(), True
+        return {h.hold_id for h, code in zip(holds, codes, strict=True) if code == 1}, True
 
     async def _reserve_items(self, requests: Sequence[ReserveRequest]
                              ) -> tuple[list[AnyHold | DomainError | None], list[tuple[int, ledger.ReserveItem]]]:

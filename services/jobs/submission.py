@@ -42,7 +42,7 @@ from typing import Any, cast
 from opentelemetry import propagate
 from psycopg.types.json import Jsonb
 from sqlalchemy import Table, select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
@@ -266,7 +266,6 @@ class Submission:
             self._submit_singles, MAX_CACHED_PROJECTS, max_batch=SINGLES_GROUP, concurrency=SINGLES_IN_FLIGHT,
             overlap_below=OVERLAP_BELOW)
         self._alone: set[tuple[bytes, str]] = set()  # lanes with a submit under way outside them
-        self._joining = False  # a transaction storing its holds itself is under way (`_store`)
         # concurrent submits read their projects' job types in one query
         self._type_loader: Coalescer[uuid.UUID, dict[uuid.UUID, JobType]] = Coalescer(self._load_types)
         # a project's job types by id, the catalog (its types and prices), a customer's markup (basis
@@ -575,9 +574,8 @@ class Submission:
         held = [p for g in groups for p in g.fresh if p.job.hold_id]
         reserved = time.monotonic()
         refusals: list[Exception | None] | None = None  # not known yet: reserved while the jobs are written
-        # billing beside us on our database: the holds go in the jobs' own transaction, one such
-        # at a time (it keeps the wallet locked to its COMMIT: a concurrent one would wait for it)
-        joined = self.deps.billing.joined(self.deps.db, len(held)) if held and not self._joining else None
+        # billing beside us on our database: the holds go in the jobs' own transaction
+        joined = self.deps.billing.joined(self.deps.db, len(held)) if held else None
         if not held:
             refusals = [None] * len(groups)
         elif len(ids) < EARLY_WRITE_ROWS and joined is None:
@@ -631,8 +629,9 @@ class Submission:
                       held: Sequence[Prepared], reserved: float, after: list[Awaitable[None]],
                       joined: Any = None) -> list[Exception | None]:
         """One transaction for the jobs of every granted group; the refusals. With `joined` (billing
-        in this process on this database: `Billing.joined`), the holds are reserved in that
-        transaction first and commit with the jobs (NotJoined: rolled back, nothing held). With
+        in this process on this database: `Billing.joined`), the holds are written by that
+        transaction and commit with the jobs in its one round trip (NotJoined: billing could not
+        take them there, or one of its guards failed the transaction; nothing held). With
         `refusals` not known yet otherwise, every group's jobs are written while billing decides
         (`_write_reserving`), and a refusal rolls them back (`_Refused`). Jobs that idle long polls
         of this replica can take are stored leased to them and handed over after the commit (`handoff`)."""
@@ -641,7 +640,6 @@ class Submission:
         handed: list[Prepared] = []
         reserves: Joined | None = None
         committed = False
-        self._joining = self._joining or joined is not None
         try:
             async with deps.db.transaction() as s:
                 writes = Writes()
@@ -670,13 +668,16 @@ class Submission:
                     # recovery may soon take these holds for a dead submit's: give them back instead
                     # (holds written here go with the rollback; some may be an earlier attempt's)
                     raise _TooSlow()
-                written = await writes.commit(s, _XID if handed else None)
+                try:
+                    written = await writes.commit(s, _XID if handed else None)
+                except DBAPIError as exc:
+                    if joined is not None and joined.failed(exc):  # billing's guard: nothing stored
+                        raise NotJoined() from None
+                    raise
                 committed = True
                 if handed:  # their ends are decided from what was stored (`LeaseCopies`)
                     deps.copies.keep_handed([p.job for p in handed], int(written[0][0]), deps.now())
         finally:
-            if joined is not None:
-                self._joining = False
             if claim and committed:  # stored (even if the connection's return failed): the calls get their jobs
                 deps.idle.deliver(claim, {p.job.id: lease_pb(p.job) for p in handed})
             elif claim:  # nothing was stored: the jobs are Pending again (a retry may store them), the calls look again

@@ -17,8 +17,8 @@ from sqlalchemy import text
 from innosystem.embedded import EmbeddedValkey
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.errors import DomainError
-from services.billing import ledger
 from services.billing.service import REDIS_REBUILD
+from services.jobs import submission
 from services.jobs.billing import LOCAL_ITEMS
 from services.jobs.submission import Submission
 from tests.jobs.jobs_world import Customer, JobsWorld, make_world
@@ -50,9 +50,12 @@ async def test_the_holds_and_their_jobs_are_one_commit(world: JobsWorld) -> None
     job = await world.submit(c, jt)
     job2 = await world.submit(c, jt)
     assert world.billing.commit.batches == batches  # billing's group commit stored neither
-    # concurrent singles: one joined transaction at a time, the others' holds by billing's group commit
+    # concurrent singles: joined transactions side by side (none holds the wallet between round trips)
     jobs = [job2, *await asyncio.gather(*(world.submit(c, jt) for _ in range(LOCAL_ITEMS - 1)))]
+    assert world.billing.commit.batches == batches
     assert await _held(world, c) == (9, 90, 90)
+    # the journal's running figures, from the guarded updates' own answers, in order
+    assert await _journal(world, c) == [(10, 1000, 10 * k) for k in range(1, 10)]
     assert await world.available(c) == 910
     async with world.billing.db.session() as s:
         held_for = set((await s.execute(text("SELECT job_id FROM billing.holds WHERE customer_id = :c"),
@@ -95,26 +98,80 @@ async def test_a_jobs_transaction_that_fails_takes_its_holds_with_it(world: Jobs
     assert (await world.get(str(job.id))).estimated_cost_cents == 10
 
 
-async def test_a_check_too_late_for_the_locked_rows_goes_the_usual_way(world: JobsWorld,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Open-to-Buy slower than the locked rows wait for: the jobs' transaction rolls back having
-    written nothing, and billing's group commit reserves them before the jobs commit."""
+async def _wallet(world: JobsWorld, c: Customer, **values: Any) -> Any:
+    """The customer's wallet row, after setting `values` on it when given."""
+    cid = uuid.UUID(c.principal.customer_id)
+    if values:
+        async with world.billing.db.session() as s:
+            await s.execute(text(f"UPDATE billing.accounts SET {', '.join(f'{k} = :{k}' for k in values)} "
+                                 "WHERE owner_id = :c AND currency = 'USD'"), {"c": cid, **values})
+            await s.commit()
+    async with world.billing.db.session() as s:
+        return (await s.execute(text("SELECT * FROM billing.accounts WHERE owner_id = :c AND currency = 'USD'"),
+                                {"c": cid})).one()
+
+
+async def test_a_guard_that_does_not_hold_sends_the_holds_the_usual_way(world: JobsWorld) -> None:
+    """The wallet is not read before the joined holds are written: a hold that would cross its
+    low-balance threshold fails the jobs' transaction on billing's guard, and billing's group
+    commit, which raises the alert, reserves it before the jobs commit. A wallet that cannot pay
+    refuses the submit as before; a hold id that exists answers as the repeat it is."""
+    c = await world.customer(funds=100)
+    jt = await world.job_type(c, price=10)
+    await _wallet(world, c, low_balance_threshold=85)
+    batches = world.billing.commit.batches
+    await world.submit(c, jt)  # available 90: joined
+    assert world.billing.commit.batches == batches and not (await _wallet(world, c)).low_balance_alerted
+    await world.submit(c, jt)  # 80 crosses 85: the usual way, which raises the alert
+    assert world.billing.commit.batches == batches + 1 and (await _wallet(world, c)).low_balance_alerted
+    await world.submit(c, jt)  # alerted already: joined again
+    assert world.billing.commit.batches == batches + 1
+    journal = await _journal(world, c)
+    assert [(amount, held) for amount, _, held in journal] == [(10, 10), (10, 20), (10, 30)]
+    assert {balance for _, balance, _ in journal} == {100}
+
+    poor = await world.customer(funds=15)
+    tp = await world.job_type(poor, price=10)
+    await world.submit(poor, tp)
+    with pytest.raises(DomainError) as refused:
+        await world.submit(poor, tp)
+    assert refused.value.reason == "INSUFFICIENT_FUNDS" and await _held(world, poor) == (1, 10, 10)
+
+    request_id = "held-before"  # a hold an earlier attempt of the submit left (its job not stored)
+    job_id = submission.job_id_for(uuid.UUID(c.project_id), request_id)
+    await world.billing.reserve(str(job_id), c.principal.customer_id, 10, "USD", job_id=str(job_id))
+    job = await world.submit(c, jt, request_id=request_id)
+    assert job.id == job_id and await _held(world, c) == (4, 40, 40)
+    found = await world.billing.reconcile(REDIS_REBUILD, c.principal.customer_id, dry_run=True)
+    assert found.consistent, found.findings
+
+
+async def _journal(world: JobsWorld, c: Customer) -> list[tuple[int, int, int]]:
+    """(amount, balance after, held after) of the wallet's hold transfers, in order."""
+    async with world.billing.db.session() as s:
+        rows = (await s.execute(text("SELECT amount, balance_after, held_after FROM billing.transfers "
+                                     "WHERE customer_id = :c AND kind = 2 ORDER BY seq"),
+                                {"c": uuid.UUID(c.principal.customer_id)})).all()
+    return [(int(a), int(b), int(h)) for a, b, h in rows]
+
+
+async def test_holds_open_to_buy_refuses_and_postgresql_stores_are_reconciled(
+        world: JobsWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open-to-Buy is asked beside the commit, PostgreSQL's guard decides: a hold Redis refused
+    (its projection behind) or could not be asked about is stored, and the wallet reconciled."""
     c = await world.customer(funds=100)
     jt = await world.job_type(c, price=10)
     otb = world.billing.otb
-    reserve_many = otb.reserve_many
 
-    async def slow(*args: Any) -> Any:
-        await asyncio.sleep(0.05)
-        return await reserve_many(*args)
+    async def refusing(customer_id: Any, currency: str, holds: Any) -> list[int]:
+        return [-1] * len(holds)
 
-    monkeypatch.setattr(ledger, "AUTHORIZE_WAIT_SECONDS", 0.0)
-    monkeypatch.setattr(otb, "reserve_many", slow)
-    batches = world.billing.commit.batches
-    job = await world.submit(c, jt)
-    assert world.billing.commit.batches > batches  # (at idle: once more, the check being late there too)
-    assert await _held(world, c) == (1, 10, 10)
-    assert (await world.get(str(job.id))).status_history[0].reason == "submitted"
+    monkeypatch.setattr(otb, "reserve_many", refusing)
+    await world.submit(c, jt)
+    monkeypatch.undo()
+    assert await _held(world, c) == (1, 10, 10)  # stored, and Redis rebuilt for it
+    found = await world.billing.reconcile(REDIS_REBUILD, c.principal.customer_id, dry_run=True)
+    assert found.consistent, found.findings
 
 
 async def test_a_refusal_holds_nothing_and_the_others_go_in(world: JobsWorld) -> None:
