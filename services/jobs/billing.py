@@ -137,9 +137,7 @@ class Billing:
         """Billing in this process on `db`'s database, which stores `holds` holds in a transaction
         of `db` (services/billing/joined.py), if there is one and the batch is one billing would
         answer here (`_batched`): a large one, or any while this process is busy, goes to billing's
-        own process, on another core. (gRPC singles, 64 in flight, groups of ~30 holds joined:
-        420 to 800 jobs/s against 1,000 with billing's process reserving them; the jobs' transaction
-        keeps the hot wallet locked while this busy process gets round to its commit.)"""
+        own process, on another core (billing's work then stays off this, the busiest process)."""
         peer = inprocess.find(inprocess.BILLING_JOINED)
         if (peer is None or holds > LOCAL_ITEMS or inprocess.cpu_share() >= LOCAL_BELOW_CORES
                 or not peer.serves(db)):
