@@ -145,6 +145,11 @@ async def test_a_guard_that_does_not_hold_sends_the_holds_the_usual_way(world: J
     found = await world.billing.reconcile(REDIS_REBUILD, c.principal.customer_id, dry_run=True)
     assert found.consistent, found.findings
 
+    await _wallet(world, c, spending_limited=True)  # its limits are read under lock: the usual way
+    before = world.billing.commit.batches
+    await world.submit(c, jt)
+    assert world.billing.commit.batches == before + 1 and await _held(world, c) == (5, 50, 50)
+
 
 async def _journal(world: JobsWorld, c: Customer) -> list[tuple[int, int, int]]:
     """(amount, balance after, held after) of the wallet's hold transfers, in order."""
