@@ -203,6 +203,16 @@ class JobsWorld:
         return await self.app.cases.leases.lease(pb.LeaseJobsRequest(
             runner_id=runner, session_id="s1", job_type_names=names, max_jobs=max_jobs, wait_ms=wait_ms, **kw))
 
+    async def idle_poll(self, names: list[str], **kw: Any) -> asyncio.Task[list[pb.JobLease]]:
+        """A long poll, waiting once its first look found nothing (a submit may hand it its job)."""
+        poll = asyncio.create_task(self.lease(names, wait_ms=20_000, **kw))
+        for _ in range(500):
+            if self.app.deps.idle._by_queue:
+                break
+            await asyncio.sleep(0.01)
+        assert not poll.done() and self.app.deps.idle._by_queue
+        return poll
+
     async def complete(self, lease: pb.JobLease,
                        outcome: pb.AttemptOutcome.ValueType = pb.ATTEMPT_OUTCOME_SUCCEEDED,
                        **result: Any) -> pb.CompletionResult:

@@ -15,17 +15,6 @@ from services.jobs import submission
 from tests.jobs.jobs_world import JobsWorld
 
 
-async def _idle(world: JobsWorld, names: list[str], **kw: Any) -> asyncio.Task[list[pb.JobLease]]:
-    """A long poll, waiting once its first look found nothing."""
-    poll = asyncio.create_task(world.lease(names, wait_ms=20_000, **kw))
-    for _ in range(500):
-        if world.app.deps.idle._by_queue:
-            break
-        await asyncio.sleep(0.01)
-    assert not poll.done() and world.app.deps.idle._by_queue
-    return poll
-
-
 def _before_write(monkeypatch: Any, step: Callable[[], Awaitable[None]]) -> None:
     """`step` runs as a submit begins writing its rows: after its claim, before its commit."""
     write = submission.Submission._write
@@ -45,7 +34,7 @@ async def test_a_submit_hands_its_job_to_an_idle_long_poll(world: JobsWorld) -> 
     c = await world.customer(funds=1000)
     jt = await world.job_type(c, price=20)
     marker = world.app.cases.leases._marker
-    poll = await _idle(world, [jt.name])
+    poll = await world.idle_poll([jt.name])
     before = marker.batches
     job = await world.submit(c, jt)
     (lease,) = await asyncio.wait_for(poll, 5)
@@ -67,7 +56,7 @@ async def test_a_submit_hands_its_job_to_an_idle_long_poll(world: JobsWorld) -> 
 async def test_a_poll_takes_no_more_than_it_asked_for_and_the_rest_is_queued(world: JobsWorld) -> None:
     c = await world.customer()
     jt = await world.job_type(c)
-    poll = await _idle(world, [jt.name], max_jobs=2)
+    poll = await world.idle_poll([jt.name], max_jobs=2)
     jobs = await world.app.cases.submission.batch_submit(c.principal, pb.BatchSubmitJobsRequest(
         project_id=c.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(5)]))
     handed = await asyncio.wait_for(poll, 5)
@@ -80,7 +69,7 @@ async def test_a_poll_takes_no_more_than_it_asked_for_and_the_rest_is_queued(wor
 async def test_a_refused_submit_hands_nothing_and_the_poll_waits_on(world: JobsWorld) -> None:
     c, poor = await world.customer(), await world.customer(funds=5)
     jt = await world.job_type(c, price=20)
-    poll = await _idle(world, [jt.name])
+    poll = await world.idle_poll([jt.name])
     try:
         await world.submit(poor, jt)
         raise AssertionError("an unfunded submit was accepted")
@@ -97,7 +86,7 @@ async def test_a_job_whose_poll_went_away_before_the_commit_goes_back_to_its_que
         world: JobsWorld, monkeypatch: Any) -> None:
     c = await world.customer()
     jt = await world.job_type(c)
-    poll = await _idle(world, [jt.name])
+    poll = await world.idle_poll([jt.name])
 
     async def going_away() -> None:  # the poll's caller goes away mid-submit
         poll.cancel()
@@ -123,7 +112,7 @@ async def test_a_failed_commit_leaves_the_jobs_pending_and_the_poll_looking_agai
         world: JobsWorld, monkeypatch: Any) -> None:
     c = await world.customer()
     jt = await world.job_type(c)
-    poll = await _idle(world, [jt.name])
+    poll = await world.idle_poll([jt.name])
     failures = iter([True])
 
     async def failing_once() -> None:

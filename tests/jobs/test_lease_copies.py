@@ -116,22 +116,11 @@ async def test_an_extended_lease_is_read_under_lock(world: JobsWorld, locked_rea
     assert locked_reads == [1] and res.status == types_pb.JOB_STATUS_SUCCEEDED
 
 
-async def _idle(world: JobsWorld, names: list[str]) -> asyncio.Task[list[pb.JobLease]]:
-    """A long poll, waiting once its first look found nothing."""
-    poll = asyncio.create_task(world.lease(names, wait_ms=20_000))
-    for _ in range(500):
-        if world.app.deps.idle._by_queue:
-            break
-        await asyncio.sleep(0.01)
-    assert not poll.done() and world.app.deps.idle._by_queue
-    return poll
-
-
 async def test_a_job_handed_to_a_long_poll_by_its_submit_ends_from_what_the_submit_stored(
         world: JobsWorld, locked_reads: list[int]) -> None:
     c = await world.customer(funds=1000)
     jt = await world.job_type(c, price=20, default_retry_policy=RETRY)
-    poll = await _idle(world, [jt.name])
+    poll = await world.idle_poll([jt.name])
     job = await world.submit(c, jt)
     (lease,) = await asyncio.wait_for(poll, 5)
     assert lease.job_id == str(job.id)
@@ -141,7 +130,7 @@ async def test_a_job_handed_to_a_long_poll_by_its_submit_ends_from_what_the_subm
     assert retried.status == types_pb.JOB_STATUS_SCHEDULED and retried.attempts[0].outcome == FAILED
     assert retried.attempts[0].runner_id == "r1" and await world.available(c) == 980  # its hold kept
 
-    poll = await _idle(world, [jt.name])  # the same, cancelled while it runs: read under lock
+    poll = await world.idle_poll([jt.name])  # the same, cancelled while it runs: read under lock
     job = await world.submit(c, jt)
     (lease,) = await asyncio.wait_for(poll, 5)
     await world.app.cases.control.cancel(c.principal, str(job.id), "")
