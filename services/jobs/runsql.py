@@ -92,7 +92,6 @@ async def queues_of(s: Conn, job_ids: Sequence[str]) -> dict[str, str]:
     return {str(r.id): r.queue_name for r in rows}
 
 
-
 _LOCK_RUNS = text(f"SELECT {RUN_COLUMNS} FROM jobs.jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE")
 _UNOUTBOX = text("DELETE FROM jobs.billing_outbox WHERE hold_id = ANY(CAST(:holds AS text[]))")
 
