@@ -15,6 +15,7 @@ raise, a hold id that exists) fails that transaction (`failed`), and the jobs se
 usual way, as it does where billing cannot take them at all (several wallets, a spending limit:
 `reserve` answers None) and where billing runs in a process of its own or on another database.
 """
+
 from __future__ import annotations
 
 from google.rpc import status_pb2
