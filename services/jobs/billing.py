@@ -28,6 +28,11 @@ BATCH = 1000  # billing's batch limit
 # whole core, and for a large batch, billing's own process answers, on another core.
 LOCAL_ITEMS = 8
 LOCAL_BELOW_CORES = 1.0
+# A submit's holds, up to a whole batch, go in the jobs' own transaction where billing shares this
+# process and database (`joined`), while this process uses less than a core: a batch of 1,000 then
+# costs no BatchReserve exchange and no commit of billing's (0.20-0.21 ms of CPU a job in all
+# against 0.22-0.30, billing's process idle; docs/performance.md, session 24).
+JOINED_ITEMS = BATCH
 
 
 @dataclass(frozen=True)
@@ -136,10 +141,10 @@ class Billing:
     def joined(self, db: Database, holds: int) -> Any:
         """Billing in this process on `db`'s database, which stores `holds` holds in a transaction
         of `db` (services/billing/joined.py), if there is one and the batch is one billing would
-        answer here (`_batched`): a large one, or any while this process is busy, goes to billing's
-        own process, on another core (billing's work then stays off this, the busiest process)."""
+        take here: up to JOINED_ITEMS of them, while this process uses less than a core (once it is
+        busy, billing's own process reserves, on another core)."""
         peer = inprocess.find(inprocess.BILLING_JOINED)
-        if (peer is None or holds > LOCAL_ITEMS or inprocess.cpu_share() >= LOCAL_BELOW_CORES
+        if (peer is None or holds > JOINED_ITEMS or inprocess.cpu_share() >= LOCAL_BELOW_CORES
                 or not peer.serves(db)):
             return None
         return peer

@@ -499,10 +499,15 @@ async def test_a_large_batch_is_written_while_billing_reserves(world: JobsWorld,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A large batch is written while billing decides its holds (the two round trips overlap):
     when billing is asked, the jobs' transaction is already writing; the jobs commit once the
-    holds are granted."""
+    holds are granted. (Where billing shares the process, as while it is busy: joined, the holds
+    would be written by the jobs' own transaction.)"""
     import psycopg
 
+    from innosystem.kit import inprocess
+    from services.jobs.billing import LOCAL_BELOW_CORES
     from services.jobs.submission import EARLY_WRITE_ROWS
+
+    monkeypatch.setattr(inprocess, "cpu_share", lambda: LOCAL_BELOW_CORES)
 
     n = EARLY_WRITE_ROWS
     c = await world.customer(funds=10 * n + 1000)

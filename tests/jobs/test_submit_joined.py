@@ -16,10 +16,11 @@ from sqlalchemy import text
 
 from innosystem.embedded import EmbeddedValkey
 from innosystem.jobs.v1 import jobs_pb2 as pb
+from innosystem.kit import inprocess
 from innosystem.kit.errors import DomainError
 from services.billing.service import REDIS_REBUILD
 from services.jobs import submission
-from services.jobs.billing import LOCAL_ITEMS
+from services.jobs.billing import JOINED_ITEMS, LOCAL_BELOW_CORES, LOCAL_ITEMS
 from services.jobs.submission import Submission
 from tests.jobs.jobs_world import Customer, JobsWorld, make_world
 
@@ -65,17 +66,31 @@ async def test_the_holds_and_their_jobs_are_one_commit(world: JobsWorld) -> None
     assert found.consistent, found.findings
 
 
-async def test_more_holds_than_billing_takes_here_go_to_billing_first(world: JobsWorld) -> None:
-    """A batch billing would answer in its own process (more than LOCAL_ITEMS holds) is reserved
-    by billing's group commit before the jobs' transaction, as without billing beside."""
-    c = await world.customer(funds=1000)
+async def test_a_whole_batch_is_joined_and_a_busy_process_leaves_it_to_billing(
+        world: JobsWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's holds, up to JOINED_ITEMS, go in the jobs' transaction too; while this process
+    is busy for a whole core, billing's group commit reserves them first, on its own core."""
+    c = await world.customer(funds=100_000)
     jt = await world.job_type(c, price=10)
+
+    async def batch(size: int) -> list[Any]:
+        requests = [pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(size)]
+        return await world.app.cases.submission.batch_submit(
+            c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=requests))
+
+    monkeypatch.setattr(inprocess, "cpu_share", lambda: 0.0)  # however busy this test's process is
     batches = world.billing.commit.batches
-    requests = [pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(LOCAL_ITEMS + 1)]
-    jobs = await world.app.cases.submission.batch_submit(
-        c.principal, pb.BatchSubmitJobsRequest(project_id=c.project_id, requests=requests))
+    assert len(await batch(JOINED_ITEMS)) == JOINED_ITEMS
+    assert world.billing.commit.batches == batches  # billing's group commit stored none of them
+    assert await _held(world, c) == (JOINED_ITEMS, 10 * JOINED_ITEMS, 10 * JOINED_ITEMS)
+    journal = await _journal(world, c)
+    assert [held for _, _, held in journal] == [10 * k for k in range(1, JOINED_ITEMS + 1)]
+
+    monkeypatch.setattr(inprocess, "cpu_share", lambda: LOCAL_BELOW_CORES)
+    assert len(await batch(LOCAL_ITEMS + 1)) == LOCAL_ITEMS + 1
     assert world.billing.commit.batches > batches
-    assert len(jobs) == LOCAL_ITEMS + 1 and await _held(world, c) == (9, 90, 90)
+    assert await _held(world, c) == (JOINED_ITEMS + LOCAL_ITEMS + 1, 10 * (JOINED_ITEMS + LOCAL_ITEMS + 1),
+                                     10 * (JOINED_ITEMS + LOCAL_ITEMS + 1))
 
 
 async def test_a_jobs_transaction_that_fails_takes_its_holds_with_it(world: JobsWorld,
