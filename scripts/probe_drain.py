@@ -10,7 +10,8 @@ in gateway batches of 1,000 with no runner connected, starts two runner processe
 slots holding `--prefetch` jobs beyond them (each a list alternating by round, to compare
 settings on one stack) and waits until the wallet has paid for every job. Per round it prints
 the drain's jobs/s, the CPU per job of each process (/proc utime+stime, as `make bench`),
-PostgreSQL's commits and row writes per job by table (`pg_stat_database`, `pg_stat_user_tables`)
+PostgreSQL's commits and row writes per job by table (`pg_stat_database`, `pg_stat_user_tables`), its WAL
+(records, full-page images, bytes; checkpoints begun: `pg_stat_wal`, `pg_stat_bgwriter`)
 and Valkey's commands per job (`INFO commandstats`). `--profile DIR` samples the services with
 py-spy over each drain's first 8 s; `--loop-profile` times the services' event-loop callbacks over
 the first drain, by task (as `probe_dispatch.py --loop-profile`). `--sql` runs statements on the
@@ -40,6 +41,10 @@ from probe_dispatch import _PG_TABLES, _PG_TOTALS, loop_profile_env, print_loops
 # ANALYZE and VACUUM runs by table, whoever ran them (autovacuum or a service's own `kit.statistics`).
 _PG_UPKEEP = ("SELECT schemaname || '.' || relname, analyze_count + autoanalyze_count, "
               "vacuum_count + autovacuum_count FROM pg_stat_user_tables")
+# The write-ahead log: records, full-page images (each page's first change after a checkpoint
+# logs the whole 8 kB page), bytes; and the checkpoints begun (by time or by WAL volume).
+_PG_WAL = ("SELECT w.wal_records, w.wal_fpi, w.wal_bytes, b.checkpoints_timed + b.checkpoints_req "
+           "FROM pg_stat_wal w, pg_stat_bgwriter b")
 
 
 def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: int, slots: int, prefetch: str,
@@ -52,6 +57,7 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     pg0 = db.execute(_PG_TOTALS).fetchone()
     tables0 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
     upkeep0 = {row[0]: row[1:] for row in db.execute(_PG_UPKEEP)}
+    wal0 = db.execute(_PG_WAL).fetchone()
     assert p.stack is not None
     spies = [subprocess.Popen([os.environ.get("PY_SPY", "py-spy"), "record", "-d", "8", "-r", "100", "--nonblocking",
                                "--format", "raw", "-o", f"{profile}/{name}.{k}.raw", "-p", str(proc.pid)],
@@ -77,6 +83,7 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
             (loops / "stop").touch()
     calls1 = {cmd: v["calls"] for cmd, v in valkey.info("commandstats").items()}
     pg1 = db.execute(_PG_TOTALS).fetchone()
+    wal1 = db.execute(_PG_WAL).fetchone()
     time.sleep(1.1)  # the statistics collector's flush
     tables1 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
     upkeep1 = {row[0]: row[1:] for row in db.execute(_PG_UPKEEP)}
@@ -93,6 +100,10 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
         ins, upd, hot, dele = ((b - a) / jobs for a, b in zip(tables0.get(name, (0, 0, 0, 0)), counts, strict=True))
         if ins + upd + dele >= 0.01:
             bench.say(f"    {name:40} {ins:5.2f} / {upd:5.2f}, {hot:5.2f} / {dele:5.2f}")
+    assert wal0 is not None and wal1 is not None
+    records, fpi, wal_bytes, checkpoints = (int(b) - int(a) for a, b in zip(wal0, wal1, strict=True))
+    bench.say(f"  WAL per job: {records / jobs:.2f} records, {fpi / jobs:.3f} full-page images, "
+              f"{wal_bytes / jobs:,.0f} bytes; checkpoints begun in the drain: {checkpoints}")
     upkeep = [f"{name} {a1 - a0}/{v1 - v0}" for name, (a1, v1) in sorted(upkeep1.items())
               for a0, v0 in [upkeep0.get(name, (0, 0))] if (a1, v1) != (a0, v0)]
     bench.say("  ANALYZE / VACUUM runs finished in the drain: " + (", ".join(upkeep) or "none"))
