@@ -6,10 +6,11 @@ group commit (two round trips, its wallet rows locked between them) and then the
 performance.md, session 21: at 50 jobs/s the hold was half of a submit's time). Where billing runs
 in the jobs service's process on the same database (`innosystem serve billing jobs runners` with
 one DATABASE_URL), it offers `Joined` (kit.inprocess): the jobs service gives it the transaction
-it is about to store the jobs with, its queued writes and the BatchReserveRequest it would have
-sent. Billing queues one wallet's holds, its guarded update and the journal rows for the jobs'
-COMMIT (`ledger.reserve_guarded`: the wallet is not read first) and asks Open-to-Buy beside that
-commit: one transaction and one round trip for the holds and their jobs, so neither is ever stored
+it is about to store the jobs with, its queued writes and the holds it would have sent in a
+BatchReserveRequest, as they are (no message built only to be read back). Billing queues one
+wallet's holds, its guarded update and the journal rows for the jobs' COMMIT
+(`ledger.reserve_guarded`: the wallet is not read first) and asks Open-to-Buy beside that commit:
+one transaction and one round trip for the holds and their jobs, so neither is ever stored
 without the other. A guard that does not hold (the wallet cannot pay, a low-balance alert to
 raise, a hold id that exists) fails that transaction (`failed`), and the jobs service reserves the
 usual way, as it does where billing cannot take them at all (several wallets, a spending limit:
@@ -18,15 +19,34 @@ usual way, as it does where billing cannot take them at all (several wallets, a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
 from google.rpc import status_pb2
 
-from innosystem.billing.v1 import billing_pb2 as pb
 from innosystem.kit.db import Conn, Database, Writes
 from innosystem.kit.errors import DomainError, to_status
 from services.billing import ledger
-from services.billing.api import DOMAIN, answered, reserve_requests
-from services.billing.models import AnyHold
-from services.billing.service import BillingService, JoinedReserves, NotJoinable
+from services.billing.api import DOMAIN
+from services.billing.metrics import count_many
+from services.billing.service import BillingService, JoinedReserves, NotJoinable, ReserveRequest
+
+
+class HoldItem(Protocol):
+    """A hold as the jobs service asks for it (its HoldRequest): a BatchReserveRequest's item."""
+
+    hold_id: str
+    customer_id: str
+    amount_cents: int
+    currency_code: str
+    job_id: str
+    expire_time: datetime | None
+    project_id: str
+    job_type_id: str
+
+    @property
+    def description(self) -> str: ...
 
 
 class Joined:
@@ -37,22 +57,21 @@ class Joined:
         """Whether a transaction of `db` can store billing's rows: the same database, as the same role."""
         return db.engine.url == self._service.db.engine.url
 
-    async def reserve(self, conn: Conn, writes: Writes, request: pb.BatchReserveRequest
+    async def reserve(self, conn: Conn, writes: Writes, holds: Sequence[HoldItem]
                       ) -> tuple[list[status_pb2.Status | None], JoinedReserves] | None:
-        """Each hold's refusal as the call would have answered it (None: held once `conn`'s
+        """Each hold's refusal as BatchReserve would have answered it (None: held once `conn`'s
         transaction commits), and the reserves, to be told whether it committed. None when billing
-        cannot store them there (nothing written, nothing held): reserve the usual way."""
-        reserved: list[JoinedReserves] = []
-
-        async def reserve(requests: list[pb.ReserveRequest]) -> list[AnyHold | DomainError]:
-            reserved.append(await self._service.reserve_in(conn, writes, reserve_requests(requests)))
-            return reserved[0].outcomes
-
-        try:  # as BatchReserve answers (services/billing/api.py)
-            answers = await answered("reserve", request.requests, reserve)
+        cannot store them there (nothing written, nothing held): reserve the usual way. The
+        holds' text is the jobs service's own (ids it made and checked), so it is not checked
+        for what PostgreSQL cannot store as a call's would be."""
+        requests = [ReserveRequest(h.hold_id, h.customer_id, h.amount_cents, h.currency_code, h.job_id,
+                                   h.expire_time, h.description, h.project_id, h.job_type_id) for h in holds]
+        try:
+            reserved = await self._service.reserve_in(conn, writes, requests)
         except NotJoinable:
             return None
-        return [to_status(a, DOMAIN) if isinstance(a, DomainError) else None for a in answers], reserved[0]
+        count_many("reserve", reserved.outcomes)
+        return [to_status(a, DOMAIN) if isinstance(a, DomainError) else None for a in reserved.outcomes], reserved
 
     @staticmethod
     def failed(exc: BaseException) -> bool:

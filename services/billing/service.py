@@ -731,7 +731,7 @@ class BillingService:
         each checked on its own, all submitted to the group commit together (no task per item),
         their holds resolved in Open-to-Buy with one script call per wallet. Each gets its own
         outcome: the captured hold, or the refusal."""
-        out: list[AnyHold | DomainError] = []
+        out: list[AnyHold | DomainError | None] = []
         items: list[tuple[int, ledger.CaptureItem]] = []  # (position in `out`, the item)
         metas = await self._hold_metas([r[0] for r in requests])
         for k, request in enumerate(requests):
@@ -740,22 +740,24 @@ class BillingService:
             except DomainError as err:
                 out.append(err)
                 continue
-            out.append(NotFound(f"hold {item.hold_id!r} not found", reason="HOLD_NOT_FOUND"))  # unless found
+            out.append(None)
             items.append((k, item))
         fresh: list[AnyHold] = []
-        for (k, _), outcome in zip(items, await self.commit.submit_many([i for _, i in items]), strict=True):
+        for (k, item), outcome in zip(items, await self.commit.submit_many([i for _, i in items]), strict=True):
             if isinstance(outcome, DomainError):
                 out[k] = outcome
             elif isinstance(outcome, BaseException):
                 raise outcome
-            elif outcome[0] is not None:
+            elif outcome[0] is None:  # gone since its meta was read
+                out[k] = NotFound(f"hold {item.hold_id!r} not found", reason="HOLD_NOT_FOUND")
+            else:
                 out[k] = outcome[0]
                 if outcome[1]:
                     fresh.append(outcome[0])
         if fresh:
             await self._redis_quietly(self.otb.resolve_many(
                 [(h.customer_id, h.currency, h.hold_id, h.captured) for h in fresh]))
-        return out
+        return cast(list[AnyHold | DomainError], out)
 
     async def active_holds_created(self, start: datetime | None, before: datetime | None, page_token: str,
                                    size: int) -> tuple[list[tuple[str, str, datetime]], str]:

@@ -47,6 +47,10 @@ class HoldRequest:
     project_id: str = ""
     job_type_id: str = ""
 
+    @property
+    def description(self) -> str:
+        return f"job {self.job_id}"
+
 
 @dataclass(frozen=True)
 class CaptureRequest:
@@ -98,7 +102,7 @@ class Joined:
 def _reserves(items: Sequence[HoldRequest]) -> list[bpb.ReserveRequest]:
     return [bpb.ReserveRequest(hold_id=i.hold_id, customer_id=i.customer_id, amount_cents=i.amount_cents,
                                currency_code=i.currency_code, job_id=i.job_id, expire_time=timestamp(i.expire_time),
-                               description=f"job {i.job_id}", project_id=i.project_id,
+                               description=i.description, project_id=i.project_id,
                                job_type_id=i.job_type_id) for i in items]
 
 
@@ -153,7 +157,7 @@ class Billing:
         """`reserve`, the holds written by `conn`'s transaction (`peer`: `joined`'s): each item's
         outcome, and what to tell billing once the transaction ended. Raises NotJoined (nothing
         written, nothing held) when billing cannot take them there: `reserve` them instead."""
-        answer = await peer.reserve(conn, writes, bpb.BatchReserveRequest(requests=_reserves(items)))
+        answer = await peer.reserve(conn, writes, items)
         if answer is None:
             raise NotJoined()
         statuses, reserves = answer
