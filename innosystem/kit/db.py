@@ -221,17 +221,19 @@ _OPEN = frozenset({pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR}) 
 
 
 async def pipelined(session: Conn, *steps: tuple[TextClause, Mapping[str, Any]],
-                    commit: bool = False, rows: bool = True) -> list[Any]:
+                    commit: bool = False, rows: bool = True, before: Writes | None = None) -> list[Any]:
     """Run module-level `text()` statements in one round trip (`kit.roundtrip`): the last one's
     rows (none with `rows=False`), with attribute access like SQLAlchemy's; the transaction's BEGIN
     with them when they are its first, and with `commit` (for a use case whose last statement
     decides nothing more) its COMMIT. An error at any statement, COMMIT included (a deferred
     constraint, a serialization failure), skips the rest: nothing of the transaction commits, and
     the session rolls it back as for any error. psycopg then finds the transaction over, so
-    SQLAlchemy's commit that follows is a no-op."""
+    SQLAlchemy's commit that follows is a no-op. `before`: another use case's queued writes, sent
+    first in the same round trip (and sent only with it)."""
     driver = await driver_of(session)
+    queued = before.take() if before is not None else []
     try:
-        results = await roundtrip.run(driver, [(_psycopg_text(st), params, False) for st, params in steps],
+        results = await roundtrip.run(driver, [*queued, *((_psycopg_text(st), params, False) for st, params in steps)],
                                       commit=commit)
     except psycopg.Error as exc:
         raise as_sqlalchemy_error(exc, "pipelined statements") from exc
@@ -269,20 +271,25 @@ class Writes:
         driver = await driver_of(session)
         if not self._steps and query is None and driver.pgconn.transaction_status == _IDLE:
             return []  # nothing ran, nothing to commit
-        steps: list[roundtrip.Step] = []
-        for statement, params, how in self._steps:
-            if how == "many":
-                steps += [(statement, p, False) for p in params]
-            else:
-                steps.append((statement, params, how == "raw"))
+        steps = self.take()
         if query is not None:
             steps.append((query, None, False))
         try:
             results = await roundtrip.run(driver, steps, commit=True)
         except psycopg.Error as exc:
             raise as_sqlalchemy_error(exc, "a pipelined write") from exc
-        self._steps.clear()
         return roundtrip.rows(driver, results[-1], "tuple") if query is not None else []
+
+    def take(self) -> list[roundtrip.Step]:
+        """The queued statements as one round trip's steps, in order; none are left queued."""
+        steps: list[roundtrip.Step] = []
+        for statement, params, how in self._steps:
+            if how == "many":
+                steps += [(statement, p, False) for p in params]
+            else:
+                steps.append((statement, params, how == "raw"))
+        self._steps.clear()
+        return steps
 
 
 def utcnow() -> datetime:

@@ -15,11 +15,19 @@ without the other. A guard that does not hold (the wallet cannot pay, a low-bala
 raise, a hold id that exists) fails that transaction (`failed`), and the jobs service reserves the
 usual way, as it does where billing cannot take them at all (several wallets, a spending limit:
 `reserve` answers None) and where billing runs in a process of its own or on another database.
+
+An ending's captures go the same way (`capture`): one customer's holds, each captured within what
+it holds, written by the ending's own transaction (`ledger.capture_guarded`: the holds and the
+wallet are not read first, their state guarded in the statement) instead of an outbox row each and
+a BatchCapture with a commit of billing's own; what billing cannot take there (holds it did not
+reserve here, a spending limit, a charge beyond the hold) or a guard refuses (the hold not active,
+a low-balance flag to change) goes through the outbox as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -30,7 +38,14 @@ from innosystem.kit.errors import DomainError, to_status
 from services.billing import ledger
 from services.billing.api import DOMAIN
 from services.billing.metrics import count_many
-from services.billing.service import BillingService, JoinedReserves, NotJoinable, ReserveRequest
+from services.billing.service import (
+    BillingService,
+    JoinedCapture,
+    JoinedCaptures,
+    JoinedReserves,
+    NotJoinable,
+    ReserveRequest,
+)
 
 
 class HoldItem(Protocol):
@@ -47,6 +62,15 @@ class HoldItem(Protocol):
 
     @property
     def description(self) -> str: ...
+
+
+class CaptureItem(Protocol):
+    """A capture as the jobs service asks for it (its CaptureRequest): a BatchCaptureRequest's item."""
+
+    hold_id: str
+    amount_cents: int
+    over_capture_policy: int
+    description: str
 
 
 class Joined:
@@ -73,8 +97,20 @@ class Joined:
         count_many("reserve", reserved.outcomes)
         return [to_status(a, DOMAIN) if isinstance(a, DomainError) else None for a in reserved.outcomes], reserved
 
+    async def capture(self, conn: Conn, writes: Writes, customer_id: uuid.UUID, captures: Sequence[CaptureItem],
+                      held: Mapping[str, int]) -> JoinedCaptures | None:
+        """One customer's captures (`held`: what each hold's reserve held) written into `conn`'s
+        transaction, an ending's: captured once it commits, and to be told so. None when billing
+        cannot store them there (nothing written): settle them the usual way."""
+        try:
+            return await self._service.capture_in(conn, writes, customer_id, [
+                JoinedCapture(c.hold_id, c.amount_cents, held[c.hold_id], c.over_capture_policy, c.description)
+                for c in captures])
+        except NotJoinable:
+            return None
+
     @staticmethod
     def failed(exc: BaseException) -> bool:
-        """Whether a transaction that `reserve` wrote into failed on one of its guards: nothing of it
-        was stored, and the holds are to be reserved the usual way."""
+        """Whether a transaction that `reserve` or `capture` wrote into failed on one of its guards:
+        nothing of it was stored; the holds are to be reserved, or settled, the usual way."""
         return getattr(getattr(exc, "orig", exc), "sqlstate", None) == ledger.GUARDS_FAILED

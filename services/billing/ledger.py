@@ -423,3 +423,90 @@ def reserve_guarded(tx: Tx, items: Sequence[ReserveItem], now: datetime) -> list
                  currency=i.currency, amount=i.amount, status=ACTIVE, captured=0, released=0, commission=0,
                  reseller_id=i.reseller_id, commission_rate_bps=0, create_time=now, expire_time=i.expire_time,
                  resolve_time=None, project_id=i.project_id, job_type_id=i.job_type_id) for i in items]
+
+
+@dataclass(frozen=True)
+class GuardedCapture:
+    """One capture of a joined ending (`BillingService.capture_in`): `amount` at most `held`, what
+    the hold was reserved for; its reseller's commission decided (`rate_bps`, none without one)."""
+
+    hold_id: str
+    amount: int
+    held: int
+    description: str
+    reseller_id: uuid.UUID | None
+    rate_bps: int
+    commission: int
+    commission_account: uuid.UUID | None
+    revenue_id: uuid.UUID
+
+
+# A joined capture (`BillingService.capture_in`): one wallet's captures written in the caller's
+# commit, each as `_Batch.capture` decides on locked rows, guarded in the statement instead of read
+# first: the hold still active, of this wallet, holding what its reserve held and of the reseller
+# the commission was decided for; the wallet's spending not limited and no low-balance flag to flip
+# (a capture within its hold never lowers what the wallet can spend, so it raises no alert, but may
+# end one). The journal's running figures come from the wallet update's RETURNING, as for a joined
+# reserve; any guard that did not hold fails the transaction with GUARDS_FAILED.
+_CAPTURED = sql.SQL("""
+WITH item AS (
+    SELECT * FROM unnest(%(hid)b::text[], %(amount)b::bigint[], %(held)b::bigint[], %(description)b::text[],
+                         %(reseller)b::uuid[], %(rate)b::int[], %(commission)b::bigint[], %(caccount)b::uuid[])
+        WITH ORDINALITY AS t(hold_id, amount, held, description, reseller_id, rate, commission, caccount, pos)
+), captured AS (
+    UPDATE {holds} AS h SET status = {captured}, captured = i.amount, released = i.held - i.amount,
+        commission = i.commission, commission_rate_bps = i.rate, resolve_time = %(now)s
+    FROM item AS i
+    WHERE h.hold_id = i.hold_id AND h.status = {active} AND h.wallet_id = %(wallet)s AND h.amount = i.held
+      AND h.reseller_id IS NOT DISTINCT FROM i.reseller_id
+    RETURNING h.hold_id, h.customer_id, h.job_id, i.amount, i.held, i.description, i.reseller_id, i.rate,
+              i.commission, i.caccount, i.pos
+), moved AS (
+    UPDATE {accounts} AS a SET debits_posted = a.debits_posted + %(posted)s,
+        debits_pending = a.debits_pending - %(pending)s, promo = greatest(a.promo - %(posted)s, 0),
+        update_time = %(now)s
+    WHERE a.id = %(wallet)s AND NOT a.spending_limited AND EXISTS (SELECT FROM captured)
+      AND (a.low_balance_threshold > 0 AND a.credits_posted - a.debits_posted - %(posted)s - a.debits_pending
+           + %(pending)s + a.credit_limit < a.low_balance_threshold) = a.low_balance_alerted
+    RETURNING a.credits_posted - a.debits_posted + %(posted)s AS balance_before,
+              a.debits_pending + %(pending)s AS held_before
+), journal AS (
+    INSERT INTO {transfers} (id, kind, debit_account_id, credit_account_id, amount, pending_amount, currency,
+                             wallet_id, customer_id, balance_after, held_after, hold_id, job_id, description,
+                             reseller_id, commission_rate_bps, create_time)
+    SELECT gen_random_uuid(), {capture}, %(wallet)s, %(revenue)s, c.amount, c.held, %(currency)s, %(wallet)s,
+           c.customer_id, m.balance_before - sum(c.amount) OVER w, m.held_before - sum(c.held) OVER w, c.hold_id,
+           c.job_id, c.description, c.reseller_id, c.rate, %(now)s
+    FROM captured AS c, moved AS m
+    WINDOW w AS (ORDER BY c.pos)
+), commissions AS (
+    INSERT INTO {transfers} (id, kind, debit_account_id, credit_account_id, amount, pending_amount, currency,
+                             customer_id, balance_after, held_after, hold_id, job_id, description, reseller_id,
+                             commission_rate_bps, create_time)
+    SELECT gen_random_uuid(), {commission}, %(revenue)s, c.caccount, c.commission, 0, %(currency)s, c.customer_id,
+           0, 0, c.hold_id, c.job_id, 'commission on ' || c.hold_id, c.reseller_id, c.rate, %(now)s
+    FROM captured AS c, moved AS m WHERE c.commission > 0
+)
+SELECT billing.guards_held((SELECT count(*) FROM captured) = %(n)s AND (SELECT count(*) FROM moved) = 1)
+""").format(accounts=_name(_ACCOUNTS), holds=_name(_HOLDS), transfers=_name(cast(Table, Transfer.__table__)),
+            active=sql.Literal(ACTIVE), captured=sql.Literal(CAPTURED), capture=sql.Literal(CAPTURE),
+            commission=sql.Literal(COMMISSION_T))
+
+
+def capture_guarded(tx: Tx, wallet_id: uuid.UUID, currency: str, items: Sequence[GuardedCapture],
+                    now: datetime) -> None:
+    """One wallet's captures queued in `tx`'s writes for its caller's COMMIT (`_CAPTURED`), and the
+    platform accounts' counters as `_Batch.capture` moves them."""
+    revenue = items[0].revenue_id
+    assert all(i.revenue_id == revenue and i.amount <= i.held for i in items), "one currency, within the holds"
+    tx.writes.execute(_CAPTURED, {
+        "hid": [i.hold_id for i in items], "amount": [i.amount for i in items], "held": [i.held for i in items],
+        "description": [i.description for i in items], "reseller": [i.reseller_id for i in items],
+        "rate": [i.rate_bps for i in items], "commission": [i.commission for i in items],
+        "caccount": [i.commission_account for i in items], "posted": sum(i.amount for i in items),
+        "pending": sum(i.held for i in items), "n": len(items), "wallet": wallet_id, "currency": currency,
+        "revenue": revenue, "now": now})
+    for i in items:
+        tx.defer(revenue, credits_pending=-i.held, credits_posted=i.amount, debits_posted=i.commission)
+        if i.commission and i.commission_account is not None:
+            tx.defer(i.commission_account, credits_posted=i.commission)

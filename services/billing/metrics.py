@@ -49,3 +49,9 @@ def count_many(operation: str, outcomes: Sequence[AnyHold | DomainError]) -> Non
         operations.add(n, {"operation": operation, "outcome": outcome})
     for currency, amount in by_currency.items():
         amounts.add(amount, {"operation": operation, "currency": currency})
+
+
+def count_captured(currency: str, holds: int, captured: int) -> None:
+    """Captures stored by another service's transaction (a joined ending), as BatchCapture counts them."""
+    operations.add(holds, {"operation": "capture", "outcome": "ok"})
+    amounts.add(captured, {"operation": "capture", "currency": currency})

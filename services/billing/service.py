@@ -36,6 +36,7 @@ from innosystem.kit.singleflight import SingleFlight
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.billing import alerts, ledger
 from services.billing.batcher import GroupCommit, Tx, write_totals
+from services.billing.metrics import count_captured
 from services.billing.models import (
     ACTIVE,
     COMMISSION,
@@ -151,6 +152,35 @@ class JoinedReserves:
 
     async def _checked(self) -> tuple[set[str], bool]:
         return await self._checking if self._checking is not None else (set(), False)
+
+
+@dataclass(frozen=True)
+class JoinedCapture:
+    """A capture the jobs service writes with its ending (`BillingService.capture_in`): the hold,
+    what to capture of it and what its reserve held."""
+
+    hold_id: str
+    amount: int
+    held: int
+    over_capture_policy: int
+    description: str
+
+
+class JoinedCaptures:
+    """Captures written into another service's transaction (`BillingService.capture_in`): what
+    follows once it committed (Open-to-Buy lets go of the holds and counts what they posted)."""
+
+    def __init__(self, service: BillingService, customer_id: uuid.UUID, currency: str,
+                 items: list[ledger.GuardedCapture]) -> None:
+        self._service, self._customer, self._currency, self._items = service, customer_id, currency, items
+
+    async def committed(self) -> None:
+        service = self._service
+        for i in self._items:
+            service._hold_meta.pop(i.hold_id, None)
+        count_captured(self._currency, len(self._items), sum(i.amount for i in self._items))
+        await service._redis_quietly(service.otb.resolve_many(
+            [(self._customer, self._currency, i.hold_id, i.amount) for i in self._items]))
 
 
 @dataclass(frozen=True)
@@ -474,6 +504,40 @@ class BillingService:
         checking = asyncio.ensure_future(self._authorize_beside(holds))
         return JoinedReserves(self, cast(list[AnyHold | DomainError], out), holds, cast(list[AnyHold], stored),
                               checking)
+
+    async def capture_in(self, conn: Conn, writes: Writes, customer_id: uuid.UUID,
+                         requests: Sequence[JoinedCapture]) -> JoinedCaptures:
+        """Captures stored by the caller's own transaction (a jobs service sharing this process and
+        database: services/billing/joined.py, with its ending): one customer's holds, each captured
+        within what it holds, queued in `writes` for the caller's COMMIT and guarded there
+        (`ledger.capture_guarded`: the holds and the wallet are not read first). A guard that does
+        not hold fails the commit (`ledger.GUARDS_FAILED`); then, or on NotJoinable (holds this
+        replica did not reserve, a spending limit, a charge beyond the hold), the
+        caller settles them the usual way. Told when the transaction committed."""
+        metas = [self._hold_meta.get(r.hold_id) for r in requests]
+        if any(m is None for m in metas):
+            raise NotJoinable()
+        currency = cast(HoldMeta, metas[0])[1]
+        wallet = await self._wallet_identity(customer_id, currency)
+        if wallet.spending_limited:
+            raise NotJoinable()
+        revenue = await self._account_id(REVENUE, PLATFORM, currency)
+        items: list[ledger.GuardedCapture] = []
+        for r, meta in zip(requests, metas, strict=True):
+            reseller, hold_currency = cast(HoldMeta, meta)
+            amount = r.held if r.amount > r.held and r.over_capture_policy == ledger.CAP_AT_HOLD else r.amount
+            if hold_currency != currency or not 0 <= amount <= r.held or len(r.description) > MAX_DESCRIPTION:
+                raise NotJoinable()  # the usual way answers it (a charge beyond the hold, a refusal)
+            rate, account = 0, None
+            if reseller is not None:
+                rate = await self.rates(reseller)
+                account = await self._account_id(COMMISSION, reseller, currency)
+            items.append(ledger.GuardedCapture(r.hold_id, amount, r.held, r.description, reseller, rate,
+                                               ledger.commission_of(amount, rate), account, revenue))
+        tx = Tx(conn, writes)
+        ledger.capture_guarded(tx, wallet.id, currency, items, utcnow())
+        await write_totals(conn, writes, tx.deltas, tx.transfers)
+        return JoinedCaptures(self, customer_id, currency, items)
 
     async def _authorize_beside(self, holds: Sequence[ledger.ReserveItem]) -> tuple[set[str], bool]:
         """Open-to-Buy for one wallet's holds that PostgreSQL's guard decides (`reserve_in`): the

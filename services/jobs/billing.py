@@ -4,7 +4,8 @@ answered in this process when billing shares it (kit.inprocess, services/billing
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -84,7 +85,8 @@ Outcome = DomainError | None  # None: the item succeeded
 
 
 class NotJoined(Exception):
-    """Billing could not store the holds in the caller's transaction; nothing was held."""
+    """Billing could not store the holds, or their captures, in the caller's transaction; nothing
+    was held or captured."""
 
 
 @dataclass
@@ -162,6 +164,17 @@ class Billing:
             raise NotJoined()
         statuses, reserves = answer
         return Joined([None if s is None else item_error(s) for s in statuses], reserves)
+
+    async def capture_in(self, peer: Any, conn: Conn, writes: Writes, customer_id: uuid.UUID,
+                         items: Sequence[CaptureRequest], held: Mapping[str, int]) -> Any:
+        """`capture`, the captures (one customer's; `held`: what each hold's reserve held) written
+        by `conn`'s transaction, an ending's (`peer`: `joined`'s): what to tell once it committed
+        (`committed()`). Raises NotJoined (nothing written) when billing cannot take them there:
+        settle them the usual way, through the outbox."""
+        captures = await peer.capture(conn, writes, customer_id, items, held)
+        if captures is None:
+            raise NotJoined()
+        return captures
 
     async def capture(self, items: Sequence[CaptureRequest]) -> list[Outcome]:
         return await self._batched("BatchCapture", [

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.coalescing import Answer, Backlog, Coalescer
-from innosystem.kit.db import Conn
+from innosystem.kit.db import Conn, Writes
 from innosystem.kit.errors import (
     DomainError,
     FailedPrecondition,
@@ -36,6 +36,7 @@ from innosystem.kit.errors import (
 )
 from innosystem.kit.protos import timestamp
 from services.jobs import metrics, outcomes, runsql, tracing
+from services.jobs.billing import NotJoined
 from services.jobs.convert import lease_pb, plain
 from services.jobs.handoff import Idle
 from services.jobs.models import Job, JobType
@@ -316,8 +317,9 @@ class Leases:
             await self._encrypt_results([(it, copies[it.c.job_id]) for it in items if copies[it.c.job_id].encryption])
             results, ends, st = self._decide(items, copies, [None] * len(items), now)
             try:
-                async with deps.db.transaction() as s:
-                    await runsql.end_attempts(s, ends, st.outbox(), now, unchanged=True, settled_holds=settled)
+                if not await self._end_joined(ends, st, now, settled):
+                    async with deps.db.transaction() as s:
+                        await runsql.end_attempts(s, ends, st.outbox(), now, unchanged=True, settled_holds=settled)
                 return results, ends, st
             except DBAPIError as exc:
                 if getattr(exc.orig, "sqlstate", None) != runsql.CHANGED_SINCE_LEASE:
@@ -330,6 +332,36 @@ class Leases:
             results, ends, st = self._decide(items, runs, errors, now)
             await runsql.end_attempts(s, ends, st.outbox(), now)
         return results, ends, st
+
+    async def _end_joined(self, ends: list[outcomes.End], st: outcomes.Settlement, now: datetime,
+                          settled: list[str]) -> bool:
+        """The ends and their captures in one commit, where billing shares this process and its
+        database (services/billing/joined.py) and the captures are one customer's: no outbox row
+        for them, no capture call and no commit of billing's own. False, nothing written, where
+        billing cannot take them there or one of its guards failed the commit: write the ends with
+        the outbox. Raises as `end_attempts(unchanged=True)` does (CHANGED_SINCE_LEASE)."""
+        deps = self.deps
+        if not st.captures or len(st.customers) != 1:
+            return False
+        peer = deps.billing.joined(deps.db, len(st.captures))
+        if peer is None:
+            return False
+        try:
+            async with deps.db.transaction() as s:
+                writes = Writes()
+                captures = await deps.billing.capture_in(peer, s, writes, next(iter(st.customers)), st.captures,
+                                                         st.held)
+                await runsql.end_attempts(s, ends, st.outbox(captures=False), now, unchanged=True,
+                                          settled_holds=settled, before=writes)
+        except NotJoined:
+            return False
+        except DBAPIError as exc:
+            if not peer.failed(exc):
+                raise
+            return False
+        st.captures = []  # captured with the ends: Open-to-Buy follows with the rest of the billing
+        st.joined.append(captures)
+        return True
 
     def _decide(self, items: list[_Item], runs: dict[str, Any], errors: Sequence[DomainError | None], now: datetime
                 ) -> tuple[list[pb.CompletionResult], list[outcomes.End], outcomes.Settlement]:
@@ -379,7 +411,7 @@ class Leases:
         meanwhile go to billing together: one capture call and one billing commit where a quiet
         stream of results made one each. The outbox rows written with the endings keep the work
         for `settle_outbox_once` if this never runs (a crash)."""
-        if not st.captures and not st.releases:
+        if not st.captures and not st.releases and not st.joined:
             for span in spans:
                 span.end()
             return
@@ -403,6 +435,8 @@ class Leases:
         next completion's transaction (or within a second when none comes): no transaction of its
         own per batch. If billing cannot be reached the rows stay for `settle_outbox_once`; a hold
         billing refuses stays too, tried again later (backing off), never dropped."""
+        for captures in st.joined:  # stored with their ends: Open-to-Buy lets go of the holds
+            await captures.committed()
         if not st.captures and not st.releases:
             return
         try:

@@ -6,7 +6,9 @@ the values its job row, its attempt and its status history take. `runsql.end_att
 whole batch of ends in one statement, together with the batch's billing outbox. The billing work
 (capture or release of the hold) is recorded in that outbox in the same transaction and done after
 the commit (`settle_billing`), so a hold is settled only for an ending that committed; what a crash
-or a billing outage leaves in the outbox is settled by `settle_outbox_once` later.
+or a billing outage leaves in the outbox is settled by `settle_outbox_once` later. Where billing
+shares the process and the database, one customer's captures are instead written by the ending's
+own transaction (`Leases._end_joined`, services/billing/joined.py): no outbox row for them.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class Settlement:
     captures: list[CaptureRequest] = field(default_factory=list)
     charged: dict[str, uuid.UUID] = field(default_factory=dict)  # hold id → its job (cost follows billing)
     held: dict[str, int] = field(default_factory=dict)  # hold id → the amount it holds
+    customers: set[uuid.UUID] = field(default_factory=set)  # whose holds the captures are
+    # Captures stored with the ends themselves (`Leases._end_joined`), for billing's follow-up.
+    joined: list[Any] = field(default_factory=list)
     releases: list[str] = field(default_factory=list)
     released: dict[str, uuid.UUID] = field(default_factory=dict)  # hold id → its job
     finished: dict[str, list[str]] = field(default_factory=dict)  # queue → leased job ids to forget
@@ -97,14 +102,17 @@ class Settlement:
             out.captures += st.captures
             out.charged.update(st.charged)
             out.held.update(st.held)
+            out.customers |= st.customers
+            out.joined += st.joined
             out.releases += st.releases
             out.released.update(st.released)
         return out
 
-    def outbox(self) -> list[Outboxed]:
-        """This settlement's billing work as outbox rows (written with the endings)."""
+    def outbox(self, captures: bool = True) -> list[Outboxed]:
+        """This settlement's billing work as outbox rows (written with the endings); without its
+        captures where the endings' transaction stores those itself (`Leases._end_joined`)."""
         out = [Outboxed(c.hold_id, self.charged[c.hold_id], c.amount_cents, self.held[c.hold_id],
-                        c.over_capture_policy, c.description) for c in self.captures]
+                        c.over_capture_policy, c.description) for c in self.captures] if captures else []
         out += [Outboxed(h, self.released.get(h, uuid.UUID(int=0)), None, 0, 0, "job not charged")
                 for h in self.releases]
         return out
@@ -120,6 +128,7 @@ class Settlement:
         self.captures.append(CaptureRequest(run.hold_id, amount, policy, description))
         self.charged[run.hold_id] = run.id
         self.held[run.hold_id] = run.estimated_cost_cents
+        self.customers.add(run.customer_id)
 
 
 def cost_of(run: Run, reported: int | None, units: int | None = None, now: datetime | None = None) -> int:

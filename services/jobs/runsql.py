@@ -19,7 +19,7 @@ from sqlalchemy import Row, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.db import Conn, pipelined
+from innosystem.kit.db import Conn, Writes, pipelined
 from services.jobs.leasecopy import RUN_COLUMNS
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
@@ -187,12 +187,15 @@ CHANGED_SINCE_LEASE = "IJ001"
 
 
 async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed], now: datetime, *,
-                       unchanged: bool = False, settled_holds: Sequence[str] = ()) -> int:
+                       unchanged: bool = False, settled_holds: Sequence[str] = (), before: Writes | None = None
+                       ) -> int:
     """Write a batch of `outcomes.End`s and their billing outbox in one statement, committed with
     it in one round trip (the batch's last step). `unchanged`: the ends were decided from the
     lease's copy of their jobs (`LeaseCopies`), written only if no job changed since (else nothing
-    is, and the error's SQLSTATE is CHANGED_SINCE_LEASE). `settled_holds` leave the outbox with them."""
+    is, and the error's SQLSTATE is CHANGED_SINCE_LEASE). `settled_holds` leave the outbox with them;
+    `before`: billing's writes for the same commit (its captures), sent first in that round trip."""
     if not ends and not outbox:
+        assert before is None, "billing's writes go with ends"
         await settled(s, settled_holds, [])
         return 0
     extra: dict[str, Any] = {"xmins": [e.run.xmin for e in ends], "n": len(ends)} if unchanged else {}
@@ -211,7 +214,7 @@ async def end_attempts(s: Conn, ends: Sequence[Any], outbox: Sequence[Outboxed],
         "o_holds": [o.hold_id for o in outbox], "o_jobs": [o.job_id for o in outbox],
         "o_amounts": [o.amount_cents for o in outbox], "o_held": [o.held_cents for o in outbox],
         "o_policies": [o.over_capture_policy for o in outbox], "o_descriptions": [o.description for o in outbox],
-        "now": now}), commit=True)
+        "now": now}), commit=True, before=before)
     return int(rows[0][0])
 
 
