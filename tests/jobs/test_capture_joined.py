@@ -17,8 +17,12 @@ from sqlalchemy import text
 from innosystem.embedded import EmbeddedValkey
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from services.billing.models import CAPTURE, CAPTURED
+from innosystem.kit import principal as principals
+from innosystem.tenancy.v1.tenancy_pb2 import Principal
+from services.billing.models import CAPTURE, CAPTURED, COMMISSION_T
 from services.billing.service import REDIS_REBUILD
+from tests.billing.billing_helpers import ADMIN as BILLING_ADMIN
+from tests.billing.billing_helpers import RATES
 from tests.jobs.jobs_world import Customer, JobsWorld, make_world
 
 SUCCEEDED = pb.ATTEMPT_OUTCOME_SUCCEEDED
@@ -169,3 +173,53 @@ async def test_an_ending_rolled_back_takes_its_captures_with_it(world: JobsWorld
     assert [row[:2] for row in await _captures(world, c)] == [(10, 10), (10, 10)]
     assert await world.available(c) == 980
     await _consistent(world, c)
+
+
+async def _resold(world: JobsWorld, reseller: uuid.UUID) -> Customer:
+    """A customer of `reseller` (its wallet and its projects' jobs name it), with 1,000 cents."""
+    cid = str(uuid.uuid4())
+    await world.billing.open_wallet(cid, str(reseller), "USD", 0)
+    await world.billing.top_up(BILLING_ADMIN, cid, 1000, "", f"fund-{cid}", "")
+    world.tenancy.customers[cid] = str(reseller)
+    pid = str(uuid.uuid4())
+    world.tenancy.projects[pid] = cid
+    return Customer(Principal(kind=principals.CUSTOMER, customer_id=cid, key_id=f"k-{cid[:8]}"), pid)
+
+
+async def _ledger(world: JobsWorld, c: Customer) -> tuple[list[Any], list[Any]]:
+    """The customer's holds (status, captured, released, commission, rate) and journal rows (kind,
+    amount, held, balance after, held after, reseller, rate, description without the hold id), in a
+    canonical order: what must not depend on the way a capture was stored."""
+    cid = uuid.UUID(c.principal.customer_id)
+    holds = await _rows(world, "SELECT status, captured, released, commission, commission_rate_bps "
+                               "FROM billing.holds WHERE customer_id = :c ORDER BY create_time, hold_id", c=cid)
+    journal = await _rows(world, "SELECT kind, amount, pending_amount, balance_after, held_after, reseller_id, "
+                                 "commission_rate_bps, replace(description, hold_id, '') FROM billing.transfers "
+                                 "WHERE customer_id = :c ORDER BY kind, seq", c=cid)
+    return [tuple(r) for r in holds], [tuple(r) for r in journal]
+
+
+async def test_a_resellers_commission_as_the_group_commit_decides_it(world: JobsWorld) -> None:
+    """The same jobs of two customers of one reseller (15% commission), one customer's captures
+    stored with their ending, the other's by billing's group commit: the same holds, the same
+    journal (capture and commission rows, running figures), the same commission credited."""
+    reseller = uuid.uuid4()
+    RATES[reseller] = 1500
+    joined, usual = await _resold(world, reseller), await _resold(world, reseller)
+    jt = await world.job_type(joined, price=10)
+    batches = world.billing.commit.batches
+    await _complete(world, await _leased(world, joined, jt, 3))
+    assert world.billing.commit.batches == batches
+    leases = await _leased(world, usual, jt, 3)
+    world.billing._hold_meta.clear()  # the usual way for these
+    await _complete(world, leases)
+    assert world.billing.commit.batches > batches
+    holds, journal = await _ledger(world, joined)
+    assert (holds, journal) == await _ledger(world, usual)
+    assert holds == [(CAPTURED, 10, 0, 1, 1500)] * 3
+    settled = [row[:2] for row in journal if row[0] in (CAPTURE, COMMISSION_T)]
+    assert settled == [(CAPTURE, 10)] * 3 + [(COMMISSION_T, 1)] * 3
+    (credited,) = await _rows(world, "SELECT credits_posted FROM billing.accounts WHERE owner_id = :r",
+                              r=reseller)
+    assert credited[0] == 6  # 1 cent of each of the six captures
+    await _consistent(world, joined)
