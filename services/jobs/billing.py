@@ -4,6 +4,7 @@ answered in this process when billing shares it (kit.inprocess, services/billing
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from innosystem.kit import inprocess
 from innosystem.kit.db import Conn, Database, Writes
 from innosystem.kit.errors import DomainError, FailedPrecondition, from_rpc_error, rpc_error
 from innosystem.kit.protos import timestamp, to_datetime
+
+log = logging.getLogger(__name__)
 
 BATCH = 1000  # billing's batch limit
 # A batch this small goes to a billing replica in this process when there is one (kit.inprocess),
@@ -171,7 +174,11 @@ class Billing:
         by `conn`'s transaction, an ending's (`peer`: `joined`'s): what to tell once it committed
         (`committed()`). Raises NotJoined (nothing written) when billing cannot take them there:
         settle them the usual way, through the outbox."""
-        captures = await peer.capture(conn, writes, customer_id, items, held)
+        try:
+            captures = await peer.capture(conn, writes, customer_id, items, held)
+        except Exception as exc:  # billing's lookups (a reseller's rate, an account), before it wrote anything
+            log.warning("captures not joined to their ending (%s); they go through the outbox", type(exc).__name__)
+            captures = None
         if captures is None:
             raise NotJoined()
         return captures

@@ -223,3 +223,22 @@ async def test_a_resellers_commission_as_the_group_commit_decides_it(world: Jobs
                               r=reseller)
     assert credited[0] == 6  # 1 cent of each of the six captures
     await _consistent(world, joined)
+
+
+async def test_a_billing_lookup_that_fails_never_fails_the_ending(world: JobsWorld) -> None:
+    """Billing cannot decide the captures (here: a reseller's commission rate it cannot get): the
+    ending commits with its outbox rows as it would without billing beside it, answers the runner,
+    and the captures follow once billing can decide them."""
+    from services.jobs.leases import settle_outbox_once
+
+    reseller = uuid.uuid4()  # no rate known yet: the rate lookup raises
+    c = await _resold(world, reseller)
+    jt = await world.job_type(c, price=10)
+    leases = await _leased(world, c, jt, 2)
+    done = await _complete(world, leases)
+    assert [r.status for r in done] == [types_pb.JOB_STATUS_SUCCEEDED] * 2
+    assert await _outboxed(world, leases) == 2 and await _holds(world, leases) == [(1, 0, 0)] * 2  # still held
+    RATES[reseller] = 0
+    assert await settle_outbox_once(world.app.deps, grace_seconds=0) == 2
+    assert await _holds(world, leases) == [(CAPTURED, 10, 0)] * 2 and await _outboxed(world, leases) == 0
+    assert await world.available(c) == 980
