@@ -9,9 +9,10 @@ decorator said), or a module whose `@processor` decorators register on import. W
 --processor the runner serves the four built-ins. --external-api job types call the URL the job
 type names, which a customer set: only https to public addresses, unless this runner's operator
 allow-lists a host with --egress-allow-host (or $INNOSYSTEM_RUNNER_EGRESS_ALLOW_HOSTS).
-While its jobs are short it holds up to --prefetch jobs beyond its --slots (default twice the
-slots), each started the moment a slot frees. SIGTERM drains: the jobs held for a slot go back to
-the queue, no new jobs, running ones finish within --drain-grace seconds, then it exits.
+While its jobs are short it holds up to --prefetch jobs beyond its --slots (default eight times
+the slots; about 0.2 s of its typical work), each started the moment a slot frees. SIGTERM
+drains: the jobs held for a slot go back to the queue, no new jobs, running ones finish within
+--drain-grace seconds, then it exits.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tags", default="", help="comma-separated capability tags, e.g. gpu,eu")
     parser.add_argument("--slots", type=int, default=4, help="most jobs at once (default 4)")
     parser.add_argument("--prefetch", type=int, default=None,
-                        help=f"jobs held beyond the slots while jobs are short (default ${PREFETCH_ENV}, else twice "
-                             "the slots; 0: none)")
+                        help=f"most jobs held beyond the slots while jobs are short, about 0.2 s of their work "
+                             f"(default ${PREFETCH_ENV}, else eight times the slots; 0: none)")
     parser.add_argument("--hostname", default="", help="reported hostname (default: this machine's)")
     parser.add_argument("--drain-grace", type=float, default=30.0,
                         help="seconds running jobs may take to finish after SIGTERM (default 30)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 import uuid
@@ -56,6 +57,14 @@ PREFETCH_AFTER_JOBS = 8
 PREFETCH_BELOW_SECONDS = 0.1
 PREFETCH_LONG_SECONDS = 1.0
 MAX_PREFETCH = 10_000
+# How many it holds is sized by time as well: about PREFETCH_HOLD_SECONDS of its typical work
+# beyond its slots (the slots times that over the typical run), up to `prefetch` (by default
+# PREFETCH_SLOTS times the slots). A held job so waits about that long for a slot at most, however
+# short the jobs: twice the slots at a typical 100 ms run, as many as `prefetch` allows for jobs of
+# a few ms, whose leases, results and endings then go in larger batches (docs/performance.md,
+# session 24).
+PREFETCH_HOLD_SECONDS = 0.2
+PREFETCH_SLOTS = 8
 # A result larger than this fails its attempt (RESULT_TOO_LARGE) here: it could not pass the stream
 # (32 MiB messages) and the platform stores far less (1 MiB by default). Results that end together
 # share a stream message up to MAX_MESSAGE_RESULTS_BYTES.
@@ -100,12 +109,12 @@ class Runner:
                  prefetch: int | None = None, tags: Sequence[str] = (), hostname: str = "",
                  drain_grace_seconds: float = 30.0, credentials: grpc.ChannelCredentials | None = None,
                  egress: EgressPolicy | None = None) -> None:
-        """`prefetch`: jobs held beyond `max_concurrent_jobs` while jobs are short (default twice
-        the slots; 0: none). `egress`: what EXTERNAL_API processors may call (customer-set URLs);
+        """`prefetch`: jobs held beyond `max_concurrent_jobs` at most, while jobs are short (default
+        eight times the slots; 0: none). `egress`: what EXTERNAL_API processors may call (customer-set URLs);
         default from $INNOSYSTEM_RUNNER_EGRESS_ALLOW_HOSTS, otherwise https to public addresses only."""
         if max_concurrent_jobs < 1:
             raise ValueError("max_concurrent_jobs must be at least 1")
-        prefetch = 2 * max_concurrent_jobs if prefetch is None else prefetch
+        prefetch = min(PREFETCH_SLOTS * max_concurrent_jobs, MAX_PREFETCH) if prefetch is None else prefetch
         if not 0 <= prefetch <= MAX_PREFETCH:
             raise ValueError(f"prefetch must be 0 to {MAX_PREFETCH}")
         if not token:
@@ -136,7 +145,8 @@ class Runner:
         self._threads = Threads(max_concurrent_jobs, "processor")
         self._held: deque[tuple[Processor, _Running]] = deque()  # waiting for a slot, in order
         self._active = 0  # processors running: at most max_concurrent_jobs
-        self._prefetching = False  # jobs are short: it holds `prefetch` more
+        self._prefetching = False  # jobs are short: it holds up to `prefetch` more
+        self._holding = 0  # … this many now (`_hold_size`), as last told to the service
         self._typical = 0.0  # a job's run, moving average (seconds)
         self._ran = 0
         self._http = EgressClient(egress or external.policy_from_env())
@@ -180,7 +190,7 @@ class Runner:
         if self._draining:
             return
         self._draining = True
-        self._prefetching = False
+        self._prefetching, self._holding = False, 0
         self._give_back_held("draining")
         grace = self.drain_grace_seconds if grace_seconds is None else grace_seconds
         log.info("draining: %d jobs running, grace %.0fs", len(self._running), grace)
@@ -221,14 +231,28 @@ class Runner:
         it holds. A sent result frees its slot at once, up to as many results awaiting their ack
         as it may hold jobs (past that, on the ack), as the runners service counts them."""
         awaiting = max(0, len(self._unacked) - self.max_concurrent_jobs - self.prefetch)
-        room = self.max_concurrent_jobs + (self.prefetch if self._prefetching else 0)
+        room = self.max_concurrent_jobs + self._holding
         return max(0, room - len(self._running) - awaiting)
 
+    def _hold_size(self) -> int:
+        """Jobs to hold beyond the slots: none unless its jobs are short, else about
+        PREFETCH_HOLD_SECONDS of its typical work, up to `prefetch`."""
+        if not self._prefetching:
+            return 0
+        return min(self.prefetch, math.ceil(self.max_concurrent_jobs * PREFETCH_HOLD_SECONDS
+                                            / max(self._typical, 1e-6)))
+
     def _ran_for(self, seconds: float) -> None:
-        """A job's processor ran this long: prefetch while the typical run is short."""
+        """A job's processor ran this long: prefetch while the typical run is short, as many as
+        that run allows; the service hears of a change of a quarter or more, or of reaching `prefetch`."""
         self._ran += 1
         self._typical += (seconds - self._typical) * (0.2 if self._ran > 1 else 1.0)
         self._prefetch_while(self._ran >= PREFETCH_AFTER_JOBS and self._typical < PREFETCH_BELOW_SECONDS)
+        size = self._hold_size()
+        if self._prefetching and size != self._holding and (
+                size == self.prefetch or 4 * abs(size - self._holding) >= self._holding):
+            self._holding = size
+            self._send_slots()
 
     def _prefetch_while(self, short: bool) -> None:
         """Start or stop holding jobs beyond the slots, and tell the service; the jobs held for a
@@ -237,6 +261,7 @@ class Runner:
         if on == self._prefetching:
             return
         self._prefetching = on
+        self._holding = self._hold_size()
         if not on:
             self._give_back_held("its jobs run long")
         self._send_slots()

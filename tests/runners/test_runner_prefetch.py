@@ -69,7 +69,7 @@ def _short_jobs_first(t: Tenant, job_type: dict[str, Any]) -> None:
 def test_prefetch_out_of_range_is_refused_where_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
     registry = Registry()
     registry.processor("p")(Gate())
-    assert Runner("127.0.0.1:1", "isr_x", registry, max_concurrent_jobs=3).prefetch == 6  # twice the slots
+    assert Runner("127.0.0.1:1", "isr_x", registry, max_concurrent_jobs=3).prefetch == 24  # eight times the slots
     with pytest.raises(ValueError, match="prefetch must be 0 to"):
         Runner("127.0.0.1:1", "isr_x", registry, prefetch=-1)
     monkeypatch.setenv(runner_cli.PREFETCH_ENV, "many")
@@ -80,6 +80,33 @@ def test_prefetch_out_of_range_is_refused_where_it_is_set(monkeypatch: pytest.Mo
     args.prefetch = runner_client.MAX_PREFETCH + 1
     with pytest.raises(SystemExit, match="--prefetch must be 0 to"):
         runner_cli.run(args)
+
+
+def test_the_jobs_held_are_about_a_fifth_of_a_second_of_work() -> None:
+    """Unit: while jobs are short a runner holds about PREFETCH_HOLD_SECONDS of its typical work
+    beyond its slots, up to `prefetch`, and tells the service when that changes by a quarter."""
+    registry = Registry()
+    registry.processor("p")(Gate())
+    runner = Runner("127.0.0.1:1", "isr_x", registry, max_concurrent_jobs=32)
+    sent: list[int] = []
+    runner._send = lambda m: sent.append(m.slots.free_slots) if m.HasField("slots") else None  # type: ignore[method-assign]
+
+    def typical(seconds: float) -> int:
+        for _ in range(40):  # the moving average settles
+            runner._ran_for(seconds)
+        return runner._holding
+
+    def about(held: int, seconds: float) -> bool:  # 32 slots' worth of 0.2 s, within the quarter it is told of
+        return 0.75 * 32 * 0.2 / seconds <= held <= 1.25 * 32 * 0.2 / seconds and sent[-1] == 32 + held
+
+    assert typical(0.25) == 0 and runner._free() == 32  # long jobs: none held
+    assert about(typical(0.08), 0.08)
+    assert about(typical(0.04), 0.04)
+    assert typical(0.001) == 256 == runner.prefetch and sent[-1] == runner._free() == 32 + 256  # capped
+    count = len(sent)
+    typical(0.0009)  # no change: the service is not told again
+    assert len(sent) == count
+    assert typical(0.5) == 0 and sent[-1] == 32  # long again: none
 
 
 def test_short_jobs_are_held_beyond_the_slots_and_given_back_once_jobs_run_long(
