@@ -173,6 +173,9 @@ def probe(p: bench.Platform, pg_url: str, valkey_url: str, args: argparse.Namesp
             bench.say(f"    {name:40} {ins:5.2f} / {upd:5.2f}, {hot:5.2f} / {dele:5.2f}")
 
 
+STALL_SECONDS = 0.010  # a callback this long shows in a dispatch's p99
+
+
 def loop_profile_env(folder: Path) -> dict[str, str]:
     """The services' settings that time their event loops' callbacks into `folder`
     (scripts/loopprofile/sitecustomize.py, between its `start` and `stop` files)."""
@@ -191,15 +194,20 @@ def print_loops(folder: Path, jobs: int) -> None:
         stats = report["stats"]
         if not stats:
             continue
-        calls, cpu = sum(c for c, _ in stats.values()), sum(t for _, t in stats.values())
+        calls, cpu = sum(c for c, *_ in stats.values()), sum(t for _, t, *_ in stats.values())
         if calls < jobs:  # a process the jobs do not pass through (tenancy, keys, an idle billing)
             continue
         name = " ".join(report["argv"][1:]) or path.stem
         bench.say(f"  event loop of `{name}`: {calls / jobs:.0f} callbacks and {cpu * 1000 / jobs:.2f} ms of CPU "
                   "per job; by what they ran (steps per job, CPU per step, CPU per job):")
-        for what, (count, seconds) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:14]:
+        for what, (count, seconds, _) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:14]:
             per_step, per_job = seconds * 1e6 / count, seconds * 1000 / jobs
             bench.say(f"    {count / jobs:6.1f} {per_step:7.0f} µs {per_job:6.2f} ms  {what[:100]}")
+        stalls = sorted(((longest, what) for what, (_, _, longest) in stats.items() if longest >= STALL_SECONDS),
+                        reverse=True)[:8]
+        if stalls:  # one callback that held the loop: every job behind it waited that long
+            bench.say(f"    callbacks that held the loop {STALL_SECONDS * 1000:.0f} ms or more, the longest of each: "
+                      + ", ".join(f"{what[:60]} {longest * 1000:.0f} ms" for longest, what in stalls))
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Python imports this module at start when its folder is on PYTHONPATH. With INNOS
 naming a folder, every asyncio callback is timed with the thread's CPU clock between that folder's
 `start` and `stop` files, by what it runs (a task's coroutine, else the callback's name): from
 the moment `<pid>.on` appears there, until `<pid>.json` holds the process's command line and
-{name: [callbacks, CPU seconds]}. A
+{name: [callbacks, CPU seconds, the longest callback's wall seconds]}. A
 sampling profiler (py-spy) spreads a light-load job's CPU over the whole stack; this says which
 task's steps it is, and how many steps a job costs.
 """
@@ -43,19 +43,21 @@ def _install(folder: Path) -> None:
     stats: dict[str, list[float]] = {}
     on = threading.Event()
     run = asyncio.events.Handle._run
-    clock = time.thread_time
+    clock, wall = time.thread_time, time.perf_counter
 
     def timed(handle: Any) -> None:
         if not on.is_set():
             run(handle)
             return
-        began = clock()
+        began, since = clock(), wall()
         try:
             run(handle)
         finally:
-            entry = stats.setdefault(_name(handle), [0, 0.0])
+            took = wall() - since  # a stall: what held the loop (CPU, or a blocking call)
+            entry = stats.setdefault(_name(handle), [0, 0.0, 0.0])
             entry[0] += 1
             entry[1] += clock() - began
+            entry[2] = max(entry[2], took)
 
     asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
 

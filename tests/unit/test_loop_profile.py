@@ -1,6 +1,7 @@
 """`probe_dispatch.py --loop-profile`'s hook (scripts/loopprofile/sitecustomize.py): in a process
 started with it on PYTHONPATH, the event loop's callbacks between the folder's `start` and `stop`
-files are counted and timed by the task they ran, and written to `<pid>.json`."""
+files are counted and timed by the task they ran, with the longest callback of each (a stall),
+and written to `<pid>.json`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ async def spin(steps):
         sum(range(2000))
         await asyncio.sleep(0)
 
+async def hold(seconds):
+    time.sleep(seconds)  # a blocking call: the loop stalls, on the wall clock, not the CPU
+
 async def until(pattern):
     for _ in range(600):
         if list(folder.glob(pattern)):
@@ -40,6 +44,7 @@ async def main():
     await until("*.on")  # the timing has begun
     await asyncio.gather(spin(50), asyncio.create_task(spin(50), name="named"))
     assert await asyncio.gather(*(Coalescer(double).submit(i) for i in range(3))) == [0, 2, 4]
+    await asyncio.create_task(hold(0.03))
     (folder / "stop").touch()
     await until("*.json")  # the report is written
 
@@ -54,9 +59,11 @@ def test_callbacks_are_counted_and_timed_by_task_inside_the_window(tmp_path: Pat
                           text=True, timeout=60, check=True)
     (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert report["argv"] == ["-c", str(tmp_path)], done.stderr
-    steps, cpu = report["stats"]["task spin"]
+    steps, cpu, longest = report["stats"]["task spin"]
     assert 50 <= steps < 55  # the gathered task's steps, not the five before the window
     assert cpu > 0
+    assert longest > 0
+    assert report["stats"]["task hold"][2] >= 0.03  # the stall, in the wall clock's seconds
     assert report["stats"]["task spin (named)"][0] >= 50  # a task its creator named is told apart
     assert report["stats"]["task Coalescer._run [double]"][0] >= 3  # a coalescer's worker, by its batches' handler
 
