@@ -38,11 +38,11 @@ import socket
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+if TYPE_CHECKING:  # aiohttp loads with the first HTTP call: a runner that makes none starts without it
+    import aiohttp
+    from aiohttp.abc import AbstractResolver, ResolveResult
 
 ALLOW_ENV = "INNOSYSTEM_EGRESS_ALLOW_HOSTS"
 BLOCKED = "EGRESS_BLOCKED"
@@ -226,10 +226,14 @@ async def resolve(host: str, port: int, policy: Policy) -> list[str]:
     return found
 
 
-class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, with every answer checked before the connector dials it."""
+class GuardedResolver:
+    """aiohttp's resolver, with every answer checked before the connector dials it (aiohttp's
+    `AbstractResolver` interface, which its connector calls; not its subclass, so that this module
+    loads without aiohttp)."""
 
     def __init__(self, policy: Policy) -> None:
+        from aiohttp.resolver import DefaultResolver
+
         self.policy = policy
         self._inner = DefaultResolver()
 
@@ -256,6 +260,8 @@ class Response:
 
 def describe(exc: BaseException) -> str:
     """A short phrase for a transport failure (our side's view of it, never the peer's words)."""
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return "TLS certificate not accepted"
     if isinstance(exc, aiohttp.ClientSSLError):
@@ -289,11 +295,13 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or self._session.closed:
             # trust_env=False: no HTTP(S)_PROXY from the environment (a proxy would resolve the name
             # itself, past the resolver's check).
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=GuardedResolver(self.policy)), trust_env=False)
+            resolver = cast("AbstractResolver", GuardedResolver(self.policy))
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver), trust_env=False)
         return self._session
 
     async def close(self) -> None:
@@ -304,6 +312,8 @@ class Client:
                       json: Any = None, headers: Mapping[str, str] | None = None,
                       max_response_bytes: int | None = None) -> Response:
         """One call, any status (the caller interprets it) except a redirect; EgressError otherwise."""
+        import aiohttp
+
         try:
             check_url(url, self.policy)
         except ValueError as exc:

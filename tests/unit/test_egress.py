@@ -5,6 +5,8 @@ refused before any connection, a redirect is not followed, an oversized answer i
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 from aiohttp import web
@@ -213,3 +215,12 @@ def test_the_embedded_demo_allow_lists_exactly_its_reference_key_manager(monkeyp
     policy = egress.Policy.from_env()
     assert policy.allows("127.0.0.1", 50999) and policy.allows("localhost", 50999) and policy.allows("km.corp", 443)
     assert not policy.allows("127.0.0.1", 50998) and not policy.allows("127.0.0.1", 5432)
+
+
+def test_a_runner_starts_without_loading_aiohttp() -> None:
+    """The guard loads aiohttp with its first HTTP call, so a runner (whose EXTERNAL_API processors
+    are the only callers) starts a third quicker; the guarded calls above load it when they run."""
+    probe = ("import sys, innosystem.runner.cli, innosystem.kit.egress as e; "
+             "e.Client(e.Policy()); print('aiohttp' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert shown.stdout.strip() == "False", shown.stderr
