@@ -156,3 +156,32 @@ async def test_a_lost_connection_closes_every_watch_and_the_next_subscribe_recon
     finally:
         await subs.aclose()
         await client.aclose()
+
+
+async def test_commands_are_packed_by_hiredis_and_mean_what_they_meant(valkey_server: EmbeddedValkey) -> None:
+    """The pool's connections pack commands in C; every argument type redis-py takes reaches the
+    server as redis-py's own packing sends it, in single commands and in pipelines."""
+    client = kit_redis.connect(valkey_server.url)
+    key = f"pack:{uuid.uuid4()}"
+    try:
+        assert isinstance(client.connection_pool.connection_class, type)
+        assert issubclass(client.connection_pool.connection_class, kit_redis._HiredisPacking)
+        values: list[Any] = ["é ünïcode", b"\x00\xffbytes", 42, -7, 0.1, 1e20, 1733580000.123456,
+                             memoryview(b"view"), bytearray(b"array")]
+        python = kit_redis.aioredis.Connection()  # redis-py's own packing, for comparison
+        for value in values:
+            assert b"".join(kit_redis._HiredisPacking().pack_command("SET", key, value)) == \
+                b"".join(python.pack_command("SET", key, value))
+        await client.rpush(key, *values)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, "piped", 3.5)
+            pipe.lrange(key, 0, -1)
+            _, stored = await pipe.execute()
+        assert stored == ["é ünïcode".encode(), b"\x00\xffbytes", b"42", b"-7", b"0.1", b"1e+20",
+                          b"1733580000.123456", b"view", b"array", b"piped", b"3.5"]
+        assert await client.execute_command("CONFIG GET", "maxmemory")  # a command name of two words
+        with pytest.raises(kit_redis.aioredis.DataError):
+            await client.set(key, None)  # type: ignore[arg-type]
+    finally:
+        await client.delete(key)
+        await client.aclose()
