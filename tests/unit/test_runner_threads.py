@@ -1,15 +1,18 @@
 """The runner's processor threads (innosystem/runner/threads.py): results and exceptions come back
-to the loop, concurrent calls run on separate threads up to the size, a cancelled call's result is
-dropped, and shutdown ends the threads."""
+to the loop, concurrent calls run on separate threads up to the size, in their caller's context,
+a cancelled call's result is dropped, and shutdown ends the threads."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 
 import pytest
 
 from innosystem.runner.threads import Threads
+
+_JOB: contextvars.ContextVar[str] = contextvars.ContextVar("job", default="")
 
 
 async def test_results_and_exceptions_come_back_to_the_loop() -> None:
@@ -74,3 +77,24 @@ async def test_a_cancelled_call_is_dropped_and_shutdown_ends_the_threads() -> No
     for thread in threads._threads:
         await asyncio.to_thread(thread.join, 10)
     assert not any(t.is_alive() for t in threads._threads)
+
+
+async def test_a_call_runs_in_its_callers_context() -> None:
+    """What the caller made current (the job's span, its trace context) is current in the
+    processor, each call its own caller's; what the call changes stays in the thread's copy."""
+    threads = Threads(2, "t")
+
+    def seen(_: object) -> str:
+        value = _JOB.get()
+        _JOB.set("changed in the thread")
+        return value
+
+    async def job(name: str) -> str:
+        _JOB.set(name)
+        return await threads.run(seen, None)
+
+    try:
+        assert await asyncio.gather(job("a"), job("b"), job("c")) == ["a", "b", "c"]
+        assert _JOB.get() == ""
+    finally:
+        threads.shutdown()

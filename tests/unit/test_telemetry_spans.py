@@ -59,6 +59,37 @@ def test_with_no_tracer_provider_the_runner_makes_the_jobs_context_current_witho
     assert done.stdout.split() == ["NonRecordingSpan", TRACE, "True"]
 
 
+_SYNCHRONOUS_PROCESSOR = f"""
+import asyncio
+from innosystem.jobs.v1 import jobs_pb2
+from innosystem.kit import logs
+from innosystem.runner import Registry, Runner, client
+from innosystem.runner.processors import Job
+
+registry = Registry()
+
+@registry.processor("traced")
+def traced(job):  # on one of the runner's threads
+    return {{"trace": logs.current_trace_id()}}
+
+async def main():
+    runner = Runner("127.0.0.1:1", "isr_x", registry)
+    job = Job(jobs_pb2.JobLease(job_id="j", trace_context={{"traceparent": "00-{TRACE}-{SPAN}-01"}}))
+    with client._span(job):
+        print((await runner._call(registry.get("traced"), job))["trace"])
+
+asyncio.run(main())
+"""
+
+
+def test_a_synchronous_processor_runs_in_its_jobs_trace() -> None:
+    """Its logs carry the job's trace id (and the spans it starts are the job's) though it runs on
+    another thread than the one that made the job's context current."""
+    done = subprocess.run([sys.executable, "-c", _SYNCHRONOUS_PROCESSOR], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [TRACE]
+
+
 def test_a_batch_span_links_to_every_jobs_trace_where_spans_are_recorded(span_exporter: InMemorySpanExporter) -> None:
     traces = [f"{n:032x}" for n in range(1, 4)]
     jobs: list[Any] = [SimpleNamespace(id=f"job-{n}", job_type_name="echo", attempt_count=1,
