@@ -339,6 +339,50 @@ async def test_one_type_lease_is_one_redis_command_and_several_types_probe(own_v
         await client.aclose()
 
 
+async def test_the_scripts_write_a_batch_with_a_command_per_key_not_per_job(own_valkey: EmbeddedValkey) -> None:
+    """A script's cost is its commands: enqueuing, leasing and finishing 1,500 jobs of one customer
+    takes a handful of commands inside the scripts (Valkey counts those too), not a few per job,
+    and repeats in one call count once."""
+    client = connect(own_valkey.url)
+    q = JobQueue(client, prefix="b:")
+    jobs = [item(f"j{i:04d}", "A", at=T0 + i) for i in range(1500)]
+    try:
+        await q.enqueue([item("warm", "W", job_type="warm")])  # loads the scripts before counting
+        await q.lease(["warm"], 1, T0)
+        await q.finish("warm", ["warm"])
+        before = await command_calls(q)
+        assert await q.enqueue([*jobs[:998], jobs[0], jobs[1]]) == 998  # one script call; repeats count once
+        assert await q.enqueue(jobs[998:]) == 502
+        leased = await q.lease(["render"], 1200, T0)
+        assert leased == [j.job_id for j in jobs[:1200]]
+        assert await q.finish("render", [*leased, leased[0]]) == 1200
+        after = await command_calls(q)
+        counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+        # an enqueue: one HMGET, then a ZADD for the customer's queue, one for the class and an HSET
+        # of the records, each a thousand values at a time (998 jobs: 1,996 values, two each); the
+        # lease: one ZPOPMIN, a ZREM and an HSET a thousand values at a time; the finish: an HMGET
+        # and an HDEL a thousand ids at a time
+        assert counts["hmget"] == 2 + 2, counts
+        assert counts["zadd"] == 4 + 4 and counts["zpopmin"] == 1 and counts["zrem"] == 2, counts
+        assert counts["hset"] == 2 + 2 + 3 and counts["hdel"] == 2, counts
+        assert sum(counts.values()) < 40, counts
+        assert await q.depth("render") == {CRITICAL: 0, HIGH: 0, MEDIUM: 300, LOW: 0}
+        assert await q.lease(["render"], 1000, T0) == [j.job_id for j in jobs[1200:]]
+        assert await q.lease(["render"], 1, T0) == []
+        assert await client.scard(f"{q.base('render')}:rrset:{MEDIUM}") == 0  # the customer left its rotation
+    finally:
+        await client.aclose()
+
+
+async def test_a_lease_rotation_that_shrinks_to_one_customer_takes_the_rest_at_once(queue: JobQueue) -> None:
+    await queue.enqueue([item("a1", "A"), item("b1", "B", at=T0 + 1), item("b2", "B", at=T0 + 2),
+                         item("b3", "B", at=T0 + 3), item("c1", "C", at=T0 + 4)])
+    assert await queue.lease(["render"], 4, T0) == ["a1", "b1", "c1", "b2"]
+    assert await queue.enqueue([item("a2", "A", at=T0 + 5)]) == 1  # A rejoins behind B
+    assert await queue.lease(["render"], 5, T0) == ["b3", "a2"]
+    assert await queue.lease(["render"], 5, T0) == []
+
+
 # ---- after an ending: the leases' scripts and the watchers' question in one round trip ---------------
 
 async def test_an_endings_redis_work_is_one_round_trip_and_survives_lost_scripts(
