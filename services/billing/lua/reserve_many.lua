@@ -2,24 +2,38 @@
 -- commit). KEYS[1] wallet hash, KEYS[2] holds hash. ARGV: hold id, amount, hold id, amount, …
 -- Each item is decided on its own, in order: 1 held now, 0 already held, -1 the wallet cannot
 -- afford it (the items after it may still fit). A wallet not loaded answers REBUILD for all.
+-- The holds are read and written with a command per thousand values, not two per hold.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('REBUILD wallet not loaded')
 end
+local CHUNK = 1000  -- values per command: unpack() is bounded by Lua's C stack
+local ids = {}
+for i = 1, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local known = {}
+for s = 1, #ids, CHUNK do
+  local got = redis.call('HMGET', KEYS[2], unpack(ids, s, math.min(s + CHUNK - 1, #ids)))
+  for k = 1, #got do known[s + k - 1] = got[k] end
+end
 local w = redis.call('HMGET', KEYS[1], 'balance', 'held', 'limit')
 local available = tonumber(w[1]) - tonumber(w[2]) + tonumber(w[3])
-local out, added = {}, 0
-for i = 1, #ARGV, 2 do
-  local amount = tonumber(ARGV[i + 1])
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
-    out[#out + 1] = 0
+local out, held, added, seen = {}, {}, 0, {}
+for k = 1, #ids do
+  local id, amount = ids[k], tonumber(ARGV[2 * k])
+  if known[k] or seen[id] then
+    out[k] = 0
   elseif available < amount then
-    out[#out + 1] = -1
+    out[k] = -1
   else
-    redis.call('HSET', KEYS[2], ARGV[i], amount)
+    seen[id] = true
+    held[#held + 1] = id
+    held[#held + 1] = amount
     available = available - amount
     added = added + amount
-    out[#out + 1] = 1
+    out[k] = 1
   end
+end
+for s = 1, #held, CHUNK do
+  redis.call('HSET', KEYS[2], unpack(held, s, math.min(s + CHUNK - 1, #held)))
 end
 if added ~= 0 then
   redis.call('HINCRBY', KEYS[1], 'held', added)

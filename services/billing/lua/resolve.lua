@@ -1,18 +1,32 @@
 -- Holds captured, voided, expired or undone: drop each and post its amount (what was captured).
 -- KEYS[1] wallet hash, KEYS[2] holds hash. ARGV: hold id, posted amount, hold id, posted amount, …
 -- (a batch of one wallet's captures is one call). A wallet not loaded is left alone: the next
--- operation rebuilds it from PostgreSQL.
+-- operation rebuilds it from PostgreSQL. The holds are read and dropped with a command per
+-- thousand ids, not two per hold.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-local held, posted = 0, 0
+local CHUNK = 1000  -- values per command: unpack() is bounded by Lua's C stack
+local ids, posted = {}, 0
 for i = 1, #ARGV, 2 do
-  local amount = redis.call('HGET', KEYS[2], ARGV[i])
-  if amount then
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    held = held + tonumber(amount)
-  end
+  ids[#ids + 1] = ARGV[i]
   posted = posted + tonumber(ARGV[i + 1])
+end
+local held, gone, seen = 0, {}, {}
+for s = 1, #ids, CHUNK do
+  local last = math.min(s + CHUNK - 1, #ids)
+  local got = redis.call('HMGET', KEYS[2], unpack(ids, s, last))
+  for k = 1, #got do
+    local id = ids[s + k - 1]
+    if got[k] and not seen[id] then
+      seen[id] = true
+      gone[#gone + 1] = id
+      held = held + tonumber(got[k])
+    end
+  end
+end
+for s = 1, #gone, CHUNK do
+  redis.call('HDEL', KEYS[2], unpack(gone, s, math.min(s + CHUNK - 1, #gone)))
 end
 if held ~= 0 then
   redis.call('HINCRBY', KEYS[1], 'held', -held)
