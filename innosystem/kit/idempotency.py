@@ -7,6 +7,7 @@ A repeat returns the first resource; the same id with another body is IDEMPOTENC
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -95,10 +96,15 @@ def remember_many(writes: Writes, model: Any, scope: str, created: Sequence[tupl
     nothing here needs to be read back."""
     if not created:
         return
-    table = model.__table__
-    now = utcnow()
-    writes.execute(sql.SQL(
+    writes.execute(_remember_statement(model.__table__), [scope, utcnow(), [c[0] for c in created],
+                                                           [c[1] for c in created], [c[2] for c in created]])
+
+
+@functools.cache
+def _remember_statement(table: Any) -> str:
+    """`remember_many`'s INSERT for `table`, composed to text once (psycopg would compose it again
+    on every execution)."""
+    return sql.SQL(
         "INSERT INTO {} (scope, request_id, request_hash, resource_id, create_time) "
         "SELECT %s, r, h, id, %s FROM unnest(%s::text[], %s::bytea[], %s::uuid[]) AS k(r, h, id) "
-        "ON CONFLICT DO NOTHING").format(sql.Identifier(table.schema, table.name)),
-        [scope, now, [c[0] for c in created], [c[1] for c in created], [c[2] for c in created]])
+        "ON CONFLICT DO NOTHING").format(sql.Identifier(table.schema, table.name)).as_string()

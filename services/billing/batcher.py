@@ -244,7 +244,7 @@ _ACCOUNTS = cast(Table, Account.__table__)
 _ADD_COUNTERS = sql.SQL(
     "UPDATE {} SET debits_posted = debits_posted + %(dp)s, credits_posted = credits_posted + %(cp)s, "
     "debits_pending = debits_pending + %(dpe)s, credits_pending = credits_pending + %(cpe)s WHERE id = %(aid)s"
-).format(sql.Identifier(str(_ACCOUNTS.schema), _ACCOUNTS.name))
+).format(sql.Identifier(str(_ACCOUNTS.schema), _ACCOUNTS.name)).as_string()
 
 
 async def write_totals(conn: Conn, writes: Writes, deltas: dict[uuid.UUID, list[int]],

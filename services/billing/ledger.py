@@ -267,27 +267,30 @@ def _name(table: Table) -> sql.Identifier:
     return sql.Identifier(str(table.schema), table.name)
 
 
+# The statements below are composed to text once, here: psycopg composes a `sql.Composed` again on
+# every execution, a good part of a small transaction's client CPU.
+#
 # The batch's holds, then every wallet they or its reserves touch, locked in one order for all
 # batches (holds by id, then wallets by id). A hold's wallet never changes, so the wallets' statement
 # finds the wallets of the holds it captures or releases itself, and both go in one round trip (a
 # reserve names its wallet: a batch of submits looks up no hold twice).
 _LOCK_HOLDS = sql.SQL("SELECT {} FROM {} WHERE hold_id = ANY(%(holds)b) ORDER BY hold_id FOR UPDATE").format(
-    sql.SQL(", ").join(map(sql.Identifier, _HOLD_COLUMNS)), _name(_HOLDS))
+    sql.SQL(", ").join(map(sql.Identifier, _HOLD_COLUMNS)), _name(_HOLDS)).as_string()
 _LOCK_WALLETS = sql.SQL(
     "SELECT {} FROM {} WHERE id = ANY(%(wallets)b::uuid[] || ARRAY(SELECT wallet_id FROM {} "
     "WHERE hold_id = ANY(%(settled)b::text[]))) ORDER BY id FOR UPDATE").format(
-    sql.SQL(", ").join(map(sql.Identifier, _WALLET_COLUMNS)), _name(_ACCOUNTS), _name(_HOLDS))
+    sql.SQL(", ").join(map(sql.Identifier, _WALLET_COLUMNS)), _name(_ACCOUNTS), _name(_HOLDS)).as_string()
 # One statement per batch for its resolved holds and its moved wallets (arrays, one row each;
 # arrays go in binary, `%(name)b`, several times cheaper to dump: kit.db `_ARRAY_CAST`).
 _RESOLVE_HOLDS = sql.SQL(
     "UPDATE {} AS h SET status = v.s, captured = v.c, released = v.r, commission = v.cm, "
     "commission_rate_bps = v.rate, resolve_time = v.rt FROM unnest(%(hid)b::text[], %(s)b::smallint[], "
     "%(c)b::bigint[], %(r)b::bigint[], %(cm)b::bigint[], %(rate)b::int[], %(rt)b::timestamptz[]) "
-    "AS v(hid, s, c, r, cm, rate, rt) WHERE h.hold_id = v.hid").format(_name(_HOLDS))
+    "AS v(hid, s, c, r, cm, rate, rt) WHERE h.hold_id = v.hid").format(_name(_HOLDS)).as_string()
 _MOVE_WALLETS = sql.SQL(
     "UPDATE {} AS a SET debits_posted = v.dp, debits_pending = v.dpe, promo = v.pr, low_balance_alerted = v.al, "
     "update_time = %(now)s FROM unnest(%(wid)b::uuid[], %(dp)b::bigint[], %(dpe)b::bigint[], %(pr)b::bigint[], "
-    "%(al)b::boolean[]) AS v(wid, dp, dpe, pr, al) WHERE a.id = v.wid").format(_name(_ACCOUNTS))
+    "%(al)b::boolean[]) AS v(wid, dp, dpe, pr, al) WHERE a.id = v.wid").format(_name(_ACCOUNTS)).as_string()
 
 
 async def _lock(conn: Conn, items: list[Item]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -401,7 +404,7 @@ WITH item AS (
 )
 SELECT billing.guards_held((SELECT count(*) FROM moved) = 1 AND (SELECT count(*) FROM held) = %(n)s)
 """).format(accounts=_name(_ACCOUNTS), holds=_name(_HOLDS), transfers=_name(cast(Table, Transfer.__table__)),
-            active=sql.Literal(ACTIVE), kind=sql.Literal(HOLD))
+            active=sql.Literal(ACTIVE), kind=sql.Literal(HOLD)).as_string()
 
 
 def reserve_guarded(tx: Tx, items: Sequence[ReserveItem], now: datetime) -> list[Hold]:
@@ -490,7 +493,7 @@ WITH item AS (
 SELECT billing.guards_held((SELECT count(*) FROM captured) = %(n)s AND (SELECT count(*) FROM moved) = 1)
 """).format(accounts=_name(_ACCOUNTS), holds=_name(_HOLDS), transfers=_name(cast(Table, Transfer.__table__)),
             active=sql.Literal(ACTIVE), captured=sql.Literal(CAPTURED), capture=sql.Literal(CAPTURE),
-            commission=sql.Literal(COMMISSION_T))
+            commission=sql.Literal(COMMISSION_T)).as_string()
 
 
 def capture_guarded(tx: Tx, wallet_id: uuid.UUID, currency: str, items: Sequence[GuardedCapture],

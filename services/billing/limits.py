@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from psycopg import sql
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
@@ -55,7 +54,7 @@ _SPEND = text(
     "WHERE wallet_id = ANY(CAST(:w AS uuid[])) AND month = :month "
     "UNION ALL SELECT 'active', wallet_id, project_id, sum(amount) FROM billing.holds "
     "WHERE wallet_id = ANY(CAST(:w AS uuid[])) AND status = 1 GROUP BY wallet_id, project_id")
-_ADD_SPENT = sql.SQL(
+_ADD_SPENT = (
     "INSERT INTO billing.spend_counters (wallet_id, project_id, month, captured) "
     "SELECT w, p, %(month)s, c FROM unnest(%(w)s::uuid[], %(p)s::text[], %(c)s::bigint[]) AS v(w, p, c) "
     "ON CONFLICT (wallet_id, project_id, month) DO UPDATE SET captured = spend_counters.captured + EXCLUDED.captured")
