@@ -16,6 +16,8 @@ from aiohttp import web
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from innosystem.kit.telemetry import SECONDS_BUCKETS
+
 # The matched route's template (`/v1/jobs/{job_id}`), set by the proxy once it has matched.
 ROUTE = web.RequestKey("route", str)
 UNMATCHED = "unmatched"
@@ -25,7 +27,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _tracer = trace.get_tracer("innosystem.gateway")
 _meter = metrics.get_meter("innosystem.gateway")
 _duration = _meter.create_histogram(
-    "http.server.request.duration", unit="s", description="Gateway requests by route, method and status")
+    "http.server.request.duration", unit="s", description="Gateway requests by route, method and status",
+    explicit_bucket_boundaries_advisory=SECONDS_BUCKETS)
 _requests = _meter.create_counter(
     "innosystem.gateway.requests", unit="{request}", description="Gateway requests by route, method and status")
 

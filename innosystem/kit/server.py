@@ -62,7 +62,8 @@ from innosystem.tenancy.v1.tenancy_pb2 import Principal
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("innosystem.rpc")
 _rpc_duration = metrics.get_meter("innosystem.rpc").create_histogram(
-    "rpc.server.duration", unit="s", description="time to answer an RPC, by method and status code")
+    "rpc.server.duration", unit="s", description="time to answer an RPC, by method and status code",
+    explicit_bucket_boundaries_advisory=telemetry.SECONDS_BUCKETS)
 
 Authenticate = Callable[[str], Awaitable[Principal]]
 Around = Callable[[str, Message | None, grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]

@@ -27,6 +27,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
+# A histogram of seconds is made with these bucket bounds (`explicit_bucket_boundaries_advisory`):
+# the SDK's default bounds (0, 5, 10, 25, … 10,000) suit milliseconds, and put every latency under
+# 5 s in one bucket, where no quantile can be read.
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0, 300.0, 1800.0, 3600.0)
+
 _configured = False
 # False once setup() found that no span is ever recorded in this process (see the module docstring).
 _spans_recorded = True

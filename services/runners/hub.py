@@ -31,7 +31,7 @@ from innosystem.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from innosystem.keys.v1 import keys_pb2, keys_pb2_grpc
 from innosystem.kit.db import Database, utcnow
 from innosystem.kit.errors import DOMAIN_SUFFIX, InvalidArgument, PermissionDenied
-from innosystem.kit.telemetry import links_to
+from innosystem.kit.telemetry import SECONDS_BUCKETS, links_to
 from innosystem.runners.v1 import runners_pb2 as pb
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.runners.config import RunnersConfig
@@ -51,7 +51,8 @@ _tracer = trace.get_tracer("innosystem.runners")
 _online = _meter.create_up_down_counter("runners.online", unit="{runner}",
                                         description="runner streams held by this replica")
 _dispatch = _meter.create_histogram("runners.dispatch.latency", unit="s",
-                                    description="job submitted (or due) → assignment sent to its runner")
+                                    description="job submitted (or due) → assignment sent to its runner",
+                                    explicit_bucket_boundaries_advisory=SECONDS_BUCKETS)
 
 MAX_TAGS, MAX_PROCESSORS, MAX_SLOTS = 50, 200, 10_000
 MAX_LEASE_JOBS = 1000  # LeaseJobs' own limit per call

@@ -21,10 +21,12 @@ import pytest
 
 from innosystem.demo import seed
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
+from innosystem.kit.telemetry import SECONDS_BUCKETS
 from innosystem.rest import Rest
 from innosystem.stack import Stack
 from tests.conftest import fresh_redis, running_stack
 from tests.e2e.conftest import watch_until_final
+from tests.support.metrics import bucket_bounds
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
@@ -129,5 +131,10 @@ def test_a_jobs_life_is_one_trace_across_gateway_services_and_runner(
                     break
                 time.sleep(0.5)
             assert not absent, f"{process} /metrics lacks {absent}"
+        # a latency in buckets of seconds (the SDK's default bounds are for milliseconds)
+        with urllib.request.urlopen(f"http://127.0.0.1:{traced_stack.metrics_ports['gateway']}/metrics",
+                                    timeout=5) as resp:
+            bounds = bucket_bounds(resp.read().decode(), "http_server_request_duration_seconds")
+        assert bounds == {repr(b) for b in SECONDS_BUCKETS} | {"+Inf"}
     finally:
         traced_stack.stop_process("runner-traced")

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 from innosystem.embedded import EmbeddedPostgres, EmbeddedValkey
+from innosystem.kit.telemetry import SECONDS_BUCKETS
 from innosystem.stack import BESIDE, TOGETHER, Stack
 from tests.conftest import fresh_redis, running_stack
 from tests.e2e.conftest import Client
 from tests.runners.conftest import FAST, RunnerProcess, wait_for
 from tests.runners.world import BASE_COST, serve, shared_runner, tenant
-from tests.support.metrics import rpc_calls
+from tests.support.metrics import bucket_bounds, metrics_text, rpc_calls
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +60,13 @@ def test_leases_and_results_never_leave_the_process(together: Stack, tmp_path: P
         runner.stop()
     assert _relayed(together) == {"Relay": 0, "LeaseJobs": 0, "CompleteJobs": 0}
     assert rpc_calls(together, "jobs", JOBS + "SubmitJob") + rpc_calls(together, "jobs", JOBS + "BatchSubmitJobs") > 0
+    # the latency histograms of the jobs that ran, in buckets of seconds (the SDK's default bounds
+    # are for milliseconds: every latency under 5 s fell in one bucket)
+    text = metrics_text(together, "jobs")
+    seconds = {repr(b) for b in SECONDS_BUCKETS} | {"+Inf"}
+    for histogram in ("jobs_dispatch_latency_seconds", "jobs_attempt_duration_seconds",
+                      "runners_dispatch_latency_seconds", "rpc_server_duration_seconds"):
+        assert bucket_bounds(text, histogram) == seconds, histogram
 
 
 def _held_by_billing(stack: Stack) -> int:
