@@ -102,10 +102,12 @@ def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None
         readers.append(_prometheus(metrics_port))
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
 
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
     if exported:  # a span per statement and Redis call costs on every hot path: only when they go somewhere
+        # Imported here, not before: they import SQLAlchemy and redis-py, which a runner process
+        # has no use for (0.4 s of its start).
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
         # Its declared range stops at SQLAlchemy < 2.1; the engine events it hooks are unchanged in
         # 2.1, and tests/integration/test_telemetry.py proves the spans still appear.
         SQLAlchemyInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)

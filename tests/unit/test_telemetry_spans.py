@@ -6,6 +6,7 @@ without OpenTelemetry) records nothing, so the runner makes the job's trace cont
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -99,3 +100,24 @@ def test_a_batch_span_links_to_every_jobs_trace_where_spans_are_recorded(span_ex
     span.end()
     (done,) = [s for s in span_exporter.get_finished_spans() if s.name == "complete batch"]
     assert sorted(format(link.context.trace_id, "032x") for link in done.links) == traces
+
+
+_RUNNER_SETUP = """
+import sys
+import innosystem.runner.cli
+from innosystem.kit import telemetry
+telemetry.setup("runner")
+print(sorted(m for m in ("sqlalchemy", "redis") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(("exporter", "loaded"), [("none", "[]"), ("console", "['redis', 'sqlalchemy']")])
+def test_a_runners_telemetry_loads_the_sql_and_redis_instrumentations_only_where_spans_go(
+        exporter: str, loaded: str) -> None:
+    """With nothing receiving spans (the default), a runner's set-up leaves SQLAlchemy and redis-py
+    unloaded (0.4 s of its start); where spans are exported, their instrumentations are set up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", _RUNNER_SETUP], capture_output=True, text=True, timeout=60,
+                          env={**env, "OTEL_TRACES_EXPORTER": exporter})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == loaded
