@@ -12,8 +12,8 @@ settings on one stack) and waits until the wallet has paid for every job. Per ro
 the drain's jobs/s, the CPU per job of each process (/proc utime+stime, as `make bench`),
 PostgreSQL's commits and row writes per job by table (`pg_stat_database`, `pg_stat_user_tables`), its WAL
 (records, full-page images, bytes; checkpoints begun: `pg_stat_wal`, `pg_stat_bgwriter`)
-and Valkey's commands per job (`INFO commandstats`). `--profile DIR` samples the services with
-py-spy over each drain's first 8 s; `--loop-profile` times the services' event-loop callbacks over
+and Valkey's commands per job (`INFO commandstats`). `--profile DIR` samples the services and the runner
+processes with py-spy over each drain's first 8 s; `--loop-profile` times the services' event-loop callbacks over
 the first drain, by task (as `probe_dispatch.py --loop-profile`). `--sql` runs statements on the
 database before the first round (e.g. to see what an index costs the drain:
 `--sql 'DROP INDEX jobs.ix_jobs_create_time_id'`).
@@ -47,6 +47,13 @@ _PG_WAL = ("SELECT w.wal_records, w.wal_fpi, w.wal_bytes, b.checkpoints_timed + 
            "FROM pg_stat_wal w, pg_stat_bgwriter b")
 
 
+def _spy(profile: str, name: str, pid: int) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` for 8 s, its raw stacks into `profile`/`name`.raw."""
+    return subprocess.Popen([os.environ.get("PY_SPY", "py-spy"), "record", "-d", "8", "-r", "100", "--nonblocking",
+                             "--format", "raw", "-o", f"{profile}/{name}.raw", "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: int, slots: int, prefetch: str,
                 log_dir: Path, profile: str | None, loops: Path | None = None) -> None:
     bench.submit_rest_batches(p, jobs, k * jobs)
@@ -59,10 +66,8 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     upkeep0 = {row[0]: row[1:] for row in db.execute(_PG_UPKEEP)}
     wal0 = db.execute(_PG_WAL).fetchone()
     assert p.stack is not None
-    spies = [subprocess.Popen([os.environ.get("PY_SPY", "py-spy"), "record", "-d", "8", "-r", "100", "--nonblocking",
-                               "--format", "raw", "-o", f"{profile}/{name}.{k}.raw", "-p", str(proc.pid)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for name, proc in p.stack.procs.items() if proc is not None] if profile else []
+    spies = [_spy(profile, f"{name}.{k}", proc.pid) for name, proc in p.stack.procs.items()
+             if proc is not None] if profile else []
     if loops is not None:  # the first round's drain only: its callbacks by task (`--loop-profile`)
         (loops / "start").touch()
     before = p.meter.snapshot()
@@ -73,6 +78,8 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     try:
         for n, proc in enumerate(runners):
             p.meter.track(f"runner-{k}.{n}", proc.pid)
+            if profile:  # from its start: the drain is counted from there too
+                spies.append(_spy(profile, f"runner-{k}.{n}", proc.pid))
         finished = bench.wait_charged(p, balance - jobs * bench.CENTS_PER_JOB, timeout=600)
         usage = p.meter.diff(before)
     finally:
@@ -126,8 +133,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="drains on the same stack (default 2)")
     bench.add_topology(parser)
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="a setting for the services")
-    parser.add_argument("--profile", help="sample the services' processes with py-spy for the drain's first 8 s, raw "
-                        "stacks into this folder (py-spy from $PY_SPY, default `py-spy`)")
+    parser.add_argument("--profile", help="sample the services' and the runners' processes with py-spy for the "
+                        "drain's first 8 s, raw stacks into this folder (py-spy from $PY_SPY, default `py-spy`)")
     parser.add_argument("--loop-profile", action="store_true",
                         help="time the services' event-loop callbacks over the first round's drain, by task")
     parser.add_argument("--sql", action="append", default=[], help="a statement to run before the first round")
