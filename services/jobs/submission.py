@@ -48,7 +48,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
 from innosystem.kit.coalescing import Answer, Coalescer, Lanes
-from innosystem.kit.db import Writes
+from innosystem.kit.db import Writes, json_dumps
 from innosystem.kit.errors import (
     UNCHANGED_REFUSALS,
     Aborted,
@@ -182,7 +182,7 @@ class Prepared:
     hash: bytes
     position: int  # in the request (batch item index)
     existing: bool = False
-    payload_json: str | None = None  # the payload as JSON, measured once and stored as is
+    payload_json: bytes | None = None  # the payload as JSON, measured once and stored as is
     settings_json: Jsonb | None = None  # the settings as stored, serialized once for a batch's items of one type
     # The hash with the trace context, as submits stored before `fingerprint` remembered theirs.
     legacy_hash: bytes | None = None
@@ -454,8 +454,8 @@ class Submission:
             raise FailedPrecondition(f"{prefix}job_type_id: job type {jt.name} is disabled",
                                      field=prefix + "job_type_id", reason="JOB_TYPE_DISABLED")
         payload = plain(r.payload) if r.HasField("payload") else {}
-        payload_json = json.dumps(payload, separators=(",", ":"))
-        size = len(payload_json.encode())
+        payload_json = json_dumps(payload)  # its numbers finite: `plain` refused any other
+        size = len(payload_json)
         if size > config.max_payload_bytes:
             raise _bad(prefix + "payload", f"is {size} bytes, more than the limit of {config.max_payload_bytes}",
                        "PAYLOAD_TOO_LARGE")
