@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from opentelemetry.metrics import CallbackOptions, Observation
-from sqlalchemy import Table, delete, insert, select, tuple_, update
+from sqlalchemy import Table, Text, delete, insert, select, tuple_, update
+from sqlalchemy import cast as cast_
 
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from services.jobs import metrics
@@ -36,6 +37,14 @@ RENEW_AHEAD = timedelta(days=2)  # a hold is renewed when it would lapse within 
 RENEW_BATCH = 500
 HOLD_SWEEP_OVERLAP = timedelta(seconds=5)  # a billing batch's holds may land this long after their stamp
 RETENTION_BATCH = 1000  # jobs per retention transaction
+
+# What a recovery pass reads of every waiting job: its id as text (PostgreSQL writes it; no UUID made
+# per row here), its status and queue; the rest of its row only where Redis lacks it (`_WHOLE`).
+_WAITING = select(cast_(_JOBS.c.id, Text).label("id"), _JOBS.c.status, _JOBS.c.queue_name).where(
+    _JOBS.c.status.in_([PENDING, SCHEDULED]))
+_WHOLE = select(_JOBS.c.id, _JOBS.c.status, _JOBS.c.queue_name, _JOBS.c.customer_id, _JOBS.c.priority,
+                _JOBS.c.queue_time, _JOBS.c.create_time, _JOBS.c.next_attempt_time).where(
+    _JOBS.c.status.in_([PENDING, SCHEDULED]))
 
 
 class Loops:
@@ -123,20 +132,18 @@ class Loops:
         after = uuid.UUID(int=0)
         suspects, self._suspects = sorted(self._suspects), set()
         j = _JOBS.c
-        waiting = select(j.id, j.status, j.queue_name, j.customer_id, j.priority, j.queue_time, j.create_time,
-                         j.next_attempt_time).where(j.status.in_([PENDING, SCHEDULED]))
         while True:
-            stmt = waiting.where(j.update_time < now - RECOVERY_GRACE, j.id > after).order_by(j.id).limit(CHUNK)
+            stmt = _WAITING.where(j.update_time < now - RECOVERY_GRACE, j.id > after).order_by(j.id).limit(CHUNK)
             if since is not None:
                 stmt = stmt.where(j.update_time >= since)
             rows = await self._waiting(stmt)
             if not rows:
                 break
-            after = rows[-1].id
+            after = uuid.UUID(rows[-1][0])
             queued += await self._requeue(rows, now)
         for start in range(0, len(suspects), CHUNK):  # whatever their age, and read once more if still young
             ids = suspects[start:start + CHUNK]
-            queued += await self._requeue(await self._waiting(waiting.where(j.id.in_(ids))), now)
+            queued += await self._requeue(await self._waiting(_WAITING.where(j.id.in_(ids))), now)
         await deps.queue.client.set(mark_key, (now - RECOVERY_GRACE).isoformat())
         await self._refresh_depth(from_database=since is None)
         if queued or released:
@@ -148,17 +155,22 @@ class Loops:
             return list((await (await s.connection()).execute(stmt)).all())
 
     async def _requeue(self, rows: list[Any], now: datetime) -> int:
-        """Waiting jobs back in their queue or schedule (where Redis lost them); how many went back."""
+        """Waiting jobs (`_WAITING`'s rows) back in their queue or schedule (where Redis lost them);
+        how many went back. A pass over a busy burst reads every one of its jobs once, nearly all in
+        Redis: a job Redis knows is left alone by the enqueue script anyway, so only the others (and
+        the scheduled, which the schedule script leaves alone if known) are read whole and sent."""
         deps = self.deps
-        waiting = [(str(r.id), r) for r in rows if r.status == PENDING]
-        known = await self._known([(r.queue_name, i) for i, r in waiting], now.timestamp() - LOST_LEASE_GRACE)
-        # A job Redis knows is left alone by the enqueue script anyway: not sending it spares a pass
-        # over a backlog that is all in Redis (every job of a busy burst is read once) the script's
-        # arguments and calls.
-        pending = [QueueItem(i, r.queue_name, str(r.customer_id), r.priority,
-                             (r.queue_time or r.create_time).timestamp()) for i, r in waiting if i not in known]
+        # rows unpacked, not read by name: a Row's attribute costs a microsecond or two, per row of a burst
+        known = await self._known([(queue, i) for i, status, queue in rows if status == PENDING],
+                                  now.timestamp() - LOST_LEASE_GRACE)
+        wanted = [uuid.UUID(i) for i, status, _ in rows if status == SCHEDULED or i not in known]
+        if not wanted:
+            return 0
+        whole = await self._waiting(_WHOLE.where(_JOBS.c.id.in_(wanted)))  # still waiting now
+        pending = [QueueItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
+                             (r.queue_time or r.create_time).timestamp()) for r in whole if r.status == PENDING]
         later = [ScheduledItem(str(r.id), r.queue_name, str(r.customer_id), r.priority,
-                               (r.next_attempt_time or now).timestamp()) for r in rows if r.status == SCHEDULED]
+                               (r.next_attempt_time or now).timestamp()) for r in whole if r.status == SCHEDULED]
         n = await deps.queue.rebuild(pending, later)
         if n:
             await deps.signals.jobs_ready({i.job_type for i in pending})

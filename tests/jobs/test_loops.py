@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from innosystem.jobs.v1 import job_types_pb2 as types_pb
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from services.billing.repository import BillingRepository
 from services.jobs.billing import HoldRequest
+from services.jobs.models import Job
+from services.jobs.runtime import PENDING, SCHEDULED
 from tests.jobs.jobs_world import JobsWorld
 
 
@@ -187,12 +189,29 @@ async def test_a_pass_sends_the_enqueue_script_only_the_jobs_redis_lost(world: J
         return await original(keys=keys, args=args)
 
     monkeypatch.setattr(queue.scripts, "enqueue", counting, raising=False)  # the script still runs
+    loops = world.app.loops
+    reads: list[tuple[int, int]] = []  # per read: (columns, rows)
+    waiting = loops._waiting
+
+    async def reading(stmt: Any) -> list[Any]:
+        rows = await waiting(stmt)
+        reads.append((len(rows[0]), len(rows)) if rows else (0, 0))
+        return rows
+
+    monkeypatch.setattr(loops, "_waiting", reading)
     world.clock.advance(5)
-    queued, _ = await world.app.loops.recover_once()
+    queued, _ = await loops.recover_once()
     monkeypatch.undo()
     assert (queued, sent) == (1, [str(jobs[0].id)])
+    # every waiting job read light (id, status, queue), only the lost one's whole row
+    assert reads[0] == (3, len(await _waiting_ids(world))) and (8, 1) in reads[1:]
     leased = await world.lease([jt.name], max_jobs=10)
     assert sorted(x.job_id for x in leased) == sorted(str(j.id) for j in jobs)
+
+
+async def _waiting_ids(world: JobsWorld) -> list[Any]:
+    async with world.app.deps.db.session() as s:
+        return list((await s.execute(select(Job.id).where(Job.status.in_([PENDING, SCHEDULED])))).scalars())
 
 
 async def _hold(world: JobsWorld, hold_id: str) -> Any:
