@@ -374,6 +374,37 @@ async def test_the_scripts_write_a_batch_with_a_command_per_key_not_per_job(own_
         await client.aclose()
 
 
+async def test_scheduling_promoting_and_removing_a_batch_is_a_command_per_key(own_valkey: EmbeddedValkey) -> None:
+    client = connect(own_valkey.url)
+    q = JobQueue(client, prefix="s:")
+    later = [ScheduledItem(f"s{i:04d}", "render", "AB"[i % 2], MEDIUM, T0 + i) for i in range(900)]
+    try:
+        await q.schedule([ScheduledItem("warm", "warm", "W", LOW, T0)])  # the scripts loaded before counting
+        await q.promote_due(["warm"], T0)
+        await q.remove("warm", ["warm"])
+        before = await command_calls(q)
+        assert await q.schedule([*later, later[0]]) == 900  # a repeat counts once
+        assert await q.promote_due(["render"], T0 + 599, limit=1000) == (600, T0 + 600)
+        removed = await q.remove("render", [f"s{i:04d}" for i in range(0, 900, 3)] + ["s0000", "missing"])
+        assert removed == [f"s{i:04d}" for i in range(0, 900, 3)]  # queued and scheduled alike, once each
+        after = await command_calls(q)
+        counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+        # schedule: an HMGET, then a ZADD of the set and an HSET of the records a thousand values
+        # at a time (900 jobs, 1,800 values: two each); promote (600 jobs): a ZREM of the set and an
+        # HMGET, a ZADD per customer's queue (600 values each), the class's and the records' HSET
+        # (1,200 values: two each); remove: an HMGET, a ZREM per key it removes from, an HDEL
+        assert counts["hmget"] == 1 + 1 + 1 and counts["hdel"] == 1, counts
+        assert counts["zadd"] == 2 + 4 and counts["hset"] == 2 + 2, counts
+        assert counts["zrem"] == 1 + 4, counts  # promote's; remove's: A's and B's queues, the class, the set
+        assert sum(counts.values()) < 40, counts
+        assert await q.depth("render") == {CRITICAL: 0, HIGH: 0, MEDIUM: 400, LOW: 0}
+        assert (await q.stats(["render"]))[0].scheduled == 200
+        # A joined the rotation first (s0000 was due first); each customer's queue by due time
+        assert await q.lease(["render"], 3, T0 + 599) == ["s0002", "s0001", "s0004"]
+    finally:
+        await client.aclose()
+
+
 async def test_a_lease_rotation_that_shrinks_to_one_customer_takes_the_rest_at_once(queue: JobQueue) -> None:
     await queue.enqueue([item("a1", "A"), item("b1", "B", at=T0 + 1), item("b2", "B", at=T0 + 2),
                          item("b3", "B", at=T0 + 3), item("c1", "C", at=T0 + 4)])

@@ -1,24 +1,43 @@
 -- Remove queued or scheduled jobs of one job type (cancel). KEYS[1] job records hash, KEYS[2] scheduled zset.
 -- ARGV[1] key base, ARGV[2..] job ids. A leased job is left alone (the lease path cancels it).
 -- O(log n) per job; a customer whose queue empties leaves the rotation at its next turn.
--- Returns the ids removed.
+-- Returns the ids removed. The writes go as a command per key, not several per job.
 local base = ARGV[1]
-local out = {}
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  local rec = redis.call('HGET', KEYS[1], id)
-  if rec then
-    local state, p, cust = string.match(rec, '^(%a)|(%d)|([^|]*)')
-    if state == 'Q' then
-      redis.call('ZREM', base .. ':q:' .. p .. ':' .. cust, id)
-      redis.call('ZREM', base .. ':all:' .. p, id)
-      redis.call('HDEL', KEYS[1], id)
-      out[#out + 1] = id
-    elseif state == 'S' then
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('HDEL', KEYS[1], id)
-      out[#out + 1] = id
+local CHUNK = 1000  -- values per command: unpack() is bounded by Lua's C stack
+local function each(command, key, values)
+  for s = 1, #values, CHUNK do
+    redis.call(command, key, unpack(values, s, math.min(s + CHUNK - 1, #values)))
+  end
+end
+local out, seen, from, order = {}, {}, {}, {}
+local function drop(key, id)
+  if not from[key] then
+    from[key] = {}
+    order[#order + 1] = key
+  end
+  local ids = from[key]
+  ids[#ids + 1] = id
+end
+for s = 2, #ARGV, CHUNK do
+  local last = math.min(s + CHUNK - 1, #ARGV)
+  local got = redis.call('HMGET', KEYS[1], unpack(ARGV, s, last))
+  for k = 1, #got do
+    local id, rec = ARGV[s + k - 1], got[k]
+    if rec and not seen[id] then
+      local state, p, cust = string.match(rec, '^(%a)|(%d)|([^|]*)')
+      if state == 'Q' then
+        drop(base .. ':q:' .. p .. ':' .. cust, id)
+        drop(base .. ':all:' .. p, id)
+      elseif state == 'S' then
+        drop(KEYS[2], id)
+      end
+      if state == 'Q' or state == 'S' then
+        seen[id] = true
+        out[#out + 1] = id
+      end
     end
   end
 end
+for _, key in ipairs(order) do each('ZREM', key, from[key]) end
+each('HDEL', KEYS[1], out)
 return out
