@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Link, SpanContext, TraceFlags
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricReader
 
 # A histogram of seconds is made with these bucket bounds (`explicit_bucket_boundaries_advisory`):
 # the SDK's default bounds (0, 5, 10, 25, … 10,000) suit milliseconds, and put every latency under
@@ -90,17 +88,12 @@ def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
 
-    readers: list[MetricReader] = []
-    choice = _exporter_choice("METRICS")
-    if choice == "otlp":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    if readers := _metric_readers(metrics_port):
+        from opentelemetry.sdk.metrics import MeterProvider
 
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-    elif choice == "console":
-        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
-    if metrics_port:
-        readers.append(_prometheus(metrics_port))
-    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+        metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+    # else nothing reads metrics here (a runner, unless told to export them): the API's no-op
+    # instruments, at a tenth of a recording's cost, and the metrics SDK never loaded
 
     if exported:  # a span per statement and Redis call costs on every hot path: only when they go somewhere
         # Imported here, not before: they import SQLAlchemy and redis-py, which a runner process
@@ -136,6 +129,24 @@ def span_context_of(carrier: Mapping[str, str] | None) -> SpanContext | None:
         return None
 
 
+def _metric_readers(metrics_port: int) -> list[MetricReader]:
+    """The exporter `OTEL_METRICS_EXPORTER` names, and Prometheus text on `metrics_port`."""
+    readers: list[MetricReader] = []
+    choice = _exporter_choice("METRICS")
+    if choice in ("otlp", "console"):
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+
+        if choice == "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        else:
+            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+    if metrics_port:
+        readers.append(_prometheus(metrics_port))
+    return readers
+
+
 def _prometheus(port: int) -> MetricReader:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
@@ -149,6 +160,6 @@ def shutdown() -> None:
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
         provider.shutdown()
-    meter_provider = metrics.get_meter_provider()
-    if isinstance(meter_provider, MeterProvider):
-        meter_provider.shutdown()
+    stop = getattr(metrics.get_meter_provider(), "shutdown", None)  # the SDK's provider, where setup set one
+    if stop is not None:
+        stop()
