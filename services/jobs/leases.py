@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.coalescing import Answer, Backlog, Coalescer
-from innosystem.kit.db import Conn, Writes
+from innosystem.kit.db import Conn, Writes, json_dumps
 from innosystem.kit.errors import (
     DomainError,
     FailedPrecondition,
@@ -712,8 +712,8 @@ class _Item:
             except ValueError:
                 it.refuse("RESULT_INVALID", "the result holds a NaN or infinite number, which JSON cannot hold")
                 return it
-            it.text = runsql.dumps(it.result)
-            size = len(it.text or "")
+            stored = json_dumps(it.result)
+            size, it.text = len(stored), stored.decode()  # measured as the UTF-8 it is stored as
             if size > max_result_bytes:
                 it.refuse("RESULT_TOO_LARGE", f"the result is {size} bytes, over the limit of {max_result_bytes}")
             elif _has_nul(it.result):

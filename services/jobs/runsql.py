@@ -8,7 +8,6 @@ no unit of work per job. Values travel as parallel arrays; JSON values as text, 
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from sqlalchemy import Row, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.db import Conn, Writes, pipelined
+from innosystem.kit.db import Conn, Writes, json_dumps, pipelined
 from services.jobs.leasecopy import RUN_COLUMNS
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
@@ -80,7 +79,9 @@ async def start_attempts(s: Conn, starts: Sequence[Start], now: datetime, ttl_se
 
 
 def dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    """A JSON value as the text its jsonb parameter takes (`kit.db.json_dumps`: finite numbers only,
+    as protobuf's Struct conversion leaves them)."""
+    return None if value is None else json_dumps(value).decode()
 
 
 _QUEUES = text("SELECT id, queue_name FROM jobs.jobs WHERE id = ANY(CAST(:ids AS uuid[]))")
