@@ -40,6 +40,16 @@ def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    """A Valkey of the module's own: for a module that flushes Redis, or counts the commands Valkey
+    runs (the session's server also serves the service processes of other modules)."""
+    server = EmbeddedValkey(tmp_path_factory.mktemp("own") / "valkey", persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
 def fresh_database(pg: EmbeddedPostgres) -> str:
     url = pg.create_database(f"t_{uuid.uuid4().hex[:12]}")
     for name in SERVICES:

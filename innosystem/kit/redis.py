@@ -3,7 +3,9 @@
 Scripts live as `.lua` files next to the module that calls them, are registered once at
 start-up (EVALSHA, reloaded automatically after a Redis restart) and report domain failures
 as `redis.error_reply("CODE message")`; `ScriptErrors` maps those codes to domain errors in
-one place per service.
+one place per service. Redis runs each script alone, so the helpers scripts share go ahead of
+each one's text: the kit's (`lua/batch.lua`: a batch's commands a thousand values at a time) and
+a folder's own (its `_*.lua` files).
 """
 
 from __future__ import annotations
@@ -130,13 +132,21 @@ class _Redis(aioredis.Redis):
         return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
+# What every script is given ahead of its own text: `each` and `hmget`, a batch's commands a
+# thousand values at a time (lua/batch.lua).
+PRELUDE = (Path(__file__).parent / "lua" / "batch.lua").read_text()
+
+
 class Scripts:
-    """All `.lua` files in a folder, by file stem: `scripts.reserve(keys=[...], args=[...])`."""
+    """The `.lua` files of a folder, by file stem: `scripts.reserve(keys=[...], args=[...])`. Each
+    runs with `PRELUDE`'s helpers and the folder's own (its files named `_*.lua`) ahead of it."""
 
     def __init__(self, client: aioredis.Redis, folder: Path, errors: ScriptErrors | None = None) -> None:
         self._errors = errors or ScriptErrors({})
+        paths = sorted(folder.glob("*.lua"))
+        shared = PRELUDE + "".join(p.read_text() for p in paths if p.name.startswith("_"))
         self._scripts: dict[str, AsyncScript] = {
-            path.stem: client.register_script(path.read_text()) for path in sorted(folder.glob("*.lua"))
+            p.stem: client.register_script(shared + p.read_text()) for p in paths if not p.name.startswith("_")
         }
 
     def __getattr__(self, name: str) -> _Bound:

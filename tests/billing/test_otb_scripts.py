@@ -4,22 +4,10 @@ order, with a command per thousand values inside the script rather than two per 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from innosystem.embedded import EmbeddedValkey
 from innosystem.kit.redis import connect
 from services.billing.otb import OpenToBuy
-
-
-@pytest.fixture(scope="module")
-def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    """Its own server, so that the command counts are this module's alone."""
-    server = EmbeddedValkey(tmp_path_factory.mktemp("otb") / "valkey", persist=False)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def _calls(otb: OpenToBuy) -> dict[str, int]:

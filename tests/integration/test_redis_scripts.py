@@ -31,3 +31,24 @@ async def test_scripts_run_reload_after_flush_and_map_errors(valkey_server: Embe
         scripts.missing  # noqa: B018
     await client.delete(key)
     await client.aclose()
+
+
+async def test_every_script_has_the_batch_helpers(valkey_server: EmbeddedValkey, tmp_path: Path) -> None:
+    """`each` and `hmget` (kit/lua/batch.lua) go ahead of every script: a batch of any size, a
+    thousand values a command."""
+    (tmp_path / "copy.lua").write_text(
+        "local values = hmget(KEYS[1], ARGV)\n"
+        "local pairs = {}\n"
+        "for k = 1, #ARGV do if values[k] then pairs[#pairs + 1] = ARGV[k]; pairs[#pairs + 1] = values[k] end end\n"
+        "each('HSET', KEYS[2], pairs)\n"
+        "return #pairs / 2\n"
+    )
+    client = kit_redis.connect(valkey_server.url)
+    scripts = kit_redis.Scripts(client, tmp_path)
+    source, target = "{h:1}:source", "{h:1}:target"
+    await client.hset(source, mapping={f"f{i}": str(i) for i in range(0, 2500, 2)})
+    fields = [f"f{i}" for i in range(2500)]  # 2,500 asked, 1,250 there: three HMGETs, three HSETs
+    assert await scripts.copy(keys=[source, target], args=fields) == 1250
+    assert await client.hgetall(target) == await client.hgetall(source)
+    await client.delete(source, target)
+    await client.aclose()

@@ -39,15 +39,6 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    """This module flushes Redis, so it gets a Valkey of its own."""
-    server = EmbeddedValkey(tmp_path_factory.mktemp("jobs-e2e") / "valkey", persist=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def stack(pg_server: EmbeddedPostgres, own_valkey: EmbeddedValkey,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(pg_server, own_valkey.url, tmp_path_factory.mktemp("jobs-e2e-logs"),

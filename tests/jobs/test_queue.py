@@ -300,16 +300,6 @@ async def test_lease_script_rejects_a_bad_class_list(queue: JobQueue) -> None:
         await queue.scripts.lease(keys=[f"{queue.base('render')}:job"], args=[queue.base("render"), "45", 1, "", T0])
 
 
-@pytest.fixture(scope="module")
-def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
-    """A Valkey of its own, so that its command counts are this module's alone (the session's server
-    also serves the service processes of other test modules)."""
-    server = EmbeddedValkey(tmp_path_factory.mktemp("counted") / "valkey", persist=False)
-    server.start()
-    yield server
-    server.stop()
-
-
 async def command_calls(q: JobQueue) -> dict[str, int]:
     stats = await q.client.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}

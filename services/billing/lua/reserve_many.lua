@@ -6,14 +6,9 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('REBUILD wallet not loaded')
 end
-local CHUNK = 1000  -- values per command: unpack() is bounded by Lua's C stack
 local ids = {}
 for i = 1, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
-local known = {}
-for s = 1, #ids, CHUNK do
-  local got = redis.call('HMGET', KEYS[2], unpack(ids, s, math.min(s + CHUNK - 1, #ids)))
-  for k = 1, #got do known[s + k - 1] = got[k] end
-end
+local known = hmget(KEYS[2], ids)
 local w = redis.call('HMGET', KEYS[1], 'balance', 'held', 'limit')
 local available = tonumber(w[1]) - tonumber(w[2]) + tonumber(w[3])
 local out, held, added, seen = {}, {}, 0, {}
@@ -32,9 +27,7 @@ for k = 1, #ids do
     out[k] = 1
   end
 end
-for s = 1, #held, CHUNK do
-  redis.call('HSET', KEYS[2], unpack(held, s, math.min(s + CHUNK - 1, #held)))
-end
+each('HSET', KEYS[2], held)
 if added ~= 0 then
   redis.call('HINCRBY', KEYS[1], 'held', added)
 end

@@ -6,28 +6,22 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-local CHUNK = 1000  -- values per command: unpack() is bounded by Lua's C stack
 local ids, posted = {}, 0
 for i = 1, #ARGV, 2 do
   ids[#ids + 1] = ARGV[i]
   posted = posted + tonumber(ARGV[i + 1])
 end
 local held, gone, seen = 0, {}, {}
-for s = 1, #ids, CHUNK do
-  local last = math.min(s + CHUNK - 1, #ids)
-  local got = redis.call('HMGET', KEYS[2], unpack(ids, s, last))
-  for k = 1, #got do
-    local id = ids[s + k - 1]
-    if got[k] and not seen[id] then
-      seen[id] = true
-      gone[#gone + 1] = id
-      held = held + tonumber(got[k])
-    end
+local amounts = hmget(KEYS[2], ids)
+for k = 1, #ids do
+  local id = ids[k]
+  if amounts[k] and not seen[id] then
+    seen[id] = true
+    gone[#gone + 1] = id
+    held = held + tonumber(amounts[k])
   end
 end
-for s = 1, #gone, CHUNK do
-  redis.call('HDEL', KEYS[2], unpack(gone, s, math.min(s + CHUNK - 1, #gone)))
-end
+each('HDEL', KEYS[2], gone)
 if held ~= 0 then
   redis.call('HINCRBY', KEYS[1], 'held', -held)
 end

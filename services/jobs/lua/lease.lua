@@ -11,12 +11,6 @@ local base, classes, max, only, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[
 if not string.match(classes, '^[1-4]+$') or max == nil then
   return redis.error_reply('INVALID_ARGUMENT classes must be digits 1..4 and max a number')
 end
-local CHUNK = 1000  -- values per command: unpack() is bounded by Lua's C stack
-local function each(command, key, values)
-  for s = 1, #values, CHUNK do
-    redis.call(command, key, unpack(values, s, math.min(s + CHUNK - 1, #values)))
-  end
-end
 local out, records = {}, {}
 local function take(p, got, cust, popped)  -- got: ZPOPMIN's reply, member then score
   for k = 1, #got, 2 do

@@ -3,12 +3,6 @@
 -- O(log n) per job; a customer whose queue empties leaves the rotation at its next turn.
 -- Returns the ids removed. The writes go as a command per key, not several per job.
 local base = ARGV[1]
-local CHUNK = 1000  -- values per command: unpack() is bounded by Lua's C stack
-local function each(command, key, values)
-  for s = 1, #values, CHUNK do
-    redis.call(command, key, unpack(values, s, math.min(s + CHUNK - 1, #values)))
-  end
-end
 local out, seen, from, order = {}, {}, {}, {}
 local function drop(key, id)
   if not from[key] then
@@ -18,23 +12,22 @@ local function drop(key, id)
   local ids = from[key]
   ids[#ids + 1] = id
 end
-for s = 2, #ARGV, CHUNK do
-  local last = math.min(s + CHUNK - 1, #ARGV)
-  local got = redis.call('HMGET', KEYS[1], unpack(ARGV, s, last))
-  for k = 1, #got do
-    local id, rec = ARGV[s + k - 1], got[k]
-    if rec and not seen[id] then
-      local state, p, cust = string.match(rec, '^(%a)|(%d)|([^|]*)')
-      if state == 'Q' then
-        drop(base .. ':q:' .. p .. ':' .. cust, id)
-        drop(base .. ':all:' .. p, id)
-      elseif state == 'S' then
-        drop(KEYS[2], id)
-      end
-      if state == 'Q' or state == 'S' then
-        seen[id] = true
-        out[#out + 1] = id
-      end
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+local records = hmget(KEYS[1], ids)
+for k = 1, #ids do
+  local id, rec = ids[k], records[k]
+  if rec and not seen[id] then
+    local state, p, cust = string.match(rec, '^(%a)|(%d)|([^|]*)')
+    if state == 'Q' then
+      drop(base .. ':q:' .. p .. ':' .. cust, id)
+      drop(base .. ':all:' .. p, id)
+    elseif state == 'S' then
+      drop(KEYS[2], id)
+    end
+    if state == 'Q' or state == 'S' then
+      seen[id] = true
+      out[#out + 1] = id
     end
   end
 end

@@ -11,17 +11,7 @@ for i = 2, #ARGV, 4 do
   end
   ids[#ids + 1] = ARGV[i]
 end
-local CHUNK = 1000  -- values per command: unpack() is bounded by Lua's C stack
-local function each(command, key, values)
-  for s = 1, #values, CHUNK do
-    redis.call(command, key, unpack(values, s, math.min(s + CHUNK - 1, #values)))
-  end
-end
-local known = {}
-for s = 1, #ids, CHUNK do
-  local got = redis.call('HMGET', KEYS[1], unpack(ids, s, math.min(s + CHUNK - 1, #ids)))
-  for k = 1, #got do known[s + k - 1] = got[k] end
-end
+local known = hmget(KEYS[1], ids)
 local due, records, seen, added = {}, {}, {}, 0
 for k = 1, #ids do
   local i = 2 + (k - 1) * 4
