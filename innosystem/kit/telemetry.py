@@ -93,7 +93,7 @@ def setup(service: str, extra_span_processors: list[SpanProcessor] | None = None
 
         metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
     # else nothing reads metrics here (a runner, unless told to export them): the API's no-op
-    # instruments (0.1 µs a recording against the SDK's 6–12), and the metrics SDK never loaded
+    # instruments (0.1 µs a recording against the SDK's 6 to 12), and the metrics SDK never loaded
 
     if exported:  # a span per statement and Redis call costs on every hot path: only when they go somewhere
         # Imported here, not before: they import SQLAlchemy and redis-py, which a runner process
