@@ -3,7 +3,7 @@
 -- command per key: `jobs` a list of {id, priority, customer, time}, in arrival order; a customer
 -- new to its class's rotation joins it at the tail, in the order of its first job.
 local function queue_jobs(base, records_key, jobs)
-  local queues, classes, order, records = {}, {}, {}, {}
+  local queues, classes, order, ranks, records = {}, {}, {}, {}, {}
   for _, job in ipairs(jobs) do
     local id, p, cust, at = job[1], job[2], job[3], job[4]
     local q = base .. ':q:' .. p .. ':' .. cust
@@ -14,7 +14,10 @@ local function queue_jobs(base, records_key, jobs)
     local members = queues[q]
     members[#members + 1] = at
     members[#members + 1] = id
-    classes[p] = classes[p] or {}
+    if not classes[p] then
+      classes[p] = {}
+      ranks[#ranks + 1] = p
+    end
     local all = classes[p]
     all[#all + 1] = at
     all[#all + 1] = id
@@ -28,9 +31,8 @@ local function queue_jobs(base, records_key, jobs)
       redis.call('RPUSH', base .. ':rr:' .. p, cust)
     end
   end
-  for p = 1, 4 do
-    local all = classes[tostring(p)]
-    if all then each('ZADD', base .. ':all:' .. p, all) end
+  for _, p in ipairs(ranks) do
+    each('ZADD', base .. ':all:' .. p, classes[p])
   end
   each('HSET', records_key, records)
 end
