@@ -13,7 +13,6 @@ import json
 from collections.abc import Iterable, Sequence
 
 import grpc
-import orjson
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -32,6 +31,7 @@ from gateway.fields import (
 from gateway.render import to_json
 from gateway.routes import Route
 from innosystem.kit.errors import InvalidArgument
+from innosystem.kit.protos import json_dumps
 from innosystem.kit.validation import check_required
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -59,7 +59,7 @@ def render(message: Message, route: Route) -> bytes:
     data: object = to_json(message)
     if route.response_field is not None:
         data = data.get(route.response_field.json_name) if isinstance(data, dict) else None
-    return dumps(data)
+    return json_dumps(data)  # orjson: a 1,000-job answer in 0.42 ms against json's 6.6
 
 
 def render_csv(message: Message) -> bytes | None:
@@ -90,16 +90,6 @@ def _cell(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def dumps(data: object) -> bytes:
-    """Compact UTF-8 JSON. orjson writes the same bytes as the json module here at a fifteenth of
-    its CPU (a batch of 1,000 jobs: 0.42 against 6.6 ms); what it cannot encode (an integer beyond
-    64 bits) goes through json as before."""
-    try:
-        return orjson.dumps(data)
-    except TypeError:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _fill_body(route: Route, message: Message, body: bytes, pool: descriptor_pool.DescriptorPool) -> None:

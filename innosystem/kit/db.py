@@ -68,17 +68,6 @@ def json_loads(data: str | bytes) -> Any:
 set_json_loads(json_loads)
 
 
-def json_dumps(value: Any) -> bytes:
-    """`value` as compact JSON in UTF-8, by orjson: a sixteenth of the json module's CPU for a submit's
-    payload. For documents whose numbers are finite (orjson writes a NaN as null; protobuf's
-    Struct conversion refuses one first); an integer beyond 64 bits, which orjson refuses, goes
-    through the json module."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 # Up to this many rows go in as one multi-row INSERT: one round trip, where COPY takes two.
 SMALL_INSERT_ROWS = 8
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from google.api import field_behavior_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
@@ -128,3 +130,14 @@ def whole_numbers(value: Any) -> Any:
         elif type(item) in (dict, list):
             whole_numbers(item)
     return value
+
+
+def json_dumps(value: Any) -> bytes:
+    """A JSON document as compact UTF-8 (a payload or result as stored, a gateway's answer): orjson,
+    the json module's bytes at a fifteenth of its CPU. For documents whose numbers are finite
+    (orjson writes a NaN as null; `struct_dict` refuses one first); an integer beyond 64 bits,
+    which orjson refuses, goes through the json module."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

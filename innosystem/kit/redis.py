@@ -132,8 +132,8 @@ class _Redis(aioredis.Redis):
         return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
-# What every script is given ahead of its own text: `each` and `hmget`, a batch's commands a
-# thousand values at a time (lua/batch.lua).
+# What every script is given ahead of its own text (lua/batch.lua): `each` and `hmget`, a batch's
+# commands a thousand values at a time, and `group`, its values by the key they go to.
 PRELUDE = (Path(__file__).parent / "lua" / "batch.lua").read_text()
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit.coalescing import Answer, Backlog, Coalescer
-from innosystem.kit.db import Conn, Writes, json_dumps
+from innosystem.kit.db import Conn, Writes
 from innosystem.kit.errors import (
     DomainError,
     FailedPrecondition,
@@ -34,7 +34,7 @@ from innosystem.kit.errors import (
     Unavailable,
     to_status,
 )
-from innosystem.kit.protos import timestamp
+from innosystem.kit.protos import json_dumps, timestamp
 from services.jobs import metrics, outcomes, runsql, tracing
 from services.jobs.billing import NotJoined
 from services.jobs.convert import lease_pb, plain

@@ -18,7 +18,8 @@ from sqlalchemy import Row, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from innosystem.jobs.v1 import jobs_pb2 as pb
-from innosystem.kit.db import Conn, Writes, json_dumps, pipelined
+from innosystem.kit.db import Conn, Writes, pipelined
+from innosystem.kit.protos import json_dumps
 from services.jobs.leasecopy import RUN_COLUMNS
 from services.jobs.runtime import PENDING, RUNNING, SCHEDULED
 
@@ -79,7 +80,7 @@ async def start_attempts(s: Conn, starts: Sequence[Start], now: datetime, ttl_se
 
 
 def dumps(value: Any) -> str | None:
-    """A JSON value as the text its jsonb parameter takes (`kit.db.json_dumps`: finite numbers only,
+    """A JSON value as the text its jsonb parameter takes (`kit.protos.json_dumps`: finite numbers only,
     as protobuf's Struct conversion leaves them)."""
     return None if value is None else json_dumps(value).decode()
 

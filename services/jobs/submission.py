@@ -48,7 +48,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
 from innosystem.kit.coalescing import Answer, Coalescer, Lanes
-from innosystem.kit.db import Writes, json_dumps
+from innosystem.kit.db import Writes
 from innosystem.kit.errors import (
     UNCHANGED_REFUSALS,
     Aborted,
@@ -59,7 +59,7 @@ from innosystem.kit.errors import (
     Unavailable,
 )
 from innosystem.kit.freshness import Labelled, catalog, job_types_of, markup_of
-from innosystem.kit.protos import request_hash, to_datetime
+from innosystem.kit.protos import json_dumps, request_hash, to_datetime
 from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs import leases, metrics, pricing

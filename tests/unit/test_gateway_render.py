@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from gateway.descriptors import build_pool, message_class, parse_descriptor_set
 from gateway.render import to_json
-from gateway.transcode import dumps
+from innosystem.kit.protos import json_dumps as dumps
 from innosystem.kit.protos import whole_numbers
 
 # The gateway's own descriptor set, in a pool of its own, as the gateway builds it.
@@ -210,8 +210,9 @@ def test_timestamps_print_as_json_format_does_again_and_again() -> None:
 
 @pytest.mark.parametrize("descriptor", TYPES, ids=lambda d: d.full_name)
 def test_answers_encode_as_the_json_module_reads_them(descriptor: Descriptor) -> None:
-    """`transcode.dumps` (orjson) writes what json writes: the same document for every sample, and
-    the same bytes wherever no float needs an exponent (json writes 1e+20, orjson 1e20)."""
+    """`kit.protos.json_dumps` (orjson, as the gateway answers) writes what json writes: the same
+    document for every sample, and the same bytes wherever no float needs an exponent (json writes
+    1e+20, orjson 1e20)."""
     for what, m in _samples(descriptor):
         try:
             data = to_json(m)

@@ -1,4 +1,4 @@
-"""`kit.db.json_loads`, psycopg's loader of JSON columns, and `kit.db.json_dumps`, a submit's
+"""`kit.db.json_loads`, psycopg's loader of JSON columns, and `kit.protos.json_dumps`, a submit's
 payload as stored: orjson, and the json module where orjson refuses a value."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import json
 import pytest
 from psycopg.types.json import _JsonLoader
 
-from innosystem.kit.db import json_dumps, json_loads
+from innosystem.kit.db import json_loads
+from innosystem.kit.protos import json_dumps
 
 DOCS = [
     b'{"timeout_seconds":300,"price":{"id":"p","model":1,"unit":10,"cap":0},"required_tags":[],"external_api":null}',

@@ -3,29 +3,22 @@
 -- command per key: `jobs` a list of {id, priority, customer, time}, in arrival order; a customer
 -- new to its class's rotation joins it at the tail, in the order of its first job.
 local function queue_jobs(base, records_key, jobs)
-  local queues, classes, order, ranks, records = {}, {}, {}, {}, {}
+  local queues, classes, order, ranks, whose, records = {}, {}, {}, {}, {}, {}
   for _, job in ipairs(jobs) do
     local id, p, cust, at = job[1], job[2], job[3], job[4]
     local q = base .. ':q:' .. p .. ':' .. cust
-    if not queues[q] then
-      queues[q] = {}
-      order[#order + 1] = {q, p, cust}
-    end
-    local members = queues[q]
+    local members = group(queues, order, q)
+    if #members == 0 then whose[q] = {p, cust} end
     members[#members + 1] = at
     members[#members + 1] = id
-    if not classes[p] then
-      classes[p] = {}
-      ranks[#ranks + 1] = p
-    end
-    local all = classes[p]
+    local all = group(classes, ranks, p)
     all[#all + 1] = at
     all[#all + 1] = id
     records[#records + 1] = id
     records[#records + 1] = 'Q|' .. p .. '|' .. cust
   end
-  for _, entry in ipairs(order) do
-    local q, p, cust = entry[1], entry[2], entry[3]
+  for _, q in ipairs(order) do
+    local p, cust = whose[q][1], whose[q][2]
     each('ZADD', q, queues[q])
     if redis.call('SADD', base .. ':rrset:' .. p, cust) == 1 then
       redis.call('RPUSH', base .. ':rr:' .. p, cust)

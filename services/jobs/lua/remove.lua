@@ -4,12 +4,8 @@
 -- Returns the ids removed. The writes go as a command per key, not several per job.
 local base = ARGV[1]
 local out, seen, from, order = {}, {}, {}, {}
-local function drop(key, id)
-  if not from[key] then
-    from[key] = {}
-    order[#order + 1] = key
-  end
-  local ids = from[key]
+local function drop(key, id)  -- from `key`, with the others of this call
+  local ids = group(from, order, key)
   ids[#ids + 1] = id
 end
 local ids = {}
