@@ -92,14 +92,27 @@ def _insert(table: Table, rows: Sequence[Mapping[str, Any]]) -> tuple[sql.Compos
     PostgreSQL's own `$n` placeholders, for a raw cursor: see `_values_insert`), a COPY (the
     parameters are then the rows' values) for more. JSON columns take Python values; a value
     already wrapped in `Jsonb` (its text serialized beforehand) is stored as it is."""
-    columns = [table.columns[k] for k in rows[0]]
-    keys = [c.key for c in columns]
-    json = {c.key for c in columns if isinstance(c.type, JSON)}  # JSONB is a JSON
+    columns, keys, json = _shape(table, tuple(rows[0]))
     values = [[Jsonb(row[k]) if k in json and row[k] is not None and not isinstance(row[k], Jsonb) else row[k]
                for k in keys] for row in rows]
     if len(rows) > SMALL_INSERT_ROWS:
         return sql.SQL("COPY {} ({}) FROM STDIN").format(_table_name(table), _column_names(columns)), values, True
     return _values_insert(table, columns, len(rows)), [v for row in values for v in row], False
+
+
+_SHAPES: dict[tuple[str, tuple[str, ...]], tuple[list[Any], list[str], frozenset[str]]] = {}
+
+
+def _shape(table: Table, names: tuple[str, ...]) -> tuple[list[Any], list[str], frozenset[str]]:
+    """A row shape's columns, their keys and the JSON ones among them, looked up once per shape:
+    a batch of one job (light load) paid the lookups as a batch of a thousand does."""
+    key = (table.fullname, names)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        columns = [table.columns[k] for k in names]
+        shape = _SHAPES[key] = (columns, [c.key for c in columns],
+                                frozenset(c.key for c in columns if isinstance(c.type, JSON)))  # JSONB is a JSON
+    return shape
 
 
 def _table_name(table: Table) -> sql.Identifier:

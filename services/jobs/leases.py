@@ -398,7 +398,8 @@ class Leases:
         spans = tracing.for_batch([e.run for e in ends], what, [e.status for e in ends])
         try:
             with tracing.within(spans):
-                await outcomes.settle_queue(deps, st, [outcomes.event(e, now) for e in ends])
+                at = now.isoformat()
+                await outcomes.settle_queue(deps, st, [outcomes.event(e, at) for e in ends])
             if st.retries:
                 await deps.signals.schedule_changed()
             _count_ends(ends, now)
@@ -648,8 +649,9 @@ async def record_started(deps: Deps, jobs: Sequence[Any], now: datetime) -> None
         for j in group:
             if j.queue_time is not None:
                 metrics.dispatch_latency.record(max(0.0, (now - j.queue_time).total_seconds()), labels)
+    at = now.isoformat()
     await deps.signals.jobs_changed([(str(j.id), {"status": RUNNING, "reason": f"leased by runner {j.runner_id}",
-                                                  "attempt": j.attempt_count, "time": now.isoformat()})
+                                                  "attempt": j.attempt_count, "time": at})
                                      for j in jobs])
 
 
@@ -816,15 +818,18 @@ async def _lease_errors(s: Conn, refs: Sequence[tuple[str, str, str]], runs: dic
 
 
 def _count_ends(ends: Sequence[outcomes.End], now: datetime) -> None:
-    """Metrics of a batch of endings: one counter add per (type, priority), a duration per attempt."""
-    for labels, group in _by_labels([e.run for e in ends]):
-        ids = {r.id for r in group}
-        mine = [e for e in ends if e.run.id in ids]
+    """Metrics of a batch of endings: one counter add per (type, priority, outcome), a duration per
+    attempt (the labels made once per group)."""
+    groups: dict[tuple[str, int, int], list[outcomes.End]] = {}
+    for e in ends:
+        groups.setdefault((e.run.job_type_name, e.run.priority, e.outcome), []).append(e)
+    for (name, priority, outcome), mine in groups.items():
+        labels = {"job_type": name, "priority": priority_name(priority)}
         if n := sum(1 for e in mine if e.status == SUCCEEDED):
             metrics.succeeded.add(n, labels)
         if n := sum(1 for e in mine if e.status == FAILED):
             metrics.failed.add(n, labels)
+        timed = {**labels, "outcome": pb.AttemptOutcome.Name(outcome)}  # type: ignore[arg-type]
         for e in mine:
             if e.run.lease_start_time is not None:
-                metrics.attempt_duration.record(max(0.0, (now - e.run.lease_start_time).total_seconds()),
-                                                {**labels, "outcome": pb.AttemptOutcome.Name(e.outcome)})  # type: ignore[arg-type]
+                metrics.attempt_duration.record(max(0.0, (now - e.run.lease_start_time).total_seconds()), timed)

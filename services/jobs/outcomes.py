@@ -206,10 +206,10 @@ def fail(deps: Deps, run: Run, outcome: int, error: dict[str, Any], details: dic
                final=True, dead_lettered=True, **common)
 
 
-def event(end: End, now: datetime) -> tuple[str, dict[str, Any]]:
-    """The job event a watcher sees for this end."""
+def event(end: End, at: str) -> tuple[str, dict[str, Any]]:
+    """The job event a watcher sees for this end; `at`: the end's time as ISO text (a batch's one)."""
     return str(end.run.id), {"status": end.status, "reason": end.reason, "attempt": end.run.attempt_count,
-                             "time": now.isoformat()}
+                             "time": at}
 
 
 @dataclass
