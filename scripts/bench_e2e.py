@@ -19,7 +19,8 @@ processes (one per core, `innosystem runner`) run an `echo` that stamps its star
       Session, the platform's SDK); the gateway's single calls are measured again with a new
       connection per call, as a one-off script makes (and as every phase did before 2026-12-06).
   (c) dispatch latency: single submits at a steady --rate (and a lighter --light-rate) to idle
-      runners, submit call start → processor start, p50/p95/p99.
+      runners, submit call start → processor start, p50/p95/p99, and of it the submit call's own
+      duration (`submit_call` in the JSON).
   (d) yardstick: LPUSH/BRPOP on one Redis list with the same payload and process count, for
       both the drain and the latency; the ratios ours/yardstick.
   (e) submit latency: single submits through the gateway (HTTP) at a steady --submit-rate
@@ -510,13 +511,15 @@ def runner_tokens(p: Platform, count: int) -> list[str]:
     return tokens
 
 
-async def latency(p: Platform, rate: float, seconds: float) -> tuple[list[float], dict[str, int]]:
-    """Single submits at `rate`/s; each job's processor start minus its submit call start, and the
-    count of submits refused by status code (an open-loop rate above what the stack absorbs makes
-    calls queue, and past a point the server sheds some)."""
+async def latency(p: Platform, rate: float, seconds: float) -> tuple[list[float], list[float], dict[str, int]]:
+    """Single submits at `rate`/s; each job's processor start minus its submit call start, each
+    submit call's own duration (how much of the delay is the submit's answer), and the count of
+    submits refused by status code (an open-loop rate above what the stack absorbs makes calls
+    queue, and past a point the server sheds some)."""
     metadata = grpc_metadata(p)
     count = int(rate * seconds)
     sent: dict[str, float] = {}
+    calls: list[float] = []
     refused: dict[str, int] = {}
     async with grpc.aio.insecure_channel(p.jobs_addr) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
@@ -531,6 +534,7 @@ async def latency(p: Platform, rate: float, seconds: float) -> tuple[list[float]
                 refused[err.code().name] = refused.get(err.code().name, 0) + 1
                 return
             sent[job.id] = began
+            calls.append(time.time() - began)
 
         tasks, start = [], time.perf_counter()
         for i in range(count):  # a steady open-loop rate: calls do not wait for each other
@@ -550,7 +554,7 @@ async def latency(p: Platform, rate: float, seconds: float) -> tuple[list[float]
                 await asyncio.sleep(0.2)
         if pending:
             raise TimeoutError(f"{len(pending)} latency jobs did not finish")
-    return delays, refused
+    return delays, calls, refused
 
 
 # ------------------------------------------------------------------------------- yardstick
@@ -678,11 +682,14 @@ def bench(p: Platform, redis_url: str, args: argparse.Namespace, log_dir: Path) 
 
         for label, rate in (("dispatch_latency", args.rate), ("dispatch_latency_light", args.light_rate)):
             say(f"(c) dispatch latency: {rate:.0f} jobs/s for {args.seconds:.0f} s to idle runners …")
-            delays, refused = asyncio.run(latency(p, rate, args.seconds))
-            results[label] = {"rate": rate, **percentiles(delays), "refused": refused}
+            delays, calls, refused = asyncio.run(latency(p, rate, args.seconds))
+            results[label] = {"rate": rate, **percentiles(delays), "refused": refused,
+                              "submit_call": percentiles(calls)}
             say("    submit → processor start: " + ", ".join(f"{k} {v}" for k, v in results[label].items()
-                                                          if k not in ("rate", "refused"))
+                                                          if k not in ("rate", "refused", "submit_call"))
                 + (f"; refused {refused}" if refused else ""))
+            say("    of which the submit call: " + ", ".join(f"{k} {v}" for k, v in percentiles(calls).items()
+                                                          if k != "samples"))
 
         say(f"(e) submit latency: single gateway submits at {args.submit_rate:.0f}/s for {args.seconds:.0f} s, "
             "open-loop, runners connected …")
