@@ -240,6 +240,8 @@ def _kind(exc: BaseException) -> str:
 
 _TRACE = object()  # the memo's key for the call's trace context
 _TRACES = object()  # … for each item's own call's, when single submits go together
+_RETRY = object()  # … with a type's id: its retry policy, for the items that name none
+_QUEUE = object()  # … with a type's id: its queue
 
 
 def _trace_context(request: pb.SubmitJobRequest, memo: dict[Any, Any], position: int) -> dict[str, str]:
@@ -445,7 +447,9 @@ class Submission:
                  r: pb.SubmitJobRequest, prefix: str, now: datetime, position: int,
                  memo: dict[Any, Any]) -> Prepared:
         config = self.deps.config
-        type_id = uuid.UUID(r.job_type_id)
+        type_id = memo.get(r.job_type_id)  # a batch names the same few types: each parsed once
+        if type_id is None:
+            type_id = memo[r.job_type_id] = uuid.UUID(r.job_type_id)
         jt = types.get(type_id) or shared.types.get(type_id)
         if jt is None:  # unknown, or another project's (another customer's) type: not found either way
             raise NotFound(f"{prefix}job_type_id: job type {r.job_type_id} not found in this project",
@@ -466,6 +470,7 @@ class Submission:
         if persistence not in PERSISTENCE:
             raise _bad(prefix + "persistence_policy", f"unknown persistence policy {r.persistence_policy}",
                        "INVALID_PERSISTENCE_POLICY")
+        retry: dict[str, Any] | None
         if r.HasField("retry_policy"):
             rp = r.retry_policy
             try:
@@ -476,12 +481,13 @@ class Submission:
                                        "non_retryable_error_types": list(rp.non_retryable_error_types)})
             except DomainError as err:
                 raise _renamed(err, "job_type.default_retry_policy", prefix + "retry_policy") from None
-        else:
-            retry = {"retry_max_attempts": jt.retry_max_attempts,
-                     "retry_initial_interval_seconds": jt.retry_initial_interval_seconds,
-                     "retry_backoff_multiplier": jt.retry_backoff_multiplier,
-                     "retry_max_interval_seconds": jt.retry_max_interval_seconds,
-                     "non_retryable_error_types": list(jt.non_retryable_error_types or ())}
+        elif (retry := memo.get((_RETRY, jt.id))) is None:  # the type's: one dict for a call's items
+            retry = memo[(_RETRY, jt.id)] = {
+                "retry_max_attempts": jt.retry_max_attempts,
+                "retry_initial_interval_seconds": jt.retry_initial_interval_seconds,
+                "retry_backoff_multiplier": jt.retry_backoff_multiplier,
+                "retry_max_interval_seconds": jt.retry_max_interval_seconds,
+                "non_retryable_error_types": list(jt.non_retryable_error_types or ())}
         schedule = None
         if r.HasField("schedule_time"):
             schedule = to_datetime(r.schedule_time)
@@ -499,10 +505,14 @@ class Submission:
         if typed is None:
             typed = memo[jt.id] = self._settings(jt, shared, markup, currency, now, prefix)
         settings, settings_json, cost = typed
+        queue = memo.get((_QUEUE, jt.id))
+        if queue is None:  # a call's items are one project's: one queue per type
+            queue = memo[(_QUEUE, jt.id)] = queue_name(jt.name, jt.required_tags or (),
+                                                       None if jt.catalog else owner.customer_id)
         job = NewJob(
             id=job_id, project_id=owner.project_id, customer_id=owner.customer_id, reseller_id=owner.reseller_id,
             job_type_id=jt.id, job_type_name=jt.name,
-            queue_name=queue_name(jt.name, jt.required_tags or (), None if jt.catalog else owner.customer_id),
+            queue_name=queue,
             status=SCHEDULED if schedule else PENDING, priority=priority, persistence_policy=persistence,
             settings=settings,
             payload=payload, result=None, error="", error_type="", runner_id="", attempt_count=0,
