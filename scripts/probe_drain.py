@@ -71,7 +71,7 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     if loops is not None:  # the first round's drain only: its callbacks by task (`--loop-profile`)
         (loops / "start").touch()
     before = p.meter.snapshot()
-    began = time.perf_counter()
+    began, began_at = time.perf_counter(), time.time()
     if prefetch:
         os.environ["INNOSYSTEM_RUNNER_PREFETCH"] = prefetch  # the runners started next read it
     runners = bench.start_runners(p, bench.runner_tokens(p, 2), slots, log_dir)
@@ -82,6 +82,7 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
                 spies.append(_spy(profile, f"runner-{k}.{n}", proc.pid))
         finished = bench.wait_charged(p, balance - jobs * bench.CENTS_PER_JOB, timeout=600)
         usage = p.meter.diff(before)
+        drain = bench.finish_line(began_at, finished - began, p.wallet_changed())  # as `make bench` counts it
     finally:
         bench.stop_runners(runners)
         for spy in spies:
@@ -95,7 +96,7 @@ def drain_round(p: bench.Platform, pg_url: str, valkey_url: str, jobs: int, k: i
     tables1 = {row[0]: row[1:] for row in db.execute(_PG_TABLES)}
     upkeep1 = {row[0]: row[1:] for row in db.execute(_PG_UPKEEP)}
     held = f", prefetch {prefetch}" if prefetch else ""
-    bench.say(f"drain of {jobs:,} ({slots} slots{held}): {jobs / (finished - began):,.0f} jobs/s; CPU per job, "
+    bench.say(f"drain of {jobs:,} ({slots} slots{held}): {jobs / drain:,.0f} jobs/s; CPU per job, "
               f"ms: total {usage.total * 1000 / jobs:.3f}; " + ", ".join(
                   f"{name} {seconds * 1000 / jobs:.3f}" for name, seconds in usage.seconds.items()
                   if seconds and seconds * 1000 / jobs >= 0.005))

@@ -58,3 +58,12 @@ def test_an_external_stack_without_cpu_figures() -> None:
     targets = bench.check_targets(_results(cpu={"skipped": "an external stack"}))
     assert targets["CPU per drained job, ms"]["met"] is None and targets["peak RSS of a process, MB"]["value"] is None
     assert targets["gateway batches, jobs/s"]["met"] is True
+
+
+def test_the_drain_ends_at_its_last_stamp_inside_the_poll() -> None:
+    """The finish line is the last job's stamp (the wallet's last capture, the yardstick's last
+    job) when it falls between the start and the poll that saw the end; else the poll's."""
+    assert bench.finish_line(began_at=1000.0, polled=8.5, last=1008.25) == 8.25
+    assert bench.finish_line(began_at=1000.0, polled=8.5, last=None) == 8.5
+    assert bench.finish_line(began_at=1000.0, polled=8.5, last=1009.0) == 8.5  # after the poll: another write
+    assert bench.finish_line(began_at=1000.0, polled=8.5, last=999.0) == 8.5  # before the start: nothing drained
