@@ -43,7 +43,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.trace import SpanKind
 
-from innosystem.kit import audit, callers, collector, logs, principal, roles, sessions, telemetry
+from innosystem.kit import audit, callers, collector, logs, principal, roles, sessions, switching, telemetry
 from innosystem.kit.audit import AuditReporter
 from innosystem.kit.config import CommonConfig
 from innosystem.kit.errors import (
@@ -402,6 +402,7 @@ async def run(config: CommonConfig, services: Sequence[Service], listen: dict[st
 
     tasks = {s.name: [_background(s.name, b) for b in s.background] for s in services}
     collector.settle()
+    switching.settle()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

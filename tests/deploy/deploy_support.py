@@ -105,10 +105,11 @@ class _RecordingEnviron(dict[str, str]):
 
 def _config_classes() -> Iterator[Any]:
     from gateway.config import GatewayConfig
-    from innosystem.kit import collector
+    from innosystem.kit import collector, switching
     from innosystem.kit.config import CommonConfig
 
     yield collector.threshold  # every long-running process, the gateway and runners included
+    yield switching.interval_ms  # every service process
 
     for service in SERVICES:
         yield lambda s=service: CommonConfig.from_env(s)
