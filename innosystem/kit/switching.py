@@ -9,7 +9,7 @@ alternated pairs at 200 submits/s (`scripts/probe_dispatch.py`), the processor s
 the median in thirteen and at the 90th percentile in eleven, and the shared process spent less
 CPU a job in most (docs/performance.md, session 28). Services only: a runner's processor threads
 share their GIL with its loop, where a shorter interval means more switching between them, and
-the gateway was not measured.
+the gateway showed no change beyond the noise (three pairs of `scripts/probe_submit.py`).
 """
 
 from __future__ import annotations
