@@ -304,13 +304,16 @@ class Platform:
     def echo(self) -> str:
         return self.demo.job_type_ids["echo"]
 
+    def _wallet(self) -> dict[str, Any]:
+        return self.customer("GET", f"/v1/customers/{self.demo.customer_id}/wallet")
+
     def wallet(self) -> tuple[int, int]:
-        wallet = self.customer("GET", f"/v1/customers/{self.demo.customer_id}/wallet")
+        wallet = self._wallet()
         return int(wallet.get("balanceCents", 0)), int(wallet.get("heldCents", 0))
 
     def wallet_changed(self) -> float | None:
         """When the wallet last changed (epoch seconds): after a drain, its last capture."""
-        stamp = self.customer("GET", f"/v1/customers/{self.demo.customer_id}/wallet").get("updateTime")
+        stamp = self._wallet().get("updateTime")
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
 
 
