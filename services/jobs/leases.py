@@ -166,6 +166,7 @@ class Leases:
         if queues:
             await self._seen(queues)
         while True:
+            await self.deps.queue.landed()  # a job answered is a job found: its wake-up counted too
             seen = self.deps.signals.versions(queues)
             leases: list[pb.JobLease] = []
             if queues and not self._still_empty(queues, r.customer_id, seen):

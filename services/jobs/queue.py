@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,20 @@ class JobQueue:
         self.client = client
         self.prefix = prefix
         self.scripts = Scripts(client, Path(__file__).parent / "lua", ERRORS)
+        self._landing: set[asyncio.Future[None]] = set()  # enqueues whose submits were answered first
+
+    def landing(self, enqueue: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """An enqueue run after its submit was answered: until it lands, this replica's reads of
+        the queues (a lease, a removal, the depths, a position) wait for it, so a job answered is a
+        job they find. Another replica may find it a round trip later."""
+        task = asyncio.ensure_future(enqueue)
+        self._landing.add(task)
+        task.add_done_callback(self._landing.discard)
+        return task
+
+    async def landed(self) -> None:
+        if self._landing:
+            await asyncio.wait(set(self._landing))
 
     # keys ---------------------------------------------------------------------------------------
     def base(self, job_type: str) -> str:
@@ -199,6 +213,7 @@ class JobQueue:
         call, atomic. Several types: a depth probe, then one call per run of non-empty classes."""
         if max_jobs <= 0 or not job_types:
             return []
+        await self.landed()
         if customer_id is not None:
             _check_name("customer_id", customer_id)
         types = list(dict.fromkeys(job_types))
@@ -240,6 +255,7 @@ class JobQueue:
         """Cancel queued or scheduled jobs, O(log n) each; leased jobs are left alone. Returns the ids removed."""
         if not job_ids:
             return []
+        await self.landed()
         removed = await self.scripts.remove(keys=self._keys(job_type), args=[self.base(job_type), *job_ids])
         return [_text(i) for i in removed]
 
@@ -256,6 +272,7 @@ class JobQueue:
     # reads --------------------------------------------------------------------------------------
     async def stats(self, job_types: Sequence[str]) -> list[TypeStats]:
         """Depth per type and class, oldest waiting enqueue time, scheduled count and next due: one pipeline."""
+        await self.landed()
         pipe = self.client.pipeline(transaction=False)
         for jt in job_types:
             base = self.base(jt)
@@ -283,6 +300,7 @@ class JobQueue:
     async def ahead_of(self, job_type: str, job_id: str) -> Position:
         """Why a job waits: its state, the jobs of higher classes ahead of it, an estimate in its class."""
         base = self.base(job_type)
+        await self.landed()
         record = await self.client.hget(f"{base}:job", job_id)
         if record is None:
             return Position("unknown", 0, 0)

@@ -9,7 +9,8 @@ time and releases after a grace (`Loops._release_orphan_holds`); a submit that c
 within half that grace gives its holds back and answers UNAVAILABLE, so recovery never releases
 the hold of a submit still in flight. A crash after the commit leaves a Pending job that recovery
 enqueues. So a job never waits without a hold and a hold never outlives a job that does not exist
-for longer than the grace.
+for longer than the grace. A single submit is answered at its commit, its enqueue following (the
+answer does not wait for Redis); a batch is answered once its jobs are enqueued.
 
 Idempotency: with a `request_id` the job id is derived from (project, request id), so a repeat
 reserves the same hold (billing is idempotent per hold) and cannot store a second job.
@@ -563,7 +564,7 @@ class Submission:
                 raise outcome
 
     async def _store_together(self, groups: Sequence[Group]) -> list[Exception | None] | Answer[None]:
-        """Concurrent single submits' `_store`: answered at their commit (and enqueue), the job
+        """Concurrent single submits' `_store`: answered at their commit, their enqueue and the job
         events of jobs handed to long polls following in the same worker."""
         after: list[Awaitable[None]] = []
         try:
@@ -575,8 +576,8 @@ class Submission:
 
     async def _store(self, groups: Sequence[Group], after: list[Awaitable[None]]) -> list[Exception | None]:
         """Reserves every group's holds in one billing call (billing commits them), then one
-        transaction stores the jobs of every group whose holds were all granted; then the jobs
-        enter Redis. Returns each group's refusal or error (None: stored). A large batch's jobs are
+        transaction stores the jobs of every group whose holds were all granted; the jobs' entry
+        into Redis goes first in `after`. Returns each group's refusal or error (None: stored). A large batch's jobs are
         written while billing reserves (`_write_reserving`); they commit only after."""
         ids = [p.job.id for g in groups for p in g.fresh]
         if len(groups) > 1 and len(set(ids)) < len(ids):  # repeats of one request id: the first one wins
@@ -628,11 +629,8 @@ class Submission:
                                         reason="UNSTORABLE_VALUE")]
             raise
         stored = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
-        try:
-            await self._enqueue(stored)
-        except Exception as exc:  # committed is submitted: recovery puts the jobs in Redis
-            log.warning("%d submitted jobs committed but not enqueued (%s); recovery will enqueue them",
-                        len(stored), _kind(exc))
+        if stored:  # first of what follows the commit: single submits are answered before it
+            after.insert(0, self.deps.queue.landing(self._enqueued(stored)))
         return refusals
 
     async def _commit(self, groups: Sequence[Group], refusals: list[Exception | None] | None,
@@ -806,6 +804,13 @@ class Submission:
             return FailedPrecondition(f"{field}: the customer has no wallet in the project's billing currency "
                                       f"({err.message})", field=field, reason=err.reason)
         return err
+
+    async def _enqueued(self, stored: Sequence[Prepared]) -> None:
+        try:
+            await self._enqueue(stored)
+        except Exception as exc:  # committed is submitted: recovery puts the jobs in Redis
+            log.warning("%d submitted jobs committed but not enqueued (%s); recovery will enqueue them",
+                        len(stored), _kind(exc))
 
     async def _enqueue(self, fresh: Sequence[Prepared]) -> None:
         deps = self.deps

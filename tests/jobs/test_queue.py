@@ -440,3 +440,26 @@ async def test_an_endings_redis_work_is_one_round_trip_and_survives_lost_scripts
     assert sent[0] == ["EVALSHA", "EVALSHA", "PUBSUB NUMSUB"]  # both queues and the question: one round trip
     assert await queue.finish("render", ["r1", "r2"]) == 0  # forgotten despite the lost scripts
     assert await queue.finish("paint", ["p1"]) == 0
+
+
+async def test_a_read_waits_for_an_enqueue_still_landing(queue: JobQueue) -> None:
+    """A single submit is answered before its enqueue lands (services/jobs/submission.py): this
+    replica's depth, position and lease wait for it, so a job answered is a job they find."""
+    async def enqueue_when(go: asyncio.Event, job_id: str) -> None:
+        await go.wait()
+        await queue.enqueue([item(job_id, "c1")])
+
+    first, second = asyncio.Event(), asyncio.Event()
+    queue.landing(enqueue_when(first, "j1"))
+    reads = asyncio.gather(queue.depth("render"), queue.ahead_of("render", "j1"))
+    await asyncio.sleep(0.05)
+    assert not reads.done()  # they wait for the enqueue under way
+    first.set()
+    depth, position = await reads
+    assert depth[MEDIUM] == 1 and position.state == "queued"
+    queue.landing(enqueue_when(second, "j2"))
+    lease = asyncio.ensure_future(queue.lease(["render"], 5, T0))
+    await asyncio.sleep(0.05)
+    assert not lease.done()
+    second.set()
+    assert await lease == ["j1", "j2"]
