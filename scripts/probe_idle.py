@@ -1,6 +1,6 @@
 """What an exchange costs when it comes alone: the same work back to back and spaced out.
 
-    .venv/bin/python scripts/probe_idle.py [--count 600] [--gaps 0,5,20]
+    .venv/bin/python scripts/probe_idle.py [--count 600] [--gaps 0,5,20] [--in-flight 64 --calls 8000]
 
 Starts the embedded PostgreSQL and Valkey and a bare gRPC server in a process of its own (grpc.aio,
 the standard health service), and runs, from one asyncio process, a small ledger-like transaction
@@ -75,7 +75,26 @@ async def _measure(what: str, op: Callable[[], Awaitable[object]], gap: float, c
           f"wall p50 {cuts[4] * 1e6:6.0f} µs, p90 {cuts[8] * 1e6:6.0f} µs", flush=True)
 
 
-async def _probe(pg_url: str, valkey_url: str, gaps: list[float], count: int, grpc_addr: str, grpc_pid: int) -> None:
+async def _throughput(check: Callable[[], Awaitable[object]], calls: int, in_flight: int, server: int) -> None:
+    """`calls` unary calls from `in_flight` concurrent callers: calls/s and each end's CPU per call."""
+    for _ in range(200):
+        await check()
+    left = iter(range(calls))
+
+    async def caller() -> None:
+        for _ in left:
+            await check()
+
+    cpu, served, began = time.process_time(), _cpu_seconds(server), time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(in_flight)))
+    seconds = time.perf_counter() - began
+    print(f"gRPC, {in_flight} in flight: {calls / seconds:,.0f} calls/s, CPU per call: the caller "
+          f"{(time.process_time() - cpu) / calls * 1e6:.0f} µs, the server "
+          f"{(_cpu_seconds(server) - served) / calls * 1e6:.0f} µs", flush=True)
+
+
+async def _probe(pg_url: str, valkey_url: str, gaps: list[float], count: int, grpc_addr: str, grpc_pid: int,
+                 in_flight: int = 0, calls: int = 0) -> None:
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as db:
         await db.execute("CREATE TABLE IF NOT EXISTS probe_wallet (id int PRIMARY KEY, held bigint NOT NULL)")
         await db.execute("INSERT INTO probe_wallet VALUES (1, 0) ON CONFLICT DO NOTHING")
@@ -97,6 +116,8 @@ async def _probe(pg_url: str, valkey_url: str, gaps: list[float], count: int, gr
                 await _measure("PostgreSQL", transaction, gap, count)
                 await _measure("Valkey", lambda: valkey.incr("probe"), gap, count)
                 await _measure("gRPC", lambda: check(health_pb2.HealthCheckRequest()), gap, count, grpc_pid)
+            if in_flight:
+                await _throughput(lambda: check(health_pb2.HealthCheckRequest()), calls, in_flight, grpc_pid)
         finally:
             await valkey.aclose()
             await channel.close()
@@ -106,8 +127,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=600, help="operations per gap (default 600)")
     parser.add_argument("--gaps", default="0,5,20", help="milliseconds between operations (default 0,5,20)")
+    parser.add_argument("--in-flight", type=int, default=0, help="then calls/s with this many concurrent callers")
+    parser.add_argument("--calls", type=int, default=8000, help="calls for --in-flight (default 8000)")
     args = parser.parse_args()
-    gaps = [float(g) / 1000 for g in args.gaps.split(",")]
+    gaps = [float(g) / 1000 for g in args.gaps.split(",") if g]
     with tempfile.TemporaryDirectory() as folder:
         pg, valkey = EmbeddedPostgres(Path(folder) / "pg"), EmbeddedValkey(Path(folder) / "valkey")
         url = pg.start().replace("postgresql+psycopg://", "postgresql://")
@@ -117,7 +140,7 @@ def main() -> None:
             valkey.start()
             assert server.stdout is not None
             server.stdout.readline()  # "ready"
-            asyncio.run(_probe(url, valkey.url, gaps, args.count, addr, server.pid))
+            asyncio.run(_probe(url, valkey.url, gaps, args.count, addr, server.pid, args.in_flight, args.calls))
         finally:
             server.kill()
             server.wait()
