@@ -55,7 +55,8 @@ async def create() -> Service:
                     app.loops.recover_forever, app.loops.retain_forever,
                     app.deliveries.fan_out_forever, app.deliveries.send_forever, follow_statistics],
         audit=AuditReporter(tenancy),  # job types → tenancy's audit log
-        # billing for what ended before the stop goes out before the billing channel closes
-        on_shutdown=[withdraw, app.cases.leases.settle_pending, app.deliveries.close, tenancy.close, billing.close,
-                     keys.close, close_redis, db.close],
+        # billing for what ended before the stop goes out before the billing channel closes, and
+        # the enqueues of submits answered before it land before Redis closes
+        on_shutdown=[withdraw, app.deps.queue.landed, app.cases.leases.settle_pending, app.deliveries.close,
+                     tenancy.close, billing.close, keys.close, close_redis, db.close],
     )

@@ -9,8 +9,9 @@ time and releases after a grace (`Loops._release_orphan_holds`); a submit that c
 within half that grace gives its holds back and answers UNAVAILABLE, so recovery never releases
 the hold of a submit still in flight. A crash after the commit leaves a Pending job that recovery
 enqueues. So a job never waits without a hold and a hold never outlives a job that does not exist
-for longer than the grace. A single submit is answered at its commit, its enqueue following (the
-answer does not wait for Redis); a batch is answered once its jobs are enqueued.
+for longer than the grace. A submit is answered at its commit, its enqueue following: the answer
+does not wait for Redis, and this replica's reads of the queues wait for an enqueue still landing
+(`JobQueue.landing`), so a job answered is a job a lease here finds.
 
 Idempotency: with a `request_id` the job id is derived from (project, request id), so a repeat
 reserves the same hold (billing is idempotent per hold) and cannot store a second job.
@@ -564,8 +565,8 @@ class Submission:
                 raise outcome
 
     async def _store_together(self, groups: Sequence[Group]) -> list[Exception | None] | Answer[None]:
-        """Concurrent single submits' `_store`: answered at their commit, their enqueue and the job
-        events of jobs handed to long polls following in the same worker."""
+        """Concurrent single submits' `_store`: answered at their commit, the job events of jobs
+        handed to long polls following in the same worker."""
         after: list[Awaitable[None]] = []
         try:
             outcomes = await self._store(groups, after)
@@ -576,9 +577,10 @@ class Submission:
 
     async def _store(self, groups: Sequence[Group], after: list[Awaitable[None]]) -> list[Exception | None]:
         """Reserves every group's holds in one billing call (billing commits them), then one
-        transaction stores the jobs of every group whose holds were all granted; the jobs' entry
-        into Redis goes first in `after`. Returns each group's refusal or error (None: stored). A large batch's jobs are
-        written while billing reserves (`_write_reserving`); they commit only after."""
+        transaction stores the jobs of every group whose holds were all granted; then the jobs
+        enter Redis, landing after the answer. Returns each group's refusal or error (None:
+        stored). A large batch's jobs are written while billing reserves (`_write_reserving`);
+        they commit only after."""
         ids = [p.job.id for g in groups for p in g.fresh]
         if len(groups) > 1 and len(set(ids)) < len(ids):  # repeats of one request id: the first one wins
             return await self._one_by_one(groups, after)
@@ -629,8 +631,8 @@ class Submission:
                                         reason="UNSTORABLE_VALUE")]
             raise
         stored = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
-        if stored:  # first of what follows the commit: single submits are answered before it
-            after.insert(0, self.deps.queue.landing(self._enqueued(stored)))
+        if stored:  # answered before it lands: this replica's reads of the queues wait for it
+            self.deps.queue.landing(self._enqueued(stored))
         return refusals
 
     async def _commit(self, groups: Sequence[Group], refusals: list[Exception | None] | None,

@@ -55,6 +55,31 @@ async def test_submit_holds_the_cost_stores_and_queues(world: JobsWorld) -> None
     assert (await world.app.deps.queue.depth(job.queue_name))[types_pb.PRIORITY_LEVEL_HIGH] == 1
 
 
+async def test_a_submit_is_answered_before_its_enqueue_lands_and_a_lease_here_still_finds_it(
+        world: JobsWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer comes at the commit; the jobs enter Redis after it (`JobQueue.landing`), and a
+    lease on this replica waits for them: a batch's jobs and a single submit's are all found."""
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, price=10)
+    queue = world.app.deps.queue
+    gate = asyncio.Event()
+    enqueue = queue.enqueue
+
+    async def held_back(items: Any) -> int:
+        await gate.wait()
+        return await enqueue(items)
+
+    monkeypatch.setattr(queue, "enqueue", held_back)
+    batch = await world.app.cases.submission.batch_submit(c.principal, pb.BatchSubmitJobsRequest(
+        project_id=c.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(3)]))
+    single = await world.submit(c, jt)  # both answered while their enqueues wait at the gate
+    lease = asyncio.ensure_future(world.lease([jt.name], max_jobs=10))
+    await asyncio.sleep(0.05)
+    assert not lease.done()  # it waits for the enqueues under way
+    gate.set()
+    assert sorted(x.job_id for x in await lease) == sorted(str(j.id) for j in [*batch, single])
+
+
 async def test_request_id_repeat_returns_the_same_job_and_reuse_is_refused(world: JobsWorld) -> None:
     c = await world.customer(funds=1000)
     jt = await world.job_type(c, price=10)
