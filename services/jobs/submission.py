@@ -9,9 +9,9 @@ time and releases after a grace (`Loops._release_orphan_holds`); a submit that c
 within half that grace gives its holds back and answers UNAVAILABLE, so recovery never releases
 the hold of a submit still in flight. A crash after the commit leaves a Pending job that recovery
 enqueues. So a job never waits without a hold and a hold never outlives a job that does not exist
-for longer than the grace. A submit is answered at its commit, its enqueue following: the answer
-does not wait for Redis, and this replica's reads of the queues wait for an enqueue still landing
-(`JobQueue.landing`), so a job answered is a job a lease here finds.
+for longer than the grace. A lone submit and a large batch are answered at their commit, their
+enqueue following (ANSWERED_AT_COMMIT_FROM); this replica's reads of the queues wait for an
+enqueue still landing (`JobQueue.landing`), so a job answered is a job a lease here finds.
 
 Idempotency: with a `request_id` the job id is derived from (project, request id), so a repeat
 reserves the same hold (billing is idempotent per hold) and cannot store a second job.
@@ -96,6 +96,12 @@ EARLY_WRITE_ROWS = 100
 # singles, 64 in flight: docs/performance.md, session 18.
 SINGLES_GROUP = 100
 SINGLES_IN_FLIGHT = 2
+# A call of one job, or of at least this many, is answered at its commit, its jobs landing in Redis
+# after (`JobQueue.landing`): a lone submit 0.5-1.4 ms sooner at 50/s, a batch of 1,000 its enqueue
+# (about 15 ms) sooner. A call between (the gateway's gathered singles, at most 100; the jobs
+# service's own groups) waits for its enqueue: that wait is the window the next ones gather in,
+# and without it they went in more, smaller commits (docs/performance.md, session 29).
+ANSWERED_AT_COMMIT_FROM = 500
 JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 
 
@@ -559,17 +565,22 @@ class Submission:
             after: list[Awaitable[None]] = []
             try:
                 (outcome,) = await self._store([group], after)
+                if 1 < len(group.fresh) < ANSWERED_AT_COMMIT_FROM:
+                    await self.deps.queue.landed()
             finally:
                 await _in_turn(after)
             if outcome is not None:
                 raise outcome
 
     async def _store_together(self, groups: Sequence[Group]) -> list[Exception | None] | Answer[None]:
-        """Concurrent single submits' `_store`: answered at their commit, the job events of jobs
-        handed to long polls following in the same worker."""
+        """Concurrent single submits' `_store`, the job events of jobs handed to long polls
+        following in the same worker; answered at the commit if alone, else once their jobs
+        landed in Redis (ANSWERED_AT_COMMIT_FROM)."""
         after: list[Awaitable[None]] = []
         try:
             outcomes = await self._store(groups, after)
+            if sum(len(g.fresh) for g in groups) > 1:
+                await self.deps.queue.landed()
         except BaseException:
             await _in_turn(after)  # what did commit still gets its events
             raise

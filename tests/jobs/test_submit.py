@@ -55,10 +55,14 @@ async def test_submit_holds_the_cost_stores_and_queues(world: JobsWorld) -> None
     assert (await world.app.deps.queue.depth(job.queue_name))[types_pb.PRIORITY_LEVEL_HIGH] == 1
 
 
-async def test_a_submit_is_answered_before_its_enqueue_lands_and_a_lease_here_still_finds_it(
+async def test_a_lone_submit_and_a_large_batch_are_answered_before_their_enqueue_lands(
         world: JobsWorld, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The answer comes at the commit; the jobs enter Redis after it (`JobQueue.landing`), and a
-    lease on this replica waits for them: a batch's jobs and a single submit's are all found."""
+    """Answered at the commit, their jobs entering Redis after (`JobQueue.landing`), while a call
+    of a few jobs waits for its enqueue (ANSWERED_AT_COMMIT_FROM); a lease on this replica waits
+    for the enqueues under way and finds every job answered."""
+    from services.jobs import submission as submission_module
+
+    monkeypatch.setattr(submission_module, "ANSWERED_AT_COMMIT_FROM", 3)
     c = await world.customer(funds=1000)
     jt = await world.job_type(c, price=10)
     queue = world.app.deps.queue
@@ -69,15 +73,20 @@ async def test_a_submit_is_answered_before_its_enqueue_lands_and_a_lease_here_st
         await gate.wait()
         return await enqueue(items)
 
+    def batch(n: int) -> pb.BatchSubmitJobsRequest:
+        return pb.BatchSubmitJobsRequest(project_id=c.project_id,
+                                         requests=[pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(n)])
+
     monkeypatch.setattr(queue, "enqueue", held_back)
-    batch = await world.app.cases.submission.batch_submit(c.principal, pb.BatchSubmitJobsRequest(
-        project_id=c.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(3)]))
+    large = await world.app.cases.submission.batch_submit(c.principal, batch(3))
     single = await world.submit(c, jt)  # both answered while their enqueues wait at the gate
+    few = asyncio.ensure_future(world.app.cases.submission.batch_submit(c.principal, batch(2)))
     lease = asyncio.ensure_future(world.lease([jt.name], max_jobs=10))
     await asyncio.sleep(0.05)
-    assert not lease.done()  # it waits for the enqueues under way
+    assert not few.done() and not lease.done()  # each waits for the enqueues under way
     gate.set()
-    assert sorted(x.job_id for x in await lease) == sorted(str(j.id) for j in [*batch, single])
+    stored = [*large, single, *await few]
+    assert sorted(x.job_id for x in await lease) == sorted(str(j.id) for j in stored)
 
 
 async def test_request_id_repeat_returns_the_same_job_and_reuse_is_refused(world: JobsWorld) -> None:
