@@ -443,8 +443,8 @@ async def test_an_endings_redis_work_is_one_round_trip_and_survives_lost_scripts
 
 
 async def test_a_read_waits_for_an_enqueue_still_landing(queue: JobQueue) -> None:
-    """A single submit is answered before its enqueue lands (services/jobs/submission.py): this
-    replica's depth, position and lease wait for it, so a job answered is a job they find."""
+    """A lone submit or a large batch is answered before its enqueue lands (services/jobs/submission.py):
+    this replica's depth, position and lease wait for it, so a job answered is a job they find."""
     async def enqueue_when(go: asyncio.Event, job_id: str) -> None:
         await go.wait()
         await queue.enqueue([item(job_id, "c1")])

@@ -78,8 +78,9 @@ async def test_a_lone_submit_and_a_large_batch_are_answered_before_their_enqueue
                                          requests=[pb.SubmitJobRequest(job_type_id=str(jt.id)) for _ in range(n)])
 
     monkeypatch.setattr(queue, "enqueue", held_back)
-    large = await world.app.cases.submission.batch_submit(c.principal, batch(3))
-    single = await world.submit(c, jt)  # both answered while their enqueues wait at the gate
+    # both answered while their enqueues wait at the gate (bounded: a wait for them would hang)
+    large = await asyncio.wait_for(world.app.cases.submission.batch_submit(c.principal, batch(3)), 10)
+    single = await asyncio.wait_for(world.submit(c, jt), 10)
     few = asyncio.ensure_future(world.app.cases.submission.batch_submit(c.principal, batch(2)))
     lease = asyncio.ensure_future(world.lease([jt.name], max_jobs=10))
     await asyncio.sleep(0.05)
