@@ -160,6 +160,11 @@ async def _quietly(step: Awaitable[None], what: str) -> None:
         log.warning("%s failed (%s)", what, _kind(exc))
 
 
+def _count_submitted(stored: Sequence[Prepared]) -> None:
+    for (job_type, priority), count in Counter((p.job.job_type_name, p.job.priority) for p in stored).items():
+        metrics.submitted.add(count, {"job_type": job_type, "priority": priority_name(priority)})
+
+
 def _is_uuid(text: str) -> bool:
     try:
         uuid.UUID(text)
@@ -642,7 +647,9 @@ class Submission:
                                         reason="UNSTORABLE_VALUE")]
             raise
         stored = [p for g, refused in zip(groups, refusals, strict=True) if refused is None for p in g.fresh]
-        if stored:  # answered before it lands: this replica's reads of the queues wait for it
+        if stored and all(p.job.status == RUNNING for p in stored):  # all handed to long polls
+            _count_submitted(stored)
+        elif stored:  # answered before it lands: this replica's reads of the queues wait for it
             self.deps.queue.landing(self._enqueued(stored))
         return refusals
 
@@ -840,6 +847,5 @@ class Submission:
         if later:
             await deps.queue.schedule(later)
             changes.scheduled = True
-        for (job_type, priority), count in Counter((p.job.job_type_name, p.job.priority) for p in fresh).items():
-            metrics.submitted.add(count, {"job_type": job_type, "priority": priority_name(priority)})
+        _count_submitted(fresh)
         await changes.publish(deps.signals)
