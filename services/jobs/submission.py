@@ -650,7 +650,9 @@ class Submission:
         if stored and all(p.job.status == RUNNING for p in stored):  # all handed to long polls
             _count_submitted(stored)
         elif stored:  # answered before it lands: this replica's reads of the queues wait for it
-            self.deps.queue.landing(self._enqueued(stored))
+            # committed is submitted: if Redis fails, recovery puts the jobs there
+            self.deps.queue.landing(_quietly(self._enqueue(stored),
+                                             f"the enqueue of {len(stored)} committed jobs (recovery will)"))
         return refusals
 
     async def _commit(self, groups: Sequence[Group], refusals: list[Exception | None] | None,
@@ -824,13 +826,6 @@ class Submission:
             return FailedPrecondition(f"{field}: the customer has no wallet in the project's billing currency "
                                       f"({err.message})", field=field, reason=err.reason)
         return err
-
-    async def _enqueued(self, stored: Sequence[Prepared]) -> None:
-        try:
-            await self._enqueue(stored)
-        except Exception as exc:  # committed is submitted: recovery puts the jobs in Redis
-            log.warning("%d submitted jobs committed but not enqueued (%s); recovery will enqueue them",
-                        len(stored), _kind(exc))
 
     async def _enqueue(self, fresh: Sequence[Prepared]) -> None:
         deps = self.deps
