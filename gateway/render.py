@@ -158,6 +158,52 @@ def _map_key(key: Any) -> str:
     return str(key)
 
 
+# Lists whose messages differ in little but a few string fields, printed once per shape (`_Shapes`):
+# a batch answer's just-submitted jobs differ in their ids and request ids alone.
+_OWN_FIELDS: dict[str, tuple[str, ...]] = {"innosystem.jobs.v1.Job": ("id", "request_id")}
+
+
+class _Shapes:
+    """A list of messages of a type in `_OWN_FIELDS`, each printed as the first of its shape was,
+    with its own values of those fields: their shape is the message's deterministic bytes without
+    them (equal bytes, equal messages) and which of them are set (a set field prints in field
+    order, an unset one among the defaults). About a fifth of printing each: a 1,000-job answer
+    took 12 ms of the gateway's CPU. The shallow copies share their nested values, which nobody
+    changes (the answer is serialized as it is)."""
+
+    def __init__(self, descriptor: Descriptor, one: Convert) -> None:
+        self.one = one
+        fields = [descriptor.fields_by_name[n] for n in _OWN_FIELDS[descriptor.full_name]]
+        # "" is their unset value: plain strings, not in a oneof, without presence
+        assert all(f.type == FieldDescriptor.TYPE_STRING and not f.has_presence and not f.is_repeated
+                   for f in fields), descriptor.full_name
+        self.own = [(f.name, f.json_name) for f in fields]
+
+    def __call__(self, values: Any) -> list[Any]:
+        if len(values) < 2:
+            return [self.one(v) for v in values]
+        shapes: dict[tuple[bytes, tuple[bool, ...]], dict[str, Any]] = {}
+        out: list[Any] = []
+        for m in values:
+            own = [getattr(m, name) for name, _ in self.own]
+            for name, _ in self.own:
+                setattr(m, name, "")
+            key = (m.SerializeToString(deterministic=True), tuple(map(bool, own)))
+            for (name, _), value in zip(self.own, own, strict=True):
+                setattr(m, name, value)
+            shape = shapes.get(key)
+            if shape is None:
+                shape = shapes[key] = self.one(m)
+                out.append(shape)
+                continue
+            js = dict(shape)
+            for (_, json_name), value in zip(self.own, own, strict=True):
+                if value:
+                    js[json_name] = value
+            out.append(js)
+        return out
+
+
 class _Plan:
     """A regular message type's fields as json_format prints them: the set fields in field-number
     order, then the unset fields without presence (at their default) in declaration order."""
@@ -185,6 +231,8 @@ class _Plan:
             return lambda m: {_map_key(k): value(m[k]) for k in m}
         one = _scalar_converter(f)
         if f.is_repeated:
+            if f.message_type is not None and f.message_type.full_name in _OWN_FIELDS:
+                return _Shapes(f.message_type, one)
             return lambda values: [one(v) for v in values]
         return one
 

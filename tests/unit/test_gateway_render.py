@@ -228,3 +228,26 @@ def test_answers_encode_as_the_json_module_reads_them(descriptor: Descriptor) ->
 def test_what_orjson_cannot_encode_goes_through_json() -> None:
     assert dumps({"big": 2**70, "ok": [1, "é"]}) == json.dumps(
         {"big": 2**70, "ok": [1, "é"]}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_a_batch_answers_jobs_of_shared_shapes_as_json_format_does() -> None:
+    """A list of jobs that differ in their ids and request ids (printed once per shape,
+    `render._Shapes`) prints each job as its own: with and without a request id (an unset one
+    prints among the defaults), other jobs of another shape between them, and the message itself
+    unchanged by the printing."""
+    response: Any = message_class(_POOL.FindMessageTypeByName("innosystem.jobs.v1.BatchSubmitJobsResponse"))()
+    for i in range(12):
+        job = response.jobs.add()
+        _fill(job, 1, 0, {})
+        job.id = f"job-{i}"
+        job.request_id = f"req-{i}" if i % 3 else ""
+        if i % 4 == 0:
+            job.priority = 1 + i % 3  # another shape
+        if i == 7:
+            job.id = ""  # an unset id prints among the defaults too
+    before = response.SerializeToString(deterministic=True)
+    got = to_json(response)
+    assert _same(got, _reference(response))
+    assert [j.get("id") for j in got["jobs"]][:3] == ["job-0", "job-1", "job-2"]
+    assert got["jobs"][1]["requestId"] == "req-1" and got["jobs"][3]["requestId"] == ""
+    assert response.SerializeToString(deterministic=True) == before
