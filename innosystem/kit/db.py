@@ -22,6 +22,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,14 +88,40 @@ async def driver_of(conn: Conn) -> psycopg.AsyncConnection[Any]:
     return connection.connection.driver_connection  # type: ignore[return-value]
 
 
-def _insert(table: Table, rows: Sequence[Mapping[str, Any]]) -> tuple[sql.Composed | str, list[Any], bool]:
+@dataclass(frozen=True)
+class Rows:
+    """Rows to insert as sequences of values in the order of `names` (column keys), each JSON value
+    already as it is stored (`Jsonb`, or None): what a hot path builds without a dict per row,
+    which the insert would only take apart again (a 1,000-job batch's rows: about 9 ms of CPU
+    as dicts, 2 as lists)."""
+
+    names: tuple[str, ...]
+    values: Sequence[Sequence[Any]]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+# Rows to insert: dicts naming the same columns (JSON columns take Python values; a value already
+# wrapped in `Jsonb`, its text serialized beforehand, is stored as it is), or `Rows`.
+Inserted = Sequence[Mapping[str, Any]] | Rows
+
+
+def _names(rows: Inserted) -> tuple[str, ...]:
+    return rows.names if isinstance(rows, Rows) else tuple(rows[0])
+
+
+def _insert(table: Table, rows: Inserted) -> tuple[sql.Composed | str, Sequence[Any], bool]:
     """(statement, parameters, is it COPY) inserting `rows`: a multi-row INSERT for a few rows (with
     PostgreSQL's own `$n` placeholders, for a raw cursor: see `_values_insert`), a COPY (the
-    parameters are then the rows' values) for more. JSON columns take Python values; a value
-    already wrapped in `Jsonb` (its text serialized beforehand) is stored as it is."""
-    columns, keys, json = _shape(table, tuple(rows[0]))
-    values = [[Jsonb(row[k]) if k in json and row[k] is not None and not isinstance(row[k], Jsonb) else row[k]
-               for k in keys] for row in rows]
+    parameters are then the rows' values) for more."""
+    columns, keys, json = _shape(table, _names(rows))
+    values: Sequence[Sequence[Any]]
+    if isinstance(rows, Rows):
+        values = rows.values
+    else:
+        values = [[Jsonb(row[k]) if k in json and row[k] is not None and not isinstance(row[k], Jsonb) else row[k]
+                   for k in keys] for row in rows]
     if len(rows) > SMALL_INSERT_ROWS:
         return sql.SQL("COPY {} ({}) FROM STDIN").format(_table_name(table), _column_names(columns)), values, True
     return _values_insert(table, columns, len(rows)), [v for row in values for v in row], False
@@ -146,7 +173,7 @@ def as_sqlalchemy_error(exc: psycopg.Error, what: str) -> Exception:
     return DBAPIError.instance(what, None, exc, psycopg.Error)
 
 
-async def copy_rows(session: Conn, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+async def copy_rows(session: Conn, table: Table, rows: Inserted) -> None:
     """Insert `rows` (each names the same columns of `table`) in the session's transaction: a batch
     with one COPY, several times cheaper than a multi-row INSERT on both sides (no parameter
     processing per row here, no statement per row in PostgreSQL); a few rows (a single submit's)
@@ -162,7 +189,7 @@ async def copy_rows(session: Conn, table: Table, rows: Sequence[Mapping[str, Any
                 await raw.execute(statement, params)
             return
         types = await _copy_types(driver, table)
-        names = list(rows[0])
+        names = _names(rows)
         binary = types is not None and all(n in types for n in names)
         if binary:
             assert types is not None
@@ -270,7 +297,7 @@ class Writes:
         if params:
             self._steps.append((statement, params, "many"))
 
-    async def insert(self, session: Conn, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    async def insert(self, session: Conn, table: Table, rows: Inserted) -> None:
         if len(rows) > SMALL_INSERT_ROWS:
             await copy_rows(session, table, rows)
         elif rows:

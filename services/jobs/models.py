@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import (
+    JSON,
     BigInteger,
     CheckConstraint,
     Double,
@@ -235,13 +238,28 @@ class NewJob:
         for key in self.__slots__:
             setattr(self, key, values.get(key))
 
-    def row(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.__slots__}
+    def values(self, **stored: Jsonb) -> list[Any]:
+        """The row's values in the order of `__slots__` (the table's columns), a JSON one as it is
+        stored (`Jsonb`); `stored`: a JSON column's value already serialized (a payload measured
+        once, the settings a call's jobs of one type share)."""
+        values = list(_VALUES(self))
+        for name, value in stored.items():
+            values[_AT[name]] = value
+        for i in _JSON_AT:
+            value = values[i]
+            if value is not None and not isinstance(value, Jsonb):
+                values[i] = Jsonb(value)
+        return values
 
     if TYPE_CHECKING:  # the columns, as Job declares them
         def __getattr__(self, name: str) -> Any: ...
 
         def __setattr__(self, name: str, value: Any) -> None: ...
+
+
+_VALUES = attrgetter(*NewJob.__slots__)
+_AT = {key: i for i, key in enumerate(NewJob.__slots__)}
+_JSON_AT = tuple(i for i, c in enumerate(Job.__table__.columns) if isinstance(c.type, JSON))
 
 
 class JobAttempt(Base):

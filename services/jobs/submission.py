@@ -50,7 +50,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
 from innosystem.kit.coalescing import Answer, Coalescer, Lanes
-from innosystem.kit.db import Writes
+from innosystem.kit.db import Rows, Writes
 from innosystem.kit.errors import (
     UNCHANGED_REFUSALS,
     Aborted,
@@ -108,6 +108,7 @@ JOB_ID_NAMESPACE = uuid.UUID("5d0c8f61-3a43-4f53-9a53-6a0b7c0f7e11")
 _JOBS = cast(Table, Job.__table__)  # Core inserts: no ORM bulk machinery per row
 _STATUS_CHANGES = cast(Table, JobStatusChange.__table__)
 _ATTEMPTS = cast(Table, JobAttempt.__table__)
+_CHANGE_COLUMNS = ("job_id", "status", "time", "attempt", "reason")
 
 
 _XID = "SELECT pg_current_xact_id()::text"  # the transaction that stores a submit: its rows' xmin
@@ -200,14 +201,15 @@ class Prepared:
     # The hash with the trace context, as submits stored before `fingerprint` remembered theirs.
     legacy_hash: bytes | None = None
 
-    def row(self) -> dict[str, Any]:
-        row = self.job.row()
+    def values(self) -> list[Any]:
+        """The job's row (`NewJob.values`), its payload and settings as serialized once."""
+        stored: dict[str, Jsonb] = {}
         if self.payload_json is not None:
             text = self.payload_json
-            row["payload"] = Jsonb(self.job.payload, dumps=lambda _: text)
+            stored["payload"] = Jsonb(self.job.payload, dumps=lambda _: text)
         if self.settings_json is not None:
-            row["settings"] = self.settings_json
-        return row
+            stored["settings"] = self.settings_json
+        return self.job.values(**stored)
 
 
 @dataclass(frozen=True)
@@ -739,20 +741,18 @@ class Submission:
         (`kit.db.Writes`)."""
         if not new:
             return
-        await writes.insert(s, _JOBS, [p.row() for p in new])
-        changes = []
+        await writes.insert(s, _JOBS, Rows(NewJob.__slots__, [p.values() for p in new]))
+        changes: list[tuple[Any, ...]] = []  # _CHANGE_COLUMNS
         for p in new:
             job = p.job
             if job.status == SCHEDULED:
-                changes.append({"job_id": job.id, "status": SCHEDULED, "time": job.create_time, "attempt": 0,
-                                "reason": f"submitted, scheduled for {job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"})
+                changes.append((job.id, SCHEDULED, job.create_time, 0,
+                                f"submitted, scheduled for {job.schedule_time:%Y-%m-%dT%H:%M:%SZ}"))
                 continue
-            changes.append({"job_id": job.id, "status": PENDING, "time": job.create_time, "attempt": 0,
-                            "reason": "submitted"})
+            changes.append((job.id, PENDING, job.create_time, 0, "submitted"))
             if job.status == RUNNING:
-                changes.append({"job_id": job.id, "status": RUNNING, "time": job.lease_start_time, "attempt": 1,
-                                "reason": f"leased by runner {job.runner_id}"})
-        await writes.insert(s, _STATUS_CHANGES, changes)
+                changes.append((job.id, RUNNING, job.lease_start_time, 1, f"leased by runner {job.runner_id}"))
+        await writes.insert(s, _STATUS_CHANGES, Rows(_CHANGE_COLUMNS, changes))
         if started := [p.job for p in new if p.job.status == RUNNING]:
             await writes.insert(s, _ATTEMPTS, [
                 {"job_id": j.id, "attempt": 1, "lease_id": j.lease_id, "runner_id": j.runner_id,
