@@ -165,17 +165,31 @@ def _check_list(values: ListValue, field: str) -> None:
         _check_value(item, f"{field}[{i}]")
 
 
-def check_storable(message: Message, prefix: str = "") -> None:
+def check_storable(message: Message, prefix: str = "", *, converted: FieldDescriptor | None = None) -> None:
     """Every string of a request storable, at any depth: nested and repeated messages, map keys and
     values, and JSON (`Struct`/`Value`) with its keys, named by path (`payload.x`,
     `requests[3].request_id`, `trace_context[k]`). Only set fields are visited.
 
     A message that holds no JSON and whose encoding has no zero byte is storable as it is (a NUL
     in any string would be a zero byte in its UTF-8): one C call instead of a walk of its fields,
-    for the hot path's small messages (billing's holds). Otherwise the walk finds the field."""
+    for the hot path's small messages (billing's holds). Otherwise the walk finds the field.
+
+    `converted`: a JSON field left to `check_converted`, wherever it occurs: the caller converts
+    it to JSON text anyway (a batch's payloads), and searching that text costs less than walking
+    the Struct."""
     if not _holds_json(message.DESCRIPTOR) and b"\x00" not in message.SerializeToString():
         return
-    _check_fields(message, prefix)
+    _check_fields(message, prefix, converted)
+
+
+def check_converted(value: Struct, text: bytes | None, field: str) -> None:
+    """A Struct that `check_storable` left to its caller (`converted`), once converted to JSON text
+    (`kit.protos.struct_dict`, which refuses a number that is not finite, then `json_dumps`): a NUL
+    is escaped there as \\u0000, so text without that is storable; text with it (a NUL, or a
+    backslash before "u0000") is walked to name the field or let it pass. `text` None: the
+    conversion refused the value, and the walk names where."""
+    if text is None or b"\\u0000" in text:
+        _check_struct(value, field)
 
 
 _JSON_TYPES = frozenset(t.DESCRIPTOR.full_name for t in (Struct, Value, ListValue))
@@ -197,8 +211,10 @@ def _holds_json(descriptor: Descriptor) -> bool:
     return False
 
 
-def _check_fields(message: Message, prefix: str) -> None:
+def _check_fields(message: Message, prefix: str, converted: FieldDescriptor | None = None) -> None:
     for field, value in message.ListFields():
+        if field is converted:
+            continue
         path = prefix + field.name
         if field.type == FieldDescriptor.TYPE_STRING:
             if field.is_repeated:
@@ -217,15 +233,15 @@ def _check_fields(message: Message, prefix: str) -> None:
                     if value_type == FieldDescriptor.TYPE_STRING:
                         check_text(item, at)
                     elif value_type == FieldDescriptor.TYPE_MESSAGE:
-                        _check_message(item, at)
+                        _check_message(item, at, converted)
             elif field.is_repeated:
                 for i, item in enumerate(value):
-                    _check_message(item, f"{path}[{i}]")
+                    _check_message(item, f"{path}[{i}]", converted)
             else:
-                _check_message(value, path)
+                _check_message(value, path, converted)
 
 
-def _check_message(message: Message, path: str) -> None:
+def _check_message(message: Message, path: str, converted: FieldDescriptor | None = None) -> None:
     if isinstance(message, Struct):
         _check_struct(message, path)
     elif isinstance(message, Value):
@@ -233,4 +249,4 @@ def _check_message(message: Message, path: str) -> None:
     elif isinstance(message, ListValue):
         _check_list(message, path)
     else:
-        _check_fields(message, path + ".")
+        _check_fields(message, path + ".", converted)

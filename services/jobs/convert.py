@@ -16,7 +16,7 @@ from innosystem.kit.protos import struct_dict, timestamp
 from services.jobs.models import Job, JobAttempt, JobStatusChange, NewJob
 
 # The text of a customer's, a project's or a job type's id: a batch of leases names the same few.
-_owner_text = lru_cache(maxsize=4096)(str)
+owner_text = lru_cache(maxsize=4096)(str)
 
 
 def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
@@ -138,8 +138,8 @@ def lease_pb(job: Job | NewJob | Row[Any]) -> pb.JobLease:
     ext = st.get("external_api")
     return pb.JobLease(
         job_id=str(job.id), lease_id=str(job.lease_id), runner_id=job.runner_id, attempt=job.attempt_count,
-        expire_time=timestamp(job.lease_expire_time), customer_id=_owner_text(job.customer_id),
-        project_id=_owner_text(job.project_id), job_type_id=_owner_text(job.job_type_id),
+        expire_time=timestamp(job.lease_expire_time), customer_id=owner_text(job.customer_id),
+        project_id=owner_text(job.project_id), job_type_id=owner_text(job.job_type_id),
         job_type_name=job.job_type_name,
         processor_type=st.get("processor_type", 0), priority=job.priority,  # type: ignore[arg-type]
         payload=struct(job.payload or {}), encryption=encryption_pb(job), trace_context=dict(job.trace_context or {}),

@@ -62,11 +62,11 @@ from innosystem.kit.errors import (
 )
 from innosystem.kit.freshness import Labelled, catalog, job_types_of, markup_of
 from innosystem.kit.protos import json_dumps, request_hash, to_datetime
-from innosystem.kit.validation import MAX_REQUEST_ID, check_storable
+from innosystem.kit.validation import MAX_REQUEST_ID, check_converted, check_storable
 from innosystem.tenancy.v1.tenancy_pb2 import Principal
 from services.jobs import leases, metrics, pricing
 from services.jobs.billing import HoldRequest, Joined, NotJoined, insufficient_funds
-from services.jobs.convert import lease_pb, plain
+from services.jobs.convert import lease_pb, owner_text, plain
 from services.jobs.handoff import Claim
 from services.jobs.models import IdempotencyKey, Job, JobAttempt, JobStatusChange, JobType, NewJob
 from services.jobs.queue import QueueItem, ScheduledItem
@@ -109,6 +109,7 @@ _JOBS = cast(Table, Job.__table__)  # Core inserts: no ORM bulk machinery per ro
 _STATUS_CHANGES = cast(Table, JobStatusChange.__table__)
 _ATTEMPTS = cast(Table, JobAttempt.__table__)
 _CHANGE_COLUMNS = ("job_id", "status", "time", "attempt", "reason")
+_PAYLOAD = pb.SubmitJobRequest.DESCRIPTOR.fields_by_name["payload"]
 
 
 _XID = "SELECT pg_current_xact_id()::text"  # the transaction that stores a submit: its rows' xmin
@@ -195,6 +196,7 @@ class Prepared:
     job: NewJob
     hash: bytes
     position: int  # in the request (batch item index)
+    id_text: str  # the job's id as text, made once (its hold's id, its queue entry)
     existing: bool = False
     payload_json: bytes | None = None  # the payload as JSON, measured once and stored as is
     settings_json: Jsonb | None = None  # the settings as stored, serialized once for a batch's items of one type
@@ -255,8 +257,24 @@ def _kind(exc: BaseException) -> str:
 
 _TRACE = object()  # the memo's key for the call's trace context
 _TRACES = object()  # … for each item's own call's, when single submits go together
-_RETRY = object()  # … with a type's id: its retry policy, for the items that name none
-_QUEUE = object()  # … with a type's id: its queue
+# … and with the text of a job type's id, as the items name it: the type's `_Terms`
+
+
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """What a call's jobs of one type share: the type's defaults, its settings as the jobs keep them
+    (one dict and its JSON for all of them), the estimated cost and the queue. Plain attributes:
+    read for every item of a batch, where the type's ORM attributes cost a lookup each."""
+
+    id: uuid.UUID
+    name: str
+    priority: int
+    persistence: int
+    retry: dict[str, Any]
+    settings: dict[str, Any]
+    settings_json: Jsonb
+    cost: int
+    queue: str
 
 
 def _trace_context(request: pb.SubmitJobRequest, memo: dict[Any, Any], position: int) -> dict[str, str]:
@@ -331,7 +349,7 @@ class Submission:
         for i, item in enumerate(request.requests):
             if item.project_id and item.project_id != request.project_id:
                 raise _bad(f"requests[{i}].project_id", "must be empty or the batch's project", "PROJECT_MISMATCH")
-        check_storable(request)
+        check_storable(request, converted=_PAYLOAD)  # each payload as `_prepare` converts it
         return await self._submit(caller, request.project_id, list(request.requests), single=False)
 
     async def _submit(self, caller: Principal, project_id: str, requests: Sequence[pb.SubmitJobRequest],
@@ -462,30 +480,33 @@ class Submission:
                  r: pb.SubmitJobRequest, prefix: str, now: datetime, position: int,
                  memo: dict[Any, Any]) -> Prepared:
         config = self.deps.config
-        type_id = memo.get(r.job_type_id)  # a batch names the same few types: each parsed once
-        if type_id is None:
-            type_id = memo[r.job_type_id] = uuid.UUID(r.job_type_id)
-        jt = types.get(type_id) or shared.types.get(type_id)
-        if jt is None:  # unknown, or another project's (another customer's) type: not found either way
-            raise NotFound(f"{prefix}job_type_id: job type {r.job_type_id} not found in this project",
-                           field=prefix + "job_type_id", reason="JOB_TYPE_NOT_FOUND")
-        if not jt.enabled:
-            raise FailedPrecondition(f"{prefix}job_type_id: job type {jt.name} is disabled",
-                                     field=prefix + "job_type_id", reason="JOB_TYPE_DISABLED")
-        payload = plain(r.payload) if r.HasField("payload") else {}
-        payload_json = json_dumps(payload)  # its numbers finite: `plain` refused any other
+        currency = owner.billing_currency or config.default_currency  # the project's: its wallet, its prices
+        terms: _Terms | None = memo.get(r.job_type_id)  # a batch names the same few types
+        if terms is None:
+            terms = memo[r.job_type_id] = self._terms(owner, types, shared, markup, r.job_type_id, currency, now,
+                                                      prefix)
+        payload: dict[str, Any] = {}
+        payload_json = b"{}"
+        if r.HasField("payload"):
+            try:
+                payload = plain(r.payload)
+                payload_json = json_dumps(payload)  # its numbers finite: `plain` refused any other
+            except ValueError:
+                check_converted(r.payload, None, prefix + "payload")  # names the number
+                raise
+            check_converted(r.payload, payload_json, prefix + "payload")  # a NUL (a batch's, `check_storable`)
         size = len(payload_json)
         if size > config.max_payload_bytes:
             raise _bad(prefix + "payload", f"is {size} bytes, more than the limit of {config.max_payload_bytes}",
                        "PAYLOAD_TOO_LARGE")
-        priority = r.priority or jt.default_priority
+        priority = r.priority or terms.priority
         if priority not in PRIORITIES:
             raise _bad(prefix + "priority", f"unknown priority {r.priority}", "INVALID_PRIORITY")
-        persistence = r.persistence_policy or jt.default_persistence_policy
+        persistence = r.persistence_policy or terms.persistence
         if persistence not in PERSISTENCE:
             raise _bad(prefix + "persistence_policy", f"unknown persistence policy {r.persistence_policy}",
                        "INVALID_PERSISTENCE_POLICY")
-        retry: dict[str, Any] | None
+        retry = terms.retry
         if r.HasField("retry_policy"):
             rp = r.retry_policy
             try:
@@ -496,13 +517,6 @@ class Submission:
                                        "non_retryable_error_types": list(rp.non_retryable_error_types)})
             except DomainError as err:
                 raise _renamed(err, "job_type.default_retry_policy", prefix + "retry_policy") from None
-        elif (retry := memo.get((_RETRY, jt.id))) is None:  # the type's: one dict for a call's items
-            retry = memo[(_RETRY, jt.id)] = {
-                "retry_max_attempts": jt.retry_max_attempts,
-                "retry_initial_interval_seconds": jt.retry_initial_interval_seconds,
-                "retry_backoff_multiplier": jt.retry_backoff_multiplier,
-                "retry_max_interval_seconds": jt.retry_max_interval_seconds,
-                "non_retryable_error_types": list(jt.non_retryable_error_types or ())}
         schedule = None
         if r.HasField("schedule_time"):
             schedule = to_datetime(r.schedule_time)
@@ -515,24 +529,17 @@ class Submission:
         if len(r.request_id) > MAX_REQUEST_ID:
             raise _bad(prefix + "request_id", f"at most {MAX_REQUEST_ID} characters", "INVALID_REQUEST_ID")
         job_id = job_id_for(owner.project_id, r.request_id)
-        currency = owner.billing_currency or config.default_currency  # the project's: its wallet, its prices
-        typed = memo.get(jt.id)
-        if typed is None:
-            typed = memo[jt.id] = self._settings(jt, shared, markup, currency, now, prefix)
-        settings, settings_json, cost = typed
-        queue = memo.get((_QUEUE, jt.id))
-        if queue is None:  # a call's items are one project's: one queue per type
-            queue = memo[(_QUEUE, jt.id)] = queue_name(jt.name, jt.required_tags or (),
-                                                       None if jt.catalog else owner.customer_id)
+        id_text = str(job_id)
+        cost = terms.cost
         job = NewJob(
             id=job_id, project_id=owner.project_id, customer_id=owner.customer_id, reseller_id=owner.reseller_id,
-            job_type_id=jt.id, job_type_name=jt.name,
-            queue_name=queue,
+            job_type_id=terms.id, job_type_name=terms.name,
+            queue_name=terms.queue,
             status=SCHEDULED if schedule else PENDING, priority=priority, persistence_policy=persistence,
-            settings=settings,
+            settings=terms.settings,
             payload=payload, result=None, error="", error_type="", runner_id="", attempt_count=0,
             next_attempt_time=schedule, cost_cents=0, estimated_cost_cents=cost,
-            currency_code=currency, hold_id=str(job_id) if cost > 0 else "",
+            currency_code=currency, hold_id=id_text if cost > 0 else "",
             hold_expire_time=(schedule or now) + HOLD_MARGIN if cost > 0 else None,
             retry_count=0, create_time=now, schedule_time=schedule, queue_time=None if schedule else now,
             update_time=now, request_id=r.request_id, cancel_requested=False, cancel_reason="",
@@ -540,9 +547,31 @@ class Submission:
             **retry,
         )
         if not r.request_id:  # only a request id is remembered, with its request's fingerprint
-            return Prepared(job, b"", position, payload_json=payload_json, settings_json=settings_json)
-        return Prepared(job, fingerprint(r), position, payload_json=payload_json, settings_json=settings_json,
-                        legacy_hash=request_hash(r) if r.trace_context else None)
+            return Prepared(job, b"", position, id_text, payload_json=payload_json, settings_json=terms.settings_json)
+        return Prepared(job, fingerprint(r), position, id_text, payload_json=payload_json,
+                        settings_json=terms.settings_json, legacy_hash=request_hash(r) if r.trace_context else None)
+
+    def _terms(self, owner: ProjectOwner, types: dict[uuid.UUID, JobType], shared: pricing.Catalog, markup: int,
+               job_type_id: str, currency: str, now: datetime, prefix: str) -> _Terms:
+        """What a call's items that name this type share, worked out at the first of them."""
+        type_id = uuid.UUID(job_type_id)  # `_types` refused any other
+        jt = types.get(type_id) or shared.types.get(type_id)
+        if jt is None:  # unknown, or another project's (another customer's) type: not found either way
+            raise NotFound(f"{prefix}job_type_id: job type {job_type_id} not found in this project",
+                           field=prefix + "job_type_id", reason="JOB_TYPE_NOT_FOUND")
+        if not jt.enabled:
+            raise FailedPrecondition(f"{prefix}job_type_id: job type {jt.name} is disabled",
+                                     field=prefix + "job_type_id", reason="JOB_TYPE_DISABLED")
+        settings, settings_json, cost = self._settings(jt, shared, markup, currency, now, prefix)
+        retry = {"retry_max_attempts": jt.retry_max_attempts,
+                 "retry_initial_interval_seconds": jt.retry_initial_interval_seconds,
+                 "retry_backoff_multiplier": jt.retry_backoff_multiplier,
+                 "retry_max_interval_seconds": jt.retry_max_interval_seconds,
+                 "non_retryable_error_types": list(jt.non_retryable_error_types or ())}
+        # a call's items are one project's: one queue per type
+        queue = queue_name(jt.name, jt.required_tags or (), None if jt.catalog else owner.customer_id)
+        return _Terms(jt.id, jt.name, jt.default_priority, jt.default_persistence_policy, retry, settings,
+                      settings_json, cost, queue)
 
     def _settings(self, jt: JobType, shared: pricing.Catalog, markup: int, currency: str, now: datetime,
                   prefix: str) -> tuple[dict[str, Any], Jsonb, int]:
@@ -794,9 +823,9 @@ class Submission:
         return [(gi, p) for gi, g in enumerate(groups) for p in g.fresh if p.job.hold_id]
 
     def _holds(self, groups: Sequence[Group]) -> list[HoldRequest]:
-        return [HoldRequest(p.job.hold_id, str(groups[gi].owner.customer_id), p.job.estimated_cost_cents,
-                            p.job.currency_code, str(p.job.id), p.job.hold_expire_time, str(p.job.project_id),
-                            str(p.job.job_type_id)) for gi, p in self._held(groups)]
+        return [HoldRequest(p.job.hold_id, owner_text(groups[gi].owner.customer_id), p.job.estimated_cost_cents,
+                            p.job.currency_code, p.id_text, p.job.hold_expire_time, owner_text(p.job.project_id),
+                            owner_text(p.job.job_type_id)) for gi, p in self._held(groups)]
 
     def _refusals(self, groups: Sequence[Group], outcomes: Sequence[DomainError | None]
                   ) -> list[DomainError | None]:
@@ -830,10 +859,10 @@ class Submission:
     async def _enqueue(self, fresh: Sequence[Prepared]) -> None:
         deps = self.deps
         changes = Changes()
-        ready = [QueueItem(str(p.job.id), p.job.queue_name, str(p.job.customer_id), p.job.priority,
+        ready = [QueueItem(p.id_text, p.job.queue_name, owner_text(p.job.customer_id), p.job.priority,
                            p.job.create_time.timestamp())
                  for p in fresh if p.job.status == PENDING]
-        later = [ScheduledItem(str(p.job.id), p.job.queue_name, str(p.job.customer_id), p.job.priority,
+        later = [ScheduledItem(p.id_text, p.job.queue_name, owner_text(p.job.customer_id), p.job.priority,
                                p.job.schedule_time.timestamp()) for p in fresh
                  if p.job.status == SCHEDULED and p.job.schedule_time is not None]
         if ready:

@@ -451,9 +451,27 @@ async def test_unstorable_values_are_refused_naming_the_field_and_fail_no_other_
             project_id=a.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(ta.id)),
                                                pb.SubmitJobRequest(job_type_id=str(ta.id), payload=bad[0][1])]))
     assert in_batch.value.violations[0][0] == "requests[1].payload.x"
+    for field, bad_payload in bad:  # a batch's payloads are checked as they are converted (`_prepare`)
+        with pytest.raises(InvalidArgument) as in_batch:
+            await world.app.cases.submission.batch_submit(a.principal, pb.BatchSubmitJobsRequest(
+                project_id=a.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(ta.id), payload=p)
+                                                   for p in (payload(n=1), payload(n=2), bad_payload)]))
+        assert in_batch.value.reason == "INVALID_CHARACTER"
+        assert in_batch.value.violations[0][0] == "requests[2]." + field
     with pytest.raises(InvalidArgument) as nan:
         await world.submit(a, ta, payload=payload(x=float("nan")))
     assert nan.value.reason == "INVALID_NUMBER" and nan.value.violations[0][0] == "payload.x"
+    with pytest.raises(InvalidArgument) as nan:
+        await world.app.cases.submission.batch_submit(a.principal, pb.BatchSubmitJobsRequest(
+            project_id=a.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(ta.id), payload=p)
+                                               for p in (payload(n=1), payload(deep={"x": float("inf")}))]))
+    assert nan.value.reason == "INVALID_NUMBER" and nan.value.violations[0][0] == "requests[1].payload.deep.x"
+    assert await world.available(a) == 1000  # none of them held anything
+    # the text a NUL becomes in JSON, written out by the client, is storable text like any other
+    (stored,) = await world.app.cases.submission.batch_submit(a.principal, pb.BatchSubmitJobsRequest(
+        project_id=a.project_id, requests=[pb.SubmitJobRequest(job_type_id=str(ta.id),
+                                                               payload=payload(x="a\\u0000b"))]))
+    assert stored.payload == {"x": "a\\u0000b"}
 
 
 async def test_a_shared_commit_that_fails_is_retried_one_submit_at_a_time(
@@ -464,6 +482,7 @@ async def test_a_shared_commit_that_fails_is_retried_one_submit_at_a_time(
     import services.jobs.submission as submission
 
     monkeypatch.setattr(submission, "check_storable", lambda *args, **kwargs: None, raising=False)
+    monkeypatch.setattr(submission, "check_converted", lambda *args, **kwargs: None, raising=False)
     a, b = await world.customer(funds=1000), await world.customer(funds=10_000)
     ta, tb = await world.job_type(a, price=10), await world.job_type(b, price=1)
     sub = world.app.cases.submission
