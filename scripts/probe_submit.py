@@ -10,7 +10,7 @@ the gateway), warms up, then runs gRPC singles (64 in flight) and gateway single
 one job per request), and prints the same /proc CPU table: ms of CPU per submitted job, per
 process. `--latency S` adds single gateway submits at 50/s for S
 seconds (open-loop, no runner connected), p50/p95/p99 of the call. `--batches N` adds N jobs
-submitted through the gateway in batches of 1,000 (2 clients, as `make bench`). `--profile DIR`
+submitted through the gateway in batches of 1,000 (2 clients, as `make bench`; `--batch-clients`). `--profile DIR`
 samples the jobs and billing processes (gRPC singles), the gateway, jobs and billing (gateway singles) and
 all three (batches) with py-spy, raw stacks into DIR (py-spy from $PY_SPY, default `py-spy`).
 `--env K=V` passes a setting to the services and the gateway, to compare its values in one hour.
@@ -69,9 +69,9 @@ def probe(p: bench.Platform, args: argparse.Namespace) -> None:
         bench.submit_rest_batches(p, 2000, 10_200_000)  # warm up the batch path
         spies = _spy(p, ["gateway", "jobs", "billing"], args.profile, "batch", args.spy_seconds)
         before = p.meter.snapshot()
-        seconds = bench.submit_rest_batches(p, args.batches, 2 * n)
+        seconds = bench.submit_rest_batches(p, args.batches, 2 * n, workers=args.batch_clients)
         phases.append(("gateway_batch", "gateway batches", p.meter.diff(before), args.batches))
-        bench.say(f"gateway, batches of 1000: {args.batches / seconds:,.0f} jobs/s")
+        bench.say(f"gateway, batches of 1000 ({args.batch_clients} clients): {args.batches / seconds:,.0f} jobs/s")
         for spy in spies:
             spy.wait()
     if phases:  # `--singles 0 --latency S`: the latency phase alone
@@ -87,6 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--singles", type=int, default=3000, help="submits per phase (default 3000)")
     parser.add_argument("--batches", type=int, default=0, help="jobs to submit in batches of 1000 (default none)")
+    parser.add_argument("--batch-clients", type=int, default=2,
+                        help="clients submitting batches at once (default 2, as `make bench`)")
     parser.add_argument("--latency", type=float, default=0, help="seconds of single gateway submits at 50/s")
     parser.add_argument("--profile", help="sample the processes with py-spy, raw stacks into this folder")
     bench.add_topology(parser)
