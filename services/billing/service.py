@@ -559,9 +559,11 @@ class BillingService:
         with its position."""
         out: list[AnyHold | DomainError | None] = []
         items: list[tuple[int, ledger.ReserveItem]] = []
+        now = utcnow()
+        accounts: dict[tuple[str, str], tuple[Account, uuid.UUID]] = {}  # a batch names one or a few wallets
         for k, r in enumerate(requests):
             try:
-                items.append((k, await self._reserve_item(r)))
+                items.append((k, await self._reserve_item(r, now, accounts)))
                 out.append(None)
             except DomainError as err:
                 out.append(err)
@@ -622,7 +624,10 @@ class BillingService:
             await self._redis_quietly(self.otb.reserve_many(hold.customer_id, hold.currency,
                                                             [(hold.hold_id, hold.amount)]))
 
-    async def _reserve_item(self, r: ReserveRequest) -> ledger.ReserveItem:
+    async def _reserve_item(self, r: ReserveRequest, now: datetime,
+                            accounts: dict[tuple[str, str], tuple[Account, uuid.UUID]]) -> ledger.ReserveItem:
+        """`r` checked, as a ledger item; `accounts`: the wallet and revenue account of each
+        (customer, currency) the call's items named before."""
         hold_id = _text(r.hold_id, "hold_id", MAX_ID, required=True)
         amount = self._amount(r.amount, "amount_cents")
         currency = self._currency(r.currency)
@@ -632,13 +637,15 @@ class BillingService:
         project_id = _text(r.project_id, "project_id", MAX_ID)
         job_type_id = _text(r.job_type_id, "job_type_id", MAX_ID)
         description = _text(r.description, "description", MAX_DESCRIPTION)
-        now = utcnow()
         expire = r.expire_time or now + self.default_hold
         if expire <= now:
             raise InvalidArgument("expire_time must be in the future", field="expire_time",
                                   reason="INVALID_EXPIRE_TIME")
-        wallet = await self._wallet_identity(_uuid(r.customer_id, "customer"), currency)
-        revenue = await self._account_id(REVENUE, PLATFORM, currency)
+        known = accounts.get((r.customer_id, currency))
+        if known is None:
+            wallet = await self._wallet_identity(_uuid(r.customer_id, "customer"), currency)
+            known = accounts[(r.customer_id, currency)] = (wallet, await self._account_id(REVENUE, PLATFORM, currency))
+        wallet, revenue = known
         return ledger.ReserveItem(hold_id, wallet.id, wallet.owner_id, wallet.reseller_id, currency, amount, job_id,
                                   expire, description, revenue, project_id, job_type_id)
 
