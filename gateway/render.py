@@ -163,6 +163,9 @@ def _map_key(key: Any) -> str:
 _OWN_FIELDS: dict[str, tuple[str, ...]] = {"innosystem.jobs.v1.Job": ("id", "request_id")}
 
 
+_SHAPES_TRIED = 16  # messages looked at before a list of all different ones is printed each
+
+
 class _Shapes:
     """A list of messages of a type in `_OWN_FIELDS`, each printed as the first of its shape was,
     with its own values of those fields: their shape is the message's deterministic bytes without
@@ -184,7 +187,10 @@ class _Shapes:
             return [self.one(v) for v in values]
         shapes: dict[tuple[bytes, tuple[bool, ...]], dict[str, Any]] = {}
         out: list[Any] = []
-        for m in values:
+        for k, m in enumerate(values):
+            if k == _SHAPES_TRIED and len(shapes) == k:  # no two alike so far (a page of a listing):
+                out += [self.one(v) for v in values[k:]]  # printed each, not looked up in vain
+                break
             own = [getattr(m, name) for name, _ in self.own]
             for name, _ in self.own:
                 setattr(m, name, "")

@@ -251,3 +251,16 @@ def test_a_batch_answers_jobs_of_shared_shapes_as_json_format_does() -> None:
     assert [j.get("id") for j in got["jobs"]][:3] == ["job-0", "job-1", "job-2"]
     assert got["jobs"][1]["requestId"] == "req-1" and got["jobs"][3]["requestId"] == ""
     assert response.SerializeToString(deterministic=True) == before
+
+
+def test_a_listing_of_jobs_all_different_prints_as_json_format_does() -> None:
+    """A page of jobs no two alike (each its own times) stops looking for shapes after the first
+    few and prints the rest one by one, the same document either way."""
+    page: Any = message_class(_POOL.FindMessageTypeByName("innosystem.jobs.v1.ListJobsResponse"))()
+    for i in range(40):
+        job = page.jobs.add()
+        _fill(job, 1, i, {})
+        job.id, job.create_time.seconds = f"job-{i}", 1_800_000_000 + i
+        if i >= 30:
+            job.create_time.seconds = 1_800_000_000  # alike again, past where shapes were looked for
+    assert _same(to_json(page), _reference(page))
