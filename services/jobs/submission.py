@@ -447,12 +447,16 @@ class Submission:
         """The project's job types, by id: from the cache while their change token (`kit.freshness`,
         set after every change to them) stays the same, else read afresh. An id not among them
         (another project's type) is not found."""
+        named: set[str] = set()  # a batch names the same few types: each parsed once
         for i, r in enumerate(requests):
+            if r.job_type_id in named:
+                continue
             try:
                 uuid.UUID(r.job_type_id)
             except ValueError:
                 raise NotFound(f"{prefix(i)}job_type_id: job type {r.job_type_id!r} not found",
                                field=prefix(i) + "job_type_id", reason="JOB_TYPE_NOT_FOUND") from None
+            named.add(r.job_type_id)
         pid = owner.project_id
         return await self._types_of.get(pid, token_asked, lambda: self._type_loader.submit(pid))
 
