@@ -159,8 +159,14 @@ class EmbeddedPostgres:
         log_file = self.data_dir.parent / f"{self.data_dir.name}.log"
         if not (self.data_dir / "PG_VERSION").exists():
             log.info("initialising PostgreSQL in %s", self.data_dir)
+            # Text compared as bytes (collation C), whatever the machine's locale: the ids kept as
+            # text (a hold's, a request's) are compared on every index insert, and PostgreSQL 15
+            # compares under any other collation, C.UTF-8 included, through strcoll: a hold-shaped
+            # row's insert 16 against 13 µs. UTF-8 in byte order is code point order, which C.UTF-8
+            # sorts by too; character classes (upper, lower) keep the machine's ctype.
             subprocess.run([self._bin("initdb"), "-D", str(self.data_dir), "-U", PG_USER, "--auth=trust",
-                            "--encoding=UTF8", "--no-sync"], check=True, capture_output=True, user=self._user)
+                            "--encoding=UTF8", "--lc-collate=C", "--no-sync"], check=True, capture_output=True,
+                           user=self._user)
         with log_file.open("ab") as out:
             if self._user:
                 os.chown(log_file, pwd.getpwnam(self._user).pw_uid, -1)
