@@ -170,8 +170,8 @@ class _Shapes:
     """A list of messages of a type in `_OWN_FIELDS`, each printed as the first of its shape was,
     with its own values of those fields: their shape is the message's deterministic bytes without
     them (equal bytes, equal messages) and which of them are set (a set field prints in field
-    order, an unset one among the defaults). About a fifth of printing each: a 1,000-job answer
-    took 12 ms of the gateway's CPU. The shallow copies share their nested values, which nobody
+    order, an unset one among the defaults). A 1,000-job answer: 3.5 ms of the gateway's CPU,
+    against 11.5 printing each. The shallow copies share their nested values, which nobody
     changes (the answer is serialized as it is)."""
 
     def __init__(self, descriptor: Descriptor, one: Convert) -> None:
