@@ -257,8 +257,9 @@ class NewJob:
         for i in _JSON_AT:
             value = values[i]
             if value is not None and not isinstance(value, Jsonb):
-                # orjson, not psycopg's json.dumps (a tenth of its CPU): what a new job holds beyond
-                # its payload (its trace context, its encryption) is text, never a NaN it would null
+                # orjson, not psycopg's json.dumps (a tenth of its CPU): a new job's trace context,
+                # its encryption and an encrypted payload hold text and the finite numbers `plain`
+                # let through, never a NaN orjson would write as null
                 values[i] = Jsonb(value, dumps=json_dumps)
         return values
 
