@@ -30,7 +30,7 @@ from innosystem.kit.validation import check_storable
 from services.jobs import relay
 from services.jobs.batches import Batches
 from services.jobs.control import Control
-from services.jobs.convert import job_pb, jobs_pb
+from services.jobs.convert import add_jobs, job_pb
 from services.jobs.leases import Leases
 from services.jobs.live import Live
 from services.jobs.markups import Markups
@@ -213,7 +213,9 @@ class JobsApi(jobs_pb2_grpc.JobServiceServicer):
     async def BatchSubmitJobs(self, request: pb.BatchSubmitJobsRequest,
                               context: grpc.aio.ServicerContext) -> pb.BatchSubmitJobsResponse:
         jobs = await self.cases.submission.batch_submit(principals.current(), request)
-        return pb.BatchSubmitJobsResponse(jobs=jobs_pb(jobs))
+        answer = pb.BatchSubmitJobsResponse()
+        add_jobs(answer.jobs, jobs)
+        return answer
 
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         return await self.cases.queries.get(principals.current(), request.job_id, request.view)

@@ -1,4 +1,4 @@
-"""`convert.jobs_pb` (a batch submit's answer) gives exactly what `job_pb` gives for each job,
+"""`convert.add_jobs` (a batch submit's answer) gives exactly what `job_pb` gives for each job,
 while building one message per shape of job and copying it."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from innosystem.jobs.v1 import jobs_pb2 as pb
 from services.jobs import convert
-from services.jobs.convert import job_pb, jobs_pb
+from services.jobs.convert import add_jobs, job_pb
 from services.jobs.models import Job, NewJob
 
 NOW = datetime(2026, 12, 6, 7, 30, tzinfo=UTC)
@@ -34,6 +35,12 @@ def new(**changes: Any) -> NewJob:
         purged=False)  # as a submit builds them: a type's settings shared, a list and a trace context of its own
     values.update(changes)
     return NewJob(**values)
+
+
+def _added(jobs: list[Job | NewJob]) -> list[pb.Job]:
+    answer = pb.BatchSubmitJobsResponse()
+    add_jobs(answer.jobs, jobs)
+    return list(answer.jobs)
 
 
 def test_each_job_is_answered_as_job_pb_answers_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,7 +72,7 @@ def test_each_job_is_answered_as_job_pb_answers_it(monkeypatch: pytest.MonkeyPat
         return job_pb(job)
 
     monkeypatch.setattr(convert, "job_pb", counted)
-    got = jobs_pb(jobs)
+    got = _added(jobs)
     monkeypatch.undo()
     assert got == [job_pb(j) for j in jobs]
     assert len(built) == len(jobs) - 5  # jobs 1 to 4 and the last share the first's shape
@@ -76,6 +83,6 @@ def test_each_job_is_answered_as_job_pb_answers_it(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_copy_is_a_message_of_its_own() -> None:
-    first, second = jobs_pb([new(), new()])
+    first, second = _added([new(), new()])
     second.error = "changed"
     assert first.error == "" and first.id != second.id
