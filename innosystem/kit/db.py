@@ -102,6 +102,17 @@ class Rows:
         return len(self.values)
 
 
+def keywords_init(names: tuple[str, ...]) -> Any:
+    """`__init__(self, *, name=None, …)` storing each of `names`, for the plain row objects of the
+    hot paths (a new job, a hold: `__slots__` named after a table's columns), generated as
+    dataclasses generate theirs: one attribute store a column, where a loop of `setattr` and
+    `dict.get` took 6.7 µs a job (1.4 so), for each of a batch's thousand."""
+    scope: dict[str, Any] = {}
+    exec(f"def __init__(self, *, {', '.join(f'{n}=None' for n in names)}):\n"  # our own column names
+         + "".join(f"    self.{n} = {n}\n" for n in names), scope)
+    return scope["__init__"]
+
+
 # Rows to insert: dicts naming the same columns (JSON columns take Python values; a value already
 # wrapped in `Jsonb`, its text serialized beforehand, is stored as it is), or `Rows`.
 Inserted = Sequence[Mapping[str, Any]] | Rows

@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, SmallIntege
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from innosystem.kit.db import new_id, schema_metadata, utcnow
+from innosystem.kit.db import keywords_init, new_id, schema_metadata, utcnow
 
 
 class Base(DeclarativeBase):
@@ -186,10 +186,7 @@ class Hold:
     answers with (an ORM object per hold was a sixth of billing's CPU in batch submits)."""
 
     __slots__ = tuple(c.key for c in HoldRow.__table__.columns)
-
-    def __init__(self, **values: Any) -> None:
-        for key in self.__slots__:
-            setattr(self, key, values.get(key))
+    __init__ = keywords_init(__slots__)  # the columns as keywords; those not given are None
 
     if TYPE_CHECKING:  # the columns, as HoldRow declares them
         def __getattr__(self, name: str) -> Any: ...

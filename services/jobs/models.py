@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from innosystem.kit.db import new_id, schema_metadata, utcnow
+from innosystem.kit.db import keywords_init, new_id, schema_metadata, utcnow
 from innosystem.kit.idempotency import IdempotencyKeyColumns
 from innosystem.kit.protos import json_dumps
 
@@ -229,23 +229,13 @@ class Job(Base):
     purged: Mapped[bool] = mapped_column(default=False)  # payload and result removed by retention
 
 
-def _keywords_init(names: tuple[str, ...]) -> Any:
-    """`__init__(self, *, name=None, …)` storing each of `names`, generated as dataclasses generate
-    theirs: one attribute store a column, where a loop of `setattr` and `dict.get` took 6.7 µs a
-    job (1.4 so), for each of a batch's thousand."""
-    scope: dict[str, Any] = {}
-    exec(f"def __init__(self, *, {', '.join(f'{n}=None' for n in names)}):\n"  # our own column names
-         + "".join(f"    self.{n} = {n}\n" for n in names), scope)
-    return scope["__init__"]
-
-
 class NewJob:
     """A job about to be inserted, as plain attributes named after the table's columns (what the
     submit's Core insert and `job_pb` read): a batch of a thousand costs no ORM instrumentation.
     Made with the columns as keywords; those not given are None."""
 
     __slots__ = tuple(c.key for c in Job.__table__.columns)
-    __init__ = _keywords_init(__slots__)
+    __init__ = keywords_init(__slots__)
 
     def values(self, **stored: Jsonb) -> list[Any]:
         """The row's values in the order of `__slots__` (the table's columns), a JSON one as it is
