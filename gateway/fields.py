@@ -106,6 +106,7 @@ def fields_by_key(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
     return out
 
 
+@cache  # asked of every field of every object a request holds
 def is_map(field: FieldDescriptor) -> bool:
     message = field.message_type
     return message is not None and message.GetOptions().map_entry
@@ -332,6 +333,7 @@ def parse_field_mask(text: str, path: str) -> list[str]:
 
 # --- helpers -----------------------------------------------------------------------------------
 
+@cache
 def _is_value(field: FieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.full_name == VALUE
 
