@@ -30,7 +30,7 @@ from sqlalchemy import Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from innosystem.kit.db import Conn, Database, Writes
+from innosystem.kit.db import Conn, Database, Writes, new_id
 from innosystem.kit.errors import DomainError
 from services.billing.models import Account, Transfer
 
@@ -76,7 +76,7 @@ class Tx:
     def journal(self, **row: Any) -> None:
         """A journal row, written with the batch (an id of its own unless it names one)."""
         if "id" not in row:
-            row["id"] = uuid.uuid4()
+            row["id"] = new_id()
         self.transfers.append(row)
 
 

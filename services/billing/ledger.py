@@ -397,7 +397,7 @@ WITH item AS (
     INSERT INTO {transfers} (id, kind, debit_account_id, credit_account_id, amount, pending_amount, currency,
                              wallet_id, customer_id, balance_after, held_after, hold_id, job_id, description,
                              commission_rate_bps, create_time)
-    SELECT gen_random_uuid(), {kind}, %(wallet)s, %(revenue)s, i.amount, 0, %(currency)s, %(wallet)s, %(customer)s,
+    SELECT billing.ordered_uuid(), {kind}, %(wallet)s, %(revenue)s, i.amount, 0, %(currency)s, %(wallet)s, %(customer)s,
            m.balance, m.held_before + sum(i.amount) OVER (ORDER BY i.pos), i.hold_id, i.job_id, i.description, 0,
            %(now)s
     FROM item AS i, moved AS m
@@ -477,7 +477,7 @@ WITH item AS (
     INSERT INTO {transfers} (id, kind, debit_account_id, credit_account_id, amount, pending_amount, currency,
                              wallet_id, customer_id, balance_after, held_after, hold_id, job_id, description,
                              reseller_id, commission_rate_bps, create_time)
-    SELECT gen_random_uuid(), {capture}, %(wallet)s, %(revenue)s, c.amount, c.held, %(currency)s, %(wallet)s,
+    SELECT billing.ordered_uuid(), {capture}, %(wallet)s, %(revenue)s, c.amount, c.held, %(currency)s, %(wallet)s,
            c.customer_id, m.balance_before - sum(c.amount) OVER w, m.held_before - sum(c.held) OVER w, c.hold_id,
            c.job_id, c.description, c.reseller_id, c.rate, %(now)s
     FROM captured AS c, moved AS m
@@ -486,7 +486,7 @@ WITH item AS (
     INSERT INTO {transfers} (id, kind, debit_account_id, credit_account_id, amount, pending_amount, currency,
                              customer_id, balance_after, held_after, hold_id, job_id, description, reseller_id,
                              commission_rate_bps, create_time)
-    SELECT gen_random_uuid(), {commission}, %(revenue)s, c.caccount, c.commission, 0, %(currency)s, c.customer_id,
+    SELECT billing.ordered_uuid(), {commission}, %(revenue)s, c.caccount, c.commission, 0, %(currency)s, c.customer_id,
            0, 0, c.hold_id, c.job_id, 'commission on ' || c.hold_id, c.reseller_id, c.rate, %(now)s
     FROM captured AS c, moved AS m WHERE c.commission > 0
 )

@@ -45,7 +45,7 @@ from sqlalchemy.dialects.postgresql import insert
 from innosystem.billing.v1 import billing_pb2 as bpb
 from innosystem.jobs.v1 import job_types_pb2 as enums
 from innosystem.kit import egress
-from innosystem.kit.db import Database, utcnow
+from innosystem.kit.db import Database, new_id, utcnow
 from innosystem.kit.sealing import Sealer
 from innosystem.webhooks import headers as signed_headers
 from services.jobs.billing import Billing
@@ -189,7 +189,7 @@ class Deliveries:
                     expire = now + timedelta(hours=self.config.webhook_retry_hours)
                     for row in rows:
                         for event_type in events_of(row):
-                            did = uuid.uuid4()
+                            did = new_id()
                             values.append({"id": did, "webhook_id": row.webhook_id, "customer_id": row.customer_id,
                                            "change_id": row.change_id, "event_type": event_type,
                                            "job_id": row.job_id, "payload": event_body(did, event_type, row),
@@ -261,7 +261,7 @@ class Deliveries:
         for seq, e, at in items:
             for h in hooks[e.customer_id] if e.type == LOW_BALANCE else ():
                 if h.create_time <= at:
-                    did = uuid.uuid4()
+                    did = new_id()
                     values.append({"id": did, "webhook_id": h.id, "customer_id": h.customer_id, "change_id": seq,
                                    "event_type": LOW_BALANCE, "job_id": None, "payload": wallet_body(did, e, at),
                                    "state": PENDING, "attempts": 0, "last_status_code": 0, "last_error": "",

@@ -50,7 +50,7 @@ from innosystem.jobs.v1 import jobs_pb2 as pb
 from innosystem.kit import idempotency
 from innosystem.kit import principal as principals
 from innosystem.kit.coalescing import Answer, Coalescer, Lanes
-from innosystem.kit.db import Rows, Writes
+from innosystem.kit.db import Rows, Writes, new_id
 from innosystem.kit.errors import (
     UNCHANGED_REFUSALS,
     Aborted,
@@ -176,7 +176,7 @@ def _is_uuid(text: str) -> bool:
 
 
 def job_id_for(project_id: uuid.UUID, request_id: str) -> uuid.UUID:
-    return uuid.uuid5(JOB_ID_NAMESPACE, f"{project_id}/{request_id}") if request_id else uuid.uuid4()
+    return uuid.uuid5(JOB_ID_NAMESPACE, f"{project_id}/{request_id}") if request_id else new_id()
 
 
 def fingerprint(r: pb.SubmitJobRequest) -> bytes:

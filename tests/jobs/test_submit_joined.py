@@ -7,6 +7,7 @@ PostgreSQL and Valkey, billing's service in this process as `innosystem up` runs
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -173,6 +174,35 @@ async def _journal(world: JobsWorld, c: Customer) -> list[tuple[int, int, int]]:
                                      "WHERE customer_id = :c AND kind = 2 ORDER BY seq"),
                                 {"c": uuid.UUID(c.principal.customer_id)})).all()
     return [(int(a), int(b), int(h)) for a, b, h in rows]
+
+
+def _minted_at(u: uuid.UUID) -> float:
+    """A UUIDv7's time, in seconds since the epoch."""
+    assert (u.version, u.variant) == (7, uuid.RFC_4122), u
+    return (u.int >> 80) / 1000
+
+
+async def test_new_rows_keys_are_time_ordered(world: JobsWorld) -> None:
+    """A job without a request id and its hold's journal row (written in SQL by the joined reserve)
+    get UUIDv7 keys: minted now, later ones sorting after earlier ones. A request id still names
+    its job (the same id for a repeat)."""
+    c = await world.customer(funds=1000)
+    jt = await world.job_type(c, price=10)
+    before = time.time()
+    first = await world.submit(c, jt)
+    await asyncio.sleep(0.003)
+    second = await world.submit(c, jt)
+    after = time.time()
+    assert before - 0.001 <= _minted_at(first.id) <= _minted_at(second.id) <= after + 0.001
+    assert str(first.id) < str(second.id)  # as PostgreSQL's C collation compares the hold ids
+    async with world.billing.db.session() as s:
+        ids = (await s.execute(text("SELECT id FROM billing.transfers WHERE customer_id = :c AND kind = 2 "
+                                    "ORDER BY seq"), {"c": uuid.UUID(c.principal.customer_id)})).scalars().all()
+    assert len(ids) == 2
+    assert before - 1 <= _minted_at(ids[0]) <= _minted_at(ids[1]) <= after + 1  # PostgreSQL's clock
+    named = await world.submit(c, jt, request_id="order-17")
+    assert named.id == submission.job_id_for(uuid.UUID(c.project_id), "order-17")
+    assert named.id.version == 5
 
 
 async def test_holds_open_to_buy_refuses_and_postgresql_stores_are_reconciled(
