@@ -124,7 +124,7 @@ def _names(rows: Inserted) -> tuple[str, ...]:
     return rows.names if isinstance(rows, Rows) else tuple(rows[0])
 
 
-def _insert(table: Table, rows: Inserted) -> tuple[sql.Composed | str, Sequence[Any], bool]:
+def _insert(table: Table, rows: Inserted) -> tuple[str, Sequence[Any], bool]:
     """(statement, parameters, is it COPY) inserting `rows`: a multi-row INSERT for a few rows (with
     PostgreSQL's own `$n` placeholders, for a raw cursor: see `_values_insert`), a COPY (the
     parameters are then the rows' values) for more."""
@@ -136,7 +136,7 @@ def _insert(table: Table, rows: Inserted) -> tuple[sql.Composed | str, Sequence[
         values = [[Jsonb(row[k]) if k in json and row[k] is not None and not isinstance(row[k], Jsonb) else row[k]
                    for k in keys] for row in rows]
     if len(rows) > SMALL_INSERT_ROWS:
-        return sql.SQL("COPY {} ({}) FROM STDIN").format(_table_name(table), _column_names(columns)), values, True
+        return _copy_statement(table, columns), values, True
     return _values_insert(table, columns, len(rows)), [v for row in values for v in row], False
 
 
@@ -164,6 +164,18 @@ def _column_names(columns: Sequence[Any]) -> sql.Composed:
 
 
 _INSERTS: dict[tuple[str, tuple[str, ...], int], str] = {}
+_COPIES: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _copy_statement(table: Table, columns: Sequence[Any]) -> str:
+    """`COPY … FROM STDIN` for `columns`, composed once per shape (coalesced single submits COPY
+    a few rows each, where composing it cost about as much as the rows)."""
+    key = (table.fullname, tuple(c.name for c in columns))
+    statement = _COPIES.get(key)
+    if statement is None:
+        composed = sql.SQL("COPY {} ({}) FROM STDIN").format(_table_name(table), _column_names(columns))
+        statement = _COPIES[key] = composed.as_string()
+    return statement
 
 
 def _values_insert(table: Table, columns: Sequence[Any], count: int) -> str:
@@ -207,7 +219,7 @@ async def copy_rows(session: Conn, table: Table, rows: Inserted) -> None:
         if binary:
             assert types is not None
             _check_ranges(params, [types[n] for n in names], names)
-            statement = sql.SQL("{} (FORMAT BINARY)").format(statement)
+            statement += " (FORMAT BINARY)"
         async with driver.cursor() as cursor, cursor.copy(statement) as copy:
             if binary:
                 copy.set_types([types[n] for n in names])  # type: ignore[index]
