@@ -67,6 +67,12 @@ def test_datastores_have_volumes_and_healthchecks(compose: dict[str, Any]) -> No
         assert volume in compose["volumes"]
 
 
+def test_postgres_compares_text_as_bytes(compose: dict[str, Any]) -> None:
+    """The database compose creates has collation C, as the embedded server's (deploy/README.md)."""
+    args = compose["services"]["postgres"]["environment"]["POSTGRES_INITDB_ARGS"]
+    assert "--lc-collate=C" in args.split()
+
+
 def test_start_order_uses_conditions(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name, svc in services.items():

@@ -264,3 +264,14 @@ def test_network_policies_runner_pool_and_reference_key_manager(rendered: list[R
             assert not _allows(dev, "Ingress", keymanager, _pod_labels(dev, name), KEYMANAGER_PORT), name
     service = dev.get("Service", "keymanager")
     assert [p["port"] for p in service["spec"]["ports"]] == [KEYMANAGER_PORT]
+
+
+def test_the_dev_postgres_compares_text_as_bytes(rendered: list[Rendered]) -> None:
+    """The database the dev overlay creates has collation C, as the embedded server's and
+    compose's (deploy/README.md, "PostgreSQL's collation"); prod brings its own PostgreSQL."""
+    (dev,) = [r for r in rendered if r.name == "dev"]
+    postgres = [c for _, spec in pod_specs(dev.objects) for c in spec["containers"]
+                if c["image"].startswith("postgres:")]
+    assert len(postgres) == 1
+    env = {e["name"]: e.get("value") for e in postgres[0]["env"]}
+    assert "--lc-collate=C" in env["POSTGRES_INITDB_ARGS"].split()
