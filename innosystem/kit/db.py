@@ -128,7 +128,7 @@ def _insert(table: Table, rows: Inserted) -> tuple[str, Sequence[Any], bool]:
     """(statement, parameters, is it COPY) inserting `rows`: a multi-row INSERT for a few rows (with
     PostgreSQL's own `$n` placeholders, for a raw cursor: see `_values_insert`), a COPY (the
     parameters are then the rows' values) for more."""
-    columns, keys, json = _shape(table, _names(rows))
+    columns, keys, json, copy = _shape(table, _names(rows))
     values: Sequence[Sequence[Any]]
     if isinstance(rows, Rows):
         values = rows.values
@@ -136,22 +136,25 @@ def _insert(table: Table, rows: Inserted) -> tuple[str, Sequence[Any], bool]:
         values = [[Jsonb(row[k]) if k in json and row[k] is not None and not isinstance(row[k], Jsonb) else row[k]
                    for k in keys] for row in rows]
     if len(rows) > SMALL_INSERT_ROWS:
-        return _copy_statement(table, columns), values, True
+        return copy, values, True
     return _values_insert(table, columns, len(rows)), [v for row in values for v in row], False
 
 
-_SHAPES: dict[tuple[str, tuple[str, ...]], tuple[list[Any], list[str], frozenset[str]]] = {}
+_SHAPES: dict[tuple[str, tuple[str, ...]], tuple[list[Any], list[str], frozenset[str], str]] = {}
 
 
-def _shape(table: Table, names: tuple[str, ...]) -> tuple[list[Any], list[str], frozenset[str]]:
-    """A row shape's columns, their keys and the JSON ones among them, looked up once per shape:
-    a batch of one job (light load) paid the lookups as a batch of a thousand does."""
+def _shape(table: Table, names: tuple[str, ...]) -> tuple[list[Any], list[str], frozenset[str], str]:
+    """A row shape's columns, their keys, the JSON ones among them and its `COPY … FROM STDIN`,
+    worked out once per shape: a batch of one job (light load) paid the lookups as a batch of a
+    thousand does, and coalesced single submits COPY a few rows each, where composing the
+    statement cost about as much as the rows."""
     key = (table.fullname, names)
     shape = _SHAPES.get(key)
     if shape is None:
         columns = [table.columns[k] for k in names]
+        copy = sql.SQL("COPY {} ({}) FROM STDIN").format(_table_name(table), _column_names(columns)).as_string()
         shape = _SHAPES[key] = (columns, [c.key for c in columns],
-                                frozenset(c.key for c in columns if isinstance(c.type, JSON)))  # JSONB is a JSON
+                                frozenset(c.key for c in columns if isinstance(c.type, JSON)), copy)  # JSONB is a JSON
     return shape
 
 
@@ -164,18 +167,6 @@ def _column_names(columns: Sequence[Any]) -> sql.Composed:
 
 
 _INSERTS: dict[tuple[str, tuple[str, ...], int], str] = {}
-_COPIES: dict[tuple[str, tuple[str, ...]], str] = {}
-
-
-def _copy_statement(table: Table, columns: Sequence[Any]) -> str:
-    """`COPY … FROM STDIN` for `columns`, composed once per shape (coalesced single submits COPY
-    a few rows each, where composing it cost about as much as the rows)."""
-    key = (table.fullname, tuple(c.name for c in columns))
-    statement = _COPIES.get(key)
-    if statement is None:
-        composed = sql.SQL("COPY {} ({}) FROM STDIN").format(_table_name(table), _column_names(columns))
-        statement = _COPIES[key] = composed.as_string()
-    return statement
 
 
 def _values_insert(table: Table, columns: Sequence[Any], count: int) -> str:
